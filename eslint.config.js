@@ -1,0 +1,43 @@
+// Lint rules. Besides the recommended sets, this enforces the layering in
+// DESIGN.md: a folder under src/ is imported only through its index.ts, and
+// lower layers never import higher ones.
+import js from '@eslint/js';
+import tseslint from 'typescript-eslint';
+
+/** Layers from the bottom up; a layer may import only layers before it. */
+const LAYERS = ['common', 'qemu', 'guest', 'storage', 'memory', 'agent', 'vm', 'store', 'api', 'client', 'cli'];
+
+function layerRules(layer) {
+  const index = LAYERS.indexOf(layer);
+  const higher = LAYERS.slice(index + 1);
+  const patterns = [
+    {
+      group: ['../*/*', '!../*/index.ts'],
+      message: 'Import another layer only through its index.ts.',
+    },
+  ];
+  if (higher.length > 0) {
+    patterns.push({
+      group: higher.map((h) => `../${h}/*`),
+      message: `Layer "${layer}" must not import a higher layer (${higher.join(', ')}).`,
+    });
+  }
+  return {
+    files: [`src/${layer}/**/*.ts`],
+    rules: { 'no-restricted-imports': ['error', { patterns }] },
+  };
+}
+
+export default tseslint.config(
+  { ignores: ['node_modules/**', 'dist/**', '.cache/**', 'bench/results/**'] },
+  js.configs.recommended,
+  ...tseslint.configs.recommended,
+  {
+    languageOptions: { globals: { process: 'readonly', console: 'readonly', setTimeout: 'readonly', clearTimeout: 'readonly', setInterval: 'readonly', clearInterval: 'readonly', Buffer: 'readonly', URL: 'readonly', AbortController: 'readonly', AbortSignal: 'readonly', fetch: 'readonly', TextEncoder: 'readonly', TextDecoder: 'readonly', setImmediate: 'readonly', structuredClone: 'readonly', Response: 'readonly', Request: 'readonly', ReadableStream: 'readonly' } },
+    rules: {
+      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
+      'no-constant-condition': ['error', { checkLoops: false }],
+    },
+  },
+  ...LAYERS.map(layerRules),
+);

@@ -1,0 +1,4 @@
+// Public surface of the common layer: errors, name validation, timing helpers.
+export * from './errors.ts';
+export * from './names.ts';
+export * from './time.ts';

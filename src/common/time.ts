@@ -1,0 +1,34 @@
+// Small timing helpers: sleep, a deadline-bounded wait, and a monotonic clock.
+import { TimeoutError } from './errors.ts';
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+export function nowMs(): number {
+  return performance.now();
+}
+
+/** Races a promise against a time limit; on expiry throws TimeoutError naming the operation. */
+export async function withTimeout<T>(promise: Promise<T>, ms: number, operation: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new TimeoutError(operation, ms)), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Polls `check` until it returns a value other than undefined, or the time limit passes. */
+export async function waitFor<T>(check: () => Promise<T | undefined> | T | undefined, ms: number, operation: string, intervalMs = 50): Promise<T> {
+  const deadline = Date.now() + ms;
+  while (true) {
+    const value = await check();
+    if (value !== undefined) return value;
+    if (Date.now() >= deadline) throw new TimeoutError(operation, ms);
+    await sleep(intervalMs);
+  }
+}

@@ -1,0 +1,14 @@
+// Test runner configuration: tests sit beside the code as *.test.ts.
+// Files run one at a time: integration tests boot real QEMU guests and the
+// machine has two cores, so parallel files would only add timeouts.
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    include: ['src/**/*.test.ts', 'tests/**/*.test.ts'],
+    fileParallelism: false,
+    testTimeout: 120_000,
+    hookTimeout: 120_000,
+    reporters: ['default'],
+  },
+});
