@@ -2,3 +2,5 @@
 export * from './errors.ts';
 export * from './names.ts';
 export * from './time.ts';
+export * from './logger.ts';
+export * from './home.ts';

@@ -1,0 +1,119 @@
+// Lays out a new VM's files on the host: validates the kernel and disk paths it
+// was given, installs the embedded default guest's base image once per host
+// (read-only; each VM gets its own qcow2 delta on it), and creates the VM's
+// folder. On any failure the folder is removed, so nothing is left behind.
+import { constants } from 'node:fs';
+import { access, chmod, copyFile, mkdir, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import { InvalidInputError } from '../common/index.ts';
+import { loadDefaultGuest } from '../guest/index.ts';
+import { createImage, imageInfo } from '../qemu/index.ts';
+import type { HostLayout } from './layout.ts';
+import type { PrepareVmRequest, VmDisk, VmNic, VmSpec } from './types.ts';
+import { randomBytes } from 'node:crypto';
+
+/** A random unicast, locally administered MAC in QEMU's 52:54:00 range. */
+export function newMac(): string {
+  return ['52', '54', '00', ...Array.from(randomBytes(3), (x) => x.toString(16).padStart(2, '0'))].join(':');
+}
+
+async function assertReadableFile(field: string, path: string): Promise<void> {
+  try {
+    await access(path, constants.R_OK);
+    const info = await stat(path);
+    if (!info.isFile()) throw new Error('not a regular file');
+  } catch (err) {
+    throw new InvalidInputError(`${field}: cannot read file ${path} (${(err as Error).message})`, { field, path });
+  }
+}
+
+async function detectFormat(field: string, path: string): Promise<'qcow2' | 'raw'> {
+  const info = await imageInfo(path);
+  if (info.format !== 'qcow2' && info.format !== 'raw') {
+    throw new InvalidInputError(`${field}: image ${path} has format ${info.format}; import it first (qcow2 or raw are attached directly)`, { field, path, format: info.format });
+  }
+  return info.format;
+}
+
+/** The default guest's kernel, initrd and data disk, copied once into <home>/images/default-guest-<hash>/. */
+export function installDefaultGuest(layout: HostLayout): Promise<InstalledGuest> {
+  // One install at a time per process; concurrent creates share it.
+  const pending = installs.get(layout.imagesDir) ?? installOnce(layout).finally(() => installs.delete(layout.imagesDir));
+  installs.set(layout.imagesDir, pending);
+  return pending;
+}
+
+interface InstalledGuest {
+  kernel: string;
+  initrd: string;
+  dataDisk: string;
+  cmdline: string;
+}
+
+const installs = new Map<string, Promise<InstalledGuest>>();
+
+async function installOnce(layout: HostLayout): Promise<InstalledGuest> {
+  const guest = await loadDefaultGuest();
+  const inputsHash = basename(await realpath(guest.dir));
+  const dir = join(layout.imagesDir, `default-guest-${inputsHash}`);
+  const target = { kernel: join(dir, 'vmlinuz'), initrd: join(dir, 'initrd.img'), dataDisk: join(dir, 'data.qcow2') };
+  try {
+    await access(join(dir, '.complete'));
+  } catch {
+    const tmp = `${dir}.tmp-${process.pid}`;
+    await rm(tmp, { recursive: true, force: true });
+    await mkdir(tmp, { recursive: true });
+    await copyFile(guest.kernel, join(tmp, 'vmlinuz'));
+    await copyFile(guest.initrd, join(tmp, 'initrd.img'));
+    await copyFile(guest.dataDisk, join(tmp, 'data.qcow2'));
+    await chmod(join(tmp, 'data.qcow2'), 0o444);
+    await writeFile(join(tmp, '.complete'), `${guest.dir}\n`);
+    await rm(dir, { recursive: true, force: true });
+    await rename(tmp, dir);
+  }
+  return { ...target, cmdline: guest.cmdline };
+}
+
+export async function prepareVmFiles(layout: HostLayout, vmId: string, request: PrepareVmRequest): Promise<VmSpec> {
+  const files = layout.vmFiles(vmId);
+  // Validate everything before creating anything.
+  if (request.boot.kind === 'kernel') {
+    await assertReadableFile('kernel.path', request.boot.kernel);
+    if (request.boot.initrd) await assertReadableFile('kernel.initrd', request.boot.initrd);
+  }
+  if (request.boot.kind === 'disk') await assertReadableFile('bootDisk', request.boot.path);
+  const extra: Array<{ path: string; readOnly: boolean; format: 'qcow2' | 'raw' }> = [];
+  for (const [i, disk] of request.disks.entries()) {
+    await assertReadableFile(`disks.${i}.path`, disk.path);
+    extra.push({ ...disk, format: await detectFormat(`disks.${i}.path`, disk.path) });
+  }
+
+  await mkdir(layout.vmsDir, { recursive: true });
+  await mkdir(files.dir);
+  try {
+    const disks: VmDisk[] = [];
+    let boot: VmSpec['boot'];
+    if (request.boot.kind === 'default-guest') {
+      const guest = await installDefaultGuest(layout);
+      const delta = join(files.dir, 'disk0.qcow2');
+      await createImage({ path: delta, format: 'qcow2', backing: { path: guest.dataDisk, format: 'qcow2' } });
+      disks.push({ id: 'disk0', path: delta, format: 'qcow2', readOnly: false, owned: true });
+      boot = { kind: 'kernel', kernel: guest.kernel, initrd: guest.initrd, cmdline: `${guest.cmdline} offshoot.hostname=${request.name}` };
+    } else if (request.boot.kind === 'kernel') {
+      boot = { kind: 'kernel', kernel: request.boot.kernel, cmdline: request.boot.cmdline ?? 'console=ttyS0' };
+      if (request.boot.initrd) boot.initrd = request.boot.initrd;
+    } else {
+      const format = await detectFormat('bootDisk', request.boot.path);
+      disks.push({ id: 'disk0', path: request.boot.path, format, readOnly: false, owned: false });
+      boot = { kind: 'disk' };
+    }
+    for (const disk of extra) {
+      disks.push({ id: `disk${disks.length}`, path: disk.path, format: disk.format, readOnly: disk.readOnly, owned: false });
+    }
+    const nics: VmNic[] = request.network === 'user' ? [{ id: 'net0', mac: newMac(), network: 'user' }] : [];
+    return { vcpus: request.vcpus, memoryMiB: request.memoryMiB, boot, disks, nics, defaultGuest: request.boot.kind === 'default-guest' };
+  } catch (err) {
+    await rm(files.dir, { recursive: true, force: true });
+    throw err;
+  }
+}

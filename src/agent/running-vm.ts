@@ -1,0 +1,72 @@
+// One running QEMU as the host agent sees it: the process, its QMP connection,
+// a lazily opened guest-agent connection, and the bookkeeping that turns the
+// process ending into a single VmExitEvent (clean when the guest or an
+// operator powered it off, a crash otherwise).
+import { rm } from 'node:fs/promises';
+import type { QemuProcess } from '../qemu/index.ts';
+import { QgaClient, QmpClient } from '../qemu/index.ts';
+import type { VmExitEvent } from './types.ts';
+
+export interface RunningVmFiles {
+  qmpSocket: string;
+  qgaSocket: string;
+  memoryFile: string;
+}
+
+export class RunningVm {
+  /** Set when the guest reported SHUTDOWN or we asked for the stop/kill. */
+  private shutdownReason: string | undefined;
+  private qga: QgaClient | undefined;
+  readonly exited: Promise<VmExitEvent>;
+
+  constructor(
+    readonly vmId: string,
+    readonly process: QemuProcess,
+    readonly qmp: QmpClient,
+    readonly files: RunningVmFiles,
+  ) {
+    void this.watchShutdownEvents();
+    this.exited = this.process.exited.then(async (exit) => {
+      this.qmp.close();
+      this.qga?.close();
+      await rm(files.memoryFile, { force: true });
+      const how = exit.signal ? `killed by ${exit.signal}` : exit.code === null ? 'exited' : `exited with code ${exit.code}`;
+      const clean = this.shutdownReason !== undefined;
+      return { vmId, clean, reason: clean ? `${this.shutdownReason}` : `QEMU ${how} unexpectedly` };
+    });
+  }
+
+  static async attach(vmId: string, process: QemuProcess, files: RunningVmFiles, timeoutMs = 10_000): Promise<RunningVm> {
+    const qmp = await QmpClient.connect(files.qmpSocket, { timeoutMs });
+    return new RunningVm(vmId, process, qmp, files);
+  }
+
+  private async watchShutdownEvents(): Promise<void> {
+    const events = this.qmp.events('SHUTDOWN');
+    for await (const event of events) {
+      const data = event.data as { guest?: boolean; reason?: string } | undefined;
+      this.shutdownReason ??= data?.guest ? `guest powered off (${data.reason ?? 'shutdown'})` : `powered off (${data?.reason ?? 'host request'})`;
+    }
+  }
+
+  /** Marks the coming exit as requested, so it is reported as clean. */
+  expectExit(reason: string): void {
+    this.shutdownReason ??= reason;
+  }
+
+  /** The guest-agent connection, opened on first use and reopened after a failure. */
+  async guestAgent(timeoutMs: number): Promise<QgaClient> {
+    if (this.qga) return this.qga;
+    const qga = await QgaClient.waitForAgent(this.files.qgaSocket, { timeoutMs });
+    this.qga = qga;
+    void qga.closed.then(() => {
+      if (this.qga === qga) this.qga = undefined;
+    });
+    return qga;
+  }
+
+  dropGuestAgent(): void {
+    this.qga?.close();
+    this.qga = undefined;
+  }
+}

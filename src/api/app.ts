@@ -1,0 +1,47 @@
+// Builds the HTTP application: auth, routes, the OpenAPI document at
+// /openapi.json, and the error mapping ({code, message, details} with the
+// error's HTTP status) for every route.
+import { OpenAPIHono } from '@hono/zod-openapi';
+import { NotFoundError, toOffshootError } from '../common/index.ts';
+import type { Logger } from '../common/index.ts';
+import type { HostAgent } from '../agent/index.ts';
+import type { VmEngine } from '../vm/index.ts';
+import { bearerAuth } from './auth.ts';
+import { mountEvents } from './events-route.ts';
+import { taskRoutes } from './task-routes.ts';
+import { validationHook } from './validation.ts';
+import { vmRoutes } from './vm-routes.ts';
+
+export const API_VERSION = '0.1.0';
+
+export interface AppDeps {
+  engine: VmEngine;
+  agent: HostAgent;
+  token: string;
+  logger: Logger;
+}
+
+export function buildApp({ engine, agent, token, logger }: AppDeps): OpenAPIHono {
+  const app = new OpenAPIHono({ defaultHook: validationHook });
+  app.onError((err, c) => {
+    const error = toOffshootError(err);
+    if (error.status >= 500) logger.error({ err, code: error.code, path: c.req.path }, 'request failed');
+    return c.json(error.toJSON(), error.status as 400);
+  });
+  app.notFound((c) => c.json(new NotFoundError('route', `${c.req.method} ${c.req.path}`).toJSON(), 404));
+  app.use('*', bearerAuth(token, ['/health', '/openapi.json']));
+
+  app.get('/health', (c) => c.json({ ok: true, version: API_VERSION }));
+  app.get('/host', async (c) => c.json(await agent.hostInfo()));
+  app.route('/', vmRoutes(engine));
+  app.route('/', taskRoutes(engine));
+  mountEvents(app, engine);
+
+  app.openAPIRegistry.registerComponent('securitySchemes', 'bearer', { type: 'http', scheme: 'bearer' });
+  app.doc31('/openapi.json', {
+    openapi: '3.1.0',
+    info: { title: 'Offshoot API', version: API_VERSION, description: 'Fork, clone, checkpoint and move QEMU virtual machines.' },
+    security: [{ bearer: [] }],
+  });
+  return app;
+}

@@ -1,0 +1,105 @@
+// `offshoot serve`: wires the inventory, the local host agent, the VM engine
+// and the HTTP server; recovers from a previous daemon (re-adopting running
+// VMs, reaping orphans); writes its address for the CLI; and on SIGTERM or
+// SIGINT shuts down leaving every VM running for the next daemon.
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import type { AddressInfo } from 'node:net';
+import { serve } from '@hono/node-server';
+import pino from 'pino';
+import { InvalidInputError, OffshootError, homePaths } from '../common/index.ts';
+import type { DaemonFile, Logger } from '../common/index.ts';
+import { LocalHostAgent } from '../agent/index.ts';
+import { SqliteInventory } from '../store/index.ts';
+import { VmEngine } from '../vm/index.ts';
+import { buildApp } from './app.ts';
+import { loadOrCreateToken } from './auth.ts';
+
+export interface DaemonOptions {
+  home: string;
+  /** HOST:PORT; default 127.0.0.1:0 (a free port, written to daemon.json). */
+  listen?: string;
+  logger?: Logger;
+  memoryDir?: string;
+}
+
+export interface RunningDaemon {
+  url: string;
+  token: string;
+  engine: VmEngine;
+  agent: LocalHostAgent;
+  close(): Promise<void>;
+}
+
+export function parseListen(listen: string): { host: string; port: number } {
+  const match = /^(.*):(\d{1,5})$/.exec(listen);
+  const port = Number(match?.[2]);
+  if (!match || !match[1] || port > 65535) throw new InvalidInputError(`invalid --listen "${listen}": use HOST:PORT, e.g. 127.0.0.1:7070`, { listen });
+  return { host: match[1].replace(/^\[(.*)\]$/, '$1'), port };
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function assertNoOtherDaemon(daemonFile: string): Promise<void> {
+  try {
+    const other = JSON.parse(await readFile(daemonFile, 'utf8')) as DaemonFile;
+    if (other.pid !== process.pid && isAlive(other.pid)) {
+      throw new OffshootError('DAEMON_ALREADY_RUNNING', `a daemon (pid ${other.pid}) already serves this home at ${other.url}`, { ...other }, 409);
+    }
+  } catch (err) {
+    if (err instanceof OffshootError) throw err;
+  }
+}
+
+export async function startDaemon(options: DaemonOptions): Promise<RunningDaemon> {
+  const paths = homePaths(options.home);
+  await mkdir(paths.home, { recursive: true, mode: 0o700 });
+  await assertNoOtherDaemon(paths.daemonFile);
+  const logger = options.logger ?? pino({ level: process.env.OFFSHOOT_LOG_LEVEL ?? 'info' }, pino.destination({ dest: paths.log, sync: false, mkdir: true }));
+  const { host, port } = parseListen(options.listen ?? '127.0.0.1:0');
+  const token = await loadOrCreateToken(paths.token);
+  const inventory = await SqliteInventory.open(paths.inventory);
+  const agent = new LocalHostAgent({ home: paths.home, memoryDir: options.memoryDir ?? process.env.OFFSHOOT_MEMORY_DIR, logger });
+  const engine = new VmEngine({ inventory, agent, logger });
+  try {
+    await engine.recover();
+  } catch (err) {
+    await engine.close();
+    await agent.close();
+    await inventory.close();
+    throw err;
+  }
+  const app = buildApp({ engine, agent, token, logger });
+  const server = await new Promise<ReturnType<typeof serve>>((resolve, reject) => {
+    const s = serve({ fetch: app.fetch, hostname: host, port }, () => resolve(s));
+    s.once('error', reject);
+  });
+  const address = server.address() as AddressInfo;
+  const url = `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`;
+  const daemon: DaemonFile = { url, pid: process.pid, startedAt: new Date().toISOString() };
+  await writeFile(paths.daemonFile, `${JSON.stringify(daemon, null, 2)}\n`, { mode: 0o600 });
+  logger.info({ url, home: paths.home }, 'offshoot daemon listening');
+  // Start the accelerator probe now so the first boot does not pay for it.
+  void agent.accelerator().catch((err: unknown) => logger.warn({ err }, 'accelerator probe failed'));
+
+  let closing: Promise<void> | undefined;
+  const close = () => {
+    closing ??= (async () => {
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await engine.close();
+      await agent.close();
+      await inventory.close();
+      const current = await readFile(paths.daemonFile, 'utf8').catch(() => '');
+      if (current.includes(`"pid": ${process.pid}`)) await rm(paths.daemonFile, { force: true });
+      logger.info('offshoot daemon stopped; VMs keep running');
+    })();
+    return closing;
+  };
+  return { url, token, engine, agent, close };
+}

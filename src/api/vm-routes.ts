@@ -1,0 +1,84 @@
+// REST routes for VMs: create, list, show, lifecycle operations, exec, console.
+// Long operations answer 202 with a task, or with the finished task when
+// called with ?wait=true.
+import { OpenAPIHono, createRoute, z } from '@hono/zod-openapi';
+import type { VmAndTask, VmEngine } from '../vm/index.ts';
+import { createVmRequestSchema, execRequestSchema, stopRequestSchema } from '../vm/index.ts';
+import { errorResponses, execResultSchema, vmAndTaskSchema, vmRefParam, vmSchema, waitQuery } from './schemas.ts';
+import { validationHook } from './validation.ts';
+
+const json = <S extends z.ZodType>(schema: S, description: string) => ({ description, content: { 'application/json': { schema } } });
+
+const listVms = createRoute({ method: 'get', path: '/vms', tags: ['vms'], summary: 'List VMs', responses: { 200: json(z.array(vmSchema), 'VMs'), ...errorResponses } });
+const getVm = createRoute({ method: 'get', path: '/vms/{ref}', tags: ['vms'], summary: 'Show a VM', request: { params: vmRefParam }, responses: { 200: json(vmSchema, 'the VM'), ...errorResponses } });
+const createVm = createRoute({
+  method: 'post',
+  path: '/vms',
+  tags: ['vms'],
+  summary: 'Create a VM (and boot it with start: true)',
+  request: { query: waitQuery, body: { required: true, content: { 'application/json': { schema: createVmRequestSchema } } } },
+  responses: { 201: json(vmAndTaskSchema, 'created; with a start task when start was asked'), ...errorResponses },
+});
+const deleteVm = createRoute({ method: 'delete', path: '/vms/{ref}', tags: ['vms'], summary: 'Delete a stopped VM and its files', request: { params: vmRefParam }, responses: { 200: json(vmSchema, 'the deleted VM'), ...errorResponses } });
+
+function taskRoute(action: 'start' | 'stop', summary: string, body?: z.ZodType) {
+  return createRoute({
+    method: 'post',
+    path: `/vms/{ref}/${action}`,
+    tags: ['vms'],
+    summary,
+    request: { params: vmRefParam, query: waitQuery, ...(body ? { body: { required: false, content: { 'application/json': { schema: body } } } } : {}) },
+    responses: { 202: json(vmAndTaskSchema, 'the task'), ...errorResponses },
+  });
+}
+const startVm = taskRoute('start', 'Boot a VM; the task ends when the guest agent answers');
+const stopVm = taskRoute('stop', 'ACPI power-down, then kill after timeoutMs', stopRequestSchema);
+
+function simpleRoute(action: 'pause' | 'resume' | 'kill', summary: string) {
+  return createRoute({ method: 'post', path: `/vms/{ref}/${action}`, tags: ['vms'], summary, request: { params: vmRefParam }, responses: { 200: json(vmSchema, 'the VM'), ...errorResponses } });
+}
+const pauseVm = simpleRoute('pause', 'Pause the vCPUs');
+const resumeVm = simpleRoute('resume', 'Resume the vCPUs');
+const killVm = simpleRoute('kill', 'Kill QEMU at once');
+
+const execVm = createRoute({
+  method: 'post',
+  path: '/vms/{ref}/exec',
+  tags: ['vms'],
+  summary: 'Run a program in the guest through the guest agent',
+  request: { params: vmRefParam, body: { required: true, content: { 'application/json': { schema: execRequestSchema } } } },
+  responses: { 200: json(execResultSchema, 'exit code and captured output'), ...errorResponses },
+});
+const consoleVm = createRoute({
+  method: 'get',
+  path: '/vms/{ref}/console',
+  tags: ['vms'],
+  summary: 'The tail of the serial console',
+  request: { params: vmRefParam, query: z.object({ bytes: z.coerce.number().int().min(1).max(16 * 1024 * 1024).optional() }) },
+  responses: { 200: { description: 'console text', content: { 'text/plain': { schema: z.string() } } }, ...errorResponses },
+});
+
+export function vmRoutes(engine: VmEngine): OpenAPIHono {
+  const app = new OpenAPIHono({ defaultHook: validationHook });
+  const finish = async (result: VmAndTask, wait: string | undefined): Promise<VmAndTask> => {
+    if (wait !== 'true' || !result.task) return result;
+    const task = await engine.tasks.wait(result.task.id);
+    return { vm: await engine.resolve(result.vm.id), task };
+  };
+
+  app.openapi(listVms, async (c) => c.json(await engine.list(), 200));
+  app.openapi(getVm, async (c) => c.json(await engine.resolve(c.req.valid('param').ref), 200));
+  app.openapi(createVm, async (c) => c.json(await finish(await engine.create(c.req.valid('json')), c.req.valid('query').wait), 201));
+  app.openapi(deleteVm, async (c) => c.json(await engine.delete(c.req.valid('param').ref), 200));
+  app.openapi(startVm, async (c) => c.json(await finish(await engine.start(c.req.valid('param').ref), c.req.valid('query').wait), 202));
+  app.openapi(stopVm, async (c) => {
+    const body = c.req.header('content-type')?.includes('json') ? await c.req.json().catch(() => ({})) : {};
+    return c.json(await finish(await engine.stop(c.req.valid('param').ref, body), c.req.valid('query').wait), 202);
+  });
+  app.openapi(pauseVm, async (c) => c.json(await engine.pause(c.req.valid('param').ref), 200));
+  app.openapi(resumeVm, async (c) => c.json(await engine.resume(c.req.valid('param').ref), 200));
+  app.openapi(killVm, async (c) => c.json(await engine.kill(c.req.valid('param').ref), 200));
+  app.openapi(execVm, async (c) => c.json(await engine.exec(c.req.valid('param').ref, c.req.valid('json')), 200));
+  app.openapi(consoleVm, async (c) => c.text(await engine.console(c.req.valid('param').ref, c.req.valid('query').bytes), 200));
+  return app;
+}

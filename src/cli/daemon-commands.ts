@@ -1,0 +1,168 @@
+// `offshoot serve` (foreground or --detach), `offshoot daemon status|stop`,
+// `offshoot host show`, `offshoot task list|show` and `offshoot events`.
+import { spawn } from 'node:child_process';
+import { openSync, readFileSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import type { Command } from 'commander';
+import { OffshootError, defaultHome, homePaths, sleep } from '../common/index.ts';
+import type { DaemonFile } from '../common/index.ts';
+import { OffshootClient } from '../client/index.ts';
+import type { CommandContext } from './vm-commands.ts';
+import { printJson, printTable, taskProgress } from './output.ts';
+
+function readDaemonFile(): DaemonFile | undefined {
+  try {
+    return JSON.parse(readFileSync(homePaths(defaultHome()).daemonFile, 'utf8')) as DaemonFile;
+  } catch {
+    return undefined;
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function serveForeground(listen: string | undefined): Promise<void> {
+  const { startDaemon } = await import('../api/index.ts');
+  const home = defaultHome();
+  const daemon = await startDaemon({ home, listen });
+  process.stdout.write(`offshoot daemon listening on ${daemon.url} (home ${home}, log ${homePaths(home).log})\n`);
+  let stopping = false;
+  const stop = () => {
+    if (stopping) return;
+    stopping = true;
+    void daemon.close().then(() => process.exit(0));
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+}
+
+/** Starts the daemon in the background and returns once it answers. */
+async function serveDetached(listen: string | undefined): Promise<DaemonFile> {
+  const home = defaultHome();
+  const paths = homePaths(home);
+  await mkdir(home, { recursive: true, mode: 0o700 });
+  const existing = readDaemonFile();
+  if (existing && isAlive(existing.pid)) return existing;
+  const out = openSync(`${paths.home}/serve.out`, 'a');
+  const args = [...process.execArgv, process.argv[1] as string, 'serve', ...(listen ? ['--listen', listen] : [])];
+  const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', out, out], env: process.env });
+  child.unref();
+  const deadline = Date.now() + 30_000;
+  while (Date.now() < deadline) {
+    const file = readDaemonFile();
+    if (file && file.pid === child.pid) {
+      try {
+        await OffshootClient.fromEnvironment({ ...process.env, OFFSHOOT_URL: file.url }).health();
+        return file;
+      } catch {
+        // not answering yet
+      }
+    }
+    if (child.exitCode !== null || !isAlive(child.pid as number)) {
+      throw new OffshootError('DAEMON_START_FAILED', `the daemon exited at start; see ${paths.home}/serve.out and ${paths.log}`, { home }, 500);
+    }
+    await sleep(100);
+  }
+  throw new OffshootError('DAEMON_START_FAILED', `the daemon did not answer within 30 s; see ${paths.log}`, { home }, 500);
+}
+
+export function registerDaemonCommands(program: Command, ctx: CommandContext): void {
+  program
+    .command('serve')
+    .description('run the Offshoot daemon (state in OFFSHOOT_HOME, default ~/.offshoot)')
+    .option('--listen <host:port>', 'address to bind', '127.0.0.1:0')
+    .option('--detach', 'run in the background and return once it answers')
+    .option('--json', 'print JSON')
+    .action((o: { listen: string; detach?: boolean; json?: boolean }) =>
+      ctx.run(Boolean(o.json), async () => {
+        if (!o.detach) return serveForeground(o.listen);
+        const file = await serveDetached(o.listen);
+        if (o.json) printJson(file);
+        else process.stdout.write(`offshoot daemon (pid ${file.pid}) listening on ${file.url}\n`);
+      }),
+    );
+
+  const daemon = program.command('daemon').description('the background daemon');
+  daemon
+    .command('status')
+    .option('--json', 'print JSON')
+    .action((o: { json?: boolean }) =>
+      ctx.run(Boolean(o.json), async () => {
+        const file = readDaemonFile();
+        const running = Boolean(file && isAlive(file.pid));
+        if (o.json) printJson({ running, ...(file ?? {}) });
+        else process.stdout.write(running && file ? `running: pid ${file.pid} at ${file.url}\n` : 'not running\n');
+        return running ? 0 : 3;
+      }),
+    );
+  daemon
+    .command('stop')
+    .description('stop the daemon; VMs keep running and are re-adopted at the next start')
+    .action(() =>
+      ctx.run(false, async () => {
+        const file = readDaemonFile();
+        if (!file || !isAlive(file.pid)) {
+          process.stdout.write('not running\n');
+          return;
+        }
+        process.kill(file.pid, 'SIGTERM');
+        const deadline = Date.now() + 15_000;
+        while (isAlive(file.pid) && Date.now() < deadline) await sleep(100);
+        process.stdout.write(isAlive(file.pid) ? `daemon ${file.pid} did not stop in 15 s\n` : `stopped daemon ${file.pid}\n`);
+      }),
+    );
+
+  program
+    .command('host')
+    .description('this host')
+    .command('show')
+    .option('--json', 'print JSON')
+    .action((o: { json?: boolean }) =>
+      ctx.run(Boolean(o.json), async () => {
+        const info = await ctx.client().host();
+        if (o.json) printJson(info);
+        else for (const [k, v] of Object.entries(info)) process.stdout.write(`${k.padEnd(12)} ${v}\n`);
+      }),
+    );
+
+  const task = program.command('task').description('long operations');
+  task
+    .command('list')
+    .option('--limit <n>', 'how many', (v) => Number(v), 20)
+    .option('--json', 'print JSON')
+    .action((o: { json?: boolean; limit: number }) =>
+      ctx.run(Boolean(o.json), async () => {
+        const tasks = await ctx.client().listTasks(o.limit);
+        if (o.json) printJson(tasks);
+        else printTable(['ID', 'KIND', 'TARGET', 'STATE', 'PROGRESS', 'MESSAGE'], tasks.map((t) => [t.id, t.kind, t.targetName, t.state, `${Math.round(t.progress * 100)}%`, t.message.slice(0, 60)]));
+      }),
+    );
+  task
+    .command('show')
+    .argument('<id>')
+    .option('--wait', 'wait until it finishes')
+    .option('--json', 'print JSON')
+    .action((id: string, o: { json?: boolean; wait?: boolean }) =>
+      ctx.run(Boolean(o.json), async () => {
+        const client = ctx.client();
+        const record = o.wait ? await client.waitTask(id, o.json ? undefined : taskProgress(id)) : await client.getTask(id);
+        if (o.json) printJson(record);
+        else for (const [k, v] of Object.entries(record)) process.stdout.write(`${k.padEnd(12)} ${typeof v === 'object' ? JSON.stringify(v) : v}\n`);
+      }),
+    );
+
+  program
+    .command('events')
+    .description('stream VM state changes and task updates (one JSON object per line)')
+    .action(() =>
+      ctx.run(true, async () => {
+        for await (const event of ctx.client().events()) process.stdout.write(`${JSON.stringify(event)}\n`);
+      }),
+    );
+}

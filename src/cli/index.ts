@@ -1,0 +1,2 @@
+// Public surface of the CLI layer.
+export { buildProgram, main } from './program.ts';

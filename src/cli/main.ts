@@ -1,0 +1,4 @@
+// Entry point of the `offshoot` command (bin/offshoot runs this file).
+import { main } from './program.ts';
+
+await main(process.argv);

@@ -1,0 +1,43 @@
+// The `offshoot` command line: the program and its runner. It talks to the daemon through the typed
+// client; `serve` runs the daemon itself. Human tables by default, --json for
+// scripts; errors print their stable code and exit 1.
+import { Command, CommanderError } from 'commander';
+import { OffshootClient } from '../client/index.ts';
+import { registerDaemonCommands } from './daemon-commands.ts';
+import { printError } from './output.ts';
+import type { CommandContext } from './vm-commands.ts';
+import { registerVmCommands } from './vm-commands.ts';
+
+export function buildProgram(): Command {
+  const program = new Command('offshoot').description('Fork, clone, checkpoint and move QEMU virtual machines').version('0.1.0').showHelpAfterError();
+  const ctx: CommandContext = {
+    client: () => OffshootClient.fromEnvironment(),
+    run: async (json, action) => {
+      try {
+        const code = await action();
+        if (typeof code === 'number') process.exitCode = code;
+      } catch (err) {
+        printError(err, json);
+        process.exitCode = 1;
+      }
+    },
+  };
+  registerVmCommands(program, ctx);
+  registerDaemonCommands(program, ctx);
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const program = buildProgram().exitOverride();
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      process.exitCode = err.exitCode === 0 ? 0 : 2;
+      return;
+    }
+    printError(err, false);
+    process.exitCode = 1;
+  }
+}
+

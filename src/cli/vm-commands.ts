@@ -1,0 +1,166 @@
+// `offshoot vm ...`: create, list, show, start, stop, pause, resume, kill,
+// delete, exec and console, all through the typed client.
+import { readFileSync } from 'node:fs';
+import type { Command } from 'commander';
+import { InvalidInputError } from '../common/index.ts';
+import type { OffshootClient, VmAndTaskView } from '../client/index.ts';
+import type { CreateVmRequest } from '../vm/index.ts';
+import { VM_TABLE_HEAD, printJson, printTable, printVm, taskProgress, vmRow } from './output.ts';
+
+export interface CommandContext {
+  client(): OffshootClient;
+  /** Runs an action, printing errors and setting the exit code. */
+  run(json: boolean, action: () => Promise<number | void>): Promise<void>;
+}
+
+function intOption(name: string) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!Number.isInteger(n)) throw new InvalidInputError(`${name} must be a whole number, got "${value}"`, { option: name, value });
+    return n;
+  };
+}
+
+async function followTask(client: OffshootClient, result: VmAndTaskView, json: boolean, label: string, wait: boolean): Promise<VmAndTaskView> {
+  if (!result.task || !wait) return result;
+  const task = await client.waitTask(result.task.id, json ? undefined : taskProgress(label));
+  return { vm: await client.getVm(result.vm.id), task };
+}
+
+export function registerVmCommands(program: Command, ctx: CommandContext): void {
+  const vm = program.command('vm').description('create and control virtual machines');
+
+  vm.command('create')
+    .description('create a VM (the embedded default guest unless --kernel or --boot-disk)')
+    .argument('<name>')
+    .option('--vcpus <n>', 'virtual CPUs', intOption('--vcpus'))
+    .option('--memory <size>', 'guest memory, e.g. 256M or 1G')
+    .option('--kernel <path>', 'boot this kernel')
+    .option('--initrd <path>', 'initrd for --kernel')
+    .option('--cmdline <text>', 'kernel command line for --kernel')
+    .option('--boot-disk <path>', 'boot from this disk image')
+    .option('--disk <path...>', 'attach extra disk images')
+    .option('--network <mode>', 'user or none', 'user')
+    .option('--start', 'boot it and return once the guest agent answers')
+    .option('--json', 'print JSON')
+    .action((name: string, o: Record<string, string | string[] | number | boolean | undefined>) =>
+      ctx.run(Boolean(o.json), async () => {
+        const request: CreateVmRequest = { name, network: o.network as 'user' | 'none', start: Boolean(o.start) };
+        if (o.vcpus !== undefined) request.vcpus = o.vcpus as number;
+        if (o.memory !== undefined) request.memory = o.memory as string;
+        if (o.kernel) request.kernel = { path: o.kernel as string, ...(o.initrd ? { initrd: o.initrd as string } : {}), ...(o.cmdline ? { cmdline: o.cmdline as string } : {}) };
+        else if (o.initrd || o.cmdline) throw new InvalidInputError('--initrd and --cmdline need --kernel', {});
+        if (o.bootDisk) request.bootDisk = o.bootDisk as string;
+        if (o.disk) request.disks = (o.disk as string[]).map((path) => ({ path }));
+        const client = ctx.client();
+        const result = await followTask(client, await client.createVm(request), Boolean(o.json), `start ${name}`, true);
+        if (o.json) printJson(result);
+        else process.stdout.write(`created VM ${result.vm.name} (${result.vm.id}), ${result.vm.state}\n`);
+      }),
+    );
+
+  vm.command('list')
+    .description('list VMs')
+    .option('--json', 'print JSON')
+    .action((o: { json?: boolean }) =>
+      ctx.run(Boolean(o.json), async () => {
+        const vms = await ctx.client().listVms();
+        if (o.json) printJson(vms);
+        else printTable(VM_TABLE_HEAD, vms.map(vmRow));
+      }),
+    );
+
+  vm.command('show')
+    .description('show a VM')
+    .argument('<name>')
+    .option('--json', 'print JSON')
+    .action((name: string, o: { json?: boolean }) =>
+      ctx.run(Boolean(o.json), async () => {
+        const record = await ctx.client().getVm(name);
+        if (o.json) printJson(record);
+        else printVm(record);
+      }),
+    );
+
+  vm.command('start')
+    .description('boot a VM and wait until its guest agent answers')
+    .argument('<name>')
+    .option('--no-wait', 'return the task at once')
+    .option('--json', 'print JSON')
+    .action((name: string, o: { json?: boolean; wait: boolean }) =>
+      ctx.run(Boolean(o.json), async () => {
+        const client = ctx.client();
+        const result = await followTask(client, await client.startVm(name), Boolean(o.json), `start ${name}`, o.wait);
+        if (o.json) printJson(result);
+        else process.stdout.write(`${result.vm.name}: ${result.vm.state}\n`);
+      }),
+    );
+
+  vm.command('stop')
+    .description('power a VM off (ACPI), killing it after --timeout seconds')
+    .argument('<name>')
+    .option('--timeout <seconds>', 'seconds to wait for the guest', intOption('--timeout'), 30)
+    .option('--no-wait', 'return the task at once')
+    .option('--json', 'print JSON')
+    .action((name: string, o: { json?: boolean; wait: boolean; timeout: number }) =>
+      ctx.run(Boolean(o.json), async () => {
+        const client = ctx.client();
+        const result = await followTask(client, await client.stopVm(name, { timeoutMs: o.timeout * 1000 }), Boolean(o.json), `stop ${name}`, o.wait);
+        if (o.json) printJson(result);
+        else process.stdout.write(`${result.vm.name}: ${result.vm.state}${result.vm.stateReason ? ` (${result.vm.stateReason})` : ''}\n`);
+      }),
+    );
+
+  for (const [action, description] of [
+    ['pause', 'pause the vCPUs'],
+    ['resume', 'resume the vCPUs'],
+    ['kill', 'kill QEMU at once'],
+    ['delete', 'delete a stopped VM and its files'],
+  ] as const) {
+    vm.command(action)
+      .description(description)
+      .argument('<name>')
+      .option('--json', 'print JSON')
+      .action((name: string, o: { json?: boolean }) =>
+        ctx.run(Boolean(o.json), async () => {
+          const client = ctx.client();
+          const record = action === 'pause' ? await client.pauseVm(name) : action === 'resume' ? await client.resumeVm(name) : action === 'kill' ? await client.killVm(name) : await client.deleteVm(name);
+          if (o.json) printJson(record);
+          else process.stdout.write(action === 'delete' ? `deleted VM ${record.name}\n` : `${record.name}: ${record.state}\n`);
+        }),
+      );
+  }
+
+  vm.command('exec')
+    .description('run a command in the guest: offshoot vm exec NAME -- CMD ARGS...; exits with its exit code')
+    .argument('<name>')
+    .argument('<command...>')
+    .option('--stdin', 'pass this process\'s standard input to the command')
+    .option('--timeout <seconds>', 'seconds to let the command run', intOption('--timeout'), 60)
+    .option('--json', 'print JSON (output base64-free, as text)')
+    .action((name: string, command: string[], o: { json?: boolean; stdin?: boolean; timeout: number }) =>
+      ctx.run(Boolean(o.json), async () => {
+        const [path, ...args] = command;
+        if (!path) throw new InvalidInputError('give the command to run after --', {});
+        const input = o.stdin ? readFileSync(0) : undefined;
+        const result = await ctx.client().exec(name, path, args, { input, timeoutMs: o.timeout * 1000 });
+        if (o.json) {
+          printJson({ exitCode: result.exitCode, signal: result.signal, stdout: result.stdout.toString('utf8'), stderr: result.stderr.toString('utf8') });
+        } else {
+          process.stdout.write(result.stdout);
+          process.stderr.write(result.stderr);
+        }
+        return result.exitCode ?? (result.signal ? 128 + result.signal : 1);
+      }),
+    );
+
+  vm.command('console')
+    .description('print the tail of the serial console')
+    .argument('<name>')
+    .option('--bytes <n>', 'how much to print', intOption('--bytes'), 64 * 1024)
+    .action((name: string, o: { bytes: number }) =>
+      ctx.run(false, async () => {
+        process.stdout.write(await ctx.client().console(name, o.bytes));
+      }),
+    );
+}

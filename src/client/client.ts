@@ -1,0 +1,210 @@
+// The typed Offshoot API client, used by the CLI (and later the console). It
+// finds the daemon through OFFSHOOT_URL/OFFSHOOT_TOKEN or the daemon's home
+// (daemon.json + token), and turns error responses back into OffshootErrors
+// with the server's stable code.
+import { readFileSync } from 'node:fs';
+import { createParser } from 'eventsource-parser';
+import { OffshootError, defaultHome, homePaths, sleep } from '../common/index.ts';
+import type { DaemonFile } from '../common/index.ts';
+import type { CreateVmRequest, EngineEvent, TaskRecord, VmRecord } from '../vm/index.ts';
+
+export interface ExecOutput {
+  exitCode: number | null;
+  signal: number | null;
+  stdout: Buffer;
+  stderr: Buffer;
+}
+
+export interface HostInfoView {
+  hostId: string;
+  accel: 'kvm' | 'tcg';
+  accelReason: string;
+  qemuVersion: string;
+  memoryDir: string;
+  vmsDir: string;
+}
+
+export interface VmAndTaskView {
+  vm: VmRecord;
+  task?: TaskRecord;
+}
+
+/** The daemon could not be reached. */
+export class DaemonUnreachableError extends OffshootError {
+  constructor(url: string, cause: unknown) {
+    super('DAEMON_UNREACHABLE', `cannot reach the Offshoot daemon at ${url}: ${(cause as Error)?.message ?? cause}. Is \`offshoot serve\` running?`, { url }, 503, { cause });
+  }
+}
+
+export class NoDaemonConfiguredError extends OffshootError {
+  constructor(home: string) {
+    super('DAEMON_NOT_FOUND', `no running daemon found for OFFSHOOT_HOME=${home} (no daemon.json); start one with \`offshoot serve\` or set OFFSHOOT_URL and OFFSHOOT_TOKEN`, { home }, 503);
+  }
+}
+
+export interface ClientOptions {
+  url: string;
+  token: string;
+}
+
+export class OffshootClient {
+  constructor(private readonly options: ClientOptions) {}
+
+  get url(): string {
+    return this.options.url;
+  }
+
+  /** From OFFSHOOT_URL/OFFSHOOT_TOKEN, else from the daemon's home folder. */
+  static fromEnvironment(env: NodeJS.ProcessEnv = process.env): OffshootClient {
+    const home = defaultHome(env);
+    const paths = homePaths(home);
+    let url = env.OFFSHOOT_URL;
+    let token = env.OFFSHOOT_TOKEN;
+    if (!url) {
+      try {
+        url = (JSON.parse(readFileSync(paths.daemonFile, 'utf8')) as DaemonFile).url;
+      } catch {
+        throw new NoDaemonConfiguredError(home);
+      }
+    }
+    if (!token) {
+      try {
+        token = readFileSync(paths.token, 'utf8').trim();
+      } catch {
+        throw new OffshootError('TOKEN_NOT_FOUND', `no API token: set OFFSHOOT_TOKEN or make ${paths.token} readable`, { path: paths.token }, 401);
+      }
+    }
+    return new OffshootClient({ url, token });
+  }
+
+  private async request<T>(method: string, path: string, body?: unknown): Promise<T> {
+    let response: Response;
+    try {
+      response = await fetch(`${this.options.url}${path}`, {
+        method,
+        headers: { authorization: `Bearer ${this.options.token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    } catch (err) {
+      throw new DaemonUnreachableError(this.options.url, (err as Error & { cause?: unknown }).cause ?? err);
+    }
+    const text = await response.text();
+    if (!response.ok) {
+      let parsed: { code?: string; message?: string; details?: Record<string, unknown> } = {};
+      try {
+        parsed = JSON.parse(text) as typeof parsed;
+      } catch {
+        // not JSON: keep the raw text as message
+      }
+      throw new OffshootError(parsed.code ?? `HTTP_${response.status}`, parsed.message ?? (text || response.statusText), parsed.details ?? {}, response.status);
+    }
+    const type = response.headers.get('content-type') ?? '';
+    return (type.includes('json') ? JSON.parse(text) : text) as T;
+  }
+
+  health(): Promise<{ ok: boolean; version: string }> {
+    return this.request('GET', '/health');
+  }
+
+  host(): Promise<HostInfoView> {
+    return this.request('GET', '/host');
+  }
+
+  listVms(): Promise<VmRecord[]> {
+    return this.request('GET', '/vms');
+  }
+
+  getVm(ref: string): Promise<VmRecord> {
+    return this.request('GET', `/vms/${encodeURIComponent(ref)}`);
+  }
+
+  createVm(request: CreateVmRequest): Promise<VmAndTaskView> {
+    return this.request('POST', '/vms', request);
+  }
+
+  startVm(ref: string): Promise<VmAndTaskView> {
+    return this.request('POST', `/vms/${encodeURIComponent(ref)}/start`);
+  }
+
+  stopVm(ref: string, options: { timeoutMs?: number } = {}): Promise<VmAndTaskView> {
+    return this.request('POST', `/vms/${encodeURIComponent(ref)}/stop`, options);
+  }
+
+  pauseVm(ref: string): Promise<VmRecord> {
+    return this.request('POST', `/vms/${encodeURIComponent(ref)}/pause`);
+  }
+
+  resumeVm(ref: string): Promise<VmRecord> {
+    return this.request('POST', `/vms/${encodeURIComponent(ref)}/resume`);
+  }
+
+  killVm(ref: string): Promise<VmRecord> {
+    return this.request('POST', `/vms/${encodeURIComponent(ref)}/kill`);
+  }
+
+  deleteVm(ref: string): Promise<VmRecord> {
+    return this.request('DELETE', `/vms/${encodeURIComponent(ref)}`);
+  }
+
+  async exec(ref: string, path: string, args: string[], options: { input?: Buffer; timeoutMs?: number } = {}): Promise<ExecOutput> {
+    const result = await this.request<{ exitCode: number | null; signal: number | null; stdout: string; stderr: string }>('POST', `/vms/${encodeURIComponent(ref)}/exec`, {
+      path,
+      args,
+      ...(options.input ? { input: options.input.toString('base64') } : {}),
+      ...(options.timeoutMs ? { timeoutMs: options.timeoutMs } : {}),
+    });
+    return { exitCode: result.exitCode, signal: result.signal, stdout: Buffer.from(result.stdout, 'base64'), stderr: Buffer.from(result.stderr, 'base64') };
+  }
+
+  console(ref: string, bytes?: number): Promise<string> {
+    return this.request('GET', `/vms/${encodeURIComponent(ref)}/console${bytes ? `?bytes=${bytes}` : ''}`);
+  }
+
+  listTasks(limit = 50): Promise<TaskRecord[]> {
+    return this.request('GET', `/tasks?limit=${limit}`);
+  }
+
+  getTask(id: string): Promise<TaskRecord> {
+    return this.request('GET', `/tasks/${encodeURIComponent(id)}`);
+  }
+
+  /** Polls the task until it finishes, reporting progress; throws the task's error if it failed. */
+  async waitTask(id: string, onProgress?: (task: TaskRecord) => void, intervalMs = 200): Promise<TaskRecord> {
+    let last = '';
+    while (true) {
+      const task = await this.getTask(id);
+      const seen = `${task.progress}|${task.message}|${task.state}`;
+      if (seen !== last) onProgress?.(task);
+      last = seen;
+      if (task.state === 'succeeded') return task;
+      if (task.state === 'failed') {
+        const e = task.error ?? { code: 'TASK_FAILED', message: task.message, details: {} };
+        throw new OffshootError(e.code, e.message, { ...e.details, taskId: task.id }, 500);
+      }
+      await sleep(intervalMs);
+    }
+  }
+
+  /** The server-sent event stream, as an async iterable of engine events. */
+  async *events(signal?: AbortSignal): AsyncGenerator<EngineEvent> {
+    let response: Response;
+    try {
+      response = await fetch(`${this.options.url}/events`, { headers: { authorization: `Bearer ${this.options.token}` }, signal });
+    } catch (err) {
+      throw new DaemonUnreachableError(this.options.url, err);
+    }
+    if (!response.ok || !response.body) throw new OffshootError(`HTTP_${response.status}`, `cannot open the event stream: ${response.statusText}`, {}, response.status);
+    const pending: EngineEvent[] = [];
+    const parser = createParser({
+      onEvent: (message) => {
+        if (message.event === 'hello' || message.event === 'ping') return;
+        pending.push(JSON.parse(message.data) as EngineEvent);
+      },
+    });
+    const decoder = new TextDecoder();
+    for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
+      parser.feed(decoder.decode(chunk, { stream: true }));
+      while (pending.length > 0) yield pending.shift() as EngineEvent;
+    }
+  }
+}

@@ -1,0 +1,15 @@
+// Public surface of the QEMU layer: QMP and QGA clients, the launch spec and
+// argv builder, the process supervisor, the accelerator probe and qemu-img.
+export * from './qemu-errors.ts';
+export { QmpClient, QmpEventSubscription } from './qmp-client.ts';
+export type { QmpEvent, QmpGreeting, QmpStatus, QmpVersion, QmpConnectOptions, QmpExecuteOptions, QmpWaitForEventOptions, QmpCloseInfo } from './qmp-client.ts';
+export { QgaClient } from './qga-client.ts';
+export type * from './launch-spec.ts';
+export { GUEST_AGENT_PORT, PROCESS_NAME_PREFIX } from './launch-spec.ts';
+export { buildQemuArgv, validateLaunchSpec } from './argv.ts';
+export { spawnQemu, adoptQemu, findOffshootQemus, killAndWait, QemuStartError, DEFAULT_QEMU_BINARY } from './process.ts';
+export type { QemuProcess, QemuExit, KillOutcome } from './process.ts';
+export { probeAccelerator, qemuVersion, PROBE_MARKER, PROBE_CMDLINE_FLAG, ACCEL_ENV } from './accel.ts';
+export type { AcceleratorChoice, ProbeAcceleratorOptions } from './accel.ts';
+export { createImage, imageInfo, checkImage, convertImage, rebaseImage, QemuImgError } from './qemu-img.ts';
+export type { ImageFormat, ImageInfo, ImageCheck } from './qemu-img.ts';

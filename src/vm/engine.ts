@@ -1,0 +1,226 @@
+// The VM engine: the single request handler under every front end (REST API,
+// CLI through the API). It validates requests, claims VMs through the state
+// keeper, runs long work as tasks, and calls the host agent for everything
+// that touches QEMU or files. Operations leave a VM either done or as it was.
+import { AlreadyExistsError, NotFoundError, OffshootError, silentLogger } from '../common/index.ts';
+import type { Logger } from '../common/index.ts';
+import type { ExecResult, HostAgent, PrepareVmRequest } from '../agent/index.ts';
+import { EventBus } from './events.ts';
+import { newVmId } from './ids.ts';
+import type { Inventory, TaskRecord, VmRecord } from './records.ts';
+import { execRequestSchema, parseRequest, stopRequestSchema } from './requests.ts';
+import { parseCreateVmRequest, resolveMemoryMiB } from './spec.ts';
+import { LIVE_STATES, assertOperationAllowed, isLive } from './state.ts';
+import { StateKeeper } from './state-keeper.ts';
+import { TaskRunner } from './tasks.ts';
+
+export interface VmEngineOptions {
+  inventory: Inventory;
+  agent: HostAgent;
+  logger?: Logger;
+  /** How long a boot may take until the guest agent answers. */
+  bootTimeoutMs?: number;
+}
+
+export interface VmAndTask {
+  vm: VmRecord;
+  task?: TaskRecord;
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+export class VmEngine {
+  readonly events = new EventBus();
+  readonly tasks: TaskRunner;
+  private readonly states: StateKeeper;
+  private readonly inventory: Inventory;
+  private readonly agent: HostAgent;
+  private readonly logger: Logger;
+  private readonly bootTimeoutMs: number;
+  private readonly unsubscribe: () => void;
+
+  constructor(options: VmEngineOptions) {
+    this.inventory = options.inventory;
+    this.agent = options.agent;
+    this.logger = options.logger ?? silentLogger;
+    this.bootTimeoutMs = options.bootTimeoutMs ?? 120_000;
+    this.tasks = new TaskRunner(this.inventory, this.events, this.logger);
+    this.states = new StateKeeper(this.inventory, this.events);
+    this.unsubscribe = this.agent.onVmExit((event) => {
+      void this.states
+        .settle(event.vmId, LIVE_STATES, event.clean ? 'stopped' : 'failed', event.reason, { runtime: null })
+        .then(({ moved, vm }) => moved && this.logger.info({ vm: vm.name, state: vm.state, reason: event.reason }, 'VM QEMU ended'))
+        .catch((err: unknown) => this.logger.error({ err, vmId: event.vmId }, 'cannot record QEMU exit'));
+    });
+  }
+
+  /** Finds a VM by id or name. */
+  async resolve(ref: string): Promise<VmRecord> {
+    const vm = UUID.test(ref) ? await this.inventory.getVm(ref) : await this.inventory.findVmByName(ref);
+    if (!vm) throw new NotFoundError('VM', ref);
+    return vm;
+  }
+
+  list(): Promise<VmRecord[]> {
+    return this.inventory.listVms();
+  }
+
+  async create(input: unknown): Promise<VmAndTask> {
+    const request = parseCreateVmRequest(input);
+    const memoryMiB = resolveMemoryMiB(request.memory);
+    if (await this.inventory.findVmByName(request.name)) throw new AlreadyExistsError('VM', request.name);
+    const id = newVmId();
+    const prepare: PrepareVmRequest = {
+      name: request.name,
+      vcpus: request.vcpus,
+      memoryMiB,
+      boot: request.kernel
+        ? { kind: 'kernel', kernel: request.kernel.path, initrd: request.kernel.initrd, cmdline: request.kernel.cmdline }
+        : request.bootDisk
+          ? { kind: 'disk', path: request.bootDisk }
+          : { kind: 'default-guest' },
+      disks: request.disks,
+      network: request.network,
+    };
+    const spec = await this.agent.prepareVm(id, prepare);
+    const now = new Date().toISOString();
+    const vm: VmRecord = { id, name: request.name, state: 'created', stateReason: null, spec, runtime: null, createdAt: now, updatedAt: now };
+    try {
+      await this.inventory.insertVm(vm);
+    } catch (err) {
+      await this.agent.deleteVmFiles(id);
+      throw err;
+    }
+    this.events.publish({ type: 'vm.created', vm, at: now });
+    this.logger.info({ vm: vm.name, id }, 'VM created');
+    if (!request.start) return { vm };
+    return this.start(id);
+  }
+
+  /** Boots the VM; the task finishes when QEMU runs and (for the default guest) its agent answers. */
+  async start(ref: string): Promise<VmAndTask> {
+    const { id } = await this.resolve(ref);
+    const vm = await this.states.claim(id, 'start', 'starting');
+    const task = await this.tasks.start('vm.start', vm, async (ctx) => {
+      try {
+        await ctx.progress(0.05, 'starting QEMU');
+        const runtime = await this.agent.startVm(vm.id, vm.name, vm.spec);
+        await this.states.settle(id, ['starting'], 'starting', null, { runtime });
+        if (vm.spec.defaultGuest) {
+          await ctx.progress(0.3, 'booting: waiting for the guest agent');
+          await this.agent.waitForGuestAgent(id, this.bootTimeoutMs);
+        }
+        const { moved, vm: after } = await this.states.settle(id, ['starting'], 'running', null);
+        if (!moved) throw new OffshootError('START_INTERRUPTED', `VM "${vm.name}" became ${after.state} before it finished booting`, { vm: vm.name, state: after.state }, 409);
+        return { vm: after };
+      } catch (err) {
+        await this.agent.killVm(id).catch(() => undefined);
+        await this.states.settle(id, ['starting', 'running', 'paused'], 'failed', `start failed: ${(err as Error).message}`, { runtime: null });
+        throw err;
+      }
+    });
+    return { vm: await this.resolve(id), task };
+  }
+
+  /** ACPI power-down, then kill after the timeout. */
+  async stop(ref: string, input: unknown = {}): Promise<VmAndTask> {
+    const { timeoutMs } = parseRequest('stop request', stopRequestSchema, input);
+    const { id } = await this.resolve(ref);
+    const vm = await this.states.claim(id, 'stop', 'stopping');
+    const task = await this.tasks.start('vm.stop', vm, async (ctx) => {
+      await ctx.progress(0.1, 'waiting for the guest to power off');
+      let forced = false;
+      try {
+        forced = (await this.agent.stopVm(id, timeoutMs)).forced;
+      } catch (err) {
+        if (!(err instanceof OffshootError && err.code === 'VM_NOT_RUNNING')) throw err;
+      }
+      const reason = forced ? `killed after the guest did not power off within ${timeoutMs} ms` : 'stopped by request';
+      const { vm: after } = await this.states.settle(id, ['stopping'], 'stopped', reason, { runtime: null });
+      return { vm: after, forced };
+    });
+    return { vm: await this.resolve(id), task };
+  }
+
+  async pause(ref: string): Promise<VmRecord> {
+    const { id } = await this.resolve(ref);
+    await this.states.claim(id, 'pause');
+    await this.agent.pauseVm(id);
+    return (await this.states.settle(id, ['running'], 'paused', null)).vm;
+  }
+
+  async resume(ref: string): Promise<VmRecord> {
+    const { id } = await this.resolve(ref);
+    await this.states.claim(id, 'resume');
+    await this.agent.resumeVm(id);
+    return (await this.states.settle(id, ['paused'], 'running', null)).vm;
+  }
+
+  async kill(ref: string): Promise<VmRecord> {
+    const { id } = await this.resolve(ref);
+    await this.states.claim(id, 'kill');
+    try {
+      await this.agent.killVm(id);
+    } catch (err) {
+      if (!(err instanceof OffshootError && err.code === 'VM_NOT_RUNNING')) throw err;
+    }
+    return (await this.states.settle(id, LIVE_STATES, 'stopped', 'killed by request', { runtime: null })).vm;
+  }
+
+  async delete(ref: string): Promise<VmRecord> {
+    const { id } = await this.resolve(ref);
+    return this.states.withVm(id, async (vm) => {
+      assertOperationAllowed(vm.name, vm.state, 'delete');
+      await this.agent.deleteVmFiles(id);
+      await this.inventory.deleteVm(id);
+      this.events.publish({ type: 'vm.deleted', vmId: id, name: vm.name, at: new Date().toISOString() });
+      this.logger.info({ vm: vm.name, id }, 'VM deleted');
+      return vm;
+    });
+  }
+
+  async exec(ref: string, input: unknown): Promise<ExecResult> {
+    const request = parseRequest('exec request', execRequestSchema, input);
+    const { id } = await this.resolve(ref);
+    await this.states.claim(id, 'exec');
+    return this.agent.exec(id, request);
+  }
+
+  async console(ref: string, maxBytes = 64 * 1024): Promise<string> {
+    const { id } = await this.resolve(ref);
+    return this.agent.readConsole(id, maxBytes);
+  }
+
+  /**
+   * After a daemon (re)start: fails tasks the previous daemon left running, re-adopts VMs
+   * whose QEMU still runs, marks the others stopped, and removes orphan processes and files.
+   */
+  async recover(): Promise<{ adopted: string[]; lost: string[]; killed: number[]; removed: string[] }> {
+    await this.tasks.failInterrupted();
+    const vms = await this.inventory.listVms();
+    const adopted: string[] = [];
+    const lost: string[] = [];
+    for (const vm of vms) {
+      if (!isLive(vm.state)) continue;
+      const status = vm.runtime ? await this.agent.adoptVm(vm.id, vm.runtime).catch(() => undefined) : undefined;
+      if (status) {
+        adopted.push(vm.name);
+        if (status !== vm.state) await this.states.force(vm.id, status, vm.state === 'starting' ? 'adopted while booting' : null);
+      } else {
+        lost.push(vm.name);
+        await this.states.force(vm.id, 'stopped', 'QEMU was not running when the daemon restarted', { runtime: null });
+      }
+    }
+    const live = new Set(vms.filter((vm) => adopted.includes(vm.name)).map((vm) => vm.id));
+    const known = new Set(vms.map((vm) => vm.id));
+    const { killed, removed } = await this.agent.reapOrphans(live, known);
+    this.logger.info({ adopted, lost, killed, removed }, 'recovery done');
+    return { adopted, lost, killed, removed };
+  }
+
+  /** Stops watching; VMs keep running (the next daemon re-adopts them). */
+  async close(): Promise<void> {
+    this.unsubscribe();
+    await this.tasks.drain();
+  }
+}

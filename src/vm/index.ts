@@ -1,0 +1,15 @@
+// Public surface of the VM layer: the engine (one request handler for every
+// front end), its records and the Inventory interface the store implements,
+// the lifecycle states, request schemas and events.
+export { VmEngine } from './engine.ts';
+export type { VmEngineOptions, VmAndTask } from './engine.ts';
+export type { EngineEvent } from './events.ts';
+export { EventBus } from './events.ts';
+export type { Inventory, TaskRecord, TaskState, TaskError, VmRecord } from './records.ts';
+export { TASK_STATES, isTaskState, isTaskDone } from './records.ts';
+export type { VmState, VmOperation } from './state.ts';
+export { VM_STATES, LIVE_STATES, OPERATION_REQUIRES, isVmState, isLive, canTransition, assertOperationAllowed } from './state.ts';
+export { createVmRequestSchema, parseCreateVmRequest, parseSizeMiB, resolveMemoryMiB, vmNameSchema, MIN_MEMORY_MIB, MAX_MEMORY_MIB, MAX_VCPUS } from './spec.ts';
+export type { CreateVmRequest, VmSpec, VmDisk, VmNic, VmBoot } from './spec.ts';
+export { execRequestSchema, stopRequestSchema } from './requests.ts';
+export type { ExecVmRequest } from './requests.ts';

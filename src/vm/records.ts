@@ -1,0 +1,63 @@
+// The records the VM engine keeps in the inventory: VMs and tasks. Plain data,
+// stored by whatever implements Inventory (src/store).
+import type { VmRuntime, VmSpec } from '../agent/index.ts';
+import type { VmState } from './state.ts';
+
+export interface VmRecord {
+  id: string;
+  name: string;
+  state: VmState;
+  /** Why the VM is in its state (e.g. how QEMU ended); null when there is nothing to say. */
+  stateReason: string | null;
+  spec: VmSpec;
+  runtime: VmRuntime | null;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export const TASK_STATES = ['running', 'succeeded', 'failed'] as const;
+export type TaskState = (typeof TASK_STATES)[number];
+
+export function isTaskState(value: string): value is TaskState {
+  return (TASK_STATES as readonly string[]).includes(value);
+}
+
+export function isTaskDone(state: TaskState): boolean {
+  return state !== 'running';
+}
+
+export interface TaskError {
+  code: string;
+  message: string;
+  details: Record<string, unknown>;
+}
+
+export interface TaskRecord {
+  id: string;
+  kind: string;
+  targetId: string;
+  targetName: string;
+  state: TaskState;
+  /** 0..1 */
+  progress: number;
+  message: string;
+  result: unknown;
+  error: TaskError | null;
+  createdAt: string;
+  updatedAt: string;
+}
+
+/** Persistence the VM engine needs; src/store implements it over SQLite. */
+export interface Inventory {
+  insertVm(vm: VmRecord): Promise<void>;
+  updateVm(id: string, patch: Partial<Omit<VmRecord, 'id' | 'createdAt'>>): Promise<VmRecord>;
+  deleteVm(id: string): Promise<void>;
+  getVm(id: string): Promise<VmRecord | undefined>;
+  findVmByName(name: string): Promise<VmRecord | undefined>;
+  listVms(): Promise<VmRecord[]>;
+
+  insertTask(task: TaskRecord): Promise<void>;
+  updateTask(id: string, patch: Partial<Omit<TaskRecord, 'id' | 'createdAt'>>): Promise<TaskRecord>;
+  getTask(id: string): Promise<TaskRecord | undefined>;
+  listTasks(options?: { limit?: number; targetId?: string }): Promise<TaskRecord[]>;
+}

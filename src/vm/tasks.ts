@@ -1,0 +1,95 @@
+// Tasks: every long operation (start, stop, later fork, checkpoint, migrate) is
+// a persisted task with progress and a result or a typed error, as in vCenter.
+// The API returns the task at once; callers follow it through events or wait.
+import { NotFoundError, toOffshootError } from '../common/index.ts';
+import type { Logger } from '../common/index.ts';
+import type { EventBus } from './events.ts';
+import { newTaskId } from './ids.ts';
+import type { Inventory, TaskRecord } from './records.ts';
+import { isTaskDone } from './records.ts';
+
+export interface TaskContext {
+  /** Reports progress (0..1) and a short message of the current phase. */
+  progress(fraction: number, message: string): Promise<void>;
+}
+
+export class TaskRunner {
+  private readonly waiters = new Map<string, Promise<TaskRecord>>();
+
+  constructor(
+    private readonly inventory: Inventory,
+    private readonly events: EventBus,
+    private readonly logger: Logger,
+  ) {}
+
+  /** Persists a new task and runs `work` in the background; returns the task as first stored. */
+  async start(kind: string, target: { id: string; name: string }, work: (ctx: TaskContext) => Promise<unknown>): Promise<TaskRecord> {
+    const now = new Date().toISOString();
+    const task: TaskRecord = { id: newTaskId(), kind, targetId: target.id, targetName: target.name, state: 'running', progress: 0, message: 'started', result: null, error: null, createdAt: now, updatedAt: now };
+    await this.inventory.insertTask(task);
+    this.events.publish({ type: 'task', task, at: now });
+    const ctx: TaskContext = {
+      progress: async (fraction, message) => {
+        await this.update(task.id, { progress: Math.max(0, Math.min(1, fraction)), message });
+      },
+    };
+    const done = (async () => {
+      try {
+        const result = await work(ctx);
+        return await this.update(task.id, { state: 'succeeded', progress: 1, message: 'done', result: result ?? null });
+      } catch (err) {
+        const error = toOffshootError(err);
+        this.logger.warn({ taskId: task.id, kind, target: target.name, code: error.code, err: error.message }, 'task failed');
+        return await this.update(task.id, { state: 'failed', message: error.message, error: error.toJSON() });
+      }
+    })();
+    this.waiters.set(task.id, done);
+    void done.finally(() => this.waiters.delete(task.id));
+    return task;
+  }
+
+  private async update(id: string, patch: Partial<TaskRecord>): Promise<TaskRecord> {
+    const task = await this.inventory.updateTask(id, { ...patch, updatedAt: new Date().toISOString() });
+    this.events.publish({ type: 'task', task, at: task.updatedAt });
+    return task;
+  }
+
+  async get(id: string): Promise<TaskRecord> {
+    const task = await this.inventory.getTask(id);
+    if (!task) throw new NotFoundError('task', id);
+    return task;
+  }
+
+  list(limit = 50): Promise<TaskRecord[]> {
+    return this.inventory.listTasks({ limit });
+  }
+
+  /** Resolves with the finished task (succeeded or failed). */
+  async wait(id: string): Promise<TaskRecord> {
+    const pending = this.waiters.get(id);
+    if (pending) return pending;
+    const task = await this.get(id);
+    if (isTaskDone(task.state)) return task;
+    // Running in another process or orphaned: poll until it settles.
+    while (true) {
+      await new Promise((r) => setTimeout(r, 200));
+      const current = await this.get(id);
+      if (isTaskDone(current.state)) return current;
+    }
+  }
+
+  /** Waits for every task still running in this process (used on shutdown). */
+  async drain(): Promise<void> {
+    await Promise.allSettled([...this.waiters.values()]);
+  }
+
+  /** Marks tasks left running by a previous daemon as failed. */
+  async failInterrupted(): Promise<TaskRecord[]> {
+    const interrupted = (await this.inventory.listTasks({ limit: 1000 })).filter((t) => t.state === 'running' && !this.waiters.has(t.id));
+    const out: TaskRecord[] = [];
+    for (const task of interrupted) {
+      out.push(await this.update(task.id, { state: 'failed', message: 'interrupted: the daemon stopped while this task ran', error: { code: 'TASK_INTERRUPTED', message: 'the daemon stopped while this task ran', details: {} } }));
+    }
+    return out;
+  }
+}
