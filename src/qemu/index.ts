@@ -2,8 +2,9 @@
 // argv builder, the process supervisor, the accelerator probe and qemu-img.
 export * from './qemu-errors.ts';
 export { QmpClient, QmpEventSubscription } from './qmp-client.ts';
-export type { QmpEvent, QmpGreeting, QmpStatus, QmpVersion, QmpConnectOptions, QmpExecuteOptions, QmpWaitForEventOptions, QmpCloseInfo } from './qmp-client.ts';
+export type { QmpTimestamp, QmpEvent, QmpGreeting, QmpStatus, QmpVersion, QmpConnectOptions, QmpExecuteOptions, QmpWaitForEventOptions, QmpCloseInfo } from './qmp-client.ts';
 export { QgaClient } from './qga-client.ts';
+export type { QgaConnectOptions, QgaWaitOptions, QgaExecOptions, QgaExecResult, QgaInfo, QgaShutdownMode, QgaCloseInfo } from './qga-client.ts';
 export type * from './launch-spec.ts';
 export { GUEST_AGENT_PORT, PROCESS_NAME_PREFIX } from './launch-spec.ts';
 export { buildQemuArgv, validateLaunchSpec } from './argv.ts';
