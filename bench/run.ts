@@ -1,0 +1,25 @@
+// `npm run bench -- NAME [options]`: runs one benchmark, prints Offshoot's
+// figure beside a baseline measured in the same run with the ratio, and writes
+// the raw numbers as JSON under bench/results/. Benchmarks never assert.
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { bootBenchmark } from './boot.ts';
+import type { BenchResult } from './report.ts';
+import { printReport } from './report.ts';
+
+const BENCHMARKS: Record<string, (args: string[]) => Promise<BenchResult>> = {
+  boot: bootBenchmark,
+};
+
+const [name, ...args] = process.argv.slice(2);
+if (!name || !BENCHMARKS[name]) {
+  process.stderr.write(`usage: npm run bench -- NAME [--runs N]\nbenchmarks: ${Object.keys(BENCHMARKS).join(', ')}\n`);
+  process.exit(2);
+}
+const result = await (BENCHMARKS[name] as (args: string[]) => Promise<BenchResult>)(args);
+printReport(result);
+const dir = join(import.meta.dirname, 'results');
+mkdirSync(dir, { recursive: true });
+const file = join(dir, `${name}-${result.startedAt.replace(/[:.]/g, '-')}.json`);
+writeFileSync(file, `${JSON.stringify(result, null, 2)}\n`);
+process.stdout.write(`\nresults: ${file}\n`);

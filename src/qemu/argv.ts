@@ -1,0 +1,155 @@
+// Builds the qemu-system-x86_64 command line of one VM from a QemuLaunchSpec.
+// Pure and validated: a bad spec throws InvalidInputError before any process
+// starts. Every option here is accepted by QEMU 7.2 (argv.test.ts starts one).
+//
+// Shape of a VM:
+// - q35, RAM from `memory-backend-file` id=ram0 (never anonymous memory), no
+//   prealloc: owned VMs map their own file share=on, derived VMs map a
+//   template share=off (private copy-on-write).
+// - KVM with `-cpu host`, or TCG with `-cpu max` (boots the Debian kernel).
+// - serial console appended to a file; QMP and the guest agent on unix
+//   sockets (server, no wait), the agent on virtio-serial port
+//   org.qemu.guest_agent.0.
+// - `-no-reboot`: a guest reboot ends the process, as a poweroff does. The
+//   supervisor sees an exit; whoever owns the VM decides whether to restart
+//   it (a restarted process would lose the fork/derived memory setup anyway).
+import { InvalidInputError, isValidName } from '../common/index.ts';
+import { GUEST_AGENT_PORT, PROCESS_NAME_PREFIX } from './launch-spec.ts';
+import type { QemuLaunchSpec } from './launch-spec.ts';
+
+/** QEMU ids (node-name, netdev and device ids): a letter, then up to 30 of [A-Za-z0-9_.-]. */
+const QEMU_ID = /^[A-Za-z][A-Za-z0-9_.-]{0,30}$/;
+const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
+const MACHINE = /^[a-z0-9][a-z0-9._-]*$/i;
+/** Ids argv.ts uses itself; disks and NICs may not take them. */
+const RESERVED_IDS = new Set(['ram0', 'qmp', 'qga0', 'serial0', 'virtio-serial0', 'guest-agent0', 'rng0']);
+/** sun_path is 108 bytes including the terminating NUL. */
+const MAX_SOCKET_PATH_BYTES = 107;
+export const MIN_MEMORY_MIB = 16;
+export const MAX_VCPUS = 255;
+
+/** Escapes a value for QEMU's "key=value,key=value" option syntax (a comma is written twice). */
+export function qemuOptValue(value: string): string {
+  return value.replaceAll(',', ',,');
+}
+
+function invalid(message: string, field: string, value: unknown): never {
+  throw new InvalidInputError(message, { field, value });
+}
+
+function requirePath(field: string, value: string | undefined): string {
+  if (typeof value !== 'string' || value.length === 0) invalid(`${field} must be a non-empty path`, field, value);
+  if (value.includes('\0')) invalid(`${field} must not contain NUL`, field, value);
+  return value;
+}
+
+function requireSocketPath(field: string, value: string): string {
+  requirePath(field, value);
+  const bytes = Buffer.byteLength(value);
+  if (bytes > MAX_SOCKET_PATH_BYTES) {
+    invalid(`${field} is ${bytes} bytes; a unix socket path may have at most ${MAX_SOCKET_PATH_BYTES}`, field, value);
+  }
+  return value;
+}
+
+/** Throws InvalidInputError for the first problem in the spec. */
+export function validateLaunchSpec(spec: QemuLaunchSpec): void {
+  if (!isValidName(spec.vmId)) invalid(`vmId "${spec.vmId}" must be 1-63 letters, digits, "-" or "_"`, 'vmId', spec.vmId);
+  if (typeof spec.name !== 'string' || spec.name.length === 0) invalid('name must not be empty', 'name', spec.name);
+  if (spec.accel !== 'kvm' && spec.accel !== 'tcg') invalid(`accel must be "kvm" or "tcg", not "${String(spec.accel)}"`, 'accel', spec.accel);
+  if (!Number.isInteger(spec.vcpus) || spec.vcpus < 1 || spec.vcpus > MAX_VCPUS) {
+    invalid(`vcpus must be an integer from 1 to ${MAX_VCPUS}, not ${spec.vcpus}`, 'vcpus', spec.vcpus);
+  }
+  if (!Number.isInteger(spec.memoryMiB) || spec.memoryMiB < MIN_MEMORY_MIB) {
+    invalid(`memoryMiB must be an integer of at least ${MIN_MEMORY_MIB}, not ${spec.memoryMiB}`, 'memoryMiB', spec.memoryMiB);
+  }
+  requirePath('memory.path', spec.memory.path);
+  if (typeof spec.memory.share !== 'boolean') invalid('memory.share must be a boolean', 'memory.share', spec.memory.share);
+  if (spec.machine !== undefined && !MACHINE.test(spec.machine)) invalid(`machine "${spec.machine}" is not a machine type name`, 'machine', spec.machine);
+
+  const boot = spec.boot;
+  if (boot.kind === 'kernel') {
+    requirePath('boot.kernel', boot.kernel);
+    if (boot.initrd !== undefined) requirePath('boot.initrd', boot.initrd);
+  } else if (boot.kind === 'disk') {
+    if (spec.disks.length === 0) invalid('boot.kind "disk" needs at least one disk', 'disks', spec.disks);
+  } else {
+    invalid('boot.kind must be "kernel" or "disk"', 'boot.kind', (boot as { kind: unknown }).kind);
+  }
+
+  const ids = new Set<string>();
+  const claim = (field: string, id: string): void => {
+    if (!QEMU_ID.test(id)) invalid(`${field} "${id}" must be a letter followed by up to 30 letters, digits, "_", "." or "-"`, field, id);
+    if (RESERVED_IDS.has(id)) invalid(`${field} "${id}" is reserved`, field, id);
+    if (ids.has(id)) invalid(`duplicate id "${id}" among disks and nics`, field, id);
+    ids.add(id);
+  };
+  spec.disks.forEach((disk, i) => {
+    claim(`disks[${i}].id`, disk.id);
+    requirePath(`disks[${i}].path`, disk.path);
+    if (disk.format !== 'qcow2' && disk.format !== 'raw') invalid(`disks[${i}].format must be "qcow2" or "raw"`, `disks[${i}].format`, disk.format);
+  });
+  spec.nics.forEach((nic, i) => {
+    claim(`nics[${i}].id`, nic.id);
+    if (!MAC.test(nic.mac)) invalid(`nics[${i}].mac "${nic.mac}" is not a MAC address like 52:54:00:12:34:56`, `nics[${i}].mac`, nic.mac);
+    // The least significant bit of the first octet marks a multicast address.
+    if ((parseInt(nic.mac.slice(0, 2), 16) & 1) === 1) invalid(`nics[${i}].mac "${nic.mac}" is a multicast address`, `nics[${i}].mac`, nic.mac);
+    if (nic.network !== 'user') invalid(`nics[${i}].network must be "user"`, `nics[${i}].network`, nic.network);
+  });
+
+  requireSocketPath('qmpSocket', spec.qmpSocket);
+  requireSocketPath('qgaSocket', spec.qgaSocket);
+  if (spec.qmpSocket === spec.qgaSocket) invalid('qmpSocket and qgaSocket must differ', 'qgaSocket', spec.qgaSocket);
+  requirePath('consoleLog', spec.consoleLog);
+  requirePath('pidFile', spec.pidFile);
+  if (spec.incoming !== undefined && spec.incoming !== 'defer') invalid('incoming must be "defer"', 'incoming', spec.incoming);
+}
+
+/** The argv (without the binary) of the QEMU process for `spec`. */
+export function buildQemuArgv(spec: QemuLaunchSpec): string[] {
+  validateLaunchSpec(spec);
+  const o = qemuOptValue;
+  const argv: string[] = [
+    '-name', `guest=${o(spec.name)},process=${PROCESS_NAME_PREFIX}${spec.vmId}`,
+    '-no-user-config', '-nodefaults', '-display', 'none', '-no-reboot',
+    '-machine', `${spec.machine ?? 'q35'},memory-backend=ram0`,
+    '-accel', spec.accel,
+    '-cpu', spec.accel === 'kvm' ? 'host' : 'max',
+    '-smp', String(spec.vcpus),
+    '-m', `${spec.memoryMiB}M`,
+    '-object', `memory-backend-file,id=ram0,size=${spec.memoryMiB}M,mem-path=${o(spec.memory.path)},share=${spec.memory.share ? 'on' : 'off'}`,
+    '-chardev', `socket,id=qmp,path=${o(spec.qmpSocket)},server=on,wait=off`,
+    '-mon', 'chardev=qmp,mode=control',
+    '-chardev', `file,id=serial0,path=${o(spec.consoleLog)},append=on`,
+    '-serial', 'chardev:serial0',
+    '-chardev', `socket,id=qga0,path=${o(spec.qgaSocket)},server=on,wait=off`,
+    '-device', 'virtio-serial-pci,id=virtio-serial0',
+    '-device', `virtserialport,bus=virtio-serial0.0,chardev=qga0,name=${GUEST_AGENT_PORT},id=guest-agent0`,
+    '-pidfile', spec.pidFile,
+  ];
+
+  if (spec.boot.kind === 'kernel') {
+    argv.push('-kernel', spec.boot.kernel);
+    if (spec.boot.initrd !== undefined) argv.push('-initrd', spec.boot.initrd);
+    if (spec.boot.cmdline !== undefined && spec.boot.cmdline.length > 0) argv.push('-append', spec.boot.cmdline);
+  }
+
+  spec.disks.forEach((disk, i) => {
+    const readOnly = disk.readOnly === true ? 'on' : 'off';
+    argv.push(
+      '-blockdev',
+      `driver=${disk.format},node-name=${disk.id},read-only=${readOnly},discard=unmap,file.driver=file,file.filename=${o(disk.path)}`,
+      '-device',
+      `virtio-blk-pci,drive=${disk.id},id=${disk.id}${spec.boot.kind === 'disk' && i === 0 ? ',bootindex=0' : ''}`,
+    );
+  });
+
+  for (const nic of spec.nics) {
+    argv.push('-netdev', `user,id=${nic.id}`, '-device', `virtio-net-pci,netdev=${nic.id},mac=${nic.mac.toLowerCase()},id=${nic.id}`);
+  }
+
+  if (spec.rng !== false) argv.push('-device', 'virtio-rng-pci,id=rng0');
+  if (spec.paused === true) argv.push('-S');
+  if (spec.incoming === 'defer') argv.push('-incoming', 'defer');
+  return argv;
+}

@@ -1,0 +1,128 @@
+// End to end through the real CLI and a detached daemon: a default guest is
+// created and booted, runs commands through its agent, is paused, resumed,
+// survives a daemon SIGKILL + restart (re-adopted, same QEMU), is stopped,
+// started again, killed from outside (marked failed promptly) and deleted
+// with its files. Illegal operations answer ILLEGAL_STATE.
+import { existsSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { VmRecord } from '../../src/vm/index.ts';
+import type { TestHome } from '../harness.ts';
+import { eventually, guestKernelRelease, makeTestHome, memoryFiles, startDetachedDaemon } from '../harness.ts';
+
+describe('VM lifecycle through the CLI', () => {
+  let t: TestHome;
+  let daemonPid: number;
+  const name = 'life1';
+
+  beforeAll(async () => {
+    t = makeTestHome();
+    daemonPid = (await startDetachedDaemon(t)).pid;
+  });
+  afterAll(async () => {
+    await t.cleanup();
+  });
+
+  const show = async (): Promise<VmRecord> => {
+    const r = await t.cli(['vm', 'show', name, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    return JSON.parse(r.stdout) as VmRecord;
+  };
+
+  it('creates and boots the default guest with --start', async () => {
+    const r = await t.cli(['vm', 'create', name, '--memory', '256M', '--vcpus', '1', '--start', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout) as { vm: VmRecord; task: { state: string } };
+    expect(out.vm.state).toBe('running');
+    expect(out.task.state).toBe('succeeded');
+    const list = JSON.parse((await t.cli(['vm', 'list', '--json'])).stdout) as Array<Record<string, unknown>>;
+    expect(list).toHaveLength(1);
+    expect(list[0]).toMatchObject({ name, id: out.vm.id, state: 'running' });
+    expect(memoryFiles(t)).toEqual([`${out.vm.id}.ram`]);
+  });
+
+  it('runs uname -r in the guest', async () => {
+    const r = await t.cli(['vm', 'exec', name, '--', 'uname', '-r']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout.trim()).toBe(guestKernelRelease());
+  });
+
+  it('passes stdout, stderr, stdin and the exit code through', async () => {
+    const r = await t.cli(['vm', 'exec', name, '--', 'sh', '-c', 'echo out; echo err >&2; exit 7']);
+    expect(r).toMatchObject({ code: 7, stdout: 'out\n', stderr: 'err\n' });
+    const md5 = await t.cli(['vm', 'exec', name, '--stdin', '--', 'md5sum'], { input: 'hello\n' });
+    expect(md5.stdout).toContain('b1946ac92492d2347c6235b4d2611184');
+    const data = await t.cli(['vm', 'exec', name, '--', 'cat', '/data/README']);
+    expect(data.code).toBe(0);
+    expect(data.stdout.length).toBeGreaterThan(0);
+  });
+
+  it('pauses and resumes; refuses operations in the wrong state', async () => {
+    expect((await t.cli(['vm', 'pause', name])).code).toBe(0);
+    expect((await show()).state).toBe('paused');
+    const exec = await t.cli(['vm', 'exec', name, '--json', '--', 'true']);
+    expect(exec.code).toBe(1);
+    expect(JSON.parse(exec.stderr).error).toMatchObject({ code: 'ILLEGAL_STATE', details: { state: 'paused', required: ['running'] } });
+    expect((await t.cli(['vm', 'resume', name])).code).toBe(0);
+    expect((await show()).state).toBe('running');
+    for (const op of [['vm', 'start', name], ['vm', 'delete', name], ['vm', 'resume', name]]) {
+      const r = await t.cli([...op, '--json']);
+      expect(r.code).toBe(1);
+      expect(JSON.parse(r.stderr).error.code).toBe('ILLEGAL_STATE');
+    }
+  });
+
+  it('keeps the guest running across a daemon SIGKILL and re-adopts it', async () => {
+    const before = await show();
+    process.kill(daemonPid, 'SIGKILL');
+    await eventually(() => {
+      try {
+        process.kill(daemonPid, 0);
+        return false;
+      } catch {
+        return true;
+      }
+    }, 5_000, 'daemon to die');
+    expect(t.qemus().map((q) => q.pid)).toEqual([before.runtime?.pid]);
+    daemonPid = (await startDetachedDaemon(t)).pid;
+    const after = await show();
+    expect(after.state).toBe('running');
+    expect(after.runtime?.pid).toBe(before.runtime?.pid);
+    const r = await t.cli(['vm', 'exec', name, '--', 'uname', '-r']);
+    expect(r.stdout.trim()).toBe(guestKernelRelease());
+    expect((await t.cli(['vm', 'pause', name])).code).toBe(0);
+    expect((await t.cli(['vm', 'resume', name])).code).toBe(0);
+  });
+
+  it('stops with an ACPI power-down and frees the memory file', async () => {
+    const r = await t.cli(['vm', 'stop', name, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout) as { vm: VmRecord; task: { result: { forced: boolean } } };
+    expect(out.vm.state).toBe('stopped');
+    expect(out.task.result.forced).toBe(false);
+    expect(t.qemus()).toEqual([]);
+    expect(memoryFiles(t)).toEqual([]);
+  });
+
+  it('marks the VM failed promptly when QEMU is killed from outside', async () => {
+    expect((await t.cli(['vm', 'start', name])).code).toBe(0);
+    const running = await show();
+    expect(running.state).toBe('running');
+    process.kill(running.runtime?.pid as number, 'SIGKILL');
+    await eventually(async () => (await show()).state === 'failed', 5_000, 'VM to be marked failed');
+    const failed = await show();
+    expect(failed.stateReason).toMatch(/SIGKILL|unexpectedly/);
+    expect(failed.runtime).toBeNull();
+    expect(memoryFiles(t)).toEqual([]);
+  });
+
+  it('deletes the VM and its files', async () => {
+    const vm = await show();
+    const r = await t.cli(['vm', 'delete', name]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(existsSync(vm.runtime?.dir ?? `${t.home}/vms/${vm.id}`)).toBe(false);
+    expect(existsSync(`${t.home}/vms/${vm.id}`)).toBe(false);
+    expect(JSON.parse((await t.cli(['vm', 'list', '--json'])).stdout)).toEqual([]);
+    const missing = await t.cli(['vm', 'show', name, '--json']);
+    expect(JSON.parse(missing.stderr).error.code).toBe('NOT_FOUND');
+  });
+});
