@@ -92,7 +92,13 @@ export class LocalHostAgent implements HostAgent {
       consoleLog: files.consoleLog,
       pidFile: files.pidFile,
     };
-    const proc = await spawnQemu(launch, { binary: this.options.qemuBinary, logFile: files.qemuLog });
+    let proc;
+    try {
+      proc = await spawnQemu(launch, { binary: this.options.qemuBinary, logFile: files.qemuLog });
+    } catch (err) {
+      await rm(files.memoryFile, { force: true });
+      throw err;
+    }
     let vm: RunningVm;
     try {
       vm = await RunningVm.attach(vmId, proc, files);

@@ -91,7 +91,9 @@ export async function startDaemon(options: DaemonOptions): Promise<RunningDaemon
   let closing: Promise<void> | undefined;
   const close = () => {
     closing ??= (async () => {
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      (server as unknown as { closeAllConnections?: () => void }).closeAllConnections?.();
+      await closed;
       await engine.close();
       await agent.close();
       await inventory.close();
