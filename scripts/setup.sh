@@ -17,7 +17,7 @@ missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
+if ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then
   log "apt-get update (no package lists yet)"
   $SUDO apt-get update -q >/dev/null
 fi
@@ -33,8 +33,10 @@ fi
 lock_hash="$(sha256sum package-lock.json | cut -c1-16)"
 stamp="node_modules/.offshoot-lock-$lock_hash"
 if [ ! -f "$stamp" ]; then
-  log "npm ci"
-  npm ci --no-audit --no-fund --loglevel=error
+  # `npm install`, not `npm ci`: npm 11 leaves other platforms' optional
+  # packages out of the lockfile, and `npm ci` then refuses it.
+  log "npm install"
+  npm install --no-audit --no-fund --loglevel=error
   touch "$stamp"
 else
   log "npm packages up to date"
