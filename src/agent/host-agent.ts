@@ -3,7 +3,7 @@
 // interface; today the implementation is in-process (LocalHostAgent), later the
 // same calls travel over HTTP to agents on other hosts. Every argument and
 // result is plain JSON-safe data for that reason.
-import type { ExecRequest, ExecResult, HostInfo, PrepareVmRequest, VmExitEvent, VmRuntime, VmSpec } from './types.ts';
+import type { CustomizeResult, ExecRequest, ExecResult, ForkDisksRequest, ForkDisksResult, FrozenVm, HostInfo, Identity, PrepareVmRequest, VmExitEvent, VmMemoryStats, VmRuntime, VmSpec } from './types.ts';
 
 export interface HostAgent {
   readonly hostId: string;
@@ -27,6 +27,35 @@ export interface HostAgent {
 
   /** ACPI power-down; kills QEMU if the guest has not powered off within timeoutMs. */
   stopVm(vmId: string, timeoutMs: number): Promise<{ forced: boolean }>;
+
+  /**
+   * Fork, step 1: stops the vCPUs, saves the device state in the operation's work folder (RAM stays in its file), ends the
+   * QEMU and turns its RAM file into an immutable template. A derived VM is first made owned by a local
+   * live migration. On failure before QEMU ends, the VM is resumed as it was.
+   */
+  freezeForFork(vmId: string, name: string, spec: VmSpec, operationId: string): Promise<FrozenVm>;
+
+  /** Starts a QEMU whose RAM maps the template privately and loads the device state; the VM stays paused. */
+  startFromTemplate(vmId: string, name: string, spec: VmSpec, frozen: { templateId: string; deviceState: string }): Promise<VmRuntime>;
+
+  /** Fork, disks: the source's writable disks become bases, every VM gets a delta. Undone on failure. */
+  forkDisks(request: ForkDisksRequest): Promise<ForkDisksResult>;
+  undoForkDisks(request: ForkDisksRequest, result: ForkDisksResult): Promise<void>;
+
+  /** Copies `base`'s content into the VM's disk and points the disk at base's parent (QMP block-stream). */
+  streamDisk(vmId: string, diskId: string, base: string): Promise<void>;
+
+  /** Gives a running VM a new identity through its guest agent; never throws, reports. */
+  customize(vmId: string, identity: Identity): Promise<CustomizeResult>;
+
+  /** The VM's QEMU memory use from /proc/<pid>/smaps_rollup. */
+  memoryStats(vmId: string): Promise<VmMemoryStats>;
+
+  /** Removes memory templates and disk bases nothing uses any more. */
+  releaseTemplates(inUse: ReadonlySet<string>): Promise<string[]>;
+  releaseBases(inUse: ReadonlySet<string>): Promise<string[]>;
+  /** Removes the work folder of an operation (e.g. a fork's device state). */
+  removeOperationFiles(operationId: string): Promise<void>;
 
   /** Kills QEMU at once. */
   killVm(vmId: string): Promise<void>;

@@ -13,27 +13,36 @@ export class HostLayout {
   readonly imagesDir: string;
   readonly memoryDir: string;
   readonly accelCacheFile: string;
+  /** Frozen disks (read-only bases) shared by forked VMs. */
+  readonly basesDir: string;
+  /** Scratch space of operations in flight (fork device state). */
+  readonly workDir: string;
 
   constructor(readonly home: string, memoryDir?: string) {
     this.vmsDir = join(home, 'vms');
     this.imagesDir = join(home, 'images');
     this.memoryDir = memoryDir ?? join('/dev/shm', `offshoot-${createHash('sha256').update(home).digest('hex').slice(0, 12)}`);
     this.accelCacheFile = join(home, 'accel.json');
+    this.basesDir = join(home, 'bases');
+    this.workDir = join(home, 'work');
   }
 
   vmDir(vmId: string): string {
     return join(this.vmsDir, vmId);
   }
 
-  vmFiles(vmId: string) {
+  /** The files of one VM; sockets are per QEMU instance, so two QEMUs of a VM can overlap (local migration). */
+  vmFiles(vmId: string, instance = '0') {
     const dir = this.vmDir(vmId);
     const files = {
       dir,
-      qmpSocket: join(dir, 'qmp.sock'),
-      qgaSocket: join(dir, 'qga.sock'),
+      qmpSocket: join(dir, `qmp-${instance}.sock`),
+      qgaSocket: join(dir, `qga-${instance}.sock`),
+      migrationSocket: join(dir, `mig-${instance}.sock`),
       consoleLog: join(dir, 'console.log'),
       qemuLog: join(dir, 'qemu.log'),
       pidFile: join(dir, 'qemu.pid'),
+      /** The VM's own RAM file (owned mode). */
       memoryFile: join(this.memoryDir, `${vmId}.ram`),
     };
     for (const socket of [files.qmpSocket, files.qgaSocket]) {

@@ -3,18 +3,24 @@
 // daemon restart, and reaps QEMUs that no VM owns. See host-agent.ts for the
 // contract; this is the only implementation today.
 import { EventEmitter } from 'node:events';
+import { randomBytes } from 'node:crypto';
 import { mkdir, open, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import { hostname } from 'node:os';
 import { OffshootError, TimeoutError, silentLogger, withTimeout } from '../common/index.ts';
 import type { Logger } from '../common/index.ts';
 import { loadDefaultGuest } from '../guest/index.ts';
 import type { QemuLaunchSpec } from '../qemu/index.ts';
 import { adoptQemu, findOffshootQemus, killAndWait, probeAccelerator, qemuVersion, spawnQemu } from '../qemu/index.ts';
+import { TemplateStore, processMemoryStats } from '../memory/index.ts';
+import { customizeGuest } from './customize.ts';
+import { forkDisks, undoForkDisks } from './fork-disks.ts';
 import type { HostAgent } from './host-agent.ts';
+import { loadDeviceState, migrateLocally, saveDeviceState } from './migration.ts';
 import { HostLayout } from './layout.ts';
 import { prepareVmFiles } from './prepare-vm.ts';
 import { RunningVm } from './running-vm.ts';
-import type { Accelerator, ExecRequest, ExecResult, HostInfo, PrepareVmRequest, VmExitEvent, VmRuntime, VmSpec } from './types.ts';
+import type { Accelerator, CustomizeResult, ExecRequest, ExecResult, ForkDisksRequest, ForkDisksResult, FrozenVm, HostInfo, Identity, PrepareVmRequest, VmExitEvent, VmMemory, VmMemoryStats, VmRuntime, VmSpec } from './types.ts';
 
 export interface LocalHostAgentOptions {
   home: string;
@@ -43,12 +49,14 @@ export class LocalHostAgent implements HostAgent {
   private readonly vms = new Map<string, RunningVm>();
   private readonly exits = new EventEmitter();
   private readonly logger: Logger;
+  private readonly templates: TemplateStore;
   private accel: Promise<{ accel: Accelerator; reason: string }> | undefined;
 
   constructor(private readonly options: LocalHostAgentOptions) {
     this.hostId = hostname();
     this.layout = new HostLayout(options.home, options.memoryDir);
     this.logger = options.logger ?? silentLogger;
+    this.templates = new TemplateStore(this.layout.memoryDir);
   }
 
   /** The accelerator, probed once (and cached on disk across restarts) by a real trial boot. */
@@ -73,17 +81,25 @@ export class LocalHostAgent implements HostAgent {
 
   async startVm(vmId: string, name: string, spec: VmSpec): Promise<VmRuntime> {
     if (this.vms.has(vmId)) throw new OffshootError('VM_ALREADY_RUNNING', `VM ${vmId} already has a QEMU process`, { vmId }, 409);
-    const { accel } = await this.accelerator();
     const files = this.layout.vmFiles(vmId);
+    await rm(files.memoryFile, { force: true });
+    const { runtime } = await this.launch(vmId, name, spec, { memory: { mode: 'owned', file: files.memoryFile, templateId: null } });
+    return runtime;
+  }
+
+  /** Starts one QEMU for the VM (not yet tracked as the VM's QEMU); kills it and cleans up if it does not come up. */
+  private async launch(vmId: string, name: string, spec: VmSpec, options: { memory: VmMemory; incoming?: boolean; paused?: boolean }): Promise<{ vm: RunningVm; runtime: VmRuntime }> {
+    const { accel } = await this.accelerator();
+    const instance = randomBytes(4).toString('hex');
+    const files = this.layout.vmFiles(vmId, instance);
     await mkdir(this.layout.memoryDir, { recursive: true });
-    await Promise.all([files.qmpSocket, files.qgaSocket, files.memoryFile, files.pidFile].map((f) => rm(f, { force: true })));
     const launch: QemuLaunchSpec = {
       vmId,
       name,
       accel,
       vcpus: spec.vcpus,
       memoryMiB: spec.memoryMiB,
-      memory: { path: files.memoryFile, share: true },
+      memory: { path: options.memory.file, share: options.memory.mode === 'owned' },
       boot: spec.boot.kind === 'kernel' ? { kind: 'kernel', kernel: spec.boot.kernel, initrd: spec.boot.initrd, cmdline: spec.boot.cmdline } : { kind: 'disk' },
       disks: spec.disks.map((d) => ({ id: d.id, path: d.path, format: d.format, readOnly: d.readOnly })),
       nics: spec.nics,
@@ -91,31 +107,177 @@ export class LocalHostAgent implements HostAgent {
       qgaSocket: files.qgaSocket,
       consoleLog: files.consoleLog,
       pidFile: files.pidFile,
+      ...(options.incoming ? { incoming: 'defer' as const } : {}),
+      ...(options.paused ? { paused: true } : {}),
     };
+    const cleanupMemory = () => (options.memory.mode === 'owned' ? rm(options.memory.file, { force: true }) : Promise.resolve());
     let proc;
     try {
       proc = await spawnQemu(launch, { binary: this.options.qemuBinary, logFile: files.qemuLog });
     } catch (err) {
-      await rm(files.memoryFile, { force: true });
+      await cleanupMemory();
       throw err;
     }
     let vm: RunningVm;
     try {
-      vm = await RunningVm.attach(vmId, proc, files);
+      vm = await RunningVm.attach(vmId, instance, proc, files, options.memory);
     } catch (err) {
       await killAndWait(proc.pid, { graceMs: 0 });
-      await rm(files.memoryFile, { force: true });
+      await cleanupMemory();
+      throw err;
+    }
+    this.logger.info({ vmId, pid: proc.pid, accel, memory: options.memory.mode }, 'QEMU started');
+    const runtime: VmRuntime = { hostId: this.hostId, pid: proc.pid, accel, dir: files.dir, instance, memory: options.memory, startedAt: new Date().toISOString() };
+    if (!options.incoming) this.track(vm);
+    return { vm, runtime };
+  }
+
+  /** Ends a QEMU that was started but never became the VM's (a failed fork step). */
+  private async discard(vm: RunningVm): Promise<void> {
+    vm.handOver();
+    await killAndWait(vm.process.pid, { graceMs: 0 });
+    await vm.exited;
+    if (vm.memory.mode === 'owned') await rm(vm.memory.file, { force: true });
+  }
+
+  async freezeForFork(vmId: string, name: string, spec: VmSpec, operationId: string): Promise<FrozenVm> {
+    const workDir = join(this.layout.workDir, operationId);
+    let vm = this.running(vmId);
+    let madeOwned: FrozenVm['madeOwned'] = null;
+    if (vm.memory.mode === 'derived') {
+      const t0 = performance.now();
+      const { bytes } = await this.makeOwned(vmId, name, spec);
+      madeOwned = { ms: performance.now() - t0, bytes };
+      vm = this.running(vmId);
+    }
+    const wasRunning = (await vm.qmp.queryStatus()).running;
+    const stoppedAt = performance.now();
+    await vm.qmp.stop();
+    const deviceState = join(workDir, `${vmId}.devstate`);
+    try {
+      await mkdir(workDir, { recursive: true });
+      await saveDeviceState(vm.qmp, deviceState);
+    } catch (err) {
+      await rm(deviceState, { force: true });
+      if (wasRunning) await vm.qmp.cont().catch(() => undefined);
+      throw err;
+    }
+    // From here the RAM file must never be written again: end the QEMU, keep the file.
+    vm.handOver();
+    await vm.qmp.quit().catch(() => undefined);
+    await withTimeout(vm.process.exited, 5_000, 'QEMU quit').catch(() => killAndWait(vm.process.pid, { graceMs: 0 }));
+    await vm.exited;
+    if (this.vms.get(vmId) === vm) this.vms.delete(vmId);
+    const { templateId, file } = await this.templates.adopt(vm.memory.file);
+    return { vmId, templateId, templateFile: file, deviceState, wasRunning, madeOwned, freezeMs: performance.now() - stoppedAt };
+  }
+
+  /**
+   * Fork of a fork: a derived VM's RAM is a template plus private pages no file holds. Live-migrate it
+   * into a new QEMU whose RAM is an owned file; the stun is only the migration's downtime.
+   */
+  private async makeOwned(vmId: string, name: string, spec: VmSpec): Promise<{ bytes: number }> {
+    const source = this.running(vmId);
+    const files = this.layout.vmFiles(vmId);
+    await rm(files.memoryFile, { force: true });
+    const wasRunning = (await source.qmp.queryStatus()).running;
+    const { vm: target } = await this.launch(vmId, name, spec, { memory: { mode: 'owned', file: files.memoryFile, templateId: null }, incoming: true, paused: true });
+    const socket = this.layout.vmFiles(vmId, target.instance).migrationSocket;
+    let info;
+    try {
+      info = await migrateLocally(source.qmp, target.qmp, socket);
+    } catch (err) {
+      await this.discard(target);
+      if (wasRunning) await source.qmp.cont().catch(() => undefined);
+      throw err;
+    } finally {
+      await rm(socket, { force: true });
+    }
+    source.handOver();
+    await source.qmp.quit().catch(() => undefined);
+    await withTimeout(source.process.exited, 5_000, 'QEMU quit').catch(() => killAndWait(source.process.pid, { graceMs: 0 }));
+    await source.exited;
+    this.track(target);
+    if (wasRunning) await target.qmp.cont();
+    return { bytes: info.ram?.transferred ?? 0 };
+  }
+
+  async startFromTemplate(vmId: string, name: string, spec: VmSpec, frozen: { templateId: string; deviceState: string }): Promise<VmRuntime> {
+    if (this.vms.has(vmId)) throw new OffshootError('VM_ALREADY_RUNNING', `VM ${vmId} already has a QEMU process`, { vmId }, 409);
+    const memory: VmMemory = { mode: 'derived', file: this.templates.path(frozen.templateId), templateId: frozen.templateId };
+    const { vm, runtime } = await this.launch(vmId, name, spec, { memory, incoming: true, paused: true });
+    try {
+      await loadDeviceState(vm.qmp, frozen.deviceState);
+    } catch (err) {
+      await this.discard(vm);
       throw err;
     }
     this.track(vm);
-    this.logger.info({ vmId, pid: proc.pid, accel }, 'QEMU started');
-    return { hostId: this.hostId, pid: proc.pid, accel, dir: files.dir, memoryFile: files.memoryFile, startedAt: new Date().toISOString() };
+    return runtime;
+  }
+
+  forkDisks(request: ForkDisksRequest): Promise<ForkDisksResult> {
+    return forkDisks(this.layout, request);
+  }
+
+  undoForkDisks(request: ForkDisksRequest, result: ForkDisksResult): Promise<void> {
+    return undoForkDisks(this.layout, request, result);
+  }
+
+  async streamDisk(vmId: string, diskId: string, base: string, timeoutMs = 600_000): Promise<void> {
+    const vm = this.running(vmId);
+    const jobId = `stream-${diskId}-${randomBytes(3).toString('hex')}`;
+    const done = vm.qmp.waitForEvent('BLOCK_JOB_COMPLETED', { timeoutMs, predicate: (e) => (e.data as { device?: string } | undefined)?.device === jobId });
+    await vm.qmp.execute('block-stream', { 'job-id': jobId, device: diskId, base });
+    const event = await done;
+    const error = (event.data as { error?: string } | undefined)?.error;
+    if (error) throw new OffshootError('DISK_STREAM_FAILED', `streaming ${base} into disk ${diskId} of VM ${vmId} failed: ${error}`, { vmId, diskId, base }, 500);
+  }
+
+  async customize(vmId: string, identity: Identity): Promise<CustomizeResult> {
+    const t0 = performance.now();
+    let qga;
+    try {
+      qga = await this.running(vmId).guestAgent(identity.timeoutMs);
+    } catch (err) {
+      return { ok: false, error: `the guest agent did not answer within ${identity.timeoutMs} ms: ${(err as Error).message}`, script: null, ms: performance.now() - t0 };
+    }
+    try {
+      return await customizeGuest(qga, vmId, identity);
+    } catch (err) {
+      this.running(vmId).dropGuestAgent();
+      return { ok: false, error: (err as Error).message, script: null, ms: performance.now() - t0 };
+    }
+  }
+
+  async memoryStats(vmId: string): Promise<VmMemoryStats> {
+    return processMemoryStats(this.running(vmId).process.pid);
+  }
+
+  releaseTemplates(inUse: ReadonlySet<string>): Promise<string[]> {
+    return this.templates.release(inUse);
+  }
+
+  async releaseBases(inUse: ReadonlySet<string>): Promise<string[]> {
+    const removed: string[] = [];
+    for (const name of await readdir(this.layout.basesDir).catch(() => [] as string[])) {
+      const path = join(this.layout.basesDir, name);
+      if (inUse.has(path)) continue;
+      await rm(path, { force: true });
+      removed.push(path);
+    }
+    return removed;
+  }
+
+  async removeOperationFiles(operationId: string): Promise<void> {
+    await rm(join(this.layout.workDir, operationId), { recursive: true, force: true });
   }
 
   private track(vm: RunningVm): void {
     this.vms.set(vm.vmId, vm);
     void vm.exited.then((event) => {
       if (this.vms.get(vm.vmId) === vm) this.vms.delete(vm.vmId);
+      if (vm.handedOver) return;
       this.logger.info({ ...event }, 'QEMU exited');
       this.exits.emit('exit', event);
     });
@@ -144,15 +306,15 @@ export class LocalHostAgent implements HostAgent {
     if (this.vms.has(vmId)) return (await this.running(vmId).qmp.queryStatus()).running ? 'running' : 'paused';
     const proc = adoptQemu(runtime.pid, vmId);
     if (!proc) return undefined;
-    const files = this.layout.vmFiles(vmId);
+    const files = this.layout.vmFiles(vmId, runtime.instance);
     let vm: RunningVm;
     try {
-      vm = await RunningVm.attach(vmId, proc, files, 5_000);
+      vm = await RunningVm.attach(vmId, runtime.instance, proc, files, runtime.memory, 5_000);
     } catch (err) {
       // A QEMU we cannot control is an orphan: kill it rather than leave it.
       this.logger.warn({ vmId, pid: runtime.pid, err: (err as Error).message }, 'cannot reconnect to QEMU; killing it');
       await killAndWait(runtime.pid, { graceMs: 2_000 });
-      await rm(files.memoryFile, { force: true });
+      if (runtime.memory.mode === 'owned') await rm(runtime.memory.file, { force: true });
       return undefined;
     }
     this.track(vm);
@@ -263,6 +425,7 @@ export class LocalHostAgent implements HostAgent {
       removed.push(this.layout.vmDir(entry));
     }
     for (const entry of await readdir(this.layout.memoryDir).catch(() => [] as string[])) {
+      if (!entry.endsWith('.ram')) continue;
       const vmId = entry.replace(/\.ram$/, '');
       if (live.has(vmId) || this.vms.has(vmId)) continue;
       await rm(`${this.layout.memoryDir}/${entry}`, { force: true });

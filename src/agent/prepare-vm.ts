@@ -97,18 +97,18 @@ export async function prepareVmFiles(layout: HostLayout, vmId: string, request: 
       const guest = await installDefaultGuest(layout);
       const delta = join(files.dir, 'disk0.qcow2');
       await createImage({ path: delta, format: 'qcow2', backing: { path: guest.dataDisk, format: 'qcow2' } });
-      disks.push({ id: 'disk0', path: delta, format: 'qcow2', readOnly: false, owned: true });
+      disks.push({ id: 'disk0', path: delta, format: 'qcow2', readOnly: false, owned: true, backing: [guest.dataDisk] });
       boot = { kind: 'kernel', kernel: guest.kernel, initrd: guest.initrd, cmdline: `${guest.cmdline} offshoot.hostname=${request.name}` };
     } else if (request.boot.kind === 'kernel') {
       boot = { kind: 'kernel', kernel: request.boot.kernel, cmdline: request.boot.cmdline ?? 'console=ttyS0' };
       if (request.boot.initrd) boot.initrd = request.boot.initrd;
     } else {
       const format = await detectFormat('bootDisk', request.boot.path);
-      disks.push({ id: 'disk0', path: request.boot.path, format, readOnly: false, owned: false });
+      disks.push({ id: 'disk0', path: request.boot.path, format, readOnly: false, owned: false, backing: [] });
       boot = { kind: 'disk' };
     }
     for (const disk of extra) {
-      disks.push({ id: `disk${disks.length}`, path: disk.path, format: disk.format, readOnly: disk.readOnly, owned: false });
+      disks.push({ id: `disk${disks.length}`, path: disk.path, format: disk.format, readOnly: disk.readOnly, owned: false, backing: [] });
     }
     const nics: VmNic[] = request.network === 'user' ? [{ id: 'net0', mac: newMac(), network: 'user' }] : [];
     return { vcpus: request.vcpus, memoryMiB: request.memoryMiB, boot, disks, nics, defaultGuest: request.boot.kind === 'default-guest' };

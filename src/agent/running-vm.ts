@@ -1,44 +1,53 @@
 // One running QEMU as the host agent sees it: the process, its QMP connection,
 // a lazily opened guest-agent connection, and the bookkeeping that turns the
 // process ending into a single VmExitEvent (clean when the guest or an
-// operator powered it off, a crash otherwise).
+// operator powered it off, a crash otherwise). A QEMU that is handed over
+// (replaced by another QEMU of the same VM, as in a fork) ends silently.
 import { rm } from 'node:fs/promises';
 import type { QemuProcess } from '../qemu/index.ts';
 import { QgaClient, QmpClient } from '../qemu/index.ts';
-import type { VmExitEvent } from './types.ts';
+import type { VmExitEvent, VmMemory } from './types.ts';
 
 export interface RunningVmFiles {
   qmpSocket: string;
   qgaSocket: string;
-  memoryFile: string;
 }
 
 export class RunningVm {
   /** Set when the guest reported SHUTDOWN or we asked for the stop/kill. */
   private shutdownReason: string | undefined;
   private qga: QgaClient | undefined;
+  private handedOverFlag = false;
   readonly exited: Promise<VmExitEvent>;
 
   constructor(
     readonly vmId: string,
+    readonly instance: string,
     readonly process: QemuProcess,
     readonly qmp: QmpClient,
     readonly files: RunningVmFiles,
+    readonly memory: VmMemory,
   ) {
     void this.watchShutdownEvents();
     this.exited = this.process.exited.then(async (exit) => {
       this.qmp.close();
       this.qga?.close();
-      await rm(files.memoryFile, { force: true });
+      // An owned RAM file dies with its QEMU, unless it is being turned into a template.
+      if (this.memory.mode === 'owned' && !this.handedOverFlag) await rm(this.memory.file, { force: true });
+      await Promise.all([rm(files.qmpSocket, { force: true }), rm(files.qgaSocket, { force: true })]);
       const how = exit.signal ? `killed by ${exit.signal}` : exit.code === null ? 'exited' : `exited with code ${exit.code}`;
       const clean = this.shutdownReason !== undefined;
       return { vmId, clean, reason: clean ? `${this.shutdownReason}` : `QEMU ${how} unexpectedly` };
     });
   }
 
-  static async attach(vmId: string, process: QemuProcess, files: RunningVmFiles, timeoutMs = 10_000): Promise<RunningVm> {
+  static async attach(vmId: string, instance: string, process: QemuProcess, files: RunningVmFiles, memory: VmMemory, timeoutMs = 10_000): Promise<RunningVm> {
     const qmp = await QmpClient.connect(files.qmpSocket, { timeoutMs });
-    return new RunningVm(vmId, process, qmp, files);
+    return new RunningVm(vmId, instance, process, qmp, files, memory);
+  }
+
+  get handedOver(): boolean {
+    return this.handedOverFlag;
   }
 
   private async watchShutdownEvents(): Promise<void> {
@@ -52,6 +61,12 @@ export class RunningVm {
   /** Marks the coming exit as requested, so it is reported as clean. */
   expectExit(reason: string): void {
     this.shutdownReason ??= reason;
+  }
+
+  /** Marks this QEMU as replaced by another of the same VM: its exit is not an event and its RAM file is kept. */
+  handOver(): void {
+    this.handedOverFlag = true;
+    this.expectExit('handed over');
   }
 
   /** The guest-agent connection, opened on first use and reopened after a failure. */

@@ -10,6 +10,8 @@ export interface VmDisk {
   format: 'qcow2' | 'raw';
   readOnly: boolean;
   owned: boolean;
+  /** The backing chain below this file, nearest first (absolute paths); empty for a standalone image. */
+  backing: string[];
 }
 
 export interface VmNic {
@@ -31,14 +33,78 @@ export interface VmSpec {
   defaultGuest: boolean;
 }
 
+/**
+ * Guest RAM of a running VM: `owned` is the VM's own file (share=on, the file is
+ * its RAM); `derived` maps an immutable template privately (share=off).
+ */
+export interface VmMemory {
+  mode: 'owned' | 'derived';
+  file: string;
+  templateId: string | null;
+}
+
 /** What the host knows about where a running VM's QEMU and files are. */
 export interface VmRuntime {
   hostId: string;
   pid: number;
   accel: Accelerator;
   dir: string;
-  memoryFile: string;
+  /** Distinguishes successive QEMU processes of one VM (their sockets carry it). */
+  instance: string;
+  memory: VmMemory;
   startedAt: string;
+}
+
+/** A VM frozen for a fork: its QEMU has ended, its RAM is a template and its device state a file. */
+export interface FrozenVm {
+  vmId: string;
+  templateId: string;
+  templateFile: string;
+  deviceState: string;
+  wasRunning: boolean;
+  /** The local migration that made a derived VM owned first (fork of a fork), if there was one. */
+  madeOwned: { ms: number; bytes: number } | null;
+  /** Time from the vCPUs stopping to QEMU having ended, in ms. */
+  freezeMs: number;
+}
+
+export interface ForkDisksRequest {
+  sourceId: string;
+  sourceDisks: VmDisk[];
+  childIds: string[];
+  /** Past this many deltas above the root image, a new delta is flattened onto the base's parent. */
+  maxDepth: number;
+}
+
+export interface ForkDisksResult {
+  source: VmDisk[];
+  children: Record<string, VmDisk[]>;
+  /** Source disks that became read-only bases: where they were and where they are now. */
+  frozen: Array<{ from: string; to: string }>;
+  /** Block streams to run once the VMs run (disk state inheritance), per VM. */
+  streams: Array<{ vmId: string; diskId: string; base: string }>;
+}
+
+export interface Identity {
+  name: string;
+  mac: string | null;
+  machineId: string;
+  script?: string;
+  timeoutMs: number;
+}
+
+export interface CustomizeResult {
+  ok: boolean;
+  error: string | null;
+  script: { exitCode: number | null; stdout: string; stderr: string } | null;
+  ms: number;
+}
+
+export interface VmMemoryStats {
+  rssKiB: number;
+  pssKiB: number;
+  sharedKiB: number;
+  privateKiB: number;
 }
 
 export interface HostInfo {

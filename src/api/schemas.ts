@@ -75,3 +75,14 @@ export const errorResponses = {
   409: { description: 'illegal state or name taken', content: { 'application/json': { schema: errorSchema } } },
   500: { description: 'internal or QEMU error', content: { 'application/json': { schema: errorSchema } } },
 } as const;
+
+export const memorySchema = z
+  .object({
+    rssKiB: z.number(),
+    pssKiB: z.number(),
+    sharedKiB: z.number(),
+    privateKiB: z.number(),
+    mode: z.string().describe('owned: the VM has its own RAM file; derived: it maps a template copy-on-write'),
+    templateId: z.string().nullable(),
+  })
+  .openapi('VmMemory');

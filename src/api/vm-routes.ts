@@ -3,8 +3,8 @@
 // called with ?wait=true.
 import { OpenAPIHono, createRoute, z } from '@hono/zod-openapi';
 import type { VmAndTask, VmEngine } from '../vm/index.ts';
-import { createVmRequestSchema, execRequestSchema, stopRequestSchema } from '../vm/index.ts';
-import { errorResponses, execResultSchema, vmAndTaskSchema, vmRefParam, vmSchema, waitQuery } from './schemas.ts';
+import { createVmRequestSchema, execRequestSchema, forkRequestSchema, stopRequestSchema } from '../vm/index.ts';
+import { errorResponses, execResultSchema, memorySchema, vmAndTaskSchema, vmRefParam, vmSchema, waitQuery } from './schemas.ts';
 import { validationHook } from './validation.ts';
 
 const json = <S extends z.ZodType>(schema: S, description: string) => ({ description, content: { 'application/json': { schema } } });
@@ -41,6 +41,23 @@ const pauseVm = simpleRoute('pause', 'Pause the vCPUs');
 const resumeVm = simpleRoute('resume', 'Resume the vCPUs');
 const killVm = simpleRoute('kill', 'Kill QEMU at once');
 
+const forkVm = createRoute({
+  method: 'post',
+  path: '/vms/{ref}/fork',
+  tags: ['vms'],
+  summary: 'Fork a running VM into N children sharing its memory copy-on-write; the source resumes too',
+  request: { params: vmRefParam, query: waitQuery, body: { required: false, content: { 'application/json': { schema: forkRequestSchema } } } },
+  responses: { 202: json(vmAndTaskSchema, 'the fork task; its result lists the children and the timings'), ...errorResponses },
+});
+const memoryVm = createRoute({
+  method: 'get',
+  path: '/vms/{ref}/memory',
+  tags: ['vms'],
+  summary: "The VM's QEMU memory: resident, proportional (PSS), shared and private, from smaps_rollup",
+  request: { params: vmRefParam },
+  responses: { 200: json(memorySchema, 'memory use'), ...errorResponses },
+});
+
 const execVm = createRoute({
   method: 'post',
   path: '/vms/{ref}/exec',
@@ -75,6 +92,11 @@ export function vmRoutes(engine: VmEngine): OpenAPIHono {
     const body = c.req.header('content-type')?.includes('json') ? await c.req.json().catch(() => ({})) : {};
     return c.json(await finish(await engine.stop(c.req.valid('param').ref, body), c.req.valid('query').wait), 202);
   });
+  app.openapi(forkVm, async (c) => {
+    const body = c.req.header('content-type')?.includes('json') ? await c.req.json() : {};
+    return c.json(await finish(await engine.fork(c.req.valid('param').ref, body), c.req.valid('query').wait), 202);
+  });
+  app.openapi(memoryVm, async (c) => c.json(await engine.memory(c.req.valid('param').ref), 200));
   app.openapi(pauseVm, async (c) => c.json(await engine.pause(c.req.valid('param').ref), 200));
   app.openapi(resumeVm, async (c) => c.json(await engine.resume(c.req.valid('param').ref), 200));
   app.openapi(killVm, async (c) => c.json(await engine.kill(c.req.valid('param').ref), 200));

@@ -2,6 +2,7 @@
 // and errors as "error: message [CODE]" (or JSON with --json) with exit code 1.
 import Table from 'cli-table3';
 import { toOffshootError } from '../common/index.ts';
+import type { VmMemoryView } from '../client/index.ts';
 import type { TaskRecord, VmRecord } from '../vm/index.ts';
 
 export function printJson(value: unknown): void {
@@ -14,6 +15,10 @@ export function printTable(head: string[], rows: Array<Array<string | number>>):
   process.stdout.write(`${table.toString()}\n`);
 }
 
+function mib(kib: number): string {
+  return `${(kib / 1024).toFixed(1)} MiB`;
+}
+
 export function formatMemory(mib: number): string {
   return mib % 1024 === 0 ? `${mib / 1024}G` : `${mib}M`;
 }
@@ -24,7 +29,7 @@ export function vmRow(vm: VmRecord): string[] {
 
 export const VM_TABLE_HEAD = ['NAME', 'STATE', 'VCPUS', 'MEMORY', 'PID', 'ID', 'REASON'];
 
-export function printVm(vm: VmRecord): void {
+export function printVm(vm: VmRecord, memory?: VmMemoryView): void {
   const lines: Array<[string, string]> = [
     ['name', vm.name],
     ['id', vm.id],
@@ -36,6 +41,12 @@ export function printVm(vm: VmRecord): void {
     ...vm.spec.nics.map((n): [string, string] => [`nic ${n.id}`, `${n.mac} (${n.network})`]),
     ['pid', vm.runtime ? String(vm.runtime.pid) : '-'],
     ['accel', vm.runtime?.accel ?? '-'],
+    ...(memory
+      ? ([
+          ['memory mode', `${memory.mode}${memory.templateId ? ` (template ${memory.templateId})` : ''}`],
+          ['memory use', `rss ${mib(memory.rssKiB)}, pss ${mib(memory.pssKiB)}, shared ${mib(memory.sharedKiB)}, private ${mib(memory.privateKiB)}`],
+        ] as Array<[string, string]>)
+      : []),
     ['created', vm.createdAt],
   ];
   for (const [k, v] of lines) process.stdout.write(`${k.padEnd(12)} ${v}\n`);

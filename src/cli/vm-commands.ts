@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { InvalidInputError } from '../common/index.ts';
 import type { OffshootClient, VmAndTaskView } from '../client/index.ts';
-import type { CreateVmRequest } from '../vm/index.ts';
+import type { CreateVmRequest, ForkRequest, ForkResult } from '../vm/index.ts';
 import { VM_TABLE_HEAD, printJson, printTable, printVm, taskProgress, vmRow } from './output.ts';
 
 export interface CommandContext {
@@ -76,9 +76,36 @@ export function registerVmCommands(program: Command, ctx: CommandContext): void 
     .option('--json', 'print JSON')
     .action((name: string, o: { json?: boolean }) =>
       ctx.run(Boolean(o.json), async () => {
-        const record = await ctx.client().getVm(name);
-        if (o.json) printJson(record);
-        else printVm(record);
+        const client = ctx.client();
+        const record = await client.getVm(name);
+        const memory = record.runtime ? await client.vmMemory(name).catch(() => undefined) : undefined;
+        if (o.json) printJson(memory ? { ...record, memory } : record);
+        else printVm(record, memory);
+      }),
+    );
+
+  vm.command('fork')
+    .description('fork a running VM into N children that share its memory copy-on-write; prints their names')
+    .argument('<name>')
+    .option('--count <n>', 'how many children', intOption('--count'), 1)
+    .option('--prefix <p>', 'name children P1, P2, ... (default NAME-c)')
+    .option('--customize <file>', 'a shell script to run in each child after its identity is set')
+    .option('--max-disk-depth <n>', 'deltas above the root image before flattening (disk state inheritance)', intOption('--max-disk-depth'))
+    .option('--json', 'print JSON')
+    .action((name: string, o: { count: number; prefix?: string; customize?: string; maxDiskDepth?: number; json?: boolean }) =>
+      ctx.run(Boolean(o.json), async () => {
+        const client = ctx.client();
+        const request: ForkRequest = { count: o.count };
+        if (o.prefix) request.prefix = o.prefix;
+        if (o.customize) request.customize = readFileSync(o.customize, 'utf8');
+        if (o.maxDiskDepth) request.maxDiskDepth = o.maxDiskDepth;
+        const started = await client.forkVm(name, request);
+        const task = await client.waitTask(started.task?.id as string, o.json ? undefined : taskProgress(`fork ${name}`));
+        const result = task.result as ForkResult;
+        if (o.json) return printJson(result);
+        for (const child of result.children) process.stdout.write(`${child.name}\n`);
+        const t = result.timings;
+        process.stderr.write(`source stunned ${t.stunMs.toFixed(0)} ms; first child running at ${t.firstChildMs.toFixed(0)} ms, all ${result.children.length} at ${t.allChildrenMs.toFixed(0)} ms, customized at ${t.customizedMs.toFixed(0)} ms\n`);
       }),
     );
 

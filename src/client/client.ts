@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { createParser } from 'eventsource-parser';
 import { OffshootError, defaultHome, homePaths, sleep } from '../common/index.ts';
 import type { DaemonFile } from '../common/index.ts';
-import type { CreateVmRequest, EngineEvent, TaskRecord, VmRecord } from '../vm/index.ts';
+import type { CreateVmRequest, EngineEvent, ForkRequest, TaskRecord, VmRecord } from '../vm/index.ts';
 
 export interface ExecOutput {
   exitCode: number | null;
@@ -22,6 +22,15 @@ export interface HostInfoView {
   qemuVersion: string;
   memoryDir: string;
   vmsDir: string;
+}
+
+export interface VmMemoryView {
+  rssKiB: number;
+  pssKiB: number;
+  sharedKiB: number;
+  privateKiB: number;
+  mode: string;
+  templateId: string | null;
 }
 
 export interface VmAndTaskView {
@@ -128,6 +137,14 @@ export class OffshootClient {
 
   stopVm(ref: string, options: { timeoutMs?: number } = {}): Promise<VmAndTaskView> {
     return this.request('POST', `/vms/${encodeURIComponent(ref)}/stop`, options);
+  }
+
+  forkVm(ref: string, request: ForkRequest = {}): Promise<VmAndTaskView> {
+    return this.request('POST', `/vms/${encodeURIComponent(ref)}/fork`, request);
+  }
+
+  vmMemory(ref: string): Promise<VmMemoryView> {
+    return this.request('GET', `/vms/${encodeURIComponent(ref)}/memory`);
   }
 
   pauseVm(ref: string): Promise<VmRecord> {

@@ -31,7 +31,7 @@ describe('SqliteInventory (real SQLite file)', () => {
   it('stores, updates and survives a reopen (migrations run once)', async () => {
     const inv = await SqliteInventory.open(path);
     await inv.insertVm(vm('11111111-1111-1111-1111-111111111111', 'a'));
-    const updated = await inv.updateVm('11111111-1111-1111-1111-111111111111', { state: 'starting', runtime: { hostId: 'h', pid: 42, accel: 'tcg', dir: '/x', memoryFile: '/m', startedAt: 'now' } });
+    const updated = await inv.updateVm('11111111-1111-1111-1111-111111111111', { state: 'starting', runtime: { hostId: 'h', pid: 42, accel: 'tcg', dir: '/x', instance: 'a', memory: { mode: 'owned', file: '/m', templateId: null }, startedAt: 'now' } });
     expect(updated.state).toBe('starting');
     expect(updated.runtime?.pid).toBe(42);
     await inv.close();

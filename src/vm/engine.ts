@@ -2,11 +2,14 @@
 // CLI through the API). It validates requests, claims VMs through the state
 // keeper, runs long work as tasks, and calls the host agent for everything
 // that touches QEMU or files. Operations leave a VM either done or as it was.
-import { AlreadyExistsError, NotFoundError, OffshootError, silentLogger } from '../common/index.ts';
+import { AlreadyExistsError, IllegalStateError, NotFoundError, OffshootError, silentLogger } from '../common/index.ts';
 import type { Logger } from '../common/index.ts';
-import type { ExecResult, HostAgent, PrepareVmRequest } from '../agent/index.ts';
+import type { ExecResult, HostAgent, PrepareVmRequest, VmMemoryStats } from '../agent/index.ts';
+import { forkRequestSchema } from './fork/fork-request.ts';
+import { runFork } from './fork/run-fork.ts';
+import type { ForkDeps } from './fork/run-fork.ts';
 import { EventBus } from './events.ts';
-import { newVmId } from './ids.ts';
+import { newTaskId, newVmId } from './ids.ts';
 import type { Inventory, TaskRecord, VmRecord } from './records.ts';
 import { execRequestSchema, parseRequest, stopRequestSchema } from './requests.ts';
 import { parseCreateVmRequest, resolveMemoryMiB } from './spec.ts';
@@ -38,6 +41,8 @@ export class VmEngine {
   private readonly logger: Logger;
   private readonly bootTimeoutMs: number;
   private readonly unsubscribe: () => void;
+  /** Templates and bases that an operation in flight has made but no VM record names yet. */
+  private readonly pins = new Set<string>();
 
   constructor(options: VmEngineOptions) {
     this.inventory = options.inventory;
@@ -46,10 +51,13 @@ export class VmEngine {
     this.bootTimeoutMs = options.bootTimeoutMs ?? 120_000;
     this.tasks = new TaskRunner(this.inventory, this.events, this.logger);
     this.states = new StateKeeper(this.inventory, this.events);
+    // A fork owns its source ('forking') and handles its QEMU's end itself.
+    const exitable = LIVE_STATES.filter((s) => s !== 'forking');
     this.unsubscribe = this.agent.onVmExit((event) => {
       void this.states
-        .settle(event.vmId, LIVE_STATES, event.clean ? 'stopped' : 'failed', event.reason, { runtime: null })
+        .settle(event.vmId, exitable, event.clean ? 'stopped' : 'failed', event.reason, { runtime: null })
         .then(({ moved, vm }) => moved && this.logger.info({ vm: vm.name, state: vm.state, reason: event.reason }, 'VM QEMU ended'))
+        .then(() => this.collectGarbage())
         .catch((err: unknown) => this.logger.error({ err, vmId: event.vmId }, 'cannot record QEMU exit'));
     });
   }
@@ -122,6 +130,38 @@ export class VmEngine {
     return { vm: await this.resolve(id), task };
   }
 
+  /** Forks a running (or paused) VM into N children that share its memory copy-on-write; see fork/run-fork.ts. */
+  async fork(ref: string, input: unknown = {}): Promise<VmAndTask> {
+    const request = parseRequest('fork request', forkRequestSchema, input);
+    const { id } = await this.resolve(ref);
+    const source = await this.states.claim(id, 'fork', 'forking');
+    const forkId = newTaskId();
+    const deps: ForkDeps = { inventory: this.inventory, agent: this.agent, states: this.states, events: this.events, logger: this.logger, pins: this.pins, collectGarbage: async () => void (await this.collectGarbage()) };
+    const task = await this.tasks.start('vm.fork', source, (ctx) => runFork(deps, source, request, ctx, forkId));
+    return { vm: await this.resolve(id), task };
+  }
+
+  /** The VM's QEMU memory: resident, proportional, shared and private (from smaps_rollup). */
+  async memory(ref: string): Promise<VmMemoryStats & { mode: string; templateId: string | null }> {
+    const vm = await this.resolve(ref);
+    if (!isLive(vm.state) || !vm.runtime) throw new IllegalStateError(`VM "${vm.name}"`, vm.state, LIVE_STATES, 'read the memory of');
+    return { ...(await this.agent.memoryStats(vm.id)), mode: vm.runtime.memory.mode, templateId: vm.runtime.memory.templateId };
+  }
+
+  /** Removes memory templates no live VM maps and disk bases no VM's chain uses. */
+  async collectGarbage(): Promise<{ templates: string[]; bases: string[] }> {
+    const vms = await this.inventory.listVms();
+    const templates = new Set<string>(this.pins);
+    const bases = new Set<string>(this.pins);
+    for (const vm of vms) {
+      if (vm.runtime?.memory.templateId && isLive(vm.state)) templates.add(vm.runtime.memory.templateId);
+      for (const disk of vm.spec.disks) for (const b of disk.backing ?? []) bases.add(b);
+    }
+    const removed = { templates: await this.agent.releaseTemplates(templates), bases: await this.agent.releaseBases(bases) };
+    if (removed.templates.length || removed.bases.length) this.logger.info(removed, 'released unused templates and bases');
+    return removed;
+  }
+
   /** ACPI power-down, then kill after the timeout. */
   async stop(ref: string, input: unknown = {}): Promise<VmAndTask> {
     const { timeoutMs } = parseRequest('stop request', stopRequestSchema, input);
@@ -137,6 +177,7 @@ export class VmEngine {
       }
       const reason = forced ? `killed after the guest did not power off within ${timeoutMs} ms` : 'stopped by request';
       const { vm: after } = await this.states.settle(id, ['stopping'], 'stopped', reason, { runtime: null });
+      await this.collectGarbage();
       return { vm: after, forced };
     });
     return { vm: await this.resolve(id), task };
@@ -164,7 +205,9 @@ export class VmEngine {
     } catch (err) {
       if (!(err instanceof OffshootError && err.code === 'VM_NOT_RUNNING')) throw err;
     }
-    return (await this.states.settle(id, LIVE_STATES, 'stopped', 'killed by request', { runtime: null })).vm;
+    const { vm } = await this.states.settle(id, LIVE_STATES, 'stopped', 'killed by request', { runtime: null });
+    await this.collectGarbage();
+    return vm;
   }
 
   async delete(ref: string): Promise<VmRecord> {
@@ -175,6 +218,9 @@ export class VmEngine {
       await this.inventory.deleteVm(id);
       this.events.publish({ type: 'vm.deleted', vmId: id, name: vm.name, at: new Date().toISOString() });
       this.logger.info({ vm: vm.name, id }, 'VM deleted');
+      return vm;
+    }).then(async (vm) => {
+      await this.collectGarbage();
       return vm;
     });
   }
@@ -214,6 +260,7 @@ export class VmEngine {
     const live = new Set(vms.filter((vm) => adopted.includes(vm.name)).map((vm) => vm.id));
     const known = new Set(vms.map((vm) => vm.id));
     const { killed, removed } = await this.agent.reapOrphans(live, known);
+    await this.collectGarbage();
     this.logger.info({ adopted, lost, killed, removed }, 'recovery done');
     return { adopted, lost, killed, removed };
   }

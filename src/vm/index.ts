@@ -13,3 +13,7 @@ export { createVmRequestSchema, parseCreateVmRequest, parseSizeMiB, resolveMemor
 export type { CreateVmRequest, VmSpec, VmDisk, VmNic, VmBoot } from './spec.ts';
 export { execRequestSchema, stopRequestSchema } from './requests.ts';
 export type { ExecVmRequest } from './requests.ts';
+export { forkRequestSchema, DEFAULT_MAX_DISK_DEPTH } from './fork/fork-request.ts';
+export type { ForkRequest } from './fork/fork-request.ts';
+export type { ForkResult, ForkChildResult } from './fork/run-fork.ts';
+export { ForkFailedError, FORK_STEPS } from './fork/fork-errors.ts';

@@ -3,7 +3,7 @@
 // an IllegalStateError (HTTP 409), never a silent no-op.
 import { IllegalStateError } from '../common/index.ts';
 
-export const VM_STATES = ['created', 'starting', 'running', 'paused', 'stopping', 'stopped', 'failed'] as const;
+export const VM_STATES = ['created', 'starting', 'running', 'paused', 'forking', 'stopping', 'stopped', 'failed'] as const;
 export type VmState = (typeof VM_STATES)[number];
 
 export function isVmState(value: string): value is VmState {
@@ -11,7 +11,7 @@ export function isVmState(value: string): value is VmState {
 }
 
 /** States in which a QEMU process is expected to exist for the VM. */
-export const LIVE_STATES: readonly VmState[] = ['starting', 'running', 'paused', 'stopping'];
+export const LIVE_STATES: readonly VmState[] = ['starting', 'running', 'paused', 'forking', 'stopping'];
 
 export function isLive(state: VmState): boolean {
   return LIVE_STATES.includes(state);
@@ -21,8 +21,10 @@ export function isLive(state: VmState): boolean {
 const TRANSITIONS: Record<VmState, readonly VmState[]> = {
   created: ['starting'],
   starting: ['running', 'paused', 'stopped', 'failed'],
-  running: ['paused', 'stopping', 'stopped', 'failed'],
-  paused: ['running', 'stopping', 'stopped', 'failed'],
+  running: ['paused', 'forking', 'stopping', 'stopped', 'failed'],
+  paused: ['running', 'forking', 'stopping', 'stopped', 'failed'],
+  // A fork owns its source: nothing else may act on it until the fork has resumed it.
+  forking: ['running', 'paused', 'stopped', 'failed'],
   stopping: ['stopped', 'failed'],
   stopped: ['starting'],
   failed: ['starting', 'stopped'],
@@ -41,6 +43,7 @@ export const OPERATION_REQUIRES = {
   kill: ['starting', 'running', 'paused', 'stopping'],
   delete: ['created', 'stopped', 'failed'],
   exec: ['running'],
+  fork: ['running', 'paused'],
 } as const satisfies Record<string, readonly VmState[]>;
 
 export type VmOperation = keyof typeof OPERATION_REQUIRES;

@@ -1,0 +1,77 @@
+// The disk half of a fork. Each writable disk of the (stopped, ended) source
+// becomes a read-only base in <home>/bases; the source and every child get a
+// new qcow2 delta on it. Disk state inheritance: when that would put a VM more
+// than `maxDepth` deltas above its root image, the fork also returns a block
+// stream per VM that copies the base's content into the VM's own delta and
+// points it straight at the base's parent, so chains stay bounded however
+// often forks are forked. Undo puts everything back as it was.
+import { randomUUID } from 'node:crypto';
+import { chmod, mkdir, rename, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { OffshootError } from '../common/index.ts';
+import { createImage } from '../qemu/index.ts';
+import type { HostLayout } from './layout.ts';
+import type { ForkDisksRequest, ForkDisksResult, VmDisk } from './types.ts';
+
+export class ForkUnsupportedDiskError extends OffshootError {
+  constructor(vmId: string, disk: VmDisk) {
+    super('FORK_UNSUPPORTED_DISK', `disk ${disk.id} (${disk.path}) of VM ${vmId} is a writable disk Offshoot does not own; attach it read-only or import it to fork this VM`, { vmId, disk: disk.id, path: disk.path }, 409);
+  }
+}
+
+export function assertForkableDisks(vmId: string, disks: VmDisk[]): void {
+  for (const disk of disks) if (!disk.readOnly && !disk.owned) throw new ForkUnsupportedDiskError(vmId, disk);
+}
+
+function shortId(): string {
+  return randomUUID().slice(0, 8);
+}
+
+export async function forkDisks(layout: HostLayout, request: ForkDisksRequest): Promise<ForkDisksResult> {
+  assertForkableDisks(request.sourceId, request.sourceDisks);
+  const result: ForkDisksResult = { source: [], children: Object.fromEntries(request.childIds.map((id) => [id, []])), frozen: [], streams: [] };
+  await mkdir(layout.basesDir, { recursive: true });
+  try {
+    for (const id of request.childIds) await mkdir(layout.vmDir(id), { recursive: true });
+    for (const disk of request.sourceDisks) {
+      if (disk.readOnly) {
+        result.source.push(disk);
+        for (const id of request.childIds) result.children[id]?.push({ ...disk, owned: false });
+        continue;
+      }
+      const base = join(layout.basesDir, `${shortId()}-${disk.id}.${disk.format}`);
+      await rename(disk.path, base);
+      result.frozen.push({ from: disk.path, to: base });
+      await chmod(base, 0o444);
+      const backing = [base, ...disk.backing];
+      const flatten = backing.length > request.maxDepth;
+      const deltas = [
+        { vmId: request.sourceId, path: join(layout.vmDir(request.sourceId), `${disk.id}-${shortId()}.qcow2`), list: result.source },
+        ...request.childIds.map((id) => ({ vmId: id, path: join(layout.vmDir(id), `${disk.id}.qcow2`), list: result.children[id] as VmDisk[] })),
+      ];
+      // The source's delta first: it is on the stun path; the children's follow in parallel.
+      const [first, ...rest] = deltas;
+      const make = async (d: (typeof deltas)[number]) => {
+        await createImage({ path: d.path, format: 'qcow2', backing: { path: base, format: disk.format } });
+        d.list.push({ id: disk.id, path: d.path, format: 'qcow2', readOnly: false, owned: true, backing });
+        if (flatten && backing[1]) result.streams.push({ vmId: d.vmId, diskId: disk.id, base: backing[1] });
+      };
+      if (first) await make(first);
+      await Promise.all(rest.map(make));
+    }
+    return result;
+  } catch (err) {
+    await undoForkDisks(layout, request, result);
+    throw err;
+  }
+}
+
+/** Removes the deltas a fork made and moves frozen bases back to where they were. */
+export async function undoForkDisks(layout: HostLayout, request: ForkDisksRequest, result: ForkDisksResult): Promise<void> {
+  for (const disk of result.source) if (disk.owned && !request.sourceDisks.some((d) => d.path === disk.path)) await rm(disk.path, { force: true });
+  for (const id of request.childIds) await rm(layout.vmDir(id), { recursive: true, force: true });
+  for (const { from, to } of result.frozen.reverse()) {
+    await chmod(to, 0o644);
+    await rename(to, from);
+  }
+}

@@ -1,0 +1,60 @@
+// Memory templates: immutable guest-RAM files that fork children (and the
+// resumed source) map privately (memory-backend-file share=off), so the kernel
+// shares every page nobody wrote. A VM's own RAM file becomes a template by a
+// rename when it is frozen. Templates are reference-counted by the VMs whose
+// QEMU maps them, and removed when the last one is gone.
+import { randomUUID } from 'node:crypto';
+import { chmod, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+
+export class TemplateStore {
+  readonly dir: string;
+
+  constructor(memoryDir: string) {
+    this.dir = join(memoryDir, 'templates');
+  }
+
+  path(templateId: string): string {
+    return join(this.dir, `${templateId}.ram`);
+  }
+
+  /** Turns a VM's RAM file into a new read-only template (a rename: no copy). */
+  async adopt(ramFile: string): Promise<{ templateId: string; file: string }> {
+    await mkdir(this.dir, { recursive: true });
+    const templateId = randomUUID();
+    const file = this.path(templateId);
+    await rename(ramFile, file);
+    await chmod(file, 0o400);
+    return { templateId, file };
+  }
+
+  /** Undoes adopt: the template becomes the VM's RAM file again (only before anyone mapped it privately). */
+  async restore(templateId: string, ramFile: string): Promise<void> {
+    const file = this.path(templateId);
+    await chmod(file, 0o600);
+    await rename(file, ramFile);
+  }
+
+  async list(): Promise<Array<{ templateId: string; file: string; bytes: number }>> {
+    const names = await readdir(this.dir).catch(() => [] as string[]);
+    const out = [];
+    for (const name of names) {
+      if (!name.endsWith('.ram')) continue;
+      const file = join(this.dir, name);
+      const info = await stat(file).catch(() => undefined);
+      if (info) out.push({ templateId: name.slice(0, -4), file, bytes: info.blocks * 512 });
+    }
+    return out;
+  }
+
+  /** Removes every template not in `inUse`; returns the removed ids. */
+  async release(inUse: ReadonlySet<string>): Promise<string[]> {
+    const removed: string[] = [];
+    for (const t of await this.list()) {
+      if (inUse.has(t.templateId)) continue;
+      await rm(t.file, { force: true });
+      removed.push(t.templateId);
+    }
+    return removed;
+  }
+}
