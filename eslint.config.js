@@ -12,13 +12,13 @@ function layerRules(layer) {
   const higher = LAYERS.slice(index + 1);
   const patterns = [
     {
-      group: ['../*/*', '!../*/index.ts', '../../*/*', '!../../*/index.ts', '../../../*/*', '!../../../*/index.ts'],
+      regex: '^(\\.\\./)+[^./][^/]*/(?!index\\.ts$).+$',
       message: 'Import another layer only through its index.ts.',
     },
   ];
   if (higher.length > 0) {
     patterns.push({
-      group: higher.flatMap((h) => [`../${h}/*`, `../../${h}/*`, `../../../${h}/*`]),
+      regex: `^(\\.\\./)+(${higher.join('|')})/`,
       message: `Layer "${layer}" must not import a higher layer (${higher.join(', ')}).`,
     });
   }
