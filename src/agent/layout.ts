@@ -41,7 +41,7 @@ export class HostLayout {
       migrationSocket: join(dir, `mig-${instance}.sock`),
       consoleLog: join(dir, 'console.log'),
       qemuLog: join(dir, 'qemu.log'),
-      pidFile: join(dir, 'qemu.pid'),
+      pidFile: join(dir, `qemu-${instance}.pid`),
       /** The VM's own RAM file (owned mode). */
       memoryFile: join(this.memoryDir, `${vmId}.ram`),
     };

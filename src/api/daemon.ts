@@ -20,6 +20,8 @@ export interface DaemonOptions {
   listen?: string;
   logger?: Logger;
   memoryDir?: string;
+  /** Fault injection for tests. */
+  faults?: (point: string) => Promise<void> | void;
 }
 
 export interface RunningDaemon {
@@ -66,7 +68,7 @@ export async function startDaemon(options: DaemonOptions): Promise<RunningDaemon
   const token = await loadOrCreateToken(paths.token);
   const inventory = await SqliteInventory.open(paths.inventory);
   const agent = new LocalHostAgent({ home: paths.home, memoryDir: options.memoryDir ?? process.env.OFFSHOOT_MEMORY_DIR, logger });
-  const engine = new VmEngine({ inventory, agent, logger });
+  const engine = new VmEngine({ inventory, agent, logger, faults: options.faults });
   try {
     await engine.recover();
   } catch (err) {

@@ -23,6 +23,8 @@ export interface VmEngineOptions {
   logger?: Logger;
   /** How long a boot may take until the guest agent answers. */
   bootTimeoutMs?: number;
+  /** Fault injection for tests (see fork/run-fork.ts). */
+  faults?: (point: string) => Promise<void> | void;
 }
 
 export interface VmAndTask {
@@ -40,6 +42,7 @@ export class VmEngine {
   private readonly agent: HostAgent;
   private readonly logger: Logger;
   private readonly bootTimeoutMs: number;
+  private readonly faults: VmEngineOptions['faults'];
   private readonly unsubscribe: () => void;
   /** Templates and bases that an operation in flight has made but no VM record names yet. */
   private readonly pins = new Set<string>();
@@ -49,6 +52,7 @@ export class VmEngine {
     this.agent = options.agent;
     this.logger = options.logger ?? silentLogger;
     this.bootTimeoutMs = options.bootTimeoutMs ?? 120_000;
+    this.faults = options.faults;
     this.tasks = new TaskRunner(this.inventory, this.events, this.logger);
     this.states = new StateKeeper(this.inventory, this.events);
     // A fork owns its source ('forking') and handles its QEMU's end itself.
@@ -133,11 +137,11 @@ export class VmEngine {
   /** Forks a running (or paused) VM into N children that share its memory copy-on-write; see fork/run-fork.ts. */
   async fork(ref: string, input: unknown = {}): Promise<VmAndTask> {
     const request = parseRequest('fork request', forkRequestSchema, input);
-    const { id } = await this.resolve(ref);
+    const { id, state: before } = await this.resolve(ref);
     const source = await this.states.claim(id, 'fork', 'forking');
     const forkId = newTaskId();
-    const deps: ForkDeps = { inventory: this.inventory, agent: this.agent, states: this.states, events: this.events, logger: this.logger, pins: this.pins, collectGarbage: async () => void (await this.collectGarbage()) };
-    const task = await this.tasks.start('vm.fork', source, (ctx) => runFork(deps, source, request, ctx, forkId));
+    const deps: ForkDeps = { inventory: this.inventory, agent: this.agent, states: this.states, events: this.events, logger: this.logger, pins: this.pins, collectGarbage: async () => void (await this.collectGarbage()), faults: this.faults };
+    const task = await this.tasks.start('vm.fork', source, (ctx) => runFork(deps, { ...source, state: before }, request, ctx, forkId));
     return { vm: await this.resolve(id), task };
   }
 

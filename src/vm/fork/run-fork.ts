@@ -31,6 +31,8 @@ export interface ForkDeps {
   /** Templates and bases in use by an operation in flight; garbage collection leaves them alone. */
   pins: Set<string>;
   collectGarbage(): Promise<void>;
+  /** Fault injection for tests: called at named points; throwing there fails the fork at that step. */
+  faults?: (point: string) => Promise<void> | void;
 }
 
 export interface ForkChildResult {
@@ -125,12 +127,14 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
     await ctx.progress(0.05, `freezing ${source.name}`);
     frozen = await deps.agent.freezeForFork(source.id, source.name, source.spec, forkId);
     deps.pins.add(frozen.templateId);
+    await deps.faults?.('fork.after-freeze');
     const stunStart = performance.now() - frozen.freezeMs;
 
     step = 'disks';
     disksRequest = { sourceId: source.id, sourceDisks: source.spec.disks, childIds: children.map((c) => c.id), maxDepth: request.maxDiskDepth };
     disks = await deps.agent.forkDisks(disksRequest);
     for (const f of disks.frozen) deps.pins.add(f.to);
+    await deps.faults?.('fork.after-disks');
 
     step = 'resume source';
     const sourceSpec: VmSpec = { ...source.spec, disks: disks.source };
@@ -153,6 +157,7 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
     const frozenState = frozen;
     const startChild = async (child: ChildPlan) => {
       started.push(child);
+      await deps.faults?.(`fork.start-child:${children.indexOf(child) + 1}`);
       const childRuntime = await deps.agent.startFromTemplate(child.id, child.name, child.spec, frozenState);
       if (frozenState.wasRunning) await deps.agent.resumeVm(child.id);
       runningAt.set(child.id, performance.now() - t0);
