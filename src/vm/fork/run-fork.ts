@@ -164,11 +164,19 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
       await deps.states.settle(child.id, ['starting'], frozenState.wasRunning ? 'running' : 'paused', `forked from ${source.name}`, { runtime: childRuntime });
     };
     // Two at a time: QEMU start-up is CPU-bound, and this machine class has few cores.
+    // On a failure, no new child starts, and the rollback waits for children being started to settle.
     const queue = [...children];
     const workers = Array.from({ length: Math.min(2, queue.length) }, async () => {
-      for (let next = queue.shift(); next; next = queue.shift()) await startChild(next);
+      try {
+        for (let next = queue.shift(); next; next = queue.shift()) await startChild(next);
+      } catch (err) {
+        queue.length = 0;
+        throw err;
+      }
     });
-    await Promise.all(workers);
+    const outcomes = await Promise.allSettled(workers);
+    const failure = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
+    if (failure) throw failure.reason;
     const childTimes = [...runningAt.values()];
     await ctx.progress(0.6, `${children.length} children running; customizing`);
 
