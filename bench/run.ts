@@ -4,11 +4,13 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { bootBenchmark } from './boot.ts';
+import { forkBenchmark } from './fork.ts';
 import type { BenchResult } from './report.ts';
 import { printReport } from './report.ts';
 
 const BENCHMARKS: Record<string, (args: string[]) => Promise<BenchResult>> = {
   boot: bootBenchmark,
+  fork: forkBenchmark,
 };
 
 const [name, ...args] = process.argv.slice(2);
