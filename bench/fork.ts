@@ -7,12 +7,13 @@
 // whole VM with QEMU's own `migrate` to a file and starts each copy from it.
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { stat } from 'node:fs/promises';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { startDaemon } from '../src/api/index.ts';
 import type { RunningDaemon } from '../src/api/index.ts';
 import { loadDefaultGuest } from '../src/guest/index.ts';
-import { processMemoryStats } from '../src/memory/index.ts';
+import { mappingPssKiB, processMemoryStats } from '../src/memory/index.ts';
 import { QgaClient, QmpClient, createImage, qemuVersion } from '../src/qemu/index.ts';
 import type { ForkResult } from '../src/vm/index.ts';
 import type { BenchResult, Comparison } from './report.ts';
@@ -20,6 +21,17 @@ import type { BenchResult, Comparison } from './report.ts';
 function listOption(args: string[], name: string, fallback: number[]): number[] {
   const i = args.indexOf(name);
   return i >= 0 ? (args[i + 1] ?? '').split(',').map(Number) : fallback;
+}
+
+/**
+ * Host memory of a group of QEMUs sharing one RAM file: the sum of their PSS without the
+ * file's mappings, plus the file's resident size (a tmpfs file is memory whether mapped or not).
+ */
+async function hostMemoryMiB(pids: number[], ramFile: string): Promise<number> {
+  let kib = 0;
+  for (const pid of pids) kib += (await processMemoryStats(pid)).pssKiB - (await mappingPssKiB(pid, ramFile));
+  kib += ((await stat(ramFile)).blocks * 512) / 1024;
+  return kib / 1024;
 }
 
 async function bootSource(daemon: RunningDaemon, name: string, memoryMiB: number): Promise<number> {
@@ -120,7 +132,7 @@ export async function forkBenchmark(args: string[]): Promise<BenchResult> {
           const name = `b${memoryMiB}n${count}r${r}`;
           s.boot.push(await bootSource(daemon, name, memoryMiB));
           const source = await daemon.engine.resolve(name);
-          s.bootPss.push((await processMemoryStats(source.runtime?.pid as number)).pssKiB / 1024);
+          s.bootPss.push(await hostMemoryMiB([source.runtime?.pid as number], source.runtime?.memory.file as string));
           const { task } = await daemon.engine.fork(name, { count });
           const done = await daemon.engine.tasks.wait(task?.id as string);
           if (done.state !== 'succeeded') throw new Error(`fork failed: ${done.message}`);
@@ -129,8 +141,8 @@ export async function forkBenchmark(args: string[]): Promise<BenchResult> {
           s.first.push(result.timings.firstChildMs);
           s.all.push(result.timings.allChildrenMs);
           s.agent.push(result.timings.customizedMs);
-          let pss = 0;
-          for (const vm of [name, ...result.children.map((c) => c.name)]) pss += (await daemon.engine.memory(vm)).pssKiB / 1024;
+          const forked = await Promise.all([name, ...result.children.map((c) => c.name)].map((vm) => daemon.engine.resolve(vm)));
+          const pss = await hostMemoryMiB(forked.map((vm) => vm.runtime?.pid as number), forked[0]?.runtime?.memory.file as string);
           s.pss.push(pss);
           for (const vm of [...result.children.map((c) => c.name), name]) {
             await daemon.engine.kill(vm);
@@ -149,7 +161,7 @@ export async function forkBenchmark(args: string[]): Promise<BenchResult> {
           { metric: `${label}: first child running`, offshoot: { label: 'offshoot fork', unit: 'ms', samples: s.first }, baseline: { label: 'cold boot', unit: 'ms', samples: s.boot } },
           { metric: `${label}: all children running`, offshoot: { label: 'offshoot fork', unit: 'ms', samples: s.all }, baseline: { label: 'naive migrate-to-file fork', unit: 'ms', samples: n.all } },
           { metric: `${label}: all answering the agent`, offshoot: { label: 'offshoot fork (customized)', unit: 'ms', samples: s.agent }, baseline: { label: 'naive fork', unit: 'ms', samples: n.agent } },
-          { metric: `${label}: host memory, source + N`, offshoot: { label: 'offshoot fork (sum PSS)', unit: 'MiB', samples: s.pss }, baseline: { label: `(N+1) x cold-booted guest PSS`, unit: 'MiB', samples: s.bootPss.map((p) => p * (count + 1)) } },
+          { metric: `${label}: host memory, source + N`, offshoot: { label: 'offshoot fork (PSS + template)', unit: 'MiB', samples: s.pss }, baseline: { label: `(N+1) x cold-booted guest`, unit: 'MiB', samples: s.bootPss.map((p) => p * (count + 1)) } },
         );
       }
     }

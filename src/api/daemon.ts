@@ -13,6 +13,7 @@ import { SqliteInventory } from '../store/index.ts';
 import { VmEngine } from '../vm/index.ts';
 import { buildApp } from './app.ts';
 import { loadOrCreateToken } from './auth.ts';
+import { faultsFromEnvironment } from './test-faults.ts';
 
 export interface DaemonOptions {
   home: string;
@@ -68,7 +69,9 @@ export async function startDaemon(options: DaemonOptions): Promise<RunningDaemon
   const token = await loadOrCreateToken(paths.token);
   const inventory = await SqliteInventory.open(paths.inventory);
   const agent = new LocalHostAgent({ home: paths.home, memoryDir: options.memoryDir ?? process.env.OFFSHOOT_MEMORY_DIR, logger });
-  const engine = new VmEngine({ inventory, agent, logger, faults: options.faults });
+  const faults = options.faults ?? faultsFromEnvironment(process.env.OFFSHOOT_TEST_FAULTS);
+  if (faults && !options.faults) logger.warn({ faults: process.env.OFFSHOOT_TEST_FAULTS }, 'OFFSHOOT_TEST_FAULTS is set: faults will be injected');
+  const engine = new VmEngine({ inventory, agent, logger, faults });
   try {
     await engine.recover();
   } catch (err) {

@@ -25,3 +25,18 @@ export function parseSmapsRollup(text: string): MemoryStats {
 export async function processMemoryStats(pid: number): Promise<MemoryStats> {
   return parseSmapsRollup(await readFile(`/proc/${pid}/smaps_rollup`, 'utf8'));
 }
+
+/** PSS (KiB) of the mappings of `path` in the process (from /proc/<pid>/smaps). */
+export async function mappingPssKiB(pid: number, path: string): Promise<number> {
+  const text = await readFile(`/proc/${pid}/smaps`, 'utf8');
+  let inMapping = false;
+  let total = 0;
+  for (const line of text.split('\n')) {
+    if (/^[0-9a-f]+-[0-9a-f]+ /.test(line)) {
+      inMapping = line.trimEnd().endsWith(` ${path}`);
+      continue;
+    }
+    if (inMapping && line.startsWith('Pss:')) total += Number(/(\d+) kB/.exec(line)?.[1] ?? 0);
+  }
+  return total;
+}

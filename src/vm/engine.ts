@@ -7,7 +7,8 @@ import type { Logger } from '../common/index.ts';
 import type { ExecResult, HostAgent, PrepareVmRequest, VmMemoryStats } from '../agent/index.ts';
 import { forkRequestSchema } from './fork/fork-request.ts';
 import { runFork } from './fork/run-fork.ts';
-import type { ForkDeps } from './fork/run-fork.ts';
+import type { ForkDeps, ForkJournal } from './fork/run-fork.ts';
+import { recoverFork } from './fork/recover-fork.ts';
 import { EventBus } from './events.ts';
 import { newTaskId, newVmId } from './ids.ts';
 import type { Inventory, TaskRecord, VmRecord } from './records.ts';
@@ -246,7 +247,14 @@ export class VmEngine {
    * whose QEMU still runs, marks the others stopped, and removes orphan processes and files.
    */
   async recover(): Promise<{ adopted: string[]; lost: string[]; killed: number[]; removed: string[] }> {
-    await this.tasks.failInterrupted();
+    for (const task of await this.tasks.interrupted()) {
+      const journal = (task.result as { journal?: ForkJournal } | null)?.journal;
+      let recovery = 'nothing to roll back';
+      if (task.kind === 'vm.fork' && journal) {
+        recovery = await recoverFork({ inventory: this.inventory, agent: this.agent, states: this.states, logger: this.logger }, journal).catch((err: unknown) => `rollback failed: ${(err as Error).message}`);
+      }
+      await this.tasks.failInterrupted(task, recovery);
+    }
     const vms = await this.inventory.listVms();
     const adopted: string[] = [];
     const lost: string[] = [];

@@ -11,6 +11,8 @@ import { isTaskDone } from './records.ts';
 export interface TaskContext {
   /** Reports progress (0..1) and a short message of the current phase. */
   progress(fraction: number, message: string): Promise<void>;
+  /** Persists what a crash recovery would need to roll this task back (kept in the task's result until it ends). */
+  journal(data: unknown): Promise<void>;
 }
 
 export class TaskRunner {
@@ -31,6 +33,9 @@ export class TaskRunner {
     const ctx: TaskContext = {
       progress: async (fraction, message) => {
         await this.update(task.id, { progress: Math.max(0, Math.min(1, fraction)), message });
+      },
+      journal: async (data) => {
+        await this.inventory.updateTask(task.id, { result: { journal: data }, updatedAt: new Date().toISOString() });
       },
     };
     const done = (async () => {
@@ -83,13 +88,14 @@ export class TaskRunner {
     await Promise.allSettled([...this.waiters.values()]);
   }
 
-  /** Marks tasks left running by a previous daemon as failed. */
-  async failInterrupted(): Promise<TaskRecord[]> {
-    const interrupted = (await this.inventory.listTasks({ limit: 1000 })).filter((t) => t.state === 'running' && !this.waiters.has(t.id));
-    const out: TaskRecord[] = [];
-    for (const task of interrupted) {
-      out.push(await this.update(task.id, { state: 'failed', message: 'interrupted: the daemon stopped while this task ran', error: { code: 'TASK_INTERRUPTED', message: 'the daemon stopped while this task ran', details: {} } }));
-    }
-    return out;
+  /** Tasks a previous daemon left running (with their journals, for rollback). */
+  async interrupted(): Promise<TaskRecord[]> {
+    return (await this.inventory.listTasks({ limit: 1000 })).filter((t) => t.state === 'running' && !this.waiters.has(t.id));
+  }
+
+  /** Marks a task left running by a previous daemon as failed, saying what recovery did. */
+  async failInterrupted(task: TaskRecord, recovery: string): Promise<TaskRecord> {
+    const message = `interrupted: the daemon stopped while this task ran; ${recovery}`;
+    return this.update(task.id, { state: 'failed', message, error: { code: 'TASK_INTERRUPTED', message, details: { recovery } } });
   }
 }

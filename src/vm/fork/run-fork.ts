@@ -51,6 +51,18 @@ export interface ForkResult {
   disks: { flattened: number; bases: string[] };
 }
 
+/** What a crash recovery needs to roll a fork back; persisted in the task as the fork advances. */
+export interface ForkJournal {
+  forkId: string;
+  sourceId: string;
+  previousState: 'running' | 'paused';
+  phase: 'freezing' | 'frozen' | 'disks' | 'source-resumed';
+  childIds: string[];
+  frozen?: FrozenVm;
+  disksRequest?: ForkDisksRequest;
+  disks?: ForkDisksResult;
+}
+
 interface ChildPlan {
   id: string;
   name: string;
@@ -122,11 +134,14 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
     throw new ForkFailedError(source.name, 'plan', err);
   });
   const started: ChildPlan[] = [];
+  const journal: ForkJournal = { forkId, sourceId: source.id, previousState: source.state === 'paused' ? 'paused' : 'running', phase: 'freezing', childIds: children.map((c) => c.id) };
   try {
     step = 'freeze';
+    await ctx.journal(journal);
     await ctx.progress(0.05, `freezing ${source.name}`);
     frozen = await deps.agent.freezeForFork(source.id, source.name, source.spec, forkId);
     deps.pins.add(frozen.templateId);
+    await ctx.journal(Object.assign(journal, { phase: 'frozen', frozen }));
     await deps.faults?.('fork.after-freeze');
     const stunStart = performance.now() - frozen.freezeMs;
 
@@ -134,6 +149,7 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
     disksRequest = { sourceId: source.id, sourceDisks: source.spec.disks, childIds: children.map((c) => c.id), maxDepth: request.maxDiskDepth };
     disks = await deps.agent.forkDisks(disksRequest);
     for (const f of disks.frozen) deps.pins.add(f.to);
+    await ctx.journal(Object.assign(journal, { phase: 'disks', disksRequest, disks }));
     await deps.faults?.('fork.after-disks');
 
     step = 'resume source';
@@ -143,6 +159,7 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
     const stunMs = performance.now() - stunStart;
     await deps.states.settle(source.id, ['forking'], frozen.wasRunning ? 'running' : 'paused', null, { runtime, spec: sourceSpec });
     sourceResumed = true;
+    await ctx.journal(Object.assign(journal, { phase: 'source-resumed' }));
     await ctx.progress(0.3, `source resumed after ${stunMs.toFixed(0)} ms; starting ${children.length} children`);
 
     step = 'start children';

@@ -1,0 +1,21 @@
+// Fault injection for end-to-end tests of crash safety: OFFSHOOT_TEST_FAULTS
+// names operation points and what happens there, e.g.
+//   OFFSHOOT_TEST_FAULTS='fork.after-disks=sleep:30000,fork.start-child:2=fail'
+// Unset in normal use; the daemon logs a warning when it is set.
+import { sleep } from '../common/index.ts';
+
+export function faultsFromEnvironment(value: string | undefined): ((point: string) => Promise<void>) | undefined {
+  if (!value) return undefined;
+  const rules = new Map<string, string>();
+  for (const part of value.split(',')) {
+    const [point, action] = part.split('=');
+    if (point && action) rules.set(point.trim(), action.trim());
+  }
+  return async (point) => {
+    const action = rules.get(point);
+    if (!action) return;
+    if (action === 'fail') throw new Error(`injected fault at ${point}`);
+    const match = /^sleep:(\d+)$/.exec(action);
+    if (match) await sleep(Number(match[1]));
+  };
+}
