@@ -9,7 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { chmod, mkdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { OffshootError } from '../common/index.ts';
-import { createImage } from '../qemu/index.ts';
+import { createImage, imageInfo } from '../qemu/index.ts';
 import type { HostLayout } from './layout.ts';
 import type { ForkDisksRequest, ForkDisksResult, VmDisk } from './types.ts';
 
@@ -40,6 +40,9 @@ export async function forkDisks(layout: HostLayout, request: ForkDisksRequest): 
         continue;
       }
       const base = join(layout.basesDir, `${shortId()}-${disk.id}.${disk.format}`);
+      // While the source runs (live), its delta is still being written: size it now and create the
+      // new deltas without opening it (-u); QEMU re-reads it when the incoming VMs activate their disks.
+      const sizeBytes = request.live ? (await imageInfo(disk.path)).virtualSize : undefined;
       await rename(disk.path, base);
       result.frozen.push({ from: disk.path, to: base });
       await chmod(base, 0o444);
@@ -52,7 +55,7 @@ export async function forkDisks(layout: HostLayout, request: ForkDisksRequest): 
       // The source's delta first: it is on the stun path; the children's follow in parallel.
       const [first, ...rest] = deltas;
       const make = async (d: (typeof deltas)[number]) => {
-        await createImage({ path: d.path, format: 'qcow2', backing: { path: base, format: disk.format } });
+        await createImage({ path: d.path, format: 'qcow2', backing: { path: base, format: disk.format }, ...(sizeBytes ? { sizeBytes, unsafeBacking: true } : {}) });
         d.list.push({ id: disk.id, path: d.path, format: 'qcow2', readOnly: false, owned: true, backing });
         if (flatten && backing[1]) result.streams.push({ vmId: d.vmId, diskId: disk.id, base: backing[1] });
       };

@@ -3,7 +3,7 @@
 // interface; today the implementation is in-process (LocalHostAgent), later the
 // same calls travel over HTTP to agents on other hosts. Every argument and
 // result is plain JSON-safe data for that reason.
-import type { CustomizeResult, ExecRequest, ExecResult, ForkDisksRequest, ForkDisksResult, FrozenVm, HostInfo, Identity, PrepareVmRequest, VmExitEvent, VmMemoryStats, VmRuntime, VmSpec } from './types.ts';
+import type { CustomizeResult, ExecRequest, ExecResult, ForkDisksRequest, ForkDisksResult, ForkSwitch, FrozenVm, HostInfo, Identity, PrepareForkRequest, PreparedFork, PrepareVmRequest, VmExitEvent, VmMemoryStats, VmRuntime, VmSpec } from './types.ts';
 
 export interface HostAgent {
   readonly hostId: string;
@@ -34,6 +34,18 @@ export interface HostAgent {
    * live migration. On failure before QEMU ends, the VM is resumed as it was.
    */
   freezeForFork(vmId: string, name: string, spec: VmSpec, operationId: string): Promise<FrozenVm>;
+
+  /**
+   * Pre-staged fork (the fast path): prepare while the source runs, then a short switch-over,
+   * then each child loads the device state. abortFork undoes whatever is not yet done.
+   */
+  prepareFork(request: PrepareForkRequest): Promise<PreparedFork>;
+  switchFork(forkId: string): Promise<ForkSwitch>;
+  completeForkChild(forkId: string, childId: string): Promise<VmRuntime>;
+  abortFork(forkId: string): Promise<void>;
+  finishFork(forkId: string): Promise<void>;
+  /** Kills a QEMU of the VM other than its tracked one (left by an interrupted operation). */
+  killStray(vmId: string, runtime: VmRuntime): Promise<boolean>;
 
   /** Starts a QEMU whose RAM maps the template privately and loads the device state; the VM stays paused. */
   startFromTemplate(vmId: string, name: string, spec: VmSpec, frozen: { templateId: string; deviceState: string }): Promise<VmRuntime>;

@@ -20,7 +20,7 @@ import { loadDeviceState, migrateLocally, saveDeviceState } from './migration.ts
 import { HostLayout } from './layout.ts';
 import { prepareVmFiles } from './prepare-vm.ts';
 import { RunningVm } from './running-vm.ts';
-import type { Accelerator, CustomizeResult, ExecRequest, ExecResult, ForkDisksRequest, ForkDisksResult, FrozenVm, HostInfo, Identity, PrepareVmRequest, VmExitEvent, VmMemory, VmMemoryStats, VmRuntime, VmSpec } from './types.ts';
+import type { Accelerator, CustomizeResult, ExecRequest, ExecResult, ForkDisksRequest, ForkDisksResult, ForkSwitch, FrozenVm, HostInfo, Identity, PrepareForkRequest, PreparedFork, PrepareVmRequest, VmExitEvent, VmMemory, VmMemoryStats, VmRuntime, VmSpec } from './types.ts';
 
 export interface LocalHostAgentOptions {
   home: string;
@@ -43,6 +43,18 @@ export class GuestAgentUnavailableError extends OffshootError {
   }
 }
 
+/** A fork being staged on this host (see prepareFork). */
+interface StagedFork {
+  sourceId: string;
+  templateId: string;
+  disksRequest: ForkDisksRequest | undefined;
+  disks: ForkDisksResult | undefined;
+  incoming: Map<string, { vm: RunningVm; runtime: VmRuntime }>;
+  switched: boolean;
+  wasRunning: boolean;
+  deviceState: string;
+}
+
 export class LocalHostAgent implements HostAgent {
   readonly hostId: string;
   readonly layout: HostLayout;
@@ -50,6 +62,7 @@ export class LocalHostAgent implements HostAgent {
   private readonly exits = new EventEmitter();
   private readonly logger: Logger;
   private readonly templates: TemplateStore;
+  private readonly forks = new Map<string, StagedFork>();
   private accel: Promise<{ accel: Accelerator; reason: string }> | undefined;
 
   constructor(private readonly options: LocalHostAgentOptions) {
@@ -214,6 +227,138 @@ export class LocalHostAgent implements HostAgent {
     }
     this.track(vm);
     return runtime;
+  }
+
+  /**
+   * Pre-staged fork, step 1, while the source runs: a derived source is made owned; its disks are
+   * split (renamed to bases, new deltas); its RAM file is hard-linked as the template; and a QEMU
+   * for the source's replacement and for every child starts, waiting for the device state with its
+   * disks inactive (QEMU re-reads them when the migration completes). Nothing here stops the source.
+   */
+  async prepareFork(request: PrepareForkRequest): Promise<PreparedFork> {
+    const { forkId, source } = request;
+    let vm = this.running(source.vmId);
+    let madeOwned: PreparedFork['madeOwned'] = null;
+    if (vm.memory.mode === 'derived') {
+      const t0 = performance.now();
+      const { bytes } = await this.makeOwned(source.vmId, source.name, source.spec);
+      madeOwned = { ms: performance.now() - t0, bytes };
+      vm = this.running(source.vmId);
+    }
+    const stage: StagedFork = { sourceId: source.vmId, templateId: '', disksRequest: undefined, disks: undefined, incoming: new Map(), switched: false, wasRunning: true, deviceState: join(this.layout.workDir, forkId, 'devstate') };
+    this.forks.set(forkId, stage);
+    try {
+      await mkdir(join(this.layout.workDir, forkId), { recursive: true });
+      stage.disksRequest = { sourceId: source.vmId, sourceDisks: source.spec.disks, childIds: request.children.map((c) => c.vmId), maxDepth: request.maxDepth, live: true };
+      stage.disks = await forkDisks(this.layout, stage.disksRequest);
+      stage.templateId = (await this.templates.link(vm.memory.file)).templateId;
+      const memory: VmMemory = { mode: 'derived', file: this.templates.path(stage.templateId), templateId: stage.templateId };
+      const targets = [
+        { vmId: source.vmId, name: source.name, spec: { ...source.spec, disks: stage.disks.source } },
+        ...request.children.map((c) => ({ vmId: c.vmId, name: c.name, spec: { ...c.spec, disks: stage.disks?.children[c.vmId] ?? [] } })),
+      ];
+      const queue = [...targets];
+      const failures: unknown[] = [];
+      await Promise.all(
+        Array.from({ length: Math.min(2, queue.length) }, async () => {
+          for (let next = queue.shift(); next && failures.length === 0; next = queue.shift()) {
+            try {
+              stage.incoming.set(next.vmId, await this.launch(next.vmId, next.name, next.spec, { memory, incoming: true, paused: true }));
+            } catch (err) {
+              failures.push(err);
+            }
+          }
+        }),
+      );
+      if (failures.length > 0) throw failures[0];
+      return { forkId, templateId: stage.templateId, disks: stage.disks, incoming: Object.fromEntries([...stage.incoming].map(([id, i]) => [id, i.runtime])), madeOwned };
+    } catch (err) {
+      await this.abortFork(forkId);
+      throw err;
+    }
+  }
+
+  /**
+   * Pre-staged fork, step 2, the switch-over: stop the source, save its device state, load it into
+   * the source's replacement and run it. If loading fails, the old QEMU (paused, RAM intact) runs on.
+   */
+  async switchFork(forkId: string): Promise<ForkSwitch> {
+    const stage = this.stage(forkId);
+    const old = this.running(stage.sourceId);
+    const replacement = stage.incoming.get(stage.sourceId);
+    if (!replacement) throw new OffshootError('FORK_NOT_PREPARED', `fork ${forkId} has no replacement QEMU for its source`, { forkId }, 500);
+    stage.wasRunning = (await old.qmp.queryStatus()).running;
+    const stoppedAt = performance.now();
+    await old.qmp.stop();
+    try {
+      await saveDeviceState(old.qmp, stage.deviceState);
+      await loadDeviceState(replacement.vm.qmp, stage.deviceState);
+      if (stage.wasRunning) await replacement.vm.qmp.cont();
+    } catch (err) {
+      if (stage.wasRunning) await old.qmp.cont().catch(() => undefined);
+      throw err;
+    }
+    const stunMs = performance.now() - stoppedAt;
+    stage.switched = true;
+    stage.incoming.delete(stage.sourceId);
+    old.handOver();
+    this.vms.delete(stage.sourceId);
+    this.track(replacement.vm);
+    // The old QEMU is paused after a completed migration and writes nothing more: end it, and drop
+    // the RAM file's old name (the template holds the same inode).
+    await old.qmp.quit().catch(() => undefined);
+    await withTimeout(old.process.exited, 5_000, 'QEMU quit').catch(() => killAndWait(old.process.pid, { graceMs: 0 }));
+    await old.exited;
+    await rm(old.memory.file, { force: true });
+    await this.templates.freeze(stage.templateId);
+    const deviceStateBytes = (await stat(stage.deviceState)).size;
+    return { runtime: replacement.runtime, wasRunning: stage.wasRunning, stunMs, deviceStateBytes };
+  }
+
+  /** Pre-staged fork, step 3: a child loads the device state and runs (or stays paused, like the source was). */
+  async completeForkChild(forkId: string, childId: string): Promise<VmRuntime> {
+    const stage = this.stage(forkId);
+    const child = stage.incoming.get(childId);
+    if (!stage.switched || !child) throw new OffshootError('FORK_NOT_PREPARED', `fork ${forkId} has no waiting QEMU for child ${childId}`, { forkId, childId }, 500);
+    await loadDeviceState(child.vm.qmp, stage.deviceState);
+    if (stage.wasRunning) await child.vm.qmp.cont();
+    stage.incoming.delete(childId);
+    this.track(child.vm);
+    return child.runtime;
+  }
+
+  /** Ends a pre-staged fork: QEMUs still waiting are discarded; before the switch, disks and template are undone. */
+  async abortFork(forkId: string): Promise<void> {
+    const stage = this.forks.get(forkId);
+    if (!stage) return;
+    for (const { vm } of stage.incoming.values()) await this.discard(vm).catch(() => undefined);
+    stage.incoming.clear();
+    if (!stage.switched) {
+      if (stage.disks && stage.disksRequest) await undoForkDisks(this.layout, stage.disksRequest, stage.disks);
+      if (stage.templateId) await this.templates.remove(stage.templateId);
+    }
+    await this.removeOperationFiles(forkId);
+    this.forks.delete(forkId);
+  }
+
+  /** Kills a QEMU of the VM that is not its tracked one (left by an interrupted operation), if it still runs. */
+  async killStray(vmId: string, runtime: VmRuntime): Promise<boolean> {
+    if (this.vms.get(vmId)?.process.pid === runtime.pid) return false;
+    const proc = adoptQemu(runtime.pid, vmId);
+    if (!proc) return false;
+    await killAndWait(runtime.pid, { graceMs: 0 });
+    return true;
+  }
+
+  /** Forgets a finished pre-staged fork. */
+  async finishFork(forkId: string): Promise<void> {
+    await this.abortFork(forkId);
+  }
+
+  private stage(forkId: string): StagedFork {
+    const stage = this.forks.get(forkId);
+    if (!stage) throw new OffshootError('FORK_NOT_PREPARED', `no prepared fork ${forkId} on this host`, { forkId }, 500);
+    return stage;
   }
 
   forkDisks(request: ForkDisksRequest): Promise<ForkDisksResult> {

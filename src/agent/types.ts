@@ -74,6 +74,34 @@ export interface ForkDisksRequest {
   childIds: string[];
   /** Past this many deltas above the root image, a new delta is flattened onto the base's parent. */
   maxDepth: number;
+  /** The source still runs and writes its disks (pre-staged fork); bases are made read-only later. */
+  live?: boolean;
+}
+
+/** A fork made ready while the source runs: template linked, disks split, incoming QEMUs waiting. */
+export interface PreparedFork {
+  forkId: string;
+  templateId: string;
+  disks: ForkDisksResult;
+  /** The QEMUs waiting for the device state, by VM id (the source's replacement included). */
+  incoming: Record<string, VmRuntime>;
+  madeOwned: { ms: number; bytes: number } | null;
+}
+
+export interface PrepareForkRequest {
+  forkId: string;
+  source: { vmId: string; name: string; spec: VmSpec };
+  children: Array<{ vmId: string; name: string; spec: VmSpec }>;
+  maxDepth: number;
+}
+
+/** The switch-over of a fork: the source stopped, its device state saved and loaded into its replacement. */
+export interface ForkSwitch {
+  runtime: VmRuntime;
+  wasRunning: boolean;
+  /** vCPUs stopped to vCPUs running again in the replacement, ms. */
+  stunMs: number;
+  deviceStateBytes: number;
 }
 
 export interface ForkDisksResult {

@@ -1,6 +1,6 @@
 // Fault injection for end-to-end tests of crash safety: OFFSHOOT_TEST_FAULTS
 // names operation points and what happens there, e.g.
-//   OFFSHOOT_TEST_FAULTS='fork.after-disks=sleep:30000,fork.start-child:2=fail'
+//   OFFSHOOT_TEST_FAULTS='fork.prepared=sleep:30000,fork.start-child:2=fail'
 // Unset in normal use; the daemon logs a warning when it is set.
 import { sleep } from '../common/index.ts';
 

@@ -4,7 +4,7 @@
 // rename when it is frozen. Templates are reference-counted by the VMs whose
 // QEMU maps them, and removed when the last one is gone.
 import { randomUUID } from 'node:crypto';
-import { chmod, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { chmod, link, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 
 export class TemplateStore {
@@ -26,6 +26,28 @@ export class TemplateStore {
     await rename(ramFile, file);
     await chmod(file, 0o400);
     return { templateId, file };
+  }
+
+  /**
+   * Makes a template of a RAM file that is still in use, by a hard link (same inode, no copy). The
+   * caller must stop every writer of the file before anything maps the template, then call freeze().
+   */
+  async link(ramFile: string): Promise<{ templateId: string; file: string }> {
+    await mkdir(this.dir, { recursive: true });
+    const templateId = randomUUID();
+    const file = this.path(templateId);
+    await link(ramFile, file);
+    return { templateId, file };
+  }
+
+  /** Marks a linked template immutable once its last writer has stopped. */
+  async freeze(templateId: string): Promise<void> {
+    await chmod(this.path(templateId), 0o400);
+  }
+
+  /** Removes one template (its name; mappings keep the pages until they end). */
+  async remove(templateId: string): Promise<void> {
+    await rm(this.path(templateId), { force: true });
   }
 
   /** Undoes adopt: the template becomes the VM's RAM file again (only before anyone mapped it privately). */

@@ -85,6 +85,8 @@ export interface CreateImageOptions extends QemuImgCallOptions {
   backing?: { path: string; format: ImageFormat };
   /** qemu-img create silently replaces an existing file; this is refused unless true. */
   overwrite?: boolean;
+  /** Do not open the backing image (-u): for a backing image in use by a running QEMU. Needs sizeBytes. */
+  unsafeBacking?: boolean;
 }
 
 export async function createImage(options: CreateImageOptions): Promise<void> {
@@ -98,8 +100,10 @@ export async function createImage(options: CreateImageOptions): Promise<void> {
   if (backing === undefined && sizeBytes === undefined) throw new InvalidInputError('sizeBytes is required without a backing image', { field: 'sizeBytes' });
   if (options.overwrite !== true && (await exists(path))) throw new AlreadyExistsError('image', path);
 
+  if (options.unsafeBacking && (backing === undefined || sizeBytes === undefined)) throw new InvalidInputError('unsafeBacking needs a backing image and sizeBytes', { field: 'unsafeBacking' });
   const args = ['create', '-q', '-f', format];
   if (backing !== undefined) args.push('-b', backing.path, '-F', backing.format);
+  if (options.unsafeBacking) args.push('-u');
   args.push(path);
   if (sizeBytes !== undefined) args.push(String(sizeBytes));
   await runQemuImg(args, options);

@@ -149,13 +149,16 @@ describe('instant fork', () => {
     expect(await sh('src', 'cat /mnt/ram/after')).toBe('src');
   });
 
-  it('rolls back when the fork fails right after the freeze: the source resumes unchanged', async () => {
-    faults.set('fork.after-freeze', () => {
-      throw new Error('injected: failure after freeze');
+  it('rolls back when the fork fails after preparing: the source runs on unchanged', async () => {
+    const before = (await daemon.engine.resolve('src')).spec.disks;
+    faults.set('fork.prepared', () => {
+      throw new Error('injected: failure after prepare');
     });
     const task = await fork('src', { count: 2, prefix: 'bad-' });
     faults.clear();
-    expect(task.error).toMatchObject({ code: 'FORK_FAILED', details: { step: 'freeze' } });
+    expect(task.error).toMatchObject({ code: 'FORK_FAILED', details: { step: 'prepare' } });
+    expect((await daemon.engine.resolve('src')).spec.disks).toEqual(before);
+    for (const disk of before) expect(existsSync(disk.path)).toBe(true);
     const src = await daemon.engine.resolve('src');
     expect(src.state).toBe('running');
     expect(await sh('src', 'cat /mnt/ram/after /data/after')).toBe('src\nsrc');

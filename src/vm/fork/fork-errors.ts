@@ -2,7 +2,7 @@
 // source has been resumed and the children removed (see run-fork.ts).
 import { OffshootError, toOffshootError } from '../../common/index.ts';
 
-export const FORK_STEPS = ['plan', 'freeze', 'disks', 'resume source', 'start children', 'customize', 'flatten disks'] as const;
+export const FORK_STEPS = ['plan', 'prepare', 'switch', 'start children', 'customize', 'flatten disks'] as const;
 export type ForkStep = (typeof FORK_STEPS)[number];
 
 export class ForkFailedError extends OffshootError {

@@ -1,8 +1,10 @@
 // Crash recovery of a fork the daemon was running when it died, from the
-// fork's journal: the children it was making are removed (their QEMUs and
-// files then count as orphans and are reaped), and the source is brought back
-// to where it was: resumed if its QEMU survived, or restarted from the frozen
-// template with its disks put back if its QEMU had already ended.
+// fork's journal. The children it was making are removed from the inventory
+// (their QEMUs and files then count as orphans and are reaped). The source:
+// if its old QEMU still runs, the fork had not switched over: QEMUs waiting
+// for the device state are killed, the disk split is undone and the source is
+// resumed. If the old QEMU is gone but its replacement runs, the switch-over
+// had happened: the replacement is adopted with the new disks.
 import type { Logger } from '../../common/index.ts';
 import type { HostAgent } from '../../agent/index.ts';
 import type { Inventory } from '../records.ts';
@@ -19,35 +21,32 @@ export interface ForkRecoveryDeps {
 /** Runs before VMs are re-adopted. Returns what it did, for the task's message. */
 export async function recoverFork(deps: ForkRecoveryDeps, journal: ForkJournal): Promise<string> {
   for (const id of journal.childIds) await deps.inventory.deleteVm(id);
-  const source = await deps.inventory.getVm(journal.sourceId);
   let did = `removed ${journal.childIds.length} unfinished children`;
-  if (source && source.state === 'forking') {
-    if (journal.phase === 'freezing' || !journal.frozen) {
-      // The source QEMU may not have ended: re-adopt it and resume it if it was running.
-      const status = source.runtime ? await deps.agent.adoptVm(source.id, source.runtime).catch(() => undefined) : undefined;
-      if (status) {
-        if (status === 'paused' && journal.previousState === 'running') await deps.agent.resumeVm(source.id);
-        await deps.states.force(source.id, journal.previousState, 'fork interrupted by a daemon restart; resumed');
-        did += '; resumed the source';
-      } else {
-        await deps.states.force(source.id, 'stopped', 'fork interrupted by a daemon restart while the source was being frozen', { runtime: null });
-        did += '; the source had ended while being frozen';
-      }
-    } else if (journal.phase === 'frozen' || journal.phase === 'disks') {
-      if (journal.disks && journal.disksRequest) await deps.agent.undoForkDisks(journal.disksRequest, journal.disks);
-      try {
-        const runtime = await deps.agent.startFromTemplate(source.id, source.name, source.spec, journal.frozen);
-        if (journal.frozen.wasRunning) await deps.agent.resumeVm(source.id);
-        await deps.states.force(source.id, journal.frozen.wasRunning ? 'running' : 'paused', 'fork interrupted by a daemon restart; restarted from its frozen memory', { runtime });
-        did += '; restarted the source from its frozen memory';
-      } catch (err) {
-        deps.logger.error({ err, vm: source.name }, 'cannot restart the source of an interrupted fork');
-        await deps.states.force(source.id, 'failed', `fork interrupted by a daemon restart and the source could not be restarted: ${(err as Error).message}`, { runtime: null });
-        did += '; the source could not be restarted';
-      }
-    } else {
-      await deps.states.force(source.id, journal.previousState, 'fork interrupted by a daemon restart after the source resumed');
+  const source = await deps.inventory.getVm(journal.sourceId);
+  if (!source || source.state !== 'forking') {
+    await deps.agent.removeOperationFiles(journal.forkId);
+    return did;
+  }
+  const replacement = journal.incoming?.[source.id];
+  const recordSwitched = journal.phase === 'switched' || (replacement !== undefined && source.runtime?.pid === replacement.pid);
+  const oldStatus = source.runtime ? await deps.agent.adoptVm(source.id, source.runtime).catch(() => undefined) : undefined;
+  if (recordSwitched && oldStatus) {
+    await deps.states.force(source.id, oldStatus, 'fork interrupted by a daemon restart after the switch-over');
+    did += '; the source had switched over and runs';
+  } else if (oldStatus) {
+    for (const [vmId, runtime] of Object.entries(journal.incoming ?? {})) await deps.agent.killStray(vmId, runtime);
+    if (journal.disks) {
+      await deps.agent.undoForkDisks({ sourceId: source.id, sourceDisks: source.spec.disks, childIds: journal.childIds, maxDepth: 0, live: true }, journal.disks);
     }
+    if (oldStatus === 'paused' && journal.previousState === 'running') await deps.agent.resumeVm(source.id);
+    await deps.states.force(source.id, journal.previousState, 'fork interrupted by a daemon restart; the source ran on');
+    did += '; undid the disk split and resumed the source';
+  } else if (replacement && journal.disks && (await deps.agent.adoptVm(source.id, replacement).catch(() => undefined))) {
+    await deps.states.force(source.id, journal.previousState, 'fork interrupted by a daemon restart after the switch-over', { runtime: replacement, spec: { ...source.spec, disks: journal.disks.source } });
+    did += '; adopted the source after its switch-over';
+  } else {
+    await deps.states.force(source.id, 'stopped', 'fork interrupted by a daemon restart and the source QEMU was gone', { runtime: null });
+    did += '; the source QEMU was gone';
   }
   await deps.agent.removeOperationFiles(journal.forkId);
   return did;

@@ -1,0 +1,74 @@
+// Killing the daemon in the middle of a fork: the restarted daemon rolls the
+// fork back from its journal. The source runs on (with its memory and disk as
+// they were), the children it was making are gone, and no QEMU process,
+// memory template, disk base or work file is left behind.
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { TaskRecord, VmRecord } from '../../src/vm/index.ts';
+import type { TestHome } from '../harness.ts';
+import { eventually, makeTestHome, startDetachedDaemon } from '../harness.ts';
+
+describe('daemon killed mid-fork', () => {
+  let t: TestHome;
+
+  beforeAll(async () => {
+    t = makeTestHome();
+  });
+  afterAll(async () => {
+    await t.cleanup();
+  });
+
+  const listDir = (dir: string) => (existsSync(dir) ? readdirSync(dir) : []);
+
+  it.each([
+    ['fork.prepared', 'after preparing, before the switch-over'],
+    ['fork.start-child:2', 'after the switch-over, while the children are starting'],
+  ])('rolls back a fork interrupted at %s (%s)', async (point) => {
+    t.env.OFFSHOOT_TEST_FAULTS = `${point}=sleep:60000`;
+    let daemon = await startDetachedDaemon(t);
+    const name = `src-${point.replace(/[^a-z0-9]/gi, '')}`;
+    const created = await t.cli(['vm', 'create', name, '--start', '--json']);
+    expect(created.code, created.stderr).toBe(0);
+    expect((await t.cli(['vm', 'exec', name, '--', 'sh', '-c', 'echo before > /data/mark; echo before > /tmp/mark; sync'])).code).toBe(0);
+    const client = t.client();
+    const { task } = await client.forkVm(name, { count: 2 });
+    await eventually(async () => {
+      const current = await client.getTask(task?.id as string);
+      return (current.result as { journal?: { phase: string } } | null)?.journal?.phase === (point === 'fork.prepared' ? 'prepared' : 'switched');
+    }, 60_000, `fork to reach ${point}`);
+    if (point !== 'fork.prepared') await new Promise((r) => setTimeout(r, 1500));
+    process.kill(daemon.pid, 'SIGKILL');
+    await new Promise((r) => setTimeout(r, 300));
+
+    delete t.env.OFFSHOOT_TEST_FAULTS;
+    daemon = await startDetachedDaemon(t);
+    const vms = JSON.parse((await t.cli(['vm', 'list', '--json'])).stdout) as VmRecord[];
+    expect(vms.map((v) => [v.name, v.state])).toEqual([[name, 'running']]);
+    const marks = await t.cli(['vm', 'exec', name, '--', 'cat', '/data/mark', '/tmp/mark']);
+    expect(marks.stdout).toBe('before\nbefore\n');
+    const finished = (await t.cli(['task', 'show', task?.id as string, '--json'])).stdout;
+    expect((JSON.parse(finished) as TaskRecord).error?.code).toBe('TASK_INTERRUPTED');
+    expect(t.qemus().map((q) => q.vmId)).toEqual([vms[0]?.id]);
+    expect(listDir(join(t.home, 'work'))).toEqual([]);
+    expect(listDir(join(t.home, 'vms'))).toEqual([vms[0]?.id]);
+    const vm = vms[0] as VmRecord;
+    const templates = listDir(join(t.memoryDir, 'templates'));
+    expect(templates).toEqual(vm.runtime?.memory.templateId ? [`${vm.runtime.memory.templateId}.ram`] : []);
+    const bases = listDir(join(t.home, 'bases')).map((b) => join(t.home, 'bases', b));
+    expect(bases.sort()).toEqual(vm.spec.disks.flatMap((d) => d.backing).filter((b) => b.startsWith(join(t.home, 'bases'))).sort());
+
+    expect((await t.cli(['vm', 'kill', name])).code).toBe(0);
+    expect((await t.cli(['vm', 'delete', name])).code).toBe(0);
+    process.kill(daemon.pid, 'SIGTERM');
+    const pid = daemon.pid;
+    await eventually(() => {
+      try {
+        process.kill(pid, 0);
+        return false;
+      } catch {
+        return true;
+      }
+    }, 15_000, 'daemon to stop');
+  });
+});
