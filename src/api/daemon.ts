@@ -6,7 +6,7 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { serve } from '@hono/node-server';
 import pino from 'pino';
-import { InvalidInputError, OffshootError, homePaths } from '../common/index.ts';
+import { InvalidInputError, OffshootError, homePaths, isProcessAlive } from '../common/index.ts';
 import type { DaemonFile, Logger } from '../common/index.ts';
 import { LocalHostAgent } from '../agent/index.ts';
 import { SqliteInventory } from '../store/index.ts';
@@ -40,14 +40,7 @@ export function parseListen(listen: string): { host: string; port: number } {
   return { host: match[1].replace(/^\[(.*)\]$/, '$1'), port };
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
+const isAlive = isProcessAlive;
 
 async function assertNoOtherDaemon(daemonFile: string): Promise<void> {
   try {

@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process';
 import { openSync, readFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import type { Command } from 'commander';
-import { OffshootError, defaultHome, homePaths, sleep } from '../common/index.ts';
+import { OffshootError, defaultHome, homePaths, isProcessAlive, sleep } from '../common/index.ts';
 import type { DaemonFile } from '../common/index.ts';
 import { OffshootClient } from '../client/index.ts';
 import type { CommandContext } from './vm-commands.ts';
@@ -18,14 +18,7 @@ function readDaemonFile(): DaemonFile | undefined {
   }
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
+const isAlive = isProcessAlive;
 
 async function serveForeground(listen: string | undefined): Promise<void> {
   const { startDaemon } = await import('../api/index.ts');

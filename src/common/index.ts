@@ -4,3 +4,4 @@ export * from './names.ts';
 export * from './time.ts';
 export * from './logger.ts';
 export * from './home.ts';
+export * from './pids.ts';
