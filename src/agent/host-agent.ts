@@ -3,7 +3,7 @@
 // interface; today the implementation is in-process (LocalHostAgent), later the
 // same calls travel over HTTP to agents on other hosts. Every argument and
 // result is plain JSON-safe data for that reason.
-import type { CustomizeResult, ExecRequest, ExecResult, ForkDisksRequest, ForkDisksResult, ForkSwitch, FrozenVm, HostInfo, Identity, PrepareForkRequest, PreparedFork, PrepareVmRequest, VmExitEvent, VmMemoryStats, VmRuntime, VmSpec } from './types.ts';
+import type { CustomizeResult, ExecRequest, ExecResult, ForkDisksRequest, ForkDisksResult, ForkSwitch, HostInfo, Identity, PrepareForkRequest, PreparedFork, PrepareVmRequest, VmExitEvent, VmMemoryStats, VmRuntime, VmSpec } from './types.ts';
 
 export interface HostAgent {
   readonly hostId: string;
@@ -29,13 +29,6 @@ export interface HostAgent {
   stopVm(vmId: string, timeoutMs: number): Promise<{ forced: boolean }>;
 
   /**
-   * Fork, step 1: stops the vCPUs, saves the device state in the operation's work folder (RAM stays in its file), ends the
-   * QEMU and turns its RAM file into an immutable template. A derived VM is first made owned by a local
-   * live migration. On failure before QEMU ends, the VM is resumed as it was.
-   */
-  freezeForFork(vmId: string, name: string, spec: VmSpec, operationId: string): Promise<FrozenVm>;
-
-  /**
    * Pre-staged fork (the fast path): prepare while the source runs, then a short switch-over,
    * then each child loads the device state. abortFork undoes whatever is not yet done.
    */
@@ -47,11 +40,7 @@ export interface HostAgent {
   /** Kills a QEMU of the VM other than its tracked one (left by an interrupted operation). */
   killStray(vmId: string, runtime: VmRuntime): Promise<boolean>;
 
-  /** Starts a QEMU whose RAM maps the template privately and loads the device state; the VM stays paused. */
-  startFromTemplate(vmId: string, name: string, spec: VmSpec, frozen: { templateId: string; deviceState: string }): Promise<VmRuntime>;
-
-  /** Fork, disks: the source's writable disks become bases, every VM gets a delta. Undone on failure. */
-  forkDisks(request: ForkDisksRequest): Promise<ForkDisksResult>;
+  /** Undoes the disk split of a fork (crash recovery before its switch-over). */
   undoForkDisks(request: ForkDisksRequest, result: ForkDisksResult): Promise<void>;
 
   /** Copies `base`'s content into the VM's disk and points the disk at base's parent (QMP block-stream). */

@@ -20,7 +20,7 @@ import { loadDeviceState, migrateLocally, saveDeviceState } from './migration.ts
 import { HostLayout } from './layout.ts';
 import { prepareVmFiles } from './prepare-vm.ts';
 import { RunningVm } from './running-vm.ts';
-import type { Accelerator, CustomizeResult, ExecRequest, ExecResult, ForkDisksRequest, ForkDisksResult, ForkSwitch, FrozenVm, HostInfo, Identity, PrepareForkRequest, PreparedFork, PrepareVmRequest, VmExitEvent, VmMemory, VmMemoryStats, VmRuntime, VmSpec } from './types.ts';
+import type { Accelerator, CustomizeResult, ExecRequest, ExecResult, ForkDisksRequest, ForkDisksResult, ForkSwitch, HostInfo, Identity, PrepareForkRequest, PreparedFork, PrepareVmRequest, VmExitEvent, VmMemory, VmMemoryStats, VmRuntime, VmSpec } from './types.ts';
 
 export interface LocalHostAgentOptions {
   home: string;
@@ -153,38 +153,6 @@ export class LocalHostAgent implements HostAgent {
     if (vm.memory.mode === 'owned') await rm(vm.memory.file, { force: true });
   }
 
-  async freezeForFork(vmId: string, name: string, spec: VmSpec, operationId: string): Promise<FrozenVm> {
-    const workDir = join(this.layout.workDir, operationId);
-    let vm = this.running(vmId);
-    let madeOwned: FrozenVm['madeOwned'] = null;
-    if (vm.memory.mode === 'derived') {
-      const t0 = performance.now();
-      const { bytes } = await this.makeOwned(vmId, name, spec);
-      madeOwned = { ms: performance.now() - t0, bytes };
-      vm = this.running(vmId);
-    }
-    const wasRunning = (await vm.qmp.queryStatus()).running;
-    const stoppedAt = performance.now();
-    await vm.qmp.stop();
-    const deviceState = join(workDir, `${vmId}.devstate`);
-    try {
-      await mkdir(workDir, { recursive: true });
-      await saveDeviceState(vm.qmp, deviceState);
-    } catch (err) {
-      await rm(deviceState, { force: true });
-      if (wasRunning) await vm.qmp.cont().catch(() => undefined);
-      throw err;
-    }
-    // From here the RAM file must never be written again: end the QEMU, keep the file.
-    vm.handOver();
-    await vm.qmp.quit().catch(() => undefined);
-    await withTimeout(vm.process.exited, 5_000, 'QEMU quit').catch(() => killAndWait(vm.process.pid, { graceMs: 0 }));
-    await vm.exited;
-    if (this.vms.get(vmId) === vm) this.vms.delete(vmId);
-    const { templateId, file } = await this.templates.adopt(vm.memory.file);
-    return { vmId, templateId, templateFile: file, deviceState, wasRunning, madeOwned, freezeMs: performance.now() - stoppedAt };
-  }
-
   /**
    * Fork of a fork: a derived VM's RAM is a template plus private pages no file holds. Live-migrate it
    * into a new QEMU whose RAM is an owned file; the stun is only the migration's downtime.
@@ -213,20 +181,6 @@ export class LocalHostAgent implements HostAgent {
     this.track(target);
     if (wasRunning) await target.qmp.cont();
     return { bytes: info.ram?.transferred ?? 0 };
-  }
-
-  async startFromTemplate(vmId: string, name: string, spec: VmSpec, frozen: { templateId: string; deviceState: string }): Promise<VmRuntime> {
-    if (this.vms.has(vmId)) throw new OffshootError('VM_ALREADY_RUNNING', `VM ${vmId} already has a QEMU process`, { vmId }, 409);
-    const memory: VmMemory = { mode: 'derived', file: this.templates.path(frozen.templateId), templateId: frozen.templateId };
-    const { vm, runtime } = await this.launch(vmId, name, spec, { memory, incoming: true, paused: true });
-    try {
-      await loadDeviceState(vm.qmp, frozen.deviceState);
-    } catch (err) {
-      await this.discard(vm);
-      throw err;
-    }
-    this.track(vm);
-    return runtime;
   }
 
   /**
@@ -359,10 +313,6 @@ export class LocalHostAgent implements HostAgent {
     const stage = this.forks.get(forkId);
     if (!stage) throw new OffshootError('FORK_NOT_PREPARED', `no prepared fork ${forkId} on this host`, { forkId }, 500);
     return stage;
-  }
-
-  forkDisks(request: ForkDisksRequest): Promise<ForkDisksResult> {
-    return forkDisks(this.layout, request);
   }
 
   undoForkDisks(request: ForkDisksRequest, result: ForkDisksResult): Promise<void> {

@@ -55,19 +55,6 @@ export interface VmRuntime {
   startedAt: string;
 }
 
-/** A VM frozen for a fork: its QEMU has ended, its RAM is a template and its device state a file. */
-export interface FrozenVm {
-  vmId: string;
-  templateId: string;
-  templateFile: string;
-  deviceState: string;
-  wasRunning: boolean;
-  /** The local migration that made a derived VM owned first (fork of a fork), if there was one. */
-  madeOwned: { ms: number; bytes: number } | null;
-  /** Time from the vCPUs stopping to QEMU having ended, in ms. */
-  freezeMs: number;
-}
-
 export interface ForkDisksRequest {
   sourceId: string;
   sourceDisks: VmDisk[];

@@ -1,10 +1,11 @@
 // Memory templates: immutable guest-RAM files that fork children (and the
 // resumed source) map privately (memory-backend-file share=off), so the kernel
 // shares every page nobody wrote. A VM's own RAM file becomes a template by a
-// rename when it is frozen. Templates are reference-counted by the VMs whose
+// hard link taken while the VM still runs (same inode, no copy), frozen once
+// the VM's QEMU has stopped writing it. Templates are reference-counted by the VMs whose
 // QEMU maps them, and removed when the last one is gone.
 import { randomUUID } from 'node:crypto';
-import { chmod, link, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { chmod, link, mkdir, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 
 export class TemplateStore {
@@ -16,16 +17,6 @@ export class TemplateStore {
 
   path(templateId: string): string {
     return join(this.dir, `${templateId}.ram`);
-  }
-
-  /** Turns a VM's RAM file into a new read-only template (a rename: no copy). */
-  async adopt(ramFile: string): Promise<{ templateId: string; file: string }> {
-    await mkdir(this.dir, { recursive: true });
-    const templateId = randomUUID();
-    const file = this.path(templateId);
-    await rename(ramFile, file);
-    await chmod(file, 0o400);
-    return { templateId, file };
   }
 
   /**
@@ -48,13 +39,6 @@ export class TemplateStore {
   /** Removes one template (its name; mappings keep the pages until they end). */
   async remove(templateId: string): Promise<void> {
     await rm(this.path(templateId), { force: true });
-  }
-
-  /** Undoes adopt: the template becomes the VM's RAM file again (only before anyone mapped it privately). */
-  async restore(templateId: string, ramFile: string): Promise<void> {
-    const file = this.path(templateId);
-    await chmod(file, 0o600);
-    await rename(file, ramFile);
   }
 
   async list(): Promise<Array<{ templateId: string; file: string; bytes: number }>> {
