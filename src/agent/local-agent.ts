@@ -43,6 +43,9 @@ export class GuestAgentUnavailableError extends OffshootError {
   }
 }
 
+/** QEMUs started at once while a fork is prepared (each waits on its QMP socket for part of its start). */
+const INCOMING_SPAWN_CONCURRENCY = 4;
+
 /** A fork being staged on this host (see prepareFork). */
 interface StagedFork {
   sourceId: string;
@@ -214,7 +217,7 @@ export class LocalHostAgent implements HostAgent {
       const queue = [...targets];
       const failures: unknown[] = [];
       await Promise.all(
-        Array.from({ length: Math.min(2, queue.length) }, async () => {
+        Array.from({ length: Math.min(INCOMING_SPAWN_CONCURRENCY, queue.length) }, async () => {
           for (let next = queue.shift(); next && failures.length === 0; next = queue.shift()) {
             try {
               stage.incoming.set(next.vmId, await this.launch(next.vmId, next.name, next.spec, { memory, incoming: true, paused: true }));

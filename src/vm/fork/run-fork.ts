@@ -67,6 +67,9 @@ export interface ForkJournal {
   incoming?: Record<string, VmRuntime>;
 }
 
+/** Children loading their device state at once: loading is mostly waiting on QMP round trips. */
+const CHILD_START_CONCURRENCY = 4;
+
 interface ChildPlan {
   id: string;
   name: string;
@@ -149,12 +152,26 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
       deps.events.publish({ type: 'vm.created', vm: record, at: now });
     }
     const runningAt = new Map<string, number>();
-    for (const [i, child] of children.entries()) {
+    const startChild = async (child: ChildPlan, i: number) => {
       await deps.faults?.(`fork.start-child:${i + 1}`);
       const runtime = await deps.agent.completeForkChild(forkId, child.id);
       runningAt.set(child.id, performance.now() - t0);
       await deps.states.settle(child.id, ['starting'], sw.wasRunning ? 'running' : 'paused', `forked from ${source.name}`, { runtime });
-    }
+    };
+    // A few at a time; on a failure no new child starts, and the rollback waits for those in flight.
+    const queue = children.map((child, i) => ({ child, i }));
+    const outcomes = await Promise.allSettled(
+      Array.from({ length: Math.min(CHILD_START_CONCURRENCY, queue.length) }, async () => {
+        try {
+          for (let next = queue.shift(); next; next = queue.shift()) await startChild(next.child, next.i);
+        } catch (err) {
+          queue.length = 0;
+          throw err;
+        }
+      }),
+    );
+    const failure = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
+    if (failure) throw failure.reason;
     const childTimes = [...runningAt.values()];
     await ctx.progress(0.6, `${children.length} children running; customizing`);
 
