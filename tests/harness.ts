@@ -6,6 +6,7 @@ import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { OffshootClient } from '../src/client/index.ts';
+import { isProcessAlive } from '../src/common/index.ts';
 import { findOffshootQemus, killAndWait } from '../src/qemu/index.ts';
 
 export const REPO = resolve(import.meta.dirname, '..');
@@ -100,3 +101,8 @@ export async function eventually(check: () => Promise<boolean> | boolean, ms = 1
   throw new Error(`timed out after ${ms} ms waiting for ${what}`);
 }
 
+
+/** Waits until the process has ended (a zombie counts as ended). */
+export async function waitForProcessExit(pid: number, ms = 15_000): Promise<void> {
+  await eventually(() => !isProcessAlive(pid), ms, `process ${pid} to end`);
+}

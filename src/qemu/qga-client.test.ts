@@ -16,6 +16,7 @@ import { QgaClient } from './qga-client.ts';
 import { QgaCommandError, QgaDisconnectedError, QgaTimeoutError } from './qemu-errors.ts';
 import { FakeQmpServer } from './testing/fake-qmp-server.ts';
 import type { FakeQmpHandler } from './testing/fake-qmp-server.ts';
+import { settledWithin } from './testing/test-utils.ts';
 
 const BLOCKED = [
   'guest-shutdown',
@@ -97,21 +98,6 @@ async function startHostAgent(dir: string, name = 'qga'): Promise<HostAgent> {
   return agent;
 }
 
-async function settledWithin(promise: Promise<unknown>, ms: number): Promise<'pending' | 'settled'> {
-  let timer: NodeJS.Timeout | undefined;
-  const pending = new Promise<'pending'>((resolve) => {
-    timer = setTimeout(() => resolve('pending'), ms);
-  });
-  const settled = promise.then(
-    () => 'settled' as const,
-    () => 'settled' as const,
-  );
-  try {
-    return await Promise.race([settled, pending]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 describe('QgaClient against the real qemu-ga (unix-listen on the host)', () => {
   let dir: string;

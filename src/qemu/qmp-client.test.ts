@@ -4,7 +4,6 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { mkdtemp, rm, stat } from 'node:fs/promises';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -14,6 +13,7 @@ import { runQmpContract } from './qmp-contract.ts';
 import type { QmpContractTarget } from './qmp-contract.ts';
 import { QmpCommandError, QmpDisconnectedError, QmpProtocolError, QmpTimeoutError, SocketConnectError } from './qemu-errors.ts';
 import { FakeQmpServer } from './testing/fake-qmp-server.ts';
+import { probeSocket } from './testing/test-utils.ts';
 
 // ---- targets ----
 
@@ -27,17 +27,6 @@ async function fakeTarget(): Promise<QmpContractTarget> {
   };
 }
 
-/** Resolves when a unix socket accepts a connection (the probe is closed at once). */
-function probe(socketPath: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect({ path: socketPath });
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
-}
 
 function exited(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
@@ -73,7 +62,7 @@ async function startRealQemu(): Promise<RealQemu> {
           () => true,
           () => false,
         );
-        return exists && (await probe(socketPath)) ? true : undefined;
+        return exists && (await probeSocket(socketPath)) ? true : undefined;
       },
       10_000,
       'QEMU QMP socket',

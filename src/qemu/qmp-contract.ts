@@ -9,6 +9,7 @@ import { TimeoutError } from '../common/index.ts';
 import { QmpClient } from './qmp-client.ts';
 import type { QmpEvent } from './qmp-client.ts';
 import { QmpCommandError, QmpDisconnectedError } from './qemu-errors.ts';
+import { settledWithin } from './testing/test-utils.ts';
 
 export interface QmpContractTarget {
   /** A socket a QMP client can connect to right away. */
@@ -21,22 +22,6 @@ export interface QmpContractTarget {
   dispose(): Promise<void>;
 }
 
-/** A pending promise's fate, without awaiting it forever. */
-async function settledWithin<T>(promise: Promise<T>, ms: number): Promise<'pending' | 'settled'> {
-  let timer: NodeJS.Timeout | undefined;
-  const pending = new Promise<'pending'>((resolve) => {
-    timer = setTimeout(() => resolve('pending'), ms);
-  });
-  const settled = promise.then(
-    () => 'settled' as const,
-    () => 'settled' as const,
-  );
-  try {
-    return await Promise.race([settled, pending]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 export function runQmpContract(label: string, makeTarget: () => Promise<QmpContractTarget>): void {
   describe(`QMP contract: ${label}`, () => {

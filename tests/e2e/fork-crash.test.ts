@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TaskRecord, VmRecord } from '../../src/vm/index.ts';
 import type { TestHome } from '../harness.ts';
-import { eventually, makeTestHome, startDetachedDaemon } from '../harness.ts';
+import { eventually, makeTestHome, startDetachedDaemon, waitForProcessExit } from '../harness.ts';
 
 describe('daemon killed mid-fork', () => {
   let t: TestHome;
@@ -61,14 +61,6 @@ describe('daemon killed mid-fork', () => {
     expect((await t.cli(['vm', 'kill', name])).code).toBe(0);
     expect((await t.cli(['vm', 'delete', name])).code).toBe(0);
     process.kill(daemon.pid, 'SIGTERM');
-    const pid = daemon.pid;
-    await eventually(() => {
-      try {
-        process.kill(pid, 0);
-        return false;
-      } catch {
-        return true;
-      }
-    }, 15_000, 'daemon to stop');
+    await waitForProcessExit(daemon.pid);
   });
 });

@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { VmRecord } from '../../src/vm/index.ts';
 import type { TestHome } from '../harness.ts';
-import { eventually, guestKernelRelease, makeTestHome, memoryFiles, startDetachedDaemon } from '../harness.ts';
+import { eventually, guestKernelRelease, makeTestHome, memoryFiles, startDetachedDaemon, waitForProcessExit } from '../harness.ts';
 
 describe('VM lifecycle through the CLI', () => {
   let t: TestHome;
@@ -74,14 +74,7 @@ describe('VM lifecycle through the CLI', () => {
   it('keeps the guest running across a daemon SIGKILL and re-adopts it', async () => {
     const before = await show();
     process.kill(daemonPid, 'SIGKILL');
-    await eventually(() => {
-      try {
-        process.kill(daemonPid, 0);
-        return false;
-      } catch {
-        return true;
-      }
-    }, 5_000, 'daemon to die');
+    await waitForProcessExit(daemonPid, 5_000);
     expect(t.qemus().map((q) => q.pid)).toEqual([before.runtime?.pid]);
     daemonPid = (await startDetachedDaemon(t)).pid;
     const after = await show();
