@@ -32,6 +32,8 @@ async function rawQemuBoot(accel: string, memoryMiB: number): Promise<number> {
       '-drive', `file=${join(dir, 'disk.qcow2')},if=virtio,format=qcow2`,
       '-device', 'virtio-serial-pci', '-chardev', `socket,id=qga0,path=${qga},server=on,wait=off`,
       '-device', 'virtserialport,chardev=qga0,name=org.qemu.guest_agent.0',
+      // The same devices an Offshoot VM has, so the comparison is like for like.
+      '-netdev', 'user,id=net0', '-device', 'virtio-net-pci,netdev=net0', '-device', 'virtio-rng-pci',
     ], { stdio: 'ignore' });
     try {
       const client = await QgaClient.waitForAgent(qga, { timeoutMs: 120_000 });
