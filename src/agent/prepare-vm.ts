@@ -4,10 +4,11 @@
 // folder. On any failure the folder is removed, so nothing is left behind.
 import { constants } from 'node:fs';
 import { access, chmod, copyFile, mkdir, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { basename, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { InvalidInputError } from '../common/index.ts';
 import { loadDefaultGuest } from '../guest/index.ts';
-import { createImage, imageInfo } from '../qemu/index.ts';
+import { createImage } from '../qemu/index.ts';
+import { inspectImage } from '../storage/index.ts';
 import type { HostLayout } from './layout.ts';
 import type { PrepareVmRequest, VmDisk, VmNic, VmSpec } from './types.ts';
 import { randomBytes } from 'node:crypto';
@@ -27,12 +28,13 @@ async function assertReadableFile(field: string, path: string): Promise<void> {
   }
 }
 
-async function detectFormat(field: string, path: string): Promise<'qcow2' | 'raw'> {
-  const info = await imageInfo(path);
-  if (info.format !== 'qcow2' && info.format !== 'raw') {
-    throw new InvalidInputError(`${field}: image ${path} has format ${info.format}; import it first (qcow2 or raw are attached directly)`, { field, path, format: info.format });
-  }
-  return info.format;
+/**
+ * Reads the image's header and backing chain itself before QEMU may open it: the chain must stay in
+ * the image's own folder (its datastore), not loop, declare every format and use no external data file.
+ */
+async function inspectUserImage(path: string): Promise<{ format: 'qcow2' | 'raw'; backing: string[] }> {
+  const image = await inspectImage(path, { allowedRoots: [dirname(await realpath(path))] });
+  return { format: image.format, backing: image.chain.map((c) => c.path) };
 }
 
 /** The default guest's kernel, initrd and data disk, copied once into <home>/images/default-guest-<hash>/. */
@@ -82,11 +84,12 @@ export async function prepareVmFiles(layout: HostLayout, vmId: string, request: 
     if (request.boot.initrd) await assertReadableFile('kernel.initrd', request.boot.initrd);
   }
   if (request.boot.kind === 'disk') await assertReadableFile('bootDisk', request.boot.path);
-  const extra: Array<{ path: string; readOnly: boolean; format: 'qcow2' | 'raw' }> = [];
+  const extra: Array<{ path: string; readOnly: boolean; format: 'qcow2' | 'raw'; backing: string[] }> = [];
   for (const [i, disk] of request.disks.entries()) {
     await assertReadableFile(`disks.${i}.path`, disk.path);
-    extra.push({ ...disk, format: await detectFormat(`disks.${i}.path`, disk.path) });
+    extra.push({ ...disk, ...(await inspectUserImage(disk.path)) });
   }
+  const bootImage = request.boot.kind === 'disk' ? await inspectUserImage(request.boot.path) : undefined;
 
   await mkdir(layout.vmsDir, { recursive: true });
   await mkdir(files.dir);
@@ -103,12 +106,11 @@ export async function prepareVmFiles(layout: HostLayout, vmId: string, request: 
       boot = { kind: 'kernel', kernel: request.boot.kernel, cmdline: request.boot.cmdline ?? 'console=ttyS0' };
       if (request.boot.initrd) boot.initrd = request.boot.initrd;
     } else {
-      const format = await detectFormat('bootDisk', request.boot.path);
-      disks.push({ id: 'disk0', path: request.boot.path, format, readOnly: false, owned: false, backing: [] });
+      disks.push({ id: 'disk0', path: request.boot.path, format: bootImage?.format ?? 'raw', readOnly: false, owned: false, backing: bootImage?.backing ?? [] });
       boot = { kind: 'disk' };
     }
     for (const disk of extra) {
-      disks.push({ id: `disk${disks.length}`, path: disk.path, format: disk.format, readOnly: disk.readOnly, owned: false, backing: [] });
+      disks.push({ id: `disk${disks.length}`, path: disk.path, format: disk.format, readOnly: disk.readOnly, owned: false, backing: disk.backing });
     }
     const nics: VmNic[] = request.network === 'user' ? [{ id: 'net0', mac: newMac(), network: 'user' }] : [];
     return { vcpus: request.vcpus, memoryMiB: request.memoryMiB, boot, disks, nics, defaultGuest: request.boot.kind === 'default-guest' };

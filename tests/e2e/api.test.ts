@@ -2,12 +2,13 @@
 // document, error shapes for bad input, failure paths that must leave no VM
 // files, QEMU process or memory file behind, the SSE event stream, and the
 // recovery sweep that kills QEMUs the inventory does not know.
-import { copyFileSync, existsSync, readdirSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startDaemon } from '../../src/api/index.ts';
 import type { RunningDaemon } from '../../src/api/index.ts';
 import { loadDefaultGuest } from '../../src/guest/index.ts';
+import { createImage, rebaseImage } from '../../src/qemu/index.ts';
 import { SqliteInventory } from '../../src/store/index.ts';
 import type { EngineEvent, VmRecord } from '../../src/vm/index.ts';
 import type { TestHome } from '../harness.ts';
@@ -76,6 +77,23 @@ describe('REST API', () => {
     expect((await call('POST', '/vms', 'not json')).status).toBe(400);
     expect(vmDirs()).toEqual([]);
     expect((await call('GET', '/vms')).body).toEqual([]);
+  });
+
+  it('refuses disks whose qcow2 backing chain leaves their folder or loops, before QEMU sees them', async () => {
+    const ds = join(t.home, 'user-disks');
+    mkdirSync(ds);
+    await createImage({ path: join(ds, 'evil.qcow2'), format: 'qcow2', sizeBytes: 1 << 20, backing: { path: '/etc/shadow', format: 'raw' }, unsafeBacking: true });
+    await createImage({ path: join(ds, 'a.qcow2'), format: 'qcow2', sizeBytes: 1 << 20 });
+    await createImage({ path: join(ds, 'b.qcow2'), format: 'qcow2', backing: { path: join(ds, 'a.qcow2'), format: 'qcow2' } });
+    await rebaseImage(join(ds, 'a.qcow2'), { path: join(ds, 'b.qcow2'), format: 'qcow2' }, { unsafe: true });
+    for (const [path, reason] of [[join(ds, 'evil.qcow2'), 'outside-datastore'], [join(ds, 'b.qcow2'), 'loop']] as const) {
+      const r = await call('POST', '/vms', { name: 'hostile', disks: [{ path }] });
+      expect(r).toMatchObject({ status: 400, body: { code: 'UNSAFE_IMAGE', details: { reason } } });
+      const boot = await call('POST', '/vms', { name: 'hostile', bootDisk: path });
+      expect(boot.body.code).toBe('UNSAFE_IMAGE');
+    }
+    expect(vmDirs()).toEqual([]);
+    expect(t.qemus()).toEqual([]);
   });
 
   it('answers NOT_FOUND, ALREADY_EXISTS and ILLEGAL_STATE', async () => {
