@@ -6,8 +6,8 @@
 // points it straight at the base's parent, so chains stay bounded however
 // often forks are forked. Undo puts everything back as it was.
 import { randomUUID } from 'node:crypto';
-import { chmod, mkdir, rename, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { access, appendFile, chmod, mkdir, readFile, rename, rm } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { OffshootError } from '../common/index.ts';
 import { createImage, imageInfo } from '../qemu/index.ts';
 import type { HostLayout } from './layout.ts';
@@ -43,6 +43,7 @@ export async function forkDisks(layout: HostLayout, request: ForkDisksRequest): 
       // While the source runs (live), its delta is still being written: size it now and create the
       // new deltas without opening it (-u); QEMU re-reads it when the incoming VMs activate their disks.
       const sizeBytes = request.live ? (await imageInfo(disk.path)).virtualSize : undefined;
+      if (request.renameLog) await logRename(request.renameLog, { from: disk.path, to: base });
       await rename(disk.path, base);
       result.frozen.push({ from: disk.path, to: base });
       await chmod(base, 0o444);
@@ -69,12 +70,39 @@ export async function forkDisks(layout: HostLayout, request: ForkDisksRequest): 
   }
 }
 
-/** Removes the deltas a fork made and moves frozen bases back to where they were. */
+/** Removes the deltas a fork made and moves frozen bases back to where they were. Idempotent. */
 export async function undoForkDisks(layout: HostLayout, request: ForkDisksRequest, result: ForkDisksResult): Promise<void> {
   for (const disk of result.source) if (disk.owned && !request.sourceDisks.some((d) => d.path === disk.path)) await rm(disk.path, { force: true });
   for (const id of request.childIds) await rm(layout.vmDir(id), { recursive: true, force: true });
-  for (const { from, to } of result.frozen.reverse()) {
-    await chmod(to, 0o644);
-    await rename(to, from);
+  for (const move of [...result.frozen].reverse()) await moveBack(move);
+}
+
+async function exists(path: string): Promise<boolean> {
+  return access(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+/** Puts a base back where it was, unless that already happened. */
+async function moveBack({ from, to }: { from: string; to: string }): Promise<boolean> {
+  if (!(await exists(to)) || (await exists(from))) return false;
+  await chmod(to, 0o644);
+  await rename(to, from);
+  return true;
+}
+
+async function logRename(log: string, move: { from: string; to: string }): Promise<void> {
+  await mkdir(dirname(log), { recursive: true });
+  await appendFile(log, `${JSON.stringify(move)}\n`);
+}
+
+/** Undoes every rename in a fork's log that has not been undone yet; returns how many it moved back. */
+export async function undoRenameLog(log: string): Promise<number> {
+  const text = await readFile(log, 'utf8').catch(() => '');
+  let moved = 0;
+  for (const line of text.split('\n').filter((l) => l.trim()).reverse()) {
+    if (await moveBack(JSON.parse(line) as { from: string; to: string })) moved++;
   }
+  return moved;
 }

@@ -33,6 +33,12 @@ export interface HostAgent {
    * then each child loads the device state. abortFork undoes whatever is not yet done.
    */
   prepareFork(request: PrepareForkRequest): Promise<PreparedFork>;
+  /** Fork of a fork: live-migrates a derived VM into a QEMU with its own RAM file; returns the new runtime. */
+  makeOwned(vmId: string, name: string, spec: VmSpec): Promise<{ runtime: VmRuntime; bytes: number; ms: number }>;
+  /** Undoes the disk renames a fork logged (crash recovery); idempotent. */
+  undoForkRenames(forkId: string): Promise<number>;
+  /** The VM's QEMU run state, or undefined if it has none. */
+  vmStatus(vmId: string): Promise<'running' | 'paused' | undefined>;
   switchFork(forkId: string): Promise<ForkSwitch>;
   completeForkChild(forkId: string, childId: string): Promise<VmRuntime>;
   abortFork(forkId: string): Promise<void>;

@@ -7,14 +7,14 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, open, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { hostname } from 'node:os';
-import { OffshootError, TimeoutError, silentLogger, withTimeout } from '../common/index.ts';
+import { OffshootError, TimeoutError, keepAlive, silentLogger, withTimeout } from '../common/index.ts';
 import type { Logger } from '../common/index.ts';
 import { loadDefaultGuest } from '../guest/index.ts';
 import type { QemuLaunchSpec } from '../qemu/index.ts';
 import { adoptQemu, findOffshootQemus, killAndWait, probeAccelerator, qemuVersion, spawnQemu } from '../qemu/index.ts';
 import { TemplateStore, processMemoryStats } from '../memory/index.ts';
 import { customizeGuest } from './customize.ts';
-import { forkDisks, undoForkDisks } from './fork-disks.ts';
+import { forkDisks, undoForkDisks, undoRenameLog } from './fork-disks.ts';
 import type { HostAgent } from './host-agent.ts';
 import { loadDeviceState, migrateLocally, saveDeviceState } from './migration.ts';
 import { HostLayout } from './layout.ts';
@@ -152,20 +152,22 @@ export class LocalHostAgent implements HostAgent {
   private async discard(vm: RunningVm): Promise<void> {
     vm.handOver();
     await killAndWait(vm.process.pid, { graceMs: 0 });
-    await vm.exited;
+    await keepAlive(vm.exited);
     if (vm.memory.mode === 'owned') await rm(vm.memory.file, { force: true });
   }
 
   /**
    * Fork of a fork: a derived VM's RAM is a template plus private pages no file holds. Live-migrate it
-   * into a new QEMU whose RAM is an owned file; the stun is only the migration's downtime.
+   * into a new QEMU whose RAM is an owned file; the stun is only the migration's downtime. Returns the
+   * new QEMU's runtime, which the caller must record at once.
    */
-  private async makeOwned(vmId: string, name: string, spec: VmSpec): Promise<{ bytes: number }> {
+  async makeOwned(vmId: string, name: string, spec: VmSpec): Promise<{ runtime: VmRuntime; bytes: number; ms: number }> {
+    const t0 = performance.now();
     const source = this.running(vmId);
     const files = this.layout.vmFiles(vmId);
     await rm(files.memoryFile, { force: true });
     const wasRunning = (await source.qmp.queryStatus()).running;
-    const { vm: target } = await this.launch(vmId, name, spec, { memory: { mode: 'owned', file: files.memoryFile, templateId: null }, incoming: true, paused: true });
+    const { vm: target, runtime } = await this.launch(vmId, name, spec, { memory: { mode: 'owned', file: files.memoryFile, templateId: null }, incoming: true, paused: true });
     const socket = this.layout.vmFiles(vmId, target.instance).migrationSocket;
     let info;
     try {
@@ -180,10 +182,10 @@ export class LocalHostAgent implements HostAgent {
     source.handOver();
     await source.qmp.quit().catch(() => undefined);
     await withTimeout(source.process.exited, 5_000, 'QEMU quit').catch(() => killAndWait(source.process.pid, { graceMs: 0 }));
-    await source.exited;
+    await keepAlive(source.exited);
     this.track(target);
     if (wasRunning) await target.qmp.cont();
-    return { bytes: info.ram?.transferred ?? 0 };
+    return { runtime, bytes: info.ram?.transferred ?? 0, ms: performance.now() - t0 };
   }
 
   /**
@@ -194,19 +196,13 @@ export class LocalHostAgent implements HostAgent {
    */
   async prepareFork(request: PrepareForkRequest): Promise<PreparedFork> {
     const { forkId, source } = request;
-    let vm = this.running(source.vmId);
-    let madeOwned: PreparedFork['madeOwned'] = null;
-    if (vm.memory.mode === 'derived') {
-      const t0 = performance.now();
-      const { bytes } = await this.makeOwned(source.vmId, source.name, source.spec);
-      madeOwned = { ms: performance.now() - t0, bytes };
-      vm = this.running(source.vmId);
-    }
+    const vm = this.running(source.vmId);
+    if (vm.memory.mode !== 'owned') throw new OffshootError('FORK_NEEDS_OWNED_MEMORY', `VM ${source.vmId} maps a template; make its memory owned first (makeOwned)`, { vmId: source.vmId }, 409);
     const stage: StagedFork = { sourceId: source.vmId, templateId: '', disksRequest: undefined, disks: undefined, incoming: new Map(), switched: false, wasRunning: true, deviceState: join(this.layout.workDir, forkId, 'devstate') };
     this.forks.set(forkId, stage);
     try {
       await mkdir(join(this.layout.workDir, forkId), { recursive: true });
-      stage.disksRequest = { sourceId: source.vmId, sourceDisks: source.spec.disks, childIds: request.children.map((c) => c.vmId), maxDepth: request.maxDepth, live: true };
+      stage.disksRequest = { sourceId: source.vmId, sourceDisks: source.spec.disks, childIds: request.children.map((c) => c.vmId), maxDepth: request.maxDepth, live: true, renameLog: join(this.layout.workDir, forkId, 'renames.json') };
       stage.disks = await forkDisks(this.layout, stage.disksRequest);
       stage.templateId = (await this.templates.link(vm.memory.file)).templateId;
       const memory: VmMemory = { mode: 'derived', file: this.templates.path(stage.templateId), templateId: stage.templateId };
@@ -228,7 +224,7 @@ export class LocalHostAgent implements HostAgent {
         }),
       );
       if (failures.length > 0) throw failures[0];
-      return { forkId, templateId: stage.templateId, disks: stage.disks, incoming: Object.fromEntries([...stage.incoming].map(([id, i]) => [id, i.runtime])), madeOwned };
+      return { forkId, templateId: stage.templateId, disks: stage.disks, incoming: Object.fromEntries([...stage.incoming].map(([id, i]) => [id, i.runtime])) };
     } catch (err) {
       await this.abortFork(forkId);
       throw err;
@@ -261,14 +257,19 @@ export class LocalHostAgent implements HostAgent {
     old.handOver();
     this.vms.delete(stage.sourceId);
     this.track(replacement.vm);
-    // The old QEMU is paused after a completed migration and writes nothing more: end it, and drop
-    // the RAM file's old name (the template holds the same inode).
-    await old.qmp.quit().catch(() => undefined);
-    await withTimeout(old.process.exited, 5_000, 'QEMU quit').catch(() => killAndWait(old.process.pid, { graceMs: 0 }));
-    await old.exited;
-    await rm(old.memory.file, { force: true });
-    await this.templates.freeze(stage.templateId);
-    const deviceStateBytes = (await stat(stage.deviceState)).size;
+    // The switch has happened: what follows is cleanup and must not fail the fork. The old QEMU is
+    // paused after a completed migration and writes nothing more: end it, and drop the RAM file's
+    // old name (the template holds the same inode).
+    try {
+      await old.qmp.quit().catch(() => undefined);
+      await withTimeout(old.process.exited, 5_000, 'QEMU quit').catch(() => killAndWait(old.process.pid, { graceMs: 0 }));
+      await keepAlive(old.exited);
+      await rm(old.memory.file, { force: true });
+      await this.templates.freeze(stage.templateId);
+    } catch (err) {
+      this.logger.warn({ vmId: stage.sourceId, err: (err as Error).message }, 'cleanup after a fork switch-over failed');
+    }
+    const deviceStateBytes = (await stat(stage.deviceState).catch(() => ({ size: 0 }))).size;
     return { runtime: replacement.runtime, wasRunning: stage.wasRunning, stunMs, deviceStateBytes };
   }
 
@@ -352,12 +353,15 @@ export class LocalHostAgent implements HostAgent {
     return processMemoryStats(this.running(vmId).process.pid);
   }
 
-  releaseTemplates(inUse: ReadonlySet<string>): Promise<string[]> {
+  async releaseTemplates(inUse: ReadonlySet<string>): Promise<string[]> {
+    // A fork being staged has made templates and bases no record names yet: collect nothing meanwhile.
+    if (this.forks.size > 0) return [];
     return this.templates.release(inUse);
   }
 
   async releaseBases(inUse: ReadonlySet<string>): Promise<string[]> {
     const removed: string[] = [];
+    if (this.forks.size > 0) return removed;
     for (const name of await readdir(this.layout.basesDir).catch(() => [] as string[])) {
       const path = join(this.layout.basesDir, name);
       if (inUse.has(path)) continue;
@@ -415,10 +419,30 @@ export class LocalHostAgent implements HostAgent {
       if (runtime.memory.mode === 'owned') await rm(runtime.memory.file, { force: true });
       return undefined;
     }
+    const status = await vm.qmp.queryStatus().catch(() => undefined);
+    if (!status || status.status === 'inmigrate') {
+      // Waiting for device state that will never come: not the VM.
+      this.logger.warn({ vmId, pid: runtime.pid, status: status?.status }, 'killing a QEMU that is not the running VM');
+      vm.handOver();
+      await killAndWait(runtime.pid, { graceMs: 0 });
+      await keepAlive(vm.exited);
+      return undefined;
+    }
     this.track(vm);
-    const status = await vm.qmp.queryStatus();
     this.logger.info({ vmId, pid: runtime.pid, status: status.status }, 'QEMU re-adopted');
     return status.running ? 'running' : 'paused';
+  }
+
+  async vmStatus(vmId: string): Promise<'running' | 'paused' | undefined> {
+    const vm = this.vms.get(vmId);
+    if (!vm) return undefined;
+    const status = await vm.qmp.queryStatus().catch(() => undefined);
+    return status ? (status.running ? 'running' : 'paused') : undefined;
+  }
+
+  /** Undoes the disk renames a fork logged, whatever state it stopped in (crash recovery). */
+  async undoForkRenames(forkId: string): Promise<number> {
+    return undoRenameLog(join(this.layout.workDir, forkId, 'renames.json'));
   }
 
   async pauseVm(vmId: string): Promise<void> {
@@ -443,7 +467,7 @@ export class LocalHostAgent implements HostAgent {
       this.logger.warn({ vmId, err: (err as Error).message }, 'guest did not power off in time; killing QEMU');
       vm.expectExit('killed after the ACPI power-down timed out');
       await killAndWait(vm.process.pid, { graceMs: 2_000 });
-      await vm.exited;
+      await keepAlive(vm.exited);
       return { forced: true };
     }
   }
@@ -452,7 +476,7 @@ export class LocalHostAgent implements HostAgent {
     const vm = this.running(vmId);
     vm.expectExit('killed by request');
     await killAndWait(vm.process.pid, { graceMs: 0 });
-    await vm.exited;
+    await keepAlive(vm.exited);
   }
 
   async exec(vmId: string, request: ExecRequest): Promise<ExecResult> {
@@ -507,12 +531,12 @@ export class LocalHostAgent implements HostAgent {
     const removed: string[] = [];
     const mine = `${this.layout.vmsDir}/`;
     for (const found of findOffshootQemus()) {
-      if (live.has(found.vmId) || this.vms.has(found.vmId)) continue;
+      if (this.vms.get(found.vmId)?.process.pid === found.pid) continue;
       const cmdline = await readFile(`/proc/${found.pid}/cmdline`, 'utf8').catch(() => '');
       if (!cmdline.includes(mine)) continue; // another Offshoot home's VM
       this.logger.warn({ pid: found.pid, vmId: found.vmId }, 'killing orphan QEMU');
       await killAndWait(found.pid, { graceMs: 1_000 });
-      await rm(this.layout.vmFiles(found.vmId).memoryFile, { force: true });
+      if (!live.has(found.vmId)) await rm(this.layout.vmFiles(found.vmId).memoryFile, { force: true });
       killed.push(found.pid);
     }
     const entries = await readdir(this.layout.vmsDir).catch(() => [] as string[]);

@@ -61,8 +61,10 @@ export interface ForkDisksRequest {
   childIds: string[];
   /** Past this many deltas above the root image, a new delta is flattened onto the base's parent. */
   maxDepth: number;
-  /** The source still runs and writes its disks (pre-staged fork); bases are made read-only later. */
+  /** The source still runs and writes its disks (pre-staged fork): deltas are created without opening it. */
   live?: boolean;
+  /** Each rename of a disk into a base is logged here first, so a crash can be undone. */
+  renameLog?: string;
 }
 
 /** A fork made ready while the source runs: template linked, disks split, incoming QEMUs waiting. */
@@ -72,7 +74,6 @@ export interface PreparedFork {
   disks: ForkDisksResult;
   /** The QEMUs waiting for the device state, by VM id (the source's replacement included). */
   incoming: Record<string, VmRuntime>;
-  madeOwned: { ms: number; bytes: number } | null;
 }
 
 export interface PrepareForkRequest {

@@ -6,13 +6,14 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { serve } from '@hono/node-server';
 import pino from 'pino';
-import { InvalidInputError, OffshootError, homePaths, isProcessAlive } from '../common/index.ts';
-import type { DaemonFile, Logger } from '../common/index.ts';
+import { InvalidInputError, homePaths } from '../common/index.ts';
+import type { DaemonFile, HomePaths, Logger } from '../common/index.ts';
 import { LocalHostAgent } from '../agent/index.ts';
 import { SqliteInventory } from '../store/index.ts';
 import { VmEngine } from '../vm/index.ts';
 import { buildApp } from './app.ts';
 import { loadOrCreateToken } from './auth.ts';
+import { acquireHomeLock } from './home-lock.ts';
 import { faultsFromEnvironment } from './test-faults.ts';
 
 export interface DaemonOptions {
@@ -40,23 +41,19 @@ export function parseListen(listen: string): { host: string; port: number } {
   return { host: match[1].replace(/^\[(.*)\]$/, '$1'), port };
 }
 
-const isAlive = isProcessAlive;
-
-async function assertNoOtherDaemon(daemonFile: string): Promise<void> {
-  try {
-    const other = JSON.parse(await readFile(daemonFile, 'utf8')) as DaemonFile;
-    if (other.pid !== process.pid && isAlive(other.pid)) {
-      throw new OffshootError('DAEMON_ALREADY_RUNNING', `a daemon (pid ${other.pid}) already serves this home at ${other.url}`, { ...other }, 409);
-    }
-  } catch (err) {
-    if (err instanceof OffshootError) throw err;
-  }
-}
-
 export async function startDaemon(options: DaemonOptions): Promise<RunningDaemon> {
   const paths = homePaths(options.home);
   await mkdir(paths.home, { recursive: true, mode: 0o700 });
-  await assertNoOtherDaemon(paths.daemonFile);
+  const releaseLock = await acquireHomeLock(paths.home);
+  try {
+    return await startLocked(options, paths, releaseLock);
+  } catch (err) {
+    await releaseLock();
+    throw err;
+  }
+}
+
+async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock: () => Promise<void>): Promise<RunningDaemon> {
   const logger = options.logger ?? pino({ level: process.env.OFFSHOOT_LOG_LEVEL ?? 'info' }, pino.destination({ dest: paths.log, sync: false, mkdir: true }));
   const { host, port } = parseListen(options.listen ?? '127.0.0.1:0');
   const token = await loadOrCreateToken(paths.token);
@@ -97,6 +94,7 @@ export async function startDaemon(options: DaemonOptions): Promise<RunningDaemon
       await inventory.close();
       const current = await readFile(paths.daemonFile, 'utf8').catch(() => '');
       if (current.includes(`"pid": ${process.pid}`)) await rm(paths.daemonFile, { force: true });
+      await releaseLock();
       logger.info('offshoot daemon stopped; VMs keep running');
     })();
     return closing;

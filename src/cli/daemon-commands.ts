@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process';
 import { openSync, readFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import type { Command } from 'commander';
-import { OffshootError, defaultHome, homePaths, isProcessAlive, sleep } from '../common/index.ts';
+import { OffshootError, defaultHome, homePaths, isDaemonProcess, sleep } from '../common/index.ts';
 import type { DaemonFile } from '../common/index.ts';
 import { OffshootClient } from '../client/index.ts';
 import type { CommandContext } from './vm-commands.ts';
@@ -18,7 +18,7 @@ function readDaemonFile(): DaemonFile | undefined {
   }
 }
 
-const isAlive = isProcessAlive;
+const isAlive = isDaemonProcess;
 
 async function serveForeground(listen: string | undefined): Promise<void> {
   const { startDaemon } = await import('../api/index.ts');

@@ -16,3 +16,17 @@ export function isProcessAlive(pid: number): boolean {
     return false;
   }
 }
+
+/** The command line of a process (arguments joined by spaces), or '' if it is gone. */
+export function processCommandLine(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ');
+  } catch {
+    return '';
+  }
+}
+
+/** Whether `pid` is a running Offshoot daemon (guards against signalling a reused pid). */
+export function isDaemonProcess(pid: number): boolean {
+  return isProcessAlive(pid) && /\bserve\b/.test(processCommandLine(pid));
+}

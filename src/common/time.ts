@@ -32,3 +32,17 @@ export async function waitFor<T>(check: () => Promise<T | undefined> | T | undef
     await sleep(intervalMs);
   }
 }
+
+/**
+ * Awaits a promise that nothing in the event loop keeps pending (such as the exit of a process
+ * found by polling with unref'd timers), holding the loop open until it settles, so Node does not
+ * exit with "unsettled top-level await" while a daemon is still starting.
+ */
+export async function keepAlive<T>(promise: Promise<T>): Promise<T> {
+  const timer = setInterval(() => undefined, 1_000);
+  try {
+    return await promise;
+  } finally {
+    clearInterval(timer);
+  }
+}

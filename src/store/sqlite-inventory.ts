@@ -7,7 +7,7 @@ import BetterSqlite3 from 'better-sqlite3';
 import { Kysely, Migrator, SqliteDialect } from 'kysely';
 import type { Selectable } from 'kysely';
 import { AlreadyExistsError, NotFoundError, OffshootError } from '../common/index.ts';
-import type { Inventory, TaskRecord, VmRecord } from '../vm/index.ts';
+import type { Inventory, TaskRecord, TaskState, VmRecord } from '../vm/index.ts';
 import { isTaskState, isVmState } from '../vm/index.ts';
 import { migrationProvider } from './migrations.ts';
 import type { Database, TasksTable, VmsTable } from './schema.ts';
@@ -146,9 +146,11 @@ export class SqliteInventory implements Inventory {
     return row && taskFromRow(row);
   }
 
-  async listTasks(options: { limit?: number; targetId?: string } = {}): Promise<TaskRecord[]> {
-    let query = this.db.selectFrom('tasks').selectAll().orderBy('seq', 'desc').limit(options.limit ?? 100);
+  async listTasks(options: { limit?: number; targetId?: string; state?: TaskState } = {}): Promise<TaskRecord[]> {
+    let query = this.db.selectFrom('tasks').selectAll().orderBy('seq', 'desc');
+    if (options.limit !== undefined) query = query.limit(options.limit);
     if (options.targetId) query = query.where('target_id', '=', options.targetId);
+    if (options.state) query = query.where('state', '=', options.state);
     return (await query.execute()).map(taskFromRow);
   }
 }

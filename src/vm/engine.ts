@@ -138,8 +138,8 @@ export class VmEngine {
   /** Forks a running (or paused) VM into N children that share its memory copy-on-write; see fork/run-fork.ts. */
   async fork(ref: string, input: unknown = {}): Promise<VmAndTask> {
     const request = parseRequest('fork request', forkRequestSchema, input);
-    const { id, state: before } = await this.resolve(ref);
-    const source = await this.states.claim(id, 'fork', 'forking');
+    const { id } = await this.resolve(ref);
+    const { vm: source, previous: before } = await this.states.claimFrom(id, 'fork', 'forking');
     const forkId = newTaskId();
     const deps: ForkDeps = { inventory: this.inventory, agent: this.agent, states: this.states, events: this.events, logger: this.logger, pins: this.pins, collectGarbage: async () => void (await this.collectGarbage()), faults: this.faults };
     const task = await this.tasks.start('vm.fork', source, (ctx) => runFork(deps, { ...source, state: before }, request, ctx, forkId));

@@ -59,5 +59,5 @@ export interface Inventory {
   insertTask(task: TaskRecord): Promise<void>;
   updateTask(id: string, patch: Partial<Omit<TaskRecord, 'id' | 'createdAt'>>): Promise<TaskRecord>;
   getTask(id: string): Promise<TaskRecord | undefined>;
-  listTasks(options?: { limit?: number; targetId?: string }): Promise<TaskRecord[]>;
+  listTasks(options?: { limit?: number; targetId?: string; state?: TaskState }): Promise<TaskRecord[]>;
 }

@@ -33,6 +33,14 @@ export class StateKeeper {
     });
   }
 
+  /** Like claim, and also returns the state the VM was in, read under the same lock. */
+  claimFrom(vmId: string, operation: VmOperation, to: VmState): Promise<{ vm: VmRecord; previous: VmState }> {
+    return this.withVm(vmId, async (vm) => {
+      assertOperationAllowed(vm.name, vm.state, operation);
+      return { vm: await this.write(vm, to, null), previous: vm.state };
+    });
+  }
+
   /**
    * Moves the VM to `to` if it is currently in one of `from`; returns the record and whether it moved.
    * Used to finish operations and to apply QEMU exits, which may race each other.

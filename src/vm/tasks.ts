@@ -90,7 +90,7 @@ export class TaskRunner {
 
   /** Tasks a previous daemon left running (with their journals, for rollback). */
   async interrupted(): Promise<TaskRecord[]> {
-    return (await this.inventory.listTasks({ limit: 1000 })).filter((t) => t.state === 'running' && !this.waiters.has(t.id));
+    return (await this.inventory.listTasks({ state: 'running' })).filter((t) => !this.waiters.has(t.id));
   }
 
   /** Marks a task left running by a previous daemon as failed, saying what recovery did. */

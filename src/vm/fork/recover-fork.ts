@@ -1,13 +1,16 @@
 // Crash recovery of a fork the daemon was running when it died, from the
-// fork's journal. The children it was making are removed from the inventory
-// (their QEMUs and files then count as orphans and are reaped). The source:
-// if its old QEMU still runs, the fork had not switched over: QEMUs waiting
-// for the device state are killed, the disk split is undone and the source is
-// resumed. If the old QEMU is gone but its replacement runs, the switch-over
-// had happened: the replacement is adopted with the new disks.
+// fork's journal and the disk renames the host logged. The children it was
+// making are removed from the inventory (their QEMUs and files then count as
+// orphans and are reaped). The source:
+// - if its replacement QEMU runs (not waiting for device state), the
+//   switch-over had happened: the replacement is adopted with the new disks
+//   and the old QEMU is killed;
+// - else if its old QEMU runs, the fork never switched: waiting QEMUs are
+//   killed, the disk split is undone, and the source resumes;
+// - else the disk split is undone and the source is marked stopped.
 import type { Logger } from '../../common/index.ts';
 import type { HostAgent } from '../../agent/index.ts';
-import type { Inventory } from '../records.ts';
+import type { Inventory, VmRecord } from '../records.ts';
 import type { StateKeeper } from '../state-keeper.ts';
 import type { ForkJournal } from './run-fork.ts';
 
@@ -16,6 +19,13 @@ export interface ForkRecoveryDeps {
   agent: HostAgent;
   states: StateKeeper;
   logger: Logger;
+}
+
+async function undoDiskSplit(deps: ForkRecoveryDeps, source: VmRecord, journal: ForkJournal): Promise<void> {
+  if (journal.disks) {
+    await deps.agent.undoForkDisks({ sourceId: source.id, sourceDisks: source.spec.disks, childIds: journal.childIds, maxDepth: 0, live: true }, journal.disks);
+  }
+  await deps.agent.undoForkRenames(journal.forkId);
 }
 
 /** Runs before VMs are re-adopted. Returns what it did, for the task's message. */
@@ -28,25 +38,28 @@ export async function recoverFork(deps: ForkRecoveryDeps, journal: ForkJournal):
     return did;
   }
   const replacement = journal.incoming?.[source.id];
-  const recordSwitched = journal.phase === 'switched' || (replacement !== undefined && source.runtime?.pid === replacement.pid);
-  const oldStatus = source.runtime ? await deps.agent.adoptVm(source.id, source.runtime).catch(() => undefined) : undefined;
-  if (recordSwitched && oldStatus) {
-    await deps.states.force(source.id, oldStatus, 'fork interrupted by a daemon restart after the switch-over');
-    did += '; the source had switched over and runs';
-  } else if (oldStatus) {
-    for (const [vmId, runtime] of Object.entries(journal.incoming ?? {})) await deps.agent.killStray(vmId, runtime);
-    if (journal.disks) {
-      await deps.agent.undoForkDisks({ sourceId: source.id, sourceDisks: source.spec.disks, childIds: journal.childIds, maxDepth: 0, live: true }, journal.disks);
-    }
-    if (oldStatus === 'paused' && journal.previousState === 'running') await deps.agent.resumeVm(source.id);
-    await deps.states.force(source.id, journal.previousState, 'fork interrupted by a daemon restart; the source ran on');
-    did += '; undid the disk split and resumed the source';
-  } else if (replacement && journal.disks && (await deps.agent.adoptVm(source.id, replacement).catch(() => undefined))) {
-    await deps.states.force(source.id, journal.previousState, 'fork interrupted by a daemon restart after the switch-over', { runtime: replacement, spec: { ...source.spec, disks: journal.disks.source } });
+  const recordHasReplacement = replacement !== undefined && source.runtime?.pid === replacement.pid;
+  const replacementStatus = replacement && !recordHasReplacement ? await deps.agent.adoptVm(source.id, replacement).catch(() => undefined) : undefined;
+  if (replacementStatus && replacement && journal.disks) {
+    if (source.runtime) await deps.agent.killStray(source.id, source.runtime);
+    await deps.states.force(source.id, replacementStatus, 'fork interrupted by a daemon restart after the switch-over', { runtime: replacement, spec: { ...source.spec, disks: journal.disks.source } });
     did += '; adopted the source after its switch-over';
   } else {
-    await deps.states.force(source.id, 'stopped', 'fork interrupted by a daemon restart and the source QEMU was gone', { runtime: null });
-    did += '; the source QEMU was gone';
+    const status = source.runtime ? await deps.agent.adoptVm(source.id, source.runtime).catch(() => undefined) : undefined;
+    if (status && (recordHasReplacement || journal.phase === 'switched')) {
+      await deps.states.force(source.id, status, 'fork interrupted by a daemon restart after the switch-over');
+      did += '; the source had switched over and runs';
+    } else if (status) {
+      for (const [vmId, runtime] of Object.entries(journal.incoming ?? {})) await deps.agent.killStray(vmId, runtime);
+      await undoDiskSplit(deps, source, journal);
+      if (status === 'paused' && journal.previousState === 'running') await deps.agent.resumeVm(source.id);
+      await deps.states.force(source.id, journal.previousState, 'fork interrupted by a daemon restart; the source ran on');
+      did += '; undid the disk split and resumed the source';
+    } else {
+      await undoDiskSplit(deps, source, journal);
+      await deps.states.force(source.id, 'stopped', 'fork interrupted by a daemon restart and the source QEMU was gone', { runtime: null });
+      did += '; undid the disk split; the source QEMU was gone';
+    }
   }
   await deps.agent.removeOperationFiles(journal.forkId);
   return did;

@@ -52,7 +52,7 @@ export interface ForkResult {
   /** ms from the fork's start, except stunMs (vCPUs stopped to running again). */
   timings: { stunMs: number; preparedMs: number; switchedMs: number; makeOwnedMs: number | null; firstChildMs: number; allChildrenMs: number; customizedMs: number; totalMs: number };
   deviceStateBytes: number;
-  disks: { flattened: number; bases: string[] };
+  disks: { flattened: number; flattenErrors: string[]; bases: string[] };
 }
 
 /** What a crash recovery needs to roll a fork back; persisted in the task as the fork advances. */
@@ -123,9 +123,17 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
   const journal: ForkJournal = { forkId, sourceId: source.id, previousState: source.state === 'paused' ? 'paused' : 'running', phase: 'preparing', childIds: children.map((c) => c.id) };
   let prepared: PreparedFork | undefined;
   let switched = false;
+  let madeOwned: { ms: number; bytes: number } | null = null;
   try {
     step = 'prepare';
     await ctx.journal(journal);
+    if (source.runtime?.memory.mode === 'derived') {
+      // Fork of a fork: the VM's RAM must be a file of its own first. Record the new QEMU at once.
+      await ctx.progress(0.02, `copying ${source.name}'s memory into a file of its own (fork of a fork)`);
+      const owned = await deps.agent.makeOwned(source.id, source.name, source.spec);
+      await deps.states.settle(source.id, ['forking'], 'forking', null, { runtime: owned.runtime });
+      madeOwned = { ms: owned.ms, bytes: owned.bytes };
+    }
     await ctx.progress(0.05, `preparing ${children.length} children while ${source.name} runs`);
     prepared = await deps.agent.prepareFork({ forkId, source: { vmId: source.id, name: source.name, spec: source.spec }, children: children.map((c) => ({ vmId: c.id, name: c.name, spec: c.spec })), maxDepth: request.maxDiskDepth });
     deps.pins.add(prepared.templateId);
@@ -156,7 +164,8 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
       await deps.faults?.(`fork.start-child:${i + 1}`);
       const runtime = await deps.agent.completeForkChild(forkId, child.id);
       runningAt.set(child.id, performance.now() - t0);
-      await deps.states.settle(child.id, ['starting'], sw.wasRunning ? 'running' : 'paused', `forked from ${source.name}`, { runtime });
+      const { moved, vm } = await deps.states.settle(child.id, ['starting'], sw.wasRunning ? 'running' : 'paused', `forked from ${source.name}`, { runtime });
+      if (!moved) throw new Error(`child ${child.name} became ${vm.state} while it was starting`);
     };
     // A few at a time; on a failure no new child starts, and the rollback waits for those in flight.
     const queue = children.map((child, i) => ({ child, i }));
@@ -190,21 +199,28 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
     }
     const customizedMs = performance.now() - t0;
 
+    // From here the fork has succeeded: flattening and clean-up are best effort and never undo it.
     step = 'flatten disks';
     if (prepared.disks.streams.length > 0) await ctx.progress(0.85, `flattening ${prepared.disks.streams.length} disk chains (disk state inheritance)`);
+    const flattenErrors: string[] = [];
     for (const stream of prepared.disks.streams) {
-      await deps.agent.streamDisk(stream.vmId, stream.diskId, stream.base);
-      const vm = await deps.inventory.getVm(stream.vmId);
-      if (vm) {
-        const spec = { ...vm.spec, disks: vm.spec.disks.map((d) => (d.id === stream.diskId ? { ...d, backing: d.backing.slice(1) } : d)) };
-        await deps.inventory.updateVm(vm.id, { spec });
+      try {
+        await deps.agent.streamDisk(stream.vmId, stream.diskId, stream.base);
+        const vm = await deps.inventory.getVm(stream.vmId);
+        if (vm) {
+          const spec = { ...vm.spec, disks: vm.spec.disks.map((d) => (d.id === stream.diskId ? { ...d, backing: d.backing.slice(1) } : d)) };
+          await deps.inventory.updateVm(vm.id, { spec });
+        }
+      } catch (err) {
+        deps.logger.warn({ vmId: stream.vmId, disk: stream.diskId, err: (err as Error).message }, 'flattening a forked disk failed; its chain stays one deeper');
+        flattenErrors.push(`${stream.vmId}/${stream.diskId}: ${(err as Error).message}`);
       }
     }
 
-    await deps.agent.finishFork(forkId);
+    await deps.agent.finishFork(forkId).catch((err: unknown) => deps.logger.warn({ err }, 'fork clean-up failed'));
     deps.pins.delete(prepared.templateId);
     for (const f of prepared.disks.frozen) deps.pins.delete(f.to);
-    await deps.collectGarbage();
+    await deps.collectGarbage().catch((err: unknown) => deps.logger.warn({ err }, 'garbage collection after a fork failed'));
     return {
       forkId,
       source: { name: source.name, id: source.id, pid: sw.runtime.pid },
@@ -213,20 +229,25 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
         stunMs: sw.stunMs,
         preparedMs,
         switchedMs: switchedAt,
-        makeOwnedMs: prepared.madeOwned?.ms ?? null,
+        makeOwnedMs: madeOwned?.ms ?? null,
         firstChildMs: Math.min(...childTimes),
         allChildrenMs: Math.max(...childTimes),
         customizedMs,
         totalMs: performance.now() - t0,
       },
       deviceStateBytes: sw.deviceStateBytes,
-      disks: { flattened: prepared.disks.streams.length, bases: prepared.disks.frozen.map((f) => f.to) },
+      disks: { flattened: prepared.disks.streams.length - flattenErrors.length, flattenErrors, bases: prepared.disks.frozen.map((f) => f.to) },
     };
   } catch (err) {
     deps.logger.warn({ vm: source.name, step, err: (err as Error).message }, 'fork failed; rolling back');
     for (const child of children) await removeChild(deps, child);
     await deps.agent.abortFork(forkId).catch((e: unknown) => deps.logger.error({ err: e }, 'cannot abort the fork on the host'));
-    if (!switched) await deps.states.settle(source.id, ['forking'], source.state, null);
+    if (!switched) {
+      // The source never switched: it runs on in its own QEMU, unless that QEMU ended meanwhile.
+      const status = await deps.agent.vmStatus(source.id).catch(() => undefined);
+      if (status) await deps.states.settle(source.id, ['forking'], status, null);
+      else await deps.states.settle(source.id, ['forking'], 'failed', `its QEMU ended during a fork (${(err as Error).message})`, { runtime: null });
+    }
     if (prepared) {
       deps.pins.delete(prepared.templateId);
       for (const f of prepared.disks.frozen) deps.pins.delete(f.to);
