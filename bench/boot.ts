@@ -25,14 +25,14 @@ async function rawQemuBoot(accel: string, memoryMiB: number): Promise<number> {
     const qga = join(dir, 'qga.sock');
     const t0 = performance.now();
     const qemu = spawn('qemu-system-x86_64', [
-      '-accel', accel, '-machine', 'q35,memory-backend=ram0', '-m', `${memoryMiB}M`,
+      '-accel', accel, '-cpu', accel === 'kvm' ? 'host' : 'max', '-machine', 'q35,memory-backend=ram0', '-m', `${memoryMiB}M`,
       '-object', `memory-backend-file,id=ram0,size=${memoryMiB}M,mem-path=${join(mem, 'ram')},share=on`,
       '-nodefaults', '-display', 'none', '-no-user-config', '-serial', `file:${join(dir, 'console.log')}`,
       '-kernel', guest.kernel, '-initrd', guest.initrd, '-append', guest.cmdline,
       '-drive', `file=${join(dir, 'disk.qcow2')},if=virtio,format=qcow2`,
       '-device', 'virtio-serial-pci', '-chardev', `socket,id=qga0,path=${qga},server=on,wait=off`,
       '-device', 'virtserialport,chardev=qga0,name=org.qemu.guest_agent.0',
-      // The same devices an Offshoot VM has, so the comparison is like for like.
+      // The same CPU model and devices an Offshoot VM has, so the comparison is like for like.
       '-netdev', 'user,id=net0', '-device', 'virtio-net-pci,netdev=net0', '-device', 'virtio-rng-pci',
     ], { stdio: 'ignore' });
     try {

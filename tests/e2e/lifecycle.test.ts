@@ -28,6 +28,12 @@ describe('VM lifecycle through the CLI', () => {
     return JSON.parse(r.stdout) as VmRecord;
   };
 
+  it('refuses a second daemon on the same home', async () => {
+    const second = await t.cli(['serve', '--json']);
+    expect(second.code).toBe(1);
+    expect(JSON.parse(second.stderr).error.code).toBe('DAEMON_ALREADY_RUNNING');
+  });
+
   it('creates and boots the default guest with --start', async () => {
     const r = await t.cli(['vm', 'create', name, '--memory', '256M', '--vcpus', '1', '--start', '--json']);
     expect(r.code, r.stderr).toBe(0);
