@@ -1,7 +1,8 @@
 // The in-process host agent: runs QEMU processes for this host's VMs, keeps
 // their QMP and guest-agent connections, re-adopts QEMUs that outlived a
-// daemon restart, and reaps QEMUs that no VM owns. See host-agent.ts for the
-// contract; this is the only implementation today.
+// daemon restart, and reaps QEMUs that no VM owns. The pre-staged fork lives in
+// fork-stager.ts. See host-agent.ts for the contract; this is the only
+// implementation today.
 import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import { mkdir, open, readdir, readFile, rm, stat } from 'node:fs/promises';
@@ -14,11 +15,12 @@ import type { QemuLaunchSpec } from '../qemu/index.ts';
 import { adoptQemu, findOffshootQemus, killAndWait, probeAccelerator, qemuVersion, spawnQemu } from '../qemu/index.ts';
 import { TemplateStore, processMemoryStats } from '../memory/index.ts';
 import { customizeGuest } from './customize.ts';
-import { forkDisks, undoForkDisks, undoRenameLog } from './fork-disks.ts';
+import { undoForkDisks, undoRenameLog } from './fork-disks.ts';
 import type { HostAgent } from './host-agent.ts';
-import { loadDeviceState, migrateLocally, saveDeviceState } from './migration.ts';
+import { migrateLocally } from './migration.ts';
 import { HostLayout } from './layout.ts';
 import { prepareVmFiles } from './prepare-vm.ts';
+import { ForkStager } from './fork-stager.ts';
 import { RunningVm } from './running-vm.ts';
 import type { Accelerator, CustomizeResult, ExecRequest, ExecResult, ForkDisksRequest, ForkDisksResult, ForkSwitch, HostInfo, Identity, PrepareForkRequest, PreparedFork, PrepareVmRequest, VmExitEvent, VmMemory, VmMemoryStats, VmRuntime, VmSpec } from './types.ts';
 
@@ -43,21 +45,6 @@ export class GuestAgentUnavailableError extends OffshootError {
   }
 }
 
-/** QEMUs started at once while a fork is prepared (each waits on its QMP socket for part of its start). */
-const INCOMING_SPAWN_CONCURRENCY = 4;
-
-/** A fork being staged on this host (see prepareFork). */
-interface StagedFork {
-  sourceId: string;
-  templateId: string;
-  disksRequest: ForkDisksRequest | undefined;
-  disks: ForkDisksResult | undefined;
-  incoming: Map<string, { vm: RunningVm; runtime: VmRuntime }>;
-  switched: boolean;
-  wasRunning: boolean;
-  deviceState: string;
-}
-
 export class LocalHostAgent implements HostAgent {
   readonly hostId: string;
   readonly layout: HostLayout;
@@ -65,7 +52,7 @@ export class LocalHostAgent implements HostAgent {
   private readonly exits = new EventEmitter();
   private readonly logger: Logger;
   private readonly templates: TemplateStore;
-  private readonly forks = new Map<string, StagedFork>();
+  private readonly stager: ForkStager;
   private accel: Promise<{ accel: Accelerator; reason: string }> | undefined;
 
   constructor(private readonly options: LocalHostAgentOptions) {
@@ -73,6 +60,16 @@ export class LocalHostAgent implements HostAgent {
     this.layout = new HostLayout(options.home, options.memoryDir);
     this.logger = options.logger ?? silentLogger;
     this.templates = new TemplateStore(this.layout.memoryDir);
+    this.stager = new ForkStager({
+      layout: this.layout,
+      templates: this.templates,
+      logger: this.logger,
+      running: (vmId) => this.running(vmId),
+      launch: (vmId, name, spec, options) => this.launch(vmId, name, spec, options),
+      discard: (vm) => this.discard(vm),
+      track: (vm) => this.track(vm),
+      untrack: (vmId) => void this.vms.delete(vmId),
+    });
   }
 
   /** The accelerator, probed once (and cached on disk across restarts) by a real trial boot. */
@@ -188,115 +185,24 @@ export class LocalHostAgent implements HostAgent {
     return { runtime, bytes: info.ram?.transferred ?? 0, ms: performance.now() - t0 };
   }
 
-  /**
-   * Pre-staged fork, step 1, while the source runs: a derived source is made owned; its disks are
-   * split (renamed to bases, new deltas); its RAM file is hard-linked as the template; and a QEMU
-   * for the source's replacement and for every child starts, waiting for the device state with its
-   * disks inactive (QEMU re-reads them when the migration completes). Nothing here stops the source.
-   */
-  async prepareFork(request: PrepareForkRequest): Promise<PreparedFork> {
-    const { forkId, source } = request;
-    const vm = this.running(source.vmId);
-    if (vm.memory.mode !== 'owned') throw new OffshootError('FORK_NEEDS_OWNED_MEMORY', `VM ${source.vmId} maps a template; make its memory owned first (makeOwned)`, { vmId: source.vmId }, 409);
-    const stage: StagedFork = { sourceId: source.vmId, templateId: '', disksRequest: undefined, disks: undefined, incoming: new Map(), switched: false, wasRunning: true, deviceState: join(this.layout.workDir, forkId, 'devstate') };
-    this.forks.set(forkId, stage);
-    try {
-      await mkdir(join(this.layout.workDir, forkId), { recursive: true });
-      stage.disksRequest = { sourceId: source.vmId, sourceDisks: source.spec.disks, childIds: request.children.map((c) => c.vmId), maxDepth: request.maxDepth, live: true, renameLog: join(this.layout.workDir, forkId, 'renames.json') };
-      stage.disks = await forkDisks(this.layout, stage.disksRequest);
-      stage.templateId = (await this.templates.link(vm.memory.file)).templateId;
-      const memory: VmMemory = { mode: 'derived', file: this.templates.path(stage.templateId), templateId: stage.templateId };
-      const targets = [
-        { vmId: source.vmId, name: source.name, spec: { ...source.spec, disks: stage.disks.source } },
-        ...request.children.map((c) => ({ vmId: c.vmId, name: c.name, spec: { ...c.spec, disks: stage.disks?.children[c.vmId] ?? [] } })),
-      ];
-      const queue = [...targets];
-      const failures: unknown[] = [];
-      await Promise.all(
-        Array.from({ length: Math.min(INCOMING_SPAWN_CONCURRENCY, queue.length) }, async () => {
-          for (let next = queue.shift(); next && failures.length === 0; next = queue.shift()) {
-            try {
-              stage.incoming.set(next.vmId, await this.launch(next.vmId, next.name, next.spec, { memory, incoming: true, paused: true }));
-            } catch (err) {
-              failures.push(err);
-            }
-          }
-        }),
-      );
-      if (failures.length > 0) throw failures[0];
-      return { forkId, templateId: stage.templateId, disks: stage.disks, incoming: Object.fromEntries([...stage.incoming].map(([id, i]) => [id, i.runtime])) };
-    } catch (err) {
-      await this.abortFork(forkId);
-      throw err;
-    }
+  prepareFork(request: PrepareForkRequest): Promise<PreparedFork> {
+    return this.stager.prepare(request);
   }
 
-  /**
-   * Pre-staged fork, step 2, the switch-over: stop the source, save its device state, load it into
-   * the source's replacement and run it. If loading fails, the old QEMU (paused, RAM intact) runs on.
-   */
-  async switchFork(forkId: string): Promise<ForkSwitch> {
-    const stage = this.stage(forkId);
-    const old = this.running(stage.sourceId);
-    const replacement = stage.incoming.get(stage.sourceId);
-    if (!replacement) throw new OffshootError('FORK_NOT_PREPARED', `fork ${forkId} has no replacement QEMU for its source`, { forkId }, 500);
-    stage.wasRunning = (await old.qmp.queryStatus()).running;
-    const stoppedAt = performance.now();
-    await old.qmp.stop();
-    try {
-      await saveDeviceState(old.qmp, stage.deviceState);
-      await loadDeviceState(replacement.vm.qmp, stage.deviceState);
-      if (stage.wasRunning) await replacement.vm.qmp.cont();
-    } catch (err) {
-      if (stage.wasRunning) await old.qmp.cont().catch(() => undefined);
-      throw err;
-    }
-    const stunMs = performance.now() - stoppedAt;
-    stage.switched = true;
-    stage.incoming.delete(stage.sourceId);
-    old.handOver();
-    this.vms.delete(stage.sourceId);
-    this.track(replacement.vm);
-    // The switch has happened: what follows is cleanup and must not fail the fork. The old QEMU is
-    // paused after a completed migration and writes nothing more: end it, and drop the RAM file's
-    // old name (the template holds the same inode).
-    try {
-      await old.qmp.quit().catch(() => undefined);
-      await withTimeout(old.process.exited, 5_000, 'QEMU quit').catch(() => killAndWait(old.process.pid, { graceMs: 0 }));
-      await keepAlive(old.exited);
-      await rm(old.memory.file, { force: true });
-      await this.templates.freeze(stage.templateId);
-    } catch (err) {
-      this.logger.warn({ vmId: stage.sourceId, err: (err as Error).message }, 'cleanup after a fork switch-over failed');
-    }
-    const deviceStateBytes = (await stat(stage.deviceState).catch(() => ({ size: 0 }))).size;
-    return { runtime: replacement.runtime, wasRunning: stage.wasRunning, stunMs, deviceStateBytes };
+  switchFork(forkId: string): Promise<ForkSwitch> {
+    return this.stager.switchOver(forkId);
   }
 
-  /** Pre-staged fork, step 3: a child loads the device state and runs (or stays paused, like the source was). */
-  async completeForkChild(forkId: string, childId: string): Promise<VmRuntime> {
-    const stage = this.stage(forkId);
-    const child = stage.incoming.get(childId);
-    if (!stage.switched || !child) throw new OffshootError('FORK_NOT_PREPARED', `fork ${forkId} has no waiting QEMU for child ${childId}`, { forkId, childId }, 500);
-    await loadDeviceState(child.vm.qmp, stage.deviceState);
-    if (stage.wasRunning) await child.vm.qmp.cont();
-    stage.incoming.delete(childId);
-    this.track(child.vm);
-    return child.runtime;
+  completeForkChild(forkId: string, childId: string): Promise<VmRuntime> {
+    return this.stager.completeChild(forkId, childId);
   }
 
-  /** Ends a pre-staged fork: QEMUs still waiting are discarded; before the switch, disks and template are undone. */
-  async abortFork(forkId: string): Promise<void> {
-    const stage = this.forks.get(forkId);
-    if (!stage) return;
-    for (const { vm } of stage.incoming.values()) await this.discard(vm).catch(() => undefined);
-    stage.incoming.clear();
-    if (!stage.switched) {
-      if (stage.disks && stage.disksRequest) await undoForkDisks(this.layout, stage.disksRequest, stage.disks);
-      if (stage.templateId) await this.templates.remove(stage.templateId);
-    }
-    await this.removeOperationFiles(forkId);
-    this.forks.delete(forkId);
+  abortFork(forkId: string): Promise<void> {
+    return this.stager.abort(forkId);
+  }
+
+  finishFork(forkId: string): Promise<void> {
+    return this.stager.finish(forkId);
   }
 
   /** Kills a QEMU of the VM that is not its tracked one (left by an interrupted operation), if it still runs. */
@@ -306,17 +212,6 @@ export class LocalHostAgent implements HostAgent {
     if (!proc) return false;
     await killAndWait(runtime.pid, { graceMs: 0 });
     return true;
-  }
-
-  /** Forgets a finished pre-staged fork. */
-  async finishFork(forkId: string): Promise<void> {
-    await this.abortFork(forkId);
-  }
-
-  private stage(forkId: string): StagedFork {
-    const stage = this.forks.get(forkId);
-    if (!stage) throw new OffshootError('FORK_NOT_PREPARED', `no prepared fork ${forkId} on this host`, { forkId }, 500);
-    return stage;
   }
 
   undoForkDisks(request: ForkDisksRequest, result: ForkDisksResult): Promise<void> {
@@ -355,13 +250,13 @@ export class LocalHostAgent implements HostAgent {
 
   async releaseTemplates(inUse: ReadonlySet<string>): Promise<string[]> {
     // A fork being staged has made templates and bases no record names yet: collect nothing meanwhile.
-    if (this.forks.size > 0) return [];
+    if (this.stager.active) return [];
     return this.templates.release(inUse);
   }
 
   async releaseBases(inUse: ReadonlySet<string>): Promise<string[]> {
     const removed: string[] = [];
-    if (this.forks.size > 0) return removed;
+    if (this.stager.active) return removed;
     for (const name of await readdir(this.layout.basesDir).catch(() => [] as string[])) {
       const path = join(this.layout.basesDir, name);
       if (inUse.has(path)) continue;
