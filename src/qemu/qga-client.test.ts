@@ -16,7 +16,7 @@ import { QgaClient } from './qga-client.ts';
 import { QgaCommandError, QgaDisconnectedError, QgaTimeoutError } from './qemu-errors.ts';
 import { FakeQmpServer } from './testing/fake-qmp-server.ts';
 import type { FakeQmpHandler } from './testing/fake-qmp-server.ts';
-import { settledWithin } from './testing/test-utils.ts';
+import { probeSocket, settledWithin } from './testing/test-utils.ts';
 
 const BLOCKED = [
   'guest-shutdown',
@@ -48,15 +48,7 @@ async function socketAccepts(socketPath: string): Promise<boolean> {
     () => true,
     () => false,
   );
-  if (!exists) return false;
-  return new Promise((resolve) => {
-    const s = net.connect({ path: socketPath });
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
+  return exists && probeSocket(socketPath);
 }
 
 async function startHostAgent(dir: string, name = 'qga'): Promise<HostAgent> {
