@@ -82,8 +82,10 @@ export async function startDetachedDaemon(t: TestHome): Promise<{ pid: number; u
   return JSON.parse(result.stdout) as { pid: number; url: string };
 }
 
+/** Guest RAM files of the home: VMs' own files and memory templates. */
 export function memoryFiles(t: TestHome): string[] {
-  return existsSync(t.memoryDir) ? readdirSync(t.memoryDir) : [];
+  const list = (dir: string) => (existsSync(dir) ? readdirSync(dir).filter((f) => f.endsWith('.ram')) : []);
+  return [...list(t.memoryDir), ...list(join(t.memoryDir, 'templates')).map((f) => `templates/${f}`)];
 }
 
 export function guestKernelRelease(): string {

@@ -3,7 +3,8 @@
 // survives a daemon SIGKILL + restart (re-adopted, same QEMU), is stopped,
 // started again, killed from outside (marked failed promptly) and deleted
 // with its files. Illegal operations answer ILLEGAL_STATE.
-import { existsSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { VmRecord } from '../../src/vm/index.ts';
 import type { TestHome } from '../harness.ts';
@@ -90,6 +91,25 @@ describe('VM lifecycle through the CLI', () => {
     expect(r.stdout.trim()).toBe(guestKernelRelease());
     expect((await t.cli(['vm', 'pause', name])).code).toBe(0);
     expect((await t.cli(['vm', 'resume', name])).code).toBe(0);
+  });
+
+  it('forks through the CLI: prints the children, runs --customize in each, shows shared memory', async () => {
+    const script = join(t.home, 'customize.sh');
+    writeFileSync(script, 'echo "hello from $OFFSHOOT_VM_NAME" > /tmp/greeting\ncat /tmp/greeting\n');
+    const r = await t.cli(['vm', 'fork', name, '--count', '2', '--prefix', 'kid', '--customize', script]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout.trim().split('\n')).toEqual(['kid1', 'kid2']);
+    expect(r.stderr).toMatch(/source stunned \d+ ms/);
+    const greeting = await t.cli(['vm', 'exec', 'kid2', '--', 'cat', '/tmp/greeting']);
+    expect(greeting.stdout).toBe('hello from kid2\n');
+    const shown = JSON.parse((await t.cli(['vm', 'show', 'kid1', '--json'])).stdout) as VmRecord & { memory: { mode: string; sharedKiB: number } };
+    expect(shown.memory.mode).toBe('derived');
+    expect(shown.memory.sharedKiB).toBeGreaterThan(0);
+    expect((await t.cli(['vm', 'show', 'kid1'])).stdout).toMatch(/memory use\s+rss .* shared .* private/);
+    for (const kid of ['kid1', 'kid2']) {
+      expect((await t.cli(['vm', 'kill', kid])).code).toBe(0);
+      expect((await t.cli(['vm', 'delete', kid])).code).toBe(0);
+    }
   });
 
   it('stops with an ACPI power-down and frees the memory file', async () => {
