@@ -163,6 +163,13 @@ export class ForkStager {
     this.forks.delete(forkId);
   }
 
+  /** The frozen RAM and the device state of a fork that has switched over (what a checkpoint writes). */
+  artifacts(forkId: string): { templateFile: string; deviceState: string } {
+    const stage = this.stage(forkId);
+    if (!stage.switched) throw new OffshootError('FORK_NOT_SWITCHED', `fork ${forkId} has not switched over yet`, { forkId }, 500);
+    return { templateFile: this.host.templates.path(stage.templateId), deviceState: stage.deviceState };
+  }
+
   /** Forgets a finished pre-staged fork. */
   async finish(forkId: string): Promise<void> {
     await this.abort(forkId);

@@ -43,6 +43,12 @@ export interface HostAgent {
   completeForkChild(forkId: string, childId: string): Promise<VmRuntime>;
   abortFork(forkId: string): Promise<void>;
   finishFork(forkId: string): Promise<void>;
+  /** Writes the frozen RAM and device state of a switched-over fork (no children) into a checkpoint file. */
+  writeCheckpoint(forkId: string, out: string, memoryBytes: number, metadata: Record<string, unknown>, onProgress?: (p: { blocksDone: number; blockCount: number; bytesWritten: number }) => void): Promise<{ fileBytes: number; storedPages: number }>;
+  /** Eager restore of a checkpoint as a new VM: returns once it runs. Leaves nothing on failure. */
+  restoreVm(vmId: string, name: string, checkpointPath: string, spec: VmSpec): Promise<{ runtime: VmRuntime; spec: VmSpec }>;
+  removeCheckpointFile(path: string): Promise<void>;
+
   /** Kills a QEMU of the VM other than its tracked one (left by an interrupted operation). */
   killStray(vmId: string, runtime: VmRuntime): Promise<boolean>;
 

@@ -14,6 +14,7 @@ import { loadDefaultGuest } from '../guest/index.ts';
 import type { QemuLaunchSpec } from '../qemu/index.ts';
 import { adoptQemu, findOffshootQemus, killAndWait, probeAccelerator, qemuVersion, spawnQemu } from '../qemu/index.ts';
 import { TemplateStore, processMemoryStats } from '../memory/index.ts';
+import type { CheckpointMetadata, WriteProgress } from '../memory/index.ts';
 import { customizeGuest } from './customize.ts';
 import { undoForkDisks, undoRenameLog } from './fork-disks.ts';
 import type { HostAgent } from './host-agent.ts';
@@ -21,6 +22,8 @@ import { migrateLocally } from './migration.ts';
 import { HostLayout } from './layout.ts';
 import { prepareVmFiles } from './prepare-vm.ts';
 import { ForkStager } from './fork-stager.ts';
+import type { StagingHost } from './fork-stager.ts';
+import { restoreEager, writeCheckpointFile } from './checkpoint-files.ts';
 import { RunningVm } from './running-vm.ts';
 import type { Accelerator, CustomizeResult, ExecRequest, ExecResult, ForkDisksRequest, ForkDisksResult, ForkSwitch, HostInfo, Identity, PrepareForkRequest, PreparedFork, PrepareVmRequest, VmExitEvent, VmMemory, VmMemoryStats, VmRuntime, VmSpec } from './types.ts';
 
@@ -53,6 +56,7 @@ export class LocalHostAgent implements HostAgent {
   private readonly logger: Logger;
   private readonly templates: TemplateStore;
   private readonly stager: ForkStager;
+  private readonly stagingHost: StagingHost;
   private accel: Promise<{ accel: Accelerator; reason: string }> | undefined;
 
   constructor(private readonly options: LocalHostAgentOptions) {
@@ -60,7 +64,7 @@ export class LocalHostAgent implements HostAgent {
     this.layout = new HostLayout(options.home, options.memoryDir);
     this.logger = options.logger ?? silentLogger;
     this.templates = new TemplateStore(this.layout.memoryDir);
-    this.stager = new ForkStager({
+    this.stagingHost = {
       layout: this.layout,
       templates: this.templates,
       logger: this.logger,
@@ -69,7 +73,8 @@ export class LocalHostAgent implements HostAgent {
       discard: (vm) => this.discard(vm),
       track: (vm) => this.track(vm),
       untrack: (vmId) => void this.vms.delete(vmId),
-    });
+    };
+    this.stager = new ForkStager(this.stagingHost);
   }
 
   /** The accelerator, probed once (and cached on disk across restarts) by a real trial boot. */
@@ -203,6 +208,19 @@ export class LocalHostAgent implements HostAgent {
 
   finishFork(forkId: string): Promise<void> {
     return this.stager.finish(forkId);
+  }
+
+  writeCheckpoint(forkId: string, out: string, memoryBytes: number, metadata: CheckpointMetadata, onProgress?: (p: WriteProgress) => void): Promise<{ fileBytes: number; storedPages: number }> {
+    return writeCheckpointFile(this.stager.artifacts(forkId), out, memoryBytes, metadata, onProgress);
+  }
+
+  restoreVm(vmId: string, name: string, checkpointPath: string, spec: VmSpec): Promise<{ runtime: VmRuntime; spec: VmSpec }> {
+    return restoreEager(this.stagingHost, vmId, name, checkpointPath, spec);
+  }
+
+  async removeCheckpointFile(path: string): Promise<void> {
+    await rm(path, { force: true });
+    await rm(`${path}.partial`, { force: true });
   }
 
   /** Kills a QEMU of the VM that is not its tracked one (left by an interrupted operation), if it still runs. */

@@ -61,7 +61,7 @@ async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock
   const agent = new LocalHostAgent({ home: paths.home, memoryDir: options.memoryDir ?? process.env.OFFSHOOT_MEMORY_DIR, logger });
   const faults = options.faults ?? faultsFromEnvironment(process.env.OFFSHOOT_TEST_FAULTS);
   if (faults && !options.faults) logger.warn({ faults: process.env.OFFSHOOT_TEST_FAULTS }, 'OFFSHOOT_TEST_FAULTS is set: faults will be injected');
-  const engine = new VmEngine({ inventory, agent, logger, faults });
+  const engine = new VmEngine({ inventory, agent, logger, faults, home: paths.home });
   try {
     await engine.recover();
   } catch (err) {

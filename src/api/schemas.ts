@@ -86,3 +86,18 @@ export const memorySchema = z
     templateId: z.string().nullable(),
   })
   .openapi('VmMemory');
+
+export const checkpointSchema = z
+  .object({
+    id: z.string(),
+    name: z.string(),
+    vmId: z.string(),
+    vmName: z.string(),
+    path: z.string(),
+    state: z.enum(['writing', 'complete', 'failed']),
+    memoryBytes: z.number(),
+    fileBytes: z.number().nullable(),
+    spec: z.record(z.string(), z.unknown()),
+    createdAt: z.string(),
+  })
+  .openapi('Checkpoint');

@@ -3,8 +3,8 @@
 // called with ?wait=true.
 import { OpenAPIHono, createRoute, z } from '@hono/zod-openapi';
 import type { VmAndTask, VmEngine } from '../vm/index.ts';
-import { createVmRequestSchema, execRequestSchema, forkRequestSchema, stopRequestSchema } from '../vm/index.ts';
-import { errorResponses, execResultSchema, memorySchema, vmAndTaskSchema, vmRefParam, vmSchema, waitQuery } from './schemas.ts';
+import { checkpointRequestSchema, createVmRequestSchema, execRequestSchema, forkRequestSchema, restoreRequestSchema, stopRequestSchema } from '../vm/index.ts';
+import { checkpointSchema, errorResponses, execResultSchema, memorySchema, vmAndTaskSchema, vmRefParam, vmSchema, waitQuery } from './schemas.ts';
 import { validationHook } from './validation.ts';
 
 const json = <S extends z.ZodType>(schema: S, description: string) => ({ description, content: { 'application/json': { schema } } });
@@ -58,6 +58,27 @@ const memoryVm = createRoute({
   responses: { 200: json(memorySchema, 'memory use'), ...errorResponses },
 });
 
+const checkpointVm = createRoute({
+  method: 'post',
+  path: '/vms/{ref}/checkpoint',
+  tags: ['checkpoints'],
+  summary: 'Live checkpoint: a short stun, then the VM runs on while the file is written',
+  request: { params: vmRefParam, query: waitQuery, body: { required: false, content: { 'application/json': { schema: checkpointRequestSchema } } } },
+  responses: { 202: json(vmAndTaskSchema, 'the checkpoint task'), ...errorResponses },
+});
+const restoreVm = createRoute({
+  method: 'post',
+  path: '/restore',
+  tags: ['checkpoints'],
+  summary: 'Restore a checkpoint as a new VM',
+  request: { query: waitQuery, body: { required: true, content: { 'application/json': { schema: restoreRequestSchema } } } },
+  responses: { 202: json(vmAndTaskSchema, 'the restore task'), ...errorResponses },
+});
+const checkpointRef = z.object({ ref: z.string().min(1).max(4096).openapi({ param: { name: 'ref', in: 'path' }, description: 'checkpoint name or id' }) });
+const listCheckpoints = createRoute({ method: 'get', path: '/checkpoints', tags: ['checkpoints'], summary: 'List checkpoints', responses: { 200: json(z.array(checkpointSchema), 'checkpoints'), ...errorResponses } });
+const getCheckpoint = createRoute({ method: 'get', path: '/checkpoints/{ref}', tags: ['checkpoints'], summary: 'Show a checkpoint', request: { params: checkpointRef }, responses: { 200: json(checkpointSchema, 'the checkpoint'), ...errorResponses } });
+const deleteCheckpoint = createRoute({ method: 'delete', path: '/checkpoints/{ref}', tags: ['checkpoints'], summary: 'Delete a checkpoint and its file', request: { params: checkpointRef }, responses: { 200: json(checkpointSchema, 'the deleted checkpoint'), ...errorResponses } });
+
 const execVm = createRoute({
   method: 'post',
   path: '/vms/{ref}/exec',
@@ -96,6 +117,14 @@ export function vmRoutes(engine: VmEngine): OpenAPIHono {
     const body = c.req.header('content-type')?.includes('json') ? await c.req.json() : {};
     return c.json(await finish(await engine.fork(c.req.valid('param').ref, body), c.req.valid('query').wait), 202);
   });
+  app.openapi(checkpointVm, async (c) => {
+    const body = c.req.header('content-type')?.includes('json') ? await c.req.json() : {};
+    return c.json(await finish(await engine.checkpoint(c.req.valid('param').ref, body), c.req.valid('query').wait), 202);
+  });
+  app.openapi(restoreVm, async (c) => c.json(await finish(await engine.restore(c.req.valid('json')), c.req.valid('query').wait), 202));
+  app.openapi(listCheckpoints, async (c) => c.json((await engine.listCheckpoints()) as never, 200));
+  app.openapi(getCheckpoint, async (c) => c.json((await engine.getCheckpoint(c.req.valid('param').ref)) as never, 200));
+  app.openapi(deleteCheckpoint, async (c) => c.json((await engine.deleteCheckpoint(c.req.valid('param').ref)) as never, 200));
   app.openapi(memoryVm, async (c) => c.json(await engine.memory(c.req.valid('param').ref), 200));
   app.openapi(pauseVm, async (c) => c.json(await engine.pause(c.req.valid('param').ref), 200));
   app.openapi(resumeVm, async (c) => c.json(await engine.resume(c.req.valid('param').ref), 200));

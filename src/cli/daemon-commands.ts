@@ -150,6 +150,33 @@ export function registerDaemonCommands(program: Command, ctx: CommandContext): v
       }),
     );
 
+  const checkpoint = program.command('checkpoint').description('checkpoint files');
+  checkpoint
+    .command('list')
+    .option('--json', 'print JSON')
+    .action((o: { json?: boolean }) =>
+      ctx.run(Boolean(o.json), async () => {
+        const list = await ctx.client().listCheckpoints();
+        if (o.json) printJson(list);
+        else printTable(['NAME', 'VM', 'STATE', 'MEMORY', 'FILE', 'PATH', 'CREATED'], list.map((c) => [c.name, c.vmName, c.state, `${c.memoryBytes / 2 ** 20}M`, c.fileBytes === null ? '-' : `${(c.fileBytes / 2 ** 20).toFixed(1)}M`, c.path, c.createdAt]));
+      }),
+    );
+  for (const action of ['show', 'delete'] as const) {
+    checkpoint
+      .command(action)
+      .argument('<name>')
+      .option('--json', 'print JSON')
+      .action((name: string, o: { json?: boolean }) =>
+        ctx.run(Boolean(o.json), async () => {
+          const client = ctx.client();
+          const record = action === 'show' ? await client.getCheckpoint(name) : await client.deleteCheckpoint(name);
+          if (o.json) printJson(record);
+          else if (action === 'delete') process.stdout.write(`deleted checkpoint ${record.name}\n`);
+          else for (const [k, v] of Object.entries(record)) process.stdout.write(`${k.padEnd(12)} ${typeof v === 'object' ? JSON.stringify(v) : v}\n`);
+        }),
+      );
+  }
+
   program
     .command('events')
     .description('stream VM state changes and task updates (one JSON object per line)')

@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { InvalidInputError } from '../common/index.ts';
 import type { OffshootClient, VmAndTaskView } from '../client/index.ts';
-import type { CreateVmRequest, ForkRequest, ForkResult } from '../vm/index.ts';
+import type { CheckpointRequest, CheckpointResult, CreateVmRequest, ForkRequest, ForkResult, RestoreRequest, VmRecord } from '../vm/index.ts';
 import { VM_TABLE_HEAD, printJson, printTable, printVm, taskProgress, vmRow } from './output.ts';
 
 export interface CommandContext {
@@ -106,6 +106,49 @@ export function registerVmCommands(program: Command, ctx: CommandContext): void 
         for (const child of result.children) process.stdout.write(`${child.name}\n`);
         const t = result.timings;
         process.stderr.write(`source stunned ${t.stunMs.toFixed(0)} ms; first child running at ${t.firstChildMs.toFixed(0)} ms, all ${result.children.length} at ${t.allChildrenMs.toFixed(0)} ms, customized at ${t.customizedMs.toFixed(0)} ms\n`);
+      }),
+    );
+
+  vm.command('checkpoint')
+    .description('live checkpoint: a short stun, then the VM runs on while the file is written')
+    .argument('<name>')
+    .option('--name <checkpoint>', 'name of the checkpoint (default NAME-TIMESTAMP)')
+    .option('--out <file>', 'where to write it (default $OFFSHOOT_HOME/checkpoints/CHECKPOINT.ckpt)')
+    .option('--stop', 'power the VM off after the save (suspend)')
+    .option('--json', 'print JSON')
+    .action((name: string, o: { name?: string; out?: string; stop?: boolean; json?: boolean }) =>
+      ctx.run(Boolean(o.json), async () => {
+        const client = ctx.client();
+        const request: CheckpointRequest = { stop: Boolean(o.stop) };
+        if (o.name) request.name = o.name;
+        if (o.out) request.out = o.out;
+        const started = await client.checkpointVm(name, request);
+        const task = await client.waitTask(started.task?.id as string, o.json ? undefined : taskProgress(`checkpoint ${name}`));
+        const result = task.result as CheckpointResult;
+        if (o.json) return printJson(result);
+        process.stdout.write(`${result.checkpoint.name}\t${result.checkpoint.path}\n`);
+        process.stderr.write(`stun ${result.stunMs.toFixed(0)} ms; ${(result.fileBytes / 2 ** 20).toFixed(1)} MiB written in ${result.writeMs.toFixed(0)} ms (${result.gbPerSecond.toFixed(2)} GB/s of guest memory)\n`);
+      }),
+    );
+
+  vm.command('restore')
+    .description('restore a checkpoint (name, id or file path) as a new VM')
+    .argument('<checkpoint>')
+    .option('--name <new>', 'name of the new VM (default VM-rN)')
+    .option('--eager', 'load all memory before the VM runs (the default today)')
+    .option('--lazy', 'start the VM first and load memory on demand (not implemented yet)')
+    .option('--json', 'print JSON')
+    .action((checkpoint: string, o: { name?: string; lazy?: boolean; json?: boolean }) =>
+      ctx.run(Boolean(o.json), async () => {
+        const client = ctx.client();
+        const request: RestoreRequest = { checkpoint, mode: o.lazy ? 'lazy' : 'eager' };
+        if (o.name) request.name = o.name;
+        const started = await client.restore(request);
+        const task = await client.waitTask(started.task?.id as string, o.json ? undefined : taskProgress(`restore ${checkpoint}`));
+        const result = task.result as { vm: VmRecord; runningMs: number };
+        if (o.json) return printJson(result);
+        process.stdout.write(`${result.vm.name}\n`);
+        process.stderr.write(`running after ${result.runningMs.toFixed(0)} ms\n`);
       }),
     );
 

@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { createParser } from 'eventsource-parser';
 import { OffshootError, defaultHome, homePaths, sleep } from '../common/index.ts';
 import type { DaemonFile } from '../common/index.ts';
-import type { CreateVmRequest, EngineEvent, ForkRequest, TaskRecord, VmRecord } from '../vm/index.ts';
+import type { CheckpointRecord, CheckpointRequest, CreateVmRequest, EngineEvent, ForkRequest, RestoreRequest, TaskRecord, VmRecord } from '../vm/index.ts';
 
 export interface ExecOutput {
   exitCode: number | null;
@@ -145,6 +145,26 @@ export class OffshootClient {
 
   vmMemory(ref: string): Promise<VmMemoryView> {
     return this.request('GET', `/vms/${encodeURIComponent(ref)}/memory`);
+  }
+
+  checkpointVm(ref: string, request: CheckpointRequest = {}): Promise<VmAndTaskView> {
+    return this.request('POST', `/vms/${encodeURIComponent(ref)}/checkpoint`, request);
+  }
+
+  restore(request: RestoreRequest): Promise<VmAndTaskView> {
+    return this.request('POST', '/restore', request);
+  }
+
+  listCheckpoints(): Promise<CheckpointRecord[]> {
+    return this.request('GET', '/checkpoints');
+  }
+
+  getCheckpoint(ref: string): Promise<CheckpointRecord> {
+    return this.request('GET', `/checkpoints/${encodeURIComponent(ref)}`);
+  }
+
+  deleteCheckpoint(ref: string): Promise<CheckpointRecord> {
+    return this.request('DELETE', `/checkpoints/${encodeURIComponent(ref)}`);
   }
 
   pauseVm(ref: string): Promise<VmRecord> {

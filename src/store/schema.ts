@@ -27,7 +27,21 @@ export interface TasksTable {
   updated_at: string;
 }
 
+export interface CheckpointsTable {
+  id: string;
+  name: string;
+  vm_id: string;
+  vm_name: string;
+  path: string;
+  state: string;
+  memory_bytes: number;
+  file_bytes: number | null;
+  spec: string;
+  created_at: string;
+}
+
 export interface Database {
   vms: VmsTable;
   tasks: TasksTable;
+  checkpoints: CheckpointsTable;
 }

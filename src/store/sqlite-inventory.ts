@@ -7,10 +7,10 @@ import BetterSqlite3 from 'better-sqlite3';
 import { Kysely, Migrator, SqliteDialect } from 'kysely';
 import type { Selectable } from 'kysely';
 import { AlreadyExistsError, NotFoundError, OffshootError } from '../common/index.ts';
-import type { Inventory, TaskRecord, TaskState, VmRecord } from '../vm/index.ts';
+import type { CheckpointRecord, Inventory, TaskRecord, TaskState, VmRecord } from '../vm/index.ts';
 import { isTaskState, isVmState } from '../vm/index.ts';
 import { migrationProvider } from './migrations.ts';
-import type { Database, TasksTable, VmsTable } from './schema.ts';
+import type { CheckpointsTable, Database, TasksTable, VmsTable } from './schema.ts';
 
 export class InventoryCorruptError extends OffshootError {
   constructor(message: string, details: Record<string, unknown>) {
@@ -46,6 +46,21 @@ function taskFromRow(row: Selectable<TasksTable>): TaskRecord {
     error: row.error === null ? null : (JSON.parse(row.error) as TaskRecord['error']),
     createdAt: row.created_at,
     updatedAt: row.updated_at,
+  };
+}
+
+function checkpointFromRow(row: Selectable<CheckpointsTable>): CheckpointRecord {
+  return {
+    id: row.id,
+    name: row.name,
+    vmId: row.vm_id,
+    vmName: row.vm_name,
+    path: row.path,
+    state: row.state as CheckpointRecord['state'],
+    memoryBytes: row.memory_bytes,
+    fileBytes: row.file_bytes,
+    spec: JSON.parse(row.spec) as CheckpointRecord['spec'],
+    createdAt: row.created_at,
   };
 }
 
@@ -144,6 +159,40 @@ export class SqliteInventory implements Inventory {
   async getTask(id: string): Promise<TaskRecord | undefined> {
     const row = await this.db.selectFrom('tasks').selectAll().where('id', '=', id).executeTakeFirst();
     return row && taskFromRow(row);
+  }
+
+  async insertCheckpoint(c: CheckpointRecord): Promise<void> {
+    try {
+      await this.db
+        .insertInto('checkpoints')
+        .values({ id: c.id, name: c.name, vm_id: c.vmId, vm_name: c.vmName, path: c.path, state: c.state, memory_bytes: c.memoryBytes, file_bytes: c.fileBytes, spec: JSON.stringify(c.spec), created_at: c.createdAt })
+        .execute();
+    } catch (err) {
+      if (isUniqueViolation(err)) throw new AlreadyExistsError('checkpoint', c.name);
+      throw err;
+    }
+  }
+
+  async updateCheckpoint(id: string, patch: Partial<Pick<CheckpointRecord, 'state' | 'fileBytes'>>): Promise<CheckpointRecord> {
+    const values: Partial<CheckpointsTable> = {};
+    if (patch.state !== undefined) values.state = patch.state;
+    if (patch.fileBytes !== undefined) values.file_bytes = patch.fileBytes;
+    const row = await this.db.updateTable('checkpoints').set(values).where('id', '=', id).returningAll().executeTakeFirst();
+    if (!row) throw new NotFoundError('checkpoint', id);
+    return checkpointFromRow(row);
+  }
+
+  async deleteCheckpoint(id: string): Promise<void> {
+    await this.db.deleteFrom('checkpoints').where('id', '=', id).execute();
+  }
+
+  async findCheckpoint(ref: string): Promise<CheckpointRecord | undefined> {
+    const row = await this.db.selectFrom('checkpoints').selectAll().where((eb) => eb.or([eb('id', '=', ref), eb('name', '=', ref), eb('path', '=', ref)])).executeTakeFirst();
+    return row && checkpointFromRow(row);
+  }
+
+  async listCheckpoints(): Promise<CheckpointRecord[]> {
+    return (await this.db.selectFrom('checkpoints').selectAll().orderBy('created_at').execute()).map(checkpointFromRow);
   }
 
   async listTasks(options: { limit?: number; targetId?: string; state?: TaskState } = {}): Promise<TaskRecord[]> {

@@ -2,19 +2,24 @@
 // CLI through the API). It validates requests, claims VMs through the state
 // keeper, runs long work as tasks, and calls the host agent for everything
 // that touches QEMU or files. Operations leave a VM either done or as it was.
-import { AlreadyExistsError, IllegalStateError, NotFoundError, OffshootError, silentLogger } from '../common/index.ts';
+import { randomBytes } from 'node:crypto';
+import { AlreadyExistsError, IllegalStateError, NotFoundError, OffshootError, defaultHome, silentLogger } from '../common/index.ts';
 import type { Logger } from '../common/index.ts';
-import type { ExecResult, HostAgent, PrepareVmRequest, VmMemoryStats } from '../agent/index.ts';
+import type { ExecResult, HostAgent, PrepareVmRequest, VmMemoryStats, VmSpec } from '../agent/index.ts';
+import { newMac } from '../agent/index.ts';
+import { checkpointRequestSchema, restoreRequestSchema } from './checkpoint/checkpoint-requests.ts';
+import { runCheckpoint } from './checkpoint/run-checkpoint.ts';
+import type { CheckpointDeps } from './checkpoint/run-checkpoint.ts';
 import { forkRequestSchema } from './fork/fork-request.ts';
 import { runFork } from './fork/run-fork.ts';
 import type { ForkDeps, ForkJournal } from './fork/run-fork.ts';
 import { recoverFork } from './fork/recover-fork.ts';
 import { EventBus } from './events.ts';
 import { newTaskId, newVmId } from './ids.ts';
-import type { Inventory, TaskRecord, VmRecord } from './records.ts';
+import type { CheckpointRecord, Inventory, TaskRecord, VmRecord } from './records.ts';
 import { execRequestSchema, parseRequest, stopRequestSchema } from './requests.ts';
 import { parseCreateVmRequest, resolveMemoryMiB } from './spec.ts';
-import { LIVE_STATES, assertOperationAllowed, isLive } from './state.ts';
+import { BUSY_STATES, LIVE_STATES, assertOperationAllowed, isLive } from './state.ts';
 import { StateKeeper } from './state-keeper.ts';
 import { TaskRunner } from './tasks.ts';
 
@@ -26,6 +31,8 @@ export interface VmEngineOptions {
   bootTimeoutMs?: number;
   /** Fault injection for tests (see fork/run-fork.ts). */
   faults?: (point: string) => Promise<void> | void;
+  /** The daemon's home (default location of checkpoint files). */
+  home?: string;
 }
 
 export interface VmAndTask {
@@ -44,6 +51,7 @@ export class VmEngine {
   private readonly logger: Logger;
   private readonly bootTimeoutMs: number;
   private readonly faults: VmEngineOptions['faults'];
+  private readonly home: string;
   private readonly unsubscribe: () => void;
   /** Templates and bases that an operation in flight has made but no VM record names yet. */
   private readonly pins = new Set<string>();
@@ -54,10 +62,11 @@ export class VmEngine {
     this.logger = options.logger ?? silentLogger;
     this.bootTimeoutMs = options.bootTimeoutMs ?? 120_000;
     this.faults = options.faults;
+    this.home = options.home ?? defaultHome();
     this.tasks = new TaskRunner(this.inventory, this.events, this.logger);
     this.states = new StateKeeper(this.inventory, this.events);
-    // A fork owns its source ('forking') and handles its QEMU's end itself.
-    const exitable = LIVE_STATES.filter((s) => s !== 'forking');
+    // A fork or checkpoint owns its VM and handles its QEMU's end itself.
+    const exitable = LIVE_STATES.filter((s) => !BUSY_STATES.includes(s));
     this.unsubscribe = this.agent.onVmExit((event) => {
       void this.states
         .settle(event.vmId, exitable, event.clean ? 'stopped' : 'failed', event.reason, { runtime: null })
@@ -146,6 +155,81 @@ export class VmEngine {
     return { vm: await this.resolve(id), task };
   }
 
+  /** A live checkpoint: a short stun, then the VM runs on while the file is written (see checkpoint/run-checkpoint.ts). */
+  async checkpoint(ref: string, input: unknown = {}): Promise<VmAndTask> {
+    const request = parseRequest('checkpoint request', checkpointRequestSchema, input);
+    const { id, name: vmName } = await this.resolve(ref);
+    const name = request.name ?? `${vmName}-${new Date().toISOString().replace(/[-:T]/g, '').slice(0, 14)}`;
+    if (await this.inventory.findCheckpoint(name)) throw new AlreadyExistsError('checkpoint', name);
+    const { vm, previous } = await this.states.claimFrom(id, 'checkpoint', 'checkpointing');
+    const deps: CheckpointDeps = { inventory: this.inventory, agent: this.agent, states: this.states, logger: this.logger, pins: this.pins, home: this.home, collectGarbage: async () => void (await this.collectGarbage()) };
+    const task = await this.tasks.start('vm.checkpoint', vm, (ctx) => runCheckpoint(deps, { ...vm, state: previous }, { name, out: request.out, stop: request.stop }, ctx, newTaskId()));
+    return { vm: await this.resolve(id), task };
+  }
+
+  /** Restores a checkpoint as a new VM with its own identity (eager: memory is loaded before it runs). */
+  async restore(input: unknown): Promise<VmAndTask> {
+    const request = parseRequest('restore request', restoreRequestSchema, input);
+    if (request.mode === 'lazy') throw new OffshootError('NOT_IMPLEMENTED', 'lazy restore is not implemented yet; use mode "eager"', { mode: 'lazy' }, 501);
+    const checkpoint = await this.inventory.findCheckpoint(request.checkpoint);
+    if (!checkpoint) throw new NotFoundError('checkpoint', request.checkpoint);
+    if (checkpoint.state !== 'complete') throw new IllegalStateError(`checkpoint "${checkpoint.name}"`, checkpoint.state, ['complete'], 'restore');
+    const taken = new Set((await this.inventory.listVms()).map((v) => v.name));
+    let name = request.name;
+    if (name && taken.has(name)) throw new AlreadyExistsError('VM', name);
+    for (let i = 1; !name; i++) if (!taken.has(`${checkpoint.vmName}-r${i}`)) name = `${checkpoint.vmName}-r${i}`;
+    const vmName = name;
+    const id = newVmId();
+    const now = new Date().toISOString();
+    const mac = checkpoint.spec.nics[0] ? newMac() : null;
+    const spec: VmSpec = {
+      ...checkpoint.spec,
+      boot: checkpoint.spec.boot.kind === 'kernel' ? { ...checkpoint.spec.boot, cmdline: checkpoint.spec.boot.cmdline.replace(/offshoot\.hostname=\S+/, `offshoot.hostname=${vmName}`) } : checkpoint.spec.boot,
+      nics: checkpoint.spec.nics.map((n, i) => ({ ...n, mac: i === 0 && mac ? mac : newMac() })),
+    };
+    const record: VmRecord = { id, name: vmName, state: 'starting', stateReason: `restoring checkpoint ${checkpoint.name}`, spec, runtime: null, createdAt: now, updatedAt: now };
+    await this.inventory.insertVm(record);
+    this.events.publish({ type: 'vm.created', vm: record, at: now });
+    const task = await this.tasks.start('vm.restore', record, async (ctx) => {
+      try {
+        await ctx.progress(0.05, `loading ${checkpoint.path}`);
+        const t0 = performance.now();
+        const restored = await this.agent.restoreVm(id, vmName, checkpoint.path, spec);
+        const runningMs = performance.now() - t0;
+        const { vm } = await this.states.settle(id, ['starting'], 'running', `restored from checkpoint ${checkpoint.name}`, { runtime: restored.runtime, spec: restored.spec });
+        await ctx.progress(0.8, 'customizing its identity');
+        const customize = await this.agent.customize(id, { name: vmName, mac, machineId: randomBytes(16).toString('hex'), timeoutMs: 30_000 });
+        return { vm, checkpoint: checkpoint.name, runningMs, customize };
+      } catch (err) {
+        await this.agent.killVm(id).catch(() => undefined);
+        await this.agent.deleteVmFiles(id).catch(() => undefined);
+        await this.inventory.deleteVm(id);
+        this.events.publish({ type: 'vm.deleted', vmId: id, name: vmName, at: new Date().toISOString() });
+        throw err;
+      }
+    });
+    return { vm: record, task };
+  }
+
+  listCheckpoints(): Promise<CheckpointRecord[]> {
+    return this.inventory.listCheckpoints();
+  }
+
+  async getCheckpoint(ref: string): Promise<CheckpointRecord> {
+    const checkpoint = await this.inventory.findCheckpoint(ref);
+    if (!checkpoint) throw new NotFoundError('checkpoint', ref);
+    return checkpoint;
+  }
+
+  async deleteCheckpoint(ref: string): Promise<CheckpointRecord> {
+    const checkpoint = await this.getCheckpoint(ref);
+    if (checkpoint.state === 'writing') throw new IllegalStateError(`checkpoint "${checkpoint.name}"`, checkpoint.state, ['complete', 'failed'], 'delete');
+    await this.agent.removeCheckpointFile(checkpoint.path);
+    await this.inventory.deleteCheckpoint(checkpoint.id);
+    await this.collectGarbage();
+    return checkpoint;
+  }
+
   /** The VM's QEMU memory: resident, proportional, shared and private (from smaps_rollup). */
   async memory(ref: string): Promise<VmMemoryStats & { mode: string; templateId: string | null }> {
     const vm = await this.resolve(ref);
@@ -161,6 +245,10 @@ export class VmEngine {
     for (const vm of vms) {
       if (vm.runtime?.memory.templateId && isLive(vm.state)) templates.add(vm.runtime.memory.templateId);
       for (const disk of vm.spec.disks) for (const b of disk.backing ?? []) bases.add(b);
+    }
+    // A checkpoint refers to the disks frozen with it.
+    for (const checkpoint of await this.inventory.listCheckpoints()) {
+      for (const disk of checkpoint.spec.disks) for (const b of [disk.path, ...disk.backing]) bases.add(b);
     }
     const removed = { templates: await this.agent.releaseTemplates(templates), bases: await this.agent.releaseBases(bases) };
     if (removed.templates.length || removed.bases.length) this.logger.info(removed, 'released unused templates and bases');

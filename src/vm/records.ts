@@ -47,6 +47,23 @@ export interface TaskRecord {
   updatedAt: string;
 }
 
+export type CheckpointState = 'writing' | 'complete' | 'failed';
+
+/** A checkpoint file this host wrote: the VM's memory, device state and (by reference) its frozen disks. */
+export interface CheckpointRecord {
+  id: string;
+  name: string;
+  vmId: string;
+  vmName: string;
+  path: string;
+  state: CheckpointState;
+  memoryBytes: number;
+  fileBytes: number | null;
+  /** The VM's spec at the freeze point; its disks are the frozen bases the checkpoint refers to. */
+  spec: VmSpec;
+  createdAt: string;
+}
+
 /** Persistence the VM engine needs; src/store implements it over SQLite. */
 export interface Inventory {
   insertVm(vm: VmRecord): Promise<void>;
@@ -60,4 +77,10 @@ export interface Inventory {
   updateTask(id: string, patch: Partial<Omit<TaskRecord, 'id' | 'createdAt'>>): Promise<TaskRecord>;
   getTask(id: string): Promise<TaskRecord | undefined>;
   listTasks(options?: { limit?: number; targetId?: string; state?: TaskState }): Promise<TaskRecord[]>;
+
+  insertCheckpoint(checkpoint: CheckpointRecord): Promise<void>;
+  updateCheckpoint(id: string, patch: Partial<Pick<CheckpointRecord, 'state' | 'fileBytes'>>): Promise<CheckpointRecord>;
+  deleteCheckpoint(id: string): Promise<void>;
+  findCheckpoint(ref: string): Promise<CheckpointRecord | undefined>;
+  listCheckpoints(): Promise<CheckpointRecord[]>;
 }

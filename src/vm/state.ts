@@ -3,7 +3,7 @@
 // an IllegalStateError (HTTP 409), never a silent no-op.
 import { IllegalStateError } from '../common/index.ts';
 
-export const VM_STATES = ['created', 'starting', 'running', 'paused', 'forking', 'stopping', 'stopped', 'failed'] as const;
+export const VM_STATES = ['created', 'starting', 'running', 'paused', 'forking', 'checkpointing', 'stopping', 'stopped', 'failed'] as const;
 export type VmState = (typeof VM_STATES)[number];
 
 export function isVmState(value: string): value is VmState {
@@ -11,7 +11,10 @@ export function isVmState(value: string): value is VmState {
 }
 
 /** States in which a QEMU process is expected to exist for the VM. */
-export const LIVE_STATES: readonly VmState[] = ['starting', 'running', 'paused', 'forking', 'stopping'];
+export const LIVE_STATES: readonly VmState[] = ['starting', 'running', 'paused', 'forking', 'checkpointing', 'stopping'];
+
+/** States in which an operation (fork, checkpoint) owns the VM and handles its QEMU's end itself. */
+export const BUSY_STATES: readonly VmState[] = ['forking', 'checkpointing'];
 
 export function isLive(state: VmState): boolean {
   return LIVE_STATES.includes(state);
@@ -21,10 +24,11 @@ export function isLive(state: VmState): boolean {
 const TRANSITIONS: Record<VmState, readonly VmState[]> = {
   created: ['starting'],
   starting: ['running', 'paused', 'stopped', 'failed'],
-  running: ['paused', 'forking', 'stopping', 'stopped', 'failed'],
-  paused: ['running', 'forking', 'stopping', 'stopped', 'failed'],
-  // A fork owns its source: nothing else may act on it until the fork has resumed it.
+  running: ['paused', 'forking', 'checkpointing', 'stopping', 'stopped', 'failed'],
+  paused: ['running', 'forking', 'checkpointing', 'stopping', 'stopped', 'failed'],
+  // A fork or a checkpoint owns its VM: nothing else may act on it until it has resumed it.
   forking: ['running', 'paused', 'stopped', 'failed'],
+  checkpointing: ['running', 'paused', 'stopped', 'failed'],
   stopping: ['stopped', 'failed'],
   stopped: ['starting'],
   failed: ['starting', 'stopped'],
@@ -44,6 +48,7 @@ export const OPERATION_REQUIRES = {
   delete: ['created', 'stopped', 'failed'],
   exec: ['running'],
   fork: ['running', 'paused'],
+  checkpoint: ['running', 'paused'],
 } as const satisfies Record<string, readonly VmState[]>;
 
 export type VmOperation = keyof typeof OPERATION_REQUIRES;

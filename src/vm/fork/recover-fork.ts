@@ -12,6 +12,7 @@ import type { Logger } from '../../common/index.ts';
 import type { HostAgent } from '../../agent/index.ts';
 import type { Inventory, VmRecord } from '../records.ts';
 import type { StateKeeper } from '../state-keeper.ts';
+import { BUSY_STATES } from '../state.ts';
 import type { ForkJournal } from './run-fork.ts';
 
 export interface ForkRecoveryDeps {
@@ -33,7 +34,7 @@ export async function recoverFork(deps: ForkRecoveryDeps, journal: ForkJournal):
   for (const id of journal.childIds) await deps.inventory.deleteVm(id);
   let did = `removed ${journal.childIds.length} unfinished children`;
   const source = await deps.inventory.getVm(journal.sourceId);
-  if (!source || source.state !== 'forking') {
+  if (!source || !BUSY_STATES.includes(source.state)) {
     await deps.agent.removeOperationFiles(journal.forkId);
     return did;
   }

@@ -1,0 +1,78 @@
+// Checkpoints on one host: writing a frozen VM (its template RAM file and
+// device state, after a fork-style switch-over with no children) into the
+// checkpoint format, and an eager restore: the checkpoint's memory written
+// into a new owned RAM file, a qcow2 delta over each frozen disk, and a QEMU
+// that loads the device state and runs. A failed restore leaves nothing.
+import { mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { BLOCK_BYTES, CheckpointReader, writeCheckpoint } from '../memory/index.ts';
+import type { CheckpointMetadata, WriteProgress } from '../memory/index.ts';
+import { createImage } from '../qemu/index.ts';
+import type { StagingHost } from './fork-stager.ts';
+import { loadDeviceState } from './migration.ts';
+import type { VmDisk, VmRuntime, VmSpec } from './types.ts';
+
+export async function writeCheckpointFile(
+  artifacts: { templateFile: string; deviceState: string },
+  out: string,
+  memoryBytes: number,
+  metadata: CheckpointMetadata,
+  onProgress?: (p: WriteProgress) => void,
+): Promise<{ fileBytes: number; storedPages: number }> {
+  await mkdir(dirname(out), { recursive: true });
+  const template = await open(artifacts.templateFile, 'r');
+  try {
+    const deviceState = await readFile(artifacts.deviceState);
+    return await writeCheckpoint(out, {
+      memoryBytes,
+      readBlock: async (i, into) => (await template.read(into, 0, BLOCK_BYTES, i * BLOCK_BYTES)).bytesRead,
+      metadata,
+      deviceState,
+      onProgress,
+    });
+  } finally {
+    await template.close();
+  }
+}
+
+/** Restores a checkpoint as VM `vmId`: disks as deltas over its frozen disks, memory loaded first (eager). */
+export async function restoreEager(host: StagingHost, vmId: string, name: string, checkpointPath: string, spec: VmSpec): Promise<{ runtime: VmRuntime; spec: VmSpec }> {
+  const reader = await CheckpointReader.open(checkpointPath);
+  const files = host.layout.vmFiles(vmId);
+  const deviceStateFile = join(host.layout.workDir, `${vmId}.restore.devstate`);
+  try {
+    await mkdir(files.dir, { recursive: true });
+    await mkdir(host.layout.memoryDir, { recursive: true });
+    await mkdir(host.layout.workDir, { recursive: true });
+    const disks: VmDisk[] = [];
+    for (const disk of spec.disks) {
+      if (disk.readOnly) {
+        disks.push({ ...disk, owned: false });
+        continue;
+      }
+      const delta = join(files.dir, `${disk.id}.qcow2`);
+      await createImage({ path: delta, format: 'qcow2', backing: { path: disk.path, format: disk.format } });
+      disks.push({ id: disk.id, path: delta, format: 'qcow2', readOnly: false, owned: true, backing: [disk.path, ...disk.backing] });
+    }
+    const restored: VmSpec = { ...spec, disks };
+    await reader.restoreInto(files.memoryFile);
+    await writeFile(deviceStateFile, reader.deviceState);
+    const { vm, runtime } = await host.launch(vmId, name, restored, { memory: { mode: 'owned', file: files.memoryFile, templateId: null }, incoming: true, paused: true });
+    try {
+      await loadDeviceState(vm.qmp, deviceStateFile);
+      await vm.qmp.cont();
+    } catch (err) {
+      await host.discard(vm);
+      throw err;
+    }
+    host.track(vm);
+    return { runtime, spec: restored };
+  } catch (err) {
+    await rm(files.dir, { recursive: true, force: true });
+    await rm(files.memoryFile, { force: true });
+    throw err;
+  } finally {
+    await reader.close();
+    await rm(deviceStateFile, { force: true });
+  }
+}

@@ -1,0 +1,110 @@
+// A live checkpoint, phase by phase. It reuses the fork's freeze with no
+// children: while the VM runs, its disks are split (the frozen base is what
+// the checkpoint refers to) and its RAM file is linked as a template; the
+// switch-over is the only stun; then the VM runs on (derived from the
+// template) while the frozen RAM and device state are written into the
+// checkpoint file in the background. With `stop`, the VM powers off after.
+import { join } from 'node:path';
+import type { Logger } from '../../common/index.ts';
+import type { HostAgent, VmDisk, VmSpec } from '../../agent/index.ts';
+import type { Inventory, CheckpointRecord, VmRecord } from '../records.ts';
+import type { StateKeeper } from '../state-keeper.ts';
+import type { TaskContext } from '../tasks.ts';
+import type { ForkJournal } from '../fork/index.ts';
+import { newTaskId } from '../ids.ts';
+
+export interface CheckpointDeps {
+  inventory: Inventory;
+  agent: HostAgent;
+  states: StateKeeper;
+  logger: Logger;
+  pins: Set<string>;
+  home: string;
+  collectGarbage(): Promise<void>;
+}
+
+export interface CheckpointResult {
+  checkpoint: CheckpointRecord;
+  stunMs: number;
+  writeMs: number;
+  fileBytes: number;
+  storedPages: number;
+  gbPerSecond: number;
+}
+
+export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request: { name: string; out?: string; stop: boolean }, ctx: TaskContext, forkId: string): Promise<CheckpointResult> {
+  const path = request.out ?? join(deps.home, 'checkpoints', `${request.name}.ckpt`);
+  const journal: ForkJournal = { forkId, sourceId: vm.id, previousState: vm.state === 'paused' ? 'paused' : 'running', phase: 'preparing', childIds: [] };
+  let switched = false;
+  let record: CheckpointRecord | undefined;
+  let prepared: Awaited<ReturnType<HostAgent['prepareFork']>> | undefined;
+  try {
+    await ctx.journal(journal);
+    if (vm.runtime?.memory.mode === 'derived') {
+      await ctx.progress(0.02, `copying ${vm.name}'s memory into a file of its own`);
+      const owned = await deps.agent.makeOwned(vm.id, vm.name, vm.spec);
+      await deps.states.settle(vm.id, ['checkpointing'], 'checkpointing', null, { runtime: owned.runtime });
+    }
+    await ctx.progress(0.05, 'preparing the freeze');
+    prepared = await deps.agent.prepareFork({ forkId, source: { vmId: vm.id, name: vm.name, spec: vm.spec }, children: [], maxDepth: Number.MAX_SAFE_INTEGER });
+    deps.pins.add(prepared.templateId);
+    for (const f of prepared.disks.frozen) deps.pins.add(f.to);
+    await ctx.journal(Object.assign(journal, { phase: 'prepared', templateId: prepared.templateId, disks: prepared.disks, incoming: prepared.incoming }));
+    const sw = await deps.agent.switchFork(forkId);
+    switched = true;
+    const split = prepared.disks;
+    const frozenDisks: VmDisk[] = vm.spec.disks.map((d) => {
+      const moved = split.frozen.find((f) => f.from === d.path);
+      return moved ? { ...d, path: moved.to, owned: false, readOnly: false } : d;
+    });
+    const runningSpec: VmSpec = { ...vm.spec, disks: prepared.disks.source };
+    await deps.states.settle(vm.id, ['checkpointing'], sw.wasRunning ? 'running' : 'paused', null, { runtime: sw.runtime, spec: runningSpec });
+    await ctx.journal(Object.assign(journal, { phase: 'switched' }));
+
+    const now = new Date().toISOString();
+    record = { id: newTaskId(), name: request.name, vmId: vm.id, vmName: vm.name, path, state: 'writing', memoryBytes: vm.spec.memoryMiB * 1024 * 1024, fileBytes: null, spec: { ...vm.spec, disks: frozenDisks }, createdAt: now };
+    await deps.inventory.insertCheckpoint(record);
+    await ctx.progress(0.1, `${vm.name} resumed after a ${sw.stunMs.toFixed(0)} ms stun; writing ${path}`);
+    const t0 = performance.now();
+    let lastReport = 0;
+    const written = await deps.agent.writeCheckpoint(forkId, path, record.memoryBytes, { vm: { id: vm.id, name: vm.name }, spec: record.spec, createdAt: now, qemu: 'x-ignore-shared device state' }, (p) => {
+      const now2 = performance.now();
+      if (now2 - lastReport > 500) {
+        lastReport = now2;
+        void ctx.progress(0.1 + 0.85 * (p.blocksDone / p.blockCount), `written ${p.blocksDone} of ${p.blockCount} MiB`);
+      }
+    });
+    const writeMs = performance.now() - t0;
+    record = await deps.inventory.updateCheckpoint(record.id, { state: 'complete', fileBytes: written.fileBytes });
+    await deps.agent.finishFork(forkId);
+    deps.pins.delete(prepared.templateId);
+    for (const f of prepared.disks.frozen) deps.pins.delete(f.to);
+    if (request.stop) {
+      await ctx.progress(0.97, `powering ${vm.name} off`);
+      const claimed = await deps.states.settle(vm.id, ['running', 'paused'], 'stopping', null);
+      if (claimed.moved) {
+        const { forced } = await deps.agent.stopVm(vm.id, 30_000).catch(() => ({ forced: true }));
+        await deps.states.settle(vm.id, ['stopping'], 'stopped', forced ? 'suspended to a checkpoint (killed after the power-down timed out)' : 'suspended to a checkpoint', { runtime: null });
+      }
+    }
+    await deps.collectGarbage().catch(() => undefined);
+    return { checkpoint: record, stunMs: sw.stunMs, writeMs, fileBytes: written.fileBytes, storedPages: written.storedPages, gbPerSecond: record.memoryBytes / 1e9 / (writeMs / 1000) };
+  } catch (err) {
+    deps.logger.warn({ vm: vm.name, err: (err as Error).message }, 'checkpoint failed; rolling back');
+    await deps.agent.abortFork(forkId).catch(() => undefined);
+    if (record) {
+      await deps.inventory.deleteCheckpoint(record.id).catch(() => undefined);
+      await deps.agent.removeCheckpointFile(path).catch(() => undefined);
+    }
+    if (!switched) {
+      const status = await deps.agent.vmStatus(vm.id).catch(() => undefined);
+      await deps.states.settle(vm.id, ['checkpointing'], status ?? 'failed', status ? null : `its QEMU ended during a checkpoint (${(err as Error).message})`, status ? {} : { runtime: null });
+    }
+    if (prepared) {
+      deps.pins.delete(prepared.templateId);
+      for (const f of prepared.disks.frozen) deps.pins.delete(f.to);
+    }
+    await deps.collectGarbage().catch(() => undefined);
+    throw err;
+  }
+}
