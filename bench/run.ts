@@ -4,6 +4,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { bootBenchmark } from './boot.ts';
+import { checkpointBenchmark } from './checkpoint.ts';
 import { forkBenchmark } from './fork.ts';
 import type { BenchResult } from './report.ts';
 import { printReport } from './report.ts';
@@ -11,6 +12,7 @@ import { printReport } from './report.ts';
 const BENCHMARKS: Record<string, (args: string[]) => Promise<BenchResult>> = {
   boot: bootBenchmark,
   fork: forkBenchmark,
+  checkpoint: checkpointBenchmark,
 };
 
 const [name, ...args] = process.argv.slice(2);
