@@ -162,7 +162,7 @@ export class VmEngine {
     const name = request.name ?? `${vmName}-${new Date().toISOString().replace(/[-:T]/g, '').slice(0, 14)}`;
     if (await this.inventory.findCheckpoint(name)) throw new AlreadyExistsError('checkpoint', name);
     const { vm, previous } = await this.states.claimFrom(id, 'checkpoint', 'checkpointing');
-    const deps: CheckpointDeps = { inventory: this.inventory, agent: this.agent, states: this.states, logger: this.logger, pins: this.pins, home: this.home, collectGarbage: async () => void (await this.collectGarbage()) };
+    const deps: CheckpointDeps = { inventory: this.inventory, agent: this.agent, states: this.states, logger: this.logger, pins: this.pins, home: this.home, collectGarbage: async () => void (await this.collectGarbage()), faults: this.faults };
     const task = await this.tasks.start('vm.checkpoint', vm, (ctx) => runCheckpoint(deps, { ...vm, state: previous }, { name, out: request.out, stop: request.stop }, ctx, newTaskId()));
     return { vm: await this.resolve(id), task };
   }
@@ -338,10 +338,17 @@ export class VmEngine {
     for (const task of await this.tasks.interrupted()) {
       const journal = (task.result as { journal?: ForkJournal } | null)?.journal;
       let recovery = 'nothing to roll back';
-      if (task.kind === 'vm.fork' && journal) {
+      if ((task.kind === 'vm.fork' || task.kind === 'vm.checkpoint') && journal) {
         recovery = await recoverFork({ inventory: this.inventory, agent: this.agent, states: this.states, logger: this.logger }, journal).catch((err: unknown) => `rollback failed: ${(err as Error).message}`);
       }
       await this.tasks.failInterrupted(task, recovery);
+    }
+    // A checkpoint still being written when the daemon died is incomplete: remove it and its partial file.
+    for (const checkpoint of await this.inventory.listCheckpoints()) {
+      if (checkpoint.state !== 'writing') continue;
+      await this.agent.removeCheckpointFile(checkpoint.path).catch(() => undefined);
+      await this.inventory.deleteCheckpoint(checkpoint.id);
+      this.logger.warn({ checkpoint: checkpoint.name }, 'removed a checkpoint that was interrupted while being written');
     }
     const vms = await this.inventory.listVms();
     const adopted: string[] = [];

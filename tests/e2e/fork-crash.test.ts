@@ -1,4 +1,5 @@
-// Killing the daemon in the middle of a fork: the restarted daemon rolls the
+// Killing the daemon in the middle of a fork (or while a checkpoint is being
+// written): the restarted daemon rolls the
 // fork back from its journal. The source runs on (with its memory and disk as
 // they were), the children it was making are gone, and no QEMU process,
 // memory template, disk base or work file is left behind.
@@ -9,7 +10,7 @@ import type { TaskRecord, VmRecord } from '../../src/vm/index.ts';
 import type { TestHome } from '../harness.ts';
 import { eventually, makeTestHome, startDetachedDaemon, waitForProcessExit } from '../harness.ts';
 
-describe('daemon killed mid-fork', () => {
+describe('daemon killed mid-fork or mid-checkpoint', () => {
   let t: TestHome;
 
   beforeAll(async () => {
@@ -60,6 +61,33 @@ describe('daemon killed mid-fork', () => {
 
     expect((await t.cli(['vm', 'kill', name])).code).toBe(0);
     expect((await t.cli(['vm', 'delete', name])).code).toBe(0);
+    process.kill(daemon.pid, 'SIGTERM');
+    await waitForProcessExit(daemon.pid);
+  });
+
+  it('removes a checkpoint interrupted while its file was written; the VM runs on', async () => {
+    t.env.OFFSHOOT_TEST_FAULTS = 'checkpoint.writing=sleep:60000';
+    let daemon = await startDetachedDaemon(t);
+    expect((await t.cli(['vm', 'create', 'ckvm', '--start'])).code).toBe(0);
+    const client = t.client();
+    const { task } = await client.checkpointVm('ckvm', { name: 'half' });
+    await eventually(async () => (await client.listCheckpoints()).some((c) => c.name === 'half'), 60_000, 'the checkpoint record');
+    const path = (await client.getCheckpoint('half')).path;
+    process.kill(daemon.pid, 'SIGKILL');
+    await waitForProcessExit(daemon.pid);
+    delete t.env.OFFSHOOT_TEST_FAULTS;
+    daemon = await startDetachedDaemon(t);
+    const restarted = t.client();
+    expect(await restarted.listCheckpoints()).toEqual([]);
+    expect(existsSync(path) || existsSync(`${path}.partial`)).toBe(false);
+    expect((await restarted.getTask(task?.id as string)).error?.code).toBe('TASK_INTERRUPTED');
+    const vm = await restarted.getVm('ckvm');
+    expect(vm.state).toBe('running');
+    expect((await t.cli(['vm', 'exec', 'ckvm', '--', 'true'])).code).toBe(0);
+    expect(t.qemus().map((q) => q.vmId)).toEqual([vm.id]);
+    expect(listDir(join(t.home, 'work'))).toEqual([]);
+    expect((await t.cli(['vm', 'kill', 'ckvm'])).code).toBe(0);
+    expect((await t.cli(['vm', 'delete', 'ckvm'])).code).toBe(0);
     process.kill(daemon.pid, 'SIGTERM');
     await waitForProcessExit(daemon.pid);
   });

@@ -21,6 +21,8 @@ export interface CheckpointDeps {
   pins: Set<string>;
   home: string;
   collectGarbage(): Promise<void>;
+  /** Fault injection for tests. */
+  faults?: (point: string) => Promise<void> | void;
 }
 
 export interface CheckpointResult {
@@ -64,6 +66,7 @@ export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request:
     const now = new Date().toISOString();
     record = { id: newTaskId(), name: request.name, vmId: vm.id, vmName: vm.name, path, state: 'writing', memoryBytes: vm.spec.memoryMiB * 1024 * 1024, fileBytes: null, spec: { ...vm.spec, disks: frozenDisks }, createdAt: now };
     await deps.inventory.insertCheckpoint(record);
+    await deps.faults?.('checkpoint.writing');
     await ctx.progress(0.1, `${vm.name} resumed after a ${sw.stunMs.toFixed(0)} ms stun; writing ${path}`);
     const t0 = performance.now();
     let lastReport = 0;

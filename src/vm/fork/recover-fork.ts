@@ -1,4 +1,5 @@
-// Crash recovery of a fork the daemon was running when it died, from the
+// Crash recovery of a fork (or a checkpoint's freeze, a fork with no
+// children) the daemon was running when it died, from the
 // fork's journal and the disk renames the host logged. The children it was
 // making are removed from the inventory (their QEMUs and files then count as
 // orphans and are reaped). The source:
