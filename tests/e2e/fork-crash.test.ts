@@ -1,7 +1,7 @@
 // Killing the daemon in the middle of a fork (or while a checkpoint is being
-// written): the restarted daemon rolls the
-// fork back from its journal. The source runs on (with its memory and disk as
-// they were), the children it was making are gone, and no QEMU process,
+// written): the restarted daemon rolls the operation back from its journal.
+// The source runs on (with its memory and disk as they were), the children it
+// was making or the half-written checkpoint are gone, and no QEMU process,
 // memory template, disk base or work file is left behind.
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
