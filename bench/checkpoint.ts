@@ -12,7 +12,8 @@ import { join } from 'node:path';
 import { startDaemon } from '../src/api/index.ts';
 import type { RunningDaemon } from '../src/api/index.ts';
 import { loadDefaultGuest } from '../src/guest/index.ts';
-import { QgaClient, QmpClient, createImage, qemuVersion } from '../src/qemu/index.ts';
+import { QgaClient, createImage, qemuVersion } from '../src/qemu/index.ts';
+import { connectQmpWhenReady, waitForMigrationDone } from './qemu-baseline.ts';
 import type { CheckpointResult, VmRecord } from '../src/vm/index.ts';
 import type { BenchResult, Comparison } from './report.ts';
 
@@ -28,14 +29,6 @@ async function exec(daemon: RunningDaemon, vm: string, script: string): Promise<
   if (r.exitCode !== 0) throw new Error(`${vm}: ${Buffer.from(r.stderr, 'base64').toString()}`);
 }
 
-async function waitMigrate(qmp: QmpClient): Promise<void> {
-  for (;;) {
-    const info = await qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
-    if (info.status === 'completed') return;
-    if (info.status === 'failed') throw new Error(`migration failed: ${info['error-desc']}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
 
 /** QEMU's own save and restore of the same guest, driven by hand. */
 async function qemuSaveRestore(accel: string, memoryMiB: number, randomMiB: number) {
@@ -48,10 +41,7 @@ async function qemuSaveRestore(accel: string, memoryMiB: number, randomMiB: numb
     const qmpPath = join(dir, `qmp${i}.sock`);
     const proc = spawn('qemu-system-x86_64', ['-accel', accel, '-cpu', accel === 'kvm' ? 'host' : 'max', '-machine', 'q35', '-m', `${memoryMiB}M`, '-nodefaults', '-display', 'none', '-serial', 'null', '-kernel', guest.kernel, '-initrd', guest.initrd, '-append', guest.cmdline, '-drive', `file=${join(dir, 'd.qcow2')},if=virtio,format=qcow2`, '-device', 'virtio-serial-pci', '-chardev', `socket,id=qga0,path=${join(dir, `qga${i}.sock`)},server=on,wait=off`, '-device', 'virtserialport,chardev=qga0,name=org.qemu.guest_agent.0', '-qmp', `unix:${qmpPath},server=on,wait=off`, ...(incoming ? ['-incoming', 'defer'] : [])], { stdio: 'ignore' });
     procs.push(proc);
-    let qmp: QmpClient | undefined;
-    for (let k = 0; !qmp && k < 400; k++) qmp = await QmpClient.connect(qmpPath, { timeoutMs: 2_000 }).catch(async () => (await new Promise((r) => setTimeout(r, 25)), undefined));
-    if (!qmp) throw new Error('QMP did not come up');
-    return { qmp, qga: join(dir, `qga${i}.sock`) };
+    return { qmp: await connectQmpWhenReady(qmpPath), qga: join(dir, `qga${i}.sock`) };
   };
   try {
     const src = await qemu(0, false);
@@ -64,14 +54,14 @@ async function qemuSaveRestore(accel: string, memoryMiB: number, randomMiB: numb
     await src.qmp.stop();
     await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 64 * 1024 ** 3 });
     await src.qmp.execute('migrate', { uri: `exec:cat > ${file}` });
-    await waitMigrate(src.qmp);
+    await waitForMigrationDone(src.qmp);
     const saveMs = performance.now() - t0;
     src.qmp.close();
     const fileBytes = statSync(file).size;
     const t1 = performance.now();
     const dst = await qemu(1, true);
     await dst.qmp.execute('migrate-incoming', { uri: `exec:cat ${file}` });
-    await waitMigrate(dst.qmp);
+    await waitForMigrationDone(dst.qmp);
     await dst.qmp.cont();
     const runningMs = performance.now() - t1;
     const agent2 = await QgaClient.waitForAgent(dst.qga, { timeoutMs: 60_000 });

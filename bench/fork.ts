@@ -14,7 +14,8 @@ import { startDaemon } from '../src/api/index.ts';
 import type { RunningDaemon } from '../src/api/index.ts';
 import { loadDefaultGuest } from '../src/guest/index.ts';
 import { mappingPssKiB, processMemoryStats } from '../src/memory/index.ts';
-import { QgaClient, QmpClient, createImage, qemuVersion } from '../src/qemu/index.ts';
+import { QgaClient, createImage, qemuVersion } from '../src/qemu/index.ts';
+import { connectQmpWhenReady, waitForMigrationDone } from './qemu-baseline.ts';
 import type { ForkResult } from '../src/vm/index.ts';
 import type { BenchResult, Comparison } from './report.ts';
 
@@ -60,23 +61,7 @@ async function naiveFork(accel: string, memoryMiB: number, count: number): Promi
       '-qmp', `unix:${qmpPath},server=on,wait=off`, ...(incoming ? ['-incoming', 'defer'] : []),
     ], { stdio: 'ignore' });
     procs.push(proc);
-    let qmp: QmpClient | undefined;
-    for (let tries = 0; !qmp && tries < 200; tries++) {
-      qmp = await QmpClient.connect(qmpPath, { timeoutMs: 2_000 }).catch(async () => {
-        await new Promise((r) => setTimeout(r, 25));
-        return undefined;
-      });
-    }
-    if (!qmp) throw new Error('naive fork: QMP did not come up');
-    return { qmp, qga: join(dir, `qga${i}.sock`) };
-  };
-  const waitMigrate = async (qmp: QmpClient) => {
-    for (;;) {
-      const info = await qmp.execute<{ status?: string }>('query-migrate');
-      if (info.status === 'completed') return;
-      if (info.status === 'failed') throw new Error('naive fork: migration failed');
-      await new Promise((r) => setTimeout(r, 5));
-    }
+    return { qmp: await connectQmpWhenReady(qmpPath), qga: join(dir, `qga${i}.sock`) };
   };
   try {
     const source = await qemu(0, false);
@@ -86,7 +71,7 @@ async function naiveFork(accel: string, memoryMiB: number, count: number): Promi
     await source.qmp.stop();
     await source.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 64 * 1024 ** 3 });
     await source.qmp.execute('migrate', { uri: `exec:cat > ${file}` });
-    await waitMigrate(source.qmp);
+    await waitForMigrationDone(source.qmp);
     await source.qmp.cont();
     const stunMs = performance.now() - t0;
     const running: number[] = [];
@@ -94,7 +79,7 @@ async function naiveFork(accel: string, memoryMiB: number, count: number): Promi
     for (let i = 1; i <= count; i++) {
       const child = await qemu(i, true);
       await child.qmp.execute('migrate-incoming', { uri: `exec:cat ${file}` });
-      await waitMigrate(child.qmp);
+      await waitForMigrationDone(child.qmp);
       await child.qmp.cont();
       running.push(performance.now() - t0);
       children.push(child);

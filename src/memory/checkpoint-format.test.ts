@@ -29,9 +29,12 @@ describe('checkpoint format', () => {
   const reason = async (path: string) => {
     try {
       const r = await CheckpointReader.open(path);
-      const buf = Buffer.alloc(BLOCK_BYTES);
-      for (let i = 0; i < r.blockCount; i++) await r.readBlock(i, buf);
-      await r.close();
+      try {
+        const buf = Buffer.alloc(BLOCK_BYTES);
+        for (let i = 0; i < r.blockCount; i++) await r.readBlock(i, buf);
+      } finally {
+        await r.close();
+      }
       return 'ok';
     } catch (err) {
       expect(err).toBeInstanceOf(CheckpointFormatError);

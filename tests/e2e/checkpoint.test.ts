@@ -13,14 +13,8 @@ import type { RunningDaemon } from '../../src/api/index.ts';
 import type { CheckpointResult, TaskRecord, VmRecord } from '../../src/vm/index.ts';
 import type { TestHome } from '../harness.ts';
 import { makeTestHome, memoryFiles } from '../harness.ts';
+import { GUEST_DATA_SETUP, guestShell } from '../guest-data.ts';
 
-const SETUP = [
-  'set -e',
-  'mkdir -p /mnt/ram && mount -t tmpfs -o size=80m tmpfs /mnt/ram',
-  'dd if=/dev/urandom of=/mnt/ram/blob bs=1M count=64 2>/dev/null',
-  'cp /mnt/ram/blob /data/blob && sync',
-  '(i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done) >/dev/null 2>&1 &',
-].join('\n');
 
 describe('checkpoint and restore', () => {
   let t: TestHome;
@@ -29,12 +23,7 @@ describe('checkpoint and restore', () => {
   let counterAtCheckpoint: number;
   let checkpoint: CheckpointResult;
 
-  const sh = async (vm: string, script: string): Promise<string> => {
-    const r = await daemon.engine.exec(vm, { path: '/bin/sh', args: ['-c', script], timeoutMs: 120_000 });
-    if (r.exitCode !== 0) throw new Error(`${vm}: exit ${r.exitCode}: ${Buffer.from(r.stderr, 'base64').toString('utf8')}`);
-    return Buffer.from(r.stdout, 'base64').toString('utf8').trim();
-  };
-  const md5s = (vm: string) => sh(vm, 'md5sum /mnt/ram/blob /data/blob | cut -d" " -f1 | tr "\\n" " "');
+  const { sh, md5s, counter } = guestShell(() => daemon);
   const wait = async (p: Promise<{ task?: TaskRecord }>) => daemon.engine.tasks.wait((await p).task?.id as string);
   const vmDirs = () => readdirSync(join(t.home, 'vms'));
 
@@ -42,7 +31,7 @@ describe('checkpoint and restore', () => {
     t = makeTestHome();
     daemon = await startDaemon({ home: t.home, memoryDir: t.memoryDir });
     expect((await wait(daemon.engine.create({ name: 'src', memory: '256M', start: true }))).state).toBe('succeeded');
-    await sh('src', SETUP);
+    await sh('src', GUEST_DATA_SETUP);
     sums = await md5s('src');
   });
   afterAll(async () => {
@@ -52,7 +41,7 @@ describe('checkpoint and restore', () => {
   });
 
   it('saves a live checkpoint; the VM runs on', async () => {
-    counterAtCheckpoint = Number(await sh('src', 'cat /tmp/counter'));
+    counterAtCheckpoint = await counter('src');
     const task = await wait(daemon.engine.checkpoint('src', { name: 'ck1' }));
     expect(task.state, JSON.stringify(task.error)).toBe('succeeded');
     checkpoint = task.result as CheckpointResult;
@@ -62,9 +51,9 @@ describe('checkpoint and restore', () => {
     // 256 MiB guest, mostly zero: the file holds about the non-zero pages (64 MiB random + the guest's own).
     expect(checkpoint.fileBytes).toBeLessThan(200 * 1024 * 1024);
     expect((await daemon.engine.resolve('src')).state).toBe('running');
-    const c = Number(await sh('src', 'cat /tmp/counter'));
+    const c = await counter('src');
     await new Promise((r) => setTimeout(r, 400));
-    expect(Number(await sh('src', 'cat /tmp/counter'))).toBeGreaterThan(c);
+    expect(await counter('src')).toBeGreaterThan(c);
     // The source changes its data after the checkpoint.
     await sh('src', 'echo changed > /mnt/ram/blob && echo changed > /data/blob && sync');
   });
@@ -75,7 +64,7 @@ describe('checkpoint and restore', () => {
     const { vm } = task.result as { vm: VmRecord };
     expect(vm.name).toBe('src-r1');
     expect(await md5s('src-r1')).toBe(sums);
-    expect(Number(await sh('src-r1', 'cat /tmp/counter'))).toBeGreaterThanOrEqual(counterAtCheckpoint);
+    expect(await counter('src-r1')).toBeGreaterThanOrEqual(counterAtCheckpoint);
     expect(await sh('src-r1', 'hostname')).toBe('src-r1');
     expect(await sh('src', 'cat /data/blob')).toBe('changed');
     const again = await wait(daemon.engine.restore({ checkpoint: checkpoint.checkpoint.path, name: 'second' }));

@@ -14,28 +14,15 @@ import { checkImage, imageInfo } from '../../src/qemu/index.ts';
 import type { ForkResult, TaskRecord, VmRecord } from '../../src/vm/index.ts';
 import type { TestHome } from '../harness.ts';
 import { makeTestHome } from '../harness.ts';
+import { GUEST_DATA_SETUP, guestShell } from '../guest-data.ts';
 
-const SETUP = [
-  'set -e',
-  'mkdir -p /mnt/ram && mount -t tmpfs -o size=80m tmpfs /mnt/ram',
-  'dd if=/dev/urandom of=/mnt/ram/blob bs=1M count=64 2>/dev/null',
-  'cp /mnt/ram/blob /data/blob && sync',
-  '(i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done) >/dev/null 2>&1 &',
-].join('\n');
 
 describe('instant fork', () => {
   let t: TestHome;
   let daemon: RunningDaemon;
   const faults = new Map<string, () => void>();
 
-  const sh = async (vm: string, script: string): Promise<string> => {
-    const r = await daemon.engine.exec(vm, { path: '/bin/sh', args: ['-c', script], timeoutMs: 120_000 });
-    const out = Buffer.from(r.stdout, 'base64').toString('utf8');
-    if (r.exitCode !== 0) throw new Error(`${vm}: exit ${r.exitCode}: ${Buffer.from(r.stderr, 'base64').toString('utf8')}`);
-    return out.trim();
-  };
-  const md5s = (vm: string) => sh(vm, 'md5sum /mnt/ram/blob /data/blob | cut -d" " -f1 | tr "\\n" " "');
-  const counter = async (vm: string) => Number(await sh(vm, 'cat /tmp/counter'));
+  const { sh, md5s, counter } = guestShell(() => daemon);
   const fork = async (ref: string, body: Record<string, unknown>): Promise<TaskRecord> => {
     const { task } = await daemon.engine.fork(ref, body);
     return daemon.engine.tasks.wait(task?.id as string);
@@ -55,7 +42,7 @@ describe('instant fork', () => {
     });
     const { task } = await daemon.engine.create({ name: 'src', memory: '256M', start: true });
     expect((await daemon.engine.tasks.wait(task?.id as string)).state).toBe('succeeded');
-    await sh('src', SETUP);
+    await sh('src', GUEST_DATA_SETUP);
     sums = await md5s('src');
   });
   afterAll(async () => {
