@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { startDaemon } from '../src/api/index.ts';
 import { loadDefaultGuest } from '../src/guest/index.ts';
 import { QgaClient, createImage, qemuVersion } from '../src/qemu/index.ts';
+import { rawGuestArgs } from './qemu-baseline.ts';
 import type { BenchResult } from './report.ts';
 
 function option(args: string[], name: string, fallback: number): number {
@@ -24,17 +25,8 @@ async function rawQemuBoot(accel: string, memoryMiB: number): Promise<number> {
     await createImage({ path: join(dir, 'disk.qcow2'), format: 'qcow2', backing: { path: guest.dataDisk, format: 'qcow2' } });
     const qga = join(dir, 'qga.sock');
     const t0 = performance.now();
-    const qemu = spawn('qemu-system-x86_64', [
-      '-accel', accel, '-cpu', accel === 'kvm' ? 'host' : 'max', '-machine', 'q35,memory-backend=ram0', '-m', `${memoryMiB}M`,
-      '-object', `memory-backend-file,id=ram0,size=${memoryMiB}M,mem-path=${join(mem, 'ram')},share=on`,
-      '-nodefaults', '-display', 'none', '-no-user-config', '-serial', `file:${join(dir, 'console.log')}`,
-      '-kernel', guest.kernel, '-initrd', guest.initrd, '-append', guest.cmdline,
-      '-drive', `file=${join(dir, 'disk.qcow2')},if=virtio,format=qcow2`,
-      '-device', 'virtio-serial-pci', '-chardev', `socket,id=qga0,path=${qga},server=on,wait=off`,
-      '-device', 'virtserialport,chardev=qga0,name=org.qemu.guest_agent.0',
-      // The same CPU model and devices an Offshoot VM has, so the comparison is like for like.
-      '-netdev', 'user,id=net0', '-device', 'virtio-net-pci,netdev=net0', '-device', 'virtio-rng-pci',
-    ], { stdio: 'ignore' });
+    // The same CPU model, RAM backend and devices an Offshoot VM has, so the comparison is like for like.
+    const qemu = spawn('qemu-system-x86_64', rawGuestArgs({ accel, memoryMiB, guest, disk: join(dir, 'disk.qcow2'), qgaSocket: qga, console: join(dir, 'console.log'), offshootCpu: true, memoryFile: join(mem, 'ram'), offshootDevices: true }), { stdio: 'ignore' });
     try {
       const client = await QgaClient.waitForAgent(qga, { timeoutMs: 120_000 });
       const elapsed = performance.now() - t0;

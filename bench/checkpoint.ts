@@ -13,7 +13,7 @@ import { startDaemon } from '../src/api/index.ts';
 import type { RunningDaemon } from '../src/api/index.ts';
 import { loadDefaultGuest } from '../src/guest/index.ts';
 import { QgaClient, createImage, qemuVersion } from '../src/qemu/index.ts';
-import { connectQmpWhenReady, waitForMigrationDone } from './qemu-baseline.ts';
+import { connectQmpWhenReady, rawGuestArgs, waitForMigrationDone } from './qemu-baseline.ts';
 import type { CheckpointResult, VmRecord } from '../src/vm/index.ts';
 import type { BenchResult, Comparison } from './report.ts';
 
@@ -39,7 +39,7 @@ async function qemuSaveRestore(accel: string, memoryMiB: number, randomMiB: numb
   await createImage({ path: join(dir, 'd.qcow2'), format: 'qcow2', backing: { path: guest.dataDisk, format: 'qcow2' } });
   const qemu = async (i: number, incoming: boolean) => {
     const qmpPath = join(dir, `qmp${i}.sock`);
-    const proc = spawn('qemu-system-x86_64', ['-accel', accel, '-cpu', accel === 'kvm' ? 'host' : 'max', '-machine', 'q35', '-m', `${memoryMiB}M`, '-nodefaults', '-display', 'none', '-serial', 'null', '-kernel', guest.kernel, '-initrd', guest.initrd, '-append', guest.cmdline, '-drive', `file=${join(dir, 'd.qcow2')},if=virtio,format=qcow2`, '-device', 'virtio-serial-pci', '-chardev', `socket,id=qga0,path=${join(dir, `qga${i}.sock`)},server=on,wait=off`, '-device', 'virtserialport,chardev=qga0,name=org.qemu.guest_agent.0', '-qmp', `unix:${qmpPath},server=on,wait=off`, ...(incoming ? ['-incoming', 'defer'] : [])], { stdio: 'ignore' });
+    const proc = spawn('qemu-system-x86_64', rawGuestArgs({ accel, memoryMiB, guest, disk: join(dir, 'd.qcow2'), qgaSocket: join(dir, `qga${i}.sock`), qmpSocket: qmpPath, incoming, offshootCpu: true }), { stdio: 'ignore' });
     procs.push(proc);
     return { qmp: await connectQmpWhenReady(qmpPath), qga: join(dir, `qga${i}.sock`) };
   };

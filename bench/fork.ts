@@ -15,7 +15,7 @@ import type { RunningDaemon } from '../src/api/index.ts';
 import { loadDefaultGuest } from '../src/guest/index.ts';
 import { mappingPssKiB, processMemoryStats } from '../src/memory/index.ts';
 import { QgaClient, createImage, qemuVersion } from '../src/qemu/index.ts';
-import { connectQmpWhenReady, waitForMigrationDone } from './qemu-baseline.ts';
+import { connectQmpWhenReady, rawGuestArgs, waitForMigrationDone } from './qemu-baseline.ts';
 import type { ForkResult } from '../src/vm/index.ts';
 import type { BenchResult, Comparison } from './report.ts';
 
@@ -53,13 +53,7 @@ async function naiveFork(accel: string, memoryMiB: number, count: number): Promi
     const disk = join(dir, `disk${i}.qcow2`);
     await createImage({ path: disk, format: 'qcow2', backing: { path: guest.dataDisk, format: 'qcow2' } });
     const qmpPath = join(dir, `qmp${i}.sock`);
-    const proc = spawn('qemu-system-x86_64', [
-      '-accel', accel, '-machine', 'q35', '-m', `${memoryMiB}M`, '-nodefaults', '-display', 'none', '-no-user-config',
-      '-serial', `file:${join(dir, `console${i}.log`)}`, '-kernel', guest.kernel, '-initrd', guest.initrd, '-append', guest.cmdline,
-      '-drive', `file=${disk},if=virtio,format=qcow2`, '-device', 'virtio-serial-pci',
-      '-chardev', `socket,id=qga0,path=${join(dir, `qga${i}.sock`)},server=on,wait=off`, '-device', 'virtserialport,chardev=qga0,name=org.qemu.guest_agent.0',
-      '-qmp', `unix:${qmpPath},server=on,wait=off`, ...(incoming ? ['-incoming', 'defer'] : []),
-    ], { stdio: 'ignore' });
+    const proc = spawn('qemu-system-x86_64', rawGuestArgs({ accel, memoryMiB, guest, disk, qgaSocket: join(dir, `qga${i}.sock`), console: join(dir, `console${i}.log`), qmpSocket: qmpPath, incoming }), { stdio: 'ignore' });
     procs.push(proc);
     return { qmp: await connectQmpWhenReady(qmpPath), qga: join(dir, `qga${i}.sock`) };
   };

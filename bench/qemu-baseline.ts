@@ -1,6 +1,44 @@
-// Helpers for the baselines that drive QEMU by hand (no Offshoot): connect to
-// a freshly started QEMU's QMP socket, and wait for a migration to complete.
+// Helpers for the baselines that drive QEMU by hand (no Offshoot): the
+// hand-written command line that boots the default guest, connecting to a
+// freshly started QEMU's QMP socket, and waiting for a migration to complete.
+import type { GuestImage } from '../src/guest/index.ts';
 import { QmpClient } from '../src/qemu/index.ts';
+
+export interface RawGuestOptions {
+  accel: string;
+  memoryMiB: number;
+  guest: GuestImage;
+  disk: string;
+  qgaSocket: string;
+  /** Serial console: a file path, or none. */
+  console?: string;
+  qmpSocket?: string;
+  incoming?: boolean;
+  /** The CPU model Offshoot uses (host under KVM, max under TCG); QEMU's default otherwise. */
+  offshootCpu?: boolean;
+  /** Guest RAM as a shared memory-backend-file at this path, as Offshoot does; anonymous RAM otherwise. */
+  memoryFile?: string;
+  /** The NIC (user networking) and RNG devices an Offshoot VM has. */
+  offshootDevices?: boolean;
+}
+
+/** A qemu-system-x86_64 argv booting the embedded default guest, written without Offshoot's argv builder. */
+export function rawGuestArgs(o: RawGuestOptions): string[] {
+  return [
+    '-accel', o.accel,
+    ...(o.offshootCpu ? ['-cpu', o.accel === 'kvm' ? 'host' : 'max'] : []),
+    '-machine', o.memoryFile ? 'q35,memory-backend=ram0' : 'q35', '-m', `${o.memoryMiB}M`,
+    ...(o.memoryFile ? ['-object', `memory-backend-file,id=ram0,size=${o.memoryMiB}M,mem-path=${o.memoryFile},share=on`] : []),
+    '-nodefaults', '-display', 'none', '-no-user-config', '-serial', o.console ? `file:${o.console}` : 'null',
+    '-kernel', o.guest.kernel, '-initrd', o.guest.initrd, '-append', o.guest.cmdline,
+    '-drive', `file=${o.disk},if=virtio,format=qcow2`,
+    '-device', 'virtio-serial-pci', '-chardev', `socket,id=qga0,path=${o.qgaSocket},server=on,wait=off`,
+    '-device', 'virtserialport,chardev=qga0,name=org.qemu.guest_agent.0',
+    ...(o.offshootDevices ? ['-netdev', 'user,id=net0', '-device', 'virtio-net-pci,netdev=net0', '-device', 'virtio-rng-pci'] : []),
+    ...(o.qmpSocket ? ['-qmp', `unix:${o.qmpSocket},server=on,wait=off`] : []),
+    ...(o.incoming ? ['-incoming', 'defer'] : []),
+  ];
+}
 
 export async function connectQmpWhenReady(path: string, timeoutMs = 10_000): Promise<QmpClient> {
   const deadline = Date.now() + timeoutMs;

@@ -5,6 +5,7 @@
 import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import type { RunningDaemon } from '../src/api/index.ts';
 import { OffshootClient } from '../src/client/index.ts';
 import { isProcessAlive } from '../src/common/index.ts';
 import { findOffshootQemus, killAndWait } from '../src/qemu/index.ts';
@@ -107,4 +108,13 @@ export async function eventually(check: () => Promise<boolean> | boolean, ms = 1
 /** Waits until the process has ended (a zombie counts as ended). */
 export async function waitForProcessExit(pid: number, ms = 15_000): Promise<void> {
   await eventually(() => !isProcessAlive(pid), ms, `process ${pid} to end`);
+}
+
+/** Ends an in-process daemon of a test: kills every VM it still runs, closes it, removes the home. */
+export async function closeTestDaemon(daemon: RunningDaemon, t: TestHome): Promise<void> {
+  for (const vm of await daemon.engine.list()) {
+    if (vm.state !== 'stopped' && vm.state !== 'created' && vm.state !== 'failed') await daemon.engine.kill(vm.id).catch(() => undefined);
+  }
+  await daemon.close();
+  await t.cleanup();
 }

@@ -1,6 +1,8 @@
-// The disk half of a fork. Each writable disk of the (stopped, ended) source
-// becomes a read-only base in <home>/bases; the source and every child get a
-// new qcow2 delta on it. Disk state inheritance: when that would put a VM more
+// The disk half of a fork, done while the source still runs. Each writable
+// disk of the source is renamed into a read-only base in <home>/bases (its
+// QEMU keeps writing through its open file until the switch-over); the source
+// and every child get a new qcow2 delta on it. Each rename is logged first so
+// a crash can be undone. Disk state inheritance: when that would put a VM more
 // than `maxDepth` deltas above its root image, the fork also returns a block
 // stream per VM that copies the base's content into the VM's own delta and
 // points it straight at the base's parent, so chains stay bounded however
@@ -40,9 +42,9 @@ export async function forkDisks(layout: HostLayout, request: ForkDisksRequest): 
         continue;
       }
       const base = join(layout.basesDir, `${shortId()}-${disk.id}.${disk.format}`);
-      // While the source runs (live), its delta is still being written: size it now and create the
-      // new deltas without opening it (-u); QEMU re-reads it when the incoming VMs activate their disks.
-      const sizeBytes = request.live ? (await imageInfo(disk.path)).virtualSize : undefined;
+      // The source still runs and writes its delta: size it now and create the new deltas without
+      // opening it (-u); QEMU re-reads it when the incoming VMs activate their disks.
+      const sizeBytes = (await imageInfo(disk.path)).virtualSize;
       if (request.renameLog) await logRename(request.renameLog, { from: disk.path, to: base });
       await rename(disk.path, base);
       result.frozen.push({ from: disk.path, to: base });
@@ -56,7 +58,7 @@ export async function forkDisks(layout: HostLayout, request: ForkDisksRequest): 
       // The source's delta first: it is on the stun path; the children's follow in parallel.
       const [first, ...rest] = deltas;
       const make = async (d: (typeof deltas)[number]) => {
-        await createImage({ path: d.path, format: 'qcow2', backing: { path: base, format: disk.format }, ...(sizeBytes ? { sizeBytes, unsafeBacking: true } : {}) });
+        await createImage({ path: d.path, format: 'qcow2', backing: { path: base, format: disk.format }, sizeBytes, unsafeBacking: true });
         d.list.push({ id: disk.id, path: d.path, format: 'qcow2', readOnly: false, owned: true, backing });
         if (flatten && backing[1]) result.streams.push({ vmId: d.vmId, diskId: disk.id, base: backing[1] });
       };

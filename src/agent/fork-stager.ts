@@ -66,7 +66,7 @@ export class ForkStager {
     this.forks.set(forkId, stage);
     try {
       await mkdir(join(this.host.layout.workDir, forkId), { recursive: true });
-      stage.disksRequest = { sourceId: source.vmId, sourceDisks: source.spec.disks, childIds: request.children.map((c) => c.vmId), maxDepth: request.maxDepth, live: true, renameLog: join(this.host.layout.workDir, forkId, 'renames.json') };
+      stage.disksRequest = { sourceId: source.vmId, sourceDisks: source.spec.disks, childIds: request.children.map((c) => c.vmId), maxDepth: request.maxDepth, renameLog: join(this.host.layout.workDir, forkId, 'renames.json') };
       stage.disks = await forkDisks(this.host.layout, stage.disksRequest);
       stage.templateId = (await this.host.templates.link(vm.memory.file)).templateId;
       const memory: VmMemory = { mode: 'derived', file: this.host.templates.path(stage.templateId), templateId: stage.templateId };

@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, open, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { hostname } from 'node:os';
-import { OffshootError, TimeoutError, keepAlive, silentLogger, withTimeout } from '../common/index.ts';
+import { OffshootError, keepAlive, silentLogger, withTimeout } from '../common/index.ts';
 import type { Logger } from '../common/index.ts';
 import { loadDefaultGuest } from '../guest/index.ts';
 import type { QemuLaunchSpec } from '../qemu/index.ts';
@@ -376,7 +376,7 @@ export class LocalHostAgent implements HostAgent {
       await withTimeout(vm.exited, timeoutMs, 'ACPI power-down');
       return { forced: false };
     } catch (err) {
-      if (!(err instanceof TimeoutError) && !(err instanceof OffshootError)) throw err;
+      if (!(err instanceof OffshootError)) throw err; // a TimeoutError, or QMP failing as the guest powers off
       this.logger.warn({ vmId, err: (err as Error).message }, 'guest did not power off in time; killing QEMU');
       vm.expectExit('killed after the ACPI power-down timed out');
       await killAndWait(vm.process.pid, { graceMs: 2_000 });

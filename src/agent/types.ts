@@ -61,8 +61,6 @@ export interface ForkDisksRequest {
   childIds: string[];
   /** Past this many deltas above the root image, a new delta is flattened onto the base's parent. */
   maxDepth: number;
-  /** The source still runs and writes its disks (pre-staged fork): deltas are created without opening it. */
-  live?: boolean;
   /** Each rename of a disk into a base is logged here first, so a crash can be undone. */
   renameLog?: string;
 }

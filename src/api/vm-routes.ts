@@ -2,6 +2,7 @@
 // Long operations answer 202 with a task, or with the finished task when
 // called with ?wait=true.
 import { OpenAPIHono, createRoute, z } from '@hono/zod-openapi';
+import type { Context } from 'hono';
 import type { VmAndTask, VmEngine } from '../vm/index.ts';
 import { checkpointRequestSchema, createVmRequestSchema, execRequestSchema, forkRequestSchema, restoreRequestSchema, stopRequestSchema } from '../vm/index.ts';
 import { checkpointSchema, errorResponses, execResultSchema, memorySchema, vmAndTaskSchema, vmRefParam, vmSchema, waitQuery } from './schemas.ts';
@@ -96,6 +97,11 @@ const consoleVm = createRoute({
   responses: { 200: { description: 'console text', content: { 'text/plain': { schema: z.string() } } }, ...errorResponses },
 });
 
+/** The body of a route whose JSON body is optional (the engine validates it); {} without one. */
+function optionalJsonBody(c: Context): Promise<unknown> {
+  return c.req.header('content-type')?.includes('json') ? c.req.json() : Promise.resolve({});
+}
+
 export function vmRoutes(engine: VmEngine): OpenAPIHono {
   const app = new OpenAPIHono({ defaultHook: validationHook });
   const finish = async (result: VmAndTask, wait: string | undefined): Promise<VmAndTask> => {
@@ -110,16 +116,13 @@ export function vmRoutes(engine: VmEngine): OpenAPIHono {
   app.openapi(deleteVm, async (c) => c.json(await engine.delete(c.req.valid('param').ref), 200));
   app.openapi(startVm, async (c) => c.json(await finish(await engine.start(c.req.valid('param').ref), c.req.valid('query').wait), 202));
   app.openapi(stopVm, async (c) => {
-    const body = c.req.header('content-type')?.includes('json') ? await c.req.json().catch(() => ({})) : {};
-    return c.json(await finish(await engine.stop(c.req.valid('param').ref, body), c.req.valid('query').wait), 202);
+    return c.json(await finish(await engine.stop(c.req.valid('param').ref, await optionalJsonBody(c)), c.req.valid('query').wait), 202);
   });
   app.openapi(forkVm, async (c) => {
-    const body = c.req.header('content-type')?.includes('json') ? await c.req.json() : {};
-    return c.json(await finish(await engine.fork(c.req.valid('param').ref, body), c.req.valid('query').wait), 202);
+    return c.json(await finish(await engine.fork(c.req.valid('param').ref, await optionalJsonBody(c)), c.req.valid('query').wait), 202);
   });
   app.openapi(checkpointVm, async (c) => {
-    const body = c.req.header('content-type')?.includes('json') ? await c.req.json() : {};
-    return c.json(await finish(await engine.checkpoint(c.req.valid('param').ref, body), c.req.valid('query').wait), 202);
+    return c.json(await finish(await engine.checkpoint(c.req.valid('param').ref, await optionalJsonBody(c)), c.req.valid('query').wait), 202);
   });
   app.openapi(restoreVm, async (c) => c.json(await finish(await engine.restore(c.req.valid('json')), c.req.valid('query').wait), 202));
   app.openapi(listCheckpoints, async (c) => c.json((await engine.listCheckpoints()) as never, 200));

@@ -18,7 +18,6 @@ function readDaemonFile(): DaemonFile | undefined {
   }
 }
 
-const isAlive = isDaemonProcess;
 
 async function serveForeground(listen: string | undefined): Promise<void> {
   const { startDaemon } = await import('../api/index.ts');
@@ -41,7 +40,7 @@ async function serveDetached(listen: string | undefined): Promise<DaemonFile> {
   const paths = homePaths(home);
   await mkdir(home, { recursive: true, mode: 0o700 });
   const existing = readDaemonFile();
-  if (existing && isAlive(existing.pid)) return existing;
+  if (existing && isDaemonProcess(existing.pid)) return existing;
   const out = openSync(`${paths.home}/serve.out`, 'a');
   const args = [...process.execArgv, process.argv[1] as string, 'serve', ...(listen ? ['--listen', listen] : [])];
   const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', out, out], env: process.env });
@@ -57,7 +56,7 @@ async function serveDetached(listen: string | undefined): Promise<DaemonFile> {
         // not answering yet
       }
     }
-    if (child.exitCode !== null || !isAlive(child.pid as number)) {
+    if (child.exitCode !== null || !isDaemonProcess(child.pid as number)) {
       throw new OffshootError('DAEMON_START_FAILED', `the daemon exited at start; see ${paths.home}/serve.out and ${paths.log}`, { home }, 500);
     }
     await sleep(100);
@@ -88,7 +87,7 @@ export function registerDaemonCommands(program: Command, ctx: CommandContext): v
     .action((o: { json?: boolean }) =>
       ctx.run(Boolean(o.json), async () => {
         const file = readDaemonFile();
-        const running = Boolean(file && isAlive(file.pid));
+        const running = Boolean(file && isDaemonProcess(file.pid));
         if (o.json) printJson({ running, ...(file ?? {}) });
         else process.stdout.write(running && file ? `running: pid ${file.pid} at ${file.url}\n` : 'not running\n');
         return running ? 0 : 3;
@@ -100,14 +99,14 @@ export function registerDaemonCommands(program: Command, ctx: CommandContext): v
     .action(() =>
       ctx.run(false, async () => {
         const file = readDaemonFile();
-        if (!file || !isAlive(file.pid)) {
+        if (!file || !isDaemonProcess(file.pid)) {
           process.stdout.write('not running\n');
           return;
         }
         process.kill(file.pid, 'SIGTERM');
         const deadline = Date.now() + 15_000;
-        while (isAlive(file.pid) && Date.now() < deadline) await sleep(100);
-        process.stdout.write(isAlive(file.pid) ? `daemon ${file.pid} did not stop in 15 s\n` : `stopped daemon ${file.pid}\n`);
+        while (isDaemonProcess(file.pid) && Date.now() < deadline) await sleep(100);
+        process.stdout.write(isDaemonProcess(file.pid) ? `daemon ${file.pid} did not stop in 15 s\n` : `stopped daemon ${file.pid}\n`);
       }),
     );
 

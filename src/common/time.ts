@@ -1,12 +1,8 @@
-// Small timing helpers: sleep, a deadline-bounded wait, and a monotonic clock.
+// Small timing helpers: sleep, time limits, polling, and keeping the event loop open.
 import { TimeoutError } from './errors.ts';
 
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-export function nowMs(): number {
-  return performance.now();
 }
 
 /** Races a promise against a time limit; on expiry throws TimeoutError naming the operation. */

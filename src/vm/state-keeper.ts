@@ -5,7 +5,7 @@ import type { EventBus } from './events.ts';
 import { KeyedMutex } from './lock.ts';
 import type { Inventory, VmRecord } from './records.ts';
 import type { VmOperation, VmState } from './state.ts';
-import { OPERATION_REQUIRES, assertOperationAllowed, assertTransition } from './state.ts';
+import { assertOperationAllowed, assertTransition } from './state.ts';
 
 export class StateKeeper {
   private readonly mutex = new KeyedMutex();
@@ -62,9 +62,5 @@ export class StateKeeper {
     const updated = await this.inventory.updateVm(vm.id, { ...patch, state: to, stateReason: reason, updatedAt: new Date().toISOString() });
     if (vm.state !== to) this.events.publish({ type: 'vm.state', vm: updated, previous: vm.state, at: updated.updatedAt });
     return updated;
-  }
-
-  static required(operation: VmOperation): readonly VmState[] {
-    return OPERATION_REQUIRES[operation];
   }
 }

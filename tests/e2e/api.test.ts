@@ -12,7 +12,7 @@ import { createImage, rebaseImage } from '../../src/qemu/index.ts';
 import { SqliteInventory } from '../../src/store/index.ts';
 import type { EngineEvent, VmRecord } from '../../src/vm/index.ts';
 import type { TestHome } from '../harness.ts';
-import { eventually, makeTestHome, memoryFiles } from '../harness.ts';
+import { closeTestDaemon, eventually, makeTestHome, memoryFiles } from '../harness.ts';
 
 describe('REST API', () => {
   let t: TestHome;
@@ -32,13 +32,7 @@ describe('REST API', () => {
     t = makeTestHome();
     daemon = await startDaemon({ home: t.home, memoryDir: t.memoryDir });
   });
-  afterAll(async () => {
-    for (const vm of await daemon.engine.list()) {
-      if (vm.state !== 'stopped' && vm.state !== 'created' && vm.state !== 'failed') await daemon.engine.kill(vm.id).catch(() => undefined);
-    }
-    await daemon.close();
-    await t.cleanup();
-  });
+  afterAll(() => closeTestDaemon(daemon, t));
 
   it('binds to 127.0.0.1 and requires the bearer token', async () => {
     expect(new URL(daemon.url).hostname).toBe('127.0.0.1');

@@ -12,7 +12,7 @@ import { startDaemon } from '../../src/api/index.ts';
 import type { RunningDaemon } from '../../src/api/index.ts';
 import type { CheckpointResult, TaskRecord, VmRecord } from '../../src/vm/index.ts';
 import type { TestHome } from '../harness.ts';
-import { makeTestHome, memoryFiles } from '../harness.ts';
+import { closeTestDaemon, makeTestHome, memoryFiles } from '../harness.ts';
 import { GUEST_DATA_SETUP, guestShell } from '../guest-data.ts';
 
 
@@ -34,11 +34,7 @@ describe('checkpoint and restore', () => {
     await sh('src', GUEST_DATA_SETUP);
     sums = await md5s('src');
   });
-  afterAll(async () => {
-    for (const vm of await daemon.engine.list()) await daemon.engine.kill(vm.id).catch(() => undefined);
-    await daemon.close();
-    await t.cleanup();
-  });
+  afterAll(() => closeTestDaemon(daemon, t));
 
   it('saves a live checkpoint; the VM runs on', async () => {
     counterAtCheckpoint = await counter('src');

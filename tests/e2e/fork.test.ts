@@ -13,7 +13,7 @@ import type { RunningDaemon } from '../../src/api/index.ts';
 import { checkImage, imageInfo } from '../../src/qemu/index.ts';
 import type { ForkResult, TaskRecord, VmRecord } from '../../src/vm/index.ts';
 import type { TestHome } from '../harness.ts';
-import { makeTestHome } from '../harness.ts';
+import { closeTestDaemon, makeTestHome } from '../harness.ts';
 import { GUEST_DATA_SETUP, guestShell } from '../guest-data.ts';
 
 
@@ -45,11 +45,7 @@ describe('instant fork', () => {
     await sh('src', GUEST_DATA_SETUP);
     sums = await md5s('src');
   });
-  afterAll(async () => {
-    for (const vm of await daemon.engine.list()) await daemon.engine.kill(vm.id).catch(() => undefined);
-    await daemon.close();
-    await t.cleanup();
-  });
+  afterAll(() => closeTestDaemon(daemon, t));
 
   it('forks a running VM into 4 that continue where it was', async () => {
     const before = await counter('src');

@@ -6,11 +6,12 @@
 // checkpoint file in the background. With `stop`, the VM powers off after.
 import { join } from 'node:path';
 import type { Logger } from '../../common/index.ts';
-import type { HostAgent, VmDisk, VmSpec } from '../../agent/index.ts';
+import type { HostAgent, PreparedFork, VmDisk, VmSpec } from '../../agent/index.ts';
 import type { Inventory, CheckpointRecord, VmRecord } from '../records.ts';
 import type { StateKeeper } from '../state-keeper.ts';
 import type { TaskContext } from '../tasks.ts';
 import type { ForkJournal } from '../fork/index.ts';
+import { journalPrepared, makeOwnedIfDerived, pinPrepared, settleUnswitched, unpinPrepared } from '../fork/index.ts';
 import { newTaskId } from '../ids.ts';
 
 export interface CheckpointDeps {
@@ -39,19 +40,14 @@ export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request:
   const journal: ForkJournal = { forkId, sourceId: vm.id, previousState: vm.state === 'paused' ? 'paused' : 'running', phase: 'preparing', childIds: [] };
   let switched = false;
   let record: CheckpointRecord | undefined;
-  let prepared: Awaited<ReturnType<HostAgent['prepareFork']>> | undefined;
+  let prepared: PreparedFork | undefined;
   try {
     await ctx.journal(journal);
-    if (vm.runtime?.memory.mode === 'derived') {
-      await ctx.progress(0.02, `copying ${vm.name}'s memory into a file of its own`);
-      const owned = await deps.agent.makeOwned(vm.id, vm.name, vm.spec);
-      await deps.states.settle(vm.id, ['checkpointing'], 'checkpointing', null, { runtime: owned.runtime });
-    }
+    await makeOwnedIfDerived(deps, vm, 'checkpointing', ctx, 'it maps a template');
     await ctx.progress(0.05, 'preparing the freeze');
     prepared = await deps.agent.prepareFork({ forkId, source: { vmId: vm.id, name: vm.name, spec: vm.spec }, children: [], maxDepth: Number.MAX_SAFE_INTEGER });
-    deps.pins.add(prepared.templateId);
-    for (const f of prepared.disks.frozen) deps.pins.add(f.to);
-    await ctx.journal(Object.assign(journal, { phase: 'prepared', templateId: prepared.templateId, disks: prepared.disks, incoming: prepared.incoming }));
+    pinPrepared(deps.pins, prepared);
+    await journalPrepared(ctx, journal, prepared);
     const sw = await deps.agent.switchFork(forkId);
     switched = true;
     const split = prepared.disks;
@@ -80,8 +76,7 @@ export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request:
     const writeMs = performance.now() - t0;
     record = await deps.inventory.updateCheckpoint(record.id, { state: 'complete', fileBytes: written.fileBytes });
     await deps.agent.finishFork(forkId);
-    deps.pins.delete(prepared.templateId);
-    for (const f of prepared.disks.frozen) deps.pins.delete(f.to);
+    unpinPrepared(deps.pins, prepared);
     if (request.stop) {
       await ctx.progress(0.97, `powering ${vm.name} off`);
       const claimed = await deps.states.settle(vm.id, ['running', 'paused'], 'stopping', null);
@@ -99,14 +94,8 @@ export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request:
       await deps.inventory.deleteCheckpoint(record.id).catch(() => undefined);
       await deps.agent.removeCheckpointFile(path).catch(() => undefined);
     }
-    if (!switched) {
-      const status = await deps.agent.vmStatus(vm.id).catch(() => undefined);
-      await deps.states.settle(vm.id, ['checkpointing'], status ?? 'failed', status ? null : `its QEMU ended during a checkpoint (${(err as Error).message})`, status ? {} : { runtime: null });
-    }
-    if (prepared) {
-      deps.pins.delete(prepared.templateId);
-      for (const f of prepared.disks.frozen) deps.pins.delete(f.to);
-    }
+    if (!switched) await settleUnswitched(deps, vm.id, 'checkpointing', err, 'checkpoint');
+    unpinPrepared(deps.pins, prepared);
     await deps.collectGarbage().catch(() => undefined);
     throw err;
   }

@@ -25,7 +25,7 @@ export interface ForkRecoveryDeps {
 
 async function undoDiskSplit(deps: ForkRecoveryDeps, source: VmRecord, journal: ForkJournal): Promise<void> {
   if (journal.disks) {
-    await deps.agent.undoForkDisks({ sourceId: source.id, sourceDisks: source.spec.disks, childIds: journal.childIds, maxDepth: 0, live: true }, journal.disks);
+    await deps.agent.undoForkDisks({ sourceId: source.id, sourceDisks: source.spec.disks, childIds: journal.childIds, maxDepth: 0 }, journal.disks);
   }
   await deps.agent.undoForkRenames(journal.forkId);
 }

@@ -23,6 +23,7 @@ import type { TaskContext } from '../tasks.ts';
 import { ForkFailedError } from './fork-errors.ts';
 import type { ForkStep } from './fork-errors.ts';
 import type { ParsedForkRequest } from './fork-request.ts';
+import { journalPrepared, makeOwnedIfDerived, pinPrepared, settleUnswitched, unpinPrepared } from './freeze-steps.ts';
 
 export interface ForkDeps {
   inventory: Inventory;
@@ -127,18 +128,11 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
   try {
     step = 'prepare';
     await ctx.journal(journal);
-    if (source.runtime?.memory.mode === 'derived') {
-      // Fork of a fork: the VM's RAM must be a file of its own first. Record the new QEMU at once.
-      await ctx.progress(0.02, `copying ${source.name}'s memory into a file of its own (fork of a fork)`);
-      const owned = await deps.agent.makeOwned(source.id, source.name, source.spec);
-      await deps.states.settle(source.id, ['forking'], 'forking', null, { runtime: owned.runtime });
-      madeOwned = { ms: owned.ms, bytes: owned.bytes };
-    }
+    madeOwned = await makeOwnedIfDerived(deps, source, 'forking', ctx, 'fork of a fork');
     await ctx.progress(0.05, `preparing ${children.length} children while ${source.name} runs`);
     prepared = await deps.agent.prepareFork({ forkId, source: { vmId: source.id, name: source.name, spec: source.spec }, children: children.map((c) => ({ vmId: c.id, name: c.name, spec: c.spec })), maxDepth: request.maxDiskDepth });
-    deps.pins.add(prepared.templateId);
-    for (const f of prepared.disks.frozen) deps.pins.add(f.to);
-    await ctx.journal(Object.assign(journal, { phase: 'prepared', templateId: prepared.templateId, disks: prepared.disks, incoming: prepared.incoming }));
+    pinPrepared(deps.pins, prepared);
+    await journalPrepared(ctx, journal, prepared);
     await deps.faults?.('fork.prepared');
     const preparedMs = performance.now() - t0;
 
@@ -218,8 +212,7 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
     }
 
     await deps.agent.finishFork(forkId).catch((err: unknown) => deps.logger.warn({ err }, 'fork clean-up failed'));
-    deps.pins.delete(prepared.templateId);
-    for (const f of prepared.disks.frozen) deps.pins.delete(f.to);
+    unpinPrepared(deps.pins, prepared);
     await deps.collectGarbage().catch((err: unknown) => deps.logger.warn({ err }, 'garbage collection after a fork failed'));
     return {
       forkId,
@@ -242,16 +235,8 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
     deps.logger.warn({ vm: source.name, step, err: (err as Error).message }, 'fork failed; rolling back');
     for (const child of children) await removeChild(deps, child);
     await deps.agent.abortFork(forkId).catch((e: unknown) => deps.logger.error({ err: e }, 'cannot abort the fork on the host'));
-    if (!switched) {
-      // The source never switched: it runs on in its own QEMU, unless that QEMU ended meanwhile.
-      const status = await deps.agent.vmStatus(source.id).catch(() => undefined);
-      if (status) await deps.states.settle(source.id, ['forking'], status, null);
-      else await deps.states.settle(source.id, ['forking'], 'failed', `its QEMU ended during a fork (${(err as Error).message})`, { runtime: null });
-    }
-    if (prepared) {
-      deps.pins.delete(prepared.templateId);
-      for (const f of prepared.disks.frozen) deps.pins.delete(f.to);
-    }
+    if (!switched) await settleUnswitched(deps, source.id, 'forking', err, 'fork');
+    unpinPrepared(deps.pins, prepared);
     await deps.collectGarbage().catch(() => undefined);
     throw err instanceof ForkFailedError ? err : new ForkFailedError(source.name, step, err);
   }
