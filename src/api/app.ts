@@ -2,7 +2,8 @@
 // /openapi.json, and the error mapping ({code, message, details} with the
 // error's HTTP status) for every route.
 import { OpenAPIHono } from '@hono/zod-openapi';
-import { NotFoundError, toOffshootError } from '../common/index.ts';
+import { HTTPException } from 'hono/http-exception';
+import { NotFoundError, OffshootError, toOffshootError } from '../common/index.ts';
 import type { Logger } from '../common/index.ts';
 import type { HostAgent } from '../agent/index.ts';
 import type { VmEngine } from '../vm/index.ts';
@@ -24,7 +25,8 @@ export interface AppDeps {
 export function buildApp({ engine, agent, token, logger }: AppDeps): OpenAPIHono {
   const app = new OpenAPIHono({ defaultHook: validationHook });
   app.onError((err, c) => {
-    const error = toOffshootError(err);
+    // Hono's own 4xx (e.g. a malformed JSON body) is the client's mistake, not an internal error.
+    const error = err instanceof HTTPException && err.status < 500 ? new OffshootError('INVALID_INPUT', err.message, {}, err.status) : toOffshootError(err);
     if (error.status >= 500) logger.error({ err, code: error.code, path: c.req.path }, 'request failed');
     return c.json(error.toJSON(), error.status as 400);
   });

@@ -69,6 +69,9 @@ describe('REST API', () => {
       expect(r.body.message).toMatch(message);
     }
     expect((await call('POST', '/vms', 'not json')).status).toBe(400);
+    const malformed = await fetch(`${daemon.url}/vms`, { method: 'POST', headers: { authorization: `Bearer ${daemon.token}`, 'content-type': 'application/json' }, body: '{bad' });
+    expect(malformed.status).toBe(400);
+    expect(((await malformed.json()) as { code: string }).code).toBe('INVALID_INPUT');
     expect(vmDirs()).toEqual([]);
     expect((await call('GET', '/vms')).body).toEqual([]);
   });
