@@ -1,0 +1,91 @@
+// The copy worker process: copies (or resumes) one file with the copy engine
+// and prints JSON lines on stdout: {"type":"progress",...} while copying, then
+// one {"type":"result",...} or {"type":"error",...}. Exit 0 when done, 3 when
+// stopped (SIGTERM/SIGINT: after the chunk in flight is recorded), 1 on error,
+// 2 on bad usage. Run it as copyWorkerCommand() in copy-worker-protocol.ts says:
+//   node --import tsx src/storage/copy-worker.ts --source S --target T [--chunk-mib N]
+// With --stop-on-stdin-close it also stops when its standard input closes: a
+// daemon that spawned it and died (even by SIGKILL) never leaves it racing the
+// worker the next daemon starts.
+import { parseArgs } from 'node:util';
+import { toOffshootError } from '../common/index.ts';
+import { copyFile } from './copy-engine.ts';
+import type { CopyProgress } from './copy-engine.ts';
+import { COPY_WORKER_EXIT } from './copy-worker-protocol.ts';
+import type { CopyWorkerMessage } from './copy-worker-protocol.ts';
+
+function emit(message: CopyWorkerMessage): void {
+  process.stdout.write(`${JSON.stringify(message)}\n`);
+}
+
+function positive(name: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`--${name} must be a positive number, got "${value}"`);
+  return n;
+}
+
+async function main(): Promise<number> {
+  let opts;
+  try {
+    const { values } = parseArgs({
+      options: {
+        source: { type: 'string' },
+        target: { type: 'string' },
+        'chunk-mib': { type: 'string' },
+        'buffer-mib': { type: 'string' },
+        buffers: { type: 'string' },
+        'max-mib-per-sec': { type: 'string' },
+        'stop-on-stdin-close': { type: 'boolean' },
+      },
+      strict: true,
+    });
+    if (!values.source || !values.target) throw new Error('--source and --target are required');
+    const mib = (name: string, v: string | undefined) => {
+      const n = positive(name, v);
+      return n === undefined ? undefined : Math.round(n * 1024 * 1024);
+    };
+    opts = {
+      source: values.source,
+      target: values.target,
+      chunkBytes: mib('chunk-mib', values['chunk-mib']),
+      bufferBytes: mib('buffer-mib', values['buffer-mib']),
+      buffers: positive('buffers', values.buffers),
+      maxBytesPerSecond: mib('max-mib-per-sec', values['max-mib-per-sec']),
+      stopOnStdinClose: values['stop-on-stdin-close'] === true,
+    };
+  } catch (err) {
+    emit({ type: 'error', error: { code: 'INVALID_INPUT', message: (err as Error).message, details: {} } });
+    return COPY_WORKER_EXIT.usage;
+  }
+  const controller = new AbortController();
+  const stop = () => controller.abort();
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+  if (opts.stopOnStdinClose) {
+    process.stdin.on('close', stop);
+    process.stdin.on('end', stop);
+    process.stdin.resume();
+  }
+  let last = 0;
+  const onProgress = (progress: CopyProgress) => {
+    const now = performance.now();
+    if (now - last < 100 && progress.chunksDone < progress.chunksTotal) return;
+    last = now;
+    emit({ type: 'progress', progress });
+  };
+  try {
+    const { stopOnStdinClose: _watch, ...copyOptions } = opts;
+    const result = await copyFile({ ...copyOptions, signal: controller.signal, onProgress });
+    emit({ type: 'result', result });
+    return result.state === 'done' ? COPY_WORKER_EXIT.done : COPY_WORKER_EXIT.stopped;
+  } catch (err) {
+    const e = toOffshootError(err);
+    emit({ type: 'error', error: { code: e.code, message: e.message, details: e.details } });
+    return COPY_WORKER_EXIT.error;
+  }
+}
+
+process.exitCode = await main();
+// A watched stdin would keep the process alive.
+process.stdin.destroy();
