@@ -5,6 +5,8 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { bootBenchmark } from './boot.ts';
 import { checkpointBenchmark } from './checkpoint.ts';
+import { cloneBenchmark } from './clone.ts';
+import { copyBenchmark } from './copy.ts';
 import { forkBenchmark } from './fork.ts';
 import type { BenchResult } from './report.ts';
 import { printReport } from './report.ts';
@@ -13,6 +15,8 @@ const BENCHMARKS: Record<string, (args: string[]) => Promise<BenchResult>> = {
   boot: bootBenchmark,
   fork: forkBenchmark,
   checkpoint: checkpointBenchmark,
+  clone: cloneBenchmark,
+  copy: copyBenchmark,
 };
 
 const [name, ...args] = process.argv.slice(2);

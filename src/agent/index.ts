@@ -6,3 +6,7 @@ export { LocalHostAgent, VmNotRunningError, GuestAgentUnavailableError } from '.
 export type { LocalHostAgentOptions } from './local-agent.ts';
 export { HostLayout } from './layout.ts';
 export { newMac } from './prepare-vm.ts';
+export type { StorageAgent, FreezeResult, FrozenDisk, DiskChainEntry } from './storage-agent.ts';
+export { LocalStorageAgent, ImportRefusedError } from './local-storage-agent.ts';
+export type { CopyRunFile, CopyRunProgress, CopyRunResult } from './copy-runner.ts';
+export { DiskNotAttachedError } from './live-disk-ops.ts';

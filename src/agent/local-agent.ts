@@ -11,7 +11,7 @@ import { hostname } from 'node:os';
 import { OffshootError, keepAlive, silentLogger, withTimeout } from '../common/index.ts';
 import type { Logger } from '../common/index.ts';
 import { loadDefaultGuest } from '../guest/index.ts';
-import type { QemuLaunchSpec } from '../qemu/index.ts';
+import type { QemuLaunchSpec, QmpClient } from '../qemu/index.ts';
 import { adoptQemu, findOffshootQemus, killAndWait, probeAccelerator, qemuVersion, spawnQemu } from '../qemu/index.ts';
 import { TemplateStore, processMemoryStats } from '../memory/index.ts';
 import type { CheckpointMetadata, WriteProgress } from '../memory/index.ts';
@@ -296,6 +296,11 @@ export class LocalHostAgent implements HostAgent {
       this.logger.info({ ...event }, 'QEMU exited');
       this.exits.emit('exit', event);
     });
+  }
+
+  /** The QMP client of a running VM (for the storage agent's live disk operations). */
+  qmpOf(vmId: string): QmpClient {
+    return this.running(vmId).qmp;
   }
 
   private running(vmId: string): RunningVm {

@@ -6,9 +6,10 @@ import { HTTPException } from 'hono/http-exception';
 import { NotFoundError, OffshootError, toOffshootError } from '../common/index.ts';
 import type { Logger } from '../common/index.ts';
 import type { HostAgent } from '../agent/index.ts';
-import type { VmEngine } from '../vm/index.ts';
+import type { StorageService, VmEngine } from '../vm/index.ts';
 import { bearerAuth } from './auth.ts';
 import { mountEvents } from './events-route.ts';
+import { storageRoutes } from './storage-routes.ts';
 import { taskRoutes } from './task-routes.ts';
 import { validationHook } from './validation.ts';
 import { vmRoutes } from './vm-routes.ts';
@@ -17,12 +18,13 @@ export const API_VERSION = '0.1.0';
 
 export interface AppDeps {
   engine: VmEngine;
+  storage: StorageService;
   agent: HostAgent;
   token: string;
   logger: Logger;
 }
 
-export function buildApp({ engine, agent, token, logger }: AppDeps): OpenAPIHono {
+export function buildApp({ engine, storage, agent, token, logger }: AppDeps): OpenAPIHono {
   const app = new OpenAPIHono({ defaultHook: validationHook });
   app.onError((err, c) => {
     // Hono's own 4xx (e.g. a malformed JSON body) is the client's mistake, not an internal error.
@@ -37,6 +39,7 @@ export function buildApp({ engine, agent, token, logger }: AppDeps): OpenAPIHono
   app.get('/host', async (c) => c.json(await agent.hostInfo()));
   app.route('/', vmRoutes(engine));
   app.route('/', taskRoutes(engine));
+  app.route('/', storageRoutes(storage, engine));
   mountEvents(app, engine);
 
   app.openAPIRegistry.registerComponent('securitySchemes', 'bearer', { type: 'http', scheme: 'bearer' });

@@ -8,9 +8,9 @@ import { serve } from '@hono/node-server';
 import pino from 'pino';
 import { InvalidInputError, homePaths } from '../common/index.ts';
 import type { DaemonFile, HomePaths, Logger } from '../common/index.ts';
-import { LocalHostAgent } from '../agent/index.ts';
+import { LocalHostAgent, LocalStorageAgent } from '../agent/index.ts';
 import { SqliteInventory } from '../store/index.ts';
-import { VmEngine } from '../vm/index.ts';
+import { StorageService, VmEngine } from '../vm/index.ts';
 import { buildApp } from './app.ts';
 import { loadOrCreateToken } from './auth.ts';
 import { acquireHomeLock } from './home-lock.ts';
@@ -24,12 +24,26 @@ export interface DaemonOptions {
   memoryDir?: string;
   /** Fault injection for tests. */
   faults?: (point: string) => Promise<void> | void;
+  /** Copy job settings; default from OFFSHOOT_COPY_CHUNK_MIB and OFFSHOOT_COPY_MAX_MIBPS. */
+  copy?: { chunkMiB?: number; maxMiBPerSecond?: number };
+}
+
+function copySettingsFromEnvironment(env: NodeJS.ProcessEnv): { chunkMiB?: number; maxMiBPerSecond?: number } {
+  const num = (name: string) => {
+    const value = env[name];
+    if (value === undefined || value === '') return undefined;
+    const n = Number(value);
+    if (!Number.isFinite(n) || n <= 0) throw new InvalidInputError(`${name} must be a positive number, got "${value}"`, { [name]: value });
+    return n;
+  };
+  return { chunkMiB: num('OFFSHOOT_COPY_CHUNK_MIB'), maxMiBPerSecond: num('OFFSHOOT_COPY_MAX_MIBPS') };
 }
 
 export interface RunningDaemon {
   url: string;
   token: string;
   engine: VmEngine;
+  storage: StorageService;
   agent: LocalHostAgent;
   close(): Promise<void>;
 }
@@ -62,15 +76,22 @@ async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock
   const faults = options.faults ?? faultsFromEnvironment(process.env.OFFSHOOT_TEST_FAULTS);
   if (faults && !options.faults) logger.warn({ faults: process.env.OFFSHOOT_TEST_FAULTS }, 'OFFSHOOT_TEST_FAULTS is set: faults will be injected');
   const engine = new VmEngine({ inventory, agent, logger, faults, home: paths.home });
+  const storageAgent = new LocalStorageAgent(agent.layout, (vmId) => agent.qmpOf(vmId));
+  const storage = new StorageService({ inventory, storageInventory: inventory.storage, agent, storage: storageAgent, engine, logger, vmsDir: agent.layout.vmsDir, copy: options.copy ?? copySettingsFromEnvironment(process.env) });
   try {
+    // Pins first, so the engine's garbage collection during recovery keeps what pools and copy jobs read.
+    await storage.pinSources();
     await engine.recover();
+    const resumed = await storage.resumeJobs();
+    if (resumed.length) logger.info({ jobs: resumed }, 'copy jobs resumed');
   } catch (err) {
+    await storage.close();
     await engine.close();
     await agent.close();
     await inventory.close();
     throw err;
   }
-  const app = buildApp({ engine, agent, token, logger });
+  const app = buildApp({ engine, storage, agent, token, logger });
   const server = await new Promise<ReturnType<typeof serve>>((resolve, reject) => {
     const s = serve({ fetch: app.fetch, hostname: host, port }, () => resolve(s));
     s.once('error', reject);
@@ -89,6 +110,7 @@ async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       (server as unknown as { closeAllConnections?: () => void }).closeAllConnections?.();
       await closed;
+      await storage.close();
       await engine.close();
       await agent.close();
       await inventory.close();
@@ -99,5 +121,5 @@ async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock
     })();
     return closing;
   };
-  return { url, token, engine, agent, close };
+  return { url, token, engine, storage, agent, close };
 }

@@ -5,6 +5,7 @@ import { Command, CommanderError } from 'commander';
 import { OffshootClient } from '../client/index.ts';
 import { registerDaemonCommands } from './daemon-commands.ts';
 import { printError } from './output.ts';
+import { registerStorageCommands } from './storage-commands.ts';
 import type { CommandContext } from './vm-commands.ts';
 import { registerVmCommands } from './vm-commands.ts';
 
@@ -23,6 +24,7 @@ export function buildProgram(): Command {
     },
   };
   registerVmCommands(program, ctx);
+  registerStorageCommands(program, ctx);
   registerDaemonCommands(program, ctx);
   return program;
 }

@@ -111,6 +111,11 @@ export class OffshootClient {
     return (type.includes('json') ? JSON.parse(text) : text) as T;
   }
 
+  /** Any API call, for the typed clients of other resources (see storage-client.ts). */
+  call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    return this.request<T>(method, path, body);
+  }
+
   health(): Promise<{ ok: boolean; version: string }> {
     return this.request('GET', '/health');
   }

@@ -53,6 +53,40 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  '0003-storage': {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable('datastores')
+        .addColumn('name', 'text', (c) => c.primaryKey())
+        .addColumn('path', 'text', (c) => c.notNull().unique())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('disks')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('datastore', 'text', (c) => c.notNull())
+        .addColumn('path', 'text', (c) => c.notNull().unique())
+        .addColumn('format', 'text', (c) => c.notNull())
+        .addColumn('content_id', 'text', (c) => c.notNull())
+        .addColumn('parent_id', 'text')
+        .addColumn('virtual_size', 'integer', (c) => c.notNull())
+        .addColumn('read_only', 'integer', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addUniqueConstraint('disks_name_per_datastore', ['datastore', 'name'])
+        .execute();
+      // Copy jobs and pools are documents: their shape is owned by the VM layer's storage records.
+      for (const table of ['copy_jobs', 'pools']) {
+        await db.schema
+          .createTable(table)
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('name', 'text')
+          .addColumn('doc', 'text', (c) => c.notNull())
+          .addColumn('created_at', 'text', (c) => c.notNull())
+          .execute();
+      }
+    },
+  },
 };
 
 export const migrationProvider: MigrationProvider = {

@@ -40,8 +40,39 @@ export interface CheckpointsTable {
   created_at: string;
 }
 
+export interface DatastoresTable {
+  name: string;
+  path: string;
+  created_at: string;
+}
+
+export interface DisksTable {
+  id: string;
+  name: string;
+  datastore: string;
+  path: string;
+  format: string;
+  content_id: string;
+  parent_id: string | null;
+  virtual_size: number;
+  read_only: number;
+  created_at: string;
+}
+
+/** A record kept as one JSON document (copy jobs, pools). */
+export interface DocumentTable {
+  id: string;
+  name: string | null;
+  doc: string;
+  created_at: string;
+}
+
 export interface Database {
   vms: VmsTable;
   tasks: TasksTable;
   checkpoints: CheckpointsTable;
+  datastores: DatastoresTable;
+  disks: DisksTable;
+  copy_jobs: DocumentTable;
+  pools: DocumentTable;
 }

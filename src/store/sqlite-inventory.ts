@@ -1,6 +1,7 @@
 // The inventory over a SQLite file (Kysely + better-sqlite3): implements the
 // VM layer's Inventory interface, runs schema migrations on open, and maps a
-// duplicate VM name to ALREADY_EXISTS.
+// duplicate VM name to ALREADY_EXISTS. Its `storage` part holds datastores,
+// disks, copy jobs and pools.
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
@@ -10,6 +11,7 @@ import { AlreadyExistsError, NotFoundError, OffshootError } from '../common/inde
 import type { CheckpointRecord, Inventory, TaskRecord, TaskState, VmRecord } from '../vm/index.ts';
 import { isTaskState, isVmState } from '../vm/index.ts';
 import { migrationProvider } from './migrations.ts';
+import { SqliteStorageInventory } from './storage-inventory.ts';
 import type { CheckpointsTable, Database, TasksTable, VmsTable } from './schema.ts';
 
 export class InventoryCorruptError extends OffshootError {
@@ -69,7 +71,12 @@ function isUniqueViolation(err: unknown): boolean {
 }
 
 export class SqliteInventory implements Inventory {
-  private constructor(private readonly db: Kysely<Database>) {}
+  /** Datastores, disks, copy jobs and pools, in the same database. */
+  readonly storage: SqliteStorageInventory;
+
+  private constructor(private readonly db: Kysely<Database>) {
+    this.storage = new SqliteStorageInventory(db);
+  }
 
   /** Opens (creating if needed) the SQLite file and brings its schema up to date. */
   static async open(path: string): Promise<SqliteInventory> {

@@ -45,7 +45,8 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 export class VmEngine {
   readonly events = new EventBus();
   readonly tasks: TaskRunner;
-  private readonly states: StateKeeper;
+  /** Shared with the storage service (clones and pools claim VMs through it). */
+  readonly states: StateKeeper;
   private readonly inventory: Inventory;
   private readonly agent: HostAgent;
   private readonly logger: Logger;
@@ -54,7 +55,7 @@ export class VmEngine {
   private readonly home: string;
   private readonly unsubscribe: () => void;
   /** Templates and bases that an operation in flight has made but no VM record names yet. */
-  private readonly pins = new Set<string>();
+  readonly pins = new Set<string>();
 
   constructor(options: VmEngineOptions) {
     this.inventory = options.inventory;

@@ -20,3 +20,4 @@ export { ForkFailedError, FORK_STEPS } from './fork/fork-errors.ts';
 export { checkpointRequestSchema, restoreRequestSchema } from './checkpoint/checkpoint-requests.ts';
 export type { CheckpointRequest, RestoreRequest } from './checkpoint/checkpoint-requests.ts';
 export type { CheckpointResult } from './checkpoint/run-checkpoint.ts';
+export * from './storage/index.ts';

@@ -1,0 +1,86 @@
+// Runs one file copy of a copy job in a worker process (src/storage's copy
+// worker): spawns it, turns its JSON lines into progress callbacks, and stops
+// it on request (SIGTERM: it records the chunk in flight and exits 'stopped',
+// so another worker — after a daemon restart, or on another host — finishes
+// from its progress file). A worker whose daemon died notices its closed
+// stdin and stops the same way, so a restarted daemon never races it.
+import { spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { OffshootError, sleep } from '../common/index.ts';
+import { COPY_WORKER_EXIT, copyWorkerCommand, parseCopyWorkerLine } from '../storage/index.ts';
+import type { CopyWorkerMessage } from '../storage/index.ts';
+
+export interface CopyRunProgress {
+  bytesDone: number;
+  bytesTotal: number;
+  chunksDone: number;
+  chunksTotal: number;
+  bytesPerSecond: number;
+}
+
+export interface CopyRunResult {
+  state: 'done' | 'stopped';
+  contentHash: string | null;
+  chunksCopied: number;
+  chunksSkipped: number;
+  bytesCopied: number;
+  elapsedMs: number;
+  pid: number;
+}
+
+type ResultMessage = Extract<CopyWorkerMessage, { type: 'result' }>;
+
+/** Copies one file in a worker process; resolves with 'stopped' if `signal` aborts it first. */
+export interface CopyRunFile {
+  source: string;
+  target: string;
+  chunkMiB?: number;
+  /** Bandwidth limit of the worker. */
+  maxMiBPerSecond?: number;
+}
+
+export async function runCopyWorker(file: CopyRunFile, onProgress: (p: CopyRunProgress) => void, signal?: AbortSignal): Promise<CopyRunResult> {
+  // A worker of a previous daemon may still be recording its last chunk: retry while it holds the lock.
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await runOnce(file, onProgress, signal);
+    } catch (err) {
+      if (!(err instanceof OffshootError) || err.code !== 'COPY_BUSY' || attempt >= 60 || signal?.aborted) throw err;
+      await sleep(500);
+    }
+  }
+}
+
+function runOnce(file: CopyRunFile, onProgress: (p: CopyRunProgress) => void, signal?: AbortSignal): Promise<CopyRunResult> {
+  const { command, args } = copyWorkerCommand({ source: file.source, target: file.target, chunkMiB: file.chunkMiB, maxMiBPerSecond: file.maxMiBPerSecond, stopOnStdinClose: true });
+  const child = spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  let result: ResultMessage['result'] | undefined;
+  let failure: OffshootError | undefined;
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
+  const lines = createInterface({ input: child.stdout });
+  lines.on('line', (line) => {
+    if (!line.trim()) return;
+    try {
+      const message = parseCopyWorkerLine(line);
+      if (message.type === 'progress') onProgress(message.progress);
+      else if (message.type === 'result') result = message.result;
+      else failure = new OffshootError(message.error.code, message.error.message, message.error.details, 500);
+    } catch (err) {
+      failure = err as OffshootError;
+    }
+  });
+  const stop = () => child.kill('SIGTERM');
+  signal?.addEventListener('abort', stop, { once: true });
+  return new Promise<CopyRunResult>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', (code) => {
+      signal?.removeEventListener('abort', stop);
+      if (result && (code === COPY_WORKER_EXIT.done || code === COPY_WORKER_EXIT.stopped)) {
+        resolve({ state: result.state, contentHash: result.contentHash ?? null, chunksCopied: result.chunksCopied, chunksSkipped: result.chunksSkipped, bytesCopied: result.bytesCopied, elapsedMs: result.elapsedMs, pid: child.pid ?? 0 });
+        return;
+      }
+      reject(failure ?? new OffshootError('COPY_WORKER_FAILED', `copy worker exited with code ${code}: ${stderr.trim().slice(-500)}`, { code, source: file.source, target: file.target }, 500));
+    });
+  });
+}

@@ -1,0 +1,204 @@
+// The in-process StorageAgent: datastore folders, disk files through qemu-img,
+// content ids, and the freeze of a VM's disks (rename into a read-only base
+// plus a new delta; for a running VM the delta is put on top by a QMP live
+// snapshot, so the guest never stops). Every input image is read by
+// Offshoot's own header check before qemu-img or QEMU opens it.
+import { execFile } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { chmod, mkdir, open, readdir, rename, rm, rmdir, stat } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { promisify } from 'node:util';
+import { createHash } from 'node:crypto';
+import { OffshootError } from '../common/index.ts';
+import type { QmpClient } from '../qemu/index.ts';
+import { convertImage, createImage, imageInfo, rebaseImage } from '../qemu/index.ts';
+import type { DiskMeta } from '../storage/index.ts';
+import { DatastoreLayout, cancelCopy, datastoreUsage, diskContentHash, initDatastore, inspectImage, removeDiskMeta, scanDatastore, writeDiskMeta } from '../storage/index.ts';
+import { runCopyWorker } from './copy-runner.ts';
+import type { CopyRunFile, CopyRunProgress, CopyRunResult } from './copy-runner.ts';
+import type { HostLayout } from './layout.ts';
+import { liveSnapshot, streamWholeChain } from './live-disk-ops.ts';
+import type { DiskChainEntry, FreezeResult, StorageAgent } from './storage-agent.ts';
+import type { VmDisk } from './types.ts';
+
+const run = promisify(execFile);
+
+export class ImportRefusedError extends OffshootError {
+  constructor(path: string, reason: string) {
+    super('IMPORT_REFUSED', `cannot import ${path}: ${reason}`, { path, reason }, 422);
+  }
+}
+
+/** True when a qcow2's top layer holds no data of its own (nothing written since it was made). */
+async function topLayerIsEmpty(path: string): Promise<boolean> {
+  const { stdout } = await run('qemu-img', ['map', '--output=json', '-U', path], { maxBuffer: 64 * 1024 * 1024 });
+  const extents = JSON.parse(stdout) as { depth: number; data: boolean; zero: boolean }[];
+  // Called only for images with a backing file: an extent at depth 0 is allocated in the top image (data or written zeros).
+  return !extents.some((e) => e.depth === 0);
+}
+
+export class LocalStorageAgent implements StorageAgent {
+  constructor(
+    private readonly layout: HostLayout,
+    private readonly qmpOf: (vmId: string) => QmpClient,
+  ) {}
+
+  async initDatastore(path: string, name: string): Promise<{ path: string }> {
+    return { path: (await initDatastore(path, name)).path };
+  }
+
+  datastoreUsage(path: string) {
+    return datastoreUsage(new DatastoreLayout(path));
+  }
+
+  scanDatastore(path: string) {
+    return scanDatastore(new DatastoreLayout(path));
+  }
+
+  async forgetDatastore(path: string): Promise<void> {
+    const layout = new DatastoreLayout(path);
+    await rm(layout.marker, { force: true });
+    for (const dir of [layout.workDir, layout.vmsDir, layout.poolsDir, layout.disksDir]) await rmdir(dir).catch(() => undefined);
+  }
+
+  async createDisk(path: string, format: 'qcow2' | 'raw', sizeBytes: number): Promise<void> {
+    await createImage({ path, format, sizeBytes });
+  }
+
+  async importDisk(source: string, target: string, format: 'qcow2' | 'raw'): Promise<{ virtualSize: number; sourceFormat: string }> {
+    const head = Buffer.alloc(512);
+    const file = await open(source, 'r').catch((err: Error) => {
+      throw new ImportRefusedError(source, err.message);
+    });
+    try {
+      if (!(await file.stat()).isFile()) throw new ImportRefusedError(source, 'not a regular file');
+      await file.read(head, 0, head.length, 0);
+    } finally {
+      await file.close();
+    }
+    let sourceFormat: 'qcow2' | 'raw' | 'vmdk';
+    if (head.subarray(0, 4).toString('latin1') === 'QFI\xfb') {
+      // Its backing chain must stay in its own folder (see storage/safe-image.ts).
+      await inspectImage(source, { allowedRoots: [dirname(source)] });
+      sourceFormat = 'qcow2';
+    } else if (head.subarray(0, 4).toString('latin1') === 'KDMV') {
+      sourceFormat = 'vmdk'; // monolithic sparse: its data is inside the file
+    } else if (head.subarray(0, 512).toString('latin1').includes('# Disk DescriptorFile')) {
+      // A descriptor names extent files anywhere on the host: never follow it.
+      throw new ImportRefusedError(source, 'a VMDK descriptor file refers to other files; convert it to a monolithic VMDK, qcow2 or raw first');
+    } else {
+      sourceFormat = 'raw';
+    }
+    await convertImage(source, target, { outFormat: format, inFormat: sourceFormat === 'vmdk' ? undefined : sourceFormat });
+    return { virtualSize: (await imageInfo(target)).virtualSize, sourceFormat };
+  }
+
+  async resizeDisk(path: string, sizeBytes: number): Promise<void> {
+    await run('qemu-img', ['resize', '-q', path, String(sizeBytes)]);
+  }
+
+  async diskChain(path: string): Promise<DiskChainEntry[]> {
+    const top = await imageInfo(path, { backingChain: true });
+    return [top, ...(top.backingChain ?? [])].map((i) => ({ path: i.filename, format: i.format, virtualSize: i.virtualSize, actualSize: i.actualSize ?? null }));
+  }
+
+  writeDiskMeta(path: string, meta: DiskMeta): Promise<void> {
+    return writeDiskMeta(path, meta);
+  }
+
+  async removeDisk(path: string): Promise<void> {
+    await rm(path, { force: true });
+    await removeDiskMeta(path);
+    const dir = dirname(path);
+    const base = basename(path);
+    for (const name of await readdir(dir).catch(() => [] as string[])) if (name.startsWith(`${base}.copy`)) await rm(join(dir, name), { force: true });
+  }
+
+  hashDisk(path: string): Promise<string> {
+    return diskContentHash(path);
+  }
+
+  async baseContentId(path: string): Promise<string> {
+    const s = await stat(path, { bigint: true });
+    const identity = `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}`;
+    return `cid-h${createHash('sha256').update(identity).digest('hex').slice(0, 32)}`;
+  }
+
+  async freezeDisks(vmId: string, disks: VmDisk[], running: boolean): Promise<FreezeResult> {
+    const result: FreezeResult = { disks: [], frozen: [], moves: [], deltas: [] };
+    await mkdir(this.layout.basesDir, { recursive: true });
+    try {
+      for (const disk of disks) {
+        if (disk.readOnly || !disk.owned) {
+          result.disks.push(disk);
+          if (disk.readOnly) result.frozen.push({ diskId: disk.id, format: disk.format, chain: [disk.path, ...disk.backing], contentId: await this.baseContentId(disk.path), virtualSize: (await imageInfo(disk.path)).virtualSize });
+          continue;
+        }
+        const virtualSize = (await imageInfo(disk.path)).virtualSize;
+        // A stopped VM's delta with nothing written since it was made: its base is the frozen state already.
+        const [below] = disk.backing;
+        if (!running && below && disk.format === 'qcow2' && (await topLayerIsEmpty(disk.path))) {
+          result.disks.push(disk);
+          result.frozen.push({ diskId: disk.id, format: (await imageInfo(below)).format === 'raw' ? 'raw' : 'qcow2', chain: [...disk.backing], contentId: await this.baseContentId(below), virtualSize });
+          continue;
+        }
+        const base = join(this.layout.basesDir, `${randomUUID().slice(0, 8)}-${disk.id}.${disk.format}`);
+        const delta = join(dirname(disk.path), `${disk.id}-${randomUUID().slice(0, 8)}.qcow2`);
+        await createImage({ path: delta, format: 'qcow2', backing: { path: base, format: disk.format }, sizeBytes: virtualSize, unsafeBacking: true });
+        result.deltas.push(delta);
+        // Running: put the delta on top first (QEMU reopens the old image read-only by its current
+        // name), then rename the old image into the base the delta already names.
+        if (running) await liveSnapshot(this.qmpOf(vmId), disk.id, delta);
+        await rename(disk.path, base);
+        result.moves.push({ from: disk.path, to: base });
+        await chmod(base, 0o444);
+        result.disks.push({ ...disk, path: delta, format: 'qcow2', backing: [base, ...disk.backing] });
+        result.frozen.push({ diskId: disk.id, format: disk.format, chain: [base, ...disk.backing], contentId: await this.baseContentId(base), virtualSize });
+      }
+      return result;
+    } catch (err) {
+      // A live snapshot cannot be taken back; earlier disks of a running VM stay frozen (still consistent).
+      if (!running) await this.undoFreeze(result);
+      else for (const delta of result.deltas.filter((d) => !result.disks.some((x) => x.path === d))) await rm(delta, { force: true });
+      throw err;
+    }
+  }
+
+  async undoFreeze(result: FreezeResult): Promise<void> {
+    for (const delta of result.deltas) await rm(delta, { force: true });
+    for (const move of [...result.moves].reverse()) {
+      await chmod(move.to, 0o644).catch(() => undefined);
+      await rename(move.to, move.from).catch(() => undefined);
+    }
+  }
+
+  async createDelta(path: string, backing: { path: string; format: 'qcow2' | 'raw' }): Promise<void> {
+    await mkdir(dirname(path), { recursive: true });
+    await createImage({ path, format: 'qcow2', backing });
+  }
+
+  async relinkDisk(path: string, backing: { path: string; format: 'qcow2' | 'raw' } | null): Promise<void> {
+    await rebaseImage(path, backing, { unsafe: true });
+  }
+
+  async removeFolder(path: string): Promise<void> {
+    await rm(path, { recursive: true, force: true });
+  }
+
+  async moveFile(from: string, to: string): Promise<void> {
+    await rename(from, to);
+  }
+
+  async runCopy(file: CopyRunFile, onProgress: (p: CopyRunProgress) => void, signal?: AbortSignal): Promise<CopyRunResult> {
+    await mkdir(dirname(file.target), { recursive: true });
+    return runCopyWorker(file, onProgress, signal);
+  }
+
+  async cancelCopy(target: string): Promise<void> {
+    await cancelCopy(target);
+  }
+
+  async streamWholeChain(vmId: string, diskId: string, onProgress?: (p: { offset: number; length: number }) => void): Promise<void> {
+    await streamWholeChain(this.qmpOf(vmId), diskId, onProgress);
+  }
+}

@@ -1,0 +1,145 @@
+// The storage half of the SQLite inventory: datastores and disks as rows,
+// copy jobs and pools as JSON documents. Implements the VM layer's
+// StorageInventory over the same Kysely database as the VM inventory.
+import type { Kysely, Selectable } from 'kysely';
+import { AlreadyExistsError, NotFoundError } from '../common/index.ts';
+import type { CopyJobRecord, DatastoreRecord, DiskRecord, PoolRecord, StorageInventory } from '../vm/index.ts';
+import type { Database, DisksTable } from './schema.ts';
+
+function isUniqueViolation(err: unknown): boolean {
+  return err instanceof Error && 'code' in err && String((err as { code: unknown }).code).startsWith('SQLITE_CONSTRAINT');
+}
+
+function diskFromRow(row: Selectable<DisksTable>): DiskRecord {
+  return {
+    id: row.id,
+    name: row.name,
+    datastore: row.datastore,
+    path: row.path,
+    format: row.format as DiskRecord['format'],
+    contentId: row.content_id,
+    parentId: row.parent_id,
+    virtualSize: row.virtual_size,
+    readOnly: row.read_only !== 0,
+    createdAt: row.created_at,
+  };
+}
+
+function diskToRow(d: DiskRecord): DisksTable {
+  return { id: d.id, name: d.name, datastore: d.datastore, path: d.path, format: d.format, content_id: d.contentId, parent_id: d.parentId, virtual_size: d.virtualSize, read_only: d.readOnly ? 1 : 0, created_at: d.createdAt };
+}
+
+export class SqliteStorageInventory implements StorageInventory {
+  constructor(private readonly db: Kysely<Database>) {}
+
+  async insertDatastore(ds: DatastoreRecord): Promise<void> {
+    try {
+      await this.db.insertInto('datastores').values({ name: ds.name, path: ds.path, created_at: ds.createdAt }).execute();
+    } catch (err) {
+      if (isUniqueViolation(err)) throw new AlreadyExistsError('datastore', `${ds.name} (${ds.path})`);
+      throw err;
+    }
+  }
+
+  async deleteDatastore(name: string): Promise<void> {
+    await this.db.transaction().execute(async (trx) => {
+      await trx.deleteFrom('disks').where('datastore', '=', name).execute();
+      await trx.deleteFrom('datastores').where('name', '=', name).execute();
+    });
+  }
+
+  async getDatastore(name: string): Promise<DatastoreRecord | undefined> {
+    const row = await this.db.selectFrom('datastores').selectAll().where('name', '=', name).executeTakeFirst();
+    return row && { name: row.name, path: row.path, createdAt: row.created_at };
+  }
+
+  async listDatastores(): Promise<DatastoreRecord[]> {
+    return (await this.db.selectFrom('datastores').selectAll().orderBy('name').execute()).map((r) => ({ name: r.name, path: r.path, createdAt: r.created_at }));
+  }
+
+  async insertDisk(disk: DiskRecord): Promise<void> {
+    try {
+      await this.db.insertInto('disks').values(diskToRow(disk)).execute();
+    } catch (err) {
+      if (isUniqueViolation(err)) throw new AlreadyExistsError('disk', `${disk.datastore}/${disk.name}`);
+      throw err;
+    }
+  }
+
+  async updateDisk(id: string, patch: Partial<Omit<DiskRecord, 'id'>>): Promise<DiskRecord> {
+    const current = await this.getDisk(id);
+    if (!current) throw new NotFoundError('disk', id);
+    const { id: _id, ...row } = diskToRow({ ...current, ...patch });
+    await this.db.updateTable('disks').set(row).where('id', '=', id).execute();
+    return { ...current, ...patch };
+  }
+
+  async deleteDisk(id: string): Promise<void> {
+    await this.db.deleteFrom('disks').where('id', '=', id).execute();
+  }
+
+  async getDisk(id: string): Promise<DiskRecord | undefined> {
+    const row = await this.db.selectFrom('disks').selectAll().where('id', '=', id).executeTakeFirst();
+    return row && diskFromRow(row);
+  }
+
+  async listDisks(datastore?: string): Promise<DiskRecord[]> {
+    let query = this.db.selectFrom('disks').selectAll().orderBy('datastore').orderBy('created_at');
+    if (datastore) query = query.where('datastore', '=', datastore);
+    return (await query.execute()).map(diskFromRow);
+  }
+
+  async replaceDisks(datastore: string, disks: DiskRecord[]): Promise<void> {
+    await this.db.transaction().execute(async (trx) => {
+      await trx.deleteFrom('disks').where('datastore', '=', datastore).execute();
+      for (const disk of disks) await trx.insertInto('disks').values(diskToRow(disk)).execute();
+    });
+  }
+
+  async insertCopyJob(job: CopyJobRecord): Promise<void> {
+    await this.db.insertInto('copy_jobs').values({ id: job.id, name: null, doc: JSON.stringify(job), created_at: job.createdAt }).execute();
+  }
+
+  async updateCopyJob(id: string, patch: Partial<Omit<CopyJobRecord, 'id' | 'createdAt'>>): Promise<CopyJobRecord> {
+    const current = await this.getCopyJob(id);
+    if (!current) throw new NotFoundError('copy job', id);
+    const next: CopyJobRecord = { ...current, ...patch, updatedAt: patch.updatedAt ?? new Date().toISOString() };
+    await this.db.updateTable('copy_jobs').set({ doc: JSON.stringify(next) }).where('id', '=', id).execute();
+    return next;
+  }
+
+  async getCopyJob(id: string): Promise<CopyJobRecord | undefined> {
+    const row = await this.db.selectFrom('copy_jobs').select('doc').where('id', '=', id).executeTakeFirst();
+    return row && (JSON.parse(row.doc) as CopyJobRecord);
+  }
+
+  async listCopyJobs(): Promise<CopyJobRecord[]> {
+    return (await this.db.selectFrom('copy_jobs').select('doc').orderBy('created_at').execute()).map((r) => JSON.parse(r.doc) as CopyJobRecord);
+  }
+
+  async insertPool(pool: PoolRecord): Promise<void> {
+    if (await this.getPool(pool.name)) throw new AlreadyExistsError('pool', pool.name);
+    await this.db.insertInto('pools').values({ id: pool.id, name: pool.name, doc: JSON.stringify(pool), created_at: pool.createdAt }).execute();
+  }
+
+  async updatePool(id: string, patch: Partial<Omit<PoolRecord, 'id' | 'createdAt'>>): Promise<PoolRecord> {
+    const current = await this.getPool(id);
+    if (!current) throw new NotFoundError('pool', id);
+    const next: PoolRecord = { ...current, ...patch, updatedAt: patch.updatedAt ?? new Date().toISOString() };
+    await this.db.updateTable('pools').set({ doc: JSON.stringify(next), name: next.name }).where('id', '=', id).execute();
+    return next;
+  }
+
+  async deletePool(id: string): Promise<void> {
+    await this.db.deleteFrom('pools').where('id', '=', id).execute();
+  }
+
+  async getPool(ref: string): Promise<PoolRecord | undefined> {
+    const row = await this.db.selectFrom('pools').select('doc').where((eb) => eb.or([eb('id', '=', ref), eb('name', '=', ref)])).executeTakeFirst();
+    return row && (JSON.parse(row.doc) as PoolRecord);
+  }
+
+  async listPools(): Promise<PoolRecord[]> {
+    return (await this.db.selectFrom('pools').select('doc').orderBy('created_at').execute()).map((r) => JSON.parse(r.doc) as PoolRecord);
+  }
+}

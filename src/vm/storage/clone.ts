@@ -1,0 +1,188 @@
+// `vm clone SRC NEW --linked|--full|--instant`: freeze the source's disks
+// (freeze.ts), then
+// - linked: a qcow2 delta per disk over the frozen base, in O(1);
+// - instant: the linked clone boots at once and QEMU streams the base's data
+//   into its delta in the background (copy-on-read streaming never overwrites
+//   what the guest already wrote); when the stream ends the clone no longer
+//   depends on the source;
+// - full: the frozen chain is copied into a datastore by a copy job (sparse,
+//   resumable, verified), or taken from a ready pool slot in O(1) when a pool
+//   of that source on that datastore holds copies of the same content.
+// The clone gets new MACs; its disk deltas live in its VM folder.
+import { join } from 'node:path';
+import { AlreadyExistsError, OffshootError } from '../../common/index.ts';
+import type { FrozenDisk, VmDisk, VmSpec } from '../../agent/index.ts';
+import { newMac } from '../../agent/index.ts';
+import { newVmId } from '../ids.ts';
+import type { TaskRecord, VmRecord } from '../records.ts';
+import { parseRequest } from '../requests.ts';
+import type { Catalog } from './catalog.ts';
+import { newDiskId } from './catalog.ts';
+import type { CopyJobs } from './copy-jobs.ts';
+import type { StorageDeps } from './deps.ts';
+import { freezeVmDisks } from './freeze.ts';
+import type { Pools } from './pools.ts';
+import type { CopyFile, CopyJobRecord, DiskRecord } from './records.ts';
+import { cloneRequestSchema } from './requests.ts';
+import type { CloneMode } from './requests.ts';
+
+export interface CloneResult {
+  mode: CloneMode;
+  /** The clone (absent while a full clone's copy job runs). */
+  vm: VmRecord | null;
+  task: TaskRecord | null;
+  job: CopyJobRecord | null;
+  /** The pool a full clone took its disks from. */
+  pool: string | null;
+  /** Time until the clone existed (or its copy job was queued). */
+  ms: number;
+}
+
+interface CloneSpec {
+  cloneVmId: string;
+  cloneName: string;
+  spec: VmSpec;
+  start: boolean;
+}
+
+export class Cloner {
+  constructor(
+    private readonly deps: StorageDeps,
+    private readonly catalog: Catalog,
+    private readonly jobs: CopyJobs,
+    private readonly pools: Pools,
+  ) {
+    jobs.handle('clone', {
+      succeeded: (job) => this.finishFullClone(job),
+      abandoned: async () => undefined,
+    });
+  }
+
+  async clone(sourceRef: string, input: unknown): Promise<CloneResult> {
+    const t0 = performance.now();
+    const request = parseRequest('clone request', cloneRequestSchema, input);
+    if (await this.deps.inventory.findVmByName(request.name)) throw new AlreadyExistsError('VM', request.name);
+    const source = await this.deps.engine.resolve(sourceRef);
+    if (request.mode === 'full' && !request.datastore) throw new OffshootError('INVALID_INPUT', 'a full clone needs --datastore: the datastore its copied disks go to', { field: 'datastore' }, 400);
+    const datastore = request.datastore ? await this.catalog.datastore(request.datastore) : null;
+    const { frozen } = await freezeVmDisks(this.deps, source.id, 'clone');
+    const pins = frozen.flatMap((f) => f.chain);
+    for (const p of pins) this.deps.engine.pins.add(p);
+    try {
+      const cloneVmId = newVmId();
+      const start = request.start ?? request.mode === 'instant';
+      if (request.mode === 'full' && datastore) {
+        const taken = await this.pools.take(source.id, datastore.name, frozen);
+        if (taken) {
+          const vm = await this.createCloneVm({ cloneVmId, cloneName: request.name, spec: await this.specOverCopies(source.spec, cloneVmId, taken.tops), start });
+          const task = start ? ((await this.deps.engine.start(vm.id)).task ?? null) : null;
+          return { mode: 'full', vm, task, job: null, pool: taken.pool, ms: performance.now() - t0 };
+        }
+        const { files, tops } = this.planCopy(datastore, frozen);
+        const spec = await this.specOverCopies(source.spec, cloneVmId, tops, true);
+        const job = await this.jobs.submit({ kind: 'clone', cloneVmId, cloneName: request.name, spec, start }, datastore.name, files);
+        return { mode: 'full', vm: null, task: null, job, pool: null, ms: performance.now() - t0 };
+      }
+      const disks = await this.deltasOver(source.spec, cloneVmId, frozen);
+      const vm = await this.createCloneVm({ cloneVmId, cloneName: request.name, spec: { ...source.spec, disks, nics: source.spec.nics.map((n) => ({ ...n, mac: newMac() })) }, start: false });
+      if (request.mode === 'linked') {
+        const task = start ? ((await this.deps.engine.start(vm.id)).task ?? null) : null;
+        return { mode: 'linked', vm, task, job: null, pool: null, ms: performance.now() - t0 };
+      }
+      const started = await this.deps.engine.start(vm.id);
+      const task = await this.deps.engine.tasks.start('vm.clone.stream', vm, async (ctx) => {
+        if (started.task) {
+          const boot = await this.deps.engine.tasks.wait(started.task.id);
+          if (boot.state !== 'succeeded') throw new OffshootError(boot.error?.code ?? 'CLONE_START_FAILED', `the instant clone did not start: ${boot.message}`, { task: boot.id }, 500);
+        }
+        const writable = disks.filter((d) => !d.readOnly);
+        const t1 = performance.now();
+        for (const [i, disk] of writable.entries()) {
+          await this.deps.storage.streamWholeChain(vm.id, disk.id, (p) => void ctx.progress((i + (p.length ? p.offset / p.length : 0)) / writable.length, `streaming disk ${disk.id}: ${Math.round(p.offset / 1048576)} of ${Math.round(p.length / 1048576)} MiB`).catch(() => undefined));
+        }
+        const current = await this.deps.engine.resolve(vm.id);
+        await this.deps.inventory.updateVm(vm.id, { spec: { ...current.spec, disks: current.spec.disks.map((d) => (d.readOnly ? d : { ...d, backing: [] })) } });
+        await this.deps.engine.collectGarbage();
+        return { vm: vm.name, streamedMs: Math.round(performance.now() - t1), independent: true };
+      });
+      return { mode: 'instant', vm: await this.deps.engine.resolve(vm.id), task, job: null, pool: null, ms: performance.now() - t0 };
+    } finally {
+      for (const p of pins) this.deps.engine.pins.delete(p);
+    }
+  }
+
+  /** A delta per writable disk over its frozen image, in the clone's VM folder. */
+  private async deltasOver(spec: VmSpec, cloneVmId: string, frozen: FrozenDisk[]): Promise<VmDisk[]> {
+    const disks: VmDisk[] = [];
+    for (const disk of spec.disks) {
+      const f = frozen.find((x) => x.diskId === disk.id);
+      if (disk.readOnly || !f) {
+        disks.push({ ...disk, owned: false });
+        continue;
+      }
+      const path = join(this.deps.vmsDir, cloneVmId, `${disk.id}.qcow2`);
+      await this.deps.storage.createDelta(path, { path: f.chain[0] as string, format: f.format });
+      disks.push({ id: disk.id, path, format: 'qcow2', readOnly: false, owned: true, backing: f.chain });
+    }
+    return disks;
+  }
+
+  /** Copy plan of a full clone: every file of every frozen chain into the datastore, as read-only disks. */
+  private planCopy(datastore: { name: string; path: string }, frozen: FrozenDisk[]): { files: CopyFile[]; tops: Map<string, DiskRecord[]> } {
+    const files: CopyFile[] = [];
+    const tops = new Map<string, DiskRecord[]>();
+    for (const f of frozen) {
+      const chain: DiskRecord[] = f.chain.map((source, i) => {
+        const id = newDiskId();
+        const format = i === 0 ? f.format : 'qcow2';
+        return { id, name: id, datastore: datastore.name, path: join(datastore.path, 'disks', `${id}.${format}`), format, contentId: i === 0 ? f.contentId : '', parentId: null, virtualSize: f.virtualSize, readOnly: true, createdAt: new Date().toISOString() };
+      });
+      chain.forEach((d, i) => (d.parentId = chain[i + 1]?.id ?? null));
+      tops.set(f.diskId, chain);
+      f.chain.forEach((source, i) => files.push({ source, target: (chain[i] as DiskRecord).path, disk: chain[i] as DiskRecord }));
+    }
+    return { files, tops };
+  }
+
+  /** The clone's spec: a delta per disk over its copied chain (created now, or when the copy is done). */
+  private async specOverCopies(spec: VmSpec, cloneVmId: string, tops: Map<string, DiskRecord[]>, later = false): Promise<VmSpec> {
+    const disks: VmDisk[] = [];
+    for (const disk of spec.disks) {
+      const chain = tops.get(disk.id);
+      if (disk.readOnly || !chain) {
+        disks.push({ ...disk, owned: false });
+        continue;
+      }
+      const path = join(this.deps.vmsDir, cloneVmId, `${disk.id}.qcow2`);
+      const top = chain[0] as DiskRecord;
+      if (!later) await this.deps.storage.createDelta(path, { path: top.path, format: top.format });
+      disks.push({ id: disk.id, path, format: 'qcow2', readOnly: false, owned: true, backing: chain.map((d) => d.path) });
+    }
+    return { ...spec, disks, nics: spec.nics.map((n) => ({ ...n, mac: newMac() })) };
+  }
+
+  private async createCloneVm(clone: CloneSpec): Promise<VmRecord> {
+    const now = new Date().toISOString();
+    const vm: VmRecord = { id: clone.cloneVmId, name: clone.cloneName, state: 'created', stateReason: null, spec: clone.spec, runtime: null, createdAt: now, updatedAt: now };
+    await this.deps.inventory.insertVm(vm);
+    this.deps.engine.events.publish({ type: 'vm.created', vm, at: now });
+    this.deps.logger.info({ vm: vm.name, id: vm.id }, 'clone created');
+    return vm;
+  }
+
+  /** After the copy: re-point each copied file at its copied parent, register the disks, create the clone. */
+  private async finishFullClone(job: CopyJobRecord): Promise<void> {
+    const purpose = job.purpose;
+    if (purpose.kind !== 'clone') return;
+    const spec = purpose.spec;
+    await this.catalog.registerCopies(job.files);
+    for (const disk of spec.disks) {
+      if (disk.readOnly || !disk.owned) continue;
+      const top = job.files.find((f) => f.target === disk.backing[0]);
+      if (top) await this.deps.storage.createDelta(disk.path, { path: top.target, format: top.disk.format });
+    }
+    if (await this.deps.inventory.findVmByName(purpose.cloneName)) throw new AlreadyExistsError('VM', purpose.cloneName);
+    await this.createCloneVm({ cloneVmId: purpose.cloneVmId, cloneName: purpose.cloneName, spec, start: false });
+    if (purpose.start) await this.deps.engine.start(purpose.cloneVmId);
+  }
+}

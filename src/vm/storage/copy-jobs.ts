@@ -1,0 +1,186 @@
+// Copy jobs: every copy of disk files (full clone, pool refill, disk move) is
+// a persisted job that runs its files one after another in worker processes
+// (src/agent copy-runner). Progress is recorded by the worker beside each
+// target (which chunks are done), and summarised here in the inventory.
+// pause = stop the worker after its chunk in flight; resume = a new worker
+// goes on from the progress file (the hand-over: any process, later any host,
+// can finish a job another stopped); cancel = stop and remove what was
+// copied. After a daemon restart, jobs that were running resume by
+// themselves. What a finished job means (a clone's disks, a pool slot) is up
+// to the handler registered for its purpose.
+import { randomBytes } from 'node:crypto';
+import { NotFoundError, toOffshootError } from '../../common/index.ts';
+import type { StorageDeps } from './deps.ts';
+import { CopyJobStateError } from './errors.ts';
+import type { CopyFile, CopyJobProgress, CopyJobRecord, CopyPurpose } from './records.ts';
+
+export interface CopyJobHandler {
+  /** Turns the copied files into what the job was for (register disks, create the clone...). */
+  succeeded(job: CopyJobRecord): Promise<void>;
+  /** Called after a cancel removed the copied files (and after a failure that will not be resumed). */
+  abandoned(job: CopyJobRecord): Promise<void>;
+}
+
+const PROGRESS_WRITE_MS = 500;
+
+export class CopyJobs {
+  private readonly active = new Map<string, { abort: AbortController; done: Promise<CopyJobRecord>; why?: 'pause' | 'cancel' | 'close' }>();
+  private readonly handlers = new Map<CopyPurpose['kind'], CopyJobHandler>();
+  private closing = false;
+
+  constructor(private readonly deps: StorageDeps) {}
+
+  handle(kind: CopyPurpose['kind'], handler: CopyJobHandler): void {
+    this.handlers.set(kind, handler);
+  }
+
+  async get(id: string): Promise<CopyJobRecord> {
+    const job = await this.deps.storageInventory.getCopyJob(id);
+    if (!job) throw new NotFoundError('copy job', id);
+    return job;
+  }
+
+  list(): Promise<CopyJobRecord[]> {
+    return this.deps.storageInventory.listCopyJobs();
+  }
+
+  async submit(purpose: CopyPurpose, datastore: string, files: CopyFile[]): Promise<CopyJobRecord> {
+    const now = new Date().toISOString();
+    const job: CopyJobRecord = {
+      id: `job-${randomBytes(5).toString('hex')}`,
+      purpose,
+      state: 'queued',
+      datastore,
+      files,
+      progress: { fileIndex: 0, bytesDone: 0, bytesTotal: 0, chunksDone: 0, chunksTotal: 0, chunksCopied: 0, workers: 0 },
+      error: null,
+      createdAt: now,
+      updatedAt: now,
+    };
+    await this.deps.storageInventory.insertCopyJob(job);
+    this.publish(job);
+    this.launch(job.id);
+    return job;
+  }
+
+  /** Resolves when the job has finished (succeeded, failed, cancelled) or been paused. */
+  async wait(id: string): Promise<CopyJobRecord> {
+    const run = this.active.get(id);
+    if (run) return run.done;
+    return this.get(id);
+  }
+
+  async pause(id: string): Promise<CopyJobRecord> {
+    const job = await this.get(id);
+    const run = this.active.get(id);
+    if (!run || job.state !== 'running') throw new CopyJobStateError(id, job.state, 'pause');
+    run.why = 'pause';
+    run.abort.abort();
+    return run.done;
+  }
+
+  async resume(id: string): Promise<CopyJobRecord> {
+    const job = await this.get(id);
+    if (job.state !== 'paused' && job.state !== 'failed') throw new CopyJobStateError(id, job.state, 'resume');
+    this.launch(id);
+    return this.get(id);
+  }
+
+  async cancel(id: string): Promise<CopyJobRecord> {
+    const job = await this.get(id);
+    // A failed job can be cancelled too: that discards what it copied.
+    if (job.state === 'succeeded' || job.state === 'cancelled') throw new CopyJobStateError(id, job.state, 'cancel');
+    const run = this.active.get(id);
+    if (run) {
+      run.why = 'cancel';
+      run.abort.abort();
+      await run.done;
+    }
+    for (const file of job.files) await this.deps.storage.cancelCopy(file.target);
+    const cancelled = await this.update(id, { state: 'cancelled' });
+    await this.handlers.get(job.purpose.kind)?.abandoned(cancelled).catch((err: unknown) => this.deps.logger.error({ err, jobId: id }, 'cannot clean up after a cancelled copy job'));
+    return cancelled;
+  }
+
+  /** Restarts jobs a previous daemon left running or queued; they go on from their progress files. */
+  async recover(): Promise<string[]> {
+    const resumed: string[] = [];
+    for (const job of await this.list()) {
+      if (job.state === 'running' || job.state === 'queued') {
+        this.launch(job.id);
+        resumed.push(job.id);
+      }
+    }
+    return resumed;
+  }
+
+  /** Stops every worker after its chunk in flight; the jobs stay 'running' for the next daemon. */
+  async close(): Promise<void> {
+    this.closing = true;
+    for (const run of this.active.values()) {
+      run.why = 'close';
+      run.abort.abort();
+    }
+    await Promise.allSettled([...this.active.values()].map((r) => r.done));
+  }
+
+  private launch(id: string): void {
+    if (this.active.has(id) || this.closing) return;
+    const abort = new AbortController();
+    const entry: { abort: AbortController; done: Promise<CopyJobRecord>; why?: 'pause' | 'cancel' | 'close' } = { abort, done: Promise.resolve(undefined as unknown as CopyJobRecord) };
+    entry.done = this.run(id, abort.signal, () => entry.why).finally(() => this.active.delete(id));
+    this.active.set(id, entry);
+  }
+
+  private async run(id: string, signal: AbortSignal, why: () => 'pause' | 'cancel' | 'close' | undefined): Promise<CopyJobRecord> {
+    let job = await this.update(id, { state: 'running', error: null });
+    // The sources (frozen bases) must outlive the copy: keep garbage collection off them.
+    const pins = job.files.map((f) => f.source);
+    for (const p of pins) this.deps.engine.pins.add(p);
+    try {
+      for (let i = job.progress.fileIndex; i < job.files.length; i++) {
+        const file = job.files[i] as CopyFile;
+        let progress: CopyJobProgress = { ...job.progress, fileIndex: i, workers: job.progress.workers + 1 };
+        job = await this.update(id, { progress });
+        let lastWrite = 0;
+        const result = await this.deps.storage.runCopy(
+          { source: file.source, target: file.target, ...this.deps.copy },
+          (p) => {
+            progress = { ...progress, bytesDone: p.bytesDone, bytesTotal: p.bytesTotal, chunksDone: p.chunksDone, chunksTotal: p.chunksTotal };
+            if (Date.now() - lastWrite < PROGRESS_WRITE_MS) return;
+            lastWrite = Date.now();
+            void this.update(id, { progress }).catch(() => undefined);
+          },
+          signal,
+        );
+        progress = { ...progress, chunksCopied: progress.chunksCopied + result.chunksCopied };
+        if (result.state === 'stopped') {
+          const reason = why();
+          job = await this.update(id, { progress, state: reason === 'pause' ? 'paused' : reason === 'cancel' ? 'paused' : 'running' });
+          return job;
+        }
+        job = await this.update(id, { progress: { ...progress, fileIndex: i + 1 } });
+      }
+      await this.handlers.get(job.purpose.kind)?.succeeded(job);
+      return await this.update(id, { state: 'succeeded' });
+    } catch (err) {
+      const error = toOffshootError(err);
+      this.deps.logger.warn({ jobId: id, code: error.code, err: error.message }, 'copy job failed');
+      return await this.update(id, { state: 'failed', error: error.toJSON() });
+    } finally {
+      // Pools keep their sources pinned for as long as they exist.
+      const pooled = new Set((await this.deps.storageInventory.listPools()).flatMap((pool) => pool.sourceFiles.flatMap((s) => s.chain.map((c) => c.path))));
+      for (const p of pins) if (!pooled.has(p)) this.deps.engine.pins.delete(p);
+    }
+  }
+
+  private async update(id: string, patch: Partial<CopyJobRecord>): Promise<CopyJobRecord> {
+    const job = await this.deps.storageInventory.updateCopyJob(id, patch);
+    this.publish(job);
+    return job;
+  }
+
+  private publish(job: CopyJobRecord): void {
+    this.deps.engine.events.publish({ type: 'copy-job', job, at: job.updatedAt });
+  }
+}

@@ -1,0 +1,123 @@
+// Records of the storage half of the VM layer: datastores, disks in them, copy
+// jobs and disk pools. Plain data, persisted by whatever implements
+// StorageInventory (src/store). The files (sidecars, progress files) stay the
+// truth for what is on a datastore; these records are the daemon's index.
+
+import type { VmSpec } from '../../agent/index.ts';
+
+export interface DatastoreRecord {
+  name: string;
+  path: string;
+  createdAt: string;
+}
+
+export interface DiskRecord {
+  id: string;
+  name: string;
+  datastore: string;
+  path: string;
+  format: 'qcow2' | 'raw';
+  contentId: string;
+  /** The disk this one is a delta over (same datastore), or null. */
+  parentId: string | null;
+  virtualSize: number;
+  readOnly: boolean;
+  createdAt: string;
+}
+
+export const COPY_JOB_STATES = ['queued', 'running', 'paused', 'succeeded', 'failed', 'cancelled'] as const;
+export type CopyJobState = (typeof COPY_JOB_STATES)[number];
+
+export function isCopyJobState(value: string): value is CopyJobState {
+  return (COPY_JOB_STATES as readonly string[]).includes(value);
+}
+
+export function isCopyJobDone(state: CopyJobState): boolean {
+  return state === 'succeeded' || state === 'failed' || state === 'cancelled';
+}
+
+/** One file of a copy job: copied byte-exact from source to target. */
+export interface CopyFile {
+  source: string;
+  target: string;
+  /** The sidecar the target gets when the job succeeds. */
+  disk: DiskRecord;
+}
+
+/** What happens when the copy completes. */
+export type CopyPurpose = { kind: 'clone'; cloneVmId: string; cloneName: string; spec: VmSpec; start: boolean } | { kind: 'pool'; poolId: string; slot: string } | { kind: 'move'; diskId: string } | { kind: 'copy' };
+
+export interface CopyJobProgress {
+  fileIndex: number;
+  bytesDone: number;
+  bytesTotal: number;
+  chunksDone: number;
+  chunksTotal: number;
+  /** Chunks copied by the worker processes of this job, for accounting after a resume or hand-over. */
+  chunksCopied: number;
+  workers: number;
+}
+
+export interface CopyJobRecord {
+  id: string;
+  purpose: CopyPurpose;
+  state: CopyJobState;
+  datastore: string;
+  files: CopyFile[];
+  progress: CopyJobProgress;
+  error: { code: string; message: string; details: Record<string, unknown> } | null;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export type PoolSlotState = 'filling' | 'ready';
+
+export interface PoolSlot {
+  id: string;
+  state: PoolSlotState;
+  jobId: string | null;
+  /** The copied disks of this slot, top first (their paths are in the slot's folder). */
+  disks: DiskRecord[];
+}
+
+export interface PoolRecord {
+  id: string;
+  name: string;
+  sourceVmId: string;
+  sourceVmName: string;
+  datastore: string;
+  size: number;
+  /** Content ids of the source's frozen disks the copies were made from; a VM whose content moved on makes the pool stale. */
+  sourceContentIds: string[];
+  /** The frozen source files (top of each disk's chain first) the copies are made from. */
+  sourceFiles: { diskId: string; chain: DiskRecord[] }[];
+  slots: PoolSlot[];
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface StorageInventory {
+  insertDatastore(ds: DatastoreRecord): Promise<void>;
+  deleteDatastore(name: string): Promise<void>;
+  getDatastore(name: string): Promise<DatastoreRecord | undefined>;
+  listDatastores(): Promise<DatastoreRecord[]>;
+
+  insertDisk(disk: DiskRecord): Promise<void>;
+  updateDisk(id: string, patch: Partial<Omit<DiskRecord, 'id'>>): Promise<DiskRecord>;
+  deleteDisk(id: string): Promise<void>;
+  getDisk(id: string): Promise<DiskRecord | undefined>;
+  listDisks(datastore?: string): Promise<DiskRecord[]>;
+  /** Replaces every disk record of a datastore (rescan). */
+  replaceDisks(datastore: string, disks: DiskRecord[]): Promise<void>;
+
+  insertCopyJob(job: CopyJobRecord): Promise<void>;
+  updateCopyJob(id: string, patch: Partial<Omit<CopyJobRecord, 'id' | 'createdAt'>>): Promise<CopyJobRecord>;
+  getCopyJob(id: string): Promise<CopyJobRecord | undefined>;
+  listCopyJobs(): Promise<CopyJobRecord[]>;
+
+  insertPool(pool: PoolRecord): Promise<void>;
+  updatePool(id: string, patch: Partial<Omit<PoolRecord, 'id' | 'createdAt'>>): Promise<PoolRecord>;
+  deletePool(id: string): Promise<void>;
+  getPool(ref: string): Promise<PoolRecord | undefined>;
+  listPools(): Promise<PoolRecord[]>;
+}

@@ -1,0 +1,44 @@
+// Request schemas of the storage operations (datastores, disks, clones, pools,
+// copy jobs). Names end up in paths, so they use the common safe alphabet.
+import { z } from 'zod';
+import { NAME_PATTERN } from '../../common/index.ts';
+import { parseSizeMiB } from '../spec.ts';
+
+const name = z.string().regex(NAME_PATTERN, 'use 1-63 letters, digits, "-" or "_", starting with a letter or digit');
+const absolutePath = z.string().min(1).max(4096).regex(/^\//, 'must be an absolute path');
+const size = z.union([z.string(), z.number().int().positive()]).transform((v, ctx) => {
+  try {
+    return typeof v === 'number' ? v : parseSizeMiB(v) * 1024 * 1024;
+  } catch (err) {
+    ctx.addIssue({ code: 'custom', message: (err as Error).message });
+    return z.NEVER;
+  }
+});
+
+export const addDatastoreRequestSchema = z.object({ name, path: absolutePath }).strict();
+export const createDiskRequestSchema = z.object({ datastore: name, name, size, format: z.enum(['qcow2', 'raw']).default('qcow2') }).strict();
+export const importDiskRequestSchema = z.object({ datastore: name, name, source: absolutePath, format: z.enum(['qcow2', 'raw']).default('qcow2') }).strict();
+export const resizeDiskRequestSchema = z.object({ size }).strict();
+export const moveDiskRequestSchema = z.object({ datastore: name }).strict();
+export const verifyDiskRequestSchema = z.object({ against: z.string().min(1).max(200).optional() }).strict();
+export const CLONE_MODES = ['linked', 'full', 'instant'] as const;
+export const cloneRequestSchema = z
+  .object({
+    name,
+    mode: z.enum(CLONE_MODES).default('linked'),
+    /** Where full copies go; required for a full clone. */
+    datastore: name.optional(),
+    start: z.boolean().optional(),
+  })
+  .strict();
+export const createPoolRequestSchema = z.object({ name, vm: z.string().min(1).max(100), datastore: name, size: z.number().int().min(0).max(64) }).strict();
+export const resizePoolRequestSchema = z.object({ size: z.number().int().min(0).max(64) }).strict();
+export const attachDiskRequestSchema = z.object({ disk: z.string().min(1).max(200) }).strict();
+export const flattenRequestSchema = z.object({ disk: z.string().min(1).max(63).optional() }).strict();
+
+export type AddDatastoreRequest = z.infer<typeof addDatastoreRequestSchema>;
+export type CreateDiskRequest = z.input<typeof createDiskRequestSchema>;
+export type ImportDiskRequest = z.input<typeof importDiskRequestSchema>;
+export type CloneRequest = z.input<typeof cloneRequestSchema>;
+export type CloneMode = (typeof CLONE_MODES)[number];
+export type CreatePoolRequest = z.infer<typeof createPoolRequestSchema>;

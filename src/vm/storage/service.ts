@@ -1,0 +1,126 @@
+// The storage service: the one request handler for datastores, disks, clones,
+// pools and copy jobs under every front end (the REST API, the CLI through
+// it). Each concern lives in its own module (catalog, clone, pools,
+// copy-jobs); this façade wires them, adds disk move and online flatten, and
+// recovers after a daemon restart (jobs resume, pool pins come back).
+import { join } from 'node:path';
+import { IllegalStateError, OffshootError } from '../../common/index.ts';
+import type { TaskRecord, VmRecord } from '../records.ts';
+import { parseRequest } from '../requests.ts';
+import { Catalog, diskMeta, newDiskId } from './catalog.ts';
+import { Cloner } from './clone.ts';
+import { CopyJobs } from './copy-jobs.ts';
+import type { StorageDeps } from './deps.ts';
+import { DiskInUseError } from './errors.ts';
+import { Pools } from './pools.ts';
+import type { CopyJobRecord } from './records.ts';
+import { attachDiskRequestSchema, flattenRequestSchema, moveDiskRequestSchema } from './requests.ts';
+
+export class StorageService {
+  readonly catalog: Catalog;
+  readonly jobs: CopyJobs;
+  readonly pools: Pools;
+  readonly cloner: Cloner;
+
+  constructor(private readonly deps: StorageDeps) {
+    this.catalog = new Catalog(deps);
+    this.jobs = new CopyJobs(deps);
+    this.pools = new Pools(deps, this.catalog, this.jobs);
+    this.cloner = new Cloner(deps, this.catalog, this.jobs, this.pools);
+    this.jobs.handle('move', {
+      succeeded: (job) => this.finishMove(job),
+      abandoned: async () => undefined,
+    });
+    this.jobs.handle('copy', { succeeded: async (job) => void (await this.catalog.registerCopies(job.files)), abandoned: async () => undefined });
+  }
+
+  /** After a restart, before the engine's recovery (and its garbage collection): pins what pools and unfinished jobs read. */
+  async pinSources(): Promise<void> {
+    await this.pools.recover();
+    for (const job of await this.jobs.list()) if (['queued', 'running', 'paused', 'failed'].includes(job.state)) for (const f of job.files) this.deps.engine.pins.add(f.source);
+  }
+
+  /** After the engine's recovery: copy jobs that were running go on from their recorded chunks. */
+  resumeJobs(): Promise<string[]> {
+    return this.jobs.recover();
+  }
+
+  close(): Promise<void> {
+    return this.jobs.close();
+  }
+
+  clone(sourceRef: string, input: unknown) {
+    return this.cloner.clone(sourceRef, input);
+  }
+
+  /** Moves a disk nobody uses to another datastore: a copy job, then the old file goes. */
+  async moveDisk(ref: string, input: unknown): Promise<CopyJobRecord> {
+    const { datastore } = parseRequest('disk move', moveDiskRequestSchema, input);
+    const disk = await this.catalog.resolveDisk(ref);
+    const target = await this.catalog.datastore(datastore);
+    if (target.name === disk.datastore) throw new OffshootError('INVALID_INPUT', `disk ${disk.datastore}/${disk.name} is already on datastore ${datastore}`, { disk: disk.id }, 400);
+    const users = await this.catalog.usersOf(disk);
+    if (users.length) throw new DiskInUseError(`${disk.datastore}/${disk.name}`, users);
+    if (disk.parentId) throw new OffshootError('DISK_HAS_PARENT', `disk ${disk.datastore}/${disk.name} is a delta over another disk; flatten it or move its chain`, { disk: disk.id }, 409);
+    const id = newDiskId();
+    const moved = { ...disk, id, datastore: target.name, path: join(target.path, 'disks', `${id}.${disk.format}`) };
+    return this.jobs.submit({ kind: 'move', diskId: disk.id }, target.name, [{ source: disk.path, target: moved.path, disk: moved }]);
+  }
+
+  private async finishMove(job: CopyJobRecord): Promise<void> {
+    if (job.purpose.kind !== 'move') return;
+    const old = await this.catalog.resolveDisk(job.purpose.diskId);
+    const file = job.files[0];
+    if (!file) return;
+    await this.catalog.registerCopies([{ ...file, disk: { ...file.disk, name: old.name, contentId: old.contentId } }]);
+    await this.catalog.deleteDisk(old.id, job.id);
+  }
+
+  /**
+   * Attaches a datastore disk to a stopped VM the way a template disk is used: the disk becomes a
+   * read-only base (its content id is fixed from now on) and the VM gets its own qcow2 delta over it.
+   */
+  async attachDisk(vmRef: string, input: unknown): Promise<VmRecord> {
+    const { disk: ref } = parseRequest('attach request', attachDiskRequestSchema, input);
+    const disk = await this.catalog.resolveDisk(ref);
+    const chain = [disk.path];
+    for (let parent = disk.parentId; parent; ) {
+      const p = await this.catalog.resolveDisk(parent);
+      chain.push(p.path);
+      parent = p.parentId;
+    }
+    const { id } = await this.deps.engine.resolve(vmRef);
+    return this.deps.engine.states.withVm(id, async (vm) => {
+      if (vm.state !== 'created' && vm.state !== 'stopped') throw new IllegalStateError(`VM "${vm.name}"`, vm.state, ['created', 'stopped'], 'attach a disk to');
+      const used = new Set(vm.spec.disks.map((d) => d.id));
+      let n = vm.spec.disks.length;
+      while (used.has(`disk${n}`)) n++;
+      const diskId = `disk${n}`;
+      if (!disk.readOnly) {
+        const frozen = await this.deps.storageInventory.updateDisk(disk.id, { readOnly: true });
+        await this.deps.storage.writeDiskMeta(frozen.path, diskMeta(frozen));
+      }
+      const delta = join(this.deps.vmsDir, vm.id, `${diskId}.qcow2`);
+      await this.deps.storage.createDelta(delta, { path: disk.path, format: disk.format });
+      return this.deps.inventory.updateVm(vm.id, { spec: { ...vm.spec, disks: [...vm.spec.disks, { id: diskId, path: delta, format: 'qcow2', readOnly: false, owned: true, backing: chain }] } });
+    });
+  }
+
+  /** Online flatten: streams each writable disk's whole chain into its top (QEMU block-stream); the VM keeps running. */
+  async flatten(vmRef: string, input: unknown): Promise<TaskRecord> {
+    const { disk: only } = parseRequest('flatten request', flattenRequestSchema, input);
+    const vm = await this.deps.engine.resolve(vmRef);
+    if (vm.state !== 'running' && vm.state !== 'paused') throw new IllegalStateError(`VM "${vm.name}"`, vm.state, ['running', 'paused'], 'flatten the disks of');
+    const disks = vm.spec.disks.filter((d) => !d.readOnly && d.backing.length > 0 && (!only || d.id === only));
+    if (only && disks.length === 0) throw new OffshootError('NOT_FOUND', `VM ${vm.name} has no writable disk "${only}" with a backing chain`, { vm: vm.name, disk: only }, 404);
+    return this.deps.engine.tasks.start('disk.flatten', vm, async (ctx) => {
+      for (const [i, disk] of disks.entries()) {
+        await this.deps.storage.streamWholeChain(vm.id, disk.id, (p) => void ctx.progress((i + (p.length ? p.offset / p.length : 0)) / disks.length, `flattening ${disk.id}`).catch(() => undefined));
+        const current = await this.deps.engine.resolve(vm.id);
+        await this.deps.inventory.updateVm(vm.id, { spec: { ...current.spec, disks: current.spec.disks.map((d) => (d.id === disk.id ? { ...d, backing: [] } : d)) } });
+      }
+      const removed = await this.deps.engine.collectGarbage();
+      return { flattened: disks.map((d) => d.id), releasedBases: removed.bases };
+    });
+  }
+}
