@@ -1,10 +1,13 @@
 // Checkpoint benchmark: a default guest with half its memory random (in a
-// tmpfs) and half zero is checkpointed live and restored eagerly. Offshoot's
+// tmpfs) and half zero is checkpointed live and restored eagerly and lazily
+// (`--sizes 256M,1G,4G`, the default; each size is a separate guest). Offshoot's
 // figures beside QEMU's own save (`migrate` to a file, as `virsh save` does,
 // uncapped) and restore (`-incoming` from that file), same guest, same run:
 // stun, time until the file is complete, GB/s of guest memory, file size;
 // restore time until the VM runs and until the guest has read its random
-// data once.
+// data once (for the lazy restore: starting the moment the VM runs, while its
+// memory is still streaming in), and for the lazy restore the time until the
+// stream is complete and the checkpoint no longer needed.
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { cpus } from 'node:os';
@@ -17,9 +20,18 @@ import { connectQmpWhenReady, rawGuestArgs, waitForMigrationDone } from './qemu-
 import type { CheckpointResult, VmRecord } from '../src/vm/index.ts';
 import type { BenchResult, Comparison } from './report.ts';
 
-function listOption(args: string[], name: string, fallback: number[]): number[] {
-  const i = args.indexOf(name);
-  return i >= 0 ? (args[i + 1] ?? '').split(',').map(Number) : fallback;
+/** `--sizes 256M,1G,4G` (M or G), or the older `--memory 256,1024` (MiB). */
+export function parseSizes(args: string[], fallback: number[]): number[] {
+  const i = args.indexOf('--sizes');
+  if (i >= 0) {
+    return (args[i + 1] ?? '').split(',').map((s) => {
+      const m = /^(\d+)([MG])$/i.exec(s.trim());
+      if (!m) throw new Error(`--sizes: "${s}" is not a size like 256M or 4G`);
+      return Number(m[1]) * (m[2]?.toUpperCase() === 'G' ? 1024 : 1);
+    });
+  }
+  const j = args.indexOf('--memory');
+  return j >= 0 ? (args[j + 1] ?? '').split(',').map(Number) : fallback;
 }
 
 const fill = (mib: number) => `mkdir -p /mnt/ram && mount -t tmpfs -o size=${mib + 16}m tmpfs /mnt/ram && dd if=/dev/urandom of=/mnt/ram/blob bs=1M count=${mib} 2>/dev/null`;
@@ -79,8 +91,46 @@ async function qemuSaveRestore(accel: string, memoryMiB: number, randomMiB: numb
   }
 }
 
+/**
+ * One restore of `checkpoint`: until the VM runs (polled from its record, 5 ms apart, or the engine's own
+ * figure), until the guest has read its random data (md5sum started at once), and for a lazy restore
+ * until its background stream has completed (the restore task ends then).
+ */
+async function restoreOnce(daemon: RunningDaemon, checkpoint: string, mode: 'eager' | 'lazy'): Promise<{ runningMs: number; readAllMs: number; streamMs?: number }> {
+  const t0 = performance.now();
+  const wall0 = Date.now();
+  const started = await daemon.engine.restore({ checkpoint, mode });
+  const taskId = started.task?.id as string;
+  let polledMs: number | undefined;
+  while (polledMs === undefined) {
+    const task = await daemon.engine.tasks.get(taskId);
+    if (task.state === 'failed') throw new Error(`${mode} restore failed: ${task.message}`);
+    if ((await daemon.engine.resolve(started.vm.id)).state === 'running') polledMs = performance.now() - t0;
+    else await new Promise((r) => setTimeout(r, 5));
+  }
+  // The restore customizes the guest's identity through its agent right after it runs; the guest agent
+  // takes one client at a time, so the md5sum waits for that step: the end of an eager restore's task, or
+  // a lazy one's progress reaching 0.4 (then it only streams memory; see VmEngine.restore).
+  for (;;) {
+    const task = await daemon.engine.tasks.get(taskId);
+    if (task.state !== 'running' || (mode === 'lazy' && task.progress >= 0.4)) break;
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  await exec(daemon, started.vm.name, 'md5sum /mnt/ram/blob >/dev/null');
+  const readAllMs = performance.now() - t0;
+  const done = await daemon.engine.tasks.wait(taskId);
+  // The restore task of a lazy restore ends when its stream is complete.
+  const endMs = Date.parse(done.updatedAt) - wall0;
+  if (done.state !== 'succeeded') throw new Error(`${mode} restore failed: ${done.message}`);
+  const result = done.result as { vm: VmRecord; runningMs?: number };
+  await daemon.engine.kill(started.vm.id);
+  await daemon.engine.delete(started.vm.id);
+  return { runningMs: result.runningMs ?? polledMs, readAllMs, ...(mode === 'lazy' ? { streamMs: endMs } : {}) };
+}
+
 export async function checkpointBenchmark(args: string[]): Promise<BenchResult> {
-  const sizes = listOption(args, '--memory', [256, 1024]);
+  const sizes = parseSizes(args, [256, 1024, 4096]);
+  const notes: string[] = [];
   const home = mkdtempSync('/tmp/osh-bench-home-');
   const memoryDir = mkdtempSync('/dev/shm/osh-bench-mem-');
   const daemon = await startDaemon({ home, memoryDir });
@@ -99,20 +149,19 @@ export async function checkpointBenchmark(args: string[]): Promise<BenchResult> 
       if (saved.state !== 'succeeded') throw new Error(`checkpoint failed: ${saved.message}`);
       const completeMs = performance.now() - t0;
       const result = saved.result as CheckpointResult;
-      const t1 = performance.now();
-      const restored = await daemon.engine.tasks.wait((await daemon.engine.restore({ checkpoint: `${name}-ckpt` })).task?.id as string);
-      if (restored.state !== 'succeeded') throw new Error(`restore failed: ${restored.message}`);
-      const { vm, runningMs } = restored.result as { vm: VmRecord; runningMs: number };
-      await exec(daemon, vm.name, 'md5sum /mnt/ram/blob >/dev/null');
-      const readAllMs = performance.now() - t1;
-      for (const v of [vm.name, name]) {
-        await daemon.engine.kill(v);
-        await daemon.engine.delete(v);
-      }
+      // The source is not needed any more: free its memory before the restores.
+      await daemon.engine.kill(name);
+      await daemon.engine.delete(name);
+      const eager = await restoreOnce(daemon, `${name}-ckpt`, 'eager');
+      const lazy = await restoreOnce(daemon, `${name}-ckpt`, 'lazy').catch((err: Error) => {
+        notes.push(`${memoryMiB} MiB: lazy restore not measured: ${err.message}`);
+        return undefined;
+      });
       await daemon.engine.deleteCheckpoint(`${name}-ckpt`);
+      const { runningMs, readAllMs } = eager;
       const q = await qemuSaveRestore(host.accel, memoryMiB, randomMiB);
       const gb = (memoryMiB * 2 ** 20) / 1e9;
-      process.stderr.write(`${memoryMiB} MiB: stun ${result.stunMs.toFixed(0)} ms (qemu ${q.stunMs.toFixed(0)}), file complete ${completeMs.toFixed(0)} ms, ${(result.fileBytes / 2 ** 20).toFixed(0)} MiB (qemu ${(q.fileBytes / 2 ** 20).toFixed(0)}), restore running ${runningMs.toFixed(0)} ms (qemu ${q.runningMs.toFixed(0)})\n`);
+      process.stderr.write(`${memoryMiB} MiB: stun ${result.stunMs.toFixed(0)} ms (qemu ${q.stunMs.toFixed(0)}), file complete ${completeMs.toFixed(0)} ms, ${(result.fileBytes / 2 ** 20).toFixed(0)} MiB (qemu ${(q.fileBytes / 2 ** 20).toFixed(0)}), eager restore running ${runningMs.toFixed(0)} ms, lazy ${lazy ? lazy.runningMs.toFixed(0) : '-'} ms (qemu ${q.runningMs.toFixed(0)}); random data read at ${readAllMs.toFixed(0)} / ${lazy ? lazy.readAllMs.toFixed(0) : '-'} ms (qemu ${q.readAllMs.toFixed(0)}); lazy stream complete at ${lazy?.streamMs?.toFixed(0) ?? '-'} ms\n`);
       const label = `${memoryMiB} MiB (${randomMiB} MiB random)`;
       comparisons.push(
         { metric: `${label}: save stun`, offshoot: { label: 'offshoot live checkpoint', unit: 'ms', samples: [result.stunMs] }, baseline: { label: 'qemu migrate to file', unit: 'ms', samples: [q.stunMs] } },
@@ -122,6 +171,13 @@ export async function checkpointBenchmark(args: string[]): Promise<BenchResult> 
         { metric: `${label}: restore until running`, offshoot: { label: 'offshoot eager restore', unit: 'ms', samples: [runningMs] }, baseline: { label: 'qemu -incoming from file', unit: 'ms', samples: [q.runningMs] } },
         { metric: `${label}: restore until random data read`, offshoot: { label: 'offshoot eager restore', unit: 'ms', samples: [readAllMs] }, baseline: { label: 'qemu -incoming from file', unit: 'ms', samples: [q.readAllMs] } },
       );
+      if (lazy) {
+        comparisons.push(
+          { metric: `${label}: lazy restore until running`, offshoot: { label: 'offshoot lazy restore', unit: 'ms', samples: [lazy.runningMs] }, baseline: { label: 'qemu -incoming from file', unit: 'ms', samples: [q.runningMs] } },
+          { metric: `${label}: lazy restore until random data read`, offshoot: { label: 'offshoot lazy restore', unit: 'ms', samples: [lazy.readAllMs] }, baseline: { label: 'qemu -incoming from file', unit: 'ms', samples: [q.readAllMs] } },
+        );
+        if (lazy.streamMs !== undefined) comparisons.push({ metric: `${label}: lazy restore until all memory loaded`, offshoot: { label: 'offshoot lazy restore (stream complete)', unit: 'ms', samples: [lazy.streamMs] }, baseline: { label: 'offshoot eager restore (running)', unit: 'ms', samples: [runningMs] } });
+      }
     }
     return {
       name: 'checkpoint',
@@ -129,7 +185,12 @@ export async function checkpointBenchmark(args: string[]): Promise<BenchResult> 
       machine: { cpus: cpus().length, accel: host.accel, qemu: await qemuVersion(), node: process.version },
       parameters: { sizes },
       comparisons,
-      notes: ['both files are written to tmpfs (/dev/shm); Offshoot fsyncs its file, QEMU does not', 'one run per size; lazy restore is not implemented, so only eager restore is measured', 'offshoot "restore until running" includes creating the VM, its disk delta and loading all memory; "until random data read" adds an md5sum of the tmpfs data in the guest'],
+      notes: [
+        'both files are written to tmpfs (/dev/shm); Offshoot fsyncs its file, QEMU does not',
+        'one run per size; the source VM is deleted before the restores, the eager restore VM before the lazy one',
+        'offshoot "restore until running" includes creating the VM and its disk delta (eager: and loading all memory; lazy: the postcopy handshake and device state); "until random data read" is until an md5sum of the tmpfs data in the guest has finished, started as soon as the VM runs and its identity is customized (the guest agent takes one client at a time); the lazy VM may still be streaming its memory then',
+        ...notes,
+      ],
     };
   } finally {
     for (const vm of await daemon.engine.list()) await daemon.engine.kill(vm.id).catch(() => undefined);

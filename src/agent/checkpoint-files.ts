@@ -18,6 +18,7 @@ export async function writeCheckpointFile(
   memoryBytes: number,
   metadata: CheckpointMetadata,
   onProgress?: (p: WriteProgress) => void,
+  signal?: AbortSignal,
 ): Promise<{ fileBytes: number; storedPages: number }> {
   await mkdir(dirname(out), { recursive: true });
   const template = await open(artifacts.templateFile, 'r');
@@ -29,10 +30,26 @@ export async function writeCheckpointFile(
       metadata,
       deviceState,
       onProgress,
+      signal,
     });
   } finally {
     await template.close();
   }
+}
+
+/** The restored VM's disks: a new qcow2 delta in `dir` over each frozen (writable) disk of the checkpoint. */
+export async function restoreDisks(dir: string, spec: VmSpec): Promise<VmDisk[]> {
+  const disks: VmDisk[] = [];
+  for (const disk of spec.disks) {
+    if (disk.readOnly) {
+      disks.push({ ...disk, owned: false });
+      continue;
+    }
+    const delta = join(dir, `${disk.id}.qcow2`);
+    await createImage({ path: delta, format: 'qcow2', backing: { path: disk.path, format: disk.format } });
+    disks.push({ id: disk.id, path: delta, format: 'qcow2', readOnly: false, owned: true, backing: [disk.path, ...disk.backing] });
+  }
+  return disks;
 }
 
 /** Restores a checkpoint as VM `vmId`: disks as deltas over its frozen disks, memory loaded first (eager). */
@@ -44,17 +61,7 @@ export async function restoreEager(host: StagingHost, vmId: string, name: string
     await mkdir(files.dir, { recursive: true });
     await mkdir(host.layout.memoryDir, { recursive: true });
     await mkdir(host.layout.workDir, { recursive: true });
-    const disks: VmDisk[] = [];
-    for (const disk of spec.disks) {
-      if (disk.readOnly) {
-        disks.push({ ...disk, owned: false });
-        continue;
-      }
-      const delta = join(files.dir, `${disk.id}.qcow2`);
-      await createImage({ path: delta, format: 'qcow2', backing: { path: disk.path, format: disk.format } });
-      disks.push({ id: disk.id, path: delta, format: 'qcow2', readOnly: false, owned: true, backing: [disk.path, ...disk.backing] });
-    }
-    const restored: VmSpec = { ...spec, disks };
+    const restored: VmSpec = { ...spec, disks: await restoreDisks(files.dir, spec) };
     await reader.restoreInto(files.memoryFile);
     await writeFile(deviceStateFile, reader.deviceState);
     const { vm, runtime } = await host.launch(vmId, name, restored, { memory: { mode: 'owned', file: files.memoryFile, templateId: null }, incoming: true, paused: true });

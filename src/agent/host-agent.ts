@@ -3,6 +3,8 @@
 // interface; today the implementation is in-process (LocalHostAgent), later the
 // same calls travel over HTTP to agents on other hosts. Every argument and
 // result is plain JSON-safe data for that reason.
+import type { LazyStreamResult } from './lazy-restore.ts';
+import type { CheckpointInspection } from './types.ts';
 import type { CustomizeResult, ExecRequest, ExecResult, ForkDisksRequest, ForkDisksResult, ForkSwitch, HostInfo, Identity, PrepareForkRequest, PreparedFork, PrepareVmRequest, VmExitEvent, VmMemoryStats, VmRuntime, VmSpec } from './types.ts';
 
 export interface HostAgent {
@@ -19,7 +21,10 @@ export interface HostAgent {
   /** Waits until the guest agent answers (boot complete). */
   waitForGuestAgent(vmId: string, timeoutMs: number): Promise<void>;
 
-  /** Re-attaches to a QEMU left running by a previous daemon. Returns its run status, or undefined if it is gone. */
+  /**
+   * Re-attaches to a QEMU left running by a previous daemon. Returns its run status, or undefined if it is
+   * gone (or was killed because it cannot continue: a lazy restore whose stream died with the daemon).
+   */
   adoptVm(vmId: string, runtime: VmRuntime): Promise<'running' | 'paused' | undefined>;
 
   pauseVm(vmId: string): Promise<void>;
@@ -45,9 +50,23 @@ export interface HostAgent {
   finishFork(forkId: string): Promise<void>;
   /** Writes the frozen RAM and device state of a switched-over fork (no children) into a checkpoint file. */
   writeCheckpoint(forkId: string, out: string, memoryBytes: number, metadata: Record<string, unknown>, onProgress?: (p: { blocksDone: number; blockCount: number; bytesWritten: number }) => void): Promise<{ fileBytes: number; storedPages: number }>;
-  /** Eager restore of a checkpoint as a new VM: returns once it runs. Leaves nothing on failure. */
-  restoreVm(vmId: string, name: string, checkpointPath: string, spec: VmSpec): Promise<{ runtime: VmRuntime; spec: VmSpec }>;
+  /**
+   * Restores a checkpoint as a new VM: returns once it runs. Leaves nothing on failure. Eager loads all
+   * memory first; lazy runs the VM first and keeps streaming its memory from the file afterwards (see
+   * lazy-restore.ts): wait for that with waitForRestoreStream.
+   */
+  restoreVm(vmId: string, name: string, checkpointPath: string, spec: VmSpec, mode?: 'eager' | 'lazy'): Promise<{ runtime: VmRuntime; spec: VmSpec }>;
+  /**
+   * Waits until a lazy restore's background stream is complete (the checkpoint is no longer needed);
+   * null when the VM has no stream in progress. If the stream fails, the VM's QEMU has been killed
+   * (its exit is reported as a crash naming the cause) and this throws the cause.
+   */
+  waitForRestoreStream(vmId: string, onProgress?: (blocksDone: number, blockCount: number) => void): Promise<LazyStreamResult | null>;
   removeCheckpointFile(path: string): Promise<void>;
+  /** Validates a checkpoint file given by path: the strict reader, then its frozen disks exist and pass the safe-image check. */
+  inspectCheckpoint(path: string): Promise<CheckpointInspection>;
+  /** Cancels a checkpoint write in progress (its partial file goes); false if none runs for that fork. */
+  cancelCheckpointWrite(forkId: string): Promise<boolean>;
 
   /** Kills a QEMU of the VM other than its tracked one (left by an interrupted operation). */
   killStray(vmId: string, runtime: VmRuntime): Promise<boolean>;

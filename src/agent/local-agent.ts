@@ -24,7 +24,11 @@ import { prepareVmFiles } from './prepare-vm.ts';
 import { ForkStager } from './fork-stager.ts';
 import type { StagingHost } from './fork-stager.ts';
 import { restoreEager, writeCheckpointFile } from './checkpoint-files.ts';
+import { restoreLazy } from './lazy-restore.ts';
+import type { LazyRestore, LazyStreamResult } from './lazy-restore.ts';
+import { inspectCheckpointFile } from './checkpoint-inspect.ts';
 import { RunningVm } from './running-vm.ts';
+import type { CheckpointInspection } from './types.ts';
 import type { Accelerator, CustomizeResult, ExecRequest, ExecResult, ForkDisksRequest, ForkDisksResult, ForkSwitch, HostInfo, Identity, PrepareForkRequest, PreparedFork, PrepareVmRequest, VmExitEvent, VmMemory, VmMemoryStats, VmRuntime, VmSpec } from './types.ts';
 
 export interface LocalHostAgentOptions {
@@ -33,6 +37,9 @@ export interface LocalHostAgentOptions {
   qemuBinary?: string;
   logger?: Logger;
 }
+
+/** How long closing the agent waits for lazy restore streams before killing their VMs. */
+const CLOSE_STREAM_TIMEOUT_MS = 120_000;
 
 /** The VM has no QEMU running on this host. HTTP 409. */
 export class VmNotRunningError extends OffshootError {
@@ -58,6 +65,12 @@ export class LocalHostAgent implements HostAgent {
   private readonly stager: ForkStager;
   private readonly stagingHost: StagingHost;
   private accel: Promise<{ accel: Accelerator; reason: string }> | undefined;
+  /** Checkpoint writes in progress, by fork id (so they can be cancelled). */
+  private readonly checkpointWrites = new Map<string, AbortController>();
+  /** Lazy restores whose background stream is still running, by VM id. */
+  private readonly lazyRestores = new Map<string, LazyRestore>();
+  /** Why a VM's QEMU was killed by the agent itself (reported with its exit). */
+  private readonly killReasons = new Map<string, string>();
 
   constructor(private readonly options: LocalHostAgentOptions) {
     this.hostId = hostname();
@@ -211,11 +224,60 @@ export class LocalHostAgent implements HostAgent {
   }
 
   writeCheckpoint(forkId: string, out: string, memoryBytes: number, metadata: CheckpointMetadata, onProgress?: (p: WriteProgress) => void): Promise<{ fileBytes: number; storedPages: number }> {
-    return writeCheckpointFile(this.stager.artifacts(forkId), out, memoryBytes, metadata, onProgress);
+    // Registered before the first await, so a cancel can never fall between the call and the write.
+    const controller = new AbortController();
+    this.checkpointWrites.set(forkId, controller);
+    return writeCheckpointFile(this.stager.artifacts(forkId), out, memoryBytes, metadata, onProgress, controller.signal).finally(() => this.checkpointWrites.delete(forkId));
   }
 
-  restoreVm(vmId: string, name: string, checkpointPath: string, spec: VmSpec): Promise<{ runtime: VmRuntime; spec: VmSpec }> {
-    return restoreEager(this.stagingHost, vmId, name, checkpointPath, spec);
+  async restoreVm(vmId: string, name: string, checkpointPath: string, spec: VmSpec, mode: 'eager' | 'lazy' = 'eager'): Promise<{ runtime: VmRuntime; spec: VmSpec }> {
+    if (mode === 'eager') return restoreEager(this.stagingHost, vmId, name, checkpointPath, spec);
+    const lazy = await restoreLazy(this.stagingHost, vmId, name, checkpointPath, spec);
+    this.logger.info({ vmId, ...lazy.timings }, 'lazily restored VM runs');
+    // A postcopy destination without its source can never run again: when the stream fails, the VM is
+    // killed (its exit reported with the cause) before anyone waiting for the stream hears of it.
+    const done = lazy.done.then(
+      (stats) => {
+        this.logger.info({ vmId, ...stats }, 'lazy restore complete: the checkpoint is no longer needed');
+        return stats;
+      },
+      async (err: unknown) => {
+        this.logger.warn({ vmId, err: (err as Error).message }, 'lazy restore stream failed; killing the VM');
+        const vm = this.vms.get(vmId);
+        if (vm) {
+          this.killReasons.set(vmId, `lazy restore failed: ${(err as Error).message}`);
+          await killAndWait(vm.process.pid, { graceMs: 0 }).catch(() => undefined);
+          await keepAlive(vm.exited);
+        }
+        throw err;
+      },
+    );
+    done.catch(() => undefined);
+    this.lazyRestores.set(vmId, { ...lazy, done });
+    return { runtime: lazy.runtime, spec: lazy.spec };
+  }
+
+  async waitForRestoreStream(vmId: string, onProgress?: (blocksDone: number, blockCount: number) => void): Promise<LazyStreamResult | null> {
+    const lazy = this.lazyRestores.get(vmId);
+    if (!lazy) return null;
+    const timer = onProgress ? setInterval(() => onProgress(lazy.progress().blocksDone, lazy.progress().blockCount), 500) : undefined;
+    try {
+      return await lazy.done;
+    } finally {
+      clearInterval(timer);
+      if (this.lazyRestores.get(vmId) === lazy) this.lazyRestores.delete(vmId);
+    }
+  }
+
+  inspectCheckpoint(path: string): Promise<CheckpointInspection> {
+    return inspectCheckpointFile(this.layout, path);
+  }
+
+  async cancelCheckpointWrite(forkId: string): Promise<boolean> {
+    const write = this.checkpointWrites.get(forkId);
+    if (!write) return false;
+    write.abort(new OffshootError('TASK_CANCELLED', 'the checkpoint write was cancelled', { forkId }, 409));
+    return true;
   }
 
   async removeCheckpointFile(path: string): Promise<void> {
@@ -293,8 +355,11 @@ export class LocalHostAgent implements HostAgent {
     void vm.exited.then((event) => {
       if (this.vms.get(vm.vmId) === vm) this.vms.delete(vm.vmId);
       if (vm.handedOver) return;
-      this.logger.info({ ...event }, 'QEMU exited');
-      this.exits.emit('exit', event);
+      const killedBecause = this.killReasons.get(vm.vmId);
+      this.killReasons.delete(vm.vmId);
+      const reported = killedBecause ? { ...event, clean: false, reason: killedBecause } : event;
+      this.logger.info({ ...reported }, 'QEMU exited');
+      this.exits.emit('exit', reported);
     });
   }
 
@@ -344,6 +409,16 @@ export class LocalHostAgent implements HostAgent {
       vm.handOver();
       await killAndWait(runtime.pid, { graceMs: 0 });
       await keepAlive(vm.exited);
+      return undefined;
+    }
+    const migration = await vm.qmp.execute<{ status?: string }>('query-migrate').catch(() => ({ status: undefined }));
+    if (migration.status?.startsWith('postcopy')) {
+      // A lazy restore whose source (the previous daemon) died: its memory can never be completed.
+      this.logger.warn({ vmId, pid: runtime.pid, migration: migration.status }, 'killing a lazily restored QEMU whose memory stream died with the previous daemon');
+      vm.handOver();
+      await killAndWait(runtime.pid, { graceMs: 0 });
+      await keepAlive(vm.exited);
+      if (runtime.memory.mode === 'owned') await rm(runtime.memory.file, { force: true });
       return undefined;
     }
     this.track(vm);
@@ -439,6 +514,7 @@ export class LocalHostAgent implements HostAgent {
 
   async deleteVmFiles(vmId: string): Promise<void> {
     if (this.vms.has(vmId)) throw new OffshootError('VM_ALREADY_RUNNING', `VM ${vmId} still has a QEMU process`, { vmId }, 409);
+    this.lazyRestores.delete(vmId);
     const files = this.layout.vmFiles(vmId);
     await rm(files.dir, { recursive: true, force: true });
     await rm(files.memoryFile, { force: true });
@@ -480,6 +556,21 @@ export class LocalHostAgent implements HostAgent {
   }
 
   async close(): Promise<void> {
+    // A lazily restored VM depends on this process until its stream completes (the engine's task drain
+    // normally waited for it already): give each stream time to finish, and kill the VMs whose stream
+    // does not, since they could never run again without it.
+    await Promise.all(
+      [...this.lazyRestores.entries()].map(async ([vmId, lazy]) => {
+        const finished = await withTimeout(lazy.done.then(() => true, () => false), CLOSE_STREAM_TIMEOUT_MS, 'lazy restore stream').catch(() => false);
+        if (finished) return;
+        lazy.abort(new OffshootError('DAEMON_CLOSING', 'the daemon closed before the lazy restore stream completed', { vmId }, 503));
+        const vm = this.vms.get(vmId);
+        if (!vm) return;
+        this.killReasons.set(vmId, 'lazy restore failed: the daemon closed before its memory stream completed');
+        await killAndWait(vm.process.pid, { graceMs: 0 }).catch(() => undefined);
+        await keepAlive(vm.exited);
+      }),
+    );
     for (const vm of this.vms.values()) {
       vm.dropGuestAgent();
       vm.qmp.close();

@@ -17,6 +17,7 @@ export class RunningVm {
   /** Set when the guest reported SHUTDOWN or we asked for the stop/kill. */
   private shutdownReason: string | undefined;
   private qga: QgaClient | undefined;
+  private qgaPending: Promise<QgaClient> | undefined;
   private handedOverFlag = false;
   readonly exited: Promise<VmExitEvent>;
 
@@ -69,15 +70,22 @@ export class RunningVm {
     this.expectExit('handed over');
   }
 
-  /** The guest-agent connection, opened on first use and reopened after a failure. */
+  /**
+   * The guest-agent connection, opened on first use and reopened after a failure. Callers that
+   * ask while it is being opened share the same attempt (the agent serves one connection).
+   */
   async guestAgent(timeoutMs: number): Promise<QgaClient> {
     if (this.qga) return this.qga;
-    const qga = await QgaClient.waitForAgent(this.files.qgaSocket, { timeoutMs });
-    this.qga = qga;
-    void qga.closed.then(() => {
-      if (this.qga === qga) this.qga = undefined;
-    });
-    return qga;
+    this.qgaPending ??= QgaClient.waitForAgent(this.files.qgaSocket, { timeoutMs })
+      .then((qga) => {
+        this.qga = qga;
+        void qga.closed.then(() => {
+          if (this.qga === qga) this.qga = undefined;
+        });
+        return qga;
+      })
+      .finally(() => (this.qgaPending = undefined));
+    return this.qgaPending;
   }
 
   dropGuestAgent(): void {

@@ -161,3 +161,11 @@ export interface PrepareVmRequest {
   disks: Array<{ path: string; readOnly: boolean }>;
   network: 'user' | 'none';
 }
+
+/** A checkpoint file validated by the host (strict reader, disks present and safe). */
+export interface CheckpointInspection {
+  memoryBytes: number;
+  fileBytes: number;
+  /** As written at checkpoint time: { vm: { id, name }, spec, createdAt, … }. */
+  metadata: Record<string, unknown>;
+}

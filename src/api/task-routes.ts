@@ -1,4 +1,5 @@
-// REST routes for tasks: list, show, and wait for one to finish.
+// REST routes for tasks: list, show, wait for one to finish, and cancel one
+// that allows it (a checkpoint being written).
 import { OpenAPIHono, createRoute, z } from '@hono/zod-openapi';
 import type { VmEngine } from '../vm/index.ts';
 import { errorResponses, taskIdParam, taskSchema } from './schemas.ts';
@@ -21,6 +22,15 @@ const getTask = createRoute({
   responses: { 200: { description: 'the task', content: { 'application/json': { schema: taskSchema } } }, ...errorResponses },
 });
 
+const cancelTask = createRoute({
+  method: 'post',
+  path: '/tasks/{id}/cancel',
+  tags: ['tasks'],
+  summary: 'Cancel a running task that allows it (a checkpoint being written); answers the task once it has rolled back',
+  request: { params: taskIdParam },
+  responses: { 200: { description: 'the cancelled (failed) task', content: { 'application/json': { schema: taskSchema } } }, ...errorResponses },
+});
+
 export function taskRoutes(engine: VmEngine): OpenAPIHono {
   const app = new OpenAPIHono({ defaultHook: validationHook });
   app.openapi(listTasks, async (c) => c.json((await engine.tasks.list(c.req.valid('query').limit ?? 50)) as never, 200));
@@ -29,5 +39,6 @@ export function taskRoutes(engine: VmEngine): OpenAPIHono {
     const task = c.req.valid('query').wait === 'true' ? await engine.tasks.wait(id) : await engine.tasks.get(id);
     return c.json(task as never, 200);
   });
+  app.openapi(cancelTask, async (c) => c.json((await engine.cancelTask(c.req.valid('param').id)) as never, 200));
   return app;
 }

@@ -75,7 +75,7 @@ const restoreVm = createRoute({
   request: { query: waitQuery, body: { required: true, content: { 'application/json': { schema: restoreRequestSchema } } } },
   responses: { 202: json(vmAndTaskSchema, 'the restore task'), ...errorResponses },
 });
-const checkpointRef = z.object({ ref: z.string().min(1).max(4096).openapi({ param: { name: 'ref', in: 'path' }, description: 'checkpoint name or id' }) });
+const checkpointRef = z.object({ ref: z.string().min(1).max(4096).openapi({ param: { name: 'ref', in: 'path' }, description: 'checkpoint name or id (show also takes the absolute path of a checkpoint file)' }) });
 const listCheckpoints = createRoute({ method: 'get', path: '/checkpoints', tags: ['checkpoints'], summary: 'List checkpoints', responses: { 200: json(z.array(checkpointSchema), 'checkpoints'), ...errorResponses } });
 const getCheckpoint = createRoute({ method: 'get', path: '/checkpoints/{ref}', tags: ['checkpoints'], summary: 'Show a checkpoint', request: { params: checkpointRef }, responses: { 200: json(checkpointSchema, 'the checkpoint'), ...errorResponses } });
 const deleteCheckpoint = createRoute({ method: 'delete', path: '/checkpoints/{ref}', tags: ['checkpoints'], summary: 'Delete a checkpoint and its file', request: { params: checkpointRef }, responses: { 200: json(checkpointSchema, 'the deleted checkpoint'), ...errorResponses } });

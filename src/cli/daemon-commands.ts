@@ -1,7 +1,9 @@
 // `offshoot serve` (foreground or --detach), `offshoot daemon status|stop`,
-// `offshoot host show`, `offshoot task list|show` and `offshoot events`.
+// `offshoot host show`, `offshoot task list|show|cancel`, `offshoot checkpoint
+// list|show|delete` and `offshoot events`.
 import { spawn } from 'node:child_process';
-import { openSync, readFileSync } from 'node:fs';
+import { existsSync, openSync, readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { mkdir } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { OffshootError, defaultHome, homePaths, isDaemonProcess, sleep } from '../common/index.ts';
@@ -149,6 +151,19 @@ export function registerDaemonCommands(program: Command, ctx: CommandContext): v
       }),
     );
 
+  task
+    .command('cancel')
+    .description('cancel a running task that allows it (a checkpoint being written)')
+    .argument('<id>')
+    .option('--json', 'print JSON')
+    .action((id: string, o: { json?: boolean }) =>
+      ctx.run(Boolean(o.json), async () => {
+        const record = await ctx.client().cancelTask(id);
+        if (o.json) printJson(record);
+        else process.stdout.write(`${record.id}\t${record.state}\t${record.message}\n`);
+      }),
+    );
+
   const checkpoint = program.command('checkpoint').description('checkpoint files');
   checkpoint
     .command('list')
@@ -168,7 +183,9 @@ export function registerDaemonCommands(program: Command, ctx: CommandContext): v
       .action((name: string, o: { json?: boolean }) =>
         ctx.run(Boolean(o.json), async () => {
           const client = ctx.client();
-          const record = action === 'show' ? await client.getCheckpoint(name) : await client.deleteCheckpoint(name);
+          // A checkpoint file from elsewhere is shown by its absolute path.
+          const ref = action === 'show' && /[/.]/.test(name) && existsSync(name) ? resolve(name) : name;
+          const record = action === 'show' ? await client.getCheckpoint(ref) : await client.deleteCheckpoint(name);
           if (o.json) printJson(record);
           else if (action === 'delete') process.stdout.write(`deleted checkpoint ${record.name}\n`);
           else for (const [k, v] of Object.entries(record)) process.stdout.write(`${k.padEnd(12)} ${typeof v === 'object' ? JSON.stringify(v) : v}\n`);

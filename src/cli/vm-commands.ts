@@ -1,6 +1,7 @@
 // `offshoot vm ...`: create, list, show, start, stop, pause, resume, kill,
 // delete, exec and console, all through the typed client.
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { InvalidInputError } from '../common/index.ts';
 import type { OffshootClient, VmAndTaskView } from '../client/index.ts';
@@ -123,7 +124,14 @@ export function registerVmCommands(program: Command, ctx: CommandContext): void 
         if (o.name) request.name = o.name;
         if (o.out) request.out = o.out;
         const started = await client.checkpointVm(name, request);
-        const task = await client.waitTask(started.task?.id as string, o.json ? undefined : taskProgress(`checkpoint ${name}`));
+        const taskId = started.task?.id as string;
+        // Ctrl-C while the file is written cancels the checkpoint (the VM runs on; the partial file goes).
+        const onInterrupt = () => {
+          process.stderr.write(`\ncancelling checkpoint task ${taskId}\n`);
+          void client.cancelTask(taskId).catch((err: Error) => process.stderr.write(`cannot cancel: ${err.message}\n`));
+        };
+        process.once('SIGINT', onInterrupt);
+        const task = await client.waitTask(taskId, o.json ? undefined : taskProgress(`checkpoint ${name}`)).finally(() => process.off('SIGINT', onInterrupt));
         const result = task.result as CheckpointResult;
         if (o.json) return printJson(result);
         process.stdout.write(`${result.checkpoint.name}\t${result.checkpoint.path}\n`);
@@ -135,20 +143,26 @@ export function registerVmCommands(program: Command, ctx: CommandContext): void 
     .description('restore a checkpoint (name, id or file path) as a new VM')
     .argument('<checkpoint>')
     .option('--name <new>', 'name of the new VM (default VM-rN)')
-    .option('--eager', 'load all memory before the VM runs (the default today)')
-    .option('--lazy', 'start the VM first and load memory on demand (not implemented yet)')
+    .option('--eager', 'load all memory before the VM runs')
+    .option('--lazy', 'run the VM first and load its memory on demand and in the background (the default)')
     .option('--json', 'print JSON')
-    .action((checkpoint: string, o: { name?: string; lazy?: boolean; json?: boolean }) =>
+    .action((checkpoint: string, o: { name?: string; eager?: boolean; lazy?: boolean; json?: boolean }) =>
       ctx.run(Boolean(o.json), async () => {
+        if (o.eager && o.lazy) throw new InvalidInputError('--eager and --lazy exclude each other');
         const client = ctx.client();
-        const request: RestoreRequest = { checkpoint, mode: o.lazy ? 'lazy' : 'eager' };
+        // A relative file path is resolved here: the daemon takes a name, an id or an absolute path.
+        const ref = /[/.]/.test(checkpoint) && existsSync(checkpoint) ? resolve(checkpoint) : checkpoint;
+        const request: RestoreRequest = { checkpoint: ref };
+        if (o.eager) request.mode = 'eager';
+        if (o.lazy) request.mode = 'lazy';
         if (o.name) request.name = o.name;
         const started = await client.restore(request);
         const task = await client.waitTask(started.task?.id as string, o.json ? undefined : taskProgress(`restore ${checkpoint}`));
-        const result = task.result as { vm: VmRecord; runningMs: number };
+        const result = task.result as { vm: VmRecord; runningMs: number; stream?: { streamMs: number; faultBlocks: number; backgroundBlocks: number } | null };
         if (o.json) return printJson(result);
         process.stdout.write(`${result.vm.name}\n`);
-        process.stderr.write(`running after ${result.runningMs.toFixed(0)} ms\n`);
+        const stream = result.stream ? `; memory streamed in ${result.stream.streamMs.toFixed(0)} ms more (${result.stream.faultBlocks} blocks on demand, ${result.stream.backgroundBlocks} in the background)` : '';
+        process.stderr.write(`running after ${result.runningMs.toFixed(0)} ms${stream}\n`);
       }),
     );
 

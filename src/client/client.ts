@@ -210,6 +210,11 @@ export class OffshootClient {
     return this.request('GET', `/tasks/${encodeURIComponent(id)}`);
   }
 
+  /** Cancels a running task that allows it (a checkpoint being written); resolves with the task once it has rolled back. */
+  cancelTask(id: string): Promise<TaskRecord> {
+    return this.request('POST', `/tasks/${encodeURIComponent(id)}/cancel`);
+  }
+
   /** Polls the task until it finishes, reporting progress; throws the task's error if it failed. */
   async waitTask(id: string, onProgress?: (task: TaskRecord) => void, intervalMs = 200): Promise<TaskRecord> {
     let last = '';

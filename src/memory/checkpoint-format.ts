@@ -283,6 +283,13 @@ export class CheckpointReader {
     }
   }
 
+  /** Which pages of block `i` are stored (non-zero): bit p (byte p >> 3, bit p & 7) of a 32-byte bitmap. */
+  blockBitmap(i: number): Buffer {
+    const entry = this.index[i];
+    if (!entry) throw new CheckpointFormatError(this.path, 'index', `no block ${i}`);
+    return entry.bitmap;
+  }
+
   /** Which storage block holds guest physical offset `offset`. */
   blockOf(offset: number): number {
     return Math.floor(offset / BLOCK_BYTES);

@@ -3,7 +3,8 @@
 // keeper, runs long work as tasks, and calls the host agent for everything
 // that touches QEMU or files. Operations leave a VM either done or as it was.
 import { randomBytes } from 'node:crypto';
-import { AlreadyExistsError, IllegalStateError, NotFoundError, OffshootError, defaultHome, silentLogger } from '../common/index.ts';
+import { basename, isAbsolute } from 'node:path';
+import { AlreadyExistsError, IllegalStateError, NotFoundError, OffshootError, defaultHome, isValidName, silentLogger } from '../common/index.ts';
 import type { Logger } from '../common/index.ts';
 import type { ExecResult, HostAgent, PrepareVmRequest, VmMemoryStats, VmSpec } from '../agent/index.ts';
 import { newMac } from '../agent/index.ts';
@@ -54,6 +55,8 @@ export class VmEngine {
   private readonly faults: VmEngineOptions['faults'];
   private readonly home: string;
   private readonly unsubscribe: () => void;
+  /** Tasks that can be cancelled (checkpoints being written), by task id. */
+  private readonly cancellers = new Map<string, AbortController>();
   /** Templates and bases that an operation in flight has made but no VM record names yet. */
   readonly pins = new Set<string>();
 
@@ -164,17 +167,21 @@ export class VmEngine {
     if (await this.inventory.findCheckpoint(name)) throw new AlreadyExistsError('checkpoint', name);
     const { vm, previous } = await this.states.claimFrom(id, 'checkpoint', 'checkpointing');
     const deps: CheckpointDeps = { inventory: this.inventory, agent: this.agent, states: this.states, logger: this.logger, pins: this.pins, home: this.home, collectGarbage: async () => void (await this.collectGarbage()), faults: this.faults };
-    const task = await this.tasks.start('vm.checkpoint', vm, (ctx) => runCheckpoint(deps, { ...vm, state: previous }, { name, out: request.out, stop: request.stop }, ctx, newTaskId()));
+    const controller = new AbortController();
+    const task = await this.tasks.start('vm.checkpoint', vm, (ctx) => runCheckpoint(deps, { ...vm, state: previous }, { name, out: request.out, stop: request.stop }, ctx, newTaskId(), controller.signal));
+    this.cancellers.set(task.id, controller);
+    void this.tasks.wait(task.id).finally(() => this.cancellers.delete(task.id));
     return { vm: await this.resolve(id), task };
   }
 
-  /** Restores a checkpoint as a new VM with its own identity (eager: memory is loaded before it runs). */
+  /**
+   * Restores a checkpoint as a new VM with its own identity. Lazy (the default): the VM runs before its
+   * memory is read and the task goes on until the rest has streamed in (agent/lazy-restore.ts); eager:
+   * all memory is loaded before it runs. A restore that fails at any point leaves no VM.
+   */
   async restore(input: unknown): Promise<VmAndTask> {
     const request = parseRequest('restore request', restoreRequestSchema, input);
-    if (request.mode === 'lazy') throw new OffshootError('NOT_IMPLEMENTED', 'lazy restore is not implemented yet; use mode "eager"', { mode: 'lazy' }, 501);
-    const checkpoint = await this.inventory.findCheckpoint(request.checkpoint);
-    if (!checkpoint) throw new NotFoundError('checkpoint', request.checkpoint);
-    if (checkpoint.state !== 'complete') throw new IllegalStateError(`checkpoint "${checkpoint.name}"`, checkpoint.state, ['complete'], 'restore');
+    const checkpoint = await this.findRestorable(request.checkpoint);
     const taken = new Set((await this.inventory.listVms()).map((v) => v.name));
     let name = request.name;
     if (name && taken.has(name)) throw new AlreadyExistsError('VM', name);
@@ -189,18 +196,27 @@ export class VmEngine {
       nics: checkpoint.spec.nics.map((n, i) => ({ ...n, mac: i === 0 && mac ? mac : newMac() })),
     };
     const record: VmRecord = { id, name: vmName, state: 'starting', stateReason: `restoring checkpoint ${checkpoint.name}`, spec, runtime: null, createdAt: now, updatedAt: now };
+    // A file from elsewhere names frozen disks no record protects: keep them from garbage collection while it restores.
+    const pinned = checkpoint.id.startsWith('file:') ? checkpoint.spec.disks.map((d) => d.path).filter((p) => !this.pins.has(p)) : [];
+    for (const p of pinned) this.pins.add(p);
     await this.inventory.insertVm(record);
     this.events.publish({ type: 'vm.created', vm: record, at: now });
     const task = await this.tasks.start('vm.restore', record, async (ctx) => {
       try {
         await ctx.progress(0.05, `loading ${checkpoint.path}`);
         const t0 = performance.now();
-        const restored = await this.agent.restoreVm(id, vmName, checkpoint.path, spec);
+        const restored = await this.agent.restoreVm(id, vmName, checkpoint.path, spec, request.mode);
         const runningMs = performance.now() - t0;
-        const { vm } = await this.states.settle(id, ['starting'], 'running', `restored from checkpoint ${checkpoint.name}`, { runtime: restored.runtime, spec: restored.spec });
-        await ctx.progress(0.8, 'customizing its identity');
+        const lazy = request.mode === 'lazy';
+        const { vm } = await this.states.settle(id, ['starting'], 'running', `restored from checkpoint ${checkpoint.name}${lazy ? ' (lazily)' : ''}`, { runtime: restored.runtime, spec: restored.spec });
+        await ctx.progress(lazy ? 0.3 : 0.8, `${vmName} runs after ${runningMs.toFixed(0)} ms; customizing its identity`);
         const customize = await this.agent.customize(id, { name: vmName, mac, machineId: randomBytes(16).toString('hex'), timeoutMs: 30_000 });
-        return { vm, checkpoint: checkpoint.name, runningMs, customize };
+        if (!lazy) return { vm, checkpoint: checkpoint.name, mode: request.mode, runningMs, customize, stream: null };
+        // A lazy restore holds its task until the checkpoint is no longer needed (the VM runs meanwhile). If
+        // the stream fails, the agent has killed the VM and this throws why; the VM is then removed below.
+        await ctx.progress(0.4, `${vmName} runs; streaming the rest of its memory from the checkpoint`);
+        const stream = await this.agent.waitForRestoreStream(id, (done, count) => void ctx.progress(0.4 + 0.6 * (done / count), `${vmName} runs; memory streamed: ${done} of ${count} blocks`).catch(() => undefined));
+        return { vm: await this.resolve(id), checkpoint: checkpoint.name, mode: request.mode, runningMs, customize, stream };
       } catch (err) {
         await this.agent.killVm(id).catch(() => undefined);
         await this.agent.deleteVmFiles(id).catch(() => undefined);
@@ -209,21 +225,62 @@ export class VmEngine {
         throw err;
       }
     });
+    void this.tasks.wait(task.id).finally(() => pinned.forEach((p) => this.pins.delete(p)));
     return { vm: record, task };
+  }
+
+  /**
+   * Cancels a running task that allows it (today: a checkpoint being written). The task rolls back as after
+   * a failure and ends failed with TASK_CANCELLED; returns it once it has. A checkpoint already past its
+   * write finishes normally.
+   */
+  async cancelTask(id: string): Promise<TaskRecord> {
+    const task = await this.tasks.get(id);
+    const controller = this.cancellers.get(id);
+    if (!controller) {
+      if (task.state !== 'running') throw new IllegalStateError(`task ${id}`, task.state, ['running'], 'cancel');
+      throw new OffshootError('TASK_NOT_CANCELLABLE', `task ${id} (${task.kind}) cannot be cancelled; only a checkpoint being written can`, { id, kind: task.kind }, 409);
+    }
+    controller.abort(new OffshootError('TASK_CANCELLED', `${task.kind} of ${task.targetName} cancelled by request`, { id, kind: task.kind }, 409));
+    return this.tasks.wait(id);
   }
 
   listCheckpoints(): Promise<CheckpointRecord[]> {
     return this.inventory.listCheckpoints();
   }
 
+  /** A checkpoint by name, id or path; a file this host has no record of is read and validated (id "file:PATH"). */
   async getCheckpoint(ref: string): Promise<CheckpointRecord> {
     const checkpoint = await this.inventory.findCheckpoint(ref);
-    if (!checkpoint) throw new NotFoundError('checkpoint', ref);
+    if (checkpoint) return checkpoint;
+    if (isAbsolute(ref)) return this.checkpointFromFile(ref);
+    throw new NotFoundError('checkpoint', ref);
+  }
+
+  /** A complete checkpoint by name, id or known path, or a checkpoint file given by absolute path (carried from another machine). */
+  private async findRestorable(ref: string): Promise<CheckpointRecord> {
+    const checkpoint = await this.getCheckpoint(ref);
+    if (checkpoint.state !== 'complete') throw new IllegalStateError(`checkpoint "${checkpoint.name}"`, checkpoint.state, ['complete'], 'restore');
     return checkpoint;
   }
 
+  /**
+   * A checkpoint file as a record: the host validates it with the strict reader and checks that the frozen
+   * disks it names exist and pass the safe-image check (CHECKPOINT_CORRUPT, CHECKPOINT_VERSION,
+   * CHECKPOINT_NOT_FOUND or CHECKPOINT_DISK_UNAVAILABLE otherwise).
+   */
+  private async checkpointFromFile(path: string): Promise<CheckpointRecord> {
+    const { memoryBytes, fileBytes, metadata } = await this.agent.inspectCheckpoint(path);
+    const vm = (metadata.vm ?? {}) as { id?: unknown; name?: unknown };
+    const vmName = typeof vm.name === 'string' && isValidName(vm.name) ? vm.name : 'restored';
+    const name = basename(path).replace(/\.ckpt$/, '');
+    return { id: `file:${path}`, name, vmId: typeof vm.id === 'string' ? vm.id : '', vmName, path, state: 'complete', memoryBytes, fileBytes, spec: metadata.spec as VmSpec, createdAt: typeof metadata.createdAt === 'string' ? metadata.createdAt : '' };
+  }
+
   async deleteCheckpoint(ref: string): Promise<CheckpointRecord> {
-    const checkpoint = await this.getCheckpoint(ref);
+    // Only a recorded checkpoint: a file this host did not write is not deleted through Offshoot.
+    const checkpoint = await this.inventory.findCheckpoint(ref);
+    if (!checkpoint) throw new NotFoundError('checkpoint', ref);
     if (checkpoint.state === 'writing') throw new IllegalStateError(`checkpoint "${checkpoint.name}"`, checkpoint.state, ['complete', 'failed'], 'delete');
     await this.agent.removeCheckpointFile(checkpoint.path);
     await this.inventory.deleteCheckpoint(checkpoint.id);
@@ -342,6 +399,7 @@ export class VmEngine {
       if ((task.kind === 'vm.fork' || task.kind === 'vm.checkpoint') && journal) {
         recovery = await recoverFork({ inventory: this.inventory, agent: this.agent, states: this.states, logger: this.logger }, journal).catch((err: unknown) => `rollback failed: ${(err as Error).message}`);
       }
+      if (task.kind === 'vm.restore') recovery = await this.removeUnfinishedRestore(task.targetId).catch((err: unknown) => `rollback failed: ${(err as Error).message}`);
       await this.tasks.failInterrupted(task, recovery);
     }
     // A checkpoint still being written when the daemon died is incomplete: remove it and its partial file.
@@ -373,7 +431,22 @@ export class VmEngine {
     return { adopted, lost, killed, removed };
   }
 
-  /** Stops watching; VMs keep running (the next daemon re-adopts them). */
+  /**
+   * A restore the daemon died in never finished: a lazily restored VM cannot run on without the stream
+   * that died with it, an eager one never started. Its VM goes, as after a failed restore.
+   */
+  private async removeUnfinishedRestore(vmId: string): Promise<string> {
+    const vm = await this.inventory.getVm(vmId);
+    if (!vm) return 'nothing to roll back';
+    if (vm.runtime) await this.agent.killStray(vmId, vm.runtime).catch(() => false);
+    await this.agent.deleteVmFiles(vmId).catch(() => undefined);
+    await this.inventory.deleteVm(vmId);
+    this.events.publish({ type: 'vm.deleted', vmId, name: vm.name, at: new Date().toISOString() });
+    this.logger.warn({ vm: vm.name }, 'removed a VM whose restore was interrupted');
+    return `removed the unfinished VM ${vm.name}`;
+  }
+
+  /** Stops watching; VMs keep running (the next daemon re-adopts them). A lazy restore's task (and so close) waits for its stream. */
   async close(): Promise<void> {
     this.unsubscribe();
     await this.tasks.drain();

@@ -4,6 +4,9 @@
 // switch-over is the only stun; then the VM runs on (derived from the
 // template) while the frozen RAM and device state are written into the
 // checkpoint file in the background. With `stop`, the VM powers off after.
+// Cancelling (the signal) before or during the write rolls back exactly as a
+// failure does: the VM keeps running, the partial file and the checkpoint
+// record go, and the frozen base and template are released.
 import { join } from 'node:path';
 import type { Logger } from '../../common/index.ts';
 import type { HostAgent, PreparedFork, VmDisk, VmSpec } from '../../agent/index.ts';
@@ -35,19 +38,22 @@ export interface CheckpointResult {
   gbPerSecond: number;
 }
 
-export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request: { name: string; out?: string; stop: boolean }, ctx: TaskContext, forkId: string): Promise<CheckpointResult> {
+export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request: { name: string; out?: string; stop: boolean }, ctx: TaskContext, forkId: string, signal?: AbortSignal): Promise<CheckpointResult> {
   const path = request.out ?? join(deps.home, 'checkpoints', `${request.name}.ckpt`);
   const journal: ForkJournal = { forkId, sourceId: vm.id, previousState: vm.state === 'paused' ? 'paused' : 'running', phase: 'preparing', childIds: [] };
   let switched = false;
   let record: CheckpointRecord | undefined;
   let prepared: PreparedFork | undefined;
+  const cancelWrite = () => void deps.agent.cancelCheckpointWrite(forkId).catch(() => undefined);
   try {
+    signal?.throwIfAborted();
     await ctx.journal(journal);
     await makeOwnedIfDerived(deps, vm, 'checkpointing', ctx, 'it maps a template');
     await ctx.progress(0.05, 'preparing the freeze');
     prepared = await deps.agent.prepareFork({ forkId, source: { vmId: vm.id, name: vm.name, spec: vm.spec }, children: [], maxDepth: Number.MAX_SAFE_INTEGER });
     pinPrepared(deps.pins, prepared);
     await journalPrepared(ctx, journal, prepared);
+    signal?.throwIfAborted();
     const sw = await deps.agent.switchFork(forkId);
     switched = true;
     const split = prepared.disks;
@@ -66,6 +72,8 @@ export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request:
     await ctx.progress(0.1, `${vm.name} resumed after a ${sw.stunMs.toFixed(0)} ms stun; writing ${path}`);
     const t0 = performance.now();
     let lastReport = 0;
+    signal?.throwIfAborted();
+    signal?.addEventListener('abort', cancelWrite, { once: true });
     const written = await deps.agent.writeCheckpoint(forkId, path, record.memoryBytes, { vm: { id: vm.id, name: vm.name }, spec: record.spec, createdAt: now, qemu: 'x-ignore-shared device state' }, (p) => {
       const now2 = performance.now();
       if (now2 - lastReport > 500) {
@@ -73,6 +81,7 @@ export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request:
         void ctx.progress(0.1 + 0.85 * (p.blocksDone / p.blockCount), `written ${p.blocksDone} of ${p.blockCount} MiB`);
       }
     });
+    signal?.removeEventListener('abort', cancelWrite);
     const writeMs = performance.now() - t0;
     record = await deps.inventory.updateCheckpoint(record.id, { state: 'complete', fileBytes: written.fileBytes });
     await deps.agent.finishFork(forkId);
@@ -87,8 +96,11 @@ export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request:
     }
     await deps.collectGarbage().catch(() => undefined);
     return { checkpoint: record, stunMs: sw.stunMs, writeMs, fileBytes: written.fileBytes, storedPages: written.storedPages, gbPerSecond: record.memoryBytes / 1e9 / (writeMs / 1000) };
-  } catch (err) {
-    deps.logger.warn({ vm: vm.name, err: (err as Error).message }, 'checkpoint failed; rolling back');
+  } catch (caught) {
+    signal?.removeEventListener('abort', cancelWrite);
+    // A cancel surfaces as whatever the interrupted step threw (an abort); report it as the cancel.
+    const err = signal?.aborted ? signal.reason : caught;
+    deps.logger.warn({ vm: vm.name, err: (err as Error).message, cancelled: signal?.aborted ?? false }, 'checkpoint failed; rolling back');
     await deps.agent.abortFork(forkId).catch(() => undefined);
     if (record) {
       await deps.inventory.deleteCheckpoint(record.id).catch(() => undefined);

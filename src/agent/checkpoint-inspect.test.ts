@@ -1,0 +1,68 @@
+// A checkpoint file given by path, against real files: a valid file whose
+// frozen disk exists is accepted with its metadata; a missing disk, a disk
+// whose backing chain leaves the allowed folders, metadata without a spec or
+// of another memory size, and a truncated file are refused with clear errors.
+import { mkdirSync, mkdtempSync, rmSync, statSync, truncateSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BLOCK_BYTES, writeCheckpoint } from '../memory/index.ts';
+import { createImage } from '../qemu/index.ts';
+import { inspectCheckpointFile } from './checkpoint-inspect.ts';
+import { HostLayout } from './layout.ts';
+import type { VmSpec } from './types.ts';
+
+const MEMORY = 16 * 1024 * 1024;
+
+describe('checkpoint file inspection', () => {
+  let root: string;
+  let layout: HostLayout;
+  let base: string;
+
+  const spec = (disks: VmSpec['disks'], memoryMiB = 16): VmSpec => ({ vcpus: 1, memoryMiB, boot: { kind: 'kernel', kernel: '/k', cmdline: '' }, disks, nics: [], defaultGuest: true });
+  const write = async (name: string, metadata: Record<string, unknown>) => {
+    const path = join(root, name);
+    await writeCheckpoint(path, { memoryBytes: MEMORY, readBlock: async (i, into) => (i === 0 ? (into.fill(7), BLOCK_BYTES) : 0), metadata, deviceState: Buffer.from('QEVM') });
+    return path;
+  };
+
+  beforeAll(async () => {
+    root = mkdtempSync(join(tmpdir(), 'osh-inspect-'));
+    layout = new HostLayout(join(root, 'home'), join(root, 'mem'));
+    base = join(layout.home, 'bases', 'frozen.qcow2');
+    for (const d of [join(layout.home, 'bases'), join(layout.home, 'images'), join(root, 'other'), join(root, 'elsewhere')]) mkdirSync(d, { recursive: true });
+    await createImage({ path: join(layout.home, 'images', 'root.qcow2'), format: 'qcow2', sizeBytes: 64 * 1024 * 1024 });
+    await createImage({ path: base, format: 'qcow2', backing: { path: join(layout.home, 'images', 'root.qcow2'), format: 'qcow2' } });
+  });
+  afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+  it('accepts a valid file whose frozen disk exists', async () => {
+    const path = await write('ok.ckpt', { vm: { id: 'x', name: 'web' }, spec: spec([{ id: 'disk0', path: base, format: 'qcow2', readOnly: false, owned: false, backing: [] }]) });
+    const found = await inspectCheckpointFile(layout, path);
+    expect(found.memoryBytes).toBe(MEMORY);
+    expect(found.fileBytes).toBe(statSync(path).size);
+    expect(found.metadata.vm).toEqual({ id: 'x', name: 'web' });
+  });
+
+  it('refuses a missing or unsafe disk', async () => {
+    const missing = await write('missing.ckpt', { spec: spec([{ id: 'disk0', path: join(root, 'nowhere.qcow2'), format: 'qcow2', readOnly: false, owned: false, backing: [] }]) });
+    await expect(inspectCheckpointFile(layout, missing)).rejects.toMatchObject({ code: 'CHECKPOINT_DISK_UNAVAILABLE', message: expect.stringContaining('does not exist') });
+    // A disk outside the home whose backing file is in yet another folder: the chain leaves the allowed roots.
+    const elsewhere = join(root, 'elsewhere');
+    await createImage({ path: join(root, 'other', 'parent.qcow2'), format: 'qcow2', sizeBytes: 1024 * 1024 });
+    await createImage({ path: join(elsewhere, 'top.qcow2'), format: 'qcow2', backing: { path: join(root, 'other', 'parent.qcow2'), format: 'qcow2' } });
+    const unsafe = await write('unsafe.ckpt', { spec: spec([{ id: 'disk0', path: join(elsewhere, 'top.qcow2'), format: 'qcow2', readOnly: false, owned: false, backing: [] }]) });
+    await expect(inspectCheckpointFile(layout, unsafe)).rejects.toMatchObject({ code: 'CHECKPOINT_DISK_UNAVAILABLE', message: expect.stringContaining('not safe') });
+    const wrongFormat = await write('format.ckpt', { spec: spec([{ id: 'disk0', path: base, format: 'raw', readOnly: false, owned: false, backing: [] }]) });
+    await expect(inspectCheckpointFile(layout, wrongFormat)).rejects.toMatchObject({ code: 'CHECKPOINT_DISK_UNAVAILABLE' });
+  });
+
+  it('refuses metadata without a spec or of another size, and a truncated file', async () => {
+    await expect(inspectCheckpointFile(layout, await write('nospec.ckpt', { vm: { name: 'web' } }))).rejects.toMatchObject({ code: 'CHECKPOINT_CORRUPT', part: 'metadata' });
+    await expect(inspectCheckpointFile(layout, await write('size.ckpt', { spec: spec([], 32) }))).rejects.toMatchObject({ code: 'CHECKPOINT_CORRUPT', message: expect.stringContaining('32 MiB') });
+    const cut = await write('cut.ckpt', { spec: spec([]) });
+    truncateSync(cut, statSync(cut).size - 10);
+    await expect(inspectCheckpointFile(layout, cut)).rejects.toMatchObject({ code: 'CHECKPOINT_CORRUPT', part: 'table of contents' });
+    await expect(inspectCheckpointFile(layout, join(root, 'absent.ckpt'))).rejects.toMatchObject({ code: 'CHECKPOINT_NOT_FOUND' });
+  });
+});

@@ -1,0 +1,58 @@
+// A checkpoint file given by path (carried from another machine, or written
+// with --out and never recorded here): the strict reader validates it (header,
+// table of contents, metadata and device-state checksums, block index) and
+// its metadata must describe a VM spec of the file's memory size; the frozen
+// disks it names must exist on this host and pass the safe-image check (no
+// backing chain leaving this Offshoot home or the disk's own folder, declared
+// formats, no external data file). Anything else is a clear error naming the
+// file and the disk; nothing is created.
+import { realpath, stat } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { OffshootError } from '../common/index.ts';
+import { CheckpointFormatError, CheckpointReader } from '../memory/index.ts';
+import { inspectImage } from '../storage/index.ts';
+import type { HostLayout } from './layout.ts';
+import type { CheckpointInspection, VmDisk, VmSpec } from './types.ts';
+
+/** A disk the checkpoint refers to is missing or unsafe on this host. HTTP 400. */
+export class CheckpointDiskError extends OffshootError {
+  constructor(path: string, disk: VmDisk, reason: string, cause?: unknown) {
+    super('CHECKPOINT_DISK_UNAVAILABLE', `checkpoint ${path}: disk ${disk.id} (${disk.path}) ${reason}`, { path, diskId: disk.id, diskPath: disk.path, reason }, 400, cause === undefined ? undefined : { cause });
+  }
+}
+
+function isSpec(value: unknown): value is VmSpec {
+  const s = value as VmSpec | undefined;
+  return !!s && typeof s === 'object' && Number.isInteger(s.memoryMiB) && Number.isInteger(s.vcpus) && typeof s.boot === 'object' && Array.isArray(s.disks) && Array.isArray(s.nics);
+}
+
+export async function inspectCheckpointFile(layout: HostLayout, path: string): Promise<CheckpointInspection> {
+  const reader = await CheckpointReader.open(path);
+  let memoryBytes: number;
+  let metadata: Record<string, unknown>;
+  try {
+    memoryBytes = reader.memoryBytes;
+    metadata = reader.metadata;
+  } finally {
+    await reader.close();
+  }
+  const spec = metadata.spec;
+  if (!isSpec(spec)) throw new CheckpointFormatError(path, 'metadata', 'no VM spec in the metadata');
+  if (spec.memoryMiB * 1024 * 1024 !== memoryBytes) throw new CheckpointFormatError(path, 'metadata', `the spec says ${spec.memoryMiB} MiB of memory, the file holds ${memoryBytes} bytes`);
+  for (const disk of spec.disks) {
+    if (typeof disk?.path !== 'string' || !disk.path.startsWith('/')) throw new CheckpointFormatError(path, 'metadata', 'a disk without an absolute path');
+    let real: string;
+    try {
+      real = await realpath(disk.path);
+    } catch (err) {
+      throw new CheckpointDiskError(path, disk, `does not exist on this host (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, err);
+    }
+    try {
+      await inspectImage(disk.path, { allowedRoots: [layout.home, dirname(real)], expectedFormat: disk.format });
+    } catch (err) {
+      throw new CheckpointDiskError(path, disk, `is not safe to use: ${(err as Error).message}`, err);
+    }
+  }
+  const fileBytes = (await stat(path)).size;
+  return { memoryBytes, fileBytes, metadata };
+}
