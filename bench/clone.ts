@@ -148,7 +148,20 @@ export async function cloneBenchmark(args: string[]): Promise<BenchResult> {
     await daemon.storage.pools.delete('p');
   } finally {
     await daemon.close();
-    for (const q of execFileSync('sh', ['-c', `pgrep -f '${root}' || true`]).toString().split('\n').filter(Boolean)) process.kill(Number(q), 'SIGKILL');
+    // Nothing of the run may outlive it (the daemon leaves VMs running by design).
+    let leftovers: string[] = [];
+    try {
+      leftovers = execFileSync('pgrep', ['-f', `${root}/`]).toString().split('\n').filter(Boolean);
+    } catch {
+      // pgrep exits 1 when nothing matches
+    }
+    for (const pid of leftovers) {
+      try {
+        process.kill(Number(pid), 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
     rmSync(root, { recursive: true, force: true });
     rmSync(memoryDir, { recursive: true, force: true });
   }

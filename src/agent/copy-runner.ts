@@ -76,6 +76,11 @@ function runOnce(file: CopyRunFile, onProgress: (p: CopyRunProgress) => void, si
     child.once('error', reject);
     child.once('close', (code) => {
       signal?.removeEventListener('abort', stop);
+      // Stopped before it could install its signal handler: nothing was recorded in flight.
+      if (!result && code === null && signal?.aborted) {
+        resolve({ state: 'stopped', contentHash: null, chunksCopied: 0, chunksSkipped: 0, bytesCopied: 0, elapsedMs: 0, pid: child.pid ?? 0 });
+        return;
+      }
       if (result && (code === COPY_WORKER_EXIT.done || code === COPY_WORKER_EXIT.stopped)) {
         resolve({ state: result.state, contentHash: result.contentHash ?? null, chunksCopied: result.chunksCopied, chunksSkipped: result.chunksSkipped, bytesCopied: result.bytesCopied, elapsedMs: result.elapsedMs, pid: child.pid ?? 0 });
         return;

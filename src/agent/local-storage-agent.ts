@@ -13,7 +13,7 @@ import { OffshootError } from '../common/index.ts';
 import type { QmpClient } from '../qemu/index.ts';
 import { convertImage, createImage, imageInfo, rebaseImage } from '../qemu/index.ts';
 import type { DiskMeta } from '../storage/index.ts';
-import { DatastoreLayout, cancelCopy, datastoreUsage, diskContentHash, initDatastore, inspectImage, removeDiskMeta, scanDatastore, writeDiskMeta } from '../storage/index.ts';
+import { DatastoreLayout, cancelCopy, datastoreUsage, diskContentHash, initDatastore, inspectImage, isQcow2, qcow2NeverWritten, readQcow2Header, removeDiskMeta, scanDatastore, writeDiskMeta } from '../storage/index.ts';
 import { runCopyWorker } from './copy-runner.ts';
 import type { CopyRunFile, CopyRunProgress, CopyRunResult } from './copy-runner.ts';
 import type { HostLayout } from './layout.ts';
@@ -27,14 +27,6 @@ export class ImportRefusedError extends OffshootError {
   constructor(path: string, reason: string) {
     super('IMPORT_REFUSED', `cannot import ${path}: ${reason}`, { path, reason }, 422);
   }
-}
-
-/** True when a qcow2's top layer holds no data of its own (nothing written since it was made). */
-async function topLayerIsEmpty(path: string): Promise<boolean> {
-  const { stdout } = await run('qemu-img', ['map', '--output=json', '-U', path], { maxBuffer: 64 * 1024 * 1024 });
-  const extents = JSON.parse(stdout) as { depth: number; data: boolean; zero: boolean }[];
-  // Called only for images with a backing file: an extent at depth 0 is allocated in the top image (data or written zeros).
-  return !extents.some((e) => e.depth === 0);
 }
 
 export class LocalStorageAgent implements StorageAgent {
@@ -134,12 +126,13 @@ export class LocalStorageAgent implements StorageAgent {
           if (disk.readOnly) result.frozen.push({ diskId: disk.id, format: disk.format, chain: [disk.path, ...disk.backing], contentId: await this.baseContentId(disk.path), virtualSize: (await imageInfo(disk.path)).virtualSize });
           continue;
         }
-        const virtualSize = (await imageInfo(disk.path)).virtualSize;
+        // Read by Offshoot itself (no qemu-img start): the freeze is on the clone's O(1) path.
+        const virtualSize = disk.format === 'qcow2' ? (await readQcow2Header(disk.path)).virtualSize : (await imageInfo(disk.path)).virtualSize;
         // A stopped VM's delta with nothing written since it was made: its base is the frozen state already.
         const [below] = disk.backing;
-        if (!running && below && disk.format === 'qcow2' && (await topLayerIsEmpty(disk.path))) {
+        if (!running && below && disk.format === 'qcow2' && (await qcow2NeverWritten(disk.path))) {
           result.disks.push(disk);
-          result.frozen.push({ diskId: disk.id, format: (await imageInfo(below)).format === 'raw' ? 'raw' : 'qcow2', chain: [...disk.backing], contentId: await this.baseContentId(below), virtualSize });
+          result.frozen.push({ diskId: disk.id, format: (await isQcow2(below)) ? 'qcow2' : 'raw', chain: [...disk.backing], contentId: await this.baseContentId(below), virtualSize });
           continue;
         }
         const base = join(this.layout.basesDir, `${randomUUID().slice(0, 8)}-${disk.id}.${disk.format}`);

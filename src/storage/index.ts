@@ -4,7 +4,7 @@
 // sparse, resumable, verified copies run by a worker process).
 export { inspectImage, UnsafeImageError, UNSAFE_REASONS, DEFAULT_MAX_CHAIN_DEPTH } from './safe-image.ts';
 export type { SafeImage, UnsafeReason } from './safe-image.ts';
-export { readQcow2Header, isQcow2, CorruptImageHeaderError, QCOW2_MAGIC } from './qcow2-header.ts';
+export { readQcow2Header, isQcow2, qcow2NeverWritten, CorruptImageHeaderError, QCOW2_MAGIC } from './qcow2-header.ts';
 export type { Qcow2Header } from './qcow2-header.ts';
 export { DatastoreLayout, DatastorePathError, DATASTORE_MARKER, initDatastore, readMarker, datastoreUsage, scanDatastore } from './datastore.ts';
 export type { DatastoreUsage, ScannedDisk } from './datastore.ts';

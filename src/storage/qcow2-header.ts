@@ -32,6 +32,8 @@ export class CorruptImageHeaderError extends OffshootError {
 
 export interface Qcow2Header {
   version: number;
+  /** The guest-visible size in bytes. */
+  virtualSize: number;
   backingFile: string | null;
   backingFormat: string | null;
   externalDataFile: string | null;
@@ -61,6 +63,7 @@ export async function readQcow2Header(path: string): Promise<Qcow2Header> {
     if (version !== 2 && version !== 3) throw new CorruptImageHeaderError(path, `unsupported version ${version}`);
     const backingOffset = buf.readBigUInt64BE(8);
     const backingSize = buf.readUInt32BE(16);
+    const virtualSize = Number(buf.readBigUInt64BE(24));
     let headerLength = 72;
     let incompatible = 0n;
     if (version === 3) {
@@ -97,7 +100,30 @@ export async function readQcow2Header(path: string): Promise<Qcow2Header> {
       offset = start + Math.ceil(length / 8) * 8;
     }
     if (incompatible & INCOMPAT_DATA_FILE) externalDataFile ??= '(unnamed)';
-    return { version, backingFile, backingFormat, externalDataFile };
+    return { version, virtualSize, backingFile, backingFormat, externalDataFile };
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * True when a qcow2 image has no L2 table at all, i.e. nothing was ever written to it (QEMU
+ * allocates L2 tables only on write). Read by Offshoot itself: it is on a clone's O(1) path.
+ * An image whose writes were all discarded still counts as written (conservative).
+ */
+export async function qcow2NeverWritten(path: string): Promise<boolean> {
+  const handle = await open(path, 'r');
+  try {
+    const head = Buffer.alloc(48);
+    const { bytesRead } = await handle.read(head, 0, 48, 0);
+    if (bytesRead < 48 || head.readUInt32BE(0) !== QCOW2_MAGIC) throw new CorruptImageHeaderError(path, 'not a qcow2 header');
+    const l1Size = head.readUInt32BE(36);
+    const l1Offset = Number(head.readBigUInt64BE(40));
+    if (l1Size > 1 << 22) throw new CorruptImageHeaderError(path, `L1 table of ${l1Size} entries`);
+    const l1 = Buffer.alloc(l1Size * 8);
+    const read = await handle.read(l1, 0, l1.length, l1Offset);
+    // A short read means the L1 table was never written past the end of the file: zeros.
+    return l1.subarray(0, read.bytesRead).every((b) => b === 0);
   } finally {
     await handle.close();
   }

@@ -81,6 +81,16 @@ describe('storage: datastores, disks, clones, pools', () => {
     expect(await diskSum('linked')).toBe(blobSum);
     expect(await sh('linked', 'ls /data/later 2>/dev/null || echo absent')).toBe('absent');
     expect((await daemon.engine.resolve('src')).state).toBe('running');
+    await expect(storage().clone('src', { name: 'nope', mode: 'linked', datastore: 'ds1' })).rejects.toMatchObject({ code: 'INVALID_INPUT' });
+  });
+
+  it('flattens a running clone online so that it no longer needs the bases', async () => {
+    const task = await wait(await storage().flatten('linked', {}));
+    expect(task.result).toMatchObject({ flattened: ['disk0'] });
+    const disk = (await daemon.engine.resolve('linked')).spec.disks.find((d) => !d.readOnly);
+    expect(disk?.backing).toEqual([]);
+    expect((await imageInfo(disk?.path as string)).backingFilename).toBeUndefined();
+    expect(await diskSum('linked')).toBe(blobSum);
   });
 
   it('makes an instant clone that boots at once and ends independent of its source', async () => {

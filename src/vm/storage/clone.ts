@@ -64,6 +64,8 @@ export class Cloner {
     if (await this.deps.inventory.findVmByName(request.name)) throw new AlreadyExistsError('VM', request.name);
     const source = await this.deps.engine.resolve(sourceRef);
     if (request.mode === 'full' && !request.datastore) throw new OffshootError('INVALID_INPUT', 'a full clone needs --datastore: the datastore its copied disks go to', { field: 'datastore' }, 400);
+    // A linked or instant clone's delta lives in its VM folder, beside the host's bases.
+    if (request.mode !== 'full' && request.datastore) throw new OffshootError('INVALID_INPUT', `--datastore applies to full clones; a ${request.mode} clone's delta lives in its VM folder (move the result with a full clone)`, { field: 'datastore', mode: request.mode }, 400);
     const datastore = request.datastore ? await this.catalog.datastore(request.datastore) : null;
     const { frozen } = await freezeVmDisks(this.deps, source.id, 'clone');
     const pins = frozen.flatMap((f) => f.chain);
@@ -113,18 +115,16 @@ export class Cloner {
 
   /** A delta per writable disk over its frozen image, in the clone's VM folder. */
   private async deltasOver(spec: VmSpec, cloneVmId: string, frozen: FrozenDisk[]): Promise<VmDisk[]> {
-    const disks: VmDisk[] = [];
-    for (const disk of spec.disks) {
-      const f = frozen.find((x) => x.diskId === disk.id);
-      if (disk.readOnly || !f) {
-        disks.push({ ...disk, owned: false });
-        continue;
-      }
-      const path = join(this.deps.vmsDir, cloneVmId, `${disk.id}.qcow2`);
-      await this.deps.storage.createDelta(path, { path: f.chain[0] as string, format: f.format });
-      disks.push({ id: disk.id, path, format: 'qcow2', readOnly: false, owned: true, backing: f.chain });
-    }
-    return disks;
+    // One qemu-img per disk, all at once: this is the whole cost of a linked clone.
+    return Promise.all(
+      spec.disks.map(async (disk): Promise<VmDisk> => {
+        const f = frozen.find((x) => x.diskId === disk.id);
+        if (disk.readOnly || !f) return { ...disk, owned: false };
+        const path = join(this.deps.vmsDir, cloneVmId, `${disk.id}.qcow2`);
+        await this.deps.storage.createDelta(path, { path: f.chain[0] as string, format: f.format });
+        return { id: disk.id, path, format: 'qcow2', readOnly: false, owned: true, backing: f.chain };
+      }),
+    );
   }
 
   /** Copy plan of a full clone: every file of every frozen chain into the datastore, as read-only disks. */
@@ -146,18 +146,16 @@ export class Cloner {
 
   /** The clone's spec: a delta per disk over its copied chain (created now, or when the copy is done). */
   private async specOverCopies(spec: VmSpec, cloneVmId: string, tops: Map<string, DiskRecord[]>, later = false): Promise<VmSpec> {
-    const disks: VmDisk[] = [];
-    for (const disk of spec.disks) {
-      const chain = tops.get(disk.id);
-      if (disk.readOnly || !chain) {
-        disks.push({ ...disk, owned: false });
-        continue;
-      }
-      const path = join(this.deps.vmsDir, cloneVmId, `${disk.id}.qcow2`);
-      const top = chain[0] as DiskRecord;
-      if (!later) await this.deps.storage.createDelta(path, { path: top.path, format: top.format });
-      disks.push({ id: disk.id, path, format: 'qcow2', readOnly: false, owned: true, backing: chain.map((d) => d.path) });
-    }
+    const disks = await Promise.all(
+      spec.disks.map(async (disk): Promise<VmDisk> => {
+        const chain = tops.get(disk.id);
+        if (disk.readOnly || !chain) return { ...disk, owned: false };
+        const path = join(this.deps.vmsDir, cloneVmId, `${disk.id}.qcow2`);
+        const top = chain[0] as DiskRecord;
+        if (!later) await this.deps.storage.createDelta(path, { path: top.path, format: top.format });
+        return { id: disk.id, path, format: 'qcow2', readOnly: false, owned: true, backing: chain.map((d) => d.path) };
+      }),
+    );
     return { ...spec, disks, nics: spec.nics.map((n) => ({ ...n, mac: newMac() })) };
   }
 
