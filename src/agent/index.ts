@@ -1,5 +1,7 @@
-// Public surface of the host-agent layer: the HostAgent interface, its plain
-// data types, and the in-process implementation.
+// Public surface of the host-agent layer: the HostAgent interface (VMs,
+// memory, fork, checkpoints) and the StorageAgent interface (datastores, disk
+// files, live snapshots and streams, copy workers), their plain data types,
+// and their in-process implementations.
 export type { HostAgent } from './host-agent.ts';
 export type * from './types.ts';
 export { LocalHostAgent, VmNotRunningError, GuestAgentUnavailableError } from './local-agent.ts';

@@ -1,6 +1,7 @@
 // Public surface of the VM layer: the engine (one request handler for every
 // front end), its records and the Inventory interface the store implements,
-// the lifecycle states, request schemas and events.
+// the lifecycle states, request schemas and events; and its storage half
+// (vm/storage: datastores, disks, clones, pools, copy jobs).
 export { VmEngine } from './engine.ts';
 export type { VmEngineOptions, VmAndTask } from './engine.ts';
 export type { EngineEvent } from './events.ts';
