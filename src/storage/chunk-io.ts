@@ -3,6 +3,7 @@
 // zeros) with xxh3-64, and optionally writes each data buffer to a target at
 // the same offset (pipelined: the next reads run while earlier buffers are
 // being written).
+import { readSync, writeSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { xxh3 } from '@node-rs/xxhash';
 import type { Piece } from './extents.ts';
@@ -167,5 +168,35 @@ export async function streamChunk(fd: FileHandle, pieces: readonly Piece[], pool
     await flushing;
   }
   if (writeError) throw writeError;
+  return hashHex(h.digest());
+}
+
+/**
+ * The synchronous twin of `streamChunk`, for the copy worker (a process of its own, so blocking
+ * is fine): one buffer, read then write, no promises. With buffers of a few hundred KiB this is
+ * as fast as cp here, where the pipelined async path was 1.5-3x slower (bench/copy.ts).
+ * `buf` must be at least as large as the largest piece.
+ */
+export function streamChunkSync(fd: number, pieces: readonly Piece[], buf: Buffer, target?: number): string {
+  const length = pieces.reduce((n, p) => n + p.length, 0);
+  if (pieces.every((p) => !p.data)) return zeroChunkHash(length);
+  const h = xxh3.Xxh3.withSeed(0n);
+  for (const p of pieces) {
+    if (!p.data) {
+      hashZeros(h, p.length);
+      continue;
+    }
+    let done = 0;
+    while (done < p.length) {
+      const n = readSync(fd, buf, done, p.length - done, p.offset + done);
+      if (n === 0) throw new ShortReadError(p.offset + done);
+      done += n;
+    }
+    const view = buf.subarray(0, p.length);
+    h.update(view);
+    if (target !== undefined) {
+      for (let w = 0; w < p.length; ) w += writeSync(target, buf, w, p.length - w, p.offset + w);
+    }
+  }
   return hashHex(h.digest());
 }
