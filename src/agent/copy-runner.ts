@@ -2,8 +2,8 @@
 // worker): spawns it, turns its JSON lines into progress callbacks, and stops
 // it on request (SIGTERM: it records the chunk in flight and exits 'stopped',
 // so another worker — after a daemon restart, or on another host — finishes
-// from its progress file). A worker whose daemon died notices its closed
-// stdin and stops the same way, so a restarted daemon never races it.
+// from its progress file). A worker whose daemon died notices that its parent
+// is gone and stops the same way, so a restarted daemon never races it.
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { OffshootError, sleep } from '../common/index.ts';
@@ -52,8 +52,8 @@ export async function runCopyWorker(file: CopyRunFile, onProgress: (p: CopyRunPr
 }
 
 function runOnce(file: CopyRunFile, onProgress: (p: CopyRunProgress) => void, signal?: AbortSignal): Promise<CopyRunResult> {
-  const { command, args } = copyWorkerCommand({ source: file.source, target: file.target, chunkMiB: file.chunkMiB, maxMiBPerSecond: file.maxMiBPerSecond, stopOnStdinClose: true });
-  const child = spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  const { command, args } = copyWorkerCommand({ source: file.source, target: file.target, chunkMiB: file.chunkMiB, maxMiBPerSecond: file.maxMiBPerSecond, stopWithParent: true });
+  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let result: ResultMessage['result'] | undefined;
   let failure: OffshootError | undefined;
   let stderr = '';

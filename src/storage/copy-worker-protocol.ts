@@ -23,8 +23,8 @@ export interface CopyWorkerArgs {
   buffers?: number;
   /** Bandwidth limit in MiB/s. */
   maxMiBPerSecond?: number;
-  /** Stop (as on SIGTERM) when standard input closes, i.e. when the spawning process is gone. */
-  stopOnStdinClose?: boolean;
+  /** Stop (as on SIGTERM) when the spawning process is gone. */
+  stopWithParent?: boolean;
 }
 
 /** The command and arguments that run the worker for `args`. */
@@ -34,7 +34,7 @@ export function copyWorkerCommand(args: CopyWorkerArgs): { command: string; args
   if (args.bufferMiB !== undefined) argv.push('--buffer-mib', String(args.bufferMiB));
   if (args.buffers !== undefined) argv.push('--buffers', String(args.buffers));
   if (args.maxMiBPerSecond !== undefined) argv.push('--max-mib-per-sec', String(args.maxMiBPerSecond));
-  if (args.stopOnStdinClose) argv.push('--stop-on-stdin-close');
+  if (args.stopWithParent) argv.push('--stop-with-parent');
   return { command: process.execPath, args: argv };
 }
 

@@ -4,9 +4,10 @@
 // stopped (SIGTERM/SIGINT: after the chunk in flight is recorded), 1 on error,
 // 2 on bad usage. Run it as copyWorkerCommand() in copy-worker-protocol.ts says:
 //   node --import tsx src/storage/copy-worker.ts --source S --target T [--chunk-mib N]
-// With --stop-on-stdin-close it also stops when its standard input closes: a
-// daemon that spawned it and died (even by SIGKILL) never leaves it racing the
-// worker the next daemon starts.
+// With --stop-with-parent it also stops when the process that spawned it is
+// gone (its parent pid changes): a daemon that died, even by SIGKILL, never
+// leaves it racing the worker the next daemon starts. (Watching a stdin pipe
+// instead made the blocking copy loop three times slower here.)
 import { parseArgs } from 'node:util';
 import { toOffshootError } from '../common/index.ts';
 import { copyFile } from './copy-engine.ts';
@@ -36,7 +37,7 @@ async function main(): Promise<number> {
         'buffer-mib': { type: 'string' },
         buffers: { type: 'string' },
         'max-mib-per-sec': { type: 'string' },
-        'stop-on-stdin-close': { type: 'boolean' },
+        'stop-with-parent': { type: 'boolean' },
       },
       strict: true,
     });
@@ -54,7 +55,7 @@ async function main(): Promise<number> {
       bufferBytes: mib('buffer-mib', values['buffer-mib']) ?? 256 * 1024,
       buffers: positive('buffers', values.buffers),
       maxBytesPerSecond: mib('max-mib-per-sec', values['max-mib-per-sec']),
-      stopOnStdinClose: values['stop-on-stdin-close'] === true,
+      stopWithParent: values['stop-with-parent'] === true,
     };
   } catch (err) {
     emit({ type: 'error', error: { code: 'INVALID_INPUT', message: (err as Error).message, details: {} } });
@@ -64,10 +65,9 @@ async function main(): Promise<number> {
   const stop = () => controller.abort();
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
-  if (opts.stopOnStdinClose) {
-    process.stdin.on('close', stop);
-    process.stdin.on('end', stop);
-    process.stdin.resume();
+  if (opts.stopWithParent) {
+    const parent = process.ppid;
+    setInterval(() => process.ppid !== parent && stop(), 500).unref();
   }
   let last = 0;
   const onProgress = (progress: CopyProgress) => {
@@ -77,7 +77,7 @@ async function main(): Promise<number> {
     emit({ type: 'progress', progress });
   };
   try {
-    const { stopOnStdinClose: _watch, ...copyOptions } = opts;
+    const { stopWithParent: _watch, ...copyOptions } = opts;
     const result = await copyFile({ ...copyOptions, signal: controller.signal, onProgress });
     emit({ type: 'result', result });
     return result.state === 'done' ? COPY_WORKER_EXIT.done : COPY_WORKER_EXIT.stopped;
@@ -89,5 +89,3 @@ async function main(): Promise<number> {
 }
 
 process.exitCode = await main();
-// A watched stdin would keep the process alive.
-process.stdin.destroy();

@@ -57,7 +57,7 @@ describe('copy jobs', () => {
     }, 60_000, 'the copy to be under way');
     process.kill(daemon.pid, 'SIGKILL');
     await waitForProcessExit(daemon.pid);
-    // The orphaned worker notices its closed stdin and stops after its chunk in flight.
+    // The orphaned worker notices that its parent is gone and stops after its chunk in flight.
     await eventually(() => workers().length === 0, 30_000, 'the orphaned copy worker to stop');
 
     daemon = await startDetachedDaemon(t);

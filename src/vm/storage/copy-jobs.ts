@@ -154,6 +154,7 @@ export class CopyJobs {
           signal,
         );
         progress = { ...progress, chunksCopied: progress.chunksCopied + result.chunksCopied };
+        this.deps.logger.info({ jobId: id, file: file.target, state: result.state, chunksCopied: result.chunksCopied, chunksSkipped: result.chunksSkipped, bytes: result.bytesCopied, workerMs: Math.round(result.elapsedMs) }, 'copy worker ended');
         if (result.state === 'stopped') {
           const reason = why();
           job = await this.update(id, { progress, state: reason === 'pause' ? 'paused' : reason === 'cancel' ? 'paused' : 'running' });
