@@ -162,8 +162,9 @@ describe('adoptQemu', () => {
     writeFileSync(script, `import { spawnQemu } from ${JSON.stringify(processTs)};\n` +
       `const p = await spawnQemu(JSON.parse(process.argv[2]), { logFile: ${JSON.stringify(logFile)} });\n` +
       `process.stdout.write(String(p.pid) + '\\n');\nsetInterval(() => {}, 1000);\n`);
-    const tsx = fileURLToPath(new URL('../../node_modules/.bin/tsx', import.meta.url));
-    const daemon = spawn(tsx, [script, JSON.stringify(s)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    // node itself with tsx's loader (not the tsx CLI, whose child node would outlive a SIGKILL of the wrapper).
+    const tsxLoader = fileURLToPath(new URL('../../node_modules/tsx/dist/esm/index.mjs', import.meta.url));
+    const daemon = spawn(process.execPath, ['--import', tsxLoader, script, JSON.stringify(s)], { stdio: ['ignore', 'pipe', 'inherit'] });
     const pid = await new Promise<number>((resolve, reject) => {
       daemon.stdout.setEncoding('utf8').on('data', (line: string) => resolve(Number(line.trim())));
       daemon.once('exit', (code) => reject(new Error(`daemon exited ${code}`)));
