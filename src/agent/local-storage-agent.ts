@@ -3,15 +3,13 @@
 // plus a new delta; for a running VM the delta is put on top by a QMP live
 // snapshot, so the guest never stops). Every input image is read by
 // Offshoot's own header check before qemu-img or QEMU opens it.
-import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { chmod, mkdir, open, readdir, rename, rm, rmdir, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { promisify } from 'node:util';
 import { createHash } from 'node:crypto';
 import { OffshootError } from '../common/index.ts';
 import type { QmpClient } from '../qemu/index.ts';
-import { convertImage, createImage, imageInfo, rebaseImage } from '../qemu/index.ts';
+import { convertImage, createImage, imageInfo, rebaseImage, resizeImage } from '../qemu/index.ts';
 import type { DiskMeta } from '../storage/index.ts';
 import { DatastoreLayout, cancelCopy, datastoreUsage, diskContentHash, initDatastore, inspectImage, isQcow2, qcow2NeverWritten, readQcow2Header, removeDiskMeta, scanDatastore, writeDiskMeta } from '../storage/index.ts';
 import { runCopyWorker } from './copy-runner.ts';
@@ -20,8 +18,6 @@ import type { HostLayout } from './layout.ts';
 import { liveSnapshot, streamWholeChain } from './live-disk-ops.ts';
 import type { DiskChainEntry, FreezeResult, StorageAgent } from './storage-agent.ts';
 import type { VmDisk } from './types.ts';
-
-const run = promisify(execFile);
 
 export class ImportRefusedError extends OffshootError {
   constructor(path: string, reason: string) {
@@ -86,7 +82,7 @@ export class LocalStorageAgent implements StorageAgent {
   }
 
   async resizeDisk(path: string, sizeBytes: number): Promise<void> {
-    await run('qemu-img', ['resize', '-q', path, String(sizeBytes)]);
+    await resizeImage(path, sizeBytes);
   }
 
   async diskChain(path: string): Promise<DiskChainEntry[]> {

@@ -7,7 +7,7 @@ import type { Context } from 'hono';
 import type { StorageService, VmEngine } from '../vm/index.ts';
 import { addDatastoreRequestSchema, attachDiskRequestSchema, cloneRequestSchema, createDiskRequestSchema, createPoolRequestSchema, flattenRequestSchema, importDiskRequestSchema, moveDiskRequestSchema, resizeDiskRequestSchema, resizePoolRequestSchema, verifyDiskRequestSchema } from '../vm/index.ts';
 import { errorResponses, vmRefParam, waitQuery } from './schemas.ts';
-import { validationHook } from './validation.ts';
+import { optionalJsonBody, validationHook } from './validation.ts';
 
 const anyJson = (description: string) => ({ description, content: { 'application/json': { schema: z.unknown() } } });
 const param = (name: string, description: string) => z.object({ [name]: z.string().min(1).max(200).openapi({ param: { name, in: 'path' }, description }) });
@@ -20,10 +20,6 @@ const body = (schema: z.ZodType, required = true) => ({ body: { required, conten
 type Method = 'get' | 'post' | 'delete';
 function route(method: Method, path: string, tag: string, summary: string, request: Record<string, unknown> = {}, status: 200 | 201 | 202 = 200) {
   return createRoute({ method, path, tags: [tag], summary, request, responses: { [status]: anyJson('result'), ...errorResponses } });
-}
-
-function optionalJsonBody(c: Context): Promise<unknown> {
-  return c.req.header('content-type')?.includes('json') ? c.req.json() : Promise.resolve({});
 }
 
 export function storageRoutes(storage: StorageService, engine: VmEngine): OpenAPIHono {

@@ -2,11 +2,10 @@
 // Long operations answer 202 with a task, or with the finished task when
 // called with ?wait=true.
 import { OpenAPIHono, createRoute, z } from '@hono/zod-openapi';
-import type { Context } from 'hono';
 import type { VmAndTask, VmEngine } from '../vm/index.ts';
 import { checkpointRequestSchema, createVmRequestSchema, execRequestSchema, forkRequestSchema, restoreRequestSchema, stopRequestSchema } from '../vm/index.ts';
 import { checkpointSchema, errorResponses, execResultSchema, memorySchema, vmAndTaskSchema, vmRefParam, vmSchema, waitQuery } from './schemas.ts';
-import { validationHook } from './validation.ts';
+import { optionalJsonBody, validationHook } from './validation.ts';
 
 const json = <S extends z.ZodType>(schema: S, description: string) => ({ description, content: { 'application/json': { schema } } });
 
@@ -96,11 +95,6 @@ const consoleVm = createRoute({
   request: { params: vmRefParam, query: z.object({ bytes: z.coerce.number().int().min(1).max(16 * 1024 * 1024).optional() }) },
   responses: { 200: { description: 'console text', content: { 'text/plain': { schema: z.string() } } }, ...errorResponses },
 });
-
-/** The body of a route whose JSON body is optional (the engine validates it); {} without one. */
-function optionalJsonBody(c: Context): Promise<unknown> {
-  return c.req.header('content-type')?.includes('json') ? c.req.json() : Promise.resolve({});
-}
 
 export function vmRoutes(engine: VmEngine): OpenAPIHono {
   const app = new OpenAPIHono({ defaultHook: validationHook });

@@ -12,5 +12,5 @@ export { spawnQemu, launchQemu, adoptQemu, findOffshootQemus, killAndWait, readP
 export type { QemuProcess, QemuExit, KillOutcome, SpawnQemuOptions, LaunchQemuOptions } from './process.ts';
 export { probeAccelerator, qemuVersion, QemuVersionError, PROBE_MARKER, PROBE_CMDLINE_FLAG, ACCEL_ENV } from './accel.ts';
 export type { AcceleratorChoice, ProbeAcceleratorOptions } from './accel.ts';
-export { createImage, imageInfo, checkImage, convertImage, rebaseImage, QemuImgError, DEFAULT_QEMU_IMG_BINARY } from './qemu-img.ts';
-export type { ImageFormat, ImageInfo, ImageCheck, CreateImageOptions, ConvertImageOptions, QemuImgCallOptions } from './qemu-img.ts';
+export { createImage, imageInfo, checkImage, convertImage, rebaseImage, mapImage, resizeImage, QemuImgError, DEFAULT_QEMU_IMG_BINARY } from './qemu-img.ts';
+export type { ImageFormat, ImageInfo, ImageMapEntry, ImageCheck, CreateImageOptions, ConvertImageOptions, QemuImgCallOptions } from './qemu-img.ts';

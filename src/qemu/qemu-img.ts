@@ -202,6 +202,41 @@ export async function checkImage(path: string, options: QemuImgCallOptions & { f
   return { ok: corruptions === 0 && checkErrors === 0, supported: true, corruptions, leaks: count('leaks'), checkErrors, raw };
 }
 
+// ---- map, resize ------------------------------------------------------------------
+
+/** One entry of `qemu-img map --output=json`. */
+export interface ImageMapEntry {
+  start: number;
+  length: number;
+  depth: number;
+  data: boolean;
+  zero: boolean;
+}
+
+function isMapEntry(v: unknown): v is ImageMapEntry {
+  const e = v as Partial<ImageMapEntry> | null;
+  return typeof e === 'object' && e !== null && typeof e.start === 'number' && typeof e.length === 'number' && typeof e.data === 'boolean';
+}
+
+/**
+ * `qemu-img map --output=json`: the allocation of the image's guest view. With `format: 'raw'`
+ * on any file, the file's own layout on the host (SEEK_DATA/SEEK_HOLE extents).
+ */
+export async function mapImage(path: string, options: QemuImgCallOptions & { format?: ImageFormat } = {}): Promise<ImageMapEntry[]> {
+  const args = ['map', '--output=json'];
+  if (options.format !== undefined) args.push('-f', options.format);
+  args.push(path);
+  const { stdout, stderr } = await runQemuImg(args, options);
+  const parsed = parseJson(args, stdout, stderr);
+  if (!Array.isArray(parsed) || !parsed.every(isMapEntry)) throw new QemuImgError(args, 0, stderr, 'unexpected map output');
+  return parsed;
+}
+
+/** Grows (or shrinks, with qemu-img's own checks) an image to `sizeBytes`. */
+export async function resizeImage(path: string, sizeBytes: number, options: QemuImgCallOptions = {}): Promise<void> {
+  await runQemuImg(['resize', '-q', path, String(sizeBytes)], options);
+}
+
 // ---- convert, rebase ------------------------------------------------------------
 
 export interface ConvertImageOptions extends QemuImgCallOptions {

@@ -2,8 +2,7 @@
 // raw driver over file-posix reports the file's SEEK_DATA/SEEK_HOLE layout
 // (data extents vs holes), whatever the file holds (qcow2 or raw image). Only
 // data extents need reading; holes read as zeros.
-import { spawn } from 'node:child_process';
-import { DEFAULT_QEMU_IMG_BINARY, QemuImgError } from '../qemu/index.ts';
+import { mapImage } from '../qemu/index.ts';
 
 /** A byte range [offset, offset + length). */
 export interface Extent {
@@ -11,38 +10,9 @@ export interface Extent {
   length: number;
 }
 
-interface MapEntry {
-  start: number;
-  length: number;
-  data: boolean;
-}
-
-function isMapEntry(v: unknown): v is MapEntry {
-  const e = v as Partial<MapEntry> | null;
-  return typeof e === 'object' && e !== null && typeof e.start === 'number' && typeof e.length === 'number' && typeof e.data === 'boolean';
-}
-
 /** The data extents of `path` in file order, adjacent ones merged. */
 export async function dataExtents(path: string, options: { binary?: string } = {}): Promise<Extent[]> {
-  const binary = options.binary ?? DEFAULT_QEMU_IMG_BINARY;
-  const args = ['map', '--output=json', '-f', 'raw', path];
-  const { stdout, stderr, code } = await new Promise<{ stdout: string; stderr: string; code: number | null }>((resolve, reject) => {
-    const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on('data', (b: Buffer) => out.push(b));
-    child.stderr.on('data', (b: Buffer) => err.push(b));
-    child.once('error', (e) => reject(new QemuImgError(args, null, '', `cannot run ${binary} (${e.message})`, e)));
-    child.once('close', (c) => resolve({ code: c, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') }));
-  });
-  if (code !== 0) throw new QemuImgError(args, code, stderr);
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(stdout);
-  } catch (e) {
-    throw new QemuImgError(args, 0, stderr, `unparsable JSON output: ${stdout.slice(0, 200)}`, e);
-  }
-  if (!Array.isArray(parsed) || !parsed.every(isMapEntry)) throw new QemuImgError(args, 0, stderr, 'unexpected map output');
+  const parsed = await mapImage(path, { format: 'raw', ...(options.binary ? { binary: options.binary } : {}) });
   const extents: Extent[] = [];
   for (const e of parsed) {
     if (!e.data || e.length === 0) continue;

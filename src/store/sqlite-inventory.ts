@@ -11,6 +11,7 @@ import { AlreadyExistsError, NotFoundError, OffshootError } from '../common/inde
 import type { CheckpointRecord, Inventory, TaskRecord, TaskState, VmRecord } from '../vm/index.ts';
 import { isTaskState, isVmState } from '../vm/index.ts';
 import { migrationProvider } from './migrations.ts';
+import { isUniqueViolation } from './sqlite-errors.ts';
 import { SqliteStorageInventory } from './storage-inventory.ts';
 import type { CheckpointsTable, Database, TasksTable, VmsTable } from './schema.ts';
 
@@ -64,10 +65,6 @@ function checkpointFromRow(row: Selectable<CheckpointsTable>): CheckpointRecord 
     spec: JSON.parse(row.spec) as CheckpointRecord['spec'],
     createdAt: row.created_at,
   };
-}
-
-function isUniqueViolation(err: unknown): boolean {
-  return err instanceof Error && 'code' in err && String((err as { code: unknown }).code).startsWith('SQLITE_CONSTRAINT');
 }
 
 export class SqliteInventory implements Inventory {

@@ -4,11 +4,8 @@
 import type { Kysely, Selectable } from 'kysely';
 import { AlreadyExistsError, NotFoundError } from '../common/index.ts';
 import type { CopyJobRecord, DatastoreRecord, DiskRecord, PoolRecord, StorageInventory } from '../vm/index.ts';
+import { isUniqueViolation } from './sqlite-errors.ts';
 import type { Database, DisksTable } from './schema.ts';
-
-function isUniqueViolation(err: unknown): boolean {
-  return err instanceof Error && 'code' in err && String((err as { code: unknown }).code).startsWith('SQLITE_CONSTRAINT');
-}
 
 function diskFromRow(row: Selectable<DisksTable>): DiskRecord {
   return {

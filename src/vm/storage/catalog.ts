@@ -12,6 +12,7 @@ import { parseRequest } from '../requests.ts';
 import type { StorageDeps } from './deps.ts';
 import { ContentMismatchError, DatastoreInUseError, DiskInUseError } from './errors.ts';
 import type { CopyFile, DatastoreRecord, DiskRecord } from './records.ts';
+import { isCopyJobDone } from './records.ts';
 import { addDatastoreRequestSchema, createDiskRequestSchema, importDiskRequestSchema, resizeDiskRequestSchema, verifyDiskRequestSchema } from './requests.ts';
 import type { DiskChainEntry } from '../../agent/index.ts';
 import { OffshootError } from '../../common/index.ts';
@@ -68,7 +69,7 @@ export class Catalog {
     const users: string[] = [];
     for (const disk of await this.deps.storageInventory.listDisks(name)) users.push(...(await this.usersOf(disk)).filter((u) => !u.startsWith('disk ')));
     for (const pool of await this.deps.storageInventory.listPools()) if (pool.datastore === name) users.push(`pool ${pool.name}`);
-    for (const job of await this.deps.storageInventory.listCopyJobs()) if (job.datastore === name && !['succeeded', 'failed', 'cancelled'].includes(job.state)) users.push(`copy job ${job.id}`);
+    for (const job of await this.deps.storageInventory.listCopyJobs()) if (job.datastore === name && !isCopyJobDone(job.state)) users.push(`copy job ${job.id}`);
     if (users.length) throw new DatastoreInUseError(name, [...new Set(users)]);
     await this.deps.storageInventory.deleteDatastore(name);
     return ds;
@@ -110,7 +111,7 @@ export class Catalog {
     }
     for (const child of await this.deps.storageInventory.listDisks(disk.datastore)) if (child.parentId === disk.id) users.push(`disk ${child.datastore}/${child.name}`);
     for (const job of await this.deps.storageInventory.listCopyJobs()) {
-      if (!['succeeded', 'failed', 'cancelled'].includes(job.state) && job.files.some((f) => f.source === disk.path)) users.push(`copy job ${job.id}`);
+      if (!isCopyJobDone(job.state) && job.files.some((f) => f.source === disk.path)) users.push(`copy job ${job.id}`);
     }
     return users;
   }

@@ -45,7 +45,7 @@ export interface CopyFile {
 }
 
 /** What happens when the copy completes. */
-export type CopyPurpose = { kind: 'clone'; cloneVmId: string; cloneName: string; spec: VmSpec; start: boolean } | { kind: 'pool'; poolId: string; slot: string } | { kind: 'move'; diskId: string } | { kind: 'copy' };
+export type CopyPurpose = { kind: 'clone'; cloneVmId: string; cloneName: string; spec: VmSpec; start: boolean } | { kind: 'pool'; poolId: string; slot: string } | { kind: 'move'; diskId: string };
 
 export interface CopyJobProgress {
   fileIndex: number;

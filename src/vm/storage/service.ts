@@ -31,7 +31,6 @@ export class StorageService {
       succeeded: (job) => this.finishMove(job),
       abandoned: async () => undefined,
     });
-    this.jobs.handle('copy', { succeeded: async (job) => void (await this.catalog.registerCopies(job.files)), abandoned: async () => undefined });
   }
 
   /** After a restart, before the engine's recovery (and its garbage collection): pins what pools and unfinished jobs read. */
