@@ -21,6 +21,7 @@ import { newDiskId } from './catalog.ts';
 import type { CopyJobs } from './copy-jobs.ts';
 import type { StorageDeps } from './deps.ts';
 import { freezeVmDisks } from './freeze.ts';
+import { streamChainsIntoDisks } from './stream.ts';
 import type { Pools } from './pools.ts';
 import type { CopyFile, CopyJobRecord, DiskRecord } from './records.ts';
 import { cloneRequestSchema } from './requests.ts';
@@ -42,7 +43,11 @@ interface CloneSpec {
   cloneVmId: string;
   cloneName: string;
   spec: VmSpec;
-  start: boolean;
+}
+
+/** The chains of copied disks (top first), as cloneSpec takes them. */
+function copiedChains(tops: Map<string, DiskRecord[]>): Map<string, { paths: string[]; format: 'qcow2' | 'raw' }> {
+  return new Map([...tops].map(([diskId, chain]) => [diskId, { paths: chain.map((d) => d.path), format: (chain[0] as DiskRecord).format }]));
 }
 
 export class Cloner {
@@ -76,17 +81,17 @@ export class Cloner {
       if (request.mode === 'full' && datastore) {
         const taken = await this.pools.take(source.id, datastore.name, frozen);
         if (taken) {
-          const vm = await this.createCloneVm({ cloneVmId, cloneName: request.name, spec: await this.specOverCopies(source.spec, cloneVmId, taken.tops), start });
+          const vm = await this.createCloneVm({ cloneVmId, cloneName: request.name, spec: await this.cloneSpec(source.spec, cloneVmId, copiedChains(taken.tops)) });
           const task = start ? ((await this.deps.engine.start(vm.id)).task ?? null) : null;
           return { mode: 'full', vm, task, job: null, pool: taken.pool, ms: performance.now() - t0 };
         }
         const { files, tops } = this.planCopy(datastore, frozen);
-        const spec = await this.specOverCopies(source.spec, cloneVmId, tops, true);
+        const spec = await this.cloneSpec(source.spec, cloneVmId, copiedChains(tops), true);
         const job = await this.jobs.submit({ kind: 'clone', cloneVmId, cloneName: request.name, spec, start }, datastore.name, files);
         return { mode: 'full', vm: null, task: null, job, pool: null, ms: performance.now() - t0 };
       }
-      const disks = await this.deltasOver(source.spec, cloneVmId, frozen);
-      const vm = await this.createCloneVm({ cloneVmId, cloneName: request.name, spec: { ...source.spec, disks, nics: source.spec.nics.map((n) => ({ ...n, mac: newMac() })) }, start: false });
+      const frozenChains = new Map(frozen.map((f) => [f.diskId, { paths: f.chain, format: f.format }]));
+      const vm = await this.createCloneVm({ cloneVmId, cloneName: request.name, spec: await this.cloneSpec(source.spec, cloneVmId, frozenChains) });
       if (request.mode === 'linked') {
         const task = start ? ((await this.deps.engine.start(vm.id)).task ?? null) : null;
         return { mode: 'linked', vm, task, job: null, pool: null, ms: performance.now() - t0 };
@@ -97,34 +102,14 @@ export class Cloner {
           const boot = await this.deps.engine.tasks.wait(started.task.id);
           if (boot.state !== 'succeeded') throw new OffshootError(boot.error?.code ?? 'CLONE_START_FAILED', `the instant clone did not start: ${boot.message}`, { task: boot.id }, 500);
         }
-        const writable = disks.filter((d) => !d.readOnly);
         const t1 = performance.now();
-        for (const [i, disk] of writable.entries()) {
-          await this.deps.storage.streamWholeChain(vm.id, disk.id, (p) => void ctx.progress((i + (p.length ? p.offset / p.length : 0)) / writable.length, `streaming disk ${disk.id}: ${Math.round(p.offset / 1048576)} of ${Math.round(p.length / 1048576)} MiB`).catch(() => undefined));
-        }
-        const current = await this.deps.engine.resolve(vm.id);
-        await this.deps.inventory.updateVm(vm.id, { spec: { ...current.spec, disks: current.spec.disks.map((d) => (d.readOnly ? d : { ...d, backing: [] })) } });
-        await this.deps.engine.collectGarbage();
+        await streamChainsIntoDisks(this.deps, vm.id, vm.spec.disks.filter((d) => !d.readOnly).map((d) => d.id), ctx, 'streaming');
         return { vm: vm.name, streamedMs: Math.round(performance.now() - t1), independent: true };
       });
       return { mode: 'instant', vm: await this.deps.engine.resolve(vm.id), task, job: null, pool: null, ms: performance.now() - t0 };
     } finally {
       for (const p of pins) this.deps.engine.pins.delete(p);
     }
-  }
-
-  /** A delta per writable disk over its frozen image, in the clone's VM folder. */
-  private async deltasOver(spec: VmSpec, cloneVmId: string, frozen: FrozenDisk[]): Promise<VmDisk[]> {
-    // One qemu-img per disk, all at once: this is the whole cost of a linked clone.
-    return Promise.all(
-      spec.disks.map(async (disk): Promise<VmDisk> => {
-        const f = frozen.find((x) => x.diskId === disk.id);
-        if (disk.readOnly || !f) return { ...disk, owned: false };
-        const path = join(this.deps.vmsDir, cloneVmId, `${disk.id}.qcow2`);
-        await this.deps.storage.createDelta(path, { path: f.chain[0] as string, format: f.format });
-        return { id: disk.id, path, format: 'qcow2', readOnly: false, owned: true, backing: f.chain };
-      }),
-    );
   }
 
   /** Copy plan of a full clone: every file of every frozen chain into the datastore, as read-only disks. */
@@ -144,16 +129,19 @@ export class Cloner {
     return { files, tops };
   }
 
-  /** The clone's spec: a delta per disk over its copied chain (created now, or when the copy is done). */
-  private async specOverCopies(spec: VmSpec, cloneVmId: string, tops: Map<string, DiskRecord[]>, later = false): Promise<VmSpec> {
+  /**
+   * The clone's spec: new MACs and, per writable disk, a qcow2 delta in the clone's VM folder over
+   * `chains` (top first: the frozen source chain, or its copies), created now (one qemu-img per disk,
+   * all at once: the whole cost of a linked clone) or, with `later`, when a copy job is done.
+   */
+  private async cloneSpec(spec: VmSpec, cloneVmId: string, chains: Map<string, { paths: string[]; format: 'qcow2' | 'raw' }>, later = false): Promise<VmSpec> {
     const disks = await Promise.all(
       spec.disks.map(async (disk): Promise<VmDisk> => {
-        const chain = tops.get(disk.id);
+        const chain = chains.get(disk.id);
         if (disk.readOnly || !chain) return { ...disk, owned: false };
         const path = join(this.deps.vmsDir, cloneVmId, `${disk.id}.qcow2`);
-        const top = chain[0] as DiskRecord;
-        if (!later) await this.deps.storage.createDelta(path, { path: top.path, format: top.format });
-        return { id: disk.id, path, format: 'qcow2', readOnly: false, owned: true, backing: chain.map((d) => d.path) };
+        if (!later) await this.deps.storage.createDelta(path, { path: chain.paths[0] as string, format: chain.format });
+        return { id: disk.id, path, format: 'qcow2', readOnly: false, owned: true, backing: chain.paths };
       }),
     );
     return { ...spec, disks, nics: spec.nics.map((n) => ({ ...n, mac: newMac() })) };
@@ -180,7 +168,7 @@ export class Cloner {
       if (top) await this.deps.storage.createDelta(disk.path, { path: top.target, format: top.disk.format });
     }
     if (await this.deps.inventory.findVmByName(purpose.cloneName)) throw new AlreadyExistsError('VM', purpose.cloneName);
-    await this.createCloneVm({ cloneVmId: purpose.cloneVmId, cloneName: purpose.cloneName, spec, start: false });
+    await this.createCloneVm({ cloneVmId: purpose.cloneVmId, cloneName: purpose.cloneName, spec });
     if (purpose.start) await this.deps.engine.start(purpose.cloneVmId);
   }
 }

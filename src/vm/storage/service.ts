@@ -13,6 +13,7 @@ import { CopyJobs } from './copy-jobs.ts';
 import type { StorageDeps } from './deps.ts';
 import { DiskInUseError } from './errors.ts';
 import { Pools } from './pools.ts';
+import { streamChainsIntoDisks } from './stream.ts';
 import type { CopyJobRecord } from './records.ts';
 import { attachDiskRequestSchema, flattenRequestSchema, moveDiskRequestSchema } from './requests.ts';
 
@@ -113,13 +114,8 @@ export class StorageService {
     const disks = vm.spec.disks.filter((d) => !d.readOnly && d.backing.length > 0 && (!only || d.id === only));
     if (only && disks.length === 0) throw new OffshootError('NOT_FOUND', `VM ${vm.name} has no writable disk "${only}" with a backing chain`, { vm: vm.name, disk: only }, 404);
     return this.deps.engine.tasks.start('disk.flatten', vm, async (ctx) => {
-      for (const [i, disk] of disks.entries()) {
-        await this.deps.storage.streamWholeChain(vm.id, disk.id, (p) => void ctx.progress((i + (p.length ? p.offset / p.length : 0)) / disks.length, `flattening ${disk.id}`).catch(() => undefined));
-        const current = await this.deps.engine.resolve(vm.id);
-        await this.deps.inventory.updateVm(vm.id, { spec: { ...current.spec, disks: current.spec.disks.map((d) => (d.id === disk.id ? { ...d, backing: [] } : d)) } });
-      }
-      const removed = await this.deps.engine.collectGarbage();
-      return { flattened: disks.map((d) => d.id), releasedBases: removed.bases };
+      const { releasedBases } = await streamChainsIntoDisks(this.deps, vm.id, disks.map((d) => d.id), ctx, 'flattening');
+      return { flattened: disks.map((d) => d.id), releasedBases };
     });
   }
 }
