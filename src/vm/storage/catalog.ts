@@ -14,7 +14,7 @@ import { ContentMismatchError, DatastoreInUseError, DiskInUseError } from './err
 import type { CopyFile, DatastoreRecord, DiskRecord } from './records.ts';
 import { isCopyJobDone } from './records.ts';
 import { addDatastoreRequestSchema, createDiskRequestSchema, importDiskRequestSchema, resizeDiskRequestSchema, verifyDiskRequestSchema } from './requests.ts';
-import type { DiskChainEntry } from '../../agent/index.ts';
+import type { DiskChainEntry, FrozenDisk } from '../../agent/index.ts';
 import { OffshootError } from '../../common/index.ts';
 
 export interface DatastoreView extends DatastoreRecord {
@@ -28,6 +28,22 @@ export interface DiskView extends DiskRecord {
 
 export function newDiskId(): string {
   return `dsk-${randomBytes(5).toString('hex')}`;
+}
+
+/**
+ * Disk records for the files of a frozen chain (top first), each a read-only base over the next,
+ * with fresh ids; `pathOf` places each (e.g. its copy on a datastore). Only the top's content id is
+ * known here; the others get theirs from their source file when registered.
+ */
+export function frozenChainRecords(f: FrozenDisk, datastore: string, pathOf: (id: string, format: 'qcow2' | 'raw', index: number) => string): DiskRecord[] {
+  const createdAt = new Date().toISOString();
+  const ids = f.chain.map(() => newDiskId());
+  return f.chain.map((_, i) => {
+    // Offshoot's chains are qcow2 below the top.
+    const format = i === 0 ? f.format : 'qcow2';
+    const id = ids[i] as string;
+    return { id, name: id, datastore, path: pathOf(id, format, i), format, contentId: i === 0 ? f.contentId : '', parentId: ids[i + 1] ?? null, virtualSize: f.virtualSize, readOnly: true, createdAt };
+  });
 }
 
 export function diskMeta(disk: DiskRecord): DiskMeta {

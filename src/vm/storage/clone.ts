@@ -17,7 +17,7 @@ import { newVmId } from '../ids.ts';
 import type { TaskRecord, VmRecord } from '../records.ts';
 import { parseRequest } from '../requests.ts';
 import type { Catalog } from './catalog.ts';
-import { newDiskId } from './catalog.ts';
+import { frozenChainRecords } from './catalog.ts';
 import type { CopyJobs } from './copy-jobs.ts';
 import type { StorageDeps } from './deps.ts';
 import { freezeVmDisks } from './freeze.ts';
@@ -117,12 +117,7 @@ export class Cloner {
     const files: CopyFile[] = [];
     const tops = new Map<string, DiskRecord[]>();
     for (const f of frozen) {
-      const chain: DiskRecord[] = f.chain.map((source, i) => {
-        const id = newDiskId();
-        const format = i === 0 ? f.format : 'qcow2';
-        return { id, name: id, datastore: datastore.name, path: join(datastore.path, 'disks', `${id}.${format}`), format, contentId: i === 0 ? f.contentId : '', parentId: null, virtualSize: f.virtualSize, readOnly: true, createdAt: new Date().toISOString() };
-      });
-      chain.forEach((d, i) => (d.parentId = chain[i + 1]?.id ?? null));
+      const chain = frozenChainRecords(f, datastore.name, (id, format) => join(datastore.path, 'disks', `${id}.${format}`));
       tops.set(f.diskId, chain);
       f.chain.forEach((source, i) => files.push({ source, target: (chain[i] as DiskRecord).path, disk: chain[i] as DiskRecord }));
     }

@@ -14,7 +14,7 @@ import { NotFoundError } from '../../common/index.ts';
 import type { FrozenDisk } from '../../agent/index.ts';
 import { parseRequest } from '../requests.ts';
 import type { Catalog } from './catalog.ts';
-import { newDiskId } from './catalog.ts';
+import { frozenChainRecords, newDiskId } from './catalog.ts';
 import type { CopyJobs } from './copy-jobs.ts';
 import type { StorageDeps } from './deps.ts';
 import { freezeVmDisks } from './freeze.ts';
@@ -66,7 +66,7 @@ export class Pools {
       datastore: ds.name,
       size: request.size,
       sourceContentIds: frozen.map((f) => f.contentId),
-      sourceFiles: frozen.map((f) => ({ diskId: f.diskId, chain: this.chainRecords(f, ds.name) })),
+      sourceFiles: frozen.map((f) => ({ diskId: f.diskId, chain: frozenChainRecords(f, ds.name, (_id, _format, i) => f.chain[i] as string) })),
       slots: [],
       createdAt: now,
       updatedAt: now,
@@ -117,7 +117,7 @@ export class Pools {
         this.deps.logger.info({ pool: current.name }, 'pool is stale (its source changed): refilling from the new content');
         this.later(await this.detachSlots(current, () => true), current.name);
         this.unpin(current);
-        const fresh = await this.deps.storageInventory.updatePool(current.id, { sourceContentIds: contentIds, sourceFiles: frozen.map((f) => ({ diskId: f.diskId, chain: this.chainRecords(f, datastore) })), slots: [] });
+        const fresh = await this.deps.storageInventory.updatePool(current.id, { sourceContentIds: contentIds, sourceFiles: frozen.map((f) => ({ diskId: f.diskId, chain: frozenChainRecords(f, datastore, (_id, _format, i) => f.chain[i] as string) })), slots: [] });
         this.pin(fresh);
         await this.fill(fresh.id);
         return null;
@@ -149,12 +149,7 @@ export class Pools {
     return join(datastorePath, 'pools', poolId, slotId);
   }
 
-  /** Disk records describing a frozen chain (top first); `name` ties a pool copy to its source file. */
-  private chainRecords(f: FrozenDisk, datastore: string): DiskRecord[] {
-    const chain = f.chain.map((path, i) => ({ id: newDiskId(), name: `${f.diskId}-${i}`, datastore, path, format: i === 0 ? f.format : ('qcow2' as const), contentId: i === 0 ? f.contentId : '', parentId: null as string | null, virtualSize: f.virtualSize, readOnly: true, createdAt: new Date().toISOString() }));
-    chain.forEach((d, i) => (d.parentId = chain[i + 1]?.id ?? null));
-    return chain;
-  }
+
 
   /** Starts copy jobs until ready + filling slots reach the pool's size; drops extra ready slots. */
   private async fill(poolId: string): Promise<PoolRecord> {
