@@ -8,7 +8,7 @@
 // clone started, i.e. the same QEMU, disks and kernel) for the instant clone.
 // Everything lives under --dir (default /var/tmp: the root file system, not
 // tmpfs). Options: --runs N (3), --size-gib N (4), --data-gib N (1).
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { closeSync, mkdtempSync, openSync, rmSync, statSync, writeSync } from 'node:fs';
 import { cpus } from 'node:os';
@@ -17,25 +17,17 @@ import { startDaemon } from '../src/api/index.ts';
 import type { RunningDaemon } from '../src/api/index.ts';
 import { qemuVersion } from '../src/qemu/index.ts';
 import type { CloneResult } from '../src/vm/index.ts';
+import { option, run } from './tools.ts';
 import type { BenchResult, Comparison } from './report.ts';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 
-function option(args: string[], name: string, fallback: string): string {
-  const i = args.indexOf(name);
-  return i >= 0 ? (args[i + 1] ?? fallback) : fallback;
-}
 
-function timed(command: string, argv: string[]): Promise<number> {
+async function timed(command: string, argv: string[]): Promise<number> {
   const t0 = performance.now();
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
-    let err = '';
-    child.stderr.setEncoding('utf8').on('data', (s: string) => (err += s));
-    child.once('error', reject);
-    child.once('close', (code) => (code === 0 ? resolve(performance.now() - t0) : reject(new Error(`${command}: exit ${code}: ${err}`))));
-  });
+  await run(command, argv);
+  return performance.now() - t0;
 }
 
 /** A raw image of `sizeBytes` with `dataBytes` of random data spread in 64 MiB runs, converted to qcow2. */

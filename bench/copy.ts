@@ -12,32 +12,19 @@
 // appending, no holes in the file; prealloc: metadata-preallocated, the file
 // has holes where the guest wrote nothing), --chunk-mib N, --buffer-mib N,
 // --buffers N, --no-cold.
-import { spawn } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { closeSync, mkdtempSync, openSync, rmSync, statSync, writeSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { qemuVersion } from '../src/qemu/index.ts';
 import { copyFile, fileContentHash } from '../src/storage/index.ts';
+import { option, run } from './tools.ts';
 import type { BenchResult, Comparison, Series } from './report.ts';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 
-function option(args: string[], name: string, fallback: string): string {
-  const i = args.indexOf(name);
-  return i >= 0 ? (args[i + 1] ?? fallback) : fallback;
-}
 
-function run(command: string, argv: string[]): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
-    let err = '';
-    child.stderr.setEncoding('utf8').on('data', (s: string) => (err += s));
-    child.once('error', reject);
-    child.once('close', (code) => (code === 0 ? resolve() : reject(new Error(`${command} ${argv.join(' ')}: exit ${code}: ${err}`))));
-  });
-}
 
 /** Builds the test image: random data in 4 regions spread over the disk. */
 async function makeImage(dir: string, sizeBytes: number, dataBytes: number, layout: string): Promise<string> {
