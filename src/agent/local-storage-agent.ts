@@ -11,7 +11,7 @@ import { OffshootError } from '../common/index.ts';
 import type { QmpClient } from '../qemu/index.ts';
 import { convertImage, createImage, imageInfo, rebaseImage, resizeImage } from '../qemu/index.ts';
 import type { DiskMeta } from '../storage/index.ts';
-import { DatastoreLayout, cancelCopy, datastoreUsage, diskContentHash, initDatastore, inspectImage, isQcow2, qcow2NeverWritten, readQcow2Header, removeDiskMeta, scanDatastore, writeDiskMeta } from '../storage/index.ts';
+import { DatastoreLayout, QCOW2_MAGIC, cancelCopy, datastoreUsage, diskContentHash, initDatastore, inspectImage, isQcow2, qcow2NeverWritten, readQcow2Header, removeDiskMeta, scanDatastore, writeDiskMeta } from '../storage/index.ts';
 import { runCopyWorker } from './copy-runner.ts';
 import type { CopyRunFile, CopyRunProgress, CopyRunResult } from './copy-runner.ts';
 import type { HostLayout } from './layout.ts';
@@ -65,7 +65,7 @@ export class LocalStorageAgent implements StorageAgent {
       await file.close();
     }
     let sourceFormat: 'qcow2' | 'raw' | 'vmdk';
-    if (head.subarray(0, 4).toString('latin1') === 'QFI\xfb') {
+    if (head.readUInt32BE(0) === QCOW2_MAGIC) {
       // Its backing chain must stay in its own folder (see storage/safe-image.ts).
       await inspectImage(source, { allowedRoots: [dirname(source)] });
       sourceFormat = 'qcow2';
