@@ -5,7 +5,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 /** Layers from the bottom up; a layer may import only layers before it. */
-const LAYERS = ['common', 'qemu', 'guest', 'storage', 'memory', 'agent', 'vm', 'store', 'api', 'client', 'cli'];
+const LAYERS = ['common', 'qemu', 'guest', 'storage', 'memory', 'protocol', 'agent', 'vm', 'store', 'api', 'client', 'cli'];
 
 function layerRules(layer) {
   const index = LAYERS.indexOf(layer);

@@ -1,0 +1,107 @@
+// The one registry of error codes: every stable `code` an Offshoot error may
+// carry, with the HTTP status the API (and the agent protocol) answers it with.
+// The set is closed: an error whose code is not here travels as INTERNAL (with
+// its original code in details), and a test checks that every code thrown in
+// src/ is registered. Add a code here before you throw it.
+export const ERROR_CODES = {
+  // Input and lookup
+  INVALID_INPUT: 400,
+  PATH_NOT_ALLOWED: 403,
+  UNAUTHORIZED: 401,
+  NOT_FOUND: 404,
+  ALREADY_EXISTS: 409,
+  UNSUPPORTED_MEDIA_TYPE: 415,
+  UNSAFE_IMAGE: 422,
+  IMPORT_REFUSED: 422,
+  CORRUPT_IMAGE: 422,
+  // Lifecycle
+  ILLEGAL_STATE: 409,
+  BUSY: 409,
+  VERSION_CONFLICT: 409,
+  VM_NOT_RUNNING: 409,
+  VM_ALREADY_RUNNING: 409,
+  VM_CRASHED: 500,
+  START_INTERRUPTED: 409,
+  TASK_CANCELLED: 409,
+  TASK_NOT_CANCELLABLE: 409,
+  TASK_INTERRUPTED: 500,
+  TASK_FAILED: 500,
+  TIMEOUT: 504,
+  // QEMU and the guest
+  QEMU_START_FAILED: 500,
+  QEMU_EXITED: 500,
+  QEMU_IMG_FAILED: 500,
+  QEMU_VERSION_FAILED: 500,
+  QMP_TIMEOUT: 504,
+  QMP_DISCONNECTED: 502,
+  QMP_COMMAND_FAILED: 500,
+  QMP_PROTOCOL_ERROR: 502,
+  QGA_TIMEOUT: 504,
+  QGA_DISCONNECTED: 502,
+  QGA_COMMAND_FAILED: 500,
+  GUEST_AGENT_UNAVAILABLE: 504,
+  GUEST_NOT_BUILT: 500,
+  SOCKET_CONNECT_FAILED: 502,
+  SOCKET_CLOSED: 502,
+  MIGRATION_FAILED: 500,
+  // Fork and checkpoints
+  FORK_FAILED: 500,
+  FORK_NOT_PREPARED: 409,
+  FORK_NOT_SWITCHED: 409,
+  FORK_NEEDS_OWNED_MEMORY: 409,
+  FORK_UNSUPPORTED_DISK: 409,
+  CHECKPOINT_CORRUPT: 422,
+  CHECKPOINT_VERSION: 422,
+  CHECKPOINT_NOT_FOUND: 404,
+  CHECKPOINT_DISK_UNAVAILABLE: 409,
+  // Storage
+  NO_SPACE: 507,
+  DATASTORE_PATH_INVALID: 400,
+  DATASTORE_IN_USE: 409,
+  DISK_IN_USE: 409,
+  DISK_HAS_PARENT: 409,
+  DISK_READ_ONLY: 409,
+  DISK_SHRINK_REFUSED: 409,
+  DISK_NOT_ATTACHED: 409,
+  DISK_META_INVALID: 422,
+  DISK_STREAM_FAILED: 500,
+  CONTENT_MISMATCH: 409,
+  CLONE_SOURCE_UNSUPPORTED: 409,
+  CLONE_START_FAILED: 500,
+  COPY_BUSY: 409,
+  COPY_TARGET_EXISTS: 409,
+  COPY_SOURCE_CHANGED: 409,
+  COPY_VERIFY_FAILED: 500,
+  COPY_PROGRESS_INVALID: 500,
+  COPY_WORKER_FAILED: 500,
+  COPY_WORKER_PROTOCOL: 500,
+  // Hosts, agents and the daemon
+  HOST_UNREACHABLE: 502,
+  AGENT_PROTOCOL: 502,
+  STALE_EPOCH: 409,
+  OPERATION_NOT_FOUND: 404,
+  HOME_PATH_TOO_LONG: 500,
+  DAEMON_UNREACHABLE: 503,
+  DAEMON_NOT_FOUND: 503,
+  DAEMON_LOCK_FAILED: 500,
+  DAEMON_CLOSING: 503,
+  DAEMON_ALREADY_RUNNING: 409,
+  DAEMON_START_FAILED: 500,
+  TOKEN_NOT_FOUND: 500,
+  INVENTORY_UNAVAILABLE: 503,
+  INVENTORY_CORRUPT: 500,
+  INVENTORY_MIGRATION_FAILED: 500,
+  INVENTORY_SCHEMA_MISMATCH: 500,
+  INTERNAL: 500,
+} as const satisfies Record<string, number>;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export function isErrorCode(code: string): code is ErrorCode {
+  return Object.hasOwn(ERROR_CODES, code);
+}
+
+/** The HTTP status of a registered code (500 for anything else). */
+export function statusOf(code: string): number {
+  return isErrorCode(code) ? ERROR_CODES[code] : 500;
+}
