@@ -32,6 +32,7 @@ export class EventLog {
     if (afterSeq === this.seq && waitMs > 0) {
       await new Promise<void>((resolve) => {
         const timer = setTimeout(done, waitMs);
+        timer.unref();
         const waiters = this.waiters;
         function done() {
           clearTimeout(timer);

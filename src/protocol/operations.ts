@@ -115,6 +115,7 @@ export class OperationTable {
     if (op.info.seq <= afterSeq && op.info.state === 'running' && waitMs > 0) {
       await new Promise<void>((resolve) => {
         const timer = setTimeout(done, waitMs);
+        timer.unref();
         function done() {
           clearTimeout(timer);
           op?.changed.delete(done);

@@ -185,6 +185,8 @@ export const hostInfoSchema = z.object({
   protocolVersion: z.number().int(),
   capabilities: z.array(z.string()),
   agentVersion: z.string(),
+  /** Changes each time the agent process starts: a controller that sees a new one re-adopts the host's VMs. */
+  agentInstance: z.string(),
   epoch: z.number().int().nonnegative(),
   accel: acceleratorSchema,
   accelReason: z.string(),

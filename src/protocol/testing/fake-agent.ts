@@ -58,6 +58,8 @@ export class FakeAgent implements EpochKeeper {
   readonly log = new EventLog();
   readonly endpoint: AgentEndpoint;
   private epoch = 0;
+  /** A new agent process (see restart()). */
+  private instance = randomUUID();
   private nextPid = 10_000;
   private readonly failures = new Map<string, OffshootError>();
   private readonly hostFiles: Set<string>;
@@ -78,6 +80,16 @@ export class FakeAgent implements EpochKeeper {
   failNext(call: CallName, error: OffshootError = new OffshootError('INTERNAL', `injected failure of ${call}`, { call }, 500)): void {
     this.failures.set(call, error);
   }
+
+  /** Simulates the agent process restarting: QEMUs run on, but it tracks none until a controller adopts them again. */
+  restart(): void {
+    this.instance = randomUUID();
+    this.untracked = new Map(this.vms);
+    this.vms.clear();
+  }
+
+  /** QEMUs that outlived an agent restart, waiting for adoptVm. */
+  private untracked = new Map<string, FakeVm>();
 
   /** Simulates QEMU of a VM dying from outside. */
   crash(vmId: string, reason = 'killed from outside'): void {
@@ -143,6 +155,7 @@ export class FakeAgent implements EpochKeeper {
           protocolVersion: PROTOCOL_VERSION,
           capabilities: [...AGENT_CAPABILITIES],
           agentVersion: 'fake',
+          agentInstance: this.instance,
           epoch: this.epoch,
           accel: 'tcg' as const,
           accelReason: 'fake agent',
@@ -191,7 +204,16 @@ export class FakeAgent implements EpochKeeper {
           this.running(r.vmId);
           return {};
         }),
-      adoptVm: (r) => wrap('adoptVm', () => ({ status: this.vms.get(r.vmId)?.runtime.pid === r.runtime.pid && !this.vms.get(r.vmId)?.incoming ? (this.vms.get(r.vmId)?.status ?? null) : null })),
+      adoptVm: (r) =>
+        wrap('adoptVm', () => {
+          const left = this.untracked.get(r.vmId);
+          if (left && left.runtime.pid === r.runtime.pid && !left.incoming) {
+            this.untracked.delete(r.vmId);
+            this.vms.set(r.vmId, left);
+          }
+          const vm = this.vms.get(r.vmId);
+          return { status: vm && vm.runtime.pid === r.runtime.pid && !vm.incoming ? vm.status : null };
+        }),
       vmStatus: (r) => wrap('vmStatus', () => ({ status: this.vms.get(r.vmId)?.incoming ? null : (this.vms.get(r.vmId)?.status ?? null) })),
       pauseVm: (r) =>
         wrap('pauseVm', () => {
