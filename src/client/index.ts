@@ -4,3 +4,5 @@ export { OffshootClient, DaemonUnreachableError, NoDaemonConfiguredError } from 
 export type { ClientOptions, ExecOutput, HostInfoView, VmAndTaskView, VmMemoryView } from './client.ts';
 export { StorageClient } from './storage-client.ts';
 export type { VerifyResult } from './storage-client.ts';
+export { HostClient } from './host-client.ts';
+export type { HostListItem } from './host-client.ts';
