@@ -8,6 +8,7 @@ import { checkpointBenchmark } from './checkpoint.ts';
 import { cloneBenchmark } from './clone.ts';
 import { copyBenchmark } from './copy.ts';
 import { forkBenchmark } from './fork.ts';
+import { netpathBenchmark } from './netpath.ts';
 import type { BenchResult } from './report.ts';
 import { printReport } from './report.ts';
 
@@ -17,6 +18,7 @@ const BENCHMARKS: Record<string, (args: string[]) => Promise<BenchResult>> = {
   checkpoint: checkpointBenchmark,
   clone: cloneBenchmark,
   copy: copyBenchmark,
+  netpath: netpathBenchmark,
 };
 
 const [name, ...args] = process.argv.slice(2);

@@ -3,7 +3,7 @@
 // addresses, plus one-time TLS-PSK credentials for QEMU) that migration and
 // NBD streams between hosts run over.
 export { IpCommandError, DataPathConflictError, DataPathError } from './errors.ts';
-export { runIp, ipJson, isNotFound, isAlreadyExists, listNamespaces, namespacePids } from './ip.ts';
+export { runIp, runIpBatch, failedBatchLine, ipJson, isNotFound, isAlreadyExists, listNamespaces, namespacePids } from './ip.ts';
 export type { IpOptions } from './ip.ts';
 export { parseIpv4, formatIpv4, parseSubnet, formatSubnet, addressAt, subnetContains, subnetsOverlap } from './ipv4.ts';
 export type { Ipv4Subnet } from './ipv4.ts';

@@ -21,6 +21,31 @@ export function runIp(args: readonly string[], options: IpOptions = {}): Promise
   });
 }
 
+/**
+ * Runs several ip commands in one process (`ip -batch -`, one command a line,
+ * `flags` such as -j and -d for all of them); ip stops at the first that
+ * fails, and its stderr then ends with "Command failed -:LINE". One process
+ * instead of one per command is most of the cost of making a path.
+ */
+export function runIpBatch(commands: ReadonlyArray<readonly string[]>, options: IpOptions = {}, flags: readonly string[] = []): Promise<string> {
+  const argv = [...(options.namespace ? ['-n', options.namespace] : []), ...flags, '-batch', '-'];
+  const quote = (arg: string) => (/^[A-Za-z0-9_.:/=@+-]+$/.test(arg) ? arg : `"${arg.replace(/(["\\])/g, '\\$1')}"`);
+  const input = commands.map((c) => c.map(quote).join(' ')).join('\n');
+  return new Promise((resolve, reject) => {
+    const child = execFile('ip', argv, { maxBuffer: 16 * 1024 * 1024 }, (error, stdout, stderr) => {
+      if (error) reject(new IpCommandError([...argv, ...commands.map((c) => c.join(' '))], String(stderr), typeof error.code === 'number' ? error.code : null, error));
+      else resolve(String(stdout));
+    });
+    child.stdin?.end(`${input}\n`);
+  });
+}
+
+/** The 1-based line of a batch that failed, from ip's "Command failed -:LINE"; undefined if not a batch failure. */
+export function failedBatchLine(err: unknown): number | undefined {
+  const m = err instanceof IpCommandError ? /Command failed -:(\d+)/.exec(err.stderr) : null;
+  return m ? Number(m[1]) : undefined;
+}
+
 /** Runs `ip -j [-n NS] ARGS...` and parses the JSON it prints (an empty output is []). */
 export async function ipJson<T>(args: readonly string[], options: IpOptions = {}): Promise<T> {
   const out = await runIp(['-j', ...args], options);

@@ -8,7 +8,7 @@
 // finds its links again: listing and reaping need no state file.
 import { DataPathConflictError, DataPathError } from './errors.ts';
 import type { IpCommandError } from './errors.ts';
-import { ipJson, isAlreadyExists, isNotFound, runIp } from './ip.ts';
+import { failedBatchLine, ipJson, isAlreadyExists, isNotFound, runIp, runIpBatch } from './ip.ts';
 import type { IpOptions } from './ip.ts';
 import { PATH_LINK_PREFIX, isPathRole, slotOfLinkName } from './path-plan.ts';
 import type { DataPathPlan, PathRole } from './path-plan.ts';
@@ -48,13 +48,12 @@ function parseAlias(alias: string | undefined): { operationId: string; role: Pat
   return { operationId: m[1] as string, role: isPathRole(m[2]) ? m[2] : null };
 }
 
-/** The per-operation links on this host (VXLAN links named ofvx<slot>). */
-export async function listPathLinks(options: IpOptions = {}): Promise<DataPathLink[]> {
-  const entries = await ipJson<IpAddrEntry[]>(['-d', 'addr', 'show', 'type', 'vxlan'], options);
+/** The per-operation links among `ip -d addr show` entries (VXLAN links named ofvx<slot>). */
+function pathLinksOf(entries: IpAddrEntry[]): DataPathLink[] {
   const links: DataPathLink[] = [];
   for (const e of entries) {
     const slot = slotOfLinkName(e.ifname);
-    if (slot === undefined) continue;
+    if (slot === undefined || e.linkinfo?.info_kind !== 'vxlan') continue;
     const alias = parseAlias(e.ifalias);
     const data = e.linkinfo?.info_data ?? {};
     links.push({
@@ -74,12 +73,20 @@ export async function listPathLinks(options: IpOptions = {}): Promise<DataPathLi
   return links.sort((a, b) => a.slot - b.slot);
 }
 
-/** The device that holds `address` on this host, and its MTU. */
-export async function managementDevice(address: string, options: IpOptions = {}): Promise<{ name: string; mtu: number }> {
-  const entries = await ipJson<IpAddrEntry[]>(['addr', 'show'], options);
+/** The per-operation links on this host (VXLAN links named ofvx<slot>). */
+export async function listPathLinks(options: IpOptions = {}): Promise<DataPathLink[]> {
+  return pathLinksOf(await ipJson<IpAddrEntry[]>(['-d', 'addr', 'show', 'type', 'vxlan'], options));
+}
+
+function deviceWith(entries: IpAddrEntry[], address: string, options: IpOptions): { name: string; mtu: number } {
   const found = entries.find((e) => (e.addr_info ?? []).some((a) => a.family === 'inet' && a.local === address));
   if (!found) throw new DataPathError(`no device on this host has the management address ${address}`, { address, namespace: options.namespace ?? null });
   return { name: found.ifname, mtu: found.mtu };
+}
+
+/** The device that holds `address` on this host, and its MTU. */
+export async function managementDevice(address: string, options: IpOptions = {}): Promise<{ name: string; mtu: number }> {
+  return deviceWith(await ipJson<IpAddrEntry[]>(['addr', 'show'], options), address, options);
 }
 
 function conflictError(plan: DataPathPlan, options: IpOptions, reason: string): DataPathConflictError {
@@ -94,37 +101,38 @@ function conflictError(plan: DataPathPlan, options: IpOptions, reason: string): 
 
 /**
  * Creates this end's link (or finds it, when a retried open finds its own
- * link from the first try), labels it, gives it its address and sets it up.
- * A link of another operation in the slot is a DataPathConflictError. On a
- * failure after creating the link, the link is deleted again.
+ * link from the first try), labels it, gives it its address and sets it up:
+ * one `ip -d addr show` and one `ip -batch`. A link of another operation in
+ * the slot, or the slot's VNI taken, is a DataPathConflictError. On a failure
+ * after creating the link, the link is deleted again.
  */
 export async function createPathLink(plan: DataPathPlan, role: PathRole, options: IpOptions = {}): Promise<DataPathLink> {
   const local = plan[role];
   const remote = plan[role === 'server' ? 'client' : 'server'];
-  const existing = (await listPathLinks(options)).find((l) => l.linkName === plan.linkName || l.vni === plan.vni);
+  const entries = await ipJson<IpAddrEntry[]>(['-d', 'addr', 'show'], options);
+  const existing = pathLinksOf(entries).find((l) => l.linkName === plan.linkName || l.vni === plan.vni);
   const mine = existing && existing.operationId === plan.operationId && existing.linkName === plan.linkName && existing.vni === plan.vni && existing.remoteManagementAddress === remote.managementAddress;
   if (existing && !mine) throw conflictError(plan, options, `link ${existing.linkName} (VNI ${existing.vni}) belongs to operation ${existing.operationId ?? '(unlabelled)'}`);
-  let created = false;
+  const device = deviceWith(entries, local.managementAddress, options);
+  const address = `${local.address}/${plan.prefixLength}`;
+  const commands: string[][] = [];
+  if (!existing) commands.push(['link', 'add', plan.linkName, 'type', 'vxlan', 'id', String(plan.vni), 'local', local.managementAddress, 'remote', remote.managementAddress, 'dstport', String(plan.port), 'dev', device.name]);
+  commands.push(['link', 'set', plan.linkName, 'alias', `${ALIAS_PREFIX} op=${plan.operationId} role=${role}`, 'addrgenmode', 'none']);
+  if (!existing?.addresses.includes(address)) commands.push(['addr', 'add', address, 'dev', plan.linkName]);
+  commands.push(['link', 'set', plan.linkName, 'up']);
+  commands.push(['addr', 'show', 'dev', plan.linkName]);
+  let out: string;
   try {
-    if (!existing) {
-      const device = await managementDevice(local.managementAddress, options);
-      const add = ['link', 'add', plan.linkName, 'type', 'vxlan', 'id', String(plan.vni), 'local', local.managementAddress, 'remote', remote.managementAddress, 'dstport', String(plan.port), 'dev', device.name];
-      await runIp(add, options).catch((err: unknown) => {
-        throw isAlreadyExists(err) ? conflictError(plan, options, (err as IpCommandError).stderr.trim()) : err;
-      });
-      created = true;
-    }
-    await runIp(['link', 'set', plan.linkName, 'alias', `${ALIAS_PREFIX} op=${plan.operationId} role=${role}`, 'addrgenmode', 'none'], options);
-    const address = `${local.address}/${plan.prefixLength}`;
-    if (!existing?.addresses.includes(address)) await runIp(['addr', 'add', address, 'dev', plan.linkName], options);
-    await runIp(['link', 'set', plan.linkName, 'up'], options);
-    const link = (await listPathLinks(options)).find((l) => l.linkName === plan.linkName);
-    if (!link) throw new DataPathError(`link ${plan.linkName} vanished while it was being set up`, { linkName: plan.linkName });
-    return link;
+    out = await runIpBatch(commands, options, ['-j', '-d']);
   } catch (err) {
-    if (created) await deletePathLink(plan.linkName, options).catch(() => undefined);
+    const addFailed = !existing && failedBatchLine(err) === 1;
+    if (addFailed && isAlreadyExists(err)) throw conflictError(plan, options, (err as IpCommandError).stderr.replace(/Command failed.*$/s, '').trim());
+    if (!existing && !addFailed) await deletePathLink(plan.linkName, options).catch(() => undefined);
     throw err;
   }
+  const [link] = pathLinksOf(JSON.parse(out) as IpAddrEntry[]);
+  if (!link) throw new DataPathError(`link ${plan.linkName} vanished while it was being set up`, { linkName: plan.linkName });
+  return link;
 }
 
 /** Deletes a per-operation link; false if it was not there. Its addresses and routes go with it. */

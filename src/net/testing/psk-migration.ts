@@ -28,8 +28,12 @@ export interface NamespacedQemu {
   stop(): Promise<void>;
 }
 
-/** Boots the embedded guest (kernel and initramfs, no disk) inside `namespace`; with `incoming`, waits for a migration instead (-incoming defer -S). */
-export async function startNamespacedGuest(request: { namespace: string; dir: string; memoryDir: string; name: string; memoryMiB: number; incoming: boolean }): Promise<NamespacedQemu> {
+/**
+ * Boots the embedded guest (kernel and initramfs, no disk) inside `namespace`;
+ * with `incoming`, waits for a migration instead (-incoming defer -S); with
+ * `paused`, starts stopped (-S) and never runs unless continued.
+ */
+export async function startNamespacedGuest(request: { namespace: string; dir: string; memoryDir: string; name: string; memoryMiB: number; incoming: boolean; paused?: boolean }): Promise<NamespacedQemu> {
   const { namespace, dir, memoryDir, name, memoryMiB, incoming } = request;
   mkdirSync(dir, { recursive: true });
   mkdirSync(memoryDir, { recursive: true });
@@ -43,7 +47,8 @@ export async function startNamespacedGuest(request: { namespace: string; dir: st
     '-nodefaults', '-no-user-config', '-display', 'none', '-serial', `file:${join(dir, `${name}.console`)}`,
     '-kernel', guest.kernel, '-initrd', guest.initrd, '-append', guest.cmdline,
     '-qmp', `unix:${qmpSocket},server=on,wait=off`,
-    ...(incoming ? ['-incoming', 'defer', '-S'] : []),
+    ...(incoming ? ['-incoming', 'defer'] : []),
+    ...(incoming || request.paused ? ['-S'] : []),
   ];
   const proc = await launchQemu({ vmId: name, binary: 'nsenter', args, qmpSocket, logFile: join(dir, `${name}.log`) });
   const qmp = await QmpClient.connect(qmpSocket, { timeoutMs: 10_000 });
