@@ -1,20 +1,25 @@
 // End-to-end test of the lab on the real kernel with real daemons and QEMU:
 // `up 2` makes two hosts whose agents answer at their own addresses from the
 // root namespace; a VM created and started through each host's agent runs
-// its QEMU inside that host's namespace; `up` again leaves running agents
+// its QEMU inside that host's namespace; a per-operation data path between
+// the two hosts carries packets over its VXLAN link; `up` again leaves running agents
 // alone; an agent killed with SIGKILL (its VM running on) is restarted by the
 // next `up` and re-adopts the VM; bad options are refused before anything is
 // made; `down` leaves no process, namespace, link or file.
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { isProcessAlive } from '../common/index.ts';
-import { ipJson, listNamespaces } from '../net/index.ts';
+import { closeDataPath, ipJson, linkCounters, listDataPaths, listNamespaces, newPskKey, openDataPath, planDataPath } from '../net/index.ts';
 import { agentClient } from './agent-command.ts';
 import { processInNamespace } from './agent-process.ts';
 import { labDown, labStatus, labUp } from './lab.ts';
 import type { UpResult } from './lab.ts';
 
+const execFileAsync = promisify(execFile);
 const prefix = `olt${randomBytes(2).toString('hex').slice(0, 3)}`;
 const subnet = `10.213.${150 + ((randomBytes(1)[0] as number) % 40)}.0/24`;
 const dir = mkdtempSync(`/tmp/${prefix}-lab-`);
@@ -65,6 +70,24 @@ describe('lab', () => {
       expect(readFileSync(`/proc/${pid}/cmdline`, 'utf8')).toContain(host.memoryDir);
       const out = await client.exec(`vm-${host.name}`, '/bin/hostname', []);
       expect(out.exitCode).toBe(0);
+    }
+  });
+
+  it('carries a per-operation data path between two lab hosts', async () => {
+    const [lab1, lab2] = up.hosts as [UpResult['hosts'][number], UpResult['hosts'][number]];
+    const plan = planDataPath({ operationId: 'lab-path', serverManagementAddress: lab2.address, clientManagementAddress: lab1.address });
+    const key = newPskKey();
+    const at = (h: typeof lab1) => ({ namespace: h.namespace, credentialsRoot: join(h.home, 'net-keys') });
+    const server = await openDataPath({ plan, role: 'server', pskKey: key, ...at(lab2) });
+    const client = await openDataPath({ plan, role: 'client', pskKey: key, ...at(lab1) });
+    expect(client).toMatchObject({ device: 'mgmt0', mtu: 1450, localManagementAddress: lab1.address, remoteAddress: server.localAddress });
+    const before = await linkCounters(plan.linkName, at(lab2));
+    await execFileAsync('nsenter', [`--net=/run/netns/${lab1.namespace}`, '--', 'busybox', 'ping', '-c', '3', '-W', '2', server.localAddress]);
+    const after = await linkCounters(plan.linkName, at(lab2));
+    expect(after.rxPackets - before.rxPackets).toBeGreaterThanOrEqual(3);
+    for (const h of [lab1, lab2]) {
+      await closeDataPath({ operationId: 'lab-path', ...at(h) });
+      expect(await listDataPaths(at(h))).toEqual({ links: [], credentials: [] });
     }
   });
 

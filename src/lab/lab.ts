@@ -5,7 +5,7 @@
 // and their QEMUs), the namespaces, links and bridge, the memory folders, the
 // host folders and the state file. `down` also finds namespaces, links and
 // memory folders by the prefix, so it cleans up after a lab whose state file
-// was lost.
+// was lost (for a folder without a lab, only when the prefix is given).
 import { existsSync, readdirSync } from 'node:fs';
 import { rm, rmdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -14,7 +14,7 @@ import { listNamespaces } from '../net/index.ts';
 import { agentClient, registerWithControlPlane } from './agent-command.ts';
 import type { Registration } from './agent-command.ts';
 import { isAgentRunning, startAgent, stopNamespaceProcesses } from './agent-process.ts';
-import { bridgeAddress, bridgeName, hostLayout, hostName, labOptions, maxHosts } from './config.ts';
+import { bridgeAddress, bridgeName, defaultLabDir, hostLayout, hostName, labOptions, maxHosts } from './config.ts';
 import type { LabOptions } from './config.ts';
 import { ensureBridge, ensureHostNetwork, findLabNetwork, removeBridge, removeHostNetwork } from './network.ts';
 import { emptyState, readState, removeState, writeState } from './state.ts';
@@ -133,6 +133,9 @@ export async function labDown(input: Partial<LabOptions> = {}): Promise<DownResu
   assertRoot();
   const { options, state } = resolveOptions(input);
   const result: DownResult = { stoppedPids: [], removedNamespaces: [], removedLinks: [], removedFiles: [] };
+  // No lab in a folder of the caller's choosing: sweep by prefix only when the prefix was given
+  // (the default prefix belongs to the default folder's lab).
+  if (!state && input.prefix === undefined && options.dir !== defaultLabDir()) return result;
   const network = await findLabNetwork(options.prefix);
   const namespaces = new Set([...(state?.hosts ?? []).map((h) => h.namespace), ...network.namespaces]);
   const existing = new Set(await listNamespaces());
