@@ -8,12 +8,13 @@
 // int8 columns come back as JS numbers (refused past 2^53). SQLite
 // transactions begin IMMEDIATE, so a read-then-write transaction never fails
 // half-way on a lock upgrade.
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { CompiledQuery, Kysely, PostgresDialect, SqliteDialect } from 'kysely';
 import type { DatabaseConnection, Dialect, Driver, QueryCompiler, QueryResult, TransactionSettings } from 'kysely';
 import pg from 'pg';
+import { NotFoundError, homePaths } from '../common/index.ts';
 import type { Logger } from '../common/index.ts';
 import { InventoryUnavailableError } from './errors.ts';
 import type { Database } from './schema.ts';
@@ -26,6 +27,11 @@ export interface DatabaseLocation {
   target: string;
   /** For messages and logs: the target with any password hidden. */
   display: string;
+}
+
+/** Where a home's inventory is: the given location (--database), else OFFSHOOT_DATABASE_URL, else the home's SQLite file. */
+export function inventoryLocation(home: string, database?: string, env: NodeJS.ProcessEnv = process.env): string {
+  return database || env.OFFSHOOT_DATABASE_URL || homePaths(home).inventory;
 }
 
 export function parseDatabaseLocation(location: string): DatabaseLocation {
@@ -57,6 +63,8 @@ export interface ConnectOptions {
   logger?: Logger;
   /** PostgreSQL connections per controller (default 10). */
   poolSize?: number;
+  /** SQLite: refuse (NOT_FOUND) instead of creating a missing file. */
+  mustExist?: boolean;
 }
 
 function parseInt8(value: string): number {
@@ -85,7 +93,10 @@ export async function connect(location: string, options: ConnectOptions = {}): P
     const db = new Kysely<Database>({ dialect: guarded(new PostgresDialect({ pool }), toError) });
     return { db, dialect, location: where, pgClientConfig, close: () => db.destroy() };
   }
-  if (where.target !== ':memory:') mkdirSync(dirname(where.target), { recursive: true });
+  if (where.target !== ':memory:') {
+    if (options.mustExist && !existsSync(where.target)) throw new NotFoundError('inventory', where.target);
+    mkdirSync(dirname(where.target), { recursive: true, mode: 0o700 });
+  }
   const sqlite = new BetterSqlite3(where.target);
   sqlite.pragma('journal_mode = WAL');
   sqlite.pragma('busy_timeout = 5000');

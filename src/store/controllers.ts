@@ -5,7 +5,9 @@
 // its tasks are taken over with claimExpiredTasks, which adopts nothing by
 // itself: adopt a task's pins before reaping its old owner). A reaped
 // controller that was only slow learns it at its next heartbeat (LEASE_LOST).
+// keepAlive registers a controller and heartbeats three times per lease.
 import type { Kysely, Selectable } from 'kysely';
+import type { Logger } from '../common/index.ts';
 import type { ControllerRecord, Controllers } from '../vm/index.ts';
 import { LeaseLostError } from '../vm/index.ts';
 import { expiryAfter } from './clock.ts';
@@ -62,5 +64,43 @@ export class KyselyControllers implements Controllers {
       if (dead.length > 0) await trx.deleteFrom('gc_pins').where('owner', 'in', dead).execute();
       return dead.sort();
     });
+  }
+
+  /**
+   * Registers the controller and renews its lease every third of it until stopped (which deregisters it).
+   * If it was reaped meanwhile (it could not reach the database for a lease), `onLost` is told (its pins are
+   * gone and its tasks may have been taken over) and it registers again. Never throws: a database that
+   * is down at start only delays the registration to the next beat.
+   */
+  async keepAlive(id: string, url: string | null, ttlMs: number, options: { logger?: Logger; onLost?: () => void } = {}): Promise<{ stop(): Promise<void> }> {
+    const { logger, onLost } = options;
+    let registered = await this.register(id, url, ttlMs).then(
+      () => true,
+      (err: unknown) => {
+        logger?.warn({ err, controller: id }, 'cannot register the controller yet');
+        return false;
+      },
+    );
+    let beating: Promise<unknown> = Promise.resolve();
+    const timer = setInterval(() => {
+      beating = this.heartbeat(id, ttlMs).catch(async (err: unknown) => {
+        logger?.warn({ err, controller: id }, 'controller heartbeat failed');
+        if ((err as { code?: string }).code === 'LEASE_LOST') {
+          if (registered) onLost?.();
+          registered = await this.register(id, url, ttlMs).then(
+            () => true,
+            () => false,
+          );
+        }
+      });
+    }, Math.max(1, Math.floor(ttlMs / 3)));
+    timer.unref();
+    return {
+      stop: async () => {
+        clearInterval(timer);
+        await beating;
+        await this.deregister(id).catch((err: unknown) => logger?.warn({ err, controller: id }, 'cannot deregister the controller'));
+      },
+    };
   }
 }

@@ -82,6 +82,10 @@ export class InProcessEventBus<E> implements SharedEventBus<E> {
     return () => {};
   }
 
+  get listening(): boolean {
+    return this.hub.has(this as InProcessEventBus<unknown>);
+  }
+
   async close(): Promise<void> {
     this.hub.delete(this as InProcessEventBus<unknown>);
     if (this.hub.size === 0) hubs.delete(this.database);

@@ -394,6 +394,19 @@ export function inventoryContract(label: string, target: ContractTarget): void {
         await inv.controllers.deregister('ctl-b');
         expect(await inv.controllers.list()).toEqual([]);
       });
+
+      it('keeps a controller alive by heartbeat, tells it when it was reaped, and deregisters it', async () => {
+        const { inv } = await fresh();
+        let lost = 0;
+        const alive = await inv.controllers.keepAlive('ctl-k', 'http://k', 150, { onLost: () => lost++ });
+        expect((await inv.controllers.live()).map((c) => c.id)).toEqual(['ctl-k']);
+        time.advance(150);
+        expect(await inv.controllers.reapExpired()).toEqual(['ctl-k']);
+        await vi.waitFor(async () => expect((await inv.controllers.live()).map((c) => c.id)).toEqual(['ctl-k']), { timeout: 3_000, interval: 20 });
+        expect(lost).toBe(1);
+        await alive.stop();
+        expect(await inv.controllers.list()).toEqual([]);
+      });
     });
 
     describe('event bus', () => {

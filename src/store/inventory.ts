@@ -39,10 +39,17 @@ export interface OpenInventoryOptions {
   migrate?: MigratePolicy;
   /** PostgreSQL connections (default 10). */
   poolSize?: number;
+  /** SQLite: refuse (NOT_FOUND) instead of creating a missing file. */
+  mustExist?: boolean;
 }
 
 /** A bus from openEventBus: shared, and tells when it missed events. */
-export type InventoryEventBus<E> = SharedEventBus<E> & { onReconnect(listener: () => void): () => void };
+export type InventoryEventBus<E> = SharedEventBus<E> & {
+  /** Called when the bus is connected again after an outage, during which it missed events. */
+  onReconnect(listener: () => void): () => void;
+  /** Whether events from other controllers can reach it now. */
+  readonly listening: boolean;
+};
 
 export class KyselyInventory implements Inventory {
   readonly storage: KyselyStorageInventory;
@@ -76,7 +83,7 @@ export class KyselyInventory implements Inventory {
 
   /** Opens the inventory at a PostgreSQL URL or a SQLite file path, bringing its schema up to date (or refusing). */
   static async open(location: string, options: OpenInventoryOptions = {}): Promise<KyselyInventory> {
-    const handle = await connect(location, { logger: options.logger, poolSize: options.poolSize });
+    const handle = await connect(location, { logger: options.logger, poolSize: options.poolSize, mustExist: options.mustExist });
     const clock = options.clock ?? systemClock;
     const policy = options.migrate ?? (handle.dialect.name === 'sqlite' ? 'always' : 'unless-live');
     try {
