@@ -108,7 +108,7 @@ async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock
     await inventory.close();
     throw err;
   }
-  const app = buildApp({ engine, storage, agent, token, logger });
+  const app = buildApp({ engine, storage, agent, token, verifyToken: async (t) => (await inventory.tokens.verify(t)) !== undefined, logger });
   const server = await new Promise<ReturnType<typeof serve>>((resolve, reject) => {
     const s = serve({ fetch: app.fetch, hostname: host, port }, () => resolve(s));
     s.once('error', reject);

@@ -80,6 +80,13 @@ describe('fleet database: SQLite home to PostgreSQL', () => {
     try {
       expect((await inv.controllers.live()).map((c) => c.url)).toEqual([daemon.url]);
       expect(await inv.tokens.verify(token)).toBeDefined();
+      // A token of the inventory (e.g. another controller's home) is accepted too; others are not.
+      const other = await inv.tokens.create('other-home');
+      const auth = async (bearer: string) => (await fetch(`${daemon?.url}/vms`, { headers: { authorization: `Bearer ${bearer}` } })).status;
+      expect(await auth(other.token)).toBe(200);
+      expect(await auth('x'.repeat(43))).toBe(401);
+      await inv.tokens.revoke('other-home');
+      expect(await auth(other.token)).toBe(401);
       expect((await inv.findCheckpoint('big'))?.fileBytes).toBe(7 * 2 ** 32 + 5);
     } finally {
       await inv.close();
