@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import pg from 'pg';
 import { KyselyInventory } from '../src/store/index.ts';
-import { startPgCluster } from '../src/store/pg-test-cluster.ts';
+import { createDatabaseOn, dropDatabaseOn, startPgCluster } from '../src/store/pg-test-cluster.ts';
 import type { PgCluster } from '../src/store/pg-test-cluster.ts';
 import type { VmRecord } from '../src/vm/index.ts';
 import type { BenchResult, Comparison } from './report.ts';
@@ -122,16 +122,12 @@ export async function fleetBenchmark(args: string[]): Promise<BenchResult> {
 
   // PostgreSQL: a temporary cluster (default settings: fsync on) or the given server.
   let cluster: PgCluster | undefined;
+  let server: string | undefined;
   const dbName = `offshoot_fleetbench_${process.pid}`;
   try {
     cluster = given ? undefined : await startPgCluster();
-    const server = given || (cluster as PgCluster).url;
-    const admin = new pg.Client({ connectionString: server });
-    await admin.connect();
-    await admin.query(`create database ${dbName}`);
-    await admin.end();
-    const url = new URL(server);
-    url.pathname = `/${dbName}`;
+    server = given || (cluster as PgCluster).url;
+    const url = new URL(await createDatabaseOn(server, dbName));
     const inv = await KyselyInventory.open(url.toString());
     const records = await populate(inv, vms, tasks);
     const client = new pg.Client({ connectionString: url.toString() });
@@ -151,13 +147,8 @@ export async function fleetBenchmark(args: string[]): Promise<BenchResult> {
     notes.push(...figures.notes);
     await client.end();
     await inv.close();
-    if (given) {
-      const cleanup = new pg.Client({ connectionString: server });
-      await cleanup.connect();
-      await cleanup.query(`drop database ${dbName}`);
-      await cleanup.end();
-    }
   } finally {
+    if (given && server) await dropDatabaseOn(server, dbName).catch(() => {});
     await cluster?.stop();
   }
   notes.push(`goal: vm list of ${vms} VMs < 50 ms p99 on both databases`);

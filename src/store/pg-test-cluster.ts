@@ -126,17 +126,7 @@ export async function startPgCluster(options: ClusterOptions = {}): Promise<PgCl
     url,
     port,
     dir,
-    async createDatabase(name) {
-      if (!/^[a-z_][a-z0-9_]*$/.test(name)) throw new Error(`bad database name ${name}`);
-      const client = new pg.Client({ connectionString: url });
-      await client.connect();
-      try {
-        await client.query(`create database ${name}`);
-      } finally {
-        await client.end();
-      }
-      return url.replace(/\/postgres$/, `/${name}`);
-    },
+    createDatabase: (name) => createDatabaseOn(url, name),
     async pause() {
       if (running) await ctl('stop');
       running = false;
@@ -169,9 +159,13 @@ export function testServerUrl(): string {
 }
 
 /** Creates a fresh database on the run's server and returns its URL. */
-export async function freshTestDatabase(prefix: string): Promise<string> {
-  const server = testServerUrl();
-  const name = databaseName(prefix);
+export function freshTestDatabase(prefix: string): Promise<string> {
+  return createDatabaseOn(testServerUrl(), databaseName(prefix));
+}
+
+/** Creates an empty database on a server (given by the URL of any database there) and returns its URL. */
+export async function createDatabaseOn(server: string, name: string): Promise<string> {
+  if (!/^[a-z_][a-z0-9_]*$/.test(name)) throw new Error(`bad database name ${name}`);
   const client = new pg.Client({ connectionString: server });
   await client.connect();
   try {
@@ -182,4 +176,16 @@ export async function freshTestDatabase(prefix: string): Promise<string> {
   const url = new URL(server);
   url.pathname = `/${name}`;
   return url.toString();
+}
+
+/** Drops a database made by createDatabaseOn. */
+export async function dropDatabaseOn(server: string, name: string): Promise<void> {
+  if (!/^[a-z_][a-z0-9_]*$/.test(name)) throw new Error(`bad database name ${name}`);
+  const client = new pg.Client({ connectionString: server });
+  await client.connect();
+  try {
+    await client.query(`drop database if exists ${name}`);
+  } finally {
+    await client.end();
+  }
 }
