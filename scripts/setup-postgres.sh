@@ -17,15 +17,17 @@ fi
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-# No default cluster: postgresql-common reads this before it would create one.
-if [ ! -f /etc/postgresql-common/createcluster.conf ]; then
+# No default cluster: postgresql-common reads this before it would create one
+# (also when postgresql-common itself is already installed).
+conf=/etc/postgresql-common/createcluster.conf
+if ! grep -qsE '^[[:space:]]*create_main_cluster[[:space:]]*=[[:space:]]*false' "$conf"; then
   $SUDO mkdir -p /etc/postgresql-common
-  printf '# written by offshoot scripts/setup-postgres.sh: tests use their own temporary clusters\ncreate_main_cluster = false\n' | $SUDO tee /etc/postgresql-common/createcluster.conf >/dev/null
+  printf '# added by offshoot scripts/setup-postgres.sh: tests use their own temporary clusters\ncreate_main_cluster = false\n' | $SUDO tee -a "$conf" >/dev/null
 fi
 
 install() {
-  # --force-confold keeps the createcluster.conf written above.
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+  # postgresql-common manages createcluster.conf with ucf: UCF_FORCE_CONFFOLD keeps the line added above.
+  $SUDO env DEBIAN_FRONTEND=noninteractive UCF_FORCE_CONFFOLD=1 apt-get install -y -q --no-install-recommends \
     -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold postgresql >/dev/null
 }
 log "installing postgresql (Debian)"
