@@ -29,13 +29,23 @@ function percentile(samples: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] ?? NaN;
 }
 
-async function timeRuns(runs: number, fn: () => Promise<unknown>): Promise<number[]> {
-  for (let i = 0; i < Math.min(10, runs); i++) await fn(); // warm-up: prepared statements, caches
-  const samples: number[] = [];
-  for (let i = 0; i < runs; i++) {
+/** Times two calls over the same runs, interleaved (alternating which goes first), so load changes on the shared machine hit both alike. */
+async function timePair(runs: number, a: () => Promise<unknown>, b: () => Promise<unknown>): Promise<[number[], number[]]> {
+  for (let i = 0; i < Math.min(10, runs); i++) await Promise.all([a(), b()]); // warm-up: prepared statements, caches
+  const samples: [number[], number[]] = [[], []];
+  const time = async (fn: () => Promise<unknown>, into: number[]) => {
     const t0 = performance.now();
     await fn();
-    samples.push(performance.now() - t0);
+    into.push(performance.now() - t0);
+  };
+  for (let i = 0; i < runs; i++) {
+    if (i % 2 === 0) {
+      await time(a, samples[0]);
+      await time(b, samples[1]);
+    } else {
+      await time(b, samples[1]);
+      await time(a, samples[0]);
+    }
   }
   return samples;
 }
@@ -83,9 +93,9 @@ async function measure(label: string, inv: KyselyInventory, raw: { list(): Promi
   const figures: [string, number[], number[]][] = [];
   const listed = await inv.listVms();
   if (listed.length !== records.length) throw new Error(`${label}: listVms returned ${listed.length} of ${records.length}`);
-  figures.push([`vm list (${records.length} VMs)`, await timeRuns(runs, () => inv.listVms()), await timeRuns(runs, () => raw.list())]);
-  figures.push(['vm show (by name)', await timeRuns(runs, () => inv.findVmByName(pick())), await timeRuns(runs, () => raw.show(pick()))]);
-  figures.push(['task list (newest 20)', await timeRuns(runs, () => inv.listTasks({ limit: 20 })), await timeRuns(runs, () => raw.tasks())]);
+  figures.push([`vm list (${records.length} VMs)`, ...(await timePair(runs, () => inv.listVms(), () => raw.list()))]);
+  figures.push(['vm show (by name)', ...(await timePair(runs, () => inv.findVmByName(pick()), () => raw.show(pick())))]);
+  figures.push(['task list (newest 20)', ...(await timePair(runs, () => inv.listTasks({ limit: 20 }), () => raw.tasks()))]);
   const comparisons: Comparison[] = figures.map(([metric, offshoot, baseline]) => ({ metric: `${metric} ${label}`, offshoot: { label: 'inventory', unit: 'ms', samples: offshoot }, baseline: { label: `bare ${label} driver`, unit: 'ms', samples: baseline } }));
   const notes = figures.map(([metric, offshoot, baseline]) => `${label} ${metric}: inventory p50 ${percentile(offshoot, 50).toFixed(2)} ms p99 ${percentile(offshoot, 99).toFixed(2)} ms; bare driver p50 ${percentile(baseline, 50).toFixed(2)} ms p99 ${percentile(baseline, 99).toFixed(2)} ms`);
   return { comparisons, notes };
