@@ -23,7 +23,7 @@ export class KyselyVmClaims implements VmClaims {
     private readonly clock: Clock,
   ) {}
 
-  async acquire(vmId: string, owner: string, operation: string, ttlMs: number): Promise<VmClaim> {
+  async acquire(vmId: string, owner: string, operation: string, ttlMs: number, attempt = 1): Promise<VmClaim> {
     const { now, expiresAt } = expiryAfter(this.clock, ttlMs);
     const row = { vm_id: vmId, owner, operation, token: randomUUID(), claimed_at: now, expires_at: expiresAt };
     const taken = await this.db
@@ -39,8 +39,9 @@ export class KyselyVmClaims implements VmClaims {
       .executeTakeFirst();
     if (taken) return claimFromRow(taken);
     const holder = await this.get(vmId);
-    // Released between our upsert and this read: try once more.
-    if (!holder) return this.acquire(vmId, owner, operation, ttlMs);
+    // Released between the upsert and this read: try again (a few times; each needs another release in between).
+    if (!holder && attempt < 3) return this.acquire(vmId, owner, operation, ttlMs, attempt + 1);
+    if (!holder) throw new BusyError(vmId, 'another controller', 'an operation', this.clock());
     throw new BusyError(vmId, holder.owner, holder.operation, holder.expiresAt);
   }
 
