@@ -23,7 +23,11 @@ export class KyselyVmClaims implements VmClaims {
     private readonly clock: Clock,
   ) {}
 
-  async acquire(vmId: string, owner: string, operation: string, ttlMs: number, attempt = 1): Promise<VmClaim> {
+  acquire(vmId: string, owner: string, operation: string, ttlMs: number): Promise<VmClaim> {
+    return this.tryAcquire(vmId, owner, operation, ttlMs, 1);
+  }
+
+  private async tryAcquire(vmId: string, owner: string, operation: string, ttlMs: number, attempt: number): Promise<VmClaim> {
     const { now, expiresAt } = expiryAfter(this.clock, ttlMs);
     const row = { vm_id: vmId, owner, operation, token: randomUUID(), claimed_at: now, expires_at: expiresAt };
     const taken = await this.db
@@ -40,7 +44,7 @@ export class KyselyVmClaims implements VmClaims {
     if (taken) return claimFromRow(taken);
     const holder = await this.get(vmId);
     // Released between the upsert and this read: try again (a few times; each needs another release in between).
-    if (!holder && attempt < 3) return this.acquire(vmId, owner, operation, ttlMs, attempt + 1);
+    if (!holder && attempt < 3) return this.tryAcquire(vmId, owner, operation, ttlMs, attempt + 1);
     if (!holder) throw new BusyError(vmId, 'another controller', 'an operation', this.clock());
     throw new BusyError(vmId, holder.owner, holder.operation, holder.expiresAt);
   }
