@@ -7,6 +7,7 @@ import { bootBenchmark } from './boot.ts';
 import { checkpointBenchmark } from './checkpoint.ts';
 import { cloneBenchmark } from './clone.ts';
 import { copyBenchmark } from './copy.ts';
+import { fleetBenchmark } from './fleet.ts';
 import { forkBenchmark } from './fork.ts';
 import { netpathBenchmark } from './netpath.ts';
 import type { BenchResult } from './report.ts';
@@ -19,6 +20,7 @@ const BENCHMARKS: Record<string, (args: string[]) => Promise<BenchResult>> = {
   clone: cloneBenchmark,
   copy: copyBenchmark,
   netpath: netpathBenchmark,
+  fleet: fleetBenchmark,
 };
 
 const [name, ...args] = process.argv.slice(2);
