@@ -6,6 +6,8 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     include: ['src/**/*.test.ts', 'tests/**/*.test.ts'],
+    // A temporary PostgreSQL cluster for the inventory's tests (OFFSHOOT_TEST_DATABASE_URL).
+    globalSetup: ['tests/postgres-global-setup.ts'],
     fileParallelism: false,
     testTimeout: 120_000,
     hookTimeout: 120_000,

@@ -7,7 +7,9 @@ import { bootBenchmark } from './boot.ts';
 import { checkpointBenchmark } from './checkpoint.ts';
 import { cloneBenchmark } from './clone.ts';
 import { copyBenchmark } from './copy.ts';
+import { fleetBenchmark } from './fleet.ts';
 import { forkBenchmark } from './fork.ts';
+import { netpathBenchmark } from './netpath.ts';
 import type { BenchResult } from './report.ts';
 import { printReport } from './report.ts';
 
@@ -17,6 +19,8 @@ const BENCHMARKS: Record<string, (args: string[]) => Promise<BenchResult>> = {
   checkpoint: checkpointBenchmark,
   clone: cloneBenchmark,
   copy: copyBenchmark,
+  netpath: netpathBenchmark,
+  fleet: fleetBenchmark,
 };
 
 const [name, ...args] = process.argv.slice(2);

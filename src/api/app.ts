@@ -21,10 +21,12 @@ export interface AppDeps {
   storage: StorageService;
   agent: HostAgent;
   token: string;
+  /** Other valid tokens (the inventory's API tokens). */
+  verifyToken?: (token: string) => Promise<boolean>;
   logger: Logger;
 }
 
-export function buildApp({ engine, storage, agent, token, logger }: AppDeps): OpenAPIHono {
+export function buildApp({ engine, storage, agent, token, verifyToken, logger }: AppDeps): OpenAPIHono {
   const app = new OpenAPIHono({ defaultHook: validationHook });
   app.onError((err, c) => {
     // Hono's own 4xx (e.g. a malformed JSON body) is the client's mistake, not an internal error.
@@ -33,7 +35,7 @@ export function buildApp({ engine, storage, agent, token, logger }: AppDeps): Op
     return c.json(error.toJSON(), error.status as 400);
   });
   app.notFound((c) => c.json(new NotFoundError('route', `${c.req.method} ${c.req.path}`).toJSON(), 404));
-  app.use('*', bearerAuth(token, ['/health', '/openapi.json']));
+  app.use('*', bearerAuth(token, ['/health', '/openapi.json'], verifyToken));
 
   app.get('/health', (c) => c.json({ ok: true, version: API_VERSION }));
   app.get('/host', async (c) => c.json(await agent.hostInfo()));

@@ -1,15 +1,19 @@
-// `offshoot serve`: wires the inventory, the local host agent, the VM engine
-// and the HTTP server; recovers from a previous daemon (re-adopting running
-// VMs, reaping orphans); writes its address for the CLI; and on SIGTERM or
-// SIGINT shuts down leaving every VM running for the next daemon.
+// `offshoot serve`: wires the inventory (the home's SQLite file, or the
+// database given by --database / OFFSHOOT_DATABASE_URL), the local host agent,
+// the VM engine and the HTTP server; recovers from a previous daemon
+// (re-adopting running VMs, reaping orphans); registers as a controller of the
+// inventory; writes its address for the CLI; and on SIGTERM or SIGINT shuts
+// down leaving every VM running for the next daemon.
+import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
+import { hostname } from 'node:os';
 import { serve } from '@hono/node-server';
 import pino from 'pino';
 import { InvalidInputError, homePaths } from '../common/index.ts';
 import type { DaemonFile, HomePaths, Logger } from '../common/index.ts';
 import { LocalHostAgent, LocalStorageAgent } from '../agent/index.ts';
-import { SqliteInventory } from '../store/index.ts';
+import { KyselyInventory, inventoryLocation } from '../store/index.ts';
 import { StorageService, VmEngine } from '../vm/index.ts';
 import { buildApp } from './app.ts';
 import { loadOrCreateToken } from './auth.ts';
@@ -18,6 +22,8 @@ import { faultsFromEnvironment } from './test-faults.ts';
 
 export interface DaemonOptions {
   home: string;
+  /** The inventory: a postgres:// URL or a SQLite file; default OFFSHOOT_DATABASE_URL, else the home's inventory.sqlite. */
+  database?: string;
   /** HOST:PORT; default 127.0.0.1:0 (a free port, written to daemon.json). */
   listen?: string;
   logger?: Logger;
@@ -38,6 +44,9 @@ function copySettingsFromEnvironment(env: NodeJS.ProcessEnv): { chunkMiB?: numbe
   };
   return { chunkMiB: num('OFFSHOOT_COPY_CHUNK_MIB'), maxMiBPerSecond: num('OFFSHOOT_COPY_MAX_MIBPS') };
 }
+
+/** How long a controller stays live in the inventory without a heartbeat. */
+const CONTROLLER_LEASE_MS = 30_000;
 
 export interface RunningDaemon {
   url: string;
@@ -71,7 +80,15 @@ async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock
   const logger = options.logger ?? pino({ level: process.env.OFFSHOOT_LOG_LEVEL ?? 'info' }, pino.destination({ dest: paths.log, sync: false, mkdir: true }));
   const { host, port } = parseListen(options.listen ?? '127.0.0.1:0');
   const token = await loadOrCreateToken(paths.token);
-  const inventory = await SqliteInventory.open(paths.inventory);
+  const inventory = await KyselyInventory.open(inventoryLocation(paths.home, options.database), { logger });
+  logger.info({ inventory: inventory.location, schema: inventory.schema.code }, 'inventory open');
+  try {
+    // The home's token is valid on every controller of this inventory.
+    await inventory.tokens.ensure(`token file ${hostname()}:${paths.token}`, token);
+  } catch (err) {
+    await inventory.close();
+    throw err;
+  }
   const agent = new LocalHostAgent({ home: paths.home, memoryDir: options.memoryDir ?? process.env.OFFSHOOT_MEMORY_DIR, logger });
   const faults = options.faults ?? faultsFromEnvironment(process.env.OFFSHOOT_TEST_FAULTS);
   if (faults && !options.faults) logger.warn({ faults: process.env.OFFSHOOT_TEST_FAULTS }, 'OFFSHOOT_TEST_FAULTS is set: faults will be injected');
@@ -91,13 +108,15 @@ async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock
     await inventory.close();
     throw err;
   }
-  const app = buildApp({ engine, storage, agent, token, logger });
+  const app = buildApp({ engine, storage, agent, token, verifyToken: async (t) => (await inventory.tokens.verify(t)) !== undefined, logger });
   const server = await new Promise<ReturnType<typeof serve>>((resolve, reject) => {
     const s = serve({ fetch: app.fetch, hostname: host, port }, () => resolve(s));
     s.once('error', reject);
   });
   const address = server.address() as AddressInfo;
   const url = `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`;
+  const controllerId = `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
+  const controller = await inventory.controllers.keepAlive(controllerId, url, CONTROLLER_LEASE_MS, { logger });
   const daemon: DaemonFile = { url, pid: process.pid, startedAt: new Date().toISOString() };
   await writeFile(paths.daemonFile, `${JSON.stringify(daemon, null, 2)}\n`, { mode: 0o600 });
   logger.info({ url, home: paths.home }, 'offshoot daemon listening');
@@ -110,6 +129,7 @@ async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       (server as unknown as { closeAllConnections?: () => void }).closeAllConnections?.();
       await closed;
+      await controller.stop();
       await storage.close();
       await engine.close();
       await agent.close();

@@ -21,10 +21,10 @@ function readDaemonFile(): DaemonFile | undefined {
 }
 
 
-async function serveForeground(listen: string | undefined): Promise<void> {
+async function serveForeground(listen: string | undefined, database: string | undefined): Promise<void> {
   const { startDaemon } = await import('../api/index.ts');
   const home = defaultHome();
-  const daemon = await startDaemon({ home, listen });
+  const daemon = await startDaemon({ home, listen, database });
   process.stdout.write(`offshoot daemon listening on ${daemon.url} (home ${home}, log ${homePaths(home).log})\n`);
   let stopping = false;
   const stop = () => {
@@ -37,7 +37,7 @@ async function serveForeground(listen: string | undefined): Promise<void> {
 }
 
 /** Starts the daemon in the background and returns once it answers. */
-async function serveDetached(listen: string | undefined): Promise<DaemonFile> {
+async function serveDetached(listen: string | undefined, database: string | undefined): Promise<DaemonFile> {
   const home = defaultHome();
   const paths = homePaths(home);
   await mkdir(home, { recursive: true, mode: 0o700 });
@@ -45,7 +45,9 @@ async function serveDetached(listen: string | undefined): Promise<DaemonFile> {
   if (existing && isDaemonProcess(existing.pid)) return existing;
   const out = openSync(`${paths.home}/serve.out`, 'a');
   const args = [...process.execArgv, process.argv[1] as string, 'serve', ...(listen ? ['--listen', listen] : [])];
-  const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', out, out], env: process.env });
+  // The database URL goes by environment, not argv, so its password does not show in `ps`.
+  const env = database ? { ...process.env, OFFSHOOT_DATABASE_URL: database } : process.env;
+  const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', out, out], env });
   child.unref();
   const deadline = Date.now() + 30_000;
   while (Date.now() < deadline) {
@@ -71,12 +73,13 @@ export function registerDaemonCommands(program: Command, ctx: CommandContext): v
     .command('serve')
     .description('run the Offshoot daemon (state in OFFSHOOT_HOME, default ~/.offshoot)')
     .option('--listen <host:port>', 'address to bind', '127.0.0.1:0')
+    .option('--database <location>', 'the inventory: a postgres://… URL shared by a fleet, or a SQLite file (default OFFSHOOT_DATABASE_URL, else the home\'s inventory.sqlite)')
     .option('--detach', 'run in the background and return once it answers')
     .option('--json', 'print JSON')
-    .action((o: { listen: string; detach?: boolean; json?: boolean }) =>
+    .action((o: { listen: string; database?: string; detach?: boolean; json?: boolean }) =>
       ctx.run(Boolean(o.json), async () => {
-        if (!o.detach) return serveForeground(o.listen);
-        const file = await serveDetached(o.listen);
+        if (!o.detach) return serveForeground(o.listen, o.database);
+        const file = await serveDetached(o.listen, o.database);
         if (o.json) printJson(file);
         else process.stdout.write(`offshoot daemon (pid ${file.pid}) listening on ${file.url}\n`);
       }),

@@ -4,6 +4,7 @@
 import { Command, CommanderError } from 'commander';
 import { OffshootClient } from '../client/index.ts';
 import { registerDaemonCommands } from './daemon-commands.ts';
+import { registerInventoryCommands } from './inventory-commands.ts';
 import { printError } from './output.ts';
 import { registerStorageCommands } from './storage-commands.ts';
 import type { CommandContext } from './vm-commands.ts';
@@ -26,6 +27,7 @@ export function buildProgram(): Command {
   registerVmCommands(program, ctx);
   registerStorageCommands(program, ctx);
   registerDaemonCommands(program, ctx);
+  registerInventoryCommands(program, ctx);
   return program;
 }
 

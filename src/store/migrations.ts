@@ -1,94 +1,174 @@
-// Schema migrations of the inventory, in order. Never edit a released one: add
-// the next. Kysely's Migrator records which ran in its own table.
+// Schema migrations of the inventory, in order. Never change what a released
+// one does: add the next. Kysely's Migrator records which ran in its own table;
+// the schema's version is the number of migrations run.
+// Migrations take their column types from the dialect (dialect.ts): on SQLite
+// the released ones emit exactly the SQL they always did; on PostgreSQL their
+// 64-bit integers become bigint, fractions double precision, and the
+// auto-increment key bigserial.
 import type { Kysely, Migration, MigrationProvider } from 'kysely';
 import { sql } from 'kysely';
+import type { StoreDialect } from './dialect.ts';
 
-const migrations: Record<string, Migration> = {
-  '0001-vms-and-tasks': {
-    async up(db: Kysely<unknown>) {
-      await db.schema
-        .createTable('vms')
-        .addColumn('id', 'text', (c) => c.primaryKey())
-        .addColumn('name', 'text', (c) => c.notNull().unique())
-        .addColumn('state', 'text', (c) => c.notNull())
-        .addColumn('state_reason', 'text')
-        .addColumn('spec', 'text', (c) => c.notNull())
-        .addColumn('runtime', 'text')
-        .addColumn('created_at', 'text', (c) => c.notNull())
-        .addColumn('updated_at', 'text', (c) => c.notNull())
-        .execute();
-      await db.schema
-        .createTable('tasks')
-        .addColumn('seq', 'integer', (c) => c.primaryKey().autoIncrement())
-        .addColumn('id', 'text', (c) => c.notNull().unique())
-        .addColumn('kind', 'text', (c) => c.notNull())
-        .addColumn('target_id', 'text', (c) => c.notNull())
-        .addColumn('target_name', 'text', (c) => c.notNull())
-        .addColumn('state', 'text', (c) => c.notNull())
-        .addColumn('progress', 'real', (c) => c.notNull().defaultTo(0))
-        .addColumn('message', 'text', (c) => c.notNull().defaultTo(''))
-        .addColumn('result', 'text')
-        .addColumn('error', 'text')
-        .addColumn('created_at', 'text', (c) => c.notNull())
-        .addColumn('updated_at', 'text', (c) => c.notNull())
-        .execute();
-      await db.schema.createIndex('tasks_target').on('tasks').column('target_id').execute();
-      await sql`select 1`.execute(db);
-    },
-  },
-  '0002-checkpoints': {
-    async up(db: Kysely<unknown>) {
-      await db.schema
-        .createTable('checkpoints')
-        .addColumn('id', 'text', (c) => c.primaryKey())
-        .addColumn('name', 'text', (c) => c.notNull().unique())
-        .addColumn('vm_id', 'text', (c) => c.notNull())
-        .addColumn('vm_name', 'text', (c) => c.notNull())
-        .addColumn('path', 'text', (c) => c.notNull())
-        .addColumn('state', 'text', (c) => c.notNull())
-        .addColumn('memory_bytes', 'integer', (c) => c.notNull())
-        .addColumn('file_bytes', 'integer')
-        .addColumn('spec', 'text', (c) => c.notNull())
-        .addColumn('created_at', 'text', (c) => c.notNull())
-        .execute();
-    },
-  },
-  '0003-storage': {
-    async up(db: Kysely<unknown>) {
-      await db.schema
-        .createTable('datastores')
-        .addColumn('name', 'text', (c) => c.primaryKey())
-        .addColumn('path', 'text', (c) => c.notNull().unique())
-        .addColumn('created_at', 'text', (c) => c.notNull())
-        .execute();
-      await db.schema
-        .createTable('disks')
-        .addColumn('id', 'text', (c) => c.primaryKey())
-        .addColumn('name', 'text', (c) => c.notNull())
-        .addColumn('datastore', 'text', (c) => c.notNull())
-        .addColumn('path', 'text', (c) => c.notNull().unique())
-        .addColumn('format', 'text', (c) => c.notNull())
-        .addColumn('content_id', 'text', (c) => c.notNull())
-        .addColumn('parent_id', 'text')
-        .addColumn('virtual_size', 'integer', (c) => c.notNull())
-        .addColumn('read_only', 'integer', (c) => c.notNull())
-        .addColumn('created_at', 'text', (c) => c.notNull())
-        .addUniqueConstraint('disks_name_per_datastore', ['datastore', 'name'])
-        .execute();
-      // Copy jobs and pools are documents: their shape is owned by the VM layer's storage records.
-      for (const table of ['copy_jobs', 'pools']) {
+function migrationsFor(t: StoreDialect): Record<string, Migration> {
+  return {
+    '0001-vms-and-tasks': {
+      async up(db: Kysely<unknown>) {
         await db.schema
-          .createTable(table)
+          .createTable('vms')
           .addColumn('id', 'text', (c) => c.primaryKey())
-          .addColumn('name', 'text')
-          .addColumn('doc', 'text', (c) => c.notNull())
+          .addColumn('name', 'text', (c) => c.notNull().unique())
+          .addColumn('state', 'text', (c) => c.notNull())
+          .addColumn('state_reason', 'text')
+          .addColumn('spec', 'text', (c) => c.notNull())
+          .addColumn('runtime', 'text')
+          .addColumn('created_at', 'text', (c) => c.notNull())
+          .addColumn('updated_at', 'text', (c) => c.notNull())
+          .execute();
+        await t
+          .serialKey(db.schema.createTable('tasks'), 'seq')
+          .addColumn('id', 'text', (c) => c.notNull().unique())
+          .addColumn('kind', 'text', (c) => c.notNull())
+          .addColumn('target_id', 'text', (c) => c.notNull())
+          .addColumn('target_name', 'text', (c) => c.notNull())
+          .addColumn('state', 'text', (c) => c.notNull())
+          .addColumn('progress', t.float64, (c) => c.notNull().defaultTo(0))
+          .addColumn('message', 'text', (c) => c.notNull().defaultTo(''))
+          .addColumn('result', 'text')
+          .addColumn('error', 'text')
+          .addColumn('created_at', 'text', (c) => c.notNull())
+          .addColumn('updated_at', 'text', (c) => c.notNull())
+          .execute();
+        await db.schema.createIndex('tasks_target').on('tasks').column('target_id').execute();
+        await sql`select 1`.execute(db);
+      },
+    },
+    '0002-checkpoints': {
+      async up(db: Kysely<unknown>) {
+        await db.schema
+          .createTable('checkpoints')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('name', 'text', (c) => c.notNull().unique())
+          .addColumn('vm_id', 'text', (c) => c.notNull())
+          .addColumn('vm_name', 'text', (c) => c.notNull())
+          .addColumn('path', 'text', (c) => c.notNull())
+          .addColumn('state', 'text', (c) => c.notNull())
+          .addColumn('memory_bytes', t.int64, (c) => c.notNull())
+          .addColumn('file_bytes', t.int64)
+          .addColumn('spec', 'text', (c) => c.notNull())
           .addColumn('created_at', 'text', (c) => c.notNull())
           .execute();
-      }
+      },
     },
-  },
-};
+    '0003-storage': {
+      async up(db: Kysely<unknown>) {
+        await db.schema
+          .createTable('datastores')
+          .addColumn('name', 'text', (c) => c.primaryKey())
+          .addColumn('path', 'text', (c) => c.notNull().unique())
+          .addColumn('created_at', 'text', (c) => c.notNull())
+          .execute();
+        await db.schema
+          .createTable('disks')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('name', 'text', (c) => c.notNull())
+          .addColumn('datastore', 'text', (c) => c.notNull())
+          .addColumn('path', 'text', (c) => c.notNull().unique())
+          .addColumn('format', 'text', (c) => c.notNull())
+          .addColumn('content_id', 'text', (c) => c.notNull())
+          .addColumn('parent_id', 'text')
+          .addColumn('virtual_size', t.int64, (c) => c.notNull())
+          .addColumn('read_only', 'integer', (c) => c.notNull())
+          .addColumn('created_at', 'text', (c) => c.notNull())
+          .addUniqueConstraint('disks_name_per_datastore', ['datastore', 'name'])
+          .execute();
+        // Copy jobs and pools are documents: their shape is owned by the VM layer's storage records.
+        for (const table of ['copy_jobs', 'pools']) {
+          await db.schema
+            .createTable(table)
+            .addColumn('id', 'text', (c) => c.primaryKey())
+            .addColumn('name', 'text')
+            .addColumn('doc', 'text', (c) => c.notNull())
+            .addColumn('created_at', 'text', (c) => c.notNull())
+            .execute();
+        }
+      },
+    },
+    '0004-coordination': {
+      // Several controllers over one database (issue 11): VM versions, per-VM
+      // operation claims, GC pins, task leases, controllers' leases, large
+      // events by id, API tokens.
+      async up(db: Kysely<unknown>) {
+        await db.schema.alterTable('vms').addColumn('version', t.int64, (c) => c.notNull().defaultTo(0)).execute();
+        await db.schema.alterTable('tasks').addColumn('owner', 'text').execute();
+        await db.schema.alterTable('tasks').addColumn('lease_expires_at', t.int64).execute();
+        await db.schema.createIndex('tasks_state_lease').on('tasks').columns(['state', 'lease_expires_at']).execute();
+        await db.schema.createIndex('tasks_owner').on('tasks').column('owner').execute();
+        await db.schema
+          .createTable('vm_claims')
+          .addColumn('vm_id', 'text', (c) => c.primaryKey())
+          .addColumn('owner', 'text', (c) => c.notNull())
+          .addColumn('operation', 'text', (c) => c.notNull())
+          .addColumn('token', 'text', (c) => c.notNull())
+          .addColumn('claimed_at', t.int64, (c) => c.notNull())
+          .addColumn('expires_at', t.int64, (c) => c.notNull())
+          .execute();
+        await db.schema
+          .createTable('gc_pins')
+          .addColumn('path', 'text', (c) => c.notNull())
+          .addColumn('holder', 'text', (c) => c.notNull())
+          .addColumn('owner', 'text')
+          .addColumn('created_at', 'text', (c) => c.notNull())
+          .addPrimaryKeyConstraint('gc_pins_pk', ['holder', 'path'])
+          .execute();
+        await db.schema.createIndex('gc_pins_owner').on('gc_pins').column('owner').execute();
+        await db.schema
+          .createTable('controllers')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('url', 'text')
+          .addColumn('started_at', 'text', (c) => c.notNull())
+          .addColumn('heartbeat_at', t.int64, (c) => c.notNull())
+          .addColumn('lease_expires_at', t.int64, (c) => c.notNull())
+          .execute();
+        await t
+          .serialKey(db.schema.createTable('event_payloads'), 'id')
+          .addColumn('origin', 'text', (c) => c.notNull())
+          .addColumn('payload', 'text', (c) => c.notNull())
+          .addColumn('created_at', t.int64, (c) => c.notNull())
+          .execute();
+        await db.schema
+          .createTable('api_tokens')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('name', 'text', (c) => c.notNull().unique())
+          .addColumn('hash', 'text', (c) => c.notNull().unique())
+          .addColumn('created_at', 'text', (c) => c.notNull())
+          .execute();
+      },
+    },
+    '0005-hosts': {
+      // Hosts of the fleet (issue 10) and where VMs, checkpoints and datastores live.
+      async up(db: Kysely<unknown>) {
+        await db.schema
+          .createTable('hosts')
+          .addColumn('name', 'text', (c) => c.primaryKey())
+          .addColumn('url', 'text', (c) => c.notNull())
+          .addColumn('state', 'text', (c) => c.notNull())
+          .addColumn('epoch', t.int64, (c) => c.notNull().defaultTo(0))
+          .addColumn('lease_expires_at', t.int64)
+          .addColumn('capabilities', 'text', (c) => c.notNull().defaultTo('{}'))
+          .addColumn('created_at', 'text', (c) => c.notNull())
+          .execute();
+        for (const table of ['vms', 'checkpoints', 'datastores']) await db.schema.alterTable(table).addColumn('host', 'text').execute();
+        await db.schema.createIndex('vms_host').on('vms').column('host').execute();
+      },
+    },
+  };
+}
 
-export const migrationProvider: MigrationProvider = {
-  getMigrations: async () => migrations,
-};
+/** The migrations this code knows, in order. */
+export function migrationNames(dialect: StoreDialect): string[] {
+  return Object.keys(migrationsFor(dialect)).sort();
+}
+
+export function migrationProvider(dialect: StoreDialect): MigrationProvider {
+  return { getMigrations: async () => migrationsFor(dialect) };
+  }

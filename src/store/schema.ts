@@ -1,4 +1,6 @@
-// The inventory's table types, as Kysely sees them. JSON columns hold text.
+// The inventory's table types, as Kysely sees them. JSON columns hold text,
+// booleans are 0/1, times are ISO text (`*_at`) or epoch milliseconds (leases
+// and heartbeats, which are compared and added to).
 import type { Generated } from 'kysely';
 
 export interface VmsTable {
@@ -10,6 +12,10 @@ export interface VmsTable {
   runtime: string | null;
   created_at: string;
   updated_at: string;
+  /** Bumped by every update; compare-and-set. */
+  version: Generated<number>;
+  /** The host the VM lives on (issue 10); null on one machine. */
+  host: string | null;
 }
 
 export interface TasksTable {
@@ -25,6 +31,10 @@ export interface TasksTable {
   error: string | null;
   created_at: string;
   updated_at: string;
+  /** The controller running the task, while it runs. */
+  owner: string | null;
+  /** Epoch ms; past it, another controller may take the task over. */
+  lease_expires_at: number | null;
 }
 
 export interface CheckpointsTable {
@@ -38,12 +48,14 @@ export interface CheckpointsTable {
   file_bytes: number | null;
   spec: string;
   created_at: string;
+  host: string | null;
 }
 
 export interface DatastoresTable {
   name: string;
   path: string;
   created_at: string;
+  host: string | null;
 }
 
 export interface DisksTable {
@@ -67,6 +79,56 @@ export interface DocumentTable {
   created_at: string;
 }
 
+export interface VmClaimsTable {
+  vm_id: string;
+  owner: string;
+  operation: string;
+  token: string;
+  claimed_at: number;
+  expires_at: number;
+}
+
+export interface GcPinsTable {
+  path: string;
+  holder: string;
+  owner: string | null;
+  created_at: string;
+}
+
+export interface ControllersTable {
+  id: string;
+  url: string | null;
+  started_at: string;
+  heartbeat_at: number;
+  lease_expires_at: number;
+}
+
+/** Events too large for a NOTIFY payload, fetched by id. */
+export interface EventPayloadsTable {
+  id: Generated<number>;
+  origin: string;
+  payload: string;
+  created_at: number;
+}
+
+export interface ApiTokensTable {
+  id: string;
+  name: string;
+  /** sha256 of the token, hex. */
+  hash: string;
+  created_at: string;
+}
+
+export interface HostsTable {
+  name: string;
+  url: string;
+  state: string;
+  epoch: number;
+  lease_expires_at: number | null;
+  capabilities: string;
+  created_at: string;
+}
+
 export interface Database {
   vms: VmsTable;
   tasks: TasksTable;
@@ -75,4 +137,13 @@ export interface Database {
   disks: DisksTable;
   copy_jobs: DocumentTable;
   pools: DocumentTable;
+  vm_claims: VmClaimsTable;
+  gc_pins: GcPinsTable;
+  controllers: ControllersTable;
+  event_payloads: EventPayloadsTable;
+  api_tokens: ApiTokensTable;
+  hosts: HostsTable;
 }
+
+/** Every table, in the order an import fills them. */
+export const TABLES = ['vms', 'tasks', 'checkpoints', 'datastores', 'disks', 'copy_jobs', 'pools', 'vm_claims', 'gc_pins', 'controllers', 'event_payloads', 'api_tokens', 'hosts'] as const satisfies readonly (keyof Database)[];

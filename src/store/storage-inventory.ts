@@ -1,10 +1,13 @@
-// The storage half of the SQLite inventory: datastores and disks as rows,
-// copy jobs and pools as JSON documents. Implements the VM layer's
-// StorageInventory over the same Kysely database as the VM inventory.
+// The storage half of the inventory: datastores and disks as rows, copy jobs
+// and pools as JSON documents. Implements the VM layer's StorageInventory over
+// the same Kysely database as the VM inventory, on SQLite or PostgreSQL.
+// Read-modify-write updates run in a transaction that locks the row on
+// PostgreSQL (SQLite's write transaction excludes other writers already), so
+// two controllers updating one record do not lose each other's change.
 import type { Kysely, Selectable } from 'kysely';
 import { AlreadyExistsError, NotFoundError } from '../common/index.ts';
 import type { CopyJobRecord, DatastoreRecord, DiskRecord, PoolRecord, StorageInventory } from '../vm/index.ts';
-import { isUniqueViolation } from './sqlite-errors.ts';
+import type { StoreDialect } from './dialect.ts';
 import type { Database, DisksTable } from './schema.ts';
 
 function diskFromRow(row: Selectable<DisksTable>): DiskRecord {
@@ -26,14 +29,17 @@ function diskToRow(d: DiskRecord): DisksTable {
   return { id: d.id, name: d.name, datastore: d.datastore, path: d.path, format: d.format, content_id: d.contentId, parent_id: d.parentId, virtual_size: d.virtualSize, read_only: d.readOnly ? 1 : 0, created_at: d.createdAt };
 }
 
-export class SqliteStorageInventory implements StorageInventory {
-  constructor(private readonly db: Kysely<Database>) {}
+export class KyselyStorageInventory implements StorageInventory {
+  constructor(
+    private readonly db: Kysely<Database>,
+    private readonly dialect: StoreDialect,
+  ) {}
 
   async insertDatastore(ds: DatastoreRecord): Promise<void> {
     try {
       await this.db.insertInto('datastores').values({ name: ds.name, path: ds.path, created_at: ds.createdAt }).execute();
     } catch (err) {
-      if (isUniqueViolation(err)) throw new AlreadyExistsError('datastore', `${ds.name} (${ds.path})`);
+      if (this.dialect.isUniqueViolation(err)) throw new AlreadyExistsError('datastore', `${ds.name} (${ds.path})`);
       throw err;
     }
   }
@@ -51,24 +57,27 @@ export class SqliteStorageInventory implements StorageInventory {
   }
 
   async listDatastores(): Promise<DatastoreRecord[]> {
-    return (await this.db.selectFrom('datastores').selectAll().orderBy('name').execute()).map((r) => ({ name: r.name, path: r.path, createdAt: r.created_at }));
+    return (await this.db.selectFrom('datastores').selectAll().orderBy(this.dialect.byBytes('name')).execute()).map((r) => ({ name: r.name, path: r.path, createdAt: r.created_at }));
   }
 
   async insertDisk(disk: DiskRecord): Promise<void> {
     try {
       await this.db.insertInto('disks').values(diskToRow(disk)).execute();
     } catch (err) {
-      if (isUniqueViolation(err)) throw new AlreadyExistsError('disk', `${disk.datastore}/${disk.name}`);
+      if (this.dialect.isUniqueViolation(err)) throw new AlreadyExistsError('disk', `${disk.datastore}/${disk.name}`);
       throw err;
     }
   }
 
   async updateDisk(id: string, patch: Partial<Omit<DiskRecord, 'id'>>): Promise<DiskRecord> {
-    const current = await this.getDisk(id);
-    if (!current) throw new NotFoundError('disk', id);
-    const { id: _id, ...row } = diskToRow({ ...current, ...patch });
-    await this.db.updateTable('disks').set(row).where('id', '=', id).execute();
-    return { ...current, ...patch };
+    return this.db.transaction().execute(async (trx) => {
+      const found = await this.dialect.lockRows(trx.selectFrom('disks').selectAll().where('id', '=', id), 'wait').executeTakeFirst();
+      if (!found) throw new NotFoundError('disk', id);
+      const next = { ...diskFromRow(found), ...patch, id };
+      const { id: _id, ...row } = diskToRow(next);
+      await trx.updateTable('disks').set(row).where('id', '=', id).execute();
+      return next;
+    });
   }
 
   async deleteDisk(id: string): Promise<void> {
@@ -81,7 +90,7 @@ export class SqliteStorageInventory implements StorageInventory {
   }
 
   async listDisks(datastore?: string): Promise<DiskRecord[]> {
-    let query = this.db.selectFrom('disks').selectAll().orderBy('datastore').orderBy('created_at');
+    let query = this.db.selectFrom('disks').selectAll().orderBy(this.dialect.byBytes('datastore')).orderBy(this.dialect.byBytes('created_at'));
     if (datastore) query = query.where('datastore', '=', datastore);
     return (await query.execute()).map(diskFromRow);
   }
@@ -98,11 +107,13 @@ export class SqliteStorageInventory implements StorageInventory {
   }
 
   async updateCopyJob(id: string, patch: Partial<Omit<CopyJobRecord, 'id' | 'createdAt'>>): Promise<CopyJobRecord> {
-    const current = await this.getCopyJob(id);
-    if (!current) throw new NotFoundError('copy job', id);
-    const next: CopyJobRecord = { ...current, ...patch, updatedAt: patch.updatedAt ?? new Date().toISOString() };
-    await this.db.updateTable('copy_jobs').set({ doc: JSON.stringify(next) }).where('id', '=', id).execute();
-    return next;
+    return this.db.transaction().execute(async (trx) => {
+      const found = await this.dialect.lockRows(trx.selectFrom('copy_jobs').select('doc').where('id', '=', id), 'wait').executeTakeFirst();
+      if (!found) throw new NotFoundError('copy job', id);
+      const next: CopyJobRecord = { ...(JSON.parse(found.doc) as CopyJobRecord), ...patch, updatedAt: patch.updatedAt ?? new Date().toISOString() };
+      await trx.updateTable('copy_jobs').set({ doc: JSON.stringify(next) }).where('id', '=', id).execute();
+      return next;
+    });
   }
 
   async getCopyJob(id: string): Promise<CopyJobRecord | undefined> {
@@ -111,20 +122,26 @@ export class SqliteStorageInventory implements StorageInventory {
   }
 
   async listCopyJobs(): Promise<CopyJobRecord[]> {
-    return (await this.db.selectFrom('copy_jobs').select('doc').orderBy('created_at').execute()).map((r) => JSON.parse(r.doc) as CopyJobRecord);
+    return (await this.db.selectFrom('copy_jobs').select('doc').orderBy(this.dialect.byBytes('created_at')).execute()).map((r) => JSON.parse(r.doc) as CopyJobRecord);
   }
 
   async insertPool(pool: PoolRecord): Promise<void> {
-    if (await this.getPool(pool.name)) throw new AlreadyExistsError('pool', pool.name);
-    await this.db.insertInto('pools').values({ id: pool.id, name: pool.name, doc: JSON.stringify(pool), created_at: pool.createdAt }).execute();
+    await this.db.transaction().execute(async (trx) => {
+      // A pool's name is unique, but the released schema has no constraint on it: check inside the write transaction.
+      const taken = await trx.selectFrom('pools').select('id').where((eb) => eb.or([eb('id', '=', pool.name), eb('name', '=', pool.name)])).executeTakeFirst();
+      if (taken) throw new AlreadyExistsError('pool', pool.name);
+      await trx.insertInto('pools').values({ id: pool.id, name: pool.name, doc: JSON.stringify(pool), created_at: pool.createdAt }).execute();
+    });
   }
 
   async updatePool(id: string, patch: Partial<Omit<PoolRecord, 'id' | 'createdAt'>>): Promise<PoolRecord> {
-    const current = await this.getPool(id);
-    if (!current) throw new NotFoundError('pool', id);
-    const next: PoolRecord = { ...current, ...patch, updatedAt: patch.updatedAt ?? new Date().toISOString() };
-    await this.db.updateTable('pools').set({ doc: JSON.stringify(next), name: next.name }).where('id', '=', id).execute();
-    return next;
+    return this.db.transaction().execute(async (trx) => {
+      const found = await this.dialect.lockRows(trx.selectFrom('pools').select('doc').where('id', '=', id), 'wait').executeTakeFirst();
+      if (!found) throw new NotFoundError('pool', id);
+      const next: PoolRecord = { ...(JSON.parse(found.doc) as PoolRecord), ...patch, updatedAt: patch.updatedAt ?? new Date().toISOString() };
+      await trx.updateTable('pools').set({ doc: JSON.stringify(next), name: next.name }).where('id', '=', id).execute();
+      return next;
+    });
   }
 
   async deletePool(id: string): Promise<void> {
@@ -137,6 +154,6 @@ export class SqliteStorageInventory implements StorageInventory {
   }
 
   async listPools(): Promise<PoolRecord[]> {
-    return (await this.db.selectFrom('pools').select('doc').orderBy('created_at').execute()).map((r) => JSON.parse(r.doc) as PoolRecord);
+    return (await this.db.selectFrom('pools').select('doc').orderBy(this.dialect.byBytes('created_at')).execute()).map((r) => JSON.parse(r.doc) as PoolRecord);
   }
 }

@@ -1,6 +1,7 @@
 // The records the VM engine keeps in the inventory: VMs and tasks. Plain data,
 // stored by whatever implements Inventory (src/store).
 import type { VmRuntime, VmSpec } from '../agent/index.ts';
+import type { UpdateVmOptions } from './coordination.ts';
 import type { VmState } from './state.ts';
 
 export interface VmRecord {
@@ -13,6 +14,8 @@ export interface VmRecord {
   runtime: VmRuntime | null;
   createdAt: string;
   updatedAt: string;
+  /** Bumped by every update (see UpdateVmOptions.expectVersion); set by the inventory, so a record not yet inserted may leave it out (it starts at 0). */
+  version?: number;
 }
 
 export const TASK_STATES = ['running', 'succeeded', 'failed'] as const;
@@ -64,10 +67,11 @@ export interface CheckpointRecord {
   createdAt: string;
 }
 
-/** Persistence the VM engine needs; src/store implements it over SQLite. */
+/** Persistence the VM engine needs; src/store implements it over SQLite and PostgreSQL. */
 export interface Inventory {
   insertVm(vm: VmRecord): Promise<void>;
-  updateVm(id: string, patch: Partial<Omit<VmRecord, 'id' | 'createdAt'>>): Promise<VmRecord>;
+  /** Applies the patch and bumps the version; VERSION_CONFLICT if `expectVersion` is given and the VM moved on. */
+  updateVm(id: string, patch: Partial<Omit<VmRecord, 'id' | 'createdAt' | 'version'>>, options?: UpdateVmOptions): Promise<VmRecord>;
   deleteVm(id: string): Promise<void>;
   getVm(id: string): Promise<VmRecord | undefined>;
   findVmByName(name: string): Promise<VmRecord | undefined>;

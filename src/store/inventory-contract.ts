@@ -1,0 +1,577 @@
+// The inventory contract: one suite that every database behind KyselyInventory
+// must pass (inventory.sqlite.test.ts, inventory.postgres.test.ts). It covers
+// every Inventory and StorageInventory method, values that differ between the
+// databases (sizes past 2^31, fractions, booleans, text order), and the
+// fleet's coordination: VM versions with compare-and-set, claims with expiry,
+// GC pins, task leases with two concurrent claimers, controllers, the event
+// bus between two controllers, API tokens, hosts, the schema check, and
+// export/import. Expiry runs on a hand-moved clock: no test sleeps for it.
+import { randomUUID } from 'node:crypto';
+import { sql } from 'kysely';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import type { CheckpointRecord, CopyJobRecord, DiskRecord, PoolRecord, TaskRecord, VmClaim, VmRecord } from '../vm/index.ts';
+import type { Clock } from './clock.ts';
+import { NOTIFY_LIMIT } from './event-bus.ts';
+import { KyselyInventory } from './inventory.ts';
+import type { OpenInventoryOptions } from './inventory.ts';
+import { migrationNames } from './migrations.ts';
+import { TABLES } from './schema.ts';
+import { EXPORTED_TABLES, TRANSIENT_TABLES, exportInventory, importInventory } from './transfer.ts';
+
+export interface ContractTarget {
+  /** A location (file path or URL) of a new, empty database. */
+  freshLocation(): Promise<string>;
+}
+
+/** A clock the test moves by hand. */
+export class ManualClock {
+  now = Date.UTC(2030, 0, 1);
+  readonly clock: Clock = () => this.now;
+  advance(ms: number): void {
+    this.now += ms;
+  }
+}
+
+const GiB = 2 ** 30;
+
+export function vmRecord(name: string, overrides: Partial<VmRecord> = {}): VmRecord {
+  const now = new Date().toISOString();
+  return { id: randomUUID(), name, state: 'created', stateReason: null, spec: { vcpus: 1, memoryMiB: 256, boot: { kind: 'disk' }, disks: [], nics: [], defaultGuest: false }, runtime: null, createdAt: now, updatedAt: now, ...overrides };
+}
+
+export function taskRecord(overrides: Partial<TaskRecord> = {}): TaskRecord {
+  const now = new Date().toISOString();
+  return { id: randomUUID(), kind: 'vm.start', targetId: 'v', targetName: 'a', state: 'running', progress: 0, message: '', result: null, error: null, createdAt: now, updatedAt: now, ...overrides };
+}
+
+function checkpointRecord(name: string, overrides: Partial<CheckpointRecord> = {}): CheckpointRecord {
+  return { id: randomUUID(), name, vmId: 'v', vmName: 'a', path: `/cp/${name}.ckpt`, state: 'writing', memoryBytes: 6 * GiB, fileBytes: null, spec: vmRecord('x').spec, createdAt: new Date().toISOString(), ...overrides };
+}
+
+function diskRecord(name: string, datastore: string, overrides: Partial<DiskRecord> = {}): DiskRecord {
+  return { id: randomUUID(), name, datastore, path: `/ds/${datastore}/${name}.qcow2`, format: 'qcow2', contentId: `c-${name}`, parentId: null, virtualSize: 2 ** 40 + 3, readOnly: false, createdAt: new Date().toISOString(), ...overrides };
+}
+
+function copyJob(): CopyJobRecord {
+  const now = new Date().toISOString();
+  return { id: randomUUID(), purpose: { kind: 'move', diskId: 'd1' }, state: 'queued', datastore: 'ds', files: [], progress: { fileIndex: 0, bytesDone: 0, bytesTotal: 5 * GiB, chunksDone: 0, chunksTotal: 80, chunksCopied: 0, workers: 0 }, error: null, createdAt: now, updatedAt: now };
+}
+
+function pool(name: string): PoolRecord {
+  const now = new Date().toISOString();
+  return { id: randomUUID(), name, sourceVmId: 'v', sourceVmName: 'a', datastore: 'ds', size: 2, sourceContentIds: ['c1'], sourceFiles: [], slots: [], createdAt: now, updatedAt: now };
+}
+
+export function inventoryContract(label: string, target: ContractTarget): void {
+  describe(`inventory contract: ${label}`, () => {
+    const opened: KyselyInventory[] = [];
+    let time: ManualClock;
+
+    /** A new database and a first inventory (controller) on it; `again` opens another on the same database. */
+    async function fresh(options: OpenInventoryOptions = {}) {
+      time = new ManualClock();
+      const location = await target.freshLocation();
+      const open = async (more: OpenInventoryOptions = {}) => {
+        const inv = await KyselyInventory.open(location, { clock: time.clock, ...options, ...more });
+        opened.push(inv);
+        return inv;
+      };
+      return { inv: await open(), again: open, location };
+    }
+
+    afterEach(async () => {
+      for (const inv of opened.splice(0)) await inv.close();
+    });
+
+    describe('VMs', () => {
+      it('inserts, finds, lists, updates and deletes, keeping JSON and timestamps', async () => {
+        const { inv } = await fresh();
+        const a = vmRecord('a', { createdAt: '2030-01-01T00:00:01.000Z' });
+        await inv.insertVm(a);
+        const runtime = { hostId: 'h', pid: 42, accel: 'tcg' as const, dir: '/x', instance: 'a', memory: { mode: 'owned' as const, file: '/m', templateId: null }, startedAt: 'now' };
+        const updated = await inv.updateVm(a.id, { state: 'starting', stateReason: 'boot', runtime, updatedAt: '2030-01-01T00:00:02.000Z' });
+        expect(updated).toEqual({ ...a, state: 'starting', stateReason: 'boot', runtime, updatedAt: '2030-01-01T00:00:02.000Z', version: 1 });
+        expect(await inv.getVm(a.id)).toEqual(updated);
+        expect(await inv.findVmByName('a')).toEqual(updated);
+        expect(await inv.findVmByName('nope')).toBeUndefined();
+        expect(await inv.getVm(randomUUID())).toBeUndefined();
+        await expect(inv.updateVm(randomUUID(), { state: 'stopped' })).rejects.toMatchObject({ code: 'NOT_FOUND' });
+        await inv.deleteVm(a.id);
+        expect(await inv.listVms()).toEqual([]);
+      });
+
+      it('refuses a duplicate name on insert and on rename with ALREADY_EXISTS', async () => {
+        const { inv } = await fresh();
+        await inv.insertVm(vmRecord('a'));
+        const b = vmRecord('b');
+        await inv.insertVm(b);
+        await expect(inv.insertVm(vmRecord('a'))).rejects.toMatchObject({ code: 'ALREADY_EXISTS' });
+        await expect(inv.updateVm(b.id, { name: 'a' })).rejects.toMatchObject({ code: 'ALREADY_EXISTS' });
+        expect((await inv.getVm(b.id))?.name).toBe('b');
+      });
+
+      it('lists by creation time, then name in byte order on both databases', async () => {
+        const { inv } = await fresh();
+        const t = '2030-01-01T00:00:00.000Z';
+        for (const name of ['b', 'B', 'a-1', 'a_1', 'a1', 'Z']) await inv.insertVm(vmRecord(name, { createdAt: t }));
+        await inv.insertVm(vmRecord('0-first', { createdAt: '2029-12-31T23:59:59.000Z' }));
+        expect((await inv.listVms()).map((v) => v.name)).toEqual(['0-first', 'B', 'Z', 'a-1', 'a1', 'a_1', 'b']);
+      });
+
+      it('bumps the version on every update and compares-and-sets with expectVersion', async () => {
+        const { inv } = await fresh();
+        const a = vmRecord('a');
+        await inv.insertVm(a);
+        expect((await inv.getVm(a.id))?.version).toBe(0);
+        expect((await inv.updateVm(a.id, { state: 'starting' })).version).toBe(1);
+        expect((await inv.updateVm(a.id, { state: 'running' }, { expectVersion: 1 })).version).toBe(2);
+        const conflict = inv.updateVm(a.id, { state: 'stopped' }, { expectVersion: 1 });
+        await expect(conflict).rejects.toMatchObject({ code: 'VERSION_CONFLICT', status: 409, details: { kind: 'VM', id: a.id, expected: 1, actual: 2 } });
+        expect((await inv.getVm(a.id))?.state).toBe('running');
+        await expect(inv.updateVm(randomUUID(), { state: 'stopped' }, { expectVersion: 0 })).rejects.toMatchObject({ code: 'NOT_FOUND' });
+      });
+
+      it('lets exactly one of two controllers win a compare-and-set on the same version', async () => {
+        const { inv, again } = await fresh();
+        const other = await again();
+        const a = vmRecord('a');
+        await inv.insertVm(a);
+        const results = await Promise.allSettled([inv.updateVm(a.id, { stateReason: 'one' }, { expectVersion: 0 }), other.updateVm(a.id, { stateReason: 'two' }, { expectVersion: 0 })]);
+        expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
+        expect(results.filter((r) => r.status === 'rejected').map((r) => (r as PromiseRejectedResult).reason.code)).toEqual(['VERSION_CONFLICT']);
+        expect((await inv.getVm(a.id))?.version).toBe(1);
+      });
+    });
+
+    describe('tasks', () => {
+      it('keeps tasks newest first with filters, JSON result and error, exact fractions', async () => {
+        const { inv } = await fresh();
+        const t1 = taskRecord({ targetId: 'v1' });
+        const t2 = taskRecord({ targetId: 'v2' });
+        const t3 = taskRecord({ targetId: 'v1', state: 'succeeded' });
+        for (const t of [t1, t2, t3]) await inv.insertTask(t);
+        const failed = await inv.updateTask(t1.id, { state: 'failed', progress: 0.1 + 0.2, message: 'boom', error: { code: 'X', message: 'boom', details: { a: 1 } } });
+        expect(failed.progress).toBe(0.1 + 0.2);
+        await inv.updateTask(t2.id, { result: { children: ['x'], bytes: 3 * GiB } });
+        expect((await inv.listTasks()).map((t) => t.id)).toEqual([t3.id, t2.id, t1.id]);
+        expect((await inv.listTasks({ limit: 2 })).map((t) => t.id)).toEqual([t3.id, t2.id]);
+        expect((await inv.listTasks({ targetId: 'v1' })).map((t) => t.id)).toEqual([t3.id, t1.id]);
+        expect((await inv.listTasks({ state: 'running' })).map((t) => t.id)).toEqual([t2.id]);
+        expect(await inv.getTask(t1.id)).toEqual({ ...t1, state: 'failed', progress: 0.1 + 0.2, message: 'boom', error: { code: 'X', message: 'boom', details: { a: 1 } }, updatedAt: failed.updatedAt });
+        expect((await inv.getTask(t2.id))?.result).toEqual({ children: ['x'], bytes: 3 * GiB });
+        await expect(inv.updateTask('nope', { progress: 1 })).rejects.toMatchObject({ code: 'NOT_FOUND' });
+        await expect(inv.insertTask(t1)).rejects.toMatchObject({ code: 'ALREADY_EXISTS' });
+        expect(await inv.getTask('nope')).toBeUndefined();
+      });
+    });
+
+    describe('checkpoints', () => {
+      it('stores sizes past 2^32 and finds by id, name or path', async () => {
+        const { inv } = await fresh();
+        const c = checkpointRecord('c1');
+        await inv.insertCheckpoint(c);
+        await inv.insertCheckpoint(checkpointRecord('c2', { createdAt: '2031-01-01T00:00:00.000Z' }));
+        await expect(inv.insertCheckpoint(checkpointRecord('c1'))).rejects.toMatchObject({ code: 'ALREADY_EXISTS' });
+        const done = await inv.updateCheckpoint(c.id, { state: 'complete', fileBytes: 5_000_000_000_123 });
+        expect(done).toEqual({ ...c, state: 'complete', fileBytes: 5_000_000_000_123 });
+        for (const ref of [c.id, c.name, c.path]) expect(await inv.findCheckpoint(ref)).toEqual(done);
+        expect(await inv.findCheckpoint('nope')).toBeUndefined();
+        expect((await inv.listCheckpoints()).map((x) => x.name)).toEqual(['c1', 'c2']);
+        await expect(inv.updateCheckpoint('nope', { state: 'failed' })).rejects.toMatchObject({ code: 'NOT_FOUND' });
+        await inv.deleteCheckpoint(c.id);
+        expect((await inv.listCheckpoints()).map((x) => x.name)).toEqual(['c2']);
+      });
+    });
+
+    describe('storage records', () => {
+      it('datastores and disks: sizes past 2^40, booleans, replace, cascade on delete', async () => {
+        const { inv } = await fresh();
+        const s = inv.storage;
+        await s.insertDatastore({ name: 'ds', path: '/ds/ds', createdAt: 't' });
+        await s.insertDatastore({ name: 'b', path: '/ds/b', createdAt: 't' });
+        await expect(s.insertDatastore({ name: 'ds', path: '/other', createdAt: 't' })).rejects.toMatchObject({ code: 'ALREADY_EXISTS' });
+        await expect(s.insertDatastore({ name: 'x', path: '/ds/ds', createdAt: 't' })).rejects.toMatchObject({ code: 'ALREADY_EXISTS' });
+        expect(await s.getDatastore('ds')).toEqual({ name: 'ds', path: '/ds/ds', createdAt: 't' });
+        expect((await s.listDatastores()).map((d) => d.name)).toEqual(['b', 'ds']);
+        const base = diskRecord('base', 'ds', { readOnly: true, createdAt: '2030-01-01T00:00:00.000Z' });
+        const top = diskRecord('top', 'ds', { parentId: base.id, createdAt: '2030-01-01T00:00:01.000Z' });
+        await s.insertDisk(base);
+        await s.insertDisk(top);
+        await s.insertDisk(diskRecord('other', 'b'));
+        await expect(s.insertDisk(diskRecord('base', 'ds'))).rejects.toMatchObject({ code: 'ALREADY_EXISTS' });
+        expect(await s.getDisk(base.id)).toEqual(base);
+        expect((await s.getDisk(top.id))?.readOnly).toBe(false);
+        expect(await s.listDisks('ds')).toEqual([base, top]);
+        expect(await s.listDisks()).toHaveLength(3);
+        const grown = await s.updateDisk(top.id, { virtualSize: 2 ** 52, readOnly: true });
+        expect(grown).toEqual({ ...top, virtualSize: 2 ** 52, readOnly: true });
+        expect(await s.getDisk(top.id)).toEqual(grown);
+        await expect(s.updateDisk('nope', { readOnly: true })).rejects.toMatchObject({ code: 'NOT_FOUND' });
+        const rescanned = [diskRecord('r1', 'ds')];
+        await s.replaceDisks('ds', rescanned);
+        expect(await s.listDisks('ds')).toEqual(rescanned);
+        await s.deleteDisk(rescanned[0]!.id);
+        expect(await s.listDisks('ds')).toEqual([]);
+        await s.deleteDatastore('b');
+        expect(await s.getDatastore('b')).toBeUndefined();
+        expect(await s.listDisks()).toEqual([]);
+      });
+
+      it('copy jobs and pools as documents', async () => {
+        const { inv } = await fresh();
+        const s = inv.storage;
+        const job = copyJob();
+        await s.insertCopyJob(job);
+        const running = await s.updateCopyJob(job.id, { state: 'running', progress: { ...job.progress, bytesDone: 4 * GiB } });
+        expect(running.state).toBe('running');
+        expect(await s.getCopyJob(job.id)).toEqual(running);
+        expect(await s.listCopyJobs()).toEqual([running]);
+        await expect(s.updateCopyJob('nope', { state: 'failed' })).rejects.toMatchObject({ code: 'NOT_FOUND' });
+        const p = pool('p1');
+        await s.insertPool(p);
+        await expect(s.insertPool(pool('p1'))).rejects.toMatchObject({ code: 'ALREADY_EXISTS' });
+        const resized = await s.updatePool(p.id, { size: 5 });
+        expect(await s.getPool('p1')).toEqual(resized);
+        expect(await s.getPool(p.id)).toEqual(resized);
+        expect(await s.listPools()).toEqual([resized]);
+        await s.deletePool(p.id);
+        expect(await s.getPool('p1')).toBeUndefined();
+        await expect(s.updatePool(p.id, { size: 1 })).rejects.toMatchObject({ code: 'NOT_FOUND' });
+      });
+    });
+
+    describe('VM claims', () => {
+      it('refuses a live claim with BUSY naming holder and operation; an expired one is taken over', async () => {
+        const { inv } = await fresh();
+        const claim = await inv.claims.acquire('vm1', 'ctl-a', 'fork', 30_000);
+        expect(claim).toMatchObject({ vmId: 'vm1', owner: 'ctl-a', operation: 'fork', expiresAt: time.now + 30_000 });
+        await expect(inv.claims.acquire('vm1', 'ctl-b', 'delete', 30_000)).rejects.toMatchObject({ code: 'BUSY', status: 409, details: { vmId: 'vm1', holder: 'ctl-a', operation: 'fork' } });
+        await expect(inv.claims.acquire('vm1', 'ctl-a', 'stop', 30_000)).rejects.toMatchObject({ code: 'BUSY' });
+        expect(await inv.claims.acquire('vm2', 'ctl-b', 'start', 30_000)).toMatchObject({ owner: 'ctl-b' });
+        time.advance(29_999);
+        await expect(inv.claims.acquire('vm1', 'ctl-b', 'delete', 30_000)).rejects.toMatchObject({ code: 'BUSY' });
+        time.advance(1);
+        const taken = await inv.claims.acquire('vm1', 'ctl-b', 'delete', 30_000);
+        expect(taken).toMatchObject({ owner: 'ctl-b', operation: 'delete' });
+        // The old holder finds out, and its late release does not free the new claim.
+        await expect(inv.claims.renew(claim, 30_000)).rejects.toMatchObject({ code: 'LEASE_LOST', details: { holder: 'ctl-b (delete)' } });
+        await inv.claims.release(claim);
+        expect(await inv.claims.get('vm1')).toEqual(taken);
+      });
+
+      it('renews to stay live and releases to free', async () => {
+        const { inv } = await fresh();
+        const claim = await inv.claims.acquire('vm1', 'ctl-a', 'fork', 10_000);
+        time.advance(9_000);
+        const renewed = await inv.claims.renew(claim, 10_000);
+        expect(renewed.expiresAt).toBe(time.now + 10_000);
+        time.advance(9_000);
+        await expect(inv.claims.acquire('vm1', 'ctl-b', 'stop', 10_000)).rejects.toMatchObject({ code: 'BUSY' });
+        await inv.claims.release(renewed);
+        expect(await inv.claims.get('vm1')).toBeUndefined();
+        expect(await inv.claims.acquire('vm1', 'ctl-b', 'stop', 10_000)).toMatchObject({ owner: 'ctl-b' });
+        await expect(inv.claims.acquire('vm3', 'ctl-b', 'stop', 0)).rejects.toMatchObject({ code: 'INVALID_INPUT' });
+      });
+
+      it('gives a VM to one of two controllers racing for it', async () => {
+        const { inv, again } = await fresh();
+        const other = await again();
+        for (let round = 0; round < 5; round++) {
+          const vmId = `race-${round}`;
+          const results = await Promise.allSettled([inv.claims.acquire(vmId, 'ctl-a', 'fork', 30_000), other.claims.acquire(vmId, 'ctl-b', 'fork', 30_000)]);
+          const won = results.filter((r): r is PromiseFulfilledResult<VmClaim> => r.status === 'fulfilled');
+          expect(won).toHaveLength(1);
+          expect((results.find((r) => r.status === 'rejected') as PromiseRejectedResult).reason).toMatchObject({ code: 'BUSY', details: { holder: won[0]!.value.owner } });
+        }
+      });
+    });
+
+    describe('GC pins', () => {
+      it('keeps a path pinned while any holder pins it; adopts and drops by owner', async () => {
+        const { inv } = await fresh();
+        const pins = inv.pins;
+        await pins.add('pool:p1', ['/a', '/b'], null);
+        await pins.add('copy-job:j1', ['/b', '/c', '/c'], 'ctl-a');
+        await pins.add('task:t1', ['/d'], 'ctl-a');
+        await pins.add('pool:p1', ['/a'], null);
+        expect([...(await pins.paths())].sort()).toEqual(['/a', '/b', '/c', '/d']);
+        await pins.remove('copy-job:j1', ['/b']);
+        expect([...(await pins.paths())].sort()).toEqual(['/a', '/b', '/c', '/d']);
+        await pins.remove('copy-job:j1');
+        expect([...(await pins.paths())].sort()).toEqual(['/a', '/b', '/d']);
+        expect((await pins.list({ holder: 'pool:p1' })).map((p) => [p.path, p.owner])).toEqual([['/a', null], ['/b', null]]);
+        expect(await pins.adopt('task:t1', 'ctl-b')).toBe(1);
+        expect((await pins.list({ owner: 'ctl-b' })).map((p) => p.path)).toEqual(['/d']);
+        await pins.add('copy-job:j2', ['/e'], 'ctl-a');
+        expect(await pins.removeOwnedBy('ctl-a')).toBe(1);
+        expect([...(await pins.paths())].sort()).toEqual(['/a', '/b', '/d']);
+      });
+    });
+
+    describe('task leases', () => {
+      it('leases, renews, refuses another owner, and hands expired tasks over', async () => {
+        const { inv } = await fresh();
+        const t = taskRecord();
+        await inv.insertTask(t);
+        expect(await inv.leases.acquire(t.id, 'ctl-a', 10_000)).toEqual({ taskId: t.id, owner: 'ctl-a', expiresAt: time.now + 10_000 });
+        await expect(inv.leases.acquire(t.id, 'ctl-b', 10_000)).rejects.toMatchObject({ code: 'LEASE_LOST', details: { holder: 'ctl-a' } });
+        expect(await inv.leases.claimExpiredTasks('ctl-b', 10_000)).toEqual([]);
+        time.advance(8_000);
+        expect(await inv.leases.renewAll('ctl-a', 10_000)).toBe(1);
+        time.advance(8_000);
+        expect(await inv.leases.claimExpiredTasks('ctl-b', 10_000)).toEqual([]);
+        time.advance(2_001);
+        const taken = await inv.leases.claimExpiredTasks('ctl-b', 10_000);
+        expect(taken.map((x) => x.id)).toEqual([t.id]);
+        expect(taken[0]).toEqual(t);
+        expect(await inv.leases.get(t.id)).toEqual({ taskId: t.id, owner: 'ctl-b', expiresAt: time.now + 10_000 });
+        await expect(inv.leases.renew(t.id, 'ctl-a', 10_000)).rejects.toMatchObject({ code: 'LEASE_LOST', details: { holder: 'ctl-b' } });
+        expect(await inv.leases.renewAll('ctl-a', 10_000)).toBe(0);
+        await inv.leases.release(t.id, 'ctl-a');
+        expect((await inv.leases.get(t.id))?.owner).toBe('ctl-b');
+        await inv.leases.release(t.id, 'ctl-b');
+        expect(await inv.leases.get(t.id)).toBeUndefined();
+        await expect(inv.leases.acquire('nope', 'ctl-a', 1000)).rejects.toMatchObject({ code: 'NOT_FOUND' });
+      });
+
+      it('takes over unleased running tasks but never finished ones', async () => {
+        const { inv } = await fresh();
+        const running = taskRecord();
+        const done = taskRecord({ state: 'succeeded' });
+        await inv.insertTask(running);
+        await inv.insertTask(done);
+        await expect(inv.leases.acquire(done.id, 'ctl-a', 1000)).rejects.toMatchObject({ code: 'ILLEGAL_STATE' });
+        expect((await inv.leases.claimExpiredTasks('ctl-a', 10_000)).map((x) => x.id)).toEqual([running.id]);
+        await inv.updateTask(running.id, { state: 'failed' });
+        time.advance(60_000);
+        expect(await inv.leases.claimExpiredTasks('ctl-b', 10_000)).toEqual([]);
+      });
+
+      it('gives two concurrent claimers disjoint sets of expired tasks', async () => {
+        const { inv, again } = await fresh();
+        const other = await again();
+        const ids: string[] = [];
+        for (let i = 0; i < 60; i++) {
+          const t = taskRecord({ targetName: `t${i}` });
+          await inv.insertTask(t);
+          await inv.leases.acquire(t.id, 'ctl-dead', 5_000);
+          ids.push(t.id);
+        }
+        time.advance(5_000);
+        const claimsOf = async (who: KyselyInventory, owner: string) => {
+          const mine: string[] = [];
+          for (;;) {
+            const batch = await who.leases.claimExpiredTasks(owner, 60_000, 7);
+            if (batch.length === 0) return mine;
+            mine.push(...batch.map((x) => x.id));
+          }
+        };
+        const [a, b] = await Promise.all([claimsOf(inv, 'ctl-a'), claimsOf(other, 'ctl-b')]);
+        expect(a.filter((id) => b.includes(id))).toEqual([]);
+        expect([...a, ...b].sort()).toEqual([...ids].sort());
+        expect(a.length).toBeGreaterThan(0);
+        for (const id of a) expect((await inv.leases.get(id))?.owner).toBe('ctl-a');
+        for (const id of b) expect((await inv.leases.get(id))?.owner).toBe('ctl-b');
+      });
+    });
+
+    describe('controllers', () => {
+      it('register, heartbeat, list live, reap the expired with their pins', async () => {
+        const { inv } = await fresh();
+        await inv.controllers.register('ctl-a', 'http://127.0.0.1:1', 10_000);
+        await inv.controllers.register('ctl-b', null, 10_000);
+        await inv.pins.add('task:1', ['/x'], 'ctl-a');
+        await inv.pins.add('pool:1', ['/y'], null);
+        time.advance(6_000);
+        await inv.controllers.heartbeat('ctl-b', 10_000);
+        expect((await inv.controllers.live()).map((c) => c.id)).toEqual(['ctl-a', 'ctl-b']);
+        time.advance(4_000);
+        expect((await inv.controllers.live()).map((c) => c.id)).toEqual(['ctl-b']);
+        expect(await inv.controllers.reapExpired()).toEqual(['ctl-a']);
+        expect((await inv.controllers.list()).map((c) => c.id)).toEqual(['ctl-b']);
+        expect([...(await inv.pins.paths())]).toEqual(['/y']);
+        await expect(inv.controllers.heartbeat('ctl-a', 10_000)).rejects.toMatchObject({ code: 'LEASE_LOST' });
+        await inv.controllers.deregister('ctl-b');
+        expect(await inv.controllers.list()).toEqual([]);
+      });
+
+      it('keeps a controller alive by heartbeat, tells it when it was reaped, and deregisters it', async () => {
+        const { inv } = await fresh();
+        let lost = 0;
+        const alive = await inv.controllers.keepAlive('ctl-k', 'http://k', 150, { onLost: () => lost++ });
+        expect((await inv.controllers.live()).map((c) => c.id)).toEqual(['ctl-k']);
+        time.advance(150);
+        expect(await inv.controllers.reapExpired()).toEqual(['ctl-k']);
+        await vi.waitFor(async () => expect((await inv.controllers.live()).map((c) => c.id)).toEqual(['ctl-k']), { timeout: 3_000, interval: 20 });
+        expect(lost).toBe(1);
+        await alive.stop();
+        expect(await inv.controllers.list()).toEqual([]);
+      });
+    });
+
+    describe('event bus', () => {
+      it('delivers an event published by one controller to every controller once, large ones too, in order', async () => {
+        const { inv, again } = await fresh();
+        const other = await again();
+        const busA = await inv.openEventBus<{ n: number; fill?: string }>('ctl-a');
+        const busB = await other.openEventBus<{ n: number; fill?: string }>('ctl-b');
+        const gotA: number[] = [];
+        const gotB: { n: number; size: number }[] = [];
+        busA.subscribe((e) => gotA.push(e.n));
+        busB.subscribe((e) => gotB.push({ n: e.n, size: e.fill?.length ?? 0 }));
+        await busA.publish({ n: 1 });
+        await busA.publish({ n: 2, fill: 'x'.repeat(NOTIFY_LIMIT * 3) });
+        await busA.publish({ n: 3 });
+        await vi.waitFor(() => expect(gotB).toHaveLength(3), { timeout: 5_000, interval: 20 });
+        expect(gotB).toEqual([{ n: 1, size: 0 }, { n: 2, size: NOTIFY_LIMIT * 3 }, { n: 3, size: 0 }]);
+        await busB.publish({ n: 4 });
+        await vi.waitFor(() => expect(gotA).toEqual([1, 2, 3, 4]), { timeout: 5_000, interval: 20 });
+        // No echo: each controller saw each event once.
+        await new Promise((r) => setTimeout(r, 100));
+        expect(gotA).toEqual([1, 2, 3, 4]);
+        expect(gotB.map((e) => e.n)).toEqual([1, 2, 3, 4]);
+        await busA.close();
+        await busB.close();
+      });
+    });
+
+    describe('API tokens', () => {
+      it('imports the token file once, verifies by hash, creates and revokes', async () => {
+        const { inv } = await fresh();
+        const fileToken = 'f'.repeat(43);
+        const first = await inv.tokens.ensure('home-token', fileToken);
+        expect(await inv.tokens.ensure('home-token-again', fileToken)).toEqual(first);
+        expect(await inv.tokens.verify(fileToken)).toEqual(first);
+        expect(await inv.tokens.verify('g'.repeat(43))).toBeUndefined();
+        expect(await inv.tokens.verify('')).toBeUndefined();
+        const created = await inv.tokens.create('ci');
+        expect((await inv.tokens.verify(created.token))?.name).toBe('ci');
+        await expect(inv.tokens.create('ci')).rejects.toMatchObject({ code: 'ALREADY_EXISTS' });
+        const stored = await inv.kysely.selectFrom('api_tokens').selectAll().execute();
+        expect(JSON.stringify(stored)).not.toContain(fileToken);
+        expect(JSON.stringify(stored)).not.toContain(created.token);
+        expect((await inv.tokens.list()).map((t) => t.name)).toEqual(['ci', 'home-token']);
+        expect(await inv.tokens.revoke('ci')).toBe(true);
+        expect(await inv.tokens.revoke('ci')).toBe(false);
+        expect(await inv.tokens.verify(created.token)).toBeUndefined();
+      });
+    });
+
+    describe('hosts', () => {
+      it('stores hosts with an epoch bumped in one statement and capabilities as JSON', async () => {
+        const { inv } = await fresh();
+        const host = { name: 'lab1', url: 'http://10.0.0.1:7070', state: 'ready', epoch: 0, leaseExpiresAt: 2 ** 41, capabilities: { protocol: 1, ops: ['fork'] }, createdAt: 't' };
+        await inv.hosts.insert(host);
+        await expect(inv.hosts.insert(host)).rejects.toMatchObject({ code: 'ALREADY_EXISTS' });
+        expect(await inv.hosts.get('lab1')).toEqual(host);
+        expect((await inv.hosts.bumpEpoch('lab1')).epoch).toBe(1);
+        expect(await inv.hosts.update('lab1', { state: 'unreachable' })).toEqual({ ...host, epoch: 1, state: 'unreachable' });
+        await expect(inv.hosts.update('nope', { state: 'ready' })).rejects.toMatchObject({ code: 'NOT_FOUND' });
+        await inv.hosts.insert({ ...host, name: 'Lab0' });
+        expect((await inv.hosts.list()).map((h) => h.name)).toEqual(['Lab0', 'lab1']);
+        await inv.hosts.delete('lab1');
+        expect(await inv.hosts.get('lab1')).toBeUndefined();
+        const vm = vmRecord('on-lab');
+        await inv.insertVm(vm);
+        await inv.kysely.updateTable('vms').set({ host: 'Lab0' }).where('id', '=', vm.id).execute();
+        expect((await inv.kysely.selectFrom('vms').select('host').where('id', '=', vm.id).executeTakeFirstOrThrow()).host).toBe('Lab0');
+      });
+    });
+
+    describe('schema version', () => {
+      it('is at the code version and does not migrate twice', async () => {
+        const { inv, again } = await fresh();
+        const names = migrationNames(inv.dialect);
+        expect(inv.schema).toMatchObject({ database: names.length, code: names.length, codeMigration: names[names.length - 1] });
+        const second = await again();
+        expect(second.schema.database).toBe(names.length);
+        const ran = await sql<{ name: string }>`select name from kysely_migration`.execute(inv.kysely);
+        expect(ran.rows.map((r) => r.name).sort()).toEqual(names);
+      });
+
+      it('refuses a database newer than the code, naming both versions', async () => {
+        const { inv, location } = await fresh();
+        const code = inv.schema.code;
+        await sql`insert into kysely_migration (name, timestamp) values ('9999-from-the-future', '2031-01-01T00:00:00.000Z')`.execute(inv.kysely);
+        const opening = KyselyInventory.open(location, { clock: time.clock });
+        await expect(opening).rejects.toMatchObject({ code: 'INVENTORY_SCHEMA_MISMATCH', details: { databaseVersion: code + 1, databaseMigration: '9999-from-the-future', codeVersion: code } });
+        await expect(opening).rejects.toThrow(new RegExp(`version ${code + 1} .*newer than this controller's version ${code}`));
+      });
+
+      it('migrates an older database unless told not to or other controllers live on it', async () => {
+        const { inv, location } = await fresh();
+        const names = migrationNames(inv.dialect);
+        await inv.close();
+        opened.splice(opened.indexOf(inv), 1);
+        // Roll the database back to the schema before the last migration, with a live controller on it.
+        const { connect } = await import('./connect.ts');
+        const handle = await connect(location);
+        await sql`drop table hosts`.execute(handle.db);
+        for (const t of ['vms', 'checkpoints', 'datastores']) {
+          if (handle.dialect.name === 'sqlite') await sql`drop index if exists vms_host`.execute(handle.db);
+          await handle.db.schema.alterTable(t).dropColumn('host').execute();
+        }
+        await sql`delete from kysely_migration where name = ${names[names.length - 1]}`.execute(handle.db);
+        await handle.db.insertInto('controllers').values({ id: 'old-ctl', url: null, started_at: 't', heartbeat_at: time.now, lease_expires_at: time.now + 10_000 }).execute();
+        await handle.close();
+        const older = { databaseVersion: names.length - 1, codeVersion: names.length };
+        await expect(KyselyInventory.open(location, { clock: time.clock, migrate: 'never' })).rejects.toMatchObject({ code: 'INVENTORY_SCHEMA_MISMATCH', details: older });
+        await expect(KyselyInventory.open(location, { clock: time.clock, migrate: 'unless-live' })).rejects.toMatchObject({ code: 'INVENTORY_SCHEMA_MISMATCH', details: { ...older, liveControllers: ['old-ctl'] } });
+        time.advance(10_000);
+        const upgraded = await KyselyInventory.open(location, { clock: time.clock, migrate: 'unless-live' });
+        opened.push(upgraded);
+        expect(upgraded.schema.database).toBe(names.length);
+        expect(await upgraded.hosts.list()).toEqual([]);
+      });
+
+      it('refuses to migrate an empty database when told not to', async () => {
+        const location = await target.freshLocation();
+        await expect(KyselyInventory.open(location, { migrate: 'never' })).rejects.toMatchObject({ code: 'INVENTORY_SCHEMA_MISMATCH', details: { databaseVersion: 0, databaseMigration: null } });
+      });
+    });
+
+    describe('export and import', () => {
+      it('round-trips every durable table into an empty inventory and refuses a non-empty one', async () => {
+        const { inv } = await fresh();
+        const vm = vmRecord('a');
+        await inv.insertVm(vm);
+        await inv.updateVm(vm.id, { state: 'starting' });
+        for (let i = 0; i < 3; i++) await inv.insertTask(taskRecord({ targetName: `t${i}` }));
+        await inv.insertCheckpoint(checkpointRecord('c'));
+        await inv.storage.insertDatastore({ name: 'ds', path: '/ds', createdAt: 't' });
+        await inv.storage.insertDisk(diskRecord('d', 'ds'));
+        await inv.storage.insertCopyJob(copyJob());
+        await inv.storage.insertPool(pool('p'));
+        await inv.pins.add('pool:p', ['/ds/d.qcow2'], null);
+        await inv.tokens.ensure('home', 'h'.repeat(43));
+        await inv.hosts.insert({ name: 'lab1', url: 'http://x', state: 'ready', epoch: 3, leaseExpiresAt: null, capabilities: {}, createdAt: 't' });
+        await inv.controllers.register('ctl', null, 1000);
+        const exported = await exportInventory(inv);
+        expect(Object.keys(exported.tables).sort()).toEqual([...EXPORTED_TABLES].sort());
+        const target2 = await KyselyInventory.open(await target.freshLocation(), { clock: time.clock });
+        opened.push(target2);
+        const counts = await importInventory(target2, JSON.parse(JSON.stringify(exported)));
+        expect(counts).toMatchObject({ vms: 1, tasks: 3, api_tokens: 1 });
+        expect((await exportInventory(target2)).tables).toEqual(exported.tables);
+        expect(await target2.getVm(vm.id)).toEqual(await inv.getVm(vm.id));
+        expect(await target2.listTasks()).toEqual(await inv.listTasks());
+        expect(await target2.tokens.verify('h'.repeat(43))).toBeDefined();
+        // New rows continue after the imported ones.
+        const next = taskRecord();
+        await target2.insertTask(next);
+        expect((await target2.listTasks())[0]?.id).toBe(next.id);
+        await expect(importInventory(target2, exported)).rejects.toMatchObject({ code: 'INVENTORY_IMPORT_REFUSED' });
+        await expect(importInventory(target2, { format: 'other' })).rejects.toMatchObject({ code: 'INVENTORY_IMPORT_REFUSED' });
+        expect([...EXPORTED_TABLES, ...TRANSIENT_TABLES].sort()).toEqual([...TABLES].sort());
+      });
+
+      it('refuses rows with unknown columns before writing anything', async () => {
+        const { inv } = await fresh();
+        const exported = await exportInventory(inv);
+        exported.tables.vms = [{ id: 'x', bogus: 1 }];
+        await expect(importInventory(inv, exported)).rejects.toMatchObject({ code: 'INVENTORY_IMPORT_REFUSED', details: { table: 'vms', column: 'bogus' } });
+        expect(await inv.listVms()).toEqual([]);
+      });
+    });
+  });
+}
