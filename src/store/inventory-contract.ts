@@ -458,23 +458,19 @@ export function inventoryContract(label: string, target: ContractTarget): void {
     });
 
     describe('hosts', () => {
-      it('stores hosts with an epoch bumped in one statement and capabilities as JSON', async () => {
+      it('stores hosts by id and name, with their epoch, credential, capabilities and facts', async () => {
         const { inv } = await fresh();
-        const host = { name: 'lab1', url: 'http://10.0.0.1:7070', state: 'ready', epoch: 0, leaseExpiresAt: 2 ** 41, capabilities: { protocol: 1, ops: ['fork'] }, createdAt: 't' };
-        await inv.hosts.insert(host);
-        await expect(inv.hosts.insert(host)).rejects.toMatchObject({ code: 'ALREADY_EXISTS' });
-        expect(await inv.hosts.get('lab1')).toEqual(host);
-        expect((await inv.hosts.bumpEpoch('lab1')).epoch).toBe(1);
-        expect(await inv.hosts.update('lab1', { state: 'unreachable' })).toEqual({ ...host, epoch: 1, state: 'unreachable' });
-        await expect(inv.hosts.update('nope', { state: 'ready' })).rejects.toMatchObject({ code: 'NOT_FOUND' });
-        await inv.hosts.insert({ ...host, name: 'Lab0' });
-        expect((await inv.hosts.list()).map((h) => h.name)).toEqual(['Lab0', 'lab1']);
-        await inv.hosts.delete('lab1');
-        expect(await inv.hosts.get('lab1')).toBeUndefined();
-        const vm = vmRecord('on-lab');
-        await inv.insertVm(vm);
-        await inv.kysely.updateTable('vms').set({ host: 'Lab0' }).where('id', '=', vm.id).execute();
-        expect((await inv.kysely.selectFrom('vms').select('host').where('id', '=', vm.id).executeTakeFirstOrThrow()).host).toBe('Lab0');
+        const host = { id: 'h-1', name: 'lab1', url: 'http://10.0.0.1:7070', state: 'ready' as const, stateReason: null, epoch: 1, token: 't'.repeat(43), protocolVersion: 1, capabilities: ['vm', 'fork'], facts: { hostname: 'lab1', accel: 'tcg' as const, accelReason: 'x', qemuVersion: '7.2', agentVersion: '0.1.0', agentInstance: 'i', memory: { totalBytes: 2 ** 34, freeBytes: 2 ** 33, templatesBytes: 0 }, confinement: { user: null, sandbox: false, reason: 'x' } }, lastSeenAt: null, leaseExpiresAt: null, createdAt: 't', updatedAt: 't' };
+        await inv.hosts.insertHost(host);
+        await expect(inv.hosts.insertHost({ ...host, id: 'h-2' })).rejects.toMatchObject({ code: 'ALREADY_EXISTS' });
+        expect(await inv.hosts.getHost('h-1')).toEqual(host);
+        expect(await inv.hosts.findHostByName('lab1')).toEqual(host);
+        expect(await inv.hosts.updateHost('h-1', { state: 'unreachable', epoch: 2, stateReason: 'missed its lease' })).toEqual({ ...host, state: 'unreachable', epoch: 2, stateReason: 'missed its lease' });
+        await expect(inv.hosts.updateHost('nope', { state: 'ready' })).rejects.toMatchObject({ code: 'NOT_FOUND' });
+        await inv.hosts.insertHost({ ...host, id: 'h-0', name: 'Lab0', token: null, facts: null });
+        expect((await inv.hosts.listHosts()).map((h) => h.name)).toEqual(['Lab0', 'lab1']);
+        await inv.hosts.deleteHost('h-1');
+        expect(await inv.hosts.getHost('h-1')).toBeUndefined();
       });
     });
 
@@ -521,7 +517,7 @@ export function inventoryContract(label: string, target: ContractTarget): void {
         const upgraded = await KyselyInventory.open(location, { clock: time.clock, migrate: 'unless-live' });
         opened.push(upgraded);
         expect(upgraded.schema.database).toBe(names.length);
-        expect(await upgraded.hosts.list()).toEqual([]);
+        expect(await upgraded.hosts.listHosts()).toEqual([]);
       });
 
       it('refuses to migrate an empty database when told not to', async () => {
@@ -544,7 +540,7 @@ export function inventoryContract(label: string, target: ContractTarget): void {
         await inv.storage.insertPool(pool('p'));
         await inv.pins.add('pool:p', ['/ds/d.qcow2'], null);
         await inv.tokens.ensure('home', 'h'.repeat(43));
-        await inv.hosts.insert({ name: 'lab1', url: 'http://x', state: 'ready', epoch: 3, leaseExpiresAt: null, capabilities: {}, createdAt: 't' });
+        await inv.hosts.insertHost({ id: 'h-1', name: 'lab1', url: 'http://x', state: 'ready', stateReason: null, epoch: 3, token: null, protocolVersion: 1, capabilities: [], facts: null, lastSeenAt: null, leaseExpiresAt: null, createdAt: 't', updatedAt: 't' });
         await inv.controllers.register('ctl', null, 1000);
         const exported = await exportInventory(inv);
         expect(Object.keys(exported.tables).sort()).toEqual([...EXPORTED_TABLES].sort());

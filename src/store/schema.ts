@@ -120,13 +120,23 @@ export interface ApiTokensTable {
 }
 
 export interface HostsTable {
+  id: string;
   name: string;
   url: string;
   state: string;
+  state_reason: string | null;
   epoch: number;
-  lease_expires_at: number | null;
+  /** The agent's credential (null for a controller's in-process agent). */
+  token: string | null;
+  protocol_version: number;
+  /** JSON array of capability names. */
   capabilities: string;
+  /** JSON: what the agent last told of itself (hostname, accelerator, memory, confinement). */
+  facts: string | null;
+  last_seen_at: string | null;
+  lease_expires_at: string | null;
   created_at: string;
+  updated_at: string;
 }
 
 export interface Database {
