@@ -12,8 +12,8 @@ function layerRules(layer) {
   const higher = LAYERS.slice(index + 1);
   const patterns = [
     {
-      regex: '^(\\.\\./)+[^./][^/]*/(?!index\\.ts$).+$',
-      message: 'Import another layer only through its index.ts.',
+      regex: '^(\\.\\./)+[^./][^/]*/(?!(index|browser)\\.ts$).+$',
+      message: 'Import another layer only through its index.ts (or browser.ts, its part a browser can load).',
     },
   ];
   if (higher.length > 0) {

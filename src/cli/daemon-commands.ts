@@ -8,7 +8,7 @@ import { mkdir } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { OffshootError, defaultHome, homePaths, isDaemonProcess, sleep } from '../common/index.ts';
 import type { DaemonFile } from '../common/index.ts';
-import { OffshootClient } from '../client/index.ts';
+import { clientFromEnvironment } from '../client/index.ts';
 import type { CommandContext } from './vm-commands.ts';
 import { printJson, printTable, taskProgress } from './output.ts';
 
@@ -52,7 +52,7 @@ async function serveDetached(listen: string | undefined): Promise<DaemonFile> {
     const file = readDaemonFile();
     if (file && file.pid === child.pid) {
       try {
-        await OffshootClient.fromEnvironment({ ...process.env, OFFSHOOT_URL: file.url }).health();
+        await clientFromEnvironment({ ...process.env, OFFSHOOT_URL: file.url }).health();
         return file;
       } catch {
         // not answering yet
