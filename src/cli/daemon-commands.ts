@@ -21,11 +21,11 @@ function readDaemonFile(): DaemonFile | undefined {
 }
 
 
-async function serveForeground(listen: string | undefined): Promise<void> {
+async function serveForeground(listen: string | undefined, metricsListen: string | undefined): Promise<void> {
   const { startDaemon } = await import('../api/index.ts');
   const home = defaultHome();
-  const daemon = await startDaemon({ home, listen });
-  process.stdout.write(`offshoot daemon listening on ${daemon.url} (home ${home}, log ${homePaths(home).log})\n`);
+  const daemon = await startDaemon({ home, listen, metricsListen });
+  process.stdout.write(`offshoot daemon listening on ${daemon.url}${daemon.metricsUrl ? `, metrics on ${daemon.metricsUrl}/metrics` : ''} (home ${home}, log ${homePaths(home).log})\n`);
   let stopping = false;
   const stop = () => {
     if (stopping) return;
@@ -37,14 +37,14 @@ async function serveForeground(listen: string | undefined): Promise<void> {
 }
 
 /** Starts the daemon in the background and returns once it answers. */
-async function serveDetached(listen: string | undefined): Promise<DaemonFile> {
+async function serveDetached(listen: string | undefined, metricsListen: string | undefined): Promise<DaemonFile> {
   const home = defaultHome();
   const paths = homePaths(home);
   await mkdir(home, { recursive: true, mode: 0o700 });
   const existing = readDaemonFile();
   if (existing && isDaemonProcess(existing.pid)) return existing;
   const out = openSync(`${paths.home}/serve.out`, 'a');
-  const args = [...process.execArgv, process.argv[1] as string, 'serve', ...(listen ? ['--listen', listen] : [])];
+  const args = [...process.execArgv, process.argv[1] as string, 'serve', ...(listen ? ['--listen', listen] : []), ...(metricsListen ? ['--metrics-listen', metricsListen] : [])];
   const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', out, out], env: process.env });
   child.unref();
   const deadline = Date.now() + 30_000;
@@ -71,12 +71,13 @@ export function registerDaemonCommands(program: Command, ctx: CommandContext): v
     .command('serve')
     .description('run the Offshoot daemon (state in OFFSHOOT_HOME, default ~/.offshoot)')
     .option('--listen <host:port>', 'address to bind', '127.0.0.1:0')
+    .option('--metrics-listen <host:port>', 'also serve GET /metrics (Prometheus, same token) on this address')
     .option('--detach', 'run in the background and return once it answers')
     .option('--json', 'print JSON')
-    .action((o: { listen: string; detach?: boolean; json?: boolean }) =>
+    .action((o: { listen: string; metricsListen?: string; detach?: boolean; json?: boolean }) =>
       ctx.run(Boolean(o.json), async () => {
-        if (!o.detach) return serveForeground(o.listen);
-        const file = await serveDetached(o.listen);
+        if (!o.detach) return serveForeground(o.listen, o.metricsListen);
+        const file = await serveDetached(o.listen, o.metricsListen);
         if (o.json) printJson(file);
         else process.stdout.write(`offshoot daemon (pid ${file.pid}) listening on ${file.url}\n`);
       }),
