@@ -40,4 +40,13 @@ export default tseslint.config(
     },
   },
   ...LAYERS.map(layerRules),
+  {
+    // The web console runs in a browser: no Node modules or globals, and of Offshoot only the client's browser surface.
+    files: ['web/src/**/*.ts', 'web/src/**/*.tsx'],
+    ignores: ['web/src/**/*.test.ts'],
+    rules: {
+      'no-restricted-imports': ['error', { patterns: [{ regex: '^node:', message: 'The console runs in a browser.' }, { regex: '^(\\.\\./)+src/(?!client/browser\\.ts$)', message: 'The console imports Offshoot only through src/client/browser.ts.' }] }],
+      'no-restricted-globals': ['error', 'Buffer', 'process', 'require'],
+    },
+  },
 );

@@ -54,6 +54,14 @@ function taskSeconds(task: TaskRecord): number | undefined {
   return Number.isFinite(ms) && ms >= 0 ? ms / 1000 : undefined;
 }
 
+/** A scrape's gauges share one read of the VMs' memory (smaps_rollup of each QEMU). */
+const SNAPSHOT_MS = 1_000;
+
+interface MemorySnapshot {
+  hosts: Map<string, { rss: number; pss: number; shared: number; private: number }>;
+  templates: Map<string, { host: string; vms: number; rss: number; pss: number }>;
+}
+
 interface CopyTracking {
   /** Seen from its first chunk in this process, so its throughput can be measured. */
   fresh: boolean;
@@ -77,6 +85,7 @@ export class DaemonMetrics {
   private readonly running = new Map<string, string>();
   private readonly finished = new Set<string>();
   private readonly copies = new Map<string, CopyTracking>();
+  private snapshot: { at: number; value: Promise<MemorySnapshot> } | undefined;
 
   private readonly tasksTotal: Counter<'kind' | 'outcome'>;
   private readonly taskErrors: Counter<'kind' | 'code'>;
@@ -124,14 +133,39 @@ export class DaemonMetrics {
     this.copyThroughput = new Histogram({ name: 'offshoot_copy_throughput_bytes_per_second', help: 'Throughput of each copy job that ran from its first chunk to success in this daemon', labelNames: ['purpose'], buckets: THROUGHPUT_BUCKETS, registers });
     this.copyJobs = new Counter({ name: 'offshoot_copy_jobs_total', help: 'Copy jobs that ended, by purpose and outcome', labelNames: ['purpose', 'outcome'], registers });
 
-    const templateVms = new Gauge({ name: 'offshoot_template_vms', help: 'Live VMs that map a memory template (derived memory)', labelNames: ['template', 'host'], registers });
-    const templateSaved = new Gauge({ name: 'offshoot_template_saved_bytes', help: "Memory the VMs of a template save by sharing it: their RSS summed minus their PSS summed", labelNames: ['template', 'host'], registers });
+    // The three memory gauges read one snapshot of the live VMs' memory per scrape.
+    const templateVms: Gauge<'template' | 'host'> = new Gauge({
+      name: 'offshoot_template_vms',
+      help: 'Live VMs that map a memory template (derived memory)',
+      labelNames: ['template', 'host'],
+      registers,
+      collect: async (): Promise<void> => {
+        templateVms.reset();
+        for (const [template, t] of (await this.memorySnapshot()).templates) templateVms.set({ template, host: t.host }, t.vms);
+      },
+    });
+    const templateSaved: Gauge<'template' | 'host'> = new Gauge({
+      name: 'offshoot_template_saved_bytes',
+      help: 'Memory the VMs of a template save by sharing it: their RSS summed minus their PSS summed',
+      labelNames: ['template', 'host'],
+      registers,
+      collect: async (): Promise<void> => {
+        templateSaved.reset();
+        for (const [template, t] of (await this.memorySnapshot()).templates) templateSaved.set({ template, host: t.host }, Math.max(0, t.rss - t.pss));
+      },
+    });
     const hostMemory: Gauge<'host' | 'kind'> = new Gauge({
       name: 'offshoot_vm_memory_bytes',
       help: "Memory of the live VMs' QEMU processes summed per host: rss, pss (what they really use), shared, private, saved (rss minus pss)",
       labelNames: ['host', 'kind'],
       registers,
-      collect: (): Promise<void> => this.collectMemory(hostMemory, templateVms, templateSaved),
+      collect: async (): Promise<void> => {
+        hostMemory.reset();
+        for (const [host, h] of (await this.memorySnapshot()).hosts) {
+          for (const kind of ['rss', 'pss', 'shared', 'private'] as const) hostMemory.set({ host, kind }, h[kind]);
+          hostMemory.set({ host, kind: 'saved' }, Math.max(0, h.rss - h.pss));
+        }
+      },
     });
 
     this.unsubscribe = this.engine.events.subscribe((event) => this.observe(event));
@@ -165,12 +199,19 @@ export class DaemonMetrics {
     for (const [host, byState] of counts) for (const state of VM_STATES) gauge.set({ state, host }, byState.get(state) ?? 0);
   }
 
-  private async collectMemory(host: Gauge<'host' | 'kind'>, templateVms: Gauge<'template' | 'host'>, templateSaved: Gauge<'template' | 'host'>): Promise<void> {
+  /** The memory of the live VMs, summed per host and per template; one read serves the gauges of a scrape. */
+  private memorySnapshot(): Promise<MemorySnapshot> {
+    const now = Date.now();
+    if (!this.snapshot || now - this.snapshot.at > SNAPSHOT_MS) this.snapshot = { at: now, value: this.readMemory() };
+    return this.snapshot.value;
+  }
+
+  private async readMemory(): Promise<MemorySnapshot> {
     const local = await this.hostId();
     const live = (await this.engine.list()).filter((vm) => isLive(vm.state) && vm.runtime);
     const stats = await Promise.all(live.map((vm) => this.engine.memory(vm.id).then((m) => ({ vm, m }), () => undefined)));
-    const hosts = new Map<string, { rss: number; pss: number; shared: number; private: number }>([[local, { rss: 0, pss: 0, shared: 0, private: 0 }]]);
-    const templates = new Map<string, { host: string; vms: number; rss: number; pss: number }>();
+    const hosts: MemorySnapshot['hosts'] = new Map([[local, { rss: 0, pss: 0, shared: 0, private: 0 }]]);
+    const templates: MemorySnapshot['templates'] = new Map();
     for (const entry of stats) {
       if (!entry) continue;
       const { vm, m } = entry;
@@ -189,17 +230,7 @@ export class DaemonMetrics {
         templates.set(m.templateId, t);
       }
     }
-    host.reset();
-    for (const [name, h] of hosts) {
-      for (const kind of ['rss', 'pss', 'shared', 'private'] as const) host.set({ host: name, kind }, h[kind]);
-      host.set({ host: name, kind: 'saved' }, Math.max(0, h.rss - h.pss));
-    }
-    templateVms.reset();
-    templateSaved.reset();
-    for (const [template, t] of templates) {
-      templateVms.set({ template, host: t.host }, t.vms);
-      templateSaved.set({ template, host: t.host }, Math.max(0, t.rss - t.pss));
-    }
+    return { hosts, templates };
   }
 
   private observe(event: EngineEvent): void {
