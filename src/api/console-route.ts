@@ -40,18 +40,20 @@ export function mountConsole(app: Hono, dir: string = DEFAULT_CONSOLE_DIR): void
     if (!existsSync(index)) return c.html(NOT_BUILT, 503);
     return c.html(await readFile(index, 'utf8'), 200);
   });
-  app.get(
-    '/assets/*',
-    serveStatic({
-      // The request path (serveStatic refuses "..", "//" and backslashes in it) is resolved under dir; root "/" rather
-      // than dir so that a console built after the daemon started is served, and an unbuilt one logs nothing.
-      root: '/',
-      rewriteRequestPath: (path) => join(dir, path),
-      onFound: (_path, c) => {
-        c.header('cache-control', 'public, max-age=31536000, immutable');
-        c.header('x-content-type-options', 'nosniff');
-      },
-    }),
-  );
-  app.get('/assets/*', (c) => c.json(new NotFoundError('console file', c.req.path).toJSON(), 404));
+  const assets = serveStatic({
+    // The request path (serveStatic refuses "..", "//", backslashes and %-escapes in it) is resolved under dir; root "/"
+    // rather than dir so that a console built after the daemon started is served, and an unbuilt one logs nothing.
+    root: '/',
+    rewriteRequestPath: (path) => join(dir, path),
+  });
+  app.get('/assets/*', (c, next) => {
+    // Set before the file is served: serveStatic builds its response before its onFound hook runs.
+    c.header('cache-control', 'public, max-age=31536000, immutable');
+    c.header('x-content-type-options', 'nosniff');
+    return assets(c, next);
+  });
+  app.get('/assets/*', (c) => {
+    c.header('cache-control', 'no-store');
+    return c.json(new NotFoundError('console file', c.req.path).toJSON(), 404);
+  });
 }

@@ -155,7 +155,7 @@ export class DaemonMetrics {
       },
     });
     const hostMemory: Gauge<'host' | 'kind'> = new Gauge({
-      name: 'offshoot_vm_memory_bytes',
+      name: 'offshoot_vms_memory_bytes',
       help: "Memory of the live VMs' QEMU processes summed per host: rss, pss (what they really use), shared, private, saved (rss minus pss)",
       labelNames: ['host', 'kind'],
       registers,
