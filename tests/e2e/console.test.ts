@@ -379,6 +379,23 @@ describe('web console (real daemon, guest and Chromium)', () => {
     expect((await fetch(`${daemon.metricsUrl}/vms`, { headers: { authorization: `Bearer ${daemon.token}` } })).status).toBe(404);
   });
 
+  it('shows a failed task with its error code, and the VMs as they were', async () => {
+    // Children named web-c1 exist: a fork with that prefix fails at its plan, before anything starts.
+    await page.goto(`${daemon.url}/#/vms/web`);
+    await page.getByRole('button', { name: 'Fork…' }).click();
+    await dialog().getByLabel('Children', { exact: true }).fill('1');
+    await dialog().getByLabel('Name prefix').fill('web-c');
+    await dialog().getByRole('button', { name: 'Fork' }).click();
+    const failed = task('vm.fork', 'web', 'failed');
+    await failed.waitFor();
+    expect(await failed.locator('.notice .code').textContent()).toBe('FORK_FAILED');
+    expect(await failed.locator('.notice .message').textContent()).toMatch(/failed at step "plan": VM "web-c1" already exists/);
+    await page.getByRole('radio', { name: 'failed' }).check();
+    expect(await page.locator('li[data-task]').count()).toBe(1);
+    await shot('10-task-failed');
+    expect((await daemon.engine.list()).map((v) => [v.name, v.state]).sort()).toEqual([['web', 'running'], ['web-c1', 'running'], ['web-c2', 'running']]);
+  });
+
   it('powers a child off and deletes it, asking first each time', async () => {
     await page.goto(`${daemon.url}/#/vms/web-c2`);
     await page.locator('section.vm-detail[data-vm="web-c2"]').waitFor();
@@ -392,7 +409,7 @@ describe('web console (real daemon, guest and Chromium)', () => {
     await page.locator('h1 .badge.state-stopped').waitFor();
     await page.getByRole('button', { name: 'Delete…' }).click();
     expect(await dialog().getByRole('heading').textContent()).toBe('Delete web-c2?');
-    await shot('10-delete-confirm');
+    await shot('11-delete-confirm');
     await dialog().getByRole('button', { name: 'Delete' }).click();
     await page.getByRole('heading', { name: /Virtual machines/ }).waitFor();
     await page.locator('tr[data-vm="web-c2"]').waitFor({ state: 'detached' });
@@ -414,10 +431,10 @@ describe('web console (real daemon, guest and Chromium)', () => {
     expect(layout.header).toBe('absolute');
     const [r, g, b] = (layout.background.match(/\d+/g) ?? []).map(Number) as [number, number, number];
     expect(r + g + b).toBeLessThan(120);
-    await shot('11-vms-narrow-dark');
+    await shot('12-vms-narrow-dark');
     await page.goto(`${daemon.url}/#/tasks`);
-    await task('vm.fork', 'web').waitFor();
-    await shot('12-tasks-narrow-dark');
+    await task('vm.fork', 'web', 'succeeded').waitFor();
+    await shot('13-tasks-narrow-dark');
     expect(pageErrors).toEqual([]);
   });
 });

@@ -65,11 +65,14 @@ export class ConsoleStore {
     this.set({ checkpoints: await this.api.client.listCheckpoints() });
   }
 
-  /** Reads the memory of every live VM (a VM that stopped meanwhile is skipped). */
-  async refreshMemory(): Promise<void> {
-    const live = this.state.vms.filter((v) => isLive(v.state) && v.runtime);
+  /** Reads the memory of the live VMs (all, or those given); a VM that stopped meanwhile is dropped. */
+  async refreshMemory(ids?: string[]): Promise<void> {
+    const live = this.state.vms.filter((v) => isLive(v.state) && v.runtime && (!ids || ids.includes(v.id)));
     const entries = await Promise.all(live.map(async (v) => [v.id, await this.api.client.vmMemory(v.id).catch(() => undefined)] as const));
-    this.set({ memory: Object.fromEntries(entries.filter(([, m]) => m !== undefined)) });
+    const memory = ids ? { ...this.state.memory } : {};
+    for (const id of ids ?? []) delete memory[id];
+    for (const [id, m] of entries) if (m) memory[id] = m;
+    this.set({ memory });
   }
 
   /** Records an error for the pages to show (code and message). */

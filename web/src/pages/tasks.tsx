@@ -64,9 +64,11 @@ function TaskItem({ task, vms }: { task: TaskRecord; vms: VmRecord[] }) {
         <StateBadge state={task.state} />
       </header>
       <Progress value={task.state === 'succeeded' ? 1 : task.progress} label={`${title} progress`} state={task.state} />
-      <p class="phase" data-phase>
-        {task.message}
-      </p>
+      {task.message !== task.error?.message && (
+        <p class="phase" data-phase>
+          {task.message}
+        </p>
+      )}
       {children.length > 0 && (
         <p class="children" aria-label="children">
           {children.map((c) => (

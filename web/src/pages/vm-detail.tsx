@@ -26,7 +26,8 @@ export function VmDetailPage({ name }: { name: string }) {
   const [dialog, setDialog] = useState<DialogKind | null>(null);
   const quick = useAction();
   const live = vm ? isLive(vm.state) : false;
-  useInterval(() => void (live ? store.refreshMemory().catch(() => undefined) : undefined), 5_000, [store, live]);
+  const vmId = vm?.id;
+  useInterval(() => void (live && vmId ? store.refreshMemory([vmId]).catch(() => undefined) : undefined), 5_000, [store, live, vmId]);
 
   if (!vm) {
     return (
