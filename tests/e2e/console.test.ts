@@ -227,7 +227,7 @@ describe('web console (real daemon, guest and Chromium)', () => {
     await page.getByLabel('API token').fill('not-the-token');
     await page.getByRole('button', { name: 'Sign in' }).click();
     const error = page.locator('.sign-in-error');
-    await expect.poll(() => error.textContent()).toContain('The daemon refused this token.');
+    await expect.poll(() => error.textContent(), { timeout: 20_000 }).toContain('The daemon refused this token.');
     expect(await error.locator('.code').textContent()).toBe('UNAUTHORIZED');
     expect(await page.evaluate(() => sessionStorage.getItem('offshoot.token'))).toBeNull();
     await shot('01-sign-in-error');
@@ -260,7 +260,7 @@ describe('web console (real daemon, guest and Chromium)', () => {
     await page.getByRole('button', { name: 'New VM' }).click();
     await dialog().getByLabel('Name', { exact: true }).fill('web');
     await dialog().getByRole('button', { name: 'Create' }).click();
-    await expect.poll(() => dialog().locator('.notice .code').textContent()).toBe('ALREADY_EXISTS');
+    await expect.poll(() => dialog().locator('.notice .code').textContent(), { timeout: 20_000 }).toBe('ALREADY_EXISTS');
     expect(await dialog().locator('.notice .message').textContent()).toContain('"web" already exists');
     await shot('03-error-in-dialog');
     await page.keyboard.press('Escape');
@@ -297,7 +297,7 @@ describe('web console (real daemon, guest and Chromium)', () => {
     // web -> its template -> web-c1, web-c2; the template's saving is shown once the memory of its VMs is read.
     const source = page.locator('li.node-vm', { has: page.locator(':scope > .label[data-tree-vm="web"]') });
     const template = source.locator(':scope > ul > li.node-template');
-    await expect.poll(() => template.locator(':scope > ul > li.node-vm > .label').evaluateAll((els) => els.map((e) => e.getAttribute('data-tree-vm')))).toEqual(['web-c1', 'web-c2']);
+    await expect.poll(() => template.locator(':scope > ul > li.node-vm > .label').evaluateAll((els) => els.map((e) => e.getAttribute('data-tree-vm'))), { timeout: 20_000 }).toEqual(['web-c1', 'web-c2']);
     await expect.poll(() => template.locator(':scope > .label').textContent(), { timeout: 20_000 }).toMatch(/mapped by 3 VMs · saves \d+(\.\d+)? (KiB|MiB|GiB)/);
     await shot('05-fork-tree');
 
