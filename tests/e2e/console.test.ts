@@ -3,7 +3,8 @@
 // A wrong token shows a sign-in error; then sign in, create a VM and watch its
 // start task complete, fork it into 2 and see the children on the task, in
 // the VM list and in the fork tree, run a checkpoint and see its progress bar
-// move, power a child off and delete it (each asked first); the layout holds
+// move, see a failed fork's error code, clone a running VM (linked) and delete
+// the clone, power a child off and delete it (each asked first); the layout holds
 // in a narrow window with the dark theme. GET /metrics is parsed by a strict
 // Prometheus text-format parser and checked for the series after the fork and
 // the checkpoint. Screenshots of every page go to test-output/console/.
@@ -394,6 +395,23 @@ describe('web console (real daemon, guest and Chromium)', () => {
     expect(await page.locator('li[data-task]').count()).toBe(1);
     await shot('10-task-failed');
     expect((await daemon.engine.list()).map((v) => [v.name, v.state]).sort()).toEqual([['web', 'running'], ['web-c1', 'running'], ['web-c2', 'running']]);
+  });
+
+  it('clones a running VM (linked: no copy, no boot) and deletes the clone', async () => {
+    await page.goto(`${daemon.url}/#/vms/web-c1`);
+    await page.getByRole('button', { name: 'Clone…' }).click();
+    await dialog().getByLabel('Name', { exact: true }).fill('web-copy');
+    await dialog().getByRole('button', { name: 'Clone' }).click();
+    await page.locator('section.vm-detail[data-vm="web-copy"] h1 .badge.state-created').waitFor();
+    // Its disk is a delta over the frozen base of web-c1's disk.
+    const chain = await page.locator('ol.chain li code').allTextContents();
+    expect(chain.length).toBeGreaterThan(1);
+    const source = (await daemon.engine.resolve('web-c1')).spec.disks[0]?.backing ?? [];
+    expect(source).toContain(chain[1]);
+    await page.getByRole('button', { name: 'Delete…' }).click();
+    await dialog().getByRole('button', { name: 'Delete' }).click();
+    await page.locator('tr[data-vm="web"]').waitFor();
+    await eventually(async () => !(await daemon.engine.list()).some((v) => v.name === 'web-copy'), 10_000, 'web-copy to be deleted');
   });
 
   it('powers a child off and deletes it, asking first each time', async () => {
