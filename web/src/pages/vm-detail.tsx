@@ -3,27 +3,25 @@
 // start, stop, pause, resume, fork N, checkpoint, clone, migrate (once the
 // daemon has it), power off and delete. Whatever destroys something (stop,
 // power off, delete, deleting a checkpoint) asks first; the others open a
-// dialog with their options. Errors show in the dialog with their code.
+// dialog with their options (vm-dialogs.tsx). Errors show with their code.
 import type { ComponentChildren } from 'preact';
-import { useEffect, useRef, useState } from 'preact/hooks';
-import { OffshootError, asOffshootError, hostOfVm } from '../api.ts';
-import type { CheckpointRecord, DatastoreView, VmRecord } from '../api.ts';
-import { ActionDialog, ErrorNotice, Field, Progress, StateBadge, Time, useAction } from '../components.tsx';
+import { useState } from 'preact/hooks';
+import { OffshootError, hostOfVm } from '../api.ts';
+import { ErrorNotice, Progress, StateBadge, Time, useAction } from '../components.tsx';
 import { useConsole, useInterval } from '../context.ts';
 import { formatBytes } from '../format.ts';
 import { allows, canClone, isLive } from '../operations.ts';
-import { href, navigate } from '../router.ts';
+import { href } from '../router.ts';
 import { resultSummary, taskTitle } from '../task-view.ts';
+import { ConsoleLog } from './console-log.tsx';
+import { VmDialogs } from './vm-dialogs.tsx';
+import type { VmDialog } from './vm-dialogs.tsx';
 import { memoryMode } from './vms.tsx';
-
-type DialogKind = 'stop' | 'kill' | 'delete' | 'fork' | 'checkpoint' | 'clone' | 'migrate' | { restore: CheckpointRecord } | { deleteCheckpoint: CheckpointRecord };
-
-const CONSOLE_BYTES = 16 * 1024;
 
 export function VmDetailPage({ name }: { name: string }) {
   const { store, state } = useConsole();
   const vm = state.vms.find((v) => v.name === name);
-  const [dialog, setDialog] = useState<DialogKind | null>(null);
+  const [dialog, setDialog] = useState<VmDialog | null>(null);
   const quick = useAction();
   const live = vm ? isLive(vm.state) : false;
   const vmId = vm?.id;
@@ -210,138 +208,7 @@ export function VmDetailPage({ name }: { name: string }) {
 
       <ConsoleLog vm={vm} />
 
-      {dialog === 'stop' && (
-        <ActionDialog title={`Stop ${vm.name}?`} submitLabel="Stop" destructive onClose={close} onSubmit={() => client.stopVm(vm.id)}>
-          <p>The guest is asked to power off (ACPI) and is killed if it has not after the timeout. Its memory is lost; its disks stay.</p>
-        </ActionDialog>
-      )}
-      {dialog === 'kill' && (
-        <ActionDialog title={`Power off ${vm.name} now?`} submitLabel="Power off" destructive onClose={close} onSubmit={() => client.killVm(vm.id)}>
-          <p>QEMU is killed at once, like pulling the plug: the guest gets no chance to write what it holds.</p>
-        </ActionDialog>
-      )}
-      {dialog === 'delete' && (
-        <ActionDialog
-          title={`Delete ${vm.name}?`}
-          submitLabel="Delete"
-          destructive
-          onClose={close}
-          onSubmit={async () => {
-            await client.deleteVm(vm.id);
-            navigate({ page: 'vms' });
-          }}
-        >
-          <p>
-            The VM and the files it owns (its disks' top layers, its folder) are deleted. This cannot be undone. Checkpoints of it stay.
-          </p>
-        </ActionDialog>
-      )}
-      {dialog === 'fork' && (
-        <ActionDialog
-          title={`Fork ${vm.name}`}
-          submitLabel="Fork"
-          onClose={close}
-          onSubmit={async (form) => {
-            const data = new FormData(form);
-            const prefix = String(data.get('prefix') ?? '').trim();
-            await client.forkVm(vm.id, { count: Number(data.get('count')), ...(prefix ? { prefix } : {}) });
-            navigate({ page: 'tasks' });
-          }}
-        >
-          <p class="muted">The VM stops for a moment; then it and its children run on, sharing its memory copy-on-write.</p>
-          <Field label="Children">
-            <input name="count" type="number" min={1} max={64} value={2} required />
-          </Field>
-          <Field label="Name prefix" hint={`default ${vm.name}-c (children ${vm.name}-c1, ${vm.name}-c2, …)`}>
-            <input name="prefix" autocomplete="off" pattern="[A-Za-z0-9][A-Za-z0-9_\-]{0,40}" />
-          </Field>
-        </ActionDialog>
-      )}
-      {dialog === 'checkpoint' && (
-        <ActionDialog
-          title={`Checkpoint ${vm.name}`}
-          submitLabel="Checkpoint"
-          onClose={close}
-          onSubmit={async (form) => {
-            const data = new FormData(form);
-            const name = String(data.get('name') ?? '').trim();
-            await client.checkpointVm(vm.id, { ...(name ? { name } : {}), stop: data.get('stop') === 'on' });
-            navigate({ page: 'tasks' });
-          }}
-        >
-          <p class="muted">A short stun, then the VM runs on while its memory is written to the checkpoint file.</p>
-          <Field label="Name" hint="default: NAME-TIMESTAMP">
-            <input name="name" autocomplete="off" pattern="[A-Za-z0-9][A-Za-z0-9_\-]{0,62}" />
-          </Field>
-          <label class="check">
-            <input name="stop" type="checkbox" /> Power the VM off after the save (suspend)
-          </label>
-        </ActionDialog>
-      )}
-      {dialog === 'clone' && <CloneDialog vm={vm} onClose={close} />}
-      {dialog === 'migrate' && (
-        <ActionDialog
-          title={`Migrate ${vm.name}`}
-          submitLabel="Migrate"
-          onClose={close}
-          onSubmit={async (form) => {
-            await store.api.migrate(vm.id, String(new FormData(form).get('host')));
-            navigate({ page: 'tasks' });
-          }}
-        >
-          <Field label="To host">
-            <select name="host" required>
-              {state.hosts
-                .filter((h) => h.id !== hostOfVm(vm, localHost))
-                .map((h) => (
-                  <option key={h.id} value={h.id}>
-                    {h.name} ({h.state})
-                  </option>
-                ))}
-            </select>
-          </Field>
-        </ActionDialog>
-      )}
-      {typeof dialog === 'object' && dialog !== null && 'restore' in dialog && (
-        <ActionDialog
-          title={`Restore ${dialog.restore.name}`}
-          submitLabel="Restore"
-          onClose={close}
-          onSubmit={async (form) => {
-            const data = new FormData(form);
-            const name = String(data.get('name') ?? '').trim();
-            await client.restore({ checkpoint: dialog.restore.id, ...(name ? { name } : {}), mode: data.get('mode') === 'eager' ? 'eager' : 'lazy' });
-            navigate({ page: 'tasks' });
-          }}
-        >
-          <p class="muted">The checkpoint becomes a new VM with its own identity.</p>
-          <Field label="New VM name" hint={`default ${vm.name}-r1`}>
-            <input name="name" autocomplete="off" pattern="[A-Za-z0-9][A-Za-z0-9_\-]{0,62}" />
-          </Field>
-          <Field label="Mode">
-            <select name="mode">
-              <option value="lazy">lazy: runs at once, memory streams in</option>
-              <option value="eager">eager: all memory loaded first</option>
-            </select>
-          </Field>
-        </ActionDialog>
-      )}
-      {typeof dialog === 'object' && dialog !== null && 'deleteCheckpoint' in dialog && (
-        <ActionDialog
-          title={`Delete checkpoint ${dialog.deleteCheckpoint.name}?`}
-          submitLabel="Delete"
-          destructive
-          onClose={close}
-          onSubmit={async () => {
-            await client.deleteCheckpoint(dialog.deleteCheckpoint.id);
-            await store.reloadCheckpoints();
-          }}
-        >
-          <p>
-            The checkpoint file <code>{dialog.deleteCheckpoint.path}</code> is deleted. This cannot be undone.
-          </p>
-        </ActionDialog>
-      )}
+      {dialog && <VmDialogs vm={vm} dialog={dialog} onClose={close} />}
     </section>
   );
 }
@@ -352,86 +219,5 @@ function Fact({ label, value }: { label: string; value: ComponentChildren }) {
       <dt>{label}</dt>
       <dd>{value}</dd>
     </div>
-  );
-}
-
-function CloneDialog({ vm, onClose }: { vm: VmRecord; onClose: () => void }) {
-  const { store } = useConsole();
-  const [mode, setMode] = useState('linked');
-  const [datastores, setDatastores] = useState<DatastoreView[]>([]);
-  useEffect(() => void store.api.storage.listDatastores().then(setDatastores, () => undefined), [store]);
-  return (
-    <ActionDialog
-      title={`Clone ${vm.name}`}
-      submitLabel="Clone"
-      onClose={onClose}
-      onSubmit={async (form) => {
-        const data = new FormData(form);
-        const datastore = String(data.get('datastore') ?? '');
-        await store.api.storage.cloneVm(vm.id, { name: String(data.get('name')), mode: mode as 'linked', ...(mode === 'full' && datastore ? { datastore } : {}), start: data.get('start') === 'on' });
-        navigate({ page: 'vm', name: String(data.get('name')) });
-      }}
-    >
-      <Field label="Name">
-        <input name="name" required autocomplete="off" value={`${vm.name}-clone`} pattern="[A-Za-z0-9][A-Za-z0-9_\-]{0,62}" />
-      </Field>
-      <Field label="Kind">
-        <select name="mode" value={mode} onChange={(e) => setMode(e.currentTarget.value)}>
-          <option value="linked">linked: a delta over a frozen base (instant)</option>
-          <option value="instant">instant: boots now, copies in the background</option>
-          <option value="full">full: a copy on a datastore</option>
-        </select>
-      </Field>
-      {mode === 'full' && (
-        <Field label="Datastore">
-          <select name="datastore" required>
-            {datastores.map((d) => (
-              <option key={d.name} value={d.name}>
-                {d.name}
-              </option>
-            ))}
-          </select>
-        </Field>
-      )}
-      <label class="check">
-        <input name="start" type="checkbox" /> Start the clone
-      </label>
-    </ActionDialog>
-  );
-}
-
-/** The tail of the serial console, read again every 2 s while the VM runs; follows the end unless scrolled up. */
-function ConsoleLog({ vm }: { vm: VmRecord }) {
-  const { store } = useConsole();
-  const [text, setText] = useState<string | null>(null);
-  const [error, setError] = useState<unknown>(null);
-  const pre = useRef<HTMLPreElement>(null);
-  const live = isLive(vm.state);
-  useInterval(
-    () =>
-      void store.api.client.console(vm.id, CONSOLE_BYTES).then(
-        (t) => {
-          setText(t);
-          setError(null);
-        },
-        (err: unknown) => setError(err),
-      ),
-    live ? 2_000 : 3_600_000,
-    [store, vm.id, live],
-  );
-  useEffect(() => {
-    const el = pre.current;
-    if (el && el.scrollHeight - el.scrollTop - el.clientHeight < 80) el.scrollTop = el.scrollHeight;
-  }, [text]);
-  return (
-    <section class="card" aria-labelledby="console-title">
-      <h2 id="console-title">
-        Console log {live && <span class="chip live">live</span>}
-      </h2>
-      {error ? <ErrorNotice error={asOffshootError(error)} /> : null}
-      <pre ref={pre} class="console" tabIndex={0} aria-label="serial console output" data-console>
-        {text === null ? 'Reading…' : text || '(nothing written yet)'}
-      </pre>
-    </section>
   );
 }
