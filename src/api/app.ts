@@ -8,7 +8,10 @@ import type { Logger } from '../common/index.ts';
 import type { HostAgent } from '../agent/index.ts';
 import type { StorageService, VmEngine } from '../vm/index.ts';
 import { bearerAuth } from './auth.ts';
+import { mountConsole } from './console-route.ts';
 import { mountEvents } from './events-route.ts';
+import { mountMetrics } from './metrics.ts';
+import type { DaemonMetrics } from './metrics.ts';
 import { storageRoutes } from './storage-routes.ts';
 import { taskRoutes } from './task-routes.ts';
 import { validationHook } from './validation.ts';
@@ -24,9 +27,13 @@ export interface AppDeps {
   /** Other valid tokens (the inventory's API tokens). */
   verifyToken?: (token: string) => Promise<boolean>;
   logger: Logger;
+  /** GET /metrics when given. */
+  metrics?: DaemonMetrics;
+  /** The built web console (default dist/console of this checkout). */
+  consoleDir?: string;
 }
 
-export function buildApp({ engine, storage, agent, token, verifyToken, logger }: AppDeps): OpenAPIHono {
+export function buildApp({ engine, storage, agent, token, verifyToken, logger, metrics, consoleDir }: AppDeps): OpenAPIHono {
   const app = new OpenAPIHono({ defaultHook: validationHook });
   app.onError((err, c) => {
     // Hono's own 4xx (e.g. a malformed JSON body) is the client's mistake, not an internal error.
@@ -35,6 +42,8 @@ export function buildApp({ engine, storage, agent, token, verifyToken, logger }:
     return c.json(error.toJSON(), error.status as 400);
   });
   app.notFound((c) => c.json(new NotFoundError('route', `${c.req.method} ${c.req.path}`).toJSON(), 404));
+  // Before the token check: the console's static files hold no data; its API calls carry the token.
+  mountConsole(app, consoleDir);
   app.use('*', bearerAuth(token, ['/health', '/openapi.json'], verifyToken));
 
   app.get('/health', (c) => c.json({ ok: true, version: API_VERSION }));
@@ -43,6 +52,7 @@ export function buildApp({ engine, storage, agent, token, verifyToken, logger }:
   app.route('/', taskRoutes(engine));
   app.route('/', storageRoutes(storage, engine));
   mountEvents(app, engine);
+  if (metrics) mountMetrics(app, metrics);
 
   app.openAPIRegistry.registerComponent('securitySchemes', 'bearer', { type: 'http', scheme: 'bearer' });
   app.doc31('/openapi.json', {
