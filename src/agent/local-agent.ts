@@ -28,6 +28,7 @@ import { restoreLazy } from './lazy-restore.ts';
 import type { LazyRestore, LazyStreamResult } from './lazy-restore.ts';
 import { inspectCheckpointFile } from './checkpoint-inspect.ts';
 import { RunningVm } from './running-vm.ts';
+import { streamDisk } from './live-disk-ops.ts';
 import type { CheckpointInspection } from './types.ts';
 import type { Accelerator, CustomizeResult, ExecRequest, ExecResult, ForkDisksRequest, ForkDisksResult, ForkSwitch, HostInfo, Identity, PrepareForkRequest, PreparedFork, PrepareVmRequest, VmExitEvent, VmMemory, VmMemoryStats, VmRuntime, VmSpec } from './types.ts';
 
@@ -298,14 +299,12 @@ export class LocalHostAgent implements HostAgent {
     return undoForkDisks(this.layout, request, result);
   }
 
-  async streamDisk(vmId: string, diskId: string, base: string, timeoutMs = 600_000): Promise<void> {
-    const vm = this.running(vmId);
-    const jobId = `stream-${diskId}-${randomBytes(3).toString('hex')}`;
-    const done = vm.qmp.waitForEvent('BLOCK_JOB_COMPLETED', { timeoutMs, predicate: (e) => (e.data as { device?: string } | undefined)?.device === jobId });
-    await vm.qmp.execute('block-stream', { 'job-id': jobId, device: diskId, base });
-    const event = await done;
-    const error = (event.data as { error?: string } | undefined)?.error;
-    if (error) throw new OffshootError('DISK_STREAM_FAILED', `streaming ${base} into disk ${diskId} of VM ${vmId} failed: ${error}`, { vmId, diskId, base }, 500);
+  async streamDisk(vmId: string, diskId: string, base: string): Promise<void> {
+    try {
+      await streamDisk(this.running(vmId).qmp, diskId, { base });
+    } catch (err) {
+      throw new OffshootError('DISK_STREAM_FAILED', `streaming ${base} into disk ${diskId} of VM ${vmId} failed: ${(err as Error).message}`, { vmId, diskId, base }, err instanceof OffshootError && err.status < 500 ? err.status : 500, { cause: err });
+    }
   }
 
   async customize(vmId: string, identity: Identity): Promise<CustomizeResult> {
@@ -360,7 +359,7 @@ export class LocalHostAgent implements HostAgent {
       const reported = killedBecause ? { ...event, clean: false, reason: killedBecause } : event;
       this.logger.info({ ...reported }, 'QEMU exited');
       this.exits.emit('exit', reported);
-    });
+    }).catch((err: unknown) => this.logger.error({ err, vmId: vm.vmId }, 'cannot report a QEMU exit'));
   }
 
   /** The QMP client of a running VM (for the storage agent's live disk operations). */

@@ -15,7 +15,7 @@ import { DatastoreLayout, QCOW2_MAGIC, cancelCopy, datastoreUsage, diskContentHa
 import { runCopyWorker } from './copy-runner.ts';
 import type { CopyRunFile, CopyRunProgress, CopyRunResult } from './copy-runner.ts';
 import type { HostLayout } from './layout.ts';
-import { liveSnapshot, streamWholeChain } from './live-disk-ops.ts';
+import { liveSnapshot, streamDisk } from './live-disk-ops.ts';
 import type { DiskChainEntry, FreezeResult, StorageAgent } from './storage-agent.ts';
 import type { VmDisk } from './types.ts';
 
@@ -188,6 +188,6 @@ export class LocalStorageAgent implements StorageAgent {
   }
 
   async streamWholeChain(vmId: string, diskId: string, onProgress?: (p: { offset: number; length: number }) => void): Promise<void> {
-    await streamWholeChain(this.qmpOf(vmId), diskId, onProgress);
+    await streamDisk(this.qmpOf(vmId), diskId, { onProgress });
   }
 }

@@ -26,6 +26,24 @@ export interface DaemonOptions {
   faults?: (point: string) => Promise<void> | void;
   /** Copy job settings; default from OFFSHOOT_COPY_CHUNK_MIB and OFFSHOOT_COPY_MAX_MIBPS. */
   copy?: { chunkMiB?: number; maxMiBPerSecond?: number };
+  /** The daemon owns its process (`offshoot serve`): log unhandled rejections and uncaught exceptions instead of dying. */
+  guardProcess?: boolean;
+}
+
+/**
+ * A daemon runs VMs that outlive it, but a crash still interrupts every operation in flight and every
+ * lazy restore stream: an unexpected rejection or exception is logged with its stack and the daemon goes
+ * on (the operation that lost it fails or times out by itself). Returns the uninstaller.
+ */
+export function guardProcess(logger: Logger): () => void {
+  const onRejection = (reason: unknown) => logger.error({ err: reason }, 'unhandled promise rejection (the daemon keeps running)');
+  const onException = (err: Error) => logger.error({ err }, 'uncaught exception (the daemon keeps running)');
+  process.on('unhandledRejection', onRejection);
+  process.on('uncaughtException', onException);
+  return () => {
+    process.off('unhandledRejection', onRejection);
+    process.off('uncaughtException', onException);
+  };
 }
 
 function copySettingsFromEnvironment(env: NodeJS.ProcessEnv): { chunkMiB?: number; maxMiBPerSecond?: number } {
@@ -69,6 +87,7 @@ export async function startDaemon(options: DaemonOptions): Promise<RunningDaemon
 
 async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock: () => Promise<void>): Promise<RunningDaemon> {
   const logger = options.logger ?? pino({ level: process.env.OFFSHOOT_LOG_LEVEL ?? 'info' }, pino.destination({ dest: paths.log, sync: false, mkdir: true }));
+  const unguard = options.guardProcess ? guardProcess(logger) : () => undefined;
   const { host, port } = parseListen(options.listen ?? '127.0.0.1:0');
   const token = await loadOrCreateToken(paths.token);
   const inventory = await SqliteInventory.open(paths.inventory);
@@ -118,6 +137,7 @@ async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock
       if (current.includes(`"pid": ${process.pid}`)) await rm(paths.daemonFile, { force: true });
       await releaseLock();
       logger.info('offshoot daemon stopped; VMs keep running');
+      unguard();
     })();
     return closing;
   };

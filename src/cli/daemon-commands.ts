@@ -24,13 +24,16 @@ function readDaemonFile(): DaemonFile | undefined {
 async function serveForeground(listen: string | undefined): Promise<void> {
   const { startDaemon } = await import('../api/index.ts');
   const home = defaultHome();
-  const daemon = await startDaemon({ home, listen });
+  const daemon = await startDaemon({ home, listen, guardProcess: true });
   process.stdout.write(`offshoot daemon listening on ${daemon.url} (home ${home}, log ${homePaths(home).log})\n`);
   let stopping = false;
   const stop = () => {
     if (stopping) return;
     stopping = true;
-    void daemon.close().then(() => process.exit(0));
+    daemon.close().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);

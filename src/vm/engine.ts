@@ -93,6 +93,7 @@ export class VmEngine {
 
   async create(input: unknown): Promise<VmAndTask> {
     const request = parseCreateVmRequest(input);
+    await this.faults?.('vm.create');
     const memoryMiB = resolveMemoryMiB(request.memory);
     if (await this.inventory.findVmByName(request.name)) throw new AlreadyExistsError('VM', request.name);
     const id = newVmId();
@@ -170,7 +171,7 @@ export class VmEngine {
     const controller = new AbortController();
     const task = await this.tasks.start('vm.checkpoint', vm, (ctx) => runCheckpoint(deps, { ...vm, state: previous }, { name, out: request.out, stop: request.stop }, ctx, newTaskId(), controller.signal));
     this.cancellers.set(task.id, controller);
-    void this.tasks.wait(task.id).finally(() => this.cancellers.delete(task.id));
+    this.tasks.wait(task.id).catch(() => undefined).finally(() => this.cancellers.delete(task.id));
     return { vm: await this.resolve(id), task };
   }
 
@@ -225,7 +226,7 @@ export class VmEngine {
         throw err;
       }
     });
-    void this.tasks.wait(task.id).finally(() => pinned.forEach((p) => this.pins.delete(p)));
+    this.tasks.wait(task.id).catch(() => undefined).finally(() => pinned.forEach((p) => this.pins.delete(p)));
     return { vm: record, task };
   }
 

@@ -78,7 +78,7 @@ export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request:
       const now2 = performance.now();
       if (now2 - lastReport > 500) {
         lastReport = now2;
-        void ctx.progress(0.1 + 0.85 * (p.blocksDone / p.blockCount), `written ${p.blocksDone} of ${p.blockCount} MiB`);
+        ctx.progress(0.1 + 0.85 * (p.blocksDone / p.blockCount), `written ${p.blocksDone} of ${p.blockCount} MiB`).catch(() => undefined);
       }
     });
     signal?.removeEventListener('abort', cancelWrite);
