@@ -5,7 +5,7 @@
 // implementation today.
 import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { lstat, mkdir, open, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { hostname } from 'node:os';
 import { OffshootError, keepAlive, silentLogger, withTimeout } from '../common/index.ts';
@@ -23,7 +23,8 @@ import { HostLayout } from './layout.ts';
 import { prepareVmFiles } from './prepare-vm.ts';
 import { ForkStager } from './fork-stager.ts';
 import type { StagingHost } from './fork-stager.ts';
-import { restoreEager, writeCheckpointFile } from './checkpoint-files.ts';
+import { removeOwnCheckpoint, restoreEager, writeCheckpointFile } from './checkpoint-files.ts';
+import { PathPolicy, TargetExistsError } from './path-policy.ts';
 import { restoreLazy } from './lazy-restore.ts';
 import type { LazyRestore, LazyStreamResult } from './lazy-restore.ts';
 import { inspectCheckpointFile } from './checkpoint-inspect.ts';
@@ -35,6 +36,8 @@ import type { Accelerator, CustomizeResult, ExecRequest, ExecResult, ForkDisksRe
 export interface LocalHostAgentOptions {
   home: string;
   memoryDir?: string;
+  /** Folders whose files may be attached as they are (besides the home and the datastores); see path-policy.ts. */
+  allowImages?: string[];
   qemuBinary?: string;
   logger?: Logger;
 }
@@ -59,6 +62,8 @@ export class GuestAgentUnavailableError extends OffshootError {
 export class LocalHostAgent implements HostAgent {
   readonly hostId: string;
   readonly layout: HostLayout;
+  /** Which host files may be used (shared with the storage agent, which registers datastores in it). */
+  readonly policy: PathPolicy;
   private readonly vms = new Map<string, RunningVm>();
   private readonly exits = new EventEmitter();
   private readonly logger: Logger;
@@ -76,6 +81,7 @@ export class LocalHostAgent implements HostAgent {
   constructor(private readonly options: LocalHostAgentOptions) {
     this.hostId = hostname();
     this.layout = new HostLayout(options.home, options.memoryDir);
+    this.policy = new PathPolicy(options.home, options.allowImages ?? []);
     this.logger = options.logger ?? silentLogger;
     this.templates = new TemplateStore(this.layout.memoryDir);
     this.stagingHost = {
@@ -104,11 +110,11 @@ export class LocalHostAgent implements HostAgent {
 
   async hostInfo(): Promise<HostInfo> {
     const { accel, reason } = await this.accelerator();
-    return { hostId: this.hostId, accel, accelReason: reason, qemuVersion: await qemuVersion(this.options.qemuBinary), memoryDir: this.layout.memoryDir, vmsDir: this.layout.vmsDir };
+    return { hostId: this.hostId, accel, accelReason: reason, qemuVersion: await qemuVersion(this.options.qemuBinary), memoryDir: this.layout.memoryDir, vmsDir: this.layout.vmsDir, allowedRoots: this.policy.roots() };
   }
 
   prepareVm(vmId: string, request: PrepareVmRequest): Promise<VmSpec> {
-    return prepareVmFiles(this.layout, vmId, request);
+    return prepareVmFiles(this.layout, this.policy, vmId, request);
   }
 
   async startVm(vmId: string, name: string, spec: VmSpec): Promise<VmRuntime> {
@@ -224,11 +230,19 @@ export class LocalHostAgent implements HostAgent {
     return this.stager.finish(forkId);
   }
 
-  writeCheckpoint(forkId: string, out: string, memoryBytes: number, metadata: CheckpointMetadata, onProgress?: (p: WriteProgress) => void): Promise<{ fileBytes: number; storedPages: number }> {
+  async checkpointTarget(name: string, out?: string): Promise<string> {
+    if (out !== undefined) return this.policy.newFile('out', out);
+    await mkdir(this.layout.checkpointsDir, { recursive: true, mode: 0o700 });
+    const path = join(this.layout.checkpointsDir, `${name}.ckpt`);
+    if (await lstat(path).catch(() => undefined)) throw new TargetExistsError('checkpoint file', path);
+    return path;
+  }
+
+  writeCheckpoint(forkId: string, checkpointId: string, path: string, memoryBytes: number, metadata: CheckpointMetadata, onProgress?: (p: WriteProgress) => void): Promise<{ fileBytes: number; storedPages: number }> {
     // Registered before the first await, so a cancel can never fall between the call and the write.
     const controller = new AbortController();
     this.checkpointWrites.set(forkId, controller);
-    return writeCheckpointFile(this.stager.artifacts(forkId), out, memoryBytes, metadata, onProgress, controller.signal).finally(() => this.checkpointWrites.delete(forkId));
+    return writeCheckpointFile(this.stager.artifacts(forkId), path, checkpointId, memoryBytes, metadata, onProgress, controller.signal).finally(() => this.checkpointWrites.delete(forkId));
   }
 
   async restoreVm(vmId: string, name: string, checkpointPath: string, spec: VmSpec, mode: 'eager' | 'lazy' = 'eager'): Promise<{ runtime: VmRuntime; spec: VmSpec }> {
@@ -271,7 +285,7 @@ export class LocalHostAgent implements HostAgent {
   }
 
   inspectCheckpoint(path: string): Promise<CheckpointInspection> {
-    return inspectCheckpointFile(this.layout, path);
+    return inspectCheckpointFile(this.policy, path);
   }
 
   async cancelCheckpointWrite(forkId: string): Promise<boolean> {
@@ -281,9 +295,10 @@ export class LocalHostAgent implements HostAgent {
     return true;
   }
 
-  async removeCheckpointFile(path: string): Promise<void> {
-    await rm(path, { force: true });
-    await rm(`${path}.partial`, { force: true });
+  async removeCheckpointFile(checkpoint: { path: string; id: string; createdAt: string }): Promise<boolean> {
+    const removed = await removeOwnCheckpoint(checkpoint);
+    if (!removed) this.logger.info({ path: checkpoint.path, checkpointId: checkpoint.id }, 'checkpoint file left alone: it is missing or is not this checkpoint');
+    return removed;
   }
 
   /** Kills a QEMU of the VM that is not its tracked one (left by an interrupted operation), if it still runs. */
@@ -324,7 +339,14 @@ export class LocalHostAgent implements HostAgent {
   }
 
   async memoryStats(vmId: string): Promise<VmMemoryStats> {
-    return processMemoryStats(this.running(vmId).process.pid);
+    try {
+      return await processMemoryStats(this.running(vmId).process.pid);
+    } catch (err) {
+      // The QEMU ended between the lookup and the read (a kill racing this call).
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ESRCH') throw new VmNotRunningError(vmId);
+      throw err;
+    }
   }
 
   async releaseTemplates(inUse: ReadonlySet<string>): Promise<string[]> {

@@ -128,6 +128,8 @@ export interface HostInfo {
   qemuVersion: string;
   memoryDir: string;
   vmsDir: string;
+  /** The folders whose files VMs may use as they are (real paths): the home, the datastores, --allow-images folders. */
+  allowedRoots: string[];
 }
 
 export interface ExecRequest {

@@ -26,6 +26,8 @@ export interface DaemonOptions {
   faults?: (point: string) => Promise<void> | void;
   /** Copy job settings; default from OFFSHOOT_COPY_CHUNK_MIB and OFFSHOOT_COPY_MAX_MIBPS. */
   copy?: { chunkMiB?: number; maxMiBPerSecond?: number };
+  /** Folders whose files VMs may use as they are, besides the home and the datastores (see agent/path-policy.ts). */
+  allowImages?: string[];
   /** The daemon owns its process (`offshoot serve`): log unhandled rejections and uncaught exceptions instead of dying. */
   guardProcess?: boolean;
 }
@@ -91,11 +93,12 @@ async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock
   const { host, port } = parseListen(options.listen ?? '127.0.0.1:0');
   const token = await loadOrCreateToken(paths.token);
   const inventory = await SqliteInventory.open(paths.inventory);
-  const agent = new LocalHostAgent({ home: paths.home, memoryDir: options.memoryDir ?? process.env.OFFSHOOT_MEMORY_DIR, logger });
+  const agent = new LocalHostAgent({ home: paths.home, memoryDir: options.memoryDir ?? process.env.OFFSHOOT_MEMORY_DIR, allowImages: options.allowImages, logger });
   const faults = options.faults ?? faultsFromEnvironment(process.env.OFFSHOOT_TEST_FAULTS);
   if (faults && !options.faults) logger.warn({ faults: process.env.OFFSHOOT_TEST_FAULTS }, 'OFFSHOOT_TEST_FAULTS is set: faults will be injected');
-  const engine = new VmEngine({ inventory, agent, logger, faults, home: paths.home });
-  const storageAgent = new LocalStorageAgent(agent.layout, (vmId) => agent.qmpOf(vmId));
+  const engine = new VmEngine({ inventory, agent, logger, faults });
+  const storageAgent = new LocalStorageAgent(agent.layout, agent.policy, (vmId) => agent.qmpOf(vmId));
+  await storageAgent.useDatastores((await inventory.storage.listDatastores()).map((ds) => ds.path));
   const storage = new StorageService({ inventory, storageInventory: inventory.storage, agent, storage: storageAgent, engine, logger, vmsDir: agent.layout.vmsDir, copy: options.copy ?? copySettingsFromEnvironment(process.env) });
   try {
     // Pins first, so the engine's garbage collection during recovery keeps what pools and copy jobs read.

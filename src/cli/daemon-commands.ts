@@ -21,10 +21,10 @@ function readDaemonFile(): DaemonFile | undefined {
 }
 
 
-async function serveForeground(listen: string | undefined): Promise<void> {
+async function serveForeground(listen: string | undefined, allowImages: string[]): Promise<void> {
   const { startDaemon } = await import('../api/index.ts');
   const home = defaultHome();
-  const daemon = await startDaemon({ home, listen, guardProcess: true });
+  const daemon = await startDaemon({ home, listen, allowImages, guardProcess: true });
   process.stdout.write(`offshoot daemon listening on ${daemon.url} (home ${home}, log ${homePaths(home).log})\n`);
   let stopping = false;
   const stop = () => {
@@ -40,14 +40,14 @@ async function serveForeground(listen: string | undefined): Promise<void> {
 }
 
 /** Starts the daemon in the background and returns once it answers. */
-async function serveDetached(listen: string | undefined): Promise<DaemonFile> {
+async function serveDetached(listen: string | undefined, allowImages: string[]): Promise<DaemonFile> {
   const home = defaultHome();
   const paths = homePaths(home);
   await mkdir(home, { recursive: true, mode: 0o700 });
   const existing = readDaemonFile();
   if (existing && isDaemonProcess(existing.pid)) return existing;
   const out = openSync(`${paths.home}/serve.out`, 'a');
-  const args = [...process.execArgv, process.argv[1] as string, 'serve', ...(listen ? ['--listen', listen] : [])];
+  const args = [...process.execArgv, process.argv[1] as string, 'serve', ...(listen ? ['--listen', listen] : []), ...allowImages.flatMap((dir) => ['--allow-images', resolve(dir)])];
   const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', out, out], env: process.env });
   child.unref();
   const deadline = Date.now() + 30_000;
@@ -74,12 +74,14 @@ export function registerDaemonCommands(program: Command, ctx: CommandContext): v
     .command('serve')
     .description('run the Offshoot daemon (state in OFFSHOOT_HOME, default ~/.offshoot)')
     .option('--listen <host:port>', 'address to bind', '127.0.0.1:0')
+    .option('--allow-images <dirs...>', 'folders whose disk images, kernels and checkpoint files VMs may use as they are (besides the home and the datastores; also OFFSHOOT_ALLOW_IMAGES, colon-separated)')
     .option('--detach', 'run in the background and return once it answers')
     .option('--json', 'print JSON')
-    .action((o: { listen: string; detach?: boolean; json?: boolean }) =>
+    .action((o: { listen: string; allowImages?: string[]; detach?: boolean; json?: boolean }) =>
       ctx.run(Boolean(o.json), async () => {
-        if (!o.detach) return serveForeground(o.listen);
-        const file = await serveDetached(o.listen);
+        const allowImages = [...(o.allowImages ?? []), ...(process.env.OFFSHOOT_ALLOW_IMAGES ?? '').split(':').filter((d) => d.length > 0)];
+        if (!o.detach) return serveForeground(o.listen, allowImages);
+        const file = await serveDetached(o.listen, allowImages);
         if (o.json) printJson(file);
         else process.stdout.write(`offshoot daemon (pid ${file.pid}) listening on ${file.url}\n`);
       }),

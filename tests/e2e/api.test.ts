@@ -108,9 +108,11 @@ describe('REST API', () => {
 
   it('fails a start whose kernel file vanished, leaving the VM failed and nothing running', async () => {
     const guest = await loadDefaultGuest();
+    // Kernels, like disks, come from the allowed folders (here the home).
     const kernel = join(t.home, 'my-vmlinuz');
     copyFileSync(guest.kernel, kernel);
-    const created = await call('POST', '/vms', { name: 'nokernel', kernel: { path: kernel, initrd: guest.initrd, cmdline: guest.cmdline } });
+    copyFileSync(guest.initrd, join(t.home, 'my-initrd'));
+    const created = await call('POST', '/vms', { name: 'nokernel', kernel: { path: kernel, initrd: join(t.home, 'my-initrd'), cmdline: guest.cmdline } });
     expect(created.status, JSON.stringify(created.body)).toBe(201);
     rmSync(kernel);
     const started = await call('POST', '/vms/nokernel/start?wait=true');
