@@ -133,7 +133,7 @@ export async function restoreEager(host: StagingHost, vmId: string, name: string
     await writeFile(deviceStateFile, reader.deviceState);
     const { vm, runtime } = await host.launch(vmId, name, restored, { memory: { mode: 'owned', file: files.memoryFile, templateId: null }, incoming: true, paused: true });
     try {
-      await loadDeviceState(vm.qmp, deviceStateFile);
+      await loadDeviceState(vm.qmp, deviceStateFile, host.layout.vmFiles(vmId, vm.instance).migrationSocket);
       await vm.qmp.cont();
     } catch (err) {
       await host.discard(vm);

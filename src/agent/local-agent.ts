@@ -5,14 +5,14 @@
 // implementation today.
 import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
-import { lstat, mkdir, open, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { lstat, mkdir, open, readdir, readFile, rm, rmdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { hostname } from 'node:os';
 import { OffshootError, keepAlive, silentLogger, withTimeout } from '../common/index.ts';
 import type { Logger } from '../common/index.ts';
 import { loadDefaultGuest } from '../guest/index.ts';
 import type { QemuLaunchSpec, QmpClient } from '../qemu/index.ts';
-import { adoptQemu, findOffshootQemus, killAndWait, probeAccelerator, qemuVersion, spawnQemu } from '../qemu/index.ts';
+import { DEFAULT_QEMU_BINARY, adoptQemu, findOffshootQemus, killAndWait, probeAccelerator, qemuVersion, spawnQemu } from '../qemu/index.ts';
 import { TemplateStore, processMemoryStats } from '../memory/index.ts';
 import type { CheckpointMetadata, WriteProgress } from '../memory/index.ts';
 import { customizeGuest } from './customize.ts';
@@ -25,6 +25,9 @@ import { ForkStager } from './fork-stager.ts';
 import type { StagingHost } from './fork-stager.ts';
 import { removeOwnCheckpoint, restoreEager, writeCheckpointFile } from './checkpoint-files.ts';
 import { PathPolicy, TargetExistsError } from './path-policy.ts';
+import { QemuAccess } from './qemu-access.ts';
+import { SANDBOX_OPTIONS, kvmGroups, probeConfinement, runAsPrefix } from './confinement.ts';
+import type { Confinement } from './confinement.ts';
 import { restoreLazy } from './lazy-restore.ts';
 import type { LazyRestore, LazyStreamResult } from './lazy-restore.ts';
 import { inspectCheckpointFile } from './checkpoint-inspect.ts';
@@ -77,6 +80,9 @@ export class LocalHostAgent implements HostAgent {
   private readonly lazyRestores = new Map<string, LazyRestore>();
   /** Why a VM's QEMU was killed by the agent itself (reported with its exit). */
   private readonly killReasons = new Map<string, string>();
+  /** Which files QEMU may open, and as whom it runs (set by prepareHost). */
+  private access: QemuAccess;
+  private confinementState: Confinement = { user: null, confined: false, sandbox: false, lazyRestoreConfined: false, reasons: ['the host has not been prepared (prepareHost)'] };
 
   constructor(private readonly options: LocalHostAgentOptions) {
     this.hostId = hostname();
@@ -84,8 +90,10 @@ export class LocalHostAgent implements HostAgent {
     this.policy = new PathPolicy(options.home, options.allowImages ?? []);
     this.logger = options.logger ?? silentLogger;
     this.templates = new TemplateStore(this.layout.memoryDir);
+    this.access = new QemuAccess(null, this.layout, this.policy);
     this.stagingHost = {
       layout: this.layout,
+      access: this.access,
       templates: this.templates,
       logger: this.logger,
       running: (vmId) => this.running(vmId),
@@ -94,7 +102,29 @@ export class LocalHostAgent implements HostAgent {
       track: (vm) => this.track(vm),
       untrack: (vmId) => void this.vms.delete(vmId),
     };
+    // The stager always sees the current sharing rules (they change once prepareHost has probed the host).
+    Object.defineProperty(this.stagingHost, 'access', { get: () => this.access, enumerable: true });
     this.stager = new ForkStager(this.stagingHost);
+  }
+
+  /**
+   * At start: finds how QEMU can be confined here (its own user, its seccomp sandbox; see confinement.ts),
+   * logs what is missing, and makes the home and the memory folder private (shared with the QEMU user
+   * as it needs; see qemu-access.ts).
+   */
+  async prepareHost(): Promise<Confinement> {
+    const confinement = await probeConfinement({ folders: [this.layout.home, this.layout.memoryDir], binary: this.options.qemuBinary ?? DEFAULT_QEMU_BINARY });
+    this.confinementState = confinement;
+    this.access = new QemuAccess(confinement.user, this.layout, this.policy);
+    await this.access.prepareHome();
+    const summary = { user: confinement.user?.name ?? null, confined: confinement.confined, sandbox: confinement.sandbox, lazyRestoreConfined: confinement.lazyRestoreConfined };
+    if (confinement.reasons.length > 0) this.logger.warn({ ...summary, reasons: confinement.reasons }, 'QEMU is not fully confined on this host');
+    else this.logger.info(summary, 'QEMU runs confined');
+    return confinement;
+  }
+
+  confinement(): Confinement {
+    return this.confinementState;
   }
 
   /** The accelerator, probed once (and cached on disk across restarts) by a real trial boot. */
@@ -110,7 +140,17 @@ export class LocalHostAgent implements HostAgent {
 
   async hostInfo(): Promise<HostInfo> {
     const { accel, reason } = await this.accelerator();
-    return { hostId: this.hostId, accel, accelReason: reason, qemuVersion: await qemuVersion(this.options.qemuBinary), memoryDir: this.layout.memoryDir, vmsDir: this.layout.vmsDir, allowedRoots: this.policy.roots() };
+    const c = this.confinementState;
+    return {
+      hostId: this.hostId,
+      accel,
+      accelReason: reason,
+      qemuVersion: await qemuVersion(this.options.qemuBinary),
+      memoryDir: this.layout.memoryDir,
+      vmsDir: this.layout.vmsDir,
+      allowedRoots: this.policy.roots(),
+      confinement: { user: c.user?.name ?? null, confined: c.confined, sandbox: c.sandbox, lazyRestoreConfined: c.lazyRestoreConfined, reasons: c.reasons },
+    };
   }
 
   prepareVm(vmId: string, request: PrepareVmRequest): Promise<VmSpec> {
@@ -126,11 +166,15 @@ export class LocalHostAgent implements HostAgent {
   }
 
   /** Starts one QEMU for the VM (not yet tracked as the VM's QEMU); kills it and cleans up if it does not come up. */
-  private async launch(vmId: string, name: string, spec: VmSpec, options: { memory: VmMemory; incoming?: boolean; paused?: boolean }): Promise<{ vm: RunningVm; runtime: VmRuntime }> {
+  private async launch(vmId: string, name: string, spec: VmSpec, options: { memory: VmMemory; incoming?: boolean; paused?: boolean; userfaultfd?: boolean }): Promise<{ vm: RunningVm; runtime: VmRuntime }> {
     const { accel } = await this.accelerator();
     const instance = randomBytes(4).toString('hex');
     const files = this.layout.vmFiles(vmId, instance);
-    await mkdir(this.layout.memoryDir, { recursive: true });
+    await this.access.prepareLaunch(files.dir, spec, options.memory);
+    const confinement = this.confinementState;
+    // A lazy restore's QEMU needs userfaultfd, which QEMU 7.2 cannot open as an unprivileged user unless the sysctl allows it.
+    const user = options.userfaultfd && !confinement.lazyRestoreConfined ? null : this.access.user;
+    if (options.userfaultfd && this.access.user && !user) this.logger.warn({ vmId, reason: 'vm.unprivileged_userfaultfd is 0' }, 'the QEMU of a lazy restore runs as root (sandboxed)');
     const launch: QemuLaunchSpec = {
       vmId,
       name,
@@ -147,11 +191,12 @@ export class LocalHostAgent implements HostAgent {
       pidFile: files.pidFile,
       ...(options.incoming ? { incoming: 'defer' as const } : {}),
       ...(options.paused ? { paused: true } : {}),
+      ...(confinement.sandbox ? { sandbox: SANDBOX_OPTIONS } : {}),
     };
     const cleanupMemory = () => (options.memory.mode === 'owned' ? rm(options.memory.file, { force: true }) : Promise.resolve());
     let proc;
     try {
-      proc = await spawnQemu(launch, { binary: this.options.qemuBinary, logFile: files.qemuLog });
+      proc = await spawnQemu(launch, { binary: this.options.qemuBinary, logFile: files.qemuLog, wrapper: user ? runAsPrefix(user, kvmGroups(accel)) : undefined });
     } catch (err) {
       await cleanupMemory();
       throw err;
@@ -311,7 +356,7 @@ export class LocalHostAgent implements HostAgent {
   }
 
   undoForkDisks(request: ForkDisksRequest, result: ForkDisksResult): Promise<void> {
-    return undoForkDisks(this.layout, request, result);
+    return undoForkDisks(this.layout, this.access, request, result);
   }
 
   async streamDisk(vmId: string, diskId: string, base: string): Promise<void> {
@@ -456,7 +501,7 @@ export class LocalHostAgent implements HostAgent {
 
   /** Undoes the disk renames a fork logged, whatever state it stopped in (crash recovery). */
   async undoForkRenames(forkId: string): Promise<number> {
-    return undoRenameLog(join(this.layout.workDir, forkId, 'renames.json'));
+    return undoRenameLog(join(this.layout.workDir, forkId, 'renames.json'), this.access);
   }
 
   async pauseVm(vmId: string): Promise<void> {
@@ -598,5 +643,13 @@ export class LocalHostAgent implements HostAgent {
     }
     this.vms.clear();
     this.exits.removeAllListeners();
+    // Nothing of this home stays in the memory folder once nothing is in it (VMs that run on keep theirs).
+    await rmdir(this.templates.dir).catch(() => undefined);
+    await rmdir(this.layout.memoryDir).catch(() => undefined);
+  }
+
+  /** Shares files with a confined QEMU (for the storage agent: overlays it opens, bases it reads). */
+  qemuAccess(): QemuAccess {
+    return this.access;
   }
 }

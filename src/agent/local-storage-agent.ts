@@ -22,6 +22,7 @@ import type { CopyRunFile, CopyRunProgress, CopyRunResult } from './copy-runner.
 import type { HostLayout } from './layout.ts';
 import { assertRegularFile } from './path-policy.ts';
 import type { PathPolicy } from './path-policy.ts';
+import type { QemuAccess } from './qemu-access.ts';
 import { liveSnapshot, streamDisk } from './live-disk-ops.ts';
 import type { DiskChainEntry, FreezeResult, StorageAgent } from './storage-agent.ts';
 import type { VmDisk } from './types.ts';
@@ -37,6 +38,8 @@ export class LocalStorageAgent implements StorageAgent {
     private readonly layout: HostLayout,
     private readonly policy: PathPolicy,
     private readonly qmpOf: (vmId: string) => QmpClient,
+    /** How files are shared with a confined QEMU (a live snapshot's overlay is opened by QEMU itself). */
+    private readonly access: () => QemuAccess,
   ) {}
 
   async useDatastores(paths: string[]): Promise<void> {
@@ -167,12 +170,13 @@ export class LocalStorageAgent implements StorageAgent {
         const delta = join(dirname(disk.path), `${disk.id}-${randomUUID().slice(0, 8)}.qcow2`);
         await createImage({ path: delta, format: 'qcow2', backing: { path: base, format: disk.format }, sizeBytes: virtualSize, unsafeBacking: true });
         result.deltas.push(delta);
+        await this.access().writableFile(delta);
         // Running: put the delta on top first (QEMU reopens the old image read-only by its current
         // name), then rename the old image into the base the delta already names.
         if (running) await liveSnapshot(this.qmpOf(vmId), disk.id, delta);
         await rename(disk.path, base);
         result.moves.push({ from: disk.path, to: base });
-        await chmod(base, 0o444);
+        await this.access().readOnlyFile(base);
         result.disks.push({ ...disk, path: delta, format: 'qcow2', backing: [base, ...disk.backing] });
         result.frozen.push({ diskId: disk.id, format: disk.format, chain: [base, ...disk.backing], contentId: await this.baseContentId(base), virtualSize });
       }
@@ -188,7 +192,7 @@ export class LocalStorageAgent implements StorageAgent {
   async undoFreeze(result: FreezeResult): Promise<void> {
     for (const delta of result.deltas) await rm(delta, { force: true });
     for (const move of [...result.moves].reverse()) {
-      await chmod(move.to, 0o644).catch(() => undefined);
+      await this.access().writableFile(move.to).catch(() => undefined);
       await rename(move.to, move.from).catch(() => undefined);
     }
   }

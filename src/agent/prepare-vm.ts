@@ -58,7 +58,8 @@ async function installOnce(layout: HostLayout): Promise<InstalledGuest> {
     await copyFile(guest.kernel, join(tmp, 'vmlinuz'));
     await copyFile(guest.initrd, join(tmp, 'initrd.img'));
     await copyFile(guest.dataDisk, join(tmp, 'data.qcow2'));
-    await chmod(join(tmp, 'data.qcow2'), 0o444);
+    // Read-only, private: shared with QEMU's group when a VM starts (qemu-access.ts).
+    for (const f of ['vmlinuz', 'initrd.img', 'data.qcow2']) await chmod(join(tmp, f), 0o400);
     await writeFile(join(tmp, '.complete'), `${guest.dir}\n`);
     await rm(dir, { recursive: true, force: true });
     await rename(tmp, dir);

@@ -76,6 +76,9 @@ export function parseListen(listen: string): { host: string; port: number } {
 }
 
 export async function startDaemon(options: DaemonOptions): Promise<RunningDaemon> {
+  // Everything the daemon and its children (QEMU, qemu-img, copy workers) create is private to its owner:
+  // files 0600, folders 0700 (what QEMU must reach is shared with it explicitly, see agent/qemu-access.ts).
+  process.umask(0o077);
   const paths = homePaths(options.home);
   await mkdir(paths.home, { recursive: true, mode: 0o700 });
   const releaseLock = await acquireHomeLock(paths.home);
@@ -94,10 +97,11 @@ async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock
   const token = await loadOrCreateToken(paths.token);
   const inventory = await SqliteInventory.open(paths.inventory);
   const agent = new LocalHostAgent({ home: paths.home, memoryDir: options.memoryDir ?? process.env.OFFSHOOT_MEMORY_DIR, allowImages: options.allowImages, logger });
+  await agent.prepareHost();
   const faults = options.faults ?? faultsFromEnvironment(process.env.OFFSHOOT_TEST_FAULTS);
   if (faults && !options.faults) logger.warn({ faults: process.env.OFFSHOOT_TEST_FAULTS }, 'OFFSHOOT_TEST_FAULTS is set: faults will be injected');
   const engine = new VmEngine({ inventory, agent, logger, faults });
-  const storageAgent = new LocalStorageAgent(agent.layout, agent.policy, (vmId) => agent.qmpOf(vmId));
+  const storageAgent = new LocalStorageAgent(agent.layout, agent.policy, (vmId) => agent.qmpOf(vmId), () => agent.qemuAccess());
   await storageAgent.useDatastores((await inventory.storage.listDatastores()).map((ds) => ds.path));
   const storage = new StorageService({ inventory, storageInventory: inventory.storage, agent, storage: storageAgent, engine, logger, vmsDir: agent.layout.vmsDir, copy: options.copy ?? copySettingsFromEnvironment(process.env) });
   try {

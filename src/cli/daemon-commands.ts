@@ -125,8 +125,13 @@ export function registerDaemonCommands(program: Command, ctx: CommandContext): v
     .action((o: { json?: boolean }) =>
       ctx.run(Boolean(o.json), async () => {
         const info = await ctx.client().host();
-        if (o.json) printJson(info);
-        else for (const [k, v] of Object.entries(info)) process.stdout.write(`${k.padEnd(12)} ${v}\n`);
+        if (o.json) return printJson(info);
+        const { confinement, allowedRoots, ...rest } = info;
+        for (const [k, v] of Object.entries(rest)) process.stdout.write(`${k.padEnd(12)} ${v}\n`);
+        process.stdout.write(`${'allowed'.padEnd(12)} ${allowedRoots.join(', ')}\n`);
+        const user = confinement.user ? `user ${confinement.user}` : confinement.confined ? "the daemon's user" : 'root';
+        process.stdout.write(`${'qemu'.padEnd(12)} runs as ${user}, ${confinement.sandbox ? 'seccomp sandbox on' : 'NO seccomp sandbox'}; lazy restore ${confinement.lazyRestoreConfined ? 'confined' : 'NOT confined'}\n`);
+        for (const reason of confinement.reasons) process.stdout.write(`${''.padEnd(12)} note: ${reason}\n`);
       }),
     );
 
