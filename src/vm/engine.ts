@@ -149,11 +149,18 @@ export class VmEngine {
   async fork(ref: string, input: unknown = {}): Promise<VmAndTask> {
     const request = parseRequest('fork request', forkRequestSchema, input);
     const { id } = await this.resolve(ref);
-    const { vm: source, previous: before } = await this.states.claimFrom(id, 'fork', 'forking');
+    // Busy until the task ends: after the switch-over the VM runs again, but the fork still flattens its disks.
+    const { vm: source, previous: before } = await this.states.claimFrom(id, 'fork', 'forking', 'with a fork');
     const forkId = newTaskId();
     const deps: ForkDeps = { inventory: this.inventory, agent: this.agent, states: this.states, events: this.events, logger: this.logger, pins: this.pins, collectGarbage: async () => void (await this.collectGarbage()), faults: this.faults };
-    const task = await this.tasks.start('vm.fork', source, (ctx) => runFork(deps, { ...source, state: before }, request, ctx, forkId));
-    return { vm: await this.resolve(id), task };
+    try {
+      const task = await this.tasks.start('vm.fork', source, (ctx) => runFork(deps, { ...source, state: before }, request, ctx, forkId).finally(() => this.states.release(id)));
+      return { vm: await this.resolve(id), task };
+    } catch (err) {
+      this.states.release(id);
+      await this.states.settle(id, ['forking'], before, null).catch(() => undefined);
+      throw err;
+    }
   }
 
   /** A live checkpoint: a short stun, then the VM runs on while the file is written (see checkpoint/run-checkpoint.ts). */
