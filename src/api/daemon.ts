@@ -37,6 +37,26 @@ export interface DaemonOptions {
   metricsListen?: string;
   /** The built web console (default dist/console of this checkout). */
   consoleDir?: string;
+  /** Folders whose files VMs may use as they are, besides the home and the datastores (see agent/path-policy.ts). */
+  allowImages?: string[];
+  /** The daemon owns its process (`offshoot serve`): log unhandled rejections and uncaught exceptions instead of dying. */
+  guardProcess?: boolean;
+}
+
+/**
+ * A daemon runs VMs that outlive it, but a crash still interrupts every operation in flight and every
+ * lazy restore stream: an unexpected rejection or exception is logged with its stack and the daemon goes
+ * on (the operation that lost it fails or times out by itself). Returns the uninstaller.
+ */
+export function guardProcess(logger: Logger): () => void {
+  const onRejection = (reason: unknown) => logger.error({ err: reason }, 'unhandled promise rejection (the daemon keeps running)');
+  const onException = (err: Error) => logger.error({ err }, 'uncaught exception (the daemon keeps running)');
+  process.on('unhandledRejection', onRejection);
+  process.on('uncaughtException', onException);
+  return () => {
+    process.off('unhandledRejection', onRejection);
+    process.off('uncaughtException', onException);
+  };
 }
 
 function copySettingsFromEnvironment(env: NodeJS.ProcessEnv): { chunkMiB?: number; maxMiBPerSecond?: number } {
@@ -72,6 +92,9 @@ export function parseListen(listen: string, flag = '--listen'): { host: string; 
 }
 
 export async function startDaemon(options: DaemonOptions): Promise<RunningDaemon> {
+  // Everything the daemon and its children (QEMU, qemu-img, copy workers) create is private to its owner:
+  // files 0600, folders 0700 (what QEMU must reach is shared with it explicitly, see agent/qemu-access.ts).
+  process.umask(0o077);
   const paths = homePaths(options.home);
   await mkdir(paths.home, { recursive: true, mode: 0o700 });
   const releaseLock = await acquireHomeLock(paths.home);
@@ -85,6 +108,7 @@ export async function startDaemon(options: DaemonOptions): Promise<RunningDaemon
 
 async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock: () => Promise<void>): Promise<RunningDaemon> {
   const logger = options.logger ?? pino({ level: process.env.OFFSHOOT_LOG_LEVEL ?? 'info' }, pino.destination({ dest: paths.log, sync: false, mkdir: true }));
+  const unguard = options.guardProcess ? guardProcess(logger) : () => undefined;
   const { host, port } = parseListen(options.listen ?? '127.0.0.1:0');
   const metricsAt = options.metricsListen ? parseListen(options.metricsListen, '--metrics-listen') : undefined;
   const token = await loadOrCreateToken(paths.token);
@@ -97,11 +121,13 @@ async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock
     await inventory.close();
     throw err;
   }
-  const agent = new LocalHostAgent({ home: paths.home, memoryDir: options.memoryDir ?? process.env.OFFSHOOT_MEMORY_DIR, logger });
+  const agent = new LocalHostAgent({ home: paths.home, memoryDir: options.memoryDir ?? process.env.OFFSHOOT_MEMORY_DIR, allowImages: options.allowImages, logger });
+  await agent.prepareHost();
   const faults = options.faults ?? faultsFromEnvironment(process.env.OFFSHOOT_TEST_FAULTS);
   if (faults && !options.faults) logger.warn({ faults: process.env.OFFSHOOT_TEST_FAULTS }, 'OFFSHOOT_TEST_FAULTS is set: faults will be injected');
-  const engine = new VmEngine({ inventory, agent, logger, faults, home: paths.home });
-  const storageAgent = new LocalStorageAgent(agent.layout, (vmId) => agent.qmpOf(vmId));
+  const engine = new VmEngine({ inventory, agent, logger, faults });
+  const storageAgent = new LocalStorageAgent(agent.layout, agent.policy, (vmId) => agent.qmpOf(vmId), () => agent.qemuAccess());
+  await storageAgent.useDatastores((await inventory.storage.listDatastores()).map((ds) => ds.path));
   // Before recovery, so the tasks it fails are counted.
   const metrics = new DaemonMetrics({ engine, agent });
   const storage = new StorageService({ inventory, storageInventory: inventory.storage, agent, storage: storageAgent, engine, logger, vmsDir: agent.layout.vmsDir, copy: options.copy ?? copySettingsFromEnvironment(process.env) });
@@ -147,6 +173,7 @@ async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock
       if (current.includes(`"pid": ${process.pid}`)) await rm(paths.daemonFile, { force: true });
       await releaseLock();
       logger.info('offshoot daemon stopped; VMs keep running');
+      unguard();
     })();
     return closing;
   };

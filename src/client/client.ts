@@ -21,6 +21,8 @@ export interface HostInfoView {
   qemuVersion: string;
   memoryDir: string;
   vmsDir: string;
+  allowedRoots: string[];
+  confinement: { user: string | null; confined: boolean; sandbox: boolean; lazyRestoreConfined: boolean; reasons: string[] };
 }
 
 export interface VmMemoryView {

@@ -9,7 +9,7 @@ describe("the console's view of the API", () => {
   });
 
   it('shows the one host of GET /host, and places a VM by its host field first', () => {
-    expect(hostFromInfo({ hostId: 'h1', accel: 'tcg', accelReason: 'no kvm', qemuVersion: '7.2', memoryDir: '/m', vmsDir: '/v' })).toMatchObject({ id: 'h1', state: 'up', accel: 'tcg' });
+    expect(hostFromInfo({ hostId: 'h1', accel: 'tcg', accelReason: 'no kvm', qemuVersion: '7.2', memoryDir: '/m', vmsDir: '/v', allowedRoots: [], confinement: { user: null, confined: false, sandbox: false, lazyRestoreConfined: false, reasons: [] } })).toMatchObject({ id: 'h1', state: 'up', accel: 'tcg' });
     const vm = { runtime: { hostId: 'h1' } } as unknown as VmRecord;
     expect(hostOfVm(vm, 'x')).toBe('h1');
     expect(hostOfVm({ ...vm, host: 'h2' } as VmRecord, 'x')).toBe('h2');
