@@ -12,8 +12,8 @@ function layerRules(layer) {
   const higher = LAYERS.slice(index + 1);
   const patterns = [
     {
-      regex: '^(\\.\\./)+[^./][^/]*/(?!index\\.ts$).+$',
-      message: 'Import another layer only through its index.ts.',
+      regex: '^(\\.\\./)+[^./][^/]*/(?!(index|browser)\\.ts$).+$',
+      message: 'Import another layer only through its index.ts (or browser.ts, its part a browser can load).',
     },
   ];
   if (higher.length > 0) {
@@ -40,4 +40,13 @@ export default tseslint.config(
     },
   },
   ...LAYERS.map(layerRules),
+  {
+    // The web console runs in a browser: no Node modules or globals, and of Offshoot only the client's browser surface.
+    files: ['web/src/**/*.ts', 'web/src/**/*.tsx'],
+    ignores: ['web/src/**/*.test.ts'],
+    rules: {
+      'no-restricted-imports': ['error', { patterns: [{ regex: '^node:', message: 'The console runs in a browser.' }, { regex: '^(\\.\\./)+src/(?!client/browser\\.ts$)', message: 'The console imports Offshoot only through src/client/browser.ts.' }] }],
+      'no-restricted-globals': ['error', 'Buffer', 'process', 'require'],
+    },
+  },
 );

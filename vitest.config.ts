@@ -5,7 +5,7 @@ import { defineConfig } from 'vitest/config';
 
 export default defineConfig({
   test: {
-    include: ['src/**/*.test.ts', 'tests/**/*.test.ts'],
+    include: ['src/**/*.test.ts', 'tests/**/*.test.ts', 'web/src/**/*.test.ts'],
     // A temporary PostgreSQL cluster for the inventory's tests (OFFSHOOT_TEST_DATABASE_URL).
     globalSetup: ['tests/postgres-global-setup.ts'],
     fileParallelism: false,

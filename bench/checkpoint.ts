@@ -133,7 +133,9 @@ export async function checkpointBenchmark(args: string[]): Promise<BenchResult> 
   const notes: string[] = [];
   const home = mkdtempSync('/tmp/osh-bench-home-');
   const memoryDir = mkdtempSync('/dev/shm/osh-bench-mem-');
-  const daemon = await startDaemon({ home, memoryDir });
+  // Checkpoint files go to tmpfs too (measuring Offshoot, not the disk): a folder the daemon is allowed to write.
+  const checkpointDir = mkdtempSync('/dev/shm/osh-bench-ckpt-');
+  const daemon = await startDaemon({ home, memoryDir, allowImages: [checkpointDir] });
   const startedAt = new Date().toISOString();
   const comparisons: Comparison[] = [];
   try {
@@ -145,7 +147,7 @@ export async function checkpointBenchmark(args: string[]): Promise<BenchResult> 
       await daemon.engine.tasks.wait(boot.task?.id as string);
       await exec(daemon, name, fill(randomMiB));
       const t0 = performance.now();
-      const saved = await daemon.engine.tasks.wait((await daemon.engine.checkpoint(name, { name: `${name}-ckpt`, out: join(memoryDir, `${name}.ckpt`) })).task?.id as string);
+      const saved = await daemon.engine.tasks.wait((await daemon.engine.checkpoint(name, { name: `${name}-ckpt`, out: join(checkpointDir, `${name}.ckpt`) })).task?.id as string);
       if (saved.state !== 'succeeded') throw new Error(`checkpoint failed: ${saved.message}`);
       const completeMs = performance.now() - t0;
       const result = saved.result as CheckpointResult;
@@ -197,5 +199,6 @@ export async function checkpointBenchmark(args: string[]): Promise<BenchResult> 
     await daemon.close();
     rmSync(home, { recursive: true, force: true });
     rmSync(memoryDir, { recursive: true, force: true });
+    rmSync(checkpointDir, { recursive: true, force: true });
   }
 }

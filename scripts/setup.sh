@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # One idempotent set-up for a fresh Debian machine, shared by `npm start` and
 # `npm test`: installs the Debian packages Offshoot needs, the npm packages,
-# and builds the embedded default guest (cached; rebuilt only when its inputs
-# change). Safe to rerun; a rerun with nothing to do takes a second or two.
+# builds the embedded default guest and the web console (both cached; rebuilt
+# only when their inputs change). With --test (as `npm test` runs it) it also
+# installs Debian's chromium, which the console's end-to-end test drives.
+# Safe to rerun; a rerun with nothing to do takes a second or two.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(qemu-system-x86 qemu-utils busybox-static qemu-guest-agent e2fsprogs cpio gzip zstd xz-utils kmod python3 make g++)
+if [ "${1:-}" = "--test" ]; then APT_PACKAGES+=(chromium); fi
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
@@ -44,3 +47,6 @@ fi
 
 # 3. The embedded default guest.
 bash scripts/build-guest.sh
+
+# 4. The web console (dist/console, served by the daemon at /).
+bash scripts/build-console.sh

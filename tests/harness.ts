@@ -6,7 +6,8 @@ import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { RunningDaemon } from '../src/api/index.ts';
-import { OffshootClient } from '../src/client/index.ts';
+import { clientFromEnvironment } from '../src/client/index.ts';
+import type { OffshootClient } from '../src/client/index.ts';
 import { isProcessAlive } from '../src/common/index.ts';
 import { findOffshootQemus, killAndWait } from '../src/qemu/index.ts';
 
@@ -48,7 +49,7 @@ export function makeTestHome(): TestHome {
     home,
     memoryDir,
     env,
-    client: () => OffshootClient.fromEnvironment(env),
+    client: () => clientFromEnvironment(env),
     cli: (args, options = {}) =>
       new Promise((resolvePromise) => {
         const child = execFile(CLI, args, { env, maxBuffer: 64 * 1024 * 1024 }, (error, stdout, stderr) => {

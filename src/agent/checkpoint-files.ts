@@ -3,8 +3,18 @@
 // checkpoint format, and an eager restore: the checkpoint's memory written
 // into a new owned RAM file, a qcow2 delta over each frozen disk, and a QEMU
 // that loads the device state and runs. A failed restore leaves nothing.
-import { mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
+//
+// A checkpoint file never replaces anything: it is written under a temporary
+// name in its own folder (`.offshoot-ckpt-<id>.tmp`, named by the checkpoint's
+// id so a restarted daemon finds it), then hard-linked to its final name,
+// which fails if that name exists (two checkpoints with one --out cannot
+// delete each other's file), then the temporary name goes. The checkpoint's
+// id is in its metadata, so removing a checkpoint removes a file only if it
+// is that checkpoint; a failed or cancelled write removes only its own
+// temporary files.
+import { link, lstat, mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { OffshootError } from '../common/index.ts';
 import { BLOCK_BYTES, CheckpointReader, writeCheckpoint } from '../memory/index.ts';
 import type { CheckpointMetadata, WriteProgress } from '../memory/index.ts';
 import { createImage } from '../qemu/index.ts';
@@ -12,7 +22,65 @@ import type { StagingHost } from './fork-stager.ts';
 import { loadDeviceState } from './migration.ts';
 import type { VmDisk, VmRuntime, VmSpec } from './types.ts';
 
+/** The temporary name a checkpoint is written under, in the folder of its final name. */
+export function checkpointTempPath(path: string, checkpointId: string): string {
+  return join(dirname(path), `.offshoot-ckpt-${checkpointId}.tmp`);
+}
+
+/** Removes the temporary files of a checkpoint write (never its final name). */
+export async function removeCheckpointTemp(path: string, checkpointId: string): Promise<void> {
+  const tmp = checkpointTempPath(path, checkpointId);
+  await rm(tmp, { force: true });
+  await rm(`${tmp}.partial`, { force: true });
+}
+
+/** Writes the checkpoint under its temporary name and links it to `path`; ALREADY_EXISTS if `path` appeared meanwhile. */
 export async function writeCheckpointFile(
+  artifacts: { templateFile: string; deviceState: string },
+  path: string,
+  checkpointId: string,
+  memoryBytes: number,
+  metadata: CheckpointMetadata,
+  onProgress?: (p: WriteProgress) => void,
+  signal?: AbortSignal,
+): Promise<{ fileBytes: number; storedPages: number }> {
+  const tmp = checkpointTempPath(path, checkpointId);
+  try {
+    const written = await writeFrozenMemory(artifacts, tmp, memoryBytes, { ...metadata, checkpointId }, onProgress, signal);
+    signal?.throwIfAborted();
+    await link(tmp, path).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'EEXIST') throw new OffshootError('ALREADY_EXISTS', `${path} appeared while the checkpoint was written; Offshoot never overwrites a file`, { kind: 'file', name: path, path }, 409);
+      throw err;
+    });
+    return written;
+  } finally {
+    await removeCheckpointTemp(path, checkpointId);
+  }
+}
+
+/**
+ * Removes a checkpoint's temporary files and its file, but the file only if it is this checkpoint (its
+ * metadata names the id; files written before ids were recorded match by creation time). Returns
+ * whether the file was removed.
+ */
+export async function removeOwnCheckpoint(checkpoint: { path: string; id: string; createdAt: string }): Promise<boolean> {
+  await removeCheckpointTemp(checkpoint.path, checkpoint.id);
+  const info = await lstat(checkpoint.path).catch(() => undefined);
+  if (!info?.isFile()) return false;
+  let metadata: Record<string, unknown>;
+  try {
+    const reader = await CheckpointReader.open(checkpoint.path);
+    metadata = reader.metadata;
+    await reader.close();
+  } catch {
+    return false;
+  }
+  const ours = metadata.checkpointId === checkpoint.id || (metadata.checkpointId === undefined && metadata.createdAt === checkpoint.createdAt);
+  if (ours) await rm(checkpoint.path, { force: true });
+  return ours;
+}
+
+async function writeFrozenMemory(
   artifacts: { templateFile: string; deviceState: string },
   out: string,
   memoryBytes: number,
@@ -20,7 +88,6 @@ export async function writeCheckpointFile(
   onProgress?: (p: WriteProgress) => void,
   signal?: AbortSignal,
 ): Promise<{ fileBytes: number; storedPages: number }> {
-  await mkdir(dirname(out), { recursive: true });
   const template = await open(artifacts.templateFile, 'r');
   try {
     const deviceState = await readFile(artifacts.deviceState);
@@ -66,7 +133,7 @@ export async function restoreEager(host: StagingHost, vmId: string, name: string
     await writeFile(deviceStateFile, reader.deviceState);
     const { vm, runtime } = await host.launch(vmId, name, restored, { memory: { mode: 'owned', file: files.memoryFile, templateId: null }, incoming: true, paused: true });
     try {
-      await loadDeviceState(vm.qmp, deviceStateFile);
+      await loadDeviceState(vm.qmp, deviceStateFile, host.layout.vmFiles(vmId, vm.instance).migrationSocket);
       await vm.qmp.cont();
     } catch (err) {
       await host.discard(vm);

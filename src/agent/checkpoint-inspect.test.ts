@@ -10,6 +10,7 @@ import { BLOCK_BYTES, writeCheckpoint } from '../memory/index.ts';
 import { createImage } from '../qemu/index.ts';
 import { inspectCheckpointFile } from './checkpoint-inspect.ts';
 import { HostLayout } from './layout.ts';
+import { PathPolicy } from './path-policy.ts';
 import type { VmSpec } from './types.ts';
 
 const MEMORY = 16 * 1024 * 1024;
@@ -17,6 +18,7 @@ const MEMORY = 16 * 1024 * 1024;
 describe('checkpoint file inspection', () => {
   let root: string;
   let layout: HostLayout;
+  let policy: PathPolicy;
   let base: string;
 
   const spec = (disks: VmSpec['disks'], memoryMiB = 16): VmSpec => ({ vcpus: 1, memoryMiB, boot: { kind: 'kernel', kernel: '/k', cmdline: '' }, disks, nics: [], defaultGuest: true });
@@ -29,6 +31,8 @@ describe('checkpoint file inspection', () => {
   beforeAll(async () => {
     root = mkdtempSync(join(tmpdir(), 'osh-inspect-'));
     layout = new HostLayout(join(root, 'home'), join(root, 'mem'));
+    mkdirSync(layout.home, { recursive: true });
+    policy = new PathPolicy(layout.home, [root]);
     base = join(layout.home, 'bases', 'frozen.qcow2');
     for (const d of [join(layout.home, 'bases'), join(layout.home, 'images'), join(root, 'other'), join(root, 'elsewhere')]) mkdirSync(d, { recursive: true });
     await createImage({ path: join(layout.home, 'images', 'root.qcow2'), format: 'qcow2', sizeBytes: 64 * 1024 * 1024 });
@@ -38,7 +42,7 @@ describe('checkpoint file inspection', () => {
 
   it('accepts a valid file whose frozen disk exists', async () => {
     const path = await write('ok.ckpt', { vm: { id: 'x', name: 'web' }, spec: spec([{ id: 'disk0', path: base, format: 'qcow2', readOnly: false, owned: false, backing: [] }]) });
-    const found = await inspectCheckpointFile(layout, path);
+    const found = await inspectCheckpointFile(policy, path);
     expect(found.memoryBytes).toBe(MEMORY);
     expect(found.fileBytes).toBe(statSync(path).size);
     expect(found.metadata.vm).toEqual({ id: 'x', name: 'web' });
@@ -46,23 +50,23 @@ describe('checkpoint file inspection', () => {
 
   it('refuses a missing or unsafe disk', async () => {
     const missing = await write('missing.ckpt', { spec: spec([{ id: 'disk0', path: join(root, 'nowhere.qcow2'), format: 'qcow2', readOnly: false, owned: false, backing: [] }]) });
-    await expect(inspectCheckpointFile(layout, missing)).rejects.toMatchObject({ code: 'CHECKPOINT_DISK_UNAVAILABLE', message: expect.stringContaining('does not exist') });
+    await expect(inspectCheckpointFile(policy, missing)).rejects.toMatchObject({ code: 'CHECKPOINT_DISK_UNAVAILABLE', message: expect.stringContaining('does not exist') });
     // A disk outside the home whose backing file is in yet another folder: the chain leaves the allowed roots.
     const elsewhere = join(root, 'elsewhere');
     await createImage({ path: join(root, 'other', 'parent.qcow2'), format: 'qcow2', sizeBytes: 1024 * 1024 });
     await createImage({ path: join(elsewhere, 'top.qcow2'), format: 'qcow2', backing: { path: join(root, 'other', 'parent.qcow2'), format: 'qcow2' } });
     const unsafe = await write('unsafe.ckpt', { spec: spec([{ id: 'disk0', path: join(elsewhere, 'top.qcow2'), format: 'qcow2', readOnly: false, owned: false, backing: [] }]) });
-    await expect(inspectCheckpointFile(layout, unsafe)).rejects.toMatchObject({ code: 'CHECKPOINT_DISK_UNAVAILABLE', message: expect.stringContaining('not safe') });
+    await expect(inspectCheckpointFile(policy, unsafe)).rejects.toMatchObject({ code: 'CHECKPOINT_DISK_UNAVAILABLE', message: expect.stringContaining('not safe') });
     const wrongFormat = await write('format.ckpt', { spec: spec([{ id: 'disk0', path: base, format: 'raw', readOnly: false, owned: false, backing: [] }]) });
-    await expect(inspectCheckpointFile(layout, wrongFormat)).rejects.toMatchObject({ code: 'CHECKPOINT_DISK_UNAVAILABLE' });
+    await expect(inspectCheckpointFile(policy, wrongFormat)).rejects.toMatchObject({ code: 'CHECKPOINT_DISK_UNAVAILABLE' });
   });
 
   it('refuses metadata without a spec or of another size, and a truncated file', async () => {
-    await expect(inspectCheckpointFile(layout, await write('nospec.ckpt', { vm: { name: 'web' } }))).rejects.toMatchObject({ code: 'CHECKPOINT_CORRUPT', part: 'metadata' });
-    await expect(inspectCheckpointFile(layout, await write('size.ckpt', { spec: spec([], 32) }))).rejects.toMatchObject({ code: 'CHECKPOINT_CORRUPT', message: expect.stringContaining('32 MiB') });
+    await expect(inspectCheckpointFile(policy, await write('nospec.ckpt', { vm: { name: 'web' } }))).rejects.toMatchObject({ code: 'CHECKPOINT_CORRUPT', part: 'metadata' });
+    await expect(inspectCheckpointFile(policy, await write('size.ckpt', { spec: spec([], 32) }))).rejects.toMatchObject({ code: 'CHECKPOINT_CORRUPT', message: expect.stringContaining('32 MiB') });
     const cut = await write('cut.ckpt', { spec: spec([]) });
     truncateSync(cut, statSync(cut).size - 10);
-    await expect(inspectCheckpointFile(layout, cut)).rejects.toMatchObject({ code: 'CHECKPOINT_CORRUPT', part: 'table of contents' });
-    await expect(inspectCheckpointFile(layout, join(root, 'absent.ckpt'))).rejects.toMatchObject({ code: 'CHECKPOINT_NOT_FOUND' });
+    await expect(inspectCheckpointFile(policy, cut)).rejects.toMatchObject({ code: 'CHECKPOINT_CORRUPT', part: 'table of contents' });
+    await expect(inspectCheckpointFile(policy, join(root, 'absent.ckpt'))).rejects.toMatchObject({ code: 'CHECKPOINT_NOT_FOUND' });
   });
 });

@@ -1,8 +1,11 @@
 // A checkpoint file given by path (carried from another machine, or written
-// with --out and never recorded here): the strict reader validates it (header,
+// with --out and never recorded here): it must be a regular file inside an
+// allowed root (path-policy.ts; checked by stat before anything opens it, so
+// a FIFO cannot hang the daemon); the strict reader validates it (header,
 // table of contents, metadata and device-state checksums, block index) and
 // its metadata must describe a VM spec of the file's memory size; the frozen
-// disks it names must exist on this host and pass the safe-image check (no
+// disks it names must exist on this host inside an allowed root and pass the
+// safe-image check (no
 // backing chain leaving this Offshoot home or the disk's own folder, declared
 // formats, no external data file). Anything else is a clear error naming the
 // file and the disk; nothing is created.
@@ -11,7 +14,7 @@ import { dirname } from 'node:path';
 import { OffshootError } from '../common/index.ts';
 import { CheckpointFormatError, CheckpointReader } from '../memory/index.ts';
 import { inspectImage } from '../storage/index.ts';
-import type { HostLayout } from './layout.ts';
+import type { PathPolicy } from './path-policy.ts';
 import type { CheckpointInspection, VmDisk, VmSpec } from './types.ts';
 
 /** A disk the checkpoint refers to is missing or unsafe on this host. HTTP 400. */
@@ -26,7 +29,11 @@ function isSpec(value: unknown): value is VmSpec {
   return !!s && typeof s === 'object' && Number.isInteger(s.memoryMiB) && Number.isInteger(s.vcpus) && typeof s.boot === 'object' && Array.isArray(s.disks) && Array.isArray(s.nics);
 }
 
-export async function inspectCheckpointFile(layout: HostLayout, path: string): Promise<CheckpointInspection> {
+export async function inspectCheckpointFile(policy: PathPolicy, path: string): Promise<CheckpointInspection> {
+  await stat(path).catch((err: NodeJS.ErrnoException) => {
+    throw new CheckpointFormatError(path, 'file', `cannot open (${err.code ?? err.message})`, 'CHECKPOINT_NOT_FOUND');
+  });
+  await policy.allowedFile('checkpoint', path);
   const reader = await CheckpointReader.open(path);
   let memoryBytes: number;
   let metadata: Record<string, unknown>;
@@ -48,7 +55,12 @@ export async function inspectCheckpointFile(layout: HostLayout, path: string): P
       throw new CheckpointDiskError(path, disk, `does not exist on this host (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, err);
     }
     try {
-      await inspectImage(disk.path, { allowedRoots: [layout.home, dirname(real)], expectedFormat: disk.format });
+      await policy.allowedFile(`disk ${disk.id}`, real);
+    } catch (err) {
+      throw new CheckpointDiskError(path, disk, `cannot be used: ${(err as Error).message}`, err);
+    }
+    try {
+      await inspectImage(disk.path, { allowedRoots: [policy.home, dirname(real)], expectedFormat: disk.format });
     } catch (err) {
       throw new CheckpointDiskError(path, disk, `is not safe to use: ${(err as Error).message}`, err);
     }

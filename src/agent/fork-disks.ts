@@ -8,11 +8,12 @@
 // points it straight at the base's parent, so chains stay bounded however
 // often forks are forked. Undo puts everything back as it was.
 import { randomUUID } from 'node:crypto';
-import { access, appendFile, chmod, mkdir, readFile, rename, rm } from 'node:fs/promises';
+import { access as fsAccess, appendFile, mkdir, readFile, rename, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { OffshootError } from '../common/index.ts';
 import { createImage, imageInfo } from '../qemu/index.ts';
 import type { HostLayout } from './layout.ts';
+import type { QemuAccess } from './qemu-access.ts';
 import type { ForkDisksRequest, ForkDisksResult, VmDisk } from './types.ts';
 
 export class ForkUnsupportedDiskError extends OffshootError {
@@ -29,7 +30,7 @@ function shortId(): string {
   return randomUUID().slice(0, 8);
 }
 
-export async function forkDisks(layout: HostLayout, request: ForkDisksRequest): Promise<ForkDisksResult> {
+export async function forkDisks(layout: HostLayout, access: QemuAccess, request: ForkDisksRequest): Promise<ForkDisksResult> {
   assertForkableDisks(request.sourceId, request.sourceDisks);
   const result: ForkDisksResult = { source: [], children: Object.fromEntries(request.childIds.map((id) => [id, []])), frozen: [], streams: [] };
   await mkdir(layout.basesDir, { recursive: true });
@@ -48,7 +49,7 @@ export async function forkDisks(layout: HostLayout, request: ForkDisksRequest): 
       if (request.renameLog) await logRename(request.renameLog, { from: disk.path, to: base });
       await rename(disk.path, base);
       result.frozen.push({ from: disk.path, to: base });
-      await chmod(base, 0o444);
+      await access.readOnlyFile(base);
       const backing = [base, ...disk.backing];
       const flatten = backing.length > request.maxDepth;
       const deltas = [
@@ -67,29 +68,29 @@ export async function forkDisks(layout: HostLayout, request: ForkDisksRequest): 
     }
     return result;
   } catch (err) {
-    await undoForkDisks(layout, request, result);
+    await undoForkDisks(layout, access, request, result);
     throw err;
   }
 }
 
 /** Removes the deltas a fork made and moves frozen bases back to where they were. Idempotent. */
-export async function undoForkDisks(layout: HostLayout, request: ForkDisksRequest, result: ForkDisksResult): Promise<void> {
+export async function undoForkDisks(layout: HostLayout, access: QemuAccess, request: ForkDisksRequest, result: ForkDisksResult): Promise<void> {
   for (const disk of result.source) if (disk.owned && !request.sourceDisks.some((d) => d.path === disk.path)) await rm(disk.path, { force: true });
   for (const id of request.childIds) await rm(layout.vmDir(id), { recursive: true, force: true });
-  for (const move of [...result.frozen].reverse()) await moveBack(move);
+  for (const move of [...result.frozen].reverse()) await moveBack(move, access);
 }
 
 async function exists(path: string): Promise<boolean> {
-  return access(path).then(
+  return fsAccess(path).then(
     () => true,
     () => false,
   );
 }
 
-/** Puts a base back where it was, unless that already happened. */
-async function moveBack({ from, to }: { from: string; to: string }): Promise<boolean> {
+/** Puts a base back where it was (a VM's own disk again), unless that already happened. */
+async function moveBack({ from, to }: { from: string; to: string }, access: QemuAccess): Promise<boolean> {
   if (!(await exists(to)) || (await exists(from))) return false;
-  await chmod(to, 0o644);
+  await access.writableFile(to);
   await rename(to, from);
   return true;
 }
@@ -100,11 +101,11 @@ async function logRename(log: string, move: { from: string; to: string }): Promi
 }
 
 /** Undoes every rename in a fork's log that has not been undone yet; returns how many it moved back. */
-export async function undoRenameLog(log: string): Promise<number> {
+export async function undoRenameLog(log: string, access: QemuAccess): Promise<number> {
   const text = await readFile(log, 'utf8').catch(() => '');
   let moved = 0;
   for (const line of text.split('\n').filter((l) => l.trim()).reverse()) {
-    if (await moveBack(JSON.parse(line) as { from: string; to: string })) moved++;
+    if (await moveBack(JSON.parse(line) as { from: string; to: string }, access)) moved++;
   }
   return moved;
 }

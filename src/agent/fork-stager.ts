@@ -12,16 +12,20 @@ import type { TemplateStore } from '../memory/index.ts';
 import { killAndWait } from '../qemu/index.ts';
 import { forkDisks, undoForkDisks } from './fork-disks.ts';
 import type { HostLayout } from './layout.ts';
+import type { QemuAccess } from './qemu-access.ts';
 import { loadDeviceState, saveDeviceState } from './migration.ts';
 import type { RunningVm } from './running-vm.ts';
 import type { ForkDisksRequest, ForkDisksResult, ForkSwitch, PrepareForkRequest, PreparedFork, VmMemory, VmRuntime, VmSpec } from './types.ts';
 
 export interface StagingHost {
   readonly layout: HostLayout;
+  /** Files shared with a confined QEMU (sockets it connects to, bases it reads). */
+  readonly access: QemuAccess;
   readonly templates: TemplateStore;
   readonly logger: Logger;
   running(vmId: string): RunningVm;
-  launch(vmId: string, name: string, spec: VmSpec, options: { memory: VmMemory; incoming?: boolean; paused?: boolean }): Promise<{ vm: RunningVm; runtime: VmRuntime }>;
+  /** `userfaultfd`: the QEMU will need userfaultfd (a lazy restore), which may keep it from running confined. */
+  launch(vmId: string, name: string, spec: VmSpec, options: { memory: VmMemory; incoming?: boolean; paused?: boolean; userfaultfd?: boolean }): Promise<{ vm: RunningVm; runtime: VmRuntime }>;
   discard(vm: RunningVm): Promise<void>;
   track(vm: RunningVm): void;
   untrack(vmId: string): void;
@@ -67,7 +71,7 @@ export class ForkStager {
     try {
       await mkdir(join(this.host.layout.workDir, forkId), { recursive: true });
       stage.disksRequest = { sourceId: source.vmId, sourceDisks: source.spec.disks, childIds: request.children.map((c) => c.vmId), maxDepth: request.maxDepth, renameLog: join(this.host.layout.workDir, forkId, 'renames.json') };
-      stage.disks = await forkDisks(this.host.layout, stage.disksRequest);
+      stage.disks = await forkDisks(this.host.layout, this.host.access, stage.disksRequest);
       stage.templateId = (await this.host.templates.link(vm.memory.file)).templateId;
       const memory: VmMemory = { mode: 'derived', file: this.host.templates.path(stage.templateId), templateId: stage.templateId };
       const targets = [
@@ -107,9 +111,11 @@ export class ForkStager {
     stage.wasRunning = (await old.qmp.queryStatus()).running;
     const stoppedAt = performance.now();
     await old.qmp.stop();
+    const saveSocket = join(this.host.layout.vmDir(stage.sourceId), `save-${replacement.runtime.instance}.sock`);
+    const loadSocket = this.host.layout.vmFiles(stage.sourceId, replacement.runtime.instance).migrationSocket;
     try {
-      await saveDeviceState(old.qmp, stage.deviceState);
-      await loadDeviceState(replacement.vm.qmp, stage.deviceState);
+      await saveDeviceState(old.qmp, stage.deviceState, saveSocket, (path) => this.host.access.writableFile(path));
+      await loadDeviceState(replacement.vm.qmp, stage.deviceState, loadSocket);
       if (stage.wasRunning) await replacement.vm.qmp.cont();
     } catch (err) {
       if (stage.wasRunning) await old.qmp.cont().catch(() => undefined);
@@ -142,7 +148,7 @@ export class ForkStager {
     const stage = this.stage(forkId);
     const child = stage.incoming.get(childId);
     if (!stage.switched || !child) throw new OffshootError('FORK_NOT_PREPARED', `fork ${forkId} has no waiting QEMU for child ${childId}`, { forkId, childId }, 500);
-    await loadDeviceState(child.vm.qmp, stage.deviceState);
+    await loadDeviceState(child.vm.qmp, stage.deviceState, this.host.layout.vmFiles(childId, child.runtime.instance).migrationSocket);
     if (stage.wasRunning) await child.vm.qmp.cont();
     stage.incoming.delete(childId);
     this.host.track(child.vm);
@@ -156,7 +162,7 @@ export class ForkStager {
     for (const { vm } of stage.incoming.values()) await this.host.discard(vm).catch(() => undefined);
     stage.incoming.clear();
     if (!stage.switched) {
-      if (stage.disks && stage.disksRequest) await undoForkDisks(this.host.layout, stage.disksRequest, stage.disks);
+      if (stage.disks && stage.disksRequest) await undoForkDisks(this.host.layout, this.host.access, stage.disksRequest, stage.disks);
       if (stage.templateId) await this.host.templates.remove(stage.templateId);
     }
     await rm(join(this.host.layout.workDir, forkId), { recursive: true, force: true });

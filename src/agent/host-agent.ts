@@ -48,8 +48,16 @@ export interface HostAgent {
   completeForkChild(forkId: string, childId: string): Promise<VmRuntime>;
   abortFork(forkId: string): Promise<void>;
   finishFork(forkId: string): Promise<void>;
-  /** Writes the frozen RAM and device state of a switched-over fork (no children) into a checkpoint file. */
-  writeCheckpoint(forkId: string, out: string, memoryBytes: number, metadata: Record<string, unknown>, onProgress?: (p: { blocksDone: number; blockCount: number; bytesWritten: number }) => void): Promise<{ fileBytes: number; storedPages: number }>;
+  /**
+   * Where a new checkpoint's file goes: <home>/checkpoints/NAME.ckpt, or `out` if it is a new file in an
+   * existing folder inside an allowed root. ALREADY_EXISTS if the file exists, PATH_NOT_ALLOWED outside.
+   */
+  checkpointTarget(name: string, out?: string): Promise<string>;
+  /**
+   * Writes the frozen RAM and device state of a switched-over fork (no children) into the checkpoint file at
+   * `path` (from checkpointTarget), never replacing a file (ALREADY_EXISTS if one appeared meanwhile).
+   */
+  writeCheckpoint(forkId: string, checkpointId: string, path: string, memoryBytes: number, metadata: Record<string, unknown>, onProgress?: (p: { blocksDone: number; blockCount: number; bytesWritten: number }) => void): Promise<{ fileBytes: number; storedPages: number }>;
   /**
    * Restores a checkpoint as a new VM: returns once it runs. Leaves nothing on failure. Eager loads all
    * memory first; lazy runs the VM first and keeps streaming its memory from the file afterwards (see
@@ -62,7 +70,8 @@ export interface HostAgent {
    * (its exit is reported as a crash naming the cause) and this throws the cause.
    */
   waitForRestoreStream(vmId: string, onProgress?: (blocksDone: number, blockCount: number) => void): Promise<LazyStreamResult | null>;
-  removeCheckpointFile(path: string): Promise<void>;
+  /** Removes a checkpoint's file (only if it is that checkpoint) and its temporary files; true if the file went. */
+  removeCheckpointFile(checkpoint: { path: string; id: string; createdAt: string }): Promise<boolean>;
   /** Validates a checkpoint file given by path: the strict reader, then its frozen disks exist and pass the safe-image check. */
   inspectCheckpoint(path: string): Promise<CheckpointInspection>;
   /** Cancels a checkpoint write in progress (its partial file goes); false if none runs for that fork. */

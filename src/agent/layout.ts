@@ -17,6 +17,8 @@ export class HostLayout {
   readonly basesDir: string;
   /** Scratch space of operations in flight (fork device state). */
   readonly workDir: string;
+  /** Checkpoint files written without --out. */
+  readonly checkpointsDir: string;
 
   constructor(readonly home: string, memoryDir?: string) {
     this.vmsDir = join(home, 'vms');
@@ -25,6 +27,7 @@ export class HostLayout {
     this.accelCacheFile = join(home, 'accel.json');
     this.basesDir = join(home, 'bases');
     this.workDir = join(home, 'work');
+    this.checkpointsDir = join(home, 'checkpoints');
   }
 
   vmDir(vmId: string): string {

@@ -119,7 +119,7 @@ export async function restoreLazy(host: StagingHost, vmId: string, name: string,
     const restored: VmSpec = { ...spec, disks: await restoreDisks(files.dir, spec) };
     await rm(files.memoryFile, { force: true });
     mark('disks');
-    const launched = await host.launch(vmId, name, restored, { memory: { mode: 'owned', file: files.memoryFile, templateId: null }, incoming: true });
+    const launched = await host.launch(vmId, name, restored, { memory: { mode: 'owned', file: files.memoryFile, templateId: null }, incoming: true, userfaultfd: true });
     vm = launched.vm;
     mark('launched');
     socketPath = host.layout.vmFiles(vmId, vm.instance).migrationSocket;

@@ -77,10 +77,13 @@ export interface StreamProgress {
 }
 
 /**
- * Streams the whole chain below the disk's top into it (block-stream with no base)
- * and waits for the end, reporting progress. Throws if the job fails or is cancelled.
+ * Streams the chain below the disk's top into it (block-stream; with `base`, only the images above
+ * that base, and the top then points at it) and waits for the end, reporting progress. Throws if the
+ * job fails or is cancelled, or QEMU goes away. Every wait is armed and handled before the job starts,
+ * so a failing `block-stream` never leaves a promise that rejects later with nobody listening.
  */
-export async function streamWholeChain(qmp: QmpClient, diskId: string, onProgress?: (p: StreamProgress) => void, pollMs = 250): Promise<void> {
+export async function streamDisk(qmp: QmpClient, diskId: string, options: { base?: string; onProgress?: (p: StreamProgress) => void; pollMs?: number } = {}): Promise<void> {
+  const { base, onProgress, pollMs = 250 } = options;
   const jobId = `stream-${diskId}-${randomBytes(3).toString('hex')}`;
   const matches = (e: { data?: unknown }) => (e.data as { device?: string } | undefined)?.device === jobId;
   const stopWaiting = new AbortController();
@@ -92,7 +95,7 @@ export async function streamWholeChain(qmp: QmpClient, diskId: string, onProgres
   let finished = false;
   let poll: Promise<void> = Promise.resolve();
   try {
-    await qmp.execute('block-stream', { 'job-id': jobId, device: await topNodeOf(qmp, diskId) });
+    await qmp.execute('block-stream', { 'job-id': jobId, device: await topNodeOf(qmp, diskId), ...(base ? { base } : {}) });
     poll = (async () => {
       while (!finished) {
         const jobs = await qmp.execute<{ device: string; offset: number; len: number }[]>('query-block-jobs').catch(() => []);
@@ -104,7 +107,7 @@ export async function streamWholeChain(qmp: QmpClient, diskId: string, onProgres
     const event = await Promise.race([completed, cancelled.then((e) => ({ ...e, cancelled: true as const }))]);
     if ('cancelled' in event) throw new OffshootError('BLOCK_JOB_CANCELLED', `block job ${jobId} was cancelled`, { jobId }, 409);
     const data = event.data as { error?: string; offset?: number; len?: number } | undefined;
-    if (data?.error) throw new OffshootError('BLOCK_JOB_FAILED', `block job ${jobId} failed: ${data.error}`, { jobId }, 500);
+    if (data?.error) throw new OffshootError('BLOCK_JOB_FAILED', `block job ${jobId} failed: ${data.error}`, { jobId, ...(base ? { base } : {}) }, 500);
     if (data?.len !== undefined) onProgress?.({ offset: data.offset ?? data.len, length: data.len });
   } finally {
     finished = true;

@@ -5,14 +5,14 @@
 // implementation today.
 import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { lstat, mkdir, open, readdir, readFile, rm, rmdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { hostname } from 'node:os';
 import { OffshootError, keepAlive, silentLogger, withTimeout } from '../common/index.ts';
 import type { Logger } from '../common/index.ts';
 import { loadDefaultGuest } from '../guest/index.ts';
 import type { QemuLaunchSpec, QmpClient } from '../qemu/index.ts';
-import { adoptQemu, findOffshootQemus, killAndWait, probeAccelerator, qemuVersion, spawnQemu } from '../qemu/index.ts';
+import { DEFAULT_QEMU_BINARY, adoptQemu, findOffshootQemus, killAndWait, probeAccelerator, qemuVersion, spawnQemu } from '../qemu/index.ts';
 import { TemplateStore, processMemoryStats } from '../memory/index.ts';
 import type { CheckpointMetadata, WriteProgress } from '../memory/index.ts';
 import { customizeGuest } from './customize.ts';
@@ -23,17 +23,24 @@ import { HostLayout } from './layout.ts';
 import { prepareVmFiles } from './prepare-vm.ts';
 import { ForkStager } from './fork-stager.ts';
 import type { StagingHost } from './fork-stager.ts';
-import { restoreEager, writeCheckpointFile } from './checkpoint-files.ts';
+import { removeOwnCheckpoint, restoreEager, writeCheckpointFile } from './checkpoint-files.ts';
+import { PathPolicy, TargetExistsError } from './path-policy.ts';
+import { QemuAccess } from './qemu-access.ts';
+import { SANDBOX_OPTIONS, kvmGroups, probeConfinement, runAsPrefix } from './confinement.ts';
+import type { Confinement } from './confinement.ts';
 import { restoreLazy } from './lazy-restore.ts';
 import type { LazyRestore, LazyStreamResult } from './lazy-restore.ts';
 import { inspectCheckpointFile } from './checkpoint-inspect.ts';
 import { RunningVm } from './running-vm.ts';
+import { streamDisk } from './live-disk-ops.ts';
 import type { CheckpointInspection } from './types.ts';
 import type { Accelerator, CustomizeResult, ExecRequest, ExecResult, ForkDisksRequest, ForkDisksResult, ForkSwitch, HostInfo, Identity, PrepareForkRequest, PreparedFork, PrepareVmRequest, VmExitEvent, VmMemory, VmMemoryStats, VmRuntime, VmSpec } from './types.ts';
 
 export interface LocalHostAgentOptions {
   home: string;
   memoryDir?: string;
+  /** Folders whose files may be attached as they are (besides the home and the datastores); see path-policy.ts. */
+  allowImages?: string[];
   qemuBinary?: string;
   logger?: Logger;
 }
@@ -58,6 +65,8 @@ export class GuestAgentUnavailableError extends OffshootError {
 export class LocalHostAgent implements HostAgent {
   readonly hostId: string;
   readonly layout: HostLayout;
+  /** Which host files may be used (shared with the storage agent, which registers datastores in it). */
+  readonly policy: PathPolicy;
   private readonly vms = new Map<string, RunningVm>();
   private readonly exits = new EventEmitter();
   private readonly logger: Logger;
@@ -71,14 +80,20 @@ export class LocalHostAgent implements HostAgent {
   private readonly lazyRestores = new Map<string, LazyRestore>();
   /** Why a VM's QEMU was killed by the agent itself (reported with its exit). */
   private readonly killReasons = new Map<string, string>();
+  /** Which files QEMU may open, and as whom it runs (set by prepareHost). */
+  private access: QemuAccess;
+  private confinementState: Confinement = { user: null, confined: false, sandbox: false, lazyRestoreConfined: false, reasons: ['the host has not been prepared (prepareHost)'] };
 
   constructor(private readonly options: LocalHostAgentOptions) {
     this.hostId = hostname();
     this.layout = new HostLayout(options.home, options.memoryDir);
+    this.policy = new PathPolicy(options.home, options.allowImages ?? []);
     this.logger = options.logger ?? silentLogger;
     this.templates = new TemplateStore(this.layout.memoryDir);
+    this.access = new QemuAccess(null, this.layout, this.policy);
     this.stagingHost = {
       layout: this.layout,
+      access: this.access,
       templates: this.templates,
       logger: this.logger,
       running: (vmId) => this.running(vmId),
@@ -87,7 +102,29 @@ export class LocalHostAgent implements HostAgent {
       track: (vm) => this.track(vm),
       untrack: (vmId) => void this.vms.delete(vmId),
     };
+    // The stager always sees the current sharing rules (they change once prepareHost has probed the host).
+    Object.defineProperty(this.stagingHost, 'access', { get: () => this.access, enumerable: true });
     this.stager = new ForkStager(this.stagingHost);
+  }
+
+  /**
+   * At start: finds how QEMU can be confined here (its own user, its seccomp sandbox; see confinement.ts),
+   * logs what is missing, and makes the home and the memory folder private (shared with the QEMU user
+   * as it needs; see qemu-access.ts).
+   */
+  async prepareHost(): Promise<Confinement> {
+    const confinement = await probeConfinement({ folders: [this.layout.home, this.layout.memoryDir], binary: this.options.qemuBinary ?? DEFAULT_QEMU_BINARY });
+    this.confinementState = confinement;
+    this.access = new QemuAccess(confinement.user, this.layout, this.policy);
+    await this.access.prepareHome();
+    const summary = { user: confinement.user?.name ?? null, confined: confinement.confined, sandbox: confinement.sandbox, lazyRestoreConfined: confinement.lazyRestoreConfined };
+    if (confinement.reasons.length > 0) this.logger.warn({ ...summary, reasons: confinement.reasons }, 'QEMU is not fully confined on this host');
+    else this.logger.info(summary, 'QEMU runs confined');
+    return confinement;
+  }
+
+  confinement(): Confinement {
+    return this.confinementState;
   }
 
   /** The accelerator, probed once (and cached on disk across restarts) by a real trial boot. */
@@ -103,11 +140,21 @@ export class LocalHostAgent implements HostAgent {
 
   async hostInfo(): Promise<HostInfo> {
     const { accel, reason } = await this.accelerator();
-    return { hostId: this.hostId, accel, accelReason: reason, qemuVersion: await qemuVersion(this.options.qemuBinary), memoryDir: this.layout.memoryDir, vmsDir: this.layout.vmsDir };
+    const c = this.confinementState;
+    return {
+      hostId: this.hostId,
+      accel,
+      accelReason: reason,
+      qemuVersion: await qemuVersion(this.options.qemuBinary),
+      memoryDir: this.layout.memoryDir,
+      vmsDir: this.layout.vmsDir,
+      allowedRoots: this.policy.roots(),
+      confinement: { user: c.user?.name ?? null, confined: c.confined, sandbox: c.sandbox, lazyRestoreConfined: c.lazyRestoreConfined, reasons: c.reasons },
+    };
   }
 
   prepareVm(vmId: string, request: PrepareVmRequest): Promise<VmSpec> {
-    return prepareVmFiles(this.layout, vmId, request);
+    return prepareVmFiles(this.layout, this.policy, vmId, request);
   }
 
   async startVm(vmId: string, name: string, spec: VmSpec): Promise<VmRuntime> {
@@ -119,11 +166,15 @@ export class LocalHostAgent implements HostAgent {
   }
 
   /** Starts one QEMU for the VM (not yet tracked as the VM's QEMU); kills it and cleans up if it does not come up. */
-  private async launch(vmId: string, name: string, spec: VmSpec, options: { memory: VmMemory; incoming?: boolean; paused?: boolean }): Promise<{ vm: RunningVm; runtime: VmRuntime }> {
+  private async launch(vmId: string, name: string, spec: VmSpec, options: { memory: VmMemory; incoming?: boolean; paused?: boolean; userfaultfd?: boolean }): Promise<{ vm: RunningVm; runtime: VmRuntime }> {
     const { accel } = await this.accelerator();
     const instance = randomBytes(4).toString('hex');
     const files = this.layout.vmFiles(vmId, instance);
-    await mkdir(this.layout.memoryDir, { recursive: true });
+    await this.access.prepareLaunch(files.dir, spec, options.memory);
+    const confinement = this.confinementState;
+    // A lazy restore's QEMU needs userfaultfd, which QEMU 7.2 cannot open as an unprivileged user unless the sysctl allows it.
+    const user = options.userfaultfd && !confinement.lazyRestoreConfined ? null : this.access.user;
+    if (options.userfaultfd && this.access.user && !user) this.logger.warn({ vmId, reason: 'vm.unprivileged_userfaultfd is 0' }, 'the QEMU of a lazy restore runs as root (sandboxed)');
     const launch: QemuLaunchSpec = {
       vmId,
       name,
@@ -140,11 +191,12 @@ export class LocalHostAgent implements HostAgent {
       pidFile: files.pidFile,
       ...(options.incoming ? { incoming: 'defer' as const } : {}),
       ...(options.paused ? { paused: true } : {}),
+      ...(confinement.sandbox ? { sandbox: SANDBOX_OPTIONS } : {}),
     };
     const cleanupMemory = () => (options.memory.mode === 'owned' ? rm(options.memory.file, { force: true }) : Promise.resolve());
     let proc;
     try {
-      proc = await spawnQemu(launch, { binary: this.options.qemuBinary, logFile: files.qemuLog });
+      proc = await spawnQemu(launch, { binary: this.options.qemuBinary, logFile: files.qemuLog, wrapper: user ? runAsPrefix(user, kvmGroups(accel)) : undefined });
     } catch (err) {
       await cleanupMemory();
       throw err;
@@ -223,11 +275,19 @@ export class LocalHostAgent implements HostAgent {
     return this.stager.finish(forkId);
   }
 
-  writeCheckpoint(forkId: string, out: string, memoryBytes: number, metadata: CheckpointMetadata, onProgress?: (p: WriteProgress) => void): Promise<{ fileBytes: number; storedPages: number }> {
+  async checkpointTarget(name: string, out?: string): Promise<string> {
+    if (out !== undefined) return this.policy.newFile('out', out);
+    await mkdir(this.layout.checkpointsDir, { recursive: true, mode: 0o700 });
+    const path = join(this.layout.checkpointsDir, `${name}.ckpt`);
+    if (await lstat(path).catch(() => undefined)) throw new TargetExistsError('checkpoint file', path);
+    return path;
+  }
+
+  writeCheckpoint(forkId: string, checkpointId: string, path: string, memoryBytes: number, metadata: CheckpointMetadata, onProgress?: (p: WriteProgress) => void): Promise<{ fileBytes: number; storedPages: number }> {
     // Registered before the first await, so a cancel can never fall between the call and the write.
     const controller = new AbortController();
     this.checkpointWrites.set(forkId, controller);
-    return writeCheckpointFile(this.stager.artifacts(forkId), out, memoryBytes, metadata, onProgress, controller.signal).finally(() => this.checkpointWrites.delete(forkId));
+    return writeCheckpointFile(this.stager.artifacts(forkId), path, checkpointId, memoryBytes, metadata, onProgress, controller.signal).finally(() => this.checkpointWrites.delete(forkId));
   }
 
   async restoreVm(vmId: string, name: string, checkpointPath: string, spec: VmSpec, mode: 'eager' | 'lazy' = 'eager'): Promise<{ runtime: VmRuntime; spec: VmSpec }> {
@@ -270,7 +330,7 @@ export class LocalHostAgent implements HostAgent {
   }
 
   inspectCheckpoint(path: string): Promise<CheckpointInspection> {
-    return inspectCheckpointFile(this.layout, path);
+    return inspectCheckpointFile(this.policy, path);
   }
 
   async cancelCheckpointWrite(forkId: string): Promise<boolean> {
@@ -280,9 +340,10 @@ export class LocalHostAgent implements HostAgent {
     return true;
   }
 
-  async removeCheckpointFile(path: string): Promise<void> {
-    await rm(path, { force: true });
-    await rm(`${path}.partial`, { force: true });
+  async removeCheckpointFile(checkpoint: { path: string; id: string; createdAt: string }): Promise<boolean> {
+    const removed = await removeOwnCheckpoint(checkpoint);
+    if (!removed) this.logger.info({ path: checkpoint.path, checkpointId: checkpoint.id }, 'checkpoint file left alone: it is missing or is not this checkpoint');
+    return removed;
   }
 
   /** Kills a QEMU of the VM that is not its tracked one (left by an interrupted operation), if it still runs. */
@@ -295,17 +356,15 @@ export class LocalHostAgent implements HostAgent {
   }
 
   undoForkDisks(request: ForkDisksRequest, result: ForkDisksResult): Promise<void> {
-    return undoForkDisks(this.layout, request, result);
+    return undoForkDisks(this.layout, this.access, request, result);
   }
 
-  async streamDisk(vmId: string, diskId: string, base: string, timeoutMs = 600_000): Promise<void> {
-    const vm = this.running(vmId);
-    const jobId = `stream-${diskId}-${randomBytes(3).toString('hex')}`;
-    const done = vm.qmp.waitForEvent('BLOCK_JOB_COMPLETED', { timeoutMs, predicate: (e) => (e.data as { device?: string } | undefined)?.device === jobId });
-    await vm.qmp.execute('block-stream', { 'job-id': jobId, device: diskId, base });
-    const event = await done;
-    const error = (event.data as { error?: string } | undefined)?.error;
-    if (error) throw new OffshootError('DISK_STREAM_FAILED', `streaming ${base} into disk ${diskId} of VM ${vmId} failed: ${error}`, { vmId, diskId, base }, 500);
+  async streamDisk(vmId: string, diskId: string, base: string): Promise<void> {
+    try {
+      await streamDisk(this.running(vmId).qmp, diskId, { base });
+    } catch (err) {
+      throw new OffshootError('DISK_STREAM_FAILED', `streaming ${base} into disk ${diskId} of VM ${vmId} failed: ${(err as Error).message}`, { vmId, diskId, base }, err instanceof OffshootError && err.status < 500 ? err.status : 500, { cause: err });
+    }
   }
 
   async customize(vmId: string, identity: Identity): Promise<CustomizeResult> {
@@ -325,7 +384,14 @@ export class LocalHostAgent implements HostAgent {
   }
 
   async memoryStats(vmId: string): Promise<VmMemoryStats> {
-    return processMemoryStats(this.running(vmId).process.pid);
+    try {
+      return await processMemoryStats(this.running(vmId).process.pid);
+    } catch (err) {
+      // The QEMU ended between the lookup and the read (a kill racing this call).
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ESRCH') throw new VmNotRunningError(vmId);
+      throw err;
+    }
   }
 
   async releaseTemplates(inUse: ReadonlySet<string>): Promise<string[]> {
@@ -360,7 +426,7 @@ export class LocalHostAgent implements HostAgent {
       const reported = killedBecause ? { ...event, clean: false, reason: killedBecause } : event;
       this.logger.info({ ...reported }, 'QEMU exited');
       this.exits.emit('exit', reported);
-    });
+    }).catch((err: unknown) => this.logger.error({ err, vmId: vm.vmId }, 'cannot report a QEMU exit'));
   }
 
   /** The QMP client of a running VM (for the storage agent's live disk operations). */
@@ -435,7 +501,7 @@ export class LocalHostAgent implements HostAgent {
 
   /** Undoes the disk renames a fork logged, whatever state it stopped in (crash recovery). */
   async undoForkRenames(forkId: string): Promise<number> {
-    return undoRenameLog(join(this.layout.workDir, forkId, 'renames.json'));
+    return undoRenameLog(join(this.layout.workDir, forkId, 'renames.json'), this.access);
   }
 
   async pauseVm(vmId: string): Promise<void> {
@@ -577,5 +643,13 @@ export class LocalHostAgent implements HostAgent {
     }
     this.vms.clear();
     this.exits.removeAllListeners();
+    // Nothing of this home stays in the memory folder once nothing is in it (VMs that run on keep theirs).
+    await rmdir(this.templates.dir).catch(() => undefined);
+    await rmdir(this.layout.memoryDir).catch(() => undefined);
+  }
+
+  /** Shares files with a confined QEMU (for the storage agent: overlays it opens, bases it reads). */
+  qemuAccess(): QemuAccess {
+    return this.access;
   }
 }

@@ -2,20 +2,28 @@
 // content ids, and the freeze of a VM's disks (rename into a read-only base
 // plus a new delta; for a running VM the delta is put on top by a QMP live
 // snapshot, so the guest never stops). Every input image is read by
-// Offshoot's own header check before qemu-img or QEMU opens it.
+// Offshoot's own header check before qemu-img or QEMU opens it. Datastore
+// folders are placed by the path policy (path-policy.ts), which they then
+// join as allowed roots; an import reads any regular file the operator names
+// (it copies), refused before anything opens it if it is a FIFO, socket or
+// device, and its copy is never more readable than its source.
 import { randomUUID } from 'node:crypto';
 import { chmod, mkdir, open, readdir, rename, rm, rmdir, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { createHash } from 'node:crypto';
-import { OffshootError } from '../common/index.ts';
+import { OffshootError, isNoSpace, toOffshootError } from '../common/index.ts';
 import type { QmpClient } from '../qemu/index.ts';
-import { convertImage, createImage, imageInfo, rebaseImage, resizeImage } from '../qemu/index.ts';
+import { QemuImgError, convertImage, createImage, imageInfo, rebaseImage, resizeImage } from '../qemu/index.ts';
+import { constants } from 'node:fs';
 import type { DiskMeta } from '../storage/index.ts';
 import { DatastoreLayout, QCOW2_MAGIC, cancelCopy, datastoreUsage, diskContentHash, initDatastore, inspectImage, isQcow2, qcow2NeverWritten, readQcow2Header, removeDiskMeta, scanDatastore, writeDiskMeta } from '../storage/index.ts';
 import { runCopyWorker } from './copy-runner.ts';
 import type { CopyRunFile, CopyRunProgress, CopyRunResult } from './copy-runner.ts';
 import type { HostLayout } from './layout.ts';
-import { liveSnapshot, streamWholeChain } from './live-disk-ops.ts';
+import { assertRegularFile } from './path-policy.ts';
+import type { PathPolicy } from './path-policy.ts';
+import type { QemuAccess } from './qemu-access.ts';
+import { liveSnapshot, streamDisk } from './live-disk-ops.ts';
 import type { DiskChainEntry, FreezeResult, StorageAgent } from './storage-agent.ts';
 import type { VmDisk } from './types.ts';
 
@@ -28,11 +36,21 @@ export class ImportRefusedError extends OffshootError {
 export class LocalStorageAgent implements StorageAgent {
   constructor(
     private readonly layout: HostLayout,
+    private readonly policy: PathPolicy,
     private readonly qmpOf: (vmId: string) => QmpClient,
+    /** How files are shared with a confined QEMU (a live snapshot's overlay is opened by QEMU itself). */
+    private readonly access: () => QemuAccess,
   ) {}
 
+  async useDatastores(paths: string[]): Promise<void> {
+    this.policy.setDatastores(paths);
+  }
+
   async initDatastore(path: string, name: string): Promise<{ path: string }> {
-    return { path: (await initDatastore(path, name)).path };
+    const real = await this.policy.checkDatastorePath(path);
+    const layout = await initDatastore(real, name);
+    this.policy.addDatastore(layout.path);
+    return { path: layout.path };
   }
 
   datastoreUsage(path: string) {
@@ -47,15 +65,30 @@ export class LocalStorageAgent implements StorageAgent {
     const layout = new DatastoreLayout(path);
     await rm(layout.marker, { force: true });
     for (const dir of [layout.workDir, layout.vmsDir, layout.poolsDir, layout.disksDir]) await rmdir(dir).catch(() => undefined);
+    this.policy.removeDatastore(path);
   }
 
   async createDisk(path: string, format: 'qcow2' | 'raw', sizeBytes: number): Promise<void> {
-    await createImage({ path, format, sizeBytes });
+    try {
+      await createImage({ path, format, sizeBytes });
+    } catch (err) {
+      // qemu-img may leave a file behind (a raw file it could not grow): nothing of a failed create stays.
+      await rm(path, { force: true });
+      if (isNoSpace(err) || !(err instanceof QemuImgError)) throw toOffshootError(err);
+      throw new OffshootError('DISK_CREATE_FAILED', `cannot create a ${format} disk of ${sizeBytes} bytes: ${err.message}`, { format, sizeBytes }, 422, { cause: err });
+    }
   }
 
   async importDisk(source: string, target: string, format: 'qcow2' | 'raw'): Promise<{ virtualSize: number; sourceFormat: string }> {
     const head = Buffer.alloc(512);
-    const file = await open(source, 'r').catch((err: Error) => {
+    // stat first (it never opens, so a FIFO cannot block), then open without blocking and check again.
+    let sourceMode: number;
+    try {
+      sourceMode = (await assertRegularFile('source', source)).mode;
+    } catch (err) {
+      throw new ImportRefusedError(source, (err as Error).message);
+    }
+    const file = await open(source, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY).catch((err: Error) => {
       throw new ImportRefusedError(source, err.message);
     });
     try {
@@ -78,6 +111,8 @@ export class LocalStorageAgent implements StorageAgent {
       sourceFormat = 'raw';
     }
     await convertImage(source, target, { outFormat: format, inFormat: sourceFormat === 'vmdk' ? undefined : sourceFormat });
+    // Never more readable than its source, and never by other users.
+    await chmod(target, sourceMode & 0o640);
     return { virtualSize: (await imageInfo(target)).virtualSize, sourceFormat };
   }
 
@@ -135,12 +170,13 @@ export class LocalStorageAgent implements StorageAgent {
         const delta = join(dirname(disk.path), `${disk.id}-${randomUUID().slice(0, 8)}.qcow2`);
         await createImage({ path: delta, format: 'qcow2', backing: { path: base, format: disk.format }, sizeBytes: virtualSize, unsafeBacking: true });
         result.deltas.push(delta);
+        await this.access().writableFile(delta);
         // Running: put the delta on top first (QEMU reopens the old image read-only by its current
         // name), then rename the old image into the base the delta already names.
         if (running) await liveSnapshot(this.qmpOf(vmId), disk.id, delta);
         await rename(disk.path, base);
         result.moves.push({ from: disk.path, to: base });
-        await chmod(base, 0o444);
+        await this.access().readOnlyFile(base);
         result.disks.push({ ...disk, path: delta, format: 'qcow2', backing: [base, ...disk.backing] });
         result.frozen.push({ diskId: disk.id, format: disk.format, chain: [base, ...disk.backing], contentId: await this.baseContentId(base), virtualSize });
       }
@@ -156,7 +192,7 @@ export class LocalStorageAgent implements StorageAgent {
   async undoFreeze(result: FreezeResult): Promise<void> {
     for (const delta of result.deltas) await rm(delta, { force: true });
     for (const move of [...result.moves].reverse()) {
-      await chmod(move.to, 0o644).catch(() => undefined);
+      await this.access().writableFile(move.to).catch(() => undefined);
       await rename(move.to, move.from).catch(() => undefined);
     }
   }
@@ -188,6 +224,6 @@ export class LocalStorageAgent implements StorageAgent {
   }
 
   async streamWholeChain(vmId: string, diskId: string, onProgress?: (p: { offset: number; length: number }) => void): Promise<void> {
-    await streamWholeChain(this.qmpOf(vmId), diskId, onProgress);
+    await streamDisk(this.qmpOf(vmId), diskId, { onProgress });
   }
 }

@@ -1,31 +1,21 @@
 // Lays out a new VM's files on the host: validates the kernel and disk paths it
-// was given, installs the embedded default guest's base image once per host
+// was given (regular files inside the allowed roots, see path-policy.ts; a
+// writable disk must be writable), installs the embedded default guest's base image once per host
 // (read-only; each VM gets its own qcow2 delta on it), and creates the VM's
 // folder. On any failure the folder is removed, so nothing is left behind.
-import { constants } from 'node:fs';
-import { access, chmod, copyFile, mkdir, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { access, chmod, copyFile, mkdir, realpath, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { InvalidInputError } from '../common/index.ts';
 import { loadDefaultGuest } from '../guest/index.ts';
 import { createImage } from '../qemu/index.ts';
 import { inspectImage } from '../storage/index.ts';
 import type { HostLayout } from './layout.ts';
+import type { PathPolicy } from './path-policy.ts';
 import type { PrepareVmRequest, VmDisk, VmNic, VmSpec } from './types.ts';
 import { randomBytes } from 'node:crypto';
 
 /** A random unicast, locally administered MAC in QEMU's 52:54:00 range. */
 export function newMac(): string {
   return ['52', '54', '00', ...Array.from(randomBytes(3), (x) => x.toString(16).padStart(2, '0'))].join(':');
-}
-
-async function assertReadableFile(field: string, path: string): Promise<void> {
-  try {
-    await access(path, constants.R_OK);
-    const info = await stat(path);
-    if (!info.isFile()) throw new Error('not a regular file');
-  } catch (err) {
-    throw new InvalidInputError(`${field}: cannot read file ${path} (${(err as Error).message})`, { field, path });
-  }
 }
 
 /**
@@ -68,7 +58,8 @@ async function installOnce(layout: HostLayout): Promise<InstalledGuest> {
     await copyFile(guest.kernel, join(tmp, 'vmlinuz'));
     await copyFile(guest.initrd, join(tmp, 'initrd.img'));
     await copyFile(guest.dataDisk, join(tmp, 'data.qcow2'));
-    await chmod(join(tmp, 'data.qcow2'), 0o444);
+    // Read-only, private: shared with QEMU's group when a VM starts (qemu-access.ts).
+    for (const f of ['vmlinuz', 'initrd.img', 'data.qcow2']) await chmod(join(tmp, f), 0o400);
     await writeFile(join(tmp, '.complete'), `${guest.dir}\n`);
     await rm(dir, { recursive: true, force: true });
     await rename(tmp, dir);
@@ -76,17 +67,17 @@ async function installOnce(layout: HostLayout): Promise<InstalledGuest> {
   return { ...target, cmdline: guest.cmdline };
 }
 
-export async function prepareVmFiles(layout: HostLayout, vmId: string, request: PrepareVmRequest): Promise<VmSpec> {
+export async function prepareVmFiles(layout: HostLayout, policy: PathPolicy, vmId: string, request: PrepareVmRequest): Promise<VmSpec> {
   const files = layout.vmFiles(vmId);
-  // Validate everything before creating anything.
+  // Validate everything before creating anything: every file inside the allowed roots, regular, readable.
   if (request.boot.kind === 'kernel') {
-    await assertReadableFile('kernel.path', request.boot.kernel);
-    if (request.boot.initrd) await assertReadableFile('kernel.initrd', request.boot.initrd);
+    await policy.allowedFile('kernel.path', request.boot.kernel);
+    if (request.boot.initrd) await policy.allowedFile('kernel.initrd', request.boot.initrd);
   }
-  if (request.boot.kind === 'disk') await assertReadableFile('bootDisk', request.boot.path);
+  if (request.boot.kind === 'disk') await policy.allowedFile('bootDisk', request.boot.path, { writable: true });
   const extra: Array<{ path: string; readOnly: boolean; format: 'qcow2' | 'raw'; backing: string[] }> = [];
   for (const [i, disk] of request.disks.entries()) {
-    await assertReadableFile(`disks.${i}.path`, disk.path);
+    await policy.allowedFile(`disks.${i}.path`, disk.path, { writable: !disk.readOnly });
     extra.push({ ...disk, ...(await inspectUserImage(disk.path)) });
   }
   const bootImage = request.boot.kind === 'disk' ? await inspectUserImage(request.boot.path) : undefined;

@@ -29,13 +29,14 @@ export class RunningVm {
     readonly files: RunningVmFiles,
     readonly memory: VmMemory,
   ) {
-    void this.watchShutdownEvents();
+    this.watchShutdownEvents().catch(() => undefined);
+    // Never rejects: every listener of a QEMU's end relies on it settling once, with a reason.
     this.exited = this.process.exited.then(async (exit) => {
       this.qmp.close();
       this.qga?.close();
       // An owned RAM file dies with its QEMU, unless it is being turned into a template.
-      if (this.memory.mode === 'owned' && !this.handedOverFlag) await rm(this.memory.file, { force: true });
-      await Promise.all([rm(files.qmpSocket, { force: true }), rm(files.qgaSocket, { force: true })]);
+      if (this.memory.mode === 'owned' && !this.handedOverFlag) await rm(this.memory.file, { force: true }).catch(() => undefined);
+      await Promise.all([rm(files.qmpSocket, { force: true }), rm(files.qgaSocket, { force: true })]).catch(() => undefined);
       const how = exit.signal ? `killed by ${exit.signal}` : exit.code === null ? 'exited' : `exited with code ${exit.code}`;
       const clean = this.shutdownReason !== undefined;
       return { vmId, clean, reason: clean ? `${this.shutdownReason}` : `QEMU ${how} unexpectedly` };

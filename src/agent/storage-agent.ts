@@ -33,6 +33,9 @@ export interface FreezeResult {
 }
 
 export interface StorageAgent {
+  /** The datastores the control plane knows (at start and after a change): exactly their folders are allowed roots. */
+  useDatastores(paths: string[]): Promise<void>;
+  /** Places a datastore folder (refusing `/`, system folders, the home, and places in or around another datastore) and creates it. */
   initDatastore(path: string, name: string): Promise<{ path: string }>;
   datastoreUsage(path: string): Promise<DatastoreUsage>;
   scanDatastore(path: string): Promise<{ disks: ScannedDisk[]; problems: { path: string; reason: string }[] }>;

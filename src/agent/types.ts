@@ -128,6 +128,10 @@ export interface HostInfo {
   qemuVersion: string;
   memoryDir: string;
   vmsDir: string;
+  /** The folders whose files VMs may use as they are (real paths): the home, the datastores, --allow-images folders. */
+  allowedRoots: string[];
+  /** How QEMU is confined here, and why not where it is not (see agent/confinement.ts). */
+  confinement: { user: string | null; confined: boolean; sandbox: boolean; lazyRestoreConfined: boolean; reasons: string[] };
 }
 
 export interface ExecRequest {

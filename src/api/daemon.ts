@@ -16,6 +16,7 @@ import { LocalHostAgent, LocalStorageAgent } from '../agent/index.ts';
 import { KyselyInventory, inventoryLocation } from '../store/index.ts';
 import { StorageService, VmEngine } from '../vm/index.ts';
 import { buildApp } from './app.ts';
+import { DaemonMetrics, buildMetricsApp } from './metrics.ts';
 import { loadOrCreateToken } from './auth.ts';
 import { acquireHomeLock } from './home-lock.ts';
 import { faultsFromEnvironment } from './test-faults.ts';
@@ -32,6 +33,30 @@ export interface DaemonOptions {
   faults?: (point: string) => Promise<void> | void;
   /** Copy job settings; default from OFFSHOOT_COPY_CHUNK_MIB and OFFSHOOT_COPY_MAX_MIBPS. */
   copy?: { chunkMiB?: number; maxMiBPerSecond?: number };
+  /** HOST:PORT of a second listener serving only GET /metrics (behind the same token). */
+  metricsListen?: string;
+  /** The built web console (default dist/console of this checkout). */
+  consoleDir?: string;
+  /** Folders whose files VMs may use as they are, besides the home and the datastores (see agent/path-policy.ts). */
+  allowImages?: string[];
+  /** The daemon owns its process (`offshoot serve`): log unhandled rejections and uncaught exceptions instead of dying. */
+  guardProcess?: boolean;
+}
+
+/**
+ * A daemon runs VMs that outlive it, but a crash still interrupts every operation in flight and every
+ * lazy restore stream: an unexpected rejection or exception is logged with its stack and the daemon goes
+ * on (the operation that lost it fails or times out by itself). Returns the uninstaller.
+ */
+export function guardProcess(logger: Logger): () => void {
+  const onRejection = (reason: unknown) => logger.error({ err: reason }, 'unhandled promise rejection (the daemon keeps running)');
+  const onException = (err: Error) => logger.error({ err }, 'uncaught exception (the daemon keeps running)');
+  process.on('unhandledRejection', onRejection);
+  process.on('uncaughtException', onException);
+  return () => {
+    process.off('unhandledRejection', onRejection);
+    process.off('uncaughtException', onException);
+  };
 }
 
 function copySettingsFromEnvironment(env: NodeJS.ProcessEnv): { chunkMiB?: number; maxMiBPerSecond?: number } {
@@ -50,6 +75,8 @@ const CONTROLLER_LEASE_MS = 30_000;
 
 export interface RunningDaemon {
   url: string;
+  /** The --metrics-listen listener's URL, when asked for. */
+  metricsUrl?: string;
   token: string;
   engine: VmEngine;
   storage: StorageService;
@@ -57,14 +84,17 @@ export interface RunningDaemon {
   close(): Promise<void>;
 }
 
-export function parseListen(listen: string): { host: string; port: number } {
+export function parseListen(listen: string, flag = '--listen'): { host: string; port: number } {
   const match = /^(.*):(\d{1,5})$/.exec(listen);
   const port = Number(match?.[2]);
-  if (!match || !match[1] || port > 65535) throw new InvalidInputError(`invalid --listen "${listen}": use HOST:PORT, e.g. 127.0.0.1:7070`, { listen });
+  if (!match || !match[1] || port > 65535) throw new InvalidInputError(`invalid ${flag} "${listen}": use HOST:PORT, e.g. 127.0.0.1:7070`, { listen });
   return { host: match[1].replace(/^\[(.*)\]$/, '$1'), port };
 }
 
 export async function startDaemon(options: DaemonOptions): Promise<RunningDaemon> {
+  // Everything the daemon and its children (QEMU, qemu-img, copy workers) create is private to its owner:
+  // files 0600, folders 0700 (what QEMU must reach is shared with it explicitly, see agent/qemu-access.ts).
+  process.umask(0o077);
   const paths = homePaths(options.home);
   await mkdir(paths.home, { recursive: true, mode: 0o700 });
   const releaseLock = await acquireHomeLock(paths.home);
@@ -78,7 +108,9 @@ export async function startDaemon(options: DaemonOptions): Promise<RunningDaemon
 
 async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock: () => Promise<void>): Promise<RunningDaemon> {
   const logger = options.logger ?? pino({ level: process.env.OFFSHOOT_LOG_LEVEL ?? 'info' }, pino.destination({ dest: paths.log, sync: false, mkdir: true }));
+  const unguard = options.guardProcess ? guardProcess(logger) : () => undefined;
   const { host, port } = parseListen(options.listen ?? '127.0.0.1:0');
+  const metricsAt = options.metricsListen ? parseListen(options.metricsListen, '--metrics-listen') : undefined;
   const token = await loadOrCreateToken(paths.token);
   const inventory = await KyselyInventory.open(inventoryLocation(paths.home, options.database), { logger });
   logger.info({ inventory: inventory.location, schema: inventory.schema.code }, 'inventory open');
@@ -89,57 +121,81 @@ async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock
     await inventory.close();
     throw err;
   }
-  const agent = new LocalHostAgent({ home: paths.home, memoryDir: options.memoryDir ?? process.env.OFFSHOOT_MEMORY_DIR, logger });
+  const agent = new LocalHostAgent({ home: paths.home, memoryDir: options.memoryDir ?? process.env.OFFSHOOT_MEMORY_DIR, allowImages: options.allowImages, logger });
+  await agent.prepareHost();
   const faults = options.faults ?? faultsFromEnvironment(process.env.OFFSHOOT_TEST_FAULTS);
   if (faults && !options.faults) logger.warn({ faults: process.env.OFFSHOOT_TEST_FAULTS }, 'OFFSHOOT_TEST_FAULTS is set: faults will be injected');
-  const engine = new VmEngine({ inventory, agent, logger, faults, home: paths.home });
-  const storageAgent = new LocalStorageAgent(agent.layout, (vmId) => agent.qmpOf(vmId));
+  const engine = new VmEngine({ inventory, agent, logger, faults });
+  const storageAgent = new LocalStorageAgent(agent.layout, agent.policy, (vmId) => agent.qmpOf(vmId), () => agent.qemuAccess());
+  await storageAgent.useDatastores((await inventory.storage.listDatastores()).map((ds) => ds.path));
+  // Before recovery, so the tasks it fails are counted.
+  const metrics = new DaemonMetrics({ engine, agent });
   const storage = new StorageService({ inventory, storageInventory: inventory.storage, agent, storage: storageAgent, engine, logger, vmsDir: agent.layout.vmsDir, copy: options.copy ?? copySettingsFromEnvironment(process.env) });
+  const closeServices = async () => {
+    metrics.close();
+    await storage.close();
+    await engine.close();
+    await agent.close();
+    await inventory.close();
+  };
+  const servers: Server[] = [];
   try {
     // Pins first, so the engine's garbage collection during recovery keeps what pools and copy jobs read.
     await storage.pinSources();
     await engine.recover();
     const resumed = await storage.resumeJobs();
     if (resumed.length) logger.info({ jobs: resumed }, 'copy jobs resumed');
+    servers.push(await listen(buildApp({ engine, storage, agent, token, verifyToken: async (t) => (await inventory.tokens.verify(t)) !== undefined, logger, metrics, consoleDir: options.consoleDir }).fetch, host, port));
+    if (metricsAt) servers.push(await listen(buildMetricsApp(metrics, token).fetch, metricsAt.host, metricsAt.port));
   } catch (err) {
-    await storage.close();
-    await engine.close();
-    await agent.close();
-    await inventory.close();
+    await Promise.all(servers.map(closeServer));
+    await closeServices();
     throw err;
   }
-  const app = buildApp({ engine, storage, agent, token, verifyToken: async (t) => (await inventory.tokens.verify(t)) !== undefined, logger });
-  const server = await new Promise<ReturnType<typeof serve>>((resolve, reject) => {
-    const s = serve({ fetch: app.fetch, hostname: host, port }, () => resolve(s));
-    s.once('error', reject);
-  });
-  const address = server.address() as AddressInfo;
-  const url = `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`;
+  const [server, metricsServer] = servers as [Server, Server | undefined];
+  const url = urlOf(server);
+  const metricsUrl = metricsServer ? urlOf(metricsServer) : undefined;
   const controllerId = `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
   const controller = await inventory.controllers.keepAlive(controllerId, url, CONTROLLER_LEASE_MS, { logger });
   const daemon: DaemonFile = { url, pid: process.pid, startedAt: new Date().toISOString() };
   await writeFile(paths.daemonFile, `${JSON.stringify(daemon, null, 2)}\n`, { mode: 0o600 });
-  logger.info({ url, home: paths.home }, 'offshoot daemon listening');
+  logger.info({ url, metricsUrl, home: paths.home }, 'offshoot daemon listening');
   // Start the accelerator probe now so the first boot does not pay for it.
   void agent.accelerator().catch((err: unknown) => logger.warn({ err }, 'accelerator probe failed'));
 
   let closing: Promise<void> | undefined;
   const close = () => {
     closing ??= (async () => {
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      (server as unknown as { closeAllConnections?: () => void }).closeAllConnections?.();
-      await closed;
+      await Promise.all(servers.map(closeServer));
       await controller.stop();
-      await storage.close();
-      await engine.close();
-      await agent.close();
-      await inventory.close();
+      await closeServices();
       const current = await readFile(paths.daemonFile, 'utf8').catch(() => '');
       if (current.includes(`"pid": ${process.pid}`)) await rm(paths.daemonFile, { force: true });
       await releaseLock();
       logger.info('offshoot daemon stopped; VMs keep running');
+      unguard();
     })();
     return closing;
   };
-  return { url, token, engine, storage, agent, close };
+  return { url, metricsUrl, token, engine, storage, agent, close };
+}
+
+type Server = ReturnType<typeof serve>;
+
+function listen(fetch: (request: Request) => Response | Promise<Response>, host: string, port: number): Promise<Server> {
+  return new Promise<Server>((resolve, reject) => {
+    const s = serve({ fetch, hostname: host, port }, () => resolve(s));
+    s.once('error', reject);
+  });
+}
+
+function urlOf(server: Server): string {
+  const address = server.address() as AddressInfo;
+  return `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`;
+}
+
+async function closeServer(server: Server): Promise<void> {
+  const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+  (server as unknown as { closeAllConnections?: () => void }).closeAllConnections?.();
+  await closed;
 }

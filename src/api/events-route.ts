@@ -1,13 +1,23 @@
 // Server-sent events: a stream of VM state changes and task updates, one SSE
 // event per engine event (event name = its type, data = the JSON event).
-import type { Hono } from 'hono';
+import { createRoute, z } from '@hono/zod-openapi';
+import type { OpenAPIHono } from '@hono/zod-openapi';
 import { streamSSE } from 'hono/streaming';
 import type { EngineEvent, VmEngine } from '../vm/index.ts';
 
 const KEEPALIVE_MS = 15_000;
 
-export function mountEvents(app: Hono, engine: VmEngine): void {
-  app.get('/events', (c) =>
+const eventsRoute = createRoute({
+  operationId: 'streamEvents',
+  method: 'get',
+  path: '/events',
+  tags: ['events'],
+  summary: 'Server-sent events: vm.created, vm.state, vm.deleted, task and copy-job (event name = type, data = the JSON event), and a ping every 15 s',
+  responses: { 200: { description: 'an event stream', content: { 'text/event-stream': { schema: z.string() } } } },
+});
+
+export function mountEvents(app: OpenAPIHono, engine: VmEngine): void {
+  app.openapi(eventsRoute, (c) =>
     streamSSE(c, async (stream) => {
       const queue: EngineEvent[] = [];
       let wake: (() => void) | undefined;

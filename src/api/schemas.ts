@@ -59,6 +59,16 @@ export const hostSchema = z
     qemuVersion: z.string(),
     memoryDir: z.string(),
     vmsDir: z.string(),
+    allowedRoots: z.array(z.string()).describe('folders whose files VMs may use as they are: the home, the datastores, --allow-images folders'),
+    confinement: z
+      .object({
+        user: z.string().nullable().describe('the unprivileged user QEMU runs as (null: as the daemon)'),
+        confined: z.boolean().describe('QEMU runs without root privileges'),
+        sandbox: z.boolean().describe('QEMU runs with its seccomp sandbox'),
+        lazyRestoreConfined: z.boolean().describe('the QEMU of a lazy restore is confined too (needs vm.unprivileged_userfaultfd=1)'),
+        reasons: z.array(z.string()).describe('why a part of the confinement is missing on this host'),
+      })
+      .describe('how QEMU is confined on this host'),
   })
   .openapi('Host');
 
@@ -68,12 +78,22 @@ export const waitQuery = z.object({
   wait: z.enum(['true', 'false']).optional().openapi({ description: 'wait until the task finishes before answering' }),
 });
 
+const error = (description: string) => ({ description, content: { 'application/json': { schema: errorSchema } } });
+
+/** Every error status the API answers with (the body is always an Error with a stable code). */
 export const errorResponses = {
-  400: { description: 'invalid input', content: { 'application/json': { schema: errorSchema } } },
-  401: { description: 'missing or wrong bearer token', content: { 'application/json': { schema: errorSchema } } },
-  404: { description: 'not found', content: { 'application/json': { schema: errorSchema } } },
-  409: { description: 'illegal state or name taken', content: { 'application/json': { schema: errorSchema } } },
-  500: { description: 'internal or QEMU error', content: { 'application/json': { schema: errorSchema } } },
+  400: error('invalid input (INVALID_INPUT, UNSAFE_IMAGE, NOT_A_REGULAR_FILE, DATASTORE_PATH_INVALID, CHECKPOINT_CORRUPT, ...)'),
+  401: error('missing or wrong bearer token (UNAUTHORIZED)'),
+  403: error('a host path outside the folders Offshoot may use (PATH_NOT_ALLOWED)'),
+  404: error('not found (NOT_FOUND, CHECKPOINT_NOT_FOUND)'),
+  409: error('illegal state, name or file taken, object in use (ILLEGAL_STATE, ALREADY_EXISTS, DISK_IN_USE, ...)'),
+  413: error('request body too large (PAYLOAD_TOO_LARGE)'),
+  415: error('the request body is not JSON (UNSUPPORTED_MEDIA_TYPE)'),
+  422: error('understood but refused (IMPORT_REFUSED, DISK_CREATE_FAILED)'),
+  500: error('internal error (INTERNAL, QEMU_START_FAILED, MIGRATION_FAILED, ...)'),
+  502: error('a VM\'s QEMU ended during the operation (VM_CRASHED)'),
+  504: error('a time limit passed (TIMEOUT, GUEST_AGENT_UNAVAILABLE)'),
+  507: error('a file system is full (NO_SPACE)'),
 } as const;
 
 export const memorySchema = z

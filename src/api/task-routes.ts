@@ -5,7 +5,7 @@ import type { VmEngine } from '../vm/index.ts';
 import { errorResponses, taskIdParam, taskSchema } from './schemas.ts';
 import { validationHook } from './validation.ts';
 
-const listTasks = createRoute({
+const listTasks = createRoute({ operationId: 'listTasks',
   method: 'get',
   path: '/tasks',
   tags: ['tasks'],
@@ -13,7 +13,7 @@ const listTasks = createRoute({
   request: { query: z.object({ limit: z.coerce.number().int().min(1).max(1000).optional() }) },
   responses: { 200: { description: 'tasks', content: { 'application/json': { schema: z.array(taskSchema) } } }, ...errorResponses },
 });
-const getTask = createRoute({
+const getTask = createRoute({ operationId: 'getTask',
   method: 'get',
   path: '/tasks/{id}',
   tags: ['tasks'],
@@ -22,7 +22,7 @@ const getTask = createRoute({
   responses: { 200: { description: 'the task', content: { 'application/json': { schema: taskSchema } } }, ...errorResponses },
 });
 
-const cancelTask = createRoute({
+const cancelTask = createRoute({ operationId: 'cancelTask',
   method: 'post',
   path: '/tasks/{id}/cancel',
   tags: ['tasks'],

@@ -9,9 +9,9 @@ import { optionalJsonBody, validationHook } from './validation.ts';
 
 const json = <S extends z.ZodType>(schema: S, description: string) => ({ description, content: { 'application/json': { schema } } });
 
-const listVms = createRoute({ method: 'get', path: '/vms', tags: ['vms'], summary: 'List VMs', responses: { 200: json(z.array(vmSchema), 'VMs'), ...errorResponses } });
-const getVm = createRoute({ method: 'get', path: '/vms/{ref}', tags: ['vms'], summary: 'Show a VM', request: { params: vmRefParam }, responses: { 200: json(vmSchema, 'the VM'), ...errorResponses } });
-const createVm = createRoute({
+const listVms = createRoute({ operationId: 'listVms', method: 'get', path: '/vms', tags: ['vms'], summary: 'List VMs', responses: { 200: json(z.array(vmSchema), 'VMs'), ...errorResponses } });
+const getVm = createRoute({ operationId: 'getVm', method: 'get', path: '/vms/{ref}', tags: ['vms'], summary: 'Show a VM', request: { params: vmRefParam }, responses: { 200: json(vmSchema, 'the VM'), ...errorResponses } });
+const createVm = createRoute({ operationId: 'createVm',
   method: 'post',
   path: '/vms',
   tags: ['vms'],
@@ -19,10 +19,11 @@ const createVm = createRoute({
   request: { query: waitQuery, body: { required: true, content: { 'application/json': { schema: createVmRequestSchema } } } },
   responses: { 201: json(vmAndTaskSchema, 'created; with a start task when start was asked'), ...errorResponses },
 });
-const deleteVm = createRoute({ method: 'delete', path: '/vms/{ref}', tags: ['vms'], summary: 'Delete a stopped VM and its files', request: { params: vmRefParam }, responses: { 200: json(vmSchema, 'the deleted VM'), ...errorResponses } });
+const deleteVm = createRoute({ operationId: 'deleteVm', method: 'delete', path: '/vms/{ref}', tags: ['vms'], summary: 'Delete a stopped VM and its files', request: { params: vmRefParam }, responses: { 200: json(vmSchema, 'the deleted VM'), ...errorResponses } });
 
 function taskRoute(action: 'start' | 'stop', summary: string, body?: z.ZodType) {
   return createRoute({
+    operationId: `${action}Vm`,
     method: 'post',
     path: `/vms/{ref}/${action}`,
     tags: ['vms'],
@@ -35,13 +36,13 @@ const startVm = taskRoute('start', 'Boot a VM; the task ends when the guest agen
 const stopVm = taskRoute('stop', 'ACPI power-down, then kill after timeoutMs', stopRequestSchema);
 
 function simpleRoute(action: 'pause' | 'resume' | 'kill', summary: string) {
-  return createRoute({ method: 'post', path: `/vms/{ref}/${action}`, tags: ['vms'], summary, request: { params: vmRefParam }, responses: { 200: json(vmSchema, 'the VM'), ...errorResponses } });
+  return createRoute({ operationId: `${action}Vm`, method: 'post', path: `/vms/{ref}/${action}`, tags: ['vms'], summary, request: { params: vmRefParam }, responses: { 200: json(vmSchema, 'the VM'), ...errorResponses } });
 }
 const pauseVm = simpleRoute('pause', 'Pause the vCPUs');
 const resumeVm = simpleRoute('resume', 'Resume the vCPUs');
 const killVm = simpleRoute('kill', 'Kill QEMU at once');
 
-const forkVm = createRoute({
+const forkVm = createRoute({ operationId: 'forkVm',
   method: 'post',
   path: '/vms/{ref}/fork',
   tags: ['vms'],
@@ -49,7 +50,7 @@ const forkVm = createRoute({
   request: { params: vmRefParam, query: waitQuery, body: { required: false, content: { 'application/json': { schema: forkRequestSchema } } } },
   responses: { 202: json(vmAndTaskSchema, 'the fork task; its result lists the children and the timings'), ...errorResponses },
 });
-const memoryVm = createRoute({
+const memoryVm = createRoute({ operationId: 'memoryVm',
   method: 'get',
   path: '/vms/{ref}/memory',
   tags: ['vms'],
@@ -58,7 +59,7 @@ const memoryVm = createRoute({
   responses: { 200: json(memorySchema, 'memory use'), ...errorResponses },
 });
 
-const checkpointVm = createRoute({
+const checkpointVm = createRoute({ operationId: 'checkpointVm',
   method: 'post',
   path: '/vms/{ref}/checkpoint',
   tags: ['checkpoints'],
@@ -66,7 +67,7 @@ const checkpointVm = createRoute({
   request: { params: vmRefParam, query: waitQuery, body: { required: false, content: { 'application/json': { schema: checkpointRequestSchema } } } },
   responses: { 202: json(vmAndTaskSchema, 'the checkpoint task'), ...errorResponses },
 });
-const restoreVm = createRoute({
+const restoreVm = createRoute({ operationId: 'restoreVm',
   method: 'post',
   path: '/restore',
   tags: ['checkpoints'],
@@ -75,11 +76,11 @@ const restoreVm = createRoute({
   responses: { 202: json(vmAndTaskSchema, 'the restore task'), ...errorResponses },
 });
 const checkpointRef = z.object({ ref: z.string().min(1).max(4096).openapi({ param: { name: 'ref', in: 'path' }, description: 'checkpoint name or id (show also takes the absolute path of a checkpoint file)' }) });
-const listCheckpoints = createRoute({ method: 'get', path: '/checkpoints', tags: ['checkpoints'], summary: 'List checkpoints', responses: { 200: json(z.array(checkpointSchema), 'checkpoints'), ...errorResponses } });
-const getCheckpoint = createRoute({ method: 'get', path: '/checkpoints/{ref}', tags: ['checkpoints'], summary: 'Show a checkpoint', request: { params: checkpointRef }, responses: { 200: json(checkpointSchema, 'the checkpoint'), ...errorResponses } });
-const deleteCheckpoint = createRoute({ method: 'delete', path: '/checkpoints/{ref}', tags: ['checkpoints'], summary: 'Delete a checkpoint and its file', request: { params: checkpointRef }, responses: { 200: json(checkpointSchema, 'the deleted checkpoint'), ...errorResponses } });
+const listCheckpoints = createRoute({ operationId: 'listCheckpoints', method: 'get', path: '/checkpoints', tags: ['checkpoints'], summary: 'List checkpoints', responses: { 200: json(z.array(checkpointSchema), 'checkpoints'), ...errorResponses } });
+const getCheckpoint = createRoute({ operationId: 'getCheckpoint', method: 'get', path: '/checkpoints/{ref}', tags: ['checkpoints'], summary: 'Show a checkpoint', request: { params: checkpointRef }, responses: { 200: json(checkpointSchema, 'the checkpoint'), ...errorResponses } });
+const deleteCheckpoint = createRoute({ operationId: 'deleteCheckpoint', method: 'delete', path: '/checkpoints/{ref}', tags: ['checkpoints'], summary: 'Delete a checkpoint and its file', request: { params: checkpointRef }, responses: { 200: json(checkpointSchema, 'the deleted checkpoint'), ...errorResponses } });
 
-const execVm = createRoute({
+const execVm = createRoute({ operationId: 'execVm',
   method: 'post',
   path: '/vms/{ref}/exec',
   tags: ['vms'],
@@ -87,7 +88,7 @@ const execVm = createRoute({
   request: { params: vmRefParam, body: { required: true, content: { 'application/json': { schema: execRequestSchema } } } },
   responses: { 200: json(execResultSchema, 'exit code and captured output'), ...errorResponses },
 });
-const consoleVm = createRoute({
+const consoleVm = createRoute({ operationId: 'consoleVm',
   method: 'get',
   path: '/vms/{ref}/console',
   tags: ['vms'],

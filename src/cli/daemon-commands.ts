@@ -8,7 +8,7 @@ import { mkdir } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { OffshootError, defaultHome, homePaths, isDaemonProcess, sleep } from '../common/index.ts';
 import type { DaemonFile } from '../common/index.ts';
-import { OffshootClient } from '../client/index.ts';
+import { clientFromEnvironment } from '../client/index.ts';
 import type { CommandContext } from './vm-commands.ts';
 import { printJson, printTable, taskProgress } from './output.ts';
 
@@ -21,30 +21,33 @@ function readDaemonFile(): DaemonFile | undefined {
 }
 
 
-async function serveForeground(listen: string | undefined, database: string | undefined): Promise<void> {
+async function serveForeground(listen: string | undefined, database: string | undefined, metricsListen: string | undefined, allowImages: string[]): Promise<void> {
   const { startDaemon } = await import('../api/index.ts');
   const home = defaultHome();
-  const daemon = await startDaemon({ home, listen, database });
-  process.stdout.write(`offshoot daemon listening on ${daemon.url} (home ${home}, log ${homePaths(home).log})\n`);
+  const daemon = await startDaemon({ home, listen, database, metricsListen, allowImages, guardProcess: true });
+  process.stdout.write(`offshoot daemon listening on ${daemon.url}${daemon.metricsUrl ? `, metrics on ${daemon.metricsUrl}/metrics` : ''} (home ${home}, log ${homePaths(home).log})\n`);
   let stopping = false;
   const stop = () => {
     if (stopping) return;
     stopping = true;
-    void daemon.close().then(() => process.exit(0));
+    daemon.close().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
 }
 
 /** Starts the daemon in the background and returns once it answers. */
-async function serveDetached(listen: string | undefined, database: string | undefined): Promise<DaemonFile> {
+async function serveDetached(listen: string | undefined, database: string | undefined, metricsListen: string | undefined, allowImages: string[]): Promise<DaemonFile> {
   const home = defaultHome();
   const paths = homePaths(home);
   await mkdir(home, { recursive: true, mode: 0o700 });
   const existing = readDaemonFile();
   if (existing && isDaemonProcess(existing.pid)) return existing;
   const out = openSync(`${paths.home}/serve.out`, 'a');
-  const args = [...process.execArgv, process.argv[1] as string, 'serve', ...(listen ? ['--listen', listen] : [])];
+  const args = [...process.execArgv, process.argv[1] as string, 'serve', ...(listen ? ['--listen', listen] : []), ...(metricsListen ? ['--metrics-listen', metricsListen] : []), ...allowImages.flatMap((dir) => ['--allow-images', resolve(dir)])];
   // The database URL goes by environment, not argv, so its password does not show in `ps`.
   const env = database ? { ...process.env, OFFSHOOT_DATABASE_URL: database } : process.env;
   const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', out, out], env });
@@ -54,7 +57,7 @@ async function serveDetached(listen: string | undefined, database: string | unde
     const file = readDaemonFile();
     if (file && file.pid === child.pid) {
       try {
-        await OffshootClient.fromEnvironment({ ...process.env, OFFSHOOT_URL: file.url }).health();
+        await clientFromEnvironment({ ...process.env, OFFSHOOT_URL: file.url }).health();
         return file;
       } catch {
         // not answering yet
@@ -74,12 +77,15 @@ export function registerDaemonCommands(program: Command, ctx: CommandContext): v
     .description('run the Offshoot daemon (state in OFFSHOOT_HOME, default ~/.offshoot)')
     .option('--listen <host:port>', 'address to bind', '127.0.0.1:0')
     .option('--database <location>', 'the inventory: a postgres://… URL shared by a fleet, or a SQLite file (default OFFSHOOT_DATABASE_URL, else the home\'s inventory.sqlite)')
+    .option('--metrics-listen <host:port>', 'also serve GET /metrics (Prometheus, same token) on this address')
+    .option('--allow-images <dirs...>', 'folders whose disk images, kernels and checkpoint files VMs may use as they are (besides the home and the datastores; also OFFSHOOT_ALLOW_IMAGES, colon-separated)')
     .option('--detach', 'run in the background and return once it answers')
     .option('--json', 'print JSON')
-    .action((o: { listen: string; database?: string; detach?: boolean; json?: boolean }) =>
+    .action((o: { listen: string; database?: string; metricsListen?: string; allowImages?: string[]; detach?: boolean; json?: boolean }) =>
       ctx.run(Boolean(o.json), async () => {
-        if (!o.detach) return serveForeground(o.listen, o.database);
-        const file = await serveDetached(o.listen, o.database);
+        const allowImages = [...(o.allowImages ?? []), ...(process.env.OFFSHOOT_ALLOW_IMAGES ?? '').split(':').filter((d) => d.length > 0)];
+        if (!o.detach) return serveForeground(o.listen, o.database, o.metricsListen, allowImages);
+        const file = await serveDetached(o.listen, o.database, o.metricsListen, allowImages);
         if (o.json) printJson(file);
         else process.stdout.write(`offshoot daemon (pid ${file.pid}) listening on ${file.url}\n`);
       }),
@@ -123,8 +129,13 @@ export function registerDaemonCommands(program: Command, ctx: CommandContext): v
     .action((o: { json?: boolean }) =>
       ctx.run(Boolean(o.json), async () => {
         const info = await ctx.client().host();
-        if (o.json) printJson(info);
-        else for (const [k, v] of Object.entries(info)) process.stdout.write(`${k.padEnd(12)} ${v}\n`);
+        if (o.json) return printJson(info);
+        const { confinement, allowedRoots, ...rest } = info;
+        for (const [k, v] of Object.entries(rest)) process.stdout.write(`${k.padEnd(12)} ${v}\n`);
+        process.stdout.write(`${'allowed'.padEnd(12)} ${allowedRoots.join(', ')}\n`);
+        const user = confinement.user ? `user ${confinement.user}` : confinement.confined ? "the daemon's user" : 'root';
+        process.stdout.write(`${'qemu'.padEnd(12)} runs as ${user}, ${confinement.sandbox ? 'seccomp sandbox on' : 'NO seccomp sandbox'}; lazy restore ${confinement.lazyRestoreConfined ? 'confined' : 'NOT confined'}\n`);
+        for (const reason of confinement.reasons) process.stdout.write(`${''.padEnd(12)} note: ${reason}\n`);
       }),
     );
 

@@ -2,7 +2,7 @@
 // client; `serve` runs the daemon itself. Human tables by default, --json for
 // scripts; errors print their stable code and exit 1.
 import { Command, CommanderError } from 'commander';
-import { OffshootClient } from '../client/index.ts';
+import { clientFromEnvironment } from '../client/index.ts';
 import { registerDaemonCommands } from './daemon-commands.ts';
 import { registerInventoryCommands } from './inventory-commands.ts';
 import { printError } from './output.ts';
@@ -13,7 +13,7 @@ import { registerVmCommands } from './vm-commands.ts';
 export function buildProgram(): Command {
   const program = new Command('offshoot').description('Fork, clone, checkpoint and move QEMU virtual machines').version('0.1.0').showHelpAfterError();
   const ctx: CommandContext = {
-    client: () => OffshootClient.fromEnvironment(),
+    client: () => clientFromEnvironment(),
     run: async (json, action) => {
       try {
         const code = await action();

@@ -1,11 +1,10 @@
-// The typed Offshoot API client, used by the CLI (and later the console). It
-// finds the daemon through OFFSHOOT_URL/OFFSHOOT_TOKEN or the daemon's home
-// (daemon.json + token), and turns error responses back into OffshootErrors
-// with the server's stable code.
-import { readFileSync } from 'node:fs';
+// The typed Offshoot API client, used by the CLI and the web console. It
+// turns error responses back into OffshootErrors with the server's stable
+// code. It loads in a browser as well as in Node (fetch, no Node modules;
+// only exec() returns Node Buffers); finding the daemon from the environment
+// is Node's part, in environment.ts.
 import { createParser } from 'eventsource-parser';
-import { OffshootError, defaultHome, homePaths, sleep } from '../common/index.ts';
-import type { DaemonFile } from '../common/index.ts';
+import { OffshootError, sleep } from '../common/browser.ts';
 import type { CheckpointRecord, CheckpointRequest, CreateVmRequest, EngineEvent, ForkRequest, RestoreRequest, TaskRecord, VmRecord } from '../vm/index.ts';
 
 export interface ExecOutput {
@@ -22,6 +21,8 @@ export interface HostInfoView {
   qemuVersion: string;
   memoryDir: string;
   vmsDir: string;
+  allowedRoots: string[];
+  confinement: { user: string | null; confined: boolean; sandbox: boolean; lazyRestoreConfined: boolean; reasons: string[] };
 }
 
 export interface VmMemoryView {
@@ -45,12 +46,6 @@ export class DaemonUnreachableError extends OffshootError {
   }
 }
 
-export class NoDaemonConfiguredError extends OffshootError {
-  constructor(home: string) {
-    super('DAEMON_NOT_FOUND', `no running daemon found for OFFSHOOT_HOME=${home} (no daemon.json); start one with \`offshoot serve\` or set OFFSHOOT_URL and OFFSHOOT_TOKEN`, { home }, 503);
-  }
-}
-
 export interface ClientOptions {
   url: string;
   token: string;
@@ -61,29 +56,6 @@ export class OffshootClient {
 
   get url(): string {
     return this.options.url;
-  }
-
-  /** From OFFSHOOT_URL/OFFSHOOT_TOKEN, else from the daemon's home folder. */
-  static fromEnvironment(env: NodeJS.ProcessEnv = process.env): OffshootClient {
-    const home = defaultHome(env);
-    const paths = homePaths(home);
-    let url = env.OFFSHOOT_URL;
-    let token = env.OFFSHOOT_TOKEN;
-    if (!url) {
-      try {
-        url = (JSON.parse(readFileSync(paths.daemonFile, 'utf8')) as DaemonFile).url;
-      } catch {
-        throw new NoDaemonConfiguredError(home);
-      }
-    }
-    if (!token) {
-      try {
-        token = readFileSync(paths.token, 'utf8').trim();
-      } catch {
-        throw new OffshootError('TOKEN_NOT_FOUND', `no API token: set OFFSHOOT_TOKEN or make ${paths.token} readable`, { path: paths.token }, 401);
-      }
-    }
-    return new OffshootClient({ url, token });
   }
 
   private async request<T>(method: string, path: string, body?: unknown): Promise<T> {

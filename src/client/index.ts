@@ -1,7 +1,9 @@
-// Public surface of the client layer: the typed API client, and the storage
-// client that rides on it.
-export { OffshootClient, DaemonUnreachableError, NoDaemonConfiguredError } from './client.ts';
+// Public surface of the client layer for Node: the typed API client, the
+// storage client that rides on it, and finding the daemon from the
+// environment. A browser imports browser.ts instead (no Node modules).
+export { OffshootClient, DaemonUnreachableError } from './client.ts';
 export type { ClientOptions, ExecOutput, HostInfoView, VmAndTaskView, VmMemoryView } from './client.ts';
+export { clientFromEnvironment, NoDaemonConfiguredError } from './environment.ts';
 export { StorageClient } from './storage-client.ts';
 export type { VerifyResult } from './storage-client.ts';
 export { HostClient } from './host-client.ts';

@@ -73,9 +73,41 @@ export class TimeoutError extends OffshootError {
   }
 }
 
-/** Turns anything thrown into an OffshootError (unknown errors become INTERNAL). */
+/** A file system (a datastore, the home, the memory folder) is full. HTTP 507. */
+export class NoSpaceError extends OffshootError {
+  constructor(message: string, details: ErrorDetails = {}, cause?: unknown) {
+    super('NO_SPACE', `no space left: ${message}`, details, 507, { cause });
+  }
+}
+
+/** A VM's QEMU ended while an operation needed it. HTTP 502 (QEMU is the upstream that failed). */
+export class VmCrashedError extends OffshootError {
+  constructor(vmId: string, what: string, reason: string) {
+    super('VM_CRASHED', `the QEMU of VM ${vmId} ended during ${what}: ${reason}`, { vmId, what, reason }, 502);
+  }
+}
+
+const NO_SPACE_TEXT = /No space left on device|ENOSPC|SQLITE_FULL|database or disk is full|Disk quota exceeded|EDQUOT/;
+
+/** Whether an error (or anything in its cause chain) says a file system is full. */
+export function isNoSpace(err: unknown): boolean {
+  for (let e = err, depth = 0; e && depth < 8; e = (e as { cause?: unknown }).cause, depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'SQLITE_FULL' || code === 'NO_SPACE') return true;
+    if (e instanceof Error && NO_SPACE_TEXT.test(e.message)) return true;
+    const stderr = (e as { stderr?: unknown }).stderr;
+    if (typeof stderr === 'string' && NO_SPACE_TEXT.test(stderr)) return true;
+  }
+  return false;
+}
+
+/**
+ * Turns anything thrown into an OffshootError: a full file system becomes NO_SPACE (whatever layer saw
+ * it first), other unknown errors INTERNAL.
+ */
 export function toOffshootError(err: unknown): OffshootError {
-  if (err instanceof OffshootError) return err;
+  if (err instanceof OffshootError && (err.code === 'NO_SPACE' || err.status < 500 || !isNoSpace(err))) return err;
   const message = err instanceof Error ? err.message : String(err);
+  if (isNoSpace(err)) return new NoSpaceError(message, err instanceof OffshootError ? { code: err.code, ...err.details } : {}, err);
   return new OffshootError('INTERNAL', message, {}, 500, { cause: err });
 }

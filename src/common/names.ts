@@ -3,7 +3,8 @@
 // the start, no path tricks like "../x".
 import { InvalidInputError } from './errors.ts';
 
-export const NAME_PATTERN = /^[a-z0-9][a-z0-9_-]{0,62}$/i;
+/** No regex flags: the pattern goes verbatim into the OpenAPI document, where flags mean nothing. */
+export const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;
 
 export function isValidName(name: string): boolean {
   return NAME_PATTERN.test(name);

@@ -8,7 +8,8 @@
 // becomes ['agent', 'serve', '--listen', `${address}:${port}`, '--home', home]
 // (plus whatever it takes for the memory and datastore folders).
 import { resolve } from 'node:path';
-import { OffshootClient, StorageClient } from '../client/index.ts';
+import { StorageClient, clientFromEnvironment } from '../client/index.ts';
+import type { OffshootClient } from '../client/index.ts';
 
 const OFFSHOOT_CLI = resolve(import.meta.dirname, '../../bin/offshoot');
 
@@ -36,7 +37,7 @@ export function agentCommand(input: AgentCommandInput): AgentCommand {
 
 /** A client of the host's agent, with the credential it made in its home (today: the daemon's token). */
 export function agentClient(input: { url: string; home: string }): OffshootClient {
-  return OffshootClient.fromEnvironment({ OFFSHOOT_URL: input.url, OFFSHOOT_HOME: input.home });
+  return clientFromEnvironment({ OFFSHOOT_URL: input.url, OFFSHOOT_HOME: input.home });
 }
 
 /**

@@ -21,6 +21,7 @@ import type { QemuLaunchSpec } from './launch-spec.ts';
 const QEMU_ID = /^[A-Za-z][A-Za-z0-9_.-]{0,30}$/;
 const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
 const MACHINE = /^[a-z0-9][a-z0-9._-]*$/i;
+const SANDBOX = /^(on|off)(,[a-z]+=[a-z]+)*$/;
 /** Ids argv.ts uses itself; disks and NICs may not take them. */
 const RESERVED_IDS = new Set(['ram0', 'qmp', 'qga0', 'serial0', 'virtio-serial0', 'guest-agent0', 'rng0']);
 /** sun_path is 108 bytes including the terminating NUL. */
@@ -103,6 +104,7 @@ export function validateLaunchSpec(spec: QemuLaunchSpec): void {
   requirePath('consoleLog', spec.consoleLog);
   requirePath('pidFile', spec.pidFile);
   if (spec.incoming !== undefined && spec.incoming !== 'defer') invalid('incoming must be "defer"', 'incoming', spec.incoming);
+  if (spec.sandbox !== undefined && !SANDBOX.test(spec.sandbox)) invalid(`sandbox "${spec.sandbox}" is not a -sandbox value like "on,spawn=deny"`, 'sandbox', spec.sandbox);
 }
 
 /** The argv (without the binary) of the QEMU process for `spec`. */
@@ -149,6 +151,7 @@ export function buildQemuArgv(spec: QemuLaunchSpec): string[] {
   }
 
   if (spec.rng !== false) argv.push('-device', 'virtio-rng-pci,id=rng0');
+  if (spec.sandbox !== undefined) argv.push('-sandbox', spec.sandbox);
   if (spec.paused === true) argv.push('-S');
   if (spec.incoming === 'defer') argv.push('-incoming', 'defer');
   return argv;

@@ -65,6 +65,12 @@ export interface QemuLaunchSpec {
   /** virtio-rng-pci; default true. */
   rng?: boolean;
   /**
+   * QEMU's seccomp sandbox: the value of `-sandbox` (e.g. "on,obsolete=deny,elevateprivileges=deny,
+   * spawn=deny,resourcecontrol=deny"); none when absent. With spawn=deny QEMU can run no program, so
+   * no `exec:` migration URI works: migrate over unix sockets instead.
+   */
+  sandbox?: string;
+  /**
    * Machine type, default 'q35' (the newest q35 of this QEMU). Pin a versioned
    * type (e.g. 'pc-q35-7.2') when restoring device state saved by an older QEMU.
    */

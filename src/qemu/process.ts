@@ -65,12 +65,18 @@ export interface LaunchQemuOptions {
   binary?: string;
   /** Default 20 s. */
   startTimeoutMs?: number;
+  /**
+   * A command that runs QEMU (its argv prefix, ending where the QEMU binary goes), e.g. setpriv
+   * dropping to an unprivileged user; it must exec QEMU so the pid stays the same.
+   */
+  wrapper?: string[];
 }
 
 export interface SpawnQemuOptions {
   logFile: string;
   binary?: string;
   startTimeoutMs?: number;
+  wrapper?: string[];
 }
 
 /** Builds the argv of `spec` and starts QEMU; see launchQemu. */
@@ -103,9 +109,10 @@ export async function launchQemu(options: LaunchQemuOptions): Promise<QemuProces
   }
   let child: ChildProcess;
   try {
-    writeSync(fd, `--- ${new Date().toISOString()} offshoot: starting ${binary} ${options.args.join(' ')}\n`);
+    writeSync(fd, `--- ${new Date().toISOString()} offshoot: starting ${[...(options.wrapper ?? []), binary].join(' ')} ${options.args.join(' ')}\n`);
     logStart = fstatSync(fd).size;
-    child = spawn(binary, options.args, { detached: true, stdio: ['ignore', fd, fd] });
+    const [command, ...prefix] = [...(options.wrapper ?? []), binary];
+    child = spawn(command as string, [...prefix, ...options.args], { detached: true, stdio: ['ignore', fd, fd] });
   } finally {
     closeSync(fd);
   }

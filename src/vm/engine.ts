@@ -4,7 +4,7 @@
 // that touches QEMU or files. Operations leave a VM either done or as it was.
 import { randomBytes } from 'node:crypto';
 import { basename, isAbsolute } from 'node:path';
-import { AlreadyExistsError, IllegalStateError, NotFoundError, OffshootError, defaultHome, isValidName, silentLogger } from '../common/index.ts';
+import { AlreadyExistsError, IllegalStateError, NotFoundError, OffshootError, isValidName, silentLogger } from '../common/index.ts';
 import type { Logger } from '../common/index.ts';
 import type { ExecResult, HostAgent, PrepareVmRequest, VmMemoryStats, VmSpec } from '../agent/index.ts';
 import { newMac } from '../agent/index.ts';
@@ -32,8 +32,6 @@ export interface VmEngineOptions {
   bootTimeoutMs?: number;
   /** Fault injection for tests (see fork/run-fork.ts). */
   faults?: (point: string) => Promise<void> | void;
-  /** The daemon's home (default location of checkpoint files). */
-  home?: string;
 }
 
 export interface VmAndTask {
@@ -53,7 +51,6 @@ export class VmEngine {
   private readonly logger: Logger;
   private readonly bootTimeoutMs: number;
   private readonly faults: VmEngineOptions['faults'];
-  private readonly home: string;
   private readonly unsubscribe: () => void;
   /** Tasks that can be cancelled (checkpoints being written), by task id. */
   private readonly cancellers = new Map<string, AbortController>();
@@ -66,7 +63,6 @@ export class VmEngine {
     this.logger = options.logger ?? silentLogger;
     this.bootTimeoutMs = options.bootTimeoutMs ?? 120_000;
     this.faults = options.faults;
-    this.home = options.home ?? defaultHome();
     this.tasks = new TaskRunner(this.inventory, this.events, this.logger);
     this.states = new StateKeeper(this.inventory, this.events);
     // A fork or checkpoint owns its VM and handles its QEMU's end itself.
@@ -93,6 +89,7 @@ export class VmEngine {
 
   async create(input: unknown): Promise<VmAndTask> {
     const request = parseCreateVmRequest(input);
+    await this.faults?.('vm.create');
     const memoryMiB = resolveMemoryMiB(request.memory);
     if (await this.inventory.findVmByName(request.name)) throw new AlreadyExistsError('VM', request.name);
     const id = newVmId();
@@ -152,11 +149,18 @@ export class VmEngine {
   async fork(ref: string, input: unknown = {}): Promise<VmAndTask> {
     const request = parseRequest('fork request', forkRequestSchema, input);
     const { id } = await this.resolve(ref);
-    const { vm: source, previous: before } = await this.states.claimFrom(id, 'fork', 'forking');
+    // Busy until the task ends: after the switch-over the VM runs again, but the fork still flattens its disks.
+    const { vm: source, previous: before } = await this.states.claimFrom(id, 'fork', 'forking', 'with a fork');
     const forkId = newTaskId();
     const deps: ForkDeps = { inventory: this.inventory, agent: this.agent, states: this.states, events: this.events, logger: this.logger, pins: this.pins, collectGarbage: async () => void (await this.collectGarbage()), faults: this.faults };
-    const task = await this.tasks.start('vm.fork', source, (ctx) => runFork(deps, { ...source, state: before }, request, ctx, forkId));
-    return { vm: await this.resolve(id), task };
+    try {
+      const task = await this.tasks.start('vm.fork', source, (ctx) => runFork(deps, { ...source, state: before }, request, ctx, forkId).finally(() => this.states.release(id)));
+      return { vm: await this.resolve(id), task };
+    } catch (err) {
+      this.states.release(id);
+      await this.states.settle(id, ['forking'], before, null).catch(() => undefined);
+      throw err;
+    }
   }
 
   /** A live checkpoint: a short stun, then the VM runs on while the file is written (see checkpoint/run-checkpoint.ts). */
@@ -165,12 +169,14 @@ export class VmEngine {
     const { id, name: vmName } = await this.resolve(ref);
     const name = request.name ?? `${vmName}-${new Date().toISOString().replace(/[-:T]/g, '').slice(0, 14)}`;
     if (await this.inventory.findCheckpoint(name)) throw new AlreadyExistsError('checkpoint', name);
+    // The host decides where the file goes and refuses an existing file or a place outside its allowed roots.
+    const path = await this.agent.checkpointTarget(name, request.out);
     const { vm, previous } = await this.states.claimFrom(id, 'checkpoint', 'checkpointing');
-    const deps: CheckpointDeps = { inventory: this.inventory, agent: this.agent, states: this.states, logger: this.logger, pins: this.pins, home: this.home, collectGarbage: async () => void (await this.collectGarbage()), faults: this.faults };
+    const deps: CheckpointDeps = { inventory: this.inventory, agent: this.agent, states: this.states, logger: this.logger, pins: this.pins, collectGarbage: async () => void (await this.collectGarbage()), faults: this.faults };
     const controller = new AbortController();
-    const task = await this.tasks.start('vm.checkpoint', vm, (ctx) => runCheckpoint(deps, { ...vm, state: previous }, { name, out: request.out, stop: request.stop }, ctx, newTaskId(), controller.signal));
+    const task = await this.tasks.start('vm.checkpoint', vm, (ctx) => runCheckpoint(deps, { ...vm, state: previous }, { name, path, stop: request.stop }, ctx, newTaskId(), controller.signal));
     this.cancellers.set(task.id, controller);
-    void this.tasks.wait(task.id).finally(() => this.cancellers.delete(task.id));
+    this.tasks.wait(task.id).catch(() => undefined).finally(() => this.cancellers.delete(task.id));
     return { vm: await this.resolve(id), task };
   }
 
@@ -225,7 +231,7 @@ export class VmEngine {
         throw err;
       }
     });
-    void this.tasks.wait(task.id).finally(() => pinned.forEach((p) => this.pins.delete(p)));
+    this.tasks.wait(task.id).catch(() => undefined).finally(() => pinned.forEach((p) => this.pins.delete(p)));
     return { vm: record, task };
   }
 
@@ -282,7 +288,7 @@ export class VmEngine {
     const checkpoint = await this.inventory.findCheckpoint(ref);
     if (!checkpoint) throw new NotFoundError('checkpoint', ref);
     if (checkpoint.state === 'writing') throw new IllegalStateError(`checkpoint "${checkpoint.name}"`, checkpoint.state, ['complete', 'failed'], 'delete');
-    await this.agent.removeCheckpointFile(checkpoint.path);
+    await this.agent.removeCheckpointFile(checkpoint);
     await this.inventory.deleteCheckpoint(checkpoint.id);
     await this.collectGarbage();
     return checkpoint;
@@ -405,7 +411,7 @@ export class VmEngine {
     // A checkpoint still being written when the daemon died is incomplete: remove it and its partial file.
     for (const checkpoint of await this.inventory.listCheckpoints()) {
       if (checkpoint.state !== 'writing') continue;
-      await this.agent.removeCheckpointFile(checkpoint.path).catch(() => undefined);
+      await this.agent.removeCheckpointFile(checkpoint).catch(() => undefined);
       await this.inventory.deleteCheckpoint(checkpoint.id);
       this.logger.warn({ checkpoint: checkpoint.name }, 'removed a checkpoint that was interrupted while being written');
     }

@@ -49,7 +49,8 @@ export class TaskRunner {
       }
     })();
     this.waiters.set(task.id, done);
-    void done.finally(() => this.waiters.delete(task.id));
+    // Recording the end itself can fail (the inventory's disk is full): log it, never leave it unhandled.
+    done.catch((err: unknown) => this.logger.error({ err, taskId: task.id, kind }, 'cannot record the end of a task')).finally(() => this.waiters.delete(task.id));
     return task;
   }
 

@@ -51,6 +51,34 @@ describe('REST API', () => {
     expect(JSON.stringify(createBody)).toContain('memory');
   });
 
+  it('documents every operation with an operationId, the error statuses, and usable name patterns', async () => {
+    const doc = (await call('GET', '/openapi.json', undefined, null)).body;
+    const operations = Object.entries(doc.paths as Record<string, Record<string, { operationId?: string; responses: Record<string, unknown> }>>).flatMap(([path, methods]) => Object.entries(methods).map(([method, op]) => ({ path, method, ...op })));
+    expect(operations.length).toBeGreaterThan(40);
+    for (const op of operations) expect(op.operationId, `${op.method} ${op.path}`).toMatch(/^[a-z][A-Za-z]+$/);
+    expect(new Set(operations.map((o) => o.operationId)).size).toBe(operations.length);
+    expect(doc.paths['/events']?.get).toBeDefined();
+    expect(doc.paths['/host']?.get?.responses['200']).toBeDefined();
+    for (const status of ['403', '415', '422', '502', '504']) expect(Object.keys(doc.paths['/vms'].post.responses)).toContain(status);
+    // Every pattern in the document is a valid regular expression without flags, and the name pattern accepts names.
+    const patterns = [...JSON.stringify(doc).matchAll(/"pattern":"((?:[^"\\]|\\.)*)"/g)].map((m) => JSON.parse(`"${m[1]}"`) as string);
+    expect(patterns.length).toBeGreaterThan(0);
+    for (const p of patterns) expect(() => new RegExp(p), p).not.toThrow();
+    const namePattern = new RegExp(doc.paths['/vms'].post.requestBody.content['application/json'].schema.properties.name.pattern);
+    expect(['web', 'Web-1', 'a_b'].every((n) => namePattern.test(n))).toBe(true);
+    expect(['../x', '-a', ''].some((n) => namePattern.test(n))).toBe(false);
+  });
+
+  it('answers 415 for a body that is not JSON and 413 for a huge one', async () => {
+    const text = await fetch(`${daemon.url}/vms`, { method: 'POST', headers: { authorization: `Bearer ${daemon.token}`, 'content-type': 'text/plain' }, body: 'name=x' });
+    expect(text.status).toBe(415);
+    expect(((await text.json()) as { code: string }).code).toBe('UNSUPPORTED_MEDIA_TYPE');
+    const huge = await fetch(`${daemon.url}/vms`, { method: 'POST', headers: { authorization: `Bearer ${daemon.token}`, 'content-type': 'application/json' }, body: JSON.stringify({ name: 'x'.repeat(40 * 1024 * 1024) }) });
+    expect(huge.status).toBe(413);
+    expect(((await huge.json()) as { code: string }).code).toBe('PAYLOAD_TOO_LARGE');
+    expect(vmDirs()).toEqual([]);
+  });
+
   it('rejects bad input with INVALID_INPUT and creates nothing', async () => {
     const cases: Array<[unknown, RegExp]> = [
       [{ name: 'ok', colour: 'blue' }, /colour/],
@@ -108,9 +136,11 @@ describe('REST API', () => {
 
   it('fails a start whose kernel file vanished, leaving the VM failed and nothing running', async () => {
     const guest = await loadDefaultGuest();
+    // Kernels, like disks, come from the allowed folders (here the home).
     const kernel = join(t.home, 'my-vmlinuz');
     copyFileSync(guest.kernel, kernel);
-    const created = await call('POST', '/vms', { name: 'nokernel', kernel: { path: kernel, initrd: guest.initrd, cmdline: guest.cmdline } });
+    copyFileSync(guest.initrd, join(t.home, 'my-initrd'));
+    const created = await call('POST', '/vms', { name: 'nokernel', kernel: { path: kernel, initrd: join(t.home, 'my-initrd'), cmdline: guest.cmdline } });
     expect(created.status, JSON.stringify(created.body)).toBe(201);
     rmSync(kernel);
     const started = await call('POST', '/vms/nokernel/start?wait=true');

@@ -6,8 +6,10 @@
 // checkpoint file in the background. With `stop`, the VM powers off after.
 // Cancelling (the signal) before or during the write rolls back exactly as a
 // failure does: the VM keeps running, the partial file and the checkpoint
-// record go, and the frozen base and template are released.
-import { join } from 'node:path';
+// record go, and the frozen base and template are released. The host agent
+// chooses and checks the file's place before the freeze (<home>/checkpoints,
+// or --out inside an allowed root; never an existing file) and never replaces
+// or removes a file that is not this checkpoint's.
 import type { Logger } from '../../common/index.ts';
 import type { HostAgent, PreparedFork, VmDisk, VmSpec } from '../../agent/index.ts';
 import type { Inventory, CheckpointRecord, VmRecord } from '../records.ts';
@@ -23,7 +25,6 @@ export interface CheckpointDeps {
   states: StateKeeper;
   logger: Logger;
   pins: Set<string>;
-  home: string;
   collectGarbage(): Promise<void>;
   /** Fault injection for tests. */
   faults?: (point: string) => Promise<void> | void;
@@ -38,8 +39,9 @@ export interface CheckpointResult {
   gbPerSecond: number;
 }
 
-export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request: { name: string; out?: string; stop: boolean }, ctx: TaskContext, forkId: string, signal?: AbortSignal): Promise<CheckpointResult> {
-  const path = request.out ?? join(deps.home, 'checkpoints', `${request.name}.ckpt`);
+export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request: { name: string; path: string; stop: boolean }, ctx: TaskContext, forkId: string, signal?: AbortSignal): Promise<CheckpointResult> {
+  const checkpointId = newTaskId();
+  const path = request.path;
   const journal: ForkJournal = { forkId, sourceId: vm.id, previousState: vm.state === 'paused' ? 'paused' : 'running', phase: 'preparing', childIds: [] };
   let switched = false;
   let record: CheckpointRecord | undefined;
@@ -66,7 +68,7 @@ export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request:
     await ctx.journal(Object.assign(journal, { phase: 'switched' }));
 
     const now = new Date().toISOString();
-    record = { id: newTaskId(), name: request.name, vmId: vm.id, vmName: vm.name, path, state: 'writing', memoryBytes: vm.spec.memoryMiB * 1024 * 1024, fileBytes: null, spec: { ...vm.spec, disks: frozenDisks }, createdAt: now };
+    record = { id: checkpointId, name: request.name, vmId: vm.id, vmName: vm.name, path, state: 'writing', memoryBytes: vm.spec.memoryMiB * 1024 * 1024, fileBytes: null, spec: { ...vm.spec, disks: frozenDisks }, createdAt: now };
     await deps.inventory.insertCheckpoint(record);
     await deps.faults?.('checkpoint.writing');
     await ctx.progress(0.1, `${vm.name} resumed after a ${sw.stunMs.toFixed(0)} ms stun; writing ${path}`);
@@ -74,11 +76,11 @@ export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request:
     let lastReport = 0;
     signal?.throwIfAborted();
     signal?.addEventListener('abort', cancelWrite, { once: true });
-    const written = await deps.agent.writeCheckpoint(forkId, path, record.memoryBytes, { vm: { id: vm.id, name: vm.name }, spec: record.spec, createdAt: now, qemu: 'x-ignore-shared device state' }, (p) => {
+    const written = await deps.agent.writeCheckpoint(forkId, checkpointId, path, record.memoryBytes, { vm: { id: vm.id, name: vm.name }, spec: record.spec, createdAt: now, qemu: 'x-ignore-shared device state' }, (p) => {
       const now2 = performance.now();
       if (now2 - lastReport > 500) {
         lastReport = now2;
-        void ctx.progress(0.1 + 0.85 * (p.blocksDone / p.blockCount), `written ${p.blocksDone} of ${p.blockCount} MiB`);
+        ctx.progress(0.1 + 0.85 * (p.blocksDone / p.blockCount), `written ${p.blocksDone} of ${p.blockCount} MiB`).catch(() => undefined);
       }
     });
     signal?.removeEventListener('abort', cancelWrite);
@@ -104,7 +106,7 @@ export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request:
     await deps.agent.abortFork(forkId).catch(() => undefined);
     if (record) {
       await deps.inventory.deleteCheckpoint(record.id).catch(() => undefined);
-      await deps.agent.removeCheckpointFile(path).catch(() => undefined);
+      await deps.agent.removeCheckpointFile({ path, id: record.id, createdAt: record.createdAt }).catch(() => undefined);
     }
     if (!switched) await settleUnswitched(deps, vm.id, 'checkpointing', err, 'checkpoint');
     unpinPrepared(deps.pins, prepared);

@@ -9,7 +9,7 @@ export const forkRequestSchema = z.strictObject({
   count: z.number().int().min(1).max(64).default(1).describe('how many children'),
   prefix: z
     .string()
-    .regex(/^[a-z0-9][a-z0-9_-]{0,40}$/i, 'use letters, digits, "-" or "_", starting with a letter or digit')
+    .regex(/^[A-Za-z0-9][A-Za-z0-9_-]{0,40}$/, 'use letters, digits, "-" or "_", starting with a letter or digit')
     .optional()
     .describe('children are named PREFIX1, PREFIX2, ... (default: SOURCE-c)'),
   customize: z.string().max(1024 * 1024).optional().describe('a shell script run in each child (sh -s) after its identity is set'),

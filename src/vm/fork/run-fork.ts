@@ -124,6 +124,7 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
   const journal: ForkJournal = { forkId, sourceId: source.id, previousState: source.state === 'paused' ? 'paused' : 'running', phase: 'preparing', childIds: children.map((c) => c.id) };
   let prepared: PreparedFork | undefined;
   let switched = false;
+  const busyChildren: string[] = [];
   let madeOwned: { ms: number; bytes: number } | null = null;
   try {
     step = 'prepare';
@@ -151,6 +152,9 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
       child.spec = { ...child.spec, disks: prepared.disks.children[child.id] ?? [] };
       const record: VmRecord = { id: child.id, name: child.name, state: 'starting', stateReason: `forked from ${source.name}`, spec: child.spec, runtime: null, createdAt: now, updatedAt: now };
       await deps.inventory.insertVm(record);
+      // Its disks may still be flattened: nothing else may rewrite its spec until the fork ends.
+      await deps.states.claimBusy(child.id, `being forked from ${source.name}`, 'use');
+      busyChildren.push(child.id);
       deps.events.publish({ type: 'vm.created', vm: record, at: now });
     }
     const runningAt = new Map<string, number>();
@@ -200,17 +204,15 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
     for (const stream of prepared.disks.streams) {
       try {
         await deps.agent.streamDisk(stream.vmId, stream.diskId, stream.base);
-        const vm = await deps.inventory.getVm(stream.vmId);
-        if (vm) {
-          const spec = { ...vm.spec, disks: vm.spec.disks.map((d) => (d.id === stream.diskId ? { ...d, backing: d.backing.slice(1) } : d)) };
-          await deps.inventory.updateVm(vm.id, { spec });
-        }
+        // Under the VM's lock, on its current spec: the disk now points at the base's parent.
+        await deps.states.updateSpec(stream.vmId, (spec) => ({ ...spec, disks: spec.disks.map((d) => (d.id === stream.diskId && d.backing[1] === stream.base ? { ...d, backing: d.backing.slice(1) } : d)) }));
       } catch (err) {
         deps.logger.warn({ vmId: stream.vmId, disk: stream.diskId, err: (err as Error).message }, 'flattening a forked disk failed; its chain stays one deeper');
         flattenErrors.push(`${stream.vmId}/${stream.diskId}: ${(err as Error).message}`);
       }
     }
 
+    for (const id of busyChildren) deps.states.release(id);
     await deps.agent.finishFork(forkId).catch((err: unknown) => deps.logger.warn({ err }, 'fork clean-up failed'));
     unpinPrepared(deps.pins, prepared);
     await deps.collectGarbage().catch((err: unknown) => deps.logger.warn({ err }, 'garbage collection after a fork failed'));
@@ -233,6 +235,7 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
     };
   } catch (err) {
     deps.logger.warn({ vm: source.name, step, err: (err as Error).message }, 'fork failed; rolling back');
+    for (const id of busyChildren) deps.states.release(id);
     for (const child of children) await removeChild(deps, child);
     await deps.agent.abortFork(forkId).catch((e: unknown) => deps.logger.error({ err: e }, 'cannot abort the fork on the host'));
     if (!switched) await settleUnswitched(deps, source.id, 'forking', err, 'fork');

@@ -5,7 +5,7 @@
 // other disk of the same content id, or with a named one).
 import { randomBytes } from 'node:crypto';
 import { basename, join } from 'node:path';
-import { NotFoundError } from '../../common/index.ts';
+import { AlreadyExistsError, NotFoundError } from '../../common/index.ts';
 import type { DatastoreUsage, DiskMeta } from '../../storage/index.ts';
 import { newContentId } from '../../storage/index.ts';
 import { parseRequest } from '../requests.ts';
@@ -55,9 +55,15 @@ export class Catalog {
 
   async addDatastore(input: unknown): Promise<DatastoreView> {
     const request = parseRequest('datastore', addDatastoreRequestSchema, input);
+    // Before anything is created on the host.
+    if (await this.deps.storageInventory.getDatastore(request.name)) throw new AlreadyExistsError('datastore', request.name);
     const { path } = await this.deps.storage.initDatastore(request.path, request.name);
     const record: DatastoreRecord = { name: request.name, path, createdAt: new Date().toISOString() };
-    await this.deps.storageInventory.insertDatastore(record);
+    try {
+      await this.deps.storageInventory.insertDatastore(record);
+    } finally {
+      await this.syncDatastores();
+    }
     // A folder that already holds disks (moved from elsewhere, or re-added) describes them itself.
     await this.rescan(record.name);
     return this.showDatastore(record.name);
@@ -88,7 +94,13 @@ export class Catalog {
     for (const job of await this.deps.storageInventory.listCopyJobs()) if (job.datastore === name && !isCopyJobDone(job.state)) users.push(`copy job ${job.id}`);
     if (users.length) throw new DatastoreInUseError(name, [...new Set(users)]);
     await this.deps.storageInventory.deleteDatastore(name);
+    await this.syncDatastores();
     return ds;
+  }
+
+  /** Tells the host which datastore folders exist (they are where VMs may use files). */
+  private async syncDatastores(): Promise<void> {
+    await this.deps.storage.useDatastores((await this.deps.storageInventory.listDatastores()).map((d) => d.path));
   }
 
   async rescan(name: string): Promise<{ datastore: string; disks: DiskRecord[]; problems: { path: string; reason: string }[] }> {

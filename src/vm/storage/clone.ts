@@ -96,16 +96,28 @@ export class Cloner {
         const task = start ? ((await this.deps.engine.start(vm.id)).task ?? null) : null;
         return { mode: 'linked', vm, task, job: null, pool: null, ms: performance.now() - t0 };
       }
-      const started = await this.deps.engine.start(vm.id);
-      const task = await this.deps.engine.tasks.start('vm.clone.stream', vm, async (ctx) => {
-        if (started.task) {
-          const boot = await this.deps.engine.tasks.wait(started.task.id);
-          if (boot.state !== 'succeeded') throw new OffshootError(boot.error?.code ?? 'CLONE_START_FAILED', `the instant clone did not start: ${boot.message}`, { task: boot.id }, 500);
-        }
-        const t1 = performance.now();
-        await streamChainsIntoDisks(this.deps, vm.id, vm.spec.disks.filter((d) => !d.readOnly).map((d) => d.id), ctx, 'streaming');
-        return { vm: vm.name, streamedMs: Math.round(performance.now() - t1), independent: true };
-      });
+      // Busy until its stream ends: nothing may rewrite the clone's disks meanwhile.
+      await this.deps.engine.states.claimBusy(vm.id, 'streaming its disks (instant clone)', 'use');
+      let task: TaskRecord;
+      try {
+        const started = await this.deps.engine.start(vm.id);
+        task = await this.deps.engine.tasks.start('vm.clone.stream', vm, async (ctx) => {
+          try {
+            if (started.task) {
+              const boot = await this.deps.engine.tasks.wait(started.task.id);
+              if (boot.state !== 'succeeded') throw new OffshootError(boot.error?.code ?? 'CLONE_START_FAILED', `the instant clone did not start: ${boot.message}`, { task: boot.id }, 500);
+            }
+            const t1 = performance.now();
+            await streamChainsIntoDisks(this.deps, vm.id, vm.spec.disks.filter((d) => !d.readOnly).map((d) => d.id), ctx, 'streaming');
+            return { vm: vm.name, streamedMs: Math.round(performance.now() - t1), independent: true };
+          } finally {
+            this.deps.engine.states.release(vm.id);
+          }
+        });
+      } catch (err) {
+        this.deps.engine.states.release(vm.id);
+        throw err;
+      }
       return { mode: 'instant', vm: await this.deps.engine.resolve(vm.id), task, job: null, pool: null, ms: performance.now() - t0 };
     } finally {
       for (const p of pins) this.deps.engine.pins.delete(p);

@@ -129,6 +129,8 @@ export class CopyJobs {
     const abort = new AbortController();
     const entry: { abort: AbortController; done: Promise<CopyJobRecord>; why?: 'pause' | 'cancel' | 'close' } = { abort, done: Promise.resolve(undefined as unknown as CopyJobRecord) };
     entry.done = this.run(id, abort.signal, () => entry.why).finally(() => this.active.delete(id));
+    // Nobody may await a job started in the background: log a failure to record its end instead of leaving it unhandled.
+    entry.done.catch((err: unknown) => this.deps.logger.error({ err, jobId: id }, 'copy job bookkeeping failed'));
     this.active.set(id, entry);
   }
 

@@ -1,6 +1,7 @@
 // The first phase of a clone or a pool: freeze the source VM's writable disks
 // into read-only bases (a live snapshot when it runs, so the guest never
-// stops) under the VM's lock, and record its new deltas. A stopped VM whose
+// stops) under the VM's lock (refused while an operation still changes its
+// disks: VM_BUSY), and record its new deltas. A stopped VM whose
 // delta nobody wrote since the last freeze keeps its base, so its content ids
 // stay the same (and a pool made from them stays fresh).
 import type { FrozenDisk } from '../../agent/index.ts';
@@ -13,7 +14,7 @@ const OFFLINE = ['created', 'stopped'] as const;
 const ONLINE = ['running', 'paused'] as const;
 
 export async function freezeVmDisks(deps: StorageDeps, vmId: string, operation: string): Promise<{ vm: VmRecord; frozen: FrozenDisk[] }> {
-  return deps.engine.states.withVm(vmId, async (vm) => {
+  return deps.engine.states.whenIdle(vmId, operation, async (vm) => {
     const online = (ONLINE as readonly string[]).includes(vm.state);
     if (!online && !(OFFLINE as readonly string[]).includes(vm.state)) throw new IllegalStateError(`VM "${vm.name}"`, vm.state, [...OFFLINE, ...ONLINE], operation);
     for (const disk of vm.spec.disks) if (!disk.readOnly && !disk.owned) throw new CloneSourceError(vm.name, `disk ${disk.id} (${disk.path}) is a writable disk Offshoot does not own; attach it read-only or import it into a datastore`);

@@ -6,13 +6,21 @@ import { parseSizeMiB } from '../spec.ts';
 
 const name = z.string().regex(NAME_PATTERN, 'use 1-63 letters, digits, "-" or "_", starting with a letter or digit');
 const absolutePath = z.string().min(1).max(4096).regex(/^\//, 'must be an absolute path');
-const size = z.union([z.string(), z.number().int().positive()]).transform((v, ctx) => {
+/** The largest disk Offshoot creates or grows to (QEMU's qcow2 allows more; ext4 files stop at 16 TiB). */
+export const MAX_DISK_BYTES = 64 * 1024 ** 4;
+const size = z.union([z.string().max(32), z.number().int().positive()]).transform((v, ctx) => {
+  let bytes: number;
   try {
-    return typeof v === 'number' ? v : parseSizeMiB(v) * 1024 * 1024;
+    bytes = typeof v === 'number' ? v : parseSizeMiB(v) * 1024 * 1024;
   } catch (err) {
     ctx.addIssue({ code: 'custom', message: (err as Error).message });
     return z.NEVER;
   }
+  if (!Number.isSafeInteger(bytes) || bytes < 1 || bytes > MAX_DISK_BYTES) {
+    ctx.addIssue({ code: 'custom', message: `a disk size must be from 1 byte to ${MAX_DISK_BYTES} bytes (64 TiB), not ${v}` });
+    return z.NEVER;
+  }
+  return bytes;
 });
 
 export const addDatastoreRequestSchema = z.object({ name, path: absolutePath }).strict();

@@ -90,7 +90,7 @@ export class StorageService {
       parent = p.parentId;
     }
     const { id } = await this.deps.engine.resolve(vmRef);
-    return this.deps.engine.states.withVm(id, async (vm) => {
+    return this.deps.engine.states.whenIdle(id, 'attach a disk to', async (vm) => {
       if (vm.state !== 'created' && vm.state !== 'stopped') throw new IllegalStateError(`VM "${vm.name}"`, vm.state, ['created', 'stopped'], 'attach a disk to');
       const used = new Set(vm.spec.disks.map((d) => d.id));
       let n = vm.spec.disks.length;
@@ -109,13 +109,25 @@ export class StorageService {
   /** Online flatten: streams each writable disk's whole chain into its top (QEMU block-stream); the VM keeps running. */
   async flatten(vmRef: string, input: unknown): Promise<TaskRecord> {
     const { disk: only } = parseRequest('flatten request', flattenRequestSchema, input);
-    const vm = await this.deps.engine.resolve(vmRef);
-    if (vm.state !== 'running' && vm.state !== 'paused') throw new IllegalStateError(`VM "${vm.name}"`, vm.state, ['running', 'paused'], 'flatten the disks of');
-    const disks = vm.spec.disks.filter((d) => !d.readOnly && d.backing.length > 0 && (!only || d.id === only));
-    if (only && disks.length === 0) throw new OffshootError('NOT_FOUND', `VM ${vm.name} has no writable disk "${only}" with a backing chain`, { vm: vm.name, disk: only }, 404);
-    return this.deps.engine.tasks.start('disk.flatten', vm, async (ctx) => {
-      const { releasedBases } = await streamChainsIntoDisks(this.deps, vm.id, disks.map((d) => d.id), ctx, 'flattening');
-      return { flattened: disks.map((d) => d.id), releasedBases };
+    const { id } = await this.deps.engine.resolve(vmRef);
+    // Busy until the streams end: no fork, checkpoint or clone may rewrite these disks meanwhile.
+    const vm = await this.deps.engine.states.claimBusy(id, 'flattening its disks', 'flatten the disks of', (current) => {
+      if (current.state !== 'running' && current.state !== 'paused') throw new IllegalStateError(`VM "${current.name}"`, current.state, ['running', 'paused'], 'flatten the disks of');
+      if (only && !current.spec.disks.some((d) => !d.readOnly && d.backing.length > 0 && d.id === only)) throw new OffshootError('NOT_FOUND', `VM ${current.name} has no writable disk "${only}" with a backing chain`, { vm: current.name, disk: only }, 404);
     });
+    const disks = vm.spec.disks.filter((d) => !d.readOnly && d.backing.length > 0 && (!only || d.id === only));
+    try {
+      return await this.deps.engine.tasks.start('disk.flatten', vm, async (ctx) => {
+        try {
+          const { releasedBases } = await streamChainsIntoDisks(this.deps, vm.id, disks.map((d) => d.id), ctx, 'flattening');
+          return { flattened: disks.map((d) => d.id), releasedBases };
+        } finally {
+          this.deps.engine.states.release(vm.id);
+        }
+      });
+    } catch (err) {
+      this.deps.engine.states.release(vm.id);
+      throw err;
+    }
   }
 }

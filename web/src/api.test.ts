@@ -1,0 +1,18 @@
+import { describe, expect, it } from 'vitest';
+import { capabilitiesOf, hostFromInfo, hostOfVm } from './api.ts';
+import type { VmRecord } from './api.ts';
+
+describe("the console's view of the API", () => {
+  it('offers what the daemon has, by its OpenAPI paths', () => {
+    expect(capabilitiesOf({ paths: { '/vms': {}, '/host': {} } })).toEqual({ hosts: false, migrate: false, templates: false });
+    expect(capabilitiesOf({ paths: { '/hosts': {}, '/vms/{ref}/migrate': {}, '/templates': {} } })).toEqual({ hosts: true, migrate: true, templates: true });
+  });
+
+  it('shows the one host of GET /host, and places a VM by its host field first', () => {
+    expect(hostFromInfo({ hostId: 'h1', accel: 'tcg', accelReason: 'no kvm', qemuVersion: '7.2', memoryDir: '/m', vmsDir: '/v', allowedRoots: [], confinement: { user: null, confined: false, sandbox: false, lazyRestoreConfined: false, reasons: [] } })).toMatchObject({ id: 'h1', state: 'up', accel: 'tcg' });
+    const vm = { runtime: { hostId: 'h1' } } as unknown as VmRecord;
+    expect(hostOfVm(vm, 'x')).toBe('h1');
+    expect(hostOfVm({ ...vm, host: 'h2' } as VmRecord, 'x')).toBe('h2');
+    expect(hostOfVm({ runtime: null } as unknown as VmRecord, 'x')).toBe('x');
+  });
+});
