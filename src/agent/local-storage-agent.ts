@@ -24,7 +24,7 @@ import { assertRegularFile } from './path-policy.ts';
 import type { PathPolicy } from './path-policy.ts';
 import type { QemuAccess } from './qemu-access.ts';
 import { liveSnapshot, streamDisk } from './live-disk-ops.ts';
-import type { DiskChainEntry, FreezeResult, StorageAgent } from './storage-agent.ts';
+import type { DiskChainEntry, FreezeResult } from './types.ts';
 import type { VmDisk } from './types.ts';
 
 export class ImportRefusedError extends OffshootError {
@@ -33,7 +33,7 @@ export class ImportRefusedError extends OffshootError {
   }
 }
 
-export class LocalStorageAgent implements StorageAgent {
+export class LocalStorageAgent {
   constructor(
     private readonly layout: HostLayout,
     private readonly policy: PathPolicy,

@@ -65,8 +65,24 @@ export function registerHostCommands(program: Command, ctx: CommandContext): voi
     });
   host.command('list').option('--json', 'print JSON').description('hosts with their state, VMs and memory')
     .action((o: { json?: boolean }) => run(o.json, (h) => h.list(), (list: HostListItem[]) => printTable(['NAME', 'STATE', 'URL', 'VMS', 'FREE', 'MEMORY', 'REASON'], list.map(hostRow))));
-  host.command('show').argument('[name]', 'a host (default: the first, usually this controller\'s own)').option('--json', 'print JSON').description('show a host')
-    .action((name: string | undefined, o: { json?: boolean }) => run(o.json, async (h) => (name ? h.get(name) : ((await h.list())[0] ?? h.get('local'))), printHost));
+  host
+    .command('show')
+    .argument('[name]', 'a host of the fleet (default: this controller\'s own host, with its agent\'s details)')
+    .option('--json', 'print JSON')
+    .description('show a host')
+    .action((name: string | undefined, o: { json?: boolean }) =>
+      ctx.run(Boolean(o.json), async () => {
+        if (name) {
+          const h = await hosts().get(name);
+          if (o.json) printJson(h);
+          else printHost(h);
+          return;
+        }
+        const info = await ctx.client().host();
+        if (o.json) printJson(info);
+        else for (const [k, v] of Object.entries(info)) process.stdout.write(`${k.padEnd(12)} ${typeof v === 'object' ? JSON.stringify(v) : String(v)}\n`);
+      }),
+    );
   for (const [verb, what] of [['drain', 'take a host out of placement while its VMs are moved off'], ['maintenance', 'take a host out of placement'], ['ready', 'put a drained or held host back into placement']] as const) {
     host.command(verb).argument('<name>').option('--json', 'print JSON').description(what)
       .action((name: string, o: { json?: boolean }) => run(o.json, (h) => h[verb](name), (h: HostListItem) => process.stdout.write(`host ${h.name} is ${h.state}\n`)));

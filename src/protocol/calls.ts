@@ -109,7 +109,7 @@ export const AGENT_CALLS = {
       vmId: vmIdSchema,
       name: nameSchema,
       vcpus: z.number().int().min(1).max(64),
-      memoryMiB: z.number().int().min(64).max(1024 * 1024),
+      memoryMiB: z.number().int().min(16).max(1024 * 1024),
       boot: prepareVmBootSchema,
       disks: z.array(z.object({ source: diskSourceSchema, readOnly: z.boolean() })).max(8),
       network: z.enum(['user', 'none']),
@@ -147,13 +147,19 @@ export const AGENT_CALLS = {
 
   // Checkpoints
   planCheckpointFile: call('where a new checkpoint file goes (default: the home; or a path a person gave inside an allowed place); refuses an existing file', z.object({ name: nameSchema, hostPath: hostPathSchema.optional() }), z.object({ file: locatorSchema, hostPath: z.string() })),
-  writeCheckpoint: operation('writes the frozen RAM and device state of a switched-over fork into a new checkpoint file', { forkId: uuidSchema, file: locatorSchema, memoryBytes: z.number().int().positive(), metadata: checkpointMetadataSchema }, z.object({ fileBytes: z.number(), storedPages: z.number() })),
+  writeCheckpoint: operation('writes the frozen RAM and device state of a switched-over fork into a new checkpoint file', { forkId: uuidSchema, checkpointId: uuidSchema, file: locatorSchema, memoryBytes: z.number().int().positive(), metadata: checkpointMetadataSchema }, z.object({ fileBytes: z.number(), storedPages: z.number() })),
   inspectCheckpoint: call('validates a checkpoint file: the strict reader, then its frozen disks exist and are safe', z.object({ source: diskSourceSchema }), z.object({ file: locatorSchema, hostPath: z.string(), memoryBytes: z.number(), fileBytes: z.number(), metadata: checkpointMetadataSchema })),
-  removeCheckpoint: call('removes a checkpoint file Offshoot wrote', fileRef, empty),
+  removeCheckpoint: call('removes the file of a checkpoint, only if the file names that checkpoint (and its temporary files); removed tells', z.object({ file: locatorSchema, checkpointId: z.string().max(128), createdAt: z.string().max(64) }), z.object({ removed: z.boolean() })),
   restoreVm: operation(
     'restores a checkpoint as a new VM; done once it runs. Lazy: its memory keeps streaming in as the operation streamOperationId',
     { vmId: vmIdSchema, name: nameSchema, checkpoint: locatorSchema, spec: vmSpecSchema, mode: z.enum(['eager', 'lazy']), streamOperationId: operationIdSchema.optional() },
     z.object({ runtime: vmRuntimeSchema, spec: vmSpecSchema, streamOperationId: operationIdSchema.nullable() }),
+  ),
+
+  restoreStream: operation(
+    "follows a lazy restore's memory stream until the checkpoint is no longer needed (restoreVm starts it as streamOperationId; calling it reattaches by VM)",
+    { vmId: vmIdSchema },
+    z.record(z.string(), z.unknown()).nullable(),
   ),
 
   // Datastores and disk files

@@ -157,8 +157,10 @@ export function runAgentContract(label: string, makeTarget: () => Promise<AgentC
       const frozenSpec: VmSpec = { ...spec, disks: spec.disks.map((d) => ({ ...d, file: prepared.disks.frozen.find((f) => f.from === d.file)?.to ?? d.file, owned: false })) };
       await t.client.switchFork({ forkId });
       const plan = await t.client.planCheckpointFile({ name: 'contract-ckpt' });
-      const metadata = { schema: 2 as const, vm: { id: vmId, name: 'contract' }, spec: frozenSpec, createdAt: new Date().toISOString(), hostId: 'contract-host' };
-      const written = await runOperation(t.client, 'writeCheckpoint', { forkId, file: plan.file, memoryBytes: spec.memoryMiB * 2 ** 20, metadata });
+      const checkpointId = newOperationId();
+      const createdAt = new Date().toISOString();
+      const metadata = { schema: 2 as const, checkpointId, vm: { id: vmId, name: 'contract' }, spec: frozenSpec, createdAt, hostId: 'contract-host' };
+      const written = await runOperation(t.client, 'writeCheckpoint', { forkId, checkpointId, file: plan.file, memoryBytes: spec.memoryMiB * 2 ** 20, metadata });
       expect(written.fileBytes).toBeGreaterThan(0);
       await t.client.finishFork({ forkId });
       expect(await codeOf(t.client.planCheckpointFile({ name: 'contract-ckpt' }))).toBe('ALREADY_EXISTS');
@@ -169,7 +171,9 @@ export function runAgentContract(label: string, makeTarget: () => Promise<AgentC
       expect((await t.client.vmStatus({ vmId: restoredId })).status).toBe('running');
       await t.client.killVm({ vmId: restoredId });
       await t.client.deleteVmFiles({ vmId: restoredId });
-      await t.client.removeCheckpoint({ file: plan.file });
+      // Only the file that names the checkpoint is removed.
+      expect((await t.client.removeCheckpoint({ file: plan.file, checkpointId: newOperationId(), createdAt })).removed).toBe(false);
+      expect((await t.client.removeCheckpoint({ file: plan.file, checkpointId, createdAt })).removed).toBe(true);
     }, 180_000);
   });
 }

@@ -5,21 +5,22 @@
 //   ext.0a1b2c3d4e5f:debian/root.qcow2 a file in a folder the operator allowed
 // Only an agent turns a locator into a path (and a path it was given into a
 // locator); the control plane compares locators and passes them back. The
-// relative part is a few safe segments (letters, digits, "._-", never starting
-// with a dot), so no locator can name anything outside its scope; the agent
-// still checks the resolved real path, against symlinks.
+// relative part is at most 16 segments, none starting with a dot and none
+// holding a slash or a control character, so no locator can name anything
+// outside its scope ("..", absolute paths); the agent still checks the
+// resolved real path, against symlinks.
 import { InvalidInputError } from '../common/index.ts';
 
 const SCOPE = '(?:home|ds\\.[a-z0-9][a-z0-9-]{0,63}|ext\\.[0-9a-f]{12})';
-const SEGMENT = '[A-Za-z0-9_][A-Za-z0-9._-]{0,127}';
-export const LOCATOR_PATTERN = new RegExp(`^${SCOPE}:${SEGMENT}(?:/${SEGMENT}){0,7}$`);
+const SEGMENT = '[^/\\u0000-\\u001f\\u007f.][^/\\u0000-\\u001f\\u007f]{0,254}';
+export const LOCATOR_PATTERN = new RegExp(`^${SCOPE}:${SEGMENT}(?:/${SEGMENT}){0,15}$`, 'u');
 
 export type Locator = string;
 
 export type LocatorScope = { kind: 'home' } | { kind: 'datastore'; datastoreId: string } | { kind: 'allowed'; rootId: string };
 
 export function isLocator(value: string): boolean {
-  return value.length <= 1024 && LOCATOR_PATTERN.test(value);
+  return value.length <= 4096 && LOCATOR_PATTERN.test(value);
 }
 
 /** Splits a locator into its scope and relative path; INVALID_INPUT if it is not one. */

@@ -8,7 +8,7 @@
 import { z } from 'zod';
 import { LOCATOR_PATTERN } from './locator.ts';
 
-export const locatorSchema = z.string().max(1024).regex(LOCATOR_PATTERN, 'a file reference such as "home:vms/<vm>/disk0.qcow2"');
+export const locatorSchema = z.string().max(4096).regex(LOCATOR_PATTERN, 'a file reference such as "home:vms/<vm>/disk0.qcow2"');
 export const uuidSchema = z.string().regex(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i, 'a UUID');
 export const vmIdSchema = uuidSchema;
 export const operationIdSchema = uuidSchema;
@@ -48,7 +48,7 @@ export const vmBootSchema = z.discriminatedUnion('kind', [
 /** The resolved spec a host runs a VM from. */
 export const vmSpecSchema = z.object({
   vcpus: z.number().int().min(1).max(64),
-  memoryMiB: z.number().int().min(64).max(1024 * 1024),
+  memoryMiB: z.number().int().min(16).max(1024 * 1024),
   boot: vmBootSchema,
   disks: z.array(vmDiskSchema).max(16),
   nics: z.array(vmNicSchema).max(8),
@@ -129,6 +129,8 @@ export const prepareVmBootSchema = z.discriminatedUnion('kind', [
 export const checkpointMetadataSchema = z.object({
   /** The metadata schema's version (see memory/checkpoint-meta rules in the agent). */
   schema: z.literal(2),
+  /** The checkpoint's id: only the file that names it is ever removed for it. */
+  checkpointId: uuidSchema.optional(),
   vm: z.object({ id: vmIdSchema, name: nameSchema }),
   spec: vmSpecSchema,
   createdAt: z.string(),

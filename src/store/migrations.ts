@@ -166,6 +166,10 @@ function migrationsFor(t: StoreDialect): Record<string, Migration> {
           .execute();
         for (const table of ['vms', 'checkpoints', 'datastores']) await db.schema.alterTable(table).addColumn('host', 'text').execute();
         await db.schema.createIndex('vms_host').on('vms').column('host').execute();
+        // Files by reference (protocol locators) instead of host paths; datastores get ids and may be shared by hosts.
+        await db.schema.alterTable('checkpoints').addColumn('file', 'text').execute();
+        await db.schema.alterTable('datastores').addColumn('id', 'text').execute();
+        await db.schema.alterTable('datastores').addColumn('hosts', 'text').execute();
       },
     },
   };

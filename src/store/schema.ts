@@ -49,13 +49,19 @@ export interface CheckpointsTable {
   spec: string;
   created_at: string;
   host: string | null;
+  /** The file by reference on its host (the `path` column keeps where it is, for people). */
+  file: string | null;
 }
 
 export interface DatastoresTable {
   name: string;
+  /** Unique per host: "<host id>:<path>" (a plain path in rows from before hosts). */
   path: string;
   created_at: string;
   host: string | null;
+  id: string | null;
+  /** JSON: [{hostId, path}] of every host that sees the datastore. */
+  hosts: string | null;
 }
 
 export interface DisksTable {

@@ -48,6 +48,7 @@ export const createVmRequestSchema = z
       .default([])
       .describe('extra disk images to attach, in order'),
     network: z.enum(['user', 'none']).default('user'),
+    host: z.string().min(1).max(128).optional().describe('the host to place the VM on (name or id; default: a ready host with room)'),
     start: z.boolean().default(false).describe('boot the VM and wait until its guest agent answers'),
   })
   .refine((r) => !(r.kernel && r.bootDisk), { message: 'give either kernel or bootDisk, not both', path: ['bootDisk'] });
@@ -73,4 +74,4 @@ export function resolveMemoryMiB(memory: string | number): number {
   return mib;
 }
 
-export type { VmBoot, VmDisk, VmNic, VmSpec } from '../agent/index.ts';
+export type { VmBoot, VmDisk, VmNic, VmSpec } from '../protocol/index.ts';

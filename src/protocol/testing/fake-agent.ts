@@ -425,9 +425,11 @@ export class FakeAgent implements EpochKeeper {
         }),
       removeCheckpoint: (r) =>
         wrap('removeCheckpoint', () => {
+          const ckpt = this.checkpoints.get(r.file);
+          if (!ckpt || ckpt.metadata.checkpointId !== r.checkpointId) return { removed: false };
           this.files.delete(r.file);
           this.checkpoints.delete(r.file);
-          return {};
+          return { removed: true };
         }),
       restoreVm: (r, ctx) =>
         op('restoreVm', ctx, () => {
@@ -437,6 +439,11 @@ export class FakeAgent implements EpochKeeper {
           const runtime = this.runtime(r.vmId, { mode: 'owned', templateId: null });
           this.vms.set(r.vmId, { status: 'running', runtime, name: r.name, incoming: false });
           return { runtime, spec: { ...r.spec, disks }, streamOperationId: null };
+        }),
+      restoreStream: (r, ctx) =>
+        op('restoreStream', ctx, () => {
+          this.running(r.vmId);
+          return null;
         }),
       registerDatastore: (r) =>
         wrap('registerDatastore', () => {

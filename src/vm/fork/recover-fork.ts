@@ -10,24 +10,24 @@
 //   killed, the disk split is undone, and the source resumes;
 // - else the disk split is undone and the source is marked stopped.
 import type { Logger } from '../../common/index.ts';
-import type { HostAgent } from '../../agent/index.ts';
+import type { AgentClient } from '../../protocol/index.ts';
 import type { Inventory, VmRecord } from '../records.ts';
 import type { StateKeeper } from '../state-keeper.ts';
 import { BUSY_STATES } from '../state.ts';
-import type { ForkJournal } from './run-fork.ts';
+import type { ForkJournal } from './fork-journal.ts';
 
 export interface ForkRecoveryDeps {
   inventory: Inventory;
-  agent: HostAgent;
+  agent: AgentClient;
   states: StateKeeper;
   logger: Logger;
 }
 
 async function undoDiskSplit(deps: ForkRecoveryDeps, source: VmRecord, journal: ForkJournal): Promise<void> {
   if (journal.disks) {
-    await deps.agent.undoForkDisks({ sourceId: source.id, sourceDisks: source.spec.disks, childIds: journal.childIds, maxDepth: 0 }, journal.disks);
+    await deps.agent.undoForkDisks({ forkId: journal.forkId, sourceId: source.id, sourceDisks: source.spec.disks, childIds: journal.childIds, result: journal.disks });
   }
-  await deps.agent.undoForkRenames(journal.forkId);
+  await deps.agent.undoForkRenames({ forkId: journal.forkId });
 }
 
 /** Runs before VMs are re-adopted. Returns what it did, for the task's message. */
@@ -36,25 +36,25 @@ export async function recoverFork(deps: ForkRecoveryDeps, journal: ForkJournal):
   let did = `removed ${journal.childIds.length} unfinished children`;
   const source = await deps.inventory.getVm(journal.sourceId);
   if (!source || !BUSY_STATES.includes(source.state)) {
-    await deps.agent.removeOperationFiles(journal.forkId);
+    await deps.agent.removeForkFiles({ forkId: journal.forkId });
     return did;
   }
   const replacement = journal.incoming?.[source.id];
   const recordHasReplacement = replacement !== undefined && source.runtime?.pid === replacement.pid;
-  const replacementStatus = replacement && !recordHasReplacement ? await deps.agent.adoptVm(source.id, replacement).catch(() => undefined) : undefined;
+  const replacementStatus = replacement && !recordHasReplacement ? (await deps.agent.adoptVm({ vmId: source.id, runtime: replacement }).catch(() => ({ status: null }))).status : undefined;
   if (replacementStatus && replacement && journal.disks) {
-    if (source.runtime) await deps.agent.killStray(source.id, source.runtime);
+    if (source.runtime) await deps.agent.killStray({ vmId: source.id, runtime: source.runtime });
     await deps.states.force(source.id, replacementStatus, 'fork interrupted by a daemon restart after the switch-over', { runtime: replacement, spec: { ...source.spec, disks: journal.disks.source } });
     did += '; adopted the source after its switch-over';
   } else {
-    const status = source.runtime ? await deps.agent.adoptVm(source.id, source.runtime).catch(() => undefined) : undefined;
+    const status = source.runtime ? (await deps.agent.adoptVm({ vmId: source.id, runtime: source.runtime }).catch(() => ({ status: null }))).status : undefined;
     if (status && (recordHasReplacement || journal.phase === 'switched')) {
       await deps.states.force(source.id, status, 'fork interrupted by a daemon restart after the switch-over');
       did += '; the source had switched over and runs';
     } else if (status) {
-      for (const [vmId, runtime] of Object.entries(journal.incoming ?? {})) await deps.agent.killStray(vmId, runtime);
+      for (const [vmId, runtime] of Object.entries(journal.incoming ?? {})) await deps.agent.killStray({ vmId, runtime });
       await undoDiskSplit(deps, source, journal);
-      if (status === 'paused' && journal.previousState === 'running') await deps.agent.resumeVm(source.id);
+      if (status === 'paused' && journal.previousState === 'running') await deps.agent.resumeVm({ vmId: source.id });
       await deps.states.force(source.id, journal.previousState, 'fork interrupted by a daemon restart; the source ran on');
       did += '; undid the disk split and resumed the source';
     } else {
@@ -63,6 +63,6 @@ export async function recoverFork(deps: ForkRecoveryDeps, journal: ForkJournal):
       did += '; undid the disk split; the source QEMU was gone';
     }
   }
-  await deps.agent.removeOperationFiles(journal.forkId);
+  await deps.agent.removeForkFiles({ forkId: journal.forkId });
   return did;
 }

@@ -210,6 +210,13 @@ export class Fleet {
     return pick;
   }
 
+  /** The controller's own host when it has one and it is ready, else a ready host with the most free memory. */
+  async defaultHost(): Promise<HostRecord> {
+    const local = this.localHostId ? this.records.get(this.localHostId) : undefined;
+    if (local && PLACEABLE.includes(local.state)) return local;
+    return this.place(0);
+  }
+
   hosts(): HostRecord[] {
     return [...this.records.values()];
   }
