@@ -139,7 +139,7 @@ export async function checkpointBenchmark(args: string[]): Promise<BenchResult> 
   const startedAt = new Date().toISOString();
   const comparisons: Comparison[] = [];
   try {
-    const host = await daemon.agent.hostInfo();
+    const host = await daemon.engine.hostInfo();
     for (const memoryMiB of sizes) {
       const randomMiB = memoryMiB / 2;
       const name = `ck${memoryMiB}`;

@@ -119,3 +119,27 @@ export async function closeTestDaemon(daemon: RunningDaemon, t: TestHome): Promi
   await daemon.close();
   await t.cleanup();
 }
+
+/**
+ * The host path of a file reference on a test home's own host (what the agent resolves it to): `home:`
+ * under the home, `ds.<id>:` under the datastore folder the agent registered (its datastores.json).
+ */
+export function hostPathOf(home: string, locator: string): string {
+  const colon = locator.indexOf(':');
+  const scope = locator.slice(0, colon);
+  const rel = locator.slice(colon + 1);
+  if (scope === 'home') return join(home, rel);
+  if (scope.startsWith('ds.')) {
+    const registry = JSON.parse(readFileSync(join(home, 'datastores.json'), 'utf8')) as Array<{ id: string; path: string }>;
+    const ds = registry.find((d) => d.id === scope.slice(3));
+    if (!ds) throw new Error(`no datastore ${scope.slice(3)} in ${home}/datastores.json`);
+    return join(ds.path, rel);
+  }
+  throw new Error(`cannot resolve ${locator} in a test`);
+}
+
+/** The RAM file a running VM's QEMU maps: its own file, or the template it derives from. */
+export function ramFileOf(memoryDir: string, vm: { id: string; runtime: { memory: { mode: 'owned' | 'derived'; templateId: string | null } } | null }): string {
+  const memory = vm.runtime?.memory;
+  return memory?.mode === 'derived' ? join(memoryDir, 'templates', `${memory.templateId}.ram`) : join(memoryDir, `${vm.id}.ram`);
+}
