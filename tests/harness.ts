@@ -80,7 +80,10 @@ export function makeTestHome(): TestHome {
 /** Starts `offshoot serve --detach` for the home and waits until it answers. */
 export async function startDetachedDaemon(t: TestHome): Promise<{ pid: number; url: string }> {
   const result = await t.cli(['serve', '--detach', '--json']);
-  if (result.code !== 0) throw new Error(`serve --detach failed: ${result.stderr}`);
+  if (result.code !== 0) {
+    const tail = (file: string) => (existsSync(join(t.home, file)) ? readFileSync(join(t.home, file), 'utf8').split('\n').slice(-15).join('\n') : '');
+    throw new Error(`serve --detach failed: ${result.stderr}\n--- serve.out:\n${tail('serve.out')}\n--- daemon.log:\n${tail('daemon.log')}`);
+  }
   return JSON.parse(result.stdout) as { pid: number; url: string };
 }
 

@@ -311,7 +311,7 @@ export class AgentService implements EpochKeeper {
       registerDatastore: async (r) => {
         const known = L.listDatastores().find((d) => d.id === r.datastoreId);
         if (known) return { hostPath: known.path };
-        const { path } = await storage.initDatastore(r.hostPath, r.name);
+        const { path } = r.hostPath ? await storage.initDatastore(r.hostPath, r.name) : await storage.initDefaultDatastore(r.name);
         await L.addDatastore({ id: r.datastoreId, name: r.name, path });
         return { hostPath: path };
       },

@@ -53,6 +53,13 @@ export class LocalStorageAgent {
     return { path: layout.path };
   }
 
+  /** This host's own datastore, a folder the agent chooses in its home (the placement rule keeps people's datastores out of the home). */
+  async initDefaultDatastore(name: string): Promise<{ path: string }> {
+    const layout = await initDatastore(join(this.layout.home, 'datastores', 'default'), name);
+    this.policy.addDatastore(layout.path);
+    return { path: layout.path };
+  }
+
   datastoreUsage(path: string) {
     return datastoreUsage(new DatastoreLayout(path));
   }

@@ -172,6 +172,7 @@ async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock
   try {
     // Pins first, so the engine's garbage collection during recovery keeps what pools and copy jobs read.
     await storage.pinSources();
+    await storage.ensureDefaultDatastores();
     await engine.recover();
     const resumed = await storage.resumeJobs();
     if (resumed.length) logger.info({ jobs: resumed }, 'copy jobs resumed');

@@ -30,7 +30,7 @@ const hostRef = z.object({ ref: z.string().min(1).max(128).openapi({ param: { na
 const json = <S extends z.ZodType>(schema: S, description: string) => ({ description, content: { 'application/json': { schema } } });
 
 const listHosts = createRoute({ method: 'get', path: '/hosts', operationId: 'listHosts', tags: ['hosts'], summary: 'Hosts with their state, VMs and memory', responses: { 200: json(z.array(hostViewSchema), 'hosts'), ...errorResponses } });
-const getHost = createRoute({ method: 'get', path: '/hosts/{ref}', operationId: 'getHost', tags: ['hosts'], summary: 'Show a host', request: { params: hostRef }, responses: { 200: json(hostViewSchema, 'the host'), ...errorResponses } });
+const getHost = createRoute({ method: 'get', path: '/hosts/{ref}', operationId: 'showHost', tags: ['hosts'], summary: 'Show a host', request: { params: hostRef }, responses: { 200: json(hostViewSchema, 'the host'), ...errorResponses } });
 const addHost = createRoute({
   method: 'post',
   path: '/hosts',

@@ -163,7 +163,7 @@ export const AGENT_CALLS = {
   ),
 
   // Datastores and disk files
-  registerDatastore: call('creates or adopts a datastore folder under this id', z.object({ datastoreId: datastoreIdSchema, name: nameSchema, hostPath: hostPathSchema }), z.object({ hostPath: z.string() })),
+  registerDatastore: call("creates or adopts a datastore folder under this id (without hostPath: the host's own default datastore folder)", z.object({ datastoreId: datastoreIdSchema, name: nameSchema, hostPath: hostPathSchema.optional() }), z.object({ hostPath: z.string() })),
   forgetDatastore: call("removes the datastore's marker and empty folders (never a disk)", z.object({ datastoreId: datastoreIdSchema }), empty),
   datastoreUsage: call('capacity and use of a datastore', z.object({ datastoreId: datastoreIdSchema }), datastoreUsageSchema, true),
   scanDatastore: call('the disks a datastore describes (sidecars), and files it cannot use', z.object({ datastoreId: datastoreIdSchema }), z.object({ disks: z.array(z.object({ file: locatorSchema, meta: diskMetaSchema })), problems: z.array(z.object({ file: z.string(), reason: z.string() })) }), true),

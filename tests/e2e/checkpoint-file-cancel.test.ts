@@ -33,7 +33,7 @@ describe('checkpoint files by path, and cancelling a checkpoint', () => {
   const assertNothingUnused = async () => {
     const vms = await daemon.engine.list();
     const checkpoints = await daemon.engine.listCheckpoints();
-    const usedBases = new Set([...vms.flatMap((v) => v.spec.disks.flatMap((d) => d.backing)), ...checkpoints.flatMap((c) => c.spec.disks.flatMap((d) => [d.file, ...d.backing]))]);
+    const usedBases = new Set([...vms.flatMap((v) => v.spec.disks.flatMap((d) => d.backing)), ...checkpoints.flatMap((c) => c.spec.disks.flatMap((d) => [d.file, ...d.backing]))].map((f) => hostPathOf(t.home, f)));
     for (const b of bases()) expect(usedBases.has(b), `unused base ${b}`).toBe(true);
     const usedTemplates = new Set(vms.map((v) => v.runtime?.memory.templateId).filter(Boolean));
     const templates = memoryFiles(t).filter((f) => f.startsWith('templates/'));

@@ -447,8 +447,9 @@ export class FakeAgent implements EpochKeeper {
         }),
       registerDatastore: (r) =>
         wrap('registerDatastore', () => {
-          this.datastores.set(r.datastoreId, r.hostPath);
-          return { hostPath: r.hostPath };
+          const hostPath = r.hostPath ?? `/fake/${this.hostId}/datastores/default`;
+          this.datastores.set(r.datastoreId, hostPath);
+          return { hostPath };
         }),
       forgetDatastore: (r) =>
         wrap('forgetDatastore', () => {

@@ -14,14 +14,16 @@ import type { HostFacts, HostInventory, HostRecord, HostState } from './host-rec
 import { LOCAL_HOST_URL, PLACEABLE, assertHostState } from './host-record.ts';
 
 export interface FleetListener {
+  /** A host joined the fleet (or is this controller's own, at start). */
+  hostAdded?(host: HostRecord): void;
   /** A VM's QEMU ended on a host (the engine checks the instance against its record). */
-  vmExited(host: HostRecord, event: Extract<AgentEvent, { type: 'vm.exit' }>): void;
+  vmExited?(host: HostRecord, event: Extract<AgentEvent, { type: 'vm.exit' }>): void;
   /** A host missed its lease: its VMs are unknown until it returns. */
-  hostLost(host: HostRecord): void;
+  hostLost?(host: HostRecord): void;
   /** A host answers again (after being unreachable, or its agent restarted): re-adopt its VMs. */
-  hostBack(host: HostRecord, why: 'returned' | 'agent-restarted'): void;
+  hostBack?(host: HostRecord, why: 'returned' | 'agent-restarted'): void;
   /** The host's event log dropped events this controller had not read: reconcile from hostInfo's VM list. */
-  resync(host: HostRecord, info: HostInfo): void;
+  resync?(host: HostRecord, info: HostInfo): void;
 }
 
 export interface FleetOptions {
@@ -172,6 +174,7 @@ export class Fleet {
     this.records.set(id, host);
     this.follow(host);
     this.logger.info({ host: host.name, url: base, epoch }, 'host added');
+    for (const l of this.listeners) l.hostAdded?.(host);
     return host;
   }
 
@@ -242,7 +245,7 @@ export class Fleet {
       if (expired && host.state !== 'unreachable') {
         const lost = await this.write(host, { state: 'unreachable', stateReason: `missed its lease: ${(err as Error).message}` });
         this.logger.warn({ host: host.name, err: (err as Error).message }, 'host unreachable: its VMs are unknown until it returns');
-        for (const l of this.listeners) l.hostLost(lost);
+        for (const l of this.listeners) l.hostLost?.(lost);
       }
       return;
     }
@@ -253,7 +256,7 @@ export class Fleet {
       const back = await this.write(host, { ...lease, epoch, state: host.state === 'unreachable' ? 'ready' : host.state, stateReason: null });
       await this.client(back).attach({ hostId: back.id, epoch });
       this.logger.info({ host: host.name, epoch, why }, 'host is back: re-adopting its VMs');
-      for (const l of this.listeners) l.hostBack(back, why);
+      for (const l of this.listeners) l.hostBack?.(back, why);
       return;
     }
     this.records.set(host.id, { ...host, ...lease });
@@ -274,10 +277,10 @@ export class Fleet {
           if (page.resync) {
             afterSeq = page.nextSeq;
             const info = await this.client(current).hostInfo({});
-            for (const l of this.listeners) l.resync(current, info);
+            for (const l of this.listeners) l.resync?.(current, info);
             continue;
           }
-          for (const event of page.events) if (event.type === 'vm.exit') for (const l of this.listeners) l.vmExited(current, event);
+          for (const event of page.events) if (event.type === 'vm.exit') for (const l of this.listeners) l.vmExited?.(current, event);
           afterSeq = page.nextSeq;
         } catch {
           await sleep(1_000);

@@ -85,6 +85,25 @@ export class Catalog {
     return this.showDatastore(record.name);
   }
 
+  /** The name of a host's own default datastore. */
+  static defaultName(hostName: string): string {
+    return `${hostName}-local`.slice(0, 63);
+  }
+
+  /** A host's own datastore, made in a folder its agent chooses, the first time the host is seen. */
+  async ensureDefaultDatastore(host: { id: string; name: string }): Promise<DatastoreRecord> {
+    const name = Catalog.defaultName(host.name);
+    const existing = await this.deps.storageInventory.getDatastore(name);
+    if (existing) return existing;
+    const id = newDatastoreId();
+    const { hostPath } = await agentOn(this.deps, host.id).registerDatastore({ datastoreId: id, name });
+    const record: DatastoreRecord = { id, name, hosts: [{ hostId: host.id, path: hostPath }], createdAt: new Date().toISOString() };
+    await this.deps.storageInventory.insertDatastore(record);
+    await this.rescan(name);
+    this.deps.logger.info({ host: host.name, datastore: name, path: hostPath }, "made a host's default datastore");
+    return record;
+  }
+
   /** Makes a datastore shared: another host that sees the same folder (perhaps at another path) joins it. */
   async attachDatastore(name: string, input: unknown): Promise<DatastoreView> {
     const request = parseRequest('datastore attach', attachDatastoreRequestSchema, input);

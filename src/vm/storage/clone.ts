@@ -70,10 +70,11 @@ export class Cloner {
     const request = parseRequest('clone request', cloneRequestSchema, input);
     if (await this.deps.inventory.findVmByName(request.name)) throw new AlreadyExistsError('VM', request.name);
     const source = await this.deps.engine.resolve(sourceRef);
-    if (request.mode === 'full' && !request.datastore) throw new OffshootError('INVALID_INPUT', 'a full clone needs --datastore: the datastore its copied disks go to', { field: 'datastore' }, 400);
+
     // A linked or instant clone's delta lives in its VM folder, beside the host's bases.
     if (request.mode !== 'full' && request.datastore) throw new OffshootError('INVALID_INPUT', `--datastore applies to full clones; a ${request.mode} clone's delta lives in its VM folder (move the result with a full clone)`, { field: 'datastore', mode: request.mode }, 400);
-    const datastore = request.datastore ? await this.catalog.datastore(request.datastore) : null;
+    // A full clone copies into the named datastore, else into the source host's own one.
+    const datastore = request.datastore ? await this.catalog.datastore(request.datastore) : request.mode === 'full' ? await this.catalog.ensureDefaultDatastore({ id: source.hostId, name: this.deps.engine.hostName(source.hostId) }) : null;
     const { frozen } = await freezeVmDisks(this.deps, source.id, 'clone');
     const hostId = source.hostId;
     const pins = frozen.flatMap((f) => f.chain);

@@ -32,6 +32,15 @@ export class StorageService {
       succeeded: (job) => this.finishMove(job),
       abandoned: async () => undefined,
     });
+    deps.engine.fleet.listen({ hostAdded: (host) => void this.catalog.ensureDefaultDatastore(host).catch((err: unknown) => deps.logger.warn({ err, host: host.name }, 'cannot make the default datastore of a host')) });
+  }
+
+  /** Every reachable host has its own default datastore (HOST-local), so a full clone needs no --datastore. */
+  async ensureDefaultDatastores(): Promise<void> {
+    for (const host of this.deps.engine.fleet.hosts()) {
+      if (host.state === 'unreachable') continue;
+      await this.catalog.ensureDefaultDatastore(host).catch((err: unknown) => this.deps.logger.warn({ err, host: host.name }, 'cannot make the default datastore of a host'));
+    }
   }
 
   /** After a restart, before the engine's recovery (and its garbage collection): pins what pools and unfinished jobs read. */
