@@ -2,6 +2,7 @@
 // agents (QEMU, memory, disk files) behind the AgentService that serves the
 // agent protocol. `offshoot serve` reaches it in process (its own host);
 // `offshoot agent serve` serves it over HTTP to a control plane elsewhere.
+import { mkdir } from 'node:fs/promises';
 import type { Logger } from '../common/index.ts';
 import { AgentService, LocalHostAgent, LocalStorageAgent } from '../agent/index.ts';
 
@@ -13,6 +14,7 @@ export interface LocalHostStack {
 }
 
 export async function startLocalHost(options: { home: string; memoryDir?: string; allowImages?: string[]; logger: Logger }): Promise<LocalHostStack> {
+  await mkdir(options.home, { recursive: true, mode: 0o700 });
   const host = new LocalHostAgent({ home: options.home, memoryDir: options.memoryDir ?? process.env.OFFSHOOT_MEMORY_DIR, allowImages: options.allowImages, logger: options.logger });
   await host.prepareHost();
   const storage = new LocalStorageAgent(host.layout, host.policy, (vmId) => host.qmpOf(vmId), () => host.qemuAccess());

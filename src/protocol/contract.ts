@@ -117,7 +117,7 @@ export function runAgentContract(label: string, makeTarget: () => Promise<AgentC
 
     it('forks: prepared while the source runs, a switch-over, a child that runs; templates in use are kept', async () => {
       const forkId = newOperationId();
-      const prepared = await runOperation(t.client, 'prepareFork', { forkId, source: { vmId, name: 'contract', spec }, children: [{ vmId: childId, name: 'contract-c1', spec: { ...spec, nics: [] } }], maxDepth: 8 });
+      const prepared = await runOperation(t.client, 'prepareFork', { forkId, source: { vmId, name: 'contract', spec }, children: [{ vmId: childId, name: 'contract-c1', spec: { ...spec, nics: spec.nics.map((n) => ({ ...n, mac: '52:54:00:0c:0c:01' })) } }], maxDepth: 8 });
       expect(Object.keys(prepared.incoming).sort()).toEqual([vmId, childId].sort());
       const sw = await t.client.switchFork({ forkId });
       expect(sw.wasRunning).toBe(true);
@@ -166,7 +166,7 @@ export function runAgentContract(label: string, makeTarget: () => Promise<AgentC
       expect(await codeOf(t.client.planCheckpointFile({ name: 'contract-ckpt' }))).toBe('ALREADY_EXISTS');
       const inspected = await t.client.inspectCheckpoint({ source: { file: plan.file } });
       expect(inspected.metadata.vm.id).toBe(vmId);
-      const restored = await runOperation(t.client, 'restoreVm', { vmId: restoredId, name: 'contract-r1', checkpoint: plan.file, spec: { ...frozenSpec, nics: [] }, mode: 'eager' });
+      const restored = await runOperation(t.client, 'restoreVm', { vmId: restoredId, name: 'contract-r1', checkpoint: plan.file, spec: { ...frozenSpec, nics: frozenSpec.nics.map((n) => ({ ...n, mac: '52:54:00:0c:0c:02' })) }, mode: 'eager' });
       expect(restored.runtime.memory.mode).toBe('owned');
       expect((await t.client.vmStatus({ vmId: restoredId })).status).toBe('running');
       await t.client.killVm({ vmId: restoredId });
