@@ -56,7 +56,8 @@ export class AgentEndpoint {
     const call = name as CallName;
     const def = AGENT_CALLS[call];
     const request = parseWith(`${call} request`, def.request, raw);
-    if (meta.epoch !== undefined && meta.epoch < this.epochs.current()) throw new StaleEpochError(meta.epoch, this.epochs.current());
+    // Reads are answered whatever the epoch (a stale controller learns nothing it could act on); changes are fenced.
+    if (!def.readOnly && meta.epoch !== undefined && meta.epoch < this.epochs.current()) throw new StaleEpochError(meta.epoch, this.epochs.current());
     if (!def.readOnly && meta.epoch === undefined && call !== 'attach') throw new OffshootError('INVALID_INPUT', `call ${call} changes the host and needs the caller's host epoch`, { call }, 400);
     switch (call) {
       case 'getOperation': {
