@@ -8,9 +8,8 @@
 // (it copies), refused before anything opens it if it is a FIFO, socket or
 // device, and its copy is never more readable than its source.
 import { randomUUID } from 'node:crypto';
-import { chmod, mkdir, open, readdir, rename, rm, rmdir, stat } from 'node:fs/promises';
+import { chmod, mkdir, open, readFile, readdir, rename, rm, rmdir, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { createHash } from 'node:crypto';
 import { OffshootError, isNoSpace, toOffshootError } from '../common/index.ts';
 import type { QmpClient } from '../qemu/index.ts';
 import { QemuImgError, convertImage, createImage, imageInfo, rebaseImage, resizeImage } from '../qemu/index.ts';
@@ -148,10 +147,41 @@ export class LocalStorageAgent {
     return diskContentHash(path);
   }
 
+  /**
+   * Content id of a read-only base, from its content (the same hash as `disk verify`, backing name left
+   * out), so equal ids on two hosts mean equal bytes. A base never changes, so the id is kept in
+   * <home>/content-ids.json against the file's identity and computed once.
+   */
   async baseContentId(path: string): Promise<string> {
     const s = await stat(path, { bigint: true });
     const identity = `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}`;
-    return `cid-h${createHash('sha256').update(identity).digest('hex').slice(0, 32)}`;
+    const cache = await this.contentIds();
+    const known = cache.get(path);
+    if (known?.identity === identity) return known.contentId;
+    const hash = await diskContentHash(path);
+    const contentId = `cid-${hash.replace(/^xxh64:/, 'x').replace(':', '-')}`;
+    cache.set(path, { identity, contentId });
+    await this.saveContentIds(cache);
+    return contentId;
+  }
+
+  private contentIdCache: Promise<Map<string, { identity: string; contentId: string }>> | undefined;
+
+  private contentIds(): Promise<Map<string, { identity: string; contentId: string }>> {
+    this.contentIdCache ??= readFile(join(this.layout.home, 'content-ids.json'), 'utf8')
+      .then((text) => new Map(Object.entries(JSON.parse(text) as Record<string, { identity: string; contentId: string }>)))
+      .catch(() => new Map());
+    return this.contentIdCache;
+  }
+
+  private async saveContentIds(cache: Map<string, { identity: string; contentId: string }>): Promise<void> {
+    // Entries of files that are gone are dropped as the cache is written.
+    const live: Record<string, { identity: string; contentId: string }> = {};
+    for (const [path, entry] of cache) if (await stat(path).then(() => true, () => false)) live[path] = entry;
+    const file = join(this.layout.home, 'content-ids.json');
+    const temp = `${file}.tmp-${process.pid}-${randomUUID().slice(0, 8)}`;
+    await writeFile(temp, JSON.stringify(live), { mode: 0o600 });
+    await rename(temp, file);
   }
 
   async freezeDisks(vmId: string, disks: VmDisk[], running: boolean): Promise<FreezeResult> {
