@@ -98,7 +98,7 @@ export const AGENT_CALLS = {
   events: call('host events after a sequence number (VM exits, operations ending); waits up to waitMs for one', z.object({ afterSeq: z.number().int().min(0), waitMs: z.number().int().min(0).max(30_000) }), z.object({ events: z.array(agentEventSchema), nextSeq: z.number().int(), resync: z.boolean() }), true),
 
   // Operations
-  getOperation: call('an operation and its events after afterSeq; waits up to waitMs while nothing new happened', z.object({ operationId: operationIdSchema, afterSeq: z.number().int().min(0).default(0), waitMs: z.number().int().min(0).max(30_000).default(0) }), z.object({ operation: operationInfoSchema, events: z.array(operationEventSchema) }), true),
+  getOperation: call('an operation and its events after afterSeq; waits up to waitMs while nothing new happened (until: "end" waits for the operation to end instead)', z.object({ operationId: operationIdSchema, afterSeq: z.number().int().min(0).default(0), waitMs: z.number().int().min(0).max(30_000).default(0), until: z.enum(['event', 'end']).default('event') }), z.object({ operation: operationInfoSchema, events: z.array(operationEventSchema) }), true),
   cancelOperation: call('asks a running operation to stop; it ends cancelled (or as it was about to)', z.object({ operationId: operationIdSchema }), operationInfoSchema),
   listOperations: call('operations still running or ended recently', empty, z.object({ operations: z.array(operationInfoSchema) }), true),
 

@@ -68,7 +68,8 @@ export async function follow<K extends OperationName>(client: AgentClient, opera
   else options.signal?.addEventListener('abort', cancel, { once: true });
   try {
     while (true) {
-      const { operation, events } = await client.getOperation({ operationId, afterSeq, waitMs: options.pollMs ?? 10_000 });
+      // Without a progress listener only the end matters: one long poll instead of one per event.
+      const { operation, events } = await client.getOperation({ operationId, afterSeq, waitMs: options.pollMs ?? 10_000, until: options.onProgress ? 'event' : 'end' });
       for (const event of events) options.onProgress?.(event, operation);
       afterSeq = Math.max(afterSeq, operation.seq);
       if (operation.state === 'succeeded') return parseAnswer(client.hostName, operation.call, AGENT_CALLS[operation.call as K].result, operation.result) as CallResult<K>;

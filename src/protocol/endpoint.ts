@@ -62,7 +62,7 @@ export class AgentEndpoint {
     switch (call) {
       case 'getOperation': {
         const r = request as ParsedCallRequest<'getOperation'>;
-        return this.operations.get(r.operationId, r.afterSeq, r.waitMs);
+        return this.operations.get(r.operationId, r.afterSeq, r.waitMs, r.until);
       }
       case 'cancelOperation':
         return this.operations.cancel((request as ParsedCallRequest<'cancelOperation'>).operationId);

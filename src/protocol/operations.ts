@@ -109,12 +109,14 @@ export class OperationTable {
   }
 
   /** The operation and its events after `afterSeq`, waiting up to `waitMs` for something new. */
-  async get(operationId: string, afterSeq = 0, waitMs = 0): Promise<{ operation: OperationInfo; events: OperationEvent[] }> {
+  async get(operationId: string, afterSeq = 0, waitMs = 0, until: 'event' | 'end' = 'event'): Promise<{ operation: OperationInfo; events: OperationEvent[] }> {
     const op = this.ops.get(operationId);
     if (!op) throw new OperationNotFoundError(operationId);
-    if (op.info.seq <= afterSeq && op.info.state === 'running' && waitMs > 0) {
+    const deadline = Date.now() + waitMs;
+    const waiting = () => op.info.state === 'running' && (until === 'end' || op.info.seq <= afterSeq);
+    while (waiting() && Date.now() < deadline) {
       await new Promise<void>((resolve) => {
-        const timer = setTimeout(done, waitMs);
+        const timer = setTimeout(done, Math.max(1, deadline - Date.now()));
         timer.unref();
         function done() {
           clearTimeout(timer);
