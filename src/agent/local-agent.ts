@@ -477,7 +477,9 @@ export class LocalHostAgent {
   }
 
   async adoptVm(vmId: string, runtime: VmRuntime): Promise<'running' | 'paused' | undefined> {
-    if (this.vms.has(vmId)) return (await this.running(vmId).qmp.queryStatus()).running ? 'running' : 'paused';
+    const tracked = this.vms.get(vmId);
+    // This agent already runs the VM (it outlived its controller): only the QEMU it tracks is the VM.
+    if (tracked) return tracked.process.pid === runtime.pid ? ((await tracked.qmp.queryStatus()).running ? 'running' : 'paused') : undefined;
     const proc = adoptQemu(runtime.pid, vmId);
     if (!proc) return undefined;
     const files = this.layout.vmFiles(vmId, runtime.instance);

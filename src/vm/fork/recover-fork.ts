@@ -1,6 +1,7 @@
 // Crash recovery of a fork (or a checkpoint's freeze, a fork with no
-// children) the daemon was running when it died, from the
-// fork's journal and the disk renames the host logged. The children it was
+// children) a controller was running when it died, from the fork's journal,
+// the host's own staged fork (an agent in its own process outlives the
+// controller) and the disk renames the host logged. The children it was
 // making are removed from the inventory (their QEMUs and files then count as
 // orphans and are reaped). The source:
 // - if its replacement QEMU runs (not waiting for device state), the
@@ -32,6 +33,10 @@ async function undoDiskSplit(deps: ForkRecoveryDeps, source: VmRecord, journal: 
 
 /** Runs before VMs are re-adopted. Returns what it did, for the task's message. */
 export async function recoverFork(deps: ForkRecoveryDeps, journal: ForkJournal): Promise<string> {
+  // An agent in its own process outlived the controller and still holds the fork staged: it undoes
+  // what had not happened yet (waiting QEMUs, and before the switch-over the disk split and the
+  // template). An agent that restarted with the controller holds nothing; the steps below cover it.
+  await deps.agent.abortFork({ forkId: journal.forkId }).catch((err: unknown) => deps.logger.warn({ err, forkId: journal.forkId }, 'cannot abort the staged fork on its host'));
   for (const id of journal.childIds) await deps.inventory.deleteVm(id);
   let did = `removed ${journal.childIds.length} unfinished children`;
   const source = await deps.inventory.getVm(journal.sourceId);
