@@ -50,7 +50,7 @@ export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request:
   try {
     signal?.throwIfAborted();
     await ctx.journal(journal);
-    await makeOwnedIfDerived(deps, vm, 'checkpointing', ctx, 'it maps a template');
+    await makeOwnedIfDerived(deps, vm, 'checkpointing', ctx, 'it maps a template', journal, 'checkpoint');
     await ctx.progress(0.05, 'preparing the freeze');
     prepared = await deps.agent.prepareFork({ forkId, source: { vmId: vm.id, name: vm.name, spec: vm.spec }, children: [], maxDepth: Number.MAX_SAFE_INTEGER });
     pinPrepared(deps.pins, prepared);

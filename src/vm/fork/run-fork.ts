@@ -10,13 +10,12 @@
 // On failure before the switch the source never stopped (or is resumed), and
 // disks and template are undone; after it, children are killed and removed
 // with their files. The error names the step.
-import { randomBytes } from 'node:crypto';
 import { AlreadyExistsError, InvalidInputError, isValidName } from '../../common/index.ts';
 import type { Logger } from '../../common/index.ts';
 import type { CustomizeResult, ForkDisksResult, HostAgent, PreparedFork, VmRuntime, VmSpec } from '../../agent/index.ts';
-import { newMac } from '../../agent/index.ts';
 import type { EventBus } from '../events.ts';
 import { newVmId } from '../ids.ts';
+import { applyIdentity, withNewIdentity } from '../identity.ts';
 import type { Inventory, VmRecord } from '../records.ts';
 import type { StateKeeper } from '../state-keeper.ts';
 import type { TaskContext } from '../tasks.ts';
@@ -66,6 +65,8 @@ export interface ForkJournal {
   templateId?: string;
   disks?: ForkDisksResult;
   incoming?: Record<string, VmRuntime>;
+  /** The QEMU with an owned RAM file a fork of a fork started for its source (before anything moved). */
+  owned?: VmRuntime;
 }
 
 /** Children loading their device state at once: loading is mostly waiting on QMP round trips. */
@@ -78,10 +79,6 @@ interface ChildPlan {
   mac: string | null;
 }
 
-function withHostname(cmdline: string, name: string): string {
-  return /offshoot\.hostname=\S+/.test(cmdline) ? cmdline.replace(/offshoot\.hostname=\S+/, `offshoot.hostname=${name}`) : `${cmdline} offshoot.hostname=${name}`;
-}
-
 async function planChildren(deps: ForkDeps, source: VmRecord, request: ParsedForkRequest): Promise<ChildPlan[]> {
   const prefix = request.prefix ?? `${source.name}-c`;
   const taken = new Set((await deps.inventory.listVms()).map((v) => v.name));
@@ -91,13 +88,8 @@ async function planChildren(deps: ForkDeps, source: VmRecord, request: ParsedFor
     if (!isValidName(name)) throw new InvalidInputError(`child name "${name}" is not a valid VM name; choose a shorter prefix`, { name });
     if (request.prefix && taken.has(name)) throw new AlreadyExistsError('VM', name);
     if (taken.has(name)) continue;
-    const mac = source.spec.nics[0] ? newMac() : null;
-    const spec: VmSpec = {
-      ...source.spec,
-      boot: source.spec.boot.kind === 'kernel' ? { ...source.spec.boot, cmdline: withHostname(source.spec.boot.cmdline, name) } : source.spec.boot,
-      nics: source.spec.nics.map((n, j) => ({ ...n, mac: j === 0 && mac ? mac : newMac() })),
-    };
-    plans.push({ id: newVmId(), name, spec, mac });
+    const spec = withNewIdentity(source.spec, name);
+    plans.push({ id: newVmId(), name, spec, mac: spec.nics[0]?.mac ?? null });
     taken.add(name);
   }
   return plans;
@@ -129,7 +121,7 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
   try {
     step = 'prepare';
     await ctx.journal(journal);
-    madeOwned = await makeOwnedIfDerived(deps, source, 'forking', ctx, 'fork of a fork');
+    madeOwned = await makeOwnedIfDerived(deps, source, 'forking', ctx, 'fork of a fork', journal, 'fork');
     await ctx.progress(0.05, `preparing ${children.length} children while ${source.name} runs`);
     prepared = await deps.agent.prepareFork({ forkId, source: { vmId: source.id, name: source.name, spec: source.spec }, children: children.map((c) => ({ vmId: c.id, name: c.name, spec: c.spec })), maxDepth: request.maxDiskDepth });
     pinPrepared(deps.pins, prepared);
@@ -186,7 +178,7 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
     const customized = await Promise.all(
       children.map((child) =>
         sw.wasRunning
-          ? deps.agent.customize(child.id, { name: child.name, mac: child.mac, machineId: randomBytes(16).toString('hex'), script: request.customize, timeoutMs: request.customizeTimeoutMs })
+          ? applyIdentity(deps.agent, deps.states, child, { script: request.customize, timeoutMs: request.customizeTimeoutMs })
           : Promise.resolve<CustomizeResult>({ ok: true, error: 'skipped: the source was paused, so the children are paused', script: null, ms: 0 }),
       ),
     );
