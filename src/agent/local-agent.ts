@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { lstat, mkdir, open, readdir, readFile, rm, rmdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { hostname } from 'node:os';
-import { OffshootError, keepAlive, silentLogger, withTimeout } from '../common/index.ts';
+import { OffshootError, isProcessAlive, keepAlive, silentLogger, withTimeout } from '../common/index.ts';
 import type { Logger } from '../common/index.ts';
 import { loadDefaultGuest } from '../guest/index.ts';
 import type { QemuLaunchSpec, QmpClient } from '../qemu/index.ts';
@@ -609,6 +609,9 @@ export class LocalHostAgent implements HostAgent {
   }
 
   async deleteVmFiles(vmId: string): Promise<void> {
+    const vm = this.vms.get(vmId);
+    // A QEMU that ended but whose end is not seen yet (an adopted one is polled) is waited for, briefly.
+    if (vm && !isProcessAlive(vm.process.pid)) await withTimeout(keepAlive(vm.exited), 5_000, 'the end of a QEMU').catch(() => undefined);
     if (this.vms.has(vmId)) throw new OffshootError('VM_ALREADY_RUNNING', `VM ${vmId} still has a QEMU process`, { vmId }, 409);
     this.lazyRestores.delete(vmId);
     const files = this.layout.vmFiles(vmId);

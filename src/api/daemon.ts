@@ -59,6 +59,13 @@ function copySettingsFromEnvironment(env: NodeJS.ProcessEnv): { chunkMiB?: numbe
   return { chunkMiB: num('OFFSHOOT_COPY_CHUNK_MIB'), maxMiBPerSecond: num('OFFSHOOT_COPY_MAX_MIBPS') };
 }
 
+/** The log file; a full disk loses log lines instead of raising errors nobody can act on. */
+function logDestination(path: string): ReturnType<typeof pino.destination> {
+  const destination = pino.destination({ dest: path, sync: false, mkdir: true });
+  destination.on('error', () => undefined);
+  return destination;
+}
+
 export interface RunningDaemon {
   url: string;
   token: string;
@@ -91,7 +98,7 @@ export async function startDaemon(options: DaemonOptions): Promise<RunningDaemon
 }
 
 async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock: () => Promise<void>): Promise<RunningDaemon> {
-  const logger = options.logger ?? pino({ level: process.env.OFFSHOOT_LOG_LEVEL ?? 'info' }, pino.destination({ dest: paths.log, sync: false, mkdir: true }));
+  const logger = options.logger ?? pino({ level: process.env.OFFSHOOT_LOG_LEVEL ?? 'info' }, logDestination(paths.log));
   const unguard = options.guardProcess ? guardProcess(logger) : () => undefined;
   const { host, port } = parseListen(options.listen ?? '127.0.0.1:0');
   const token = await loadOrCreateToken(paths.token);
@@ -103,7 +110,7 @@ async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock
   const engine = new VmEngine({ inventory, agent, logger, faults });
   const storageAgent = new LocalStorageAgent(agent.layout, agent.policy, (vmId) => agent.qmpOf(vmId), () => agent.qemuAccess());
   await storageAgent.useDatastores((await inventory.storage.listDatastores()).map((ds) => ds.path));
-  const storage = new StorageService({ inventory, storageInventory: inventory.storage, agent, storage: storageAgent, engine, logger, vmsDir: agent.layout.vmsDir, copy: options.copy ?? copySettingsFromEnvironment(process.env) });
+  const storage = new StorageService({ inventory, storageInventory: inventory.storage, agent, storage: storageAgent, engine, logger, vmsDir: agent.layout.vmsDir, copy: options.copy ?? copySettingsFromEnvironment(process.env), faults });
   try {
     // Pins first, so the engine's garbage collection during recovery keeps what pools and copy jobs read.
     await storage.pinSources();

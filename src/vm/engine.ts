@@ -223,11 +223,13 @@ export class VmEngine {
     const task = await this.tasks.start('vm.restore', record, async (ctx) => {
       try {
         await ctx.progress(0.05, `loading ${checkpoint.path}`);
+        await this.faults?.('restore.starting');
         const t0 = performance.now();
         const restored = await this.agent.restoreVm(id, vmName, checkpoint.path, spec, request.mode);
         const runningMs = performance.now() - t0;
         const lazy = request.mode === 'lazy';
         const { vm } = await this.states.settle(id, ['starting'], 'running', `restored from checkpoint ${checkpoint.name}${lazy ? ' (lazily)' : ''}`, { runtime: restored.runtime, spec: restored.spec });
+        await this.faults?.('restore.running');
         await ctx.progress(lazy ? 0.3 : 0.8, `${vmName} runs after ${runningMs.toFixed(0)} ms; customizing its identity`);
         const customize = await applyIdentity(this.agent, this.states, vm, { timeoutMs: 30_000 });
         if (!lazy) return { vm, checkpoint: checkpoint.name, mode: request.mode, runningMs, customize, stream: null };

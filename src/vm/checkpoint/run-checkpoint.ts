@@ -55,6 +55,7 @@ export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request:
     prepared = await deps.agent.prepareFork({ forkId, source: { vmId: vm.id, name: vm.name, spec: vm.spec }, children: [], maxDepth: Number.MAX_SAFE_INTEGER });
     pinPrepared(deps.pins, prepared);
     await journalPrepared(ctx, journal, prepared);
+    await deps.faults?.('checkpoint.prepared');
     signal?.throwIfAborted();
     const sw = await deps.agent.switchFork(forkId);
     switched = true;

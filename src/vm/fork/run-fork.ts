@@ -191,6 +191,7 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
 
     // From here the fork has succeeded: flattening and clean-up are best effort and never undo it.
     step = 'flatten disks';
+    await deps.faults?.('fork.flatten');
     if (prepared.disks.streams.length > 0) await ctx.progress(0.85, `flattening ${prepared.disks.streams.length} disk chains (disk state inheritance)`);
     const flattenErrors: string[] = [];
     for (const stream of prepared.disks.streams) {

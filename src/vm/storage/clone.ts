@@ -78,6 +78,7 @@ export class Cloner {
     const pins = frozen.flatMap((f) => f.chain);
     for (const p of pins) this.deps.engine.pins.add(p);
     try {
+      await this.deps.faults?.('clone.frozen');
       const cloneVmId = newVmId();
       const start = request.start ?? request.mode === 'instant';
       if (request.mode === 'full' && datastore) {
@@ -109,6 +110,7 @@ export class Cloner {
               const boot = await this.deps.engine.tasks.wait(started.task.id);
               if (boot.state !== 'succeeded') throw new OffshootError(boot.error?.code ?? 'CLONE_START_FAILED', `the instant clone did not start: ${boot.message}`, { task: boot.id }, 500);
             }
+            await this.deps.faults?.('clone.streaming');
             const t1 = performance.now();
             await streamChainsIntoDisks(this.deps, vm.id, vm.spec.disks.filter((d) => !d.readOnly).map((d) => d.id), ctx, 'streaming');
             return { vm: vm.name, streamedMs: Math.round(performance.now() - t1), independent: true };
