@@ -21,6 +21,7 @@ import { applyIdentity, hasGuestAgent, withNewIdentity } from './identity.ts';
 import { parseCreateVmRequest, resolveMemoryMiB } from './spec.ts';
 import { BUSY_STATES, LIVE_STATES, assertOperationAllowed, isLive } from './state.ts';
 import { StateKeeper } from './state-keeper.ts';
+import { KeyedMutex } from './lock.ts';
 import { TaskRunner } from './tasks.ts';
 
 export interface VmEngineOptions {
@@ -55,6 +56,8 @@ export class VmEngine {
   private readonly cancellers = new Map<string, AbortController>();
   /** Templates and bases that an operation in flight has made but no VM record names yet. */
   readonly pins = new Set<string>();
+  /** Garbage collection and freezes (which make bases no record names yet) run one at a time. */
+  private readonly garbageLock = new KeyedMutex();
 
   constructor(options: VmEngineOptions) {
     this.inventory = options.inventory;
@@ -170,7 +173,7 @@ export class VmEngine {
     // Busy until the task ends: after the switch-over the VM runs again, but the fork still flattens its disks.
     const { vm: source, previous: before } = await this.states.claimFrom(id, 'fork', 'forking', 'with a fork');
     const forkId = newTaskId();
-    const deps: ForkDeps = { inventory: this.inventory, agent: this.agent, states: this.states, events: this.events, logger: this.logger, pins: this.pins, collectGarbage: async () => void (await this.collectGarbage()), faults: this.faults };
+    const deps: ForkDeps = { inventory: this.inventory, agent: this.agent, states: this.states, events: this.events, logger: this.logger, pins: this.pins, collectGarbage: async () => void (await this.collectGarbage()), holdGarbage: (fn) => this.holdGarbage(fn), faults: this.faults };
     try {
       const task = await this.tasks.start('vm.fork', source, (ctx) => runFork(deps, { ...source, state: before }, request, ctx, forkId).finally(() => this.states.release(id)));
       return { vm: await this.resolve(id), task };
@@ -190,7 +193,7 @@ export class VmEngine {
     // The host decides where the file goes and refuses an existing file or a place outside its allowed roots.
     const path = await this.agent.checkpointTarget(name, request.out);
     const { vm, previous } = await this.states.claimFrom(id, 'checkpoint', 'checkpointing');
-    const deps: CheckpointDeps = { inventory: this.inventory, agent: this.agent, states: this.states, logger: this.logger, pins: this.pins, collectGarbage: async () => void (await this.collectGarbage()), faults: this.faults };
+    const deps: CheckpointDeps = { inventory: this.inventory, agent: this.agent, states: this.states, logger: this.logger, pins: this.pins, collectGarbage: async () => void (await this.collectGarbage()), holdGarbage: (fn) => this.holdGarbage(fn), faults: this.faults };
     const controller = new AbortController();
     const task = await this.tasks.start('vm.checkpoint', vm, (ctx) => runCheckpoint(deps, { ...vm, state: previous }, { name, path, stop: request.stop }, ctx, newTaskId(), controller.signal));
     this.cancellers.set(task.id, controller);
@@ -316,8 +319,20 @@ export class VmEngine {
     return { ...(await this.agent.memoryStats(vm.id)), mode: vm.runtime.memory.mode, templateId: vm.runtime.memory.templateId };
   }
 
-  /** Removes memory templates no live VM maps and disk bases no VM's chain uses. */
-  async collectGarbage(): Promise<{ templates: string[]; bases: string[] }> {
+  /**
+   * Runs `fn` (a freeze: it makes bases that its VM's record names only once it has written it) with garbage
+   * collection held off, so a collection running meanwhile cannot delete a base no record names yet.
+   */
+  holdGarbage<T>(fn: () => Promise<T>): Promise<T> {
+    return this.garbageLock.run('gc', fn);
+  }
+
+  /** Removes memory templates no live VM maps and disk bases no VM's chain uses (never while a freeze runs). */
+  collectGarbage(): Promise<{ templates: string[]; bases: string[] }> {
+    return this.garbageLock.run('gc', () => this.collectGarbageNow());
+  }
+
+  private async collectGarbageNow(): Promise<{ templates: string[]; bases: string[] }> {
     const vms = await this.inventory.listVms();
     const templates = new Set<string>(this.pins);
     const bases = new Set<string>(this.pins);

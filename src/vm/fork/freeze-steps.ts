@@ -2,7 +2,7 @@
 // making a derived VM's memory its own first, keeping what the freeze made
 // away from garbage collection until a record names it, journalling the
 // prepared state, and settling the VM after a failure before the switch-over.
-import type { HostAgent, PreparedFork, VmRuntime } from '../../agent/index.ts';
+import type { HostAgent, PrepareForkRequest, PreparedFork, VmRuntime } from '../../agent/index.ts';
 import type { VmRecord } from '../records.ts';
 import type { StateKeeper } from '../state-keeper.ts';
 import type { VmState } from '../state.ts';
@@ -15,6 +15,8 @@ export interface FreezeDeps {
   pins: Set<string>;
   /** Fault injection for tests (see src/api/test-faults.ts). */
   faults?: (point: string) => Promise<void> | void;
+  /** Runs `fn` with garbage collection held off (a freeze makes bases and a template no record names yet). */
+  holdGarbage<T>(fn: () => Promise<T>): Promise<T>;
 }
 
 /**
@@ -48,6 +50,15 @@ function prepared(p: PreparedFork): string[] {
 
 export function pinPrepared(pins: Set<string>, p: PreparedFork): void {
   for (const item of prepared(p)) pins.add(item);
+}
+
+/** Stages the freeze and pins what it made, with garbage collection held off until the pins are in place. */
+export async function prepareAndPin(deps: FreezeDeps, request: PrepareForkRequest): Promise<PreparedFork> {
+  return deps.holdGarbage(async () => {
+    const p = await deps.agent.prepareFork(request);
+    pinPrepared(deps.pins, p);
+    return p;
+  });
 }
 
 export function unpinPrepared(pins: Set<string>, p: PreparedFork | undefined): void {

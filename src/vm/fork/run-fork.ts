@@ -22,7 +22,7 @@ import type { TaskContext } from '../tasks.ts';
 import { ForkFailedError } from './fork-errors.ts';
 import type { ForkStep } from './fork-errors.ts';
 import type { ParsedForkRequest } from './fork-request.ts';
-import { journalPrepared, makeOwnedIfDerived, pinPrepared, settleUnswitched, unpinPrepared } from './freeze-steps.ts';
+import { journalPrepared, makeOwnedIfDerived, prepareAndPin, settleUnswitched, unpinPrepared } from './freeze-steps.ts';
 
 export interface ForkDeps {
   inventory: Inventory;
@@ -33,6 +33,8 @@ export interface ForkDeps {
   /** Templates and bases in use by an operation in flight; garbage collection leaves them alone. */
   pins: Set<string>;
   collectGarbage(): Promise<void>;
+  /** Runs `fn` with garbage collection held off. */
+  holdGarbage<T>(fn: () => Promise<T>): Promise<T>;
   /** Fault injection for tests: called at named points; throwing there fails the fork at that step. */
   faults?: (point: string) => Promise<void> | void;
 }
@@ -123,8 +125,7 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
     await ctx.journal(journal);
     madeOwned = await makeOwnedIfDerived(deps, source, 'forking', ctx, 'fork of a fork', journal, 'fork');
     await ctx.progress(0.05, `preparing ${children.length} children while ${source.name} runs`);
-    prepared = await deps.agent.prepareFork({ forkId, source: { vmId: source.id, name: source.name, spec: source.spec }, children: children.map((c) => ({ vmId: c.id, name: c.name, spec: c.spec })), maxDepth: request.maxDiskDepth });
-    pinPrepared(deps.pins, prepared);
+    prepared = await prepareAndPin(deps, { forkId, source: { vmId: source.id, name: source.name, spec: source.spec }, children: children.map((c) => ({ vmId: c.id, name: c.name, spec: c.spec })), maxDepth: request.maxDiskDepth });
     await journalPrepared(ctx, journal, prepared);
     await deps.faults?.('fork.prepared');
     const preparedMs = performance.now() - t0;
