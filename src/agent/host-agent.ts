@@ -38,8 +38,16 @@ export interface HostAgent {
    * then each child loads the device state. abortFork undoes whatever is not yet done.
    */
   prepareFork(request: PrepareForkRequest): Promise<PreparedFork>;
-  /** Fork of a fork: live-migrates a derived VM into a QEMU with its own RAM file; returns the new runtime. */
-  makeOwned(vmId: string, name: string, spec: VmSpec): Promise<{ runtime: VmRuntime; bytes: number; ms: number }>;
+  /**
+   * Fork of a fork, in three steps so the control plane can journal the new QEMU before anything moves:
+   * start a QEMU with an owned RAM file waiting for a live migration (returns its runtime); migrate the
+   * derived VM into it (the source ends stopped, the target paused); switch (the target takes over, resumed
+   * if the source ran; the source ends). abortOwnedTarget undoes the first two.
+   */
+  startOwnedTarget(vmId: string, name: string, spec: VmSpec): Promise<VmRuntime>;
+  migrateToOwnedTarget(vmId: string): Promise<{ bytes: number; ms: number }>;
+  switchToOwnedTarget(vmId: string): Promise<VmRuntime>;
+  abortOwnedTarget(vmId: string): Promise<void>;
   /** Undoes the disk renames a fork logged (crash recovery); idempotent. */
   undoForkRenames(forkId: string): Promise<number>;
   /** The VM's QEMU run state, or undefined if it has none. */

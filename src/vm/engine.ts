@@ -2,12 +2,10 @@
 // CLI through the API). It validates requests, claims VMs through the state
 // keeper, runs long work as tasks, and calls the host agent for everything
 // that touches QEMU or files. Operations leave a VM either done or as it was.
-import { randomBytes } from 'node:crypto';
 import { basename, isAbsolute } from 'node:path';
 import { AlreadyExistsError, IllegalStateError, NotFoundError, OffshootError, isValidName, silentLogger } from '../common/index.ts';
 import type { Logger } from '../common/index.ts';
 import type { ExecResult, HostAgent, PrepareVmRequest, VmMemoryStats, VmSpec } from '../agent/index.ts';
-import { newMac } from '../agent/index.ts';
 import { checkpointRequestSchema, restoreRequestSchema } from './checkpoint/checkpoint-requests.ts';
 import { runCheckpoint } from './checkpoint/run-checkpoint.ts';
 import type { CheckpointDeps } from './checkpoint/run-checkpoint.ts';
@@ -18,10 +16,12 @@ import { recoverFork } from './fork/recover-fork.ts';
 import { EventBus } from './events.ts';
 import { newTaskId, newVmId } from './ids.ts';
 import type { CheckpointRecord, Inventory, TaskRecord, VmRecord } from './records.ts';
-import { execRequestSchema, parseRequest, stopRequestSchema } from './requests.ts';
+import { execRequestSchema, parseRequest, startRequestSchema, stopRequestSchema } from './requests.ts';
+import { applyIdentity, hasGuestAgent, withNewIdentity } from './identity.ts';
 import { parseCreateVmRequest, resolveMemoryMiB } from './spec.ts';
 import { BUSY_STATES, LIVE_STATES, assertOperationAllowed, isLive } from './state.ts';
 import { StateKeeper } from './state-keeper.ts';
+import { KeyedMutex } from './lock.ts';
 import { TaskRunner } from './tasks.ts';
 
 export interface VmEngineOptions {
@@ -56,6 +56,8 @@ export class VmEngine {
   private readonly cancellers = new Map<string, AbortController>();
   /** Templates and bases that an operation in flight has made but no VM record names yet. */
   readonly pins = new Set<string>();
+  /** Garbage collection and freezes (which make bases no record names yet) run one at a time. */
+  private readonly garbageLock = new KeyedMutex();
 
   constructor(options: VmEngineOptions) {
     this.inventory = options.inventory;
@@ -65,8 +67,9 @@ export class VmEngine {
     this.faults = options.faults;
     this.tasks = new TaskRunner(this.inventory, this.events, this.logger);
     this.states = new StateKeeper(this.inventory, this.events);
-    // A fork or checkpoint owns its VM and handles its QEMU's end itself.
-    const exitable = LIVE_STATES.filter((s) => !BUSY_STATES.includes(s));
+    // A fork or checkpoint owns its VM and handles its QEMU's end itself; so does a start (or restore)
+    // still in progress, which fails the VM with the reason.
+    const exitable = LIVE_STATES.filter((s) => !BUSY_STATES.includes(s) && s !== 'starting');
     this.unsubscribe = this.agent.onVmExit((event) => {
       void this.states
         .settle(event.vmId, exitable, event.clean ? 'stopped' : 'failed', event.reason, { runtime: null })
@@ -104,6 +107,7 @@ export class VmEngine {
           : { kind: 'default-guest' },
       disks: request.disks,
       network: request.network,
+      guestAgent: request.guestAgent,
     };
     const spec = await this.agent.prepareVm(id, prepare);
     const now = new Date().toISOString();
@@ -117,25 +121,42 @@ export class VmEngine {
     this.events.publish({ type: 'vm.created', vm, at: now });
     this.logger.info({ vm: vm.name, id }, 'VM created');
     if (!request.start) return { vm };
-    return this.start(id);
+    return this.start(id, request.startTimeoutMs === undefined ? {} : { timeoutMs: request.startTimeoutMs });
   }
 
-  /** Boots the VM; the task finishes when QEMU runs and (for the default guest) its agent answers. */
-  async start(ref: string): Promise<VmAndTask> {
+  /**
+   * Boots the VM. The task finishes once the guest is usable: its guest agent answers (any guest; within
+   * `timeoutMs`, else GUEST_AGENT_UNAVAILABLE and the VM is stopped), and a pending identity (a clone's first
+   * boot) is applied. A guest created with guestAgent: false is done when QEMU runs.
+   */
+  async start(ref: string, input: unknown = {}): Promise<VmAndTask> {
+    const { timeoutMs = this.bootTimeoutMs } = parseRequest('start request', startRequestSchema, input);
     const { id } = await this.resolve(ref);
     const vm = await this.states.claim(id, 'start', 'starting');
     const task = await this.tasks.start('vm.start', vm, async (ctx) => {
       try {
         await ctx.progress(0.05, 'starting QEMU');
+        const t0 = performance.now();
         const runtime = await this.agent.startVm(vm.id, vm.name, vm.spec);
         await this.states.settle(id, ['starting'], 'starting', null, { runtime });
-        if (vm.spec.defaultGuest) {
+        const agent = hasGuestAgent(vm.spec);
+        if (agent) {
           await ctx.progress(0.3, 'booting: waiting for the guest agent');
-          await this.agent.waitForGuestAgent(id, this.bootTimeoutMs);
+          await this.agent.waitForGuestAgent(id, timeoutMs).catch((err: unknown) => {
+            if (!(err instanceof OffshootError && err.code === 'GUEST_AGENT_UNAVAILABLE')) throw err;
+            throw new OffshootError('GUEST_AGENT_UNAVAILABLE', `the guest agent of VM "${vm.name}" did not answer within ${timeoutMs} ms of its start; the VM was stopped (a guest with no QEMU guest agent: create it with guestAgent: false; a slow one: start it with a longer timeout)`, { vm: vm.name, timeoutMs }, 504, { cause: err });
+          });
         }
-        const { moved, vm: after } = await this.states.settle(id, ['starting'], 'running', null);
+        const agentMs = agent ? Math.round(performance.now() - t0) : null;
+        let identity = null;
+        if (vm.spec.identity?.pending) {
+          await ctx.progress(0.8, `giving ${vm.name} its own identity`);
+          identity = await applyIdentity(this.agent, this.states, vm, { timeoutMs: 30_000 });
+          if (!identity.ok) throw new OffshootError('IDENTITY_FAILED', `VM "${vm.name}" could not be given its own identity: ${identity.error}`, { vm: vm.name, error: identity.error }, 500);
+        }
+        const { moved, vm: after } = await this.states.settle(id, ['starting'], 'running', agent ? null : 'started without a guest agent (guestAgent: false)');
         if (!moved) throw new OffshootError('START_INTERRUPTED', `VM "${vm.name}" became ${after.state} before it finished booting`, { vm: vm.name, state: after.state }, 409);
-        return { vm: after };
+        return { vm: after, guestAgent: agent ? 'answered' : 'none', agentMs, identity };
       } catch (err) {
         await this.agent.killVm(id).catch(() => undefined);
         await this.states.settle(id, ['starting', 'running', 'paused'], 'failed', `start failed: ${(err as Error).message}`, { runtime: null });
@@ -152,7 +173,7 @@ export class VmEngine {
     // Busy until the task ends: after the switch-over the VM runs again, but the fork still flattens its disks.
     const { vm: source, previous: before } = await this.states.claimFrom(id, 'fork', 'forking', 'with a fork');
     const forkId = newTaskId();
-    const deps: ForkDeps = { inventory: this.inventory, agent: this.agent, states: this.states, events: this.events, logger: this.logger, pins: this.pins, collectGarbage: async () => void (await this.collectGarbage()), faults: this.faults };
+    const deps: ForkDeps = { inventory: this.inventory, agent: this.agent, states: this.states, events: this.events, logger: this.logger, pins: this.pins, collectGarbage: async () => void (await this.collectGarbage()), holdGarbage: (fn) => this.holdGarbage(fn), faults: this.faults };
     try {
       const task = await this.tasks.start('vm.fork', source, (ctx) => runFork(deps, { ...source, state: before }, request, ctx, forkId).finally(() => this.states.release(id)));
       return { vm: await this.resolve(id), task };
@@ -172,7 +193,7 @@ export class VmEngine {
     // The host decides where the file goes and refuses an existing file or a place outside its allowed roots.
     const path = await this.agent.checkpointTarget(name, request.out);
     const { vm, previous } = await this.states.claimFrom(id, 'checkpoint', 'checkpointing');
-    const deps: CheckpointDeps = { inventory: this.inventory, agent: this.agent, states: this.states, logger: this.logger, pins: this.pins, collectGarbage: async () => void (await this.collectGarbage()), faults: this.faults };
+    const deps: CheckpointDeps = { inventory: this.inventory, agent: this.agent, states: this.states, logger: this.logger, pins: this.pins, collectGarbage: async () => void (await this.collectGarbage()), holdGarbage: (fn) => this.holdGarbage(fn), faults: this.faults };
     const controller = new AbortController();
     const task = await this.tasks.start('vm.checkpoint', vm, (ctx) => runCheckpoint(deps, { ...vm, state: previous }, { name, path, stop: request.stop }, ctx, newTaskId(), controller.signal));
     this.cancellers.set(task.id, controller);
@@ -195,12 +216,7 @@ export class VmEngine {
     const vmName = name;
     const id = newVmId();
     const now = new Date().toISOString();
-    const mac = checkpoint.spec.nics[0] ? newMac() : null;
-    const spec: VmSpec = {
-      ...checkpoint.spec,
-      boot: checkpoint.spec.boot.kind === 'kernel' ? { ...checkpoint.spec.boot, cmdline: checkpoint.spec.boot.cmdline.replace(/offshoot\.hostname=\S+/, `offshoot.hostname=${vmName}`) } : checkpoint.spec.boot,
-      nics: checkpoint.spec.nics.map((n, i) => ({ ...n, mac: i === 0 && mac ? mac : newMac() })),
-    };
+    const spec: VmSpec = withNewIdentity(checkpoint.spec, vmName);
     const record: VmRecord = { id, name: vmName, state: 'starting', stateReason: `restoring checkpoint ${checkpoint.name}`, spec, runtime: null, createdAt: now, updatedAt: now };
     // A file from elsewhere names frozen disks no record protects: keep them from garbage collection while it restores.
     const pinned = checkpoint.id.startsWith('file:') ? checkpoint.spec.disks.map((d) => d.path).filter((p) => !this.pins.has(p)) : [];
@@ -210,13 +226,15 @@ export class VmEngine {
     const task = await this.tasks.start('vm.restore', record, async (ctx) => {
       try {
         await ctx.progress(0.05, `loading ${checkpoint.path}`);
+        await this.faults?.('restore.starting');
         const t0 = performance.now();
         const restored = await this.agent.restoreVm(id, vmName, checkpoint.path, spec, request.mode);
         const runningMs = performance.now() - t0;
         const lazy = request.mode === 'lazy';
         const { vm } = await this.states.settle(id, ['starting'], 'running', `restored from checkpoint ${checkpoint.name}${lazy ? ' (lazily)' : ''}`, { runtime: restored.runtime, spec: restored.spec });
+        await this.faults?.('restore.running');
         await ctx.progress(lazy ? 0.3 : 0.8, `${vmName} runs after ${runningMs.toFixed(0)} ms; customizing its identity`);
-        const customize = await this.agent.customize(id, { name: vmName, mac, machineId: randomBytes(16).toString('hex'), timeoutMs: 30_000 });
+        const customize = await applyIdentity(this.agent, this.states, vm, { timeoutMs: 30_000 });
         if (!lazy) return { vm, checkpoint: checkpoint.name, mode: request.mode, runningMs, customize, stream: null };
         // A lazy restore holds its task until the checkpoint is no longer needed (the VM runs meanwhile). If
         // the stream fails, the agent has killed the VM and this throws why; the VM is then removed below.
@@ -301,8 +319,20 @@ export class VmEngine {
     return { ...(await this.agent.memoryStats(vm.id)), mode: vm.runtime.memory.mode, templateId: vm.runtime.memory.templateId };
   }
 
-  /** Removes memory templates no live VM maps and disk bases no VM's chain uses. */
-  async collectGarbage(): Promise<{ templates: string[]; bases: string[] }> {
+  /**
+   * Runs `fn` (a freeze: it makes bases that its VM's record names only once it has written it) with garbage
+   * collection held off, so a collection running meanwhile cannot delete a base no record names yet.
+   */
+  holdGarbage<T>(fn: () => Promise<T>): Promise<T> {
+    return this.garbageLock.run('gc', fn);
+  }
+
+  /** Removes memory templates no live VM maps and disk bases no VM's chain uses (never while a freeze runs). */
+  collectGarbage(): Promise<{ templates: string[]; bases: string[] }> {
+    return this.garbageLock.run('gc', () => this.collectGarbageNow());
+  }
+
+  private async collectGarbageNow(): Promise<{ templates: string[]; bases: string[] }> {
     const vms = await this.inventory.listVms();
     const templates = new Set<string>(this.pins);
     const bases = new Set<string>(this.pins);
@@ -385,7 +415,8 @@ export class VmEngine {
   async exec(ref: string, input: unknown): Promise<ExecResult> {
     const request = parseRequest('exec request', execRequestSchema, input);
     const { id } = await this.resolve(ref);
-    await this.states.claim(id, 'exec');
+    const vm = await this.states.claim(id, 'exec');
+    if (!hasGuestAgent(vm.spec)) throw new OffshootError('GUEST_AGENT_ABSENT', `VM "${vm.name}" has no guest agent (created with guestAgent: false): nothing can run in it through Offshoot`, { vm: vm.name }, 409);
     return this.agent.exec(id, request);
   }
 

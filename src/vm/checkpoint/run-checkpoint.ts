@@ -16,7 +16,7 @@ import type { Inventory, CheckpointRecord, VmRecord } from '../records.ts';
 import type { StateKeeper } from '../state-keeper.ts';
 import type { TaskContext } from '../tasks.ts';
 import type { ForkJournal } from '../fork/index.ts';
-import { journalPrepared, makeOwnedIfDerived, pinPrepared, settleUnswitched, unpinPrepared } from '../fork/index.ts';
+import { journalPrepared, makeOwnedIfDerived, prepareAndPin, settleUnswitched, unpinPrepared } from '../fork/index.ts';
 import { newTaskId } from '../ids.ts';
 
 export interface CheckpointDeps {
@@ -26,6 +26,7 @@ export interface CheckpointDeps {
   logger: Logger;
   pins: Set<string>;
   collectGarbage(): Promise<void>;
+  holdGarbage<T>(fn: () => Promise<T>): Promise<T>;
   /** Fault injection for tests. */
   faults?: (point: string) => Promise<void> | void;
 }
@@ -50,11 +51,11 @@ export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request:
   try {
     signal?.throwIfAborted();
     await ctx.journal(journal);
-    await makeOwnedIfDerived(deps, vm, 'checkpointing', ctx, 'it maps a template');
+    await makeOwnedIfDerived(deps, vm, 'checkpointing', ctx, 'it maps a template', journal, 'checkpoint');
     await ctx.progress(0.05, 'preparing the freeze');
-    prepared = await deps.agent.prepareFork({ forkId, source: { vmId: vm.id, name: vm.name, spec: vm.spec }, children: [], maxDepth: Number.MAX_SAFE_INTEGER });
-    pinPrepared(deps.pins, prepared);
+    prepared = await prepareAndPin(deps, { forkId, source: { vmId: vm.id, name: vm.name, spec: vm.spec }, children: [], maxDepth: Number.MAX_SAFE_INTEGER });
     await journalPrepared(ctx, journal, prepared);
+    await deps.faults?.('checkpoint.prepared');
     signal?.throwIfAborted();
     const sw = await deps.agent.switchFork(forkId);
     switched = true;

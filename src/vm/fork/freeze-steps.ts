@@ -2,7 +2,7 @@
 // making a derived VM's memory its own first, keeping what the freeze made
 // away from garbage collection until a record names it, journalling the
 // prepared state, and settling the VM after a failure before the switch-over.
-import type { HostAgent, PreparedFork, VmRuntime } from '../../agent/index.ts';
+import type { HostAgent, PrepareForkRequest, PreparedFork, VmRuntime } from '../../agent/index.ts';
 import type { VmRecord } from '../records.ts';
 import type { StateKeeper } from '../state-keeper.ts';
 import type { VmState } from '../state.ts';
@@ -13,15 +13,34 @@ export interface FreezeDeps {
   agent: HostAgent;
   states: StateKeeper;
   pins: Set<string>;
+  /** Fault injection for tests (see src/api/test-faults.ts). */
+  faults?: (point: string) => Promise<void> | void;
+  /** Runs `fn` with garbage collection held off (a freeze makes bases and a template no record names yet). */
+  holdGarbage<T>(fn: () => Promise<T>): Promise<T>;
 }
 
-/** A derived VM's RAM must be a file of its own before it can be frozen again; the new QEMU is recorded at once. */
-export async function makeOwnedIfDerived(deps: FreezeDeps, vm: VmRecord, busy: VmState, ctx: TaskContext, why: string): Promise<{ ms: number; bytes: number } | null> {
+/**
+ * A derived VM's RAM must be a file of its own before it can be frozen again: a new QEMU with an owned RAM
+ * file is started and journaled (so a restarted daemon can tell it from the VM's QEMU), the VM is
+ * live-migrated into it, and it takes over; its runtime is recorded at once. Fault points
+ * `<op>.make-owned:started` and `<op>.make-owned:migrated` (op: fork or checkpoint).
+ */
+export async function makeOwnedIfDerived(deps: FreezeDeps, vm: VmRecord, busy: VmState, ctx: TaskContext, why: string, journal: ForkJournal, op: 'fork' | 'checkpoint'): Promise<{ ms: number; bytes: number } | null> {
   if (vm.runtime?.memory.mode !== 'derived') return null;
   await ctx.progress(0.02, `copying ${vm.name}'s memory into a file of its own (${why})`);
-  const owned = await deps.agent.makeOwned(vm.id, vm.name, vm.spec);
-  await deps.states.settle(vm.id, [busy], busy, null, { runtime: owned.runtime });
-  return { ms: owned.ms, bytes: owned.bytes };
+  const target = await deps.agent.startOwnedTarget(vm.id, vm.name, vm.spec);
+  try {
+    await ctx.journal(Object.assign(journal, { owned: target }));
+    await deps.faults?.(`${op}.make-owned:started`);
+    const moved = await deps.agent.migrateToOwnedTarget(vm.id);
+    await deps.faults?.(`${op}.make-owned:migrated`);
+    const runtime = await deps.agent.switchToOwnedTarget(vm.id);
+    await deps.states.settle(vm.id, [busy], busy, null, { runtime });
+    return moved;
+  } catch (err) {
+    await deps.agent.abortOwnedTarget(vm.id).catch(() => undefined);
+    throw err;
+  }
 }
 
 /** The template and bases a freeze made; no record names them yet. */
@@ -31,6 +50,15 @@ function prepared(p: PreparedFork): string[] {
 
 export function pinPrepared(pins: Set<string>, p: PreparedFork): void {
   for (const item of prepared(p)) pins.add(item);
+}
+
+/** Stages the freeze and pins what it made, with garbage collection held off until the pins are in place. */
+export async function prepareAndPin(deps: FreezeDeps, request: PrepareForkRequest): Promise<PreparedFork> {
+  return deps.holdGarbage(async () => {
+    const p = await deps.agent.prepareFork(request);
+    pinPrepared(deps.pins, p);
+    return p;
+  });
 }
 
 export function unpinPrepared(pins: Set<string>, p: PreparedFork | undefined): void {

@@ -10,20 +10,19 @@
 // On failure before the switch the source never stopped (or is resumed), and
 // disks and template are undone; after it, children are killed and removed
 // with their files. The error names the step.
-import { randomBytes } from 'node:crypto';
 import { AlreadyExistsError, InvalidInputError, isValidName } from '../../common/index.ts';
 import type { Logger } from '../../common/index.ts';
 import type { CustomizeResult, ForkDisksResult, HostAgent, PreparedFork, VmRuntime, VmSpec } from '../../agent/index.ts';
-import { newMac } from '../../agent/index.ts';
 import type { EventBus } from '../events.ts';
 import { newVmId } from '../ids.ts';
+import { applyIdentity, withNewIdentity } from '../identity.ts';
 import type { Inventory, VmRecord } from '../records.ts';
 import type { StateKeeper } from '../state-keeper.ts';
 import type { TaskContext } from '../tasks.ts';
 import { ForkFailedError } from './fork-errors.ts';
 import type { ForkStep } from './fork-errors.ts';
 import type { ParsedForkRequest } from './fork-request.ts';
-import { journalPrepared, makeOwnedIfDerived, pinPrepared, settleUnswitched, unpinPrepared } from './freeze-steps.ts';
+import { journalPrepared, makeOwnedIfDerived, prepareAndPin, settleUnswitched, unpinPrepared } from './freeze-steps.ts';
 
 export interface ForkDeps {
   inventory: Inventory;
@@ -34,6 +33,8 @@ export interface ForkDeps {
   /** Templates and bases in use by an operation in flight; garbage collection leaves them alone. */
   pins: Set<string>;
   collectGarbage(): Promise<void>;
+  /** Runs `fn` with garbage collection held off. */
+  holdGarbage<T>(fn: () => Promise<T>): Promise<T>;
   /** Fault injection for tests: called at named points; throwing there fails the fork at that step. */
   faults?: (point: string) => Promise<void> | void;
 }
@@ -66,6 +67,8 @@ export interface ForkJournal {
   templateId?: string;
   disks?: ForkDisksResult;
   incoming?: Record<string, VmRuntime>;
+  /** The QEMU with an owned RAM file a fork of a fork started for its source (before anything moved). */
+  owned?: VmRuntime;
 }
 
 /** Children loading their device state at once: loading is mostly waiting on QMP round trips. */
@@ -78,10 +81,6 @@ interface ChildPlan {
   mac: string | null;
 }
 
-function withHostname(cmdline: string, name: string): string {
-  return /offshoot\.hostname=\S+/.test(cmdline) ? cmdline.replace(/offshoot\.hostname=\S+/, `offshoot.hostname=${name}`) : `${cmdline} offshoot.hostname=${name}`;
-}
-
 async function planChildren(deps: ForkDeps, source: VmRecord, request: ParsedForkRequest): Promise<ChildPlan[]> {
   const prefix = request.prefix ?? `${source.name}-c`;
   const taken = new Set((await deps.inventory.listVms()).map((v) => v.name));
@@ -91,13 +90,8 @@ async function planChildren(deps: ForkDeps, source: VmRecord, request: ParsedFor
     if (!isValidName(name)) throw new InvalidInputError(`child name "${name}" is not a valid VM name; choose a shorter prefix`, { name });
     if (request.prefix && taken.has(name)) throw new AlreadyExistsError('VM', name);
     if (taken.has(name)) continue;
-    const mac = source.spec.nics[0] ? newMac() : null;
-    const spec: VmSpec = {
-      ...source.spec,
-      boot: source.spec.boot.kind === 'kernel' ? { ...source.spec.boot, cmdline: withHostname(source.spec.boot.cmdline, name) } : source.spec.boot,
-      nics: source.spec.nics.map((n, j) => ({ ...n, mac: j === 0 && mac ? mac : newMac() })),
-    };
-    plans.push({ id: newVmId(), name, spec, mac });
+    const spec = withNewIdentity(source.spec, name);
+    plans.push({ id: newVmId(), name, spec, mac: spec.nics[0]?.mac ?? null });
     taken.add(name);
   }
   return plans;
@@ -129,10 +123,9 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
   try {
     step = 'prepare';
     await ctx.journal(journal);
-    madeOwned = await makeOwnedIfDerived(deps, source, 'forking', ctx, 'fork of a fork');
+    madeOwned = await makeOwnedIfDerived(deps, source, 'forking', ctx, 'fork of a fork', journal, 'fork');
     await ctx.progress(0.05, `preparing ${children.length} children while ${source.name} runs`);
-    prepared = await deps.agent.prepareFork({ forkId, source: { vmId: source.id, name: source.name, spec: source.spec }, children: children.map((c) => ({ vmId: c.id, name: c.name, spec: c.spec })), maxDepth: request.maxDiskDepth });
-    pinPrepared(deps.pins, prepared);
+    prepared = await prepareAndPin(deps, { forkId, source: { vmId: source.id, name: source.name, spec: source.spec }, children: children.map((c) => ({ vmId: c.id, name: c.name, spec: c.spec })), maxDepth: request.maxDiskDepth });
     await journalPrepared(ctx, journal, prepared);
     await deps.faults?.('fork.prepared');
     const preparedMs = performance.now() - t0;
@@ -186,7 +179,7 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
     const customized = await Promise.all(
       children.map((child) =>
         sw.wasRunning
-          ? deps.agent.customize(child.id, { name: child.name, mac: child.mac, machineId: randomBytes(16).toString('hex'), script: request.customize, timeoutMs: request.customizeTimeoutMs })
+          ? applyIdentity(deps.agent, deps.states, child, { script: request.customize, timeoutMs: request.customizeTimeoutMs })
           : Promise.resolve<CustomizeResult>({ ok: true, error: 'skipped: the source was paused, so the children are paused', script: null, ms: 0 }),
       ),
     );
@@ -199,6 +192,7 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
 
     // From here the fork has succeeded: flattening and clean-up are best effort and never undo it.
     step = 'flatten disks';
+    await deps.faults?.('fork.flatten');
     if (prepared.disks.streams.length > 0) await ctx.progress(0.85, `flattening ${prepared.disks.streams.length} disk chains (disk state inheritance)`);
     const flattenErrors: string[] = [];
     for (const stream of prepared.disks.streams) {

@@ -144,6 +144,7 @@ export class CopyJobs {
         const file = job.files[i] as CopyFile;
         let progress: CopyJobProgress = { ...job.progress, fileIndex: i, workers: job.progress.workers + 1 };
         job = await this.update(id, { progress });
+        await this.deps.faults?.('copy.file');
         let lastWrite = 0;
         const result = await this.deps.storage.runCopy(
           { source: file.source, target: file.target, ...this.deps.copy },

@@ -18,4 +18,6 @@ export interface StorageDeps {
   vmsDir: string;
   /** Copy worker settings (chunk size; a bandwidth limit, e.g. to leave I/O to running VMs). */
   copy?: { chunkMiB?: number; maxMiBPerSecond?: number };
+  /** Fault injection for tests (see src/api/test-faults.ts). */
+  faults?: (point: string) => Promise<void> | void;
 }
