@@ -471,11 +471,14 @@ export class CheckpointReader {
   /**
    * Eager restore: every stored page written into `target` (a new guest RAM file) at its guest offset;
    * zero pages are not written (the file stays sparse). Several blocks are read and written at once.
+   * `target` is a path (created, or truncated, to the memory size) or an open handle of a file the
+   * caller created and sized (e.g. one a QEMU already maps while it starts).
    */
-  async restoreInto(target: string, onProgress?: (blocksDone: number, blockCount: number) => void): Promise<void> {
-    const out = await open(target, 'w', 0o600);
+  async restoreInto(target: string | FileHandle, onProgress?: (blocksDone: number, blockCount: number) => void): Promise<void> {
+    // A path is created (mode 0600) and sized here; a handle is the caller's, already sized, and stays open.
+    const out = typeof target === 'string' ? await open(target, 'w', 0o600) : target;
     try {
-      await out.truncate(this.memoryBytes);
+      if (typeof target === 'string') await out.truncate(this.memoryBytes);
       let next = 0;
       let done = 0;
       const lane = async () => {
@@ -501,7 +504,7 @@ export class CheckpointReader {
       const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
       if (failed) throw failed.reason;
     } finally {
-      await out.close();
+      if (typeof target === 'string') await out.close();
     }
   }
 
