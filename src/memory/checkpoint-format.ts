@@ -47,7 +47,7 @@
 import { open, rename, rm } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { xxh64 } from '@node-rs/xxhash';
-import { compressSync, uncompressSync } from 'lz4-napi';
+import { compress, compressSync, uncompress } from 'lz4-napi';
 import { OffshootError } from '../common/index.ts';
 
 export const CHECKPOINT_MAGIC = 'OFFSHCK1';
@@ -122,11 +122,16 @@ function isZeroPage(buf: Buffer, offset: number): boolean {
  */
 const SAMPLE_MIN_SAVING = 1 / 16;
 
-/** The stored form of a block's packed non-zero pages: LZ4 when that is smaller, raw otherwise. */
-function encodeBlock(pages: Buffer): { encoding: BlockEncoding; stored: Buffer } {
+/**
+ * The stored form of a block's packed non-zero pages: LZ4 when that is smaller, raw otherwise. The
+ * sample is compressed here; the block itself in libuv's thread pool (lz4-napi runs at ~0.1-0.2 GB/s
+ * here, so compressing on the main thread would hold the daemon's event loop and leave the second
+ * core idle).
+ */
+async function encodeBlock(pages: Buffer): Promise<{ encoding: BlockEncoding; stored: Buffer }> {
   const sample = compressSync(pages.subarray(0, PAGE_BYTES));
   if (sample.length > PAGE_BYTES * (1 - SAMPLE_MIN_SAVING)) return { encoding: 'raw', stored: pages };
-  const compressed = compressSync(pages);
+  const compressed = await compress(pages);
   return compressed.length < pages.length ? { encoding: 'lz4', stored: compressed } : { encoding: 'raw', stored: pages };
 }
 
@@ -186,13 +191,40 @@ export async function writeCheckpoint(
   const startRead = (i: number) => {
     if (i < blockCount) reads[i % READ_AHEAD] = input.readBlock(i, readBufs[i % READ_AHEAD] as Buffer);
   };
+  // Blocks read and packed, in order, waiting for their encoding (in the thread pool) to be staged.
+  const pending: Array<{ i: number; bitmap: Buffer; count: number; encoded: Promise<{ encoding: BlockEncoding; stored: Buffer }> | null }> = [];
   try {
     const index: IndexEntry[] = [];
     let fileOffset = HEADER_BYTES;
     let storedPages = 0;
+    /** Stages the oldest pending block; its read buffer then takes the block READ_AHEAD further on. */
+    const drain = async () => {
+      const { i, bitmap, count, encoded } = pending[0] as (typeof pending)[number];
+      if (!encoded) {
+        index.push({ fileOffset, storedBytes: 0, pageCount: 0, encoding: 'lz4', bitmap, hash: 0n });
+      } else {
+        const { encoding, stored } = await encoded;
+        const storedHash = hash(stored);
+        if (staged + stored.length > stagingBytes) await flush();
+        if (stored.length > stagingBytes) {
+          await file.write(stored, 0, stored.length, written);
+          written += stored.length;
+        } else {
+          stored.copy(stagings[current] as Buffer, staged);
+          staged += stored.length;
+        }
+        index.push({ fileOffset, storedBytes: stored.length, pageCount: count, encoding, bitmap, hash: storedHash });
+        fileOffset += stored.length;
+        storedPages += count;
+        input.onProgress?.({ blocksDone: i + 1, blockCount, bytesWritten: fileOffset });
+      }
+      pending.shift();
+      startRead(i + READ_AHEAD);
+    };
     for (let i = 0; i < READ_AHEAD; i++) startRead(i);
     for (let i = 0; i < blockCount; i++) {
       input.signal?.throwIfAborted();
+      while (pending.length > 0 && (pending[0] as (typeof pending)[number]).i <= i - READ_AHEAD) await drain();
       const block = readBufs[i % READ_AHEAD] as Buffer;
       const length = Math.min(await (reads[i % READ_AHEAD] as Promise<number>), BLOCK_BYTES);
       reads[i % READ_AHEAD] = undefined;
@@ -208,28 +240,11 @@ export async function writeCheckpoint(
           count++;
         }
       }
-      if (count === 0) {
-        startRead(i + READ_AHEAD);
-        index.push({ fileOffset, storedBytes: 0, pageCount: 0, encoding: 'lz4', bitmap, hash: 0n });
-        continue;
-      }
-      const { encoding, stored } = encodeBlock(block.subarray(0, count * PAGE_BYTES));
-      const storedHash = hash(stored);
-      if (staged + stored.length > stagingBytes) await flush();
-      if (stored.length > stagingBytes) {
-        await file.write(stored, 0, stored.length, written);
-        written += stored.length;
-      } else {
-        stored.copy(stagings[current] as Buffer, staged);
-        staged += stored.length;
-      }
-      // The block's buffer is free again (its bytes are staged): read the next one into it.
-      startRead(i + READ_AHEAD);
-      index.push({ fileOffset, storedBytes: stored.length, pageCount: count, encoding, bitmap, hash: storedHash });
-      fileOffset += stored.length;
-      storedPages += count;
-      input.onProgress?.({ blocksDone: i + 1, blockCount, bytesWritten: fileOffset });
+      const encoded = count === 0 ? null : encodeBlock(block.subarray(0, count * PAGE_BYTES));
+      encoded?.catch(() => undefined); // surfaces when drained
+      pending.push({ i, bitmap, count, encoded });
     }
+    while (pending.length > 0) await drain();
     await flush();
     await Promise.all(writing);
 
@@ -271,8 +286,8 @@ export async function writeCheckpoint(
     await rename(partial, path);
     return { fileBytes: fileOffset + toc.length, storedPages, blockCount };
   } catch (err) {
-    // Never leave reads or writes running on the file or the caller's handles.
-    await Promise.allSettled([...reads, ...writing]);
+    // Never leave reads, encodings or writes running on the file, the buffers or the caller's handles.
+    await Promise.allSettled([...reads, ...writing, ...pending.map((p) => p.encoded)]);
     await file.close().catch(() => undefined);
     await rm(partial, { force: true });
     throw err;
@@ -442,7 +457,7 @@ export class CheckpointReader {
     if (entry.encoding === 'raw') return stored;
     let pages: Buffer;
     try {
-      pages = uncompressSync(stored);
+      pages = await uncompress(stored);
     } catch (err) {
       throw new CheckpointFormatError(this.path, part, `cannot decompress (${(err as Error).message})`);
     }
