@@ -496,11 +496,12 @@ export class CheckpointReader {
       if (typeof target === 'string') await out.truncate(this.memoryBytes);
       let next = 0;
       let done = 0;
+      let stopping = false;
       const lane = async () => {
         const scratch = Buffer.allocUnsafeSlow(BLOCK_BYTES + 64 * 1024);
         for (;;) {
           const i = next++;
-          if (i >= this.index.length) return;
+          if (i >= this.index.length || stopping) return;
           const entry = this.index[i] as IndexEntry;
           if (entry.pageCount === 0) continue;
           const pages = await this.readPackedPages(i, scratch);
@@ -514,7 +515,12 @@ export class CheckpointReader {
           onProgress?.(++done, this.index.length);
         }
       };
-      const lanes = Array.from({ length: RESTORE_LANES }, lane);
+      const lanes = Array.from({ length: RESTORE_LANES }, () =>
+        lane().catch((err: unknown) => {
+          stopping = true; // the other lanes stop after their block in flight
+          throw err;
+        }),
+      );
       const settled = await Promise.allSettled(lanes);
       const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
       if (failed) throw failed.reason;
