@@ -196,31 +196,49 @@ export function ramPagesSection(sectionId: number, pages: readonly RamPage[], ty
 
 /** ramPagesSection written into `into` (at least ramPagesSectionBytes long); returns the bytes written. */
 export function ramPagesSectionInto(into: Buffer, sectionId: number, pages: readonly RamPage[], type: 'part' | 'end' = 'part'): number {
-  let o = into.writeUInt8(type === 'part' ? VM_SECTION.PART : VM_SECTION.END, 0);
-  o = into.writeUInt32BE(sectionId >>> 0, o);
+  let o = ramSectionHeader(into, sectionId, type);
   let last: string | undefined;
   for (const p of pages) {
-    if (p.offset % TARGET_PAGE_BYTES !== 0) throw new RangeError(`page offset ${p.offset} is not page aligned`);
-    const flags = (p.data ? RAM_FLAG.PAGE : RAM_FLAG.ZERO) | (p.block === last ? RAM_FLAG.CONTINUE : 0);
-    // offset | flags as a be64, from two be32 halves (offsets stay below 2^53).
-    o = into.writeUInt32BE(Math.floor(p.offset / 2 ** 32), o);
-    o = into.writeUInt32BE(((p.offset % 2 ** 32) | flags) >>> 0, o);
-    if (p.block !== last) {
-      const name = Buffer.from(p.block, 'latin1');
-      if (name.length > 255) throw new RangeError(`idstr "${p.block}" longer than 255 bytes`);
-      o = into.writeUInt8(name.length, o);
-      o += name.copy(into, o);
-    }
+    if (p.data && p.data.length !== TARGET_PAGE_BYTES) throw new RangeError(`a page is ${TARGET_PAGE_BYTES} bytes, not ${p.data.length}`);
+    o = ramPageRecordHeader(into, o, p.offset, p.block === last ? null : Buffer.from(p.block, 'latin1'), p.data === null);
     last = p.block;
     if (p.data) {
-      if (p.data.length !== TARGET_PAGE_BYTES) throw new RangeError(`a page is ${TARGET_PAGE_BYTES} bytes, not ${p.data.length}`);
       into.set(p.data, o);
       o += TARGET_PAGE_BYTES;
     } else {
       o = into.writeUInt8(0, o);
     }
   }
-  o = into.writeUInt32BE(0, o);
+  return ramSectionFooter(into, o, sectionId);
+}
+
+/** The start of a RAM PART (or END) section: type byte and section id. Returns the next offset. */
+export function ramSectionHeader(into: Buffer, sectionId: number, type: 'part' | 'end' = 'part'): number {
+  const o = into.writeUInt8(type === 'part' ? VM_SECTION.PART : VM_SECTION.END, 0);
+  return into.writeUInt32BE(sectionId >>> 0, o);
+}
+
+/**
+ * One page record's be64 (offset | PAGE or ZERO, | CONTINUE unless `blockName` is given, which then
+ * follows as u8 length + name); the page's data (or ZERO's fill byte) comes next. Returns the next offset.
+ */
+export function ramPageRecordHeader(into: Buffer, at: number, offset: number, blockName: Buffer | null, zero = false): number {
+  if (offset % TARGET_PAGE_BYTES !== 0) throw new RangeError(`page offset ${offset} is not page aligned`);
+  if (blockName && blockName.length > 255) throw new RangeError(`idstr "${blockName.toString('latin1')}" longer than 255 bytes`);
+  const flags = (zero ? RAM_FLAG.ZERO : RAM_FLAG.PAGE) | (blockName ? 0 : RAM_FLAG.CONTINUE);
+  // offset | flags as a be64, from two be32 halves (offsets stay below 2^53).
+  let o = into.writeUInt32BE(Math.floor(offset / 2 ** 32), at);
+  o = into.writeUInt32BE(((offset % 2 ** 32) | flags) >>> 0, o);
+  if (blockName) {
+    o = into.writeUInt8(blockName.length, o);
+    o += blockName.copy(into, o);
+  }
+  return o;
+}
+
+/** EOS and the section footer after the last record. Returns the section's length. */
+export function ramSectionFooter(into: Buffer, at: number, sectionId: number): number {
+  let o = into.writeUInt32BE(0, at);
   o = into.writeUInt32BE(RAM_FLAG.EOS, o);
   o = into.writeUInt8(VM_SECTION.FOOTER, o);
   return into.writeUInt32BE(sectionId >>> 0, o);

@@ -39,7 +39,7 @@
 import type { Duplex } from 'node:stream';
 import { BLOCK_BYTES, PAGE_BYTES } from './checkpoint-format.ts';
 import type { CheckpointReader } from './checkpoint-format.ts';
-import { MIG_CMD, command, configurationSection, fileHeader, packaged, pingCommand, postcopyAdvise, postcopyRamDiscard, ramPagesSection, ramPagesSectionInto, ramSetupSection, streamEnd } from './migration-stream.ts';
+import { MIG_CMD, command, configurationSection, fileHeader, packaged, pingCommand, postcopyAdvise, postcopyRamDiscard, ramPageRecordHeader, ramPagesSection, ramPagesSectionInto, ramSectionFooter, ramSectionHeader, ramSetupSection, streamEnd } from './migration-stream.ts';
 import type { RamPage } from './migration-stream.ts';
 import { ReturnPathError, ReturnPathReader } from './return-path.ts';
 import type { SavedDeviceState } from './saved-device-state.ts';
@@ -200,6 +200,7 @@ export class PostcopyPageServer {
     this.zeroRequests.delete(block);
     const wanted = this.wantedPages.get(block);
     this.wantedPages.delete(block);
+    if (!fault && !zeros && !wanted && packed) return this.sendStoredPages(block, bitmap, packed);
     const pages: RamPage[] = [];
     const first = block * PAGES_PER_BLOCK;
     const last = Math.min(first + PAGES_PER_BLOCK, this.pageCount);
@@ -231,6 +232,36 @@ export class PostcopyPageServer {
       await this.write(this.sectionBuf.subarray(0, length));
       this.onProgress?.(this.stats.faultBlocks + this.stats.backgroundBlocks, this.blockCount);
     }
+  }
+
+  /**
+   * The background's case of sendBlock: the block's stored pages not sent yet, in page order, written
+   * into the section buffer directly (the same bytes as ramPagesSection, without a page object each).
+   */
+  private async sendStoredPages(block: number, bitmap: Buffer, packed: Buffer): Promise<void> {
+    const buf = this.sectionBuf;
+    const name = Buffer.from(GUEST_RAM_BLOCK, 'latin1');
+    let o = ramSectionHeader(buf, this.saved.ram.id);
+    let n = 0;
+    let sent = 0;
+    for (let p = 0; p < PAGES_PER_BLOCK; p++) {
+      if (((bitmap[p >> 3] as number) & (1 << (p & 7))) === 0) continue;
+      const at = n++;
+      const page = block * PAGES_PER_BLOCK + p;
+      if (page >= this.pageCount || this.isSent(page)) continue;
+      o = ramPageRecordHeader(buf, o, page * PAGE_BYTES, sent === 0 ? name : null);
+      o += packed.copy(buf, o, at * PAGE_BYTES, (at + 1) * PAGE_BYTES);
+      this.markSent(page);
+      sent++;
+    }
+    this.blockDone[block] = 1;
+    this.stats.backgroundBlocks++;
+    if (sent === 0) return;
+    o = ramSectionFooter(buf, o, this.saved.ram.id);
+    this.prefetchNext(block);
+    this.stats.pagesSent += sent;
+    await this.write(buf.subarray(0, o));
+    this.onProgress?.(this.stats.faultBlocks + this.stats.backgroundBlocks, this.blockCount);
   }
 
   /** Block `block`'s stored pages, packed (verified): the prefetched ones if they are that block's. */
