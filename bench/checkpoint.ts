@@ -7,10 +7,12 @@
 // restore time until the VM runs and until the guest has read its random
 // data once (for the lazy restore: starting the moment the VM runs, while its
 // memory is still streaming in), and for the lazy restore the time until the
-// stream is complete and the checkpoint no longer needed.
+// stream is complete and the checkpoint no longer needed. `--busy N` first
+// boots N more guests that each keep a vCPU busy (a shell loop) for the whole
+// run: the figures under load, both sides equally loaded.
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, statSync } from 'node:fs';
-import { cpus } from 'node:os';
+import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { startDaemon } from '../src/api/index.ts';
 import type { RunningDaemon } from '../src/api/index.ts';
@@ -18,6 +20,7 @@ import { loadDefaultGuest } from '../src/guest/index.ts';
 import { QgaClient, createImage, qemuVersion } from '../src/qemu/index.ts';
 import { connectQmpWhenReady, rawGuestArgs, waitForMigrationDone } from './qemu-baseline.ts';
 import type { CheckpointResult, VmRecord } from '../src/vm/index.ts';
+import { option } from './tools.ts';
 import type { BenchResult, Comparison } from './report.ts';
 
 /** `--sizes 256M,1G,4G` (M or G), or the older `--memory 256,1024` (MiB). */
@@ -138,8 +141,17 @@ export async function checkpointBenchmark(args: string[]): Promise<BenchResult> 
   const daemon = await startDaemon({ home, memoryDir, allowImages: [checkpointDir] });
   const startedAt = new Date().toISOString();
   const comparisons: Comparison[] = [];
+  const busy = Number(option(args, '--busy', '0'));
+  const load: number[][] = [loadavg()];
   try {
     const host = await daemon.engine.hostInfo();
+    for (let b = 0; b < busy; b++) {
+      const vm = await daemon.engine.create({ name: `busy${b}`, memory: '256M', start: true });
+      await daemon.engine.tasks.wait(vm.task?.id as string);
+      // Detached from the agent's exec: the loop runs until the VM is killed.
+      await exec(daemon, `busy${b}`, 'nohup sh -c "while :; do :; done" >/dev/null 2>&1 &');
+    }
+    if (busy > 0) notes.push(`${busy} guests ran a busy loop beside the whole run`);
     for (const memoryMiB of sizes) {
       const randomMiB = memoryMiB / 2;
       const name = `ck${memoryMiB}`;
@@ -181,11 +193,12 @@ export async function checkpointBenchmark(args: string[]): Promise<BenchResult> 
         if (lazy.streamMs !== undefined) comparisons.push({ metric: `${label}: lazy restore until all memory loaded`, offshoot: { label: 'offshoot lazy restore (stream complete)', unit: 'ms', samples: [lazy.streamMs] }, baseline: { label: 'offshoot eager restore (running)', unit: 'ms', samples: [runningMs] } });
       }
     }
+    load.push(loadavg());
     return {
       name: 'checkpoint',
       startedAt,
       machine: { cpus: cpus().length, accel: host.accel, qemu: await qemuVersion(), node: process.version },
-      parameters: { sizes },
+      parameters: { sizes, busy, load },
       comparisons,
       notes: [
         'both files are written to tmpfs (/dev/shm); Offshoot fsyncs its file, QEMU does not',

@@ -1,7 +1,11 @@
 // Test harness for end-to-end tests: a throw-away OFFSHOOT_HOME and memory
 // directory, the real CLI (bin/offshoot) run as a subprocess, the daemon run
-// either in-process or as a detached subprocess, and a check that nothing of
-// this home (QEMU processes, memory files) is left behind.
+// either in-process or as a detached subprocess, and a check at the end of
+// every test file that nothing of this home is left behind or open to other
+// users: cleanup() (and closeTestDaemon) read the home's records from its
+// daemon and fail the test on any broken invariant (tests/invariants.ts: an
+// orphan QEMU, a leaked memory, VM, base, work or checkpoint file, a record
+// naming a missing file, a world-readable file), then kill what is left.
 import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -10,6 +14,8 @@ import { clientFromEnvironment } from '../src/client/index.ts';
 import type { OffshootClient } from '../src/client/index.ts';
 import { isProcessAlive } from '../src/common/index.ts';
 import { findOffshootQemus, killAndWait } from '../src/qemu/index.ts';
+import { homeProblems, privacyProblems, snapshotHome } from './invariants.ts';
+import type { InvariantOptions } from './invariants.ts';
 
 export const REPO = resolve(import.meta.dirname, '..');
 export const CLI = join(REPO, 'bin', 'offshoot');
@@ -22,7 +28,9 @@ export interface TestHome {
   cli(args: string[], options?: { input?: string }): Promise<CliResult>;
   /** QEMU processes started from this home that are still running. */
   qemus(): Array<{ pid: number; vmId: string }>;
-  /** Kills anything left, stops the daemon, removes the folders. */
+  /** Broken invariants of the home as its daemon sees it now (see tests/invariants.ts); [] when no daemon answers. */
+  problems(options?: Partial<InvariantOptions>): Promise<string[]>;
+  /** Checks the invariants, kills anything left, stops the daemon, removes the folders; throws on any problem found. */
   cleanup(): Promise<void>;
 }
 
@@ -60,21 +68,40 @@ export function makeTestHome(): TestHome {
         else child.stdin?.end();
       }),
     qemus,
+    problems: (options = {}) => currentProblems({ home, memoryDir, ...options }, env),
     cleanup: async () => {
+      const found: string[] = [];
+      let live = new Set<number>();
       const daemonFile = join(home, 'daemon.json');
       if (existsSync(daemonFile)) {
         try {
           const { pid } = JSON.parse(readFileSync(daemonFile, 'utf8')) as { pid: number };
+          const snapshot = await snapshotHome(clientFromEnvironment(env)).catch(() => undefined);
+          if (snapshot) {
+            found.push(...homeProblems(snapshot, { home, memoryDir }));
+            live = new Set(snapshot.vms.map((v) => v.runtime?.pid).filter((p): p is number => p !== undefined));
+          }
           if (pid !== process.pid) await killAndWait(pid, { graceMs: 5_000 });
         } catch {
           // already gone
         }
       }
-      for (const q of qemus()) await killAndWait(q.pid, { graceMs: 0 });
+      // VMs keep running when their daemon stops; anything else of this home is a leak.
+      for (const q of qemus()) {
+        if (!live.has(q.pid) && !found.some((p) => p.includes(`pid ${q.pid}`))) found.push(`QEMU pid ${q.pid} (VM id ${q.vmId}) is left running`);
+        await killAndWait(q.pid, { graceMs: 0 });
+      }
+      found.push(...privacyProblems(home));
       rmSync(home, { recursive: true, force: true });
       rmSync(memoryDir, { recursive: true, force: true });
+      if (found.length > 0) throw new Error(`the test left its home inconsistent:\n- ${found.join('\n- ')}`);
     },
   };
+}
+
+async function currentProblems(options: InvariantOptions, env: NodeJS.ProcessEnv): Promise<string[]> {
+  const snapshot = await snapshotHome(clientFromEnvironment(env)).catch(() => undefined);
+  return snapshot ? homeProblems(snapshot, options) : [];
 }
 
 /** Starts `offshoot serve --detach` for the home and waits until it answers. */
@@ -114,13 +141,19 @@ export async function waitForProcessExit(pid: number, ms = 15_000): Promise<void
   await eventually(() => !isProcessAlive(pid), ms, `process ${pid} to end`);
 }
 
-/** Ends an in-process daemon of a test: kills every VM it still runs, closes it, removes the home. */
-export async function closeTestDaemon(daemon: RunningDaemon, t: TestHome): Promise<void> {
+/**
+ * Ends an in-process daemon of a test: kills every VM it still runs, checks the home's invariants, closes
+ * the daemon, removes the home (cleanup checks again what it can without a daemon); throws on a problem.
+ */
+export async function closeTestDaemon(daemon: RunningDaemon, t: TestHome, options: Partial<InvariantOptions> = {}): Promise<void> {
   for (const vm of await daemon.engine.list()) {
     if (vm.state !== 'stopped' && vm.state !== 'created' && vm.state !== 'failed') await daemon.engine.kill(vm.id).catch(() => undefined);
   }
+  await daemon.engine.collectGarbage().catch(() => undefined);
+  const problems = await t.problems(options);
   await daemon.close();
-  await t.cleanup();
+  await t.cleanup().catch((err: Error) => problems.push(err.message));
+  if (problems.length > 0) throw new Error(`the test left its home inconsistent:\n- ${problems.join('\n- ')}`);
 }
 
 /**

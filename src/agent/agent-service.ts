@@ -170,7 +170,7 @@ export class AgentService implements EpochKeeper {
               ? { kind: 'kernel', kernel: await L.source('kernel.path', r.boot.kernel), ...(r.boot.initrd ? { initrd: await L.source('kernel.initrd', r.boot.initrd) } : {}), ...(r.boot.cmdline !== undefined ? { cmdline: r.boot.cmdline } : {}) }
               : { kind: 'disk', path: await L.source('bootDisk', r.boot.disk) };
         const disks = await Promise.all(r.disks.map(async (d, i) => ({ path: await L.source(`disks.${i}.path`, d.source), readOnly: d.readOnly })));
-        const spec = await host.prepareVm(r.vmId, { name: r.name, vcpus: r.vcpus, memoryMiB: r.memoryMiB, boot, disks, network: r.network });
+        const spec = await host.prepareVm(r.vmId, { name: r.name, vcpus: r.vcpus, memoryMiB: r.memoryMiB, boot, disks, network: r.network, ...(r.guestAgent !== undefined ? { guestAgent: r.guestAgent } : {}) });
         return this.specOut(spec);
       },
       startVm: async (r, ctx) => {
@@ -224,10 +224,18 @@ export class AgentService implements EpochKeeper {
         return { templates, files: files.map((f) => L.locator(f)) };
       },
 
-      makeOwned: async (r, ctx) => {
+      startOwnedTarget: async (r, ctx) => {
+        ctx.progress(0.1, 'starting a QEMU with a RAM file of its own');
+        return this.runtimeOut(await host.startOwnedTarget(r.vmId, r.name, this.specIn(r.spec)));
+      },
+      migrateToOwnedTarget: async (r, ctx) => {
         ctx.progress(0.1, 'copying the memory into a file of its own');
-        const owned = await host.makeOwned(r.vmId, r.name, this.specIn(r.spec));
-        return { runtime: this.runtimeOut(owned.runtime), bytes: owned.bytes, ms: owned.ms };
+        return host.migrateToOwnedTarget(r.vmId);
+      },
+      switchToOwnedTarget: async (r) => this.runtimeOut(await host.switchToOwnedTarget(r.vmId)),
+      abortOwnedTarget: async (r) => {
+        await host.abortOwnedTarget(r.vmId);
+        return {};
       },
       prepareFork: async (r, ctx) => {
         ctx.progress(0.1, `preparing ${r.children.length} children`);

@@ -119,20 +119,36 @@ export async function restoreDisks(dir: string, spec: VmSpec): Promise<VmDisk[]>
   return disks;
 }
 
-/** Restores a checkpoint as VM `vmId`: disks as deltas over its frozen disks, memory loaded first (eager). */
+/**
+ * Restores a checkpoint as VM `vmId`: disks as deltas over its frozen disks, memory loaded first (eager).
+ * The memory file is created and sized first, then filled while the disk deltas are made and QEMU
+ * starts (it maps the file but touches guest RAM only when it loads the device state, which waits for
+ * the last page): the restore takes the longer of the two instead of their sum.
+ */
 export async function restoreEager(host: StagingHost, vmId: string, name: string, checkpointPath: string, spec: VmSpec): Promise<{ runtime: VmRuntime; spec: VmSpec }> {
   const reader = await CheckpointReader.open(checkpointPath);
   const files = host.layout.vmFiles(vmId);
   const deviceStateFile = join(host.layout.workDir, `${vmId}.restore.devstate`);
+  let loading: Promise<void> | undefined;
   try {
     await mkdir(files.dir, { recursive: true });
     await mkdir(host.layout.memoryDir, { recursive: true });
     await mkdir(host.layout.workDir, { recursive: true });
+    // The file has its size before QEMU maps it (QEMU would size it itself, racing a later truncate).
+    const memory = await open(files.memoryFile, 'w', 0o600);
+    try {
+      await memory.truncate(reader.memoryBytes);
+    } catch (err) {
+      await memory.close();
+      throw err;
+    }
+    loading = reader.restoreInto(memory).finally(() => memory.close());
+    loading.catch(() => undefined);
     const restored: VmSpec = { ...spec, disks: await restoreDisks(files.dir, spec) };
-    await reader.restoreInto(files.memoryFile);
     await writeFile(deviceStateFile, reader.deviceState);
     const { vm, runtime } = await host.launch(vmId, name, restored, { memory: { mode: 'owned', file: files.memoryFile, templateId: null }, incoming: true, paused: true });
     try {
+      await loading;
       await loadDeviceState(vm.qmp, deviceStateFile, host.layout.vmFiles(vmId, vm.instance).migrationSocket);
       await vm.qmp.cont();
     } catch (err) {
@@ -142,6 +158,7 @@ export async function restoreEager(host: StagingHost, vmId: string, name: string
     host.track(vm);
     return { runtime, spec: restored };
   } catch (err) {
+    await loading?.catch(() => undefined);
     await rm(files.dir, { recursive: true, force: true });
     await rm(files.memoryFile, { force: true });
     throw err;

@@ -16,7 +16,7 @@
 // Where a part is impossible (no such user, the home's folders not
 // searchable by it, a daemon not running as root, no seccomp), `reasons` says
 // why; `offshoot host show` and the log report it. Nothing falls back silently.
-import { execFile } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import { readFileSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { userInfo } from 'node:os';
@@ -69,6 +69,15 @@ export function searchableBy(user: QemuUser, dir: string, extraGroups: readonly 
     if (!ok) return { ok: false, blocking: d };
     if (d === dirname(d)) return { ok: true };
   }
+}
+
+/**
+ * Whether `user` can pass through `dir` (and every folder above it), by trying it as that user: unlike
+ * searchableBy this honours ACLs (e.g. `setfacl -m u:offshoot-qemu:x /root`, as scripts/setup.sh does).
+ */
+export function canReachAs(user: QemuUser, dir: string): boolean {
+  const [command, ...args] = [...runAsPrefix(user, []), 'test', '-x', dir];
+  return spawnSync(command as string, args, { stdio: 'ignore', timeout: 10_000 }).status === 0;
 }
 
 /** The argv prefix that starts a program as `user` (setpriv, util-linux): no capabilities, no new privileges. */
@@ -132,9 +141,11 @@ export async function probeConfinement(options: ProbeConfinementOptions): Promis
     } else if (found.uid === 0) {
       reasons.push(`user ${wanted} is root: QEMU runs as root`);
     } else {
-      const blocked = options.folders.map((f) => ({ folder: f, check: searchableBy(found, dirname(f)) })).find((c) => !c.check.ok);
-      if (blocked && !blocked.check.ok) {
-        reasons.push(`${blocked.check.blocking} is not searchable by ${wanted}, so it could not reach ${blocked.folder}: QEMU runs as root (use an OFFSHOOT_HOME it can reach, or give it search permission there)`);
+      const blocked = options.folders.find((f) => !canReachAs(found, dirname(f)));
+      if (blocked) {
+        const check = searchableBy(found, dirname(blocked));
+        const where = check.ok ? dirname(blocked) : check.blocking;
+        reasons.push(`${where} is not searchable by ${wanted}, so it could not reach ${blocked}: QEMU runs as root (use an OFFSHOOT_HOME it can reach, or let it through: setfacl -m u:${wanted}:x ${where}, which scripts/setup.sh does for the default home)`);
       } else {
         user = found;
         confined = true;

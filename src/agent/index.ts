@@ -2,7 +2,9 @@
 // serves the whole agent protocol (src/protocol) from the local agents
 // (LocalHostAgent: QEMU, memory, fork, checkpoints; LocalStorageAgent: disk
 // files and block jobs), in process or over HTTP (agent-process.ts:
-// `offshoot agent serve`). Nothing but the protocol leaves this layer: the
+// `offshoot agent serve`). The agent alone decides which host files may be
+// used (path-policy.ts) and how QEMU is confined and shares files with it
+// (confinement.ts, qemu-access.ts). Nothing but the protocol leaves this layer: the
 // control plane (src/vm) never imports it.
 export { AgentService, AGENT_VERSION } from './agent-service.ts';
 export { LocalHostAgent, VmNotRunningError, GuestAgentUnavailableError } from './local-agent.ts';

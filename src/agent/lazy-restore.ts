@@ -44,7 +44,7 @@
 import { createConnection } from 'node:net';
 import type { Socket } from 'node:net';
 import { mkdir, rm } from 'node:fs/promises';
-import { OffshootError, keepAlive, sleep } from '../common/index.ts';
+import { VmCrashedError, keepAlive, sleep } from '../common/index.ts';
 import { CheckpointReader, PostcopyPageServer, parseSavedDeviceState } from '../memory/index.ts';
 import type { PageServerStats } from '../memory/index.ts';
 import { restoreDisks } from './checkpoint-files.ts';
@@ -91,7 +91,7 @@ function connect(path: string): Promise<Socket> {
 async function waitUntilRunning(vm: RunningVm, served: Promise<unknown>): Promise<void> {
   const failed = new Promise<never>((_, reject) => {
     served.catch(reject);
-    void vm.exited.then((e) => reject(new OffshootError('QEMU_EXITED', `QEMU ended during the lazy restore: ${e.reason}`, { reason: e.reason }, 500)));
+    void vm.exited.then((e) => reject(new VmCrashedError(vm.vmId, 'its lazy restore', e.reason)));
     setTimeout(() => reject(new MigrationError('lazy restore', `the VM did not start within ${RUNNING_TIMEOUT_MS} ms`)), RUNNING_TIMEOUT_MS).unref();
   });
   failed.catch(() => undefined);
@@ -141,11 +141,22 @@ export async function restoreLazy(host: StagingHost, vmId: string, name: string,
     const tRunning = performance.now();
     pageServer.vmRunning();
     const running = vm;
+    // The QEMU's end is watched, not timed out: a VM that dies mid-stream fails the restore at once (VM_CRASHED).
+    let crash: VmCrashedError | undefined;
+    const crashed = running.exited.then((e) => {
+      crash = new VmCrashedError(vmId, 'its lazy restore (its memory was still streaming in)', e.reason);
+      throw crash;
+    });
+    crashed.catch(() => undefined);
     const done = (async (): Promise<LazyStreamResult> => {
       try {
-        const stats = await served;
-        await waitForMigration(running.qmp, 'lazy restore', COMPLETE_TIMEOUT_MS);
+        const stats = await Promise.race([served, crashed]);
+        await Promise.race([waitForMigration(running.qmp, 'lazy restore', COMPLETE_TIMEOUT_MS), crashed]);
         return { ...stats, streamMs: performance.now() - tRunning };
+      } catch (err) {
+        // A dead QEMU usually shows first as a broken stream (EPIPE): give its exit a moment to be seen.
+        if (!crash) await Promise.race([crashed.catch(() => undefined), sleep(1_000)]);
+        throw crash ?? err;
       } finally {
         socket.destroy();
         await reader.close().catch(() => undefined);

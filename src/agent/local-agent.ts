@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { lstat, mkdir, open, readdir, readFile, rm, rmdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { hostname } from 'node:os';
-import { OffshootError, keepAlive, silentLogger, withTimeout } from '../common/index.ts';
+import { OffshootError, isProcessAlive, keepAlive, silentLogger, withTimeout } from '../common/index.ts';
 import type { Logger } from '../common/index.ts';
 import { loadDefaultGuest } from '../guest/index.ts';
 import type { QemuLaunchSpec, QmpClient } from '../qemu/index.ts';
@@ -77,6 +77,8 @@ export class LocalHostAgent {
   private readonly checkpointWrites = new Map<string, AbortController>();
   /** Lazy restores whose background stream is still running, by VM id. */
   private readonly lazyRestores = new Map<string, LazyRestore>();
+  /** QEMUs started to make a derived VM's memory its own (fork of a fork), by VM id, until they take over. */
+  private readonly ownedTargets = new Map<string, { target: RunningVm; runtime: VmRuntime; wasRunning: boolean; migrated: boolean }>();
   /** Why a VM's QEMU was killed by the agent itself (reported with its exit). */
   private readonly killReasons = new Map<string, string>();
   /** Which files QEMU may open, and as whom it runs (set by prepareHost). */
@@ -223,35 +225,63 @@ export class LocalHostAgent {
   }
 
   /**
-   * Fork of a fork: a derived VM's RAM is a template plus private pages no file holds. Live-migrate it
-   * into a new QEMU whose RAM is an owned file; the stun is only the migration's downtime. Returns the
-   * new QEMU's runtime, which the caller must record at once.
+   * Fork of a fork, step 1 of 3: a derived VM's RAM is a template plus private pages no file holds, so it is
+   * live-migrated into a new QEMU whose RAM is an owned file (the stun is only the migration's downtime).
+   * This starts that QEMU, waiting for the migration; the caller journals its runtime before step 2, so a
+   * daemon killed from here on can tell the two QEMUs apart.
    */
-  async makeOwned(vmId: string, name: string, spec: VmSpec): Promise<{ runtime: VmRuntime; bytes: number; ms: number }> {
-    const t0 = performance.now();
+  async startOwnedTarget(vmId: string, name: string, spec: VmSpec): Promise<VmRuntime> {
     const source = this.running(vmId);
+    if (this.ownedTargets.has(vmId)) throw new OffshootError('FORK_NOT_PREPARED', `VM ${vmId} is already being made owned`, { vmId }, 409);
     const files = this.layout.vmFiles(vmId);
     await rm(files.memoryFile, { force: true });
     const wasRunning = (await source.qmp.queryStatus()).running;
     const { vm: target, runtime } = await this.launch(vmId, name, spec, { memory: { mode: 'owned', file: files.memoryFile, templateId: null }, incoming: true, paused: true });
-    const socket = this.layout.vmFiles(vmId, target.instance).migrationSocket;
-    let info;
+    this.ownedTargets.set(vmId, { target, runtime, wasRunning, migrated: false });
+    return runtime;
+  }
+
+  /** Step 2: the local live migration into the target; the source ends stopped (postmigrate), the target paused. */
+  async migrateToOwnedTarget(vmId: string): Promise<{ bytes: number; ms: number }> {
+    const t0 = performance.now();
+    const staged = this.ownedTargets.get(vmId);
+    if (!staged) throw new OffshootError('FORK_NOT_PREPARED', `VM ${vmId} has no target QEMU to make it owned`, { vmId }, 409);
+    const socket = this.layout.vmFiles(vmId, staged.target.instance).migrationSocket;
     try {
-      info = await migrateLocally(source.qmp, target.qmp, socket);
+      const info = await migrateLocally(this.running(vmId).qmp, staged.target.qmp, socket);
+      staged.migrated = true;
+      return { bytes: info.ram?.transferred ?? 0, ms: performance.now() - t0 };
     } catch (err) {
-      await this.discard(target);
-      if (wasRunning) await source.qmp.cont().catch(() => undefined);
+      await this.abortOwnedTarget(vmId);
       throw err;
     } finally {
       await rm(socket, { force: true });
     }
+  }
+
+  /** Step 3: the target becomes the VM's QEMU (resumed if the source ran), the source ends. Returns the target's runtime. */
+  async switchToOwnedTarget(vmId: string): Promise<VmRuntime> {
+    const staged = this.ownedTargets.get(vmId);
+    if (!staged?.migrated) throw new OffshootError('FORK_NOT_PREPARED', `VM ${vmId} has not been migrated into its owned QEMU`, { vmId }, 409);
+    const source = this.running(vmId);
     source.handOver();
     await source.qmp.quit().catch(() => undefined);
     await withTimeout(source.process.exited, 5_000, 'QEMU quit').catch(() => killAndWait(source.process.pid, { graceMs: 0 }));
     await keepAlive(source.exited);
-    this.track(target);
-    if (wasRunning) await target.qmp.cont();
-    return { runtime, bytes: info.ram?.transferred ?? 0, ms: performance.now() - t0 };
+    this.ownedTargets.delete(vmId);
+    this.track(staged.target);
+    if (staged.wasRunning) await staged.target.qmp.cont();
+    return staged.runtime;
+  }
+
+  /** Undoes steps 1-2: the target goes, and the source runs on as before (after a completed migration it takes its disks back). */
+  async abortOwnedTarget(vmId: string): Promise<void> {
+    const staged = this.ownedTargets.get(vmId);
+    if (!staged) return;
+    this.ownedTargets.delete(vmId);
+    await this.discard(staged.target).catch(() => undefined);
+    const source = this.vms.get(vmId);
+    if (staged.wasRunning && source) await source.qmp.cont().catch((err: unknown) => this.logger.warn({ vmId, err: (err as Error).message }, 'cannot resume the source after an aborted make-owned'));
   }
 
   prepareFork(request: PrepareForkRequest): Promise<PreparedFork> {
@@ -465,13 +495,10 @@ export class LocalHostAgent {
 
   async waitForGuestAgent(vmId: string, timeoutMs: number): Promise<void> {
     const vm = this.running(vmId);
-    const died = vm.exited.then((e) => {
-      throw new OffshootError('QEMU_EXITED', `QEMU of VM ${vmId} ended while waiting for the guest agent: ${e.reason}`, { vmId, reason: e.reason }, 500);
-    });
     try {
-      await Promise.race([vm.guestAgent(timeoutMs), died]);
+      await vm.guestAgent(timeoutMs);
     } catch (err) {
-      if (err instanceof OffshootError && err.code === 'QEMU_EXITED') throw err;
+      if (err instanceof OffshootError && err.code === 'VM_CRASHED') throw err;
       throw new GuestAgentUnavailableError(vmId, err);
     }
   }
@@ -495,11 +522,13 @@ export class LocalHostAgent {
     }
     const status = await vm.qmp.queryStatus().catch(() => undefined);
     if (!status || status.status === 'inmigrate') {
-      // Waiting for device state that will never come: not the VM.
+      // Waiting for device state or a migration that will never come: not the VM. An owned RAM file
+      // of its own (a fork of a fork's target) goes with it; a derived one is a shared template.
       this.logger.warn({ vmId, pid: runtime.pid, status: status?.status }, 'killing a QEMU that is not the running VM');
       vm.handOver();
       await killAndWait(runtime.pid, { graceMs: 0 });
       await keepAlive(vm.exited);
+      if (runtime.memory.mode === 'owned') await rm(runtime.memory.file, { force: true });
       return undefined;
     }
     const migration = await vm.qmp.execute<{ status?: string }>('query-migrate').catch(() => ({ status: undefined }));
@@ -569,6 +598,7 @@ export class LocalHostAgent {
     try {
       qga = await vm.guestAgent(10_000);
     } catch (err) {
+      if (err instanceof OffshootError && err.code === 'VM_CRASHED') throw err;
       throw new GuestAgentUnavailableError(vmId, err);
     }
     try {
@@ -604,6 +634,9 @@ export class LocalHostAgent {
   }
 
   async deleteVmFiles(vmId: string): Promise<void> {
+    const vm = this.vms.get(vmId);
+    // A QEMU that ended but whose end is not seen yet (an adopted one is polled) is waited for, briefly.
+    if (vm && !isProcessAlive(vm.process.pid)) await withTimeout(keepAlive(vm.exited), 5_000, 'the end of a QEMU').catch(() => undefined);
     if (this.vms.has(vmId)) throw new OffshootError('VM_ALREADY_RUNNING', `VM ${vmId} still has a QEMU process`, { vmId }, 409);
     this.lazyRestores.delete(vmId);
     const files = this.layout.vmFiles(vmId);

@@ -9,17 +9,19 @@
 // device, and its copy is never more readable than its source.
 import { randomUUID } from 'node:crypto';
 import { chmod, mkdir, open, readFile, readdir, rename, rm, rmdir, stat, writeFile } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { basename, dirname, join, resolve as resolvePath } from 'node:path';
 import { OffshootError, isNoSpace, toOffshootError } from '../common/index.ts';
 import type { QmpClient } from '../qemu/index.ts';
 import { QemuImgError, convertImage, createImage, imageInfo, rebaseImage, resizeImage } from '../qemu/index.ts';
-import { constants } from 'node:fs';
+import { constants, realpathSync } from 'node:fs';
 import type { DiskMeta } from '../storage/index.ts';
 import { DatastoreLayout, QCOW2_MAGIC, cancelCopy, datastoreUsage, diskContentHash, initDatastore, inspectImage, isQcow2, qcow2NeverWritten, readQcow2Header, removeDiskMeta, scanDatastore, writeDiskMeta } from '../storage/index.ts';
 import { runCopyWorker } from './copy-runner.ts';
 import type { CopyRunFile, CopyRunProgress, CopyRunResult } from './copy-runner.ts';
 import type { HostLayout } from './layout.ts';
-import { assertRegularFile } from './path-policy.ts';
+import { assertRegularFile, isInside } from './path-policy.ts';
+
+const VIRTUAL_FILE_SYSTEMS = ['/proc', '/sys', '/dev'];
 import type { PathPolicy } from './path-policy.ts';
 import type { QemuAccess } from './qemu-access.ts';
 import { liveSnapshot, streamDisk } from './live-disk-ops.ts';
@@ -90,7 +92,11 @@ export class LocalStorageAgent {
     // stat first (it never opens, so a FIFO cannot block), then open without blocking and check again.
     let sourceMode: number;
     try {
-      sourceMode = (await assertRegularFile('source', source)).mode;
+      const { mode, size } = await assertRegularFile('source', source);
+      sourceMode = mode;
+      // /proc and /sys files claim to be regular and empty, and read as something else entirely.
+      if (VIRTUAL_FILE_SYSTEMS.some((root) => isInside(resolvePath(source), root)) || VIRTUAL_FILE_SYSTEMS.some((root) => isInside(realpathSync(source), root))) throw new Error('it is on a virtual file system (/proc, /sys, /dev)');
+      if (size === 0) throw new Error('it is empty');
     } catch (err) {
       throw new ImportRefusedError(source, (err as Error).message);
     }

@@ -61,7 +61,7 @@ describe('PathPolicy', () => {
   });
 
   it('places datastores only in safe folders, before creating anything', async () => {
-    const refused = ['/', '/etc', '/usr', '/proc/x', '/dev/shm/osh-x', home, join(home, 'vms'), join(home, 'bases', 'x'), root, join(root, 'ds1'), join(root, 'ds1', 'inner'), '/etc/passwd', '/dev/zero', '/etc/passwd/x', `${root}/a\0b`, 'relative/path'];
+    const refused = ['/', '/etc', '/usr', '/usr/lib', '/usr/local/ds', '/etc/ds', '/boot/x', '/var', '/proc/x', '/dev/shm/osh-x', home, join(home, 'vms'), join(home, 'bases', 'x'), root, join(root, 'ds1'), join(root, 'ds1', 'inner'), '/etc/passwd', '/dev/zero', '/etc/passwd/x', `${root}/a\0b`, 'relative/path'];
     for (const path of refused) {
       await expect(policy.checkDatastorePath(path), path).rejects.toMatchObject({ code: 'DATASTORE_PATH_INVALID', status: 400 });
     }

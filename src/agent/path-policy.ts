@@ -49,9 +49,10 @@ export class DatastorePlacementError extends OffshootError {
   }
 }
 
-/** Folders that are never a datastore (or inside one, for the virtual file systems). */
-const SYSTEM_FOLDERS = ['/', '/bin', '/boot', '/dev', '/etc', '/lib', '/lib32', '/lib64', '/proc', '/root', '/run', '/sbin', '/sys', '/tmp', '/usr', '/var'];
-const VIRTUAL_TREES = ['/proc', '/sys', '/dev', '/run'];
+/** Folders that are never a datastore themselves (places under them may be: /var/lib/offshoot, /tmp/ds). */
+const SYSTEM_FOLDERS = ['/', '/home', '/media', '/mnt', '/opt', '/root', '/srv', '/tmp', '/var', '/var/lib', '/var/tmp'];
+/** Trees that hold the system or virtual file systems: no datastore in them at any depth. */
+const SYSTEM_TREES = ['/bin', '/boot', '/dev', '/etc', '/lib', '/lib32', '/lib64', '/libx32', '/proc', '/run', '/sbin', '/sys', '/usr', '/var/lib/dpkg', '/var/lib/apt'];
 /** Folders of the home that Offshoot fills itself (see layout.ts); a datastore may be elsewhere in the home. */
 const HOME_FOLDERS = ['vms', 'images', 'bases', 'work', 'checkpoints'];
 
@@ -210,7 +211,7 @@ export class PathPolicy {
       existing = dirname(existing);
     }
     const real = join(await realpath(existing), ...rest);
-    if (SYSTEM_FOLDERS.includes(real) || VIRTUAL_TREES.some((t) => isInside(real, t))) throw new DatastorePlacementError(path, `${real} is a system folder`);
+    if (SYSTEM_FOLDERS.includes(real) || SYSTEM_TREES.some((t) => isInside(real, t))) throw new DatastorePlacementError(path, `${real} is a system folder`);
     if (isInside(this.home, real)) throw new DatastorePlacementError(path, `it ${real === this.home ? 'is' : 'contains'} the Offshoot home ${this.home}`);
     const reserved = HOME_FOLDERS.map((f) => join(this.home, f)).find((f) => isInside(real, f));
     if (reserved) throw new DatastorePlacementError(path, `${reserved} is a folder of the Offshoot home`);

@@ -6,6 +6,7 @@
 import { rm } from 'node:fs/promises';
 import type { QemuProcess } from '../qemu/index.ts';
 import { QgaClient, QmpClient } from '../qemu/index.ts';
+import { VmCrashedError } from '../common/index.ts';
 import type { VmExitEvent, VmMemory } from './types.ts';
 
 export interface RunningVmFiles {
@@ -73,10 +74,20 @@ export class RunningVm {
 
   /**
    * The guest-agent connection, opened on first use and reopened after a failure. Callers that
-   * ask while it is being opened share the same attempt (the agent serves one connection).
+   * ask while it is being opened share the same attempt (the agent serves one connection). If the
+   * QEMU ends meanwhile, this fails at once (VM_CRASHED) instead of waiting out the time limit.
    */
   async guestAgent(timeoutMs: number): Promise<QgaClient> {
     if (this.qga) return this.qga;
+    const died = this.exited.then((e) => {
+      throw new VmCrashedError(this.vmId, 'the wait for its guest agent', e.reason);
+    });
+    died.catch(() => undefined);
+    return Promise.race([this.openGuestAgent(timeoutMs), died]);
+  }
+
+  private openGuestAgent(timeoutMs: number): Promise<QgaClient> {
+    if (this.qga) return Promise.resolve(this.qga);
     this.qgaPending ??= QgaClient.waitForAgent(this.files.qgaSocket, { timeoutMs })
       .then((qga) => {
         this.qga = qga;

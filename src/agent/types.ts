@@ -31,8 +31,15 @@ export interface VmSpec {
   boot: VmBoot;
   disks: VmDisk[];
   nics: VmNic[];
-  /** True when the guest is the embedded default guest (its agent is expected to answer). */
+  /** True when the guest is the embedded default guest. */
   defaultGuest: boolean;
+  /** False for a guest without a QEMU guest agent: start does not wait for one, exec is refused. Absent means true. */
+  guestAgent?: boolean;
+  /**
+   * The VM's own identity (see src/vm/identity.ts): a machine-id, and whether it still has to be applied
+   * in the guest (a clone does at its first boot, once its agent answers).
+   */
+  identity?: { machineId: string; pending: boolean };
 }
 
 /**
@@ -168,6 +175,8 @@ export interface PrepareVmRequest {
   boot: { kind: 'default-guest' } | { kind: 'kernel'; kernel: string; initrd?: string; cmdline?: string } | { kind: 'disk'; path: string };
   disks: Array<{ path: string; readOnly: boolean }>;
   network: 'user' | 'none';
+  /** False: the guest has no QEMU guest agent. Default true. */
+  guestAgent?: boolean;
 }
 
 /** A checkpoint file validated by the host (strict reader, disks present and safe). */

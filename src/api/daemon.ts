@@ -83,6 +83,13 @@ function copySettingsFromEnvironment(env: NodeJS.ProcessEnv): { chunkMiB?: numbe
 /** How long a controller stays live in the inventory without a heartbeat. */
 const CONTROLLER_LEASE_MS = 30_000;
 
+/** The log file; a full disk loses log lines instead of raising errors nobody can act on. */
+function logDestination(path: string): ReturnType<typeof pino.destination> {
+  const destination = pino.destination({ dest: path, sync: false, mkdir: true });
+  destination.on('error', () => undefined);
+  return destination;
+}
+
 export interface RunningDaemon {
   url: string;
   /** The --metrics-listen listener's URL, when asked for. */
@@ -119,7 +126,7 @@ export async function startDaemon(options: DaemonOptions): Promise<RunningDaemon
 }
 
 async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock: () => Promise<void>): Promise<RunningDaemon> {
-  const logger = options.logger ?? pino({ level: process.env.OFFSHOOT_LOG_LEVEL ?? 'info' }, pino.destination({ dest: paths.log, sync: false, mkdir: true }));
+  const logger = options.logger ?? pino({ level: process.env.OFFSHOOT_LOG_LEVEL ?? 'info' }, logDestination(paths.log));
   const unguard = options.guardProcess ? guardProcess(logger) : () => undefined;
   const { host, port } = parseListen(options.listen ?? '127.0.0.1:0');
   const metricsAt = options.metricsListen ? parseListen(options.metricsListen, '--metrics-listen') : undefined;
@@ -159,7 +166,7 @@ async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock
   const engine = new VmEngine({ inventory, fleet, logger, faults });
   // Before recovery, so the tasks it fails are counted.
   const metrics = new DaemonMetrics({ engine });
-  const storage = new StorageService({ inventory, storageInventory: inventory.storage, engine, logger, copy: options.copy ?? copySettingsFromEnvironment(process.env) });
+  const storage = new StorageService({ inventory, storageInventory: inventory.storage, engine, logger, copy: options.copy ?? copySettingsFromEnvironment(process.env), faults });
   const closeServices = async () => {
     metrics.close();
     await storage.close();

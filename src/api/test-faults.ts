@@ -5,10 +5,36 @@
 // with nobody listening, the step goes on) and throw-async (an exception is
 // thrown from a timer, outside any request). The last two test the daemon's
 // process guards. Unset in normal use; the daemon logs a warning when it is set.
+//
+// `gates=DIR` turns every point into a gate a test opens and closes through
+// files (the fault matrix, tests/e2e/fault-matrix.test.ts): with DIR/POINT.arm
+// present, the daemon removes it, writes DIR/POINT.reached and waits until
+// DIR/POINT.release appears (which it removes), so the test can inject a
+// fault (kill a QEMU or the daemon, fill a disk) exactly at that point.
+//
+// Points: vm.create; fork.make-owned:started, fork.make-owned:migrated,
+// fork.prepared, fork.start-child:N, fork.flatten; checkpoint.make-owned:*,
+// checkpoint.prepared, checkpoint.writing; restore.starting, restore.running;
+// clone.frozen, clone.streaming; copy.file.
+import { existsSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { sleep } from '../common/index.ts';
+
+function gates(dir: string): (point: string) => Promise<void> {
+  return async (point) => {
+    const arm = join(dir, `${point}.arm`);
+    if (!existsSync(arm)) return;
+    rmSync(arm, { force: true });
+    writeFileSync(join(dir, `${point}.reached`), `${process.pid}\n`);
+    const release = join(dir, `${point}.release`);
+    while (!existsSync(release)) await sleep(20);
+    rmSync(release, { force: true });
+  };
+}
 
 export function faultsFromEnvironment(value: string | undefined): ((point: string) => Promise<void>) | undefined {
   if (!value) return undefined;
+  if (value.startsWith('gates=')) return gates(value.slice('gates='.length));
   const rules = new Map<string, string>();
   for (const part of value.split(',')) {
     const [point, action] = part.split('=');

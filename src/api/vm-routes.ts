@@ -3,7 +3,7 @@
 // called with ?wait=true.
 import { OpenAPIHono, createRoute, z } from '@hono/zod-openapi';
 import type { VmAndTask, VmEngine, VmRecord } from '../vm/index.ts';
-import { checkpointRequestSchema, createVmRequestSchema, execRequestSchema, forkRequestSchema, restoreRequestSchema, stopRequestSchema } from '../vm/index.ts';
+import { checkpointRequestSchema, createVmRequestSchema, execRequestSchema, forkRequestSchema, restoreRequestSchema, startRequestSchema, stopRequestSchema } from '../vm/index.ts';
 import { checkpointSchema, errorResponses, execResultSchema, memorySchema, vmAndTaskSchema, vmRefParam, vmSchema, waitQuery } from './schemas.ts';
 import { optionalJsonBody, validationHook } from './validation.ts';
 
@@ -32,7 +32,7 @@ function taskRoute(action: 'start' | 'stop', summary: string, body?: z.ZodType) 
     responses: { 202: json(vmAndTaskSchema, 'the task'), ...errorResponses },
   });
 }
-const startVm = taskRoute('start', 'Boot a VM; the task ends when the guest agent answers');
+const startVm = taskRoute('start', 'Boot a VM; the task ends when the guest is usable: its guest agent answers (within timeoutMs) and a pending identity is applied', startRequestSchema);
 const stopVm = taskRoute('stop', 'ACPI power-down, then kill after timeoutMs', stopRequestSchema);
 
 function simpleRoute(action: 'pause' | 'resume' | 'kill', summary: string) {
@@ -119,7 +119,7 @@ export function vmRoutes(engine: VmEngine): OpenAPIHono {
   app.openapi(getVm, async (c) => c.json(withHostName(engine, await engine.resolve(c.req.valid('param').ref)), 200));
   app.openapi(createVm, async (c) => c.json(withHostName(engine, await finish(await engine.create(c.req.valid('json')), c.req.valid('query').wait)), 201));
   app.openapi(deleteVm, async (c) => c.json(withHostName(engine, await engine.delete(c.req.valid('param').ref)), 200));
-  app.openapi(startVm, async (c) => c.json(withHostName(engine, await finish(await engine.start(c.req.valid('param').ref), c.req.valid('query').wait)), 202));
+  app.openapi(startVm, async (c) => c.json(withHostName(engine, await finish(await engine.start(c.req.valid('param').ref, await optionalJsonBody(c)), c.req.valid('query').wait)), 202));
   app.openapi(stopVm, async (c) => {
     return c.json(withHostName(engine, await finish(await engine.stop(c.req.valid('param').ref, await optionalJsonBody(c)), c.req.valid('query').wait)), 202);
   });

@@ -43,11 +43,15 @@ export function registerVmCommands(program: Command, ctx: CommandContext): void 
     .option('--disk <path...>', 'attach extra disk images')
     .option('--network <mode>', 'user or none', 'user')
     .option('--host <host>', 'the host to place it on (default: a ready host with room)')
+    .option('--no-guest-agent', 'the guest has no QEMU guest agent: start does not wait for one, exec is refused')
     .option('--start', 'boot it and return once the guest agent answers')
+    .option('--timeout <seconds>', 'with --start: seconds to wait for the guest agent (default 120)', intOption('--timeout'))
     .option('--json', 'print JSON')
     .action((name: string, o: Record<string, string | string[] | number | boolean | undefined>) =>
       ctx.run(Boolean(o.json), async () => {
         const request: CreateVmRequest = { name, network: o.network as 'user' | 'none', start: Boolean(o.start) };
+        if (o.guestAgent === false) request.guestAgent = false;
+        if (o.timeout !== undefined) request.startTimeoutMs = (o.timeout as number) * 1000;
         if (o.vcpus !== undefined) request.vcpus = o.vcpus as number;
         if (o.memory !== undefined) request.memory = o.memory as string;
         if (o.kernel) request.kernel = { path: o.kernel as string, ...(o.initrd ? { initrd: o.initrd as string } : {}), ...(o.cmdline ? { cmdline: o.cmdline as string } : {}) };
@@ -171,12 +175,13 @@ export function registerVmCommands(program: Command, ctx: CommandContext): void 
   vm.command('start')
     .description('boot a VM and wait until its guest agent answers')
     .argument('<name>')
+    .option('--timeout <seconds>', 'seconds to wait for the guest agent (default 120)', intOption('--timeout'))
     .option('--no-wait', 'return the task at once')
     .option('--json', 'print JSON')
-    .action((name: string, o: { json?: boolean; wait: boolean }) =>
+    .action((name: string, o: { json?: boolean; wait: boolean; timeout?: number }) =>
       ctx.run(Boolean(o.json), async () => {
         const client = ctx.client();
-        const result = await followTask(client, await client.startVm(name), Boolean(o.json), `start ${name}`, o.wait);
+        const result = await followTask(client, await client.startVm(name, o.timeout === undefined ? {} : { timeoutMs: o.timeout * 1000 }), Boolean(o.json), `start ${name}`, o.wait);
         if (o.json) printJson(result);
         else process.stdout.write(`${result.vm.name}: ${result.vm.state}\n`);
       }),

@@ -108,8 +108,8 @@ export class OffshootClient {
     return this.request('POST', '/vms', request);
   }
 
-  startVm(ref: string): Promise<VmAndTaskView> {
-    return this.request('POST', `/vms/${encodeURIComponent(ref)}/start`);
+  startVm(ref: string, options: { timeoutMs?: number } = {}): Promise<VmAndTaskView> {
+    return this.request('POST', `/vms/${encodeURIComponent(ref)}/start`, options.timeoutMs === undefined ? undefined : options);
   }
 
   stopVm(ref: string, options: { timeoutMs?: number } = {}): Promise<VmAndTaskView> {

@@ -1,43 +1,62 @@
 // Offshoot's checkpoint file: guest memory in fixed-size storage blocks
 // (1 MiB of guest pages each), each block holding only its non-zero pages,
-// compressed with LZ4 and checksummed (xxh64); the metadata (VM spec, disk
-// references), QEMU's device state and an index from guest address to block
-// follow in a table of contents. Blocks are written through a staging buffer
-// that is flushed with one write when full (fewer, larger I/Os). The reader is
-// strict: a wrong magic or version, a size past a limit, a truncated file or a
-// checksum mismatch is a CheckpointFormatError naming the part, never garbage.
+// compressed with LZ4 or, when they do not compress, stored raw, and
+// checksummed (xxh64); the metadata (VM spec, disk references), QEMU's device
+// state and an index from guest address to block follow in a table of
+// contents. Blocks are written through a staging buffer that is flushed with
+// one write when full (fewer, larger I/Os), while the next blocks are read
+// ahead. The reader is strict: a wrong magic or version, a size past a limit,
+// a truncated file, an inconsistent index entry or a checksum mismatch is a
+// CheckpointFormatError naming the part, never garbage.
 //
-// Version 1, integers little-endian:
+// Version 1.1 (1.0 differs only where marked), integers little-endian:
 //
 //   0 +--------------------------------------------------------------+
 //     | header (64 bytes)                                             |
 //     |  0 magic "OFFSHCK1"        8 | 24 memoryBytes   u64          |
-//     |  8 version u32 (=1)          | 32 blockCount    u32          |
+//     |  8 version u32 (see below)   | 32 blockCount    u32          |
 //     | 12 headerBytes u32 (=64)     | 36 reserved      u32          |
 //     | 16 blockBytes u32 (1 MiB)    | 40 tocOffset     u64          |
 //     | 20 pageBytes u32 (4096)      | 48 tocBytes u32, 52 reserved  |
 //     |                              | 56 xxh64 of bytes 0..55       |
 //  64 +--------------------------------------------------------------+
-//     | storage blocks, back to back: LZ4(block's non-zero pages, in  |
-//     | page order); an all-zero block stores nothing                 |
+//     | storage blocks, back to back: a block's non-zero pages, in    |
+//     | page order, LZ4-compressed (a u32 LE of the raw size, then an |
+//     | LZ4 block) or raw (1.1 only); an all-zero block stores nothing|
 //     +--------------------------------------------------------------+
 //     | table of contents (tocBytes)                                  |
 //     |  metaBytes u32 | deviceBytes u32 | metaHash u64 | devHash u64 |
 //     |  metadata (JSON, metaBytes)                                   |
 //     |  device state (QEMU migration stream, deviceBytes)            |
 //     |  index, blockCount entries of 56 bytes:                       |
-//     |    fileOffset u64 | storedBytes u32 | pageCount u32 |         |
+//     |    fileOffset u64 | storedBytes u32 | pageCount u16 |         |
+//     |    encoding u8 (0 LZ4, 1 raw) | reserved u8 (0) |             |
 //     |    page bitmap (32 bytes, bit i = page i stored) | xxh64 u64  |
 //     |  xxh64 of the table of contents above                         |
 //     +--------------------------------------------------------------+  end of file
+//
+// Versions and compatibility. The version u32 is major (low 16 bits) and
+// minor (high 16 bits). A reader reads its own major at any minor up to its
+// own, and refuses anything else with CHECKPOINT_VERSION; a writer writes the
+// newest minor. 1.0 (u32 1): every stored block is LZ4 and the 4 bytes after
+// storedBytes are a u32 pageCount (so bytes 14-15 of an entry are zero,
+// encoding 0). 1.1 (u32 0x00010001) adds raw blocks: encoding 1, storedBytes
+// = pageCount x 4096; an LZ4 block of 1.1 is always smaller than its raw
+// pages (the writer stores raw otherwise). A 1.0 reader refuses 1.1 files
+// (its version check is exact), as it cannot read raw blocks.
 import { open, rename, rm } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { xxh64 } from '@node-rs/xxhash';
-import { compressSync, uncompressSync } from 'lz4-napi';
+import { compress, compressSync, uncompress } from 'lz4-napi';
 import { OffshootError } from '../common/index.ts';
 
 export const CHECKPOINT_MAGIC = 'OFFSHCK1';
-export const CHECKPOINT_VERSION = 1;
+/** Major version this code reads and writes (low 16 bits of the header's version). */
+export const CHECKPOINT_MAJOR = 1;
+/** Newest minor version (high 16 bits): 1 adds raw blocks. */
+export const CHECKPOINT_MINOR = 1;
+/** The version u32 this code writes: 1.1. */
+export const CHECKPOINT_VERSION = CHECKPOINT_MAJOR | (CHECKPOINT_MINOR << 16);
 export const HEADER_BYTES = 64;
 export const PAGE_BYTES = 4096;
 export const PAGES_PER_BLOCK = 256;
@@ -45,12 +64,21 @@ export const BLOCK_BYTES = PAGE_BYTES * PAGES_PER_BLOCK;
 const INDEX_ENTRY_BYTES = 56;
 const TOC_FIXED_BYTES = 24;
 
+/** How a block's stored pages are encoded (index entry byte 14). */
+export const BLOCK_ENCODING = { lz4: 0, raw: 1 } as const;
+export type BlockEncoding = keyof typeof BLOCK_ENCODING;
+
 /** Limits the reader enforces before trusting any size in a file. */
 export const LIMITS = {
   memoryBytes: 1024 ** 4,
   metadataBytes: 16 * 1024 * 1024,
   deviceStateBytes: 256 * 1024 * 1024,
 };
+
+/** "1.1" for a version u32. */
+export function formatVersion(version: number): string {
+  return `${version & 0xffff}.${version >>> 16}`;
+}
 
 export type CheckpointPart = 'file' | 'header' | 'table of contents' | 'metadata' | 'device state' | 'index' | `block ${number}`;
 
@@ -70,6 +98,7 @@ interface IndexEntry {
   fileOffset: number;
   storedBytes: number;
   pageCount: number;
+  encoding: BlockEncoding;
   bitmap: Buffer;
   hash: bigint;
 }
@@ -78,11 +107,32 @@ function hash(data: Uint8Array): bigint {
   return xxh64(Buffer.from(data.buffer, data.byteOffset, data.byteLength));
 }
 
-const ZERO_PAGE = Buffer.alloc(PAGE_BYTES);
+const ZERO_BLOCK = Buffer.alloc(BLOCK_BYTES);
+const ZERO_PAGE = ZERO_BLOCK.subarray(0, PAGE_BYTES);
 
 function isZeroPage(buf: Buffer, offset: number): boolean {
   // A native memcmp against a zero page.
   return buf.subarray(offset, offset + PAGE_BYTES).equals(ZERO_PAGE);
+}
+
+/**
+ * A sample of the block (its first stored page) is compressed first: if that saves less than this
+ * fraction, the block is stored raw without compressing the rest (random or already compressed data:
+ * LZ4 would spend its time for nothing).
+ */
+const SAMPLE_MIN_SAVING = 1 / 16;
+
+/**
+ * The stored form of a block's packed non-zero pages: LZ4 when that is smaller, raw otherwise. The
+ * sample is compressed here; the block itself in libuv's thread pool (lz4-napi runs at ~0.1-0.2 GB/s
+ * here, so compressing on the main thread would hold the daemon's event loop and leave the second
+ * core idle).
+ */
+async function encodeBlock(pages: Buffer): Promise<{ encoding: BlockEncoding; stored: Buffer }> {
+  const sample = compressSync(pages.subarray(0, PAGE_BYTES));
+  if (sample.length > PAGE_BYTES * (1 - SAMPLE_MIN_SAVING)) return { encoding: 'raw', stored: pages };
+  const compressed = await compress(pages);
+  return compressed.length < pages.length ? { encoding: 'lz4', stored: compressed } : { encoding: 'raw', stored: pages };
 }
 
 export interface WriteProgress {
@@ -91,10 +141,14 @@ export interface WriteProgress {
   bytesWritten: number;
 }
 
+/** Blocks read ahead of the one being encoded. */
+const READ_AHEAD = 4;
+
 /**
  * Writes a checkpoint: memory blocks from `readBlock` (each BLOCK_BYTES of guest RAM, the last one
- * possibly shorter), then the table of contents. Writes to PATH.partial and renames at the end, so
- * a cancelled or failed write leaves no file.
+ * possibly shorter; called for up to READ_AHEAD blocks at once, each into its own buffer), then the
+ * table of contents. Writes to PATH.partial and renames at the end (after an fsync), so a cancelled
+ * or failed write leaves no file.
  */
 export async function writeCheckpoint(
   path: string,
@@ -111,51 +165,88 @@ export async function writeCheckpoint(
   const blockCount = Math.ceil(input.memoryBytes / BLOCK_BYTES);
   const partial = `${path}.partial`;
   const file = await open(partial, 'w', 0o600);
-  const staging = Buffer.alloc(Math.max(input.stagingBytes ?? 8 * 1024 * 1024, BLOCK_BYTES + 1024));
+  // Two staging buffers: one is written while the other fills.
+  const stagingBytes = Math.max(input.stagingBytes ?? 8 * 1024 * 1024, BLOCK_BYTES + 1024);
+  const stagings = [Buffer.allocUnsafeSlow(stagingBytes), Buffer.allocUnsafeSlow(stagingBytes)];
+  const writing: Array<Promise<unknown> | undefined> = [undefined, undefined];
+  let current = 0;
   let staged = 0;
-  let fileOffset = HEADER_BYTES;
   let written = HEADER_BYTES;
   const flush = async () => {
-    if (staged > 0) await file.write(staging, 0, staged, written);
+    if (staged === 0) return;
+    const buf = stagings[current] as Buffer;
+    const length = staged;
+    const at = written;
+    writing[current] = (async () => {
+      for (let done = 0; done < length; ) done += (await file.write(buf, done, length - done, at + done)).bytesWritten;
+    })();
     written += staged;
     staged = 0;
+    current ^= 1;
+    await writing[current]; // the other buffer's write must be done before it fills again
+    writing[current] = undefined;
   };
+  const reads: Array<Promise<number> | undefined> = new Array(READ_AHEAD);
+  const readBufs = Array.from({ length: READ_AHEAD }, () => Buffer.allocUnsafeSlow(BLOCK_BYTES));
+  const startRead = (i: number) => {
+    if (i < blockCount) reads[i % READ_AHEAD] = input.readBlock(i, readBufs[i % READ_AHEAD] as Buffer);
+  };
+  // Blocks read and packed, in order, waiting for their encoding (in the thread pool) to be staged.
+  const pending: Array<{ i: number; bitmap: Buffer; count: number; encoded: Promise<{ encoding: BlockEncoding; stored: Buffer }> | null }> = [];
   try {
     const index: IndexEntry[] = [];
-    const block = Buffer.alloc(BLOCK_BYTES);
-    const pages = Buffer.alloc(BLOCK_BYTES);
+    let fileOffset = HEADER_BYTES;
     let storedPages = 0;
+    /** Stages the oldest pending block; its read buffer then takes the block READ_AHEAD further on. */
+    const drain = async () => {
+      const { i, bitmap, count, encoded } = pending[0] as (typeof pending)[number];
+      if (!encoded) {
+        index.push({ fileOffset, storedBytes: 0, pageCount: 0, encoding: 'lz4', bitmap, hash: 0n });
+      } else {
+        const { encoding, stored } = await encoded;
+        const storedHash = hash(stored);
+        if (staged + stored.length > stagingBytes) await flush();
+        if (stored.length > stagingBytes) {
+          await file.write(stored, 0, stored.length, written);
+          written += stored.length;
+        } else {
+          stored.copy(stagings[current] as Buffer, staged);
+          staged += stored.length;
+        }
+        index.push({ fileOffset, storedBytes: stored.length, pageCount: count, encoding, bitmap, hash: storedHash });
+        fileOffset += stored.length;
+        storedPages += count;
+        input.onProgress?.({ blocksDone: i + 1, blockCount, bytesWritten: fileOffset });
+      }
+      pending.shift();
+      startRead(i + READ_AHEAD);
+    };
+    for (let i = 0; i < READ_AHEAD; i++) startRead(i);
     for (let i = 0; i < blockCount; i++) {
       input.signal?.throwIfAborted();
-      block.fill(0);
-      const length = await input.readBlock(i, block);
+      while (pending.length > 0 && (pending[0] as (typeof pending)[number]).i <= i - READ_AHEAD) await drain();
+      const block = readBufs[i % READ_AHEAD] as Buffer;
+      const length = Math.min(await (reads[i % READ_AHEAD] as Promise<number>), BLOCK_BYTES);
+      reads[i % READ_AHEAD] = undefined;
+      if (length < BLOCK_BYTES) block.fill(0, length);
       const bitmap = Buffer.alloc(PAGES_PER_BLOCK / 8);
       let count = 0;
-      for (let p = 0; p * PAGE_BYTES < length; p++) {
-        if (isZeroPage(block, p * PAGE_BYTES)) continue;
-        bitmap[p >> 3] = (bitmap[p >> 3] as number) | (1 << (p & 7));
-        block.copy(pages, count * PAGE_BYTES, p * PAGE_BYTES, (p + 1) * PAGE_BYTES);
-        count++;
+      if (length > 0 && !(length === BLOCK_BYTES && block.equals(ZERO_BLOCK))) {
+        // Non-zero pages are packed to the front of the block's own buffer, in page order.
+        for (let p = 0; p * PAGE_BYTES < length; p++) {
+          if (isZeroPage(block, p * PAGE_BYTES)) continue;
+          bitmap[p >> 3] = (bitmap[p >> 3] as number) | (1 << (p & 7));
+          if (count !== p) block.copy(block, count * PAGE_BYTES, p * PAGE_BYTES, (p + 1) * PAGE_BYTES);
+          count++;
+        }
       }
-      if (count === 0) {
-        index.push({ fileOffset, storedBytes: 0, pageCount: 0, bitmap, hash: 0n });
-        continue;
-      }
-      const stored = compressSync(pages.subarray(0, count * PAGE_BYTES));
-      if (staged + stored.length > staging.length) await flush();
-      if (stored.length > staging.length) {
-        await file.write(stored, 0, stored.length, written);
-        written += stored.length;
-      } else {
-        stored.copy(staging, staged);
-        staged += stored.length;
-      }
-      index.push({ fileOffset, storedBytes: stored.length, pageCount: count, bitmap, hash: hash(stored) });
-      fileOffset += stored.length;
-      storedPages += count;
-      input.onProgress?.({ blocksDone: i + 1, blockCount, bytesWritten: fileOffset });
+      const encoded = count === 0 ? null : encodeBlock(block.subarray(0, count * PAGE_BYTES));
+      encoded?.catch(() => undefined); // surfaces when drained
+      pending.push({ i, bitmap, count, encoded });
     }
+    while (pending.length > 0) await drain();
     await flush();
+    await Promise.all(writing);
 
     const meta = Buffer.from(JSON.stringify(input.metadata), 'utf8');
     const toc = Buffer.alloc(TOC_FIXED_BYTES + meta.length + input.deviceState.length + index.length * INDEX_ENTRY_BYTES + 8);
@@ -169,7 +260,9 @@ export async function writeCheckpoint(
     for (const e of index) {
       o = toc.writeBigUInt64LE(BigInt(e.fileOffset), o);
       o = toc.writeUInt32LE(e.storedBytes, o);
-      o = toc.writeUInt32LE(e.pageCount, o);
+      o = toc.writeUInt16LE(e.pageCount, o);
+      o = toc.writeUInt8(BLOCK_ENCODING[e.encoding], o);
+      o = toc.writeUInt8(0, o);
       o += e.bitmap.copy(toc, o);
       o = toc.writeBigUInt64LE(e.hash, o);
     }
@@ -193,9 +286,40 @@ export async function writeCheckpoint(
     await rename(partial, path);
     return { fileBytes: fileOffset + toc.length, storedPages, blockCount };
   } catch (err) {
+    // Never leave reads, encodings or writes running on the file, the buffers or the caller's handles.
+    await Promise.allSettled([...reads, ...writing, ...pending.map((p) => p.encoded)]);
     await file.close().catch(() => undefined);
     await rm(partial, { force: true });
     throw err;
+  }
+}
+
+/** Blocks an eager restore reads and writes at once. */
+const RESTORE_LANES = 4;
+
+async function writeFull(file: FileHandle, data: Buffer, position: number): Promise<void> {
+  for (let done = 0; done < data.length; ) done += (await file.write(data, done, data.length - done, position + done)).bytesWritten;
+}
+
+/**
+ * Calls `stored(first, count, packedAt)` for each run of consecutive stored pages of a block bitmap
+ * (`packedAt`: index of the run's first page among the stored pages), and `zero(first, count)` for
+ * each run of zero pages.
+ */
+export function forEachRun(bitmap: Uint8Array, stored: (first: number, count: number, packedAt: number) => void, zero?: (first: number, count: number) => void): void {
+  let packed = 0;
+  let p = 0;
+  while (p < PAGES_PER_BLOCK) {
+    const bit = ((bitmap[p >> 3] as number) >> (p & 7)) & 1;
+    let q = p + 1;
+    while (q < PAGES_PER_BLOCK && (((bitmap[q >> 3] as number) >> (q & 7)) & 1) === bit) q++;
+    if (bit) {
+      stored(p, q - p, packed);
+      packed += q - p;
+    } else {
+      zero?.(p, q - p);
+    }
+    p = q;
   }
 }
 
@@ -233,7 +357,10 @@ export class CheckpointReader {
       await file.read(header, 0, HEADER_BYTES, 0);
       if (header.toString('ascii', 0, 8) !== CHECKPOINT_MAGIC) fail('header', 'not an Offshoot checkpoint (bad magic)');
       const version = header.readUInt32LE(8);
-      if (version !== CHECKPOINT_VERSION) fail('header', `version ${version}; this Offshoot reads version ${CHECKPOINT_VERSION}`, 'CHECKPOINT_VERSION');
+      const minor = version >>> 16;
+      if ((version & 0xffff) !== CHECKPOINT_MAJOR || minor > CHECKPOINT_MINOR) {
+        fail('header', `version ${formatVersion(version)}; this Offshoot reads versions ${CHECKPOINT_MAJOR}.0 to ${formatVersion(CHECKPOINT_VERSION)}`, 'CHECKPOINT_VERSION');
+      }
       if (header.readBigUInt64LE(56) !== hash(header.subarray(0, 56))) fail('header', 'checksum mismatch');
       if (header.readUInt32LE(12) !== HEADER_BYTES || header.readUInt32LE(16) !== BLOCK_BYTES || header.readUInt32LE(20) !== PAGE_BYTES) fail('header', 'unsupported header, block or page size');
       const memoryBytes = Number(header.readBigUInt64LE(24));
@@ -268,10 +395,16 @@ export class CheckpointReader {
       let o = TOC_FIXED_BYTES + metaBytes + deviceBytes;
       let expected = HEADER_BYTES;
       for (let i = 0; i < blockCount; i++, o += INDEX_ENTRY_BYTES) {
-        const entry: IndexEntry = { fileOffset: Number(toc.readBigUInt64LE(o)), storedBytes: toc.readUInt32LE(o + 8), pageCount: toc.readUInt32LE(o + 12), bitmap: Buffer.from(toc.subarray(o + 16, o + 48)), hash: toc.readBigUInt64LE(o + 48) };
+        const code = toc.readUInt8(o + 14);
+        const encoding: BlockEncoding | undefined = code === BLOCK_ENCODING.lz4 ? 'lz4' : code === BLOCK_ENCODING.raw && minor >= 1 ? 'raw' : undefined;
+        if (encoding === undefined || toc.readUInt8(o + 15) !== 0) fail('index', `entry ${i} has an unknown block encoding ${code}`);
+        const entry: IndexEntry = { fileOffset: Number(toc.readBigUInt64LE(o)), storedBytes: toc.readUInt32LE(o + 8), pageCount: toc.readUInt16LE(o + 12), encoding: encoding as BlockEncoding, bitmap: Buffer.from(toc.subarray(o + 16, o + 48)), hash: toc.readBigUInt64LE(o + 48) };
         let bits = 0;
         for (const byte of entry.bitmap) for (let b = byte; b; b &= b - 1) bits++;
         if (entry.fileOffset !== expected || entry.pageCount !== bits || entry.pageCount > PAGES_PER_BLOCK || (entry.pageCount === 0) !== (entry.storedBytes === 0)) fail('index', `entry ${i} is inconsistent`);
+        const rawBytes = entry.pageCount * PAGE_BYTES;
+        // 1.1: a raw block is exactly its pages; an LZ4 block is smaller (1.0 files did not promise that).
+        if (entry.pageCount > 0 && (entry.encoding === 'raw' ? entry.storedBytes !== rawBytes : minor >= 1 && entry.storedBytes >= rawBytes)) fail('index', `entry ${i}: ${entry.storedBytes} stored bytes do not fit a ${entry.encoding} block of ${entry.pageCount} pages`);
         expected += entry.storedBytes;
         index.push(entry);
       }
@@ -295,48 +428,104 @@ export class CheckpointReader {
     return Math.floor(offset / BLOCK_BYTES);
   }
 
-  /** Decompresses block `i` into `into` (BLOCK_BYTES, zero-filled where pages were zero); verifies its checksum. */
-  async readBlock(i: number, into: Buffer): Promise<void> {
+  /** The encoding and stored size of block `i` (pageCount 0: nothing stored). */
+  blockInfo(i: number): { encoding: BlockEncoding; storedBytes: number; pageCount: number } {
     const entry = this.index[i];
     if (!entry) throw new CheckpointFormatError(this.path, 'index', `no block ${i}`);
-    into.fill(0, 0, BLOCK_BYTES);
-    if (entry.pageCount === 0) return;
-    const stored = Buffer.alloc(entry.storedBytes);
-    const { bytesRead } = await this.file.read(stored, 0, entry.storedBytes, entry.fileOffset);
+    return { encoding: entry.encoding, storedBytes: entry.storedBytes, pageCount: entry.pageCount };
+  }
+
+  /**
+   * Reads block `i`'s stored pages, verifies their checksum and decodes them: returns the block's
+   * non-zero pages packed in page order (pageCount x 4096 bytes; see blockBitmap for where each goes).
+   * `scratch` (at least BLOCK_BYTES + 64 KiB) is used for the read when given, so no memory is allocated
+   * for a raw block; the result may be a view of it.
+   */
+  async readPackedPages(i: number, scratch?: Buffer): Promise<Buffer> {
+    const entry = this.index[i];
+    if (!entry) throw new CheckpointFormatError(this.path, 'index', `no block ${i}`);
+    if (entry.pageCount === 0) return Buffer.alloc(0);
+    const stored = scratch && scratch.length >= entry.storedBytes ? scratch.subarray(0, entry.storedBytes) : Buffer.allocUnsafe(entry.storedBytes);
     const part: CheckpointPart = `block ${i}`;
-    if (bytesRead !== entry.storedBytes) throw new CheckpointFormatError(this.path, part, 'truncated');
+    let bytesRead = 0;
+    while (bytesRead < entry.storedBytes) {
+      const n = (await this.file.read(stored, bytesRead, entry.storedBytes - bytesRead, entry.fileOffset + bytesRead)).bytesRead;
+      if (n === 0) throw new CheckpointFormatError(this.path, part, 'truncated');
+      bytesRead += n;
+    }
     if (hash(stored) !== entry.hash) throw new CheckpointFormatError(this.path, part, 'checksum mismatch');
+    if (entry.encoding === 'raw') return stored;
     let pages: Buffer;
     try {
-      pages = uncompressSync(stored);
+      pages = await uncompress(stored);
     } catch (err) {
       throw new CheckpointFormatError(this.path, part, `cannot decompress (${(err as Error).message})`);
     }
     if (pages.length !== entry.pageCount * PAGE_BYTES) throw new CheckpointFormatError(this.path, part, `decompressed to ${pages.length} bytes, expected ${entry.pageCount * PAGE_BYTES}`);
-    let n = 0;
-    for (let p = 0; p < PAGES_PER_BLOCK; p++) {
-      if (((entry.bitmap[p >> 3] as number) & (1 << (p & 7))) === 0) continue;
-      pages.copy(into, p * PAGE_BYTES, n * PAGE_BYTES, (n + 1) * PAGE_BYTES);
-      n++;
-    }
+    return pages;
   }
 
-  /** Eager restore: every block written into `target` (a new guest RAM file) at its guest offset; zero pages skipped (sparse). */
-  async restoreInto(target: string, onProgress?: (blocksDone: number, blockCount: number) => void): Promise<void> {
-    const out = await open(target, 'w', 0o600);
+  /** Decodes block `i` into `into` (BLOCK_BYTES, zero-filled where pages were zero); verifies its checksum. */
+  async readBlock(i: number, into: Buffer, scratch?: Buffer): Promise<void> {
+    const entry = this.index[i];
+    if (!entry) throw new CheckpointFormatError(this.path, 'index', `no block ${i}`);
+    if (entry.pageCount === 0) {
+      into.fill(0, 0, BLOCK_BYTES);
+      return;
+    }
+    const pages = await this.readPackedPages(i, scratch);
+    if (entry.pageCount === PAGES_PER_BLOCK) {
+      pages.copy(into, 0, 0, BLOCK_BYTES);
+      return;
+    }
+    forEachRun(entry.bitmap, (first, count, packedAt) => {
+      pages.copy(into, first * PAGE_BYTES, packedAt * PAGE_BYTES, (packedAt + count) * PAGE_BYTES);
+    }, (first, count) => into.fill(0, first * PAGE_BYTES, (first + count) * PAGE_BYTES));
+  }
+
+  /**
+   * Eager restore: every stored page written into `target` (a new guest RAM file) at its guest offset;
+   * zero pages are not written (the file stays sparse). Several blocks are read and written at once.
+   * `target` is a path (created, or truncated, to the memory size) or an open handle of a file the
+   * caller created and sized (e.g. one a QEMU already maps while it starts).
+   */
+  async restoreInto(target: string | FileHandle, onProgress?: (blocksDone: number, blockCount: number) => void): Promise<void> {
+    // A path is created (mode 0600) and sized here; a handle is the caller's, already sized, and stays open.
+    const out = typeof target === 'string' ? await open(target, 'w', 0o600) : target;
     try {
-      await out.truncate(this.memoryBytes);
-      const buf = Buffer.alloc(BLOCK_BYTES);
-      for (let i = 0; i < this.index.length; i++) {
-        const entry = this.index[i] as IndexEntry;
-        if (entry.pageCount === 0) continue;
-        await this.readBlock(i, buf);
-        const length = Math.min(BLOCK_BYTES, this.memoryBytes - i * BLOCK_BYTES);
-        await out.write(buf, 0, length, i * BLOCK_BYTES);
-        onProgress?.(i + 1, this.index.length);
-      }
+      if (typeof target === 'string') await out.truncate(this.memoryBytes);
+      let next = 0;
+      let done = 0;
+      let stopping = false;
+      const lane = async () => {
+        const scratch = Buffer.allocUnsafeSlow(BLOCK_BYTES + 64 * 1024);
+        for (;;) {
+          const i = next++;
+          if (i >= this.index.length || stopping) return;
+          const entry = this.index[i] as IndexEntry;
+          if (entry.pageCount === 0) continue;
+          const pages = await this.readPackedPages(i, scratch);
+          const writes: Array<Promise<unknown>> = [];
+          forEachRun(entry.bitmap, (first, count, packedAt) => {
+            const at = i * BLOCK_BYTES + first * PAGE_BYTES;
+            const length = Math.min(count * PAGE_BYTES, this.memoryBytes - at);
+            writes.push(writeFull(out, pages.subarray(packedAt * PAGE_BYTES, packedAt * PAGE_BYTES + length), at));
+          });
+          await Promise.all(writes);
+          onProgress?.(++done, this.index.length);
+        }
+      };
+      const lanes = Array.from({ length: RESTORE_LANES }, () =>
+        lane().catch((err: unknown) => {
+          stopping = true; // the other lanes stop after their block in flight
+          throw err;
+        }),
+      );
+      const settled = await Promise.allSettled(lanes);
+      const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed) throw failed.reason;
     } finally {
-      await out.close();
+      if (typeof target === 'string') await out.close();
     }
   }
 

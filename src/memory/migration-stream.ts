@@ -174,31 +174,74 @@ export interface RamPage {
   data: Uint8Array | null;
 }
 
+/** Bytes ramPagesSection / ramPagesSectionInto need for `pages`. */
+export function ramPagesSectionBytes(pages: readonly RamPage[]): number {
+  let bytes = 5 + 8 + 5;
+  let last: string | undefined;
+  for (const p of pages) {
+    bytes += 8 + (p.block === last ? 0 : 1 + Buffer.byteLength(p.block, 'latin1')) + (p.data ? TARGET_PAGE_BYTES : 1);
+    last = p.block;
+  }
+  return bytes;
+}
+
 /**
  * A RAM PART (or END) section holding `pages`: the block name is written when it differs from the
  * previous page's, CONTINUE otherwise; zero pages as ZERO + fill byte 0; EOS and the footer last.
  */
 export function ramPagesSection(sectionId: number, pages: readonly RamPage[], type: 'part' | 'end' = 'part'): Buffer {
-  let bytes = 5 + 8 + 5;
-  for (const p of pages) bytes += 8 + 1 + p.block.length + (p.data ? TARGET_PAGE_BYTES : 1);
-  const w = new StreamWriter(bytes);
-  w.u8(type === 'part' ? VM_SECTION.PART : VM_SECTION.END).be32(sectionId);
+  const buf = Buffer.allocUnsafe(ramPagesSectionBytes(pages));
+  return buf.subarray(0, ramPagesSectionInto(buf, sectionId, pages, type));
+}
+
+/** ramPagesSection written into `into` (at least ramPagesSectionBytes long); returns the bytes written. */
+export function ramPagesSectionInto(into: Buffer, sectionId: number, pages: readonly RamPage[], type: 'part' | 'end' = 'part'): number {
+  let o = ramSectionHeader(into, sectionId, type);
   let last: string | undefined;
   for (const p of pages) {
-    if (p.offset % TARGET_PAGE_BYTES !== 0) throw new RangeError(`page offset ${p.offset} is not page aligned`);
-    const flags = (p.data ? RAM_FLAG.PAGE : RAM_FLAG.ZERO) | (p.block === last ? RAM_FLAG.CONTINUE : 0);
-    w.be64(BigInt(p.offset) | BigInt(flags));
-    if (p.block !== last) w.idstr(p.block);
+    if (p.data && p.data.length !== TARGET_PAGE_BYTES) throw new RangeError(`a page is ${TARGET_PAGE_BYTES} bytes, not ${p.data.length}`);
+    o = ramPageRecordHeader(into, o, p.offset, p.block === last ? null : Buffer.from(p.block, 'latin1'), p.data === null);
     last = p.block;
     if (p.data) {
-      if (p.data.length !== TARGET_PAGE_BYTES) throw new RangeError(`a page is ${TARGET_PAGE_BYTES} bytes, not ${p.data.length}`);
-      w.bytes(p.data);
+      into.set(p.data, o);
+      o += TARGET_PAGE_BYTES;
     } else {
-      w.u8(0);
+      o = into.writeUInt8(0, o);
     }
   }
-  w.be64(RAM_FLAG.EOS);
-  return sectionFooter(w, sectionId).toBuffer();
+  return ramSectionFooter(into, o, sectionId);
+}
+
+/** The start of a RAM PART (or END) section: type byte and section id. Returns the next offset. */
+export function ramSectionHeader(into: Buffer, sectionId: number, type: 'part' | 'end' = 'part'): number {
+  const o = into.writeUInt8(type === 'part' ? VM_SECTION.PART : VM_SECTION.END, 0);
+  return into.writeUInt32BE(sectionId >>> 0, o);
+}
+
+/**
+ * One page record's be64 (offset | PAGE or ZERO, | CONTINUE unless `blockName` is given, which then
+ * follows as u8 length + name); the page's data (or ZERO's fill byte) comes next. Returns the next offset.
+ */
+export function ramPageRecordHeader(into: Buffer, at: number, offset: number, blockName: Buffer | null, zero = false): number {
+  if (offset % TARGET_PAGE_BYTES !== 0) throw new RangeError(`page offset ${offset} is not page aligned`);
+  if (blockName && blockName.length > 255) throw new RangeError(`idstr "${blockName.toString('latin1')}" longer than 255 bytes`);
+  const flags = (zero ? RAM_FLAG.ZERO : RAM_FLAG.PAGE) | (blockName ? 0 : RAM_FLAG.CONTINUE);
+  // offset | flags as a be64, from two be32 halves (offsets stay below 2^53).
+  let o = into.writeUInt32BE(Math.floor(offset / 2 ** 32), at);
+  o = into.writeUInt32BE(((offset % 2 ** 32) | flags) >>> 0, o);
+  if (blockName) {
+    o = into.writeUInt8(blockName.length, o);
+    o += blockName.copy(into, o);
+  }
+  return o;
+}
+
+/** EOS and the section footer after the last record. Returns the section's length. */
+export function ramSectionFooter(into: Buffer, at: number, sectionId: number): number {
+  let o = into.writeUInt32BE(0, at);
+  o = into.writeUInt32BE(RAM_FLAG.EOS, o);
+  o = into.writeUInt8(VM_SECTION.FOOTER, o);
+  return into.writeUInt32BE(sectionId >>> 0, o);
 }
 
 /** The end of a postcopy stream: the RAM section's END (no pages) and the end-of-stream byte. */

@@ -27,13 +27,19 @@
 // A page is never sent twice (QEMU's UFFDIO_COPY fails on a present page and
 // the migration breaks): a bit per page records what was sent.
 //
+// Throughput: while a block's section drains into the socket, the next
+// background block is already read and verified (prefetched), so QEMU's
+// listen thread, which installs one 4 KiB page per UFFDIO_COPY, never waits
+// for the file; sections are built in a buffer reused for the whole stream
+// (new memory is slow to touch on this machine).
+//
 // A block whose checksum fails (or any read error) stops the stream with that
 // error; the caller must kill the destination, which cannot continue without
 // its source.
 import type { Duplex } from 'node:stream';
 import { BLOCK_BYTES, PAGE_BYTES } from './checkpoint-format.ts';
 import type { CheckpointReader } from './checkpoint-format.ts';
-import { MIG_CMD, command, configurationSection, fileHeader, packaged, pingCommand, postcopyAdvise, postcopyRamDiscard, ramPagesSection, ramSetupSection, streamEnd } from './migration-stream.ts';
+import { MIG_CMD, command, configurationSection, fileHeader, packaged, pingCommand, postcopyAdvise, postcopyRamDiscard, ramPageRecordHeader, ramPagesSection, ramPagesSectionInto, ramSectionFooter, ramSectionHeader, ramSetupSection, streamEnd } from './migration-stream.ts';
 import type { RamPage } from './migration-stream.ts';
 import { ReturnPathError, ReturnPathReader } from './return-path.ts';
 import type { SavedDeviceState } from './saved-device-state.ts';
@@ -66,8 +72,15 @@ export class PostcopyPageServer {
   private readonly wantedPages = new Map<number, Set<number>>();
   private readonly smallSent = new Set<string>();
   private readonly returnPath = new ReturnPathReader();
-  private readonly blockBuf = Buffer.alloc(BLOCK_BYTES);
+  /** Read buffers: one for blocks read on demand, one for the prefetched background block. */
+  private readonly readScratch = Buffer.allocUnsafeSlow(BLOCK_BYTES + 64 * 1024);
+  private readonly prefetchScratch = Buffer.allocUnsafeSlow(BLOCK_BYTES + 64 * 1024);
+  /** The section being written (one at a time: reused once its write completes). */
+  private readonly sectionBuf = Buffer.allocUnsafeSlow(PAGES_PER_BLOCK * (PAGE_BYTES + 9) + 64 * 1024);
+  private prefetched: { block: number; pages: Promise<Buffer> } | undefined;
   private nextBackground = 0;
+  /** Set once the VM runs: the background stream may run and the stream may end. */
+  private endAllowedNow = false;
   private failure: Error | undefined;
   private shut: ((status: number) => void) | undefined;
   private ended = false;
@@ -144,8 +157,7 @@ export class PostcopyPageServer {
     // Nothing of guest RAM was sent, so there is nothing to drop; the command is needed anyway (see postcopyRamDiscard).
     await this.write(postcopyRamDiscard(GUEST_RAM_BLOCK, [{ start: 0, length: PAGE_BYTES }]));
     await this.write(packaged(Buffer.concat([command(MIG_CMD.POSTCOPY_LISTEN), s.devices, command(MIG_CMD.POSTCOPY_RUN)])));
-    let endAllowed = false;
-    void this.endAllowed.then(() => (endAllowed = true));
+    void this.endAllowed.then(() => (this.endAllowedNow = true));
 
     for (;;) {
       if (this.failure) throw this.failure;
@@ -156,8 +168,8 @@ export class PostcopyPageServer {
       } else {
         fault = false;
         while (this.nextBackground < this.blockCount && this.blockDone[this.nextBackground]) this.nextBackground++;
-        if (!endAllowed || this.nextBackground >= this.blockCount) {
-          if (endAllowed) break;
+        if (!this.endAllowedNow || this.nextBackground >= this.blockCount) {
+          if (this.endAllowedNow) break;
           // Before the VM runs (or with everything stored sent): wait for a request or for the VM to run.
           await new Promise<void>((resolve) => (this.wake = resolve));
           this.wake = undefined;
@@ -182,21 +194,24 @@ export class PostcopyPageServer {
   private async sendBlock(block: number, fault: boolean): Promise<void> {
     const bitmap = this.reader.blockBitmap(block);
     const needData = !this.blockDone[block] && bitmap.some((b) => b !== 0);
-    if (needData) await this.reader.readBlock(block, this.blockBuf);
+    const packed = needData ? await this.packedPages(block) : undefined;
     if (this.failure) throw this.failure;
     const zeros = this.zeroRequests.get(block);
     this.zeroRequests.delete(block);
     const wanted = this.wantedPages.get(block);
     this.wantedPages.delete(block);
+    if (!fault && !zeros && !wanted && packed) return this.sendStoredPages(block, bitmap, packed);
     const pages: RamPage[] = [];
     const first = block * PAGES_PER_BLOCK;
     const last = Math.min(first + PAGES_PER_BLOCK, this.pageCount);
+    let n = 0; // index of the page among the block's stored pages
     for (let page = first; page < last; page++) {
-      if (this.isSent(page)) continue;
       const p = page - first;
       const stored = ((bitmap[p >> 3] as number) & (1 << (p & 7))) !== 0;
-      if (stored && needData) {
-        pages.push({ block: GUEST_RAM_BLOCK, offset: page * PAGE_BYTES, data: this.blockBuf.subarray(p * PAGE_BYTES, (p + 1) * PAGE_BYTES) });
+      const at = stored ? n++ : -1;
+      if (this.isSent(page)) continue;
+      if (stored && packed) {
+        pages.push({ block: GUEST_RAM_BLOCK, offset: page * PAGE_BYTES, data: packed.subarray(at * PAGE_BYTES, (at + 1) * PAGE_BYTES) });
       } else if (!stored && (fault || zeros?.has(p))) {
         pages.push({ block: GUEST_RAM_BLOCK, offset: page * PAGE_BYTES, data: null });
         this.stats.zeroPagesSent++;
@@ -210,10 +225,68 @@ export class PostcopyPageServer {
     if (wanted) pages.sort((a, b) => Number(wanted.has(b.offset)) - Number(wanted.has(a.offset)));
     if (fault) this.stats.faultBlocks++;
     else this.stats.backgroundBlocks++;
-    if (pages.length === 0) return;
-    this.stats.pagesSent += pages.length;
-    await this.write(ramPagesSection(this.saved.ram.id, pages));
+    if (pages.length > 0) {
+      const length = ramPagesSectionInto(this.sectionBuf, this.saved.ram.id, pages);
+      this.prefetchNext(block);
+      this.stats.pagesSent += pages.length;
+      await this.write(this.sectionBuf.subarray(0, length));
+      this.onProgress?.(this.stats.faultBlocks + this.stats.backgroundBlocks, this.blockCount);
+    }
+  }
+
+  /**
+   * The background's case of sendBlock: the block's stored pages not sent yet, in page order, written
+   * into the section buffer directly (the same bytes as ramPagesSection, without a page object each).
+   */
+  private async sendStoredPages(block: number, bitmap: Buffer, packed: Buffer): Promise<void> {
+    const buf = this.sectionBuf;
+    const name = Buffer.from(GUEST_RAM_BLOCK, 'latin1');
+    let o = ramSectionHeader(buf, this.saved.ram.id);
+    let n = 0;
+    let sent = 0;
+    for (let p = 0; p < PAGES_PER_BLOCK; p++) {
+      if (((bitmap[p >> 3] as number) & (1 << (p & 7))) === 0) continue;
+      const at = n++;
+      const page = block * PAGES_PER_BLOCK + p;
+      if (page >= this.pageCount || this.isSent(page)) continue;
+      o = ramPageRecordHeader(buf, o, page * PAGE_BYTES, sent === 0 ? name : null);
+      o += packed.copy(buf, o, at * PAGE_BYTES, (at + 1) * PAGE_BYTES);
+      this.markSent(page);
+      sent++;
+    }
+    this.blockDone[block] = 1;
+    this.stats.backgroundBlocks++;
+    if (sent === 0) return;
+    o = ramSectionFooter(buf, o, this.saved.ram.id);
+    this.prefetchNext(block);
+    this.stats.pagesSent += sent;
+    await this.write(buf.subarray(0, o));
     this.onProgress?.(this.stats.faultBlocks + this.stats.backgroundBlocks, this.blockCount);
+  }
+
+  /** Block `block`'s stored pages, packed (verified): the prefetched ones if they are that block's. */
+  private packedPages(block: number): Promise<Buffer> {
+    const prefetched = this.prefetched;
+    if (prefetched?.block === block) {
+      this.prefetched = undefined;
+      return prefetched.pages;
+    }
+    return this.reader.readPackedPages(block, this.readScratch);
+  }
+
+  /**
+   * Once the VM runs, starts reading the background block after `after` (the next one not sent with
+   * stored pages), unless one is already prefetched: it is read and verified while this one drains.
+   */
+  private prefetchNext(after: number): void {
+    if (this.prefetched || !this.endAllowedNow) return;
+    for (let c = Math.max(after + 1, this.nextBackground); c < this.blockCount; c++) {
+      if (this.blockDone[c] || this.reader.blockInfo(c).pageCount === 0) continue;
+      const pages = this.reader.readPackedPages(c, this.prefetchScratch);
+      pages.catch(() => undefined); // surfaces when the block is sent
+      this.prefetched = { block: c, pages };
+      return;
+    }
   }
 
   private onReturnPath(chunk: Buffer): void {

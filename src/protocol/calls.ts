@@ -113,6 +113,7 @@ export const AGENT_CALLS = {
       boot: prepareVmBootSchema,
       disks: z.array(z.object({ source: diskSourceSchema, readOnly: z.boolean() })).max(8),
       network: z.enum(['user', 'none']),
+      guestAgent: z.boolean().optional(),
     }),
     vmSpecSchema,
   ),
@@ -134,7 +135,11 @@ export const AGENT_CALLS = {
   releaseUnused: call('removes memory templates and frozen bases that are not in the given in-use lists', z.object({ templates: z.array(uuidSchema), files: z.array(locatorSchema) }), z.object({ templates: z.array(z.string()), files: z.array(z.string()) })),
 
   // Fork (and the freeze a checkpoint shares)
-  makeOwned: operation("live-migrates a derived VM into a QEMU with its own RAM file", { vmId: vmIdSchema, name: nameSchema, spec: vmSpecSchema }, z.object({ runtime: vmRuntimeSchema, bytes: z.number(), ms: z.number() })),
+  // A derived VM's memory made its own (fork of a fork), in three steps so the caller can journal the new QEMU before anything moves.
+  startOwnedTarget: operation('starts a QEMU with an owned RAM file waiting for a local live migration of the derived VM', { vmId: vmIdSchema, name: nameSchema, spec: vmSpecSchema }, vmRuntimeSchema),
+  migrateToOwnedTarget: operation('live-migrates the VM into its owned target (the source ends stopped, the target paused)', { vmId: vmIdSchema }, z.object({ bytes: z.number(), ms: z.number() })),
+  switchToOwnedTarget: call('the owned target becomes the VM\'s QEMU (resumed if the source ran) and the source ends', vmRef, vmRuntimeSchema),
+  abortOwnedTarget: call('undoes the first two steps: the target goes and the source runs on as before', vmRef, empty),
   prepareFork: operation('prepares a fork while the source runs: disks split, template linked, incoming QEMUs waiting', { forkId: uuidSchema, source: forkVmSchema, children: z.array(forkVmSchema).max(64), maxDepth: z.number().int().min(1) }, preparedForkSchema),
   switchFork: call('the switch-over (the stun): source stopped, device state saved and loaded into its replacement', forkRef, forkSwitchSchema),
   completeForkChild: call('a child loads the device state and runs', z.object({ forkId: uuidSchema, childId: vmIdSchema }), vmRuntimeSchema),

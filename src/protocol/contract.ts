@@ -150,8 +150,19 @@ export function runAgentContract(label: string, makeTarget: () => Promise<AgentC
 
     it('writes a checkpoint to a new file only, and restores it as a new VM', async () => {
       // After the fork the source maps the template: its memory becomes its own again before a new freeze.
-      const owned = await runOperation(t.client, 'makeOwned', { vmId, name: 'contract', spec });
-      expect(owned.runtime.memory.mode).toBe('owned');
+      // An aborted attempt leaves the VM running in its QEMU.
+      const abandoned = await runOperation(t.client, 'startOwnedTarget', { vmId, name: 'contract', spec });
+      await t.client.abortOwnedTarget({ vmId });
+      expect((await t.client.vmStatus({ vmId })).status).toBe('running');
+      expect(await codeOf(t.client.switchToOwnedTarget({ vmId }))).toBe('FORK_NOT_PREPARED');
+      const target = await runOperation(t.client, 'startOwnedTarget', { vmId, name: 'contract', spec });
+      expect(target.pid).not.toBe(abandoned.pid);
+      expect(target.memory.mode).toBe('owned');
+      const moved = await runOperation(t.client, 'migrateToOwnedTarget', { vmId });
+      expect(moved.bytes).toBeGreaterThan(0);
+      const owned = await t.client.switchToOwnedTarget({ vmId });
+      expect(owned.pid).toBe(target.pid);
+      expect((await t.client.vmStatus({ vmId })).status).toBe('running');
       const forkId = newOperationId();
       const prepared = await runOperation(t.client, 'prepareFork', { forkId, source: { vmId, name: 'contract', spec }, children: [], maxDepth: 64 });
       const frozenSpec: VmSpec = { ...spec, disks: spec.disks.map((d) => ({ ...d, file: prepared.disks.frozen.find((f) => f.from === d.file)?.to ?? d.file, owned: false })) };

@@ -52,8 +52,12 @@ export const vmSpecSchema = z.object({
   boot: vmBootSchema,
   disks: z.array(vmDiskSchema).max(16),
   nics: z.array(vmNicSchema).max(8),
-  /** The embedded default guest (its agent is expected to answer). */
+  /** The embedded default guest. */
   defaultGuest: z.boolean(),
+  /** False for a guest without a QEMU guest agent: start does not wait for one, exec is refused. Absent means true. */
+  guestAgent: z.boolean().optional(),
+  /** The VM's own identity (a machine-id), and whether it still has to be applied in the guest (a clone's first boot). */
+  identity: z.object({ machineId: z.string().regex(/^[0-9a-f]{32}$/), pending: z.boolean() }).optional(),
 });
 
 /** Guest RAM: `owned` is the VM's own file (it is the RAM); `derived` maps a template copy-on-write. */

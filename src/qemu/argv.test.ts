@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { InvalidInputError } from '../common/index.ts';
-import { buildQemuArgv, qemuOptValue } from './argv.ts';
+import { DERIVED_TCG_TB_MIB, buildQemuArgv, qemuOptValue } from './argv.ts';
 import type { QemuLaunchSpec } from './launch-spec.ts';
 
 function baseSpec(dir = '/run/offshoot/vm1', overrides: Partial<QemuLaunchSpec> = {}): QemuLaunchSpec {
@@ -56,6 +56,12 @@ describe('buildQemuArgv', () => {
     expect(values(argv, '-accel')).toEqual(['kvm']);
     expect(values(argv, '-cpu')).toEqual(['host']);
     expect(values(argv, '-object')[0]).toMatch(/mem-path=\/mem\/template-1,share=off$/);
+  });
+
+  it('gives a TCG VM derived from a template a smaller translation buffer, and only that VM', () => {
+    expect(values(buildQemuArgv(baseSpec(undefined, { memory: { path: '/mem/template-1', share: false } })), '-accel')).toEqual([`tcg,tb-size=${DERIVED_TCG_TB_MIB}`]);
+    expect(values(buildQemuArgv(baseSpec()), '-accel')).toEqual(['tcg']);
+    expect(values(buildQemuArgv(baseSpec(undefined, { accel: 'kvm', memory: { path: '/mem/template-1', share: false } })), '-accel')).toEqual(['kvm']);
   });
 
   it('wires QMP, the guest agent port and the serial console', () => {

@@ -6,8 +6,16 @@
 // another process (later: another host) can finish a stopped one. Every
 // chunk is read back from the target and checked against its recorded hash
 // before the copy reports done with a content hash: chunks copied by this run
-// right after they are recorded (overlapping the next chunk's copy), chunks
+// right after they are written (overlapping the next chunk's copy), chunks
 // recorded by earlier runs once all chunks are recorded.
+//
+// Pipeline: the source is read through the page cache (a few 8 MiB reads
+// ahead), the target written with O_DIRECT where its file system allows it
+// (chunk-io.ts: new page-cache pages are what made copies slow here), and a
+// chunk's flush and progress record run while the next chunk copies; a chunk
+// is recorded only after its flush, so the guarantee is the same as flushing
+// and recording before going on. The read-back goes through O_DIRECT too, so
+// it checks what the device holds, not the page cache.
 //
 // Content hash: "xxh3-64:<chunkBytes>:<hex>", the xxh3-64 of the file size and
 // the chunk hashes (each the xxh3-64 of the chunk's logical bytes, holes as
@@ -17,7 +25,8 @@ import { constants } from 'node:fs';
 import { open, stat, unlink } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { xxh3 } from '@node-rs/xxhash';
-import { BufferPool, ShortReadError, hashHex, streamChunk, streamChunkSync } from './chunk-io.ts';
+import { BufferPool, ShortReadError, hashHex, streamChunk } from './chunk-io.ts';
+import type { ChunkFile } from './chunk-io.ts';
 import { CopySourceChangedError, CopyTargetExistsError, CopyVerifyFailedError } from './copy-errors.ts';
 import { acquireCopyLock } from './copy-lock.ts';
 import { checkSameSource, progressPath, readProgress, removeProgress, sourceIdentity, writeProgress } from './copy-progress.ts';
@@ -26,10 +35,10 @@ import { dataBytesIn, dataExtents, piecesOf } from './extents.ts';
 import type { Extent, Piece } from './extents.ts';
 
 export const DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024;
-// Two 4 MiB buffers (one read ahead, one being written) and a background flush every 16 MiB measured
-// fastest here (bench/copy.ts); more reads in flight break the kernel's sequential read-ahead.
-export const DEFAULT_BUFFER_BYTES = 4 * 1024 * 1024;
-export const DEFAULT_BUFFERS = 2;
+// Four 8 MiB buffers (reads ahead and the O_DIRECT write in flight) measured fastest here (bench/copy.ts).
+export const DEFAULT_BUFFER_BYTES = 8 * 1024 * 1024;
+export const DEFAULT_BUFFERS = 4;
+/** Background flushes while a chunk is written (buffered targets only: an O_DIRECT target has nothing to flush). */
 export const DEFAULT_FLUSH_EVERY_BYTES = 16 * 1024 * 1024;
 
 export const COPY_STATES = ['done', 'stopped'] as const;
@@ -43,12 +52,14 @@ export interface CopyOptions {
   target: string;
   /** Chunk size of a new copy (a resumed copy keeps the recorded one). Default 64 MiB. */
   chunkBytes?: number;
-  /** Size of each I/O buffer. Default 4 MiB (the copy worker, with syncIo, uses 256 KiB: small buffers stay in the CPU cache between read and write). */
+  /** Size of each I/O buffer (rounded up to 4 KiB). Default 8 MiB. */
   bufferBytes?: number;
-  /** Number of I/O buffers of the async path (reads ahead + the write in flight). Default 2. */
+  /** Number of I/O buffers (reads ahead + the write in flight). Default 4. */
   buffers?: number;
-  /** Starts a background flush of the target each time this many bytes were written (0: flush once per chunk only). Default 16 MiB. */
+  /** A buffered target: starts a background flush each time this many bytes were written (0: once per chunk). Default 16 MiB. */
   flushEveryBytes?: number;
+  /** Write and read back the target with O_DIRECT when its file system allows it. Default true. */
+  direct?: boolean;
   /** Stops the copy after the chunk in flight is recorded; the result is 'stopped'. */
   signal?: AbortSignal;
   onProgress?: (progress: CopyProgress) => void;
@@ -56,11 +67,6 @@ export interface CopyOptions {
   maxBytesPerSecond?: number;
   /** qemu-img binary (for the extent map). */
   qemuImg?: string;
-  /**
-   * Blocking I/O with one buffer (and verification right after each chunk): for a process that does
-   * nothing else, such as the copy worker. Measured as fast as cp here with 256 KiB buffers.
-   */
-  syncIo?: boolean;
 }
 
 export interface CopyProgress {
@@ -109,7 +115,7 @@ async function hashChunks(fd: FileHandle, path: string, size: number, chunkBytes
   const chunks = Math.ceil(size / chunkBytes);
   for (let i = 0; i < chunks; i++) {
     const [start, end] = chunkRange(i, chunkBytes, size);
-    hashes.push(await streamChunk(fd, piecesOf(extents, start, end, pool.size), pool));
+    hashes.push(await streamChunk({ handle: fd }, piecesOf(extents, start, end, pool.size), pool));
   }
   return hashes;
 }
@@ -192,6 +198,17 @@ export async function copyFile(options: CopyOptions): Promise<CopyResult> {
   }
 }
 
+/** Opens `path` with O_DIRECT too, if asked and its file system allows it (tmpfs, for one, may not). */
+async function openDirect(path: string, flags: number, wanted: boolean): Promise<FileHandle | undefined> {
+  if (!wanted) return undefined;
+  try {
+    return await open(path, flags | constants.O_DIRECT);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EINVAL') return undefined;
+    throw err;
+  }
+}
+
 async function runCopy(options: CopyOptions, initial: CopyProgressFile, mode: number, started: number): Promise<CopyResult> {
   const { source, target, signal } = options;
   let progress = initial;
@@ -201,17 +218,23 @@ async function runCopy(options: CopyOptions, initial: CopyProgressFile, mode: nu
   checkSameSource(progress.source, await sourceIdentity(source)); // not changed while mapping
   const bytesTotal = dataBytesIn(extents, 0, size);
   const pool = new BufferPool(options.buffers ?? DEFAULT_BUFFERS, options.bufferBytes ?? DEFAULT_BUFFER_BYTES);
-  const flushEvery = options.flushEveryBytes ?? DEFAULT_FLUSH_EVERY_BYTES;
-  const src = await open(source, constants.O_RDONLY);
-  const dst = await open(target, constants.O_RDWR | constants.O_CREAT, 0o600);
+  const src: ChunkFile = { handle: await open(source, constants.O_RDONLY) };
+  const dst: ChunkFile = { handle: await open(target, constants.O_RDWR | constants.O_CREAT, 0o600) };
+  dst.direct = await openDirect(target, constants.O_RDWR, options.direct ?? true).catch(async (err: unknown) => {
+    await src.handle.close();
+    await dst.handle.close();
+    throw err;
+  });
+  const flushEvery = dst.direct ? 0 : (options.flushEveryBytes ?? DEFAULT_FLUSH_EVERY_BYTES);
   let chunksCopied = 0;
   let bytesCopied = 0;
   const chunksSkipped = Object.keys(progress.done).length;
   // Progress reports what is durably recorded (the progress file as last written).
   let saved = progress;
   const save = async () => {
-    await writeProgress(target, progress);
-    saved = progress;
+    const next = progress;
+    await writeProgress(target, next);
+    saved = next;
   };
   const snapshot = (): CopyProgress => {
     const seconds = (performance.now() - started) / 1000;
@@ -221,20 +244,26 @@ async function runCopy(options: CopyOptions, initial: CopyProgressFile, mode: nu
   const result = (state: CopyState, contentHash?: string): CopyResult => ({
     state, source, target, size, chunkBytes, chunksCopied, chunksSkipped, bytesCopied, elapsedMs: performance.now() - started, progress: snapshot(), ...(contentHash ? { contentHash } : {}),
   });
-  // Chunks copied by this run are read back right after they are recorded,
+  // Chunks copied by this run are read back right after they are written,
   // while the next chunk copies (one read-back at a time); chunks recorded by
   // earlier runs are read back at the end. Mismatches are collected here.
   const verifyPool = new BufferPool(2, pool.size);
   const bad: Array<{ chunk: number; actual: string }> = [];
   let verifying: Promise<void> | undefined;
   let verifyError: unknown;
-  const syncBuffer = options.syncIo ? Buffer.allocUnsafeSlow(pool.size) : undefined;
-  const readBack = (pieces: Piece[]): Promise<string> => (syncBuffer ? Promise.resolve().then(() => streamChunkSync(dst.fd, pieces, syncBuffer)) : streamChunk(dst, pieces, verifyPool));
   const verifyChunk = (i: number, pieces: Piece[], expected: string) =>
-    readBack(pieces).then(
+    streamChunk(dst, pieces, verifyPool).then(
       (actual) => void (actual !== expected && bad.push({ chunk: i, actual })),
       (e: unknown) => void (verifyError ??= e),
     );
+  // A chunk's flush and record (one at a time, in chunk order), while the next chunk copies.
+  let recording: Promise<void> | undefined;
+  let recordError: unknown;
+  const settleRecord = async () => {
+    await recording;
+    recording = undefined;
+    if (recordError) throw recordError;
+  };
   const settleVerify = async () => {
     await verifying;
     verifying = undefined;
@@ -242,6 +271,7 @@ async function runCopy(options: CopyOptions, initial: CopyProgressFile, mode: nu
     if (bad.length > 0) await failVerify();
   };
   const failVerify = async (): Promise<never> => {
+    await settleRecord();
     // Forget the bad chunks so that a resume copies them again.
     const done = { ...progress.done };
     for (const b of bad) delete done[String(b.chunk)];
@@ -251,12 +281,13 @@ async function runCopy(options: CopyOptions, initial: CopyProgressFile, mode: nu
     throw new CopyVerifyFailedError(target, first.chunk, first.chunk * chunkBytes, expected, first.actual, bad.map((b) => b.chunk));
   };
   try {
-    if ((await dst.stat()).size !== size) await dst.truncate(size);
+    if ((await dst.handle.stat()).size !== size) await dst.handle.truncate(size);
     options.onProgress?.(snapshot());
     const skipped = Object.keys(progress.done).map(Number);
     for (let i = 0; i < chunks; i++) {
       if (progress.done[String(i)]) continue;
       if (signal?.aborted) {
+        await settleRecord();
         if (saved !== progress) await save();
         await settleVerify();
         return result('stopped');
@@ -265,30 +296,35 @@ async function runCopy(options: CopyOptions, initial: CopyProgressFile, mode: nu
       const pieces = piecesOf(extents, start, end, pool.size);
       let hash: string;
       try {
-        hash = syncBuffer ? streamChunkSync(src.fd, pieces, syncBuffer, dst.fd) : await streamChunk(src, pieces, pool, dst, flushEvery);
+        hash = await streamChunk(src, pieces, pool, dst, flushEvery);
       } catch (err) {
         if (err instanceof ShortReadError) throw new CopySourceChangedError(source, `file ended at ${err.offset} before its recorded size ${size}`);
         throw err;
       }
       const bytes = dataBytesIn(extents, start, end);
-      progress = { ...progress, done: { ...progress.done, [String(i)]: { hash, bytes } }, updatedAt: new Date().toISOString() };
       chunksCopied++;
       bytesCopied += bytes;
+      await settleRecord();
+      const record = { hash, bytes };
       if (bytes > 0) {
-        await dst.datasync();
-        await save();
-        options.onProgress?.(snapshot());
+        recording = (async () => {
+          await dst.handle.datasync();
+          progress = { ...progress, done: { ...progress.done, [String(i)]: record }, updatedAt: new Date().toISOString() };
+          await save();
+          options.onProgress?.(snapshot());
+        })().catch((e: unknown) => void (recordError ??= e));
+      } else {
+        // A hole chunk costs nothing to redo; it is recorded with the next data chunk.
+        progress = { ...progress, done: { ...progress.done, [String(i)]: record }, updatedAt: new Date().toISOString() };
       }
-      // else: a hole chunk costs nothing to redo; it is recorded with the next data chunk.
       await settleVerify();
       verifying = verifyChunk(i, pieces, hash);
-      // Let signals (a stop request) in between two blocking chunks.
-      if (syncBuffer) await new Promise((r) => setImmediate(r));
       if (options.maxBytesPerSecond) {
         const due = (bytesCopied / options.maxBytesPerSecond) * 1000 - (performance.now() - started);
         if (due > 0) await abortableSleep(due, signal);
       }
     }
+    await settleRecord();
     if (saved !== progress) {
       await save();
       options.onProgress?.(snapshot());
@@ -307,14 +343,16 @@ async function runCopy(options: CopyOptions, initial: CopyProgressFile, mode: nu
       await settleVerify();
     }
     const recorded = Array.from({ length: chunks }, (_, i) => (progress.done[String(i)] as ChunkRecord).hash);
-    await dst.chmod(mode);
-    await dst.sync();
+    await dst.handle.chmod(mode);
+    await dst.handle.sync();
     await removeProgress(target);
     return result('done', contentHashOf(size, chunkBytes, recorded));
   } finally {
+    await recording;
     await verifying;
-    await src.close();
-    await dst.close();
+    await src.handle.close();
+    await dst.direct?.close();
+    await dst.handle.close();
   }
 }
 

@@ -25,4 +25,6 @@ export interface EngineContext {
   agentOf(vm: Pick<VmRecord, 'hostId'>): AgentClient;
   /** Removes templates and bases nothing uses any more, on one host or every reachable one. */
   collectGarbage(hostId?: string): Promise<{ templates: string[]; files: string[] }>;
+  /** Runs `fn` with garbage collection held off (a freeze makes bases and a template no record names yet). */
+  holdGarbage<T>(fn: () => Promise<T>): Promise<T>;
 }

@@ -20,7 +20,9 @@ import type { Fleet, FleetListener, HostRecord } from './hosts/index.ts';
 import { newTaskId, newVmId } from './ids.ts';
 import type { Inventory, TaskRecord, VmRecord } from './records.ts';
 import { Recovery } from './recovery.ts';
-import { execRequestSchema, parseRequest, stopRequestSchema } from './requests.ts';
+import { applyIdentity, hasGuestAgent } from './identity.ts';
+import { KeyedMutex } from './lock.ts';
+import { execRequestSchema, parseRequest, startRequestSchema, stopRequestSchema } from './requests.ts';
 import { parseCreateVmRequest, resolveMemoryMiB } from './spec.ts';
 import { BUSY_STATES, LIVE_STATES, assertOperationAllowed, isLive } from './state.ts';
 import { StateKeeper } from './state-keeper.ts';
@@ -59,6 +61,8 @@ export class VmEngine implements FleetListener {
   private readonly recovery: Recovery;
   private readonly ctx: EngineContext;
   private readonly options: VmEngineOptions;
+  /** Garbage collection and freezes (which make bases no record names yet) run one at a time. */
+  private readonly garbageLock = new KeyedMutex();
 
   constructor(options: VmEngineOptions) {
     this.options = options;
@@ -79,6 +83,7 @@ export class VmEngine implements FleetListener {
       faults: options.faults,
       agentOf: (vm) => this.fleet.agent(vm.hostId),
       collectGarbage: (hostId) => this.collectGarbage(hostId),
+      holdGarbage: (fn) => this.holdGarbage(fn),
     };
     this.checkpoints = new Checkpoints(this.ctx);
     this.recovery = new Recovery(this.ctx);
@@ -133,6 +138,7 @@ export class VmEngine implements FleetListener {
           : { kind: 'default-guest' },
       disks: request.disks.map((d) => ({ source: { hostPath: d.path }, readOnly: d.readOnly })),
       network: request.network,
+      guestAgent: request.guestAgent,
     });
     const now = new Date().toISOString();
     const vm: VmRecord = { id, name: request.name, state: 'created', stateReason: null, hostId: host.id, spec, runtime: null, createdAt: now, updatedAt: now };
@@ -145,26 +151,43 @@ export class VmEngine implements FleetListener {
     this.events.publish({ type: 'vm.created', vm, at: now });
     this.logger.info({ vm: vm.name, id, host: host.name }, 'VM created');
     if (!request.start) return { vm };
-    return this.start(id);
+    return this.start(id, request.startTimeoutMs === undefined ? {} : { timeoutMs: request.startTimeoutMs });
   }
 
-  /** Boots the VM; the task finishes when QEMU runs and (for the default guest) its agent answers. */
-  async start(ref: string): Promise<VmAndTask> {
+  /**
+   * Boots the VM. The task finishes once the guest is usable: its guest agent answers (any guest; within
+   * `timeoutMs`, else GUEST_AGENT_UNAVAILABLE and the VM is stopped), and a pending identity (a clone's first
+   * boot) is applied. A guest created with guestAgent: false is done when QEMU runs.
+   */
+  async start(ref: string, input: unknown = {}): Promise<VmAndTask> {
+    const { timeoutMs = this.ctx.bootTimeoutMs } = parseRequest('start request', startRequestSchema, input);
     const { id } = await this.resolve(ref);
     const vm = await this.states.claim(id, 'start', 'starting');
     const agent = this.agentOf(vm);
     const task = await this.tasks.start('vm.start', vm, async (ctx) => {
       try {
         await ctx.progress(0.05, 'starting QEMU');
+        const t0 = performance.now();
         const runtime = await runOperation(agent, 'startVm', { vmId: vm.id, name: vm.name, spec: vm.spec });
         await this.states.settle(id, ['starting'], 'starting', null, { runtime });
-        if (vm.spec.defaultGuest) {
+        const guestAgent = hasGuestAgent(vm.spec);
+        if (guestAgent) {
           await ctx.progress(0.3, 'booting: waiting for the guest agent');
-          await runOperation(agent, 'waitForGuestAgent', { vmId: id, timeoutMs: this.ctx.bootTimeoutMs });
+          await runOperation(agent, 'waitForGuestAgent', { vmId: id, timeoutMs }).catch((err: unknown) => {
+            if (!(err instanceof OffshootError && err.code === 'GUEST_AGENT_UNAVAILABLE')) throw err;
+            throw new OffshootError('GUEST_AGENT_UNAVAILABLE', `the guest agent of VM "${vm.name}" did not answer within ${timeoutMs} ms of its start; the VM was stopped (a guest with no QEMU guest agent: create it with guestAgent: false; a slow one: start it with a longer timeout)`, { vm: vm.name, timeoutMs }, 504, { cause: err });
+          });
         }
-        const { moved, vm: after } = await this.states.settle(id, ['starting'], 'running', null);
+        const agentMs = guestAgent ? Math.round(performance.now() - t0) : null;
+        let identity = null;
+        if (vm.spec.identity?.pending) {
+          await ctx.progress(0.8, `giving ${vm.name} its own identity`);
+          identity = await applyIdentity(agent, this.states, vm, { timeoutMs: 30_000 });
+          if (!identity.ok) throw new OffshootError('IDENTITY_FAILED', `VM "${vm.name}" could not be given its own identity: ${identity.error}`, { vm: vm.name, error: identity.error }, 500);
+        }
+        const { moved, vm: after } = await this.states.settle(id, ['starting'], 'running', guestAgent ? null : 'started without a guest agent (guestAgent: false)');
         if (!moved) throw new OffshootError('START_INTERRUPTED', `VM "${vm.name}" became ${after.state} before it finished booting`, { vm: vm.name, state: after.state }, 409);
-        return { vm: after };
+        return { vm: after, guestAgent: guestAgent ? 'answered' : 'none', agentMs, identity };
       } catch (err) {
         await agent.killVm({ vmId: id }).catch(() => undefined);
         await this.states.settle(id, ['starting', 'running', 'paused'], 'failed', `start failed: ${(err as Error).message}`, { runtime: null });
@@ -227,8 +250,20 @@ export class VmEngine implements FleetListener {
     return { ...(await this.agentOf(vm).memoryStats({ vmId: vm.id })), mode: vm.runtime.memory.mode, templateId: vm.runtime.memory.templateId };
   }
 
-  /** Removes memory templates no live VM maps and disk bases no VM's chain uses (see gc.ts). */
+  /**
+   * Runs `fn` (a freeze: it makes bases that its VM's record names only once it has written it) with garbage
+   * collection held off, so a collection running meanwhile cannot delete a base no record names yet.
+   */
+  holdGarbage<T>(fn: () => Promise<T>): Promise<T> {
+    return this.garbageLock.run('gc', fn);
+  }
+
+  /** Removes memory templates no live VM maps and disk bases no VM's chain uses (see gc.ts; never while a freeze runs). */
   collectGarbage(hostId?: string): Promise<{ templates: string[]; files: string[] }> {
+    return this.garbageLock.run('gc', () => this.collectGarbageNow(hostId));
+  }
+
+  private collectGarbageNow(hostId?: string): Promise<{ templates: string[]; files: string[] }> {
     return collectGarbage({ inventory: this.inventory, fleet: this.fleet, logger: this.logger, pins: this.pins, agent: (h) => this.fleet.agent(h), extraFiles: this.options.extraFilesInUse }, hostId);
   }
 
@@ -298,6 +333,7 @@ export class VmEngine implements FleetListener {
     const request = parseRequest('exec request', execRequestSchema, input);
     const { id } = await this.resolve(ref);
     const vm = await this.states.claim(id, 'exec');
+    if (!hasGuestAgent(vm.spec)) throw new OffshootError('GUEST_AGENT_ABSENT', `VM "${vm.name}" has no guest agent (created with guestAgent: false): nothing can run in it through Offshoot`, { vm: vm.name }, 409);
     return this.agentOf(vm).exec({ vmId: id, ...request });
   }
 
@@ -317,8 +353,9 @@ export class VmEngine implements FleetListener {
   // The fleet's news (FleetListener).
 
   vmExited(host: HostRecord, event: Extract<AgentEvent, { type: 'vm.exit' }>): void {
-    // A fork or checkpoint owns its VM and handles its QEMU's end itself; an exit of an older QEMU of the VM is old news.
-    const exitable = LIVE_STATES.filter((s) => !BUSY_STATES.includes(s) && s !== 'unknown');
+    // A fork or checkpoint owns its VM and handles its QEMU's end itself; so does a start (or restore) still in
+    // progress, which fails the VM with the reason. An exit of an older QEMU of the VM is old news.
+    const exitable = LIVE_STATES.filter((s) => !BUSY_STATES.includes(s) && s !== 'unknown' && s !== 'starting');
     void this.states
       .withVm(event.vmId, async (vm) => vm)
       .then((vm) => {

@@ -14,7 +14,7 @@ export type { VmState, VmOperation } from './state.ts';
 export { VM_STATES, LIVE_STATES, BUSY_STATES, OPERATION_REQUIRES, isVmState, isLive, canTransition, assertOperationAllowed } from './state.ts';
 export { createVmRequestSchema, parseCreateVmRequest, parseSizeMiB, resolveMemoryMiB, vmNameSchema, MIN_MEMORY_MIB, MAX_MEMORY_MIB, MAX_VCPUS } from './spec.ts';
 export type { CreateVmRequest, VmSpec, VmDisk, VmNic, VmBoot } from './spec.ts';
-export { execRequestSchema, stopRequestSchema } from './requests.ts';
+export { execRequestSchema, startRequestSchema, stopRequestSchema } from './requests.ts';
 export type { ExecVmRequest } from './requests.ts';
 export { forkRequestSchema, DEFAULT_MAX_DISK_DEPTH } from './fork/fork-request.ts';
 export type { ForkRequest } from './fork/fork-request.ts';

@@ -11,6 +11,10 @@ export const execRequestSchema = z.strictObject({
 });
 export type ExecVmRequest = z.output<typeof execRequestSchema>;
 
+export const startRequestSchema = z.strictObject({
+  timeoutMs: z.number().int().min(1_000).max(3_600_000).optional().describe('how long to wait for the guest agent to answer (default 120000); a guest created with guestAgent: false does not wait'),
+});
+
 export const stopRequestSchema = z.strictObject({
   timeoutMs: z.number().int().min(0).max(600_000).default(30_000).describe('how long to wait for the ACPI power-down before killing QEMU'),
 });

@@ -39,7 +39,8 @@ describe('copy jobs', () => {
     await cli('datastore', 'add', 'ds1', join(t.home, 'ds1'));
     await cli('datastore', 'add', 'ds2', join(t.home, 'ds2'));
     const raw = join(t.home, 'data.raw');
-    execFileSync('sh', ['-c', `dd if=/dev/urandom of=${raw} bs=1M count=40 2>/dev/null && truncate -s 256M ${raw}`]);
+    // Private like every file of the home (the harness checks that none is open to other users).
+    execFileSync('sh', ['-c', `umask 077; dd if=/dev/urandom of=${raw} bs=1M count=40 2>/dev/null && truncate -s 256M ${raw}`]);
     await cli('disk', 'import', 'ds1', 'big', raw);
   });
   afterAll(async () => {

@@ -65,6 +65,47 @@ describe('daemon killed mid-fork or mid-checkpoint', () => {
     await waitForProcessExit(daemon.pid);
   });
 
+  it.each([
+    ['fork.make-owned:started', 'its owned QEMU waits for the migration'],
+    ['fork.make-owned:migrated', 'the migration into its owned QEMU has completed'],
+  ])('recovers a fork of a fork interrupted at %s (%s): every VM as before', async (point) => {
+    t.env.OFFSHOOT_TEST_FAULTS = `${point}=sleep:60000`;
+    let daemon = await startDetachedDaemon(t);
+    const src = `s${point.endsWith('started') ? 1 : 2}`;
+    expect((await t.cli(['vm', 'create', src, '--memory', '128M', '--start'])).code).toBe(0);
+    const client = t.client();
+    const first = await client.waitTask((await client.forkVm(src, { count: 1 })).task?.id as string);
+    expect(first.state, JSON.stringify(first.error)).toBe('succeeded');
+    const child = `${src}-c1`;
+    expect((await client.getVm(child)).runtime?.memory.mode).toBe('derived');
+    expect((await t.cli(['vm', 'exec', child, '--', 'sh', '-c', 'echo before > /data/mark; echo before > /tmp/mark; sync'])).code).toBe(0);
+    const { task } = await client.forkVm(child, { count: 1 });
+    await eventually(async () => Boolean(((await client.getTask(task?.id as string)).result as { journal?: { owned?: unknown } } | null)?.journal?.owned), 60_000, 'the make-owned QEMU to be journaled');
+    // At :migrated, let the local migration finish first (it takes well under a second for 128 MiB here).
+    if (point.endsWith('migrated')) await new Promise((r) => setTimeout(r, 5000));
+    process.kill(daemon.pid, 'SIGKILL');
+    await waitForProcessExit(daemon.pid);
+    delete t.env.OFFSHOOT_TEST_FAULTS;
+    daemon = await startDetachedDaemon(t);
+    const restarted = t.client();
+    const vms = JSON.parse((await t.cli(['vm', 'list', '--json'])).stdout) as VmRecord[];
+    expect(vms.map((v) => [v.name, v.state]).sort()).toEqual([[src, 'running'], [child, 'running']]);
+    const marks = await t.cli(['vm', 'exec', child, '--', 'cat', '/data/mark', '/tmp/mark']);
+    expect(marks.stdout).toBe('before\nbefore\n');
+    expect((JSON.parse((await t.cli(['task', 'show', task?.id as string, '--json'])).stdout) as TaskRecord).error?.code).toBe('TASK_INTERRUPTED');
+    expect(t.qemus().map((q) => q.pid).sort()).toEqual(vms.map((v) => v.runtime?.pid).sort());
+    expect(await t.problems()).toEqual([]);
+    // The VM works on: it can be forked again.
+    const again = await restarted.waitTask((await restarted.forkVm(child, { count: 1, prefix: 'again' })).task?.id as string);
+    expect(again.state, JSON.stringify(again.error)).toBe('succeeded');
+    for (const name of ['again1', child, src]) {
+      expect((await t.cli(['vm', 'kill', name])).code).toBe(0);
+      expect((await t.cli(['vm', 'delete', name])).code).toBe(0);
+    }
+    process.kill(daemon.pid, 'SIGTERM');
+    await waitForProcessExit(daemon.pid);
+  });
+
   it('removes a checkpoint interrupted while its file was written; the VM runs on', async () => {
     t.env.OFFSHOOT_TEST_FAULTS = 'checkpoint.writing=sleep:60000';
     let daemon = await startDetachedDaemon(t);

@@ -95,7 +95,7 @@ describe('VM lifecycle through the CLI', () => {
 
   it('forks through the CLI: prints the children, runs --customize in each, shows shared memory', async () => {
     const script = join(t.home, 'customize.sh');
-    writeFileSync(script, 'echo "hello from $OFFSHOOT_VM_NAME" > /tmp/greeting\ncat /tmp/greeting\n');
+    writeFileSync(script, 'echo "hello from $OFFSHOOT_VM_NAME" > /tmp/greeting\ncat /tmp/greeting\n', { mode: 0o600 });
     const r = await t.cli(['vm', 'fork', name, '--count', '2', '--prefix', 'kid', '--customize', script]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout.trim().split('\n')).toEqual(['kid1', 'kid2']);

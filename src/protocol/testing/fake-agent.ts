@@ -90,6 +90,8 @@ export class FakeAgent implements EpochKeeper {
 
   /** QEMUs that outlived an agent restart, waiting for adoptVm. */
   private untracked = new Map<string, FakeVm>();
+  /** QEMUs started to make a derived VM's memory its own, until they take over. */
+  private readonly ownedTargets = new Map<string, { runtime: VmRuntime; wasRunning: boolean; migrated: boolean }>();
 
   /** Simulates QEMU of a VM dying from outside. */
   crash(vmId: string, reason = 'killed from outside'): void {
@@ -302,11 +304,40 @@ export class FakeAgent implements EpochKeeper {
           for (const f of files) this.files.delete(f);
           return { templates, files };
         }),
-      makeOwned: (r, ctx) =>
-        op('makeOwned', ctx, () => {
+      startOwnedTarget: (r, ctx) =>
+        op('startOwnedTarget', ctx, () => {
           const vm = this.running(r.vmId);
-          vm.runtime = this.runtime(r.vmId, { mode: 'owned', templateId: null });
-          return { runtime: vm.runtime, bytes: r.spec.memoryMiB * 2 ** 20, ms: 1 };
+          if (this.ownedTargets.has(r.vmId)) throw new OffshootError('FORK_NOT_PREPARED', `VM ${r.vmId} is already being made owned`, { vmId: r.vmId }, 409);
+          const target = this.runtime(r.vmId, { mode: 'owned', templateId: null });
+          this.ownedTargets.set(r.vmId, { runtime: target, wasRunning: vm.status === 'running', migrated: false });
+          return target;
+        }),
+      migrateToOwnedTarget: (r, ctx) =>
+        op('migrateToOwnedTarget', ctx, () => {
+          const staged = this.ownedTargets.get(r.vmId);
+          if (!staged) throw new OffshootError('FORK_NOT_PREPARED', `VM ${r.vmId} has no target QEMU to make it owned`, { vmId: r.vmId }, 409);
+          const vm = this.running(r.vmId);
+          vm.status = 'paused';
+          staged.migrated = true;
+          return { bytes: 1, ms: 1 };
+        }),
+      switchToOwnedTarget: (r) =>
+        wrap('switchToOwnedTarget', () => {
+          const staged = this.ownedTargets.get(r.vmId);
+          if (!staged?.migrated) throw new OffshootError('FORK_NOT_PREPARED', `VM ${r.vmId} has not been migrated into its owned QEMU`, { vmId: r.vmId }, 409);
+          const vm = this.running(r.vmId);
+          this.ownedTargets.delete(r.vmId);
+          vm.runtime = staged.runtime;
+          vm.status = staged.wasRunning ? 'running' : 'paused';
+          return staged.runtime;
+        }),
+      abortOwnedTarget: (r) =>
+        wrap('abortOwnedTarget', () => {
+          const staged = this.ownedTargets.get(r.vmId);
+          this.ownedTargets.delete(r.vmId);
+          const vm = this.vms.get(r.vmId);
+          if (staged?.wasRunning && vm) vm.status = 'running';
+          return {};
         }),
       prepareFork: (r, ctx) =>
         op('prepareFork', ctx, () => {

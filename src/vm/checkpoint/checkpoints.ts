@@ -11,7 +11,7 @@ import { AlreadyExistsError, IllegalStateError, NotFoundError, OffshootError, is
 import type { VmSpec } from '../../protocol/index.ts';
 import { follow, newOperationId, runOperation } from '../../protocol/index.ts';
 import type { EngineContext } from '../engine-context.ts';
-import { newMac, newMachineId } from '../identity.ts';
+import { applyIdentity, withNewIdentity } from '../identity.ts';
 import { newTaskId, newVmId } from '../ids.ts';
 import type { CheckpointRecord, TaskRecord, VmRecord } from '../records.ts';
 import { parseRequest } from '../requests.ts';
@@ -70,12 +70,7 @@ export class Checkpoints {
     const vmName = name;
     const id = newVmId();
     const now = new Date().toISOString();
-    const mac = checkpoint.spec.nics[0] ? newMac() : null;
-    const spec: VmSpec = {
-      ...checkpoint.spec,
-      boot: checkpoint.spec.boot.kind === 'kernel' ? { ...checkpoint.spec.boot, cmdline: checkpoint.spec.boot.cmdline.replace(/offshoot\.hostname=\S+/, `offshoot.hostname=${vmName}`) } : checkpoint.spec.boot,
-      nics: checkpoint.spec.nics.map((n, i) => ({ ...n, mac: i === 0 && mac ? mac : newMac() })),
-    };
+    const spec: VmSpec = withNewIdentity(checkpoint.spec, vmName);
     const record: VmRecord = { id, name: vmName, state: 'starting', stateReason: `restoring checkpoint ${checkpoint.name}`, hostId: checkpoint.hostId, spec, runtime: null, createdAt: now, updatedAt: now };
     const agent = this.ctx.agentOf(record);
     // A file from elsewhere names frozen disks no record protects: keep them from garbage collection while it restores.
@@ -88,13 +83,15 @@ export class Checkpoints {
       try {
         await taskCtx.journal(journal);
         await taskCtx.progress(0.05, `loading ${checkpoint.path}`);
+        await this.ctx.faults?.('restore.starting');
         const t0 = performance.now();
         const restored = await runOperation(agent, 'restoreVm', { operationId: journal.restoreOperationId, vmId: id, name: vmName, checkpoint: checkpoint.file, spec, mode: request.mode, ...(journal.streamOperationId ? { streamOperationId: journal.streamOperationId } : {}) });
         const runningMs = performance.now() - t0;
         const lazy = request.mode === 'lazy';
         const { vm } = await this.ctx.states.settle(id, ['starting'], 'running', `restored from checkpoint ${checkpoint.name}${lazy ? ' (lazily)' : ''}`, { runtime: restored.runtime, spec: restored.spec });
+        await this.ctx.faults?.('restore.running');
         await taskCtx.progress(lazy ? 0.3 : 0.8, `${vmName} runs after ${runningMs.toFixed(0)} ms; customizing its identity`);
-        const customize = await runOperation(agent, 'customize', { vmId: id, identity: { name: vmName, mac, machineId: newMachineId(), timeoutMs: 30_000 } });
+        const customize = await applyIdentity(agent, this.ctx.states, vm, { timeoutMs: 30_000 });
         if (!lazy || !restored.streamOperationId) return { vm, checkpoint: checkpoint.name, mode: request.mode, runningMs, customize, stream: null };
         // A lazy restore holds its task until the checkpoint is no longer needed (the VM runs meanwhile). If
         // the stream fails, the host has killed the VM and this throws why; the VM is then removed below.

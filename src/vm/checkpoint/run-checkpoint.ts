@@ -16,7 +16,7 @@ import type { EngineContext } from '../engine-context.ts';
 import type { CheckpointRecord, VmRecord } from '../records.ts';
 import type { TaskContext } from '../tasks.ts';
 import type { ForkJournal } from '../fork/index.ts';
-import { journalPrepared, makeOwnedIfDerived, pinPrepared, settleUnswitched, unpinPrepared } from '../fork/index.ts';
+import { journalPrepared, makeOwnedIfDerived, prepareAndPin, settleUnswitched, unpinPrepared } from '../fork/index.ts';
 import { newTaskId } from '../ids.ts';
 
 /** What a checkpoint needs: the engine's shared parts and the protocol client of the VM's host. */
@@ -41,11 +41,11 @@ export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request:
   try {
     signal?.throwIfAborted();
     await ctx.journal(journal);
-    await makeOwnedIfDerived(deps, vm, 'checkpointing', ctx, journal, 'it maps a template');
+    await makeOwnedIfDerived(deps, vm, 'checkpointing', ctx, journal, 'it maps a template', 'checkpoint');
     await ctx.progress(0.05, 'preparing the freeze');
-    prepared = await runOperation(deps.agent, 'prepareFork', { forkId, source: { vmId: vm.id, name: vm.name, spec: vm.spec }, children: [], maxDepth: 1_000_000 });
-    pinPrepared(deps.pins, prepared);
+    prepared = await prepareAndPin(deps, { forkId, source: { vmId: vm.id, name: vm.name, spec: vm.spec }, children: [], maxDepth: 1_000_000 });
     await journalPrepared(ctx, journal, prepared);
+    await deps.faults?.('checkpoint.prepared');
     signal?.throwIfAborted();
     const sw = await deps.agent.switchFork({ forkId });
     switched = true;

@@ -15,7 +15,7 @@ export interface ForkJournal {
   templateId?: string;
   disks?: ForkDisksResult;
   incoming?: Record<string, VmRuntime>;
-  /** The make-owned migration of a derived source, journaled before it starts (its target QEMU is new). */
-  makeOwnedOperationId?: string;
+  /** The QEMU with an owned RAM file a fork of a fork started for its source (journaled before anything moved). */
+  owned?: VmRuntime;
   prepareOperationId?: string;
 }

@@ -2,8 +2,8 @@
 // making a derived VM's memory its own first, keeping what the freeze made
 // away from garbage collection until a record names it, journalling the
 // prepared state, and settling the VM after a failure before the switch-over.
-import type { AgentClient, PreparedFork } from '../../protocol/index.ts';
-import { newOperationId, runOperation } from '../../protocol/index.ts';
+import type { AgentClient, CallRequest, PreparedFork } from '../../protocol/index.ts';
+import { runOperation } from '../../protocol/index.ts';
 import { TEMPLATE_PIN } from '../gc.ts';
 import type { VmRecord } from '../records.ts';
 import type { StateKeeper } from '../state-keeper.ts';
@@ -15,20 +15,34 @@ export interface FreezeDeps {
   agent: AgentClient;
   states: StateKeeper;
   pins: Set<string>;
+  /** Fault injection for tests (see src/api/test-faults.ts). */
+  faults?: (point: string) => Promise<void> | void;
+  /** Runs `fn` with garbage collection held off (a freeze makes bases and a template no record names yet). */
+  holdGarbage<T>(fn: () => Promise<T>): Promise<T>;
 }
 
 /**
- * A derived VM's RAM must be a file of its own before it can be frozen again; the operation is journaled
- * before it starts (a crash recovery then knows a new QEMU may exist) and the new QEMU is recorded at once.
+ * A derived VM's RAM must be a file of its own before it can be frozen again: the host starts a new QEMU
+ * with an owned RAM file, which is journaled before anything moves (so a recovery can tell it from the VM's
+ * QEMU), the VM is live-migrated into it, and it takes over; its runtime is recorded at once. Fault points
+ * `<op>.make-owned:started` and `<op>.make-owned:migrated` (op: fork or checkpoint).
  */
-export async function makeOwnedIfDerived(deps: FreezeDeps, vm: VmRecord, busy: VmState, ctx: TaskContext, journal: ForkJournal, why: string): Promise<{ ms: number; bytes: number } | null> {
+export async function makeOwnedIfDerived(deps: FreezeDeps, vm: VmRecord, busy: VmState, ctx: TaskContext, journal: ForkJournal, why: string, op: 'fork' | 'checkpoint'): Promise<{ ms: number; bytes: number } | null> {
   if (vm.runtime?.memory.mode !== 'derived') return null;
   await ctx.progress(0.02, `copying ${vm.name}'s memory into a file of its own (${why})`);
-  const operationId = newOperationId();
-  await ctx.journal(Object.assign(journal, { makeOwnedOperationId: operationId }));
-  const owned = await runOperation(deps.agent, 'makeOwned', { operationId, vmId: vm.id, name: vm.name, spec: vm.spec });
-  await deps.states.settle(vm.id, [busy], busy, null, { runtime: owned.runtime });
-  return { ms: owned.ms, bytes: owned.bytes };
+  const target = await runOperation(deps.agent, 'startOwnedTarget', { vmId: vm.id, name: vm.name, spec: vm.spec });
+  try {
+    await ctx.journal(Object.assign(journal, { owned: target }));
+    await deps.faults?.(`${op}.make-owned:started`);
+    const moved = await runOperation(deps.agent, 'migrateToOwnedTarget', { vmId: vm.id });
+    await deps.faults?.(`${op}.make-owned:migrated`);
+    const runtime = await deps.agent.switchToOwnedTarget({ vmId: vm.id });
+    await deps.states.settle(vm.id, [busy], busy, null, { runtime });
+    return moved;
+  } catch (err) {
+    await deps.agent.abortOwnedTarget({ vmId: vm.id }).catch(() => undefined);
+    throw err;
+  }
 }
 
 /** The template and bases a freeze made; no record names them yet. */
@@ -38,6 +52,15 @@ function prepared(p: PreparedFork): string[] {
 
 export function pinPrepared(pins: Set<string>, p: PreparedFork): void {
   for (const item of prepared(p)) pins.add(item);
+}
+
+/** Stages the freeze on the host and pins what it made, with garbage collection held off until the pins are in place. */
+export async function prepareAndPin(deps: FreezeDeps, request: CallRequest<'prepareFork'>): Promise<PreparedFork> {
+  return deps.holdGarbage(async () => {
+    const p = await runOperation(deps.agent, 'prepareFork', request);
+    pinPrepared(deps.pins, p);
+    return p;
+  });
 }
 
 export function unpinPrepared(pins: Set<string>, p: PreparedFork | undefined): void {

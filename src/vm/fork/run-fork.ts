@@ -12,9 +12,9 @@
 // with their files. The error names the step.
 import { AlreadyExistsError, InvalidInputError, isValidName } from '../../common/index.ts';
 import type { AgentClient, CustomizeResult, PreparedFork, VmSpec } from '../../protocol/index.ts';
-import { newOperationId, runOperation } from '../../protocol/index.ts';
+import { newOperationId } from '../../protocol/index.ts';
 import type { EngineContext } from '../engine-context.ts';
-import { newMac, newMachineId } from '../identity.ts';
+import { applyIdentity, withNewIdentity } from '../identity.ts';
 import { newVmId } from '../ids.ts';
 import type { VmRecord } from '../records.ts';
 import type { TaskContext } from '../tasks.ts';
@@ -22,7 +22,7 @@ import { ForkFailedError } from './fork-errors.ts';
 import type { ForkStep } from './fork-errors.ts';
 import type { ParsedForkRequest } from './fork-request.ts';
 import type { ForkJournal } from './fork-journal.ts';
-import { journalPrepared, makeOwnedIfDerived, pinPrepared, settleUnswitched, unpinPrepared } from './freeze-steps.ts';
+import { journalPrepared, makeOwnedIfDerived, prepareAndPin, settleUnswitched, unpinPrepared } from './freeze-steps.ts';
 
 /** What a fork needs: the engine's shared parts and the protocol client of the source's host. */
 export type ForkDeps = EngineContext & { agent: AgentClient };
@@ -57,10 +57,6 @@ interface ChildPlan {
   mac: string | null;
 }
 
-function withHostname(cmdline: string, name: string): string {
-  return /offshoot\.hostname=\S+/.test(cmdline) ? cmdline.replace(/offshoot\.hostname=\S+/, `offshoot.hostname=${name}`) : `${cmdline} offshoot.hostname=${name}`;
-}
-
 async function planChildren(deps: ForkDeps, source: VmRecord, request: ParsedForkRequest): Promise<ChildPlan[]> {
   const prefix = request.prefix ?? `${source.name}-c`;
   const taken = new Set((await deps.inventory.listVms()).map((v) => v.name));
@@ -70,13 +66,8 @@ async function planChildren(deps: ForkDeps, source: VmRecord, request: ParsedFor
     if (!isValidName(name)) throw new InvalidInputError(`child name "${name}" is not a valid VM name; choose a shorter prefix`, { name });
     if (request.prefix && taken.has(name)) throw new AlreadyExistsError('VM', name);
     if (taken.has(name)) continue;
-    const mac = source.spec.nics[0] ? newMac() : null;
-    const spec: VmSpec = {
-      ...source.spec,
-      boot: source.spec.boot.kind === 'kernel' ? { ...source.spec.boot, cmdline: withHostname(source.spec.boot.cmdline, name) } : source.spec.boot,
-      nics: source.spec.nics.map((n, j) => ({ ...n, mac: j === 0 && mac ? mac : newMac() })),
-    };
-    plans.push({ id: newVmId(), name, spec, mac });
+    const spec = withNewIdentity(source.spec, name);
+    plans.push({ id: newVmId(), name, spec, mac: spec.nics[0]?.mac ?? null });
     taken.add(name);
   }
   return plans;
@@ -108,13 +99,12 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
   try {
     step = 'prepare';
     await ctx.journal(journal);
-    madeOwned = await makeOwnedIfDerived(deps, source, 'forking', ctx, journal, 'fork of a fork');
+    madeOwned = await makeOwnedIfDerived(deps, source, 'forking', ctx, journal, 'fork of a fork', 'fork');
     await ctx.progress(0.05, `preparing ${children.length} children while ${source.name} runs`);
     const prepareOperationId = newOperationId();
     await ctx.journal(Object.assign(journal, { prepareOperationId }));
     const owned = madeOwned ? await deps.inventory.getVm(source.id) : source;
-    prepared = await runOperation(deps.agent, 'prepareFork', { operationId: prepareOperationId, forkId, source: { vmId: source.id, name: source.name, spec: owned?.spec ?? source.spec }, children: children.map((c) => ({ vmId: c.id, name: c.name, spec: c.spec })), maxDepth: request.maxDiskDepth });
-    pinPrepared(deps.pins, prepared);
+    prepared = await prepareAndPin(deps, { operationId: prepareOperationId, forkId, source: { vmId: source.id, name: source.name, spec: owned?.spec ?? source.spec }, children: children.map((c) => ({ vmId: c.id, name: c.name, spec: c.spec })), maxDepth: request.maxDiskDepth });
     await journalPrepared(ctx, journal, prepared);
     await deps.faults?.('fork.prepared');
     const preparedMs = performance.now() - t0;
@@ -168,7 +158,7 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
     const customized = await Promise.all(
       children.map((child) =>
         sw.wasRunning
-          ? runOperation(deps.agent, 'customize', { vmId: child.id, identity: { name: child.name, mac: child.mac, machineId: newMachineId(), ...(request.customize !== undefined ? { script: request.customize } : {}), timeoutMs: request.customizeTimeoutMs } })
+          ? applyIdentity(deps.agent, deps.states, child, { script: request.customize, timeoutMs: request.customizeTimeoutMs })
           : Promise.resolve<CustomizeResult>({ ok: true, error: 'skipped: the source was paused, so the children are paused', script: null, ms: 0 }),
       ),
     );
@@ -181,6 +171,7 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
 
     // From here the fork has succeeded: flattening and clean-up are best effort and never undo it.
     step = 'flatten disks';
+    await deps.faults?.('fork.flatten');
     if (prepared.disks.streams.length > 0) await ctx.progress(0.85, `flattening ${prepared.disks.streams.length} disk chains (disk state inheritance)`);
     const flattenErrors: string[] = [];
     for (const stream of prepared.disks.streams) {

@@ -8,11 +8,12 @@
 // - full: the frozen chain is copied into a datastore by a copy job (sparse,
 //   resumable, verified), or taken from a ready pool slot in O(1) when a pool
 //   of that source on that datastore holds copies of the same content.
-// The clone gets new MACs; its disk deltas live in its VM folder, on the
-// source's host.
+// The clone gets its own identity (../identity.ts: new MACs, hostname and
+// machine-id, applied in the guest at its first start); its disk deltas live
+// in its VM folder, on the source's host.
 import { AlreadyExistsError, OffshootError } from '../../common/index.ts';
 import type { FrozenDisk, Locator, VmDisk, VmSpec } from '../../protocol/index.ts';
-import { newMac } from '../identity.ts';
+import { withNewIdentity } from '../identity.ts';
 import { newVmId } from '../ids.ts';
 import type { TaskRecord, VmRecord } from '../records.ts';
 import { parseRequest } from '../requests.ts';
@@ -80,23 +81,24 @@ export class Cloner {
     const pins = frozen.flatMap((f) => f.chain);
     for (const p of pins) this.deps.engine.pins.add(p);
     try {
+      await this.deps.faults?.('clone.frozen');
       const cloneVmId = newVmId();
       const start = request.start ?? request.mode === 'instant';
       if (request.mode === 'full' && datastore) {
         const taken = await this.pools.take(source.id, datastore.name, frozen);
         if (taken) {
-          const vm = await this.createCloneVm({ cloneVmId, cloneName: request.name, hostId, spec: await this.cloneSpec(source.spec, hostId, cloneVmId, copiedChains(taken.tops)) });
+          const vm = await this.createCloneVm({ cloneVmId, cloneName: request.name, hostId, spec: await this.cloneSpec(source.spec, hostId, cloneVmId, request.name, copiedChains(taken.tops)) });
           const task = start ? ((await this.deps.engine.start(vm.id)).task ?? null) : null;
           return { mode: 'full', vm, task, job: null, pool: taken.pool, ms: performance.now() - t0 };
         }
         if (!datastore.hosts.some((h) => h.hostId === hostId)) throw new OffshootError('INVALID_INPUT', `datastore ${datastore.name} is not on the host of ${source.name}; a full clone copies there from the source's host`, { datastore: datastore.name }, 400);
         const { files, tops } = this.planCopy(datastore, frozen);
-        const spec = await this.cloneSpec(source.spec, hostId, cloneVmId, copiedChains(tops), true);
+        const spec = await this.cloneSpec(source.spec, hostId, cloneVmId, request.name, copiedChains(tops), true);
         const job = await this.jobs.submit({ kind: 'clone', cloneVmId, cloneName: request.name, spec, start }, datastore.name, hostId, files);
         return { mode: 'full', vm: null, task: null, job, pool: null, ms: performance.now() - t0 };
       }
       const frozenChains = new Map(frozen.map((f) => [f.diskId, { files: f.chain, format: f.format }]));
-      const vm = await this.createCloneVm({ cloneVmId, cloneName: request.name, hostId, spec: await this.cloneSpec(source.spec, hostId, cloneVmId, frozenChains) });
+      const vm = await this.createCloneVm({ cloneVmId, cloneName: request.name, hostId, spec: await this.cloneSpec(source.spec, hostId, cloneVmId, request.name, frozenChains) });
       if (request.mode === 'linked') {
         const task = start ? ((await this.deps.engine.start(vm.id)).task ?? null) : null;
         return { mode: 'linked', vm, task, job: null, pool: null, ms: performance.now() - t0 };
@@ -112,6 +114,7 @@ export class Cloner {
               const boot = await this.deps.engine.tasks.wait(started.task.id);
               if (boot.state !== 'succeeded') throw new OffshootError(boot.error?.code ?? 'CLONE_START_FAILED', `the instant clone did not start: ${boot.message}`, { task: boot.id }, 500);
             }
+            await this.deps.faults?.('clone.streaming');
             const t1 = performance.now();
             await streamChainsIntoDisks(this.deps, vm, vm.spec.disks.filter((d) => !d.readOnly).map((d) => d.id), ctx, 'streaming');
             return { vm: vm.name, streamedMs: Math.round(performance.now() - t1), independent: true };
@@ -142,11 +145,12 @@ export class Cloner {
   }
 
   /**
-   * The clone's spec: new MACs and, per writable disk, a qcow2 delta in the clone's VM folder over
+   * The clone's spec: its own identity (new MACs, its name as hostname, a new machine-id applied in the
+   * guest at its first start: see ../identity.ts) and, per writable disk, a qcow2 delta in the clone's VM folder over
    * `chains` (top first: the frozen source chain, or its copies), created now (one qemu-img per disk,
    * all at once: the whole cost of a linked clone) or, with `later`, when a copy job is done.
    */
-  private async cloneSpec(spec: VmSpec, hostId: string, cloneVmId: string, chains: Map<string, { files: Locator[]; format: 'qcow2' | 'raw' }>, later = false): Promise<VmSpec> {
+  private async cloneSpec(spec: VmSpec, hostId: string, cloneVmId: string, cloneName: string, chains: Map<string, { files: Locator[]; format: 'qcow2' | 'raw' }>, later = false): Promise<VmSpec> {
     const agent = agentOn(this.deps, hostId);
     const disks = await Promise.all(
       spec.disks.map(async (disk): Promise<VmDisk> => {
@@ -157,7 +161,7 @@ export class Cloner {
         return { id: disk.id, file, format: 'qcow2', readOnly: false, owned: true, backing: chain.files };
       }),
     );
-    return { ...spec, disks, nics: spec.nics.map((n) => ({ ...n, mac: newMac() })) };
+    return { ...withNewIdentity(spec, cloneName), disks };
   }
 
   private async createCloneVm(clone: CloneSpec): Promise<VmRecord> {

@@ -148,6 +148,7 @@ export class CopyJobs {
         const file = job.files[i] as CopyFile;
         let progress: CopyJobProgress = { ...job.progress, fileIndex: i, workers: job.progress.workers + 1 };
         job = await this.update(id, { progress });
+        await this.deps.faults?.('copy.file');
         let lastWrite = 0;
         const result = await runOperation(
           agentOn(this.deps, job.hostId),

@@ -15,6 +15,8 @@ export interface StorageDeps {
   logger: Logger;
   /** Copy worker settings (chunk size; a bandwidth limit, e.g. to leave I/O to running VMs). */
   copy?: { chunkMiB?: number; maxMiBPerSecond?: number };
+  /** Fault injection for tests (see src/api/test-faults.ts). */
+  faults?: (point: string) => Promise<void> | void;
 }
 
 /** The agent of a host. */

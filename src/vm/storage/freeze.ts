@@ -15,7 +15,8 @@ const OFFLINE = ['created', 'stopped'] as const;
 const ONLINE = ['running', 'paused'] as const;
 
 export async function freezeVmDisks(deps: StorageDeps, vmId: string, operation: string): Promise<{ vm: VmRecord; frozen: FrozenDisk[] }> {
-  return deps.engine.states.whenIdle(vmId, operation, async (vm) => {
+  // The new bases are named by no record until the VM's record is written: no collection meanwhile.
+  return deps.engine.holdGarbage(() => deps.engine.states.whenIdle(vmId, operation, async (vm) => {
     const online = (ONLINE as readonly string[]).includes(vm.state);
     if (!online && !(OFFLINE as readonly string[]).includes(vm.state)) throw new IllegalStateError(`VM "${vm.name}"`, vm.state, [...OFFLINE, ...ONLINE], operation);
     for (const disk of vm.spec.disks) if (!disk.readOnly && !disk.owned) throw new CloneSourceError(vm.name, `disk ${disk.id} (${disk.file}) is a writable disk Offshoot does not own; attach it read-only or import it into a datastore`);
@@ -29,5 +30,5 @@ export async function freezeVmDisks(deps: StorageDeps, vmId: string, operation: 
       if (!online) await agent.undoFreeze({ result });
       throw err;
     }
-  });
+  }));
 }
