@@ -55,7 +55,7 @@ export function pinPrepared(pins: Set<string>, p: PreparedFork): void {
 }
 
 /** Stages the freeze on the host and pins what it made, with garbage collection held off until the pins are in place. */
-export async function prepareAndPin(deps: FreezeDeps, request: CallRequest<'prepareFork'>): Promise<PreparedFork> {
+export async function prepareAndPin(deps: FreezeDeps, request: Omit<CallRequest<'prepareFork'>, 'operationId'> & { operationId?: string }): Promise<PreparedFork> {
   return deps.holdGarbage(async () => {
     const p = await runOperation(deps.agent, 'prepareFork', request);
     pinPrepared(deps.pins, p);

@@ -12,7 +12,7 @@
 // with their files. The error names the step.
 import { AlreadyExistsError, InvalidInputError, isValidName } from '../../common/index.ts';
 import type { AgentClient, CustomizeResult, PreparedFork, VmSpec } from '../../protocol/index.ts';
-import { newOperationId } from '../../protocol/index.ts';
+import { newOperationId, runOperation } from '../../protocol/index.ts';
 import type { EngineContext } from '../engine-context.ts';
 import { applyIdentity, withNewIdentity } from '../identity.ts';
 import { newVmId } from '../ids.ts';
