@@ -139,11 +139,42 @@ describe('orchestration against the fake agent', () => {
     const task = await s.engine.tasks.get('6f6f6f6f-0000-4000-8000-00000000fa51');
     expect(task.state).toBe('failed');
     expect(task.error?.code).toBe('TASK_INTERRUPTED');
-    expect(task.message).toContain('undid the disk split and resumed the source');
+    expect(task.message).toContain('undid the disk split');
     expect((await s.engine.resolve('src')).state).toBe('running');
     expect(s.agent.files.has(src.spec.disks[0]?.file as string)).toBe(true);
     expect([...s.agent.files].some((f) => f.startsWith(`home:vms/${childId}/`))).toBe(false);
   });
+
+  for (const taken of [false, true]) {
+    it(`recovers a fork of a fork interrupted while making the source's memory its own (${taken ? 'after' : 'before'} the target took over)`, async () => {
+      const s = await setup();
+      closers.push(s.close);
+      await s.running('src');
+      await s.engine.tasks.wait((await s.engine.fork('src', { count: 1 })).task?.id as string);
+      const src = await s.engine.resolve('src');
+      expect(src.runtime?.memory.mode).toBe('derived');
+      const client = s.fleet.agent(src.hostId);
+      // The dead controller had started the target (and journaled it) and, in the second case, switched to it.
+      const target = (await client.getOperation({ operationId: (await client.startOwnedTarget({ operationId: '6f6f6f6f-0000-4000-8000-00000000b0b1', vmId: src.id, name: src.name, spec: src.spec })).operationId, afterSeq: 0, waitMs: 2_000, until: 'end' })).operation.result as NonNullable<typeof src.runtime>;
+      if (taken) {
+        await client.getOperation({ operationId: (await client.migrateToOwnedTarget({ operationId: '6f6f6f6f-0000-4000-8000-00000000b0b2', vmId: src.id })).operationId, afterSeq: 0, waitMs: 2_000, until: 'end' });
+        await client.switchToOwnedTarget({ vmId: src.id });
+      }
+      await s.inventory.updateVm(src.id, { state: 'forking' });
+      const now = new Date().toISOString();
+      const forkId = '6f6f6f6f-0000-4000-8000-00000000f0c2';
+      await s.inventory.insertTask({ id: '6f6f6f6f-0000-4000-8000-00000000fa52', kind: 'vm.fork', targetId: src.id, targetName: src.name, state: 'running', progress: 0.02, message: 'making memory owned', result: { journal: { forkId, sourceId: src.id, hostId: src.hostId, previousState: 'running', phase: 'preparing', childIds: [], owned: target } }, error: null, createdAt: now, updatedAt: now });
+      await s.engine.recover();
+      const task = await s.engine.tasks.get('6f6f6f6f-0000-4000-8000-00000000fa52');
+      expect(task.state).toBe('failed');
+      const after = await s.engine.resolve('src');
+      expect(after.state).toBe('running');
+      // Before the switch the target is dropped and the old QEMU runs on; after it, the target has the VM.
+      expect(after.runtime?.pid).toBe(taken ? target.pid : src.runtime?.pid);
+      expect(s.agent.vms.get(src.id)?.runtime.pid).toBe(after.runtime?.pid);
+      expect(await client.switchToOwnedTarget({ vmId: src.id }).catch((e: OffshootError) => e.code)).toBe('FORK_NOT_PREPARED');
+    });
+  }
 });
 
 async function waitUntil(check: () => Promise<boolean>, ms = 5_000): Promise<void> {
