@@ -13,6 +13,7 @@ import type { RunningDaemon } from '../src/api/index.ts';
 import { clientFromEnvironment } from '../src/client/index.ts';
 import type { OffshootClient } from '../src/client/index.ts';
 import { isProcessAlive } from '../src/common/index.ts';
+import { allowedRootId } from '../src/agent/index.ts';
 import { findOffshootQemus, killAndWait } from '../src/qemu/index.ts';
 import { homeProblems, privacyProblems, snapshotHome } from './invariants.ts';
 import type { InvariantOptions } from './invariants.ts';
@@ -158,9 +159,10 @@ export async function closeTestDaemon(daemon: RunningDaemon, t: TestHome, option
 
 /**
  * The host path of a file reference on a test home's own host (what the agent resolves it to): `home:`
- * under the home, `ds.<id>:` under the datastore folder the agent registered (its datastores.json).
+ * under the home, `ds.<id>:` under the datastore folder the agent registered (its datastores.json),
+ * `ext.<id>:` under the allowed folder of that id.
  */
-export function hostPathOf(home: string, locator: string): string {
+export function hostPathOf(home: string, locator: string, allowedRoots: string[] = []): string {
   const colon = locator.indexOf(':');
   const scope = locator.slice(0, colon);
   const rel = locator.slice(colon + 1);
@@ -170,6 +172,10 @@ export function hostPathOf(home: string, locator: string): string {
     const ds = registry.find((d) => d.id === scope.slice(3));
     if (!ds) throw new Error(`no datastore ${scope.slice(3)} in ${home}/datastores.json`);
     return join(ds.path, rel);
+  }
+  if (scope.startsWith('ext.')) {
+    const root = allowedRoots.find((r) => allowedRootId(r) === scope.slice(4));
+    if (root) return join(root, rel);
   }
   throw new Error(`cannot resolve ${locator} in a test`);
 }

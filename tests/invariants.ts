@@ -26,12 +26,14 @@ export interface HomeSnapshot {
   disks: DiskRecord[];
   pools: PoolRecord[];
   jobs: CopyJobRecord[];
+  /** The folders the host allows (`ext.<id>:` references resolve under them). */
+  allowedRoots: string[];
 }
 
 export async function snapshotHome(client: OffshootClient): Promise<HomeSnapshot> {
   const storage = new StorageClient(client);
-  const [vms, checkpoints, datastores, disks, pools, jobs] = await Promise.all([client.listVms(), client.listCheckpoints(), storage.listDatastores(), storage.listDisks(), storage.listPools(), storage.listJobs()]);
-  return { vms, checkpoints, datastores, disks, pools, jobs };
+  const [vms, checkpoints, datastores, disks, pools, jobs, host] = await Promise.all([client.listVms(), client.listCheckpoints(), storage.listDatastores(), storage.listDisks(), storage.listPools(), storage.listJobs(), client.host()]);
+  return { vms, checkpoints, datastores, disks, pools, jobs, allowedRoots: host.allowedRoots };
 }
 
 /** QEMU processes started from this home (their command line names a path in it). */
@@ -84,7 +86,7 @@ export interface InvariantOptions {
 /** Every broken invariant, as a sentence; empty when the home is consistent. */
 export function homeProblems(s: HomeSnapshot, o: InvariantOptions): string[] {
   const problems: string[] = [];
-  const at = (file: string) => hostPathOf(o.home, file);
+  const at = (file: string) => hostPathOf(o.home, file, s.allowedRoots);
   const missing = (what: string, file: string) => !existsSync(at(file)) && problems.push(`${what} names ${file} (${at(file)}), which does not exist`);
   const live = s.vms.filter((v) => LIVE_STATES.includes(v.state));
   for (const vm of s.vms) {

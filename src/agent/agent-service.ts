@@ -7,10 +7,10 @@
 // The same service answers in process (the controller's own host) and over
 // HTTP (`offshoot agent serve`).
 import { randomUUID } from 'node:crypto';
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { freemem, hostname, totalmem } from 'node:os';
 import { join } from 'node:path';
-import { OffshootError, silentLogger } from '../common/index.ts';
+import { OffshootError, parseJsonOr, silentLogger, writeFileAtomic } from '../common/index.ts';
 import type { Logger } from '../common/index.ts';
 import { AGENT_CAPABILITIES, AgentEndpoint, EventLog, OperationTable, PROTOCOL_VERSION } from '../protocol/index.ts';
 import type { AgentHandlers, CallResult, EpochKeeper, Locator, OperationContext, VmDisk, VmRuntime, VmSpec } from '../protocol/index.ts';
@@ -58,7 +58,7 @@ export class AgentService implements EpochKeeper {
 
   /** Loads what the agent remembers, marks operations a previous process left as interrupted, and starts reporting QEMU exits. */
   async start(): Promise<void> {
-    this.state = { ...this.state, ...(JSON.parse(await readFile(this.stateFile, 'utf8').catch(() => '{}')) as Partial<AgentState>) };
+    this.state = { ...this.state, ...parseJsonOr<Partial<AgentState>>(await readFile(this.stateFile, 'utf8').catch(() => '{}'), {}) };
     await this.locations.load();
     const interrupted = await this.endpoint.operations.recover();
     if (interrupted.length) this.logger.warn({ operations: interrupted }, 'operations interrupted by the restart of this agent');
@@ -74,9 +74,7 @@ export class AgentService implements EpochKeeper {
   }
 
   private async saveState(): Promise<void> {
-    const temp = `${this.stateFile}.tmp-${process.pid}`;
-    await writeFile(temp, `${JSON.stringify(this.state, null, 2)}\n`, { mode: 0o600 });
-    await rename(temp, this.stateFile);
+    await writeFileAtomic(this.stateFile, `${JSON.stringify(this.state, null, 2)}\n`);
   }
 
   // References <-> the local agents' path-based types.

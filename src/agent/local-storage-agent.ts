@@ -8,9 +8,9 @@
 // (it copies), refused before anything opens it if it is a FIFO, socket or
 // device, and its copy is never more readable than its source.
 import { randomUUID } from 'node:crypto';
-import { chmod, mkdir, open, readFile, readdir, rename, rm, rmdir, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, open, readFile, readdir, rename, rm, rmdir, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve as resolvePath } from 'node:path';
-import { OffshootError, isNoSpace, toOffshootError } from '../common/index.ts';
+import { OffshootError, isNoSpace, toOffshootError, writeFileAtomic } from '../common/index.ts';
 import type { QmpClient } from '../qemu/index.ts';
 import { QemuImgError, convertImage, createImage, imageInfo, rebaseImage, resizeImage } from '../qemu/index.ts';
 import { constants, realpathSync } from 'node:fs';
@@ -185,9 +185,7 @@ export class LocalStorageAgent {
     const live: Record<string, { identity: string; contentId: string }> = {};
     for (const [path, entry] of cache) if (await stat(path).then(() => true, () => false)) live[path] = entry;
     const file = join(this.layout.home, 'content-ids.json');
-    const temp = `${file}.tmp-${process.pid}-${randomUUID().slice(0, 8)}`;
-    await writeFile(temp, JSON.stringify(live), { mode: 0o600 });
-    await rename(temp, file);
+    await writeFileAtomic(file, JSON.stringify(live));
   }
 
   async freezeDisks(vmId: string, disks: VmDisk[], running: boolean): Promise<FreezeResult> {

@@ -9,9 +9,9 @@
 // every scope has no reference (PATH_NOT_ALLOWED).
 import { createHash } from 'node:crypto';
 import { realpathSync } from 'node:fs';
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { dirname, join, relative, sep } from 'node:path';
-import { InvalidInputError, NotFoundError, OffshootError } from '../common/index.ts';
+import { InvalidInputError, NotFoundError, OffshootError, parseJsonOr, writeFileAtomic } from '../common/index.ts';
 import type { Locator, LocatorScope } from '../protocol/index.ts';
 import { makeLocator, parseLocator } from '../protocol/index.ts';
 import type { PathPolicy } from './path-policy.ts';
@@ -49,7 +49,7 @@ export class Locations {
   /** Reads the datastores this agent registered before (call once at start). */
   async load(): Promise<void> {
     const text = await readFile(this.registryFile, 'utf8').catch(() => '[]');
-    for (const ds of JSON.parse(text) as RegisteredDatastore[]) this.datastores.set(ds.id, ds);
+    for (const ds of parseJsonOr<RegisteredDatastore[]>(text, [])) this.datastores.set(ds.id, ds);
     this.policy.setDatastores([...this.datastores.values()].map((d) => d.path));
   }
 
@@ -82,9 +82,7 @@ export class Locations {
 
   private async save(): Promise<void> {
     await mkdir(dirname(this.registryFile), { recursive: true, mode: 0o700 });
-    const temp = `${this.registryFile}.tmp-${process.pid}`;
-    await writeFile(temp, `${JSON.stringify([...this.datastores.values()], null, 2)}\n`, { mode: 0o600 });
-    await rename(temp, this.registryFile);
+    await writeFileAtomic(this.registryFile, `${JSON.stringify([...this.datastores.values()], null, 2)}\n`);
   }
 
   private rootOf(scope: LocatorScope): string {

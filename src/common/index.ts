@@ -6,3 +6,4 @@ export * from './logger.ts';
 export * from './home.ts';
 export * from './pids.ts';
 export * from './error-codes.ts';
+export * from './files.ts';

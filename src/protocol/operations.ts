@@ -6,9 +6,9 @@
 // when it starts and ends: an agent that restarts marks the operations it was
 // running as failed (TASK_INTERRUPTED), so a caller following one learns that
 // its work stopped instead of waiting for ever.
-import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { OffshootError } from '../common/index.ts';
+import { OffshootError, writeFileAtomic } from '../common/index.ts';
 import type { OperationEvent, OperationInfo } from './calls.ts';
 import { toWireError } from './wire-error.ts';
 
@@ -37,6 +37,16 @@ export class OperationNotFoundError extends OffshootError {
   }
 }
 
+/** A journal file's operation, or null if it is not one (empty, cut short, or not JSON). */
+function parseJournal(text: string): OperationInfo | null {
+  try {
+    const info = JSON.parse(text) as OperationInfo | null;
+    return info && typeof info === 'object' && typeof info.operationId === 'string' && typeof info.state === 'string' ? info : null;
+  } catch {
+    return null;
+  }
+}
+
 export class OperationTable {
   private readonly ops = new Map<string, Running>();
 
@@ -50,10 +60,15 @@ export class OperationTable {
     await mkdir(this.journalDir, { recursive: true, mode: 0o700 });
     const interrupted: string[] = [];
     for (const name of await readdir(this.journalDir)) {
+      if (name.includes('.json.tmp-')) await rm(join(this.journalDir, name), { force: true });
       if (!name.endsWith('.json')) continue;
       const path = join(this.journalDir, name);
-      const info = JSON.parse(await readFile(path, 'utf8').catch(() => 'null')) as OperationInfo | null;
-      if (!info) continue;
+      const info = parseJournal(await readFile(path, 'utf8').catch(() => ''));
+      if (!info) {
+        // Unreadable (a write cut short by a full disk before journals were written atomically): nothing to resume.
+        await rm(path, { force: true });
+        continue;
+      }
       if (info.state === 'running') {
         info.state = 'failed';
         info.endedAt = new Date().toISOString();
@@ -177,7 +192,9 @@ export class OperationTable {
   private async persist(info: OperationInfo): Promise<void> {
     if (!this.journalDir) return;
     await mkdir(this.journalDir, { recursive: true, mode: 0o700 });
-    await writeFile(join(this.journalDir, `${info.operationId}.json`), JSON.stringify(info), { mode: 0o600 });
+    // Written aside and renamed into place: a full disk or a crash never leaves a half-written journal.
+    const path = join(this.journalDir, `${info.operationId}.json`);
+    await writeFileAtomic(path, JSON.stringify(info));
   }
 
   private prune(): void {
