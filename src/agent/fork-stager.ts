@@ -65,7 +65,7 @@ export class ForkStager {
   async prepare(request: PrepareForkRequest): Promise<PreparedFork> {
     const { forkId, source } = request;
     const vm = this.host.running(source.vmId);
-    if (vm.memory.mode !== 'owned') throw new OffshootError('FORK_NEEDS_OWNED_MEMORY', `VM ${source.vmId} maps a template; make its memory owned first (makeOwned)`, { vmId: source.vmId }, 409);
+    if (vm.memory.mode !== 'owned') throw new OffshootError('FORK_NEEDS_OWNED_MEMORY', `VM ${source.vmId} maps a template; make its memory owned first (startOwnedTarget, migrateToOwnedTarget, switchToOwnedTarget)`, { vmId: source.vmId }, 409);
     const stage: StagedFork = { sourceId: source.vmId, templateId: '', disksRequest: undefined, disks: undefined, incoming: new Map(), switched: false, wasRunning: true, deviceState: join(this.host.layout.workDir, forkId, 'devstate') };
     this.forks.set(forkId, stage);
     try {
