@@ -3,9 +3,10 @@
 // lower layers never import higher ones.
 import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
+import importX, { createNodeResolver } from 'eslint-plugin-import-x';
 
 /** Layers from the bottom up; a layer may import only layers before it. `lab` (the test-host lab, a dev tool) sits on top. */
-const LAYERS = ['common', 'qemu', 'guest', 'storage', 'memory', 'net', 'agent', 'vm', 'store', 'api', 'client', 'cli', 'lab'];
+const LAYERS = ['common', 'qemu', 'guest', 'storage', 'memory', 'net', 'protocol', 'agent', 'vm', 'store', 'api', 'client', 'cli', 'lab'];
 
 function layerRules(layer) {
   const index = LAYERS.indexOf(layer);
@@ -40,6 +41,14 @@ export default tseslint.config(
     },
   },
   ...LAYERS.map(layerRules),
+  // No import cycles inside the code (a module that needs another's types and the other needs it back
+  // wants a third module both import, as vm/fork/fork-journal.ts is).
+  {
+    files: ['src/**/*.ts'],
+    plugins: { 'import-x': importX },
+    settings: { 'import-x/extensions': ['.ts'], 'import-x/resolver-next': [createNodeResolver({ extensions: ['.ts'] })] },
+    rules: { 'import-x/no-cycle': ['error', { ignoreExternal: true }] },
+  },
   {
     // The web console runs in a browser: no Node modules or globals, and of Offshoot only the client's browser surface.
     files: ['web/src/**/*.ts', 'web/src/**/*.tsx'],

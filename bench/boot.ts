@@ -50,7 +50,7 @@ export async function bootBenchmark(args: string[]): Promise<BenchResult> {
   const daemon = await startDaemon({ home, memoryDir });
   const startedAt = new Date().toISOString();
   try {
-    const host = await daemon.agent.hostInfo();
+    const host = await daemon.engine.hostInfo();
     const offshoot: number[] = [];
     const baseline: number[] = [];
     for (let i = 0; i < runs; i++) {

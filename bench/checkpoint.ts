@@ -144,7 +144,7 @@ export async function checkpointBenchmark(args: string[]): Promise<BenchResult> 
   const busy = Number(option(args, '--busy', '0'));
   const load: number[][] = [loadavg()];
   try {
-    const host = await daemon.agent.hostInfo();
+    const host = await daemon.engine.hostInfo();
     for (let b = 0; b < busy; b++) {
       const vm = await daemon.engine.create({ name: `busy${b}`, memory: '256M', start: true });
       await daemon.engine.tasks.wait(vm.task?.id as string);

@@ -8,6 +8,7 @@
 // clone started, i.e. the same QEMU, disks and kernel) for the instant clone.
 // Everything lives under --dir (default /var/tmp: the root file system, not
 // tmpfs). Options: --runs N (3), --size-gib N (4), --data-gib N (1).
+import { hostPathOf } from '../tests/harness.ts';
 import { execFileSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { closeSync, mkdtempSync, openSync, rmSync, statSync, writeSync } from 'node:fs';
@@ -87,12 +88,12 @@ export async function cloneBenchmark(args: string[]): Promise<BenchResult> {
     for (let i = 0; i < runs; i++) {
       // Baselines: the same image file copied by cp and by qemu-img convert.
       const cpTarget = join(root, 'cp.qcow2');
-      const cpMs = await timed('sh', ['-c', `cp --sparse=always '${disk.path}' '${cpTarget}' && sync -f '${cpTarget}'`]);
+      const cpMs = await timed('sh', ['-c', `cp --sparse=always '${hostPathOf(join(root, 'home'), disk.file)}' '${cpTarget}' && sync -f '${cpTarget}'`]);
       samples.cp.push(cpMs);
       samples.cpGBs.push(allocated / 1e9 / (cpMs / 1000));
       rmSync(cpTarget);
       const cvTarget = join(root, 'convert.qcow2');
-      const cvMs = await timed('sh', ['-c', `qemu-img convert -q -O qcow2 '${disk.path}' '${cvTarget}' && sync -f '${cvTarget}'`]);
+      const cvMs = await timed('sh', ['-c', `qemu-img convert -q -O qcow2 '${hostPathOf(join(root, 'home'), disk.file)}' '${cvTarget}' && sync -f '${cvTarget}'`]);
       samples.convert.push(cvMs);
       samples.convertGBs.push(allocated / 1e9 / (cvMs / 1000));
       rmSync(cvTarget);
@@ -170,7 +171,7 @@ export async function cloneBenchmark(args: string[]): Promise<BenchResult> {
   return {
     name: 'clone',
     startedAt,
-    machine: { cpus: cpus().length, accel: (await daemon.agent.accelerator()).accel, qemu: await qemuVersion(), node: process.version },
+    machine: { cpus: cpus().length, accel: (await daemon.engine.hostInfo()).accel, qemu: await qemuVersion(), node: process.version },
     parameters: { runs, sizeGiB: sizeBytes / GiB, dataGiB: dataBytes / GiB, dir: root },
     comparisons,
     notes: [...notes, 'baselines copy the same qcow2 file and sync it; throughput is GB of allocated image data per second'],

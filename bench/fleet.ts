@@ -53,14 +53,14 @@ async function timePair(runs: number, a: () => Promise<unknown>, b: () => Promis
 function vm(i: number): VmRecord {
   const id = randomUUID();
   const now = new Date(Date.UTC(2030, 0, 1) + i * 1000).toISOString();
-  const disk = (n: number) => ({ id: randomUUID(), path: `/var/lib/offshoot/vms/${id}/disk${n}.qcow2`, format: 'qcow2' as const, readOnly: false, owned: true, backing: [`/var/lib/offshoot/bases/${randomUUID()}.qcow2`] });
+  const disk = (n: number) => ({ id: `disk${n}`, file: `home:vms/${id}/disk${n}.qcow2`, format: 'qcow2' as const, readOnly: false, owned: true, backing: [`home:bases/${randomUUID()}.qcow2`] });
   return {
     id,
     name: `vm-${String(i).padStart(5, '0')}`,
     state: i % 3 === 0 ? 'running' : 'stopped',
     stateReason: null,
-    spec: { vcpus: 2, memoryMiB: 2048, boot: { kind: 'kernel', kernel: '/var/lib/offshoot/guest/vmlinuz', initrd: '/var/lib/offshoot/guest/initrd.img', cmdline: 'console=ttyS0 quiet' }, disks: [disk(0), disk(1)], nics: [{ id: 'nic0', mac: '52:54:00:12:34:56', network: 'user' }], defaultGuest: true },
-    runtime: i % 3 === 0 ? { hostId: 'bench', pid: 10_000 + i, accel: 'tcg', dir: `/var/lib/offshoot/vms/${id}`, instance: id, memory: { mode: 'owned', file: `/dev/shm/offshoot/${id}.ram`, templateId: null }, startedAt: now } : null,
+    spec: { vcpus: 2, memoryMiB: 2048, boot: { kind: 'kernel', kernel: 'home:images/guest/vmlinuz', initrd: 'home:images/guest/initrd.img', cmdline: 'console=ttyS0 quiet' }, disks: [disk(0), disk(1)], nics: [{ id: 'nic0', mac: '52:54:00:12:34:56', network: 'user' }], defaultGuest: true },
+    hostId: 'bench', runtime: i % 3 === 0 ? { hostId: 'bench', pid: 10_000 + i, accel: 'tcg', instance: id.slice(0, 8), memory: { mode: 'owned', templateId: null }, startedAt: now } : null,
     createdAt: now,
     updatedAt: now,
   };

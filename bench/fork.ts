@@ -5,6 +5,7 @@
 // plus N children (sum of PSS). Baselines in the same run: a cold boot of the
 // same guest (time, and its PSS times N+1), and a naive fork that saves the
 // whole VM with QEMU's own `migrate` to a file and starts each copy from it.
+import { ramFileOf } from '../tests/harness.ts';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
@@ -101,7 +102,7 @@ export async function forkBenchmark(args: string[]): Promise<BenchResult> {
   const comparisons: Comparison[] = [];
   const notes: string[] = [];
   try {
-    const host = await daemon.agent.hostInfo();
+    const host = await daemon.engine.hostInfo();
     for (const memoryMiB of sizes) {
       for (const count of counts) {
         const s = { stun: [] as number[], first: [] as number[], all: [] as number[], agent: [] as number[], pss: [] as number[], boot: [] as number[], bootPss: [] as number[] };
@@ -111,7 +112,7 @@ export async function forkBenchmark(args: string[]): Promise<BenchResult> {
           const name = `b${memoryMiB}n${count}r${r}`;
           s.boot.push(await bootSource(daemon, name, memoryMiB));
           const source = await daemon.engine.resolve(name);
-          s.bootPss.push(await hostMemoryMiB([source.runtime?.pid as number], source.runtime?.memory.file as string));
+          s.bootPss.push(await hostMemoryMiB([source.runtime?.pid as number], ramFileOf(memoryDir, source)));
           const { task } = await daemon.engine.fork(name, { count });
           const done = await daemon.engine.tasks.wait(task?.id as string);
           if (done.state !== 'succeeded') throw new Error(`fork failed: ${done.message}`);
@@ -121,7 +122,7 @@ export async function forkBenchmark(args: string[]): Promise<BenchResult> {
           s.all.push(result.timings.allChildrenMs);
           s.agent.push(result.timings.customizedMs);
           const forked = await Promise.all([name, ...result.children.map((c) => c.name)].map((vm) => daemon.engine.resolve(vm)));
-          const pss = await hostMemoryMiB(forked.map((vm) => vm.runtime?.pid as number), forked[0]?.runtime?.memory.file as string);
+          const pss = await hostMemoryMiB(forked.map((vm) => vm.runtime?.pid as number), ramFileOf(memoryDir, forked[0] as (typeof forked)[number]));
           s.pss.push(pss);
           for (const vm of [...result.children.map((c) => c.name), name]) {
             await daemon.engine.kill(vm);

@@ -8,6 +8,7 @@ import { checkpointBenchmark } from './checkpoint.ts';
 import { cloneBenchmark } from './clone.ts';
 import { copyBenchmark } from './copy.ts';
 import { fleetBenchmark } from './fleet.ts';
+import { hostsBenchmark } from './hosts.ts';
 import { forkBenchmark } from './fork.ts';
 import { netpathBenchmark } from './netpath.ts';
 import type { BenchResult } from './report.ts';
@@ -21,6 +22,7 @@ const BENCHMARKS: Record<string, (args: string[]) => Promise<BenchResult>> = {
   copy: copyBenchmark,
   netpath: netpathBenchmark,
   fleet: fleetBenchmark,
+  hosts: hostsBenchmark,
 };
 
 const [name, ...args] = process.argv.slice(2);

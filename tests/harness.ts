@@ -13,6 +13,7 @@ import type { RunningDaemon } from '../src/api/index.ts';
 import { clientFromEnvironment } from '../src/client/index.ts';
 import type { OffshootClient } from '../src/client/index.ts';
 import { isProcessAlive } from '../src/common/index.ts';
+import { allowedRootId } from '../src/agent/index.ts';
 import { findOffshootQemus, killAndWait } from '../src/qemu/index.ts';
 import { homeProblems, privacyProblems, snapshotHome } from './invariants.ts';
 import type { InvariantOptions } from './invariants.ts';
@@ -107,7 +108,10 @@ async function currentProblems(options: InvariantOptions, env: NodeJS.ProcessEnv
 /** Starts `offshoot serve --detach` for the home and waits until it answers. */
 export async function startDetachedDaemon(t: TestHome): Promise<{ pid: number; url: string }> {
   const result = await t.cli(['serve', '--detach', '--json']);
-  if (result.code !== 0) throw new Error(`serve --detach failed: ${result.stderr}`);
+  if (result.code !== 0) {
+    const tail = (file: string) => (existsSync(join(t.home, file)) ? readFileSync(join(t.home, file), 'utf8').split('\n').slice(-15).join('\n') : '');
+    throw new Error(`serve --detach failed: ${result.stderr}\n--- serve.out:\n${tail('serve.out')}\n--- daemon.log:\n${tail('daemon.log')}`);
+  }
   return JSON.parse(result.stdout) as { pid: number; url: string };
 }
 
@@ -151,4 +155,33 @@ export async function closeTestDaemon(daemon: RunningDaemon, t: TestHome, option
   await daemon.close();
   await t.cleanup().catch((err: Error) => problems.push(err.message));
   if (problems.length > 0) throw new Error(`the test left its home inconsistent:\n- ${problems.join('\n- ')}`);
+}
+
+/**
+ * The host path of a file reference on a test home's own host (what the agent resolves it to): `home:`
+ * under the home, `ds.<id>:` under the datastore folder the agent registered (its datastores.json),
+ * `ext.<id>:` under the allowed folder of that id.
+ */
+export function hostPathOf(home: string, locator: string, allowedRoots: string[] = []): string {
+  const colon = locator.indexOf(':');
+  const scope = locator.slice(0, colon);
+  const rel = locator.slice(colon + 1);
+  if (scope === 'home') return join(home, rel);
+  if (scope.startsWith('ds.')) {
+    const registry = JSON.parse(readFileSync(join(home, 'datastores.json'), 'utf8')) as Array<{ id: string; path: string }>;
+    const ds = registry.find((d) => d.id === scope.slice(3));
+    if (!ds) throw new Error(`no datastore ${scope.slice(3)} in ${home}/datastores.json`);
+    return join(ds.path, rel);
+  }
+  if (scope.startsWith('ext.')) {
+    const root = allowedRoots.find((r) => allowedRootId(r) === scope.slice(4));
+    if (root) return join(root, rel);
+  }
+  throw new Error(`cannot resolve ${locator} in a test`);
+}
+
+/** The RAM file a running VM's QEMU maps: its own file, or the template it derives from. */
+export function ramFileOf(memoryDir: string, vm: { id: string; runtime: { memory: { mode: 'owned' | 'derived'; templateId: string | null } } | null }): string {
+  const memory = vm.runtime?.memory;
+  return memory?.mode === 'derived' ? join(memoryDir, 'templates', `${memory.templateId}.ram`) : join(memoryDir, `${vm.id}.ram`);
 }

@@ -17,6 +17,7 @@ import { StorageClient } from '../src/client/index.ts';
 import type { CheckpointRecord, CopyJobRecord, DatastoreRecord, DiskRecord, PoolRecord, VmRecord } from '../src/vm/index.ts';
 import { LIVE_STATES } from '../src/vm/index.ts';
 import { findOffshootQemus } from '../src/qemu/index.ts';
+import { hostPathOf } from './harness.ts';
 
 export interface HomeSnapshot {
   vms: VmRecord[];
@@ -25,12 +26,14 @@ export interface HomeSnapshot {
   disks: DiskRecord[];
   pools: PoolRecord[];
   jobs: CopyJobRecord[];
+  /** The folders the host allows (`ext.<id>:` references resolve under them). */
+  allowedRoots: string[];
 }
 
 export async function snapshotHome(client: OffshootClient): Promise<HomeSnapshot> {
   const storage = new StorageClient(client);
-  const [vms, checkpoints, datastores, disks, pools, jobs] = await Promise.all([client.listVms(), client.listCheckpoints(), storage.listDatastores(), storage.listDisks(), storage.listPools(), storage.listJobs()]);
-  return { vms, checkpoints, datastores, disks, pools, jobs };
+  const [vms, checkpoints, datastores, disks, pools, jobs, host] = await Promise.all([client.listVms(), client.listCheckpoints(), storage.listDatastores(), storage.listDisks(), storage.listPools(), storage.listJobs(), client.host()]);
+  return { vms, checkpoints, datastores, disks, pools, jobs, allowedRoots: host.allowedRoots };
 }
 
 /** QEMU processes started from this home (their command line names a path in it). */
@@ -83,22 +86,23 @@ export interface InvariantOptions {
 /** Every broken invariant, as a sentence; empty when the home is consistent. */
 export function homeProblems(s: HomeSnapshot, o: InvariantOptions): string[] {
   const problems: string[] = [];
-  const missing = (what: string, path: string) => !existsSync(path) && problems.push(`${what} names ${path}, which does not exist`);
+  const at = (file: string) => hostPathOf(o.home, file, s.allowedRoots);
+  const missing = (what: string, file: string) => !existsSync(at(file)) && problems.push(`${what} names ${file} (${at(file)}), which does not exist`);
   const live = s.vms.filter((v) => LIVE_STATES.includes(v.state));
   for (const vm of s.vms) {
     for (const d of vm.spec.disks) {
-      missing(`VM ${vm.name} disk ${d.id}`, d.path);
+      missing(`VM ${vm.name} disk ${d.id}`, d.file);
       for (const b of d.backing) missing(`VM ${vm.name} disk ${d.id} chain`, b);
       if (o.maxChainDepth !== undefined && !d.readOnly && d.owned && d.backing.length > o.maxChainDepth) problems.push(`VM ${vm.name} disk ${d.id} has a chain ${d.backing.length} deep (limit ${o.maxChainDepth} deltas above its root)`);
     }
     if (vm.state === 'running' && !vm.runtime) problems.push(`VM ${vm.name} is running without a runtime`);
   }
   for (const c of s.checkpoints) {
-    if (c.state === 'complete') missing(`checkpoint ${c.name}`, c.path);
+    if (c.state === 'complete') missing(`checkpoint ${c.name}`, c.file);
     if (c.state === 'writing') problems.push(`checkpoint ${c.name} is still being written`);
-    for (const d of c.spec.disks) for (const p of [d.path, ...d.backing]) missing(`checkpoint ${c.name}`, p);
+    for (const d of c.spec.disks) for (const p of [d.file, ...d.backing]) missing(`checkpoint ${c.name}`, p);
   }
-  for (const d of s.disks) missing(`disk ${d.datastore}/${d.name}`, d.path);
+  for (const d of s.disks) missing(`disk ${d.datastore}/${d.name}`, d.file);
 
   // Processes.
   const qemus = homeQemus(o.home);
@@ -122,24 +126,25 @@ export function homeProblems(s: HomeSnapshot, o: InvariantOptions): string[] {
   for (const d of existsSync(join(o.home, 'vms')) ? readdirSync(join(o.home, 'vms')) : []) if (!known.has(d)) problems.push(`VM folder ${d} belongs to no VM`);
   for (const f of existsSync(join(o.home, 'work')) ? readdirSync(join(o.home, 'work')) : []) problems.push(`work file ${f} left by an operation`);
   const usedBases = new Set<string>([
-    ...s.vms.flatMap((v) => v.spec.disks.flatMap((d) => [d.path, ...d.backing])),
-    ...s.checkpoints.flatMap((c) => c.spec.disks.flatMap((d) => [d.path, ...d.backing])),
-    ...s.pools.flatMap((p) => p.sourceFiles.flatMap((f) => f.chain.map((c) => c.path))),
+    ...s.vms.flatMap((v) => v.spec.disks.flatMap((d) => [d.file, ...d.backing])),
+    ...s.checkpoints.flatMap((c) => c.spec.disks.flatMap((d) => [d.file, ...d.backing])),
+    ...s.pools.flatMap((p) => p.sourceFiles.flatMap((f) => f.chain.map((c) => c.file))),
     ...s.jobs.filter((j) => !['succeeded', 'cancelled'].includes(j.state)).flatMap((j) => j.files.map((f) => f.source)),
-  ]);
+  ].map(at));
   for (const f of existsSync(join(o.home, 'bases')) ? readdirSync(join(o.home, 'bases')) : []) if (!usedBases.has(join(o.home, 'bases', f))) problems.push(`base ${f} is used by nothing`);
-  const checkpointPaths = new Set(s.checkpoints.map((c) => c.path));
+  const checkpointPaths = new Set(s.checkpoints.map((c) => at(c.file)));
   for (const f of existsSync(join(o.home, 'checkpoints')) ? readdirSync(join(o.home, 'checkpoints')) : []) if (!checkpointPaths.has(join(o.home, 'checkpoints', f))) problems.push(`checkpoint file ${f} has no record`);
   for (const dir of [join(o.home, 'checkpoints'), ...(o.checkpointFolders ?? [])]) {
     for (const f of existsSync(dir) ? readdirSync(dir) : []) if (f.startsWith('.offshoot-ckpt-')) problems.push(`checkpoint temporary file ${join(dir, f)} left`);
   }
   const activeJobs = s.jobs.filter((j) => !['succeeded', 'cancelled', 'failed'].includes(j.state));
   for (const ds of s.datastores) {
-    const recorded = new Set(s.disks.filter((d) => d.datastore === ds.name).map((d) => d.path));
-    for (const f of existsSync(join(ds.path, 'disks')) ? readdirSync(join(ds.path, 'disks')) : []) {
-      const path = join(ds.path, 'disks', f);
+    const recorded = new Set(s.disks.filter((d) => d.datastore === ds.name).map((d) => at(d.file)));
+    const folder = ds.hosts[0]?.path ?? '';
+    for (const f of existsSync(join(folder, 'disks')) ? readdirSync(join(folder, 'disks')) : []) {
+      const path = join(folder, 'disks', f);
       const top = path.replace(/\.meta\.json$/, '').replace(/\.copy.*$/, '');
-      const inJob = activeJobs.some((j) => j.files.some((x) => x.target === top)) || s.jobs.some((j) => j.state === 'failed' && j.files.some((x) => x.target === top));
+      const inJob = activeJobs.some((j) => j.files.some((x) => at(x.target) === top)) || s.jobs.some((j) => j.state === 'failed' && j.files.some((x) => at(x.target) === top));
       if (!recorded.has(top) && !inJob) problems.push(`datastore ${ds.name} holds ${f}, which no disk record or copy job names`);
     }
   }

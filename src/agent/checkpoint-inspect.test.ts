@@ -9,6 +9,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BLOCK_BYTES, writeCheckpoint } from '../memory/index.ts';
 import { createImage } from '../qemu/index.ts';
 import { inspectCheckpointFile } from './checkpoint-inspect.ts';
+import { hostSpecOf, readCheckpointMetadata } from './checkpoint-meta.ts';
+import { Locations } from './locations.ts';
 import { HostLayout } from './layout.ts';
 import { PathPolicy } from './path-policy.ts';
 import type { VmSpec } from './types.ts';
@@ -20,8 +22,11 @@ describe('checkpoint file inspection', () => {
   let layout: HostLayout;
   let policy: PathPolicy;
   let base: string;
+  let locations: Locations;
+  /** Metadata written before schema 2 (absolute paths): read under the compatibility rule. */
+  const inspect = (path: string) => inspectCheckpointFile(policy, path, (raw) => readCheckpointMetadata(locations, path, raw, 'h'), (spec) => hostSpecOf(locations, spec));
 
-  const spec = (disks: VmSpec['disks'], memoryMiB = 16): VmSpec => ({ vcpus: 1, memoryMiB, boot: { kind: 'kernel', kernel: '/k', cmdline: '' }, disks, nics: [], defaultGuest: true });
+  const spec = (disks: VmSpec['disks'], memoryMiB = 16): VmSpec => ({ vcpus: 1, memoryMiB, boot: { kind: 'kernel', kernel: join(root, 'k'), cmdline: '' }, disks, nics: [], defaultGuest: true });
   const write = async (name: string, metadata: Record<string, unknown>) => {
     const path = join(root, name);
     await writeCheckpoint(path, { memoryBytes: MEMORY, readBlock: async (i, into) => (i === 0 ? (into.fill(7), BLOCK_BYTES) : 0), metadata, deviceState: Buffer.from('QEVM') });
@@ -33,6 +38,7 @@ describe('checkpoint file inspection', () => {
     layout = new HostLayout(join(root, 'home'), join(root, 'mem'));
     mkdirSync(layout.home, { recursive: true });
     policy = new PathPolicy(layout.home, [root]);
+    locations = new Locations(layout.home, policy);
     base = join(layout.home, 'bases', 'frozen.qcow2');
     for (const d of [join(layout.home, 'bases'), join(layout.home, 'images'), join(root, 'other'), join(root, 'elsewhere')]) mkdirSync(d, { recursive: true });
     await createImage({ path: join(layout.home, 'images', 'root.qcow2'), format: 'qcow2', sizeBytes: 64 * 1024 * 1024 });
@@ -42,31 +48,32 @@ describe('checkpoint file inspection', () => {
 
   it('accepts a valid file whose frozen disk exists', async () => {
     const path = await write('ok.ckpt', { vm: { id: 'x', name: 'web' }, spec: spec([{ id: 'disk0', path: base, format: 'qcow2', readOnly: false, owned: false, backing: [] }]) });
-    const found = await inspectCheckpointFile(policy, path);
+    const found = await inspect(path);
     expect(found.memoryBytes).toBe(MEMORY);
     expect(found.fileBytes).toBe(statSync(path).size);
-    expect(found.metadata.vm).toEqual({ id: 'x', name: 'web' });
+    expect(found.metadata.vm.name).toBe('web');
+    expect(found.metadata.spec.disks[0]?.file).toBe('home:bases/frozen.qcow2');
   });
 
   it('refuses a missing or unsafe disk', async () => {
     const missing = await write('missing.ckpt', { spec: spec([{ id: 'disk0', path: join(root, 'nowhere.qcow2'), format: 'qcow2', readOnly: false, owned: false, backing: [] }]) });
-    await expect(inspectCheckpointFile(policy, missing)).rejects.toMatchObject({ code: 'CHECKPOINT_DISK_UNAVAILABLE', message: expect.stringContaining('does not exist') });
+    await expect(inspect(missing)).rejects.toMatchObject({ code: 'CHECKPOINT_DISK_UNAVAILABLE', message: expect.stringContaining('does not exist') });
     // A disk outside the home whose backing file is in yet another folder: the chain leaves the allowed roots.
     const elsewhere = join(root, 'elsewhere');
     await createImage({ path: join(root, 'other', 'parent.qcow2'), format: 'qcow2', sizeBytes: 1024 * 1024 });
     await createImage({ path: join(elsewhere, 'top.qcow2'), format: 'qcow2', backing: { path: join(root, 'other', 'parent.qcow2'), format: 'qcow2' } });
     const unsafe = await write('unsafe.ckpt', { spec: spec([{ id: 'disk0', path: join(elsewhere, 'top.qcow2'), format: 'qcow2', readOnly: false, owned: false, backing: [] }]) });
-    await expect(inspectCheckpointFile(policy, unsafe)).rejects.toMatchObject({ code: 'CHECKPOINT_DISK_UNAVAILABLE', message: expect.stringContaining('not safe') });
+    await expect(inspect(unsafe)).rejects.toMatchObject({ code: 'CHECKPOINT_DISK_UNAVAILABLE', message: expect.stringContaining('not safe') });
     const wrongFormat = await write('format.ckpt', { spec: spec([{ id: 'disk0', path: base, format: 'raw', readOnly: false, owned: false, backing: [] }]) });
-    await expect(inspectCheckpointFile(policy, wrongFormat)).rejects.toMatchObject({ code: 'CHECKPOINT_DISK_UNAVAILABLE' });
+    await expect(inspect(wrongFormat)).rejects.toMatchObject({ code: 'CHECKPOINT_DISK_UNAVAILABLE' });
   });
 
   it('refuses metadata without a spec or of another size, and a truncated file', async () => {
-    await expect(inspectCheckpointFile(policy, await write('nospec.ckpt', { vm: { name: 'web' } }))).rejects.toMatchObject({ code: 'CHECKPOINT_CORRUPT', part: 'metadata' });
-    await expect(inspectCheckpointFile(policy, await write('size.ckpt', { spec: spec([], 32) }))).rejects.toMatchObject({ code: 'CHECKPOINT_CORRUPT', message: expect.stringContaining('32 MiB') });
+    await expect(inspect(await write('nospec.ckpt', { vm: { name: 'web' } }))).rejects.toMatchObject({ code: 'CHECKPOINT_CORRUPT', part: 'metadata' });
+    await expect(inspect(await write('size.ckpt', { spec: spec([], 32) }))).rejects.toMatchObject({ code: 'CHECKPOINT_CORRUPT', message: expect.stringContaining('32 MiB') });
     const cut = await write('cut.ckpt', { spec: spec([]) });
     truncateSync(cut, statSync(cut).size - 10);
-    await expect(inspectCheckpointFile(policy, cut)).rejects.toMatchObject({ code: 'CHECKPOINT_CORRUPT', part: 'table of contents' });
-    await expect(inspectCheckpointFile(policy, join(root, 'absent.ckpt'))).rejects.toMatchObject({ code: 'CHECKPOINT_NOT_FOUND' });
+    await expect(inspect(cut)).rejects.toMatchObject({ code: 'CHECKPOINT_CORRUPT', part: 'table of contents' });
+    await expect(inspect(join(root, 'absent.ckpt'))).rejects.toMatchObject({ code: 'CHECKPOINT_NOT_FOUND' });
   });
 });

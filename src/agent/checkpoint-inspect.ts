@@ -24,30 +24,30 @@ export class CheckpointDiskError extends OffshootError {
   }
 }
 
-function isSpec(value: unknown): value is VmSpec {
-  const s = value as VmSpec | undefined;
-  return !!s && typeof s === 'object' && Number.isInteger(s.memoryMiB) && Number.isInteger(s.vcpus) && typeof s.boot === 'object' && Array.isArray(s.disks) && Array.isArray(s.nics);
-}
-
-export async function inspectCheckpointFile(policy: PathPolicy, path: string): Promise<CheckpointInspection> {
+export async function inspectCheckpointFile<M extends { spec: unknown }>(policy: PathPolicy, path: string, readMetadata: (raw: Record<string, unknown>) => M, hostSpec: (spec: M['spec']) => VmSpec): Promise<CheckpointInspection & { metadata: M }> {
   await stat(path).catch((err: NodeJS.ErrnoException) => {
     throw new CheckpointFormatError(path, 'file', `cannot open (${err.code ?? err.message})`, 'CHECKPOINT_NOT_FOUND');
   });
   await policy.allowedFile('checkpoint', path);
   const reader = await CheckpointReader.open(path);
   let memoryBytes: number;
-  let metadata: Record<string, unknown>;
+  let raw: Record<string, unknown>;
   try {
     memoryBytes = reader.memoryBytes;
-    metadata = reader.metadata;
+    raw = reader.metadata;
   } finally {
     await reader.close();
   }
-  const spec = metadata.spec;
-  if (!isSpec(spec)) throw new CheckpointFormatError(path, 'metadata', 'no VM spec in the metadata');
+  const metadata = readMetadata(raw);
+  let spec: VmSpec;
+  try {
+    spec = hostSpec(metadata.spec);
+  } catch (err) {
+    if (err instanceof OffshootError && err.code === 'NOT_FOUND') throw new OffshootError('CHECKPOINT_DISK_UNAVAILABLE', `checkpoint ${path}: ${err.message} on this host`, { path }, 409, { cause: err });
+    throw err;
+  }
   if (spec.memoryMiB * 1024 * 1024 !== memoryBytes) throw new CheckpointFormatError(path, 'metadata', `the spec says ${spec.memoryMiB} MiB of memory, the file holds ${memoryBytes} bytes`);
   for (const disk of spec.disks) {
-    if (typeof disk?.path !== 'string' || !disk.path.startsWith('/')) throw new CheckpointFormatError(path, 'metadata', 'a disk without an absolute path');
     let real: string;
     try {
       real = await realpath(disk.path);

@@ -65,7 +65,7 @@ export class ForkStager {
   async prepare(request: PrepareForkRequest): Promise<PreparedFork> {
     const { forkId, source } = request;
     const vm = this.host.running(source.vmId);
-    if (vm.memory.mode !== 'owned') throw new OffshootError('FORK_NEEDS_OWNED_MEMORY', `VM ${source.vmId} maps a template; make its memory owned first (makeOwned)`, { vmId: source.vmId }, 409);
+    if (vm.memory.mode !== 'owned') throw new OffshootError('FORK_NEEDS_OWNED_MEMORY', `VM ${source.vmId} maps a template; make its memory owned first (startOwnedTarget, migrateToOwnedTarget, switchToOwnedTarget)`, { vmId: source.vmId }, 409);
     const stage: StagedFork = { sourceId: source.vmId, templateId: '', disksRequest: undefined, disks: undefined, incoming: new Map(), switched: false, wasRunning: true, deviceState: join(this.host.layout.workDir, forkId, 'devstate') };
     this.forks.set(forkId, stage);
     try {
@@ -107,7 +107,7 @@ export class ForkStager {
     const stage = this.stage(forkId);
     const old = this.host.running(stage.sourceId);
     const replacement = stage.incoming.get(stage.sourceId);
-    if (!replacement) throw new OffshootError('FORK_NOT_PREPARED', `fork ${forkId} has no replacement QEMU for its source`, { forkId }, 500);
+    if (!replacement) throw new OffshootError('FORK_NOT_PREPARED', `fork ${forkId} has no replacement QEMU for its source`, { forkId }, 409);
     stage.wasRunning = (await old.qmp.queryStatus()).running;
     const stoppedAt = performance.now();
     await old.qmp.stop();
@@ -147,7 +147,7 @@ export class ForkStager {
   async completeChild(forkId: string, childId: string): Promise<VmRuntime> {
     const stage = this.stage(forkId);
     const child = stage.incoming.get(childId);
-    if (!stage.switched || !child) throw new OffshootError('FORK_NOT_PREPARED', `fork ${forkId} has no waiting QEMU for child ${childId}`, { forkId, childId }, 500);
+    if (!stage.switched || !child) throw new OffshootError('FORK_NOT_PREPARED', `fork ${forkId} has no waiting QEMU for child ${childId}`, { forkId, childId }, 409);
     await loadDeviceState(child.vm.qmp, stage.deviceState, this.host.layout.vmFiles(childId, child.runtime.instance).migrationSocket);
     if (stage.wasRunning) await child.vm.qmp.cont();
     stage.incoming.delete(childId);
@@ -172,7 +172,7 @@ export class ForkStager {
   /** The frozen RAM and the device state of a fork that has switched over (what a checkpoint writes). */
   artifacts(forkId: string): { templateFile: string; deviceState: string } {
     const stage = this.stage(forkId);
-    if (!stage.switched) throw new OffshootError('FORK_NOT_SWITCHED', `fork ${forkId} has not switched over yet`, { forkId }, 500);
+    if (!stage.switched) throw new OffshootError('FORK_NOT_SWITCHED', `fork ${forkId} has not switched over yet`, { forkId }, 409);
     return { templateFile: this.host.templates.path(stage.templateId), deviceState: stage.deviceState };
   }
 
@@ -183,7 +183,7 @@ export class ForkStager {
 
   private stage(forkId: string): StagedFork {
     const stage = this.forks.get(forkId);
-    if (!stage) throw new OffshootError('FORK_NOT_PREPARED', `no prepared fork ${forkId} on this host`, { forkId }, 500);
+    if (!stage) throw new OffshootError('FORK_NOT_PREPARED', `no prepared fork ${forkId} on this host`, { forkId }, 409);
     return stage;
   }
 }

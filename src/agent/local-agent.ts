@@ -1,7 +1,7 @@
 // The in-process host agent: runs QEMU processes for this host's VMs, keeps
 // their QMP and guest-agent connections, re-adopts QEMUs that outlived a
 // daemon restart, and reaps QEMUs that no VM owns. The pre-staged fork lives in
-// fork-stager.ts. See host-agent.ts for the contract; this is the only
+// fork-stager.ts. It works with host paths; agent-service.ts serves it through the agent protocol. This is the only
 // implementation today.
 import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
@@ -17,7 +17,6 @@ import { TemplateStore, processMemoryStats } from '../memory/index.ts';
 import type { CheckpointMetadata, WriteProgress } from '../memory/index.ts';
 import { customizeGuest } from './customize.ts';
 import { undoForkDisks, undoRenameLog } from './fork-disks.ts';
-import type { HostAgent } from './host-agent.ts';
 import { migrateLocally } from './migration.ts';
 import { HostLayout } from './layout.ts';
 import { prepareVmFiles } from './prepare-vm.ts';
@@ -62,7 +61,7 @@ export class GuestAgentUnavailableError extends OffshootError {
   }
 }
 
-export class LocalHostAgent implements HostAgent {
+export class LocalHostAgent {
   readonly hostId: string;
   readonly layout: HostLayout;
   /** Which host files may be used (shared with the storage agent, which registers datastores in it). */
@@ -359,8 +358,32 @@ export class LocalHostAgent implements HostAgent {
     }
   }
 
-  inspectCheckpoint(path: string): Promise<CheckpointInspection> {
-    return inspectCheckpointFile(this.policy, path);
+  /**
+   * Validates a checkpoint file: `readMetadata` types its metadata (with disks by reference) and `diskPaths`
+   * turns the frozen spec into host paths, so each frozen disk can be checked to exist and be safe.
+   */
+  inspectCheckpoint<M extends { spec: unknown }>(path: string, readMetadata: (raw: Record<string, unknown>) => M, hostSpec: (spec: M['spec']) => VmSpec): Promise<CheckpointInspection & { metadata: M }> {
+    return inspectCheckpointFile(this.policy, path, readMetadata, hostSpec);
+  }
+
+  /** The file of a memory template. */
+  templatePath(templateId: string): string {
+    return this.templates.path(templateId);
+  }
+
+  /** Bytes held by memory templates (what forked VMs share). */
+  async templateBytes(): Promise<number> {
+    return (await this.templates.list()).reduce((sum, t) => sum + t.bytes, 0);
+  }
+
+  /** The QEMUs this agent runs, with their run state. */
+  async runningVms(): Promise<Array<{ vmId: string; pid: number; instance: string; status: 'running' | 'paused' | 'other' }>> {
+    return Promise.all(
+      [...this.vms.values()].map(async (vm) => {
+        const status = await vm.qmp.queryStatus().catch(() => undefined);
+        return { vmId: vm.vmId, pid: vm.process.pid, instance: vm.instance, status: status ? (status.running ? ('running' as const) : status.status === 'paused' ? ('paused' as const) : ('other' as const)) : ('other' as const) };
+      }),
+    );
   }
 
   async cancelCheckpointWrite(forkId: string): Promise<boolean> {
@@ -481,7 +504,9 @@ export class LocalHostAgent implements HostAgent {
   }
 
   async adoptVm(vmId: string, runtime: VmRuntime): Promise<'running' | 'paused' | undefined> {
-    if (this.vms.has(vmId)) return (await this.running(vmId).qmp.queryStatus()).running ? 'running' : 'paused';
+    const tracked = this.vms.get(vmId);
+    // This agent already runs the VM (it outlived its controller): only the QEMU it tracks is the VM.
+    if (tracked) return tracked.process.pid === runtime.pid ? ((await tracked.qmp.queryStatus()).running ? 'running' : 'paused') : undefined;
     const proc = adoptQemu(runtime.pid, vmId);
     if (!proc) return undefined;
     const files = this.layout.vmFiles(vmId, runtime.instance);

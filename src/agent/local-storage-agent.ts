@@ -8,10 +8,9 @@
 // (it copies), refused before anything opens it if it is a FIFO, socket or
 // device, and its copy is never more readable than its source.
 import { randomUUID } from 'node:crypto';
-import { chmod, mkdir, open, readdir, rename, rm, rmdir, stat } from 'node:fs/promises';
+import { chmod, mkdir, open, readFile, readdir, rename, rm, rmdir, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve as resolvePath } from 'node:path';
-import { createHash } from 'node:crypto';
-import { OffshootError, isNoSpace, toOffshootError } from '../common/index.ts';
+import { OffshootError, isNoSpace, toOffshootError, writeFileAtomic } from '../common/index.ts';
 import type { QmpClient } from '../qemu/index.ts';
 import { QemuImgError, convertImage, createImage, imageInfo, rebaseImage, resizeImage } from '../qemu/index.ts';
 import { constants, realpathSync } from 'node:fs';
@@ -26,7 +25,7 @@ const VIRTUAL_FILE_SYSTEMS = ['/proc', '/sys', '/dev'];
 import type { PathPolicy } from './path-policy.ts';
 import type { QemuAccess } from './qemu-access.ts';
 import { liveSnapshot, streamDisk } from './live-disk-ops.ts';
-import type { DiskChainEntry, FreezeResult, StorageAgent } from './storage-agent.ts';
+import type { DiskChainEntry, FreezeResult } from './types.ts';
 import type { VmDisk } from './types.ts';
 
 export class ImportRefusedError extends OffshootError {
@@ -35,7 +34,7 @@ export class ImportRefusedError extends OffshootError {
   }
 }
 
-export class LocalStorageAgent implements StorageAgent {
+export class LocalStorageAgent {
   constructor(
     private readonly layout: HostLayout,
     private readonly policy: PathPolicy,
@@ -51,6 +50,13 @@ export class LocalStorageAgent implements StorageAgent {
   async initDatastore(path: string, name: string): Promise<{ path: string }> {
     const real = await this.policy.checkDatastorePath(path);
     const layout = await initDatastore(real, name);
+    this.policy.addDatastore(layout.path);
+    return { path: layout.path };
+  }
+
+  /** This host's own datastore, a folder the agent chooses in its home (the placement rule keeps people's datastores out of the home). */
+  async initDefaultDatastore(name: string): Promise<{ path: string }> {
+    const layout = await initDatastore(join(this.layout.home, 'datastores', 'default'), name);
     this.policy.addDatastore(layout.path);
     return { path: layout.path };
   }
@@ -147,10 +153,39 @@ export class LocalStorageAgent implements StorageAgent {
     return diskContentHash(path);
   }
 
+  /**
+   * Content id of a read-only base, from its content (the same hash as `disk verify`, backing name left
+   * out), so equal ids on two hosts mean equal bytes. A base never changes, so the id is kept in
+   * <home>/content-ids.json against the file's identity and computed once.
+   */
   async baseContentId(path: string): Promise<string> {
     const s = await stat(path, { bigint: true });
     const identity = `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}`;
-    return `cid-h${createHash('sha256').update(identity).digest('hex').slice(0, 32)}`;
+    const cache = await this.contentIds();
+    const known = cache.get(path);
+    if (known?.identity === identity) return known.contentId;
+    const hash = await diskContentHash(path);
+    const contentId = `cid-${hash.replace(/^xxh64:/, 'x').replace(':', '-')}`;
+    cache.set(path, { identity, contentId });
+    await this.saveContentIds(cache);
+    return contentId;
+  }
+
+  private contentIdCache: Promise<Map<string, { identity: string; contentId: string }>> | undefined;
+
+  private contentIds(): Promise<Map<string, { identity: string; contentId: string }>> {
+    this.contentIdCache ??= readFile(join(this.layout.home, 'content-ids.json'), 'utf8')
+      .then((text) => new Map(Object.entries(JSON.parse(text) as Record<string, { identity: string; contentId: string }>)))
+      .catch(() => new Map());
+    return this.contentIdCache;
+  }
+
+  private async saveContentIds(cache: Map<string, { identity: string; contentId: string }>): Promise<void> {
+    // Entries of files that are gone are dropped as the cache is written.
+    const live: Record<string, { identity: string; contentId: string }> = {};
+    for (const [path, entry] of cache) if (await stat(path).then(() => true, () => false)) live[path] = entry;
+    const file = join(this.layout.home, 'content-ids.json');
+    await writeFileAtomic(file, JSON.stringify(live));
   }
 
   async freezeDisks(vmId: string, disks: VmDisk[], running: boolean): Promise<FreezeResult> {

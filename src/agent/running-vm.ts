@@ -40,7 +40,7 @@ export class RunningVm {
       await Promise.all([rm(files.qmpSocket, { force: true }), rm(files.qgaSocket, { force: true })]).catch(() => undefined);
       const how = exit.signal ? `killed by ${exit.signal}` : exit.code === null ? 'exited' : `exited with code ${exit.code}`;
       const clean = this.shutdownReason !== undefined;
-      return { vmId, clean, reason: clean ? `${this.shutdownReason}` : `QEMU ${how} unexpectedly` };
+      return { vmId, instance, clean, reason: clean ? `${this.shutdownReason}` : `QEMU ${how} unexpectedly` };
     });
   }
 

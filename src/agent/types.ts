@@ -1,5 +1,7 @@
-// Types that cross the host-agent seam. They are plain data (JSON-safe), so the
-// same interface can later be served over HTTP by an agent on another host.
+// The host's own types: what the local agents (LocalHostAgent,
+// LocalStorageAgent) work with, with host paths. They never leave the host:
+// agent-service.ts turns them into the protocol's types (file references
+// instead of paths) at the boundary.
 
 export type Accelerator = 'kvm' | 'tcg';
 
@@ -159,6 +161,8 @@ export interface ExecResult {
 /** Why a VM's QEMU went away. `clean` means the guest or an operator powered it off. */
 export interface VmExitEvent {
   vmId: string;
+  /** The QEMU process that ended (a VM has successive ones). */
+  instance: string;
   clean: boolean;
   reason: string;
 }
@@ -181,4 +185,30 @@ export interface CheckpointInspection {
   fileBytes: number;
   /** As written at checkpoint time: { vm: { id, name }, spec, createdAt, … }. */
   metadata: Record<string, unknown>;
+}
+
+export interface DiskChainEntry {
+  path: string;
+  format: string;
+  virtualSize: number;
+  actualSize: number | null;
+}
+
+export interface FrozenDisk {
+  diskId: string;
+  format: 'qcow2' | 'raw';
+  /** The frozen image and its backing chain, top first: all read-only from now on. */
+  chain: string[];
+  /** Content id of the frozen top (stable for a base that never changes). */
+  contentId: string;
+  virtualSize: number;
+}
+
+export interface FreezeResult {
+  /** The VM's disks after the freeze (a new delta over each frozen image; unchanged ones as they were). */
+  disks: VmDisk[];
+  frozen: FrozenDisk[];
+  /** Renames done and deltas made, to undo if what follows fails. */
+  moves: { from: string; to: string }[];
+  deltas: string[];
 }

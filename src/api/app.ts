@@ -8,8 +8,9 @@ import { bodyLimit } from 'hono/body-limit';
 import { HTTPException } from 'hono/http-exception';
 import { NotFoundError, OffshootError, toOffshootError } from '../common/index.ts';
 import type { Logger } from '../common/index.ts';
-import type { HostAgent } from '../agent/index.ts';
-import type { StorageService, VmEngine } from '../vm/index.ts';
+import type { LocalHostInfo } from '../agent/index.ts';
+import type { Fleet, StorageService, VmEngine } from '../vm/index.ts';
+import { hostRoutes } from './host-routes.ts';
 import { bearerAuth } from './auth.ts';
 import { mountConsole } from './console-route.ts';
 import { mountEvents } from './events-route.ts';
@@ -57,7 +58,9 @@ const hostRoute = createRoute({
 export interface AppDeps {
   engine: VmEngine;
   storage: StorageService;
-  agent: HostAgent;
+  fleet: Fleet;
+  /** This machine's own host, for GET /host (absent on a controller started with --no-local-host). */
+  localHostInfo?: () => Promise<LocalHostInfo>;
   token: string;
   /** Other valid tokens (the inventory's API tokens). */
   verifyToken?: (token: string) => Promise<boolean>;
@@ -68,7 +71,7 @@ export interface AppDeps {
   consoleDir?: string;
 }
 
-export function buildApp({ engine, storage, agent, token, verifyToken, logger, metrics, consoleDir }: AppDeps): OpenAPIHono {
+export function buildApp({ engine, storage, fleet, localHostInfo, token, verifyToken, logger, metrics, consoleDir }: AppDeps): OpenAPIHono {
   const app = new OpenAPIHono({ defaultHook: validationHook });
   app.onError((err, c) => {
     // Hono's own 4xx (e.g. a malformed JSON body) is the client's mistake, not an internal error.
@@ -84,7 +87,11 @@ export function buildApp({ engine, storage, agent, token, verifyToken, logger, m
   app.use('*', requireJsonBody);
 
   app.openapi(healthRoute, (c) => c.json({ ok: true, version: API_VERSION }, 200));
-  app.openapi(hostRoute, async (c) => c.json(await agent.hostInfo(), 200));
+  app.openapi(hostRoute, async (c) => {
+    if (!localHostInfo) throw new OffshootError('NOT_FOUND', 'this controller runs no host of its own (--no-local-host); see GET /hosts', { kind: 'host', ref: 'local' }, 404);
+    return c.json(await localHostInfo(), 200);
+  });
+  app.route('/', hostRoutes(fleet));
   app.route('/', vmRoutes(engine));
   app.route('/', taskRoutes(engine));
   app.route('/', storageRoutes(storage, engine));

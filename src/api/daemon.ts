@@ -12,14 +12,17 @@ import { serve } from '@hono/node-server';
 import pino from 'pino';
 import { InvalidInputError, homePaths } from '../common/index.ts';
 import type { DaemonFile, HomePaths, Logger } from '../common/index.ts';
-import { LocalHostAgent, LocalStorageAgent } from '../agent/index.ts';
+import type { LocalHostAgent } from '../agent/index.ts';
 import { KyselyInventory, inventoryLocation } from '../store/index.ts';
-import { StorageService, VmEngine } from '../vm/index.ts';
+import { Fleet, StorageService, VmEngine } from '../vm/index.ts';
 import { buildApp } from './app.ts';
 import { DaemonMetrics, buildMetricsApp } from './metrics.ts';
 import { loadOrCreateToken } from './auth.ts';
 import { acquireHomeLock } from './home-lock.ts';
 import { faultsFromEnvironment } from './test-faults.ts';
+import { upgradeLegacyRecords } from './legacy-records.ts';
+import { localHostName, startLocalHost } from './local-host.ts';
+import type { LocalHostStack } from './local-host.ts';
 
 export interface DaemonOptions {
   home: string;
@@ -41,6 +44,13 @@ export interface DaemonOptions {
   allowImages?: string[];
   /** The daemon owns its process (`offshoot serve`): log unhandled rejections and uncaught exceptions instead of dying. */
   guardProcess?: boolean;
+  /** Drive registered hosts only: no QEMU runs in this process (several controllers on one machine, a fleet's control plane). */
+  noLocalHost?: boolean;
+  /** The name of this machine's host in the fleet (default OFFSHOOT_HOST_NAME, else its hostname). */
+  hostName?: string;
+  /** Heartbeat period and lease of hosts (tests shorten them). */
+  hostHeartbeatMs?: number;
+  hostLeaseMs?: number;
 }
 
 /**
@@ -87,7 +97,9 @@ export interface RunningDaemon {
   token: string;
   engine: VmEngine;
   storage: StorageService;
-  agent: LocalHostAgent;
+  fleet: Fleet;
+  /** This machine's own host agent (absent with noLocalHost). */
+  agent: LocalHostAgent | undefined;
   close(): Promise<void>;
 }
 
@@ -128,31 +140,50 @@ async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock
     await inventory.close();
     throw err;
   }
-  const agent = new LocalHostAgent({ home: paths.home, memoryDir: options.memoryDir ?? process.env.OFFSHOOT_MEMORY_DIR, allowImages: options.allowImages, logger });
-  await agent.prepareHost();
   const faults = options.faults ?? faultsFromEnvironment(process.env.OFFSHOOT_TEST_FAULTS);
   if (faults && !options.faults) logger.warn({ faults: process.env.OFFSHOOT_TEST_FAULTS }, 'OFFSHOOT_TEST_FAULTS is set: faults will be injected');
-  const engine = new VmEngine({ inventory, agent, logger, faults });
-  const storageAgent = new LocalStorageAgent(agent.layout, agent.policy, (vmId) => agent.qmpOf(vmId), () => agent.qemuAccess());
-  await storageAgent.useDatastores((await inventory.storage.listDatastores()).map((ds) => ds.path));
+  let local: LocalHostStack | undefined;
+  let fleet: Fleet | undefined;
+  try {
+    if (!options.noLocalHost) local = await startLocalHost({ home: paths.home, memoryDir: options.memoryDir, allowImages: options.allowImages, logger });
+    fleet = new Fleet({
+      inventory: inventory.hosts,
+      logger,
+      vmsOn: async (hostId) => (await inventory.listVms()).filter((vm) => vm.hostId === hostId).length,
+      ...(local ? { local: { name: options.hostName ?? localHostName(process.env, hostname()), endpoint: local.service.endpoint } } : {}),
+      ...(options.hostHeartbeatMs ? { heartbeatMs: options.hostHeartbeatMs } : {}),
+      ...(options.hostLeaseMs ? { leaseMs: options.hostLeaseMs } : {}),
+    });
+    await fleet.start();
+    // Records written before hosts (no host, host paths instead of references) become this host's.
+    if (local && fleet.localHostId) await upgradeLegacyRecords({ inventory, storageInventory: inventory.storage, hostId: fleet.localHostId, service: local.service, logger });
+  } catch (err) {
+    await fleet?.close();
+    await local?.close();
+    await inventory.close();
+    throw err;
+  }
+  const engine = new VmEngine({ inventory, fleet, logger, faults });
   // Before recovery, so the tasks it fails are counted.
-  const metrics = new DaemonMetrics({ engine, agent });
-  const storage = new StorageService({ inventory, storageInventory: inventory.storage, agent, storage: storageAgent, engine, logger, vmsDir: agent.layout.vmsDir, copy: options.copy ?? copySettingsFromEnvironment(process.env), faults });
+  const metrics = new DaemonMetrics({ engine });
+  const storage = new StorageService({ inventory, storageInventory: inventory.storage, engine, logger, copy: options.copy ?? copySettingsFromEnvironment(process.env), faults });
   const closeServices = async () => {
     metrics.close();
     await storage.close();
     await engine.close();
-    await agent.close();
+    await fleet?.close();
+    await local?.close();
     await inventory.close();
   };
   const servers: Server[] = [];
   try {
     // Pins first, so the engine's garbage collection during recovery keeps what pools and copy jobs read.
     await storage.pinSources();
+    await storage.ensureDefaultDatastores();
     await engine.recover();
     const resumed = await storage.resumeJobs();
     if (resumed.length) logger.info({ jobs: resumed }, 'copy jobs resumed');
-    servers.push(await listen(buildApp({ engine, storage, agent, token, verifyToken: async (t) => (await inventory.tokens.verify(t)) !== undefined, logger, metrics, consoleDir: options.consoleDir }).fetch, host, port));
+    servers.push(await listen(buildApp({ engine, storage, fleet, localHostInfo: local ? () => local.host.hostInfo() : undefined, token, verifyToken: async (t) => (await inventory.tokens.verify(t)) !== undefined, logger, metrics, consoleDir: options.consoleDir }).fetch, host, port));
     if (metricsAt) servers.push(await listen(buildMetricsApp(metrics, token).fetch, metricsAt.host, metricsAt.port));
   } catch (err) {
     await Promise.all(servers.map(closeServer));
@@ -167,9 +198,6 @@ async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock
   const daemon: DaemonFile = { url, pid: process.pid, startedAt: new Date().toISOString() };
   await writeFile(paths.daemonFile, `${JSON.stringify(daemon, null, 2)}\n`, { mode: 0o600 });
   logger.info({ url, metricsUrl, home: paths.home }, 'offshoot daemon listening');
-  // Start the accelerator probe now so the first boot does not pay for it.
-  void agent.accelerator().catch((err: unknown) => logger.warn({ err }, 'accelerator probe failed'));
-
   let closing: Promise<void> | undefined;
   const close = () => {
     closing ??= (async () => {
@@ -184,7 +212,7 @@ async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock
     })();
     return closing;
   };
-  return { url, metricsUrl, token, engine, storage, agent, close };
+  return { url, metricsUrl, token, engine, storage, fleet, agent: local?.host, close };
 }
 
 type Server = ReturnType<typeof serve>;

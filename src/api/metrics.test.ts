@@ -4,7 +4,6 @@
 // and VMs that name a host of their own. The engine here is its real event
 // bus with a list of VM records; nothing runs QEMU.
 import { describe, expect, it } from 'vitest';
-import type { HostAgent } from '../agent/index.ts';
 import { EventBus } from '../vm/index.ts';
 import type { CopyJobRecord, TaskRecord, VmEngine, VmRecord } from '../vm/index.ts';
 import { DaemonMetrics } from './metrics.ts';
@@ -13,9 +12,9 @@ const at = (s: number) => new Date(Date.UTC(2026, 0, 1, 0, 0, s)).toISOString();
 
 function setup(vms: VmRecord[] = []) {
   const events = new EventBus();
-  const engine = { events, list: async () => vms, memory: async () => ({ rssKiB: 0, pssKiB: 0, sharedKiB: 0, privateKiB: 0, mode: 'owned', templateId: null }) } as unknown as VmEngine;
-  const agent = { hostInfo: async () => ({ hostId: 'local' }) } as unknown as HostAgent;
-  const metrics = new DaemonMetrics({ engine, agent });
+  const fleet = { hosts: () => [{ id: 'h-local', name: 'local' }, { id: 'h-b', name: 'lab-b' }], localHostId: 'h-local' };
+  const engine = { events, fleet, list: async () => vms, memory: async () => ({ rssKiB: 0, pssKiB: 0, sharedKiB: 0, privateKiB: 0, mode: 'owned', templateId: null }) } as unknown as VmEngine;
+  const metrics = new DaemonMetrics({ engine });
   const value = async (name: string, labels: Record<string, string> = {}) => {
     const metric = (await metrics.registry.getMetricsAsJSON()).find((m) => m.name === name.replace(/_(sum|count)$/, ''));
     const wanted = name.endsWith('_sum') || name.endsWith('_count') ? name : undefined;
@@ -60,6 +59,8 @@ describe('daemon metrics', () => {
       purpose: { kind: 'move', diskId: 'd' },
       state,
       datastore: 'ds',
+      hostId: 'h-local',
+      history: [],
       files: [file, file],
       progress: { fileIndex, bytesDone, bytesTotal: 64 * 1024 * 1024, chunksDone: bytesDone ? 1 : 0, chunksTotal: 1, chunksCopied: 0, workers: 1 },
       error: null,
@@ -79,7 +80,7 @@ describe('daemon metrics', () => {
   });
 
   it('count VMs by the host they name, and every state of this host', async () => {
-    const vm = (name: string, state: VmRecord['state'], host?: string) => ({ id: name, name, state, runtime: null, ...(host ? { host } : {}) }) as unknown as VmRecord;
+    const vm = (name: string, state: VmRecord['state'], host?: string) => ({ id: name, name, state, runtime: null, hostId: host === 'lab-b' ? 'h-b' : 'h-local' }) as unknown as VmRecord;
     const { metrics, value } = setup([vm('a', 'running', 'lab-b'), vm('b', 'stopped')]);
     expect(await value('offshoot_vms', { state: 'running', host: 'lab-b' })).toBe(1);
     expect(await value('offshoot_vms', { state: 'stopped', host: 'local' })).toBe(1);

@@ -14,7 +14,6 @@
 import { Hono } from 'hono';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { NotFoundError, toOffshootError } from '../common/index.ts';
-import type { HostAgent } from '../agent/index.ts';
 import type { CopyJobRecord, EngineEvent, TaskRecord, VmEngine, VmRecord } from '../vm/index.ts';
 import { VM_STATES, isCopyJobDone, isLive } from '../vm/index.ts';
 import { bearerAuth } from './auth.ts';
@@ -28,11 +27,10 @@ const MIB = 1024 * 1024;
 /** 1 MiB/s to 8 GiB/s. */
 const THROUGHPUT_BUCKETS = [1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192].map((m) => m * MIB);
 
-/** Where a VM runs: its own host field once VMs have one (multi-host), else its QEMU's host, else this daemon's. */
-export function hostOfVm(vm: VmRecord, localHostId: string): string {
-  const declared = (vm as VmRecord & { host?: unknown }).host;
-  if (typeof declared === 'string' && declared) return declared;
-  return vm.runtime?.hostId ?? localHostId;
+/** Where a VM lives: its host, by name when the fleet knows it. */
+export function hostOfVm(vm: VmRecord, names: ReadonlyMap<string, string>, fallback: string): string {
+  const id = vm.hostId || vm.runtime?.hostId || '';
+  return names.get(id) ?? (id || fallback);
 }
 
 function finite(value: unknown): number | undefined {
@@ -73,15 +71,12 @@ interface CopyTracking {
 
 export interface DaemonMetricsOptions {
   engine: VmEngine;
-  agent: HostAgent;
 }
 
 export class DaemonMetrics {
   readonly registry = new Registry();
   private readonly engine: VmEngine;
-  private readonly agent: HostAgent;
   private readonly unsubscribe: () => void;
-  private localHostId: string | undefined;
   private readonly running = new Map<string, string>();
   private readonly finished = new Set<string>();
   private readonly copies = new Map<string, CopyTracking>();
@@ -103,7 +98,6 @@ export class DaemonMetrics {
 
   constructor(options: DaemonMetricsOptions) {
     this.engine = options.engine;
-    this.agent = options.agent;
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry });
 
@@ -181,16 +175,20 @@ export class DaemonMetrics {
     this.registry.clear();
   }
 
-  private async hostId(): Promise<string> {
-    this.localHostId ??= (await this.agent.hostInfo()).hostId;
-    return this.localHostId;
+  /** Host ids to names, and the name of this controller's own host (labels are host names). */
+  private hostNames(): { names: Map<string, string>; local: string } {
+    const hosts = this.engine.fleet.hosts();
+    const names = new Map(hosts.map((h) => [h.id, h.name]));
+    const local = hosts.find((h) => h.id === this.engine.fleet.localHostId)?.name ?? hosts[0]?.name ?? 'local';
+    return { names, local };
   }
 
   private async collectVms(gauge: Gauge<'state' | 'host'>): Promise<void> {
-    const local = await this.hostId();
-    const counts = new Map<string, Map<string, number>>([[local, new Map()]]);
+    const { names, local } = this.hostNames();
+    const counts = new Map<string, Map<string, number>>([...names.values()].map((n) => [n, new Map<string, number>()]));
+    if (!counts.has(local)) counts.set(local, new Map());
     for (const vm of await this.engine.list()) {
-      const host = hostOfVm(vm, local);
+      const host = hostOfVm(vm, names, local);
       const byState = counts.get(host) ?? new Map<string, number>();
       byState.set(vm.state, (byState.get(vm.state) ?? 0) + 1);
       counts.set(host, byState);
@@ -207,7 +205,7 @@ export class DaemonMetrics {
   }
 
   private async readMemory(): Promise<MemorySnapshot> {
-    const local = await this.hostId();
+    const { names, local } = this.hostNames();
     const live = (await this.engine.list()).filter((vm) => isLive(vm.state) && vm.runtime);
     const stats = await Promise.all(live.map((vm) => this.engine.memory(vm.id).then((m) => ({ vm, m }), () => undefined)));
     const hosts: MemorySnapshot['hosts'] = new Map([[local, { rss: 0, pss: 0, shared: 0, private: 0 }]]);
@@ -215,7 +213,7 @@ export class DaemonMetrics {
     for (const entry of stats) {
       if (!entry) continue;
       const { vm, m } = entry;
-      const where = hostOfVm(vm, local);
+      const where = hostOfVm(vm, names, local);
       const h = hosts.get(where) ?? { rss: 0, pss: 0, shared: 0, private: 0 };
       h.rss += m.rssKiB * 1024;
       h.pss += m.pssKiB * 1024;

@@ -17,6 +17,8 @@ export const vmSchema = z
     name: z.string(),
     state: z.enum(VM_STATES),
     stateReason: z.string().nullable(),
+    hostId: z.string().describe('the id of the host the VM lives on'),
+    host: z.string().describe('the name of that host'),
     spec: z.record(z.string(), z.unknown()),
     runtime: z.record(z.string(), z.unknown()).nullable(),
     createdAt: z.string(),

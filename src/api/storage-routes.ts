@@ -5,7 +5,7 @@
 import { OpenAPIHono, createRoute, z } from '@hono/zod-openapi';
 import type { Context } from 'hono';
 import type { StorageService, VmEngine } from '../vm/index.ts';
-import { addDatastoreRequestSchema, attachDiskRequestSchema, cloneRequestSchema, createDiskRequestSchema, createPoolRequestSchema, flattenRequestSchema, importDiskRequestSchema, moveDiskRequestSchema, resizeDiskRequestSchema, resizePoolRequestSchema, verifyDiskRequestSchema } from '../vm/index.ts';
+import { addDatastoreRequestSchema, attachDatastoreRequestSchema, attachDiskRequestSchema, cloneRequestSchema, createDiskRequestSchema, createPoolRequestSchema, flattenRequestSchema, importDiskRequestSchema, moveDiskRequestSchema, resizeDiskRequestSchema, resizePoolRequestSchema, verifyDiskRequestSchema } from '../vm/index.ts';
 import { errorResponses, vmRefParam, waitQuery } from './schemas.ts';
 import { optionalJsonBody, validationHook } from './validation.ts';
 
@@ -39,6 +39,7 @@ export function storageRoutes(storage: StorageService, engine: VmEngine): OpenAP
   on(route('addDatastore', 'post', '/datastores', 'datastores', 'Add a datastore (a folder; its existing disks are read from their sidecars)', body(addDatastoreRequestSchema), 201), async (c) => storage.catalog.addDatastore(await c.req.json()), 201);
   on(route('getDatastore', 'get', '/datastores/{name}', 'datastores', 'Show a datastore', { params: nameParam }), (c) => storage.catalog.showDatastore(p(c, 'name')));
   on(route('removeDatastore', 'delete', '/datastores/{name}', 'datastores', 'Forget a datastore (its files stay); refused while in use', { params: nameParam }), (c) => storage.catalog.removeDatastore(p(c, 'name')));
+  on(route('attachDatastore', 'post', '/datastores/{name}/hosts', 'datastores', 'Share a datastore with another host that sees the same folder', { params: nameParam, ...body(attachDatastoreRequestSchema) }), async (c) => storage.catalog.attachDatastore(p(c, 'name'), await c.req.json()));
   on(route('rescanDatastore', 'post', '/datastores/{name}/rescan', 'datastores', 'Rebuild the disk records of a datastore from its sidecar files', { params: nameParam }), (c) => storage.catalog.rescan(p(c, 'name')));
 
   on(route('listDisks', 'get', '/disks', 'disks', 'List disks', { query: z.object({ datastore: z.string().optional() }) }), (c) => storage.catalog.listDisks(c.req.query('datastore')));

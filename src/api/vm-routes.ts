@@ -2,7 +2,7 @@
 // Long operations answer 202 with a task, or with the finished task when
 // called with ?wait=true.
 import { OpenAPIHono, createRoute, z } from '@hono/zod-openapi';
-import type { VmAndTask, VmEngine } from '../vm/index.ts';
+import type { VmAndTask, VmEngine, VmRecord } from '../vm/index.ts';
 import { checkpointRequestSchema, createVmRequestSchema, execRequestSchema, forkRequestSchema, restoreRequestSchema, startRequestSchema, stopRequestSchema } from '../vm/index.ts';
 import { checkpointSchema, errorResponses, execResultSchema, memorySchema, vmAndTaskSchema, vmRefParam, vmSchema, waitQuery } from './schemas.ts';
 import { optionalJsonBody, validationHook } from './validation.ts';
@@ -97,6 +97,16 @@ const consoleVm = createRoute({ operationId: 'consoleVm',
   responses: { 200: { description: 'console text', content: { 'text/plain': { schema: z.string() } } }, ...errorResponses },
 });
 
+/** A VM as the API answers it: its record with its host's name beside the host id. */
+function withHostName<T>(engine: VmEngine, value: T): never {
+  const name = (vm: VmRecord) => ({ ...vm, host: engine.hostName(vm.hostId) });
+  const v = value as unknown as { vm?: VmRecord; hostId?: string; name?: string };
+  if (Array.isArray(value)) return value.map((x) => withHostName(engine, x) as unknown) as never;
+  if (v && typeof v === 'object' && v.vm && typeof v.vm === 'object') return { ...v, vm: name(v.vm) } as never;
+  if (v && typeof v === 'object' && typeof v.hostId === 'string' && typeof v.name === 'string' && 'spec' in v && 'state' in v) return name(v as unknown as VmRecord) as never;
+  return value as never;
+}
+
 export function vmRoutes(engine: VmEngine): OpenAPIHono {
   const app = new OpenAPIHono({ defaultHook: validationHook });
   const finish = async (result: VmAndTask, wait: string | undefined): Promise<VmAndTask> => {
@@ -105,28 +115,28 @@ export function vmRoutes(engine: VmEngine): OpenAPIHono {
     return { vm: await engine.resolve(result.vm.id), task };
   };
 
-  app.openapi(listVms, async (c) => c.json(await engine.list(), 200));
-  app.openapi(getVm, async (c) => c.json(await engine.resolve(c.req.valid('param').ref), 200));
-  app.openapi(createVm, async (c) => c.json(await finish(await engine.create(c.req.valid('json')), c.req.valid('query').wait), 201));
-  app.openapi(deleteVm, async (c) => c.json(await engine.delete(c.req.valid('param').ref), 200));
-  app.openapi(startVm, async (c) => c.json(await finish(await engine.start(c.req.valid('param').ref, await optionalJsonBody(c)), c.req.valid('query').wait), 202));
+  app.openapi(listVms, async (c) => c.json(withHostName(engine, await engine.list()), 200));
+  app.openapi(getVm, async (c) => c.json(withHostName(engine, await engine.resolve(c.req.valid('param').ref)), 200));
+  app.openapi(createVm, async (c) => c.json(withHostName(engine, await finish(await engine.create(c.req.valid('json')), c.req.valid('query').wait)), 201));
+  app.openapi(deleteVm, async (c) => c.json(withHostName(engine, await engine.delete(c.req.valid('param').ref)), 200));
+  app.openapi(startVm, async (c) => c.json(withHostName(engine, await finish(await engine.start(c.req.valid('param').ref, await optionalJsonBody(c)), c.req.valid('query').wait)), 202));
   app.openapi(stopVm, async (c) => {
-    return c.json(await finish(await engine.stop(c.req.valid('param').ref, await optionalJsonBody(c)), c.req.valid('query').wait), 202);
+    return c.json(withHostName(engine, await finish(await engine.stop(c.req.valid('param').ref, await optionalJsonBody(c)), c.req.valid('query').wait)), 202);
   });
   app.openapi(forkVm, async (c) => {
-    return c.json(await finish(await engine.fork(c.req.valid('param').ref, await optionalJsonBody(c)), c.req.valid('query').wait), 202);
+    return c.json(withHostName(engine, await finish(await engine.fork(c.req.valid('param').ref, await optionalJsonBody(c)), c.req.valid('query').wait)), 202);
   });
   app.openapi(checkpointVm, async (c) => {
-    return c.json(await finish(await engine.checkpoint(c.req.valid('param').ref, await optionalJsonBody(c)), c.req.valid('query').wait), 202);
+    return c.json(withHostName(engine, await finish(await engine.checkpoint(c.req.valid('param').ref, await optionalJsonBody(c)), c.req.valid('query').wait)), 202);
   });
-  app.openapi(restoreVm, async (c) => c.json(await finish(await engine.restore(c.req.valid('json')), c.req.valid('query').wait), 202));
+  app.openapi(restoreVm, async (c) => c.json(withHostName(engine, await finish(await engine.restore(c.req.valid('json')), c.req.valid('query').wait)), 202));
   app.openapi(listCheckpoints, async (c) => c.json((await engine.listCheckpoints()) as never, 200));
   app.openapi(getCheckpoint, async (c) => c.json((await engine.getCheckpoint(c.req.valid('param').ref)) as never, 200));
   app.openapi(deleteCheckpoint, async (c) => c.json((await engine.deleteCheckpoint(c.req.valid('param').ref)) as never, 200));
   app.openapi(memoryVm, async (c) => c.json(await engine.memory(c.req.valid('param').ref), 200));
-  app.openapi(pauseVm, async (c) => c.json(await engine.pause(c.req.valid('param').ref), 200));
-  app.openapi(resumeVm, async (c) => c.json(await engine.resume(c.req.valid('param').ref), 200));
-  app.openapi(killVm, async (c) => c.json(await engine.kill(c.req.valid('param').ref), 200));
+  app.openapi(pauseVm, async (c) => c.json(withHostName(engine, await engine.pause(c.req.valid('param').ref)), 200));
+  app.openapi(resumeVm, async (c) => c.json(withHostName(engine, await engine.resume(c.req.valid('param').ref)), 200));
+  app.openapi(killVm, async (c) => c.json(withHostName(engine, await engine.kill(c.req.valid('param').ref)), 200));
   app.openapi(execVm, async (c) => c.json(await engine.exec(c.req.valid('param').ref, c.req.valid('json')), 200));
   app.openapi(consoleVm, async (c) => c.text(await engine.console(c.req.valid('param').ref, c.req.valid('query').bytes), 200));
   return app;

@@ -1,6 +1,6 @@
-// `offshoot serve` (foreground or --detach), `offshoot daemon status|stop`,
-// `offshoot host show`, `offshoot task list|show|cancel`, `offshoot checkpoint
-// list|show|delete` and `offshoot events`.
+// `offshoot serve` (foreground or --detach), `offshoot agent serve`,
+// `offshoot daemon status|stop`, `offshoot task list|show|cancel`,
+// `offshoot checkpoint list|show|delete` and `offshoot events`.
 import { spawn } from 'node:child_process';
 import { existsSync, openSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
@@ -21,10 +21,18 @@ function readDaemonFile(): DaemonFile | undefined {
 }
 
 
-async function serveForeground(listen: string | undefined, database: string | undefined, metricsListen: string | undefined, allowImages: string[]): Promise<void> {
+interface ServeFlags {
+  listen?: string;
+  database?: string;
+  metricsListen?: string;
+  allowImages: string[];
+  noLocalHost: boolean;
+}
+
+async function serveForeground(flags: ServeFlags): Promise<void> {
   const { startDaemon } = await import('../api/index.ts');
   const home = defaultHome();
-  const daemon = await startDaemon({ home, listen, database, metricsListen, allowImages, guardProcess: true });
+  const daemon = await startDaemon({ home, listen: flags.listen, database: flags.database, metricsListen: flags.metricsListen, allowImages: flags.allowImages, noLocalHost: flags.noLocalHost, guardProcess: true });
   process.stdout.write(`offshoot daemon listening on ${daemon.url}${daemon.metricsUrl ? `, metrics on ${daemon.metricsUrl}/metrics` : ''} (home ${home}, log ${homePaths(home).log})\n`);
   let stopping = false;
   const stop = () => {
@@ -40,14 +48,15 @@ async function serveForeground(listen: string | undefined, database: string | un
 }
 
 /** Starts the daemon in the background and returns once it answers. */
-async function serveDetached(listen: string | undefined, database: string | undefined, metricsListen: string | undefined, allowImages: string[]): Promise<DaemonFile> {
+async function serveDetached(flags: ServeFlags): Promise<DaemonFile> {
+  const { listen, database, metricsListen, allowImages } = flags;
   const home = defaultHome();
   const paths = homePaths(home);
   await mkdir(home, { recursive: true, mode: 0o700 });
   const existing = readDaemonFile();
   if (existing && isDaemonProcess(existing.pid)) return existing;
   const out = openSync(`${paths.home}/serve.out`, 'a');
-  const args = [...process.execArgv, process.argv[1] as string, 'serve', ...(listen ? ['--listen', listen] : []), ...(metricsListen ? ['--metrics-listen', metricsListen] : []), ...allowImages.flatMap((dir) => ['--allow-images', resolve(dir)])];
+  const args = [...process.execArgv, process.argv[1] as string, 'serve', ...(listen ? ['--listen', listen] : []), ...(metricsListen ? ['--metrics-listen', metricsListen] : []), ...allowImages.flatMap((dir) => ['--allow-images', resolve(dir)]), ...(flags.noLocalHost ? ['--no-local-host'] : [])];
   // The database URL goes by environment, not argv, so its password does not show in `ps`.
   const env = database ? { ...process.env, OFFSHOOT_DATABASE_URL: database } : process.env;
   const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', out, out], env });
@@ -79,15 +88,46 @@ export function registerDaemonCommands(program: Command, ctx: CommandContext): v
     .option('--database <location>', 'the inventory: a postgres://… URL shared by a fleet, or a SQLite file (default OFFSHOOT_DATABASE_URL, else the home\'s inventory.sqlite)')
     .option('--metrics-listen <host:port>', 'also serve GET /metrics (Prometheus, same token) on this address')
     .option('--allow-images <dirs...>', 'folders whose disk images, kernels and checkpoint files VMs may use as they are (besides the home and the datastores; also OFFSHOOT_ALLOW_IMAGES, colon-separated)')
+    .option('--no-local-host', 'drive registered hosts only: run no VM in this process (a control plane of a fleet)')
     .option('--detach', 'run in the background and return once it answers')
     .option('--json', 'print JSON')
-    .action((o: { listen: string; database?: string; metricsListen?: string; allowImages?: string[]; detach?: boolean; json?: boolean }) =>
+    .action((o: { listen: string; database?: string; metricsListen?: string; allowImages?: string[]; localHost: boolean; detach?: boolean; json?: boolean }) =>
       ctx.run(Boolean(o.json), async () => {
         const allowImages = [...(o.allowImages ?? []), ...(process.env.OFFSHOOT_ALLOW_IMAGES ?? '').split(':').filter((d) => d.length > 0)];
-        if (!o.detach) return serveForeground(o.listen, o.database, o.metricsListen, allowImages);
-        const file = await serveDetached(o.listen, o.database, o.metricsListen, allowImages);
+        const flags: ServeFlags = { listen: o.listen, database: o.database, metricsListen: o.metricsListen, allowImages, noLocalHost: o.localHost === false };
+        if (!o.detach) return serveForeground(flags);
+        const file = await serveDetached(flags);
         if (o.json) printJson(file);
         else process.stdout.write(`offshoot daemon (pid ${file.pid}) listening on ${file.url}\n`);
+      }),
+    );
+
+  const agent = program.command('agent').description('this machine as a host of a fleet');
+  agent
+    .command('serve')
+    .description('serve the agent protocol on --listen (state in --home, default OFFSHOOT_HOME); prints where its credential is')
+    .requiredOption('--listen <host:port>', 'the address control planes reach this host on')
+    .option('--home <dir>', 'the agent\'s home (default OFFSHOOT_HOME, else ~/.offshoot)')
+    .option('--memory-dir <dir>', 'where guest RAM files go (default OFFSHOOT_MEMORY_DIR, else a folder in /dev/shm)')
+    .option('--allow-images <dirs...>', 'folders whose disk images, kernels and checkpoint files VMs may use as they are (also OFFSHOOT_ALLOW_IMAGES, colon-separated)')
+    .action((o: { listen: string; home?: string; memoryDir?: string; allowImages?: string[] }) =>
+      ctx.run(false, async () => {
+        const { startAgentDaemon } = await import('../api/index.ts');
+        const home = o.home ? resolve(o.home) : defaultHome();
+        const allowImages = [...(o.allowImages ?? []), ...(process.env.OFFSHOOT_ALLOW_IMAGES ?? '').split(':').filter((d) => d.length > 0)];
+        const running = await startAgentDaemon({ home, listen: o.listen, ...(o.memoryDir ? { memoryDir: o.memoryDir } : {}), allowImages, guardProcess: true });
+        process.stdout.write(`offshoot agent listening on ${running.url} (home ${home}; its credential is in ${running.tokenFile})\n`);
+        let stopping = false;
+        const stop = () => {
+          if (stopping) return;
+          stopping = true;
+          running.close().then(
+            () => process.exit(0),
+            () => process.exit(1),
+          );
+        };
+        process.on('SIGTERM', stop);
+        process.on('SIGINT', stop);
       }),
     );
 
@@ -118,24 +158,6 @@ export function registerDaemonCommands(program: Command, ctx: CommandContext): v
         const deadline = Date.now() + 15_000;
         while (isDaemonProcess(file.pid) && Date.now() < deadline) await sleep(100);
         process.stdout.write(isDaemonProcess(file.pid) ? `daemon ${file.pid} did not stop in 15 s\n` : `stopped daemon ${file.pid}\n`);
-      }),
-    );
-
-  program
-    .command('host')
-    .description('this host')
-    .command('show')
-    .option('--json', 'print JSON')
-    .action((o: { json?: boolean }) =>
-      ctx.run(Boolean(o.json), async () => {
-        const info = await ctx.client().host();
-        if (o.json) return printJson(info);
-        const { confinement, allowedRoots, ...rest } = info;
-        for (const [k, v] of Object.entries(rest)) process.stdout.write(`${k.padEnd(12)} ${v}\n`);
-        process.stdout.write(`${'allowed'.padEnd(12)} ${allowedRoots.join(', ')}\n`);
-        const user = confinement.user ? `user ${confinement.user}` : confinement.confined ? "the daemon's user" : 'root';
-        process.stdout.write(`${'qemu'.padEnd(12)} runs as ${user}, ${confinement.sandbox ? 'seccomp sandbox on' : 'NO seccomp sandbox'}; lazy restore ${confinement.lazyRestoreConfined ? 'confined' : 'NOT confined'}\n`);
-        for (const reason of confinement.reasons) process.stdout.write(`${''.padEnd(12)} note: ${reason}\n`);
       }),
     );
 

@@ -24,20 +24,21 @@ export function formatMemory(mib: number): string {
 }
 
 export function vmRow(vm: VmRecord): string[] {
-  return [vm.name, vm.state, String(vm.spec.vcpus), formatMemory(vm.spec.memoryMiB), vm.runtime ? String(vm.runtime.pid) : '-', vm.id, vm.stateReason ?? ''];
+  return [vm.name, vm.state, (vm as VmRecord & { host?: string }).host ?? vm.hostId, String(vm.spec.vcpus), formatMemory(vm.spec.memoryMiB), vm.runtime ? String(vm.runtime.pid) : '-', vm.id, vm.stateReason ?? ''];
 }
 
-export const VM_TABLE_HEAD = ['NAME', 'STATE', 'VCPUS', 'MEMORY', 'PID', 'ID', 'REASON'];
+export const VM_TABLE_HEAD = ['NAME', 'STATE', 'HOST', 'VCPUS', 'MEMORY', 'PID', 'ID', 'REASON'];
 
 export function printVm(vm: VmRecord, memory?: VmMemoryView): void {
   const lines: Array<[string, string]> = [
     ['name', vm.name],
     ['id', vm.id],
     ['state', vm.state + (vm.stateReason ? ` (${vm.stateReason})` : '')],
+    ['host', (vm as VmRecord & { host?: string }).host ?? vm.hostId],
     ['vcpus', String(vm.spec.vcpus)],
     ['memory', formatMemory(vm.spec.memoryMiB)],
     ['boot', vm.spec.boot.kind === 'kernel' ? `kernel ${vm.spec.boot.kernel}` : 'disk'],
-    ...vm.spec.disks.map((d): [string, string] => [`disk ${d.id}`, `${d.path} (${d.format}${d.readOnly ? ', read-only' : ''})`]),
+    ...vm.spec.disks.map((d): [string, string] => [`disk ${d.id}`, `${d.file} (${d.format}${d.readOnly ? ', read-only' : ''})`]),
     ...vm.spec.nics.map((n): [string, string] => [`nic ${n.id}`, `${n.mac} (${n.network})`]),
     ['pid', vm.runtime ? String(vm.runtime.pid) : '-'],
     ['accel', vm.runtime?.accel ?? '-'],

@@ -60,8 +60,10 @@ export function registerStorageCommands(program: Command, ctx: CommandContext): 
     });
 
   const ds = program.command('datastore').description('datastores: named folders that hold disks');
-  ds.command('add').argument('<name>').argument('<path>', 'absolute folder path').option('--json', 'print JSON').description('add a datastore (existing disks in it are read from their sidecars)')
-    .action((name: string, path: string, o: { json?: boolean }) => run(o.json, (s) => s.addDatastore(name, path), (d: DatastoreView) => process.stdout.write(`added datastore ${d.name} at ${d.path} (${d.usage.diskCount} disks)\n`)));
+  ds.command('add').argument('<name>').argument('<path>', 'absolute folder path').option('--host <host>', "the host whose folder it is (default: the controller's own)").option('--json', 'print JSON').description('add a datastore (existing disks in it are read from their sidecars)')
+    .action((name: string, path: string, o: { json?: boolean; host?: string }) => run(o.json, (s) => s.addDatastore(name, path, o.host), (d: DatastoreView) => process.stdout.write(`added datastore ${d.name} at ${d.path} (${d.usage.diskCount} disks)\n`)));
+  ds.command('attach').argument('<name>').requiredOption('--host <host>', 'the host that joins').option('--path <path>', 'where that host sees the folder (default: the same path)').option('--json', 'print JSON').description('share a datastore with another host that sees the same folder')
+    .action((name: string, o: { host: string; path?: string; json?: boolean }) => run(o.json, (s) => s.attachDatastore(name, o.host, o.path), (d: DatastoreView) => process.stdout.write(`datastore ${d.name} is ${d.kind} on ${d.hosts.length} hosts\n`)));
   ds.command('list').option('--json', 'print JSON').description('list datastores with capacity and use')
     .action((o: { json?: boolean }) => run(o.json, (s) => s.listDatastores(), (list: DatastoreView[]) => printTable(['NAME', 'PATH', 'DISKS', 'USED', 'FREE', 'CAPACITY'], list.map((d) => [d.name, d.path, d.usage.diskCount, bytes(d.usage.usedBytes), bytes(d.usage.freeBytes), bytes(d.usage.capacityBytes)]))));
   ds.command('show').argument('<name>').option('--json', 'print JSON').description('show a datastore')
@@ -70,9 +72,9 @@ export function registerStorageCommands(program: Command, ctx: CommandContext): 
     .action((name: string, o: { json?: boolean }) => run(o.json, (s) => s.removeDatastore(name), () => process.stdout.write(`removed datastore ${name} (files kept)\n`)));
   ds.command('rescan').argument('<name>').option('--json', 'print JSON').description('rebuild the disk records of a datastore from its sidecar files')
     .action((name: string, o: { json?: boolean }) =>
-      run(o.json, (s) => s.rescanDatastore(name), (r: { disks: DiskRecord[]; problems: { path: string; reason: string }[] }) => {
+      run(o.json, (s) => s.rescanDatastore(name), (r: { disks: DiskRecord[]; problems: { file: string; reason: string }[] }) => {
         process.stdout.write(`${r.disks.length} disks found\n`);
-        for (const p of r.problems) process.stdout.write(`  skipped ${p.path}: ${p.reason}\n`);
+        for (const p of r.problems) process.stdout.write(`  skipped ${p.file}: ${p.reason}\n`);
       }));
 
   const disk = program.command('disk').description('disks in datastores (DISK is an id or DATASTORE/NAME)');

@@ -42,6 +42,7 @@ export function registerVmCommands(program: Command, ctx: CommandContext): void 
     .option('--boot-disk <path>', 'boot from this disk image')
     .option('--disk <path...>', 'attach extra disk images')
     .option('--network <mode>', 'user or none', 'user')
+    .option('--host <host>', 'the host to place it on (default: a ready host with room)')
     .option('--no-guest-agent', 'the guest has no QEMU guest agent: start does not wait for one, exec is refused')
     .option('--start', 'boot it and return once the guest agent answers')
     .option('--timeout <seconds>', 'with --start: seconds to wait for the guest agent (default 120)', intOption('--timeout'))
@@ -56,6 +57,7 @@ export function registerVmCommands(program: Command, ctx: CommandContext): void 
         if (o.kernel) request.kernel = { path: o.kernel as string, ...(o.initrd ? { initrd: o.initrd as string } : {}), ...(o.cmdline ? { cmdline: o.cmdline as string } : {}) };
         else if (o.initrd || o.cmdline) throw new InvalidInputError('--initrd and --cmdline need --kernel', {});
         if (o.bootDisk) request.bootDisk = o.bootDisk as string;
+        if (o.host) request.host = o.host as string;
         if (o.disk) request.disks = (o.disk as string[]).map((path) => ({ path }));
         const client = ctx.client();
         const result = await followTask(client, await client.createVm(request), Boolean(o.json), `start ${name}`, true);

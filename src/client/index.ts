@@ -6,3 +6,5 @@ export type { ClientOptions, ExecOutput, HostInfoView, VmAndTaskView, VmMemoryVi
 export { clientFromEnvironment, NoDaemonConfiguredError } from './environment.ts';
 export { StorageClient } from './storage-client.ts';
 export type { VerifyResult } from './storage-client.ts';
+export { HostClient } from './host-client.ts';
+export type { HostListItem } from './host-client.ts';

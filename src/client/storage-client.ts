@@ -18,8 +18,11 @@ export class StorageClient {
   listDatastores(): Promise<DatastoreView[]> {
     return this.client.call('GET', '/datastores');
   }
-  addDatastore(name: string, path: string): Promise<DatastoreView> {
-    return this.client.call('POST', '/datastores', { name, path });
+  addDatastore(name: string, path: string, host?: string): Promise<DatastoreView> {
+    return this.client.call('POST', '/datastores', { name, path, ...(host ? { host } : {}) });
+  }
+  attachDatastore(name: string, host: string, path?: string): Promise<DatastoreView> {
+    return this.client.call('POST', `/datastores/${enc(name)}/hosts`, { host, ...(path ? { path } : {}) });
   }
   getDatastore(name: string): Promise<DatastoreView> {
     return this.client.call('GET', `/datastores/${enc(name)}`);
@@ -27,7 +30,7 @@ export class StorageClient {
   removeDatastore(name: string): Promise<DatastoreView> {
     return this.client.call('DELETE', `/datastores/${enc(name)}`);
   }
-  rescanDatastore(name: string): Promise<{ datastore: string; disks: DiskRecord[]; problems: { path: string; reason: string }[] }> {
+  rescanDatastore(name: string): Promise<{ datastore: string; disks: DiskRecord[]; problems: { file: string; reason: string }[] }> {
     return this.client.call('POST', `/datastores/${enc(name)}/rescan`);
   }
 

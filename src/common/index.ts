@@ -5,3 +5,5 @@ export * from './time.ts';
 export * from './logger.ts';
 export * from './home.ts';
 export * from './pids.ts';
+export * from './error-codes.ts';
+export * from './files.ts';

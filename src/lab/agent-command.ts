@@ -1,15 +1,16 @@
-// What a lab host runs as its agent, and what happens after it answers: the
-// one place to change when `offshoot agent serve` lands.
+// What a lab host runs as its agent, and how it joins a control plane.
 //
-// Today no host agent command exists, so each host runs the real daemon,
-// `offshoot serve --listen ADDR:PORT`, with OFFSHOOT_HOME and
-// OFFSHOOT_MEMORY_DIR set to the host's folders: a real HTTP server that
-// boots real QEMU inside the host's namespace. With the agent, agentCommand
-// becomes ['agent', 'serve', '--listen', `${address}:${port}`, '--home', home]
-// (plus whatever it takes for the memory and datastore folders).
-import { resolve } from 'node:path';
-import { StorageClient, clientFromEnvironment } from '../client/index.ts';
-import type { OffshootClient } from '../client/index.ts';
+// Each host runs `offshoot agent serve --listen ADDR:PORT --home HOME
+// --memory-dir MEM` inside its namespace: the agent protocol over HTTP with
+// the host's own credential (HOME/agent-token). `lab up` then registers each
+// host with the control plane of OFFSHOOT_HOME when a daemon serves it
+// (`offshoot host add NAME URL --token-file HOME/agent-token`, idempotent).
+import { readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { HostClient, clientFromEnvironment } from '../client/index.ts';
+import { OffshootError } from '../common/index.ts';
+import type { AgentClient } from '../protocol/index.ts';
+import { httpAgentClient } from '../protocol/index.ts';
 
 const OFFSHOOT_CLI = resolve(import.meta.dirname, '../../bin/offshoot');
 
@@ -30,26 +31,23 @@ export interface AgentCommand {
 
 export function agentCommand(input: AgentCommandInput): AgentCommand {
   return {
-    argv: [OFFSHOOT_CLI, 'serve', '--listen', `${input.address}:${input.port}`],
-    env: { OFFSHOOT_HOME: input.home, OFFSHOOT_MEMORY_DIR: input.memoryDir },
+    argv: [OFFSHOOT_CLI, 'agent', 'serve', '--listen', `${input.address}:${input.port}`, '--home', input.home, '--memory-dir', input.memoryDir],
+    env: { OFFSHOOT_HOME: input.home },
   };
 }
 
-/** A client of the host's agent, with the credential it made in its home (today: the daemon's token). */
-export function agentClient(input: { url: string; home: string }): OffshootClient {
-  return clientFromEnvironment({ OFFSHOOT_URL: input.url, OFFSHOOT_HOME: input.home });
+/** The host's credential file (made by its agent at first start). */
+export function agentTokenFile(home: string): string {
+  return join(home, 'agent-token');
 }
 
-/**
- * Runs once a host's agent answers. Today: registers the host's local
- * datastore folder with its daemon as "local" (the agent of issue 10 makes
- * its default datastore itself; then this goes).
- */
-export async function afterAgentStart(input: AgentCommandInput & { url: string }): Promise<void> {
-  const storage = new StorageClient(agentClient(input));
-  const existing = await storage.listDatastores();
-  if (!existing.some((d) => d.name === 'local')) await storage.addDatastore('local', input.datastoreDir);
+/** A protocol client of the host's agent, with its credential (epoch 0: reads only, until a control plane attaches it). */
+export function agentClient(input: { name: string; url: string; home: string }): AgentClient {
+  return httpAgentClient({ hostName: input.name, url: input.url, token: readFileSync(agentTokenFile(input.home), 'utf8').trim(), epoch: () => 0, timeoutMs: 5_000 });
 }
+
+/** Runs once a host's agent answers: nothing today (its control plane makes its default datastore when it adds the host). */
+export async function afterAgentStart(_input: AgentCommandInput & { url: string }): Promise<void> {}
 
 export interface Registration {
   registered: boolean;
@@ -57,11 +55,20 @@ export interface Registration {
 }
 
 /**
- * HOOK: registers a lab host with the control plane's daemon (the one of
- * OFFSHOOT_HOME), e.g. `offshoot host add NAME URL --token-file F`. Not done
- * yet: `host add` does not exist. Called by `lab up` for every host whose
- * agent runs; it must be idempotent (a host already registered stays so).
+ * Registers a lab host with the control plane of `controlPlaneHome` (`offshoot host add`), when a daemon
+ * serves that home. Idempotent: a host already there with the same address stays as it is.
  */
-export async function registerWithControlPlane(_host: { name: string; url: string; tokenFile: string }, _controlPlaneHome: string): Promise<Registration> {
-  return { registered: false, reason: '`offshoot host add` does not exist yet (issue 10)' };
+export async function registerWithControlPlane(host: { name: string; url: string; tokenFile: string }, controlPlaneHome: string): Promise<Registration> {
+  let hosts: HostClient;
+  try {
+    hosts = new HostClient(clientFromEnvironment({ OFFSHOOT_HOME: controlPlaneHome }));
+    const existing = (await hosts.list()).find((h) => h.name === host.name);
+    if (existing) return existing.url === host.url ? { registered: true, reason: 'already a host of the control plane' } : { registered: false, reason: `the control plane has another host named ${host.name} (${existing.url})` };
+  } catch (err) {
+    const code = err instanceof OffshootError ? err.code : '';
+    return { registered: false, reason: code === 'DAEMON_NOT_FOUND' || code === 'DAEMON_UNREACHABLE' ? `no control plane runs for ${controlPlaneHome}` : (err as Error).message };
+  }
+  const token = readFileSync(host.tokenFile, 'utf8').trim();
+  await hosts.add(host.name, host.url, token);
+  return { registered: true, reason: 'added to the control plane' };
 }

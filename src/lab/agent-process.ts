@@ -100,7 +100,7 @@ export async function startAgent(host: HostLayout): Promise<AgentProcess> {
   while (true) {
     if (!isProcessAlive(pid)) throw new LabAgentStartError(host.name, 'exited at start', host.log, await logTail(host.log));
     try {
-      await agentClient(host).health();
+      await agentClient(host).hostInfo({});
       break;
     } catch {
       // no token yet, or not listening yet

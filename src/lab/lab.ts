@@ -9,9 +9,9 @@
 import { existsSync, readdirSync } from 'node:fs';
 import { rm, rmdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { InvalidInputError, OffshootError, defaultHome, homePaths } from '../common/index.ts';
+import { InvalidInputError, OffshootError, defaultHome } from '../common/index.ts';
 import { listNamespaces } from '../net/index.ts';
-import { agentClient, registerWithControlPlane } from './agent-command.ts';
+import { agentClient, agentTokenFile, registerWithControlPlane } from './agent-command.ts';
 import type { Registration } from './agent-command.ts';
 import { isAgentRunning, startAgent, stopNamespaceProcesses } from './agent-process.ts';
 import { bridgeAddress, bridgeName, defaultLabDir, hostLayout, hostName, labOptions, maxHosts } from './config.ts';
@@ -100,7 +100,7 @@ export async function labUp(count: number, input: Partial<LabOptions> = {}, cont
       await writeState(options.dir, state);
       action = isNew ? 'created' : 'restarted';
     }
-    const registration = await registerWithControlPlane({ name: host.name, url: host.url, tokenFile: homePaths(host.home).token }, controlPlaneHome);
+    const registration = await registerWithControlPlane({ name: host.name, url: host.url, tokenFile: agentTokenFile(host.home) }, controlPlaneHome);
     hosts.push({ ...statusOf(host), action, registration });
   }
   return { dir: options.dir, bridge: bridgeName(options), bridgeAddress: bridgeAddress(options), hosts };
@@ -118,7 +118,7 @@ export async function agentsAnswering(hosts: HostStatus[]): Promise<Record<strin
     hosts.map(async (h) => {
       if (!h.running) return [h.name, false] as const;
       try {
-        await agentClient(h).health();
+        await agentClient(h).hostInfo({});
         return [h.name, true] as const;
       } catch {
         return [h.name, false] as const;

@@ -1,76 +1,89 @@
-// Hosts of the fleet (table hosts, issue 10), kept minimal until the
-// control plane drives remote agents: a name, the agent's URL, a state, an
-// epoch that every request to the agent carries (bumped atomically when the
-// control plane takes the host over, so an agent refuses a stale one), a
-// lease, and the agent's capabilities as JSON. VMs, checkpoints and
-// datastores have a nullable `host` column naming their host.
+// Hosts of the fleet (table hosts, issue 10): the control plane's records of
+// the hosts it drives, implementing the VM layer's HostInventory. A host's
+// epoch is written by the controller that takes the host over (see
+// vm/hosts/fleet.ts); the agent refuses requests from an older one.
 import type { Kysely, Selectable } from 'kysely';
 import { AlreadyExistsError, NotFoundError } from '../common/index.ts';
+import type { HostFacts, HostInventory, HostRecord } from '../vm/index.ts';
+import { isHostState } from '../vm/index.ts';
 import type { StoreDialect } from './dialect.ts';
 import type { Database, HostsTable } from './schema.ts';
 
-export interface HostRecord {
-  name: string;
-  url: string;
-  state: string;
-  epoch: number;
-  leaseExpiresAt: number | null;
-  capabilities: Record<string, unknown>;
-  createdAt: string;
-}
-
 function hostFromRow(row: Selectable<HostsTable>): HostRecord {
-  return { name: row.name, url: row.url, state: row.state, epoch: row.epoch, leaseExpiresAt: row.lease_expires_at, capabilities: JSON.parse(row.capabilities) as Record<string, unknown>, createdAt: row.created_at };
+  return {
+    id: row.id,
+    name: row.name,
+    url: row.url,
+    state: isHostState(row.state) ? row.state : 'unreachable',
+    stateReason: row.state_reason,
+    epoch: Number(row.epoch),
+    token: row.token,
+    protocolVersion: Number(row.protocol_version),
+    capabilities: JSON.parse(row.capabilities) as string[],
+    facts: row.facts ? (JSON.parse(row.facts) as HostFacts) : null,
+    lastSeenAt: row.last_seen_at,
+    leaseExpiresAt: row.lease_expires_at,
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  };
 }
 
-export class KyselyHosts {
+function rowFromPatch(patch: Partial<HostRecord>): Partial<HostsTable> {
+  const row: Partial<HostsTable> = {};
+  if (patch.id !== undefined) row.id = patch.id;
+  if (patch.name !== undefined) row.name = patch.name;
+  if (patch.url !== undefined) row.url = patch.url;
+  if (patch.state !== undefined) row.state = patch.state;
+  if (patch.stateReason !== undefined) row.state_reason = patch.stateReason;
+  if (patch.epoch !== undefined) row.epoch = patch.epoch;
+  if (patch.token !== undefined) row.token = patch.token;
+  if (patch.protocolVersion !== undefined) row.protocol_version = patch.protocolVersion;
+  if (patch.capabilities !== undefined) row.capabilities = JSON.stringify(patch.capabilities);
+  if (patch.facts !== undefined) row.facts = patch.facts === null ? null : JSON.stringify(patch.facts);
+  if (patch.lastSeenAt !== undefined) row.last_seen_at = patch.lastSeenAt;
+  if (patch.leaseExpiresAt !== undefined) row.lease_expires_at = patch.leaseExpiresAt;
+  if (patch.createdAt !== undefined) row.created_at = patch.createdAt;
+  if (patch.updatedAt !== undefined) row.updated_at = patch.updatedAt;
+  return row;
+}
+
+export class KyselyHosts implements HostInventory {
   constructor(
     private readonly db: Kysely<Database>,
     private readonly dialect: StoreDialect,
   ) {}
 
-  async insert(host: HostRecord): Promise<void> {
+  async insertHost(host: HostRecord): Promise<void> {
     try {
-      await this.db.insertInto('hosts').values({ name: host.name, url: host.url, state: host.state, epoch: host.epoch, lease_expires_at: host.leaseExpiresAt, capabilities: JSON.stringify(host.capabilities), created_at: host.createdAt }).execute();
+      await this.db.insertInto('hosts').values(rowFromPatch(host) as HostsTable).execute();
     } catch (err) {
       if (this.dialect.isUniqueViolation(err)) throw new AlreadyExistsError('host', host.name);
       throw err;
     }
   }
 
-  async update(name: string, patch: Partial<Pick<HostRecord, 'url' | 'state' | 'leaseExpiresAt' | 'capabilities'>>): Promise<HostRecord> {
-    const values: Partial<HostsTable> = {};
-    if (patch.url !== undefined) values.url = patch.url;
-    if (patch.state !== undefined) values.state = patch.state;
-    if (patch.leaseExpiresAt !== undefined) values.lease_expires_at = patch.leaseExpiresAt;
-    if (patch.capabilities !== undefined) values.capabilities = JSON.stringify(patch.capabilities);
-    const row = Object.keys(values).length > 0 ? await this.db.updateTable('hosts').set(values).where('name', '=', name).returningAll().executeTakeFirst() : await this.db.selectFrom('hosts').selectAll().where('name', '=', name).executeTakeFirst();
-    if (!row) throw new NotFoundError('host', name);
+  async updateHost(id: string, patch: Partial<Omit<HostRecord, 'id' | 'createdAt'>>): Promise<HostRecord> {
+    const values = rowFromPatch(patch);
+    const row = Object.keys(values).length > 0 ? await this.db.updateTable('hosts').set(values).where('id', '=', id).returningAll().executeTakeFirst() : await this.db.selectFrom('hosts').selectAll().where('id', '=', id).executeTakeFirst();
+    if (!row) throw new NotFoundError('host', id);
     return hostFromRow(row);
   }
 
-  /** Adds one to the host's epoch in one statement and returns the host with it. */
-  async bumpEpoch(name: string): Promise<HostRecord> {
-    const row = await this.db
-      .updateTable('hosts')
-      .set((eb) => ({ epoch: eb('epoch', '+', 1) }))
-      .where('name', '=', name)
-      .returningAll()
-      .executeTakeFirst();
-    if (!row) throw new NotFoundError('host', name);
-    return hostFromRow(row);
+  async deleteHost(id: string): Promise<void> {
+    await this.db.deleteFrom('hosts').where('id', '=', id).execute();
   }
 
-  async get(name: string): Promise<HostRecord | undefined> {
+  async getHost(id: string): Promise<HostRecord | undefined> {
+    const row = await this.db.selectFrom('hosts').selectAll().where('id', '=', id).executeTakeFirst();
+    return row && hostFromRow(row);
+  }
+
+  async findHostByName(name: string): Promise<HostRecord | undefined> {
     const row = await this.db.selectFrom('hosts').selectAll().where('name', '=', name).executeTakeFirst();
     return row && hostFromRow(row);
   }
 
-  async list(): Promise<HostRecord[]> {
+  async listHosts(): Promise<HostRecord[]> {
     return (await this.db.selectFrom('hosts').selectAll().orderBy(this.dialect.byBytes('name')).execute()).map(hostFromRow);
-  }
-
-  async delete(name: string): Promise<void> {
-    await this.db.deleteFrom('hosts').where('name', '=', name).execute();
   }
 }

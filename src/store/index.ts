@@ -13,7 +13,6 @@ export type { MigratePolicy, SchemaVersion } from './schema-version.ts';
 export type { Clock } from './clock.ts';
 export type { ApiTokenRecord } from './tokens.ts';
 export { tokenHash } from './tokens.ts';
-export type { HostRecord } from './hosts.ts';
 export { NOTIFY_LIMIT } from './event-bus.ts';
 /** The SQLite inventory of one machine is the same class (open it with a file path). */
 export { KyselyInventory as SqliteInventory } from './inventory.ts';

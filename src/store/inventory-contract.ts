@@ -36,7 +36,7 @@ const GiB = 2 ** 30;
 
 export function vmRecord(name: string, overrides: Partial<VmRecord> = {}): VmRecord {
   const now = new Date().toISOString();
-  return { id: randomUUID(), name, state: 'created', stateReason: null, spec: { vcpus: 1, memoryMiB: 256, boot: { kind: 'disk' }, disks: [], nics: [], defaultGuest: false }, runtime: null, createdAt: now, updatedAt: now, ...overrides };
+  return { id: randomUUID(), name, state: 'created', stateReason: null, hostId: 'host-1', spec: { vcpus: 1, memoryMiB: 256, boot: { kind: 'disk' }, disks: [], nics: [], defaultGuest: false }, runtime: null, createdAt: now, updatedAt: now, ...overrides };
 }
 
 export function taskRecord(overrides: Partial<TaskRecord> = {}): TaskRecord {
@@ -45,21 +45,21 @@ export function taskRecord(overrides: Partial<TaskRecord> = {}): TaskRecord {
 }
 
 function checkpointRecord(name: string, overrides: Partial<CheckpointRecord> = {}): CheckpointRecord {
-  return { id: randomUUID(), name, vmId: 'v', vmName: 'a', path: `/cp/${name}.ckpt`, state: 'writing', memoryBytes: 6 * GiB, fileBytes: null, spec: vmRecord('x').spec, createdAt: new Date().toISOString(), ...overrides };
+  return { id: randomUUID(), name, vmId: 'v', vmName: 'a', hostId: 'host-1', file: `home:checkpoints/${name}.ckpt`, path: `/cp/${name}.ckpt`, state: 'writing', memoryBytes: 6 * GiB, fileBytes: null, spec: vmRecord('x').spec, createdAt: new Date().toISOString(), ...overrides };
 }
 
 function diskRecord(name: string, datastore: string, overrides: Partial<DiskRecord> = {}): DiskRecord {
-  return { id: randomUUID(), name, datastore, path: `/ds/${datastore}/${name}.qcow2`, format: 'qcow2', contentId: `c-${name}`, parentId: null, virtualSize: 2 ** 40 + 3, readOnly: false, createdAt: new Date().toISOString(), ...overrides };
+  return { id: randomUUID(), name, datastore, file: `ds.${datastore}:disks/${name}.qcow2`, format: 'qcow2', contentId: `c-${name}`, parentId: null, virtualSize: 2 ** 40 + 3, readOnly: false, createdAt: new Date().toISOString(), ...overrides };
 }
 
 function copyJob(): CopyJobRecord {
   const now = new Date().toISOString();
-  return { id: randomUUID(), purpose: { kind: 'move', diskId: 'd1' }, state: 'queued', datastore: 'ds', files: [], progress: { fileIndex: 0, bytesDone: 0, bytesTotal: 5 * GiB, chunksDone: 0, chunksTotal: 80, chunksCopied: 0, workers: 0 }, error: null, createdAt: now, updatedAt: now };
+  return { id: randomUUID(), purpose: { kind: 'move', diskId: 'd1' }, state: 'queued', datastore: 'ds', hostId: 'host-1', history: [], files: [], progress: { fileIndex: 0, bytesDone: 0, bytesTotal: 5 * GiB, chunksDone: 0, chunksTotal: 80, chunksCopied: 0, workers: 0 }, error: null, createdAt: now, updatedAt: now };
 }
 
 function pool(name: string): PoolRecord {
   const now = new Date().toISOString();
-  return { id: randomUUID(), name, sourceVmId: 'v', sourceVmName: 'a', datastore: 'ds', size: 2, sourceContentIds: ['c1'], sourceFiles: [], slots: [], createdAt: now, updatedAt: now };
+  return { id: randomUUID(), name, hostId: 'host-1', sourceVmId: 'v', sourceVmName: 'a', datastore: 'ds', size: 2, sourceContentIds: ['c1'], sourceFiles: [], slots: [], createdAt: now, updatedAt: now };
 }
 
 export function inventoryContract(label: string, target: ContractTarget): void {
@@ -187,11 +187,17 @@ export function inventoryContract(label: string, target: ContractTarget): void {
       it('datastores and disks: sizes past 2^40, booleans, replace, cascade on delete', async () => {
         const { inv } = await fresh();
         const s = inv.storage;
-        await s.insertDatastore({ name: 'ds', path: '/ds/ds', createdAt: 't' });
-        await s.insertDatastore({ name: 'b', path: '/ds/b', createdAt: 't' });
-        await expect(s.insertDatastore({ name: 'ds', path: '/other', createdAt: 't' })).rejects.toMatchObject({ code: 'ALREADY_EXISTS' });
-        await expect(s.insertDatastore({ name: 'x', path: '/ds/ds', createdAt: 't' })).rejects.toMatchObject({ code: 'ALREADY_EXISTS' });
-        expect(await s.getDatastore('ds')).toEqual({ name: 'ds', path: '/ds/ds', createdAt: 't' });
+        const dsRecord = { id: 'dst-1', name: 'ds', hosts: [{ hostId: 'h1', path: '/ds/ds' }], createdAt: 't' };
+        await s.insertDatastore(dsRecord);
+        await s.insertDatastore({ id: 'dst-2', name: 'b', hosts: [{ hostId: 'h1', path: '/ds/b' }], createdAt: 't' });
+        await expect(s.insertDatastore({ id: 'dst-3', name: 'ds', hosts: [{ hostId: 'h1', path: '/other' }], createdAt: 't' })).rejects.toMatchObject({ code: 'ALREADY_EXISTS' });
+        await expect(s.insertDatastore({ id: 'dst-4', name: 'x', hosts: [{ hostId: 'h1', path: '/ds/ds' }], createdAt: 't' })).rejects.toMatchObject({ code: 'ALREADY_EXISTS' });
+        // The same folder path on another host is another datastore.
+        await s.insertDatastore({ id: 'dst-5', name: 'y', hosts: [{ hostId: 'h2', path: '/ds/ds' }], createdAt: 't' });
+        expect(await s.getDatastore('ds')).toEqual(dsRecord);
+        const shared = await s.updateDatastore('y', { hosts: [{ hostId: 'h2', path: '/ds/ds' }, { hostId: 'h3', path: '/mnt/ds' }] });
+        expect(shared.hosts.map((h) => h.hostId)).toEqual(['h2', 'h3']);
+        await s.deleteDatastore('y');
         expect((await s.listDatastores()).map((d) => d.name)).toEqual(['b', 'ds']);
         const base = diskRecord('base', 'ds', { readOnly: true, createdAt: '2030-01-01T00:00:00.000Z' });
         const top = diskRecord('top', 'ds', { parentId: base.id, createdAt: '2030-01-01T00:00:01.000Z' });
@@ -458,23 +464,19 @@ export function inventoryContract(label: string, target: ContractTarget): void {
     });
 
     describe('hosts', () => {
-      it('stores hosts with an epoch bumped in one statement and capabilities as JSON', async () => {
+      it('stores hosts by id and name, with their epoch, credential, capabilities and facts', async () => {
         const { inv } = await fresh();
-        const host = { name: 'lab1', url: 'http://10.0.0.1:7070', state: 'ready', epoch: 0, leaseExpiresAt: 2 ** 41, capabilities: { protocol: 1, ops: ['fork'] }, createdAt: 't' };
-        await inv.hosts.insert(host);
-        await expect(inv.hosts.insert(host)).rejects.toMatchObject({ code: 'ALREADY_EXISTS' });
-        expect(await inv.hosts.get('lab1')).toEqual(host);
-        expect((await inv.hosts.bumpEpoch('lab1')).epoch).toBe(1);
-        expect(await inv.hosts.update('lab1', { state: 'unreachable' })).toEqual({ ...host, epoch: 1, state: 'unreachable' });
-        await expect(inv.hosts.update('nope', { state: 'ready' })).rejects.toMatchObject({ code: 'NOT_FOUND' });
-        await inv.hosts.insert({ ...host, name: 'Lab0' });
-        expect((await inv.hosts.list()).map((h) => h.name)).toEqual(['Lab0', 'lab1']);
-        await inv.hosts.delete('lab1');
-        expect(await inv.hosts.get('lab1')).toBeUndefined();
-        const vm = vmRecord('on-lab');
-        await inv.insertVm(vm);
-        await inv.kysely.updateTable('vms').set({ host: 'Lab0' }).where('id', '=', vm.id).execute();
-        expect((await inv.kysely.selectFrom('vms').select('host').where('id', '=', vm.id).executeTakeFirstOrThrow()).host).toBe('Lab0');
+        const host = { id: 'h-1', name: 'lab1', url: 'http://10.0.0.1:7070', state: 'ready' as const, stateReason: null, epoch: 1, token: 't'.repeat(43), protocolVersion: 1, capabilities: ['vm', 'fork'], facts: { hostname: 'lab1', accel: 'tcg' as const, accelReason: 'x', qemuVersion: '7.2', agentVersion: '0.1.0', agentInstance: 'i', memory: { totalBytes: 2 ** 34, freeBytes: 2 ** 33, templatesBytes: 0 }, confinement: { user: null, sandbox: false, reason: 'x' } }, lastSeenAt: null, leaseExpiresAt: null, createdAt: 't', updatedAt: 't' };
+        await inv.hosts.insertHost(host);
+        await expect(inv.hosts.insertHost({ ...host, id: 'h-2' })).rejects.toMatchObject({ code: 'ALREADY_EXISTS' });
+        expect(await inv.hosts.getHost('h-1')).toEqual(host);
+        expect(await inv.hosts.findHostByName('lab1')).toEqual(host);
+        expect(await inv.hosts.updateHost('h-1', { state: 'unreachable', epoch: 2, stateReason: 'missed its lease' })).toEqual({ ...host, state: 'unreachable', epoch: 2, stateReason: 'missed its lease' });
+        await expect(inv.hosts.updateHost('nope', { state: 'ready' })).rejects.toMatchObject({ code: 'NOT_FOUND' });
+        await inv.hosts.insertHost({ ...host, id: 'h-0', name: 'Lab0', token: null, facts: null });
+        expect((await inv.hosts.listHosts()).map((h) => h.name)).toEqual(['Lab0', 'lab1']);
+        await inv.hosts.deleteHost('h-1');
+        expect(await inv.hosts.getHost('h-1')).toBeUndefined();
       });
     });
 
@@ -511,6 +513,8 @@ export function inventoryContract(label: string, target: ContractTarget): void {
           if (handle.dialect.name === 'sqlite') await sql`drop index if exists vms_host`.execute(handle.db);
           await handle.db.schema.alterTable(t).dropColumn('host').execute();
         }
+        await handle.db.schema.alterTable('checkpoints').dropColumn('file').execute();
+        for (const c of ['id', 'hosts']) await handle.db.schema.alterTable('datastores').dropColumn(c).execute();
         await sql`delete from kysely_migration where name = ${names[names.length - 1]}`.execute(handle.db);
         await handle.db.insertInto('controllers').values({ id: 'old-ctl', url: null, started_at: 't', heartbeat_at: time.now, lease_expires_at: time.now + 10_000 }).execute();
         await handle.close();
@@ -521,7 +525,7 @@ export function inventoryContract(label: string, target: ContractTarget): void {
         const upgraded = await KyselyInventory.open(location, { clock: time.clock, migrate: 'unless-live' });
         opened.push(upgraded);
         expect(upgraded.schema.database).toBe(names.length);
-        expect(await upgraded.hosts.list()).toEqual([]);
+        expect(await upgraded.hosts.listHosts()).toEqual([]);
       });
 
       it('refuses to migrate an empty database when told not to', async () => {
@@ -538,13 +542,13 @@ export function inventoryContract(label: string, target: ContractTarget): void {
         await inv.updateVm(vm.id, { state: 'starting' });
         for (let i = 0; i < 3; i++) await inv.insertTask(taskRecord({ targetName: `t${i}` }));
         await inv.insertCheckpoint(checkpointRecord('c'));
-        await inv.storage.insertDatastore({ name: 'ds', path: '/ds', createdAt: 't' });
+        await inv.storage.insertDatastore({ id: 'dst-1', name: 'ds', hosts: [{ hostId: 'h1', path: '/ds' }], createdAt: 't' });
         await inv.storage.insertDisk(diskRecord('d', 'ds'));
         await inv.storage.insertCopyJob(copyJob());
         await inv.storage.insertPool(pool('p'));
         await inv.pins.add('pool:p', ['/ds/d.qcow2'], null);
         await inv.tokens.ensure('home', 'h'.repeat(43));
-        await inv.hosts.insert({ name: 'lab1', url: 'http://x', state: 'ready', epoch: 3, leaseExpiresAt: null, capabilities: {}, createdAt: 't' });
+        await inv.hosts.insertHost({ id: 'h-1', name: 'lab1', url: 'http://x', state: 'ready', stateReason: null, epoch: 3, token: null, protocolVersion: 1, capabilities: [], facts: null, lastSeenAt: null, leaseExpiresAt: null, createdAt: 't', updatedAt: 't' });
         await inv.controllers.register('ctl', null, 1000);
         const exported = await exportInventory(inv);
         expect(Object.keys(exported.tables).sort()).toEqual([...EXPORTED_TABLES].sort());

@@ -137,7 +137,7 @@ export class KyselyInventory implements Inventory {
     try {
       await this.db
         .insertInto('vms')
-        .values({ id: vm.id, name: vm.name, state: vm.state, state_reason: vm.stateReason, spec: JSON.stringify(vm.spec), runtime: vm.runtime === null ? null : JSON.stringify(vm.runtime), created_at: vm.createdAt, updated_at: vm.updatedAt, version: vm.version ?? 0 })
+        .values({ id: vm.id, name: vm.name, state: vm.state, state_reason: vm.stateReason, host: vm.hostId, spec: JSON.stringify(vm.spec), runtime: vm.runtime === null ? null : JSON.stringify(vm.runtime), created_at: vm.createdAt, updated_at: vm.updatedAt, version: vm.version ?? 0 })
         .execute();
     } catch (err) {
       if (this.dialect.isUniqueViolation(err)) throw new AlreadyExistsError('VM', vm.name);
@@ -150,6 +150,7 @@ export class KyselyInventory implements Inventory {
     if (patch.name !== undefined) values.name = patch.name;
     if (patch.state !== undefined) values.state = patch.state;
     if (patch.stateReason !== undefined) values.state_reason = patch.stateReason;
+    if (patch.hostId !== undefined) values.host = patch.hostId;
     if (patch.spec !== undefined) values.spec = JSON.stringify(patch.spec);
     if (patch.runtime !== undefined) values.runtime = patch.runtime === null ? null : JSON.stringify(patch.runtime);
     values.updated_at = patch.updatedAt ?? new Date().toISOString();
@@ -232,7 +233,7 @@ export class KyselyInventory implements Inventory {
     try {
       await this.db
         .insertInto('checkpoints')
-        .values({ id: c.id, name: c.name, vm_id: c.vmId, vm_name: c.vmName, path: c.path, state: c.state, memory_bytes: c.memoryBytes, file_bytes: c.fileBytes, spec: JSON.stringify(c.spec), created_at: c.createdAt })
+        .values({ id: c.id, name: c.name, vm_id: c.vmId, vm_name: c.vmName, host: c.hostId, file: c.file, path: c.path, state: c.state, memory_bytes: c.memoryBytes, file_bytes: c.fileBytes, spec: JSON.stringify(c.spec), created_at: c.createdAt })
         .execute();
     } catch (err) {
       if (this.dialect.isUniqueViolation(err)) throw new AlreadyExistsError('checkpoint', c.name);
@@ -240,8 +241,11 @@ export class KyselyInventory implements Inventory {
     }
   }
 
-  async updateCheckpoint(id: string, patch: Partial<Pick<CheckpointRecord, 'state' | 'fileBytes'>>): Promise<CheckpointRecord> {
+  async updateCheckpoint(id: string, patch: Partial<Pick<CheckpointRecord, 'state' | 'fileBytes' | 'hostId' | 'file' | 'spec'>>): Promise<CheckpointRecord> {
     const values: Partial<CheckpointsTable> = {};
+    if (patch.hostId !== undefined) values.host = patch.hostId;
+    if (patch.file !== undefined) values.file = patch.file;
+    if (patch.spec !== undefined) values.spec = JSON.stringify(patch.spec);
     if (patch.state !== undefined) values.state = patch.state;
     if (patch.fileBytes !== undefined) values.file_bytes = patch.fileBytes;
     const row = Object.keys(values).length > 0 ? await this.db.updateTable('checkpoints').set(values).where('id', '=', id).returningAll().executeTakeFirst() : await this.db.selectFrom('checkpoints').selectAll().where('id', '=', id).executeTakeFirst();

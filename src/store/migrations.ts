@@ -145,20 +145,31 @@ function migrationsFor(t: StoreDialect): Record<string, Migration> {
       },
     },
     '0005-hosts': {
-      // Hosts of the fleet (issue 10) and where VMs, checkpoints and datastores live.
+      // Hosts of the fleet (issue 10) and where VMs, checkpoints and datastores live (their host's id).
       async up(db: Kysely<unknown>) {
         await db.schema
           .createTable('hosts')
-          .addColumn('name', 'text', (c) => c.primaryKey())
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('name', 'text', (c) => c.notNull().unique())
           .addColumn('url', 'text', (c) => c.notNull())
           .addColumn('state', 'text', (c) => c.notNull())
+          .addColumn('state_reason', 'text')
           .addColumn('epoch', t.int64, (c) => c.notNull().defaultTo(0))
-          .addColumn('lease_expires_at', t.int64)
-          .addColumn('capabilities', 'text', (c) => c.notNull().defaultTo('{}'))
+          .addColumn('token', 'text')
+          .addColumn('protocol_version', t.int64, (c) => c.notNull())
+          .addColumn('capabilities', 'text', (c) => c.notNull().defaultTo('[]'))
+          .addColumn('facts', 'text')
+          .addColumn('last_seen_at', 'text')
+          .addColumn('lease_expires_at', 'text')
           .addColumn('created_at', 'text', (c) => c.notNull())
+          .addColumn('updated_at', 'text', (c) => c.notNull())
           .execute();
         for (const table of ['vms', 'checkpoints', 'datastores']) await db.schema.alterTable(table).addColumn('host', 'text').execute();
         await db.schema.createIndex('vms_host').on('vms').column('host').execute();
+        // Files by reference (protocol locators) instead of host paths; datastores get ids and may be shared by hosts.
+        await db.schema.alterTable('checkpoints').addColumn('file', 'text').execute();
+        await db.schema.alterTable('datastores').addColumn('id', 'text').execute();
+        await db.schema.alterTable('datastores').addColumn('hosts', 'text').execute();
       },
     },
   };

@@ -14,6 +14,8 @@ export function vmFromRow(row: Selectable<VmsTable>): VmRecord {
     name: row.name,
     state: row.state,
     stateReason: row.state_reason,
+    // Rows from before hosts have none: the daemon assigns its own host to them at start.
+    hostId: row.host ?? '',
     spec: JSON.parse(row.spec) as VmRecord['spec'],
     runtime: row.runtime === null ? null : (JSON.parse(row.runtime) as VmRecord['runtime']),
     createdAt: row.created_at,
@@ -45,6 +47,8 @@ export function checkpointFromRow(row: Selectable<CheckpointsTable>): Checkpoint
     name: row.name,
     vmId: row.vm_id,
     vmName: row.vm_name,
+    hostId: row.host ?? '',
+    file: row.file ?? row.path,
     path: row.path,
     state: row.state as CheckpointRecord['state'],
     memoryBytes: row.memory_bytes,

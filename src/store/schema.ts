@@ -49,13 +49,19 @@ export interface CheckpointsTable {
   spec: string;
   created_at: string;
   host: string | null;
+  /** The file by reference on its host (the `path` column keeps where it is, for people). */
+  file: string | null;
 }
 
 export interface DatastoresTable {
   name: string;
+  /** Unique per host: "<host id>:<path>" (a plain path in rows from before hosts). */
   path: string;
   created_at: string;
   host: string | null;
+  id: string | null;
+  /** JSON: [{hostId, path}] of every host that sees the datastore. */
+  hosts: string | null;
 }
 
 export interface DisksTable {
@@ -120,13 +126,23 @@ export interface ApiTokensTable {
 }
 
 export interface HostsTable {
+  id: string;
   name: string;
   url: string;
   state: string;
+  state_reason: string | null;
   epoch: number;
-  lease_expires_at: number | null;
+  /** The agent's credential (null for a controller's in-process agent). */
+  token: string | null;
+  protocol_version: number;
+  /** JSON array of capability names. */
   capabilities: string;
+  /** JSON: what the agent last told of itself (hostname, accelerator, memory, confinement). */
+  facts: string | null;
+  last_seen_at: string | null;
+  lease_expires_at: string | null;
   created_at: string;
+  updated_at: string;
 }
 
 export interface Database {

@@ -8,14 +8,19 @@ import type { Kysely, Selectable } from 'kysely';
 import { AlreadyExistsError, NotFoundError } from '../common/index.ts';
 import type { CopyJobRecord, DatastoreRecord, DiskRecord, PoolRecord, StorageInventory } from '../vm/index.ts';
 import type { StoreDialect } from './dialect.ts';
-import type { Database, DisksTable } from './schema.ts';
+import type { DatastoresTable, Database, DisksTable } from './schema.ts';
+
+function datastoreFromRow(row: Selectable<DatastoresTable>): DatastoreRecord {
+  // Rows from before hosts have no id and hosts: the daemon upgrades them at start (ids from their name until then).
+  return { id: row.id ?? row.name.toLowerCase().replace(/[^a-z0-9-]/g, '-'), name: row.name, hosts: row.hosts ? (JSON.parse(row.hosts) as DatastoreRecord['hosts']) : row.host ? [{ hostId: row.host, path: row.path }] : [{ hostId: '', path: row.path }], createdAt: row.created_at };
+}
 
 function diskFromRow(row: Selectable<DisksTable>): DiskRecord {
   return {
     id: row.id,
     name: row.name,
     datastore: row.datastore,
-    path: row.path,
+    file: row.path,
     format: row.format as DiskRecord['format'],
     contentId: row.content_id,
     parentId: row.parent_id,
@@ -26,7 +31,7 @@ function diskFromRow(row: Selectable<DisksTable>): DiskRecord {
 }
 
 function diskToRow(d: DiskRecord): DisksTable {
-  return { id: d.id, name: d.name, datastore: d.datastore, path: d.path, format: d.format, content_id: d.contentId, parent_id: d.parentId, virtual_size: d.virtualSize, read_only: d.readOnly ? 1 : 0, created_at: d.createdAt };
+  return { id: d.id, name: d.name, datastore: d.datastore, path: d.file, format: d.format, content_id: d.contentId, parent_id: d.parentId, virtual_size: d.virtualSize, read_only: d.readOnly ? 1 : 0, created_at: d.createdAt };
 }
 
 export class KyselyStorageInventory implements StorageInventory {
@@ -37,9 +42,10 @@ export class KyselyStorageInventory implements StorageInventory {
 
   async insertDatastore(ds: DatastoreRecord): Promise<void> {
     try {
-      await this.db.insertInto('datastores').values({ name: ds.name, path: ds.path, created_at: ds.createdAt }).execute();
+      const first = ds.hosts[0];
+      await this.db.insertInto('datastores').values({ name: ds.name, id: ds.id, path: `${first?.hostId ?? ''}:${first?.path ?? ''}`, host: first?.hostId ?? null, hosts: JSON.stringify(ds.hosts), created_at: ds.createdAt }).execute();
     } catch (err) {
-      if (this.dialect.isUniqueViolation(err)) throw new AlreadyExistsError('datastore', `${ds.name} (${ds.path})`);
+      if (this.dialect.isUniqueViolation(err)) throw new AlreadyExistsError('datastore', `${ds.name} (${ds.hosts[0]?.path ?? ''})`);
       throw err;
     }
   }
@@ -53,11 +59,23 @@ export class KyselyStorageInventory implements StorageInventory {
 
   async getDatastore(name: string): Promise<DatastoreRecord | undefined> {
     const row = await this.db.selectFrom('datastores').selectAll().where('name', '=', name).executeTakeFirst();
-    return row && { name: row.name, path: row.path, createdAt: row.created_at };
+    return row && datastoreFromRow(row);
   }
 
   async listDatastores(): Promise<DatastoreRecord[]> {
-    return (await this.db.selectFrom('datastores').selectAll().orderBy(this.dialect.byBytes('name')).execute()).map((r) => ({ name: r.name, path: r.path, createdAt: r.created_at }));
+    return (await this.db.selectFrom('datastores').selectAll().orderBy(this.dialect.byBytes('name')).execute()).map(datastoreFromRow);
+  }
+
+  async updateDatastore(name: string, patch: Partial<Pick<DatastoreRecord, 'hosts' | 'id'>>): Promise<DatastoreRecord> {
+    const values: Partial<DatastoresTable> = {};
+    if (patch.hosts !== undefined) {
+      values.hosts = JSON.stringify(patch.hosts);
+      values.host = patch.hosts[0]?.hostId ?? null;
+    }
+    if (patch.id !== undefined) values.id = patch.id;
+    const row = Object.keys(values).length ? await this.db.updateTable('datastores').set(values).where('name', '=', name).returningAll().executeTakeFirst() : await this.db.selectFrom('datastores').selectAll().where('name', '=', name).executeTakeFirst();
+    if (!row) throw new NotFoundError('datastore', name);
+    return datastoreFromRow(row);
   }
 
   async insertDisk(disk: DiskRecord): Promise<void> {

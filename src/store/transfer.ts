@@ -32,7 +32,7 @@ const ORDER: Record<ExportedTable, string[]> = {
   pools: ['id'],
   gc_pins: ['holder', 'path'],
   api_tokens: ['id'],
-  hosts: ['name'],
+  hosts: ['id'],
 };
 
 type Row = Record<string, string | number | null>;

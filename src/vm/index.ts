@@ -24,3 +24,4 @@ export { checkpointRequestSchema, restoreRequestSchema } from './checkpoint/chec
 export type { CheckpointRequest, RestoreRequest } from './checkpoint/checkpoint-requests.ts';
 export type { CheckpointResult } from './checkpoint/run-checkpoint.ts';
 export * from './storage/index.ts';
+export * from './hosts/index.ts';

@@ -1,6 +1,7 @@
-// The records the VM engine keeps in the inventory: VMs and tasks. Plain data,
-// stored by whatever implements Inventory (src/store).
-import type { VmRuntime, VmSpec } from '../agent/index.ts';
+// The records the VM engine keeps in the inventory: VMs, tasks and
+// checkpoints. Plain data (a VM's spec names its files by reference, never by
+// host path), stored by whatever implements Inventory (src/store).
+import type { Locator, VmRuntime, VmSpec } from '../protocol/index.ts';
 import type { UpdateVmOptions } from './coordination.ts';
 import type { VmState } from './state.ts';
 
@@ -10,6 +11,8 @@ export interface VmRecord {
   state: VmState;
   /** Why the VM is in its state (e.g. how QEMU ended); null when there is nothing to say. */
   stateReason: string | null;
+  /** The host the VM lives on (its files, and its QEMU while it runs). */
+  hostId: string;
   spec: VmSpec;
   runtime: VmRuntime | null;
   createdAt: string;
@@ -52,12 +55,17 @@ export interface TaskRecord {
 
 export type CheckpointState = 'writing' | 'complete' | 'failed';
 
-/** A checkpoint file this host wrote: the VM's memory, device state and (by reference) its frozen disks. */
+/** A checkpoint file a host wrote: the VM's memory, device state and (by reference) its frozen disks. */
 export interface CheckpointRecord {
   id: string;
   name: string;
   vmId: string;
   vmName: string;
+  /** The host that holds the file and the frozen disks. */
+  hostId: string;
+  /** The file, by reference on its host. */
+  file: Locator;
+  /** Where the file is on its host (for people). */
   path: string;
   state: CheckpointState;
   memoryBytes: number;
@@ -83,7 +91,7 @@ export interface Inventory {
   listTasks(options?: { limit?: number; targetId?: string; state?: TaskState }): Promise<TaskRecord[]>;
 
   insertCheckpoint(checkpoint: CheckpointRecord): Promise<void>;
-  updateCheckpoint(id: string, patch: Partial<Pick<CheckpointRecord, 'state' | 'fileBytes'>>): Promise<CheckpointRecord>;
+  updateCheckpoint(id: string, patch: Partial<Pick<CheckpointRecord, 'state' | 'fileBytes' | 'hostId' | 'file' | 'spec'>>): Promise<CheckpointRecord>;
   deleteCheckpoint(id: string): Promise<void>;
   findCheckpoint(ref: string): Promise<CheckpointRecord | undefined>;
   listCheckpoints(): Promise<CheckpointRecord[]>;

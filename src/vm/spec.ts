@@ -48,6 +48,7 @@ export const createVmRequestSchema = z
       .default([])
       .describe('extra disk images to attach, in order'),
     network: z.enum(['user', 'none']).default('user'),
+    host: z.string().min(1).max(128).optional().describe('the host to place the VM on (name or id; default: a ready host with room)'),
     guestAgent: z.boolean().default(true).describe('false: the guest has no QEMU guest agent (start does not wait for one; exec, and identity changes in the guest, are not possible)'),
     start: z.boolean().default(false).describe('boot the VM and wait until its guest agent answers'),
     startTimeoutMs: z.number().int().min(1_000).max(3_600_000).optional().describe('with start: how long to wait for the guest agent (default 120000)'),
@@ -75,4 +76,4 @@ export function resolveMemoryMiB(memory: string | number): number {
   return mib;
 }
 
-export type { VmBoot, VmDisk, VmNic, VmSpec } from '../agent/index.ts';
+export type { VmBoot, VmDisk, VmNic, VmSpec } from '../protocol/index.ts';

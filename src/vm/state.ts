@@ -3,15 +3,15 @@
 // an IllegalStateError (HTTP 409), never a silent no-op.
 import { IllegalStateError } from '../common/index.ts';
 
-export const VM_STATES = ['created', 'starting', 'running', 'paused', 'forking', 'checkpointing', 'stopping', 'stopped', 'failed'] as const;
+export const VM_STATES = ['created', 'starting', 'running', 'paused', 'forking', 'checkpointing', 'stopping', 'stopped', 'failed', 'unknown'] as const;
 export type VmState = (typeof VM_STATES)[number];
 
 export function isVmState(value: string): value is VmState {
   return (VM_STATES as readonly string[]).includes(value);
 }
 
-/** States in which a QEMU process is expected to exist for the VM. */
-export const LIVE_STATES: readonly VmState[] = ['starting', 'running', 'paused', 'forking', 'checkpointing', 'stopping'];
+/** States in which a QEMU process is expected to exist for the VM (`unknown`: its host is unreachable, it may still run). */
+export const LIVE_STATES: readonly VmState[] = ['starting', 'running', 'paused', 'forking', 'checkpointing', 'stopping', 'unknown'];
 
 /** States in which an operation (fork, checkpoint) owns the VM and handles its QEMU's end itself. */
 export const BUSY_STATES: readonly VmState[] = ['forking', 'checkpointing'];
@@ -23,15 +23,17 @@ export function isLive(state: VmState): boolean {
 /** Every transition the engine may make; anything else is a bug or a race and is refused. */
 const TRANSITIONS: Record<VmState, readonly VmState[]> = {
   created: ['starting'],
-  starting: ['running', 'paused', 'stopped', 'failed'],
-  running: ['paused', 'forking', 'checkpointing', 'stopping', 'stopped', 'failed'],
-  paused: ['running', 'forking', 'checkpointing', 'stopping', 'stopped', 'failed'],
+  starting: ['running', 'paused', 'stopped', 'failed', 'unknown'],
+  running: ['paused', 'forking', 'checkpointing', 'stopping', 'stopped', 'failed', 'unknown'],
+  paused: ['running', 'forking', 'checkpointing', 'stopping', 'stopped', 'failed', 'unknown'],
   // A fork or a checkpoint owns its VM: nothing else may act on it until it has resumed it.
-  forking: ['running', 'paused', 'stopped', 'failed'],
-  checkpointing: ['running', 'paused', 'stopped', 'failed'],
-  stopping: ['stopped', 'failed'],
+  forking: ['running', 'paused', 'stopped', 'failed', 'unknown'],
+  checkpointing: ['running', 'paused', 'stopped', 'failed', 'unknown'],
+  stopping: ['stopped', 'failed', 'unknown'],
   stopped: ['starting'],
   failed: ['starting', 'stopped'],
+  // Its host missed its lease: nothing acts on it until the host answers again and its QEMU is re-adopted (or found gone).
+  unknown: ['running', 'paused', 'stopped', 'failed'],
 };
 
 export function canTransition(from: VmState, to: VmState): boolean {

@@ -30,11 +30,26 @@ export class TaskRunner {
     const task: TaskRecord = { id: newTaskId(), kind, targetId: target.id, targetName: target.name, state: 'running', progress: 0, message: 'started', result: null, error: null, createdAt: now, updatedAt: now };
     await this.inventory.insertTask(task);
     this.events.publish({ type: 'task', task, at: now });
+    this.run(task, work);
+    return task;
+  }
+
+  /**
+   * Goes on with a task a previous controller left running (it reattached to the host's operation): `work`
+   * finishes it, and the task ends as `work` does. The task keeps its journal.
+   */
+  resume(task: TaskRecord, work: (ctx: TaskContext) => Promise<unknown>): void {
+    this.run(task, work);
+  }
+
+  private run(task: TaskRecord, work: (ctx: TaskContext) => Promise<unknown>): void {
+    let journal: unknown = (task.result as { journal?: unknown } | null)?.journal;
     const ctx: TaskContext = {
       progress: async (fraction, message) => {
         await this.update(task.id, { progress: Math.max(0, Math.min(1, fraction)), message });
       },
       journal: async (data) => {
+        journal = data;
         await this.inventory.updateTask(task.id, { result: { journal: data }, updatedAt: new Date().toISOString() });
       },
     };
@@ -44,14 +59,13 @@ export class TaskRunner {
         return await this.update(task.id, { state: 'succeeded', progress: 1, message: 'done', result: result ?? null });
       } catch (err) {
         const error = toOffshootError(err);
-        this.logger.warn({ taskId: task.id, kind, target: target.name, code: error.code, err: error.message }, 'task failed');
-        return await this.update(task.id, { state: 'failed', message: error.message, error: error.toJSON() });
+        this.logger.warn({ taskId: task.id, kind: task.kind, target: task.targetName, code: error.code, err: error.message }, 'task failed');
+        return await this.update(task.id, { state: 'failed', message: error.message, error: error.toJSON(), ...(journal !== undefined ? { result: { journal } } : {}) });
       }
     })();
     this.waiters.set(task.id, done);
     // Recording the end itself can fail (the inventory's disk is full): log it, never leave it unhandled.
-    done.catch((err: unknown) => this.logger.error({ err, taskId: task.id, kind }, 'cannot record the end of a task')).finally(() => this.waiters.delete(task.id));
-    return task;
+    done.catch((err: unknown) => this.logger.error({ err, taskId: task.id, kind: task.kind }, 'cannot record the end of a task')).finally(() => this.waiters.delete(task.id));
   }
 
   private async update(id: string, patch: Partial<TaskRecord>): Promise<TaskRecord> {

@@ -13,7 +13,7 @@ import { startDaemon } from '../../src/api/index.ts';
 import type { RunningDaemon } from '../../src/api/index.ts';
 import type { CheckpointResult, TaskRecord, VmRecord } from '../../src/vm/index.ts';
 import type { TestHome } from '../harness.ts';
-import { closeTestDaemon, eventually, makeTestHome, memoryFiles } from '../harness.ts';
+import { closeTestDaemon, eventually, hostPathOf, makeTestHome, memoryFiles } from '../harness.ts';
 import { GUEST_DATA_SETUP, guestShell } from '../guest-data.ts';
 
 describe('checkpoint files by path, and cancelling a checkpoint', () => {
@@ -33,7 +33,7 @@ describe('checkpoint files by path, and cancelling a checkpoint', () => {
   const assertNothingUnused = async () => {
     const vms = await daemon.engine.list();
     const checkpoints = await daemon.engine.listCheckpoints();
-    const usedBases = new Set([...vms.flatMap((v) => v.spec.disks.flatMap((d) => d.backing)), ...checkpoints.flatMap((c) => c.spec.disks.flatMap((d) => [d.path, ...d.backing]))]);
+    const usedBases = new Set([...vms.flatMap((v) => v.spec.disks.flatMap((d) => d.backing)), ...checkpoints.flatMap((c) => c.spec.disks.flatMap((d) => [d.file, ...d.backing]))].map((f) => hostPathOf(t.home, f)));
     for (const b of bases()) expect(usedBases.has(b), `unused base ${b}`).toBe(true);
     const usedTemplates = new Set(vms.map((v) => v.runtime?.memory.templateId).filter(Boolean));
     const templates = memoryFiles(t).filter((f) => f.startsWith('templates/'));
@@ -68,7 +68,7 @@ describe('checkpoint files by path, and cancelling a checkpoint', () => {
 
     const shown = await t.client().getCheckpoint(carried);
     expect(shown).toMatchObject({ id: `file:${carried}`, name: 'moved', vmName: 'src', path: carried, state: 'complete', memoryBytes: 256 * 1024 * 1024 });
-    expect(shown.spec.disks.map((d) => d.path)).toEqual(written.spec.disks.map((d) => d.path));
+    expect(shown.spec.disks.map((d) => d.file)).toEqual(written.spec.disks.map((d) => d.file));
 
     const restored = await wait(daemon.engine.restore({ checkpoint: carried, mode: 'eager' }));
     expect(restored.state, JSON.stringify(restored.error)).toBe('succeeded');
@@ -82,7 +82,7 @@ describe('checkpoint files by path, and cancelling a checkpoint', () => {
   it('refuses a file whose frozen disk is missing, or a truncated file, creating nothing', async () => {
     const before = { vms: (await daemon.engine.list()).map((v) => v.name), dirs: vmDirs().length, ram: memoryFiles(t).length, qemus: t.qemus().length };
     const shown = await daemon.engine.getCheckpoint(carried);
-    const base = shown.spec.disks[0]?.path as string;
+    const base = hostPathOf(t.home, shown.spec.disks[0]?.file as string);
     renameSync(base, `${base}.away`);
     try {
       await expect(daemon.engine.restore({ checkpoint: carried })).rejects.toMatchObject({ code: 'CHECKPOINT_DISK_UNAVAILABLE', message: expect.stringContaining('does not exist') });

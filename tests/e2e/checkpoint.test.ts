@@ -16,7 +16,7 @@ import { startDaemon } from '../../src/api/index.ts';
 import type { RunningDaemon } from '../../src/api/index.ts';
 import type { CheckpointResult, TaskRecord, VmRecord } from '../../src/vm/index.ts';
 import type { TestHome } from '../harness.ts';
-import { closeTestDaemon, makeTestHome, memoryFiles } from '../harness.ts';
+import { closeTestDaemon, makeTestHome, memoryFiles, ramFileOf } from '../harness.ts';
 import { GUEST_DATA_SETUP, guestShell } from '../guest-data.ts';
 
 
@@ -85,7 +85,7 @@ describe('checkpoint and restore', () => {
     // Once the stream is complete the RAM file is the VM's own, as after an eager restore, and holds its memory.
     const record = await daemon.engine.resolve('src-r1');
     expect(record.runtime?.memory.mode).toBe('owned');
-    const ram = record.runtime?.memory.file as string;
+    const ram = ramFileOf(t.memoryDir, record);
     expect(Number(execFileSync('du', ['-k', ram], { encoding: 'utf8' }).split('\t')[0]) * 1024).toBeGreaterThan(64 * 1024 * 1024);
     expect(t.qemus().some((q) => q.vmId === record.id)).toBe(true);
     // The migration is over: nothing in QEMU still waits for pages.

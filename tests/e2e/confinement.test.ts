@@ -16,7 +16,7 @@ import { startDaemon } from '../../src/api/index.ts';
 import type { RunningDaemon } from '../../src/api/index.ts';
 import type { TaskRecord } from '../../src/vm/index.ts';
 import type { TestHome } from '../harness.ts';
-import { closeTestDaemon, makeTestHome } from '../harness.ts';
+import { closeTestDaemon, hostPathOf, makeTestHome, ramFileOf } from '../harness.ts';
 import { privacyProblems } from '../invariants.ts';
 
 const QEMU_USER = 'offshoot-qemu';
@@ -75,7 +75,7 @@ describe('QEMU confined, memory and home private', () => {
     expect(mode(t.memoryDir)).toBe(0o700);
     for (const f of ['inventory.sqlite', 'daemon.log', 'token', 'daemon.json']) expect(mode(join(t.home, f)), f).toBe(0o600);
     const vms = await daemon.engine.list();
-    for (const vm of vms) expect(mode(vm.runtime?.memory.file as string), vm.name).toBe(vm.runtime?.memory.mode === 'owned' ? 0o600 : mode(vm.runtime?.memory.file as string) & 0o700);
+    for (const vm of vms) expect(mode(ramFileOf(t.memoryDir, vm)), vm.name).toBe(vm.runtime?.memory.mode === 'owned' ? 0o600 : mode(ramFileOf(t.memoryDir, vm)) & 0o700);
     expect(privacyProblems(t.home)).toEqual([]);
     expect(privacyProblems(t.memoryDir)).toEqual([]);
   });
@@ -87,10 +87,10 @@ describe('QEMU confined, memory and home private', () => {
     writeFileSync(source, Buffer.alloc(1 << 20));
     chmodSync(source, 0o640);
     const disk = await daemon.storage.catalog.importDisk({ datastore: 'ds1', name: 'imported', source, format: 'raw' });
-    expect(mode(disk.path) & ~0o640).toBe(0);
+    expect(mode(hostPathOf(t.home, disk.file)) & ~0o640).toBe(0);
     chmodSync(source, 0o600);
     const strict = await daemon.storage.catalog.importDisk({ datastore: 'ds1', name: 'strict', source, format: 'raw' });
-    expect(mode(strict.path) & ~0o600).toBe(0);
+    expect(mode(hostPathOf(t.home, strict.file)) & ~0o600).toBe(0);
     await daemon.storage.catalog.deleteDisk('ds1/imported');
     await daemon.storage.catalog.deleteDisk('ds1/strict');
     await daemon.storage.catalog.removeDatastore('ds1');

@@ -341,7 +341,8 @@ describe('web console (real daemon, guest and Chromium)', () => {
     expect(response.headers.get('content-type')).toMatch(/^text\/plain; version=0\.0\.4/);
     const families = parsePrometheusText(await response.text());
     const web = await daemon.engine.resolve('web');
-    const host = web.runtime?.hostId as string;
+    // Series are labelled with the host's name.
+    const host = daemon.engine.hostName(web.hostId);
     const templateId = web.runtime?.memory.templateId as string;
 
     expect(families.get('offshoot_vms')?.type).toBe('gauge');

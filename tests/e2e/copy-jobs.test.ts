@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CopyJobRecord, DiskRecord } from '../../src/vm/index.ts';
 import type { TestHome } from '../harness.ts';
-import { eventually, makeTestHome, startDetachedDaemon, waitForProcessExit } from '../harness.ts';
+import { eventually, hostPathOf, makeTestHome, startDetachedDaemon, waitForProcessExit } from '../harness.ts';
 
 describe('copy jobs', () => {
   let t: TestHome;
@@ -71,7 +71,7 @@ describe('copy jobs', () => {
 
     const moved = (await cli('disk', 'show', 'ds2/big')) as DiskRecord;
     expect(moved.contentId).toBe(before.contentId);
-    expect(existsSync(before.path)).toBe(false);
+    expect(existsSync(hostPathOf(t.home, before.file))).toBe(false);
     expect((await t.cli(['disk', 'show', 'ds1/big'])).code).not.toBe(0);
     const verified = (await cli('disk', 'verify', 'ds2/big')) as { contentHash: string };
     expect(verified.contentHash).toMatch(/^xxh64:/);
@@ -104,7 +104,7 @@ describe('copy jobs', () => {
     const target = cancelled.files[0]?.target as string;
     expect(existsSync(target)).toBe(false);
     expect(existsSync(`${target}.copy.json`)).toBe(false);
-    expect(existsSync(source.path)).toBe(true);
+    expect(existsSync(hostPathOf(t.home, source.file))).toBe(true);
     expect(((await cli('disk', 'list', '--datastore', 'ds2')) as DiskRecord[]).length).toBe(0);
     await expect(cli('job', 'resume', started.id)).rejects.toThrow(/ILLEGAL_STATE/);
   });

@@ -47,7 +47,7 @@ describe('fleet database: SQLite home to PostgreSQL', () => {
     await daemon.close();
     daemon = undefined;
     const sqlite = await KyselyInventory.open(join(t.home, 'inventory.sqlite'));
-    await sqlite.insertCheckpoint({ id: 'c1', name: 'big', vmId: 'v', vmName: 'kept', path: '/x/big.ckpt', state: 'complete', memoryBytes: 12 * 2 ** 30, fileBytes: 7 * 2 ** 32 + 5, spec: (await sqlite.findVmByName('kept'))!.spec, createdAt: new Date().toISOString() });
+    await sqlite.insertCheckpoint({ id: 'c1', name: 'big', vmId: 'v', vmName: 'kept', hostId: 'h1', file: 'home:checkpoints/big.ckpt', path: '/x/big.ckpt', state: 'complete', memoryBytes: 12 * 2 ** 30, fileBytes: 7 * 2 ** 32 + 5, spec: (await sqlite.findVmByName('kept'))!.spec, createdAt: new Date().toISOString() });
     await sqlite.close();
 
     const url = await cluster.createDatabase('offshoot_fleet');

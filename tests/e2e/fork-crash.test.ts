@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TaskRecord, VmRecord } from '../../src/vm/index.ts';
 import type { TestHome } from '../harness.ts';
-import { eventually, makeTestHome, startDetachedDaemon, waitForProcessExit } from '../harness.ts';
+import { eventually, hostPathOf, makeTestHome, startDetachedDaemon, waitForProcessExit } from '../harness.ts';
 
 describe('daemon killed mid-fork or mid-checkpoint', () => {
   let t: TestHome;
@@ -57,7 +57,7 @@ describe('daemon killed mid-fork or mid-checkpoint', () => {
     const templates = listDir(join(t.memoryDir, 'templates'));
     expect(templates).toEqual(vm.runtime?.memory.templateId ? [`${vm.runtime.memory.templateId}.ram`] : []);
     const bases = listDir(join(t.home, 'bases')).map((b) => join(t.home, 'bases', b));
-    expect(bases.sort()).toEqual(vm.spec.disks.flatMap((d) => d.backing).filter((b) => b.startsWith(join(t.home, 'bases'))).sort());
+    expect(bases.sort()).toEqual(vm.spec.disks.flatMap((d) => d.backing).map((b) => hostPathOf(t.home, b)).filter((b) => b.startsWith(join(t.home, 'bases'))).sort());
 
     expect((await t.cli(['vm', 'kill', name])).code).toBe(0);
     expect((await t.cli(['vm', 'delete', name])).code).toBe(0);

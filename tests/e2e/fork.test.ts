@@ -13,7 +13,7 @@ import type { RunningDaemon } from '../../src/api/index.ts';
 import { checkImage, imageInfo } from '../../src/qemu/index.ts';
 import type { ForkResult, TaskRecord, VmRecord } from '../../src/vm/index.ts';
 import type { TestHome } from '../harness.ts';
-import { closeTestDaemon, makeTestHome } from '../harness.ts';
+import { closeTestDaemon, hostPathOf, makeTestHome } from '../harness.ts';
 import { GUEST_DATA_SETUP, guestShell } from '../guest-data.ts';
 
 
@@ -106,8 +106,8 @@ describe('instant fork', () => {
     }
     for (const vm of await daemon.engine.list()) {
       for (const disk of vm.spec.disks) {
-        expect((await checkImage(disk.path, { forceShare: true })).ok, disk.path).toBe(true);
-        const chain = await imageInfo(disk.path, { backingChain: true });
+        expect((await checkImage(hostPathOf(t.home, disk.file), { forceShare: true })).ok, disk.file).toBe(true);
+        const chain = await imageInfo(hostPathOf(t.home, disk.file), { backingChain: true });
         expect(disk.backing.length, `${vm.name}: ${JSON.stringify(chain)}`).toBeLessThanOrEqual(2);
       }
     }
@@ -141,7 +141,7 @@ describe('instant fork', () => {
     faults.clear();
     expect(task.error).toMatchObject({ code: 'FORK_FAILED', details: { step: 'prepare' } });
     expect((await daemon.engine.resolve('src')).spec.disks).toEqual(before);
-    for (const disk of before) expect(existsSync(disk.path)).toBe(true);
+    for (const disk of before) expect(existsSync(hostPathOf(t.home, disk.file))).toBe(true);
     const src = await daemon.engine.resolve('src');
     expect(src.state).toBe('running');
     expect(await sh('src', 'cat /mnt/ram/after /data/after')).toBe('src\nsrc');

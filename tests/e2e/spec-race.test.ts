@@ -13,7 +13,7 @@ import type { RunningDaemon } from '../../src/api/index.ts';
 import { imageInfo } from '../../src/qemu/index.ts';
 import type { TaskRecord, VmRecord } from '../../src/vm/index.ts';
 import type { TestHome } from '../harness.ts';
-import { closeTestDaemon, makeTestHome } from '../harness.ts';
+import { closeTestDaemon, hostPathOf, makeTestHome } from '../harness.ts';
 import { homeProblems, snapshotHome } from '../invariants.ts';
 
 describe('spec changes never race', () => {
@@ -38,9 +38,9 @@ describe('spec changes never race', () => {
   /** The record's chain (top, then backing) equals what the qcow2 headers say, and every file exists. */
   async function assertChainsTrue(vm: VmRecord): Promise<void> {
     for (const disk of vm.spec.disks.filter((d) => !d.readOnly)) {
-      const info = await imageInfo(disk.path, { backingChain: true });
+      const info = await imageInfo(hostPathOf(t.home, disk.file), { backingChain: true });
       const actual = (info.backingChain ?? []).map((b) => b.filename);
-      expect(actual, `${vm.name} ${disk.id}`).toEqual(disk.backing);
+      expect(actual, `${vm.name} ${disk.id}`).toEqual(disk.backing.map((b) => hostPathOf(t.home, b)));
     }
   }
 

@@ -15,7 +15,7 @@ import type { RunningDaemon } from '../../src/api/index.ts';
 import { imageInfo } from '../../src/qemu/index.ts';
 import type { CloneResult, DiskRecord, PoolRecord, TaskRecord } from '../../src/vm/index.ts';
 import type { TestHome } from '../harness.ts';
-import { closeTestDaemon, eventually, makeTestHome } from '../harness.ts';
+import { closeTestDaemon, eventually, hostPathOf, makeTestHome } from '../harness.ts';
 import { GUEST_DATA_SETUP, guestShell } from '../guest-data.ts';
 
 describe('storage: datastores, disks, clones, pools', () => {
@@ -50,7 +50,7 @@ describe('storage: datastores, disks, clones, pools', () => {
     const raw = join(t.home, 'src.raw');
     execFileSync('qemu-img', ['create', '-q', '-f', 'raw', raw, '32M']);
     const imported = await storage().catalog.importDisk({ datastore: 'ds1', name: 'imported', source: raw });
-    expect((await imageInfo(imported.path)).format).toBe('qcow2');
+    expect((await imageInfo(hostPathOf(t.home, imported.file))).format).toBe('qcow2');
     expect((await storage().catalog.resizeDisk('ds1/imported', { size: '48M' })).virtualSize).toBe(48 * 1024 * 1024);
     await expect(storage().catalog.resizeDisk('ds1/imported', { size: '16M' })).rejects.toMatchObject({ code: 'DISK_SHRINK_REFUSED' });
     // Forget the datastore and add it again: its disks come back from their sidecars alone.
@@ -89,7 +89,7 @@ describe('storage: datastores, disks, clones, pools', () => {
     expect(task.result).toMatchObject({ flattened: ['disk0'] });
     const disk = (await daemon.engine.resolve('linked')).spec.disks.find((d) => !d.readOnly);
     expect(disk?.backing).toEqual([]);
-    expect((await imageInfo(disk?.path as string)).backingFilename).toBeUndefined();
+    expect((await imageInfo(hostPathOf(t.home, disk?.file as string))).backingFilename).toBeUndefined();
     expect(await diskSum('linked')).toBe(blobSum);
   });
 
@@ -105,7 +105,7 @@ describe('storage: datastores, disks, clones, pools', () => {
     const vm = await daemon.engine.resolve('instant');
     const disk = vm.spec.disks.find((d) => !d.readOnly);
     expect(disk?.backing).toEqual([]);
-    expect((await imageInfo(disk?.path as string)).backingFilename).toBeUndefined();
+    expect((await imageInfo(hostPathOf(t.home, disk?.file as string))).backingFilename).toBeUndefined();
     expect(await diskSum('instant')).toBe(blobSum);
     expect(await sh('instant', 'md5sum /data/during | cut -d" " -f1')).toBe(await sh('instant', 'cat /tmp/during.md5'));
   });
@@ -116,10 +116,10 @@ describe('storage: datastores, disks, clones, pools', () => {
     expect(full.job).not.toBeNull();
     const job = await storage().jobs.wait(full.job?.id as string);
     expect(job.state, JSON.stringify(job.error)).toBe('succeeded');
-    const copies: DiskRecord[] = (await storage().catalog.listDisks('ds1')).filter((d) => job.files.some((f) => f.target === d.path));
+    const copies: DiskRecord[] = (await storage().catalog.listDisks('ds1')).filter((d) => job.files.some((f) => f.target === d.file));
     expect(copies.length).toBe(job.files.length);
     // Equal content ids, proven by hashing: the copy of the frozen top against the source's own base.
-    const top = copies.find((d) => d.path === job.files[0]?.target) as DiskRecord;
+    const top = copies.find((d) => d.file === job.files[0]?.target) as DiskRecord;
     const verified = await storage().catalog.verifyDisk(top.id, {});
     expect(verified.contentId).toMatch(/^cid-/);
     await wait((await daemon.engine.start('full')).task);

@@ -11,7 +11,8 @@ function vm(id: string, state: VmRecord['state'], template: string | null, host?
     state,
     stateReason: null,
     spec: { vcpus: 1, memoryMiB: 256, boot: { kind: 'disk' }, disks: [], nics: [], defaultGuest: true },
-    runtime: state === 'running' ? { hostId: 'h1', pid: 1, accel: 'tcg', dir: '/x', instance: 'i', memory: { mode: template ? 'derived' : 'owned', file: '/m', templateId: template }, startedAt: at } : null,
+    hostId: 'h1',
+    runtime: state === 'running' ? { hostId: 'h1', pid: 1, accel: 'tcg', instance: 'i', memory: { mode: template ? 'derived' : 'owned', templateId: template }, startedAt: at } : null,
     createdAt: at,
     updatedAt: at,
   };

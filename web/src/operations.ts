@@ -23,7 +23,7 @@ export function allows(state: VmState, operation: VmOperation): boolean {
 }
 
 /** States in which a QEMU process is expected to exist (LIVE_STATES in src/vm/state.ts). */
-export const LIVE_STATES: readonly VmState[] = ['starting', 'running', 'paused', 'forking', 'checkpointing', 'stopping'];
+export const LIVE_STATES: readonly VmState[] = ['starting', 'running', 'paused', 'forking', 'checkpointing', 'stopping', 'unknown'];
 
 export function isLive(state: VmState): boolean {
   return LIVE_STATES.includes(state);

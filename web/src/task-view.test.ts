@@ -7,7 +7,7 @@ function task(patch: Partial<TaskRecord>): TaskRecord {
   return { id: 't', kind: 'vm.fork', targetId: 's', targetName: 'src', state: 'running', progress: 0.4, message: 'starting 2 children', result: null, error: null, createdAt: at(10), updatedAt: at(11), ...patch };
 }
 function vm(id: string, name: string, stateReason: string | null, createdAt: string): VmRecord {
-  return { id, name, state: 'starting', stateReason, spec: { vcpus: 1, memoryMiB: 256, boot: { kind: 'disk' }, disks: [], nics: [], defaultGuest: true }, runtime: null, createdAt, updatedAt: createdAt };
+  return { id, name, state: 'starting', stateReason, hostId: 'h1', spec: { vcpus: 1, memoryMiB: 256, boot: { kind: 'disk' }, disks: [], nics: [], defaultGuest: true }, runtime: null, createdAt, updatedAt: createdAt };
 }
 
 describe('task views', () => {

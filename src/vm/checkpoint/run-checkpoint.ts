@@ -10,26 +10,17 @@
 // chooses and checks the file's place before the freeze (<home>/checkpoints,
 // or --out inside an allowed root; never an existing file) and never replaces
 // or removes a file that is not this checkpoint's.
-import type { Logger } from '../../common/index.ts';
-import type { HostAgent, PreparedFork, VmDisk, VmSpec } from '../../agent/index.ts';
-import type { Inventory, CheckpointRecord, VmRecord } from '../records.ts';
-import type { StateKeeper } from '../state-keeper.ts';
+import type { AgentClient, PreparedFork, VmDisk, VmSpec } from '../../protocol/index.ts';
+import { newOperationId, runOperation } from '../../protocol/index.ts';
+import type { EngineContext } from '../engine-context.ts';
+import type { CheckpointRecord, VmRecord } from '../records.ts';
 import type { TaskContext } from '../tasks.ts';
 import type { ForkJournal } from '../fork/index.ts';
 import { journalPrepared, makeOwnedIfDerived, prepareAndPin, settleUnswitched, unpinPrepared } from '../fork/index.ts';
 import { newTaskId } from '../ids.ts';
 
-export interface CheckpointDeps {
-  inventory: Inventory;
-  agent: HostAgent;
-  states: StateKeeper;
-  logger: Logger;
-  pins: Set<string>;
-  collectGarbage(): Promise<void>;
-  holdGarbage<T>(fn: () => Promise<T>): Promise<T>;
-  /** Fault injection for tests. */
-  faults?: (point: string) => Promise<void> | void;
-}
+/** What a checkpoint needs: the engine's shared parts and the protocol client of the VM's host. */
+export type CheckpointDeps = EngineContext & { agent: AgentClient };
 
 export interface CheckpointResult {
   checkpoint: CheckpointRecord;
@@ -40,78 +31,78 @@ export interface CheckpointResult {
   gbPerSecond: number;
 }
 
-export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request: { name: string; path: string; stop: boolean }, ctx: TaskContext, forkId: string, signal?: AbortSignal): Promise<CheckpointResult> {
+export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request: { name: string; file: string; path: string; stop: boolean }, ctx: TaskContext, forkId: string, signal?: AbortSignal): Promise<CheckpointResult> {
   const checkpointId = newTaskId();
-  const path = request.path;
-  const journal: ForkJournal = { forkId, sourceId: vm.id, previousState: vm.state === 'paused' ? 'paused' : 'running', phase: 'preparing', childIds: [] };
+  const { file, path } = request;
+  const journal: ForkJournal = { forkId, sourceId: vm.id, hostId: vm.hostId, previousState: vm.state === 'paused' ? 'paused' : 'running', phase: 'preparing', childIds: [] };
   let switched = false;
   let record: CheckpointRecord | undefined;
   let prepared: PreparedFork | undefined;
-  const cancelWrite = () => void deps.agent.cancelCheckpointWrite(forkId).catch(() => undefined);
   try {
     signal?.throwIfAborted();
     await ctx.journal(journal);
-    await makeOwnedIfDerived(deps, vm, 'checkpointing', ctx, 'it maps a template', journal, 'checkpoint');
+    await makeOwnedIfDerived(deps, vm, 'checkpointing', ctx, journal, 'it maps a template', 'checkpoint');
     await ctx.progress(0.05, 'preparing the freeze');
-    prepared = await prepareAndPin(deps, { forkId, source: { vmId: vm.id, name: vm.name, spec: vm.spec }, children: [], maxDepth: Number.MAX_SAFE_INTEGER });
+    prepared = await prepareAndPin(deps, { forkId, source: { vmId: vm.id, name: vm.name, spec: vm.spec }, children: [], maxDepth: 1_000_000 });
     await journalPrepared(ctx, journal, prepared);
     await deps.faults?.('checkpoint.prepared');
     signal?.throwIfAborted();
-    const sw = await deps.agent.switchFork(forkId);
+    const sw = await deps.agent.switchFork({ forkId });
     switched = true;
     const split = prepared.disks;
     const frozenDisks: VmDisk[] = vm.spec.disks.map((d) => {
-      const moved = split.frozen.find((f) => f.from === d.path);
-      return moved ? { ...d, path: moved.to, owned: false, readOnly: false } : d;
+      const moved = split.frozen.find((f) => f.from === d.file);
+      return moved ? { ...d, file: moved.to, owned: false, readOnly: false } : d;
     });
     const runningSpec: VmSpec = { ...vm.spec, disks: prepared.disks.source };
     await deps.states.settle(vm.id, ['checkpointing'], sw.wasRunning ? 'running' : 'paused', null, { runtime: sw.runtime, spec: runningSpec });
     await ctx.journal(Object.assign(journal, { phase: 'switched' }));
 
     const now = new Date().toISOString();
-    record = { id: checkpointId, name: request.name, vmId: vm.id, vmName: vm.name, path, state: 'writing', memoryBytes: vm.spec.memoryMiB * 1024 * 1024, fileBytes: null, spec: { ...vm.spec, disks: frozenDisks }, createdAt: now };
+    record = { id: checkpointId, name: request.name, vmId: vm.id, vmName: vm.name, hostId: vm.hostId, file, path, state: 'writing', memoryBytes: vm.spec.memoryMiB * 1024 * 1024, fileBytes: null, spec: { ...vm.spec, disks: frozenDisks }, createdAt: now };
     await deps.inventory.insertCheckpoint(record);
     await deps.faults?.('checkpoint.writing');
     await ctx.progress(0.1, `${vm.name} resumed after a ${sw.stunMs.toFixed(0)} ms stun; writing ${path}`);
     const t0 = performance.now();
     let lastReport = 0;
     signal?.throwIfAborted();
-    signal?.addEventListener('abort', cancelWrite, { once: true });
-    const written = await deps.agent.writeCheckpoint(forkId, checkpointId, path, record.memoryBytes, { vm: { id: vm.id, name: vm.name }, spec: record.spec, createdAt: now, qemu: 'x-ignore-shared device state' }, (p) => {
-      const now2 = performance.now();
-      if (now2 - lastReport > 500) {
-        lastReport = now2;
-        ctx.progress(0.1 + 0.85 * (p.blocksDone / p.blockCount), `written ${p.blocksDone} of ${p.blockCount} MiB`).catch(() => undefined);
-      }
+    const metadata = { schema: 2 as const, checkpointId, vm: { id: vm.id, name: vm.name }, spec: record.spec, createdAt: now, hostId: vm.hostId };
+    const written = await runOperation(deps.agent, 'writeCheckpoint', { operationId: newOperationId(), forkId, checkpointId, file, memoryBytes: record.memoryBytes, metadata }, {
+      signal,
+      onProgress: (event) => {
+        const now2 = performance.now();
+        if (now2 - lastReport > 500) {
+          lastReport = now2;
+          ctx.progress(0.1 + 0.85 * event.progress, event.message).catch(() => undefined);
+        }
+      },
     });
-    signal?.removeEventListener('abort', cancelWrite);
     const writeMs = performance.now() - t0;
     record = await deps.inventory.updateCheckpoint(record.id, { state: 'complete', fileBytes: written.fileBytes });
-    await deps.agent.finishFork(forkId);
+    await deps.agent.finishFork({ forkId });
     unpinPrepared(deps.pins, prepared);
     if (request.stop) {
       await ctx.progress(0.97, `powering ${vm.name} off`);
       const claimed = await deps.states.settle(vm.id, ['running', 'paused'], 'stopping', null);
       if (claimed.moved) {
-        const { forced } = await deps.agent.stopVm(vm.id, 30_000).catch(() => ({ forced: true }));
+        const { forced } = await runOperation(deps.agent, 'stopVm', { vmId: vm.id, timeoutMs: 30_000 }).catch(() => ({ forced: true }));
         await deps.states.settle(vm.id, ['stopping'], 'stopped', forced ? 'suspended to a checkpoint (killed after the power-down timed out)' : 'suspended to a checkpoint', { runtime: null });
       }
     }
-    await deps.collectGarbage().catch(() => undefined);
+    await deps.collectGarbage(vm.hostId).catch(() => undefined);
     return { checkpoint: record, stunMs: sw.stunMs, writeMs, fileBytes: written.fileBytes, storedPages: written.storedPages, gbPerSecond: record.memoryBytes / 1e9 / (writeMs / 1000) };
   } catch (caught) {
-    signal?.removeEventListener('abort', cancelWrite);
     // A cancel surfaces as whatever the interrupted step threw (an abort); report it as the cancel.
     const err = signal?.aborted ? signal.reason : caught;
     deps.logger.warn({ vm: vm.name, err: (err as Error).message, cancelled: signal?.aborted ?? false }, 'checkpoint failed; rolling back');
-    await deps.agent.abortFork(forkId).catch(() => undefined);
+    await deps.agent.abortFork({ forkId }).catch(() => undefined);
     if (record) {
       await deps.inventory.deleteCheckpoint(record.id).catch(() => undefined);
-      await deps.agent.removeCheckpointFile({ path, id: record.id, createdAt: record.createdAt }).catch(() => undefined);
+      await deps.agent.removeCheckpoint({ file, checkpointId: record.id, createdAt: record.createdAt }).catch(() => undefined);
     }
     if (!switched) await settleUnswitched(deps, vm.id, 'checkpointing', err, 'checkpoint');
     unpinPrepared(deps.pins, prepared);
-    await deps.collectGarbage().catch(() => undefined);
+    await deps.collectGarbage(vm.hostId).catch(() => undefined);
     throw err;
   }
 }

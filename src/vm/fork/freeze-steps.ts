@@ -2,15 +2,17 @@
 // making a derived VM's memory its own first, keeping what the freeze made
 // away from garbage collection until a record names it, journalling the
 // prepared state, and settling the VM after a failure before the switch-over.
-import type { HostAgent, PrepareForkRequest, PreparedFork, VmRuntime } from '../../agent/index.ts';
+import type { AgentClient, CallRequest, PreparedFork } from '../../protocol/index.ts';
+import { runOperation } from '../../protocol/index.ts';
+import { TEMPLATE_PIN } from '../gc.ts';
 import type { VmRecord } from '../records.ts';
 import type { StateKeeper } from '../state-keeper.ts';
 import type { VmState } from '../state.ts';
 import type { TaskContext } from '../tasks.ts';
-import type { ForkJournal } from './run-fork.ts';
+import type { ForkJournal } from './fork-journal.ts';
 
 export interface FreezeDeps {
-  agent: HostAgent;
+  agent: AgentClient;
   states: StateKeeper;
   pins: Set<string>;
   /** Fault injection for tests (see src/api/test-faults.ts). */
@@ -20,42 +22,42 @@ export interface FreezeDeps {
 }
 
 /**
- * A derived VM's RAM must be a file of its own before it can be frozen again: a new QEMU with an owned RAM
- * file is started and journaled (so a restarted daemon can tell it from the VM's QEMU), the VM is
- * live-migrated into it, and it takes over; its runtime is recorded at once. Fault points
+ * A derived VM's RAM must be a file of its own before it can be frozen again: the host starts a new QEMU
+ * with an owned RAM file, which is journaled before anything moves (so a recovery can tell it from the VM's
+ * QEMU), the VM is live-migrated into it, and it takes over; its runtime is recorded at once. Fault points
  * `<op>.make-owned:started` and `<op>.make-owned:migrated` (op: fork or checkpoint).
  */
-export async function makeOwnedIfDerived(deps: FreezeDeps, vm: VmRecord, busy: VmState, ctx: TaskContext, why: string, journal: ForkJournal, op: 'fork' | 'checkpoint'): Promise<{ ms: number; bytes: number } | null> {
+export async function makeOwnedIfDerived(deps: FreezeDeps, vm: VmRecord, busy: VmState, ctx: TaskContext, journal: ForkJournal, why: string, op: 'fork' | 'checkpoint'): Promise<{ ms: number; bytes: number } | null> {
   if (vm.runtime?.memory.mode !== 'derived') return null;
   await ctx.progress(0.02, `copying ${vm.name}'s memory into a file of its own (${why})`);
-  const target = await deps.agent.startOwnedTarget(vm.id, vm.name, vm.spec);
+  const target = await runOperation(deps.agent, 'startOwnedTarget', { vmId: vm.id, name: vm.name, spec: vm.spec });
   try {
     await ctx.journal(Object.assign(journal, { owned: target }));
     await deps.faults?.(`${op}.make-owned:started`);
-    const moved = await deps.agent.migrateToOwnedTarget(vm.id);
+    const moved = await runOperation(deps.agent, 'migrateToOwnedTarget', { vmId: vm.id });
     await deps.faults?.(`${op}.make-owned:migrated`);
-    const runtime = await deps.agent.switchToOwnedTarget(vm.id);
+    const runtime = await deps.agent.switchToOwnedTarget({ vmId: vm.id });
     await deps.states.settle(vm.id, [busy], busy, null, { runtime });
     return moved;
   } catch (err) {
-    await deps.agent.abortOwnedTarget(vm.id).catch(() => undefined);
+    await deps.agent.abortOwnedTarget({ vmId: vm.id }).catch(() => undefined);
     throw err;
   }
 }
 
 /** The template and bases a freeze made; no record names them yet. */
 function prepared(p: PreparedFork): string[] {
-  return [p.templateId, ...p.disks.frozen.map((f) => f.to)];
+  return [`${TEMPLATE_PIN}${p.templateId}`, ...p.disks.frozen.map((f) => f.to)];
 }
 
 export function pinPrepared(pins: Set<string>, p: PreparedFork): void {
   for (const item of prepared(p)) pins.add(item);
 }
 
-/** Stages the freeze and pins what it made, with garbage collection held off until the pins are in place. */
-export async function prepareAndPin(deps: FreezeDeps, request: PrepareForkRequest): Promise<PreparedFork> {
+/** Stages the freeze on the host and pins what it made, with garbage collection held off until the pins are in place. */
+export async function prepareAndPin(deps: FreezeDeps, request: Omit<CallRequest<'prepareFork'>, 'operationId'> & { operationId?: string }): Promise<PreparedFork> {
   return deps.holdGarbage(async () => {
-    const p = await deps.agent.prepareFork(request);
+    const p = await runOperation(deps.agent, 'prepareFork', request);
     pinPrepared(deps.pins, p);
     return p;
   });
@@ -65,13 +67,13 @@ export function unpinPrepared(pins: Set<string>, p: PreparedFork | undefined): v
   if (p) for (const item of prepared(p)) pins.delete(item);
 }
 
-export async function journalPrepared(ctx: TaskContext, journal: ForkJournal, p: PreparedFork & { incoming: Record<string, VmRuntime> }): Promise<void> {
+export async function journalPrepared(ctx: TaskContext, journal: ForkJournal, p: PreparedFork): Promise<void> {
   await ctx.journal(Object.assign(journal, { phase: 'prepared', templateId: p.templateId, disks: p.disks, incoming: p.incoming }));
 }
 
 /** Before the switch-over the VM runs on in its own QEMU, unless that QEMU ended meanwhile. */
 export async function settleUnswitched(deps: FreezeDeps, vmId: string, busy: VmState, err: unknown, what: string): Promise<void> {
-  const status = await deps.agent.vmStatus(vmId).catch(() => undefined);
+  const status = (await deps.agent.vmStatus({ vmId }).catch(() => ({ status: null }))).status;
   if (status) await deps.states.settle(vmId, [busy], status, null);
   else await deps.states.settle(vmId, [busy], 'failed', `its QEMU ended during a ${what} (${(err as Error).message})`, { runtime: null });
 }

@@ -11,33 +11,21 @@
 // disks and template are undone; after it, children are killed and removed
 // with their files. The error names the step.
 import { AlreadyExistsError, InvalidInputError, isValidName } from '../../common/index.ts';
-import type { Logger } from '../../common/index.ts';
-import type { CustomizeResult, ForkDisksResult, HostAgent, PreparedFork, VmRuntime, VmSpec } from '../../agent/index.ts';
-import type { EventBus } from '../events.ts';
-import { newVmId } from '../ids.ts';
+import type { AgentClient, CustomizeResult, PreparedFork, VmSpec } from '../../protocol/index.ts';
+import { newOperationId, runOperation } from '../../protocol/index.ts';
+import type { EngineContext } from '../engine-context.ts';
 import { applyIdentity, withNewIdentity } from '../identity.ts';
-import type { Inventory, VmRecord } from '../records.ts';
-import type { StateKeeper } from '../state-keeper.ts';
+import { newVmId } from '../ids.ts';
+import type { VmRecord } from '../records.ts';
 import type { TaskContext } from '../tasks.ts';
 import { ForkFailedError } from './fork-errors.ts';
 import type { ForkStep } from './fork-errors.ts';
 import type { ParsedForkRequest } from './fork-request.ts';
+import type { ForkJournal } from './fork-journal.ts';
 import { journalPrepared, makeOwnedIfDerived, prepareAndPin, settleUnswitched, unpinPrepared } from './freeze-steps.ts';
 
-export interface ForkDeps {
-  inventory: Inventory;
-  agent: HostAgent;
-  states: StateKeeper;
-  events: EventBus;
-  logger: Logger;
-  /** Templates and bases in use by an operation in flight; garbage collection leaves them alone. */
-  pins: Set<string>;
-  collectGarbage(): Promise<void>;
-  /** Runs `fn` with garbage collection held off. */
-  holdGarbage<T>(fn: () => Promise<T>): Promise<T>;
-  /** Fault injection for tests: called at named points; throwing there fails the fork at that step. */
-  faults?: (point: string) => Promise<void> | void;
-}
+/** What a fork needs: the engine's shared parts and the protocol client of the source's host. */
+export type ForkDeps = EngineContext & { agent: AgentClient };
 
 export interface ForkChildResult {
   name: string;
@@ -57,19 +45,7 @@ export interface ForkResult {
   disks: { flattened: number; flattenErrors: string[]; bases: string[] };
 }
 
-/** What a crash recovery needs to roll a fork back; persisted in the task as the fork advances. */
-export interface ForkJournal {
-  forkId: string;
-  sourceId: string;
-  previousState: 'running' | 'paused';
-  phase: 'preparing' | 'prepared' | 'switched';
-  childIds: string[];
-  templateId?: string;
-  disks?: ForkDisksResult;
-  incoming?: Record<string, VmRuntime>;
-  /** The QEMU with an owned RAM file a fork of a fork started for its source (before anything moved). */
-  owned?: VmRuntime;
-}
+export type { ForkJournal } from './fork-journal.ts';
 
 /** Children loading their device state at once: loading is mostly waiting on QMP round trips. */
 const CHILD_START_CONCURRENCY = 4;
@@ -98,8 +74,8 @@ async function planChildren(deps: ForkDeps, source: VmRecord, request: ParsedFor
 }
 
 async function removeChild(deps: ForkDeps, child: ChildPlan): Promise<void> {
-  await deps.agent.killVm(child.id).catch(() => undefined);
-  await deps.agent.deleteVmFiles(child.id).catch(() => undefined);
+  await deps.agent.killVm({ vmId: child.id }).catch(() => undefined);
+  await deps.agent.deleteVmFiles({ vmId: child.id }).catch(() => undefined);
   const record = await deps.inventory.getVm(child.id);
   if (record) {
     await deps.inventory.deleteVm(child.id);
@@ -115,7 +91,7 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
     await deps.states.settle(source.id, ['forking'], source.state, null);
     throw new ForkFailedError(source.name, 'plan', err);
   });
-  const journal: ForkJournal = { forkId, sourceId: source.id, previousState: source.state === 'paused' ? 'paused' : 'running', phase: 'preparing', childIds: children.map((c) => c.id) };
+  const journal: ForkJournal = { forkId, sourceId: source.id, hostId: source.hostId, previousState: source.state === 'paused' ? 'paused' : 'running', phase: 'preparing', childIds: children.map((c) => c.id) };
   let prepared: PreparedFork | undefined;
   let switched = false;
   const busyChildren: string[] = [];
@@ -123,15 +99,18 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
   try {
     step = 'prepare';
     await ctx.journal(journal);
-    madeOwned = await makeOwnedIfDerived(deps, source, 'forking', ctx, 'fork of a fork', journal, 'fork');
+    madeOwned = await makeOwnedIfDerived(deps, source, 'forking', ctx, journal, 'fork of a fork', 'fork');
     await ctx.progress(0.05, `preparing ${children.length} children while ${source.name} runs`);
-    prepared = await prepareAndPin(deps, { forkId, source: { vmId: source.id, name: source.name, spec: source.spec }, children: children.map((c) => ({ vmId: c.id, name: c.name, spec: c.spec })), maxDepth: request.maxDiskDepth });
+    const prepareOperationId = newOperationId();
+    await ctx.journal(Object.assign(journal, { prepareOperationId }));
+    const owned = madeOwned ? await deps.inventory.getVm(source.id) : source;
+    prepared = await prepareAndPin(deps, { operationId: prepareOperationId, forkId, source: { vmId: source.id, name: source.name, spec: owned?.spec ?? source.spec }, children: children.map((c) => ({ vmId: c.id, name: c.name, spec: c.spec })), maxDepth: request.maxDiskDepth });
     await journalPrepared(ctx, journal, prepared);
     await deps.faults?.('fork.prepared');
     const preparedMs = performance.now() - t0;
 
     step = 'switch';
-    const sw = await deps.agent.switchFork(forkId);
+    const sw = await deps.agent.switchFork({ forkId });
     switched = true;
     const sourceSpec: VmSpec = { ...source.spec, disks: prepared.disks.source };
     await deps.states.settle(source.id, ['forking'], sw.wasRunning ? 'running' : 'paused', null, { runtime: sw.runtime, spec: sourceSpec });
@@ -143,7 +122,7 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
     const now = new Date().toISOString();
     for (const child of children) {
       child.spec = { ...child.spec, disks: prepared.disks.children[child.id] ?? [] };
-      const record: VmRecord = { id: child.id, name: child.name, state: 'starting', stateReason: `forked from ${source.name}`, spec: child.spec, runtime: null, createdAt: now, updatedAt: now };
+      const record: VmRecord = { id: child.id, name: child.name, state: 'starting', stateReason: `forked from ${source.name}`, hostId: source.hostId, spec: child.spec, runtime: null, createdAt: now, updatedAt: now };
       await deps.inventory.insertVm(record);
       // Its disks may still be flattened: nothing else may rewrite its spec until the fork ends.
       await deps.states.claimBusy(child.id, `being forked from ${source.name}`, 'use');
@@ -153,7 +132,7 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
     const runningAt = new Map<string, number>();
     const startChild = async (child: ChildPlan, i: number) => {
       await deps.faults?.(`fork.start-child:${i + 1}`);
-      const runtime = await deps.agent.completeForkChild(forkId, child.id);
+      const runtime = await deps.agent.completeForkChild({ forkId, childId: child.id });
       runningAt.set(child.id, performance.now() - t0);
       const { moved, vm } = await deps.states.settle(child.id, ['starting'], sw.wasRunning ? 'running' : 'paused', `forked from ${source.name}`, { runtime });
       if (!moved) throw new Error(`child ${child.name} became ${vm.state} while it was starting`);
@@ -197,7 +176,7 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
     const flattenErrors: string[] = [];
     for (const stream of prepared.disks.streams) {
       try {
-        await deps.agent.streamDisk(stream.vmId, stream.diskId, stream.base);
+        await runOperation(deps.agent, 'streamDisk', { vmId: stream.vmId, diskId: stream.diskId, base: stream.base });
         // Under the VM's lock, on its current spec: the disk now points at the base's parent.
         await deps.states.updateSpec(stream.vmId, (spec) => ({ ...spec, disks: spec.disks.map((d) => (d.id === stream.diskId && d.backing[1] === stream.base ? { ...d, backing: d.backing.slice(1) } : d)) }));
       } catch (err) {
@@ -207,9 +186,9 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
     }
 
     for (const id of busyChildren) deps.states.release(id);
-    await deps.agent.finishFork(forkId).catch((err: unknown) => deps.logger.warn({ err }, 'fork clean-up failed'));
+    await deps.agent.finishFork({ forkId }).catch((err: unknown) => deps.logger.warn({ err }, 'fork clean-up failed'));
     unpinPrepared(deps.pins, prepared);
-    await deps.collectGarbage().catch((err: unknown) => deps.logger.warn({ err }, 'garbage collection after a fork failed'));
+    await deps.collectGarbage(source.hostId).catch((err: unknown) => deps.logger.warn({ err }, 'garbage collection after a fork failed'));
     return {
       forkId,
       source: { name: source.name, id: source.id, pid: sw.runtime.pid },
@@ -231,10 +210,10 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
     deps.logger.warn({ vm: source.name, step, err: (err as Error).message }, 'fork failed; rolling back');
     for (const id of busyChildren) deps.states.release(id);
     for (const child of children) await removeChild(deps, child);
-    await deps.agent.abortFork(forkId).catch((e: unknown) => deps.logger.error({ err: e }, 'cannot abort the fork on the host'));
+    await deps.agent.abortFork({ forkId }).catch((e: unknown) => deps.logger.error({ err: e }, 'cannot abort the fork on the host'));
     if (!switched) await settleUnswitched(deps, source.id, 'forking', err, 'fork');
     unpinPrepared(deps.pins, prepared);
-    await deps.collectGarbage().catch(() => undefined);
+    await deps.collectGarbage(source.hostId).catch(() => undefined);
     throw err instanceof ForkFailedError ? err : new ForkFailedError(source.name, step, err);
   }
 }

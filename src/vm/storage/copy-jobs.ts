@@ -1,6 +1,6 @@
 // Copy jobs: every copy of disk files (full clone, pool refill, disk move) is
-// a persisted job that runs its files one after another in worker processes
-// (src/agent copy-runner). Progress is recorded by the worker beside each
+// a persisted job that runs its files one after another as copy operations of
+// the agent on the job's host (a worker process each there). Progress is recorded by the worker beside each
 // target (which chunks are done), and summarised here in the inventory.
 // pause = stop the worker after its chunk in flight; resume = a new worker
 // goes on from the progress file (the hand-over: any process, later any host,
@@ -10,7 +10,9 @@
 // to the handler registered for its purpose.
 import { randomBytes } from 'node:crypto';
 import { NotFoundError, toOffshootError } from '../../common/index.ts';
+import { runOperation } from '../../protocol/index.ts';
 import type { StorageDeps } from './deps.ts';
+import { agentOn } from './deps.ts';
 import { CopyJobStateError } from './errors.ts';
 import type { CopyFile, CopyJobProgress, CopyJobRecord, CopyPurpose } from './records.ts';
 
@@ -44,13 +46,15 @@ export class CopyJobs {
     return this.deps.storageInventory.listCopyJobs();
   }
 
-  async submit(purpose: CopyPurpose, datastore: string, files: CopyFile[]): Promise<CopyJobRecord> {
+  async submit(purpose: CopyPurpose, datastore: string, hostId: string, files: CopyFile[]): Promise<CopyJobRecord> {
     const now = new Date().toISOString();
     const job: CopyJobRecord = {
       id: `job-${randomBytes(5).toString('hex')}`,
       purpose,
       state: 'queued',
       datastore,
+      hostId,
+      history: [],
       files,
       progress: { fileIndex: 0, bytesDone: 0, bytesTotal: 0, chunksDone: 0, chunksTotal: 0, chunksCopied: 0, workers: 0 },
       error: null,
@@ -96,7 +100,7 @@ export class CopyJobs {
       run.abort.abort();
       await run.done;
     }
-    for (const file of job.files) await this.deps.storage.cancelCopy(file.target);
+    for (const file of job.files) await agentOn(this.deps, job.hostId).discardCopy({ target: file.target });
     const cancelled = await this.update(id, { state: 'cancelled' });
     await this.handlers.get(job.purpose.kind)?.abandoned(cancelled).catch((err: unknown) => this.deps.logger.error({ err, jobId: id }, 'cannot clean up after a cancelled copy job'));
     return cancelled;
@@ -146,17 +150,23 @@ export class CopyJobs {
         job = await this.update(id, { progress });
         await this.deps.faults?.('copy.file');
         let lastWrite = 0;
-        const result = await this.deps.storage.runCopy(
+        const result = await runOperation(
+          agentOn(this.deps, job.hostId),
+          'copyFile',
           { source: file.source, target: file.target, ...this.deps.copy },
-          (p) => {
-            progress = { ...progress, bytesDone: p.bytesDone, bytesTotal: p.bytesTotal, chunksDone: p.chunksDone, chunksTotal: p.chunksTotal };
-            if (Date.now() - lastWrite < PROGRESS_WRITE_MS) return;
-            lastWrite = Date.now();
-            void this.update(id, { progress }).catch(() => undefined);
+          {
+            signal,
+            onProgress: (e) => {
+              const p = (e.data ?? {}) as { bytesDone?: number; bytesTotal?: number; chunksDone?: number; chunksTotal?: number };
+              progress = { ...progress, bytesDone: p.bytesDone ?? progress.bytesDone, bytesTotal: p.bytesTotal ?? progress.bytesTotal, chunksDone: p.chunksDone ?? progress.chunksDone, chunksTotal: p.chunksTotal ?? progress.chunksTotal };
+              if (Date.now() - lastWrite < PROGRESS_WRITE_MS) return;
+              lastWrite = Date.now();
+              void this.update(id, { progress }).catch(() => undefined);
+            },
           },
-          signal,
         );
         progress = { ...progress, chunksCopied: progress.chunksCopied + result.chunksCopied };
+        job = await this.update(id, { history: [...job.history, { hostId: job.hostId, at: new Date().toISOString(), chunksCopied: result.chunksCopied }] });
         this.deps.logger.info({ jobId: id, file: file.target, state: result.state, chunksCopied: result.chunksCopied, chunksSkipped: result.chunksSkipped, bytes: result.bytesCopied, workerMs: Math.round(result.elapsedMs) }, 'copy worker ended');
         if (result.state === 'stopped') {
           const reason = why();
@@ -173,7 +183,7 @@ export class CopyJobs {
       return await this.update(id, { state: 'failed', error: error.toJSON() });
     } finally {
       // Pools keep their sources pinned for as long as they exist.
-      const pooled = new Set((await this.deps.storageInventory.listPools()).flatMap((pool) => pool.sourceFiles.flatMap((s) => s.chain.map((c) => c.path))));
+      const pooled = new Set((await this.deps.storageInventory.listPools()).flatMap((pool) => pool.sourceFiles.flatMap((s) => s.chain.map((c) => c.file))));
       for (const p of pins) if (!pooled.has(p)) this.deps.engine.pins.delete(p);
     }
   }

@@ -9,3 +9,4 @@ export type * from './records.ts';
 export { COPY_JOB_STATES, isCopyJobState, isCopyJobDone } from './records.ts';
 export * from './requests.ts';
 export * from './errors.ts';
+export { newDatastoreId, datastoreFile } from './catalog.ts';

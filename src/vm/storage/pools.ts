@@ -9,14 +9,14 @@
 // is in the inventory and survives a restart; the frozen source files stay
 // pinned against garbage collection while the pool exists.
 import { randomBytes } from 'node:crypto';
-import { join } from 'node:path';
-import { NotFoundError } from '../../common/index.ts';
-import type { FrozenDisk } from '../../agent/index.ts';
+import { NotFoundError, OffshootError } from '../../common/index.ts';
+import type { FrozenDisk } from '../../protocol/index.ts';
 import { parseRequest } from '../requests.ts';
 import type { Catalog } from './catalog.ts';
-import { frozenChainRecords, newDiskId } from './catalog.ts';
+import { datastoreFile, frozenChainRecords, newDiskId } from './catalog.ts';
 import type { CopyJobs } from './copy-jobs.ts';
 import type { StorageDeps } from './deps.ts';
+import { agentOn } from './deps.ts';
 import { freezeVmDisks } from './freeze.ts';
 import type { CopyFile, CopyJobRecord, DiskRecord, PoolRecord, PoolSlot } from './records.ts';
 import { createPoolRequestSchema, resizePoolRequestSchema } from './requests.ts';
@@ -56,11 +56,13 @@ export class Pools {
     const request = parseRequest('pool', createPoolRequestSchema, input);
     const ds = await this.catalog.datastore(request.datastore);
     const source = await this.deps.engine.resolve(request.vm);
+    if (!ds.hosts.some((h) => h.hostId === source.hostId)) throw new OffshootError('INVALID_INPUT', `datastore ${ds.name} is not on the host of ${source.name}; a pool copies there from the VM's host`, { datastore: ds.name }, 400);
     const { frozen } = await freezeVmDisks(this.deps, source.id, 'create a pool of');
     const now = new Date().toISOString();
     const pool: PoolRecord = {
       id: `pool-${randomBytes(5).toString('hex')}`,
       name: request.name,
+      hostId: source.hostId,
       sourceVmId: source.id,
       sourceVmName: source.name,
       datastore: ds.name,
@@ -126,13 +128,12 @@ export class Pools {
       if (!slot) return null;
       const ds = await this.catalog.datastore(datastore);
       // slot.disks are in the order of the source chains (see fill).
-      const sources = current.sourceFiles.flatMap((s) => s.chain.map((c) => c.path));
-      const files: CopyFile[] = slot.disks.map((d, i) => ({ source: sources[i] as string, target: join(ds.path, 'disks', `${d.id}.${d.format}`), disk: d }));
-      for (const [i, f] of files.entries()) await this.deps.storage.moveFile((slot.disks[i] as DiskRecord).path, f.target);
+      const sources = current.sourceFiles.flatMap((s) => s.chain.map((c) => c.file));
+      const files: CopyFile[] = slot.disks.map((d, i) => ({ source: sources[i] as string, target: datastoreFile(ds.id, 'disks', `${d.id}.${d.format}`), disk: d }));
+      // One call: the slot's files move into the datastore's disks (renames, relinked by name when filled) and the slot folder goes.
+      await agentOn(this.deps, current.hostId).takePoolSlot({ datastoreId: ds.id, poolId: current.id, slotId: slot.id, disks: files.map((f, i) => ({ from: (slot.disks[i] as DiskRecord).file, to: f.target })) });
       await this.deps.storageInventory.updatePool(current.id, { slots: current.slots.filter((s) => s.id !== slot.id) });
-      // Relinked by name when the slot was filled: the renamed set needs nothing more.
-      const registered = await this.catalog.registerCopies(files, false);
-      await this.deps.storage.removeFolder(this.slotDir(ds.path, current.id, slot.id));
+      const registered = await this.catalog.registerCopies(files, current.hostId, false);
       // registerCopies keeps the order of slot.disks: each source disk's chain, top first.
       const tops = new Map<string, DiskRecord[]>();
       let next = 0;
@@ -145,9 +146,7 @@ export class Pools {
     });
   }
 
-  private slotDir(datastorePath: string, poolId: string, slotId: string): string {
-    return join(datastorePath, 'pools', poolId, slotId);
-  }
+
 
 
 
@@ -163,20 +162,19 @@ export class Pools {
     }
     while (pool.slots.length < pool.size) {
       const slotId = `slot-${randomBytes(4).toString('hex')}`;
-      const dir = this.slotDir(ds.path, pool.id, slotId);
       const files: CopyFile[] = [];
       const disks: DiskRecord[] = [];
       for (const source of pool.sourceFiles) {
         const ids = source.chain.map(() => newDiskId());
         source.chain.forEach((c, i) => {
-          const disk: DiskRecord = { ...c, id: ids[i] as string, name: ids[i] as string, parentId: ids[i + 1] ?? null, datastore: ds.name, path: join(dir, `${ids[i]}.${c.format}`) };
+          const disk: DiskRecord = { ...c, id: ids[i] as string, name: ids[i] as string, parentId: ids[i + 1] ?? null, datastore: ds.name, file: datastoreFile(ds.id, 'pools', pool.id, slotId, `${ids[i]}.${c.format}`) };
           disks.push(disk);
-          files.push({ source: c.path, target: disk.path, disk });
+          files.push({ source: c.file, target: disk.file, disk });
         });
       }
       const slot: PoolSlot = { id: slotId, state: 'filling', jobId: null, disks };
       pool = await this.deps.storageInventory.updatePool(pool.id, { slots: [...pool.slots, slot] });
-      const job = await this.jobs.submit({ kind: 'pool', poolId: pool.id, slot: slotId }, ds.name, files);
+      const job = await this.jobs.submit({ kind: 'pool', poolId: pool.id, slot: slotId }, ds.name, pool.hostId, files);
       pool = await this.deps.storageInventory.updatePool(pool.id, { slots: pool.slots.map((s) => (s.id === slotId ? { ...s, jobId: job.id } : s)) });
     }
     return pool;
@@ -187,10 +185,10 @@ export class Pools {
     const { poolId, slot } = job.purpose;
     const pool = await this.deps.storageInventory.getPool(poolId);
     if (!pool?.slots.some((s) => s.id === slot)) {
-      for (const f of job.files) await this.deps.storage.removeDisk(f.target);
+      for (const f of job.files) await agentOn(this.deps, job.hostId).removeDisk({ file: f.target });
       return;
     }
-    await this.catalog.relinkCopies(job.files);
+    await this.catalog.relinkCopies(job.files, job.hostId);
     await this.deps.storageInventory.updatePool(poolId, { slots: pool.slots.map((s) => (s.id === slot ? { ...s, state: 'ready' as const } : s)) });
   }
 
@@ -215,8 +213,9 @@ export class Pools {
           const job = await this.jobs.get(slot.jobId).catch(() => undefined);
           if (job && job.state !== 'succeeded' && job.state !== 'cancelled') await this.jobs.cancel(slot.jobId).catch((err: unknown) => this.deps.logger.warn({ err, jobId: slot.jobId }, 'cannot cancel a pool copy'));
         }
-        for (const disk of slot.disks) await this.deps.storage.removeDisk(disk.path);
-        if (ds) await this.deps.storage.removeFolder(this.slotDir(ds.path, pool.id, slot.id));
+        const agent = agentOn(this.deps, pool.hostId);
+        for (const disk of slot.disks) await agent.removeDisk({ file: disk.file });
+        if (ds) await agent.removePoolSlot({ datastoreId: ds.id, poolId: pool.id, slotId: slot.id });
       }
     };
   }
@@ -227,10 +226,10 @@ export class Pools {
 
 
   private pin(pool: PoolRecord): void {
-    for (const s of pool.sourceFiles) for (const c of s.chain) this.deps.engine.pins.add(c.path);
+    for (const s of pool.sourceFiles) for (const c of s.chain) this.deps.engine.pins.add(c.file);
   }
 
   private unpin(pool: PoolRecord): void {
-    for (const s of pool.sourceFiles) for (const c of s.chain) this.deps.engine.pins.delete(c.path);
+    for (const s of pool.sourceFiles) for (const c of s.chain) this.deps.engine.pins.delete(c.file);
   }
 }

@@ -3,11 +3,22 @@
 // StorageInventory (src/store). The files (sidecars, progress files) stay the
 // truth for what is on a datastore; these records are the daemon's index.
 
-import type { VmSpec } from '../../agent/index.ts';
+import type { Locator, VmSpec } from '../../protocol/index.ts';
 
-export interface DatastoreRecord {
-  name: string;
+/** A host that sees a datastore, and where the folder is on it. */
+export interface DatastoreHost {
+  hostId: string;
   path: string;
+}
+
+/**
+ * A folder of disks. Local to one host, or shared by several that each see the same folder (perhaps at
+ * another path): its files have the same references (`ds.<id>:…`) on every host in `hosts`.
+ */
+export interface DatastoreRecord {
+  id: string;
+  name: string;
+  hosts: DatastoreHost[];
   createdAt: string;
 }
 
@@ -15,7 +26,8 @@ export interface DiskRecord {
   id: string;
   name: string;
   datastore: string;
-  path: string;
+  /** The file, by reference (valid on every host that sees the datastore). */
+  file: Locator;
   format: 'qcow2' | 'raw';
   contentId: string;
   /** The disk this one is a delta over (same datastore), or null. */
@@ -36,10 +48,10 @@ export function isCopyJobDone(state: CopyJobState): boolean {
   return state === 'succeeded' || state === 'failed' || state === 'cancelled';
 }
 
-/** One file of a copy job: copied byte-exact from source to target. */
+/** One file of a copy job: copied byte-exact from source to target (references on the job's host). */
 export interface CopyFile {
-  source: string;
-  target: string;
+  source: Locator;
+  target: Locator;
   /** The sidecar the target gets when the job succeeds. */
   disk: DiskRecord;
 }
@@ -63,6 +75,10 @@ export interface CopyJobRecord {
   purpose: CopyPurpose;
   state: CopyJobState;
   datastore: string;
+  /** The host whose agent copies (it sees the sources and the target datastore). */
+  hostId: string;
+  /** Every host that copied part of the job, in order (a job handed over shows more than one). */
+  history: Array<{ hostId: string; at: string; chunksCopied: number }>;
   files: CopyFile[];
   progress: CopyJobProgress;
   error: { code: string; message: string; details: Record<string, unknown> } | null;
@@ -83,6 +99,8 @@ export interface PoolSlot {
 export interface PoolRecord {
   id: string;
   name: string;
+  /** The host of the source VM, whose frozen files the copies are made from. */
+  hostId: string;
   sourceVmId: string;
   sourceVmName: string;
   datastore: string;
@@ -98,6 +116,7 @@ export interface PoolRecord {
 
 export interface StorageInventory {
   insertDatastore(ds: DatastoreRecord): Promise<void>;
+  updateDatastore(name: string, patch: Partial<Pick<DatastoreRecord, 'hosts' | 'id'>>): Promise<DatastoreRecord>;
   deleteDatastore(name: string): Promise<void>;
   getDatastore(name: string): Promise<DatastoreRecord | undefined>;
   listDatastores(): Promise<DatastoreRecord[]>;

@@ -23,9 +23,11 @@ const size = z.union([z.string().max(32), z.number().int().positive()]).transfor
   return bytes;
 });
 
-export const addDatastoreRequestSchema = z.object({ name, path: absolutePath }).strict();
+const hostRef = z.string().min(1).max(128);
+export const addDatastoreRequestSchema = z.object({ name, path: absolutePath, host: hostRef.optional().describe("the host whose folder it is (default: the controller's own)") }).strict();
+export const attachDatastoreRequestSchema = z.object({ host: hostRef, path: absolutePath.optional().describe('where the host sees the folder (default: the same path)') }).strict();
 export const createDiskRequestSchema = z.object({ datastore: name, name, size, format: z.enum(['qcow2', 'raw']).default('qcow2') }).strict();
-export const importDiskRequestSchema = z.object({ datastore: name, name, source: absolutePath, format: z.enum(['qcow2', 'raw']).default('qcow2') }).strict();
+export const importDiskRequestSchema = z.object({ datastore: name, name, source: absolutePath, format: z.enum(['qcow2', 'raw']).default('qcow2'), host: hostRef.optional().describe('the host the source file is on (default: a host of the datastore)') }).strict();
 export const resizeDiskRequestSchema = z.object({ size }).strict();
 export const moveDiskRequestSchema = z.object({ datastore: name }).strict();
 export const verifyDiskRequestSchema = z.object({ against: z.string().min(1).max(200).optional() }).strict();

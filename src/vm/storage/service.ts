@@ -3,14 +3,14 @@
 // it). Each concern lives in its own module (catalog, clone, pools,
 // copy-jobs); this façade wires them, adds disk move and online flatten, and
 // recovers after a daemon restart (jobs resume, pool pins come back).
-import { join } from 'node:path';
 import { IllegalStateError, OffshootError } from '../../common/index.ts';
 import type { TaskRecord, VmRecord } from '../records.ts';
 import { parseRequest } from '../requests.ts';
-import { Catalog, diskMeta, newDiskId } from './catalog.ts';
+import { Catalog, datastoreFile, diskMeta, newDiskId } from './catalog.ts';
 import { Cloner } from './clone.ts';
 import { CopyJobs } from './copy-jobs.ts';
 import type { StorageDeps } from './deps.ts';
+import { agentOn, datastoreHost } from './deps.ts';
 import { DiskInUseError } from './errors.ts';
 import { Pools } from './pools.ts';
 import { streamChainsIntoDisks } from './stream.ts';
@@ -32,6 +32,15 @@ export class StorageService {
       succeeded: (job) => this.finishMove(job),
       abandoned: async () => undefined,
     });
+    deps.engine.fleet.listen({ hostAdded: (host) => void this.catalog.ensureDefaultDatastore(host).catch((err: unknown) => deps.logger.warn({ err, host: host.name }, 'cannot make the default datastore of a host')) });
+  }
+
+  /** Every reachable host has its own default datastore (HOST-local), so a full clone needs no --datastore. */
+  async ensureDefaultDatastores(): Promise<void> {
+    for (const host of this.deps.engine.fleet.hosts()) {
+      if (host.state === 'unreachable') continue;
+      await this.catalog.ensureDefaultDatastore(host).catch((err: unknown) => this.deps.logger.warn({ err, host: host.name }, 'cannot make the default datastore of a host'));
+    }
   }
 
   /** After a restart, before the engine's recovery (and its garbage collection): pins what pools and unfinished jobs read. */
@@ -62,9 +71,13 @@ export class StorageService {
     const users = await this.catalog.usersOf(disk);
     if (users.length) throw new DiskInUseError(`${disk.datastore}/${disk.name}`, users);
     if (disk.parentId) throw new OffshootError('DISK_HAS_PARENT', `disk ${disk.datastore}/${disk.name} is a delta over another disk; flatten it or move its chain`, { disk: disk.id }, 409);
+    // The copy runs on a host that sees both datastores.
+    const from = await this.catalog.datastore(disk.datastore);
+    const host = from.hosts.find((h) => target.hosts.some((t) => t.hostId === h.hostId));
+    if (!host) throw new OffshootError('INVALID_INPUT', `no host sees both datastore ${from.name} and datastore ${target.name}`, { from: from.name, to: target.name }, 400);
     const id = newDiskId();
-    const moved = { ...disk, id, datastore: target.name, path: join(target.path, 'disks', `${id}.${disk.format}`) };
-    return this.jobs.submit({ kind: 'move', diskId: disk.id }, target.name, [{ source: disk.path, target: moved.path, disk: moved }]);
+    const moved = { ...disk, id, datastore: target.name, file: datastoreFile(target.id, 'disks', `${id}.${disk.format}`) };
+    return this.jobs.submit({ kind: 'move', diskId: disk.id }, target.name, datastoreHost(this.deps, target, host.hostId), [{ source: disk.file, target: moved.file, disk: moved }]);
   }
 
   private async finishMove(job: CopyJobRecord): Promise<void> {
@@ -72,7 +85,7 @@ export class StorageService {
     const old = await this.catalog.resolveDisk(job.purpose.diskId);
     const file = job.files[0];
     if (!file) return;
-    await this.catalog.registerCopies([{ ...file, disk: { ...file.disk, name: old.name, contentId: old.contentId } }]);
+    await this.catalog.registerCopies([{ ...file, disk: { ...file.disk, name: old.name, contentId: old.contentId } }], job.hostId);
     await this.catalog.deleteDisk(old.id, job.id);
   }
 
@@ -83,26 +96,28 @@ export class StorageService {
   async attachDisk(vmRef: string, input: unknown): Promise<VmRecord> {
     const { disk: ref } = parseRequest('attach request', attachDiskRequestSchema, input);
     const disk = await this.catalog.resolveDisk(ref);
-    const chain = [disk.path];
+    const chain = [disk.file];
     for (let parent = disk.parentId; parent; ) {
       const p = await this.catalog.resolveDisk(parent);
-      chain.push(p.path);
+      chain.push(p.file);
       parent = p.parentId;
     }
+    const ds = await this.catalog.datastore(disk.datastore);
     const { id } = await this.deps.engine.resolve(vmRef);
     return this.deps.engine.states.whenIdle(id, 'attach a disk to', async (vm) => {
       if (vm.state !== 'created' && vm.state !== 'stopped') throw new IllegalStateError(`VM "${vm.name}"`, vm.state, ['created', 'stopped'], 'attach a disk to');
+      if (!ds.hosts.some((h) => h.hostId === vm.hostId)) throw new OffshootError('INVALID_INPUT', `datastore ${ds.name} is not on the host of VM ${vm.name}`, { datastore: ds.name, vm: vm.name }, 400);
+      const agent = agentOn(this.deps, vm.hostId);
       const used = new Set(vm.spec.disks.map((d) => d.id));
       let n = vm.spec.disks.length;
       while (used.has(`disk${n}`)) n++;
       const diskId = `disk${n}`;
       if (!disk.readOnly) {
         const frozen = await this.deps.storageInventory.updateDisk(disk.id, { readOnly: true });
-        await this.deps.storage.writeDiskMeta(frozen.path, diskMeta(frozen));
+        await agent.writeDiskMeta({ file: frozen.file, meta: diskMeta(frozen) });
       }
-      const delta = join(this.deps.vmsDir, vm.id, `${diskId}.qcow2`);
-      await this.deps.storage.createDelta(delta, { path: disk.path, format: disk.format });
-      return this.deps.inventory.updateVm(vm.id, { spec: { ...vm.spec, disks: [...vm.spec.disks, { id: diskId, path: delta, format: 'qcow2', readOnly: false, owned: true, backing: chain }] } });
+      const { file } = await agent.createDelta({ vmId: vm.id, diskId, backing: { file: disk.file, format: disk.format } });
+      return this.deps.inventory.updateVm(vm.id, { spec: { ...vm.spec, disks: [...vm.spec.disks, { id: diskId, file, format: 'qcow2', readOnly: false, owned: true, backing: chain }] } });
     });
   }
 
@@ -119,7 +134,7 @@ export class StorageService {
     try {
       return await this.deps.engine.tasks.start('disk.flatten', vm, async (ctx) => {
         try {
-          const { releasedBases } = await streamChainsIntoDisks(this.deps, vm.id, disks.map((d) => d.id), ctx, 'flattening');
+          const { releasedBases } = await streamChainsIntoDisks(this.deps, vm, disks.map((d) => d.id), ctx, 'flattening');
           return { flattened: disks.map((d) => d.id), releasedBases };
         } finally {
           this.deps.engine.states.release(vm.id);

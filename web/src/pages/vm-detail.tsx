@@ -134,7 +134,7 @@ export function VmDetailPage({ name }: { name: string }) {
                   <span class="muted">chain depth {disk.backing.length + 1}</span>
                 </p>
                 <ol class="chain" aria-label={`backing chain of ${disk.id}, top first`}>
-                  {[disk.path, ...disk.backing].map((path, i) => (
+                  {[disk.file, ...disk.backing].map((path, i) => (
                     <li key={path}>
                       <code>{path}</code> {i === 0 ? <span class="muted">(top, writes go here)</span> : i === disk.backing.length ? <span class="muted">(base)</span> : null}
                     </li>

@@ -1,0 +1,239 @@
+// The QMP steps of a live migration between two QEMU 7.2 processes, in the
+// order libvirt uses them (checked on this machine, see DESIGN.md "Migration
+// facts"). Destination: started with `-incoming defer` and `-S`;
+// capabilities events, late-block-activate (disks stay inactive until the
+// guest is started) and postcopy-ram when allowed; an NBD server on the
+// operation's address with a writable export per copied disk; then
+// migrate-incoming. Source: an NBD client node per copied disk and a
+// write-blocking blockdev-mirror into it (so a busy disk converges), then
+// migrate with pause-before-switchover: at `pre-switchover` the guest is
+// already stopped, the mirrors are completed (block-job-cancel of a READY
+// mirror leaves the target equal to the source), and migrate-continue lets
+// QEMU send the last pages and the device state.
+//
+// Facts of QEMU 7.2 these steps depend on: multifd cannot be used with
+// postcopy; `switchover-ack`, dirty-limit and block-job-change do not exist;
+// copy-mode is chosen when the mirror starts; query-migrate right after
+// `completed` may report zero times (query again); the NBD server address
+// takes the nested {type, data} form with the port as a string.
+import { OffshootError, sleep } from '../../common/index.ts';
+import type { QmpClient } from '../../qemu/index.ts';
+
+export interface TlsCredential {
+  /** The QOM id of a tls-creds-psk object already added on this QEMU. */
+  objectId: string;
+}
+
+export interface MigrationTuning {
+  maxBandwidthBytesPerSecond: number;
+  downtimeLimitMs: number;
+  postcopy: boolean;
+  autoConverge: boolean;
+  /** Channels for multifd (1 = off); ignored with postcopy. */
+  multifdChannels: number;
+  tls: TlsCredential | null;
+}
+
+export interface MigrateStats {
+  status: string;
+  /** Dirty-sync count: how many passes over memory QEMU has made. */
+  passes: number;
+  remainingBytes: number;
+  transferredBytes: number;
+  totalBytes: number;
+  dirtyPagesRate: number;
+  pageSize: number;
+  mbps: number;
+  expectedDowntimeMs: number | null;
+  downtimeMs: number | null;
+  totalTimeMs: number | null;
+  setupTimeMs: number | null;
+  postcopyRequests: number;
+  errorDesc: string | null;
+}
+
+interface QueryMigrate {
+  status?: string;
+  'total-time'?: number;
+  'setup-time'?: number;
+  downtime?: number;
+  'expected-downtime'?: number;
+  'error-desc'?: string;
+  'postcopy-requests'?: number;
+  ram?: { transferred?: number; remaining?: number; total?: number; 'dirty-sync-count'?: number; 'dirty-pages-rate'?: number; 'page-size'?: number; mbps?: number; 'postcopy-requests'?: number };
+}
+
+export class LiveMigrationError extends OffshootError {
+  constructor(step: string, message: string, details: Record<string, unknown> = {}) {
+    super('MIGRATION_FAILED', `live migration failed at ${step}: ${message}`, { step, ...details }, 500);
+  }
+}
+
+async function caps(qmp: QmpClient, list: Record<string, boolean>): Promise<void> {
+  await qmp.execute('migrate-set-capabilities', { capabilities: Object.entries(list).map(([capability, state]) => ({ capability, state })) });
+}
+
+/** Capabilities and parameters on the source. */
+export async function configureSource(qmp: QmpClient, tuning: MigrationTuning): Promise<void> {
+  const multifd = !tuning.postcopy && tuning.multifdChannels > 1;
+  await caps(qmp, {
+    events: true,
+    'pause-before-switchover': true,
+    'postcopy-ram': tuning.postcopy,
+    'return-path': tuning.postcopy,
+    'auto-converge': tuning.autoConverge,
+    multifd,
+    'x-ignore-shared': false,
+  });
+  await qmp.execute('migrate-set-parameters', {
+    'max-bandwidth': Math.round(tuning.maxBandwidthBytesPerSecond),
+    'downtime-limit': Math.round(tuning.downtimeLimitMs),
+    ...(multifd ? { 'multifd-channels': tuning.multifdChannels } : {}),
+    ...(tuning.autoConverge ? { 'cpu-throttle-initial': 20, 'cpu-throttle-increment': 10, 'cpu-throttle-tailslow': true } : {}),
+    'tls-creds': tuning.tls?.objectId ?? '',
+  });
+}
+
+/** Capabilities and parameters on the destination (they must match the source's). */
+export async function configureDestination(qmp: QmpClient, tuning: MigrationTuning): Promise<void> {
+  const multifd = !tuning.postcopy && tuning.multifdChannels > 1;
+  await caps(qmp, { events: true, 'late-block-activate': true, 'postcopy-ram': tuning.postcopy, 'return-path': tuning.postcopy, multifd, 'x-ignore-shared': false });
+  await qmp.execute('migrate-set-parameters', { ...(multifd ? { 'multifd-channels': tuning.multifdChannels } : {}), 'tls-creds': tuning.tls?.objectId ?? '' });
+}
+
+/** Adds a tls-creds-psk object (the key folder holds keys.psk; the server reads it at each handshake). */
+export async function addPskCredential(qmp: QmpClient, objectId: string, dir: string, endpoint: 'server' | 'client', username: string): Promise<TlsCredential> {
+  await qmp.execute('object-add', { 'qom-type': 'tls-creds-psk', id: objectId, dir, endpoint, ...(endpoint === 'client' ? { username } : {}) });
+  return { objectId };
+}
+
+/** Destination: an NBD server on the operation's address and a writable export of each disk node. */
+export async function exportDisks(qmp: QmpClient, address: { host: string; port: number }, nodes: string[], tls: TlsCredential | null): Promise<void> {
+  if (nodes.length === 0) return;
+  await qmp.execute('nbd-server-start', { addr: { type: 'inet', data: { host: address.host, port: String(address.port) } }, ...(tls ? { 'tls-creds': tls.objectId } : {}) });
+  for (const node of nodes) await qmp.execute('block-export-add', { type: 'nbd', id: `export-${node}`, 'node-name': node, name: node, writable: true });
+}
+
+/** Destination, after the switch-over: the exports and the server go (the guest owns its disks again). */
+export async function stopExports(qmp: QmpClient, nodes: string[]): Promise<void> {
+  if (nodes.length === 0) return;
+  for (const node of nodes) await qmp.execute('block-export-del', { id: `export-${node}` }).catch(() => undefined);
+  await qmp.execute('nbd-server-stop').catch(() => undefined);
+}
+
+/**
+ * Source: a write-blocking mirror of each disk node into the destination's export. `sync: top` copies
+ * only the top image (the destination already has the bases below it); `full` copies the whole chain
+ * into a standalone image. Resolves when every mirror is READY (in step; writes now go to both).
+ */
+export async function startMirrors(
+  qmp: QmpClient,
+  address: { host: string; port: number },
+  disks: Array<{ node: string; sync: 'top' | 'full' }>,
+  tls: TlsCredential | null,
+  options: { signal?: AbortSignal; onProgress?: (done: number, total: number) => void; timeoutMs?: number } = {},
+): Promise<void> {
+  if (disks.length === 0) return;
+  const ready = new Set<string>();
+  const events = qmp.events(['BLOCK_JOB_READY', 'BLOCK_JOB_COMPLETED', 'BLOCK_JOB_CANCELLED', 'BLOCK_JOB_ERROR']);
+  try {
+    for (const disk of disks) {
+      await qmp.execute('blockdev-add', { driver: 'nbd', 'node-name': `mirror-${disk.node}`, server: { type: 'inet', host: address.host, port: String(address.port) }, export: disk.node, ...(tls ? { 'tls-creds': tls.objectId } : {}) });
+      await qmp.execute('blockdev-mirror', { 'job-id': `mirror-${disk.node}`, device: disk.node, target: `mirror-${disk.node}`, sync: disk.sync, 'copy-mode': 'write-blocking', 'auto-finalize': true, 'auto-dismiss': true });
+    }
+    const deadline = Date.now() + (options.timeoutMs ?? 24 * 3600_000);
+    const poll = setInterval(() => void reportMirrorProgress(qmp, options.onProgress), 500);
+    try {
+      while (ready.size < disks.length) {
+        options.signal?.throwIfAborted();
+        if (Date.now() > deadline) throw new LiveMigrationError('disk mirror', 'the disks did not reach the destination in time');
+        const next = await Promise.race([events.next(), sleep(250).then(() => null)]);
+        if (!next || next.done) continue;
+        const data = next.value.data as { device?: string; error?: string } | undefined;
+        const device = data?.device ?? '';
+        if (!device.startsWith('mirror-')) continue;
+        if (next.value.event === 'BLOCK_JOB_READY') ready.add(device);
+        else throw new LiveMigrationError('disk mirror', `mirror ${device} ended before it was in step: ${data?.error ?? next.value.event}`, { device });
+      }
+    } finally {
+      clearInterval(poll);
+    }
+    await reportMirrorProgress(qmp, options.onProgress);
+  } finally {
+    events.close();
+  }
+}
+
+async function reportMirrorProgress(qmp: QmpClient, onProgress?: (done: number, total: number) => void): Promise<void> {
+  if (!onProgress) return;
+  const jobs = await qmp.execute<Array<{ id: string; 'current-progress': number; 'total-progress': number }>>('query-jobs').catch(() => []);
+  const mirrors = jobs.filter((j) => j.id.startsWith('mirror-'));
+  onProgress(
+    mirrors.reduce((s, j) => s + j['current-progress'], 0),
+    mirrors.reduce((s, j) => s + j['total-progress'], 0),
+  );
+}
+
+/** Mirrors in step, the guest stopped: cancelling a READY mirror completes it with the target equal to the source. */
+export async function completeMirrors(qmp: QmpClient, nodes: string[]): Promise<void> {
+  if (nodes.length === 0) return;
+  const done = new Set<string>();
+  const events = qmp.events(['BLOCK_JOB_COMPLETED', 'BLOCK_JOB_CANCELLED']);
+  try {
+    for (const node of nodes) await qmp.execute('block-job-cancel', { device: `mirror-${node}` });
+    const deadline = Date.now() + 30_000;
+    while (done.size < nodes.length) {
+      if (Date.now() > deadline) throw new LiveMigrationError('disk mirror completion', 'the mirrors did not complete in 30 s');
+      const next = await Promise.race([events.next(), sleep(250).then(() => null)]);
+      if (!next || next.done) continue;
+      const data = next.value.data as { device?: string; error?: string } | undefined;
+      if (data?.error) throw new LiveMigrationError('disk mirror completion', data.error, { device: data.device });
+      if (data?.device?.startsWith('mirror-')) done.add(data.device);
+    }
+  } finally {
+    events.close();
+  }
+  for (const node of nodes) await qmp.execute('blockdev-del', { 'node-name': `mirror-${node}` }).catch(() => undefined);
+}
+
+/** Stops mirrors that are still running (a cancelled migration) and drops their NBD client nodes. */
+export async function abandonMirrors(qmp: QmpClient, nodes: string[]): Promise<void> {
+  for (const node of nodes) await qmp.execute('block-job-cancel', { device: `mirror-${node}`, force: true }).catch(() => undefined);
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline) {
+    const jobs = await qmp.execute<Array<{ id: string }>>('query-jobs').catch(() => []);
+    if (!jobs.some((j) => j.id.startsWith('mirror-'))) break;
+    await sleep(50);
+  }
+  for (const node of nodes) await qmp.execute('blockdev-del', { 'node-name': `mirror-${node}` }).catch(() => undefined);
+}
+
+export async function queryMigrate(qmp: QmpClient): Promise<MigrateStats> {
+  const q = await qmp.execute<QueryMigrate>('query-migrate');
+  return {
+    status: q.status ?? 'none',
+    passes: q.ram?.['dirty-sync-count'] ?? 0,
+    remainingBytes: q.ram?.remaining ?? 0,
+    transferredBytes: q.ram?.transferred ?? 0,
+    totalBytes: q.ram?.total ?? 0,
+    dirtyPagesRate: q.ram?.['dirty-pages-rate'] ?? 0,
+    pageSize: q.ram?.['page-size'] ?? 4096,
+    mbps: q.ram?.mbps ?? 0,
+    expectedDowntimeMs: q['expected-downtime'] ?? null,
+    downtimeMs: q.downtime ?? null,
+    totalTimeMs: q['total-time'] ?? null,
+    setupTimeMs: q['setup-time'] ?? null,
+    postcopyRequests: q.ram?.['postcopy-requests'] ?? q['postcopy-requests'] ?? 0,
+    errorDesc: q['error-desc'] ?? null,
+  };
+}
+
+/** The final figures of a completed migration (asked again while QEMU still reports zero times). */
+export async function finalStats(qmp: QmpClient): Promise<MigrateStats> {
+  let stats = await queryMigrate(qmp);
+  for (let i = 0; i < 10 && stats.status === 'completed' && !stats.totalTimeMs; i++) {
+    await sleep(20);
+    stats = await queryMigrate(qmp);
+  }
+  return stats;
+}
