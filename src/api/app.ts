@@ -17,6 +17,7 @@ import { mountEvents } from './events-route.ts';
 import { mountMetrics } from './metrics.ts';
 import type { DaemonMetrics } from './metrics.ts';
 import { errorResponses, hostSchema } from './schemas.ts';
+import { mobilityRoutes } from './mobility-routes.ts';
 import { storageRoutes } from './storage-routes.ts';
 import { taskRoutes } from './task-routes.ts';
 import { validationHook } from './validation.ts';
@@ -95,6 +96,7 @@ export function buildApp({ engine, storage, fleet, localHostInfo, token, verifyT
   app.route('/', vmRoutes(engine));
   app.route('/', taskRoutes(engine));
   app.route('/', storageRoutes(storage, engine));
+  app.route('/', mobilityRoutes(storage));
   mountEvents(app, engine);
   if (metrics) mountMetrics(app, metrics);
 

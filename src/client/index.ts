@@ -7,4 +7,5 @@ export { clientFromEnvironment, NoDaemonConfiguredError } from './environment.ts
 export { StorageClient } from './storage-client.ts';
 export type { VerifyResult } from './storage-client.ts';
 export { HostClient } from './host-client.ts';
+export { MobilityClient } from './mobility-client.ts';
 export type { HostListItem } from './host-client.ts';

@@ -30,6 +30,7 @@ export const createDiskRequestSchema = z.object({ datastore: name, name, size, f
 export const importDiskRequestSchema = z.object({ datastore: name, name, source: absolutePath, format: z.enum(['qcow2', 'raw']).default('qcow2'), host: hostRef.optional().describe('the host the source file is on (default: a host of the datastore)') }).strict();
 export const resizeDiskRequestSchema = z.object({ size }).strict();
 export const moveDiskRequestSchema = z.object({ datastore: name }).strict();
+export const moveJobRequestSchema = z.object({ to: hostRef.describe('the host that finishes the copy') }).strict();
 export const verifyDiskRequestSchema = z.object({ against: z.string().min(1).max(200).optional() }).strict();
 export const CLONE_MODES = ['linked', 'full', 'instant'] as const;
 export const cloneRequestSchema = z

@@ -1,8 +1,9 @@
 // The storage service: the one request handler for datastores, disks, clones,
 // pools and copy jobs under every front end (the REST API, the CLI through
 // it). Each concern lives in its own module (catalog, clone, pools,
-// copy-jobs); this façade wires them, adds disk move and online flatten, and
-// recovers after a daemon restart (jobs resume, pool pins come back).
+// copy-jobs, handover); this façade wires them, adds disk move and online
+// flatten, and recovers after a daemon restart (jobs resume, pool pins come
+// back). Drained and lost hosts hand their copy jobs over (handover.ts).
 import { IllegalStateError, OffshootError } from '../../common/index.ts';
 import type { TaskRecord, VmRecord } from '../records.ts';
 import { parseRequest } from '../requests.ts';
@@ -12,6 +13,7 @@ import { CopyJobs } from './copy-jobs.ts';
 import type { StorageDeps } from './deps.ts';
 import { agentOn, datastoreHost } from './deps.ts';
 import { DiskInUseError } from './errors.ts';
+import { JobHandover } from './handover.ts';
 import { Pools } from './pools.ts';
 import { streamChainsIntoDisks } from './stream.ts';
 import type { CopyJobRecord } from './records.ts';
@@ -22,12 +24,15 @@ export class StorageService {
   readonly jobs: CopyJobs;
   readonly pools: Pools;
   readonly cloner: Cloner;
+  readonly handover: JobHandover;
 
   constructor(private readonly deps: StorageDeps) {
     this.catalog = new Catalog(deps);
     this.jobs = new CopyJobs(deps);
     this.pools = new Pools(deps, this.catalog, this.jobs);
     this.cloner = new Cloner(deps, this.catalog, this.jobs, this.pools);
+    this.handover = new JobHandover(deps, this.catalog, this.jobs);
+    deps.engine.fleet.listen({ hostLost: (host) => this.handover.hostLost(host), hostAdminState: (host, previous) => this.handover.hostAdminState(host, previous) });
     this.jobs.handle('move', {
       succeeded: (job) => this.finishMove(job),
       abandoned: async () => undefined,
