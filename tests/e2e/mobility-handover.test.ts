@@ -8,6 +8,7 @@
 //   says what each host copied (lab2 less than the whole), and the target
 //   hashes equal to the source. A hand-over to a host that does not see the
 //   datastores is refused first, and the job goes on where it was;
+// - when lab1 is drained (`offshoot host drain lab1`), by itself;
 // - on host death (lab1's agent killed with SIGKILL mid-copy): once lab1
 //   missed its lease, the job goes on on lab2 from where lab1 got to.
 // Nothing of the lab is left afterwards.
@@ -17,7 +18,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RunningDaemon } from '../../src/api/index.ts';
 import { startDaemon } from '../../src/api/index.ts';
-import { StorageClient } from '../../src/client/index.ts';
+import { MobilityClient, StorageClient } from '../../src/client/index.ts';
 import { silentLogger } from '../../src/common/index.ts';
 import { labDown, labUp } from '../../src/lab/lab.ts';
 import type { UpResult } from '../../src/lab/lab.ts';
@@ -28,7 +29,7 @@ import type { TestHome } from '../harness.ts';
 const prefix = `omb${randomBytes(2).toString('hex').slice(0, 3)}`;
 const subnet = `10.214.${130 + ((randomBytes(1)[0] as number) % 40)}.0/24`;
 const MiB = 2 ** 20;
-const DISK_MIB = 48;
+const DISK_MIB = 64;
 
 async function sha256(path: string): Promise<string> {
   const hash = createHash('sha256');
@@ -73,8 +74,8 @@ describe('mobility: copy jobs handed between lab hosts', () => {
 
   beforeAll(async () => {
     t = makeTestHome();
-    // 6 MiB/s in 1 MiB chunks: a 48 MiB disk copies for about 8 s, long enough to hand it over mid-copy.
-    daemon = await startDaemon({ home: t.home, memoryDir: t.memoryDir, logger: silentLogger, hostHeartbeatMs: 300, hostLeaseMs: 2_000, copy: { chunkMiB: 1, maxMiBPerSecond: 6 } });
+    // 4 MiB/s in 1 MiB chunks: a 64 MiB disk copies for about 16 s, long enough to hand it over mid-copy.
+    daemon = await startDaemon({ home: t.home, memoryDir: t.memoryDir, logger: silentLogger, hostHeartbeatMs: 300, hostLeaseMs: 2_000, copy: { chunkMiB: 1, maxMiBPerSecond: 4 } });
     labDir = mkdtempSync(`/tmp/${prefix}-lab-`);
     shared = mkdtempSync(`/tmp/${prefix}-shared-`);
     for (const d of ['src', 'dst']) mkdirSync(join(shared, d), { mode: 0o700 });
@@ -102,9 +103,7 @@ describe('mobility: copy jobs handed between lab hosts', () => {
 
     // A host that does not see the datastores is refused before anything stops.
     const own = daemon.engine.fleet.hosts().find((h) => h.url.startsWith('local:'))?.name as string;
-    const refused = await t.cli(['job', 'move', job.id, '--to', own, '--json']);
-    expect(refused.code).toBe(1);
-    expect(JSON.parse(refused.stderr)).toMatchObject({ error: { code: 'HANDOVER_REFUSED' } });
+    await expect(new MobilityClient(t.client()).moveJob(job.id, own)).rejects.toMatchObject({ code: 'HANDOVER_REFUSED', status: 409 });
     expect((await storage.getJob(job.id)).state).toBe('running');
 
     const moved = await t.cli(['job', 'move', job.id, '--to', 'lab2', '--json']);
@@ -120,6 +119,24 @@ describe('mobility: copy jobs handed between lab hosts', () => {
     expect((byHost.lab1 as number) + (byHost.lab2 as number)).toBeLessThanOrEqual((DISK_MIB + 1) * MiB);
     expect(result.job.history.filter((h) => h.handedOverFrom !== undefined).map((h) => h.reason)).toEqual(['requested']);
     expect(await sha256(await targetPath(result.job))).toBe(sources.get(disk.id));
+  }, 180_000);
+
+  it('hands the copy jobs of a drained host over by themselves', async () => {
+    const disk = await randomDisk('drain');
+    const job = await storage.moveDisk(disk.id, `${prefix}-dst`);
+    expect(daemon.engine.hostName(job.hostId)).toBe('lab1');
+    await midCopy(job);
+    expect((await t.cli(['host', 'drain', 'lab1'])).code).toBe(0);
+    let done = job;
+    await eventually(async () => {
+      done = await storage.getJob(job.id);
+      return done.state !== 'running' && done.state !== 'queued';
+    }, 120_000, 'the job to end on lab2');
+    expect(done.state, JSON.stringify(done.error)).toBe('succeeded');
+    expect(daemon.engine.hostName(done.hostId)).toBe('lab2');
+    expect(done.history.filter((h) => h.handedOverFrom !== undefined).map((h) => h.reason)).toEqual(['drained']);
+    expect(await sha256(await targetPath(done))).toBe(sources.get(disk.id));
+    expect((await t.cli(['host', 'ready', 'lab1'])).code).toBe(0);
   }, 180_000);
 
   it('hands a copy job over when its host dies (agent killed with SIGKILL): lab2 goes on from where lab1 got to', async () => {
