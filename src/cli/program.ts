@@ -28,10 +28,11 @@ export function buildProgram(): Command {
   };
   registerVmCommands(program, ctx);
   registerStorageCommands(program, ctx);
-  registerMobilityCommands(program, ctx);
   registerDaemonCommands(program, ctx);
   registerHostCommands(program, ctx);
   registerInventoryCommands(program, ctx);
+  // Last: it adds to the job, disk, vm and host commands the others made.
+  registerMobilityCommands(program, ctx);
   return program;
 }
 

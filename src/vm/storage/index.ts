@@ -15,5 +15,8 @@ export type { Catalog } from './catalog.ts';
 export type { CopyJobs, CopyJobHandler } from './copy-jobs.ts';
 export { JobHandover, HandoverRefusedError, sharesOf } from './handover.ts';
 export type { HandoverResult, HostShare } from './handover.ts';
+export { planByContent } from './content-plan.ts';
+export type { ContentPlanRequest, DiskContentPlan, PlannedLayer } from './content-plan.ts';
+export type { SeedResult } from './seed.ts';
 export { peerAddress } from './copy-file-op.ts';
 export { agentOn, datastoreHost } from './deps.ts';

@@ -11,18 +11,26 @@
 // - when lab1 is drained (`offshoot host drain lab1`), by itself;
 // - on host death (lab1's agent killed with SIGKILL mid-copy): once lab1
 //   missed its lease, the job goes on on lab2 from where lab1 got to.
+// Cross-site moves by content id: a base on lab1's own datastore (a disk a VM
+// of lab1 is attached to) is seeded to lab2 (`offshoot disk seed --to lab2`:
+// lab2 reads it from lab1's file server), keeping its content id; lab2 then
+// answers that it holds that id (`host content`), a second seed copies
+// nothing, and the VM's move plan to lab2 skips the base. A seeded copy whose
+// bytes were tampered with still matches by id, but is caught by --verify
+// (the plan sends it; a seed with --verify copies it anew).
 // Nothing of the lab is left afterwards.
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createReadStream, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RunningDaemon } from '../../src/api/index.ts';
 import { startDaemon } from '../../src/api/index.ts';
+import type { MovePlan } from '../../src/client/index.ts';
 import { MobilityClient, StorageClient } from '../../src/client/index.ts';
 import { silentLogger } from '../../src/common/index.ts';
 import { labDown, labUp } from '../../src/lab/lab.ts';
 import type { UpResult } from '../../src/lab/lab.ts';
-import type { CopyJobRecord, DiskRecord, HandoverResult } from '../../src/vm/index.ts';
+import type { CopyJobRecord, DiskRecord, HandoverResult, SeedResult } from '../../src/vm/index.ts';
 import { eventually, makeTestHome } from '../harness.ts';
 import type { TestHome } from '../harness.ts';
 
@@ -37,7 +45,7 @@ async function sha256(path: string): Promise<string> {
   return hash.digest('hex');
 }
 
-describe('mobility: copy jobs handed between lab hosts', () => {
+describe('mobility between lab hosts: copy hand-over, seeding by content id', () => {
   let t: TestHome;
   let daemon: RunningDaemon;
   let lab: UpResult;
@@ -138,6 +146,65 @@ describe('mobility: copy jobs handed between lab hosts', () => {
     expect(await sha256(await targetPath(done))).toBe(sources.get(disk.id));
     expect((await t.cli(['host', 'ready', 'lab1'])).code).toBe(0);
   }, 180_000);
+
+  it('seeds a base to another host by content id; the move plan skips it, and --verify catches a tampered copy', async () => {
+    const mobility = new MobilityClient(t.client());
+    // A base on lab1's own datastore: a disk of random bytes a VM of lab1 is attached to (which freezes it).
+    const file = join(shared, 'base.raw');
+    writeFileSync(file, randomBytes(8 * MiB));
+    const base = await storage.importDisk({ datastore: 'lab1-local', name: 'base', source: file, format: 'raw' });
+    const baseHash = await sha256(file);
+    rmSync(file);
+    await t.client().createVm({ name: 'mover', memory: '128M', host: 'lab1', start: false });
+    await storage.attachDisk('mover', base.id);
+    const frozen = await storage.getDisk(base.id);
+    expect(frozen.readOnly).toBe(true);
+
+    // Before the seed lab2 holds nothing of it, and a move would send the base.
+    expect((await mobility.findContent('lab2', [[base.contentId]])).answers[0]?.file).toBeNull();
+    const before = await mobility.movePlan('mover', 'lab2');
+    const diskBefore = before.disks.find((d) => d.layers.some((l) => l.file === base.file));
+    expect(diskBefore).toMatchObject({ skipAll: false, heldLayers: 0, sendBytes: 8 * MiB });
+
+    const seeded = await t.cli(['disk', 'seed', 'lab1-local/base', '--to', 'lab2', '--json']);
+    expect(seeded.code, seeded.stderr).toBe(0);
+    const seed = JSON.parse(seeded.stdout) as SeedResult;
+    expect(seed).toMatchObject({ datastore: 'lab2-local', host: 'lab2', skipped: [], copied: [{ disk: 'lab1-local/base', contentId: base.contentId, bytes: 8 * MiB }] });
+    expect(seed.job?.state, JSON.stringify(seed.job?.error)).toBe('succeeded');
+    expect(seed.job?.files[0]?.sourceHostId).toBeDefined();
+    const copy = (await storage.listDisks('lab2-local')).find((d) => d.contentId === base.contentId) as DiskRecord;
+    expect(copy).toMatchObject({ name: 'base', readOnly: true });
+    const lab2Local = await storage.getDatastore('lab2-local');
+    const copyPath = join(lab2Local.path, copy.file.slice(copy.file.indexOf(':') + 1));
+    expect(await sha256(copyPath)).toBe(baseHash);
+
+    // lab2 answers by content id; a second seed copies nothing.
+    const found = JSON.parse((await t.cli(['host', 'content', 'lab2', base.contentId, 'cid-nothing-here', '--json'])).stdout) as { answers: Array<{ file: string | null }> };
+    expect(found.answers.map((a) => a.file)).toEqual([copy.file, null]);
+    const again = await mobility.seedDisk('lab1-local/base', 'lab2', { wait: true });
+    expect(again.job).toBeNull();
+    expect(again.skipped.map((s) => s.file)).toEqual([copy.file]);
+
+    // The move plan skips the seeded base: the new top goes over lab2's copy.
+    const plan = JSON.parse((await t.cli(['vm', 'move-plan', 'mover', '--to', 'lab2', '--json'])).stdout) as MovePlan;
+    const disk = plan.disks.find((d) => d.layers.some((l) => l.file === base.file));
+    expect(disk).toMatchObject({ skipAll: true, heldLayers: 1, skippedBytes: 8 * MiB, sendBytes: 0, destBacking: [{ file: copy.file, format: 'raw' }] });
+    expect((await mobility.movePlan('mover', 'lab2', true)).disks.find((d) => d.diskId === disk?.diskId)).toMatchObject({ skipAll: true, mismatch: null });
+
+    // A tampered copy: same id, other bytes. Only --verify sees it; a verified seed copies the base anew.
+    const fd = openSync(copyPath, 'r+');
+    writeSync(fd, randomBytes(4096), 0, 4096, 1 * MiB);
+    closeSync(fd);
+    expect((await mobility.movePlan('mover', 'lab2')).disks.find((d) => d.diskId === disk?.diskId)?.skipAll).toBe(true);
+    const verified = (await mobility.movePlan('mover', 'lab2', true)).disks.find((d) => d.diskId === disk?.diskId);
+    expect(verified).toMatchObject({ skipAll: false, heldLayers: 0, sendBytes: 8 * MiB });
+    expect(verified?.mismatch?.file).toBe(copy.file);
+    const reseed = await mobility.seedDisk('lab1-local/base', 'lab2', { verify: true, wait: true });
+    expect(reseed.mismatch?.file).toBe(copy.file);
+    expect(reseed.job?.state).toBe('succeeded');
+    const fresh = (await storage.listDisks('lab2-local')).find((d) => d.contentId === base.contentId && d.id !== copy.id) as DiskRecord;
+    expect(await sha256(join(lab2Local.path, fresh.file.slice(fresh.file.indexOf(':') + 1)))).toBe(baseHash);
+  }, 240_000);
 
   it('hands a copy job over when its host dies (agent killed with SIGKILL): lab2 goes on from where lab1 got to', async () => {
     const disk = await randomDisk('kill');
