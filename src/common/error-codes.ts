@@ -84,6 +84,13 @@ export const ERROR_CODES = {
   COPY_PROGRESS_INVALID: 500,
   COPY_WORKER_FAILED: 500,
   COPY_WORKER_PROTOCOL: 500,
+  // The elastic fabric (templates, pools of ready children, claims)
+  TEMPLATE_MISSING: 409,
+  TEMPLATE_BROKEN: 409,
+  TEMPLATE_IN_USE: 409,
+  TEMPLATE_NOT_PLACED: 409,
+  TEMPLATE_NO_SHARED_DATASTORE: 409,
+  CLAIM_FAILED: 503,
   // Hosts, agents and the daemon
   HOST_UNREACHABLE: 502,
   AGENT_PROTOCOL: 502,
