@@ -46,7 +46,7 @@ export function fabricHandlers(d: FabricHandlerDeps): Pick<AgentHandlers, Fabric
         }
       }
       const status = await d.templates.status(r.templateId, paths);
-      return { present: status.present, missing: [...unresolvable, ...status.missing.map((m) => (m.startsWith('/') ? tryLocator(L, m) : m))] };
+      return { present: status.present, missing: [...unresolvable, ...status.missing.map((m) => (m.startsWith('/') ? tryLocator(L, m) : m))], memoryBytes: status.memoryBytes };
     },
     removeTemplate: async (r) => {
       await d.templates.remove(r.templateId);

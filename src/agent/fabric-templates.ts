@@ -189,14 +189,15 @@ export class HostTemplates {
   }
 
   /** Whether the template, its memory and device state, and the given files (host paths) are there. */
-  async status(templateId: string, files: string[]): Promise<{ present: boolean; missing: string[] }> {
+  async status(templateId: string, files: string[]): Promise<{ present: boolean; missing: string[]; memoryBytes: number | null }> {
     const missing: string[] = [];
     const manifest = await this.manifest(templateId);
-    if (!manifest) return { present: false, missing: [`host template ${templateId}`] };
-    if (!(await exists(this.host.templates.path(manifest.memoryTemplateId)))) missing.push(`memory template ${manifest.memoryTemplateId}`);
+    if (!manifest) return { present: false, missing: [`host template ${templateId}`], memoryBytes: null };
+    const ram = await stat(this.host.templates.path(manifest.memoryTemplateId)).catch(() => undefined);
+    if (!ram) missing.push(`memory template ${manifest.memoryTemplateId}`);
     if (!(await exists(this.deviceStateFile(templateId)))) missing.push('device state');
     for (const f of files) if (!(await exists(f))) missing.push(f);
-    return { present: true, missing };
+    return { present: true, missing, memoryBytes: ram ? ram.blocks * 512 : null };
   }
 
   /** Forgets the template: its folder goes (its memory template and files are released by garbage collection once unused). */

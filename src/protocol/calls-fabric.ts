@@ -59,7 +59,12 @@ export const FABRIC_CALLS = {
     { templateId: uuidSchema, checkpoint: locatorSchema, spec: vmSpecSchema },
     hostTemplateSchema,
   ),
-  templateStatus: call('whether a host template, its memory and device state, and each of the given files are still there', z.object({ templateId: uuidSchema, files: z.array(locatorSchema).max(256) }), z.object({ present: z.boolean(), missing: z.array(z.string()) }), true),
+  templateStatus: call(
+    'whether a host template, its memory and device state, and each of the given files are still there; memoryBytes: what its memory template holds in host memory',
+    z.object({ templateId: uuidSchema, files: z.array(locatorSchema).max(256) }),
+    z.object({ present: z.boolean(), missing: z.array(z.string()), memoryBytes: z.number().nonnegative().nullable() }),
+    true,
+  ),
   removeTemplate: call('forgets a host template: its folder goes; its memory template and files are released once nothing uses them', templateRef, z.object({})),
 } as const;
 
@@ -71,3 +76,4 @@ export type HandOutResult = z.infer<typeof handOutResultSchema>;
 export function templateFolderFile(templateId: string, name: string): string {
   return `home:fabric/${templateId}/${name}`;
 }
+

@@ -48,7 +48,10 @@ export function fabricContract(state: () => FabricContractState): void {
       const released = await t.client.releaseUnused({ templates: [], files: prepared.disks.source.flatMap((d) => d.backing) });
       expect(released.templates).not.toContain(kept.memoryTemplateId);
       for (const f of frozenFiles) expect(released.files).not.toContain(f);
-      expect(await t.client.templateStatus({ templateId, files: frozenFiles })).toEqual({ present: true, missing: [] });
+      const status = await t.client.templateStatus({ templateId, files: frozenFiles });
+      expect(status).toMatchObject({ present: true, missing: [] });
+      expect(status.memoryBytes).toBeGreaterThan(0);
+      expect(status.memoryBytes).toBeLessThanOrEqual(kept.memoryBytes);
 
       // A child with no parent running: paused, then handed out.
       const a = await runOperation(t.client, 'spawnFromTemplate', { templateId, vmId: childA, name: 'contract-ta', spec: childSpec(frozen, '52:54:00:0c:f0:a1'), run: true });

@@ -100,9 +100,9 @@ export function fakeFabricHandlers(f: FakeFabricHost): Pick<AgentHandlers, Fabri
     templateStatus: (r) =>
       f.wrap('templateStatus', () => {
         const t = f.hostTemplates.get(r.templateId);
-        if (!t) return { present: false, missing: [`host template ${r.templateId}`] };
+        if (!t) return { present: false, missing: [`host template ${r.templateId}`], memoryBytes: null };
         const gone = [...(f.templates.has(t.memoryTemplateId) ? [] : [`memory template ${t.memoryTemplateId}`]), ...r.files.filter((file) => !f.files.has(file))];
-        return { present: true, missing: gone };
+        return { present: true, missing: gone, memoryBytes: f.templates.has(t.memoryTemplateId) ? t.memoryBytes / 4 : null };
       }),
     removeTemplate: (r) =>
       f.wrap('removeTemplate', () => {
