@@ -40,7 +40,7 @@ const envEntry = z.string().max(65536).regex(/^[A-Za-z_][A-Za-z0-9_]*=/, 'KEY=VA
 
 export const claimRequestSchema = z.strictObject({
   name: vmNameSchema.optional().describe("the claimed VM's name (default: the pool child's)"),
-  hostname: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/i, 'a hostname: 1-63 letters, digits or "-"').optional().describe('its hostname (default: its name)'),
+  hostname: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9-]{0,62}$/, 'a hostname: 1-63 letters, digits or "-"').optional().describe('its hostname (default: its name)'),
   customize: z.string().max(1024 * 1024).optional().describe('a shell script run in the child (sh -s) once its identity is set; its output is in the result'),
   sshKey: z.string().max(16 * 1024).regex(/^[^\n]+\n?$/, 'one public key line').optional().describe("a public key added to root's authorized_keys"),
   env: z.array(envEntry).max(256).optional().describe('KEY=VALUE pairs: exported to the script and kept in /etc/offshoot/claim.env'),
