@@ -44,6 +44,7 @@ import {
   vmSpecSchema,
   checkpointMetadataSchema,
 } from './schemas.ts';
+import { FABRIC_CALLS } from './calls-fabric.ts';
 
 export const operationStates = ['running', 'succeeded', 'failed', 'cancelled'] as const;
 export const operationStateSchema = z.enum(operationStates);
@@ -189,6 +190,9 @@ export const AGENT_CALLS = {
   copyFile: operation('copies one file in a worker process, resumable from its progress file; cancel stops after the chunk in flight', { source: locatorSchema, target: locatorSchema, chunkMiB: z.number().positive().optional(), maxMiBPerSecond: z.number().positive().optional() }, copyResultSchema),
   discardCopy: call("removes a copy's target, progress file and lock", z.object({ target: locatorSchema }), empty),
   streamWholeChain: operation("streams the chain below a running VM's disk into it; the disk stands alone afterwards", { vmId: vmIdSchema, diskId: deviceIdSchema }, empty),
+
+  // The elastic fabric: host templates (calls-fabric.ts)
+  ...FABRIC_CALLS,
 } as const;
 
 export type AgentCalls = typeof AGENT_CALLS;
