@@ -44,6 +44,9 @@ export interface LocalHostAgentOptions {
   logger?: Logger;
 }
 
+/** Extra guest RAM of a VM prepared on a TCG host: its RAM block is then no multiple of 256 KiB (see qemu/argv.ts). */
+export const TCG_MEMORY_EXTRA_KIB = 8;
+
 /** How long closing the agent waits for lazy restore streams before killing their VMs. */
 const CLOSE_STREAM_TIMEOUT_MS = 120_000;
 
@@ -154,8 +157,13 @@ export class LocalHostAgent {
     };
   }
 
-  prepareVm(vmId: string, request: PrepareVmRequest): Promise<VmSpec> {
-    return prepareVmFiles(this.layout, this.policy, vmId, request);
+  /**
+   * Lays out a new VM. On a TCG host its RAM gets 8 KiB beyond its MiB (memoryExtraKiB), so that QEMU
+   * 7.2's TCG dirty tracking loses no guest write when the VM is live-migrated (see qemu/argv.ts).
+   */
+  async prepareVm(vmId: string, request: PrepareVmRequest): Promise<VmSpec> {
+    const memoryExtraKiB = request.memoryExtraKiB ?? ((await this.accelerator()).accel === 'tcg' ? TCG_MEMORY_EXTRA_KIB : 0);
+    return prepareVmFiles(this.layout, this.policy, vmId, { ...request, memoryExtraKiB });
   }
 
   async startVm(vmId: string, name: string, spec: VmSpec): Promise<VmRuntime> {
@@ -182,6 +190,7 @@ export class LocalHostAgent {
       accel,
       vcpus: spec.vcpus,
       memoryMiB: spec.memoryMiB,
+      ...(spec.memoryExtraKiB ? { memoryExtraKiB: spec.memoryExtraKiB } : {}),
       memory: { path: options.memory.file, share: options.memory.mode === 'owned' },
       boot: spec.boot.kind === 'kernel' ? { kind: 'kernel', kernel: spec.boot.kernel, initrd: spec.boot.initrd, cmdline: spec.boot.cmdline } : { kind: 'disk' },
       disks: spec.disks.map((d) => ({ id: d.id, path: d.path, format: d.format, readOnly: d.readOnly })),

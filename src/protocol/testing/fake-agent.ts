@@ -191,7 +191,8 @@ export class FakeAgent implements EpochKeeper {
           }
           for (const d of extra) disks.push({ id: `disk${disks.length}`, file: d.file, format: 'raw', readOnly: d.readOnly, owned: false, backing: [] });
           const nics = r.network === 'user' ? [{ id: 'net0', mac: `52:54:00:${randomBytes(3).toString('hex').match(/../g)?.join(':')}`, network: 'user' as const }] : [];
-          return { vcpus: r.vcpus, memoryMiB: r.memoryMiB, boot, disks, nics, defaultGuest };
+          // A TCG host (as this fake says it is) gives guest RAM 8 KiB beyond its MiB, as the real agent does.
+          return { vcpus: r.vcpus, memoryMiB: r.memoryMiB, memoryExtraKiB: 8, boot, disks, nics, defaultGuest };
         }),
       startVm: (r, ctx) =>
         op('startVm', ctx, async () => {
