@@ -18,6 +18,7 @@ import { CHECKPOINT_METADATA_SCHEMA, hostSpecOf, protocolSpecOf, readCheckpointM
 import type { LocalHostAgent } from './local-agent.ts';
 import type { LocalStorageAgent } from './local-storage-agent.ts';
 import { Locations } from './locations.ts';
+import { migrationHandlers } from './live-migration/handlers.ts';
 import type * as Host from './types.ts';
 
 /** What the agent keeps about itself across restarts (<home>/agent.json). */
@@ -421,6 +422,8 @@ export class AgentService implements EpochKeeper {
         await storage.streamWholeChain(r.vmId, r.diskId, (p) => progressOf(ctx, `streaming disk ${r.diskId}`)(p.offset, p.length));
         return {};
       },
+
+      ...migrationHandlers({ host, storage, locations: L, specIn: (s) => this.specIn(s), runtimeOut: (r) => this.runtimeOut(r) }),
     };
   }
 

@@ -8,6 +8,7 @@
 // operation instead of starting the work twice. Plain calls that change
 // something carry an idempotency key for the same reason (see transports).
 import { z } from 'zod';
+import { MIGRATION_CALLS } from './calls-migration.ts';
 import {
   agentEventSchema,
   copyProgressSchema,
@@ -189,6 +190,9 @@ export const AGENT_CALLS = {
   copyFile: operation('copies one file in a worker process, resumable from its progress file; cancel stops after the chunk in flight', { source: locatorSchema, target: locatorSchema, chunkMiB: z.number().positive().optional(), maxMiBPerSecond: z.number().positive().optional() }, copyResultSchema),
   discardCopy: call("removes a copy's target, progress file and lock", z.object({ target: locatorSchema }), empty),
   streamWholeChain: operation("streams the chain below a running VM's disk into it; the disk stands alone afterwards", { vmId: vmIdSchema, diskId: deviceIdSchema }, empty),
+
+  // Live migration between hosts (calls-migration.ts)
+  ...MIGRATION_CALLS,
 } as const;
 
 export type AgentCalls = typeof AGENT_CALLS;

@@ -4,7 +4,7 @@
 // a failure at any call with failNext). It passes the same contract suite as
 // the real agent (src/protocol/contract.ts), which keeps it honest: where the
 // two differ, the contract decides.
-import { randomBytes, randomUUID } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { OffshootError } from '../../common/index.ts';
 import type { CallName, CallResult } from '../calls.ts';
 import type { AgentHandlers, EpochKeeper } from '../endpoint.ts';
@@ -15,6 +15,7 @@ import { makeLocator, parseLocator } from '../locator.ts';
 import type { OperationContext } from '../operations.ts';
 import type { DiskSource, VmDisk, VmRuntime, VmSpec } from '../schemas.ts';
 import { AGENT_CAPABILITIES, PROTOCOL_VERSION } from '../version.ts';
+import { fakeMigrationHandlers } from './fake-migration.ts';
 
 interface FakeVm {
   status: 'running' | 'paused';
@@ -46,6 +47,10 @@ export interface FakeAgentOptions {
   hostFiles?: string[];
   /** How long a boot takes (ms); 0 by default. */
   bootMs?: number;
+  /** The management address this fake host reaches its peers from (migrations); default from its id. */
+  managementAddress?: string;
+  /** How long a fake migration copies (ms); 0 by default. */
+  migrateMs?: number;
 }
 
 export class FakeAgent implements EpochKeeper {
@@ -281,6 +286,8 @@ export class FakeAgent implements EpochKeeper {
         wrap('reapOrphans', () => {
           const killed: number[] = [];
           for (const [vmId, vm] of [...this.vms]) {
+            // A migration's destination waiting here is not an orphan.
+            if (vm.incoming) continue;
             if (!r.live.includes(vmId)) {
               killed.push(vm.runtime.pid);
               this.vms.delete(vmId);
@@ -289,7 +296,7 @@ export class FakeAgent implements EpochKeeper {
           const removed: string[] = [];
           for (const f of [...this.files]) {
             const m = /^home:vms\/([^/]+)\//.exec(f);
-            if (m && !r.known.includes(m[1] as string)) {
+            if (m && !r.known.includes(m[1] as string) && !this.vms.get(m[1] as string)?.incoming) {
               this.files.delete(f);
               removed.push(f);
             }
@@ -545,6 +552,16 @@ export class FakeAgent implements EpochKeeper {
           this.running(r.vmId);
           return {};
         }),
+
+      ...fakeMigrationHandlers({
+        hostId: this.hostId,
+        vms: this.vms,
+        files: this.files,
+        managementAddress: this.options.managementAddress ?? `10.254.${parseInt(createHash('sha256').update(this.hostId).digest('hex').slice(0, 4), 16) % 250}.${1 + (parseInt(createHash('sha256').update(this.hostId).digest('hex').slice(4, 8), 16) % 250)}`,
+        migrateMs: this.options.migrateMs ?? 0,
+        runtime: (vmId, memory) => this.runtime(vmId, memory),
+        check: (call) => this.check(call),
+      }),
     };
     return h;
   }
