@@ -301,7 +301,7 @@ export class OutgoingMigrations {
   async abort(vmId: string, resume: boolean): Promise<string> {
     const vm = this.host.running(vmId);
     const status = (await queryMigrate(vm.qmp).catch(() => null))?.status ?? 'unknown';
-    if (status.startsWith('postcopy') || (this.out.get(vmId)?.switching ?? false)) throw new OffshootError('ILLEGAL_STATE', `the migration of VM ${vmId} is past its switch-over (${status}); it cannot be stopped`, { vmId, state: status, required: [...CANCELLABLE] }, 409);
+    if (status === 'completed' || status.startsWith('postcopy') || (this.out.get(vmId)?.switching ?? false)) throw new OffshootError('ILLEGAL_STATE', `the migration of VM ${vmId} is past its switch-over (${status}); it cannot be stopped`, { vmId, state: status, required: [...CANCELLABLE] }, 409);
     if (this.out.has(vmId)) {
       // The operation rolls itself back; its caller cancels it (cancelOperation). Here only QEMU is told.
       await vm.qmp.execute('migrate_cancel').catch(() => undefined);

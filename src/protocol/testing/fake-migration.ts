@@ -49,6 +49,8 @@ export function fakeMigrationHandlers(host: FakeMigrationHost): MigrationHandler
   const ends = new Map<string, DataPathEndData & { plan: DataPathPlanData }>();
   const incoming = new Map<string, { wire: Wire; runtime: VmRuntime; disks: Locator[]; state: 'waiting' | 'running' | 'failed' }>();
   const outgoing = new Map<string, { phase: string; held: boolean; switching: boolean; release: () => void; released: Promise<void> }>();
+  /** VMs whose migration from here completed (their QEMU stays, stopped, until finishOutgoing). */
+  const completed = new Set<string>();
   const wrap = async <T>(call: CallName, fn: () => T | Promise<T>): Promise<T> => {
     host.check(call);
     return fn();
@@ -183,6 +185,7 @@ export function fakeMigrationHandlers(host: FakeMigrationHost): MigrationHandler
           o.switching = true;
           wires.delete(r.pathId);
           wire.done({ ok: true });
+          completed.add(r.vmId);
           return { status: 'completed', downtimeMs: 5, totalTimeMs: host.migrateMs + 10, setupTimeMs: 1, passes: 2, memoryBytes: 2 ** 28, memoryTotalBytes: 2 ** 28, zeroPages: 0, postcopy: r.tuning.postcopy === 'always', postcopyReason: r.tuning.postcopy === 'always' ? 'post-copy was asked for' : null, postcopyRequests: 0, diskBytes: r.disks.length * 2 ** 20, mirrorMs: r.disks.length ? 1 : null, stoppedAt: new Date().toISOString(), multifdChannels: r.tuning.postcopy === 'never' ? r.tuning.multifdChannels : 1, throttlePercent: 0, converged: r.tuning.postcopy !== 'always' };
         } finally {
           outgoing.delete(r.vmId);
@@ -204,7 +207,7 @@ export function fakeMigrationHandlers(host: FakeMigrationHost): MigrationHandler
       wrap('abortOutgoing', () => {
         const vm = running(r.vmId);
         const o = outgoing.get(r.vmId);
-        if (o?.switching) throw new OffshootError('ILLEGAL_STATE', `the migration of VM ${r.vmId} is past its switch-over`, { vmId: r.vmId, state: 'switching', required: ['active'] }, 409);
+        if (o?.switching || completed.has(r.vmId)) throw new OffshootError('ILLEGAL_STATE', `the migration of VM ${r.vmId} is past its switch-over`, { vmId: r.vmId, state: 'switching', required: ['active'] }, 409);
         if (r.resume) vm.status = 'running';
         return { status: o ? 'active' : 'none' };
       }),
@@ -213,6 +216,7 @@ export function fakeMigrationHandlers(host: FakeMigrationHost): MigrationHandler
         const vm = host.vms.get(r.vmId);
         if (vm && !vm.incoming && vm.status === 'running') throw new OffshootError('ILLEGAL_STATE', `VM ${r.vmId} runs on this host: its migration did not complete here`, { vmId: r.vmId, state: 'running', required: ['postmigrate'] }, 409);
         if (vm && !vm.incoming) host.vms.delete(r.vmId);
+        completed.delete(r.vmId);
         for (const f of [...host.files]) if (f.startsWith(`home:vms/${r.vmId}/`)) host.files.delete(f);
         return {};
       }),
@@ -222,7 +226,7 @@ export function fakeMigrationHandlers(host: FakeMigrationHost): MigrationHandler
         const o = outgoing.get(r.vmId);
         const i = incoming.get(r.vmId);
         return {
-          qemu: vm && !vm.incoming ? { runState: vm.status, migration: o ? 'active' : 'none' } : null,
+          qemu: vm && !vm.incoming ? { runState: completed.has(r.vmId) ? 'postmigrate' : vm.status, migration: completed.has(r.vmId) ? 'completed' : o ? 'active' : 'none' } : null,
           outgoing: o ? { phase: o.phase, held: o.held, switching: o.switching } : null,
           incoming: i ? { state: i.state, pid: i.runtime.pid, runState: 'inmigrate' } : null,
         };
