@@ -11,6 +11,7 @@ import type { Logger } from '../common/index.ts';
 import type { LocalHostInfo } from '../agent/index.ts';
 import type { Fleet, StorageService, VmEngine } from '../vm/index.ts';
 import { hostRoutes } from './host-routes.ts';
+import { migrateRoutes } from './migrate-routes.ts';
 import { bearerAuth } from './auth.ts';
 import { mountConsole } from './console-route.ts';
 import { mountEvents } from './events-route.ts';
@@ -93,6 +94,7 @@ export function buildApp({ engine, storage, fleet, localHostInfo, token, verifyT
   });
   app.route('/', hostRoutes(fleet));
   app.route('/', vmRoutes(engine));
+  app.route('/', migrateRoutes(engine));
   app.route('/', taskRoutes(engine));
   app.route('/', storageRoutes(storage, engine));
   mountEvents(app, engine);

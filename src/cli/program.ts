@@ -6,6 +6,7 @@ import { clientFromEnvironment } from '../client/index.ts';
 import { registerDaemonCommands } from './daemon-commands.ts';
 import { registerHostCommands } from './host-commands.ts';
 import { registerInventoryCommands } from './inventory-commands.ts';
+import { registerMigrateCommands } from './migrate-commands.ts';
 import { printError } from './output.ts';
 import { registerStorageCommands } from './storage-commands.ts';
 import type { CommandContext } from './vm-commands.ts';
@@ -26,6 +27,7 @@ export function buildProgram(): Command {
     },
   };
   registerVmCommands(program, ctx);
+  registerMigrateCommands(program, ctx);
   registerStorageCommands(program, ctx);
   registerDaemonCommands(program, ctx);
   registerHostCommands(program, ctx);

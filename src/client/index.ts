@@ -8,3 +8,4 @@ export { StorageClient } from './storage-client.ts';
 export type { VerifyResult } from './storage-client.ts';
 export { HostClient } from './host-client.ts';
 export type { HostListItem } from './host-client.ts';
+export { MigrateClient } from './migrate-client.ts';
