@@ -74,6 +74,7 @@ describe('migration orchestration against fake agents', () => {
     const result = done.result as MigrateResult;
     expect(result).toMatchObject({ vm: 'm1', from: 'a', to: 'b', postcopy: false, storage: { copied: ['disk0'], sync: { disk0: 'top' } } });
     expect(result.path.linkName).toMatch(/^ofvx\d+$/);
+    expect(result.timings.totalMs).toBe(result.totalMs);
     expect(progress.some((p) => p.phase === 'memory' && typeof p.remainingBytes === 'number')).toBe(true);
     const moved = await s.engine.resolve('m1');
     expect(moved.hostId).toBe(s.b.id);
@@ -90,9 +91,11 @@ describe('migration orchestration against fake agents', () => {
     const s = await setup();
     closers.push(s.close);
     await expect(s.engine.migrate('m1', { to: 'a' })).rejects.toMatchObject({ code: 'MIGRATION_REFUSED' });
+    await expect(s.engine.migrate('m1', { host: 'a' })).rejects.toMatchObject({ code: 'MIGRATION_REFUSED' });
     await expect(s.engine.migrate('m1', { to: 'nowhere' })).rejects.toMatchObject({ code: 'NOT_FOUND' });
     await expect(s.engine.migrate('m1', { to: 'b', postcopy: 'sometimes' })).rejects.toMatchObject({ code: 'INVALID_INPUT' });
     await expect(s.engine.migrate('m1', { to: 'b', maxBandwidth: 'fast' })).rejects.toMatchObject({ code: 'INVALID_INPUT' });
+    await expect(s.engine.migrate('m1', {})).rejects.toMatchObject({ code: 'INVALID_INPUT' });
     expect((await s.engine.resolve('m1')).state).toBe('running');
   });
 

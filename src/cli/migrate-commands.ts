@@ -59,7 +59,7 @@ export function registerMigrateCommands(program: Command, ctx: CommandContext): 
     .action((name: string, o: { to: string; maxBandwidth?: string; downtimeLimit?: number; postcopy?: MigrateRequest['postcopy']; autoConverge?: boolean; timeout?: number; storage?: MigrateRequest['storage']; tls: boolean; wait: boolean; json?: boolean }) =>
       ctx.run(Boolean(o.json), async () => {
         const client = ctx.client();
-        const request: Partial<MigrateRequest> & { to: string } = { to: o.to, tls: o.tls };
+        const request: Partial<MigrateRequest> = { to: o.to, tls: o.tls };
         if (o.maxBandwidth !== undefined) request.maxBandwidth = o.maxBandwidth;
         if (o.downtimeLimit !== undefined) request.downtimeLimitMs = o.downtimeLimit;
         if (o.postcopy) request.postcopy = o.postcopy;

@@ -6,7 +6,7 @@ export class MigrateClient {
   constructor(private readonly client: OffshootClient) {}
 
   /** Starts a migration; the answer carries its task (follow it with waitTask, cancel it with cancelTask). */
-  migrate(ref: string, request: Partial<MigrateRequest> & { to: string }): Promise<VmAndTaskView> {
+  migrate(ref: string, request: Partial<MigrateRequest>): Promise<VmAndTaskView> {
     return this.client.call('POST', `/vms/${encodeURIComponent(ref)}/migrate`, request);
   }
 }

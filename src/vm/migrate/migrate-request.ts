@@ -18,7 +18,8 @@ export function parseRate(input: string | number): number {
 }
 
 export const migrateRequestSchema = z.strictObject({
-  to: z.string().min(1).max(128).describe('the destination host (name or id)'),
+  to: z.string().min(1).max(128).optional().describe('the destination host (name or id)'),
+  host: z.string().min(1).max(128).optional().describe('the destination host: another name for `to`'),
   maxBandwidth: z.union([z.string().max(32), z.number().int().positive()]).default('4G').describe('bandwidth cap of memory and disk mirrors, e.g. "500M" (bytes per second)'),
   downtimeLimitMs: z.number().int().min(1).max(600_000).default(300).describe('the longest stop QEMU plans for at the switch-over'),
   postcopy: z.enum(['auto', 'never', 'always']).default('auto').describe('post-copy: when pre-copy stops converging (auto), never, or always'),
@@ -29,6 +30,13 @@ export const migrateRequestSchema = z.strictObject({
   multifdChannels: z.number().int().min(1).max(16).default(2).describe('parallel channels for memory (when post-copy is off: QEMU 7.2 cannot combine them)'),
 });
 export type MigrateRequest = z.output<typeof migrateRequestSchema>;
+
+/** The destination host a request names (`to`, or `host`). */
+export function destinationOf(request: MigrateRequest): string {
+  const to = request.to ?? request.host;
+  if (!to) throw new InvalidInputError('invalid migrate request: to: name the destination host', { issues: [{ path: 'to', message: 'required' }] });
+  return to;
+}
 
 export function tuningOf(request: MigrateRequest): MigrationTuning {
   const maxBandwidthBytesPerSecond = parseRate(request.maxBandwidth);

@@ -7,7 +7,7 @@ import { IllegalStateError, OffshootError } from '../../common/index.ts';
 import type { EngineContext } from '../engine-context.ts';
 import type { TaskRecord, VmRecord } from '../records.ts';
 import { parseRequest } from '../requests.ts';
-import { migrateRequestSchema, tuningOf } from './migrate-request.ts';
+import { destinationOf, migrateRequestSchema, tuningOf } from './migrate-request.ts';
 import { MigrationPlanError } from './plan-migration.ts';
 import { runMigration } from './run-migration.ts';
 
@@ -19,7 +19,7 @@ export class Migrations {
   async migrate(vm: VmRecord, input: unknown): Promise<TaskRecord> {
     const request = parseRequest('migrate request', migrateRequestSchema, input);
     tuningOf(request);
-    const destination = await this.ctx.fleet.resolve(request.to);
+    const destination = await this.ctx.fleet.resolve(destinationOf(request));
     const source = await this.ctx.fleet.resolve(vm.hostId);
     if (source.id === destination.id) throw new MigrationPlanError(`VM "${vm.name}" already runs on host ${destination.name}`, { vm: vm.name, host: destination.name });
     const { vm: claimed, previous } = await this.ctx.states.claimFrom(vm.id, 'migrate', 'migrating', `with a migration to ${destination.name}`);

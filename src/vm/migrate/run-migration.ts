@@ -34,6 +34,8 @@ export interface MigrateResult {
   /** QEMU's figure: the guest stopped at the source until it ran at the destination. */
   downtimeMs: number | null;
   totalMs: number;
+  /** The same two figures, where the metrics and the console read them. */
+  timings: { downtimeMs: number | null; totalMs: number };
   memoryBytes: number;
   memoryTotalBytes: number;
   diskBytes: number;
@@ -111,12 +113,14 @@ export async function runMigration(ctx: EngineContext, vm: VmRecord, previous: V
   await recordAtDestination(ctx, journal, incoming);
   await ctx.faults?.('migrate.switched');
   const counters = await finishSource(ctx, agents, journal);
+  const totalMs = Math.round(performance.now() - t0);
   return {
     vm: vm.name,
     from: source.name,
     to: destination.name,
     downtimeMs: outcome?.downtimeMs ?? null,
-    totalMs: Math.round(performance.now() - t0),
+    totalMs,
+    timings: { downtimeMs: outcome?.downtimeMs ?? null, totalMs },
     memoryBytes: outcome?.memoryBytes ?? 0,
     memoryTotalBytes: outcome?.memoryTotalBytes ?? 0,
     diskBytes: outcome?.diskBytes ?? 0,
