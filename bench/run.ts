@@ -7,6 +7,7 @@ import { bootBenchmark } from './boot.ts';
 import { checkpointBenchmark } from './checkpoint.ts';
 import { cloneBenchmark } from './clone.ts';
 import { copyBenchmark } from './copy.ts';
+import { fabricBenchmark } from './fabric.ts';
 import { fleetBenchmark } from './fleet.ts';
 import { hostsBenchmark } from './hosts.ts';
 import { mobilityBenchmark } from './mobility.ts';
@@ -24,6 +25,7 @@ const BENCHMARKS: Record<string, (args: string[]) => Promise<BenchResult>> = {
   netpath: netpathBenchmark,
   fleet: fleetBenchmark,
   hosts: hostsBenchmark,
+  fabric: fabricBenchmark,
   mobility: mobilityBenchmark,
 };
 

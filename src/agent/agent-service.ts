@@ -15,9 +15,11 @@ import type { Logger } from '../common/index.ts';
 import { AGENT_CAPABILITIES, AgentEndpoint, EventLog, OperationTable, PROTOCOL_VERSION } from '../protocol/index.ts';
 import type { AgentHandlers, CallResult, EpochKeeper, Locator, OperationContext, VmDisk, VmRuntime, VmSpec } from '../protocol/index.ts';
 import { CHECKPOINT_METADATA_SCHEMA, hostSpecOf, protocolSpecOf, readCheckpointMetadata } from './checkpoint-meta.ts';
+import { fabricHandlers } from './fabric-handlers.ts';
 import type { LocalHostAgent } from './local-agent.ts';
 import type { LocalStorageAgent } from './local-storage-agent.ts';
 import { Locations } from './locations.ts';
+import { migrationHandlers } from './live-migration/handlers.ts';
 import { MobilityHandlers } from './mobility-handlers.ts';
 import type * as Host from './types.ts';
 
@@ -426,6 +428,8 @@ export class AgentService implements EpochKeeper {
         await storage.streamWholeChain(r.vmId, r.diskId, (p) => progressOf(ctx, `streaming disk ${r.diskId}`)(p.offset, p.length));
         return {};
       },
+      ...fabricHandlers({ templates: host.fabric, locations: L, specIn: (s) => this.specIn(s), specOut: (s) => this.specOut(s), runtimeOut: (rt) => this.runtimeOut(rt) }),
+      ...migrationHandlers({ host, storage, locations: L, specIn: (s) => this.specIn(s), runtimeOut: (r) => this.runtimeOut(r) }),
       ...this.mobility.handlers(),
     };
   }

@@ -4,7 +4,7 @@
 // a failure at any call with failNext). It passes the same contract suite as
 // the real agent (src/protocol/contract.ts), which keeps it honest: where the
 // two differ, the contract decides.
-import { randomBytes, randomUUID } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { OffshootError } from '../../common/index.ts';
 import type { CallName, CallResult } from '../calls.ts';
 import type { AgentHandlers, EpochKeeper } from '../endpoint.ts';
@@ -15,6 +15,9 @@ import { makeLocator, parseLocator } from '../locator.ts';
 import type { OperationContext } from '../operations.ts';
 import type { DiskSource, VmDisk, VmRuntime, VmSpec } from '../schemas.ts';
 import { AGENT_CAPABILITIES, PROTOCOL_VERSION } from '../version.ts';
+import { fakeFabricHandlers } from './fake-fabric.ts';
+import type { FakeHostTemplate } from './fake-fabric.ts';
+import { fakeMigrationHandlers } from './fake-migration.ts';
 import type { DiskMetaData } from '../schemas.ts';
 import { fakeContentId, fakeHash, fakeMobilityHandlers, fakeToken } from './fake-mobility.ts';
 import type { FakeHostFiles } from './fake-mobility.ts';
@@ -49,6 +52,10 @@ export interface FakeAgentOptions {
   hostFiles?: string[];
   /** How long a boot takes (ms); 0 by default. */
   bootMs?: number;
+  /** The management address this fake host reaches its peers from (migrations); default from its id. */
+  managementAddress?: string;
+  /** How long a fake migration copies (ms); 0 by default. */
+  migrateMs?: number;
 }
 
 export class FakeAgent implements EpochKeeper, FakeHostFiles {
@@ -58,6 +65,8 @@ export class FakeAgent implements EpochKeeper, FakeHostFiles {
   readonly templates = new Set<string>();
   readonly forks = new Map<string, FakeFork>();
   readonly datastores = new Map<string, string>();
+  /** Host templates of the elastic fabric (fake-fabric.ts). */
+  readonly hostTemplates = new Map<string, FakeHostTemplate>();
   /** What files hold (see fake-mobility.ts): content tokens, sidecars, backing files. */
   readonly content = new Map<Locator, string>();
   readonly metas = new Map<Locator, DiskMetaData>();
@@ -198,7 +207,8 @@ export class FakeAgent implements EpochKeeper, FakeHostFiles {
           }
           for (const d of extra) disks.push({ id: `disk${disks.length}`, file: d.file, format: 'raw', readOnly: d.readOnly, owned: false, backing: [] });
           const nics = r.network === 'user' ? [{ id: 'net0', mac: `52:54:00:${randomBytes(3).toString('hex').match(/../g)?.join(':')}`, network: 'user' as const }] : [];
-          return { vcpus: r.vcpus, memoryMiB: r.memoryMiB, boot, disks, nics, defaultGuest };
+          // A TCG host (as this fake says it is) gives guest RAM 8 KiB beyond its MiB, as the real agent does.
+          return { vcpus: r.vcpus, memoryMiB: r.memoryMiB, memoryExtraKiB: 8, boot, disks, nics, defaultGuest };
         }),
       startVm: (r, ctx) =>
         op('startVm', ctx, async () => {
@@ -287,6 +297,8 @@ export class FakeAgent implements EpochKeeper, FakeHostFiles {
         wrap('reapOrphans', () => {
           const killed: number[] = [];
           for (const [vmId, vm] of [...this.vms]) {
+            // A migration's destination waiting here is not an orphan.
+            if (vm.incoming) continue;
             if (!r.live.includes(vmId)) {
               killed.push(vm.runtime.pid);
               this.vms.delete(vmId);
@@ -295,7 +307,7 @@ export class FakeAgent implements EpochKeeper, FakeHostFiles {
           const removed: string[] = [];
           for (const f of [...this.files]) {
             const m = /^home:vms\/([^/]+)\//.exec(f);
-            if (m && !r.known.includes(m[1] as string)) {
+            if (m && !r.known.includes(m[1] as string) && !this.vms.get(m[1] as string)?.incoming) {
               this.files.delete(f);
               removed.push(f);
             }
@@ -305,9 +317,11 @@ export class FakeAgent implements EpochKeeper, FakeHostFiles {
       releaseUnused: (r) =>
         wrap('releaseUnused', () => {
           if ([...this.forks.values()].some((f) => !f.switched)) return { templates: [], files: [] };
-          const templates = [...this.templates].filter((t) => !r.templates.includes(t));
+          // A host template keeps its memory and files for as long as it exists.
+          const kept = [...this.hostTemplates.values()];
+          const templates = [...this.templates].filter((t) => !r.templates.includes(t) && !kept.some((k) => k.memoryTemplateId === t));
           for (const t of templates) this.templates.delete(t);
-          const files = [...this.files].filter((f) => f.startsWith('home:bases/') && !r.files.includes(f));
+          const files = [...this.files].filter((f) => f.startsWith('home:bases/') && !r.files.includes(f) && !kept.some((k) => k.files.includes(f)));
           for (const f of files) this.files.delete(f);
           return { templates, files };
         }),
@@ -564,6 +578,31 @@ export class FakeAgent implements EpochKeeper, FakeHostFiles {
           this.running(r.vmId);
           return {};
         }),
+      ...fakeFabricHandlers({
+        hostTemplates: this.hostTemplates,
+        templates: this.templates,
+        files: this.files,
+        vms: this.vms,
+        checkpoints: this.checkpoints,
+        switchedFork: (forkId) => {
+          const fork = this.fork(forkId);
+          if (!fork.switched) throw new OffshootError('FORK_NOT_SWITCHED', `fork ${forkId} has not switched over yet`, { forkId }, 409);
+          return fork;
+        },
+        newRuntime: (vmId, memory) => this.runtime(vmId, memory),
+        running: (vmId) => this.running(vmId),
+        wrap,
+        op,
+      }),
+      ...fakeMigrationHandlers({
+        hostId: this.hostId,
+        vms: this.vms,
+        files: this.files,
+        managementAddress: this.options.managementAddress ?? `10.254.${parseInt(createHash('sha256').update(this.hostId).digest('hex').slice(0, 4), 16) % 250}.${1 + (parseInt(createHash('sha256').update(this.hostId).digest('hex').slice(4, 8), 16) % 250)}`,
+        migrateMs: this.options.migrateMs ?? 0,
+        runtime: (vmId, memory) => this.runtime(vmId, memory),
+        check: (call) => this.check(call),
+      }),
       ...fakeMobilityHandlers(this),
     };
     return h;
