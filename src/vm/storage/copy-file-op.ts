@@ -34,12 +34,10 @@ export function peerAddress(deps: StorageDeps, readerHostId: string, serverHostI
   return hostOf(readerHostId) ?? hostOf(serverHostId) ?? '127.0.0.1';
 }
 
-/** Copies one file of `job` on its host; `operationId` names the agent operation (a controller taking over follows it again). */
-export async function runCopyFile(deps: StorageDeps, job: CopyJobRecord, file: CopyFile, options: FollowOptions, operationId?: string): Promise<CopyFileResult> {
+export async function runCopyFile(deps: StorageDeps, job: CopyJobRecord, file: CopyFile, options: FollowOptions): Promise<CopyFileResult> {
   const agent = agentOn(deps, job.hostId);
   const remote = file.sourceHostId !== undefined && file.sourceHostId !== job.hostId;
-  const opId = operationId ? { operationId } : {};
-  const run = () => (remote ? fetchRemote(deps, agent, job, file, options, opId) : runOperation(agent, 'copyFile', { ...opId, source: file.source, target: file.target, ...deps.copy }, options));
+  const run = () => (remote ? fetchRemote(deps, agent, job, file, options) : runOperation(agent, 'copyFile', { source: file.source, target: file.target, ...deps.copy }, options));
   try {
     return await run();
   } catch (err) {
@@ -49,12 +47,12 @@ export async function runCopyFile(deps: StorageDeps, job: CopyJobRecord, file: C
   }
 }
 
-async function fetchRemote(deps: StorageDeps, agent: AgentClient, job: CopyJobRecord, file: CopyFile, options: FollowOptions, opId: { operationId?: string }): Promise<CopyFileResult> {
+async function fetchRemote(deps: StorageDeps, agent: AgentClient, job: CopyJobRecord, file: CopyFile, options: FollowOptions): Promise<CopyFileResult> {
   const sourceHost = file.sourceHostId as string;
   const source = agentOn(deps, sourceHost);
   const served = await source.openFileServer({ file: file.source, peer: peerAddress(deps, job.hostId, sourceHost) });
   try {
-    return await runOperation(agent, 'fetchFile', { ...opId, source: { url: served.url, token: served.token }, sourceName: file.source, target: file.target, ...deps.copy }, options);
+    return await runOperation(agent, 'fetchFile', { source: { url: served.url, token: served.token }, sourceName: file.source, target: file.target, ...deps.copy }, options);
   } finally {
     await source.closeFileServer({ serverId: served.serverId }).catch((err: unknown) => deps.logger.warn({ err, host: sourceHost }, 'cannot close a file server (it closes by itself when idle)'));
   }
