@@ -7,14 +7,14 @@
 // bus between two controllers, API tokens, hosts, the schema check, and
 // export/import. Expiry runs on a hand-moved clock: no test sleeps for it.
 import { randomUUID } from 'node:crypto';
-import { sql } from 'kysely';
+import { Migrator, sql } from 'kysely';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { CheckpointRecord, CopyJobRecord, DiskRecord, PoolRecord, TaskRecord, VmClaim, VmRecord } from '../vm/index.ts';
 import type { Clock } from './clock.ts';
 import { NOTIFY_LIMIT } from './event-bus.ts';
 import { KyselyInventory } from './inventory.ts';
 import type { OpenInventoryOptions } from './inventory.ts';
-import { migrationNames } from './migrations.ts';
+import { migrationNames, migrationProvider } from './migrations.ts';
 import { TABLES } from './schema.ts';
 import { EXPORTED_TABLES, TRANSIENT_TABLES, exportInventory, importInventory } from './transfer.ts';
 
@@ -140,6 +140,18 @@ export function inventoryContract(label: string, target: ContractTarget): void {
         expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
         expect(results.filter((r) => r.status === 'rejected').map((r) => (r as PromiseRejectedResult).reason.code)).toEqual(['VERSION_CONFLICT']);
         expect((await inv.getVm(a.id))?.version).toBe(1);
+      });
+
+      it('deletes with compare-and-set: a VM that moved on is kept (VERSION_CONFLICT), a gone one is no error', async () => {
+        const { inv } = await fresh();
+        const a = vmRecord('a');
+        await inv.insertVm(a);
+        await inv.updateVm(a.id, { state: 'starting' });
+        await expect(inv.deleteVm(a.id, { expectVersion: 0 })).rejects.toMatchObject({ code: 'VERSION_CONFLICT', details: { expected: 0, actual: 1 } });
+        expect((await inv.getVm(a.id))?.state).toBe('starting');
+        await inv.deleteVm(a.id, { expectVersion: 1 });
+        expect(await inv.getVm(a.id)).toBeUndefined();
+        await inv.deleteVm(a.id, { expectVersion: 1 });
       });
     });
 
@@ -340,6 +352,41 @@ export function inventoryContract(label: string, target: ContractTarget): void {
         await expect(inv.leases.acquire('nope', 'ctl-a', 1000)).rejects.toMatchObject({ code: 'NOT_FOUND' });
       });
 
+      it('inserts a task leased in the same statement, fences updates by owner, and ends the lease with the task', async () => {
+        const { inv } = await fresh();
+        const t = taskRecord();
+        await inv.insertTask(t, { lease: { owner: 'ctl-a', ttlMs: 10_000 } });
+        expect(await inv.leases.get(t.id)).toEqual({ taskId: t.id, owner: 'ctl-a', expiresAt: time.now + 10_000 });
+        expect(await inv.leases.list()).toEqual([{ taskId: t.id, owner: 'ctl-a', expiresAt: time.now + 10_000 }]);
+        expect(await inv.leases.claimExpiredTasks('ctl-b', 10_000)).toEqual([]);
+        expect((await inv.updateTask(t.id, { progress: 0.5 }, { owner: 'ctl-a' })).progress).toBe(0.5);
+        time.advance(10_000);
+        expect((await inv.leases.claimExpiredTasks('ctl-b', 10_000)).map((x) => x.id)).toEqual([t.id]);
+        // The old owner is fenced off: its writes are refused and change nothing.
+        await expect(inv.updateTask(t.id, { state: 'succeeded' }, { owner: 'ctl-a' })).rejects.toMatchObject({ code: 'LEASE_LOST', details: { holder: 'ctl-b' } });
+        expect((await inv.getTask(t.id))?.state).toBe('running');
+        await expect(inv.updateTask(randomUUID(), { progress: 1 }, { owner: 'ctl-a' })).rejects.toMatchObject({ code: 'NOT_FOUND' });
+        expect((await inv.updateTask(t.id, { state: 'failed' }, { owner: 'ctl-b' })).state).toBe('failed');
+        expect(await inv.leases.get(t.id)).toBeUndefined();
+        expect(await inv.leases.list()).toEqual([]);
+      });
+
+      it('carries a cancel request to the owner of a running task only', async () => {
+        const { inv } = await fresh();
+        const a = taskRecord();
+        const b = taskRecord();
+        await inv.insertTask(a, { lease: { owner: 'ctl-a', ttlMs: 10_000 } });
+        await inv.insertTask(b, { lease: { owner: 'ctl-b', ttlMs: 10_000 } });
+        expect(await inv.leases.cancelRequested('ctl-a')).toEqual([]);
+        expect(await inv.leases.requestCancel(a.id)).toBe(true);
+        expect(await inv.leases.cancelRequested('ctl-a')).toEqual([a.id]);
+        expect(await inv.leases.cancelRequested('ctl-b')).toEqual([]);
+        await inv.updateTask(a.id, { state: 'failed' });
+        expect(await inv.leases.cancelRequested('ctl-a')).toEqual([]);
+        expect(await inv.leases.requestCancel(a.id)).toBe(false);
+        expect(await inv.leases.requestCancel(randomUUID())).toBe(false);
+      });
+
       it('takes over unleased running tasks but never finished ones', async () => {
         const { inv } = await fresh();
         const running = taskRecord();
@@ -505,17 +552,12 @@ export function inventoryContract(label: string, target: ContractTarget): void {
         const names = migrationNames(inv.dialect);
         await inv.close();
         opened.splice(opened.indexOf(inv), 1);
-        // Roll the database back to the schema before the last migration, with a live controller on it.
+        // Roll the database back to the schema before the last migration (its `down`), with a live controller on it.
         const { connect } = await import('./connect.ts');
         const handle = await connect(location);
-        await sql`drop table hosts`.execute(handle.db);
-        for (const t of ['vms', 'checkpoints', 'datastores']) {
-          if (handle.dialect.name === 'sqlite') await sql`drop index if exists vms_host`.execute(handle.db);
-          await handle.db.schema.alterTable(t).dropColumn('host').execute();
-        }
-        await handle.db.schema.alterTable('checkpoints').dropColumn('file').execute();
-        for (const c of ['id', 'hosts']) await handle.db.schema.alterTable('datastores').dropColumn(c).execute();
-        await sql`delete from kysely_migration where name = ${names[names.length - 1]}`.execute(handle.db);
+        const down = await new Migrator({ db: handle.db, provider: migrationProvider(handle.dialect) }).migrateDown();
+        expect(down.error).toBeUndefined();
+        expect(down.results?.map((r) => r.migrationName)).toEqual([names[names.length - 1]]);
         await handle.db.insertInto('controllers').values({ id: 'old-ctl', url: null, started_at: 't', heartbeat_at: time.now, lease_expires_at: time.now + 10_000 }).execute();
         await handle.close();
         const older = { databaseVersion: names.length - 1, codeVersion: names.length };
@@ -525,7 +567,7 @@ export function inventoryContract(label: string, target: ContractTarget): void {
         const upgraded = await KyselyInventory.open(location, { clock: time.clock, migrate: 'unless-live' });
         opened.push(upgraded);
         expect(upgraded.schema.database).toBe(names.length);
-        expect(await upgraded.hosts.listHosts()).toEqual([]);
+        expect(await upgraded.leases.cancelRequested('old-ctl')).toEqual([]);
       });
 
       it('refuses to migrate an empty database when told not to', async () => {

@@ -172,6 +172,17 @@ function migrationsFor(t: StoreDialect): Record<string, Migration> {
         await db.schema.alterTable('datastores').addColumn('hosts', 'text').execute();
       },
     },
+    '0006-coordination': {
+      // The engine over the fleet's coordination rows (issue 11): a task's cancel
+      // request reaches the controller that runs it through its row.
+      async up(db: Kysely<unknown>) {
+        await db.schema.alterTable('tasks').addColumn('cancel_requested_at', t.int64).execute();
+      },
+      // The contract suite rolls the newest migration back to test upgrades: give each new one a `down`.
+      async down(db: Kysely<unknown>) {
+        await db.schema.alterTable('tasks').dropColumn('cancel_requested_at').execute();
+      },
+    },
   };
 }
 

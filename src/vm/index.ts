@@ -8,7 +8,7 @@ export type { EngineEvent } from './events.ts';
 export { EventBus } from './events.ts';
 export type { CheckpointRecord, CheckpointState, Inventory, TaskRecord, TaskState, TaskError, VmRecord } from './records.ts';
 export { TASK_STATES, isTaskState, isTaskDone } from './records.ts';
-export type { ControllerRecord, Controllers, GcPin, GcPins, SharedEventBus, TaskLease, TaskLeases, UpdateVmOptions, VmClaim, VmClaims } from './coordination.ts';
+export type { ControllerRecord, Controllers, GcPin, GcPins, InsertTaskOptions, SharedEventBus, TaskLease, TaskLeases, UpdateTaskOptions, UpdateVmOptions, VmClaim, VmClaims } from './coordination.ts';
 export { BusyError, LeaseLostError, VersionConflictError } from './coordination.ts';
 export type { VmState, VmOperation } from './state.ts';
 export { VM_STATES, LIVE_STATES, BUSY_STATES, OPERATION_REQUIRES, isVmState, isLive, canTransition, assertOperationAllowed } from './state.ts';
