@@ -289,6 +289,11 @@ export function inventoryContract(label: string, target: ContractTarget): void {
         expect(await inv.claims.get('vm1')).toBeUndefined();
         expect(await inv.claims.acquire('vm1', 'ctl-b', 'stop', 10_000)).toMatchObject({ owner: 'ctl-b' });
         await expect(inv.claims.acquire('vm3', 'ctl-b', 'stop', 0)).rejects.toMatchObject({ code: 'INVALID_INPUT' });
+        await inv.claims.acquire('vm4', 'ctl-b', 'start', 10_000);
+        await inv.claims.acquire('vm5', 'ctl-c', 'start', 10_000);
+        expect(await inv.claims.releaseOwnedBy('ctl-b')).toBe(2);
+        expect(await inv.claims.get('vm1')).toBeUndefined();
+        expect(await inv.claims.get('vm5')).toMatchObject({ owner: 'ctl-c' });
       });
 
       it('gives a VM to one of two controllers racing for it', async () => {

@@ -78,6 +78,16 @@ export interface VmClaims {
   release(claim: VmClaim): Promise<void>;
   /** The VM's claim, live or expired, if any. */
   get(vmId: string): Promise<VmClaim | undefined>;
+  /** Releases every claim a controller holds (a controller starting again under its id drops its previous life's); returns how many. */
+  releaseOwnedBy(owner: string): Promise<number>;
+}
+
+/** What the engine coordinates through: the store's claims, pins, task leases and controllers. */
+export interface CoordinationStore {
+  claims: VmClaims;
+  pins: GcPins;
+  leases: TaskLeases;
+  controllers: Controllers;
 }
 
 export interface GcPin {
