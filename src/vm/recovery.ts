@@ -20,6 +20,7 @@
 //   restarted elsewhere); when it answers again they are re-adopted the same way.
 import { OffshootError } from '../common/index.ts';
 import { follow } from '../protocol/index.ts';
+import type { AgentClient } from '../protocol/index.ts';
 import type { RestoreJournal } from './checkpoint/checkpoints.ts';
 import type { EngineContext } from './engine-context.ts';
 import type { ForkJournal } from './fork/index.ts';
@@ -44,6 +45,18 @@ export type TaskRecovery = (task: TaskRecord, journal: unknown) => Promise<strin
 
 /** States in which an operation was under way: a controller that died in them leaves the VM to be reconciled. */
 const TRANSITIONAL: readonly VmState[] = ['starting', 'stopping', 'forking', 'checkpointing'];
+
+/** How long a controller taking over a fork waits for its host to finish preparing it. */
+const PREPARE_WAIT_MS = 10 * 60_000;
+
+/** Waits until an agent operation has ended (or the agent no longer knows it, or `ms` passed). */
+async function waitForOperationEnd(agent: AgentClient, operationId: string, ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    const found = await agent.getOperation({ operationId, afterSeq: 0, waitMs: 30_000, until: 'end' }).catch(() => undefined);
+    if (!found || found.operation.state !== 'running') return;
+  }
+}
 
 function journalOf(task: TaskRecord): unknown {
   return (task.result as { journal?: unknown } | null)?.journal;
@@ -112,6 +125,11 @@ export class Recovery {
     const hostId = j.hostId ?? source?.hostId;
     if (!hostId) return 'nothing to roll back';
     const agent = this.ctx.fleet.agent(hostId);
+    if (j.prepareOperationId && j.phase === 'preparing') {
+      // The host may still be preparing (an agent outlives its controller): what it stages after the rollback
+      // would be left behind, so wait for the preparation to end first (abortFork then undoes it).
+      await waitForOperationEnd(agent, j.prepareOperationId, PREPARE_WAIT_MS);
+    }
     if (j.writeOperationId) {
       // A checkpoint file still being written by an agent that lived on: stop the writer before removing its file.
       await agent.cancelOperation({ operationId: j.writeOperationId }).catch(() => undefined);
