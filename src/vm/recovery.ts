@@ -26,6 +26,7 @@ import type { EngineContext } from './engine-context.ts';
 import type { ForkJournal } from './fork/index.ts';
 import { recoverFork } from './fork/index.ts';
 import type { HostRecord } from './hosts/index.ts';
+import { isVmId } from './ids.ts';
 import type { TaskRecord, VmRecord } from './records.ts';
 import { isLive } from './state.ts';
 import type { VmState } from './state.ts';
@@ -242,8 +243,11 @@ export class Recovery {
     for (const task of await this.ctx.inventory.listTasks({ state: 'running' })) {
       const j = journalOf(task) as { childIds?: unknown; vmId?: unknown } | undefined;
       const ids = [task.targetId, ...(Array.isArray(j?.childIds) ? (j.childIds as string[]) : []), ...(typeof j?.vmId === 'string' ? [j.vmId] : [])];
-      for (const id of ids) reserved.add(id);
-      if (elsewhere.has(task.id)) for (const id of ids) busy.add(id);
+      // Only VM ids: a copy job's or a pool's task targets its job or pool.
+      for (const id of ids.filter(isVmId)) {
+        reserved.add(id);
+        if (elsewhere.has(task.id)) busy.add(id);
+      }
     }
     return { busy, reserved };
   }
