@@ -41,6 +41,9 @@ export const COPY_JOB_TASK = 'copy-job';
 
 const PROGRESS_WRITE_MS = 500;
 
+/** How an agent answers for a copy it no longer runs: it restarted meanwhile, or forgot it. */
+const LOST_OPERATION = ['TASK_INTERRUPTED', 'OPERATION_NOT_FOUND'];
+
 type Why = 'pause' | 'cancel' | 'close';
 
 interface Run {
@@ -259,28 +262,42 @@ export class CopyJobs {
         const file = job.files[i] as CopyFile;
         let progress: CopyJobProgress = { ...job.progress, fileIndex: i, workers: job.progress.workers + 1 };
         // A copy in flight when the job's last controller stopped is followed again, not started twice.
-        const operationId = job.operationId ?? newOperationId();
+        const reattached = job.operationId !== null;
+        let operationId = job.operationId ?? newOperationId();
         job = await update({ progress, operationId });
         await this.deps.faults?.('copy.file');
         let lastWrite = 0;
-        const result = await runOperation(
-          agentOn(this.deps, job.hostId),
-          'copyFile',
-          { operationId, source: file.source, target: file.target, ...this.deps.copy },
-          {
-            signal,
-            onProgress: (e) => {
-              const p = (e.data ?? {}) as { bytesDone?: number; bytesTotal?: number; chunksDone?: number; chunksTotal?: number };
-              progress = { ...progress, bytesDone: p.bytesDone ?? progress.bytesDone, bytesTotal: p.bytesTotal ?? progress.bytesTotal, chunksDone: p.chunksDone ?? progress.chunksDone, chunksTotal: p.chunksTotal ?? progress.chunksTotal };
-              if (Date.now() - lastWrite < PROGRESS_WRITE_MS) return;
-              lastWrite = Date.now();
-              void Promise.resolve()
-                .then(() => update({ progress }))
-                .catch(() => undefined);
-              void ctx.progress((i + e.progress) / job.files.length, `${label(job)}: file ${i + 1} of ${job.files.length}`).catch(() => undefined);
+        const copy = (opId: string) =>
+          runOperation(
+            agentOn(this.deps, job.hostId),
+            'copyFile',
+            { operationId: opId, source: file.source, target: file.target, ...this.deps.copy },
+            {
+              signal,
+              onProgress: (e) => {
+                const p = (e.data ?? {}) as { bytesDone?: number; bytesTotal?: number; chunksDone?: number; chunksTotal?: number };
+                progress = { ...progress, bytesDone: p.bytesDone ?? progress.bytesDone, bytesTotal: p.bytesTotal ?? progress.bytesTotal, chunksDone: p.chunksDone ?? progress.chunksDone, chunksTotal: p.chunksTotal ?? progress.chunksTotal };
+                if (Date.now() - lastWrite < PROGRESS_WRITE_MS) return;
+                lastWrite = Date.now();
+                void Promise.resolve()
+                  .then(() => update({ progress }))
+                  .catch(() => undefined);
+                void ctx.progress((i + e.progress) / job.files.length, `${label(job)}: file ${i + 1} of ${job.files.length}`).catch(() => undefined);
+              },
             },
-          },
-        );
+          );
+        let result: Awaited<ReturnType<typeof copy>>;
+        try {
+          result = await copy(operationId);
+        } catch (err) {
+          // The copy followed again ended with its agent (an in-process host restarts with its controller): a new
+          // worker goes on from the target's progress file.
+          if (!reattached || signal.aborted || !(err instanceof OffshootError) || !LOST_OPERATION.includes(err.code)) throw err;
+          this.deps.logger.info({ jobId: id, operationId, code: err.code }, 'the copy in flight ended with its agent; a new worker goes on from its progress');
+          operationId = newOperationId();
+          job = await update({ operationId });
+          result = await copy(operationId);
+        }
         progress = { ...progress, chunksCopied: progress.chunksCopied + result.chunksCopied };
         job = await update({ history: [...job.history, { hostId: job.hostId, at: new Date().toISOString(), chunksCopied: result.chunksCopied }] });
         this.deps.logger.info({ jobId: id, file: file.target, state: result.state, chunksCopied: result.chunksCopied, chunksSkipped: result.chunksSkipped, bytes: result.bytesCopied, workerMs: Math.round(result.elapsedMs) }, 'copy worker ended');
