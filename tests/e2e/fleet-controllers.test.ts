@@ -7,11 +7,12 @@
 // B's SSE client hears of it; two forks of one VM asked of A and B at once
 // make one fork and one BUSY/ILLEGAL_STATE; A killed with SIGKILL at a fork's
 // `fork.prepared` point (OFFSHOOT_TEST_FAULTS gates) has its fork rolled back
-// by B once A's lease expired; A killed while a lab host copies a disk for a
+// by B once A's lease expired, while the CLI given both controllers' URLs
+// goes on through B; A killed while a lab host copies a disk for a
 // copy job has the job finished by B, which follows the copy the host ran on
 // (one copy operation on the host). After each, each lab host's invariants
 // hold: no orphan QEMU, no leaked file, nothing open to other users.
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -23,7 +24,7 @@ import type { UpResult } from '../../src/lab/lab.ts';
 import { freshTestDatabase } from '../../src/store/pg-test-cluster.ts';
 import type { CopyJobRecord, EngineEvent, TaskRecord } from '../../src/vm/index.ts';
 import type { TestHome } from '../harness.ts';
-import { eventually, makeTestHome, waitForProcessExit } from '../harness.ts';
+import { CLI, eventually, makeTestHome, waitForProcessExit } from '../harness.ts';
 import { homeProblems } from '../invariants.ts';
 
 const prefix = `ofl${randomBytes(2).toString('hex').slice(0, 3)}`;
@@ -169,7 +170,13 @@ describe('fleet: two controllers over one PostgreSQL and two lab hosts', () => {
     writeFileSync(join(a.gates, 'fork.prepared.arm'), '');
     const { task } = await a.client.forkVm('web', { count: 2 });
     await eventually(() => existsSync(join(a.gates, 'fork.prepared.reached')), 120_000, 'A\'s fork to be prepared');
+    const aUrl = a.client.url;
     await killA();
+    // The CLI given both controllers (A first, with A's token) goes on through B.
+    const list = await new Promise<string>((resolve, reject) =>
+      execFile(CLI, ['vm', 'list', '--json'], { env: { ...a.t.env, OFFSHOOT_URL: `${aUrl},${b.client.url}`, OFFSHOOT_TOKEN: readFileSync(join(a.t.home, 'token'), 'utf8').trim() } }, (err, stdout, stderr) => (err ? reject(new Error(stderr)) : resolve(stdout))),
+    );
+    expect((JSON.parse(list) as Array<{ name: string }>).map((v) => v.name)).toContain('web');
     const done = await ended(b.client, task?.id as string);
     expect(done.state).toBe('failed');
     expect(done.error?.code).toBe('TASK_INTERRUPTED');
