@@ -7,6 +7,7 @@ import { bootBenchmark } from './boot.ts';
 import { checkpointBenchmark } from './checkpoint.ts';
 import { cloneBenchmark } from './clone.ts';
 import { copyBenchmark } from './copy.ts';
+import { fabricBenchmark } from './fabric.ts';
 import { fleetBenchmark } from './fleet.ts';
 import { hostsBenchmark } from './hosts.ts';
 import { forkBenchmark } from './fork.ts';
@@ -23,6 +24,7 @@ const BENCHMARKS: Record<string, (args: string[]) => Promise<BenchResult>> = {
   netpath: netpathBenchmark,
   fleet: fleetBenchmark,
   hosts: hostsBenchmark,
+  fabric: fabricBenchmark,
 };
 
 const [name, ...args] = process.argv.slice(2);

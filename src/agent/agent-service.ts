@@ -15,9 +15,12 @@ import type { Logger } from '../common/index.ts';
 import { AGENT_CAPABILITIES, AgentEndpoint, EventLog, OperationTable, PROTOCOL_VERSION } from '../protocol/index.ts';
 import type { AgentHandlers, CallResult, EpochKeeper, Locator, OperationContext, VmDisk, VmRuntime, VmSpec } from '../protocol/index.ts';
 import { CHECKPOINT_METADATA_SCHEMA, hostSpecOf, protocolSpecOf, readCheckpointMetadata } from './checkpoint-meta.ts';
+import { fabricHandlers } from './fabric-handlers.ts';
 import type { LocalHostAgent } from './local-agent.ts';
 import type { LocalStorageAgent } from './local-storage-agent.ts';
 import { Locations } from './locations.ts';
+import { migrationHandlers } from './live-migration/handlers.ts';
+import { MobilityHandlers } from './mobility-handlers.ts';
 import type * as Host from './types.ts';
 
 /** What the agent keeps about itself across restarts (<home>/agent.json). */
@@ -46,6 +49,8 @@ export class AgentService implements EpochKeeper {
   /** Changes every time this process starts. */
   readonly instance = randomUUID();
   private unsubscribe: (() => void) | undefined;
+  /** Copies between hosts and content ids (mobility-handlers.ts). */
+  private readonly mobility: MobilityHandlers;
 
   constructor(options: AgentServiceOptions) {
     this.host = options.host;
@@ -53,6 +58,7 @@ export class AgentService implements EpochKeeper {
     this.logger = options.logger ?? silentLogger;
     this.locations = new Locations(this.host.layout.home, this.host.policy);
     this.stateFile = join(this.host.layout.home, 'agent.json');
+    this.mobility = new MobilityHandlers(this.host.layout, this.locations, this.storage);
     this.endpoint = new AgentEndpoint(this.handlers(), this, { operations: new OperationTable(join(this.host.layout.home, 'operations')) });
   }
 
@@ -71,6 +77,7 @@ export class AgentService implements EpochKeeper {
 
   async close(): Promise<void> {
     this.unsubscribe?.();
+    await this.mobility.close();
   }
 
   private async saveState(): Promise<void> {
@@ -421,6 +428,9 @@ export class AgentService implements EpochKeeper {
         await storage.streamWholeChain(r.vmId, r.diskId, (p) => progressOf(ctx, `streaming disk ${r.diskId}`)(p.offset, p.length));
         return {};
       },
+      ...fabricHandlers({ templates: host.fabric, locations: L, specIn: (s) => this.specIn(s), specOut: (s) => this.specOut(s), runtimeOut: (rt) => this.runtimeOut(rt) }),
+      ...migrationHandlers({ host, storage, locations: L, specIn: (s) => this.specIn(s), runtimeOut: (r) => this.runtimeOut(r) }),
+      ...this.mobility.handlers(),
     };
   }
 

@@ -9,14 +9,17 @@ import { HTTPException } from 'hono/http-exception';
 import { NotFoundError, OffshootError, toOffshootError } from '../common/index.ts';
 import type { Logger } from '../common/index.ts';
 import type { LocalHostInfo } from '../agent/index.ts';
-import type { Fleet, StorageService, VmEngine } from '../vm/index.ts';
+import type { FabricService, Fleet, StorageService, VmEngine } from '../vm/index.ts';
+import { fabricRoutes } from './fabric-routes.ts';
 import { hostRoutes } from './host-routes.ts';
+import { migrateRoutes } from './migrate-routes.ts';
 import { bearerAuth } from './auth.ts';
 import { mountConsole } from './console-route.ts';
 import { mountEvents } from './events-route.ts';
 import { mountMetrics } from './metrics.ts';
 import type { DaemonMetrics } from './metrics.ts';
 import { errorResponses, hostSchema } from './schemas.ts';
+import { mobilityRoutes } from './mobility-routes.ts';
 import { storageRoutes } from './storage-routes.ts';
 import { taskRoutes } from './task-routes.ts';
 import { validationHook } from './validation.ts';
@@ -58,6 +61,8 @@ const hostRoute = createRoute({
 export interface AppDeps {
   engine: VmEngine;
   storage: StorageService;
+  /** Templates, their pools and claims (absent: no /templates routes). */
+  fabric?: FabricService;
   fleet: Fleet;
   /** This machine's own host, for GET /host (absent on a controller started with --no-local-host). */
   localHostInfo?: () => Promise<LocalHostInfo>;
@@ -71,7 +76,7 @@ export interface AppDeps {
   consoleDir?: string;
 }
 
-export function buildApp({ engine, storage, fleet, localHostInfo, token, verifyToken, logger, metrics, consoleDir }: AppDeps): OpenAPIHono {
+export function buildApp({ engine, storage, fabric, fleet, localHostInfo, token, verifyToken, logger, metrics, consoleDir }: AppDeps): OpenAPIHono {
   const app = new OpenAPIHono({ defaultHook: validationHook });
   app.onError((err, c) => {
     // Hono's own 4xx (e.g. a malformed JSON body) is the client's mistake, not an internal error.
@@ -93,8 +98,11 @@ export function buildApp({ engine, storage, fleet, localHostInfo, token, verifyT
   });
   app.route('/', hostRoutes(fleet));
   app.route('/', vmRoutes(engine));
+  app.route('/', migrateRoutes(engine));
   app.route('/', taskRoutes(engine));
   app.route('/', storageRoutes(storage, engine));
+  if (fabric) app.route('/', fabricRoutes(fabric, engine));
+  app.route('/', mobilityRoutes(storage));
   mountEvents(app, engine);
   if (metrics) mountMetrics(app, metrics);
 

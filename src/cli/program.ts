@@ -4,8 +4,11 @@
 import { Command, CommanderError } from 'commander';
 import { clientFromEnvironment } from '../client/index.ts';
 import { registerDaemonCommands } from './daemon-commands.ts';
+import { registerFabricCommands } from './fabric-commands.ts';
 import { registerHostCommands } from './host-commands.ts';
 import { registerInventoryCommands } from './inventory-commands.ts';
+import { registerMigrateCommands } from './migrate-commands.ts';
+import { registerMobilityCommands } from './mobility-commands.ts';
 import { printError } from './output.ts';
 import { registerStorageCommands } from './storage-commands.ts';
 import type { CommandContext } from './vm-commands.ts';
@@ -26,10 +29,14 @@ export function buildProgram(): Command {
     },
   };
   registerVmCommands(program, ctx);
+  registerMigrateCommands(program, ctx);
   registerStorageCommands(program, ctx);
+  registerFabricCommands(program, ctx);
   registerDaemonCommands(program, ctx);
   registerHostCommands(program, ctx);
   registerInventoryCommands(program, ctx);
+  // Last: it adds to the job, disk, vm and host commands the others made.
+  registerMobilityCommands(program, ctx);
   return program;
 }
 

@@ -8,6 +8,7 @@
 // operation instead of starting the work twice. Plain calls that change
 // something carry an idempotency key for the same reason (see transports).
 import { z } from 'zod';
+import { MIGRATION_CALLS } from './calls-migration.ts';
 import {
   agentEventSchema,
   copyProgressSchema,
@@ -44,6 +45,8 @@ import {
   vmSpecSchema,
   checkpointMetadataSchema,
 } from './schemas.ts';
+import { FABRIC_CALLS } from './calls-fabric.ts';
+import { MOBILITY_CALLS } from './calls-mobility.ts';
 
 export const operationStates = ['running', 'succeeded', 'failed', 'cancelled'] as const;
 export const operationStateSchema = z.enum(operationStates);
@@ -189,6 +192,13 @@ export const AGENT_CALLS = {
   copyFile: operation('copies one file in a worker process, resumable from its progress file; cancel stops after the chunk in flight', { source: locatorSchema, target: locatorSchema, chunkMiB: z.number().positive().optional(), maxMiBPerSecond: z.number().positive().optional() }, copyResultSchema),
   discardCopy: call("removes a copy's target, progress file and lock", z.object({ target: locatorSchema }), empty),
   streamWholeChain: operation("streams the chain below a running VM's disk into it; the disk stands alone afterwards", { vmId: vmIdSchema, diskId: deviceIdSchema }, empty),
+
+  // The elastic fabric: host templates (calls-fabric.ts)
+  ...FABRIC_CALLS,
+  // Live migration between hosts (calls-migration.ts)
+  ...MIGRATION_CALLS,
+  // Mobility: copies between hosts, content ids across hosts (calls-mobility.ts)
+  ...MOBILITY_CALLS,
 } as const;
 
 export type AgentCalls = typeof AGENT_CALLS;

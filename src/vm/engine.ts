@@ -31,6 +31,7 @@ import { Recovery } from './recovery.ts';
 import type { TaskRecovery } from './recovery.ts';
 import { applyIdentity, hasGuestAgent } from './identity.ts';
 import { KeyedMutex } from './lock.ts';
+import { Migrations } from './migrate/index.ts';
 import { execRequestSchema, parseRequest, startRequestSchema, stopRequestSchema } from './requests.ts';
 import { parseCreateVmRequest, resolveMemoryMiB } from './spec.ts';
 import { BUSY_STATES, LIVE_STATES, assertOperationAllowed, isLive } from './state.ts';
@@ -87,6 +88,7 @@ export class VmEngine implements FleetListener {
   readonly states: StateKeeper;
   readonly fleet: Fleet;
   readonly checkpoints: Checkpoints;
+  readonly migrations: Migrations;
   /** Templates and bases that a request in flight has made but no VM record names yet (this controller's pins). */
   readonly pins: PinSet;
   /** This controller among the fleet's: its id, claims, the beat that renews leases and takes over tasks. */
@@ -129,6 +131,7 @@ export class VmEngine implements FleetListener {
       holdGarbage: (fn) => this.holdGarbage(fn),
     };
     this.checkpoints = new Checkpoints(this.ctx);
+    this.migrations = new Migrations(this.ctx);
     this.recovery = new Recovery(this.ctx);
     this.recovery.register('vm.start', (task, journal) => this.resumeStart(task, journal as StartJournal | undefined));
     this.recovery.register('vm.stop', (task, journal) => this.resumeStop(task, journal as { stopOperationId: string; timeoutMs: number } | undefined));
@@ -322,6 +325,12 @@ export class VmEngine implements FleetListener {
     }
   }
 
+  /** Live-migrates a VM to another host (see migrate/run-migration.ts). */
+  async migrate(ref: string, input: unknown = {}): Promise<VmAndTask> {
+    const task = await this.migrations.migrate(await this.resolve(ref), input);
+    return { vm: await this.resolve(task.targetId), task };
+  }
+
   checkpoint(ref: string, input: unknown = {}): Promise<VmAndTask> {
     return this.checkpoints.checkpoint(ref, input);
   }
@@ -331,10 +340,11 @@ export class VmEngine implements FleetListener {
   }
 
   /**
-   * Cancels a running task that allows it (today: a checkpoint being written). The task rolls back as after
+   * Cancels a running task that allows it (a checkpoint being written, a migration before its switch-over). The task rolls back as after
    * a failure and ends failed with TASK_CANCELLED; returns it once it has.
    */
   cancelTask(id: string): Promise<TaskRecord> {
+    if (this.migrations.cancellable(id)) return this.migrations.cancel(id);
     return this.checkpoints.cancel(id);
   }
 

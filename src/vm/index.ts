@@ -2,7 +2,8 @@
 // front end, one controller of a fleet: coordinator.ts), its records and the
 // Inventory and coordination interfaces the store implements,
 // the lifecycle states, request schemas and events; and its storage half
-// (vm/storage: datastores, disks, clones, pools, copy jobs).
+// (vm/storage: datastores, disks, clones, pools, copy jobs) and the elastic
+// fabric (vm/fabric: templates, pools of ready children, claims).
 export { VmEngine } from './engine.ts';
 export type { VmEngineOptions, VmAndTask } from './engine.ts';
 export type { EngineEvent } from './events.ts';
@@ -30,5 +31,8 @@ export { ForkFailedError, FORK_STEPS } from './fork/fork-errors.ts';
 export { checkpointRequestSchema, restoreRequestSchema } from './checkpoint/checkpoint-requests.ts';
 export type { CheckpointRequest, RestoreRequest } from './checkpoint/checkpoint-requests.ts';
 export type { CheckpointResult } from './checkpoint/run-checkpoint.ts';
+export { migrateRequestSchema, parseRate } from './migrate/index.ts';
+export type { MigrateRequest, MigrateResult, MigrationProgress } from './migrate/index.ts';
 export * from './storage/index.ts';
 export * from './hosts/index.ts';
+export * from './fabric/index.ts';

@@ -6,7 +6,8 @@
 //   is rolled back (fork/recover-fork.ts; the children it made and a
 //   checkpoint file being written go too); a lazy restore whose host still
 //   streams is reattached and finished, else its VM is removed; a start or a
-//   stop reattaches to its agent operations and finishes; kinds registered
+//   stop reattaches to its agent operations and finishes; a live migration
+//   goes forward or back from its journal (migrate/); kinds registered
 //   by other parts (copy jobs) go on as they say; any other kind fails with
 //   TASK_INTERRUPTED, its VM reconciled with what its host runs.
 // - Checkpoints left `writing` by no running task are removed with their
@@ -27,6 +28,8 @@ import type { ForkJournal } from './fork/index.ts';
 import { recoverFork } from './fork/index.ts';
 import type { HostRecord } from './hosts/index.ts';
 import { isVmId } from './ids.ts';
+import { recoverMigration } from './migrate/index.ts';
+import type { MigrateJournal } from './migrate/index.ts';
 import type { TaskRecord, VmRecord } from './records.ts';
 import { isLive } from './state.ts';
 import type { VmState } from './state.ts';
@@ -70,6 +73,7 @@ export class Recovery {
     this.register('vm.fork', (task, journal) => this.recoverFreeze(task, journal as ForkJournal | undefined));
     this.register('vm.checkpoint', (task, journal) => this.recoverFreeze(task, journal as ForkJournal | undefined));
     this.register('vm.restore', (task, journal) => this.recoverRestore(task, journal as RestoreJournal | undefined));
+    this.register('vm.migrate', async (_task, journal) => (journal ? recoverMigration(this.ctx, journal as MigrateJournal, this.ctx.logger) : 'nothing to roll back'));
   }
 
   register(kind: string, handler: TaskRecovery): void {

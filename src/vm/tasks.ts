@@ -21,8 +21,11 @@ import type { Inventory, TaskRecord } from './records.ts';
 import { isTaskDone } from './records.ts';
 
 export interface TaskContext {
-  /** Reports progress (0..1) and a short message of the current phase (best effort while the inventory is down). */
-  progress(fraction: number, message: string): Promise<void>;
+  /**
+   * Reports progress (0..1), a short message of the current phase, and optionally live figures (kept in the task's
+   * result while it runs); best effort while the inventory is down.
+   */
+  progress(fraction: number, message: string, detail?: Record<string, unknown>): Promise<void>;
   /** Persists what a crash recovery would need to roll this task back (kept in the task's result until it ends). */
   journal(data: unknown): Promise<void>;
   /** The task's id (pins of what it made are held as `task:<id>`). */
@@ -123,9 +126,9 @@ export class TaskRunner {
     const ctx: TaskContext = {
       taskId: task.id,
       signal: lost.signal,
-      progress: async (fraction, message) => {
+      progress: async (fraction, message, detail) => {
         try {
-          await this.update(task.id, { progress: Math.max(0, Math.min(1, fraction)), message });
+          await this.update(task.id, { progress: Math.max(0, Math.min(1, fraction)), message, ...(detail ? { result: { ...(journal !== undefined ? { journal } : {}), progress: detail } } : {}) });
         } catch (err) {
           if (isLeaseLost(err)) {
             onLost(err);

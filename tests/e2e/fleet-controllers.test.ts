@@ -85,7 +85,7 @@ describe('fleet: two controllers over one PostgreSQL and two lab hosts', () => {
     const s = { vms, checkpoints, datastores: allDatastores, disks, pools, jobs };
     const datastores = s.datastores.filter((d) => d.hosts.some((h) => h.hostId === host?.id));
     const names = new Set(datastores.map((d) => d.name));
-    const onHost = { vms: s.vms.filter((v) => v.hostId === host?.id), checkpoints: s.checkpoints.filter((c) => c.hostId === host?.id), datastores, disks: s.disks.filter((d) => names.has(d.datastore)), pools: s.pools.filter((p) => names.has(p.datastore)), jobs: s.jobs.filter((j) => j.hostId === host?.id), allowedRoots: [] };
+    const onHost = { templates: [], vms: s.vms.filter((v) => v.hostId === host?.id), checkpoints: s.checkpoints.filter((c) => c.hostId === host?.id), datastores, disks: s.disks.filter((d) => names.has(d.datastore)), pools: s.pools.filter((p) => names.has(p.datastore)), jobs: s.jobs.filter((j) => j.hostId === host?.id), allowedRoots: [] };
     return homeProblems(onHost, { home: labHost(name).home, memoryDir: labHost(name).memoryDir });
   };
   /** Problems settle asynchronously (a takeover collects garbage after its rollback): what stays is a leak. */

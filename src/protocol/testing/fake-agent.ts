@@ -4,7 +4,7 @@
 // a failure at any call with failNext). It passes the same contract suite as
 // the real agent (src/protocol/contract.ts), which keeps it honest: where the
 // two differ, the contract decides.
-import { randomBytes, randomUUID } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { OffshootError } from '../../common/index.ts';
 import type { CallName, CallResult } from '../calls.ts';
 import type { AgentHandlers, EpochKeeper } from '../endpoint.ts';
@@ -15,6 +15,12 @@ import { makeLocator, parseLocator } from '../locator.ts';
 import type { OperationContext } from '../operations.ts';
 import type { DiskSource, VmDisk, VmRuntime, VmSpec } from '../schemas.ts';
 import { AGENT_CAPABILITIES, PROTOCOL_VERSION } from '../version.ts';
+import { fakeFabricHandlers } from './fake-fabric.ts';
+import type { FakeHostTemplate } from './fake-fabric.ts';
+import { fakeMigrationHandlers } from './fake-migration.ts';
+import type { DiskMetaData } from '../schemas.ts';
+import { fakeContentId, fakeHash, fakeMobilityHandlers, fakeToken } from './fake-mobility.ts';
+import type { FakeHostFiles } from './fake-mobility.ts';
 
 interface FakeVm {
   status: 'running' | 'paused';
@@ -46,15 +52,25 @@ export interface FakeAgentOptions {
   hostFiles?: string[];
   /** How long a boot takes (ms); 0 by default. */
   bootMs?: number;
+  /** The management address this fake host reaches its peers from (migrations); default from its id. */
+  managementAddress?: string;
+  /** How long a fake migration copies (ms); 0 by default. */
+  migrateMs?: number;
 }
 
-export class FakeAgent implements EpochKeeper {
+export class FakeAgent implements EpochKeeper, FakeHostFiles {
   readonly hostId: string;
   readonly files = new Set<Locator>([makeLocator({ kind: 'home' }, GUEST, 'vmlinuz'), makeLocator({ kind: 'home' }, GUEST, 'initrd.img'), makeLocator({ kind: 'home' }, GUEST, 'data.qcow2')]);
   readonly vms = new Map<string, FakeVm>();
   readonly templates = new Set<string>();
   readonly forks = new Map<string, FakeFork>();
   readonly datastores = new Map<string, string>();
+  /** Host templates of the elastic fabric (fake-fabric.ts). */
+  readonly hostTemplates = new Map<string, FakeHostTemplate>();
+  /** What files hold (see fake-mobility.ts): content tokens, sidecars, backing files. */
+  readonly content = new Map<Locator, string>();
+  readonly metas = new Map<Locator, DiskMetaData>();
+  readonly backing = new Map<Locator, Locator | null>();
   readonly log = new EventLog();
   readonly endpoint: AgentEndpoint;
   private epoch = 0;
@@ -116,7 +132,7 @@ export class FakeAgent implements EpochKeeper {
   /** How many times each call was made (operations count once, when they start). */
   readonly calls = new Map<string, number>();
 
-  private check(call: CallName): void {
+  check(call: CallName): void {
     this.calls.set(call, (this.calls.get(call) ?? 0) + 1);
     const failure = this.failures.get(call);
     if (failure) {
@@ -208,7 +224,8 @@ export class FakeAgent implements EpochKeeper {
           }
           for (const d of extra) disks.push({ id: `disk${disks.length}`, file: d.file, format: 'raw', readOnly: d.readOnly, owned: false, backing: [] });
           const nics = r.network === 'user' ? [{ id: 'net0', mac: `52:54:00:${randomBytes(3).toString('hex').match(/../g)?.join(':')}`, network: 'user' as const }] : [];
-          return { vcpus: r.vcpus, memoryMiB: r.memoryMiB, boot, disks, nics, defaultGuest };
+          // A TCG host (as this fake says it is) gives guest RAM 8 KiB beyond its MiB, as the real agent does.
+          return { vcpus: r.vcpus, memoryMiB: r.memoryMiB, memoryExtraKiB: 8, boot, disks, nics, defaultGuest };
         }),
       startVm: (r, ctx) =>
         op('startVm', ctx, async () => {
@@ -297,6 +314,8 @@ export class FakeAgent implements EpochKeeper {
         wrap('reapOrphans', () => {
           const killed: number[] = [];
           for (const [vmId, vm] of [...this.vms]) {
+            // A migration's destination waiting here is not an orphan.
+            if (vm.incoming) continue;
             if (!r.live.includes(vmId)) {
               killed.push(vm.runtime.pid);
               this.vms.delete(vmId);
@@ -305,7 +324,7 @@ export class FakeAgent implements EpochKeeper {
           const removed: string[] = [];
           for (const f of [...this.files]) {
             const m = /^home:vms\/([^/]+)\//.exec(f);
-            if (m && !r.known.includes(m[1] as string)) {
+            if (m && !r.known.includes(m[1] as string) && !this.vms.get(m[1] as string)?.incoming) {
               this.files.delete(f);
               removed.push(f);
             }
@@ -315,9 +334,11 @@ export class FakeAgent implements EpochKeeper {
       releaseUnused: (r) =>
         wrap('releaseUnused', () => {
           if ([...this.forks.values()].some((f) => !f.switched)) return { templates: [], files: [] };
-          const templates = [...this.templates].filter((t) => !r.templates.includes(t));
+          // A host template keeps its memory and files for as long as it exists.
+          const kept = [...this.hostTemplates.values()];
+          const templates = [...this.templates].filter((t) => !r.templates.includes(t) && !kept.some((k) => k.memoryTemplateId === t));
           for (const t of templates) this.templates.delete(t);
-          const files = [...this.files].filter((f) => f.startsWith('home:bases/') && !r.files.includes(f));
+          const files = [...this.files].filter((f) => f.startsWith('home:bases/') && !r.files.includes(f) && !kept.some((k) => k.files.includes(f)));
           for (const f of files) this.files.delete(f);
           return { templates, files };
         }),
@@ -520,23 +541,34 @@ export class FakeAgent implements EpochKeeper {
         }),
       resizeDisk: () => wrap('resizeDisk', () => ({})),
       diskChain: (r) => wrap('diskChain', () => ({ chain: [{ file: r.file, format: 'qcow2', virtualSize: 2 ** 30, actualSize: null }] })),
-      writeDiskMeta: () => wrap('writeDiskMeta', () => ({})),
+      writeDiskMeta: (r) =>
+        wrap('writeDiskMeta', () => {
+          this.metas.set(r.file, r.meta);
+          return {};
+        }),
       removeDisk: (r) =>
         wrap('removeDisk', () => {
           this.files.delete(r.file);
+          this.metas.delete(r.file);
+          this.content.delete(r.file);
           return {};
         }),
-      hashDisk: (r, ctx) => op('hashDisk', ctx, () => ({ hash: `xxh-${Buffer.from(r.file).toString('hex').slice(0, 16)}` })),
-      contentId: (r) => wrap('contentId', () => ({ contentId: `cid-${Buffer.from(r.file).toString('hex').slice(0, 16)}` })),
+      hashDisk: (r, ctx) => op('hashDisk', ctx, () => ({ hash: fakeHash(this, r.file) })),
+      contentId: (r) => wrap('contentId', () => ({ contentId: fakeContentId(this, r.file) })),
       freezeDisks: (r) => wrap('freezeDisks', () => ({ disks: r.disks, frozen: [], moves: [], deltas: [] })),
       undoFreeze: () => wrap('undoFreeze', () => ({})),
       createDelta: (r) =>
         wrap('createDelta', () => {
           const file = this.vmFile(r.vmId, `${r.diskId}.qcow2`);
           this.files.add(file);
+          this.backing.set(file, r.backing.file);
           return { file };
         }),
-      relinkDisk: () => wrap('relinkDisk', () => ({})),
+      relinkDisk: (r) =>
+        wrap('relinkDisk', () => {
+          this.backing.set(r.file, r.backing?.file ?? null);
+          return {};
+        }),
       takePoolSlot: (r) =>
         wrap('takePoolSlot', () => {
           for (const d of r.disks) {
@@ -549,11 +581,13 @@ export class FakeAgent implements EpochKeeper {
       copyFile: (r, ctx) =>
         op('copyFile', ctx, () => {
           this.files.add(r.target);
+          this.content.set(r.target, fakeToken(this, r.source));
           return { state: 'done' as const, contentHash: 'xxh-fake', chunksCopied: 1, chunksSkipped: 0, bytesCopied: 2 ** 20, elapsedMs: 1 };
         }),
       discardCopy: (r) =>
         wrap('discardCopy', () => {
           this.files.delete(r.target);
+          this.content.delete(r.target);
           return {};
         }),
       streamWholeChain: (r, ctx) =>
@@ -561,6 +595,32 @@ export class FakeAgent implements EpochKeeper {
           this.running(r.vmId);
           return {};
         }),
+      ...fakeFabricHandlers({
+        hostTemplates: this.hostTemplates,
+        templates: this.templates,
+        files: this.files,
+        vms: this.vms,
+        checkpoints: this.checkpoints,
+        switchedFork: (forkId) => {
+          const fork = this.fork(forkId);
+          if (!fork.switched) throw new OffshootError('FORK_NOT_SWITCHED', `fork ${forkId} has not switched over yet`, { forkId }, 409);
+          return fork;
+        },
+        newRuntime: (vmId, memory) => this.runtime(vmId, memory),
+        running: (vmId) => this.running(vmId),
+        wrap,
+        op,
+      }),
+      ...fakeMigrationHandlers({
+        hostId: this.hostId,
+        vms: this.vms,
+        files: this.files,
+        managementAddress: this.options.managementAddress ?? `10.254.${parseInt(createHash('sha256').update(this.hostId).digest('hex').slice(0, 4), 16) % 250}.${1 + (parseInt(createHash('sha256').update(this.hostId).digest('hex').slice(4, 8), 16) % 250)}`,
+        migrateMs: this.options.migrateMs ?? 0,
+        runtime: (vmId, memory) => this.runtime(vmId, memory),
+        check: (call) => this.check(call),
+      }),
+      ...fakeMobilityHandlers(this),
     };
     return h;
   }

@@ -8,10 +8,13 @@
 // is recorded in the job, so a controller taking the task over (its
 // controller died) reattaches to the same operation and the job goes on,
 // exactly once. pause = stop the worker after its chunk in flight; resume = a
-// new task goes on from the progress file (the hand-over: any process, later
-// any host, can finish a job another stopped); cancel = stop and remove what
-// was copied. Pause and cancel reach a job running on another controller
-// through its task's cancel request. A controller that shuts down hands its
+// new task goes on from the progress file; reassign = the hand-over between
+// hosts (handover.ts decides when and to which host): the worker stops after
+// its chunk in flight and one on the new host goes on from the same progress
+// file; cancel = stop and remove what was copied. A file whose source is on
+// another host is read from that host's file server (copy-file-op.ts). Pause,
+// cancel and a hand-over reach a job running on another controller through
+// its task's cancel request. A controller that shuts down hands its
 // jobs over (their tasks stay running, unleased) and the next controller to
 // look goes on with them. What a finished job means (a clone's disks, a pool
 // slot) is up to the handler registered for its purpose. A job's sources are
@@ -19,14 +22,15 @@
 // succeeds or is cancelled.
 import { randomBytes } from 'node:crypto';
 import { NotFoundError, OffshootError, sleep, toOffshootError } from '../../common/index.ts';
-import { newOperationId, runOperation } from '../../protocol/index.ts';
+import { newOperationId } from '../../protocol/index.ts';
 import type { TaskRecord } from '../records.ts';
 import type { TaskContext } from '../tasks.ts';
 import { HAND_OVER } from '../tasks.ts';
 import type { StorageDeps } from './deps.ts';
 import { agentOn } from './deps.ts';
+import { runCopyFile } from './copy-file-op.ts';
 import { CopyJobStateError } from './errors.ts';
-import type { CopyFile, CopyJobProgress, CopyJobRecord, CopyPurpose } from './records.ts';
+import type { CopyFile, CopyJobHistoryEntry, CopyJobProgress, CopyJobRecord, CopyPurpose } from './records.ts';
 import { isCopyJobDone } from './records.ts';
 
 export interface CopyJobHandler {
@@ -44,7 +48,8 @@ const PROGRESS_WRITE_MS = 500;
 /** How an agent answers for a copy it no longer runs: it restarted meanwhile, or forgot it. */
 const LOST_OPERATION = ['TASK_INTERRUPTED', 'OPERATION_NOT_FOUND'];
 
-type Why = 'pause' | 'cancel' | 'close';
+/** Why a job's worker was stopped: the job is then paused, cancelled, left running for the next controller, or handed over. */
+type Why = 'pause' | 'cancel' | 'close' | 'handover';
 
 interface Run {
   abort: AbortController;
@@ -59,7 +64,18 @@ function pinHolder(jobId: string): string {
 
 function label(job: CopyJobRecord): string {
   const p = job.purpose;
-  return p.kind === 'clone' ? `clone ${p.cloneName}` : p.kind === 'pool' ? `pool slot ${p.slot}` : `move of disk ${p.diskId}`;
+  switch (p.kind) {
+    case 'clone':
+      return `clone ${p.cloneName}`;
+    case 'pool':
+      return `pool slot ${p.slot}`;
+    case 'move':
+      return `move of disk ${p.diskId}`;
+    case 'seed':
+      return `seed of disk ${p.diskId}`;
+    case 'vm-move':
+      return `files of the move of VM ${p.vmId}`;
+  }
 }
 
 export class CopyJobs {
@@ -168,6 +184,14 @@ export class CopyJobs {
     return this.wait(job.id);
   }
 
+  /** Waits until a job's task has been recorded as ended (its runner writes the end after the work returned). */
+  private async taskEnded(taskId: string): Promise<void> {
+    for (let i = 0; i < 600; i++) {
+      if ((await this.deps.inventory.getTask(taskId))?.state !== 'running') return;
+      await sleep(50);
+    }
+  }
+
   /** Cancel requests for jobs this controller runs: stop each as its job says (pause or cancel). */
   private async requested(taskIds: string[]): Promise<void> {
     for (const [id, run] of this.active) {
@@ -176,6 +200,36 @@ export class CopyJobs {
       run.why = job?.request === 'cancel' ? 'cancel' : 'pause';
       run.abort.abort();
     }
+  }
+
+  /**
+   * The hand-over's mechanics: stops the job's worker after its chunk in flight (if one runs, here or on another
+   * controller), records the new host and a hand-over line in the history, and starts a worker there unless the job
+   * is paused; it goes on from the progress file. Which host, and whether it may, is handover.ts's to decide.
+   */
+  async reassign(id: string, hostId: string, reason: string): Promise<CopyJobRecord> {
+    const run = this.active.get(id);
+    let wasRunning = false;
+    if (run) {
+      run.why = 'handover';
+      run.abort.abort();
+      await run.done.catch(() => undefined);
+      await this.taskEnded(run.taskId);
+    } else {
+      const running = await this.get(id);
+      // Another controller runs it: ask it to stop (it pauses the job), then go on from here on the new host.
+      if (running.state === 'running' && running.taskId && (await this.deps.inventory.getTask(running.taskId))?.state === 'running') {
+        wasRunning = (await this.askOwner(running, 'pause')).state === 'paused';
+        await this.taskEnded(running.taskId);
+      }
+    }
+    const job = await this.get(id);
+    if (isCopyJobDone(job.state) && job.state !== 'failed') throw new CopyJobStateError(id, job.state, 'hand over');
+    const line: CopyJobHistoryEntry = { hostId, at: new Date().toISOString(), chunksCopied: 0, handedOverFrom: job.hostId, reason, fileIndex: job.progress.fileIndex, bytesDoneBefore: job.progress.bytesDone };
+    const requeue = job.state === 'failed' || wasRunning;
+    const moved = await this.update(id, { hostId, history: [...job.history, line], operationId: null, ...(requeue ? { state: 'queued' as const, error: null } : {}) });
+    if (moved.state !== 'paused') await this.launch(id, true);
+    return this.get(id);
   }
 
   /**
@@ -243,6 +297,7 @@ export class CopyJobs {
     try {
       const job = await run.done;
       if (run.why === 'close') return HAND_OVER;
+      if (run.why === 'handover') return { job: id, state: job.state, handedOver: true };
       if (job.state === 'failed') throw new OffshootError(job.error?.code ?? 'TASK_FAILED', job.error?.message ?? `copy job ${id} failed`, { ...(job.error?.details ?? {}), jobId: id }, 500);
       return { job: id, state: job.state };
     } finally {
@@ -268,24 +323,20 @@ export class CopyJobs {
         await this.deps.faults?.('copy.file');
         let lastWrite = 0;
         const copy = (opId: string) =>
-          runOperation(
-            agentOn(this.deps, job.hostId),
-            'copyFile',
-            { operationId: opId, source: file.source, target: file.target, ...this.deps.copy },
-            {
-              signal,
-              onProgress: (e) => {
-                const p = (e.data ?? {}) as { bytesDone?: number; bytesTotal?: number; chunksDone?: number; chunksTotal?: number };
-                progress = { ...progress, bytesDone: p.bytesDone ?? progress.bytesDone, bytesTotal: p.bytesTotal ?? progress.bytesTotal, chunksDone: p.chunksDone ?? progress.chunksDone, chunksTotal: p.chunksTotal ?? progress.chunksTotal };
-                if (Date.now() - lastWrite < PROGRESS_WRITE_MS) return;
-                lastWrite = Date.now();
-                void Promise.resolve()
-                  .then(() => update({ progress }))
-                  .catch(() => undefined);
-                void ctx.progress((i + e.progress) / job.files.length, `${label(job)}: file ${i + 1} of ${job.files.length}`).catch(() => undefined);
-              },
+          runCopyFile(this.deps, job, file, {
+            operationId: opId,
+            signal,
+            onProgress: (e) => {
+              const p = (e.data ?? {}) as { bytesDone?: number; bytesTotal?: number; chunksDone?: number; chunksTotal?: number };
+              progress = { ...progress, bytesDone: p.bytesDone ?? progress.bytesDone, bytesTotal: p.bytesTotal ?? progress.bytesTotal, chunksDone: p.chunksDone ?? progress.chunksDone, chunksTotal: p.chunksTotal ?? progress.chunksTotal };
+              if (Date.now() - lastWrite < PROGRESS_WRITE_MS) return;
+              lastWrite = Date.now();
+              void Promise.resolve()
+                .then(() => update({ progress }))
+                .catch(() => undefined);
+              void ctx.progress((i + e.progress) / job.files.length, `${label(job)}: file ${i + 1} of ${job.files.length}`).catch(() => undefined);
             },
-          );
+          });
         let result: Awaited<ReturnType<typeof copy>>;
         try {
           result = await copy(operationId);
@@ -299,11 +350,12 @@ export class CopyJobs {
           result = await copy(operationId);
         }
         progress = { ...progress, chunksCopied: progress.chunksCopied + result.chunksCopied };
-        job = await update({ history: [...job.history, { hostId: job.hostId, at: new Date().toISOString(), chunksCopied: result.chunksCopied }] });
+        job = await update({ history: [...job.history, { hostId: job.hostId, at: new Date().toISOString(), chunksCopied: result.chunksCopied, bytesCopied: result.bytesCopied, fileIndex: i }] });
         this.deps.logger.info({ jobId: id, file: file.target, state: result.state, chunksCopied: result.chunksCopied, chunksSkipped: result.chunksSkipped, bytes: result.bytesCopied, workerMs: Math.round(result.elapsedMs) }, 'copy worker ended');
         if (result.state === 'stopped') {
           const reason = why();
-          job = await update({ progress, operationId: null, state: reason === 'close' ? 'running' : 'paused' });
+          // Paused (a cancel removes the files next), or left running: for the next controller, or the host it is handed to.
+          job = await update({ progress, operationId: null, state: reason === 'close' || reason === 'handover' ? 'running' : 'paused' });
           return job;
         }
         job = await update({ progress: { ...progress, fileIndex: i + 1 }, operationId: null });
@@ -315,6 +367,11 @@ export class CopyJobs {
     } catch (err) {
       if (ctx.signal.aborted) throw err;
       const error = toOffshootError(err);
+      // Handed over while its host did not answer: the job goes on elsewhere; this worker's end is not the job's.
+      if (why() === 'handover') {
+        this.deps.logger.info({ jobId: id, code: error.code, err: error.message }, 'copy worker left behind by a hand-over');
+        return await this.get(id);
+      }
       this.deps.logger.warn({ jobId: id, code: error.code, err: error.message }, 'copy job failed');
       // A resume starts the copy afresh from its progress file (the failed operation cannot be followed again).
       return await this.update(id, { state: 'failed', error: error.toJSON(), operationId: null });
