@@ -186,4 +186,41 @@ describe('fabric orchestration against the fake agent', () => {
     expect(members).toHaveLength(2);
     expect(members.map((m) => m.vmId)).not.toContain(first?.vmId);
   });
+
+  it('marks a template whose host copy lost its memory broken, with the reason; its ready children go and claims are refused', async () => {
+    const s = await setup();
+    closers.push(s.close);
+    const t = await s.template('web');
+    await s.fabric.scale('web', { ready: 2 }, { wait: true });
+    s.agent.templates.delete(t.placements[0]?.memoryTemplateId as string);
+    // The check runs at start (and periodically): a second service over the same inventory runs it now.
+    await s.fabric.close();
+    const again = new FabricService({ inventory: s.inventory, fabric: s.inventory.fabric, engine: s.engine, logger: silentLogger, claims: s.inventory.claims, controllerId: 'test-controller-2', readyTimeoutMs: 5_000, reconcileMs: 60_000 });
+    closers.unshift(() => again.close());
+    await again.start();
+    const broken = await again.show('web');
+    expect(broken.state).toBe('broken');
+    expect(broken.stateReason).toMatch(/lost memory template/);
+    expect(broken.placements[0]?.state).toBe('broken');
+    expect(broken.placements[0]?.children.ready).toBe(0);
+    expect((await s.engine.list()).map((v) => v.name)).toEqual(['web-src']);
+    expect(await codeOf(again.claim('web', {}))).toBe('TEMPLATE_BROKEN');
+    expect(await codeOf(again.scale('web', { ready: 1 }))).toBe('ILLEGAL_STATE');
+    await again.delete('web');
+    expect(await again.list()).toEqual([]);
+  });
+
+  it('skips a ready child whose QEMU died (removing it) and hands out the next one', async () => {
+    const s = await setup();
+    closers.push(s.close);
+    await s.template('web');
+    await s.fabric.scale('web', { ready: 2 }, { wait: true });
+    const [oldest, next] = await s.inventory.fabric.listMembers({ state: 'ready' });
+    s.agent.crash(oldest?.vmId as string);
+    const claimed = await s.fabric.claim('web', {});
+    expect(claimed.source).toBe('pool');
+    expect(claimed.vm.id).toBe(next?.vmId);
+    expect(claimed.skipped.map((x) => x.vm)).toEqual([oldest?.vmId]);
+    expect(await s.inventory.getVm(oldest?.vmId as string)).toBeUndefined();
+  });
 });
