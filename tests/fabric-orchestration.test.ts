@@ -223,4 +223,53 @@ describe('fabric orchestration against the fake agent', () => {
     expect(claimed.skipped.map((x) => x.vm)).toEqual([oldest?.vmId]);
     expect(await s.inventory.getVm(oldest?.vmId as string)).toBeUndefined();
   });
+
+  it('rolls back a template creation whose controller died after the freeze was prepared: the VM runs on, nothing of the template stays', async () => {
+    const s = await setup();
+    closers.push(s.close);
+    const { task: boot } = await s.engine.create({ name: 'src', start: true });
+    expect((await s.engine.tasks.wait(boot?.id as string)).state).toBe('succeeded');
+    const filesBefore = [...s.agent.files].sort();
+    // The first controller stops for good right after preparing the freeze (its task left running with its journal).
+    let release: (err: Error) => void = () => undefined;
+    const gate = new Promise<void>((_, reject) => (release = reject));
+    const dying = new FabricService({ inventory: s.inventory, fabric: s.inventory.fabric, engine: s.engine, logger: silentLogger, faults: (point) => (point === 'template.prepared' ? gate : undefined) });
+    const made = await dying.create({ name: 'web', from: 'src' });
+    await waitUntil(async () => (await s.engine.tasks.get(made.task?.id as string)).message.includes('freezing'));
+    await waitUntil(async () => s.agent.forks.size > 0 && [...s.agent.forks.values()].every((f) => f.made.length > 0 || f.frozen.length > 0));
+    try {
+      // A new controller recovers: its engine rolls the freeze back from the journal, its fabric drops the template.
+      const engine = new VmEngine({ inventory: s.inventory, fleet: s.fleet, logger: silentLogger });
+      const report = await engine.recover();
+      expect(report.adopted).toContain('src');
+      const task = await engine.tasks.get(made.task?.id as string);
+      expect(task.state).toBe('failed');
+      expect(task.error?.code).toBe('TASK_INTERRUPTED');
+      await s.fabric.close();
+      const again = new FabricService({ inventory: s.inventory, fabric: s.inventory.fabric, engine, logger: silentLogger, reconcileMs: 60_000 });
+      closers.unshift(async () => {
+        await again.close();
+        await engine.close();
+      });
+      await again.start();
+      expect(await again.list()).toEqual([]);
+      expect((await engine.resolve('src')).state).toBe('running');
+      expect(s.agent.hostTemplates.size).toBe(0);
+      await engine.collectGarbage();
+      expect([...s.agent.files].sort()).toEqual(filesBefore);
+    } finally {
+      release(new Error('the controller is gone'));
+    }
+    // The dead controller's work ends (as its process would have): nothing changes.
+    await s.engine.tasks.wait(made.task?.id as string).catch(() => undefined);
+    expect((await s.engine.resolve('src')).state).toBe('running');
+  });
 });
+
+async function waitUntil(check: () => Promise<boolean>, ms = 5_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}

@@ -61,7 +61,8 @@ export class Recovery {
     const journal = (task.result as { journal?: unknown } | null)?.journal;
     let recovery = 'nothing to roll back';
     try {
-      if ((task.kind === 'vm.fork' || task.kind === 'vm.checkpoint') && journal) {
+      // A template's creation (vm/fabric) freezes its VM as a fork does, with a fork journal.
+      if ((task.kind === 'vm.fork' || task.kind === 'vm.checkpoint' || task.kind === 'template.create') && journal) {
         const j = journal as ForkJournal;
         const source = await this.ctx.inventory.getVm(j.sourceId);
         const hostId = j.hostId ?? source?.hostId;
