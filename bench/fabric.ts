@@ -1,8 +1,8 @@
 // Fabric benchmark: the latency of a claim until the child runs with its
 // guest agent answering (the hand-out's guest step is an agent exec), from a
-// ready pool (paused children; claims in waves of --concurrency) and from an
-// empty pool (forked on demand), against a cold boot of the same guest and a
-// plain fork of a running VM (`vm fork --count 1` until its child answers),
+// ready pool (paused children; one at a time, and in waves of --concurrency)
+// and from an empty pool (forked on demand), against a cold boot of the same
+// guest and a plain fork of a running VM (`vm fork --count 1` until its child answers),
 // measured in the same run; and the host memory of a pool of --pool ready
 // children (their PSS without the template's mapping, plus the template's
 // resident RAM) against as many booted guests (one booted guest's memory
@@ -57,6 +57,7 @@ export async function fabricBenchmark(args: string[]): Promise<BenchResult> {
   const concurrency = option(args, '--concurrency', 5);
   const poolSize = option(args, '--pool', 8);
   const runs = option(args, '--runs', 3);
+  const sequentialClaims = option(args, '--sequential', 10);
   const home = mkdtempSync('/tmp/osh-bench-home-');
   const memoryDir = mkdtempSync('/dev/shm/osh-bench-mem-');
   const daemon = await startDaemon({ home, memoryDir });
@@ -112,6 +113,23 @@ export async function fabricBenchmark(args: string[]): Promise<BenchResult> {
     const templateMiB = (await stat(ramFile)).blocks / 2048;
     notes.push(`the pool's memory: the template's RAM file ${templateMiB.toFixed(0)} MiB resident, each child ${((poolMiB - templateMiB) / Math.max(1, members.length)).toFixed(0)} MiB on average besides (its QEMU, TCG's translated code, the pages it wrote)`);
     process.stderr.write(`pool of ${members.length} filled in ${fillMs.toFixed(0)} ms; ${poolMiB.toFixed(0)} MiB (booted x${members.length}: ${(bootedMiB * members.length).toFixed(0)} MiB)\n`);
+    // One at a time from a full pool: a claim's own latency, and where it goes.
+    const sequential: number[] = [];
+    const split = { resume: [] as number[], guest: [] as number[], handOut: [] as number[], claim: [] as number[] };
+    for (let i = 0; i < sequentialClaims; i++) {
+      await daemon.fabric.keeper.settled();
+      const s0 = performance.now();
+      const c = await daemon.fabric.claim('bench', {});
+      sequential.push(performance.now() - s0);
+      split.resume.push(c.timings.resumeMs);
+      split.guest.push(c.timings.guestMs);
+      split.handOut.push(c.timings.handOutMs);
+      split.claim.push(c.timings.claimMs);
+      await remove(daemon, c.vm.id);
+    }
+    await daemon.fabric.keeper.settled();
+    const median = (xs: number[]) => percentile(xs, 50).toFixed(0);
+    notes.push(`sequential ready-pool claims: p50 ${median(sequential)} ms, p99 ${percentile(sequential, 99).toFixed(0)} ms over ${sequential.length}; medians inside: the host's hand-out ${median(split.handOut)} ms (resume ${median(split.resume)}, guest step ${median(split.guest)}), the controller's claim ${median(split.claim)} ms`);
     const fromPool: number[] = [];
     let served = 0;
     let forked = 0;
@@ -136,8 +154,10 @@ export async function fabricBenchmark(args: string[]): Promise<BenchResult> {
     }
     process.stderr.write(`pool claims ${fromPool.map((x) => x.toFixed(0)).join(', ')} ms\n`);
     comparisons.push(
-      { metric: 'claim until the agent answers (ready pool)', offshoot: { label: 'claim, paused child', unit: 'ms', samples: fromPool }, baseline: { label: 'cold boot', unit: 'ms', samples: cold } },
-      { metric: 'claim until the agent answers (ready pool)', offshoot: { label: 'claim, paused child', unit: 'ms', samples: fromPool }, baseline: { label: 'plain fork, 1 child', unit: 'ms', samples: fork } },
+      { metric: 'claim until the agent answers (ready pool, one at a time)', offshoot: { label: 'claim, paused child', unit: 'ms', samples: sequential }, baseline: { label: 'cold boot', unit: 'ms', samples: cold } },
+      { metric: 'claim until the agent answers (ready pool, one at a time)', offshoot: { label: 'claim, paused child', unit: 'ms', samples: sequential }, baseline: { label: 'plain fork, 1 child', unit: 'ms', samples: fork } },
+      { metric: `claim until the agent answers (ready pool, ${concurrency} at once)`, offshoot: { label: 'claim, paused child', unit: 'ms', samples: fromPool }, baseline: { label: 'cold boot', unit: 'ms', samples: cold } },
+      { metric: `claim until the agent answers (ready pool, ${concurrency} at once)`, offshoot: { label: 'claim, paused child', unit: 'ms', samples: fromPool }, baseline: { label: 'plain fork, 1 child', unit: 'ms', samples: fork } },
       { metric: 'claim until the agent answers (empty pool)', offshoot: { label: 'claim, forked on demand', unit: 'ms', samples: onDemand }, baseline: { label: 'cold boot', unit: 'ms', samples: cold } },
       { metric: `host memory of ${members.length} ready children`, offshoot: { label: 'pool (PSS + template)', unit: 'MiB', samples: [poolMiB] }, baseline: { label: `${members.length} x booted guest`, unit: 'MiB', samples: [bootedMiB * members.length] } },
     );
@@ -150,7 +170,7 @@ export async function fabricBenchmark(args: string[]): Promise<BenchResult> {
       name: 'fabric',
       startedAt,
       machine: { cpus: cpus().length, accel: host.accel, qemu: await qemuVersion(), node: process.version },
-      parameters: { memoryMiB, claims, concurrency, poolSize, runs },
+      parameters: { memoryMiB, claims, concurrency, poolSize, runs, sequentialClaims },
       comparisons,
       notes,
     };
