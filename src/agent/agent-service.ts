@@ -19,6 +19,7 @@ import { fabricHandlers } from './fabric-handlers.ts';
 import type { LocalHostAgent } from './local-agent.ts';
 import type { LocalStorageAgent } from './local-storage-agent.ts';
 import { Locations } from './locations.ts';
+import { migrationHandlers } from './live-migration/handlers.ts';
 import type * as Host from './types.ts';
 
 /** What the agent keeps about itself across restarts (<home>/agent.json). */
@@ -423,6 +424,7 @@ export class AgentService implements EpochKeeper {
         return {};
       },
       ...fabricHandlers({ templates: host.fabric, locations: L, specIn: (s) => this.specIn(s), specOut: (s) => this.specOut(s), runtimeOut: (rt) => this.runtimeOut(rt) }),
+      ...migrationHandlers({ host, storage, locations: L, specIn: (s) => this.specIn(s), runtimeOut: (r) => this.runtimeOut(r) }),
     };
   }
 

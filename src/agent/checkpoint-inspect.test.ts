@@ -55,6 +55,21 @@ describe('checkpoint file inspection', () => {
     expect(found.metadata.spec.disks[0]?.file).toBe('home:bases/frozen.qcow2');
   });
 
+  it('accepts RAM 8 KiB past a whole MiB when the spec says so (memoryExtraKiB), and refuses it otherwise', async () => {
+    const bytes = MEMORY + 8 * 1024;
+    const vm = { id: '6f6f6f6f-0000-4000-8000-00000000000a', name: 'web' };
+    const protocolSpec = (extra?: number) => ({ vcpus: 1, memoryMiB: 16, ...(extra ? { memoryExtraKiB: extra } : {}), boot: { kind: 'disk' as const }, disks: [], nics: [], defaultGuest: false });
+    const at = async (name: string, extra?: number) => {
+      const path = join(root, name);
+      await writeCheckpoint(path, { memoryBytes: bytes, readBlock: async (i, into) => (i === 16 ? (into.fill(9, 0, 8192), 8192) : 0), metadata: { schema: 2, vm, spec: protocolSpec(extra), createdAt: new Date().toISOString(), hostId: 'h' }, deviceState: Buffer.from('QEVM') });
+      return path;
+    };
+    const found = await inspect(await at('extra.ckpt', 8));
+    expect(found.memoryBytes).toBe(bytes);
+    expect(found.metadata.spec.memoryExtraKiB).toBe(8);
+    await expect(inspect(await at('noextra.ckpt'))).rejects.toMatchObject({ code: 'CHECKPOINT_CORRUPT', message: expect.stringContaining(`holds ${bytes} bytes`) });
+  });
+
   it('refuses a missing or unsafe disk', async () => {
     const missing = await write('missing.ckpt', { spec: spec([{ id: 'disk0', path: join(root, 'nowhere.qcow2'), format: 'qcow2', readOnly: false, owned: false, backing: [] }]) });
     await expect(inspect(missing)).rejects.toMatchObject({ code: 'CHECKPOINT_DISK_UNAVAILABLE', message: expect.stringContaining('does not exist') });

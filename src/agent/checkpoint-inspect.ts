@@ -13,6 +13,7 @@ import { realpath, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { OffshootError } from '../common/index.ts';
 import { CheckpointFormatError, CheckpointReader } from '../memory/index.ts';
+import { guestMemoryBytes } from '../protocol/index.ts';
 import { inspectImage } from '../storage/index.ts';
 import type { PathPolicy } from './path-policy.ts';
 import type { CheckpointInspection, VmDisk, VmSpec } from './types.ts';
@@ -46,7 +47,8 @@ export async function inspectCheckpointFile<M extends { spec: unknown }>(policy:
     if (err instanceof OffshootError && err.code === 'NOT_FOUND') throw new OffshootError('CHECKPOINT_DISK_UNAVAILABLE', `checkpoint ${path}: ${err.message} on this host`, { path }, 409, { cause: err });
     throw err;
   }
-  if (spec.memoryMiB * 1024 * 1024 !== memoryBytes) throw new CheckpointFormatError(path, 'metadata', `the spec says ${spec.memoryMiB} MiB of memory, the file holds ${memoryBytes} bytes`);
+  const specBytes = guestMemoryBytes(spec);
+  if (specBytes !== memoryBytes) throw new CheckpointFormatError(path, 'metadata', `the spec says ${spec.memoryMiB} MiB${spec.memoryExtraKiB ? ` and ${spec.memoryExtraKiB} KiB` : ''} of memory (${specBytes} bytes), the file holds ${memoryBytes} bytes`);
   for (const disk of spec.disks) {
     let real: string;
     try {

@@ -73,12 +73,12 @@ export function readCheckpointMetadata(locations: Locations, file: string, raw: 
 export function hostSpecOf(locations: Locations, spec: VmSpec): HostSpec {
   const disk = (d: VmSpec['disks'][number]): HostSpec['disks'][number] => ({ id: d.id, path: locations.path(d.file), format: d.format, readOnly: d.readOnly, owned: d.owned, backing: d.backing.map((b) => locations.path(b)) });
   const boot: HostSpec['boot'] = spec.boot.kind === 'kernel' ? { kind: 'kernel', kernel: locations.path(spec.boot.kernel), ...(spec.boot.initrd ? { initrd: locations.path(spec.boot.initrd) } : {}), cmdline: spec.boot.cmdline } : { kind: 'disk' };
-  return { vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, boot, disks: spec.disks.map(disk), nics: spec.nics, defaultGuest: spec.defaultGuest, ...(spec.guestAgent !== undefined ? { guestAgent: spec.guestAgent } : {}), ...(spec.identity ? { identity: { ...spec.identity } } : {}) };
+  return { vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, ...(spec.memoryExtraKiB ? { memoryExtraKiB: spec.memoryExtraKiB } : {}), boot, disks: spec.disks.map(disk), nics: spec.nics, defaultGuest: spec.defaultGuest, ...(spec.guestAgent !== undefined ? { guestAgent: spec.guestAgent } : {}), ...(spec.identity ? { identity: { ...spec.identity } } : {}) };
 }
 
 /** A host spec (paths) with file references instead (for the protocol). */
 export function protocolSpecOf(locations: Locations, spec: HostSpec): VmSpec {
   const disk = (d: HostSpec['disks'][number]): VmSpec['disks'][number] => ({ id: d.id, file: locations.locator(d.path), format: d.format, readOnly: d.readOnly, owned: d.owned, backing: d.backing.map((b) => locations.locator(b)) });
   const boot: VmSpec['boot'] = spec.boot.kind === 'kernel' ? { kind: 'kernel', kernel: locations.locator(spec.boot.kernel), ...(spec.boot.initrd ? { initrd: locations.locator(spec.boot.initrd) } : {}), cmdline: spec.boot.cmdline } : { kind: 'disk' };
-  return { vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, boot, disks: spec.disks.map(disk), nics: spec.nics, defaultGuest: spec.defaultGuest, ...(spec.guestAgent !== undefined ? { guestAgent: spec.guestAgent } : {}), ...(spec.identity ? { identity: { ...spec.identity } } : {}) };
+  return { vcpus: spec.vcpus, memoryMiB: spec.memoryMiB, ...(spec.memoryExtraKiB ? { memoryExtraKiB: spec.memoryExtraKiB } : {}), boot, disks: spec.disks.map(disk), nics: spec.nics, defaultGuest: spec.defaultGuest, ...(spec.guestAgent !== undefined ? { guestAgent: spec.guestAgent } : {}), ...(spec.identity ? { identity: { ...spec.identity } } : {}) };
 }

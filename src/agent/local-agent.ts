@@ -1,7 +1,8 @@
 // The in-process host agent: runs QEMU processes for this host's VMs, keeps
 // their QMP and guest-agent connections, re-adopts QEMUs that outlived a
 // daemon restart, and reaps QEMUs that no VM owns. The pre-staged fork lives in
-// fork-stager.ts. It works with host paths; agent-service.ts serves it through the agent protocol. This is the only
+// fork-stager.ts; live migrations between hosts in live-migration/ (paths,
+// incoming, outgoing). It works with host paths; agent-service.ts serves it through the agent protocol. This is the only
 // implementation today.
 import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
@@ -33,6 +34,10 @@ import type { LazyRestore, LazyStreamResult } from './lazy-restore.ts';
 import { inspectCheckpointFile } from './checkpoint-inspect.ts';
 import { RunningVm } from './running-vm.ts';
 import { streamDisk } from './live-disk-ops.ts';
+import { IncomingMigrations } from './live-migration/incoming.ts';
+import { OutgoingMigrations } from './live-migration/outgoing.ts';
+import { MigrationPaths } from './live-migration/paths.ts';
+import type { MigrationHost } from './live-migration/host.ts';
 import type { CheckpointInspection } from './types.ts';
 import type { Accelerator, CustomizeResult, ExecRequest, ExecResult, ForkDisksRequest, ForkDisksResult, ForkSwitch, HostInfo, Identity, PrepareForkRequest, PreparedFork, PrepareVmRequest, VmExitEvent, VmMemory, VmMemoryStats, VmRuntime, VmSpec } from './types.ts';
 
@@ -44,6 +49,9 @@ export interface LocalHostAgentOptions {
   qemuBinary?: string;
   logger?: Logger;
 }
+
+/** Extra guest RAM of a VM prepared on a TCG host: its RAM block is then no multiple of 256 KiB (see qemu/argv.ts). */
+export const TCG_MEMORY_EXTRA_KIB = 8;
 
 /** How long closing the agent waits for lazy restore streams before killing their VMs. */
 const CLOSE_STREAM_TIMEOUT_MS = 120_000;
@@ -86,6 +94,10 @@ export class LocalHostAgent {
   private readonly killReasons = new Map<string, string>();
   /** Which files QEMU may open, and as whom it runs (set by prepareHost). */
   private access: QemuAccess;
+  /** This host's ends of per-operation data paths, and its incoming and outgoing live migrations. */
+  readonly migrationPaths: MigrationPaths;
+  readonly incoming: IncomingMigrations;
+  readonly outgoing: OutgoingMigrations;
   private confinementState: Confinement = { user: null, confined: false, sandbox: false, lazyRestoreConfined: false, reasons: ['the host has not been prepared (prepareHost)'] };
 
   constructor(private readonly options: LocalHostAgentOptions) {
@@ -111,6 +123,22 @@ export class LocalHostAgent {
     this.stager = new ForkStager(this.stagingHost);
     // The staging host (its live `access` getter included, through the prototype) plus a fork's artifacts.
     this.fabric = new HostTemplates(Object.assign(Object.create(this.stagingHost) as StagingHost, { forkArtifacts: (forkId: string) => this.stager.artifacts(forkId) }));
+    this.migrationPaths = new MigrationPaths(options.home, () => this.access, this.logger);
+    const migrationHost: MigrationHost = {
+      layout: this.layout,
+      access: this.access,
+      logger: this.logger,
+      paths: this.migrationPaths,
+      tracked: (vmId) => this.vms.get(vmId),
+      running: (vmId) => this.running(vmId),
+      launch: (vmId, name, spec, options) => this.launch(vmId, name, spec, options),
+      discard: (vm) => this.discard(vm),
+      track: (vm) => this.track(vm),
+      untrack: (vmId) => void this.vms.delete(vmId),
+    };
+    Object.defineProperty(migrationHost, 'access', { get: () => this.access, enumerable: true });
+    this.incoming = new IncomingMigrations(migrationHost);
+    this.outgoing = new OutgoingMigrations(migrationHost);
   }
 
   /**
@@ -123,6 +151,8 @@ export class LocalHostAgent {
     this.confinementState = confinement;
     this.access = new QemuAccess(confinement.user, this.layout, this.policy);
     await this.access.prepareHome();
+    // Migrations of a previous agent process ended with it: their paths (links, keys) go.
+    await this.migrationPaths.reapAll().catch((err: unknown) => this.logger.warn({ err }, 'cannot remove the data paths of a previous agent'));
     const summary = { user: confinement.user?.name ?? null, confined: confinement.confined, sandbox: confinement.sandbox, lazyRestoreConfined: confinement.lazyRestoreConfined };
     if (confinement.reasons.length > 0) this.logger.warn({ ...summary, reasons: confinement.reasons }, 'QEMU is not fully confined on this host');
     else this.logger.info(summary, 'QEMU runs confined');
@@ -159,8 +189,13 @@ export class LocalHostAgent {
     };
   }
 
-  prepareVm(vmId: string, request: PrepareVmRequest): Promise<VmSpec> {
-    return prepareVmFiles(this.layout, this.policy, vmId, request);
+  /**
+   * Lays out a new VM. On a TCG host its RAM gets 8 KiB beyond its MiB (memoryExtraKiB), so that QEMU
+   * 7.2's TCG dirty tracking loses no guest write when the VM is live-migrated (see qemu/argv.ts).
+   */
+  async prepareVm(vmId: string, request: PrepareVmRequest): Promise<VmSpec> {
+    const memoryExtraKiB = request.memoryExtraKiB ?? ((await this.accelerator()).accel === 'tcg' ? TCG_MEMORY_EXTRA_KIB : 0);
+    return prepareVmFiles(this.layout, this.policy, vmId, { ...request, memoryExtraKiB });
   }
 
   async startVm(vmId: string, name: string, spec: VmSpec): Promise<VmRuntime> {
@@ -187,6 +222,7 @@ export class LocalHostAgent {
       accel,
       vcpus: spec.vcpus,
       memoryMiB: spec.memoryMiB,
+      ...(spec.memoryExtraKiB ? { memoryExtraKiB: spec.memoryExtraKiB } : {}),
       memory: { path: options.memory.file, share: options.memory.mode === 'owned' },
       boot: spec.boot.kind === 'kernel' ? { kind: 'kernel', kernel: spec.boot.kernel, initrd: spec.boot.initrd, cmdline: spec.boot.cmdline } : { kind: 'disk' },
       disks: spec.disks.map((d) => ({ id: d.id, path: d.path, format: d.format, readOnly: d.readOnly })),
@@ -540,7 +576,8 @@ export class LocalHostAgent {
       return undefined;
     }
     const migration = await vm.qmp.execute<{ status?: string }>('query-migrate').catch(() => ({ status: undefined }));
-    if (migration.status?.startsWith('postcopy')) {
+    // (The source of an outgoing post-copy migration is stopped and serves its pages itself: it stays.)
+    if (migration.status?.startsWith('postcopy') && status.running) {
       // A lazy restore whose source (the previous daemon) died: its memory can never be completed.
       this.logger.warn({ vmId, pid: runtime.pid, migration: migration.status }, 'killing a lazily restored QEMU whose memory stream died with the previous daemon');
       vm.handOver();
@@ -658,6 +695,8 @@ export class LocalHostAgent {
     const mine = `${this.layout.vmsDir}/`;
     for (const found of findOffshootQemus()) {
       if (this.vms.get(found.vmId)?.process.pid === found.pid) continue;
+      // A migration's destination waiting here is not an orphan (its VM lives on another host until it completes).
+      if (this.incoming.state(found.vmId)?.pid === found.pid) continue;
       const cmdline = await readFile(`/proc/${found.pid}/cmdline`, 'utf8').catch(() => '');
       if (!cmdline.includes(mine)) continue; // another Offshoot home's VM
       this.logger.warn({ pid: found.pid, vmId: found.vmId }, 'killing orphan QEMU');
@@ -667,7 +706,7 @@ export class LocalHostAgent {
     }
     const entries = await readdir(this.layout.vmsDir).catch(() => [] as string[]);
     for (const entry of entries) {
-      if (known.has(entry) || this.vms.has(entry)) continue;
+      if (known.has(entry) || this.vms.has(entry) || this.incoming.has(entry)) continue;
       this.logger.warn({ vmId: entry }, 'removing files of a VM the inventory does not know');
       await rm(this.layout.vmDir(entry), { recursive: true, force: true });
       removed.push(this.layout.vmDir(entry));
@@ -675,11 +714,44 @@ export class LocalHostAgent {
     for (const entry of await readdir(this.layout.memoryDir).catch(() => [] as string[])) {
       if (!entry.endsWith('.ram')) continue;
       const vmId = entry.replace(/\.ram$/, '');
-      if (live.has(vmId) || this.vms.has(vmId)) continue;
+      if (live.has(vmId) || this.vms.has(vmId) || this.incoming.has(vmId)) continue;
       await rm(`${this.layout.memoryDir}/${entry}`, { force: true });
       removed.push(`${this.layout.memoryDir}/${entry}`);
     }
     return { killed, removed };
+  }
+
+  /**
+   * After a migration's switch-over: the VM's old QEMU here (stopped, its migration completed) ends, and its
+   * RAM file and folder (its local disks, copied to the destination) go. Idempotent.
+   */
+  async finishOutgoing(vmId: string): Promise<void> {
+    const vm = this.vms.get(vmId);
+    if (vm) {
+      const status = await vm.qmp.queryStatus().catch(() => undefined);
+      if (status?.running) throw new OffshootError('ILLEGAL_STATE', `VM ${vmId} runs on this host: its migration did not complete here`, { vmId, state: 'running', required: ['postmigrate'] }, 409);
+      vm.handOver();
+      this.vms.delete(vmId);
+      await vm.qmp.quit().catch(() => undefined);
+      await withTimeout(vm.process.exited, 5_000, 'QEMU quit').catch(() => killAndWait(vm.process.pid, { graceMs: 0 }));
+      await keepAlive(vm.exited);
+    }
+    const files = this.layout.vmFiles(vmId);
+    await rm(files.dir, { recursive: true, force: true });
+    await rm(files.memoryFile, { force: true });
+  }
+
+  /** What the VM's QEMU on this host is doing, and the migrations of it here (recovery). */
+  async migrationState(vmId: string): Promise<{ qemu: { runState: string; migration: string } | null; outgoing: { phase: string; held: boolean; switching: boolean } | null; incoming: { state: 'waiting' | 'running' | 'failed'; pid: number; runState: string | null } | null }> {
+    const vm = this.vms.get(vmId);
+    let qemu: { runState: string; migration: string } | null = null;
+    if (vm) {
+      const status = await vm.qmp.queryStatus().catch(() => undefined);
+      const migration = await vm.qmp.execute<{ status?: string }>('query-migrate').catch(() => ({ status: undefined }));
+      if (status) qemu = { runState: status.status, migration: migration.status ?? 'none' };
+    }
+    const incoming = this.incoming.state(vmId);
+    return { qemu, outgoing: this.outgoing.state(vmId), incoming: incoming ? { ...incoming, runState: await this.incoming.runState(vmId) } : null };
   }
 
   onVmExit(listener: (event: VmExitEvent) => void): () => void {

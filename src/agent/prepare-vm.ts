@@ -104,7 +104,7 @@ export async function prepareVmFiles(layout: HostLayout, policy: PathPolicy, vmI
       disks.push({ id: `disk${disks.length}`, path: disk.path, format: disk.format, readOnly: disk.readOnly, owned: false, backing: disk.backing });
     }
     const nics: VmNic[] = request.network === 'user' ? [{ id: 'net0', mac: newMac(), network: 'user' }] : [];
-    return { vcpus: request.vcpus, memoryMiB: request.memoryMiB, boot, disks, nics, defaultGuest: request.boot.kind === 'default-guest', guestAgent: request.guestAgent !== false };
+    return { vcpus: request.vcpus, memoryMiB: request.memoryMiB, ...(request.memoryExtraKiB ? { memoryExtraKiB: request.memoryExtraKiB } : {}), boot, disks, nics, defaultGuest: request.boot.kind === 'default-guest', guestAgent: request.guestAgent !== false };
   } catch (err) {
     await rm(files.dir, { recursive: true, force: true });
     throw err;

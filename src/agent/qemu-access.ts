@@ -11,6 +11,8 @@
 //   bases, default guest   0440 root:offshoot-qemu (read-only for QEMU)
 //   <memory dir>, its      0700 offshoot-qemu  RAM files 0600 (QEMU creates them;
 //     templates/                               the daemon's umask is 077)
+//   <home>/net/keys/<op>   0700 offshoot-qemu  a migration's one-time TLS-PSK key
+//                                              (keys.psk 0600), gone with its path
 //   everything else        0600 / 0700 root (inventory, log, token, work, checkpoints)
 //
 // Before each QEMU starts, every file of its spec is shared as it needs it
@@ -23,8 +25,8 @@
 // memory-backend-file read-write (a private read-only mapping needs 8.2's
 // rom=off); nothing maps it share=on. Without a QEMU user (unconfined) only
 // the private modes apply.
-import { chmod, chown, mkdir, stat } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { chmod, chown, mkdir, readdir, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { OffshootError } from '../common/index.ts';
 import type { QemuUser } from './confinement.ts';
 import { canReachAs, searchableBy } from './confinement.ts';
@@ -112,6 +114,16 @@ export class QemuAccess {
       if (f.owned && f.write) await this.writableFile(f.path);
       else await this.shareFile(f.path, f.write);
     }
+  }
+
+  /**
+   * A folder of one-time keys QEMU reads (a migration's TLS-PSK credential, in the home): the folders
+   * above it searchable by QEMU, the folder and its files the QEMU user's (0700, 0600).
+   */
+  async credentialFolder(dir: string): Promise<void> {
+    await this.reach(dirname(dir));
+    await this.ownedDir(dir);
+    for (const name of await readdir(dir)) await this.writableFile(join(dir, name));
   }
 
   /** Folders Offshoot may adjust for QEMU: the home, the memory folder, the datastores (not --allow-images folders). */

@@ -28,6 +28,8 @@ export type VmBoot = { kind: 'kernel'; kernel: string; initrd?: string; cmdline:
 export interface VmSpec {
   vcpus: number;
   memoryMiB: number;
+  /** KiB of RAM beyond memoryMiB (TCG hosts: 8, see qemu/argv.ts); absent means 0. */
+  memoryExtraKiB?: number;
   boot: VmBoot;
   disks: VmDisk[];
   nics: VmNic[];
@@ -172,6 +174,8 @@ export interface PrepareVmRequest {
   name: string;
   vcpus: number;
   memoryMiB: number;
+  /** KiB of RAM beyond memoryMiB (see VmSpec). */
+  memoryExtraKiB?: number;
   boot: { kind: 'default-guest' } | { kind: 'kernel'; kernel: string; initrd?: string; cmdline?: string } | { kind: 'disk'; path: string };
   disks: Array<{ path: string; readOnly: boolean }>;
   network: 'user' | 'none';

@@ -7,6 +7,7 @@ import { registerDaemonCommands } from './daemon-commands.ts';
 import { registerFabricCommands } from './fabric-commands.ts';
 import { registerHostCommands } from './host-commands.ts';
 import { registerInventoryCommands } from './inventory-commands.ts';
+import { registerMigrateCommands } from './migrate-commands.ts';
 import { printError } from './output.ts';
 import { registerStorageCommands } from './storage-commands.ts';
 import type { CommandContext } from './vm-commands.ts';
@@ -27,6 +28,7 @@ export function buildProgram(): Command {
     },
   };
   registerVmCommands(program, ctx);
+  registerMigrateCommands(program, ctx);
   registerStorageCommands(program, ctx);
   registerFabricCommands(program, ctx);
   registerDaemonCommands(program, ctx);

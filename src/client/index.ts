@@ -9,3 +9,4 @@ export type { VerifyResult } from './storage-client.ts';
 export { HostClient } from './host-client.ts';
 export { FabricClient } from './fabric-client.ts';
 export type { HostListItem } from './host-client.ts';
+export { MigrateClient } from './migrate-client.ts';

@@ -113,6 +113,27 @@ describe('checkpoint format', () => {
     expect(await reason(join(dir, 'missing.ckpt'))).toBe('CHECKPOINT_NOT_FOUND file');
   });
 
+  it('round-trips guest memory that ends in a partial block (RAM 8 KiB past a whole MiB, as on TCG hosts)', async () => {
+    const bytes = 3 * BLOCK_BYTES + 8 * 1024;
+    const partial = randomBytes(bytes);
+    partial.fill(0, BLOCK_BYTES, 2 * BLOCK_BYTES);
+    const path = join(dir, 'partial.ckpt');
+    const written = await writeCheckpoint(path, { memoryBytes: bytes, readBlock: async (i, into) => partial.copy(into, 0, i * BLOCK_BYTES, Math.min(bytes, (i + 1) * BLOCK_BYTES)), metadata: {}, deviceState: Buffer.from('QEVM') });
+    expect(written.blockCount).toBe(4);
+    const reader = await CheckpointReader.open(path);
+    expect(reader.memoryBytes).toBe(bytes);
+    // The last block holds two pages and zeros after them.
+    const last = Buffer.alloc(BLOCK_BYTES, 0xee);
+    await reader.readBlock(3, last);
+    expect(last.subarray(0, 8192).equals(partial.subarray(3 * BLOCK_BYTES))).toBe(true);
+    expect(last.subarray(8192).every((b) => b === 0)).toBe(true);
+    const restored = join(dir, 'partial.ram');
+    await reader.restoreInto(restored);
+    await reader.close();
+    expect(statSync(restored).size).toBe(bytes);
+    expect(readFileSync(restored).equals(partial)).toBe(true);
+  });
+
   it('leaves no file when the write is cancelled', async () => {
     const abort = new AbortController();
     abort.abort();

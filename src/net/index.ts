@@ -9,7 +9,7 @@ export { parseIpv4, formatIpv4, parseSubnet, formatSubnet, addressAt, subnetCont
 export type { Ipv4Subnet } from './ipv4.ts';
 export { planDataPath, planForSlot, assertOperationId, isPathRole, slotOfLinkName, DEFAULT_PATH_POOL, VXLAN_PORT, PATH_LINK_PREFIX } from './path-plan.ts';
 export type { DataPathPlan, PathEndPlan, PathPool, PathRole, PlanDataPathRequest } from './path-plan.ts';
-export { listPathLinks, managementDevice, linkCounters } from './path-link.ts';
+export { listPathLinks, managementDevice, linkCounters, sourceAddressTo } from './path-link.ts';
 export type { DataPathLink, LinkCounters } from './path-link.ts';
 export { newPskKey, pskObjectProperties, pskCredentialId, PSK_USERNAME, PSK_FILE } from './psk.ts';
 export type { PskCredential, PskEndpoint } from './psk.ts';

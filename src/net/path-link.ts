@@ -161,3 +161,20 @@ export async function linkCounters(linkName: string, options: IpOptions = {}): P
   if (!s) throw new DataPathError(`no counters for link ${linkName}`, { linkName, namespace: options.namespace ?? null });
   return { rxBytes: s.rx.bytes, txBytes: s.tx.bytes, rxPackets: s.rx.packets, txPackets: s.tx.packets };
 }
+
+/**
+ * The address this host sends from to reach `peer` (`ip route get`): the management address a
+ * per-operation path between the two hosts is bound to. A loopback or missing route is a DataPathError.
+ */
+export async function sourceAddressTo(peer: string, options: IpOptions = {}): Promise<{ address: string; device: string }> {
+  let routes: Array<{ dev?: string; prefsrc?: string }>;
+  try {
+    routes = await ipJson<Array<{ dev?: string; prefsrc?: string }>>(['route', 'get', peer], options);
+  } catch (err) {
+    throw new DataPathError(`this host has no route to ${peer}: ${(err as Error).message}`, { peer, namespace: options.namespace ?? null }, err);
+  }
+  const route = routes[0];
+  if (!route?.prefsrc || !route.dev) throw new DataPathError(`this host has no source address towards ${peer}`, { peer, namespace: options.namespace ?? null });
+  if (route.dev === 'lo' || route.prefsrc.startsWith('127.')) throw new DataPathError(`${peer} is this host itself (reached through ${route.dev})`, { peer, device: route.dev });
+  return { address: route.prefsrc, device: route.dev };
+}

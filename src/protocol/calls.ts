@@ -8,6 +8,7 @@
 // operation instead of starting the work twice. Plain calls that change
 // something carry an idempotency key for the same reason (see transports).
 import { z } from 'zod';
+import { MIGRATION_CALLS } from './calls-migration.ts';
 import {
   agentEventSchema,
   copyProgressSchema,
@@ -193,6 +194,8 @@ export const AGENT_CALLS = {
 
   // The elastic fabric: host templates (calls-fabric.ts)
   ...FABRIC_CALLS,
+  // Live migration between hosts (calls-migration.ts)
+  ...MIGRATION_CALLS,
 } as const;
 
 export type AgentCalls = typeof AGENT_CALLS;

@@ -8,6 +8,7 @@ import { OffshootError } from '../common/index.ts';
 import type { AgentClient } from './client.ts';
 import { follow, newOperationId, runOperation } from './client.ts';
 import { isLocator } from './locator.ts';
+import { guestMemoryBytes } from './schemas.ts';
 import type { VmRuntime, VmSpec } from './schemas.ts';
 import { PROTOCOL_VERSION } from './version.ts';
 import { fabricContract } from './contract-fabric.ts';
@@ -82,6 +83,8 @@ export function runAgentContract(label: string, makeTarget: () => Promise<AgentC
       // The refused prepare above left nothing behind, so the same VM id prepares now.
       spec = await t.client.prepareVm({ vmId, name: 'contract', vcpus: 1, memoryMiB: 192, boot: { kind: 'default-guest' }, disks: [{ source: { hostPath: t.allowedImage }, readOnly: true }], network: 'user' });
       expect(spec.disks[0]?.owned).toBe(true);
+      // A TCG host gives guest RAM 8 KiB beyond its MiB (QEMU 7.2's TCG dirty tracking, see qemu/argv.ts).
+      expect(spec.memoryExtraKiB ?? 0).toBe((await t.client.hostInfo({})).accel === 'tcg' ? 8 : 0);
       for (const disk of spec.disks) {
         expect(isLocator(disk.file)).toBe(true);
         for (const b of disk.backing) expect(isLocator(b)).toBe(true);
@@ -173,7 +176,7 @@ export function runAgentContract(label: string, makeTarget: () => Promise<AgentC
       const checkpointId = newOperationId();
       const createdAt = new Date().toISOString();
       const metadata = { schema: 2 as const, checkpointId, vm: { id: vmId, name: 'contract' }, spec: frozenSpec, createdAt, hostId: 'contract-host' };
-      const written = await runOperation(t.client, 'writeCheckpoint', { forkId, checkpointId, file: plan.file, memoryBytes: spec.memoryMiB * 2 ** 20, metadata });
+      const written = await runOperation(t.client, 'writeCheckpoint', { forkId, checkpointId, file: plan.file, memoryBytes: guestMemoryBytes(spec), metadata });
       expect(written.fileBytes).toBeGreaterThan(0);
       await t.client.finishFork({ forkId });
       expect(await codeOf(t.client.planCheckpointFile({ name: 'contract-ckpt' }))).toBe('ALREADY_EXISTS');

@@ -49,6 +49,13 @@ export const vmBootSchema = z.discriminatedUnion('kind', [
 export const vmSpecSchema = z.object({
   vcpus: z.number().int().min(1).max(64),
   memoryMiB: z.number().int().min(16).max(1024 * 1024),
+  /**
+   * KiB of guest RAM beyond memoryMiB (absent: 0). 8 on hosts whose accelerator is TCG: QEMU 7.2's TCG
+   * loses guest writes during pre-copy when the RAM block is a multiple of 256 KiB (see
+   * qemu/argv.ts); the size must be the same wherever the VM's memory goes (a template and its
+   * children, a checkpoint and its restore, both ends of a migration).
+   */
+  memoryExtraKiB: z.number().int().min(0).max(1024).optional(),
   boot: vmBootSchema,
   disks: z.array(vmDiskSchema).max(16),
   nics: z.array(vmNicSchema).max(8),
@@ -59,6 +66,11 @@ export const vmSpecSchema = z.object({
   /** The VM's own identity (a machine-id), and whether it still has to be applied in the guest (a clone's first boot). */
   identity: z.object({ machineId: z.string().regex(/^[0-9a-f]{32}$/), pending: z.boolean() }).optional(),
 });
+
+/** The size of a VM's guest RAM in bytes (memoryMiB plus memoryExtraKiB): its RAM file, a checkpoint's memory, a migration's RAM block. */
+export function guestMemoryBytes(spec: { memoryMiB: number; memoryExtraKiB?: number }): number {
+  return spec.memoryMiB * 2 ** 20 + (spec.memoryExtraKiB ?? 0) * 1024;
+}
 
 /** Guest RAM: `owned` is the VM's own file (it is the RAM); `derived` maps a template copy-on-write. */
 export const vmMemorySchema = z.object({ mode: z.enum(['owned', 'derived']), templateId: uuidSchema.nullable() });

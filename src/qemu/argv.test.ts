@@ -51,6 +51,13 @@ describe('buildQemuArgv', () => {
     expect(argv.join(' ')).not.toContain('prealloc');
   });
 
+  it('sizes RAM in KiB when there is extra RAM (TCG), the backend the same as -m', () => {
+    const argv = buildQemuArgv(baseSpec(undefined, { memoryExtraKiB: 8 }));
+    expect(values(argv, '-m')).toEqual([`${256 * 1024 + 8}K`]);
+    expect(values(argv, '-object')[0]).toMatch(new RegExp(`^memory-backend-file,id=ram0,size=${256 * 1024 + 8}K,`));
+    expect(values(buildQemuArgv(baseSpec(undefined, { memoryExtraKiB: 0 })), '-m')).toEqual(['256M']);
+  });
+
   it('uses -cpu host under KVM and share=off for a derived VM', () => {
     const argv = buildQemuArgv(baseSpec(undefined, { accel: 'kvm', memory: { path: '/mem/template-1', share: false } }));
     expect(values(argv, '-accel')).toEqual(['kvm']);
@@ -126,6 +133,8 @@ describe('buildQemuArgv', () => {
     ['vcpus < 1', { vcpus: 0 }, 'vcpus'],
     ['fractional vcpus', { vcpus: 1.5 }, 'vcpus'],
     ['memory < 16 MiB', { memoryMiB: 8 }, 'memoryMiB'],
+    ['negative extra memory', { memoryExtraKiB: -8 }, 'memoryExtraKiB'],
+    ['fractional extra memory', { memoryExtraKiB: 0.5 }, 'memoryExtraKiB'],
     ['empty memory path', { memory: { path: '', share: true } }, 'memory.path'],
     ['empty kernel', { boot: { kind: 'kernel', kernel: '' } }, 'boot.kernel'],
     ['empty disk path', { disks: [{ id: 'd0', path: '', format: 'raw' }] }, 'disks[0].path'],
@@ -254,6 +263,13 @@ describe('real QEMU 7.2 accepts the argv', () => {
     expect(chardevs.find((c) => c.label === 'qga0')?.filename).toBe(`disconnected:unix:${s.qgaSocket},server=on`); // listening, no agent yet
     expect(chardevs.find((c) => c.label === 'serial0')?.filename).toBe('file');
     expect(existsSync(s.consoleLog)).toBe(true);
+  });
+
+  it('starts with RAM 8 KiB past a whole MiB: the file has that size', async () => {
+    const s = { ...spec('extra', true, join(dir, 'ram-extra')), memoryExtraKiB: 8 };
+    const replies = await startAndQuery(s);
+    expect(replies[2]).toEqual({ return: { status: 'inmigrate', singlestep: false, running: false } });
+    expect(statSync(join(dir, 'ram-extra')).size).toBe(64 * 1024 * 1024 + 8 * 1024);
   });
 
   it('starts derived (share=off) over an existing template file', async () => {

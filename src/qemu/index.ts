@@ -7,7 +7,7 @@ export { QgaClient } from './qga-client.ts';
 export type { QgaConnectOptions, QgaWaitOptions, QgaExecOptions, QgaExecResult, QgaInfo, QgaShutdownMode, QgaCloseInfo } from './qga-client.ts';
 export type * from './launch-spec.ts';
 export { GUEST_AGENT_PORT, PROCESS_NAME_PREFIX } from './launch-spec.ts';
-export { buildQemuArgv, validateLaunchSpec, qemuOptValue, MIN_MEMORY_MIB, MAX_VCPUS } from './argv.ts';
+export { buildQemuArgv, validateLaunchSpec, qemuOptValue, guestMemorySize, MIN_MEMORY_MIB, MAX_VCPUS, MAX_MEMORY_EXTRA_KIB } from './argv.ts';
 export { spawnQemu, launchQemu, adoptQemu, findOffshootQemus, killAndWait, readProcessVmId, vmIdFromArgv, QemuStartError, DEFAULT_QEMU_BINARY } from './process.ts';
 export type { QemuProcess, QemuExit, KillOutcome, SpawnQemuOptions, LaunchQemuOptions } from './process.ts';
 export { probeAccelerator, qemuVersion, QemuVersionError, PROBE_MARKER, PROBE_CMDLINE_FLAG, ACCEL_ENV } from './accel.ts';

@@ -43,6 +43,11 @@ export interface QemuLaunchSpec {
   accel: Accelerator;
   vcpus: number;
   memoryMiB: number;
+  /**
+   * KiB of guest RAM beyond memoryMiB (default 0): the RAM block is then not a multiple of 256 KiB,
+   * which keeps QEMU 7.2's TCG from losing guest writes during a live migration (see argv.ts).
+   */
+  memoryExtraKiB?: number;
   memory: QemuMemorySpec;
   boot: QemuBootSpec;
   /** virtio-blk via -blockdev with node-name = id. */

@@ -22,6 +22,7 @@ import type { Inventory, TaskRecord, VmRecord } from './records.ts';
 import { Recovery } from './recovery.ts';
 import { applyIdentity, hasGuestAgent } from './identity.ts';
 import { KeyedMutex } from './lock.ts';
+import { Migrations } from './migrate/index.ts';
 import { execRequestSchema, parseRequest, startRequestSchema, stopRequestSchema } from './requests.ts';
 import { parseCreateVmRequest, resolveMemoryMiB } from './spec.ts';
 import { BUSY_STATES, LIVE_STATES, assertOperationAllowed, isLive } from './state.ts';
@@ -54,6 +55,7 @@ export class VmEngine implements FleetListener {
   readonly states: StateKeeper;
   readonly fleet: Fleet;
   readonly checkpoints: Checkpoints;
+  readonly migrations: Migrations;
   /** Templates and bases that an operation in flight has made but no VM record names yet. */
   readonly pins = new Set<string>();
   private readonly inventory: Inventory;
@@ -86,6 +88,7 @@ export class VmEngine implements FleetListener {
       holdGarbage: (fn) => this.holdGarbage(fn),
     };
     this.checkpoints = new Checkpoints(this.ctx);
+    this.migrations = new Migrations(this.ctx);
     this.recovery = new Recovery(this.ctx);
     this.fleet.listen(this);
   }
@@ -215,6 +218,12 @@ export class VmEngine implements FleetListener {
     }
   }
 
+  /** Live-migrates a VM to another host (see migrate/run-migration.ts). */
+  async migrate(ref: string, input: unknown = {}): Promise<VmAndTask> {
+    const task = await this.migrations.migrate(await this.resolve(ref), input);
+    return { vm: await this.resolve(task.targetId), task };
+  }
+
   checkpoint(ref: string, input: unknown = {}): Promise<VmAndTask> {
     return this.checkpoints.checkpoint(ref, input);
   }
@@ -224,10 +233,11 @@ export class VmEngine implements FleetListener {
   }
 
   /**
-   * Cancels a running task that allows it (today: a checkpoint being written). The task rolls back as after
+   * Cancels a running task that allows it (a checkpoint being written, a migration before its switch-over). The task rolls back as after
    * a failure and ends failed with TASK_CANCELLED; returns it once it has.
    */
   cancelTask(id: string): Promise<TaskRecord> {
+    if (this.migrations.cancellable(id)) return this.migrations.cancel(id);
     return this.checkpoints.cancel(id);
   }
 

@@ -24,6 +24,8 @@ export { ForkFailedError, FORK_STEPS } from './fork/fork-errors.ts';
 export { checkpointRequestSchema, restoreRequestSchema } from './checkpoint/checkpoint-requests.ts';
 export type { CheckpointRequest, RestoreRequest } from './checkpoint/checkpoint-requests.ts';
 export type { CheckpointResult } from './checkpoint/run-checkpoint.ts';
+export { migrateRequestSchema, parseRate } from './migrate/index.ts';
+export type { MigrateRequest, MigrateResult, MigrationProgress } from './migrate/index.ts';
 export * from './storage/index.ts';
 export * from './hosts/index.ts';
 export * from './fabric/index.ts';

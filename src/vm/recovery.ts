@@ -18,6 +18,8 @@ import type { EngineContext } from './engine-context.ts';
 import type { ForkJournal } from './fork/index.ts';
 import { recoverFork } from './fork/index.ts';
 import type { HostRecord } from './hosts/index.ts';
+import { recoverMigration } from './migrate/index.ts';
+import type { MigrateJournal } from './migrate/index.ts';
 import type { TaskRecord, VmRecord } from './records.ts';
 import { isLive } from './state.ts';
 
@@ -68,6 +70,7 @@ export class Recovery {
         const hostId = j.hostId ?? source?.hostId;
         if (hostId) recovery = await recoverFork({ inventory: this.ctx.inventory, agent: this.ctx.fleet.agent(hostId), states: this.ctx.states, logger: this.ctx.logger }, j);
       }
+      if (task.kind === 'vm.migrate' && journal) recovery = await recoverMigration(this.ctx, journal as MigrateJournal, this.ctx.logger);
       if (task.kind === 'vm.restore') {
         if (await this.reattachRestore(task, journal as RestoreJournal | undefined)) return;
         recovery = await this.removeUnfinishedRestore(task.targetId);

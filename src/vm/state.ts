@@ -3,7 +3,7 @@
 // an IllegalStateError (HTTP 409), never a silent no-op.
 import { IllegalStateError } from '../common/index.ts';
 
-export const VM_STATES = ['created', 'starting', 'running', 'paused', 'forking', 'checkpointing', 'stopping', 'stopped', 'failed', 'unknown'] as const;
+export const VM_STATES = ['created', 'starting', 'running', 'paused', 'forking', 'checkpointing', 'migrating', 'stopping', 'stopped', 'failed', 'unknown'] as const;
 export type VmState = (typeof VM_STATES)[number];
 
 export function isVmState(value: string): value is VmState {
@@ -11,10 +11,10 @@ export function isVmState(value: string): value is VmState {
 }
 
 /** States in which a QEMU process is expected to exist for the VM (`unknown`: its host is unreachable, it may still run). */
-export const LIVE_STATES: readonly VmState[] = ['starting', 'running', 'paused', 'forking', 'checkpointing', 'stopping', 'unknown'];
+export const LIVE_STATES: readonly VmState[] = ['starting', 'running', 'paused', 'forking', 'checkpointing', 'migrating', 'stopping', 'unknown'];
 
-/** States in which an operation (fork, checkpoint) owns the VM and handles its QEMU's end itself. */
-export const BUSY_STATES: readonly VmState[] = ['forking', 'checkpointing'];
+/** States in which an operation (fork, checkpoint, migration) owns the VM and handles its QEMU's end itself. */
+export const BUSY_STATES: readonly VmState[] = ['forking', 'checkpointing', 'migrating'];
 
 export function isLive(state: VmState): boolean {
   return LIVE_STATES.includes(state);
@@ -24,11 +24,13 @@ export function isLive(state: VmState): boolean {
 const TRANSITIONS: Record<VmState, readonly VmState[]> = {
   created: ['starting'],
   starting: ['running', 'paused', 'stopped', 'failed', 'unknown'],
-  running: ['paused', 'forking', 'checkpointing', 'stopping', 'stopped', 'failed', 'unknown'],
-  paused: ['running', 'forking', 'checkpointing', 'stopping', 'stopped', 'failed', 'unknown'],
+  running: ['paused', 'forking', 'checkpointing', 'migrating', 'stopping', 'stopped', 'failed', 'unknown'],
+  paused: ['running', 'forking', 'checkpointing', 'migrating', 'stopping', 'stopped', 'failed', 'unknown'],
   // A fork or a checkpoint owns its VM: nothing else may act on it until it has resumed it.
   forking: ['running', 'paused', 'stopped', 'failed', 'unknown'],
   checkpointing: ['running', 'paused', 'stopped', 'failed', 'unknown'],
+  // A migration owns its VM until it runs at one host: the destination after the switch-over, else the source.
+  migrating: ['running', 'paused', 'stopped', 'failed', 'unknown'],
   stopping: ['stopped', 'failed', 'unknown'],
   stopped: ['starting'],
   failed: ['starting', 'stopped'],
@@ -51,6 +53,7 @@ export const OPERATION_REQUIRES = {
   exec: ['running'],
   fork: ['running', 'paused'],
   checkpoint: ['running', 'paused'],
+  migrate: ['running', 'paused'],
 } as const satisfies Record<string, readonly VmState[]>;
 
 export type VmOperation = keyof typeof OPERATION_REQUIRES;

@@ -9,8 +9,8 @@ import type { Inventory, TaskRecord } from './records.ts';
 import { isTaskDone } from './records.ts';
 
 export interface TaskContext {
-  /** Reports progress (0..1) and a short message of the current phase. */
-  progress(fraction: number, message: string): Promise<void>;
+  /** Reports progress (0..1), a short message of the current phase, and optionally live figures (kept in the task's result while it runs). */
+  progress(fraction: number, message: string, detail?: Record<string, unknown>): Promise<void>;
   /** Persists what a crash recovery would need to roll this task back (kept in the task's result until it ends). */
   journal(data: unknown): Promise<void>;
 }
@@ -45,8 +45,8 @@ export class TaskRunner {
   private run(task: TaskRecord, work: (ctx: TaskContext) => Promise<unknown>): void {
     let journal: unknown = (task.result as { journal?: unknown } | null)?.journal;
     const ctx: TaskContext = {
-      progress: async (fraction, message) => {
-        await this.update(task.id, { progress: Math.max(0, Math.min(1, fraction)), message });
+      progress: async (fraction, message, detail) => {
+        await this.update(task.id, { progress: Math.max(0, Math.min(1, fraction)), message, ...(detail ? { result: { ...(journal !== undefined ? { journal } : {}), progress: detail } } : {}) });
       },
       journal: async (data) => {
         journal = data;

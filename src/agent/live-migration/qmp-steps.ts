@@ -17,7 +17,26 @@
 // `completed` may report zero times (query again); the NBD server address
 // takes the nested {type, data} form with the port as a string.
 import { OffshootError, sleep } from '../../common/index.ts';
-import type { QmpClient } from '../../qemu/index.ts';
+import type { QmpClient, QmpEvent, QmpEventSubscription } from '../../qemu/index.ts';
+
+/**
+ * Waits for a subscription's next event or `ms`, whichever comes first, without losing an event: the
+ * pending read is kept for the next call (a read raced against a timer and then dropped would take the
+ * next event with it). Resolves null on a timeout, `done` once the subscription has ended.
+ */
+export function eventPoller(events: QmpEventSubscription): (ms: number) => Promise<QmpEvent | null | 'done'> {
+  let pending: Promise<IteratorResult<QmpEvent>> | null = null;
+  return async (ms) => {
+    pending ??= events.next();
+    const read = pending;
+    let timer: NodeJS.Timeout | undefined;
+    const result = await Promise.race([read, new Promise<null>((resolve) => (timer = setTimeout(() => resolve(null), ms)))]);
+    clearTimeout(timer);
+    if (result === null) return null;
+    pending = null;
+    return result.done ? 'done' : result.value;
+  };
+}
 
 export interface TlsCredential {
   /** The QOM id of a tls-creds-psk object already added on this QEMU. */
@@ -50,6 +69,10 @@ export interface MigrateStats {
   setupTimeMs: number | null;
   postcopyRequests: number;
   errorDesc: string | null;
+  /** Pages sent as zero pages (no payload). */
+  zeroPages: number;
+  /** auto-converge's current vCPU throttle, percent. */
+  throttlePercent: number;
 }
 
 interface QueryMigrate {
@@ -60,7 +83,8 @@ interface QueryMigrate {
   'expected-downtime'?: number;
   'error-desc'?: string;
   'postcopy-requests'?: number;
-  ram?: { transferred?: number; remaining?: number; total?: number; 'dirty-sync-count'?: number; 'dirty-pages-rate'?: number; 'page-size'?: number; mbps?: number; 'postcopy-requests'?: number };
+  'cpu-throttle-percentage'?: number;
+  ram?: { duplicate?: number; transferred?: number; remaining?: number; total?: number; 'dirty-sync-count'?: number; 'dirty-pages-rate'?: number; 'page-size'?: number; mbps?: number; 'postcopy-requests'?: number };
 }
 
 export class LiveMigrationError extends OffshootError {
@@ -95,7 +119,7 @@ export async function configureSource(qmp: QmpClient, tuning: MigrationTuning): 
 }
 
 /** Capabilities and parameters on the destination (they must match the source's). */
-export async function configureDestination(qmp: QmpClient, tuning: MigrationTuning): Promise<void> {
+export async function configureDestination(qmp: QmpClient, tuning: Pick<MigrationTuning, 'postcopy' | 'multifdChannels' | 'tls'>): Promise<void> {
   const multifd = !tuning.postcopy && tuning.multifdChannels > 1;
   await caps(qmp, { events: true, 'late-block-activate': true, 'postcopy-ram': tuning.postcopy, 'return-path': tuning.postcopy, multifd, 'x-ignore-shared': false });
   await qmp.execute('migrate-set-parameters', { ...(multifd ? { 'multifd-channels': tuning.multifdChannels } : {}), 'tls-creds': tuning.tls?.objectId ?? '' });
@@ -131,7 +155,7 @@ export async function startMirrors(
   address: { host: string; port: number },
   disks: Array<{ node: string; sync: 'top' | 'full' }>,
   tls: TlsCredential | null,
-  options: { signal?: AbortSignal; onProgress?: (done: number, total: number) => void; timeoutMs?: number } = {},
+  options: { signal?: AbortSignal; onProgress?: (done: number, total: number) => void; timeoutMs?: number; speedBytesPerSecond?: number; onStarted?: (node: string) => void } = {},
 ): Promise<void> {
   if (disks.length === 0) return;
   const ready = new Set<string>();
@@ -139,21 +163,24 @@ export async function startMirrors(
   try {
     for (const disk of disks) {
       await qmp.execute('blockdev-add', { driver: 'nbd', 'node-name': `mirror-${disk.node}`, server: { type: 'inet', host: address.host, port: String(address.port) }, export: disk.node, ...(tls ? { 'tls-creds': tls.objectId } : {}) });
-      await qmp.execute('blockdev-mirror', { 'job-id': `mirror-${disk.node}`, device: disk.node, target: `mirror-${disk.node}`, sync: disk.sync, 'copy-mode': 'write-blocking', 'auto-finalize': true, 'auto-dismiss': true });
+      await qmp.execute('blockdev-mirror', { 'job-id': `mirror-${disk.node}`, device: disk.node, target: `mirror-${disk.node}`, sync: disk.sync, 'copy-mode': 'write-blocking', 'auto-finalize': true, 'auto-dismiss': true, ...(options.speedBytesPerSecond ? { speed: Math.round(options.speedBytesPerSecond) } : {}) });
+      options.onStarted?.(disk.node);
     }
     const deadline = Date.now() + (options.timeoutMs ?? 24 * 3600_000);
     const poll = setInterval(() => void reportMirrorProgress(qmp, options.onProgress), 500);
+    const nextEvent = eventPoller(events);
     try {
       while (ready.size < disks.length) {
         options.signal?.throwIfAborted();
         if (Date.now() > deadline) throw new LiveMigrationError('disk mirror', 'the disks did not reach the destination in time');
-        const next = await Promise.race([events.next(), sleep(250).then(() => null)]);
-        if (!next || next.done) continue;
-        const data = next.value.data as { device?: string; error?: string } | undefined;
+        const next = await nextEvent(250);
+        if (next === 'done') throw new LiveMigrationError('disk mirror', 'the QEMU of the VM went away');
+        if (!next) continue;
+        const data = next.data as { device?: string; error?: string } | undefined;
         const device = data?.device ?? '';
         if (!device.startsWith('mirror-')) continue;
-        if (next.value.event === 'BLOCK_JOB_READY') ready.add(device);
-        else throw new LiveMigrationError('disk mirror', `mirror ${device} ended before it was in step: ${data?.error ?? next.value.event}`, { device });
+        if (next.event === 'BLOCK_JOB_READY') ready.add(device);
+        else throw new LiveMigrationError('disk mirror', `mirror ${device} ended before it was in step: ${data?.error ?? next.event}`, { device });
       }
     } finally {
       clearInterval(poll);
@@ -182,11 +209,13 @@ export async function completeMirrors(qmp: QmpClient, nodes: string[]): Promise<
   try {
     for (const node of nodes) await qmp.execute('block-job-cancel', { device: `mirror-${node}` });
     const deadline = Date.now() + 30_000;
+    const nextEvent = eventPoller(events);
     while (done.size < nodes.length) {
       if (Date.now() > deadline) throw new LiveMigrationError('disk mirror completion', 'the mirrors did not complete in 30 s');
-      const next = await Promise.race([events.next(), sleep(250).then(() => null)]);
-      if (!next || next.done) continue;
-      const data = next.value.data as { device?: string; error?: string } | undefined;
+      const next = await nextEvent(250);
+      if (next === 'done') throw new LiveMigrationError('disk mirror completion', 'the QEMU of the VM went away');
+      if (!next) continue;
+      const data = next.data as { device?: string; error?: string } | undefined;
       if (data?.error) throw new LiveMigrationError('disk mirror completion', data.error, { device: data.device });
       if (data?.device?.startsWith('mirror-')) done.add(data.device);
     }
@@ -208,6 +237,18 @@ export async function abandonMirrors(qmp: QmpClient, nodes: string[]): Promise<v
   for (const node of nodes) await qmp.execute('blockdev-del', { 'node-name': `mirror-${node}` }).catch(() => undefined);
 }
 
+/** Changes the bandwidth cap of a running migration and of its disk mirrors. */
+export async function setMigrationSpeed(qmp: QmpClient, bytesPerSecond: number, mirrorNodes: string[]): Promise<void> {
+  await qmp.execute('migrate-set-parameters', { 'max-bandwidth': Math.round(bytesPerSecond) });
+  for (const node of mirrorNodes) await qmp.execute('block-job-set-speed', { device: `mirror-${node}`, speed: Math.round(bytesPerSecond) }).catch(() => undefined);
+}
+
+/** Mirror jobs of a migration that are still there (found by name: a previous agent's too). */
+export async function mirrorNodes(qmp: QmpClient): Promise<string[]> {
+  const jobs = await qmp.execute<Array<{ id: string }>>('query-jobs').catch(() => []);
+  return jobs.filter((j) => j.id.startsWith('mirror-')).map((j) => j.id.slice('mirror-'.length));
+}
+
 export async function queryMigrate(qmp: QmpClient): Promise<MigrateStats> {
   const q = await qmp.execute<QueryMigrate>('query-migrate');
   return {
@@ -225,6 +266,8 @@ export async function queryMigrate(qmp: QmpClient): Promise<MigrateStats> {
     setupTimeMs: q['setup-time'] ?? null,
     postcopyRequests: q.ram?.['postcopy-requests'] ?? q['postcopy-requests'] ?? 0,
     errorDesc: q['error-desc'] ?? null,
+    zeroPages: q.ram?.duplicate ?? 0,
+    throttlePercent: q['cpu-throttle-percentage'] ?? 0,
   };
 }
 

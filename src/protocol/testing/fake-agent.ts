@@ -4,7 +4,7 @@
 // a failure at any call with failNext). It passes the same contract suite as
 // the real agent (src/protocol/contract.ts), which keeps it honest: where the
 // two differ, the contract decides.
-import { randomBytes, randomUUID } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { OffshootError } from '../../common/index.ts';
 import type { CallName, CallResult } from '../calls.ts';
 import type { AgentHandlers, EpochKeeper } from '../endpoint.ts';
@@ -17,6 +17,7 @@ import type { DiskSource, VmDisk, VmRuntime, VmSpec } from '../schemas.ts';
 import { AGENT_CAPABILITIES, PROTOCOL_VERSION } from '../version.ts';
 import { fakeFabricHandlers } from './fake-fabric.ts';
 import type { FakeHostTemplate } from './fake-fabric.ts';
+import { fakeMigrationHandlers } from './fake-migration.ts';
 
 interface FakeVm {
   status: 'running' | 'paused';
@@ -48,6 +49,10 @@ export interface FakeAgentOptions {
   hostFiles?: string[];
   /** How long a boot takes (ms); 0 by default. */
   bootMs?: number;
+  /** The management address this fake host reaches its peers from (migrations); default from its id. */
+  managementAddress?: string;
+  /** How long a fake migration copies (ms); 0 by default. */
+  migrateMs?: number;
 }
 
 export class FakeAgent implements EpochKeeper {
@@ -195,7 +200,8 @@ export class FakeAgent implements EpochKeeper {
           }
           for (const d of extra) disks.push({ id: `disk${disks.length}`, file: d.file, format: 'raw', readOnly: d.readOnly, owned: false, backing: [] });
           const nics = r.network === 'user' ? [{ id: 'net0', mac: `52:54:00:${randomBytes(3).toString('hex').match(/../g)?.join(':')}`, network: 'user' as const }] : [];
-          return { vcpus: r.vcpus, memoryMiB: r.memoryMiB, boot, disks, nics, defaultGuest };
+          // A TCG host (as this fake says it is) gives guest RAM 8 KiB beyond its MiB, as the real agent does.
+          return { vcpus: r.vcpus, memoryMiB: r.memoryMiB, memoryExtraKiB: 8, boot, disks, nics, defaultGuest };
         }),
       startVm: (r, ctx) =>
         op('startVm', ctx, async () => {
@@ -284,6 +290,8 @@ export class FakeAgent implements EpochKeeper {
         wrap('reapOrphans', () => {
           const killed: number[] = [];
           for (const [vmId, vm] of [...this.vms]) {
+            // A migration's destination waiting here is not an orphan.
+            if (vm.incoming) continue;
             if (!r.live.includes(vmId)) {
               killed.push(vm.runtime.pid);
               this.vms.delete(vmId);
@@ -292,7 +300,7 @@ export class FakeAgent implements EpochKeeper {
           const removed: string[] = [];
           for (const f of [...this.files]) {
             const m = /^home:vms\/([^/]+)\//.exec(f);
-            if (m && !r.known.includes(m[1] as string)) {
+            if (m && !r.known.includes(m[1] as string) && !this.vms.get(m[1] as string)?.incoming) {
               this.files.delete(f);
               removed.push(f);
             }
@@ -565,6 +573,15 @@ export class FakeAgent implements EpochKeeper {
         running: (vmId) => this.running(vmId),
         wrap,
         op,
+      }),
+      ...fakeMigrationHandlers({
+        hostId: this.hostId,
+        vms: this.vms,
+        files: this.files,
+        managementAddress: this.options.managementAddress ?? `10.254.${parseInt(createHash('sha256').update(this.hostId).digest('hex').slice(0, 4), 16) % 250}.${1 + (parseInt(createHash('sha256').update(this.hostId).digest('hex').slice(4, 8), 16) % 250)}`,
+        migrateMs: this.options.migrateMs ?? 0,
+        runtime: (vmId, memory) => this.runtime(vmId, memory),
+        check: (call) => this.check(call),
       }),
     };
     return h;

@@ -11,7 +11,7 @@
 // or --out inside an allowed root; never an existing file) and never replaces
 // or removes a file that is not this checkpoint's.
 import type { AgentClient, PreparedFork, VmDisk, VmSpec } from '../../protocol/index.ts';
-import { newOperationId, runOperation } from '../../protocol/index.ts';
+import { guestMemoryBytes, newOperationId, runOperation } from '../../protocol/index.ts';
 import type { EngineContext } from '../engine-context.ts';
 import type { CheckpointRecord, VmRecord } from '../records.ts';
 import type { TaskContext } from '../tasks.ts';
@@ -59,7 +59,7 @@ export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request:
     await ctx.journal(Object.assign(journal, { phase: 'switched' }));
 
     const now = new Date().toISOString();
-    record = { id: checkpointId, name: request.name, vmId: vm.id, vmName: vm.name, hostId: vm.hostId, file, path, state: 'writing', memoryBytes: vm.spec.memoryMiB * 1024 * 1024, fileBytes: null, spec: { ...vm.spec, disks: frozenDisks }, createdAt: now };
+    record = { id: checkpointId, name: request.name, vmId: vm.id, vmName: vm.name, hostId: vm.hostId, file, path, state: 'writing', memoryBytes: guestMemoryBytes(vm.spec), fileBytes: null, spec: { ...vm.spec, disks: frozenDisks }, createdAt: now };
     await deps.inventory.insertCheckpoint(record);
     await deps.faults?.('checkpoint.writing');
     await ctx.progress(0.1, `${vm.name} resumed after a ${sw.stunMs.toFixed(0)} ms stun; writing ${path}`);

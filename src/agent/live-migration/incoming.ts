@@ -1,0 +1,237 @@
+// The destination of a live migration on this host. prepare() makes
+// everything the source needs before anything moves: the target images of
+// the disks that are copied (over bases already here when their content ids
+// matched, else standalone), a QEMU waiting for the migration (-incoming
+// defer, -S) whose RAM is an owned file in the memory folder, TLS from the
+// operation's path credential, an NBD server on the path's address with a
+// writable export of each target, and migrate-incoming on the path's
+// address. A watcher follows QEMU's MIGRATION events: when the VM ran at the
+// source, the guest is resumed here (`cont`) as soon as the migration has
+// completed, or post-copy has started (the source has then handed over its
+// disks and device state). Never earlier: QEMU 7.2's `cont` activates the
+// block devices even while a migration is incoming (only then does it merely
+// set autostart), which would take a shared disk from a source still writing
+// to it. The outcome: the guest runs here (the QEMU becomes the VM's, tracked),
+// or the migration failed / the QEMU ended (nothing runs here). abort() removes
+// whatever of it is left: the QEMU, its RAM file, the VM's folder here (the
+// target images) and the exports (they die with QEMU). Until the guest runs
+// here, the source is the VM.
+import { rm, stat, statfs } from 'node:fs/promises';
+import { OffshootError, keepAlive, sleep } from '../../common/index.ts';
+import { createImage } from '../../qemu/index.ts';
+import type { QmpEvent } from '../../qemu/index.ts';
+import { pskObjectProperties } from '../../net/index.ts';
+import type { RunningVm } from '../running-vm.ts';
+import type { VmRuntime, VmSpec } from '../types.ts';
+import type { MigrationHost } from './host.ts';
+import { MIGRATION_PORT, NBD_PORT, MigrationRefusedError } from './host.ts';
+import { configureDestination, exportDisks, stopExports } from './qmp-steps.ts';
+
+export interface IncomingDiskRequest {
+  id: string;
+  path: string;
+  format: 'qcow2' | 'raw';
+  sizeBytes: number;
+  /** The chain below the new image, nearest first; empty: a standalone image. */
+  backing: Array<{ path: string; format: 'qcow2' | 'raw' }>;
+}
+
+export interface PrepareIncomingRequest {
+  vmId: string;
+  name: string;
+  /** The VM's spec at this host (its copied disks already named at their targets). */
+  spec: VmSpec;
+  disks: IncomingDiskRequest[];
+  pathId: string;
+  postcopy: boolean;
+  multifdChannels: number;
+  tls: boolean;
+  /** The VM ran at the source: run it here as soon as the migration completes. */
+  resume: boolean;
+}
+
+export interface IncomingOutcome {
+  runtime: VmRuntime;
+  resumedAt: string | null;
+  running: boolean;
+}
+
+interface Incoming {
+  vm: RunningVm;
+  runtime: VmRuntime;
+  exports: string[];
+  state: 'waiting' | 'running' | 'failed';
+  outcome: Promise<IncomingOutcome>;
+  /** Set while the guest is being handed to this host's VMs. */
+  error: OffshootError | null;
+}
+
+function eventTime(event: QmpEvent): string {
+  const t = event.timestamp;
+  return t && t.seconds > 0 ? new Date(t.seconds * 1000 + Math.floor(t.microseconds / 1000)).toISOString() : new Date().toISOString();
+}
+
+export class IncomingMigrations {
+  private readonly incoming = new Map<string, Incoming>();
+
+  constructor(private readonly host: MigrationHost) {}
+
+  has(vmId: string): boolean {
+    return this.incoming.has(vmId);
+  }
+
+  state(vmId: string): { state: Incoming['state']; pid: number } | null {
+    const i = this.incoming.get(vmId);
+    return i ? { state: i.state, pid: i.vm.process.pid } : null;
+  }
+
+  async prepare(request: PrepareIncomingRequest): Promise<{ runtime: VmRuntime; migration: { host: string; port: number }; nbd: { host: string; port: number } | null; exports: string[] }> {
+    const { vmId } = request;
+    if (this.host.tracked(vmId) || this.incoming.has(vmId)) throw new MigrationRefusedError(`VM ${vmId} already has a QEMU on this host`, { vmId });
+    const end = this.host.paths.end(request.pathId, 'server');
+    const files = this.host.layout.vmFiles(vmId);
+    if (await stat(files.dir).then(() => true, () => false)) throw new MigrationRefusedError(`files of VM ${vmId} are already on this host (${files.dir}); they go when the host is next reconciled`, { vmId });
+    await this.checkRoom(request);
+    let launched: { vm: RunningVm; runtime: VmRuntime } | undefined;
+    try {
+      await this.host.access.ownedDir(files.dir);
+      for (const disk of request.disks) {
+        const [below] = disk.backing;
+        await createImage({ path: disk.path, format: disk.format, sizeBytes: disk.sizeBytes, ...(below ? { backing: below } : {}) });
+      }
+      await rm(files.memoryFile, { force: true });
+      // A post-copy destination needs userfaultfd (see confinement.ts).
+      launched = await this.host.launch(vmId, request.name, request.spec, { memory: { mode: 'owned', file: files.memoryFile, templateId: null }, incoming: true, paused: true, userfaultfd: request.postcopy });
+      const { vm } = launched;
+      const tls = request.tls ? { objectId: end.credential.id } : null;
+      if (tls) await vm.qmp.execute('object-add', pskObjectProperties(end.credential));
+      await configureDestination(vm.qmp, { postcopy: request.postcopy, multifdChannels: request.multifdChannels, tls });
+      const exports = request.disks.map((d) => d.id);
+      const nbd = exports.length ? { host: end.localAddress, port: NBD_PORT } : null;
+      if (nbd) await exportDisks(vm.qmp, nbd, exports, tls);
+      const events = vm.qmp.events(['MIGRATION', 'RESUME']);
+      await vm.qmp.execute('migrate-incoming', { uri: `tcp:${end.localAddress}:${MIGRATION_PORT}` });
+      const entry: Incoming = { vm, runtime: launched.runtime, exports, state: 'waiting', outcome: Promise.resolve(null as never), error: null };
+      entry.outcome = this.watch(vmId, entry, events, request.resume);
+      entry.outcome.catch(() => undefined);
+      this.incoming.set(vmId, entry);
+      this.host.logger.info({ vmId, pid: vm.process.pid, listen: `${end.localAddress}:${MIGRATION_PORT}`, nbd, postcopy: request.postcopy }, 'waiting for an incoming migration');
+      return { runtime: launched.runtime, migration: { host: end.localAddress, port: MIGRATION_PORT }, nbd, exports };
+    } catch (err) {
+      if (launched) await this.host.discard(launched.vm).catch(() => undefined);
+      await rm(files.dir, { recursive: true, force: true });
+      await rm(files.memoryFile, { force: true });
+      throw err;
+    }
+  }
+
+  /** Room for the VM's RAM in the memory folder and for the disk images (their virtual size, at most) here. */
+  private async checkRoom(request: PrepareIncomingRequest): Promise<void> {
+    const free = async (path: string) => {
+      const s = await statfs(path).catch(() => undefined);
+      return s ? s.bavail * s.bsize : Number.POSITIVE_INFINITY;
+    };
+    const ram = request.spec.memoryMiB * 2 ** 20 + (request.spec.memoryExtraKiB ?? 0) * 1024;
+    const memoryFree = await free(this.host.layout.memoryDir);
+    if (memoryFree < ram) throw new OffshootError('NO_SPACE', `the memory folder of this host has ${memoryFree} bytes free, the VM's RAM needs ${ram}`, { needed: ram, free: memoryFree, where: 'memory' }, 507);
+  }
+
+  /** Follows the incoming QEMU until the guest runs here, or the migration fails or the QEMU ends. */
+  private async watch(vmId: string, entry: Incoming, events: ReturnType<RunningVm['qmp']['events']>, resume: boolean): Promise<IncomingOutcome> {
+    const { vm } = entry;
+    let resumedAt: string | null = null;
+    let completed = false;
+    let contSent = false;
+    const resumeNow = async () => {
+      if (!resume || contSent) return;
+      contSent = true;
+      await vm.qmp.cont();
+    };
+    const ended = vm.exited.then((e) => e);
+    try {
+      while (true) {
+        const next = await Promise.race([events.next(), ended.then(() => 'exited' as const)]);
+        if (next === 'exited' || next.done) {
+          const exit = await ended;
+          throw new OffshootError('MIGRATION_FAILED', `the destination QEMU of VM ${vmId} ended before the guest ran here: ${exit.reason}`, { vmId, step: 'incoming' }, 500);
+        }
+        const event = next.value;
+        if (event.event === 'RESUME') resumedAt = eventTime(event);
+        const status = (event.data as { status?: string } | undefined)?.status;
+        if (status === 'failed') throw new OffshootError('MIGRATION_FAILED', `the incoming migration of VM ${vmId} failed on this host`, { vmId, step: 'incoming' }, 500);
+        // Post-copy: the guest runs here while its remaining pages arrive on demand.
+        if (status === 'postcopy-active') await resumeNow();
+        if (status === 'completed') {
+          completed = true;
+          await resumeNow();
+        }
+        if (completed && (!resume || resumedAt)) break;
+      }
+    } catch (err) {
+      entry.state = 'failed';
+      entry.error = err as OffshootError;
+      throw err;
+    } finally {
+      events.close();
+    }
+    // The guest runs here (or stays paused, as it was): this QEMU is the VM's now.
+    await stopExports(vm.qmp, entry.exports);
+    entry.state = 'running';
+    this.host.track(vm);
+    this.host.logger.info({ vmId, pid: vm.process.pid, resumedAt }, 'incoming migration completed; the VM runs here');
+    return { runtime: entry.runtime, resumedAt, running: resume };
+  }
+
+  /** Waits for the outcome (the guest runs here, or why not); the entry stays until abort() or forget(). */
+  async await(vmId: string, signal: AbortSignal): Promise<IncomingOutcome> {
+    const entry = this.incoming.get(vmId);
+    if (!entry) throw new MigrationRefusedError(`no incoming migration of VM ${vmId} on this host`, { vmId });
+    const aborted = new Promise<never>((_, reject) => {
+      if (signal.aborted) reject(signal.reason);
+      signal.addEventListener('abort', () => reject(signal.reason), { once: true });
+    });
+    aborted.catch(() => undefined);
+    const outcome = await Promise.race([entry.outcome, aborted]);
+    this.incoming.delete(vmId);
+    return outcome;
+  }
+
+  /** Removes an incoming migration that did not make the guest run here: its QEMU, RAM file and files. */
+  async abort(vmId: string): Promise<boolean> {
+    const entry = this.incoming.get(vmId);
+    if (entry?.state === 'running' || (!entry && this.host.tracked(vmId))) {
+      throw new OffshootError('ILLEGAL_STATE', `VM ${vmId} already runs on this host: its migration completed`, { vmId, state: 'running', required: ['waiting', 'failed'] }, 409);
+    }
+    const files = this.host.layout.vmFiles(vmId);
+    let removed = false;
+    if (entry) {
+      this.incoming.delete(vmId);
+      entry.vm.handOver();
+      await this.host.discard(entry.vm).catch(() => undefined);
+      await keepAlive(entry.vm.exited);
+      removed = true;
+    }
+    // Files of a destination whose agent restarted (the QEMU, if it still ran, is an orphan to reap).
+    if (await stat(files.dir).then(() => true, () => false)) removed = true;
+    await rm(files.dir, { recursive: true, force: true });
+    await rm(files.memoryFile, { force: true });
+    return removed;
+  }
+
+  /** A waiting QEMU's run state (recovery). */
+  async runState(vmId: string): Promise<string | null> {
+    const entry = this.incoming.get(vmId);
+    if (!entry) return null;
+    return (await entry.vm.qmp.queryStatus().catch(() => undefined))?.status ?? null;
+  }
+
+  /** Incoming migrations still waiting (kept from garbage collection and orphan reaping). */
+  busy(vmId: string): boolean {
+    return this.incoming.get(vmId)?.state === 'waiting';
+  }
+
+  /** At agent close: nothing to do (a waiting QEMU is an orphan for the next agent, which reaps it). */
+  async close(): Promise<void> {
+    await sleep(0);
+  }
+}

@@ -1,0 +1,326 @@
+// The source of a live migration on this host (the migrateOut operation),
+// phase by phase, so that a group of migrations can be driven to the same
+// point and continued together:
+//   disks     each copied disk is mirrored into its export at the destination
+//             (blockdev-mirror, write-blocking: guest writes go to both, so a
+//             busy disk converges), until every mirror is READY
+//   memory    pre-copy (`migrate` with pause-before-switchover), watched by
+//             the ConvergenceWatch: post-copy when asked or when pre-copy stops
+//             converging (auto), a cancel past the time budget
+//   switch    at `pre-switchover` the guest is stopped: the mirrors complete
+//             (the destination's disks equal the source's), then either
+//             migrate-continue at once, or a hold until continueMigration
+//             (a group's switch-over), then the last pages and the devices go
+//   done      the migration completed (the source QEMU stays, stopped, until
+//             finishOutgoing after the controller has recorded the switch)
+// Until migrate-continue (or post-copy) is given, a cancel or a failure rolls
+// back: the migration is cancelled, the mirrors dropped, and the guest runs
+// on here with its disks as they were (they were never the destination's).
+// After it, a cancel is too late and is ignored: the switch-over finishes.
+import { OffshootError, sleep } from '../../common/index.ts';
+import type { Logger } from '../../common/index.ts';
+import type { QmpClient, QmpEvent } from '../../qemu/index.ts';
+import { pskObjectProperties } from '../../net/index.ts';
+import type { PostcopyMode } from './convergence.ts';
+import { ConvergenceWatch } from './convergence.ts';
+import type { MigrationHost } from './host.ts';
+import { MigrationRefusedError, MigrationTimeoutError } from './host.ts';
+import { LiveMigrationError, abandonMirrors, completeMirrors, configureSource, eventPoller, finalStats, mirrorNodes, queryMigrate, setMigrationSpeed, startMirrors } from './qmp-steps.ts';
+import type { MigrateStats, TlsCredential } from './qmp-steps.ts';
+
+export interface OutgoingTuning {
+  maxBandwidthBytesPerSecond: number;
+  downtimeLimitMs: number;
+  postcopy: PostcopyMode;
+  autoConverge: boolean;
+  multifdChannels: number;
+  timeoutMs: number;
+  tls: boolean;
+}
+
+export interface MigrateOutRequest {
+  vmId: string;
+  pathId: string;
+  migration: { host: string; port: number };
+  nbd: { host: string; port: number } | null;
+  disks: Array<{ node: string; sync: 'top' | 'full' }>;
+  tuning: OutgoingTuning;
+  /** Wait at pre-switchover (guest stopped, mirrors completed) until continueMigration. */
+  hold: boolean;
+}
+
+export interface MigrateOutProgress {
+  phase: 'disks' | 'memory' | 'postcopy' | 'held' | 'switching';
+  pass: number;
+  remainingBytes: number;
+  transferredBytes: number;
+  totalBytes: number;
+  dirtyBytesPerSecond: number;
+  bandwidthBytesPerSecond: number;
+  expectedDowntimeMs: number | null;
+  diskDoneBytes: number;
+  diskTotalBytes: number;
+  throttlePercent: number;
+}
+
+export interface MigrateOutResult {
+  status: string;
+  downtimeMs: number | null;
+  totalTimeMs: number | null;
+  setupTimeMs: number | null;
+  passes: number;
+  memoryBytes: number;
+  memoryTotalBytes: number;
+  zeroPages: number;
+  postcopy: boolean;
+  postcopyReason: string | null;
+  postcopyRequests: number;
+  diskBytes: number;
+  mirrorMs: number | null;
+  stoppedAt: string | null;
+  multifdChannels: number;
+  throttlePercent: number;
+  converged: boolean;
+}
+
+interface Outgoing {
+  phase: MigrateOutProgress['phase'];
+  held: boolean;
+  /** migrate-continue (or post-copy) was given: nothing can be rolled back any more. */
+  switching: boolean;
+  mirrors: string[];
+  release: () => void;
+  released: Promise<void>;
+  speed: number;
+  diskDone: number;
+  diskTotal: number;
+}
+
+/** Migration states in which QEMU can still cancel and the guest runs on here. */
+const CANCELLABLE = new Set(['setup', 'active', 'pre-switchover', 'device', 'wait-unplug']);
+
+function eventTime(event: QmpEvent): string {
+  const t = event.timestamp;
+  return t && t.seconds > 0 ? new Date(t.seconds * 1000 + Math.floor(t.microseconds / 1000)).toISOString() : new Date().toISOString();
+}
+
+export class OutgoingMigrations {
+  private readonly out = new Map<string, Outgoing>();
+
+  constructor(private readonly host: MigrationHost) {}
+
+  private get logger(): Logger {
+    return this.host.logger;
+  }
+
+  state(vmId: string): { phase: string; held: boolean; switching: boolean } | null {
+    const o = this.out.get(vmId);
+    return o ? { phase: o.phase, held: o.held, switching: o.switching } : null;
+  }
+
+  busy(vmId: string): boolean {
+    return this.out.has(vmId);
+  }
+
+  /** The migrateOut operation; see the header. */
+  async run(request: MigrateOutRequest, ctx: { signal: AbortSignal; progress(fraction: number, message: string, data: MigrateOutProgress): void }): Promise<MigrateOutResult> {
+    const { vmId, tuning } = request;
+    if (this.out.has(vmId)) throw new MigrationRefusedError(`VM ${vmId} is already being migrated from this host`, { vmId });
+    const vm = this.host.running(vmId);
+    const qmp = vm.qmp;
+    const end = this.host.paths.end(request.pathId, 'client');
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    const o: Outgoing = { phase: 'disks', held: false, switching: false, mirrors: [], release, released, speed: tuning.maxBandwidthBytesPerSecond, diskDone: 0, diskTotal: 0 };
+    this.out.set(vmId, o);
+    const wasRunning = (await qmp.queryStatus()).running;
+    const t0 = performance.now();
+    const deadline = Date.now() + tuning.timeoutMs;
+    let tls: TlsCredential | null = null;
+    const events = qmp.events(['MIGRATION', 'MIGRATION_PASS', 'STOP']);
+    let stoppedAt: string | null = null;
+    let postcopyReason: string | null = null;
+    let mirrorMs: number | null = null;
+    const empty: MigrateOutProgress = { phase: 'disks', pass: 0, remainingBytes: 0, transferredBytes: 0, totalBytes: 0, dirtyBytesPerSecond: 0, bandwidthBytesPerSecond: 0, expectedDowntimeMs: null, diskDoneBytes: 0, diskTotalBytes: 0, throttlePercent: 0 };
+    try {
+      if (tuning.tls) {
+        await qmp.execute('object-add', pskObjectProperties(end.credential));
+        tls = { objectId: end.credential.id };
+      }
+      if (request.disks.length > 0) {
+        if (!request.nbd) throw new MigrationRefusedError(`VM ${vmId} has disks to copy but the destination exports none`, { vmId });
+        ctx.progress(0.02, `mirroring ${request.disks.length} disk(s) to the destination`, empty);
+        const m0 = performance.now();
+        await startMirrors(qmp, request.nbd, request.disks, tls, {
+          signal: ctx.signal,
+          timeoutMs: tuning.timeoutMs,
+          speedBytesPerSecond: o.speed,
+          onStarted: (node) => o.mirrors.push(node),
+          onProgress: (done, total) => {
+            o.diskDone = done;
+            o.diskTotal = total;
+            ctx.progress(total ? 0.4 * (done / total) : 0, `disks: ${Math.round(done / 2 ** 20)} of ${Math.round(total / 2 ** 20)} MiB in step`, { ...empty, diskDoneBytes: done, diskTotalBytes: total });
+          },
+        });
+        mirrorMs = performance.now() - m0;
+      }
+      o.phase = 'memory';
+      const postcopyAllowed = tuning.postcopy !== 'never';
+      const multifd = postcopyAllowed ? 1 : tuning.multifdChannels;
+      await configureSource(qmp, { maxBandwidthBytesPerSecond: o.speed, downtimeLimitMs: tuning.downtimeLimitMs, postcopy: postcopyAllowed, autoConverge: tuning.autoConverge, multifdChannels: multifd, tls });
+      await qmp.execute('migrate', { uri: `tcp:${request.migration.host}:${request.migration.port}` });
+      const watch = new ConvergenceWatch({ postcopy: tuning.postcopy, timeoutMs: Math.max(1_000, deadline - Date.now()) });
+      const memoryStart = performance.now();
+      const memoryBase = request.disks.length > 0 ? 0.4 : 0.02;
+      let stats: MigrateStats;
+      const nextEvent = eventPoller(events);
+      while (true) {
+        const next = await nextEvent(200);
+        if (next && next !== 'done' && next.event === 'STOP') stoppedAt = eventTime(next);
+        stats = await queryMigrate(qmp);
+        if (stats.status === 'completed') break;
+        if (stats.status === 'failed' || stats.status === 'cancelled') throw new LiveMigrationError(o.switching ? 'switch-over' : 'memory', stats.errorDesc ?? stats.status, { vmId, status: stats.status });
+        if (ctx.signal.aborted && !o.switching) throw ctx.signal.reason ?? new OffshootError('TASK_CANCELLED', `the migration of VM ${vmId} was cancelled`, { vmId }, 409);
+        if (stats.status === 'pre-switchover') {
+          await this.switchOver(vmId, qmp, o, request.hold, ctx, empty);
+          continue;
+        }
+        if (stats.status.startsWith('postcopy')) {
+          o.phase = 'postcopy';
+          o.switching = true;
+        }
+        const remaining = stats.remainingBytes;
+        const fraction = memoryBase + (1 - memoryBase) * (stats.totalBytes ? Math.min(0.99, stats.transferredBytes / (stats.transferredBytes + remaining)) : 0);
+        ctx.progress(fraction, o.phase === 'postcopy' ? `post-copy: ${Math.round(remaining / 2 ** 20)} MiB still at the source` : `memory pass ${stats.passes}: ${Math.round(remaining / 2 ** 20)} MiB to send, dirtied at ${Math.round((stats.dirtyPagesRate * stats.pageSize) / 2 ** 20)} MiB/s`, {
+          phase: o.phase,
+          pass: stats.passes,
+          remainingBytes: remaining,
+          transferredBytes: stats.transferredBytes,
+          totalBytes: stats.totalBytes,
+          dirtyBytesPerSecond: stats.dirtyPagesRate * stats.pageSize,
+          bandwidthBytesPerSecond: (stats.mbps * 1e6) / 8,
+          expectedDowntimeMs: stats.expectedDowntimeMs,
+          diskDoneBytes: o.diskDone,
+          diskTotalBytes: o.diskTotal,
+          throttlePercent: stats.throttlePercent,
+        });
+        if (o.switching) continue;
+        const decision = watch.observe(stats, performance.now() - memoryStart);
+        if (decision.action === 'start-postcopy') {
+          postcopyReason = decision.reason;
+          this.logger.info({ vmId, reason: decision.reason }, 'switching the migration to post-copy');
+          await qmp.execute('migrate-start-postcopy');
+        } else if (decision.action === 'fail') {
+          throw new MigrationTimeoutError(vmId, decision.reason, { passes: stats.passes, remainingBytes: stats.remainingBytes });
+        }
+      }
+      stats = await finalStats(qmp);
+      const postcopy = postcopyReason !== null || o.phase === 'postcopy';
+      const result: MigrateOutResult = {
+        status: stats.status,
+        downtimeMs: stats.downtimeMs,
+        totalTimeMs: stats.totalTimeMs,
+        setupTimeMs: stats.setupTimeMs,
+        passes: stats.passes,
+        memoryBytes: stats.transferredBytes,
+        memoryTotalBytes: stats.totalBytes,
+        zeroPages: stats.zeroPages,
+        postcopy,
+        postcopyReason,
+        postcopyRequests: stats.postcopyRequests,
+        diskBytes: o.diskTotal,
+        mirrorMs,
+        stoppedAt,
+        multifdChannels: multifd,
+        throttlePercent: stats.throttlePercent,
+        converged: !postcopy && stats.throttlePercent === 0,
+      };
+      this.logger.info({ vmId, ms: Math.round(performance.now() - t0), downtimeMs: result.downtimeMs, postcopy }, 'outgoing migration completed');
+      return result;
+    } catch (err) {
+      if (o.switching) {
+        // Post-copy (or the last pages after migrate-continue) broke: the guest's memory is split between the hosts.
+        this.logger.error({ vmId, err: (err as Error).message }, 'a migration failed after its switch-over');
+        throw new LiveMigrationError('switch-over', `the migration failed after the switch-over (${(err as Error).message}); the VM cannot run on at its source`, { vmId, afterSwitch: true });
+      }
+      await this.rollBack(vmId, qmp, o.mirrors, wasRunning, tls);
+      throw err;
+    } finally {
+      events.close();
+      this.out.delete(vmId);
+    }
+  }
+
+  /** At pre-switchover (the guest is stopped): the mirrors complete, then the migration goes on (after a hold if asked). */
+  private async switchOver(vmId: string, qmp: QmpClient, o: Outgoing, hold: boolean, ctx: { signal: AbortSignal; progress(fraction: number, message: string, data: MigrateOutProgress): void }, empty: MigrateOutProgress): Promise<void> {
+    await completeMirrors(qmp, o.mirrors);
+    o.mirrors = [];
+    if (hold) {
+      o.held = true;
+      o.phase = 'held';
+      ctx.progress(0.97, 'held at the switch-over (guest stopped, disks in step): waiting for continueMigration', { ...empty, phase: 'held' });
+      const aborted = new Promise<'aborted'>((resolve) => {
+        if (ctx.signal.aborted) resolve('aborted');
+        ctx.signal.addEventListener('abort', () => resolve('aborted'), { once: true });
+      });
+      if ((await Promise.race([o.released.then(() => 'go' as const), aborted])) === 'aborted') throw ctx.signal.reason ?? new OffshootError('TASK_CANCELLED', `the migration of VM ${vmId} was cancelled`, { vmId }, 409);
+      o.held = false;
+    } else if (ctx.signal.aborted) {
+      throw ctx.signal.reason;
+    }
+    o.switching = true;
+    o.phase = 'switching';
+    await qmp.execute('migrate-continue', { state: 'pre-switchover' });
+  }
+
+  /** Before the switch-over: the migration stops, the mirrors go, and the guest runs on here. */
+  private async rollBack(vmId: string, qmp: QmpClient, mirrors: string[], resume: boolean, tls: TlsCredential | null): Promise<string> {
+    const status = await this.cancelInQemu(qmp);
+    await abandonMirrors(qmp, [...new Set([...mirrors, ...(await mirrorNodes(qmp))])]);
+    if (resume && !(await qmp.queryStatus().catch(() => ({ running: true }))).running) await qmp.cont().catch((err: unknown) => this.logger.warn({ vmId, err: (err as Error).message }, 'cannot resume the guest after a failed migration'));
+    if (tls) await qmp.execute('object-del', { id: tls.objectId }).catch(() => undefined);
+    this.logger.warn({ vmId, status }, 'outgoing migration rolled back; the VM runs on here');
+    return status;
+  }
+
+  /** Cancels QEMU's migration if it can still be cancelled; waits until it has. Returns the status found first. */
+  private async cancelInQemu(qmp: QmpClient): Promise<string> {
+    const first = (await queryMigrate(qmp).catch(() => null))?.status ?? 'unknown';
+    if (!CANCELLABLE.has(first)) return first;
+    await qmp.execute('migrate_cancel').catch(() => undefined);
+    const deadline = Date.now() + 15_000;
+    while (Date.now() < deadline) {
+      const status = (await queryMigrate(qmp).catch(() => null))?.status ?? 'unknown';
+      if (!CANCELLABLE.has(status) && status !== 'cancelling') break;
+      await sleep(20);
+    }
+    return first;
+  }
+
+  /** abortOutgoing: stops the VM's migration before its switch-over, whether or not this agent runs its operation. */
+  async abort(vmId: string, resume: boolean): Promise<string> {
+    const vm = this.host.running(vmId);
+    const status = (await queryMigrate(vm.qmp).catch(() => null))?.status ?? 'unknown';
+    if (status === 'completed' || status.startsWith('postcopy') || (this.out.get(vmId)?.switching ?? false)) throw new OffshootError('ILLEGAL_STATE', `the migration of VM ${vmId} is past its switch-over (${status}); it cannot be stopped`, { vmId, state: status, required: [...CANCELLABLE] }, 409);
+    if (this.out.has(vmId)) {
+      // The operation rolls itself back; its caller cancels it (cancelOperation). Here only QEMU is told.
+      await vm.qmp.execute('migrate_cancel').catch(() => undefined);
+      return status;
+    }
+    await this.rollBack(vmId, vm.qmp, [], resume, null);
+    return status;
+  }
+
+  setSpeed(vmId: string, bytesPerSecond: number): Promise<void> {
+    const o = this.out.get(vmId);
+    if (!o) throw new MigrationRefusedError(`VM ${vmId} is not being migrated from this host`, { vmId });
+    o.speed = bytesPerSecond;
+    return setMigrationSpeed(this.host.running(vmId).qmp, bytesPerSecond, o.mirrors);
+  }
+
+  continue(vmId: string): void {
+    const o = this.out.get(vmId);
+    if (!o) throw new MigrationRefusedError(`VM ${vmId} is not being migrated from this host`, { vmId });
+    o.release();
+  }
+}

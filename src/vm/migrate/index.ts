@@ -1,0 +1,9 @@
+// Live migration of VMs between hosts (issue 12): the request, the engine's
+// front (Migrations), the phases (run-migration.ts) and crash recovery.
+export { Migrations } from './migrations.ts';
+export { migrateRequestSchema, parseRate } from './migrate-request.ts';
+export type { MigrateRequest } from './migrate-request.ts';
+export type { MigrateResult } from './run-migration.ts';
+export type { MigrationProgress } from './transfer.ts';
+export type { MigrateJournal } from './migrate-journal.ts';
+export { recoverMigration } from './recover-migration.ts';

@@ -1,0 +1,120 @@
+// Phase `plan` of a migration: where the VM goes and what moves. The two
+// hosts must be different, reachable agents with the migration capability
+// and the same accelerator; the path between them is bound to their
+// management addresses (each agent names the address it reaches the other
+// from, starting from the one host whose agent url carries an address). Each
+// disk is decided by the storage policy: a disk the destination sees at the
+// same reference (a shared datastore) stays where it is, unless `copy`; a
+// copied disk is mirrored into a new image at the destination, over its
+// bases when the destination has all of them with the same content ids
+// (`sync: top`, only the delta moves), else as a whole (`sync: full`). The
+// boot files and read-only disks must be at the destination already (the
+// default guest is installed there if it is missing).
+import { OffshootError } from '../../common/index.ts';
+import type { AgentClient, IncomingDisk, VmDisk, VmSpec } from '../../protocol/index.ts';
+import { makeLocator } from '../../protocol/index.ts';
+import type { HostRecord } from '../hosts/index.ts';
+import { LOCAL_HOST_URL } from '../hosts/index.ts';
+import type { VmRecord } from '../records.ts';
+import type { MigrateRequest } from './migrate-request.ts';
+
+/** A migration this controller refuses before anything moved. HTTP 409. */
+export class MigrationPlanError extends OffshootError {
+  constructor(message: string, details: Record<string, unknown>) {
+    super('MIGRATION_REFUSED', message, details, 409);
+  }
+}
+
+export interface MigrationPlan {
+  source: HostRecord;
+  destination: HostRecord;
+  sourceAddress: string;
+  destinationAddress: string;
+  slotsInUse: number[];
+  /** Disks the destination creates and the source mirrors into. */
+  incoming: IncomingDisk[];
+  mirrors: Array<{ node: string; sync: 'top' | 'full' }>;
+  /** Disks that stay where they are (shared), by id. */
+  shared: string[];
+  destinationSpec: VmSpec;
+  /** Bytes of disk data the mirrors copy at most (allocated bytes of the copied layers). */
+  diskBytes: number;
+}
+
+function addressOf(host: HostRecord): string | null {
+  if (host.url === LOCAL_HOST_URL) return null;
+  const name = new URL(host.url).hostname;
+  return /^\d{1,3}(\.\d{1,3}){3}$/.test(name) ? name : null;
+}
+
+export async function planMigration(vm: VmRecord, source: HostRecord, destination: HostRecord, agents: { source: AgentClient; destination: AgentClient }, request: MigrateRequest): Promise<MigrationPlan> {
+  if (source.id === destination.id) throw new MigrationPlanError(`VM "${vm.name}" already runs on host ${destination.name}`, { vm: vm.name, host: destination.name });
+  for (const h of [source, destination]) {
+    if (h.state !== 'ready' && !(h === source && h.state === 'draining')) throw new MigrationPlanError(`host ${h.name} is ${h.state}: a migration needs both hosts ready`, { host: h.name, state: h.state });
+    if (!h.capabilities.includes('migration')) throw new MigrationPlanError(`the agent of host ${h.name} cannot migrate VMs (no 'migration' capability); update it`, { host: h.name });
+  }
+  // Each agent names the address it reaches the other from.
+  let sourceAddress: string | null;
+  let destinationAddress: string | null;
+  const dUrl = addressOf(destination);
+  const sUrl = addressOf(source);
+  if (dUrl) {
+    sourceAddress = (await agents.source.migrationProbe({ peer: dUrl, files: [], installDefaultGuest: false })).managementAddress;
+    destinationAddress = sourceAddress ? (await agents.destination.migrationProbe({ peer: sourceAddress, files: [], installDefaultGuest: false })).managementAddress : null;
+  } else if (sUrl) {
+    destinationAddress = (await agents.destination.migrationProbe({ peer: sUrl, files: [], installDefaultGuest: false })).managementAddress;
+    sourceAddress = destinationAddress ? (await agents.source.migrationProbe({ peer: destinationAddress, files: [], installDefaultGuest: false })).managementAddress : null;
+  } else {
+    throw new MigrationPlanError(`neither host ${source.name} nor ${destination.name} is reached at a network address: a migration needs hosts on a network`, { source: source.name, destination: destination.name });
+  }
+  if (!sourceAddress || !destinationAddress) throw new MigrationPlanError(`hosts ${source.name} and ${destination.name} have no route to each other`, { source: source.name, destination: destination.name });
+
+  const bootFiles = vm.spec.boot.kind === 'kernel' ? [vm.spec.boot.kernel, ...(vm.spec.boot.initrd ? [vm.spec.boot.initrd] : [])] : vm.spec.boot.kind === 'disk' ? [] : [];
+  const asked = [...new Set([...bootFiles, ...vm.spec.disks.flatMap((d) => [d.file, ...d.backing])])];
+  const [here, there] = await Promise.all([
+    agents.source.migrationProbe({ peer: null, files: asked.map((file) => ({ file, contentId: !vm.spec.disks.some((d) => d.file === file && !d.readOnly) })), installDefaultGuest: false }),
+    agents.destination.migrationProbe({ peer: null, files: asked.map((file) => ({ file, contentId: !vm.spec.disks.some((d) => d.file === file && !d.readOnly) })), installDefaultGuest: vm.spec.defaultGuest }),
+  ]);
+  if (here.accel !== there.accel) throw new MigrationPlanError(`host ${source.name} runs QEMU with ${here.accel}, ${destination.name} with ${there.accel}: a VM cannot move between them`, { source: here.accel, destination: there.accel });
+  const at = (list: typeof here.files, file: string) => list.find((f) => f.file === file);
+  for (const file of bootFiles) {
+    if (!at(there.files, file)?.exists) throw new MigrationPlanError(`the boot file ${file} of VM "${vm.name}" is not on host ${destination.name}`, { vm: vm.name, file });
+  }
+  const incoming: IncomingDisk[] = [];
+  const mirrors: MigrationPlan['mirrors'] = [];
+  const shared: string[] = [];
+  const disks: VmDisk[] = [];
+  let diskBytes = 0;
+  for (const disk of vm.spec.disks) {
+    const visible = at(there.files, disk.file)?.exists === true;
+    if (disk.readOnly) {
+      if (!visible) throw new MigrationPlanError(`the read-only disk ${disk.id} (${disk.file}) of VM "${vm.name}" is not on host ${destination.name}`, { vm: vm.name, disk: disk.id, file: disk.file });
+      disks.push(disk);
+      continue;
+    }
+    if (request.storage === 'shared' && !visible) throw new MigrationPlanError(`disk ${disk.id} of VM "${vm.name}" (${disk.file}) is not on storage host ${destination.name} sees (storage: shared)`, { vm: vm.name, disk: disk.id, file: disk.file });
+    if (visible && request.storage !== 'copy') {
+      shared.push(disk.id);
+      disks.push(disk);
+      continue;
+    }
+    const basesThere = disk.backing.length > 0 && disk.backing.every((b) => {
+      const mine = at(here.files, b);
+      const theirs = at(there.files, b);
+      return theirs?.exists === true && theirs.contentId !== null && theirs.contentId === mine?.contentId;
+    });
+    // The copy lives in the VM's folder at the destination under the same name.
+    const file = disk.file.startsWith('home:') ? disk.file : makeLocator({ kind: 'home' }, 'vms', vm.id, `${disk.id}.${disk.format}`);
+    const top = at(here.files, disk.file);
+    const sizeBytes = top?.virtualSize ?? 0;
+    if (!sizeBytes) throw new MigrationPlanError(`disk ${disk.id} of VM "${vm.name}" (${disk.file}) cannot be read on host ${source.name}`, { vm: vm.name, disk: disk.id });
+    diskBytes += basesThere ? (top?.allocatedBytes ?? 0) : disk.backing.reduce((s, b) => s + (at(here.files, b)?.allocatedBytes ?? 0), top?.allocatedBytes ?? 0);
+    incoming.push({ id: disk.id, file, format: disk.format, sizeBytes, backing: basesThere ? disk.backing.map((b) => ({ file: b, format: 'qcow2' as const })) : [] });
+    mirrors.push({ node: disk.id, sync: basesThere ? 'top' : 'full' });
+    disks.push({ ...disk, file, owned: true, backing: basesThere ? disk.backing : [] });
+  }
+  const memoryBytes = vm.spec.memoryMiB * 2 ** 20;
+  if (there.memoryFreeBytes < memoryBytes) throw new OffshootError('NO_SPACE', `host ${destination.name} has ${Math.floor(there.memoryFreeBytes / 2 ** 20)} MiB free for guest memory; VM "${vm.name}" needs ${vm.spec.memoryMiB} MiB`, { needed: memoryBytes, free: there.memoryFreeBytes, where: 'memory' }, 507);
+  if (there.diskFreeBytes < diskBytes) throw new OffshootError('NO_SPACE', `host ${destination.name} has ${there.diskFreeBytes} bytes free; the disks of VM "${vm.name}" need ${diskBytes}`, { needed: diskBytes, free: there.diskFreeBytes, where: 'disk' }, 507);
+  return { source, destination, sourceAddress, destinationAddress, slotsInUse: [...here.slotsInUse, ...there.slotsInUse], incoming, mirrors, shared, destinationSpec: { ...vm.spec, disks }, diskBytes };
+}

@@ -1,0 +1,141 @@
+// Live migration of a VM to another host, phase by phase:
+//   plan      hosts, addresses, what each disk does (plan-migration.ts)
+//   path      the isolated path and its one-time key (data-path.ts)
+//   prepare   the destination waits with its target disks exported (transfer.ts)
+//   transfer  disk mirrors and memory pre-copy / post-copy from the source (transfer.ts)
+//   switched  the guest runs at the destination: the inventory moves the VM in
+//             one write, the source lets it go, the path goes (switch-over.ts)
+// Until the destination runs the guest the source is the VM: a failure or a
+// cancel rolls back (roll-back.ts) and the VM runs on at the source, as it
+// was. Each phase is journaled before it acts, for recovery
+// (recover-migration.ts).
+import { OffshootError } from '../../common/index.ts';
+import type { IncomingResult, MigrateOutResult } from '../../protocol/index.ts';
+import { newOperationId } from '../../protocol/index.ts';
+import type { EngineContext } from '../engine-context.ts';
+import type { HostRecord } from '../hosts/index.ts';
+import type { VmRecord } from '../records.ts';
+import type { VmState } from '../state.ts';
+import type { TaskContext } from '../tasks.ts';
+import { openDataPath } from './data-path.ts';
+import type { OpenedPath } from './data-path.ts';
+import type { MigrateJournal } from './migrate-journal.ts';
+import type { MigrateRequest } from './migrate-request.ts';
+import { tuningOf } from './migrate-request.ts';
+import { planMigration } from './plan-migration.ts';
+import { rollBackMigration } from './roll-back.ts';
+import { finishSource, recordAtDestination } from './switch-over.ts';
+import { awaitDestination, prepareDestination, transferVm } from './transfer.ts';
+
+export interface MigrateResult {
+  vm: string;
+  from: string;
+  to: string;
+  /** QEMU's figure: the guest stopped at the source until it ran at the destination. */
+  downtimeMs: number | null;
+  totalMs: number;
+  /** The same two figures, where the metrics and the console read them. */
+  timings: { downtimeMs: number | null; totalMs: number };
+  memoryBytes: number;
+  memoryTotalBytes: number;
+  diskBytes: number;
+  passes: number;
+  postcopy: boolean;
+  postcopyReason: string | null;
+  converged: boolean;
+  storage: { copied: string[]; shared: string[]; sync: Record<string, 'top' | 'full'> };
+  /** The isolated path the streams used (gone now), and the bytes it carried from the source. */
+  path: OpenedPath & { bytesSent: number | null };
+  resumedAt: string | null;
+}
+
+export async function runMigration(ctx: EngineContext, vm: VmRecord, previous: VmState, source: HostRecord, destination: HostRecord, request: MigrateRequest, task: TaskContext, signal: AbortSignal): Promise<MigrateResult> {
+  const t0 = performance.now();
+  const agents = { source: ctx.fleet.agent(source.id), destination: ctx.fleet.agent(destination.id) };
+  const tuning = tuningOf(request);
+  await task.progress(0.01, `planning the move of ${vm.name} to ${destination.name}`);
+  const plan = await planMigration(vm, source, destination, agents, request);
+  const journal: MigrateJournal = {
+    vmId: vm.id,
+    phase: 'path',
+    previous,
+    sourceHostId: source.id,
+    destinationHostId: destination.id,
+    pathId: newOperationId(),
+    prepareOperationId: newOperationId(),
+    awaitOperationId: newOperationId(),
+    migrateOperationId: newOperationId(),
+    destinationSpec: plan.destinationSpec,
+    destinationRuntime: null,
+  };
+  await task.journal(journal);
+  let outcome: MigrateOutResult | undefined;
+  let path: OpenedPath | undefined;
+  try {
+    signal.throwIfAborted();
+    await task.progress(0.03, `opening an isolated path between ${source.name} and ${destination.name}`);
+    path = await openDataPath(agents, journal.pathId, { source: plan.sourceAddress, destination: plan.destinationAddress }, plan.slotsInUse);
+    await ctx.faults?.('migrate.path');
+    signal.throwIfAborted();
+    journal.phase = 'prepare';
+    await task.journal(journal);
+    await task.progress(0.05, `${destination.name} prepares: ${plan.incoming.length} disk(s) to receive, a QEMU waiting on ${path.destinationAddress}`);
+    const postcopy = tuning.postcopy !== 'never';
+    const target = await prepareDestination(agents.destination, vm, plan, journal, { postcopy, multifdChannels: postcopy ? 1 : tuning.multifdChannels, tls: tuning.tls, resume: previous === 'running' });
+    journal.destinationRuntime = target.runtime;
+    journal.phase = 'transfer';
+    await task.journal(journal);
+    await ctx.faults?.('migrate.transfer');
+    await task.progress(0.1, plan.mirrors.length ? 'mirroring the disks' : 'copying memory');
+    outcome = await transferVm(agents.source, vm, plan, journal, target, tuning, task, signal);
+  } catch (err) {
+    // The source's migration failed: unless the destination already runs the guest (a failure after the switch-over), roll back.
+    if (!(await runsAtDestination(agents.destination, vm.id))) {
+      const did = await rollBackMigration(agents, journal, ctx.logger);
+      await ctx.states.settle(vm.id, ['migrating'], previous, null);
+      ctx.logger.warn({ vm: vm.name, to: destination.name, err: (err as Error).message, did }, 'migration rolled back; the VM runs on at its source');
+      throw err;
+    }
+    ctx.logger.warn({ vm: vm.name, err: (err as Error).message }, 'the source reported a failure after the guest ran at the destination: the migration completes');
+  }
+  let incoming: IncomingResult;
+  try {
+    incoming = await awaitDestination(agents.destination, journal);
+  } catch (err) {
+    // The source completed but the destination did not run the guest: nothing runs it now.
+    await rollBackMigration(agents, journal, ctx.logger);
+    await ctx.states.settle(vm.id, ['migrating'], 'failed', `its migration to ${destination.name} completed at the source but the destination did not run it: ${(err as Error).message}`, { runtime: null });
+    throw new OffshootError('MIGRATION_FAILED', `VM "${vm.name}" was sent to ${destination.name} but did not run there: ${(err as Error).message}`, { vm: vm.name, step: 'destination' }, 500, { cause: err });
+  }
+  journal.phase = 'switched';
+  await task.journal({ ...journal, ...(outcome ? { outcome } : {}) });
+  await task.progress(0.97, `${vm.name} runs at ${destination.name}; removing it from ${source.name}`);
+  await recordAtDestination(ctx, journal, incoming);
+  await ctx.faults?.('migrate.switched');
+  const counters = await finishSource(ctx, agents, journal);
+  const totalMs = Math.round(performance.now() - t0);
+  return {
+    vm: vm.name,
+    from: source.name,
+    to: destination.name,
+    downtimeMs: outcome?.downtimeMs ?? null,
+    totalMs,
+    timings: { downtimeMs: outcome?.downtimeMs ?? null, totalMs },
+    memoryBytes: outcome?.memoryBytes ?? 0,
+    memoryTotalBytes: outcome?.memoryTotalBytes ?? 0,
+    diskBytes: outcome?.diskBytes ?? 0,
+    passes: outcome?.passes ?? 0,
+    postcopy: outcome?.postcopy ?? false,
+    postcopyReason: outcome?.postcopyReason ?? null,
+    converged: outcome?.converged ?? false,
+    storage: { copied: plan.incoming.map((d) => d.id), shared: plan.shared, sync: Object.fromEntries(plan.mirrors.map((m) => [m.node, m.sync])) },
+    path: { ...(path as OpenedPath), bytesSent: counters?.txBytes ?? null },
+    resumedAt: incoming.resumedAt,
+  };
+}
+
+/** Whether the destination's agent runs the VM's guest (its incoming migration completed). */
+export async function runsAtDestination(destination: { migrationState: (r: { vmId: string }) => Promise<{ qemu: unknown; incoming: { state: string } | null }> }, vmId: string): Promise<boolean> {
+  const state = await destination.migrationState({ vmId }).catch(() => null);
+  return state !== null && (state.qemu !== null || state.incoming?.state === 'running');
+}

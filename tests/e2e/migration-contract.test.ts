@@ -1,0 +1,39 @@
+// The migration contract (src/protocol/contract-migration.ts) against two real
+// agents: lab hosts, each `offshoot agent serve` in its own network namespace,
+// reached over HTTP; the migration and the disk mirror go over a VXLAN path
+// made for each operation, with TLS-PSK. The fake pair passes the same suite
+// (src/protocol/testing/fake-migration.test.ts). Nothing of the lab is left.
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { agentTokenFile } from '../../src/lab/agent-command.ts';
+import { labDown, labUp } from '../../src/lab/lab.ts';
+import { httpAgentClient } from '../../src/protocol/index.ts';
+import { runMigrationContract } from '../../src/protocol/contract-migration.ts';
+
+const prefix = `omc${randomBytes(2).toString('hex').slice(0, 3)}`;
+const subnet = `10.213.${150 + ((randomBytes(1)[0] as number) % 30)}.0/24`;
+
+runMigrationContract('two real agents on lab hosts', async () => {
+  const dir = mkdtempSync(`/tmp/${prefix}-`);
+  const lab = await labUp(2, { dir, prefix, subnet }, dir);
+  const client = (i: number) => {
+    const h = lab.hosts[i];
+    if (!h) throw new Error('the lab has fewer hosts than asked');
+    return httpAgentClient({ hostName: h.name, url: h.url, token: readFileSync(agentTokenFile(h.home), 'utf8').trim(), epoch: () => 1, timeoutMs: 60_000 });
+  };
+  const source = client(0);
+  const destination = client(1);
+  await source.attach({ hostId: `${prefix}-a`, epoch: 1 });
+  await destination.attach({ hostId: `${prefix}-b`, epoch: 1 });
+  return {
+    source,
+    destination,
+    sourceAddress: lab.hosts[0]?.address ?? '',
+    destinationAddress: lab.hosts[1]?.address ?? '',
+    bootTimeoutMs: 150_000,
+    dispose: async () => {
+      await labDown({ dir, prefix }).catch(() => undefined);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+});
