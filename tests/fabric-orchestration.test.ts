@@ -238,6 +238,11 @@ describe('fabric orchestration against the fake agent', () => {
     await waitUntil(async () => (await s.engine.tasks.get(made.task?.id as string)).message.includes('freezing'));
     await waitUntil(async () => s.agent.forks.size > 0 && [...s.agent.forks.values()].every((f) => f.made.length > 0 || f.frozen.length > 0));
     try {
+      // A controller starting meanwhile leaves a creation whose task still runs alone.
+      const bystander = new FabricService({ inventory: s.inventory, fabric: s.inventory.fabric, engine: s.engine, logger: silentLogger, reconcileMs: 60_000 });
+      await bystander.start();
+      expect((await bystander.list()).map((x) => [x.name, x.state, x.taskId])).toEqual([['web', 'creating', made.task?.id]]);
+      await bystander.close();
       // A new controller recovers: its engine rolls the freeze back from the journal, its fabric drops the template.
       const engine = new VmEngine({ inventory: s.inventory, fleet: s.fleet, logger: silentLogger });
       const report = await engine.recover();
