@@ -11,6 +11,7 @@ import type { AgentClient } from './client.ts';
 import { newOperationId, runOperation } from './client.ts';
 import { templateFolderFile } from './calls-fabric.ts';
 import type { VmSpec } from './schemas.ts';
+import { guestMemoryBytes } from './schemas.ts';
 
 interface FabricContractState {
   t: { client: AgentClient; bootTimeoutMs: number };
@@ -40,7 +41,7 @@ export function fabricContract(state: () => FabricContractState): void {
       await t.client.switchFork({ forkId });
       const kept = await t.client.keepForkTemplate({ forkId, templateId, spec: frozen });
       expect(kept.memoryTemplateId).toBe(prepared.templateId);
-      expect(kept.memoryBytes).toBe(spec.memoryMiB * 2 ** 20);
+      expect(kept.memoryBytes).toBe(guestMemoryBytes(spec));
       await t.client.finishFork({ forkId });
 
       // Garbage collection told that nothing is in use keeps what the template needs.

@@ -72,6 +72,8 @@ export class Recovery {
   constructor(private readonly ctx: EngineContext) {
     this.register('vm.fork', (task, journal) => this.recoverFreeze(task, journal as ForkJournal | undefined));
     this.register('vm.checkpoint', (task, journal) => this.recoverFreeze(task, journal as ForkJournal | undefined));
+    // A template's creation (vm/fabric) freezes its VM as a fork does, with a fork journal.
+    this.register('template.create', (task, journal) => this.recoverFreeze(task, journal as ForkJournal | undefined));
     this.register('vm.restore', (task, journal) => this.recoverRestore(task, journal as RestoreJournal | undefined));
     this.register('vm.migrate', async (_task, journal) => (journal ? recoverMigration(this.ctx, journal as MigrateJournal, this.ctx.logger) : 'nothing to roll back'));
   }
