@@ -9,6 +9,7 @@ import { cloneBenchmark } from './clone.ts';
 import { copyBenchmark } from './copy.ts';
 import { fleetBenchmark } from './fleet.ts';
 import { hostsBenchmark } from './hosts.ts';
+import { migrateBenchmark } from './migrate.ts';
 import { forkBenchmark } from './fork.ts';
 import { netpathBenchmark } from './netpath.ts';
 import type { BenchResult } from './report.ts';
@@ -23,6 +24,7 @@ const BENCHMARKS: Record<string, (args: string[]) => Promise<BenchResult>> = {
   netpath: netpathBenchmark,
   fleet: fleetBenchmark,
   hosts: hostsBenchmark,
+  migrate: migrateBenchmark,
 };
 
 const [name, ...args] = process.argv.slice(2);
