@@ -2,8 +2,9 @@
 // `offshoot agent serve` in its own network namespace): a forked child (its
 // memory derived from its parent's template, its disk a delta over a base the
 // destination does not have) migrates with post-copy forced, becomes owned at
-// the destination with its disk copied whole, and its counter goes on; the
-// destination's QEMU killed with SIGKILL during pre-copy leaves the VM running
+// the destination with its disk copied whole, and its counter goes on; a
+// guest that dirties memory faster than a capped path carries it is switched
+// to post-copy (auto) and arrives whole; the destination's QEMU killed with SIGKILL during pre-copy leaves the VM running
 // at its source in the same QEMU, and nothing at the destination.
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -114,6 +115,27 @@ describe('live migration between lab hosts: post-copy, a forked child, a killed 
       await client.killVm(name);
       await client.deleteVm(name);
     }
+  }, 400_000);
+
+  it('post-copy auto: a guest that dirties memory faster than the capped path carries it is switched to post-copy, and arrives whole', async () => {
+    const client = t.client();
+    await client.createVm({ name: 'omf-busy', memory: '192M', host: 'lab1', start: true });
+    await eventually(async () => (await client.getVm('omf-busy')).state === 'running', 150_000, 'the VM to run');
+    await sh(client, 'omf-busy', 'mkdir -p /mnt/ram && mount -t tmpfs -o size=120m tmpfs /mnt/ram && dd if=/dev/urandom of=/mnt/ram/blob bs=1M count=24 2>/dev/null');
+    const md5 = await sh(client, 'omf-busy', 'md5sum /mnt/ram/blob');
+    await sh(client, 'omf-busy', '(i=0; while true; do i=$((i+1)); echo $i > /mnt/ram/counter; dd if=/dev/urandom of=/mnt/ram/dirty bs=1M count=32 2>/dev/null; done) >/dev/null 2>&1 &');
+    const started = await new MigrateClient(client).migrate('omf-busy', { to: 'lab2', postcopy: 'auto', maxBandwidth: '8M' });
+    const task = await client.waitTask(started.task?.id as string);
+    const result = task.result as MigrateResult;
+    expect(result.postcopy).toBe(true);
+    expect(result.postcopyReason).toMatch(/did not fall|time budget/);
+    expect(result.converged).toBe(false);
+    expect(((await client.getVm('omf-busy')) as VmRecord & { host: string }).host).toBe('lab2');
+    expect(await sh(client, 'omf-busy', 'md5sum /mnt/ram/blob')).toBe(md5);
+    const c1 = Number(await sh(client, 'omf-busy', 'cat /mnt/ram/counter'));
+    await eventually(async () => Number(await sh(client, 'omf-busy', 'cat /mnt/ram/counter')) > c1, 30_000, 'the counter to go on');
+    await client.killVm('omf-busy');
+    await client.deleteVm('omf-busy');
   }, 400_000);
 
   it("the destination's QEMU killed during pre-copy: the VM runs on at its source in the same QEMU, nothing is left at the destination", async () => {

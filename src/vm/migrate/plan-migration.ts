@@ -69,7 +69,8 @@ export async function planMigration(vm: VmRecord, source: HostRecord, destinatio
   }
   if (!sourceAddress || !destinationAddress) throw new MigrationPlanError(`hosts ${source.name} and ${destination.name} have no route to each other`, { source: source.name, destination: destination.name });
 
-  const bootFiles = vm.spec.boot.kind === 'kernel' ? [vm.spec.boot.kernel, ...(vm.spec.boot.initrd ? [vm.spec.boot.initrd] : [])] : vm.spec.boot.kind === 'disk' ? [] : [];
+  // A disk boot's disk is one of the VM's disks.
+  const bootFiles = vm.spec.boot.kind === 'kernel' ? [vm.spec.boot.kernel, ...(vm.spec.boot.initrd ? [vm.spec.boot.initrd] : [])] : [];
   const asked = [...new Set([...bootFiles, ...vm.spec.disks.flatMap((d) => [d.file, ...d.backing])])];
   const [here, there] = await Promise.all([
     agents.source.migrationProbe({ peer: null, files: asked.map((file) => ({ file, contentId: !vm.spec.disks.some((d) => d.file === file && !d.readOnly) })), installDefaultGuest: false }),
