@@ -7,6 +7,7 @@ import { bootBenchmark } from './boot.ts';
 import { checkpointBenchmark } from './checkpoint.ts';
 import { cloneBenchmark } from './clone.ts';
 import { copyBenchmark } from './copy.ts';
+import { fabricBenchmark } from './fabric.ts';
 import { fleetBenchmark } from './fleet.ts';
 import { hostsBenchmark } from './hosts.ts';
 import { migrateBenchmark } from './migrate.ts';
@@ -25,6 +26,7 @@ const BENCHMARKS: Record<string, (args: string[]) => Promise<BenchResult>> = {
   fleet: fleetBenchmark,
   hosts: hostsBenchmark,
   migrate: migrateBenchmark,
+  fabric: fabricBenchmark,
 };
 
 const [name, ...args] = process.argv.slice(2);

@@ -5,16 +5,18 @@
 // - no record names a missing file (VM disks and chains, checkpoints, disks);
 // - no orphan QEMU (each QEMU of the home is the recorded QEMU of a live VM),
 //   and every running VM has its QEMU;
-// - no leaked file: RAM files and templates belong to live VMs, VM folders to
-//   known VMs, bases to a VM, checkpoint, pool or copy job; the work folder is
+// - no leaked file: RAM files and templates belong to live VMs (or to a
+//   fabric template's copy on the host), VM folders to known VMs, bases to a
+//   VM, checkpoint, pool, copy job or fabric template, `fabric/` folders to
+//   fabric templates; the work folder is
 //   empty; no checkpoint temporary file is left; no copy leftovers;
 // - privacy: no file under the home or the memory folder is readable or
 //   writable by other users; the memory folder is 0700 and RAM files 0600.
 import { existsSync, lstatSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { OffshootClient } from '../src/client/index.ts';
-import { StorageClient } from '../src/client/index.ts';
-import type { CheckpointRecord, CopyJobRecord, DatastoreRecord, DiskRecord, PoolRecord, VmRecord } from '../src/vm/index.ts';
+import { FabricClient, StorageClient } from '../src/client/index.ts';
+import type { CheckpointRecord, CopyJobRecord, DatastoreRecord, DiskRecord, PoolRecord, TemplateView, VmRecord } from '../src/vm/index.ts';
 import { LIVE_STATES } from '../src/vm/index.ts';
 import { findOffshootQemus } from '../src/qemu/index.ts';
 import { hostPathOf } from './harness.ts';
@@ -26,14 +28,16 @@ export interface HomeSnapshot {
   disks: DiskRecord[];
   pools: PoolRecord[];
   jobs: CopyJobRecord[];
+  /** Fabric templates (their copies on hosts keep memory templates and files). */
+  templates: TemplateView[];
   /** The folders the host allows (`ext.<id>:` references resolve under them). */
   allowedRoots: string[];
 }
 
 export async function snapshotHome(client: OffshootClient): Promise<HomeSnapshot> {
   const storage = new StorageClient(client);
-  const [vms, checkpoints, datastores, disks, pools, jobs, host] = await Promise.all([client.listVms(), client.listCheckpoints(), storage.listDatastores(), storage.listDisks(), storage.listPools(), storage.listJobs(), client.host()]);
-  return { vms, checkpoints, datastores, disks, pools, jobs, allowedRoots: host.allowedRoots };
+  const [vms, checkpoints, datastores, disks, pools, jobs, templates, host] = await Promise.all([client.listVms(), client.listCheckpoints(), storage.listDatastores(), storage.listDisks(), storage.listPools(), storage.listJobs(), new FabricClient(client).listTemplates(), client.host()]);
+  return { vms, checkpoints, datastores, disks, pools, jobs, templates, allowedRoots: host.allowedRoots };
 }
 
 /** QEMU processes started from this home (their command line names a path in it). */
@@ -118,7 +122,8 @@ export function homeProblems(s: HomeSnapshot, o: InvariantOptions): string[] {
     if (f === 'templates') continue;
     if (!f.endsWith('.ram') || !liveIds.has(f.slice(0, -4))) problems.push(`memory file ${f} belongs to no live VM`);
   }
-  const templates = new Set(live.map((v) => v.runtime?.memory.templateId).filter(Boolean));
+  const placements = s.templates.flatMap((t) => t.placements);
+  const templates = new Set([...live.map((v) => v.runtime?.memory.templateId), ...placements.map((p) => p.memoryTemplateId)].filter(Boolean));
   for (const f of existsSync(join(o.memoryDir, 'templates')) ? readdirSync(join(o.memoryDir, 'templates')) : []) {
     if (!templates.has(f.replace(/\.ram$/, ''))) problems.push(`template ${f} is mapped by no live VM`);
   }
@@ -130,7 +135,10 @@ export function homeProblems(s: HomeSnapshot, o: InvariantOptions): string[] {
     ...s.checkpoints.flatMap((c) => c.spec.disks.flatMap((d) => [d.file, ...d.backing])),
     ...s.pools.flatMap((p) => p.sourceFiles.flatMap((f) => f.chain.map((c) => c.file))),
     ...s.jobs.filter((j) => !['succeeded', 'cancelled'].includes(j.state)).flatMap((j) => j.files.map((f) => f.source)),
+    ...placements.flatMap((p) => p.files),
   ].map(at));
+  const templateIds = new Set(s.templates.map((t) => t.id));
+  for (const d of existsSync(join(o.home, 'fabric')) ? readdirSync(join(o.home, 'fabric')) : []) if (!templateIds.has(d)) problems.push(`fabric folder ${d} belongs to no template`);
   for (const f of existsSync(join(o.home, 'bases')) ? readdirSync(join(o.home, 'bases')) : []) if (!usedBases.has(join(o.home, 'bases', f))) problems.push(`base ${f} is used by nothing`);
   const checkpointPaths = new Set(s.checkpoints.map((c) => at(c.file)));
   for (const f of existsSync(join(o.home, 'checkpoints')) ? readdirSync(join(o.home, 'checkpoints')) : []) if (!checkpointPaths.has(join(o.home, 'checkpoints', f))) problems.push(`checkpoint file ${f} has no record`);

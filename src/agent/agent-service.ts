@@ -15,6 +15,7 @@ import type { Logger } from '../common/index.ts';
 import { AGENT_CAPABILITIES, AgentEndpoint, EventLog, OperationTable, PROTOCOL_VERSION } from '../protocol/index.ts';
 import type { AgentHandlers, CallResult, EpochKeeper, Locator, OperationContext, VmDisk, VmRuntime, VmSpec } from '../protocol/index.ts';
 import { CHECKPOINT_METADATA_SCHEMA, hostSpecOf, protocolSpecOf, readCheckpointMetadata } from './checkpoint-meta.ts';
+import { fabricHandlers } from './fabric-handlers.ts';
 import type { LocalHostAgent } from './local-agent.ts';
 import type { LocalStorageAgent } from './local-storage-agent.ts';
 import { Locations } from './locations.ts';
@@ -422,7 +423,7 @@ export class AgentService implements EpochKeeper {
         await storage.streamWholeChain(r.vmId, r.diskId, (p) => progressOf(ctx, `streaming disk ${r.diskId}`)(p.offset, p.length));
         return {};
       },
-
+      ...fabricHandlers({ templates: host.fabric, locations: L, specIn: (s) => this.specIn(s), specOut: (s) => this.specOut(s), runtimeOut: (rt) => this.runtimeOut(rt) }),
       ...migrationHandlers({ host, storage, locations: L, specIn: (s) => this.specIn(s), runtimeOut: (r) => this.runtimeOut(r) }),
     };
   }

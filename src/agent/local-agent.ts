@@ -22,6 +22,7 @@ import { migrateLocally } from './migration.ts';
 import { HostLayout } from './layout.ts';
 import { prepareVmFiles } from './prepare-vm.ts';
 import { ForkStager } from './fork-stager.ts';
+import { HostTemplates } from './fabric-templates.ts';
 import type { StagingHost } from './fork-stager.ts';
 import { removeOwnCheckpoint, restoreEager, writeCheckpointFile } from './checkpoint-files.ts';
 import { PathPolicy, TargetExistsError } from './path-policy.ts';
@@ -80,6 +81,8 @@ export class LocalHostAgent {
   private readonly templates: TemplateStore;
   private readonly stager: ForkStager;
   private readonly stagingHost: StagingHost;
+  /** Host templates of the elastic fabric (fabric-templates.ts). */
+  readonly fabric: HostTemplates;
   private accel: Promise<{ accel: Accelerator; reason: string }> | undefined;
   /** Checkpoint writes in progress, by fork id (so they can be cancelled). */
   private readonly checkpointWrites = new Map<string, AbortController>();
@@ -118,6 +121,8 @@ export class LocalHostAgent {
     // The stager always sees the current sharing rules (they change once prepareHost has probed the host).
     Object.defineProperty(this.stagingHost, 'access', { get: () => this.access, enumerable: true });
     this.stager = new ForkStager(this.stagingHost);
+    // The staging host (its live `access` getter included, through the prototype) plus a fork's artifacts.
+    this.fabric = new HostTemplates(Object.assign(Object.create(this.stagingHost) as StagingHost, { forkArtifacts: (forkId: string) => this.stager.artifacts(forkId) }));
     this.migrationPaths = new MigrationPaths(options.home, () => this.access, this.logger);
     const migrationHost: MigrationHost = {
       layout: this.layout,
@@ -486,15 +491,18 @@ export class LocalHostAgent {
   async releaseTemplates(inUse: ReadonlySet<string>): Promise<string[]> {
     // A fork being staged has made templates and bases no record names yet: collect nothing meanwhile.
     if (this.stager.active) return [];
-    return this.templates.release(inUse);
+    // A host template keeps its memory for as long as it exists.
+    const kept = await this.fabric.kept();
+    return this.templates.release(new Set([...inUse, ...kept.templates]));
   }
 
   async releaseBases(inUse: ReadonlySet<string>): Promise<string[]> {
     const removed: string[] = [];
     if (this.stager.active) return removed;
+    const kept = (await this.fabric.kept()).files;
     for (const name of await readdir(this.layout.basesDir).catch(() => [] as string[])) {
       const path = join(this.layout.basesDir, name);
-      if (inUse.has(path)) continue;
+      if (inUse.has(path) || kept.has(path)) continue;
       await rm(path, { force: true });
       removed.push(path);
     }

@@ -9,7 +9,8 @@ import { HTTPException } from 'hono/http-exception';
 import { NotFoundError, OffshootError, toOffshootError } from '../common/index.ts';
 import type { Logger } from '../common/index.ts';
 import type { LocalHostInfo } from '../agent/index.ts';
-import type { Fleet, StorageService, VmEngine } from '../vm/index.ts';
+import type { FabricService, Fleet, StorageService, VmEngine } from '../vm/index.ts';
+import { fabricRoutes } from './fabric-routes.ts';
 import { hostRoutes } from './host-routes.ts';
 import { migrateRoutes } from './migrate-routes.ts';
 import { bearerAuth } from './auth.ts';
@@ -59,6 +60,8 @@ const hostRoute = createRoute({
 export interface AppDeps {
   engine: VmEngine;
   storage: StorageService;
+  /** Templates, their pools and claims (absent: no /templates routes). */
+  fabric?: FabricService;
   fleet: Fleet;
   /** This machine's own host, for GET /host (absent on a controller started with --no-local-host). */
   localHostInfo?: () => Promise<LocalHostInfo>;
@@ -72,7 +75,7 @@ export interface AppDeps {
   consoleDir?: string;
 }
 
-export function buildApp({ engine, storage, fleet, localHostInfo, token, verifyToken, logger, metrics, consoleDir }: AppDeps): OpenAPIHono {
+export function buildApp({ engine, storage, fabric, fleet, localHostInfo, token, verifyToken, logger, metrics, consoleDir }: AppDeps): OpenAPIHono {
   const app = new OpenAPIHono({ defaultHook: validationHook });
   app.onError((err, c) => {
     // Hono's own 4xx (e.g. a malformed JSON body) is the client's mistake, not an internal error.
@@ -97,6 +100,7 @@ export function buildApp({ engine, storage, fleet, localHostInfo, token, verifyT
   app.route('/', migrateRoutes(engine));
   app.route('/', taskRoutes(engine));
   app.route('/', storageRoutes(storage, engine));
+  if (fabric) app.route('/', fabricRoutes(fabric, engine));
   mountEvents(app, engine);
   if (metrics) mountMetrics(app, metrics);
 

@@ -14,7 +14,7 @@ import { InvalidInputError, homePaths } from '../common/index.ts';
 import type { DaemonFile, HomePaths, Logger } from '../common/index.ts';
 import type { LocalHostAgent } from '../agent/index.ts';
 import { KyselyInventory, inventoryLocation } from '../store/index.ts';
-import { Fleet, StorageService, VmEngine } from '../vm/index.ts';
+import { FabricService, Fleet, StorageService, VmEngine } from '../vm/index.ts';
 import { buildApp } from './app.ts';
 import { DaemonMetrics, buildMetricsApp } from './metrics.ts';
 import { loadOrCreateToken } from './auth.ts';
@@ -97,6 +97,7 @@ export interface RunningDaemon {
   token: string;
   engine: VmEngine;
   storage: StorageService;
+  fabric: FabricService;
   fleet: Fleet;
   /** This machine's own host agent (absent with noLocalHost). */
   agent: LocalHostAgent | undefined;
@@ -167,8 +168,11 @@ async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock
   // Before recovery, so the tasks it fails are counted.
   const metrics = new DaemonMetrics({ engine });
   const storage = new StorageService({ inventory, storageInventory: inventory.storage, engine, logger, copy: options.copy ?? copySettingsFromEnvironment(process.env), faults });
+  const controllerId = `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
+  const fabric = new FabricService({ inventory, fabric: inventory.fabric, engine, logger, claims: inventory.claims, controllerId, faults });
   const closeServices = async () => {
     metrics.close();
+    await fabric.close();
     await storage.close();
     await engine.close();
     await fleet?.close();
@@ -181,9 +185,10 @@ async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock
     await storage.pinSources();
     await storage.ensureDefaultDatastores();
     await engine.recover();
+    await fabric.start();
     const resumed = await storage.resumeJobs();
     if (resumed.length) logger.info({ jobs: resumed }, 'copy jobs resumed');
-    servers.push(await listen(buildApp({ engine, storage, fleet, localHostInfo: local ? () => local.host.hostInfo() : undefined, token, verifyToken: async (t) => (await inventory.tokens.verify(t)) !== undefined, logger, metrics, consoleDir: options.consoleDir }).fetch, host, port));
+    servers.push(await listen(buildApp({ engine, storage, fabric, fleet, localHostInfo: local ? () => local.host.hostInfo() : undefined, token, verifyToken: async (t) => (await inventory.tokens.verify(t)) !== undefined, logger, metrics, consoleDir: options.consoleDir }).fetch, host, port));
     if (metricsAt) servers.push(await listen(buildMetricsApp(metrics, token).fetch, metricsAt.host, metricsAt.port));
   } catch (err) {
     await Promise.all(servers.map(closeServer));
@@ -193,7 +198,6 @@ async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock
   const [server, metricsServer] = servers as [Server, Server | undefined];
   const url = urlOf(server);
   const metricsUrl = metricsServer ? urlOf(metricsServer) : undefined;
-  const controllerId = `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
   const controller = await inventory.controllers.keepAlive(controllerId, url, CONTROLLER_LEASE_MS, { logger });
   const daemon: DaemonFile = { url, pid: process.pid, startedAt: new Date().toISOString() };
   await writeFile(paths.daemonFile, `${JSON.stringify(daemon, null, 2)}\n`, { mode: 0o600 });
@@ -212,7 +216,7 @@ async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock
     })();
     return closing;
   };
-  return { url, metricsUrl, token, engine, storage, fleet, agent: local?.host, close };
+  return { url, metricsUrl, token, engine, storage, fabric, fleet, agent: local?.host, close };
 }
 
 type Server = ReturnType<typeof serve>;

@@ -4,6 +4,7 @@
 import { Command, CommanderError } from 'commander';
 import { clientFromEnvironment } from '../client/index.ts';
 import { registerDaemonCommands } from './daemon-commands.ts';
+import { registerFabricCommands } from './fabric-commands.ts';
 import { registerHostCommands } from './host-commands.ts';
 import { registerInventoryCommands } from './inventory-commands.ts';
 import { registerMigrateCommands } from './migrate-commands.ts';
@@ -29,6 +30,7 @@ export function buildProgram(): Command {
   registerVmCommands(program, ctx);
   registerMigrateCommands(program, ctx);
   registerStorageCommands(program, ctx);
+  registerFabricCommands(program, ctx);
   registerDaemonCommands(program, ctx);
   registerHostCommands(program, ctx);
   registerInventoryCommands(program, ctx);

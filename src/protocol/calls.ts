@@ -45,6 +45,7 @@ import {
   vmSpecSchema,
   checkpointMetadataSchema,
 } from './schemas.ts';
+import { FABRIC_CALLS } from './calls-fabric.ts';
 
 export const operationStates = ['running', 'succeeded', 'failed', 'cancelled'] as const;
 export const operationStateSchema = z.enum(operationStates);
@@ -191,6 +192,8 @@ export const AGENT_CALLS = {
   discardCopy: call("removes a copy's target, progress file and lock", z.object({ target: locatorSchema }), empty),
   streamWholeChain: operation("streams the chain below a running VM's disk into it; the disk stands alone afterwards", { vmId: vmIdSchema, diskId: deviceIdSchema }, empty),
 
+  // The elastic fabric: host templates (calls-fabric.ts)
+  ...FABRIC_CALLS,
   // Live migration between hosts (calls-migration.ts)
   ...MIGRATION_CALLS,
 } as const;

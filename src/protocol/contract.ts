@@ -11,6 +11,7 @@ import { isLocator } from './locator.ts';
 import { guestMemoryBytes } from './schemas.ts';
 import type { VmRuntime, VmSpec } from './schemas.ts';
 import { PROTOCOL_VERSION } from './version.ts';
+import { fabricContract } from './contract-fabric.ts';
 
 export interface AgentContractTarget {
   /** A client at the agent's current epoch. */
@@ -170,6 +171,7 @@ export function runAgentContract(label: string, makeTarget: () => Promise<AgentC
       const prepared = await runOperation(t.client, 'prepareFork', { forkId, source: { vmId, name: 'contract', spec }, children: [], maxDepth: 64 });
       const frozenSpec: VmSpec = { ...spec, disks: spec.disks.map((d) => ({ ...d, file: prepared.disks.frozen.find((f) => f.from === d.file)?.to ?? d.file, owned: false })) };
       await t.client.switchFork({ forkId });
+      spec = { ...spec, disks: prepared.disks.source };
       const plan = await t.client.planCheckpointFile({ name: 'contract-ckpt' });
       const checkpointId = newOperationId();
       const createdAt = new Date().toISOString();
@@ -189,5 +191,7 @@ export function runAgentContract(label: string, makeTarget: () => Promise<AgentC
       expect((await t.client.removeCheckpoint({ file: plan.file, checkpointId: newOperationId(), createdAt })).removed).toBe(false);
       expect((await t.client.removeCheckpoint({ file: plan.file, checkpointId, createdAt })).removed).toBe(true);
     }, 180_000);
+
+    fabricContract(() => ({ t, vmId, spec, codeOf }));
   });
 }

@@ -7,6 +7,7 @@ export * from './version.ts';
 export * from './locator.ts';
 export * from './schemas.ts';
 export * from './calls.ts';
+export * from './calls-fabric.ts';
 export * from './calls-migration.ts';
 export * from './wire-error.ts';
 export * from './parse.ts';

@@ -7,9 +7,10 @@
 // bus between two controllers, API tokens, hosts, the schema check, and
 // export/import. Expiry runs on a hand-moved clock: no test sleeps for it.
 import { randomUUID } from 'node:crypto';
+import type { Kysely } from 'kysely';
 import { sql } from 'kysely';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import type { CheckpointRecord, CopyJobRecord, DiskRecord, PoolRecord, TaskRecord, VmClaim, VmRecord } from '../vm/index.ts';
+import type { CheckpointRecord, CopyJobRecord, DiskRecord, PoolMember, PoolRecord, TaskRecord, TemplateRecord, VmClaim, VmRecord } from '../vm/index.ts';
 import type { Clock } from './clock.ts';
 import { NOTIFY_LIMIT } from './event-bus.ts';
 import { KyselyInventory } from './inventory.ts';
@@ -17,6 +18,23 @@ import type { OpenInventoryOptions } from './inventory.ts';
 import { migrationNames } from './migrations.ts';
 import { TABLES } from './schema.ts';
 import { EXPORTED_TABLES, TRANSIENT_TABLES, exportInventory, importInventory } from './transfer.ts';
+
+/** How the schema test undoes the last migration (to see an older database migrated). */
+const ROLLBACKS: Record<string, (db: Kysely<unknown>, dialect: string) => Promise<void>> = {
+  '0005-hosts': async (db, dialect) => {
+    await sql`drop table hosts`.execute(db);
+    for (const t of ['vms', 'checkpoints', 'datastores']) {
+      if (dialect === 'sqlite') await sql`drop index if exists vms_host`.execute(db);
+      await db.schema.alterTable(t).dropColumn('host').execute();
+    }
+    await db.schema.alterTable('checkpoints').dropColumn('file').execute();
+    for (const c of ['id', 'hosts']) await db.schema.alterTable('datastores').dropColumn(c).execute();
+  },
+  '0007-fabric': async (db) => {
+    await sql`drop table fabric_members`.execute(db);
+    await sql`drop table fabric_templates`.execute(db);
+  },
+};
 
 export interface ContractTarget {
   /** A location (file path or URL) of a new, empty database. */
@@ -60,6 +78,30 @@ function copyJob(): CopyJobRecord {
 function pool(name: string): PoolRecord {
   const now = new Date().toISOString();
   return { id: randomUUID(), name, hostId: 'host-1', sourceVmId: 'v', sourceVmName: 'a', datastore: 'ds', size: 2, sourceContentIds: ['c1'], sourceFiles: [], slots: [], createdAt: now, updatedAt: now };
+}
+
+export function templateRecord(name: string, overrides: Partial<TemplateRecord> = {}): TemplateRecord {
+  const now = new Date().toISOString();
+  const spec = vmRecord('x').spec;
+  return {
+    id: randomUUID(),
+    name,
+    state: 'ready',
+    stateReason: null,
+    sourceVmId: randomUUID(),
+    sourceVmName: 'src',
+    originHostId: 'host-1',
+    memoryMiB: 256,
+    placements: [{ hostId: 'host-1', state: 'ready', stateReason: null, spec, memoryTemplateId: randomUUID(), files: ['home:bases/a.qcow2'], pool: { ready: 4, warm: false, maxMemoryBytes: 6 * GiB }, poolNote: null, placedAt: now }],
+    createdAt: now,
+    updatedAt: now,
+    ...overrides,
+  };
+}
+
+export function poolMember(templateId: string, hostId: string, overrides: Partial<PoolMember> = {}): PoolMember {
+  const now = new Date().toISOString();
+  return { vmId: randomUUID(), templateId, hostId, state: 'ready', stateReason: null, createdAt: now, readyAt: now, claimedAt: null, claimId: null, updatedAt: now, ...overrides };
 }
 
 export function inventoryContract(label: string, target: ContractTarget): void {
@@ -292,6 +334,62 @@ export function inventoryContract(label: string, target: ContractTarget): void {
       });
     });
 
+    describe('fabric', () => {
+      it('stores templates as documents, unique by name, updated read-modify-write with a version', async () => {
+        const { inv } = await fresh();
+        const t = templateRecord('web', { createdAt: '2030-01-01T00:00:01.000Z' });
+        await inv.fabric.insertTemplate(t);
+        await expect(inv.fabric.insertTemplate(templateRecord('web'))).rejects.toMatchObject({ code: 'ALREADY_EXISTS' });
+        await inv.fabric.insertTemplate(templateRecord('api', { createdAt: '2030-01-01T00:00:02.000Z' }));
+        expect(await inv.fabric.findTemplate('web')).toEqual({ ...t, version: 0 });
+        expect(await inv.fabric.findTemplate(t.id)).toEqual({ ...t, version: 0 });
+        expect((await inv.fabric.listTemplates()).map((x) => x.name)).toEqual(['web', 'api']);
+        const updated = await inv.fabric.updateTemplate(t.id, (cur) => ({ ...cur, state: 'broken', stateReason: 'its memory is gone', placements: cur.placements.map((p) => ({ ...p, pool: { ...p.pool, ready: 16, maxMemoryBytes: 5 * GiB + 1 } })) }));
+        expect(updated).toMatchObject({ state: 'broken', stateReason: 'its memory is gone', version: 1 });
+        expect(updated.placements[0]?.pool).toEqual({ ready: 16, warm: false, maxMemoryBytes: 5 * GiB + 1 });
+        expect(await inv.fabric.getTemplate(t.id)).toEqual(updated);
+        await expect(inv.fabric.updateTemplate(randomUUID(), (x) => x)).rejects.toMatchObject({ code: 'NOT_FOUND' });
+        await inv.fabric.deleteTemplate(t.id);
+        expect(await inv.fabric.findTemplate('web')).toBeUndefined();
+      });
+
+      it('moves a pool child only by compare-and-set, and claims the oldest ready child on the given hosts', async () => {
+        const { inv } = await fresh();
+        const filling = poolMember('t1', 'h1', { state: 'filling', readyAt: null });
+        const older = poolMember('t1', 'h2', { readyAt: '2030-01-01T00:00:01.000Z' });
+        const newer = poolMember('t1', 'h1', { readyAt: '2030-01-01T00:00:02.000Z' });
+        for (const m of [filling, older, newer, poolMember('t2', 'h1')]) await inv.fabric.insertMember(m);
+        await expect(inv.fabric.insertMember(filling)).rejects.toMatchObject({ code: 'ALREADY_EXISTS' });
+        expect((await inv.fabric.listMembers({ templateId: 't1', state: 'ready' })).map((m) => m.vmId).sort()).toEqual([older.vmId, newer.vmId].sort());
+        expect(await inv.fabric.listMembers({ templateId: 't1', hostId: 'h1' })).toHaveLength(2);
+        expect(await inv.fabric.transitionMember(filling.vmId, ['ready'], 'claimed')).toBeUndefined();
+        expect(await inv.fabric.transitionMember(filling.vmId, ['filling'], 'ready', { readyAt: '2030-01-01T00:00:03.000Z' })).toMatchObject({ state: 'ready', readyAt: '2030-01-01T00:00:03.000Z' });
+        expect(await inv.fabric.claimMember('t1', ['h1'], 'c1')).toMatchObject({ vmId: newer.vmId, state: 'claimed', claimId: 'c1' });
+        expect(await inv.fabric.claimMember('t1', ['h1', 'h2'], 'c2')).toMatchObject({ vmId: older.vmId, claimId: 'c2' });
+        expect(await inv.fabric.claimMember('t1', ['h1', 'h2'], 'c3')).toMatchObject({ vmId: filling.vmId });
+        expect(await inv.fabric.claimMember('t1', ['h1', 'h2'], 'c4')).toBeUndefined();
+        expect(await inv.fabric.claimMember('t1', [], 'c5')).toBeUndefined();
+        expect(await inv.fabric.transitionMember(newer.vmId, ['ready'], 'retiring')).toBeUndefined();
+        await inv.fabric.deleteMember(newer.vmId);
+        expect(await inv.fabric.getMember(newer.vmId)).toBeUndefined();
+      });
+
+      it('never gives one child to two claims, from two controllers claiming at once', async () => {
+        const { inv, again } = await fresh();
+        const other = await again();
+        const ready = Array.from({ length: 8 }, (_, i) => poolMember('t', i % 2 ? 'h1' : 'h2', { readyAt: `2030-01-01T00:00:0${i}.000Z` }));
+        for (const m of ready) await inv.fabric.insertMember(m);
+        const claims = await Promise.all(Array.from({ length: 20 }, (_, i) => (i % 2 ? inv : other).fabric.claimMember('t', ['h1', 'h2'], `claim-${i}`)));
+        const got = claims.filter((c): c is PoolMember => c !== undefined);
+        expect(got).toHaveLength(8);
+        expect(new Set(got.map((c) => c.vmId)).size).toBe(8);
+        const stored = await inv.fabric.listMembers({ templateId: 't' });
+        expect(stored.every((m) => m.state === 'claimed')).toBe(true);
+        // Each stored claim id is the claim that got that child.
+        for (const c of got) expect(stored.find((m) => m.vmId === c.vmId)?.claimId).toBe(c.claimId);
+      });
+    });
+
     describe('GC pins', () => {
       it('keeps a path pinned while any holder pins it; adopts and drops by owner', async () => {
         const { inv } = await fresh();
@@ -508,14 +606,11 @@ export function inventoryContract(label: string, target: ContractTarget): void {
         // Roll the database back to the schema before the last migration, with a live controller on it.
         const { connect } = await import('./connect.ts');
         const handle = await connect(location);
-        await sql`drop table hosts`.execute(handle.db);
-        for (const t of ['vms', 'checkpoints', 'datastores']) {
-          if (handle.dialect.name === 'sqlite') await sql`drop index if exists vms_host`.execute(handle.db);
-          await handle.db.schema.alterTable(t).dropColumn('host').execute();
-        }
-        await handle.db.schema.alterTable('checkpoints').dropColumn('file').execute();
-        for (const c of ['id', 'hosts']) await handle.db.schema.alterTable('datastores').dropColumn(c).execute();
-        await sql`delete from kysely_migration where name = ${names[names.length - 1]}`.execute(handle.db);
+        const last = names[names.length - 1] as string;
+        const rollBack = ROLLBACKS[last];
+        if (!rollBack) throw new Error(`the contract knows no rollback of migration ${last}: add one to ROLLBACKS`);
+        await rollBack(handle.db as unknown as Kysely<unknown>, handle.dialect.name);
+        await sql`delete from kysely_migration where name = ${last}`.execute(handle.db);
         await handle.db.insertInto('controllers').values({ id: 'old-ctl', url: null, started_at: 't', heartbeat_at: time.now, lease_expires_at: time.now + 10_000 }).execute();
         await handle.close();
         const older = { databaseVersion: names.length - 1, codeVersion: names.length };
@@ -526,6 +621,7 @@ export function inventoryContract(label: string, target: ContractTarget): void {
         opened.push(upgraded);
         expect(upgraded.schema.database).toBe(names.length);
         expect(await upgraded.hosts.listHosts()).toEqual([]);
+        expect(await upgraded.fabric.listTemplates()).toEqual([]);
       });
 
       it('refuses to migrate an empty database when told not to', async () => {
@@ -549,6 +645,9 @@ export function inventoryContract(label: string, target: ContractTarget): void {
         await inv.pins.add('pool:p', ['/ds/d.qcow2'], null);
         await inv.tokens.ensure('home', 'h'.repeat(43));
         await inv.hosts.insertHost({ id: 'h-1', name: 'lab1', url: 'http://x', state: 'ready', stateReason: null, epoch: 3, token: null, protocolVersion: 1, capabilities: [], facts: null, lastSeenAt: null, leaseExpiresAt: null, createdAt: 't', updatedAt: 't' });
+        const template = templateRecord('tpl');
+        await inv.fabric.insertTemplate(template);
+        await inv.fabric.insertMember(poolMember(template.id, 'h-1'));
         await inv.controllers.register('ctl', null, 1000);
         const exported = await exportInventory(inv);
         expect(Object.keys(exported.tables).sort()).toEqual([...EXPORTED_TABLES].sort());
@@ -560,6 +659,8 @@ export function inventoryContract(label: string, target: ContractTarget): void {
         expect(await target2.getVm(vm.id)).toEqual(await inv.getVm(vm.id));
         expect(await target2.listTasks()).toEqual(await inv.listTasks());
         expect(await target2.tokens.verify('h'.repeat(43))).toBeDefined();
+        expect(await target2.fabric.findTemplate('tpl')).toEqual(await inv.fabric.findTemplate('tpl'));
+        expect(await target2.fabric.listMembers()).toEqual(await inv.fabric.listMembers());
         // New rows continue after the imported ones.
         const next = taskRecord();
         await target2.insertTask(next);

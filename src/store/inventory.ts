@@ -4,7 +4,7 @@
 // VM layer's Inventory (VMs, tasks, checkpoints) and carries the rest of the
 // schema as parts: `storage` (datastores, disks, copy jobs, pools) and the
 // fleet's coordination (`claims`, `pins`, `leases`, `controllers`, `tokens`,
-// `hosts`, and event buses from openEventBus). Opening checks the schema
+// `hosts`, and event buses from openEventBus) and the elastic fabric (`fabric`). Opening checks the schema
 // version and migrates or refuses (schema-version.ts). VM updates bump the
 // VM's version and take an optional compare-and-set (`expectVersion`).
 import type { Kysely } from 'kysely';
@@ -21,6 +21,7 @@ import { KyselyControllers } from './controllers.ts';
 import type { DialectName, StoreDialect } from './dialect.ts';
 import { InventoryUnavailableError } from './errors.ts';
 import { InProcessEventBus, PgNotifyEventBus } from './event-bus.ts';
+import { KyselyFabricInventory } from './fabric-inventory.ts';
 import { KyselyHosts } from './hosts.ts';
 import { KyselyGcPins } from './pins.ts';
 import { checkpointFromRow, taskFromRow, vmFromRow } from './rows.ts';
@@ -59,6 +60,8 @@ export class KyselyInventory implements Inventory {
   readonly controllers: KyselyControllers;
   readonly tokens: KyselyApiTokens;
   readonly hosts: KyselyHosts;
+  /** The elastic fabric: templates and the children of their pools. */
+  readonly fabric: KyselyFabricInventory;
   /** What differs between SQLite and PostgreSQL. */
   readonly dialect: StoreDialect;
   private readonly db: Kysely<Database>;
@@ -79,6 +82,7 @@ export class KyselyInventory implements Inventory {
     this.controllers = new KyselyControllers(this.db, this.dialect, clock);
     this.tokens = new KyselyApiTokens(this.db, this.dialect);
     this.hosts = new KyselyHosts(this.db, this.dialect);
+    this.fabric = new KyselyFabricInventory(this.db, this.dialect);
   }
 
   /** Opens the inventory at a PostgreSQL URL or a SQLite file path, bringing its schema up to date (or refusing). */

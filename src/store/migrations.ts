@@ -172,6 +172,36 @@ function migrationsFor(t: StoreDialect): Record<string, Migration> {
         await db.schema.alterTable('datastores').addColumn('hosts', 'text').execute();
       },
     },
+    '0007-fabric': {
+      // The elastic fabric (issue 14): parent templates (a document each) and the children of their pools,
+      // whose ready state moves by compare-and-set (one row per child, so a claim is one conditional update).
+      async up(db: Kysely<unknown>) {
+        await db.schema
+          .createTable('fabric_templates')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('name', 'text', (c) => c.notNull().unique())
+          .addColumn('state', 'text', (c) => c.notNull())
+          .addColumn('doc', 'text', (c) => c.notNull())
+          .addColumn('version', t.int64, (c) => c.notNull().defaultTo(0))
+          .addColumn('created_at', 'text', (c) => c.notNull())
+          .addColumn('updated_at', 'text', (c) => c.notNull())
+          .execute();
+        await db.schema
+          .createTable('fabric_members')
+          .addColumn('vm_id', 'text', (c) => c.primaryKey())
+          .addColumn('template_id', 'text', (c) => c.notNull())
+          .addColumn('host_id', 'text', (c) => c.notNull())
+          .addColumn('state', 'text', (c) => c.notNull())
+          .addColumn('state_reason', 'text')
+          .addColumn('created_at', 'text', (c) => c.notNull())
+          .addColumn('ready_at', 'text')
+          .addColumn('claimed_at', 'text')
+          .addColumn('claim_id', 'text')
+          .addColumn('updated_at', 'text', (c) => c.notNull())
+          .execute();
+        await db.schema.createIndex('fabric_members_pool').on('fabric_members').columns(['template_id', 'state', 'host_id']).execute();
+      },
+    },
   };
 }
 

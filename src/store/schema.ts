@@ -145,6 +145,32 @@ export interface HostsTable {
   updated_at: string;
 }
 
+/** Parent templates of the elastic fabric: the record as a JSON document, with its name, state and version as columns. */
+export interface FabricTemplatesTable {
+  id: string;
+  name: string;
+  state: string;
+  doc: string;
+  /** Bumped by every update. */
+  version: Generated<number>;
+  created_at: string;
+  updated_at: string;
+}
+
+/** Children of the templates' pools, one row per VM: their ready state moves only by compare-and-set. */
+export interface FabricMembersTable {
+  vm_id: string;
+  template_id: string;
+  host_id: string;
+  state: string;
+  state_reason: string | null;
+  created_at: string;
+  ready_at: string | null;
+  claimed_at: string | null;
+  claim_id: string | null;
+  updated_at: string;
+}
+
 export interface Database {
   vms: VmsTable;
   tasks: TasksTable;
@@ -159,7 +185,9 @@ export interface Database {
   event_payloads: EventPayloadsTable;
   api_tokens: ApiTokensTable;
   hosts: HostsTable;
+  fabric_templates: FabricTemplatesTable;
+  fabric_members: FabricMembersTable;
 }
 
 /** Every table, in the order an import fills them. */
-export const TABLES = ['vms', 'tasks', 'checkpoints', 'datastores', 'disks', 'copy_jobs', 'pools', 'vm_claims', 'gc_pins', 'controllers', 'event_payloads', 'api_tokens', 'hosts'] as const satisfies readonly (keyof Database)[];
+export const TABLES = ['vms', 'tasks', 'checkpoints', 'datastores', 'disks', 'copy_jobs', 'pools', 'vm_claims', 'gc_pins', 'controllers', 'event_payloads', 'api_tokens', 'hosts', 'fabric_templates', 'fabric_members'] as const satisfies readonly (keyof Database)[];

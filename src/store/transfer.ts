@@ -18,7 +18,7 @@ export const EXPORT_FORMAT = 'offshoot-inventory';
 type Table = (typeof TABLES)[number];
 /** Tables whose rows only mean something while their controllers live. */
 export const TRANSIENT_TABLES = ['controllers', 'vm_claims', 'event_payloads'] as const satisfies readonly Table[];
-export const EXPORTED_TABLES = ['vms', 'tasks', 'checkpoints', 'datastores', 'disks', 'copy_jobs', 'pools', 'gc_pins', 'api_tokens', 'hosts'] as const satisfies readonly Table[];
+export const EXPORTED_TABLES = ['vms', 'tasks', 'checkpoints', 'datastores', 'disks', 'copy_jobs', 'pools', 'gc_pins', 'api_tokens', 'hosts', 'fabric_templates', 'fabric_members'] as const satisfies readonly Table[];
 type ExportedTable = (typeof EXPORTED_TABLES)[number];
 
 /** Each exported table's key, for a stable row order. */
@@ -33,6 +33,8 @@ const ORDER: Record<ExportedTable, string[]> = {
   gc_pins: ['holder', 'path'],
   api_tokens: ['id'],
   hosts: ['id'],
+  fabric_templates: ['id'],
+  fabric_members: ['vm_id'],
 };
 
 type Row = Record<string, string | number | null>;

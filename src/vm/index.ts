@@ -1,7 +1,8 @@
 // Public surface of the VM layer: the engine (one request handler for every
 // front end), its records and the Inventory interface the store implements,
 // the lifecycle states, request schemas and events; and its storage half
-// (vm/storage: datastores, disks, clones, pools, copy jobs).
+// (vm/storage: datastores, disks, clones, pools, copy jobs) and the elastic
+// fabric (vm/fabric: templates, pools of ready children, claims).
 export { VmEngine } from './engine.ts';
 export type { VmEngineOptions, VmAndTask } from './engine.ts';
 export type { EngineEvent } from './events.ts';
@@ -27,3 +28,4 @@ export { migrateRequestSchema, parseRate } from './migrate/index.ts';
 export type { MigrateRequest, MigrateResult, MigrationProgress } from './migrate/index.ts';
 export * from './storage/index.ts';
 export * from './hosts/index.ts';
+export * from './fabric/index.ts';

@@ -15,6 +15,8 @@ import { makeLocator, parseLocator } from '../locator.ts';
 import type { OperationContext } from '../operations.ts';
 import type { DiskSource, VmDisk, VmRuntime, VmSpec } from '../schemas.ts';
 import { AGENT_CAPABILITIES, PROTOCOL_VERSION } from '../version.ts';
+import { fakeFabricHandlers } from './fake-fabric.ts';
+import type { FakeHostTemplate } from './fake-fabric.ts';
 import { fakeMigrationHandlers } from './fake-migration.ts';
 
 interface FakeVm {
@@ -60,6 +62,8 @@ export class FakeAgent implements EpochKeeper {
   readonly templates = new Set<string>();
   readonly forks = new Map<string, FakeFork>();
   readonly datastores = new Map<string, string>();
+  /** Host templates of the elastic fabric (fake-fabric.ts). */
+  readonly hostTemplates = new Map<string, FakeHostTemplate>();
   readonly log = new EventLog();
   readonly endpoint: AgentEndpoint;
   private epoch = 0;
@@ -306,9 +310,11 @@ export class FakeAgent implements EpochKeeper {
       releaseUnused: (r) =>
         wrap('releaseUnused', () => {
           if ([...this.forks.values()].some((f) => !f.switched)) return { templates: [], files: [] };
-          const templates = [...this.templates].filter((t) => !r.templates.includes(t));
+          // A host template keeps its memory and files for as long as it exists.
+          const kept = [...this.hostTemplates.values()];
+          const templates = [...this.templates].filter((t) => !r.templates.includes(t) && !kept.some((k) => k.memoryTemplateId === t));
           for (const t of templates) this.templates.delete(t);
-          const files = [...this.files].filter((f) => f.startsWith('home:bases/') && !r.files.includes(f));
+          const files = [...this.files].filter((f) => f.startsWith('home:bases/') && !r.files.includes(f) && !kept.some((k) => k.files.includes(f)));
           for (const f of files) this.files.delete(f);
           return { templates, files };
         }),
@@ -552,7 +558,22 @@ export class FakeAgent implements EpochKeeper {
           this.running(r.vmId);
           return {};
         }),
-
+      ...fakeFabricHandlers({
+        hostTemplates: this.hostTemplates,
+        templates: this.templates,
+        files: this.files,
+        vms: this.vms,
+        checkpoints: this.checkpoints,
+        switchedFork: (forkId) => {
+          const fork = this.fork(forkId);
+          if (!fork.switched) throw new OffshootError('FORK_NOT_SWITCHED', `fork ${forkId} has not switched over yet`, { forkId }, 409);
+          return fork;
+        },
+        newRuntime: (vmId, memory) => this.runtime(vmId, memory),
+        running: (vmId) => this.running(vmId),
+        wrap,
+        op,
+      }),
       ...fakeMigrationHandlers({
         hostId: this.hostId,
         vms: this.vms,

@@ -1,0 +1,159 @@
+// Fabric benchmark: the latency of a claim until the child runs with its
+// guest agent answering (the hand-out's guest step is an agent exec), from a
+// ready pool (paused children; claims in waves of --concurrency) and from an
+// empty pool (forked on demand), against a cold boot of the same guest and a
+// plain fork of a running VM (`vm fork --count 1` until its child answers),
+// measured in the same run; and the host memory of a pool of --pool ready
+// children (their PSS without the template's mapping, plus the template's
+// resident RAM) against as many booted guests (one booted guest's PSS times
+// the count). Percentiles of the claims are in the notes.
+import { stat } from 'node:fs/promises';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { cpus, loadavg } from 'node:os';
+import { join } from 'node:path';
+import { startDaemon } from '../src/api/index.ts';
+import type { RunningDaemon } from '../src/api/index.ts';
+import { mappingPssKiB, processMemoryStats } from '../src/memory/index.ts';
+import { qemuVersion } from '../src/qemu/index.ts';
+import type { ForkResult } from '../src/vm/index.ts';
+import type { BenchResult, Comparison } from './report.ts';
+
+function option(args: string[], name: string, fallback: number): number {
+  const i = args.indexOf(name);
+  return i >= 0 ? Number(args[i + 1]) : fallback;
+}
+
+function percentile(samples: number[], p: number): number {
+  const sorted = [...samples].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] ?? NaN;
+}
+
+async function boot(daemon: RunningDaemon, name: string, memoryMiB: number): Promise<number> {
+  const t0 = performance.now();
+  const { task } = await daemon.engine.create({ name, memory: `${memoryMiB}M`, start: true });
+  const done = await daemon.engine.tasks.wait(task?.id as string);
+  if (done.state !== 'succeeded') throw new Error(`boot failed: ${done.message}`);
+  return performance.now() - t0;
+}
+
+async function remove(daemon: RunningDaemon, ref: string): Promise<void> {
+  await daemon.engine.kill(ref).catch(() => undefined);
+  await daemon.engine.delete(ref);
+}
+
+/** Host memory of the given QEMUs sharing the template's RAM file: PSS without that mapping, plus the file's resident size. */
+async function poolMemoryMiB(pids: number[], ramFile: string): Promise<number> {
+  let kib = 0;
+  for (const pid of pids) kib += (await processMemoryStats(pid)).pssKiB - (await mappingPssKiB(pid, ramFile));
+  kib += ((await stat(ramFile)).blocks * 512) / 1024;
+  return kib / 1024;
+}
+
+export async function fabricBenchmark(args: string[]): Promise<BenchResult> {
+  const memoryMiB = option(args, '--memory', 256);
+  const claims = option(args, '--claims', 20);
+  const concurrency = option(args, '--concurrency', 5);
+  const poolSize = option(args, '--pool', 8);
+  const runs = option(args, '--runs', 3);
+  const home = mkdtempSync('/tmp/osh-bench-home-');
+  const memoryDir = mkdtempSync('/dev/shm/osh-bench-mem-');
+  const daemon = await startDaemon({ home, memoryDir });
+  const startedAt = new Date().toISOString();
+  const load = [loadavg()[0] ?? 0];
+  const notes: string[] = [];
+  const comparisons: Comparison[] = [];
+  try {
+    const host = await daemon.engine.hostInfo();
+    // Baselines: cold boots, and plain forks of a running guest.
+    const cold: number[] = [];
+    const fork: number[] = [];
+    for (let r = 0; r < runs; r++) {
+      cold.push(await boot(daemon, `cold${r}`, memoryMiB));
+      const t0 = performance.now();
+      const { task } = await daemon.engine.fork(`cold${r}`, { count: 1 });
+      const done = await daemon.engine.tasks.wait(task?.id as string);
+      if (done.state !== 'succeeded') throw new Error(`fork failed: ${done.message}`);
+      fork.push(performance.now() - t0);
+      for (const c of (done.result as ForkResult).children) await remove(daemon, c.name);
+      if (r > 0) await remove(daemon, `cold${r}`);
+    }
+    const booted = await daemon.engine.resolve('cold0');
+    const bootedMiB = (await processMemoryStats(booted.runtime?.pid as number)).pssKiB / 1024;
+    process.stderr.write(`cold boot ${cold.map((x) => x.toFixed(0)).join(', ')} ms; fork ${fork.map((x) => x.toFixed(0)).join(', ')} ms; booted guest ${bootedMiB.toFixed(0)} MiB\n`);
+
+    // The template, from a running guest (cold0 runs on).
+    const made = await daemon.fabric.create({ name: 'bench', from: 'cold0' });
+    const createdTask = await daemon.engine.tasks.wait(made.task?.id as string);
+    if (createdTask.state !== 'succeeded') throw new Error(`template create failed: ${createdTask.message}`);
+
+    // From an empty pool: each claim forks on demand.
+    const onDemand: number[] = [];
+    for (let r = 0; r < runs; r++) {
+      const t0 = performance.now();
+      const c = await daemon.fabric.claim('bench', {});
+      onDemand.push(performance.now() - t0);
+      if (c.source !== 'on-demand') notes.push(`an empty-pool claim came from the pool (${c.vm.name})`);
+      await remove(daemon, c.vm.id);
+    }
+    process.stderr.write(`on-demand claims ${onDemand.map((x) => x.toFixed(0)).join(', ')} ms\n`);
+
+    // A ready pool: its memory, then claims in waves, refilled between waves.
+    const t0 = performance.now();
+    await daemon.fabric.scale('bench', { ready: poolSize }, { wait: true });
+    const fillMs = performance.now() - t0;
+    const template = await daemon.fabric.show('bench');
+    const members = (await daemon.engine.list()).filter((v) => v.name.startsWith('bench-') && v.state === 'paused');
+    const ramFile = join(memoryDir, 'templates', `${template.placements[0]?.memoryTemplateId}.ram`);
+    const poolMiB = await poolMemoryMiB(members.map((v) => v.runtime?.pid as number), ramFile);
+    process.stderr.write(`pool of ${members.length} filled in ${fillMs.toFixed(0)} ms; ${poolMiB.toFixed(0)} MiB (booted x${members.length}: ${(bootedMiB * members.length).toFixed(0)} MiB)\n`);
+    const fromPool: number[] = [];
+    let served = 0;
+    let forked = 0;
+    while (served < claims) {
+      const wave = Math.min(concurrency, claims - served);
+      await daemon.fabric.scale('bench', { ready: poolSize }, { wait: true });
+      load.push(loadavg()[0] ?? 0);
+      const results = await Promise.all(
+        Array.from({ length: wave }, async () => {
+          const s = performance.now();
+          const c = await daemon.fabric.claim('bench', {});
+          return { ms: performance.now() - s, c };
+        }),
+      );
+      for (const r of results) {
+        if (r.c.source === 'pool') fromPool.push(r.ms);
+        else forked++;
+      }
+      served += wave;
+      await daemon.fabric.keeper.settled();
+      for (const r of results) await remove(daemon, r.c.vm.id);
+    }
+    process.stderr.write(`pool claims ${fromPool.map((x) => x.toFixed(0)).join(', ')} ms\n`);
+    comparisons.push(
+      { metric: 'claim until the agent answers (ready pool)', offshoot: { label: 'claim, paused child', unit: 'ms', samples: fromPool }, baseline: { label: 'cold boot', unit: 'ms', samples: cold } },
+      { metric: 'claim until the agent answers (ready pool)', offshoot: { label: 'claim, paused child', unit: 'ms', samples: fromPool }, baseline: { label: 'plain fork, 1 child', unit: 'ms', samples: fork } },
+      { metric: 'claim until the agent answers (empty pool)', offshoot: { label: 'claim, forked on demand', unit: 'ms', samples: onDemand }, baseline: { label: 'cold boot', unit: 'ms', samples: cold } },
+      { metric: `host memory of ${members.length} ready children`, offshoot: { label: 'pool (PSS + template)', unit: 'MiB', samples: [poolMiB] }, baseline: { label: `${members.length} x booted guest`, unit: 'MiB', samples: [bootedMiB * members.length] } },
+    );
+    notes.push(`ready-pool claims: p50 ${percentile(fromPool, 50).toFixed(0)} ms, p99 ${percentile(fromPool, 99).toFixed(0)} ms over ${fromPool.length} (waves of ${concurrency}, the pool refilled to ${poolSize} before each wave); ${forked} claims found no ready child and forked on demand`);
+    notes.push(`empty-pool claims: p50 ${percentile(onDemand, 50).toFixed(0)} ms over ${onDemand.length}`);
+    notes.push(`filling a pool of ${poolSize}: ${fillMs.toFixed(0)} ms`);
+    notes.push(`machine load (1-min average) during the run: ${load.map((l) => l.toFixed(1)).join(', ')} on ${cpus().length} cpus`);
+    notes.push('cold boot = create + start of the default guest until its agent answers; plain fork = vm fork --count 1 until the child is customized');
+    return {
+      name: 'fabric',
+      startedAt,
+      machine: { cpus: cpus().length, accel: host.accel, qemu: await qemuVersion(), node: process.version },
+      parameters: { memoryMiB, claims, concurrency, poolSize, runs },
+      comparisons,
+      notes,
+    };
+  } finally {
+    await daemon.fabric.scale('bench', { ready: 0 }, { wait: true }).catch(() => undefined);
+    await daemon.fabric.delete('bench', { force: true }).catch(() => undefined);
+    for (const vm of await daemon.engine.list()) await daemon.engine.kill(vm.id).catch(() => undefined);
+    await daemon.close();
+    rmSync(home, { recursive: true, force: true });
+    rmSync(memoryDir, { recursive: true, force: true });
+  }
+}

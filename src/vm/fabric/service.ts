@@ -1,0 +1,265 @@
+// The fabric service: one handler for templates, their pools and claims
+// (REST routes and the CLI go through it). A template is made of a running VM
+// by a task (create-template.ts); its pools are kept by the pool keeper
+// (pool.ts); a claim hands a child out (claim.ts).
+//
+// Lifecycle rules (issue 14): `template delete` refuses while the template
+// has children (ready or being made in its pools, or claimed children still
+// running); with --force its pools go and its claimed children run on, each
+// keeping the template's memory mapped until it ends (the host releases a
+// memory template only once no VM maps it). A template whose copy on a host
+// lost its memory, device state or files is `broken` there (with the reason),
+// its ready children there are retired, and no claim is served from it.
+//
+// At daemon start (start()) and then periodically, every template's copies
+// are checked and its pools reconciled and refilled; a host that comes back
+// has its pools reconciled too.
+import { OffshootError, toOffshootError } from '../../common/index.ts';
+import { newTaskId } from '../ids.ts';
+import { parseRequest } from '../requests.ts';
+import type { TaskRecord } from '../records.ts';
+import { claimChild } from './claim.ts';
+import type { ClaimResult } from './claim.ts';
+import { freezeTemplate } from './create-template.ts';
+import type { FabricDeps } from './deps.ts';
+import { agentOn } from './deps.ts';
+import { TemplateInUseError, TemplateNotPlacedError } from './errors.ts';
+import { PoolKeeper } from './pool.ts';
+import type { MemberState, PoolSettings, TemplatePlacement, TemplateRecord } from './records.ts';
+import { assertTemplateState } from './records.ts';
+import { claimRequestSchema, createTemplateRequestSchema, deleteTemplateRequestSchema, scaleTemplateRequestSchema } from './requests.ts';
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+const DEFAULT_RECONCILE_MS = 30_000;
+
+export interface PlacementView extends TemplatePlacement {
+  host: string;
+  /** The pool's children by their ready state (claimed: still running, handed out from here). */
+  children: Record<MemberState, number>;
+}
+
+export interface TemplateView extends Omit<TemplateRecord, 'placements'> {
+  placements: PlacementView[];
+}
+
+export interface TemplateAndTask {
+  template: TemplateView;
+  task?: TaskRecord;
+}
+
+export class FabricService {
+  readonly keeper: PoolKeeper;
+  private timer: NodeJS.Timeout | undefined;
+  private readonly unsubscribe: () => void;
+
+  constructor(private readonly deps: FabricDeps) {
+    this.keeper = new PoolKeeper(deps);
+    // A claimed child's row goes with its VM.
+    this.unsubscribe = deps.engine.events.subscribe((event) => {
+      if (event.type === 'vm.deleted') void deps.fabric.getMember(event.vmId).then((m) => (m && m.state === 'claimed' ? deps.fabric.deleteMember(m.vmId) : undefined)).catch(() => undefined);
+    });
+    deps.engine.fleet.listen({ hostBack: (host, why) => void this.checkHost(host.id, why === 'agent-restarted').catch((err: unknown) => deps.logger.warn({ err, host: host.name }, 'cannot reconcile the pools of a host')) });
+  }
+
+  /** After the engine's recovery: finishes what a previous daemon left (creations, deletions), then checks and refills every pool; then periodically. */
+  async start(): Promise<void> {
+    for (const t of await this.deps.fabric.listTemplates()) {
+      try {
+        if (t.state === 'creating') await this.dropUnfinished(t);
+        else if (t.state === 'deleting') await this.finishDelete(t);
+        else await this.check(t, { recovering: true });
+      } catch (err) {
+        this.deps.logger.warn({ err: toOffshootError(err).message, template: t.name }, 'cannot recover a template');
+      }
+    }
+    const every = this.deps.reconcileMs ?? DEFAULT_RECONCILE_MS;
+    this.timer = setInterval(() => void this.checkAll().catch((err: unknown) => this.deps.logger.warn({ err }, 'template check failed')), every);
+    this.timer.unref();
+  }
+
+  /** Stops the periodic check and waits for refills in flight (children stay; the next daemon adopts them). */
+  async close(): Promise<void> {
+    clearInterval(this.timer);
+    this.unsubscribe();
+    this.keeper.close();
+    await this.keeper.settled();
+  }
+
+  async resolve(ref: string): Promise<TemplateRecord> {
+    const t = UUID.test(ref) ? await this.deps.fabric.getTemplate(ref) : await this.deps.fabric.findTemplate(ref);
+    if (!t) throw new OffshootError('NOT_FOUND', `template "${ref}" not found`, { kind: 'template', ref }, 404);
+    return t;
+  }
+
+  async list(): Promise<TemplateView[]> {
+    return Promise.all((await this.deps.fabric.listTemplates()).map((t) => this.view(t)));
+  }
+
+  async show(ref: string): Promise<TemplateView> {
+    return this.view(await this.resolve(ref));
+  }
+
+  /** `template create NAME --from VM`: a task freezes the VM into the template; the VM runs on. */
+  async create(input: unknown): Promise<TemplateAndTask> {
+    const request = parseRequest('template create request', createTemplateRequestSchema, input);
+    if (await this.deps.fabric.findTemplate(request.name)) throw new OffshootError('ALREADY_EXISTS', `template "${request.name}" already exists`, { kind: 'template', name: request.name }, 409);
+    const { id: sourceId } = await this.deps.engine.resolve(request.from);
+    const { vm: source, previous } = await this.deps.engine.states.claimFrom(sourceId, 'fork', 'forking', 'with a template freeze');
+    const now = new Date().toISOString();
+    const template: TemplateRecord = { id: newTaskId(), name: request.name, state: 'creating', stateReason: `being made from VM ${source.name}`, sourceVmId: source.id, sourceVmName: source.name, originHostId: source.hostId, memoryMiB: source.spec.memoryMiB, placements: [], createdAt: now, updatedAt: now };
+    const release = async () => {
+      this.deps.engine.states.release(sourceId);
+      await this.deps.engine.states.settle(sourceId, ['forking'], previous, null).catch(() => undefined);
+    };
+    try {
+      await this.deps.fabric.insertTemplate(template);
+    } catch (err) {
+      await release();
+      throw err;
+    }
+    const forkId = newTaskId();
+    try {
+      const task = await this.deps.engine.tasks.start('template.create', { id: template.id, name: template.name }, async (ctx) => {
+        try {
+          const placement = await freezeTemplate(this.deps, template, { ...source, state: previous }, previous === 'paused' ? 'paused' : 'running', ctx, forkId);
+          const ready = await this.deps.fabric.updateTemplate(template.id, (t) => ({ ...t, state: 'ready', stateReason: null, placements: [placement] }));
+          return { template: await this.view(ready) };
+        } catch (err) {
+          await this.deps.fabric.deleteTemplate(template.id).catch(() => undefined);
+          throw err;
+        } finally {
+          await release();
+        }
+      });
+      return { template: await this.view(await this.resolve(template.id)), task };
+    } catch (err) {
+      await this.deps.fabric.deleteTemplate(template.id).catch(() => undefined);
+      await release();
+      throw err;
+    }
+  }
+
+  /** `template scale NAME --ready K [--warm] [--max-memory M] [--host H]`: new pool settings; the keeper brings the pools to them. */
+  async scale(ref: string, input: unknown, options: { wait?: boolean } = {}): Promise<TemplateView> {
+    const request = parseRequest('template scale request', scaleTemplateRequestSchema, input);
+    const found = await this.resolve(ref);
+    assertTemplateState(found, request.ready === 0 ? ['ready', 'broken'] : ['ready'], 'scale');
+    const hostId = request.host ? (await this.deps.engine.fleet.resolve(request.host)).id : undefined;
+    if (hostId && !found.placements.some((p) => p.hostId === hostId)) throw new TemplateNotPlacedError(found.name, this.deps.engine.hostName(hostId), 'it is not placed there');
+    const settings = (p: TemplatePlacement): PoolSettings => ({ ready: request.ready, warm: request.warm ?? p.pool.warm, maxMemoryBytes: request.maxMemory === undefined ? p.pool.maxMemoryBytes : request.maxMemory });
+    const updated = await this.deps.fabric.updateTemplate(found.id, (t) => ({ ...t, placements: t.placements.map((p) => (hostId === undefined || p.hostId === hostId ? { ...p, pool: settings(p), poolNote: null } : p)) }));
+    for (const p of updated.placements) if (hostId === undefined || p.hostId === hostId) this.keeper.request(updated.id, p.hostId);
+    if (options.wait) await this.keeper.settled();
+    return this.view(await this.resolve(updated.id));
+  }
+
+  /** `vm claim TEMPLATE`: a ready child (or one forked on demand), customised and running. */
+  async claim(ref: string, input: unknown): Promise<ClaimResult> {
+    const request = parseRequest('claim request', claimRequestSchema, input);
+    return claimChild(this.deps, this.keeper, await this.resolve(ref), request);
+  }
+
+  /**
+   * `template delete NAME [--force]`: refused while the template has children; with force, its pool children
+   * are removed and its claimed children run on. Its host copies go (their memory stays while a child maps it).
+   */
+  async delete(ref: string, input: unknown = {}): Promise<TemplateView> {
+    const { force } = parseRequest('template delete request', deleteTemplateRequestSchema, input);
+    const t = await this.resolve(ref);
+    const users = await this.users(t);
+    if (!force && (users.pooled > 0 || users.claimed.length > 0)) throw new TemplateInUseError(t.name, { ready: users.pooled, claimed: users.claimed });
+    if (t.state === 'creating') throw new OffshootError('ILLEGAL_STATE', `template "${t.name}" is still being made; delete it once its task has ended`, { template: t.name, state: t.state }, 409);
+    const deleting = await this.deps.fabric.updateTemplate(t.id, (x) => ({ ...x, state: 'deleting', stateReason: 'being deleted', placements: x.placements.map((p) => ({ ...p, pool: { ...p.pool, ready: 0 } })) }));
+    const view = await this.view(deleting);
+    await this.finishDelete(deleting);
+    return { ...view, state: 'deleting' };
+  }
+
+  /** Its pool children (ready or being made) and the names of its claimed children still running. */
+  private async users(t: TemplateRecord): Promise<{ pooled: number; claimed: string[] }> {
+    const members = await this.deps.fabric.listMembers({ templateId: t.id });
+    const claimed: string[] = [];
+    for (const m of members.filter((x) => x.state === 'claimed')) {
+      const vm = await this.deps.inventory.getVm(m.vmId);
+      if (vm) claimed.push(vm.name);
+      else await this.deps.fabric.deleteMember(m.vmId);
+    }
+    return { pooled: members.filter((m) => m.state !== 'claimed').length, claimed };
+  }
+
+  private async finishDelete(t: TemplateRecord): Promise<void> {
+    // No refill starts for a deleting template (plan() wants it ready); wait for those in flight.
+    await this.keeper.settled();
+    for (const m of await this.deps.fabric.listMembers({ templateId: t.id })) {
+      if (m.state === 'claimed') await this.deps.fabric.deleteMember(m.vmId);
+      else await this.keeper.retire(m, ['ready', 'filling', 'retiring']);
+    }
+    for (const p of t.placements) {
+      await agentOn(this.deps, p.hostId)
+        .removeTemplate({ templateId: t.id })
+        .catch((err: unknown) => this.deps.logger.warn({ err: toOffshootError(err).message, template: t.name, host: p.hostId }, 'cannot remove the copy of a template from its host'));
+    }
+    await this.deps.fabric.deleteTemplate(t.id);
+    for (const p of t.placements) await this.deps.engine.collectGarbage(p.hostId).catch(() => undefined);
+    this.deps.logger.info({ template: t.name }, 'template deleted');
+  }
+
+  /** A creation a previous daemon left (its fork journal is rolled back by the engine's recovery): nothing of it stays. */
+  private async dropUnfinished(t: TemplateRecord): Promise<void> {
+    await agentOn(this.deps, t.originHostId)
+      .removeTemplate({ templateId: t.id })
+      .catch(() => undefined);
+    await this.deps.fabric.deleteTemplate(t.id);
+  }
+
+  private async checkAll(): Promise<void> {
+    for (const t of await this.deps.fabric.listTemplates()) if (t.state === 'ready' || t.state === 'broken') await this.check(t);
+  }
+
+  private async checkHost(hostId: string, hostRestarted: boolean): Promise<void> {
+    for (const t of await this.deps.fabric.listTemplates()) if ((t.state === 'ready' || t.state === 'broken') && t.placements.some((p) => p.hostId === hostId)) await this.check(t, { hostRestarted, onlyHost: hostId });
+  }
+
+  /**
+   * Checks each copy of the template on its host (broken when its memory, device state or files are gone),
+   * then reconciles and refills the pools of the ready ones.
+   */
+  private async check(t: TemplateRecord, options: { recovering?: boolean; hostRestarted?: boolean; onlyHost?: string } = {}): Promise<void> {
+    let current = t;
+    for (const p of t.placements) {
+      if (options.onlyHost && p.hostId !== options.onlyHost) continue;
+      if (p.state !== 'ready') continue;
+      const host = this.deps.engine.fleet.hosts().find((h) => h.id === p.hostId);
+      if (!host || host.state === 'unreachable') continue;
+      const status = await agentOn(this.deps, p.hostId)
+        .templateStatus({ templateId: t.id, files: p.files })
+        .catch(() => undefined);
+      if (status && (!status.present || status.missing.length > 0)) {
+        const reason = `its copy on host ${this.deps.engine.hostName(p.hostId)} lost ${status.missing.join(', ')}`;
+        this.deps.logger.warn({ template: t.name, reason }, 'template broken');
+        current = await this.deps.fabric.updateTemplate(t.id, (x) => {
+          const placements = x.placements.map((q) => (q.hostId === p.hostId ? { ...q, state: 'broken' as const, stateReason: reason } : q));
+          const allBroken = placements.every((q) => q.state !== 'ready');
+          return { ...x, placements, ...(allBroken ? { state: 'broken' as const, stateReason: reason } : {}) };
+        });
+        for (const m of await this.deps.fabric.listMembers({ templateId: t.id, hostId: p.hostId })) if (m.state === 'ready' || m.state === 'filling') await this.keeper.retire(m, ['ready', 'filling']);
+      }
+    }
+    for (const p of current.placements) {
+      if (options.onlyHost && p.hostId !== options.onlyHost) continue;
+      if (p.state === 'ready') await this.keeper.reconcile(current, p, { recovering: options.recovering, hostRestarted: options.hostRestarted });
+    }
+  }
+
+  private async view(t: TemplateRecord): Promise<TemplateView> {
+    const members = await this.deps.fabric.listMembers({ templateId: t.id });
+    return {
+      ...t,
+      placements: t.placements.map((p) => {
+        const children: Record<MemberState, number> = { filling: 0, ready: 0, claimed: 0, retiring: 0 };
+        for (const m of members) if (m.hostId === p.hostId) children[m.state]++;
+        return { ...p, host: this.deps.engine.hostName(p.hostId), children };
+      }),
+    };
+  }
+}

@@ -1,0 +1,189 @@
+// Fast tests of the fabric's orchestration (src/vm/fabric) against the fake
+// agent, which passes the same contract as the real one: a real SQLite
+// inventory, the real engine, fleet and fabric service, a host whose "QEMU"
+// lives in memory. The pool keeper fills, refills after claims, shrinks and
+// holds within a memory budget; claims never share a child and fork on
+// demand when the pool is empty; template delete refuses while children
+// exist and with --force leaves claimed children running. The same paths run
+// against real QEMU in tests/e2e/fabric.test.ts.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { afterEach, describe, expect, it } from 'vitest';
+import { OffshootError, silentLogger } from '../src/common/index.ts';
+import { FakeAgent } from '../src/protocol/index.ts';
+import { KyselyInventory } from '../src/store/index.ts';
+import type { TemplateView } from '../src/vm/index.ts';
+import { FabricService, Fleet, VmEngine } from '../src/vm/index.ts';
+
+async function setup() {
+  const dir = mkdtempSync('/tmp/osh-fabric-orch-');
+  const inventory = await KyselyInventory.open(`${dir}/inventory.sqlite`);
+  const agent = new FakeAgent({ hostId: 'fake-host' });
+  const fleet = new Fleet({ inventory: inventory.hosts, vmsOn: async (id) => (await inventory.listVms()).filter((v) => v.hostId === id).length, local: { name: 'fake', endpoint: agent.endpoint }, heartbeatMs: 50, leaseMs: 200 });
+  await fleet.start();
+  const engine = new VmEngine({ inventory, fleet, logger: silentLogger });
+  const fabric = new FabricService({ inventory, fabric: inventory.fabric, engine, logger: silentLogger, claims: inventory.claims, controllerId: 'test-controller', readyTimeoutMs: 5_000, reconcileMs: 60_000 });
+  await fabric.start();
+  const close = async () => {
+    await fabric.close();
+    await engine.close();
+    await fleet.close();
+    await inventory.close();
+    rmSync(dir, { recursive: true, force: true });
+  };
+  const template = async (name: string): Promise<TemplateView> => {
+    const { task } = await engine.create({ name: `${name}-src`, start: true });
+    expect((await engine.tasks.wait(task?.id as string)).state).toBe('succeeded');
+    const made = await fabric.create({ name, from: `${name}-src` });
+    const done = await engine.tasks.wait(made.task?.id as string);
+    expect(done.state, JSON.stringify(done.error)).toBe('succeeded');
+    return fabric.show(name);
+  };
+  const pool = async (name: string) => (await fabric.show(name)).placements[0]?.children;
+  return { dir, inventory, agent, fleet, engine, fabric, close, template, pool };
+}
+
+async function codeOf(promise: Promise<unknown>): Promise<string> {
+  try {
+    await promise;
+    return 'no error';
+  } catch (err) {
+    return err instanceof OffshootError ? err.code : String(err);
+  }
+}
+
+describe('fabric orchestration against the fake agent', () => {
+  const closers: Array<() => Promise<void>> = [];
+  afterEach(async () => {
+    for (const c of closers.splice(0)) await c();
+  });
+
+  it('makes a template of a running VM, which runs on; name clashes and bad input have codes', async () => {
+    const s = await setup();
+    closers.push(s.close);
+    const t = await s.template('web');
+    expect(t.state).toBe('ready');
+    expect(t.placements).toHaveLength(1);
+    expect(t.placements[0]?.state).toBe('ready');
+    expect(t.placements[0]?.memoryTemplateId).toBeTruthy();
+    expect((await s.engine.resolve('web-src')).state).toBe('running');
+    expect(s.agent.hostTemplates.has(t.id)).toBe(true);
+    expect(await codeOf(s.fabric.create({ name: 'web', from: 'web-src' }))).toBe('ALREADY_EXISTS');
+    expect(await codeOf(s.fabric.create({ name: 'bad name!', from: 'web-src' }))).toBe('INVALID_INPUT');
+    expect(await codeOf(s.fabric.create({ name: 'other', from: 'nope' }))).toBe('NOT_FOUND');
+    expect(await codeOf(s.fabric.show('nope'))).toBe('NOT_FOUND');
+    expect(await codeOf(s.fabric.scale('web', { ready: -1 }))).toBe('INVALID_INPUT');
+    expect((await s.fabric.list()).map((x) => x.name)).toEqual(['web']);
+  });
+
+  it('keeps K ready children (paused), refills after claims, shrinks when K falls', async () => {
+    const s = await setup();
+    closers.push(s.close);
+    await s.template('web');
+    await s.fabric.scale('web', { ready: 3 }, { wait: true });
+    expect(await s.pool('web')).toMatchObject({ ready: 3, filling: 0, claimed: 0 });
+    const members = await s.inventory.fabric.listMembers({ state: 'ready' });
+    for (const m of members) expect((await s.engine.resolve(m.vmId)).state).toBe('paused');
+
+    const claimed = await s.fabric.claim('web', { name: 'job1', hostname: 'job-one', env: ['A=1'], customize: 'echo hi' });
+    expect(claimed.source).toBe('pool');
+    expect(claimed.vm.name).toBe('job1');
+    expect(claimed.vm.state).toBe('running');
+    expect(claimed.hostname).toBe('job-one');
+    expect(members.map((m) => m.vmId)).toContain(claimed.vm.id);
+    expect(claimed.script?.exitCode).toBe(0);
+    await s.fabric.keeper.settled();
+    expect(await s.pool('web')).toMatchObject({ ready: 3, claimed: 1 });
+
+    await s.fabric.scale('web', { ready: 1 }, { wait: true });
+    expect(await s.pool('web')).toMatchObject({ ready: 1, claimed: 1 });
+    // The retired children are gone, VM records and all; the claimed one runs on.
+    const vms = await s.engine.list();
+    expect(vms.filter((v) => v.state === 'paused')).toHaveLength(1);
+    expect((await s.engine.resolve('job1')).state).toBe('running');
+  });
+
+  it('gives concurrent claims different children and forks on demand when the pool is empty', async () => {
+    const s = await setup();
+    closers.push(s.close);
+    await s.template('web');
+    await s.fabric.scale('web', { ready: 2 }, { wait: true });
+    const results = await Promise.all(Array.from({ length: 4 }, () => s.fabric.claim('web', {})));
+    const ids = results.map((r) => r.vm.id);
+    expect(new Set(ids).size).toBe(4);
+    expect(results.filter((r) => r.source === 'pool')).toHaveLength(2);
+    expect(results.filter((r) => r.source === 'on-demand')).toHaveLength(2);
+    for (const r of results) expect(r.vm.state).toBe('running');
+    await s.fabric.keeper.settled();
+    expect(await s.pool('web')).toMatchObject({ ready: 2, claimed: 4 });
+  });
+
+  it('holds a pool within its memory budget and says so', async () => {
+    const s = await setup();
+    closers.push(s.close);
+    const t = await s.template('web');
+    // The fake's template holds a quarter of its memory; a child not yet measured counts 48 MiB.
+    const held = (t.memoryMiB * 2 ** 20) / 4;
+    await s.fabric.scale('web', { ready: 4, maxMemory: `${Math.ceil(held / 2 ** 20) + 40}M` }, { wait: true });
+    let p = (await s.fabric.show('web')).placements[0];
+    expect(p?.children.ready).toBe(0);
+    expect(p?.pool.maxMemoryBytes).toBe((Math.ceil(held / 2 ** 20) + 40) * 2 ** 20);
+    expect(p?.poolNote).toMatch(/held at 0 children by its memory budget/);
+    await s.fabric.scale('web', { ready: 4, maxMemory: null }, { wait: true });
+    p = (await s.fabric.show('web')).placements[0];
+    expect(p?.children.ready).toBe(4);
+    expect(p?.poolNote).toBeNull();
+  });
+
+  it('refuses to delete a template with children; --force removes its pool and leaves claimed children running', async () => {
+    const s = await setup();
+    closers.push(s.close);
+    const t = await s.template('web');
+    await s.fabric.scale('web', { ready: 2 }, { wait: true });
+    const claimed = await s.fabric.claim('web', { name: 'keeper' });
+    await s.fabric.keeper.settled();
+    expect(await codeOf(s.fabric.delete('web'))).toBe('TEMPLATE_IN_USE');
+    await s.fabric.delete('web', { force: true });
+    expect(await codeOf(s.fabric.show('web'))).toBe('NOT_FOUND');
+    expect(s.agent.hostTemplates.has(t.id)).toBe(false);
+    const vms = await s.engine.list();
+    expect(vms.map((v) => [v.name, v.state]).sort()).toEqual([
+      ['keeper', 'running'],
+      ['web-src', 'running'],
+    ]);
+    // The claimed child still maps the template's memory, so the host keeps it.
+    expect(s.agent.templates.has(claimed.vm.runtime?.memory.templateId as string)).toBe(true);
+    expect(await s.inventory.fabric.listMembers()).toEqual([]);
+  });
+
+  it('deletes a template without children; a claimed child that was deleted no longer holds it', async () => {
+    const s = await setup();
+    closers.push(s.close);
+    await s.template('web');
+    const claimed = await s.fabric.claim('web', {});
+    expect(claimed.source).toBe('on-demand');
+    expect(await codeOf(s.fabric.delete('web'))).toBe('TEMPLATE_IN_USE');
+    await s.engine.kill(claimed.vm.name);
+    await s.engine.delete(claimed.vm.name);
+    await s.fabric.delete('web');
+    expect(await s.fabric.list()).toEqual([]);
+  });
+
+  it('refills the pool at start after a controller restart, and retires a ready child whose QEMU died', async () => {
+    const s = await setup();
+    closers.push(s.close);
+    await s.template('web');
+    await s.fabric.scale('web', { ready: 2 }, { wait: true });
+    const [first] = await s.inventory.fabric.listMembers({ state: 'ready' });
+    // Its VM goes from the inventory behind the fabric's back (as a user's vm kill + delete would).
+    await s.engine.kill(first?.vmId as string);
+    await s.engine.delete(first?.vmId as string);
+    await s.fabric.close();
+    const again = new FabricService({ inventory: s.inventory, fabric: s.inventory.fabric, engine: s.engine, logger: silentLogger, claims: s.inventory.claims, controllerId: 'test-controller-2', readyTimeoutMs: 5_000, reconcileMs: 60_000 });
+    closers.unshift(() => again.close());
+    await again.start();
+    await again.keeper.settled();
+    const members = await s.inventory.fabric.listMembers({ state: 'ready' });
+    expect(members).toHaveLength(2);
+    expect(members.map((m) => m.vmId)).not.toContain(first?.vmId);
+  });
+});
