@@ -10,6 +10,7 @@ import { expect, it } from 'vitest';
 import type { AgentClient } from './client.ts';
 import { newOperationId, runOperation } from './client.ts';
 import { templateFolderFile } from './calls-fabric.ts';
+import { guestMemoryBytes } from './schemas.ts';
 import type { VmSpec } from './schemas.ts';
 import { guestMemoryBytes } from './schemas.ts';
 
