@@ -67,9 +67,7 @@ export type CopyPurpose =
   | { kind: 'pool'; poolId: string; slot: string }
   | { kind: 'move'; diskId: string }
   /** `disk seed`: a copy of a disk's chain on another datastore (often another host), keeping its content ids. */
-  | { kind: 'seed'; diskId: string }
-  /** The files a `vm move` sends (the move's task waits for the job and registers what it copied). */
-  | { kind: 'vm-move'; vmId: string; taskId: string };
+  | { kind: 'seed'; diskId: string };
 
 /** One line of a copy job's history: a worker's run on a host, or a hand-over to another host. */
 export interface CopyJobHistoryEntry {
