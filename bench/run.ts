@@ -10,6 +10,7 @@ import { copyBenchmark } from './copy.ts';
 import { fabricBenchmark } from './fabric.ts';
 import { fleetBenchmark } from './fleet.ts';
 import { hostsBenchmark } from './hosts.ts';
+import { migrateBenchmark } from './migrate.ts';
 import { mobilityBenchmark } from './mobility.ts';
 import { forkBenchmark } from './fork.ts';
 import { netpathBenchmark } from './netpath.ts';
@@ -25,6 +26,7 @@ const BENCHMARKS: Record<string, (args: string[]) => Promise<BenchResult>> = {
   netpath: netpathBenchmark,
   fleet: fleetBenchmark,
   hosts: hostsBenchmark,
+  migrate: migrateBenchmark,
   fabric: fabricBenchmark,
   mobility: mobilityBenchmark,
 };

@@ -21,6 +21,7 @@ import { basename, join } from 'node:path';
 import { OffshootError, parseJsonOr, writeFileAtomic } from '../common/index.ts';
 import type { CheckpointMetadata, WriteProgress } from '../memory/index.ts';
 import { CheckpointReader } from '../memory/index.ts';
+import { guestMemoryBytes } from '../protocol/index.ts';
 import { restoreDisks, writeCheckpointFile } from './checkpoint-files.ts';
 import { handOutInGuest } from './fabric-hand-out.ts';
 import type { HandOutGuestResult } from './fabric-hand-out.ts';
@@ -94,7 +95,8 @@ export class HostTemplates {
     await mkdir(dir, { recursive: true, mode: 0o700 });
     try {
       await copyFile(artifacts.deviceState, this.deviceStateFile(templateId));
-      const memoryBytes = spec.memoryMiB * 2 ** 20;
+      // memoryMiB plus memoryExtraKiB (8 KiB more on a TCG host, see qemu/argv.ts): the RAM file's size.
+      const memoryBytes = guestMemoryBytes(spec);
       const deviceStateBytes = (await stat(this.deviceStateFile(templateId))).size;
       return await this.write({ version: 1, templateId, memoryTemplateId, memoryBytes, deviceStateBytes, files: specFiles(spec), createdAt: new Date().toISOString() });
     } catch (err) {
@@ -113,7 +115,7 @@ export class HostTemplates {
     const ram = this.host.templates.path(memoryTemplateId);
     const dir = this.folder(templateId);
     try {
-      if (reader.memoryBytes !== spec.memoryMiB * 2 ** 20) throw new OffshootError('INVALID_INPUT', `checkpoint ${checkpointPath} holds ${reader.memoryBytes} bytes of memory, but the template's spec has ${spec.memoryMiB} MiB`, { checkpoint: checkpointPath }, 400);
+      if (reader.memoryBytes !== guestMemoryBytes(spec)) throw new OffshootError('INVALID_INPUT', `checkpoint ${checkpointPath} holds ${reader.memoryBytes} bytes of memory, but the template's spec has ${guestMemoryBytes(spec)} bytes (${spec.memoryMiB} MiB)`, { checkpoint: checkpointPath }, 400);
       await mkdir(dir, { recursive: true, mode: 0o700 });
       await this.host.access.ownedDir(this.host.templates.dir);
       await reader.restoreInto(ram);

@@ -10,6 +10,7 @@ import { expect, it } from 'vitest';
 import type { AgentClient } from './client.ts';
 import { newOperationId, runOperation } from './client.ts';
 import { templateFolderFile } from './calls-fabric.ts';
+import { guestMemoryBytes } from './schemas.ts';
 import type { VmSpec } from './schemas.ts';
 
 interface FabricContractState {
@@ -40,7 +41,7 @@ export function fabricContract(state: () => FabricContractState): void {
       await t.client.switchFork({ forkId });
       const kept = await t.client.keepForkTemplate({ forkId, templateId, spec: frozen });
       expect(kept.memoryTemplateId).toBe(prepared.templateId);
-      expect(kept.memoryBytes).toBe(spec.memoryMiB * 2 ** 20);
+      expect(kept.memoryBytes).toBe(guestMemoryBytes(spec));
       await t.client.finishFork({ forkId });
 
       // Garbage collection told that nothing is in use keeps what the template needs.

@@ -12,6 +12,7 @@ import type { Locator } from '../locator.ts';
 import { makeLocator } from '../locator.ts';
 import type { OperationContext } from '../operations.ts';
 import type { CheckpointMetadata, VmDisk, VmRuntime, VmSpec } from '../schemas.ts';
+import { guestMemoryBytes } from '../schemas.ts';
 
 export interface FakeHostTemplate {
   memoryTemplateId: string;
@@ -55,7 +56,7 @@ export function fakeFabricHandlers(f: FakeFabricHost): Pick<AgentHandlers, Fabri
     keepForkTemplate: (r) =>
       f.wrap('keepForkTemplate', () => {
         const fork = f.switchedFork(r.forkId);
-        const t = { memoryTemplateId: fork.templateId, memoryBytes: r.spec.memoryMiB * 2 ** 20, files: specFiles(r.spec) };
+        const t = { memoryTemplateId: fork.templateId, memoryBytes: guestMemoryBytes(r.spec), files: specFiles(r.spec) };
         f.hostTemplates.set(r.templateId, t);
         f.files.add(makeLocator({ kind: 'home' }, 'fabric', r.templateId, 'devstate'));
         return { templateId: r.templateId, memoryTemplateId: t.memoryTemplateId, memoryBytes: t.memoryBytes, deviceStateBytes: 4096 };
@@ -91,7 +92,7 @@ export function fakeFabricHandlers(f: FakeFabricHost): Pick<AgentHandlers, Fabri
       f.op('importTemplate', ctx, () => {
         const ckpt = f.checkpoints.get(r.checkpoint);
         if (!ckpt || !f.files.has(r.checkpoint)) throw new OffshootError('CHECKPOINT_NOT_FOUND', `no checkpoint file ${r.checkpoint}`, { file: r.checkpoint }, 404);
-        if (ckpt.memoryBytes !== r.spec.memoryMiB * 2 ** 20) throw new OffshootError('INVALID_INPUT', `checkpoint ${r.checkpoint} holds ${ckpt.memoryBytes} bytes of memory, but the template's spec has ${r.spec.memoryMiB} MiB`, { checkpoint: r.checkpoint }, 400);
+        if (ckpt.memoryBytes !== guestMemoryBytes(r.spec)) throw new OffshootError('INVALID_INPUT', `checkpoint ${r.checkpoint} holds ${ckpt.memoryBytes} bytes of memory, but the template's spec has ${r.spec.memoryMiB} MiB`, { checkpoint: r.checkpoint }, 400);
         const memoryTemplateId = randomUUID();
         f.templates.add(memoryTemplateId);
         f.hostTemplates.set(r.templateId, { memoryTemplateId, memoryBytes: ckpt.memoryBytes, files: specFiles(r.spec) });

@@ -110,6 +110,12 @@ export interface CopyJobRecord {
   error: { code: string; message: string; details: Record<string, unknown> } | null;
   createdAt: string;
   updatedAt: string;
+  /** The task that runs the job now (a copy job runs as a task: one controller at a time, taken over if it dies). */
+  taskId?: string | null;
+  /** The agent operation copying the current file, so a controller taking the task over reattaches to it. */
+  operationId?: string | null;
+  /** A pause or cancel asked of the controller running the job (through its task's cancel request). */
+  request?: 'pause' | 'cancel' | null;
 }
 
 export type PoolSlotState = 'filling' | 'ready';
