@@ -40,10 +40,11 @@ interface Sample {
   postcopy: boolean;
 }
 
-const dirtyScript = (mib: number) => `mkdir -p /mnt/dirty && mount -t tmpfs -o size=${mib + 16}m tmpfs /mnt/dirty && (while true; do dd if=/dev/zero of=/mnt/dirty/f bs=1M count=${mib} conv=notrunc 2>/dev/null; done) >/dev/null 2>&1 &`;
+// Non-zero data (zero pages cost QEMU almost nothing to send): a random 1 MiB block written over the file again and again.
+const dirtyScript = (mib: number) => `mkdir -p /mnt/dirty && mount -t tmpfs -o size=${mib + 16}m tmpfs /mnt/dirty && dd if=/dev/urandom of=/mnt/dirty/seed bs=1M count=1 2>/dev/null && (while true; do i=0; while [ $i -lt ${mib} ]; do dd if=/mnt/dirty/seed of=/mnt/dirty/f bs=1M seek=$i count=1 conv=notrunc 2>/dev/null; i=$((i+1)); done; done) >/dev/null 2>&1 &`;
 
-async function offshootRuns(engine: VmEngine, workload: 'idle' | 'dirtying', o: { runs: number; memory: number; dirty: number; downtimeLimitMs: number; timeoutS: number }, postcopy: 'auto' | 'never' = 'auto'): Promise<Sample[]> {
-  const name = `omb-${workload}-${postcopy}`;
+async function offshootRuns(engine: VmEngine, workload: 'idle' | 'dirtying', o: { runs: number; memory: number; dirty: number; downtimeLimitMs: number; timeoutS: number }, postcopy: 'auto' | 'never' = 'auto', tls = true): Promise<Sample[]> {
+  const name = `omb-${workload}-${postcopy}${tls ? '' : '-plain'}`;
   const { task } = await engine.create({ name, memory: `${o.memory}M`, host: 'lab1', start: true });
   const started = await engine.tasks.wait(task?.id as string);
   if (started.state !== 'succeeded') throw new Error(`${name} did not start: ${started.message}`);
@@ -53,7 +54,7 @@ async function offshootRuns(engine: VmEngine, workload: 'idle' | 'dirtying', o: 
     for (let i = 0; i < o.runs; i++) {
       const to = i % 2 === 0 ? 'lab2' : 'lab1';
       const t0 = performance.now();
-      const { task: m } = await engine.migrate(name, { to, downtimeLimitMs: o.downtimeLimitMs, timeoutS: o.timeoutS, postcopy });
+      const { task: m } = await engine.migrate(name, { to, downtimeLimitMs: o.downtimeLimitMs, timeoutS: o.timeoutS, postcopy, tls });
       const done = await engine.tasks.wait(m?.id as string);
       const wall = performance.now() - t0;
       if (done.state !== 'succeeded') {
@@ -63,7 +64,7 @@ async function offshootRuns(engine: VmEngine, workload: 'idle' | 'dirtying', o: 
       }
       const r = done.result as MigrateResult;
       samples.push({ downtimeMs: r.downtimeMs ?? NaN, wallMs: wall, qemuMs: r.timings.qemuTotalMs ?? NaN, bytes: r.memoryBytes + r.diskBytes, completed: true, postcopy: r.postcopy });
-      process.stderr.write(`offshoot ${workload} postcopy=${postcopy} ${i + 1}: downtime ${r.downtimeMs} ms, wall ${Math.round(wall)} ms, ${Math.round((r.memoryBytes + r.diskBytes) / 2 ** 20)} MiB, passes ${r.passes}, postcopy ${r.postcopy}; ${JSON.stringify(r.timings)}\n`);
+      process.stderr.write(`offshoot ${workload} postcopy=${postcopy} tls=${tls} ${i + 1}: downtime ${r.downtimeMs} ms, wall ${Math.round(wall)} ms, ${Math.round((r.memoryBytes + r.diskBytes) / 2 ** 20)} MiB, passes ${r.passes}, postcopy ${r.postcopy}; ${JSON.stringify(r.timings)}\n`);
     }
   } finally {
     await engine.kill(name).catch(() => undefined);
@@ -166,6 +167,11 @@ export async function migrateBenchmark(args: string[]): Promise<BenchResult> {
       comparisons.push({ metric: `${label}: wall time to running there`, offshoot: ms(who.mine, mine.map((x) => x.wallMs)), baseline: ms(`${who.base} (incl. destination start)`, base.map((x) => x.wallMs)) });
       comparisons.push({ metric: `${label}: QEMU migration time`, offshoot: ms(who.mine, ok(mine).map((x) => x.qemuMs)), baseline: ms(who.base, ok(base).map((x) => x.qemuMs)) });
       comparisons.push({ metric: `${label}: bytes sent`, offshoot: mib(who.mine, ok(mine).map((x) => x.bytes / 2 ** 20)), baseline: mib(who.base, ok(base).map((x) => x.bytes / 2 ** 20)) });
+      if (workload === 'idle') {
+        // What TLS costs: the same migration over the same isolated path without it.
+        const plain = await offshootRuns(daemon.engine, workload, o, 'auto', false);
+        comparisons.push({ metric: `${label}: QEMU migration time, TLS-PSK against none (both offshoot)`, offshoot: ms('offshoot, TLS-PSK', ok(mine).map((x) => x.qemuMs)), baseline: ms('offshoot --no-tls', ok(plain).map((x) => x.qemuMs)) });
+      }
       if (workload === 'dirtying') {
         // Pre-copy only: multifd (2 channels) with TLS, which QEMU 7.2 cannot combine with post-copy.
         const precopy = await offshootRuns(daemon.engine, workload, o, 'never');
