@@ -83,15 +83,16 @@ async function stopProcess(p: ChildProcess): Promise<void> {
   await new Promise((r) => p.once('exit', r));
 }
 
-async function baselineRuns(accel: string, hosts: Array<{ namespace: string; address: string }>, workload: 'idle' | 'dirtying', o: { runs: number; memory: number; dirty: number; timeoutS: number }): Promise<Sample[]> {
+async function baselineRuns(accel: string, hosts: Array<{ namespace: string; address: string }>, workload: 'idle' | 'dirtying', o: { runs: number; memory: number; dirty: number; timeoutS: number }, ramInShm = false): Promise<Sample[]> {
   const guest = await loadDefaultGuest();
   const dir = mkdtempSync('/tmp/omb-base-');
+  const shm = mkdtempSync('/dev/shm/omb-base-');
   const samples: Sample[] = [];
   const procs: ChildProcess[] = [];
   try {
     const disk = join(dir, 'disk.qcow2');
     await createImage({ path: disk, format: 'qcow2', backing: { path: guest.dataDisk, format: 'qcow2' } });
-    const args = (n: number, incoming: boolean) => rawGuestArgs({ accel, memoryMiB: o.memory, guest, disk, qgaSocket: join(dir, `qga${n}.sock`), qmpSocket: join(dir, `qmp${n}.sock`), incoming, offshootCpu: true, offshootDevices: true });
+    const args = (n: number, incoming: boolean) => rawGuestArgs({ accel, memoryMiB: o.memory, guest, disk, qgaSocket: join(dir, `qga${n}.sock`), qmpSocket: join(dir, `qmp${n}.sock`), incoming, offshootCpu: true, offshootDevices: true, ...(ramInShm ? { memoryFile: join(shm, `ram${n}`) } : {}) });
     let n = 0;
     let current = inNamespace(hosts[0]?.namespace as string, args(n, false));
     procs.push(current);
@@ -130,6 +131,7 @@ async function baselineRuns(accel: string, hosts: Array<{ namespace: string; add
       process.stderr.write(`baseline ${workload} ${i + 1}: downtime ${info.downtime} ms, wall ${Math.round(wall)} ms, QEMU total ${info['total-time']} ms, ${Math.round((info.ram?.transferred ?? 0) / 2 ** 20)} MiB\n`);
       qmp.close();
       await stopProcess(current);
+      rmSync(join(shm, `ram${n - 1}`), { force: true });
       current = next;
       qmp = nextQmp;
     }
@@ -137,6 +139,7 @@ async function baselineRuns(accel: string, hosts: Array<{ namespace: string; add
   } finally {
     for (const p of procs) await stopProcess(p);
     rmSync(dir, { recursive: true, force: true });
+    rmSync(shm, { recursive: true, force: true });
   }
   return samples;
 }
@@ -168,6 +171,9 @@ export async function migrateBenchmark(args: string[]): Promise<BenchResult> {
       comparisons.push({ metric: `${label}: QEMU migration time`, offshoot: ms(who.mine, ok(mine).map((x) => x.qemuMs)), baseline: ms(who.base, ok(base).map((x) => x.qemuMs)) });
       comparisons.push({ metric: `${label}: bytes sent`, offshoot: mib(who.mine, ok(mine).map((x) => x.bytes / 2 ** 20)), baseline: mib(who.base, ok(base).map((x) => x.bytes / 2 ** 20)) });
       if (workload === 'idle') {
+        // The baseline with guest RAM in a shared /dev/shm file, as Offshoot keeps it (anonymous RAM above).
+        const shmBase = await baselineRuns(accel, hosts, workload, o, true);
+        comparisons.push({ metric: `${label}: QEMU migration time, plain QMP with RAM in a /dev/shm file (as offshoot)`, offshoot: ms(who.mine, ok(mine).map((x) => x.qemuMs)), baseline: ms('plain QMP, RAM file', ok(shmBase).map((x) => x.qemuMs)) });
         // What TLS costs: the same migration over the same isolated path without it.
         const plain = await offshootRuns(daemon.engine, workload, o, 'auto', false);
         comparisons.push({ metric: `${label}: QEMU migration time, TLS-PSK against none (both offshoot)`, offshoot: ms('offshoot, TLS-PSK', ok(mine).map((x) => x.qemuMs)), baseline: ms('offshoot --no-tls', ok(plain).map((x) => x.qemuMs)) });
