@@ -9,7 +9,9 @@
 // path, TLS-PSK, post-copy when pre-copy stalls) and `--downtime-limit`. Per
 // migration: QEMU's downtime, total time, bytes sent against the guest's
 // memory, and whether it converged (the baseline is cancelled after
-// `--timeout` s). The guest-side downtime (a timer loop in the guest) and the
+// `--timeout` s). Two more rows tell the costs apart: the idle baseline again
+// with its RAM in a shared /dev/shm file as Offshoot keeps it, and Offshoot
+// without TLS. The guest-side downtime (a timer loop in the guest) and the
 // local-storage workload (a 4 GiB disk holding 1 GiB) are not measured here.
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
