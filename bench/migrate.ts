@@ -152,7 +152,10 @@ export async function migrateBenchmark(args: string[]): Promise<BenchResult> {
   const memoryDir = mkdtempSync('/dev/shm/omb-mem-');
   const prefix = `omb${randomBytes(2).toString('hex').slice(0, 3)}`;
   const labDir = mkdtempSync(`/tmp/${prefix}-lab-`);
-  const daemon = await startDaemon({ home, memoryDir, logger: silentLogger });
+  const daemon = await startDaemon({ home, memoryDir, logger: silentLogger }).catch((err: unknown) => {
+    for (const d of [home, memoryDir, labDir]) rmSync(d, { recursive: true, force: true });
+    throw err;
+  });
   const startedAt = new Date().toISOString();
   const notes: string[] = [`load average at the start: ${loadavg().map((l) => l.toFixed(1)).join(' ')}`];
   try {
