@@ -1,12 +1,14 @@
 // Fabric benchmark: the latency of a claim until the child runs with its
 // guest agent answering (the hand-out's guest step is an agent exec), from a
-// ready pool (paused children; claims in waves of --concurrency) and from an
-// empty pool (forked on demand), against a cold boot of the same guest and a
-// plain fork of a running VM (`vm fork --count 1` until its child answers),
+// ready pool (paused children; one at a time, and in waves of --concurrency)
+// and from an empty pool (forked on demand), against a cold boot of the same
+// guest and a plain fork of a running VM (`vm fork --count 1` until its child answers),
 // measured in the same run; and the host memory of a pool of --pool ready
 // children (their PSS without the template's mapping, plus the template's
-// resident RAM) against as many booted guests (one booted guest's PSS times
-// the count). Percentiles of the claims are in the notes.
+// resident RAM) against as many booted guests (one booted guest's memory
+// times the count, measured right after its boot: its PSS without its RAM
+// file's mapping plus the file's resident size). Percentiles of the claims,
+// the machine's load and the pool's memory split are in the notes.
 import { stat } from 'node:fs/promises';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
@@ -55,6 +57,7 @@ export async function fabricBenchmark(args: string[]): Promise<BenchResult> {
   const concurrency = option(args, '--concurrency', 5);
   const poolSize = option(args, '--pool', 8);
   const runs = option(args, '--runs', 3);
+  const sequentialClaims = option(args, '--sequential', 10);
   const home = mkdtempSync('/tmp/osh-bench-home-');
   const memoryDir = mkdtempSync('/dev/shm/osh-bench-mem-');
   const daemon = await startDaemon({ home, memoryDir });
@@ -67,8 +70,11 @@ export async function fabricBenchmark(args: string[]): Promise<BenchResult> {
     // Baselines: cold boots, and plain forks of a running guest.
     const cold: number[] = [];
     const fork: number[] = [];
+    const bootedSamples: number[] = [];
     for (let r = 0; r < runs; r++) {
       cold.push(await boot(daemon, `cold${r}`, memoryMiB));
+      const fresh = await daemon.engine.resolve(`cold${r}`);
+      bootedSamples.push(await poolMemoryMiB([fresh.runtime?.pid as number], join(memoryDir, `${fresh.id}.ram`)));
       const t0 = performance.now();
       const { task } = await daemon.engine.fork(`cold${r}`, { count: 1 });
       const done = await daemon.engine.tasks.wait(task?.id as string);
@@ -77,8 +83,7 @@ export async function fabricBenchmark(args: string[]): Promise<BenchResult> {
       for (const c of (done.result as ForkResult).children) await remove(daemon, c.name);
       if (r > 0) await remove(daemon, `cold${r}`);
     }
-    const booted = await daemon.engine.resolve('cold0');
-    const bootedMiB = (await processMemoryStats(booted.runtime?.pid as number)).pssKiB / 1024;
+    const bootedMiB = [...bootedSamples].sort((a, b) => a - b)[Math.floor(bootedSamples.length / 2)] as number;
     process.stderr.write(`cold boot ${cold.map((x) => x.toFixed(0)).join(', ')} ms; fork ${fork.map((x) => x.toFixed(0)).join(', ')} ms; booted guest ${bootedMiB.toFixed(0)} MiB\n`);
 
     // The template, from a running guest (cold0 runs on).
@@ -105,7 +110,26 @@ export async function fabricBenchmark(args: string[]): Promise<BenchResult> {
     const members = (await daemon.engine.list()).filter((v) => v.name.startsWith('bench-') && v.state === 'paused');
     const ramFile = join(memoryDir, 'templates', `${template.placements[0]?.memoryTemplateId}.ram`);
     const poolMiB = await poolMemoryMiB(members.map((v) => v.runtime?.pid as number), ramFile);
+    const templateMiB = (await stat(ramFile)).blocks / 2048;
+    notes.push(`the pool's memory: the template's RAM file ${templateMiB.toFixed(0)} MiB resident, each child ${((poolMiB - templateMiB) / Math.max(1, members.length)).toFixed(0)} MiB on average besides (its QEMU, TCG's translated code, the pages it wrote)`);
     process.stderr.write(`pool of ${members.length} filled in ${fillMs.toFixed(0)} ms; ${poolMiB.toFixed(0)} MiB (booted x${members.length}: ${(bootedMiB * members.length).toFixed(0)} MiB)\n`);
+    // One at a time from a full pool: a claim's own latency, and where it goes.
+    const sequential: number[] = [];
+    const split = { resume: [] as number[], guest: [] as number[], handOut: [] as number[], claim: [] as number[] };
+    for (let i = 0; i < sequentialClaims; i++) {
+      await daemon.fabric.keeper.settled();
+      const s0 = performance.now();
+      const c = await daemon.fabric.claim('bench', {});
+      sequential.push(performance.now() - s0);
+      split.resume.push(c.timings.resumeMs);
+      split.guest.push(c.timings.guestMs);
+      split.handOut.push(c.timings.handOutMs);
+      split.claim.push(c.timings.claimMs);
+      await remove(daemon, c.vm.id);
+    }
+    await daemon.fabric.keeper.settled();
+    const median = (xs: number[]) => percentile(xs, 50).toFixed(0);
+    notes.push(`sequential ready-pool claims: p50 ${median(sequential)} ms, p99 ${percentile(sequential, 99).toFixed(0)} ms over ${sequential.length}; medians inside: the host's hand-out ${median(split.handOut)} ms (resume ${median(split.resume)}, guest step ${median(split.guest)}), the controller's claim ${median(split.claim)} ms`);
     const fromPool: number[] = [];
     let served = 0;
     let forked = 0;
@@ -130,8 +154,10 @@ export async function fabricBenchmark(args: string[]): Promise<BenchResult> {
     }
     process.stderr.write(`pool claims ${fromPool.map((x) => x.toFixed(0)).join(', ')} ms\n`);
     comparisons.push(
-      { metric: 'claim until the agent answers (ready pool)', offshoot: { label: 'claim, paused child', unit: 'ms', samples: fromPool }, baseline: { label: 'cold boot', unit: 'ms', samples: cold } },
-      { metric: 'claim until the agent answers (ready pool)', offshoot: { label: 'claim, paused child', unit: 'ms', samples: fromPool }, baseline: { label: 'plain fork, 1 child', unit: 'ms', samples: fork } },
+      { metric: 'claim until the agent answers (ready pool, one at a time)', offshoot: { label: 'claim, paused child', unit: 'ms', samples: sequential }, baseline: { label: 'cold boot', unit: 'ms', samples: cold } },
+      { metric: 'claim until the agent answers (ready pool, one at a time)', offshoot: { label: 'claim, paused child', unit: 'ms', samples: sequential }, baseline: { label: 'plain fork, 1 child', unit: 'ms', samples: fork } },
+      { metric: `claim until the agent answers (ready pool, ${concurrency} at once)`, offshoot: { label: 'claim, paused child', unit: 'ms', samples: fromPool }, baseline: { label: 'cold boot', unit: 'ms', samples: cold } },
+      { metric: `claim until the agent answers (ready pool, ${concurrency} at once)`, offshoot: { label: 'claim, paused child', unit: 'ms', samples: fromPool }, baseline: { label: 'plain fork, 1 child', unit: 'ms', samples: fork } },
       { metric: 'claim until the agent answers (empty pool)', offshoot: { label: 'claim, forked on demand', unit: 'ms', samples: onDemand }, baseline: { label: 'cold boot', unit: 'ms', samples: cold } },
       { metric: `host memory of ${members.length} ready children`, offshoot: { label: 'pool (PSS + template)', unit: 'MiB', samples: [poolMiB] }, baseline: { label: `${members.length} x booted guest`, unit: 'MiB', samples: [bootedMiB * members.length] } },
     );
@@ -144,7 +170,7 @@ export async function fabricBenchmark(args: string[]): Promise<BenchResult> {
       name: 'fabric',
       startedAt,
       machine: { cpus: cpus().length, accel: host.accel, qemu: await qemuVersion(), node: process.version },
-      parameters: { memoryMiB, claims, concurrency, poolSize, runs },
+      parameters: { memoryMiB, claims, concurrency, poolSize, runs, sequentialClaims },
       comparisons,
       notes,
     };

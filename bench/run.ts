@@ -11,6 +11,7 @@ import { fabricBenchmark } from './fabric.ts';
 import { fleetBenchmark } from './fleet.ts';
 import { hostsBenchmark } from './hosts.ts';
 import { migrateBenchmark } from './migrate.ts';
+import { mobilityBenchmark } from './mobility.ts';
 import { forkBenchmark } from './fork.ts';
 import { netpathBenchmark } from './netpath.ts';
 import type { BenchResult } from './report.ts';
@@ -27,6 +28,7 @@ const BENCHMARKS: Record<string, (args: string[]) => Promise<BenchResult>> = {
   hosts: hostsBenchmark,
   migrate: migrateBenchmark,
   fabric: fabricBenchmark,
+  mobility: mobilityBenchmark,
 };
 
 const [name, ...args] = process.argv.slice(2);

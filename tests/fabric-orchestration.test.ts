@@ -186,4 +186,95 @@ describe('fabric orchestration against the fake agent', () => {
     expect(members).toHaveLength(2);
     expect(members.map((m) => m.vmId)).not.toContain(first?.vmId);
   });
+
+  it('marks a template whose host copy lost its memory broken, with the reason; its ready children go and claims are refused', async () => {
+    const s = await setup();
+    closers.push(s.close);
+    const t = await s.template('web');
+    await s.fabric.scale('web', { ready: 2 }, { wait: true });
+    s.agent.templates.delete(t.placements[0]?.memoryTemplateId as string);
+    // The check runs at start (and periodically): a second service over the same inventory runs it now.
+    await s.fabric.close();
+    const again = new FabricService({ inventory: s.inventory, fabric: s.inventory.fabric, engine: s.engine, logger: silentLogger, claims: s.inventory.claims, controllerId: 'test-controller-2', readyTimeoutMs: 5_000, reconcileMs: 60_000 });
+    closers.unshift(() => again.close());
+    await again.start();
+    const broken = await again.show('web');
+    expect(broken.state).toBe('broken');
+    expect(broken.stateReason).toMatch(/lost memory template/);
+    expect(broken.placements[0]?.state).toBe('broken');
+    expect(broken.placements[0]?.children.ready).toBe(0);
+    expect((await s.engine.list()).map((v) => v.name)).toEqual(['web-src']);
+    expect(await codeOf(again.claim('web', {}))).toBe('TEMPLATE_BROKEN');
+    expect(await codeOf(again.scale('web', { ready: 1 }))).toBe('ILLEGAL_STATE');
+    await again.delete('web');
+    expect(await again.list()).toEqual([]);
+  });
+
+  it('skips a ready child whose QEMU died (removing it) and hands out the next one', async () => {
+    const s = await setup();
+    closers.push(s.close);
+    await s.template('web');
+    await s.fabric.scale('web', { ready: 2 }, { wait: true });
+    const [oldest, next] = await s.inventory.fabric.listMembers({ state: 'ready' });
+    s.agent.crash(oldest?.vmId as string);
+    const claimed = await s.fabric.claim('web', {});
+    expect(claimed.source).toBe('pool');
+    expect(claimed.vm.id).toBe(next?.vmId);
+    expect(claimed.skipped.map((x) => x.vm)).toEqual([oldest?.vmId]);
+    expect(await s.inventory.getVm(oldest?.vmId as string)).toBeUndefined();
+  });
+
+  it('rolls back a template creation whose controller died after the freeze was prepared: the VM runs on, nothing of the template stays', async () => {
+    const s = await setup();
+    closers.push(s.close);
+    const { task: boot } = await s.engine.create({ name: 'src', start: true });
+    expect((await s.engine.tasks.wait(boot?.id as string)).state).toBe('succeeded');
+    const filesBefore = [...s.agent.files].sort();
+    // The first controller stops for good right after preparing the freeze (its task left running with its journal).
+    let release: (err: Error) => void = () => undefined;
+    const gate = new Promise<void>((_, reject) => (release = reject));
+    const dying = new FabricService({ inventory: s.inventory, fabric: s.inventory.fabric, engine: s.engine, logger: silentLogger, faults: (point) => (point === 'template.prepared' ? gate : undefined) });
+    const made = await dying.create({ name: 'web', from: 'src' });
+    await waitUntil(async () => (await s.engine.tasks.get(made.task?.id as string)).message.includes('freezing'));
+    await waitUntil(async () => s.agent.forks.size > 0 && [...s.agent.forks.values()].every((f) => f.made.length > 0 || f.frozen.length > 0));
+    try {
+      // A controller starting meanwhile leaves a creation whose task still runs alone.
+      const bystander = new FabricService({ inventory: s.inventory, fabric: s.inventory.fabric, engine: s.engine, logger: silentLogger, reconcileMs: 60_000 });
+      await bystander.start();
+      expect((await bystander.list()).map((x) => [x.name, x.state, x.taskId])).toEqual([['web', 'creating', made.task?.id]]);
+      await bystander.close();
+      // A new controller recovers: its engine rolls the freeze back from the journal, its fabric drops the template.
+      const engine = new VmEngine({ inventory: s.inventory, fleet: s.fleet, logger: silentLogger });
+      const report = await engine.recover();
+      expect(report.adopted).toContain('src');
+      const task = await engine.tasks.get(made.task?.id as string);
+      expect(task.state).toBe('failed');
+      expect(task.error?.code).toBe('TASK_INTERRUPTED');
+      await s.fabric.close();
+      const again = new FabricService({ inventory: s.inventory, fabric: s.inventory.fabric, engine, logger: silentLogger, reconcileMs: 60_000 });
+      closers.unshift(async () => {
+        await again.close();
+        await engine.close();
+      });
+      await again.start();
+      expect(await again.list()).toEqual([]);
+      expect((await engine.resolve('src')).state).toBe('running');
+      expect(s.agent.hostTemplates.size).toBe(0);
+      await engine.collectGarbage();
+      expect([...s.agent.files].sort()).toEqual(filesBefore);
+    } finally {
+      release(new Error('the controller is gone'));
+    }
+    // The dead controller's work ends (as its process would have): nothing changes.
+    await s.engine.tasks.wait(made.task?.id as string).catch(() => undefined);
+    expect((await s.engine.resolve('src')).state).toBe('running');
+  });
 });
+
+async function waitUntil(check: () => Promise<boolean>, ms = 5_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}

@@ -4,8 +4,10 @@
 // time), mixes fresh entropy into the kernel's pool, and then, when there is
 // a customisation script, becomes that script (`exec sh -s`) with the claim's
 // environment exported. One process start in the guest, not one per step: a
-// claim is on the critical path. Entropy travels on standard input, never on
-// a command line other guest users could read. The pool warmed this very
+// claim is on the critical path (the shell itself writes the hostname into
+// /proc/sys/kernel/hostname; only `date` is another process). Entropy
+// travels on standard input, never on a command line other guest users
+// could read. The pool warmed this very
 // path once when the child was made (same commands), so under TCG its code is
 // already translated when a claim comes.
 import { randomBytes } from 'node:crypto';
@@ -17,7 +19,7 @@ const IDENTITY_FAILED = 97;
 const HAND_OUT_SCRIPT = [
   'read -r seed',
   'printf %s "$seed" > /dev/urandom',
-  `hostname "$1" || { echo "offshoot: cannot set the hostname" >&2; exit ${IDENTITY_FAILED}; }`,
+  `{ echo "$1" > /proc/sys/kernel/hostname; } 2>/dev/null || { echo "offshoot: cannot set the hostname" >&2; exit ${IDENTITY_FAILED}; }`,
   'echo "$1" > /etc/hostname',
   'printf \'127.0.0.1\\tlocalhost\\n127.0.1.1\\t%s\\n\' "$1" > /etc/hosts',
   'date -u -s "@$2" > /dev/null 2>&1 || echo "offshoot: cannot set the clock" >&2',

@@ -115,7 +115,7 @@ export class HostTemplates {
     const ram = this.host.templates.path(memoryTemplateId);
     const dir = this.folder(templateId);
     try {
-      if (reader.memoryBytes !== guestMemoryBytes(spec)) throw new OffshootError('INVALID_INPUT', `checkpoint ${checkpointPath} holds ${reader.memoryBytes} bytes of memory, but the template's spec has ${guestMemoryBytes(spec)}`, { checkpoint: checkpointPath }, 400);
+      if (reader.memoryBytes !== guestMemoryBytes(spec)) throw new OffshootError('INVALID_INPUT', `checkpoint ${checkpointPath} holds ${reader.memoryBytes} bytes of memory, but the template's spec has ${guestMemoryBytes(spec)} bytes (${spec.memoryMiB} MiB)`, { checkpoint: checkpointPath }, 400);
       await mkdir(dir, { recursive: true, mode: 0o700 });
       await this.host.access.ownedDir(this.host.templates.dir);
       await reader.restoreInto(ram);

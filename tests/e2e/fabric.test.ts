@@ -4,7 +4,8 @@
 // paused children; a claim with a hostname, env, SSH key and a customisation
 // script is checked inside the guest (its data, hostname, env file, key,
 // script output, its own machine-id and MAC); two concurrent claims get
-// different children; the pool refills; template delete is refused while
+// different children; the pool refills, and survives a daemon restart (its
+// children adopted, then handed out); template delete is refused while
 // children exist and with --force leaves the claimed children running;
 // deleting a claimed child ends its QEMU. The home's invariants hold at the
 // end (tests/harness.ts), templates and all.
@@ -100,6 +101,26 @@ describe('elastic fabric: templates, ready pools, claims', () => {
     expect(new Set([srcMachineId, ...ids]).size).toBe(4);
     await daemon.fabric.keeper.settled();
     await eventually(async () => (await ready()) === 2, 180_000, 'the pool refilled to 2');
+  });
+
+  it('keeps its pool across a daemon restart: the ready children are adopted and handed out', async () => {
+    const before = (await daemon.fabric.show('web')).placements[0];
+    const readyIds = (await daemon.engine.list()).filter((v) => v.state === 'paused').map((v) => v.id).sort();
+    expect(readyIds).toHaveLength(2);
+    await daemon.close();
+    daemon = await startDaemon({ home: t.home, memoryDir: t.memoryDir });
+    await daemon.fabric.keeper.settled();
+    const after = (await daemon.fabric.show('web')).placements[0];
+    expect(after?.children).toEqual(before?.children);
+    expect((await daemon.engine.list()).filter((v) => v.state === 'paused').map((v) => v.id).sort()).toEqual(readyIds);
+    const c = await daemon.fabric.claim('web', { hostname: 'after-restart' });
+    claimed.push(c);
+    expect(c.source).toBe('pool');
+    expect(readyIds).toContain(c.vm.id);
+    expect(await sh(c.vm.name, 'hostname')).toBe('after-restart');
+    expect(await md5s(c.vm.name)).toBe(sums);
+    await daemon.fabric.keeper.settled();
+    await eventually(async () => (await ready()) === 2, 180_000, 'the pool refilled to 2 after the restart');
   });
 
   it('refuses to delete the template while it has children; deleting a claimed child ends its QEMU', async () => {

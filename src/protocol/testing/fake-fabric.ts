@@ -92,7 +92,7 @@ export function fakeFabricHandlers(f: FakeFabricHost): Pick<AgentHandlers, Fabri
       f.op('importTemplate', ctx, () => {
         const ckpt = f.checkpoints.get(r.checkpoint);
         if (!ckpt || !f.files.has(r.checkpoint)) throw new OffshootError('CHECKPOINT_NOT_FOUND', `no checkpoint file ${r.checkpoint}`, { file: r.checkpoint }, 404);
-        if (ckpt.memoryBytes !== guestMemoryBytes(r.spec)) throw new OffshootError('INVALID_INPUT', `checkpoint ${r.checkpoint} holds ${ckpt.memoryBytes} bytes of memory, but the template's spec has ${guestMemoryBytes(r.spec)}`, { checkpoint: r.checkpoint }, 400);
+        if (ckpt.memoryBytes !== guestMemoryBytes(r.spec)) throw new OffshootError('INVALID_INPUT', `checkpoint ${r.checkpoint} holds ${ckpt.memoryBytes} bytes of memory, but the template's spec has ${r.spec.memoryMiB} MiB`, { checkpoint: r.checkpoint }, 400);
         const memoryTemplateId = randomUUID();
         f.templates.add(memoryTemplateId);
         f.hostTemplates.set(r.templateId, { memoryTemplateId, memoryBytes: ckpt.memoryBytes, files: specFiles(r.spec) });

@@ -95,6 +95,8 @@ export interface TemplateRecord {
   /** The host it was made on (its first placement). */
   originHostId: string;
   memoryMiB: number;
+  /** The task making it, while it is `creating` (a controller that finds that task ended drops the template). */
+  taskId?: string | null;
   placements: TemplatePlacement[];
   createdAt: string;
   updatedAt: string;

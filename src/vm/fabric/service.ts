@@ -13,7 +13,9 @@
 //
 // At daemon start (start()) and then periodically, every template's copies
 // are checked and its pools reconciled and refilled; a host that comes back
-// has its pools reconciled too.
+// has its pools reconciled too. A template left `creating` by a task that
+// ended unfinished (its controller died; the engine's recovery rolled the
+// freeze back from its fork journal) is dropped.
 import { OffshootError, toOffshootError } from '../../common/index.ts';
 import { newTaskId } from '../ids.ts';
 import { parseRequest } from '../requests.ts';
@@ -31,6 +33,8 @@ import { claimRequestSchema, createTemplateRequestSchema, deleteTemplateRequestS
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const DEFAULT_RECONCILE_MS = 30_000;
+/** A `creating` template with no task recorded is dropped after this long. */
+const UNRECORDED_CREATION_MS = 10 * 60_000;
 
 export interface PlacementView extends TemplatePlacement {
   host: string;
@@ -65,7 +69,7 @@ export class FabricService {
   async start(): Promise<void> {
     for (const t of await this.deps.fabric.listTemplates()) {
       try {
-        if (t.state === 'creating') await this.dropUnfinished(t);
+        if (t.state === 'creating') await this.dropIfUnfinished(t);
         else if (t.state === 'deleting') await this.finishDelete(t);
         else await this.check(t, { recovering: true });
       } catch (err) {
@@ -131,7 +135,8 @@ export class FabricService {
           await release();
         }
       });
-      return { template: await this.view(await this.resolve(template.id)), task };
+      const current = await this.deps.fabric.updateTemplate(template.id, (t) => (t.state === 'creating' ? { ...t, taskId: task.id } : t)).catch(() => undefined);
+      return { template: await this.view(current ?? { ...template, state: 'creating', taskId: task.id }), task };
     } catch (err) {
       await this.deps.fabric.deleteTemplate(template.id).catch(() => undefined);
       await release();
@@ -204,8 +209,15 @@ export class FabricService {
     this.deps.logger.info({ template: t.name }, 'template deleted');
   }
 
-  /** A creation a previous daemon left (its fork journal is rolled back by the engine's recovery): nothing of it stays. */
-  private async dropUnfinished(t: TemplateRecord): Promise<void> {
+  /**
+   * A creation whose task ended without finishing it (its controller died: the engine's recovery rolled its
+   * fork journal back): nothing of it stays. One whose task still runs (on any controller) is left alone.
+   */
+  private async dropIfUnfinished(t: TemplateRecord): Promise<void> {
+    const task = t.taskId ? await this.deps.engine.tasks.get(t.taskId).catch(() => undefined) : undefined;
+    if (task?.state === 'running') return;
+    // Made by a controller that died before it recorded its task: left alone for a while (its task may still run).
+    if (!t.taskId && Date.now() - Date.parse(t.createdAt) < UNRECORDED_CREATION_MS) return;
     await agentOn(this.deps, t.originHostId)
       .removeTemplate({ templateId: t.id })
       .catch(() => undefined);
@@ -213,7 +225,10 @@ export class FabricService {
   }
 
   private async checkAll(): Promise<void> {
-    for (const t of await this.deps.fabric.listTemplates()) if (t.state === 'ready' || t.state === 'broken') await this.check(t);
+    for (const t of await this.deps.fabric.listTemplates()) {
+      if (t.state === 'ready' || t.state === 'broken') await this.check(t);
+      else if (t.state === 'creating') await this.dropIfUnfinished(t);
+    }
   }
 
   private async checkHost(hostId: string, hostRestarted: boolean): Promise<void> {
