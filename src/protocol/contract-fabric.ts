@@ -12,7 +12,6 @@ import { newOperationId, runOperation } from './client.ts';
 import { templateFolderFile } from './calls-fabric.ts';
 import { guestMemoryBytes } from './schemas.ts';
 import type { VmSpec } from './schemas.ts';
-import { guestMemoryBytes } from './schemas.ts';
 
 interface FabricContractState {
   t: { client: AgentClient; bootTimeoutMs: number };

@@ -73,8 +73,6 @@ function label(job: CopyJobRecord): string {
       return `move of disk ${p.diskId}`;
     case 'seed':
       return `seed of disk ${p.diskId}`;
-    case 'vm-move':
-      return `files of the move of VM ${p.vmId}`;
   }
 }
 
