@@ -2,7 +2,8 @@
 // AgentService over this machine's QEMU in process (as `offshoot serve`
 // reaches its own host), and `offshoot agent serve` over HTTP on loopback
 // (as a control plane reaches any other host). The fake agent passes the
-// same suite in src/protocol/testing/fake-agent.test.ts.
+// same suites in src/protocol/testing/fake-agent.test.ts. The mobility calls
+// have their own suite (src/protocol/contract-mobility.ts) on the same targets.
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startAgentDaemon } from '../src/api/index.ts';
@@ -10,6 +11,8 @@ import { startLocalHost } from '../src/api/local-host.ts';
 import { silentLogger } from '../src/common/index.ts';
 import { httpAgentClient, inProcessClient } from '../src/protocol/index.ts';
 import { runAgentContract } from '../src/protocol/contract.ts';
+import type { AgentContractTarget } from '../src/protocol/contract.ts';
+import { runMobilityContract } from '../src/protocol/contract-mobility.ts';
 
 function scratch(label: string) {
   const root = mkdtempSync(`/tmp/osh-contract-${label}-`);
@@ -21,7 +24,7 @@ function scratch(label: string) {
   return { root, memoryDir, images, image, remove: () => [root, memoryDir].forEach((d) => rmSync(d, { recursive: true, force: true })) };
 }
 
-runAgentContract('real agent, in process', async () => {
+async function inProcessTarget(): Promise<AgentContractTarget> {
   const s = scratch('local');
   const stack = await startLocalHost({ home: join(s.root, 'home'), memoryDir: s.memoryDir, allowImages: [s.images], logger: silentLogger });
   return {
@@ -35,9 +38,9 @@ runAgentContract('real agent, in process', async () => {
       s.remove();
     },
   };
-});
+}
 
-runAgentContract('real agent, over HTTP (offshoot agent serve)', async () => {
+async function httpTarget(): Promise<AgentContractTarget> {
   const s = scratch('http');
   const agent = await startAgentDaemon({ home: join(s.root, 'home'), listen: '127.0.0.1:0', memoryDir: s.memoryDir, allowImages: [s.images], logger: silentLogger });
   return {
@@ -51,4 +54,9 @@ runAgentContract('real agent, over HTTP (offshoot agent serve)', async () => {
       s.remove();
     },
   };
-});
+}
+
+runAgentContract('real agent, in process', inProcessTarget);
+runAgentContract('real agent, over HTTP (offshoot agent serve)', httpTarget);
+runMobilityContract('real agent, in process', inProcessTarget);
+runMobilityContract('real agent, over HTTP (offshoot agent serve)', httpTarget);

@@ -20,6 +20,7 @@ import type { LocalHostAgent } from './local-agent.ts';
 import type { LocalStorageAgent } from './local-storage-agent.ts';
 import { Locations } from './locations.ts';
 import { migrationHandlers } from './live-migration/handlers.ts';
+import { MobilityHandlers } from './mobility-handlers.ts';
 import type * as Host from './types.ts';
 
 /** What the agent keeps about itself across restarts (<home>/agent.json). */
@@ -48,6 +49,8 @@ export class AgentService implements EpochKeeper {
   /** Changes every time this process starts. */
   readonly instance = randomUUID();
   private unsubscribe: (() => void) | undefined;
+  /** Copies between hosts and content ids (mobility-handlers.ts). */
+  private readonly mobility: MobilityHandlers;
 
   constructor(options: AgentServiceOptions) {
     this.host = options.host;
@@ -55,6 +58,7 @@ export class AgentService implements EpochKeeper {
     this.logger = options.logger ?? silentLogger;
     this.locations = new Locations(this.host.layout.home, this.host.policy);
     this.stateFile = join(this.host.layout.home, 'agent.json');
+    this.mobility = new MobilityHandlers(this.host.layout, this.locations, this.storage);
     this.endpoint = new AgentEndpoint(this.handlers(), this, { operations: new OperationTable(join(this.host.layout.home, 'operations')) });
   }
 
@@ -73,6 +77,7 @@ export class AgentService implements EpochKeeper {
 
   async close(): Promise<void> {
     this.unsubscribe?.();
+    await this.mobility.close();
   }
 
   private async saveState(): Promise<void> {
@@ -425,6 +430,7 @@ export class AgentService implements EpochKeeper {
       },
       ...fabricHandlers({ templates: host.fabric, locations: L, specIn: (s) => this.specIn(s), specOut: (s) => this.specOut(s), runtimeOut: (rt) => this.runtimeOut(rt) }),
       ...migrationHandlers({ host, storage, locations: L, specIn: (s) => this.specIn(s), runtimeOut: (r) => this.runtimeOut(r) }),
+      ...this.mobility.handlers(),
     };
   }
 

@@ -3,12 +3,14 @@
 // it on request (SIGTERM: it records the chunk in flight and exits 'stopped',
 // so another worker — after a daemon restart, or on another host — finishes
 // from its progress file). A worker whose daemon died notices that its parent
-// is gone and stops the same way, so a restarted daemon never races it.
+// is gone and stops the same way, so a restarted daemon never races it. A
+// copy from another host reads that host's one-file server (the URL on the
+// command line, its token in the worker's environment only).
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { OffshootError, sleep } from '../common/index.ts';
-import { COPY_WORKER_EXIT, copyWorkerCommand, parseCopyWorkerLine } from '../storage/index.ts';
-import type { CopyWorkerMessage } from '../storage/index.ts';
+import { COPY_SOURCE_TOKEN_ENV, COPY_WORKER_EXIT, copyWorkerCommand, parseCopyWorkerLine } from '../storage/index.ts';
+import type { CopyWorkerMessage, RemoteFile } from '../storage/index.ts';
 
 export interface CopyRunProgress {
   bytesDone: number;
@@ -33,6 +35,8 @@ type ResultMessage = Extract<CopyWorkerMessage, { type: 'result' }>;
 /** Copies one file in a worker process; resolves with 'stopped' if `signal` aborts it first. */
 export interface CopyRunFile {
   source: string;
+  /** Read the source from another host's file server instead of the local path `source`. */
+  remote?: RemoteFile;
   target: string;
   chunkMiB?: number;
   /** Bandwidth limit of the worker. */
@@ -40,20 +44,25 @@ export interface CopyRunFile {
 }
 
 export async function runCopyWorker(file: CopyRunFile, onProgress: (p: CopyRunProgress) => void, signal?: AbortSignal): Promise<CopyRunResult> {
-  // A worker of a previous daemon may still be recording its last chunk: retry while it holds the lock.
-  for (let attempt = 0; ; attempt++) {
+  // A worker of a previous daemon (or of the host a job was handed over from) may still be recording its
+  // last chunk: retry while it holds the lock, for up to two minutes.
+  const deadline = Date.now() + BUSY_RETRY_MS;
+  while (true) {
     try {
       return await runOnce(file, onProgress, signal);
     } catch (err) {
-      if (!(err instanceof OffshootError) || err.code !== 'COPY_BUSY' || attempt >= 60 || signal?.aborted) throw err;
+      if (!(err instanceof OffshootError) || err.code !== 'COPY_BUSY' || Date.now() > deadline || signal?.aborted) throw err;
       await sleep(500);
     }
   }
 }
 
+const BUSY_RETRY_MS = 120_000;
+
 function runOnce(file: CopyRunFile, onProgress: (p: CopyRunProgress) => void, signal?: AbortSignal): Promise<CopyRunResult> {
-  const { command, args } = copyWorkerCommand({ source: file.source, target: file.target, chunkMiB: file.chunkMiB, maxMiBPerSecond: file.maxMiBPerSecond, stopWithParent: true });
-  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const { command, args } = copyWorkerCommand({ source: file.source, ...(file.remote ? { sourceUrl: file.remote.url } : {}), target: file.target, chunkMiB: file.chunkMiB, maxMiBPerSecond: file.maxMiBPerSecond, stopWithParent: true });
+  const env = file.remote ? { ...process.env, [COPY_SOURCE_TOKEN_ENV]: file.remote.token } : process.env;
+  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
   let result: ResultMessage['result'] | undefined;
   let failure: OffshootError | undefined;
   let stderr = '';

@@ -11,6 +11,7 @@ import { randomUUID } from 'node:crypto';
 import { chmod, mkdir, open, readFile, readdir, rename, rm, rmdir, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve as resolvePath } from 'node:path';
 import { OffshootError, isNoSpace, toOffshootError, writeFileAtomic } from '../common/index.ts';
+import { contentIdOfHash } from '../protocol/index.ts';
 import type { QmpClient } from '../qemu/index.ts';
 import { QemuImgError, convertImage, createImage, imageInfo, rebaseImage, resizeImage } from '../qemu/index.ts';
 import { constants, realpathSync } from 'node:fs';
@@ -165,7 +166,7 @@ export class LocalStorageAgent {
     const known = cache.get(path);
     if (known?.identity === identity) return known.contentId;
     const hash = await diskContentHash(path);
-    const contentId = `cid-${hash.replace(/^xxh64:/, 'x').replace(':', '-')}`;
+    const contentId = contentIdOfHash(hash);
     cache.set(path, { identity, contentId });
     await this.saveContentIds(cache);
     return contentId;

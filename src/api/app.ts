@@ -19,6 +19,7 @@ import { mountEvents } from './events-route.ts';
 import { mountMetrics } from './metrics.ts';
 import type { DaemonMetrics } from './metrics.ts';
 import { errorResponses, hostSchema } from './schemas.ts';
+import { mobilityRoutes } from './mobility-routes.ts';
 import { storageRoutes } from './storage-routes.ts';
 import { taskRoutes } from './task-routes.ts';
 import { validationHook } from './validation.ts';
@@ -101,6 +102,7 @@ export function buildApp({ engine, storage, fabric, fleet, localHostInfo, token,
   app.route('/', taskRoutes(engine));
   app.route('/', storageRoutes(storage, engine));
   if (fabric) app.route('/', fabricRoutes(fabric, engine));
+  app.route('/', mobilityRoutes(storage));
   mountEvents(app, engine);
   if (metrics) mountMetrics(app, metrics);
 

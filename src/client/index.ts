@@ -8,5 +8,7 @@ export { StorageClient } from './storage-client.ts';
 export type { VerifyResult } from './storage-client.ts';
 export { HostClient } from './host-client.ts';
 export { FabricClient } from './fabric-client.ts';
+export { MobilityClient } from './mobility-client.ts';
+export type { MovePlan } from './mobility-client.ts';
 export type { HostListItem } from './host-client.ts';
 export { MigrateClient } from './migrate-client.ts';

@@ -46,6 +46,7 @@ import {
   checkpointMetadataSchema,
 } from './schemas.ts';
 import { FABRIC_CALLS } from './calls-fabric.ts';
+import { MOBILITY_CALLS } from './calls-mobility.ts';
 
 export const operationStates = ['running', 'succeeded', 'failed', 'cancelled'] as const;
 export const operationStateSchema = z.enum(operationStates);
@@ -196,6 +197,8 @@ export const AGENT_CALLS = {
   ...FABRIC_CALLS,
   // Live migration between hosts (calls-migration.ts)
   ...MIGRATION_CALLS,
+  // Mobility: copies between hosts, content ids across hosts (calls-mobility.ts)
+  ...MOBILITY_CALLS,
 } as const;
 
 export type AgentCalls = typeof AGENT_CALLS;

@@ -14,7 +14,7 @@ export const PROTOCOL_VERSION = 1;
 export const MIN_PROTOCOL_VERSION = 1;
 
 /** Capabilities of this build's agent; a controller asks hostInfo which an agent has. */
-export const AGENT_CAPABILITIES = ['vm', 'fork', 'checkpoint', 'lazy-restore', 'storage', 'copy', 'events', 'fabric', 'migration'] as const;
+export const AGENT_CAPABILITIES = ['vm', 'fork', 'checkpoint', 'lazy-restore', 'storage', 'copy', 'events', 'fabric', 'migration', 'mobility'] as const;
 export type AgentCapability = (typeof AGENT_CAPABILITIES)[number];
 
 export function isCompatibleProtocol(version: number): boolean {

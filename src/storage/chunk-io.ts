@@ -58,6 +58,14 @@ export interface ChunkFile {
   direct?: FileHandle;
 }
 
+/** Reads that are not a local file (another host's file over HTTP): fills `buf` with `length` bytes at `offset`, or throws ShortReadError. */
+export interface ChunkReader {
+  read(buf: Buffer, length: number, offset: number): Promise<Buffer>;
+}
+
+/** What a chunk is read from. */
+export type ChunkSource = ChunkFile | ChunkReader;
+
 function handleFor(file: ChunkFile, p: Piece): FileHandle {
   return file.direct && p.offset % DIRECT_ALIGN === 0 && p.length % DIRECT_ALIGN === 0 ? file.direct : file.handle;
 }
@@ -121,7 +129,7 @@ export function hashHex(v: bigint): string {
  * written (one at a time), so the disk writes the chunk while it is still
  * being copied and the caller's final flush has little left to do.
  */
-export async function streamChunk(source: ChunkFile, pieces: readonly Piece[], pool: BufferPool, target?: ChunkFile, flushEvery = 0): Promise<string> {
+export async function streamChunk(source: ChunkSource, pieces: readonly Piece[], pool: BufferPool, target?: ChunkFile, flushEvery = 0): Promise<string> {
   const length = pieces.reduce((n, p) => n + p.length, 0);
   if (pieces.every((p) => !p.data)) return zeroChunkHash(length);
   const h = xxh3.Xxh3.withSeed(0n);
@@ -145,7 +153,7 @@ export async function streamChunk(source: ChunkFile, pieces: readonly Piece[], p
   };
   const launch = (i: number, buf: Buffer) => {
     const p = pieces[i] as Piece;
-    const r = readFull(handleFor(source, p), buf, p.length, p.offset);
+    const r = 'read' in source ? source.read(buf, p.length, p.offset) : readFull(handleFor(source, p), buf, p.length, p.offset);
     r.catch(() => pool.give(buf)); // a failed read returns its buffer; the error surfaces when awaited
     reads[i] = r;
   };

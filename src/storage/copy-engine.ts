@@ -17,6 +17,15 @@
 // and recording before going on. The read-back goes through O_DIRECT too, so
 // it checks what the device holds, not the page cache.
 //
+// Sources: a local file, or a file another host serves over HTTP for this
+// copy (copy-source.ts, `remote`): same chunks, same progress file, same
+// checks, so a copy between hosts resumes and hands over like a local one.
+//
+// Ownership: the target's copy lock (copy-lock.ts) is held for the whole run
+// and renewed; the engine checks it still holds it before each chunk and
+// before recording one, so two workers (even on two hosts sharing the
+// folder) never write the same target.
+//
 // Content hash: "xxh3-64:<chunkBytes>:<hex>", the xxh3-64 of the file size and
 // the chunk hashes (each the xxh3-64 of the chunk's logical bytes, holes as
 // zeros). It depends only on the bytes and the chunk size, not on which
@@ -29,7 +38,10 @@ import { BufferPool, ShortReadError, hashHex, streamChunk } from './chunk-io.ts'
 import type { ChunkFile } from './chunk-io.ts';
 import { CopySourceChangedError, CopyTargetExistsError, CopyVerifyFailedError } from './copy-errors.ts';
 import { acquireCopyLock } from './copy-lock.ts';
-import { checkSameSource, progressPath, readProgress, removeProgress, sourceIdentity, writeProgress } from './copy-progress.ts';
+import type { CopyLock } from './copy-lock.ts';
+import { checkSameSource, progressPath, readProgress, removeProgress, writeProgress } from './copy-progress.ts';
+import { localSource, remoteSource } from './copy-source.ts';
+import type { CopySource, RemoteFile } from './copy-source.ts';
 import type { ChunkRecord, CopyProgressFile } from './copy-progress.ts';
 import { dataBytesIn, dataExtents, piecesOf } from './extents.ts';
 import type { Extent, Piece } from './extents.ts';
@@ -48,7 +60,10 @@ export function isCopyState(v: unknown): v is CopyState {
 }
 
 export interface CopyOptions {
+  /** The source file (with `remote`: only a name for messages). */
   source: string;
+  /** Read the source from the file server of the host that has it (see file-server.ts). */
+  remote?: RemoteFile;
   target: string;
   /** Chunk size of a new copy (a resumed copy keeps the recorded one). Default 64 MiB. */
   chunkBytes?: number;
@@ -171,10 +186,11 @@ function abortableSleep(ms: number, signal?: AbortSignal): Promise<void> {
  */
 export async function copyFile(options: CopyOptions): Promise<CopyResult> {
   const started = performance.now();
-  const { source, target } = options;
+  const { target } = options;
+  const source = options.remote ? remoteSource(options.remote) : localSource(options.source, options.qemuImg ? { qemuImg: options.qemuImg } : {});
   const lock = await acquireCopyLock(target);
   try {
-    const identity = await sourceIdentity(source);
+    const identity = await source.identity();
     const { mode, ...sourceId } = identity;
     let progress = await readProgress(target);
     const targetExists = await exists(target);
@@ -192,7 +208,7 @@ export async function copyFile(options: CopyOptions): Promise<CopyResult> {
     }
     // The progress file exists before the target does: a target without one is never a copy in progress.
     await writeProgress(target, progress);
-    return await runCopy(options, progress, mode, started);
+    return await runCopy(options, source, lock, progress, mode, started);
   } finally {
     await lock.release();
   }
@@ -209,19 +225,20 @@ async function openDirect(path: string, flags: number, wanted: boolean): Promise
   }
 }
 
-async function runCopy(options: CopyOptions, initial: CopyProgressFile, mode: number, started: number): Promise<CopyResult> {
+async function runCopy(options: CopyOptions, from: CopySource, lock: CopyLock, initial: CopyProgressFile, mode: number, started: number): Promise<CopyResult> {
   const { source, target, signal } = options;
   let progress = initial;
   const { size, chunkBytes, chunks } = progress;
   const qemuImgOpt = options.qemuImg ? { binary: options.qemuImg } : {};
-  const extents: Extent[] = await dataExtents(source, qemuImgOpt);
-  checkSameSource(progress.source, await sourceIdentity(source)); // not changed while mapping
+  const extents: Extent[] = await from.extents();
+  checkSameSource(progress.source, await from.identity()); // not changed while mapping
   const bytesTotal = dataBytesIn(extents, 0, size);
   const pool = new BufferPool(options.buffers ?? DEFAULT_BUFFERS, options.bufferBytes ?? DEFAULT_BUFFER_BYTES);
-  const src: ChunkFile = { handle: await open(source, constants.O_RDONLY) };
+  const opened = await from.open();
+  const src = opened.reader;
   const dst: ChunkFile = { handle: await open(target, constants.O_RDWR | constants.O_CREAT, 0o600) };
   dst.direct = await openDirect(target, constants.O_RDWR, options.direct ?? true).catch(async (err: unknown) => {
-    await src.handle.close();
+    await opened.close();
     await dst.handle.close();
     throw err;
   });
@@ -233,6 +250,8 @@ async function runCopy(options: CopyOptions, initial: CopyProgressFile, mode: nu
   let saved = progress;
   const save = async () => {
     const next = progress;
+    // Only the lock's holder records chunks (a worker that lost it stops instead).
+    lock.assertHeld();
     await writeProgress(target, next);
     saved = next;
   };
@@ -292,13 +311,14 @@ async function runCopy(options: CopyOptions, initial: CopyProgressFile, mode: nu
         await settleVerify();
         return result('stopped');
       }
+      lock.assertHeld();
       const [start, end] = chunkRange(i, chunkBytes, size);
       const pieces = piecesOf(extents, start, end, pool.size);
       let hash: string;
       try {
         hash = await streamChunk(src, pieces, pool, dst, flushEvery);
       } catch (err) {
-        if (err instanceof ShortReadError) throw new CopySourceChangedError(source, `file ended at ${err.offset} before its recorded size ${size}`);
+        if (err instanceof ShortReadError) throw new CopySourceChangedError(from.name, `file ended at ${err.offset} before its recorded size ${size}`);
         throw err;
       }
       const bytes = dataBytesIn(extents, start, end);
@@ -333,7 +353,7 @@ async function runCopy(options: CopyOptions, initial: CopyProgressFile, mode: nu
     // Every chunk is recorded: the source must still be what was copied, and
     // the chunks recorded by earlier runs must read back as recorded (from the
     // target's own extent map: anything written where the source has holes shows).
-    checkSameSource(progress.source, await sourceIdentity(source));
+    checkSameSource(progress.source, await from.identity());
     if (skipped.length > 0) {
       const targetExtents = await dataExtents(target, qemuImgOpt);
       for (const i of skipped) {
@@ -350,7 +370,7 @@ async function runCopy(options: CopyOptions, initial: CopyProgressFile, mode: nu
   } finally {
     await recording;
     await verifying;
-    await src.handle.close();
+    await opened.close();
     await dst.direct?.close();
     await dst.handle.close();
   }

@@ -45,3 +45,17 @@ export class CopyProgressInvalidError extends OffshootError {
     super('COPY_PROGRESS_INVALID', `copy progress file ${path} is invalid: ${reason}`, { path, reason }, 500);
   }
 }
+
+/** The worker lost its copy lock (another worker took it, or it could not renew it in time): it stopped writing. HTTP 409. */
+export class CopyLockLostError extends OffshootError {
+  constructor(lock: string, reason: string) {
+    super('COPY_LOCK_LOST', `copy lock ${lock} was lost (${reason}); this worker stopped writing`, { lock, reason }, 409);
+  }
+}
+
+/** A remote copy source (another host's file server) could not be read. HTTP 502. */
+export class CopySourceUnreachableError extends OffshootError {
+  constructor(url: string, reason: string) {
+    super('COPY_SOURCE_UNREACHABLE', `cannot read the copy source at ${url}: ${reason}`, { url, reason }, 502);
+  }
+}

@@ -1,5 +1,7 @@
 // The copy lock: exclusive, released by its holder only, a dead or reused
-// pid's lock is taken over, a live or other-host holder is COPY_BUSY.
+// pid's lock is taken over, a live holder is COPY_BUSY; a holder on another
+// machine (another boot id) is judged by its lease: taken over only after a
+// whole lease without a renewal, and a holder whose lock was taken learns it.
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
@@ -7,6 +9,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CopyBusyError } from './copy-errors.ts';
 import { acquireCopyLock, lockPath, readCopyLock } from './copy-lock.ts';
+import { CopyLockLostError } from './copy-errors.ts';
 
 describe('copy lock', () => {
   let dir: string;
@@ -46,7 +49,7 @@ describe('copy lock', () => {
     await (await acquireCopyLock(target)).release();
   });
 
-  it('is busy for a live holder here and for any holder on another host', async () => {
+  it('is busy for a live holder here and for a holder on another machine that renews its lease', async () => {
     const child = spawn('sleep', ['30']);
     try {
       const stat = readFileSync(`/proc/${child.pid}/stat`, 'utf8');
@@ -56,7 +59,29 @@ describe('copy lock', () => {
     } finally {
       child.kill('SIGKILL');
     }
-    writeFileSync(lockPath(target), JSON.stringify({ pid: 1, host: 'elsewhere', procStart: '1', lockedAt: 'x' }));
-    await busy();
+    // A worker on another machine (another boot id) holds the lock and renews it: never taken.
+    const other = await acquireCopyLock(target, { identity: { host: 'elsewhere', boot: 'other-boot' }, leaseMs: 400 });
+    const t0 = Date.now();
+    await expect(acquireCopyLock(target, { leaseMs: 400 })).rejects.toBeInstanceOf(CopyBusyError);
+    // Judged by watching it for one lease on this side's clock.
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(350);
+    other.assertHeld();
+    await other.release();
+  });
+
+  it("takes over a lock from another machine that was not renewed for a whole lease; its holder learns it lost it", async () => {
+    // A holder on another machine that stopped renewing (its host died): the lock file never changes.
+    writeFileSync(lockPath(target), JSON.stringify({ pid: 1, host: 'elsewhere', boot: 'other-boot', procStart: '1', lockedAt: 'x', leaseMs: 300, beat: 7 }));
+    const lock = await acquireCopyLock(target, { leaseMs: 300 });
+    expect((await readCopyLock(target))?.pid).toBe(process.pid);
+    await lock.release();
+    // A live holder whose lock someone replaced (it was frozen past its lease) stops at its next check.
+    const held = await acquireCopyLock(target, { leaseMs: 200 });
+    writeFileSync(lockPath(target), JSON.stringify({ pid: 2, host: 'elsewhere', boot: 'other-boot', procStart: '1', lockedAt: 'y' }));
+    await new Promise((r) => setTimeout(r, 150));
+    expect(() => held.assertHeld()).toThrow(CopyLockLostError);
+    await held.release();
+    // Its release never removes the other's lock.
+    expect((await readCopyLock(target))?.pid).toBe(2);
   });
 });

@@ -1,15 +1,31 @@
 // The copy lock of a target, `<target>.copy.lock`: created exclusively by the
-// one worker allowed to copy into the target, holding its pid, host, process
-// start time and the time it took the lock. A lock whose holder is dead (same
-// host, pid gone or reused by another process) is taken over; a live or
-// foreign-host holder gives COPY_BUSY.
+// one worker allowed to copy into the target, holding its pid, host, the
+// kernel's boot id, the process start time, when it took the lock, and a
+// lease it renews (`beat`, every lease/4) for as long as it holds it.
+//
+// Taking over a lock someone else holds:
+// - a holder on this kernel (same boot id: the same machine, or a lab host in
+//   a network namespace of it, which shares the pid space) is judged by its
+//   pid: dead, or the pid reused by another process, means stale;
+// - a holder on another machine (another boot id; a shared datastore folder
+//   seen by several hosts) cannot be judged by pid: the taker watches the lock
+//   for one whole lease on its own clock (no clock is compared across hosts)
+//   and takes it only if it did not change; a live holder renews within that
+//   time, so its lock is never taken.
+// A holder whose lock was taken (it was frozen longer than its lease) or that
+// could not renew for half a lease learns it at its next check (`assertHeld`,
+// before each chunk and before each chunk is recorded) and stops. The limit:
+// a process frozen longer than a lease in the middle of writing a chunk
+// finishes that one write before it can check.
 import { readFileSync } from 'node:fs';
 import { link, open, readFile, rename, unlink } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { isProcessAlive } from '../common/index.ts';
-import { CopyBusyError } from './copy-errors.ts';
+import { isProcessAlive, sleep } from '../common/index.ts';
+import { CopyBusyError, CopyLockLostError } from './copy-errors.ts';
 
 export const LOCK_SUFFIX = '.copy.lock';
+/** Default lease of a copy lock (OFFSHOOT_COPY_LOCK_LEASE_MS overrides it, e.g. in tests). */
+export const DEFAULT_LEASE_MS = 10_000;
 
 export function lockPath(target: string): string {
   return `${target}${LOCK_SUFFIX}`;
@@ -18,9 +34,44 @@ export function lockPath(target: string): string {
 export interface LockHolder {
   pid: number;
   host: string;
+  /** The kernel's boot id (/proc/sys/kernel/random/boot_id): pids are comparable only on the same one. */
+  boot?: string;
   /** Start time of the process in clock ticks since boot (/proc/PID/stat field 22), to tell a reused pid. */
   procStart: string;
   lockedAt: string;
+  /** How long a taker on another machine waits for a renewal before it judges the lock stale. */
+  leaseMs?: number;
+  /** Renewal counter: changes at every renewal. */
+  beat?: number;
+}
+
+/** Who takes a lock (a test may pretend to be another machine). */
+export interface LockIdentity {
+  host: string;
+  boot: string;
+}
+
+export interface AcquireOptions {
+  identity?: LockIdentity;
+  leaseMs?: number;
+}
+
+let bootId: string | undefined;
+
+function thisBoot(): string {
+  if (bootId === undefined) {
+    try {
+      bootId = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+    } catch {
+      bootId = 'unknown';
+    }
+  }
+  return bootId;
+}
+
+export function leaseFromEnvironment(env: NodeJS.ProcessEnv = process.env): number {
+  const n = Number(env.OFFSHOOT_COPY_LOCK_LEASE_MS);
+  return Number.isFinite(n) && n >= 100 ? n : DEFAULT_LEASE_MS;
 }
 
 /** Field 22 of /proc/PID/stat, or undefined if the process is gone. */
@@ -43,9 +94,13 @@ function parseHolder(text: string): LockHolder | undefined {
   return undefined;
 }
 
-function isStale(holder: LockHolder | undefined): boolean {
-  if (!holder) return true; // unreadable: a writer died between create and write
-  if (holder.host !== hostname()) return false;
+/** Whether the holder runs on this kernel, where its pid can be checked. */
+function sameKernel(holder: LockHolder, me: LockIdentity): boolean {
+  return holder.boot !== undefined ? holder.boot === me.boot : holder.host === me.host;
+}
+
+/** Stale by pid (this kernel only). */
+function deadHere(holder: LockHolder): boolean {
   return !isProcessAlive(holder.pid) || processStart(holder.pid) !== holder.procStart;
 }
 
@@ -53,6 +108,8 @@ function isStale(holder: LockHolder | undefined): boolean {
 export interface CopyLock {
   path: string;
   holder: LockHolder;
+  /** Throws COPY_LOCK_LOST if another worker took the lock or this one could not renew it in time. */
+  assertHeld(): void;
   release(): Promise<void>;
 }
 
@@ -73,10 +130,22 @@ async function createExclusive(path: string, holder: LockHolder): Promise<boolea
   return true;
 }
 
-/** Takes the copy lock of `target` or throws COPY_BUSY. */
-export async function acquireCopyLock(target: string): Promise<CopyLock> {
+/** Whether the lock text `text` is stale: judged by pid here, by one unrenewed lease on another machine. */
+async function isStale(path: string, text: string, me: LockIdentity, leaseMs: number): Promise<boolean> {
+  const holder = parseHolder(text);
+  if (!holder) return true; // unreadable: a writer died between create and write
+  if (sameKernel(holder, me)) return deadHere(holder);
+  await sleep(holder.leaseMs ?? leaseMs);
+  const after = await readFile(path, 'utf8').catch(() => '');
+  return after === text;
+}
+
+/** Takes the copy lock of `target` or throws COPY_BUSY. A lock held on another machine costs one lease to judge. */
+export async function acquireCopyLock(target: string, options: AcquireOptions = {}): Promise<CopyLock> {
   const path = lockPath(target);
-  const holder: LockHolder = { pid: process.pid, host: hostname(), procStart: processStart(process.pid) ?? '0', lockedAt: new Date().toISOString() };
+  const me = options.identity ?? { host: hostname(), boot: thisBoot() };
+  const leaseMs = options.leaseMs ?? leaseFromEnvironment();
+  const holder: LockHolder = { pid: process.pid, host: me.host, boot: me.boot, procStart: processStart(process.pid) ?? '0', lockedAt: new Date().toISOString(), leaseMs, beat: 0 };
   for (let attempt = 0; attempt < 3; attempt++) {
     if (await createExclusive(path, holder)) return makeLock(path, holder);
     let text: string;
@@ -86,11 +155,10 @@ export async function acquireCopyLock(target: string): Promise<CopyLock> {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
       throw err;
     }
-    const current = parseHolder(text);
-    if (!isStale(current)) throw new CopyBusyError(target, { ...current });
+    if (!(await isStale(path, text, me, leaseMs))) throw new CopyBusyError(target, { ...parseHolder(await readFile(path, 'utf8').catch(() => text)) });
     // Take over a stale lock: move it aside atomically, and make sure what we
     // moved is the stale lock we judged (another taker may have replaced it).
-    const aside = `${path}.stale.${process.pid}`;
+    const aside = `${path}.stale.${me.boot.slice(0, 8)}.${process.pid}`;
     try {
       await rename(path, aside);
     } catch (err) {
@@ -99,7 +167,7 @@ export async function acquireCopyLock(target: string): Promise<CopyLock> {
     }
     const moved = await readFile(aside, 'utf8').catch(() => '');
     if (moved !== text) {
-      // We moved a fresh lock of another taker: put it back unless a newer one exists.
+      // We moved a fresh lock of another taker (or a renewal): put it back unless a newer one exists.
       await link(aside, path).catch(() => {});
       await unlink(aside).catch(() => {});
       const other = parseHolder(moved);
@@ -111,16 +179,66 @@ export async function acquireCopyLock(target: string): Promise<CopyLock> {
   throw new CopyBusyError(target, { ...last });
 }
 
-function makeLock(path: string, holder: LockHolder): CopyLock {
+function sameHolder(a: LockHolder | undefined, b: LockHolder): boolean {
+  return a !== undefined && a.pid === b.pid && a.lockedAt === b.lockedAt && a.host === b.host && a.boot === b.boot;
+}
+
+function makeLock(path: string, initial: LockHolder): CopyLock {
+  let holder = initial;
   let released = false;
+  let lost: string | undefined;
+  const leaseMs = initial.leaseMs ?? DEFAULT_LEASE_MS;
+  let renewedAt = performance.now();
+  let renewing: Promise<void> | undefined;
+  const renew = async () => {
+    // Late (this process was frozen or starved): a taker may be judging the lock already; never clobber its new one.
+    if (performance.now() - renewedAt > leaseMs / 2) {
+      lost = 'the lock could not be renewed in time';
+      return;
+    }
+    const current = parseHolder(await readFile(path, 'utf8').catch(() => ''));
+    if (!sameHolder(current, holder)) {
+      lost = 'another worker took the lock';
+      return;
+    }
+    const next = { ...holder, beat: (holder.beat ?? 0) + 1 };
+    const tmp = `${path}.renew.${process.pid}`;
+    const fd = await open(tmp, 'w', 0o644);
+    try {
+      await fd.writeFile(`${JSON.stringify(next)}\n`);
+      await fd.sync();
+    } finally {
+      await fd.close();
+    }
+    await rename(tmp, path);
+    holder = next;
+    renewedAt = performance.now();
+  };
+  const timer = setInterval(() => {
+    if (released || lost || renewing) return;
+    renewing = renew()
+      // A failed renewal is retried at the next tick; assertHeld fails once half a lease passed without one.
+      .catch(() => undefined)
+      .finally(() => (renewing = undefined));
+  }, Math.max(25, Math.floor(leaseMs / 4)));
+  timer.unref();
   return {
     path,
-    holder,
+    get holder() {
+      return holder;
+    },
+    assertHeld() {
+      if (lost) throw new CopyLockLostError(path, lost);
+      const since = performance.now() - renewedAt;
+      if (since > leaseMs / 2) throw new CopyLockLostError(path, `the lock was not renewed for ${Math.round(since)} ms (lease ${leaseMs} ms)`);
+    },
     async release() {
       if (released) return;
       released = true;
+      clearInterval(timer);
+      await renewing;
       const current = parseHolder(await readFile(path, 'utf8').catch(() => ''));
-      if (current && current.pid === holder.pid && current.lockedAt === holder.lockedAt && current.host === holder.host) await unlink(path).catch(() => {});
+      if (sameHolder(current, holder)) await unlink(path).catch(() => {});
     },
   };
 }

@@ -12,11 +12,16 @@ import { COPY_STATES } from './copy-engine.ts';
 export const COPY_WORKER_SCRIPT = join(import.meta.dirname, 'copy-worker.ts');
 const TSX_LOADER = join(import.meta.dirname, '..', '..', 'node_modules', 'tsx', 'dist', 'esm', 'index.mjs');
 
+/** The environment variable that carries a remote source's token to the worker. */
+export const COPY_SOURCE_TOKEN_ENV = 'OFFSHOOT_COPY_SOURCE_TOKEN';
+
 /** Exit codes of the worker. */
 export const COPY_WORKER_EXIT = { done: 0, error: 1, usage: 2, stopped: 3 } as const;
 
 export interface CopyWorkerArgs {
   source: string;
+  /** Read the source from another host's file server at this URL (its token goes in COPY_SOURCE_TOKEN_ENV). */
+  sourceUrl?: string;
   target: string;
   chunkMiB?: number;
   bufferMiB?: number;
@@ -30,6 +35,7 @@ export interface CopyWorkerArgs {
 /** The command and arguments that run the worker for `args`. */
 export function copyWorkerCommand(args: CopyWorkerArgs): { command: string; args: string[] } {
   const argv = ['--import', TSX_LOADER, '--no-warnings=ExperimentalWarning', COPY_WORKER_SCRIPT, '--source', args.source, '--target', args.target];
+  if (args.sourceUrl !== undefined) argv.push('--source-url', args.sourceUrl);
   if (args.chunkMiB !== undefined) argv.push('--chunk-mib', String(args.chunkMiB));
   if (args.bufferMiB !== undefined) argv.push('--buffer-mib', String(args.bufferMiB));
   if (args.buffers !== undefined) argv.push('--buffers', String(args.buffers));

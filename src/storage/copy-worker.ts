@@ -4,6 +4,9 @@
 // stopped (SIGTERM/SIGINT: after the chunk in flight is recorded), 1 on error,
 // 2 on bad usage. Run it as copyWorkerCommand() in copy-worker-protocol.ts says:
 //   node --import tsx src/storage/copy-worker.ts --source S --target T [--chunk-mib N]
+// With --source-url URL the source is another host's file server (see
+// file-server.ts); its token comes in the environment (COPY_SOURCE_TOKEN_ENV),
+// never on the command line where other users could read it.
 // With --stop-with-parent it also stops when the process that spawned it is
 // gone (its parent pid changes): a daemon that died, even by SIGKILL, never
 // leaves it racing the worker the next daemon starts. (Watching a stdin pipe
@@ -12,7 +15,7 @@ import { parseArgs } from 'node:util';
 import { toOffshootError } from '../common/index.ts';
 import { copyFile } from './copy-engine.ts';
 import type { CopyProgress } from './copy-engine.ts';
-import { COPY_WORKER_EXIT } from './copy-worker-protocol.ts';
+import { COPY_SOURCE_TOKEN_ENV, COPY_WORKER_EXIT } from './copy-worker-protocol.ts';
 import type { CopyWorkerMessage } from './copy-worker-protocol.ts';
 
 function emit(message: CopyWorkerMessage): void {
@@ -32,6 +35,7 @@ async function main(): Promise<number> {
     const { values } = parseArgs({
       options: {
         source: { type: 'string' },
+        'source-url': { type: 'string' },
         target: { type: 'string' },
         'chunk-mib': { type: 'string' },
         'buffer-mib': { type: 'string' },
@@ -46,8 +50,12 @@ async function main(): Promise<number> {
       const n = positive(name, v);
       return n === undefined ? undefined : Math.round(n * 1024 * 1024);
     };
+    const sourceUrl = values['source-url'];
+    const token = process.env[COPY_SOURCE_TOKEN_ENV];
+    if (sourceUrl !== undefined && !token) throw new Error(`--source-url needs the file server's token in ${COPY_SOURCE_TOKEN_ENV}`);
     opts = {
       source: values.source,
+      ...(sourceUrl !== undefined && token ? { remote: { url: sourceUrl, token } } : {}),
       target: values.target,
       chunkBytes: mib('chunk-mib', values['chunk-mib']),
       bufferBytes: mib('buffer-mib', values['buffer-mib']),

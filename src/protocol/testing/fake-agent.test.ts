@@ -1,4 +1,4 @@
-// The fake agent passes the agent contract, in process and over HTTP on
+// The fake agent passes the agent contract (and the mobility calls' contract), in process and over HTTP on
 // loopback (which also tests the HTTP transport: auth, epochs, errors).
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
@@ -7,6 +7,8 @@ import { describe, expect, it } from 'vitest';
 import { OffshootError } from '../../common/index.ts';
 import { inProcessClient } from '../client.ts';
 import { runAgentContract } from '../contract.ts';
+import type { AgentContractTarget } from '../contract.ts';
+import { runMobilityContract } from '../contract-mobility.ts';
 import { agentHttpApp } from '../http-server.ts';
 import { httpAgentClient } from '../http-client.ts';
 import { FakeAgent } from './fake-agent.ts';
@@ -18,7 +20,7 @@ function fake(): FakeAgent {
   return new FakeAgent({ allowedRoots: [allowed], hostFiles: [image] });
 }
 
-runAgentContract('fake agent, in process', async () => {
+async function inProcessTarget(): Promise<AgentContractTarget> {
   const agent = fake();
   let epoch = 2;
   return {
@@ -31,7 +33,7 @@ runAgentContract('fake agent, in process', async () => {
       epoch = 0;
     },
   };
-});
+}
 
 async function serveOverHttp(agent: FakeAgent, token: string) {
   const app = agentHttpApp(agent.endpoint, { token });
@@ -42,7 +44,7 @@ async function serveOverHttp(agent: FakeAgent, token: string) {
   return { url, close: () => new Promise<void>((resolve) => server.close(() => resolve())) };
 }
 
-runAgentContract('fake agent, over HTTP', async () => {
+async function httpTarget(): Promise<AgentContractTarget> {
   const agent = fake();
   const token = 'a'.repeat(43);
   const http = await serveOverHttp(agent, token);
@@ -54,7 +56,12 @@ runAgentContract('fake agent, over HTTP', async () => {
     bootTimeoutMs: 1000,
     dispose: http.close,
   };
-});
+}
+
+runAgentContract('fake agent, in process', inProcessTarget);
+runAgentContract('fake agent, over HTTP', httpTarget);
+runMobilityContract('fake agent, in process', inProcessTarget);
+runMobilityContract('fake agent, over HTTP', httpTarget);
 
 describe('agent protocol over HTTP', () => {
   it('refuses a missing or wrong credential, names an unreachable host, and never hangs on a silent one', async () => {

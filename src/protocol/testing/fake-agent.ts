@@ -18,6 +18,9 @@ import { AGENT_CAPABILITIES, PROTOCOL_VERSION } from '../version.ts';
 import { fakeFabricHandlers } from './fake-fabric.ts';
 import type { FakeHostTemplate } from './fake-fabric.ts';
 import { fakeMigrationHandlers } from './fake-migration.ts';
+import type { DiskMetaData } from '../schemas.ts';
+import { fakeContentId, fakeHash, fakeMobilityHandlers, fakeToken } from './fake-mobility.ts';
+import type { FakeHostFiles } from './fake-mobility.ts';
 
 interface FakeVm {
   status: 'running' | 'paused';
@@ -55,7 +58,7 @@ export interface FakeAgentOptions {
   migrateMs?: number;
 }
 
-export class FakeAgent implements EpochKeeper {
+export class FakeAgent implements EpochKeeper, FakeHostFiles {
   readonly hostId: string;
   readonly files = new Set<Locator>([makeLocator({ kind: 'home' }, GUEST, 'vmlinuz'), makeLocator({ kind: 'home' }, GUEST, 'initrd.img'), makeLocator({ kind: 'home' }, GUEST, 'data.qcow2')]);
   readonly vms = new Map<string, FakeVm>();
@@ -64,6 +67,10 @@ export class FakeAgent implements EpochKeeper {
   readonly datastores = new Map<string, string>();
   /** Host templates of the elastic fabric (fake-fabric.ts). */
   readonly hostTemplates = new Map<string, FakeHostTemplate>();
+  /** What files hold (see fake-mobility.ts): content tokens, sidecars, backing files. */
+  readonly content = new Map<Locator, string>();
+  readonly metas = new Map<Locator, DiskMetaData>();
+  readonly backing = new Map<Locator, Locator | null>();
   readonly log = new EventLog();
   readonly endpoint: AgentEndpoint;
   private epoch = 0;
@@ -110,7 +117,7 @@ export class FakeAgent implements EpochKeeper {
     this.log.append({ type: 'vm.exit', vmId, instance: vm.runtime.instance, clean: false, reason, at: new Date().toISOString() });
   }
 
-  private check(call: CallName): void {
+  check(call: CallName): void {
     const failure = this.failures.get(call);
     if (failure) {
       this.failures.delete(call);
@@ -517,23 +524,34 @@ export class FakeAgent implements EpochKeeper {
         }),
       resizeDisk: () => wrap('resizeDisk', () => ({})),
       diskChain: (r) => wrap('diskChain', () => ({ chain: [{ file: r.file, format: 'qcow2', virtualSize: 2 ** 30, actualSize: null }] })),
-      writeDiskMeta: () => wrap('writeDiskMeta', () => ({})),
+      writeDiskMeta: (r) =>
+        wrap('writeDiskMeta', () => {
+          this.metas.set(r.file, r.meta);
+          return {};
+        }),
       removeDisk: (r) =>
         wrap('removeDisk', () => {
           this.files.delete(r.file);
+          this.metas.delete(r.file);
+          this.content.delete(r.file);
           return {};
         }),
-      hashDisk: (r, ctx) => op('hashDisk', ctx, () => ({ hash: `xxh-${Buffer.from(r.file).toString('hex').slice(0, 16)}` })),
-      contentId: (r) => wrap('contentId', () => ({ contentId: `cid-${Buffer.from(r.file).toString('hex').slice(0, 16)}` })),
+      hashDisk: (r, ctx) => op('hashDisk', ctx, () => ({ hash: fakeHash(this, r.file) })),
+      contentId: (r) => wrap('contentId', () => ({ contentId: fakeContentId(this, r.file) })),
       freezeDisks: (r) => wrap('freezeDisks', () => ({ disks: r.disks, frozen: [], moves: [], deltas: [] })),
       undoFreeze: () => wrap('undoFreeze', () => ({})),
       createDelta: (r) =>
         wrap('createDelta', () => {
           const file = this.vmFile(r.vmId, `${r.diskId}.qcow2`);
           this.files.add(file);
+          this.backing.set(file, r.backing.file);
           return { file };
         }),
-      relinkDisk: () => wrap('relinkDisk', () => ({})),
+      relinkDisk: (r) =>
+        wrap('relinkDisk', () => {
+          this.backing.set(r.file, r.backing?.file ?? null);
+          return {};
+        }),
       takePoolSlot: (r) =>
         wrap('takePoolSlot', () => {
           for (const d of r.disks) {
@@ -546,11 +564,13 @@ export class FakeAgent implements EpochKeeper {
       copyFile: (r, ctx) =>
         op('copyFile', ctx, () => {
           this.files.add(r.target);
+          this.content.set(r.target, fakeToken(this, r.source));
           return { state: 'done' as const, contentHash: 'xxh-fake', chunksCopied: 1, chunksSkipped: 0, bytesCopied: 2 ** 20, elapsedMs: 1 };
         }),
       discardCopy: (r) =>
         wrap('discardCopy', () => {
           this.files.delete(r.target);
+          this.content.delete(r.target);
           return {};
         }),
       streamWholeChain: (r, ctx) =>
@@ -583,6 +603,7 @@ export class FakeAgent implements EpochKeeper {
         runtime: (vmId, memory) => this.runtime(vmId, memory),
         check: (call) => this.check(call),
       }),
+      ...fakeMobilityHandlers(this),
     };
     return h;
   }

@@ -24,6 +24,8 @@ export interface FleetListener {
   hostBack?(host: HostRecord, why: 'returned' | 'agent-restarted'): void;
   /** The host's event log dropped events this controller had not read: reconcile from hostInfo's VM list. */
   resync?(host: HostRecord, info: HostInfo): void;
+  /** An operator took the host out of placement (draining, maintenance) or back (ready). */
+  hostAdminState?(host: HostRecord, previous: HostState): void;
 }
 
 export interface FleetOptions {
@@ -195,7 +197,9 @@ export class Fleet {
   async setAdminState(ref: string, state: Extract<HostState, 'ready' | 'draining' | 'maintenance'>): Promise<HostRecord> {
     const host = await this.resolve(ref);
     if (host.state === 'unreachable') throw new OffshootError('ILLEGAL_STATE', `host ${host.name} is unreachable`, { host: host.name }, 409);
-    return this.write(host, { state, stateReason: state === 'ready' ? null : `${state} by request` });
+    const updated = await this.write(host, { state, stateReason: state === 'ready' ? null : `${state} by request` });
+    if (host.state !== state) for (const l of this.listeners) l.hostAdminState?.(updated, host.state);
+    return updated;
   }
 
   /** A ready host with room for `memoryMiB` (the named one, or the one with the most free memory). */

@@ -3,18 +3,21 @@
 // the agent on the job's host (a worker process each there). Progress is recorded by the worker beside each
 // target (which chunks are done), and summarised here in the inventory.
 // pause = stop the worker after its chunk in flight; resume = a new worker
-// goes on from the progress file (the hand-over: any process, later any host,
-// can finish a job another stopped); cancel = stop and remove what was
-// copied. After a daemon restart, jobs that were running resume by
+// goes on from the progress file; reassign = the hand-over (handover.ts
+// decides when and to which host): the worker stops after its chunk in flight
+// and one on the new host goes on from the same progress file; cancel = stop
+// and remove what was copied. A file whose source is on another host is read
+// from that host's file server (copy-file-op.ts). After a daemon restart, jobs that were running resume by
 // themselves. What a finished job means (a clone's disks, a pool slot) is up
 // to the handler registered for its purpose.
 import { randomBytes } from 'node:crypto';
 import { NotFoundError, toOffshootError } from '../../common/index.ts';
-import { runOperation } from '../../protocol/index.ts';
+import { runCopyFile } from './copy-file-op.ts';
 import type { StorageDeps } from './deps.ts';
 import { agentOn } from './deps.ts';
 import { CopyJobStateError } from './errors.ts';
-import type { CopyFile, CopyJobProgress, CopyJobRecord, CopyPurpose } from './records.ts';
+import type { CopyFile, CopyJobHistoryEntry, CopyJobProgress, CopyJobRecord, CopyPurpose } from './records.ts';
+import { isCopyJobDone } from './records.ts';
 
 export interface CopyJobHandler {
   /** Turns the copied files into what the job was for (register disks, create the clone...). */
@@ -25,8 +28,11 @@ export interface CopyJobHandler {
 
 const PROGRESS_WRITE_MS = 500;
 
+/** Why a job's worker was stopped: the job is then paused, cancelled, left running for the next daemon, or handed over. */
+type StopReason = 'pause' | 'cancel' | 'close' | 'handover';
+
 export class CopyJobs {
-  private readonly active = new Map<string, { abort: AbortController; done: Promise<CopyJobRecord>; why?: 'pause' | 'cancel' | 'close' }>();
+  private readonly active = new Map<string, { abort: AbortController; done: Promise<CopyJobRecord>; why?: StopReason }>();
   private readonly handlers = new Map<CopyPurpose['kind'], CopyJobHandler>();
   private closing = false;
 
@@ -106,6 +112,26 @@ export class CopyJobs {
     return cancelled;
   }
 
+  /**
+   * The hand-over's mechanics: stops the job's worker after its chunk in flight (if one runs), records the
+   * new host and a hand-over line in the history, and starts a worker there unless the job is paused; it goes
+   * on from the progress file. Which host, and whether it may, is handover.ts's to decide.
+   */
+  async reassign(id: string, hostId: string, reason: string): Promise<CopyJobRecord> {
+    const run = this.active.get(id);
+    if (run) {
+      run.why = 'handover';
+      run.abort.abort();
+      await run.done.catch(() => undefined);
+    }
+    const job = await this.get(id);
+    if (isCopyJobDone(job.state) && job.state !== 'failed') throw new CopyJobStateError(id, job.state, 'hand over');
+    const line: CopyJobHistoryEntry = { hostId, at: new Date().toISOString(), chunksCopied: 0, handedOverFrom: job.hostId, reason, fileIndex: job.progress.fileIndex, bytesDoneBefore: job.progress.bytesDone };
+    const moved = await this.update(id, { hostId, history: [...job.history, line], ...(job.state === 'failed' ? { state: 'queued' as const, error: null } : {}) });
+    if (moved.state !== 'paused') this.launch(id);
+    return this.get(id);
+  }
+
   /** Restarts jobs a previous daemon left running or queued; they go on from their progress files. */
   async recover(): Promise<string[]> {
     const resumed: string[] = [];
@@ -131,14 +157,14 @@ export class CopyJobs {
   private launch(id: string): void {
     if (this.active.has(id) || this.closing) return;
     const abort = new AbortController();
-    const entry: { abort: AbortController; done: Promise<CopyJobRecord>; why?: 'pause' | 'cancel' | 'close' } = { abort, done: Promise.resolve(undefined as unknown as CopyJobRecord) };
+    const entry: { abort: AbortController; done: Promise<CopyJobRecord>; why?: StopReason } = { abort, done: Promise.resolve(undefined as unknown as CopyJobRecord) };
     entry.done = this.run(id, abort.signal, () => entry.why).finally(() => this.active.delete(id));
     // Nobody may await a job started in the background: log a failure to record its end instead of leaving it unhandled.
     entry.done.catch((err: unknown) => this.deps.logger.error({ err, jobId: id }, 'copy job bookkeeping failed'));
     this.active.set(id, entry);
   }
 
-  private async run(id: string, signal: AbortSignal, why: () => 'pause' | 'cancel' | 'close' | undefined): Promise<CopyJobRecord> {
+  private async run(id: string, signal: AbortSignal, why: () => StopReason | undefined): Promise<CopyJobRecord> {
     let job = await this.update(id, { state: 'running', error: null });
     // The sources (frozen bases) must outlive the copy: keep garbage collection off them.
     const pins = job.files.map((f) => f.source);
@@ -150,10 +176,10 @@ export class CopyJobs {
         job = await this.update(id, { progress });
         await this.deps.faults?.('copy.file');
         let lastWrite = 0;
-        const result = await runOperation(
-          agentOn(this.deps, job.hostId),
-          'copyFile',
-          { source: file.source, target: file.target, ...this.deps.copy },
+        const result = await runCopyFile(
+          this.deps,
+          job,
+          file,
           {
             signal,
             onProgress: (e) => {
@@ -166,10 +192,11 @@ export class CopyJobs {
           },
         );
         progress = { ...progress, chunksCopied: progress.chunksCopied + result.chunksCopied };
-        job = await this.update(id, { history: [...job.history, { hostId: job.hostId, at: new Date().toISOString(), chunksCopied: result.chunksCopied }] });
+        job = await this.update(id, { history: [...job.history, { hostId: job.hostId, at: new Date().toISOString(), chunksCopied: result.chunksCopied, bytesCopied: result.bytesCopied, fileIndex: i }] });
         this.deps.logger.info({ jobId: id, file: file.target, state: result.state, chunksCopied: result.chunksCopied, chunksSkipped: result.chunksSkipped, bytes: result.bytesCopied, workerMs: Math.round(result.elapsedMs) }, 'copy worker ended');
         if (result.state === 'stopped') {
           const reason = why();
+          // Paused (a cancel removes the files next), or left running: for the next daemon, or the host it is handed to.
           job = await this.update(id, { progress, state: reason === 'pause' ? 'paused' : reason === 'cancel' ? 'paused' : 'running' });
           return job;
         }
@@ -179,6 +206,11 @@ export class CopyJobs {
       return await this.update(id, { state: 'succeeded' });
     } catch (err) {
       const error = toOffshootError(err);
+      // Handed over while its host did not answer: the job goes on elsewhere; this worker's end is not the job's.
+      if (why() === 'handover') {
+        this.deps.logger.info({ jobId: id, code: error.code, err: error.message }, 'copy worker left behind by a hand-over');
+        return await this.get(id);
+      }
       this.deps.logger.warn({ jobId: id, code: error.code, err: error.message }, 'copy job failed');
       return await this.update(id, { state: 'failed', error: error.toJSON() });
     } finally {

@@ -54,10 +54,38 @@ export interface CopyFile {
   target: Locator;
   /** The sidecar the target gets when the job succeeds. */
   disk: DiskRecord;
+  /**
+   * The host that has the source, when it is not the job's host: the job's host reads it from that host's
+   * one-file server (a copy between hosts). Absent: the source is a file the job's host sees itself.
+   */
+  sourceHostId?: string;
 }
 
 /** What happens when the copy completes. */
-export type CopyPurpose = { kind: 'clone'; cloneVmId: string; cloneName: string; spec: VmSpec; start: boolean } | { kind: 'pool'; poolId: string; slot: string } | { kind: 'move'; diskId: string };
+export type CopyPurpose =
+  | { kind: 'clone'; cloneVmId: string; cloneName: string; spec: VmSpec; start: boolean }
+  | { kind: 'pool'; poolId: string; slot: string }
+  | { kind: 'move'; diskId: string }
+  /** `disk seed`: a copy of a disk's chain on another datastore (often another host), keeping its content ids. */
+  | { kind: 'seed'; diskId: string }
+  /** The files a `vm move` sends (the move's task waits for the job and registers what it copied). */
+  | { kind: 'vm-move'; vmId: string; taskId: string };
+
+/** One line of a copy job's history: a worker's run on a host, or a hand-over to another host. */
+export interface CopyJobHistoryEntry {
+  hostId: string;
+  at: string;
+  /** Chunks (and data bytes) the worker copied in this run (0 for a hand-over line). */
+  chunksCopied: number;
+  bytesCopied?: number;
+  /** A hand-over: the host the job left, and why (requested, drained, lost). */
+  handedOverFrom?: string;
+  reason?: string;
+  /** The file of the job the line is about (its index in files). */
+  fileIndex?: number;
+  /** A hand-over: the data bytes of that file the job had copied when it was handed over (what the last worker got to, as last reported). */
+  bytesDoneBefore?: number;
+}
 
 export interface CopyJobProgress {
   fileIndex: number;
@@ -77,8 +105,8 @@ export interface CopyJobRecord {
   datastore: string;
   /** The host whose agent copies (it sees the sources and the target datastore). */
   hostId: string;
-  /** Every host that copied part of the job, in order (a job handed over shows more than one). */
-  history: Array<{ hostId: string; at: string; chunksCopied: number }>;
+  /** Every host that copied part of the job, in order (a job handed over shows more than one, and the hand-over itself). */
+  history: CopyJobHistoryEntry[];
   files: CopyFile[];
   progress: CopyJobProgress;
   error: { code: string; message: string; details: Record<string, unknown> } | null;

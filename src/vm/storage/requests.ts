@@ -30,6 +30,15 @@ export const createDiskRequestSchema = z.object({ datastore: name, name, size, f
 export const importDiskRequestSchema = z.object({ datastore: name, name, source: absolutePath, format: z.enum(['qcow2', 'raw']).default('qcow2'), host: hostRef.optional().describe('the host the source file is on (default: a host of the datastore)') }).strict();
 export const resizeDiskRequestSchema = z.object({ size }).strict();
 export const moveDiskRequestSchema = z.object({ datastore: name }).strict();
+export const seedDiskRequestSchema = z.object({ to: hostRef.describe("a datastore, or a host (its own default datastore)"), verify: z.boolean().default(false).describe('hash the layers the destination holds by id, and copy anew one whose bytes differ') }).strict();
+export const movePlanRequestSchema = z.object({ to: hostRef.describe('the destination host'), verify: z.boolean().default(false).describe('hash each layer the destination holds and compare it with the source') }).strict();
+export const findContentRequestSchema = z
+  .object({
+    chains: z.array(z.object({ contentIds: z.array(z.string().min(1).max(80)).min(1).max(32).describe('a chain of content ids, top first'), hashes: z.array(z.string().max(200).nullable()).max(32).optional().describe('with verify: the expected hash of each layer') }).strict()).min(1).max(256),
+    verify: z.boolean().default(false),
+  })
+  .strict();
+export const moveJobRequestSchema = z.object({ to: hostRef.describe('the host that finishes the copy') }).strict();
 export const verifyDiskRequestSchema = z.object({ against: z.string().min(1).max(200).optional() }).strict();
 export const CLONE_MODES = ['linked', 'full', 'instant'] as const;
 export const cloneRequestSchema = z

@@ -1,10 +1,15 @@
 // The storage service: the one request handler for datastores, disks, clones,
 // pools and copy jobs under every front end (the REST API, the CLI through
 // it). Each concern lives in its own module (catalog, clone, pools,
-// copy-jobs); this façade wires them, adds disk move and online flatten, and
-// recovers after a daemon restart (jobs resume, pool pins come back).
+// copy-jobs, handover); this façade wires them, adds disk move and online
+// flatten, and recovers after a daemon restart (jobs resume, pool pins come
+// back). Drained and lost hosts hand their copy jobs over (handover.ts);
+// disks are seeded to other hosts by content id (seed.ts) and a move plan
+// tells what a move would skip (content-plan.ts).
 import { IllegalStateError, OffshootError } from '../../common/index.ts';
 import type { TaskRecord, VmRecord } from '../records.ts';
+import type { ContentAnswer } from '../../protocol/index.ts';
+import { hashOfContentId, newOperationId, runOperation } from '../../protocol/index.ts';
 import { parseRequest } from '../requests.ts';
 import { Catalog, datastoreFile, diskMeta, newDiskId } from './catalog.ts';
 import { Cloner } from './clone.ts';
@@ -12,22 +17,31 @@ import { CopyJobs } from './copy-jobs.ts';
 import type { StorageDeps } from './deps.ts';
 import { agentOn, datastoreHost } from './deps.ts';
 import { DiskInUseError } from './errors.ts';
+import { planByContent } from './content-plan.ts';
+import type { DiskContentPlan } from './content-plan.ts';
+import { JobHandover } from './handover.ts';
+import { Seeder } from './seed.ts';
 import { Pools } from './pools.ts';
 import { streamChainsIntoDisks } from './stream.ts';
 import type { CopyJobRecord } from './records.ts';
-import { attachDiskRequestSchema, flattenRequestSchema, moveDiskRequestSchema } from './requests.ts';
+import { attachDiskRequestSchema, findContentRequestSchema, flattenRequestSchema, moveDiskRequestSchema, movePlanRequestSchema } from './requests.ts';
 
 export class StorageService {
   readonly catalog: Catalog;
   readonly jobs: CopyJobs;
   readonly pools: Pools;
   readonly cloner: Cloner;
+  readonly handover: JobHandover;
+  readonly seeder: Seeder;
 
   constructor(private readonly deps: StorageDeps) {
     this.catalog = new Catalog(deps);
     this.jobs = new CopyJobs(deps);
     this.pools = new Pools(deps, this.catalog, this.jobs);
     this.cloner = new Cloner(deps, this.catalog, this.jobs, this.pools);
+    this.handover = new JobHandover(deps, this.catalog, this.jobs);
+    this.seeder = new Seeder(deps, this.catalog, this.jobs);
+    deps.engine.fleet.listen({ hostLost: (host) => this.handover.hostLost(host), hostAdminState: (host, previous) => this.handover.hostAdminState(host, previous) });
     this.jobs.handle('move', {
       succeeded: (job) => this.finishMove(job),
       abandoned: async () => undefined,
@@ -56,6 +70,32 @@ export class StorageService {
 
   close(): Promise<void> {
     return this.jobs.close();
+  }
+
+  /**
+   * Which read-only layers of a VM's disks `to` holds by content id (content-plan.ts): what a move of the VM there
+   * would skip, and what it would send. Read-only; a migration calls it before it creates the destination's images.
+   */
+  async movePlan(vmRef: string, input: unknown): Promise<{ vm: string; from: string; to: string; disks: DiskContentPlan[]; skippedBytes: number; sendBytes: number }> {
+    const { to, verify } = parseRequest('move plan', movePlanRequestSchema, input);
+    const vm = await this.deps.engine.resolve(vmRef);
+    const dest = await this.deps.engine.fleet.resolve(to);
+    if (dest.id === vm.hostId) throw new OffshootError('INVALID_INPUT', `VM ${vm.name} is on host ${dest.name} already`, { vm: vm.name, host: dest.name }, 400);
+    const backing = new Set(vm.spec.disks.flatMap((d) => d.backing));
+    // Datastore layers carry the id their sidecar records (a seeded copy keeps it).
+    const contentIds = Object.fromEntries((await this.deps.storageInventory.listDisks()).filter((d) => backing.has(d.file)).map((d) => [d.file, d.contentId]));
+    const disks = await planByContent(agentOn(this.deps, vm.hostId), agentOn(this.deps, dest.id), { disks: vm.spec.disks.map((d) => ({ id: d.id, backing: d.backing })), contentIds, verify });
+    return { vm: vm.name, from: this.deps.engine.hostName(vm.hostId), to: dest.name, disks, skippedBytes: disks.reduce((n, d) => n + d.skippedBytes, 0), sendBytes: disks.reduce((n, d) => n + d.sendBytes, 0) };
+  }
+
+  /** Which chains of content ids (top first) a host holds, and where (the agent's findContent). */
+  async findContent(hostRef: string, input: unknown): Promise<{ host: string; answers: Array<ContentAnswer & { contentIds: string[] }> }> {
+    const { chains, verify } = parseRequest('content request', findContentRequestSchema, input);
+    const host = await this.deps.engine.fleet.resolve(hostRef);
+    // With verify, a layer whose id was made from its hash is checked against that hash unless one is given.
+    const queries = chains.map((q) => (verify ? { contentIds: q.contentIds, hashes: q.contentIds.map((id, i) => q.hashes?.[i] ?? hashOfContentId(id)) } : q));
+    const { answers } = await runOperation(agentOn(this.deps, host.id), 'findContent', { operationId: newOperationId(), queries, verify });
+    return { host: host.name, answers: chains.map((q, i) => ({ contentIds: q.contentIds, ...(answers[i] as ContentAnswer) })) };
   }
 
   clone(sourceRef: string, input: unknown) {
