@@ -6,11 +6,12 @@
 // name), and `task list` (newest 20 of 10,000), each beside a baseline of the
 // same SQL through the bare driver (better-sqlite3 / pg, no Kysely, no row
 // mapping) in the same run; p50 and p99 per figure are in the notes. Goal:
-// list of 1,000 VMs < 50 ms p99 on both. The two-controller part of the
-// benchmark (concurrent requests through two daemons) comes with the engine's
-// use of the inventory's coordination.
+// list of 1,000 VMs < 50 ms p99 on both. Then the controllers part
+// (fleet-controllers.ts): 100 concurrent requests through two controllers over
+// PostgreSQL against one controller on SQLite, each over a lab host.
 //
-// Options: --vms N (1000), --tasks N (10000), --runs N (200), --database URL.
+// Options: --vms N (1000), --tasks N (10000), --runs N (200), --database URL;
+// --store-only (no controllers part), --requests N (100), --forks N (2).
 import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
@@ -21,6 +22,7 @@ import { KyselyInventory } from '../src/store/index.ts';
 import { createDatabaseOn, dropDatabaseOn, startPgCluster } from '../src/store/pg-test-cluster.ts';
 import type { PgCluster } from '../src/store/pg-test-cluster.ts';
 import type { VmRecord } from '../src/vm/index.ts';
+import { controllersBenchmark } from './fleet-controllers.ts';
 import type { BenchResult, Comparison } from './report.ts';
 import { option } from './tools.ts';
 
@@ -162,6 +164,11 @@ export async function fleetBenchmark(args: string[]): Promise<BenchResult> {
     await cluster?.stop();
   }
   notes.push(`goal: vm list of ${vms} VMs < 50 ms p99 on both databases`);
+  if (!args.includes('--store-only')) {
+    const controllers = await controllersBenchmark(args);
+    comparisons.push(...controllers.comparisons);
+    notes.push(...controllers.notes);
+  }
   notes.push(`load average at start ${load?.toFixed(2)}, at end ${loadavg()[0]?.toFixed(2)} (${cpus().length} cpus; the machine is shared)`);
-  return { name: 'fleet', startedAt, machine: { cpus: cpus().length, accel: 'n/a', qemu: 'n/a', node: process.version }, parameters: { vms, tasks, runs, database: given ? 'given' : 'temporary cluster' }, comparisons, notes };
+  return { name: 'fleet', startedAt, machine: { cpus: cpus().length, accel: 'n/a', qemu: 'n/a', node: process.version }, parameters: { vms, tasks, runs, database: given ? 'given' : 'temporary cluster', controllers: !args.includes('--store-only') }, comparisons, notes };
 }

@@ -10,6 +10,8 @@ import { copyBenchmark } from './copy.ts';
 import { fabricBenchmark } from './fabric.ts';
 import { fleetBenchmark } from './fleet.ts';
 import { hostsBenchmark } from './hosts.ts';
+import { migrateBenchmark } from './migrate.ts';
+import { mobilityBenchmark } from './mobility.ts';
 import { forkBenchmark } from './fork.ts';
 import { netpathBenchmark } from './netpath.ts';
 import type { BenchResult } from './report.ts';
@@ -24,7 +26,9 @@ const BENCHMARKS: Record<string, (args: string[]) => Promise<BenchResult>> = {
   netpath: netpathBenchmark,
   fleet: fleetBenchmark,
   hosts: hostsBenchmark,
+  migrate: migrateBenchmark,
   fabric: fabricBenchmark,
+  mobility: mobilityBenchmark,
 };
 
 const [name, ...args] = process.argv.slice(2);

@@ -19,9 +19,9 @@ import { randomUUID } from 'node:crypto';
 import { copyFile, mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { OffshootError, parseJsonOr, writeFileAtomic } from '../common/index.ts';
-import { guestMemoryBytes } from '../protocol/index.ts';
 import type { CheckpointMetadata, WriteProgress } from '../memory/index.ts';
 import { CheckpointReader } from '../memory/index.ts';
+import { guestMemoryBytes } from '../protocol/index.ts';
 import { restoreDisks, writeCheckpointFile } from './checkpoint-files.ts';
 import { handOutInGuest } from './fabric-hand-out.ts';
 import type { HandOutGuestResult } from './fabric-hand-out.ts';
@@ -95,6 +95,7 @@ export class HostTemplates {
     await mkdir(dir, { recursive: true, mode: 0o700 });
     try {
       await copyFile(artifacts.deviceState, this.deviceStateFile(templateId));
+      // memoryMiB plus memoryExtraKiB (8 KiB more on a TCG host, see qemu/argv.ts): the RAM file's size.
       const memoryBytes = guestMemoryBytes(spec);
       const deviceStateBytes = (await stat(this.deviceStateFile(templateId))).size;
       return await this.write({ version: 1, templateId, memoryTemplateId, memoryBytes, deviceStateBytes, files: specFiles(spec), createdAt: new Date().toISOString() });

@@ -4,7 +4,13 @@
 // (re-adopting running VMs, reaping orphans); registers as a controller of the
 // inventory; writes its address for the CLI; and on SIGTERM or SIGINT shuts
 // down leaving every VM running for the next daemon.
-import { randomBytes } from 'node:crypto';
+// Over a PostgreSQL inventory it is one controller of a fleet: its id is
+// stable for its home (a restarted daemon recovers its own tasks at once),
+// its events reach every controller (LISTEN/NOTIFY), hosts are monitored by
+// one controller each, and tasks, claims and its own registration carry a
+// lease (30 s, or OFFSHOOT_LEASE_MS) after which another controller takes
+// over what it ran.
+import { createHash } from 'node:crypto';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
@@ -14,7 +20,8 @@ import { InvalidInputError, homePaths } from '../common/index.ts';
 import type { DaemonFile, HomePaths, Logger } from '../common/index.ts';
 import type { LocalHostAgent } from '../agent/index.ts';
 import { KyselyInventory, inventoryLocation } from '../store/index.ts';
-import { FabricService, Fleet, StorageService, VmEngine } from '../vm/index.ts';
+import { DEFAULT_LEASE_MS, FabricService, Fleet, StorageService, VmEngine } from '../vm/index.ts';
+import type { EngineEvent } from '../vm/index.ts';
 import { buildApp } from './app.ts';
 import { DaemonMetrics, buildMetricsApp } from './metrics.ts';
 import { loadOrCreateToken } from './auth.ts';
@@ -51,6 +58,8 @@ export interface DaemonOptions {
   /** Heartbeat period and lease of hosts (tests shorten them). */
   hostHeartbeatMs?: number;
   hostLeaseMs?: number;
+  /** Lease of this controller, its tasks and claims (default OFFSHOOT_LEASE_MS, else 30 s): how soon another controller takes over after it died. */
+  leaseMs?: number;
 }
 
 /**
@@ -80,8 +89,20 @@ function copySettingsFromEnvironment(env: NodeJS.ProcessEnv): { chunkMiB?: numbe
   return { chunkMiB: num('OFFSHOOT_COPY_CHUNK_MIB'), maxMiBPerSecond: num('OFFSHOOT_COPY_MAX_MIBPS') };
 }
 
-/** How long a controller stays live in the inventory without a heartbeat. */
-const CONTROLLER_LEASE_MS = 30_000;
+/** The lease of a controller, its tasks and claims: the option, else OFFSHOOT_LEASE_MS, else 30 s. */
+function leaseFrom(option: number | undefined, env: NodeJS.ProcessEnv): number {
+  if (option !== undefined) return option;
+  const value = env.OFFSHOOT_LEASE_MS;
+  if (value === undefined || value === '') return DEFAULT_LEASE_MS;
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n < 300) throw new InvalidInputError(`OFFSHOOT_LEASE_MS must be a whole number of milliseconds of at least 300, got "${value}"`, { OFFSHOOT_LEASE_MS: value });
+  return n;
+}
+
+/** A controller's id: this machine and its home, so the daemon of a home keeps its id across restarts. */
+export function controllerIdOf(home: string, machine = hostname()): string {
+  return `${machine.split('.')[0] ?? 'controller'}-${createHash('sha256').update(home).digest('hex').slice(0, 12)}`;
+}
 
 /** The log file; a full disk loses log lines instead of raising errors nobody can act on. */
 function logDestination(path: string): ReturnType<typeof pino.destination> {
@@ -141,6 +162,8 @@ async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock
     await inventory.close();
     throw err;
   }
+  const leaseMs = leaseFrom(options.leaseMs, process.env);
+  const controllerId = controllerIdOf(paths.home);
   const faults = options.faults ?? faultsFromEnvironment(process.env.OFFSHOOT_TEST_FAULTS);
   if (faults && !options.faults) logger.warn({ faults: process.env.OFFSHOOT_TEST_FAULTS }, 'OFFSHOOT_TEST_FAULTS is set: faults will be injected');
   let local: LocalHostStack | undefined;
@@ -150,6 +173,7 @@ async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock
     fleet = new Fleet({
       inventory: inventory.hosts,
       logger,
+      monitor: { owner: controllerId, claims: inventory.claims },
       vmsOn: async (hostId) => (await inventory.listVms()).filter((vm) => vm.hostId === hostId).length,
       ...(local ? { local: { name: options.hostName ?? localHostName(process.env, hostname()), endpoint: local.service.endpoint } } : {}),
       ...(options.hostHeartbeatMs ? { heartbeatMs: options.hostHeartbeatMs } : {}),
@@ -164,11 +188,19 @@ async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock
     await inventory.close();
     throw err;
   }
-  const engine = new VmEngine({ inventory, fleet, logger, faults });
+  let bus;
+  try {
+    bus = await inventory.openEventBus<EngineEvent>(controllerId);
+  } catch (err) {
+    await fleet.close();
+    await local?.close();
+    await inventory.close();
+    throw err;
+  }
+  const engine = new VmEngine({ inventory, fleet, logger, faults, coordination: { controllerId, leaseMs, bus } });
   // Before recovery, so the tasks it fails are counted.
   const metrics = new DaemonMetrics({ engine });
   const storage = new StorageService({ inventory, storageInventory: inventory.storage, engine, logger, copy: options.copy ?? copySettingsFromEnvironment(process.env), faults });
-  const controllerId = `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
   const fabric = new FabricService({ inventory, fabric: inventory.fabric, engine, logger, claims: inventory.claims, controllerId, faults });
   const closeServices = async () => {
     metrics.close();
@@ -198,7 +230,7 @@ async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock
   const [server, metricsServer] = servers as [Server, Server | undefined];
   const url = urlOf(server);
   const metricsUrl = metricsServer ? urlOf(metricsServer) : undefined;
-  const controller = await inventory.controllers.keepAlive(controllerId, url, CONTROLLER_LEASE_MS, { logger });
+  const controller = await inventory.controllers.keepAlive(controllerId, url, leaseMs, { logger });
   const daemon: DaemonFile = { url, pid: process.pid, startedAt: new Date().toISOString() };
   await writeFile(paths.daemonFile, `${JSON.stringify(daemon, null, 2)}\n`, { mode: 0o600 });
   logger.info({ url, metricsUrl, home: paths.home }, 'offshoot daemon listening');

@@ -162,7 +162,8 @@ export class DaemonMetrics {
       },
     });
 
-    this.unsubscribe = this.engine.events.subscribe((event) => this.observe(event));
+    // This controller's own events only: in a fleet each controller counts what it did (Prometheus sums them).
+    this.unsubscribe = this.engine.events.subscribeLocal((event) => this.observe(event));
   }
 
   /** The text exposition, and its content type. */

@@ -55,7 +55,8 @@ async function serveDetached(flags: ServeFlags): Promise<DaemonFile> {
   await mkdir(home, { recursive: true, mode: 0o700 });
   const existing = readDaemonFile();
   if (existing && isDaemonProcess(existing.pid)) return existing;
-  const out = openSync(`${paths.home}/serve.out`, 'a');
+  // Private like every file of the home, whatever the umask of the shell that ran this.
+  const out = openSync(`${paths.home}/serve.out`, 'a', 0o600);
   const args = [...process.execArgv, process.argv[1] as string, 'serve', ...(listen ? ['--listen', listen] : []), ...(metricsListen ? ['--metrics-listen', metricsListen] : []), ...allowImages.flatMap((dir) => ['--allow-images', resolve(dir)]), ...(flags.noLocalHost ? ['--no-local-host'] : [])];
   // The database URL goes by environment, not argv, so its password does not show in `ps`.
   const env = database ? { ...process.env, OFFSHOOT_DATABASE_URL: database } : process.env;

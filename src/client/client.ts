@@ -47,28 +47,59 @@ export class DaemonUnreachableError extends OffshootError {
 }
 
 export interface ClientOptions {
+  /** The daemon's URL, or the URLs of several controllers of a fleet separated by commas (tried in turn). */
   url: string;
   token: string;
 }
 
+/** Connection errors that mean a request never reached the controller, so another may be asked safely. */
+const NOT_DELIVERED = ['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT'];
+
+function causeOf(err: unknown): unknown {
+  return (err as Error & { cause?: unknown }).cause ?? err;
+}
+
 export class OffshootClient {
-  constructor(private readonly options: ClientOptions) {}
+  private readonly urls: string[];
+  /** The controller that answered last: asked first next time. */
+  private current = 0;
+
+  constructor(private readonly options: ClientOptions) {
+    this.urls = options.url.split(',').map((u) => u.trim().replace(/\/+$/, '')).filter(Boolean);
+    if (this.urls.length === 0) this.urls = [options.url];
+  }
 
   get url(): string {
-    return this.options.url;
+    return this.urls[this.current] as string;
+  }
+
+  /**
+   * Sends a request to the current controller; when it cannot be reached, to the next one of the list. A request
+   * that may have been delivered (the connection broke after it was sent) is retried elsewhere only if it is a GET.
+   */
+  private async send(path: string, init: RequestInit): Promise<Response> {
+    let last: unknown;
+    for (let tried = 0; tried < this.urls.length; tried++) {
+      const i = (this.current + tried) % this.urls.length;
+      try {
+        const response = await fetch(`${this.urls[i]}${path}`, init);
+        this.current = i;
+        return response;
+      } catch (err) {
+        last = causeOf(err);
+        const code = (last as { code?: string }).code ?? '';
+        if (init.signal?.aborted || (init.method !== 'GET' && !NOT_DELIVERED.includes(code))) throw new DaemonUnreachableError(this.urls[i] as string, last);
+      }
+    }
+    throw new DaemonUnreachableError(this.urls.join(', '), last);
   }
 
   private async request<T>(method: string, path: string, body?: unknown): Promise<T> {
-    let response: Response;
-    try {
-      response = await fetch(`${this.options.url}${path}`, {
-        method,
-        headers: { authorization: `Bearer ${this.options.token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
-        body: body === undefined ? undefined : JSON.stringify(body),
-      });
-    } catch (err) {
-      throw new DaemonUnreachableError(this.options.url, (err as Error & { cause?: unknown }).cause ?? err);
-    }
+    const response = await this.send(path, {
+      method,
+      headers: { authorization: `Bearer ${this.options.token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
     const text = await response.text();
     if (!response.ok) {
       let parsed: { code?: string; message?: string; details?: Record<string, unknown> } = {};
@@ -206,12 +237,7 @@ export class OffshootClient {
 
   /** The server-sent event stream, as an async iterable of engine events. */
   async *events(signal?: AbortSignal): AsyncGenerator<EngineEvent> {
-    let response: Response;
-    try {
-      response = await fetch(`${this.options.url}/events`, { headers: { authorization: `Bearer ${this.options.token}` }, signal });
-    } catch (err) {
-      throw new DaemonUnreachableError(this.options.url, err);
-    }
+    const response = await this.send('/events', { method: 'GET', headers: { authorization: `Bearer ${this.options.token}` }, signal });
     if (!response.ok || !response.body) throw new OffshootError(`HTTP_${response.status}`, `cannot open the event stream: ${response.statusText}`, {}, response.status);
     const pending: EngineEvent[] = [];
     const parser = createParser({

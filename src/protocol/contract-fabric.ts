@@ -10,8 +10,8 @@ import { expect, it } from 'vitest';
 import type { AgentClient } from './client.ts';
 import { newOperationId, runOperation } from './client.ts';
 import { templateFolderFile } from './calls-fabric.ts';
-import type { VmSpec } from './schemas.ts';
 import { guestMemoryBytes } from './schemas.ts';
+import type { VmSpec } from './schemas.ts';
 
 interface FabricContractState {
   t: { client: AgentClient; bootTimeoutMs: number };

@@ -61,6 +61,11 @@ export class KyselyVmClaims implements VmClaims {
     await this.db.deleteFrom('vm_claims').where('vm_id', '=', claim.vmId).where('token', '=', claim.token).execute();
   }
 
+  async releaseOwnedBy(owner: string): Promise<number> {
+    const result = await this.db.deleteFrom('vm_claims').where('owner', '=', owner).executeTakeFirst();
+    return Number(result.numDeletedRows);
+  }
+
   async get(vmId: string): Promise<VmClaim | undefined> {
     const row = await this.db.selectFrom('vm_claims').selectAll().where('vm_id', '=', vmId).executeTakeFirst();
     return row && claimFromRow(row);

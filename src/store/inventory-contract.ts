@@ -30,6 +30,9 @@ const ROLLBACKS: Record<string, (db: Kysely<unknown>, dialect: string) => Promis
     await db.schema.alterTable('checkpoints').dropColumn('file').execute();
     for (const c of ['id', 'hosts']) await db.schema.alterTable('datastores').dropColumn(c).execute();
   },
+  '0006-coordination': async (db) => {
+    await db.schema.alterTable('tasks').dropColumn('cancel_requested_at').execute();
+  },
   '0007-fabric': async (db) => {
     await sql`drop table fabric_members`.execute(db);
     await sql`drop table fabric_templates`.execute(db);
@@ -183,6 +186,18 @@ export function inventoryContract(label: string, target: ContractTarget): void {
         expect(results.filter((r) => r.status === 'rejected').map((r) => (r as PromiseRejectedResult).reason.code)).toEqual(['VERSION_CONFLICT']);
         expect((await inv.getVm(a.id))?.version).toBe(1);
       });
+
+      it('deletes with compare-and-set: a VM that moved on is kept (VERSION_CONFLICT), a gone one is no error', async () => {
+        const { inv } = await fresh();
+        const a = vmRecord('a');
+        await inv.insertVm(a);
+        await inv.updateVm(a.id, { state: 'starting' });
+        await expect(inv.deleteVm(a.id, { expectVersion: 0 })).rejects.toMatchObject({ code: 'VERSION_CONFLICT', details: { expected: 0, actual: 1 } });
+        expect((await inv.getVm(a.id))?.state).toBe('starting');
+        await inv.deleteVm(a.id, { expectVersion: 1 });
+        expect(await inv.getVm(a.id)).toBeUndefined();
+        await inv.deleteVm(a.id, { expectVersion: 1 });
+      });
     });
 
     describe('tasks', () => {
@@ -319,6 +334,11 @@ export function inventoryContract(label: string, target: ContractTarget): void {
         expect(await inv.claims.get('vm1')).toBeUndefined();
         expect(await inv.claims.acquire('vm1', 'ctl-b', 'stop', 10_000)).toMatchObject({ owner: 'ctl-b' });
         await expect(inv.claims.acquire('vm3', 'ctl-b', 'stop', 0)).rejects.toMatchObject({ code: 'INVALID_INPUT' });
+        await inv.claims.acquire('vm4', 'ctl-b', 'start', 10_000);
+        await inv.claims.acquire('vm5', 'ctl-c', 'start', 10_000);
+        expect(await inv.claims.releaseOwnedBy('ctl-b')).toBe(2);
+        expect(await inv.claims.get('vm1')).toBeUndefined();
+        expect(await inv.claims.get('vm5')).toMatchObject({ owner: 'ctl-c' });
       });
 
       it('gives a VM to one of two controllers racing for it', async () => {
@@ -436,6 +456,41 @@ export function inventoryContract(label: string, target: ContractTarget): void {
         await inv.leases.release(t.id, 'ctl-b');
         expect(await inv.leases.get(t.id)).toBeUndefined();
         await expect(inv.leases.acquire('nope', 'ctl-a', 1000)).rejects.toMatchObject({ code: 'NOT_FOUND' });
+      });
+
+      it('inserts a task leased in the same statement, fences updates by owner, and ends the lease with the task', async () => {
+        const { inv } = await fresh();
+        const t = taskRecord();
+        await inv.insertTask(t, { lease: { owner: 'ctl-a', ttlMs: 10_000 } });
+        expect(await inv.leases.get(t.id)).toEqual({ taskId: t.id, owner: 'ctl-a', expiresAt: time.now + 10_000 });
+        expect(await inv.leases.list()).toEqual([{ taskId: t.id, owner: 'ctl-a', expiresAt: time.now + 10_000 }]);
+        expect(await inv.leases.claimExpiredTasks('ctl-b', 10_000)).toEqual([]);
+        expect((await inv.updateTask(t.id, { progress: 0.5 }, { owner: 'ctl-a' })).progress).toBe(0.5);
+        time.advance(10_000);
+        expect((await inv.leases.claimExpiredTasks('ctl-b', 10_000)).map((x) => x.id)).toEqual([t.id]);
+        // The old owner is fenced off: its writes are refused and change nothing.
+        await expect(inv.updateTask(t.id, { state: 'succeeded' }, { owner: 'ctl-a' })).rejects.toMatchObject({ code: 'LEASE_LOST', details: { holder: 'ctl-b' } });
+        expect((await inv.getTask(t.id))?.state).toBe('running');
+        await expect(inv.updateTask(randomUUID(), { progress: 1 }, { owner: 'ctl-a' })).rejects.toMatchObject({ code: 'NOT_FOUND' });
+        expect((await inv.updateTask(t.id, { state: 'failed' }, { owner: 'ctl-b' })).state).toBe('failed');
+        expect(await inv.leases.get(t.id)).toBeUndefined();
+        expect(await inv.leases.list()).toEqual([]);
+      });
+
+      it('carries a cancel request to the owner of a running task only', async () => {
+        const { inv } = await fresh();
+        const a = taskRecord();
+        const b = taskRecord();
+        await inv.insertTask(a, { lease: { owner: 'ctl-a', ttlMs: 10_000 } });
+        await inv.insertTask(b, { lease: { owner: 'ctl-b', ttlMs: 10_000 } });
+        expect(await inv.leases.cancelRequested('ctl-a')).toEqual([]);
+        expect(await inv.leases.requestCancel(a.id)).toBe(true);
+        expect(await inv.leases.cancelRequested('ctl-a')).toEqual([a.id]);
+        expect(await inv.leases.cancelRequested('ctl-b')).toEqual([]);
+        await inv.updateTask(a.id, { state: 'failed' });
+        expect(await inv.leases.cancelRequested('ctl-a')).toEqual([]);
+        expect(await inv.leases.requestCancel(a.id)).toBe(false);
+        expect(await inv.leases.requestCancel(randomUUID())).toBe(false);
       });
 
       it('takes over unleased running tasks but never finished ones', async () => {
@@ -603,7 +658,7 @@ export function inventoryContract(label: string, target: ContractTarget): void {
         const names = migrationNames(inv.dialect);
         await inv.close();
         opened.splice(opened.indexOf(inv), 1);
-        // Roll the database back to the schema before the last migration, with a live controller on it.
+        // Roll the database back to the schema before the last migration (its `down`), with a live controller on it.
         const { connect } = await import('./connect.ts');
         const handle = await connect(location);
         const last = names[names.length - 1] as string;
@@ -620,6 +675,7 @@ export function inventoryContract(label: string, target: ContractTarget): void {
         const upgraded = await KyselyInventory.open(location, { clock: time.clock, migrate: 'unless-live' });
         opened.push(upgraded);
         expect(upgraded.schema.database).toBe(names.length);
+        expect(await upgraded.leases.cancelRequested('old-ctl')).toEqual([]);
         expect(await upgraded.hosts.listHosts()).toEqual([]);
         expect(await upgraded.fabric.listTemplates()).toEqual([]);
       });

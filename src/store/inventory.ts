@@ -10,10 +10,10 @@
 import type { Kysely } from 'kysely';
 import { AlreadyExistsError, NotFoundError } from '../common/index.ts';
 import type { Logger } from '../common/index.ts';
-import type { CheckpointRecord, Inventory, SharedEventBus, TaskRecord, TaskState, UpdateVmOptions, VmRecord } from '../vm/index.ts';
-import { VersionConflictError } from '../vm/index.ts';
+import type { CheckpointRecord, InsertTaskOptions, Inventory, SharedEventBus, TaskRecord, TaskState, UpdateTaskOptions, UpdateVmOptions, VmRecord } from '../vm/index.ts';
+import { LeaseLostError, VersionConflictError } from '../vm/index.ts';
 import { KyselyVmClaims } from './claims.ts';
-import { systemClock } from './clock.ts';
+import { expiryAfter, systemClock } from './clock.ts';
 import type { Clock } from './clock.ts';
 import { connect } from './connect.ts';
 import type { DatabaseHandle } from './connect.ts';
@@ -176,8 +176,13 @@ export class KyselyInventory implements Inventory {
     throw new VersionConflictError('VM', id, options.expectVersion as number, current.version);
   }
 
-  async deleteVm(id: string): Promise<void> {
-    await this.db.deleteFrom('vms').where('id', '=', id).execute();
+  async deleteVm(id: string, options: UpdateVmOptions = {}): Promise<void> {
+    let query = this.db.deleteFrom('vms').where('id', '=', id);
+    if (options.expectVersion !== undefined) query = query.where('version', '=', options.expectVersion);
+    const result = await query.executeTakeFirst();
+    if (options.expectVersion === undefined || Number(result.numDeletedRows) > 0) return;
+    const current = await this.db.selectFrom('vms').select('version').where('id', '=', id).executeTakeFirst();
+    if (current) throw new VersionConflictError('VM', id, options.expectVersion, current.version);
   }
 
   async getVm(id: string): Promise<VmRecord | undefined> {
@@ -195,11 +200,12 @@ export class KyselyInventory implements Inventory {
     return rows.map(vmFromRow);
   }
 
-  async insertTask(task: TaskRecord): Promise<void> {
+  async insertTask(task: TaskRecord, options: InsertTaskOptions = {}): Promise<void> {
+    const lease = options.lease ? { owner: options.lease.owner, lease_expires_at: expiryAfter(this.clock, options.lease.ttlMs).expiresAt } : {};
     try {
       await this.db
         .insertInto('tasks')
-        .values({ id: task.id, kind: task.kind, target_id: task.targetId, target_name: task.targetName, state: task.state, progress: task.progress, message: task.message, result: task.result === null ? null : JSON.stringify(task.result), error: task.error === null ? null : JSON.stringify(task.error), created_at: task.createdAt, updated_at: task.updatedAt })
+        .values({ id: task.id, kind: task.kind, target_id: task.targetId, target_name: task.targetName, state: task.state, progress: task.progress, message: task.message, result: task.result === null ? null : JSON.stringify(task.result), error: task.error === null ? null : JSON.stringify(task.error), created_at: task.createdAt, updated_at: task.updatedAt, ...lease })
         .execute();
     } catch (err) {
       if (this.dialect.isUniqueViolation(err)) throw new AlreadyExistsError('task', task.id);
@@ -207,17 +213,23 @@ export class KyselyInventory implements Inventory {
     }
   }
 
-  async updateTask(id: string, patch: Partial<Omit<TaskRecord, 'id' | 'createdAt'>>): Promise<TaskRecord> {
+  async updateTask(id: string, patch: Partial<Omit<TaskRecord, 'id' | 'createdAt'>>, options: UpdateTaskOptions = {}): Promise<TaskRecord> {
     const values: Partial<Omit<TasksTable, 'seq'>> = {};
     if (patch.state !== undefined) values.state = patch.state;
+    // A task that ends gives up its lease (its owner stays, as a record of who ran it last).
+    if (patch.state !== undefined && patch.state !== 'running') values.lease_expires_at = null;
     if (patch.progress !== undefined) values.progress = patch.progress;
     if (patch.message !== undefined) values.message = patch.message;
     if (patch.result !== undefined) values.result = patch.result === null ? null : JSON.stringify(patch.result);
     if (patch.error !== undefined) values.error = patch.error === null ? null : JSON.stringify(patch.error);
     values.updated_at = patch.updatedAt ?? new Date().toISOString();
-    const row = await this.db.updateTable('tasks').set(values).where('id', '=', id).returningAll().executeTakeFirst();
-    if (!row) throw new NotFoundError('task', id);
-    return taskFromRow(row);
+    let query = this.db.updateTable('tasks').set(values).where('id', '=', id);
+    if (options.owner !== undefined) query = query.where('owner', '=', options.owner);
+    const row = await query.returningAll().executeTakeFirst();
+    if (row) return taskFromRow(row);
+    const current = await this.db.selectFrom('tasks').select('owner').where('id', '=', id).executeTakeFirst();
+    if (!current) throw new NotFoundError('task', id);
+    throw new LeaseLostError('lease', id, options.owner as string, current.owner);
   }
 
   async getTask(id: string): Promise<TaskRecord | undefined> {

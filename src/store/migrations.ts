@@ -172,6 +172,16 @@ function migrationsFor(t: StoreDialect): Record<string, Migration> {
         await db.schema.alterTable('datastores').addColumn('hosts', 'text').execute();
       },
     },
+    '0006-coordination': {
+      // The engine over the fleet's coordination rows (issue 11): a task's cancel
+      // request reaches the controller that runs it through its row.
+      async up(db: Kysely<unknown>) {
+        await db.schema.alterTable('tasks').addColumn('cancel_requested_at', t.int64).execute();
+      },
+      async down(db: Kysely<unknown>) {
+        await db.schema.alterTable('tasks').dropColumn('cancel_requested_at').execute();
+      },
+    },
     '0007-fabric': {
       // The elastic fabric (issue 14): parent templates (a document each) and the children of their pools,
       // whose ready state moves by compare-and-set (one row per child, so a claim is one conditional update).

@@ -35,6 +35,8 @@ export interface TasksTable {
   owner: string | null;
   /** Epoch ms; past it, another controller may take the task over. */
   lease_expires_at: number | null;
+  /** Epoch ms when someone asked to cancel the task (its owner polls for it); null otherwise. */
+  cancel_requested_at: number | null;
 }
 
 export interface CheckpointsTable {

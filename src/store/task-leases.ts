@@ -76,6 +76,21 @@ export class KyselyTaskLeases implements TaskLeases {
     return row && row.owner !== null && row.lease_expires_at !== null ? { taskId, owner: row.owner, expiresAt: row.lease_expires_at } : undefined;
   }
 
+  async list(): Promise<TaskLease[]> {
+    const rows = await this.db.selectFrom('tasks').select(['id', 'owner', 'lease_expires_at']).where('state', '=', 'running').where('owner', 'is not', null).where('lease_expires_at', 'is not', null).orderBy('seq').execute();
+    return rows.map((r) => ({ taskId: r.id, owner: r.owner as string, expiresAt: r.lease_expires_at as number }));
+  }
+
+  async requestCancel(taskId: string): Promise<boolean> {
+    const result = await this.db.updateTable('tasks').set({ cancel_requested_at: this.clock() }).where('id', '=', taskId).where('state', '=', 'running').executeTakeFirst();
+    return Number(result.numUpdatedRows) > 0;
+  }
+
+  async cancelRequested(owner: string): Promise<string[]> {
+    const rows = await this.db.selectFrom('tasks').select('id').where('owner', '=', owner).where('state', '=', 'running').where('cancel_requested_at', 'is not', null).orderBy('seq').execute();
+    return rows.map((r) => r.id);
+  }
+
   async claimExpiredTasks(owner: string, ttlMs: number, limit = 100): Promise<TaskRecord[]> {
     const { now, expiresAt } = expiryAfter(this.clock, ttlMs);
     const expired = this.dialect.lockRows(

@@ -25,6 +25,18 @@ export interface UpdateVmOptions {
   expectVersion?: number;
 }
 
+/** Options of Inventory.insertTask. */
+export interface InsertTaskOptions {
+  /** Lease the new task to this controller for ttlMs. */
+  lease?: { owner: string; ttlMs: number };
+}
+
+/** Options of Inventory.updateTask. */
+export interface UpdateTaskOptions {
+  /** Fencing: apply only while this controller owns the task. */
+  owner?: string;
+}
+
 /** A compare-and-set lost: the record changed since it was read. HTTP 409. */
 export class VersionConflictError extends OffshootError {
   constructor(kind: string, id: string, expected: number, actual: number) {
@@ -66,6 +78,16 @@ export interface VmClaims {
   release(claim: VmClaim): Promise<void>;
   /** The VM's claim, live or expired, if any. */
   get(vmId: string): Promise<VmClaim | undefined>;
+  /** Releases every claim a controller holds (a controller starting again under its id drops its previous life's); returns how many. */
+  releaseOwnedBy(owner: string): Promise<number>;
+}
+
+/** What the engine coordinates through: the store's claims, pins, task leases and controllers. */
+export interface CoordinationStore {
+  claims: VmClaims;
+  pins: GcPins;
+  leases: TaskLeases;
+  controllers: Controllers;
 }
 
 export interface GcPin {
@@ -109,6 +131,12 @@ export interface TaskLeases {
   get(taskId: string): Promise<TaskLease | undefined>;
   /** Takes over running tasks whose lease expired (or that never had one), at most `limit`, each by one caller only. */
   claimExpiredTasks(owner: string, ttlMs: number, limit?: number): Promise<TaskRecord[]>;
+  /** Running tasks with an owner, and their leases (live or expired). */
+  list(): Promise<TaskLease[]>;
+  /** Asks the owner of a running task to cancel it; false if the task is not running. */
+  requestCancel(taskId: string): Promise<boolean>;
+  /** The running tasks of `owner` someone asked to cancel. */
+  cancelRequested(owner: string): Promise<string[]>;
 }
 
 export interface ControllerRecord {

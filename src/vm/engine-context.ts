@@ -1,10 +1,14 @@
 // What the engine's parts share: the inventory, the fleet (a protocol client
-// per host), the state keeper, tasks and events, the pins that keep what an
-// operation in flight made away from garbage collection, and test faults.
+// per host), the state keeper, tasks and events, the coordinator (this
+// controller among the fleet's), the pins that keep what an operation in
+// flight made away from garbage collection, and test faults.
 import type { Logger } from '../common/index.ts';
 import type { AgentClient } from '../protocol/index.ts';
+import type { GcPins } from './coordination.ts';
+import type { Coordinator } from './coordinator.ts';
 import type { EventBus } from './events.ts';
 import type { Fleet } from './hosts/index.ts';
+import type { PinSet } from './pin-set.ts';
 import type { Inventory, VmRecord } from './records.ts';
 import type { StateKeeper } from './state-keeper.ts';
 import type { TaskRunner } from './tasks.ts';
@@ -16,8 +20,11 @@ export interface EngineContext {
   events: EventBus;
   tasks: TaskRunner;
   logger: Logger;
-  /** Templates and bases (by reference) that an operation in flight made but no record names yet. */
-  pins: Set<string>;
+  /** Templates and bases (by reference) that a request in flight made but no record names yet (this controller's). */
+  pins: PinSet;
+  /** The inventory's GC pins, by holder (`task:ID` for what a task made: they go when the task ends). */
+  gcPins: GcPins;
+  coordinator: Coordinator;
   bootTimeoutMs: number;
   /** Fault injection for tests: called at named points; throwing there fails the operation at that step. */
   faults?: (point: string) => Promise<void> | void;

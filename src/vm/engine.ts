@@ -3,15 +3,22 @@
 // VMs through the state keeper, runs long work as tasks, and reaches each
 // VM's host only through the agent protocol (the fleet's client for that
 // host). Operations leave a VM either done or as it was. Checkpoints and
-// restore live in checkpoint/checkpoints.ts, recovery and host loss in
-// recovery.ts, garbage collection in gc.ts.
+// restore live in checkpoint/checkpoints.ts, recovery, task takeover and
+// host loss in recovery.ts, garbage collection in gc.ts.
+// It is one controller among those sharing the inventory (coordinator.ts):
+// VM claims and versions, task leases, GC pins and the garbage lock are rows
+// of the inventory, and its events reach every controller's subscribers; on
+// SQLite it is the only one, through the same code.
 import { AlreadyExistsError, NotFoundError, OffshootError, silentLogger } from '../common/index.ts';
 import type { Logger } from '../common/index.ts';
 import type { AgentClient, AgentEvent, ExecResult, HostInfo, VmMemoryStats } from '../protocol/index.ts';
-import { runOperation } from '../protocol/index.ts';
+import { newOperationId, runOperation } from '../protocol/index.ts';
 import { Checkpoints } from './checkpoint/checkpoints.ts';
+import type { CoordinationStore, SharedEventBus } from './coordination.ts';
+import { Coordinator } from './coordinator.ts';
 import type { EngineContext } from './engine-context.ts';
 import { EventBus } from './events.ts';
+import type { EngineEvent } from './events.ts';
 import { forkRequestSchema } from './fork/fork-request.ts';
 import { runFork } from './fork/run-fork.ts';
 import type { ForkDeps } from './fork/run-fork.ts';
@@ -19,7 +26,9 @@ import { collectGarbage } from './gc.ts';
 import type { Fleet, FleetListener, HostRecord } from './hosts/index.ts';
 import { newTaskId, newVmId } from './ids.ts';
 import type { Inventory, TaskRecord, VmRecord } from './records.ts';
+import { PinSet } from './pin-set.ts';
 import { Recovery } from './recovery.ts';
+import type { TaskRecovery } from './recovery.ts';
 import { applyIdentity, hasGuestAgent } from './identity.ts';
 import { KeyedMutex } from './lock.ts';
 import { Migrations } from './migrate/index.ts';
@@ -28,6 +37,7 @@ import { parseCreateVmRequest, resolveMemoryMiB } from './spec.ts';
 import { BUSY_STATES, LIVE_STATES, assertOperationAllowed, isLive } from './state.ts';
 import { StateKeeper } from './state-keeper.ts';
 import { TaskRunner } from './tasks.ts';
+import type { TaskContext } from './tasks.ts';
 
 export interface VmEngineOptions {
   inventory: Inventory;
@@ -39,6 +49,29 @@ export interface VmEngineOptions {
   faults?: (point: string) => Promise<void> | void;
   /** Files in use that VMs and checkpoints do not name (pools' and copy jobs' sources), by host. */
   extraFilesInUse?: (hostId: string) => Promise<string[]>;
+  /**
+   * This controller among those sharing the inventory: its id (default: a new one; give a stable one so a restarted
+   * controller recovers its own tasks at once), the lease of its tasks and claims (default 30 s), the store of the
+   * coordination rows (default: the inventory's own), and the shared event bus (default: none, events stay here).
+   */
+  coordination?: { controllerId?: string; leaseMs?: number; store?: CoordinationStore; bus?: SharedEventBus<EngineEvent> };
+}
+
+/** The coordination parts of an inventory that has them (the store's KyselyInventory). */
+function coordinationOf(inventory: Inventory): CoordinationStore {
+  const parts = inventory as Inventory & Partial<CoordinationStore>;
+  if (!parts.claims || !parts.pins || !parts.leases || !parts.controllers) throw new Error('the inventory has no coordination store: pass VmEngineOptions.coordination.store');
+  return { claims: parts.claims, pins: parts.pins, leases: parts.leases, controllers: parts.controllers };
+}
+
+/** How long a freeze or a collection waits for the fleet's garbage lock. */
+const GARBAGE_LOCK_WAIT_MS = 5 * 60_000;
+
+/** What a start journals: the agent operations it follows, so a controller taking it over reattaches to them. */
+interface StartJournal {
+  startOperationId: string;
+  waitOperationId: string;
+  timeoutMs: number;
 }
 
 export interface VmAndTask {
@@ -56,8 +89,10 @@ export class VmEngine implements FleetListener {
   readonly fleet: Fleet;
   readonly checkpoints: Checkpoints;
   readonly migrations: Migrations;
-  /** Templates and bases that an operation in flight has made but no VM record names yet. */
-  readonly pins = new Set<string>();
+  /** Templates and bases that a request in flight has made but no VM record names yet (this controller's pins). */
+  readonly pins: PinSet;
+  /** This controller among the fleet's: its id, claims, the beat that renews leases and takes over tasks. */
+  readonly coordinator: Coordinator;
   private readonly inventory: Inventory;
   private readonly logger: Logger;
   private readonly recovery: Recovery;
@@ -65,14 +100,20 @@ export class VmEngine implements FleetListener {
   private readonly options: VmEngineOptions;
   /** Garbage collection and freezes (which make bases no record names yet) run one at a time. */
   private readonly garbageLock = new KeyedMutex();
+  private readonly cancelWatchers: Array<{ cancellable(): boolean; cancelRequested(taskIds: string[]): void }> = [];
 
   constructor(options: VmEngineOptions) {
     this.options = options;
     this.inventory = options.inventory;
     this.fleet = options.fleet;
     this.logger = options.logger ?? silentLogger;
-    this.tasks = new TaskRunner(this.inventory, this.events, this.logger);
-    this.states = new StateKeeper(this.inventory, this.events);
+    const store = options.coordination?.store ?? coordinationOf(this.inventory);
+    this.coordinator = new Coordinator({ controllerId: options.coordination?.controllerId, leaseMs: options.coordination?.leaseMs, store, logger: this.logger });
+    const owner = this.coordinator.controllerId;
+    if (options.coordination?.bus) this.events.connect(options.coordination.bus, this.logger);
+    this.tasks = new TaskRunner(this.inventory, this.events, this.logger, { owner, leaseMs: this.coordinator.leaseMs, leases: store.leases, pins: store.pins });
+    this.states = new StateKeeper(this.inventory, this.events, this.coordinator);
+    this.pins = new PinSet(store.pins, `controller:${owner}`, owner, this.logger);
     this.ctx = {
       inventory: this.inventory,
       fleet: this.fleet,
@@ -81,6 +122,8 @@ export class VmEngine implements FleetListener {
       tasks: this.tasks,
       logger: this.logger,
       pins: this.pins,
+      gcPins: store.pins,
+      coordinator: this.coordinator,
       bootTimeoutMs: options.bootTimeoutMs ?? 120_000,
       faults: options.faults,
       agentOf: (vm) => this.fleet.agent(vm.hostId),
@@ -90,7 +133,42 @@ export class VmEngine implements FleetListener {
     this.checkpoints = new Checkpoints(this.ctx);
     this.migrations = new Migrations(this.ctx);
     this.recovery = new Recovery(this.ctx);
+    this.recovery.register('vm.start', (task, journal) => this.resumeStart(task, journal as StartJournal | undefined));
+    this.recovery.register('vm.stop', (task, journal) => this.resumeStop(task, journal as { stopOperationId: string; timeoutMs: number } | undefined));
     this.fleet.listen(this);
+    // The beat runs from now on (renewing the leases of the tasks this controller starts); recover() also takes
+    // over the tasks of this controller's previous life at once.
+    this.coordinator.start({
+      renewTasks: () => this.tasks.renewLeases(),
+      takeOver: (task) => this.recovery.takeOver(task),
+      cancelRequested: (ids) => {
+        this.checkpoints.cancelRequested(ids);
+        for (const w of this.cancelWatchers) w.cancelRequested(ids);
+      },
+      cancellable: () => this.checkpoints.cancellable() || this.cancelWatchers.some((w) => w.cancellable()),
+    });
+  }
+
+  /**
+   * Another part whose tasks can be stopped from another controller (copy jobs): while `cancellable()`, the cancel
+   * requests written into this controller's task rows are handed to it every second.
+   */
+  watchCancels(watcher: { cancellable(): boolean; cancelRequested(taskIds: string[]): void }): void {
+    this.cancelWatchers.push(watcher);
+  }
+
+  /** This controller's id in the inventory (tasks' owner, claims' holder). */
+  get controllerId(): string {
+    return this.coordinator.controllerId;
+  }
+
+  /**
+   * How a controller taking over a task of `kind` (its owner died) rolls it forward or back: return a sentence
+   * saying what was done (the task then fails with TASK_INTERRUPTED and it), or 'resumed' when the handler went on
+   * with it (TaskRunner.resume). Kinds without a handler fail, their VM reconciled with its host.
+   */
+  registerRecovery(kind: string, handler: TaskRecovery): void {
+    this.recovery.register(kind, handler);
   }
 
   /** The protocol client of a VM's host. */
@@ -166,38 +244,67 @@ export class VmEngine implements FleetListener {
     const { timeoutMs = this.ctx.bootTimeoutMs } = parseRequest('start request', startRequestSchema, input);
     const { id } = await this.resolve(ref);
     const vm = await this.states.claim(id, 'start', 'starting');
-    const agent = this.agentOf(vm);
-    const task = await this.tasks.start('vm.start', vm, async (ctx) => {
-      try {
-        await ctx.progress(0.05, 'starting QEMU');
-        const t0 = performance.now();
-        const runtime = await runOperation(agent, 'startVm', { vmId: vm.id, name: vm.name, spec: vm.spec });
-        await this.states.settle(id, ['starting'], 'starting', null, { runtime });
-        const guestAgent = hasGuestAgent(vm.spec);
-        if (guestAgent) {
-          await ctx.progress(0.3, 'booting: waiting for the guest agent');
-          await runOperation(agent, 'waitForGuestAgent', { vmId: id, timeoutMs }).catch((err: unknown) => {
-            if (!(err instanceof OffshootError && err.code === 'GUEST_AGENT_UNAVAILABLE')) throw err;
-            throw new OffshootError('GUEST_AGENT_UNAVAILABLE', `the guest agent of VM "${vm.name}" did not answer within ${timeoutMs} ms of its start; the VM was stopped (a guest with no QEMU guest agent: create it with guestAgent: false; a slow one: start it with a longer timeout)`, { vm: vm.name, timeoutMs }, 504, { cause: err });
-          });
-        }
-        const agentMs = guestAgent ? Math.round(performance.now() - t0) : null;
-        let identity = null;
-        if (vm.spec.identity?.pending) {
-          await ctx.progress(0.8, `giving ${vm.name} its own identity`);
-          identity = await applyIdentity(agent, this.states, vm, { timeoutMs: 30_000 });
-          if (!identity.ok) throw new OffshootError('IDENTITY_FAILED', `VM "${vm.name}" could not be given its own identity: ${identity.error}`, { vm: vm.name, error: identity.error }, 500);
-        }
-        const { moved, vm: after } = await this.states.settle(id, ['starting'], 'running', guestAgent ? null : 'started without a guest agent (guestAgent: false)');
-        if (!moved) throw new OffshootError('START_INTERRUPTED', `VM "${vm.name}" became ${after.state} before it finished booting`, { vm: vm.name, state: after.state }, 409);
-        return { vm: after, guestAgent: guestAgent ? 'answered' : 'none', agentMs, identity };
-      } catch (err) {
-        await agent.killVm({ vmId: id }).catch(() => undefined);
-        await this.states.settle(id, ['starting', 'running', 'paused'], 'failed', `start failed: ${(err as Error).message}`, { runtime: null });
-        throw err;
-      }
-    });
+    const journal: StartJournal = { startOperationId: newOperationId(), waitOperationId: newOperationId(), timeoutMs };
+    const task = await this.tasks.start('vm.start', vm, (ctx) => this.runStart(vm, journal, ctx));
     return { vm: await this.resolve(id), task };
+  }
+
+  /**
+   * A start's work, phase by phase, following agent operations whose ids are in its journal: a controller taking
+   * the task over runs it again from the top and so reattaches to the same QEMU and guest-agent wait.
+   */
+  private async runStart(vm: VmRecord, journal: StartJournal, ctx: TaskContext): Promise<unknown> {
+    const { id } = vm;
+    const { timeoutMs } = journal;
+    const agent = this.agentOf(vm);
+    try {
+      await ctx.journal(journal);
+      await ctx.progress(0.05, 'starting QEMU');
+      const t0 = performance.now();
+      const runtime = await runOperation(agent, 'startVm', { operationId: journal.startOperationId, vmId: vm.id, name: vm.name, spec: vm.spec });
+      await this.states.settle(id, ['starting'], 'starting', null, { runtime });
+      const guestAgent = hasGuestAgent(vm.spec);
+      if (guestAgent) {
+        await ctx.progress(0.3, 'booting: waiting for the guest agent');
+        await runOperation(agent, 'waitForGuestAgent', { operationId: journal.waitOperationId, vmId: id, timeoutMs }).catch((err: unknown) => {
+          if (!(err instanceof OffshootError && err.code === 'GUEST_AGENT_UNAVAILABLE')) throw err;
+          throw new OffshootError('GUEST_AGENT_UNAVAILABLE', `the guest agent of VM "${vm.name}" did not answer within ${timeoutMs} ms of its start; the VM was stopped (a guest with no QEMU guest agent: create it with guestAgent: false; a slow one: start it with a longer timeout)`, { vm: vm.name, timeoutMs }, 504, { cause: err });
+        });
+      }
+      const agentMs = guestAgent ? Math.round(performance.now() - t0) : null;
+      let identity = null;
+      if (vm.spec.identity?.pending) {
+        await ctx.progress(0.8, `giving ${vm.name} its own identity`);
+        identity = await applyIdentity(agent, this.states, vm, { timeoutMs: 30_000 });
+        if (!identity.ok) throw new OffshootError('IDENTITY_FAILED', `VM "${vm.name}" could not be given its own identity: ${identity.error}`, { vm: vm.name, error: identity.error }, 500);
+      }
+      const { moved, vm: after } = await this.states.settle(id, ['starting'], 'running', guestAgent ? null : 'started without a guest agent (guestAgent: false)');
+      if (!moved) throw new OffshootError('START_INTERRUPTED', `VM "${vm.name}" became ${after.state} before it finished booting`, { vm: vm.name, state: after.state }, 409);
+      return { vm: after, guestAgent: guestAgent ? 'answered' : 'none', agentMs, identity };
+    } catch (err) {
+      if (ctx.signal.aborted) throw err;
+      await agent.killVm({ vmId: id }).catch(() => undefined);
+      await this.states.settle(id, ['starting', 'running', 'paused'], 'failed', `start failed: ${(err as Error).message}`, { runtime: null });
+      throw err;
+    }
+  }
+
+  /** A start whose controller died: run it again from its journal (reattaching to its operations), or fail the VM. */
+  private async resumeStart(task: TaskRecord, journal: StartJournal | undefined): Promise<string> {
+    const vm = await this.inventory.getVm(task.targetId);
+    if (!vm || vm.state !== 'starting') return `nothing to do (the VM is ${vm?.state ?? 'gone'})`;
+    if (!journal?.startOperationId) return this.recovery.reconcileVm(vm.id, 'start interrupted');
+    this.tasks.resume(task, (ctx) => this.runStart(vm, journal, ctx));
+    return 'resumed';
+  }
+
+  /** A stop whose controller died: follow its power-down operation again, then record the VM stopped. */
+  private async resumeStop(task: TaskRecord, journal: { stopOperationId: string; timeoutMs: number } | undefined): Promise<string> {
+    const vm = await this.inventory.getVm(task.targetId);
+    if (!vm || vm.state !== 'stopping') return `nothing to do (the VM is ${vm?.state ?? 'gone'})`;
+    if (!journal?.stopOperationId) return this.recovery.reconcileVm(vm.id, 'stop interrupted');
+    this.tasks.resume(task, (ctx) => this.runStop(vm, journal, ctx));
+    return 'resumed';
   }
 
   /** Forks a running (or paused) VM into N children that share its memory copy-on-write; see fork/run-fork.ts. */
@@ -212,7 +319,7 @@ export class VmEngine implements FleetListener {
       const task = await this.tasks.start('vm.fork', source, (ctx) => runFork(deps, { ...source, state: before }, request, ctx, forkId).finally(() => this.states.release(id)));
       return { vm: await this.resolve(id), task };
     } catch (err) {
-      this.states.release(id);
+      await this.states.release(id);
       await this.states.settle(id, ['forking'], before, null).catch(() => undefined);
       throw err;
     }
@@ -265,16 +372,21 @@ export class VmEngine implements FleetListener {
    * collection held off, so a collection running meanwhile cannot delete a base no record names yet.
    */
   holdGarbage<T>(fn: () => Promise<T>): Promise<T> {
-    return this.garbageLock.run('gc', fn);
+    // In this process first, then across the fleet: a claim on `gc` that every controller's freezes and collections take.
+    return this.garbageLock.run('gc', () => this.coordinator.withClaim('gc', 'garbage lock', { waitMs: GARBAGE_LOCK_WAIT_MS, long: true }, fn));
   }
 
-  /** Removes memory templates no live VM maps and disk bases no VM's chain uses (see gc.ts; never while a freeze runs). */
+  /** Removes memory templates no live VM maps and disk bases no VM's chain uses (see gc.ts; never while a freeze runs on any controller). */
   collectGarbage(hostId?: string): Promise<{ templates: string[]; files: string[] }> {
-    return this.garbageLock.run('gc', () => this.collectGarbageNow(hostId));
+    return this.holdGarbage(() => this.collectGarbageNow(hostId));
   }
 
   private collectGarbageNow(hostId?: string): Promise<{ templates: string[]; files: string[] }> {
-    return collectGarbage({ inventory: this.inventory, fleet: this.fleet, logger: this.logger, pins: this.pins, agent: (h) => this.fleet.agent(h), extraFiles: this.options.extraFilesInUse }, hostId);
+    const pinned = async () => {
+      await this.pins.flushed();
+      return [...(await this.ctx.gcPins.paths()), ...this.pins];
+    };
+    return collectGarbage({ inventory: this.inventory, fleet: this.fleet, logger: this.logger, pinned, agent: (h) => this.fleet.agent(h), extraFiles: this.options.extraFilesInUse }, hostId);
   }
 
   /** ACPI power-down, then kill after the timeout. */
@@ -282,20 +394,26 @@ export class VmEngine implements FleetListener {
     const { timeoutMs } = parseRequest('stop request', stopRequestSchema, input);
     const { id } = await this.resolve(ref);
     const vm = await this.states.claim(id, 'stop', 'stopping');
-    const task = await this.tasks.start('vm.stop', vm, async (ctx) => {
-      await ctx.progress(0.1, 'waiting for the guest to power off');
-      let forced = false;
-      try {
-        forced = (await runOperation(this.agentOf(vm), 'stopVm', { vmId: id, timeoutMs })).forced;
-      } catch (err) {
-        if (!(err instanceof OffshootError && err.code === 'VM_NOT_RUNNING')) throw err;
-      }
-      const reason = forced ? `killed after the guest did not power off within ${timeoutMs} ms` : 'stopped by request';
-      const { vm: after } = await this.states.settle(id, ['stopping'], 'stopped', reason, { runtime: null });
-      await this.collectGarbage(vm.hostId);
-      return { vm: after, forced };
-    });
+    const journal = { stopOperationId: newOperationId(), timeoutMs };
+    const task = await this.tasks.start('vm.stop', vm, (ctx) => this.runStop(vm, journal, ctx));
     return { vm: await this.resolve(id), task };
+  }
+
+  private async runStop(vm: VmRecord, journal: { stopOperationId: string; timeoutMs: number }, ctx: TaskContext): Promise<unknown> {
+    const { id } = vm;
+    const { timeoutMs } = journal;
+    await ctx.journal(journal);
+    await ctx.progress(0.1, 'waiting for the guest to power off');
+    let forced = false;
+    try {
+      forced = (await runOperation(this.agentOf(vm), 'stopVm', { operationId: journal.stopOperationId, vmId: id, timeoutMs })).forced;
+    } catch (err) {
+      if (!(err instanceof OffshootError && err.code === 'VM_NOT_RUNNING')) throw err;
+    }
+    const reason = forced ? `killed after the guest did not power off within ${timeoutMs} ms` : 'stopped by request';
+    const { vm: after } = await this.states.settle(id, ['stopping'], 'stopped', reason, { runtime: null });
+    await this.collectGarbage(vm.hostId);
+    return { vm: after, forced };
   }
 
   async pause(ref: string): Promise<VmRecord> {
@@ -327,10 +445,12 @@ export class VmEngine implements FleetListener {
 
   async delete(ref: string): Promise<VmRecord> {
     const { id } = await this.resolve(ref);
-    const vm = await this.states.withVm(id, async (vm) => {
+    // Under the VM's claim (a freeze for a clone on another controller waits, or this waits for it), and the
+    // record goes only if nobody changed it meanwhile.
+    const vm = await this.states.whenIdle(id, 'delete', async (vm) => {
       assertOperationAllowed(vm.name, vm.state, 'delete');
       await this.agentOf(vm).deleteVmFiles({ vmId: id });
-      await this.inventory.deleteVm(id);
+      await this.inventory.deleteVm(id, vm.version === undefined ? {} : { expectVersion: vm.version });
       this.events.publish({ type: 'vm.deleted', vmId: id, name: vm.name, at: new Date().toISOString() });
       this.logger.info({ vm: vm.name, id }, 'VM deleted');
       return vm;
@@ -358,6 +478,11 @@ export class VmEngine implements FleetListener {
    */
   recover() {
     return this.recovery.recoverAll();
+  }
+
+  /** Waits until the tasks this controller took over from others have been recovered (tests, benchmarks). */
+  takeoversSettled(): Promise<void> {
+    return this.coordinator.settled();
   }
 
   // The fleet's news (FleetListener).
@@ -397,5 +522,7 @@ export class VmEngine implements FleetListener {
   /** Stops watching; VMs keep running (the next controller re-adopts them). A lazy restore's task (and so close) waits for its stream. */
   async close(): Promise<void> {
     await this.tasks.drain();
+    await this.coordinator.stop();
+    await this.events.disconnect();
   }
 }

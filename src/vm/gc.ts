@@ -1,8 +1,11 @@
 // Garbage collection of memory templates and frozen bases. The control plane
 // knows what is in use (templates mapped by live VMs, files in VM chains and
-// in checkpoints, pins of operations in flight); each host's agent gets that
+// in checkpoints, pins of operations in flight: the inventory's GC pins of
+// every controller, and this controller's own); each host's agent gets that
 // list for itself and decides what to delete (`releaseUnused`). A host that
-// cannot be reached is skipped: nothing is deleted behind its back.
+// cannot be reached is skipped: nothing is deleted behind its back. The
+// caller holds the fleet's garbage lock (VmEngine.holdGarbage), so no freeze
+// on any controller makes bases no record names yet while this runs.
 import type { Logger } from '../common/index.ts';
 import type { AgentClient } from '../protocol/index.ts';
 import type { Fleet } from './hosts/index.ts';
@@ -16,13 +19,15 @@ export interface GcDeps {
   inventory: Inventory;
   fleet: Fleet;
   logger: Logger;
-  pins: ReadonlySet<string>;
+  /** Every pinned file and template (`template:ID`), read after the lock is held. */
+  pinned(): Promise<Iterable<string>>;
   agent(hostId: string): AgentClient;
   /** Files in use that VMs and checkpoints do not name (pools' sources, copy jobs' sources), by host. */
   extraFiles?: (hostId: string) => Promise<string[]>;
 }
 
 export async function collectGarbage(deps: GcDeps, onlyHost?: string): Promise<{ templates: string[]; files: string[] }> {
+  const pinned = [...(await deps.pinned())];
   const vms = await deps.inventory.listVms();
   const checkpoints = await deps.inventory.listCheckpoints();
   const removed = { templates: [] as string[], files: [] as string[] };
@@ -31,7 +36,7 @@ export async function collectGarbage(deps: GcDeps, onlyHost?: string): Promise<{
     if (host.state === 'unreachable') continue;
     const templates = new Set<string>();
     const files = new Set<string>();
-    for (const pin of deps.pins) {
+    for (const pin of pinned) {
       if (pin.startsWith(TEMPLATE_PIN)) templates.add(pin.slice(TEMPLATE_PIN.length));
       else files.add(pin);
     }

@@ -1,5 +1,6 @@
 // Public surface of the VM layer: the engine (one request handler for every
-// front end), its records and the Inventory interface the store implements,
+// front end, one controller of a fleet: coordinator.ts), its records and the
+// Inventory and coordination interfaces the store implements,
 // the lifecycle states, request schemas and events; and its storage half
 // (vm/storage: datastores, disks, clones, pools, copy jobs) and the elastic
 // fabric (vm/fabric: templates, pools of ready children, claims).
@@ -9,8 +10,14 @@ export type { EngineEvent } from './events.ts';
 export { EventBus } from './events.ts';
 export type { CheckpointRecord, CheckpointState, Inventory, TaskRecord, TaskState, TaskError, VmRecord } from './records.ts';
 export { TASK_STATES, isTaskState, isTaskDone } from './records.ts';
-export type { ControllerRecord, Controllers, GcPin, GcPins, SharedEventBus, TaskLease, TaskLeases, UpdateVmOptions, VmClaim, VmClaims } from './coordination.ts';
+export type { ControllerRecord, Controllers, GcPin, GcPins, InsertTaskOptions, SharedEventBus, TaskLease, TaskLeases, UpdateTaskOptions, UpdateVmOptions, VmClaim, VmClaims } from './coordination.ts';
 export { BusyError, LeaseLostError, VersionConflictError } from './coordination.ts';
+export type { CoordinationStore } from './coordination.ts';
+export { Coordinator, DEFAULT_LEASE_MS } from './coordinator.ts';
+export type { TaskRecovery } from './recovery.ts';
+export { HAND_OVER } from './tasks.ts';
+export type { TaskContext } from './tasks.ts';
+export { PinSet } from './pin-set.ts';
 export type { VmState, VmOperation } from './state.ts';
 export { VM_STATES, LIVE_STATES, BUSY_STATES, OPERATION_REQUIRES, isVmState, isLive, canTransition, assertOperationAllowed } from './state.ts';
 export { createVmRequestSchema, parseCreateVmRequest, parseSizeMiB, resolveMemoryMiB, vmNameSchema, MIN_MEMORY_MIB, MAX_MEMORY_MIB, MAX_VCPUS } from './spec.ts';

@@ -2,7 +2,7 @@
 // checkpoints. Plain data (a VM's spec names its files by reference, never by
 // host path), stored by whatever implements Inventory (src/store).
 import type { Locator, VmRuntime, VmSpec } from '../protocol/index.ts';
-import type { UpdateVmOptions } from './coordination.ts';
+import type { InsertTaskOptions, UpdateTaskOptions, UpdateVmOptions } from './coordination.ts';
 import type { VmState } from './state.ts';
 
 export interface VmRecord {
@@ -80,13 +80,19 @@ export interface Inventory {
   insertVm(vm: VmRecord): Promise<void>;
   /** Applies the patch and bumps the version; VERSION_CONFLICT if `expectVersion` is given and the VM moved on. */
   updateVm(id: string, patch: Partial<Omit<VmRecord, 'id' | 'createdAt' | 'version'>>, options?: UpdateVmOptions): Promise<VmRecord>;
-  deleteVm(id: string): Promise<void>;
+  /** Removes the VM (nothing happens if it is gone); VERSION_CONFLICT if `expectVersion` is given and the VM moved on. */
+  deleteVm(id: string, options?: UpdateVmOptions): Promise<void>;
   getVm(id: string): Promise<VmRecord | undefined>;
   findVmByName(name: string): Promise<VmRecord | undefined>;
   listVms(): Promise<VmRecord[]>;
 
-  insertTask(task: TaskRecord): Promise<void>;
-  updateTask(id: string, patch: Partial<Omit<TaskRecord, 'id' | 'createdAt'>>): Promise<TaskRecord>;
+  /** Stores a new task; with `lease`, leased to its owner in the same statement (so no other controller takes it over first). */
+  insertTask(task: TaskRecord, options?: InsertTaskOptions): Promise<void>;
+  /**
+   * Applies the patch; with `owner`, only while that controller still owns the task (LEASE_LOST otherwise: another
+   * controller took it over). A patch that ends the task (succeeded, failed) also ends its lease.
+   */
+  updateTask(id: string, patch: Partial<Omit<TaskRecord, 'id' | 'createdAt'>>, options?: UpdateTaskOptions): Promise<TaskRecord>;
   getTask(id: string): Promise<TaskRecord | undefined>;
   listTasks(options?: { limit?: number; targetId?: string; state?: TaskState }): Promise<TaskRecord[]>;
 

@@ -13,10 +13,16 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startDaemon } from '../../src/api/index.ts';
 import type { RunningDaemon } from '../../src/api/index.ts';
 import { KyselyInventory } from '../../src/store/index.ts';
+import { postgresDialect } from '../../src/store/dialect.ts';
+import { migrationNames } from '../../src/store/migrations.ts';
 import { startPgCluster } from '../../src/store/pg-test-cluster.ts';
 import type { PgCluster } from '../../src/store/pg-test-cluster.ts';
 import type { TestHome } from '../harness.ts';
 import { closeTestDaemon, eventually, makeTestHome } from '../harness.ts';
+
+/** The schema version this code expects (the number of its migrations), and their names. */
+const MIGRATIONS = migrationNames(postgresDialect);
+const CODE_VERSION = MIGRATIONS.length;
 
 describe('fleet database: SQLite home to PostgreSQL', () => {
   let cluster: PgCluster;
@@ -68,7 +74,7 @@ describe('fleet database: SQLite home to PostgreSQL', () => {
     expect(after.source.dialect).toBe('postgres');
     expect(after.tables).toEqual(before.tables);
     const status = await t.cli(['inventory', 'status', '--database', url, '--json']);
-    expect(JSON.parse(status.stdout)).toMatchObject({ dialect: 'postgres', schema: { database: 5, code: 5 } });
+    expect(JSON.parse(status.stdout)).toMatchObject({ dialect: 'postgres', schema: { database: CODE_VERSION, code: CODE_VERSION } });
 
     // A controller on PostgreSQL: the same VM, the home's token, registered in the inventory.
     daemon = await startDaemon({ home: t.home, memoryDir: t.memoryDir, database: url });
@@ -108,10 +114,10 @@ describe('fleet database: SQLite home to PostgreSQL', () => {
     const inv = await KyselyInventory.open(url);
     await sql`insert into kysely_migration (name, timestamp) values ('0099-future', '2031-01-01T00:00:00.000Z')`.execute(inv.kysely);
     await inv.close();
-    await expect(startDaemon({ home: t.home, memoryDir: t.memoryDir, database: url })).rejects.toMatchObject({ code: 'INVENTORY_SCHEMA_MISMATCH', details: { databaseVersion: 6, codeVersion: 5 } });
+    await expect(startDaemon({ home: t.home, memoryDir: t.memoryDir, database: url })).rejects.toMatchObject({ code: 'INVENTORY_SCHEMA_MISMATCH', details: { databaseVersion: CODE_VERSION + 1, codeVersion: CODE_VERSION } });
     const serve = await t.cli(['serve', '--database', url]);
     expect(serve.code).toBe(1);
     expect(serve.stderr).toMatch(/INVENTORY_SCHEMA_MISMATCH/);
-    expect(serve.stderr).toMatch(/version 6 \(0099-future\).*version 5 \(0005-hosts\)/);
+    expect(serve.stderr).toMatch(new RegExp(`version ${CODE_VERSION + 1} \\(0099-future\\).*version ${CODE_VERSION} \\(${MIGRATIONS[CODE_VERSION - 1]}\\)`));
   });
 });

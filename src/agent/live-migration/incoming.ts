@@ -21,6 +21,7 @@ import { OffshootError, keepAlive, sleep } from '../../common/index.ts';
 import { createImage } from '../../qemu/index.ts';
 import type { QmpEvent } from '../../qemu/index.ts';
 import { pskObjectProperties } from '../../net/index.ts';
+import { guestMemoryBytes } from '../../protocol/index.ts';
 import type { RunningVm } from '../running-vm.ts';
 import type { VmRuntime, VmSpec } from '../types.ts';
 import type { MigrationHost } from './host.ts';
@@ -131,7 +132,7 @@ export class IncomingMigrations {
       const s = await statfs(path).catch(() => undefined);
       return s ? s.bavail * s.bsize : Number.POSITIVE_INFINITY;
     };
-    const ram = request.spec.memoryMiB * 2 ** 20 + (request.spec.memoryExtraKiB ?? 0) * 1024;
+    const ram = guestMemoryBytes(request.spec);
     const memoryFree = await free(this.host.layout.memoryDir);
     if (memoryFree < ram) throw new OffshootError('NO_SPACE', `the memory folder of this host has ${memoryFree} bytes free, the VM's RAM needs ${ram}`, { needed: ram, free: memoryFree, where: 'memory' }, 507);
   }

@@ -97,6 +97,18 @@ export class FakeAgent implements EpochKeeper, FakeHostFiles {
     this.failures.set(call, error);
   }
 
+  /** Operations of this name wait (after their first progress) until the returned function is called. */
+  hold(call: CallName): () => void {
+    let release!: () => void;
+    this.gates.set(call, new Promise<void>((r) => (release = r)));
+    return () => {
+      this.gates.delete(call);
+      release();
+    };
+  }
+
+  private readonly gates = new Map<string, Promise<void>>();
+
   /** Simulates the agent process restarting: QEMUs run on, but it tracks none until a controller adopts them again. */
   restart(): void {
     this.instance = randomUUID();
@@ -117,7 +129,11 @@ export class FakeAgent implements EpochKeeper, FakeHostFiles {
     this.log.append({ type: 'vm.exit', vmId, instance: vm.runtime.instance, clean: false, reason, at: new Date().toISOString() });
   }
 
+  /** How many times each call was made (operations count once, when they start). */
+  readonly calls = new Map<string, number>();
+
   check(call: CallName): void {
+    this.calls.set(call, (this.calls.get(call) ?? 0) + 1);
     const failure = this.failures.get(call);
     if (failure) {
       this.failures.delete(call);
@@ -163,6 +179,7 @@ export class FakeAgent implements EpochKeeper, FakeHostFiles {
     const op = async <T>(call: CallName, ctx: OperationContext, fn: () => T | Promise<T>): Promise<T> => {
       this.check(call);
       ctx.progress(0.5, `${call} half done`);
+      await this.gates.get(call);
       return fn();
     };
     const h: AgentHandlers = {

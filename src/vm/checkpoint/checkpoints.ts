@@ -28,7 +28,7 @@ export interface RestoreJournal {
 
 export class Checkpoints {
   /** Tasks that can be cancelled (checkpoints being written), by task id. */
-  private readonly cancellers = new Map<string, AbortController>();
+  private readonly cancellers = new Map<string, { abort: AbortController; target: string }>();
 
   constructor(private readonly ctx: EngineContext) {}
 
@@ -50,7 +50,7 @@ export class Checkpoints {
     const { vm, previous } = await this.ctx.states.claimFrom(id, 'checkpoint', 'checkpointing');
     const controller = new AbortController();
     const task = await this.ctx.tasks.start('vm.checkpoint', vm, (taskCtx) => runCheckpoint({ ...this.ctx, agent }, { ...vm, state: previous }, { name, file: target.file, path: target.hostPath, stop: request.stop }, taskCtx, newTaskId(), controller.signal));
-    this.cancellers.set(task.id, controller);
+    this.cancellers.set(task.id, { abort: controller, target: vm.name });
     this.ctx.tasks.wait(task.id).catch(() => undefined).finally(() => this.cancellers.delete(task.id));
     return { vm: await this.resolveVm(id), task };
   }
@@ -126,16 +126,34 @@ export class Checkpoints {
     this.ctx.events.publish({ type: 'vm.deleted', vmId, name: vmName, at: new Date().toISOString() });
   }
 
-  /** Cancels a checkpoint being written: it rolls back as after a failure and ends failed with TASK_CANCELLED. */
+  /**
+   * Cancels a checkpoint being written: it rolls back as after a failure and ends failed with TASK_CANCELLED. One
+   * running on another controller is asked through its task's row (its controller polls for that every second).
+   */
   async cancel(taskId: string): Promise<TaskRecord> {
     const task = await this.ctx.tasks.get(taskId);
-    const controller = this.cancellers.get(taskId);
-    if (!controller) {
-      if (task.state !== 'running') throw new IllegalStateError(`task ${taskId}`, task.state, ['running'], 'cancel');
-      throw new OffshootError('TASK_NOT_CANCELLABLE', `task ${taskId} (${task.kind}) cannot be cancelled; only a checkpoint being written can`, { id: taskId, kind: task.kind }, 409);
-    }
-    controller.abort(new OffshootError('TASK_CANCELLED', `${task.kind} of ${task.targetName} cancelled by request`, { id: taskId, kind: task.kind }, 409));
+    if (this.cancelHere(taskId)) return this.ctx.tasks.wait(taskId);
+    if (task.state !== 'running') throw new IllegalStateError(`task ${taskId}`, task.state, ['running'], 'cancel');
+    if (task.kind !== 'vm.checkpoint') throw new OffshootError('TASK_NOT_CANCELLABLE', `task ${taskId} (${task.kind}) cannot be cancelled; only a checkpoint being written can`, { id: taskId, kind: task.kind }, 409);
+    await this.ctx.coordinator.store.leases.requestCancel(taskId);
     return this.ctx.tasks.wait(taskId);
+  }
+
+  private cancelHere(taskId: string): boolean {
+    const running = this.cancellers.get(taskId);
+    if (!running) return false;
+    running.abort.abort(new OffshootError('TASK_CANCELLED', `vm.checkpoint of ${running.target} cancelled by request`, { id: taskId, kind: 'vm.checkpoint' }, 409));
+    return true;
+  }
+
+  /** Cancel requests another controller wrote for checkpoints this one writes. */
+  cancelRequested(taskIds: string[]): void {
+    for (const id of taskIds) this.cancelHere(id);
+  }
+
+  /** Whether this controller writes a checkpoint that could be cancelled. */
+  cancellable(): boolean {
+    return this.cancellers.size > 0;
   }
 
   list(): Promise<CheckpointRecord[]> {

@@ -34,7 +34,8 @@ export interface CheckpointResult {
 export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request: { name: string; file: string; path: string; stop: boolean }, ctx: TaskContext, forkId: string, signal?: AbortSignal): Promise<CheckpointResult> {
   const checkpointId = newTaskId();
   const { file, path } = request;
-  const journal: ForkJournal = { forkId, sourceId: vm.id, hostId: vm.hostId, previousState: vm.state === 'paused' ? 'paused' : 'running', phase: 'preparing', childIds: [] };
+  const writeOperationId = newOperationId();
+  const journal: ForkJournal = { forkId, sourceId: vm.id, hostId: vm.hostId, previousState: vm.state === 'paused' ? 'paused' : 'running', phase: 'preparing', childIds: [], checkpointId, writeOperationId };
   let switched = false;
   let record: CheckpointRecord | undefined;
   let prepared: PreparedFork | undefined;
@@ -43,7 +44,7 @@ export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request:
     await ctx.journal(journal);
     await makeOwnedIfDerived(deps, vm, 'checkpointing', ctx, journal, 'it maps a template', 'checkpoint');
     await ctx.progress(0.05, 'preparing the freeze');
-    prepared = await prepareAndPin(deps, { forkId, source: { vmId: vm.id, name: vm.name, spec: vm.spec }, children: [], maxDepth: 1_000_000 });
+    prepared = await prepareAndPin(deps, ctx, { forkId, source: { vmId: vm.id, name: vm.name, spec: vm.spec }, children: [], maxDepth: 1_000_000 });
     await journalPrepared(ctx, journal, prepared);
     await deps.faults?.('checkpoint.prepared');
     signal?.throwIfAborted();
@@ -67,7 +68,7 @@ export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request:
     let lastReport = 0;
     signal?.throwIfAborted();
     const metadata = { schema: 2 as const, checkpointId, vm: { id: vm.id, name: vm.name }, spec: record.spec, createdAt: now, hostId: vm.hostId };
-    const written = await runOperation(deps.agent, 'writeCheckpoint', { operationId: newOperationId(), forkId, checkpointId, file, memoryBytes: record.memoryBytes, metadata }, {
+    const written = await runOperation(deps.agent, 'writeCheckpoint', { operationId: writeOperationId, forkId, checkpointId, file, memoryBytes: record.memoryBytes, metadata }, {
       signal,
       onProgress: (event) => {
         const now2 = performance.now();
@@ -80,7 +81,7 @@ export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request:
     const writeMs = performance.now() - t0;
     record = await deps.inventory.updateCheckpoint(record.id, { state: 'complete', fileBytes: written.fileBytes });
     await deps.agent.finishFork({ forkId });
-    unpinPrepared(deps.pins, prepared);
+    await unpinPrepared(deps, ctx, prepared);
     if (request.stop) {
       await ctx.progress(0.97, `powering ${vm.name} off`);
       const claimed = await deps.states.settle(vm.id, ['running', 'paused'], 'stopping', null);
@@ -94,6 +95,8 @@ export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request:
   } catch (caught) {
     // A cancel surfaces as whatever the interrupted step threw (an abort); report it as the cancel.
     const err = signal?.aborted ? signal.reason : caught;
+    // Another controller took the task over (this one was cut off): it rolls the checkpoint back from the journal.
+    if (ctx.signal.aborted) throw err;
     deps.logger.warn({ vm: vm.name, err: (err as Error).message, cancelled: signal?.aborted ?? false }, 'checkpoint failed; rolling back');
     await deps.agent.abortFork({ forkId }).catch(() => undefined);
     if (record) {
@@ -101,7 +104,7 @@ export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request:
       await deps.agent.removeCheckpoint({ file, checkpointId: record.id, createdAt: record.createdAt }).catch(() => undefined);
     }
     if (!switched) await settleUnswitched(deps, vm.id, 'checkpointing', err, 'checkpoint');
-    unpinPrepared(deps.pins, prepared);
+    await unpinPrepared(deps, ctx, prepared).catch(() => undefined);
     await deps.collectGarbage(vm.hostId).catch(() => undefined);
     throw err;
   }

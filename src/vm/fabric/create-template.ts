@@ -36,7 +36,7 @@ export const EMPTY_POOL = { ready: 0, warm: false, maxMemoryBytes: null } as con
  */
 export async function freezeTemplate(deps: FabricDeps, template: TemplateRecord, source: VmRecord, previous: 'running' | 'paused', ctx: TaskContext, forkId: string): Promise<TemplatePlacement> {
   const agent = agentOn(deps, source.hostId);
-  const freeze = { agent, states: deps.engine.states, pins: deps.engine.pins, faults: deps.faults, holdGarbage: <T>(fn: () => Promise<T>) => deps.engine.holdGarbage(fn) };
+  const freeze = { agent, states: deps.engine.states, gcPins: deps.engine.coordinator.store.pins, faults: deps.faults, holdGarbage: <T>(fn: () => Promise<T>) => deps.engine.holdGarbage(fn) };
   const journal: ForkJournal = { forkId, sourceId: source.id, hostId: source.hostId, previousState: previous, phase: 'preparing', childIds: [] };
   let prepared: PreparedFork | undefined;
   let switched = false;
@@ -45,7 +45,7 @@ export async function freezeTemplate(deps: FabricDeps, template: TemplateRecord,
     await makeOwnedIfDerived(freeze, source, 'forking', ctx, journal, 'to make a template of it', 'fork');
     const owned = (await deps.inventory.getVm(source.id)) ?? source;
     await ctx.progress(0.1, `freezing ${source.name} while it runs`);
-    prepared = await prepareAndPin(freeze, { forkId, source: { vmId: source.id, name: source.name, spec: owned.spec }, children: [], maxDepth: 64 });
+    prepared = await prepareAndPin(freeze, ctx, { forkId, source: { vmId: source.id, name: source.name, spec: owned.spec }, children: [], maxDepth: 64 });
     await journalPrepared(ctx, journal, prepared);
     await deps.faults?.('template.prepared');
     const sw = await agent.switchFork({ forkId });
@@ -65,6 +65,6 @@ export async function freezeTemplate(deps: FabricDeps, template: TemplateRecord,
     await agent.removeTemplate({ templateId: template.id }).catch(() => undefined);
     throw err instanceof OffshootError ? err : new OffshootError('INTERNAL', `making template ${template.name} failed: ${(err as Error).message}`, { template: template.name }, 500, { cause: err });
   } finally {
-    unpinPrepared(deps.engine.pins, prepared);
+    await unpinPrepared(freeze, ctx, prepared).catch((err: unknown) => deps.logger.warn({ err }, 'cannot unpin what a template freeze made; it is released when its task ends'));
   }
 }

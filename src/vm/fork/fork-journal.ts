@@ -18,4 +18,7 @@ export interface ForkJournal {
   /** The QEMU with an owned RAM file a fork of a fork started for its source (journaled before anything moved). */
   owned?: VmRuntime;
   prepareOperationId?: string;
+  /** A checkpoint's record (written once switched) and the operation writing its file. */
+  checkpointId?: string;
+  writeOperationId?: string;
 }

@@ -4,17 +4,20 @@
 // prepared state, and settling the VM after a failure before the switch-over.
 import type { AgentClient, CallRequest, PreparedFork } from '../../protocol/index.ts';
 import { runOperation } from '../../protocol/index.ts';
+import type { GcPins } from '../coordination.ts';
 import { TEMPLATE_PIN } from '../gc.ts';
 import type { VmRecord } from '../records.ts';
 import type { StateKeeper } from '../state-keeper.ts';
 import type { VmState } from '../state.ts';
 import type { TaskContext } from '../tasks.ts';
+import { taskPinHolder } from '../tasks.ts';
 import type { ForkJournal } from './fork-journal.ts';
 
 export interface FreezeDeps {
   agent: AgentClient;
   states: StateKeeper;
-  pins: Set<string>;
+  /** The inventory's GC pins: what the freeze made is pinned under its task (`task:ID`) until a record names it. */
+  gcPins: GcPins;
   /** Fault injection for tests (see src/api/test-faults.ts). */
   faults?: (point: string) => Promise<void> | void;
   /** Runs `fn` with garbage collection held off (a freeze makes bases and a template no record names yet). */
@@ -50,21 +53,18 @@ function prepared(p: PreparedFork): string[] {
   return [`${TEMPLATE_PIN}${p.templateId}`, ...p.disks.frozen.map((f) => f.to)];
 }
 
-export function pinPrepared(pins: Set<string>, p: PreparedFork): void {
-  for (const item of prepared(p)) pins.add(item);
-}
-
-/** Stages the freeze on the host and pins what it made, with garbage collection held off until the pins are in place. */
-export async function prepareAndPin(deps: FreezeDeps, request: Omit<CallRequest<'prepareFork'>, 'operationId'> & { operationId?: string }): Promise<PreparedFork> {
+/** Stages the freeze on the host and pins what it made under the task, with garbage collection held off (on every controller) until the pins are in place. */
+export async function prepareAndPin(deps: FreezeDeps, ctx: Pick<TaskContext, 'taskId'>, request: Omit<CallRequest<'prepareFork'>, 'operationId'> & { operationId?: string }): Promise<PreparedFork> {
   return deps.holdGarbage(async () => {
     const p = await runOperation(deps.agent, 'prepareFork', request);
-    pinPrepared(deps.pins, p);
+    await deps.gcPins.add(taskPinHolder(ctx.taskId), prepared(p), null);
     return p;
   });
 }
 
-export function unpinPrepared(pins: Set<string>, p: PreparedFork | undefined): void {
-  if (p) for (const item of prepared(p)) pins.delete(item);
+/** Drops the pins of what the freeze made (records name it now, or it is to be collected). */
+export async function unpinPrepared(deps: Pick<FreezeDeps, 'gcPins'>, ctx: Pick<TaskContext, 'taskId'>, p: PreparedFork | undefined): Promise<void> {
+  if (p) await deps.gcPins.remove(taskPinHolder(ctx.taskId), prepared(p));
 }
 
 export async function journalPrepared(ctx: TaskContext, journal: ForkJournal, p: PreparedFork): Promise<void> {

@@ -6,4 +6,4 @@ export { recoverFork } from './recover-fork.ts';
 export { forkRequestSchema, DEFAULT_MAX_DISK_DEPTH } from './fork-request.ts';
 export type { ForkRequest, ParsedForkRequest } from './fork-request.ts';
 export { ForkFailedError, FORK_STEPS } from './fork-errors.ts';
-export { journalPrepared, makeOwnedIfDerived, pinPrepared, prepareAndPin, settleUnswitched, unpinPrepared } from './freeze-steps.ts';
+export { journalPrepared, makeOwnedIfDerived, prepareAndPin, settleUnswitched, unpinPrepared } from './freeze-steps.ts';

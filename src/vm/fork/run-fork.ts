@@ -104,7 +104,7 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
     const prepareOperationId = newOperationId();
     await ctx.journal(Object.assign(journal, { prepareOperationId }));
     const owned = madeOwned ? await deps.inventory.getVm(source.id) : source;
-    prepared = await prepareAndPin(deps, { operationId: prepareOperationId, forkId, source: { vmId: source.id, name: source.name, spec: owned?.spec ?? source.spec }, children: children.map((c) => ({ vmId: c.id, name: c.name, spec: c.spec })), maxDepth: request.maxDiskDepth });
+    prepared = await prepareAndPin(deps, ctx, { operationId: prepareOperationId, forkId, source: { vmId: source.id, name: source.name, spec: owned?.spec ?? source.spec }, children: children.map((c) => ({ vmId: c.id, name: c.name, spec: c.spec })), maxDepth: request.maxDiskDepth });
     await journalPrepared(ctx, journal, prepared);
     await deps.faults?.('fork.prepared');
     const preparedMs = performance.now() - t0;
@@ -185,9 +185,9 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
       }
     }
 
-    for (const id of busyChildren) deps.states.release(id);
+    for (const id of busyChildren) await deps.states.release(id);
     await deps.agent.finishFork({ forkId }).catch((err: unknown) => deps.logger.warn({ err }, 'fork clean-up failed'));
-    unpinPrepared(deps.pins, prepared);
+    await unpinPrepared(deps, ctx, prepared);
     await deps.collectGarbage(source.hostId).catch((err: unknown) => deps.logger.warn({ err }, 'garbage collection after a fork failed'));
     return {
       forkId,
@@ -207,12 +207,14 @@ export async function runFork(deps: ForkDeps, sourceRef: VmRecord, request: Pars
       disks: { flattened: prepared.disks.streams.length - flattenErrors.length, flattenErrors, bases: prepared.disks.frozen.map((f) => f.to) },
     };
   } catch (err) {
+    // Another controller took the task over (this one was cut off): it rolls the fork back from the journal.
+    if (ctx.signal.aborted) throw err;
     deps.logger.warn({ vm: source.name, step, err: (err as Error).message }, 'fork failed; rolling back');
-    for (const id of busyChildren) deps.states.release(id);
+    for (const id of busyChildren) await deps.states.release(id);
     for (const child of children) await removeChild(deps, child);
     await deps.agent.abortFork({ forkId }).catch((e: unknown) => deps.logger.error({ err: e }, 'cannot abort the fork on the host'));
     if (!switched) await settleUnswitched(deps, source.id, 'forking', err, 'fork');
-    unpinPrepared(deps.pins, prepared);
+    await unpinPrepared(deps, ctx, prepared).catch(() => undefined);
     await deps.collectGarbage(source.hostId).catch(() => undefined);
     throw err instanceof ForkFailedError ? err : new ForkFailedError(source.name, step, err);
   }

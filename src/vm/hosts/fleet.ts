@@ -5,11 +5,23 @@
 // that misses it becomes `unreachable`; when it answers again it gets a new
 // epoch and its VMs are re-adopted), follows each host's event log (VM exits),
 // and places new VMs on a ready host with room.
+// Several controllers over one inventory share the hosts without fighting:
+// each host has one monitor at a time (a claim `host:<id>` with the host's
+// lease, renewed every heartbeat), and only the monitor heartbeats its agent,
+// changes its state and epoch, follows its events and re-adopts its VMs; a
+// monitor that dies loses the claim and another controller takes it. Every
+// controller reloads the host records from the inventory at each heartbeat
+// (hosts added or removed elsewhere, new epochs), and a call its agent refuses
+// as STALE_EPOCH (the monitor moved the epoch on) is retried once with the
+// record reloaded. A controller's own in-process host is monitored by that
+// controller only; the others mark it unreachable once its lease ran out (the
+// controller died) and cannot reach its VMs until it is back.
 import { randomUUID } from 'node:crypto';
 import { AlreadyExistsError, InvalidInputError, NAME_PATTERN, NotFoundError, OffshootError, silentLogger, sleep } from '../../common/index.ts';
 import type { Logger } from '../../common/index.ts';
-import type { AgentClient, AgentEndpoint, AgentEvent, HostInfo } from '../../protocol/index.ts';
-import { PROTOCOL_VERSION, httpAgentClient, inProcessClient, isCompatibleProtocol } from '../../protocol/index.ts';
+import type { AgentClient, AgentEndpoint, AgentEvent, CallName, HostInfo } from '../../protocol/index.ts';
+import { PROTOCOL_VERSION, clientFromSend, httpAgentClient, inProcessClient, isCompatibleProtocol } from '../../protocol/index.ts';
+import type { VmClaim, VmClaims } from '../coordination.ts';
 import type { HostFacts, HostInventory, HostRecord, HostState } from './host-record.ts';
 import { LOCAL_HOST_URL, PLACEABLE, assertHostState } from './host-record.ts';
 
@@ -37,6 +49,8 @@ export interface FleetOptions {
   local?: { name: string; endpoint: AgentEndpoint };
   heartbeatMs?: number;
   leaseMs?: number;
+  /** Several controllers over one inventory: host monitors are claims of this controller (without: it monitors every host). */
+  monitor?: { owner: string; claims: VmClaims };
 }
 
 export interface HostView extends Omit<HostRecord, 'token'> {
@@ -70,6 +84,8 @@ export class Fleet {
   private readonly loops = new Map<string, Promise<void>>();
   private heartbeat: NodeJS.Timeout | undefined;
   private closed = false;
+  /** Hosts this controller monitors, with the claim that says so (null: no claims, or its own in-process host). */
+  private readonly monitored = new Map<string, VmClaim | null>();
   localHostId: string | null = null;
 
   constructor(private readonly options: FleetOptions) {
@@ -83,17 +99,74 @@ export class Fleet {
     this.listeners.push(listener);
   }
 
-  /** Loads the hosts, registers (or refreshes) the local one, and starts heartbeats and event loops. */
+  /** Loads the hosts, registers (or refreshes) the local one, takes the monitors it can, and starts heartbeats and event loops. */
   async start(): Promise<void> {
     for (const host of await this.inventory.listHosts()) this.records.set(host.id, host);
     if (this.options.local) await this.registerLocal(this.options.local);
-    for (const host of this.records.values()) this.follow(host);
+    for (const host of this.records.values()) await this.tryMonitor(host);
     this.heartbeat = setInterval(() => void this.beat().catch((err: unknown) => this.logger.error({ err }, 'heartbeat failed')), this.heartbeatMs);
     this.heartbeat.unref();
   }
 
+  /** Whether this controller monitors the host (heartbeats it, follows its events, re-adopts its VMs). */
+  monitors(hostId: string): boolean {
+    return this.monitored.has(hostId);
+  }
+
+  /** A host's in-process agent that lives in another controller (this one cannot reach it). */
+  private isForeignLocal(host: HostRecord): boolean {
+    return host.url === LOCAL_HOST_URL && host.id !== this.localHostId;
+  }
+
+  /** Becomes the host's monitor if nobody else is (its own in-process host always); starts following its events. */
+  private async tryMonitor(host: HostRecord): Promise<boolean> {
+    if (this.monitored.has(host.id)) return true;
+    if (this.isForeignLocal(host)) return false;
+    let claim: VmClaim | null = null;
+    const monitor = this.options.monitor;
+    if (monitor && host.id !== this.localHostId) {
+      try {
+        claim = await monitor.claims.acquire(`host:${host.id}`, monitor.owner, 'monitor', this.leaseMs);
+      } catch (err) {
+        if (err instanceof OffshootError && err.code === 'BUSY') return false;
+        throw err;
+      }
+    }
+    this.monitored.set(host.id, claim);
+    if (claim) this.logger.info({ host: host.name }, 'this controller monitors the host');
+    this.follow(host);
+    return true;
+  }
+
+  private stopMonitoring(hostId: string): void {
+    const claim = this.monitored.get(hostId);
+    this.monitored.delete(hostId);
+    if (claim && this.options.monitor) void this.options.monitor.claims.release(claim).catch(() => undefined);
+  }
+
+  /**
+   * Reloads the host records from the inventory (hosts added, removed or changed by other controllers); keeps
+   * what this controller knows newer of the hosts it monitors (their last heartbeat).
+   */
+  private async refresh(): Promise<void> {
+    const stored = await this.inventory.listHosts();
+    const ids = new Set(stored.map((h) => h.id));
+    for (const id of [...this.records.keys()]) {
+      if (ids.has(id)) continue;
+      this.records.delete(id);
+      this.clients.delete(id);
+      this.stopMonitoring(id);
+    }
+    for (const host of stored) {
+      const mine = this.records.get(host.id);
+      const newer = mine && this.monitored.has(host.id) && (mine.lastSeenAt ?? '') > (host.lastSeenAt ?? '');
+      this.records.set(host.id, newer ? { ...host, lastSeenAt: mine.lastSeenAt, leaseExpiresAt: mine.leaseExpiresAt, facts: mine.facts } : host);
+      if (!mine && !this.isForeignLocal(host)) this.logger.info({ host: host.name }, 'host added by another controller');
+    }
+  }
+
   private async registerLocal(local: { name: string; endpoint: AgentEndpoint }): Promise<void> {
-    const existing = [...this.records.values()].find((h) => h.url === LOCAL_HOST_URL);
+    const existing = [...this.records.values()].find((h) => h.url === LOCAL_HOST_URL && h.name === local.name);
     const probe = inProcessClient(local.endpoint, { hostName: local.name, epoch: () => existing?.epoch ?? 0 });
     const info = await probe.hostInfo({});
     checkProtocol(local.name, info);
@@ -123,15 +196,34 @@ export class Fleet {
     let client = this.clients.get(host.id);
     if (!client) {
       const epoch = () => this.records.get(host.id)?.epoch ?? host.epoch;
+      let inner: AgentClient;
       if (host.url === LOCAL_HOST_URL) {
-        if (!this.options.local) throw new OffshootError('HOST_UNREACHABLE', `host ${host.name} is the in-process host of a controller started with --no-local-host`, { host: host.name }, 502);
-        client = inProcessClient(this.options.local.endpoint, { hostName: host.name, epoch });
+        if (!this.options.local || this.isForeignLocal(host)) throw new OffshootError('HOST_UNREACHABLE', `host ${host.name} is the in-process host of another controller: only that controller reaches its VMs`, { host: host.name }, 502);
+        inner = inProcessClient(this.options.local.endpoint, { hostName: host.name, epoch });
       } else {
-        client = httpAgentClient({ hostName: host.name, url: host.url, token: host.token ?? '', epoch });
+        inner = httpAgentClient({ hostName: host.name, url: host.url, token: host.token ?? '', epoch });
       }
+      client = this.retryingStaleEpoch(host.id, inner);
       this.clients.set(host.id, client);
     }
     return client;
+  }
+
+  /** A client that, refused as STALE_EPOCH (another controller moved the host's epoch on), reloads the host record and tries once more. */
+  private retryingStaleEpoch(hostId: string, inner: AgentClient): AgentClient {
+    return clientFromSend(inner.hostName, async (name: CallName, request: unknown) => {
+      const call = (inner[name] as (r: unknown) => Promise<unknown>).bind(inner);
+      try {
+        return await call(request);
+      } catch (err) {
+        if (!(err instanceof OffshootError && err.code === 'STALE_EPOCH')) throw err;
+        const fresh = await this.inventory.getHost(hostId);
+        const known = this.records.get(hostId);
+        if (!fresh || !known || fresh.epoch <= known.epoch) throw err;
+        this.records.set(hostId, { ...known, epoch: fresh.epoch });
+        return call(request);
+      }
+    });
   }
 
   async resolve(ref: string): Promise<HostRecord> {
@@ -174,7 +266,7 @@ export class Fleet {
     const host: HostRecord = { id, name: input.name, url: base, state: 'ready', stateReason: null, epoch, token: input.token, protocolVersion: attached.protocolVersion, capabilities: attached.capabilities, facts: factsOf(attached), lastSeenAt: now, leaseExpiresAt: new Date(Date.now() + this.leaseMs).toISOString(), createdAt: now, updatedAt: now };
     await this.inventory.insertHost(host);
     this.records.set(id, host);
-    this.follow(host);
+    await this.tryMonitor(host);
     this.logger.info({ host: host.name, url: base, epoch }, 'host added');
     for (const l of this.listeners) l.hostAdded?.(host);
     return host;
@@ -189,6 +281,7 @@ export class Fleet {
     await this.inventory.deleteHost(host.id);
     this.records.delete(host.id);
     this.clients.delete(host.id);
+    this.stopMonitoring(host.id);
     this.logger.info({ host: host.name }, 'host removed');
     return host;
   }
@@ -210,7 +303,7 @@ export class Fleet {
       assertHostState(host, PLACEABLE, 'place a VM on');
       return host;
     }
-    const candidates = [...this.records.values()].filter((h) => PLACEABLE.includes(h.state) && (h.url !== LOCAL_HOST_URL || this.options.local));
+    const candidates = [...this.records.values()].filter((h) => PLACEABLE.includes(h.state) && !this.isForeignLocal(h) && (h.url !== LOCAL_HOST_URL || this.options.local));
     const withRoom = candidates.filter((h) => (h.facts?.memory.freeBytes ?? 0) >= need);
     const pick = (withRoom.length ? withRoom : candidates).sort((a, b) => (b.facts?.memory.freeBytes ?? 0) - (a.facts?.memory.freeBytes ?? 0))[0];
     if (!pick) throw new OffshootError('ILLEGAL_STATE', 'no ready host to place a VM on', { hosts: this.records.size }, 409);
@@ -234,9 +327,47 @@ export class Fleet {
     return updated;
   }
 
-  /** One heartbeat round: every host's hostInfo, lease renewed or lost. */
+  /**
+   * One heartbeat round: the records reloaded, the monitor claims renewed (or taken where nobody holds them), and
+   * every monitored host's hostInfo, its lease renewed or lost; another controller's in-process host whose lease
+   * ran out is marked unreachable.
+   */
   private async beat(): Promise<void> {
-    await Promise.allSettled([...this.records.values()].map((host) => this.beatOne(host)));
+    if (this.options.monitor) await this.refresh();
+    for (const host of [...this.records.values()]) {
+      if (this.isForeignLocal(host)) {
+        await this.expireForeignLocal(host).catch((err: unknown) => this.logger.warn({ err, host: host.name }, 'cannot mark another controller\'s host unreachable'));
+        continue;
+      }
+      const claim = this.monitored.get(host.id);
+      if (claim && this.options.monitor) {
+        try {
+          this.monitored.set(host.id, await this.options.monitor.claims.renew(claim, this.leaseMs));
+        } catch (err) {
+          if (!(err instanceof OffshootError && err.code === 'LEASE_LOST')) throw err;
+          this.logger.warn({ host: host.name }, 'another controller monitors the host now');
+          this.monitored.delete(host.id);
+        }
+      } else if (!this.monitored.has(host.id)) await this.tryMonitor(host);
+    }
+    await Promise.allSettled([...this.records.values()].filter((h) => this.monitored.has(h.id)).map((host) => this.beatOne(host)));
+  }
+
+  /** Another controller's in-process host whose lease ran out (that controller died): unreachable, its VMs unknown. */
+  private async expireForeignLocal(host: HostRecord): Promise<void> {
+    if (host.state === 'unreachable' || !host.leaseExpiresAt || Date.parse(host.leaseExpiresAt) > Date.now()) return;
+    const monitor = this.options.monitor;
+    const claim = monitor ? await monitor.claims.acquire(`host:${host.id}`, monitor.owner, 'expire', this.leaseMs).catch(() => null) : null;
+    if (monitor && !claim) return;
+    try {
+      const current = await this.inventory.getHost(host.id);
+      if (!current || current.state === 'unreachable' || !current.leaseExpiresAt || Date.parse(current.leaseExpiresAt) > Date.now()) return;
+      const lost = await this.write(current, { state: 'unreachable', stateReason: 'its controller stopped renewing its lease' });
+      this.logger.warn({ host: host.name }, "another controller's own host is unreachable: its VMs are unknown until that controller is back");
+      for (const l of this.listeners) l.hostLost?.(lost);
+    } finally {
+      if (claim && monitor) await monitor.claims.release(claim).catch(() => undefined);
+    }
   }
 
   private async beatOne(host: HostRecord): Promise<void> {
@@ -267,13 +398,13 @@ export class Fleet {
     if (now - Date.parse(host.updatedAt) > this.leaseMs / 2) await this.write(host, lease);
   }
 
-  /** Follows a host's event log for as long as the host is in the fleet. */
+  /** Follows a host's event log for as long as the host is in the fleet and this controller monitors it. */
   private follow(host: HostRecord): void {
     if (this.loops.has(host.id)) return;
     const loop = (async () => {
       let afterSeq = 0;
       let first = true;
-      while (!this.closed && this.records.has(host.id)) {
+      while (!this.closed && this.records.has(host.id) && this.monitored.has(host.id)) {
         try {
           const page = await this.client(this.records.get(host.id) ?? host).events({ afterSeq, waitMs: first ? 0 : 10_000 });
           first = false;
@@ -298,5 +429,7 @@ export class Fleet {
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.heartbeat);
+    // Hand the hosts over to the other controllers at once instead of after the lease.
+    for (const id of [...this.monitored.keys()]) this.stopMonitoring(id);
   }
 }

@@ -12,7 +12,7 @@
 // default guest is installed there if it is missing).
 import { OffshootError } from '../../common/index.ts';
 import type { AgentClient, IncomingDisk, VmDisk, VmSpec } from '../../protocol/index.ts';
-import { makeLocator } from '../../protocol/index.ts';
+import { guestMemoryBytes, makeLocator } from '../../protocol/index.ts';
 import type { HostRecord } from '../hosts/index.ts';
 import { LOCAL_HOST_URL } from '../hosts/index.ts';
 import type { VmRecord } from '../records.ts';
@@ -69,7 +69,8 @@ export async function planMigration(vm: VmRecord, source: HostRecord, destinatio
   }
   if (!sourceAddress || !destinationAddress) throw new MigrationPlanError(`hosts ${source.name} and ${destination.name} have no route to each other`, { source: source.name, destination: destination.name });
 
-  const bootFiles = vm.spec.boot.kind === 'kernel' ? [vm.spec.boot.kernel, ...(vm.spec.boot.initrd ? [vm.spec.boot.initrd] : [])] : vm.spec.boot.kind === 'disk' ? [] : [];
+  // A disk boot's disk is one of the VM's disks.
+  const bootFiles = vm.spec.boot.kind === 'kernel' ? [vm.spec.boot.kernel, ...(vm.spec.boot.initrd ? [vm.spec.boot.initrd] : [])] : [];
   const asked = [...new Set([...bootFiles, ...vm.spec.disks.flatMap((d) => [d.file, ...d.backing])])];
   const [here, there] = await Promise.all([
     agents.source.migrationProbe({ peer: null, files: asked.map((file) => ({ file, contentId: !vm.spec.disks.some((d) => d.file === file && !d.readOnly) })), installDefaultGuest: false }),
@@ -113,7 +114,7 @@ export async function planMigration(vm: VmRecord, source: HostRecord, destinatio
     mirrors.push({ node: disk.id, sync: basesThere ? 'top' : 'full' });
     disks.push({ ...disk, file, owned: true, backing: basesThere ? disk.backing : [] });
   }
-  const memoryBytes = vm.spec.memoryMiB * 2 ** 20;
+  const memoryBytes = guestMemoryBytes(vm.spec);
   if (there.memoryFreeBytes < memoryBytes) throw new OffshootError('NO_SPACE', `host ${destination.name} has ${Math.floor(there.memoryFreeBytes / 2 ** 20)} MiB free for guest memory; VM "${vm.name}" needs ${vm.spec.memoryMiB} MiB`, { needed: memoryBytes, free: there.memoryFreeBytes, where: 'memory' }, 507);
   if (there.diskFreeBytes < diskBytes) throw new OffshootError('NO_SPACE', `host ${destination.name} has ${there.diskFreeBytes} bytes free; the disks of VM "${vm.name}" need ${diskBytes}`, { needed: diskBytes, free: there.diskFreeBytes, where: 'disk' }, 507);
   return { source, destination, sourceAddress, destinationAddress, slotsInUse: [...here.slotsInUse, ...there.slotsInUse], incoming, mirrors, shared, destinationSpec: { ...vm.spec, disks }, diskBytes };

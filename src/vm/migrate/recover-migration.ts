@@ -32,7 +32,6 @@ export async function recoverMigration(ctx: EngineContext, journal: MigrateJourn
   }
   if (journal.destinationRuntime && (await runsAtDestination(agents.destination, journal.vmId))) {
     const status = await agents.destination.vmStatus({ vmId: journal.vmId }).catch(() => ({ status: null }));
-    await ctx.states.force(journal.vmId, 'migrating', 'recovering an interrupted migration');
     await recordAtDestination(ctx, journal, { runtime: journal.destinationRuntime, running: status.status !== 'paused' });
     await finishSource(ctx, agents, journal);
     logger.warn({ vm: vm.name }, 'finished an interrupted migration: the VM runs at its destination');

@@ -34,8 +34,8 @@ export interface MigrateResult {
   /** QEMU's figure: the guest stopped at the source until it ran at the destination. */
   downtimeMs: number | null;
   totalMs: number;
-  /** The same two figures, where the metrics and the console read them. */
-  timings: { downtimeMs: number | null; totalMs: number };
+  /** The same two figures, where the metrics and the console read them, and when each phase ended (ms from the start; QEMU's own migration time). */
+  timings: { downtimeMs: number | null; totalMs: number; plannedMs: number; pathMs: number; preparedMs: number; transferredMs: number; qemuTotalMs: number | null; mirrorMs: number | null };
   memoryBytes: number;
   memoryTotalBytes: number;
   diskBytes: number;
@@ -55,6 +55,7 @@ export async function runMigration(ctx: EngineContext, vm: VmRecord, previous: V
   const tuning = tuningOf(request);
   await task.progress(0.01, `planning the move of ${vm.name} to ${destination.name}`);
   const plan = await planMigration(vm, source, destination, agents, request);
+  const at = { planned: performance.now() - t0, path: 0, prepared: 0, transferred: 0 };
   const journal: MigrateJournal = {
     vmId: vm.id,
     phase: 'path',
@@ -75,6 +76,7 @@ export async function runMigration(ctx: EngineContext, vm: VmRecord, previous: V
     signal.throwIfAborted();
     await task.progress(0.03, `opening an isolated path between ${source.name} and ${destination.name}`);
     path = await openDataPath(agents, journal.pathId, { source: plan.sourceAddress, destination: plan.destinationAddress }, plan.slotsInUse);
+    at.path = performance.now() - t0;
     await ctx.faults?.('migrate.path');
     signal.throwIfAborted();
     journal.phase = 'prepare';
@@ -83,11 +85,13 @@ export async function runMigration(ctx: EngineContext, vm: VmRecord, previous: V
     const postcopy = tuning.postcopy !== 'never';
     const target = await prepareDestination(agents.destination, vm, plan, journal, { postcopy, multifdChannels: postcopy ? 1 : tuning.multifdChannels, tls: tuning.tls, resume: previous === 'running' });
     journal.destinationRuntime = target.runtime;
+    at.prepared = performance.now() - t0;
     journal.phase = 'transfer';
     await task.journal(journal);
     await ctx.faults?.('migrate.transfer');
     await task.progress(0.1, plan.mirrors.length ? 'mirroring the disks' : 'copying memory');
     outcome = await transferVm(agents.source, vm, plan, journal, target, tuning, task, signal);
+    at.transferred = performance.now() - t0;
   } catch (err) {
     // The source's migration failed: unless the destination already runs the guest (a failure after the switch-over), roll back.
     if (!(await runsAtDestination(agents.destination, vm.id))) {
@@ -120,7 +124,7 @@ export async function runMigration(ctx: EngineContext, vm: VmRecord, previous: V
     to: destination.name,
     downtimeMs: outcome?.downtimeMs ?? null,
     totalMs,
-    timings: { downtimeMs: outcome?.downtimeMs ?? null, totalMs },
+    timings: { downtimeMs: outcome?.downtimeMs ?? null, totalMs, plannedMs: Math.round(at.planned), pathMs: Math.round(at.path), preparedMs: Math.round(at.prepared), transferredMs: Math.round(at.transferred), qemuTotalMs: outcome?.totalTimeMs ?? null, mirrorMs: outcome?.mirrorMs === null || outcome?.mirrorMs === undefined ? null : Math.round(outcome.mirrorMs) },
     memoryBytes: outcome?.memoryBytes ?? 0,
     memoryTotalBytes: outcome?.memoryTotalBytes ?? 0,
     diskBytes: outcome?.diskBytes ?? 0,

@@ -10,10 +10,14 @@ import type { VmRecord } from '../records.ts';
 import { closeDataPath } from './data-path.ts';
 import type { MigrateJournal } from './migrate-journal.ts';
 
-/** Records the VM at the destination (one write); the state it had before, running or paused. */
+/**
+ * Records the VM at the destination (one write), in the state it had before (running or paused). The guest
+ * runs there whatever the record said meanwhile (a source host that missed its lease made it `unknown`), so
+ * the write is unconditional.
+ */
 export async function recordAtDestination(ctx: EngineContext, journal: MigrateJournal, incoming: Pick<IncomingResult, 'runtime' | 'running'>): Promise<VmRecord> {
   const state = incoming.running ? 'running' : 'paused';
-  const { vm } = await ctx.states.settle(journal.vmId, ['migrating'], state, null, { hostId: journal.destinationHostId, spec: journal.destinationSpec, runtime: incoming.runtime });
+  const vm = await ctx.states.force(journal.vmId, state, null, { hostId: journal.destinationHostId, spec: journal.destinationSpec, runtime: incoming.runtime });
   ctx.logger.info({ vm: vm.name, host: journal.destinationHostId }, 'VM migrated');
   return vm;
 }

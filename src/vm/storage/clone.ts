@@ -119,11 +119,11 @@ export class Cloner {
             await streamChainsIntoDisks(this.deps, vm, vm.spec.disks.filter((d) => !d.readOnly).map((d) => d.id), ctx, 'streaming');
             return { vm: vm.name, streamedMs: Math.round(performance.now() - t1), independent: true };
           } finally {
-            this.deps.engine.states.release(vm.id);
+            await this.deps.engine.states.release(vm.id);
           }
         });
       } catch (err) {
-        this.deps.engine.states.release(vm.id);
+        await this.deps.engine.states.release(vm.id);
         throw err;
       }
       return { mode: 'instant', vm: await this.deps.engine.resolve(vm.id), task, job: null, pool: null, ms: performance.now() - t0 };

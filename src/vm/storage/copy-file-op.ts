@@ -34,10 +34,17 @@ export function peerAddress(deps: StorageDeps, readerHostId: string, serverHostI
   return hostOf(readerHostId) ?? hostOf(serverHostId) ?? '127.0.0.1';
 }
 
-export async function runCopyFile(deps: StorageDeps, job: CopyJobRecord, file: CopyFile, options: FollowOptions): Promise<CopyFileResult> {
+/** How to run one file: follow options, and the agent operation's id (a controller taking a job over follows the same). */
+export interface CopyFileOptions extends FollowOptions {
+  operationId?: string;
+}
+
+export async function runCopyFile(deps: StorageDeps, job: CopyJobRecord, file: CopyFile, options: CopyFileOptions): Promise<CopyFileResult> {
   const agent = agentOn(deps, job.hostId);
   const remote = file.sourceHostId !== undefined && file.sourceHostId !== job.hostId;
-  const run = () => (remote ? fetchRemote(deps, agent, job, file, options) : runOperation(agent, 'copyFile', { source: file.source, target: file.target, ...deps.copy }, options));
+  const { operationId, ...follow } = options;
+  const id = operationId ? { operationId } : {};
+  const run = () => (remote ? fetchRemote(deps, agent, job, file, follow, id) : runOperation(agent, 'copyFile', { ...id, source: file.source, target: file.target, ...deps.copy }, follow));
   try {
     return await run();
   } catch (err) {
@@ -47,12 +54,12 @@ export async function runCopyFile(deps: StorageDeps, job: CopyJobRecord, file: C
   }
 }
 
-async function fetchRemote(deps: StorageDeps, agent: AgentClient, job: CopyJobRecord, file: CopyFile, options: FollowOptions): Promise<CopyFileResult> {
+async function fetchRemote(deps: StorageDeps, agent: AgentClient, job: CopyJobRecord, file: CopyFile, options: FollowOptions, id: { operationId?: string }): Promise<CopyFileResult> {
   const sourceHost = file.sourceHostId as string;
   const source = agentOn(deps, sourceHost);
   const served = await source.openFileServer({ file: file.source, peer: peerAddress(deps, job.hostId, sourceHost) });
   try {
-    return await runOperation(agent, 'fetchFile', { source: { url: served.url, token: served.token }, sourceName: file.source, target: file.target, ...deps.copy }, options);
+    return await runOperation(agent, 'fetchFile', { ...id, source: { url: served.url, token: served.token }, sourceName: file.source, target: file.target, ...deps.copy }, options);
   } finally {
     await source.closeFileServer({ serverId: served.serverId }).catch((err: unknown) => deps.logger.warn({ err, host: sourceHost }, 'cannot close a file server (it closes by itself when idle)'));
   }

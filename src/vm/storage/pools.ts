@@ -7,7 +7,12 @@
 // source's freshly frozen disks with the pool's, and a mismatch makes the pool
 // drop its copies and refill from the new content. Pool state (slots, jobs)
 // is in the inventory and survives a restart; the frozen source files stay
-// pinned against garbage collection while the pool exists.
+// pinned against garbage collection while the pool exists (GC pins of holder
+// `pool:<id>`, kept by every controller). Changes of one pool (fills, takes,
+// resizes, refills after a take) run one at a time across the fleet: in order
+// in this process, under the pool's claim (`pool:<id>`) across controllers.
+// Its refills are copy jobs, so tasks: a controller that dies mid-copy has the
+// copy taken over, and every controller tops its pools up when it starts.
 import { randomBytes } from 'node:crypto';
 import { NotFoundError, OffshootError } from '../../common/index.ts';
 import type { FrozenDisk } from '../../protocol/index.ts';
@@ -22,7 +27,7 @@ import type { CopyFile, CopyJobRecord, DiskRecord, PoolRecord, PoolSlot } from '
 import { createPoolRequestSchema, resizePoolRequestSchema } from './requests.ts';
 
 export class Pools {
-  /** One pool change at a time (fills, takes, resizes race otherwise). */
+  /** One pool change at a time in this process (fills, takes, resizes race otherwise); the pool's claim across controllers. */
   private queue: Promise<unknown> = Promise.resolve();
 
   constructor(
@@ -31,13 +36,14 @@ export class Pools {
     private readonly jobs: CopyJobs,
   ) {
     jobs.handle('pool', {
-      succeeded: (job) => this.serial(() => this.slotFilled(job)),
-      abandoned: (job) => this.serial(() => this.slotAbandoned(job)),
+      succeeded: (job) => this.serial(job.purpose.kind === 'pool' ? job.purpose.poolId : '', () => this.slotFilled(job)),
+      abandoned: (job) => this.serial(job.purpose.kind === 'pool' ? job.purpose.poolId : '', () => this.slotAbandoned(job)),
     });
   }
 
-  private serial<T>(fn: () => Promise<T>): Promise<T> {
-    const next = this.queue.then(fn, fn);
+  private serial<T>(poolId: string, fn: () => Promise<T>): Promise<T> {
+    const claimed = () => this.deps.engine.coordinator.withClaim(`pool:${poolId}`, 'pool change', { waitMs: 120_000 }, fn);
+    const next = this.queue.then(claimed, claimed);
     this.queue = next.catch(() => undefined);
     return next;
   }
@@ -74,14 +80,14 @@ export class Pools {
       updatedAt: now,
     };
     await this.deps.storageInventory.insertPool(pool);
-    this.pin(pool);
-    return this.serial(() => this.fill(pool.id));
+    await this.pin(pool);
+    return this.serial(pool.id, () => this.fill(pool.id));
   }
 
   async resize(ref: string, input: unknown): Promise<PoolRecord> {
     const { size } = parseRequest('pool resize', resizePoolRequestSchema, input);
     const pool = await this.get(ref);
-    return this.serial(async () => {
+    return this.serial(pool.id, async () => {
       await this.deps.storageInventory.updatePool(pool.id, { size });
       return this.fill(pool.id);
     });
@@ -89,20 +95,23 @@ export class Pools {
 
   async delete(ref: string): Promise<PoolRecord> {
     const pool = await this.get(ref);
-    const cleanup = await this.serial(async () => {
+    const cleanup = await this.serial(pool.id, async () => {
       await this.deps.storageInventory.updatePool(pool.id, { size: 0 });
       const drop = await this.detachSlots(await this.get(pool.id), () => true);
       await this.deps.storageInventory.deletePool(pool.id);
       return drop;
     });
     await cleanup();
-    this.unpin(pool);
+    await this.unpin(pool);
     return pool;
   }
 
-  /** Re-pins every pool's source files after a restart. */
+  /** At a controller's start: every pool's source files pinned (rows from before pins were rows), and every pool topped up in the background. */
   async recover(): Promise<void> {
-    for (const pool of await this.list()) this.pin(pool);
+    for (const pool of await this.list()) {
+      await this.pin(pool);
+      void this.serial(pool.id, () => this.fill(pool.id)).catch((err: unknown) => this.deps.logger.warn({ err, pool: pool.name }, 'cannot top a pool up'));
+    }
   }
 
   /**
@@ -112,15 +121,15 @@ export class Pools {
   async take(sourceVmId: string, datastore: string, frozen: FrozenDisk[]): Promise<{ pool: string; tops: Map<string, DiskRecord[]> } | null> {
     const pool = (await this.list()).find((p) => p.sourceVmId === sourceVmId && p.datastore === datastore);
     if (!pool) return null;
-    return this.serial(async () => {
+    return this.serial(pool.id, async () => {
       const current = await this.get(pool.id);
       const contentIds = frozen.map((f) => f.contentId);
       if (contentIds.join() !== current.sourceContentIds.join()) {
         this.deps.logger.info({ pool: current.name }, 'pool is stale (its source changed): refilling from the new content');
         this.later(await this.detachSlots(current, () => true), current.name);
-        this.unpin(current);
+        await this.unpin(current);
         const fresh = await this.deps.storageInventory.updatePool(current.id, { sourceContentIds: contentIds, sourceFiles: frozen.map((f) => ({ diskId: f.diskId, chain: frozenChainRecords(f, datastore, (_id, _format, i) => f.chain[i] as string) })), slots: [] });
-        this.pin(fresh);
+        await this.pin(fresh);
         await this.fill(fresh.id);
         return null;
       }
@@ -141,7 +150,7 @@ export class Pools {
         tops.set(source.diskId, registered.slice(next, next + source.chain.length));
         next += source.chain.length;
       }
-      void this.serial(() => this.fill(current.id)).catch((err: unknown) => this.deps.logger.error({ err, pool: current.name }, 'pool refill failed'));
+      void this.serial(current.id, () => this.fill(current.id)).catch((err: unknown) => this.deps.logger.error({ err, pool: current.name }, 'pool refill failed'));
       return { pool: current.name, tops };
     });
   }
@@ -225,11 +234,11 @@ export class Pools {
   }
 
 
-  private pin(pool: PoolRecord): void {
-    for (const s of pool.sourceFiles) for (const c of s.chain) this.deps.engine.pins.add(c.file);
+  private pin(pool: PoolRecord): Promise<void> {
+    return this.deps.engine.coordinator.store.pins.add(`pool:${pool.id}`, pool.sourceFiles.flatMap((s) => s.chain.map((c) => c.file)), null);
   }
 
-  private unpin(pool: PoolRecord): void {
-    for (const s of pool.sourceFiles) for (const c of s.chain) this.deps.engine.pins.delete(c.file);
+  private unpin(pool: PoolRecord): Promise<void> {
+    return this.deps.engine.coordinator.store.pins.remove(`pool:${pool.id}`);
   }
 }

@@ -67,9 +67,7 @@ export type CopyPurpose =
   | { kind: 'pool'; poolId: string; slot: string }
   | { kind: 'move'; diskId: string }
   /** `disk seed`: a copy of a disk's chain on another datastore (often another host), keeping its content ids. */
-  | { kind: 'seed'; diskId: string }
-  /** The files a `vm move` sends (the move's task waits for the job and registers what it copied). */
-  | { kind: 'vm-move'; vmId: string; taskId: string };
+  | { kind: 'seed'; diskId: string };
 
 /** One line of a copy job's history: a worker's run on a host, or a hand-over to another host. */
 export interface CopyJobHistoryEntry {
@@ -112,6 +110,12 @@ export interface CopyJobRecord {
   error: { code: string; message: string; details: Record<string, unknown> } | null;
   createdAt: string;
   updatedAt: string;
+  /** The task that runs the job now (a copy job runs as a task: one controller at a time, taken over if it dies). */
+  taskId?: string | null;
+  /** The agent operation copying the current file, so a controller taking the task over reattaches to it. */
+  operationId?: string | null;
+  /** A pause or cancel asked of the controller running the job (through its task's cancel request). */
+  request?: 'pause' | 'cancel' | null;
 }
 
 export type PoolSlotState = 'filling' | 'ready';

@@ -57,15 +57,20 @@ export class StorageService {
     }
   }
 
-  /** After a restart, before the engine's recovery (and its garbage collection): pins what pools and unfinished jobs read. */
+  /**
+   * After a restart, before the engine's recovery (and its garbage collection): pins what pools and unfinished
+   * jobs read (pins are rows that outlive controllers; this adds those of an inventory from before they were).
+   */
   async pinSources(): Promise<void> {
-    await this.pools.recover();
-    for (const job of await this.jobs.list()) if (['queued', 'running', 'paused', 'failed'].includes(job.state)) for (const f of job.files) this.deps.engine.pins.add(f.source);
+    const pins = this.deps.engine.coordinator.store.pins;
+    for (const job of await this.jobs.list()) if (['queued', 'running', 'paused', 'failed'].includes(job.state)) await pins.add(`copy-job:${job.id}`, job.files.map((f) => f.source), null);
   }
 
-  /** After the engine's recovery: copy jobs that were running go on from their recorded chunks. */
-  resumeJobs(): Promise<string[]> {
-    return this.jobs.recover();
+  /** After the engine's recovery: copy jobs that no running task carries go on from their recorded chunks, and pools are topped up. */
+  async resumeJobs(): Promise<string[]> {
+    const resumed = await this.jobs.recover();
+    await this.pools.recover();
+    return resumed;
   }
 
   close(): Promise<void> {
@@ -177,11 +182,11 @@ export class StorageService {
           const { releasedBases } = await streamChainsIntoDisks(this.deps, vm, disks.map((d) => d.id), ctx, 'flattening');
           return { flattened: disks.map((d) => d.id), releasedBases };
         } finally {
-          this.deps.engine.states.release(vm.id);
+          await this.deps.engine.states.release(vm.id);
         }
       });
     } catch (err) {
-      this.deps.engine.states.release(vm.id);
+      await this.deps.engine.states.release(vm.id);
       throw err;
     }
   }

@@ -1,0 +1,187 @@
+// `npm run bench -- migrate [--runs 2] [--memory 1024] [--dirty 64] [--downtime-limit 50] [--timeout 90]`:
+// live migration between two lab hosts (each `offshoot agent serve` in its
+// own network namespace), in one run beside the baseline a libvirt user gets
+// by default: plain QMP `migrate` between two hand-started QEMUs in the same
+// two namespaces, over the hosts' own addresses, with QEMU's defaults
+// (max-bandwidth 128 MiB/s, downtime-limit 300 ms, no TLS, pre-copy only).
+// Two workloads: an idle guest, and a guest rewriting a tmpfs file of
+// `--dirty` MiB in a loop. Offshoot migrates with its defaults (isolated
+// path, TLS-PSK, post-copy when pre-copy stalls) and `--downtime-limit`. Per
+// migration: QEMU's downtime, total time, bytes sent against the guest's
+// memory, and whether it converged (the baseline is cancelled after
+// `--timeout` s). The guest-side downtime (a timer loop in the guest) and the
+// local-storage workload (a 4 GiB disk holding 1 GiB) are not measured here.
+import { spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { cpus, loadavg } from 'node:os';
+import { join } from 'node:path';
+import { startDaemon } from '../src/api/index.ts';
+import { silentLogger } from '../src/common/index.ts';
+import { loadDefaultGuest } from '../src/guest/index.ts';
+import { labDown, labUp } from '../src/lab/lab.ts';
+import { QgaClient, createImage, qemuVersion } from '../src/qemu/index.ts';
+import type { QmpClient } from '../src/qemu/index.ts';
+import type { MigrateResult, VmEngine } from '../src/vm/index.ts';
+import { connectQmpWhenReady, rawGuestArgs } from './qemu-baseline.ts';
+import type { BenchResult, Comparison } from './report.ts';
+import { option } from './tools.ts';
+
+interface Sample {
+  downtimeMs: number;
+  /** From the request to the guest running at the destination (the baseline: from starting the destination QEMU). */
+  wallMs: number;
+  /** QEMU's total-time of the migration itself. */
+  qemuMs: number;
+  bytes: number;
+  /** Completed (pre-copy or post-copy). */
+  completed: boolean;
+  postcopy: boolean;
+}
+
+const dirtyScript = (mib: number) => `mkdir -p /mnt/dirty && mount -t tmpfs -o size=${mib + 16}m tmpfs /mnt/dirty && (while true; do dd if=/dev/zero of=/mnt/dirty/f bs=1M count=${mib} conv=notrunc 2>/dev/null; done) >/dev/null 2>&1 &`;
+
+async function offshootRuns(engine: VmEngine, workload: 'idle' | 'dirtying', o: { runs: number; memory: number; dirty: number; downtimeLimitMs: number; timeoutS: number }, postcopy: 'auto' | 'never' = 'auto'): Promise<Sample[]> {
+  const name = `omb-${workload}-${postcopy}`;
+  const { task } = await engine.create({ name, memory: `${o.memory}M`, host: 'lab1', start: true });
+  const started = await engine.tasks.wait(task?.id as string);
+  if (started.state !== 'succeeded') throw new Error(`${name} did not start: ${started.message}`);
+  if (workload === 'dirtying') await engine.exec(name, { path: '/bin/sh', args: ['-c', dirtyScript(o.dirty)] });
+  const samples: Sample[] = [];
+  try {
+    for (let i = 0; i < o.runs; i++) {
+      const to = i % 2 === 0 ? 'lab2' : 'lab1';
+      const t0 = performance.now();
+      const { task: m } = await engine.migrate(name, { to, downtimeLimitMs: o.downtimeLimitMs, timeoutS: o.timeoutS, postcopy });
+      const done = await engine.tasks.wait(m?.id as string);
+      const wall = performance.now() - t0;
+      if (done.state !== 'succeeded') {
+        samples.push({ downtimeMs: NaN, wallMs: wall, qemuMs: NaN, bytes: NaN, completed: false, postcopy: false });
+        process.stderr.write(`offshoot ${workload} ${i + 1}: failed ${done.error?.code}: ${done.message}\n`);
+        continue;
+      }
+      const r = done.result as MigrateResult;
+      samples.push({ downtimeMs: r.downtimeMs ?? NaN, wallMs: wall, qemuMs: r.timings.qemuTotalMs ?? NaN, bytes: r.memoryBytes + r.diskBytes, completed: true, postcopy: r.postcopy });
+      process.stderr.write(`offshoot ${workload} postcopy=${postcopy} ${i + 1}: downtime ${r.downtimeMs} ms, wall ${Math.round(wall)} ms, ${Math.round((r.memoryBytes + r.diskBytes) / 2 ** 20)} MiB, passes ${r.passes}, postcopy ${r.postcopy}; ${JSON.stringify(r.timings)}\n`);
+    }
+  } finally {
+    await engine.kill(name).catch(() => undefined);
+    await engine.delete(name).catch(() => undefined);
+  }
+  return samples;
+}
+
+function inNamespace(namespace: string, argv: string[]): ChildProcess {
+  return spawn('ip', ['netns', 'exec', namespace, 'qemu-system-x86_64', ...argv], { stdio: 'ignore' });
+}
+
+async function stopProcess(p: ChildProcess): Promise<void> {
+  if (p.exitCode !== null || p.signalCode !== null) return;
+  p.kill('SIGKILL');
+  await new Promise((r) => p.once('exit', r));
+}
+
+async function baselineRuns(accel: string, hosts: Array<{ namespace: string; address: string }>, workload: 'idle' | 'dirtying', o: { runs: number; memory: number; dirty: number; timeoutS: number }): Promise<Sample[]> {
+  const guest = await loadDefaultGuest();
+  const dir = mkdtempSync('/tmp/omb-base-');
+  const samples: Sample[] = [];
+  const procs: ChildProcess[] = [];
+  try {
+    const disk = join(dir, 'disk.qcow2');
+    await createImage({ path: disk, format: 'qcow2', backing: { path: guest.dataDisk, format: 'qcow2' } });
+    const args = (n: number, incoming: boolean) => rawGuestArgs({ accel, memoryMiB: o.memory, guest, disk, qgaSocket: join(dir, `qga${n}.sock`), qmpSocket: join(dir, `qmp${n}.sock`), incoming, offshootCpu: true, offshootDevices: true });
+    let n = 0;
+    let current = inNamespace(hosts[0]?.namespace as string, args(n, false));
+    procs.push(current);
+    let qmp: QmpClient = await connectQmpWhenReady(join(dir, `qmp${n}.sock`));
+    const qga = await QgaClient.waitForAgent(join(dir, `qga${n}.sock`), { timeoutMs: 180_000 });
+    if (workload === 'dirtying') await qga.exec('/bin/sh', ['-c', dirtyScript(o.dirty)]);
+    qga.close();
+    for (let i = 0; i < o.runs; i++) {
+      const target = hosts[(i + 1) % 2] as { namespace: string; address: string };
+      n++;
+      const t0 = performance.now();
+      const next = inNamespace(target.namespace, args(n, true));
+      procs.push(next);
+      const nextQmp = await connectQmpWhenReady(join(dir, `qmp${n}.sock`));
+      const port = 50000 + n;
+      await nextQmp.execute('migrate-incoming', { uri: `tcp:${target.address}:${port}` });
+      await qmp.execute('migrate', { uri: `tcp:${target.address}:${port}` });
+      let status = 'active';
+      let info: { status?: string; downtime?: number; 'total-time'?: number; ram?: { transferred?: number } } = {};
+      while (performance.now() - t0 < o.timeoutS * 1000) {
+        info = await qmp.execute('query-migrate');
+        status = info.status ?? 'none';
+        if (status === 'completed' || status === 'failed' || status === 'cancelled') break;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      if (status !== 'completed') {
+        await qmp.execute('migrate_cancel').catch(() => undefined);
+        samples.push({ downtimeMs: NaN, wallMs: performance.now() - t0, qemuMs: NaN, bytes: info.ram?.transferred ?? NaN, completed: false, postcopy: false });
+        process.stderr.write(`baseline ${workload} ${i + 1}: ${status} after ${o.timeoutS} s (${Math.round((info.ram?.transferred ?? 0) / 2 ** 20)} MiB sent): cancelled\n`);
+        await stopProcess(next);
+        break;
+      }
+      const wall = performance.now() - t0;
+      for (let k = 0; k < 10 && !info['total-time']; k++) info = await qmp.execute('query-migrate');
+      samples.push({ downtimeMs: info.downtime ?? NaN, wallMs: wall, qemuMs: info['total-time'] ?? NaN, bytes: info.ram?.transferred ?? NaN, completed: true, postcopy: false });
+      process.stderr.write(`baseline ${workload} ${i + 1}: downtime ${info.downtime} ms, wall ${Math.round(wall)} ms, QEMU total ${info['total-time']} ms, ${Math.round((info.ram?.transferred ?? 0) / 2 ** 20)} MiB\n`);
+      qmp.close();
+      await stopProcess(current);
+      current = next;
+      qmp = nextQmp;
+    }
+    qmp.close();
+  } finally {
+    for (const p of procs) await stopProcess(p);
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return samples;
+}
+
+export async function migrateBenchmark(args: string[]): Promise<BenchResult> {
+  const o = { runs: Number(option(args, '--runs', '2')), memory: Number(option(args, '--memory', '1024')), dirty: Number(option(args, '--dirty', '64')), downtimeLimitMs: Number(option(args, '--downtime-limit', '50')), timeoutS: Number(option(args, '--timeout', '90')) };
+  const home = mkdtempSync('/tmp/omb-home-');
+  const memoryDir = mkdtempSync('/dev/shm/omb-mem-');
+  const prefix = `omb${randomBytes(2).toString('hex').slice(0, 3)}`;
+  const labDir = mkdtempSync(`/tmp/${prefix}-lab-`);
+  const daemon = await startDaemon({ home, memoryDir, logger: silentLogger });
+  const startedAt = new Date().toISOString();
+  const notes: string[] = [`load average at the start: ${loadavg().map((l) => l.toFixed(1)).join(' ')}`];
+  try {
+    const lab = await labUp(2, { dir: labDir, prefix, subnet: `10.213.${200 + Math.floor(Math.random() * 20)}.0/24` }, home);
+    const accel = (await daemon.engine.hostInfo('lab1')).accel;
+    const hosts = lab.hosts.map((h) => ({ namespace: h.namespace, address: h.address }));
+    const comparisons: Comparison[] = [];
+    const ms = (label: string, s: number[]) => ({ label, unit: 'ms' as const, samples: s });
+    const mib = (label: string, s: number[]) => ({ label, unit: 'MiB' as const, samples: s });
+    for (const workload of ['idle', 'dirtying'] as const) {
+      const mine = await offshootRuns(daemon.engine, workload, o);
+      const base = await baselineRuns(accel, hosts, workload, o);
+      const ok = (x: Sample[]) => x.filter((y) => y.completed);
+      const label = workload === 'idle' ? 'idle guest' : `guest rewriting ${o.dirty} MiB`;
+      const who = { mine: 'offshoot (path, TLS-PSK)', base: 'plain QMP, defaults' };
+      comparisons.push({ metric: `${label}: downtime (QEMU)`, offshoot: ms(who.mine, ok(mine).map((x) => x.downtimeMs)), baseline: ms(who.base, ok(base).map((x) => x.downtimeMs)) });
+      comparisons.push({ metric: `${label}: wall time to running there`, offshoot: ms(who.mine, mine.map((x) => x.wallMs)), baseline: ms(`${who.base} (incl. destination start)`, base.map((x) => x.wallMs)) });
+      comparisons.push({ metric: `${label}: QEMU migration time`, offshoot: ms(who.mine, ok(mine).map((x) => x.qemuMs)), baseline: ms(who.base, ok(base).map((x) => x.qemuMs)) });
+      comparisons.push({ metric: `${label}: bytes sent`, offshoot: mib(who.mine, ok(mine).map((x) => x.bytes / 2 ** 20)), baseline: mib(who.base, ok(base).map((x) => x.bytes / 2 ** 20)) });
+      if (workload === 'dirtying') {
+        // Pre-copy only: multifd (2 channels) with TLS, which QEMU 7.2 cannot combine with post-copy.
+        const precopy = await offshootRuns(daemon.engine, workload, o, 'never');
+        comparisons.push({ metric: `${label}: downtime (QEMU), offshoot --postcopy never`, offshoot: ms('offshoot, multifd 2 + TLS', ok(precopy).map((x) => x.downtimeMs)), baseline: ms(who.base, ok(base).map((x) => x.downtimeMs)) });
+        comparisons.push({ metric: `${label}: wall time, offshoot --postcopy never`, offshoot: ms('offshoot, multifd 2 + TLS', precopy.map((x) => x.wallMs)), baseline: ms(`${who.base} (incl. destination start)`, base.map((x) => x.wallMs)) });
+        notes.push(`${label}, offshoot --postcopy never: completed ${ok(precopy).length}/${precopy.length}`);
+      }
+      notes.push(`${label}: completed offshoot ${ok(mine).length}/${mine.length} (post-copy ${mine.filter((x) => x.postcopy).length}), baseline ${ok(base).length}/${base.length} within ${o.timeoutS} s (guest memory ${o.memory} MiB)`);
+    }
+    notes.push(`load average at the end: ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
+    notes.push('not measured: downtime seen from inside the guest, and the local-storage workload (4 GiB disk with 1 GiB of data)');
+    return { name: 'migrate', startedAt, machine: { cpus: cpus().length, accel, qemu: await qemuVersion(), node: process.version }, parameters: o, comparisons, notes };
+  } finally {
+    for (const vm of await daemon.engine.list()) await daemon.engine.kill(vm.id).catch(() => undefined);
+    await daemon.close();
+    await labDown({ dir: labDir, prefix }).catch(() => undefined);
+    for (const d of [home, memoryDir, labDir]) rmSync(d, { recursive: true, force: true });
+  }
+}
