@@ -197,7 +197,8 @@ async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock
     await inventory.close();
     throw err;
   }
-  const engine = new VmEngine({ inventory, fleet, logger, faults, coordination: { controllerId, leaseMs, bus } });
+  const contentIdsOf = async (files: string[]) => Object.fromEntries((await inventory.storage.listDisks()).filter((d) => files.includes(d.file)).map((d) => [d.file, d.contentId]));
+  const engine = new VmEngine({ inventory, fleet, logger, faults, contentIdsOf, coordination: { controllerId, leaseMs, bus } });
   // Before recovery, so the tasks it fails are counted.
   const metrics = new DaemonMetrics({ engine });
   const storage = new StorageService({ inventory, storageInventory: inventory.storage, engine, logger, copy: options.copy ?? copySettingsFromEnvironment(process.env), faults });

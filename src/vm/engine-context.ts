@@ -34,4 +34,6 @@ export interface EngineContext {
   collectGarbage(hostId?: string): Promise<{ templates: string[]; files: string[] }>;
   /** Runs `fn` with garbage collection held off (a freeze makes bases and a template no record names yet). */
   holdGarbage<T>(fn: () => Promise<T>): Promise<T>;
+  /** The recorded content ids of datastore disks among these files (absent: the agents hash what they hold). */
+  contentIdsOf?: (files: string[]) => Promise<Record<string, string>>;
 }

@@ -49,6 +49,8 @@ export interface VmEngineOptions {
   faults?: (point: string) => Promise<void> | void;
   /** Files in use that VMs and checkpoints do not name (pools' and copy jobs' sources), by host. */
   extraFilesInUse?: (hostId: string) => Promise<string[]>;
+  /** The recorded content ids of datastore disks among these files (a migration finds bases seeded at its destination by them). */
+  contentIdsOf?: (files: string[]) => Promise<Record<string, string>>;
   /**
    * This controller among those sharing the inventory: its id (default: a new one; give a stable one so a restarted
    * controller recovers its own tasks at once), the lease of its tasks and claims (default 30 s), the store of the
@@ -129,6 +131,7 @@ export class VmEngine implements FleetListener {
       agentOf: (vm) => this.fleet.agent(vm.hostId),
       collectGarbage: (hostId) => this.collectGarbage(hostId),
       holdGarbage: (fn) => this.holdGarbage(fn),
+      contentIdsOf: options.contentIdsOf,
     };
     this.checkpoints = new Checkpoints(this.ctx);
     this.migrations = new Migrations(this.ctx);

@@ -48,9 +48,10 @@ export interface MigrationPlan {
  * The destination's copy of a disk's whole backing chain found by content id (storage/content-plan.ts), or
  * null when it does not hold all of it (or a layer has no content id: the disk then moves whole).
  */
-async function heldChain(agents: { source: AgentClient; destination: AgentClient }, disk: VmDisk): Promise<Array<{ file: string; format: 'qcow2' | 'raw' }> | null> {
+async function heldChain(agents: { source: AgentClient; destination: AgentClient }, disk: VmDisk, contentIds: Record<string, string>): Promise<Array<{ file: string; format: 'qcow2' | 'raw' }> | null> {
   if (disk.backing.length === 0) return null;
-  const [plan] = await planByContent(agents.source, agents.destination, { disks: [{ id: disk.id, backing: disk.backing }] }).catch(() => [undefined]);
+  // A datastore base is known by its recorded content id (a seeded copy keeps it); other bases by their bytes' hash.
+  const [plan] = await planByContent(agents.source, agents.destination, { disks: [{ id: disk.id, backing: disk.backing }], contentIds }).catch(() => [undefined]);
   return plan?.skipAll ? plan.destBacking : null;
 }
 
@@ -60,7 +61,7 @@ function addressOf(host: HostRecord): string | null {
   return /^\d{1,3}(\.\d{1,3}){3}$/.test(name) ? name : null;
 }
 
-export async function planMigration(vm: VmRecord, source: HostRecord, destination: HostRecord, agents: { source: AgentClient; destination: AgentClient }, request: MigrateRequest): Promise<MigrationPlan> {
+export async function planMigration(vm: VmRecord, source: HostRecord, destination: HostRecord, agents: { source: AgentClient; destination: AgentClient }, request: MigrateRequest, contentIds: Record<string, string> = {}): Promise<MigrationPlan> {
   if (source.id === destination.id) throw new MigrationPlanError(`VM "${vm.name}" already runs on host ${destination.name}`, { vm: vm.name, host: destination.name });
   for (const h of [source, destination]) {
     if (h.state !== 'ready' && !(h === source && h.state === 'draining')) throw new MigrationPlanError(`host ${h.name} is ${h.state}: a migration needs both hosts ready`, { host: h.name, state: h.state });
@@ -118,7 +119,7 @@ export async function planMigration(vm: VmRecord, source: HostRecord, destinatio
       return theirs?.exists === true && theirs.contentId !== null && theirs.contentId === mine?.contentId;
     });
     // The same bases under the same names, or (seeded ahead, e.g. `disk seed`) the whole chain under other names there.
-    const held = sameFiles ? disk.backing.map((b) => ({ file: b, format: 'qcow2' as const })) : await heldChain(agents, disk);
+    const held = sameFiles ? disk.backing.map((b) => ({ file: b, format: 'qcow2' as const })) : await heldChain(agents, disk, contentIds);
     const basesThere = held !== null;
     // The copy lives in the VM's folder at the destination under the same name.
     const file = disk.file.startsWith('home:') ? disk.file : makeLocator({ kind: 'home' }, 'vms', vm.id, `${disk.id}.${disk.format}`);

@@ -54,7 +54,8 @@ export async function runMigration(ctx: EngineContext, vm: VmRecord, previous: V
   const agents = { source: ctx.fleet.agent(source.id), destination: ctx.fleet.agent(destination.id) };
   const tuning = tuningOf(request);
   await task.progress(0.01, `planning the move of ${vm.name} to ${destination.name}`);
-  const plan = await planMigration(vm, source, destination, agents, request);
+  const contentIds = (await ctx.contentIdsOf?.(vm.spec.disks.flatMap((d) => d.backing))) ?? {};
+  const plan = await planMigration(vm, source, destination, agents, request, contentIds);
   const at = { planned: performance.now() - t0, path: 0, prepared: 0, transferred: 0 };
   const journal: MigrateJournal = {
     vmId: vm.id,
