@@ -216,7 +216,9 @@ describe('fabric orchestration against the fake agent', () => {
     await s.template('web');
     await s.fabric.scale('web', { ready: 2 }, { wait: true });
     const [oldest, next] = await s.inventory.fabric.listMembers({ state: 'ready' });
-    s.agent.crash(oldest?.vmId as string);
+    // Its QEMU is gone before the controller heard of it (no exit event yet), so the claim finds it dead: the
+    // exit event would otherwise race the claim and retire it first.
+    s.agent.vms.delete(oldest?.vmId as string);
     const claimed = await s.fabric.claim('web', {});
     expect(claimed.source).toBe('pool');
     expect(claimed.vm.id).toBe(next?.vmId);
@@ -244,7 +246,10 @@ describe('fabric orchestration against the fake agent', () => {
       expect((await bystander.list()).map((x) => [x.name, x.state, x.taskId])).toEqual([['web', 'creating', made.task?.id]]);
       await bystander.close();
       // A new controller recovers: its engine rolls the freeze back from the journal, its fabric drops the template.
-      const engine = new VmEngine({ inventory: s.inventory, fleet: s.fleet, logger: silentLogger });
+      // The first is dead (its beat no longer renews the task's lease) and this is its next life (the same
+      // controller id), which takes its tasks over at once; a live controller's tasks would be left alone.
+      await s.engine.coordinator.stop();
+      const engine = new VmEngine({ inventory: s.inventory, fleet: s.fleet, logger: silentLogger, coordination: { controllerId: s.engine.controllerId } });
       const report = await engine.recover();
       expect(report.adopted).toContain('src');
       const task = await engine.tasks.get(made.task?.id as string);
