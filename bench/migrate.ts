@@ -9,7 +9,9 @@
 // path, TLS-PSK, post-copy when pre-copy stalls) and `--downtime-limit`. Per
 // migration: QEMU's downtime, total time, bytes sent against the guest's
 // memory, and whether it converged (the baseline is cancelled after
-// `--timeout` s). The guest-side downtime (a timer loop in the guest) and the
+// `--timeout` s). Two more rows tell the costs apart: the idle baseline again
+// with its RAM in a shared /dev/shm file as Offshoot keeps it, and Offshoot
+// without TLS. The guest-side downtime (a timer loop in the guest) and the
 // local-storage workload (a 4 GiB disk holding 1 GiB) are not measured here.
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
@@ -40,10 +42,11 @@ interface Sample {
   postcopy: boolean;
 }
 
-const dirtyScript = (mib: number) => `mkdir -p /mnt/dirty && mount -t tmpfs -o size=${mib + 16}m tmpfs /mnt/dirty && (while true; do dd if=/dev/zero of=/mnt/dirty/f bs=1M count=${mib} conv=notrunc 2>/dev/null; done) >/dev/null 2>&1 &`;
+// Non-zero data (zero pages cost QEMU almost nothing to send): a random 1 MiB block written over the file again and again.
+const dirtyScript = (mib: number) => `mkdir -p /mnt/dirty && mount -t tmpfs -o size=${mib + 16}m tmpfs /mnt/dirty && dd if=/dev/urandom of=/mnt/dirty/seed bs=1M count=1 2>/dev/null && (while true; do i=0; while [ $i -lt ${mib} ]; do dd if=/mnt/dirty/seed of=/mnt/dirty/f bs=1M seek=$i count=1 conv=notrunc 2>/dev/null; i=$((i+1)); done; done) >/dev/null 2>&1 &`;
 
-async function offshootRuns(engine: VmEngine, workload: 'idle' | 'dirtying', o: { runs: number; memory: number; dirty: number; downtimeLimitMs: number; timeoutS: number }, postcopy: 'auto' | 'never' = 'auto'): Promise<Sample[]> {
-  const name = `omb-${workload}-${postcopy}`;
+async function offshootRuns(engine: VmEngine, workload: 'idle' | 'dirtying', o: { runs: number; memory: number; dirty: number; downtimeLimitMs: number; timeoutS: number }, postcopy: 'auto' | 'never' = 'auto', tls = true): Promise<Sample[]> {
+  const name = `omb-${workload}-${postcopy}${tls ? '' : '-plain'}`;
   const { task } = await engine.create({ name, memory: `${o.memory}M`, host: 'lab1', start: true });
   const started = await engine.tasks.wait(task?.id as string);
   if (started.state !== 'succeeded') throw new Error(`${name} did not start: ${started.message}`);
@@ -53,7 +56,7 @@ async function offshootRuns(engine: VmEngine, workload: 'idle' | 'dirtying', o: 
     for (let i = 0; i < o.runs; i++) {
       const to = i % 2 === 0 ? 'lab2' : 'lab1';
       const t0 = performance.now();
-      const { task: m } = await engine.migrate(name, { to, downtimeLimitMs: o.downtimeLimitMs, timeoutS: o.timeoutS, postcopy });
+      const { task: m } = await engine.migrate(name, { to, downtimeLimitMs: o.downtimeLimitMs, timeoutS: o.timeoutS, postcopy, tls });
       const done = await engine.tasks.wait(m?.id as string);
       const wall = performance.now() - t0;
       if (done.state !== 'succeeded') {
@@ -63,7 +66,7 @@ async function offshootRuns(engine: VmEngine, workload: 'idle' | 'dirtying', o: 
       }
       const r = done.result as MigrateResult;
       samples.push({ downtimeMs: r.downtimeMs ?? NaN, wallMs: wall, qemuMs: r.timings.qemuTotalMs ?? NaN, bytes: r.memoryBytes + r.diskBytes, completed: true, postcopy: r.postcopy });
-      process.stderr.write(`offshoot ${workload} postcopy=${postcopy} ${i + 1}: downtime ${r.downtimeMs} ms, wall ${Math.round(wall)} ms, ${Math.round((r.memoryBytes + r.diskBytes) / 2 ** 20)} MiB, passes ${r.passes}, postcopy ${r.postcopy}; ${JSON.stringify(r.timings)}\n`);
+      process.stderr.write(`offshoot ${workload} postcopy=${postcopy} tls=${tls} ${i + 1}: downtime ${r.downtimeMs} ms, wall ${Math.round(wall)} ms, ${Math.round((r.memoryBytes + r.diskBytes) / 2 ** 20)} MiB, passes ${r.passes}, postcopy ${r.postcopy}; ${JSON.stringify(r.timings)}\n`);
     }
   } finally {
     await engine.kill(name).catch(() => undefined);
@@ -82,15 +85,16 @@ async function stopProcess(p: ChildProcess): Promise<void> {
   await new Promise((r) => p.once('exit', r));
 }
 
-async function baselineRuns(accel: string, hosts: Array<{ namespace: string; address: string }>, workload: 'idle' | 'dirtying', o: { runs: number; memory: number; dirty: number; timeoutS: number }): Promise<Sample[]> {
+async function baselineRuns(accel: string, hosts: Array<{ namespace: string; address: string }>, workload: 'idle' | 'dirtying', o: { runs: number; memory: number; dirty: number; timeoutS: number }, ramInShm = false): Promise<Sample[]> {
   const guest = await loadDefaultGuest();
   const dir = mkdtempSync('/tmp/omb-base-');
+  const shm = mkdtempSync('/dev/shm/omb-base-');
   const samples: Sample[] = [];
   const procs: ChildProcess[] = [];
   try {
     const disk = join(dir, 'disk.qcow2');
     await createImage({ path: disk, format: 'qcow2', backing: { path: guest.dataDisk, format: 'qcow2' } });
-    const args = (n: number, incoming: boolean) => rawGuestArgs({ accel, memoryMiB: o.memory, guest, disk, qgaSocket: join(dir, `qga${n}.sock`), qmpSocket: join(dir, `qmp${n}.sock`), incoming, offshootCpu: true, offshootDevices: true });
+    const args = (n: number, incoming: boolean) => rawGuestArgs({ accel, memoryMiB: o.memory, guest, disk, qgaSocket: join(dir, `qga${n}.sock`), qmpSocket: join(dir, `qmp${n}.sock`), incoming, offshootCpu: true, offshootDevices: true, ...(ramInShm ? { memoryFile: join(shm, `ram${n}`) } : {}) });
     let n = 0;
     let current = inNamespace(hosts[0]?.namespace as string, args(n, false));
     procs.push(current);
@@ -129,6 +133,7 @@ async function baselineRuns(accel: string, hosts: Array<{ namespace: string; add
       process.stderr.write(`baseline ${workload} ${i + 1}: downtime ${info.downtime} ms, wall ${Math.round(wall)} ms, QEMU total ${info['total-time']} ms, ${Math.round((info.ram?.transferred ?? 0) / 2 ** 20)} MiB\n`);
       qmp.close();
       await stopProcess(current);
+      rmSync(join(shm, `ram${n - 1}`), { force: true });
       current = next;
       qmp = nextQmp;
     }
@@ -136,6 +141,7 @@ async function baselineRuns(accel: string, hosts: Array<{ namespace: string; add
   } finally {
     for (const p of procs) await stopProcess(p);
     rmSync(dir, { recursive: true, force: true });
+    rmSync(shm, { recursive: true, force: true });
   }
   return samples;
 }
@@ -146,7 +152,10 @@ export async function migrateBenchmark(args: string[]): Promise<BenchResult> {
   const memoryDir = mkdtempSync('/dev/shm/omb-mem-');
   const prefix = `omb${randomBytes(2).toString('hex').slice(0, 3)}`;
   const labDir = mkdtempSync(`/tmp/${prefix}-lab-`);
-  const daemon = await startDaemon({ home, memoryDir, logger: silentLogger });
+  const daemon = await startDaemon({ home, memoryDir, logger: silentLogger }).catch((err: unknown) => {
+    for (const d of [home, memoryDir, labDir]) rmSync(d, { recursive: true, force: true });
+    throw err;
+  });
   const startedAt = new Date().toISOString();
   const notes: string[] = [`load average at the start: ${loadavg().map((l) => l.toFixed(1)).join(' ')}`];
   try {
@@ -166,6 +175,14 @@ export async function migrateBenchmark(args: string[]): Promise<BenchResult> {
       comparisons.push({ metric: `${label}: wall time to running there`, offshoot: ms(who.mine, mine.map((x) => x.wallMs)), baseline: ms(`${who.base} (incl. destination start)`, base.map((x) => x.wallMs)) });
       comparisons.push({ metric: `${label}: QEMU migration time`, offshoot: ms(who.mine, ok(mine).map((x) => x.qemuMs)), baseline: ms(who.base, ok(base).map((x) => x.qemuMs)) });
       comparisons.push({ metric: `${label}: bytes sent`, offshoot: mib(who.mine, ok(mine).map((x) => x.bytes / 2 ** 20)), baseline: mib(who.base, ok(base).map((x) => x.bytes / 2 ** 20)) });
+      if (workload === 'idle') {
+        // The baseline with guest RAM in a shared /dev/shm file, as Offshoot keeps it (anonymous RAM above).
+        const shmBase = await baselineRuns(accel, hosts, workload, o, true);
+        comparisons.push({ metric: `${label}: QEMU migration time, plain QMP with RAM in a /dev/shm file (as offshoot)`, offshoot: ms(who.mine, ok(mine).map((x) => x.qemuMs)), baseline: ms('plain QMP, RAM file', ok(shmBase).map((x) => x.qemuMs)) });
+        // What TLS costs: the same migration over the same isolated path without it.
+        const plain = await offshootRuns(daemon.engine, workload, o, 'auto', false);
+        comparisons.push({ metric: `${label}: QEMU migration time, TLS-PSK against none (both offshoot)`, offshoot: ms('offshoot, TLS-PSK', ok(mine).map((x) => x.qemuMs)), baseline: ms('offshoot --no-tls', ok(plain).map((x) => x.qemuMs)) });
+      }
       if (workload === 'dirtying') {
         // Pre-copy only: multifd (2 channels) with TLS, which QEMU 7.2 cannot combine with post-copy.
         const precopy = await offshootRuns(daemon.engine, workload, o, 'never');

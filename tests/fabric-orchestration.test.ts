@@ -12,7 +12,7 @@ import { OffshootError, silentLogger } from '../src/common/index.ts';
 import { FakeAgent } from '../src/protocol/index.ts';
 import { KyselyInventory } from '../src/store/index.ts';
 import type { TemplateView } from '../src/vm/index.ts';
-import { FabricService, Fleet, VmEngine } from '../src/vm/index.ts';
+import { FabricService, Fleet, VmEngine, poolKey } from '../src/vm/index.ts';
 
 async function setup() {
   const dir = mkdtempSync('/tmp/osh-fabric-orch-');
@@ -21,7 +21,7 @@ async function setup() {
   const fleet = new Fleet({ inventory: inventory.hosts, vmsOn: async (id) => (await inventory.listVms()).filter((v) => v.hostId === id).length, local: { name: 'fake', endpoint: agent.endpoint }, heartbeatMs: 50, leaseMs: 200 });
   await fleet.start();
   const engine = new VmEngine({ inventory, fleet, logger: silentLogger });
-  const fabric = new FabricService({ inventory, fabric: inventory.fabric, engine, logger: silentLogger, claims: inventory.claims, controllerId: 'test-controller', readyTimeoutMs: 5_000, reconcileMs: 60_000 });
+  const fabric = new FabricService({ inventory, fabric: inventory.fabric, engine, logger: silentLogger, readyTimeoutMs: 5_000, reconcileMs: 60_000 });
   await fabric.start();
   const close = async () => {
     await fabric.close();
@@ -134,6 +134,24 @@ describe('fabric orchestration against the fake agent', () => {
     expect(p?.poolNote).toBeNull();
   });
 
+  it("pins a template's memory and files in the inventory while it exists, and leaves a pool another controller works on to it", async () => {
+    const s = await setup();
+    closers.push(s.close);
+    const t = await s.template('web');
+    const p = t.placements[0] as (typeof t.placements)[number];
+    const pinned = (await s.inventory.pins.list({ holder: `fabric:${t.id}` })).map((x) => x.path).sort();
+    expect(pinned).toEqual([`template:${p.memoryTemplateId}`, ...p.files].sort());
+    // Another controller holds the pool's claim (it refills it): this one makes nothing.
+    const other = await s.inventory.claims.acquire(poolKey(t.id, p.hostId), 'other-controller', 'template.refill', 60_000);
+    await s.fabric.scale('web', { ready: 2 }, { wait: true });
+    expect(await s.pool('web')).toMatchObject({ ready: 0, filling: 0 });
+    await s.inventory.claims.release(other);
+    await s.fabric.scale('web', { ready: 2 }, { wait: true });
+    expect(await s.pool('web')).toMatchObject({ ready: 2 });
+    await s.fabric.delete('web', { force: true });
+    expect(await s.inventory.pins.list({ holder: `fabric:${t.id}` })).toEqual([]);
+  });
+
   it('refuses to delete a template with children; --force removes its pool and leaves claimed children running', async () => {
     const s = await setup();
     closers.push(s.close);
@@ -178,7 +196,7 @@ describe('fabric orchestration against the fake agent', () => {
     await s.engine.kill(first?.vmId as string);
     await s.engine.delete(first?.vmId as string);
     await s.fabric.close();
-    const again = new FabricService({ inventory: s.inventory, fabric: s.inventory.fabric, engine: s.engine, logger: silentLogger, claims: s.inventory.claims, controllerId: 'test-controller-2', readyTimeoutMs: 5_000, reconcileMs: 60_000 });
+    const again = new FabricService({ inventory: s.inventory, fabric: s.inventory.fabric, engine: s.engine, logger: silentLogger, readyTimeoutMs: 5_000, reconcileMs: 60_000 });
     closers.unshift(() => again.close());
     await again.start();
     await again.keeper.settled();
@@ -195,7 +213,7 @@ describe('fabric orchestration against the fake agent', () => {
     s.agent.templates.delete(t.placements[0]?.memoryTemplateId as string);
     // The check runs at start (and periodically): a second service over the same inventory runs it now.
     await s.fabric.close();
-    const again = new FabricService({ inventory: s.inventory, fabric: s.inventory.fabric, engine: s.engine, logger: silentLogger, claims: s.inventory.claims, controllerId: 'test-controller-2', readyTimeoutMs: 5_000, reconcileMs: 60_000 });
+    const again = new FabricService({ inventory: s.inventory, fabric: s.inventory.fabric, engine: s.engine, logger: silentLogger, readyTimeoutMs: 5_000, reconcileMs: 60_000 });
     closers.unshift(() => again.close());
     await again.start();
     const broken = await again.show('web');
@@ -216,9 +234,7 @@ describe('fabric orchestration against the fake agent', () => {
     await s.template('web');
     await s.fabric.scale('web', { ready: 2 }, { wait: true });
     const [oldest, next] = await s.inventory.fabric.listMembers({ state: 'ready' });
-    // Its QEMU is gone before the controller heard of it (no exit event yet), so the claim finds it dead: the
-    // exit event would otherwise race the claim and retire it first.
-    s.agent.vms.delete(oldest?.vmId as string);
+    s.agent.crash(oldest?.vmId as string);
     const claimed = await s.fabric.claim('web', {});
     expect(claimed.source).toBe('pool');
     expect(claimed.vm.id).toBe(next?.vmId);
@@ -245,10 +261,7 @@ describe('fabric orchestration against the fake agent', () => {
       await bystander.start();
       expect((await bystander.list()).map((x) => [x.name, x.state, x.taskId])).toEqual([['web', 'creating', made.task?.id]]);
       await bystander.close();
-      // A new controller recovers: its engine rolls the freeze back from the journal, its fabric drops the template.
-      // The first is dead (its beat no longer renews the task's lease) and this is its next life (the same
-      // controller id), which takes its tasks over at once; a live controller's tasks would be left alone.
-      await s.engine.coordinator.stop();
+      // The controller's next life (same id) recovers: its engine rolls the freeze back from the journal, its fabric drops the template.
       const engine = new VmEngine({ inventory: s.inventory, fleet: s.fleet, logger: silentLogger, coordination: { controllerId: s.engine.controllerId } });
       const report = await engine.recover();
       expect(report.adopted).toContain('src');

@@ -8,7 +8,8 @@
 // base, which lab2 has with the same content id); its QEMU runs in lab2's
 // namespace and nothing of it is left on lab1; the isolated path (a VXLAN link
 // with its own VNI in each namespace) exists during the migration and is gone
-// after, with its keys. Then a migration back, cancelled during pre-copy: the
+// after, with its keys, and the streams' TCP connections ran between the
+// path's addresses only. Then a migration back, cancelled during pre-copy: the
 // VM runs on at lab2 in the same QEMU and lab1 has nothing of it.
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -29,6 +30,18 @@ import type { TestHome } from '../harness.ts';
 
 const prefix = `omg${randomBytes(2).toString('hex').slice(0, 3)}`;
 const subnet = `10.213.${100 + ((randomBytes(1)[0] as number) % 40)}.0/24`;
+
+/** Local and peer addresses of the TCP connections of a migration's streams (ports 49152, 49153) in a namespace. */
+function streamConnections(namespace: string): Array<{ local: string; peer: string }> {
+  const out = execFileSync('ip', ['netns', 'exec', namespace, 'ss', '-Htn', 'state', 'established', '( sport = :49152 or sport = :49153 )'], { encoding: 'utf8' });
+  return out
+    .split('\n')
+    .filter((l) => l.trim())
+    .map((l) => {
+      const [local = '', peer = ''] = l.trim().split(/\s+/).slice(-2);
+      return { local: local.replace(/:\d+$/, ''), peer: peer.replace(/:\d+$/, '') };
+    });
+}
 
 function pathLinks(namespace: string): string[] {
   const out = execFileSync('ip', ['-n', namespace, '-j', 'link', 'show', 'type', 'vxlan'], { encoding: 'utf8' });
@@ -81,8 +94,10 @@ describe('live migration between lab hosts', () => {
     // The path exists in both namespaces while the migration runs; the task shows live figures.
     let sawPath = false;
     let sawProgress: MigrationProgress | undefined;
+    const streams = new Map<string, { local: string; peer: string }>();
     const task = await client.waitTask(started.task?.id as string, (running) => {
       if (!sawPath && running.state === 'running' && pathLinks(lab1.namespace).length === 1 && pathLinks(lab2.namespace).length === 1) sawPath = true;
+      if (running.state === 'running') for (const c of streamConnections(lab2.namespace)) streams.set(`${c.local}-${c.peer}`, c);
       const p = (running.result as { progress?: MigrationProgress } | null)?.progress;
       if (p && p.pass > 0) sawProgress = p;
     }, 50);
@@ -100,6 +115,11 @@ describe('live migration between lab hosts', () => {
     expect(result.diskBytes).toBeGreaterThan(0);
     expect(result.path.linkName).toMatch(/^ofvx\d+$/);
     expect(result.path.bytesSent).toBeGreaterThan(result.memoryBytes);
+    // The migration and NBD streams ran between the path's addresses only, never the hosts' management addresses.
+    expect(streams.size).toBeGreaterThan(0);
+    for (const c of streams.values()) expect(c).toEqual({ local: result.path.destinationAddress, peer: result.path.sourceAddress });
+    expect([result.path.sourceAddress, result.path.destinationAddress]).not.toContain(lab1.address);
+    expect([result.path.sourceAddress, result.path.destinationAddress]).not.toContain(lab2.address);
 
     // The VM is at lab2, in one step of the inventory, its QEMU in lab2's namespace.
     const moved = (await client.getVm(name)) as VmRecord & { host: string };

@@ -14,6 +14,7 @@ export const OPERATION_REQUIRES = {
   exec: ['running'],
   fork: ['running', 'paused'],
   checkpoint: ['running', 'paused'],
+  migrate: ['running', 'paused'],
 } as const satisfies Record<string, readonly VmState[]>;
 
 export type VmOperation = keyof typeof OPERATION_REQUIRES;
@@ -23,7 +24,7 @@ export function allows(state: VmState, operation: VmOperation): boolean {
 }
 
 /** States in which a QEMU process is expected to exist (LIVE_STATES in src/vm/state.ts). */
-export const LIVE_STATES: readonly VmState[] = ['starting', 'running', 'paused', 'forking', 'checkpointing', 'stopping', 'unknown'];
+export const LIVE_STATES: readonly VmState[] = ['starting', 'running', 'paused', 'forking', 'checkpointing', 'migrating', 'stopping', 'unknown'];
 
 export function isLive(state: VmState): boolean {
   return LIVE_STATES.includes(state);

@@ -94,9 +94,9 @@ export function forkChildren(task: TaskRecord, vms: VmRecord[]): { name: string;
   return vms.filter((v) => v.stateReason === `forked from ${task.targetName}` && v.createdAt >= task.createdAt).map((v) => ({ name: v.name, state: v.state }));
 }
 
-/** A checkpoint being written can be cancelled (POST /tasks/ID/cancel). */
+/** A checkpoint being written, or a migration before its switch-over, can be cancelled (POST /tasks/ID/cancel). */
 export function isCancellable(task: TaskRecord): boolean {
-  return task.state === 'running' && task.kind === 'vm.checkpoint';
+  return task.state === 'running' && (task.kind === 'vm.checkpoint' || task.kind === 'vm.migrate');
 }
 
 /** Running tasks first, then newest first. */

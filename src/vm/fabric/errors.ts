@@ -12,7 +12,7 @@ export class TemplateBrokenError extends OffshootError {
 /** A template still has children (its pools, or claimed children running from it). HTTP 409. */
 export class TemplateInUseError extends OffshootError {
   constructor(name: string, users: { ready: number; claimed: string[] }) {
-    const parts = [...(users.ready ? [`${users.ready} children in its pools`] : []), ...(users.claimed.length ? [`claimed children still running (${users.claimed.join(', ')})`] : [])];
+    const parts = [...(users.ready ? [`${users.ready} ${users.ready === 1 ? 'child' : 'children'} in its pools`] : []), ...(users.claimed.length ? [`claimed children still running (${users.claimed.join(', ')})`] : [])];
     super('TEMPLATE_IN_USE', `template "${name}" still has ${parts.join(' and ')}; scale it to --ready 0 and delete those VMs, or delete it with --force (its pools go, claimed children run on with their memory)`, { template: name, ...users }, 409);
   }
 }

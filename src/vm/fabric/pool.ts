@@ -4,9 +4,11 @@
 // budget. A refill is a task (`template.refill`): it retires children above
 // the target (newest first) and fills up to it, a few children at a time.
 // It is asked for after every hand-out, after a scale, when a host comes
-// back, and by the periodic check; one runs per pool in this controller, and
-// with the inventory's claims (`fabric-pool:<template>:<host>`) one per pool
-// across controllers.
+// back, and by the periodic check. A refill, and the reconcile below, hold
+// the pool's claim in the inventory (`fabric-pool:<template>:<host>`, kept
+// alive by the controller's beat), so across controllers one at a time works
+// on a pool; a controller that finds the claim held leaves the pool to its
+// holder (a claim of a controller that died expires with its lease).
 //
 // The periodic check (reconcile) also keeps the pool rows true to their VMs:
 // a row whose VM is gone is dropped; a ready child whose QEMU ended (or was
@@ -30,7 +32,6 @@ const FILL_CONCURRENCY = 2;
 const DEFAULT_CHILD_BYTES = 48 * 2 ** 20;
 /** A row left filling or retiring (by a controller that died) longer than this is finished off. */
 const STALE_MS = 2 * 60_000;
-const POOL_LEASE_MS = 120_000;
 
 export interface RefillResult {
   template: string;
@@ -46,18 +47,11 @@ export function poolKey(templateId: string, hostId: string): string {
 }
 
 export class PoolKeeper {
-  /** Children this controller is making or removing right now. */
-  private readonly inFlight = new Set<string>();
   private readonly refills = new Map<string, Promise<void>>();
   private readonly again = new Set<string>();
   private closed = false;
 
   constructor(private readonly deps: FabricDeps) {}
-
-  /** Whether this controller is making or removing the child. */
-  busy(vmId: string): boolean {
-    return this.inFlight.has(vmId);
-  }
 
   /** Asks for the pool on the host to be brought to its settings (a refill task, unless one runs: then once more after it). */
   request(templateId: string, hostId: string): void {
@@ -85,28 +79,31 @@ export class PoolKeeper {
     this.closed = true;
   }
 
+  /** Runs `fn` holding the pool's claim; null (nothing done) when another refill or reconcile holds it, on any controller. */
+  private async withPool<T>(templateId: string, hostId: string, operation: string, fn: () => Promise<T>): Promise<T | null> {
+    const coordinator = this.deps.engine.coordinator;
+    let claim;
+    try {
+      claim = await coordinator.claim(poolKey(templateId, hostId), operation, { long: true });
+    } catch (err) {
+      if (err instanceof OffshootError && err.code === 'BUSY') return null;
+      throw err;
+    }
+    try {
+      return await fn();
+    } finally {
+      await coordinator.release(claim).catch((err: unknown) => this.deps.logger.warn({ err, templateId, hostId }, 'cannot release a pool claim; it expires by itself'));
+    }
+  }
+
   private async runRefill(templateId: string, hostId: string): Promise<void> {
     const plan = await this.plan(templateId, hostId);
     if (!plan || (plan.add === 0 && plan.retire.length === 0)) return;
-    const key = poolKey(templateId, hostId);
-    const claims = this.deps.claims;
-    const owner = this.deps.controllerId ?? 'controller';
-    let lease = claims ? await claims.acquire(key, owner, 'template.refill', POOL_LEASE_MS).catch((err: unknown) => (err instanceof OffshootError && err.code === 'BUSY' ? null : Promise.reject(err))) : undefined;
-    if (lease === null) return; // another controller refills this pool
-    try {
+    await this.withPool(templateId, hostId, 'template.refill', async () => {
       const target = { id: templateId, name: `${plan.template.name}@${this.deps.engine.hostName(hostId)}` };
-      const task = await this.deps.engine.tasks.start('template.refill', target, async (ctx) => {
-        const renew = lease && claims ? setInterval(() => void claims.renew(lease as NonNullable<typeof lease>, POOL_LEASE_MS).then((l) => (lease = l)).catch(() => undefined), POOL_LEASE_MS / 3) : undefined;
-        try {
-          return await this.refill(templateId, hostId, ctx);
-        } finally {
-          clearInterval(renew);
-        }
-      });
+      const task = await this.deps.engine.tasks.start('template.refill', target, (ctx) => this.refill(templateId, hostId, ctx));
       await this.deps.engine.tasks.wait(task.id);
-    } finally {
-      if (lease && claims) await claims.release(lease).catch(() => undefined);
-    }
+    });
   }
 
   /** What the pool needs now: children to add, and ready ones to retire (newest first); null when it is not to be kept now. */
@@ -169,7 +166,6 @@ export class PoolKeeper {
     const name = `${template.name}-${randomBytes(3).toString('hex')}`;
     const now = new Date().toISOString();
     await this.deps.fabric.insertMember({ vmId, templateId: template.id, hostId: placement.hostId, state: 'filling', stateReason: 'being made', createdAt: now, readyAt: null, claimedAt: null, claimId: null, updatedAt: now });
-    this.inFlight.add(vmId);
     try {
       const vm = await spawnChild(this.deps, template, placement, { vmId, name, reason: `filling the pool of template ${template.name}`, warmUp: true, pause: !placement.pool.warm });
       const ready = await this.deps.fabric.transitionMember(vmId, ['filling'], 'ready', { readyAt: new Date().toISOString(), stateReason: null });
@@ -184,8 +180,6 @@ export class PoolKeeper {
     } catch (err) {
       await this.deps.fabric.deleteMember(vmId);
       throw err;
-    } finally {
-      this.inFlight.delete(vmId);
     }
   }
 
@@ -196,14 +190,9 @@ export class PoolKeeper {
   async retire(member: PoolMember, from: Array<'ready' | 'filling' | 'retiring'>): Promise<boolean> {
     const moved = member.state === 'retiring' && from.includes('retiring') ? member : await this.deps.fabric.transitionMember(member.vmId, from.filter((s) => s !== 'retiring'), 'retiring');
     if (!moved) return false;
-    this.inFlight.add(member.vmId);
-    try {
-      await removeChild(this.deps, member.vmId);
-      await this.deps.fabric.deleteMember(member.vmId);
-      return true;
-    } finally {
-      this.inFlight.delete(member.vmId);
-    }
+    await removeChild(this.deps, member.vmId);
+    await this.deps.fabric.deleteMember(member.vmId);
+    return true;
   }
 
   /** How many more children the memory budget lets the pool hold on the host now, and why not more. */
@@ -234,24 +223,27 @@ export class PoolKeeper {
    * `hostRestarted`: the host's agent came back, so what it was making for this controller is gone.
    */
   async reconcile(template: TemplateRecord, placement: TemplatePlacement, options: { hostRestarted?: boolean; recovering?: boolean } = {}): Promise<void> {
-    const members = await this.deps.fabric.listMembers({ templateId: template.id, hostId: placement.hostId });
-    for (const m of members) {
-      if (this.inFlight.has(m.vmId)) continue;
-      const vm = await this.deps.inventory.getVm(m.vmId);
-      if (!vm) {
-        await this.deps.fabric.deleteMember(m.vmId);
-        continue;
+    // Under the pool's claim: rows being made or retired by a refill (here or on another controller) are left alone.
+    const done = await this.withPool(template.id, placement.hostId, 'template.reconcile', async () => {
+      const members = await this.deps.fabric.listMembers({ templateId: template.id, hostId: placement.hostId });
+      for (const m of members) {
+        const vm = await this.deps.inventory.getVm(m.vmId);
+        if (!vm) {
+          await this.deps.fabric.deleteMember(m.vmId);
+          continue;
+        }
+        if (m.state === 'claimed') continue;
+        if (m.state === 'ready') {
+          if (vm.state === 'unknown' || vm.state === 'paused' || vm.state === 'running') continue;
+          this.deps.logger.warn({ vm: vm.name, state: vm.state, template: template.name }, 'a ready pool child is no longer running: retiring it');
+          await this.retire(m, ['ready']);
+          continue;
+        }
+        const stale = options.recovering || options.hostRestarted || Date.now() - Date.parse(m.updatedAt) > STALE_MS;
+        if (stale && vm.state !== 'unknown') await this.retire(m, ['filling', 'retiring']);
       }
-      if (m.state === 'claimed') continue;
-      if (m.state === 'ready') {
-        if (vm.state === 'unknown' || vm.state === 'paused' || vm.state === 'running') continue;
-        this.deps.logger.warn({ vm: vm.name, state: vm.state, template: template.name }, 'a ready pool child is no longer running: retiring it');
-        await this.retire(m, ['ready']);
-        continue;
-      }
-      const stale = options.recovering || options.hostRestarted || Date.now() - Date.parse(m.updatedAt) > STALE_MS;
-      if (stale && vm.state !== 'unknown') await this.retire(m, ['filling', 'retiring']);
-    }
-    if (template.state === 'ready' && placement.state === 'ready') this.request(template.id, placement.hostId);
+      return true;
+    });
+    if (done && template.state === 'ready' && placement.state === 'ready') this.request(template.id, placement.hostId);
   }
 }

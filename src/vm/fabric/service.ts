@@ -15,8 +15,11 @@
 // are checked and its pools reconciled and refilled; a host that comes back
 // has its pools reconciled too. A template left `creating` by a task that
 // ended unfinished (its controller died; the engine's recovery rolled the
-// freeze back from its fork journal) is dropped.
+// freeze back from its fork journal) is dropped. A template's host copies
+// (memory templates and files) are pinned in the inventory (`fabric:ID`)
+// while it exists; its pools' work holds their claims (pool.ts).
 import { OffshootError, toOffshootError } from '../../common/index.ts';
+import { TEMPLATE_PIN } from '../gc.ts';
 import { newTaskId } from '../ids.ts';
 import { parseRequest } from '../requests.ts';
 import type { TaskRecord } from '../records.ts';
@@ -71,7 +74,10 @@ export class FabricService {
       try {
         if (t.state === 'creating') await this.dropIfUnfinished(t);
         else if (t.state === 'deleting') await this.finishDelete(t);
-        else await this.check(t, { recovering: true });
+        else {
+          await this.pin(t.id, t.placements);
+          await this.check(t, { recovering: true });
+        }
       } catch (err) {
         this.deps.logger.warn({ err: toOffshootError(err).message, template: t.name }, 'cannot recover a template');
       }
@@ -126,9 +132,11 @@ export class FabricService {
       const task = await this.deps.engine.tasks.start('template.create', { id: template.id, name: template.name }, async (ctx) => {
         try {
           const placement = await freezeTemplate(this.deps, template, { ...source, state: previous }, previous === 'paused' ? 'paused' : 'running', ctx, forkId);
+          await this.pin(template.id, [placement]);
           const ready = await this.deps.fabric.updateTemplate(template.id, (t) => ({ ...t, state: 'ready', stateReason: null, placements: [placement] }));
           return { template: await this.view(ready) };
         } catch (err) {
+          await this.unpin(template.id).catch(() => undefined);
           await this.deps.fabric.deleteTemplate(template.id).catch(() => undefined);
           throw err;
         } finally {
@@ -205,6 +213,7 @@ export class FabricService {
         .catch((err: unknown) => this.deps.logger.warn({ err: toOffshootError(err).message, template: t.name, host: p.hostId }, 'cannot remove the copy of a template from its host'));
     }
     await this.deps.fabric.deleteTemplate(t.id);
+    await this.unpin(t.id);
     for (const p of t.placements) await this.deps.engine.collectGarbage(p.hostId).catch(() => undefined);
     this.deps.logger.info({ template: t.name }, 'template deleted');
   }
@@ -222,6 +231,7 @@ export class FabricService {
       .removeTemplate({ templateId: t.id })
       .catch(() => undefined);
     await this.deps.fabric.deleteTemplate(t.id);
+    await this.unpin(t.id);
   }
 
   private async checkAll(): Promise<void> {
@@ -264,6 +274,19 @@ export class FabricService {
       if (options.onlyHost && p.hostId !== options.onlyHost) continue;
       if (p.state === 'ready') await this.keeper.reconcile(current, p, { recovering: options.recovering, hostRestarted: options.hostRestarted });
     }
+  }
+
+  /**
+   * Pins the memory templates and files of the template's host copies in the inventory (holder `fabric:ID`, no
+   * owner: they outlive controllers), so no controller's garbage collection asks a host to release them.
+   */
+  private pin(templateId: string, placements: TemplatePlacement[]): Promise<void> {
+    const paths = placements.flatMap((p) => [...(p.memoryTemplateId ? [`${TEMPLATE_PIN}${p.memoryTemplateId}`] : []), ...p.files]);
+    return this.deps.engine.coordinator.store.pins.add(`fabric:${templateId}`, paths, null);
+  }
+
+  private unpin(templateId: string): Promise<void> {
+    return this.deps.engine.coordinator.store.pins.remove(`fabric:${templateId}`);
   }
 
   private async view(t: TemplateRecord): Promise<TemplateView> {

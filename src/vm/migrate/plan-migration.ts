@@ -7,7 +7,9 @@
 // same reference (a shared datastore) stays where it is, unless `copy`; a
 // copied disk is mirrored into a new image at the destination, over its
 // bases when the destination has all of them with the same content ids
-// (`sync: top`, only the delta moves), else as a whole (`sync: full`). The
+// (`sync: top`, only the delta moves: the same files, or a copy of the whole
+// chain found by content id under other names, storage/content-plan.ts),
+// else as a whole (`sync: full`). The
 // boot files and read-only disks must be at the destination already (the
 // default guest is installed there if it is missing).
 import { OffshootError } from '../../common/index.ts';
@@ -16,6 +18,7 @@ import { guestMemoryBytes, makeLocator } from '../../protocol/index.ts';
 import type { HostRecord } from '../hosts/index.ts';
 import { LOCAL_HOST_URL } from '../hosts/index.ts';
 import type { VmRecord } from '../records.ts';
+import { planByContent } from '../storage/index.ts';
 import type { MigrateRequest } from './migrate-request.ts';
 
 /** A migration this controller refuses before anything moved. HTTP 409. */
@@ -39,6 +42,16 @@ export interface MigrationPlan {
   destinationSpec: VmSpec;
   /** Bytes of disk data the mirrors copy at most (allocated bytes of the copied layers). */
   diskBytes: number;
+}
+
+/**
+ * The destination's copy of a disk's whole backing chain found by content id (storage/content-plan.ts), or
+ * null when it does not hold all of it (or a layer has no content id: the disk then moves whole).
+ */
+async function heldChain(agents: { source: AgentClient; destination: AgentClient }, disk: VmDisk): Promise<Array<{ file: string; format: 'qcow2' | 'raw' }> | null> {
+  if (disk.backing.length === 0) return null;
+  const [plan] = await planByContent(agents.source, agents.destination, { disks: [{ id: disk.id, backing: disk.backing }] }).catch(() => [undefined]);
+  return plan?.skipAll ? plan.destBacking : null;
 }
 
 function addressOf(host: HostRecord): string | null {
@@ -99,20 +112,23 @@ export async function planMigration(vm: VmRecord, source: HostRecord, destinatio
       disks.push(disk);
       continue;
     }
-    const basesThere = disk.backing.length > 0 && disk.backing.every((b) => {
+    const sameFiles = disk.backing.length > 0 && disk.backing.every((b) => {
       const mine = at(here.files, b);
       const theirs = at(there.files, b);
       return theirs?.exists === true && theirs.contentId !== null && theirs.contentId === mine?.contentId;
     });
+    // The same bases under the same names, or (seeded ahead, e.g. `disk seed`) the whole chain under other names there.
+    const held = sameFiles ? disk.backing.map((b) => ({ file: b, format: 'qcow2' as const })) : await heldChain(agents, disk);
+    const basesThere = held !== null;
     // The copy lives in the VM's folder at the destination under the same name.
     const file = disk.file.startsWith('home:') ? disk.file : makeLocator({ kind: 'home' }, 'vms', vm.id, `${disk.id}.${disk.format}`);
     const top = at(here.files, disk.file);
     const sizeBytes = top?.virtualSize ?? 0;
     if (!sizeBytes) throw new MigrationPlanError(`disk ${disk.id} of VM "${vm.name}" (${disk.file}) cannot be read on host ${source.name}`, { vm: vm.name, disk: disk.id });
     diskBytes += basesThere ? (top?.allocatedBytes ?? 0) : disk.backing.reduce((s, b) => s + (at(here.files, b)?.allocatedBytes ?? 0), top?.allocatedBytes ?? 0);
-    incoming.push({ id: disk.id, file, format: disk.format, sizeBytes, backing: basesThere ? disk.backing.map((b) => ({ file: b, format: 'qcow2' as const })) : [] });
+    incoming.push({ id: disk.id, file, format: disk.format, sizeBytes, backing: held ?? [] });
     mirrors.push({ node: disk.id, sync: basesThere ? 'top' : 'full' });
-    disks.push({ ...disk, file, owned: true, backing: basesThere ? disk.backing : [] });
+    disks.push({ ...disk, file, owned: true, backing: (held ?? []).map((b) => b.file) });
   }
   const memoryBytes = guestMemoryBytes(vm.spec);
   if (there.memoryFreeBytes < memoryBytes) throw new OffshootError('NO_SPACE', `host ${destination.name} has ${Math.floor(there.memoryFreeBytes / 2 ** 20)} MiB free for guest memory; VM "${vm.name}" needs ${vm.spec.memoryMiB} MiB`, { needed: memoryBytes, free: there.memoryFreeBytes, where: 'memory' }, 507);
