@@ -233,8 +233,13 @@ describe('fabric orchestration against the fake agent', () => {
     closers.push(s.close);
     await s.template('web');
     await s.fabric.scale('web', { ready: 2 }, { wait: true });
-    const [oldest, next] = await s.inventory.fabric.listMembers({ state: 'ready' });
-    s.agent.crash(oldest?.vmId as string);
+    // In the order a claim takes them: ready first (then by id); listMembers lists them by creation.
+    const byBytes = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+    const ready = (await s.inventory.fabric.listMembers({ state: 'ready' })).sort((a, b) => byBytes(a.readyAt ?? '', b.readyAt ?? '') || byBytes(a.vmId, b.vmId));
+    const [oldest, next] = ready;
+    // Its QEMU is gone before the controller heard of it (no exit event yet), so the claim finds it dead: the
+    // exit event would otherwise race the claim and retire it first.
+    s.agent.vms.delete(oldest?.vmId as string);
     const claimed = await s.fabric.claim('web', {});
     expect(claimed.source).toBe('pool');
     expect(claimed.vm.id).toBe(next?.vmId);
