@@ -248,7 +248,8 @@ describe('copy engine', () => {
   });
 
   it('lets only one worker copy a target at a time', async () => {
-    const w1 = runWorker({ source, target, chunkMiB: 1, maxMiBPerSecond: 4 });
+    // Slow enough that the first worker still holds the lock while the second starts, however loaded the machine.
+    const w1 = runWorker({ source, target, chunkMiB: 1, maxMiBPerSecond: 1 });
     await w1.waitFor((m) => m.type === 'progress' && m.progress.bytesDone > 0);
     const w2 = runWorker({ source, target, chunkMiB: 1 });
     expect(await w2.exit).toBe(COPY_WORKER_EXIT.error);
