@@ -292,6 +292,9 @@ async function finish(ctx: EngineContext, m: Member): Promise<void> {
       m.state = 'stayed';
       return;
     }
+    // The source reported a failure after the guest ran at the destination: the member moved all the same.
+    ctx.logger.warn({ vm: m.vm.name, err: (err as Error).message }, 'the source reported a failure after the guest ran at the destination');
+    m.error = err as Error;
   }
   try {
     m.incoming = await awaitDestination(m.agents.destination, m.journal);
