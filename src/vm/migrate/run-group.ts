@@ -187,8 +187,7 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
   }
 
   const failed = members.filter((m) => m.state === 'failed' || (m.state !== 'held' && m.state !== 'continued'));
-  const allOrNothing = request.mode === 'consistent' || signal.aborted;
-  if ((allOrNothing && failed.length > 0) || failed.length === members.length) {
+  if (signal.aborted || (request.mode === 'consistent' && failed.length > 0) || failed.length === members.length) {
     signal.removeEventListener('abort', onCancel);
     stopAll(signal.reason ?? new OffshootError('TASK_CANCELLED', 'the group migration stops', {}, 409));
     await Promise.all(members.map((m) => undo(ctx, m)));
@@ -200,6 +199,10 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
   await Promise.all(failed.map((m) => undo(ctx, m)));
 
   // commit: every held member is continued at once; from here a cancel is too late.
+  if (signal.aborted) {
+    await Promise.all(members.map((m) => undo(ctx, m)));
+    throw signal.reason;
+  }
   committed = true;
   signal.removeEventListener('abort', onCancel);
   const going = members.filter((m) => m.state === 'held' || m.state === 'continued');
@@ -274,6 +277,8 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
 /** A member that did not switch: rolled back as a single migration is; it runs on at its source. */
 async function undo(ctx: EngineContext, m: Member): Promise<void> {
   if (m.state === 'stayed') return;
+  // A member stopped while held: its source rolls its operation back first (the guest runs on there).
+  await m.out?.catch(() => undefined);
   if (m.path || m.prepared) await rollBackMigration(m.agents, m.journal, ctx.logger);
   await ctx.states.settle(m.vm.id, ['migrating'], m.previous, null).catch(() => undefined);
   if (m.state !== 'failed') m.error = null;
