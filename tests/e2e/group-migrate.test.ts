@@ -7,10 +7,11 @@
 // a group back to lab1 where one member cannot complete (lab1 refuses its
 // destination: files of the VM are already there), in consistent mode: both
 // run on at lab2 in the same QEMUs, lab1 has no QEMU, RAM file or path of
-// either.
+// either. Then the same with one member's destination QEMU killed during its
+// pre-copy.
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RunningDaemon } from '../../src/api/index.ts';
@@ -37,6 +38,19 @@ async function sh(client: OffshootClient, vm: string, script: string): Promise<s
   const out = await client.exec(vm, '/bin/sh', ['-c', script], { timeoutMs: 60_000 });
   if (out.exitCode !== 0) throw new Error(`guest command failed (${out.exitCode}): ${script}: ${out.stderr.toString()}`);
   return out.stdout.toString();
+}
+
+/** The QEMU of a VM in a lab host's namespace (its command line names the VM's id). */
+function qemuIn(namespace: string, vmId: string): number | null {
+  for (const entry of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+    try {
+      const cmdline = readFileSync(`/proc/${entry}/cmdline`, 'utf8');
+      if (cmdline.includes('qemu-system') && cmdline.includes(vmId) && processInNamespace(Number(entry), namespace)) return Number(entry);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return null;
 }
 
 async function counter(client: OffshootClient, vm: string): Promise<number> {
@@ -125,6 +139,34 @@ describe('group migration between lab hosts', () => {
       expect(processInNamespace(after.runtime?.pid as number, lab2.namespace)).toBe(true);
       const c1 = await counter(client, name);
       await eventually(async () => (await counter(client, name)) > c1 + 3, 30_000, `the counter of ${name} to go on`);
+      expect(existsSync(join(lab1.home, 'vms', after.id))).toBe(false);
+      expect(readdirSync(lab1.memoryDir).filter((f) => f.startsWith(after.id))).toEqual([]);
+    }
+    expect(pathLinks(lab1.namespace)).toEqual([]);
+    expect(pathLinks(lab2.namespace)).toEqual([]);
+  }, 300_000);
+
+  it('consistent: a member whose destination QEMU is killed during pre-copy rolls the whole group back', async () => {
+    const client = t.client();
+    const [lab1, lab2] = lab.hosts as [UpResult['hosts'][number], UpResult['hosts'][number]];
+    const before = await Promise.all(names.map((n) => client.getVm(n)));
+    // 2 MiB/s: the pre-copies take long enough to kill a destination midway.
+    const { task: started } = await new MigrateClient(client).migrateGroup({ members: names.map((vm) => ({ vm, to: 'lab1' })), maxBandwidth: '2M' });
+    type Detail = { members?: Array<{ state: string }> };
+    await eventually(async () => {
+      const detail = ((await client.getTask(started.id)).result as { progress?: Detail } | null)?.progress;
+      return detail?.members?.every((m) => m.state === 'copying') === true;
+    }, 120_000, 'both members to copy');
+    const victim = qemuIn(lab1.namespace, before[1]?.id as string);
+    expect(victim).not.toBeNull();
+    process.kill(victim as number, 'SIGKILL');
+    await expect(client.waitTask(started.id)).rejects.toMatchObject({ code: 'GROUP_MIGRATION_FAILED' });
+    for (const [i, name] of names.entries()) {
+      const after = (await client.getVm(name)) as VmRecord & { host: string };
+      expect([after.host, after.state, after.runtime?.pid]).toEqual(['lab2', 'running', before[i]?.runtime?.pid]);
+      const c1 = await counter(client, name);
+      await eventually(async () => (await counter(client, name)) > c1 + 3, 30_000, `the counter of ${name} to go on`);
+      expect(qemuIn(lab1.namespace, after.id)).toBeNull();
       expect(existsSync(join(lab1.home, 'vms', after.id))).toBe(false);
       expect(readdirSync(lab1.memoryDir).filter((f) => f.startsWith(after.id))).toEqual([]);
     }
