@@ -6,7 +6,8 @@
 // its guest dirties meanwhile) by then, never below twice its dirty rate (so
 // it still converges) nor a floor. Members close to the pace, and every
 // member once the slowest is within the window, run at the group's cap.
-// Members still mirroring disks or held are left alone. Pure: the runner
+// Members still mirroring disks or held are left alone. The runner passes
+// each member's best bandwidth seen, not its paced one. Pure: the runner
 // (run-group.ts) applies what it answers through setMigrationSpeed.
 
 export interface PacedMember {
@@ -17,7 +18,7 @@ export interface PacedMember {
   bandwidthBytesPerSecond: number;
 }
 
-export const MIN_GROUP_SPEED = 8 * 2 ** 20;
+export const MIN_GROUP_SPEED = 2 * 2 ** 20;
 
 /** Seconds a member in pre-copy still needs at its current bandwidth (Infinity when it does not converge). */
 export function secondsToConverge(m: PacedMember): number {

@@ -96,6 +96,8 @@ interface Member extends GroupMember {
   prepared: boolean;
   progress: MigrationProgress | null;
   speed: number;
+  /** The highest bandwidth its progress showed. */
+  peak: number;
   slowest: number | null;
   heldAt: number | null;
   continuedAt: number | null;
@@ -123,7 +125,7 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
       const agents = { source: ctx.fleet.agent(g.source.id), destination: ctx.fleet.agent(g.destination.id) };
       const plan = await planMigration(g.vm, g.source, g.destination, agents, { ...request, postcopy: 'never' });
       const journal: MigrateJournal = { vmId: g.vm.id, phase: 'path', previous: g.previous, sourceHostId: g.source.id, destinationHostId: g.destination.id, pathId: newOperationId(), prepareOperationId: newOperationId(), awaitOperationId: newOperationId(), migrateOperationId: newOperationId(), destinationSpec: plan.destinationSpec, destinationRuntime: null };
-      members.push({ ...g, agents, plan, journal, controller: new AbortController(), state: 'planned', path: null, prepared: false, progress: null, speed: tuning.maxBandwidthBytesPerSecond, slowest: null, heldAt: null, continuedAt: null, out: null, outcome: null, incoming: null, error: null });
+      members.push({ ...g, agents, plan, journal, controller: new AbortController(), state: 'planned', path: null, prepared: false, progress: null, speed: tuning.maxBandwidthBytesPerSecond, peak: 0, slowest: null, heldAt: null, continuedAt: null, out: null, outcome: null, incoming: null, error: null });
     }
   } catch (err) {
     // Nothing moved yet: every member is as it was.
@@ -165,7 +167,9 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
   let lastProgress = 0;
   const pacer = setInterval(() => {
     const copying = members.filter((m) => m.state === 'copying' && m.progress);
-    const speeds = paceGroup(copying.map((m) => ({ vmId: m.vm.id, ...(m.progress as MigrationProgress) })), { maxBytesPerSecond: tuning.maxBandwidthBytesPerSecond, windowMs: request.windowMs });
+    // Each member's ETA at the best bandwidth it has shown (its paced bandwidth would make it look slow and be released again).
+    for (const m of copying) m.peak = Math.max(m.peak, m.progress?.bandwidthBytesPerSecond ?? 0);
+    const speeds = paceGroup(copying.map((m) => ({ vmId: m.vm.id, ...(m.progress as MigrationProgress), bandwidthBytesPerSecond: m.peak })), { maxBytesPerSecond: tuning.maxBandwidthBytesPerSecond, windowMs: request.windowMs });
     for (const m of copying) {
       const speed = speeds.get(m.vm.id);
       if (speed === undefined || Math.abs(speed - m.speed) < m.speed * 0.1) continue;
