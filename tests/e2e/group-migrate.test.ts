@@ -94,7 +94,7 @@ describe('group migration between lab hosts', () => {
     expect(out.code, out.stderr).toBe(0);
     const result = JSON.parse(out.stdout) as GroupMigrateResult;
     // The figures, for the record (never asserted: timings are noisy here).
-    process.stderr.write(`${JSON.stringify(result.members.map((m) => m.error))} group of 2: spreadMs ${result.spreadMs}, heldSpreadMs ${result.heldSpreadMs}, downtime ${result.members.map((m) => `${m.vm} ${m.downtimeMs} ms (held ${m.heldMs} ms)`).join(', ')}, total ${result.totalMs} ms\n`);
+    process.stderr.write(`group of 2: member errors ${JSON.stringify(result.members.map((m) => m.error))}, spreadMs ${result.spreadMs}, heldSpreadMs ${result.heldSpreadMs}, downtime ${result.members.map((m) => `${m.vm} ${m.downtimeMs} ms (held ${m.heldMs} ms)`).join(', ')}, total ${result.totalMs} ms\n`);
     expect(result).toMatchObject({ mode: 'consistent', moved: names, stayed: [] });
     expect(result.spreadMs).toBeGreaterThanOrEqual(0);
     expect(result.members).toHaveLength(2);
