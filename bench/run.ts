@@ -13,6 +13,7 @@ import { hostsBenchmark } from './hosts.ts';
 import { migrateBenchmark } from './migrate.ts';
 import { mobilityBenchmark } from './mobility.ts';
 import { forkBenchmark } from './fork.ts';
+import { groupBenchmark } from './group.ts';
 import { netpathBenchmark } from './netpath.ts';
 import type { BenchResult } from './report.ts';
 import { printReport } from './report.ts';
@@ -29,6 +30,7 @@ const BENCHMARKS: Record<string, (args: string[]) => Promise<BenchResult>> = {
   migrate: migrateBenchmark,
   fabric: fabricBenchmark,
   mobility: mobilityBenchmark,
+  group: groupBenchmark,
 };
 
 const [name, ...args] = process.argv.slice(2);

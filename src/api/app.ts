@@ -12,6 +12,7 @@ import type { LocalHostInfo } from '../agent/index.ts';
 import type { FabricService, Fleet, StorageService, VmEngine } from '../vm/index.ts';
 import { fabricRoutes } from './fabric-routes.ts';
 import { hostRoutes } from './host-routes.ts';
+import { groupRoutes } from './group-routes.ts';
 import { migrateRoutes } from './migrate-routes.ts';
 import { bearerAuth } from './auth.ts';
 import { mountConsole } from './console-route.ts';
@@ -99,6 +100,7 @@ export function buildApp({ engine, storage, fabric, fleet, localHostInfo, token,
   app.route('/', hostRoutes(fleet));
   app.route('/', vmRoutes(engine));
   app.route('/', migrateRoutes(engine));
+  app.route('/', groupRoutes(engine));
   app.route('/', taskRoutes(engine));
   app.route('/', storageRoutes(storage, engine));
   if (fabric) app.route('/', fabricRoutes(fabric, engine));

@@ -7,6 +7,7 @@ import type { Command } from 'commander';
 import { InvalidInputError, OffshootError } from '../common/index.ts';
 import { MigrateClient } from '../client/index.ts';
 import type { MigrateRequest, MigrateResult, MigrationProgress, TaskRecord } from '../vm/index.ts';
+import { migrateGroupCommand } from './group-commands.ts';
 import { printJson } from './output.ts';
 import type { CommandContext } from './vm-commands.ts';
 
@@ -44,8 +45,8 @@ export function progressLine(task: TaskRecord): string {
 export function registerMigrateCommands(program: Command, ctx: CommandContext): void {
   const vm = program.commands.find((c) => c.name() === 'vm') ?? program.command('vm');
   vm.command('migrate')
-    .description('live-migrate a running VM to another host (local disks mirrored, over a network path made for it); Ctrl-C cancels before the switch-over')
-    .argument('<name>')
+    .description('live-migrate a running VM to another host (local disks mirrored, over a network path made for it); several names move together as a group with one switch-over; Ctrl-C cancels before the switch-over')
+    .argument('<names...>')
     .requiredOption('--to <host>', 'the destination host')
     .option('--max-bandwidth <rate>', 'bandwidth cap, e.g. 500M (bytes per second)')
     .option('--downtime-limit <ms>', 'the longest stop at the switch-over QEMU plans for', intOption('--downtime-limit'))
@@ -54,9 +55,10 @@ export function registerMigrateCommands(program: Command, ctx: CommandContext): 
     .option('--timeout <s>', 'time budget in seconds; a migration that has not converged by then is stopped', intOption('--timeout'))
     .option('--storage <mode>', 'auto (copy disks the destination does not see), shared, copy', choice('--storage', ['auto', 'shared', 'copy'] as const))
     .option('--no-tls', 'send memory and disks without TLS (still on the isolated path)')
+    .option('--mode <mode>', 'a group: consistent (all or none, the default) or available (the members that reached their switch-over move)', choice('--mode', ['consistent', 'available'] as const))
     .option('--no-wait', 'print the task and return at once')
     .option('--json', 'print JSON')
-    .action((name: string, o: { to: string; maxBandwidth?: string; downtimeLimit?: number; postcopy?: MigrateRequest['postcopy']; autoConverge?: boolean; timeout?: number; storage?: MigrateRequest['storage']; tls: boolean; wait: boolean; json?: boolean }) =>
+    .action((names: string[], o: { to: string; mode?: 'consistent' | 'available'; maxBandwidth?: string; downtimeLimit?: number; postcopy?: MigrateRequest['postcopy']; autoConverge?: boolean; timeout?: number; storage?: MigrateRequest['storage']; tls: boolean; wait: boolean; json?: boolean }) =>
       ctx.run(Boolean(o.json), async () => {
         const client = ctx.client();
         const request: Partial<MigrateRequest> = { to: o.to, tls: o.tls };
@@ -66,6 +68,8 @@ export function registerMigrateCommands(program: Command, ctx: CommandContext): 
         if (o.autoConverge) request.autoConverge = true;
         if (o.timeout !== undefined) request.timeoutS = o.timeout;
         if (o.storage) request.storage = o.storage;
+        if (names.length > 1 || o.mode) return migrateGroupCommand(client, names, o, request);
+        const name = names[0] as string;
         const started = await new MigrateClient(client).migrate(name, request);
         const taskId = started.task?.id as string;
         if (!o.wait) return o.json ? printJson(started) : void process.stdout.write(`${taskId}\n`);

@@ -31,7 +31,7 @@ import { Recovery } from './recovery.ts';
 import type { TaskRecovery } from './recovery.ts';
 import { applyIdentity, hasGuestAgent } from './identity.ts';
 import { KeyedMutex } from './lock.ts';
-import { Migrations } from './migrate/index.ts';
+import { GroupMigrations, Migrations } from './migrate/index.ts';
 import { execRequestSchema, parseRequest, startRequestSchema, stopRequestSchema } from './requests.ts';
 import { parseCreateVmRequest, resolveMemoryMiB } from './spec.ts';
 import { BUSY_STATES, LIVE_STATES, assertOperationAllowed, isLive } from './state.ts';
@@ -91,6 +91,7 @@ export class VmEngine implements FleetListener {
   readonly fleet: Fleet;
   readonly checkpoints: Checkpoints;
   readonly migrations: Migrations;
+  readonly groupMigrations: GroupMigrations;
   /** Templates and bases that a request in flight has made but no VM record names yet (this controller's pins). */
   readonly pins: PinSet;
   /** This controller among the fleet's: its id, claims, the beat that renews leases and takes over tasks. */
@@ -135,6 +136,7 @@ export class VmEngine implements FleetListener {
     };
     this.checkpoints = new Checkpoints(this.ctx);
     this.migrations = new Migrations(this.ctx);
+    this.groupMigrations = new GroupMigrations(this.ctx, (ref) => this.resolve(ref));
     this.recovery = new Recovery(this.ctx);
     this.recovery.register('vm.start', (task, journal) => this.resumeStart(task, journal as StartJournal | undefined));
     this.recovery.register('vm.stop', (task, journal) => this.resumeStop(task, journal as { stopOperationId: string; timeoutMs: number } | undefined));
@@ -334,6 +336,11 @@ export class VmEngine implements FleetListener {
     return { vm: await this.resolve(task.targetId), task };
   }
 
+  /** Live-migrates several VMs together, with one switch-over (see migrate/run-group.ts); answers the `vm.migrate-group` task. */
+  migrateGroup(input: unknown): Promise<TaskRecord> {
+    return this.groupMigrations.migrate(input);
+  }
+
   checkpoint(ref: string, input: unknown = {}): Promise<VmAndTask> {
     return this.checkpoints.checkpoint(ref, input);
   }
@@ -348,6 +355,7 @@ export class VmEngine implements FleetListener {
    */
   cancelTask(id: string): Promise<TaskRecord> {
     if (this.migrations.cancellable(id)) return this.migrations.cancel(id);
+    if (this.groupMigrations.cancellable(id)) return this.groupMigrations.cancel(id);
     return this.checkpoints.cancel(id);
   }
 

@@ -76,6 +76,13 @@ export class Recovery {
     this.register('template.create', (task, journal) => this.recoverFreeze(task, journal as ForkJournal | undefined));
     this.register('vm.restore', (task, journal) => this.recoverRestore(task, journal as RestoreJournal | undefined));
     this.register('vm.migrate', async (_task, journal) => (journal ? recoverMigration(this.ctx, journal as MigrateJournal, this.ctx.logger) : 'nothing to roll back'));
+    // A group migration: each member as a single migration.
+    this.register('vm.migrate-group', async (_task, journal) => {
+      const members = (journal as { members?: MigrateJournal[] } | undefined)?.members ?? [];
+      const done: string[] = [];
+      for (const m of members) done.push(await recoverMigration(this.ctx, m, this.ctx.logger));
+      return done.length ? done.join('; ') : 'nothing to roll back';
+    });
   }
 
   register(kind: string, handler: TaskRecovery): void {

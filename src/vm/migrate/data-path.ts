@@ -8,6 +8,8 @@ import { newPskKey, planDataPath } from '../../net/index.ts';
 
 export interface OpenedPath {
   operationId: string;
+  /** The path's slot (a group opens its paths one after another, each avoiding the slots taken before). */
+  slot: number;
   linkName: string;
   vni: number;
   mtu: number;
@@ -20,7 +22,7 @@ export async function openDataPath(agents: { source: AgentClient; destination: A
   const key = newPskKey();
   const server = await agents.destination.openPath({ plan, role: 'server', pskKey: key });
   const client = await agents.source.openPath({ plan, role: 'client', pskKey: key });
-  return { operationId: pathId, linkName: plan.linkName, vni: plan.vni, mtu: Math.min(server.mtu, client.mtu), sourceAddress: client.localAddress, destinationAddress: server.localAddress };
+  return { operationId: pathId, slot: plan.slot, linkName: plan.linkName, vni: plan.vni, mtu: Math.min(server.mtu, client.mtu), sourceAddress: client.localAddress, destinationAddress: server.localAddress };
 }
 
 /** Removes both ends; answers the source's last link counters (null if it had none). Never throws. */

@@ -1,0 +1,154 @@
+// Fast tests of the group migration orchestration (src/vm/migrate/run-group.ts)
+// against two fake agents (which pass the migration contract as the real ones
+// do): a real SQLite inventory, the real engine and fleet, the controller's own
+// fake host in process and a second fake host over HTTP. A group moves in one
+// switch-over; a member failing before the commit leaves every member at its
+// source (consistent) or moves the others and reports the split (available);
+// a cancel before the commit leaves all at their sources. The same runs
+// against real QEMU on lab hosts in tests/e2e/group-migrate.test.ts.
+import { mkdtempSync, rmSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import { serve } from '@hono/node-server';
+import { afterEach, describe, expect, it } from 'vitest';
+import { OffshootError, silentLogger } from '../src/common/index.ts';
+import { FakeAgent, agentHttpApp } from '../src/protocol/index.ts';
+import { KyselyInventory } from '../src/store/index.ts';
+import type { GroupMigrateResult } from '../src/vm/index.ts';
+import { Fleet, VmEngine } from '../src/vm/index.ts';
+
+const TOKEN = 'h'.repeat(43);
+
+async function setup(migrateMs = 0) {
+  const dir = mkdtempSync('/tmp/ogr-orch-');
+  const inventory = await KyselyInventory.open(`${dir}/inventory.sqlite`);
+  const local = new FakeAgent({ hostId: 'fake-a', managementAddress: '10.254.9.1', migrateMs });
+  const remote = new FakeAgent({ hostId: 'fake-b', managementAddress: '10.254.9.2', migrateMs });
+  const app = agentHttpApp(remote.endpoint, { token: TOKEN });
+  const server = await new Promise<ReturnType<typeof serve>>((resolve) => {
+    const s = serve({ fetch: app.fetch, hostname: '127.0.0.1', port: 0 }, () => resolve(s));
+  });
+  const fleet = new Fleet({ inventory: inventory.hosts, vmsOn: async (id) => (await inventory.listVms()).filter((v) => v.hostId === id).length, local: { name: 'a', endpoint: local.endpoint }, heartbeatMs: 100, leaseMs: 2_000 });
+  await fleet.start();
+  const b = await fleet.add({ name: 'b', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, token: TOKEN });
+  const engine = new VmEngine({ inventory, fleet, logger: silentLogger });
+  const close = async () => {
+    await engine.close();
+    await fleet.close();
+    const closing = new Promise<void>((r) => server.close(() => r()));
+    (server as unknown as { closeAllConnections(): void }).closeAllConnections();
+    await closing;
+    await inventory.close();
+    rmSync(dir, { recursive: true, force: true });
+  };
+  for (const name of ['g1', 'g2']) {
+    const { task } = await engine.create({ name, start: true, host: 'a' });
+    expect((await engine.tasks.wait(task?.id as string)).state).toBe('succeeded');
+  }
+  const vms = [await engine.resolve('g1'), await engine.resolve('g2')];
+  const atSource = async () => {
+    for (const vm of vms) {
+      const after = await engine.resolve(vm.id);
+      expect([after.hostId, after.state, after.runtime?.pid]).toEqual([vm.hostId, 'running', vm.runtime?.pid]);
+      expect(local.vms.get(vm.id)?.status).toBe('running');
+      expect(remote.vms.has(vm.id)).toBe(false);
+      expect([...remote.files].some((f) => f.startsWith(`home:vms/${vm.id}/`))).toBe(false);
+    }
+    for (const a of [fleet.agent(vms[0]?.hostId as string), fleet.agent(b.id)]) expect((await a.migrationProbe({ peer: null, files: [], installDefaultGuest: false })).slotsInUse).toEqual([]);
+  };
+  return { inventory, local, remote, fleet, engine, close, vms, b, atSource };
+}
+
+const members = [
+  { vm: 'g1', to: 'b' },
+  { vm: 'g2', to: 'b' },
+];
+
+describe('group migration orchestration against fake agents', () => {
+  const closers: Array<() => Promise<void>> = [];
+  afterEach(async () => {
+    for (const c of closers.splice(0)) await c();
+  });
+
+  it('moves every member in one switch-over and reports downtime per member and the spread', async () => {
+    const s = await setup(600);
+    closers.push(s.close);
+    const task = await s.engine.migrateGroup({ members });
+    expect(task.kind).toBe('vm.migrate-group');
+    for (const name of ['g1', 'g2']) expect((await s.engine.resolve(name)).state).toBe('migrating');
+    await expect(s.engine.stop('g2')).rejects.toMatchObject({ code: 'ILLEGAL_STATE' });
+    const done = await s.engine.tasks.wait(task.id);
+    expect(done.state, JSON.stringify(done.error)).toBe('succeeded');
+    const result = done.result as GroupMigrateResult;
+    expect(result).toMatchObject({ mode: 'consistent', moved: ['g1', 'g2'], stayed: [] });
+    expect(typeof result.spreadMs).toBe('number');
+    expect(typeof result.heldSpreadMs).toBe('number');
+    for (const m of result.members) {
+      expect(m).toMatchObject({ state: 'moved', from: 'a', to: 'b', error: null });
+      expect(typeof m.downtimeMs).toBe('number');
+      expect(typeof m.heldMs).toBe('number');
+    }
+    for (const vm of s.vms) {
+      const moved = await s.engine.resolve(vm.id);
+      expect([moved.hostId, moved.state]).toEqual([s.b.id, 'running']);
+      expect(s.local.vms.has(vm.id)).toBe(false);
+      expect(s.remote.vms.get(vm.id)?.status).toBe('running');
+    }
+    for (const a of [s.fleet.agent(s.vms[0]?.hostId as string), s.fleet.agent(s.b.id)]) expect((await a.migrationProbe({ peer: null, files: [], installDefaultGuest: false })).slotsInUse).toEqual([]);
+  });
+
+  it('refuses bad groups with stable codes and claims nothing', async () => {
+    const s = await setup();
+    closers.push(s.close);
+    await expect(s.engine.migrateGroup({ members: [] })).rejects.toMatchObject({ code: 'INVALID_INPUT' });
+    await expect(s.engine.migrateGroup({ members, mode: 'eventually' })).rejects.toMatchObject({ code: 'INVALID_INPUT' });
+    await expect(s.engine.migrateGroup({ members: [...members, { vm: 'g1', to: 'b' }] })).rejects.toMatchObject({ code: 'INVALID_INPUT' });
+    await expect(s.engine.migrateGroup({ members: [{ vm: 'g1', to: 'b' }, { vm: 'g2', to: 'a' }] })).rejects.toMatchObject({ code: 'MIGRATION_REFUSED' });
+    await expect(s.engine.migrateGroup({ members: [{ vm: 'g1', to: 'nowhere' }] })).rejects.toMatchObject({ code: 'NOT_FOUND' });
+    await s.atSource();
+  });
+
+  for (const step of ['prepareIncoming', 'migrateOut'] as const) {
+    it(`consistent: a member failing at ${step} before the commit leaves every member at its source`, async () => {
+      const s = await setup(300);
+      closers.push(s.close);
+      (step === 'migrateOut' ? s.local : s.remote).failNext(step, new OffshootError('QMP_COMMAND_FAILED', `injected: ${step}`, {}, 500));
+      const task = await s.engine.migrateGroup({ members, mode: 'consistent' });
+      const done = await s.engine.tasks.wait(task.id);
+      expect(done.state).toBe('failed');
+      expect(done.error?.code).toBe('GROUP_MIGRATION_FAILED');
+      expect(done.error?.message).toContain('injected');
+      await s.atSource();
+    });
+  }
+
+  it('available: a member failing before the commit stays at its source, the other moves, and the result says which', async () => {
+    const s = await setup(300);
+    closers.push(s.close);
+    s.remote.failNext('prepareIncoming', new OffshootError('QMP_COMMAND_FAILED', 'injected: prepareIncoming', {}, 500));
+    const task = await s.engine.migrateGroup({ members, mode: 'available' });
+    const done = await s.engine.tasks.wait(task.id);
+    expect(done.state, JSON.stringify(done.error)).toBe('succeeded');
+    const result = done.result as GroupMigrateResult;
+    expect(result.moved).toHaveLength(1);
+    expect(result.stayed).toHaveLength(1);
+    const stayed = result.members.find((m) => m.state === 'stayed');
+    expect(stayed?.error?.code).toBe('QMP_COMMAND_FAILED');
+    const movedVm = await s.engine.resolve(result.moved[0] as string);
+    const stayedVm = await s.engine.resolve(result.stayed[0] as string);
+    expect([movedVm.hostId, movedVm.state]).toEqual([s.b.id, 'running']);
+    expect([stayedVm.hostId, stayedVm.state]).toEqual([s.vms[0]?.hostId, 'running']);
+    expect(s.remote.vms.has(stayedVm.id)).toBe(false);
+    expect(s.local.vms.get(stayedVm.id)?.status).toBe('running');
+  });
+
+  it('a cancel before the commit leaves every member at its source', async () => {
+    const s = await setup(2_000);
+    closers.push(s.close);
+    const task = await s.engine.migrateGroup({ members });
+    await new Promise((r) => setTimeout(r, 700));
+    const cancelled = await s.engine.cancelTask(task.id);
+    expect(cancelled.state).toBe('failed');
+    expect(cancelled.error?.code).toBe('TASK_CANCELLED');
+    await s.atSource();
+  });
+});
