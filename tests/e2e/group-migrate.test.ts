@@ -11,20 +11,18 @@
 // pre-copy.
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { RunningDaemon } from '../../src/api/index.ts';
-import { startDaemon } from '../../src/api/index.ts';
 import { MigrateClient } from '../../src/client/index.ts';
 import type { OffshootClient } from '../../src/client/index.ts';
-import { silentLogger } from '../../src/common/index.ts';
 import { processInNamespace } from '../../src/lab/agent-process.ts';
-import { labDown, labUp } from '../../src/lab/lab.ts';
 import type { UpResult } from '../../src/lab/lab.ts';
 import type { GroupMigrateResult, VmRecord } from '../../src/vm/index.ts';
-import { eventually, makeTestHome } from '../harness.ts';
+import { eventually } from '../harness.ts';
 import type { TestHome } from '../harness.ts';
+import type { LabFleet } from '../lab-fleet.ts';
+import { startLabFleet } from '../lab-fleet.ts';
 
 const prefix = `ogr${randomBytes(2).toString('hex').slice(0, 3)}`;
 const subnet = `10.214.${100 + ((randomBytes(1)[0] as number) % 40)}.0/24`;
@@ -59,25 +57,17 @@ async function counter(client: OffshootClient, vm: string): Promise<number> {
 
 describe('group migration between lab hosts', () => {
   let t: TestHome;
-  let daemon: RunningDaemon;
   let lab: UpResult;
-  let labDir: string;
   const names = ['ogr-a', 'ogr-b'];
 
+  let fleet: LabFleet | undefined;
+
   beforeAll(async () => {
-    t = makeTestHome();
-    daemon = await startDaemon({ home: t.home, memoryDir: t.memoryDir, logger: silentLogger, hostHeartbeatMs: 500, hostLeaseMs: 5_000 });
-    labDir = mkdtempSync(`/tmp/${prefix}-lab-`);
-    lab = await labUp(2, { dir: labDir, prefix, subnet }, t.home);
+    fleet = await startLabFleet(prefix, subnet, { hostHeartbeatMs: 500, hostLeaseMs: 5_000 });
+    ({ t, lab } = fleet);
   }, 180_000);
 
-  afterAll(async () => {
-    for (const vm of daemon ? await daemon.engine.list() : []) await daemon.engine.kill(vm.id).catch(() => undefined);
-    await daemon?.close();
-    await labDown({ dir: labDir, prefix }).catch(() => undefined);
-    rmSync(labDir, { recursive: true, force: true });
-    await t?.cleanup();
-  }, 120_000);
+  afterAll(() => fleet?.close(), 120_000);
 
   it('moves two counting guests together; both run on at the destination and the result has the spread and each downtime', async () => {
     const client = t.client();

@@ -8,18 +8,19 @@
 // with a new epoch and its VMs re-adopted with the same QEMUs. Nothing of the
 // lab is left afterwards.
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RunningDaemon } from '../../src/api/index.ts';
-import { startDaemon } from '../../src/api/index.ts';
 import { HostClient } from '../../src/client/index.ts';
-import { isProcessAlive, silentLogger } from '../../src/common/index.ts';
+import { isProcessAlive } from '../../src/common/index.ts';
 import { processInNamespace } from '../../src/lab/agent-process.ts';
-import { labDown, labUp } from '../../src/lab/lab.ts';
+import { labUp } from '../../src/lab/lab.ts';
 import type { UpResult } from '../../src/lab/lab.ts';
 import type { VmRecord } from '../../src/vm/index.ts';
-import { eventually, makeTestHome } from '../harness.ts';
+import { eventually } from '../harness.ts';
 import type { TestHome } from '../harness.ts';
+import type { LabFleet } from '../lab-fleet.ts';
+import { startLabFleet } from '../lab-fleet.ts';
 
 const prefix = `oht${randomBytes(2).toString('hex').slice(0, 3)}`;
 const subnet = `10.213.${190 + ((randomBytes(1)[0] as number) % 40)}.0/24`;
@@ -30,20 +31,14 @@ describe('hosts: a control plane and two lab hosts', () => {
   let lab: UpResult;
   let labDir: string;
 
+  let fleet: LabFleet | undefined;
+
   beforeAll(async () => {
-    t = makeTestHome();
-    daemon = await startDaemon({ home: t.home, memoryDir: t.memoryDir, logger: silentLogger, hostHeartbeatMs: 300, hostLeaseMs: 2_000 });
-    labDir = mkdtempSync(`/tmp/${prefix}-lab-`);
-    lab = await labUp(2, { dir: labDir, prefix, subnet }, t.home);
+    fleet = await startLabFleet(prefix, subnet, { hostHeartbeatMs: 300, hostLeaseMs: 2_000 });
+    ({ t, daemon, lab, labDir } = fleet);
   }, 180_000);
 
-  afterAll(async () => {
-    for (const vm of daemon ? await daemon.engine.list() : []) await daemon.engine.kill(vm.id).catch(() => undefined);
-    await daemon?.close();
-    await labDown({ dir: labDir, prefix }).catch(() => undefined);
-    rmSync(labDir, { recursive: true, force: true });
-    await t?.cleanup();
-  }, 120_000);
+  afterAll(() => fleet?.close(), 120_000);
 
   it('registers the lab hosts with the control plane, each with its default datastore', async () => {
     expect(lab.hosts.map((h) => [h.name, h.registration.registered])).toEqual([

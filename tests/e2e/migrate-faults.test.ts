@@ -8,20 +8,18 @@
 // at its source in the same QEMU, and nothing at the destination.
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { RunningDaemon } from '../../src/api/index.ts';
-import { startDaemon } from '../../src/api/index.ts';
 import { MigrateClient } from '../../src/client/index.ts';
 import type { OffshootClient } from '../../src/client/index.ts';
-import { silentLogger } from '../../src/common/index.ts';
 import { processInNamespace } from '../../src/lab/agent-process.ts';
-import { labDown, labUp } from '../../src/lab/lab.ts';
 import type { UpResult } from '../../src/lab/lab.ts';
 import type { ForkResult, MigrateResult, MigrationProgress, VmRecord } from '../../src/vm/index.ts';
-import { eventually, makeTestHome } from '../harness.ts';
+import { eventually } from '../harness.ts';
 import type { TestHome } from '../harness.ts';
+import type { LabFleet } from '../lab-fleet.ts';
+import { startLabFleet } from '../lab-fleet.ts';
 
 const prefix = `omf${randomBytes(2).toString('hex').slice(0, 3)}`;
 const subnet = `10.213.${60 + ((randomBytes(1)[0] as number) % 30)}.0/24`;
@@ -56,24 +54,16 @@ const WRITER = '(i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; echo $i
 
 describe('live migration between lab hosts: post-copy, a forked child, a killed destination', () => {
   let t: TestHome;
-  let daemon: RunningDaemon;
   let lab: UpResult;
-  let labDir: string;
+
+  let fleet: LabFleet | undefined;
 
   beforeAll(async () => {
-    t = makeTestHome();
-    daemon = await startDaemon({ home: t.home, memoryDir: t.memoryDir, logger: silentLogger, hostHeartbeatMs: 500, hostLeaseMs: 5_000 });
-    labDir = mkdtempSync(`/tmp/${prefix}-lab-`);
-    lab = await labUp(2, { dir: labDir, prefix, subnet }, t.home);
+    fleet = await startLabFleet(prefix, subnet, { hostHeartbeatMs: 500, hostLeaseMs: 5_000 });
+    ({ t, lab } = fleet);
   }, 180_000);
 
-  afterAll(async () => {
-    for (const vm of daemon ? await daemon.engine.list() : []) await daemon.engine.kill(vm.id).catch(() => undefined);
-    await daemon?.close();
-    await labDown({ dir: labDir, prefix }).catch(() => undefined);
-    rmSync(labDir, { recursive: true, force: true });
-    await t?.cleanup();
-  }, 120_000);
+  afterAll(() => fleet?.close(), 120_000);
 
   it('a forked child migrates with post-copy forced: owned at the destination, its disk copied whole, its counter going on', async () => {
     const client = t.client();

@@ -13,20 +13,18 @@
 // VM runs on at lab2 in the same QEMU and lab1 has nothing of it.
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { RunningDaemon } from '../../src/api/index.ts';
-import { startDaemon } from '../../src/api/index.ts';
 import { MigrateClient } from '../../src/client/index.ts';
 import type { OffshootClient } from '../../src/client/index.ts';
-import { silentLogger } from '../../src/common/index.ts';
 import { processInNamespace } from '../../src/lab/agent-process.ts';
-import { labDown, labUp } from '../../src/lab/lab.ts';
 import type { UpResult } from '../../src/lab/lab.ts';
 import type { MigrateResult, MigrationProgress, VmRecord } from '../../src/vm/index.ts';
-import { eventually, makeTestHome } from '../harness.ts';
+import { eventually } from '../harness.ts';
 import type { TestHome } from '../harness.ts';
+import type { LabFleet } from '../lab-fleet.ts';
+import { startLabFleet } from '../lab-fleet.ts';
 
 const prefix = `omg${randomBytes(2).toString('hex').slice(0, 3)}`;
 const subnet = `10.213.${100 + ((randomBytes(1)[0] as number) % 40)}.0/24`;
@@ -56,25 +54,17 @@ async function sh(client: OffshootClient, vm: string, script: string): Promise<s
 
 describe('live migration between lab hosts', () => {
   let t: TestHome;
-  let daemon: RunningDaemon;
   let lab: UpResult;
-  let labDir: string;
   const name = 'omg-vm';
 
+  let fleet: LabFleet | undefined;
+
   beforeAll(async () => {
-    t = makeTestHome();
-    daemon = await startDaemon({ home: t.home, memoryDir: t.memoryDir, logger: silentLogger, hostHeartbeatMs: 500, hostLeaseMs: 5_000 });
-    labDir = mkdtempSync(`/tmp/${prefix}-lab-`);
-    lab = await labUp(2, { dir: labDir, prefix, subnet }, t.home);
+    fleet = await startLabFleet(prefix, subnet, { hostHeartbeatMs: 500, hostLeaseMs: 5_000 });
+    ({ t, lab } = fleet);
   }, 180_000);
 
-  afterAll(async () => {
-    for (const vm of daemon ? await daemon.engine.list() : []) await daemon.engine.kill(vm.id).catch(() => undefined);
-    await daemon?.close();
-    await labDown({ dir: labDir, prefix }).catch(() => undefined);
-    rmSync(labDir, { recursive: true, force: true });
-    await t?.cleanup();
-  }, 120_000);
+  afterAll(() => fleet?.close(), 120_000);
 
   it('moves a writing guest with its memory and disk intact, over a path that exists only for the move', async () => {
     const client = t.client();
