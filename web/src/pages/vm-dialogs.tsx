@@ -57,7 +57,7 @@ export function VmDialogs({ vm, dialog, onClose: close }: { vm: VmRecord; dialog
         >
           <p class="muted">The VM stops for a moment; then it and its children run on, sharing its memory copy-on-write.</p>
           <Field label="Children">
-            <input name="count" type="number" min={1} max={64} value={2} required />
+            <input name="count" type="number" min={1} max={64} defaultValue={2} required />
           </Field>
           <Field label="Name prefix" hint={`default ${vm.name}-c (children ${vm.name}-c1, ${vm.name}-c2, …)`}>
             <input name="prefix" autocomplete="off" pattern="[A-Za-z0-9][A-Za-z0-9_\-]{0,40}" />
@@ -171,7 +171,7 @@ function CloneDialog({ vm, onClose }: { vm: VmRecord; onClose: () => void }) {
       }}
     >
       <Field label="Name">
-        <input name="name" required autocomplete="off" value={`${vm.name}-clone`} pattern="[A-Za-z0-9][A-Za-z0-9_\-]{0,62}" />
+        <input name="name" required autocomplete="off" defaultValue={`${vm.name}-clone`} pattern="[A-Za-z0-9][A-Za-z0-9_\-]{0,62}" />
       </Field>
       <Field label="Kind">
         <select name="mode" value={mode} onChange={(e) => setMode(e.currentTarget.value)}>
