@@ -140,12 +140,12 @@ export async function loadDeviceState(qmp: QmpClient, file: string, socketPath: 
   }
 }
 
-/** Live-migrates `source` into `target` (started with `-incoming defer`) over a unix socket, RAM included. */
-export async function migrateLocally(source: QmpClient, target: QmpClient, socket: string, timeoutMs = 120_000): Promise<MigrateInfo> {
+/** Live-migrates `source` into `target` (started with `-incoming defer`) over a unix socket, RAM included; uncapped unless a bandwidth is given. */
+export async function migrateLocally(source: QmpClient, target: QmpClient, socket: string, timeoutMs = 120_000, maxBytesPerSecond = UNCAPPED_BYTES_PER_SECOND): Promise<MigrateInfo> {
   await setIgnoreShared(target, false);
   await target.execute('migrate-incoming', { uri: `unix:${socket}` });
   await setIgnoreShared(source, false);
-  await source.execute('migrate-set-parameters', { 'max-bandwidth': UNCAPPED_BYTES_PER_SECOND, 'downtime-limit': 50 });
+  await source.execute('migrate-set-parameters', { 'max-bandwidth': maxBytesPerSecond, 'downtime-limit': 50 });
   await source.execute('migrate', { uri: `unix:${socket}` });
   const info = await waitForMigration(source, 'local live migration', timeoutMs);
   await waitForMigration(target, 'local live migration (incoming)', timeoutMs);
