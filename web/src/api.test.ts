@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { capabilitiesOf, hostFromInfo, hostOfVm } from './api.ts';
-import type { VmRecord } from './api.ts';
+import { capabilitiesOf, hostFromInfo, hostNameOfVm, hostOfVm } from './api.ts';
+import type { HostView, VmRecord } from './api.ts';
 
 describe("the console's view of the API", () => {
   it('offers what the daemon has, by its OpenAPI paths', () => {
@@ -14,5 +14,11 @@ describe("the console's view of the API", () => {
     expect(hostOfVm(vm, 'x')).toBe('h1');
     expect(hostOfVm({ ...vm, host: 'h2' } as VmRecord, 'x')).toBe('h2');
     expect(hostOfVm({ runtime: null } as unknown as VmRecord, 'x')).toBe('x');
+  });
+
+  it("names a VM's host by the hosts list, and by its id when the list does not know it", () => {
+    const hosts = [{ id: 'h1', name: 'lab1', state: 'ready' }] as HostView[];
+    expect(hostNameOfVm({ runtime: { hostId: 'h1' } } as unknown as VmRecord, hosts, 'x')).toBe('lab1');
+    expect(hostNameOfVm({ runtime: { hostId: 'h9' } } as unknown as VmRecord, hosts, 'x')).toBe('h9');
   });
 });

@@ -68,6 +68,12 @@ export function hostOfVm(vm: VmRecord, fallback: string): string {
   return (typeof declared === 'string' && declared) || vm.runtime?.hostId || fallback;
 }
 
+/** The name of the VM's host, for display (its id when the hosts list does not know it). */
+export function hostNameOfVm(vm: VmRecord, hosts: HostView[], fallback: string): string {
+  const id = hostOfVm(vm, fallback);
+  return hosts.find((h) => h.id === id)?.name ?? id;
+}
+
 export class ConsoleApi {
   readonly client: OffshootClient;
   readonly storage: StorageClient;

@@ -6,7 +6,7 @@
 // dialog with their options (vm-dialogs.tsx). Errors show with their code.
 import type { ComponentChildren } from 'preact';
 import { useState } from 'preact/hooks';
-import { OffshootError, hostOfVm } from '../api.ts';
+import { OffshootError, hostNameOfVm } from '../api.ts';
 import { ErrorNotice, Progress, StateBadge, Time, useAction } from '../components.tsx';
 import { useConsole, useInterval } from '../context.ts';
 import { formatBytes } from '../format.ts';
@@ -96,7 +96,7 @@ export function VmDetailPage({ name }: { name: string }) {
           <h2 id="facts-title">Summary</h2>
           <dl class="facts">
             <Fact label="ID" value={<code>{vm.id}</code>} />
-            <Fact label="Host" value={hostOfVm(vm, localHost)} />
+            <Fact label="Host" value={hostNameOfVm(vm, state.hosts, localHost)} />
             <Fact label="vCPUs" value={vm.spec.vcpus} />
             <Fact label="Memory" value={`${vm.spec.memoryMiB} MiB`} />
             <Fact label="Memory mode" value={memoryMode(vm)} />

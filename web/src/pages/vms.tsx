@@ -3,7 +3,7 @@
 // arrow keys along the rows, and a dialog to create (and boot) a VM of the
 // embedded default guest.
 import { useState } from 'preact/hooks';
-import { hostOfVm } from '../api.ts';
+import { hostNameOfVm } from '../api.ts';
 import type { VmRecord } from '../api.ts';
 import { ActionDialog, Field, StateBadge, Time, onArrowKeys } from '../components.tsx';
 import { useConsole } from '../context.ts';
@@ -22,7 +22,7 @@ export function VmsPage() {
   const [creating, setCreating] = useState(false);
   const localHost = state.hosts[0]?.id ?? '';
   const needle = filter.trim().toLowerCase();
-  const vms = needle ? state.vms.filter((v) => [v.name, v.state, hostOfVm(v, localHost)].some((s) => s.toLowerCase().includes(needle))) : state.vms;
+  const vms = needle ? state.vms.filter((v) => [v.name, v.state, hostNameOfVm(v, state.hosts, localHost)].some((s) => s.toLowerCase().includes(needle))) : state.vms;
   return (
     <section aria-labelledby="page-title">
       <div class="page-head">
@@ -62,7 +62,7 @@ export function VmsPage() {
                 <td data-label="State">
                   <StateBadge state={vm.state} />
                 </td>
-                <td data-label="Host">{hostOfVm(vm, localHost)}</td>
+                <td data-label="Host">{hostNameOfVm(vm, state.hosts, localHost)}</td>
                 <td data-label="Memory">{vm.spec.memoryMiB} MiB</td>
                 <td data-label="Memory mode">{memoryMode(vm)}</td>
                 <td data-label="vCPUs">{vm.spec.vcpus}</td>
