@@ -20,23 +20,8 @@
 // Plain data only: the PSK key travels once, to openPath, and is never
 // returned, logged or journaled; ends are named by the path's operation id.
 import { z } from 'zod';
+import { call, operation } from './call-def.ts';
 import { deviceIdSchema, diskFormatSchema, locatorSchema, nameSchema, operationIdSchema, vmIdSchema, vmRuntimeSchema, vmSpecSchema } from './schemas.ts';
-
-interface CallDef<Req extends z.ZodType, Res extends z.ZodType> {
-  kind: 'call' | 'operation';
-  request: Req;
-  result: Res;
-  summary: string;
-  readOnly?: boolean;
-}
-
-function call<Req extends z.ZodType, Res extends z.ZodType>(summary: string, request: Req, result: Res, readOnly = false): CallDef<Req, Res> {
-  return { kind: 'call', request, result, summary, readOnly };
-}
-
-function operation<Shape extends z.ZodRawShape, Res extends z.ZodType>(summary: string, shape: Shape, result: Res) {
-  return { kind: 'operation' as const, request: z.object({ operationId: operationIdSchema, ...shape }), result, summary, readOnly: false };
-}
 
 const empty = z.object({});
 const vmRef = z.object({ vmId: vmIdSchema });

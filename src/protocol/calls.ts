@@ -8,6 +8,7 @@
 // operation instead of starting the work twice. Plain calls that change
 // something carry an idempotency key for the same reason (see transports).
 import { z } from 'zod';
+import { call, operation } from './call-def.ts';
 import { MIGRATION_CALLS } from './calls-migration.ts';
 import {
   agentEventSchema,
@@ -69,24 +70,6 @@ export type OperationInfo = z.infer<typeof operationInfoSchema>;
 
 export const operationEventSchema = z.object({ seq: z.number().int(), progress: z.number(), message: z.string(), data: z.record(z.string(), z.unknown()).optional(), at: z.string() });
 export type OperationEvent = z.infer<typeof operationEventSchema>;
-
-interface CallDef<Req extends z.ZodType, Res extends z.ZodType> {
-  kind: 'call' | 'operation';
-  request: Req;
-  result: Res;
-  summary: string;
-  /** Whether a retry after a lost answer is harmless without an idempotency key (reads). */
-  readOnly?: boolean;
-}
-
-function call<Req extends z.ZodType, Res extends z.ZodType>(summary: string, request: Req, result: Res, readOnly = false): CallDef<Req, Res> {
-  return { kind: 'call', request, result, summary, readOnly };
-}
-
-/** An operation's request always carries the caller-chosen operation id. */
-function operation<Shape extends z.ZodRawShape, Res extends z.ZodType>(summary: string, shape: Shape, result: Res) {
-  return { kind: 'operation' as const, request: z.object({ operationId: operationIdSchema, ...shape }), result, summary, readOnly: false };
-}
 
 const empty = z.object({});
 const vmRef = z.object({ vmId: vmIdSchema });
