@@ -3,7 +3,7 @@
 // one host), runs the group as one `vm.migrate-group` task (run-group.ts), and
 // cancels it on request before its commit (after it, a cancel is too late and
 // the task finishes).
-import { IllegalStateError, InvalidInputError, OffshootError } from '../../common/index.ts';
+import { InvalidInputError } from '../../common/index.ts';
 import type { EngineContext } from '../engine-context.ts';
 import type { TaskRecord, VmRecord } from '../records.ts';
 import { parseRequest } from '../requests.ts';
@@ -11,16 +11,19 @@ import { groupMigrateRequestSchema, groupTuningOf } from './group-request.ts';
 import { MigrationPlanError } from './plan-migration.ts';
 import type { GroupMember } from './run-group.ts';
 import { runGroupMigration } from './run-group.ts';
+import { TaskCancellers } from './task-cancellers.ts';
 
 export const GROUP_MIGRATE_TASK_KIND = 'vm.migrate-group';
 
 export class GroupMigrations {
-  private readonly cancellers = new Map<string, AbortController>();
+  private readonly cancellers: TaskCancellers;
 
   constructor(
     private readonly ctx: EngineContext,
     private readonly resolveVm: (ref: string) => Promise<VmRecord>,
-  ) {}
+  ) {
+    this.cancellers = new TaskCancellers(ctx);
+  }
 
   async migrate(input: unknown): Promise<TaskRecord> {
     const request = parseRequest('group migrate request', groupMigrateRequestSchema, input);
@@ -57,8 +60,7 @@ export class GroupMigrations {
       const task = await this.ctx.tasks.start(GROUP_MIGRATE_TASK_KIND, { id: first.vm.id, name: names }, (taskCtx) =>
         runGroupMigration(this.ctx, members, request, taskCtx, controller.signal).finally(() => Promise.all(members.map((m) => this.ctx.states.release(m.vm.id)))),
       );
-      this.cancellers.set(task.id, controller);
-      this.ctx.tasks.wait(task.id).catch(() => undefined).finally(() => this.cancellers.delete(task.id));
+      this.cancellers.track(task.id, controller);
       return task;
     } catch (err) {
       await unclaim();
@@ -72,13 +74,6 @@ export class GroupMigrations {
 
   /** Cancels a group migration before its commit; resolves with the finished task. */
   async cancel(taskId: string): Promise<TaskRecord> {
-    const controller = this.cancellers.get(taskId);
-    if (!controller) {
-      const task = await this.ctx.tasks.get(taskId);
-      throw new IllegalStateError(`task ${taskId}`, task.state, ['running'], 'cancel');
-    }
-    const task = await this.ctx.tasks.get(taskId);
-    controller.abort(new OffshootError('TASK_CANCELLED', `the group migration of ${task.targetName} was cancelled by request; every member runs on at its source`, { id: taskId, kind: task.kind }, 409));
-    return this.ctx.tasks.wait(taskId);
+    return this.cancellers.cancel(taskId, 'the group migration', 'every member runs on at its source');
   }
 }

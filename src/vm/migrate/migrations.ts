@@ -3,18 +3,20 @@
 // migration as a `vm.migrate` task (run-migration.ts), and cancels one on
 // request before its switch-over (after it, a cancel is too late and the task
 // finishes).
-import { IllegalStateError, OffshootError } from '../../common/index.ts';
 import type { EngineContext } from '../engine-context.ts';
 import type { TaskRecord, VmRecord } from '../records.ts';
 import { parseRequest } from '../requests.ts';
 import { destinationOf, migrateRequestSchema, tuningOf } from './migrate-request.ts';
 import { MigrationPlanError } from './plan-migration.ts';
 import { runMigration } from './run-migration.ts';
+import { TaskCancellers } from './task-cancellers.ts';
 
 export class Migrations {
-  private readonly cancellers = new Map<string, AbortController>();
+  private readonly cancellers: TaskCancellers;
 
-  constructor(private readonly ctx: EngineContext) {}
+  constructor(private readonly ctx: EngineContext) {
+    this.cancellers = new TaskCancellers(ctx);
+  }
 
   async migrate(vm: VmRecord, input: unknown): Promise<TaskRecord> {
     const request = parseRequest('migrate request', migrateRequestSchema, input);
@@ -26,8 +28,7 @@ export class Migrations {
     const controller = new AbortController();
     try {
       const task = await this.ctx.tasks.start('vm.migrate', claimed, (taskCtx) => runMigration(this.ctx, claimed, previous, source, destination, request, taskCtx, controller.signal).finally(() => this.ctx.states.release(vm.id)));
-      this.cancellers.set(task.id, controller);
-      this.ctx.tasks.wait(task.id).catch(() => undefined).finally(() => this.cancellers.delete(task.id));
+      this.cancellers.track(task.id, controller);
       return task;
     } catch (err) {
       this.ctx.states.release(vm.id);
@@ -42,13 +43,6 @@ export class Migrations {
 
   /** Cancels a migration before its switch-over; resolves with the finished task. */
   async cancel(taskId: string): Promise<TaskRecord> {
-    const controller = this.cancellers.get(taskId);
-    if (!controller) {
-      const task = await this.ctx.tasks.get(taskId);
-      throw new IllegalStateError(`task ${taskId}`, task.state, ['running'], 'cancel');
-    }
-    const task = await this.ctx.tasks.get(taskId);
-    controller.abort(new OffshootError('TASK_CANCELLED', `the migration of ${task.targetName} was cancelled by request; it runs on at its source`, { id: taskId, kind: task.kind }, 409));
-    return this.ctx.tasks.wait(taskId);
+    return this.cancellers.cancel(taskId, 'the migration', 'it runs on at its source');
   }
 }
