@@ -13,7 +13,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { serve } from '@hono/node-server';
 import { afterEach, describe, expect, it } from 'vitest';
-import { silentLogger } from '../src/common/index.ts';
+import { OffshootError, silentLogger } from '../src/common/index.ts';
 import { FakeAgent, agentHttpApp } from '../src/protocol/index.ts';
 import { KyselyInventory } from '../src/store/index.ts';
 import type { DrainResult, ResolvedPolicy, TaskRecord } from '../src/vm/index.ts';
@@ -215,7 +215,7 @@ describe('migration queue and host drain', () => {
   it('a drain reports a member whose migration failed; that VM runs on at the source', async () => {
     const s = await setup({ vms: ['f1'] });
     closers.push(s.close);
-    s.remote.failNext('prepareIncoming', new Error('injected: the destination cannot prepare'));
+    s.remote.failNext('prepareIncoming', new OffshootError('QMP_COMMAND_FAILED', 'injected: the destination cannot prepare', {}, 500));
     const done = await s.engine.tasks.wait((await s.engine.drainHost('a', { to: 'b' })).id);
     expect(done.state).toBe('succeeded');
     const result = done.result as DrainResult;
