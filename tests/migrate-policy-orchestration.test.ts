@@ -13,7 +13,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { serve } from '@hono/node-server';
 import { afterEach, describe, expect, it } from 'vitest';
-import { OffshootError, silentLogger } from '../src/common/index.ts';
+import { OpenAPIHono } from '@hono/zod-openapi';
+import { migrationPolicyRoutes } from '../src/api/migration-policy-routes.ts';
+import { OffshootError, silentLogger, toOffshootError } from '../src/common/index.ts';
 import { FakeAgent, agentHttpApp } from '../src/protocol/index.ts';
 import { KyselyInventory } from '../src/store/index.ts';
 import type { DrainResult, ResolvedPolicy, TaskRecord } from '../src/vm/index.ts';
@@ -108,6 +110,32 @@ describe('migration policies', () => {
     expect(cleared.host?.effective.postcopy).toBe('auto');
     // null removes a field from the fleet's policy.
     expect((await s.engine.migrationPolicies.set(undefined, { downtimeLimitMs: null })).fleet).toEqual({ maxBandwidthBytesPerSecond: 200 * 2 ** 20, maxOutgoing: 3 });
+  });
+
+  it('answers the policy routes: PATCH sets (null removes), GET shows what applies, DELETE drops an override, bad values are 400 INVALID_INPUT', async () => {
+    const s = await setup({ vms: [] });
+    closers.push(s.close);
+    const app = new OpenAPIHono();
+    app.onError((err, c) => {
+      const e = toOffshootError(err);
+      return c.json(e.toJSON(), e.status as 400);
+    });
+    app.route('/', migrationPolicyRoutes(s.engine));
+    const call = async (method: string, path: string, body?: unknown) => {
+      const res = await app.request(path, { method, headers: { 'content-type': 'application/json' }, ...(body === undefined ? {} : { body: JSON.stringify(body) }) });
+      return { status: res.status, body: (await res.json()) as Record<string, unknown> & { code?: string } };
+    };
+    expect((await call('PATCH', '/migration-policies', { maxOutgoing: 2, maxBandwidth: '1G' })).status).toBe(200);
+    const hostSet = await call('PATCH', '/migration-policies?host=b', { maxIncoming: 1, postcopy: 'never' });
+    expect(hostSet.body).toMatchObject({ fleet: { maxOutgoing: 2, maxBandwidthBytesPerSecond: 2 ** 30 }, host: { name: 'b', policy: { maxIncoming: 1, postcopy: 'never' }, effective: { maxIncoming: 1, maxOutgoing: 2, sources: { maxIncoming: 'host', maxOutgoing: 'fleet' } } } });
+    expect((await call('GET', '/migration-policies')).body).toMatchObject({ hosts: [{ host: 'b', policy: { maxIncoming: 1 } }], effective: { maxOutgoing: 2, downtimeLimitMs: 300, sources: { downtimeLimitMs: 'default' } } });
+    expect(((await call('PATCH', '/migration-policies?host=b', { postcopy: null })).body.host as { policy: unknown }).policy).toEqual({ maxIncoming: 1 });
+    const bad = await call('PATCH', '/migration-policies', { maxIncoming: 0 });
+    expect([bad.status, bad.body.code]).toEqual([400, 'INVALID_INPUT']);
+    expect((await call('DELETE', '/migration-policies/hosts/b')).body).toMatchObject({ hosts: [], host: { policy: {} } });
+    expect((await call('DELETE', '/migration-policies/hosts/nowhere')).body.code).toBe('NOT_FOUND');
+    const drain = await call('POST', '/hosts/b/evacuate?wait=true', { to: 'b' });
+    expect([drain.status, drain.body.code]).toEqual([409, 'DRAIN_REFUSED']);
   });
 
   it('refuses bad policy values with INVALID_INPUT and unknown hosts with NOT_FOUND, changing nothing', async () => {

@@ -98,7 +98,10 @@ export class MigrationAdmission {
   /** The limit of each host the needs name, in each direction (from the policies in the inventory). */
   private async limits(needs: SlotNeeds): Promise<{ out: Record<string, number>; in: Record<string, number> }> {
     const fleet = (await this.store.getPolicy(FLEET_SCOPE))?.policy;
-    const of = async (hostId: string) => resolvePolicy({ source: (await this.store.getPolicy(hostId))?.policy, destination: (await this.store.getPolicy(hostId))?.policy, fleet });
+    const of = async (hostId: string) => {
+      const own = (await this.store.getPolicy(hostId))?.policy;
+      return resolvePolicy({ source: own, destination: own, fleet });
+    };
     const out: Record<string, number> = {};
     const into: Record<string, number> = {};
     for (const h of Object.keys(needs.out)) out[h] = (await of(h)).maxOutgoing;
