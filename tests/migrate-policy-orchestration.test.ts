@@ -7,7 +7,8 @@
 // `queued` and runs once the first ended; a queued migration is cancelled
 // with nothing moved; a drain moves two VMs one at a time and reports a
 // stopped VM with local disks; a second engine over the same inventory shares
-// the limits and cancels a migration the first one runs. The same drain runs
+// the limits and cancels a migration the first one runs; so do two controllers
+// with their own connections and fleets over one PostgreSQL. The same drain runs
 // against real QEMU on lab hosts in tests/e2e/migrate-drain.test.ts.
 import { mkdtempSync, rmSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
@@ -18,6 +19,7 @@ import { migrationPolicyRoutes } from '../src/api/migration-policy-routes.ts';
 import { OffshootError, silentLogger, toOffshootError } from '../src/common/index.ts';
 import { FakeAgent, agentHttpApp } from '../src/protocol/index.ts';
 import { KyselyInventory } from '../src/store/index.ts';
+import { freshTestDatabase } from '../src/store/pg-test-cluster.ts';
 import type { DrainResult, ResolvedPolicy, TaskRecord } from '../src/vm/index.ts';
 import { Fleet, VmEngine, resolvePolicy } from '../src/vm/index.ts';
 
@@ -282,4 +284,68 @@ describe('migrations across two controllers over one inventory', () => {
     expect(third.state, JSON.stringify(third.error)).toBe('succeeded');
     expect((await s.engine.resolve('c3')).hostId).toBe(s.b.id);
   });
+});
+
+/** Two controllers, each with its own PostgreSQL connection, fleet and engine, over one database; both hosts served over HTTP. */
+async function twoControllers() {
+  const url = await freshTestDatabase('opol_two');
+  const fakes = [new FakeAgent({ hostId: 'fake-a', managementAddress: '10.254.9.1', migrateMs: 3_000 }), new FakeAgent({ hostId: 'fake-b', managementAddress: '10.254.9.2', migrateMs: 3_000 })];
+  const servers = await Promise.all(
+    fakes.map((f) => new Promise<ReturnType<typeof serve>>((resolve) => {
+      const s = serve({ fetch: agentHttpApp(f.endpoint, { token: TOKEN }).fetch, hostname: '127.0.0.1', port: 0 }, () => resolve(s));
+    })),
+  );
+  const controllers: Array<{ inventory: KyselyInventory; fleet: Fleet; engine: VmEngine }> = [];
+  for (const id of ['ctl-one', 'ctl-two']) {
+    const inventory = await KyselyInventory.open(url);
+    const fleet = new Fleet({ inventory: inventory.hosts, vmsOn: async (h) => (await inventory.listVms()).filter((v) => v.hostId === h).length, heartbeatMs: 100, leaseMs: 2_000, monitor: { owner: id, claims: inventory.claims } });
+    await fleet.start();
+    if (controllers.length === 0) for (const [i, name] of ['a', 'b'].entries()) await fleet.add({ name, url: `http://127.0.0.1:${(servers[i]?.address() as AddressInfo).port}`, token: TOKEN });
+    const engine = new VmEngine({ inventory, fleet, logger: silentLogger, coordination: { controllerId: id } });
+    controllers.push({ inventory, fleet, engine });
+  }
+  const close = async () => {
+    for (const c of controllers) {
+      await c.engine.close();
+      await c.fleet.close();
+    }
+    for (const s of servers) {
+      const closing = new Promise<void>((r) => s.close(() => r()));
+      (s as unknown as { closeAllConnections(): void }).closeAllConnections();
+      await closing;
+    }
+    for (const c of controllers) await c.inventory.close();
+  };
+  return { controllers: controllers as [(typeof controllers)[number], (typeof controllers)[number]], close };
+}
+
+describe('migrations across two controllers over PostgreSQL', () => {
+  const closers: Array<() => Promise<void>> = [];
+  afterEach(async () => {
+    for (const c of closers.splice(0)) await c();
+  });
+
+  it('share the queue and the slots, and cancel each other\'s running and queued migrations through the task row', async () => {
+    const { controllers, close } = await twoControllers();
+    closers.push(close);
+    const [one, two] = controllers;
+    await until(() => two.fleet.hosts().length === 2, 'the second controller to see both hosts');
+    for (const name of ['p1', 'p2', 'p3']) {
+      const { task } = await one.engine.create({ name, start: true, host: 'a' });
+      expect((await one.engine.tasks.wait(task?.id as string)).state).toBe('succeeded');
+    }
+    // Set on one controller, applied by the other.
+    await two.engine.migrationPolicies.set('a', { maxOutgoing: 1 });
+    const first = (await one.engine.migrate('p1', { to: 'b' })).task as TaskRecord;
+    await until(async () => (await one.engine.tasks.get(first.id)).progress > 0, 'the first to run');
+    const second = (await two.engine.migrate('p2', { to: 'b' })).task as TaskRecord;
+    await until(async () => (await two.engine.tasks.get(second.id)).message.startsWith('queued (position 1)'), 'the second to wait for the first one\'s slot');
+    const [a, b] = await Promise.all([two.engine.cancelTask(first.id), one.engine.cancelTask(second.id)]);
+    expect([a.state, a.error?.code]).toEqual(['failed', 'TASK_CANCELLED']);
+    expect([b.state, b.error?.code]).toEqual(['failed', 'TASK_CANCELLED']);
+    for (const n of ['p1', 'p2']) expect(await one.engine.resolve(n)).toMatchObject({ state: 'running', hostId: (await one.engine.resolve('p3')).hostId });
+    expect(await one.inventory.migrationControl.queued()).toEqual([]);
+    const third = await two.engine.tasks.wait(((await two.engine.migrate('p3', { to: 'b' })).task as TaskRecord).id);
+    expect(third.state, JSON.stringify(third.error)).toBe('succeeded');
+  }, 60_000);
 });
