@@ -4,7 +4,8 @@
 // VM's host only through the agent protocol (the fleet's client for that
 // host). Operations leave a VM either done or as it was. Checkpoints and
 // restore live in checkpoint/checkpoints.ts, recovery, task takeover and
-// host loss in recovery.ts, garbage collection in gc.ts.
+// host loss in recovery.ts, garbage collection in gc.ts, live migration,
+// its policies and queue, and host drains in migrate/.
 // It is one controller among those sharing the inventory (coordinator.ts):
 // VM claims and versions, task leases, GC pins and the garbage lock are rows
 // of the inventory, and its events reach every controller's subscribers; on

@@ -1,5 +1,8 @@
 // Live migration of VMs between hosts (issue 12): the request, the engine's
-// front (Migrations), the phases (run-migration.ts) and crash recovery.
+// front (Migrations), the phases (run-migration.ts) and crash recovery; group
+// migrations (issue 13); policies per fleet and host (policy.ts, policies.ts),
+// the per-host limits and their queue shared by every controller
+// (admission.ts), and host drains (drain.ts).
 export { Migrations, MIGRATE_TASK_KIND } from './migrations.ts';
 export type { PolicyMigrateResult } from './migrations.ts';
 export { migrateRequestSchema, parseRate } from './migrate-request.ts';
