@@ -601,6 +601,7 @@ export class FakeAgent implements EpochKeeper, FakeHostFiles {
         files: this.files,
         vms: this.vms,
         checkpoints: this.checkpoints,
+        content: this.content,
         switchedFork: (forkId) => {
           const fork = this.fork(forkId);
           if (!fork.switched) throw new OffshootError('FORK_NOT_SWITCHED', `fork ${forkId} has not switched over yet`, { forkId }, 409);
