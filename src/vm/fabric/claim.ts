@@ -1,15 +1,18 @@
-// The hand-out: `vm claim TEMPLATE`. A claim takes the oldest ready child of
-// the template (one conditional update in the inventory, so concurrent
-// claims, on one controller or several, never get the same child), renames
-// it if asked, and hands it out in one guest step on its host (resumed if
-// paused; hostname, clock, fresh entropy; the claim's script with its env and
-// SSH key); it returns the child running, its guest agent having answered
-// that step. The child's MAC and machine-id are its own from when it was made
+// The hand-out: `vm claim TEMPLATE [--host H]`. A claim takes the oldest
+// ready child of the template on any host it is ready on and that is
+// reachable (or on H): one conditional update in the inventory across hosts,
+// so concurrent claims, on one controller or several, never get the same
+// child, and the pools of all hosts are drained first in first out (each
+// refills behind). It renames it if asked, and hands it out in one guest step
+// on its host (resumed if paused; hostname, clock, fresh entropy; the claim's
+// script with its env and SSH key); it returns the child running, its guest
+// agent having answered that step. The child's MAC and machine-id are its own from when it was made
 // (each pool child gets new ones and has them applied before it is ready).
 //
 // A child that fails its hand-out (its QEMU gone, the guest agent silent) is
-// removed and the next ready one tried; when the pool has none, a child is
-// forked on demand from the template (the result says so). A customisation
+// removed and the next ready one tried; when the pools have none, a child is
+// forked on demand from the template (the result says so) on the reachable
+// host that runs the fewest of the template's children. A customisation
 // script that fails is the caller's: the child is removed and the claim
 // fails with the script's output (CLAIM_SCRIPT_FAILED), with no retry.
 // Every claim asks the pool keeper to refill.
@@ -72,8 +75,10 @@ export async function claimChild(deps: FabricDeps, keeper: PoolKeeper, template:
     }
   }
 
-  // The pool has no ready child: fork one for this claim.
-  const placement = placements.find((p) => hostIds.includes(p.hostId));
+  // The pool has no ready child: fork one for this claim, on the reachable host running the fewest of its children.
+  const members = await deps.fabric.listMembers({ templateId: template.id });
+  const load = (hostId: string) => members.filter((m) => m.hostId === hostId).length;
+  const placement = placements.filter((p) => hostIds.includes(p.hostId)).sort((a, b) => load(a.hostId) - load(b.hostId))[0];
   if (!placement) throw new ClaimFailedError(template.name, 'every host the template is placed on is unreachable', { skipped });
   const vmId = newVmId();
   const name = request.name ?? `${template.name}-${randomBytes(3).toString('hex')}`;

@@ -1,7 +1,16 @@
 // The fabric service: one handler for templates, their pools and claims
 // (REST routes and the CLI go through it). A template is made of a running VM
-// by a task (create-template.ts); its pools are kept by the pool keeper
-// (pool.ts); a claim hands a child out (claim.ts).
+// by a task (create-template.ts) and carried to other hosts by a task each
+// (place.ts; `create --host` carries it in its own task, all or nothing); its
+// pools, one per host it is ready on, are kept by the pool keeper (pool.ts);
+// a claim hands a child out from any host (claim.ts).
+//
+// Placements: `placing` while their task runs (a placement whose task ended
+// unfinished, its controller gone, is removed from its host at start and by
+// the periodic check), `ready`, or `broken` (placing it again replaces it).
+// `template delete` removes the copy on every host; a host that does not
+// answer keeps the template `deleting` (with that host's copy listed) until
+// it does, so no host is left with files of a template the inventory forgot.
 //
 // Lifecycle rules (issue 14): `template delete` refuses while the template
 // has children (ready or being made in its pools, or claimed children still
