@@ -1,7 +1,7 @@
 // Fast tests of templates on several hosts (src/vm/fabric/place.ts and the
 // service) against two fake agents that pass the agent contract: the
 // controller's own host `a` in process and `b` over HTTP. A template made on
-// a is carried to b (its frozen base copied into b's template folder, the
+// a is carried to b (its frozen base copied into b's bases, the
 // default guest's files used where they are, its memory through a checkpoint
 // file that goes from both hosts once imported); pools per host and claims
 // across hosts; a copy or an import that fails leaves nothing at b (and no
@@ -95,12 +95,13 @@ describe('templates on several hosts against fake agents', () => {
     const frozen = origin.spec?.disks[0]?.file as string;
     expect(report.copied.map((c) => c.from)).toEqual([frozen]);
     expect(atB.spec?.disks[0]?.file).toBe(report.copied[0]?.to);
-    expect(atB.spec?.disks[0]?.file).toMatch(new RegExp(`^home:fabric/${t.id}/files/`));
+    expect(atB.spec?.disks[0]?.file).toMatch(new RegExp(`^home:bases/${t.id.slice(0, 8)}-0-`));
     expect(atB.spec?.disks[0]?.backing).toEqual(origin.spec?.disks[0]?.backing);
     expect(report.held.map((h) => h.file).sort()).toEqual([...(origin.spec?.disks[0]?.backing ?? []), (origin.spec?.boot as { kernel: string }).kernel, (origin.spec?.boot as { initrd: string }).initrd].sort());
     // The copy is linked over b's own data disk; the checkpoint files that carried the memory are gone on both hosts.
     expect(s.b.backing.get(atB.spec?.disks[0]?.file as never)).toBe(atB.spec?.disks[0]?.backing[0]);
-    expect(s.folder(s.b, t.id)).toEqual([atB.spec?.disks[0]?.file]);
+    expect(s.b.files.has(atB.spec?.disks[0]?.file as never)).toBe(true);
+    expect(s.folder(s.b, t.id)).toEqual([]);
     expect(s.folder(s.a, t.id).filter((f) => f.endsWith('.ckpt'))).toEqual([]);
     expect(s.b.hostTemplates.get(t.id)?.memoryTemplateId).toBe(atB.memoryTemplateId);
     expect(atB.memoryTemplateId).not.toBe(origin.memoryTemplateId);
@@ -195,7 +196,15 @@ describe('templates on several hosts against fake agents', () => {
       expect(s.folder(agent, t.id)).toEqual([]);
     }
     expect((await s.engine.list()).map((v) => `${v.name} ${v.state}`).sort()).toEqual([`${claimed.vm.name} running`, 'src running'].sort());
-    // The claimed child on b still maps b's copy of the memory.
+    // The claimed child on b still maps b's copy of the memory and runs over b's copy of the base; once it goes, they go.
     expect(s.b.templates.has(claimed.vm.runtime?.memory.templateId as string)).toBe(true);
+    const base = t.placements.find((p) => p.host === 'b')?.spec?.disks[0]?.file as never;
+    await s.engine.collectGarbage();
+    expect(s.b.files.has(base)).toBe(true);
+    await s.engine.kill(claimed.vm.id);
+    await s.engine.delete(claimed.vm.id);
+    await s.engine.collectGarbage();
+    expect(s.b.files.has(base)).toBe(false);
+    expect(s.b.templates.has(claimed.vm.runtime?.memory.templateId as string)).toBe(false);
   });
 });

@@ -11,10 +11,13 @@
 //           same name with the same content id, else copied;
 //   copy    each missing file read through a one-file server on the source
 //           host (openFileServer) by the destination's copy worker
-//           (fetchFile: chunked, verified) into the template's folder there
-//           (home:fabric/<id>/files/), so the copies belong to the host
-//           template and go with it; a copy keeps its source's content id
-//           (the id is of the bytes, the backing name left out);
+//           (fetchFile: chunked, verified) into the host's bases
+//           (home:bases/<template>-<n>-<name>): the host template keeps them
+//           while it exists, a child's chain keeps them while it runs (a
+//           claimed child outlives its template), and garbage collection
+//           takes them once nothing uses them; a copy keeps its source's
+//           content id (the id is of the bytes, the backing name left out),
+//           so the host offers it by that id to later moves;
 //   memory  the source exports its host template (RAM and device state) into
 //           a checkpoint file in its template folder, the destination fetches
 //           it the same way, and both copies of that file go once imported;
@@ -22,15 +25,18 @@
 //           the layer below it (relinkDisk);
 //   import  the destination makes its host template from the checkpoint
 //           (importTemplate) with the spec as it runs there.
-// On any failure the destination's template folder goes (removeTemplate:
-// copies, checkpoint, the imported template) and its garbage is collected;
-// the source's exported file goes too: nothing of the placement is left.
+// On any failure the copies go (discardCopy: the file, its progress file and
+// lock), then the destination's template folder (removeTemplate: checkpoint,
+// the imported template) and its garbage is collected; the source's exported
+// file goes too: nothing of the placement is left. The copies are pinned
+// under the task while it runs, so no garbage collection takes them midway.
 import { randomBytes } from 'node:crypto';
 import { OffshootError, toOffshootError } from '../../common/index.ts';
 import type { AgentClient, Locator, VmSpec } from '../../protocol/index.ts';
 import { guestMemoryBytes, newOperationId, runOperation, templateFolderFile } from '../../protocol/index.ts';
 import { peerAddress, planByContent } from '../storage/index.ts';
 import type { TaskContext } from '../tasks.ts';
+import { taskPinHolder } from '../tasks.ts';
 import { EMPTY_POOL, specFiles } from './create-template.ts';
 import type { FabricDeps } from './deps.ts';
 import { agentOn } from './deps.ts';
@@ -99,13 +105,14 @@ export async function carryTemplate(deps: FabricDeps, template: TemplateRecord, 
   const report: CarryReport = { host: hostName, copied: [], held: [], memoryFileBytes: 0 };
   let phase = 'planning what to copy';
   let exported: Locator | undefined;
+  const made: Locator[] = [];
   try {
     // plan: where each file of the template will be on the destination.
     const at = new Map<Locator, Locator>();
     const copies: Array<{ from: Locator; to: Locator }> = [];
     const copy = (file: Locator) => {
       if (at.has(file)) return;
-      const to = templateFolderFile(template.id, `files/${copies.length}-${baseName(file)}`) as Locator;
+      const to = `home:bases/${template.id.slice(0, 8)}-${copies.length}-${baseName(file)}` as Locator;
       copies.push({ from: file, to });
       at.set(file, to);
     };
@@ -129,8 +136,10 @@ export async function carryTemplate(deps: FabricDeps, template: TemplateRecord, 
       } else copy(file);
     }
 
-    // copy: each missing file, then the memory.
+    // copy: each missing file (pinned under the task until the placement's record names it), then the memory.
     phase = 'copying the template files';
+    made.push(...copies.map((c) => c.to));
+    await deps.engine.coordinator.store.pins.add(taskPinHolder(ctx.taskId), made, null);
     const sizes = new Map(here.files.map((f) => [f.file, f.allocatedBytes ?? 0]));
     const total = copies.reduce((n, c) => n + (sizes.get(c.from) ?? 0), 0) + guestMemoryBytes(spec);
     let done = 0;
@@ -177,6 +186,7 @@ export async function carryTemplate(deps: FabricDeps, template: TemplateRecord, 
     const placement: TemplatePlacement = { hostId, state: 'ready', stateReason: null, spec: destSpec, memoryTemplateId: kept.memoryTemplateId, files: specFiles(destSpec), pool: { ...EMPTY_POOL }, poolNote: null, placedAt: new Date().toISOString(), taskId: null };
     return { placement, report };
   } catch (err) {
+    for (const file of made) await destination.discardCopy({ target: file }).catch((e: unknown) => deps.logger.warn({ err: e, file }, 'cannot remove a copy of a failed placement; garbage collection takes it'));
     await undoCarry(deps, template.id, hostId);
     const cause = toOffshootError(err);
     throw cause instanceof PlacementRefusedError ? cause : new PlacementFailedError(template.name, hostName, phase, cause);
