@@ -15,7 +15,8 @@
 // host that runs the fewest of the template's children. A customisation
 // script that fails is the caller's: the child is removed and the claim
 // fails with the script's output (CLAIM_SCRIPT_FAILED), with no retry.
-// Every claim asks the pool keeper to refill.
+// Every claim asks the pool keeper to refill, once its hand-out is over (the
+// refill's new QEMUs would otherwise compete with the claim's guest step).
 import { randomBytes, randomUUID } from 'node:crypto';
 import { AlreadyExistsError, OffshootError, toOffshootError } from '../../common/index.ts';
 import type { HandOutResult } from '../../protocol/index.ts';
@@ -65,13 +66,15 @@ export async function claimChild(deps: FabricDeps, keeper: PoolKeeper, template:
   for (let i = 0; i < MAX_POOL_TRIES; i++) {
     const member = await deps.fabric.claimMember(template.id, hostIds, claimId);
     if (!member) break;
-    keeper.request(template.id, member.hostId);
     try {
       return await handOut(deps, template, member, request, 'pool', t0, skipped);
     } catch (err) {
       if (err instanceof ClaimScriptFailedError || (err instanceof OffshootError && err.code === 'ALREADY_EXISTS')) throw err;
       skipped.push({ vm: member.vmId, error: toOffshootError(err).message });
       deps.logger.warn({ err: toOffshootError(err).message, vm: member.vmId, template: template.name }, 'a pool child failed its hand-out: removed, trying the next');
+    } finally {
+      // The refill starts behind the hand-out, so its QEMUs do not compete with the claim's guest step for the CPU.
+      keeper.request(template.id, member.hostId);
     }
   }
 
@@ -84,7 +87,6 @@ export async function claimChild(deps: FabricDeps, keeper: PoolKeeper, template:
   const name = request.name ?? `${template.name}-${randomBytes(3).toString('hex')}`;
   const now = new Date().toISOString();
   await deps.fabric.insertMember({ vmId, templateId: template.id, hostId: placement.hostId, state: 'claimed', stateReason: 'forked on demand', createdAt: now, readyAt: null, claimedAt: now, claimId, updatedAt: now });
-  keeper.request(template.id, placement.hostId);
   try {
     await spawnChild(deps, template, placement, { vmId, name, reason: `forked on demand for a claim of template ${template.name}`, warmUp: false, pause: false });
     return await handOut(deps, template, await memberOf(deps, vmId), { ...request, name }, 'on-demand', t0, skipped);
@@ -92,6 +94,8 @@ export async function claimChild(deps: FabricDeps, keeper: PoolKeeper, template:
     await deps.fabric.deleteMember(vmId);
     if (err instanceof ClaimScriptFailedError) throw err;
     throw new ClaimFailedError(template.name, `no child was ready and forking one on demand failed: ${toOffshootError(err).message}`, { skipped, cause: toOffshootError(err).code });
+  } finally {
+    keeper.request(template.id, placement.hostId);
   }
 }
 
