@@ -41,6 +41,11 @@ export interface FakeFabricHost {
 /** Template checkpoint files exported by any fake agent, by content token (a copy of one keeps the token). */
 const exported = new Map<string, { memoryBytes: number; metadata: CheckpointMetadata }>();
 
+/** A template checkpoint file another fake agent exported, by the content token a copy of it carries. */
+export function exportedCheckpoint(token: string | undefined): { memoryBytes: number; metadata: CheckpointMetadata } | undefined {
+  return token === undefined ? undefined : exported.get(token);
+}
+
 function missing(templateId: string, what: string): OffshootError {
   return new OffshootError('TEMPLATE_MISSING', `host template ${templateId} cannot be used here: ${what}`, { templateId, what }, 409);
 }

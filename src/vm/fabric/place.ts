@@ -19,8 +19,10 @@
 //           content id (the id is of the bytes, the backing name left out),
 //           so the host offers it by that id to later moves;
 //   memory  the source exports its host template (RAM and device state) into
-//           a checkpoint file in its template folder, the destination fetches
-//           it the same way, and both copies of that file go once imported;
+//           a checkpoint file in its template folder, named by a checkpoint
+//           id of its own, the destination fetches it the same way, and both
+//           copies of that file go once imported (removeCheckpoint, which
+//           removes only a file that names that id);
 //   link    each copied qcow2 layer is pointed at the destination's copy of
 //           the layer below it (relinkDisk);
 //   import  the destination makes its host template from the checkpoint
@@ -30,7 +32,7 @@
 // the imported template) and its garbage is collected; the source's exported
 // file goes too: nothing of the placement is left. The copies are pinned
 // under the task while it runs, so no garbage collection takes them midway.
-import { randomBytes } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { OffshootError, toOffshootError } from '../../common/index.ts';
 import type { AgentClient, Locator, VmSpec } from '../../protocol/index.ts';
 import { guestMemoryBytes, newOperationId, runOperation, templateFolderFile } from '../../protocol/index.ts';
@@ -52,6 +54,8 @@ export interface CarryReport {
   held: Array<{ file: string; as: string }>;
   /** The checkpoint file that carried the memory (bytes moved). */
   memoryFileBytes: number;
+  /** ms of each phase: planMs, filesCopyMs, exportMs, memoryCopyMs, linkMs, importMs. */
+  phasesMs: Record<string, number>;
 }
 
 function baseName(locator: string): string {
@@ -102,10 +106,18 @@ export async function carryTemplate(deps: FabricDeps, template: TemplateRecord, 
   const source = agentOn(deps, from.hostId);
   const destination = agentOn(deps, hostId);
   const hosts = { source: from.hostId, destination: hostId };
-  const report: CarryReport = { host: hostName, copied: [], held: [], memoryFileBytes: 0 };
+  const report: CarryReport = { host: hostName, copied: [], held: [], memoryFileBytes: 0, phasesMs: {} };
   let phase = 'planning what to copy';
-  let exported: Locator | undefined;
+  let exported: { file: Locator; drop: () => Promise<unknown> } | undefined;
   const made: Locator[] = [];
+  const times = report.phasesMs;
+  let mark = performance.now();
+  const lap = () => {
+    const now = performance.now();
+    const ms = Math.round(now - mark);
+    mark = now;
+    return ms;
+  };
   try {
     // plan: where each file of the template will be on the destination.
     const at = new Map<Locator, Locator>();
@@ -136,6 +148,7 @@ export async function carryTemplate(deps: FabricDeps, template: TemplateRecord, 
       } else copy(file);
     }
 
+    times.planMs = lap();
     // copy: each missing file (pinned under the task until the placement's record names it), then the memory.
     phase = 'copying the template files';
     made.push(...copies.map((c) => c.to));
@@ -151,14 +164,19 @@ export async function carryTemplate(deps: FabricDeps, template: TemplateRecord, 
       done += bytes;
       report.copied.push({ from: c.from, to: c.to, bytes: moved });
     }
+    times.filesCopyMs = lap();
     phase = 'carrying the template memory';
-    exported = templateFolderFile(template.id, `carry-${randomBytes(4).toString('hex')}.ckpt`) as Locator;
+    const metadata = { schema: 2 as const, checkpointId: randomUUID(), vm: { id: template.sourceVmId, name: template.sourceVmName }, spec, createdAt: new Date().toISOString(), hostId: from.hostId };
+    // Both copies of the file name this checkpoint id: removeCheckpoint removes them and nothing else.
+    const dropFile = (agent: AgentClient, file: Locator) => agent.removeCheckpoint({ file, checkpointId: metadata.checkpointId, createdAt: metadata.createdAt });
+    exported = { file: templateFolderFile(template.id, `carry-${metadata.checkpointId.slice(0, 8)}.ckpt`) as Locator, drop: () => dropFile(source, exported?.file as Locator) };
     progress(0, `writing the template memory into a checkpoint file on host ${deps.engine.hostName(from.hostId)}`);
-    const metadata = { schema: 2 as const, vm: { id: template.sourceVmId, name: template.sourceVmName }, spec, createdAt: new Date().toISOString(), hostId: from.hostId };
-    await runOperation(source, 'exportTemplate', { templateId: template.id, file: exported, metadata }, { signal: ctx.signal });
+    await runOperation(source, 'exportTemplate', { templateId: template.id, file: exported.file, metadata }, { signal: ctx.signal });
+    times.exportMs = lap();
     const checkpoint = templateFolderFile(template.id, 'memory.ckpt') as Locator;
-    report.memoryFileBytes = await fetchOne(deps, hosts, exported, checkpoint, ctx, (f) => progress(f * guestMemoryBytes(spec), `copying the template memory to host ${hostName}`));
-    await source.discardCopy({ target: exported });
+    report.memoryFileBytes = await fetchOne(deps, hosts, exported.file, checkpoint, ctx, (f) => progress(f * guestMemoryBytes(spec), `copying the template memory to host ${hostName}`));
+    times.memoryCopyMs = lap();
+    await exported.drop();
     exported = undefined;
 
     // link: each copied qcow2 layer over the destination's copy of the layer below it.
@@ -172,6 +190,7 @@ export async function carryTemplate(deps: FabricDeps, template: TemplateRecord, 
       }
     }
 
+    times.linkMs = lap();
     // import: the host template there, from the checkpoint, with the spec as that host runs it.
     phase = 'loading the template memory on the host';
     await ctx.progress(0.92, `loading the template memory on host ${hostName}`);
@@ -182,16 +201,19 @@ export async function carryTemplate(deps: FabricDeps, template: TemplateRecord, 
       boot: spec.boot.kind === 'kernel' ? { ...spec.boot, kernel: map(spec.boot.kernel), ...(spec.boot.initrd ? { initrd: map(spec.boot.initrd) } : {}) } : spec.boot,
     };
     const kept = await runOperation(destination, 'importTemplate', { templateId: template.id, checkpoint, spec: destSpec }, { signal: ctx.signal });
-    await destination.discardCopy({ target: checkpoint }).catch((err: unknown) => deps.logger.warn({ err, host: hostName }, 'cannot remove the carried checkpoint file; it goes with the template'));
+    times.importMs = lap();
+    await dropFile(destination, checkpoint).catch((err: unknown) => deps.logger.warn({ err, host: hostName }, 'cannot remove the carried checkpoint file; it goes with the template'));
     const placement: TemplatePlacement = { hostId, state: 'ready', stateReason: null, spec: destSpec, memoryTemplateId: kept.memoryTemplateId, files: specFiles(destSpec), pool: { ...EMPTY_POOL }, poolNote: null, placedAt: new Date().toISOString(), taskId: null };
     return { placement, report };
   } catch (err) {
+    // Copies in flight go with their progress files; finished ones are unpinned, and garbage collection takes them.
     for (const file of made) await destination.discardCopy({ target: file }).catch((e: unknown) => deps.logger.warn({ err: e, file }, 'cannot remove a copy of a failed placement; garbage collection takes it'));
+    await deps.engine.coordinator.store.pins.remove(taskPinHolder(ctx.taskId), made).catch(() => undefined);
     await undoCarry(deps, template.id, hostId);
     const cause = toOffshootError(err);
     throw cause instanceof PlacementRefusedError ? cause : new PlacementFailedError(template.name, hostName, phase, cause);
   } finally {
-    if (exported) await source.discardCopy({ target: exported }).catch((err: unknown) => deps.logger.warn({ err }, 'cannot remove the exported template file; it goes with the template'));
+    if (exported) await exported.drop().catch((err: unknown) => deps.logger.warn({ err }, 'cannot remove the exported template file; it goes with the template'));
   }
 }
 
