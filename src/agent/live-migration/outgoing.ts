@@ -92,6 +92,7 @@ interface Outgoing {
   release: () => void;
   released: Promise<void>;
   speed: number;
+  downtimeLimitMs: number;
   diskDone: number;
   diskTotal: number;
 }
@@ -131,7 +132,7 @@ export class OutgoingMigrations {
     const end = this.host.paths.end(request.pathId, 'client');
     let release!: () => void;
     const released = new Promise<void>((resolve) => (release = resolve));
-    const o: Outgoing = { phase: 'disks', held: false, switching: false, mirrors: [], release, released, speed: tuning.maxBandwidthBytesPerSecond, diskDone: 0, diskTotal: 0 };
+    const o: Outgoing = { phase: 'disks', held: false, switching: false, mirrors: [], release, released, speed: tuning.maxBandwidthBytesPerSecond, downtimeLimitMs: tuning.downtimeLimitMs, diskDone: 0, diskTotal: 0 };
     this.out.set(vmId, o);
     const wasRunning = (await qmp.queryStatus()).running;
     const t0 = performance.now();
@@ -167,7 +168,7 @@ export class OutgoingMigrations {
       o.phase = 'memory';
       const postcopyAllowed = tuning.postcopy !== 'never';
       const multifd = postcopyAllowed ? 1 : tuning.multifdChannels;
-      await configureSource(qmp, { maxBandwidthBytesPerSecond: o.speed, downtimeLimitMs: tuning.downtimeLimitMs, postcopy: postcopyAllowed, autoConverge: tuning.autoConverge, multifdChannels: multifd, tls });
+      await configureSource(qmp, { maxBandwidthBytesPerSecond: o.speed, downtimeLimitMs: o.downtimeLimitMs, postcopy: postcopyAllowed, autoConverge: tuning.autoConverge, multifdChannels: multifd, tls });
       await qmp.execute('migrate', { uri: `tcp:${request.migration.host}:${request.migration.port}` });
       const watch = new ConvergenceWatch({ postcopy: tuning.postcopy, timeoutMs: Math.max(1_000, deadline - Date.now()) });
       const memoryStart = performance.now();
@@ -316,6 +317,42 @@ export class OutgoingMigrations {
     if (!o) throw new MigrationRefusedError(`VM ${vmId} is not being migrated from this host`, { vmId });
     o.speed = bytesPerSecond;
     return setMigrationSpeed(this.host.running(vmId).qmp, bytesPerSecond, o.mirrors);
+  }
+
+  /** setMigrationParameters: a running migration's downtime limit and bandwidth cap (applied at once if its memory phase runs, else when it starts). */
+  async setParameters(vmId: string, change: { downtimeLimitMs?: number; maxBandwidthBytesPerSecond?: number }): Promise<{ downtimeLimitMs: number; maxBandwidthBytesPerSecond: number }> {
+    const o = this.out.get(vmId);
+    if (!o) throw new MigrationRefusedError(`VM ${vmId} is not being migrated from this host`, { vmId });
+    const qmp = this.host.running(vmId).qmp;
+    if (change.maxBandwidthBytesPerSecond !== undefined) {
+      o.speed = change.maxBandwidthBytesPerSecond;
+      await setMigrationSpeed(qmp, o.speed, o.mirrors);
+    }
+    if (change.downtimeLimitMs !== undefined) {
+      o.downtimeLimitMs = change.downtimeLimitMs;
+      // Before `migrate` (disks still mirroring) configureSource applies it; QEMU reads it at each rate period.
+      if (o.phase !== 'disks') await qmp.execute('migrate-set-parameters', { 'downtime-limit': Math.round(o.downtimeLimitMs) });
+    }
+    return { downtimeLimitMs: o.downtimeLimitMs, maxBandwidthBytesPerSecond: o.speed };
+  }
+
+  /**
+   * revertOutgoing: a migration that completed here whose destination never ran the guest (the controller
+   * removed its held destination) is undone: QEMU's `cont` from `postmigrate` re-activates the disks the
+   * completion inactivated and runs the guest on here. A migration that failed or was cancelled left the
+   * guest running (QEMU restarts it) or stopped: it runs again. Idempotent.
+   */
+  async revert(vmId: string, resume = true): Promise<string> {
+    if (this.out.has(vmId)) throw new MigrationRefusedError(`the migration of VM ${vmId} still runs here: stop it with abortOutgoing`, { vmId });
+    const vm = this.host.running(vmId);
+    const status = (await queryMigrate(vm.qmp).catch(() => null))?.status ?? 'unknown';
+    const run = await vm.qmp.queryStatus();
+    if (run.running) return 'running';
+    if (!['completed', 'failed', 'cancelled'].includes(status)) throw new OffshootError('ILLEGAL_STATE', `the migration of VM ${vmId} is ${status}; only a finished one can be reverted`, { vmId, state: status, required: ['completed', 'failed', 'cancelled'] }, 409);
+    // A guest paused before stays paused: the `cont` that runs it later re-activates its disks.
+    if (resume) await vm.qmp.cont();
+    this.logger.warn({ vmId, status, runState: run.status, resume }, 'outgoing migration reverted; the VM runs on here');
+    return status;
   }
 
   continue(vmId: string): void {

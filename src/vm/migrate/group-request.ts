@@ -21,7 +21,7 @@ export const groupMigrateRequestSchema = migrateRequestSchema
   .extend({
     members: z.array(groupMemberSchema).min(1).max(32).describe('the VMs that move together, each with its destination'),
     mode: z.enum(GROUP_MODES).default('consistent').describe('consistent: all members move or none (default); available: the members that reached their switch-over move, the others stay'),
-    windowMs: z.number().int().min(50).max(600_000).default(500).describe('members whose pre-copy would end more than this before the slowest one are slowed down'),
+    windowMs: z.number().int().min(50).max(600_000).default(150).describe('members whose pre-copy would end more than this before the slowest one are braked (guest running) until the slowest is this close'),
   })
   .strict();
 export type GroupMigrateRequest = z.output<typeof groupMigrateRequestSchema>;
