@@ -156,9 +156,11 @@ describe('group migration orchestration against fake agents', () => {
     await s.atSource();
   });
   /** At the commit (every member held), the destination of g2 dies: g1 completes and waits paused, g2's migration completes at its source but not at its destination. */
-  const killSecondDestination = (s: Awaited<ReturnType<typeof setup>>) => async (point: string) => {
-    if (point === 'migrate-group.commit') await s.fleet.agent(s.b.id).abortIncoming({ vmId: s.vms[1]?.id as string });
-  };
+  const killSecondDestination =
+    (s: Awaited<ReturnType<typeof setup>>, at = 'migrate-group.commit') =>
+    async (point: string) => {
+      if (point === at) await s.fleet.agent(s.b.id).abortIncoming({ vmId: s.vms[1]?.id as string });
+    };
 
   it('starts the destinations only once every member arrived: none runs before the start, all at once after it', async () => {
     const seen: Array<Array<string | undefined>> = [];
@@ -187,6 +189,18 @@ describe('group migration orchestration against fake agents', () => {
     expect(done.error?.message).toContain('every member runs on at its source');
     // g1 had completed (its source in postmigrate) and was sent back: reverted, never started.
     expect(s.local.calls.get('revertOutgoing')).toBe(2);
+    expect(s.remote.calls.get('startIncoming') ?? 0).toBe(0);
+    await s.atSource();
+  });
+
+  it('consistent: a destination lost after every member arrived, before the start, sends every member back', async () => {
+    const ref: { s?: Awaited<ReturnType<typeof setup>> } = {};
+    const s = await setup(300, (point) => (ref.s ? killSecondDestination(ref.s, 'migrate-group.arrived')(point) : undefined));
+    ref.s = s;
+    closers.push(s.close);
+    const done = await s.engine.tasks.wait((await s.engine.migrateGroup({ members })).id);
+    expect(done.state).toBe('failed');
+    expect(done.error?.message).toContain('no longer holds its guest');
     expect(s.remote.calls.get('startIncoming') ?? 0).toBe(0);
     await s.atSource();
   });

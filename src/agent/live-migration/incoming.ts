@@ -183,6 +183,10 @@ export class IncomingMigrations {
     await stopExports(vm.qmp, entry.exports);
     if (holdAfter) {
       entry.state = 'held';
+      // A held QEMU that ends (killed) can no longer be started: the group sees it failed before its start.
+      void vm.exited.then(() => {
+        if (entry.state === 'held') entry.state = 'failed';
+      });
       this.host.logger.info({ vmId, pid: vm.process.pid }, 'incoming migration completed; the guest is held paused until started');
       return { runtime: entry.runtime, resumedAt: null, running: false };
     }

@@ -3,6 +3,8 @@
 //   continue  all held members are continued at once; each completes its
 //             migration and its destination keeps the guest paused, disks
 //             inactive (prepareIncoming with holdAfter): the member `arrived`
+//   check     every arrived destination must still hold its guest (a QEMU
+//             killed since its arrival is caught here, before anything starts)
 //   start     when every member arrived, the journal says `start` (from here
 //             recovery finishes forward) and all destinations are started at
 //             once (startIncoming); each member is then recorded at its
@@ -16,6 +18,7 @@
 //             available mode only the failed members go back.
 // A destination that fails at its start has not run the guest either: its
 // member is reverted the same way, and the group is reported split.
+import { OffshootError } from '../../common/index.ts';
 import type { Logger } from '../../common/index.ts';
 import type { EngineContext } from '../engine-context.ts';
 import { closeDataPath } from './data-path.ts';
@@ -55,6 +58,20 @@ async function arrive(logger: Logger, m: Member): Promise<void> {
     m.error ??= err as Error;
     m.state = 'failed';
   }
+}
+
+/** Just before the start: a member whose destination no longer holds its guest (its QEMU died since it arrived) has failed. */
+export async function checkArrived(arrived: Member[]): Promise<void> {
+  await Promise.all(
+    arrived.map(async (m) => {
+      requireMemberState(m, ['arrived'], 'check the destination of');
+      const state = await m.agents.destination.migrationState({ vmId: m.vm.id }).catch((err: unknown) => (err as Error).message);
+      const incoming = typeof state === 'string' ? null : state.incoming;
+      if (incoming?.state === 'held') return;
+      m.state = 'failed';
+      m.error = new OffshootError('MIGRATION_FAILED', `the destination ${m.destination.name} of ${m.vm.name} no longer holds its guest (${typeof state === 'string' ? state : `its incoming migration is ${incoming?.state ?? 'gone'}`})`, { vm: m.vm.name, step: 'start' }, 500);
+    }),
+  );
 }
 
 /** Starts every arrived member's destination at once; each started one is recorded there and its source let go, one that does not start goes back to its source. */

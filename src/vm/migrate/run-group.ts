@@ -36,7 +36,7 @@ import type { GroupJournal, GroupMember, GroupMigrateResult, Member } from './gr
 import { paceGroup } from './group-pacing.ts';
 import type { GroupMigrateRequest } from './group-request.ts';
 import { groupTuningOf } from './group-request.ts';
-import { continueAll, revert, startAll } from './group-switch.ts';
+import { checkArrived, continueAll, revert, startAll } from './group-switch.ts';
 import type { MigrateJournal } from './migrate-journal.ts';
 import { planMigration } from './plan-migration.ts';
 import { rollBackMigration } from './roll-back.ts';
@@ -146,6 +146,8 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
   await task.progress(0.9, `switching ${going.map((m) => m.vm.name).join(', ')} over together`);
   await ctx.faults?.('migrate-group.commit');
   await continueAll(ctx, going);
+  await ctx.faults?.('migrate-group.arrived');
+  await checkArrived(going.filter((m) => m.state === 'arrived'));
   const lost = going.filter((m) => m.state !== 'arrived');
   if (lost.length > 0 && (request.mode === 'consistent' || lost.length === going.length)) {
     // Nobody was started: every member goes back to its source, in the same QEMU.
