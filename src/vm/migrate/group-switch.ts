@@ -67,7 +67,8 @@ export async function checkArrived(arrived: Member[]): Promise<void> {
       requireMemberState(m, ['arrived'], 'check the destination of');
       const state = await m.agents.destination.migrationState({ vmId: m.vm.id }).catch((err: unknown) => (err as Error).message);
       const incoming = typeof state === 'string' ? null : state.incoming;
-      if (incoming?.state === 'held') return;
+      // Held, and its QEMU answers (a killed one whose exit the agent has not seen yet does not).
+      if (incoming?.state === 'held' && incoming.runState !== null) return;
       m.state = 'failed';
       m.error = new OffshootError('MIGRATION_FAILED', `the destination ${m.destination.name} of ${m.vm.name} no longer holds its guest (${typeof state === 'string' ? state : `its incoming migration is ${incoming?.state ?? 'gone'}`})`, { vm: m.vm.name, step: 'start' }, 500);
     }),
