@@ -7,7 +7,8 @@
 //   both         migrationProbe   addresses, path slots in use, files present (content ids), room
 //   both         openPath         this host's end of the per-operation path (VXLAN + one-time TLS-PSK key)
 //   destination  prepareIncoming  target disks, a QEMU waiting (-incoming -S), NBD exports, migrate-incoming
-//   destination  awaitIncoming    until the guest runs there (the agent resumes it itself) or the migration failed
+//   destination  awaitIncoming    until the guest runs there (the agent resumes it itself; a group's holdAfter
+//                                 keeps it paused until startIncoming, calls-group.ts) or the migration failed
 //   source       migrateOut       disk mirrors (write-blocking), pre-copy with convergence watching, post-copy
 //                                 when asked or needed, pre-switchover (mirrors completed, hold if asked), done
 //   source       setMigrationSpeed / continueMigration   while migrateOut runs

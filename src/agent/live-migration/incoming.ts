@@ -16,6 +16,12 @@
 // whatever of it is left: the QEMU, its RAM file, the VM's folder here (the
 // target images) and the exports (they die with QEMU). Until the guest runs
 // here, the source is the VM.
+// A group member's destination is prepared with `holdAfter`: when its
+// migration completes the QEMU stays paused (-S: QEMU sets `paused`, and with
+// late-block-activate its disks stay inactive) and the entry is `held` until
+// start() (startIncoming: `cont` activates the disks and runs the guest; the
+// QEMU becomes the VM's) or abort(). A held QEMU that ends turns the entry
+// `failed`, so a group sees it before its start.
 import { rm, stat, statfs } from 'node:fs/promises';
 import { OffshootError, keepAlive, sleep } from '../../common/index.ts';
 import { createImage } from '../../qemu/index.ts';

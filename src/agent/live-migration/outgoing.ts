@@ -17,6 +17,11 @@
 // back: the migration is cancelled, the mirrors dropped, and the guest runs
 // on here with its disks as they were (they were never the destination's).
 // After it, a cancel is too late and is ignored: the switch-over finishes.
+// While it runs, setParameters (setMigrationParameters) changes its bandwidth
+// cap and downtime limit (a group's pacer). After it completed, revert()
+// (revertOutgoing) undoes it when the destination never ran the guest (a
+// group sent back before its start): QEMU's `cont` from `postmigrate`
+// re-activates the disks the completion inactivated, and the guest runs on.
 import { OffshootError, sleep } from '../../common/index.ts';
 import type { Logger } from '../../common/index.ts';
 import type { QmpClient, QmpEvent } from '../../qemu/index.ts';

@@ -2,7 +2,8 @@
 // agent creates the target disks and a QEMU waiting for the migration on the
 // path's address, and starts awaiting it (awaitIncoming, an operation the
 // destination finishes by itself: it resumes the guest as soon as the
-// migration completed). transfer: the source's agent mirrors the copied disks
+// migration completed, or, for a group member (holdAfter), keeps it paused
+// until the group starts it). transfer: the source's agent mirrors the copied disks
 // and migrates memory (migrateOut), reporting passes, remaining memory, dirty
 // rate, bandwidth, expected downtime and mirror progress, which become the
 // task's live progress; a cancel reaches the source's operation, which rolls
