@@ -12,7 +12,8 @@ const busy: PacedMember = { vmId: 'busy', phase: 'memory', pass: 3, remainingByt
 
 describe('group pacing (brake and release)', () => {
   it('estimates a first pass from the drain rate and later passes from what the downtime limit leaves', () => {
-    expect(secondsToConverge(idle, 300)).toBeCloseTo(0.5);
+    // (200 - 30) MiB above what 300 ms at 100 MiB/s can stop with, at 400 MiB/s.
+    expect(secondsToConverge(idle, 300)).toBeCloseTo(170 / 400);
     // (64 - 30) MiB above what 300 ms at 100 MiB/s can stop with, at 60 MiB/s net.
     expect(secondsToConverge(busy, 300)).toBeCloseTo(34 / 60);
     expect(secondsToConverge({ ...busy, dirtyBytesPerSecond: 120 * MiB }, 300)).toBe(Number.POSITIVE_INFINITY);
@@ -27,7 +28,7 @@ describe('group pacing (brake and release)', () => {
     // A braked member that dirties memory crawls at twice its dirty rate.
     expect(paceGroup([{ ...idle, dirtyBytesPerSecond: 2 * MiB }, slow], options).get('idle')?.settings.maxBandwidthBytesPerSecond).toBe(4 * MiB);
     // The slowest now needs about what the idle one needs at full speed: released.
-    const near = { ...busy, remainingBytes: 30 * MiB + 0.5 * 60 * MiB };
+    const near = { ...busy, remainingBytes: 30 * MiB + (170 / 400) * 60 * MiB };
     expect(paceGroup([idle, near], options).get('idle')).toMatchObject({ settings: full, braked: false });
     // Once released, never braked again.
     expect(paceGroup([{ ...idle, released: true }, slow], options).get('idle')?.braked).toBe(false);

@@ -13,10 +13,10 @@
 // runs at full speed) is what its time to converge is estimated from.
 //
 // Each tick, from every member's last progress:
-//   eta       first pass: remaining / drain rate; later passes: what remains
-//             above what its downtime limit lets it stop with, at its
-//             bandwidth less its dirty rate (Infinity when it does not
-//             converge). A held member: 0.
+//   eta       what remains above what its downtime limit lets it stop with
+//             (QEMU switches over then), at its drain rate in the first pass,
+//             at its bandwidth less its dirty rate later (Infinity when it
+//             does not converge). A held member: 0.
 //   slowest   the largest eta sets the pace (when it is not finite, nobody is
 //             braked: the group falls back to waiting at the barrier)
 //   brake     a member whose eta is more than the window below the slowest's
@@ -63,13 +63,14 @@ export const BRAKE_DOWNTIME_MS = 1;
 /** Seconds a member still needs, at full speed, to reach its switch-over (Infinity when it does not converge). */
 export function secondsToConverge(m: PacedMember, downtimeLimitMs: number): number {
   if (m.phase === 'held' || m.phase === 'switching') return 0;
+  // QEMU switches over once what remains fits in the downtime limit at the bandwidth it measures.
+  const stopWith = (m.bandwidthBytesPerSecond * downtimeLimitMs) / 1000;
+  if (m.remainingBytes <= stopWith) return 0;
   if (m.pass <= 1) {
     const rate = m.drainBytesPerSecond > 0 ? m.drainBytesPerSecond : m.bandwidthBytesPerSecond;
-    return rate > 0 ? m.remainingBytes / rate : Number.POSITIVE_INFINITY;
+    return rate > 0 ? (m.remainingBytes - stopWith) / rate : Number.POSITIVE_INFINITY;
   }
-  const stopWith = (m.bandwidthBytesPerSecond * downtimeLimitMs) / 1000;
   const net = m.bandwidthBytesPerSecond - m.dirtyBytesPerSecond;
-  if (m.remainingBytes <= stopWith) return 0;
   return net > 0 ? (m.remainingBytes - stopWith) / net : Number.POSITIVE_INFINITY;
 }
 
