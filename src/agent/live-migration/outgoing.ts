@@ -4,7 +4,9 @@
 //   disks     each copied disk is mirrored into its export at the destination
 //             (blockdev-mirror, write-blocking: guest writes go to both, so a
 //             busy disk converges), until every mirror is READY
-//   memory    pre-copy (`migrate` with pause-before-switchover), watched by
+//   memory    (a group member, `hold`: its dirty rate sampled first with
+//             calc-dirty-rate, reported during the first pass where QEMU has
+//             none) pre-copy (`migrate` with pause-before-switchover), watched by
 //             the ConvergenceWatch: post-copy when asked or when pre-copy stops
 //             converging (auto), a cancel past the time budget
 //   switch    at `pre-switchover` the guest is stopped: the mirrors complete
@@ -110,6 +112,25 @@ function eventTime(event: QmpEvent): string {
   return t && t.seconds > 0 ? new Date(t.seconds * 1000 + Math.floor(t.microseconds / 1000)).toISOString() : new Date().toISOString();
 }
 
+/**
+ * The guest's dirty rate in bytes per second, sampled by QEMU (calc-dirty-rate, page sampling, 1 s) before a
+ * group member's migration starts; null when QEMU cannot tell.
+ */
+async function sampleDirtyRate(qmp: QmpClient, logger: Logger, vmId: string): Promise<number | null> {
+  try {
+    await qmp.execute('calc-dirty-rate', { 'calc-time': 1 });
+    const deadline = Date.now() + 5_000;
+    while (Date.now() < deadline) {
+      await sleep(250);
+      const q = await qmp.execute<{ status: string; 'dirty-rate'?: number }>('query-dirty-rate');
+      if (q.status === 'measured') return (q['dirty-rate'] ?? 0) * 2 ** 20;
+    }
+  } catch (err) {
+    logger.warn({ vmId, err: (err as Error).message }, 'cannot sample the dirty rate');
+  }
+  return null;
+}
+
 export class OutgoingMigrations {
   private readonly out = new Map<string, Outgoing>();
 
@@ -173,6 +194,8 @@ export class OutgoingMigrations {
       o.phase = 'memory';
       const postcopyAllowed = tuning.postcopy !== 'never';
       const multifd = postcopyAllowed ? 1 : tuning.multifdChannels;
+      // A group member: its guest's dirty rate is sampled first, since QEMU measures none during the first pass (the group's pacer needs it to tell a busy member from an idle one).
+      const sampledDirty = request.hold ? await sampleDirtyRate(qmp, this.logger, vmId) : null;
       await configureSource(qmp, { maxBandwidthBytesPerSecond: o.speed, downtimeLimitMs: o.downtimeLimitMs, postcopy: postcopyAllowed, autoConverge: tuning.autoConverge, multifdChannels: multifd, tls });
       await qmp.execute('migrate', { uri: `tcp:${request.migration.host}:${request.migration.port}` });
       const watch = new ConvergenceWatch({ postcopy: tuning.postcopy, timeoutMs: Math.max(1_000, deadline - Date.now()) });
@@ -203,7 +226,7 @@ export class OutgoingMigrations {
           remainingBytes: remaining,
           transferredBytes: stats.transferredBytes,
           totalBytes: stats.totalBytes,
-          dirtyBytesPerSecond: stats.dirtyPagesRate * stats.pageSize,
+          dirtyBytesPerSecond: stats.passes <= 1 && sampledDirty !== null ? Math.max(sampledDirty, stats.dirtyPagesRate * stats.pageSize) : stats.dirtyPagesRate * stats.pageSize,
           bandwidthBytesPerSecond: (stats.mbps * 1e6) / 8,
           expectedDowntimeMs: stats.expectedDowntimeMs,
           diskDoneBytes: o.diskDone,

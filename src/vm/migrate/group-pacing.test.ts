@@ -18,6 +18,9 @@ describe('group pacing (brake and release)', () => {
     expect(secondsToConverge(busy, 300)).toBeCloseTo(34 / 60);
     expect(secondsToConverge({ ...busy, dirtyBytesPerSecond: 120 * MiB }, 300)).toBe(Number.POSITIVE_INFINITY);
     expect(secondsToConverge({ ...busy, phase: 'held' }, 300)).toBe(0);
+    // In its first pass a member that dirties memory also needs the passes over what it dirties meanwhile (a second's worth at least).
+    const first = { ...idle, dirtyBytesPerSecond: 40 * MiB };
+    expect(secondsToConverge(first, 300)).toBeCloseTo(170 / 400 + (40 - 30) / 60);
   });
 
   it('brakes the member that would reach its switch-over well before the slowest, with a low downtime limit, and releases it once the slowest is within the window', () => {

@@ -14,9 +14,12 @@
 //
 // Each tick, from every member's last progress:
 //   eta       what remains above what its downtime limit lets it stop with
-//             (QEMU switches over then), at its drain rate in the first pass,
-//             at its bandwidth less its dirty rate later (Infinity when it
-//             does not converge). A held member: 0.
+//             (QEMU switches over then), at its drain rate in the first pass
+//             plus the passes over what its guest dirties meanwhile (the
+//             source samples the dirty rate before a group member starts:
+//             QEMU measures none during the first pass), at its bandwidth
+//             less its dirty rate later (Infinity when it does not converge).
+//             A held member: 0.
 //   slowest   the largest eta sets the pace (when it is not finite, nobody is
 //             braked: the group falls back to waiting at the barrier)
 //   brake     a member whose eta is more than the window below the slowest's
@@ -68,7 +71,11 @@ export function secondsToConverge(m: PacedMember, downtimeLimitMs: number): numb
   if (m.remainingBytes <= stopWith) return 0;
   if (m.pass <= 1) {
     const rate = m.drainBytesPerSecond > 0 ? m.drainBytesPerSecond : m.bandwidthBytesPerSecond;
-    return rate > 0 ? (m.remainingBytes - stopWith) / rate : Number.POSITIVE_INFINITY;
+    if (rate <= 0) return Number.POSITIVE_INFINITY;
+    const bulk = (m.remainingBytes - stopWith) / rate;
+    if (m.dirtyBytesPerSecond <= 0) return bulk;
+    // Then the passes over what it dirtied meanwhile (at least a second's worth).
+    return bulk + secondsToConverge({ ...m, pass: 2, remainingBytes: m.dirtyBytesPerSecond * Math.max(bulk, 1) }, downtimeLimitMs);
   }
   const net = m.bandwidthBytesPerSecond - m.dirtyBytesPerSecond;
   return net > 0 ? (m.remainingBytes - stopWith) / net : Number.POSITIVE_INFINITY;
