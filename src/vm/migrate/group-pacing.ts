@@ -20,17 +20,19 @@
 //             QEMU measures none during the first pass), at its bandwidth
 //             less its dirty rate later (Infinity when it does not converge).
 //             A held member: 0.
-//   slowest   the largest eta sets the pace (when it is not finite, nobody is
-//             braked: the group falls back to waiting at the barrier)
-//   brake     a member whose eta is more than the window below the slowest's
-//             runs at a crawl (a bandwidth cap of twice its dirty rate, at
-//             least BRAKE_FLOOR) with a low downtime limit, so it stays in
-//             pre-copy with its guest running
-//   release   once the slowest is within the window of a braked member's
-//             eta (at full speed), that member gets the group's bandwidth cap
-//             and downtime limit again: both end their pre-copy about
-//             together. A released member is never braked again.
-// Members still mirroring disks make the pace unknown: nobody is braked yet.
+//   brake     a member at the brink (eta at full speed within BRINK_S) while
+//             another member still on its way (not braked, not held) needs
+//             more than the window longer runs at a crawl (a bandwidth cap of
+//             twice its dirty rate, at least BRAKE_FLOOR) with a 1 ms downtime
+//             limit: it stays in pre-copy, guest running, just short of its
+//             switch-over
+//   release   when every member not braked is held at its switch-over, the
+//             braked ones get the group's bandwidth and downtime limit back;
+//             being at the brink, they get there within about BRINK_S. (A
+//             release on the slowest's estimate alone came too early under
+//             load: its remaining memory rises again at each pass.) A
+//             released member is never braked again.
+// Members still mirroring disks make the pace unknown: nobody is braked then.
 // Pure: the runner (run-group.ts) measures drain rates and applies the
 // answers through setMigrationParameters.
 
@@ -45,6 +47,8 @@ export interface PacedMember {
   bandwidthBytesPerSecond: number;
   /** The best rate its remaining memory fell at full speed (0: not measured yet). */
   drainBytesPerSecond: number;
+  /** Braked now (the runner applied a crawl). */
+  braked: boolean;
   /** Released once: it keeps the group's settings. */
   released: boolean;
 }
@@ -62,6 +66,8 @@ export interface PaceOptions extends PaceSettings {
 export const BRAKE_FLOOR = 256 * 2 ** 10;
 /** A braked member's downtime limit: it converges only if nearly nothing is left. */
 export const BRAKE_DOWNTIME_MS = 1;
+/** How close to its switch-over (at full speed) a member is braked: longer than a pacer tick and a progress report. */
+export const BRINK_S = 0.4;
 
 /** Seconds a member still needs, at full speed, to reach its switch-over (Infinity when it does not converge). */
 export function secondsToConverge(m: PacedMember, downtimeLimitMs: number): number {
@@ -96,12 +102,14 @@ export function paceGroup(members: PacedMember[], options: PaceOptions): Map<str
   if (members.some((m) => m.phase === 'disks') || members.length < 2) return decisions;
   // A member not measured yet (no progress, no rate) is unknown: nobody is braked on a guess.
   if (copying.some((m) => m.bandwidthBytesPerSecond <= 0)) return decisions;
-  const slowest = Math.max(...eta.values());
-  if (!Number.isFinite(slowest)) return decisions;
+  // Those still on their way to the switch-over set the pace; when none is left, every braked member is released.
+  const onTheirWay = members.filter((m) => m.phase !== 'held' && m.phase !== 'switching' && !m.braked);
+  if (onTheirWay.length === 0) return decisions;
   for (const m of copying) {
     if (m.released) continue;
-    const mine = eta.get(m.vmId) ?? slowest;
-    if ((slowest - mine) * 1000 <= options.windowMs) continue;
+    const mine = eta.get(m.vmId) ?? 0;
+    const slower = onTheirWay.some((o) => o.vmId !== m.vmId && ((eta.get(o.vmId) ?? 0) - mine) * 1000 > options.windowMs);
+    if (!m.braked && (mine > BRINK_S || !slower)) continue;
     const crawl = Math.round(Math.min(options.maxBandwidthBytesPerSecond, Math.max(BRAKE_FLOOR, 2 * m.dirtyBytesPerSecond)));
     decisions.set(m.vmId, { settings: { maxBandwidthBytesPerSecond: crawl, downtimeLimitMs: Math.min(BRAKE_DOWNTIME_MS, options.downtimeLimitMs) }, braked: true, etaSeconds: mine });
   }

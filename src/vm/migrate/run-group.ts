@@ -10,10 +10,10 @@
 //   transfer  every member's pre-copy runs at once with `hold`: its source stops
 //             at QEMU's pre-switchover point (guest stopped, disk mirrors
 //             completed) and waits; meanwhile the pacer (group-pacing.ts)
-//             brakes members that would get there well before the slowest
-//             (guest running, bandwidth at a crawl, low downtime limit) and
-//             releases each when the slowest is within the window of it, so
-//             all are held within about the window
+//             brakes a member at the brink of its switch-over while a slower
+//             one is on its way (guest running, bandwidth at a crawl, 1 ms
+//             downtime limit) and releases it when the others are held, so
+//             all are held within about the brink's time
 //   commit    when every member is held, all are continued at once; each
 //             arrives (completed, its destination paused), then all
 //             destinations are started together (group-switch.ts)
@@ -217,7 +217,7 @@ function pace(members: Member[], options: Parameters<typeof paceGroup>[1]): void
   const decisions = paceGroup(
     live.map((m) => {
       const p = m.progress as MigrationProgress;
-      return { vmId: m.vm.id, phase: m.state === 'held' ? 'held' : p.phase, pass: p.pass, remainingBytes: p.remainingBytes, dirtyBytesPerSecond: p.dirtyBytesPerSecond, bandwidthBytesPerSecond: m.pace.bandwidthPeak, drainBytesPerSecond: m.pace.drainPeak, released: m.pace.released };
+      return { vmId: m.vm.id, phase: m.state === 'held' ? 'held' : p.phase, pass: p.pass, remainingBytes: p.remainingBytes, dirtyBytesPerSecond: p.dirtyBytesPerSecond, bandwidthBytesPerSecond: m.pace.bandwidthPeak, drainBytesPerSecond: m.pace.drainPeak, braked: m.pace.braked, released: m.pace.released };
     }),
     options,
   );
