@@ -22,10 +22,10 @@
 //             A held member: 0.
 //   brake     a member at the brink (eta at full speed within BRINK_S) while
 //             another member still on its way (not braked, not held) needs
-//             more than the window longer runs at a crawl (a bandwidth cap of
-//             twice its dirty rate, at least BRAKE_FLOOR) with a 1 ms downtime
-//             limit: it stays in pre-copy, guest running, just short of its
-//             switch-over
+//             more than the window longer runs at a crawl (BRAKE_FLOOR) with a
+//             1 ms downtime limit: it stays in pre-copy, guest running, just
+//             short of its switch-over (what its guest dirties meanwhile is
+//             sent after its release)
 //   release   when every member not braked is held at its switch-over, the
 //             braked ones get the group's bandwidth and downtime limit back;
 //             being at the brink, they get there within about BRINK_S. (A
@@ -62,8 +62,12 @@ export interface PaceOptions extends PaceSettings {
   windowMs: number;
 }
 
-/** The lowest bandwidth a braked member gets (it still sends its dirtied pages slowly). */
-export const BRAKE_FLOOR = 256 * 2 ** 10;
+/**
+ * A braked member's bandwidth cap. Low: a zero page costs QEMU about 9 bytes, so at 256 KiB/s an idle guest's
+ * zero pages still drained at ~100 MiB/s of its remaining memory and it reached its switch-over braked
+ * (measured). QEMU's cap is per 100 ms window, so it must stay above 10 B/s (a window of 0 means no cap).
+ */
+export const BRAKE_FLOOR = 16 * 2 ** 10;
 /** A braked member's downtime limit: it converges only if nearly nothing is left. */
 export const BRAKE_DOWNTIME_MS = 1;
 /** How close to its switch-over (at full speed) a member is braked: longer than a pacer tick and a progress report. */
@@ -110,7 +114,7 @@ export function paceGroup(members: PacedMember[], options: PaceOptions): Map<str
     const mine = eta.get(m.vmId) ?? 0;
     const slower = onTheirWay.some((o) => o.vmId !== m.vmId && ((eta.get(o.vmId) ?? 0) - mine) * 1000 > options.windowMs);
     if (!m.braked && (mine > BRINK_S || !slower)) continue;
-    const crawl = Math.round(Math.min(options.maxBandwidthBytesPerSecond, Math.max(BRAKE_FLOOR, 2 * m.dirtyBytesPerSecond)));
+    const crawl = Math.min(options.maxBandwidthBytesPerSecond, BRAKE_FLOOR);
     decisions.set(m.vmId, { settings: { maxBandwidthBytesPerSecond: crawl, downtimeLimitMs: Math.min(BRAKE_DOWNTIME_MS, options.downtimeLimitMs) }, braked: true, etaSeconds: mine });
   }
   return decisions;
