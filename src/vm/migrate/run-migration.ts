@@ -27,6 +27,7 @@ import type { MigrateJournal } from './migrate-journal.ts';
 import type { MigrateRequest } from './migrate-request.ts';
 import { tuningOf } from './migrate-request.ts';
 import { planMigration } from './plan-migration.ts';
+import type { MigrationPlan } from './plan-migration.ts';
 import { rollBackMigration } from './roll-back.ts';
 import { finishSource, recordAtDestination } from './switch-over.ts';
 import { awaitDestination, prepareDestination, transferVm } from './transfer.ts';
@@ -48,7 +49,8 @@ export interface MigrateResult {
   postcopy: boolean;
   postcopyReason: string | null;
   converged: boolean;
-  storage: { copied: string[]; shared: string[]; sync: Record<string, 'top' | 'full'> };
+  /** Disks copied (and how: `top` only the delta over bases the destination holds, `full` the whole chain), kept (shared), and the bases not sent (with their bytes at the source). */
+  storage: { copied: string[]; shared: string[]; sync: Record<string, 'top' | 'full'>; skipped: MigrationPlan['skipped'] };
   /** The isolated path the streams used (gone now), and the bytes it carried from the source. */
   path: OpenedPath & { bytesSent: number | null };
   resumedAt: string | null;
@@ -167,7 +169,7 @@ export async function runMigration(ctx: EngineContext, vm: VmRecord, previous: V
     postcopy: outcome?.postcopy ?? false,
     postcopyReason: outcome?.postcopyReason ?? null,
     converged: outcome?.converged ?? false,
-    storage: { copied: plan.incoming.map((d) => d.id), shared: plan.shared, sync: Object.fromEntries(plan.mirrors.map((m) => [m.node, m.sync])) },
+    storage: { copied: plan.incoming.map((d) => d.id), shared: plan.shared, sync: Object.fromEntries(plan.mirrors.map((m) => [m.node, m.sync])), skipped: plan.skipped },
     path: { ...(path as OpenedPath), bytesSent: counters?.txBytes ?? null },
     resumedAt: incoming?.resumedAt ?? null,
     destinationConfirmed: incoming !== null,
