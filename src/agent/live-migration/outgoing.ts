@@ -20,7 +20,7 @@
 import { OffshootError, sleep } from '../../common/index.ts';
 import type { Logger } from '../../common/index.ts';
 import type { QmpClient, QmpEvent } from '../../qemu/index.ts';
-import { pskObjectProperties } from '../../net/index.ts';
+import { abortConnectionsTo, pskObjectProperties } from '../../net/index.ts';
 import type { PostcopyMode } from './convergence.ts';
 import { ConvergenceWatch } from './convergence.ts';
 import type { MigrationHost } from './host.ts';
@@ -243,7 +243,7 @@ export class OutgoingMigrations {
         this.logger.error({ vmId, err: (err as Error).message }, 'a migration failed after its switch-over');
         throw new LiveMigrationError('switch-over', `the migration failed after the switch-over (${(err as Error).message}); the VM cannot run on at its source`, { vmId, afterSwitch: true });
       }
-      await this.rollBack(vmId, qmp, o.mirrors, wasRunning, tls);
+      await this.rollBack(vmId, qmp, o.mirrors, wasRunning, tls, end.remoteAddress);
       throw err;
     } finally {
       events.close();
@@ -274,9 +274,16 @@ export class OutgoingMigrations {
   }
 
   /** Before the switch-over: the migration stops, the mirrors go, and the guest runs on here. */
-  private async rollBack(vmId: string, qmp: QmpClient, mirrors: string[], resume: boolean, tls: TlsCredential | null): Promise<string> {
+  private async rollBack(vmId: string, qmp: QmpClient, mirrors: string[], resume: boolean, tls: TlsCredential | null, peer: string | null): Promise<string> {
     const status = await this.cancelInQemu(qmp);
-    await abandonMirrors(qmp, [...new Set([...mirrors, ...(await mirrorNodes(qmp))])]);
+    // A mirror stuck on a silent path (cut) ends only with its connection: the path's connections are ended by force.
+    const unstick = peer
+      ? async () => {
+          const ended = await abortConnectionsTo(peer);
+          this.logger.warn({ vmId, peer, ended: ended.trim() }, 'a disk mirror was stuck on a silent path: its connections were ended');
+        }
+      : undefined;
+    await abandonMirrors(qmp, [...new Set([...mirrors, ...(await mirrorNodes(qmp))])], unstick);
     if (resume && !(await qmp.queryStatus().catch(() => ({ running: true }))).running) await qmp.cont().catch((err: unknown) => this.logger.warn({ vmId, err: (err as Error).message }, 'cannot resume the guest after a failed migration'));
     if (tls) await qmp.execute('object-del', { id: tls.objectId }).catch(() => undefined);
     this.logger.warn({ vmId, status }, 'outgoing migration rolled back; the VM runs on here');
@@ -307,7 +314,7 @@ export class OutgoingMigrations {
       await vm.qmp.execute('migrate_cancel').catch(() => undefined);
       return status;
     }
-    await this.rollBack(vmId, vm.qmp, [], resume, null);
+    await this.rollBack(vmId, vm.qmp, [], resume, null, null);
     return status;
   }
 
