@@ -13,7 +13,7 @@
 export type GuestShell = (script: string) => Promise<string>;
 
 export const TICK_START =
-  'mkdir -p /mnt/tick && (mountpoint -q /mnt/tick || mount -t tmpfs -o size=64m tmpfs /mnt/tick) && rm -f /mnt/tick/log && ((while read u r < /proc/uptime; do echo $u; done > /mnt/tick/log) >/dev/null 2>&1 & echo $! > /mnt/tick/pid)';
+  'mkdir -p /mnt/tick && (grep -q " /mnt/tick " /proc/mounts || mount -t tmpfs -o size=64m tmpfs /mnt/tick) && rm -f /mnt/tick/log && ((while read u r < /proc/uptime; do echo $u; done > /mnt/tick/log) >/dev/null 2>&1 & echo $! > /mnt/tick/pid)';
 /** Stops the loop and prints its longest step in ms. */
 export const TICK_STOP = "kill $(cat /mnt/tick/pid) 2>/dev/null; awk 'NR > 1 { g = ($1 - p) * 1000; if (g > m) m = g } { p = $1 } END { printf \"%d\\n\", m }' /mnt/tick/log; rm -f /mnt/tick/log";
 
