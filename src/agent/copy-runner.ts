@@ -5,11 +5,12 @@
 // from its progress file). A worker whose daemon died notices that its parent
 // is gone and stops the same way, so a restarted daemon never races it. A
 // copy from another host reads that host's one-file server (the URL on the
-// command line, its token in the worker's environment only).
+// command line, its token in the worker's environment only). The worker runs
+// from its bundle (src/storage/copy-worker-bundle.ts) when that could be built.
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { OffshootError, sleep } from '../common/index.ts';
-import { COPY_SOURCE_TOKEN_ENV, COPY_WORKER_EXIT, copyWorkerCommand, parseCopyWorkerLine } from '../storage/index.ts';
+import { COPY_SOURCE_TOKEN_ENV, COPY_WORKER_EXIT, copyWorkerBundle, copyWorkerCommand, parseCopyWorkerLine } from '../storage/index.ts';
 import type { CopyWorkerMessage, RemoteFile } from '../storage/index.ts';
 
 export interface CopyRunProgress {
@@ -47,9 +48,10 @@ export async function runCopyWorker(file: CopyRunFile, onProgress: (p: CopyRunPr
   // A worker of a previous daemon (or of the host a job was handed over from) may still be recording its
   // last chunk: retry while it holds the lock, for up to two minutes.
   const deadline = Date.now() + BUSY_RETRY_MS;
+  const bundle = await copyWorkerBundle();
   while (true) {
     try {
-      return await runOnce(file, onProgress, signal);
+      return await runOnce(file, onProgress, signal, bundle);
     } catch (err) {
       if (!(err instanceof OffshootError) || err.code !== 'COPY_BUSY' || Date.now() > deadline || signal?.aborted) throw err;
       await sleep(500);
@@ -59,8 +61,8 @@ export async function runCopyWorker(file: CopyRunFile, onProgress: (p: CopyRunPr
 
 const BUSY_RETRY_MS = 120_000;
 
-function runOnce(file: CopyRunFile, onProgress: (p: CopyRunProgress) => void, signal?: AbortSignal): Promise<CopyRunResult> {
-  const { command, args } = copyWorkerCommand({ source: file.source, ...(file.remote ? { sourceUrl: file.remote.url } : {}), target: file.target, chunkMiB: file.chunkMiB, maxMiBPerSecond: file.maxMiBPerSecond, stopWithParent: true });
+function runOnce(file: CopyRunFile, onProgress: (p: CopyRunProgress) => void, signal: AbortSignal | undefined, bundle: string | undefined): Promise<CopyRunResult> {
+  const { command, args } = copyWorkerCommand({ source: file.source, ...(file.remote ? { sourceUrl: file.remote.url } : {}), target: file.target, chunkMiB: file.chunkMiB, maxMiBPerSecond: file.maxMiBPerSecond, stopWithParent: true }, bundle);
   const env = file.remote ? { ...process.env, [COPY_SOURCE_TOKEN_ENV]: file.remote.token } : process.env;
   const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
   let result: ResultMessage['result'] | undefined;

@@ -14,6 +14,7 @@ import { lockPath } from './copy-lock.ts';
 import { progressPath, readProgress } from './copy-progress.ts';
 import { COPY_WORKER_EXIT, copyWorkerCommand, parseCopyWorkerLine } from './copy-worker-protocol.ts';
 import type { CopyWorkerArgs, CopyWorkerMessage } from './copy-worker-protocol.ts';
+import { copyWorkerBundle, copyWorkerBundleError } from './copy-worker-bundle.ts';
 
 const MiB = 1024 * 1024;
 const CHUNK = MiB;
@@ -60,8 +61,8 @@ interface WorkerRun {
   waitFor(match: (m: CopyWorkerMessage) => boolean): Promise<CopyWorkerMessage>;
 }
 
-function runWorker(args: CopyWorkerArgs): WorkerRun {
-  const { command, args: argv } = copyWorkerCommand(args);
+function runWorker(args: CopyWorkerArgs, bundle?: string): WorkerRun {
+  const { command, args: argv } = copyWorkerCommand(args, bundle);
   const child = spawn(command, argv, { stdio: ['ignore', 'pipe', 'inherit'] });
   const messages: CopyWorkerMessage[] = [];
   const waiters: Array<{ match: (m: CopyWorkerMessage) => boolean; resolve: (m: CopyWorkerMessage) => void }> = [];
@@ -156,6 +157,16 @@ describe('copy engine', () => {
     await expectRejects(copyFile({ source, target, chunkBytes: CHUNK }), CopyTargetExistsError);
   });
 
+  it('runs from its bundle as copy jobs start it, with the same result as the script under tsx', async () => {
+    const bundle = await copyWorkerBundle();
+    expect(bundle, String(copyWorkerBundleError())).toMatch(/copy-worker-[0-9a-f]{16}\.mjs$/);
+    expect(await copyWorkerBundle()).toBe(bundle); // built once per process
+    const run = runWorker({ source, target, chunkMiB: 1 }, bundle);
+    expect(await run.exit).toBe(COPY_WORKER_EXIT.done);
+    expect(readFileSync(target).equals(readFileSync(source))).toBe(true);
+    expect(resultOf(run).contentHash).toBe(await fileContentHash(source, { chunkBytes: CHUNK }));
+  });
+
   it('copies a sparse raw file whose size is not a multiple of the chunk size', async () => {
     const raw = join(dir, 'disk.raw');
     truncateSync(openAndClose(raw), 5 * MiB + 4096 * 3);
@@ -208,7 +219,7 @@ describe('copy engine', () => {
     expect(existsSync(lockPath(target))).toBe(false);
     expect(Object.keys((await readProgress(target))?.done ?? {}).length).toBe(r1.chunksCopied);
 
-    const w2 = runWorker({ source, target, chunkMiB: 4 }); // the recorded chunk size wins
+    const w2 = runWorker({ source, target, chunkMiB: 4 }, await copyWorkerBundle()); // the recorded chunk size wins; a bundled worker goes on from a tsx one
     expect(await w2.exit).toBe(COPY_WORKER_EXIT.done);
     const r2 = resultOf(w2);
     expect(r2.chunkBytes).toBe(CHUNK);

@@ -1,5 +1,6 @@
 // How to run the copy worker and read what it prints: the script's path, the
-// command line to spawn it with (node + tsx, as bin/offshoot does), its exit
+// command line to spawn it with (node and the bundled worker of
+// copy-worker-bundle.ts, or node + tsx as bin/offshoot does), its exit
 // codes, and a typed parser of its JSON lines (progress, then one result or
 // error). The daemon spawns one worker per copy job; a remote host runs the
 // same worker.
@@ -32,9 +33,10 @@ export interface CopyWorkerArgs {
   stopWithParent?: boolean;
 }
 
-/** The command and arguments that run the worker for `args`. */
-export function copyWorkerCommand(args: CopyWorkerArgs): { command: string; args: string[] } {
-  const argv = ['--import', TSX_LOADER, '--no-warnings=ExperimentalWarning', COPY_WORKER_SCRIPT, '--source', args.source, '--target', args.target];
+/** The command and arguments that run the worker for `args`: the bundled worker at `bundle` when given (see copy-worker-bundle.ts), else the script under tsx. */
+export function copyWorkerCommand(args: CopyWorkerArgs, bundle?: string): { command: string; args: string[] } {
+  const script = bundle ? [bundle] : ['--import', TSX_LOADER, '--no-warnings=ExperimentalWarning', COPY_WORKER_SCRIPT];
+  const argv = [...script, '--source', args.source, '--target', args.target];
   if (args.sourceUrl !== undefined) argv.push('--source-url', args.sourceUrl);
   if (args.chunkMiB !== undefined) argv.push('--chunk-mib', String(args.chunkMiB));
   if (args.bufferMiB !== undefined) argv.push('--buffer-mib', String(args.bufferMiB));

@@ -18,6 +18,7 @@ export type { CopyOptions, CopyProgress, CopyResult, CopyState } from './copy-en
 export { CopySourceChangedError, CopyBusyError, CopyVerifyFailedError, CopyTargetExistsError, CopyProgressInvalidError, CopyLockLostError, CopySourceUnreachableError } from './copy-errors.ts';
 export { COPY_WORKER_SCRIPT, COPY_WORKER_EXIT, COPY_SOURCE_TOKEN_ENV, copyWorkerCommand, parseCopyWorkerLine, CopyWorkerProtocolError } from './copy-worker-protocol.ts';
 export type { CopyWorkerArgs, CopyWorkerMessage } from './copy-worker-protocol.ts';
+export { copyWorkerBundle, copyWorkerBundleError } from './copy-worker-bundle.ts';
 export { readProgress as readCopyProgress, progressPath as copyProgressPath } from './copy-progress.ts';
 export type { CopyProgressFile } from './copy-progress.ts';
 export { readCopyLock, lockPath as copyLockPath } from './copy-lock.ts';
