@@ -1,15 +1,12 @@
-// Downtime as the guest sees it, for the migrate benchmark. Two figures per
-// migration, both from inside the guest:
-// - the timer loop's longest gap: a shell loop on the guest's vCPU reads the
-//   guest's monotonic clock (/proc/uptime, 10 ms steps) into a tmpfs file as
-//   fast as it can (about every millisecond under TCG); the longest step
-//   between two readings is the longest the guest saw itself not running;
-// - the guest clock's loss: the guest's uptime read before and after the
-//   migration, against the host's clock at the middle of each read. QEMU
-//   stops the guest's clocks with its vCPUs and carries them over (TCG: the
-//   TSC and the virtual clock), so a stop is invisible to the loop and shows
-//   as time the guest's clock lost against the host's instead (within the
-//   reads' own jitter, a few ms).
+// Downtime as the guest sees it, for the migrate benchmark: a shell loop on
+// the guest's vCPU reads the guest's monotonic clock (/proc/uptime, 10 ms
+// steps) into a tmpfs file as fast as it can (about every millisecond under
+// TCG); the longest step between two readings is the longest the guest saw
+// itself not running (measured here: the guest's clock goes on across the
+// stop, so the stop shows as a step). readGuestClock/clockLoss compare the
+// guest's uptime with the host's clock around a migration; under load their
+// jitter (a qga exec each) is larger than a downtime, so the bench prints the
+// loop's gap only.
 export type GuestShell = (script: string) => Promise<string>;
 
 export const TICK_START =

@@ -40,8 +40,8 @@ export interface MigrateResult {
   /** QEMU's figure: the guest stopped at the source until it ran at the destination. */
   downtimeMs: number | null;
   totalMs: number;
-  /** The same two figures, where the metrics and the console read them, and when each phase ended (ms from the start; QEMU's own migration time). */
-  timings: { downtimeMs: number | null; totalMs: number; plannedMs: number; pathMs: number; preparedMs: number; transferredMs: number; qemuTotalMs: number | null; mirrorMs: number | null };
+  /** The same two figures, where the metrics and the console read them, and when each phase ended (ms from the start; QEMU's own migration time; the guest's stop at the source to its resume at the destination, by the QEMUs' STOP and RESUME events). */
+  timings: { downtimeMs: number | null; totalMs: number; plannedMs: number; pathMs: number; preparedMs: number; transferredMs: number; qemuTotalMs: number | null; mirrorMs: number | null; stopToResumeMs: number | null };
   memoryBytes: number;
   memoryTotalBytes: number;
   diskBytes: number;
@@ -161,7 +161,7 @@ export async function runMigration(ctx: EngineContext, vm: VmRecord, previous: V
     to: destination.name,
     downtimeMs: outcome?.downtimeMs ?? null,
     totalMs,
-    timings: { downtimeMs: outcome?.downtimeMs ?? null, totalMs, plannedMs: Math.round(at.planned), pathMs: Math.round(at.path), preparedMs: Math.round(at.prepared), transferredMs: Math.round(at.transferred), qemuTotalMs: outcome?.totalTimeMs ?? null, mirrorMs: outcome?.mirrorMs === null || outcome?.mirrorMs === undefined ? null : Math.round(outcome.mirrorMs) },
+    timings: { downtimeMs: outcome?.downtimeMs ?? null, totalMs, plannedMs: Math.round(at.planned), pathMs: Math.round(at.path), preparedMs: Math.round(at.prepared), transferredMs: Math.round(at.transferred), qemuTotalMs: outcome?.totalTimeMs ?? null, mirrorMs: outcome?.mirrorMs === null || outcome?.mirrorMs === undefined ? null : Math.round(outcome.mirrorMs), stopToResumeMs: stopToResume(outcome?.stoppedAt ?? null, incoming?.resumedAt ?? null) },
     memoryBytes: outcome?.memoryBytes ?? 0,
     memoryTotalBytes: outcome?.memoryTotalBytes ?? 0,
     diskBytes: outcome?.diskBytes ?? 0,
@@ -174,6 +174,11 @@ export async function runMigration(ctx: EngineContext, vm: VmRecord, previous: V
     resumedAt: incoming?.resumedAt ?? null,
     destinationConfirmed: incoming !== null,
   };
+}
+
+/** The guest's stop at the source to its resume at the destination (the hosts' clocks: one machine's in a lab), ms. */
+function stopToResume(stoppedAt: string | null, resumedAt: string | null): number | null {
+  return stoppedAt && resumedAt ? Date.parse(resumedAt) - Date.parse(stoppedAt) : null;
 }
 
 /** Why the destination stopped the transfer: its own migration error, or its agent that stopped answering. */
