@@ -4,8 +4,12 @@
 // fake host in process and a second fake host over HTTP. A group moves in one
 // switch-over; a member failing before the commit leaves every member at its
 // source (consistent) or moves the others and reports the split (available);
-// a cancel before the commit leaves all at their sources. The same runs
-// against real QEMU on lab hosts in tests/e2e/group-migrate.test.ts.
+// a cancel before the commit leaves all at their sources; destinations are
+// started only once every member arrived, and a member lost after another
+// completed sends all back (consistent) or is reported (available); a
+// controller that died before the start rolls back on recovery, after it
+// finishes. The same runs against real QEMU on lab hosts in
+// tests/e2e/group-migrate.test.ts.
 import { mkdtempSync, rmSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { serve } from '@hono/node-server';
@@ -18,7 +22,7 @@ import { Fleet, VmEngine } from '../src/vm/index.ts';
 
 const TOKEN = 'h'.repeat(43);
 
-async function setup(migrateMs = 0) {
+async function setup(migrateMs = 0, faults?: (point: string) => Promise<void> | void) {
   const dir = mkdtempSync('/tmp/ogr-orch-');
   const inventory = await KyselyInventory.open(`${dir}/inventory.sqlite`);
   const local = new FakeAgent({ hostId: 'fake-a', managementAddress: '10.254.9.1', migrateMs });
@@ -30,7 +34,7 @@ async function setup(migrateMs = 0) {
   const fleet = new Fleet({ inventory: inventory.hosts, vmsOn: async (id) => (await inventory.listVms()).filter((v) => v.hostId === id).length, local: { name: 'a', endpoint: local.endpoint }, heartbeatMs: 100, leaseMs: 2_000 });
   await fleet.start();
   const b = await fleet.add({ name: 'b', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, token: TOKEN });
-  const engine = new VmEngine({ inventory, fleet, logger: silentLogger });
+  const engine = new VmEngine({ inventory, fleet, logger: silentLogger, ...(faults ? { faults } : {}) });
   const close = async () => {
     await engine.close();
     await fleet.close();
@@ -151,4 +155,113 @@ describe('group migration orchestration against fake agents', () => {
     expect(cancelled.error?.code).toBe('TASK_CANCELLED');
     await s.atSource();
   });
+  /** At the commit (every member held), the destination of g2 dies: g1 completes and waits paused, g2's migration completes at its source but not at its destination. */
+  const killSecondDestination =
+    (s: Awaited<ReturnType<typeof setup>>, at = 'migrate-group.commit') =>
+    async (point: string) => {
+      if (point === at) await s.fleet.agent(s.b.id).abortIncoming({ vmId: s.vms[1]?.id as string });
+    };
+
+  it('starts the destinations only once every member arrived: none runs before the start, all at once after it', async () => {
+    const seen: Array<Array<string | undefined>> = [];
+    const ref: { s?: Awaited<ReturnType<typeof setup>> } = {};
+    const s = await setup(300, (point) => {
+      if (point === 'migrate-group.start' && ref.s) seen.push(ref.s.vms.map((vm) => ref.s?.remote.vms.get(vm.id)?.status));
+    });
+    ref.s = s;
+    closers.push(s.close);
+    const done = await s.engine.tasks.wait((await s.engine.migrateGroup({ members })).id);
+    expect(done.state, JSON.stringify(done.error)).toBe('succeeded');
+    // At the start every destination had the guest, paused (arrived), and none ran it.
+    expect(seen).toEqual([['paused', 'paused']]);
+    expect(s.remote.calls.get('startIncoming')).toBe(2);
+    for (const vm of s.vms) expect(s.remote.vms.get(vm.id)?.status).toBe('running');
+  });
+
+  it('consistent: a member lost after another completed sends every member back to its source, in the same QEMU', async () => {
+    const ref: { s?: Awaited<ReturnType<typeof setup>> } = {};
+    const s = await setup(300, (point) => (ref.s ? killSecondDestination(ref.s)(point) : undefined));
+    ref.s = s;
+    closers.push(s.close);
+    const done = await s.engine.tasks.wait((await s.engine.migrateGroup({ members, mode: 'consistent' })).id);
+    expect(done.state).toBe('failed');
+    expect(done.error?.code).toBe('GROUP_MIGRATION_FAILED');
+    expect(done.error?.message).toContain('every member runs on at its source');
+    // g1 had completed (its source in postmigrate) and was sent back: reverted, never started.
+    expect(s.local.calls.get('revertOutgoing')).toBe(2);
+    expect(s.remote.calls.get('startIncoming') ?? 0).toBe(0);
+    await s.atSource();
+  });
+
+  it('consistent: a destination lost after every member arrived, before the start, sends every member back', async () => {
+    const ref: { s?: Awaited<ReturnType<typeof setup>> } = {};
+    const s = await setup(300, (point) => (ref.s ? killSecondDestination(ref.s, 'migrate-group.arrived')(point) : undefined));
+    ref.s = s;
+    closers.push(s.close);
+    const done = await s.engine.tasks.wait((await s.engine.migrateGroup({ members })).id);
+    expect(done.state).toBe('failed');
+    expect(done.error?.message).toContain('no longer holds its guest');
+    expect(s.remote.calls.get('startIncoming') ?? 0).toBe(0);
+    await s.atSource();
+  });
+
+  it('available: a member lost after another completed stays at its source, the other moves, and the result says which', async () => {
+    const ref: { s?: Awaited<ReturnType<typeof setup>> } = {};
+    const s = await setup(300, (point) => (ref.s ? killSecondDestination(ref.s)(point) : undefined));
+    ref.s = s;
+    closers.push(s.close);
+    const done = await s.engine.tasks.wait((await s.engine.migrateGroup({ members, mode: 'available' })).id);
+    expect(done.state, JSON.stringify(done.error)).toBe('succeeded');
+    const result = done.result as GroupMigrateResult;
+    expect([result.moved, result.stayed]).toEqual([['g1'], ['g2']]);
+    expect(result.members[1]?.error?.code).toBe('MIGRATION_FAILED');
+    const [g1, g2] = [await s.engine.resolve('g1'), await s.engine.resolve('g2')];
+    expect([g1.hostId, g1.state, g2.hostId, g2.state]).toEqual([s.b.id, 'running', s.vms[1]?.hostId, 'running']);
+    expect(s.local.vms.get(g2.id)?.status).toBe('running');
+    expect(s.remote.vms.has(g2.id)).toBe(false);
+  });
+
+  it('a destination that fails at the start: that member runs on at its source and the group is reported split', async () => {
+    const s = await setup(300);
+    closers.push(s.close);
+    s.remote.failNext('startIncoming', new OffshootError('MIGRATION_FAILED', 'injected: startIncoming', {}, 500));
+    const done = await s.engine.tasks.wait((await s.engine.migrateGroup({ members })).id);
+    expect(done.state).toBe('failed');
+    expect(done.error?.message).toContain('split at its start');
+    const after = await Promise.all(s.vms.map((vm) => s.engine.resolve(vm.id)));
+    expect(after.map((vm) => vm.state)).toEqual(['running', 'running']);
+    expect(after.filter((vm) => vm.hostId === s.b.id)).toHaveLength(1);
+    for (const vm of after) expect((vm.hostId === s.b.id ? s.remote : s.local).vms.get(vm.id)?.status).toBe('running');
+  });
+
+  for (const point of ['migrate-group.commit', 'migrate-group.start'] as const) {
+    const forward = point === 'migrate-group.start';
+    it(`a controller that died at ${point}: recovery ${forward ? 'starts the held destinations and finishes the group' : 'rolls every member back'}`, async () => {
+      let die!: (err: Error) => void;
+      const dead = new Promise<void>((_, reject) => (die = reject));
+      dead.catch(() => undefined);
+      const s = await setup(300, (p) => (p === point ? dead : undefined));
+      closers.push(async () => {
+        die(new Error('the old controller goes'));
+        await new Promise((r) => setTimeout(r, 50));
+        await s.close();
+      });
+      const task = await s.engine.migrateGroup({ members });
+      // The controller hangs at the fault point (as dead); another one on the same inventory recovers its task.
+      for (let i = 0; i < 100 && !(await s.engine.tasks.get(task.id)).message.includes('switching'); i++) await new Promise((r) => setTimeout(r, 50));
+      await new Promise((r) => setTimeout(r, 300));
+      const next = new VmEngine({ inventory: s.inventory, fleet: s.fleet, logger: silentLogger, coordination: { controllerId: s.engine.controllerId } });
+      closers.unshift(() => next.close());
+      await next.recover();
+      const recovered = await next.tasks.get(task.id);
+      expect(recovered.error?.code).toBe('TASK_INTERRUPTED');
+      for (const vm of s.vms) {
+        const after = await next.resolve(vm.id);
+        expect([after.hostId, after.state]).toEqual([forward ? s.b.id : vm.hostId, 'running']);
+        expect((forward ? s.remote : s.local).vms.get(vm.id)?.status).toBe('running');
+        expect((forward ? s.local : s.remote).vms.has(vm.id)).toBe(false);
+      }
+      for (const a of [s.fleet.agent(s.vms[0]?.hostId as string), s.fleet.agent(s.b.id)]) expect((await a.migrationProbe({ peer: null, files: [], installDefaultGuest: false })).slotsInUse).toEqual([]);
+    });
+  }
 });

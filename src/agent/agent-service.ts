@@ -19,6 +19,7 @@ import { fabricHandlers } from './fabric-handlers.ts';
 import type { LocalHostAgent } from './local-agent.ts';
 import type { LocalStorageAgent } from './local-storage-agent.ts';
 import { Locations } from './locations.ts';
+import { groupHandlers } from './live-migration/group-handlers.ts';
 import { migrationHandlers } from './live-migration/handlers.ts';
 import { MobilityHandlers } from './mobility-handlers.ts';
 import type * as Host from './types.ts';
@@ -430,6 +431,7 @@ export class AgentService implements EpochKeeper {
       },
       ...fabricHandlers({ templates: host.fabric, locations: L, specIn: (s) => this.specIn(s), specOut: (s) => this.specOut(s), runtimeOut: (rt) => this.runtimeOut(rt) }),
       ...migrationHandlers({ host, storage, locations: L, specIn: (s) => this.specIn(s), runtimeOut: (r) => this.runtimeOut(r) }),
+      ...groupHandlers({ host, runtimeOut: (r) => this.runtimeOut(r) }),
       ...this.mobility.handlers(),
     };
   }

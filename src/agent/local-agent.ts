@@ -742,7 +742,7 @@ export class LocalHostAgent {
   }
 
   /** What the VM's QEMU on this host is doing, and the migrations of it here (recovery). */
-  async migrationState(vmId: string): Promise<{ qemu: { runState: string; migration: string } | null; outgoing: { phase: string; held: boolean; switching: boolean } | null; incoming: { state: 'waiting' | 'running' | 'failed'; pid: number; runState: string | null } | null }> {
+  async migrationState(vmId: string): Promise<{ qemu: { runState: string; migration: string } | null; outgoing: { phase: string; held: boolean; switching: boolean } | null; incoming: { state: 'waiting' | 'held' | 'running' | 'failed'; pid: number; runState: string | null } | null }> {
     const vm = this.vms.get(vmId);
     let qemu: { runState: string; migration: string } | null = null;
     if (vm) {

@@ -48,7 +48,7 @@ export function registerMigrateCommands(program: Command, ctx: CommandContext): 
   vm.command('migrate')
     .description('live-migrate a running VM to another host (local disks mirrored, over a network path made for it); several names move together as a group with one switch-over; Ctrl-C cancels before the switch-over')
     .argument('<names...>')
-    .requiredOption('--to <host>', 'the destination host')
+    .requiredOption('--to <host>', 'the destination host; a group may give one per VM: A=h1,B=h2')
     .option('--max-bandwidth <rate>', 'bandwidth cap, e.g. 500M (bytes per second)')
     .option('--downtime-limit <ms>', 'the longest stop at the switch-over QEMU plans for', intOption('--downtime-limit'))
     .option('--postcopy <mode>', 'auto (when pre-copy does not converge), never, always', choice('--postcopy', ['auto', 'never', 'always'] as const))
@@ -69,7 +69,7 @@ export function registerMigrateCommands(program: Command, ctx: CommandContext): 
         if (o.autoConverge) request.autoConverge = true;
         if (o.timeout !== undefined) request.timeoutS = o.timeout;
         if (o.storage) request.storage = o.storage;
-        if (names.length > 1 || o.mode) return migrateGroupCommand(client, names, o, request);
+        if (names.length > 1 || o.mode || o.to.includes('=')) return migrateGroupCommand(client, names, o, request);
         const name = names[0] as string;
         const started = await new MigrateClient(client).migrate(name, request);
         const taskId = started.task?.id as string;

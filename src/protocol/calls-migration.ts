@@ -7,7 +7,8 @@
 //   both         migrationProbe   addresses, path slots in use, files present (content ids), room
 //   both         openPath         this host's end of the per-operation path (VXLAN + one-time TLS-PSK key)
 //   destination  prepareIncoming  target disks, a QEMU waiting (-incoming -S), NBD exports, migrate-incoming
-//   destination  awaitIncoming    until the guest runs there (the agent resumes it itself) or the migration failed
+//   destination  awaitIncoming    until the guest runs there (the agent resumes it itself; a group's holdAfter
+//                                 keeps it paused until startIncoming, calls-group.ts) or the migration failed
 //   source       migrateOut       disk mirrors (write-blocking), pre-copy with convergence watching, post-copy
 //                                 when asked or needed, pre-switchover (mirrors completed, hold if asked), done
 //   source       setMigrationSpeed / continueMigration   while migrateOut runs
@@ -120,7 +121,7 @@ export const migrationStateSchema = z.object({
   /** A migrateOut of this VM is running here, and in which phase. */
   outgoing: z.object({ phase: z.string(), held: z.boolean(), switching: z.boolean() }).nullable(),
   /** An incoming QEMU of this VM waits or has finished here. */
-  incoming: z.object({ state: z.enum(['waiting', 'running', 'failed']), pid: z.number().int(), runState: z.string().nullable() }).nullable(),
+  incoming: z.object({ state: z.enum(['waiting', 'held', 'running', 'failed']), pid: z.number().int(), runState: z.string().nullable() }).nullable(),
 });
 
 export const MIGRATION_CALLS = {
@@ -142,7 +143,7 @@ export const MIGRATION_CALLS = {
   pathCounters: call("byte counters of an operation's path link and of the management device under it", z.object({ operationId: operationIdSchema }), z.object({ link: linkCountersSchema, management: linkCountersSchema, linkName: z.string(), device: z.string() }), true),
   prepareIncoming: operation(
     'destination: creates the target disks, starts a QEMU waiting for the migration (-incoming, -S) with an owned RAM file, TLS from the path, NBD exports of the targets on the path address, and listens for the migration there',
-    { vmId: vmIdSchema, name: nameSchema, spec: vmSpecSchema, disks: z.array(incomingDiskSchema).max(16), pathId: operationIdSchema, postcopy: z.boolean(), multifdChannels: z.number().int().min(1).max(16), tls: z.boolean(), resume: z.boolean() },
+    { vmId: vmIdSchema, name: nameSchema, spec: vmSpecSchema, disks: z.array(incomingDiskSchema).max(16), pathId: operationIdSchema, postcopy: z.boolean(), multifdChannels: z.number().int().min(1).max(16), tls: z.boolean(), resume: z.boolean(), holdAfter: z.boolean().default(false).describe('keep the guest paused after the migration completed, until startIncoming (a group migration)') },
     z.object({ runtime: vmRuntimeSchema, migration: endpointSchema, nbd: endpointSchema.nullable(), exports: z.array(z.string()) }),
   ),
   awaitIncoming: operation('destination: waits until the migrated guest runs here (this agent resumes it as soon as the migration completes, or at the start of post-copy) or the migration failed', { vmId: vmIdSchema }, incomingResultSchema),

@@ -48,6 +48,7 @@ import {
 } from './schemas.ts';
 import { FABRIC_CALLS } from './calls-fabric.ts';
 import { MOBILITY_CALLS } from './calls-mobility.ts';
+import { GROUP_CALLS } from './calls-group.ts';
 
 export const operationStates = ['running', 'succeeded', 'failed', 'cancelled'] as const;
 export const operationStateSchema = z.enum(operationStates);
@@ -182,6 +183,8 @@ export const AGENT_CALLS = {
   ...MIGRATION_CALLS,
   // Mobility: copies between hosts, content ids across hosts (calls-mobility.ts)
   ...MOBILITY_CALLS,
+  // A group migration's switch-over (calls-group.ts)
+  ...GROUP_CALLS,
 } as const;
 
 export type AgentCalls = typeof AGENT_CALLS;

@@ -10,6 +10,7 @@ export * from './calls.ts';
 export * from './calls-fabric.ts';
 export * from './calls-migration.ts';
 export * from './calls-mobility.ts';
+export * from './calls-group.ts';
 export * from './wire-error.ts';
 export * from './parse.ts';
 export { OperationTable, OperationNotFoundError } from './operations.ts';

@@ -28,7 +28,8 @@ import type { ForkJournal } from './fork/index.ts';
 import { recoverFork } from './fork/index.ts';
 import type { HostRecord } from './hosts/index.ts';
 import { isVmId } from './ids.ts';
-import { recoverMigration } from './migrate/index.ts';
+import { recoverGroup, recoverMigration } from './migrate/index.ts';
+import type { GroupJournal } from './migrate/index.ts';
 import type { MigrateJournal } from './migrate/index.ts';
 import type { TaskRecord, VmRecord } from './records.ts';
 import { isLive } from './state.ts';
@@ -76,13 +77,8 @@ export class Recovery {
     this.register('template.create', (task, journal) => this.recoverFreeze(task, journal as ForkJournal | undefined));
     this.register('vm.restore', (task, journal) => this.recoverRestore(task, journal as RestoreJournal | undefined));
     this.register('vm.migrate', async (_task, journal) => (journal ? recoverMigration(this.ctx, journal as MigrateJournal, this.ctx.logger) : 'nothing to roll back'));
-    // A group migration: each member as a single migration.
-    this.register('vm.migrate-group', async (_task, journal) => {
-      const members = (journal as { members?: MigrateJournal[] } | undefined)?.members ?? [];
-      const done: string[] = [];
-      for (const m of members) done.push(await recoverMigration(this.ctx, m, this.ctx.logger));
-      return done.length ? done.join('; ') : 'nothing to roll back';
-    });
+    // A group migration: rolled back before its start, finished after it (recover-group.ts).
+    this.register('vm.migrate-group', (_task, journal) => recoverGroup(this.ctx, journal as GroupJournal | undefined, this.ctx.logger));
   }
 
   register(kind: string, handler: TaskRecovery): void {

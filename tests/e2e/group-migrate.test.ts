@@ -7,8 +7,11 @@
 // a group back to lab1 where one member cannot complete (lab1 refuses its
 // destination: files of the VM are already there), in consistent mode: both
 // run on at lab2 in the same QEMUs, lab1 has no QEMU, RAM file or path of
-// either. Then the same with one member's destination QEMU killed during its
-// pre-copy.
+// either. Then a group of three back to lab1 (`--to A=lab1,lab1`) where one
+// member's destination QEMU is SIGKILLed after every member completed, before
+// the group's start: all three run on at lab2 in the same QEMUs (the completed
+// ones reverted from postmigrate), counters going on, nothing at lab1. Then
+// one member's destination QEMU killed during its pre-copy.
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
@@ -61,9 +64,10 @@ describe('group migration between lab hosts', () => {
   const names = ['ogr-a', 'ogr-b'];
 
   let fleet: LabFleet | undefined;
+  const faults = new Map<string, () => Promise<void>>();
 
   beforeAll(async () => {
-    fleet = await startLabFleet(prefix, subnet, { hostHeartbeatMs: 500, hostLeaseMs: 5_000 });
+    fleet = await startLabFleet(prefix, subnet, { hostHeartbeatMs: 500, hostLeaseMs: 5_000, faults: (point) => faults.get(point)?.() });
     ({ t, lab } = fleet);
   }, 180_000);
 
@@ -106,6 +110,45 @@ describe('group migration between lab hosts', () => {
     }
     expect(pathLinks(lab1.namespace)).toEqual([]);
     expect(pathLinks(lab2.namespace)).toEqual([]);
+  }, 400_000);
+
+  it('consistent: a destination QEMU killed after every member completed, before the start: all three run on at their source in the same QEMUs', async () => {
+    const client = t.client();
+    const [lab1, lab2] = lab.hosts as [UpResult['hosts'][number], UpResult['hosts'][number]];
+    const three = [...names, 'ogr-c'];
+    await client.createVm({ name: 'ogr-c', memory: '256M', host: 'lab2', start: true });
+    await eventually(async () => (await client.getVm('ogr-c')).state === 'running', 150_000, 'ogr-c to run');
+    await sh(client, 'ogr-c', 'mkdir -p /mnt/ram && mount -t tmpfs -o size=16m tmpfs /mnt/ram && (i=0; while true; do i=$((i+1)); echo $i > /mnt/ram/counter; sleep 0.05; done) >/dev/null 2>&1 &');
+    const before = await Promise.all(three.map((n) => client.getVm(n)));
+    let killed: number | null = null;
+    faults.set('migrate-group.arrived', async () => {
+      killed = qemuIn(lab1.namespace, before[1]?.id as string);
+      if (killed === null) return;
+      process.kill(killed, 'SIGKILL');
+      await eventually(async () => !existsSync(`/proc/${killed}`), 10_000, 'the killed QEMU to go');
+    });
+    try {
+      const out = await t.cli(['vm', 'migrate', ...three, '--to', `${three[0]}=lab1,lab1`, '--max-bandwidth', '1G', '--json']);
+      expect(out.code).not.toBe(0);
+      expect(`${out.stdout}${out.stderr}`).toContain('GROUP_MIGRATION_FAILED');
+    } finally {
+      faults.delete('migrate-group.arrived');
+    }
+    expect(killed).not.toBeNull();
+    for (const [i, name] of three.entries()) {
+      const after = (await client.getVm(name)) as VmRecord & { host: string };
+      expect([after.host, after.state, after.runtime?.pid]).toEqual(['lab2', 'running', before[i]?.runtime?.pid]);
+      expect(processInNamespace(after.runtime?.pid as number, lab2.namespace)).toBe(true);
+      const c1 = await counter(client, name);
+      await eventually(async () => (await counter(client, name)) > c1 + 3, 30_000, `the counter of ${name} to go on`);
+      expect(qemuIn(lab1.namespace, after.id)).toBeNull();
+      expect(existsSync(join(lab1.home, 'vms', after.id))).toBe(false);
+      expect(readdirSync(lab1.memoryDir).filter((f) => f.startsWith(after.id))).toEqual([]);
+    }
+    expect(pathLinks(lab1.namespace)).toEqual([]);
+    expect(pathLinks(lab2.namespace)).toEqual([]);
+    await client.killVm('ogr-c');
+    await client.deleteVm('ogr-c');
   }, 400_000);
 
   it('consistent: when one member cannot complete, both run on at their source in the same QEMUs and nothing is left at the destination', async () => {

@@ -2,18 +2,21 @@
 // agents: lab hosts, each `offshoot agent serve` in its own network namespace,
 // reached over HTTP; the migration and the disk mirror go over a VXLAN path
 // made for each operation, with TLS-PSK. The fake pair passes the same suite
-// (src/protocol/testing/fake-migration.test.ts). Nothing of the lab is left.
+// (src/protocol/testing/fake-migration.test.ts), and the group switch-over
+// contract (src/protocol/contract-group.ts) likewise. Nothing of the lab is left.
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { agentTokenFile } from '../../src/lab/agent-command.ts';
 import { labDown, labUp } from '../../src/lab/lab.ts';
 import { httpAgentClient } from '../../src/protocol/index.ts';
 import { runMigrationContract } from '../../src/protocol/contract-migration.ts';
+import type { MigrationContractTarget } from '../../src/protocol/contract-migration.ts';
+import { runGroupContract } from '../../src/protocol/contract-group.ts';
 
 const prefix = `omc${randomBytes(2).toString('hex').slice(0, 3)}`;
 const subnet = `10.213.${150 + ((randomBytes(1)[0] as number) % 30)}.0/24`;
 
-runMigrationContract('two real agents on lab hosts', async () => {
+async function labPair(): Promise<MigrationContractTarget> {
   const dir = mkdtempSync(`/tmp/${prefix}-`);
   const lab = await labUp(2, { dir, prefix, subnet }, dir);
   const client = (i: number) => {
@@ -36,4 +39,8 @@ runMigrationContract('two real agents on lab hosts', async () => {
       rmSync(dir, { recursive: true, force: true });
     },
   };
-});
+}
+
+runMigrationContract('two real agents on lab hosts', labPair);
+// The group switch-over calls (holdAfter, startIncoming, revertOutgoing, setMigrationParameters).
+runGroupContract('two real agents on lab hosts', labPair);

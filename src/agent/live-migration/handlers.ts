@@ -78,6 +78,7 @@ export function migrationHandlers(deps: MigrationHandlerDeps): MigrationHandlers
         multifdChannels: r.multifdChannels,
         tls: r.tls,
         resume: r.resume,
+        holdAfter: r.holdAfter,
       });
       return { ...prepared, runtime: deps.runtimeOut(prepared.runtime) };
     },

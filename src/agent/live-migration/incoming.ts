@@ -16,6 +16,12 @@
 // whatever of it is left: the QEMU, its RAM file, the VM's folder here (the
 // target images) and the exports (they die with QEMU). Until the guest runs
 // here, the source is the VM.
+// A group member's destination is prepared with `holdAfter`: when its
+// migration completes the QEMU stays paused (-S: QEMU sets `paused`, and with
+// late-block-activate its disks stay inactive) and the entry is `held` until
+// start() (startIncoming: `cont` activates the disks and runs the guest; the
+// QEMU becomes the VM's) or abort(). A held QEMU that ends turns the entry
+// `failed`, so a group sees it before its start.
 import { rm, stat, statfs } from 'node:fs/promises';
 import { OffshootError, keepAlive, sleep } from '../../common/index.ts';
 import { createImage } from '../../qemu/index.ts';
@@ -49,6 +55,8 @@ export interface PrepareIncomingRequest {
   tls: boolean;
   /** The VM ran at the source: run it here as soon as the migration completes. */
   resume: boolean;
+  /** Keep the guest paused after the migration completed (disks inactive), until start() (a group's switch-over). */
+  holdAfter?: boolean;
 }
 
 export interface IncomingOutcome {
@@ -61,7 +69,8 @@ interface Incoming {
   vm: RunningVm;
   runtime: VmRuntime;
   exports: string[];
-  state: 'waiting' | 'running' | 'failed';
+  /** held: the migration completed, the guest is kept paused until start() (or abort()). */
+  state: 'waiting' | 'held' | 'running' | 'failed';
   outcome: Promise<IncomingOutcome>;
   /** Set while the guest is being handed to this host's VMs. */
   error: OffshootError | null;
@@ -113,7 +122,7 @@ export class IncomingMigrations {
       const events = vm.qmp.events(['MIGRATION', 'RESUME']);
       await vm.qmp.execute('migrate-incoming', { uri: `tcp:${end.localAddress}:${MIGRATION_PORT}` });
       const entry: Incoming = { vm, runtime: launched.runtime, exports, state: 'waiting', outcome: Promise.resolve(null as never), error: null };
-      entry.outcome = this.watch(vmId, entry, events, request.resume);
+      entry.outcome = this.watch(vmId, entry, events, request.resume, request.holdAfter ?? false);
       entry.outcome.catch(() => undefined);
       this.incoming.set(vmId, entry);
       this.host.logger.info({ vmId, pid: vm.process.pid, listen: `${end.localAddress}:${MIGRATION_PORT}`, nbd, postcopy: request.postcopy }, 'waiting for an incoming migration');
@@ -138,8 +147,10 @@ export class IncomingMigrations {
   }
 
   /** Follows the incoming QEMU until the guest runs here, or the migration fails or the QEMU ends. */
-  private async watch(vmId: string, entry: Incoming, events: ReturnType<RunningVm['qmp']['events']>, resume: boolean): Promise<IncomingOutcome> {
+  private async watch(vmId: string, entry: Incoming, events: ReturnType<RunningVm['qmp']['events']>, runAfter: boolean, holdAfter: boolean): Promise<IncomingOutcome> {
     const { vm } = entry;
+    // Held: QEMU (started with -S) completes the migration and stays paused, its disks inactive (late-block-activate).
+    const resume = runAfter && !holdAfter;
     let resumedAt: string | null = null;
     let completed = false;
     let contSent = false;
@@ -175,8 +186,17 @@ export class IncomingMigrations {
     } finally {
       events.close();
     }
-    // The guest runs here (or stays paused, as it was): this QEMU is the VM's now.
     await stopExports(vm.qmp, entry.exports);
+    if (holdAfter) {
+      entry.state = 'held';
+      // A held QEMU that ends (killed) can no longer be started: the group sees it failed before its start.
+      void vm.exited.then(() => {
+        if (entry.state === 'held') entry.state = 'failed';
+      });
+      this.host.logger.info({ vmId, pid: vm.process.pid }, 'incoming migration completed; the guest is held paused until started');
+      return { runtime: entry.runtime, resumedAt: null, running: false };
+    }
+    // The guest runs here (or stays paused, as it was): this QEMU is the VM's now.
     entry.state = 'running';
     this.host.track(vm);
     this.host.logger.info({ vmId, pid: vm.process.pid, resumedAt }, 'incoming migration completed; the VM runs here');
@@ -193,8 +213,33 @@ export class IncomingMigrations {
     });
     aborted.catch(() => undefined);
     const outcome = await Promise.race([entry.outcome, aborted]);
-    this.incoming.delete(vmId);
+    if (entry.state !== 'held') this.incoming.delete(vmId);
     return outcome;
+  }
+
+  /** startIncoming: a held guest (its migration completed, kept paused) runs here now; this QEMU becomes the VM's. */
+  async start(vmId: string): Promise<IncomingOutcome> {
+    const entry = this.incoming.get(vmId);
+    if (!entry || entry.state !== 'held') throw new MigrationRefusedError(`no incoming migration of VM ${vmId} is held on this host${entry ? ` (it is ${entry.state})` : ''}`, { vmId, state: entry?.state ?? null });
+    const { vm } = entry;
+    const events = vm.qmp.events(['RESUME']);
+    try {
+      // cont activates the disks (late-block-activate) and runs the guest.
+      await vm.qmp.cont();
+      const resumed = await Promise.race([events.next(), vm.exited.then(() => 'exited' as const), sleep(10_000).then(() => 'timeout' as const)]);
+      if (resumed === 'exited' || resumed === 'timeout' || resumed.done) throw new OffshootError('MIGRATION_FAILED', `the held guest of VM ${vmId} did not run here (${typeof resumed === 'string' ? resumed : 'no RESUME event'})`, { vmId, step: 'start' }, 500);
+      entry.state = 'running';
+      this.incoming.delete(vmId);
+      this.host.track(vm);
+      const resumedAt = eventTime(resumed.value);
+      this.host.logger.info({ vmId, pid: vm.process.pid, resumedAt }, 'held incoming guest started; the VM runs here');
+      return { runtime: entry.runtime, resumedAt, running: true };
+    } catch (err) {
+      if (err instanceof OffshootError) throw err;
+      throw new OffshootError('MIGRATION_FAILED', `the held guest of VM ${vmId} could not be started: ${(err as Error).message}`, { vmId, step: 'start' }, 500);
+    } finally {
+      events.close();
+    }
   }
 
   /** Removes an incoming migration that did not make the guest run here: its QEMU, RAM file and files. */
@@ -228,7 +273,8 @@ export class IncomingMigrations {
 
   /** Incoming migrations still waiting (kept from garbage collection and orphan reaping). */
   busy(vmId: string): boolean {
-    return this.incoming.get(vmId)?.state === 'waiting';
+    const state = this.incoming.get(vmId)?.state;
+    return state === 'waiting' || state === 'held';
   }
 
   /** At agent close: nothing to do (a waiting QEMU is an orphan for the next agent, which reaps it). */

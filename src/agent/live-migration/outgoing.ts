@@ -4,7 +4,9 @@
 //   disks     each copied disk is mirrored into its export at the destination
 //             (blockdev-mirror, write-blocking: guest writes go to both, so a
 //             busy disk converges), until every mirror is READY
-//   memory    pre-copy (`migrate` with pause-before-switchover), watched by
+//   memory    (a group member, `hold`: its dirty rate sampled first with
+//             calc-dirty-rate, reported during the first pass where QEMU has
+//             none) pre-copy (`migrate` with pause-before-switchover), watched by
 //             the ConvergenceWatch: post-copy when asked or when pre-copy stops
 //             converging (auto), a cancel past the time budget
 //   switch    at `pre-switchover` the guest is stopped: the mirrors complete
@@ -17,6 +19,11 @@
 // back: the migration is cancelled, the mirrors dropped, and the guest runs
 // on here with its disks as they were (they were never the destination's).
 // After it, a cancel is too late and is ignored: the switch-over finishes.
+// While it runs, setParameters (setMigrationParameters) changes its bandwidth
+// cap and downtime limit (a group's pacer). After it completed, revert()
+// (revertOutgoing) undoes it when the destination never ran the guest (a
+// group sent back before its start): QEMU's `cont` from `postmigrate`
+// re-activates the disks the completion inactivated, and the guest runs on.
 import { OffshootError, sleep } from '../../common/index.ts';
 import type { Logger } from '../../common/index.ts';
 import type { QmpClient, QmpEvent } from '../../qemu/index.ts';
@@ -92,6 +99,7 @@ interface Outgoing {
   release: () => void;
   released: Promise<void>;
   speed: number;
+  downtimeLimitMs: number;
   diskDone: number;
   diskTotal: number;
 }
@@ -102,6 +110,25 @@ const CANCELLABLE = new Set(['setup', 'active', 'pre-switchover', 'device', 'wai
 function eventTime(event: QmpEvent): string {
   const t = event.timestamp;
   return t && t.seconds > 0 ? new Date(t.seconds * 1000 + Math.floor(t.microseconds / 1000)).toISOString() : new Date().toISOString();
+}
+
+/**
+ * The guest's dirty rate in bytes per second, sampled by QEMU (calc-dirty-rate, page sampling, 1 s) before a
+ * group member's migration starts; null when QEMU cannot tell.
+ */
+async function sampleDirtyRate(qmp: QmpClient, logger: Logger, vmId: string): Promise<number | null> {
+  try {
+    await qmp.execute('calc-dirty-rate', { 'calc-time': 1 });
+    const deadline = Date.now() + 5_000;
+    while (Date.now() < deadline) {
+      await sleep(250);
+      const q = await qmp.execute<{ status: string; 'dirty-rate'?: number }>('query-dirty-rate');
+      if (q.status === 'measured') return (q['dirty-rate'] ?? 0) * 2 ** 20;
+    }
+  } catch (err) {
+    logger.warn({ vmId, err: (err as Error).message }, 'cannot sample the dirty rate');
+  }
+  return null;
 }
 
 export class OutgoingMigrations {
@@ -131,7 +158,7 @@ export class OutgoingMigrations {
     const end = this.host.paths.end(request.pathId, 'client');
     let release!: () => void;
     const released = new Promise<void>((resolve) => (release = resolve));
-    const o: Outgoing = { phase: 'disks', held: false, switching: false, mirrors: [], release, released, speed: tuning.maxBandwidthBytesPerSecond, diskDone: 0, diskTotal: 0 };
+    const o: Outgoing = { phase: 'disks', held: false, switching: false, mirrors: [], release, released, speed: tuning.maxBandwidthBytesPerSecond, downtimeLimitMs: tuning.downtimeLimitMs, diskDone: 0, diskTotal: 0 };
     this.out.set(vmId, o);
     const wasRunning = (await qmp.queryStatus()).running;
     const t0 = performance.now();
@@ -167,7 +194,9 @@ export class OutgoingMigrations {
       o.phase = 'memory';
       const postcopyAllowed = tuning.postcopy !== 'never';
       const multifd = postcopyAllowed ? 1 : tuning.multifdChannels;
-      await configureSource(qmp, { maxBandwidthBytesPerSecond: o.speed, downtimeLimitMs: tuning.downtimeLimitMs, postcopy: postcopyAllowed, autoConverge: tuning.autoConverge, multifdChannels: multifd, tls });
+      // A group member: its guest's dirty rate is sampled first, since QEMU measures none during the first pass (the group's pacer needs it to tell a busy member from an idle one).
+      const sampledDirty = request.hold ? await sampleDirtyRate(qmp, this.logger, vmId) : null;
+      await configureSource(qmp, { maxBandwidthBytesPerSecond: o.speed, downtimeLimitMs: o.downtimeLimitMs, postcopy: postcopyAllowed, autoConverge: tuning.autoConverge, multifdChannels: multifd, tls });
       await qmp.execute('migrate', { uri: `tcp:${request.migration.host}:${request.migration.port}` });
       const watch = new ConvergenceWatch({ postcopy: tuning.postcopy, timeoutMs: Math.max(1_000, deadline - Date.now()) });
       const memoryStart = performance.now();
@@ -197,7 +226,7 @@ export class OutgoingMigrations {
           remainingBytes: remaining,
           transferredBytes: stats.transferredBytes,
           totalBytes: stats.totalBytes,
-          dirtyBytesPerSecond: stats.dirtyPagesRate * stats.pageSize,
+          dirtyBytesPerSecond: stats.passes <= 1 && sampledDirty !== null ? Math.max(sampledDirty, stats.dirtyPagesRate * stats.pageSize) : stats.dirtyPagesRate * stats.pageSize,
           bandwidthBytesPerSecond: (stats.mbps * 1e6) / 8,
           expectedDowntimeMs: stats.expectedDowntimeMs,
           diskDoneBytes: o.diskDone,
@@ -316,6 +345,42 @@ export class OutgoingMigrations {
     if (!o) throw new MigrationRefusedError(`VM ${vmId} is not being migrated from this host`, { vmId });
     o.speed = bytesPerSecond;
     return setMigrationSpeed(this.host.running(vmId).qmp, bytesPerSecond, o.mirrors);
+  }
+
+  /** setMigrationParameters: a running migration's downtime limit and bandwidth cap (applied at once if its memory phase runs, else when it starts). */
+  async setParameters(vmId: string, change: { downtimeLimitMs?: number; maxBandwidthBytesPerSecond?: number }): Promise<{ downtimeLimitMs: number; maxBandwidthBytesPerSecond: number }> {
+    const o = this.out.get(vmId);
+    if (!o) throw new MigrationRefusedError(`VM ${vmId} is not being migrated from this host`, { vmId });
+    const qmp = this.host.running(vmId).qmp;
+    if (change.maxBandwidthBytesPerSecond !== undefined) {
+      o.speed = change.maxBandwidthBytesPerSecond;
+      await setMigrationSpeed(qmp, o.speed, o.mirrors);
+    }
+    if (change.downtimeLimitMs !== undefined) {
+      o.downtimeLimitMs = change.downtimeLimitMs;
+      // Before `migrate` (disks still mirroring) configureSource applies it; QEMU reads it at each rate period.
+      if (o.phase !== 'disks') await qmp.execute('migrate-set-parameters', { 'downtime-limit': Math.round(o.downtimeLimitMs) });
+    }
+    return { downtimeLimitMs: o.downtimeLimitMs, maxBandwidthBytesPerSecond: o.speed };
+  }
+
+  /**
+   * revertOutgoing: a migration that completed here whose destination never ran the guest (the controller
+   * removed its held destination) is undone: QEMU's `cont` from `postmigrate` re-activates the disks the
+   * completion inactivated and runs the guest on here. A migration that failed or was cancelled left the
+   * guest running (QEMU restarts it) or stopped: it runs again. Idempotent.
+   */
+  async revert(vmId: string, resume = true): Promise<string> {
+    if (this.out.has(vmId)) throw new MigrationRefusedError(`the migration of VM ${vmId} still runs here: stop it with abortOutgoing`, { vmId });
+    const vm = this.host.running(vmId);
+    const status = (await queryMigrate(vm.qmp).catch(() => null))?.status ?? 'unknown';
+    const run = await vm.qmp.queryStatus();
+    if (run.running) return 'running';
+    if (!['completed', 'failed', 'cancelled'].includes(status)) throw new OffshootError('ILLEGAL_STATE', `the migration of VM ${vmId} is ${status}; only a finished one can be reverted`, { vmId, state: status, required: ['completed', 'failed', 'cancelled'] }, 409);
+    // A guest paused before stays paused: the `cont` that runs it later re-activates its disks.
+    if (resume) await vm.qmp.cont();
+    this.logger.warn({ vmId, status, runState: run.status, resume }, 'outgoing migration reverted; the VM runs on here');
+    return status;
   }
 
   continue(vmId: string): void {

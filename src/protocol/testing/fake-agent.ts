@@ -17,7 +17,9 @@ import type { DiskSource, VmDisk, VmRuntime, VmSpec } from '../schemas.ts';
 import { AGENT_CAPABILITIES, PROTOCOL_VERSION } from '../version.ts';
 import { exportedCheckpoint, fakeFabricHandlers } from './fake-fabric.ts';
 import type { FakeHostTemplate } from './fake-fabric.ts';
-import { fakeMigrationHandlers } from './fake-migration.ts';
+import { fakeGroupHandlers } from './fake-group.ts';
+import { fakeMigrationHandlers, fakeMigrationState } from './fake-migration.ts';
+import type { FakeMigrationHost } from './fake-migration.ts';
 import type { DiskMetaData } from '../schemas.ts';
 import { fakeContentId, fakeHash, fakeMobilityHandlers, fakeToken } from './fake-mobility.ts';
 import type { FakeHostFiles } from './fake-mobility.ts';
@@ -182,6 +184,16 @@ export class FakeAgent implements EpochKeeper, FakeHostFiles {
       await this.gates.get(call);
       return fn();
     };
+    const migrationHost: FakeMigrationHost = {
+      hostId: this.hostId,
+      vms: this.vms,
+      files: this.files,
+      managementAddress: this.options.managementAddress ?? `10.254.${parseInt(createHash('sha256').update(this.hostId).digest('hex').slice(0, 4), 16) % 250}.${1 + (parseInt(createHash('sha256').update(this.hostId).digest('hex').slice(4, 8), 16) % 250)}`,
+      migrateMs: this.options.migrateMs ?? 0,
+      runtime: (vmId, memory) => this.runtime(vmId, memory),
+      check: (call) => this.check(call),
+    };
+    const migrations = fakeMigrationState();
     const h: AgentHandlers = {
       hostInfo: () =>
         wrap('hostInfo', () => ({
@@ -612,15 +624,8 @@ export class FakeAgent implements EpochKeeper, FakeHostFiles {
         wrap,
         op,
       }),
-      ...fakeMigrationHandlers({
-        hostId: this.hostId,
-        vms: this.vms,
-        files: this.files,
-        managementAddress: this.options.managementAddress ?? `10.254.${parseInt(createHash('sha256').update(this.hostId).digest('hex').slice(0, 4), 16) % 250}.${1 + (parseInt(createHash('sha256').update(this.hostId).digest('hex').slice(4, 8), 16) % 250)}`,
-        migrateMs: this.options.migrateMs ?? 0,
-        runtime: (vmId, memory) => this.runtime(vmId, memory),
-        check: (call) => this.check(call),
-      }),
+      ...fakeMigrationHandlers(migrationHost, migrations),
+      ...fakeGroupHandlers(migrationHost, migrations),
       ...fakeMobilityHandlers(this),
     };
     return h;

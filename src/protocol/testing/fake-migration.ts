@@ -32,6 +32,8 @@ interface Wire {
   destination: string;
   vmId: string;
   resume: boolean;
+  /** Keep the guest paused after completion, until startIncoming (fake-group.ts). */
+  holdAfter: boolean;
   done: (outcome: { ok: true } | { ok: false; error: OffshootError }) => void;
   outcome: Promise<{ ok: true } | { ok: false; error: OffshootError }>;
 }
@@ -45,12 +47,21 @@ function refused(message: string, vmId: string): OffshootError {
 
 type MigrationHandlers = Pick<AgentHandlers, keyof typeof MIGRATION_CALLS>;
 
-export function fakeMigrationHandlers(host: FakeMigrationHost): MigrationHandlers {
+/** One fake agent's migrations, shared with its group handlers (fake-group.ts). */
+export interface FakeMigrationState {
+  incoming: Map<string, { wire: Wire; runtime: VmRuntime; disks: Locator[]; state: 'waiting' | 'held' | 'running' | 'failed' }>;
+  outgoing: Map<string, { phase: string; held: boolean; switching: boolean; release: () => void; released: Promise<void>; downtimeLimitMs: number; speed: number }>;
+  /** VMs whose migration from here completed (their QEMU stays, stopped, until finishOutgoing), and whether the guest ran before. */
+  completed: Map<string, { wasRunning: boolean }>;
+}
+
+export function fakeMigrationState(): FakeMigrationState {
+  return { incoming: new Map(), outgoing: new Map(), completed: new Map() };
+}
+
+export function fakeMigrationHandlers(host: FakeMigrationHost, state: FakeMigrationState = fakeMigrationState()): MigrationHandlers {
   const ends = new Map<string, DataPathEndData & { plan: DataPathPlanData }>();
-  const incoming = new Map<string, { wire: Wire; runtime: VmRuntime; disks: Locator[]; state: 'waiting' | 'running' | 'failed' }>();
-  const outgoing = new Map<string, { phase: string; held: boolean; switching: boolean; release: () => void; released: Promise<void> }>();
-  /** VMs whose migration from here completed (their QEMU stays, stopped, until finishOutgoing). */
-  const completed = new Set<string>();
+  const { incoming, outgoing, completed } = state;
   const wrap = async <T>(call: CallName, fn: () => T | Promise<T>): Promise<T> => {
     host.check(call);
     return fn();
@@ -105,7 +116,7 @@ export function fakeMigrationHandlers(host: FakeMigrationHost): MigrationHandler
         const runtime = host.runtime(r.vmId, { mode: 'owned', templateId: null });
         let done!: Wire['done'];
         const outcome = new Promise<{ ok: true } | { ok: false; error: OffshootError }>((resolve) => (done = resolve));
-        const wire: Wire = { destination: host.hostId, vmId: r.vmId, resume: r.resume, done, outcome };
+        const wire: Wire = { destination: host.hostId, vmId: r.vmId, resume: r.resume, holdAfter: r.holdAfter, done, outcome };
         wires.set(r.pathId, wire);
         incoming.set(r.vmId, { wire, runtime, disks: r.disks.map((d) => d.file), state: 'waiting' });
         host.vms.set(r.vmId, { status: 'paused', runtime, name: r.name, incoming: true });
@@ -121,6 +132,10 @@ export function fakeMigrationHandlers(host: FakeMigrationHost): MigrationHandler
         if (!outcome.ok) {
           entry.state = 'failed';
           throw outcome.error;
+        }
+        if (entry.wire.holdAfter) {
+          entry.state = 'held';
+          return { runtime: entry.runtime, resumedAt: null, running: false };
         }
         entry.state = 'running';
         incoming.delete(r.vmId);
@@ -152,7 +167,7 @@ export function fakeMigrationHandlers(host: FakeMigrationHost): MigrationHandler
         if (!end || end.role !== 'client') throw new OffshootError('DATA_PATH_FAILED', `no client end of the data path of operation ${r.pathId} on this host`, { operationId: r.pathId }, 500);
         let release!: () => void;
         const released = new Promise<void>((resolve) => (release = resolve));
-        const o = { phase: r.disks.length ? 'disks' : 'memory', held: false, switching: false, release, released };
+        const o = { phase: r.disks.length ? 'disks' : 'memory', held: false, switching: false, release, released, downtimeLimitMs: r.tuning.downtimeLimitMs, speed: r.tuning.maxBandwidthBytesPerSecond };
         outgoing.set(r.vmId, o);
         const cancelled = () => new OffshootError('TASK_CANCELLED', `the migration of VM ${r.vmId} was cancelled`, { vmId: r.vmId }, 409);
         const progress = { pass: 0, remainingBytes: 2 ** 28, transferredBytes: 0, totalBytes: 2 ** 28, dirtyBytesPerSecond: 0, bandwidthBytesPerSecond: 2 ** 30, expectedDowntimeMs: 10, diskDoneBytes: 0, diskTotalBytes: r.disks.length * 2 ** 20, throttlePercent: 0 };
@@ -185,7 +200,7 @@ export function fakeMigrationHandlers(host: FakeMigrationHost): MigrationHandler
           o.switching = true;
           wires.delete(r.pathId);
           wire.done({ ok: true });
-          completed.add(r.vmId);
+          completed.set(r.vmId, { wasRunning });
           return { status: 'completed', downtimeMs: 5, totalTimeMs: host.migrateMs + 10, setupTimeMs: 1, passes: 2, memoryBytes: 2 ** 28, memoryTotalBytes: 2 ** 28, zeroPages: 0, postcopy: r.tuning.postcopy === 'always', postcopyReason: r.tuning.postcopy === 'always' ? 'post-copy was asked for' : null, postcopyRequests: 0, diskBytes: r.disks.length * 2 ** 20, mirrorMs: r.disks.length ? 1 : null, stoppedAt: new Date().toISOString(), multifdChannels: r.tuning.postcopy === 'never' ? r.tuning.multifdChannels : 1, throttlePercent: 0, converged: r.tuning.postcopy !== 'always' };
         } finally {
           outgoing.delete(r.vmId);

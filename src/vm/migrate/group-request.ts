@@ -20,8 +20,9 @@ export const groupMigrateRequestSchema = migrateRequestSchema
   .omit({ to: true, host: true, postcopy: true })
   .extend({
     members: z.array(groupMemberSchema).min(1).max(32).describe('the VMs that move together, each with its destination'),
+    downtimeLimitMs: z.number().int().min(1).max(600_000).default(150).describe("the longest stop QEMU plans for at each member's switch-over (a group's default is lower than a single migration's: the barrier and the group's start add to every member's stop)"),
     mode: z.enum(GROUP_MODES).default('consistent').describe('consistent: all members move or none (default); available: the members that reached their switch-over move, the others stay'),
-    windowMs: z.number().int().min(50).max(600_000).default(500).describe('members whose pre-copy would end more than this before the slowest one are slowed down'),
+    windowMs: z.number().int().min(50).max(600_000).default(150).describe('members whose pre-copy would end more than this before the slowest one are braked (guest running) until the slowest is this close'),
   })
   .strict();
 export type GroupMigrateRequest = z.output<typeof groupMigrateRequestSchema>;

@@ -11,6 +11,7 @@ export type { MigrateResult } from './run-migration.ts';
 export type { MigrationProgress } from './transfer.ts';
 export type { MigrateJournal } from './migrate-journal.ts';
 export { recoverMigration } from './recover-migration.ts';
+export { recoverGroup } from './recover-group.ts';
 export { GroupMigrations, GROUP_MIGRATE_TASK_KIND } from './group-migrations.ts';
 export { groupMigrateRequestSchema } from './group-request.ts';
 export type { GroupMigrateRequest, GroupMode } from './group-request.ts';

@@ -2,7 +2,8 @@
 // agent creates the target disks and a QEMU waiting for the migration on the
 // path's address, and starts awaiting it (awaitIncoming, an operation the
 // destination finishes by itself: it resumes the guest as soon as the
-// migration completed). transfer: the source's agent mirrors the copied disks
+// migration completed, or, for a group member (holdAfter), keeps it paused
+// until the group starts it). transfer: the source's agent mirrors the copied disks
 // and migrates memory (migrateOut), reporting passes, remaining memory, dirty
 // rate, bandwidth, expected downtime and mirror progress, which become the
 // task's live progress; a cancel reaches the source's operation, which rolls
@@ -26,7 +27,7 @@ export type MigrationProgress = {
   diskTotalBytes: number;
 };
 
-export async function prepareDestination(destination: AgentClient, vm: VmRecord, plan: MigrationPlan, journal: MigrateJournal, request: { postcopy: boolean; multifdChannels: number; tls: boolean; resume: boolean }): Promise<{ runtime: VmRuntime; migration: { host: string; port: number }; nbd: { host: string; port: number } | null }> {
+export async function prepareDestination(destination: AgentClient, vm: VmRecord, plan: MigrationPlan, journal: MigrateJournal, request: { postcopy: boolean; multifdChannels: number; tls: boolean; resume: boolean; holdAfter?: boolean }): Promise<{ runtime: VmRuntime; migration: { host: string; port: number }; nbd: { host: string; port: number } | null }> {
   const prepared = await runOperation(destination, 'prepareIncoming', { operationId: journal.prepareOperationId, vmId: vm.id, name: vm.name, spec: plan.destinationSpec, disks: plan.incoming, pathId: journal.pathId, ...request });
   await destination.awaitIncoming({ operationId: journal.awaitOperationId, vmId: vm.id });
   return prepared;

@@ -1,0 +1,38 @@
+// The agent calls of a group migration's switch-over (issue 13), spread into
+// AGENT_CALLS (calls.ts), beside the single migration's (calls-migration.ts):
+//
+//   source       setMigrationParameters  a running migration's downtime limit and bandwidth
+//                                        cap change (QEMU 7.2 applies migrate-set-parameters
+//                                        to a running pre-copy at its next rate period), so
+//                                        the controller keeps early members iterating with
+//                                        the guest running and lets all converge together
+//   destination  startIncoming           a guest whose migration completed here and that
+//                                        was kept paused (prepareIncoming with `holdAfter`:
+//                                        -S, late-block-activate, no cont) runs now
+//   source       revertOutgoing          a migration that completed here but whose
+//                                        destination never ran the guest (held, then
+//                                        removed) is undone: the source QEMU, in
+//                                        `postmigrate`, re-activates its disks and runs on
+//
+// With these a group's destinations all start only once every member has
+// completed, and a member failing before that rolls every member back.
+import { z } from 'zod';
+import { call } from './call-def.ts';
+import { incomingResultSchema } from './calls-migration.ts';
+import { vmIdSchema } from './schemas.ts';
+
+const vmRef = z.object({ vmId: vmIdSchema });
+
+export const GROUP_CALLS = {
+  setMigrationParameters: call(
+    "source: changes a running migration's downtime limit and/or bandwidth cap (memory and disk mirrors); answers the values now in force",
+    z.object({ vmId: vmIdSchema, downtimeLimitMs: z.number().int().min(1).max(600_000).optional(), maxBandwidthBytesPerSecond: z.number().int().positive().optional() }),
+    z.object({ downtimeLimitMs: z.number(), maxBandwidthBytesPerSecond: z.number() }),
+  ),
+  startIncoming: call('destination: a migrated guest kept paused after its migration completed (prepareIncoming with holdAfter) runs here now; the QEMU becomes this host\'s VM', vmRef, incomingResultSchema),
+  revertOutgoing: call(
+    "source: a migration that completed here but whose destination never ran the guest is undone: the guest runs on here (`cont` re-activates its disks), or stays paused when `resume` is false (it was paused); answers the migration status found (idempotent: `running` when it already runs here)",
+    z.object({ vmId: vmIdSchema, resume: z.boolean().default(true) }),
+    z.object({ status: z.string() }),
+  ),
+} as const;

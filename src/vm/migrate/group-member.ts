@@ -1,0 +1,105 @@
+// A group migration's member as the runner (run-group.ts) and its switch-over
+// (group-switch.ts) track it, the group's journal, and the result it gives.
+// A member's lifecycle:
+//   planned -> copying -> held -> continued -> arrived -> moved
+// (arrived: its migration completed and its destination keeps the guest
+// paused until the group starts all), or `stayed` (rolled back: it runs on at
+// its source) or `failed` (it runs nowhere: a failure after it was started).
+import type { AgentClient, IncomingResult, MigrateOutResult } from '../../protocol/index.ts';
+import { IllegalStateError } from '../../common/index.ts';
+import type { HostRecord } from '../hosts/index.ts';
+import type { VmRecord } from '../records.ts';
+import type { VmState } from '../state.ts';
+import type { OpenedPath } from './data-path.ts';
+import type { PaceSettings } from './group-pacing.ts';
+import type { GroupMode } from './group-request.ts';
+import type { MigrateJournal } from './migrate-journal.ts';
+import type { MigrationPlan } from './plan-migration.ts';
+import type { MigrationProgress } from './transfer.ts';
+
+export interface GroupMember {
+  vm: VmRecord;
+  previous: VmState;
+  source: HostRecord;
+  destination: HostRecord;
+}
+
+/** transfer: members copy or are held, nothing started (recovery rolls all back); start: every member arrived and the destinations are being started (recovery starts the held ones). */
+export const GROUP_PHASES = ['transfer', 'start'] as const;
+export type GroupPhase = (typeof GROUP_PHASES)[number];
+
+export interface GroupJournal {
+  mode: GroupMode;
+  /** Absent in journals of older controllers (they started each destination as its migration completed). */
+  phase?: GroupPhase;
+  members: MigrateJournal[];
+}
+
+export const GROUP_MEMBER_STATES = ['planned', 'copying', 'held', 'continued', 'arrived', 'moved', 'stayed', 'failed'] as const;
+export type GroupMemberState = (typeof GROUP_MEMBER_STATES)[number];
+
+/** The lifecycle's guard: `operation` needs the member in one of `required`. */
+export function requireMemberState(m: { vm: { name: string }; state: GroupMemberState }, required: GroupMemberState[], operation: string): void {
+  if (!required.includes(m.state)) throw new IllegalStateError(`group member ${m.vm.name}`, m.state, required, operation);
+}
+
+export interface GroupMemberResult {
+  vm: string;
+  from: string;
+  to: string;
+  /** moved: it runs at its destination; stayed: it runs on at its source; failed: it failed after it was started and runs nowhere. */
+  state: 'moved' | 'stayed' | 'failed';
+  /** QEMU's figure: the guest stopped at the source until the migration completed there (the hold included). */
+  downtimeMs: number | null;
+  /** The guest's whole stop: stopped at the source until it ran at the destination (wall clocks of the two QEMUs), the wait for the group's start included. */
+  stoppedMs: number | null;
+  /** How long it was held at its pre-switchover point waiting for the others (controller's clock). */
+  heldMs: number | null;
+  /** How long the pacer kept it braked in pre-copy (its guest running), and the lowest bandwidth cap it had then (null: never braked). */
+  brakedMs: number;
+  pacedBytesPerSecond: number | null;
+  resumedAt: string | null;
+  error: { code: string; message: string } | null;
+}
+
+export interface GroupMigrateResult {
+  mode: GroupMode;
+  moved: string[];
+  stayed: string[];
+  /** Last member resumed minus first (wall clock of their destinations' RESUME events, after the group's start); null when none resumed. */
+  spreadMs: number | null;
+  /** Last member held minus first (controller's clock). */
+  heldSpreadMs: number | null;
+  totalMs: number;
+  members: GroupMemberResult[];
+}
+
+export interface Member extends GroupMember {
+  agents: { source: AgentClient; destination: AgentClient };
+  plan: MigrationPlan;
+  journal: MigrateJournal;
+  controller: AbortController;
+  state: GroupMemberState;
+  path: OpenedPath | null;
+  prepared: boolean;
+  progress: MigrationProgress | null;
+  pace: {
+    /** What its source runs with now. */
+    applied: PaceSettings;
+    braked: boolean;
+    released: boolean;
+    brakedSince: number | null;
+    brakedMs: number;
+    lowest: number | null;
+    /** Best bandwidth and drain rate seen at full speed, and the last sample of its remaining memory. */
+    bandwidthPeak: number;
+    drainPeak: number;
+    sample: { at: number; remaining: number; pass: number } | null;
+  };
+  heldAt: number | null;
+  continuedAt: number | null;
+  out: Promise<MigrateOutResult> | null;
+  outcome: MigrateOutResult | null;
+  incoming: IncomingResult | null;
+  error: Error | null;
+}
