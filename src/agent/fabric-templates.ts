@@ -4,7 +4,10 @@
 //   template.json  its manifest: the memory template its children map, the
 //                  files its spec names (kept while it exists), sizes
 //   devstate       QEMU's device state saved at the freeze
-//   files/...      what a controller copied there (a template carried here)
+//   *.ckpt         a checkpoint file of the template's memory while a
+//                  controller carries it to or from this host (removed once
+//                  imported; the frozen disks and boot files it copies go
+//                  into the host's bases, see vm/fabric/place.ts)
 // Made from a fork that switched over (keep: the fork's device state is
 // copied, its memory template is the fork's) or from a checkpoint file
 // (import: the checkpoint's pages written into a new memory template, zero

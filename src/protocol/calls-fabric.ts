@@ -8,9 +8,11 @@
 // switched over (keepForkTemplate: the parent may run on, derived from the
 // same memory) or from a checkpoint file another host wrote of its template
 // (exportTemplate there, importTemplate here). Its folder is
-// `home:fabric/<templateId>/`: files a controller copies there for the
-// template (its frozen disks and boot files, on a host it was carried to)
-// belong to it and go with removeTemplate. While a host template exists, its
+// `home:fabric/<templateId>/`: whatever a controller puts there for the
+// template (the checkpoint file that carries its memory) goes with
+// removeTemplate; the frozen disks a controller copies to a host it carries
+// the template to go into that host's bases, kept by the host template's
+// spec and released by garbage collection once nothing uses them. While a host template exists, its
 // agent never releases its memory template or the files its spec names, so
 // garbage collection cannot break it; once removed, they go when nothing else
 // uses them (a claimed child keeps its memory until it ends).
@@ -53,7 +55,7 @@ export const FABRIC_CALLS = {
     { vmId: vmIdSchema, resume: z.boolean(), hostname: nameSchema, script: z.string().max(1024 * 1024).optional(), env: z.array(z.string().max(65536)).max(256).optional(), timeoutMs: z.number().int().min(1).max(600_000) },
     handOutResultSchema,
   ),
-  exportTemplate: operation('writes a host template (its RAM and device state) into a new checkpoint file', { templateId: uuidSchema, file: locatorSchema, metadata: checkpointMetadataSchema }, z.object({ fileBytes: z.number(), storedPages: z.number() })),
+  exportTemplate: operation('writes a host template (its RAM and device state) into a new checkpoint file, named by metadata.checkpointId when given (removeCheckpoint removes it, or a copy of it, by that id)', { templateId: uuidSchema, file: locatorSchema, metadata: checkpointMetadataSchema }, z.object({ fileBytes: z.number(), storedPages: z.number() })),
   importTemplate: operation(
     'makes a host template from a checkpoint file another host exported: its memory into a new memory template, its device state kept; spec: the template as this host runs it (its files here)',
     { templateId: uuidSchema, checkpoint: locatorSchema, spec: vmSpecSchema },

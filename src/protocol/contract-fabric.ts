@@ -71,12 +71,15 @@ export function fabricContract(state: () => FabricContractState): void {
 
       // Carried as a checkpoint file and made a host template again, with no parent.
       const file = templateFolderFile(templateId, 'export.ckpt');
-      const metadata = { schema: 2 as const, vm: { id: templateId, name: 'contract-template' }, spec: frozen, createdAt: new Date().toISOString(), hostId: 'contract-host' };
+      const metadata = { schema: 2 as const, checkpointId: '7e7e7e7e-0000-4000-8000-00000000f0c2', vm: { id: templateId, name: 'contract-template' }, spec: frozen, createdAt: new Date().toISOString(), hostId: 'contract-host' };
       const exported = await runOperation(t.client, 'exportTemplate', { templateId, file, metadata });
       expect(exported.fileBytes).toBeGreaterThan(0);
       expect(await codeOf(runOperation(t.client, 'exportTemplate', { templateId, file, metadata }))).toBe('ALREADY_EXISTS');
       const imported = await runOperation(t.client, 'importTemplate', { templateId: importedId, checkpoint: file, spec: frozen });
       expect(imported.memoryTemplateId).not.toBe(kept.memoryTemplateId);
+      // The file names the checkpoint id it was given: removeCheckpoint removes it by that id, and by no other.
+      expect((await t.client.removeCheckpoint({ file, checkpointId: '7e7e7e7e-0000-4000-8000-00000000f0c3', createdAt: metadata.createdAt })).removed).toBe(false);
+      expect((await t.client.removeCheckpoint({ file, checkpointId: metadata.checkpointId, createdAt: metadata.createdAt })).removed).toBe(true);
       const b = await runOperation(t.client, 'spawnFromTemplate', { templateId: importedId, vmId: childB, name: 'contract-tb', spec: childSpec(frozen, '52:54:00:0c:f0:b1'), run: false });
       expect(b.runtime.memory.templateId).toBe(imported.memoryTemplateId);
       expect((await t.client.vmStatus({ vmId: childB })).status).toBe('paused');

@@ -209,8 +209,10 @@ describe('templates on two lab hosts: placement, pools per host, claims across h
     const deleted = await t.cli(['template', 'delete', 'web', '--force']);
     expect(deleted.code, deleted.stderr).toBe(0);
     expect(await fabric().listTemplates()).toEqual([]);
-    const names = (await daemon.engine.list()).map((v) => v.name).sort();
-    expect(names).toEqual(['src', ...claimed.map((c) => c.vm.name)].sort());
+    const vms = await daemon.engine.list();
+    expect(vms.map((v) => v.name).sort()).toEqual(['src', ...claimed.map((c) => c.vm.name)].sort());
+    // Every claimed child runs on (a stopped one says where and why).
+    expect(vms.filter((v) => v.state !== 'running').map((v) => `${v.name} on ${claimed.find((c) => c.vm.id === v.id)?.host}: ${v.state} (${v.stateReason})`)).toEqual([]);
     for (const c of [claimed[0], claimed.find((x) => x.host === 'lab2')] as ClaimResult[]) {
       expect((await daemon.engine.resolve(c.vm.id)).state).toBe('running');
       expect((await inspect(c.vm.name)).md5).toBe(sums);
