@@ -13,6 +13,7 @@ import type { FabricService, Fleet, StorageService, VmEngine } from '../vm/index
 import { fabricRoutes } from './fabric-routes.ts';
 import { hostRoutes } from './host-routes.ts';
 import { groupRoutes } from './group-routes.ts';
+import { migrationPolicyRoutes } from './migration-policy-routes.ts';
 import { migrateRoutes } from './migrate-routes.ts';
 import { bearerAuth } from './auth.ts';
 import { mountConsole } from './console-route.ts';
@@ -101,6 +102,7 @@ export function buildApp({ engine, storage, fabric, fleet, localHostInfo, token,
   app.route('/', vmRoutes(engine));
   app.route('/', migrateRoutes(engine));
   app.route('/', groupRoutes(engine));
+  app.route('/', migrationPolicyRoutes(engine));
   app.route('/', taskRoutes(engine));
   app.route('/', storageRoutes(storage, engine));
   if (fabric) app.route('/', fabricRoutes(fabric, engine));

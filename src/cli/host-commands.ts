@@ -1,5 +1,6 @@
 // `offshoot host ...`: the hosts this control plane drives. add (with the
-// agent's credential file), list, show, drain, maintenance, ready, remove.
+// agent's credential file), list, show, maintenance, ready, remove (drain:
+// migration-policy-commands.ts).
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { InvalidInputError } from '../common/index.ts';
@@ -83,7 +84,8 @@ export function registerHostCommands(program: Command, ctx: CommandContext): voi
         else for (const [k, v] of Object.entries(info)) process.stdout.write(`${k.padEnd(12)} ${typeof v === 'object' ? JSON.stringify(v) : String(v)}\n`);
       }),
     );
-  for (const [verb, what] of [['drain', 'take a host out of placement while its VMs are moved off'], ['maintenance', 'take a host out of placement'], ['ready', 'put a drained or held host back into placement']] as const) {
+  // `host drain` (which also migrates the VMs off) is in migration-policy-commands.ts.
+  for (const [verb, what] of [['maintenance', 'take a host out of placement'], ['ready', 'put a drained or held host back into placement']] as const) {
     host.command(verb).argument('<name>').option('--json', 'print JSON').description(what)
       .action((name: string, o: { json?: boolean }) => run(o.json, (h) => h[verb](name), (h: HostListItem) => process.stdout.write(`host ${h.name} is ${h.state}\n`)));
   }

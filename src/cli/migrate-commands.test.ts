@@ -17,4 +17,10 @@ describe('vm migrate progress line', () => {
     expect(progressLine(task({ message: 'planning' }))).toMatch(/planning$/);
     expect(progressLine(task({ state: 'succeeded', progress: 1, message: 'done', result: { progress: { phase: 'memory' } } }))).toMatch(/100% done$/);
   });
+
+  it('shows where a queued migration stands instead of figures', () => {
+    const line = progressLine(task({ progress: 0, message: 'queued (position 2): waiting for 1 older migration(s) queued for host a (outgoing)', result: { progress: { phase: 'queued', position: 2, waitingFor: '1 older migration(s)' } } }));
+    expect(line).toMatch(/queued \(position 2\): waiting for 1 older migration\(s\) queued for host a \(outgoing\)$/);
+    expect(line).not.toContain('pass');
+  });
 });

@@ -34,7 +34,8 @@ export function progressLine(task: TaskRecord): string {
   const filled = Math.round(task.progress * width);
   const bar = `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${`${Math.round(task.progress * 100)}%`.padStart(4)}`;
   const p = (task.result as { progress?: MigrationProgress } | null)?.progress;
-  if (!p || task.state !== 'running') return `${bar} ${task.message}`;
+  // Queued (waiting for a host's slot): the message says its position and what it waits for.
+  if (!p || task.state !== 'running' || p.phase === 'queued') return `${bar} ${task.message}`;
   const parts = [p.phase];
   if (p.diskTotalBytes > 0) parts.push(`disks ${Math.round(p.diskDoneBytes / MiB)}/${Math.round(p.diskTotalBytes / MiB)} MiB`);
   if (p.phase !== 'disks') parts.push(`pass ${p.pass}`, `${Math.round(p.remainingBytes / MiB)} MiB left`, `dirty ${Math.round(p.dirtyBytesPerSecond / MiB)} MiB/s`, `${Math.round(p.bandwidthBytesPerSecond / MiB)} MiB/s`);

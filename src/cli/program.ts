@@ -8,6 +8,7 @@ import { registerFabricCommands } from './fabric-commands.ts';
 import { registerHostCommands } from './host-commands.ts';
 import { registerInventoryCommands } from './inventory-commands.ts';
 import { registerMigrateCommands } from './migrate-commands.ts';
+import { registerMigrationPolicyCommands } from './migration-policy-commands.ts';
 import { registerMobilityCommands } from './mobility-commands.ts';
 import { printError } from './output.ts';
 import { registerStorageCommands } from './storage-commands.ts';
@@ -34,6 +35,7 @@ export function buildProgram(): Command {
   registerFabricCommands(program, ctx);
   registerDaemonCommands(program, ctx);
   registerHostCommands(program, ctx);
+  registerMigrationPolicyCommands(program, ctx);
   registerInventoryCommands(program, ctx);
   // Last: it adds to the job, disk, vm and host commands the others made.
   registerMobilityCommands(program, ctx);

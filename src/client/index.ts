@@ -12,3 +12,4 @@ export { MobilityClient } from './mobility-client.ts';
 export type { MovePlan } from './mobility-client.ts';
 export type { HostListItem } from './host-client.ts';
 export { MigrateClient } from './migrate-client.ts';
+export { MigrationPolicyClient } from './migration-policy-client.ts';

@@ -4,8 +4,8 @@
 // databases (sizes past 2^31, fractions, booleans, text order), and the
 // fleet's coordination: VM versions with compare-and-set, claims with expiry,
 // GC pins, task leases with two concurrent claimers, controllers, the event
-// bus between two controllers, API tokens, hosts, the schema check, and
-// export/import. Expiry runs on a hand-moved clock: no test sleeps for it.
+// bus between two controllers, API tokens, hosts, migration policies and
+// their queue, the schema check, and export/import. Expiry runs on a hand-moved clock: no test sleeps for it.
 import { randomUUID } from 'node:crypto';
 import type { Kysely } from 'kysely';
 import { sql } from 'kysely';
@@ -36,6 +36,10 @@ const ROLLBACKS: Record<string, (db: Kysely<unknown>, dialect: string) => Promis
   '0007-fabric': async (db) => {
     await sql`drop table fabric_members`.execute(db);
     await sql`drop table fabric_templates`.execute(db);
+  },
+  '0008-migration-policies': async (db) => {
+    await sql`drop table migration_queue`.execute(db);
+    await sql`drop table migration_policies`.execute(db);
   },
 };
 
@@ -633,6 +637,47 @@ export function inventoryContract(label: string, target: ContractTarget): void {
       });
     });
 
+    describe('migration policies and queue', () => {
+      it('keeps one policy per scope, replaced whole, an empty one deleting the row; unknown fields are dropped on read', async () => {
+        const { inv, again } = await fresh();
+        const other = await again();
+        expect(await inv.migrationControl.getPolicy('fleet')).toBeUndefined();
+        await inv.migrationControl.putPolicy('fleet', { maxBandwidthBytesPerSecond: 5 * 2 ** 40 + 7, postcopy: 'never', autoConverge: true });
+        await inv.migrationControl.putPolicy('h-1', { maxOutgoing: 1, maxIncoming: 2, downtimeLimitMs: 50 });
+        // Another controller reads what this one wrote.
+        expect((await other.migrationControl.getPolicy('fleet'))?.policy).toEqual({ maxBandwidthBytesPerSecond: 5 * 2 ** 40 + 7, postcopy: 'never', autoConverge: true });
+        await other.migrationControl.putPolicy('h-1', { maxOutgoing: 3 });
+        expect((await inv.migrationControl.getPolicy('h-1'))?.policy).toEqual({ maxOutgoing: 3 });
+        expect((await inv.migrationControl.listPolicies()).map((p) => p.scope)).toEqual(['fleet', 'h-1']);
+        await inv.migrationControl.putPolicy('h-1', {});
+        expect(await inv.migrationControl.getPolicy('h-1')).toBeUndefined();
+        await inv.kysely.updateTable('migration_policies').set({ doc: JSON.stringify({ maxOutgoing: 2, fromTheFuture: 1, postcopy: 'sometimes' }) }).where('scope', '=', 'fleet').execute();
+        expect((await inv.migrationControl.getPolicy('fleet'))?.policy).toEqual({ maxOutgoing: 2 });
+        expect(await inv.migrationControl.deletePolicy('fleet')).toBe(true);
+        expect(await inv.migrationControl.deletePolicy('fleet')).toBe(false);
+      });
+
+      it('queues in arrival order across controllers, and forgets entries whose task ended', async () => {
+        const { inv, again } = await fresh();
+        const other = await again();
+        const tasks = [taskRecord(), taskRecord(), taskRecord()];
+        for (const t of tasks) await inv.insertTask(t);
+        await inv.migrationControl.enqueue(tasks[0]!.id, 'ctl-a', { out: { 'h-1': 1 }, in: { 'h-2': 1 } });
+        await other.migrationControl.enqueue(tasks[1]!.id, 'ctl-b', { out: { 'h-1': 2 }, in: { 'h-2': 2 } });
+        await inv.migrationControl.enqueue(tasks[2]!.id, 'ctl-a', { out: { 'h-3': 1 }, in: { 'h-2': 1 } });
+        await expect(inv.migrationControl.enqueue(tasks[2]!.id, 'ctl-a', { out: {}, in: {} })).rejects.toThrow();
+        const queue = await other.migrationControl.queued();
+        expect(queue.map((e) => [e.taskId, e.owner])).toEqual(tasks.map((t, i) => [t.id, i === 1 ? 'ctl-b' : 'ctl-a']));
+        expect(queue[1]?.needs).toEqual({ out: { 'h-1': 2 }, in: { 'h-2': 2 } });
+        // The first task ended (its controller died before dequeuing): it no longer counts, and its row goes.
+        await inv.updateTask(tasks[0]!.id, { state: 'failed' });
+        expect((await inv.migrationControl.queued()).map((e) => e.taskId)).toEqual([tasks[1]!.id, tasks[2]!.id]);
+        expect((await inv.kysely.selectFrom('migration_queue').select('task_id').execute()).length).toBe(2);
+        await other.migrationControl.dequeue(tasks[1]!.id);
+        expect((await inv.migrationControl.queued()).map((e) => e.taskId)).toEqual([tasks[2]!.id]);
+      });
+    });
+
     describe('schema version', () => {
       it('is at the code version and does not migrate twice', async () => {
         const { inv, again } = await fresh();
@@ -678,6 +723,7 @@ export function inventoryContract(label: string, target: ContractTarget): void {
         expect(await upgraded.leases.cancelRequested('old-ctl')).toEqual([]);
         expect(await upgraded.hosts.listHosts()).toEqual([]);
         expect(await upgraded.fabric.listTemplates()).toEqual([]);
+        expect(await upgraded.migrationControl.listPolicies()).toEqual([]);
       });
 
       it('refuses to migrate an empty database when told not to', async () => {
@@ -705,6 +751,7 @@ export function inventoryContract(label: string, target: ContractTarget): void {
         await inv.fabric.insertTemplate(template);
         await inv.fabric.insertMember(poolMember(template.id, 'h-1'));
         await inv.controllers.register('ctl', null, 1000);
+        await inv.migrationControl.putPolicy('fleet', { maxOutgoing: 2 });
         const exported = await exportInventory(inv);
         expect(Object.keys(exported.tables).sort()).toEqual([...EXPORTED_TABLES].sort());
         const target2 = await KyselyInventory.open(await target.freshLocation(), { clock: time.clock });
@@ -717,6 +764,7 @@ export function inventoryContract(label: string, target: ContractTarget): void {
         expect(await target2.tokens.verify('h'.repeat(43))).toBeDefined();
         expect(await target2.fabric.findTemplate('tpl')).toEqual(await inv.fabric.findTemplate('tpl'));
         expect(await target2.fabric.listMembers()).toEqual(await inv.fabric.listMembers());
+        expect(await target2.migrationControl.listPolicies()).toEqual(await inv.migrationControl.listPolicies());
         // New rows continue after the imported ones.
         const next = taskRecord();
         await target2.insertTask(next);

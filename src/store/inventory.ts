@@ -4,7 +4,8 @@
 // VM layer's Inventory (VMs, tasks, checkpoints) and carries the rest of the
 // schema as parts: `storage` (datastores, disks, copy jobs, pools) and the
 // fleet's coordination (`claims`, `pins`, `leases`, `controllers`, `tokens`,
-// `hosts`, and event buses from openEventBus) and the elastic fabric (`fabric`). Opening checks the schema
+// `hosts`, and event buses from openEventBus), the elastic fabric (`fabric`) and live migration policies
+// and queue (`migrationControl`). Opening checks the schema
 // version and migrates or refuses (schema-version.ts). VM updates bump the
 // VM's version and take an optional compare-and-set (`expectVersion`).
 import type { Kysely } from 'kysely';
@@ -23,6 +24,7 @@ import { InventoryUnavailableError } from './errors.ts';
 import { InProcessEventBus, PgNotifyEventBus } from './event-bus.ts';
 import { KyselyFabricInventory } from './fabric-inventory.ts';
 import { KyselyHosts } from './hosts.ts';
+import { KyselyMigrationControl } from './migration-policies.ts';
 import { KyselyGcPins } from './pins.ts';
 import { checkpointFromRow, taskFromRow, vmFromRow } from './rows.ts';
 import { prepareSchema } from './schema-version.ts';
@@ -62,6 +64,8 @@ export class KyselyInventory implements Inventory {
   readonly hosts: KyselyHosts;
   /** The elastic fabric: templates and the children of their pools. */
   readonly fabric: KyselyFabricInventory;
+  /** Live migration policies and the queue of migrations waiting for a host's slot. */
+  readonly migrationControl: KyselyMigrationControl;
   /** What differs between SQLite and PostgreSQL. */
   readonly dialect: StoreDialect;
   private readonly db: Kysely<Database>;
@@ -83,6 +87,7 @@ export class KyselyInventory implements Inventory {
     this.tokens = new KyselyApiTokens(this.db, this.dialect);
     this.hosts = new KyselyHosts(this.db, this.dialect);
     this.fabric = new KyselyFabricInventory(this.db, this.dialect);
+    this.migrationControl = new KyselyMigrationControl(this.db);
   }
 
   /** Opens the inventory at a PostgreSQL URL or a SQLite file path, bringing its schema up to date (or refusing). */

@@ -212,6 +212,25 @@ function migrationsFor(t: StoreDialect): Record<string, Migration> {
         await db.schema.createIndex('fabric_members_pool').on('fabric_members').columns(['template_id', 'state', 'host_id']).execute();
       },
     },
+    '0008-migration-policies': {
+      // Live migration policies (issue 12): one policy document per scope (the fleet, or a host id), and the queue of
+      // migrations waiting for a host's slot, in arrival order.
+      async up(db: Kysely<unknown>) {
+        await db.schema
+          .createTable('migration_policies')
+          .addColumn('scope', 'text', (c) => c.primaryKey())
+          .addColumn('doc', 'text', (c) => c.notNull())
+          .addColumn('updated_at', 'text', (c) => c.notNull())
+          .execute();
+        await t
+          .serialKey(db.schema.createTable('migration_queue'), 'seq')
+          .addColumn('task_id', 'text', (c) => c.notNull().unique())
+          .addColumn('owner', 'text', (c) => c.notNull())
+          .addColumn('needs', 'text', (c) => c.notNull())
+          .addColumn('enqueued_at', 'text', (c) => c.notNull())
+          .execute();
+      },
+    },
   };
 }
 

@@ -173,6 +173,23 @@ export interface FabricMembersTable {
   updated_at: string;
 }
 
+/** Migration policies (issue 12): one JSON document per scope (`fleet` or a host id). */
+export interface MigrationPoliciesTable {
+  scope: string;
+  doc: string;
+  updated_at: string;
+}
+
+/** Migrations waiting for a host's slot, in arrival order (seq). */
+export interface MigrationQueueTable {
+  seq: Generated<number>;
+  task_id: string;
+  owner: string;
+  /** JSON: the slots it needs, by direction and host id. */
+  needs: string;
+  enqueued_at: string;
+}
+
 export interface Database {
   vms: VmsTable;
   tasks: TasksTable;
@@ -189,7 +206,9 @@ export interface Database {
   hosts: HostsTable;
   fabric_templates: FabricTemplatesTable;
   fabric_members: FabricMembersTable;
+  migration_policies: MigrationPoliciesTable;
+  migration_queue: MigrationQueueTable;
 }
 
 /** Every table, in the order an import fills them. */
-export const TABLES = ['vms', 'tasks', 'checkpoints', 'datastores', 'disks', 'copy_jobs', 'pools', 'vm_claims', 'gc_pins', 'controllers', 'event_payloads', 'api_tokens', 'hosts', 'fabric_templates', 'fabric_members'] as const satisfies readonly (keyof Database)[];
+export const TABLES = ['vms', 'tasks', 'checkpoints', 'datastores', 'disks', 'copy_jobs', 'pools', 'vm_claims', 'gc_pins', 'controllers', 'event_payloads', 'api_tokens', 'hosts', 'fabric_templates', 'fabric_members', 'migration_policies', 'migration_queue'] as const satisfies readonly (keyof Database)[];

@@ -17,8 +17,8 @@ export const EXPORT_FORMAT = 'offshoot-inventory';
 
 type Table = (typeof TABLES)[number];
 /** Tables whose rows only mean something while their controllers live. */
-export const TRANSIENT_TABLES = ['controllers', 'vm_claims', 'event_payloads'] as const satisfies readonly Table[];
-export const EXPORTED_TABLES = ['vms', 'tasks', 'checkpoints', 'datastores', 'disks', 'copy_jobs', 'pools', 'gc_pins', 'api_tokens', 'hosts', 'fabric_templates', 'fabric_members'] as const satisfies readonly Table[];
+export const TRANSIENT_TABLES = ['controllers', 'vm_claims', 'event_payloads', 'migration_queue'] as const satisfies readonly Table[];
+export const EXPORTED_TABLES = ['vms', 'tasks', 'checkpoints', 'datastores', 'disks', 'copy_jobs', 'pools', 'gc_pins', 'api_tokens', 'hosts', 'fabric_templates', 'fabric_members', 'migration_policies'] as const satisfies readonly Table[];
 type ExportedTable = (typeof EXPORTED_TABLES)[number];
 
 /** Each exported table's key, for a stable row order. */
@@ -35,6 +35,7 @@ const ORDER: Record<ExportedTable, string[]> = {
   hosts: ['id'],
   fabric_templates: ['id'],
   fabric_members: ['vm_id'],
+  migration_policies: ['scope'],
 };
 
 type Row = Record<string, string | number | null>;

@@ -4,7 +4,8 @@
 // VM's host only through the agent protocol (the fleet's client for that
 // host). Operations leave a VM either done or as it was. Checkpoints and
 // restore live in checkpoint/checkpoints.ts, recovery, task takeover and
-// host loss in recovery.ts, garbage collection in gc.ts.
+// host loss in recovery.ts, garbage collection in gc.ts, live migration,
+// its policies and queue, and host drains in migrate/.
 // It is one controller among those sharing the inventory (coordinator.ts):
 // VM claims and versions, task leases, GC pins and the garbage lock are rows
 // of the inventory, and its events reach every controller's subscribers; on
@@ -31,7 +32,8 @@ import { Recovery } from './recovery.ts';
 import type { TaskRecovery } from './recovery.ts';
 import { applyIdentity, hasGuestAgent } from './identity.ts';
 import { KeyedMutex } from './lock.ts';
-import { GroupMigrations, Migrations } from './migrate/index.ts';
+import { GroupMigrations, HostDrains, MIGRATION_TASK_KINDS, MigrationPolicies, Migrations } from './migrate/index.ts';
+import type { MigrationControlStore } from './migrate/index.ts';
 import { execRequestSchema, parseRequest, startRequestSchema, stopRequestSchema } from './requests.ts';
 import { parseCreateVmRequest, resolveMemoryMiB } from './spec.ts';
 import { BUSY_STATES, LIVE_STATES, assertOperationAllowed, isLive } from './state.ts';
@@ -92,6 +94,9 @@ export class VmEngine implements FleetListener {
   readonly checkpoints: Checkpoints;
   readonly migrations: Migrations;
   readonly groupMigrations: GroupMigrations;
+  /** Migration policies (defaults per fleet and host) and host drains (migrate/policies.ts, migrate/drain.ts). */
+  readonly migrationPolicies: MigrationPolicies;
+  readonly drains: HostDrains;
   /** Templates and bases that a request in flight has made but no VM record names yet (this controller's pins). */
   readonly pins: PinSet;
   /** This controller among the fleet's: its id, claims, the beat that renews leases and takes over tasks. */
@@ -135,8 +140,14 @@ export class VmEngine implements FleetListener {
       contentIdsOf: options.contentIdsOf,
     };
     this.checkpoints = new Checkpoints(this.ctx);
-    this.migrations = new Migrations(this.ctx);
-    this.groupMigrations = new GroupMigrations(this.ctx, (ref) => this.resolve(ref));
+    const control = (this.inventory as Inventory & { migrationControl?: MigrationControlStore }).migrationControl;
+    if (!control) throw new Error('the inventory has no migration policies store (KyselyInventory.migrationControl)');
+    this.migrations = new Migrations(this.ctx, control);
+    this.groupMigrations = new GroupMigrations(this.ctx, (ref) => this.resolve(ref), this.migrations.admission, control);
+    this.migrationPolicies = new MigrationPolicies(this.ctx, control);
+    this.drains = new HostDrains(this.ctx, this.migrations);
+    // Cancels of migrations and drains asked on another controller reach them through their task's row.
+    for (const part of [this.migrations, this.groupMigrations, this.drains]) this.cancelWatchers.push({ cancellable: () => part.running(), cancelRequested: (ids) => part.cancelRequested(ids) });
     this.recovery = new Recovery(this.ctx);
     this.recovery.register('vm.start', (task, journal) => this.resumeStart(task, journal as StartJournal | undefined));
     this.recovery.register('vm.stop', (task, journal) => this.resumeStop(task, journal as { stopOperationId: string; timeoutMs: number } | undefined));
@@ -353,10 +364,22 @@ export class VmEngine implements FleetListener {
    * Cancels a running task that allows it (a checkpoint being written, a migration before its switch-over). The task rolls back as after
    * a failure and ends failed with TASK_CANCELLED; returns it once it has.
    */
-  cancelTask(id: string): Promise<TaskRecord> {
+  async cancelTask(id: string): Promise<TaskRecord> {
     if (this.migrations.cancellable(id)) return this.migrations.cancel(id);
     if (this.groupMigrations.cancellable(id)) return this.groupMigrations.cancel(id);
+    if (this.drains.cancellable(id)) return this.drains.cancel(id);
+    const task = await this.tasks.get(id);
+    // A migration or drain another controller runs: ask it through the task's row (it polls for that every second).
+    if (task.state === 'running' && MIGRATION_TASK_KINDS.includes(task.kind)) {
+      await this.coordinator.store.leases.requestCancel(id);
+      return this.tasks.wait(id);
+    }
     return this.checkpoints.cancel(id);
+  }
+
+  /** Sets a host draining and live-migrates its VMs off (see migrate/drain.ts); answers the `host.drain` task. */
+  drainHost(ref: string, input: unknown = {}): Promise<TaskRecord> {
+    return this.drains.drain(ref, input);
   }
 
   listCheckpoints() {

@@ -33,6 +33,8 @@ export type { CheckpointRequest, RestoreRequest } from './checkpoint/checkpoint-
 export type { CheckpointResult } from './checkpoint/run-checkpoint.ts';
 export { GROUP_MIGRATE_TASK_KIND, groupMigrateRequestSchema, migrateRequestSchema, parseRate } from './migrate/index.ts';
 export type { GroupMigrateRequest, GroupMigrateResult, GroupMemberResult, GroupMode, MigrateRequest, MigrateResult, MigrationProgress } from './migrate/index.ts';
+export { DEFAULT_POLICY, DRAIN_TASK_KIND, FLEET_SCOPE, HostDrains, MigrationLimitError, MigrationPolicies, POSTCOPY_MODES, cleanPolicy, drainRequestSchema, policyPatchSchema, resolvePolicy } from './migrate/index.ts';
+export type { DrainRequest, DrainResult, MigrationControlStore, MigrationPolicy, MigrationQueueEntry, PolicyView, QueuedProgress, ResolvedPolicy, SlotNeeds } from './migrate/index.ts';
 export * from './storage/index.ts';
 export * from './hosts/index.ts';
 export * from './fabric/index.ts';

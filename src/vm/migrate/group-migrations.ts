@@ -2,16 +2,27 @@
 // claims every member (migrating: nothing else acts on them until each runs at
 // one host), runs the group as one `vm.migrate-group` task (run-group.ts), and
 // cancels it on request before its commit (after it, a cancel is too late and
-// the task finishes).
+// the task finishes), here or through the task's row on another controller.
+// The group first waits in the queue until every member has its slots (each
+// member counts one at its source and one at its destination, admission.ts);
+// its tuning comes from its options, else the policy of its source when all
+// members share one, else the fleet's (policy.ts).
 import { InvalidInputError } from '../../common/index.ts';
 import type { EngineContext } from '../engine-context.ts';
 import type { TaskRecord, VmRecord } from '../records.ts';
 import { parseRequest } from '../requests.ts';
 import { groupMigrateRequestSchema, groupTuningOf } from './group-request.ts';
+import type { GroupMigrateRequest } from './group-request.ts';
+import type { TaskContext } from '../tasks.ts';
 import { MigrationPlanError } from './plan-migration.ts';
 import type { GroupMember } from './run-group.ts';
 import { runGroupMigration } from './run-group.ts';
 import { TaskCancellers } from './task-cancellers.ts';
+import { MigrationAdmission, addNeeds } from './admission.ts';
+import type { SlotNeeds } from './admission.ts';
+import type { MigrateJournal } from './migrate-journal.ts';
+import { policyFor, requestPolicy } from './policy.ts';
+import type { MigrationPolicyStore } from './policy.ts';
 
 export const GROUP_MIGRATE_TASK_KIND = 'vm.migrate-group';
 
@@ -21,6 +32,8 @@ export class GroupMigrations {
   constructor(
     private readonly ctx: EngineContext,
     private readonly resolveVm: (ref: string) => Promise<VmRecord>,
+    private readonly admission: MigrationAdmission,
+    private readonly policies: MigrationPolicyStore,
   ) {
     this.cancellers = new TaskCancellers(ctx);
   }
@@ -37,6 +50,9 @@ export class GroupMigrations {
       if (source.id === destination.id) throw new MigrationPlanError(`VM "${vm.name}" already runs on host ${destination.name}`, { vm: vm.name, host: destination.name });
       planned.push({ vm, source, destination });
     }
+    const needs: SlotNeeds = { out: {}, in: {} };
+    for (const p of planned) addNeeds(needs, p.source.id, p.destination.id);
+    await this.admission.check(needs);
     const members: GroupMember[] = [];
     const unclaim = async () => {
       for (const m of members) {
@@ -58,7 +74,7 @@ export class GroupMigrations {
     const first = members[0] as GroupMember;
     try {
       const task = await this.ctx.tasks.start(GROUP_MIGRATE_TASK_KIND, { id: first.vm.id, name: names }, (taskCtx) =>
-        runGroupMigration(this.ctx, members, request, taskCtx, controller.signal).finally(() => Promise.all(members.map((m) => this.ctx.states.release(m.vm.id)))),
+        this.run(members, request, requestPolicy(input), needs, taskCtx, controller.signal).finally(() => Promise.all(members.map((m) => this.ctx.states.release(m.vm.id)))),
       );
       this.cancellers.track(task.id, controller);
       return task;
@@ -66,6 +82,38 @@ export class GroupMigrations {
       await unclaim();
       throw err;
     }
+  }
+
+  /** Queued until every member has its slots, then the group with the policy's values. */
+  private async run(members: GroupMember[], request: GroupMigrateRequest, asked: ReturnType<typeof requestPolicy>, needs: SlotNeeds, task: TaskContext, signal: AbortSignal) {
+    await task.journal({ mode: request.mode, members: members.map((m) => ({ vmId: m.vm.id, phase: 'queued', previous: m.previous, sourceHostId: m.source.id, destinationHostId: m.destination.id }) as MigrateJournal) });
+    let slots;
+    try {
+      slots = await this.admission.admit(task, needs, signal);
+    } catch (err) {
+      if (!task.signal.aborted) for (const m of members) await this.ctx.states.settle(m.vm.id, ['migrating'], m.previous, null).catch(() => undefined);
+      throw err;
+    }
+    try {
+      const one = (ids: string[]) => (new Set(ids).size === 1 ? (ids[0] as string) : '');
+      const policy = await policyFor(this.policies, asked, one(members.map((m) => m.source.id)), one(members.map((m) => m.destination.id)));
+      const tuned: GroupMigrateRequest = { ...request, maxBandwidth: policy.maxBandwidthBytesPerSecond, downtimeLimitMs: policy.downtimeLimitMs, autoConverge: policy.autoConverge };
+      const fresh = await Promise.all(members.map(async (m) => ({ ...m, source: await this.ctx.fleet.resolve(m.source.id), destination: await this.ctx.fleet.resolve(m.destination.id) })));
+      const result = await runGroupMigration(this.ctx, fresh, tuned, task, signal);
+      return { ...result, policy: { ...policy, postcopy: 'never' as const }, queuedMs: slots.queuedMs };
+    } finally {
+      await slots.release();
+    }
+  }
+
+  /** Whether this controller runs a group migration a cancel request could reach. */
+  running(): boolean {
+    return this.cancellers.size > 0;
+  }
+
+  /** Cancel requests another controller wrote for group migrations this one runs. */
+  cancelRequested(taskIds: string[]): void {
+    this.cancellers.requested(taskIds, 'the group migration', 'every member runs on at its source');
   }
 
   cancellable(taskId: string): boolean {

@@ -2,11 +2,13 @@
 // controller that died mid-migration can finish it or roll it back
 // (recover-migration.ts): the two hosts, the path's operation id (which also
 // names the path's links and keys on both hosts), the agents' operation ids,
-// and the VM's spec and runtime at the destination once it has them.
+// and the VM's spec and runtime at the destination once it has them. While it
+// waits in the queue (admission.ts) only the VM, its previous state and the
+// hosts are journaled (phase `queued`): nothing has moved yet.
 import type { MigrateOutResult, VmRuntime, VmSpec } from '../../protocol/index.ts';
 import type { VmState } from '../state.ts';
 
-export const MIGRATION_PHASES = ['plan', 'path', 'prepare', 'transfer', 'switched', 'done'] as const;
+export const MIGRATION_PHASES = ['queued', 'plan', 'path', 'prepare', 'transfer', 'switched', 'done'] as const;
 export type MigrationPhase = (typeof MIGRATION_PHASES)[number];
 
 export interface MigrateJournal {

@@ -5,7 +5,8 @@
 // guest, the migration is finished forward (the inventory moves the VM, the
 // source lets it go, the path goes); otherwise it is rolled back (the source
 // runs on as it was, the destination and the path are removed). Runs before
-// VMs are re-adopted.
+// VMs are re-adopted. A migration still queued had moved nothing: its VM
+// only returns to its previous state.
 import type { Logger } from '../../common/index.ts';
 import { follow } from '../../protocol/index.ts';
 import type { EngineContext } from '../engine-context.ts';
@@ -18,6 +19,10 @@ export async function recoverMigration(ctx: EngineContext, journal: MigrateJourn
   const agents = { source: ctx.fleet.agent(journal.sourceHostId), destination: ctx.fleet.agent(journal.destinationHostId) };
   const vm = await ctx.inventory.getVm(journal.vmId);
   if (!vm) return 'the VM is gone';
+  if (journal.phase === 'queued') {
+    if (vm.state === 'migrating') await ctx.states.force(journal.vmId, journal.previous, 'its migration was interrupted while queued');
+    return 'it was queued: nothing had moved';
+  }
   if (vm.hostId === journal.destinationHostId) {
     // The inventory had moved it: only the source's leftovers remain.
     await finishSource(ctx, agents, journal);

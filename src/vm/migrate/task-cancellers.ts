@@ -1,6 +1,7 @@
 // The migrations this controller runs, by task id, with the abort that
 // cancels each before its switch-over: shared by single and group
-// migrations. An entry goes when its task ends.
+// migrations and drains. An entry goes when its task ends. A cancel asked
+// on another controller reaches these through the task's row (requested).
 import { IllegalStateError, OffshootError } from '../../common/index.ts';
 import type { EngineContext } from '../engine-context.ts';
 import type { TaskRecord } from '../records.ts';
@@ -21,6 +22,18 @@ export class TaskCancellers {
 
   has(taskId: string): boolean {
     return this.controllers.has(taskId);
+  }
+
+  /** How many tasks this controller could cancel. */
+  get size(): number {
+    return this.controllers.size;
+  }
+
+  /** Aborts the tasks among `taskIds` that run here (cancel requests another controller wrote into their rows). */
+  requested(taskIds: string[], what: string, outcome: string): void {
+    for (const id of taskIds) {
+      if (this.controllers.has(id)) void this.cancel(id, what, outcome).catch(() => undefined);
+    }
   }
 
   /** Aborts the task with TASK_CANCELLED (`what` names it, `outcome` says where its VMs run on); resolves with the finished task. */
