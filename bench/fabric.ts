@@ -7,8 +7,11 @@
 // children (their PSS without the template's mapping, plus the template's
 // resident RAM) against as many booted guests (one booted guest's memory
 // times the count, measured right after its boot: its PSS without its RAM
-// file's mapping plus the file's resident size). Percentiles of the claims,
-// the machine's load and the pool's memory split are in the notes.
+// file's mapping plus the file's resident size), and against --booted guests
+// booted and running together (default: as many as the pool), measured the
+// same way. Defaults follow issue 14: 50 claims, 20 at once (the pool holds a
+// whole wave), a pool of 16. Percentiles of the claims, the machine's load
+// and the pool's memory split are in the notes.
 import { stat } from 'node:fs/promises';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
@@ -43,19 +46,25 @@ async function remove(daemon: RunningDaemon, ref: string): Promise<void> {
   await daemon.engine.delete(ref);
 }
 
-/** Host memory of the given QEMUs sharing the template's RAM file: PSS without that mapping, plus the file's resident size. */
-async function poolMemoryMiB(pids: number[], ramFile: string): Promise<number> {
+/** Host memory of QEMUs and the RAM files they map: each one's PSS without its RAM file's mapping, plus each file's resident size once. */
+async function hostMemoryMiB(qemus: Array<{ pid: number; ramFile: string }>): Promise<number> {
   let kib = 0;
-  for (const pid of pids) kib += (await processMemoryStats(pid)).pssKiB - (await mappingPssKiB(pid, ramFile));
-  kib += ((await stat(ramFile)).blocks * 512) / 1024;
+  for (const q of qemus) kib += (await processMemoryStats(q.pid)).pssKiB - (await mappingPssKiB(q.pid, q.ramFile));
+  for (const file of new Set(qemus.map((q) => q.ramFile))) kib += ((await stat(file)).blocks * 512) / 1024;
   return kib / 1024;
+}
+
+/** Host memory of the given QEMUs sharing the template's RAM file. */
+function poolMemoryMiB(pids: number[], ramFile: string): Promise<number> {
+  return hostMemoryMiB(pids.map((pid) => ({ pid, ramFile })));
 }
 
 export async function fabricBenchmark(args: string[]): Promise<BenchResult> {
   const memoryMiB = option(args, '--memory', 256);
-  const claims = option(args, '--claims', 20);
-  const concurrency = option(args, '--concurrency', 5);
-  const poolSize = option(args, '--pool', 8);
+  const claims = option(args, '--claims', 50);
+  const concurrency = option(args, '--concurrency', 20);
+  const poolSize = option(args, '--pool', 16);
+  const bootedCount = option(args, '--booted', poolSize);
   const runs = option(args, '--runs', 3);
   const sequentialClaims = option(args, '--sequential', 10);
   const home = mkdtempSync('/tmp/osh-bench-home-');
@@ -113,6 +122,17 @@ export async function fabricBenchmark(args: string[]): Promise<BenchResult> {
     const templateMiB = (await stat(ramFile)).blocks / 2048;
     notes.push(`the pool's memory: the template's RAM file ${templateMiB.toFixed(0)} MiB resident, each child ${((poolMiB - templateMiB) / Math.max(1, members.length)).toFixed(0)} MiB on average besides (its QEMU, TCG's translated code, the pages it wrote)`);
     process.stderr.write(`pool of ${members.length} filled in ${fillMs.toFixed(0)} ms; ${poolMiB.toFixed(0)} MiB (booted x${members.length}: ${(bootedMiB * members.length).toFixed(0)} MiB)\n`);
+    // As many booted guests as asked, running together beside the pool: their memory measured as the pool's.
+    const booted: string[] = [];
+    for (let i = 0; i < bootedCount; i++) {
+      await boot(daemon, `booted${i}`, memoryMiB);
+      booted.push(`booted${i}`);
+    }
+    const bootedVms = await Promise.all(booted.map((n) => daemon.engine.resolve(n)));
+    const bootedTogetherMiB = await hostMemoryMiB(bootedVms.map((v) => ({ pid: v.runtime?.pid as number, ramFile: join(memoryDir, `${v.id}.ram`) })));
+    load.push(loadavg()[0] ?? 0);
+    process.stderr.write(`${booted.length} booted guests together: ${bootedTogetherMiB.toFixed(0)} MiB\n`);
+    for (const n of booted) await remove(daemon, n);
     // One at a time from a full pool: a claim's own latency, and where it goes.
     const sequential: number[] = [];
     const split = { resume: [] as number[], guest: [] as number[], handOut: [] as number[], claim: [] as number[] };
@@ -135,7 +155,8 @@ export async function fabricBenchmark(args: string[]): Promise<BenchResult> {
     let forked = 0;
     while (served < claims) {
       const wave = Math.min(concurrency, claims - served);
-      await daemon.fabric.scale('bench', { ready: poolSize }, { wait: true });
+      // The pool holds a whole wave, so each claim of the wave finds a ready child.
+      await daemon.fabric.scale('bench', { ready: Math.max(poolSize, wave) }, { wait: true });
       load.push(loadavg()[0] ?? 0);
       const results = await Promise.all(
         Array.from({ length: wave }, async () => {
@@ -160,8 +181,9 @@ export async function fabricBenchmark(args: string[]): Promise<BenchResult> {
       { metric: `claim until the agent answers (ready pool, ${concurrency} at once)`, offshoot: { label: 'claim, paused child', unit: 'ms', samples: fromPool }, baseline: { label: 'plain fork, 1 child', unit: 'ms', samples: fork } },
       { metric: 'claim until the agent answers (empty pool)', offshoot: { label: 'claim, forked on demand', unit: 'ms', samples: onDemand }, baseline: { label: 'cold boot', unit: 'ms', samples: cold } },
       { metric: `host memory of ${members.length} ready children`, offshoot: { label: 'pool (PSS + template)', unit: 'MiB', samples: [poolMiB] }, baseline: { label: `${members.length} x booted guest`, unit: 'MiB', samples: [bootedMiB * members.length] } },
+      { metric: `host memory: ${members.length} ready children vs ${booted.length} booted guests running together`, offshoot: { label: 'pool (PSS + template)', unit: 'MiB', samples: [poolMiB] }, baseline: { label: `${booted.length} booted guests (PSS + RAM files)`, unit: 'MiB', samples: [bootedTogetherMiB] } },
     );
-    notes.push(`ready-pool claims: p50 ${percentile(fromPool, 50).toFixed(0)} ms, p99 ${percentile(fromPool, 99).toFixed(0)} ms over ${fromPool.length} (waves of ${concurrency}, the pool refilled to ${poolSize} before each wave); ${forked} claims found no ready child and forked on demand`);
+    notes.push(`ready-pool claims: p50 ${percentile(fromPool, 50).toFixed(0)} ms, p99 ${percentile(fromPool, 99).toFixed(0)} ms over ${fromPool.length} (waves of ${concurrency}, the pool refilled to ${Math.max(poolSize, concurrency)} before each wave); ${forked} claims found no ready child and forked on demand`);
     notes.push(`empty-pool claims: p50 ${percentile(onDemand, 50).toFixed(0)} ms over ${onDemand.length}`);
     notes.push(`filling a pool of ${poolSize}: ${fillMs.toFixed(0)} ms`);
     notes.push(`machine load (1-min average) during the run: ${load.map((l) => l.toFixed(1)).join(', ')} on ${cpus().length} cpus`);
@@ -170,7 +192,7 @@ export async function fabricBenchmark(args: string[]): Promise<BenchResult> {
       name: 'fabric',
       startedAt,
       machine: { cpus: cpus().length, accel: host.accel, qemu: await qemuVersion(), node: process.version },
-      parameters: { memoryMiB, claims, concurrency, poolSize, runs, sequentialClaims },
+      parameters: { memoryMiB, claims, concurrency, poolSize, bootedCount, runs, sequentialClaims },
       comparisons,
       notes,
     };

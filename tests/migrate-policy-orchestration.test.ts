@@ -257,6 +257,32 @@ describe('migration queue and host drain', () => {
   });
 });
 
+describe('recovery of queued migrations and drains', () => {
+  const closers: Array<() => Promise<void>> = [];
+  afterEach(async () => {
+    for (const c of closers.splice(0)) await c();
+  });
+
+  it('a migration interrupted while queued returns its VM to its state; an interrupted drain ends saying its members recover each', async () => {
+    const s = await setup();
+    closers.push(s.close);
+    const vm = await s.engine.resolve('m1');
+    await s.inventory.updateVm(vm.id, { state: 'migrating' });
+    const now = new Date().toISOString();
+    const queued = { id: '6f6f6f6f-0000-4000-8000-00000000ee11', kind: 'vm.migrate', targetId: vm.id, targetName: 'm1', state: 'running' as const, progress: 0, message: 'queued (position 1)', result: { journal: { vmId: vm.id, phase: 'queued', previous: 'running', sourceHostId: vm.hostId, destinationHostId: s.b.id } }, error: null, createdAt: now, updatedAt: now };
+    const drain = { ...queued, id: '6f6f6f6f-0000-4000-8000-00000000ee12', kind: 'host.drain', targetId: vm.hostId, targetName: 'a', message: '0 of 1 VM(s) moved', result: null };
+    await s.inventory.insertTask(queued);
+    await s.inventory.insertTask(drain);
+    await s.engine.recover();
+    const [q, d] = [await s.engine.tasks.get(queued.id), await s.engine.tasks.get(drain.id)];
+    expect([q.state, q.error?.code]).toEqual(['failed', 'TASK_INTERRUPTED']);
+    expect(q.message).toContain('queued: nothing had moved');
+    expect(await s.engine.resolve('m1')).toMatchObject({ state: 'running', hostId: vm.hostId });
+    expect([d.state, d.error?.code]).toEqual(['failed', 'TASK_INTERRUPTED']);
+    expect(d.message).toContain('each member migration is recovered on its own');
+  });
+});
+
 describe('migrations across two controllers over one inventory', () => {
   const closers: Array<() => Promise<void>> = [];
   afterEach(async () => {

@@ -131,10 +131,13 @@ export class HostTemplates {
     }
   }
 
-  /** Writes a host template's RAM and device state into a new checkpoint file (never over an existing one). */
+  /**
+   * Writes a host template's RAM and device state into a new checkpoint file (never over an existing one), named by
+   * the metadata's checkpointId when it has one (so its writer can remove it, and a copy of it, with removeCheckpoint).
+   */
   async export(templateId: string, path: string, metadata: CheckpointMetadata, onProgress?: (p: WriteProgress) => void, signal?: AbortSignal): Promise<{ fileBytes: number; storedPages: number }> {
     const manifest = await this.usable(templateId);
-    return writeCheckpointFile({ templateFile: this.host.templates.path(manifest.memoryTemplateId), deviceState: this.deviceStateFile(templateId) }, path, randomUUID(), manifest.memoryBytes, metadata, onProgress, signal);
+    return writeCheckpointFile({ templateFile: this.host.templates.path(manifest.memoryTemplateId), deviceState: this.deviceStateFile(templateId) }, path, typeof metadata.checkpointId === 'string' ? metadata.checkpointId : randomUUID(), manifest.memoryBytes, metadata, onProgress, signal);
   }
 
   /**

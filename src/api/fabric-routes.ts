@@ -1,13 +1,14 @@
-// REST routes of the elastic fabric: templates (made of a running VM), their
-// pools of ready children (scale), and the hand-out of a child (claim).
+// REST routes of the elastic fabric: templates (made of a running VM, placed
+// on other hosts), their pools of ready children (scale), and the hand-out of
+// a child (claim).
 // Bodies are validated by the fabric's own schemas (one validation for API
-// and OpenAPI). Creating a template answers 202 with its task (or the ended
-// task with ?wait=true); a scale with ?wait=true answers once the pools are
+// and OpenAPI). Creating or placing a template answers 202 with its task (or
+// the ended task with ?wait=true); a scale with ?wait=true answers once the pools are
 // refilled; a claim answers once the child runs, its guest agent answering.
 import { OpenAPIHono, createRoute, z } from '@hono/zod-openapi';
 import type { Context } from 'hono';
 import type { FabricService, VmEngine } from '../vm/index.ts';
-import { claimRequestSchema, createTemplateRequestSchema, deleteTemplateRequestSchema, scaleTemplateRequestSchema } from '../vm/index.ts';
+import { claimRequestSchema, createTemplateRequestSchema, deleteTemplateRequestSchema, placeTemplateRequestSchema, scaleTemplateRequestSchema } from '../vm/index.ts';
 import { errorResponses, waitQuery } from './schemas.ts';
 import { optionalJsonBody, validationHook } from './validation.ts';
 
@@ -43,6 +44,16 @@ export function fabricRoutes(fabric: FabricService, engine: VmEngine): OpenAPIHo
   on(
     route('deleteTemplate', 'delete', '/templates/{ref}', 'Delete a template; refused while it has children (pool children, claimed children running) unless force=true', { params: templateRef, query: forceQuery }),
     (c) => fabric.delete(ref(c), deleteTemplateRequestSchema.parse({ force: c.req.query('force') === 'true' })),
+  );
+  on(
+    route('placeTemplate', 'post', '/templates/{ref}/place', 'Carry the template to another host (its memory as a checkpoint file, its missing bases and boot files copied); its children can then fork there', { params: templateRef, query: waitQuery, ...body(placeTemplateRequestSchema) }, 202),
+    async (c) => {
+      const result = await fabric.place(ref(c), await c.req.json());
+      if (!wait(c) || !result.task) return result;
+      const task = await engine.tasks.wait(result.task.id);
+      return { template: await fabric.show(result.template.id), task };
+    },
+    202,
   );
   on(
     route('scaleTemplate', 'post', '/templates/{ref}/scale', "Set how many ready children the template's pools keep on each host (paused, or running idle with warm), within a memory budget", { params: templateRef, query: waitQuery, ...body(scaleTemplateRequestSchema) }),

@@ -1,4 +1,4 @@
-// `offshoot template create|list|show|scale|delete` and `offshoot vm claim`:
+// `offshoot template create|place|list|show|scale|delete` and `offshoot vm claim`:
 // the elastic fabric's commands, through the typed fabric client. Tables for
 // people, --json for scripts; a claim prints the child's name on stdout (and
 // where it came from on stderr).
@@ -51,16 +51,35 @@ export function registerFabricCommands(program: Command, ctx: CommandContext): v
     .description('make a parent template of a running (or paused) VM; the VM runs on')
     .argument('<name>')
     .requiredOption('--from <vm>', 'the VM to make it of')
+    .option('--host <host>', 'also place it on this host (repeatable; all or nothing)', collect)
     .option('--json', 'print JSON')
-    .action((name: string, o: { from: string; json?: boolean }) =>
+    .action((name: string, o: { from: string; host?: string[]; json?: boolean }) =>
       ctx.run(Boolean(o.json), async () => {
         const client = ctx.client();
         const f = new FabricClient(client);
-        const started = await f.createTemplate({ name, from: o.from });
+        const started = await f.createTemplate({ name, from: o.from, ...(o.host ? { hosts: o.host } : {}) });
         if (started.task) await client.waitTask(started.task.id, o.json ? undefined : taskProgress(`template ${name}`));
         const made = await f.getTemplate(name);
         if (o.json) return printJson(made);
         process.stdout.write(`${made.name}\n`);
+      }),
+    );
+
+  template
+    .command('place')
+    .description('carry a template to another host (its memory and missing files copied); its pool there is scaled apart')
+    .argument('<name>')
+    .requiredOption('--host <host>', 'the host to place it on')
+    .option('--json', 'print JSON')
+    .action((name: string, o: { host: string; json?: boolean }) =>
+      ctx.run(Boolean(o.json), async () => {
+        const client = ctx.client();
+        const f = new FabricClient(client);
+        const started = await f.placeTemplate(name, { host: o.host });
+        if (started.task) await client.waitTask(started.task.id, o.json ? undefined : taskProgress(`placing ${name} on ${o.host}`));
+        const placed = await f.getTemplate(name);
+        if (o.json) return printJson(placed);
+        printTemplate(placed);
       }),
     );
 

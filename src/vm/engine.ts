@@ -32,7 +32,7 @@ import { Recovery } from './recovery.ts';
 import type { TaskRecovery } from './recovery.ts';
 import { applyIdentity, hasGuestAgent } from './identity.ts';
 import { KeyedMutex } from './lock.ts';
-import { GroupMigrations, HostDrains, MIGRATION_TASK_KINDS, MigrationPolicies, Migrations } from './migrate/index.ts';
+import { DRAIN_TASK_KIND, GroupMigrations, HostDrains, MIGRATION_TASK_KINDS, MigrationPolicies, Migrations } from './migrate/index.ts';
 import type { MigrationControlStore } from './migrate/index.ts';
 import { execRequestSchema, parseRequest, startRequestSchema, stopRequestSchema } from './requests.ts';
 import { parseCreateVmRequest, resolveMemoryMiB } from './spec.ts';
@@ -151,6 +151,7 @@ export class VmEngine implements FleetListener {
     this.recovery = new Recovery(this.ctx);
     this.recovery.register('vm.start', (task, journal) => this.resumeStart(task, journal as StartJournal | undefined));
     this.recovery.register('vm.stop', (task, journal) => this.resumeStop(task, journal as { stopOperationId: string; timeoutMs: number } | undefined));
+    this.recovery.register(DRAIN_TASK_KIND, async () => 'the drain stopped with its controller (each member migration is recovered on its own); run host drain again for the VMs left');
     this.fleet.listen(this);
     // The beat runs from now on (renewing the leases of the tasks this controller starts); recover() also takes
     // over the tasks of this controller's previous life at once.

@@ -15,7 +15,7 @@ import { makeLocator, parseLocator } from '../locator.ts';
 import type { OperationContext } from '../operations.ts';
 import type { DiskSource, VmDisk, VmRuntime, VmSpec } from '../schemas.ts';
 import { AGENT_CAPABILITIES, PROTOCOL_VERSION } from '../version.ts';
-import { fakeFabricHandlers } from './fake-fabric.ts';
+import { exportedCheckpoint, fakeFabricHandlers } from './fake-fabric.ts';
 import type { FakeHostTemplate } from './fake-fabric.ts';
 import { fakeGroupHandlers } from './fake-group.ts';
 import { fakeMigrationHandlers, fakeMigrationState } from './fake-migration.ts';
@@ -506,7 +506,7 @@ export class FakeAgent implements EpochKeeper, FakeHostFiles {
         }),
       removeCheckpoint: (r) =>
         wrap('removeCheckpoint', () => {
-          const ckpt = this.checkpoints.get(r.file);
+          const ckpt = this.checkpoints.get(r.file) ?? (this.files.has(r.file) ? exportedCheckpoint(this.content.get(r.file)) : undefined);
           if (!ckpt || ckpt.metadata.checkpointId !== r.checkpointId) return { removed: false };
           this.files.delete(r.file);
           this.checkpoints.delete(r.file);
@@ -613,6 +613,7 @@ export class FakeAgent implements EpochKeeper, FakeHostFiles {
         files: this.files,
         vms: this.vms,
         checkpoints: this.checkpoints,
+        content: this.content,
         switchedFork: (forkId) => {
           const fork = this.fork(forkId);
           if (!fork.switched) throw new OffshootError('FORK_NOT_SWITCHED', `fork ${forkId} has not switched over yet`, { forkId }, 409);

@@ -2,8 +2,9 @@
 // memory beside the fake's VMs, templates and files, with the same rules as
 // the real agent (the contract checks both): a host template keeps its
 // memory template and files from garbage collection until it is removed; a
-// child maps its memory template and gets a delta per writable disk; a
-// template whose memory is gone cannot spawn (TEMPLATE_MISSING).
+// template exported on one fake host can be copied (fetchFile) and imported
+// on another; a child maps its memory template and gets a delta per writable
+// disk; a template whose memory is gone cannot spawn (TEMPLATE_MISSING).
 import { randomUUID } from 'node:crypto';
 import { OffshootError } from '../../common/index.ts';
 import type { FabricCallName } from '../calls-fabric.ts';
@@ -27,12 +28,22 @@ export interface FakeFabricHost {
   readonly files: Set<Locator>;
   readonly vms: Map<string, { status: 'running' | 'paused'; runtime: VmRuntime; name: string; incoming: boolean }>;
   readonly checkpoints: Map<Locator, { memoryBytes: number; metadata: CheckpointMetadata }>;
+  /** Content tokens of files (fake-mobility.ts): an exported template's file carries its own, so a copy on another host can be imported. */
+  readonly content: Map<Locator, string>;
   /** A fork that switched over: its template. */
   switchedFork(forkId: string): { templateId: string };
   newRuntime(vmId: string, memory: VmRuntime['memory']): VmRuntime;
   running(vmId: string): { status: 'running' | 'paused' };
   wrap<T>(call: FabricCallName, fn: () => T | Promise<T>): Promise<T>;
   op<T>(call: FabricCallName, ctx: OperationContext, fn: () => T | Promise<T>): Promise<T>;
+}
+
+/** Template checkpoint files exported by any fake agent, by content token (a copy of one keeps the token). */
+const exported = new Map<string, { memoryBytes: number; metadata: CheckpointMetadata }>();
+
+/** A template checkpoint file another fake agent exported, by the content token a copy of it carries. */
+export function exportedCheckpoint(token: string | undefined): { memoryBytes: number; metadata: CheckpointMetadata } | undefined {
+  return token === undefined ? undefined : exported.get(token);
 }
 
 function missing(templateId: string, what: string): OffshootError {
@@ -86,11 +97,15 @@ export function fakeFabricHandlers(f: FakeFabricHost): Pick<AgentHandlers, Fabri
         if (f.files.has(r.file)) throw new OffshootError('ALREADY_EXISTS', `${r.file} already exists; Offshoot never overwrites a file`, { kind: 'file', name: r.file }, 409);
         f.files.add(r.file);
         f.checkpoints.set(r.file, { memoryBytes: t.memoryBytes, metadata: r.metadata });
+        const token = `template-export:${randomUUID()}`;
+        f.content.set(r.file, token);
+        exported.set(token, { memoryBytes: t.memoryBytes, metadata: r.metadata });
         return { fileBytes: t.memoryBytes / 2, storedPages: t.memoryBytes / 8192 };
       }),
     importTemplate: (r, ctx) =>
       f.op('importTemplate', ctx, () => {
-        const ckpt = f.checkpoints.get(r.checkpoint);
+        const token = f.content.get(r.checkpoint);
+        const ckpt = f.checkpoints.get(r.checkpoint) ?? (token === undefined ? undefined : exported.get(token));
         if (!ckpt || !f.files.has(r.checkpoint)) throw new OffshootError('CHECKPOINT_NOT_FOUND', `no checkpoint file ${r.checkpoint}`, { file: r.checkpoint }, 404);
         if (ckpt.memoryBytes !== guestMemoryBytes(r.spec)) throw new OffshootError('INVALID_INPUT', `checkpoint ${r.checkpoint} holds ${ckpt.memoryBytes} bytes of memory, but the template's spec has ${r.spec.memoryMiB} MiB`, { checkpoint: r.checkpoint }, 400);
         const memoryTemplateId = randomUUID();

@@ -1,18 +1,22 @@
-// The hand-out: `vm claim TEMPLATE`. A claim takes the oldest ready child of
-// the template (one conditional update in the inventory, so concurrent
-// claims, on one controller or several, never get the same child), renames
-// it if asked, and hands it out in one guest step on its host (resumed if
-// paused; hostname, clock, fresh entropy; the claim's script with its env and
-// SSH key); it returns the child running, its guest agent having answered
-// that step. The child's MAC and machine-id are its own from when it was made
+// The hand-out: `vm claim TEMPLATE [--host H]`. A claim takes the oldest
+// ready child of the template on any host it is ready on and that is
+// reachable (or on H): one conditional update in the inventory across hosts,
+// so concurrent claims, on one controller or several, never get the same
+// child, and the pools of all hosts are drained first in first out (each
+// refills behind). It renames it if asked, and hands it out in one guest step
+// on its host (resumed if paused; hostname, clock, fresh entropy; the claim's
+// script with its env and SSH key); it returns the child running, its guest
+// agent having answered that step. The child's MAC and machine-id are its own from when it was made
 // (each pool child gets new ones and has them applied before it is ready).
 //
 // A child that fails its hand-out (its QEMU gone, the guest agent silent) is
-// removed and the next ready one tried; when the pool has none, a child is
-// forked on demand from the template (the result says so). A customisation
+// removed and the next ready one tried; when the pools have none, a child is
+// forked on demand from the template (the result says so) on the reachable
+// host that runs the fewest of the template's children. A customisation
 // script that fails is the caller's: the child is removed and the claim
 // fails with the script's output (CLAIM_SCRIPT_FAILED), with no retry.
-// Every claim asks the pool keeper to refill.
+// Every claim asks the pool keeper to refill, once its hand-out is over (the
+// refill's new QEMUs would otherwise compete with the claim's guest step).
 import { randomBytes, randomUUID } from 'node:crypto';
 import { AlreadyExistsError, OffshootError, toOffshootError } from '../../common/index.ts';
 import type { HandOutResult } from '../../protocol/index.ts';
@@ -62,24 +66,27 @@ export async function claimChild(deps: FabricDeps, keeper: PoolKeeper, template:
   for (let i = 0; i < MAX_POOL_TRIES; i++) {
     const member = await deps.fabric.claimMember(template.id, hostIds, claimId);
     if (!member) break;
-    keeper.request(template.id, member.hostId);
     try {
       return await handOut(deps, template, member, request, 'pool', t0, skipped);
     } catch (err) {
       if (err instanceof ClaimScriptFailedError || (err instanceof OffshootError && err.code === 'ALREADY_EXISTS')) throw err;
       skipped.push({ vm: member.vmId, error: toOffshootError(err).message });
       deps.logger.warn({ err: toOffshootError(err).message, vm: member.vmId, template: template.name }, 'a pool child failed its hand-out: removed, trying the next');
+    } finally {
+      // The refill starts behind the hand-out, so its QEMUs do not compete with the claim's guest step for the CPU.
+      keeper.request(template.id, member.hostId);
     }
   }
 
-  // The pool has no ready child: fork one for this claim.
-  const placement = placements.find((p) => hostIds.includes(p.hostId));
+  // The pool has no ready child: fork one for this claim, on the reachable host running the fewest of its children.
+  const members = await deps.fabric.listMembers({ templateId: template.id });
+  const load = (hostId: string) => members.filter((m) => m.hostId === hostId).length;
+  const placement = placements.filter((p) => hostIds.includes(p.hostId)).sort((a, b) => load(a.hostId) - load(b.hostId))[0];
   if (!placement) throw new ClaimFailedError(template.name, 'every host the template is placed on is unreachable', { skipped });
   const vmId = newVmId();
   const name = request.name ?? `${template.name}-${randomBytes(3).toString('hex')}`;
   const now = new Date().toISOString();
   await deps.fabric.insertMember({ vmId, templateId: template.id, hostId: placement.hostId, state: 'claimed', stateReason: 'forked on demand', createdAt: now, readyAt: null, claimedAt: now, claimId, updatedAt: now });
-  keeper.request(template.id, placement.hostId);
   try {
     await spawnChild(deps, template, placement, { vmId, name, reason: `forked on demand for a claim of template ${template.name}`, warmUp: false, pause: false });
     return await handOut(deps, template, await memberOf(deps, vmId), { ...request, name }, 'on-demand', t0, skipped);
@@ -87,6 +94,8 @@ export async function claimChild(deps: FabricDeps, keeper: PoolKeeper, template:
     await deps.fabric.deleteMember(vmId);
     if (err instanceof ClaimScriptFailedError) throw err;
     throw new ClaimFailedError(template.name, `no child was ready and forking one on demand failed: ${toOffshootError(err).message}`, { skipped, cause: toOffshootError(err).code });
+  } finally {
+    keeper.request(template.id, placement.hostId);
   }
 }
 

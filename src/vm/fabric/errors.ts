@@ -37,3 +37,17 @@ export class ClaimScriptFailedError extends OffshootError {
     super('CLAIM_SCRIPT_FAILED', `the customisation script failed in the child of template "${template}" (exit ${exitCode ?? 'by a signal'}); the child was removed: ${stderr.trim().slice(-500) || 'no error output'}`, { template, exitCode, stdout, stderr }, 422);
   }
 }
+
+/** A template cannot be carried to that host (not ready, another accelerator, already there, no room). HTTP 409. */
+export class PlacementRefusedError extends OffshootError {
+  constructor(name: string, host: string, why: string) {
+    super('TEMPLATE_PLACEMENT_REFUSED', `template "${name}" cannot be placed on host ${host}: ${why}`, { template: name, host, why }, 409);
+  }
+}
+
+/** Carrying a template to a host failed midway; nothing of it was left there (details: the phase and the cause's code). HTTP 502. */
+export class PlacementFailedError extends OffshootError {
+  constructor(name: string, host: string, phase: string, cause: OffshootError) {
+    super('TEMPLATE_PLACEMENT_FAILED', `carrying template "${name}" to host ${host} failed while ${phase}: ${cause.message}; nothing of it was left there`, { template: name, host, phase, cause: cause.code }, 502, { cause });
+  }
+}

@@ -224,7 +224,7 @@ export class PoolKeeper {
    */
   async reconcile(template: TemplateRecord, placement: TemplatePlacement, options: { hostRestarted?: boolean; recovering?: boolean } = {}): Promise<void> {
     // Under the pool's claim: rows being made or retired by a refill (here or on another controller) are left alone.
-    const done = await this.withPool(template.id, placement.hostId, 'template.reconcile', async () => {
+    await this.withPool(template.id, placement.hostId, 'template.reconcile', async () => {
       const members = await this.deps.fabric.listMembers({ templateId: template.id, hostId: placement.hostId });
       for (const m of members) {
         const vm = await this.deps.inventory.getVm(m.vmId);
@@ -244,6 +244,7 @@ export class PoolKeeper {
       }
       return true;
     });
-    if (done && template.state === 'ready' && placement.state === 'ready') this.request(template.id, placement.hostId);
+    // Asked for even when a refill held the pool meanwhile (e.g. one failing on a host that just came back): it runs once more after it.
+    if (template.state === 'ready' && placement.state === 'ready') this.request(template.id, placement.hostId);
   }
 }

@@ -5,7 +5,8 @@
 //
 //   template   creating --> ready --> deleting          (broken: every placement is)
 //                      \--> (gone: a creation that failed leaves nothing)
-//   placement  placing --> ready <--> broken            (failed: carrying it there failed)
+//   placement  placing --> ready <--> broken            (a placing one that fails is dropped:
+//                                                        nothing of it stays on its host)
 //   member     filling --> ready --> claimed            (a pool child's "ready state")
 //                  \          \--> retiring --> (gone)
 //                   \--> (gone: it failed its readiness check)
@@ -19,7 +20,7 @@ import type { VmSpec } from '../../protocol/index.ts';
 export const TEMPLATE_STATES = ['creating', 'ready', 'broken', 'deleting'] as const;
 export type TemplateState = (typeof TEMPLATE_STATES)[number];
 
-export const PLACEMENT_STATES = ['placing', 'ready', 'failed', 'broken'] as const;
+export const PLACEMENT_STATES = ['placing', 'ready', 'broken'] as const;
 export type PlacementState = (typeof PLACEMENT_STATES)[number];
 
 /** The ready state of a pool child. */
@@ -79,6 +80,8 @@ export interface TemplatePlacement {
   /** Why the pool holds fewer ready children than asked (the memory budget, a failed fill), or null. */
   poolNote: string | null;
   placedAt: string | null;
+  /** The task carrying it there, while it is `placing` (a controller that finds that task ended drops the placement). */
+  taskId?: string | null;
 }
 
 /**

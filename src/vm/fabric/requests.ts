@@ -25,8 +25,14 @@ const memorySize = z.union([z.string().max(32), z.number().int().positive()]).tr
 export const createTemplateRequestSchema = z.strictObject({
   name: templateNameSchema,
   from: z.string().min(1).max(128).describe('the running (or paused) VM to make the parent template of, by name or id; it runs on'),
+  hosts: z.array(hostRef).max(32).optional().describe('other hosts to place it on as well (carried there once made; the creation fails, leaving nothing, if one cannot be)'),
 });
 export type CreateTemplateRequest = z.input<typeof createTemplateRequestSchema>;
+
+export const placeTemplateRequestSchema = z.strictObject({
+  host: hostRef.describe('the host to carry the template to (its memory as a checkpoint file, its missing bases and boot files copied)'),
+});
+export type PlaceTemplateRequest = z.input<typeof placeTemplateRequestSchema>;
 
 export const scaleTemplateRequestSchema = z.strictObject({
   ready: z.number().int().min(0).max(MAX_POOL_READY).describe('ready children to keep on each host (or on `host`)'),

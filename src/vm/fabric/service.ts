@@ -1,7 +1,16 @@
 // The fabric service: one handler for templates, their pools and claims
 // (REST routes and the CLI go through it). A template is made of a running VM
-// by a task (create-template.ts); its pools are kept by the pool keeper
-// (pool.ts); a claim hands a child out (claim.ts).
+// by a task (create-template.ts) and carried to other hosts by a task each
+// (place.ts; `create --host` carries it in its own task, all or nothing); its
+// pools, one per host it is ready on, are kept by the pool keeper (pool.ts);
+// a claim hands a child out from any host (claim.ts).
+//
+// Placements: `placing` while their task runs (a placement whose task ended
+// unfinished, its controller gone, is removed from its host at start and by
+// the periodic check), `ready`, or `broken` (placing it again replaces it).
+// `template delete` removes the copy on every host; a host that does not
+// answer keeps the template `deleting` (with that host's copy listed) until
+// it does, so no host is left with files of a template the inventory forgot.
 //
 // Lifecycle rules (issue 14): `template delete` refuses while the template
 // has children (ready or being made in its pools, or claimed children still
@@ -25,14 +34,16 @@ import { parseRequest } from '../requests.ts';
 import type { TaskRecord } from '../records.ts';
 import { claimChild } from './claim.ts';
 import type { ClaimResult } from './claim.ts';
-import { freezeTemplate } from './create-template.ts';
+import { EMPTY_POOL, freezeTemplate } from './create-template.ts';
 import type { FabricDeps } from './deps.ts';
 import { agentOn } from './deps.ts';
-import { TemplateInUseError, TemplateNotPlacedError } from './errors.ts';
+import { PlacementRefusedError, TemplateInUseError, TemplateNotPlacedError } from './errors.ts';
+import { carryTemplate, undoCarry } from './place.ts';
+import type { CarryReport } from './place.ts';
 import { PoolKeeper } from './pool.ts';
 import type { MemberState, PoolSettings, TemplatePlacement, TemplateRecord } from './records.ts';
 import { assertTemplateState } from './records.ts';
-import { claimRequestSchema, createTemplateRequestSchema, deleteTemplateRequestSchema, scaleTemplateRequestSchema } from './requests.ts';
+import { claimRequestSchema, createTemplateRequestSchema, deleteTemplateRequestSchema, placeTemplateRequestSchema, scaleTemplateRequestSchema } from './requests.ts';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const DEFAULT_RECONCILE_MS = 30_000;
@@ -76,6 +87,7 @@ export class FabricService {
         else if (t.state === 'deleting') await this.finishDelete(t);
         else {
           await this.pin(t.id, t.placements);
+          await this.dropStalePlacements(t);
           await this.check(t, { recovering: true });
         }
       } catch (err) {
@@ -113,11 +125,20 @@ export class FabricService {
   async create(input: unknown): Promise<TemplateAndTask> {
     const request = parseRequest('template create request', createTemplateRequestSchema, input);
     if (await this.deps.fabric.findTemplate(request.name)) throw new OffshootError('ALREADY_EXISTS', `template "${request.name}" already exists`, { kind: 'template', name: request.name }, 409);
-    const { id: sourceId } = await this.deps.engine.resolve(request.from);
+    const { id: sourceId, hostId: sourceHost } = await this.deps.engine.resolve(request.from);
+    // Other hosts to carry it to (the source's own host is its first placement anyway).
+    const targets: string[] = [];
+    for (const ref of request.hosts ?? []) {
+      const host = await this.deps.engine.fleet.resolve(ref);
+      if (host.id !== sourceHost && !targets.includes(host.id)) targets.push(host.id);
+    }
     const { vm: source, previous } = await this.deps.engine.states.claimFrom(sourceId, 'fork', 'forking', 'with a template freeze');
     const now = new Date().toISOString();
     const template: TemplateRecord = { id: newTaskId(), name: request.name, state: 'creating', stateReason: `being made from VM ${source.name}`, sourceVmId: source.id, sourceVmName: source.name, originHostId: source.hostId, memoryMiB: source.spec.memoryMiB, placements: [], createdAt: now, updatedAt: now };
+    let released = false;
     const release = async () => {
+      if (released) return;
+      released = true;
       this.deps.engine.states.release(sourceId);
       await this.deps.engine.states.settle(sourceId, ['forking'], previous, null).catch(() => undefined);
     };
@@ -130,12 +151,27 @@ export class FabricService {
     const forkId = newTaskId();
     try {
       const task = await this.deps.engine.tasks.start('template.create', { id: template.id, name: template.name }, async (ctx) => {
+        const placed: string[] = [];
         try {
           const placement = await freezeTemplate(this.deps, template, { ...source, state: previous }, previous === 'paused' ? 'paused' : 'running', ctx, forkId);
+          placed.push(placement.hostId);
           await this.pin(template.id, [placement]);
-          const ready = await this.deps.fabric.updateTemplate(template.id, (t) => ({ ...t, state: 'ready', stateReason: null, placements: [placement] }));
-          return { template: await this.view(ready) };
+          // The source VM is free again; the copies on other hosts are made from the template, not from it.
+          await release();
+          let current = await this.deps.fabric.updateTemplate(template.id, (t) => ({ ...t, placements: [placement, ...targets.map((h) => this.placing(h, placement.hostId, ctx.taskId))] }));
+          const carried: CarryReport[] = [];
+          for (const hostId of targets) {
+            placed.push(hostId);
+            const done = await carryTemplate(this.deps, current, placement, hostId, ctx);
+            await this.pin(template.id, [done.placement]);
+            carried.push(done.report);
+            current = await this.deps.fabric.updateTemplate(template.id, (t) => ({ ...t, placements: t.placements.map((p) => (p.hostId === hostId ? done.placement : p)) }));
+          }
+          const ready = await this.deps.fabric.updateTemplate(template.id, (t) => ({ ...t, state: 'ready', stateReason: null }));
+          return { template: await this.view(ready), ...(carried.length ? { carried } : {}) };
         } catch (err) {
+          // All or nothing: the copies already made (on the source's host too) go with the template.
+          for (const hostId of placed) await undoCarry(this.deps, template.id, hostId);
           await this.unpin(template.id).catch(() => undefined);
           await this.deps.fabric.deleteTemplate(template.id).catch(() => undefined);
           throw err;
@@ -149,6 +185,67 @@ export class FabricService {
       await this.deps.fabric.deleteTemplate(template.id).catch(() => undefined);
       await release();
       throw err;
+    }
+  }
+
+  /**
+   * `template place NAME --host H`: a task carries the template to the host (place.ts); its placement is `placing`
+   * meanwhile, `ready` after, and gone (nothing left there) if that fails. A broken placement there is replaced.
+   */
+  async place(ref: string, input: unknown): Promise<TemplateAndTask> {
+    const request = parseRequest('template place request', placeTemplateRequestSchema, input);
+    const t = await this.resolve(ref);
+    assertTemplateState(t, ['ready'], 'place');
+    const host = await this.deps.engine.fleet.resolve(request.host);
+    const from = t.placements.find((p) => p.hostId === t.originHostId && p.state === 'ready') ?? t.placements.find((p) => p.state === 'ready');
+    if (!from) throw new PlacementRefusedError(t.name, host.name, 'it has no ready copy on any host to carry');
+    if (host.state !== 'ready') throw new PlacementRefusedError(t.name, host.name, `the host is ${host.state}`);
+    let replaced: TemplatePlacement | undefined;
+    const marked = await this.deps.fabric.updateTemplate(t.id, (x) => {
+      const there = x.placements.find((p) => p.hostId === host.id);
+      if (there && there.state !== 'broken') throw new PlacementRefusedError(x.name, host.name, there.state === 'placing' ? 'it is being placed there' : 'it is placed there already');
+      replaced = there;
+      return { ...x, placements: [...x.placements.filter((p) => p.hostId !== host.id), { ...this.placing(host.id, from.hostId, null), pool: there?.pool ?? { ...EMPTY_POOL } }] };
+    });
+    const task = await this.deps.engine.tasks.start('template.place', { id: t.id, name: `${t.name}@${host.name}` }, async (ctx) => {
+      try {
+        if (replaced) {
+          // The broken copy's children and files go first.
+          for (const m of await this.deps.fabric.listMembers({ templateId: t.id, hostId: host.id })) if (m.state !== 'claimed') await this.keeper.retire(m, ['ready', 'filling', 'retiring']);
+          await undoCarry(this.deps, t.id, host.id);
+        }
+        const current = await this.resolve(t.id);
+        const { placement, report } = await carryTemplate(this.deps, current, from, host.id, ctx);
+        await this.pin(t.id, [placement]);
+        const ready = await this.deps.fabric.updateTemplate(t.id, (x) => ({ ...x, placements: x.placements.map((p) => (p.hostId === host.id ? { ...placement, pool: p.pool } : p)) }));
+        this.keeper.request(t.id, host.id);
+        return { template: await this.view(ready), carried: report };
+      } catch (err) {
+        await this.dropPlacing(t.id, host.id);
+        throw err;
+      }
+    });
+    const current = await this.deps.fabric.updateTemplate(t.id, (x) => ({ ...x, placements: x.placements.map((p) => (p.hostId === host.id && p.state === 'placing' ? { ...p, taskId: task.id } : p)) })).catch(() => marked);
+    return { template: await this.view(current), task };
+  }
+
+  /** A placement being carried to `hostId` from `fromHost` by task `taskId`. */
+  private placing(hostId: string, fromHost: string, taskId: string | null): TemplatePlacement {
+    return { hostId, state: 'placing', stateReason: `being carried from host ${this.deps.engine.hostName(fromHost)}`, spec: null, memoryTemplateId: null, files: [], pool: { ...EMPTY_POOL }, poolNote: null, placedAt: null, taskId };
+  }
+
+  private async dropPlacing(templateId: string, hostId: string): Promise<void> {
+    await this.deps.fabric.updateTemplate(templateId, (x) => ({ ...x, placements: x.placements.filter((p) => !(p.hostId === hostId && p.state === 'placing')) })).catch(() => undefined);
+  }
+
+  /** Placements left `placing` by a task that ended (its controller died): what they made on their host goes. */
+  private async dropStalePlacements(t: TemplateRecord): Promise<void> {
+    for (const p of t.placements.filter((x) => x.state === 'placing')) {
+      const task = p.taskId ? await this.deps.engine.tasks.get(p.taskId).catch(() => undefined) : undefined;
+      if (task?.state === 'running' || (!p.taskId && Date.now() - Date.parse(t.updatedAt) < UNRECORDED_CREATION_MS)) continue;
+      this.deps.logger.warn({ template: t.name, host: p.hostId }, 'a placement whose task ended unfinished: removing what it made');
+      await undoCarry(this.deps, t.id, p.hostId);
+      await this.dropPlacing(t.id, p.hostId);
     }
   }
 
@@ -182,6 +279,8 @@ export class FabricService {
     const users = await this.users(t);
     if (!force && (users.pooled > 0 || users.claimed.length > 0)) throw new TemplateInUseError(t.name, { ready: users.pooled, claimed: users.claimed });
     if (t.state === 'creating') throw new OffshootError('ILLEGAL_STATE', `template "${t.name}" is still being made; delete it once its task has ended`, { template: t.name, state: t.state }, 409);
+    const placing = t.placements.filter((p) => p.state === 'placing').map((p) => this.deps.engine.hostName(p.hostId));
+    if (placing.length > 0) throw new OffshootError('ILLEGAL_STATE', `template "${t.name}" is being placed on ${placing.join(', ')}; delete it once that task has ended`, { template: t.name, placing }, 409);
     const deleting = await this.deps.fabric.updateTemplate(t.id, (x) => ({ ...x, state: 'deleting', stateReason: 'being deleted', placements: x.placements.map((p) => ({ ...p, pool: { ...p.pool, ready: 0 } })) }));
     const view = await this.view(deleting);
     await this.finishDelete(deleting);
@@ -207,10 +306,20 @@ export class FabricService {
       if (m.state === 'claimed') await this.deps.fabric.deleteMember(m.vmId);
       else await this.keeper.retire(m, ['ready', 'filling', 'retiring']);
     }
+    const left: TemplatePlacement[] = [];
     for (const p of t.placements) {
       await agentOn(this.deps, p.hostId)
         .removeTemplate({ templateId: t.id })
-        .catch((err: unknown) => this.deps.logger.warn({ err: toOffshootError(err).message, template: t.name, host: p.hostId }, 'cannot remove the copy of a template from its host'));
+        .catch((err: unknown) => {
+          left.push(p);
+          this.deps.logger.warn({ err: toOffshootError(err).message, template: t.name, host: p.hostId }, 'cannot remove the copy of a template from its host; retried when it answers');
+        });
+    }
+    if (left.length > 0) {
+      // Kept `deleting` with the copies still on hosts that did not answer: the periodic check (and the host's return) finishes it.
+      await this.deps.fabric.updateTemplate(t.id, (x) => ({ ...x, stateReason: `being deleted; its copies on ${left.map((p) => this.deps.engine.hostName(p.hostId)).join(', ')} are removed once they answer`, placements: left }));
+      for (const p of t.placements) if (!left.includes(p)) await this.deps.engine.collectGarbage(p.hostId).catch(() => undefined);
+      return;
     }
     await this.deps.fabric.deleteTemplate(t.id);
     await this.unpin(t.id);
@@ -227,22 +336,27 @@ export class FabricService {
     if (task?.state === 'running') return;
     // Made by a controller that died before it recorded its task: left alone for a while (its task may still run).
     if (!t.taskId && Date.now() - Date.parse(t.createdAt) < UNRECORDED_CREATION_MS) return;
-    await agentOn(this.deps, t.originHostId)
-      .removeTemplate({ templateId: t.id })
-      .catch(() => undefined);
+    for (const hostId of new Set([t.originHostId, ...t.placements.map((p) => p.hostId)])) await undoCarry(this.deps, t.id, hostId);
     await this.deps.fabric.deleteTemplate(t.id);
     await this.unpin(t.id);
   }
 
   private async checkAll(): Promise<void> {
     for (const t of await this.deps.fabric.listTemplates()) {
-      if (t.state === 'ready' || t.state === 'broken') await this.check(t);
-      else if (t.state === 'creating') await this.dropIfUnfinished(t);
+      if (t.state === 'ready' || t.state === 'broken') {
+        await this.dropStalePlacements(t);
+        await this.check(t);
+      } else if (t.state === 'creating') await this.dropIfUnfinished(t);
+      else if (t.state === 'deleting') await this.finishDelete(t);
     }
   }
 
   private async checkHost(hostId: string, hostRestarted: boolean): Promise<void> {
-    for (const t of await this.deps.fabric.listTemplates()) if ((t.state === 'ready' || t.state === 'broken') && t.placements.some((p) => p.hostId === hostId)) await this.check(t, { hostRestarted, onlyHost: hostId });
+    for (const t of await this.deps.fabric.listTemplates()) {
+      if (!t.placements.some((p) => p.hostId === hostId)) continue;
+      if (t.state === 'ready' || t.state === 'broken') await this.check(t, { hostRestarted, onlyHost: hostId });
+      else if (t.state === 'deleting') await this.finishDelete(t);
+    }
   }
 
   /**

@@ -13,7 +13,8 @@
 // same hosts in the same direction (first come, first served per host), and
 // all of them or none (a group's members count one each). While it waits its
 // task's progress says `queued`, its position and what it waits for. A cancel
-// (its signal) takes it out of the queue.
+// (its signal), or the loss of its task to another controller, takes it out
+// of the queue.
 import { OffshootError, sleep } from '../../common/index.ts';
 import type { VmClaim } from '../coordination.ts';
 import type { EngineContext } from '../engine-context.ts';

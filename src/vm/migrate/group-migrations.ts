@@ -89,7 +89,7 @@ export class GroupMigrations {
     await task.journal({ mode: request.mode, members: members.map((m) => ({ vmId: m.vm.id, phase: 'queued', previous: m.previous, sourceHostId: m.source.id, destinationHostId: m.destination.id }) as MigrateJournal) });
     let slots;
     try {
-      slots = await this.admission.admit(task, needs, signal);
+      slots = await this.admission.admit(task, needs, AbortSignal.any([signal, task.signal]));
     } catch (err) {
       if (!task.signal.aborted) for (const m of members) await this.ctx.states.settle(m.vm.id, ['migrating'], m.previous, null).catch(() => undefined);
       throw err;

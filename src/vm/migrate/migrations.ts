@@ -70,7 +70,7 @@ export class Migrations {
     await task.journal({ vmId: vm.id, phase: 'queued', previous, sourceHostId: source.id, destinationHostId: destination.id } as MigrateJournal);
     let slots;
     try {
-      slots = await this.admission.admit(task, singleNeeds(source.id, destination.id), signal);
+      slots = await this.admission.admit(task, singleNeeds(source.id, destination.id), AbortSignal.any([signal, task.signal]));
     } catch (err) {
       // Nothing moved: the VM is as it was (unless another controller took the task over: it does that).
       if (!task.signal.aborted) await this.ctx.states.settle(vm.id, ['migrating'], previous, null).catch(() => undefined);

@@ -22,7 +22,7 @@ import type { CopyFile, CopyJobRecord } from './records.ts';
 export type CopyFileResult = CallResult<'copyFile'>;
 
 /** The address of a host as another host would reach it: its agent URL's host; for the controller's own host, the other's (it binds what routes there). */
-export function peerAddress(deps: StorageDeps, readerHostId: string, serverHostId: string): string {
+export function peerAddress(deps: Pick<StorageDeps, 'engine'>, readerHostId: string, serverHostId: string): string {
   const hostOf = (id: string) => {
     const url = deps.engine.fleet.hosts().find((h) => h.id === id)?.url ?? '';
     try {

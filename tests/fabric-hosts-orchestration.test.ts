@@ -1,0 +1,210 @@
+// Fast tests of templates on several hosts (src/vm/fabric/place.ts and the
+// service) against two fake agents that pass the agent contract: the
+// controller's own host `a` in process and `b` over HTTP. A template made on
+// a is carried to b (its frozen base copied into b's bases, the
+// default guest's files used where they are, its memory through a checkpoint
+// file that goes from both hosts once imported); pools per host and claims
+// across hosts; a copy or an import that fails leaves nothing at b (and no
+// exported file at a); `template create --host` is all or nothing; delete
+// removes the copies on every host. The same paths run against real QEMU on
+// lab hosts in tests/e2e/fabric-hosts.test.ts.
+import { mkdtempSync, rmSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import { serve } from '@hono/node-server';
+import { afterEach, describe, expect, it } from 'vitest';
+import { OffshootError, silentLogger } from '../src/common/index.ts';
+import { FakeAgent, agentHttpApp } from '../src/protocol/index.ts';
+import { KyselyInventory } from '../src/store/index.ts';
+import type { CarryReport, TemplateView } from '../src/vm/index.ts';
+import { FabricService, Fleet, VmEngine } from '../src/vm/index.ts';
+
+const TOKEN = 'f'.repeat(43);
+
+async function setup() {
+  const dir = mkdtempSync('/tmp/osh-fabric-hosts-');
+  const inventory = await KyselyInventory.open(`${dir}/inventory.sqlite`);
+  const a = new FakeAgent({ hostId: 'fake-a', managementAddress: '10.254.9.1' });
+  const b = new FakeAgent({ hostId: 'fake-b', managementAddress: '10.254.9.2' });
+  const app = agentHttpApp(b.endpoint, { token: TOKEN });
+  const server = await new Promise<ReturnType<typeof serve>>((resolve) => {
+    const s = serve({ fetch: app.fetch, hostname: '127.0.0.1', port: 0 }, () => resolve(s));
+  });
+  const fleet = new Fleet({ inventory: inventory.hosts, vmsOn: async (id) => (await inventory.listVms()).filter((v) => v.hostId === id).length, local: { name: 'a', endpoint: a.endpoint }, heartbeatMs: 100, leaseMs: 2_000 });
+  await fleet.start();
+  const hostB = await fleet.add({ name: 'b', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, token: TOKEN });
+  const engine = new VmEngine({ inventory, fleet, logger: silentLogger });
+  const fabric = new FabricService({ inventory, fabric: inventory.fabric, engine, logger: silentLogger, readyTimeoutMs: 5_000, reconcileMs: 60_000 });
+  await fabric.start();
+  const close = async () => {
+    await fabric.close();
+    await engine.close();
+    await fleet.close();
+    const closing = new Promise<void>((r) => server.close(() => r()));
+    (server as unknown as { closeAllConnections(): void }).closeAllConnections();
+    await closing;
+    await inventory.close();
+    rmSync(dir, { recursive: true, force: true });
+  };
+  const { task } = await engine.create({ name: 'src', start: true, host: 'a' });
+  expect((await engine.tasks.wait(task?.id as string)).state).toBe('succeeded');
+  const template = async (name: string, hosts?: string[]): Promise<TemplateView> => {
+    const made = await fabric.create({ name, from: 'src', ...(hosts ? { hosts } : {}) });
+    const done = await engine.tasks.wait(made.task?.id as string);
+    expect(done.state, JSON.stringify(done.error)).toBe('succeeded');
+    return fabric.show(name);
+  };
+  const place = async (name: string, host: string) => {
+    const started = await fabric.place(name, { host });
+    return engine.tasks.wait(started.task?.id as string);
+  };
+  /** Files of the template's folder on a fake host. */
+  const folder = (agent: FakeAgent, templateId: string) => [...agent.files].filter((f) => f.startsWith(`home:fabric/${templateId}/`)).sort();
+  return { dir, inventory, a, b, hostB, fleet, engine, fabric, close, template, place, folder };
+}
+
+async function codeOf(promise: Promise<unknown>): Promise<string> {
+  try {
+    await promise;
+    return 'no error';
+  } catch (err) {
+    return err instanceof OffshootError ? err.code : String(err);
+  }
+}
+
+describe('templates on several hosts against fake agents', () => {
+  const closers: Array<() => Promise<void>> = [];
+  afterEach(async () => {
+    for (const c of closers.splice(0)) await c();
+  });
+
+  it('carries a template to another host: its base copied, the guest files used where they are, its memory imported; pools per host, claims on both', async () => {
+    const s = await setup();
+    closers.push(s.close);
+    const t = await s.template('web');
+    const origin = t.placements[0] as TemplateView['placements'][number];
+    const done = await s.place('web', 'b');
+    expect(done.state, JSON.stringify(done.error)).toBe('succeeded');
+    const report = (done.result as { carried: CarryReport }).carried;
+    const placed = await s.fabric.show('web');
+    expect(placed.placements.map((p) => [p.host, p.state])).toEqual([
+      ['a', 'ready'],
+      ['b', 'ready'],
+    ]);
+    const atB = placed.placements[1] as TemplateView['placements'][number];
+    // The frozen base travelled into b's template folder; the default guest's kernel, initrd and data disk did not.
+    const frozen = origin.spec?.disks[0]?.file as string;
+    expect(report.copied.map((c) => c.from)).toEqual([frozen]);
+    expect(atB.spec?.disks[0]?.file).toBe(report.copied[0]?.to);
+    expect(atB.spec?.disks[0]?.file).toMatch(new RegExp(`^home:bases/${t.id.slice(0, 8)}-0-`));
+    expect(atB.spec?.disks[0]?.backing).toEqual(origin.spec?.disks[0]?.backing);
+    expect(report.held.map((h) => h.file).sort()).toEqual([...(origin.spec?.disks[0]?.backing ?? []), (origin.spec?.boot as { kernel: string }).kernel, (origin.spec?.boot as { initrd: string }).initrd].sort());
+    // The copy is linked over b's own data disk; the checkpoint files that carried the memory are gone on both hosts.
+    expect(s.b.backing.get(atB.spec?.disks[0]?.file as never)).toBe(atB.spec?.disks[0]?.backing[0]);
+    expect(s.b.files.has(atB.spec?.disks[0]?.file as never)).toBe(true);
+    expect(s.folder(s.b, t.id)).toEqual([]);
+    expect(s.folder(s.a, t.id).filter((f) => f.endsWith('.ckpt'))).toEqual([]);
+    expect(s.b.hostTemplates.get(t.id)?.memoryTemplateId).toBe(atB.memoryTemplateId);
+    expect(atB.memoryTemplateId).not.toBe(origin.memoryTemplateId);
+    // Pinned on both hosts.
+    const pinned = (await s.inventory.pins.list({ holder: `fabric:${t.id}` })).map((x) => x.path);
+    expect(pinned).toEqual(expect.arrayContaining([`template:${atB.memoryTemplateId}`, `template:${origin.memoryTemplateId}`, ...atB.files]));
+    // Placed twice is refused; a host it is not on cannot be scaled.
+    expect(await codeOf(s.fabric.place('web', { host: 'b' }))).toBe('TEMPLATE_PLACEMENT_REFUSED');
+    expect(await codeOf(s.fabric.place('web', { host: 'nope' }))).toBe('NOT_FOUND');
+
+    // A pool per host; claims take from both, never the same child; --host takes one there.
+    await s.fabric.scale('web', { ready: 2 }, { wait: true });
+    const pools = (await s.fabric.show('web')).placements.map((p) => [p.host, p.children.ready]);
+    expect(pools).toEqual([
+      ['a', 2],
+      ['b', 2],
+    ]);
+    const onB = await s.fabric.claim('web', { host: 'b', hostname: 'on-b' });
+    expect(onB.host).toBe('b');
+    expect(onB.vm.hostId).toBe(s.hostB.id);
+    expect(s.b.vms.get(onB.vm.id)?.runtime.memory.templateId).toBe(atB.memoryTemplateId);
+    const many = await Promise.all(Array.from({ length: 5 }, () => s.fabric.claim('web', {})));
+    expect(new Set([onB.vm.id, ...many.map((c) => c.vm.id)]).size).toBe(6);
+    expect(many.filter((c) => c.source === 'pool')).toHaveLength(3);
+    expect(new Set(many.filter((c) => c.source === 'pool').map((c) => c.host))).toEqual(new Set(['a', 'b']));
+    await s.fabric.keeper.settled();
+    expect((await s.fabric.show('web')).placements.map((p) => [p.host, p.children.ready])).toEqual([
+      ['a', 2],
+      ['b', 2],
+    ]);
+  });
+
+  it('leaves nothing at the destination (nor an exported file at the source) when a copy or the import fails; a later placement works', async () => {
+    const s = await setup();
+    closers.push(s.close);
+    const t = await s.template('web');
+    const filesA = [...s.a.files].sort();
+    const filesB = [...s.b.files].sort();
+    for (const [call, phase] of [
+      ['fetchFile', 'copying the template files'],
+      ['importTemplate', 'loading the template memory on the host'],
+      ['exportTemplate', 'carrying the template memory'],
+    ] as const) {
+      (call === 'exportTemplate' ? s.a : s.b).failNext(call);
+      const failed = await s.place('web', 'b');
+      expect(failed.state).toBe('failed');
+      expect(failed.error?.code).toBe('TEMPLATE_PLACEMENT_FAILED');
+      expect(failed.error?.details.phase).toBe(phase);
+      expect((await s.fabric.show('web')).placements.map((p) => p.host)).toEqual(['a']);
+      expect(s.b.hostTemplates.has(t.id)).toBe(false);
+      expect(s.folder(s.b, t.id)).toEqual([]);
+      expect([...s.b.files].sort()).toEqual(filesB);
+      expect([...s.a.files].sort()).toEqual(filesA);
+    }
+    expect((await s.place('web', 'b')).state).toBe('succeeded');
+    expect((await s.fabric.show('web')).placements.map((p) => [p.host, p.state])).toEqual([
+      ['a', 'ready'],
+      ['b', 'ready'],
+    ]);
+  });
+
+  it('template create --host places it on every host, or fails leaving nothing of it; the source VM runs on', async () => {
+    const s = await setup();
+    closers.push(s.close);
+    s.b.failNext('importTemplate');
+    const made = await s.fabric.create({ name: 'web', from: 'src', hosts: ['b'] });
+    const failed = await s.engine.tasks.wait(made.task?.id as string);
+    expect(failed.error?.code).toBe('TEMPLATE_PLACEMENT_FAILED');
+    expect(await s.fabric.list()).toEqual([]);
+    expect(s.a.hostTemplates.size + s.b.hostTemplates.size).toBe(0);
+    expect(s.folder(s.b, made.template.id)).toEqual([]);
+    expect((await s.engine.resolve('src')).state).toBe('running');
+    const t = await s.template('web', ['b', 'a']);
+    expect(t.placements.map((p) => [p.host, p.state])).toEqual([
+      ['a', 'ready'],
+      ['b', 'ready'],
+    ]);
+  });
+
+  it('template delete removes the copies on every host: refused with children, --force leaves claimed children running', async () => {
+    const s = await setup();
+    closers.push(s.close);
+    const t = await s.template('web', ['b']);
+    await s.fabric.scale('web', { ready: 1 }, { wait: true });
+    const claimed = await s.fabric.claim('web', { host: 'b' });
+    await s.fabric.keeper.settled();
+    expect(await codeOf(s.fabric.delete('web'))).toBe('TEMPLATE_IN_USE');
+    await s.fabric.delete('web', { force: true });
+    expect(await s.fabric.list()).toEqual([]);
+    for (const agent of [s.a, s.b]) {
+      expect(agent.hostTemplates.has(t.id)).toBe(false);
+      expect(s.folder(agent, t.id)).toEqual([]);
+    }
+    expect((await s.engine.list()).map((v) => `${v.name} ${v.state}`).sort()).toEqual([`${claimed.vm.name} running`, 'src running'].sort());
+    // The claimed child on b still maps b's copy of the memory and runs over b's copy of the base; once it goes, they go.
+    expect(s.b.templates.has(claimed.vm.runtime?.memory.templateId as string)).toBe(true);
+    const base = t.placements.find((p) => p.host === 'b')?.spec?.disks[0]?.file as never;
+    await s.engine.collectGarbage();
+    expect(s.b.files.has(base)).toBe(true);
+    await s.engine.kill(claimed.vm.id);
+    await s.engine.delete(claimed.vm.id);
+    await s.engine.collectGarbage();
+    expect(s.b.files.has(base)).toBe(false);
+    expect(s.b.templates.has(claimed.vm.runtime?.memory.templateId as string)).toBe(false);
+  });
+});
