@@ -63,11 +63,13 @@ export interface PaceOptions extends PaceSettings {
 }
 
 /**
- * A braked member's bandwidth cap. Low: a zero page costs QEMU about 9 bytes, so at 256 KiB/s an idle guest's
- * zero pages still drained at ~100 MiB/s of its remaining memory and it reached its switch-over braked
- * (measured). QEMU's cap is per 100 ms window, so it must stay above 10 B/s (a window of 0 means no cap).
+ * A braked member's bandwidth cap. Very low: a zero page costs QEMU about 9 bytes, so an idle guest's zero
+ * pages drain its remaining memory fast even at a crawl (measured: at 256 KiB/s ~100 MiB/s, at 16 KiB/s
+ * ~7 MiB/s, and braked members of a group of 8 reached their switch-over braked). QEMU's cap is per 100 ms
+ * window and lets one page past it, so it must stay above 10 B/s (a window of 0 means no cap): 1 KiB/s
+ * sends about one page or a dozen zero pages a window.
  */
-export const BRAKE_FLOOR = 16 * 2 ** 10;
+export const BRAKE_FLOOR = 2 ** 10;
 /** A braked member's downtime limit: it converges only if nearly nothing is left. */
 export const BRAKE_DOWNTIME_MS = 1;
 /** How close to its switch-over (at full speed) a member is braked: longer than a pacer tick and a progress report. */

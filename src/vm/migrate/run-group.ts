@@ -189,6 +189,9 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
         if (d.phase === 'held' && m.state === 'copying') {
           m.state = 'held';
           m.heldAt = performance.now();
+          // A member that reached its switch-over while braked: braked until then, held from then.
+          if (m.pace.brakedSince !== null) m.pace.brakedMs += m.heldAt - m.pace.brakedSince;
+          m.pace.brakedSince = null;
           held();
         }
       },
