@@ -32,7 +32,7 @@ import type { RunningVm } from '../running-vm.ts';
 import type { VmRuntime, VmSpec } from '../types.ts';
 import type { MigrationHost } from './host.ts';
 import { MIGRATION_PORT, NBD_PORT, MigrationRefusedError } from './host.ts';
-import { configureDestination, exportDisks, stopExports } from './qmp-steps.ts';
+import { configureDestination, exportDisks, queryMigrate, stopExports } from './qmp-steps.ts';
 
 export interface IncomingDiskRequest {
   id: string;
@@ -175,7 +175,11 @@ export class IncomingMigrations {
         const event = next.value;
         if (event.event === 'RESUME') resumedAt = eventTime(event);
         const status = (event.data as { status?: string } | undefined)?.status;
-        if (status === 'failed') throw new OffshootError('MIGRATION_FAILED', `the incoming migration of VM ${vmId} failed on this host`, { vmId, step: 'incoming' }, 500);
+        if (status === 'failed') {
+          // QEMU says why (e.g. a section it could not load): kept in the error so a failure can be told apart.
+          const why = (await queryMigrate(vm.qmp).catch(() => null))?.errorDesc;
+          throw new OffshootError('MIGRATION_FAILED', `the incoming migration of VM ${vmId} failed on this host${why ? `: ${why}` : ''}`, { vmId, step: 'incoming', ...(why ? { qemuError: why } : {}) }, 500);
+        }
         // Post-copy: the guest runs here while its remaining pages arrive on demand.
         if (status === 'postcopy-active') await resumeNow();
         if (status === 'completed') {

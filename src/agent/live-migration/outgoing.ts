@@ -294,20 +294,27 @@ export class OutgoingMigrations {
   private watchPath(vmId: string, qmp: QmpClient, peer: string, switching: () => boolean, stallMs = 8_000): { stop(): void } {
     let probing = false;
     let fired = false;
+    // A probe still in flight when the migration ended must not fire: the VM's next migration may use the same peer address.
+    let stopped = false;
     const timer = setInterval(() => {
-      if (probing || fired || switching()) return;
+      if (probing || fired || stopped || switching()) return;
       probing = true;
       qmp
         .execute('query-status', undefined, { timeoutMs: stallMs })
         .catch(async (err: unknown) => {
-          if (!(err instanceof QmpTimeoutError) || fired || switching()) return;
+          if (!(err instanceof QmpTimeoutError) || fired || stopped || switching()) return;
           fired = true;
           const ended = await abortConnectionsTo(peer);
           this.logger.warn({ vmId, peer, stallMs, ended: ended.trim() }, 'QEMU stopped answering during a migration (a cut path): the path\'s connections were ended');
         })
         .finally(() => (probing = false));
     }, 1_000);
-    return { stop: () => clearInterval(timer) };
+    return {
+      stop: () => {
+        stopped = true;
+        clearInterval(timer);
+      },
+    };
   }
 
   /** At pre-switchover (the guest is stopped): the mirrors complete, then the migration goes on (after a hold if asked). */
