@@ -18,5 +18,7 @@ export type { HandoverResult, HostShare } from './handover.ts';
 export { planByContent } from './content-plan.ts';
 export type { ContentPlanRequest, DiskContentPlan, PlannedLayer } from './content-plan.ts';
 export type { SeedResult } from './seed.ts';
+export { VmMover, moveVmRequestSchema, moveModeFor, MOVE_MODES } from './move-vm.ts';
+export type { MoveVmStarted, MoveVmRequest, MoveMode } from './move-vm.ts';
 export { peerAddress } from './copy-file-op.ts';
 export { agentOn, datastoreHost } from './deps.ts';
