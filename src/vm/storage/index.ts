@@ -20,5 +20,7 @@ export type { ContentPlanRequest, DiskContentPlan, PlannedLayer } from './conten
 export type { SeedResult } from './seed.ts';
 export { VmMover, moveVmRequestSchema, moveModeFor, MOVE_MODES } from './move-vm.ts';
 export type { MoveVmStarted, MoveVmRequest, MoveMode } from './move-vm.ts';
+export { COLD_MOVE_TASK_KIND } from './cold-move.ts';
+export type { ColdMoveResult } from './cold-move.ts';
 export { peerAddress } from './copy-file-op.ts';
 export { agentOn, datastoreHost } from './deps.ts';
