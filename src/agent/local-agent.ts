@@ -693,6 +693,12 @@ export class LocalHostAgent {
     const killed: number[] = [];
     const removed: string[] = [];
     const mine = `${this.layout.vmsDir}/`;
+    // The destination of a migration no controller knows any more (it rolled back while this host did not answer) goes.
+    for (const vmId of this.incoming.ids()) {
+      if (known.has(vmId)) continue;
+      this.logger.warn({ vmId }, 'removing the destination of a migration the inventory does not know');
+      if (await this.incoming.abort(vmId).catch(() => false)) removed.push(this.layout.vmDir(vmId));
+    }
     for (const found of findOffshootQemus()) {
       if (this.vms.get(found.vmId)?.process.pid === found.pid) continue;
       // A migration's destination waiting here is not an orphan (its VM lives on another host until it completes).

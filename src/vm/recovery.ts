@@ -250,8 +250,10 @@ export class Recovery {
     const busy = new Set<string>();
     const reserved = new Set<string>();
     for (const task of await this.ctx.inventory.listTasks({ state: 'running' })) {
-      const j = journalOf(task) as { childIds?: unknown; vmId?: unknown } | undefined;
-      const ids = [task.targetId, ...(Array.isArray(j?.childIds) ? (j.childIds as string[]) : []), ...(typeof j?.vmId === 'string' ? [j.vmId] : [])];
+      const j = journalOf(task) as { childIds?: unknown; vmId?: unknown; members?: unknown } | undefined;
+      // (A group migration's journal names each member's VM.)
+      const members = Array.isArray(j?.members) ? (j.members as Array<{ vmId?: unknown }>).map((m) => m.vmId).filter((id): id is string => typeof id === 'string') : [];
+      const ids = [task.targetId, ...(Array.isArray(j?.childIds) ? (j.childIds as string[]) : []), ...(typeof j?.vmId === 'string' ? [j.vmId] : []), ...members];
       // Only VM ids: a copy job's or a pool's task targets its job or pool.
       for (const id of ids.filter(isVmId)) {
         reserved.add(id);

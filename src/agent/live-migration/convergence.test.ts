@@ -37,6 +37,17 @@ describe('ConvergenceWatch', () => {
     expect(w.observe(active(1, 500), 20).action).toBe('start-postcopy');
   });
 
+  it('never switches a stalled stream to post-copy (a cut path): it fails at the time budget', () => {
+    const w = new ConvergenceWatch({ postcopy: 'auto', timeoutMs: 10_000, stalledMs: 2_000 });
+    expect(w.observe({ ...active(1, 500), transferredBytes: 100 }, 1_000).action).toBe('continue');
+    expect(w.observe({ ...active(1, 450), transferredBytes: 150 }, 2_000).action).toBe('continue');
+    // Nothing more sent from here on: past half the budget, and past the stall passes, still no post-copy.
+    for (let ms = 2_500; ms <= 9_500; ms += 500) expect(w.observe({ ...active(1, 450), transferredBytes: 150 }, ms).action).toBe('continue');
+    const end = w.observe({ ...active(1, 450), transferredBytes: 150 }, 10_001);
+    expect(end.action).toBe('fail');
+    expect(end.action === 'fail' && end.reason).toMatch(/nothing sent for 8 s/);
+  });
+
   it('does not fail a migration that already runs post-copy', () => {
     const w = new ConvergenceWatch({ postcopy: 'always', timeoutMs: 10 });
     expect(w.observe({ passes: 2, remainingBytes: 5, status: 'postcopy-active' }, 100).action).toBe('continue');

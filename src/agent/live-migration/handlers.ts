@@ -33,22 +33,21 @@ export function migrationHandlers(deps: MigrationHandlerDeps): MigrationHandlers
     migrationProbe: async (r) => {
       if (r.installDefaultGuest) await installDefaultGuest(host.layout);
       const { managementAddress, slotsInUse } = await host.migrationPaths.probe(r.peer);
-      const files = [];
-      for (const f of r.files) {
-        let path: string | null = null;
-        try {
-          path = L.path(f.file);
-        } catch {
-          path = null; // a datastore this host does not see
-        }
-        const info = path ? await stat(path).catch(() => null) : null;
-        if (!path || !info?.isFile()) {
-          files.push({ file: f.file, exists: false, contentId: null, virtualSize: null, allocatedBytes: null });
-          continue;
-        }
-        const image = await imageInfo(path).catch(() => null);
-        files.push({ file: f.file, exists: true, contentId: f.contentId ? await storage.baseContentId(path) : null, virtualSize: image?.virtualSize ?? info.size, allocatedBytes: image?.actualSize ?? info.blocks * 512 });
-      }
+      // The files at once (a qemu-img each).
+      const files = await Promise.all(
+        r.files.map(async (f) => {
+          let path: string | null = null;
+          try {
+            path = L.path(f.file);
+          } catch {
+            path = null; // a datastore this host does not see
+          }
+          const info = path ? await stat(path).catch(() => null) : null;
+          if (!path || !info?.isFile()) return { file: f.file, exists: false, contentId: null, virtualSize: null, allocatedBytes: null };
+          const image = await imageInfo(path).catch(() => null);
+          return { file: f.file, exists: true, contentId: f.contentId ? await storage.baseContentId(path) : null, virtualSize: image?.virtualSize ?? info.size, allocatedBytes: image?.actualSize ?? info.blocks * 512 };
+        }),
+      );
       const { accel } = await host.accelerator();
       return {
         managementAddress,

@@ -90,6 +90,11 @@ export class IncomingMigrations {
     return this.incoming.has(vmId);
   }
 
+  /** VMs with an incoming migration here (waiting, or failed and not yet removed). */
+  ids(): string[] {
+    return [...this.incoming.keys()];
+  }
+
   state(vmId: string): { state: Incoming['state']; pid: number } | null {
     const i = this.incoming.get(vmId);
     return i ? { state: i.state, pid: i.vm.process.pid } : null;

@@ -26,8 +26,9 @@
 // re-activates the disks the completion inactivated, and the guest runs on.
 import { OffshootError, sleep } from '../../common/index.ts';
 import type { Logger } from '../../common/index.ts';
+import { QmpTimeoutError } from '../../qemu/index.ts';
 import type { QmpClient, QmpEvent } from '../../qemu/index.ts';
-import { pskObjectProperties } from '../../net/index.ts';
+import { abortConnectionsTo, pskObjectProperties } from '../../net/index.ts';
 import type { PostcopyMode } from './convergence.ts';
 import { ConvergenceWatch } from './convergence.ts';
 import type { MigrationHost } from './host.ts';
@@ -169,6 +170,7 @@ export class OutgoingMigrations {
     let postcopyReason: string | null = null;
     let mirrorMs: number | null = null;
     const empty: MigrateOutProgress = { phase: 'disks', pass: 0, remainingBytes: 0, transferredBytes: 0, totalBytes: 0, dirtyBytesPerSecond: 0, bandwidthBytesPerSecond: 0, expectedDowntimeMs: null, diskDoneBytes: 0, diskTotalBytes: 0, throttlePercent: 0 };
+    const watchdog = this.watchPath(vmId, qmp, end.remoteAddress, () => o.switching);
     try {
       if (tuning.tls) {
         await qmp.execute('object-add', pskObjectProperties(end.credential));
@@ -272,12 +274,40 @@ export class OutgoingMigrations {
         this.logger.error({ vmId, err: (err as Error).message }, 'a migration failed after its switch-over');
         throw new LiveMigrationError('switch-over', `the migration failed after the switch-over (${(err as Error).message}); the VM cannot run on at its source`, { vmId, afterSwitch: true });
       }
-      await this.rollBack(vmId, qmp, o.mirrors, wasRunning, tls);
+      await this.rollBack(vmId, qmp, o.mirrors, wasRunning, tls, end.remoteAddress);
       throw err;
     } finally {
+      watchdog.stop();
       events.close();
       this.out.delete(vmId);
     }
+  }
+
+  /**
+   * A cut path can wedge the source QEMU itself: a disk mirror's request on a silent NBD connection never ends
+   * (QEMU 7.2's NBD client has no I/O timeout), and a drain waiting for it (the switch-over's stop, a job's end)
+   * holds QEMU's main loop, so QMP stops answering and neither the time budget nor a cancel can act. While the
+   * migration can still be rolled back, a QMP that does not answer `query-status` within `stallMs` has the path's
+   * connections ended by force (abortConnectionsTo): the stuck requests fail, QEMU answers again, and the migration
+   * fails and rolls back. Never after the switch-over (post-copy needs the path).
+   */
+  private watchPath(vmId: string, qmp: QmpClient, peer: string, switching: () => boolean, stallMs = 8_000): { stop(): void } {
+    let probing = false;
+    let fired = false;
+    const timer = setInterval(() => {
+      if (probing || fired || switching()) return;
+      probing = true;
+      qmp
+        .execute('query-status', undefined, { timeoutMs: stallMs })
+        .catch(async (err: unknown) => {
+          if (!(err instanceof QmpTimeoutError) || fired || switching()) return;
+          fired = true;
+          const ended = await abortConnectionsTo(peer);
+          this.logger.warn({ vmId, peer, stallMs, ended: ended.trim() }, 'QEMU stopped answering during a migration (a cut path): the path\'s connections were ended');
+        })
+        .finally(() => (probing = false));
+    }, 1_000);
+    return { stop: () => clearInterval(timer) };
   }
 
   /** At pre-switchover (the guest is stopped): the mirrors complete, then the migration goes on (after a hold if asked). */
@@ -303,9 +333,16 @@ export class OutgoingMigrations {
   }
 
   /** Before the switch-over: the migration stops, the mirrors go, and the guest runs on here. */
-  private async rollBack(vmId: string, qmp: QmpClient, mirrors: string[], resume: boolean, tls: TlsCredential | null): Promise<string> {
+  private async rollBack(vmId: string, qmp: QmpClient, mirrors: string[], resume: boolean, tls: TlsCredential | null, peer: string | null): Promise<string> {
     const status = await this.cancelInQemu(qmp);
-    await abandonMirrors(qmp, [...new Set([...mirrors, ...(await mirrorNodes(qmp))])]);
+    // A mirror stuck on a silent path (cut) ends only with its connection: the path's connections are ended by force.
+    const unstick = peer
+      ? async () => {
+          const ended = await abortConnectionsTo(peer);
+          this.logger.warn({ vmId, peer, ended: ended.trim() }, 'a disk mirror was stuck on a silent path: its connections were ended');
+        }
+      : undefined;
+    await abandonMirrors(qmp, [...new Set([...mirrors, ...(await mirrorNodes(qmp))])], unstick);
     if (resume && !(await qmp.queryStatus().catch(() => ({ running: true }))).running) await qmp.cont().catch((err: unknown) => this.logger.warn({ vmId, err: (err as Error).message }, 'cannot resume the guest after a failed migration'));
     if (tls) await qmp.execute('object-del', { id: tls.objectId }).catch(() => undefined);
     this.logger.warn({ vmId, status }, 'outgoing migration rolled back; the VM runs on here');
@@ -336,7 +373,7 @@ export class OutgoingMigrations {
       await vm.qmp.execute('migrate_cancel').catch(() => undefined);
       return status;
     }
-    await this.rollBack(vmId, vm.qmp, [], resume, null);
+    await this.rollBack(vmId, vm.qmp, [], resume, null, null);
     return status;
   }
 

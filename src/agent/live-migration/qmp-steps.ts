@@ -225,13 +225,22 @@ export async function completeMirrors(qmp: QmpClient, nodes: string[]): Promise<
   for (const node of nodes) await qmp.execute('blockdev-del', { 'node-name': `mirror-${node}` }).catch(() => undefined);
 }
 
-/** Stops mirrors that are still running (a cancelled migration) and drops their NBD client nodes. */
-export async function abandonMirrors(qmp: QmpClient, nodes: string[]): Promise<void> {
+/**
+ * Stops mirrors that are still running (a cancelled migration) and drops their NBD client nodes. A mirror with a
+ * request stuck on a silent connection (a cut path: QEMU 7.2's NBD client has no I/O timeout) cannot end until that
+ * connection does: after `stuckMs`, `onStuck` is called once to end it (abortConnectionsTo the path's peer).
+ */
+export async function abandonMirrors(qmp: QmpClient, nodes: string[], onStuck?: () => Promise<void>, stuckMs = 2_000): Promise<void> {
   for (const node of nodes) await qmp.execute('block-job-cancel', { device: `mirror-${node}`, force: true }).catch(() => undefined);
-  const deadline = Date.now() + 10_000;
-  while (Date.now() < deadline) {
+  const started = Date.now();
+  let unstuck = !onStuck;
+  while (Date.now() < started + 12_000) {
     const jobs = await qmp.execute<Array<{ id: string }>>('query-jobs').catch(() => []);
     if (!jobs.some((j) => j.id.startsWith('mirror-'))) break;
+    if (!unstuck && Date.now() > started + stuckMs) {
+      unstuck = true;
+      await onStuck?.();
+    }
     await sleep(50);
   }
   for (const node of nodes) await qmp.execute('blockdev-del', { 'node-name': `mirror-${node}` }).catch(() => undefined);

@@ -326,8 +326,8 @@ export class FakeAgent implements EpochKeeper, FakeHostFiles {
         wrap('reapOrphans', () => {
           const killed: number[] = [];
           for (const [vmId, vm] of [...this.vms]) {
-            // A migration's destination waiting here is not an orphan.
-            if (vm.incoming) continue;
+            // A migration's destination waiting here is not an orphan, unless no controller knows its VM any more.
+            if (vm.incoming && r.known.includes(vmId)) continue;
             if (!r.live.includes(vmId)) {
               killed.push(vm.runtime.pid);
               this.vms.delete(vmId);

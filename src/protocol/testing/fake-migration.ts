@@ -198,6 +198,12 @@ export function fakeMigrationHandlers(host: FakeMigrationHost, state: FakeMigrat
             throw cancelled();
           }
           o.switching = true;
+          o.phase = 'switching';
+          // The last pages and the device state travel: a cancel is too late now.
+          if (host.migrateMs > 0) {
+            ctx.progress(0.95, 'switching over', { ...progress, phase: 'switching', remainingBytes: 0 });
+            await sleep(host.migrateMs / 4);
+          }
           wires.delete(r.pathId);
           wire.done({ ok: true });
           completed.set(r.vmId, { wasRunning });

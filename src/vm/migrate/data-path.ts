@@ -20,8 +20,8 @@ export interface OpenedPath {
 export async function openDataPath(agents: { source: AgentClient; destination: AgentClient }, pathId: string, addresses: { source: string; destination: string }, slotsInUse: number[]): Promise<OpenedPath> {
   const plan = planDataPath({ operationId: pathId, serverManagementAddress: addresses.destination, clientManagementAddress: addresses.source, inUse: slotsInUse });
   const key = newPskKey();
-  const server = await agents.destination.openPath({ plan, role: 'server', pskKey: key });
-  const client = await agents.source.openPath({ plan, role: 'client', pskKey: key });
+  // The two ends do not depend on each other: both at once (a failure leaves the other end to closeDataPath, as any failure does).
+  const [server, client] = await Promise.all([agents.destination.openPath({ plan, role: 'server', pskKey: key }), agents.source.openPath({ plan, role: 'client', pskKey: key })]);
   return { operationId: pathId, slot: plan.slot, linkName: plan.linkName, vni: plan.vni, mtu: Math.min(server.mtu, client.mtu), sourceAddress: client.localAddress, destinationAddress: server.localAddress };
 }
 

@@ -28,4 +28,6 @@ export interface MigrateJournal {
   destinationRuntime: VmRuntime | null;
   /** Filled once the source's migrateOut ended. */
   outcome?: MigrateOutResult;
+  /** The source completed but the destination's agent did not answer: the VM was recorded there `unknown` (unconfirmed.ts). */
+  unconfirmed?: boolean;
 }

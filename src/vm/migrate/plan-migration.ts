@@ -39,6 +39,8 @@ export interface MigrationPlan {
   mirrors: Array<{ node: string; sync: 'top' | 'full' }>;
   /** Disks that stay where they are (shared), by id. */
   shared: string[];
+  /** Copied disks whose bases the destination already holds (same files, or seeded copies found by content id): not sent. */
+  skipped: Array<{ disk: string; bases: string[]; destinationBases: string[]; bytes: number }>;
   destinationSpec: VmSpec;
   /** Bytes of disk data the mirrors copy at most (allocated bytes of the copied layers). */
   diskBytes: number;
@@ -98,6 +100,7 @@ export async function planMigration(vm: VmRecord, source: HostRecord, destinatio
   const incoming: IncomingDisk[] = [];
   const mirrors: MigrationPlan['mirrors'] = [];
   const shared: string[] = [];
+  const skipped: MigrationPlan['skipped'] = [];
   const disks: VmDisk[] = [];
   let diskBytes = 0;
   for (const disk of vm.spec.disks) {
@@ -126,7 +129,9 @@ export async function planMigration(vm: VmRecord, source: HostRecord, destinatio
     const top = at(here.files, disk.file);
     const sizeBytes = top?.virtualSize ?? 0;
     if (!sizeBytes) throw new MigrationPlanError(`disk ${disk.id} of VM "${vm.name}" (${disk.file}) cannot be read on host ${source.name}`, { vm: vm.name, disk: disk.id });
-    diskBytes += basesThere ? (top?.allocatedBytes ?? 0) : disk.backing.reduce((s, b) => s + (at(here.files, b)?.allocatedBytes ?? 0), top?.allocatedBytes ?? 0);
+    const baseBytes = disk.backing.reduce((s, b) => s + (at(here.files, b)?.allocatedBytes ?? 0), 0);
+    diskBytes += (top?.allocatedBytes ?? 0) + (basesThere ? 0 : baseBytes);
+    if (held) skipped.push({ disk: disk.id, bases: disk.backing, destinationBases: held.map((b) => b.file), bytes: baseBytes });
     incoming.push({ id: disk.id, file, format: disk.format, sizeBytes, backing: held ?? [] });
     mirrors.push({ node: disk.id, sync: basesThere ? 'top' : 'full' });
     disks.push({ ...disk, file, owned: true, backing: (held ?? []).map((b) => b.file) });
@@ -134,5 +139,5 @@ export async function planMigration(vm: VmRecord, source: HostRecord, destinatio
   const memoryBytes = guestMemoryBytes(vm.spec);
   if (there.memoryFreeBytes < memoryBytes) throw new OffshootError('NO_SPACE', `host ${destination.name} has ${Math.floor(there.memoryFreeBytes / 2 ** 20)} MiB free for guest memory; VM "${vm.name}" needs ${vm.spec.memoryMiB} MiB`, { needed: memoryBytes, free: there.memoryFreeBytes, where: 'memory' }, 507);
   if (there.diskFreeBytes < diskBytes) throw new OffshootError('NO_SPACE', `host ${destination.name} has ${there.diskFreeBytes} bytes free; the disks of VM "${vm.name}" need ${diskBytes}`, { needed: diskBytes, free: there.diskFreeBytes, where: 'disk' }, 507);
-  return { source, destination, sourceAddress, destinationAddress, slotsInUse: [...here.slotsInUse, ...there.slotsInUse], incoming, mirrors, shared, destinationSpec: { ...vm.spec, disks }, diskBytes };
+  return { source, destination, sourceAddress, destinationAddress, slotsInUse: [...here.slotsInUse, ...there.slotsInUse], incoming, mirrors, shared, skipped, destinationSpec: { ...vm.spec, disks }, diskBytes };
 }

@@ -14,6 +14,7 @@ import type { MigrateJournal } from './migrate-journal.ts';
 import { rollBackMigration } from './roll-back.ts';
 import { runsAtDestination } from './run-migration.ts';
 import { finishSource, recordAtDestination } from './switch-over.ts';
+import { confirmAtDestination } from './unconfirmed.ts';
 
 export async function recoverMigration(ctx: EngineContext, journal: MigrateJournal, logger: Logger): Promise<string> {
   const agents = { source: ctx.fleet.agent(journal.sourceHostId), destination: ctx.fleet.agent(journal.destinationHostId) };
@@ -24,8 +25,9 @@ export async function recoverMigration(ctx: EngineContext, journal: MigrateJourn
     return 'it was queued: nothing had moved';
   }
   if (vm.hostId === journal.destinationHostId) {
-    // The inventory had moved it: only the source's leftovers remain.
+    // The inventory had moved it: only the source's leftovers remain (and, if its destination had not answered, its confirmation there).
     await finishSource(ctx, agents, journal);
+    if (journal.unconfirmed && vm.state === 'unknown' && (await confirmAtDestination(ctx, agents.destination, journal, 2_000))) return 'the VM had moved to its destination, which answers again and runs it; its source was cleaned';
     return `the VM had moved to its destination; its source was cleaned`;
   }
   if (journal.phase === 'transfer' || journal.phase === 'switched') {

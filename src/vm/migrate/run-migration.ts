@@ -7,8 +7,12 @@
 //             one write, the source lets it go, the path goes (switch-over.ts)
 // Until the destination runs the guest the source is the VM: a failure or a
 // cancel rolls back (roll-back.ts) and the VM runs on at the source, as it
-// was. Each phase is journaled before it acts, for recovery
-// (recover-migration.ts).
+// was. The destination is watched while the source transfers: if its agent
+// stops answering (or its QEMU fails) before the switch-over, the transfer is
+// stopped and rolled back rather than finished into a host nobody controls
+// (the destination's agent, once back, has its leftovers reaped). After the
+// switch-over a destination that does not answer keeps the VM (unconfirmed.ts).
+// Each phase is journaled before it acts, for recovery (recover-migration.ts).
 import { OffshootError } from '../../common/index.ts';
 import type { IncomingResult, MigrateOutResult } from '../../protocol/index.ts';
 import { newOperationId } from '../../protocol/index.ts';
@@ -23,9 +27,11 @@ import type { MigrateJournal } from './migrate-journal.ts';
 import type { MigrateRequest } from './migrate-request.ts';
 import { tuningOf } from './migrate-request.ts';
 import { planMigration } from './plan-migration.ts';
+import type { MigrationPlan } from './plan-migration.ts';
 import { rollBackMigration } from './roll-back.ts';
 import { finishSource, recordAtDestination } from './switch-over.ts';
 import { awaitDestination, prepareDestination, transferVm } from './transfer.ts';
+import { confirmAtDestination, isUnanswered, recordUnconfirmed } from './unconfirmed.ts';
 
 export interface MigrateResult {
   vm: string;
@@ -34,8 +40,8 @@ export interface MigrateResult {
   /** QEMU's figure: the guest stopped at the source until it ran at the destination. */
   downtimeMs: number | null;
   totalMs: number;
-  /** The same two figures, where the metrics and the console read them, and when each phase ended (ms from the start; QEMU's own migration time). */
-  timings: { downtimeMs: number | null; totalMs: number; plannedMs: number; pathMs: number; preparedMs: number; transferredMs: number; qemuTotalMs: number | null; mirrorMs: number | null };
+  /** The same two figures, where the metrics and the console read them, and when each phase ended (ms from the start; QEMU's own migration time; the guest's stop at the source to its resume at the destination, by the QEMUs' STOP and RESUME events). */
+  timings: { downtimeMs: number | null; totalMs: number; plannedMs: number; pathMs: number; preparedMs: number; transferredMs: number; qemuTotalMs: number | null; mirrorMs: number | null; stopToResumeMs: number | null };
   memoryBytes: number;
   memoryTotalBytes: number;
   diskBytes: number;
@@ -43,10 +49,13 @@ export interface MigrateResult {
   postcopy: boolean;
   postcopyReason: string | null;
   converged: boolean;
-  storage: { copied: string[]; shared: string[]; sync: Record<string, 'top' | 'full'> };
+  /** Disks copied (and how: `top` only the delta over bases the destination holds, `full` the whole chain), kept (shared), and the bases not sent (with their bytes at the source). */
+  storage: { copied: string[]; shared: string[]; sync: Record<string, 'top' | 'full'>; skipped: MigrationPlan['skipped'] };
   /** The isolated path the streams used (gone now), and the bytes it carried from the source. */
   path: OpenedPath & { bytesSent: number | null };
   resumedAt: string | null;
+  /** Whether the destination's agent confirmed the guest there (false: it stopped answering after the switch-over; the VM is recorded there, `unknown` until it answers). */
+  destinationConfirmed: boolean;
 }
 
 export async function runMigration(ctx: EngineContext, vm: VmRecord, previous: VmState, source: HostRecord, destination: HostRecord, request: MigrateRequest, task: TaskContext, signal: AbortSignal): Promise<MigrateResult> {
@@ -73,6 +82,12 @@ export async function runMigration(ctx: EngineContext, vm: VmRecord, previous: V
   await task.journal(journal);
   let outcome: MigrateOutResult | undefined;
   let path: OpenedPath | undefined;
+  // The destination's outcome, followed from the end of prepare on; its failure before the switch-over stops the transfer.
+  let arrival: Promise<IncomingResult> | undefined;
+  let destinationFailure: Error | undefined;
+  const transferAbort = new AbortController();
+  const forwardAbort = () => transferAbort.abort(signal.reason);
+  signal.addEventListener('abort', forwardAbort, { once: true });
   try {
     signal.throwIfAborted();
     await task.progress(0.03, `opening an isolated path between ${source.name} and ${destination.name}`);
@@ -87,14 +102,21 @@ export async function runMigration(ctx: EngineContext, vm: VmRecord, previous: V
     const target = await prepareDestination(agents.destination, vm, plan, journal, { postcopy, multifdChannels: postcopy ? 1 : tuning.multifdChannels, tls: tuning.tls, resume: previous === 'running' });
     journal.destinationRuntime = target.runtime;
     at.prepared = performance.now() - t0;
+    arrival = awaitDestination(agents.destination, journal);
+    arrival.catch((err: unknown) => {
+      destinationFailure = err as Error;
+      if (!outcome) transferAbort.abort(err);
+    });
     journal.phase = 'transfer';
     await task.journal(journal);
     await ctx.faults?.('migrate.transfer');
     await task.progress(0.1, plan.mirrors.length ? 'mirroring the disks' : 'copying memory');
-    outcome = await transferVm(agents.source, vm, plan, journal, target, tuning, task, signal);
+    transferAbort.signal.throwIfAborted();
+    outcome = await transferVm(agents.source, vm, plan, journal, target, tuning, task, transferAbort.signal);
     at.transferred = performance.now() - t0;
-  } catch (err) {
-    // The source's migration failed: unless the destination already runs the guest (a failure after the switch-over), roll back.
+  } catch (caught) {
+    // The source's migration failed, or the destination did first: unless the destination already runs the guest (a failure after the switch-over), roll back.
+    const err = destinationFailure && transferAbort.signal.aborted && transferAbort.signal.reason === destinationFailure ? destinationError(destinationFailure, destination.name, vm.name) : caught;
     if (!(await runsAtDestination(agents.destination, vm.id))) {
       const did = await rollBackMigration(agents, journal, ctx.logger);
       await ctx.states.settle(vm.id, ['migrating'], previous, null);
@@ -102,22 +124,36 @@ export async function runMigration(ctx: EngineContext, vm: VmRecord, previous: V
       throw err;
     }
     ctx.logger.warn({ vm: vm.name, err: (err as Error).message }, 'the source reported a failure after the guest ran at the destination: the migration completes');
+  } finally {
+    signal.removeEventListener('abort', forwardAbort);
   }
-  let incoming: IncomingResult;
+  let incoming: IncomingResult | null;
   try {
-    incoming = await awaitDestination(agents.destination, journal);
+    incoming = await (arrival ?? awaitDestination(agents.destination, journal));
   } catch (err) {
-    // The source completed but the destination did not run the guest: nothing runs it now.
-    await rollBackMigration(agents, journal, ctx.logger);
-    await ctx.states.settle(vm.id, ['migrating'], 'failed', `its migration to ${destination.name} completed at the source but the destination did not run it: ${(err as Error).message}`, { runtime: null });
-    throw new OffshootError('MIGRATION_FAILED', `VM "${vm.name}" was sent to ${destination.name} but did not run there: ${(err as Error).message}`, { vm: vm.name, step: 'destination' }, 500, { cause: err });
+    if (outcome && isUnanswered(err)) {
+      // The source completed and the destination holds the guest, but its agent does not answer: the VM is there.
+      incoming = null;
+    } else {
+      // The source completed but the destination did not run the guest: nothing runs it now.
+      await rollBackMigration(agents, journal, ctx.logger);
+      await ctx.states.settle(vm.id, ['migrating'], 'failed', `its migration to ${destination.name} completed at the source but the destination did not run it: ${(err as Error).message}`, { runtime: null });
+      throw new OffshootError('MIGRATION_FAILED', `VM "${vm.name}" was sent to ${destination.name} but did not run there: ${(err as Error).message}`, { vm: vm.name, step: 'destination' }, 500, { cause: err });
+    }
   }
   journal.phase = 'switched';
+  if (!incoming) journal.unconfirmed = true;
   await task.journal({ ...journal, ...(outcome ? { outcome } : {}) });
-  await task.progress(0.97, `${vm.name} runs at ${destination.name}; removing it from ${source.name}`);
-  await recordAtDestination(ctx, journal, incoming);
+  await task.progress(0.97, incoming ? `${vm.name} runs at ${destination.name}; removing it from ${source.name}` : `${vm.name} went to ${destination.name}, whose agent does not answer; removing it from ${source.name}`);
+  if (incoming) await recordAtDestination(ctx, journal, incoming);
+  else await recordUnconfirmed(ctx, journal, destination.name);
   await ctx.faults?.('migrate.switched');
   const counters = await finishSource(ctx, agents, journal);
+  if (!incoming) {
+    await task.progress(0.98, `waiting for ${destination.name} to answer and re-adopt ${vm.name}`);
+    const confirmed = await confirmAtDestination(ctx, agents.destination, journal, request.timeoutS * 1000);
+    incoming = confirmed ? { runtime: journal.destinationRuntime as IncomingResult['runtime'], resumedAt: null, running: previous === 'running' } : null;
+  }
   const totalMs = Math.round(performance.now() - t0);
   return {
     vm: vm.name,
@@ -125,7 +161,7 @@ export async function runMigration(ctx: EngineContext, vm: VmRecord, previous: V
     to: destination.name,
     downtimeMs: outcome?.downtimeMs ?? null,
     totalMs,
-    timings: { downtimeMs: outcome?.downtimeMs ?? null, totalMs, plannedMs: Math.round(at.planned), pathMs: Math.round(at.path), preparedMs: Math.round(at.prepared), transferredMs: Math.round(at.transferred), qemuTotalMs: outcome?.totalTimeMs ?? null, mirrorMs: outcome?.mirrorMs === null || outcome?.mirrorMs === undefined ? null : Math.round(outcome.mirrorMs) },
+    timings: { downtimeMs: outcome?.downtimeMs ?? null, totalMs, plannedMs: Math.round(at.planned), pathMs: Math.round(at.path), preparedMs: Math.round(at.prepared), transferredMs: Math.round(at.transferred), qemuTotalMs: outcome?.totalTimeMs ?? null, mirrorMs: outcome?.mirrorMs === null || outcome?.mirrorMs === undefined ? null : Math.round(outcome.mirrorMs), stopToResumeMs: stopToResume(outcome?.stoppedAt ?? null, incoming?.resumedAt ?? null) },
     memoryBytes: outcome?.memoryBytes ?? 0,
     memoryTotalBytes: outcome?.memoryTotalBytes ?? 0,
     diskBytes: outcome?.diskBytes ?? 0,
@@ -133,10 +169,22 @@ export async function runMigration(ctx: EngineContext, vm: VmRecord, previous: V
     postcopy: outcome?.postcopy ?? false,
     postcopyReason: outcome?.postcopyReason ?? null,
     converged: outcome?.converged ?? false,
-    storage: { copied: plan.incoming.map((d) => d.id), shared: plan.shared, sync: Object.fromEntries(plan.mirrors.map((m) => [m.node, m.sync])) },
+    storage: { copied: plan.incoming.map((d) => d.id), shared: plan.shared, sync: Object.fromEntries(plan.mirrors.map((m) => [m.node, m.sync])), skipped: plan.skipped },
     path: { ...(path as OpenedPath), bytesSent: counters?.txBytes ?? null },
-    resumedAt: incoming.resumedAt,
+    resumedAt: incoming?.resumedAt ?? null,
+    destinationConfirmed: incoming !== null,
   };
+}
+
+/** The guest's stop at the source to its resume at the destination (the hosts' clocks: one machine's in a lab), ms. */
+function stopToResume(stoppedAt: string | null, resumedAt: string | null): number | null {
+  return stoppedAt && resumedAt ? Date.parse(resumedAt) - Date.parse(stoppedAt) : null;
+}
+
+/** Why the destination stopped the transfer: its own migration error, or its agent that stopped answering. */
+function destinationError(err: Error, destination: string, vm: string): Error {
+  if (err instanceof OffshootError && err.code === 'MIGRATION_FAILED') return err;
+  return new OffshootError('MIGRATION_FAILED', `the destination ${destination} failed during the migration of VM "${vm}" (${err.message}); the VM runs on at its source`, { vm, step: 'destination' }, 500, { cause: err });
 }
 
 /** Whether the destination's agent runs the VM's guest (its incoming migration completed). */

@@ -1,0 +1,33 @@
+// Downtime as the guest sees it, for the migrate benchmark: a shell loop on
+// the guest's vCPU reads the guest's monotonic clock (/proc/uptime, 10 ms
+// steps) into a tmpfs file as fast as it can (about every millisecond under
+// TCG); the longest step between two readings is the longest the guest saw
+// itself not running (measured here: the guest's clock goes on across the
+// stop, so the stop shows as a step). readGuestClock/clockLoss compare the
+// guest's uptime with the host's clock around a migration; under load their
+// jitter (a qga exec each) is larger than a downtime, so the bench prints the
+// loop's gap only.
+export type GuestShell = (script: string) => Promise<string>;
+
+export const TICK_START =
+  'mkdir -p /mnt/tick && (grep -q " /mnt/tick " /proc/mounts || mount -t tmpfs -o size=64m tmpfs /mnt/tick) && rm -f /mnt/tick/log && ((while read u r < /proc/uptime; do echo $u; done > /mnt/tick/log) >/dev/null 2>&1 & echo $! > /mnt/tick/pid)';
+/** Stops the loop and prints its longest step in ms. */
+export const TICK_STOP = "kill $(cat /mnt/tick/pid) 2>/dev/null; awk 'NR > 1 { g = ($1 - p) * 1000; if (g > m) m = g } { p = $1 } END { printf \"%d\\n\", m }' /mnt/tick/log; rm -f /mnt/tick/log";
+
+export interface ClockReading {
+  guestMs: number;
+  hostMs: number;
+}
+
+/** The guest's uptime, and the host's clock at the middle of the read. */
+export async function readGuestClock(shell: GuestShell): Promise<ClockReading> {
+  const t0 = performance.now();
+  const out = await shell('cut -d" " -f1 /proc/uptime');
+  const t1 = performance.now();
+  return { guestMs: Number(out.trim()) * 1000, hostMs: (t0 + t1) / 2 };
+}
+
+/** How much longer the host's clock ran than the guest's between two readings (ms). */
+export function clockLoss(before: ClockReading, after: ClockReading): number {
+  return after.hostMs - before.hostMs - (after.guestMs - before.guestMs);
+}
