@@ -14,7 +14,7 @@ import { z } from 'zod';
 import { IllegalStateError } from '../../common/index.ts';
 import type { TaskRecord, VmRecord } from '../records.ts';
 import { parseRequest } from '../requests.ts';
-import { COLD_MOVE_TASK_KIND, checkColdMove, runColdMove } from './cold-move.ts';
+import { COLD_MOVE_TASK_KIND, checkColdMove, prepareColdDestination, runColdMove } from './cold-move.ts';
 import type { DiskContentPlan } from './content-plan.ts';
 import type { StorageDeps } from './deps.ts';
 
@@ -65,6 +65,10 @@ export class VmMover {
     const mode = moveModeFor(vm, request.mode);
     if (mode === 'cold' && vm.state !== 'stopped' && vm.state !== 'created') throw new IllegalStateError(`VM "${vm.name}"`, vm.state, ['stopped', 'created'], 'cold-move');
     if (mode === 'live' && vm.state !== 'running' && vm.state !== 'paused') throw new IllegalStateError(`VM "${vm.name}"`, vm.state, ['running', 'paused'], 'live-move');
+    if (mode === 'cold') {
+      checkColdMove(vm);
+      await prepareColdDestination(this.deps, vm, await this.deps.engine.fleet.resolve(request.to));
+    }
     const plan = await this.movePlan(vm.id, { to: request.to, verify: request.verify });
     const task = mode === 'cold' ? await this.startCold(vm.id, request.to, plan.disks) : (await this.deps.engine.migrate(vm.id, { to: request.to })).task;
     if (!task) throw new Error('a migration answered without a task');
@@ -87,7 +91,7 @@ export class VmMover {
     const dest = await this.deps.engine.fleet.resolve(to);
     const vm = await this.deps.engine.states.claimBusy(vmId, `moving to host ${dest.name}`, 'cold-move', (current) => {
       if (current.state !== 'stopped' && current.state !== 'created') throw new IllegalStateError(`VM "${current.name}"`, current.state, ['stopped', 'created'], 'cold-move');
-      checkColdMove(current, plan);
+      checkColdMove(current);
     });
     try {
       return await this.deps.engine.tasks.start(COLD_MOVE_TASK_KIND, vm, (ctx) => runColdMove(this.deps, vm, dest, plan, ctx).finally(() => this.deps.engine.states.release(vm.id)));
