@@ -7,9 +7,9 @@
 //   (`vm migrate`, which itself skips the bases the destination holds); the
 //   answer carries the plan beside the migration's task.
 // - cold (the default for a stopped VM): refused with ILLEGAL_STATE unless the
-//   VM is stopped or created; a `vm.move` task sends each disk's top only and
-//   re-homes the VM in one inventory step (cold-move.ts, which says what it
-//   does not do yet).
+//   VM is stopped or created; a `vm.move` task sends each disk's top and the
+//   bases the destination lacks, and re-homes the VM in one inventory step
+//   (cold-move.ts, which says what it does not do yet).
 import { z } from 'zod';
 import { IllegalStateError } from '../../common/index.ts';
 import type { TaskRecord, VmRecord } from '../records.ts';
