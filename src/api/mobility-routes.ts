@@ -4,12 +4,13 @@
 // chain seeded to another host's datastore keeping its content ids
 // (`POST /disks/{ref}/seed`); what a move of a VM would skip because the
 // destination holds its bases by content id (`POST /vms/{ref}/move-plan`);
-// which chains of content ids a host holds (`POST /hosts/{ref}/content`).
+// which chains of content ids a host holds (`POST /hosts/{ref}/content`);
+// a VM moved to another host by content id (`POST /vms/{ref}/move`).
 // Bodies are validated by the storage service's own schemas.
 import { OpenAPIHono, createRoute, z } from '@hono/zod-openapi';
 import type { Context } from 'hono';
 import type { StorageService } from '../vm/index.ts';
-import { findContentRequestSchema, moveJobRequestSchema, movePlanRequestSchema, seedDiskRequestSchema } from '../vm/index.ts';
+import { findContentRequestSchema, moveJobRequestSchema, movePlanRequestSchema, moveVmRequestSchema, seedDiskRequestSchema } from '../vm/index.ts';
 import { errorResponses, vmRefParam, waitQuery } from './schemas.ts';
 import { validationHook } from './validation.ts';
 
@@ -50,6 +51,16 @@ const movePlanRoute = createRoute({
   responses: { 200: anyJson('per disk: layers, held, sent, bytes'), ...errorResponses },
 });
 
+const moveVmRoute = createRoute({
+  operationId: 'moveVm',
+  method: 'post',
+  path: '/vms/{ref}/move',
+  tags: ['vms'],
+  summary: 'Move a VM to another host sending only what it lacks by content id: live (a migration) for a running VM, cold for a stopped one; answers the plan and the task',
+  request: { params: vmRefParam, ...body(moveVmRequestSchema) },
+  responses: { 202: anyJson('the mode, the disks skipped and sent with their bytes, and the task'), ...errorResponses },
+});
+
 const findContentRoute = createRoute({
   operationId: 'findContent',
   method: 'post',
@@ -69,6 +80,7 @@ export function mobilityRoutes(storage: StorageService): OpenAPIHono {
     return c.json((wait(c) && result.job ? { ...result, job: await storage.jobs.wait(result.job.id) } : result) as never, 202);
   }) as never);
   app.openapi(movePlanRoute, (async (c: Context) => c.json((await storage.movePlan(c.req.param('ref') as string, await c.req.json())) as never, 200)) as never);
+  app.openapi(moveVmRoute, (async (c: Context) => c.json((await storage.mover.move(c.req.param('ref') as string, await c.req.json())) as never, 202)) as never);
   app.openapi(findContentRoute, (async (c: Context) => c.json((await storage.findContent(c.req.param('ref') as string, await c.req.json())) as never, 200)) as never);
   return app;
 }

@@ -4,12 +4,15 @@
 // default and prints what each host copied), `offshoot disk seed DISK --to
 // HOST|DATASTORE` (a chain copied ahead of time, keeping its content ids),
 // `offshoot vm move-plan NAME --to HOST` (what a move would skip and send),
-// `offshoot host content HOST CHAIN...` (which content ids a host holds).
+// `offshoot host content HOST CHAIN...` (which content ids a host holds),
+// `offshoot vm move NAME --to HOST [--live|--cold]` (a VM moved sending only
+// what the destination lacks; waits for its task unless --no-wait).
 // --json for scripts.
 import type { Command } from 'commander';
+import { InvalidInputError } from '../common/index.ts';
 import { MobilityClient } from '../client/index.ts';
 import type { MovePlan } from '../client/index.ts';
-import type { HandoverResult, SeedResult } from '../vm/index.ts';
+import type { HandoverResult, MoveVmStarted, SeedResult, TaskRecord } from '../vm/index.ts';
 import { printJson, printTable } from './output.ts';
 import type { CommandContext } from './vm-commands.ts';
 
@@ -32,6 +35,11 @@ function printSeed(r: SeedResult): void {
 function printPlan(p: MovePlan): void {
   process.stdout.write(`move of ${p.vm} from ${p.from} to ${p.to}: skips ${mib(p.skippedBytes)}, sends ${mib(p.sendBytes)} of bases (and each disk's top, and memory)\n`);
   printTable(['DISK', 'LAYERS', 'HELD', 'SKIPPED', 'SENT', 'MISMATCH'], p.disks.map((d) => [d.diskId, d.layers.length, d.heldLayers, mib(d.skippedBytes), mib(d.sendBytes), d.mismatch ? d.mismatch.file : '-']));
+}
+
+function printMove(m: MoveVmStarted, task: TaskRecord): void {
+  process.stdout.write(`${m.mode} move of ${m.vm} from ${m.from} to ${m.to}: task ${task.id} ${task.state}; skipped ${mib(m.skippedBytes)} of bases the destination holds, sent ${mib(m.sendBytes)} (and each disk's top${m.mode === 'live' ? ', and memory' : ''})\n`);
+  printTable(['DISK', 'SKIPPED', 'SENT'], m.disks.map((d) => [d.diskId, `${d.heldLayers} (${mib(d.skippedBytes)})`, `${d.send.length} (${mib(d.sendBytes)})`]));
 }
 
 /** Adds to the `job`, `disk`, `vm` and `host` commands the other modules made (or new ones). */
@@ -83,6 +91,27 @@ export function registerMobilityCommands(program: Command, ctx: CommandContext):
         const plan = await mobility().movePlan(vm, o.to, Boolean(o.verify));
         if (o.json) printJson(plan);
         else printPlan(plan);
+      }),
+    );
+
+  group('vm')
+    .command('move')
+    .argument('<vm>', 'VM name or id')
+    .requiredOption('--to <host>', 'the destination host')
+    .option('--datastore <name>', "cold: the destination's datastore for the layers sent (default: its own)")
+    .option('--live', 'live (a migration; the default for a running VM)')
+    .option('--cold', 'cold (the VM must be stopped; the default for a stopped VM)')
+    .option('--verify', 'hash each base the destination holds by id and compare it with the source')
+    .option('--no-wait', 'answer once the move has started')
+    .option('--json', 'print JSON')
+    .description('move a VM to another host, sending only what the destination lacks by content id')
+    .action((vm: string, o: { to: string; datastore?: string; live?: boolean; cold?: boolean; verify?: boolean; wait: boolean; json?: boolean }) =>
+      ctx.run(Boolean(o.json), async () => {
+        if (o.live && o.cold) throw new InvalidInputError('choose one of --live and --cold', { vm });
+        const started = await mobility().moveVm(vm, { to: o.to, verify: Boolean(o.verify), ...(o.datastore ? { datastore: o.datastore } : {}), ...(o.live ? { mode: 'live' as const } : o.cold ? { mode: 'cold' as const } : {}) });
+        const task = o.wait ? await ctx.client().waitTask(started.task.id) : started.task;
+        if (o.json) printJson({ ...started, task });
+        else printMove(started, task);
       }),
     );
 

@@ -4,7 +4,7 @@
 // rides on OffshootClient's authenticated requests.
 import type { OffshootClient } from './client.ts';
 import type { ContentAnswer } from '../protocol/index.ts';
-import type { DiskContentPlan, HandoverResult, SeedResult } from '../vm/index.ts';
+import type { DiskContentPlan, HandoverResult, MoveVmRequest, MoveVmStarted, SeedResult } from '../vm/index.ts';
 
 const enc = encodeURIComponent;
 
@@ -32,6 +32,11 @@ export class MobilityClient {
 
   movePlan(vm: string, to: string, verify = false): Promise<MovePlan> {
     return this.client.call('POST', `/vms/${enc(vm)}/move-plan`, { to, verify });
+  }
+
+  /** Moves a VM to another host (live or cold); answers the plan and the task that moves it. */
+  moveVm(vm: string, request: MoveVmRequest): Promise<MoveVmStarted> {
+    return this.client.call('POST', `/vms/${enc(vm)}/move`, request);
   }
 
   /** Which chains of content ids (each top first) a host holds. */

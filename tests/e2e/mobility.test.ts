@@ -30,7 +30,7 @@ import { MobilityClient, StorageClient } from '../../src/client/index.ts';
 import { silentLogger } from '../../src/common/index.ts';
 import { labDown, labUp } from '../../src/lab/lab.ts';
 import type { UpResult } from '../../src/lab/lab.ts';
-import type { CopyJobRecord, DiskRecord, HandoverResult, SeedResult } from '../../src/vm/index.ts';
+import type { ColdMoveResult, CopyJobRecord, DiskRecord, HandoverResult, MoveVmStarted, SeedResult } from '../../src/vm/index.ts';
 import { eventually, makeTestHome } from '../harness.ts';
 import type { TestHome } from '../harness.ts';
 
@@ -204,6 +204,45 @@ describe('mobility between lab hosts: copy hand-over, seeding by content id', ()
     expect(reseed.job?.state).toBe('succeeded');
     const fresh = (await storage.listDisks('lab2-local')).find((d) => d.contentId === base.contentId && d.id !== copy.id) as DiskRecord;
     expect(await sha256(join(lab2Local.path, fresh.file.slice(fresh.file.indexOf(':') + 1)))).toBe(baseHash);
+  }, 240_000);
+
+  it('moves a stopped VM cold whose base was seeded: only its tops travel, it starts at the destination and the base is intact', async () => {
+    const mobility = new MobilityClient(t.client());
+    const file = join(shared, 'cold-base.raw');
+    writeFileSync(file, randomBytes(8 * MiB));
+    const base = await storage.importDisk({ datastore: 'lab1-local', name: 'cold-base', source: file, format: 'raw' });
+    const baseHash = await sha256(file);
+    rmSync(file);
+    await t.client().createVm({ name: 'cold', memory: '128M', host: 'lab1', start: false });
+    await storage.attachDisk('cold', base.id);
+    expect((await mobility.seedDisk('lab1-local/cold-base', 'lab2', { wait: true })).job?.state).toBe('succeeded');
+    const vm = await t.client().getVm('cold');
+
+    const moved = await t.cli(['vm', 'move', 'cold', '--to', 'lab2', '--json']);
+    expect(moved.code, moved.stderr).toBe(0);
+    const out = JSON.parse(moved.stdout) as MoveVmStarted;
+    expect(out.mode).toBe('cold');
+    expect(out.task.state).toBe('succeeded');
+    const result = out.task.result as ColdMoveResult;
+    const held = out.disks.find((d) => d.layers.some((l) => l.file === base.file));
+    expect(held).toMatchObject({ skipAll: true, skippedBytes: 8 * MiB });
+    expect(result.skipped.find((d) => d.disk === held?.diskId)).toMatchObject({ bytes: 8 * MiB });
+    // Only the tops travel (a never-started VM's deltas are nearly empty), never the 8 MiB base.
+    expect(result.sent.map((d) => d.disk).sort()).toEqual(vm.spec.disks.map((d) => d.id).sort());
+    expect(result.sentBytes).toBeLessThan(8 * MiB);
+    const after = await t.client().getVm('cold');
+    expect(after.hostId).not.toBe(vm.hostId);
+    const copy = (await storage.listDisks('lab2-local')).find((d) => d.contentId === base.contentId) as DiskRecord;
+    expect(after.spec.disks.find((d) => d.id === held?.diskId)?.backing).toEqual([copy.file]);
+    const lab2Local = await storage.getDatastore('lab2-local');
+    expect(await sha256(join(lab2Local.path, copy.file.slice(copy.file.indexOf(':') + 1)))).toBe(baseHash);
+
+    const started = await t.client().startVm('cold', { timeoutMs: 120_000 });
+    if (started.task) await t.client().waitTask(started.task.id);
+    expect((await t.client().getVm('cold')).state).toBe('running');
+    expect((await t.client().getVm('cold')).hostId).toBe(after.hostId);
+    const stopped = await t.client().stopVm('cold', { timeoutMs: 60_000 });
+    if (stopped.task) await t.client().waitTask(stopped.task.id);
   }, 240_000);
 
   it('hands a copy job over when its host dies (agent killed with SIGKILL): lab2 goes on from where lab1 got to', async () => {

@@ -5,7 +5,8 @@
 // flatten, and recovers after a daemon restart (jobs resume, pool pins come
 // back). Drained and lost hosts hand their copy jobs over (handover.ts);
 // disks are seeded to other hosts by content id (seed.ts) and a move plan
-// tells what a move would skip (content-plan.ts).
+// tells what a move would skip (content-plan.ts); `vm move` runs one
+// (move-vm.ts).
 import { IllegalStateError, OffshootError } from '../../common/index.ts';
 import type { TaskRecord, VmRecord } from '../records.ts';
 import type { ContentAnswer } from '../../protocol/index.ts';
@@ -21,6 +22,7 @@ import { planByContent } from './content-plan.ts';
 import type { DiskContentPlan } from './content-plan.ts';
 import { JobHandover } from './handover.ts';
 import { Seeder } from './seed.ts';
+import { VmMover } from './move-vm.ts';
 import { Pools } from './pools.ts';
 import { streamChainsIntoDisks } from './stream.ts';
 import type { CopyJobRecord } from './records.ts';
@@ -33,6 +35,7 @@ export class StorageService {
   readonly cloner: Cloner;
   readonly handover: JobHandover;
   readonly seeder: Seeder;
+  readonly mover: VmMover;
 
   constructor(private readonly deps: StorageDeps) {
     this.catalog = new Catalog(deps);
@@ -41,6 +44,7 @@ export class StorageService {
     this.cloner = new Cloner(deps, this.catalog, this.jobs, this.pools);
     this.handover = new JobHandover(deps, this.catalog, this.jobs);
     this.seeder = new Seeder(deps, this.catalog, this.jobs);
+    this.mover = new VmMover(deps, (vm, input) => this.movePlan(vm, input));
     deps.engine.fleet.listen({ hostLost: (host) => this.handover.hostLost(host), hostAdminState: (host, previous) => this.handover.hostAdminState(host, previous) });
     this.jobs.handle('move', {
       succeeded: (job) => this.finishMove(job),

@@ -1,0 +1,114 @@
+// The cold half of `vm move` (move-vm.ts): a stopped VM goes to another host
+// whose bases it finds there by content id (the move plan, content-plan.ts),
+// so only each disk's own top and the base layers the destination lacks
+// travel. One `vm.move` task, the VM busy meanwhile: each file is served by
+// the source (openFileServer) and fetched by the destination (fetchFile, the
+// copy engine's chunked, verified copy): a top into the same home locator,
+// a missing base layer into the VM's own folder there (it goes with the VM);
+// each is then pointed at the layer below it, down to the destination's own
+// copies of the held bases (relinkDisk); then the VM record is re-homed at the
+// destination in one compare-and-set inventory step, and the source's files
+// of the VM go. Any failure or cancel before the re-home removes what came
+// to the destination and leaves the VM at its source as it was.
+//
+// What this slice does not do yet: put the missing base layers in a datastore
+// of the destination (they land in the VM's folder), and move disks that are
+// not the VM's own files (MOVE_COLD_UNSUPPORTED).
+import { IllegalStateError, OffshootError } from '../../common/index.ts';
+import type { VmRecord } from '../records.ts';
+import type { TaskContext } from '../tasks.ts';
+import type { Locator } from '../../protocol/index.ts';
+import { runOperation } from '../../protocol/index.ts';
+import type { DiskContentPlan } from './content-plan.ts';
+import { peerAddress } from './copy-file-op.ts';
+import type { StorageDeps } from './deps.ts';
+import { agentOn } from './deps.ts';
+
+export const COLD_MOVE_TASK_KIND = 'vm.move';
+
+export interface ColdMoveResult {
+  vm: string;
+  mode: 'cold';
+  from: string;
+  to: string;
+  /** Bases the destination held (not sent), per disk. */
+  skipped: Array<{ disk: string; layers: number; bytes: number }>;
+  /** What was sent, per disk: its top, then the base layers the destination lacked. */
+  sent: Array<{ disk: string; file: string; bytes: number; layers: number }>;
+  skippedBytes: number;
+  sentBytes: number;
+  totalMs: number;
+}
+
+/** Refuses, before anything moves, a cold move this slice cannot do. */
+export function checkColdMove(vm: VmRecord): void {
+  for (const d of vm.spec.disks) {
+    if (!d.file.startsWith(`home:vms/${vm.id}/`)) throw new OffshootError('MOVE_COLD_UNSUPPORTED', `disk ${d.id} of VM ${vm.name} is not the VM's own file (${d.file}); a cold move takes the VM's own disks only`, { vm: vm.name, disk: d.id }, 409);
+  }
+}
+
+/** One file from the source into `to` at the destination; answers the bytes copied. */
+async function fetchOne(deps: StorageDeps, vm: VmRecord, destId: string, from: Locator, to: Locator, ctx: TaskContext): Promise<number> {
+  const source = agentOn(deps, vm.hostId);
+  const served = await source.openFileServer({ file: from, peer: peerAddress(deps, destId, vm.hostId) });
+  try {
+    const copied = await runOperation(agentOn(deps, destId), 'fetchFile', { source: { url: served.url, token: served.token }, sourceName: from, target: to, ...deps.copy }, { signal: ctx.signal });
+    if (copied.state !== 'done') throw new OffshootError('TASK_CANCELLED', `the copy of ${from} stopped`, { vm: vm.name, file: from }, 409);
+    return copied.bytesCopied;
+  } finally {
+    await source.closeFileServer({ serverId: served.serverId }).catch(() => undefined);
+  }
+}
+
+/**
+ * Before the plan: the destination installs the default guest when the VM uses it (as a migration's probe does),
+ * and must have the VM's boot files (a kernel and initrd are not moved).
+ */
+export async function prepareColdDestination(deps: StorageDeps, vm: VmRecord, dest: { id: string; name: string }): Promise<void> {
+  const bootFiles = vm.spec.boot.kind === 'kernel' ? [vm.spec.boot.kernel, ...(vm.spec.boot.initrd ? [vm.spec.boot.initrd] : [])] : [];
+  const there = await agentOn(deps, dest.id).migrationProbe({ peer: null, files: bootFiles.map((file) => ({ file, contentId: false })), installDefaultGuest: vm.spec.defaultGuest });
+  for (const file of bootFiles) {
+    if (!there.files.find((f) => f.file === file)?.exists) throw new OffshootError('MOVE_COLD_UNSUPPORTED', `the boot file ${file} of VM "${vm.name}" is not on host ${dest.name}`, { vm: vm.name, file }, 409);
+  }
+}
+
+export async function runColdMove(deps: StorageDeps, vm: VmRecord, dest: { id: string; name: string }, plan: DiskContentPlan[], ctx: TaskContext): Promise<ColdMoveResult> {
+  const started = Date.now();
+  const source = agentOn(deps, vm.hostId);
+  const target = agentOn(deps, dest.id);
+  const sent: ColdMoveResult['sent'] = [];
+  const backings = new Map<string, Locator[]>();
+  let moved: VmRecord;
+  try {
+    for (const [i, d] of vm.spec.disks.entries()) {
+      if (ctx.signal.aborted) throw new OffshootError('TASK_CANCELLED', 'the move was cancelled', { vm: vm.name }, 409);
+      await ctx.progress((0.9 * i) / vm.spec.disks.length, `sending disk ${d.id}`);
+      const p = plan.find((x) => x.diskId === d.id);
+      const missing = d.backing.length > 0 ? (p?.send ?? []) : [];
+      const copies = [{ from: d.file, to: d.file, format: d.format }, ...missing.map((l, j) => ({ from: l.file, to: `home:vms/${vm.id}/${d.id}-base${j}.${l.format}` as Locator, format: l.format }))];
+      let bytes = 0;
+      for (const c of copies) bytes += await fetchOne(deps, vm, dest.id, c.from, c.to, ctx);
+      sent.push({ disk: d.id, file: d.file, bytes, layers: copies.length });
+      // Each layer over the next: the sent ones, then the destination's copies of the held bases.
+      const chain = [...copies, ...(d.backing.length > 0 ? (p?.destBacking ?? []).map((b) => ({ to: b.file, format: b.format })) : [])];
+      for (let j = 0; j < copies.length; j++) {
+        const [layer, below] = [chain[j], chain[j + 1]];
+        if (layer && below && layer.format === 'qcow2') await target.relinkDisk({ file: layer.to, backing: { file: below.to, format: below.format } });
+      }
+      backings.set(d.id, chain.slice(1).map((c) => c.to));
+    }
+    await deps.faults?.('move.before-rehome');
+    await ctx.progress(0.95, `re-homing the VM at ${dest.name}`);
+    const disks = vm.spec.disks.map((d) => ({ ...d, backing: backings.get(d.id) ?? d.backing }));
+    const current = await deps.engine.resolve(vm.id);
+    if (current.state !== 'stopped' && current.state !== 'created') throw new IllegalStateError(`VM "${vm.name}"`, current.state, ['stopped', 'created'], 'cold-move');
+    moved = await deps.inventory.updateVm(vm.id, { hostId: dest.id, spec: { ...current.spec, disks } }, current.version === undefined ? {} : { expectVersion: current.version });
+  } catch (err) {
+    // Nothing of the VM stays at the destination; the source is untouched.
+    await target.deleteVmFiles({ vmId: vm.id }).catch((e: unknown) => deps.logger.warn({ err: e, vm: vm.name }, 'cannot remove the files a failed move left at the destination'));
+    throw err;
+  }
+  await source.deleteVmFiles({ vmId: moved.id }).catch((err: unknown) => deps.logger.warn({ err, vm: vm.name }, "cannot remove the source's files of a moved VM"));
+  const skipped = plan.filter((p) => p.heldLayers > 0).map((p) => ({ disk: p.diskId, layers: p.heldLayers, bytes: p.skippedBytes }));
+  return { vm: vm.name, mode: 'cold', from: deps.engine.hostName(vm.hostId), to: dest.name, skipped, sent, skippedBytes: skipped.reduce((n, s) => n + s.bytes, 0), sentBytes: sent.reduce((n, s) => n + s.bytes, 0), totalMs: Date.now() - started };
+}
