@@ -57,6 +57,9 @@ export const TCG_MEMORY_EXTRA_KIB = 8;
 const CLOSE_STREAM_TIMEOUT_MS = 120_000;
 
 /** The VM has no QEMU running on this host. HTTP 409. */
+
+/** A destination of a migration younger than this is never reaped as unknown (see reapOrphans). */
+const INCOMING_REAP_GRACE_MS = 10_000;
 export class VmNotRunningError extends OffshootError {
   constructor(vmId: string) {
     super('VM_NOT_RUNNING', `VM ${vmId} has no running QEMU on this host`, { vmId }, 409);
@@ -696,6 +699,9 @@ export class LocalHostAgent {
     // The destination of a migration no controller knows any more (it rolled back while this host did not answer) goes.
     for (const vmId of this.incoming.ids()) {
       if (known.has(vmId)) continue;
+      // Prepared moments ago: its migration's task may have started after the controller listed what it knows
+      // (seen: a re-adoption racing the next migration to this host). A leftover that young goes next time.
+      if (Date.now() - (this.incoming.preparedAt(vmId) ?? 0) < INCOMING_REAP_GRACE_MS) continue;
       this.logger.warn({ vmId }, 'removing the destination of a migration the inventory does not know');
       if (await this.incoming.abort(vmId).catch(() => false)) removed.push(this.layout.vmDir(vmId));
     }

@@ -289,7 +289,9 @@ export class Recovery {
         await this.ctx.states.force(vm.id, 'stopped', vm.state === 'unknown' ? 'its QEMU was gone when its host answered again' : 'QEMU was not running when the controller restarted', { runtime: null });
       }
     }
-    const known = new Set([...vms.map((v) => v.id), ...reserved]);
+    // The tasks again, just before the reap: a migration to this host started during the adoption is known too.
+    const { reserved: reservedNow } = await this.heldByTasks();
+    const known = new Set([...vms.map((v) => v.id), ...reserved, ...reservedNow]);
     const { killed, removed } = await agent.reapOrphans({ live: adopted.map((v) => v.id), known: [...known] });
     return { adopted: adopted.map((v) => v.name), lost, killed, removed };
   }

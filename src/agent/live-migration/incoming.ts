@@ -22,7 +22,7 @@
 // start() (startIncoming: `cont` activates the disks and runs the guest; the
 // QEMU becomes the VM's) or abort(). A held QEMU that ends turns the entry
 // `failed`, so a group sees it before its start.
-import { rm, stat, statfs } from 'node:fs/promises';
+import { readFile, rm, stat, statfs } from 'node:fs/promises';
 import { OffshootError, keepAlive, sleep } from '../../common/index.ts';
 import { createImage } from '../../qemu/index.ts';
 import type { QmpEvent } from '../../qemu/index.ts';
@@ -72,6 +72,8 @@ interface Incoming {
   /** held: the migration completed, the guest is kept paused until start() (or abort()). */
   state: 'waiting' | 'held' | 'running' | 'failed';
   outcome: Promise<IncomingOutcome>;
+  /** When prepare() made it (a re-adoption leaves a just-prepared destination alone: its task may postdate the controller's view). */
+  preparedAt: number;
   /** Set while the guest is being handed to this host's VMs. */
   error: OffshootError | null;
 }
@@ -93,6 +95,11 @@ export class IncomingMigrations {
   /** VMs with an incoming migration here (waiting, or failed and not yet removed). */
   ids(): string[] {
     return [...this.incoming.keys()];
+  }
+
+  /** When the incoming migration of `vmId` was prepared here (ms since the epoch), or null. */
+  preparedAt(vmId: string): number | null {
+    return this.incoming.get(vmId)?.preparedAt ?? null;
   }
 
   state(vmId: string): { state: Incoming['state']; pid: number } | null {
@@ -126,7 +133,7 @@ export class IncomingMigrations {
       if (nbd) await exportDisks(vm.qmp, nbd, exports, tls);
       const events = vm.qmp.events(['MIGRATION', 'RESUME']);
       await vm.qmp.execute('migrate-incoming', { uri: `tcp:${end.localAddress}:${MIGRATION_PORT}` });
-      const entry: Incoming = { vm, runtime: launched.runtime, exports, state: 'waiting', outcome: Promise.resolve(null as never), error: null };
+      const entry: Incoming = { vm, runtime: launched.runtime, exports, state: 'waiting', outcome: Promise.resolve(null as never), error: null, preparedAt: Date.now() };
       entry.outcome = this.watch(vmId, entry, events, request.resume, request.holdAfter ?? false);
       entry.outcome.catch(() => undefined);
       this.incoming.set(vmId, entry);
@@ -177,7 +184,7 @@ export class IncomingMigrations {
         const status = (event.data as { status?: string } | undefined)?.status;
         if (status === 'failed') {
           // QEMU says why (e.g. a section it could not load): kept in the error so a failure can be told apart.
-          const why = (await queryMigrate(vm.qmp).catch(() => null))?.errorDesc;
+          const why = (await queryMigrate(vm.qmp).catch(() => null))?.errorDesc ?? (await qemuLogTail(this.host.layout.vmFiles(vmId).qemuLog));
           throw new OffshootError('MIGRATION_FAILED', `the incoming migration of VM ${vmId} failed on this host${why ? `: ${why}` : ''}`, { vmId, step: 'incoming', ...(why ? { qemuError: why } : {}) }, 500);
         }
         // Post-copy: the guest runs here while its remaining pages arrive on demand.
@@ -290,4 +297,11 @@ export class IncomingMigrations {
   async close(): Promise<void> {
     await sleep(0);
   }
+}
+
+/** The last lines QEMU wrote to its log (QEMU 7.2 reports why an incoming migration failed only there), or undefined. */
+async function qemuLogTail(path: string): Promise<string | undefined> {
+  const text = await readFile(path, 'utf8').catch(() => '');
+  const lines = text.split('\n').filter((l) => l.trim() && !l.startsWith('---'));
+  return lines.length > 0 ? lines.slice(-8).join(' | ').slice(0, 1200) : undefined;
 }

@@ -7,7 +7,10 @@
 // policy values it used and how long it was queued. It cancels one on request
 // before its switch-over (after it, a cancel is too late and the task
 // finishes), queued or running, here or, through the task's row, on the
-// controller that runs it.
+// controller that runs it. A migration whose destination failed to load a
+// stream the source completed (the source took the guest back) is tried once
+// more.
+import { OffshootError } from '../../common/index.ts';
 import type { EngineContext } from '../engine-context.ts';
 import type { HostRecord } from '../hosts/index.ts';
 import type { TaskRecord, VmRecord } from '../records.ts';
@@ -81,11 +84,24 @@ export class Migrations {
       const tuned: MigrateRequest = { ...request, maxBandwidth: policy.maxBandwidthBytesPerSecond, downtimeLimitMs: policy.downtimeLimitMs, postcopy: policy.postcopy, autoConverge: policy.autoConverge };
       // The hosts as they are now (a host may have changed state while the migration waited).
       const [from, to] = [await this.ctx.fleet.resolve(source.id), await this.ctx.fleet.resolve(destination.id)];
-      const result = await runMigration(this.ctx, vm, previous, from, to, tuned, task, signal).catch(async (err: unknown) => {
-        // A refusal before anything moved (the plan) leaves the VM as it was.
-        if (!task.signal.aborted) await this.ctx.states.settle(vm.id, ['migrating'], previous, null).catch(() => undefined);
-        throw err;
-      });
+      const attempt = () => runMigration(this.ctx, vm, previous, from, to, tuned, task, signal);
+      const result = await attempt()
+        .catch(async (err: unknown) => {
+          // QEMU 7.2 now and then loses the end of a completed stream (the destination fails to load the last
+          // device sections: "Cannot read from TLS channel"); the source took the guest back (reverted), so
+          // the migration is tried once more.
+          if (!isRevertedArrival(err) || signal.aborted) throw err;
+          this.ctx.logger.warn({ vm: vm.name, to: to.name, err: (err as Error).message }, 'the destination did not load a completed migration; the VM runs on at its source; trying once more');
+          await task.progress(0.05, `${vm.name}: the destination did not load the migration; trying once more`);
+          const claimed = await this.ctx.states.settle(vm.id, [previous], 'migrating', null);
+          if (!claimed.moved) throw err;
+          return attempt();
+        })
+        .catch(async (err: unknown) => {
+          // A refusal before anything moved (the plan) leaves the VM as it was.
+          if (!task.signal.aborted) await this.ctx.states.settle(vm.id, ['migrating'], previous, null).catch(() => undefined);
+          throw err;
+        });
       return { ...result, policy, queuedMs: slots.queuedMs };
     } finally {
       await slots.release();
@@ -110,4 +126,9 @@ export class Migrations {
   async cancel(taskId: string): Promise<TaskRecord> {
     return this.cancellers.cancel(taskId, 'the migration', 'it runs on at its source');
   }
+}
+
+/** A migration whose source completed but whose destination did not run the guest, taken back by the source. */
+function isRevertedArrival(err: unknown): boolean {
+  return err instanceof OffshootError && err.code === 'MIGRATION_FAILED' && err.details.step === 'destination' && err.details.reverted === true;
 }

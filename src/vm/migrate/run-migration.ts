@@ -135,8 +135,21 @@ export async function runMigration(ctx: EngineContext, vm: VmRecord, previous: V
       // The source completed and the destination holds the guest, but its agent does not answer: the VM is there.
       incoming = null;
     } else {
-      // The source completed but the destination did not run the guest: nothing runs it now.
+      // The source completed but the destination did not run the guest: the destination goes first (so the
+      // guest never runs twice), then the source's QEMU, paused in `postmigrate`, takes the guest back
+      // (revertOutgoing: `cont` re-activates its disks), as a group does before its start.
       await rollBackMigration(agents, journal, ctx.logger);
+      const reverted = await agents.source.revertOutgoing({ vmId: vm.id, resume: previous === 'running' }).then(
+        () => true,
+        (revertErr: unknown) => {
+          ctx.logger.error({ vm: vm.name, err: (revertErr as Error).message }, 'the source cannot take back a guest its destination did not run');
+          return false;
+        },
+      );
+      if (reverted) {
+        await ctx.states.settle(vm.id, ['migrating'], previous, null);
+        throw new OffshootError('MIGRATION_FAILED', `VM "${vm.name}" was sent to ${destination.name} but did not run there (${(err as Error).message}); it runs on at ${source.name}`, { vm: vm.name, step: 'destination', reverted: true }, 500, { cause: err });
+      }
       await ctx.states.settle(vm.id, ['migrating'], 'failed', `its migration to ${destination.name} completed at the source but the destination did not run it: ${(err as Error).message}`, { runtime: null });
       throw new OffshootError('MIGRATION_FAILED', `VM "${vm.name}" was sent to ${destination.name} but did not run there: ${(err as Error).message}`, { vm: vm.name, step: 'destination' }, 500, { cause: err });
     }
