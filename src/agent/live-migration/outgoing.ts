@@ -213,7 +213,9 @@ export class OutgoingMigrations {
         if (stats.status === 'failed' || stats.status === 'cancelled') throw new LiveMigrationError(o.switching ? 'switch-over' : 'memory', stats.errorDesc ?? stats.status, { vmId, status: stats.status });
         if (ctx.signal.aborted && !o.switching) throw ctx.signal.reason ?? new OffshootError('TASK_CANCELLED', `the migration of VM ${vmId} was cancelled`, { vmId }, 409);
         if (stats.status === 'pre-switchover') {
-          await this.switchOver(vmId, qmp, o, request.hold, ctx, empty);
+          // Once continued, QEMU may still say pre-switchover until its migration thread moves on: continue once only
+          // (a second migrate-continue fails "not in expected state: device" and broke a switch-over, seen in CI).
+          if (!o.switching) await this.switchOver(vmId, qmp, o, request.hold, ctx, empty);
           continue;
         }
         if (stats.status.startsWith('postcopy')) {
