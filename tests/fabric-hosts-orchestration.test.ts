@@ -12,11 +12,12 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { serve } from '@hono/node-server';
 import { afterEach, describe, expect, it } from 'vitest';
-import { OffshootError, silentLogger } from '../src/common/index.ts';
+import { silentLogger } from '../src/common/index.ts';
 import { FakeAgent, agentHttpApp } from '../src/protocol/index.ts';
 import { KyselyInventory } from '../src/store/index.ts';
 import type { CarryReport, TemplateView } from '../src/vm/index.ts';
 import { FabricService, Fleet, VmEngine } from '../src/vm/index.ts';
+import { codeOf } from './error-code.ts';
 
 const TOKEN = 'f'.repeat(43);
 
@@ -60,15 +61,6 @@ async function setup() {
   /** Files of the template's folder on a fake host. */
   const folder = (agent: FakeAgent, templateId: string) => [...agent.files].filter((f) => f.startsWith(`home:fabric/${templateId}/`)).sort();
   return { dir, inventory, a, b, hostB, fleet, engine, fabric, close, template, place, folder };
-}
-
-async function codeOf(promise: Promise<unknown>): Promise<string> {
-  try {
-    await promise;
-    return 'no error';
-  } catch (err) {
-    return err instanceof OffshootError ? err.code : String(err);
-  }
 }
 
 describe('templates on several hosts against fake agents', () => {

@@ -8,11 +8,12 @@
 // against real QEMU in tests/e2e/fabric.test.ts.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
-import { OffshootError, silentLogger } from '../src/common/index.ts';
+import { silentLogger } from '../src/common/index.ts';
 import { FakeAgent } from '../src/protocol/index.ts';
 import { KyselyInventory } from '../src/store/index.ts';
 import type { TemplateView } from '../src/vm/index.ts';
 import { FabricService, Fleet, VmEngine, poolKey } from '../src/vm/index.ts';
+import { codeOf } from './error-code.ts';
 
 async function setup() {
   const dir = mkdtempSync('/tmp/osh-fabric-orch-');
@@ -40,15 +41,6 @@ async function setup() {
   };
   const pool = async (name: string) => (await fabric.show(name)).placements[0]?.children;
   return { dir, inventory, agent, fleet, engine, fabric, close, template, pool };
-}
-
-async function codeOf(promise: Promise<unknown>): Promise<string> {
-  try {
-    await promise;
-    return 'no error';
-  } catch (err) {
-    return err instanceof OffshootError ? err.code : String(err);
-  }
 }
 
 describe('fabric orchestration against the fake agent', () => {

@@ -11,11 +11,12 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { serve } from '@hono/node-server';
 import { afterEach, describe, expect, it } from 'vitest';
-import { OffshootError, silentLogger } from '../src/common/index.ts';
+import { silentLogger } from '../src/common/index.ts';
 import { FakeAgent, agentHttpApp } from '../src/protocol/index.ts';
 import { KyselyInventory } from '../src/store/index.ts';
 import type { ColdMoveResult } from '../src/vm/index.ts';
 import { Fleet, StorageService, VmEngine } from '../src/vm/index.ts';
+import { codeOf } from './error-code.ts';
 
 const TOKEN = 'm'.repeat(43);
 
@@ -46,15 +47,6 @@ async function setup() {
   const { task } = await engine.create({ name: 'mv', start: true, host: 'a' });
   expect((await engine.tasks.wait(task?.id as string)).state).toBe('succeeded');
   return { inventory, a, b, hostB, engine, storage, close };
-}
-
-async function codeOf(promise: Promise<unknown>): Promise<string> {
-  try {
-    await promise;
-    return 'no error';
-  } catch (err) {
-    return err instanceof OffshootError ? err.code : String(err);
-  }
 }
 
 describe('vm move against fake agents', () => {
