@@ -11,13 +11,16 @@
 // boots N more guests that each keep a vCPU busy (a shell loop) for the whole
 // run: the figures under load, both sides equally loaded.
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { startDaemon } from '../src/api/index.ts';
 import type { RunningDaemon } from '../src/api/index.ts';
 import { loadDefaultGuest } from '../src/guest/index.ts';
 import { QgaClient, createImage, qemuVersion } from '../src/qemu/index.ts';
+import { BLOCK_BYTES, writeCheckpoint } from '../src/memory/index.ts';
+import { guestMemoryBytes } from '../src/protocol/index.ts';
 import { connectQmpWhenReady, rawGuestArgs, waitForMigrationDone } from './qemu-baseline.ts';
 import type { CheckpointResult, VmRecord } from '../src/vm/index.ts';
 import { option } from './tools.ts';
@@ -44,9 +47,189 @@ async function exec(daemon: RunningDaemon, vm: string, script: string): Promise<
   if (r.exitCode !== 0) throw new Error(`${vm}: ${Buffer.from(r.stderr, 'base64').toString()}`);
 }
 
+/** CPU seconds (user + system) of each thread of process `pid`, by thread name (threads of one name summed). */
+export function threadCpu(pid: number): Record<string, number> {
+  const out: Record<string, number> = {};
+  const tick = 100; // USER_HZ on Linux
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+    } catch {
+      continue;
+    }
+    const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    out[name] = (out[name] ?? 0) + (Number(fields[11]) + Number(fields[12])) / tick;
+  }
+  return out;
+}
+
+function cpuDelta(after: Record<string, number>, before: Record<string, number>): Record<string, number> {
+  return Object.fromEntries(Object.entries(after).map(([k, v]) => [k, Number((v - (before[k] ?? 0)).toFixed(2))]).filter(([, v]) => (v as number) > 0));
+}
+
+/**
+ * Samples the CPU of `pid`'s threads every 100 ms until stopped: threads that end (QEMU's postcopy
+ * listen thread ends with the stream) keep their last figure. Returns seconds by thread name.
+ */
+function sampleThreadCpu(pid: number): { stop(): Record<string, number> } {
+  const first = threadCpu(pid);
+  let last = first;
+  const take = () => {
+    try {
+      last = { ...last, ...threadCpu(pid) };
+    } catch {
+      // the process ended
+    }
+  };
+  const timer = setInterval(take, 100);
+  return {
+    stop: () => {
+      clearInterval(timer);
+      take();
+      return cpuDelta(last, first);
+    },
+  };
+}
+
+/** The last log line of the daemon with message `msg`, parsed. */
+function lastLogLine(home: string, msg: string): Record<string, unknown> | undefined {
+  const last = readFileSync(join(home, 'daemon.log'), 'utf8').split('\n').filter((l) => l.includes(`"msg":"${msg}"`)).at(-1);
+  return last ? (JSON.parse(last) as Record<string, unknown>) : undefined;
+}
+
+/**
+ * A lazy restore whose stream is measured: from the VM running to the stream complete, with the guest
+ * idle or (`read`) reading its random data meanwhile; CPU of the benchmark process (the page server) and
+ * of the destination QEMU by thread over that window, and the page server's own figures.
+ */
+async function lazyStreamOnce(daemon: RunningDaemon, home: string, checkpoint: string, read: boolean) {
+  const started = await daemon.engine.restore({ checkpoint, mode: 'lazy' });
+  const taskId = started.task?.id as string;
+  let pid: number | undefined;
+  while (pid === undefined) {
+    const task = await daemon.engine.tasks.get(taskId);
+    if (task.state === 'failed') throw new Error(`lazy restore failed: ${task.message}`);
+    const vm = await daemon.engine.resolve(started.vm.id);
+    if (vm.state === 'running' && vm.runtime) pid = vm.runtime.pid;
+    else await new Promise((r) => setTimeout(r, 2));
+  }
+  const t0 = performance.now();
+  const cpu0 = process.cpuUsage();
+  const qemu = sampleThreadCpu(pid);
+  let readMs: number | undefined;
+  if (read) {
+    for (;;) {
+      const task = await daemon.engine.tasks.get(taskId);
+      if (task.state !== 'running' || task.progress >= 0.4) break;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    await exec(daemon, started.vm.name, 'md5sum /mnt/ram/blob >/dev/null');
+    readMs = performance.now() - t0;
+  }
+  const done = await daemon.engine.tasks.wait(taskId);
+  const endMs = performance.now() - t0;
+  const cpu = process.cpuUsage(cpu0);
+  const qemuCpu = qemu.stop();
+  if (done.state !== 'succeeded') throw new Error(`lazy restore failed: ${done.message}`);
+  await daemon.engine.kill(started.vm.id);
+  await daemon.engine.delete(started.vm.id);
+  await new Promise((r) => setTimeout(r, 200));
+  const line = lastLogLine(home, 'lazy restore complete: the checkpoint is no longer needed') ?? {};
+  const pick = (k: string) => Number(line[k] ?? NaN);
+  return { endMs, readMs, streamMs: pick('streamMs'), benchCpu: { user: cpu.user / 1e6, system: cpu.system / 1e6 }, qemuCpu, server: { pagesSent: pick('pagesSent'), zeroPagesSent: pick('zeroPagesSent'), requests: pick('requests'), faultBlocks: pick('faultBlocks'), backgroundBlocks: pick('backgroundBlocks'), bytesWritten: pick('bytesWritten'), writeWaitMs: Math.round(pick('writeWaitMs')), readWaitMs: Math.round(pick('readWaitMs')) } };
+}
+
+/** `--only lazy`: one checkpoint, then lazy restores (`--repeat N`) with the guest idle and reading, each beside an eager restore. */
+async function lazyOnly(daemon: RunningDaemon, home: string, dir: string, memoryMiB: number, repeat: number): Promise<Comparison[]> {
+  const name = `ck${memoryMiB}`;
+  const boot = await daemon.engine.create({ name, memory: `${memoryMiB}M`, start: true });
+  await daemon.engine.tasks.wait(boot.task?.id as string);
+  await exec(daemon, name, fill(memoryMiB / 2));
+  const saved = await daemon.engine.tasks.wait((await daemon.engine.checkpoint(name, { name: `${name}-ckpt`, out: join(dir, `${name}.ckpt`) })).task?.id as string);
+  if (saved.state !== 'succeeded') throw new Error(`checkpoint failed: ${saved.message}`);
+  await daemon.engine.kill(name);
+  await daemon.engine.delete(name);
+  const idle: number[] = [];
+  const reading: number[] = [];
+  const eager: number[] = [];
+  for (let r = 0; r < repeat; r++) {
+    for (const read of [false, true]) {
+      const s = await lazyStreamOnce(daemon, home, `${name}-ckpt`, read);
+      const gbs = (s.server.bytesWritten / 1e9) / (s.streamMs / 1000);
+      process.stderr.write(`${memoryMiB} MiB lazy ${read ? 'reading' : 'idle'} ${r + 1}/${repeat} (load ${loadavg()[0]?.toFixed(1)}): stream ${s.streamMs.toFixed(0)} ms (${gbs.toFixed(2)} GB/s of stream), end seen ${s.endMs.toFixed(0)} ms${s.readMs ? `, data read ${s.readMs.toFixed(0)} ms` : ''}; page server ${JSON.stringify(s.server)}; bench process CPU user ${s.benchCpu.user.toFixed(2)} sys ${s.benchCpu.system.toFixed(2)} s; QEMU CPU ${JSON.stringify(s.qemuCpu)}\n`);
+      (read ? reading : idle).push(s.streamMs);
+    }
+    const e = await restoreOnce(daemon, `${name}-ckpt`, 'eager');
+    eager.push(e.runningMs);
+    process.stderr.write(`${memoryMiB} MiB eager ${r + 1}/${repeat}: running ${e.runningMs.toFixed(0)} ms\n`);
+  }
+  await daemon.engine.deleteCheckpoint(`${name}-ckpt`);
+  const label = `${memoryMiB} MiB (${memoryMiB / 2} MiB random)`;
+  return [
+    { metric: `${label}: lazy stream complete, guest idle`, offshoot: { label: 'offshoot lazy restore (from running)', unit: 'ms', samples: idle }, baseline: { label: 'offshoot eager restore (running)', unit: 'ms', samples: eager } },
+    { metric: `${label}: lazy stream complete, guest reading`, offshoot: { label: 'offshoot lazy restore (from running)', unit: 'ms', samples: reading }, baseline: { label: 'offshoot eager restore (running)', unit: 'ms', samples: eager } },
+  ];
+}
+
+/** The writer's own timings of the last checkpoint written (the host agent logs them). */
+function lastWriteTimings(home: string): Record<string, number> | undefined {
+  const lines = readFileSync(join(home, 'daemon.log'), 'utf8').split('\n').filter((l) => l.includes('"checkpoint written"'));
+  const last = lines.at(-1);
+  if (!last) return undefined;
+  const { totalMs, readWaitMs, encodeWaitMs, writeWaitMs, syncMs, rawBlocks, lz4Blocks, zeroBlocks } = JSON.parse(last) as Record<string, number>;
+  const round = (v: number | undefined) => Number((v ?? 0).toFixed(0));
+  return { totalMs: round(totalMs), readWaitMs: round(readWaitMs), encodeWaitMs: round(encodeWaitMs), writeWaitMs: round(writeWaitMs), syncMs: round(syncMs), rawBlocks: round(rawBlocks), lz4Blocks: round(lz4Blocks), zeroBlocks: round(zeroBlocks) };
+}
+
+/**
+ * One live checkpoint of VM `name` into `out`, then deleted: time until the file is complete, the
+ * engine's stun and write times, the writer's own timings, and the CPU the benchmark process (daemon
+ * and writer) and the VM's QEMU (by thread) spent meanwhile.
+ */
+async function saveOnce(daemon: RunningDaemon, home: string, name: string, out: string): Promise<{ completeMs: number; result: CheckpointResult; writer?: Record<string, number>; benchCpuS: number; selfCpu: Record<string, number>; qemuCpu: Record<string, number> }> {
+  const before = (await daemon.engine.resolve(name)).runtime?.pid;
+  const qemuBefore = before ? threadCpu(before) : {};
+  const self0 = threadCpu(process.pid);
+  const cpu0 = process.cpuUsage();
+  const t0 = performance.now();
+  const saved = await daemon.engine.tasks.wait((await daemon.engine.checkpoint(name, { name: `${name}-ckpt`, out })).task?.id as string);
+  if (saved.state !== 'succeeded') throw new Error(`checkpoint failed: ${saved.message}`);
+  const completeMs = performance.now() - t0;
+  const cpu = process.cpuUsage(cpu0);
+  const selfCpu = cpuDelta(threadCpu(process.pid), self0);
+  const after = (await daemon.engine.resolve(name)).runtime?.pid;
+  // The switch-over replaces the QEMU: the old one's CPU is gone with it, the new one's counts from its start.
+  const qemuCpu = after ? cpuDelta(threadCpu(after), after === before ? qemuBefore : {}) : {};
+  await new Promise((r) => setTimeout(r, 200)); // the log line reaches the file
+  return { completeMs, result: saved.result as CheckpointResult, writer: lastWriteTimings(home), benchCpuS: (cpu.user + cpu.system) / 1e6, selfCpu, qemuCpu };
+}
+
+/**
+ * The writer alone, called directly in this process on the template file the VM's checkpoint was just
+ * written from (the VM still maps it, running): the same file and load, without the agent protocol.
+ */
+async function directWrite(daemon: RunningDaemon, name: string, out: string): Promise<{ ms: number; timings: Record<string, number>; selfCpu: Record<string, number>; cpuS: number }> {
+  const vm = await daemon.engine.resolve(name);
+  const templateId = vm.runtime?.memory.templateId;
+  if (!templateId || !daemon.agent) throw new Error(`${name} maps no template`);
+  const template = await open(daemon.agent.templatePath(templateId), 'r');
+  const self0 = threadCpu(process.pid);
+  const cpu0 = process.cpuUsage();
+  const t0 = performance.now();
+  try {
+    const written = await writeCheckpoint(out, { memoryBytes: guestMemoryBytes(vm.spec), readBlock: async (i, into) => (await template.read(into, 0, BLOCK_BYTES, i * BLOCK_BYTES)).bytesRead, metadata: {}, deviceState: Buffer.alloc(16), onProgress: () => undefined });
+    const cpu = process.cpuUsage(cpu0);
+    return { ms: performance.now() - t0, timings: Object.fromEntries(Object.entries(written.timings).map(([k, v]) => [k, Math.round(v)])), selfCpu: cpuDelta(threadCpu(process.pid), self0), cpuS: (cpu.user + cpu.system) / 1e6 };
+  } finally {
+    await template.close();
+    rmSync(out, { force: true });
+  }
+}
 
 /** QEMU's own save and restore of the same guest, driven by hand. */
-async function qemuSaveRestore(accel: string, memoryMiB: number, randomMiB: number) {
+async function qemuSaveRestore(accel: string, memoryMiB: number, randomMiB: number, restore = true) {
   const guest = await loadDefaultGuest();
   const dir = mkdtempSync('/tmp/osh-ckb-');
   const mem = mkdtempSync('/dev/shm/osh-ckb-');
@@ -73,6 +256,7 @@ async function qemuSaveRestore(accel: string, memoryMiB: number, randomMiB: numb
     const saveMs = performance.now() - t0;
     src.qmp.close();
     const fileBytes = statSync(file).size;
+    if (!restore) return { stunMs: saveMs, saveMs, fileBytes, runningMs: NaN, readAllMs: NaN };
     const t1 = performance.now();
     const dst = await qemu(1, true);
     await dst.qmp.execute('migrate-incoming', { uri: `exec:cat ${file}` });
@@ -131,6 +315,41 @@ async function restoreOnce(daemon: RunningDaemon, checkpoint: string, mode: 'eag
   return { runningMs: result.runningMs ?? polledMs, readAllMs, ...(mode === 'lazy' ? { streamMs: endMs } : {}) };
 }
 
+/** `--only save`: checkpoints of one guest, each beside QEMU's save of the same guest, with where the time went. */
+async function saveOnly(daemon: RunningDaemon, home: string, dir: string, accel: string, memoryMiB: number, repeat: number, pauseGuest: boolean, direct: boolean): Promise<Comparison[]> {
+  const randomMiB = memoryMiB / 2;
+  const name = `ck${memoryMiB}`;
+  const boot = await daemon.engine.create({ name, memory: `${memoryMiB}M`, start: true });
+  await daemon.engine.tasks.wait(boot.task?.id as string);
+  await exec(daemon, name, fill(randomMiB));
+  if (pauseGuest) await daemon.engine.pause(name);
+  const complete: number[] = [];
+  const writes: number[] = [];
+  for (let r = 0; r < repeat; r++) {
+    const s = await saveOnce(daemon, home, name, join(dir, `${name}-${r}.ckpt`));
+    process.stderr.write(`${memoryMiB} MiB save ${r + 1}/${repeat} (load ${loadavg()[0]?.toFixed(1)}): complete ${s.completeMs.toFixed(0)} ms, stun ${s.result.stunMs.toFixed(0)}, write ${s.result.writeMs.toFixed(0)}; writer ${JSON.stringify(s.writer)}; bench process CPU ${s.benchCpuS.toFixed(2)} s ${JSON.stringify(s.selfCpu)}; QEMU CPU ${JSON.stringify(s.qemuCpu)}\n`);
+    if (direct) {
+      const d = await directWrite(daemon, name, join(dir, `${name}-direct.ckpt`));
+      process.stderr.write(`${memoryMiB} MiB direct writer on the same template (load ${loadavg()[0]?.toFixed(1)}): ${d.ms.toFixed(0)} ms; ${JSON.stringify(d.timings)}; CPU ${d.cpuS.toFixed(2)} s ${JSON.stringify(d.selfCpu)}\n`);
+    }
+    complete.push(s.completeMs);
+    writes.push(s.result.writeMs);
+    await daemon.engine.deleteCheckpoint(`${name}-ckpt`);
+  }
+  await daemon.engine.kill(name);
+  await daemon.engine.delete(name);
+  const q: number[] = [];
+  for (let r = 0; r < Math.min(repeat, 2); r++) {
+    q.push((await qemuSaveRestore(accel, memoryMiB, randomMiB, false)).saveMs);
+    process.stderr.write(`${memoryMiB} MiB QEMU save ${r + 1} (load ${loadavg()[0]?.toFixed(1)}): ${q.at(-1)?.toFixed(0)} ms\n`);
+  }
+  const label = `${memoryMiB} MiB (${randomMiB} MiB random)`;
+  return [
+    { metric: `${label}: file complete`, offshoot: { label: 'offshoot live checkpoint', unit: 'ms', samples: complete }, baseline: { label: 'qemu migrate to file', unit: 'ms', samples: q } },
+    { metric: `${label}: write`, offshoot: { label: 'offshoot checkpoint write', unit: 'ms', samples: writes }, baseline: { label: 'qemu migrate to file', unit: 'ms', samples: q } },
+  ];
+}
+
 export async function checkpointBenchmark(args: string[]): Promise<BenchResult> {
   const sizes = parseSizes(args, [256, 1024, 4096]);
   const notes: string[] = [];
@@ -142,6 +361,10 @@ export async function checkpointBenchmark(args: string[]): Promise<BenchResult> 
   const startedAt = new Date().toISOString();
   const comparisons: Comparison[] = [];
   const busy = Number(option(args, '--busy', '0'));
+  // `--only save`: only live checkpoints (`--repeat N` of them per size, `--pause`: of a paused guest), each beside QEMU's save.
+  const only = option(args, '--only', 'all');
+  const repeat = Number(option(args, '--repeat', '1'));
+  const pauseGuest = args.includes('--pause');
   const load: number[][] = [loadavg()];
   try {
     const host = await daemon.engine.hostInfo();
@@ -152,6 +375,11 @@ export async function checkpointBenchmark(args: string[]): Promise<BenchResult> 
       await exec(daemon, `busy${b}`, 'nohup sh -c "while :; do :; done" >/dev/null 2>&1 &');
     }
     if (busy > 0) notes.push(`${busy} guests ran a busy loop beside the whole run`);
+    if (only === 'save' || only === 'lazy') {
+      for (const memoryMiB of sizes) comparisons.push(...(only === 'save' ? await saveOnly(daemon, home, checkpointDir, host.accel, memoryMiB, repeat, pauseGuest, args.includes('--direct')) : await lazyOnly(daemon, home, checkpointDir, memoryMiB, repeat)));
+      load.push(loadavg());
+      return { name: 'checkpoint', startedAt, machine: { cpus: cpus().length, accel: host.accel, qemu: await qemuVersion(), node: process.version }, parameters: { sizes, busy, load, only, repeat, pauseGuest }, comparisons, notes: [only === 'save' ? 'save only: each checkpoint is deleted after it is written' : 'lazy stream only: from the VM running to the stream complete (the page server\'s own streamMs)', ...(pauseGuest ? ['the guest was paused before the saves'] : []), ...notes] };
+    }
     for (const memoryMiB of sizes) {
       const randomMiB = memoryMiB / 2;
       const name = `ck${memoryMiB}`;

@@ -16,7 +16,7 @@ import { link, lstat, mkdir, open, readFile, rm, writeFile } from 'node:fs/promi
 import { dirname, join } from 'node:path';
 import { OffshootError } from '../common/index.ts';
 import { BLOCK_BYTES, CheckpointReader, writeCheckpoint } from '../memory/index.ts';
-import type { CheckpointMetadata, WriteProgress } from '../memory/index.ts';
+import type { CheckpointMetadata, WriteProgress, WriteTimings } from '../memory/index.ts';
 import { createImage } from '../qemu/index.ts';
 import type { StagingHost } from './fork-stager.ts';
 import { loadDeviceState } from './migration.ts';
@@ -43,7 +43,7 @@ export async function writeCheckpointFile(
   metadata: CheckpointMetadata,
   onProgress?: (p: WriteProgress) => void,
   signal?: AbortSignal,
-): Promise<{ fileBytes: number; storedPages: number }> {
+): Promise<{ fileBytes: number; storedPages: number; timings: WriteTimings }> {
   const tmp = checkpointTempPath(path, checkpointId);
   try {
     const written = await writeFrozenMemory(artifacts, tmp, memoryBytes, { ...metadata, checkpointId }, onProgress, signal);
@@ -87,7 +87,7 @@ async function writeFrozenMemory(
   metadata: CheckpointMetadata,
   onProgress?: (p: WriteProgress) => void,
   signal?: AbortSignal,
-): Promise<{ fileBytes: number; storedPages: number }> {
+): Promise<{ fileBytes: number; storedPages: number; timings: WriteTimings }> {
   const template = await open(artifacts.templateFile, 'r');
   try {
     const deviceState = await readFile(artifacts.deviceState);

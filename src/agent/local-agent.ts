@@ -360,7 +360,12 @@ export class LocalHostAgent {
     // Registered before the first await, so a cancel can never fall between the call and the write.
     const controller = new AbortController();
     this.checkpointWrites.set(forkId, controller);
-    return writeCheckpointFile(this.stager.artifacts(forkId), path, checkpointId, memoryBytes, metadata, onProgress, controller.signal).finally(() => this.checkpointWrites.delete(forkId));
+    return writeCheckpointFile(this.stager.artifacts(forkId), path, checkpointId, memoryBytes, metadata, onProgress, controller.signal)
+      .then((written) => {
+        this.logger.info({ forkId, path, fileBytes: written.fileBytes, ...written.timings }, 'checkpoint written');
+        return written;
+      })
+      .finally(() => this.checkpointWrites.delete(forkId));
   }
 
   async restoreVm(vmId: string, name: string, checkpointPath: string, spec: VmSpec, mode: 'eager' | 'lazy' = 'eager'): Promise<{ runtime: VmRuntime; spec: VmSpec }> {

@@ -141,6 +141,24 @@ export interface WriteProgress {
   bytesWritten: number;
 }
 
+/**
+ * Where a write spent its time (ms): blocked on reads of guest RAM, on encodings (thread pool), on
+ * file writes, in the final fsync + rename; the rest of totalMs is the main thread's own work.
+ */
+export interface WriteTimings {
+  totalMs: number;
+  readWaitMs: number;
+  encodeWaitMs: number;
+  writeWaitMs: number;
+  syncMs: number;
+  rawBlocks: number;
+  lz4Blocks: number;
+  zeroBlocks: number;
+}
+
+/** The writer reports its progress at most this often (and once more at the end). */
+const PROGRESS_EVERY_MS = 100;
+
 /** Blocks read ahead of the one being encoded. */
 const READ_AHEAD = 4;
 
@@ -161,8 +179,18 @@ export async function writeCheckpoint(
     signal?: AbortSignal;
     onProgress?: (p: WriteProgress) => void;
   },
-): Promise<{ fileBytes: number; storedPages: number; blockCount: number }> {
+): Promise<{ fileBytes: number; storedPages: number; blockCount: number; timings: WriteTimings }> {
   const blockCount = Math.ceil(input.memoryBytes / BLOCK_BYTES);
+  const started = performance.now();
+  const timings: WriteTimings = { totalMs: 0, readWaitMs: 0, encodeWaitMs: 0, writeWaitMs: 0, syncMs: 0, rawBlocks: 0, lz4Blocks: 0, zeroBlocks: 0 };
+  const waited = async <T>(key: 'readWaitMs' | 'encodeWaitMs' | 'writeWaitMs', p: Promise<T>): Promise<T> => {
+    const t = performance.now();
+    try {
+      return await p;
+    } finally {
+      timings[key] += performance.now() - t;
+    }
+  };
   const partial = `${path}.partial`;
   const file = await open(partial, 'w', 0o600);
   // Two staging buffers: one is written while the other fills.
@@ -183,7 +211,7 @@ export async function writeCheckpoint(
     written += staged;
     staged = 0;
     current ^= 1;
-    await writing[current]; // the other buffer's write must be done before it fills again
+    await waited('writeWaitMs', writing[current] ?? Promise.resolve()); // the other buffer's write must be done before it fills again
     writing[current] = undefined;
   };
   const reads: Array<Promise<number> | undefined> = new Array(READ_AHEAD);
@@ -197,13 +225,24 @@ export async function writeCheckpoint(
     const index: IndexEntry[] = [];
     let fileOffset = HEADER_BYTES;
     let storedPages = 0;
+    // Progress at most every PROGRESS_EVERY_MS and at the last block: each report travels to the controller
+    // (an operation event, a poll, two validations), and one per 1 MiB block cost the daemon measurable time.
+    let reportedAt = -Infinity;
+    const report = (blocksDone: number) => {
+      const now = performance.now();
+      if (blocksDone < blockCount && now - reportedAt < PROGRESS_EVERY_MS) return;
+      reportedAt = now;
+      input.onProgress?.({ blocksDone, blockCount, bytesWritten: fileOffset });
+    };
     /** Stages the oldest pending block; its read buffer then takes the block READ_AHEAD further on. */
     const drain = async () => {
       const { i, bitmap, count, encoded } = pending[0] as (typeof pending)[number];
       if (!encoded) {
         index.push({ fileOffset, storedBytes: 0, pageCount: 0, encoding: 'lz4', bitmap, hash: 0n });
+        timings.zeroBlocks++;
       } else {
-        const { encoding, stored } = await encoded;
+        const { encoding, stored } = await waited('encodeWaitMs', encoded);
+        timings[encoding === 'raw' ? 'rawBlocks' : 'lz4Blocks']++;
         const storedHash = hash(stored);
         if (staged + stored.length > stagingBytes) await flush();
         if (stored.length > stagingBytes) {
@@ -216,8 +255,9 @@ export async function writeCheckpoint(
         index.push({ fileOffset, storedBytes: stored.length, pageCount: count, encoding, bitmap, hash: storedHash });
         fileOffset += stored.length;
         storedPages += count;
-        input.onProgress?.({ blocksDone: i + 1, blockCount, bytesWritten: fileOffset });
+        report(i + 1);
       }
+      if (!encoded) report(i + 1);
       pending.shift();
       startRead(i + READ_AHEAD);
     };
@@ -226,7 +266,7 @@ export async function writeCheckpoint(
       input.signal?.throwIfAborted();
       while (pending.length > 0 && (pending[0] as (typeof pending)[number]).i <= i - READ_AHEAD) await drain();
       const block = readBufs[i % READ_AHEAD] as Buffer;
-      const length = Math.min(await (reads[i % READ_AHEAD] as Promise<number>), BLOCK_BYTES);
+      const length = Math.min(await waited('readWaitMs', reads[i % READ_AHEAD] as Promise<number>), BLOCK_BYTES);
       reads[i % READ_AHEAD] = undefined;
       if (length < BLOCK_BYTES) block.fill(0, length);
       const bitmap = Buffer.alloc(PAGES_PER_BLOCK / 8);
@@ -281,10 +321,13 @@ export async function writeCheckpoint(
     header.writeUInt32LE(toc.length, 48);
     header.writeBigUInt64LE(hash(header.subarray(0, 56)), 56);
     await file.write(header, 0, HEADER_BYTES, 0);
+    const syncing = performance.now();
     await file.sync();
     await file.close();
     await rename(partial, path);
-    return { fileBytes: fileOffset + toc.length, storedPages, blockCount };
+    timings.syncMs = performance.now() - syncing;
+    timings.totalMs = performance.now() - started;
+    return { fileBytes: fileOffset + toc.length, storedPages, blockCount, timings };
   } catch (err) {
     // Never leave reads, encodings or writes running on the file, the buffers or the caller's handles.
     await Promise.allSettled([...reads, ...writing, ...pending.map((p) => p.encoded)]);

@@ -5,7 +5,7 @@ export { TemplateStore } from './templates.ts';
 export { mappingPssKiB, parseSmapsRollup, processMemoryStats } from './stats.ts';
 export type { MemoryStats } from './stats.ts';
 export { writeCheckpoint, CheckpointReader, CheckpointFormatError, CHECKPOINT_MAGIC, CHECKPOINT_VERSION, BLOCK_BYTES, PAGE_BYTES, LIMITS as CHECKPOINT_LIMITS } from './checkpoint-format.ts';
-export type { CheckpointMetadata, CheckpointPart, WriteProgress } from './checkpoint-format.ts';
+export type { CheckpointMetadata, CheckpointPart, WriteProgress, WriteTimings } from './checkpoint-format.ts';
 export { PostcopyPageServer, GUEST_RAM_BLOCK } from './page-server.ts';
 export type { PageServerStats } from './page-server.ts';
 export { parseSavedDeviceState } from './saved-device-state.ts';

@@ -57,10 +57,13 @@ export interface PageServerStats {
   pagesSent: number;
   zeroPagesSent: number;
   bytesWritten: number;
+  /** Milliseconds the stream waited for the destination to take its sections / for blocks to be read and verified. */
+  writeWaitMs: number;
+  readWaitMs: number;
 }
 
 export class PostcopyPageServer {
-  readonly stats: PageServerStats = { requests: 0, faultBlocks: 0, backgroundBlocks: 0, pagesSent: 0, zeroPagesSent: 0, bytesWritten: 0 };
+  readonly stats: PageServerStats = { requests: 0, faultBlocks: 0, backgroundBlocks: 0, pagesSent: 0, zeroPagesSent: 0, bytesWritten: 0, writeWaitMs: 0, readWaitMs: 0 };
   private readonly blockCount: number;
   private readonly pageCount: number;
   private readonly sent: Uint8Array;
@@ -194,7 +197,9 @@ export class PostcopyPageServer {
   private async sendBlock(block: number, fault: boolean): Promise<void> {
     const bitmap = this.reader.blockBitmap(block);
     const needData = !this.blockDone[block] && bitmap.some((b) => b !== 0);
+    const reading = performance.now();
     const packed = needData ? await this.packedPages(block) : undefined;
+    this.stats.readWaitMs += performance.now() - reading;
     if (this.failure) throw this.failure;
     const zeros = this.zeroRequests.get(block);
     this.zeroRequests.delete(block);
@@ -354,8 +359,13 @@ export class PostcopyPageServer {
   private write(data: Buffer): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);
     this.stats.bytesWritten += data.length;
+    const t = performance.now();
     return new Promise((resolve, reject) => {
-      this.socket.write(data, (err) => (err ? reject(err) : resolve()));
+      this.socket.write(data, (err) => {
+        this.stats.writeWaitMs += performance.now() - t;
+        if (err) reject(err);
+        else resolve();
+      });
     });
   }
 }
