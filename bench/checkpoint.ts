@@ -47,10 +47,19 @@ async function exec(daemon: RunningDaemon, vm: string, script: string): Promise<
   if (r.exitCode !== 0) throw new Error(`${vm}: ${Buffer.from(r.stderr, 'base64').toString()}`);
 }
 
-/** CPU seconds (user + system) of each thread of process `pid`, by thread name (threads of one name summed). */
+const TICK = 100; // USER_HZ on Linux
+
+/** CPU seconds (user + system) of process `pid` as a whole, threads that ended included. */
+export function processCpu(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / TICK;
+}
+
+/** CPU seconds (user + system) of each thread of process `pid`, keyed by thread name and id. */
 export function threadCpu(pid: number): Record<string, number> {
   const out: Record<string, number> = {};
-  const tick = 100; // USER_HZ on Linux
+  const tick = TICK;
   for (const tid of readdirSync(`/proc/${pid}/task`)) {
     let stat: string;
     try {
@@ -60,7 +69,7 @@ export function threadCpu(pid: number): Record<string, number> {
     }
     const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    out[name] = (out[name] ?? 0) + (Number(fields[11]) + Number(fields[12])) / tick;
+    out[`${name}/${tid}`] = (Number(fields[11]) + Number(fields[12])) / tick;
   }
   return out;
 }
@@ -75,10 +84,13 @@ function cpuDelta(after: Record<string, number>, before: Record<string, number>)
  */
 function sampleThreadCpu(pid: number): { stop(): Record<string, number> } {
   const first = threadCpu(pid);
+  const total0 = processCpu(pid);
   let last = first;
+  let total = total0;
   const take = () => {
     try {
       last = { ...last, ...threadCpu(pid) };
+      total = processCpu(pid);
     } catch {
       // the process ended
     }
@@ -88,7 +100,7 @@ function sampleThreadCpu(pid: number): { stop(): Record<string, number> } {
     stop: () => {
       clearInterval(timer);
       take();
-      return cpuDelta(last, first);
+      return { total: Number((total - total0).toFixed(2)), ...cpuDelta(last, first) };
     },
   };
 }
@@ -117,6 +129,7 @@ async function lazyStreamOnce(daemon: RunningDaemon, home: string, checkpoint: s
   }
   const t0 = performance.now();
   const cpu0 = process.cpuUsage();
+  const self0 = threadCpu(process.pid);
   const qemu = sampleThreadCpu(pid);
   let readMs: number | undefined;
   if (read) {
@@ -132,17 +145,18 @@ async function lazyStreamOnce(daemon: RunningDaemon, home: string, checkpoint: s
   const endMs = performance.now() - t0;
   const cpu = process.cpuUsage(cpu0);
   const qemuCpu = qemu.stop();
+  const selfCpu = cpuDelta(threadCpu(process.pid), self0);
   if (done.state !== 'succeeded') throw new Error(`lazy restore failed: ${done.message}`);
   await daemon.engine.kill(started.vm.id);
   await daemon.engine.delete(started.vm.id);
   await new Promise((r) => setTimeout(r, 200));
   const line = lastLogLine(home, 'lazy restore complete: the checkpoint is no longer needed') ?? {};
   const pick = (k: string) => Number(line[k] ?? NaN);
-  return { endMs, readMs, streamMs: pick('streamMs'), benchCpu: { user: cpu.user / 1e6, system: cpu.system / 1e6 }, qemuCpu, server: { pagesSent: pick('pagesSent'), zeroPagesSent: pick('zeroPagesSent'), requests: pick('requests'), faultBlocks: pick('faultBlocks'), backgroundBlocks: pick('backgroundBlocks'), bytesWritten: pick('bytesWritten'), writeWaitMs: Math.round(pick('writeWaitMs')), readWaitMs: Math.round(pick('readWaitMs')) } };
+  return { endMs, readMs, streamMs: pick('streamMs'), benchCpu: { user: cpu.user / 1e6, system: cpu.system / 1e6 }, selfCpu, qemuCpu, server: { pagesSent: pick('pagesSent'), zeroPagesSent: pick('zeroPagesSent'), requests: pick('requests'), faultBlocks: pick('faultBlocks'), backgroundBlocks: pick('backgroundBlocks'), bytesWritten: pick('bytesWritten'), writeWaitMs: Math.round(pick('writeWaitMs')), readWaitMs: Math.round(pick('readWaitMs')) } };
 }
 
 /** `--only lazy`: one checkpoint, then lazy restores (`--repeat N`) with the guest idle and reading, each beside an eager restore. */
-async function lazyOnly(daemon: RunningDaemon, home: string, dir: string, memoryMiB: number, repeat: number): Promise<Comparison[]> {
+async function lazyOnly(daemon: RunningDaemon, home: string, dir: string, memoryMiB: number, repeat: number, readToo: boolean): Promise<Comparison[]> {
   const name = `ck${memoryMiB}`;
   const boot = await daemon.engine.create({ name, memory: `${memoryMiB}M`, start: true });
   await daemon.engine.tasks.wait(boot.task?.id as string);
@@ -155,10 +169,10 @@ async function lazyOnly(daemon: RunningDaemon, home: string, dir: string, memory
   const reading: number[] = [];
   const eager: number[] = [];
   for (let r = 0; r < repeat; r++) {
-    for (const read of [false, true]) {
+    for (const read of readToo ? [false, true] : [false]) {
       const s = await lazyStreamOnce(daemon, home, `${name}-ckpt`, read);
       const gbs = (s.server.bytesWritten / 1e9) / (s.streamMs / 1000);
-      process.stderr.write(`${memoryMiB} MiB lazy ${read ? 'reading' : 'idle'} ${r + 1}/${repeat} (load ${loadavg()[0]?.toFixed(1)}): stream ${s.streamMs.toFixed(0)} ms (${gbs.toFixed(2)} GB/s of stream), end seen ${s.endMs.toFixed(0)} ms${s.readMs ? `, data read ${s.readMs.toFixed(0)} ms` : ''}; page server ${JSON.stringify(s.server)}; bench process CPU user ${s.benchCpu.user.toFixed(2)} sys ${s.benchCpu.system.toFixed(2)} s; QEMU CPU ${JSON.stringify(s.qemuCpu)}\n`);
+      process.stderr.write(`${memoryMiB} MiB lazy ${read ? 'reading' : 'idle'} ${r + 1}/${repeat} (load ${loadavg()[0]?.toFixed(1)}): stream ${s.streamMs.toFixed(0)} ms (${gbs.toFixed(2)} GB/s of stream), end seen ${s.endMs.toFixed(0)} ms${s.readMs ? `, data read ${s.readMs.toFixed(0)} ms` : ''}; page server ${JSON.stringify(s.server)}; bench process CPU user ${s.benchCpu.user.toFixed(2)} sys ${s.benchCpu.system.toFixed(2)} s ${JSON.stringify(s.selfCpu)}; QEMU CPU ${JSON.stringify(s.qemuCpu)}\n`);
       (read ? reading : idle).push(s.streamMs);
     }
     const e = await restoreOnce(daemon, `${name}-ckpt`, 'eager');
@@ -169,7 +183,7 @@ async function lazyOnly(daemon: RunningDaemon, home: string, dir: string, memory
   const label = `${memoryMiB} MiB (${memoryMiB / 2} MiB random)`;
   return [
     { metric: `${label}: lazy stream complete, guest idle`, offshoot: { label: 'offshoot lazy restore (from running)', unit: 'ms', samples: idle }, baseline: { label: 'offshoot eager restore (running)', unit: 'ms', samples: eager } },
-    { metric: `${label}: lazy stream complete, guest reading`, offshoot: { label: 'offshoot lazy restore (from running)', unit: 'ms', samples: reading }, baseline: { label: 'offshoot eager restore (running)', unit: 'ms', samples: eager } },
+    ...(reading.length ? [{ metric: `${label}: lazy stream complete, guest reading`, offshoot: { label: 'offshoot lazy restore (from running)', unit: 'ms' as const, samples: reading }, baseline: { label: 'offshoot eager restore (running)', unit: 'ms' as const, samples: eager } }] : []),
   ];
 }
 
@@ -376,7 +390,7 @@ export async function checkpointBenchmark(args: string[]): Promise<BenchResult> 
     }
     if (busy > 0) notes.push(`${busy} guests ran a busy loop beside the whole run`);
     if (only === 'save' || only === 'lazy') {
-      for (const memoryMiB of sizes) comparisons.push(...(only === 'save' ? await saveOnly(daemon, home, checkpointDir, host.accel, memoryMiB, repeat, pauseGuest, args.includes('--direct')) : await lazyOnly(daemon, home, checkpointDir, memoryMiB, repeat)));
+      for (const memoryMiB of sizes) comparisons.push(...(only === 'save' ? await saveOnly(daemon, home, checkpointDir, host.accel, memoryMiB, repeat, pauseGuest, args.includes('--direct')) : await lazyOnly(daemon, home, checkpointDir, memoryMiB, repeat, args.includes('--read'))));
       load.push(loadavg());
       return { name: 'checkpoint', startedAt, machine: { cpus: cpus().length, accel: host.accel, qemu: await qemuVersion(), node: process.version }, parameters: { sizes, busy, load, only, repeat, pauseGuest }, comparisons, notes: [only === 'save' ? 'save only: each checkpoint is deleted after it is written' : 'lazy stream only: from the VM running to the stream complete (the page server\'s own streamMs)', ...(pauseGuest ? ['the guest was paused before the saves'] : []), ...notes] };
     }
