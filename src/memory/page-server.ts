@@ -122,6 +122,9 @@ export class PostcopyPageServer {
    * which may itself be waiting for a page, and a zero page is only sent when asked for).
    */
   vmRunning(): void {
+    // Set here, not only when endAllowed settles: a call that comes before the stream loop first waits
+    // (no wake to call yet) must not leave the loop waiting for a wake-up that never comes.
+    this.endAllowedNow = true;
     this.releaseEnd?.();
     this.wake?.();
   }
