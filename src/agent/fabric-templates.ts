@@ -28,6 +28,17 @@ import { guestMemoryBytes } from '../protocol/index.ts';
 import { restoreDisks, writeCheckpointFile } from './checkpoint-files.ts';
 import { handOutInGuest } from './fabric-hand-out.ts';
 import type { HandOutGuestResult } from './fabric-hand-out.ts';
+
+/** ms of a hand-out: resume, the guest step (and inside it: the guest-agent connection, guest-exec, until its exit was seen; polls). */
+export interface HandOutTimings {
+  resumeMs: number;
+  guestMs: number;
+  totalMs: number;
+  agentMs?: number;
+  execMs?: number;
+  exitMs?: number;
+  polls?: number;
+}
 import type { StagingHost } from './fork-stager.ts';
 import { loadDeviceState } from './migration.ts';
 import type { VmRuntime, VmSpec } from './types.ts';
@@ -179,21 +190,24 @@ export class HostTemplates {
    * the customisation script; see fabric-hand-out.ts). A guest agent that does not answer is a failed
    * hand-out (ok: false), never a thrown error.
    */
-  async handOut(vmId: string, resume: boolean, request: { hostname: string; script?: string; env?: string[]; timeoutMs: number }): Promise<HandOutGuestResult & { timings: { resumeMs: number; guestMs: number; totalMs: number } }> {
+  async handOut(vmId: string, resume: boolean, request: { hostname: string; script?: string; env?: string[]; timeoutMs: number; setClock: boolean }): Promise<Omit<HandOutGuestResult, 'steps'> & { timings: HandOutTimings }> {
     const t0 = performance.now();
     const vm = this.host.running(vmId);
     if (resume) await vm.qmp.cont();
     const resumed = performance.now();
-    let result: HandOutGuestResult;
+    let result: Omit<HandOutGuestResult, 'steps'>;
+    let steps: HandOutGuestResult['steps'] | undefined;
+    let agentMs = 0;
     try {
       const qga = await vm.guestAgent(request.timeoutMs);
-      result = await handOutInGuest(qga, { ...request, vmId });
+      agentMs = performance.now() - resumed;
+      ({ steps, ...result } = await handOutInGuest(qga, { ...request, vmId }));
     } catch (err) {
       vm.dropGuestAgent();
       result = { ok: false, error: `the guest agent did not answer: ${(err as Error).message}`, script: null };
     }
     const done = performance.now();
-    return { ...result, timings: { resumeMs: resumed - t0, guestMs: done - resumed, totalMs: done - t0 } };
+    return { ...result, timings: { resumeMs: resumed - t0, guestMs: done - resumed, totalMs: done - t0, ...(steps ? { agentMs, ...steps } : {}) } };
   }
 
   /** Whether the template, its memory and device state, and the given files (host paths) are there. */
