@@ -74,6 +74,15 @@ export interface FabricHost extends StagingHost {
   forkArtifacts(forkId: string): { templateFile: string; deviceState: string };
 }
 
+/**
+ * TCG translation buffer (MiB) of a template's child (QEMU's tb-size; KVM has none). The child's fill (device
+ * state loaded, identity, the claim's guest step run once) translates about 18 MiB of code: with the 16 MiB
+ * of other derived VMs the buffer was flushed 2-3 times meanwhile and the first claim translated again about
+ * 4 MiB of it; with 32 MiB the fill ends unflushed and a claim finds its code translated (the buffer's pages
+ * are touched only as code is written, so a child holds what it translated, not the whole buffer).
+ */
+export const CHILD_TCG_TB_MIB = 32;
+
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** Every file a spec names (disks, their chains, kernel and initrd). */
@@ -167,7 +176,7 @@ export class HostTemplates {
       await mkdir(dir, { recursive: true });
       const child: VmSpec = { ...spec, disks: await restoreDisks(dir, spec) };
       const memory = { mode: 'derived' as const, file: this.host.templates.path(manifest.memoryTemplateId), templateId: manifest.memoryTemplateId };
-      const { vm, runtime } = await this.host.launch(vmId, name, child, { memory, incoming: true, paused: true });
+      const { vm, runtime } = await this.host.launch(vmId, name, child, { memory, incoming: true, paused: true, tcgTranslationMiB: CHILD_TCG_TB_MIB });
       const started = performance.now();
       try {
         await loadDeviceState(vm.qmp, this.deviceStateFile(templateId), this.host.layout.vmFiles(vmId, vm.instance).migrationSocket);
