@@ -13,7 +13,7 @@ import { silentLogger } from '../src/common/index.ts';
 import type { FakeAgent } from '../src/protocol/index.ts';
 import type { CarryReport, TemplateView } from '../src/vm/index.ts';
 import { FabricService } from '../src/vm/index.ts';
-import { codeOf } from './error-code.ts';
+import { codeOf } from '../src/protocol/contract-support.ts';
 import { twoHostFleet } from './fake-fleet.ts';
 
 async function setup() {

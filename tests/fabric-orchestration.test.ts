@@ -10,7 +10,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { silentLogger } from '../src/common/index.ts';
 import type { TemplateView } from '../src/vm/index.ts';
 import { FabricService, VmEngine, poolKey } from '../src/vm/index.ts';
-import { codeOf } from './error-code.ts';
+import { codeOf } from '../src/protocol/contract-support.ts';
 import { oneHostFleet } from './fake-fleet.ts';
 
 async function setup() {

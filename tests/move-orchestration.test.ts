@@ -12,7 +12,7 @@ import { silentLogger } from '../src/common/index.ts';
 import type { FakeAgent } from '../src/protocol/index.ts';
 import type { ColdMoveResult } from '../src/vm/index.ts';
 import { StorageService } from '../src/vm/index.ts';
-import { codeOf } from './error-code.ts';
+import { codeOf } from '../src/protocol/contract-support.ts';
 import { twoHostFleet } from './fake-fleet.ts';
 
 async function setup() {
