@@ -8,13 +8,13 @@
 // exported file at a); `template create --host` is all or nothing; delete
 // removes the copies on every host. The same paths run against real QEMU on
 // lab hosts in tests/e2e/fabric-hosts.test.ts.
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { silentLogger } from '../src/common/index.ts';
 import type { FakeAgent } from '../src/protocol/index.ts';
 import type { CarryReport, TemplateView } from '../src/vm/index.ts';
 import { FabricService } from '../src/vm/index.ts';
 import { codeOf } from '../src/protocol/contract-support.ts';
-import { twoHostFleet } from './fake-fleet.ts';
+import { closedAfterEach, twoHostFleet } from './fake-fleet.ts';
 
 async function setup() {
   const s = await twoHostFleet({ prefix: 'osh-fabric-hosts', subnet: '10.254.9' });
@@ -38,10 +38,7 @@ async function setup() {
 }
 
 describe('templates on several hosts against fake agents', () => {
-  const closers: Array<() => Promise<void>> = [];
-  afterEach(async () => {
-    for (const c of closers.splice(0)) await c();
-  });
+  const closers = closedAfterEach();
 
   it('carries a template to another host: its base copied, the guest files used where they are, its memory imported; pools per host, claims on both', async () => {
     const s = await setup();

@@ -6,12 +6,12 @@
 // demand when the pool is empty; template delete refuses while children
 // exist and with --force leaves claimed children running. The same paths run
 // against real QEMU in tests/e2e/fabric.test.ts.
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { silentLogger } from '../src/common/index.ts';
 import type { TemplateView } from '../src/vm/index.ts';
 import { FabricService, VmEngine, poolKey } from '../src/vm/index.ts';
 import { codeOf } from '../src/protocol/contract-support.ts';
-import { oneHostFleet } from './fake-fleet.ts';
+import { closedAfterEach, oneHostFleet } from './fake-fleet.ts';
 
 async function setup() {
   const s = await oneHostFleet({ prefix: 'osh-fabric-orch' });
@@ -31,10 +31,7 @@ async function setup() {
 }
 
 describe('fabric orchestration against the fake agent', () => {
-  const closers: Array<() => Promise<void>> = [];
-  afterEach(async () => {
-    for (const c of closers.splice(0)) await c();
-  });
+  const closers = closedAfterEach();
 
   it('makes a template of a running VM, which runs on; name clashes and bad input have codes', async () => {
     const s = await setup();

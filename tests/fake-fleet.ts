@@ -6,11 +6,12 @@
 // Fleet and VmEngine over them. What a test builds over the engine (a fabric,
 // a storage service) it hands to `own()`; `close()` closes that, then the
 // engines, the fleet, the HTTP server, the inventory, and removes the folder.
+// `closedAfterEach()` runs a describe's closers after each of its tests.
 import { mkdtempSync, rmSync } from 'node:fs';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { serve } from '@hono/node-server';
-import { expect } from 'vitest';
+import { afterEach, expect } from 'vitest';
 import { silentLogger } from '../src/common/index.ts';
 import { FakeAgent, agentHttpApp } from '../src/protocol/index.ts';
 import { KyselyInventory } from '../src/store/index.ts';
@@ -147,4 +148,13 @@ export async function twoHostFleet(options: FakeFleetOptions & { subnet: string 
   const served = await serveAgent(remote, TOKEN);
   const { fake, hostB } = await build(options, local, 'a', { heartbeatMs: 100, leaseMs: 2_000 }, served);
   return { ...fake, remote, served, hostB: hostB as HostRecord };
+}
+
+/** In the calling describe: closers a test adds (push, or unshift to run first) are run after each test, in order. */
+export function closedAfterEach(): Array<() => Promise<void>> {
+  const closers: Array<() => Promise<void>> = [];
+  afterEach(async () => {
+    for (const c of closers.splice(0)) await c();
+  });
+  return closers;
 }

@@ -10,11 +10,11 @@
 // controller that died before the start rolls back on recovery, after it
 // finishes. The same runs against real QEMU on lab hosts in
 // tests/e2e/group-migrate.test.ts.
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { OffshootError, silentLogger } from '../src/common/index.ts';
 import type { GroupMigrateResult } from '../src/vm/index.ts';
 import { VmEngine } from '../src/vm/index.ts';
-import { twoHostFleet } from './fake-fleet.ts';
+import { closedAfterEach, twoHostFleet } from './fake-fleet.ts';
 
 async function setup(migrateMs = 0, faults?: (point: string) => Promise<void> | void) {
   const s = await twoHostFleet({ prefix: 'ogr-orch', subnet: '10.254.9', migrateMs, ...(faults ? { faults } : {}) });
@@ -40,10 +40,7 @@ const members = [
 ];
 
 describe('group migration orchestration against fake agents', () => {
-  const closers: Array<() => Promise<void>> = [];
-  afterEach(async () => {
-    for (const c of closers.splice(0)) await c();
-  });
+  const closers = closedAfterEach();
 
   it('moves every member in one switch-over and reports downtime per member and the spread', async () => {
     const s = await setup(600);

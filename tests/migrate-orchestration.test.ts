@@ -7,13 +7,13 @@
 // with nothing at the destination; a controller that died mid-migration
 // finishes it (the destination runs the guest) or rolls it back from the
 // journal. The same paths run against real QEMU on lab hosts in tests/e2e/migrate.test.ts.
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { OffshootError } from '../src/common/index.ts';
 import { planDataPath } from '../src/net/index.ts';
 import { newOperationId, runOperation } from '../src/protocol/index.ts';
 import type { CallName } from '../src/protocol/index.ts';
 import type { MigrateResult, MigrationProgress } from '../src/vm/index.ts';
-import { twoHostFleet } from './fake-fleet.ts';
+import { closedAfterEach, twoHostFleet } from './fake-fleet.ts';
 
 async function setup(migrateMs = 0) {
   const s = await twoHostFleet({ prefix: 'omg-orch', subnet: '10.254.7', migrateMs });
@@ -22,10 +22,7 @@ async function setup(migrateMs = 0) {
 }
 
 describe('migration orchestration against fake agents', () => {
-  const closers: Array<() => Promise<void>> = [];
-  afterEach(async () => {
-    for (const c of closers.splice(0)) await c();
-  });
+  const closers = closedAfterEach();
 
   it('moves the VM to the other host in one step; the source lets it go and the path is gone', async () => {
     const s = await setup(1_200);

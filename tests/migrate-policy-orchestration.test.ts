@@ -10,7 +10,7 @@
 // the limits and cancels a migration the first one runs; so do two controllers
 // with their own connections and fleets over one PostgreSQL. The same drain runs
 // against real QEMU on lab hosts in tests/e2e/migrate-drain.test.ts.
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { OpenAPIHono } from '@hono/zod-openapi';
 import { migrationPolicyRoutes } from '../src/api/migration-policy-routes.ts';
 import { OffshootError, silentLogger, toOffshootError } from '../src/common/index.ts';
@@ -19,7 +19,7 @@ import { KyselyInventory } from '../src/store/index.ts';
 import { freshTestDatabase } from '../src/store/pg-test-cluster.ts';
 import type { DrainResult, ResolvedPolicy, TaskRecord } from '../src/vm/index.ts';
 import { Fleet, VmEngine, resolvePolicy } from '../src/vm/index.ts';
-import { serveAgent, twoHostFleet } from './fake-fleet.ts';
+import { closedAfterEach, serveAgent, twoHostFleet } from './fake-fleet.ts';
 
 const TOKEN = 'p'.repeat(43);
 
@@ -57,10 +57,7 @@ describe('migration policies', () => {
     expect(r.sources).toEqual({ downtimeLimitMs: 'request', postcopy: 'host', maxIncoming: 'host', maxOutgoing: 'fleet', autoConverge: 'fleet', maxBandwidthBytesPerSecond: 'default' });
   });
 
-  const closers: Array<() => Promise<void>> = [];
-  afterEach(async () => {
-    for (const c of closers.splice(0)) await c();
-  });
+  const closers = closedAfterEach();
 
   it("a migration uses the host's and the fleet's values where it names none, and says which in its result", async () => {
     const s = await setup();
@@ -122,10 +119,7 @@ describe('migration policies', () => {
 });
 
 describe('migration queue and host drain', () => {
-  const closers: Array<() => Promise<void>> = [];
-  afterEach(async () => {
-    for (const c of closers.splice(0)) await c();
-  });
+  const closers = closedAfterEach();
 
   it('with maxOutgoing=1 a second migration waits queued, then runs once the first ended (FIFO)', async () => {
     const s = await setup({ migrateMs: 800, vms: ['m1', 'm2', 'm3'] });
@@ -228,10 +222,7 @@ describe('migration queue and host drain', () => {
 });
 
 describe('recovery of queued migrations and drains', () => {
-  const closers: Array<() => Promise<void>> = [];
-  afterEach(async () => {
-    for (const c of closers.splice(0)) await c();
-  });
+  const closers = closedAfterEach();
 
   it('a migration interrupted while queued returns its VM to its state; an interrupted drain ends saying its members recover each', async () => {
     const s = await setup();
@@ -254,10 +245,7 @@ describe('recovery of queued migrations and drains', () => {
 });
 
 describe('migrations across two controllers over one inventory', () => {
-  const closers: Array<() => Promise<void>> = [];
-  afterEach(async () => {
-    for (const c of closers.splice(0)) await c();
-  });
+  const closers = closedAfterEach();
 
   it('share the limits, and a cancel asked on the other controller stops a running and a queued migration', async () => {
     const s = await setup({ migrateMs: 3_000, vms: ['c1', 'c2', 'c3'] });
@@ -308,10 +296,7 @@ async function twoControllers() {
 }
 
 describe('migrations across two controllers over PostgreSQL', () => {
-  const closers: Array<() => Promise<void>> = [];
-  afterEach(async () => {
-    for (const c of closers.splice(0)) await c();
-  });
+  const closers = closedAfterEach();
 
   it('share the queue and the slots, and cancel each other\'s running and queued migrations through the task row', async () => {
     const { controllers, close } = await twoControllers();

@@ -11,9 +11,9 @@
 //   the source), the source lets it go, and when the destination answers
 //   again the VM runs there and the task succeeds.
 // The same with real QEMU on lab hosts: tests/e2e/migrate-faults2.test.ts.
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { MigrateResult, MigrationProgress, VmEngine } from '../src/vm/index.ts';
-import { twoHostFleet } from './fake-fleet.ts';
+import { closedAfterEach, twoHostFleet } from './fake-fleet.ts';
 import { eventually } from './harness.ts';
 
 async function setup() {
@@ -37,10 +37,7 @@ function phaseReached(engine: VmEngine, taskId: string, phase: string): Promise<
 }
 
 describe('migration orchestration: the destination stops answering', () => {
-  const closers: Array<() => Promise<void>> = [];
-  afterEach(async () => {
-    for (const c of closers.splice(0)) await c();
-  });
+  const closers = closedAfterEach();
 
   it('during pre-copy: the transfer stops at once and rolls back; the destination is cleaned when it answers again', async () => {
     const s = await setup();

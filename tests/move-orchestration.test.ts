@@ -7,13 +7,13 @@
 // there); a copy failing mid-move leaves the VM at its source as it was and
 // nothing at the destination; a cold move of a running VM is refused with
 // ILLEGAL_STATE.
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { silentLogger } from '../src/common/index.ts';
 import type { FakeAgent } from '../src/protocol/index.ts';
 import type { ColdMoveResult } from '../src/vm/index.ts';
 import { StorageService } from '../src/vm/index.ts';
 import { codeOf } from '../src/protocol/contract-support.ts';
-import { twoHostFleet } from './fake-fleet.ts';
+import { closedAfterEach, twoHostFleet } from './fake-fleet.ts';
 
 async function setup() {
   const s = await twoHostFleet({ prefix: 'omv-orch', subnet: '10.254.11' });
@@ -24,10 +24,7 @@ async function setup() {
 }
 
 describe('vm move against fake agents', () => {
-  const closers: Array<() => Promise<void>> = [];
-  afterEach(async () => {
-    for (const c of closers.splice(0)) await c();
-  });
+  const closers = closedAfterEach();
 
   it('moves a running VM live by default: the migration runs and the answer lists what the plan skips and sends', async () => {
     const s = await setup();

@@ -5,10 +5,10 @@
 // that restarts rolls an interrupted fork back from its journal; a host that
 // is lost makes its VMs unknown and its return re-adopts them. The same paths
 // run against real QEMU in tests/e2e.
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { OffshootError } from '../src/common/index.ts';
 import type { ForkResult, TaskRecord } from '../src/vm/index.ts';
-import { oneHostFleet } from './fake-fleet.ts';
+import { closedAfterEach, oneHostFleet } from './fake-fleet.ts';
 
 async function setup() {
   const s = await oneHostFleet({ prefix: 'osh-orch' });
@@ -16,10 +16,7 @@ async function setup() {
 }
 
 describe('orchestration against the fake agent', () => {
-  const closers: Array<() => Promise<void>> = [];
-  afterEach(async () => {
-    for (const c of closers.splice(0)) await c();
-  });
+  const closers = closedAfterEach();
 
   it('forks a running VM: children on the source host, all mapping the template, the source running again', async () => {
     const s = await setup();
