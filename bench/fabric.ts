@@ -16,7 +16,7 @@
 // follow issue 14: 50 claims, 20 at once (the pool holds a whole wave), a
 // pool of 16. Percentiles of the claims, the machine's load
 // and the pool's memory split are in the notes.
-import { stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
@@ -56,6 +56,55 @@ async function hostMemoryMiB(qemus: Array<{ pid: number; ramFile: string }>): Pr
   for (const q of qemus) kib += (await processMemoryStats(q.pid)).pssKiB - (await mappingPssKiB(q.pid, q.ramFile));
   for (const file of new Set(qemus.map((q) => q.ramFile))) kib += ((await stat(file)).blocks * 512) / 1024;
   return kib / 1024;
+}
+
+/**
+ * What each of these QEMUs holds privately on average, MiB, from /proc/PID/smaps: guest pages it wrote (its
+ * private copies in the template's mapping), TCG's translated code (the anonymous mapping QEMU asks huge
+ * pages for), QEMU's heap and other anonymous memory, and the data of QEMU's binary and libraries.
+ */
+async function privateSplit(pids: number[], ramFile: string): Promise<string> {
+  const sums = { written: 0, tcg: 0, heap: 0, files: 0 };
+  for (const pid of pids) {
+    let kind: keyof typeof sums = 'heap';
+    let priv = 0;
+    let huge = 0;
+    const flush = () => (sums[kind === 'heap' && huge > 0 ? 'tcg' : kind] += priv);
+    for (const line of (await readFile(`/proc/${pid}/smaps`, 'utf8')).split('\n')) {
+      const head = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \d+\s*(.*)$/.exec(line);
+      if (head) {
+        flush();
+        const name = head[1] ?? '';
+        kind = name === ramFile || name.endsWith('.ram') ? 'written' : name.startsWith('/') ? 'files' : 'heap';
+        priv = 0;
+        huge = 0;
+        continue;
+      }
+      const kv = /^(\w+):\s+(\d+) kB/.exec(line);
+      if (kv?.[1] === 'Private_Clean' || kv?.[1] === 'Private_Dirty') priv += Number(kv[2]);
+      if (kv?.[1] === 'AnonHugePages') huge += Number(kv[2]);
+    }
+    flush();
+  }
+  const mib = (kib: number) => (kib / 1024 / Math.max(1, pids.length)).toFixed(1);
+  return `guest pages written ${mib(sums.written)}, TCG translated code ${mib(sums.tcg)}, QEMU heap and other anonymous ${mib(sums.heap)}, QEMU and library data ${mib(sums.files)} MiB`;
+}
+
+/** CPU time (user + system) of a process, in clock ticks (/proc/PID/stat fields 14 and 15). */
+async function cpuTicks(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return Number(fields[11]) + Number(fields[12]);
+}
+
+/** The share of one CPU each of these processes used on average over `ms` (clock ticks of 10 ms). */
+async function cpuShare(pids: number[], ms: number): Promise<number> {
+  if (pids.length === 0) return 0;
+  const before = await Promise.all(pids.map(cpuTicks));
+  await new Promise((r) => setTimeout(r, ms));
+  const after = await Promise.all(pids.map(cpuTicks));
+  const ticks = after.reduce((sum, t, i) => sum + t - (before[i] as number), 0);
+  return (ticks * 10) / ms / pids.length;
 }
 
 /** Host memory of the given QEMUs sharing the template's RAM file. */
@@ -191,7 +240,7 @@ export async function fabricBenchmark(args: string[]): Promise<BenchResult> {
     const ramFile = join(memoryDir, 'templates', `${template.placements[0]?.memoryTemplateId}.ram`);
     const poolMiB = await poolMemoryMiB(members.map((v) => v.runtime?.pid as number), ramFile);
     const templateMiB = (await stat(ramFile)).blocks / 2048;
-    notes.push(`the pool's memory: the template's RAM file ${templateMiB.toFixed(0)} MiB resident, each child ${((poolMiB - templateMiB) / Math.max(1, members.length)).toFixed(0)} MiB on average besides (its QEMU, TCG's translated code, the pages it wrote)`);
+    notes.push(`the pool's memory: the template's RAM file ${templateMiB.toFixed(0)} MiB resident, each child ${((poolMiB - templateMiB) / Math.max(1, members.length)).toFixed(0)} MiB on average besides; privately, on average: ${await privateSplit(members.map((v) => v.runtime?.pid as number), ramFile)}`);
     process.stderr.write(`pool of ${members.length} filled in ${fillMs.toFixed(0)} ms; ${poolMiB.toFixed(0)} MiB (booted x${members.length}: ${(bootedMiB * members.length).toFixed(0)} MiB)\n`);
     // As many booted guests as asked, running together beside the pool: their memory measured as the pool's.
     const booted: string[] = [];
@@ -217,8 +266,10 @@ export async function fabricBenchmark(args: string[]): Promise<BenchResult> {
     await daemon.fabric.keeper.settled();
     const warmMembers = (await daemon.engine.list()).filter((v) => v.name.startsWith('bench-') && v.state === 'running');
     const warmPoolMiB = await poolMemoryMiB(warmMembers.map((v) => v.runtime?.pid as number), ramFile);
-    notes.push(`a warm pool of ${warmMembers.length}: ${warmPoolMiB.toFixed(0)} MiB, each child ${((warmPoolMiB - templateMiB) / Math.max(1, warmMembers.length)).toFixed(0)} MiB on average besides the template`);
-    process.stderr.write(`warm pool of ${warmMembers.length}: ${warmPoolMiB.toFixed(0)} MiB\n`);
+    const warmSplit = await privateSplit(warmMembers.map((v) => v.runtime?.pid as number), ramFile);
+    const idle = await cpuShare(warmMembers.map((v) => v.runtime?.pid as number), 5_000);
+    notes.push(`a warm pool of ${warmMembers.length}: ${warmPoolMiB.toFixed(0)} MiB, each child ${((warmPoolMiB - templateMiB) / Math.max(1, warmMembers.length)).toFixed(0)} MiB on average besides the template (privately: ${warmSplit}); idle, each used ${(idle * 100).toFixed(1)}% of a CPU (over 5 s)`);
+    process.stderr.write(`warm pool of ${warmMembers.length}: ${warmPoolMiB.toFixed(0)} MiB, idle CPU ${(idle * 100).toFixed(1)}% each\n`);
     const warm = await sequentialClaims(daemon, sequentialClaims_);
     notes.push(`sequential claims, warm pool: ${warm.summary}`);
     const warmWaves = await claimWaves(daemon, { claims, concurrency, poolSize, warm: true });
