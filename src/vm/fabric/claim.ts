@@ -4,8 +4,9 @@
 // so concurrent claims, on one controller or several, never get the same
 // child, and the pools of all hosts are drained first in first out (each
 // refills behind). It renames it if asked, and hands it out in one guest step
-// on its host (resumed if paused; hostname, clock, fresh entropy; the claim's
-// script with its env and SSH key); it returns the child running, its guest
+// on its host (resumed if paused; hostname, fresh entropy, the clock unless
+// the child is warm, which ran since its fill set it; the claim's script with
+// its env and SSH key); it returns the child running, its guest
 // agent having answered that step. The child's MAC and machine-id are its own from when it was made
 // (each pool child gets new ones and has them applied before it is ready).
 //
