@@ -59,6 +59,8 @@ describe('group pacing (a gated, delayed start; brake at the brink; release on t
     const braking = paceGroup([brink, slow], options);
     expect(braking.get('busy')).toMatchObject({ settings: full, braked: false });
     expect(braking.get('idle')).toMatchObject({ settings: crawl, braked: true, started: true });
+    // Past its first pass it is not braked (a crawl would not hold an idle guest there).
+    expect(paceGroup([{ ...brink, pass: 2, remainingBytes: 31 * MiB }, slow], options).get('idle')?.braked).toBe(false);
     // A braked member that dirties memory crawls all the same (what it dirties goes after its release).
     expect(paceGroup([{ ...brink, dirtyBytesPerSecond: 2 * MiB, remainingBytes: 30 * MiB }, slow], options).get('idle')?.settings.maxBandwidthBytesPerSecond).toBe(BRAKE_FLOOR);
     // Braked, it stays braked while the slowest needs more than it plus the lead.

@@ -29,15 +29,18 @@
 //             sampled), so a member whose set-up was quick cannot run through
 //             to its switch-over while the others are still being prepared
 //             (measured: held 6.2 s at the barrier in a group of 8)
-//   start     then the members that need the longest start first; each other
+//   start     then the member that needs the longest starts first; each other
 //             one starts when the slowest still on its way (`finish`) needs no
 //             more than its own estimate plus LEAD_S: so light members start
 //             late and finish with the heavy one instead of waiting for it
 //             held (a delayed start)
 //   brake     a safety net for estimates that were wrong: a member at the
-//             brink (eta within BRINK_S) while the slowest on its way needs
-//             more than the window longer runs at a crawl (BRAKE_FLOOR) with a
-//             1 ms downtime limit: it stays in pre-copy, guest running
+//             brink of the end of its first pass (eta within BRINK_S) while
+//             the slowest on its way needs more than the window longer runs
+//             at a crawl (BRAKE_FLOOR) with a 1 ms downtime limit: it stays in
+//             pre-copy, guest running (only in the first pass: later an idle
+//             guest's dirty set is often empty and QEMU switches over at any
+//             speed)
 //   release   a braked member gets the group's settings back when the slowest
 //             on its way needs no more than its own estimate plus LEAD_S, or
 //             when nobody is on its way any more (all held); a released member
@@ -54,7 +57,7 @@ export interface PacedMember {
   pass: number;
   remainingBytes: number;
   dirtyBytesPerSecond: number;
-  /** The best bandwidth QEMU reported for it at full speed (0: not measured yet). */
+  /** The bandwidth QEMU reports for it at full speed (its last figure while it runs, else the best seen; 0: not measured yet). */
   bandwidthBytesPerSecond: number;
   /** The best rate its remaining memory fell at full speed (0: not measured yet). */
   drainBytesPerSecond: number;
@@ -154,14 +157,16 @@ export function paceGroup(members: PacedMember[], options: PaceOptions): Map<str
   const finishOf = (ms: PacedMember[]) => Math.max(0, ...ms.map(etaOf));
   const longest = finishOf(waiting);
   let finish = finishOf(running);
-  const starting = waiting.filter((m) => (nobodyStarted ? etaOf(m) >= longest - windowS : running.length === 0 || finish <= etaOf(m) + LEAD_S));
+  // At the gate only the longest starts (the others follow once it is measured, when it needs no more than they do).
+  const starting = waiting.filter((m) => (nobodyStarted ? etaOf(m) >= longest : running.length === 0 || finish <= etaOf(m) + LEAD_S));
   for (const m of waiting) decide(m, !starting.includes(m), starting.includes(m));
   finish = Math.max(finish, finishOf(starting));
   const onTheirWay = [...running, ...starting];
-  // brake: a member at the brink while the slowest on its way needs more than the window longer.
+  // brake: a member at the brink of the end of its first pass while the slowest on its way needs more than the window
+  // longer (later a crawl does not hold it: QEMU finds nothing dirty in an idle guest and switches over).
   for (const m of running) {
     const slowest = finishOf(onTheirWay.filter((o) => o !== m));
-    decide(m, !m.released && etaOf(m) <= BRINK_S && (slowest - etaOf(m)) > windowS, true);
+    decide(m, !m.released && m.pass <= 1 && etaOf(m) <= BRINK_S && slowest - etaOf(m) > windowS, true);
   }
   // release: when the slowest on its way needs no more than it (plus the lead), or nobody is on its way.
   for (const m of atBrink) decide(m, onTheirWay.length > 0 && finish > etaOf(m) + LEAD_S, true);

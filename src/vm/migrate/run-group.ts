@@ -249,13 +249,19 @@ function apply(m: Member, settings: PaceSettings): void {
   m.pace.sending = m.pace.sending.then(() => m.agents.source.setMigrationParameters({ vmId: m.vm.id, ...settings }).then(() => undefined, () => undefined));
 }
 
+/** A member's bandwidth for its estimate: its last figure while it runs (the best seen is optimistic under load), else the best seen at full speed. */
+function bandwidthOf(m: Member): number {
+  const now = m.progress?.bandwidthBytesPerSecond ?? 0;
+  return m.pace.started && !m.pace.braked && now > 0 && m.pace.bandwidthPeak > 0 ? Math.min(now, m.pace.bandwidthPeak) : m.pace.bandwidthPeak;
+}
+
 /** The pacer, at each report and tick: each member in pre-copy is started, braked or released as group-pacing.ts decides. */
 function pace(members: Member[], options: Parameters<typeof paceGroup>[1]): void {
   const live = members.filter((m) => m.state === 'planned' || m.state === 'copying' || m.state === 'held');
   const decisions = paceGroup(
     live.map((m) => {
       const p = m.progress;
-      return { vmId: m.vm.id, phase: m.state === 'held' ? 'held' : (p?.phase ?? 'preparing'), pass: p?.pass ?? 0, remainingBytes: p?.remainingBytes ?? 0, dirtyBytesPerSecond: p?.dirtyBytesPerSecond ?? 0, bandwidthBytesPerSecond: m.pace.bandwidthPeak, drainBytesPerSecond: m.pace.drainPeak, started: m.pace.started, braked: m.pace.braked, released: m.pace.released };
+      return { vmId: m.vm.id, phase: m.state === 'held' ? 'held' : (p?.phase ?? 'preparing'), pass: p?.pass ?? 0, remainingBytes: p?.remainingBytes ?? 0, dirtyBytesPerSecond: p?.dirtyBytesPerSecond ?? 0, bandwidthBytesPerSecond: bandwidthOf(m), drainBytesPerSecond: m.pace.drainPeak, started: m.pace.started, braked: m.pace.braked, released: m.pace.released };
     }),
     options,
   );
