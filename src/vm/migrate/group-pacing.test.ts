@@ -16,7 +16,7 @@ const busy: PacedMember = { vmId: 'busy', phase: 'memory', pass: 3, remainingByt
 const idleWaiting: PacedMember = { ...idle, remainingBytes: 256 * MiB, bandwidthBytesPerSecond: 0, drainBytesPerSecond: 0, started: false, braked: true };
 const busyWaiting: PacedMember = { ...busy, pass: 1, dirtyBytesPerSecond: 100 * MiB, remainingBytes: 256 * MiB, bandwidthBytesPerSecond: 0, drainBytesPerSecond: 0, started: false, braked: true };
 
-describe('group pacing (a gated, delayed start; brake at the brink; release on the slowest estimate)', () => {
+describe('group pacing (a gated, delayed start; brake at the brink; release when the others are held)', () => {
   it('estimates a first pass from the drain rate (plus the passes over what its guest dirties) and later passes from what the downtime limit leaves', () => {
     // (200 - 30) MiB above what 300 ms at 100 MiB/s can stop with, at 400 MiB/s.
     expect(secondsToConverge(idle, 300)).toBeCloseTo(170 / 400);
@@ -51,7 +51,7 @@ describe('group pacing (a gated, delayed start; brake at the brink; release on t
     expect(paceGroup([idleWaiting, { ...far, phase: 'held' }], options).get('idle')?.started).toBe(true);
   });
 
-  it('brakes a member at the brink while a slower one is on its way, and releases it when the slowest needs no more than it or is held', () => {
+  it('brakes a member at the brink of its first pass while a slower one is on its way, and releases it when the others are held', () => {
     const slow = { ...busy, remainingBytes: 150 * MiB };
     // Far from its switch-over: full speed.
     expect(paceGroup([idle, slow], options).get('idle')).toMatchObject({ settings: full, braked: false });
@@ -65,9 +65,9 @@ describe('group pacing (a gated, delayed start; brake at the brink; release on t
     expect(paceGroup([{ ...brink, dirtyBytesPerSecond: 2 * MiB, remainingBytes: 30 * MiB }, slow], options).get('idle')?.settings.maxBandwidthBytesPerSecond).toBe(BRAKE_FLOOR);
     // Braked, it stays braked while the slowest needs more than it plus the lead.
     expect(paceGroup([{ ...brink, braked: true }, slow], options).get('idle')?.braked).toBe(true);
-    // The slowest needs no more than the braked one's own estimate plus the lead: released ahead of the slowest's arrival.
+    // Even when the slowest's estimate says it is as close: its estimate is optimistic under load.
     const own = secondsToConverge(brink, 300);
-    expect(paceGroup([{ ...brink, braked: true }, { ...busy, remainingBytes: 30 * MiB + (own + LEAD_S / 2) * 60 * MiB }], options).get('idle')).toMatchObject({ settings: full, braked: false });
+    expect(paceGroup([{ ...brink, braked: true }, { ...busy, remainingBytes: 30 * MiB + (own + LEAD_S / 2) * 60 * MiB }], options).get('idle')?.braked).toBe(true);
     // The slow one is held: released.
     expect(paceGroup([{ ...brink, braked: true }, { ...slow, phase: 'held' }], options).get('idle')).toMatchObject({ settings: full, braked: false });
     // Once released, never braked again.
