@@ -32,7 +32,7 @@ interface Move {
   stops: number[];
   held: number[];
   /** Group: each member's stop phase by phase (reach, held, switch, wait, start; see StopBreakdown). */
-  parts: Array<Record<string, number>>;
+  parts: Array<Record<string, number | null>>;
   totalMs: number;
 }
 
@@ -118,7 +118,7 @@ export async function groupBenchmark(args: string[]): Promise<BenchResult> {
       comparisons.push({ metric: `${size} VMs: total time`, offshoot: ms(who.mine, group.map((x) => x.totalMs)), baseline: ms(who.base, alone.map((x) => x.totalMs)) });
       const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
       const parts = group.flatMap((x) => x.parts);
-      const breakdown = ['reachMs', 'heldMs', 'switchMs', 'waitMs', 'startMs'].map((k) => `${k.replace('Ms', '')} ${Math.round(median(parts.map((p) => p[k] ?? NaN)))}`).join(', ');
+      const breakdown = ['reachMs', 'heldMs', 'switchMs', 'waitMs', 'startMs'].map((k) => `${k.replace('Ms', '')} ${Math.round(median(parts.map((p) => p[k] ?? NaN).filter((v) => Number.isFinite(v))))}`).join(', ');
       notes.push(`${size} VMs: a member's whole stop by phase, medians over ${parts.length} member(s) (ms): ${breakdown}; held per member: ${group.flatMap((x) => x.held).map((h) => Math.round(h)).join(', ')}; load average after: ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
     }
     notes.push(`load average at the end: ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);

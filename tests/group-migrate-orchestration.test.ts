@@ -63,7 +63,9 @@ describe('group migration orchestration against fake agents', () => {
       // Its whole stop, phase by phase: the parts add up to it.
       const b = m.breakdown;
       expect(b).not.toBeNull();
-      expect((b?.reachMs ?? 0) + (b?.heldMs ?? 0) + (b?.switchMs ?? 0) + (b?.waitMs ?? 0) + (b?.startMs ?? 0)).toBe(m.stoppedMs);
+      // The source's STOP time can be missing (its agent did not read the event): then only the controller's parts are known.
+      if (b?.reachMs !== null) expect((b?.reachMs ?? 0) + (b?.heldMs ?? 0) + (b?.switchMs ?? 0) + (b?.waitMs ?? 0) + (b?.startMs ?? 0)).toBe(m.stoppedMs);
+      else expect(m.stoppedMs).toBeNull();
     }
     // Each member started its pre-copy braked and the pacer started it (full speed) through its source.
     expect(s.local.calls.get('setMigrationParameters') ?? 0).toBeGreaterThanOrEqual(2);

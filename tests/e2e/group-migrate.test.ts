@@ -100,7 +100,9 @@ describe('group migration between lab hosts', () => {
       // Where its stop went (QEMU's and the controller's clocks): the parts add up to the whole stop.
       const b = m.breakdown;
       expect(b).not.toBeNull();
-      expect((b?.reachMs ?? 0) + (b?.heldMs ?? 0) + (b?.switchMs ?? 0) + (b?.waitMs ?? 0) + (b?.startMs ?? 0)).toBe(m.stoppedMs);
+      // The source's STOP time can be missing (its agent did not read the event): then only the controller's parts are known.
+      if (b?.reachMs !== null) expect((b?.reachMs ?? 0) + (b?.heldMs ?? 0) + (b?.switchMs ?? 0) + (b?.waitMs ?? 0) + (b?.startMs ?? 0)).toBe(m.stoppedMs);
+      else expect(m.stoppedMs).toBeNull();
     }
     for (const [i, name] of names.entries()) {
       const moved = (await client.getVm(name)) as VmRecord & { host: string };

@@ -66,10 +66,10 @@ export interface GroupMemberResult {
   error: { code: string; message: string } | null;
 }
 
-/** A member's stop, phase by phase: their sum is its whole stop (stoppedMs). */
+/** A member's stop, phase by phase: their sum is its whole stop (stoppedMs) when reachMs is known. */
 export interface StopBreakdown {
-  /** Its source QEMU stopped at pre-switchover until the controller saw it held (disk mirrors completed, the report). */
-  reachMs: number;
+  /** Its source QEMU stopped at pre-switchover until the controller saw it held (disk mirrors completed, the report); null when its source did not report its STOP time. */
+  reachMs: number | null;
   /** Held at the barrier: until the controller continued it (the wait for the others). */
   heldMs: number;
   /** Continued until its destination held the guest (the last pages and devices, the destination's load, the reports). */

@@ -318,7 +318,7 @@ function resultOf(request: GroupMigrateRequest, members: Member[], t0: number): 
         brakedMs: Math.round(m.pace.brakedMs),
         pacedBytesPerSecond: m.pace.lowest,
         startDelayMs: Math.round(m.pace.startDelayMs),
-        breakdown: stopAt !== null && resumedAt !== null && m.at.held !== null && m.at.continued !== null && m.at.arrived !== null && m.at.startSent !== null ? { reachMs: m.at.held - stopAt, heldMs: m.at.continued - m.at.held, switchMs: m.at.arrived - m.at.continued, waitMs: m.at.startSent - m.at.arrived, startMs: resumedAt - m.at.startSent } : null,
+        breakdown: resumedAt !== null && m.at.held !== null && m.at.continued !== null && m.at.arrived !== null && m.at.startSent !== null ? { reachMs: stopAt === null ? null : m.at.held - stopAt, heldMs: m.at.continued - m.at.held, switchMs: m.at.arrived - m.at.continued, waitMs: m.at.startSent - m.at.arrived, startMs: resumedAt - m.at.startSent } : null,
         resumedAt: m.state === 'moved' ? (m.incoming?.resumedAt ?? null) : null,
         error: errorOf(m.error),
       };
