@@ -268,6 +268,34 @@ describe('fabric orchestration against the fake agent', () => {
     await s.engine.tasks.wait(made.task?.id as string).catch(() => undefined);
     expect((await s.engine.resolve('src')).state).toBe('running');
   });
+
+  it('has the host set the clock of a paused or on-demand child at its hand-out, and not of a warm one (its clock ran since its warm-up set it)', async () => {
+    const s = await setup();
+    closers.push(s.close);
+    const handOuts: Array<{ vmId: string; resume: boolean; setClock?: boolean; script?: string }> = [];
+    const endpoint = s.agent.endpoint;
+    const dispatch = endpoint.dispatch.bind(endpoint);
+    endpoint.dispatch = (name, raw, meta) => {
+      if (name === 'handOutChild') handOuts.push(raw as (typeof handOuts)[number]);
+      return dispatch(name, raw, meta);
+    };
+    await s.template('web');
+    const onDemand = await s.fabric.claim('web', {});
+    await s.fabric.scale('web', { ready: 1 }, { wait: true });
+    const paused = await s.fabric.claim('web', {});
+    await s.fabric.keeper.settled();
+    await s.fabric.scale('web', { ready: 0 }, { wait: true });
+    await s.fabric.scale('web', { ready: 1, warm: true }, { wait: true });
+    const warm = await s.fabric.claim('web', {});
+    expect([onDemand.source, paused.source, warm.source]).toEqual(['on-demand', 'pool', 'pool']);
+    // Each pool child's warm-up (script ":") set its clock; each claim's hand-out is the one for its VM without it.
+    const claimOf = (vmId: string) => handOuts.filter((h) => h.vmId === vmId && h.script === undefined);
+    expect(claimOf(onDemand.vm.id).map((h) => [h.resume, h.setClock])).toEqual([[false, true]]);
+    expect(claimOf(paused.vm.id).map((h) => [h.resume, h.setClock])).toEqual([[true, true]]);
+    expect(claimOf(warm.vm.id).map((h) => [h.resume, h.setClock])).toEqual([[false, false]]);
+    for (const id of [paused.vm.id, warm.vm.id]) expect(handOuts.filter((h) => h.vmId === id && h.script === ':').map((h) => h.setClock ?? true)).toEqual([true]);
+    for (const c of [onDemand, paused, warm]) expect(c.timings.claimMs).toBeGreaterThanOrEqual(c.timings.callMs);
+  });
 });
 
 async function waitUntil(check: () => Promise<boolean>, ms = 5_000): Promise<void> {
