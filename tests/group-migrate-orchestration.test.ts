@@ -59,7 +59,16 @@ describe('group migration orchestration against fake agents', () => {
       expect(m).toMatchObject({ state: 'moved', from: 'a', to: 'b', error: null });
       expect(typeof m.downtimeMs).toBe('number');
       expect(typeof m.heldMs).toBe('number');
+      expect(typeof m.startDelayMs).toBe('number');
+      // Its whole stop, phase by phase: the parts add up to it.
+      const b = m.breakdown;
+      expect(b).not.toBeNull();
+      // The source's STOP time can be missing (its agent did not read the event): then only the controller's parts are known.
+      if (b?.reachMs !== null) expect((b?.reachMs ?? 0) + (b?.heldMs ?? 0) + (b?.switchMs ?? 0) + (b?.waitMs ?? 0) + (b?.startMs ?? 0)).toBe(m.stoppedMs);
+      else expect(m.stoppedMs).toBeNull();
     }
+    // Each member started its pre-copy braked and the pacer started it (full speed) through its source.
+    expect(s.local.calls.get('setMigrationParameters') ?? 0).toBeGreaterThanOrEqual(2);
     for (const vm of s.vms) {
       const moved = await s.engine.resolve(vm.id);
       expect([moved.hostId, moved.state]).toEqual([s.b.id, 'running']);
