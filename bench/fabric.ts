@@ -1,7 +1,10 @@
 // Fabric benchmark: the latency of a claim until the child runs with its
 // guest agent answering (the hand-out's guest step is an agent exec), from a
-// ready pool (paused children; one at a time, and in waves of --concurrency)
-// and from an empty pool (forked on demand), against a cold boot of the same
+// ready pool of paused children and from one of warm children (`--warm`:
+// running idle), each one at a time and in waves of --concurrency, with where
+// the median claim's time went (picking the child, the hand-out call, the
+// resume, the guest-exec and its exit polls, recording it running), and from
+// an empty pool (forked on demand), against a cold boot of the same
 // guest and a plain fork of a running VM (`vm fork --count 1` until its child answers),
 // measured in the same run; and the host memory of a pool of --pool ready
 // children (their PSS without the template's mapping, plus the template's
@@ -9,10 +12,11 @@
 // times the count, measured right after its boot: its PSS without its RAM
 // file's mapping plus the file's resident size), and against --booted guests
 // booted and running together (default: as many as the pool), measured the
-// same way. Defaults follow issue 14: 50 claims, 20 at once (the pool holds a
-// whole wave), a pool of 16. Percentiles of the claims, the machine's load
+// same way (and the warm pool's memory beside the paused one's). Defaults
+// follow issue 14: 50 claims, 20 at once (the pool holds a whole wave), a
+// pool of 16. Percentiles of the claims, the machine's load
 // and the pool's memory split are in the notes.
-import { stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
@@ -20,7 +24,7 @@ import { startDaemon } from '../src/api/index.ts';
 import type { RunningDaemon } from '../src/api/index.ts';
 import { mappingPssKiB, processMemoryStats } from '../src/memory/index.ts';
 import { qemuVersion } from '../src/qemu/index.ts';
-import type { ForkResult } from '../src/vm/index.ts';
+import type { ClaimResult, ForkResult } from '../src/vm/index.ts';
 import type { BenchResult, Comparison } from './report.ts';
 
 function option(args: string[], name: string, fallback: number): number {
@@ -54,9 +58,125 @@ async function hostMemoryMiB(qemus: Array<{ pid: number; ramFile: string }>): Pr
   return kib / 1024;
 }
 
+/**
+ * What each of these QEMUs holds privately on average, MiB, from /proc/PID/smaps: guest pages it wrote (its
+ * private copies in the template's mapping), TCG's translated code (the anonymous mapping QEMU asks huge
+ * pages for), QEMU's heap and other anonymous memory, and the data of QEMU's binary and libraries.
+ */
+async function privateSplit(pids: number[], ramFile: string): Promise<string> {
+  const sums = { written: 0, tcg: 0, heap: 0, files: 0 };
+  for (const pid of pids) {
+    let kind: keyof typeof sums = 'heap';
+    let priv = 0;
+    let huge = 0;
+    const flush = () => (sums[kind === 'heap' && huge > 0 ? 'tcg' : kind] += priv);
+    for (const line of (await readFile(`/proc/${pid}/smaps`, 'utf8')).split('\n')) {
+      const head = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \d+\s*(.*)$/.exec(line);
+      if (head) {
+        flush();
+        const name = head[1] ?? '';
+        kind = name === ramFile || name.endsWith('.ram') ? 'written' : name.startsWith('/') ? 'files' : 'heap';
+        priv = 0;
+        huge = 0;
+        continue;
+      }
+      const kv = /^(\w+):\s+(\d+) kB/.exec(line);
+      if (kv?.[1] === 'Private_Clean' || kv?.[1] === 'Private_Dirty') priv += Number(kv[2]);
+      if (kv?.[1] === 'AnonHugePages') huge += Number(kv[2]);
+    }
+    flush();
+  }
+  const mib = (kib: number) => (kib / 1024 / Math.max(1, pids.length)).toFixed(1);
+  return `guest pages written ${mib(sums.written)}, TCG translated code ${mib(sums.tcg)}, QEMU heap and other anonymous ${mib(sums.heap)}, QEMU and library data ${mib(sums.files)} MiB`;
+}
+
+/** CPU time (user + system) of a process, in clock ticks (/proc/PID/stat fields 14 and 15). */
+async function cpuTicks(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return Number(fields[11]) + Number(fields[12]);
+}
+
+/** The share of one CPU each of these processes used on average over `ms` (clock ticks of 10 ms). */
+async function cpuShare(pids: number[], ms: number): Promise<number> {
+  if (pids.length === 0) return 0;
+  const before = await Promise.all(pids.map(cpuTicks));
+  await new Promise((r) => setTimeout(r, ms));
+  const after = await Promise.all(pids.map(cpuTicks));
+  const ticks = after.reduce((sum, t, i) => sum + t - (before[i] as number), 0);
+  return (ticks * 10) / ms / pids.length;
+}
+
 /** Host memory of the given QEMUs sharing the template's RAM file. */
 function poolMemoryMiB(pids: number[], ramFile: string): Promise<number> {
   return hostMemoryMiB(pids.map((pid) => ({ pid, ramFile })));
+}
+
+type Timings = ClaimResult['timings'];
+
+/** The median claim's time, step by step. */
+function breakdown(t: Timings): string {
+  const f = (n: number | undefined) => (n === undefined ? '-' : n.toFixed(1));
+  return `claim ${f(t.claimMs)} = pick ${f(t.pickMs)} + hand-out call ${f(t.callMs)} + record running ${f(t.settleMs)}; on the host: resume ${f(t.resumeMs)}, guest step ${f(t.guestMs)} (agent connection ${f(t.agentMs)}, guest-exec ${f(t.execMs)}, until the exit was seen ${f(t.exitMs)}, ${t.polls ?? '-'} polls)`;
+}
+
+function summarize(samples: number[], timings: Timings[]): string {
+  if (samples.length === 0) return 'no claims';
+  const order = samples.map((ms, i) => ({ ms, i })).sort((a, b) => a.ms - b.ms);
+  const mid = order[Math.floor((order.length - 1) / 2)] as { ms: number; i: number };
+  return `p50 ${percentile(samples, 50).toFixed(0)} ms, p99 ${percentile(samples, 99).toFixed(0)} ms over ${samples.length} (load ${(loadavg()[0] ?? 0).toFixed(1)}); the median claim: ${breakdown(timings[mid.i] as Timings)}`;
+}
+
+/** Claims one at a time from a full pool (refilled between claims). */
+async function sequentialClaims(daemon: RunningDaemon, count: number): Promise<{ samples: number[]; summary: string }> {
+  const samples: number[] = [];
+  const timings: Timings[] = [];
+  for (let i = 0; i < count; i++) {
+    await daemon.fabric.keeper.settled();
+    const s0 = performance.now();
+    const c = await daemon.fabric.claim('bench', {});
+    samples.push(performance.now() - s0);
+    timings.push(c.timings);
+    if (c.source !== 'pool') throw new Error(`a sequential claim found no ready child (${c.vm.name})`);
+    await remove(daemon, c.vm.id);
+  }
+  await daemon.fabric.keeper.settled();
+  const summary = summarize(samples, timings);
+  process.stderr.write(`sequential claims ${samples.map((x) => x.toFixed(0)).join(', ')} ms: ${summary}\n`);
+  return { samples, summary };
+}
+
+/** `claims` claims in waves of `concurrency`, the pool refilled to hold a whole wave before each. */
+async function claimWaves(daemon: RunningDaemon, o: { claims: number; concurrency: number; poolSize: number; warm: boolean }): Promise<{ samples: number[]; summary: string }> {
+  const samples: number[] = [];
+  const timings: Timings[] = [];
+  let served = 0;
+  let forked = 0;
+  while (served < o.claims) {
+    const wave = Math.min(o.concurrency, o.claims - served);
+    await daemon.fabric.scale('bench', { ready: Math.max(o.poolSize, wave), warm: o.warm }, { wait: true });
+    await daemon.fabric.keeper.settled();
+    const results = await Promise.all(
+      Array.from({ length: wave }, async () => {
+        const s = performance.now();
+        const c = await daemon.fabric.claim('bench', {});
+        return { ms: performance.now() - s, c };
+      }),
+    );
+    for (const r of results) {
+      if (r.c.source !== 'pool') forked++;
+      else {
+        samples.push(r.ms);
+        timings.push(r.c.timings);
+      }
+    }
+    served += wave;
+    await daemon.fabric.keeper.settled();
+    for (const r of results) await remove(daemon, r.c.vm.id);
+  }
+  const summary = `${summarize(samples, timings)}; waves of ${o.concurrency}; ${forked} claims found no ready child`;
+  process.stderr.write(`claims in waves ${samples.map((x) => x.toFixed(0)).join(', ')} ms: ${summary}\n`);
+  return { samples, summary };
 }
 
 export async function fabricBenchmark(args: string[]): Promise<BenchResult> {
@@ -66,7 +186,7 @@ export async function fabricBenchmark(args: string[]): Promise<BenchResult> {
   const poolSize = option(args, '--pool', 16);
   const bootedCount = option(args, '--booted', poolSize);
   const runs = option(args, '--runs', 3);
-  const sequentialClaims = option(args, '--sequential', 10);
+  const sequentialClaims_ = option(args, '--sequential', 10);
   const home = mkdtempSync('/tmp/osh-bench-home-');
   const memoryDir = mkdtempSync('/dev/shm/osh-bench-mem-');
   const daemon = await startDaemon({ home, memoryDir });
@@ -120,7 +240,7 @@ export async function fabricBenchmark(args: string[]): Promise<BenchResult> {
     const ramFile = join(memoryDir, 'templates', `${template.placements[0]?.memoryTemplateId}.ram`);
     const poolMiB = await poolMemoryMiB(members.map((v) => v.runtime?.pid as number), ramFile);
     const templateMiB = (await stat(ramFile)).blocks / 2048;
-    notes.push(`the pool's memory: the template's RAM file ${templateMiB.toFixed(0)} MiB resident, each child ${((poolMiB - templateMiB) / Math.max(1, members.length)).toFixed(0)} MiB on average besides (its QEMU, TCG's translated code, the pages it wrote)`);
+    notes.push(`the pool's memory: the template's RAM file ${templateMiB.toFixed(0)} MiB resident, each child ${((poolMiB - templateMiB) / Math.max(1, members.length)).toFixed(0)} MiB on average besides; privately, on average: ${await privateSplit(members.map((v) => v.runtime?.pid as number), ramFile)}`);
     process.stderr.write(`pool of ${members.length} filled in ${fillMs.toFixed(0)} ms; ${poolMiB.toFixed(0)} MiB (booted x${members.length}: ${(bootedMiB * members.length).toFixed(0)} MiB)\n`);
     // As many booted guests as asked, running together beside the pool: their memory measured as the pool's.
     const booted: string[] = [];
@@ -133,57 +253,38 @@ export async function fabricBenchmark(args: string[]): Promise<BenchResult> {
     load.push(loadavg()[0] ?? 0);
     process.stderr.write(`${booted.length} booted guests together: ${bootedTogetherMiB.toFixed(0)} MiB\n`);
     for (const n of booted) await remove(daemon, n);
-    // One at a time from a full pool: a claim's own latency, and where it goes.
-    const sequential: number[] = [];
-    const split = { resume: [] as number[], guest: [] as number[], handOut: [] as number[], claim: [] as number[] };
-    for (let i = 0; i < sequentialClaims; i++) {
-      await daemon.fabric.keeper.settled();
-      const s0 = performance.now();
-      const c = await daemon.fabric.claim('bench', {});
-      sequential.push(performance.now() - s0);
-      split.resume.push(c.timings.resumeMs);
-      split.guest.push(c.timings.guestMs);
-      split.handOut.push(c.timings.handOutMs);
-      split.claim.push(c.timings.claimMs);
-      await remove(daemon, c.vm.id);
-    }
+    // One at a time from a full paused pool, then the same from a warm pool (children running idle): a claim's own
+    // latency, and where the median claim's time goes.
+    const paused = await sequentialClaims(daemon, sequentialClaims_);
+    notes.push(`sequential claims, paused pool: ${paused.summary}`);
+    const pausedWaves = await claimWaves(daemon, { claims, concurrency, poolSize, warm: false });
+    notes.push(`claims in waves, paused pool: ${pausedWaves.summary}`);
+    load.push(loadavg()[0] ?? 0);
+    // A warm pool: the paused children retired, warm ones made (the memory of a pool of warm children too).
+    await daemon.fabric.scale('bench', { ready: 0 }, { wait: true });
+    await daemon.fabric.scale('bench', { ready: poolSize, warm: true }, { wait: true });
     await daemon.fabric.keeper.settled();
-    const median = (xs: number[]) => percentile(xs, 50).toFixed(0);
-    notes.push(`sequential ready-pool claims: p50 ${median(sequential)} ms, p99 ${percentile(sequential, 99).toFixed(0)} ms over ${sequential.length}; medians inside: the host's hand-out ${median(split.handOut)} ms (resume ${median(split.resume)}, guest step ${median(split.guest)}), the controller's claim ${median(split.claim)} ms`);
-    const fromPool: number[] = [];
-    let served = 0;
-    let forked = 0;
-    while (served < claims) {
-      const wave = Math.min(concurrency, claims - served);
-      // The pool holds a whole wave, so each claim of the wave finds a ready child.
-      await daemon.fabric.scale('bench', { ready: Math.max(poolSize, wave) }, { wait: true });
-      load.push(loadavg()[0] ?? 0);
-      const results = await Promise.all(
-        Array.from({ length: wave }, async () => {
-          const s = performance.now();
-          const c = await daemon.fabric.claim('bench', {});
-          return { ms: performance.now() - s, c };
-        }),
-      );
-      for (const r of results) {
-        if (r.c.source === 'pool') fromPool.push(r.ms);
-        else forked++;
-      }
-      served += wave;
-      await daemon.fabric.keeper.settled();
-      for (const r of results) await remove(daemon, r.c.vm.id);
-    }
-    process.stderr.write(`pool claims ${fromPool.map((x) => x.toFixed(0)).join(', ')} ms\n`);
+    const warmMembers = (await daemon.engine.list()).filter((v) => v.name.startsWith('bench-') && v.state === 'running');
+    const warmPoolMiB = await poolMemoryMiB(warmMembers.map((v) => v.runtime?.pid as number), ramFile);
+    const warmSplit = await privateSplit(warmMembers.map((v) => v.runtime?.pid as number), ramFile);
+    const idle = await cpuShare(warmMembers.map((v) => v.runtime?.pid as number), 5_000);
+    notes.push(`a warm pool of ${warmMembers.length}: ${warmPoolMiB.toFixed(0)} MiB, each child ${((warmPoolMiB - templateMiB) / Math.max(1, warmMembers.length)).toFixed(0)} MiB on average besides the template (privately: ${warmSplit}); idle, each used ${(idle * 100).toFixed(1)}% of a CPU (over 5 s)`);
+    process.stderr.write(`warm pool of ${warmMembers.length}: ${warmPoolMiB.toFixed(0)} MiB, idle CPU ${(idle * 100).toFixed(1)}% each\n`);
+    const warm = await sequentialClaims(daemon, sequentialClaims_);
+    notes.push(`sequential claims, warm pool: ${warm.summary}`);
+    const warmWaves = await claimWaves(daemon, { claims, concurrency, poolSize, warm: true });
+    notes.push(`claims in waves, warm pool: ${warmWaves.summary}`);
+    load.push(loadavg()[0] ?? 0);
     comparisons.push(
-      { metric: 'claim until the agent answers (ready pool, one at a time)', offshoot: { label: 'claim, paused child', unit: 'ms', samples: sequential }, baseline: { label: 'cold boot', unit: 'ms', samples: cold } },
-      { metric: 'claim until the agent answers (ready pool, one at a time)', offshoot: { label: 'claim, paused child', unit: 'ms', samples: sequential }, baseline: { label: 'plain fork, 1 child', unit: 'ms', samples: fork } },
-      { metric: `claim until the agent answers (ready pool, ${concurrency} at once)`, offshoot: { label: 'claim, paused child', unit: 'ms', samples: fromPool }, baseline: { label: 'cold boot', unit: 'ms', samples: cold } },
-      { metric: `claim until the agent answers (ready pool, ${concurrency} at once)`, offshoot: { label: 'claim, paused child', unit: 'ms', samples: fromPool }, baseline: { label: 'plain fork, 1 child', unit: 'ms', samples: fork } },
+      { metric: 'claim until the agent answers (paused pool, one at a time)', offshoot: { label: 'claim, paused child', unit: 'ms', samples: paused.samples }, baseline: { label: 'cold boot', unit: 'ms', samples: cold } },
+      { metric: 'claim until the agent answers (paused pool, one at a time)', offshoot: { label: 'claim, paused child', unit: 'ms', samples: paused.samples }, baseline: { label: 'plain fork, 1 child', unit: 'ms', samples: fork } },
+      { metric: 'claim until the agent answers (warm pool, one at a time)', offshoot: { label: 'claim, warm child', unit: 'ms', samples: warm.samples }, baseline: { label: 'plain fork, 1 child', unit: 'ms', samples: fork } },
+      { metric: `claim until the agent answers (paused pool, ${concurrency} at once)`, offshoot: { label: 'claim, paused child', unit: 'ms', samples: pausedWaves.samples }, baseline: { label: 'plain fork, 1 child', unit: 'ms', samples: fork } },
+      { metric: `claim until the agent answers (warm pool, ${concurrency} at once)`, offshoot: { label: 'claim, warm child', unit: 'ms', samples: warmWaves.samples }, baseline: { label: 'plain fork, 1 child', unit: 'ms', samples: fork } },
       { metric: 'claim until the agent answers (empty pool)', offshoot: { label: 'claim, forked on demand', unit: 'ms', samples: onDemand }, baseline: { label: 'cold boot', unit: 'ms', samples: cold } },
       { metric: `host memory of ${members.length} ready children`, offshoot: { label: 'pool (PSS + template)', unit: 'MiB', samples: [poolMiB] }, baseline: { label: `${members.length} x booted guest`, unit: 'MiB', samples: [bootedMiB * members.length] } },
       { metric: `host memory: ${members.length} ready children vs ${booted.length} booted guests running together`, offshoot: { label: 'pool (PSS + template)', unit: 'MiB', samples: [poolMiB] }, baseline: { label: `${booted.length} booted guests (PSS + RAM files)`, unit: 'MiB', samples: [bootedTogetherMiB] } },
     );
-    notes.push(`ready-pool claims: p50 ${percentile(fromPool, 50).toFixed(0)} ms, p99 ${percentile(fromPool, 99).toFixed(0)} ms over ${fromPool.length} (waves of ${concurrency}, the pool refilled to ${Math.max(poolSize, concurrency)} before each wave); ${forked} claims found no ready child and forked on demand`);
     notes.push(`empty-pool claims: p50 ${percentile(onDemand, 50).toFixed(0)} ms over ${onDemand.length}`);
     notes.push(`filling a pool of ${poolSize}: ${fillMs.toFixed(0)} ms`);
     notes.push(`machine load (1-min average) during the run: ${load.map((l) => l.toFixed(1)).join(', ')} on ${cpus().length} cpus`);
@@ -192,7 +293,7 @@ export async function fabricBenchmark(args: string[]): Promise<BenchResult> {
       name: 'fabric',
       startedAt,
       machine: { cpus: cpus().length, accel: host.accel, qemu: await qemuVersion(), node: process.version },
-      parameters: { memoryMiB, claims, concurrency, poolSize, bootedCount, runs, sequentialClaims },
+      parameters: { memoryMiB, claims, concurrency, poolSize, bootedCount, runs, sequentialClaims: sequentialClaims_ },
       comparisons,
       notes,
     };

@@ -9,9 +9,11 @@
 // application ran split across two hosts), each member's downtime (QEMU's
 // figure; in the group it includes the hold at the barrier), each member's
 // whole stop in the group (its source's STOP to its destination's RESUME:
-// the hold and the wait for the group's start included), how long the pacer
-// kept members braked (guest running), and the total time. Benchmarks never
-// assert.
+// the hold and the wait for the group's start included) and where it went
+// (reach: stop until seen held; held: the barrier; switch: continued until
+// its destination held it; wait: for the others' arrival; start: the
+// destinations' `cont`), how long the pacer delayed members' starts and kept
+// them braked (guest running), and the total time. Benchmarks never assert.
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
@@ -29,6 +31,8 @@ interface Move {
   /** Group: each member's source STOP to destination RESUME; independent: QEMU's downtime (it resumes at once). */
   stops: number[];
   held: number[];
+  /** Group: each member's stop phase by phase (reach, held, switch, wait, start; see StopBreakdown). */
+  parts: Array<Record<string, number | null>>;
   totalMs: number;
 }
 
@@ -43,8 +47,9 @@ async function groupMove(engine: VmEngine, names: string[], to: string): Promise
     return null;
   }
   const r = done.result as GroupMigrateResult;
-  process.stderr.write(`group of ${names.length} -> ${to}: spread ${r.spreadMs} ms, held spread ${r.heldSpreadMs} ms, ${r.members.map((m) => `${m.vm} downtime ${m.downtimeMs} ms stopped ${m.stoppedMs} ms held ${m.heldMs} ms braked ${m.brakedMs} ms${m.pacedBytesPerSecond ? ` at ${Math.round(m.pacedBytesPerSecond / 2 ** 10)} KiB/s` : ''}`).join('; ')}, total ${r.totalMs} ms, load ${loadavg()[0]?.toFixed(1)}\n`);
-  return { spreadMs: r.spreadMs ?? NaN, downtimes: r.members.map((m) => m.downtimeMs ?? NaN), stops: r.members.map((m) => m.stoppedMs ?? NaN), held: r.members.map((m) => m.heldMs ?? NaN), totalMs: performance.now() - t0 };
+  const parts = (m: GroupMigrateResult['members'][number]) => (m.breakdown ? ` = reach ${m.breakdown.reachMs} + held ${m.breakdown.heldMs} + switch ${m.breakdown.switchMs} + wait ${m.breakdown.waitMs} + start ${m.breakdown.startMs}` : '');
+  process.stderr.write(`group of ${names.length} -> ${to}: spread ${r.spreadMs} ms, held spread ${r.heldSpreadMs} ms, total ${r.totalMs} ms, load ${loadavg()[0]?.toFixed(1)}\n${r.members.map((m) => `  ${m.vm}: downtime ${m.downtimeMs} ms, stopped ${m.stoppedMs} ms${parts(m)}; start delayed ${m.startDelayMs} ms, braked ${m.brakedMs} ms${m.pacedBytesPerSecond ? ` at ${Math.round(m.pacedBytesPerSecond / 2 ** 10)} KiB/s` : ''}`).join('\n')}\n`);
+  return { spreadMs: r.spreadMs ?? NaN, downtimes: r.members.map((m) => m.downtimeMs ?? NaN), stops: r.members.map((m) => m.stoppedMs ?? NaN), held: r.members.map((m) => m.heldMs ?? NaN), parts: r.members.flatMap((m) => (m.breakdown ? [{ ...m.breakdown }] : [])), totalMs: performance.now() - t0 };
 }
 
 async function independentMoves(engine: VmEngine, names: string[], to: string): Promise<Move | null> {
@@ -60,7 +65,7 @@ async function independentMoves(engine: VmEngine, names: string[], to: string): 
   const spreadMs = Math.max(...times) - Math.min(...times);
   process.stderr.write(`independent ${names.length} -> ${to}: spread ${spreadMs} ms, downtimes ${results.map((r) => r.downtimeMs).join(', ')} ms, load ${loadavg()[0]?.toFixed(1)}\n`);
   const downtimes = results.map((r) => r.downtimeMs ?? NaN);
-  return { spreadMs, downtimes, stops: downtimes, held: [], totalMs: performance.now() - t0 };
+  return { spreadMs, downtimes, stops: downtimes, held: [], parts: [], totalMs: performance.now() - t0 };
 }
 
 export async function groupBenchmark(args: string[]): Promise<BenchResult> {
@@ -111,7 +116,10 @@ export async function groupBenchmark(args: string[]): Promise<BenchResult> {
       comparisons.push({ metric: `${size} VMs: downtime per member (QEMU)`, offshoot: ms(who.mine, group.flatMap((x) => x.downtimes)), baseline: ms(who.base, alone.flatMap((x) => x.downtimes)) });
       comparisons.push({ metric: `${size} VMs: whole stop per member (source stop -> destination run)`, offshoot: ms(who.mine, group.flatMap((x) => x.stops)), baseline: ms(who.base, alone.flatMap((x) => x.stops)) });
       comparisons.push({ metric: `${size} VMs: total time`, offshoot: ms(who.mine, group.map((x) => x.totalMs)), baseline: ms(who.base, alone.map((x) => x.totalMs)) });
-      notes.push(`${size} VMs: held at the barrier per member (ms): ${group.flatMap((x) => x.held).map((h) => Math.round(h)).join(', ')}; load average after: ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
+      const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
+      const parts = group.flatMap((x) => x.parts);
+      const breakdown = ['reachMs', 'heldMs', 'switchMs', 'waitMs', 'startMs'].map((k) => `${k.replace('Ms', '')} ${Math.round(median(parts.map((p) => p[k] ?? NaN).filter((v) => Number.isFinite(v))))}`).join(', ');
+      notes.push(`${size} VMs: a member's whole stop by phase, medians over ${parts.length} member(s) (ms): ${breakdown}; held per member: ${group.flatMap((x) => x.held).map((h) => Math.round(h)).join(', ')}; load average after: ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
     }
     notes.push(`load average at the end: ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
     notes.push(`one member of each group rewrites ${o.dirty} MiB of tmpfs in a loop; guests of ${o.memory} MiB; group moves lab1 -> lab2, the baseline moves them back`);

@@ -12,19 +12,19 @@
 // controller dies, as a real agent (a process of its own) outlives it.
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
-import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { serve } from '@hono/node-server';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RunningDaemon } from '../src/api/index.ts';
 import { startDaemon } from '../src/api/index.ts';
 import { HostClient, OffshootClient, StorageClient } from '../src/client/index.ts';
 import type { DaemonFile } from '../src/common/index.ts';
 import { isProcessAlive, silentLogger } from '../src/common/index.ts';
-import { FakeAgent, agentHttpApp } from '../src/protocol/index.ts';
+import { FakeAgent } from '../src/protocol/index.ts';
 import { KyselyInventory } from '../src/store/index.ts';
 import { freshTestDatabase } from '../src/store/pg-test-cluster.ts';
 import type { EngineEvent, TaskRecord, VmRecord } from '../src/vm/index.ts';
+import type { ServedAgent } from './fake-fleet.ts';
+import { serveAgent } from './fake-fleet.ts';
 import { CLI, eventually, waitForProcessExit } from './harness.ts';
 
 const TOKEN = 'c'.repeat(43);
@@ -65,7 +65,7 @@ describe('two controllers over one PostgreSQL, with the fake agent as their host
   let dir: string;
   let database: string;
   let agent: FakeAgent;
-  let server: ReturnType<typeof serve>;
+  let served: ServedAgent | undefined;
   let b: RunningDaemon;
   let bClient: OffshootClient;
   let a: Controller;
@@ -77,13 +77,10 @@ describe('two controllers over one PostgreSQL, with the fake agent as their host
     dir = mkdtempSync('/tmp/osh-coord-');
     database = await freshTestDatabase('osh_coord');
     agent = new FakeAgent({ hostId: 'fleet-host' });
-    const app = agentHttpApp(agent.endpoint, { token: TOKEN });
-    server = await new Promise<ReturnType<typeof serve>>((resolve) => {
-      const s = serve({ fetch: app.fetch, hostname: '127.0.0.1', port: 0 }, () => resolve(s));
-    });
+    served = await serveAgent(agent, TOKEN);
     b = await startDaemon({ home: join(dir, 'b'), memoryDir: join(dir, 'b-memory'), database, noLocalHost: true, leaseMs: LEASE_MS, logger: silentLogger, hostHeartbeatMs: 200, hostLeaseMs: 2_000 });
     bClient = new OffshootClient({ url: b.url, token: b.token });
-    await new HostClient(bClient).add('fake', `http://127.0.0.1:${(server.address() as AddressInfo).port}`, TOKEN);
+    await new HostClient(bClient).add('fake', served.url, TOKEN);
     a = await startController(join(dir, 'a'), database);
     inventory = await KyselyInventory.open(database);
     void (async () => {
@@ -99,11 +96,7 @@ describe('two controllers over one PostgreSQL, with the fake agent as their host
     }
     await b?.close();
     await inventory?.close();
-    await new Promise<void>((r) => {
-      if (!server) return r();
-      server.close(() => r());
-      (server as unknown as { closeAllConnections(): void }).closeAllConnections();
-    });
+    await served?.close();
     rmSync(dir, { recursive: true, force: true });
   }, 60_000);
 

@@ -8,46 +8,20 @@
 // exported file at a); `template create --host` is all or nothing; delete
 // removes the copies on every host. The same paths run against real QEMU on
 // lab hosts in tests/e2e/fabric-hosts.test.ts.
-import { mkdtempSync, rmSync } from 'node:fs';
-import type { AddressInfo } from 'node:net';
-import { serve } from '@hono/node-server';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { silentLogger } from '../src/common/index.ts';
-import { FakeAgent, agentHttpApp } from '../src/protocol/index.ts';
-import { KyselyInventory } from '../src/store/index.ts';
+import type { FakeAgent } from '../src/protocol/index.ts';
 import type { CarryReport, TemplateView } from '../src/vm/index.ts';
-import { FabricService, Fleet, VmEngine } from '../src/vm/index.ts';
-import { codeOf } from './error-code.ts';
-
-const TOKEN = 'f'.repeat(43);
+import { FabricService } from '../src/vm/index.ts';
+import { codeOf } from '../src/protocol/contract-support.ts';
+import { closedAfterEach, twoHostFleet } from './fake-fleet.ts';
 
 async function setup() {
-  const dir = mkdtempSync('/tmp/osh-fabric-hosts-');
-  const inventory = await KyselyInventory.open(`${dir}/inventory.sqlite`);
-  const a = new FakeAgent({ hostId: 'fake-a', managementAddress: '10.254.9.1' });
-  const b = new FakeAgent({ hostId: 'fake-b', managementAddress: '10.254.9.2' });
-  const app = agentHttpApp(b.endpoint, { token: TOKEN });
-  const server = await new Promise<ReturnType<typeof serve>>((resolve) => {
-    const s = serve({ fetch: app.fetch, hostname: '127.0.0.1', port: 0 }, () => resolve(s));
-  });
-  const fleet = new Fleet({ inventory: inventory.hosts, vmsOn: async (id) => (await inventory.listVms()).filter((v) => v.hostId === id).length, local: { name: 'a', endpoint: a.endpoint }, heartbeatMs: 100, leaseMs: 2_000 });
-  await fleet.start();
-  const hostB = await fleet.add({ name: 'b', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, token: TOKEN });
-  const engine = new VmEngine({ inventory, fleet, logger: silentLogger });
-  const fabric = new FabricService({ inventory, fabric: inventory.fabric, engine, logger: silentLogger, readyTimeoutMs: 5_000, reconcileMs: 60_000 });
+  const s = await twoHostFleet({ prefix: 'osh-fabric-hosts', subnet: '10.254.9' });
+  const { inventory, engine } = s;
+  const fabric = s.own(new FabricService({ inventory, fabric: inventory.fabric, engine, logger: silentLogger, readyTimeoutMs: 5_000, reconcileMs: 60_000 }));
   await fabric.start();
-  const close = async () => {
-    await fabric.close();
-    await engine.close();
-    await fleet.close();
-    const closing = new Promise<void>((r) => server.close(() => r()));
-    (server as unknown as { closeAllConnections(): void }).closeAllConnections();
-    await closing;
-    await inventory.close();
-    rmSync(dir, { recursive: true, force: true });
-  };
-  const { task } = await engine.create({ name: 'src', start: true, host: 'a' });
-  expect((await engine.tasks.wait(task?.id as string)).state).toBe('succeeded');
+  await s.running('src', 'a');
   const template = async (name: string, hosts?: string[]): Promise<TemplateView> => {
     const made = await fabric.create({ name, from: 'src', ...(hosts ? { hosts } : {}) });
     const done = await engine.tasks.wait(made.task?.id as string);
@@ -60,14 +34,11 @@ async function setup() {
   };
   /** Files of the template's folder on a fake host. */
   const folder = (agent: FakeAgent, templateId: string) => [...agent.files].filter((f) => f.startsWith(`home:fabric/${templateId}/`)).sort();
-  return { dir, inventory, a, b, hostB, fleet, engine, fabric, close, template, place, folder };
+  return { ...s, a: s.local, b: s.remote, fabric, template, place, folder };
 }
 
 describe('templates on several hosts against fake agents', () => {
-  const closers: Array<() => Promise<void>> = [];
-  afterEach(async () => {
-    for (const c of closers.splice(0)) await c();
-  });
+  const closers = closedAfterEach();
 
   it('carries a template to another host: its base copied, the guest files used where they are, its memory imported; pools per host, claims on both', async () => {
     const s = await setup();

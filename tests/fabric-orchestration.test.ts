@@ -6,31 +6,18 @@
 // demand when the pool is empty; template delete refuses while children
 // exist and with --force leaves claimed children running. The same paths run
 // against real QEMU in tests/e2e/fabric.test.ts.
-import { mkdtempSync, rmSync } from 'node:fs';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { silentLogger } from '../src/common/index.ts';
-import { FakeAgent } from '../src/protocol/index.ts';
-import { KyselyInventory } from '../src/store/index.ts';
 import type { TemplateView } from '../src/vm/index.ts';
-import { FabricService, Fleet, VmEngine, poolKey } from '../src/vm/index.ts';
-import { codeOf } from './error-code.ts';
+import { FabricService, VmEngine, poolKey } from '../src/vm/index.ts';
+import { codeOf } from '../src/protocol/contract-support.ts';
+import { closedAfterEach, oneHostFleet } from './fake-fleet.ts';
 
 async function setup() {
-  const dir = mkdtempSync('/tmp/osh-fabric-orch-');
-  const inventory = await KyselyInventory.open(`${dir}/inventory.sqlite`);
-  const agent = new FakeAgent({ hostId: 'fake-host' });
-  const fleet = new Fleet({ inventory: inventory.hosts, vmsOn: async (id) => (await inventory.listVms()).filter((v) => v.hostId === id).length, local: { name: 'fake', endpoint: agent.endpoint }, heartbeatMs: 50, leaseMs: 200 });
-  await fleet.start();
-  const engine = new VmEngine({ inventory, fleet, logger: silentLogger });
-  const fabric = new FabricService({ inventory, fabric: inventory.fabric, engine, logger: silentLogger, readyTimeoutMs: 5_000, reconcileMs: 60_000 });
+  const s = await oneHostFleet({ prefix: 'osh-fabric-orch' });
+  const { inventory, engine } = s;
+  const fabric = s.own(new FabricService({ inventory, fabric: inventory.fabric, engine, logger: silentLogger, readyTimeoutMs: 5_000, reconcileMs: 60_000 }));
   await fabric.start();
-  const close = async () => {
-    await fabric.close();
-    await engine.close();
-    await fleet.close();
-    await inventory.close();
-    rmSync(dir, { recursive: true, force: true });
-  };
   const template = async (name: string): Promise<TemplateView> => {
     const { task } = await engine.create({ name: `${name}-src`, start: true });
     expect((await engine.tasks.wait(task?.id as string)).state).toBe('succeeded');
@@ -40,14 +27,11 @@ async function setup() {
     return fabric.show(name);
   };
   const pool = async (name: string) => (await fabric.show(name)).placements[0]?.children;
-  return { dir, inventory, agent, fleet, engine, fabric, close, template, pool };
+  return { ...s, agent: s.local, fabric, template, pool };
 }
 
 describe('fabric orchestration against the fake agent', () => {
-  const closers: Array<() => Promise<void>> = [];
-  afterEach(async () => {
-    for (const c of closers.splice(0)) await c();
-  });
+  const closers = closedAfterEach();
 
   it('makes a template of a running VM, which runs on; name clashes and bad input have codes', async () => {
     const s = await setup();
@@ -283,6 +267,34 @@ describe('fabric orchestration against the fake agent', () => {
     // The dead controller's work ends (as its process would have): nothing changes.
     await s.engine.tasks.wait(made.task?.id as string).catch(() => undefined);
     expect((await s.engine.resolve('src')).state).toBe('running');
+  });
+
+  it('has the host set the clock of a paused or on-demand child at its hand-out, and not of a warm one (its clock ran since its warm-up set it)', async () => {
+    const s = await setup();
+    closers.push(s.close);
+    const handOuts: Array<{ vmId: string; resume: boolean; setClock?: boolean; script?: string }> = [];
+    const endpoint = s.agent.endpoint;
+    const dispatch = endpoint.dispatch.bind(endpoint);
+    endpoint.dispatch = (name, raw, meta) => {
+      if (name === 'handOutChild') handOuts.push(raw as (typeof handOuts)[number]);
+      return dispatch(name, raw, meta);
+    };
+    await s.template('web');
+    const onDemand = await s.fabric.claim('web', {});
+    await s.fabric.scale('web', { ready: 1 }, { wait: true });
+    const paused = await s.fabric.claim('web', {});
+    await s.fabric.keeper.settled();
+    await s.fabric.scale('web', { ready: 0 }, { wait: true });
+    await s.fabric.scale('web', { ready: 1, warm: true }, { wait: true });
+    const warm = await s.fabric.claim('web', {});
+    expect([onDemand.source, paused.source, warm.source]).toEqual(['on-demand', 'pool', 'pool']);
+    // Each pool child's warm-up (script ":") set its clock; each claim's hand-out is the one for its VM without it.
+    const claimOf = (vmId: string) => handOuts.filter((h) => h.vmId === vmId && h.script === undefined);
+    expect(claimOf(onDemand.vm.id).map((h) => [h.resume, h.setClock])).toEqual([[false, true]]);
+    expect(claimOf(paused.vm.id).map((h) => [h.resume, h.setClock])).toEqual([[true, true]]);
+    expect(claimOf(warm.vm.id).map((h) => [h.resume, h.setClock])).toEqual([[false, false]]);
+    for (const id of [paused.vm.id, warm.vm.id]) expect(handOuts.filter((h) => h.vmId === id && h.script === ':').map((h) => h.setClock ?? true)).toEqual([true]);
+    for (const c of [onDemand, paused, warm]) expect(c.timings.claimMs).toBeGreaterThanOrEqual(c.timings.callMs);
   });
 });
 

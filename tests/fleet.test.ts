@@ -4,35 +4,19 @@
 // agent is noticed, the old epoch is refused by the agent, VM exits arrive,
 // and placement picks a ready host with room.
 import { mkdtempSync, rmSync } from 'node:fs';
-import type { AddressInfo } from 'node:net';
-import { serve } from '@hono/node-server';
 import { afterEach, describe, expect, it } from 'vitest';
 import { OffshootError } from '../src/common/index.ts';
-import { agentHttpApp, httpAgentClient } from '../src/protocol/index.ts';
+import { httpAgentClient } from '../src/protocol/index.ts';
 import type { AgentEvent } from '../src/protocol/index.ts';
 import { FakeAgent } from '../src/protocol/index.ts';
 import { KyselyInventory } from '../src/store/index.ts';
 import { Fleet } from '../src/vm/index.ts';
 import type { HostRecord } from '../src/vm/index.ts';
+import { serveAgent as servedAgent } from './fake-fleet.ts';
 
 const TOKEN = 'k'.repeat(43);
 
-async function serveAgent(agent: FakeAgent, port = 0) {
-  const app = agentHttpApp(agent.endpoint, { token: TOKEN });
-  const server = await new Promise<ReturnType<typeof serve>>((resolve) => {
-    const s = serve({ fetch: app.fetch, hostname: '127.0.0.1', port }, () => resolve(s));
-  });
-  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  return {
-    url,
-    port: (server.address() as AddressInfo).port,
-    close: () =>
-      new Promise<void>((r) => {
-        server.close(() => r());
-        (server as unknown as { closeAllConnections(): void }).closeAllConnections();
-      }),
-  };
-}
+const serveAgent = (agent: FakeAgent, port = 0) => servedAgent(agent, TOKEN, port);
 
 async function until(check: () => boolean | Promise<boolean>, ms = 5000): Promise<void> {
   const end = Date.now() + ms;

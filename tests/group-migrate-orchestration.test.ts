@@ -10,44 +10,16 @@
 // controller that died before the start rolls back on recovery, after it
 // finishes. The same runs against real QEMU on lab hosts in
 // tests/e2e/group-migrate.test.ts.
-import { mkdtempSync, rmSync } from 'node:fs';
-import type { AddressInfo } from 'node:net';
-import { serve } from '@hono/node-server';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { OffshootError, silentLogger } from '../src/common/index.ts';
-import { FakeAgent, agentHttpApp } from '../src/protocol/index.ts';
-import { KyselyInventory } from '../src/store/index.ts';
 import type { GroupMigrateResult } from '../src/vm/index.ts';
-import { Fleet, VmEngine } from '../src/vm/index.ts';
-
-const TOKEN = 'h'.repeat(43);
+import { VmEngine } from '../src/vm/index.ts';
+import { closedAfterEach, twoHostFleet } from './fake-fleet.ts';
 
 async function setup(migrateMs = 0, faults?: (point: string) => Promise<void> | void) {
-  const dir = mkdtempSync('/tmp/ogr-orch-');
-  const inventory = await KyselyInventory.open(`${dir}/inventory.sqlite`);
-  const local = new FakeAgent({ hostId: 'fake-a', managementAddress: '10.254.9.1', migrateMs });
-  const remote = new FakeAgent({ hostId: 'fake-b', managementAddress: '10.254.9.2', migrateMs });
-  const app = agentHttpApp(remote.endpoint, { token: TOKEN });
-  const server = await new Promise<ReturnType<typeof serve>>((resolve) => {
-    const s = serve({ fetch: app.fetch, hostname: '127.0.0.1', port: 0 }, () => resolve(s));
-  });
-  const fleet = new Fleet({ inventory: inventory.hosts, vmsOn: async (id) => (await inventory.listVms()).filter((v) => v.hostId === id).length, local: { name: 'a', endpoint: local.endpoint }, heartbeatMs: 100, leaseMs: 2_000 });
-  await fleet.start();
-  const b = await fleet.add({ name: 'b', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, token: TOKEN });
-  const engine = new VmEngine({ inventory, fleet, logger: silentLogger, ...(faults ? { faults } : {}) });
-  const close = async () => {
-    await engine.close();
-    await fleet.close();
-    const closing = new Promise<void>((r) => server.close(() => r()));
-    (server as unknown as { closeAllConnections(): void }).closeAllConnections();
-    await closing;
-    await inventory.close();
-    rmSync(dir, { recursive: true, force: true });
-  };
-  for (const name of ['g1', 'g2']) {
-    const { task } = await engine.create({ name, start: true, host: 'a' });
-    expect((await engine.tasks.wait(task?.id as string)).state).toBe('succeeded');
-  }
+  const s = await twoHostFleet({ prefix: 'ogr-orch', subnet: '10.254.9', migrateMs, ...(faults ? { faults } : {}) });
+  const { engine, fleet, local, remote, hostB: b } = s;
+  for (const name of ['g1', 'g2']) await s.running(name, 'a');
   const vms = [await engine.resolve('g1'), await engine.resolve('g2')];
   const atSource = async () => {
     for (const vm of vms) {
@@ -59,7 +31,7 @@ async function setup(migrateMs = 0, faults?: (point: string) => Promise<void> | 
     }
     for (const a of [fleet.agent(vms[0]?.hostId as string), fleet.agent(b.id)]) expect((await a.migrationProbe({ peer: null, files: [], installDefaultGuest: false })).slotsInUse).toEqual([]);
   };
-  return { inventory, local, remote, fleet, engine, close, vms, b, atSource };
+  return { ...s, vms, b, atSource };
 }
 
 const members = [
@@ -68,10 +40,7 @@ const members = [
 ];
 
 describe('group migration orchestration against fake agents', () => {
-  const closers: Array<() => Promise<void>> = [];
-  afterEach(async () => {
-    for (const c of closers.splice(0)) await c();
-  });
+  const closers = closedAfterEach();
 
   it('moves every member in one switch-over and reports downtime per member and the spread', async () => {
     const s = await setup(600);
@@ -90,7 +59,16 @@ describe('group migration orchestration against fake agents', () => {
       expect(m).toMatchObject({ state: 'moved', from: 'a', to: 'b', error: null });
       expect(typeof m.downtimeMs).toBe('number');
       expect(typeof m.heldMs).toBe('number');
+      expect(typeof m.startDelayMs).toBe('number');
+      // Its whole stop, phase by phase: the parts add up to it.
+      const b = m.breakdown;
+      expect(b).not.toBeNull();
+      // The source's STOP time can be missing (its agent did not read the event): then only the controller's parts are known.
+      if (b?.reachMs !== null) expect((b?.reachMs ?? 0) + (b?.heldMs ?? 0) + (b?.switchMs ?? 0) + (b?.waitMs ?? 0) + (b?.startMs ?? 0)).toBe(m.stoppedMs);
+      else expect(m.stoppedMs).toBeNull();
     }
+    // Each member started its pre-copy braked and the pacer started it (full speed) through its source.
+    expect(s.local.calls.get('setMigrationParameters') ?? 0).toBeGreaterThanOrEqual(2);
     for (const vm of s.vms) {
       const moved = await s.engine.resolve(vm.id);
       expect([moved.hostId, moved.state]).toEqual([s.b.id, 'running']);

@@ -7,54 +7,22 @@
 // with nothing at the destination; a controller that died mid-migration
 // finishes it (the destination runs the guest) or rolls it back from the
 // journal. The same paths run against real QEMU on lab hosts in tests/e2e/migrate.test.ts.
-import { mkdtempSync, rmSync } from 'node:fs';
-import type { AddressInfo } from 'node:net';
-import { serve } from '@hono/node-server';
-import { afterEach, describe, expect, it } from 'vitest';
-import { OffshootError, silentLogger } from '../src/common/index.ts';
+import { describe, expect, it } from 'vitest';
+import { OffshootError } from '../src/common/index.ts';
 import { planDataPath } from '../src/net/index.ts';
-import { FakeAgent, agentHttpApp, newOperationId, runOperation } from '../src/protocol/index.ts';
+import { newOperationId, runOperation } from '../src/protocol/index.ts';
 import type { CallName } from '../src/protocol/index.ts';
-import { KyselyInventory } from '../src/store/index.ts';
 import type { MigrateResult, MigrationProgress } from '../src/vm/index.ts';
-import { Fleet, VmEngine } from '../src/vm/index.ts';
-
-const TOKEN = 'g'.repeat(43);
+import { closedAfterEach, twoHostFleet } from './fake-fleet.ts';
 
 async function setup(migrateMs = 0) {
-  const dir = mkdtempSync('/tmp/omg-orch-');
-  const inventory = await KyselyInventory.open(`${dir}/inventory.sqlite`);
-  const local = new FakeAgent({ hostId: 'fake-a', managementAddress: '10.254.7.1', migrateMs });
-  const remote = new FakeAgent({ hostId: 'fake-b', managementAddress: '10.254.7.2', migrateMs });
-  const app = agentHttpApp(remote.endpoint, { token: TOKEN });
-  const server = await new Promise<ReturnType<typeof serve>>((resolve) => {
-    const s = serve({ fetch: app.fetch, hostname: '127.0.0.1', port: 0 }, () => resolve(s));
-  });
-  const fleet = new Fleet({ inventory: inventory.hosts, vmsOn: async (id) => (await inventory.listVms()).filter((v) => v.hostId === id).length, local: { name: 'a', endpoint: local.endpoint }, heartbeatMs: 100, leaseMs: 2_000 });
-  await fleet.start();
-  const b = await fleet.add({ name: 'b', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, token: TOKEN });
-  const engine = new VmEngine({ inventory, fleet, logger: silentLogger });
-  const close = async () => {
-    await engine.close();
-    await fleet.close();
-    // The fleet's long poll of the remote host's events would hold the server open for 10 s.
-    const closing = new Promise<void>((r) => server.close(() => r()));
-    (server as unknown as { closeAllConnections(): void }).closeAllConnections();
-    await closing;
-    await inventory.close();
-    rmSync(dir, { recursive: true, force: true });
-  };
-  const { task } = await engine.create({ name: 'm1', start: true, host: 'a' });
-  expect((await engine.tasks.wait(task?.id as string)).state).toBe('succeeded');
-  const vm = await engine.resolve('m1');
-  return { inventory, local, remote, fleet, engine, close, vm, b };
+  const s = await twoHostFleet({ prefix: 'omg-orch', subnet: '10.254.7', migrateMs });
+  const vm = await s.running('m1', 'a');
+  return { ...s, vm, b: s.hostB };
 }
 
 describe('migration orchestration against fake agents', () => {
-  const closers: Array<() => Promise<void>> = [];
-  afterEach(async () => {
-    for (const c of closers.splice(0)) await c();
-  });
+  const closers = closedAfterEach();
 
   it('moves the VM to the other host in one step; the source lets it go and the path is gone', async () => {
     const s = await setup(1_200);

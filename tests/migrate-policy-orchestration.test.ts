@@ -10,56 +10,26 @@
 // the limits and cancels a migration the first one runs; so do two controllers
 // with their own connections and fleets over one PostgreSQL. The same drain runs
 // against real QEMU on lab hosts in tests/e2e/migrate-drain.test.ts.
-import { mkdtempSync, rmSync } from 'node:fs';
-import type { AddressInfo } from 'node:net';
-import { serve } from '@hono/node-server';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { OpenAPIHono } from '@hono/zod-openapi';
 import { migrationPolicyRoutes } from '../src/api/migration-policy-routes.ts';
 import { OffshootError, silentLogger, toOffshootError } from '../src/common/index.ts';
-import { FakeAgent, agentHttpApp } from '../src/protocol/index.ts';
+import { FakeAgent } from '../src/protocol/index.ts';
 import { KyselyInventory } from '../src/store/index.ts';
 import { freshTestDatabase } from '../src/store/pg-test-cluster.ts';
 import type { DrainResult, ResolvedPolicy, TaskRecord } from '../src/vm/index.ts';
 import { Fleet, VmEngine, resolvePolicy } from '../src/vm/index.ts';
+import { closedAfterEach, serveAgent, twoHostFleet } from './fake-fleet.ts';
 
 const TOKEN = 'p'.repeat(43);
 
 async function setup(options: { migrateMs?: number; vms?: string[]; stopped?: string[] } = {}) {
-  const dir = mkdtempSync('/tmp/opol-orch-');
-  const inventory = await KyselyInventory.open(`${dir}/inventory.sqlite`);
-  const local = new FakeAgent({ hostId: 'fake-a', managementAddress: '10.254.9.1', migrateMs: options.migrateMs ?? 0 });
-  const remote = new FakeAgent({ hostId: 'fake-b', managementAddress: '10.254.9.2', migrateMs: options.migrateMs ?? 0 });
-  const app = agentHttpApp(remote.endpoint, { token: TOKEN });
-  const server = await new Promise<ReturnType<typeof serve>>((resolve) => {
-    const s = serve({ fetch: app.fetch, hostname: '127.0.0.1', port: 0 }, () => resolve(s));
-  });
-  const fleet = new Fleet({ inventory: inventory.hosts, vmsOn: async (id) => (await inventory.listVms()).filter((v) => v.hostId === id).length, local: { name: 'a', endpoint: local.endpoint }, heartbeatMs: 100, leaseMs: 2_000 });
-  await fleet.start();
-  const b = await fleet.add({ name: 'b', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, token: TOKEN });
-  const engine = new VmEngine({ inventory, fleet, logger: silentLogger });
-  const engines = [engine];
-  const close = async () => {
-    for (const e of engines) await e.close();
-    await fleet.close();
-    const closing = new Promise<void>((r) => server.close(() => r()));
-    (server as unknown as { closeAllConnections(): void }).closeAllConnections();
-    await closing;
-    await inventory.close();
-    rmSync(dir, { recursive: true, force: true });
-  };
-  for (const name of options.vms ?? ['m1']) {
-    const { task } = await engine.create({ name, start: true, host: 'a' });
-    expect((await engine.tasks.wait(task?.id as string)).state).toBe('succeeded');
-  }
-  for (const name of options.stopped ?? []) await engine.create({ name, start: false, host: 'a' });
+  const s = await twoHostFleet({ prefix: 'opol-orch', subnet: '10.254.9', migrateMs: options.migrateMs ?? 0 });
+  for (const name of options.vms ?? ['m1']) await s.running(name, 'a');
+  for (const name of options.stopped ?? []) await s.engine.create({ name, start: false, host: 'a' });
   /** A second controller over the same inventory and hosts. */
-  const another = () => {
-    const e = new VmEngine({ inventory, fleet, logger: silentLogger, coordination: { controllerId: 'controller-other' } });
-    engines.push(e);
-    return e;
-  };
-  return { inventory, local, remote, fleet, engine, close, b, another };
+  const another = () => s.addEngine({ coordination: { controllerId: 'controller-other' } });
+  return { ...s, b: s.hostB, another };
 }
 
 /** The phases a task's progress showed, in order (from the engine's events). */
@@ -87,10 +57,7 @@ describe('migration policies', () => {
     expect(r.sources).toEqual({ downtimeLimitMs: 'request', postcopy: 'host', maxIncoming: 'host', maxOutgoing: 'fleet', autoConverge: 'fleet', maxBandwidthBytesPerSecond: 'default' });
   });
 
-  const closers: Array<() => Promise<void>> = [];
-  afterEach(async () => {
-    for (const c of closers.splice(0)) await c();
-  });
+  const closers = closedAfterEach();
 
   it("a migration uses the host's and the fleet's values where it names none, and says which in its result", async () => {
     const s = await setup();
@@ -152,10 +119,7 @@ describe('migration policies', () => {
 });
 
 describe('migration queue and host drain', () => {
-  const closers: Array<() => Promise<void>> = [];
-  afterEach(async () => {
-    for (const c of closers.splice(0)) await c();
-  });
+  const closers = closedAfterEach();
 
   it('with maxOutgoing=1 a second migration waits queued, then runs once the first ended (FIFO)', async () => {
     const s = await setup({ migrateMs: 800, vms: ['m1', 'm2', 'm3'] });
@@ -258,10 +222,7 @@ describe('migration queue and host drain', () => {
 });
 
 describe('recovery of queued migrations and drains', () => {
-  const closers: Array<() => Promise<void>> = [];
-  afterEach(async () => {
-    for (const c of closers.splice(0)) await c();
-  });
+  const closers = closedAfterEach();
 
   it('a migration interrupted while queued returns its VM to its state; an interrupted drain ends saying its members recover each', async () => {
     const s = await setup();
@@ -284,10 +245,7 @@ describe('recovery of queued migrations and drains', () => {
 });
 
 describe('migrations across two controllers over one inventory', () => {
-  const closers: Array<() => Promise<void>> = [];
-  afterEach(async () => {
-    for (const c of closers.splice(0)) await c();
-  });
+  const closers = closedAfterEach();
 
   it('share the limits, and a cancel asked on the other controller stops a running and a queued migration', async () => {
     const s = await setup({ migrateMs: 3_000, vms: ['c1', 'c2', 'c3'] });
@@ -316,17 +274,13 @@ describe('migrations across two controllers over one inventory', () => {
 async function twoControllers() {
   const url = await freshTestDatabase('opol_two');
   const fakes = [new FakeAgent({ hostId: 'fake-a', managementAddress: '10.254.9.1', migrateMs: 3_000 }), new FakeAgent({ hostId: 'fake-b', managementAddress: '10.254.9.2', migrateMs: 3_000 })];
-  const servers = await Promise.all(
-    fakes.map((f) => new Promise<ReturnType<typeof serve>>((resolve) => {
-      const s = serve({ fetch: agentHttpApp(f.endpoint, { token: TOKEN }).fetch, hostname: '127.0.0.1', port: 0 }, () => resolve(s));
-    })),
-  );
+  const servers = await Promise.all(fakes.map((f) => serveAgent(f, TOKEN)));
   const controllers: Array<{ inventory: KyselyInventory; fleet: Fleet; engine: VmEngine }> = [];
   for (const id of ['ctl-one', 'ctl-two']) {
     const inventory = await KyselyInventory.open(url);
     const fleet = new Fleet({ inventory: inventory.hosts, vmsOn: async (h) => (await inventory.listVms()).filter((v) => v.hostId === h).length, heartbeatMs: 100, leaseMs: 2_000, monitor: { owner: id, claims: inventory.claims } });
     await fleet.start();
-    if (controllers.length === 0) for (const [i, name] of ['a', 'b'].entries()) await fleet.add({ name, url: `http://127.0.0.1:${(servers[i]?.address() as AddressInfo).port}`, token: TOKEN });
+    if (controllers.length === 0) for (const [i, name] of ['a', 'b'].entries()) await fleet.add({ name, url: servers[i]?.url as string, token: TOKEN });
     const engine = new VmEngine({ inventory, fleet, logger: silentLogger, coordination: { controllerId: id } });
     controllers.push({ inventory, fleet, engine });
   }
@@ -335,21 +289,14 @@ async function twoControllers() {
       await c.engine.close();
       await c.fleet.close();
     }
-    for (const s of servers) {
-      const closing = new Promise<void>((r) => s.close(() => r()));
-      (s as unknown as { closeAllConnections(): void }).closeAllConnections();
-      await closing;
-    }
+    for (const s of servers) await s.close();
     for (const c of controllers) await c.inventory.close();
   };
   return { controllers: controllers as [(typeof controllers)[number], (typeof controllers)[number]], close };
 }
 
 describe('migrations across two controllers over PostgreSQL', () => {
-  const closers: Array<() => Promise<void>> = [];
-  afterEach(async () => {
-    for (const c of closers.splice(0)) await c();
-  });
+  const closers = closedAfterEach();
 
   it('share the queue and the slots, and cancel each other\'s running and queued migrations through the task row', async () => {
     const { controllers, close } = await twoControllers();

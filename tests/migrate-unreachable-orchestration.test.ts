@@ -11,57 +11,16 @@
 //   the source), the source lets it go, and when the destination answers
 //   again the VM runs there and the task succeeds.
 // The same with real QEMU on lab hosts: tests/e2e/migrate-faults2.test.ts.
-import { mkdtempSync, rmSync } from 'node:fs';
-import type { Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { serve } from '@hono/node-server';
-import { afterEach, describe, expect, it } from 'vitest';
-import { silentLogger } from '../src/common/index.ts';
-import { FakeAgent, agentHttpApp } from '../src/protocol/index.ts';
-import { KyselyInventory } from '../src/store/index.ts';
-import type { MigrateResult, MigrationProgress } from '../src/vm/index.ts';
-import { Fleet, VmEngine } from '../src/vm/index.ts';
+import { describe, expect, it } from 'vitest';
+import type { MigrateResult, MigrationProgress, VmEngine } from '../src/vm/index.ts';
+import { closedAfterEach, twoHostFleet } from './fake-fleet.ts';
 import { eventually } from './harness.ts';
 
-const TOKEN = 'u'.repeat(43);
-
 async function setup() {
-  const dir = mkdtempSync('/tmp/omfu-orch-');
-  const inventory = await KyselyInventory.open(`${dir}/inventory.sqlite`);
-  const local = new FakeAgent({ hostId: 'fake-a', managementAddress: '10.254.9.1', migrateMs: 1_600 });
-  const remote = new FakeAgent({ hostId: 'fake-b', managementAddress: '10.254.9.2', migrateMs: 1_600 });
-  const app = agentHttpApp(remote.endpoint, { token: TOKEN });
-  const server = await new Promise<Server>((resolve) => {
-    const s = serve({ fetch: app.fetch, hostname: '127.0.0.1', port: 0 }, () => resolve(s as Server));
-  });
-  const port = (server.address() as AddressInfo).port;
-  const fleet = new Fleet({ inventory: inventory.hosts, vmsOn: async (id) => (await inventory.listVms()).filter((v) => v.hostId === id).length, local: { name: 'a', endpoint: local.endpoint }, heartbeatMs: 100, leaseMs: 1_000 });
-  await fleet.start();
-  const b = await fleet.add({ name: 'b', url: `http://127.0.0.1:${port}`, token: TOKEN });
-  const engine = new VmEngine({ inventory, fleet, logger: silentLogger });
-  let up = true;
-  /** The destination stops answering: its server closes and drops every connection. */
-  const down = async () => {
-    up = false;
-    const closing = new Promise<void>((r) => server.close(() => r()));
-    server.closeAllConnections();
-    await closing;
-  };
-  const back = async () => {
-    await new Promise<void>((r) => server.listen(port, '127.0.0.1', () => r()));
-    up = true;
-  };
-  const close = async () => {
-    await engine.close();
-    await fleet.close();
-    if (up) await down();
-    await inventory.close();
-    rmSync(dir, { recursive: true, force: true });
-  };
-  const { task } = await engine.create({ name: 'm1', start: true, host: 'a' });
-  expect((await engine.tasks.wait(task?.id as string)).state).toBe('succeeded');
-  const vm = await engine.resolve('m1');
-  return { local, remote, fleet, engine, close, down, back, vm, b };
+  const s = await twoHostFleet({ prefix: 'omfu-orch', subnet: '10.254.9', migrateMs: 1_600, leaseMs: 1_000 });
+  const vm = await s.running('m1', 'a');
+  // down: the destination stops answering (its server closes and drops every connection); back: it answers again.
+  return { ...s, down: s.served.close, back: s.served.reopen, vm, b: s.hostB };
 }
 
 /** Resolves when the task reports a migration progress in `phase`. */
@@ -78,10 +37,7 @@ function phaseReached(engine: VmEngine, taskId: string, phase: string): Promise<
 }
 
 describe('migration orchestration: the destination stops answering', () => {
-  const closers: Array<() => Promise<void>> = [];
-  afterEach(async () => {
-    for (const c of closers.splice(0)) await c();
-  });
+  const closers = closedAfterEach();
 
   it('during pre-copy: the transfer stops at once and rolls back; the destination is cleaned when it answers again', async () => {
     const s = await setup();

@@ -7,53 +7,24 @@
 // there); a copy failing mid-move leaves the VM at its source as it was and
 // nothing at the destination; a cold move of a running VM is refused with
 // ILLEGAL_STATE.
-import { mkdtempSync, rmSync } from 'node:fs';
-import type { AddressInfo } from 'node:net';
-import { serve } from '@hono/node-server';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { silentLogger } from '../src/common/index.ts';
-import { FakeAgent, agentHttpApp } from '../src/protocol/index.ts';
-import { KyselyInventory } from '../src/store/index.ts';
+import type { FakeAgent } from '../src/protocol/index.ts';
 import type { ColdMoveResult } from '../src/vm/index.ts';
-import { Fleet, StorageService, VmEngine } from '../src/vm/index.ts';
-import { codeOf } from './error-code.ts';
-
-const TOKEN = 'm'.repeat(43);
+import { StorageService } from '../src/vm/index.ts';
+import { codeOf } from '../src/protocol/contract-support.ts';
+import { closedAfterEach, twoHostFleet } from './fake-fleet.ts';
 
 async function setup() {
-  const dir = mkdtempSync('/tmp/omv-orch-');
-  const inventory = await KyselyInventory.open(`${dir}/inventory.sqlite`);
-  const a = new FakeAgent({ hostId: 'fake-a', managementAddress: '10.254.11.1' });
-  const b = new FakeAgent({ hostId: 'fake-b', managementAddress: '10.254.11.2' });
-  const app = agentHttpApp(b.endpoint, { token: TOKEN });
-  const server = await new Promise<ReturnType<typeof serve>>((resolve) => {
-    const s = serve({ fetch: app.fetch, hostname: '127.0.0.1', port: 0 }, () => resolve(s));
-  });
-  const fleet = new Fleet({ inventory: inventory.hosts, vmsOn: async (id) => (await inventory.listVms()).filter((v) => v.hostId === id).length, local: { name: 'a', endpoint: a.endpoint }, heartbeatMs: 100, leaseMs: 2_000 });
-  await fleet.start();
-  const hostB = await fleet.add({ name: 'b', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, token: TOKEN });
-  const engine = new VmEngine({ inventory, fleet, logger: silentLogger });
-  const storage = new StorageService({ inventory, storageInventory: inventory.storage, engine, logger: silentLogger });
-  const close = async () => {
-    await storage.close();
-    await engine.close();
-    await fleet.close();
-    const closing = new Promise<void>((r) => server.close(() => r()));
-    (server as unknown as { closeAllConnections(): void }).closeAllConnections();
-    await closing;
-    await inventory.close();
-    rmSync(dir, { recursive: true, force: true });
-  };
-  const { task } = await engine.create({ name: 'mv', start: true, host: 'a' });
-  expect((await engine.tasks.wait(task?.id as string)).state).toBe('succeeded');
-  return { inventory, a, b, hostB, engine, storage, close };
+  const s = await twoHostFleet({ prefix: 'omv-orch', subnet: '10.254.11' });
+  const { inventory, engine } = s;
+  const storage = s.own(new StorageService({ inventory, storageInventory: inventory.storage, engine, logger: silentLogger }));
+  await s.running('mv', 'a');
+  return { ...s, a: s.local, b: s.remote, storage };
 }
 
 describe('vm move against fake agents', () => {
-  const closers: Array<() => Promise<void>> = [];
-  afterEach(async () => {
-    for (const c of closers.splice(0)) await c();
-  });
+  const closers = closedAfterEach();
 
   it('moves a running VM live by default: the migration runs and the answer lists what the plan skips and sends', async () => {
     const s = await setup();

@@ -5,41 +5,18 @@
 // that restarts rolls an interrupted fork back from its journal; a host that
 // is lost makes its VMs unknown and its return re-adopts them. The same paths
 // run against real QEMU in tests/e2e.
-import { mkdtempSync, rmSync } from 'node:fs';
-import { afterEach, describe, expect, it } from 'vitest';
-import { OffshootError, silentLogger } from '../src/common/index.ts';
-import { FakeAgent } from '../src/protocol/index.ts';
-import { KyselyInventory } from '../src/store/index.ts';
+import { describe, expect, it } from 'vitest';
+import { OffshootError } from '../src/common/index.ts';
 import type { ForkResult, TaskRecord } from '../src/vm/index.ts';
-import { Fleet, VmEngine } from '../src/vm/index.ts';
+import { closedAfterEach, oneHostFleet } from './fake-fleet.ts';
 
 async function setup() {
-  const dir = mkdtempSync('/tmp/osh-orch-');
-  const inventory = await KyselyInventory.open(`${dir}/inventory.sqlite`);
-  const agent = new FakeAgent({ hostId: 'fake-host' });
-  const fleet = new Fleet({ inventory: inventory.hosts, vmsOn: async (id) => (await inventory.listVms()).filter((v) => v.hostId === id).length, local: { name: 'fake', endpoint: agent.endpoint }, heartbeatMs: 50, leaseMs: 200 });
-  await fleet.start();
-  const engine = new VmEngine({ inventory, fleet, logger: silentLogger });
-  const close = async () => {
-    await engine.close();
-    await fleet.close();
-    await inventory.close();
-    rmSync(dir, { recursive: true, force: true });
-  };
-  const running = async (name: string) => {
-    const { task } = await engine.create({ name, start: true });
-    const done = await engine.tasks.wait(task?.id as string);
-    expect(done.state, JSON.stringify(done.error)).toBe('succeeded');
-    return engine.resolve(name);
-  };
-  return { dir, inventory, agent, fleet, engine, close, running };
+  const s = await oneHostFleet({ prefix: 'osh-orch' });
+  return { ...s, agent: s.local };
 }
 
 describe('orchestration against the fake agent', () => {
-  const closers: Array<() => Promise<void>> = [];
-  afterEach(async () => {
-    for (const c of closers.splice(0)) await c();
-  });
+  const closers = closedAfterEach();
 
   it('forks a running VM: children on the source host, all mapping the template, the source running again', async () => {
     const s = await setup();

@@ -28,6 +28,17 @@ import { guestMemoryBytes } from '../protocol/index.ts';
 import { restoreDisks, writeCheckpointFile } from './checkpoint-files.ts';
 import { handOutInGuest } from './fabric-hand-out.ts';
 import type { HandOutGuestResult } from './fabric-hand-out.ts';
+
+/** ms of a hand-out: resume, the guest step (and inside it: the guest-agent connection, guest-exec, until its exit was seen; polls). */
+export interface HandOutTimings {
+  resumeMs: number;
+  guestMs: number;
+  totalMs: number;
+  agentMs?: number;
+  execMs?: number;
+  exitMs?: number;
+  polls?: number;
+}
 import type { StagingHost } from './fork-stager.ts';
 import { loadDeviceState } from './migration.ts';
 import type { VmRuntime, VmSpec } from './types.ts';
@@ -62,6 +73,15 @@ export class TemplateMissingError extends OffshootError {
 export interface FabricHost extends StagingHost {
   forkArtifacts(forkId: string): { templateFile: string; deviceState: string };
 }
+
+/**
+ * TCG translation buffer (MiB) of a template's child (QEMU's tb-size; KVM has none). The child's fill (device
+ * state loaded, identity, the claim's guest step run once) translates about 18 MiB of code: with the 16 MiB
+ * of other derived VMs the buffer was flushed 2-3 times meanwhile and the first claim translated again about
+ * 4 MiB of it; with 32 MiB the fill ends unflushed and a claim finds its code translated (the buffer's pages
+ * are touched only as code is written, so a child holds what it translated, not the whole buffer).
+ */
+export const CHILD_TCG_TB_MIB = 32;
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
@@ -156,7 +176,7 @@ export class HostTemplates {
       await mkdir(dir, { recursive: true });
       const child: VmSpec = { ...spec, disks: await restoreDisks(dir, spec) };
       const memory = { mode: 'derived' as const, file: this.host.templates.path(manifest.memoryTemplateId), templateId: manifest.memoryTemplateId };
-      const { vm, runtime } = await this.host.launch(vmId, name, child, { memory, incoming: true, paused: true });
+      const { vm, runtime } = await this.host.launch(vmId, name, child, { memory, incoming: true, paused: true, tcgTranslationMiB: CHILD_TCG_TB_MIB });
       const started = performance.now();
       try {
         await loadDeviceState(vm.qmp, this.deviceStateFile(templateId), this.host.layout.vmFiles(vmId, vm.instance).migrationSocket);
@@ -179,21 +199,24 @@ export class HostTemplates {
    * the customisation script; see fabric-hand-out.ts). A guest agent that does not answer is a failed
    * hand-out (ok: false), never a thrown error.
    */
-  async handOut(vmId: string, resume: boolean, request: { hostname: string; script?: string; env?: string[]; timeoutMs: number }): Promise<HandOutGuestResult & { timings: { resumeMs: number; guestMs: number; totalMs: number } }> {
+  async handOut(vmId: string, resume: boolean, request: { hostname: string; script?: string; env?: string[]; timeoutMs: number; setClock: boolean }): Promise<Omit<HandOutGuestResult, 'steps'> & { timings: HandOutTimings }> {
     const t0 = performance.now();
     const vm = this.host.running(vmId);
     if (resume) await vm.qmp.cont();
     const resumed = performance.now();
-    let result: HandOutGuestResult;
+    let result: Omit<HandOutGuestResult, 'steps'>;
+    let steps: HandOutGuestResult['steps'] | undefined;
+    let agentMs = 0;
     try {
       const qga = await vm.guestAgent(request.timeoutMs);
-      result = await handOutInGuest(qga, { ...request, vmId });
+      agentMs = performance.now() - resumed;
+      ({ steps, ...result } = await handOutInGuest(qga, { ...request, vmId }));
     } catch (err) {
       vm.dropGuestAgent();
       result = { ok: false, error: `the guest agent did not answer: ${(err as Error).message}`, script: null };
     }
     const done = performance.now();
-    return { ...result, timings: { resumeMs: resumed - t0, guestMs: done - resumed, totalMs: done - t0 } };
+    return { ...result, timings: { resumeMs: resumed - t0, guestMs: done - resumed, totalMs: done - t0, ...(steps ? { agentMs, ...steps } : {}) } };
   }
 
   /** Whether the template, its memory and device state, and the given files (host paths) are there. */

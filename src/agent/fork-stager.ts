@@ -25,7 +25,7 @@ export interface StagingHost {
   readonly logger: Logger;
   running(vmId: string): RunningVm;
   /** `userfaultfd`: the QEMU will need userfaultfd (a lazy restore), which may keep it from running confined. */
-  launch(vmId: string, name: string, spec: VmSpec, options: { memory: VmMemory; incoming?: boolean; paused?: boolean; userfaultfd?: boolean }): Promise<{ vm: RunningVm; runtime: VmRuntime }>;
+  launch(vmId: string, name: string, spec: VmSpec, options: { memory: VmMemory; incoming?: boolean; paused?: boolean; userfaultfd?: boolean; tcgTranslationMiB?: number }): Promise<{ vm: RunningVm; runtime: VmRuntime }>;
   discard(vm: RunningVm): Promise<void>;
   track(vm: RunningVm): void;
   untrack(vmId: string): void;

@@ -210,7 +210,7 @@ export class LocalHostAgent {
   }
 
   /** Starts one QEMU for the VM (not yet tracked as the VM's QEMU); kills it and cleans up if it does not come up. */
-  private async launch(vmId: string, name: string, spec: VmSpec, options: { memory: VmMemory; incoming?: boolean; paused?: boolean; userfaultfd?: boolean }): Promise<{ vm: RunningVm; runtime: VmRuntime }> {
+  private async launch(vmId: string, name: string, spec: VmSpec, options: { memory: VmMemory; incoming?: boolean; paused?: boolean; userfaultfd?: boolean; tcgTranslationMiB?: number }): Promise<{ vm: RunningVm; runtime: VmRuntime }> {
     const { accel } = await this.accelerator();
     const instance = randomBytes(4).toString('hex');
     const files = this.layout.vmFiles(vmId, instance);
@@ -237,6 +237,7 @@ export class LocalHostAgent {
       ...(options.incoming ? { incoming: 'defer' as const } : {}),
       ...(options.paused ? { paused: true } : {}),
       ...(confinement.sandbox ? { sandbox: SANDBOX_OPTIONS } : {}),
+      ...(options.tcgTranslationMiB ? { tcgTranslationMiB: options.tcgTranslationMiB } : {}),
     };
     const cleanupMemory = () => (options.memory.mode === 'owned' ? rm(options.memory.file, { force: true }) : Promise.resolve());
     let proc;

@@ -10,6 +10,7 @@ import { expect, it } from 'vitest';
 import type { AgentClient } from './client.ts';
 import { newOperationId, runOperation } from './client.ts';
 import { templateFolderFile } from './calls-fabric.ts';
+import { codeOf } from './contract-support.ts';
 import { guestMemoryBytes } from './schemas.ts';
 import type { VmSpec } from './schemas.ts';
 
@@ -17,12 +18,11 @@ interface FabricContractState {
   t: { client: AgentClient; bootTimeoutMs: number };
   vmId: string;
   spec: VmSpec;
-  codeOf(promise: Promise<unknown>): Promise<string>;
 }
 
 export function fabricContract(state: () => FabricContractState): void {
   it('keeps a fork as a host template, spawns and hands out children of it, exports and imports it', async () => {
-    const { t, vmId, spec, codeOf } = state();
+    const { t, vmId, spec } = state();
     const templateId = '6f6f6f6f-0000-4000-8000-00000000f001';
     const importedId = '6f6f6f6f-0000-4000-8000-00000000f002';
     const childA = '6f6f6f6f-0000-4000-8000-00000000f0a1';

@@ -7,24 +7,13 @@
 // destination removed, the source runs on in the same QEMU); a second one is
 // started at the destination (startIncoming) and the source lets it go.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { newPskKey, planDataPath } from '../net/index.ts';
-import { OffshootError } from '../common/index.ts';
 import type { MigrationTuning } from './calls-migration.ts';
-import type { AgentClient } from './client.ts';
 import { follow, newOperationId, runOperation } from './client.ts';
-import type { MigrationContractTarget } from './contract-migration.ts';
+import type { MigrationContractTarget } from './contract-support.ts';
+import { CONTRACT_TUNING, bootAtSource, cleanUpBothHosts, closeContractPath, codeOf, openContractPath } from './contract-support.ts';
 import type { VmSpec } from './schemas.ts';
 
-async function codeOf(promise: Promise<unknown>): Promise<string> {
-  try {
-    await promise;
-  } catch (err) {
-    return err instanceof OffshootError ? err.code : `not an OffshootError: ${(err as Error).message}`;
-  }
-  return 'no error';
-}
-
-const TUNING: MigrationTuning = { maxBandwidthBytesPerSecond: 2 ** 30, downtimeLimitMs: 300, postcopy: 'never', autoConverge: false, multifdChannels: 1, timeoutMs: 120_000, tls: true };
+const TUNING: MigrationTuning = { ...CONTRACT_TUNING, multifdChannels: 1 };
 
 export function runGroupContract(label: string, makeTarget: () => Promise<MigrationContractTarget>): void {
   describe(`group switch-over contract: ${label}`, () => {
@@ -35,12 +24,7 @@ export function runGroupContract(label: string, makeTarget: () => Promise<Migrat
 
     /** A path, a destination that holds the guest after completion, and a migration run to completion (its parameters changed midway). */
     async function migrateHeld(): Promise<{ pathId: string; awaitId: string; changed: { downtimeLimitMs: number; maxBandwidthBytesPerSecond: number } | null }> {
-      const [s, d] = await Promise.all([t.source.migrationProbe({ peer: t.destinationAddress, files: [], installDefaultGuest: false }), t.destination.migrationProbe({ peer: t.sourceAddress, files: [], installDefaultGuest: true })]);
-      const plan = planDataPath({ operationId: newOperationId(), serverManagementAddress: d.managementAddress ?? '', clientManagementAddress: s.managementAddress ?? '', inUse: [...s.slotsInUse, ...d.slotsInUse] });
-      const key = newPskKey();
-      opened.push(plan.operationId);
-      await t.destination.openPath({ plan, role: 'server', pskKey: key });
-      await t.source.openPath({ plan, role: 'client', pskKey: key });
+      const plan = await openContractPath(t, opened, { installDefaultGuest: true });
       const writable = spec.disks.filter((x) => !x.readOnly);
       const disks = writable.map((x) => ({ id: x.id, file: x.file, format: x.format, sizeBytes: 2 ** 30, backing: [] }));
       const prepared = await runOperation(t.destination, 'prepareIncoming', { vmId, name: 'gcontract', spec, disks, pathId: plan.operationId, postcopy: false, multifdChannels: 1, tls: true, resume: true, holdAfter: true });
@@ -60,26 +44,15 @@ export function runGroupContract(label: string, makeTarget: () => Promise<Migrat
     }
 
     async function closePath(operationId: string): Promise<void> {
-      await t.source.closePath({ operationId });
-      await t.destination.closePath({ operationId });
+      await closeContractPath(t, operationId);
     }
 
     beforeAll(async () => {
       t = await makeTarget();
-      spec = await t.source.prepareVm({ vmId, name: 'gcontract', vcpus: 1, memoryMiB: 160, boot: { kind: 'default-guest' }, disks: [], network: 'user' });
-      await runOperation(t.source, 'startVm', { vmId, name: 'gcontract', spec });
-      await runOperation(t.source, 'waitForGuestAgent', { vmId, timeoutMs: t.bootTimeoutMs });
+      spec = await bootAtSource(t, vmId, 'gcontract');
     }, 240_000);
 
-    afterAll(async () => {
-      for (const a of [t.source, t.destination] as AgentClient[]) {
-        for (const operationId of opened) await a.closePath({ operationId }).catch(() => undefined);
-        await a.abortIncoming({ vmId }).catch(() => undefined);
-        await a.killVm({ vmId }).catch(() => undefined);
-        await a.deleteVmFiles({ vmId }).catch(() => undefined);
-      }
-      await t.dispose();
-    }, 60_000);
+    afterAll(() => cleanUpBothHosts(t, vmId, opened), 60_000);
 
     it('refuses group steps with nothing to act on, with stable codes', async () => {
       expect(await codeOf(t.source.setMigrationParameters({ vmId, downtimeLimitMs: 10 }))).toBe('MIGRATION_REFUSED');

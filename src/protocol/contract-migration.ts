@@ -7,34 +7,13 @@
 // cancelled attempt before that leaves it running at the source and nothing
 // at the destination.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { newPskKey, planDataPath } from '../net/index.ts';
-import { OffshootError } from '../common/index.ts';
-import type { DataPathPlanData, IncomingDisk, MigrationTuning } from './calls-migration.ts';
-import type { AgentClient } from './client.ts';
+import type { DataPathPlanData, IncomingDisk } from './calls-migration.ts';
 import { follow, newOperationId, runOperation } from './client.ts';
+import type { MigrationContractTarget } from './contract-support.ts';
+import { CONTRACT_TUNING as TUNING, bootAtSource, cleanUpBothHosts, closeContractPath, codeOf, openContractPath } from './contract-support.ts';
 import type { VmSpec } from './schemas.ts';
 
-export interface MigrationContractTarget {
-  /** The source's and the destination's agents, attached. */
-  source: AgentClient;
-  destination: AgentClient;
-  /** The address each host's peer reaches it at (its management address, as the fleet knows it). */
-  sourceAddress: string;
-  destinationAddress: string;
-  bootTimeoutMs: number;
-  dispose(): Promise<void>;
-}
-
-async function codeOf(promise: Promise<unknown>): Promise<string> {
-  try {
-    await promise;
-  } catch (err) {
-    return err instanceof OffshootError ? err.code : `not an OffshootError: ${(err as Error).message}`;
-  }
-  return 'no error';
-}
-
-const TUNING: MigrationTuning = { maxBandwidthBytesPerSecond: 2 ** 30, downtimeLimitMs: 300, postcopy: 'never', autoConverge: false, multifdChannels: 2, timeoutMs: 120_000, tls: true };
+export type { MigrationContractTarget } from './contract-support.ts';
 
 export function runMigrationContract(label: string, makeTarget: () => Promise<MigrationContractTarget>): void {
   describe(`migration contract: ${label}`, () => {
@@ -45,18 +24,11 @@ export function runMigrationContract(label: string, makeTarget: () => Promise<Mi
 
     /** Plans and opens a path between the two hosts (as the controller does). */
     async function openPath(): Promise<DataPathPlanData> {
-      const [s, d] = await Promise.all([t.source.migrationProbe({ peer: t.destinationAddress, files: [], installDefaultGuest: false }), t.destination.migrationProbe({ peer: t.sourceAddress, files: [], installDefaultGuest: false })]);
-      const plan = planDataPath({ operationId: newOperationId(), serverManagementAddress: d.managementAddress ?? '', clientManagementAddress: s.managementAddress ?? '', inUse: [...s.slotsInUse, ...d.slotsInUse] });
-      const key = newPskKey();
-      opened.push(plan.operationId);
-      await t.destination.openPath({ plan, role: 'server', pskKey: key });
-      await t.source.openPath({ plan, role: 'client', pskKey: key });
-      return plan;
+      return openContractPath(t, opened, { installDefaultGuest: false });
     }
 
     async function closePath(operationId: string): Promise<void> {
-      await t.source.closePath({ operationId });
-      await t.destination.closePath({ operationId });
+      await closeContractPath(t, operationId);
     }
 
     /** The target disks at the destination: over the bases it has with the same content id (`top`), else whole (`full`). */
@@ -81,20 +53,10 @@ export function runMigrationContract(label: string, makeTarget: () => Promise<Mi
 
     beforeAll(async () => {
       t = await makeTarget();
-      spec = await t.source.prepareVm({ vmId, name: 'mcontract', vcpus: 1, memoryMiB: 160, boot: { kind: 'default-guest' }, disks: [], network: 'user' });
-      await runOperation(t.source, 'startVm', { vmId, name: 'mcontract', spec });
-      await runOperation(t.source, 'waitForGuestAgent', { vmId, timeoutMs: t.bootTimeoutMs });
+      spec = await bootAtSource(t, vmId, 'mcontract');
     }, 240_000);
 
-    afterAll(async () => {
-      for (const a of [t.source, t.destination]) {
-        for (const operationId of opened) await a.closePath({ operationId }).catch(() => undefined);
-        await a.abortIncoming({ vmId }).catch(() => undefined);
-        await a.killVm({ vmId }).catch(() => undefined);
-        await a.deleteVmFiles({ vmId }).catch(() => undefined);
-      }
-      await t.dispose();
-    }, 60_000);
+    afterAll(() => cleanUpBothHosts(t, vmId, opened), 60_000);
 
     it('opens an isolated path on both hosts and removes it again (idempotent)', async () => {
       const plan = await openPath();

@@ -7,21 +7,12 @@
 // id; a file served by openFileServer is copied byte-exact by fetchFile, a
 // wrong token is refused, and closeFileServer says how much it sent.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { OffshootError } from '../common/index.ts';
 import type { AgentContractTarget } from './contract.ts';
+import { codeOf } from './contract-support.ts';
 import { runOperation } from './client.ts';
 import { contentIdOfHash } from './calls-mobility.ts';
 import type { Locator } from './locator.ts';
 import type { VmSpec } from './schemas.ts';
-
-async function codeOf(promise: Promise<unknown>): Promise<string> {
-  try {
-    await promise;
-  } catch (err) {
-    return err instanceof OffshootError ? err.code : `not an OffshootError: ${(err as Error).message}`;
-  }
-  return 'no error';
-}
 
 export function runMobilityContract(label: string, makeTarget: () => Promise<AgentContractTarget>): void {
   describe(`agent mobility contract: ${label}`, () => {

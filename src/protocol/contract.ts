@@ -12,8 +12,10 @@ import { guestMemoryBytes } from './schemas.ts';
 import type { VmRuntime, VmSpec } from './schemas.ts';
 import { PROTOCOL_VERSION } from './version.ts';
 import { fabricContract } from './contract-fabric.ts';
+import type { ContractTargetBase } from './contract-support.ts';
+import { codeOf } from './contract-support.ts';
 
-export interface AgentContractTarget {
+export interface AgentContractTarget extends ContractTargetBase {
   /** A client at the agent's current epoch. */
   client: AgentClient;
   /** The same agent, reached with the epoch given (to test stale epochs). */
@@ -22,18 +24,6 @@ export interface AgentContractTarget {
   allowedImage: string;
   /** A path outside every allowed place. */
   forbiddenPath: string;
-  /** How long a boot may take here. */
-  bootTimeoutMs: number;
-  dispose(): Promise<void>;
-}
-
-async function codeOf(promise: Promise<unknown>): Promise<string> {
-  try {
-    await promise;
-  } catch (err) {
-    return err instanceof OffshootError ? err.code : `not an OffshootError: ${(err as Error).message}`;
-  }
-  return 'no error';
 }
 
 export function runAgentContract(label: string, makeTarget: () => Promise<AgentContractTarget>): void {
@@ -192,6 +182,6 @@ export function runAgentContract(label: string, makeTarget: () => Promise<AgentC
       expect((await t.client.removeCheckpoint({ file: plan.file, checkpointId, createdAt })).removed).toBe(true);
     }, 180_000);
 
-    fabricContract(() => ({ t, vmId, spec, codeOf }));
+    fabricContract(() => ({ t, vmId, spec }));
   });
 }

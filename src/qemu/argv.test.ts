@@ -69,6 +69,10 @@ describe('buildQemuArgv', () => {
     expect(values(buildQemuArgv(baseSpec(undefined, { memory: { path: '/mem/template-1', share: false } })), '-accel')).toEqual([`tcg,tb-size=${DERIVED_TCG_TB_MIB}`]);
     expect(values(buildQemuArgv(baseSpec()), '-accel')).toEqual(['tcg']);
     expect(values(buildQemuArgv(baseSpec(undefined, { accel: 'kvm', memory: { path: '/mem/template-1', share: false } })), '-accel')).toEqual(['kvm']);
+    // A spec that names its buffer (a fabric pool child) gets it under TCG only; a bad size is refused.
+    expect(values(buildQemuArgv(baseSpec(undefined, { memory: { path: '/mem/template-1', share: false }, tcgTranslationMiB: 32 })), '-accel')).toEqual(['tcg,tb-size=32']);
+    expect(values(buildQemuArgv(baseSpec(undefined, { accel: 'kvm', tcgTranslationMiB: 32 })), '-accel')).toEqual(['kvm']);
+    expect(() => buildQemuArgv(baseSpec(undefined, { tcgTranslationMiB: 0 }))).toThrow(/tcgTranslationMiB/);
   });
 
   it('wires QMP, the guest agent port and the serial console', () => {

@@ -8,7 +8,8 @@
 //   template share=off (private copy-on-write).
 // - KVM with `-cpu host`, or TCG with `-cpu max` (boots the Debian kernel);
 //   a TCG VM derived from a template gets a smaller translation buffer
-//   (DERIVED_TCG_TB_MIB: per-child memory of a fork).
+//   (DERIVED_TCG_TB_MIB: per-child memory of a fork), unless its spec names
+//   one (tcgTranslationMiB: a fabric pool child).
 // - serial console appended to a file; QMP and the guest agent on unix
 //   sockets (server, no wait), the agent on virtio-serial port
 //   org.qemu.guest_agent.0.
@@ -95,6 +96,8 @@ export function validateLaunchSpec(spec: QemuLaunchSpec): void {
   if (!Number.isInteger(extra) || extra < 0 || extra > MAX_MEMORY_EXTRA_KIB) invalid(`memoryExtraKiB must be an integer from 0 to ${MAX_MEMORY_EXTRA_KIB}, not ${extra}`, 'memoryExtraKiB', extra);
   requirePath('memory.path', spec.memory.path);
   if (typeof spec.memory.share !== 'boolean') invalid('memory.share must be a boolean', 'memory.share', spec.memory.share);
+  const tb = spec.tcgTranslationMiB;
+  if (tb !== undefined && (!Number.isInteger(tb) || tb < 1 || tb > 4096)) invalid(`tcgTranslationMiB must be an integer from 1 to 4096, not ${tb}`, 'tcgTranslationMiB', tb);
   if (spec.machine !== undefined && !MACHINE.test(spec.machine)) invalid(`machine "${spec.machine}" is not a machine type name`, 'machine', spec.machine);
 
   const boot = spec.boot;
@@ -136,6 +139,12 @@ export function validateLaunchSpec(spec: QemuLaunchSpec): void {
   if (spec.sandbox !== undefined && !SANDBOX.test(spec.sandbox)) invalid(`sandbox "${spec.sandbox}" is not a -sandbox value like "on,spawn=deny"`, 'sandbox', spec.sandbox);
 }
 
+function tcgAccel(spec: QemuLaunchSpec): string {
+  if (spec.accel !== 'tcg') return spec.accel;
+  const tb = spec.tcgTranslationMiB ?? (spec.memory.share ? undefined : DERIVED_TCG_TB_MIB);
+  return tb === undefined ? 'tcg' : `tcg,tb-size=${tb}`;
+}
+
 /** The argv (without the binary) of the QEMU process for `spec`. */
 export function buildQemuArgv(spec: QemuLaunchSpec): string[] {
   validateLaunchSpec(spec);
@@ -144,7 +153,7 @@ export function buildQemuArgv(spec: QemuLaunchSpec): string[] {
     '-name', `guest=${o(spec.name)},process=${PROCESS_NAME_PREFIX}${spec.vmId}`,
     '-no-user-config', '-nodefaults', '-display', 'none', '-no-reboot',
     '-machine', `${spec.machine ?? 'q35'},memory-backend=ram0`,
-    '-accel', spec.accel === 'tcg' && !spec.memory.share ? `tcg,tb-size=${DERIVED_TCG_TB_MIB}` : spec.accel,
+    '-accel', tcgAccel(spec),
     '-cpu', spec.accel === 'kvm' ? 'host' : 'max',
     '-smp', String(spec.vcpus),
     '-m', guestMemorySize(spec),

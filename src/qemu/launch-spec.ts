@@ -76,6 +76,11 @@ export interface QemuLaunchSpec {
    */
   sandbox?: string;
   /**
+   * TCG's translation buffer (tb-size) in MiB, for a VM whose translated code should stay cached (a pool
+   * child of the elastic fabric); default: DERIVED_TCG_TB_MIB for a derived VM, QEMU's own otherwise.
+   */
+  tcgTranslationMiB?: number;
+  /**
    * Machine type, default 'q35' (the newest q35 of this QEMU). Pin a versioned
    * type (e.g. 'pc-q35-7.2') when restoring device state saved by an older QEMU.
    */

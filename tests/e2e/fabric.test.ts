@@ -5,7 +5,9 @@
 // script is checked inside the guest (its data, hostname, env file, key,
 // script output, its own machine-id and MAC); two concurrent claims get
 // different children; the pool refills, and survives a daemon restart (its
-// children adopted, then handed out); template delete is refused while
+// children adopted, then handed out); a warm pool (children running idle)
+// hands out a child whose clock is right though the claim did not set it,
+// and a paused child's clock was set at its claim; template delete is refused while
 // children exist and with --force leaves the claimed children running;
 // deleting a claimed child ends its QEMU. The home's invariants hold at the
 // end (tests/harness.ts), templates and all.
@@ -121,6 +123,32 @@ describe('elastic fabric: templates, ready pools, claims', () => {
     expect(await md5s(c.vm.name)).toBe(sums);
     await daemon.fabric.keeper.settled();
     await eventually(async () => (await ready()) === 2, 180_000, 'the pool refilled to 2 after the restart');
+  });
+
+  it('hands out a warm child (template scale --warm) running, its clock right though the claim did not set it; a paused one had its clock set', async () => {
+    const guestClockOff = async (vm: string) => {
+      const before = Date.now() / 1000;
+      const guest = Number(await sh(vm, 'date +%s'));
+      const after = Date.now() / 1000;
+      return guest < before - 2 ? guest - before : guest > after + 2 ? guest - after : 0;
+    };
+    // The first claim's child was paused in the pool since well before it was claimed: its clock was set then.
+    expect(await guestClockOff(first.vm.name)).toBe(0);
+    // Scaled to one warm child: the newest paused one retires, the oldest is claimed, the refill makes a warm one.
+    await daemon.fabric.scale('web', { ready: 1, warm: true }, { wait: true });
+    const pausedOne = await daemon.fabric.claim('web', {});
+    expect(pausedOne.source).toBe('pool');
+    await daemon.engine.kill(pausedOne.vm.id);
+    await daemon.engine.delete(pausedOne.vm.id);
+    await daemon.fabric.keeper.settled();
+    const handedOut = new Set(claimed.map((c) => c.vm.id));
+    expect((await daemon.engine.list()).filter((v) => v.name.startsWith('web-') && !handedOut.has(v.id)).map((v) => v.state)).toEqual(['running']);
+    const warm = await daemon.fabric.claim('web', { hostname: 'warm-one' });
+    claimed.push(warm);
+    expect(warm.source).toBe('pool');
+    expect(await sh(warm.vm.name, 'hostname')).toBe('warm-one');
+    expect(await guestClockOff(warm.vm.name)).toBe(0);
+    await daemon.fabric.scale('web', { ready: 0 }, { wait: true });
   });
 
   it('refuses to delete the template while it has children; deleting a claimed child ends its QEMU', async () => {

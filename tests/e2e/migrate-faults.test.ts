@@ -6,51 +6,21 @@
 // guest that dirties memory faster than a capped path carries it is switched
 // to post-copy (auto) and arrives whole; the destination's QEMU killed with SIGKILL during pre-copy leaves the VM running
 // at its source in the same QEMU, and nothing at the destination.
-import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MigrateClient } from '../../src/client/index.ts';
-import type { OffshootClient } from '../../src/client/index.ts';
 import { processInNamespace } from '../../src/lab/agent-process.ts';
 import type { UpResult } from '../../src/lab/lab.ts';
 import type { ForkResult, MigrateResult, MigrationProgress, VmRecord } from '../../src/vm/index.ts';
 import { eventually } from '../harness.ts';
 import type { TestHome } from '../harness.ts';
 import type { LabFleet } from '../lab-fleet.ts';
-import { startLabFleet } from '../lab-fleet.ts';
+import { WRITER, counterGoesOn, expectNoGapInLines, pathLinks, qemusOf, sh, startMigrationLab, startWriter } from '../migration-lab.ts';
 
 const prefix = `omf${randomBytes(2).toString('hex').slice(0, 3)}`;
 const subnet = `10.213.${60 + ((randomBytes(1)[0] as number) % 30)}.0/24`;
-
-function pathLinks(namespace: string): string[] {
-  const out = execFileSync('ip', ['-n', namespace, '-j', 'link', 'show', 'type', 'vxlan'], { encoding: 'utf8' });
-  return (JSON.parse(out || '[]') as Array<{ ifname: string }>).map((l) => l.ifname).filter((n) => n.startsWith('ofvx'));
-}
-
-/** QEMU processes of a VM in a namespace (by its id on their command line). */
-function qemusOf(vmId: string, namespace: string): number[] {
-  return readdirSync('/proc')
-    .filter((p) => /^\d+$/.test(p))
-    .map(Number)
-    .filter((pid) => {
-      try {
-        const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-        return cmd.includes('qemu-system') && cmd.includes(vmId) && processInNamespace(pid, namespace);
-      } catch {
-        return false;
-      }
-    });
-}
-
-async function sh(client: OffshootClient, vm: string, script: string): Promise<string> {
-  const out = await client.exec(vm, '/bin/sh', ['-c', script], { timeoutMs: 60_000 });
-  if (out.exitCode !== 0) throw new Error(`guest command failed (${out.exitCode}): ${script}: ${out.stderr.toString()}`);
-  return out.stdout.toString();
-}
-
-const WRITER = '(i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; echo $i >> /data/lines; sleep 0.05; done) >/dev/null 2>&1 &';
 
 describe('live migration between lab hosts: post-copy, a forked child, a killed destination', () => {
   let t: TestHome;
@@ -59,7 +29,7 @@ describe('live migration between lab hosts: post-copy, a forked child, a killed 
   let fleet: LabFleet | undefined;
 
   beforeAll(async () => {
-    fleet = await startLabFleet(prefix, subnet, { hostHeartbeatMs: 500, hostLeaseMs: 5_000 });
+    fleet = await startMigrationLab(prefix, subnet);
     ({ t, lab } = fleet);
   }, 180_000);
 
@@ -78,8 +48,7 @@ describe('live migration between lab hosts: post-copy, a forked child, a killed 
     const child = await client.getVm(childName);
     expect(child.runtime?.memory.mode).toBe('derived');
     const md5 = await sh(client, childName, 'md5sum /data/blob');
-    await sh(client, childName, WRITER);
-    await eventually(async () => Number(await sh(client, childName, 'cat /tmp/counter 2>/dev/null || echo 0')) > 5, 30_000, 'the writer to run');
+    await startWriter(client, childName);
 
     const started = await new MigrateClient(client).migrate(childName, { to: 'lab2', postcopy: 'always' });
     const task = await client.waitTask(started.task?.id as string);
@@ -93,9 +62,8 @@ describe('live migration between lab hosts: post-copy, a forked child, a killed 
     expect(moved.spec.disks[0]?.backing).toEqual([]);
     expect(processInNamespace(moved.runtime?.pid as number, lab2.namespace)).toBe(true);
     expect(await sh(client, childName, 'md5sum /data/blob')).toBe(md5);
-    const c1 = Number(await sh(client, childName, 'cat /tmp/counter'));
-    await eventually(async () => Number(await sh(client, childName, 'cat /tmp/counter')) > c1 + 3, 20_000, 'the counter to go on');
-    expect(await sh(client, childName, "awk 'NR != $1 { print \"gap at line \" NR \": \" $1; exit 1 }' /data/lines && echo ok")).toBe('ok\n');
+    await counterGoesOn(client, childName, 20_000);
+    await expectNoGapInLines(client, childName);
     // The parent runs on at lab1, untouched; no path is left.
     expect((await client.getVm('omf-parent')).state).toBe('running');
     expect(pathLinks(lab1.namespace)).toEqual([]);
@@ -149,8 +117,7 @@ describe('live migration between lab hosts: post-copy, a forked child, a killed 
     expect((await client.getTask(taskId)).state).toBe('failed');
     const after = (await client.getVm('omf-vm')) as VmRecord & { host: string };
     expect([after.host, after.state, after.runtime?.pid]).toEqual(['lab1', 'running', before.runtime?.pid]);
-    const c1 = Number(await sh(client, 'omf-vm', 'cat /tmp/counter'));
-    await eventually(async () => Number(await sh(client, 'omf-vm', 'cat /tmp/counter')) > c1 + 3, 20_000, 'the counter to go on');
+    await counterGoesOn(client, 'omf-vm', 20_000);
     expect(qemusOf(before.id, lab2.namespace)).toEqual([]);
     expect(existsSync(join(lab2.home, 'vms', before.id))).toBe(false);
     expect(readdirSync(lab2.memoryDir).filter((f) => f.startsWith(before.id))).toEqual([]);

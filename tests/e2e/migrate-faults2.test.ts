@@ -23,46 +23,24 @@
 // back with --storage shared): no disk byte sent, its data's md5 equal.
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, copyFileSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HostClient, MigrateClient, StorageClient } from '../../src/client/index.ts';
-import type { OffshootClient } from '../../src/client/index.ts';
 import { loadDefaultGuest } from '../../src/guest/index.ts';
-import { processInNamespace } from '../../src/lab/agent-process.ts';
 import { labUp } from '../../src/lab/lab.ts';
 import type { UpResult } from '../../src/lab/lab.ts';
 import type { MigrateResult, MigrationProgress, TaskRecord, VmRecord } from '../../src/vm/index.ts';
 import { eventually } from '../harness.ts';
 import type { TestHome } from '../harness.ts';
 import type { LabFleet } from '../lab-fleet.ts';
-import { startLabFleet } from '../lab-fleet.ts';
+import { counterGoesOn, expectNoGapInLines, pathLinks, qemusOf, sh, startMigrationLab, startWriter } from '../migration-lab.ts';
 
 const prefix = `omq${randomBytes(2).toString('hex').slice(0, 3)}`;
 const subnet = `10.215.${10 + ((randomBytes(1)[0] as number) % 40)}.0/24`;
 const MiB = 2 ** 20;
 const BASE_MIB = 16;
 type Host = UpResult['hosts'][number];
-
-function pathLinks(namespace: string): string[] {
-  const out = execFileSync('ip', ['-n', namespace, '-j', 'link', 'show', 'type', 'vxlan'], { encoding: 'utf8' });
-  return (JSON.parse(out || '[]') as Array<{ ifname: string }>).map((l) => l.ifname).filter((n) => n.startsWith('ofvx'));
-}
-
-/** QEMU processes of a VM in a namespace (by its id on their command line). */
-function qemusOf(vmId: string, namespace: string): number[] {
-  return readdirSync('/proc')
-    .filter((p) => /^\d+$/.test(p))
-    .map(Number)
-    .filter((pid) => {
-      try {
-        const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-        return cmd.includes('qemu-system') && cmd.includes(vmId) && processInNamespace(pid, namespace);
-      } catch {
-        return false;
-      }
-    });
-}
 
 /** Whatever of a VM is on a host: its QEMUs, VM folder, RAM file, path links and keys. */
 function leftovers(vmId: string, host: Host): string[] {
@@ -76,17 +54,9 @@ function leftovers(vmId: string, host: Host): string[] {
   ];
 }
 
-async function sh(client: OffshootClient, vm: string, script: string): Promise<string> {
-  const out = await client.exec(vm, '/bin/sh', ['-c', script], { timeoutMs: 60_000 });
-  if (out.exitCode !== 0) throw new Error(`guest command failed (${out.exitCode}): ${script}: ${out.stderr.toString()}`);
-  return out.stdout.toString();
-}
-
 function progressOf(task: TaskRecord): MigrationProgress | undefined {
   return (task.result as { progress?: MigrationProgress } | null)?.progress;
 }
-
-const WRITER = '(i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; echo $i >> /data/lines; sleep 0.05; done) >/dev/null 2>&1 &';
 
 describe('live migration between lab hosts: failures mid-way, a seeded base, a shared datastore', () => {
   let t: TestHome;
@@ -102,7 +72,7 @@ describe('live migration between lab hosts: failures mid-way, a seeded base, a s
   let mirrorTotalBefore = 0;
 
   beforeAll(async () => {
-    fleet = await startLabFleet(prefix, subnet, { hostHeartbeatMs: 500, hostLeaseMs: 5_000 });
+    fleet = await startMigrationLab(prefix, subnet);
     ({ t, lab } = fleet);
     [lab1, lab2] = lab.hosts as [Host, Host];
     shared = mkdtempSync(`/tmp/${prefix}-shared-`);
@@ -119,8 +89,7 @@ describe('live migration between lab hosts: failures mid-way, a seeded base, a s
     expect((await client.waitTask(started.task?.id as string)).state).toBe('succeeded');
     await sh(client, vm, 'dd if=/dev/urandom of=/data/blob bs=1M count=24 2>/dev/null && sync');
     blobMd5 = await sh(client, vm, 'md5sum /data/blob');
-    await sh(client, vm, WRITER);
-    await eventually(async () => Number(await sh(client, vm, 'cat /tmp/counter 2>/dev/null || echo 0')) > 5, 30_000, 'the writer to run');
+    await startWriter(client, vm);
     vmRecord = await client.getVm(vm);
   }, 240_000);
 
@@ -135,10 +104,9 @@ describe('live migration between lab hosts: failures mid-way, a seeded base, a s
     const client = t.client();
     const after = (await client.getVm(vm)) as VmRecord & { host: string };
     expect([after.host, after.state, after.runtime?.pid]).toEqual(['lab1', 'running', vmRecord.runtime?.pid]);
-    const c1 = Number(await sh(client, vm, 'cat /tmp/counter'));
-    await eventually(async () => Number(await sh(client, vm, 'cat /tmp/counter')) > c1 + 3, 30_000, 'the counter to go on');
+    await counterGoesOn(client, vm, 30_000);
     expect(await sh(client, vm, 'md5sum /data/blob')).toBe(blobMd5);
-    expect(await sh(client, vm, "awk 'NR != $1 { print \"gap at line \" NR \": \" $1; exit 1 }' /data/lines && echo ok")).toBe('ok\n');
+    await expectNoGapInLines(client, vm);
     // (Its QEMU, folder and RAM file are at lab1: no path link or key of the migration is.)
     expect(leftovers(vmRecord.id, lab1).filter((l) => l.startsWith('link') || l.startsWith('key'))).toEqual([]);
     await eventually(() => leftovers(vmRecord.id, lab2).length === 0, 30_000, `nothing of the VM at lab2 (${leftovers(vmRecord.id, lab2).join(', ')})`);
@@ -227,7 +195,7 @@ describe('live migration between lab hosts: failures mid-way, a seeded base, a s
     expect(moved.host).toBe('lab2');
     expect(moved.spec.disks.find((d) => d.id === baseDisk?.id)?.backing).toEqual(skipped?.destinationBases);
     expect(await sh(client, vm, 'md5sum /data/blob')).toBe(blobMd5);
-    expect(await sh(client, vm, "awk 'NR != $1 { print \"gap at line \" NR \": \" $1; exit 1 }' /data/lines && echo ok")).toBe('ok\n');
+    await expectNoGapInLines(client, vm);
     expect(leftovers(vmRecord.id, lab1)).toEqual([]);
     await client.killVm(vm);
     await client.deleteVm(vm);

@@ -78,9 +78,13 @@ interface Incoming {
   error: OffshootError | null;
 }
 
-function eventTime(event: QmpEvent): string {
+function eventMs(event: QmpEvent): number {
   const t = event.timestamp;
-  return t && t.seconds > 0 ? new Date(t.seconds * 1000 + Math.floor(t.microseconds / 1000)).toISOString() : new Date().toISOString();
+  return t && t.seconds > 0 ? t.seconds * 1000 + t.microseconds / 1000 : Date.now();
+}
+
+function eventTime(event: QmpEvent): string {
+  return new Date(Math.floor(eventMs(event))).toISOString();
 }
 
 export class IncomingMigrations {
@@ -166,10 +170,17 @@ export class IncomingMigrations {
     let resumedAt: string | null = null;
     let completed = false;
     let contSent = false;
+    // When each step happened (ms since the epoch; QEMU's events at their own timestamps), logged with the outcome.
+    const timeline: Array<[string, number]> = [];
+    const mark = (name: string, at = Date.now()) => {
+      if (timeline.length < 50) timeline.push([name, Math.round(at)]);
+    };
     const resumeNow = async () => {
       if (!resume || contSent) return;
       contSent = true;
+      mark('cont-sent');
       await vm.qmp.cont();
+      mark('cont-done');
     };
     const ended = vm.exited.then((e) => e);
     try {
@@ -180,6 +191,7 @@ export class IncomingMigrations {
           throw new OffshootError('MIGRATION_FAILED', `the destination QEMU of VM ${vmId} ended before the guest ran here: ${exit.reason}`, { vmId, step: 'incoming' }, 500);
         }
         const event = next.value;
+        mark(event.event === 'MIGRATION' ? `qemu:${String(event.data.status)}` : `qemu:${event.event}`, eventMs(event));
         if (event.event === 'RESUME') resumedAt = eventTime(event);
         const status = (event.data as { status?: string } | undefined)?.status;
         if (status === 'failed') {
@@ -203,6 +215,7 @@ export class IncomingMigrations {
       events.close();
     }
     await stopExports(vm.qmp, entry.exports);
+    mark('exports-stopped');
     if (holdAfter) {
       entry.state = 'held';
       // A held QEMU that ends (killed) can no longer be started: the group sees it failed before its start.
@@ -215,7 +228,8 @@ export class IncomingMigrations {
     // The guest runs here (or stays paused, as it was): this QEMU is the VM's now.
     entry.state = 'running';
     this.host.track(vm);
-    this.host.logger.info({ vmId, pid: vm.process.pid, resumedAt }, 'incoming migration completed; the VM runs here');
+    mark('tracked');
+    this.host.logger.info({ vmId, pid: vm.process.pid, resumedAt, timeline }, 'incoming migration completed; the VM runs here');
     return { runtime: entry.runtime, resumedAt, running: resume };
   }
 

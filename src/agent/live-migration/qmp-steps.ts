@@ -51,6 +51,8 @@ export interface MigrationTuning {
   /** Channels for multifd (1 = off); ignored with postcopy. */
   multifdChannels: number;
   tls: TlsCredential | null;
+  /** Stop at `pre-switchover` (guest stopped) for the caller's migrate-continue; default true. Only needed to complete disk mirrors or hold a group's switch-over: without it QEMU goes straight on to the last pages. */
+  pauseBeforeSwitchover?: boolean;
 }
 
 export interface MigrateStats {
@@ -102,7 +104,7 @@ export async function configureSource(qmp: QmpClient, tuning: MigrationTuning): 
   const multifd = !tuning.postcopy && tuning.multifdChannels > 1;
   await caps(qmp, {
     events: true,
-    'pause-before-switchover': true,
+    'pause-before-switchover': tuning.pauseBeforeSwitchover ?? true,
     'postcopy-ram': tuning.postcopy,
     'return-path': tuning.postcopy,
     'auto-converge': tuning.autoConverge,
@@ -155,7 +157,7 @@ export async function startMirrors(
   address: { host: string; port: number },
   disks: Array<{ node: string; sync: 'top' | 'full' }>,
   tls: TlsCredential | null,
-  options: { signal?: AbortSignal; onProgress?: (done: number, total: number) => void; timeoutMs?: number; speedBytesPerSecond?: number; onStarted?: (node: string) => void } = {},
+  options: { signal?: AbortSignal; onProgress?: (done: number, total: number) => void; timeoutMs?: number; speedBytesPerSecond?: number; onStarted?: (node: string) => void; trace?: (step: string) => void } = {},
 ): Promise<void> {
   if (disks.length === 0) return;
   const ready = new Set<string>();
@@ -163,6 +165,7 @@ export async function startMirrors(
   try {
     for (const disk of disks) {
       await qmp.execute('blockdev-add', { driver: 'nbd', 'node-name': `mirror-${disk.node}`, server: { type: 'inet', host: address.host, port: String(address.port) }, export: disk.node, ...(tls ? { 'tls-creds': tls.objectId } : {}) });
+      options.trace?.(`nbd-added:${disk.node}`);
       await qmp.execute('blockdev-mirror', { 'job-id': `mirror-${disk.node}`, device: disk.node, target: `mirror-${disk.node}`, sync: disk.sync, 'copy-mode': 'write-blocking', 'auto-finalize': true, 'auto-dismiss': true, ...(options.speedBytesPerSecond ? { speed: Math.round(options.speedBytesPerSecond) } : {}) });
       options.onStarted?.(disk.node);
     }
@@ -179,7 +182,10 @@ export async function startMirrors(
         const data = next.data as { device?: string; error?: string } | undefined;
         const device = data?.device ?? '';
         if (!device.startsWith('mirror-')) continue;
-        if (next.event === 'BLOCK_JOB_READY') ready.add(device);
+        if (next.event === 'BLOCK_JOB_READY') {
+          ready.add(device);
+          options.trace?.(`ready:${device}`);
+        }
         else throw new LiveMigrationError('disk mirror', `mirror ${device} ended before it was in step: ${data?.error ?? next.event}`, { device });
       }
     } finally {

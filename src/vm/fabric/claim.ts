@@ -4,8 +4,9 @@
 // so concurrent claims, on one controller or several, never get the same
 // child, and the pools of all hosts are drained first in first out (each
 // refills behind). It renames it if asked, and hands it out in one guest step
-// on its host (resumed if paused; hostname, clock, fresh entropy; the claim's
-// script with its env and SSH key); it returns the child running, its guest
+// on its host (resumed if paused; hostname, fresh entropy, the clock unless
+// the child is warm, which ran since its fill set it; the claim's script with
+// its env and SSH key); it returns the child running, its guest
 // agent having answered that step. The child's MAC and machine-id are its own from when it was made
 // (each pool child gets new ones and has them applied before it is ready).
 //
@@ -44,8 +45,13 @@ export interface ClaimResult {
   host: string;
   hostname: string;
   script: HandOutResult['script'];
-  /** ms: the whole claim as the controller saw it, and the host's hand-out (resume, guest step). */
-  timings: { claimMs: number; resumeMs: number; guestMs: number; handOutMs: number };
+  /**
+   * ms: the whole claim as the controller saw it; picking the child (the inventory's conditional update, and
+   * for an on-demand claim the fork); the hand-out call to its host as the controller saw it, and inside it the
+   * host's hand-out (resume, guest step; in the guest step, when it ran: guest-agent connection, guest-exec
+   * round trip, until its exit was seen, exit polls); recording the child running.
+   */
+  timings: { claimMs: number; pickMs: number; callMs: number; resumeMs: number; guestMs: number; handOutMs: number; settleMs: number; agentMs?: number; execMs?: number; exitMs?: number; polls?: number };
   /** Children that failed their hand-out and were removed before this one. */
   skipped: Array<{ vm: string; error: string }>;
 }
@@ -114,11 +120,16 @@ async function handOut(deps: FabricDeps, template: TemplateRecord, member: PoolM
     const hostname = request.hostname ?? vm.name;
     const script = claimScript({ env: request.env, sshKey: request.sshKey, customize: request.customize });
     const agent = agentOn(deps, vm.hostId);
-    const out = await runOperation(agent, 'handOutChild', { vmId: vm.id, resume: vm.state === 'paused', hostname, ...(script !== undefined ? { script } : {}), ...(request.env ? { env: request.env } : {}), timeoutMs: request.timeoutMs });
+    // A warm pool child ran since its warm-up set its clock; a paused one, or one forked on demand, lags.
+    const setClock = vm.state === 'paused' || source === 'on-demand';
+    const picked = performance.now();
+    const out = await runOperation(agent, 'handOutChild', { vmId: vm.id, resume: vm.state === 'paused', setClock, hostname, ...(script !== undefined ? { script } : {}), ...(request.env ? { env: request.env } : {}), timeoutMs: request.timeoutMs });
     if (!out.ok) {
       if (out.script) throw new ClaimScriptFailedError(template.name, out.script.exitCode, out.script.stdout, out.script.stderr);
       throw new OffshootError('GUEST_AGENT_UNAVAILABLE', `child ${vm.name} failed its hand-out: ${out.error ?? 'no reason given'}`, { vm: vm.name }, 504);
     }
+    const called = performance.now();
+    const { totalMs, ...hostSteps } = out.timings;
     const { vm: running } = await deps.engine.states.settle(vm.id, ['paused', 'running'], 'running', `claimed from template ${template.name}`);
     if (running.state !== 'running') throw new OffshootError('VM_NOT_RUNNING', `child ${vm.name} became ${running.state} while it was handed out`, { vm: vm.name, state: running.state }, 409);
     deps.logger.info({ vm: running.name, template: template.name, source }, 'child claimed');
@@ -129,7 +140,7 @@ async function handOut(deps: FabricDeps, template: TemplateRecord, member: PoolM
       host: deps.engine.hostName(running.hostId),
       hostname,
       script: out.script,
-      timings: { claimMs: Math.round(performance.now() - t0), resumeMs: out.timings.resumeMs, guestMs: out.timings.guestMs, handOutMs: out.timings.totalMs },
+      timings: { ...hostSteps, claimMs: performance.now() - t0, pickMs: picked - t0, callMs: called - picked, settleMs: performance.now() - called, handOutMs: totalMs },
       skipped,
     };
   } catch (err) {

@@ -58,8 +58,26 @@ export interface GroupMemberResult {
   /** How long the pacer kept it braked in pre-copy (its guest running), and the lowest bandwidth cap it had then (null: never braked). */
   brakedMs: number;
   pacedBytesPerSecond: number | null;
+  /** How long it waited braked at the start of its pre-copy (guest running) before the pacer started it: a light member starts late so that it finishes with the heavy one. */
+  startDelayMs: number;
+  /** Where its whole stop went (wall clocks; null when it did not reach them all). */
+  breakdown: StopBreakdown | null;
   resumedAt: string | null;
   error: { code: string; message: string } | null;
+}
+
+/** A member's stop, phase by phase: their sum is its whole stop (stoppedMs) when reachMs is known. */
+export interface StopBreakdown {
+  /** Its source QEMU stopped at pre-switchover until the controller saw it held (disk mirrors completed, the report); null when its source did not report its STOP time. */
+  reachMs: number | null;
+  /** Held at the barrier: until the controller continued it (the wait for the others). */
+  heldMs: number;
+  /** Continued until its destination held the guest (the last pages and devices, the destination's load, the reports). */
+  switchMs: number;
+  /** Arrived until the group's start was sent (the wait for the other members' arrival, the check, the journal). */
+  waitMs: number;
+  /** The start sent until the guest ran at its destination (`cont`). */
+  startMs: number;
 }
 
 export interface GroupMigrateResult {
@@ -88,6 +106,12 @@ export interface Member extends GroupMember {
     applied: PaceSettings;
     braked: boolean;
     released: boolean;
+    /** Started by the group (until then it waits at a crawl at the start of its pre-copy), and since when it waited. */
+    started: boolean;
+    waitingSince: number | null;
+    startDelayMs: number;
+    /** The settings calls to its source, one after another (a brake and its release must not cross). */
+    sending: Promise<void>;
     brakedSince: number | null;
     brakedMs: number;
     lowest: number | null;
@@ -98,6 +122,8 @@ export interface Member extends GroupMember {
   };
   heldAt: number | null;
   continuedAt: number | null;
+  /** Wall clocks (ms since the epoch) of its switch-over, for the breakdown of its stop. */
+  at: { held: number | null; continued: number | null; arrived: number | null; startSent: number | null };
   out: Promise<MigrateOutResult> | null;
   outcome: MigrateOutResult | null;
   incoming: IncomingResult | null;

@@ -6,7 +6,8 @@
 // The group first waits in the queue until every member has its slots (each
 // member counts one at its source and one at its destination, admission.ts);
 // its tuning comes from its options, else the policy of its source when all
-// members share one, else the fleet's (policy.ts).
+// members share one, else the fleet's (policy.ts), else the group's own
+// defaults (downtime limit 150 ms, auto-converge on).
 import { InvalidInputError } from '../../common/index.ts';
 import type { EngineContext } from '../engine-context.ts';
 import type { TaskRecord, VmRecord } from '../records.ts';
@@ -97,10 +98,15 @@ export class GroupMigrations {
     try {
       const one = (ids: string[]) => (new Set(ids).size === 1 ? (ids[0] as string) : '');
       const policy = await policyFor(this.policies, asked, one(members.map((m) => m.source.id)), one(members.map((m) => m.destination.id)));
-      const tuned: GroupMigrateRequest = { ...request, maxBandwidth: policy.maxBandwidthBytesPerSecond, downtimeLimitMs: policy.downtimeLimitMs, autoConverge: policy.autoConverge };
+      // Where no request or policy set them, a group keeps its own defaults: a lower downtime limit (the barrier and the
+      // group's start add to every member's stop) and auto-converge (a member whose guest dirties memory faster than it
+      // is sent has its vCPUs throttled, so it converges with the others instead of keeping them held).
+      const downtimeLimitMs = policy.sources.downtimeLimitMs === 'default' ? request.downtimeLimitMs : policy.downtimeLimitMs;
+      const autoConverge = policy.sources.autoConverge === 'default' ? true : policy.autoConverge;
+      const tuned: GroupMigrateRequest = { ...request, maxBandwidth: policy.maxBandwidthBytesPerSecond, downtimeLimitMs, autoConverge };
       const fresh = await Promise.all(members.map(async (m) => ({ ...m, source: await this.ctx.fleet.resolve(m.source.id), destination: await this.ctx.fleet.resolve(m.destination.id) })));
       const result = await runGroupMigration(this.ctx, fresh, tuned, task, signal);
-      return { ...result, policy: { ...policy, postcopy: 'never' as const }, queuedMs: slots.queuedMs };
+      return { ...result, policy: { ...policy, downtimeLimitMs, autoConverge, postcopy: 'never' as const }, queuedMs: slots.queuedMs };
     } finally {
       await slots.release();
     }

@@ -21,6 +21,7 @@ export const groupMigrateRequestSchema = migrateRequestSchema
   .extend({
     members: z.array(groupMemberSchema).min(1).max(32).describe('the VMs that move together, each with its destination'),
     downtimeLimitMs: z.number().int().min(1).max(600_000).default(150).describe("the longest stop QEMU plans for at each member's switch-over (a group's default is lower than a single migration's: the barrier and the group's start add to every member's stop)"),
+    autoConverge: z.boolean().default(true).describe("throttle a member's vCPUs while its guest dirties memory faster than it is sent, so it converges with the others (a group's default: on, unless a migration policy says otherwise)"),
     mode: z.enum(GROUP_MODES).default('consistent').describe('consistent: all members move or none (default); available: the members that reached their switch-over move, the others stay'),
     windowMs: z.number().int().min(50).max(600_000).default(150).describe('members whose pre-copy would end more than this before the slowest one are braked (guest running) until the slowest is this close'),
   })

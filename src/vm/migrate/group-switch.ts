@@ -20,6 +20,7 @@
 // member is reverted the same way, and the group is reported split.
 import { OffshootError } from '../../common/index.ts';
 import type { Logger } from '../../common/index.ts';
+import type { IncomingResult } from '../../protocol/index.ts';
 import type { EngineContext } from '../engine-context.ts';
 import { closeDataPath } from './data-path.ts';
 import type { Member } from './group-member.ts';
@@ -35,6 +36,7 @@ export async function continueAll(ctx: EngineContext, going: Member[]): Promise<
       if (m.state !== 'held') return;
       await m.agents.source.continueMigration({ vmId: m.vm.id }).catch((err: unknown) => ctx.logger.warn({ vm: m.vm.name, err: (err as Error).message }, 'cannot continue a held member'));
       m.continuedAt = performance.now();
+      m.at.continued = Date.now();
       m.state = 'continued';
     }),
   );
@@ -44,18 +46,28 @@ export async function continueAll(ctx: EngineContext, going: Member[]): Promise<
 /** A continued member's migration ends: its destination holds the guest paused (arrived), or it failed. */
 async function arrive(logger: Logger, m: Member): Promise<void> {
   requireMemberState(m, ['continued'], 'await the arrival of');
-  try {
-    m.outcome = await (m.out as NonNullable<Member['out']>);
-  } catch (err) {
-    // The destination decides: a source that lost its answer may have completed all the same.
-    logger.warn({ vm: m.vm.name, err: (err as Error).message }, 'the source of a group member reported a failure after its continue');
-    m.error = err as Error;
-  }
-  try {
-    m.incoming = await awaitDestination(m.agents.destination, m.journal);
-    m.state = m.incoming.running ? 'moved' : 'arrived';
-  } catch (err) {
-    m.error ??= err as Error;
+  // Both ends at once (the destination's outcome need not wait for the source's report).
+  const source = (m.out as NonNullable<Member['out']>).then(
+    (outcome) => void (m.outcome = outcome),
+    (err: unknown) => {
+      // The destination decides: a source that lost its answer may have completed all the same.
+      logger.warn({ vm: m.vm.name, err: (err as Error).message }, 'the source of a group member reported a failure after its continue');
+      m.error = err as Error;
+    },
+  );
+  const destination = awaitDestination(m.agents.destination, m.journal).then(
+    (incoming) => {
+      m.at.arrived = Date.now();
+      m.incoming = incoming;
+      return true as const;
+    },
+    (err: unknown) => err as Error,
+  );
+  const [, arrived] = await Promise.all([source, destination]);
+  if (arrived === true) {
+    m.state = (m.incoming as IncomingResult).running ? 'moved' : 'arrived';
+  } else {
+    m.error ??= arrived;
     m.state = 'failed';
   }
 }
@@ -80,6 +92,7 @@ export async function startAll(ctx: EngineContext, arrived: Member[]): Promise<v
   await Promise.all(
     arrived.map(async (m) => {
       try {
+        m.at.startSent = Date.now();
         m.incoming = await m.agents.destination.startIncoming({ vmId: m.vm.id });
       } catch (err) {
         m.error = err as Error;

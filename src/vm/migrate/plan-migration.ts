@@ -69,29 +69,29 @@ export async function planMigration(vm: VmRecord, source: HostRecord, destinatio
     if (h.state !== 'ready' && !(h === source && h.state === 'draining')) throw new MigrationPlanError(`host ${h.name} is ${h.state}: a migration needs both hosts ready`, { host: h.name, state: h.state });
     if (!h.capabilities.includes('migration')) throw new MigrationPlanError(`the agent of host ${h.name} cannot migrate VMs (no 'migration' capability); update it`, { host: h.name });
   }
-  // Each agent names the address it reaches the other from.
-  let sourceAddress: string | null;
-  let destinationAddress: string | null;
+  // Each agent names the address it reaches the other from. One round of probes (both hosts at once, with the
+  // files asked about) usually settles it: the source asked for its route to the destination's agent address, the
+  // destination for its route to the source's. Only when the source reaches the destination from another address
+  // than its agent's (or has no address of its own) does the destination answer again, for that address.
   const dUrl = addressOf(destination);
   const sUrl = addressOf(source);
-  if (dUrl) {
-    sourceAddress = (await agents.source.migrationProbe({ peer: dUrl, files: [], installDefaultGuest: false })).managementAddress;
-    destinationAddress = sourceAddress ? (await agents.destination.migrationProbe({ peer: sourceAddress, files: [], installDefaultGuest: false })).managementAddress : null;
-  } else if (sUrl) {
-    destinationAddress = (await agents.destination.migrationProbe({ peer: sUrl, files: [], installDefaultGuest: false })).managementAddress;
-    sourceAddress = destinationAddress ? (await agents.source.migrationProbe({ peer: destinationAddress, files: [], installDefaultGuest: false })).managementAddress : null;
-  } else {
-    throw new MigrationPlanError(`neither host ${source.name} nor ${destination.name} is reached at a network address: a migration needs hosts on a network`, { source: source.name, destination: destination.name });
-  }
-  if (!sourceAddress || !destinationAddress) throw new MigrationPlanError(`hosts ${source.name} and ${destination.name} have no route to each other`, { source: source.name, destination: destination.name });
-
+  if (!dUrl && !sUrl) throw new MigrationPlanError(`neither host ${source.name} nor ${destination.name} is reached at a network address: a migration needs hosts on a network`, { source: source.name, destination: destination.name });
   // A disk boot's disk is one of the VM's disks.
   const bootFiles = vm.spec.boot.kind === 'kernel' ? [vm.spec.boot.kernel, ...(vm.spec.boot.initrd ? [vm.spec.boot.initrd] : [])] : [];
   const asked = [...new Set([...bootFiles, ...vm.spec.disks.flatMap((d) => [d.file, ...d.backing])])];
-  const [here, there] = await Promise.all([
-    agents.source.migrationProbe({ peer: null, files: asked.map((file) => ({ file, contentId: !vm.spec.disks.some((d) => d.file === file && !d.readOnly) })), installDefaultGuest: false }),
-    agents.destination.migrationProbe({ peer: null, files: asked.map((file) => ({ file, contentId: !vm.spec.disks.some((d) => d.file === file && !d.readOnly) })), installDefaultGuest: vm.spec.defaultGuest }),
-  ]);
+  const files = asked.map((file) => ({ file, contentId: !vm.spec.disks.some((d) => d.file === file && !d.readOnly) }));
+  const [here, there] = await Promise.all([agents.source.migrationProbe({ peer: dUrl, files, installDefaultGuest: false }), agents.destination.migrationProbe({ peer: sUrl, files, installDefaultGuest: vm.spec.defaultGuest })]);
+  let sourceAddress: string | null;
+  let destinationAddress: string | null;
+  if (dUrl) {
+    sourceAddress = here.managementAddress;
+    destinationAddress = !sourceAddress ? null : sourceAddress === sUrl ? there.managementAddress : (await agents.destination.migrationProbe({ peer: sourceAddress, files: [], installDefaultGuest: false })).managementAddress;
+  } else {
+    destinationAddress = there.managementAddress;
+    sourceAddress = destinationAddress ? (await agents.source.migrationProbe({ peer: destinationAddress, files: [], installDefaultGuest: false })).managementAddress : null;
+  }
+  if (!sourceAddress || !destinationAddress) throw new MigrationPlanError(`hosts ${source.name} and ${destination.name} have no route to each other`, { source: source.name, destination: destination.name });
+
   if (here.accel !== there.accel) throw new MigrationPlanError(`host ${source.name} runs QEMU with ${here.accel}, ${destination.name} with ${there.accel}: a VM cannot move between them`, { source: here.accel, destination: there.accel });
   const at = (list: typeof here.files, file: string) => list.find((f) => f.file === file);
   for (const file of bootFiles) {

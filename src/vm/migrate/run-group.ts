@@ -7,13 +7,16 @@
 //   prepare   every destination waits with its target disks exported (in
 //             parallel), told to keep the guest paused after the migration
 //             completed (holdAfter)
-//   transfer  every member's pre-copy runs at once with `hold`: its source stops
-//             at QEMU's pre-switchover point (guest stopped, disk mirrors
-//             completed) and waits; meanwhile the pacer (group-pacing.ts)
-//             brakes a member at the brink of its switch-over while a slower
-//             one is on its way (guest running, bandwidth at a crawl, 1 ms
-//             downtime limit) and releases it when the others are held, so
-//             all are held within about the brink's time
+//   transfer  every member's pre-copy runs with `hold`: its source stops at
+//             QEMU's pre-switchover point (guest stopped, disk mirrors
+//             completed) and waits. Each starts braked (guest running,
+//             bandwidth at a crawl, 1 ms downtime limit; a member with disks
+//             once its mirrors are ready) and the pacer (group-pacing.ts, at
+//             each progress report and every 50 ms) starts the longest first
+//             and the others when the slowest needs no more than they do,
+//             brakes one at the brink of its switch-over while a slower one is
+//             on its way and releases it on the slowest's estimate, so all
+//             reach their switch-over at about the same time
 //   commit    when every member is held, all are continued at once; each
 //             arrives (completed, its destination paused), then all
 //             destinations are started together (group-switch.ts)
@@ -33,7 +36,8 @@ import type { EngineContext } from '../engine-context.ts';
 import type { TaskContext } from '../tasks.ts';
 import { openDataPath } from './data-path.ts';
 import type { GroupJournal, GroupMember, GroupMigrateResult, Member } from './group-member.ts';
-import { paceGroup } from './group-pacing.ts';
+import type { PaceSettings } from './group-pacing.ts';
+import { BRAKE_DOWNTIME_MS, BRAKE_FLOOR, paceGroup } from './group-pacing.ts';
 import type { GroupMigrateRequest } from './group-request.ts';
 import { groupTuningOf } from './group-request.ts';
 import { checkArrived, continueAll, revert, startAll } from './group-switch.ts';
@@ -45,8 +49,8 @@ import { prepareDestination } from './transfer.ts';
 
 export type { GroupJournal, GroupMember, GroupMemberResult, GroupMemberState, GroupMigrateResult } from './group-member.ts';
 
-/** How often the pacer looks at the members' progress (the agents report about every 200 ms). */
-const PACE_MS = 200;
+/** How often the pacer looks at the members' progress besides each report (the agents report about every 200 ms). */
+const PACE_MS = 50;
 
 function errorOf(err: Error | null): { code: string; message: string } | null {
   if (!err) return null;
@@ -65,8 +69,8 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
       const agents = { source: ctx.fleet.agent(g.source.id), destination: ctx.fleet.agent(g.destination.id) };
       const plan = await planMigration(g.vm, g.source, g.destination, agents, { ...request, postcopy: 'never' });
       const journal: MigrateJournal = { vmId: g.vm.id, phase: 'path', previous: g.previous, sourceHostId: g.source.id, destinationHostId: g.destination.id, pathId: newOperationId(), prepareOperationId: newOperationId(), awaitOperationId: newOperationId(), migrateOperationId: newOperationId(), destinationSpec: plan.destinationSpec, destinationRuntime: null };
-      const pace = { applied: full, braked: false, released: false, brakedSince: null, brakedMs: 0, lowest: null, bandwidthPeak: 0, drainPeak: 0, sample: null };
-      members.push({ ...g, agents, plan, journal, controller: new AbortController(), state: 'planned', path: null, prepared: false, progress: null, pace, heldAt: null, continuedAt: null, out: null, outcome: null, incoming: null, error: null });
+      const pace = { applied: full, braked: false, released: false, started: group.length < 2, waitingSince: null, startDelayMs: 0, sending: Promise.resolve(), brakedSince: null, brakedMs: 0, lowest: null, bandwidthPeak: 0, drainPeak: 0, sample: null };
+      members.push({ ...g, agents, plan, journal, controller: new AbortController(), state: 'planned', path: null, prepared: false, progress: null, pace, heldAt: null, continuedAt: null, at: { held: null, continued: null, arrived: null, startSent: null }, out: null, outcome: null, incoming: null, error: null });
     }
   } catch (err) {
     // Nothing moved yet: every member is as it was.
@@ -107,8 +111,9 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
 
   // prepare + transfer, every member at once, until each is held at its switch-over (or failed); the pacer brakes and releases.
   let lastProgress = 0;
+  const paceOptions = { ...full, windowMs: request.windowMs };
   const pacer = setInterval(() => {
-    pace(members, { ...full, windowMs: request.windowMs });
+    pace(members, paceOptions);
     const now = Date.now();
     if (now - lastProgress < 1_000) return;
     lastProgress = now;
@@ -120,7 +125,10 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
     await Promise.all(members.map((m) => (m.path && !m.controller.signal.aborted ? toHold(m, tuning).catch((err: unknown) => fail(m, err)) : undefined)));
   } finally {
     clearInterval(pacer);
-    for (const m of members) if (m.pace.brakedSince !== null) m.pace.brakedMs += performance.now() - m.pace.brakedSince;
+    for (const m of members) {
+      if (m.pace.brakedSince !== null) m.pace.brakedMs += performance.now() - m.pace.brakedSince;
+      m.pace.brakedSince = null;
+    }
   }
 
   const failed = members.filter((m) => m.state !== 'held');
@@ -178,9 +186,16 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
     await save();
     m.controller.signal.throwIfAborted();
     m.state = 'copying';
+    // In a group every member starts its pre-copy braked: the pacer starts it (group-pacing.ts). Disk mirrors first run at full speed (braked once they are ready).
+    const braked = !m.pace.started && m.plan.mirrors.length === 0;
+    const first = braked ? crawlOf(t) : t;
+    if (braked) {
+      m.pace.applied = { maxBandwidthBytesPerSecond: first.maxBandwidthBytesPerSecond, downtimeLimitMs: first.downtimeLimitMs };
+      m.pace.braked = true;
+    }
     let held!: () => void;
     const isHeld = new Promise<void>((resolve) => (held = resolve));
-    m.out = runOperation(m.agents.source, 'migrateOut', { operationId: m.journal.migrateOperationId, vmId: m.vm.id, pathId: m.journal.pathId, migration: target.migration, nbd: target.nbd, disks: m.plan.mirrors, tuning: t, hold: true }, {
+    m.out = runOperation(m.agents.source, 'migrateOut', { operationId: m.journal.migrateOperationId, vmId: m.vm.id, pathId: m.journal.pathId, migration: target.migration, nbd: target.nbd, disks: m.plan.mirrors, tuning: first, hold: true }, {
       signal: m.controller.signal,
       onProgress: (e) => {
         const d = (e.data ?? {}) as Partial<MigrationProgress>;
@@ -189,11 +204,20 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
         if (d.phase === 'held' && m.state === 'copying') {
           m.state = 'held';
           m.heldAt = performance.now();
+          m.at.held = Date.now();
           // A member that reached its switch-over while braked: braked until then, held from then.
           if (m.pace.brakedSince !== null) m.pace.brakedMs += m.heldAt - m.pace.brakedSince;
           m.pace.brakedSince = null;
           held();
         }
+        // Mirrors ready: the member waits for its start at a crawl (its memory phase begins after the dirty-rate sample).
+        const mirrored = d.phase === 'disks' && (d.diskTotalBytes ?? 0) > 0 && (d.diskDoneBytes ?? 0) >= (d.diskTotalBytes ?? 0);
+        if (!m.pace.started && !m.pace.braked && (mirrored || d.phase === 'memory')) {
+          m.pace.braked = true;
+          apply(m, { maxBandwidthBytesPerSecond: crawlOf(t).maxBandwidthBytesPerSecond, downtimeLimitMs: crawlOf(t).downtimeLimitMs });
+        }
+        if (!m.pace.started && m.pace.waitingSince === null && d.phase === 'memory') m.pace.waitingSince = performance.now();
+        pace(members, paceOptions);
       },
     });
     m.out.catch(() => undefined);
@@ -214,13 +238,30 @@ function observe(m: Member, now: number): void {
   m.pace.sample = { at: now, remaining: p.remainingBytes, pass: p.pass };
 }
 
-/** One tick of the pacer: each member in pre-copy is braked or released as group-pacing.ts decides. */
+/** The settings of a member waiting for its start or braked at the brink. */
+function crawlOf(t: MigrationTuning): MigrationTuning {
+  return { ...t, maxBandwidthBytesPerSecond: Math.min(t.maxBandwidthBytesPerSecond, BRAKE_FLOOR), downtimeLimitMs: Math.min(t.downtimeLimitMs, BRAKE_DOWNTIME_MS) };
+}
+
+/** Sends a member's new settings to its source, after those sent before (a brake and its release must not cross). */
+function apply(m: Member, settings: PaceSettings): void {
+  m.pace.applied = settings;
+  m.pace.sending = m.pace.sending.then(() => m.agents.source.setMigrationParameters({ vmId: m.vm.id, ...settings }).then(() => undefined, () => undefined));
+}
+
+/** A member's bandwidth for its estimate: its last figure while it runs (the best seen is optimistic under load), else the best seen at full speed. */
+function bandwidthOf(m: Member): number {
+  const now = m.progress?.bandwidthBytesPerSecond ?? 0;
+  return m.pace.started && !m.pace.braked && now > 0 && m.pace.bandwidthPeak > 0 ? Math.min(now, m.pace.bandwidthPeak) : m.pace.bandwidthPeak;
+}
+
+/** The pacer, at each report and tick: each member in pre-copy is started, braked or released as group-pacing.ts decides. */
 function pace(members: Member[], options: Parameters<typeof paceGroup>[1]): void {
-  const live = members.filter((m) => (m.state === 'copying' || m.state === 'held') && m.progress);
+  const live = members.filter((m) => m.state === 'planned' || m.state === 'copying' || m.state === 'held');
   const decisions = paceGroup(
     live.map((m) => {
-      const p = m.progress as MigrationProgress;
-      return { vmId: m.vm.id, phase: m.state === 'held' ? 'held' : p.phase, pass: p.pass, remainingBytes: p.remainingBytes, dirtyBytesPerSecond: p.dirtyBytesPerSecond, bandwidthBytesPerSecond: m.pace.bandwidthPeak, drainBytesPerSecond: m.pace.drainPeak, braked: m.pace.braked, released: m.pace.released };
+      const p = m.progress;
+      return { vmId: m.vm.id, phase: m.state === 'held' ? 'held' : (p?.phase ?? 'preparing'), pass: p?.pass ?? 0, remainingBytes: p?.remainingBytes ?? 0, dirtyBytesPerSecond: p?.dirtyBytesPerSecond ?? 0, bandwidthBytesPerSecond: bandwidthOf(m), drainBytesPerSecond: m.pace.drainPeak, started: m.pace.started, braked: m.pace.braked, released: m.pace.released };
     }),
     options,
   );
@@ -229,19 +270,25 @@ function pace(members: Member[], options: Parameters<typeof paceGroup>[1]): void
     const d = decisions.get(m.vm.id);
     if (!d || m.state !== 'copying') continue;
     const was = m.pace.applied;
-    if (d.braked && !m.pace.braked) m.pace.brakedSince = now;
-    if (!d.braked && m.pace.braked) {
-      m.pace.released = true;
-      m.pace.brakedMs += now - (m.pace.brakedSince ?? now);
-      m.pace.brakedSince = null;
+    if (d.started && !m.pace.started) {
+      // Its start: from here it runs at full speed (its wait at the start is no brake).
+      m.pace.started = true;
+      m.pace.startDelayMs = m.pace.waitingSince === null ? 0 : now - m.pace.waitingSince;
       m.pace.sample = null;
+    } else if (m.pace.started) {
+      if (d.braked && !m.pace.braked) m.pace.brakedSince = now;
+      if (!d.braked && m.pace.braked) {
+        m.pace.released = true;
+        m.pace.brakedMs += now - (m.pace.brakedSince ?? now);
+        m.pace.brakedSince = null;
+        m.pace.sample = null;
+      }
+      if (d.braked) m.pace.lowest = Math.min(m.pace.lowest ?? d.settings.maxBandwidthBytesPerSecond, d.settings.maxBandwidthBytesPerSecond);
     }
     m.pace.braked = d.braked;
-    if (d.braked) m.pace.lowest = Math.min(m.pace.lowest ?? d.settings.maxBandwidthBytesPerSecond, d.settings.maxBandwidthBytesPerSecond);
     const bandwidthChanged = Math.abs(d.settings.maxBandwidthBytesPerSecond - was.maxBandwidthBytesPerSecond) > was.maxBandwidthBytesPerSecond * 0.1;
     if (!bandwidthChanged && d.settings.downtimeLimitMs === was.downtimeLimitMs) continue;
-    m.pace.applied = d.settings;
-    m.agents.source.setMigrationParameters({ vmId: m.vm.id, maxBandwidthBytesPerSecond: d.settings.maxBandwidthBytesPerSecond, downtimeLimitMs: d.settings.downtimeLimitMs }).catch(() => undefined);
+    apply(m, d.settings);
   }
 }
 
@@ -258,6 +305,7 @@ function resultOf(request: GroupMigrateRequest, members: Member[], t0: number): 
     totalMs: Math.round(performance.now() - t0),
     members: members.map((m) => {
       const stoppedAt = m.outcome?.stoppedAt ? Date.parse(m.outcome.stoppedAt) : null;
+      const stopAt = stoppedAt;
       const resumedAt = m.state === 'moved' && m.incoming?.resumedAt ? Date.parse(m.incoming.resumedAt) : null;
       return {
         vm: m.vm.name,
@@ -269,6 +317,8 @@ function resultOf(request: GroupMigrateRequest, members: Member[], t0: number): 
         heldMs: m.heldAt !== null && m.continuedAt !== null ? Math.round(m.continuedAt - m.heldAt) : null,
         brakedMs: Math.round(m.pace.brakedMs),
         pacedBytesPerSecond: m.pace.lowest,
+        startDelayMs: Math.round(m.pace.startDelayMs),
+        breakdown: resumedAt !== null && m.at.held !== null && m.at.continued !== null && m.at.arrived !== null && m.at.startSent !== null ? { reachMs: stopAt === null ? null : m.at.held - stopAt, heldMs: m.at.continued - m.at.held, switchMs: m.at.arrived - m.at.continued, waitMs: m.at.startSent - m.at.arrived, startMs: resumedAt - m.at.startSent } : null,
         resumedAt: m.state === 'moved' ? (m.incoming?.resumedAt ?? null) : null,
         error: errorOf(m.error),
       };

@@ -24,8 +24,11 @@ export async function recordAtDestination(ctx: EngineContext, journal: MigrateJo
 
 /** After the inventory names the destination: the source's QEMU and files go, and the path. */
 export async function finishSource(ctx: EngineContext, agents: { source: AgentClient; destination: AgentClient }, journal: MigrateJournal): Promise<LinkCountersData | null> {
-  await agents.source.finishOutgoing({ vmId: journal.vmId }).catch((err: unknown) => ctx.logger.warn({ vmId: journal.vmId, err: (err as Error).message }, 'cannot remove the source of a migrated VM now; its host reaps it when reconciled'));
-  const counters = await closeDataPath(agents, journal.pathId);
+  // The source's QEMU and files, and the path (no stream uses it now), go at once.
+  const [, counters] = await Promise.all([
+    agents.source.finishOutgoing({ vmId: journal.vmId }).catch((err: unknown) => ctx.logger.warn({ vmId: journal.vmId, err: (err as Error).message }, 'cannot remove the source of a migrated VM now; its host reaps it when reconciled')),
+    closeDataPath(agents, journal.pathId),
+  ]);
   await ctx.collectGarbage(journal.sourceHostId).catch(() => undefined);
   return counters;
 }
