@@ -9,7 +9,12 @@
 // memory is still streaming in), and for the lazy restore the time until the
 // stream is complete and the checkpoint no longer needed. `--busy N` first
 // boots N more guests that each keep a vCPU busy (a shell loop) for the whole
-// run: the figures under load, both sides equally loaded.
+// run: the figures under load, both sides equally loaded. Diagnostics:
+// `--only save [--repeat N] [--pause] [--direct]` times live saves only, with
+// the writer's own waits, the CPU of this process and of the guest's QEMU,
+// and (--direct) the writer called directly on the same template; `--only
+// lazy [--repeat N] [--read]` times lazy streams from the VM running, with the
+// page server's waits and the CPU of each side (the destination QEMU by thread).
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { open } from 'node:fs/promises';
