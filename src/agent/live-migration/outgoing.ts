@@ -241,12 +241,16 @@ export class OutgoingMigrations {
       let stats: MigrateStats;
       const nextEvent = eventPoller(events);
       while (true) {
-        const next = await nextEvent(200);
-        if (next && next !== 'done' && next.event === 'STOP') stoppedAt = eventTime(next);
-        if (next && next !== 'done') mark(next.event === 'MIGRATION' ? `qemu:${String(next.data.status)}` : next.event === 'MIGRATION_PASS' ? `qemu:pass${String(next.data.pass)}` : `qemu:${next.event}`, eventMs(next));
+        // Every event already queued is read (one per turn could leave the STOP event unread at the end).
+        const noteEvent = (next: QmpEvent): void => {
+          if (next.event === 'STOP') stoppedAt = eventTime(next);
+          mark(next.event === 'MIGRATION' ? `qemu:${String(next.data.status)}` : next.event === 'MIGRATION_PASS' ? `qemu:pass${String(next.data.pass)}` : `qemu:${next.event}`, eventMs(next));
+        };
+        for (let next = await nextEvent(200); next && next !== 'done'; next = await nextEvent(0)) noteEvent(next);
         stats = await queryMigrate(qmp);
         if (stats.status === 'completed') {
           mark('completed-seen');
+          for (let next = await nextEvent(0); next && next !== 'done'; next = await nextEvent(0)) noteEvent(next);
           break;
         }
         if (stats.status === 'failed' || stats.status === 'cancelled') throw new LiveMigrationError(o.switching ? 'switch-over' : 'memory', stats.errorDesc ?? stats.status, { vmId, status: stats.status });
