@@ -390,8 +390,9 @@ export async function checkpointBenchmark(args: string[]): Promise<BenchResult> 
     for (let b = 0; b < busy; b++) {
       const vm = await daemon.engine.create({ name: `busy${b}`, memory: '256M', start: true });
       await daemon.engine.tasks.wait(vm.task?.id as string);
-      // Detached from the agent's exec: the loop runs until the VM is killed.
-      await exec(daemon, `busy${b}`, 'nohup sh -c "while :; do :; done" >/dev/null 2>&1 &');
+      // Detached from the agent's exec: the loop runs until the VM is killed (a subshell: the guest has no
+      // `nohup`, so the earlier `nohup sh -c …` failed in the background and left the guest idle).
+      await exec(daemon, `busy${b}`, '(while :; do :; done) >/dev/null 2>&1 &');
     }
     if (busy > 0) notes.push(`${busy} guests ran a busy loop beside the whole run`);
     if (only === 'save' || only === 'lazy') {
