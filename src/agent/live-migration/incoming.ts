@@ -25,14 +25,13 @@
 import { readFile, rm, stat, statfs } from 'node:fs/promises';
 import { OffshootError, keepAlive, sleep } from '../../common/index.ts';
 import { createImage } from '../../qemu/index.ts';
-import type { QmpEvent } from '../../qemu/index.ts';
 import { pskObjectProperties } from '../../net/index.ts';
 import { guestMemoryBytes } from '../../protocol/index.ts';
 import type { RunningVm } from '../running-vm.ts';
 import type { VmRuntime, VmSpec } from '../types.ts';
 import type { MigrationHost } from './host.ts';
 import { MIGRATION_PORT, NBD_PORT, MigrationRefusedError } from './host.ts';
-import { configureDestination, exportDisks, queryMigrate, stopExports } from './qmp-steps.ts';
+import { configureDestination, eventTime, exportDisks, migrationTimeline, queryMigrate, stopExports } from './qmp-steps.ts';
 
 export interface IncomingDiskRequest {
   id: string;
@@ -76,15 +75,6 @@ interface Incoming {
   preparedAt: number;
   /** Set while the guest is being handed to this host's VMs. */
   error: OffshootError | null;
-}
-
-function eventMs(event: QmpEvent): number {
-  const t = event.timestamp;
-  return t && t.seconds > 0 ? t.seconds * 1000 + t.microseconds / 1000 : Date.now();
-}
-
-function eventTime(event: QmpEvent): string {
-  return new Date(Math.floor(eventMs(event))).toISOString();
 }
 
 export class IncomingMigrations {
@@ -171,10 +161,8 @@ export class IncomingMigrations {
     let completed = false;
     let contSent = false;
     // When each step happened (ms since the epoch; QEMU's events at their own timestamps), logged with the outcome.
-    const timeline: Array<[string, number]> = [];
-    const mark = (name: string, at = Date.now()) => {
-      if (timeline.length < 50) timeline.push([name, Math.round(at)]);
-    };
+    const timeline = migrationTimeline(50);
+    const mark = timeline.mark;
     const resumeNow = async () => {
       if (!resume || contSent) return;
       contSent = true;
@@ -191,7 +179,7 @@ export class IncomingMigrations {
           throw new OffshootError('MIGRATION_FAILED', `the destination QEMU of VM ${vmId} ended before the guest ran here: ${exit.reason}`, { vmId, step: 'incoming' }, 500);
         }
         const event = next.value;
-        mark(event.event === 'MIGRATION' ? `qemu:${String(event.data.status)}` : `qemu:${event.event}`, eventMs(event));
+        timeline.event(event);
         if (event.event === 'RESUME') resumedAt = eventTime(event);
         const status = (event.data as { status?: string } | undefined)?.status;
         if (status === 'failed') {
@@ -229,7 +217,7 @@ export class IncomingMigrations {
     entry.state = 'running';
     this.host.track(vm);
     mark('tracked');
-    this.host.logger.info({ vmId, pid: vm.process.pid, resumedAt, timeline }, 'incoming migration completed; the VM runs here');
+    this.host.logger.info({ vmId, pid: vm.process.pid, resumedAt, timeline: timeline.entries }, 'incoming migration completed; the VM runs here');
     return { runtime: entry.runtime, resumedAt, running: resume };
   }
 

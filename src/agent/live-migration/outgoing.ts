@@ -40,13 +40,13 @@
 import { OffshootError, sleep } from '../../common/index.ts';
 import type { Logger } from '../../common/index.ts';
 import { QmpTimeoutError } from '../../qemu/index.ts';
-import type { QmpClient, QmpEvent } from '../../qemu/index.ts';
+import type { QmpClient } from '../../qemu/index.ts';
 import { abortConnectionsTo, pskObjectProperties } from '../../net/index.ts';
 import type { PostcopyMode } from './convergence.ts';
 import { ConvergenceWatch } from './convergence.ts';
 import type { MigrationHost } from './host.ts';
 import { MigrationRefusedError, MigrationTimeoutError } from './host.ts';
-import { LiveMigrationError, abandonMirrors, completeMirrors, configureSource, eventPoller, finalStats, mirrorNodes, queryMigrate, setMigrationSpeed, startMirrors } from './qmp-steps.ts';
+import { LiveMigrationError, abandonMirrors, completeMirrors, configureSource, eventPoller, eventTime, finalStats, migrationTimeline, mirrorNodes, queryMigrate, setMigrationSpeed, startMirrors } from './qmp-steps.ts';
 import type { MigrateStats, TlsCredential } from './qmp-steps.ts';
 
 export interface OutgoingTuning {
@@ -122,15 +122,6 @@ interface Outgoing {
 /** Migration states in which QEMU can still cancel and the guest runs on here. */
 const CANCELLABLE = new Set(['setup', 'active', 'pre-switchover', 'device', 'wait-unplug']);
 
-function eventMs(event: QmpEvent): number {
-  const t = event.timestamp;
-  return t && t.seconds > 0 ? t.seconds * 1000 + t.microseconds / 1000 : Date.now();
-}
-
-function eventTime(event: QmpEvent): string {
-  return new Date(Math.floor(eventMs(event))).toISOString();
-}
-
 /**
  * The guest's dirty rate in bytes per second, sampled by QEMU (calc-dirty-rate, page sampling, 1 s) before a
  * group member's migration starts; null when QEMU cannot tell.
@@ -191,10 +182,8 @@ export class OutgoingMigrations {
     const watchdog = this.watchPath(vmId, qmp, end.remoteAddress, () => o.switching);
     // When each step happened (ms since the epoch; QEMU's events at their own timestamps), logged at the end: where a
     // migration's time and the guest's stop went. At most 200 entries (a long pre-copy has many passes).
-    const timeline: Array<[string, number]> = [['start', Date.now()]];
-    const mark = (name: string, at = Date.now()) => {
-      if (timeline.length < 200) timeline.push([name, Math.round(at)]);
-    };
+    const timeline = migrationTimeline(200, 'start');
+    const mark = timeline.mark;
     o.mark = mark;
     try {
       if (tuning.tls) {
@@ -240,17 +229,19 @@ export class OutgoingMigrations {
       const memoryBase = request.disks.length > 0 ? 0.4 : 0.02;
       let stats: MigrateStats;
       const nextEvent = eventPoller(events);
-      while (true) {
-        // Every event already queued is read (one per turn could leave the STOP event unread at the end).
-        const noteEvent = (next: QmpEvent): void => {
+      // Every event already queued is read (one per turn could leave the STOP event unread at the end).
+      const readEvents = async (waitMs: number): Promise<void> => {
+        for (let next = await nextEvent(waitMs); next && next !== 'done'; next = await nextEvent(0)) {
           if (next.event === 'STOP') stoppedAt = eventTime(next);
-          mark(next.event === 'MIGRATION' ? `qemu:${String(next.data.status)}` : next.event === 'MIGRATION_PASS' ? `qemu:pass${String(next.data.pass)}` : `qemu:${next.event}`, eventMs(next));
-        };
-        for (let next = await nextEvent(200); next && next !== 'done'; next = await nextEvent(0)) noteEvent(next);
+          timeline.event(next);
+        }
+      };
+      while (true) {
+        await readEvents(200);
         stats = await queryMigrate(qmp);
         if (stats.status === 'completed') {
           mark('completed-seen');
-          for (let next = await nextEvent(0); next && next !== 'done'; next = await nextEvent(0)) noteEvent(next);
+          await readEvents(0);
           break;
         }
         if (stats.status === 'failed' || stats.status === 'cancelled') throw new LiveMigrationError(o.switching ? 'switch-over' : 'memory', stats.errorDesc ?? stats.status, { vmId, status: stats.status });
@@ -312,7 +303,7 @@ export class OutgoingMigrations {
         converged: !postcopy && stats.throttlePercent === 0,
       };
       mark('final-stats');
-      this.logger.info({ vmId, ms: Math.round(performance.now() - t0), downtimeMs: result.downtimeMs, postcopy, timeline }, 'outgoing migration completed');
+      this.logger.info({ vmId, ms: Math.round(performance.now() - t0), downtimeMs: result.downtimeMs, postcopy, timeline: timeline.entries }, 'outgoing migration completed');
       return result;
     } catch (err) {
       if (o.switching) {

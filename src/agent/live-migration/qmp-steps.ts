@@ -19,6 +19,30 @@
 import { OffshootError, sleep } from '../../common/index.ts';
 import type { QmpClient, QmpEvent, QmpEventSubscription } from '../../qemu/index.ts';
 
+/** When QEMU emitted `event` (ms since the epoch, its own timestamp), or now when it carries none. */
+export function eventMs(event: QmpEvent): number {
+  const t = event.timestamp;
+  return t && t.seconds > 0 ? t.seconds * 1000 + t.microseconds / 1000 : Date.now();
+}
+
+/** eventMs as an ISO time. */
+export function eventTime(event: QmpEvent): string {
+  return new Date(Math.floor(eventMs(event))).toISOString();
+}
+
+/** A migration's timeline for its log: named steps and QEMU's events, ms since the epoch, at most `cap` entries. */
+export function migrationTimeline(cap: number, first?: string): { entries: Array<[string, number]>; mark(name: string, at?: number): void; event(event: QmpEvent): void } {
+  const entries: Array<[string, number]> = first ? [[first, Date.now()]] : [];
+  const mark = (name: string, at = Date.now()) => {
+    if (entries.length < cap) entries.push([name, Math.round(at)]);
+  };
+  const event = (e: QmpEvent) => {
+    const data = e.data as { status?: unknown; pass?: unknown } | undefined;
+    mark(e.event === 'MIGRATION' ? `qemu:${String(data?.status)}` : e.event === 'MIGRATION_PASS' ? `qemu:pass${String(data?.pass)}` : `qemu:${e.event}`, eventMs(e));
+  };
+  return { entries, mark, event };
+}
+
 /**
  * Waits for a subscription's next event or `ms`, whichever comes first, without losing an event: the
  * pending read is kept for the next call (a read raced against a timer and then dropped would take the
