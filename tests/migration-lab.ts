@@ -1,9 +1,10 @@
 // What the end-to-end migration tests on two lab hosts share
-// (tests/e2e/migrate-faults*.test.ts): the lab fleet with the hosts'
-// heartbeat and lease those tests run with; a guest shell through the API; a
-// writer in the guest (a counter, and numbered lines appended to its data
-// disk) and the checks that it went on and left no gap; and what a VM or a
-// migration leaves in a host's network namespace (QEMU processes, path links).
+// (tests/e2e/migrate-faults*, migrate-crash, migrate-drain): the lab fleet
+// with the hosts' heartbeat and lease those tests run with; a guest shell
+// through the API; a writer in the guest (a counter, and numbered lines
+// appended to its data disk) and the checks that it went on and left no gap;
+// and what a VM or a migration leaves in a host's network namespace (QEMU
+// processes, path links).
 import { execFileSync } from 'node:child_process';
 import { readFileSync, readdirSync } from 'node:fs';
 import { expect } from 'vitest';

@@ -6,7 +6,6 @@
 // and the path are gone. Killed right after the switch-over was recorded:
 // finished, the VM runs at its destination and nothing of it or of the path
 // is left at the source.
-import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -19,14 +18,10 @@ import type { UpResult } from '../../src/lab/lab.ts';
 import type { VmRecord } from '../../src/vm/index.ts';
 import type { TestHome } from '../harness.ts';
 import { eventually, makeTestHome, startDetachedDaemon, waitForProcessExit } from '../harness.ts';
+import { pathLinks } from '../migration-lab.ts';
 
 const prefix = `omk${randomBytes(2).toString('hex').slice(0, 3)}`;
 const subnet = `10.213.${20 + ((randomBytes(1)[0] as number) % 30)}.0/24`;
-
-function pathLinks(namespace: string): string[] {
-  const out = execFileSync('ip', ['-n', namespace, '-j', 'link', 'show', 'type', 'vxlan'], { encoding: 'utf8' });
-  return (JSON.parse(out || '[]') as Array<{ ifname: string }>).map((l) => l.ifname).filter((n) => n.startsWith('ofvx'));
-}
 
 describe('controller killed mid-migration between lab hosts', () => {
   let t: TestHome;

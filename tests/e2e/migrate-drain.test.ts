@@ -12,22 +12,16 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { OffshootClient } from '../../src/client/index.ts';
 import { processInNamespace } from '../../src/lab/agent-process.ts';
 import type { UpResult } from '../../src/lab/lab.ts';
 import type { DrainResult, VmRecord } from '../../src/vm/index.ts';
 import { eventually } from '../harness.ts';
 import type { LabFleet } from '../lab-fleet.ts';
 import { startLabFleet } from '../lab-fleet.ts';
+import { sh } from '../migration-lab.ts';
 
 const prefix = `odr${randomBytes(2).toString('hex').slice(0, 3)}`;
 const subnet = `10.214.${100 + ((randomBytes(1)[0] as number) % 40)}.0/24`;
-
-async function sh(client: OffshootClient, vm: string, script: string): Promise<string> {
-  const out = await client.exec(vm, '/bin/sh', ['-c', script], { timeoutMs: 60_000 });
-  if (out.exitCode !== 0) throw new Error(`guest command failed (${out.exitCode}): ${script}: ${out.stderr.toString()}`);
-  return out.stdout.toString();
-}
 
 describe('host drain between lab hosts', () => {
   let fleet: LabFleet | undefined;
