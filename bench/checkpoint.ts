@@ -11,8 +11,11 @@
 // boots N more guests that each keep a vCPU busy (a shell loop) for the whole
 // run: the figures under load, both sides equally loaded. Diagnostics:
 // `--only save [--repeat N] [--pause] [--direct]` times live saves only, with
-// the writer's own waits, the CPU of this process and of the guest's QEMU,
-// and (--direct) the writer called directly on the same template; `--only
+// the operation's phases (prepare, switch, record, write, finish, collect),
+// the writer's own waits, the CPU of this process and of the guest's QEMUs
+// (the one before the switch-over included) beside the CPU of QEMU's save
+// (the whole QEMU and the `cat` it writes through), as CPU ms per GiB of
+// guest, and (--direct) the writer called directly on the same template; `--only
 // lazy [--repeat N] [--read]` times lazy streams from the VM running, with the
 // page server's waits and the CPU of each side (the destination QEMU by thread).
 import { spawn } from 'node:child_process';
@@ -59,6 +62,13 @@ export function processCpu(pid: number): number {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   return (Number(fields[11]) + Number(fields[12])) / TICK;
+}
+
+/** CPU seconds (user + system) of process `pid`, threads that ended and children it waited for (a `cat` of exec:) included. */
+export function processCpuWithChildren(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) / TICK;
 }
 
 /** CPU seconds (user + system) of each thread of process `pid`, keyed by thread name and id. */
@@ -207,13 +217,17 @@ function lastWriteTimings(home: string): Record<string, number> | undefined {
  * engine's stun and write times, the writer's own timings, and the CPU the benchmark process (daemon
  * and writer) and the VM's QEMU (by thread) spent meanwhile.
  */
-async function saveOnce(daemon: RunningDaemon, home: string, name: string, out: string): Promise<{ completeMs: number; result: CheckpointResult; writer?: Record<string, number>; benchCpuS: number; selfCpu: Record<string, number>; qemuCpu: Record<string, number> }> {
+async function saveOnce(daemon: RunningDaemon, home: string, name: string, out: string): Promise<{ completeMs: number; queuedMs: number; result: CheckpointResult; writer?: Record<string, number>; benchCpuS: number; selfCpu: Record<string, number>; qemuCpu: Record<string, number> }> {
   const before = (await daemon.engine.resolve(name)).runtime?.pid;
   const qemuBefore = before ? threadCpu(before) : {};
+  // The QEMU the VM ran in before the switch-over (it saves the device state in the stun, then ends).
+  const oldQemu = before ? sampleThreadCpu(before) : undefined;
   const self0 = threadCpu(process.pid);
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
-  const saved = await daemon.engine.tasks.wait((await daemon.engine.checkpoint(name, { name: `${name}-ckpt`, out })).task?.id as string);
+  const queued = await daemon.engine.checkpoint(name, { name: `${name}-ckpt`, out });
+  const queuedMs = performance.now() - t0;
+  const saved = await daemon.engine.tasks.wait(queued.task?.id as string);
   if (saved.state !== 'succeeded') throw new Error(`checkpoint failed: ${saved.message}`);
   const completeMs = performance.now() - t0;
   const cpu = process.cpuUsage(cpu0);
@@ -221,8 +235,10 @@ async function saveOnce(daemon: RunningDaemon, home: string, name: string, out: 
   const after = (await daemon.engine.resolve(name)).runtime?.pid;
   // The switch-over replaces the QEMU: the old one's CPU is gone with it, the new one's counts from its start.
   const qemuCpu = after ? cpuDelta(threadCpu(after), after === before ? qemuBefore : {}) : {};
+  const oldQemuCpu = oldQemu?.stop() ?? {};
+  if (after !== before) qemuCpu['old QEMU (total)'] = oldQemuCpu.total ?? 0;
   await new Promise((r) => setTimeout(r, 200)); // the log line reaches the file
-  return { completeMs, result: saved.result as CheckpointResult, writer: lastWriteTimings(home), benchCpuS: (cpu.user + cpu.system) / 1e6, selfCpu, qemuCpu };
+  return { completeMs, queuedMs, result: saved.result as CheckpointResult, writer: lastWriteTimings(home), benchCpuS: (cpu.user + cpu.system) / 1e6, selfCpu, qemuCpu };
 }
 
 /**
@@ -267,15 +283,21 @@ async function qemuSaveRestore(accel: string, memoryMiB: number, randomMiB: numb
     if (r.exitCode !== 0) throw new Error(r.stderr.toString());
     agent.close();
     const file = join(mem, 'state');
+    const pid = procs[0]?.pid as number;
+    const cpu0 = processCpuWithChildren(pid);
+    const threads0 = threadCpu(pid);
     const t0 = performance.now();
     await src.qmp.stop();
     await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 64 * 1024 ** 3 });
     await src.qmp.execute('migrate', { uri: `exec:cat > ${file}` });
     await waitForMigrationDone(src.qmp);
     const saveMs = performance.now() - t0;
+    await new Promise((r) => setTimeout(r, 100)); // QEMU reaps its cat
+    // The whole QEMU (its migration thread, main loop) and the cat it writes the file through.
+    const saveCpu = { total: Number((processCpuWithChildren(pid) - cpu0).toFixed(2)), ...cpuDelta(threadCpu(pid), threads0) };
     src.qmp.close();
     const fileBytes = statSync(file).size;
-    if (!restore) return { stunMs: saveMs, saveMs, fileBytes, runningMs: NaN, readAllMs: NaN };
+    if (!restore) return { stunMs: saveMs, saveMs, fileBytes, runningMs: NaN, readAllMs: NaN, saveCpu };
     const t1 = performance.now();
     const dst = await qemu(1, true);
     await dst.qmp.execute('migrate-incoming', { uri: `exec:cat ${file}` });
@@ -288,7 +310,7 @@ async function qemuSaveRestore(accel: string, memoryMiB: number, randomMiB: numb
     const readAllMs = performance.now() - t1;
     agent2.close();
     dst.qmp.close();
-    return { stunMs: saveMs, saveMs, fileBytes, runningMs, readAllMs };
+    return { stunMs: saveMs, saveMs, fileBytes, runningMs, readAllMs, saveCpu };
   } finally {
     for (const p of procs) p.kill('SIGKILL');
     await Promise.all(procs.map((p) => new Promise((r) => (p.exitCode !== null ? r(null) : p.once('exit', r)))));
@@ -344,28 +366,35 @@ async function saveOnly(daemon: RunningDaemon, home: string, dir: string, accel:
   if (pauseGuest) await daemon.engine.pause(name);
   const complete: number[] = [];
   const writes: number[] = [];
+  const cpuPerGiB: number[] = [];
   for (let r = 0; r < repeat; r++) {
     const s = await saveOnce(daemon, home, name, join(dir, `${name}-${r}.ckpt`));
-    process.stderr.write(`${memoryMiB} MiB save ${r + 1}/${repeat} (load ${loadavg()[0]?.toFixed(1)}): complete ${s.completeMs.toFixed(0)} ms, stun ${s.result.stunMs.toFixed(0)}, write ${s.result.writeMs.toFixed(0)}; writer ${JSON.stringify(s.writer)}; bench process CPU ${s.benchCpuS.toFixed(2)} s ${JSON.stringify(s.selfCpu)}; QEMU CPU ${JSON.stringify(s.qemuCpu)}\n`);
+    process.stderr.write(`${memoryMiB} MiB save ${r + 1}/${repeat} (load ${loadavg()[0]?.toFixed(1)}): complete ${s.completeMs.toFixed(0)} ms, stun ${s.result.stunMs.toFixed(0)}, write ${s.result.writeMs.toFixed(0)}; phases ${JSON.stringify(Object.fromEntries(Object.entries(s.result.phasesMs ?? {}).map(([k, v]) => [k, Math.round(v)])))}; task queued to running ${s.queuedMs.toFixed(0)} ms; writer ${JSON.stringify(s.writer)}; bench process CPU ${s.benchCpuS.toFixed(2)} s ${JSON.stringify(s.selfCpu)}; QEMU CPU ${JSON.stringify(s.qemuCpu)}\n`);
     if (direct) {
       const d = await directWrite(daemon, name, join(dir, `${name}-direct.ckpt`));
       process.stderr.write(`${memoryMiB} MiB direct writer on the same template (load ${loadavg()[0]?.toFixed(1)}): ${d.ms.toFixed(0)} ms; ${JSON.stringify(d.timings)}; CPU ${d.cpuS.toFixed(2)} s ${JSON.stringify(d.selfCpu)}\n`);
     }
     complete.push(s.completeMs);
     writes.push(s.result.writeMs);
+    // Ours: the whole benchmark process (controller, agent, writer) and the guest QEMU's CPU over the save.
+    cpuPerGiB.push(((s.benchCpuS + Object.values(s.qemuCpu).reduce((a, b) => a + b, 0)) * 1000) / (memoryMiB / 1024));
     await daemon.engine.deleteCheckpoint(`${name}-ckpt`);
   }
   await daemon.engine.kill(name);
   await daemon.engine.delete(name);
   const q: number[] = [];
+  const qCpu: number[] = [];
   for (let r = 0; r < Math.min(repeat, 2); r++) {
-    q.push((await qemuSaveRestore(accel, memoryMiB, randomMiB, false)).saveMs);
-    process.stderr.write(`${memoryMiB} MiB QEMU save ${r + 1} (load ${loadavg()[0]?.toFixed(1)}): ${q.at(-1)?.toFixed(0)} ms\n`);
+    const qs = await qemuSaveRestore(accel, memoryMiB, randomMiB, false);
+    q.push(qs.saveMs);
+    qCpu.push((qs.saveCpu.total * 1000) / (memoryMiB / 1024));
+    process.stderr.write(`${memoryMiB} MiB QEMU save ${r + 1} (load ${loadavg()[0]?.toFixed(1)}): ${q.at(-1)?.toFixed(0)} ms, file ${(qs.fileBytes / 2 ** 20).toFixed(0)} MiB; QEMU CPU (with its cat) ${JSON.stringify(qs.saveCpu)}\n`);
   }
   const label = `${memoryMiB} MiB (${randomMiB} MiB random)`;
   return [
     { metric: `${label}: file complete`, offshoot: { label: 'offshoot live checkpoint', unit: 'ms', samples: complete }, baseline: { label: 'qemu migrate to file', unit: 'ms', samples: q } },
     { metric: `${label}: write`, offshoot: { label: 'offshoot checkpoint write', unit: 'ms', samples: writes }, baseline: { label: 'qemu migrate to file', unit: 'ms', samples: q } },
+    { metric: `${label}: CPU ms per GiB of guest`, offshoot: { label: 'offshoot (daemon + guest QEMU)', unit: 'ms', samples: cpuPerGiB }, baseline: { label: 'qemu migrate (QEMU + its cat)', unit: 'ms', samples: qCpu } },
   ];
 }
 

@@ -6,7 +6,8 @@
 // included, the requested page first; nothing but requested blocks before the
 // VM runs; then the stored pages stream in the background; no page is ever
 // sent twice; END and EOF come only after the VM runs; a corrupt block stops
-// the stream with CHECKPOINT_CORRUPT and closes the connection.
+// the stream with CHECKPOINT_CORRUPT and closes the connection; the VM
+// running before the stream loop first waits still starts the background.
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, createConnection } from 'node:net';
@@ -239,6 +240,28 @@ describe('PostcopyPageServer', () => {
     dest.shut();
     const stats = await served;
     expect(stats).toMatchObject({ requests: 2, faultBlocks: 1, backgroundBlocks: 7 });
+    ours.destroy();
+    theirs.destroy();
+    await reader.close();
+  });
+
+  it('streams everything when the VM runs before the stream loop first waits (no page request needed)', async () => {
+    // vmRunning() before serve() reaches its loop: the background stream must start anyway (before
+    // ed5af4e it waited for a wake-up that only a page request would have given).
+    const reader = await CheckpointReader.open(file);
+    const [ours, theirs] = await socketPair(dir);
+    const dest = new Destination(theirs);
+    const server = new PostcopyPageServer(ours, reader, saved);
+    const served = server.serve();
+    server.vmRunning();
+    await Promise.race([dest.until(() => dest.ended), new Promise((r) => setTimeout(r, 3000))]);
+    expect(dest.ended).toBe(true);
+    const ram = dest.pages.filter((p) => p.block === 'ram0');
+    expect(ram.every((p) => !p.zero)).toBe(true);
+    expect(ram.length).toBe(3 * 128);
+    for (const p of ram) expect(p.data?.equals(memory.subarray(p.offset, p.offset + PAGE_BYTES))).toBe(true);
+    dest.shut();
+    expect(await served).toMatchObject({ requests: 0, faultBlocks: 0 });
     ours.destroy();
     theirs.destroy();
     await reader.close();

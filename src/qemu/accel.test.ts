@@ -78,6 +78,23 @@ describe('probeAccelerator on this host', () => {
   it('reads the QEMU version', async () => {
     expect(await qemuVersion()).toMatch(/^\d+\.\d+\.\d+/);
   });
+
+  it('reads the version once per build of the binary, again after it changed', async () => {
+    const binary = join(dir, 'qemu-versioned');
+    const counter = join(dir, 'qemu-versioned.count');
+    const write = (version: string) => {
+      writeFileSync(binary, `#!/bin/sh\necho x >> ${counter}\necho "QEMU emulator version ${version} (fake)"\n`);
+      chmodSync(binary, 0o755);
+    };
+    const spawned = () => (existsSync(counter) ? readFileSync(counter, 'utf8').trim().split('\n').length : 0);
+    write('98.0.0');
+    expect(await qemuVersion(binary)).toBe('98.0.0 (fake)');
+    expect(await qemuVersion(binary)).toBe('98.0.0 (fake)');
+    expect(spawned()).toBe(1);
+    write('98.10.0'); // an upgrade: another size
+    expect(await qemuVersion(binary)).toBe('98.10.0 (fake)');
+    expect(spawned()).toBe(2);
+  });
 });
 
 describe('probeAccelerator decisions', () => {

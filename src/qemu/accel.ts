@@ -56,8 +56,24 @@ export class QemuVersionError extends OffshootError {
   }
 }
 
-/** "7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)" from the first line of `--version`. */
-export function qemuVersion(binary = DEFAULT_QEMU_BINARY): Promise<string> {
+/** Versions read, by binary: the identity (resolved path, size, mtime) they were read for. */
+const versions = new Map<string, { identity: string; version: string }>();
+
+/**
+ * "7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)" from the first line of `--version`, read once per build of
+ * the binary (its resolved path, size and mtime; an upgrade changes them): every host heartbeat asks,
+ * and a spawn from a daemon with a few hundred MiB resident held its event loop ~250 ms at load 17.
+ */
+export async function qemuVersion(binary = DEFAULT_QEMU_BINARY): Promise<string> {
+  const identity = await fileIdentity('binary', await resolveBinary(binary)).catch(() => undefined);
+  const known = versions.get(binary);
+  if (identity !== undefined && known?.identity === identity) return known.version;
+  const version = await spawnVersion(binary);
+  if (identity !== undefined) versions.set(binary, { identity, version });
+  return version;
+}
+
+function spawnVersion(binary: string): Promise<string> {
   return new Promise((resolvePromise, reject) => {
     const child = spawn(binary, ['--version'], { stdio: ['ignore', 'pipe', 'ignore'] });
     let out = '';

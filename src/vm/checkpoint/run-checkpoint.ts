@@ -29,6 +29,12 @@ export interface CheckpointResult {
   fileBytes: number;
   storedPages: number;
   gbPerSecond: number;
+  /**
+   * Where the operation's time went (ms), phase by phase: the freeze prepared (journal, disks split,
+   * template pinned), the switch-over (the stun, seen from here), the record and journal around it, the
+   * agent's write, the record completed and the freeze finished, the garbage collection.
+   */
+  phasesMs: { prepare: number; switch: number; record: number; write: number; finish: number; collect: number };
 }
 
 export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request: { name: string; file: string; path: string; stop: boolean }, ctx: TaskContext, forkId: string, signal?: AbortSignal): Promise<CheckpointResult> {
@@ -39,6 +45,13 @@ export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request:
   let switched = false;
   let record: CheckpointRecord | undefined;
   let prepared: PreparedFork | undefined;
+  const phasesMs = { prepare: 0, switch: 0, record: 0, write: 0, finish: 0, collect: 0 };
+  let mark = performance.now();
+  const phase = (name: keyof typeof phasesMs) => {
+    const now = performance.now();
+    phasesMs[name] = now - mark;
+    mark = now;
+  };
   try {
     signal?.throwIfAborted();
     await ctx.journal(journal);
@@ -48,8 +61,10 @@ export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request:
     await journalPrepared(ctx, journal, prepared);
     await deps.faults?.('checkpoint.prepared');
     signal?.throwIfAborted();
+    phase('prepare');
     const sw = await deps.agent.switchFork({ forkId });
     switched = true;
+    phase('switch');
     const split = prepared.disks;
     const frozenDisks: VmDisk[] = vm.spec.disks.map((d) => {
       const moved = split.frozen.find((f) => f.from === d.file);
@@ -64,6 +79,7 @@ export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request:
     await deps.inventory.insertCheckpoint(record);
     await deps.faults?.('checkpoint.writing');
     await ctx.progress(0.1, `${vm.name} resumed after a ${sw.stunMs.toFixed(0)} ms stun; writing ${path}`);
+    phase('record');
     const t0 = performance.now();
     let lastReport = 0;
     signal?.throwIfAborted();
@@ -79,9 +95,11 @@ export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request:
       },
     });
     const writeMs = performance.now() - t0;
+    phase('write');
     record = await deps.inventory.updateCheckpoint(record.id, { state: 'complete', fileBytes: written.fileBytes });
     await deps.agent.finishFork({ forkId });
     await unpinPrepared(deps, ctx, prepared);
+    phase('finish');
     if (request.stop) {
       await ctx.progress(0.97, `powering ${vm.name} off`);
       const claimed = await deps.states.settle(vm.id, ['running', 'paused'], 'stopping', null);
@@ -90,8 +108,10 @@ export async function runCheckpoint(deps: CheckpointDeps, vm: VmRecord, request:
         await deps.states.settle(vm.id, ['stopping'], 'stopped', forced ? 'suspended to a checkpoint (killed after the power-down timed out)' : 'suspended to a checkpoint', { runtime: null });
       }
     }
+    mark = performance.now();
     await deps.collectGarbage(vm.hostId).catch(() => undefined);
-    return { checkpoint: record, stunMs: sw.stunMs, writeMs, fileBytes: written.fileBytes, storedPages: written.storedPages, gbPerSecond: record.memoryBytes / 1e9 / (writeMs / 1000) };
+    phase('collect');
+    return { checkpoint: record, stunMs: sw.stunMs, writeMs, fileBytes: written.fileBytes, storedPages: written.storedPages, gbPerSecond: record.memoryBytes / 1e9 / (writeMs / 1000), phasesMs };
   } catch (caught) {
     // A cancel surfaces as whatever the interrupted step threw (an abort); report it as the cancel.
     const err = signal?.aborted ? signal.reason : caught;
