@@ -60,6 +60,10 @@ export interface GroupMemberResult {
   pacedBytesPerSecond: number | null;
   /** How long it waited braked at the start of its pre-copy (guest running) before the pacer started it: a light member starts late so that it finishes with the heavy one. */
   startDelayMs: number;
+  /** How long it ran started but held back: full bandwidth with a 1 ms downtime limit, guest running (a busy guest keeps iterating so), until its last run. */
+  hoveredMs: number;
+  /** From its release from the brink (or its landing after hovering) until it was held at its switch-over; null when it was neither. */
+  lastRunMs: number | null;
   /** Where its whole stop went (wall clocks; null when it did not reach them all). */
   breakdown: StopBreakdown | null;
   resumedAt: string | null;
@@ -115,6 +119,15 @@ export interface Member extends GroupMember {
     brakedSince: number | null;
     brakedMs: number;
     lowest: number | null;
+    /** Hovering (full bandwidth, 1 ms downtime limit) since hoverSince; landed (the group's limit again) at landedAt; released from the brink at releasedAt. */
+    hovering: boolean;
+    landed: boolean;
+    hoverSince: number | null;
+    hoveredMs: number;
+    landedAt: number | null;
+    releasedAt: number | null;
+    /** When its last progress report came (performance.now()). */
+    reportedAt: number;
     /** Best bandwidth and drain rate seen at full speed, and the last sample of its remaining memory. */
     bandwidthPeak: number;
     drainPeak: number;

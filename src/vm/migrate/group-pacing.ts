@@ -1,26 +1,34 @@
 // How a group's pre-copies are paced so that every member reaches its
 // switch-over (QEMU's pre-switchover point, where its guest stops) at about
-// the same time, with its guest running until then ("brake and release").
+// the same time, with its guest running until then ("hover, brake, and a
+// timed last run").
 //
 // What was measured (QEMU 7.2, TCG, 256 MiB members): an idle member finishes
 // its first pass over memory long before a member whose guest rewrites memory,
 // and once that pass is done it converges whatever its downtime limit: its
 // dirty set after a bitmap sync is often empty, and QEMU switches over when
 // nothing is left. So no QEMU parameter keeps an idle member iterating after
-// its first pass; what can be timed is the end of that pass. Its time is not
-// the bandwidth QEMU reports (zero pages cost a few bytes each), so each
-// member's *drain rate* (how fast its remaining memory falls, seen while it
-// runs at full speed) is what its time to converge is estimated from.
+// its first pass; what can be timed is the end of that pass. A member whose
+// guest dirties memory is different: with a 1 ms downtime limit QEMU never
+// finds its dirty set small enough and it keeps iterating, at full speed,
+// guest running, for as long as the group needs ("hovering"); given its real
+// limit back it completes at its next iteration boundary. A first pass's time
+// is not the bandwidth QEMU reports (zero pages cost a few bytes each), so
+// each member's *drain rate* (how fast its remaining memory falls, seen while
+// it runs at full speed) is what its time is estimated from.
 //
-// From every member's last progress (the runner asks on each progress report
-// and every 50 ms):
+// From every member's last progress (the runner asks on each progress report,
+// about every 50 ms for a group member, and every 50 ms besides):
 //   eta       what remains above what its downtime limit lets it stop with
 //             (QEMU switches over then), at its drain rate in the first pass
 //             plus the passes over what its guest dirties meanwhile (the
 //             source samples the dirty rate before a group member starts:
 //             QEMU measures none during the first pass), at its bandwidth
-//             less its dirty rate later (Infinity when it does not converge).
-//             A member not measured at full speed yet is estimated with the
+//             less its dirty rate later (Infinity when it does not converge),
+//             less the time since its figures were reported while it runs at
+//             full speed. A hovering member's eta is the rest of its first
+//             pass (0 after it: from then on it can land at any time). A
+//             member not measured at full speed yet is estimated with the
 //             group's best rates (or a nominal rate before anyone ran).
 //             A held member: 0.
 //   gate      every member starts its pre-copy braked (a crawl, 1 ms downtime
@@ -30,22 +38,37 @@
 //             to its switch-over while the others are still being prepared
 //             (measured: held 6.2 s at the barrier in a group of 8)
 //   start     then the member that needs the longest starts first; each other
-//             one starts when the slowest still on its way (`finish`) needs no
-//             more than its own estimate plus LEAD_S: so light members start
-//             late and finish with the heavy one instead of waiting for it
-//             held (a delayed start)
-//   brake     a safety net for estimates that were wrong: a member at the
-//             brink of the end of its first pass (eta within BRINK_S) while
-//             the slowest on its way needs more than the window longer runs
-//             at a crawl (BRAKE_FLOOR) with a 1 ms downtime limit: it stays in
-//             pre-copy, guest running (only in the first pass: later an idle
-//             guest's dirty set is often empty and QEMU switches over at any
-//             speed)
-//   release   a braked member gets the group's settings back when nobody is
-//             on its way any more (all others held or braked); a released
-//             member is never braked again. (A release on the slowest's
-//             estimate came too early under load: its estimate is optimistic,
-//             its remaining memory rises again at each pass.)
+//             one starts when the slowest still on its way needs no more than
+//             its own estimate plus LEAD_S
+//   hover     a started member runs at full bandwidth with a 1 ms downtime
+//             limit until its last run: in its first pass nothing changes,
+//             after it a member whose guest dirties memory (busy: past its
+//             first pass, or a sampled dirty rate of HOVER_DIRTY_BYTES_PER_SECOND
+//             or more) keeps iterating, guest running, and cannot arrive first
+//             (it used to arrive first and wait, guest stopped, 1.4-1.8 s, while
+//             the light members were released and finished); only a truly idle
+//             guest (nothing dirty after its first pass) arrives at its end
+//   brake     a light member at the brink of the end of its first pass (eta
+//             within BRINK_S, or at most BRINK_BYTES left: a mostly-zero tail
+//             drains faster than any rate measured before it) while another
+//             member is still on its way (not ready, needing more than the
+//             window longer) runs at a crawl (BRAKE_FLOOR) with a 1 ms downtime
+//             limit: it stays in pre-copy, guest running (only in the first
+//             pass: later an idle guest's dirty set is often empty and QEMU
+//             switches over at any speed)
+//   last run  once every member is ready (held, braked, at its brink, or
+//             hovering past its first pass), each braked member is released
+//             and each hovering one landed (the group's downtime limit again:
+//             it completes at an iteration boundary) so that all arrive
+//             together: the one whose last run takes longest goes first (a
+//             light one: what it has left at the bytes QEMU sends, since the
+//             tail of an idle guest's memory holds data, not zero pages; a
+//             hovering one: its passes at the group's limit), each other one
+//             when the longest still on its way needs no more than its own
+//             plus LEAD_S. Released or landed, a member is never braked or
+//             hovering again. (Measured before: a release on the slowest's
+//             estimate came 1.3-3.7 s too early under load; a hovering member
+//             landed with the light ones arrived 0.2-2 s after them.)
 // Members still mirroring disks or not reporting yet keep the gate closed.
 // Pure: the runner (run-group.ts) measures drain rates and applies the
 // answers through setMigrationParameters.
@@ -68,6 +91,10 @@ export interface PacedMember {
   braked: boolean;
   /** Released from the brink once: it keeps the group's settings. */
   released: boolean;
+  /** Landed once (given the group's downtime limit after hovering): it keeps the group's settings. */
+  landed: boolean;
+  /** Seconds since its figures were reported (its remaining memory fell meanwhile if it runs at full speed). */
+  sinceReportS: number;
 }
 
 export interface PaceSettings {
@@ -87,12 +114,16 @@ export interface PaceOptions extends PaceSettings {
  * sends about one page or a dozen zero pages a window.
  */
 export const BRAKE_FLOOR = 2 ** 10;
-/** A braked member's downtime limit: it converges only if nearly nothing is left. */
+/** A braked or hovering member's downtime limit: it converges only if nearly nothing is left. */
 export const BRAKE_DOWNTIME_MS = 1;
-/** How close to its switch-over (at full speed) a member is braked: longer than a progress report. */
-export const BRINK_S = 0.4;
-/** How much earlier than the slowest's estimate a member is started or released: the control path's delay (the call, QEMU's next rate period, the report of its arrival). */
+/** How close to the end of its first pass (at full speed) a light member is braked: a few progress reports. */
+export const BRINK_S = 0.25;
+/** At most this much left in its first pass: at the brink whatever its estimate (a mostly-zero tail drains at several hundred MiB/s). */
+export const BRINK_BYTES = 24 * 2 ** 20;
+/** How much earlier than the slowest's estimate a member is started: the control path's delay (the call, QEMU's next rate period, the report of its arrival). */
 export const LEAD_S = 0.15;
+/** A guest dirtying memory at least this fast keeps iterating with a 1 ms downtime limit: it hovers (an idle guest dirties well under 1 MiB/s). */
+export const HOVER_DIRTY_BYTES_PER_SECOND = 4 * 2 ** 20;
 /** The drain rate assumed before any member of the group ran at full speed (only the order of the starts depends on it then). */
 export const NOMINAL_BYTES_PER_SECOND = 200 * 2 ** 20;
 
@@ -114,12 +145,24 @@ export function secondsToConverge(m: Pick<PacedMember, 'phase' | 'pass' | 'remai
   return net > 0 ? (m.remainingBytes - stopWith) / net : Number.POSITIVE_INFINITY;
 }
 
+/** It keeps iterating with a 1 ms downtime limit: past its first pass, or its guest dirties memory (HOVER_DIRTY_BYTES_PER_SECOND). */
+export function busy(m: Pick<PacedMember, 'pass' | 'dirtyBytesPerSecond'>): boolean {
+  return m.pass >= 2 || m.dirtyBytesPerSecond >= HOVER_DIRTY_BYTES_PER_SECOND;
+}
+
+/** On its last run (released from the brink, or landed): it keeps the group's settings. */
+function onLastRun(m: Pick<PacedMember, 'released' | 'landed'>): boolean {
+  return m.released || m.landed;
+}
+
 export interface PaceDecision {
   settings: PaceSettings;
   /** Runs at a crawl now (waiting for its start, or at the brink). */
   braked: boolean;
   /** Started (it runs, or ran, at full speed). */
   started: boolean;
+  /** Hovers now: full bandwidth, 1 ms downtime limit. */
+  hovering: boolean;
   etaSeconds: number;
 }
 
@@ -132,45 +175,83 @@ function inPrecopy(m: PacedMember): boolean {
 export function paceGroup(members: PacedMember[], options: PaceOptions): Map<string, PaceDecision> {
   const full: PaceSettings = { maxBandwidthBytesPerSecond: options.maxBandwidthBytesPerSecond, downtimeLimitMs: options.downtimeLimitMs };
   const crawl: PaceSettings = { maxBandwidthBytesPerSecond: Math.min(options.maxBandwidthBytesPerSecond, BRAKE_FLOOR), downtimeLimitMs: Math.min(BRAKE_DOWNTIME_MS, options.downtimeLimitMs) };
+  const hover: PaceSettings = { maxBandwidthBytesPerSecond: options.maxBandwidthBytesPerSecond, downtimeLimitMs: crawl.downtimeLimitMs };
   const copying = members.filter((m) => m.phase === 'memory');
   // The group's best rates stand in for those of a member not measured at full speed yet.
   const drain = Math.max(0, ...members.map((m) => m.drainBytesPerSecond)) || Math.max(0, ...members.map((m) => m.bandwidthBytesPerSecond)) || NOMINAL_BYTES_PER_SECOND;
   const bandwidth = Math.max(0, ...members.map((m) => m.bandwidthBytesPerSecond)) || drain;
-  const eta = new Map(members.map((m) => [m.vmId, secondsToConverge(m.bandwidthBytesPerSecond > 0 ? { ...m, drainBytesPerSecond: m.drainBytesPerSecond || drain } : { ...m, bandwidthBytesPerSecond: bandwidth, drainBytesPerSecond: drain }, options.downtimeLimitMs)]));
+  const etaOfMember = (m: PacedMember): number => {
+    const rated = m.bandwidthBytesPerSecond > 0 ? { ...m, drainBytesPerSecond: m.drainBytesPerSecond || drain } : { ...m, bandwidthBytesPerSecond: bandwidth, drainBytesPerSecond: drain };
+    // A busy member needs the rest of its first pass; after it, it hovers and can land at any time.
+    const eta = busy(m) && !onLastRun(m) ? (m.phase !== 'memory' || m.pass >= 2 ? 0 : secondsToConverge({ ...rated, dirtyBytesPerSecond: 0 }, 0)) : secondsToConverge(rated, options.downtimeLimitMs);
+    // Running at full speed, it went on since its last report.
+    return m.started && !m.braked && m.phase === 'memory' ? Math.max(0, eta - m.sinceReportS) : eta;
+  };
+  const eta = new Map(members.map((m) => [m.vmId, etaOfMember(m)]));
   const etaOf = (m: PacedMember) => eta.get(m.vmId) ?? 0;
   const decisions = new Map<string, PaceDecision>();
-  const decide = (m: PacedMember, braked: boolean, started: boolean) => decisions.set(m.vmId, { settings: braked ? crawl : full, braked, started, etaSeconds: etaOf(m) });
+  const decide = (m: PacedMember, how: 'crawl' | 'full' | 'hover', started: boolean) =>
+    decisions.set(m.vmId, { settings: how === 'crawl' ? crawl : how === 'hover' ? hover : full, braked: how === 'crawl', started, hovering: how === 'hover', etaSeconds: etaOf(m) });
   if (members.length < 2) {
-    for (const m of copying) decide(m, false, true);
+    for (const m of copying) decide(m, 'full', true);
     return decisions;
   }
+  // A started member runs at full bandwidth with a 1 ms downtime limit until its last run.
+  const running = (m: PacedMember) => (onLastRun(m) ? 'full' : 'hover');
   // Gate: until every member is in its pre-copy nothing changes (those waiting for their start stay braked).
   if (!members.every(inPrecopy)) {
-    for (const m of copying) decide(m, m.braked || !m.started, m.started);
+    for (const m of copying) decide(m, m.braked || !m.started ? 'crawl' : running(m), m.started);
     return decisions;
   }
   const windowS = options.windowMs / 1000;
   const waiting = copying.filter((m) => !m.started);
-  const running = copying.filter((m) => m.started && !m.braked);
-  const atBrink = copying.filter((m) => m.started && m.braked);
-  const nobodyStarted = running.length === 0 && atBrink.length === 0 && members.every((m) => m.phase === 'memory');
+  const goingOn = copying.filter((m) => m.started && !m.braked);
+  const nobodyStarted = goingOn.length === 0 && copying.every((m) => !m.started) && members.every((m) => m.phase === 'memory');
   // start: the longest first; then each when the slowest on its way needs no more than it (plus the lead).
   const finishOf = (ms: PacedMember[]) => Math.max(0, ...ms.map(etaOf));
   const longest = finishOf(waiting);
-  let finish = finishOf(running);
+  const finish = finishOf(goingOn);
   // At the gate only the longest starts (the others follow once it is measured, when it needs no more than they do).
-  const starting = waiting.filter((m) => (nobodyStarted ? etaOf(m) >= longest : running.length === 0 || finish <= etaOf(m) + LEAD_S));
-  for (const m of waiting) decide(m, !starting.includes(m), starting.includes(m));
-  finish = Math.max(finish, finishOf(starting));
-  const onTheirWay = [...running, ...starting];
-  // brake: a member at the brink of the end of its first pass while the slowest on its way needs more than the window
-  // longer (later a crawl does not hold it: QEMU finds nothing dirty in an idle guest and switches over).
-  for (const m of running) {
-    const slowest = finishOf(onTheirWay.filter((o) => o !== m));
-    decide(m, !m.released && m.pass <= 1 && etaOf(m) <= BRINK_S && slowest - etaOf(m) > windowS, true);
+  const starting = waiting.filter((m) => (nobodyStarted ? etaOf(m) >= longest : goingOn.length === 0 || finish <= etaOf(m) + LEAD_S));
+  for (const m of waiting) decide(m, starting.includes(m) ? running(m) : 'crawl', starting.includes(m));
+  // Ready: it waits for the group (held, braked at the brink, hovering past its first pass), is at its brink, or on its last run.
+  const atBrink = (m: PacedMember) => etaOf(m) <= BRINK_S || m.remainingBytes <= BRINK_BYTES;
+  const ready = (m: PacedMember, braked: boolean, started: boolean) =>
+    m.phase === 'held' || m.phase === 'switching' || (started && (braked || onLastRun(m) || (busy(m) ? m.pass >= 2 : atBrink(m))));
+  const onItsWay = (m: PacedMember) => m.phase === 'memory' && !ready(m, decisions.get(m.vmId)?.braked ?? m.braked, decisions.get(m.vmId)?.started ?? m.started);
+  // brake: a light member at the brink of the end of its first pass while another one on its way needs more than the
+  // window longer (later a crawl does not hold it: QEMU finds nothing dirty in an idle guest and switches over).
+  for (const m of goingOn) {
+    const later = members.filter((o) => o !== m && onItsWay(o) && etaOf(o) - etaOf(m) > windowS);
+    decide(m, !onLastRun(m) && !busy(m) && atBrink(m) && later.length > 0 ? 'crawl' : running(m), true);
   }
-  // release: when nobody is on its way any more (all others held or braked). A release on the slowest's estimate came
-  // too early under load (measured: braked members of a group of 8 released 1.3 s before the heavy one arrived).
-  for (const m of atBrink) decide(m, onTheirWay.length > 0, true);
+  // Until every member is ready, braked members stay braked and the others hover.
+  const braked = copying.filter((c) => c.started && c.braked);
+  if (members.some(onItsWay)) {
+    for (const m of braked) decide(m, 'crawl', true);
+    return decisions;
+  }
+  // Then the last run: each braked member is released and each hovering one landed (the group's settings) so that all
+  // arrive together, the one that needs the longest first. (A release of the braked ones on the slowest's estimate came
+  // too early under load; a hovering one landed when the light ones were held, or released at once with them, arrived
+  // 0.2-2 s after them.)
+  const lastRunOf = (m: PacedMember) => {
+    const rate = m.bandwidthBytesPerSecond > 0 ? m.bandwidthBytesPerSecond : bandwidth;
+    // Past its first pass: its passes at the group's downtime limit; in it, the rest of its pass at the bytes QEMU sends
+    // (the tail of an idle guest's memory holds data, not zero pages: measured at the rate QEMU reports, 1.5-2.6 s for
+    // 15-26 MiB at load 20, where its drain rate said 0.2 s).
+    const own = m.pass >= 2 ? secondsToConverge({ ...m, bandwidthBytesPerSecond: rate }, options.downtimeLimitMs) : m.remainingBytes / rate;
+    return m.braked ? own : Math.max(0, own - m.sinceReportS);
+  };
+  const goers = goingOn.filter(onLastRun);
+  const waitingToGo = copying.filter((m) => m.started && !onLastRun(m));
+  const arrival = Math.max(0, ...(goers.length > 0 ? goers : waitingToGo).map(lastRunOf));
+  for (const m of waitingToGo) {
+    // Unknown (it does not converge by the estimate: auto-converge's throttle must help): it goes, and so does everyone.
+    const go = !Number.isFinite(arrival) || lastRunOf(m) + LEAD_S >= arrival;
+    // Not its turn: a light one in its first pass waits braked (at full bandwidth it would reach the end of its pass, and
+    // an idle guest arrives there whatever its limit), a busy one hovers.
+    decide(m, go ? 'full' : m.braked || !busy(m) ? 'crawl' : 'hover', true);
+  }
   return decisions;
 }

@@ -12,11 +12,15 @@
 //             completed) and waits. Each starts braked (guest running,
 //             bandwidth at a crawl, 1 ms downtime limit; a member with disks
 //             once its mirrors are ready) and the pacer (group-pacing.ts, at
-//             each progress report and every 50 ms) starts the longest first
-//             and the others when the slowest needs no more than they do,
-//             brakes one at the brink of its switch-over while a slower one is
-//             on its way and releases it on the slowest's estimate, so all
-//             reach their switch-over at about the same time
+//             each progress report, every 50 ms for a group member, and every
+//             50 ms besides) starts the longest first and the others when the
+//             slowest needs no more than they do; a started member runs at full
+//             bandwidth with a 1 ms downtime limit (a busy one hovers, iterating,
+//             after its first pass), a light one at the brink of the end of its
+//             first pass is braked while another is on its way; once all are
+//             ready the braked ones are released and the hovering ones landed
+//             (the group's settings), the longest last run first, so all reach
+//             their switch-over at about the same time
 //   commit    when every member is held, all are continued at once; each
 //             arrives (completed, its destination paused), then all
 //             destinations are started together (group-switch.ts)
@@ -69,7 +73,7 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
       const agents = { source: ctx.fleet.agent(g.source.id), destination: ctx.fleet.agent(g.destination.id) };
       const plan = await planMigration(g.vm, g.source, g.destination, agents, { ...request, postcopy: 'never' });
       const journal: MigrateJournal = { vmId: g.vm.id, phase: 'path', previous: g.previous, sourceHostId: g.source.id, destinationHostId: g.destination.id, pathId: newOperationId(), prepareOperationId: newOperationId(), awaitOperationId: newOperationId(), migrateOperationId: newOperationId(), destinationSpec: plan.destinationSpec, destinationRuntime: null };
-      const pace = { applied: full, braked: false, released: false, started: group.length < 2, waitingSince: null, startDelayMs: 0, sending: Promise.resolve(), brakedSince: null, brakedMs: 0, lowest: null, bandwidthPeak: 0, drainPeak: 0, sample: null };
+      const pace = { applied: full, braked: false, released: false, started: group.length < 2, waitingSince: null, startDelayMs: 0, sending: Promise.resolve(), brakedSince: null, brakedMs: 0, lowest: null, hovering: false, landed: false, hoverSince: null, hoveredMs: 0, landedAt: null, releasedAt: null, reportedAt: 0, bandwidthPeak: 0, drainPeak: 0, sample: null };
       members.push({ ...g, agents, plan, journal, controller: new AbortController(), state: 'planned', path: null, prepared: false, progress: null, pace, heldAt: null, continuedAt: null, at: { held: null, continued: null, arrived: null, startSent: null }, out: null, outcome: null, incoming: null, error: null });
     }
   } catch (err) {
@@ -125,10 +129,7 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
     await Promise.all(members.map((m) => (m.path && !m.controller.signal.aborted ? toHold(m, tuning).catch((err: unknown) => fail(m, err)) : undefined)));
   } finally {
     clearInterval(pacer);
-    for (const m of members) {
-      if (m.pace.brakedSince !== null) m.pace.brakedMs += performance.now() - m.pace.brakedSince;
-      m.pace.brakedSince = null;
-    }
+    for (const m of members) endPacing(m, performance.now());
   }
 
   const failed = members.filter((m) => m.state !== 'held');
@@ -200,14 +201,14 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
       onProgress: (e) => {
         const d = (e.data ?? {}) as Partial<MigrationProgress>;
         m.progress = { phase: d.phase ?? 'memory', pass: d.pass ?? 0, remainingBytes: d.remainingBytes ?? 0, dirtyBytesPerSecond: d.dirtyBytesPerSecond ?? 0, bandwidthBytesPerSecond: d.bandwidthBytesPerSecond ?? 0, expectedDowntimeMs: d.expectedDowntimeMs ?? null, diskDoneBytes: d.diskDoneBytes ?? 0, diskTotalBytes: d.diskTotalBytes ?? 0 };
-        observe(m, performance.now());
+        m.pace.reportedAt = performance.now();
+        observe(m, m.pace.reportedAt);
         if (d.phase === 'held' && m.state === 'copying') {
           m.state = 'held';
           m.heldAt = performance.now();
           m.at.held = Date.now();
-          // A member that reached its switch-over while braked: braked until then, held from then.
-          if (m.pace.brakedSince !== null) m.pace.brakedMs += m.heldAt - m.pace.brakedSince;
-          m.pace.brakedSince = null;
+          // A member that reached its switch-over while braked or hovering: braked (hovering) until then, held from then.
+          endPacing(m, m.heldAt);
           held();
         }
         // Mirrors ready: the member waits for its start at a crawl (its memory phase begins after the dirty-rate sample).
@@ -233,9 +234,19 @@ function observe(m: Member, now: number): void {
     return;
   }
   m.pace.bandwidthPeak = Math.max(m.pace.bandwidthPeak, p.bandwidthBytesPerSecond);
+  // Over 100 ms at least (a group member reports every 50 ms: shorter spans are noisy).
   const last = m.pace.sample;
-  if (last && last.pass === p.pass && now - last.at >= 50 && p.remainingBytes < last.remaining) m.pace.drainPeak = Math.max(m.pace.drainPeak, ((last.remaining - p.remainingBytes) * 1000) / (now - last.at));
+  if (last && last.pass === p.pass && now - last.at < 100) return;
+  if (last && last.pass === p.pass && p.remainingBytes < last.remaining) m.pace.drainPeak = Math.max(m.pace.drainPeak, ((last.remaining - p.remainingBytes) * 1000) / (now - last.at));
   m.pace.sample = { at: now, remaining: p.remainingBytes, pass: p.pass };
+}
+
+/** A member's pacing ends (it is held, or the transfer phase ended): its time braked or hovering is counted. */
+function endPacing(m: Member, now: number): void {
+  if (m.pace.brakedSince !== null) m.pace.brakedMs += now - m.pace.brakedSince;
+  m.pace.brakedSince = null;
+  if (m.pace.hoverSince !== null) m.pace.hoveredMs += now - m.pace.hoverSince;
+  m.pace.hoverSince = null;
 }
 
 /** The settings of a member waiting for its start or braked at the brink. */
@@ -258,14 +269,14 @@ function bandwidthOf(m: Member): number {
 /** The pacer, at each report and tick: each member in pre-copy is started, braked or released as group-pacing.ts decides. */
 function pace(members: Member[], options: Parameters<typeof paceGroup>[1]): void {
   const live = members.filter((m) => m.state === 'planned' || m.state === 'copying' || m.state === 'held');
+  const now = performance.now();
   const decisions = paceGroup(
     live.map((m) => {
       const p = m.progress;
-      return { vmId: m.vm.id, phase: m.state === 'held' ? 'held' : (p?.phase ?? 'preparing'), pass: p?.pass ?? 0, remainingBytes: p?.remainingBytes ?? 0, dirtyBytesPerSecond: p?.dirtyBytesPerSecond ?? 0, bandwidthBytesPerSecond: bandwidthOf(m), drainBytesPerSecond: m.pace.drainPeak, started: m.pace.started, braked: m.pace.braked, released: m.pace.released };
+      return { vmId: m.vm.id, phase: m.state === 'held' ? 'held' : (p?.phase ?? 'preparing'), pass: p?.pass ?? 0, remainingBytes: p?.remainingBytes ?? 0, dirtyBytesPerSecond: p?.dirtyBytesPerSecond ?? 0, bandwidthBytesPerSecond: bandwidthOf(m), drainBytesPerSecond: m.pace.drainPeak, started: m.pace.started, braked: m.pace.braked, released: m.pace.released, landed: m.pace.landed, sinceReportS: p ? Math.max(0, now - m.pace.reportedAt) / 1000 : 0 };
     }),
     options,
   );
-  const now = performance.now();
   for (const m of live) {
     const d = decisions.get(m.vm.id);
     if (!d || m.state !== 'copying') continue;
@@ -279,6 +290,7 @@ function pace(members: Member[], options: Parameters<typeof paceGroup>[1]): void
       if (d.braked && !m.pace.braked) m.pace.brakedSince = now;
       if (!d.braked && m.pace.braked) {
         m.pace.released = true;
+        m.pace.releasedAt = now;
         m.pace.brakedMs += now - (m.pace.brakedSince ?? now);
         m.pace.brakedSince = null;
         m.pace.sample = null;
@@ -286,6 +298,17 @@ function pace(members: Member[], options: Parameters<typeof paceGroup>[1]): void
       if (d.braked) m.pace.lowest = Math.min(m.pace.lowest ?? d.settings.maxBandwidthBytesPerSecond, d.settings.maxBandwidthBytesPerSecond);
     }
     m.pace.braked = d.braked;
+    if (d.hovering && !m.pace.hovering) m.pace.hoverSince = now;
+    if (!d.hovering && m.pace.hovering) {
+      m.pace.hoveredMs += now - (m.pace.hoverSince ?? now);
+      m.pace.hoverSince = null;
+      // Landed (not braked at the brink): the group's downtime limit again, it completes at an iteration boundary.
+      if (!d.braked) {
+        m.pace.landed = true;
+        m.pace.landedAt = now;
+      }
+    }
+    m.pace.hovering = d.hovering;
     const bandwidthChanged = Math.abs(d.settings.maxBandwidthBytesPerSecond - was.maxBandwidthBytesPerSecond) > was.maxBandwidthBytesPerSecond * 0.1;
     if (!bandwidthChanged && d.settings.downtimeLimitMs === was.downtimeLimitMs) continue;
     apply(m, d.settings);
@@ -318,6 +341,8 @@ function resultOf(request: GroupMigrateRequest, members: Member[], t0: number): 
         brakedMs: Math.round(m.pace.brakedMs),
         pacedBytesPerSecond: m.pace.lowest,
         startDelayMs: Math.round(m.pace.startDelayMs),
+        hoveredMs: Math.round(m.pace.hoveredMs),
+        lastRunMs: m.heldAt === null ? null : m.pace.landedAt !== null ? Math.round(m.heldAt - m.pace.landedAt) : m.pace.releasedAt !== null ? Math.round(m.heldAt - m.pace.releasedAt) : null,
         breakdown: resumedAt !== null && m.at.held !== null && m.at.continued !== null && m.at.arrived !== null && m.at.startSent !== null ? { reachMs: stopAt === null ? null : m.at.held - stopAt, heldMs: m.at.continued - m.at.held, switchMs: m.at.arrived - m.at.continued, waitMs: m.at.startSent - m.at.arrived, startMs: resumedAt - m.at.startSent } : null,
         resumedAt: m.state === 'moved' ? (m.incoming?.resumedAt ?? null) : null,
         error: errorOf(m.error),
