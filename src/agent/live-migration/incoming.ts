@@ -125,11 +125,13 @@ export class IncomingMigrations {
       steps.mark('qemu-launched');
       const tls = request.tls ? { objectId: end.credential.id } : null;
       if (tls) await vm.qmp.execute('object-add', pskObjectProperties(end.credential));
+      steps.mark('tls-added');
       await configureDestination(vm.qmp, { postcopy: request.postcopy, multifdChannels: request.multifdChannels, tls });
+      steps.mark('capabilities-set');
       const exports = request.disks.map((d) => d.id);
       const nbd = exports.length ? { host: end.localAddress, port: NBD_PORT } : null;
       if (nbd) await exportDisks(vm.qmp, nbd, exports, tls);
-      steps.mark('configured');
+      steps.mark('exported');
       const events = vm.qmp.events(['MIGRATION', 'RESUME']);
       await vm.qmp.execute('migrate-incoming', { uri: `tcp:${end.localAddress}:${MIGRATION_PORT}` });
       steps.mark('listening');
