@@ -13,14 +13,16 @@
 // with its RAM in a shared /dev/shm file as Offshoot keeps it, and Offshoot
 // without TLS. Downtime is also measured from inside the guest (guest-clock.ts:
 // a timer loop's longest gap),
-// and each Offshoot migration's phases are printed (its task's timings; the
+// and each Offshoot migration's phases are printed (its task's timings, and at
+// the end the timelines both lab agents logged: the destination's preparation,
+// the source's steps and QEMU's events, the destination's resume; the
 // path's own bandwidth is `npm run bench -- netpath`). `--workloads idle`
 // runs the idle guest only. The local-storage workload (a 4 GiB disk holding
 // 1 GiB) is not measured here.
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { startDaemon } from '../src/api/index.ts';
@@ -172,6 +174,38 @@ async function baselineRuns(accel: string, hosts: Array<{ namespace: string; add
   return samples;
 }
 
+/**
+ * Prints the migration timelines the lab agents logged (the destination's preparation, the source's steps and
+ * QEMU's events, the destination's resume), each as steps at ms from its first entry, in the order they began:
+ * where a migration's time went, on either host.
+ */
+function printTimelines(labDir: string): void {
+  const lines: Array<{ host: string; msg: string; entries: Array<[string, number]> }> = [];
+  for (const host of ['lab1', 'lab2']) {
+    const text = (() => {
+      try {
+        return readFileSync(join(labDir, 'hosts', host, 'home', 'agent.log'), 'utf8');
+      } catch {
+        return '';
+      }
+    })();
+    for (const line of text.split('\n')) {
+      if (!line.includes('"timeline"')) continue;
+      try {
+        const j = JSON.parse(line) as { msg?: string; timeline?: Array<[string, number]> };
+        if (j.timeline?.length) lines.push({ host, msg: j.msg ?? '', entries: j.timeline });
+      } catch {
+        // not a JSON log line
+      }
+    }
+  }
+  lines.sort((a, b) => (a.entries[0]?.[1] ?? 0) - (b.entries[0]?.[1] ?? 0));
+  for (const l of lines) {
+    const t0 = l.entries[0]?.[1] ?? 0;
+    process.stderr.write(`timeline ${l.host} (${l.msg}) at ${new Date(t0).toISOString().slice(11, 23)}: ${l.entries.map(([n, t]) => `${n} +${t - t0}`).join(', ')}\n`);
+  }
+}
+
 export async function migrateBenchmark(args: string[]): Promise<BenchResult> {
   const o = { runs: Number(option(args, '--runs', '2')), memory: Number(option(args, '--memory', '1024')), dirty: Number(option(args, '--dirty', '64')), downtimeLimitMs: Number(option(args, '--downtime-limit', '50')), timeoutS: Number(option(args, '--timeout', '90')) };
   const home = mkdtempSync('/tmp/omb-home-');
@@ -226,6 +260,7 @@ export async function migrateBenchmark(args: string[]): Promise<BenchResult> {
     return { name: 'migrate', startedAt, machine: { cpus: cpus().length, accel, qemu: await qemuVersion(), node: process.version }, parameters: o, comparisons, notes };
   } finally {
     for (const vm of await daemon.engine.list()) await daemon.engine.kill(vm.id).catch(() => undefined);
+    printTimelines(labDir);
     await daemon.close();
     await labDown({ dir: labDir, prefix }).catch(() => undefined);
     for (const d of [home, memoryDir, labDir]) rmSync(d, { recursive: true, force: true });

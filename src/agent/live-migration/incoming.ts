@@ -105,6 +105,8 @@ export class IncomingMigrations {
     const { vmId } = request;
     if (this.host.tracked(vmId) || this.incoming.has(vmId)) throw new MigrationRefusedError(`VM ${vmId} already has a QEMU on this host`, { vmId });
     const end = this.host.paths.end(request.pathId, 'server');
+    // Where the preparation's time goes (ms since the epoch), logged with it.
+    const steps = migrationTimeline(20, 'prepare');
     const files = this.host.layout.vmFiles(vmId);
     if (await stat(files.dir).then(() => true, () => false)) throw new MigrationRefusedError(`files of VM ${vmId} are already on this host (${files.dir}); they go when the host is next reconciled`, { vmId });
     await this.checkRoom(request);
@@ -115,23 +117,29 @@ export class IncomingMigrations {
         const [below] = disk.backing;
         await createImage({ path: disk.path, format: disk.format, sizeBytes: disk.sizeBytes, ...(below ? { backing: below } : {}) });
       }
+      steps.mark('disks-created');
       await rm(files.memoryFile, { force: true });
       // A post-copy destination needs userfaultfd (see confinement.ts).
       launched = await this.host.launch(vmId, request.name, request.spec, { memory: { mode: 'owned', file: files.memoryFile, templateId: null }, incoming: true, paused: true, userfaultfd: request.postcopy });
       const { vm } = launched;
+      steps.mark('qemu-launched');
       const tls = request.tls ? { objectId: end.credential.id } : null;
       if (tls) await vm.qmp.execute('object-add', pskObjectProperties(end.credential));
+      steps.mark('tls-added');
       await configureDestination(vm.qmp, { postcopy: request.postcopy, multifdChannels: request.multifdChannels, tls });
+      steps.mark('capabilities-set');
       const exports = request.disks.map((d) => d.id);
       const nbd = exports.length ? { host: end.localAddress, port: NBD_PORT } : null;
       if (nbd) await exportDisks(vm.qmp, nbd, exports, tls);
+      steps.mark('exported');
       const events = vm.qmp.events(['MIGRATION', 'RESUME']);
       await vm.qmp.execute('migrate-incoming', { uri: `tcp:${end.localAddress}:${MIGRATION_PORT}` });
+      steps.mark('listening');
       const entry: Incoming = { vm, runtime: launched.runtime, exports, state: 'waiting', outcome: Promise.resolve(null as never), error: null, preparedAt: Date.now() };
       entry.outcome = this.watch(vmId, entry, events, request.resume, request.holdAfter ?? false);
       entry.outcome.catch(() => undefined);
       this.incoming.set(vmId, entry);
-      this.host.logger.info({ vmId, pid: vm.process.pid, listen: `${end.localAddress}:${MIGRATION_PORT}`, nbd, postcopy: request.postcopy }, 'waiting for an incoming migration');
+      this.host.logger.info({ vmId, pid: vm.process.pid, listen: `${end.localAddress}:${MIGRATION_PORT}`, nbd, postcopy: request.postcopy, timeline: steps.entries }, 'waiting for an incoming migration');
       return { runtime: launched.runtime, migration: { host: end.localAddress, port: MIGRATION_PORT }, nbd, exports };
     } catch (err) {
       if (launched) await this.host.discard(launched.vm).catch(() => undefined);

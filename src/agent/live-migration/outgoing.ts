@@ -32,6 +32,24 @@
 // wait for that lock. A plain QEMU with whole-MiB RAM takes the fast path.
 // Nothing in our parameters changes it (calc-dirty-rate in dirty-bitmap mode,
 // which would start dirty logging earlier, crashes QEMU 7.2 under TCG).
+// Clearing that all-dirty bitmap while no guest runs (a throwaway migration
+// of a new QEMU at -S into a socket never read, cancelled once `active`)
+// measured 3.1 s -> 0.56 s for the first sync at load 16, but took 4 s itself
+// at start then, and only helps the first migration after a boot: a migrated-in
+// QEMU's RAM starts all dirty again with no paused window to clear it (an
+// incoming QEMU cannot migrate out; after completion the guest resumes at
+// once). Not built.
+// What RAM in a /dev/shm file costs against anonymous RAM (measured with plain
+// QEMU pairs, 1 GiB idle guest): the migration populates both RAM files
+// whole, ~233k minor faults at the source (the zero-page scan reads every
+// page) and ~263k at the destination (its zero check reads each zero page it
+// gets), since a shared tmpfs mapping allocates a page on a read fault of a
+// hole. Filling the holes with fallocate does not pay: beside the migration it
+// slowed the first sync 3-4x, before it, it only moved ~0.4 s of CPU from the
+// scan into the fill; a post-copy destination punches its RAM at the start
+// anyway. virtio-balloon free-page-hint (free guest pages are never read nor
+// sent) would avoid them; QEMU 7.2 offers it only with an iothread, and the
+// guest needs its virtio_balloon driver: not built.
 // While it runs, setParameters (setMigrationParameters) changes its bandwidth
 // cap and downtime limit (a group's pacer). After it completed, revert()
 // (revertOutgoing) undoes it when the destination never ran the guest (a

@@ -40,8 +40,8 @@ export interface MigrateResult {
   /** QEMU's figure: the guest stopped at the source until it ran at the destination. */
   downtimeMs: number | null;
   totalMs: number;
-  /** The same two figures, where the metrics and the console read them, and when each phase ended (ms from the start; QEMU's own migration time; the guest's stop at the source to its resume at the destination, by the QEMUs' STOP and RESUME events). */
-  timings: { downtimeMs: number | null; totalMs: number; plannedMs: number; pathMs: number; preparedMs: number; transferredMs: number; qemuTotalMs: number | null; mirrorMs: number | null; stopToResumeMs: number | null };
+  /** The same two figures, where the metrics and the console read them, and when each phase ended (ms from the start: `arrivedMs` the destination reported the guest running, `recordedMs` the inventory named the destination, `sourceGoneMs` the source's QEMU and files went, `pathClosedMs` the path went, the rest to `totalMs` is the source host's garbage collection; QEMU's own migration time; the guest's stop at the source to its resume at the destination, by the QEMUs' STOP and RESUME events). */
+  timings: { downtimeMs: number | null; totalMs: number; plannedMs: number; pathMs: number; preparedMs: number; transferredMs: number; arrivedMs: number; recordedMs: number; sourceGoneMs: number; pathClosedMs: number; qemuTotalMs: number | null; mirrorMs: number | null; stopToResumeMs: number | null };
   memoryBytes: number;
   memoryTotalBytes: number;
   diskBytes: number;
@@ -65,7 +65,7 @@ export async function runMigration(ctx: EngineContext, vm: VmRecord, previous: V
   await task.progress(0.01, `planning the move of ${vm.name} to ${destination.name}`);
   const contentIds = (await ctx.contentIdsOf?.(vm.spec.disks.flatMap((d) => d.backing))) ?? {};
   const plan = await planMigration(vm, source, destination, agents, request, contentIds);
-  const at = { planned: performance.now() - t0, path: 0, prepared: 0, transferred: 0 };
+  const at = { planned: performance.now() - t0, path: 0, prepared: 0, transferred: 0, arrived: 0, recorded: 0, sourceGone: 0, pathClosed: 0 };
   const journal: MigrateJournal = {
     vmId: vm.id,
     phase: 'path',
@@ -154,14 +154,16 @@ export async function runMigration(ctx: EngineContext, vm: VmRecord, previous: V
       throw new OffshootError('MIGRATION_FAILED', `VM "${vm.name}" was sent to ${destination.name} but did not run there: ${(err as Error).message}`, { vm: vm.name, step: 'destination' }, 500, { cause: err });
     }
   }
+  at.arrived = performance.now() - t0;
   journal.phase = 'switched';
   if (!incoming) journal.unconfirmed = true;
   await task.journal({ ...journal, ...(outcome ? { outcome } : {}) });
   await task.progress(0.97, incoming ? `${vm.name} runs at ${destination.name}; removing it from ${source.name}` : `${vm.name} went to ${destination.name}, whose agent does not answer; removing it from ${source.name}`);
   if (incoming) await recordAtDestination(ctx, journal, incoming);
   else await recordUnconfirmed(ctx, journal, destination.name);
+  at.recorded = performance.now() - t0;
   await ctx.faults?.('migrate.switched');
-  const counters = await finishSource(ctx, agents, journal);
+  const counters = await finishSource(ctx, agents, journal, (step) => (at[step === 'source-gone' ? 'sourceGone' : 'pathClosed'] = performance.now() - t0));
   if (!incoming) {
     await task.progress(0.98, `waiting for ${destination.name} to answer and re-adopt ${vm.name}`);
     const confirmed = await confirmAtDestination(ctx, agents.destination, journal, request.timeoutS * 1000);
@@ -174,7 +176,7 @@ export async function runMigration(ctx: EngineContext, vm: VmRecord, previous: V
     to: destination.name,
     downtimeMs: outcome?.downtimeMs ?? null,
     totalMs,
-    timings: { downtimeMs: outcome?.downtimeMs ?? null, totalMs, plannedMs: Math.round(at.planned), pathMs: Math.round(at.path), preparedMs: Math.round(at.prepared), transferredMs: Math.round(at.transferred), qemuTotalMs: outcome?.totalTimeMs ?? null, mirrorMs: outcome?.mirrorMs === null || outcome?.mirrorMs === undefined ? null : Math.round(outcome.mirrorMs), stopToResumeMs: stopToResume(outcome?.stoppedAt ?? null, incoming?.resumedAt ?? null) },
+    timings: { downtimeMs: outcome?.downtimeMs ?? null, totalMs, plannedMs: Math.round(at.planned), pathMs: Math.round(at.path), preparedMs: Math.round(at.prepared), transferredMs: Math.round(at.transferred), arrivedMs: Math.round(at.arrived), recordedMs: Math.round(at.recorded), sourceGoneMs: Math.round(at.sourceGone), pathClosedMs: Math.round(at.pathClosed), qemuTotalMs: outcome?.totalTimeMs ?? null, mirrorMs: outcome?.mirrorMs === null || outcome?.mirrorMs === undefined ? null : Math.round(outcome.mirrorMs), stopToResumeMs: stopToResume(outcome?.stoppedAt ?? null, incoming?.resumedAt ?? null) },
     memoryBytes: outcome?.memoryBytes ?? 0,
     memoryTotalBytes: outcome?.memoryTotalBytes ?? 0,
     diskBytes: outcome?.diskBytes ?? 0,

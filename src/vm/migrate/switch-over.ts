@@ -22,12 +22,15 @@ export async function recordAtDestination(ctx: EngineContext, journal: MigrateJo
   return vm;
 }
 
-/** After the inventory names the destination: the source's QEMU and files go, and the path. */
-export async function finishSource(ctx: EngineContext, agents: { source: AgentClient; destination: AgentClient }, journal: MigrateJournal): Promise<LinkCountersData | null> {
+/** After the inventory names the destination: the source's QEMU and files go, and the path; `mark` hears when each step ended. */
+export async function finishSource(ctx: EngineContext, agents: { source: AgentClient; destination: AgentClient }, journal: MigrateJournal, mark?: (step: 'source-gone' | 'path-closed') => void): Promise<LinkCountersData | null> {
   // The source's QEMU and files, and the path (no stream uses it now), go at once.
   const [, counters] = await Promise.all([
-    agents.source.finishOutgoing({ vmId: journal.vmId }).catch((err: unknown) => ctx.logger.warn({ vmId: journal.vmId, err: (err as Error).message }, 'cannot remove the source of a migrated VM now; its host reaps it when reconciled')),
-    closeDataPath(agents, journal.pathId),
+    agents.source
+      .finishOutgoing({ vmId: journal.vmId })
+      .catch((err: unknown) => ctx.logger.warn({ vmId: journal.vmId, err: (err as Error).message }, 'cannot remove the source of a migrated VM now; its host reaps it when reconciled'))
+      .finally(() => mark?.('source-gone')),
+    closeDataPath(agents, journal.pathId).finally(() => mark?.('path-closed')),
   ]);
   await ctx.collectGarbage(journal.sourceHostId).catch(() => undefined);
   return counters;
