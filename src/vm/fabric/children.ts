@@ -49,7 +49,7 @@ export async function spawnChild(deps: FabricDeps, template: TemplateRecord, pla
     const identity = await applyIdentity(agent, deps.engine.states, vm, { timeoutMs });
     if (!identity.ok) throw new OffshootError('GUEST_AGENT_UNAVAILABLE', `child ${options.name} failed its readiness check: ${identity.error}`, { vm: options.name }, 504);
     if (options.warmUp) {
-      const warm = await runOperation(agent, 'handOutChild', { vmId: options.vmId, resume: false, hostname: options.name, script: ':', timeoutMs });
+      const warm = await runOperation(agent, 'handOutChild', { vmId: options.vmId, resume: false, hostname: options.name, script: ':', arm: true, timeoutMs });
       if (!warm.ok) throw new OffshootError('GUEST_AGENT_UNAVAILABLE', `child ${options.name} failed its readiness check: ${warm.error}`, { vm: options.name }, 504);
     }
     if (options.pause) {
