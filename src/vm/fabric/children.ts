@@ -6,9 +6,11 @@
 //
 // The readiness check is the guest agent answering the identity step (new
 // MAC, machine-id, entropy, hostname). With `warmUp`, the claim's own guest
-// step (fabric-hand-out.ts on the agent) also runs once: under TCG each QEMU
-// translates guest code on its first run, so a child that ran the claim's
-// commands once answers a real claim from already translated code.
+// step (fabric-hand-out.ts on the agent) also runs once, and arms a waiter in
+// the guest that the claim's step goes through (no process started then):
+// under TCG each QEMU translates guest code on its first run, so a child that
+// ran the claim's commands once answers a real claim from already translated
+// code.
 import { OffshootError } from '../../common/index.ts';
 import { runOperation } from '../../protocol/index.ts';
 import { applyIdentity, withNewIdentity } from '../identity.ts';
