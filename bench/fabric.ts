@@ -1,10 +1,13 @@
 // Fabric benchmark: the latency of a claim until the child runs with its
-// guest agent answering (the hand-out's guest step is an agent exec), from a
+// guest agent answering (the hand-out's guest step: see
+// src/agent/fabric-hand-out.ts), from a
 // ready pool of paused children and from one of warm children (`--warm`:
 // running idle), each one at a time and in waves of --concurrency, with where
 // the median claim's time went (picking the child, the hand-out call, the
-// resume, the guest-exec and its exit polls, recording it running), and from
-// an empty pool (forked on demand), against a cold boot of the same
+// resume, the guest step: its identity, and for a script its guest-exec, and
+// the exit polls; recording it running), the warm waves also with a
+// customisation script and env (the other claims ask for the identity
+// only), and from an empty pool (forked on demand), against a cold boot of the same
 // guest and a plain fork of a running VM (`vm fork --count 1` until its child answers),
 // measured in the same run; and the host memory of a pool of --pool ready
 // children (their PSS without the template's mapping, plus the template's
@@ -117,7 +120,7 @@ type Timings = ClaimResult['timings'];
 /** The median claim's time, step by step. */
 function breakdown(t: Timings): string {
   const f = (n: number | undefined) => (n === undefined ? '-' : n.toFixed(1));
-  return `claim ${f(t.claimMs)} = pick ${f(t.pickMs)} + hand-out call ${f(t.callMs)} + record running ${f(t.settleMs)}; on the host: resume ${f(t.resumeMs)}, guest step ${f(t.guestMs)} (agent connection ${f(t.agentMs)}, guest-exec ${f(t.execMs)}, until the exit was seen ${f(t.exitMs)}, ${t.polls ?? '-'} polls)`;
+  return `claim ${f(t.claimMs)} = pick ${f(t.pickMs)} + hand-out call ${f(t.callMs)} + record running ${f(t.settleMs)}; on the host: resume ${f(t.resumeMs)}, guest step ${f(t.guestMs)} (${t.armed ? 'armed' : 'not armed'}; agent connection ${f(t.agentMs)}, identity ${f(t.identityMs)} (armed: the request sent), script's guest-exec ${f(t.execMs)}, until the exit was seen ${f(t.exitMs)}, ${t.polls ?? '-'} polls)`;
 }
 
 function summarize(samples: number[], timings: Timings[]): string {
@@ -147,7 +150,7 @@ async function sequentialClaims(daemon: RunningDaemon, count: number): Promise<{
 }
 
 /** `claims` claims in waves of `concurrency`, the pool refilled to hold a whole wave before each. */
-async function claimWaves(daemon: RunningDaemon, o: { claims: number; concurrency: number; poolSize: number; warm: boolean }): Promise<{ samples: number[]; summary: string }> {
+async function claimWaves(daemon: RunningDaemon, o: { claims: number; concurrency: number; poolSize: number; warm: boolean; request?: Record<string, unknown> }): Promise<{ samples: number[]; summary: string }> {
   const samples: number[] = [];
   const timings: Timings[] = [];
   let served = 0;
@@ -159,7 +162,8 @@ async function claimWaves(daemon: RunningDaemon, o: { claims: number; concurrenc
     const results = await Promise.all(
       Array.from({ length: wave }, async () => {
         const s = performance.now();
-        const c = await daemon.fabric.claim('bench', {});
+        const c = await daemon.fabric.claim('bench', o.request ?? {});
+        if (o.request?.customize !== undefined && !c.script?.stdout.includes('customized')) throw new Error(`a claim's script did not run: ${JSON.stringify(c.script)}`);
         return { ms: performance.now() - s, c };
       }),
     );
@@ -275,12 +279,17 @@ export async function fabricBenchmark(args: string[]): Promise<BenchResult> {
     const warmWaves = await claimWaves(daemon, { claims, concurrency, poolSize, warm: true });
     notes.push(`claims in waves, warm pool: ${warmWaves.summary}`);
     load.push(loadavg()[0] ?? 0);
+    // The same with a customisation script and env (the claims above ask for the identity only): the guest runs a shell.
+    const scripted = await claimWaves(daemon, { claims, concurrency, poolSize, warm: true, request: { customize: 'echo "customized $OFFSHOOT_VM_NAME $ROLE"\n', env: ['ROLE=bench'] } });
+    notes.push(`claims in waves with a customisation script, warm pool: ${scripted.summary}`);
+    load.push(loadavg()[0] ?? 0);
     comparisons.push(
       { metric: 'claim until the agent answers (paused pool, one at a time)', offshoot: { label: 'claim, paused child', unit: 'ms', samples: paused.samples }, baseline: { label: 'cold boot', unit: 'ms', samples: cold } },
       { metric: 'claim until the agent answers (paused pool, one at a time)', offshoot: { label: 'claim, paused child', unit: 'ms', samples: paused.samples }, baseline: { label: 'plain fork, 1 child', unit: 'ms', samples: fork } },
       { metric: 'claim until the agent answers (warm pool, one at a time)', offshoot: { label: 'claim, warm child', unit: 'ms', samples: warm.samples }, baseline: { label: 'plain fork, 1 child', unit: 'ms', samples: fork } },
       { metric: `claim until the agent answers (paused pool, ${concurrency} at once)`, offshoot: { label: 'claim, paused child', unit: 'ms', samples: pausedWaves.samples }, baseline: { label: 'plain fork, 1 child', unit: 'ms', samples: fork } },
       { metric: `claim until the agent answers (warm pool, ${concurrency} at once)`, offshoot: { label: 'claim, warm child', unit: 'ms', samples: warmWaves.samples }, baseline: { label: 'plain fork, 1 child', unit: 'ms', samples: fork } },
+      { metric: `claim with a customisation script until it ran (warm pool, ${concurrency} at once)`, offshoot: { label: 'claim + script, warm child', unit: 'ms', samples: scripted.samples }, baseline: { label: 'plain fork, 1 child', unit: 'ms', samples: fork } },
       { metric: 'claim until the agent answers (empty pool)', offshoot: { label: 'claim, forked on demand', unit: 'ms', samples: onDemand }, baseline: { label: 'cold boot', unit: 'ms', samples: cold } },
       { metric: `host memory of ${members.length} ready children`, offshoot: { label: 'pool (PSS + template)', unit: 'MiB', samples: [poolMiB] }, baseline: { label: `${members.length} x booted guest`, unit: 'MiB', samples: [bootedMiB * members.length] } },
       { metric: `host memory: ${members.length} ready children vs ${booted.length} booted guests running together`, offshoot: { label: 'pool (PSS + template)', unit: 'MiB', samples: [poolMiB] }, baseline: { label: `${booted.length} booted guests (PSS + RAM files)`, unit: 'MiB', samples: [bootedTogetherMiB] } },

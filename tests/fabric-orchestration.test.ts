@@ -269,10 +269,10 @@ describe('fabric orchestration against the fake agent', () => {
     expect((await s.engine.resolve('src')).state).toBe('running');
   });
 
-  it('has the host set the clock of a paused or on-demand child at its hand-out, and not of a warm one (its clock ran since its warm-up set it)', async () => {
+  it('has the host set the clock of a paused or on-demand child at its hand-out, and not of a warm one (its clock ran since its warm-up set it); only a warm-up arms a waiter', async () => {
     const s = await setup();
     closers.push(s.close);
-    const handOuts: Array<{ vmId: string; resume: boolean; setClock?: boolean; script?: string }> = [];
+    const handOuts: Array<{ vmId: string; resume: boolean; setClock?: boolean; script?: string; arm?: boolean }> = [];
     const endpoint = s.agent.endpoint;
     const dispatch = endpoint.dispatch.bind(endpoint);
     endpoint.dispatch = (name, raw, meta) => {
@@ -293,7 +293,9 @@ describe('fabric orchestration against the fake agent', () => {
     expect(claimOf(onDemand.vm.id).map((h) => [h.resume, h.setClock])).toEqual([[false, true]]);
     expect(claimOf(paused.vm.id).map((h) => [h.resume, h.setClock])).toEqual([[true, true]]);
     expect(claimOf(warm.vm.id).map((h) => [h.resume, h.setClock])).toEqual([[false, false]]);
-    for (const id of [paused.vm.id, warm.vm.id]) expect(handOuts.filter((h) => h.vmId === id && h.script === ':').map((h) => h.setClock ?? true)).toEqual([true]);
+    for (const id of [paused.vm.id, warm.vm.id]) expect(handOuts.filter((h) => h.vmId === id && h.script === ':').map((h) => [h.setClock ?? true, h.arm])).toEqual([[true, true]]);
+    // A pool child's warm-up arms a waiter for its claim's guest step; a claim never arms one in the child it hands out.
+    expect(handOuts.filter((h) => h.script === undefined).map((h) => h.arm ?? false)).toEqual([false, false, false]);
     for (const c of [onDemand, paused, warm]) expect(c.timings.claimMs).toBeGreaterThanOrEqual(c.timings.callMs);
   });
 });

@@ -25,7 +25,7 @@ export function fabricHandlers(d: FabricHandlerDeps): Pick<AgentHandlers, Fabric
     },
     handOutChild: async (r, ctx) => {
       ctx.progress(0.1, 'handing the child out');
-      return d.templates.handOut(r.vmId, r.resume, { hostname: r.hostname, timeoutMs: r.timeoutMs, setClock: r.setClock ?? true, ...(r.script !== undefined ? { script: r.script } : {}), ...(r.env ? { env: r.env } : {}) });
+      return d.templates.handOut(r.vmId, r.resume, { hostname: r.hostname, timeoutMs: r.timeoutMs, setClock: r.setClock ?? true, arm: r.arm ?? false, ...(r.script !== undefined ? { script: r.script } : {}), ...(r.env ? { env: r.env } : {}) });
     },
     exportTemplate: async (r, ctx) => {
       const metadata = r.metadata as CheckpointMetadata;

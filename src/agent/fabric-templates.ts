@@ -26,20 +26,27 @@ import type { CheckpointMetadata, WriteProgress } from '../memory/index.ts';
 import { CheckpointReader } from '../memory/index.ts';
 import { guestMemoryBytes } from '../protocol/index.ts';
 import { restoreDisks, writeCheckpointFile } from './checkpoint-files.ts';
-import { handOutInGuest } from './fabric-hand-out.ts';
-import type { HandOutGuestResult } from './fabric-hand-out.ts';
+import { armHandOut, handOutInGuest } from './fabric-hand-out.ts';
+import type { ArmedHandOut, HandOutGuestResult } from './fabric-hand-out.ts';
 
-/** ms of a hand-out: resume, the guest step (and inside it: the guest-agent connection, guest-exec, until its exit was seen; polls). */
+/**
+ * ms of a hand-out: resume, the guest step (and inside it: the guest-agent connection, the identity; for a script its
+ * guest-exec, until its exit was seen; polls).
+ */
 export interface HandOutTimings {
   resumeMs: number;
   guestMs: number;
   totalMs: number;
   agentMs?: number;
+  /** Whether the child's guest had a waiter armed for its hand-out. */
+  armed?: boolean;
+  identityMs?: number;
   execMs?: number;
   exitMs?: number;
   polls?: number;
 }
 import type { StagingHost } from './fork-stager.ts';
+import type { RunningVm } from './running-vm.ts';
 import { loadDeviceState } from './migration.ts';
 import type { VmRuntime, VmSpec } from './types.ts';
 
@@ -94,6 +101,8 @@ export function specFiles(spec: VmSpec): string[] {
 
 export class HostTemplates {
   private cache: Map<string, Manifest> | undefined;
+  /** The hand-out waiter armed in each running child's guest (it goes with its QEMU; a restarted agent has none). */
+  private readonly armed = new WeakMap<RunningVm, ArmedHandOut>();
 
   constructor(private readonly host: FabricHost) {}
 
@@ -196,21 +205,29 @@ export class HostTemplates {
 
   /**
    * Readies a child for its claimer: resumed if paused, then the guest step (hostname, clock, entropy,
-   * the customisation script; see fabric-hand-out.ts). A guest agent that does not answer is a failed
-   * hand-out (ok: false), never a thrown error.
+   * the customisation script; see fabric-hand-out.ts), through the waiter armed in its guest when it has one.
+   * With `arm` (a pool child's warm-up), the step itself goes through a waiter, and a new one is left in the
+   * guest for the next hand-out. A guest agent
+   * that does not answer is a failed hand-out (ok: false), never a thrown error.
    */
-  async handOut(vmId: string, resume: boolean, request: { hostname: string; script?: string; env?: string[]; timeoutMs: number; setClock: boolean }): Promise<Omit<HandOutGuestResult, 'steps'> & { timings: HandOutTimings }> {
+  async handOut(vmId: string, resume: boolean, request: { hostname: string; script?: string; env?: string[]; timeoutMs: number; setClock: boolean; arm?: boolean }): Promise<Omit<HandOutGuestResult, 'steps'> & { timings: HandOutTimings }> {
     const t0 = performance.now();
     const vm = this.host.running(vmId);
+    let armed = this.armed.get(vm);
+    this.armed.delete(vm);
     if (resume) await vm.qmp.cont();
     const resumed = performance.now();
     let result: Omit<HandOutGuestResult, 'steps'>;
     let steps: HandOutGuestResult['steps'] | undefined;
     let agentMs = 0;
+    const { arm, ...guestRequest } = request;
     try {
       const qga = await vm.guestAgent(request.timeoutMs);
       agentMs = performance.now() - resumed;
-      ({ steps, ...result } = await handOutInGuest(qga, { ...request, vmId }));
+      // A warm-up goes the way its claim will (through a waiter), so under TCG that code is translated by then.
+      if (arm && !armed) armed = await armHandOut(qga, vmId, request.timeoutMs);
+      ({ steps, ...result } = await handOutInGuest(qga, { ...guestRequest, vmId }, armed));
+      if (arm && result.ok) this.armed.set(vm, await armHandOut(qga, vmId, request.timeoutMs));
     } catch (err) {
       vm.dropGuestAgent();
       result = { ok: false, error: `the guest agent did not answer: ${(err as Error).message}`, script: null };

@@ -35,10 +35,10 @@ export const handOutResultSchema = z.object({
   script: z.object({ exitCode: z.number().int().nullable(), stdout: z.string(), stderr: z.string() }).nullable(),
   /**
    * ms: resuming the vCPUs, the guest step (identity, clock, entropy, script), the whole hand-out; inside the
-   * guest step (when it ran): getting the guest-agent connection, the guest-exec round trip, from there until
-   * the exit was seen, and the exit polls.
+   * guest step (when it ran): getting the guest-agent connection, the identity (hostname, entropy, clock), and
+   * for a script its guest-exec round trip, from there until the exit was seen, and the exit polls.
    */
-  timings: z.object({ resumeMs: z.number(), guestMs: z.number(), totalMs: z.number(), agentMs: z.number().optional(), execMs: z.number().optional(), exitMs: z.number().optional(), polls: z.number().int().optional() }),
+  timings: z.object({ resumeMs: z.number(), guestMs: z.number(), totalMs: z.number(), agentMs: z.number().optional(), armed: z.boolean().optional(), identityMs: z.number().optional(), execMs: z.number().optional(), exitMs: z.number().optional(), polls: z.number().int().optional() }),
 });
 
 const templateRef = z.object({ templateId: uuidSchema });
@@ -55,8 +55,8 @@ export const FABRIC_CALLS = {
     z.object({ runtime: vmRuntimeSchema, spec: vmSpecSchema }),
   ),
   handOutChild: operation(
-    "readies a child for whoever claimed it: resumed if paused, then one guest step sets its hostname, the clock (unless setClock is false: a child that ran since its clock was set) and fresh entropy and runs the customisation script (env, as KEY=VALUE, exported to it); reports rather than throws for the guest's sake",
-    { vmId: vmIdSchema, resume: z.boolean(), setClock: z.boolean().optional(), hostname: nameSchema, script: z.string().max(1024 * 1024).optional(), env: z.array(z.string().max(65536)).max(256).optional(), timeoutMs: z.number().int().min(1).max(600_000) },
+    "readies a child for whoever claimed it: resumed if paused, then one guest step sets its hostname, the clock (unless setClock is false: a child that ran since its clock was set) and fresh entropy and runs the customisation script (env, as KEY=VALUE, exported to it); with arm (a pool child's warm-up), leaves a waiter in the guest that makes its next hand-out start no process; reports rather than throws for the guest's sake",
+    { vmId: vmIdSchema, resume: z.boolean(), setClock: z.boolean().optional(), arm: z.boolean().optional(), hostname: nameSchema, script: z.string().max(1024 * 1024).optional(), env: z.array(z.string().max(65536)).max(256).optional(), timeoutMs: z.number().int().min(1).max(600_000) },
     handOutResultSchema,
   ),
   exportTemplate: operation('writes a host template (its RAM and device state) into a new checkpoint file, named by metadata.checkpointId when given (removeCheckpoint removes it, or a copy of it, by that id)', { templateId: uuidSchema, file: locatorSchema, metadata: checkpointMetadataSchema }, z.object({ fileBytes: z.number(), storedPages: z.number() })),

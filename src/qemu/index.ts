@@ -4,7 +4,7 @@ export * from './qemu-errors.ts';
 export { QmpClient, QmpEventSubscription } from './qmp-client.ts';
 export type { QmpTimestamp, QmpEvent, QmpGreeting, QmpStatus, QmpVersion, QmpConnectOptions, QmpExecuteOptions, QmpWaitForEventOptions, QmpCloseInfo } from './qmp-client.ts';
 export { QgaClient } from './qga-client.ts';
-export type { QgaConnectOptions, QgaWaitOptions, QgaExecOptions, QgaExecResult, QgaInfo, QgaShutdownMode, QgaCloseInfo } from './qga-client.ts';
+export type { QgaConnectOptions, QgaWaitOptions, QgaExecOptions, QgaExecResult, QgaInfo, QgaShutdownMode, QgaCloseInfo, QgaBatchCall, QgaBatchOutcome } from './qga-client.ts';
 export type * from './launch-spec.ts';
 export { GUEST_AGENT_PORT, PROCESS_NAME_PREFIX } from './launch-spec.ts';
 export { buildQemuArgv, validateLaunchSpec, qemuOptValue, guestMemorySize, MIN_MEMORY_MIB, MAX_VCPUS, MAX_MEMORY_EXTRA_KIB } from './argv.ts';

@@ -201,6 +201,47 @@ describe('QgaClient against the real qemu-ga (unix-listen on the host)', () => {
     expect((await qga.readFile(file)).length).toBe(0);
   });
 
+  it('executeBatch sends several commands at once and returns each outcome, an error of one not stopping the rest', async () => {
+    const qga = await connect();
+    const out = await qga.executeBatch([{ command: 'guest-ping' }, { command: 'guest-offshoot-nope' }, { command: 'guest-info' }]);
+    expect(out.map((o) => o.ok)).toEqual([true, false, true]);
+    expect(out[1]?.ok === false && out[1].error.errorClass).toBe('CommandNotFound');
+    expect(out[2]?.ok && (out[2].value as { version: string }).version).toMatch(/\d/);
+    expect(await qga.executeBatch([])).toEqual([]);
+    await qga.ping();
+  });
+
+  it('writeFiles writes several files in two batches and names the one that failed, closing the others', async () => {
+    const qga = await connect();
+    const a = path.join(dir, 'a');
+    const b = path.join(dir, 'b');
+    await qga.writeFiles([{ path: a, data: 'one' }, { path: b, data: randomBytes(100) }, { path: path.join(dir, 'empty'), data: '' }], { then: [{ command: 'guest-ping' }] });
+    expect(await readFile(a, 'utf8')).toBe('one');
+    expect((await readFile(b)).length).toBe(100);
+    const err = (await qga.writeFiles([{ path: a, data: 'two' }, { path: path.join(dir, 'missing', 'x'), data: 'x' }]).catch((e: unknown) => e)) as QgaCommandError;
+    expect(err).toBeInstanceOf(QgaCommandError);
+    expect(err.desc).toContain(path.join(dir, 'missing', 'x'));
+    expect(await readFile(a, 'utf8')).toBe('two');
+    const then = (await qga.writeFiles([{ path: a, data: 'three' }], { then: [{ command: 'guest-offshoot-nope' }] }).catch((e: unknown) => e)) as QgaCommandError;
+    expect(then.errorClass).toBe('CommandNotFound');
+  });
+
+  it('exec follows its poll schedule and reports its timings; start and waitExec split it', async () => {
+    const qga = await connect();
+    const seen: Array<[number, number]> = [];
+    const r = await qga.exec('/bin/sh', ['-c', 'sleep 0.2; echo done'], { pollDelayMs: (elapsed, polls) => (seen.push([elapsed, polls]), 50) });
+    expect(r.stdout.toString()).toBe('done\n');
+    expect(r.timings.polls).toBe(seen.length);
+    expect(seen.map(([, polls]) => polls)).toEqual(seen.map((_, i) => i));
+    expect(r.timings.polls).toBeGreaterThanOrEqual(4);
+    expect(r.timings.execMs).toBeGreaterThan(0);
+    expect(r.timings.exitMs).toBeGreaterThanOrEqual(200);
+    const pid = await qga.start('/bin/echo', ['split']);
+    const w = await qga.waitExec(pid);
+    expect(w.stdout.toString()).toBe('split\n');
+    expect(w.timings.execMs).toBe(0);
+  });
+
   it('serialises concurrent calls', async () => {
     const qga = await connect();
     const results = await Promise.all([

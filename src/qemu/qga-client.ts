@@ -50,6 +50,11 @@ export interface QgaExecOptions {
   env?: string[];
   /** Limit for the whole run, polling included. Default: the client's command timeout. */
   timeoutMs?: number;
+  /**
+   * ms to wait before each exit poll, given the ms since the guest-exec was sent and the polls made so far.
+   * Default: the first poll at once, then 5 ms doubling to 200 ms (made for long commands).
+   */
+  pollDelayMs?: (elapsedMs: number, polls: number) => number;
 }
 
 export interface QgaExecResult {
@@ -62,7 +67,18 @@ export interface QgaExecResult {
   /** qemu-ga caps captured output (16 MiB in 7.2) and says when it cut it. */
   stdoutTruncated: boolean;
   stderrTruncated: boolean;
+  /** ms: the guest-exec round trip (the guest started the process), then until its exit was seen; the exit polls made. */
+  timings: { execMs: number; exitMs: number; polls: number };
 }
+
+/** One command of a batch (see executeBatch). */
+export interface QgaBatchCall {
+  command: string;
+  args?: object;
+}
+
+/** The outcome of one command of a batch: its "return" value, or the agent's error for it. */
+export type QgaBatchOutcome = { ok: true; value: unknown } | { ok: false; error: QgaCommandError };
 
 export interface QgaInfo {
   version: string;
@@ -248,24 +264,54 @@ export class QgaClient {
 
   /**
    * Runs a program in the guest with guest-exec (output captured) and polls
-   * guest-exec-status until it ends. On timeout the process keeps running in
-   * the guest (QGA 7.2 cannot kill it); the error carries its pid.
+   * guest-exec-status until it ends (on the `pollDelayMs` schedule): start()
+   * then waitExec(). On timeout the process keeps running in the guest
+   * (QGA 7.2 cannot kill it); the error carries its pid.
    */
   async exec(path: string, args: string[] = [], options: QgaExecOptions = {}): Promise<QgaExecResult> {
+    const t0 = performance.now();
     const timeoutMs = options.timeoutMs ?? this.#commandTimeoutMs;
     const deadline = Date.now() + timeoutMs;
+    const pid = await this.start(path, args, { ...options, timeoutMs });
+    const execMs = performance.now() - t0;
+    const result = await this.waitExec(pid, { timeoutMs: Math.max(1, deadline - Date.now()), label: `exec ${path}`, ...(options.pollDelayMs ? { pollDelayMs: options.pollDelayMs } : {}) });
+    return { ...result, timings: { ...result.timings, execMs } };
+  }
+
+  /** Starts a program in the guest with guest-exec (output captured) and returns its pid (waitExec waits for its end). */
+  async start(path: string, args: string[] = [], options: Omit<QgaExecOptions, 'pollDelayMs'> = {}): Promise<number> {
     const request: Record<string, unknown> = { path, arg: args, 'capture-output': true };
     if (options.env) request.env = options.env;
     if (options.input !== undefined) request['input-data'] = Buffer.from(options.input).toString('base64');
+    const { pid } = await this.execute<{ pid: number }>('guest-exec', request, { timeoutMs: options.timeoutMs ?? this.#commandTimeoutMs });
+    return pid;
+  }
+
+  /**
+   * Polls guest-exec-status for a process start() began until it ends, on the `pollDelayMs` schedule (its
+   * elapsed ms count from this call); timings.execMs is 0. Throws QgaTimeoutError with the pid when it does
+   * not end in `timeoutMs` (it keeps running in the guest).
+   */
+  async waitExec(pid: number, options: { timeoutMs?: number; pollDelayMs?: QgaExecOptions['pollDelayMs']; label?: string } = {}): Promise<QgaExecResult> {
+    const t0 = performance.now();
+    const timeoutMs = options.timeoutMs ?? this.#commandTimeoutMs;
+    const deadline = Date.now() + timeoutMs;
+    const pollDelayMs = options.pollDelayMs ?? defaultPollDelayMs;
+    const label = options.label ?? `exec pid ${pid}`;
     const left = (): number => Math.max(1, deadline - Date.now());
-    const { pid } = await this.execute<{ pid: number }>('guest-exec', request, { timeoutMs: left() });
-    let pause = 5;
+    let polls = 0;
     while (true) {
+      const pause = pollDelayMs(performance.now() - t0, polls);
+      if (pause > 0) {
+        if (Date.now() + pause >= deadline) throw new QgaTimeoutError(label, timeoutMs, { pid });
+        await sleep(pause);
+      }
       let status: GuestExecStatus;
       try {
+        polls++;
         status = await this.execute<GuestExecStatus>('guest-exec-status', { pid }, { timeoutMs: left() });
       } catch (err) {
-        if (err instanceof QgaTimeoutError) throw new QgaTimeoutError(`exec ${path}`, timeoutMs, { path, pid });
+        if (err instanceof QgaTimeoutError) throw new QgaTimeoutError(label, timeoutMs, { pid });
         throw err;
       }
       if (status.exited) {
@@ -276,11 +322,10 @@ export class QgaClient {
           stderr: Buffer.from(status['err-data'] ?? '', 'base64'),
           stdoutTruncated: status['out-truncated'] ?? false,
           stderrTruncated: status['err-truncated'] ?? false,
+          timings: { execMs: 0, exitMs: performance.now() - t0, polls },
         };
       }
-      if (Date.now() + pause >= deadline) throw new QgaTimeoutError(`exec ${path}`, timeoutMs, { path, pid });
-      await sleep(pause);
-      pause = Math.min(pause * 2, 200);
+      if (Date.now() >= deadline) throw new QgaTimeoutError(label, timeoutMs, { pid });
     }
   }
 
@@ -315,6 +360,89 @@ export class QgaClient {
     } finally {
       await this.#closeFile(handle);
     }
+  }
+
+  /**
+   * Runs several agent commands sent in one write: the agent reads them together and answers each in order,
+   * so the guest wakes once for all of them rather than once per command (under TCG every wake-up costs the
+   * guest's vCPU). Commands cannot use each other's results. Resolves with each command's outcome (an error
+   * of one does not stop the others); rejects with QgaTimeoutError (for the whole batch) or QgaDisconnectedError.
+   */
+  executeBatch(calls: QgaBatchCall[], options: { timeoutMs?: number } = {}): Promise<QgaBatchOutcome[]> {
+    const timeoutMs = options.timeoutMs ?? this.#commandTimeoutMs;
+    const label = calls.map((c) => c.command).join(',');
+    return this.#run<QgaBatchOutcome[]>(label, timeoutMs, () => {
+      if (calls.length === 0) return Promise.resolve([]);
+      const ids = calls.map(() => `og${this.#nextId++}`);
+      const outcomes: QgaBatchOutcome[] = [];
+      const all = new Promise<QgaBatchOutcome[]>((resolve, reject) => {
+        // Each reply is taken synchronously in #onMessage, which then expects the next command's id.
+        const expect = (i: number): void => {
+          const call = calls[i] as QgaBatchCall;
+          const next = (outcome: QgaBatchOutcome): void => {
+            outcomes.push(outcome);
+            if (i + 1 < calls.length) expect(i + 1);
+            else resolve(outcomes);
+          };
+          this.#inFlight = {
+            command: call.command,
+            id: ids[i] as string,
+            sync: false,
+            resolve: (value) => next({ ok: true, value }),
+            reject: (error) => (error instanceof QgaCommandError ? next({ ok: false, error }) : reject(error)),
+          };
+        };
+        expect(0);
+      });
+      const lines = calls.map((c, i) => JSON.stringify(c.args === undefined ? { execute: c.command, id: ids[i] } : { execute: c.command, arguments: c.args, id: ids[i] }));
+      this.#conn.sendRaw(Buffer.from(`${lines.join('\n')}\n`, 'utf8'));
+      return all;
+    });
+  }
+
+  /**
+   * Creates or truncates several small guest files and writes each one's bytes, in two batches (the opens;
+   * then the writes and closes): two wake-ups of the guest whatever the number of files. Each file's bytes
+   * go in one guest-file-write, so each must fit the client's chunk size. `then`: more commands sent in the
+   * second batch, after the closes (the same wake-up). Throws QgaCommandError naming the first file that
+   * failed (every file opened is closed), or else the first of `then` that failed.
+   */
+  async writeFiles(files: Array<{ path: string; data: Buffer | string }>, options: { timeoutMs?: number; then?: QgaBatchCall[] } = {}): Promise<void> {
+    const deadline = Date.now() + (options.timeoutMs ?? this.#commandTimeoutMs);
+    const left = (): number => Math.max(1, deadline - Date.now());
+    const bytes = files.map((f) => Buffer.from(f.data));
+    const tooBig = files.find((_, i) => (bytes[i] as Buffer).length > this.#chunkBytes);
+    if (tooBig) throw new QgaCommandError('guest-file-write', 'GenericError', `${tooBig.path} is larger than one chunk (${this.#chunkBytes} bytes): write it with writeFile`);
+    const opened = await this.executeBatch(files.map((f) => ({ command: 'guest-file-open', args: { path: f.path, mode: 'w' } })), { timeoutMs: left() });
+    const calls: QgaBatchCall[] = [];
+    const written: number[] = [];
+    opened.forEach((o, i) => {
+      if (!o.ok) return;
+      const data = bytes[i] as Buffer;
+      written.push(i);
+      if (data.length > 0) calls.push({ command: 'guest-file-write', args: { handle: o.value, 'buf-b64': data.toString('base64'), count: data.length } });
+      calls.push({ command: 'guest-file-close', args: { handle: o.value } });
+    });
+    const then = options.then ?? [];
+    const done = await this.executeBatch([...calls, ...then], { timeoutMs: left() });
+    const failedOpen = opened.findIndex((o) => !o.ok);
+    if (failedOpen >= 0) {
+      const { error } = opened[failedOpen] as { ok: false; error: QgaCommandError };
+      throw new QgaCommandError('guest-file-open', error.errorClass, `${files[failedOpen]?.path}: ${error.desc}`);
+    }
+    let k = 0;
+    for (const i of written) {
+      const data = bytes[i] as Buffer;
+      if (data.length > 0) {
+        const w = done[k++] as QgaBatchOutcome;
+        if (!w.ok) throw new QgaCommandError('guest-file-write', w.error.errorClass, `${files[i]?.path}: ${w.error.desc}`);
+        const count = (w.value as { count: number }).count;
+        if (count !== data.length) throw new QgaCommandError('guest-file-write', 'GenericError', `wrote ${count} of ${data.length} bytes of ${files[i]?.path}`);
+      }
+      const c = done[k++] as QgaBatchOutcome;
+      if (!c.ok) throw new QgaCommandError('guest-file-close', c.error.errorClass, `${files[i]?.path}: ${c.error.desc}`);
+    }
+    for (const outcome of done.slice(k)) if (!outcome.ok) throw outcome.error;
   }
 
   /**
@@ -448,6 +576,11 @@ export class QgaClient {
   #warn(message: string, details: Record<string, unknown>): void {
     this.#onWarning?.(message, { socketPath: this.socketPath, ...details });
   }
+}
+
+/** exec's default poll schedule: the first poll at once, then 5 ms doubling to 200 ms. */
+function defaultPollDelayMs(_elapsedMs: number, polls: number): number {
+  return polls === 0 ? 0 : Math.min(200, 5 * 2 ** (polls - 1));
 }
 
 function isObject(value: unknown): value is Record<string, unknown> {

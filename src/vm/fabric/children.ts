@@ -6,9 +6,11 @@
 //
 // The readiness check is the guest agent answering the identity step (new
 // MAC, machine-id, entropy, hostname). With `warmUp`, the claim's own guest
-// step (fabric-hand-out.ts on the agent) also runs once: under TCG each QEMU
-// translates guest code on its first run, so a child that ran the claim's
-// commands once answers a real claim from already translated code.
+// step (fabric-hand-out.ts on the agent) also runs once, and arms a waiter in
+// the guest that the claim's step goes through (no process started then):
+// under TCG each QEMU translates guest code on its first run, so a child that
+// ran the claim's commands once answers a real claim from already translated
+// code.
 import { OffshootError } from '../../common/index.ts';
 import { runOperation } from '../../protocol/index.ts';
 import { applyIdentity, withNewIdentity } from '../identity.ts';
@@ -49,7 +51,7 @@ export async function spawnChild(deps: FabricDeps, template: TemplateRecord, pla
     const identity = await applyIdentity(agent, deps.engine.states, vm, { timeoutMs });
     if (!identity.ok) throw new OffshootError('GUEST_AGENT_UNAVAILABLE', `child ${options.name} failed its readiness check: ${identity.error}`, { vm: options.name }, 504);
     if (options.warmUp) {
-      const warm = await runOperation(agent, 'handOutChild', { vmId: options.vmId, resume: false, hostname: options.name, script: ':', timeoutMs });
+      const warm = await runOperation(agent, 'handOutChild', { vmId: options.vmId, resume: false, hostname: options.name, script: ':', arm: true, timeoutMs });
       if (!warm.ok) throw new OffshootError('GUEST_AGENT_UNAVAILABLE', `child ${options.name} failed its readiness check: ${warm.error}`, { vm: options.name }, 504);
     }
     if (options.pause) {

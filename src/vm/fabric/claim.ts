@@ -48,10 +48,10 @@ export interface ClaimResult {
   /**
    * ms: the whole claim as the controller saw it; picking the child (the inventory's conditional update, and
    * for an on-demand claim the fork); the hand-out call to its host as the controller saw it, and inside it the
-   * host's hand-out (resume, guest step; in the guest step, when it ran: guest-agent connection, guest-exec
-   * round trip, until its exit was seen, exit polls); recording the child running.
+   * host's hand-out (resume, guest step; in the guest step, when it ran: guest-agent connection, identity, and
+   * for a script its guest-exec round trip, until its exit was seen, exit polls); recording the child running.
    */
-  timings: { claimMs: number; pickMs: number; callMs: number; resumeMs: number; guestMs: number; handOutMs: number; settleMs: number; agentMs?: number; execMs?: number; exitMs?: number; polls?: number };
+  timings: { claimMs: number; pickMs: number; callMs: number; resumeMs: number; guestMs: number; handOutMs: number; settleMs: number; agentMs?: number; armed?: boolean; identityMs?: number; execMs?: number; exitMs?: number; polls?: number };
   /** Children that failed their hand-out and were removed before this one. */
   skipped: Array<{ vm: string; error: string }>;
 }
