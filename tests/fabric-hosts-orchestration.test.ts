@@ -12,14 +12,15 @@ import { describe, expect, it } from 'vitest';
 import { silentLogger } from '../src/common/index.ts';
 import type { FakeAgent } from '../src/protocol/index.ts';
 import type { CarryReport, TemplateView } from '../src/vm/index.ts';
-import { FabricService } from '../src/vm/index.ts';
+import { FabricService, StorageService } from '../src/vm/index.ts';
 import { codeOf } from '../src/protocol/contract-support.ts';
 import { closedAfterEach, twoHostFleet } from './fake-fleet.ts';
 
 async function setup() {
   const s = await twoHostFleet({ prefix: 'osh-fabric-hosts', subnet: '10.254.9' });
   const { inventory, engine } = s;
-  const fabric = s.own(new FabricService({ inventory, fabric: inventory.fabric, engine, logger: silentLogger, readyTimeoutMs: 5_000, reconcileMs: 60_000 }));
+  const storage = s.own(new StorageService({ inventory, storageInventory: inventory.storage, engine, logger: silentLogger }));
+  const fabric = s.own(new FabricService({ inventory, fabric: inventory.fabric, engine, logger: silentLogger, readyTimeoutMs: 5_000, reconcileMs: 60_000, jobs: storage.jobs }));
   await fabric.start();
   await s.running('src', 'a');
   const template = async (name: string, hosts?: string[]): Promise<TemplateView> => {
@@ -34,7 +35,7 @@ async function setup() {
   };
   /** Files of the template's folder on a fake host. */
   const folder = (agent: FakeAgent, templateId: string) => [...agent.files].filter((f) => f.startsWith(`home:fabric/${templateId}/`)).sort();
-  return { ...s, a: s.local, b: s.remote, fabric, template, place, folder };
+  return { ...s, a: s.local, b: s.remote, fabric, storage, template, place, folder };
 }
 
 describe('templates on several hosts against fake agents', () => {
