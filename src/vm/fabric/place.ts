@@ -153,6 +153,7 @@ async function carry(deps: FabricDeps, j: PlaceJournal, ctx: TaskContext, option
       j.memoryJobId = (await submitPlaceJob(deps, purpose(memory), j.hostId, j.fromHostId, [{ from: memory.file, to: checkpoint }])).id;
       await record();
     }
+    await deps.faults?.('template.copying');
     phase = 'copying the template files';
     const ids = [j.filesJobId, j.memoryJobId].filter((id): id is string => id !== null);
     const jobs: CopyJobRecord[] = await followJobs(deps, ids, j.plan, hostName, signal, (f, message, detail) => void ctx.progress(0.05 + 0.85 * f, message, detail).catch(() => undefined));
@@ -160,6 +161,7 @@ async function carry(deps: FabricDeps, j: PlaceJournal, ctx: TaskContext, option
     if (j.memory) await dropExport(deps, j.memory, false).catch((err: unknown) => deps.logger.warn({ err }, 'cannot remove the exported template file; it goes with the template'));
     j.phase = 'importing';
     await record();
+    await deps.faults?.('template.importing');
 
     // link: each copied qcow2 layer over the destination's copy of the layer below it.
     phase = 'linking the copied disks';
