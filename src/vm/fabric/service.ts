@@ -5,9 +5,11 @@
 // pools, one per host it is ready on, are kept by the pool keeper (pool.ts);
 // a claim hands a child out from any host (claim.ts).
 //
-// Placements: `placing` while their task runs (a placement whose task ended
-// unfinished, its controller gone, is removed from its host at start and by
-// the periodic check), `ready`, or `broken` (placing it again replaces it).
+// Placements: `placing` while their task runs (a task taken over from a
+// controller that died while the files travelled goes on here; a placement
+// whose task ended unfinished is removed from its host, with its copy jobs,
+// at start and by the periodic check), `ready`, or `broken` (placing it again
+// replaces it). `task cancel` of a placement cancels its copy jobs.
 // `template delete` removes the copy on every host; a host that does not
 // answer keeps the template `deleting` (with that host's copy listed) until
 // it does, so no host is left with files of a template the inventory forgot.
