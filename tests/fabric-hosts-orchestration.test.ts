@@ -192,6 +192,8 @@ describe('templates on several hosts against fake agents', () => {
     const started = await s.fabric.place('web', { host: 'b' });
     await waitUntil(async () => (await s.placeJobs()).some((j) => j.state === 'running'));
     expect((await s.engine.tasks.get(started.task?.id as string)).state).toBe('running');
+    // The task's progress follows its jobs (and names them).
+    await waitUntil(async () => /^copying .* to host b \(copy job job-/.test((await s.engine.tasks.get(started.task?.id as string)).message));
     const cancelling = s.engine.cancelTask(started.task?.id as string);
     release();
     const cancelled = await cancelling;
