@@ -202,7 +202,7 @@ async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock
   // Before recovery, so the tasks it fails are counted.
   const metrics = new DaemonMetrics({ engine });
   const storage = new StorageService({ inventory, storageInventory: inventory.storage, engine, logger, copy: options.copy ?? copySettingsFromEnvironment(process.env), faults });
-  const fabric = new FabricService({ inventory, fabric: inventory.fabric, engine, logger, faults });
+  const fabric = new FabricService({ inventory, fabric: inventory.fabric, engine, logger, faults, jobs: storage.jobs });
   const closeServices = async () => {
     metrics.close();
     await fabric.close();

@@ -78,7 +78,7 @@ export async function upgradeLegacyRecords(deps: { inventory: Inventory; storage
   for (const job of await storageInventory.listCopyJobs()) {
     if (job.hostId && !job.files.some((f) => f.source.startsWith('/') || f.target.startsWith('/'))) continue;
     await attempt(`copy job ${job.id}`, async () => {
-      const files = job.files.map((f) => ({ source: locate(f.source), target: locate(f.target), disk: { ...f.disk, file: f.disk.file ?? locate((f.disk as unknown as { path: string }).path) } }));
+      const files = job.files.map((f) => ({ source: locate(f.source), target: locate(f.target), ...(f.disk ? { disk: { ...f.disk, file: f.disk.file ?? locate((f.disk as unknown as { path: string }).path) } } : {}) }));
       await storageInventory.updateCopyJob(job.id, { hostId: job.hostId || hostId, history: job.history ?? [], files } as Partial<CopyJobRecord>);
     });
   }

@@ -109,6 +109,8 @@ export class VmEngine implements FleetListener {
   /** Garbage collection and freezes (which make bases no record names yet) run one at a time. */
   private readonly garbageLock = new KeyedMutex();
   private readonly cancelWatchers: Array<{ cancellable(): boolean; cancelRequested(taskIds: string[]): void }> = [];
+  /** Task kinds another part cancels (a template placement): cancelTask hands their running tasks to it. */
+  private readonly cancellers = new Map<string, (task: TaskRecord) => Promise<TaskRecord>>();
 
   constructor(options: VmEngineOptions) {
     this.options = options;
@@ -172,6 +174,11 @@ export class VmEngine implements FleetListener {
    */
   watchCancels(watcher: { cancellable(): boolean; cancelRequested(taskIds: string[]): void }): void {
     this.cancelWatchers.push(watcher);
+  }
+
+  /** Running tasks of `kind` are cancelled by `cancel` (which asks their controller, wherever it runs, and waits for their end). */
+  registerCanceller(kind: string, cancel: (task: TaskRecord) => Promise<TaskRecord>): void {
+    this.cancellers.set(kind, cancel);
   }
 
   /** This controller's id in the inventory (tasks' owner, claims' holder). */
@@ -370,6 +377,8 @@ export class VmEngine implements FleetListener {
     if (this.groupMigrations.cancellable(id)) return this.groupMigrations.cancel(id);
     if (this.drains.cancellable(id)) return this.drains.cancel(id);
     const task = await this.tasks.get(id);
+    const canceller = this.cancellers.get(task.kind);
+    if (canceller && task.state === 'running') return canceller(task);
     // A migration or drain another controller runs: ask it through the task's row (it polls for that every second).
     if (task.state === 'running' && MIGRATION_TASK_KINDS.includes(task.kind)) {
       await this.coordinator.store.leases.requestCancel(id);

@@ -8,7 +8,7 @@
 //   streams is reattached and finished, else its VM is removed; a start or a
 //   stop reattaches to its agent operations and finishes; a live migration
 //   goes forward or back from its journal (migrate/); kinds registered
-//   by other parts (copy jobs) go on as they say; any other kind fails with
+//   by other parts (copy jobs, template placements) go on as they say; any other kind fails with
 //   TASK_INTERRUPTED, its VM reconciled with what its host runs.
 // - Checkpoints left `writing` by no running task are removed with their
 //   partial files.

@@ -3,8 +3,8 @@
 // serve`). A VM on lab1 with a tmpfs file of random data and a service (a
 // counter ticking in the background) becomes a template placed on lab1 and
 // lab2 (`template create --host lab2`: its frozen base copied, its memory
-// carried as a checkpoint file, the default guest's files used where they
-// are). Pools of 4 on each host; 12 concurrent claims: the 8 ready children
+// carried as a checkpoint file, both by copy jobs of purpose `place`, the
+// default guest's files used where they are). Pools of 4 on each host; 12 concurrent claims: the 8 ready children
 // (4 on each host) and 4 forked on demand once the pools are empty; each
 // child has the data, a distinct hostname, MAC and machine-id, its service
 // ticking and its customisation's output, none handed out twice. The pools refill. lab2's
@@ -108,6 +108,14 @@ describe('templates on two lab hosts: placement, pools per host, claims across h
     const carried = (made?.result as { carried?: CarryReport[] } | undefined)?.carried?.[0];
     process.stderr.write(`template made on lab1 and placed on lab2 in ${(performance.now() - t0).toFixed(0)} ms (placement phases ${JSON.stringify(carried?.phasesMs)}; copied ${JSON.stringify(carried?.copied.map((c) => c.bytes))} bytes, memory file ${carried?.memoryFileBytes} bytes)\n`);
     expect(carried?.copied.map((c) => c.from)).toEqual([template.placements[0]?.spec?.disks[0]?.file]);
+    // The files and the memory travelled as copy jobs (purpose place) run by lab2, read from lab1's file server.
+    const lab2 = (await new HostClient(t.client()).list()).find((h) => h.name === 'lab2');
+    const jobs = (await new StorageClient(t.client()).listJobs()).filter((j) => carried?.copyJobs.includes(j.id));
+    expect(jobs.map((j) => [j.purpose.kind, j.hostId, j.state, j.files.length])).toEqual([
+      ['place', lab2?.id, 'succeeded', 1],
+      ['place', lab2?.id, 'succeeded', 1],
+    ]);
+    expect(jobs.every((j) => j.files.every((f) => f.sourceHostId === template.placements[0]?.hostId))).toBe(true);
     expect(template.placements.map((p) => [p.host, p.state])).toEqual([
       ['lab1', 'ready'],
       ['lab2', 'ready'],

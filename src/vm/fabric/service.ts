@@ -5,9 +5,11 @@
 // pools, one per host it is ready on, are kept by the pool keeper (pool.ts);
 // a claim hands a child out from any host (claim.ts).
 //
-// Placements: `placing` while their task runs (a placement whose task ended
-// unfinished, its controller gone, is removed from its host at start and by
-// the periodic check), `ready`, or `broken` (placing it again replaces it).
+// Placements: `placing` while their task runs (a task taken over from a
+// controller that died while the files travelled goes on here; a placement
+// whose task ended unfinished is removed from its host, with its copy jobs,
+// at start and by the periodic check), `ready`, or `broken` (placing it again
+// replaces it). `task cancel` of a placement cancels its copy jobs.
 // `template delete` removes the copy on every host; a host that does not
 // answer keeps the template `deleting` (with that host's copy listed) until
 // it does, so no host is left with files of a template the inventory forgot.
@@ -32,14 +34,15 @@ import { TEMPLATE_PIN } from '../gc.ts';
 import { newTaskId } from '../ids.ts';
 import { parseRequest } from '../requests.ts';
 import type { TaskRecord } from '../records.ts';
+import type { TaskContext } from '../tasks.ts';
 import { claimChild } from './claim.ts';
 import type { ClaimResult } from './claim.ts';
 import { EMPTY_POOL, freezeTemplate } from './create-template.ts';
 import type { FabricDeps } from './deps.ts';
 import { agentOn } from './deps.ts';
 import { PlacementRefusedError, TemplateInUseError, TemplateNotPlacedError } from './errors.ts';
-import { carryTemplate, undoCarry } from './place.ts';
-import type { CarryReport } from './place.ts';
+import { carryTemplate, placementCancelled, resumeCarry, undoCarry, undoPlacement } from './place.ts';
+import type { CarryReport, PlaceJournal } from './place.ts';
 import { PoolKeeper } from './pool.ts';
 import type { MemberState, PoolSettings, TemplatePlacement, TemplateRecord } from './records.ts';
 import { assertTemplateState } from './records.ts';
@@ -49,6 +52,7 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const DEFAULT_RECONCILE_MS = 30_000;
 /** A `creating` template with no task recorded is dropped after this long. */
 const UNRECORDED_CREATION_MS = 10 * 60_000;
+const PLACE_TASK = 'template.place';
 
 export interface PlacementView extends TemplatePlacement {
   host: string;
@@ -69,6 +73,8 @@ export class FabricService {
   readonly keeper: PoolKeeper;
   private timer: NodeJS.Timeout | undefined;
   private readonly unsubscribe: () => void;
+  /** Placement tasks running here, by task id: aborted by a cancel of the task. */
+  private readonly carrying = new Map<string, { cancel: AbortController; templateId: string; hostId: string }>();
 
   constructor(private readonly deps: FabricDeps) {
     this.keeper = new PoolKeeper(deps);
@@ -76,6 +82,10 @@ export class FabricService {
     this.unsubscribe = deps.engine.events.subscribe((event) => {
       if (event.type === 'vm.deleted') void deps.fabric.getMember(event.vmId).then((m) => (m && m.state === 'claimed' ? deps.fabric.deleteMember(m.vmId) : undefined)).catch(() => undefined);
     });
+    // Placements: taken over from a controller that died (resumed while their files travel), cancelled by request.
+    deps.engine.registerRecovery(PLACE_TASK, (task, journal) => this.recoverPlacement(task, journal as PlaceJournal | undefined));
+    deps.engine.registerCanceller(PLACE_TASK, (task) => this.cancelPlacement(task));
+    deps.engine.watchCancels({ cancellable: () => this.carrying.size > 0, cancelRequested: (ids) => ids.forEach((id) => this.cancelHere(id)) });
     deps.engine.fleet.listen({ hostBack: (host, why) => void this.checkHost(host.id, why === 'agent-restarted').catch((err: unknown) => deps.logger.warn({ err, host: host.name }, 'cannot reconcile the pools of a host')) });
   }
 
@@ -207,26 +217,66 @@ export class FabricService {
       replaced = there;
       return { ...x, placements: [...x.placements.filter((p) => p.hostId !== host.id), { ...this.placing(host.id, from.hostId, null), pool: there?.pool ?? { ...EMPTY_POOL } }] };
     });
-    const task = await this.deps.engine.tasks.start('template.place', { id: t.id, name: `${t.name}@${host.name}` }, async (ctx) => {
-      try {
+    const task = await this.deps.engine.tasks.start(PLACE_TASK, { id: t.id, name: `${t.name}@${host.name}` }, (ctx) =>
+      this.placeWork(t.id, host.id, ctx, async (cancel) => {
         if (replaced) {
           // The broken copy's children and files go first.
           for (const m of await this.deps.fabric.listMembers({ templateId: t.id, hostId: host.id })) if (m.state !== 'claimed') await this.keeper.retire(m, ['ready', 'filling', 'retiring']);
           await undoCarry(this.deps, t.id, host.id);
         }
         const current = await this.resolve(t.id);
-        const { placement, report } = await carryTemplate(this.deps, current, from, host.id, ctx);
-        await this.pin(t.id, [placement]);
-        const ready = await this.deps.fabric.updateTemplate(t.id, (x) => ({ ...x, placements: x.placements.map((p) => (p.hostId === host.id ? { ...placement, pool: p.pool } : p)) }));
-        this.keeper.request(t.id, host.id);
-        return { template: await this.view(ready), carried: report };
-      } catch (err) {
-        await this.dropPlacing(t.id, host.id);
-        throw err;
-      }
-    });
+        return carryTemplate(this.deps, current, from, host.id, ctx, { journal: (j) => ctx.journal(j), cancel });
+      }),
+    );
     const current = await this.deps.fabric.updateTemplate(t.id, (x) => ({ ...x, placements: x.placements.map((p) => (p.hostId === host.id && p.state === 'placing' ? { ...p, taskId: task.id } : p)) })).catch(() => marked);
     return { template: await this.view(current), task };
+  }
+
+  /** A placement task's work (started, or resumed after a takeover): the carry, then the placement ready and its pool asked for. */
+  private async placeWork(templateId: string, hostId: string, ctx: TaskContext, carry: (cancel: AbortSignal) => ReturnType<typeof carryTemplate>): Promise<unknown> {
+    const cancel = new AbortController();
+    this.carrying.set(ctx.taskId, { cancel, templateId, hostId });
+    try {
+      const { placement, report } = await carry(cancel.signal);
+      await this.pin(templateId, [placement]);
+      const ready = await this.deps.fabric.updateTemplate(templateId, (x) => ({ ...x, placements: x.placements.map((p) => (p.hostId === hostId ? { ...placement, pool: p.pool } : p)) }));
+      this.keeper.request(templateId, hostId);
+      return { template: await this.view(ready), carried: report };
+    } catch (err) {
+      if (!ctx.signal.aborted) await this.dropPlacing(templateId, hostId);
+      throw err;
+    } finally {
+      this.carrying.delete(ctx.taskId);
+    }
+  }
+
+  /**
+   * A placement task whose controller died: one whose files were travelling goes on here from its journal (its
+   * jobs are taken over with their own tasks); any other fails, and what it made goes (dropStalePlacements).
+   */
+  private async recoverPlacement(task: TaskRecord, journal: PlaceJournal | undefined): Promise<string> {
+    if (!journal || journal.phase !== 'copying') return 'the placement is removed from its host';
+    const t = await this.deps.fabric.getTemplate(journal.templateId);
+    if (!t?.placements.some((p) => p.hostId === journal.hostId && p.state === 'placing')) return 'the placement is gone';
+    this.deps.logger.info({ template: journal.template, host: journal.hostId, jobs: [journal.filesJobId, journal.memoryJobId] }, 'going on with a placement whose controller died');
+    this.deps.engine.tasks.resume(task, (ctx) => this.placeWork(journal.templateId, journal.hostId, ctx, (cancel) => resumeCarry(this.deps, journal, ctx, { journal: (j) => ctx.journal(j), cancel })));
+    return 'resumed';
+  }
+
+  /** `task cancel` of a placement: its jobs are cancelled and nothing of it is left (on whichever controller runs it). */
+  private async cancelPlacement(task: TaskRecord): Promise<TaskRecord> {
+    if (!this.cancelHere(task.id)) await this.deps.engine.coordinator.store.leases.requestCancel(task.id);
+    return this.deps.engine.tasks.wait(task.id);
+  }
+
+  private cancelHere(taskId: string): boolean {
+    const running = this.carrying.get(taskId);
+    if (!running) return false;
+    void this.deps.fabric
+      .getTemplate(running.templateId)
+      .catch(() => undefined)
+      .then((t) => running.cancel.abort(placementCancelled(taskId, t?.name ?? running.templateId, this.deps.engine.hostName(running.hostId))));
+    return true;
   }
 
   /** A placement being carried to `hostId` from `fromHost` by task `taskId`. */
@@ -244,7 +294,9 @@ export class FabricService {
       const task = p.taskId ? await this.deps.engine.tasks.get(p.taskId).catch(() => undefined) : undefined;
       if (task?.state === 'running' || (!p.taskId && Date.now() - Date.parse(t.updatedAt) < UNRECORDED_CREATION_MS)) continue;
       this.deps.logger.warn({ template: t.name, host: p.hostId }, 'a placement whose task ended unfinished: removing what it made');
-      await undoCarry(this.deps, t.id, p.hostId);
+      const journal = (task?.result as { journal?: PlaceJournal } | null)?.journal;
+      if (journal && p.taskId) await undoPlacement(this.deps, journal, p.taskId);
+      else await undoCarry(this.deps, t.id, p.hostId, p.taskId ?? null);
       await this.dropPlacing(t.id, p.hostId);
     }
   }
@@ -336,7 +388,7 @@ export class FabricService {
     if (task?.state === 'running') return;
     // Made by a controller that died before it recorded its task: left alone for a while (its task may still run).
     if (!t.taskId && Date.now() - Date.parse(t.createdAt) < UNRECORDED_CREATION_MS) return;
-    for (const hostId of new Set([t.originHostId, ...t.placements.map((p) => p.hostId)])) await undoCarry(this.deps, t.id, hostId);
+    for (const hostId of new Set([t.originHostId, ...t.placements.map((p) => p.hostId)])) await undoCarry(this.deps, t.id, hostId, t.taskId ?? null);
     await this.deps.fabric.deleteTemplate(t.id);
     await this.unpin(t.id);
   }

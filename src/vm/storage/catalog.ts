@@ -15,7 +15,7 @@ import type { StorageDeps } from './deps.ts';
 import { agentOn, datastoreHost } from './deps.ts';
 import { ContentMismatchError, DatastoreInUseError, DiskInUseError } from './errors.ts';
 import type { CopyFile, DatastoreRecord, DiskRecord } from './records.ts';
-import { isCopyJobDone } from './records.ts';
+import { copiedDisk, isCopyJobDone } from './records.ts';
 import { addDatastoreRequestSchema, attachDatastoreRequestSchema, createDiskRequestSchema, importDiskRequestSchema, resizeDiskRequestSchema, verifyDiskRequestSchema } from './requests.ts';
 import type { DiskMetaData } from '../../protocol/index.ts';
 
@@ -297,8 +297,9 @@ export class Catalog {
     const registered: DiskRecord[] = [];
     for (const file of files) {
       // A copy carries its source's content id: equal ids mean equal content.
-      const contentId = file.disk.contentId || (await agent.contentId({ file: file.source })).contentId;
-      registered.push(await this.register({ ...file.disk, file: file.target, contentId }));
+      const disk = copiedDisk(file);
+      const contentId = disk.contentId || (await agent.contentId({ file: file.source })).contentId;
+      registered.push(await this.register({ ...disk, file: file.target, contentId }));
     }
     return registered;
   }
@@ -306,8 +307,9 @@ export class Catalog {
   async relinkCopies(files: CopyFile[], hostId: string): Promise<void> {
     const agent = agentOn(this.deps, hostId);
     for (const file of files) {
-      const parent = files.find((f) => f.disk.id === file.disk.parentId);
-      if (file.disk.format === 'qcow2') await agent.relinkDisk({ file: file.target, backing: parent ? { file: parent.target, format: parent.disk.format } : null });
+      const disk = copiedDisk(file);
+      const parent = files.find((f) => f.disk?.id === disk.parentId);
+      if (disk.format === 'qcow2') await agent.relinkDisk({ file: file.target, backing: parent ? { file: parent.target, format: copiedDisk(parent).format } : null });
     }
   }
 }

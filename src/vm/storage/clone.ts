@@ -26,6 +26,7 @@ import { freezeVmDisks } from './freeze.ts';
 import { streamChainsIntoDisks } from './stream.ts';
 import type { Pools } from './pools.ts';
 import type { CopyFile, CopyJobRecord, DiskRecord } from './records.ts';
+import { copiedDisk } from './records.ts';
 import { cloneRequestSchema } from './requests.ts';
 import type { CloneMode } from './requests.ts';
 
@@ -183,7 +184,7 @@ export class Cloner {
     const disks: VmDisk[] = [];
     for (const disk of spec.disks) {
       const top = disk.readOnly || !disk.owned ? undefined : job.files.find((f) => f.target === disk.backing[0]);
-      disks.push(top ? { ...disk, file: (await agent.createDelta({ vmId: purpose.cloneVmId, diskId: disk.id, backing: { file: top.target, format: top.disk.format } })).file } : disk);
+      disks.push(top ? { ...disk, file: (await agent.createDelta({ vmId: purpose.cloneVmId, diskId: disk.id, backing: { file: top.target, format: copiedDisk(top).format } })).file } : disk);
     }
     if (await this.deps.inventory.findVmByName(purpose.cloneName)) throw new AlreadyExistsError('VM', purpose.cloneName);
     await this.createCloneVm({ cloneVmId: purpose.cloneVmId, cloneName: purpose.cloneName, hostId: job.hostId, spec: { ...spec, disks } });

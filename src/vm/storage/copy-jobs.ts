@@ -1,5 +1,5 @@
-// Copy jobs: every copy of disk files (full clone, pool refill, disk move) is
-// a persisted job that runs its files one after another as copy operations of
+// Copy jobs: every copy of disk files (full clone, pool refill, disk move,
+// disk seed, a template's placement on another host) is a persisted job that runs its files one after another as copy operations of
 // the agent on the job's host (a worker process each there). Progress is
 // recorded by the worker beside each target (which chunks are done), and
 // summarised here in the inventory.
@@ -73,6 +73,8 @@ function label(job: CopyJobRecord): string {
       return `move of disk ${p.diskId}`;
     case 'seed':
       return `seed of disk ${p.diskId}`;
+    case 'place':
+      return `placement of template ${p.template}`;
   }
 }
 

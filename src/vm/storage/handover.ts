@@ -10,7 +10,8 @@
 // see every file the rest of the job touches: each target's datastore, and
 // each source's, unless the source is read from another host's file server
 // (CopyFile.sourceHostId), which any host can reach. A source or target in a
-// host's own home cannot be seen from another host: such a job stays.
+// host's own home cannot be seen from another host: such a job stays (a
+// template placement's job always does: it copies into its host's own folder).
 //
 // Two workers never write one target: the copy lock (storage/copy-lock.ts)
 // is held by the worker that writes, renewed, and judged across hosts by its
@@ -166,6 +167,8 @@ export class JobHandover {
   async refusal(job: CopyJobRecord, host: HostRecord): Promise<{ reason: string; details: Record<string, unknown> } | null> {
     if (isCopyJobDone(job.state) && job.state !== 'failed') return { reason: `the job is ${job.state}`, details: { state: job.state } };
     if (!PLACEABLE.includes(host.state)) return { reason: `the host is ${host.state}`, details: { state: host.state } };
+    // A template's placement copies into its host's own folder: only that host can take it.
+    if (job.purpose.kind === 'place') return { reason: `it carries template ${job.purpose.template} to host ${this.deps.engine.hostName(job.hostId)}, into that host's own folder`, details: { template: job.purpose.template } };
     for (const file of job.files.slice(job.progress.fileIndex)) {
       // A source on a host other than the job's is read from that host's file server, which any host reaches.
       const served = file.sourceHostId !== undefined && file.sourceHostId !== job.hostId;

@@ -52,8 +52,11 @@ export function isCopyJobDone(state: CopyJobState): boolean {
 export interface CopyFile {
   source: Locator;
   target: Locator;
-  /** The sidecar the target gets when the job succeeds. */
-  disk: DiskRecord;
+  /**
+   * The sidecar the target gets when the job succeeds (a datastore disk). Absent for a file that is not a
+   * datastore disk: a template placement's bases and memory file, in its host's own folder (fabric/place.ts).
+   */
+  disk?: DiskRecord;
   /**
    * The host that has the source, when it is not the job's host: the job's host reads it from that host's
    * one-file server (a copy between hosts). Absent: the source is a file the job's host sees itself.
@@ -67,7 +70,26 @@ export type CopyPurpose =
   | { kind: 'pool'; poolId: string; slot: string }
   | { kind: 'move'; diskId: string }
   /** `disk seed`: a copy of a disk's chain on another datastore (often another host), keeping its content ids. */
-  | { kind: 'seed'; diskId: string };
+  | { kind: 'seed'; diskId: string }
+  /**
+   * A template carried to the job's host (fabric/place.ts): its bases, boot files and memory file, for the task
+   * `taskId` that places it; `memory` is the checkpoint file the source exported (removed with the placement).
+   */
+  | { kind: 'place'; templateId: string; template: string; taskId: string; memory: PlacedMemory | null };
+
+/** The checkpoint file a placement's source host exported its template into (removeCheckpoint by its id). */
+export interface PlacedMemory {
+  hostId: string;
+  file: Locator;
+  checkpointId: string;
+  createdAt: string;
+}
+
+/** The disk record of a copied file of a datastore purpose (clone, pool, move, seed); throws for one without. */
+export function copiedDisk(file: CopyFile): DiskRecord {
+  if (!file.disk) throw new Error(`the copy of ${file.target} is not a datastore disk`);
+  return file.disk;
+}
 
 /** One line of a copy job's history: a worker's run on a host, or a hand-over to another host. */
 export interface CopyJobHistoryEntry {

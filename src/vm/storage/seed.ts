@@ -19,6 +19,7 @@ import type { CopyJobs } from './copy-jobs.ts';
 import type { StorageDeps } from './deps.ts';
 import { agentOn, datastoreHost } from './deps.ts';
 import type { CopyFile, CopyJobRecord, DatastoreRecord, DiskRecord } from './records.ts';
+import { copiedDisk } from './records.ts';
 import { seedDiskRequestSchema } from './requests.ts';
 
 export interface SeedResult {
@@ -111,8 +112,9 @@ export class Seeder {
     const agent = agentOn(this.deps, job.hostId);
     const disks = await this.deps.storageInventory.listDisks();
     for (const file of job.files) {
-      if (file.disk.format !== 'qcow2') continue;
-      const parent = job.files.find((f) => f.disk.id === file.disk.parentId)?.disk ?? disks.find((d) => d.id === file.disk.parentId);
+      const disk = copiedDisk(file);
+      if (disk.format !== 'qcow2') continue;
+      const parent = job.files.find((f) => f.disk?.id === disk.parentId)?.disk ?? disks.find((d) => d.id === disk.parentId);
       await agent.relinkDisk({ file: file.target, backing: parent ? { file: parent.file, format: parent.format } : null });
     }
     await this.catalog.registerCopies(job.files, job.hostId, false);

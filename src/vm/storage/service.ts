@@ -26,6 +26,7 @@ import { VmMover } from './move-vm.ts';
 import { Pools } from './pools.ts';
 import { streamChainsIntoDisks } from './stream.ts';
 import type { CopyJobRecord } from './records.ts';
+import { copiedDisk } from './records.ts';
 import { attachDiskRequestSchema, findContentRequestSchema, flattenRequestSchema, moveDiskRequestSchema, movePlanRequestSchema } from './requests.ts';
 
 export class StorageService {
@@ -134,7 +135,7 @@ export class StorageService {
     const old = await this.catalog.resolveDisk(job.purpose.diskId);
     const file = job.files[0];
     if (!file) return;
-    await this.catalog.registerCopies([{ ...file, disk: { ...file.disk, name: old.name, contentId: old.contentId } }], job.hostId);
+    await this.catalog.registerCopies([{ ...file, disk: { ...copiedDisk(file), name: old.name, contentId: old.contentId } }], job.hostId);
     await this.catalog.deleteDisk(old.id, job.id);
   }
 
