@@ -33,7 +33,7 @@
 import { randomBytes } from 'node:crypto';
 import { availableParallelism } from 'node:os';
 import { sleep } from '../common/index.ts';
-import type { QgaBatchCall, QgaClient } from '../qemu/index.ts';
+import type { QgaBatchCall, QgaClient, QgaExecResult } from '../qemu/index.ts';
 import { QgaCommandError, QgaTimeoutError } from '../qemu/index.ts';
 
 /** Exit codes of the waiter's own part (the script's codes are its own). */
@@ -42,6 +42,8 @@ const NO_REQUEST = 96;
 /** Requests larger than this go the unarmed way (a FIFO holds 64 KiB, and qemu-ga's descriptor does not block). */
 const MAX_ARMED_REQUEST_BYTES = 48 * 1024;
 const FIFO_DIR = '/run/offshoot';
+/** The environment of a process the hand-out starts in the guest (the waiter, or the script's shell), besides its own. */
+const GUEST_ENV = ['PATH=/sbin:/bin:/usr/sbin:/usr/bin', 'HOME=/root'];
 
 /**
  * The waiter: opens the FIFO for reading (qemu-ga holds it open, so this does not block) and unlinks it, then
@@ -126,7 +128,7 @@ export async function armHandOut(qga: QgaClient, vmId: string, timeoutMs: number
   const made = await qga.exec('/bin/sh', ['-c', 'umask 077 && mkdir -p "$1" && mkfifo "$2"', 'offshoot-arm', FIFO_DIR, fifo], { timeoutMs: left() });
   if (made.exitCode !== 0) throw new Error(`cannot make the hand-out FIFO ${fifo}: ${made.stderr.toString('utf8').trim()}`);
   const handle = await qga.execute<number>('guest-file-open', { path: fifo, mode: 'r+' }, { timeoutMs: left() });
-  const env = ['PATH=/sbin:/bin:/usr/sbin:/usr/bin', 'HOME=/root', `OFFSHOOT_VM_ID=${vmId}`];
+  const env = [...GUEST_ENV, `OFFSHOOT_VM_ID=${vmId}`];
   try {
     const pid = await qga.start('/bin/sh', ['-c', WAITER_SCRIPT, 'offshoot-hand-out', fifo], { env, timeoutMs: left() });
     // The waiter unlinks the FIFO once it holds it open: from then on, a request written and qemu-ga's end
@@ -206,7 +208,7 @@ async function handOutUnarmed(qga: QgaClient, request: HandOutGuestRequest): Pro
   }
   const identityMs = performance.now() - t0;
   if (request.script === undefined) return { ok: true, error: null, script: null, steps: { armed: false, identityMs } };
-  const env = ['PATH=/sbin:/bin:/usr/sbin:/usr/bin', 'HOME=/root', `OFFSHOOT_VM_NAME=${request.hostname}`, `OFFSHOOT_VM_ID=${request.vmId}`, ...(request.env ?? [])];
+  const env = [...GUEST_ENV, `OFFSHOOT_VM_NAME=${request.hostname}`, `OFFSHOOT_VM_ID=${request.vmId}`, ...(request.env ?? [])];
   const s0 = performance.now();
   const pid = await qga.start('/bin/sh', ['-s'], { input: request.script, env, timeoutMs: left() });
   const execMs = performance.now() - s0;
@@ -220,7 +222,7 @@ function setTime(): QgaBatchCall {
 }
 
 /** Waits for the guest process on the hand-out's poll schedule; the hand-out's own error when it does not end in time. */
-async function waitFor(qga: QgaClient, pid: number, limitMs: number, leftMs: number): Promise<Awaited<ReturnType<QgaClient['waitExec']>>> {
+async function waitFor(qga: QgaClient, pid: number, limitMs: number, leftMs: number): Promise<QgaExecResult> {
   try {
     return await qga.waitExec(pid, { timeoutMs: leftMs, pollDelayMs: (elapsed) => pollDelayMs(elapsed, running) });
   } catch (err) {
@@ -229,7 +231,7 @@ async function waitFor(qga: QgaClient, pid: number, limitMs: number, leftMs: num
   }
 }
 
-function outcome(run: Awaited<ReturnType<QgaClient['waitExec']>>, hasScript: boolean, steps: HandOutGuestResult['steps']): HandOutGuestResult {
+function outcome(run: QgaExecResult, hasScript: boolean, steps: HandOutGuestResult['steps']): HandOutGuestResult {
   const exitCode = run.exitCode;
   const how = exitCode ?? `signal ${run.signal ?? '?'}`;
   const stdout = run.stdout.toString('utf8');

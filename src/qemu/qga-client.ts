@@ -274,7 +274,7 @@ export class QgaClient {
     const deadline = Date.now() + timeoutMs;
     const pid = await this.start(path, args, { ...options, timeoutMs });
     const execMs = performance.now() - t0;
-    const result = await this.waitExec(pid, { timeoutMs: Math.max(1, deadline - Date.now()), label: `exec ${path}`, ...(options.pollDelayMs ? { pollDelayMs: options.pollDelayMs } : {}) });
+    const result = await this.waitExec(pid, { timeoutMs: Math.max(1, deadline - Date.now()), label: `exec ${path}`, details: { path }, ...(options.pollDelayMs ? { pollDelayMs: options.pollDelayMs } : {}) });
     return { ...result, timings: { ...result.timings, execMs } };
   }
 
@@ -289,21 +289,22 @@ export class QgaClient {
 
   /**
    * Polls guest-exec-status for a process start() began until it ends, on the `pollDelayMs` schedule (its
-   * elapsed ms count from this call); timings.execMs is 0. Throws QgaTimeoutError with the pid when it does
-   * not end in `timeoutMs` (it keeps running in the guest).
+   * elapsed ms count from this call); timings.execMs is 0. Throws QgaTimeoutError with the pid (and `details`)
+   * when it does not end in `timeoutMs` (it keeps running in the guest).
    */
-  async waitExec(pid: number, options: { timeoutMs?: number; pollDelayMs?: QgaExecOptions['pollDelayMs']; label?: string } = {}): Promise<QgaExecResult> {
+  async waitExec(pid: number, options: { timeoutMs?: number; pollDelayMs?: QgaExecOptions['pollDelayMs']; label?: string; details?: Record<string, unknown> } = {}): Promise<QgaExecResult> {
     const t0 = performance.now();
     const timeoutMs = options.timeoutMs ?? this.#commandTimeoutMs;
     const deadline = Date.now() + timeoutMs;
     const pollDelayMs = options.pollDelayMs ?? defaultPollDelayMs;
     const label = options.label ?? `exec pid ${pid}`;
+    const details = { ...options.details, pid };
     const left = (): number => Math.max(1, deadline - Date.now());
     let polls = 0;
     while (true) {
       const pause = pollDelayMs(performance.now() - t0, polls);
       if (pause > 0) {
-        if (Date.now() + pause >= deadline) throw new QgaTimeoutError(label, timeoutMs, { pid });
+        if (Date.now() + pause >= deadline) throw new QgaTimeoutError(label, timeoutMs, details);
         await sleep(pause);
       }
       let status: GuestExecStatus;
@@ -311,7 +312,7 @@ export class QgaClient {
         polls++;
         status = await this.execute<GuestExecStatus>('guest-exec-status', { pid }, { timeoutMs: left() });
       } catch (err) {
-        if (err instanceof QgaTimeoutError) throw new QgaTimeoutError(label, timeoutMs, { pid });
+        if (err instanceof QgaTimeoutError) throw new QgaTimeoutError(label, timeoutMs, details);
         throw err;
       }
       if (status.exited) {
@@ -325,7 +326,7 @@ export class QgaClient {
           timings: { execMs: 0, exitMs: performance.now() - t0, polls },
         };
       }
-      if (Date.now() >= deadline) throw new QgaTimeoutError(label, timeoutMs, { pid });
+      if (Date.now() >= deadline) throw new QgaTimeoutError(label, timeoutMs, details);
     }
   }
 
