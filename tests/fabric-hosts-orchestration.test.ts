@@ -78,6 +78,17 @@ async function waitUntil(check: () => Promise<boolean>, ms = 5_000): Promise<voi
 
 describe('templates on several hosts against fake agents', () => {
   const closers = closedAfterEach();
+  /** The controller's next life after `death`; after the test the old one goes (fails at its fault point), then both close. */
+  const nextLifeAfter = async (s: Awaited<ReturnType<typeof setup>>, death: ReturnType<typeof deathAt>) => {
+    const next = await s.nextLife();
+    closers.push(async () => {
+      death.die();
+      await new Promise((r) => setTimeout(r, 100));
+      await next.close();
+      await s.close();
+    });
+    return next;
+  };
 
   it('carries a template to another host: its base copied, the guest files used where they are, its memory imported; pools per host, claims on both', async () => {
     const s = await setup();
@@ -216,13 +227,7 @@ describe('templates on several hosts against fake agents', () => {
     const started = await s.fabric.place('web', { host: 'b' });
     // The old controller hangs (as dead) with both jobs submitted and recorded, before their workers copy.
     await waitUntil(async () => (await s.placeJobs()).length === 2 && (await s.engine.tasks.get(started.task?.id as string)).result !== null);
-    const next = await s.nextLife();
-    closers.push(async () => {
-      death.die();
-      await new Promise((r) => setTimeout(r, 100));
-      await next.close();
-      await s.close();
-    });
+    const next = await nextLifeAfter(s, death);
     const done = await next.engine.tasks.wait(started.task?.id as string);
     expect(done.state, JSON.stringify(done.error)).toBe('succeeded');
     const report = (done.result as { carried: CarryReport }).carried;
@@ -247,13 +252,7 @@ describe('templates on several hosts against fake agents', () => {
     const filesB = [...s.b.files].sort();
     const started = await s.fabric.place('web', { host: 'b' });
     await waitUntil(async () => ((await s.engine.tasks.get(started.task?.id as string)).result as { journal?: { phase?: string } } | null)?.journal?.phase === 'importing');
-    const next = await s.nextLife();
-    closers.push(async () => {
-      death.die();
-      await new Promise((r) => setTimeout(r, 100));
-      await next.close();
-      await s.close();
-    });
+    const next = await nextLifeAfter(s, death);
     const task = await next.engine.tasks.get(started.task?.id as string);
     expect([task.state, task.error?.code]).toEqual(['failed', 'TASK_INTERRUPTED']);
     expect((await next.fabric.show('web')).placements.map((p) => p.host)).toEqual(['a']);
