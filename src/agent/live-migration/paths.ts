@@ -2,14 +2,14 @@
 // own VNI and /31 addresses, and a one-time TLS-PSK key), as the migration
 // calls use them. Keys live in <home>/net/keys/<operation>/keys.psk (a
 // server's folder also holds dh-params.pem, a standard DH group, so its QEMU
-// does not generate one at object-add); the key folder of an open end belongs to the QEMU user (QEMU reads the file at
-// object-add on the client and at every TLS handshake on the server), the
-// folders above it are only searchable. Nothing survives an agent restart: at
-// start the paths of this agent's earlier operations are removed (their
-// operations ended with the previous process). An operation's key folder is
-// made before its link, so the folders name every link this agent may have
-// made; links of other agents in the same network namespace (other homes)
-// are never touched.
+// does not generate one at object-add); the key folder of an open end belongs
+// to the QEMU user (QEMU reads the file at object-add on the client and at
+// every TLS handshake on the server), the folders above it are only
+// searchable. Nothing survives an agent restart: at start the paths of this
+// agent's earlier operations are removed (their operations ended with the
+// previous process). An operation's key folder is made before its link, so
+// the folders name every link this agent may have made; links of other agents
+// in the same network namespace (other homes) are never touched.
 import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../../common/index.ts';

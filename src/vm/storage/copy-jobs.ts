@@ -1,8 +1,9 @@
 // Copy jobs: every copy of disk files (full clone, pool refill, disk move,
-// disk seed, a template's placement on another host) is a persisted job that runs its files one after another as copy operations of
-// the agent on the job's host (a worker process each there). Progress is
-// recorded by the worker beside each target (which chunks are done), and
-// summarised here in the inventory.
+// disk seed, a template's placement on another host) is a persisted job that
+// runs its files one after another as copy operations of the agent on the
+// job's host (a worker process each there). Progress is recorded by the
+// worker beside each target (which chunks are done), and summarised here in
+// the inventory.
 // A job runs as a task (kind `copy-job`): one controller of the fleet at a
 // time, with the task's lease; the agent operation copying the current file
 // is recorded in the job, so a controller taking the task over (its
