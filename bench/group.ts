@@ -31,6 +31,7 @@ import { labDown, labUp } from '../src/lab/lab.ts';
 import { qemuVersion } from '../src/qemu/index.ts';
 import type { GroupMigrateResult, MigrateResult, VmEngine } from '../src/vm/index.ts';
 import type { BenchResult, Comparison } from './report.ts';
+import { TICK_STOP_GAPS, tickStart } from './guest-clock.ts';
 import { option } from './tools.ts';
 
 interface Move {
@@ -48,10 +49,8 @@ interface Move {
 
 const dirtyScript = (mib: number) => `mkdir -p /mnt/dirty && mount -t tmpfs -o size=${mib + 16}m tmpfs /mnt/dirty && dd if=/dev/urandom of=/mnt/dirty/seed bs=1M count=1 2>/dev/null && (while true; do i=0; while [ $i -lt ${mib} ]; do dd if=/mnt/dirty/seed of=/mnt/dirty/f bs=1M seek=$i count=1 conv=notrunc 2>/dev/null; i=$((i+1)); done; done) >/dev/null 2>&1 &`;
 
-/** A loop in the guest logs its uptime (10 ms steps) about every 10 ms into tmpfs. */
-const TICK_START = 'mkdir -p /mnt/tick && (grep -q " /mnt/tick " /proc/mounts || mount -t tmpfs -o size=16m tmpfs /mnt/tick) && rm -f /mnt/tick/log && ((while read u r < /proc/uptime; do echo $u; sleep 0.01; done > /mnt/tick/log) >/dev/null 2>&1 & echo $! > /mnt/tick/pid)';
-/** Stops the loop; prints each gap over 30 ms and how long before the loop's last reading it ended ("ms s" lines). */
-const TICK_STOP = "kill $(cat /mnt/tick/pid) 2>/dev/null; awk '{ t[NR] = $1 } END { for (i = 2; i <= NR; i++) { g = (t[i] - t[i-1]) * 1000; if (g > 30) printf \"%d %.3f\\n\", g + 0.5, t[NR] - t[i] } }' /mnt/tick/log; rm -f /mnt/tick/log";
+/** A loop in the guest logs its uptime (10 ms steps) about every 10 ms into tmpfs (guest-clock.ts). */
+const TICK_START = tickStart({ sleepS: 0.01, tmpfsMiB: 16 });
 
 async function guestShell(engine: VmEngine, name: string, script: string): Promise<string> {
   const r = await engine.exec(name, { path: '/bin/sh', args: ['-c', script] });
@@ -66,7 +65,7 @@ async function startTicks(engine: VmEngine, names: string[]): Promise<void> {
 async function stopTicks(engine: VmEngine, names: string[], resumedAt: Array<number | null>): Promise<number[]> {
   return Promise.all(
     names.map(async (name, i) => {
-      const out = await guestShell(engine, name, TICK_STOP).catch(() => null);
+      const out = await guestShell(engine, name, TICK_STOP_GAPS).catch(() => null);
       const resumed = resumedAt[i];
       if (out === null || resumed === null || resumed === undefined) return NaN;
       // The loop stopped at most the exec's round trip after stopAt (under load that is seconds).

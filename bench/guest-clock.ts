@@ -1,4 +1,4 @@
-// Downtime as the guest sees it, for the migrate benchmark: a shell loop on
+// Downtime as the guest sees it, for the migrate and group benchmarks: a loop on
 // the guest's vCPU reads the guest's monotonic clock (/proc/uptime, 10 ms
 // steps) into a tmpfs file as fast as it can (about every millisecond under
 // TCG); the longest step between two readings is the longest the guest saw
@@ -9,10 +9,20 @@
 // loop's gap only.
 export type GuestShell = (script: string) => Promise<string>;
 
-export const TICK_START =
-  'mkdir -p /mnt/tick && (grep -q " /mnt/tick " /proc/mounts || mount -t tmpfs -o size=64m tmpfs /mnt/tick) && rm -f /mnt/tick/log && ((while read u r < /proc/uptime; do echo $u; done > /mnt/tick/log) >/dev/null 2>&1 & echo $! > /mnt/tick/pid)';
+/**
+ * Starts the loop: it reads the clock as fast as it can, or every `sleepS` seconds (the group benchmark's many
+ * guests on two cores: a loop each that never sleeps would hold the machine), into a tmpfs of `tmpfsMiB`.
+ */
+export function tickStart(options: { sleepS?: number; tmpfsMiB?: number } = {}): string {
+  const pause = options.sleepS ? ` sleep ${options.sleepS};` : '';
+  return `mkdir -p /mnt/tick && (grep -q " /mnt/tick " /proc/mounts || mount -t tmpfs -o size=${options.tmpfsMiB ?? 64}m tmpfs /mnt/tick) && rm -f /mnt/tick/log && ((while read u r < /proc/uptime; do echo $u;${pause} done > /mnt/tick/log) >/dev/null 2>&1 & echo $! > /mnt/tick/pid)`;
+}
+
+export const TICK_START = tickStart();
 /** Stops the loop and prints its longest step in ms. */
 export const TICK_STOP = "kill $(cat /mnt/tick/pid) 2>/dev/null; awk 'NR > 1 { g = ($1 - p) * 1000; if (g > m) m = g } { p = $1 } END { printf \"%d\\n\", m }' /mnt/tick/log; rm -f /mnt/tick/log";
+/** Stops the loop and prints each step over 30 ms and how long before the loop's last reading it ended ("ms s" lines). */
+export const TICK_STOP_GAPS = "kill $(cat /mnt/tick/pid) 2>/dev/null; awk '{ t[NR] = $1 } END { for (i = 2; i <= NR; i++) { g = (t[i] - t[i-1]) * 1000; if (g > 30) printf \"%d %.3f\\n\", g + 0.5, t[NR] - t[i] } }' /mnt/tick/log; rm -f /mnt/tick/log";
 
 export interface ClockReading {
   guestMs: number;
