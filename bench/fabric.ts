@@ -1,15 +1,15 @@
 // Fabric benchmark: the latency of a claim until the child runs with its
 // guest agent answering (the hand-out's guest step: see
-// src/agent/fabric-hand-out.ts), from a
-// ready pool of paused children and from one of warm children (`--warm`:
-// running idle), each one at a time and in waves of --concurrency, with where
-// the median claim's time went (picking the child, the hand-out call, the
-// resume, the guest step: its identity, and for a script its guest-exec, and
-// the exit polls; recording it running), the warm waves also with a
-// customisation script and env (the other claims ask for the identity
-// only), and from an empty pool (forked on demand), against a cold boot of the same
-// guest and a plain fork of a running VM (`vm fork --count 1` until its child answers),
-// measured in the same run; and the host memory of a pool of --pool ready
+// src/agent/fabric-hand-out.ts), from a ready pool of paused children and
+// from one of warm children (`--warm`: running idle), each one at a time and
+// in waves of --concurrency, with where the median claim's time went
+// (picking the child, the hand-out call, the resume, the guest step: its
+// identity, and for a script its guest-exec, and the exit polls; recording it
+// running), the warm waves also with a customisation script and env (the
+// other claims ask for the identity only), and from an empty pool (forked on
+// demand), against a cold boot of the same guest and a plain fork of a
+// running VM (`vm fork --count 1` until its child answers), measured in the
+// same run; and the host memory of a pool of --pool ready
 // children (their PSS without the template's mapping, plus the template's
 // resident RAM) against as many booted guests (one booted guest's memory
 // times the count, measured right after its boot: its PSS without its RAM
