@@ -56,10 +56,16 @@ export const TCG_MEMORY_EXTRA_KIB = 8;
 /** How long closing the agent waits for lazy restore streams before killing their VMs. */
 const CLOSE_STREAM_TIMEOUT_MS = 120_000;
 
-/** The VM has no QEMU running on this host. HTTP 409. */
-
 /** A destination of a migration younger than this is never reaped as unknown (see reapOrphans). */
 const INCOMING_REAP_GRACE_MS = 10_000;
+
+/**
+ * How long re-adoption waits for a live QEMU's monitor to greet. Under load (seen at load 30–40) a
+ * greeting can take over 5 s; giving up sooner killed running guests. Within the agent call's 60 s.
+ */
+const ADOPT_MONITOR_PATIENCE_MS = 30_000;
+
+/** The VM has no QEMU running on this host. HTTP 409. */
 export class VmNotRunningError extends OffshootError {
   constructor(vmId: string) {
     super('VM_NOT_RUNNING', `VM ${vmId} has no running QEMU on this host`, { vmId }, 409);
@@ -564,8 +570,13 @@ export class LocalHostAgent {
     if (!proc) return undefined;
     const files = this.layout.vmFiles(vmId, runtime.instance);
     let vm: RunningVm;
+    const attaching = Date.now();
     try {
-      vm = await RunningVm.attach(vmId, runtime.instance, proc, files, runtime.memory, 5_000);
+      // A live QEMU whose monitor is slow to greet (a loaded host) is still the VM: wait for it,
+      // rather than kill a running guest. A socket nobody listens on fails at once.
+      vm = await RunningVm.attach(vmId, runtime.instance, proc, files, runtime.memory, ADOPT_MONITOR_PATIENCE_MS);
+      const waitedMs = Date.now() - attaching;
+      if (waitedMs > 5_000) this.logger.warn({ vmId, pid: runtime.pid, waitedMs }, "QEMU's monitor answered late; re-adopted it anyway");
     } catch (err) {
       // A QEMU we cannot control is an orphan: kill it rather than leave it.
       this.logger.warn({ vmId, pid: runtime.pid, err: (err as Error).message }, 'cannot reconnect to QEMU; killing it');

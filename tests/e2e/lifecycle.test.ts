@@ -1,6 +1,7 @@
 // End to end through the real CLI and a detached daemon: a default guest is
 // created and booted, runs commands through its agent, is paused, resumed,
-// survives a daemon SIGKILL + restart (re-adopted, same QEMU), is stopped,
+// survives a daemon SIGKILL + restart (re-adopted, same QEMU, even one whose
+// monitor greets only after 7 s), is stopped,
 // started again, killed from outside (marked failed promptly) and deleted
 // with its files. Illegal operations answer ILLEGAL_STATE.
 import { existsSync, writeFileSync } from 'node:fs';
@@ -8,6 +9,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { VmRecord } from '../../src/vm/index.ts';
 import type { TestHome } from '../harness.ts';
+import { sleep } from '../../src/common/index.ts';
 import { eventually, guestKernelRelease, makeTestHome, memoryFiles, startDetachedDaemon, waitForProcessExit } from '../harness.ts';
 
 describe('VM lifecycle through the CLI', () => {
@@ -78,12 +80,21 @@ describe('VM lifecycle through the CLI', () => {
     }
   });
 
-  it('keeps the guest running across a daemon SIGKILL and re-adopts it', async () => {
+  it('keeps the guest running across a daemon SIGKILL and re-adopts it, even when its monitor answers late', async () => {
     const before = await show();
     process.kill(daemonPid, 'SIGKILL');
     await waitForProcessExit(daemonPid, 5_000);
-    expect(t.qemus().map((q) => q.pid)).toEqual([before.runtime?.pid]);
-    daemonPid = (await startDetachedDaemon(t)).pid;
+    const qemuPid = before.runtime?.pid as number;
+    expect(t.qemus().map((q) => q.pid)).toEqual([qemuPid]);
+    // A QEMU too busy to greet for longer than one connect attempt (5 s) is still the VM, not an orphan.
+    // (Whether or not the daemon's start waits for its re-adoptions.)
+    process.kill(qemuPid, 'SIGSTOP');
+    const resumed = sleep(7_000).then(() => process.kill(qemuPid, 'SIGCONT'));
+    try {
+      daemonPid = (await startDetachedDaemon(t)).pid;
+    } finally {
+      await resumed;
+    }
     const after = await show();
     expect(after.state).toBe('running');
     expect(after.runtime?.pid).toBe(before.runtime?.pid);
