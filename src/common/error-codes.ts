@@ -92,6 +92,7 @@ export const ERROR_CODES = {
   COPY_WORKER_PROTOCOL: 500,
   COPY_LOCK_LOST: 409,
   COPY_SOURCE_UNREACHABLE: 502,
+  COPY_NOT_A_DISK: 500,
   HANDOVER_REFUSED: 409,
   // The elastic fabric (templates, pools of ready children, claims)
   TEMPLATE_MISSING: 409,

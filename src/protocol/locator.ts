@@ -42,7 +42,8 @@ export function makeLocator(scope: LocatorScope, ...segments: string[]): Locator
   return locator;
 }
 
-/** The last segment of a locator (its file name). */
+/** The last segment of a locator (its file name; a name may hold ':'). */
 export function locatorName(locator: Locator): string {
-  return locator.slice(locator.lastIndexOf('/') + 1).replace(/^[^:]*:/, '');
+  const relative = locator.slice(locator.indexOf(':') + 1);
+  return relative.slice(relative.lastIndexOf('/') + 1);
 }

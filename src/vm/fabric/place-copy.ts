@@ -15,11 +15,11 @@
 // finished ones discarded, the exported file removed from the source.
 import { OffshootError, sleep } from '../../common/index.ts';
 import type { AgentClient, Locator } from '../../protocol/index.ts';
+import { locatorName } from '../../protocol/index.ts';
 import type { CopyFile, CopyJobRecord, CopyJobs, PlacedMemory } from '../storage/index.ts';
 import { isCopyJobDone } from '../storage/index.ts';
 import type { FabricDeps } from './deps.ts';
 import { agentOn } from './deps.ts';
-import { baseName } from './place-plan.ts';
 import type { CarryPlan } from './place-plan.ts';
 
 export type PlaceJobPurpose = Extract<CopyJobRecord['purpose'], { kind: 'place' }>;
@@ -89,7 +89,7 @@ export async function followJobs(deps: FabricDeps, ids: string[], plan: CarryPla
       const paused = list.find((j) => j.state === 'paused');
       const current = list.find((j) => j.state === 'running' || j.state === 'queued');
       const file = current?.files[Math.min(current.progress.fileIndex, current.files.length - 1)];
-      const message = paused ? `copy job ${paused.id} is paused (job resume ${paused.id} goes on)` : `copying ${file ? baseName(file.target) : 'the template files'} to host ${hostName} (copy job ${current?.id ?? ids.join(', ')})`;
+      const message = paused ? `copy job ${paused.id} is paused (job resume ${paused.id} goes on)` : `copying ${file ? locatorName(file.target) : 'the template files'} to host ${hostName} (copy job ${current?.id ?? ids.join(', ')})`;
       report(list.reduce((n, j) => n + doneBytes(j, plan), 0) / Math.max(1, total), message, { copyJobs: ids });
       await Promise.race([new Promise<void>((r) => (wake = r)), sleep(1_000)]);
     }

@@ -11,7 +11,7 @@
 // journal): the copies, where every file lands, the links to make once they
 // are there, and the spec as the destination will run it.
 import type { AgentClient, Locator, VmSpec } from '../../protocol/index.ts';
-import { guestMemoryBytes } from '../../protocol/index.ts';
+import { guestMemoryBytes, locatorName } from '../../protocol/index.ts';
 import { planByContent } from '../storage/index.ts';
 import { specFiles } from './create-template.ts';
 import type { FabricDeps } from './deps.ts';
@@ -35,10 +35,6 @@ export interface CarryPlan {
 
 type Probe = Awaited<ReturnType<AgentClient['migrationProbe']>>;
 
-export function baseName(locator: string): string {
-  return locator.slice(Math.max(locator.lastIndexOf('/'), locator.indexOf(':')) + 1);
-}
-
 /** Refusals before anything moves: the destination ready, the same accelerator, room for the memory. */
 async function probe(deps: FabricDeps, template: TemplateRecord, from: TemplatePlacement, hostId: string, spec: VmSpec): Promise<{ here: Probe; there: Probe }> {
   const name = deps.engine.hostName(hostId);
@@ -60,7 +56,7 @@ export async function planCarry(deps: FabricDeps, template: TemplateRecord, from
   const result: CarryPlan = { copies: [], held: [], links: [], spec, memoryBytes: guestMemoryBytes(spec) };
   const copy = (file: Locator) => {
     if (at.has(file)) return;
-    const to = `home:bases/${template.id.slice(0, 8)}-${result.copies.length}-${baseName(file)}` as Locator;
+    const to = `home:bases/${template.id.slice(0, 8)}-${result.copies.length}-${locatorName(file)}` as Locator;
     result.copies.push({ from: file, to, bytes: sizes.get(file) ?? 0 });
     at.set(file, to);
   };

@@ -26,6 +26,13 @@ export class CopyJobStateError extends OffshootError {
   }
 }
 
+/** A copy job's file without a disk record where one is required (a copy made for another purpose, e.g. a placement). */
+export class CopyNotADiskError extends OffshootError {
+  constructor(target: string, purpose?: string) {
+    super('COPY_NOT_A_DISK', `the copy of ${target} is not a datastore disk${purpose ? ` (a ${purpose} copy)` : ''}`, { target, ...(purpose ? { purpose } : {}) }, 500);
+  }
+}
+
 export class ContentMismatchError extends OffshootError {
   constructor(a: string, b: string, details: Record<string, unknown>) {
     super('CONTENT_MISMATCH', `disks ${a} and ${b} share a content id but their content differs`, { a, b, ...details }, 409);

@@ -4,6 +4,7 @@
 // truth for what is on a datastore; these records are the daemon's index.
 
 import type { Locator, VmSpec } from '../../protocol/index.ts';
+import { CopyNotADiskError } from './errors.ts';
 
 /** A host that sees a datastore, and where the folder is on it. */
 export interface DatastoreHost {
@@ -87,7 +88,7 @@ export interface PlacedMemory {
 
 /** The disk record of a copied file of a datastore purpose (clone, pool, move, seed); throws for one without. */
 export function copiedDisk(file: CopyFile): DiskRecord {
-  if (!file.disk) throw new Error(`the copy of ${file.target} is not a datastore disk`);
+  if (!file.disk) throw new CopyNotADiskError(file.target);
   return file.disk;
 }
 
