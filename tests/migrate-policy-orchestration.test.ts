@@ -18,7 +18,7 @@ import { FakeAgent } from '../src/protocol/index.ts';
 import { KyselyInventory } from '../src/store/index.ts';
 import { freshTestDatabase } from '../src/store/pg-test-cluster.ts';
 import type { DrainResult, ResolvedPolicy, TaskRecord } from '../src/vm/index.ts';
-import { Fleet, VmEngine, resolvePolicy } from '../src/vm/index.ts';
+import { Fleet, StorageService, VmEngine, resolvePolicy } from '../src/vm/index.ts';
 import { closedAfterEach, serveAgent, twoHostFleet } from './fake-fleet.ts';
 
 const TOKEN = 'p'.repeat(43);
@@ -204,6 +204,33 @@ describe('migration queue and host drain', () => {
     for (const n of ['d1', 'd2']) expect(await s.engine.resolve(n)).toMatchObject({ hostId: s.b.id, state: 'running' });
     expect(await s.engine.resolve('cold')).toMatchObject({ state: 'created' });
     expect((await s.engine.resolve('cold')).hostId).not.toBe(s.b.id);
+  });
+
+  it('with --stopped move a drain also cold-moves the stopped VMs (their files go); a failed cold move leaves its VM at the host as it was', async () => {
+    const s = await setup({ migrateMs: 200, vms: ['d1'], stopped: ['cold'] });
+    closers.push(s.close);
+    s.own(new StorageService({ inventory: s.inventory, storageInventory: s.inventory.storage, engine: s.engine, logger: silentLogger }));
+    const cold = await s.engine.resolve('cold');
+    const files = (agent: FakeAgent) => [...agent.files].filter((f) => f.startsWith(`home:vms/${cold.id}/`)).sort();
+    const coldFiles = files(s.local);
+    expect(coldFiles.length).toBeGreaterThan(0);
+    // The cold move's copy fails at the destination: the VM stays as it was; the running one moves.
+    s.remote.failNext('fetchFile', new OffshootError('COPY_WORKER_FAILED', 'injected: the copy fails', {}, 500));
+    const first = (await s.engine.tasks.wait((await s.engine.drainHost('a', { stopped: 'move' })).id)).result as DrainResult;
+    expect(first.moved.map((m) => [m.vm, m.mode, m.to])).toEqual([['d1', 'live', 'b']]);
+    expect(first.notMoved).toEqual([expect.objectContaining({ vm: 'cold', outcome: 'failed', code: 'COPY_WORKER_FAILED' })]);
+    expect(first.notMoved[0]?.reason).toMatch(/cold move to b failed.*it stays on a as it was/);
+    expect(await s.engine.resolve('cold')).toMatchObject({ hostId: cold.hostId, state: 'created' });
+    expect([files(s.local), files(s.remote)]).toEqual([coldFiles, []]);
+    // Without --stopped move it stays (the default), said so.
+    expect((await s.engine.tasks.wait((await s.engine.drainHost('a')).id)).result).toMatchObject({ moved: [], notMoved: [{ vm: 'cold', outcome: 'skipped' }] });
+    // Again with --stopped move: it goes, files and record.
+    const third = (await s.engine.tasks.wait((await s.engine.drainHost('a', { stopped: 'move' })).id)).result as DrainResult;
+    expect(third.moved).toEqual([expect.objectContaining({ vm: 'cold', mode: 'cold', to: 'b', downtimeMs: null })]);
+    expect(third.notMoved).toEqual([]);
+    expect(await s.engine.resolve('cold')).toMatchObject({ hostId: s.b.id, state: 'created' });
+    expect(files(s.local)).toEqual([]);
+    expect(files(s.remote)).toEqual(coldFiles);
   });
 
   it('a drain reports a member whose migration failed; that VM runs on at the source', async () => {

@@ -114,13 +114,15 @@ export function registerMigrationPolicyCommands(program: Command, ctx: CommandCo
     .command('drain')
     .argument('<name>')
     .option('--to <host>', 'send every VM to this host (default: per VM, the ready host with the most free memory)')
+    .option('--stopped <stay|move>', 'stopped VMs: stay on the host (default), or move with their files (a cold move; bases the destination holds are skipped)', 'stay')
     .option('--no-wait', 'print the task and return at once')
     .option('--json', 'print JSON')
-    .description('take a host out of placement and live-migrate its running VMs off (under the migration limits); its copy jobs move by themselves')
-    .action((name: string, o: { to?: string; wait: boolean; json?: boolean }) =>
+    .description('take a host out of placement and live-migrate its running VMs off (under the migration limits; --stopped move also cold-moves its stopped VMs); its copy jobs move by themselves')
+    .action((name: string, o: { to?: string; stopped: string; wait: boolean; json?: boolean }) =>
       ctx.run(Boolean(o.json), async () => {
         const client = ctx.client();
-        const { task: started } = await new MigrationPolicyClient(client).drain(name, o.to ? { to: o.to } : {});
+        if (o.stopped !== 'stay' && o.stopped !== 'move') throw new InvalidInputError(`--stopped is stay or move, not "${o.stopped}"`, { stopped: o.stopped });
+        const { task: started } = await new MigrationPolicyClient(client).drain(name, { ...(o.to ? { to: o.to } : {}), stopped: o.stopped });
         if (!o.wait) return o.json ? printJson(started) : void process.stdout.write(`${started.id}\n`);
         const tty = process.stderr.isTTY && !o.json;
         let task: TaskRecord;
@@ -134,7 +136,7 @@ export function registerMigrationPolicyCommands(program: Command, ctx: CommandCo
         if (o.json) printJson(result);
         else {
           process.stdout.write(`host ${result.host} is draining: ${result.moved.length} VM(s) moved, ${result.notMoved.length} not moved\n`);
-          if (result.moved.length) printTable(['VM', 'TO', 'DOWNTIME', 'QUEUED'], result.moved.map((m) => [m.vm, m.to, m.downtimeMs === null ? '?' : `${m.downtimeMs} ms`, `${m.queuedMs} ms`]));
+          if (result.moved.length) printTable(['VM', 'TO', 'MODE', 'DOWNTIME', 'QUEUED'], result.moved.map((m) => [m.vm, m.to, m.mode, m.mode === 'cold' ? '-' : m.downtimeMs === null ? '?' : `${m.downtimeMs} ms`, `${m.queuedMs} ms`]));
           for (const n of result.notMoved) process.stdout.write(`not moved: ${n.vm} (${n.state}): ${n.reason}\n`);
         }
         return result.notMoved.some((n) => n.outcome === 'failed') ? 1 : 0;

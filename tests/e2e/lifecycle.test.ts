@@ -1,9 +1,10 @@
 // End to end through the real CLI and a detached daemon: a default guest is
 // created and booted, runs commands through its agent, is paused, resumed,
 // survives a daemon SIGKILL + restart (re-adopted, same QEMU, even one whose
-// monitor greets only after 7 s), is stopped,
+// monitor greets only after the new daemon waited 8 s), is stopped,
 // started again, killed from outside (marked failed promptly) and deleted
 // with its files. Illegal operations answer ILLEGAL_STATE.
+import { execFileSync } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -11,6 +12,14 @@ import type { VmRecord } from '../../src/vm/index.ts';
 import type { TestHome } from '../harness.ts';
 import { sleep } from '../../src/common/index.ts';
 import { eventually, guestKernelRelease, makeTestHome, memoryFiles, startDetachedDaemon, waitForProcessExit } from '../harness.ts';
+
+/** Connections waiting in the backlog of a QEMU's QMP socket (Recv-Q of its listening socket in `ss`). */
+function pendingMonitorConnects(qemuPid: number): number {
+  const line = execFileSync('ss', ['-xlpH'], { encoding: 'utf8' })
+    .split('\n')
+    .find((l) => l.includes(`pid=${qemuPid},`) && /\/qmp-[^ ]*\.sock /.test(l));
+  return line ? Number(line.trim().split(/\s+/)[2]) : 0;
+}
 
 describe('VM lifecycle through the CLI', () => {
   let t: TestHome;
@@ -86,15 +95,18 @@ describe('VM lifecycle through the CLI', () => {
     await waitForProcessExit(daemonPid, 5_000);
     const qemuPid = before.runtime?.pid as number;
     expect(t.qemus().map((q) => q.pid)).toEqual([qemuPid]);
-    // A QEMU too busy to greet for longer than one connect attempt (5 s) is still the VM, not an orphan.
-    // (Whether or not the daemon's start waits for its re-adoptions.)
+    // A QEMU too busy to greet for longer than one connect attempt (5 s) is still the VM, not an orphan:
+    // it stays stopped until the new daemon's connection has waited 8 s in its monitor's backlog.
     process.kill(qemuPid, 'SIGSTOP');
-    const resumed = sleep(7_000).then(() => process.kill(qemuPid, 'SIGCONT'));
+    const starting = startDetachedDaemon(t);
+    starting.catch(() => undefined);
     try {
-      daemonPid = (await startDetachedDaemon(t)).pid;
+      await eventually(async () => pendingMonitorConnects(qemuPid) > 0, 60_000, "the new daemon's call on the stopped QEMU");
+      await sleep(8_000);
     } finally {
-      await resumed;
+      process.kill(qemuPid, 'SIGCONT');
     }
+    daemonPid = (await starting).pid;
     const after = await show();
     expect(after.state).toBe('running');
     expect(after.runtime?.pid).toBe(before.runtime?.pid);

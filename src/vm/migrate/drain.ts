@@ -7,11 +7,17 @@
 // ready host (not draining, able to migrate) with the most free memory left
 // after the VMs this drain already sent there. The task's progress counts the
 // VMs moved, queued and running; its result lists the VMs moved and those not
-// moved with the reason: stopped VMs (a drain moves running guests only; it
-// says when their disks are local to the host, so they are not forgotten),
-// VMs busy with another operation, no destination with room, or a migration
-// that failed (the VM then runs on at the source, the migration's guarantee).
-// A cancel cancels the member migrations not yet switched over.
+// moved with the reason: stopped VMs (by default a drain moves running guests
+// only; it says when their disks are local to the host, so they are not
+// forgotten), VMs busy with another operation, no destination with room, or a
+// migration that failed (the VM then runs on at the source, the migration's
+// guarantee). With `stopped: "move"` (`host drain --stopped move`) stopped and
+// created VMs go too, each by a cold move (`vm.move`, storage/cold-move.ts:
+// its files travel, bases the destination holds by content id are skipped; a
+// failed move leaves it at the host as it was), started through the hook the
+// storage service installs (useColdMoves). A cancel cancels the member
+// migrations not yet switched over and starts no further move; a cold move
+// already started runs to its end (cold moves have no cancel yet).
 import { z } from 'zod';
 import { OffshootError } from '../../common/index.ts';
 import type { EngineContext } from '../engine-context.ts';
@@ -31,13 +37,17 @@ export const MIGRATION_TASK_KINDS: readonly string[] = [MIGRATE_TASK_KIND, GROUP
 
 export const drainRequestSchema = z.strictObject({
   to: z.string().min(1).max(128).optional().describe('send every VM to this host (default: per VM, the ready host with the most free memory)'),
+  stopped: z.enum(['stay', 'move']).default('stay').describe('stopped and created VMs: stay on the host (default), or move by cold move (their files travel; bases the destination holds are skipped)'),
 });
-export type DrainRequest = z.output<typeof drainRequestSchema>;
+export type DrainRequest = z.input<typeof drainRequestSchema>;
 
 export interface DrainMoved {
   vm: string;
   to: string;
+  /** live: a running or paused VM migrated; cold: a stopped one moved with its files (`stopped: "move"`). */
+  mode: 'live' | 'cold';
   taskId: string;
+  /** The migration's downtime (null for a cold move). */
   downtimeMs: number | null;
   queuedMs: number;
 }
@@ -67,6 +77,10 @@ export class DrainRefusedError extends OffshootError {
 }
 
 const LIVE = ['running', 'paused'];
+const COLD = ['stopped', 'created'];
+
+/** Starts a cold move of a stopped VM to a host (its `vm.move` task); installed by the storage service. */
+export type ColdMoveStarter = (vmId: string, toHostId: string) => Promise<TaskRecord>;
 
 function codeOf(err: unknown): string {
   return err instanceof OffshootError ? err.code : 'INTERNAL';
@@ -74,12 +88,18 @@ function codeOf(err: unknown): string {
 
 export class HostDrains {
   private readonly cancellers: TaskCancellers;
+  private coldMove: ColdMoveStarter | undefined;
 
   constructor(
     private readonly ctx: EngineContext,
     private readonly migrations: Migrations,
   ) {
     this.cancellers = new TaskCancellers(ctx);
+  }
+
+  /** How a drain with `stopped: "move"` moves a stopped VM (the storage service's cold move). */
+  useColdMoves(start: ColdMoveStarter): void {
+    this.coldMove = start;
   }
 
   /** Sets the host draining and starts the task that migrates its VMs off; answers the `host.drain` task. */
@@ -91,20 +111,26 @@ export class HostDrains {
     if (forced && forced.state !== 'ready') throw new DrainRefusedError(`host ${forced.name} is ${forced.state}: a drain sends VMs to a ready host`, { host: forced.name, state: forced.state });
     const draining = host.state === 'draining' ? host : await this.ctx.fleet.setAdminState(host.id, 'draining');
     const controller = new AbortController();
-    const task = await this.ctx.tasks.start(DRAIN_TASK_KIND, { id: draining.id, name: draining.name }, (taskCtx) => this.run(draining, forced, taskCtx, controller.signal));
+    const task = await this.ctx.tasks.start(DRAIN_TASK_KIND, { id: draining.id, name: draining.name }, (taskCtx) => this.run(draining, forced, request.stopped, taskCtx, controller.signal));
     this.cancellers.track(task.id, controller);
     return task;
   }
 
-  private async run(host: HostRecord, forced: HostRecord | undefined, task: TaskContext, signal: AbortSignal): Promise<DrainResult> {
+  private async run(host: HostRecord, forced: HostRecord | undefined, stopped: z.output<typeof drainRequestSchema>['stopped'], task: TaskContext, signal: AbortSignal): Promise<DrainResult> {
     const t0 = performance.now();
     const vms = (await this.ctx.inventory.listVms()).filter((v) => v.hostId === host.id);
     const notMoved: DrainNotMoved[] = [];
-    const started: Array<{ vm: VmRecord; to: HostRecord; taskId: string }> = [];
+    const started: Array<{ vm: VmRecord; to: HostRecord; taskId: string; mode: 'live' | 'cold' }> = [];
     const sent = new Map<string, number>();
     await task.progress(0.01, `draining ${host.name}: ${vms.length} VM(s) on it`);
     for (const vm of vms) {
       if (signal.aborted) break;
+      if (stopped === 'move' && COLD.includes(vm.state)) {
+        const moving = await this.startColdMove(vm, host, forced);
+        if ('mode' in moving) started.push(moving);
+        else notMoved.push(moving);
+        continue;
+      }
       if (!LIVE.includes(vm.state)) {
         notMoved.push({ vm: vm.name, outcome: 'skipped', state: vm.state, reason: this.whyNot(vm, host), code: null, taskId: null });
         continue;
@@ -116,14 +142,15 @@ export class HostDrains {
       }
       try {
         const child = await this.migrations.migrate(vm, { to: to.id });
-        started.push({ vm, to, taskId: child.id });
+        started.push({ vm, to, taskId: child.id, mode: 'live' });
         sent.set(to.id, (sent.get(to.id) ?? 0) + vm.spec.memoryMiB * 2 ** 20);
       } catch (err) {
         notMoved.push({ vm: vm.name, outcome: LIVE.includes(vm.state) && codeOf(err) !== 'ILLEGAL_STATE' && codeOf(err) !== 'VM_BUSY' ? 'failed' : 'skipped', state: vm.state, reason: (err as Error).message, code: codeOf(err), taskId: null });
       }
     }
     const onCancel = () => {
-      for (const s of started) if (this.migrations.cancellable(s.taskId)) void this.migrations.cancel(s.taskId).catch(() => undefined);
+      // (A cold move already started ends by itself: it has no cancel yet; no further one starts.)
+      for (const s of started) if (s.mode === 'live' && this.migrations.cancellable(s.taskId)) void this.migrations.cancel(s.taskId).catch(() => undefined);
     };
     signal.addEventListener('abort', onCancel, { once: true });
     if (signal.aborted) onCancel();
@@ -140,12 +167,15 @@ export class HostDrains {
       await Promise.all(
         started.map(async (s) => {
           const done = await this.ctx.tasks.wait(s.taskId);
-          if (done.state === 'succeeded') {
+          if (done.state === 'succeeded' && s.mode === 'cold') {
+            moved.push({ vm: s.vm.name, to: s.to.name, mode: 'cold', taskId: s.taskId, downtimeMs: null, queuedMs: 0 });
+          } else if (done.state === 'succeeded') {
             const r = done.result as PolicyMigrateResult;
-            moved.push({ vm: s.vm.name, to: s.to.name, taskId: s.taskId, downtimeMs: r.downtimeMs, queuedMs: r.queuedMs });
+            moved.push({ vm: s.vm.name, to: s.to.name, mode: 'live', taskId: s.taskId, downtimeMs: r.downtimeMs, queuedMs: r.queuedMs });
           } else {
-            const where = (await this.ctx.inventory.getVm(s.vm.id))?.hostId === host.id ? `it runs on at ${host.name}` : 'see its task';
-            notMoved.push({ vm: s.vm.name, outcome: 'failed', state: s.vm.state, reason: `its migration to ${s.to.name} failed: ${done.error?.message ?? done.message}; ${where}`, code: done.error?.code ?? null, taskId: s.taskId });
+            const here = (await this.ctx.inventory.getVm(s.vm.id))?.hostId === host.id;
+            const where = here ? (s.mode === 'cold' ? `it stays on ${host.name} as it was` : `it runs on at ${host.name}`) : 'see its task';
+            notMoved.push({ vm: s.vm.name, outcome: 'failed', state: s.vm.state, reason: `its ${s.mode === 'cold' ? 'cold move' : 'migration'} to ${s.to.name} failed: ${done.error?.message ?? done.message}; ${where}`, code: done.error?.code ?? null, taskId: s.taskId });
           }
           await report();
         }),
@@ -160,6 +190,19 @@ export class HostDrains {
     return { host: host.name, moved, notMoved, totalMs: Math.round(performance.now() - t0) };
   }
 
+  /** Starts the cold move of a stopped VM (`stopped: "move"`): its task, or why it stays. */
+  private async startColdMove(vm: VmRecord, host: HostRecord, forced: HostRecord | undefined): Promise<{ vm: VmRecord; to: HostRecord; taskId: string; mode: 'cold' } | DrainNotMoved> {
+    const to = forced ?? this.destinationFor(vm, host, new Map(), 0);
+    const stays = (reason: string, code: string | null): DrainNotMoved => ({ vm: vm.name, outcome: 'failed', state: vm.state, reason: `${reason}; it stays on ${host.name}`, code, taskId: null });
+    if (!this.coldMove) return stays('this controller cannot move stopped VMs (no storage service)', 'DRAIN_REFUSED');
+    if (!to) return stays(`no ready host other than ${host.name} (not draining) to move it to`, 'NO_SPACE');
+    try {
+      return { vm, to, taskId: (await this.coldMove(vm.id, to.id)).id, mode: 'cold' };
+    } catch (err) {
+      return { ...stays(`its cold move to ${to.name} was refused: ${(err as Error).message}`, codeOf(err)), outcome: codeOf(err) === 'VM_BUSY' ? 'skipped' : 'failed' };
+    }
+  }
+
   /** Why a VM that is not a running guest stays (its disks named when they live on the host itself). */
   private whyNot(vm: VmRecord, host: HostRecord): string {
     if (!['stopped', 'created', 'failed'].includes(vm.state)) return `it is ${vm.state} (busy with another operation): a drain moves running VMs only; it stays on ${host.name}`;
@@ -169,8 +212,7 @@ export class HostDrains {
   }
 
   /** The ready host (not this one, able to migrate) with the most free memory after what this drain sent there. */
-  private destinationFor(vm: VmRecord, host: HostRecord, sent: Map<string, number>): HostRecord | undefined {
-    const need = vm.spec.memoryMiB * 2 ** 20;
+  private destinationFor(vm: VmRecord, host: HostRecord, sent: Map<string, number>, need = vm.spec.memoryMiB * 2 ** 20): HostRecord | undefined {
     const free = (h: HostRecord) => (h.facts?.memory.freeBytes ?? 0) - (sent.get(h.id) ?? 0);
     return this.ctx.fleet
       .hosts()
