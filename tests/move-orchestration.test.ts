@@ -13,7 +13,8 @@
 // moves; with --verify a seeded copy whose bytes differ is not used. A
 // `task cancel` of a move, cold (after a file was sent, before the re-home)
 // or live (path, transfer), leaves the VM at its source as it was and nothing
-// at the destination.
+// at the destination; a cold move whose controller died is cleaned up by the
+// next one from its journal (the files of the side the VM is not on go).
 import { describe, expect, it } from 'vitest';
 import { silentLogger } from '../src/common/index.ts';
 import type { FakeAgent } from '../src/protocol/index.ts';
@@ -246,6 +247,37 @@ describe('vm move against fake agents', () => {
       expect([after.hostId, after.state, after.runtime?.pid]).toEqual([before.hostId, 'running', before.runtime?.pid]);
       expect(s.b.vms.has(before.id)).toBe(false);
       expect([...s.b.files].some((f) => f.startsWith(`home:vms/${before.id}/`))).toBe(false);
+    });
+  }
+
+  for (const rehomed of [false, true]) {
+    it(`recovers a cold move whose controller died ${rehomed ? 'after' : 'before'} the re-home: the files of the side the VM is not on go`, async () => {
+      const s = await setup();
+      closers.push(s.close);
+      const { task: stopping } = await s.engine.stop('mv');
+      if (stopping) expect((await s.engine.tasks.wait(stopping.id)).state).toBe('succeeded');
+      const vm = await s.engine.resolve('mv');
+      const own = (agent: FakeAgent) => [...agent.files].filter((f) => f.startsWith(`home:vms/${vm.id}/`)).sort();
+      // What a controller that died mid-move left: its task with the journal, and the VM's files on both hosts.
+      const files = own(s.a);
+      for (const f of files) s.b.files.add(f);
+      if (rehomed) await s.inventory.updateVm(vm.id, { hostId: s.hostB.id });
+      const now = new Date().toISOString();
+      const taskId = '6f6f6f6f-0000-4000-8000-00000000ee13';
+      const journal = { vmId: vm.id, sourceHostId: vm.hostId, destinationHostId: s.hostB.id };
+      await s.inventory.insertTask({ id: taskId, kind: 'vm.move', targetId: vm.id, targetName: 'mv', state: 'running', progress: 0.5, message: 'sending disk disk0', result: { journal }, error: null, createdAt: now, updatedAt: now });
+      await s.engine.recover();
+      const task = await s.engine.tasks.get(taskId);
+      expect(task.state).toBe('failed');
+      expect(task.error?.code).toBe('TASK_INTERRUPTED');
+      expect(task.message).toContain(rehomed ? 're-homed' : 'rolled back');
+      const after = await s.engine.resolve('mv');
+      expect([after.hostId, after.state]).toEqual([rehomed ? s.hostB.id : vm.hostId, 'stopped']);
+      expect(own(s.a)).toEqual(rehomed ? [] : files);
+      expect(own(s.b)).toEqual(rehomed ? files : []);
+      const restarted = await s.engine.start('mv');
+      expect((await s.engine.tasks.wait(restarted.task?.id as string)).state).toBe('succeeded');
+      expect((await s.engine.resolve('mv')).hostId).toBe(rehomed ? s.hostB.id : vm.hostId);
     });
   }
 });

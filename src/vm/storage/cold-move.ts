@@ -11,6 +11,9 @@
 // of the VM go. Any failure or cancel (`task cancel`, move-vm.ts) before the
 // re-home removes what came to the destination and leaves the VM at its
 // source as it was; after the re-home a cancel is too late and the move ends.
+// The task journals both hosts first: a controller taking over the task of
+// one that died removes the files of the side the VM record does not name
+// (recoverColdMove).
 //
 // What this slice does not do yet: put the missing base layers in a datastore
 // of the destination (they land in the VM's folder), and move disks that are
@@ -73,6 +76,28 @@ export async function prepareColdDestination(deps: StorageDeps, vm: VmRecord, de
   }
 }
 
+/** What a cold move's task records before it sends anything, for the controller that takes it over if this one dies. */
+export interface ColdMoveJournal {
+  vmId: string;
+  sourceHostId: string;
+  destinationHostId: string;
+}
+
+/**
+ * A cold move whose controller died: the VM record says where it is. Re-homed (the one step that moves it): the
+ * source's files go, as the move would have done; not re-homed: what reached the destination goes, and the VM stays
+ * at its source as it was. Answers what was done (the task then fails with TASK_INTERRUPTED and it).
+ */
+export async function recoverColdMove(deps: StorageDeps, journal: ColdMoveJournal | undefined): Promise<string> {
+  if (!journal?.vmId) return 'nothing was recorded: nothing to clean up';
+  const vm = await deps.inventory.getVm(journal.vmId);
+  const rehomed = vm?.hostId === journal.destinationHostId;
+  const leftover = rehomed ? journal.sourceHostId : journal.destinationHostId;
+  const where = deps.engine.hostName(leftover);
+  await agentOn(deps, leftover).deleteVmFiles({ vmId: journal.vmId });
+  return rehomed ? `the VM had been re-homed at ${deps.engine.hostName(journal.destinationHostId)}: its files at ${where} were removed` : `the move was rolled back: the VM stays at its source; what reached ${where} was removed`;
+}
+
 /** A move's cancel (`task cancel`): the reason its signal aborts with. */
 export function moveCancelled(vm: string): OffshootError {
   return new OffshootError('TASK_CANCELLED', `the move of VM "${vm}" was cancelled; it stays at its source`, { vm }, 409);
@@ -87,6 +112,7 @@ export async function runColdMove(deps: StorageDeps, vm: VmRecord, dest: { id: s
   };
   const source = agentOn(deps, vm.hostId);
   const target = agentOn(deps, dest.id);
+  await ctx.journal({ vmId: vm.id, sourceHostId: vm.hostId, destinationHostId: dest.id } satisfies ColdMoveJournal);
   const sent: ColdMoveResult['sent'] = [];
   const backings = new Map<string, Locator[]>();
   let moved: VmRecord;

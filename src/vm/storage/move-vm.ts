@@ -24,7 +24,8 @@ import { z } from 'zod';
 import { IllegalStateError, InvalidInputError, NotFoundError } from '../../common/index.ts';
 import type { TaskRecord, VmRecord } from '../records.ts';
 import { parseRequest } from '../requests.ts';
-import { COLD_MOVE_TASK_KIND, checkColdMove, moveCancelled, prepareColdDestination, runColdMove } from './cold-move.ts';
+import { COLD_MOVE_TASK_KIND, checkColdMove, moveCancelled, prepareColdDestination, recoverColdMove, runColdMove } from './cold-move.ts';
+import type { ColdMoveJournal } from './cold-move.ts';
 import type { DiskContentPlan } from './content-plan.ts';
 import type { StorageDeps } from './deps.ts';
 import type { DatastoreRecord } from './records.ts';
@@ -78,6 +79,7 @@ export class VmMover {
       return deps.engine.tasks.wait(task.id);
     });
     deps.engine.watchCancels({ cancellable: () => this.running.size > 0, cancelRequested: (ids) => ids.forEach((id) => this.cancelHere(id)) });
+    deps.engine.registerRecovery(COLD_MOVE_TASK_KIND, (_task, journal) => recoverColdMove(deps, journal as ColdMoveJournal | undefined));
   }
 
   private cancelHere(taskId: string): boolean {
