@@ -14,7 +14,8 @@
 //   skips it and only the delta travels) against without (base and delta
 //   travel). Bytes the file server sent, and the time of the plan plus the
 //   transfer. Goal (issue 13): ≤ 1.1 × delta (+ memory: a live move also sends
-//   memory, which this cold transfer leaves out).
+//   memory, which this cold transfer leaves out; `bench move` measures the
+//   live move, memory included).
 import { randomBytes } from 'node:crypto';
 import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';

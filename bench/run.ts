@@ -12,6 +12,7 @@ import { fleetBenchmark } from './fleet.ts';
 import { hostsBenchmark } from './hosts.ts';
 import { migrateBenchmark } from './migrate.ts';
 import { mobilityBenchmark } from './mobility.ts';
+import { moveBenchmark } from './move.ts';
 import { forkBenchmark } from './fork.ts';
 import { groupBenchmark } from './group.ts';
 import { netpathBenchmark } from './netpath.ts';
@@ -31,6 +32,7 @@ const BENCHMARKS: Record<string, (args: string[]) => Promise<BenchResult>> = {
   fabric: fabricBenchmark,
   mobility: mobilityBenchmark,
   group: groupBenchmark,
+  move: moveBenchmark,
 };
 
 const [name, ...args] = process.argv.slice(2);

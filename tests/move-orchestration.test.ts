@@ -6,21 +6,46 @@
 // the destination holds sends its disks' tops only and re-homes it (it starts
 // there); a copy failing mid-move leaves the VM at its source as it was and
 // nothing at the destination; a cold move of a running VM is refused with
-// ILLEGAL_STATE.
+// ILLEGAL_STATE. A live move with --datastore uses only the destination's
+// copies of the bases in that datastore (seeded there: the migration mirrors
+// the top; seeded elsewhere there: the disk moves whole), and a datastore the
+// destination does not see (or none of that name) is refused before anything
+// moves; with --verify a seeded copy whose bytes differ is not used. A
+// `task cancel` of a move, cold (after a file was sent, before the re-home)
+// or live (path, transfer), leaves the VM at its source as it was and nothing
+// at the destination; a cold move whose controller died is cleaned up by the
+// next one from its journal (the files of the side the VM is not on go).
 import { describe, expect, it } from 'vitest';
 import { silentLogger } from '../src/common/index.ts';
 import type { FakeAgent } from '../src/protocol/index.ts';
-import type { ColdMoveResult } from '../src/vm/index.ts';
+import type { ColdMoveResult, MigrateResult } from '../src/vm/index.ts';
 import { StorageService } from '../src/vm/index.ts';
 import { codeOf } from '../src/protocol/contract-support.ts';
 import { closedAfterEach, twoHostFleet } from './fake-fleet.ts';
 
-async function setup() {
-  const s = await twoHostFleet({ prefix: 'omv-orch', subnet: '10.254.11' });
+/** `faults`: the engine's and the storage service's fault points (a test holds one to act at that phase). */
+async function setup(faults?: (point: string) => Promise<void>) {
+  const s = await twoHostFleet({ prefix: 'omv-orch', subnet: '10.254.11', ...(faults ? { faults } : {}) });
   const { inventory, engine } = s;
-  const storage = s.own(new StorageService({ inventory, storageInventory: inventory.storage, engine, logger: silentLogger }));
+  const storage = s.own(new StorageService({ inventory, storageInventory: inventory.storage, engine, logger: silentLogger, ...(faults ? { faults } : {}) }));
   await s.running('mv', 'a');
   return { ...s, a: s.local, b: s.remote, storage };
+}
+
+/** A fault point that holds the first time `phase` is reached, until released. */
+function holdAt(phase: string) {
+  let reached!: () => void;
+  let release!: () => void;
+  const atPhase = new Promise<void>((r) => (reached = r));
+  const gate = new Promise<void>((r) => (release = r));
+  let held = false;
+  const faults = async (point: string) => {
+    if (point !== phase || held) return;
+    held = true;
+    reached();
+    await gate;
+  };
+  return { faults, atPhase, release };
 }
 
 describe('vm move against fake agents', () => {
@@ -103,4 +128,156 @@ describe('vm move against fake agents', () => {
     expect((await s.engine.tasks.wait(restarted.task?.id as string)).state).toBe('succeeded');
     expect((await s.engine.resolve('mv')).hostId).toBe(s.hostB.id);
   });
+
+  it('moves live over the destination\'s copies in the datastore asked (verified when asked); refuses a datastore the destination does not see', async () => {
+    const fleet = await setup();
+    closers.push(fleet.close);
+    // A controller whose migrations know the recorded content ids of datastore disks (as the daemon's does).
+    const engine = fleet.addEngine({ contentIdsOf: async (files) => Object.fromEntries((await fleet.inventory.storage.listDisks()).filter((d) => files.includes(d.file)).map((d) => [d.file, d.contentId])) });
+    const s = { ...fleet, engine, storage: fleet.own(new StorageService({ inventory: fleet.inventory, storageInventory: fleet.inventory.storage, engine, logger: silentLogger })) };
+    await s.storage.ensureDefaultDatastores();
+    await s.storage.catalog.addDatastore({ name: 'b-other', path: '/srv/omv-orch/other', host: 'b' });
+    await fleet.running('mv2', 'a');
+    const base = await s.storage.catalog.createDisk({ datastore: 'a-local', name: 'base', size: '1G' });
+    for (const name of ['mv', 'mv2']) {
+      const { task: stopped } = await s.engine.stop(name);
+      if (stopped) expect((await s.engine.tasks.wait(stopped.id)).state).toBe('succeeded');
+      await s.storage.attachDisk(name, { disk: base.id });
+    }
+    const seeded = await s.storage.seeder.seed(base.id, { to: 'b-local' });
+    expect((await s.storage.jobs.wait(seeded.job?.id as string)).state).toBe('succeeded');
+    for (const name of ['mv', 'mv2']) {
+      const started = await s.engine.start(name);
+      expect((await s.engine.tasks.wait(started.task?.id as string)).state).toBe('succeeded');
+    }
+    const bLocal = await s.storage.catalog.datastore('b-local');
+    const other = await s.storage.catalog.datastore('b-other');
+    const attached = (await s.engine.resolve('mv')).spec.disks.find((d) => d.backing.includes(base.file));
+    expect(attached).toBeDefined();
+    const diskId = attached?.id as string;
+
+    // Refused before anything moves: a datastore of the source only, and one that does not exist.
+    const refused = await s.storage.mover.move('mv', { to: 'b', datastore: 'a-local' }).catch((e: unknown) => e as Error & { code: string });
+    expect((refused as { code: string }).code).toBe('INVALID_INPUT');
+    expect((refused as Error).message).toContain('a-local is not on host b');
+    expect(await codeOf(s.storage.mover.move('mv', { to: 'b', datastore: 'nowhere' }))).toBe('NOT_FOUND');
+    expect((await s.engine.resolve('mv')).hostId).not.toBe(s.hostB.id);
+    expect((await s.engine.resolve('mv')).state).toBe('running');
+
+    // The seeded copy in b-local: the top only travels, over that copy.
+    const over = await s.storage.mover.move('mv', { to: 'b', datastore: 'b-local' });
+    expect(over.disks.find((d) => d.diskId === diskId)?.skipAll).toBe(true);
+    const done = await s.engine.tasks.wait(over.task.id);
+    expect(done.state, JSON.stringify(done.error)).toBe('succeeded');
+    expect((done.result as MigrateResult).storage.sync[diskId]).toBe('top');
+    const there = (await s.engine.resolve('mv')).spec.disks.find((d) => d.id === diskId);
+    expect(there?.backing.length).toBe(1);
+    expect(there?.backing[0]?.startsWith(`ds.${bLocal.id}:`)).toBe(true);
+
+    // Back to a (its original base, by content id), then to b asking for b-other, which holds no copy: sent whole.
+    const back = await s.storage.mover.move('mv', { to: 'a' });
+    expect((await s.engine.tasks.wait(back.task.id)).state).toBe('succeeded');
+    const whole = await s.storage.mover.move('mv', { to: 'b', datastore: 'b-other' });
+    const planned = whole.disks.find((d) => d.diskId === diskId);
+    expect([planned?.heldLayers, planned?.skippedBytes]).toEqual([0, 0]);
+    expect(whole.sent.map((d) => d.disk)).toContain(diskId);
+    const wholeDone = await s.engine.tasks.wait(whole.task.id);
+    expect(wholeDone.state, JSON.stringify(wholeDone.error)).toBe('succeeded');
+    expect((wholeDone.result as MigrateResult).storage.sync[diskId]).toBe('full');
+    const moved = await s.engine.resolve('mv');
+    expect(moved.hostId).toBe(s.hostB.id);
+    expect(moved.spec.disks.find((d) => d.id === diskId)?.backing).toEqual([]);
+    expect(other.hosts.map((h) => h.hostId)).toEqual([s.hostB.id]);
+
+    // --verify reaches the migration: a seeded copy whose bytes differ is not used (the other VM's disk moves whole).
+    const copy = (await s.storage.catalog.listDisks()).find((d) => d.datastore === 'b-local' && d.contentId === base.contentId);
+    expect(copy).toBeDefined();
+    s.remote.content.set(copy?.file as string, 'tampered');
+    const checked = await s.storage.mover.move('mv2', { to: 'b', datastore: 'b-local', verify: true });
+    expect(checked.disks.find((d) => d.diskId === diskId)?.mismatch?.file).toBe(copy?.file);
+    const checkedDone = await s.engine.tasks.wait(checked.task.id);
+    expect(checkedDone.state, JSON.stringify(checkedDone.error)).toBe('succeeded');
+    expect((checkedDone.result as MigrateResult).storage.sync[diskId]).toBe('full');
+  });
+
+  for (const phase of ['move.sent-file', 'move.before-rehome']) {
+    it(`a cancel of a cold move at ${phase} leaves the VM stopped at its source as it was and nothing at the destination`, async () => {
+      const hold = holdAt(phase);
+      const s = await setup(hold.faults);
+      closers.push(s.close);
+      const { task: stopping } = await s.engine.stop('mv');
+      if (stopping) expect((await s.engine.tasks.wait(stopping.id)).state).toBe('succeeded');
+      const before = await s.engine.resolve('mv');
+      const own = (agent: FakeAgent) => [...agent.files].filter((f) => f.startsWith(`home:vms/${before.id}/`)).sort();
+      const sourceFiles = own(s.a);
+      const started = await s.storage.mover.move('mv', { to: 'b', mode: 'cold' });
+      await hold.atPhase;
+      if (phase === 'move.sent-file') expect(own(s.b).length).toBeGreaterThan(0);
+      const cancelling = s.engine.cancelTask(started.task.id);
+      await new Promise((r) => setTimeout(r, 200));
+      hold.release();
+      const cancelled = await cancelling;
+      expect(cancelled.state).toBe('failed');
+      expect(cancelled.error?.code).toBe('TASK_CANCELLED');
+      const after = await s.engine.resolve('mv');
+      expect([after.hostId, after.state]).toEqual([before.hostId, 'stopped']);
+      expect(after.spec).toEqual(before.spec);
+      expect(own(s.a)).toEqual(sourceFiles);
+      expect(own(s.b)).toEqual([]);
+      const restarted = await s.engine.start('mv');
+      expect((await s.engine.tasks.wait(restarted.task?.id as string)).state).toBe('succeeded');
+    });
+  }
+
+  for (const phase of ['migrate.path', 'migrate.transfer']) {
+    it(`a cancel of a live move at ${phase} leaves the VM running at its source in the same QEMU and nothing at the destination`, async () => {
+      const hold = holdAt(phase);
+      const s = await setup(hold.faults);
+      closers.push(s.close);
+      const before = await s.engine.resolve('mv');
+      const started = await s.storage.mover.move('mv', { to: 'b' });
+      await hold.atPhase;
+      const cancelling = s.engine.cancelTask(started.task.id);
+      await new Promise((r) => setTimeout(r, 200));
+      hold.release();
+      const cancelled = await cancelling;
+      expect(cancelled.state).toBe('failed');
+      expect(cancelled.error?.code).toBe('TASK_CANCELLED');
+      const after = await s.engine.resolve('mv');
+      expect([after.hostId, after.state, after.runtime?.pid]).toEqual([before.hostId, 'running', before.runtime?.pid]);
+      expect(s.b.vms.has(before.id)).toBe(false);
+      expect([...s.b.files].some((f) => f.startsWith(`home:vms/${before.id}/`))).toBe(false);
+    });
+  }
+
+  for (const rehomed of [false, true]) {
+    it(`recovers a cold move whose controller died ${rehomed ? 'after' : 'before'} the re-home: the files of the side the VM is not on go`, async () => {
+      const s = await setup();
+      closers.push(s.close);
+      const { task: stopping } = await s.engine.stop('mv');
+      if (stopping) expect((await s.engine.tasks.wait(stopping.id)).state).toBe('succeeded');
+      const vm = await s.engine.resolve('mv');
+      const own = (agent: FakeAgent) => [...agent.files].filter((f) => f.startsWith(`home:vms/${vm.id}/`)).sort();
+      // What a controller that died mid-move left: its task with the journal, and the VM's files on both hosts.
+      const files = own(s.a);
+      for (const f of files) s.b.files.add(f);
+      if (rehomed) await s.inventory.updateVm(vm.id, { hostId: s.hostB.id });
+      const now = new Date().toISOString();
+      const taskId = '6f6f6f6f-0000-4000-8000-00000000ee13';
+      const journal = { vmId: vm.id, sourceHostId: vm.hostId, destinationHostId: s.hostB.id };
+      await s.inventory.insertTask({ id: taskId, kind: 'vm.move', targetId: vm.id, targetName: 'mv', state: 'running', progress: 0.5, message: 'sending disk disk0', result: { journal }, error: null, createdAt: now, updatedAt: now });
+      await s.engine.recover();
+      const task = await s.engine.tasks.get(taskId);
+      expect(task.state).toBe('failed');
+      expect(task.error?.code).toBe('TASK_INTERRUPTED');
+      expect(task.message).toContain(rehomed ? 're-homed' : 'rolled back');
+      const after = await s.engine.resolve('mv');
+      expect([after.hostId, after.state]).toEqual([rehomed ? s.hostB.id : vm.hostId, 'stopped']);
+      expect(own(s.a)).toEqual(rehomed ? [] : files);
+      expect(own(s.b)).toEqual(rehomed ? files : []);
+      const restarted = await s.engine.start('mv');
+      expect((await s.engine.tasks.wait(restarted.task?.id as string)).state).toBe('succeeded');
+      expect((await s.engine.resolve('mv')).hostId).toBe(rehomed ? s.hostB.id : vm.hostId);
+    });
+  }
 });

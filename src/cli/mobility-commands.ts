@@ -5,8 +5,9 @@
 // HOST|DATASTORE` (a chain copied ahead of time, keeping its content ids),
 // `offshoot vm move-plan NAME --to HOST` (what a move would skip and send),
 // `offshoot host content HOST CHAIN...` (which content ids a host holds),
-// `offshoot vm move NAME --to HOST [--live|--cold]` (a VM moved sending only
-// what the destination lacks; waits for its task unless --no-wait).
+// `offshoot vm move NAME --to HOST [--datastore DS] [--live|--cold]` (a VM
+// moved sending only what the destination lacks, over the destination's
+// copies of its bases in DS when named; waits for its task unless --no-wait).
 // --json for scripts.
 import type { Command } from 'commander';
 import { InvalidInputError } from '../common/index.ts';
@@ -98,7 +99,7 @@ export function registerMobilityCommands(program: Command, ctx: CommandContext):
     .command('move')
     .argument('<vm>', 'VM name or id')
     .requiredOption('--to <host>', 'the destination host')
-    .option('--datastore <name>', "cold: the destination's datastore for the layers sent (default: its own)")
+    .option('--datastore <name>', "a datastore of the destination: only its copies of the bases are used (a disk held elsewhere moves whole)")
     .option('--live', 'live (a migration; the default for a running VM)')
     .option('--cold', 'cold (the VM must be stopped; the default for a stopped VM)')
     .option('--verify', 'hash each base the destination holds by id and compare it with the source')

@@ -28,6 +28,13 @@ export const migrateRequestSchema = z.strictObject({
   storage: z.enum(['auto', 'shared', 'copy']).default('auto').describe('disks: kept where both hosts see them and copied otherwise (auto), all kept (shared), all copied (copy)'),
   tls: z.boolean().default(true).describe('TLS with a one-time key on the migration and NBD streams'),
   multifdChannels: z.number().int().min(1).max(16).default(2).describe('parallel channels for memory (when post-copy is off: QEMU 7.2 cannot combine them)'),
+  bases: z
+    .strictObject({
+      datastoreId: z.string().regex(/^[a-z0-9][a-z0-9-]{0,63}$/).optional().describe('only copies of the bases in this datastore of the destination (its id) are used; a disk whose chain is held elsewhere there is sent whole'),
+      verify: z.boolean().default(false).describe("hash each copy of a base the destination holds by content id and compare it with the source's; one whose bytes differ is not used"),
+    })
+    .optional()
+    .describe("copied disks whose bases the destination holds by content id (seeded ahead, `disk seed`) go over the destination's copies; how those copies are chosen (`vm move --datastore/--verify`)"),
 });
 export type MigrateRequest = z.output<typeof migrateRequestSchema>;
 

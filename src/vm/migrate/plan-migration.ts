@@ -8,8 +8,9 @@
 // copied disk is mirrored into a new image at the destination, over its
 // bases when the destination has all of them with the same content ids
 // (`sync: top`, only the delta moves: the same files, or a copy of the whole
-// chain found by content id under other names, storage/content-plan.ts),
-// else as a whole (`sync: full`). The
+// chain found by content id under other names, storage/content-plan.ts;
+// with `bases`, only copies in one datastore of the destination, and hashed
+// against the source's first), else as a whole (`sync: full`). The
 // boot files and read-only disks must be at the destination already (the
 // default guest is installed there if it is missing).
 import { OffshootError } from '../../common/index.ts';
@@ -50,11 +51,14 @@ export interface MigrationPlan {
  * The destination's copy of a disk's whole backing chain found by content id (storage/content-plan.ts), or
  * null when it does not hold all of it (or a layer has no content id: the disk then moves whole).
  */
-async function heldChain(agents: { source: AgentClient; destination: AgentClient }, disk: VmDisk, contentIds: Record<string, string>): Promise<Array<{ file: string; format: 'qcow2' | 'raw' }> | null> {
+async function heldChain(agents: { source: AgentClient; destination: AgentClient }, disk: VmDisk, contentIds: Record<string, string>, bases: MigrateRequest['bases']): Promise<Array<{ file: string; format: 'qcow2' | 'raw' }> | null> {
   if (disk.backing.length === 0) return null;
   // A datastore base is known by its recorded content id (a seeded copy keeps it); other bases by their bytes' hash.
-  const [plan] = await planByContent(agents.source, agents.destination, { disks: [{ id: disk.id, backing: disk.backing }], contentIds }).catch(() => [undefined]);
-  return plan?.skipAll ? plan.destBacking : null;
+  const [plan] = await planByContent(agents.source, agents.destination, { disks: [{ id: disk.id, backing: disk.backing }], contentIds, verify: bases?.verify ?? false }).catch(() => [undefined]);
+  if (!plan?.skipAll) return null;
+  // Asked for one datastore's copies: a chain held elsewhere at the destination is not used.
+  if (bases?.datastoreId && !plan.destBacking.every((b) => b.file.startsWith(`ds.${bases.datastoreId}:`))) return null;
+  return plan.destBacking;
 }
 
 function addressOf(host: HostRecord): string | null {
@@ -122,7 +126,7 @@ export async function planMigration(vm: VmRecord, source: HostRecord, destinatio
       return theirs?.exists === true && theirs.contentId !== null && theirs.contentId === mine?.contentId;
     });
     // The same bases under the same names, or (seeded ahead, e.g. `disk seed`) the whole chain under other names there.
-    const held = sameFiles ? disk.backing.map((b) => ({ file: b, format: 'qcow2' as const })) : await heldChain(agents, disk, contentIds);
+    const held = sameFiles ? disk.backing.map((b) => ({ file: b, format: 'qcow2' as const })) : await heldChain(agents, disk, contentIds, request.bases);
     const basesThere = held !== null;
     // The copy lives in the VM's folder at the destination under the same name.
     const file = disk.file.startsWith('home:') ? disk.file : makeLocator({ kind: 'home' }, 'vms', vm.id, `${disk.id}.${disk.format}`);

@@ -8,8 +8,12 @@
 // each is then pointed at the layer below it, down to the destination's own
 // copies of the held bases (relinkDisk); then the VM record is re-homed at the
 // destination in one compare-and-set inventory step, and the source's files
-// of the VM go. Any failure or cancel before the re-home removes what came
-// to the destination and leaves the VM at its source as it was.
+// of the VM go. Any failure or cancel (`task cancel`, move-vm.ts) before the
+// re-home removes what came to the destination and leaves the VM at its
+// source as it was; after the re-home a cancel is too late and the move ends.
+// The task journals both hosts first: a controller taking over the task of
+// one that died removes the files of the side the VM record does not name
+// (recoverColdMove).
 //
 // What this slice does not do yet: put the missing base layers in a datastore
 // of the destination (they land in the VM's folder), and move disks that are
@@ -48,12 +52,12 @@ export function checkColdMove(vm: VmRecord): void {
 }
 
 /** One file from the source into `to` at the destination; answers the bytes copied. */
-async function fetchOne(deps: StorageDeps, vm: VmRecord, destId: string, from: Locator, to: Locator, ctx: TaskContext): Promise<number> {
+async function fetchOne(deps: StorageDeps, vm: VmRecord, destId: string, from: Locator, to: Locator, signal: AbortSignal): Promise<number> {
   const source = agentOn(deps, vm.hostId);
   const served = await source.openFileServer({ file: from, peer: peerAddress(deps, destId, vm.hostId) });
   try {
-    const copied = await runOperation(agentOn(deps, destId), 'fetchFile', { source: { url: served.url, token: served.token }, sourceName: from, target: to, ...deps.copy }, { signal: ctx.signal });
-    if (copied.state !== 'done') throw new OffshootError('TASK_CANCELLED', `the copy of ${from} stopped`, { vm: vm.name, file: from }, 409);
+    const copied = await runOperation(agentOn(deps, destId), 'fetchFile', { source: { url: served.url, token: served.token }, sourceName: from, target: to, ...deps.copy }, { signal });
+    if (copied.state !== 'done') throw signal.aborted && signal.reason instanceof Error ? signal.reason : new OffshootError('TASK_CANCELLED', `the copy of ${from} stopped`, { vm: vm.name, file: from }, 409);
     return copied.bytesCopied;
   } finally {
     await source.closeFileServer({ serverId: served.serverId }).catch(() => undefined);
@@ -72,22 +76,59 @@ export async function prepareColdDestination(deps: StorageDeps, vm: VmRecord, de
   }
 }
 
-export async function runColdMove(deps: StorageDeps, vm: VmRecord, dest: { id: string; name: string }, plan: DiskContentPlan[], ctx: TaskContext): Promise<ColdMoveResult> {
+/** What a cold move's task records before it sends anything, for the controller that takes it over if this one dies. */
+export interface ColdMoveJournal {
+  vmId: string;
+  sourceHostId: string;
+  destinationHostId: string;
+}
+
+/**
+ * A cold move whose controller died: the VM record says where it is. Re-homed (the one step that moves it): the
+ * source's files go, as the move would have done; not re-homed: what reached the destination goes, and the VM stays
+ * at its source as it was. Answers what was done (the task then fails with TASK_INTERRUPTED and it).
+ */
+export async function recoverColdMove(deps: StorageDeps, journal: ColdMoveJournal | undefined): Promise<string> {
+  if (!journal?.vmId) return 'nothing was recorded: nothing to clean up';
+  const vm = await deps.inventory.getVm(journal.vmId);
+  const rehomed = vm?.hostId === journal.destinationHostId;
+  const leftover = rehomed ? journal.sourceHostId : journal.destinationHostId;
+  const where = deps.engine.hostName(leftover);
+  await agentOn(deps, leftover).deleteVmFiles({ vmId: journal.vmId });
+  return rehomed ? `the VM had been re-homed at ${deps.engine.hostName(journal.destinationHostId)}: its files at ${where} were removed` : `the move was rolled back: the VM stays at its source; what reached ${where} was removed`;
+}
+
+/** A move's cancel (`task cancel`): the reason its signal aborts with. */
+export function moveCancelled(vm: string): OffshootError {
+  return new OffshootError('TASK_CANCELLED', `the move of VM "${vm}" was cancelled; it stays at its source`, { vm }, 409);
+}
+
+/** `cancel`: aborted by `task cancel` (before the re-home; after it the move finishes). */
+export async function runColdMove(deps: StorageDeps, vm: VmRecord, dest: { id: string; name: string }, plan: DiskContentPlan[], ctx: TaskContext, cancel: AbortSignal): Promise<ColdMoveResult> {
   const started = Date.now();
+  const signal = AbortSignal.any([ctx.signal, cancel]);
+  const stopIfCancelled = () => {
+    if (signal.aborted) throw signal.reason instanceof Error ? signal.reason : moveCancelled(vm.name);
+  };
   const source = agentOn(deps, vm.hostId);
   const target = agentOn(deps, dest.id);
+  await ctx.journal({ vmId: vm.id, sourceHostId: vm.hostId, destinationHostId: dest.id } satisfies ColdMoveJournal);
   const sent: ColdMoveResult['sent'] = [];
   const backings = new Map<string, Locator[]>();
   let moved: VmRecord;
   try {
     for (const [i, d] of vm.spec.disks.entries()) {
-      if (ctx.signal.aborted) throw new OffshootError('TASK_CANCELLED', 'the move was cancelled', { vm: vm.name }, 409);
+      stopIfCancelled();
       await ctx.progress((0.9 * i) / vm.spec.disks.length, `sending disk ${d.id}`);
       const p = plan.find((x) => x.diskId === d.id);
       const missing = d.backing.length > 0 ? (p?.send ?? []) : [];
       const copies = [{ from: d.file, to: d.file, format: d.format }, ...missing.map((l, j) => ({ from: l.file, to: `home:vms/${vm.id}/${d.id}-base${j}.${l.format}` as Locator, format: l.format }))];
       let bytes = 0;
-      for (const c of copies) bytes += await fetchOne(deps, vm, dest.id, c.from, c.to, ctx);
+      for (const c of copies) {
+        bytes += await fetchOne(deps, vm, dest.id, c.from, c.to, signal);
+        await deps.faults?.('move.sent-file');
+        stopIfCancelled();
+      }
       sent.push({ disk: d.id, file: d.file, bytes, layers: copies.length });
       // Each layer over the next: the sent ones, then the destination's copies of the held bases.
       const chain = [...copies, ...(d.backing.length > 0 ? (p?.destBacking ?? []).map((b) => ({ to: b.file, format: b.format })) : [])];
@@ -98,6 +139,7 @@ export async function runColdMove(deps: StorageDeps, vm: VmRecord, dest: { id: s
       backings.set(d.id, chain.slice(1).map((c) => c.to));
     }
     await deps.faults?.('move.before-rehome');
+    stopIfCancelled();
     await ctx.progress(0.95, `re-homing the VM at ${dest.name}`);
     const disks = vm.spec.disks.map((d) => ({ ...d, backing: backings.get(d.id) ?? d.backing }));
     const current = await deps.engine.resolve(vm.id);
