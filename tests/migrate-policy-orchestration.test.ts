@@ -233,6 +233,36 @@ describe('migration queue and host drain', () => {
     expect(files(s.remote)).toEqual(coldFiles);
   });
 
+  it('a cancelled drain cancels its cold move before the re-home: the stopped VM stays at the host as it was', async () => {
+    let reached!: () => void;
+    let release!: () => void;
+    const atRehome = new Promise<void>((r) => (reached = r));
+    const gate = new Promise<void>((r) => (release = r));
+    const faults = async (point: string) => {
+      if (point !== 'move.before-rehome') return;
+      reached();
+      await gate;
+    };
+    const s = await twoHostFleet({ prefix: 'opol-orch', subnet: '10.254.9', faults });
+    closers.push(s.close);
+    await s.engine.create({ name: 'cold', start: false, host: 'a' });
+    s.own(new StorageService({ inventory: s.inventory, storageInventory: s.inventory.storage, engine: s.engine, logger: silentLogger, faults }));
+    const cold = await s.engine.resolve('cold');
+    const files = (agent: FakeAgent) => [...agent.files].filter((f) => f.startsWith(`home:vms/${cold.id}/`)).sort();
+    const coldFiles = files(s.local);
+    const drain = await s.engine.drainHost('a', { stopped: 'move' });
+    await atRehome;
+    const cancelling = s.engine.cancelTask(drain.id);
+    await new Promise((r) => setTimeout(r, 200));
+    release();
+    const cancelled = await cancelling;
+    expect([cancelled.state, cancelled.error?.code]).toEqual(['failed', 'TASK_CANCELLED']);
+    const moves = (await s.engine.tasks.list()).filter((t) => t.kind === 'vm.move');
+    expect(moves.map((t) => [t.state, t.error?.code])).toEqual([['failed', 'TASK_CANCELLED']]);
+    expect(await s.engine.resolve('cold')).toMatchObject({ hostId: cold.hostId, state: 'created' });
+    expect([files(s.local), files(s.remote)]).toEqual([coldFiles, []]);
+  });
+
   it('a drain reports a member whose migration failed; that VM runs on at the source', async () => {
     const s = await setup({ vms: ['f1'] });
     closers.push(s.close);

@@ -134,7 +134,7 @@ export class Checkpoints {
     const task = await this.ctx.tasks.get(taskId);
     if (this.cancelHere(taskId)) return this.ctx.tasks.wait(taskId);
     if (task.state !== 'running') throw new IllegalStateError(`task ${taskId}`, task.state, ['running'], 'cancel');
-    if (task.kind !== 'vm.checkpoint') throw new OffshootError('TASK_NOT_CANCELLABLE', `task ${taskId} (${task.kind}) cannot be cancelled; only a checkpoint being written can`, { id: taskId, kind: task.kind }, 409);
+    if (task.kind !== 'vm.checkpoint') throw new OffshootError('TASK_NOT_CANCELLABLE', `task ${taskId} (${task.kind}) cannot be cancelled (or has no canceller on this controller)`, { id: taskId, kind: task.kind }, 409);
     await this.ctx.coordinator.store.leases.requestCancel(taskId);
     return this.ctx.tasks.wait(taskId);
   }

@@ -16,8 +16,7 @@
 // its files travel, bases the destination holds by content id are skipped; a
 // failed move leaves it at the host as it was), started through the hook the
 // storage service installs (useColdMoves). A cancel cancels the member
-// migrations not yet switched over and starts no further move; a cold move
-// already started runs to its end (cold moves have no cancel yet).
+// migrations not yet switched over and the cold moves not yet re-homed.
 import { z } from 'zod';
 import { OffshootError } from '../../common/index.ts';
 import type { EngineContext } from '../engine-context.ts';
@@ -79,8 +78,11 @@ export class DrainRefusedError extends OffshootError {
 const LIVE = ['running', 'paused'];
 const COLD = ['stopped', 'created'];
 
-/** Starts a cold move of a stopped VM to a host (its `vm.move` task); installed by the storage service. */
-export type ColdMoveStarter = (vmId: string, toHostId: string) => Promise<TaskRecord>;
+/** Starts a cold move of a stopped VM to a host (its `vm.move` task) and cancels one; installed by the storage service. */
+export interface ColdMoves {
+  start(vmId: string, toHostId: string): Promise<TaskRecord>;
+  cancel(taskId: string): Promise<TaskRecord>;
+}
 
 function codeOf(err: unknown): string {
   return err instanceof OffshootError ? err.code : 'INTERNAL';
@@ -88,7 +90,7 @@ function codeOf(err: unknown): string {
 
 export class HostDrains {
   private readonly cancellers: TaskCancellers;
-  private coldMove: ColdMoveStarter | undefined;
+  private coldMoves: ColdMoves | undefined;
 
   constructor(
     private readonly ctx: EngineContext,
@@ -98,8 +100,8 @@ export class HostDrains {
   }
 
   /** How a drain with `stopped: "move"` moves a stopped VM (the storage service's cold move). */
-  useColdMoves(start: ColdMoveStarter): void {
-    this.coldMove = start;
+  useColdMoves(moves: ColdMoves): void {
+    this.coldMoves = moves;
   }
 
   /** Sets the host draining and starts the task that migrates its VMs off; answers the `host.drain` task. */
@@ -149,8 +151,10 @@ export class HostDrains {
       }
     }
     const onCancel = () => {
-      // (A cold move already started ends by itself: it has no cancel yet; no further one starts.)
-      for (const s of started) if (s.mode === 'live' && this.migrations.cancellable(s.taskId)) void this.migrations.cancel(s.taskId).catch(() => undefined);
+      for (const s of started) {
+        if (s.mode === 'live' && this.migrations.cancellable(s.taskId)) void this.migrations.cancel(s.taskId).catch(() => undefined);
+        if (s.mode === 'cold') void this.coldMoves?.cancel(s.taskId).catch(() => undefined);
+      }
     };
     signal.addEventListener('abort', onCancel, { once: true });
     if (signal.aborted) onCancel();
@@ -194,10 +198,10 @@ export class HostDrains {
   private async startColdMove(vm: VmRecord, host: HostRecord, forced: HostRecord | undefined): Promise<{ vm: VmRecord; to: HostRecord; taskId: string; mode: 'cold' } | DrainNotMoved> {
     const to = forced ?? this.destinationFor(vm, host, new Map(), 0);
     const stays = (reason: string, code: string | null): DrainNotMoved => ({ vm: vm.name, outcome: 'failed', state: vm.state, reason: `${reason}; it stays on ${host.name}`, code, taskId: null });
-    if (!this.coldMove) return stays('this controller cannot move stopped VMs (no storage service)', 'DRAIN_REFUSED');
+    if (!this.coldMoves) return stays('this controller cannot move stopped VMs (no storage service)', 'DRAIN_REFUSED');
     if (!to) return stays(`no ready host other than ${host.name} (not draining) to move it to`, 'NO_SPACE');
     try {
-      return { vm, to, taskId: (await this.coldMove(vm.id, to.id)).id, mode: 'cold' };
+      return { vm, to, taskId: (await this.coldMoves.start(vm.id, to.id)).id, mode: 'cold' };
     } catch (err) {
       return { ...stays(`its cold move to ${to.name} was refused: ${(err as Error).message}`, codeOf(err)), outcome: codeOf(err) === 'VM_BUSY' ? 'skipped' : 'failed' };
     }

@@ -47,7 +47,7 @@ export class StorageService {
     this.seeder = new Seeder(deps, this.catalog, this.jobs);
     this.mover = new VmMover(deps, (vm, input) => this.movePlan(vm, input));
     // `host drain --stopped move` moves a host's stopped VMs with this service's cold move.
-    deps.engine.drains.useColdMoves(async (vmId, to) => (await this.mover.move(vmId, { to, mode: 'cold' })).task);
+    deps.engine.drains.useColdMoves({ start: async (vmId, to) => (await this.mover.move(vmId, { to, mode: 'cold' })).task, cancel: (taskId) => deps.engine.cancelTask(taskId) });
     deps.engine.fleet.listen({ hostLost: (host) => this.handover.hostLost(host), hostAdminState: (host, previous) => this.handover.hostAdminState(host, previous) });
     this.jobs.handle('move', {
       succeeded: (job) => this.finishMove(job),
