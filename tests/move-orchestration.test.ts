@@ -200,6 +200,28 @@ describe('vm move against fake agents', () => {
     expect((checkedDone.result as MigrateResult).storage.sync[diskId]).toBe('full');
   });
 
+  it('refuses a cold move whose VM another move re-homed between its plan and its start (MOVE_PLAN_STALE): the moved disks stay', async () => {
+    const hold = holdAt('move.planned');
+    const s = await setup(hold.faults);
+    closers.push(s.close);
+    const { task: stopping } = await s.engine.stop('mv');
+    if (stopping) expect((await s.engine.tasks.wait(stopping.id)).state).toBe('succeeded');
+    const vm = await s.engine.resolve('mv');
+    const own = (agent: FakeAgent) => [...agent.files].filter((f) => f.startsWith(`home:vms/${vm.id}/`)).sort();
+    const late = s.storage.mover.move('mv', { to: 'b', mode: 'cold' });
+    late.catch(() => undefined);
+    await hold.atPhase;
+    const first = await s.storage.mover.move('mv', { to: 'b', mode: 'cold' });
+    expect((await s.engine.tasks.wait(first.task.id)).state).toBe('succeeded');
+    const moved = own(s.b);
+    expect(moved.length).toBeGreaterThan(0);
+    hold.release();
+    expect(await codeOf(late)).toBe('MOVE_PLAN_STALE');
+    expect(await s.engine.resolve('mv')).toMatchObject({ hostId: s.hostB.id, state: 'stopped' });
+    expect(own(s.b)).toEqual(moved);
+    expect(own(s.a)).toEqual([]);
+  });
+
   for (const phase of ['move.sent-file', 'move.before-rehome']) {
     it(`a cancel of a cold move at ${phase} leaves the VM stopped at its source as it was and nothing at the destination`, async () => {
       const hold = holdAt(phase);

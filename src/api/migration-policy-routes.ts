@@ -6,8 +6,10 @@
 //                                         host's override (null removes one)
 //   DELETE /migration-policies/hosts/{ref} drop a host's override
 //   POST   /hosts/{ref}/evacuate          set the host draining and live-migrate
-//                                         its VMs off: 202 with the `host.drain`
-//                                         task (?wait=true: the finished task)
+//                                         its VMs off ({stopped:"move"}: its
+//                                         stopped VMs go by cold move): 202 with
+//                                         the `host.drain` task (?wait=true: the
+//                                         finished task)
 // Bad values answer INVALID_INPUT, unknown hosts NOT_FOUND, a drain to the
 // host itself or to a host that is not ready DRAIN_REFUSED.
 import { OpenAPIHono, createRoute, z } from '@hono/zod-openapi';
@@ -57,7 +59,7 @@ const evacuate = createRoute({
   path: '/hosts/{ref}/evacuate',
   operationId: 'evacuateHost',
   tags: ['hosts'],
-  summary: 'Drain a host: set it draining and live-migrate its running VMs to other ready hosts under the migration limits, as one task',
+  summary: 'Drain a host: set it draining and live-migrate its running VMs to other ready hosts under the migration limits (stopped: "move" also cold-moves its stopped VMs), as one task',
   request: { params: hostRef, query: waitQuery, body: { required: false, content: { 'application/json': { schema: drainRequestSchema } } } },
   responses: { 202: json(z.object({ task: taskSchema }), 'the host.drain task'), ...errorResponses },
 });

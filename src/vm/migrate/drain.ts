@@ -203,7 +203,9 @@ export class HostDrains {
     try {
       return { vm, to, taskId: (await this.coldMoves.start(vm.id, to.id)).id, mode: 'cold' };
     } catch (err) {
-      return { ...stays(`its cold move to ${to.name} was refused: ${(err as Error).message}`, codeOf(err)), outcome: codeOf(err) === 'VM_BUSY' ? 'skipped' : 'failed' };
+      // Started, moved or busy meanwhile (another operation has it): skipped, as for a live VM; anything else failed.
+      const skipped = ['VM_BUSY', 'ILLEGAL_STATE', 'MOVE_PLAN_STALE'].includes(codeOf(err));
+      return { ...stays(`its cold move to ${to.name} was refused: ${(err as Error).message}`, codeOf(err)), outcome: skipped ? 'skipped' : 'failed' };
     }
   }
 
@@ -211,8 +213,8 @@ export class HostDrains {
   private whyNot(vm: VmRecord, host: HostRecord): string {
     if (!['stopped', 'created', 'failed'].includes(vm.state)) return `it is ${vm.state} (busy with another operation): a drain moves running VMs only; it stays on ${host.name}`;
     const local = vm.spec.disks.filter((d) => !d.readOnly && d.file.startsWith('home:')).map((d) => `${d.id}: ${d.file}`);
-    if (local.length > 0) return `it is ${vm.state} and its disks are local to ${host.name} (${local.join(', ')}): a drain live-migrates running VMs only; it stays on ${host.name} with its disks`;
-    return `it is ${vm.state}: a drain live-migrates running VMs only; it stays recorded on ${host.name}`;
+    if (local.length > 0) return `it is ${vm.state} and its disks are local to ${host.name} (${local.join(', ')}): a drain live-migrates running VMs only unless asked --stopped move; it stays on ${host.name} with its disks`;
+    return `it is ${vm.state}: a drain live-migrates running VMs only unless asked --stopped move; it stays recorded on ${host.name}`;
   }
 
   /** The ready host (not this one, able to migrate) with the most free memory after what this drain sent there. */

@@ -27,6 +27,7 @@ import type { DiskContentPlan } from './content-plan.ts';
 import { peerAddress } from './copy-file-op.ts';
 import type { StorageDeps } from './deps.ts';
 import { agentOn } from './deps.ts';
+import { MovePlanStaleError } from './errors.ts';
 
 export const COLD_MOVE_TASK_KIND = 'vm.move';
 
@@ -90,6 +91,7 @@ export interface ColdMoveJournal {
  */
 export async function recoverColdMove(deps: StorageDeps, journal: ColdMoveJournal | undefined): Promise<string> {
   if (!journal?.vmId) return 'nothing was recorded: nothing to clean up';
+  if (journal.sourceHostId === journal.destinationHostId) return 'the move named one host as both ends: nothing was removed';
   const vm = await deps.inventory.getVm(journal.vmId);
   const rehomed = vm?.hostId === journal.destinationHostId;
   const leftover = rehomed ? journal.sourceHostId : journal.destinationHostId;
@@ -110,6 +112,10 @@ export async function runColdMove(deps: StorageDeps, vm: VmRecord, dest: { id: s
   const stopIfCancelled = () => {
     if (signal.aborted) throw signal.reason instanceof Error ? signal.reason : moveCancelled(vm.name);
   };
+  // Never a move onto the host it is on (its files are the VM's only copy), nor one without a plan for a layered disk.
+  if (vm.hostId === dest.id) throw new MovePlanStaleError(vm.name, `it is on host ${dest.name} already`);
+  const unplanned = vm.spec.disks.find((d) => d.backing.length > 0 && !plan.some((p) => p.diskId === d.id));
+  if (unplanned) throw new MovePlanStaleError(vm.name, `its disk ${unplanned.id} is not in the move plan`);
   const source = agentOn(deps, vm.hostId);
   const target = agentOn(deps, dest.id);
   await ctx.journal({ vmId: vm.id, sourceHostId: vm.hostId, destinationHostId: dest.id } satisfies ColdMoveJournal);
@@ -146,7 +152,9 @@ export async function runColdMove(deps: StorageDeps, vm: VmRecord, dest: { id: s
     if (current.state !== 'stopped' && current.state !== 'created') throw new IllegalStateError(`VM "${vm.name}"`, current.state, ['stopped', 'created'], 'cold-move');
     moved = await deps.inventory.updateVm(vm.id, { hostId: dest.id, spec: { ...current.spec, disks } }, current.version === undefined ? {} : { expectVersion: current.version });
   } catch (err) {
-    // Nothing of the VM stays at the destination; the source is untouched.
+    // Nothing of the VM stays at the destination; the source is untouched. A controller that lost the task (its
+    // lease) undoes nothing: the one that took the task over does (recoverColdMove).
+    if (ctx.signal.aborted) throw err;
     await target.deleteVmFiles({ vmId: vm.id }).catch((e: unknown) => deps.logger.warn({ err: e, vm: vm.name }, 'cannot remove the files a failed move left at the destination'));
     throw err;
   }

@@ -33,6 +33,13 @@ export class CopyNotADiskError extends OffshootError {
   }
 }
 
+/** A move whose VM changed between its plan and its start (another move re-homed it, a disk was attached). HTTP 409. */
+export class MovePlanStaleError extends OffshootError {
+  constructor(vm: string, why: string) {
+    super('MOVE_PLAN_STALE', `VM "${vm}" changed since its move was planned (${why}); run vm move again`, { vm, why }, 409);
+  }
+}
+
 export class ContentMismatchError extends OffshootError {
   constructor(a: string, b: string, details: Record<string, unknown>) {
     super('CONTENT_MISMATCH', `disks ${a} and ${b} share a content id but their content differs`, { a, b, ...details }, 409);

@@ -21,13 +21,14 @@
 // switch-over); a cold one aborts its `vm.move` task before the re-home (here
 // or, through the task's row, on the controller that runs it).
 import { z } from 'zod';
-import { IllegalStateError, InvalidInputError, NotFoundError } from '../../common/index.ts';
+import { IllegalStateError, InvalidInputError, NotFoundError, OffshootError } from '../../common/index.ts';
 import type { TaskRecord, VmRecord } from '../records.ts';
 import { parseRequest } from '../requests.ts';
 import { COLD_MOVE_TASK_KIND, checkColdMove, moveCancelled, prepareColdDestination, recoverColdMove, runColdMove } from './cold-move.ts';
 import type { ColdMoveJournal } from './cold-move.ts';
 import type { DiskContentPlan } from './content-plan.ts';
 import type { StorageDeps } from './deps.ts';
+import { MovePlanStaleError } from './errors.ts';
 import type { DatastoreRecord } from './records.ts';
 
 export const MOVE_MODES = ['live', 'cold'] as const;
@@ -102,10 +103,11 @@ export class VmMover {
     }
     const asked = await this.movePlan(vm.id, { to: request.to, verify: request.verify });
     const plan = ds ? withinDatastore(asked, ds.id) : asked;
+    await this.deps.faults?.('move.planned');
     // A live move is the migration, which finds the same bases (in the datastore asked, hashed when asked).
     const bases = { verify: request.verify, ...(ds ? { datastoreId: ds.id } : {}) };
-    const task = mode === 'cold' ? await this.startCold(vm.id, request.to, plan.disks) : (await this.deps.engine.migrate(vm.id, { to: request.to, bases })).task;
-    if (!task) throw new Error('a migration answered without a task');
+    const task = mode === 'cold' ? await this.startCold(vm, request.to, plan.disks) : (await this.deps.engine.migrate(vm.id, { to: request.to, bases })).task;
+    if (!task) throw new OffshootError('INTERNAL', `the migration of VM "${vm.name}" answered without a task`, { vm: vm.name }, 500);
     return {
       vm: vm.name,
       mode,
@@ -132,10 +134,13 @@ export class VmMover {
   }
 
   /** The `vm.move` task of a cold move; the VM is busy (no start, fork or clone) until it ends. */
-  private async startCold(vmId: string, to: string, plan: DiskContentPlan[]): Promise<TaskRecord> {
+  private async startCold(planned: VmRecord, to: string, plan: DiskContentPlan[]): Promise<TaskRecord> {
     const dest = await this.deps.engine.fleet.resolve(to);
-    const vm = await this.deps.engine.states.claimBusy(vmId, `moving to host ${dest.name}`, 'cold-move', (current) => {
+    const vm = await this.deps.engine.states.claimBusy(planned.id, `moving to host ${dest.name}`, 'cold-move', (current) => {
       if (current.state !== 'stopped' && current.state !== 'created') throw new IllegalStateError(`VM "${current.name}"`, current.state, ['stopped', 'created'], 'cold-move');
+      // The plan holds only for the VM it was made of: not one another move re-homed meanwhile, nor one whose disks changed.
+      if (current.hostId !== planned.hostId) throw new MovePlanStaleError(current.name, `it is now on host ${this.deps.engine.hostName(current.hostId)}`);
+      if (JSON.stringify(current.spec.disks) !== JSON.stringify(planned.spec.disks)) throw new MovePlanStaleError(current.name, 'its disks changed');
       checkColdMove(current);
     });
     const cancel = new AbortController();
