@@ -6,8 +6,8 @@
 // by default: plain QMP `migrate` between two hand-started QEMUs in the same
 // two namespaces, over the hosts' own addresses, with QEMU's defaults
 // (max-bandwidth 128 MiB/s, downtime-limit 300 ms, no TLS, pre-copy only).
-// Three workloads, all by default (the whole run takes ~10 min on this
-// 2-core machine under load; `--workloads idle` runs the idle guest only):
+// Three workloads, all by default (the whole run took 9 min on this
+// 2-core machine at load 8-11; `--workloads idle` runs the idle guest only):
 // - idle: an idle guest;
 // - dirtying: a guest rewriting a tmpfs file of `--dirty` MiB in a loop;
 // - storage: a guest with a local `--disk-gib` data disk holding
