@@ -1,25 +1,40 @@
-// `npm run bench -- migrate [--runs 2] [--memory 1024] [--dirty 64] [--downtime-limit 50] [--timeout 90]`:
+// `npm run bench -- migrate [--workloads idle,dirtying,storage] [--runs 2]
+//  [--memory 1024] [--dirty 64] [--disk-gib 4] [--data-gib 1]
+//  [--downtime-limit 50] [--timeout 90]`:
 // live migration between two lab hosts (each `offshoot agent serve` in its
 // own network namespace), in one run beside the baseline a libvirt user gets
 // by default: plain QMP `migrate` between two hand-started QEMUs in the same
 // two namespaces, over the hosts' own addresses, with QEMU's defaults
 // (max-bandwidth 128 MiB/s, downtime-limit 300 ms, no TLS, pre-copy only).
-// Two workloads: an idle guest, and a guest rewriting a tmpfs file of
-// `--dirty` MiB in a loop. Offshoot migrates with its defaults (isolated
-// path, TLS-PSK, post-copy when pre-copy stalls) and `--downtime-limit`. Per
-// migration: QEMU's downtime, total time, bytes sent against the guest's
-// memory, and whether it converged (the baseline is cancelled after
-// `--timeout` s). Two more rows tell the costs apart: the idle baseline again
-// with its RAM in a shared /dev/shm file as Offshoot keeps it, and Offshoot
-// without TLS. Downtime is also measured from inside the guest (guest-clock.ts:
-// a timer loop's longest gap),
-// and each Offshoot migration's phases are printed (its task's timings, and at
-// the end the timelines both lab agents logged: the destination's preparation,
-// the source's steps and QEMU's events, the destination's resume; the
-// path's own bandwidth is `npm run bench -- netpath`). `--workloads idle`
-// runs the idle guest only. The local-storage workload (a 4 GiB disk holding
-// 1 GiB) is not measured here.
-import { spawn } from 'node:child_process';
+// Three workloads, all by default (the whole run took 9 min on this
+// 2-core machine at load 8-11; `--workloads idle` runs the idle guest only):
+// - idle: an idle guest;
+// - dirtying: a guest rewriting a tmpfs file of `--dirty` MiB in a loop;
+// - storage: a guest with a local `--disk-gib` data disk holding
+//   `--data-gib` of random data (on lab1's own datastore: Offshoot mirrors
+//   it, `--storage auto`), which keeps writing a little to it throughout
+//   (migrate-disk.ts: the data is written on the host before boot, not by dd
+//   under TCG). The baseline is libvirt's "copy storage" flow without TLS:
+//   NBD exports at the destination, drive-mirror into them, wait until
+//   ready, `migrate`, then the mirrors are completed and the destination
+//   runs the guest. After the last migration the data disk must equal the
+//   data plus the guest's writes (qemu-img compare), for both.
+// Offshoot migrates with its defaults (isolated path, TLS-PSK, post-copy when
+// pre-copy stalls) and `--downtime-limit`. Per migration: QEMU's downtime,
+// total time, bytes sent against the guest's memory (and disk data), and
+// whether it converged (the baseline is cancelled after `--timeout` s); for
+// storage also the time until the mirrors were ready, memory and disk bytes
+// apart, and the bytes out of the source host's interface. More rows tell
+// the costs apart: the idle baseline again with its RAM in a shared /dev/shm
+// file as Offshoot keeps it, and Offshoot without TLS (idle and storage).
+// Downtime is also measured from inside the guest (guest-clock.ts: a timer
+// loop's longest gap; the per-run lines place each long gap on the host's
+// clock), and each Offshoot migration's phases are printed (its task's
+// timings, and at the end the timelines both lab agents logged: the
+// destination's preparation, the source's steps and QEMU's events, the
+// destination's resume; the path's own bandwidth is `npm run bench --
+// netpath`).
+import { execFile, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -29,22 +44,47 @@ import { startDaemon } from '../src/api/index.ts';
 import { silentLogger } from '../src/common/index.ts';
 import { loadDefaultGuest } from '../src/guest/index.ts';
 import { labDown, labUp } from '../src/lab/lab.ts';
+import { parseLocator } from '../src/protocol/index.ts';
 import { QgaClient, createImage, qemuVersion } from '../src/qemu/index.ts';
 import type { QmpClient } from '../src/qemu/index.ts';
-import type { MigrateResult, VmEngine } from '../src/vm/index.ts';
+import type { MigrateResult, StorageService, VmEngine } from '../src/vm/index.ts';
+import { WRITER_COUNT, WRITER_STOP, checkDataDisk, completeMirrors, exportTargets, makeDataDisk, mirrorUntilReady, writerStart } from './migrate-disk.ts';
+import type { DataDisk, DiskCheck } from './migrate-disk.ts';
 import { connectQmpWhenReady, rawGuestArgs } from './qemu-baseline.ts';
 import type { BenchResult, Comparison } from './report.ts';
-import { option } from './tools.ts';
-import { TICK_START, TICK_STOP, clockLoss, readGuestClock } from './guest-clock.ts';
+import { option, run } from './tools.ts';
+import { TICK_START, clockLoss, describeGaps, readGuestClock, stopTicks } from './guest-clock.ts';
 import type { GuestShell } from './guest-clock.ts';
+
+type Workload = 'idle' | 'dirtying' | 'storage';
+
+interface Options {
+  runs: number;
+  memory: number;
+  dirty: number;
+  downtimeLimitMs: number;
+  timeoutS: number;
+  diskGiB: number;
+  dataGiB: number;
+}
+
+/** The workloads run when --workloads is not given. */
+const DEFAULT_WORKLOADS = 'idle,dirtying,storage';
 
 interface Sample {
   downtimeMs: number;
-  /** From the request to the guest running at the destination (the baseline: from starting the destination QEMU). */
+  /** From the request to the guest running at the destination (the baseline: from creating the destination's disks and starting its QEMU). */
   wallMs: number;
-  /** QEMU's total-time of the migration itself. */
+  /** QEMU's total-time of the migration itself (memory; disk mirrors before it not included). */
   qemuMs: number;
   bytes: number;
+  memoryBytes: number;
+  /** Bytes the disk mirrors copied, by QEMU's count (the job's progress: holes count as copied, sent as zero writes). */
+  diskBytes: number;
+  /** Bytes out of the source host's interface during the migration (everything on the wire: memory, disks, TLS, VXLAN). */
+  wireBytes: number;
+  /** From the first mirror's start until every mirror was ready (null: no disk copied). */
+  mirrorMs: number | null;
   /** Completed (pre-copy or post-copy). */
   completed: boolean;
   postcopy: boolean;
@@ -57,10 +97,49 @@ interface Sample {
 // Non-zero data (zero pages cost QEMU almost nothing to send): a random 1 MiB block written over the file again and again.
 const dirtyScript = (mib: number) => `mkdir -p /mnt/dirty && mount -t tmpfs -o size=${mib + 16}m tmpfs /mnt/dirty && dd if=/dev/urandom of=/mnt/dirty/seed bs=1M count=1 2>/dev/null && (while true; do i=0; while [ $i -lt ${mib} ]; do dd if=/mnt/dirty/seed of=/mnt/dirty/f bs=1M seek=$i count=1 conv=notrunc 2>/dev/null; i=$((i+1)); done; done) >/dev/null 2>&1 &`;
 
-async function offshootRuns(engine: VmEngine, workload: 'idle' | 'dirtying', o: { runs: number; memory: number; dirty: number; downtimeLimitMs: number; timeoutS: number }, postcopy: 'auto' | 'never' = 'auto', tls = true): Promise<Sample[]> {
+/** What the Offshoot runs need beyond the engine: the storage service and lab hosts (storage workload) and scratch space. */
+interface OffshootSetup {
+  engine: VmEngine;
+  storage: StorageService;
+  labHosts: Array<{ name: string; home: string; namespace: string }>;
+  data: DataDisk | null;
+  scratch: string;
+}
+
+/** The guest's data-disk writer: started, and seen writing. */
+async function startDiskWriter(shell: GuestShell, data: DataDisk): Promise<void> {
+  const out = await shell(writerStart(data));
+  if (out.trim()) throw new Error(`the disk writer did not start: ${out.trim()}`);
+  const deadline = Date.now() + 60_000;
+  while (Number(await shell(WRITER_COUNT)) < 2) {
+    if (Date.now() > deadline) throw new Error(`the disk writer does not write: ${await shell(WRITER_STOP)}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+/** Stops the writer (its writes flushed): the blocks it wrote, or why it failed. */
+async function stopDiskWriter(shell: GuestShell): Promise<number> {
+  const [n, state, ...err] = (await shell(WRITER_STOP)).trim().split(' ');
+  if (state !== 'ok') throw new Error(`the guest's disk writer ${state ?? 'said nothing'}: ${err.join(' ')}`);
+  return Number(n);
+}
+
+async function offshootRuns(setup: OffshootSetup, workload: Workload, o: Options, postcopy: 'auto' | 'never' = 'auto', tls = true): Promise<{ samples: Sample[]; check: DiskCheck | null }> {
+  const { engine } = setup;
   const name = `omb-${workload}-${postcopy}${tls ? '' : '-plain'}`;
-  const { task } = await engine.create({ name, memory: `${o.memory}M`, host: 'lab1', start: true });
-  const started = await engine.tasks.wait(task?.id as string);
+  const storageWorkload = workload === 'storage';
+  // The data disk and its writer belong to the storage workload only.
+  const data = storageWorkload ? setup.data : null;
+  if (storageWorkload && !data) throw new Error('the storage workload needs its data disk');
+  const created = await engine.create({ name, memory: `${o.memory}M`, host: 'lab1', start: !storageWorkload });
+  let startTask = created.task;
+  if (storageWorkload && data) {
+    // The data disk on lab1's own datastore (not shared): attached, it is a read-only base under the VM's delta, which a migration mirrors whole.
+    const disk = await setup.storage.catalog.importDisk({ datastore: 'lab1-local', name: `${name}-data`, source: data.reference, format: 'qcow2' });
+    await setup.storage.attachDisk(name, { disk: disk.id });
+    startTask = (await engine.start(name)).task;
+  }
+  const started = await engine.tasks.wait(startTask?.id as string);
   if (started.state !== 'succeeded') throw new Error(`${name} did not start: ${started.message}`);
   if (workload === 'dirtying') await engine.exec(name, { path: '/bin/sh', args: ['-c', dirtyScript(o.dirty)] });
   const samples: Sample[] = [];
@@ -68,31 +147,61 @@ async function offshootRuns(engine: VmEngine, workload: 'idle' | 'dirtying', o: 
     const r = await engine.exec(name, { path: '/bin/sh', args: ['-c', script] });
     return Buffer.from(r.stdout, 'base64').toString();
   };
+  let check: DiskCheck | null = null;
   try {
+    if (data) await startDiskWriter(shell, data);
     for (let i = 0; i < o.runs; i++) {
       const to = i % 2 === 0 ? 'lab2' : 'lab1';
       await shell(TICK_START);
       const clock0 = await readGuestClock(shell);
+      const blocks0 = data ? Number(await shell(WRITER_COUNT)) : 0;
+      const sourceNamespace = setup.labHosts.find((h) => h.name === (to === 'lab2' ? 'lab1' : 'lab2'))?.namespace as string;
+      const tx0 = await txBytes(sourceNamespace);
       const t0 = performance.now();
-      const { task: m } = await engine.migrate(name, { to, downtimeLimitMs: o.downtimeLimitMs, timeoutS: o.timeoutS, postcopy, tls });
+      const { task: m } = await engine.migrate(name, { to, downtimeLimitMs: o.downtimeLimitMs, timeoutS: o.timeoutS, postcopy, tls, storage: 'auto' });
       const done = await engine.tasks.wait(m?.id as string);
       const wall = performance.now() - t0;
       const guestLossMs = clockLoss(clock0, await readGuestClock(shell));
-      const guestGapMs = Number(await shell(TICK_STOP));
+      const ticks = await stopTicks(shell);
+      const guestGapMs = ticks.longestMs;
+      const wireBytes = (await txBytes(sourceNamespace)) - tx0;
+      const written = data ? `, guest wrote ${Number(await shell(WRITER_COUNT)) - blocks0} disk blocks of 256 KiB meanwhile` : '';
       if (done.state !== 'succeeded') {
-        samples.push({ downtimeMs: NaN, wallMs: wall, qemuMs: NaN, bytes: NaN, completed: false, postcopy: false, guestGapMs, guestLossMs });
+        samples.push({ downtimeMs: NaN, wallMs: wall, qemuMs: NaN, bytes: NaN, memoryBytes: NaN, diskBytes: NaN, wireBytes, mirrorMs: null, completed: false, postcopy: false, guestGapMs, guestLossMs });
         process.stderr.write(`offshoot ${workload} ${i + 1}: failed ${done.error?.code}: ${done.message}\n`);
         continue;
       }
       const r = done.result as MigrateResult;
-      samples.push({ downtimeMs: r.downtimeMs ?? NaN, wallMs: wall, qemuMs: r.timings.qemuTotalMs ?? NaN, bytes: r.memoryBytes + r.diskBytes, completed: true, postcopy: r.postcopy, guestGapMs, guestLossMs });
-      process.stderr.write(`offshoot ${workload} postcopy=${postcopy} tls=${tls} ${i + 1}: downtime ${r.downtimeMs} ms (guest: loop gap ${guestGapMs} ms, clock loss ${Math.round(guestLossMs)} ms), wall ${Math.round(wall)} ms, ${Math.round((r.memoryBytes + r.diskBytes) / 2 ** 20)} MiB, passes ${r.passes}, postcopy ${r.postcopy}; ${JSON.stringify(r.timings)}\n`);
+      samples.push({ downtimeMs: r.downtimeMs ?? NaN, wallMs: wall, qemuMs: r.timings.qemuTotalMs ?? NaN, bytes: r.memoryBytes + r.diskBytes, memoryBytes: r.memoryBytes, diskBytes: r.diskBytes, wireBytes, mirrorMs: r.timings.mirrorMs, completed: true, postcopy: r.postcopy, guestGapMs, guestLossMs });
+      const storage = r.storage.copied.length ? `, disks ${JSON.stringify(r.storage.sync)}: ${Math.round(r.diskBytes / 2 ** 20)} MiB` : '';
+      process.stderr.write(`offshoot ${workload} postcopy=${postcopy} tls=${tls} ${i + 1}: downtime ${r.downtimeMs} ms (guest: loop gap ${guestGapMs} ms, clock loss ${Math.round(guestLossMs)} ms; longest gaps ${describeGaps(ticks.gaps)}), wall ${Math.round(wall)} ms, memory ${Math.round(r.memoryBytes / 2 ** 20)} MiB${storage}${written}, ${Math.round(wireBytes / 2 ** 20)} MiB out of the source host, passes ${r.passes}, postcopy ${r.postcopy}; ${JSON.stringify(r.timings)}\n`);
+    }
+    if (data) {
+      const blocks = await stopDiskWriter(shell);
+      // The data disk's image where the VM ended, read once its QEMU is gone.
+      const vm = await engine.resolve(name);
+      const disk = vm.spec.disks.find((d) => d.id !== 'disk0' && !d.readOnly);
+      const hostName = engine.fleet.hosts().find((h) => h.id === vm.hostId)?.name;
+      const home = setup.labHosts.find((h) => h.name === hostName)?.home;
+      if (!disk || !home) throw new Error(`cannot find the data disk of ${name} (host ${hostName ?? vm.hostId})`);
+      const { scope, relative } = parseLocator(disk.file);
+      if (scope.kind !== 'home') throw new Error(`the data disk of ${name} is not in its VM folder (${disk.file})`);
+      await engine.kill(name);
+      check = await checkDataDisk(data, join(home, relative), disk.format, blocks, setup.scratch);
+      process.stderr.write(`offshoot ${workload} tls=${tls}: data disk after ${o.runs} migrations ${check.equal ? 'equal to' : 'DIFFERENT from'} the reference plus the guest's ${blocks} blocks (${check.detail})\n`);
     }
   } finally {
     await engine.kill(name).catch(() => undefined);
     await engine.delete(name).catch(() => undefined);
   }
-  return samples;
+  return { samples, check };
+}
+
+/** Bytes sent so far by a lab host's interface (mgmt0, under its VXLAN path links). */
+async function txBytes(namespace: string): Promise<number> {
+  const out = await new Promise<string>((resolve, reject) => execFile('ip', ['-n', namespace, '-j', '-s', 'link', 'show', 'mgmt0'], (err, stdout) => (err ? reject(err) : resolve(stdout))));
+  const [link] = JSON.parse(out) as Array<{ stats64?: { tx?: { bytes?: number } } }>;
+  return link?.stats64?.tx?.bytes ?? NaN;
 }
 
 function inNamespace(namespace: string, argv: string[]): ChildProcess {
@@ -105,39 +214,74 @@ async function stopProcess(p: ChildProcess): Promise<void> {
   await new Promise((r) => p.once('exit', r));
 }
 
-async function baselineRuns(accel: string, hosts: Array<{ namespace: string; address: string }>, workload: 'idle' | 'dirtying', o: { runs: number; memory: number; dirty: number; timeoutS: number }, ramInShm = false): Promise<Sample[]> {
+async function baselineRuns(accel: string, hosts: Array<{ namespace: string; address: string }>, workload: Workload, o: Options, dataDisk: DataDisk | null, ramInShm = false): Promise<{ samples: Sample[]; check: DiskCheck | null }> {
   const guest = await loadDefaultGuest();
   const dir = mkdtempSync('/tmp/omb-base-');
   const shm = mkdtempSync('/dev/shm/omb-base-');
   const samples: Sample[] = [];
   const procs: ChildProcess[] = [];
+  const storageWorkload = workload === 'storage';
+  const data = storageWorkload ? dataDisk : null;
+  if (storageWorkload && !data) throw new Error('the storage workload needs its data disk');
+  let check: DiskCheck | null = null;
   try {
-    const disk = join(dir, 'disk.qcow2');
-    await createImage({ path: disk, format: 'qcow2', backing: { path: guest.dataDisk, format: 'qcow2' } });
-    const args = (n: number, incoming: boolean) => rawGuestArgs({ accel, memoryMiB: o.memory, guest, disk, qgaSocket: join(dir, `qga${n}.sock`), qmpSocket: join(dir, `qmp${n}.sock`), incoming, offshootCpu: true, offshootDevices: true, ...(ramInShm ? { memoryFile: join(shm, `ram${n}`) } : {}) });
+    // Without local storage both QEMUs open the same disk (shared storage); with it each QEMU has its own pair (n: the QEMU's number).
+    const disks = (n: number) => (storageWorkload ? { system: join(dir, `disk${n}.qcow2`), data: join(dir, `data${n}.qcow2`) } : { system: join(dir, 'disk.qcow2'), data: null });
+    const first = disks(0);
+    await createImage({ path: first.system, format: 'qcow2', backing: { path: guest.dataDisk, format: 'qcow2' } });
+    if (first.data && data) await run('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', data.reference, first.data]);
+    const args = (n: number, incoming: boolean) => {
+      const d = disks(n);
+      return rawGuestArgs({ accel, memoryMiB: o.memory, guest, disk: d.system, ...(d.data ? { extraDisks: [d.data], paused: incoming } : {}), qgaSocket: join(dir, `qga${n}.sock`), qmpSocket: join(dir, `qmp${n}.sock`), incoming, offshootCpu: true, offshootDevices: true, ...(ramInShm ? { memoryFile: join(shm, `ram${n}`) } : {}) });
+    };
     let n = 0;
+    /** The number of the QEMU that runs the guest. */
+    let at = 0;
     let current = inNamespace(hosts[0]?.namespace as string, args(n, false));
     procs.push(current);
     let qmp: QmpClient = await connectQmpWhenReady(join(dir, `qmp${n}.sock`));
     let qga = await QgaClient.waitForAgent(join(dir, `qga${n}.sock`), { timeoutMs: 180_000 });
     if (workload === 'dirtying') await qga.exec('/bin/sh', ['-c', dirtyScript(o.dirty)]);
     const shellOf = (client: QgaClient): GuestShell => async (script) => (await client.exec('/bin/sh', ['-c', script])).stdout.toString();
+    if (data) await startDiskWriter(shellOf(qga), data);
+    const nodes = ['disk0', 'disk1'];
     for (let i = 0; i < o.runs; i++) {
       const target = hosts[(i + 1) % 2] as { namespace: string; address: string };
       n++;
       await shellOf(qga)(TICK_START);
       const clock0 = await readGuestClock(shellOf(qga));
+      const blocks0 = data ? Number(await shellOf(qga)(WRITER_COUNT)) : 0;
+      const sourceNamespace = (hosts[i % 2] as { namespace: string }).namespace;
+      const tx0 = await txBytes(sourceNamespace);
       qga.close();
       const t0 = performance.now();
+      const deadline = Date.now() + o.timeoutS * 1000;
+      const port = 50000 + n;
+      const nbdPort = 51000 + n;
+      if (storageWorkload && data) {
+        // What libvirt precreates at the destination: the system disk's delta over the same base, a blank data disk of the same size.
+        const d = disks(n);
+        await createImage({ path: d.system, format: 'qcow2', backing: { path: guest.dataDisk, format: 'qcow2' } });
+        await createImage({ path: d.data as string, format: 'qcow2', sizeBytes: data.diskGiB * 2 ** 30 });
+      }
       const next = inNamespace(target.namespace, args(n, true));
       procs.push(next);
       const nextQmp = await connectQmpWhenReady(join(dir, `qmp${n}.sock`));
-      const port = 50000 + n;
-      await nextQmp.execute('migrate-incoming', { uri: `tcp:${target.address}:${port}` });
+      let mirrorMs: number | null = null;
+      if (storageWorkload) {
+        await exportTargets(nextQmp, target.address, nbdPort, nodes);
+        await nextQmp.execute('migrate-incoming', { uri: `tcp:${target.address}:${port}` });
+        const m0 = performance.now();
+        // sync top: the system disk's base is at both ends; the data disk has no base (top is all of it).
+        await mirrorUntilReady(qmp, target.address, nbdPort, nodes.map((node) => ({ node, sync: 'top' as const })), deadline);
+        mirrorMs = performance.now() - m0;
+      } else {
+        await nextQmp.execute('migrate-incoming', { uri: `tcp:${target.address}:${port}` });
+      }
       await qmp.execute('migrate', { uri: `tcp:${target.address}:${port}` });
       let status = 'active';
       let info: { status?: string; downtime?: number; 'total-time'?: number; ram?: { transferred?: number } } = {};
-      while (performance.now() - t0 < o.timeoutS * 1000) {
+      while (Date.now() < deadline) {
         info = await qmp.execute('query-migrate');
         status = info.status ?? 'none';
         if (status === 'completed' || status === 'failed' || status === 'cancelled') break;
@@ -145,24 +289,46 @@ async function baselineRuns(accel: string, hosts: Array<{ namespace: string; add
       }
       if (status !== 'completed') {
         await qmp.execute('migrate_cancel').catch(() => undefined);
-        samples.push({ downtimeMs: NaN, wallMs: performance.now() - t0, qemuMs: NaN, bytes: info.ram?.transferred ?? NaN, completed: false, postcopy: false, guestGapMs: NaN, guestLossMs: NaN });
+        if (storageWorkload) for (const node of nodes) await qmp.execute('block-job-cancel', { device: `mirror-${node}`, force: true }).catch(() => undefined);
+        samples.push({ downtimeMs: NaN, wallMs: performance.now() - t0, qemuMs: NaN, bytes: info.ram?.transferred ?? NaN, memoryBytes: info.ram?.transferred ?? NaN, diskBytes: NaN, wireBytes: (await txBytes(sourceNamespace)) - tx0, mirrorMs, completed: false, postcopy: false, guestGapMs: NaN, guestLossMs: NaN });
         process.stderr.write(`baseline ${workload} ${i + 1}: ${status} after ${o.timeoutS} s (${Math.round((info.ram?.transferred ?? 0) / 2 ** 20)} MiB sent): cancelled\n`);
         await stopProcess(next);
+        qga = await QgaClient.waitForAgent(join(dir, `qga${at}.sock`), { timeoutMs: 60_000 });
         break;
+      }
+      let diskBytes = 0;
+      if (storageWorkload) {
+        // The source is stopped (postmigrate): the mirrors complete, then the destination drops its exports and runs the guest.
+        diskBytes = await completeMirrors(qmp, nodes);
+        await nextQmp.execute('nbd-server-stop');
+        await nextQmp.execute('cont');
       }
       const wall = performance.now() - t0;
       for (let k = 0; k < 10 && !info['total-time']; k++) info = await qmp.execute('query-migrate');
-      // The plain destination was started with -incoming alone: it runs the guest as soon as the migration completed.
+      // Without storage the destination was started with -incoming alone: it runs the guest as soon as the migration completed.
       qga = await QgaClient.waitForAgent(join(dir, `qga${n}.sock`), { timeoutMs: 60_000 });
       const guestLossMs = clockLoss(clock0, await readGuestClock(shellOf(qga)));
-      const guestGapMs = Number(await shellOf(qga)(TICK_STOP));
-      samples.push({ downtimeMs: info.downtime ?? NaN, wallMs: wall, qemuMs: info['total-time'] ?? NaN, bytes: info.ram?.transferred ?? NaN, completed: true, postcopy: false, guestGapMs, guestLossMs });
-      process.stderr.write(`baseline ${workload} ${i + 1}: downtime ${info.downtime} ms (guest: loop gap ${guestGapMs} ms, clock loss ${Math.round(guestLossMs)} ms), wall ${Math.round(wall)} ms, QEMU total ${info['total-time']} ms, ${Math.round((info.ram?.transferred ?? 0) / 2 ** 20)} MiB\n`);
+      const ticks = await stopTicks(shellOf(qga));
+      const guestGapMs = ticks.longestMs;
+      const wireBytes = (await txBytes(sourceNamespace)) - tx0;
+      const memoryBytes = info.ram?.transferred ?? NaN;
+      samples.push({ downtimeMs: info.downtime ?? NaN, wallMs: wall, qemuMs: info['total-time'] ?? NaN, bytes: memoryBytes + diskBytes, memoryBytes, diskBytes, wireBytes, mirrorMs, completed: true, postcopy: false, guestGapMs, guestLossMs });
+      const written = data ? `, disks ${Math.round(diskBytes / 2 ** 20)} MiB (ready after ${Math.round(mirrorMs ?? 0)} ms), guest wrote ${Number(await shellOf(qga)(WRITER_COUNT)) - blocks0} disk blocks of 256 KiB meanwhile` : '';
+      process.stderr.write(`baseline ${workload} ${i + 1}: downtime ${info.downtime} ms (guest: loop gap ${guestGapMs} ms, clock loss ${Math.round(guestLossMs)} ms; longest gaps ${describeGaps(ticks.gaps)}), wall ${Math.round(wall)} ms, QEMU total ${info['total-time']} ms, memory ${Math.round(memoryBytes / 2 ** 20)} MiB${written}, ${Math.round(wireBytes / 2 ** 20)} MiB out of the source host\n`);
       qmp.close();
       await stopProcess(current);
       rmSync(join(shm, `ram${n - 1}`), { force: true });
+      if (storageWorkload) for (const f of Object.values(disks(n - 1))) rmSync(f as string, { force: true });
       current = next;
       qmp = nextQmp;
+      at = n;
+    }
+    if (data) {
+      const blocks = await stopDiskWriter(shellOf(qga));
+      await qmp.execute('quit').catch(() => undefined);
+      await new Promise((r) => (current.exitCode !== null || current.signalCode !== null ? r(null) : current.once('exit', r)));
+      check = await checkDataDisk(data, disks(at).data as string, 'qcow2', blocks, dir);
+      process.stderr.write(`baseline ${workload}: data disk after ${samples.length} migrations ${check.equal ? 'equal to' : 'DIFFERENT from'} the reference plus the guest's ${blocks} blocks (${check.detail})\n`);
     }
     qmp.close();
     qga.close();
@@ -171,7 +337,7 @@ async function baselineRuns(accel: string, hosts: Array<{ namespace: string; add
     rmSync(dir, { recursive: true, force: true });
     rmSync(shm, { recursive: true, force: true });
   }
-  return samples;
+  return { samples, check };
 }
 
 /**
@@ -207,13 +373,25 @@ function printTimelines(labDir: string): void {
 }
 
 export async function migrateBenchmark(args: string[]): Promise<BenchResult> {
-  const o = { runs: Number(option(args, '--runs', '2')), memory: Number(option(args, '--memory', '1024')), dirty: Number(option(args, '--dirty', '64')), downtimeLimitMs: Number(option(args, '--downtime-limit', '50')), timeoutS: Number(option(args, '--timeout', '90')) };
+  const o: Options = {
+    runs: Number(option(args, '--runs', '2')),
+    memory: Number(option(args, '--memory', '1024')),
+    dirty: Number(option(args, '--dirty', '64')),
+    downtimeLimitMs: Number(option(args, '--downtime-limit', '50')),
+    timeoutS: Number(option(args, '--timeout', '90')),
+    diskGiB: Number(option(args, '--disk-gib', '4')),
+    dataGiB: Number(option(args, '--data-gib', '1')),
+  };
+  const workloads = option(args, '--workloads', DEFAULT_WORKLOADS).split(',') as Workload[];
+  const unknown = workloads.filter((w) => !['idle', 'dirtying', 'storage'].includes(w));
+  if (unknown.length) throw new Error(`unknown workload(s) ${unknown.join(', ')}: idle, dirtying, storage`);
   const home = mkdtempSync('/tmp/omb-home-');
+  const scratch = mkdtempSync('/tmp/omb-data-');
   const memoryDir = mkdtempSync('/dev/shm/omb-mem-');
   const prefix = `omb${randomBytes(2).toString('hex').slice(0, 3)}`;
   const labDir = mkdtempSync(`/tmp/${prefix}-lab-`);
   const daemon = await startDaemon({ home, memoryDir, logger: silentLogger }).catch((err: unknown) => {
-    for (const d of [home, memoryDir, labDir]) rmSync(d, { recursive: true, force: true });
+    for (const d of [home, memoryDir, labDir, scratch]) rmSync(d, { recursive: true, force: true });
     throw err;
   });
   const startedAt = new Date().toISOString();
@@ -225,29 +403,46 @@ export async function migrateBenchmark(args: string[]): Promise<BenchResult> {
     const comparisons: Comparison[] = [];
     const ms = (label: string, s: number[]) => ({ label, unit: 'ms' as const, samples: s });
     const mib = (label: string, s: number[]) => ({ label, unit: 'MiB' as const, samples: s });
-    const workloads = option(args, '--workloads', 'idle,dirtying').split(',') as Array<'idle' | 'dirtying'>;
+    const data = workloads.includes('storage') ? await makeDataDisk(scratch, o.diskGiB, o.dataGiB) : null;
+    const setup: OffshootSetup = { engine: daemon.engine, storage: daemon.storage, labHosts: lab.hosts, data, scratch };
     for (const workload of workloads) {
-      const mine = await offshootRuns(daemon.engine, workload, o);
-      const base = await baselineRuns(accel, hosts, workload, o);
+      const mineRun = await offshootRuns(setup, workload, o);
+      const baseRun = await baselineRuns(accel, hosts, workload, o, data);
+      const [mine, base] = [mineRun.samples, baseRun.samples];
       const ok = (x: Sample[]) => x.filter((y) => y.completed);
-      const label = workload === 'idle' ? 'idle guest' : `guest rewriting ${o.dirty} MiB`;
+      const label = workload === 'idle' ? 'idle guest' : workload === 'dirtying' ? `guest rewriting ${o.dirty} MiB` : `local ${o.diskGiB} GiB disk holding ${o.dataGiB} GiB`;
       const who = { mine: 'offshoot (path, TLS-PSK)', base: 'plain QMP, defaults' };
       comparisons.push({ metric: `${label}: downtime (QEMU)`, offshoot: ms(who.mine, ok(mine).map((x) => x.downtimeMs)), baseline: ms(who.base, ok(base).map((x) => x.downtimeMs)) });
       comparisons.push({ metric: `${label}: downtime seen in the guest (longest gap of its timer loop)`, offshoot: ms(who.mine, ok(mine).map((x) => x.guestGapMs)), baseline: ms(who.base, ok(base).map((x) => x.guestGapMs)) });
       comparisons.push({ metric: `${label}: wall time to running there`, offshoot: ms(who.mine, mine.map((x) => x.wallMs)), baseline: ms(`${who.base} (incl. destination start)`, base.map((x) => x.wallMs)) });
       comparisons.push({ metric: `${label}: QEMU migration time`, offshoot: ms(who.mine, ok(mine).map((x) => x.qemuMs)), baseline: ms(who.base, ok(base).map((x) => x.qemuMs)) });
       comparisons.push({ metric: `${label}: bytes sent`, offshoot: mib(who.mine, ok(mine).map((x) => x.bytes / 2 ** 20)), baseline: mib(who.base, ok(base).map((x) => x.bytes / 2 ** 20)) });
+      if (workload === 'storage') {
+        comparisons.push({ metric: `${label}: memory bytes sent`, offshoot: mib(who.mine, ok(mine).map((x) => x.memoryBytes / 2 ** 20)), baseline: mib(who.base, ok(base).map((x) => x.memoryBytes / 2 ** 20)) });
+        comparisons.push({ metric: `${label}: disk bytes sent (the mirrors' progress, holes included)`, offshoot: mib(who.mine, ok(mine).map((x) => x.diskBytes / 2 ** 20)), baseline: mib(`${who.base} (drive-mirror)`, ok(base).map((x) => x.diskBytes / 2 ** 20)) });
+        comparisons.push({ metric: `${label}: bytes out of the source host (interface counter: memory, disks, protocol)`, offshoot: mib(who.mine, ok(mine).map((x) => x.wireBytes / 2 ** 20)), baseline: mib(who.base, ok(base).map((x) => x.wireBytes / 2 ** 20)) });
+        comparisons.push({ metric: `${label}: disk mirrors until ready`, offshoot: ms(`${who.mine}, write-blocking`, ok(mine).map((x) => x.mirrorMs ?? NaN)), baseline: ms(`${who.base} (drive-mirror, background)`, ok(base).map((x) => x.mirrorMs ?? NaN)) });
+        // What TLS costs the mirror: the same migration over the same isolated path without it.
+        const plain = await offshootRuns(setup, workload, o, 'auto', false);
+        comparisons.push({ metric: `${label}: disk mirrors until ready, TLS-PSK against none (both offshoot)`, offshoot: ms('offshoot, TLS-PSK', ok(mine).map((x) => x.mirrorMs ?? NaN)), baseline: ms('offshoot --no-tls', ok(plain.samples).map((x) => x.mirrorMs ?? NaN)) });
+        comparisons.push({ metric: `${label}: wall time, TLS-PSK against none (both offshoot)`, offshoot: ms('offshoot, TLS-PSK', mine.map((x) => x.wallMs)), baseline: ms('offshoot --no-tls', plain.samples.map((x) => x.wallMs)) });
+        const total = (o.memory + o.dataGiB * 1024).toLocaleString('en');
+        notes.push(`${label}: guest memory + disk data = ${total} MiB; bytes sent are memory (QEMU's ram.transferred) + disk (the mirrors' progress, which counts the disk's unallocated ${o.diskGiB - o.dataGiB} GiB as copied: they go as zero writes), each migration copying the whole data disk (no base of it at the destination); the bytes on the wire are the source host's interface counter (with TCP, TLS and VXLAN overhead, and the agents' own traffic)`);
+        const checked = (who: string, c: DiskCheck | null) => `${who} ${c ? `${c.equal ? 'equal' : 'DIFFERENT'} (${c.blocksWritten} blocks written by the guest)` : 'not checked'}`;
+        notes.push(`${label}: data disk after the last migration against the reference plus the guest's writes (qemu-img compare): ${checked('offshoot', mineRun.check)}, ${checked('offshoot --no-tls', plain.check)}, ${checked('baseline', baseRun.check)}`);
+        notes.push(`${label}, offshoot --no-tls: completed ${ok(plain.samples).length}/${plain.samples.length}`);
+      }
       if (workload === 'idle') {
         // The baseline with guest RAM in a shared /dev/shm file, as Offshoot keeps it (anonymous RAM above).
-        const shmBase = await baselineRuns(accel, hosts, workload, o, true);
+        const shmBase = (await baselineRuns(accel, hosts, workload, o, null, true)).samples;
         comparisons.push({ metric: `${label}: QEMU migration time, plain QMP with RAM in a /dev/shm file (as offshoot)`, offshoot: ms(who.mine, ok(mine).map((x) => x.qemuMs)), baseline: ms('plain QMP, RAM file', ok(shmBase).map((x) => x.qemuMs)) });
         // What TLS costs: the same migration over the same isolated path without it.
-        const plain = await offshootRuns(daemon.engine, workload, o, 'auto', false);
+        const plain = (await offshootRuns(setup, workload, o, 'auto', false)).samples;
         comparisons.push({ metric: `${label}: QEMU migration time, TLS-PSK against none (both offshoot)`, offshoot: ms('offshoot, TLS-PSK', ok(mine).map((x) => x.qemuMs)), baseline: ms('offshoot --no-tls', ok(plain).map((x) => x.qemuMs)) });
       }
       if (workload === 'dirtying') {
         // Pre-copy only: multifd (2 channels) with TLS, which QEMU 7.2 cannot combine with post-copy.
-        const precopy = await offshootRuns(daemon.engine, workload, o, 'never');
+        const precopy = (await offshootRuns(setup, workload, o, 'never')).samples;
         comparisons.push({ metric: `${label}: downtime (QEMU), offshoot --postcopy never`, offshoot: ms('offshoot, multifd 2 + TLS', ok(precopy).map((x) => x.downtimeMs)), baseline: ms(who.base, ok(base).map((x) => x.downtimeMs)) });
         comparisons.push({ metric: `${label}: wall time, offshoot --postcopy never`, offshoot: ms('offshoot, multifd 2 + TLS', precopy.map((x) => x.wallMs)), baseline: ms(`${who.base} (incl. destination start)`, base.map((x) => x.wallMs)) });
         notes.push(`${label}, offshoot --postcopy never: completed ${ok(precopy).length}/${precopy.length}`);
@@ -256,13 +451,12 @@ export async function migrateBenchmark(args: string[]): Promise<BenchResult> {
     }
     notes.push(`load average at the end: ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
     notes.push('downtime seen in the guest: the longest gap of a timer loop reading the guest\'s clock (see bench/guest-clock.ts); the per-run lines also print the guest clock\'s loss against the host\'s (noisy under load)');
-    notes.push('not measured: the local-storage workload (4 GiB disk with 1 GiB of data)');
-    return { name: 'migrate', startedAt, machine: { cpus: cpus().length, accel, qemu: await qemuVersion(), node: process.version }, parameters: o, comparisons, notes };
+    return { name: 'migrate', startedAt, machine: { cpus: cpus().length, accel, qemu: await qemuVersion(), node: process.version }, parameters: { ...o, workloads }, comparisons, notes };
   } finally {
     for (const vm of await daemon.engine.list()) await daemon.engine.kill(vm.id).catch(() => undefined);
     printTimelines(labDir);
     await daemon.close();
     await labDown({ dir: labDir, prefix }).catch(() => undefined);
-    for (const d of [home, memoryDir, labDir]) rmSync(d, { recursive: true, force: true });
+    for (const d of [home, memoryDir, labDir, scratch]) rmSync(d, { recursive: true, force: true });
   }
 }

@@ -1,6 +1,7 @@
 // Helpers for the baselines that drive QEMU by hand (no Offshoot): the
-// hand-written command line that boots the default guest, connecting to a
-// freshly started QEMU's QMP socket, and waiting for a migration to complete.
+// hand-written command line that boots the default guest (with extra data
+// disks when asked), connecting to a freshly started QEMU's QMP socket, and
+// waiting for a migration to complete.
 import type { GuestImage } from '../src/guest/index.ts';
 import { QmpClient } from '../src/qemu/index.ts';
 
@@ -14,6 +15,10 @@ export interface RawGuestOptions {
   console?: string;
   qmpSocket?: string;
   incoming?: boolean;
+  /** Start with the vCPUs stopped (-S): the caller runs the guest with `cont`. */
+  paused?: boolean;
+  /** More qcow2 disks after `disk`. With them, the drives' nodes are named disk0 (`disk`), disk1, ... for QMP. */
+  extraDisks?: string[];
   /** The CPU model Offshoot uses (host under KVM, max under TCG); QEMU's default otherwise. */
   offshootCpu?: boolean;
   /** Guest RAM as a shared memory-backend-file at this path, as Offshoot does; anonymous RAM otherwise. */
@@ -31,12 +36,13 @@ export function rawGuestArgs(o: RawGuestOptions): string[] {
     ...(o.memoryFile ? ['-object', `memory-backend-file,id=ram0,size=${o.memoryMiB}M,mem-path=${o.memoryFile},share=on`] : []),
     '-nodefaults', '-display', 'none', '-no-user-config', '-serial', o.console ? `file:${o.console}` : 'null',
     '-kernel', o.guest.kernel, '-initrd', o.guest.initrd, '-append', o.guest.cmdline,
-    '-drive', `file=${o.disk},if=virtio,format=qcow2`,
+    ...[o.disk, ...(o.extraDisks ?? [])].flatMap((file, i) => ['-drive', `file=${file},if=virtio,format=qcow2${o.extraDisks ? `,node-name=disk${i}` : ''}`]),
     '-device', 'virtio-serial-pci', '-chardev', `socket,id=qga0,path=${o.qgaSocket},server=on,wait=off`,
     '-device', 'virtserialport,chardev=qga0,name=org.qemu.guest_agent.0',
     ...(o.offshootDevices ? ['-netdev', 'user,id=net0', '-device', 'virtio-net-pci,netdev=net0', '-device', 'virtio-rng-pci'] : []),
     ...(o.qmpSocket ? ['-qmp', `unix:${o.qmpSocket},server=on,wait=off`] : []),
     ...(o.incoming ? ['-incoming', 'defer'] : []),
+    ...(o.paused ? ['-S'] : []),
   ];
 }
 
