@@ -120,7 +120,10 @@ export async function planMigration(vm: VmRecord, source: HostRecord, destinatio
       disks.push(disk);
       continue;
     }
+    // (Under the same names only inside the datastore asked, when one is: `vm move --datastore`.)
+    const inAskedDatastore = (b: string) => !request.bases?.datastoreId || b.startsWith(`ds.${request.bases.datastoreId}:`);
     const sameFiles = disk.backing.length > 0 && disk.backing.every((b) => {
+      if (!inAskedDatastore(b)) return false;
       const mine = at(here.files, b);
       const theirs = at(there.files, b);
       return theirs?.exists === true && theirs.contentId !== null && theirs.contentId === mine?.contentId;
