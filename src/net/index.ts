@@ -11,7 +11,7 @@ export { planDataPath, planForSlot, assertOperationId, isPathRole, slotOfLinkNam
 export type { DataPathPlan, PathEndPlan, PathPool, PathRole, PlanDataPathRequest } from './path-plan.ts';
 export { listPathLinks, managementDevice, linkCounters, sourceAddressTo } from './path-link.ts';
 export type { DataPathLink, LinkCounters } from './path-link.ts';
-export { newPskKey, pskObjectProperties, pskCredentialId, PSK_USERNAME, PSK_FILE } from './psk.ts';
+export { newPskKey, pskObjectProperties, pskCredentialId, PSK_USERNAME, PSK_FILE, TLS_PRIORITY } from './psk.ts';
 export type { PskCredential, PskEndpoint } from './psk.ts';
 export { openDataPath, closeDataPath, listDataPaths, reapDataPaths } from './data-path.ts';
 export { abortConnectionsTo } from './sockets.ts';

@@ -1,8 +1,10 @@
 // A TLS-PSK-protected migration of a booted VM between two network
 // namespaces over a per-operation data path, with real QEMU: the guest's RAM
 // arrives intact (the two RAM files are equal byte for byte), the stream
-// crossed the path's VXLAN link, a destination with another key refuses the
-// source (which keeps running), and closing the path leaves no link or key.
+// crossed the path's VXLAN link, the session's cipher is AES-128-GCM (psk.ts's
+// TLS_PRIORITY; QEMU's default would give ChaCha20-Poly1305), a destination
+// with another key refuses the source (which keeps running), and closing the
+// path leaves no link or key.
 //
 // The guest is paused just before `migrate`: what this test checks is the
 // path and TLS carrying every byte. Under TCG, QEMU 7.2's pre-copy of a
@@ -12,7 +14,7 @@
 // QEMU's TCG dirty tracking, not the path. Migration tests that compare RAM
 // under TCG will meet it.
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, openSync, readSync, closeSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, openSync, readFileSync, readSync, closeSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { closeDataPath, linkCounters, listDataPaths, newPskKey, openDataPath, planDataPath } from './index.ts';
@@ -76,7 +78,7 @@ describe('TLS-PSK migration over a per-operation path', () => {
     const { server, client } = await openPath('mig-tls', { server: key, client: key });
     const source = await startNamespacedGuest({ namespace: hosts.a.namespace, dir, memoryDir, name: 'src', memoryMiB: MEMORY_MIB, incoming: false });
     qemus.push(source);
-    const destination = await startNamespacedGuest({ namespace: hosts.b.namespace, dir, memoryDir, name: 'dst', memoryMiB: MEMORY_MIB, incoming: true });
+    const destination = await startNamespacedGuest({ namespace: hosts.b.namespace, dir, memoryDir, name: 'dst', memoryMiB: MEMORY_MIB, incoming: true, tlsDebug: true });
     qemus.push(destination);
     await new Promise((r) => setTimeout(r, 1500)); // the guest boots (and writes its RAM) meanwhile
     expect((await source.qmp.queryStatus()).status).toBe('running');
@@ -91,6 +93,8 @@ describe('TLS-PSK migration over a per-operation path', () => {
 
     expect(result).toMatchObject({ status: 'completed', error: null });
     expect(result.transferredBytes).toBeGreaterThan(2 ** 20);
+    // The destination (the TLS server) chose AES-128-GCM, not QEMU's default ChaCha20-Poly1305.
+    expect(readFileSync(destination.logFile, 'utf8')).toMatch(/Selected cipher suite: GNUTLS_AES_128_GCM_SHA256/);
     // Every migrated byte (TLS adds to it) left through the path's link.
     expect(after.txBytes - before.txBytes).toBeGreaterThan(result.transferredBytes);
     expect((await destination.qmp.queryStatus()).status).toBe('paused');

@@ -50,6 +50,28 @@
 // anyway. virtio-balloon free-page-hint (free guest pages are never read nor
 // sent) would avoid them; QEMU 7.2 offers it only with an iothread, and the
 // guest needs its virtio_balloon driver: not built.
+// What TLS-PSK costs (plain QEMU pairs, a booted 1 GiB guest paused, ~90 MiB
+// sent over loopback, load 9-20): QEMU's default priority got ChaCha20-Poly1305
+// (software); src/net/psk.ts's TLS_PRIORITY gets AES-128-GCM, which halved
+// TLS's CPU (QEMU time 2.9-4.1 s -> 1.4-2.4 s, 0.8-2.0 s without TLS). What is
+// left is per TLS record, inside QEMU 7.2: its TLS channel makes each piece of
+// a write vector a record of its own (io/channel-tls.c), and the RAM stream
+// writes a page as two pieces, its 8-byte header and the 4 KiB page, so each
+// page costs two records and two sendmsg at the source (strace: 45,648 for
+// 22,655 pages, against 830 without TLS) and four recvmsg at the destination
+// (GnuTLS reads a record's header and body apart: 91,608 against 3,398).
+// Nothing we can set changes that: multifd (used with --postcopy never) sends
+// no header records but was not faster on 2 cores (TLS, 2 channels:
+// 0.7-2.0 s against 1.1-1.3 s for one); socket buffers and the path's MTU do
+// not change the number of calls (and TCP over the path moved 190-240 MB/s at
+// load 17 in the same `bench netpath`, above TLS's 57-84 MB/s); kernel TLS
+// (GnuTLS 3.7's `ktls` option) would batch the destination's reads, but this
+// kernel has no tls module. A later QEMU that coalesces the vector into one
+// record would remove most of it. In `bench migrate` the RAM files dominate
+// instead (a plain pair with /dev/shm RAM used 1.1-1.4 s of CPU per side
+// without TLS, and TLS made no steady difference there): its TLS/no-TLS ratio
+// was 0.77-1.77x over six runs at load 4-21, with either cipher (the agents'
+// QEMUs log GNUTLS_AES_128_GCM_SHA256 when run with GNUTLS_DEBUG_LEVEL=4).
 // While it runs, setParameters (setMigrationParameters) changes its bandwidth
 // cap and downtime limit (a group's pacer). After it completed, revert()
 // (revertOutgoing) undoes it when the destination never ran the guest (a

@@ -63,7 +63,7 @@ export function eventPoller(events: QmpEventSubscription): (ms: number) => Promi
 }
 
 export interface TlsCredential {
-  /** The QOM id of a tls-creds-psk object already added on this QEMU. */
+  /** The QOM id of a tls-creds-psk object already added on this QEMU (object-add with src/net's pskObjectProperties). */
   objectId: string;
 }
 
@@ -149,12 +149,6 @@ export async function configureDestination(qmp: QmpClient, tuning: Pick<Migratio
   const multifd = !tuning.postcopy && tuning.multifdChannels > 1;
   await caps(qmp, { events: true, 'late-block-activate': true, 'postcopy-ram': tuning.postcopy, 'return-path': tuning.postcopy, multifd, 'x-ignore-shared': false });
   await qmp.execute('migrate-set-parameters', { ...(multifd ? { 'multifd-channels': tuning.multifdChannels } : {}), 'tls-creds': tuning.tls?.objectId ?? '' });
-}
-
-/** Adds a tls-creds-psk object (the key folder holds keys.psk; the server reads it at each handshake). */
-export async function addPskCredential(qmp: QmpClient, objectId: string, dir: string, endpoint: 'server' | 'client', username: string): Promise<TlsCredential> {
-  await qmp.execute('object-add', { 'qom-type': 'tls-creds-psk', id: objectId, dir, endpoint, ...(endpoint === 'client' ? { username } : {}) });
-  return { objectId };
 }
 
 /** Destination: an NBD server on the operation's address and a writable export of each disk node. */

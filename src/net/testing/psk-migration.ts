@@ -24,6 +24,8 @@ export interface NamespacedQemu {
   pid: number;
   qmp: QmpClient;
   ramFile: string;
+  /** QEMU's stdout and stderr (with `tlsDebug`, GnuTLS's handshake log too). */
+  logFile: string;
   /** Ends the process (SIGKILL after a short grace) and closes QMP. */
   stop(): Promise<void>;
 }
@@ -31,17 +33,19 @@ export interface NamespacedQemu {
 /**
  * Boots the embedded guest (kernel and initramfs, no disk) inside `namespace`;
  * with `incoming`, waits for a migration instead (-incoming defer -S); with
- * `paused`, starts stopped (-S) and never runs unless continued.
+ * `paused`, starts stopped (-S) and never runs unless continued; with `tlsDebug`, GnuTLS logs its handshake
+ * (GNUTLS_DEBUG_LEVEL=4: the negotiated cipher suite) into the log file.
  */
-export async function startNamespacedGuest(request: { namespace: string; dir: string; memoryDir: string; name: string; memoryMiB: number; incoming: boolean; paused?: boolean }): Promise<NamespacedQemu> {
+export async function startNamespacedGuest(request: { namespace: string; dir: string; memoryDir: string; name: string; memoryMiB: number; incoming: boolean; paused?: boolean; tlsDebug?: boolean }): Promise<NamespacedQemu> {
   const { namespace, dir, memoryDir, name, memoryMiB, incoming } = request;
   mkdirSync(dir, { recursive: true });
   mkdirSync(memoryDir, { recursive: true });
   const guest = await loadDefaultGuest();
   const qmpSocket = join(dir, `${name}.qmp`);
   const ramFile = join(memoryDir, `${name}.ram`);
+  const logFile = join(dir, `${name}.log`);
   const args = [
-    `--net=/run/netns/${namespace}`, '--', 'qemu-system-x86_64',
+    `--net=/run/netns/${namespace}`, '--', ...(request.tlsDebug ? ['env', 'GNUTLS_DEBUG_LEVEL=4'] : []), 'qemu-system-x86_64',
     '-name', name, '-accel', 'tcg', '-machine', 'q35,memory-backend=ram0', '-m', `${memoryMiB}M`,
     '-object', `memory-backend-file,id=ram0,size=${memoryMiB}M,mem-path=${ramFile},share=on`,
     '-nodefaults', '-no-user-config', '-display', 'none', '-serial', `file:${join(dir, `${name}.console`)}`,
@@ -50,12 +54,13 @@ export async function startNamespacedGuest(request: { namespace: string; dir: st
     ...(incoming ? ['-incoming', 'defer'] : []),
     ...(incoming || request.paused ? ['-S'] : []),
   ];
-  const proc = await launchQemu({ vmId: name, binary: 'nsenter', args, qmpSocket, logFile: join(dir, `${name}.log`) });
+  const proc = await launchQemu({ vmId: name, binary: 'nsenter', args, qmpSocket, logFile });
   const qmp = await QmpClient.connect(qmpSocket, { timeoutMs: 10_000 });
   return {
     pid: proc.pid,
     qmp,
     ramFile,
+    logFile,
     stop: async () => {
       await qmp.close().catch(() => undefined);
       await killAndWait(proc.pid, { graceMs: 1_000 });
