@@ -204,13 +204,13 @@ async function lazyOnly(daemon: RunningDaemon, home: string, dir: string, memory
 }
 
 /** The writer's own timings of the last checkpoint written (the host agent logs them). */
-function lastWriteTimings(home: string): Record<string, number> | undefined {
+function lastWriteTimings(home: string): Record<string, number | string> | undefined {
   const lines = readFileSync(join(home, 'daemon.log'), 'utf8').split('\n').filter((l) => l.includes('"checkpoint written"'));
   const last = lines.at(-1);
   if (!last) return undefined;
-  const { totalMs, readWaitMs, encodeWaitMs, writeWaitMs, syncMs, rawBlocks, lz4Blocks, zeroBlocks } = JSON.parse(last) as Record<string, number>;
+  const { totalMs, readWaitMs, encodeWaitMs, writeWaitMs, syncMs, rawBlocks, lz4Blocks, zeroBlocks, readPath } = JSON.parse(last) as Record<string, number> & { readPath?: string };
   const round = (v: number | undefined) => Number((v ?? 0).toFixed(0));
-  return { totalMs: round(totalMs), readWaitMs: round(readWaitMs), encodeWaitMs: round(encodeWaitMs), writeWaitMs: round(writeWaitMs), syncMs: round(syncMs), rawBlocks: round(rawBlocks), lz4Blocks: round(lz4Blocks), zeroBlocks: round(zeroBlocks) };
+  return { readPath: readPath ?? 'unknown', totalMs: round(totalMs), readWaitMs: round(readWaitMs), encodeWaitMs: round(encodeWaitMs), writeWaitMs: round(writeWaitMs), syncMs: round(syncMs), rawBlocks: round(rawBlocks), lz4Blocks: round(lz4Blocks), zeroBlocks: round(zeroBlocks) };
 }
 
 /**
@@ -218,7 +218,7 @@ function lastWriteTimings(home: string): Record<string, number> | undefined {
  * engine's stun and write times, the writer's own timings, and the CPU the benchmark process (daemon
  * and writer) and the VM's QEMU (by thread) spent meanwhile.
  */
-async function saveOnce(daemon: RunningDaemon, home: string, name: string, out: string): Promise<{ completeMs: number; queuedMs: number; result: CheckpointResult; writer?: Record<string, number>; benchCpuS: number; selfCpu: Record<string, number>; qemuCpu: Record<string, number> }> {
+async function saveOnce(daemon: RunningDaemon, home: string, name: string, out: string): Promise<{ completeMs: number; queuedMs: number; result: CheckpointResult; writer?: Record<string, number | string>; benchCpuS: number; selfCpu: Record<string, number>; qemuCpu: Record<string, number> }> {
   const before = (await daemon.engine.resolve(name)).runtime?.pid;
   const qemuBefore = before ? threadCpu(before) : {};
   // The QEMU the VM ran in before the switch-over (it saves the device state in the stun, then ends).
