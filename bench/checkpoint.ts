@@ -15,19 +15,20 @@
 // the writer's own waits, the CPU of this process and of the guest's QEMUs
 // (the one before the switch-over included) beside the CPU of QEMU's save
 // (the whole QEMU and the `cat` it writes through), as CPU ms per GiB of
-// guest, and (--direct) the writer called directly on the same template; `--only
-// lazy [--repeat N] [--read]` times lazy streams from the VM running, with the
-// page server's waits and the CPU of each side (the destination QEMU by thread).
+// guest, and (--direct) the writer called directly on the same template
+// (reading guest RAM with pread, then through the mapping); `--only lazy
+// [--repeat N] [--read]` times lazy streams from the VM running, with the page
+// server's waits and the CPU of each side (the destination QEMU by thread).
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
-import { open } from 'node:fs/promises';
 import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { startDaemon } from '../src/api/index.ts';
 import type { RunningDaemon } from '../src/api/index.ts';
 import { loadDefaultGuest } from '../src/guest/index.ts';
 import { QgaClient, createImage, qemuVersion } from '../src/qemu/index.ts';
-import { BLOCK_BYTES, writeCheckpoint } from '../src/memory/index.ts';
+import { openGuestMemory, writeCheckpoint } from '../src/memory/index.ts';
+import type { MemoryReadPath } from '../src/memory/index.ts';
 import { guestMemoryBytes } from '../src/protocol/index.ts';
 import { connectQmpWhenReady, rawGuestArgs, waitForMigrationDone } from './qemu-baseline.ts';
 import type { CheckpointResult, VmRecord } from '../src/vm/index.ts';
@@ -203,13 +204,13 @@ async function lazyOnly(daemon: RunningDaemon, home: string, dir: string, memory
 }
 
 /** The writer's own timings of the last checkpoint written (the host agent logs them). */
-function lastWriteTimings(home: string): Record<string, number> | undefined {
+function lastWriteTimings(home: string): Record<string, number | string> | undefined {
   const lines = readFileSync(join(home, 'daemon.log'), 'utf8').split('\n').filter((l) => l.includes('"checkpoint written"'));
   const last = lines.at(-1);
   if (!last) return undefined;
-  const { totalMs, readWaitMs, encodeWaitMs, writeWaitMs, syncMs, rawBlocks, lz4Blocks, zeroBlocks } = JSON.parse(last) as Record<string, number>;
+  const { totalMs, readWaitMs, encodeWaitMs, writeWaitMs, syncMs, rawBlocks, lz4Blocks, zeroBlocks, readPath } = JSON.parse(last) as Record<string, number> & { readPath?: string };
   const round = (v: number | undefined) => Number((v ?? 0).toFixed(0));
-  return { totalMs: round(totalMs), readWaitMs: round(readWaitMs), encodeWaitMs: round(encodeWaitMs), writeWaitMs: round(writeWaitMs), syncMs: round(syncMs), rawBlocks: round(rawBlocks), lz4Blocks: round(lz4Blocks), zeroBlocks: round(zeroBlocks) };
+  return { readPath: readPath ?? 'unknown', totalMs: round(totalMs), readWaitMs: round(readWaitMs), encodeWaitMs: round(encodeWaitMs), writeWaitMs: round(writeWaitMs), syncMs: round(syncMs), rawBlocks: round(rawBlocks), lz4Blocks: round(lz4Blocks), zeroBlocks: round(zeroBlocks) };
 }
 
 /**
@@ -217,7 +218,7 @@ function lastWriteTimings(home: string): Record<string, number> | undefined {
  * engine's stun and write times, the writer's own timings, and the CPU the benchmark process (daemon
  * and writer) and the VM's QEMU (by thread) spent meanwhile.
  */
-async function saveOnce(daemon: RunningDaemon, home: string, name: string, out: string): Promise<{ completeMs: number; queuedMs: number; result: CheckpointResult; writer?: Record<string, number>; benchCpuS: number; selfCpu: Record<string, number>; qemuCpu: Record<string, number> }> {
+async function saveOnce(daemon: RunningDaemon, home: string, name: string, out: string): Promise<{ completeMs: number; queuedMs: number; result: CheckpointResult; writer?: Record<string, number | string>; benchCpuS: number; selfCpu: Record<string, number>; qemuCpu: Record<string, number> }> {
   const before = (await daemon.engine.resolve(name)).runtime?.pid;
   const qemuBefore = before ? threadCpu(before) : {};
   // The QEMU the VM ran in before the switch-over (it saves the device state in the stun, then ends).
@@ -243,22 +244,24 @@ async function saveOnce(daemon: RunningDaemon, home: string, name: string, out: 
 
 /**
  * The writer alone, called directly in this process on the template file the VM's checkpoint was just
- * written from (the VM still maps it, running): the same file and load, without the agent protocol.
+ * written from (the VM still maps it, running): the same file and load, without the agent protocol,
+ * reading guest RAM by `readPath` (the mapping, or pread).
  */
-async function directWrite(daemon: RunningDaemon, name: string, out: string): Promise<{ ms: number; timings: Record<string, number>; selfCpu: Record<string, number>; cpuS: number }> {
+async function directWrite(daemon: RunningDaemon, name: string, out: string, readPath: MemoryReadPath): Promise<{ ms: number; timings: Record<string, number>; selfCpu: Record<string, number>; cpuS: number }> {
   const vm = await daemon.engine.resolve(name);
   const templateId = vm.runtime?.memory.templateId;
   if (!templateId || !daemon.agent) throw new Error(`${name} maps no template`);
-  const template = await open(daemon.agent.templatePath(templateId), 'r');
+  const memory = await openGuestMemory(daemon.agent.templatePath(templateId), guestMemoryBytes(vm.spec), readPath);
   const self0 = threadCpu(process.pid);
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   try {
-    const written = await writeCheckpoint(out, { memoryBytes: guestMemoryBytes(vm.spec), readBlock: async (i, into) => (await template.read(into, 0, BLOCK_BYTES, i * BLOCK_BYTES)).bytesRead, metadata: {}, deviceState: Buffer.alloc(16), onProgress: () => undefined });
+    const written = await writeCheckpoint(out, { memoryBytes: guestMemoryBytes(vm.spec), memory, metadata: {}, deviceState: Buffer.alloc(16), onProgress: () => undefined });
     const cpu = process.cpuUsage(cpu0);
-    return { ms: performance.now() - t0, timings: Object.fromEntries(Object.entries(written.timings).map(([k, v]) => [k, Math.round(v)])), selfCpu: cpuDelta(threadCpu(process.pid), self0), cpuS: (cpu.user + cpu.system) / 1e6 };
+    const timings = Object.fromEntries(Object.entries(written.timings).flatMap(([k, v]) => (typeof v === 'number' ? [[k, Math.round(v)]] : [])));
+    return { ms: performance.now() - t0, timings, selfCpu: cpuDelta(threadCpu(process.pid), self0), cpuS: (cpu.user + cpu.system) / 1e6 };
   } finally {
-    await template.close();
+    await memory.close();
     rmSync(out, { force: true });
   }
 }
@@ -371,8 +374,10 @@ async function saveOnly(daemon: RunningDaemon, home: string, dir: string, accel:
     const s = await saveOnce(daemon, home, name, join(dir, `${name}-${r}.ckpt`));
     process.stderr.write(`${memoryMiB} MiB save ${r + 1}/${repeat} (load ${loadavg()[0]?.toFixed(1)}): complete ${s.completeMs.toFixed(0)} ms, stun ${s.result.stunMs.toFixed(0)}, write ${s.result.writeMs.toFixed(0)}; phases ${JSON.stringify(Object.fromEntries(Object.entries(s.result.phasesMs ?? {}).map(([k, v]) => [k, Math.round(v)])))}; task queued to running ${s.queuedMs.toFixed(0)} ms; writer ${JSON.stringify(s.writer)}; bench process CPU ${s.benchCpuS.toFixed(2)} s ${JSON.stringify(s.selfCpu)}; QEMU CPU ${JSON.stringify(s.qemuCpu)}\n`);
     if (direct) {
-      const d = await directWrite(daemon, name, join(dir, `${name}-direct.ckpt`));
-      process.stderr.write(`${memoryMiB} MiB direct writer on the same template (load ${loadavg()[0]?.toFixed(1)}): ${d.ms.toFixed(0)} ms; ${JSON.stringify(d.timings)}; CPU ${d.cpuS.toFixed(2)} s ${JSON.stringify(d.selfCpu)}\n`);
+      for (const readPath of ['pread', 'mmap'] as const) {
+        const d = await directWrite(daemon, name, join(dir, `${name}-direct.ckpt`), readPath);
+        process.stderr.write(`${memoryMiB} MiB direct writer (${readPath}) on the same template (load ${loadavg()[0]?.toFixed(1)}): ${d.ms.toFixed(0)} ms; ${JSON.stringify(d.timings)}; CPU ${d.cpuS.toFixed(2)} s ${JSON.stringify(d.selfCpu)}\n`);
+      }
     }
     complete.push(s.completeMs);
     writes.push(s.result.writeMs);

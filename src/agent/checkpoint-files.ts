@@ -15,7 +15,7 @@
 import { link, lstat, mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { OffshootError } from '../common/index.ts';
-import { BLOCK_BYTES, CheckpointReader, writeCheckpoint } from '../memory/index.ts';
+import { CheckpointReader, openGuestMemory, writeCheckpoint } from '../memory/index.ts';
 import type { CheckpointMetadata, WriteProgress, WriteTimings } from '../memory/index.ts';
 import { createImage } from '../qemu/index.ts';
 import type { StagingHost } from './fork-stager.ts';
@@ -88,19 +88,15 @@ async function writeFrozenMemory(
   onProgress?: (p: WriteProgress) => void,
   signal?: AbortSignal,
 ): Promise<{ fileBytes: number; storedPages: number; timings: WriteTimings }> {
-  const template = await open(artifacts.templateFile, 'r');
+  const deviceState = await readFile(artifacts.deviceState);
+  // Guest RAM is read in place through a read-only mapping (pread without the native addon); the
+  // mapping goes only after the writer has returned, when no encoding reads it any more.
+  const memory = await openGuestMemory(artifacts.templateFile, memoryBytes);
   try {
-    const deviceState = await readFile(artifacts.deviceState);
-    return await writeCheckpoint(out, {
-      memoryBytes,
-      readBlock: async (i, into) => (await template.read(into, 0, BLOCK_BYTES, i * BLOCK_BYTES)).bytesRead,
-      metadata,
-      deviceState,
-      onProgress,
-      signal,
-    });
+    const written = await writeCheckpoint(out, { memoryBytes, memory, metadata, deviceState, onProgress, signal });
+    return { ...written, timings: { ...written.timings, readPath: memory.readPath } };
   } finally {
-    await template.close();
+    await memory.close();
   }
 }
 

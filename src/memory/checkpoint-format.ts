@@ -154,25 +154,97 @@ export interface WriteTimings {
   rawBlocks: number;
   lz4Blocks: number;
   zeroBlocks: number;
+  /** How guest RAM was read (set by the caller that chose it; see guest-memory.ts). */
+  readPath?: 'mmap' | 'pread';
 }
 
 /** The writer reports its progress at most this often (and once more at the end). */
 const PROGRESS_EVERY_MS = 100;
 
+/** Whether bit p of a page bitmap is set. */
+function bit(bitmap: Uint8Array, p: number): boolean {
+  return (((bitmap[p >> 3] as number) >> (p & 7)) & 1) === 1;
+}
+
+/**
+ * Finds a block's non-zero pages (a native compare against a zero page; pages in `zeroPages` are not
+ * read) and returns its bitmap and those pages packed in page order: `bytes` itself when every page of a
+ * whole block is stored (no copy), else packed into `into` (`bytes` may be a view of it; a short last
+ * page counts as zero-padded).
+ */
+function packBlock(bytes: Buffer, zeroPages: Uint8Array | undefined, into: Buffer): { bitmap: Buffer; count: number; pages: Buffer } {
+  const bitmap = Buffer.alloc(PAGES_PER_BLOCK / 8);
+  let length = Math.min(bytes.length, BLOCK_BYTES);
+  const inInto = bytes.buffer === into.buffer && bytes.byteOffset === into.byteOffset;
+  if (length % PAGE_BYTES !== 0) {
+    // A short last page: zero-padded in the writer's own buffer.
+    if (!inInto) bytes.copy(into, 0, 0, length);
+    const padded = Math.ceil(length / PAGE_BYTES) * PAGE_BYTES;
+    into.fill(0, length, padded);
+    return packBlock(into.subarray(0, padded), zeroPages, into);
+  }
+  const pageCount = length / PAGE_BYTES;
+  let count = 0;
+  if (zeroPages) {
+    for (let p = 0; p < pageCount; p++) {
+      if (bit(zeroPages, p) || isZeroPage(bytes, p * PAGE_BYTES)) continue;
+      bitmap[p >> 3] = (bitmap[p >> 3] as number) | (1 << (p & 7));
+      count++;
+    }
+  } else if (length > 0 && !(length === BLOCK_BYTES && bytes.equals(ZERO_BLOCK))) {
+    for (let p = 0; p < pageCount; p++) {
+      if (isZeroPage(bytes, p * PAGE_BYTES)) continue;
+      bitmap[p >> 3] = (bitmap[p >> 3] as number) | (1 << (p & 7));
+      count++;
+    }
+  }
+  if (count === pageCount) return { bitmap, count, pages: bytes.subarray(0, length) };
+  // Runs of stored pages, in page order, moved to the front of `into` (never over a page not yet moved).
+  forEachRun(bitmap, (first, n, packedAt) => {
+    if (!inInto || packedAt !== first) bytes.copy(into, packedAt * PAGE_BYTES, first * PAGE_BYTES, (first + n) * PAGE_BYTES);
+  });
+  length = count * PAGE_BYTES;
+  return { bitmap, count, pages: into.subarray(0, length) };
+}
+
 /** Blocks read ahead of the one being encoded. */
 const READ_AHEAD = 4;
 
 /**
- * Writes a checkpoint: memory blocks from `readBlock` (each BLOCK_BYTES of guest RAM, the last one
- * possibly shorter; called for up to READ_AHEAD blocks at once, each into its own buffer), then the
- * table of contents. Writes to PATH.partial and renames at the end (after an fsync), so a cancelled
- * or failed write leaves no file.
+ * One block of guest RAM as a GuestMemory hands it to the writer: `bytes` (BLOCK_BYTES, or fewer for
+ * the last block or past the end of a short file: the rest is zero) is either a view of the buffer the
+ * writer passed in (read into it) or of memory the source owns (a read-only mapping of the RAM file),
+ * which the writer never writes to. `zeroPages` (optional, 32 bytes, bit p = page p) marks pages known
+ * to be zero without reading them (holes in the file): the writer never touches those bytes (reading a
+ * hole of a tmpfs file through a mapping would allocate a page for it).
+ */
+export interface MemoryBlock {
+  bytes: Buffer;
+  zeroPages?: Uint8Array;
+}
+
+/** Guest RAM as the checkpoint writer reads it. */
+export interface GuestMemory {
+  /** Block `i`, read into `into` (BLOCK_BYTES, the writer's) or a view of the source's own memory. */
+  block(i: number, into: Buffer): Promise<MemoryBlock>;
+  /** The writer no longer reads blocks 0..i: their encodings have finished and their bytes are staged. */
+  release?(i: number): void;
+}
+
+/**
+ * Writes a checkpoint: memory blocks from `memory` (or `readBlock`: each BLOCK_BYTES of guest RAM read
+ * into the buffer given, the last one possibly shorter; either is called for up to READ_AHEAD blocks at
+ * once, each with its own buffer), then the table of contents. Writes to PATH.partial and renames at
+ * the end (after an fsync), so a cancelled or failed write leaves no file. The file depends only on
+ * the bytes of guest RAM, never on how they were read. Every encoding of a block has finished when the
+ * writer returns or throws, so the caller may then unmap memory the blocks were views of.
  */
 export async function writeCheckpoint(
   path: string,
   input: {
     memoryBytes: number;
-    readBlock: (index: number, into: Buffer) => Promise<number>;
+    memory?: GuestMemory;
+    readBlock?: (index: number, into: Buffer) => Promise<number>;
     metadata: CheckpointMetadata;
     deviceState: Buffer;
     stagingBytes?: number;
@@ -181,6 +253,9 @@ export async function writeCheckpoint(
   },
 ): Promise<{ fileBytes: number; storedPages: number; blockCount: number; timings: WriteTimings }> {
   const blockCount = Math.ceil(input.memoryBytes / BLOCK_BYTES);
+  const readBlock = input.readBlock;
+  const memory: GuestMemory | undefined = input.memory ?? (readBlock && { block: async (i, into) => ({ bytes: into.subarray(0, Math.min(await readBlock(i, into), BLOCK_BYTES)) }) });
+  if (!memory) throw new TypeError('writeCheckpoint: give memory or readBlock');
   const started = performance.now();
   const timings: WriteTimings = { totalMs: 0, readWaitMs: 0, encodeWaitMs: 0, writeWaitMs: 0, syncMs: 0, rawBlocks: 0, lz4Blocks: 0, zeroBlocks: 0 };
   const waited = async <T>(key: 'readWaitMs' | 'encodeWaitMs' | 'writeWaitMs', p: Promise<T>): Promise<T> => {
@@ -214,10 +289,10 @@ export async function writeCheckpoint(
     await waited('writeWaitMs', writing[current] ?? Promise.resolve()); // the other buffer's write must be done before it fills again
     writing[current] = undefined;
   };
-  const reads: Array<Promise<number> | undefined> = new Array(READ_AHEAD);
+  const reads: Array<Promise<MemoryBlock> | undefined> = new Array(READ_AHEAD);
   const readBufs = Array.from({ length: READ_AHEAD }, () => Buffer.allocUnsafeSlow(BLOCK_BYTES));
   const startRead = (i: number) => {
-    if (i < blockCount) reads[i % READ_AHEAD] = input.readBlock(i, readBufs[i % READ_AHEAD] as Buffer);
+    if (i < blockCount) reads[i % READ_AHEAD] = memory.block(i, readBufs[i % READ_AHEAD] as Buffer);
   };
   // Blocks read and packed, in order, waiting for their encoding (in the thread pool) to be staged.
   const pending: Array<{ i: number; bitmap: Buffer; count: number; encoded: Promise<{ encoding: BlockEncoding; stored: Buffer }> | null }> = [];
@@ -259,28 +334,18 @@ export async function writeCheckpoint(
       }
       if (!encoded) report(i + 1);
       pending.shift();
+      memory.release?.(i);
       startRead(i + READ_AHEAD);
     };
     for (let i = 0; i < READ_AHEAD; i++) startRead(i);
     for (let i = 0; i < blockCount; i++) {
       input.signal?.throwIfAborted();
       while (pending.length > 0 && (pending[0] as (typeof pending)[number]).i <= i - READ_AHEAD) await drain();
-      const block = readBufs[i % READ_AHEAD] as Buffer;
-      const length = Math.min(await waited('readWaitMs', reads[i % READ_AHEAD] as Promise<number>), BLOCK_BYTES);
+      const into = readBufs[i % READ_AHEAD] as Buffer;
+      const { bytes, zeroPages } = await waited('readWaitMs', reads[i % READ_AHEAD] as Promise<MemoryBlock>);
       reads[i % READ_AHEAD] = undefined;
-      if (length < BLOCK_BYTES) block.fill(0, length);
-      const bitmap = Buffer.alloc(PAGES_PER_BLOCK / 8);
-      let count = 0;
-      if (length > 0 && !(length === BLOCK_BYTES && block.equals(ZERO_BLOCK))) {
-        // Non-zero pages are packed to the front of the block's own buffer, in page order.
-        for (let p = 0; p * PAGE_BYTES < length; p++) {
-          if (isZeroPage(block, p * PAGE_BYTES)) continue;
-          bitmap[p >> 3] = (bitmap[p >> 3] as number) | (1 << (p & 7));
-          if (count !== p) block.copy(block, count * PAGE_BYTES, p * PAGE_BYTES, (p + 1) * PAGE_BYTES);
-          count++;
-        }
-      }
-      const encoded = count === 0 ? null : encodeBlock(block.subarray(0, count * PAGE_BYTES));
+      const { bitmap, count, pages } = packBlock(bytes, zeroPages, into);
+      const encoded = count === 0 ? null : encodeBlock(pages);
       encoded?.catch(() => undefined); // surfaces when drained
       pending.push({ i, bitmap, count, encoded });
     }

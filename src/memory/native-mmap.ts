@@ -1,0 +1,64 @@
+// Loads Offshoot's native addon (native/mmap.c, built by `npm run setup` into
+// dist/native/mmap.node): a read-only mmap of a file region as a Buffer, its
+// explicit unmap, madvise, and where the file has data (SEEK_DATA/SEEK_HOLE).
+// The checkpoint writer reads guest RAM through it (guest-memory.ts). A
+// missing or unloadable addon is a NativeAddonMissingError telling the user
+// to run `npm run setup`; mmapAddonOrNull() is the form for callers that fall
+// back to plain reads (it warns once, as a process warning).
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import { OffshootError } from '../common/index.ts';
+
+/** What the addon exports (see native/mmap.c). */
+export interface MmapAddon {
+  /** A read-only MAP_SHARED mapping of `length` bytes of `fd` from `offset` (a page multiple). */
+  map(fd: number, offset: number, length: number): Buffer;
+  /** Unmaps a Buffer returned by map() now and detaches it (views then read as empty); false if it was not mapped. */
+  unmap(buffer: Buffer): boolean;
+  /** madvise on a page-aligned part of a mapped Buffer. */
+  advise(buffer: Buffer, offset: number, length: number, advice: number): void;
+  /** The file's first run of data (not a hole) at or after `offset`: [start, end), or null if none (SEEK_DATA, SEEK_HOLE). */
+  dataRange(fd: number, offset: number): [number, number] | null;
+  advice: { sequential: number; willneed: number; populateRead: number };
+}
+
+/** Where the build puts the addon, from this file (src/memory/) up to the checkout. */
+export const MMAP_ADDON_PATH = fileURLToPath(new URL('../../dist/native/mmap.node', import.meta.url));
+
+export class NativeAddonMissingError extends OffshootError {
+  constructor(path: string, reason: string) {
+    super('NATIVE_ADDON_MISSING', `the native addon ${path} is not usable (${reason}); run \`npm run setup\` to build it (needs Debian's gcc and nodejs headers)`, { path, reason }, 500);
+  }
+}
+
+let loaded: { addon: MmapAddon } | { error: NativeAddonMissingError } | undefined;
+let warned = false;
+
+/** The addon; NativeAddonMissingError if it is not built or does not load. */
+export function loadMmapAddon(): MmapAddon {
+  if (!loaded) {
+    try {
+      if (!existsSync(MMAP_ADDON_PATH)) throw new NativeAddonMissingError(MMAP_ADDON_PATH, 'not built');
+      loaded = { addon: createRequire(import.meta.url)(MMAP_ADDON_PATH) as MmapAddon };
+    } catch (err) {
+      loaded = { error: err instanceof NativeAddonMissingError ? err : new NativeAddonMissingError(MMAP_ADDON_PATH, (err as Error).message) };
+    }
+  }
+  if ('error' in loaded) throw loaded.error;
+  return loaded.addon;
+}
+
+/** The addon, or null (with one process warning naming the fix) when it is not usable. */
+export function mmapAddonOrNull(): MmapAddon | null {
+  try {
+    return loadMmapAddon();
+  } catch (err) {
+    if (!(err instanceof NativeAddonMissingError)) throw err;
+    if (!warned) {
+      warned = true;
+      process.emitWarning(`${err.message}; checkpoints read guest RAM with pread instead (slower)`, { code: err.code });
+    }
+    return null;
+  }
+}
