@@ -62,8 +62,11 @@ const INCOMING_REAP_GRACE_MS = 10_000;
 /**
  * How long re-adoption waits for a live QEMU's monitor to greet. Under load (seen at load 30–40) a
  * greeting can take over 5 s; giving up sooner killed running guests. Within the agent call's 60 s.
+ * A controller adopts a host's VMs one after another, so each slow monitor delays its start by as much.
  */
 const ADOPT_MONITOR_PATIENCE_MS = 30_000;
+/** A greeting later than this is logged (the old limit, where such a QEMU used to be killed). */
+const ADOPT_MONITOR_SLOW_MS = 5_000;
 
 /** The VM has no QEMU running on this host. HTTP 409. */
 export class VmNotRunningError extends OffshootError {
@@ -576,7 +579,7 @@ export class LocalHostAgent {
       // rather than kill a running guest. A socket nobody listens on fails at once.
       vm = await RunningVm.attach(vmId, runtime.instance, proc, files, runtime.memory, ADOPT_MONITOR_PATIENCE_MS);
       const waitedMs = Date.now() - attaching;
-      if (waitedMs > 5_000) this.logger.warn({ vmId, pid: runtime.pid, waitedMs }, "QEMU's monitor answered late; re-adopted it anyway");
+      if (waitedMs > ADOPT_MONITOR_SLOW_MS) this.logger.warn({ vmId, pid: runtime.pid, waitedMs }, "QEMU's monitor answered late; re-adopted it anyway");
     } catch (err) {
       // A QEMU we cannot control is an orphan: kill it rather than leave it.
       this.logger.warn({ vmId, pid: runtime.pid, err: (err as Error).message }, 'cannot reconnect to QEMU; killing it');
