@@ -30,6 +30,11 @@
 // the clock) and a shell only for a script. The handles live in qemu-ga, not
 // in this process: an agent that restarts finds them again from the record
 // HostTemplates keeps beside the child (ArmedHandOut is plain data).
+// Measured (warm child, one claim at a time, its QEMU's CPU over the claim,
+// load 4-7): this batch of 9 commands costs ~17 ms, about what the waiter
+// doing the identity in its shell, plus the exit polls, cost (~16 ms). So a
+// guest-agent command is worth ~1.5 ms of the guest's CPU under TCG, and
+// fewer commands, not fewer processes, is what would shrink it further.
 //
 // The exit is polled on this module's schedule (QgaClient.waitExec's
 // pollDelayMs) rather than the client's default backoff (5 ms doubling to
