@@ -18,7 +18,9 @@
 // same way (and the warm pool's memory beside the paused one's). Defaults
 // follow issue 14: 50 claims, 20 at once (the pool holds a whole wave), a
 // pool of 16. Percentiles of the claims, the machine's load
-// and the pool's memory split are in the notes.
+// and the pool's memory split are in the notes. `--only warm`: the warm pool's
+// claims (one at a time, in waves, in waves with a script) and the baselines
+// only, for a quicker comparison (~1.5 min instead of ~4).
 import { readFile, stat } from 'node:fs/promises';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
@@ -183,6 +185,39 @@ async function claimWaves(daemon: RunningDaemon, o: { claims: number; concurrenc
   return { samples, summary };
 }
 
+/** The paused pool: its memory against booted guests, then its claims one at a time and in waves. */
+async function pausedPool(daemon: RunningDaemon, o: { poolSize: number; memoryMiB: number; bootedCount: number; claims: number; concurrency: number; sequential: number; memoryDir: string; bootedMiB: number; notes: string[]; load: number[] }) {
+  const t0 = performance.now();
+  await daemon.fabric.scale('bench', { ready: o.poolSize }, { wait: true });
+  const fillMs = performance.now() - t0;
+  const template = await daemon.fabric.show('bench');
+  const members = (await daemon.engine.list()).filter((v) => v.name.startsWith('bench-') && v.state === 'paused');
+  const ramFile = join(o.memoryDir, 'templates', `${template.placements[0]?.memoryTemplateId}.ram`);
+  const poolMiB = await poolMemoryMiB(members.map((v) => v.runtime?.pid as number), ramFile);
+  const templateMiB = (await stat(ramFile)).blocks / 2048;
+  o.notes.push(`the pool's memory: the template's RAM file ${templateMiB.toFixed(0)} MiB resident, each child ${((poolMiB - templateMiB) / Math.max(1, members.length)).toFixed(0)} MiB on average besides; privately, on average: ${await privateSplit(members.map((v) => v.runtime?.pid as number), ramFile)}`);
+  process.stderr.write(`pool of ${members.length} filled in ${fillMs.toFixed(0)} ms; ${poolMiB.toFixed(0)} MiB (booted x${members.length}: ${(o.bootedMiB * members.length).toFixed(0)} MiB)\n`);
+  // As many booted guests as asked, running together beside the pool: their memory measured as the pool's.
+  const booted: string[] = [];
+  for (let i = 0; i < o.bootedCount; i++) {
+    await boot(daemon, `booted${i}`, o.memoryMiB);
+    booted.push(`booted${i}`);
+  }
+  const bootedVms = await Promise.all(booted.map((n) => daemon.engine.resolve(n)));
+  const bootedTogetherMiB = await hostMemoryMiB(bootedVms.map((v) => ({ pid: v.runtime?.pid as number, ramFile: join(o.memoryDir, `${v.id}.ram`) })));
+  o.load.push(loadavg()[0] ?? 0);
+  process.stderr.write(`${booted.length} booted guests together: ${bootedTogetherMiB.toFixed(0)} MiB\n`);
+  for (const n of booted) await remove(daemon, n);
+  // One at a time from a full paused pool, then the same from a warm pool (children running idle): a claim's own
+  // latency, and where the median claim's time goes.
+  const paused = await sequentialClaims(daemon, o.sequential);
+  o.notes.push(`sequential claims, paused pool: ${paused.summary}`);
+  const pausedWaves = await claimWaves(daemon, { claims: o.claims, concurrency: o.concurrency, poolSize: o.poolSize, warm: false });
+  o.notes.push(`claims in waves, paused pool: ${pausedWaves.summary}`);
+  o.load.push(loadavg()[0] ?? 0);
+  return { paused, pausedWaves, members, poolMiB, fillMs, booted, bootedTogetherMiB };
+}
+
 export async function fabricBenchmark(args: string[]): Promise<BenchResult> {
   const memoryMiB = option(args, '--memory', 256);
   const claims = option(args, '--claims', 50);
@@ -191,6 +226,7 @@ export async function fabricBenchmark(args: string[]): Promise<BenchResult> {
   const bootedCount = option(args, '--booted', poolSize);
   const runs = option(args, '--runs', 3);
   const sequentialClaims_ = option(args, '--sequential', 10);
+  const onlyWarm = args[args.indexOf('--only') + 1] === 'warm' && args.includes('--only');
   const home = mkdtempSync('/tmp/osh-bench-home-');
   const memoryDir = mkdtempSync('/dev/shm/osh-bench-mem-');
   const daemon = await startDaemon({ home, memoryDir });
@@ -226,44 +262,20 @@ export async function fabricBenchmark(args: string[]): Promise<BenchResult> {
 
     // From an empty pool: each claim forks on demand.
     const onDemand: number[] = [];
-    for (let r = 0; r < runs; r++) {
+    for (let r = 0; r < (onlyWarm ? 0 : runs); r++) {
       const t0 = performance.now();
       const c = await daemon.fabric.claim('bench', {});
       onDemand.push(performance.now() - t0);
       if (c.source !== 'on-demand') notes.push(`an empty-pool claim came from the pool (${c.vm.name})`);
       await remove(daemon, c.vm.id);
     }
-    process.stderr.write(`on-demand claims ${onDemand.map((x) => x.toFixed(0)).join(', ')} ms\n`);
+    if (!onlyWarm) process.stderr.write(`on-demand claims ${onDemand.map((x) => x.toFixed(0)).join(', ')} ms\n`);
 
     // A ready pool: its memory, then claims in waves, refilled between waves.
-    const t0 = performance.now();
-    await daemon.fabric.scale('bench', { ready: poolSize }, { wait: true });
-    const fillMs = performance.now() - t0;
+    const paused = onlyWarm ? undefined : await pausedPool(daemon, { poolSize, memoryMiB, bootedCount, claims, concurrency, sequential: sequentialClaims_, memoryDir, bootedMiB, notes, load });
     const template = await daemon.fabric.show('bench');
-    const members = (await daemon.engine.list()).filter((v) => v.name.startsWith('bench-') && v.state === 'paused');
     const ramFile = join(memoryDir, 'templates', `${template.placements[0]?.memoryTemplateId}.ram`);
-    const poolMiB = await poolMemoryMiB(members.map((v) => v.runtime?.pid as number), ramFile);
     const templateMiB = (await stat(ramFile)).blocks / 2048;
-    notes.push(`the pool's memory: the template's RAM file ${templateMiB.toFixed(0)} MiB resident, each child ${((poolMiB - templateMiB) / Math.max(1, members.length)).toFixed(0)} MiB on average besides; privately, on average: ${await privateSplit(members.map((v) => v.runtime?.pid as number), ramFile)}`);
-    process.stderr.write(`pool of ${members.length} filled in ${fillMs.toFixed(0)} ms; ${poolMiB.toFixed(0)} MiB (booted x${members.length}: ${(bootedMiB * members.length).toFixed(0)} MiB)\n`);
-    // As many booted guests as asked, running together beside the pool: their memory measured as the pool's.
-    const booted: string[] = [];
-    for (let i = 0; i < bootedCount; i++) {
-      await boot(daemon, `booted${i}`, memoryMiB);
-      booted.push(`booted${i}`);
-    }
-    const bootedVms = await Promise.all(booted.map((n) => daemon.engine.resolve(n)));
-    const bootedTogetherMiB = await hostMemoryMiB(bootedVms.map((v) => ({ pid: v.runtime?.pid as number, ramFile: join(memoryDir, `${v.id}.ram`) })));
-    load.push(loadavg()[0] ?? 0);
-    process.stderr.write(`${booted.length} booted guests together: ${bootedTogetherMiB.toFixed(0)} MiB\n`);
-    for (const n of booted) await remove(daemon, n);
-    // One at a time from a full paused pool, then the same from a warm pool (children running idle): a claim's own
-    // latency, and where the median claim's time goes.
-    const paused = await sequentialClaims(daemon, sequentialClaims_);
-    notes.push(`sequential claims, paused pool: ${paused.summary}`);
-    const pausedWaves = await claimWaves(daemon, { claims, concurrency, poolSize, warm: false });
-    notes.push(`claims in waves, paused pool: ${pausedWaves.summary}`);
-    load.push(loadavg()[0] ?? 0);
     // A warm pool: the paused children retired, warm ones made (the memory of a pool of warm children too).
     await daemon.fabric.scale('bench', { ready: 0 }, { wait: true });
     await daemon.fabric.scale('bench', { ready: poolSize, warm: true }, { wait: true });
@@ -283,26 +295,34 @@ export async function fabricBenchmark(args: string[]): Promise<BenchResult> {
     const scripted = await claimWaves(daemon, { claims, concurrency, poolSize, warm: true, request: { customize: 'echo "customized $OFFSHOOT_VM_NAME $ROLE"\n', env: ['ROLE=bench'] } });
     notes.push(`claims in waves with a customisation script, warm pool: ${scripted.summary}`);
     load.push(loadavg()[0] ?? 0);
-    comparisons.push(
-      { metric: 'claim until the agent answers (paused pool, one at a time)', offshoot: { label: 'claim, paused child', unit: 'ms', samples: paused.samples }, baseline: { label: 'cold boot', unit: 'ms', samples: cold } },
-      { metric: 'claim until the agent answers (paused pool, one at a time)', offshoot: { label: 'claim, paused child', unit: 'ms', samples: paused.samples }, baseline: { label: 'plain fork, 1 child', unit: 'ms', samples: fork } },
+    const warmRows: Comparison[] = [
       { metric: 'claim until the agent answers (warm pool, one at a time)', offshoot: { label: 'claim, warm child', unit: 'ms', samples: warm.samples }, baseline: { label: 'plain fork, 1 child', unit: 'ms', samples: fork } },
-      { metric: `claim until the agent answers (paused pool, ${concurrency} at once)`, offshoot: { label: 'claim, paused child', unit: 'ms', samples: pausedWaves.samples }, baseline: { label: 'plain fork, 1 child', unit: 'ms', samples: fork } },
       { metric: `claim until the agent answers (warm pool, ${concurrency} at once)`, offshoot: { label: 'claim, warm child', unit: 'ms', samples: warmWaves.samples }, baseline: { label: 'plain fork, 1 child', unit: 'ms', samples: fork } },
       { metric: `claim with a customisation script until it ran (warm pool, ${concurrency} at once)`, offshoot: { label: 'claim + script, warm child', unit: 'ms', samples: scripted.samples }, baseline: { label: 'plain fork, 1 child', unit: 'ms', samples: fork } },
-      { metric: 'claim until the agent answers (empty pool)', offshoot: { label: 'claim, forked on demand', unit: 'ms', samples: onDemand }, baseline: { label: 'cold boot', unit: 'ms', samples: cold } },
-      { metric: `host memory of ${members.length} ready children`, offshoot: { label: 'pool (PSS + template)', unit: 'MiB', samples: [poolMiB] }, baseline: { label: `${members.length} x booted guest`, unit: 'MiB', samples: [bootedMiB * members.length] } },
-      { metric: `host memory: ${members.length} ready children vs ${booted.length} booted guests running together`, offshoot: { label: 'pool (PSS + template)', unit: 'MiB', samples: [poolMiB] }, baseline: { label: `${booted.length} booted guests (PSS + RAM files)`, unit: 'MiB', samples: [bootedTogetherMiB] } },
-    );
-    notes.push(`empty-pool claims: p50 ${percentile(onDemand, 50).toFixed(0)} ms over ${onDemand.length}`);
-    notes.push(`filling a pool of ${poolSize}: ${fillMs.toFixed(0)} ms`);
+    ];
+    if (!paused) comparisons.push(...warmRows);
+    else {
+      const { members, poolMiB, booted, bootedTogetherMiB, pausedWaves } = paused;
+      comparisons.push(
+        { metric: 'claim until the agent answers (paused pool, one at a time)', offshoot: { label: 'claim, paused child', unit: 'ms', samples: paused.paused.samples }, baseline: { label: 'cold boot', unit: 'ms', samples: cold } },
+        { metric: 'claim until the agent answers (paused pool, one at a time)', offshoot: { label: 'claim, paused child', unit: 'ms', samples: paused.paused.samples }, baseline: { label: 'plain fork, 1 child', unit: 'ms', samples: fork } },
+        warmRows[0] as Comparison,
+        { metric: `claim until the agent answers (paused pool, ${concurrency} at once)`, offshoot: { label: 'claim, paused child', unit: 'ms', samples: pausedWaves.samples }, baseline: { label: 'plain fork, 1 child', unit: 'ms', samples: fork } },
+        ...warmRows.slice(1),
+        { metric: 'claim until the agent answers (empty pool)', offshoot: { label: 'claim, forked on demand', unit: 'ms', samples: onDemand }, baseline: { label: 'cold boot', unit: 'ms', samples: cold } },
+        { metric: `host memory of ${members.length} ready children`, offshoot: { label: 'pool (PSS + template)', unit: 'MiB', samples: [poolMiB] }, baseline: { label: `${members.length} x booted guest`, unit: 'MiB', samples: [bootedMiB * members.length] } },
+        { metric: `host memory: ${members.length} ready children vs ${booted.length} booted guests running together`, offshoot: { label: 'pool (PSS + template)', unit: 'MiB', samples: [poolMiB] }, baseline: { label: `${booted.length} booted guests (PSS + RAM files)`, unit: 'MiB', samples: [bootedTogetherMiB] } },
+      );
+      notes.push(`empty-pool claims: p50 ${percentile(onDemand, 50).toFixed(0)} ms over ${onDemand.length}`);
+      notes.push(`filling a pool of ${poolSize}: ${paused.fillMs.toFixed(0)} ms`);
+    }
     notes.push(`machine load (1-min average) during the run: ${load.map((l) => l.toFixed(1)).join(', ')} on ${cpus().length} cpus`);
     notes.push('cold boot = create + start of the default guest until its agent answers; plain fork = vm fork --count 1 until the child is customized');
     return {
       name: 'fabric',
       startedAt,
       machine: { cpus: cpus().length, accel: host.accel, qemu: await qemuVersion(), node: process.version },
-      parameters: { memoryMiB, claims, concurrency, poolSize, bootedCount, runs, sequentialClaims: sequentialClaims_ },
+      parameters: { memoryMiB, claims, concurrency, poolSize, bootedCount, runs, sequentialClaims: sequentialClaims_, only: onlyWarm ? 'warm' : 'all' },
       comparisons,
       notes,
     };

@@ -26,7 +26,7 @@ import type { CheckpointMetadata, WriteProgress } from '../memory/index.ts';
 import { CheckpointReader } from '../memory/index.ts';
 import { guestMemoryBytes } from '../protocol/index.ts';
 import { restoreDisks, writeCheckpointFile } from './checkpoint-files.ts';
-import { armHandOut, handOutInGuest } from './fabric-hand-out.ts';
+import { armHandOut, handOutInGuest, isArmedHandOut } from './fabric-hand-out.ts';
 import type { ArmedHandOut, HandOutGuestResult } from './fabric-hand-out.ts';
 
 /**
@@ -101,7 +101,10 @@ export function specFiles(spec: VmSpec): string[] {
 
 export class HostTemplates {
   private cache: Map<string, Manifest> | undefined;
-  /** The hand-out waiter armed in each running child's guest (it goes with its QEMU; a restarted agent has none). */
+  /**
+   * What is armed in each running child's guest for its hand-out (it goes with its QEMU). Also recorded in the
+   * child's folder (armedFile), where an agent that restarted finds it.
+   */
   private readonly armed = new WeakMap<RunningVm, ArmedHandOut>();
 
   constructor(private readonly host: FabricHost) {}
@@ -205,16 +208,19 @@ export class HostTemplates {
 
   /**
    * Readies a child for its claimer: resumed if paused, then the guest step (hostname, clock, entropy,
-   * the customisation script; see fabric-hand-out.ts), through the waiter armed in its guest when it has one.
-   * With `arm` (a pool child's warm-up), the step itself goes through a waiter, and a new one is left in the
-   * guest for the next hand-out. A guest agent
-   * that does not answer is a failed hand-out (ok: false), never a thrown error.
+   * the customisation script; see fabric-hand-out.ts), through what is armed in its guest when it is armed
+   * (known to this agent, or recorded by the one before it). With `arm` (a pool child's warm-up), the step
+   * itself goes the armed way, and the child is armed again for the next hand-out. A guest agent that does
+   * not answer is a failed hand-out (ok: false), never a thrown error.
    */
   async handOut(vmId: string, resume: boolean, request: { hostname: string; script?: string; env?: string[]; timeoutMs: number; setClock: boolean; arm?: boolean }): Promise<Omit<HandOutGuestResult, 'steps'> & { timings: HandOutTimings }> {
     const t0 = performance.now();
     const vm = this.host.running(vmId);
-    let armed = this.armed.get(vm);
+    // Taken for this hand-out whatever its outcome (a record read back is used once, like the one in memory).
+    let armed = this.armed.get(vm) ?? (await this.recordedArmed(vmId));
     this.armed.delete(vm);
+    // The record goes beside the guest step, not before it (awaited before a new one is written).
+    const forgotten = armed ? rm(this.armedFile(vmId), { force: true }).catch(() => undefined) : undefined;
     if (resume) await vm.qmp.cont();
     const resumed = performance.now();
     let result: Omit<HandOutGuestResult, 'steps'>;
@@ -224,16 +230,33 @@ export class HostTemplates {
     try {
       const qga = await vm.guestAgent(request.timeoutMs);
       agentMs = performance.now() - resumed;
-      // A warm-up goes the way its claim will (through a waiter), so under TCG that code is translated by then.
+      // A warm-up goes the way its claim will (armed), so under TCG that code is translated by then.
       if (arm && !armed) armed = await armHandOut(qga, vmId, request.timeoutMs);
       ({ steps, ...result } = await handOutInGuest(qga, { ...guestRequest, vmId }, armed));
-      if (arm && result.ok) this.armed.set(vm, await armHandOut(qga, vmId, request.timeoutMs));
+      if (arm && result.ok) {
+        const next = await armHandOut(qga, vmId, request.timeoutMs);
+        await forgotten;
+        await writeFileAtomic(this.armedFile(vmId), `${JSON.stringify(next)}\n`);
+        this.armed.set(vm, next);
+      }
     } catch (err) {
       vm.dropGuestAgent();
       result = { ok: false, error: `the guest agent did not answer: ${(err as Error).message}`, script: null };
     }
+    await forgotten;
     const done = performance.now();
     return { ...result, timings: { resumeMs: resumed - t0, guestMs: done - resumed, totalMs: done - t0, ...(steps ? { agentMs, ...steps } : {}) } };
+  }
+
+  /** Where a child's armed hand-out is recorded (qemu-ga's handles and the waiter's pid: they outlive this process). */
+  private armedFile(vmId: string): string {
+    return join(this.host.layout.vmDir(vmId), 'hand-out.json');
+  }
+
+  /** The armed hand-out recorded for a child by this agent or one before it, if any. */
+  private async recordedArmed(vmId: string): Promise<ArmedHandOut | undefined> {
+    const recorded = parseJsonOr<unknown>(await readFile(this.armedFile(vmId), 'utf8').catch(() => ''), null);
+    return isArmedHandOut(recorded) ? recorded : undefined;
   }
 
   /** Whether the template, its memory and device state, and the given files (host paths) are there. */

@@ -6,7 +6,7 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -224,6 +224,36 @@ describe('QgaClient against the real qemu-ga (unix-listen on the host)', () => {
     expect(await readFile(a, 'utf8')).toBe('two');
     const then = (await qga.writeFiles([{ path: a, data: 'three' }], { then: [{ command: 'guest-offshoot-nope' }] }).catch((e: unknown) => e)) as QgaCommandError;
     expect(then.errorClass).toBe('CommandNotFound');
+  });
+
+  it('file handles live in the agent, not the connection: opened (mode w truncates then) by one client, written by the next; bytes land at the close, and a refused write fails the close', async () => {
+    // What the fabric's armed hand-out relies on (src/agent/fabric-hand-out.ts).
+    const file = path.join(dir, 'kept');
+    await writeFile(file, 'stale and long');
+    const first = await connect();
+    const opened = await first.executeBatch([
+      { command: 'guest-file-open', args: { path: file, mode: 'w' } },
+      { command: 'guest-file-open', args: { path: '/dev/full', mode: 'w' } },
+    ]);
+    const [kept, full] = opened.map((o) => (o.ok ? (o.value as number) : -1));
+    expect(await readFile(file, 'utf8')).toBe('');
+    await first.close();
+    const next = await connect();
+    const data = Buffer.from('fresh');
+    const out = await next.executeBatch([
+      { command: 'guest-file-write', args: { handle: kept, 'buf-b64': data.toString('base64'), count: data.length } },
+      { command: 'guest-file-write', args: { handle: full, 'buf-b64': data.toString('base64'), count: data.length } },
+    ]);
+    // Buffered by stdio: counted, not yet in the file (nor refused).
+    expect(out.map((o) => o.ok && (o.value as { count: number }).count)).toEqual([5, 5]);
+    expect(await readFile(file, 'utf8')).toBe('');
+    const closed = await next.executeBatch([
+      { command: 'guest-file-close', args: { handle: kept } },
+      { command: 'guest-file-close', args: { handle: full } },
+    ]);
+    expect(await readFile(file, 'utf8')).toBe('fresh');
+    expect(closed[0]?.ok).toBe(true);
+    expect(closed[1]?.ok === false && closed[1].error.desc).toMatch(/failed to close handle.*No space left on device/);
   });
 
   it('exec follows its poll schedule and reports its timings; start and waitExec split it', async () => {

@@ -5,7 +5,7 @@
 // script is checked inside the guest (its data, hostname, env file, key,
 // script output, its own machine-id and MAC); two concurrent claims get
 // different children; the pool refills, and survives a daemon restart (its
-// children adopted, then handed out); a warm pool (children running idle)
+// children adopted, then handed out the armed way, no waiter left); a warm pool (children running idle)
 // hands out a child whose clock is right though the claim did not set it,
 // and a paused child's clock was set at its claim; template delete is refused while
 // children exist and with --force leaves the claimed children running;
@@ -119,7 +119,12 @@ describe('elastic fabric: templates, ready pools, claims', () => {
     claimed.push(c);
     expect(c.source).toBe('pool');
     expect(readyIds).toContain(c.vm.id);
+    // The restarted agent found what the one before it armed in the child (qemu-ga's handles, the waiter).
+    expect(c.timings.armed).toBe(true);
     expect(await sh(c.vm.name, 'hostname')).toBe('after-restart');
+    expect(await sh(c.vm.name, 'cat /etc/hostname')).toBe('after-restart');
+    // The claim (no script) let the waiter go: no shell of the hand-out is left in the guest.
+    await eventually(async () => (await sh(c.vm.name, "grep -l 'offshoot-hand-[o]ut' /proc/[0-9]*/cmdline 2>/dev/null | wc -l")) === '0', 10_000, 'the waiter left the claimed guest');
     expect(await md5s(c.vm.name)).toBe(sums);
     await daemon.fabric.keeper.settled();
     await eventually(async () => (await ready()) === 2, 180_000, 'the pool refilled to 2 after the restart');
