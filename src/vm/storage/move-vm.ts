@@ -21,7 +21,7 @@
 // switch-over); a cold one aborts its `vm.move` task before the re-home (here
 // or, through the task's row, on the controller that runs it).
 import { z } from 'zod';
-import { IllegalStateError, InvalidInputError, NotFoundError, OffshootError } from '../../common/index.ts';
+import { IllegalStateError, InvalidInputError, OffshootError } from '../../common/index.ts';
 import type { TaskRecord, VmRecord } from '../records.ts';
 import { parseRequest } from '../requests.ts';
 import { COLD_MOVE_TASK_KIND, checkColdMove, moveCancelled, prepareColdDestination, recoverColdMove, runColdMove } from './cold-move.ts';
@@ -73,6 +73,8 @@ export class VmMover {
   constructor(
     private readonly deps: StorageDeps,
     private readonly movePlan: MovePlanOf,
+    /** A datastore by name or id (NOT_FOUND otherwise): the catalog's lookup. */
+    private readonly datastoreNamed: (name: string) => Promise<DatastoreRecord>,
   ) {
     // `task cancel` of a cold move: here, or through the task's row on the controller that runs it. (A live move's task is a migration's.)
     deps.engine.registerCanceller(COLD_MOVE_TASK_KIND, async (task) => {
@@ -124,8 +126,7 @@ export class VmMover {
 
   /** The datastore named, which the destination host must see (INVALID_INPUT, before anything moves, if it does not). */
   private async destinationDatastore(name: string, dest: { id: string; name: string }): Promise<DatastoreRecord> {
-    const ds = (await this.deps.storageInventory.getDatastore(name)) ?? (await this.deps.storageInventory.listDatastores()).find((d) => d.id === name);
-    if (!ds) throw new NotFoundError('datastore', name);
+    const ds = await this.datastoreNamed(name);
     if (!ds.hosts.some((h) => h.hostId === dest.id)) {
       const on = ds.hosts.map((h) => this.deps.engine.hostName(h.hostId)).join(', ') || 'no host';
       throw new InvalidInputError(`datastore ${ds.name} is not on host ${dest.name} (it is on ${on}): a move uses a datastore of its destination`, { datastore: ds.name, host: dest.name });

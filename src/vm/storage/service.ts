@@ -45,7 +45,7 @@ export class StorageService {
     this.cloner = new Cloner(deps, this.catalog, this.jobs, this.pools);
     this.handover = new JobHandover(deps, this.catalog, this.jobs);
     this.seeder = new Seeder(deps, this.catalog, this.jobs);
-    this.mover = new VmMover(deps, (vm, input) => this.movePlan(vm, input));
+    this.mover = new VmMover(deps, (vm, input) => this.movePlan(vm, input), (name) => this.catalog.datastore(name));
     // `host drain --stopped move` moves a host's stopped VMs with this service's cold move.
     deps.engine.drains.useColdMoves({ start: async (vmId, to) => (await this.mover.move(vmId, { to, mode: 'cold' })).task, cancel: (taskId) => deps.engine.cancelTask(taskId) });
     deps.engine.fleet.listen({ hostLost: (host) => this.handover.hostLost(host), hostAdminState: (host, previous) => this.handover.hostAdminState(host, previous) });
