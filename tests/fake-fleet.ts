@@ -6,7 +6,8 @@
 // Fleet and VmEngine over them. What a test builds over the engine (a fabric,
 // a storage service) it hands to `own()`; `close()` closes that, then the
 // engines, the fleet, the HTTP server, the inventory, and removes the folder.
-// `closedAfterEach()` runs a describe's closers after each of its tests.
+// `closedAfterEach()` runs a describe's closers after each of its tests;
+// `holdAt(phase)` is a fault hook that holds an operation at one fault point.
 import { mkdtempSync, rmSync } from 'node:fs';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -157,4 +158,20 @@ export function closedAfterEach(): Array<() => Promise<void>> {
     for (const c of closers.splice(0)) await c();
   });
   return closers;
+}
+
+/** A fault point that holds the first time `phase` is reached, until released. */
+export function holdAt(phase: string) {
+  let reached!: () => void;
+  let release!: () => void;
+  const atPhase = new Promise<void>((r) => (reached = r));
+  const gate = new Promise<void>((r) => (release = r));
+  let held = false;
+  const faults = async (point: string) => {
+    if (point !== phase || held) return;
+    held = true;
+    reached();
+    await gate;
+  };
+  return { faults, atPhase, release };
 }

@@ -19,7 +19,7 @@ import { KyselyInventory } from '../src/store/index.ts';
 import { freshTestDatabase } from '../src/store/pg-test-cluster.ts';
 import type { DrainResult, ResolvedPolicy, TaskRecord } from '../src/vm/index.ts';
 import { Fleet, StorageService, VmEngine, resolvePolicy } from '../src/vm/index.ts';
-import { closedAfterEach, serveAgent, twoHostFleet } from './fake-fleet.ts';
+import { closedAfterEach, holdAt, serveAgent, twoHostFleet } from './fake-fleet.ts';
 
 const TOKEN = 'p'.repeat(43);
 
@@ -234,15 +234,8 @@ describe('migration queue and host drain', () => {
   });
 
   it('a cancelled drain cancels its cold move before the re-home: the stopped VM stays at the host as it was', async () => {
-    let reached!: () => void;
-    let release!: () => void;
-    const atRehome = new Promise<void>((r) => (reached = r));
-    const gate = new Promise<void>((r) => (release = r));
-    const faults = async (point: string) => {
-      if (point !== 'move.before-rehome') return;
-      reached();
-      await gate;
-    };
+    const hold = holdAt('move.before-rehome');
+    const faults = hold.faults;
     const s = await twoHostFleet({ prefix: 'opol-orch', subnet: '10.254.9', faults });
     closers.push(s.close);
     await s.engine.create({ name: 'cold', start: false, host: 'a' });
@@ -251,10 +244,10 @@ describe('migration queue and host drain', () => {
     const files = (agent: FakeAgent) => [...agent.files].filter((f) => f.startsWith(`home:vms/${cold.id}/`)).sort();
     const coldFiles = files(s.local);
     const drain = await s.engine.drainHost('a', { stopped: 'move' });
-    await atRehome;
+    await hold.atPhase;
     const cancelling = s.engine.cancelTask(drain.id);
     await new Promise((r) => setTimeout(r, 200));
-    release();
+    hold.release();
     const cancelled = await cancelling;
     expect([cancelled.state, cancelled.error?.code]).toEqual(['failed', 'TASK_CANCELLED']);
     const moves = (await s.engine.tasks.list()).filter((t) => t.kind === 'vm.move');

@@ -21,7 +21,7 @@ import type { FakeAgent } from '../src/protocol/index.ts';
 import type { ColdMoveResult, MigrateResult } from '../src/vm/index.ts';
 import { StorageService } from '../src/vm/index.ts';
 import { codeOf } from '../src/protocol/contract-support.ts';
-import { closedAfterEach, twoHostFleet } from './fake-fleet.ts';
+import { closedAfterEach, holdAt, twoHostFleet } from './fake-fleet.ts';
 
 /** `faults`: the engine's and the storage service's fault points (a test holds one to act at that phase). */
 async function setup(faults?: (point: string) => Promise<void>) {
@@ -30,22 +30,6 @@ async function setup(faults?: (point: string) => Promise<void>) {
   const storage = s.own(new StorageService({ inventory, storageInventory: inventory.storage, engine, logger: silentLogger, ...(faults ? { faults } : {}) }));
   await s.running('mv', 'a');
   return { ...s, a: s.local, b: s.remote, storage };
-}
-
-/** A fault point that holds the first time `phase` is reached, until released. */
-function holdAt(phase: string) {
-  let reached!: () => void;
-  let release!: () => void;
-  const atPhase = new Promise<void>((r) => (reached = r));
-  const gate = new Promise<void>((r) => (release = r));
-  let held = false;
-  const faults = async (point: string) => {
-    if (point !== phase || held) return;
-    held = true;
-    reached();
-    await gate;
-  };
-  return { faults, atPhase, release };
 }
 
 describe('vm move against fake agents', () => {
