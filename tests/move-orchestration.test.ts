@@ -286,4 +286,40 @@ describe('vm move against fake agents', () => {
       expect((await s.engine.resolve('mv')).hostId).toBe(rehomed ? s.hostB.id : vm.hostId);
     });
   }
+
+  it('recovers a cold move whose controller died mid-fetch: the fetch still running at the destination is stopped before its files go', async () => {
+    const s = await setup();
+    closers.push(s.close);
+    const { task: stopping } = await s.engine.stop('mv');
+    if (stopping) expect((await s.engine.tasks.wait(stopping.id)).state).toBe('succeeded');
+    const vm = await s.engine.resolve('mv');
+    const [first] = vm.spec.disks;
+    if (!first) throw new Error('the VM has no disk');
+    const disk = first.file;
+    // The dead controller's fetch of the VM's disk: started at b, still copying (held) when the controller died.
+    const a = s.engine.fleet.agent(vm.hostId);
+    const b = s.engine.fleet.agent(s.hostB.id);
+    const served = await a.openFileServer({ file: disk, peer: '10.254.11.2' });
+    const release = s.b.hold('fetchFile');
+    const operationId = '6f6f6f6f-0000-4000-8000-00000000ee14';
+    await b.fetchFile({ operationId, source: { url: served.url, token: served.token }, sourceName: disk, target: disk });
+    const now = new Date().toISOString();
+    const taskId = '6f6f6f6f-0000-4000-8000-00000000ee15';
+    const journal = { vmId: vm.id, sourceHostId: vm.hostId, destinationHostId: s.hostB.id, fetchOperationId: operationId };
+    await s.inventory.insertTask({ id: taskId, kind: 'vm.move', targetId: vm.id, targetName: 'mv', state: 'running', progress: 0.5, message: 'sending disk disk0', result: { journal }, error: null, createdAt: now, updatedAt: now });
+    const deletes = s.b.calls.get('deleteVmFiles') ?? 0;
+    const recovering = s.engine.recover();
+    // The fetch goes on (as the real copy engine does until its chunk in flight is written) until recovery has
+    // removed the VM's files at b, or for 2 s if recovery waits for the fetch to end first.
+    for (let waited = 0; waited < 2_000 && (s.b.calls.get('deleteVmFiles') ?? 0) === deletes; waited += 20) await new Promise((r) => setTimeout(r, 20));
+    release();
+    await recovering;
+    const task = await s.engine.tasks.get(taskId);
+    expect(task.message).toContain('rolled back');
+    const fetched = (await b.getOperation({ operationId, afterSeq: 0, waitMs: 0, until: 'event' })).operation;
+    expect(fetched.state).not.toBe('running');
+    // Without the stop, the fetch wrote the disk at b after recovery had removed the VM's files there.
+    expect([...s.b.files].filter((f) => f.startsWith(`home:vms/${vm.id}/`))).toEqual([]);
+    expect((await s.engine.resolve('mv')).hostId).toBe(vm.hostId);
+  });
 });

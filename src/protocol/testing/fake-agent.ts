@@ -111,6 +111,11 @@ export class FakeAgent implements EpochKeeper, FakeHostFiles {
 
   private readonly gates = new Map<string, Promise<void>>();
 
+  /** What an operation of this name waits for (see hold), if anything. */
+  gate(call: CallName): Promise<void> | undefined {
+    return this.gates.get(call);
+  }
+
   /** Simulates the agent process restarting: QEMUs run on, but it tracks none until a controller adopts them again. */
   restart(): void {
     this.instance = randomUUID();

@@ -25,6 +25,8 @@ export interface FakeHostFiles {
   /** Backing files set by relinkDisk or createDelta (top -> below). */
   readonly backing: Map<Locator, Locator | null>;
   check(call: CallName): void;
+  /** What an operation of this name waits for after its first progress (FakeAgent.hold), if anything. */
+  gate(call: CallName): Promise<void> | undefined;
 }
 
 const FAKE_SIZE = 1024 * 1024;
@@ -56,6 +58,7 @@ export function fakeMobilityHandlers(host: FakeHostFiles): Pick<AgentHandlers, k
   const op = async <T>(call: CallName, ctx: OperationContext, fn: () => T | Promise<T>): Promise<T> => {
     host.check(call);
     ctx.progress(0.5, `${call} half done`);
+    await host.gate(call);
     return fn();
   };
   /** Content id of a file as the real agent offers it: its sidecar's for a datastore disk, else from its bytes. */

@@ -11,9 +11,11 @@
 // of the VM go. Any failure or cancel (`task cancel`, move-vm.ts) before the
 // re-home removes what came to the destination and leaves the VM at its
 // source as it was; after the re-home a cancel is too late and the move ends.
-// The task journals both hosts first: a controller taking over the task of
-// one that died removes the files of the side the VM record does not name
-// (recoverColdMove).
+// The task journals both hosts first, and each fetch's operation id before it
+// starts: a controller taking over the task of one that died first stops that
+// fetch on the destination and waits for it to end (it would otherwise go on
+// writing into the folder being removed), then removes the files of the side
+// the VM record does not name (recoverColdMove).
 //
 // What this slice does not do yet: put the missing base layers in a datastore
 // of the destination (they land in the VM's folder), and move disks that are
@@ -22,7 +24,7 @@ import { IllegalStateError, OffshootError } from '../../common/index.ts';
 import type { VmRecord } from '../records.ts';
 import type { TaskContext } from '../tasks.ts';
 import type { Locator } from '../../protocol/index.ts';
-import { runOperation } from '../../protocol/index.ts';
+import { newOperationId, runOperation } from '../../protocol/index.ts';
 import type { DiskContentPlan } from './content-plan.ts';
 import { peerAddress } from './copy-file-op.ts';
 import type { StorageDeps } from './deps.ts';
@@ -52,12 +54,12 @@ export function checkColdMove(vm: VmRecord): void {
   }
 }
 
-/** One file from the source into `to` at the destination; answers the bytes copied. */
-async function fetchOne(deps: StorageDeps, vm: VmRecord, destId: string, from: Locator, to: Locator, signal: AbortSignal): Promise<number> {
+/** One file from the source into `to` at the destination, as operation `operationId` there; answers the bytes copied. */
+async function fetchOne(deps: StorageDeps, vm: VmRecord, destId: string, from: Locator, to: Locator, operationId: string, signal: AbortSignal): Promise<number> {
   const source = agentOn(deps, vm.hostId);
   const served = await source.openFileServer({ file: from, peer: peerAddress(deps, destId, vm.hostId) });
   try {
-    const copied = await runOperation(agentOn(deps, destId), 'fetchFile', { source: { url: served.url, token: served.token }, sourceName: from, target: to, ...deps.copy }, { signal });
+    const copied = await runOperation(agentOn(deps, destId), 'fetchFile', { operationId, source: { url: served.url, token: served.token }, sourceName: from, target: to, ...deps.copy }, { signal });
     if (copied.state !== 'done') throw signal.aborted && signal.reason instanceof Error ? signal.reason : new OffshootError('TASK_CANCELLED', `the copy of ${from} stopped`, { vm: vm.name, file: from }, 409);
     return copied.bytesCopied;
   } finally {
@@ -82,6 +84,29 @@ export interface ColdMoveJournal {
   vmId: string;
   sourceHostId: string;
   destinationHostId: string;
+  /** The fetch running (or last run) on the destination, journaled before it starts. */
+  fetchOperationId?: string;
+}
+
+/** How long recovery waits for a dead controller's fetch to stop (it stops after its chunk in flight). */
+const FETCH_STOP_WAIT_MS = 120_000;
+
+/** Stops a dead controller's fetch on the destination and waits until it has ended (however it ends). */
+async function stopFetch(deps: StorageDeps, hostId: string, operationId: string): Promise<void> {
+  const agent = agentOn(deps, hostId);
+  const notFound = (error: unknown) => error instanceof OffshootError && error.code === 'OPERATION_NOT_FOUND';
+  try {
+    await agent.cancelOperation({ operationId });
+    const deadline = Date.now() + FETCH_STOP_WAIT_MS;
+    while (Date.now() < deadline) {
+      const { operation } = await agent.getOperation({ operationId, afterSeq: 0, waitMs: 10_000, until: 'end' });
+      if (operation.state !== 'running') return;
+    }
+  } catch (error) {
+    if (notFound(error)) return;
+    throw error;
+  }
+  throw new OffshootError('TIMEOUT', `the copy ${operationId} on host ${deps.engine.hostName(hostId)} did not stop within ${FETCH_STOP_WAIT_MS / 1000} s; its files are left for the next recovery`, { operationId, host: hostId }, 504);
 }
 
 /**
@@ -96,6 +121,7 @@ export async function recoverColdMove(deps: StorageDeps, journal: ColdMoveJourna
   const rehomed = vm?.hostId === journal.destinationHostId;
   const leftover = rehomed ? journal.sourceHostId : journal.destinationHostId;
   const where = deps.engine.hostName(leftover);
+  if (!rehomed && journal.fetchOperationId) await stopFetch(deps, journal.destinationHostId, journal.fetchOperationId);
   await agentOn(deps, leftover).deleteVmFiles({ vmId: journal.vmId });
   return rehomed ? `the VM had been re-homed at ${deps.engine.hostName(journal.destinationHostId)}: its files at ${where} were removed` : `the move was rolled back: the VM stays at its source; what reached ${where} was removed`;
 }
@@ -118,7 +144,8 @@ export async function runColdMove(deps: StorageDeps, vm: VmRecord, dest: { id: s
   if (unplanned) throw new MovePlanStaleError(vm.name, `its disk ${unplanned.id} is not in the move plan`);
   const source = agentOn(deps, vm.hostId);
   const target = agentOn(deps, dest.id);
-  await ctx.journal({ vmId: vm.id, sourceHostId: vm.hostId, destinationHostId: dest.id } satisfies ColdMoveJournal);
+  const journal: ColdMoveJournal = { vmId: vm.id, sourceHostId: vm.hostId, destinationHostId: dest.id };
+  await ctx.journal(journal);
   const sent: ColdMoveResult['sent'] = [];
   const backings = new Map<string, Locator[]>();
   let moved: VmRecord;
@@ -131,7 +158,9 @@ export async function runColdMove(deps: StorageDeps, vm: VmRecord, dest: { id: s
       const copies = [{ from: d.file, to: d.file, format: d.format }, ...missing.map((l, j) => ({ from: l.file, to: `home:vms/${vm.id}/${d.id}-base${j}.${l.format}` as Locator, format: l.format }))];
       let bytes = 0;
       for (const c of copies) {
-        bytes += await fetchOne(deps, vm, dest.id, c.from, c.to, signal);
+        const operationId = newOperationId();
+        await ctx.journal({ ...journal, fetchOperationId: operationId } satisfies ColdMoveJournal);
+        bytes += await fetchOne(deps, vm, dest.id, c.from, c.to, operationId, signal);
         await deps.faults?.('move.sent-file');
         stopIfCancelled();
       }
