@@ -60,7 +60,7 @@ export interface GroupMemberResult {
   pacedBytesPerSecond: number | null;
   /** How long it waited braked at the start of its pre-copy (guest running) before the pacer started it: a light member starts late so that it finishes with the heavy one. */
   startDelayMs: number;
-  /** How long it ran its first pass started, at full bandwidth with a 1 ms downtime limit (guest running), until it was slowed, braked, or sent on its last run. */
+  /** How long it ran started at full bandwidth with a 1 ms downtime limit (guest running): its first pass, and past it for a busy one, until it was slowed, braked, or sent on its last run. */
   hoveredMs: number;
   /** From its release (or its landing straight from its first pass) until it was held at its switch-over; null when it was neither. */
   lastRunMs: number | null;
@@ -134,6 +134,8 @@ export interface Member extends GroupMember {
     sample: { at: number; remaining: number; pass: number } | null;
     /** What its current pass began with (the largest remaining figure reported in it; 0 in its first pass). */
     passBytes: number;
+    /** The highest dirty rate its source reported during its first pass (sampled before it started). */
+    firstPassDirty: number;
   };
   heldAt: number | null;
   continuedAt: number | null;

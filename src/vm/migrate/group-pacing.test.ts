@@ -10,11 +10,11 @@ const hover = { maxBandwidthBytesPerSecond: options.maxBandwidthBytesPerSecond, 
 // A light member braked at the brink of the end of its first pass: slowed, so that it crosses that end slowly.
 const slowed = { maxBandwidthBytesPerSecond: SLOW_BANDWIDTH, downtimeLimitMs: BRAKE_DOWNTIME_MS };
 // An idle member in its first pass: 200 MiB left, mostly zero pages (its remaining falls at 400 MiB/s while QEMU reports 100 MiB/s sent).
-const idle: PacedMember = { vmId: 'idle', phase: 'memory', pass: 1, remainingBytes: 200 * MiB, dirtyBytesPerSecond: 0, bandwidthBytesPerSecond: 100 * MiB, drainBytesPerSecond: 400 * MiB, passBytes: 0, started: true, braked: false, released: false, landed: false, sinceReportS: 0 };
+const idle: PacedMember = { vmId: 'idle', phase: 'memory', pass: 1, remainingBytes: 200 * MiB, dirtyBytesPerSecond: 0, bandwidthBytesPerSecond: 100 * MiB, drainBytesPerSecond: 400 * MiB, passBytes: 0, firstPassDirtyBytesPerSecond: 0, started: true, braked: false, released: false, landed: false, sinceReportS: 0 };
 // The same at the brink: 0.2 s from its switch-over at full speed (above BRINK_BYTES: at the brink by its estimate).
 const brink: PacedMember = { ...idle, remainingBytes: 30 * MiB + 0.2 * 400 * MiB };
 // A member rewriting 64 MiB: past its first pass, 64 MiB left at 100 MiB/s sent and 40 MiB/s dirtied, hovering.
-const busy: PacedMember = { vmId: 'busy', phase: 'memory', pass: 3, remainingBytes: 64 * MiB, dirtyBytesPerSecond: 40 * MiB, bandwidthBytesPerSecond: 100 * MiB, drainBytesPerSecond: 0, passBytes: 0, started: true, braked: false, released: false, landed: false, sinceReportS: 0 };
+const busy: PacedMember = { vmId: 'busy', phase: 'memory', pass: 3, remainingBytes: 64 * MiB, dirtyBytesPerSecond: 40 * MiB, bandwidthBytesPerSecond: 100 * MiB, drainBytesPerSecond: 0, passBytes: 0, firstPassDirtyBytesPerSecond: 40 * MiB, started: true, braked: false, released: false, landed: false, sinceReportS: 0 };
 // The same still in its first pass (150 MiB left at 100 MiB/s).
 const busyFirst: PacedMember = { ...busy, pass: 1, remainingBytes: 150 * MiB, drainBytesPerSecond: 100 * MiB };
 // Both waiting braked at the start of their pre-copy, not measured at full speed yet (the busy one's dirty rate sampled).
@@ -57,21 +57,26 @@ describe('group pacing (a gated start; light ones slowed at the brink of their f
     expect(paceGroup([idleWaiting, busy], options).get('idle')?.started).toBe(true);
   });
 
-  it('keeps every member past its first pass braked at a crawl while others are on their way, and times the last runs, the longest first', () => {
-    // A light member on its way, far from its brink: the busy one, past its first pass, waits at a crawl (guest running:
-    // nothing is synced, nothing switches over; hovering at full bandwidth cost the CPU the others needed).
-    expect(paceGroup([idle, busy], options).get('busy')).toMatchObject({ settings: crawl, braked: true, hovering: false });
+  it('keeps a light member past its first pass braked at a crawl, a busy one hovering, while others are on their way, and times the last runs, the longest first', () => {
+    // A light member on its way, far from its brink: the busy one (its guest dirtied 40 MiB/s in its first pass) hovers
+    // past its first pass (it keeps iterating, and auto-converge throttles it meanwhile).
+    expect(paceGroup([idle, busy], options).get('busy')).toMatchObject({ settings: hover, braked: false, hovering: true });
+    // One that dirtied little in its first pass waits at a crawl (guest running: nothing is synced, nothing switches over).
+    expect(paceGroup([idle, { ...busy, firstPassDirtyBytesPerSecond: MiB }], options).get('busy')).toMatchObject({ settings: crawl, braked: true, hovering: false });
     // So does a light member past its first pass (at full bandwidth it would find nothing dirty soon and switch over).
     expect(paceGroup([{ ...idle, pass: 2, remainingBytes: 2 * MiB }, busyFirst], options).get('idle')).toMatchObject({ settings: crawl, braked: true });
     expect(paceGroup([{ ...idle, pass: 2, remainingBytes: 0 }, { ...idle, vmId: 'other' }], options).get('idle')).toMatchObject({ settings: crawl, braked: true });
-    // Everyone ready (past the first pass, braked): the light one needs what is left (1 MiB) and what its guest dirtied
-    // since (taken as its pass's size, 2 MiB), within the group's limit at once: LAND_S; the busy one 0.57 s at the group's
-    // limit ((64 - 30) MiB at 60 MiB/s net) plus LAND_S: the busy one goes first, the light one waits at a crawl.
+    // Everyone ready (past the first pass): the light one (braked) needs what is left (1 MiB) and what its guest dirtied
+    // since (taken as its pass's size, 2 MiB), within the group's limit at once: LAND_S; the busy one 0.57 s at the
+    // group's limit ((64 - 30) MiB at 60 MiB/s net): it lands first, the light one waits at a crawl.
     const past = { ...idle, pass: 2, remainingBytes: MiB, passBytes: 2 * MiB, braked: true };
-    const waiting = { ...busy, braked: true };
-    const first = paceGroup([past, waiting], options);
-    expect(first.get('busy')).toMatchObject({ settings: full, braked: false });
+    const first = paceGroup([past, busy], options);
+    expect(first.get('busy')).toMatchObject({ settings: full, braked: false, hovering: false });
     expect(first.get('idle')).toMatchObject({ settings: crawl, braked: true });
+    // Whose turn has not come hovers on (busy) or waits at a crawl.
+    expect(paceGroup([{ ...past, passBytes: 200 * MiB }, busy], options).get('busy')).toMatchObject({ settings: hover, hovering: true });
+    // A busy one braked before (it dirtied little since) is treated as braked: what it dirtied meanwhile counts.
+    const waiting = { ...busy, braked: true };
     // What the busy one dirtied while braked counts: with a 64 MiB pass before, it needs longer still.
     expect(paceGroup([{ ...past, passBytes: 200 * MiB }, { ...waiting, passBytes: 64 * MiB }], options).get('idle')).toMatchObject({ settings: full, braked: false });
     // On its way, the busy one still needs more than the light one plus the window: the light one waits on...

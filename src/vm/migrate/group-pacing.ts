@@ -1,7 +1,7 @@
 // How a group's pre-copies are paced so that every member reaches its
 // switch-over (QEMU's pre-switchover point, where its guest stops) at about
 // the same time, with its guest running until then ("brake past the first
-// pass, and a timed last run").
+// pass, hover if busy, and a timed last run").
 //
 // What was measured (QEMU 7.2, TCG, 256 MiB members, group of 8 on 2 cores):
 // QEMU switches over when what is left after a dirty-bitmap sync fits its
@@ -50,11 +50,14 @@
 //             BRINK_S of its end (or at most BRINK_BYTES left: a mostly-zero
 //             tail drains faster than any rate measured before it) is slowed
 //             to SLOW_BANDWIDTH and crosses that end slowly
-//   brake     past its first pass every member not on its last run is braked
-//             to a crawl (BRAKE_FLOOR, 1 ms downtime limit), busy or not: it
-//             waits, guest running, with what its guest dirties piling up
-//             unsent (a busy one used to hover at full bandwidth, and light
-//             ones switched over alone)
+//   brake     past its first pass a member not on its last run is braked to
+//             a crawl (BRAKE_FLOOR, 1 ms downtime limit): it waits, guest
+//             running, with what its guest dirties piling up unsent (light
+//             ones used to hover at full bandwidth and switched over alone);
+//             one whose guest dirtied HOVER_DIRTY_BYTES_PER_SECOND or more in
+//             its first pass hovers instead (full bandwidth, 1 ms limit: its
+//             dirty set never fits, and auto-converge throttles it while the
+//             group waits, which shortens its last run)
 //   last run  once every member is past its first pass (or held), each
 //             braked member is released (the group's settings: it completes
 //             at an iteration boundary) so that all arrive together: the one
@@ -94,6 +97,8 @@ export interface PacedMember {
   released: boolean;
   /** Landed once (given the group's downtime limit after hovering): it keeps the group's settings. */
   landed: boolean;
+  /** The dirty rate its source reported during its first pass (sampled before it started): a busy guest hovers past its first pass. */
+  firstPassDirtyBytesPerSecond: number;
   /** What its current pass began with (past its first pass: what its guest dirtied during the pass before; 0 in its first pass). */
   passBytes: number;
   /** Seconds since its figures were reported (its remaining memory fell meanwhile if it runs at full speed). */
@@ -162,6 +167,11 @@ export function secondsToConverge(m: Pick<PacedMember, 'phase' | 'pass' | 'remai
 /** Past its first pass, or its guest dirties memory (HOVER_DIRTY_BYTES_PER_SECOND): it iterates with a 1 ms downtime limit when it runs. */
 export function busy(m: Pick<PacedMember, 'pass' | 'dirtyBytesPerSecond'>): boolean {
   return m.pass >= 2 || m.dirtyBytesPerSecond >= HOVER_DIRTY_BYTES_PER_SECOND;
+}
+
+/** Its guest dirtied memory at HOVER_DIRTY_BYTES_PER_SECOND or more in its first pass: past it, it hovers (full bandwidth, 1 ms downtime limit) instead of waiting at a crawl, so that auto-converge throttles it while the group waits. */
+export function hovers(m: Pick<PacedMember, 'firstPassDirtyBytesPerSecond'>): boolean {
+  return m.firstPassDirtyBytesPerSecond >= HOVER_DIRTY_BYTES_PER_SECOND;
 }
 
 /** On its last run (released from the brink, or landed): it keeps the group's settings. */
@@ -239,7 +249,7 @@ export function paceGroup(members: PacedMember[], options: PaceOptions): Map<str
   // brake: a light member at the brink of the end of its first pass while another one on its way needs more than the
   // window longer (later a crawl does not hold it: QEMU finds nothing dirty in an idle guest and switches over).
   for (const m of goingOn) {
-    decide(m, !onLastRun(m) && ((!busy(m) && atBrink(m)) || m.pass >= 2) ? 'crawl' : running(m), true);
+    decide(m, !onLastRun(m) && ((!busy(m) && atBrink(m)) || (m.pass >= 2 && !hovers(m))) ? 'crawl' : running(m), true);
   }
   // Until every member is ready, braked members stay braked and the others hover.
   const braked = copying.filter((c) => c.started && c.braked);
@@ -269,8 +279,8 @@ export function paceGroup(members: PacedMember[], options: PaceOptions): Map<str
     // help) goes first, and the others wait, guest running, until its estimate comes within their own or it is held
     // (they used to go with it and wait held, guest stopped, 2-3 s, while its throttle caught up).
     const go = lastRunOf(m) + windowS >= arrival;
-    // Not its turn: it waits braked (at full bandwidth a light one would reach its end early).
-    decide(m, go ? 'full' : 'crawl', true);
+    // Not its turn: it waits braked (at full bandwidth a light one would reach its end early), a busy one hovers.
+    decide(m, go ? 'full' : m.braked || !hovers(m) ? 'crawl' : 'hover', true);
   }
   return decisions;
 }
