@@ -60,9 +60,9 @@ export interface GroupMemberResult {
   pacedBytesPerSecond: number | null;
   /** How long it waited braked at the start of its pre-copy (guest running) before the pacer started it: a light member starts late so that it finishes with the heavy one. */
   startDelayMs: number;
-  /** How long it ran started but held back: full bandwidth with a 1 ms downtime limit, guest running (a busy guest keeps iterating so), until its last run. */
+  /** How long it ran started at full bandwidth with a 1 ms downtime limit (guest running): its first pass, and past it for a busy one, until it was slowed, braked, or sent on its last run. */
   hoveredMs: number;
-  /** From its release from the brink (or its landing after hovering) until it was held at its switch-over; null when it was neither. */
+  /** From its release (or its landing straight from its first pass) until it was held at its switch-over; null when it was neither. */
   lastRunMs: number | null;
   /** Where its whole stop went (wall clocks; null when it did not reach them all). */
   breakdown: StopBreakdown | null;
@@ -132,6 +132,10 @@ export interface Member extends GroupMember {
     bandwidthPeak: number;
     drainPeak: number;
     sample: { at: number; remaining: number; pass: number } | null;
+    /** What its current pass began with (the largest remaining figure reported in it; 0 in its first pass). */
+    passBytes: number;
+    /** The highest dirty rate its source reported during its first pass (sampled before it started). */
+    firstPassDirty: number;
   };
   heldAt: number | null;
   continuedAt: number | null;

@@ -1,21 +1,27 @@
 // How a group's pre-copies are paced so that every member reaches its
 // switch-over (QEMU's pre-switchover point, where its guest stops) at about
-// the same time, with its guest running until then ("hover, brake, and a
-// timed last run").
+// the same time, with its guest running until then ("brake past the first
+// pass, hover if busy, and a timed last run").
 //
-// What was measured (QEMU 7.2, TCG, 256 MiB members): an idle member finishes
-// its first pass over memory long before a member whose guest rewrites memory,
-// and once that pass is done it converges whatever its downtime limit: its
-// dirty set after a bitmap sync is often empty, and QEMU switches over when
-// nothing is left. So no QEMU parameter keeps an idle member iterating after
-// its first pass; what can be timed is the end of that pass. A member whose
-// guest dirties memory is different: with a 1 ms downtime limit QEMU never
-// finds its dirty set small enough and it keeps iterating, at full speed,
-// guest running, for as long as the group needs ("hovering"); given its real
-// limit back it completes at its next iteration boundary. A first pass's time
-// is not the bandwidth QEMU reports (zero pages cost a few bytes each), so
-// each member's *drain rate* (how fast its remaining memory falls, seen while
-// it runs at full speed) is what its time is estimated from.
+// What was measured (QEMU 7.2, TCG, 256 MiB members, group of 8 on 2 cores):
+// QEMU switches over when what is left after a dirty-bitmap sync fits its
+// downtime limit at its bandwidth, and it syncs when what is left of a pass
+// falls under that. A member that keeps sending (at full bandwidth, or even at
+// 8 MiB/s) soon makes its passes small: a light guest's dirty set shrinks pass
+// by pass until a sync finds (nearly) nothing, and it switches over alone,
+// then waits held, guest stopped (3 of 8 light members at 8 MiB/s within
+// 2-14 s, held 3-17 s; hovering at full bandwidth also cost the CPU the others
+// needed and had auto-converge throttle light guests). A member braked to a
+// crawl past its first pass sends about a page per rate period: what is left
+// of its pass never runs out, no sync comes, and it waits, guest running, for
+// as long as the group needs (with one memory channel: with multifd QEMU sends
+// a batch of pages per period, ~5 MB/s, which run-group.ts avoids by the
+// group's default of one channel). The end of the first pass is the moment
+// to cross slowly: a light member at its brink is slowed (SLOW_BANDWIDTH), so
+// that its next passes last long enough to be seen and braked. A first
+// pass's time is not the bandwidth QEMU reports (zero pages cost a few bytes
+// each), so each member's *drain rate* (how fast its remaining memory falls,
+// seen while it runs at full speed) is what its time is estimated from.
 //
 // From every member's last progress (the runner asks on each progress report,
 // about every 50 ms for a group member, and every 50 ms besides):
@@ -26,11 +32,10 @@
 //             QEMU measures none during the first pass), at its bandwidth
 //             less its dirty rate later (Infinity when it does not converge),
 //             less the time since its figures were reported while it runs at
-//             full speed. A hovering member's eta is the rest of its first
-//             pass (0 after it: from then on it can land at any time). A
-//             member not measured at full speed yet is estimated with the
-//             group's best rates (or a nominal rate before anyone ran).
-//             A held member: 0.
+//             full speed. A busy member's eta is the rest of its first pass
+//             (0 after it). A member not measured at full speed yet is
+//             estimated with the group's best rates (or a nominal rate before
+//             anyone ran). A held member: 0.
 //   gate      every member starts its pre-copy braked (a crawl, 1 ms downtime
 //             limit: nothing moves, its guest runs); nobody starts until every
 //             member is in its pre-copy (disk mirrors ready, dirty rate
@@ -40,38 +45,37 @@
 //   start     then the member that needs the longest starts first; each other
 //             one starts when the slowest still on its way needs no more than
 //             its own estimate plus LEAD_S
-//   hover     a started member runs at full bandwidth with a 1 ms downtime
-//             limit until its last run: in its first pass nothing changes,
-//             after it a member whose guest dirties memory (busy: past its
-//             first pass, or a sampled dirty rate of HOVER_DIRTY_BYTES_PER_SECOND
-//             or more) keeps iterating, guest running, and cannot arrive first
-//             (it used to arrive first and wait, guest stopped, 1.4-1.8 s, while
-//             the light members were released and finished); only a truly idle
-//             guest (nothing dirty after its first pass) arrives at its end
-//   brake     a light member at the brink of the end of its first pass (eta
-//             within BRINK_S, or at most BRINK_BYTES left: a mostly-zero tail
-//             drains faster than any rate measured before it) while another
-//             member is still on its way (not ready, needing more than the
-//             window longer) runs at a crawl (BRAKE_FLOOR) with a 1 ms downtime
-//             limit: it stays in pre-copy, guest running (only in the first
-//             pass: later an idle guest's dirty set is often empty and QEMU
-//             switches over at any speed)
-//   last run  once every member is ready (held, braked, at its brink, or
-//             hovering past its first pass), each braked member is released
-//             and each hovering one landed (the group's downtime limit again:
-//             it completes at an iteration boundary) so that all arrive
-//             together: the one whose last run takes longest goes first (a
-//             light one: what it has left at the bytes QEMU sends, since the
-//             tail of an idle guest's memory holds data, not zero pages; a
-//             hovering one: its passes at the group's limit), each other one
-//             when the longest still on its way needs no more than its own
-//             plus LEAD_S. Released or landed, a member is never braked or
-//             hovering again. (Measured before: a release on the slowest's
-//             estimate came 1.3-3.7 s too early under load; a hovering member
-//             landed with the light ones arrived 0.2-2 s after them.)
+//   first     a started member runs its first pass at full bandwidth with a
+//   pass      1 ms downtime limit ("hovering"); a light one within
+//             BRINK_S of its end (or at most BRINK_BYTES left: a mostly-zero
+//             tail drains faster than any rate measured before it) is slowed
+//             to SLOW_BANDWIDTH and crosses that end slowly
+//   brake     past its first pass a member not on its last run is braked to
+//             a crawl (BRAKE_FLOOR, 1 ms downtime limit): it waits, guest
+//             running, with what its guest dirties piling up unsent (light
+//             ones used to hover at full bandwidth and switched over alone);
+//             one whose guest dirtied HOVER_DIRTY_BYTES_PER_SECOND or more in
+//             its first pass hovers instead (full bandwidth, 1 ms limit: its
+//             dirty set never fits, and auto-converge throttles it while the
+//             group waits, which shortens its last run)
+//   last run  once every member is past its first pass (or held), each
+//             braked member is released (the group's settings: it completes
+//             at an iteration boundary) so that all arrive together: the one
+//             whose last run takes longest goes first (what it has left plus
+//             what its guest dirtied while braked, taken as the size of its
+//             pass before, at its passes at the group's limit, plus LAND_S),
+//             each other one when the longest still on its way needs no more
+//             than its own plus the group's window. One whose last run has no
+//             end by the estimate goes alone and the others wait, guest
+//             running, until its estimate comes within theirs or it is held
+//             (they used to go with it and wait held 2-3 s while its throttle
+//             caught up). Released, a member is never braked again. (Measured
+//             before: a release from the brink of the first pass, whose rest
+//             is data, was off by half its 1-3.5 s under load, and members
+//             waited held 1-3 s.)
 // Members still mirroring disks or not reporting yet keep the gate closed.
-// Pure: the runner (run-group.ts) measures drain rates and applies the
-// answers through setMigrationParameters.
+// Pure: the runner (run-group.ts) measures drain rates and pass sizes and
+// applies the answers through setMigrationParameters.
 
 export interface PacedMember {
   vmId: string;
@@ -93,6 +97,10 @@ export interface PacedMember {
   released: boolean;
   /** Landed once (given the group's downtime limit after hovering): it keeps the group's settings. */
   landed: boolean;
+  /** The dirty rate its source reported during its first pass (sampled before it started): a busy guest hovers past its first pass. */
+  firstPassDirtyBytesPerSecond: number;
+  /** What its current pass began with (past its first pass: what its guest dirtied during the pass before; 0 in its first pass). */
+  passBytes: number;
   /** Seconds since its figures were reported (its remaining memory fell meanwhile if it runs at full speed). */
   sinceReportS: number;
 }
@@ -116,14 +124,25 @@ export interface PaceOptions extends PaceSettings {
 export const BRAKE_FLOOR = 2 ** 10;
 /** A braked or hovering member's downtime limit: it converges only if nearly nothing is left. */
 export const BRAKE_DOWNTIME_MS = 1;
-/** How close to the end of its first pass (at full speed) a light member is braked: a few progress reports. */
+/** How close to the end of its first pass (at full speed) a light member is slowed: a few progress reports. */
 export const BRINK_S = 0.25;
 /** At most this much left in its first pass: at the brink whatever its estimate (a mostly-zero tail drains at several hundred MiB/s). */
 export const BRINK_BYTES = 24 * 2 ** 20;
 /** How much earlier than the slowest's estimate a member is started: the control path's delay (the call, QEMU's next rate period, the report of its arrival). */
 export const LEAD_S = 0.15;
-/** A guest dirtying memory at least this fast keeps iterating with a 1 ms downtime limit: it hovers (an idle guest dirties well under 1 MiB/s). */
+/** A guest dirtying memory at least this fast (its sampled rate) is busy: it is not slowed at the brink of the end of its first pass, it runs through it (an idle guest dirties well under 1 MiB/s). */
 export const HOVER_DIRTY_BYTES_PER_SECOND = 4 * 2 ** 20;
+/**
+ * A light member's bandwidth cap from the brink of the end of its first pass until it is past that end: slow enough
+ * that its next passes (what its guest dirtied meanwhile) last long enough for the runner to see it past its first pass
+ * and brake it to a crawl (its threshold, this rate times the 1 ms downtime limit, is under a page: QEMU switches over
+ * only if a sync finds nothing dirty), fast enough that it crosses the end of its first pass within seconds. (At 8
+ * MiB/s with the 1 ms limit light members iterated in passes of 0.5-1 MiB, were throttled by auto-converge, and three
+ * of eight found nothing dirty within 2-14 s and switched over alone.)
+ */
+export const SLOW_BANDWIDTH = 4 * 2 ** 20;
+/** What a braked member adds to its last run: QEMU measures its new bandwidth (the threshold it switches over at) over its next 100 ms period, and it sends what its guest dirtied while braked. */
+export const LAND_S = 0.15;
 /** The drain rate assumed before any member of the group ran at full speed (only the order of the starts depends on it then). */
 export const NOMINAL_BYTES_PER_SECOND = 200 * 2 ** 20;
 
@@ -145,9 +164,14 @@ export function secondsToConverge(m: Pick<PacedMember, 'phase' | 'pass' | 'remai
   return net > 0 ? (m.remainingBytes - stopWith) / net : Number.POSITIVE_INFINITY;
 }
 
-/** It keeps iterating with a 1 ms downtime limit: past its first pass, or its guest dirties memory (HOVER_DIRTY_BYTES_PER_SECOND). */
+/** Past its first pass, or its guest dirties memory (HOVER_DIRTY_BYTES_PER_SECOND): it iterates with a 1 ms downtime limit when it runs. */
 export function busy(m: Pick<PacedMember, 'pass' | 'dirtyBytesPerSecond'>): boolean {
   return m.pass >= 2 || m.dirtyBytesPerSecond >= HOVER_DIRTY_BYTES_PER_SECOND;
+}
+
+/** Its guest dirtied memory at HOVER_DIRTY_BYTES_PER_SECOND or more in its first pass: past it, it hovers (full bandwidth, 1 ms downtime limit) instead of waiting at a crawl, so that auto-converge throttles it while the group waits. */
+export function hovers(m: Pick<PacedMember, 'firstPassDirtyBytesPerSecond'>): boolean {
+  return m.firstPassDirtyBytesPerSecond >= HOVER_DIRTY_BYTES_PER_SECOND;
 }
 
 /** On its last run (released from the brink, or landed): it keeps the group's settings. */
@@ -168,7 +192,8 @@ export interface PaceDecision {
 
 /** In its pre-copy with its first figures (or already at its switch-over): the group can pace it. */
 function inPrecopy(m: PacedMember): boolean {
-  return m.phase === 'held' || m.phase === 'switching' || (m.phase === 'memory' && m.pass >= 1 && m.remainingBytes > 0);
+  // (Past its first pass a member often reports nothing left between two syncs: it is in its pre-copy all the same.)
+  return m.phase === 'held' || m.phase === 'switching' || (m.phase === 'memory' && (m.pass >= 2 || (m.pass >= 1 && m.remainingBytes > 0)));
 }
 
 /** What each member in pre-copy should run with now, by VM id. */
@@ -176,6 +201,7 @@ export function paceGroup(members: PacedMember[], options: PaceOptions): Map<str
   const full: PaceSettings = { maxBandwidthBytesPerSecond: options.maxBandwidthBytesPerSecond, downtimeLimitMs: options.downtimeLimitMs };
   const crawl: PaceSettings = { maxBandwidthBytesPerSecond: Math.min(options.maxBandwidthBytesPerSecond, BRAKE_FLOOR), downtimeLimitMs: Math.min(BRAKE_DOWNTIME_MS, options.downtimeLimitMs) };
   const hover: PaceSettings = { maxBandwidthBytesPerSecond: options.maxBandwidthBytesPerSecond, downtimeLimitMs: crawl.downtimeLimitMs };
+  const slow: PaceSettings = { maxBandwidthBytesPerSecond: Math.min(options.maxBandwidthBytesPerSecond, SLOW_BANDWIDTH), downtimeLimitMs: crawl.downtimeLimitMs };
   const copying = members.filter((m) => m.phase === 'memory');
   // The group's best rates stand in for those of a member not measured at full speed yet.
   const drain = Math.max(0, ...members.map((m) => m.drainBytesPerSecond)) || Math.max(0, ...members.map((m) => m.bandwidthBytesPerSecond)) || NOMINAL_BYTES_PER_SECOND;
@@ -191,7 +217,7 @@ export function paceGroup(members: PacedMember[], options: PaceOptions): Map<str
   const etaOf = (m: PacedMember) => eta.get(m.vmId) ?? 0;
   const decisions = new Map<string, PaceDecision>();
   const decide = (m: PacedMember, how: 'crawl' | 'full' | 'hover', started: boolean) =>
-    decisions.set(m.vmId, { settings: how === 'crawl' ? crawl : how === 'hover' ? hover : full, braked: how === 'crawl', started, hovering: how === 'hover', etaSeconds: etaOf(m) });
+    decisions.set(m.vmId, { settings: how === 'crawl' ? (started && m.phase === 'memory' && m.pass <= 1 ? slow : crawl) : how === 'hover' ? hover : full, braked: how === 'crawl', started, hovering: how === 'hover', etaSeconds: etaOf(m) });
   if (members.length < 2) {
     for (const m of copying) decide(m, 'full', true);
     return decisions;
@@ -216,14 +242,14 @@ export function paceGroup(members: PacedMember[], options: PaceOptions): Map<str
   for (const m of waiting) decide(m, starting.includes(m) ? running(m) : 'crawl', starting.includes(m));
   // Ready: it waits for the group (held, braked at the brink, hovering past its first pass), is at its brink, or on its last run.
   const atBrink = (m: PacedMember) => etaOf(m) <= BRINK_S || m.remainingBytes <= BRINK_BYTES;
-  const ready = (m: PacedMember, braked: boolean, started: boolean) =>
-    m.phase === 'held' || m.phase === 'switching' || (started && (braked || onLastRun(m) || (busy(m) ? m.pass >= 2 : atBrink(m))));
-  const onItsWay = (m: PacedMember) => m.phase === 'memory' && !ready(m, decisions.get(m.vmId)?.braked ?? m.braked, decisions.get(m.vmId)?.started ?? m.started);
+  // (Not at its brink: the rest of a first pass is data, whose time under load was off by half; past it a member's last
+  // run is what its guest dirtied, sent at full bandwidth.)
+  const ready = (m: PacedMember, started: boolean) => m.phase === 'held' || m.phase === 'switching' || (started && (onLastRun(m) || m.pass >= 2));
+  const onItsWay = (m: PacedMember) => m.phase === 'memory' && !ready(m, decisions.get(m.vmId)?.started ?? m.started);
   // brake: a light member at the brink of the end of its first pass while another one on its way needs more than the
   // window longer (later a crawl does not hold it: QEMU finds nothing dirty in an idle guest and switches over).
   for (const m of goingOn) {
-    const later = members.filter((o) => o !== m && onItsWay(o) && etaOf(o) - etaOf(m) > windowS);
-    decide(m, !onLastRun(m) && !busy(m) && atBrink(m) && later.length > 0 ? 'crawl' : running(m), true);
+    decide(m, !onLastRun(m) && ((!busy(m) && atBrink(m)) || (m.pass >= 2 && !hovers(m))) ? 'crawl' : running(m), true);
   }
   // Until every member is ready, braked members stay braked and the others hover.
   const braked = copying.filter((c) => c.started && c.braked);
@@ -240,18 +266,21 @@ export function paceGroup(members: PacedMember[], options: PaceOptions): Map<str
     // Past its first pass: its passes at the group's downtime limit; in it, the rest of its pass at the bytes QEMU sends
     // (the tail of an idle guest's memory holds data, not zero pages: measured at the rate QEMU reports, 1.5-2.6 s for
     // 15-26 MiB at load 20, where its drain rate said 0.2 s).
-    const own = m.pass >= 2 ? secondsToConverge({ ...m, bandwidthBytesPerSecond: rate }, options.downtimeLimitMs) : m.remainingBytes / rate;
-    return m.braked ? own : Math.max(0, own - m.sinceReportS);
+    // Braked past its first pass, it also sends what its guest dirtied meanwhile (no sync counts it: taken as its pass's
+    // size, what it dirtied during its pass before).
+    const own = m.pass >= 2 ? secondsToConverge({ ...m, remainingBytes: m.remainingBytes + (m.braked ? m.passBytes : 0), bandwidthBytesPerSecond: rate }, options.downtimeLimitMs) : m.remainingBytes / rate;
+    return m.braked ? own + LAND_S : Math.max(0, own - m.sinceReportS);
   };
   const goers = goingOn.filter(onLastRun);
   const waitingToGo = copying.filter((m) => m.started && !onLastRun(m));
   const arrival = Math.max(0, ...(goers.length > 0 ? goers : waitingToGo).map(lastRunOf));
   for (const m of waitingToGo) {
-    // Unknown (it does not converge by the estimate: auto-converge's throttle must help): it goes, and so does everyone.
-    const go = !Number.isFinite(arrival) || lastRunOf(m) + LEAD_S >= arrival;
-    // Not its turn: a light one in its first pass waits braked (at full bandwidth it would reach the end of its pass, and
-    // an idle guest arrives there whatever its limit), a busy one hovers.
-    decide(m, go ? 'full' : m.braked || !busy(m) ? 'crawl' : 'hover', true);
+    // One whose last run has no end by the estimate (it dirties faster than it sends: auto-converge's throttle must
+    // help) goes first, and the others wait, guest running, until its estimate comes within their own or it is held
+    // (they used to go with it and wait held, guest stopped, 2-3 s, while its throttle caught up).
+    const go = lastRunOf(m) + windowS >= arrival;
+    // Not its turn: it waits braked (at full bandwidth a light one would reach its end early), a busy one hovers.
+    decide(m, go ? 'full' : m.braked || !hovers(m) ? 'crawl' : 'hover', true);
   }
   return decisions;
 }

@@ -23,7 +23,8 @@ export const groupMigrateRequestSchema = migrateRequestSchema
     downtimeLimitMs: z.number().int().min(1).max(600_000).default(150).describe("the longest stop QEMU plans for at each member's switch-over (a group's default is lower than a single migration's: the barrier and the group's start add to every member's stop)"),
     autoConverge: z.boolean().default(true).describe("throttle a member's vCPUs while its guest dirties memory faster than it is sent, so it converges with the others (a group's default: on, unless a migration policy says otherwise)"),
     mode: z.enum(GROUP_MODES).default('consistent').describe('consistent: all members move or none (default); available: the members that reached their switch-over move, the others stay'),
-    windowMs: z.number().int().min(50).max(600_000).default(150).describe('members whose pre-copy would end more than this before the slowest one are braked (guest running) until the slowest is this close'),
+    windowMs: z.number().int().min(50).max(600_000).default(150).describe("how close the members' arrivals at their switch-over are aimed (each member's last run starts when the longest still on its way needs no more than its own plus this)"),
+    multifdChannels: z.number().int().min(1).max(16).default(1).describe("parallel channels for each member's memory (a group's default is one: with several, QEMU 7.2 sends a member braked by the pacer a batch of pages each rate period, ~5 MB/s, and it cannot wait past its first pass)"),
   })
   .strict();
 export type GroupMigrateRequest = z.output<typeof groupMigrateRequestSchema>;

@@ -14,13 +14,16 @@
 //             once its mirrors are ready) and the pacer (group-pacing.ts, at
 //             each progress report, every 50 ms for a group member, and every
 //             50 ms besides) starts the longest first and the others when the
-//             slowest needs no more than they do; a started member runs at full
-//             bandwidth with a 1 ms downtime limit (a busy one hovers, iterating,
-//             after its first pass), a light one at the brink of the end of its
-//             first pass is braked while another is on its way; once all are
-//             ready the braked ones are released and the hovering ones landed
-//             (the group's settings), the longest last run first, so all reach
-//             their switch-over at about the same time
+//             slowest needs no more than they do; a started member runs its
+//             first pass at full bandwidth with a 1 ms downtime limit, a light
+//             one is slowed at the brink of its end, and past it a member
+//             waits braked at a crawl, guest running (one whose guest dirties
+//             memory fast hovers at full bandwidth); once all are past their
+//             first pass the braked ones are released (the group's settings),
+//             the longest last run first, so all reach their switch-over at
+//             about the same time. Members use one memory channel unless the
+//             request asks for more (group-request.ts: with multifd a crawl
+//             does not hold a member past its first pass)
 //   commit    when every member is held, all are continued at once; each
 //             arrives (completed, its destination paused), then all
 //             destinations are started together (group-switch.ts)
@@ -73,7 +76,7 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
       const agents = { source: ctx.fleet.agent(g.source.id), destination: ctx.fleet.agent(g.destination.id) };
       const plan = await planMigration(g.vm, g.source, g.destination, agents, { ...request, postcopy: 'never' });
       const journal: MigrateJournal = { vmId: g.vm.id, phase: 'path', previous: g.previous, sourceHostId: g.source.id, destinationHostId: g.destination.id, pathId: newOperationId(), prepareOperationId: newOperationId(), awaitOperationId: newOperationId(), migrateOperationId: newOperationId(), destinationSpec: plan.destinationSpec, destinationRuntime: null };
-      const pace = { applied: full, braked: false, released: false, started: group.length < 2, waitingSince: null, startDelayMs: 0, sending: Promise.resolve(), brakedSince: null, brakedMs: 0, lowest: null, hovering: false, landed: false, hoverSince: null, hoveredMs: 0, landedAt: null, releasedAt: null, reportedAt: 0, bandwidthPeak: 0, drainPeak: 0, sample: null };
+      const pace = { applied: full, braked: false, released: false, started: group.length < 2, waitingSince: null, startDelayMs: 0, sending: Promise.resolve(), brakedSince: null, brakedMs: 0, lowest: null, hovering: false, landed: false, hoverSince: null, hoveredMs: 0, landedAt: null, releasedAt: null, reportedAt: 0, bandwidthPeak: 0, drainPeak: 0, sample: null, passBytes: 0, firstPassDirty: 0 };
       members.push({ ...g, agents, plan, journal, controller: new AbortController(), state: 'planned', path: null, prepared: false, progress: null, pace, heldAt: null, continuedAt: null, at: { held: null, continued: null, arrived: null, startSent: null }, out: null, outcome: null, incoming: null, error: null });
     }
   } catch (err) {
@@ -200,8 +203,12 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
       signal: m.controller.signal,
       onProgress: (e) => {
         const d = (e.data ?? {}) as Partial<MigrationProgress>;
+        const prevPass = m.progress?.pass;
         m.progress = { phase: d.phase ?? 'memory', pass: d.pass ?? 0, remainingBytes: d.remainingBytes ?? 0, dirtyBytesPerSecond: d.dirtyBytesPerSecond ?? 0, bandwidthBytesPerSecond: d.bandwidthBytesPerSecond ?? 0, expectedDowntimeMs: d.expectedDowntimeMs ?? null, diskDoneBytes: d.diskDoneBytes ?? 0, diskTotalBytes: d.diskTotalBytes ?? 0 };
         m.pace.reportedAt = performance.now();
+        // The size its current pass began with (past its first pass: what its guest dirtied during the pass before).
+        if (m.progress.phase === 'memory' && m.progress.pass <= 1) m.pace.firstPassDirty = Math.max(m.pace.firstPassDirty, m.progress.dirtyBytesPerSecond);
+        if (m.progress.pass >= 2) m.pace.passBytes = prevPass === m.progress.pass ? Math.max(m.pace.passBytes, m.progress.remainingBytes) : m.progress.remainingBytes;
         observe(m, m.pace.reportedAt);
         if (d.phase === 'held' && m.state === 'copying') {
           m.state = 'held';
@@ -273,7 +280,7 @@ function pace(members: Member[], options: Parameters<typeof paceGroup>[1]): void
   const decisions = paceGroup(
     live.map((m) => {
       const p = m.progress;
-      return { vmId: m.vm.id, phase: m.state === 'held' ? 'held' : (p?.phase ?? 'preparing'), pass: p?.pass ?? 0, remainingBytes: p?.remainingBytes ?? 0, dirtyBytesPerSecond: p?.dirtyBytesPerSecond ?? 0, bandwidthBytesPerSecond: bandwidthOf(m), drainBytesPerSecond: m.pace.drainPeak, started: m.pace.started, braked: m.pace.braked, released: m.pace.released, landed: m.pace.landed, sinceReportS: p ? Math.max(0, now - m.pace.reportedAt) / 1000 : 0 };
+      return { vmId: m.vm.id, phase: m.state === 'held' ? 'held' : (p?.phase ?? 'preparing'), pass: p?.pass ?? 0, remainingBytes: p?.remainingBytes ?? 0, dirtyBytesPerSecond: p?.dirtyBytesPerSecond ?? 0, bandwidthBytesPerSecond: bandwidthOf(m), drainBytesPerSecond: m.pace.drainPeak, passBytes: m.pace.passBytes, firstPassDirtyBytesPerSecond: m.pace.firstPassDirty, started: m.pace.started, braked: m.pace.braked, released: m.pace.released, landed: m.pace.landed, sinceReportS: p ? Math.max(0, now - m.pace.reportedAt) / 1000 : 0 };
     }),
     options,
   );
