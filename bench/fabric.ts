@@ -17,8 +17,9 @@
 // booted and running together (default: as many as the pool), measured the
 // same way (and the warm pool's memory beside the paused one's). Defaults
 // follow issue 14: 50 claims, 20 at once (the pool holds a whole wave), a
-// pool of 16. Percentiles of the claims, the machine's load
-// and the pool's memory split are in the notes. `--only warm`: the warm pool's
+// pool of 16. Percentiles of the claims, the machine's load, the CPU a wave
+// took per claim (the children's QEMUs, and this process: controller and
+// agent) and the pool's memory split are in the notes. `--only warm`: the warm pool's
 // claims (one at a time, in waves, in waves with a script) and the baselines
 // only, for a quicker comparison (~1.5 min instead of ~4).
 import { readFile, stat } from 'node:fs/promises';
@@ -157,10 +158,16 @@ async function claimWaves(daemon: RunningDaemon, o: { claims: number; concurrenc
   const timings: Timings[] = [];
   let served = 0;
   let forked = 0;
+  const cpu = { waveMs: 0, qemuMs: 0, selfMs: 0 };
   while (served < o.claims) {
     const wave = Math.min(o.concurrency, o.claims - served);
     await daemon.fabric.scale('bench', { ready: Math.max(o.poolSize, wave), warm: o.warm }, { wait: true });
     await daemon.fabric.keeper.settled();
+    // The CPU the wave took: the pool children's QEMUs (the claims' guest steps) and this process (controller and agent).
+    const pids = (await daemon.engine.list()).filter((v) => v.name.startsWith('bench-') && v.runtime?.pid).map((v) => v.runtime?.pid as number);
+    const ticks0 = await Promise.all(pids.map((pid) => cpuTicks(pid).catch(() => 0)));
+    const self0 = process.cpuUsage();
+    const w0 = performance.now();
     const results = await Promise.all(
       Array.from({ length: wave }, async () => {
         const s = performance.now();
@@ -169,6 +176,11 @@ async function claimWaves(daemon: RunningDaemon, o: { claims: number; concurrenc
         return { ms: performance.now() - s, c };
       }),
     );
+    cpu.waveMs += performance.now() - w0;
+    const self = process.cpuUsage(self0);
+    cpu.selfMs += (self.user + self.system) / 1000;
+    const ticks1 = await Promise.all(pids.map((pid) => cpuTicks(pid).catch(() => 0)));
+    cpu.qemuMs += ticks1.reduce((sum, t, i) => sum + Math.max(0, t - (ticks0[i] as number)), 0) * 10;
     for (const r of results) {
       if (r.c.source !== 'pool') forked++;
       else {
@@ -180,7 +192,8 @@ async function claimWaves(daemon: RunningDaemon, o: { claims: number; concurrenc
     await daemon.fabric.keeper.settled();
     for (const r of results) await remove(daemon, r.c.vm.id);
   }
-  const summary = `${summarize(samples, timings)}; waves of ${o.concurrency}; ${forked} claims found no ready child`;
+  const perClaim = (ms: number) => (ms / Math.max(1, o.claims)).toFixed(1);
+  const summary = `${summarize(samples, timings)}; waves of ${o.concurrency}; ${forked} claims found no ready child; CPU per claim: the children's QEMUs ${perClaim(cpu.qemuMs)} ms, this process ${perClaim(cpu.selfMs)} ms (over ${cpu.waveMs.toFixed(0)} ms of waves on ${cpus().length} cpus)`;
   process.stderr.write(`claims in waves ${samples.map((x) => x.toFixed(0)).join(', ')} ms: ${summary}\n`);
   return { samples, summary };
 }

@@ -2,12 +2,13 @@
 // agent, which passes the same contract as the real one: a real SQLite
 // inventory, the real engine, fleet and fabric service, a host whose "QEMU"
 // lives in memory. The pool keeper fills, refills after claims, shrinks and
-// holds within a memory budget; claims never share a child and fork on
-// demand when the pool is empty; template delete refuses while children
+// holds within a memory budget, and makes no child while a claim hands one of
+// the pool out; claims never share a child and fork on demand when the pool
+// is empty; template delete refuses while children
 // exist and with --force leaves claimed children running. The same paths run
 // against real QEMU in tests/e2e/fabric.test.ts.
 import { describe, expect, it } from 'vitest';
-import { silentLogger } from '../src/common/index.ts';
+import { silentLogger, sleep } from '../src/common/index.ts';
 import type { TemplateView } from '../src/vm/index.ts';
 import { FabricService, VmEngine, poolKey } from '../src/vm/index.ts';
 import { codeOf } from '../src/protocol/contract-support.ts';
@@ -91,6 +92,23 @@ describe('fabric orchestration against the fake agent', () => {
     for (const r of results) expect(r.vm.state).toBe('running');
     await s.fabric.keeper.settled();
     expect(await s.pool('web')).toMatchObject({ ready: 2, claimed: 4 });
+  });
+
+  it('makes no new pool child while a claim hands one of the pool out, and fills once the hand-outs ended', async () => {
+    const s = await setup();
+    closers.push(s.close);
+    const t = await s.template('web');
+    const p = t.placements[0] as (typeof t.placements)[number];
+    await s.fabric.scale('web', { ready: 2 }, { wait: true });
+    // Another hand-out of the pool runs (a wave of claims): the refill behind this claim waits for it.
+    const handingOut = s.fabric.keeper.handOutStarted(t.id, p.hostId);
+    const claimed = await s.fabric.claim('web', {});
+    expect(claimed.source).toBe('pool');
+    await sleep(300);
+    expect(await s.pool('web')).toMatchObject({ ready: 1, filling: 0, claimed: 1 });
+    handingOut();
+    await s.fabric.keeper.settled();
+    expect(await s.pool('web')).toMatchObject({ ready: 2, claimed: 1 });
   });
 
   it('holds a pool within its memory budget and says so', async () => {

@@ -16,8 +16,10 @@
 // host that runs the fewest of the template's children. A customisation
 // script that fails is the caller's: the child is removed and the claim
 // fails with the script's output (CLAIM_SCRIPT_FAILED), with no retry.
-// Every claim asks the pool keeper to refill, once its hand-out is over (the
-// refill's new QEMUs would otherwise compete with the claim's guest step).
+// Every claim asks the pool keeper to refill, once its hand-out is over, and
+// counts as a hand-out of its pool meanwhile: the refill makes its children
+// once no claim of this controller is handing out one of the pool (pool.ts),
+// so its new QEMUs do not compete with the guest steps of a wave of claims.
 import { randomBytes, randomUUID } from 'node:crypto';
 import { AlreadyExistsError, OffshootError, toOffshootError } from '../../common/index.ts';
 import type { HandOutResult } from '../../protocol/index.ts';
@@ -72,6 +74,7 @@ export async function claimChild(deps: FabricDeps, keeper: PoolKeeper, template:
   for (let i = 0; i < MAX_POOL_TRIES; i++) {
     const member = await deps.fabric.claimMember(template.id, hostIds, claimId);
     if (!member) break;
+    const handedOut = keeper.handOutStarted(template.id, member.hostId);
     try {
       return await handOut(deps, template, member, request, 'pool', t0, skipped);
     } catch (err) {
@@ -79,7 +82,9 @@ export async function claimChild(deps: FabricDeps, keeper: PoolKeeper, template:
       skipped.push({ vm: member.vmId, error: toOffshootError(err).message });
       deps.logger.warn({ err: toOffshootError(err).message, vm: member.vmId, template: template.name }, 'a pool child failed its hand-out: removed, trying the next');
     } finally {
-      // The refill starts behind the hand-out, so its QEMUs do not compete with the claim's guest step for the CPU.
+      // The refill starts behind the hand-out, and makes children once no hand-out of the pool runs, so its QEMUs
+      // do not compete with the guest steps of claims for the CPU.
+      handedOut();
       keeper.request(template.id, member.hostId);
     }
   }
