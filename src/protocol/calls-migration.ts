@@ -127,7 +127,7 @@ export const migrationStateSchema = z.object({
 export const MIGRATION_CALLS = {
   migrationProbe: call(
     'what this host offers a migration: the management address it reaches `peer` from, the path slots in use, free memory and disk room, and whether the given files are here (with the content id of each read-only one); installs the default guest first when asked',
-    z.object({ peer: ipv4Schema.nullable(), files: z.array(z.object({ file: locatorSchema, contentId: z.boolean() })).max(128), installDefaultGuest: z.boolean().default(false) }),
+    z.object({ peer: ipv4Schema.nullable(), files: z.array(z.object({ file: locatorSchema, contentId: z.boolean(), sizes: z.boolean().default(true).describe('read the image\'s virtual and allocated sizes (qemu-img); false: only whether it is here') })).max(128), installDefaultGuest: z.boolean().default(false) }),
     z.object({
       managementAddress: ipv4Schema.nullable(),
       slotsInUse: z.array(z.number().int()),

@@ -44,8 +44,9 @@ export function migrationHandlers(deps: MigrationHandlerDeps): MigrationHandlers
           }
           const info = path ? await stat(path).catch(() => null) : null;
           if (!path || !info?.isFile()) return { file: f.file, exists: false, contentId: null, virtualSize: null, allocatedBytes: null };
-          const image = await imageInfo(path).catch(() => null);
-          return { file: f.file, exists: true, contentId: f.contentId ? await storage.baseContentId(path) : null, virtualSize: image?.virtualSize ?? info.size, allocatedBytes: image?.actualSize ?? info.blocks * 512 };
+          // qemu-img only for the sizes asked (a process each: most of a probe's time).
+          const image = f.sizes ? await imageInfo(path).catch(() => null) : null;
+          return { file: f.file, exists: true, contentId: f.contentId ? await storage.baseContentId(path) : null, virtualSize: f.sizes ? (image?.virtualSize ?? info.size) : null, allocatedBytes: f.sizes ? (image?.actualSize ?? info.blocks * 512) : null };
         }),
       );
       const { accel } = await host.accelerator();
