@@ -30,10 +30,11 @@
 // Downtime is also measured from inside the guest (guest-clock.ts: a timer
 // loop's longest gap; the per-run lines place each long gap on the host's
 // clock), and each Offshoot migration's phases are printed (its task's
-// timings, and at the end the timelines both lab agents logged: the
-// destination's preparation, the source's steps and QEMU's events, the
-// destination's resume; the path's own bandwidth is `npm run bench --
-// netpath`).
+// timings and phasesMs, and at the end the timelines both lab agents logged:
+// the destination's preparation, the source's steps and QEMU's events, the
+// destination's resume, the source's removal; the path's own bandwidth is
+// `npm run bench -- netpath`). A storage run prints the disk data bytes
+// (the result's diskBytes) beside the mirrors' total.
 import { execFile, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
