@@ -30,10 +30,11 @@
 // Downtime is also measured from inside the guest (guest-clock.ts: a timer
 // loop's longest gap; the per-run lines place each long gap on the host's
 // clock), and each Offshoot migration's phases are printed (its task's
-// timings, and at the end the timelines both lab agents logged: the
-// destination's preparation, the source's steps and QEMU's events, the
-// destination's resume; the path's own bandwidth is `npm run bench --
-// netpath`).
+// timings and phasesMs, and at the end the timelines both lab agents logged:
+// the destination's preparation, the source's steps and QEMU's events, the
+// destination's resume, the source's removal; the path's own bandwidth is
+// `npm run bench -- netpath`). A storage run prints the disk data bytes
+// (the result's diskBytes) beside the mirrors' total.
 import { execFile, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -172,9 +173,11 @@ async function offshootRuns(setup: OffshootSetup, workload: Workload, o: Options
         continue;
       }
       const r = done.result as MigrateResult;
-      samples.push({ downtimeMs: r.downtimeMs ?? NaN, wallMs: wall, qemuMs: r.timings.qemuTotalMs ?? NaN, bytes: r.memoryBytes + r.diskBytes, memoryBytes: r.memoryBytes, diskBytes: r.diskBytes, wireBytes, mirrorMs: r.timings.mirrorMs, completed: true, postcopy: r.postcopy, guestGapMs, guestLossMs });
-      const storage = r.storage.copied.length ? `, disks ${JSON.stringify(r.storage.sync)}: ${Math.round(r.diskBytes / 2 ** 20)} MiB` : '';
-      process.stderr.write(`offshoot ${workload} postcopy=${postcopy} tls=${tls} ${i + 1}: downtime ${r.downtimeMs} ms (guest: loop gap ${guestGapMs} ms, clock loss ${Math.round(guestLossMs)} ms; longest gaps ${describeGaps(ticks.gaps)}), wall ${Math.round(wall)} ms, memory ${Math.round(r.memoryBytes / 2 ** 20)} MiB${storage}${written}, ${Math.round(wireBytes / 2 ** 20)} MiB out of the source host, passes ${r.passes}, postcopy ${r.postcopy}; ${JSON.stringify(r.timings)}\n`);
+      // Disk bytes as the baseline counts them (the mirrors' progress, holes included); the data bytes are printed beside.
+      const mirrored = r.diskMirroredBytes;
+      samples.push({ downtimeMs: r.downtimeMs ?? NaN, wallMs: wall, qemuMs: r.timings.qemuTotalMs ?? NaN, bytes: r.memoryBytes + mirrored, memoryBytes: r.memoryBytes, diskBytes: mirrored, wireBytes, mirrorMs: r.timings.mirrorMs, completed: true, postcopy: r.postcopy, guestGapMs, guestLossMs });
+      const storage = r.storage.copied.length ? `, disks ${JSON.stringify(r.storage.sync)}: ${Math.round(r.diskBytes / 2 ** 20)} MiB of data (${Math.round(mirrored / 2 ** 20)} MiB mirrored)` : '';
+      process.stderr.write(`offshoot ${workload} postcopy=${postcopy} tls=${tls} ${i + 1}: downtime ${r.downtimeMs} ms (guest: loop gap ${guestGapMs} ms, clock loss ${Math.round(guestLossMs)} ms; longest gaps ${describeGaps(ticks.gaps)}), wall ${Math.round(wall)} ms, memory ${Math.round(r.memoryBytes / 2 ** 20)} MiB${storage}${written}, ${Math.round(wireBytes / 2 ** 20)} MiB out of the source host, passes ${r.passes}, postcopy ${r.postcopy}; ${JSON.stringify(r.timings)}; phases ${JSON.stringify(r.phasesMs)}\n`);
     }
     if (data) {
       const blocks = await stopDiskWriter(shell);

@@ -43,6 +43,13 @@ describe('migration orchestration against fake agents', () => {
     expect(result).toMatchObject({ vm: 'm1', from: 'a', to: 'b', postcopy: false, storage: { copied: ['disk0'], sync: { disk0: 'top' } } });
     expect(result.path.linkName).toMatch(/^ofvx\d+$/);
     expect(result.timings.totalMs).toBe(result.totalMs);
+    // The controller's phases add up to the whole (each rounded); the fake agents report no steps of their own.
+    const { destination, source, ...controller } = result.phasesMs;
+    expect(Math.abs(Object.values(controller).reduce((a, b) => a + b, 0) - result.totalMs)).toBeLessThanOrEqual(7);
+    expect(result.phasesMs.transfer).toBeGreaterThanOrEqual(1_000);
+    expect([destination, source]).toEqual([null, null]);
+    // Both hosts hold the base under the same name: each was asked its content id once.
+    expect([s.local.calls.get('contentId'), s.remote.calls.get('contentId')]).toEqual([1, 1]);
     expect(progress.some((p) => p.phase === 'memory' && typeof p.remainingBytes === 'number')).toBe(true);
     const moved = await s.engine.resolve('m1');
     expect(moved.hostId).toBe(s.b.id);
@@ -53,6 +60,19 @@ describe('migration orchestration against fake agents', () => {
     expect(s.remote.files.has(moved.spec.disks[0]?.file as string)).toBe(true);
     expect((await s.fleet.agent(s.b.id).migrationProbe({ peer: null, files: [], installDefaultGuest: false })).slotsInUse).toEqual([]);
     expect((await s.engine.exec('m1', { path: 'echo', args: ['there'] })).exitCode).toBe(0);
+  });
+
+  it('asks no content id of a base the destination does not hold: the disk moves whole', async () => {
+    const s = await setup();
+    closers.push(s.close);
+    const [base] = s.vm.spec.disks[0]?.backing ?? [];
+    expect(base).toBeDefined();
+    s.remote.files.delete(base as string);
+    const { task } = await s.engine.migrate('m1', { to: 'b' });
+    const done = await s.engine.tasks.wait(task?.id as string);
+    expect(done.state, JSON.stringify(done.error)).toBe('succeeded');
+    expect((done.result as MigrateResult).storage.sync).toEqual({ disk0: 'full' });
+    expect([s.local.calls.get('contentId') ?? 0, s.remote.calls.get('contentId') ?? 0]).toEqual([0, 0]);
   });
 
   it('refuses a migration to its own host or an unknown one, and bad options, with stable codes', async () => {

@@ -7,6 +7,10 @@
 //   kernel, initrd and data disk; bases frozen by forks and clones), by the
 //   content id computed from their bytes (cached per file identity, see
 //   LocalStorageAgent.baseContentId), their chain by the qcow2 backing file.
+//   Such an id names the file's size ("cid-x<hash>-<size>"), so a lookup
+//   hashes only the files whose size some asked id names: a never-hashed
+//   base costs nothing to a query that cannot match it (a datastore disk's
+//   recorded id names no size: no home file is hashed for it).
 // A query is a chain of content ids, top first; it matches a file whose own
 // chain has exactly those ids, so a base is only ever used under the same
 // layers it had at the source. With verify, every layer of a match is hashed
@@ -16,6 +20,7 @@
 import { readdir, stat } from 'node:fs/promises';
 import { dirname, isAbsolute, join } from 'node:path';
 import type { ContentAnswer, ContentQuery, Locator } from '../protocol/index.ts';
+import { hashOfContentId } from '../protocol/index.ts';
 import { isQcow2, readQcow2Header, scanDatastore, DatastoreLayout } from '../storage/index.ts';
 import type { Locations } from './locations.ts';
 import type { HostLayout } from './layout.ts';
@@ -48,8 +53,8 @@ export class ContentIndex {
     private readonly storage: LocalStorageAgent,
   ) {}
 
-  /** Every file this host can offer by content id, by path. */
-  async entries(): Promise<Map<string, Entry>> {
+  /** Every file this host can offer by content id, by path; with `sizes`, home files of other sizes are left out (not hashed). */
+  async entries(sizes?: ReadonlySet<number>): Promise<Map<string, Entry>> {
     const entries = new Map<string, Entry>();
     for (const ds of this.locations.listDatastores()) {
       const scanned = await scanDatastore(new DatastoreLayout(ds.path)).catch(() => ({ disks: [] }));
@@ -58,6 +63,7 @@ export class ContentIndex {
     }
     for (const path of [...(await imageFiles(this.layout.imagesDir)), ...(await imageFiles(this.layout.basesDir))]) {
       try {
+        if (sizes && !sizes.has((await stat(path)).size)) continue;
         let parent: string | null = null;
         if (await isQcow2(path)) {
           const backing = (await readQcow2Header(path)).backingFile;
@@ -73,7 +79,7 @@ export class ContentIndex {
 
   /** Answers each query with the chain found here (see the header). */
   async find(queries: ContentQuery[], verify: boolean, onProgress?: (done: number) => void): Promise<ContentAnswer[]> {
-    const entries = await this.entries();
+    const entries = await this.entries(sizesNamed(queries.flatMap((q) => q.contentIds)));
     const chainOf = (path: string): string[] | undefined => {
       const out: string[] = [];
       for (let at: string | null | undefined = path; at; ) {
@@ -120,6 +126,16 @@ export class ContentIndex {
     }
     return null;
   }
+}
+
+/** The file sizes that content ids made from a hash name (an id not made from one, e.g. a created disk's, names none). */
+export function sizesNamed(contentIds: string[]): Set<number> {
+  const sizes = new Set<number>();
+  for (const id of contentIds) {
+    const hash = hashOfContentId(id);
+    if (hash) sizes.add(Number(hash.slice(hash.lastIndexOf(':') + 1)));
+  }
+  return sizes;
 }
 
 /** Size, data bytes and format of a file (holes are not counted: a copy never sends them). */

@@ -6,12 +6,13 @@
 // exactly the encapsulated frames), concurrent paths differ, a slot taken by
 // another operation is a conflict that leaves it alone, open is idempotent
 // and all-or-nothing, teardown leaves nothing and can repeat, and leftovers
-// of a crash are reaped.
+// of a crash are reaped; the /31's route carries quickack; an end closed by
+// its known link gives its last counters.
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { closeDataPath, linkCounters, listDataPaths, newPskKey, openDataPath, planDataPath, planForSlot, reapDataPaths, runIp } from './index.ts';
+import { closeDataPath, closeDataPathEnd, linkCounters, listDataPaths, newPskKey, openDataPath, planDataPath, planForSlot, reapDataPaths, runIp } from './index.ts';
 import type { DataPathEnd, DataPathPlan } from './index.ts';
 import { makeHostPair, runTsInNamespace } from './testing/namespaces.ts';
 import type { HostPair } from './testing/namespaces.ts';
@@ -92,6 +93,14 @@ describe('per-operation data path', () => {
     expect(mgmtTx).toBeGreaterThanOrEqual(encapsulated);
     expect(mgmtTx - encapsulated).toBeLessThan(64 * 1024);
 
+    // The /31's route is the path's own, with quickack (no delayed ACKs for a Nagle-bound sender to wait for).
+    expect(await runIp(['-4', 'route', 'show', 'dev', plan.linkName], hostOf('a'))).toMatch(new RegExp(`^${plan.subnet.replace(/\./g, '\\.')} .*src ${client.localAddress}.*quickack 1`, 'm'));
+
+    // The client's end closed by its known link: its last counters, in one go.
+    const closed = await closeDataPathEnd({ operationId: 'mig-1', linkName: plan.linkName, ...hostOf('a') });
+    expect(closed).toMatchObject({ removedLinks: [plan.linkName], removedCredential: true });
+    expect(closed.counters?.txBytes).toBeGreaterThanOrEqual(after.vxlan.txBytes);
+    expect(await closeDataPathEnd({ operationId: 'mig-1', linkName: plan.linkName, ...hostOf('a') })).toEqual({ removedLinks: [], removedCredential: false, counters: null });
     await closeBoth('mig-1');
     for (const side of ['a', 'b'] as const) {
       expect(await listDataPaths(hostOf(side))).toEqual({ links: [], credentials: [] });

@@ -8,7 +8,9 @@
 // - openDataPath: all or nothing. A failure removes whatever this call made
 //   and the operation's link and keys; a retry with the same plan after a lost
 //   answer finds its own link and returns the same end.
-// - closeDataPath: idempotent; run it after success, failure or cancel.
+// - closeDataPath: idempotent; run it after success, failure or cancel
+//   (closeDataPathEnd: the same for an end whose link the caller knows, with
+//   the link's last counters, in one ip process).
 // - reapDataPaths: crash recovery; removes links and key folders whose
 //   operation is not among the live ones (and unlabelled links, left by a
 //   crash between creating and labelling a link).
@@ -16,11 +18,11 @@
 // sees a link that an open is still labelling.
 import { InvalidInputError } from '../common/index.ts';
 import { DataPathConflictError } from './errors.ts';
-import { isNotFound } from './ip.ts';
+import { isNotFound, runIpBatch } from './ip.ts';
 import type { IpOptions } from './ip.ts';
 import { createPathLink, deletePathLink, listPathLinks } from './path-link.ts';
-import type { DataPathLink } from './path-link.ts';
-import { PATH_LINK_PREFIX, assertOperationId, isPathRole } from './path-plan.ts';
+import type { DataPathLink, LinkCounters } from './path-link.ts';
+import { PATH_LINK_PREFIX, assertOperationId, isPathRole, slotOfLinkName } from './path-plan.ts';
 import type { DataPathPlan, PathRole } from './path-plan.ts';
 import { listPskCredentials, removePskCredential, writePskCredential } from './psk.ts';
 import type { PskCredential } from './psk.ts';
@@ -146,6 +148,39 @@ export async function closeDataPath(request: { operationId: string } & DataPathH
   const { operationId, ...options } = request;
   assertOperationId(operationId);
   return serialized(options, () => closeLocked(operationId, options));
+}
+
+/**
+ * Removes an end this process made, known by its link name (no listing): the link's last counters and its
+ * deletion in one ip process, then the key folder. A link that is not there (gone already) falls back to
+ * closeDataPath's listing. Idempotent.
+ */
+export async function closeDataPathEnd(request: { operationId: string; linkName: string } & DataPathHostOptions): Promise<CloseDataPathResult & { counters: LinkCounters | null }> {
+  const { operationId, linkName, ...options } = request;
+  assertOperationId(operationId);
+  if (slotOfLinkName(linkName) === undefined) throw new InvalidInputError(`"${linkName}" is not a per-operation link (${PATH_LINK_PREFIX}<slot>)`, { linkName });
+  return serialized(options, async () => {
+    let out: string;
+    try {
+      out = await runIpBatch([['link', 'show', 'dev', linkName], ['link', 'del', linkName]], options, ['-s', '-j']);
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+      return { ...(await closeLocked(operationId, options)), counters: null };
+    }
+    const removedCredential = await removePskCredential(options.credentialsRoot, operationId);
+    return { removedLinks: [linkName], removedCredential, counters: countersOf(out) };
+  });
+}
+
+/** The counters in `ip -s -j link show` output, or null. */
+function countersOf(out: string): LinkCounters | null {
+  try {
+    const [entry] = JSON.parse(out.trim().split('\n')[0] ?? '[]') as Array<{ stats64?: { rx: { bytes: number; packets: number }; tx: { bytes: number; packets: number } } }>;
+    const s = entry?.stats64;
+    return s ? { rxBytes: s.rx.bytes, txBytes: s.tx.bytes, rxPackets: s.rx.packets, txPackets: s.tx.packets } : null;
+  } catch {
+    return null;
+  }
 }
 
 /** The per-operation links and key folders on this host. */

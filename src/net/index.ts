@@ -13,6 +13,6 @@ export { listPathLinks, managementDevice, linkCounters, sourceAddressTo } from '
 export type { DataPathLink, LinkCounters } from './path-link.ts';
 export { newPskKey, pskObjectProperties, pskCredentialId, PSK_USERNAME, PSK_FILE, TLS_PRIORITY } from './psk.ts';
 export type { PskCredential, PskEndpoint } from './psk.ts';
-export { openDataPath, closeDataPath, listDataPaths, reapDataPaths } from './data-path.ts';
+export { openDataPath, closeDataPath, closeDataPathEnd, listDataPaths, reapDataPaths } from './data-path.ts';
 export { abortConnectionsTo } from './sockets.ts';
 export type { DataPathEnd, DataPathHostOptions, DataPathListing, OpenDataPathRequest, CloseDataPathResult, ReapDataPathsResult } from './data-path.ts';

@@ -5,7 +5,11 @@
 // alias ("offshoot-path op=<id> role=<role>"), with no IPv6 link-local address
 // (addrgenmode none: nothing but the operation's traffic crosses it), and the
 // end's per-operation address on a /31. The alias is how a restarted agent
-// finds its links again: listing and reaping need no state file.
+// finds its links again: listing and reaping need no state file. The /31's
+// route carries `quickack`: the receiver ACKs at once instead of delaying
+// its ACK up to 40 ms, which a sender with Nagle on (QEMU sets no
+// TCP_NODELAY on its migration socket) waits for after a small write: a TLS
+// record of a few bytes, an NBD handshake's reply.
 import { DataPathConflictError, DataPathError } from './errors.ts';
 import type { IpCommandError } from './errors.ts';
 import { failedBatchLine, ipJson, isAlreadyExists, isNotFound, runIp, runIpBatch } from './ip.ts';
@@ -118,8 +122,10 @@ export async function createPathLink(plan: DataPathPlan, role: PathRole, options
   const commands: string[][] = [];
   if (!existing) commands.push(['link', 'add', plan.linkName, 'type', 'vxlan', 'id', String(plan.vni), 'local', local.managementAddress, 'remote', remote.managementAddress, 'dstport', String(plan.port), 'dev', device.name]);
   commands.push(['link', 'set', plan.linkName, 'alias', `${ALIAS_PREFIX} op=${plan.operationId} role=${role}`, 'addrgenmode', 'none']);
-  if (!existing?.addresses.includes(address)) commands.push(['addr', 'add', address, 'dev', plan.linkName]);
+  if (!existing?.addresses.includes(address)) commands.push(['addr', 'add', address, 'dev', plan.linkName, 'noprefixroute']);
   commands.push(['link', 'set', plan.linkName, 'up']);
+  // The /31's route is ours (not the address's prefix route): with quickack (see the header).
+  commands.push(['route', 'replace', plan.subnet, 'dev', plan.linkName, 'src', local.address, 'quickack', '1']);
   commands.push(['addr', 'show', 'dev', plan.linkName]);
   let out: string;
   try {

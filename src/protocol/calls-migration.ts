@@ -98,7 +98,9 @@ export const migrateOutResultSchema = z.object({
   postcopy: z.boolean(),
   postcopyReason: z.string().nullable(),
   postcopyRequests: z.number().int(),
+  /** Data bytes of the copied disks (allocated in the layers the mirrors copy); the mirrors' own total, holes included, is diskMirroredBytes. */
   diskBytes: z.number(),
+  diskMirroredBytes: z.number().optional(),
   mirrorMs: z.number().nullable(),
   /** Wall-clock time the guest stopped at the source (ISO), for the switch-over seen across hosts. */
   stoppedAt: z.string().nullable(),
@@ -106,6 +108,8 @@ export const migrateOutResultSchema = z.object({
   throttlePercent: z.number(),
   /** Whether pre-copy converged by itself (false when post-copy or auto-converge's throttle had to help). */
   converged: z.boolean(),
+  /** Where the source's time went, ms by phase (credentials, disk mirrors, set-up, memory, switch-over, final figures). */
+  phasesMs: z.record(z.string(), z.number()).optional(),
 });
 
 export const incomingResultSchema = z.object({
@@ -127,7 +131,7 @@ export const migrationStateSchema = z.object({
 export const MIGRATION_CALLS = {
   migrationProbe: call(
     'what this host offers a migration: the management address it reaches `peer` from, the path slots in use, free memory and disk room, and whether the given files are here (with the content id of each read-only one); installs the default guest first when asked',
-    z.object({ peer: ipv4Schema.nullable(), files: z.array(z.object({ file: locatorSchema, contentId: z.boolean() })).max(128), installDefaultGuest: z.boolean().default(false) }),
+    z.object({ peer: ipv4Schema.nullable(), files: z.array(z.object({ file: locatorSchema, contentId: z.boolean(), sizes: z.boolean().default(true).describe('read the image\'s virtual and allocated sizes (qemu-img); false: only whether it is here') })).max(128), installDefaultGuest: z.boolean().default(false) }),
     z.object({
       managementAddress: ipv4Schema.nullable(),
       slotsInUse: z.array(z.number().int()),
@@ -144,7 +148,7 @@ export const MIGRATION_CALLS = {
   prepareIncoming: operation(
     'destination: creates the target disks, starts a QEMU waiting for the migration (-incoming, -S) with an owned RAM file, TLS from the path, NBD exports of the targets on the path address, and listens for the migration there',
     { vmId: vmIdSchema, name: nameSchema, spec: vmSpecSchema, disks: z.array(incomingDiskSchema).max(16), pathId: operationIdSchema, postcopy: z.boolean(), multifdChannels: z.number().int().min(1).max(16), tls: z.boolean(), resume: z.boolean(), holdAfter: z.boolean().default(false).describe('keep the guest paused after the migration completed, until startIncoming (a group migration)') },
-    z.object({ runtime: vmRuntimeSchema, migration: endpointSchema, nbd: endpointSchema.nullable(), exports: z.array(z.string()) }),
+    z.object({ runtime: vmRuntimeSchema, migration: endpointSchema, nbd: endpointSchema.nullable(), exports: z.array(z.string()), phasesMs: z.record(z.string(), z.number()).optional().describe('where the preparation\'s time went, ms by step') }),
   ),
   awaitIncoming: operation('destination: waits until the migrated guest runs here (this agent resumes it as soon as the migration completes, or at the start of post-copy) or the migration failed', { vmId: vmIdSchema }, incomingResultSchema),
   abortIncoming: call('destination: a migration that failed or was cancelled leaves nothing: its waiting QEMU, RAM file, target disks and exports go (refused once the guest runs here)', vmRef, z.object({ removed: z.boolean() })),

@@ -31,7 +31,7 @@ import type { RunningVm } from '../running-vm.ts';
 import type { VmRuntime, VmSpec } from '../types.ts';
 import type { MigrationHost } from './host.ts';
 import { MIGRATION_PORT, NBD_PORT, MigrationRefusedError } from './host.ts';
-import { configureDestination, eventTime, exportDisks, migrationTimeline, queryMigrate, stopExports } from './qmp-steps.ts';
+import { configureDestination, eventTime, exportDisks, incomingPhases, migrationTimeline, queryMigrate, stopExports } from './qmp-steps.ts';
 
 export interface IncomingDiskRequest {
   id: string;
@@ -101,7 +101,7 @@ export class IncomingMigrations {
     return i ? { state: i.state, pid: i.vm.process.pid } : null;
   }
 
-  async prepare(request: PrepareIncomingRequest): Promise<{ runtime: VmRuntime; migration: { host: string; port: number }; nbd: { host: string; port: number } | null; exports: string[] }> {
+  async prepare(request: PrepareIncomingRequest): Promise<{ runtime: VmRuntime; migration: { host: string; port: number }; nbd: { host: string; port: number } | null; exports: string[]; phasesMs: Record<string, number> }> {
     const { vmId } = request;
     if (this.host.tracked(vmId) || this.incoming.has(vmId)) throw new MigrationRefusedError(`VM ${vmId} already has a QEMU on this host`, { vmId });
     const end = this.host.paths.end(request.pathId, 'server');
@@ -140,7 +140,7 @@ export class IncomingMigrations {
       entry.outcome.catch(() => undefined);
       this.incoming.set(vmId, entry);
       this.host.logger.info({ vmId, pid: vm.process.pid, listen: `${end.localAddress}:${MIGRATION_PORT}`, nbd, postcopy: request.postcopy, timeline: steps.entries }, 'waiting for an incoming migration');
-      return { runtime: launched.runtime, migration: { host: end.localAddress, port: MIGRATION_PORT }, nbd, exports };
+      return { runtime: launched.runtime, migration: { host: end.localAddress, port: MIGRATION_PORT }, nbd, exports, phasesMs: incomingPhases(steps.entries) };
     } catch (err) {
       if (launched) await this.host.discard(launched.vm).catch(() => undefined);
       await rm(files.dir, { recursive: true, force: true });

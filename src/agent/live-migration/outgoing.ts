@@ -86,7 +86,7 @@ import type { PostcopyMode } from './convergence.ts';
 import { ConvergenceWatch } from './convergence.ts';
 import type { MigrationHost } from './host.ts';
 import { MigrationRefusedError, MigrationTimeoutError } from './host.ts';
-import { LiveMigrationError, abandonMirrors, completeMirrors, configureSource, eventPoller, eventTime, finalStats, migrationTimeline, mirrorNodes, queryMigrate, setMigrationSpeed, startMirrors } from './qmp-steps.ts';
+import { LiveMigrationError, abandonMirrors, completeMirrors, configureSource, diskDataBytes, eventPoller, eventTime, finalStats, migrationTimeline, mirrorNodes, outgoingPhases, queryMigrate, setMigrationSpeed, startMirrors } from './qmp-steps.ts';
 import type { MigrateStats, TlsCredential } from './qmp-steps.ts';
 
 export interface OutgoingTuning {
@@ -136,12 +136,17 @@ export interface MigrateOutResult {
   postcopy: boolean;
   postcopyReason: string | null;
   postcopyRequests: number;
+  /** Data bytes of the copied disks (allocated in the layers the mirrors copy, when they started). */
   diskBytes: number;
+  /** The mirrors' own total (holes included: they go as zero writes). */
+  diskMirroredBytes: number;
   mirrorMs: number | null;
   stoppedAt: string | null;
   multifdChannels: number;
   throttlePercent: number;
   converged: boolean;
+  /** Where this host's time went (outgoingPhases). */
+  phasesMs: Record<string, number>;
 }
 
 interface Outgoing {
@@ -218,6 +223,7 @@ export class OutgoingMigrations {
     let stoppedAt: string | null = null;
     let postcopyReason: string | null = null;
     let mirrorMs: number | null = null;
+    let diskData = 0;
     const empty: MigrateOutProgress = { phase: 'disks', pass: 0, remainingBytes: 0, transferredBytes: 0, totalBytes: 0, dirtyBytesPerSecond: 0, bandwidthBytesPerSecond: 0, expectedDowntimeMs: null, diskDoneBytes: 0, diskTotalBytes: 0, throttlePercent: 0 };
     const watchdog = this.watchPath(vmId, qmp, end.remoteAddress, () => o.switching);
     // When each step happened (ms since the epoch; QEMU's events at their own timestamps), logged at the end: where a
@@ -233,6 +239,7 @@ export class OutgoingMigrations {
       }
       if (request.disks.length > 0) {
         if (!request.nbd) throw new MigrationRefusedError(`VM ${vmId} has disks to copy but the destination exports none`, { vmId });
+        diskData = await diskDataBytes(qmp, request.disks);
         ctx.progress(0.02, `mirroring ${request.disks.length} disk(s) to the destination`, empty);
         const m0 = performance.now();
         await startMirrors(qmp, request.nbd, request.disks, tls, {
@@ -323,6 +330,7 @@ export class OutgoingMigrations {
         }
       }
       stats = await finalStats(qmp);
+      mark('final-stats');
       const postcopy = postcopyReason !== null || o.phase === 'postcopy';
       const result: MigrateOutResult = {
         status: stats.status,
@@ -336,14 +344,15 @@ export class OutgoingMigrations {
         postcopy,
         postcopyReason,
         postcopyRequests: stats.postcopyRequests,
-        diskBytes: o.diskTotal,
+        diskBytes: diskData,
+        diskMirroredBytes: o.diskTotal,
         mirrorMs,
         stoppedAt,
         multifdChannels: multifd,
         throttlePercent: stats.throttlePercent,
         converged: !postcopy && stats.throttlePercent === 0,
+        phasesMs: outgoingPhases(timeline.entries),
       };
-      mark('final-stats');
       this.logger.info({ vmId, ms: Math.round(performance.now() - t0), downtimeMs: result.downtimeMs, postcopy, timeline: timeline.entries }, 'outgoing migration completed');
       return result;
     } catch (err) {

@@ -13,7 +13,7 @@
 import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../../common/index.ts';
-import { DataPathError, assertOperationId, closeDataPath, linkCounters, listDataPaths, managementDevice, openDataPath, sourceAddressTo } from '../../net/index.ts';
+import { DataPathError, assertOperationId, closeDataPath, closeDataPathEnd, linkCounters, listDataPaths, managementDevice, openDataPath, sourceAddressTo } from '../../net/index.ts';
 import type { DataPathEnd, DataPathPlan, LinkCounters, PathRole } from '../../net/index.ts';
 import type { QemuAccess } from '../qemu-access.ts';
 
@@ -103,6 +103,14 @@ export class MigrationPaths {
 
   /** Removes this host's end (link, address, key folder); answers the link's last counters. Idempotent. */
   async close(operationId: string): Promise<{ removedLinks: string[]; removedCredential: boolean; counters: LinkCounters | null }> {
+    const known = this.ends.get(operationId);
+    if (known) {
+      // An end this process made: its link is known, counters and deletion go in one ip process.
+      const closed = await closeDataPathEnd({ operationId, linkName: known.linkName, credentialsRoot: this.credentialsRoot });
+      this.ends.delete(operationId);
+      this.logger.info({ operationId, removedLinks: closed.removedLinks, removedCredential: closed.removedCredential }, 'data path closed');
+      return closed;
+    }
     const listing = await listDataPaths({ credentialsRoot: this.credentialsRoot });
     const link = listing.links.find((l) => l.operationId === operationId);
     const counters = link ? await linkCounters(link.linkName).catch(() => null) : null;

@@ -44,6 +44,51 @@ export function migrationTimeline(cap: number, first?: string): { entries: Array
 }
 
 /**
+ * Phases of a timeline as durations (ms, rounded): each from the first entry found of its `from` names to the
+ * first found of its `to` names (each list tried in order), 0 when either end is missing (a step not taken).
+ */
+export function phasesOf<K extends string>(entries: Array<[string, number]>, phases: Record<K, [from: string[], to: string[]]>): Record<K, number> {
+  const at = (names: string[]) => {
+    for (const name of names) {
+      const e = entries.find(([n]) => n === name);
+      if (e) return e[1];
+    }
+    return undefined;
+  };
+  const out = {} as Record<K, number>;
+  for (const [name, [from, to]] of Object.entries(phases) as Array<[K, [string[], string[]]]>) {
+    const a = at(from);
+    const b = at(to);
+    out[name] = a === undefined || b === undefined ? 0 : Math.max(0, Math.round(b - a));
+  }
+  return out;
+}
+
+/** The source's phases of a migration, from its timeline (outgoing.ts): credentials, disk mirrors, set-up, memory pre-copy, switch-over (the guest's stop to completion), final figures. */
+export function outgoingPhases(entries: Array<[string, number]>): Record<'creds' | 'mirrors' | 'configure' | 'memory' | 'switchOver' | 'finish', number> {
+  return phasesOf(entries, {
+    creds: [['start'], ['tls-added']],
+    mirrors: [['tls-added', 'start'], ['mirrors-ready']],
+    configure: [['mirrors-ready', 'tls-added', 'start'], ['migrate-sent']],
+    memory: [['migrate-sent'], ['qemu:STOP']],
+    switchOver: [['qemu:STOP'], ['qemu:completed', 'completed-seen']],
+    finish: [['qemu:completed', 'completed-seen'], ['final-stats']],
+  });
+}
+
+/** The destination's phases of its preparation, from its timeline (incoming.ts). */
+export function incomingPhases(entries: Array<[string, number]>): Record<'disks' | 'qemuStart' | 'creds' | 'capabilities' | 'exports' | 'listen', number> {
+  return phasesOf(entries, {
+    disks: [['prepare'], ['disks-created']],
+    qemuStart: [['disks-created'], ['qemu-launched']],
+    creds: [['qemu-launched'], ['tls-added']],
+    capabilities: [['tls-added'], ['capabilities-set']],
+    exports: [['capabilities-set'], ['exported']],
+    listen: [['exported'], ['listening']],
+  });
+}
+
+/**
  * Waits for a subscription's next event or `ms`, whichever comes first, without losing an event: the
  * pending read is kept for the next call (a read raced against a timer and then dropped would take the
  * next event with it). Resolves null on a timeout, `done` once the subscription has ended.
@@ -268,6 +313,28 @@ export async function abandonMirrors(qmp: QmpClient, nodes: string[], onStuck?: 
     await sleep(50);
   }
   for (const node of nodes) await qmp.execute('blockdev-del', { 'node-name': `mirror-${node}` }).catch(() => undefined);
+}
+
+interface ImageInfoQmp {
+  'actual-size'?: number;
+  'backing-image'?: ImageInfoQmp;
+}
+
+/**
+ * Source: the data bytes the mirrors of `disks` copy, by QEMU's view of their images (`actual-size`, the bytes the
+ * host allocated to each file: holes and unallocated ranges left out): the top image for `sync: top`, the whole
+ * chain for `full`. The mirrors' own progress counts a disk's holes too (they go as zero writes).
+ */
+export async function diskDataBytes(qmp: QmpClient, disks: Array<{ node: string; sync: 'top' | 'full' }>): Promise<number> {
+  if (disks.length === 0) return 0;
+  const nodes = await qmp.execute<Array<{ 'node-name'?: string; image?: ImageInfoQmp }>>('query-named-block-nodes');
+  let bytes = 0;
+  for (const disk of disks) {
+    const image = nodes.find((n) => n['node-name'] === disk.node)?.image;
+    if (!image) throw new LiveMigrationError('disk mirror', `no block node ${disk.node} to mirror`, { node: disk.node });
+    for (let at: ImageInfoQmp | undefined = image; at; at = disk.sync === 'full' ? at['backing-image'] : undefined) bytes += at['actual-size'] ?? 0;
+  }
+  return bytes;
 }
 
 /** Changes the bandwidth cap of a running migration and of its disk mirrors. */

@@ -42,9 +42,17 @@ export interface MigrateResult {
   totalMs: number;
   /** The same two figures, where the metrics and the console read them, and when each phase ended (ms from the start: `arrivedMs` the destination reported the guest running, `recordedMs` the inventory named the destination, `sourceGoneMs` the source's QEMU and files went, `pathClosedMs` the path went, the rest to `totalMs` is the source host's garbage collection; QEMU's own migration time; the guest's stop at the source to its resume at the destination, by the QEMUs' STOP and RESUME events). */
   timings: { downtimeMs: number | null; totalMs: number; plannedMs: number; pathMs: number; preparedMs: number; transferredMs: number; arrivedMs: number; recordedMs: number; sourceGoneMs: number; pathClosedMs: number; qemuTotalMs: number | null; mirrorMs: number | null; stopToResumeMs: number | null };
+  /**
+   * Where the time went, ms by phase: the controller's phases (they add up to `totalMs`: `arrival` the destination's
+   * word that the guest runs there after the source's end, `cleanup` the source's QEMU and files, the path and the
+   * garbage collection), and each host's own steps (null when that host did not report them).
+   */
+  phasesMs: MigrationPhases;
   memoryBytes: number;
   memoryTotalBytes: number;
+  /** Data bytes of the copied disks (allocated in the layers mirrored); `diskMirroredBytes` is the mirrors' total, holes included. */
   diskBytes: number;
+  diskMirroredBytes: number;
   passes: number;
   postcopy: boolean;
   postcopyReason: string | null;
@@ -56,6 +64,20 @@ export interface MigrateResult {
   resumedAt: string | null;
   /** Whether the destination's agent confirmed the guest there (false: it stopped answering after the switch-over; the VM is recorded there, `unknown` until it answers). */
   destinationConfirmed: boolean;
+}
+
+export interface MigrationPhases {
+  plan: number;
+  path: number;
+  prepare: number;
+  transfer: number;
+  arrival: number;
+  record: number;
+  cleanup: number;
+  /** The destination's preparation: disks, qemuStart, creds, capabilities, exports, listen. */
+  destination: Record<string, number> | null;
+  /** The source's migrateOut: creds, mirrors, configure, memory, switchOver, finish. */
+  source: Record<string, number> | null;
 }
 
 export async function runMigration(ctx: EngineContext, vm: VmRecord, previous: VmState, source: HostRecord, destination: HostRecord, request: MigrateRequest, task: TaskContext, signal: AbortSignal): Promise<MigrateResult> {
@@ -82,6 +104,7 @@ export async function runMigration(ctx: EngineContext, vm: VmRecord, previous: V
   await task.journal(journal);
   let outcome: MigrateOutResult | undefined;
   let path: OpenedPath | undefined;
+  let destinationPhases: Record<string, number> | null = null;
   // The destination's outcome, followed from the end of prepare on; its failure before the switch-over stops the transfer.
   let arrival: Promise<IncomingResult> | undefined;
   let destinationFailure: Error | undefined;
@@ -101,6 +124,7 @@ export async function runMigration(ctx: EngineContext, vm: VmRecord, previous: V
     const postcopy = tuning.postcopy !== 'never';
     const target = await prepareDestination(agents.destination, vm, plan, journal, { postcopy, multifdChannels: postcopy ? 1 : tuning.multifdChannels, tls: tuning.tls, resume: previous === 'running' });
     journal.destinationRuntime = target.runtime;
+    destinationPhases = target.phasesMs ?? null;
     at.prepared = performance.now() - t0;
     arrival = awaitDestination(agents.destination, journal);
     arrival.catch((err: unknown) => {
@@ -170,6 +194,18 @@ export async function runMigration(ctx: EngineContext, vm: VmRecord, previous: V
     incoming = confirmed ? { runtime: journal.destinationRuntime as IncomingResult['runtime'], resumedAt: null, running: previous === 'running' } : null;
   }
   const totalMs = Math.round(performance.now() - t0);
+  const span = (from: number, to: number) => Math.max(0, Math.round(to - from));
+  const phasesMs: MigrationPhases = {
+    plan: span(0, at.planned),
+    path: span(at.planned, at.path),
+    prepare: span(at.path, at.prepared),
+    transfer: span(at.prepared, at.transferred),
+    arrival: span(at.transferred, at.arrived),
+    record: span(at.arrived, at.recorded),
+    cleanup: span(at.recorded, totalMs),
+    destination: destinationPhases,
+    source: outcome?.phasesMs ?? null,
+  };
   return {
     vm: vm.name,
     from: source.name,
@@ -177,9 +213,11 @@ export async function runMigration(ctx: EngineContext, vm: VmRecord, previous: V
     downtimeMs: outcome?.downtimeMs ?? null,
     totalMs,
     timings: { downtimeMs: outcome?.downtimeMs ?? null, totalMs, plannedMs: Math.round(at.planned), pathMs: Math.round(at.path), preparedMs: Math.round(at.prepared), transferredMs: Math.round(at.transferred), arrivedMs: Math.round(at.arrived), recordedMs: Math.round(at.recorded), sourceGoneMs: Math.round(at.sourceGone), pathClosedMs: Math.round(at.pathClosed), qemuTotalMs: outcome?.totalTimeMs ?? null, mirrorMs: outcome?.mirrorMs === null || outcome?.mirrorMs === undefined ? null : Math.round(outcome.mirrorMs), stopToResumeMs: stopToResume(outcome?.stoppedAt ?? null, incoming?.resumedAt ?? null) },
+    phasesMs,
     memoryBytes: outcome?.memoryBytes ?? 0,
     memoryTotalBytes: outcome?.memoryTotalBytes ?? 0,
     diskBytes: outcome?.diskBytes ?? 0,
+    diskMirroredBytes: outcome?.diskMirroredBytes ?? outcome?.diskBytes ?? 0,
     passes: outcome?.passes ?? 0,
     postcopy: outcome?.postcopy ?? false,
     postcopyReason: outcome?.postcopyReason ?? null,

@@ -27,7 +27,7 @@ export type MigrationProgress = {
   diskTotalBytes: number;
 };
 
-export async function prepareDestination(destination: AgentClient, vm: VmRecord, plan: MigrationPlan, journal: MigrateJournal, request: { postcopy: boolean; multifdChannels: number; tls: boolean; resume: boolean; holdAfter?: boolean }): Promise<{ runtime: VmRuntime; migration: { host: string; port: number }; nbd: { host: string; port: number } | null }> {
+export async function prepareDestination(destination: AgentClient, vm: VmRecord, plan: MigrationPlan, journal: MigrateJournal, request: { postcopy: boolean; multifdChannels: number; tls: boolean; resume: boolean; holdAfter?: boolean }): Promise<{ runtime: VmRuntime; migration: { host: string; port: number }; nbd: { host: string; port: number } | null; phasesMs?: Record<string, number> }> {
   const prepared = await runOperation(destination, 'prepareIncoming', { operationId: journal.prepareOperationId, vmId: vm.id, name: vm.name, spec: plan.destinationSpec, disks: plan.incoming, pathId: journal.pathId, ...request });
   await destination.awaitIncoming({ operationId: journal.awaitOperationId, vmId: vm.id });
   return prepared;

@@ -37,6 +37,17 @@ const c1 = 'ds.d0000000002:disks/c1.qcow2' as Locator;
 const request = { disks: [{ id: 'disk0', backing: [b1, b0] }], contentIds: { [b0]: 'cid-b0', [b1]: 'cid-b1' } };
 
 describe('planByContent', () => {
+  it('asks the source to hash only the layers that have no recorded content id', async () => {
+    const { source, dest } = setup();
+    const asked: Array<{ file: string; contentId: boolean }> = [];
+    const client = { ...source.client, describeFiles: (r: Parameters<typeof source.client.describeFiles>[0]) => {
+      asked.push(...r.files.map((f) => ({ file: f.file, contentId: f.contentId ?? false })));
+      return source.client.describeFiles(r);
+    } } as typeof source.client;
+    await planByContent(client, dest.client, { ...request, contentIds: { [b1]: 'cid-b1' } });
+    expect(asked).toEqual([{ file: b1, contentId: false }, { file: b0, contentId: true }]);
+  });
+
   it('sends the whole chain to a host that holds none of it', async () => {
     const { source, dest } = setup();
     const [plan] = await planByContent(source.client, dest.client, request);

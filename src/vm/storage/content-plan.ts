@@ -59,7 +59,8 @@ export interface ContentPlanRequest {
 /** Asks `destination` which layers of the disks' chains (on `source`) it holds by content id. */
 export async function planByContent(source: AgentClient, destination: AgentClient, request: ContentPlanRequest): Promise<DiskContentPlan[]> {
   const files = [...new Set(request.disks.flatMap((d) => d.backing))];
-  const described = files.length ? (await source.describeFiles({ files: files.map((file) => ({ file, contentId: true })) })).files : [];
+  // A layer with a recorded id is not hashed for one (the recorded id wins; verify hashes it below).
+  const described = files.length ? (await source.describeFiles({ files: files.map((file) => ({ file, contentId: !request.contentIds?.[file] })) })).files : [];
   const byFile = new Map(described.map((f) => [f.file, f]));
   const layersOf = (backing: Locator[]): PlannedLayer[] =>
     backing.map((file) => {
