@@ -3,9 +3,11 @@
 // compressed with LZ4 or, when they do not compress, stored raw, and
 // checksummed (xxh64); the metadata (VM spec, disk references), QEMU's device
 // state and an index from guest address to block follow in a table of
-// contents. Blocks are written through a staging buffer that is flushed with
-// one write when full (fewer, larger I/Os), while the next blocks are read
-// ahead. The reader is strict: a wrong magic or version, a size past a limit,
+// contents. Zero pages are found by one native scan per block (the addon,
+// native/mmap.c; a JavaScript loop without it). Blocks are gathered and
+// written with one writev per ~8 MiB straight from where they are (guest RAM
+// mapped read-only, a read buffer, the compressor's output: no staging copy),
+// while the next blocks are read ahead and compressed. The reader is strict: a wrong magic or version, a size past a limit,
 // a truncated file, an inconsistent index entry or a checksum mismatch is a
 // CheckpointFormatError naming the part, never garbage.
 //
@@ -49,6 +51,7 @@ import type { FileHandle } from 'node:fs/promises';
 import { xxh64 } from '@node-rs/xxhash';
 import { compress, compressSync, uncompress } from 'lz4-napi';
 import { OffshootError } from '../common/index.ts';
+import { mmapAddonOrNull } from './native-mmap.ts';
 
 export const CHECKPOINT_MAGIC = 'OFFSHCK1';
 /** Major version this code reads and writes (low 16 bits of the header's version). */
@@ -107,12 +110,29 @@ function hash(data: Uint8Array): bigint {
   return xxh64(Buffer.from(data.buffer, data.byteOffset, data.byteLength));
 }
 
-const ZERO_BLOCK = Buffer.alloc(BLOCK_BYTES);
-const ZERO_PAGE = ZERO_BLOCK.subarray(0, PAGE_BYTES);
+const ZERO_PAGE = Buffer.alloc(PAGE_BYTES);
 
-function isZeroPage(buf: Buffer, offset: number): boolean {
-  // A native memcmp against a zero page.
-  return buf.subarray(offset, offset + PAGE_BYTES).equals(ZERO_PAGE);
+/** The native addon's page scan, or null (then a JavaScript loop of native compares does it). */
+let nativeScan: ((bytes: Uint8Array, known: Uint8Array | null, bitmap: Uint8Array) => number) | null | undefined;
+
+/**
+ * Sets bit p of `bitmap` (32 bytes, zero) for each page p of `bytes` (whole pages, at most a block) that
+ * is not all zero and not marked in `known` (pages never read), and returns how many there are. One call
+ * into the native addon (native/mmap.c) when it is built; else one compare against a zero page each.
+ */
+export function scanPages(bytes: Buffer, known: Uint8Array | undefined, bitmap: Buffer, native = true): number {
+  if (nativeScan === undefined) {
+    const addon = mmapAddonOrNull();
+    nativeScan = addon ? addon.scanPages.bind(addon) : null;
+  }
+  if (native && nativeScan) return nativeScan(bytes, known ?? null, bitmap);
+  let count = 0;
+  for (let p = 0; p < bytes.length / PAGE_BYTES; p++) {
+    if ((known && bit(known, p)) || bytes.subarray(p * PAGE_BYTES, (p + 1) * PAGE_BYTES).equals(ZERO_PAGE)) continue;
+    bitmap[p >> 3] = (bitmap[p >> 3] as number) | (1 << (p & 7));
+    count++;
+  }
+  return count;
 }
 
 /**
@@ -167,8 +187,7 @@ function bit(bitmap: Uint8Array, p: number): boolean {
 }
 
 /**
- * Finds a block's non-zero pages (a native compare against a zero page; pages in `zeroPages` are not
- * read) and returns its bitmap and those pages packed in page order: `bytes` itself when every page of a
+ * Finds a block's non-zero pages (scanPages; pages in `zeroPages` are not read) and returns its bitmap and those pages packed in page order: `bytes` itself when every page of a
  * whole block is stored (no copy), else packed into `into` (`bytes` may be a view of it; a short last
  * page counts as zero-padded).
  */
@@ -184,20 +203,7 @@ function packBlock(bytes: Buffer, zeroPages: Uint8Array | undefined, into: Buffe
     return packBlock(into.subarray(0, padded), zeroPages, into);
   }
   const pageCount = length / PAGE_BYTES;
-  let count = 0;
-  if (zeroPages) {
-    for (let p = 0; p < pageCount; p++) {
-      if (bit(zeroPages, p) || isZeroPage(bytes, p * PAGE_BYTES)) continue;
-      bitmap[p >> 3] = (bitmap[p >> 3] as number) | (1 << (p & 7));
-      count++;
-    }
-  } else if (length > 0 && !(length === BLOCK_BYTES && bytes.equals(ZERO_BLOCK))) {
-    for (let p = 0; p < pageCount; p++) {
-      if (isZeroPage(bytes, p * PAGE_BYTES)) continue;
-      bitmap[p >> 3] = (bitmap[p >> 3] as number) | (1 << (p & 7));
-      count++;
-    }
-  }
+  const count = scanPages(bytes.subarray(0, length), zeroPages, bitmap);
   if (count === pageCount) return { bitmap, count, pages: bytes.subarray(0, length) };
   // Runs of stored pages, in page order, moved to the front of `into` (never over a page not yet moved).
   forEachRun(bitmap, (first, n, packedAt) => {
@@ -209,6 +215,25 @@ function packBlock(bytes: Buffer, zeroPages: Uint8Array | undefined, into: Buffe
 
 /** Blocks read ahead of the one being encoded. */
 const READ_AHEAD = 4;
+
+/** A write carries at most this many blocks (their memory stays held, e.g. mapped, until it is written). */
+const MAX_BLOCKS_PER_WRITE = 16;
+
+/** Writes `buffers` at `position` (one writev; the rest again after a short write). */
+export async function writeAllv(file: FileHandle, buffers: Buffer[], position: number): Promise<void> {
+  let rest = buffers;
+  let at = position;
+  while (rest.length > 0) {
+    const { bytesWritten } = await file.writev(rest, at);
+    if (bytesWritten <= 0) throw Object.assign(new Error(`writev wrote nothing at ${at}`), { code: 'EIO' });
+    at += bytesWritten;
+    let n = bytesWritten;
+    let k = 0;
+    while (k < rest.length && n >= (rest[k] as Buffer).length) n -= (rest[k++] as Buffer).length;
+    rest = rest.slice(k);
+    if (n > 0) rest[0] = (rest[0] as Buffer).subarray(n);
+  }
+}
 
 /**
  * One block of guest RAM as a GuestMemory hands it to the writer: `bytes` (BLOCK_BYTES, or fewer for
@@ -227,7 +252,7 @@ export interface MemoryBlock {
 export interface GuestMemory {
   /** Block `i`, read into `into` (BLOCK_BYTES, the writer's) or a view of the source's own memory. */
   block(i: number, into: Buffer): Promise<MemoryBlock>;
-  /** The writer no longer reads blocks 0..i: their encodings have finished and their bytes are staged. */
+  /** The writer no longer reads blocks 0..i: their encodings and the writes of their bytes have finished. */
   release?(i: number): void;
 }
 
@@ -268,34 +293,50 @@ export async function writeCheckpoint(
   };
   const partial = `${path}.partial`;
   const file = await open(partial, 'w', 0o600);
-  // Two staging buffers: one is written while the other fills.
-  const stagingBytes = Math.max(input.stagingBytes ?? 8 * 1024 * 1024, BLOCK_BYTES + 1024);
-  const stagings = [Buffer.allocUnsafeSlow(stagingBytes), Buffer.allocUnsafeSlow(stagingBytes)];
-  const writing: Array<Promise<unknown> | undefined> = [undefined, undefined];
-  let current = 0;
-  let staged = 0;
+  // Read buffers: a block read with pread (or packed, when some of its pages are zero) lives in one. A
+  // buffer goes back to the pool when its block is drained, or, when the block is stored raw from it,
+  // once the write that carries it has finished.
+  const pool: Buffer[] = [];
+  const takeBuffer = () => pool.pop() ?? Buffer.allocUnsafeSlow(BLOCK_BYTES);
+  // Stored blocks gathered for the next write, in file order: views of guest RAM or of a read buffer
+  // (raw) and LZ4 output, written with one writev when they reach writeBytes (no staging copy).
+  const writeBytes = Math.max(input.stagingBytes ?? 8 * 1024 * 1024, BLOCK_BYTES);
+  let gathered: Buffer[] = [];
+  let gatheredBytes = 0;
+  let held: Buffer[] = [];
   let written = HEADER_BYTES;
-  const flush = async () => {
-    if (staged === 0) return;
-    const buf = stagings[current] as Buffer;
-    const length = staged;
+  let flushedBlock = -1;
+  // The writes issued, chained in file order; after each, the blocks it carried are released.
+  let writing: Promise<void> = Promise.resolve();
+  const flush = async (lastBlock: number) => {
+    const buffers = gathered;
     const at = written;
-    writing[current] = (async () => {
-      for (let done = 0; done < length; ) done += (await file.write(buf, done, length - done, at + done)).bytesWritten;
-    })();
-    written += staged;
-    staged = 0;
-    current ^= 1;
-    await waited('writeWaitMs', writing[current] ?? Promise.resolve()); // the other buffer's write must be done before it fills again
-    writing[current] = undefined;
+    const hold = held;
+    written += gatheredBytes;
+    gathered = [];
+    gatheredBytes = 0;
+    held = [];
+    const previous = writing;
+    const write = buffers.length > 0 ? writeAllv(file, buffers, at) : Promise.resolve();
+    // Settled in order: a block is released only once every write up to its own has finished.
+    writing = Promise.allSettled([previous, write]).then(([a, b]) => {
+      if (a.status === 'rejected') throw a.reason;
+      if (b.status === 'rejected') throw b.reason;
+      memory.release?.(lastBlock);
+      pool.push(...hold);
+    });
+    writing.catch(() => undefined); // surfaces when awaited
+    // The previous write must be done before more is gathered: at most two writes' blocks are held.
+    await waited('writeWaitMs', previous);
   };
-  const reads: Array<Promise<MemoryBlock> | undefined> = new Array(READ_AHEAD);
-  const readBufs = Array.from({ length: READ_AHEAD }, () => Buffer.allocUnsafeSlow(BLOCK_BYTES));
+  const reads: Array<{ buffer: Buffer; block: Promise<MemoryBlock> } | undefined> = new Array(READ_AHEAD);
   const startRead = (i: number) => {
-    if (i < blockCount) reads[i % READ_AHEAD] = memory.block(i, readBufs[i % READ_AHEAD] as Buffer);
+    if (i >= blockCount) return;
+    const buffer = takeBuffer();
+    reads[i % READ_AHEAD] = { buffer, block: memory.block(i, buffer) };
   };
-  // Blocks read and packed, in order, waiting for their encoding (in the thread pool) to be staged.
-  const pending: Array<{ i: number; bitmap: Buffer; count: number; encoded: Promise<{ encoding: BlockEncoding; stored: Buffer }> | null }> = [];
+  // Blocks read and packed, in order, waiting for their encoding (in the thread pool) to be gathered.
+  const pending: Array<{ i: number; buffer: Buffer; bitmap: Buffer; count: number; encoded: Promise<{ encoding: BlockEncoding; stored: Buffer }> | null }> = [];
   try {
     const index: IndexEntry[] = [];
     let fileOffset = HEADER_BYTES;
@@ -309,49 +350,49 @@ export async function writeCheckpoint(
       reportedAt = now;
       input.onProgress?.({ blocksDone, blockCount, bytesWritten: fileOffset });
     };
-    /** Stages the oldest pending block; its read buffer then takes the block READ_AHEAD further on. */
+    /** Gathers the oldest pending block for writing; a new read then takes the block READ_AHEAD further on. */
     const drain = async () => {
-      const { i, bitmap, count, encoded } = pending[0] as (typeof pending)[number];
+      const { i, buffer, bitmap, count, encoded } = pending[0] as (typeof pending)[number];
+      let keep = false;
       if (!encoded) {
         index.push({ fileOffset, storedBytes: 0, pageCount: 0, encoding: 'lz4', bitmap, hash: 0n });
         timings.zeroBlocks++;
       } else {
         const { encoding, stored } = await waited('encodeWaitMs', encoded);
         timings[encoding === 'raw' ? 'rawBlocks' : 'lz4Blocks']++;
-        const storedHash = hash(stored);
-        if (staged + stored.length > stagingBytes) await flush();
-        if (stored.length > stagingBytes) {
-          await file.write(stored, 0, stored.length, written);
-          written += stored.length;
-        } else {
-          stored.copy(stagings[current] as Buffer, staged);
-          staged += stored.length;
-        }
-        index.push({ fileOffset, storedBytes: stored.length, pageCount: count, encoding, bitmap, hash: storedHash });
+        gathered.push(stored);
+        gatheredBytes += stored.length;
+        keep = stored.buffer === buffer.buffer;
+        index.push({ fileOffset, storedBytes: stored.length, pageCount: count, encoding, bitmap, hash: hash(stored) });
         fileOffset += stored.length;
         storedPages += count;
-        report(i + 1);
       }
-      if (!encoded) report(i + 1);
+      if (keep) held.push(buffer);
+      else pool.push(buffer);
+      report(i + 1);
       pending.shift();
-      memory.release?.(i);
+      // Written when enough is gathered, or every few blocks: the blocks gathered keep their mapping windows.
+      if (gatheredBytes >= writeBytes || i - flushedBlock >= MAX_BLOCKS_PER_WRITE) {
+        flushedBlock = i;
+        await flush(i);
+      }
       startRead(i + READ_AHEAD);
     };
     for (let i = 0; i < READ_AHEAD; i++) startRead(i);
     for (let i = 0; i < blockCount; i++) {
       input.signal?.throwIfAborted();
       while (pending.length > 0 && (pending[0] as (typeof pending)[number]).i <= i - READ_AHEAD) await drain();
-      const into = readBufs[i % READ_AHEAD] as Buffer;
-      const { bytes, zeroPages } = await waited('readWaitMs', reads[i % READ_AHEAD] as Promise<MemoryBlock>);
+      const read = reads[i % READ_AHEAD] as { buffer: Buffer; block: Promise<MemoryBlock> };
+      const { bytes, zeroPages } = await waited('readWaitMs', read.block);
       reads[i % READ_AHEAD] = undefined;
-      const { bitmap, count, pages } = packBlock(bytes, zeroPages, into);
+      const { bitmap, count, pages } = packBlock(bytes, zeroPages, read.buffer);
       const encoded = count === 0 ? null : encodeBlock(pages);
       encoded?.catch(() => undefined); // surfaces when drained
-      pending.push({ i, bitmap, count, encoded });
+      pending.push({ i, buffer: read.buffer, bitmap, count, encoded });
     }
     while (pending.length > 0) await drain();
-    await flush();
-    await Promise.all(writing);
+    await flush(blockCount - 1);
+    await waited('writeWaitMs', writing);
 
     const meta = Buffer.from(JSON.stringify(input.metadata), 'utf8');
     const toc = Buffer.alloc(TOC_FIXED_BYTES + meta.length + input.deviceState.length + index.length * INDEX_ENTRY_BYTES + 8);
@@ -395,7 +436,7 @@ export async function writeCheckpoint(
     return { fileBytes: fileOffset + toc.length, storedPages, blockCount, timings };
   } catch (err) {
     // Never leave reads, encodings or writes running on the file, the buffers or the caller's handles.
-    await Promise.allSettled([...reads, ...writing, ...pending.map((p) => p.encoded)]);
+    await Promise.allSettled([...reads.map((r) => r?.block), writing, ...pending.map((p) => p.encoded)]);
     await file.close().catch(() => undefined);
     await rm(partial, { force: true });
     throw err;
