@@ -40,9 +40,9 @@ function makeRam(): Buffer {
   // 4: zero; 5: compressible with zero pages: LZ4, packed
   put(compressible(30 * PAGE_BYTES, 5), 5 * BLOCK_BYTES + 100 * PAGE_BYTES);
   put(compressible(PAGE_BYTES, 7), 5 * BLOCK_BYTES + 255 * PAGE_BYTES);
-  // 6: 1 KiB compressible, then random: the sample compresses, the block does not (raw)
-  put(compressible(1024, 11), 6 * BLOCK_BYTES);
-  put(randomBytes(BLOCK_BYTES - 1024), 6 * BLOCK_BYTES + 1024);
+  // 6: 3 KiB compressible, then random: the sample compresses, the block does not (raw)
+  put(compressible(3072, 11), 6 * BLOCK_BYTES);
+  put(randomBytes(BLOCK_BYTES - 3072), 6 * BLOCK_BYTES + 3072);
   ram.fill(1, 7 * BLOCK_BYTES + 17, 7 * BLOCK_BYTES + 18); // 7: one byte
   // 8-9: zero; 10-12: random, raw
   put(randomBytes(3 * BLOCK_BYTES), 10 * BLOCK_BYTES);
@@ -53,7 +53,7 @@ function makeRam(): Buffer {
 /**
  * Format 1.1 as its specification says (checkpoint-format.ts header), one block after the other: the
  * non-zero pages packed (a short last page zero-padded), LZ4 unless the first stored page saves less
- * than 1/16 compressed or the block does not shrink, then the table of contents and the header.
+ * than half compressed or the block does not shrink, then the table of contents and the header.
  */
 function referenceFile(ram: Buffer, metadata: object, deviceState: Buffer): Buffer {
   const parts: Buffer[] = [];
@@ -77,7 +77,7 @@ function referenceFile(ram: Buffer, metadata: object, deviceState: Buffer): Buff
     if (pages.length > 0) {
       const packed = Buffer.concat(pages);
       const sample = compressSync(packed.subarray(0, PAGE_BYTES));
-      const lz4 = sample.length > PAGE_BYTES * (15 / 16) ? undefined : compressSync(packed);
+      const lz4 = sample.length > PAGE_BYTES / 2 ? undefined : compressSync(packed);
       const stored = lz4 && lz4.length < packed.length ? lz4 : packed;
       entry.writeUInt32LE(stored.length, 8);
       entry.writeUInt16LE(pages.length, 12);
