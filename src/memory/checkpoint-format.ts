@@ -263,8 +263,8 @@ export interface GuestMemory {
  * into the buffer given, the last one possibly shorter; either is called for up to READ_AHEAD blocks at
  * once, each with its own buffer), then the table of contents. Writes to PATH.partial and renames at
  * the end (after an fsync), so a cancelled or failed write leaves no file. The file depends only on
- * the bytes of guest RAM, never on how they were read. Every encoding of a block has finished when the
- * writer returns or throws, so the caller may then unmap memory the blocks were views of.
+ * the bytes of guest RAM, never on how they were read. Every encoding and write of a block has finished
+ * when the writer returns or throws, so the caller may then unmap memory the blocks were views of.
  */
 export async function writeCheckpoint(
   path: string,
@@ -274,6 +274,7 @@ export async function writeCheckpoint(
     readBlock?: (index: number, into: Buffer) => Promise<number>;
     metadata: CheckpointMetadata;
     deviceState: Buffer;
+    /** Bytes gathered per write (default 8 MiB; named from when blocks were copied into a staging buffer). */
     stagingBytes?: number;
     signal?: AbortSignal;
     onProgress?: (p: WriteProgress) => void;
