@@ -1,7 +1,8 @@
 // Loads Offshoot's native addon (native/mmap.c, built by `npm run setup` into
 // dist/native/mmap.node): a read-only mmap of a file region as a Buffer, its
-// explicit unmap, madvise, and where the file has data (SEEK_DATA/SEEK_HOLE).
-// The checkpoint writer reads guest RAM through it (guest-memory.ts). A
+// explicit unmap, madvise, where the file has data (SEEK_DATA/SEEK_HOLE), and
+// a block's zero-page scan. The checkpoint writer reads guest RAM through it
+// (guest-memory.ts) and finds zero pages with it (checkpoint-format.ts). A
 // missing or unloadable addon is a NativeAddonMissingError telling the user
 // to run `npm run setup`; mmapAddonOrNull() is the form for callers that fall
 // back to plain reads (it warns once, as a process warning).
@@ -21,6 +22,11 @@ export interface MmapAddon {
   /** The file's first run of data (not a hole) at or after `offset`: [start, end), or null if none (SEEK_DATA, SEEK_HOLE). */
   dataRange(fd: number, offset: number): [number, number] | null;
   advice: { sequential: number; willneed: number; populateRead: number };
+  /**
+   * Sets bit p of `bitmap` (32 bytes, cleared first) for each 4 KiB page p of `buffer` (whole pages, at
+   * most 256) that is not all zero and not marked in `known` (pages never read); returns how many.
+   */
+  scanPages(buffer: Uint8Array, known: Uint8Array | null, bitmap: Uint8Array): number;
 }
 
 /** Where the build puts the addon, from this file (src/memory/) up to the checkout. */
@@ -57,7 +63,7 @@ export function mmapAddonOrNull(): MmapAddon | null {
     if (!(err instanceof NativeAddonMissingError)) throw err;
     if (!warned) {
       warned = true;
-      process.emitWarning(`${err.message}; checkpoints read guest RAM with pread instead (slower)`, { code: err.code });
+      process.emitWarning(`${err.message}; checkpoints read guest RAM with pread and find zero pages in JavaScript instead (slower)`, { code: err.code });
     }
     return null;
   }
