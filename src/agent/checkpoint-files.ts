@@ -8,13 +8,14 @@
 // name in its own folder (`.offshoot-ckpt-<id>.tmp`, named by the checkpoint's
 // id so a restarted daemon finds it), then hard-linked to its final name,
 // which fails if that name exists (two checkpoints with one --out cannot
-// delete each other's file), then the temporary name goes. The checkpoint's
+// delete each other's file), and the folder is flushed so that the name
+// survives a crash of the machine; then the temporary name goes. The checkpoint's
 // id is in its metadata, so removing a checkpoint removes a file only if it
 // is that checkpoint; a failed or cancelled write removes only its own
 // temporary files.
 import { link, lstat, mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { OffshootError } from '../common/index.ts';
+import { OffshootError, syncDirectory } from '../common/index.ts';
 import { CheckpointReader, openGuestMemory, writeCheckpoint } from '../memory/index.ts';
 import type { CheckpointMetadata, WriteProgress, WriteTimings } from '../memory/index.ts';
 import { createImage } from '../qemu/index.ts';
@@ -52,6 +53,8 @@ export async function writeCheckpointFile(
       if (err.code === 'EEXIST') throw new OffshootError('ALREADY_EXISTS', `${path} appeared while the checkpoint was written; Offshoot never overwrites a file`, { kind: 'file', name: path, path }, 409);
       throw err;
     });
+    // The file was fsynced before it was renamed and linked: the folder's entries too, or a crash of the machine can lose its name.
+    await syncDirectory(dirname(path));
     return written;
   } finally {
     await removeCheckpointTemp(path, checkpointId);

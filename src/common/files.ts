@@ -3,7 +3,7 @@
 // full disk leaves the old file or the new one, never half of one, and never
 // the temporary file.
 import { randomBytes } from 'node:crypto';
-import { rename, rm, writeFile } from 'node:fs/promises';
+import { open, rename, rm, writeFile } from 'node:fs/promises';
 
 /** Writes `data` to `path` atomically (same folder, private by default). */
 export async function writeFileAtomic(path: string, data: string, mode = 0o600): Promise<void> {
@@ -23,5 +23,15 @@ export function parseJsonOr<T>(text: string, fallback: T): T {
     return text.trim() ? (JSON.parse(text) as T) : fallback;
   } catch {
     return fallback;
+  }
+}
+
+/** Flushes a directory's entries (a file just renamed or linked into it survives a crash of the machine). */
+export async function syncDirectory(dir: string): Promise<void> {
+  const handle = await open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
   }
 }
