@@ -38,6 +38,9 @@ export class NativeAddonMissingError extends OffshootError {
   }
 }
 
+/** The functions this code calls: an addon without one of them is not usable. */
+const ADDON_FUNCTIONS = ['map', 'unmap', 'advise', 'dataRange', 'scanPages'] as const;
+
 let loaded: { addon: MmapAddon } | { error: NativeAddonMissingError } | undefined;
 let warned = false;
 
@@ -46,7 +49,11 @@ export function loadMmapAddon(): MmapAddon {
   if (!loaded) {
     try {
       if (!existsSync(MMAP_ADDON_PATH)) throw new NativeAddonMissingError(MMAP_ADDON_PATH, 'not built');
-      loaded = { addon: createRequire(import.meta.url)(MMAP_ADDON_PATH) as MmapAddon };
+      const addon = createRequire(import.meta.url)(MMAP_ADDON_PATH) as Partial<MmapAddon>;
+      // An addon built from an older native/mmap.c (setup not rerun since) lacks the newer functions.
+      const missing = ADDON_FUNCTIONS.filter((name) => typeof addon[name] !== 'function');
+      if (missing.length > 0) throw new NativeAddonMissingError(MMAP_ADDON_PATH, `built from older source: no ${missing.join(', ')}`);
+      loaded = { addon: addon as MmapAddon };
     } catch (err) {
       loaded = { error: err instanceof NativeAddonMissingError ? err : new NativeAddonMissingError(MMAP_ADDON_PATH, (err as Error).message) };
     }
