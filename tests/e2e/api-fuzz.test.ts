@@ -51,7 +51,8 @@ describe('API fuzz', () => {
   const fileTree = () => {
     const walk = (dir: string): string[] => (existsSync(dir) ? readdirSync(dir, { withFileTypes: true }).flatMap((e) => [join(dir, e.name), ...(e.isDirectory() ? walk(join(dir, e.name)) : [])]) : []);
     return [...walk(t.home), ...walk(t.memoryDir)]
-      .filter((p) => !/inventory\.sqlite|daemon\.log|serve\.out|\/operations\/[0-9a-f-]+\.json$/.test(p))
+      // The agent's operation journal (one file per operation, and the empty spare files it writes them into) is bookkeeping.
+      .filter((p) => !/inventory\.sqlite|daemon\.log|serve\.out|\/operations\/([0-9a-f-]+\.json|spare-[0-9a-f]+\.json\.tmp-\d+)$/.test(p))
       .map((p) => `${relative('/', p)} ${statSync(p, { throwIfNoEntry: false })?.isDirectory() ? 'dir' : 'file'}`)
       .sort();
   };
