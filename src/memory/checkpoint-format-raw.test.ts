@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { xxh64 } from '@node-rs/xxhash';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BLOCK_BYTES, CHECKPOINT_VERSION, CheckpointFormatError, CheckpointReader, HEADER_BYTES, PAGE_BYTES, writeCheckpoint } from './checkpoint-format.ts';
+import { readCheckpointMemory } from './checkpoint-testing.ts';
 
 const BLOCKS = 6;
 const MEMORY = BLOCKS * BLOCK_BYTES;
@@ -44,23 +45,9 @@ describe('checkpoint format 1.1 (raw blocks)', () => {
   });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-  const readAll = async (path: string) => {
-    const reader = await CheckpointReader.open(path);
-    try {
-      const out = Buffer.alloc(MEMORY);
-      const buf = Buffer.alloc(BLOCK_BYTES);
-      for (let i = 0; i < reader.blockCount; i++) {
-        await reader.readBlock(i, buf);
-        buf.copy(out, i * BLOCK_BYTES);
-      }
-      return out;
-    } finally {
-      await reader.close();
-    }
-  };
   const reason = async (path: string) => {
     try {
-      await readAll(path);
+      await readCheckpointMemory(path);
       return 'ok';
     } catch (err) {
       expect(err).toBeInstanceOf(CheckpointFormatError);
@@ -93,7 +80,7 @@ describe('checkpoint format 1.1 (raw blocks)', () => {
     expect(info[0]).toEqual({ encoding: 'raw', storedBytes: BLOCK_BYTES, pageCount: 256 });
     expect(info[2]).toEqual({ encoding: 'raw', storedBytes: (256 - 41) * PAGE_BYTES, pageCount: 256 - 41 });
     expect(info[1]?.storedBytes).toBeLessThan(BLOCK_BYTES / 2);
-    expect((await readAll(file)).equals(memory)).toBe(true);
+    expect((await readCheckpointMemory(file)).equals(memory)).toBe(true);
     const restored = join(dir, 'restored.ram');
     const r2 = await CheckpointReader.open(file);
     await r2.restoreInto(restored);
