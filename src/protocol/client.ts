@@ -82,6 +82,24 @@ export async function follow<K extends OperationName>(client: AgentClient, opera
   }
 }
 
+/**
+ * Waits until an operation on the host has ended, or the host no longer knows it (OPERATION_NOT_FOUND), for at
+ * most `ms`. Answers false if it was still running then; any other error of the host is thrown.
+ */
+export async function waitForOperationEnd(client: AgentClient, operationId: string, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    try {
+      const { operation } = await client.getOperation({ operationId, afterSeq: 0, waitMs: Math.max(0, Math.min(30_000, deadline - Date.now())), until: 'end' });
+      if (operation.state !== 'running') return true;
+    } catch (error) {
+      if (error instanceof OffshootError && error.code === 'OPERATION_NOT_FOUND') return true;
+      throw error;
+    }
+  }
+  return false;
+}
+
 /** Starts operation `name` (with a fresh operation id unless the request names one) and follows it to its end. */
 export async function runOperation<K extends OperationName>(client: AgentClient, name: K, request: Omit<CallRequest<K>, 'operationId'> & { operationId?: string }, options: FollowOptions = {}): Promise<CallResult<K>> {
   const operationId = request.operationId ?? newOperationId();

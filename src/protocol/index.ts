@@ -18,7 +18,7 @@ export type { OperationContext } from './operations.ts';
 export { EventLog } from './event-log.ts';
 export { AgentEndpoint, StaleEpochError } from './endpoint.ts';
 export type { AgentHandlers, EpochKeeper, RequestMeta } from './endpoint.ts';
-export { clientFromSend, inProcessClient, follow, runOperation, newOperationId, OperationCancelledError } from './client.ts';
+export { clientFromSend, inProcessClient, follow, runOperation, newOperationId, waitForOperationEnd, OperationCancelledError } from './client.ts';
 export type { AgentClient, AgentMethods, FollowOptions } from './client.ts';
 export { agentHttpApp, EPOCH_HEADER, IDEMPOTENCY_HEADER, PROTOCOL_HEADER } from './http-server.ts';
 export { httpAgentClient, HostUnreachableError } from './http-client.ts';

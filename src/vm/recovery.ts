@@ -20,8 +20,7 @@
 // - A host that misses its lease: its live VMs become `unknown` (never
 //   restarted elsewhere); when it answers again they are re-adopted the same way.
 import { OffshootError } from '../common/index.ts';
-import { follow } from '../protocol/index.ts';
-import type { AgentClient } from '../protocol/index.ts';
+import { follow, waitForOperationEnd } from '../protocol/index.ts';
 import type { RestoreJournal } from './checkpoint/checkpoints.ts';
 import type { EngineContext } from './engine-context.ts';
 import type { ForkJournal } from './fork/index.ts';
@@ -53,15 +52,6 @@ const TRANSITIONAL: readonly VmState[] = ['starting', 'stopping', 'forking', 'ch
 
 /** How long a controller taking over a fork waits for its host to finish preparing it. */
 const PREPARE_WAIT_MS = 10 * 60_000;
-
-/** Waits until an agent operation has ended (or the agent no longer knows it, or `ms` passed). */
-async function waitForOperationEnd(agent: AgentClient, operationId: string, ms: number): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    const found = await agent.getOperation({ operationId, afterSeq: 0, waitMs: 30_000, until: 'end' }).catch(() => undefined);
-    if (!found || found.operation.state !== 'running') return;
-  }
-}
 
 function journalOf(task: TaskRecord): unknown {
   return (task.result as { journal?: unknown } | null)?.journal;
@@ -138,12 +128,12 @@ export class Recovery {
     if (j.prepareOperationId && j.phase === 'preparing') {
       // The host may still be preparing (an agent outlives its controller): what it stages after the rollback
       // would be left behind, so wait for the preparation to end first (abortFork then undoes it).
-      await waitForOperationEnd(agent, j.prepareOperationId, PREPARE_WAIT_MS);
+      await waitForOperationEnd(agent, j.prepareOperationId, PREPARE_WAIT_MS).catch(() => true);
     }
     if (j.writeOperationId) {
       // A checkpoint file still being written by an agent that lived on: stop the writer before removing its file.
       await agent.cancelOperation({ operationId: j.writeOperationId }).catch(() => undefined);
-      await agent.getOperation({ operationId: j.writeOperationId, afterSeq: 0, waitMs: 30_000, until: 'end' }).catch(() => undefined);
+      await waitForOperationEnd(agent, j.writeOperationId, 30_000).catch(() => true);
     }
     let recovery = await recoverFork({ inventory: this.ctx.inventory, agent, states: this.ctx.states, logger: this.ctx.logger }, j);
     for (const childId of j.childIds) {

@@ -24,7 +24,7 @@ import { IllegalStateError, OffshootError } from '../../common/index.ts';
 import type { VmRecord } from '../records.ts';
 import type { TaskContext } from '../tasks.ts';
 import type { Locator } from '../../protocol/index.ts';
-import { newOperationId, runOperation } from '../../protocol/index.ts';
+import { newOperationId, runOperation, waitForOperationEnd } from '../../protocol/index.ts';
 import type { DiskContentPlan } from './content-plan.ts';
 import { peerAddress } from './copy-file-op.ts';
 import type { StorageDeps } from './deps.ts';
@@ -94,18 +94,13 @@ const FETCH_STOP_WAIT_MS = 120_000;
 /** Stops a dead controller's fetch on the destination and waits until it has ended (however it ends). */
 async function stopFetch(deps: StorageDeps, hostId: string, operationId: string): Promise<void> {
   const agent = agentOn(deps, hostId);
-  const notFound = (error: unknown) => error instanceof OffshootError && error.code === 'OPERATION_NOT_FOUND';
   try {
     await agent.cancelOperation({ operationId });
-    const deadline = Date.now() + FETCH_STOP_WAIT_MS;
-    while (Date.now() < deadline) {
-      const { operation } = await agent.getOperation({ operationId, afterSeq: 0, waitMs: 10_000, until: 'end' });
-      if (operation.state !== 'running') return;
-    }
   } catch (error) {
-    if (notFound(error)) return;
+    if (error instanceof OffshootError && error.code === 'OPERATION_NOT_FOUND') return;
     throw error;
   }
+  if (await waitForOperationEnd(agent, operationId, FETCH_STOP_WAIT_MS)) return;
   throw new OffshootError('TIMEOUT', `the copy ${operationId} on host ${deps.engine.hostName(hostId)} did not stop within ${FETCH_STOP_WAIT_MS / 1000} s; its files are left for the next recovery`, { operationId, host: hostId }, 504);
 }
 
