@@ -5,11 +5,12 @@
 // plane with `offshoot host add NAME URL --token-file F`). One agent per home.
 // On SIGTERM it stops answering and leaves every VM running: the next agent
 // (or the control plane's re-adoption) takes them back.
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { serve } from '@hono/node-server';
 import pino from 'pino';
+import { writeFileAtomic } from '../common/index.ts';
 import type { Logger } from '../common/index.ts';
 import { agentHttpApp } from '../protocol/index.ts';
 import { loadOrCreateToken } from './auth.ts';
@@ -55,7 +56,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Run
     const address = server.address() as AddressInfo;
     const url = `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`;
     const pidFile = join(options.home, 'agent-daemon.json');
-    await writeFile(pidFile, `${JSON.stringify({ url, pid: process.pid, startedAt: new Date().toISOString() }, null, 2)}\n`, { mode: 0o600 });
+    await writeFileAtomic(pidFile, `${JSON.stringify({ url, pid: process.pid, startedAt: new Date().toISOString() }, null, 2)}\n`);
     logger.info({ url, home: options.home }, 'offshoot agent listening');
     const running = server;
     const local = stack;

@@ -3,9 +3,9 @@
 // not this home's is then checked against the inventory's API tokens (by
 // hash), so every controller of a fleet accepts the same credentials.
 import { randomBytes, timingSafeEqual } from 'node:crypto';
-import { chmod, readFile, writeFile } from 'node:fs/promises';
+import { chmod, readFile } from 'node:fs/promises';
 import type { MiddlewareHandler } from 'hono';
-import { UnauthorizedError } from '../common/index.ts';
+import { UnauthorizedError, writeFileAtomic } from '../common/index.ts';
 
 /** Reads the token file, creating it with a fresh random token (mode 0600) if missing. */
 export async function loadOrCreateToken(path: string): Promise<string> {
@@ -19,7 +19,7 @@ export async function loadOrCreateToken(path: string): Promise<string> {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
   const token = randomBytes(32).toString('base64url');
-  await writeFile(path, `${token}\n`, { mode: 0o600 });
+  await writeFileAtomic(path, `${token}\n`);
   await chmod(path, 0o600);
   return token;
 }

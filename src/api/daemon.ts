@@ -11,12 +11,12 @@
 // lease (30 s, or OFFSHOOT_LEASE_MS) after which another controller takes
 // over what it ran.
 import { createHash } from 'node:crypto';
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
 import { serve } from '@hono/node-server';
 import pino from 'pino';
-import { InvalidInputError, homePaths } from '../common/index.ts';
+import { InvalidInputError, homePaths, writeFileAtomic } from '../common/index.ts';
 import type { DaemonFile, HomePaths, Logger } from '../common/index.ts';
 import type { LocalHostAgent } from '../agent/index.ts';
 import { KyselyInventory, inventoryLocation } from '../store/index.ts';
@@ -233,7 +233,7 @@ async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock
   const metricsUrl = metricsServer ? urlOf(metricsServer) : undefined;
   const controller = await inventory.controllers.keepAlive(controllerId, url, leaseMs, { logger });
   const daemon: DaemonFile = { url, pid: process.pid, startedAt: new Date().toISOString() };
-  await writeFile(paths.daemonFile, `${JSON.stringify(daemon, null, 2)}\n`, { mode: 0o600 });
+  await writeFileAtomic(paths.daemonFile, `${JSON.stringify(daemon, null, 2)}\n`);
   logger.info({ url, metricsUrl, home: paths.home }, 'offshoot daemon listening');
   let closing: Promise<void> | undefined;
   const close = () => {
