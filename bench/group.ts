@@ -1,10 +1,13 @@
-// `npm run bench -- group [--sizes 2,4,8] [--runs 1] [--memory 256] [--dirty 32]`:
+// `npm run bench -- group [--sizes 2,4,8] [--runs 1] [--memory 256] [--dirty 32] [--order group-first|baseline-first]`:
 // group migration between two lab hosts (each `offshoot agent serve` in its
 // own network namespace). For each group size, N guests of `--memory` MiB
 // (one of them rewriting a tmpfs file of `--dirty` MiB in a loop) move
 // lab1 -> lab2 as one group (one switch-over), then back lab2 -> lab1 as N
 // independent migrations started at once (the baseline: what a user gets
-// without a group), alternately `--runs` times. Per move: the switch-over
+// without a group), alternately `--runs` times (`--order baseline-first`:
+// the baseline first, lab1 -> lab2, and the group back: the first move after
+// a boot also populates the sources' RAM files, which the way back finds
+// done). Per move: the switch-over
 // spread (last member resumed at its destination minus first: how long the
 // application ran split across two hosts), each member's downtime (QEMU's
 // figure; in the group it includes the hold at the barrier), each member's
@@ -76,6 +79,13 @@ async function stopTicks(engine: VmEngine, names: string[], resumedAt: Array<num
   );
 }
 
+/** A member's pacing steps (s since the group's start) and its last passes (pass@s:MiB): where its time went. */
+function timelineOf(m: GroupMigrateResult['members'][number]): string {
+  const steps = (['precopy', 'start', 'brink', 'firstPassEnd', 'brake', 'lastRun', 'lastRunApplied', 'held'] as const).flatMap((k) => (m.timeline[k] === undefined ? [] : [`${k} ${(m.timeline[k] / 1000).toFixed(2)}`]));
+  const passes = m.passes.slice(-10).map((p) => `${p.pass}@${(p.atMs / 1000).toFixed(2)}:${(p.bytes / 2 ** 20).toFixed(1)}${p.bandwidthBytesPerSecond > 0 ? `/${Math.round(p.bandwidthBytesPerSecond / 2 ** 20)}` : ''}${p.throttlePercent > 0 ? `/t${p.throttlePercent}` : ''}`);
+  return `at (s): ${steps.join(', ')}; passes (pass@s:MiB[/MiB/s sent][/throttle %], last ${passes.length} of ${m.passes.length}): ${passes.join(' ')}`;
+}
+
 async function groupMove(engine: VmEngine, names: string[], to: string): Promise<Move | null> {
   await startTicks(engine, names);
   const t0 = performance.now();
@@ -88,7 +98,7 @@ async function groupMove(engine: VmEngine, names: string[], to: string): Promise
   const r = done.result as GroupMigrateResult;
   const guestGaps = await stopTicks(engine, names, names.map((n) => r.members.find((m) => m.vm === n)?.resumedAt ?? null).map((t) => (t ? Date.parse(t) : null)));
   const parts = (m: GroupMigrateResult['members'][number]) => (m.breakdown ? ` = reach ${m.breakdown.reachMs} + held ${m.breakdown.heldMs} + switch ${m.breakdown.switchMs} + wait ${m.breakdown.waitMs} + start ${m.breakdown.startMs}` : '');
-  process.stderr.write(`group of ${names.length} -> ${to}: spread ${r.spreadMs} ms, held spread ${r.heldSpreadMs} ms, total ${r.totalMs} ms, load ${loadavg()[0]?.toFixed(1)}\n${r.members.map((m, i) => `  ${m.vm}: downtime ${m.downtimeMs} ms (guest ${guestGaps[i]} ms), stopped ${m.stoppedMs} ms${parts(m)}; start delayed ${m.startDelayMs} ms, braked ${m.brakedMs} ms${m.pacedBytesPerSecond ? ` at ${Math.round(m.pacedBytesPerSecond / 2 ** 10)} KiB/s` : ''}, hovered ${m.hoveredMs} ms, last run ${m.lastRunMs} ms`).join('\n')}\n`);
+  process.stderr.write(`group of ${names.length} -> ${to}: spread ${r.spreadMs} ms, held spread ${r.heldSpreadMs} ms, total ${r.totalMs} ms, load ${loadavg()[0]?.toFixed(1)}\n${r.members.map((m, i) => `  ${m.vm}: downtime ${m.downtimeMs} ms (guest ${guestGaps[i]} ms), stopped ${m.stoppedMs} ms${parts(m)}; start delayed ${m.startDelayMs} ms, braked ${m.brakedMs} ms${m.pacedBytesPerSecond ? ` at ${Math.round(m.pacedBytesPerSecond / 2 ** 10)} KiB/s` : ''}, hovered ${m.hoveredMs} ms, last run ${m.lastRunMs} ms\n    ${timelineOf(m)}`).join('\n')}\n`);
   return { spreadMs: r.spreadMs ?? NaN, guestGaps, downtimes: r.members.map((m) => m.downtimeMs ?? NaN), stops: r.members.map((m) => m.stoppedMs ?? NaN), held: r.members.map((m) => m.heldMs ?? NaN), parts: r.members.flatMap((m) => (m.breakdown ? [{ ...m.breakdown }] : [])), totalMs: performance.now() - t0 };
 }
 
@@ -111,7 +121,7 @@ async function independentMoves(engine: VmEngine, names: string[], to: string): 
 }
 
 export async function groupBenchmark(args: string[]): Promise<BenchResult> {
-  const o = { sizes: option(args, '--sizes', '2,4,8').split(',').map(Number), runs: Number(option(args, '--runs', '1')), memory: Number(option(args, '--memory', '256')), dirty: Number(option(args, '--dirty', '32')) };
+  const o = { sizes: option(args, '--sizes', '2,4,8').split(',').map(Number), runs: Number(option(args, '--runs', '1')), memory: Number(option(args, '--memory', '256')), dirty: Number(option(args, '--dirty', '32')), order: option(args, '--order', 'group-first') };
   const home = mkdtempSync('/tmp/ogb-home-');
   const memoryDir = mkdtempSync('/dev/shm/ogb-mem-');
   const prefix = `ogb${randomBytes(2).toString('hex').slice(0, 3)}`;
@@ -147,9 +157,17 @@ export async function groupBenchmark(args: string[]): Promise<BenchResult> {
       const alone: Move[] = [];
       try {
         for (let i = 0; i < o.runs; i++) {
-          const g = await groupMove(engine, names, 'lab2');
+          // The first move of a freshly booted guest reads its RAM file's holes (populating them at the source too):
+          // --order baseline-first gives that cost to the baseline instead.
+          if (o.order === 'baseline-first') {
+            const a = await independentMoves(engine, names, 'lab2');
+            if (!a) break;
+            alone.push(a);
+          }
+          const g = await groupMove(engine, names, o.order === 'baseline-first' ? 'lab1' : 'lab2');
           if (!g) break;
           group.push(g);
+          if (o.order === 'baseline-first') continue;
           const a = await independentMoves(engine, names, 'lab1');
           if (!a) break;
           alone.push(a);
@@ -172,7 +190,7 @@ export async function groupBenchmark(args: string[]): Promise<BenchResult> {
       notes.push(`${size} VMs: a member's whole stop by phase, medians over ${parts.length} member(s) (ms): ${breakdown}; held per member: ${group.flatMap((x) => x.held).map((h) => Math.round(h)).join(', ')}; load average after: ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
     }
     notes.push(`load average at the end: ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
-    notes.push(`one member of each group rewrites ${o.dirty} MiB of tmpfs in a loop; guests of ${o.memory} MiB; group moves lab1 -> lab2, the baseline moves them back`);
+    notes.push(`one member of each group rewrites ${o.dirty} MiB of tmpfs in a loop; guests of ${o.memory} MiB; ${o.order === 'baseline-first' ? 'the baseline moves them lab1 -> lab2 first, the group moves them back' : 'group moves lab1 -> lab2, the baseline moves them back'}`);
     notes.push("downtime seen in the guest: a loop logs the guest's uptime (10 ms steps) about every 10 ms (sleep 0.01); the longest gap ending at most 1 s before the member's resume (the loop's normal step under TCG is some tens of ms, more under load)");
     return { name: 'group', startedAt, machine: { cpus: cpus().length, accel, qemu: await qemuVersion(), node: process.version }, parameters: o, comparisons, notes };
   } finally {

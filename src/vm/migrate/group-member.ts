@@ -66,6 +66,10 @@ export interface GroupMemberResult {
   lastRunMs: number | null;
   /** Where its whole stop went (wall clocks; null when it did not reach them all). */
   breakdown: StopBreakdown | null;
+  /** When each step of its pacing came, ms since the group's start (controller's clock; absent: it did not happen). */
+  timeline: PaceTimeline;
+  /** Its passes past the first: when each began (ms since the group's start), the most it had left in it (what its guest dirtied in the pass before, or while braked), and the bandwidth and auto-converge throttle its source last reported in it. */
+  passes: Array<{ pass: number; atMs: number; bytes: number; bandwidthBytesPerSecond: number; throttlePercent: number }>;
   resumedAt: string | null;
   error: { code: string; message: string } | null;
 }
@@ -82,6 +86,26 @@ export interface StopBreakdown {
   waitMs: number;
   /** The start sent until the guest ran at its destination (`cont`). */
   startMs: number;
+}
+
+/** A member's pacing steps (ms since the group's start). */
+export interface PaceTimeline {
+  /** Its pre-copy began (first memory report: its dirty rate sampled, braked at the start). */
+  precopy?: number;
+  /** The pacer started it (full bandwidth). */
+  start?: number;
+  /** Slowed at the brink of the end of its first pass. */
+  brink?: number;
+  /** The end of its first pass (the first report of pass 2). */
+  firstPassEnd?: number;
+  /** Braked at a crawl past its first pass. */
+  brake?: number;
+  /** Released or landed: its last run began. */
+  lastRun?: number;
+  /** Its source confirmed its last run's settings (the control path's delay under load). */
+  lastRunApplied?: number;
+  /** Held at its switch-over. */
+  held?: number;
 }
 
 export interface GroupMigrateResult {
@@ -134,8 +158,13 @@ export interface Member extends GroupMember {
     sample: { at: number; remaining: number; pass: number } | null;
     /** What its current pass began with (the largest remaining figure reported in it; 0 in its first pass). */
     passBytes: number;
-    /** The highest dirty rate its source reported during its first pass (sampled before it started). */
-    firstPassDirty: number;
+    /** What the pass before its current one began with (0 until its third pass). */
+    previousPassBytes: number;
+    /** Its second pass (the first seen past its first), and what it began with: what its guest dirtied during its first pass. */
+    secondPass: { pass: number; bytes: number } | null;
+    /** When each pacing step came (performance.now()), and its passes past the first (for the result). */
+    marks: { [K in keyof PaceTimeline]?: number };
+    passes: Array<{ pass: number; at: number; bytes: number; bandwidth: number; throttle: number }>;
   };
   heldAt: number | null;
   continuedAt: number | null;

@@ -1,27 +1,35 @@
 import { describe, expect, it } from 'vitest';
 import type { PacedMember } from './group-pacing.ts';
-import { BRAKE_DOWNTIME_MS, BRAKE_FLOOR, BRINK_BYTES, SLOW_BANDWIDTH, LEAD_S, paceGroup, secondsToConverge } from './group-pacing.ts';
+import { BRAKE_DOWNTIME_MS, BRAKE_FLOOR, BRINK_BYTES, CROSS_BANDWIDTH, LAND_AFTER_S, LAND_DOWNTIME_MS, LEAD_S, RIPE_FACTOR, SLOW_BANDWIDTH, SLOW_TAIL_BYTES, paceGroup, ripe, secondsToConverge } from './group-pacing.ts';
 
 const MiB = 2 ** 20;
 const options = { maxBandwidthBytesPerSecond: 1024 * MiB, downtimeLimitMs: 300, windowMs: 150 };
 const full = { maxBandwidthBytesPerSecond: options.maxBandwidthBytesPerSecond, downtimeLimitMs: 300 };
 const crawl = { maxBandwidthBytesPerSecond: BRAKE_FLOOR, downtimeLimitMs: BRAKE_DOWNTIME_MS };
 const hover = { maxBandwidthBytesPerSecond: options.maxBandwidthBytesPerSecond, downtimeLimitMs: BRAKE_DOWNTIME_MS };
-// A light member braked at the brink of the end of its first pass: slowed, so that it crosses that end slowly.
+// A ripe hovering member landed: it switches over at its next sync.
+const land = { maxBandwidthBytesPerSecond: options.maxBandwidthBytesPerSecond, downtimeLimitMs: LAND_DOWNTIME_MS };
+// A light member at the brink of the end of its first pass crosses its tail at CROSS_BANDWIDTH, its last SLOW_TAIL_BYTES slowly.
+const crossing = { maxBandwidthBytesPerSecond: CROSS_BANDWIDTH, downtimeLimitMs: BRAKE_DOWNTIME_MS };
 const slowed = { maxBandwidthBytesPerSecond: SLOW_BANDWIDTH, downtimeLimitMs: BRAKE_DOWNTIME_MS };
 // An idle member in its first pass: 200 MiB left, mostly zero pages (its remaining falls at 400 MiB/s while QEMU reports 100 MiB/s sent).
-const idle: PacedMember = { vmId: 'idle', phase: 'memory', pass: 1, remainingBytes: 200 * MiB, dirtyBytesPerSecond: 0, bandwidthBytesPerSecond: 100 * MiB, drainBytesPerSecond: 400 * MiB, passBytes: 0, firstPassDirtyBytesPerSecond: 0, started: true, braked: false, released: false, landed: false, sinceReportS: 0 };
+const idle: PacedMember = { vmId: 'idle', phase: 'memory', pass: 1, remainingBytes: 200 * MiB, dirtyBytesPerSecond: 0, bandwidthBytesPerSecond: 100 * MiB, peakBandwidthBytesPerSecond: 100 * MiB, lastRunS: 0, drainBytesPerSecond: 400 * MiB, passBytes: 0, previousPassBytes: 0, secondPassBytes: 0, started: true, braked: false, released: false, landed: false, sinceReportS: 0 };
 // The same at the brink: 0.2 s from its switch-over at full speed (above BRINK_BYTES: at the brink by its estimate).
 const brink: PacedMember = { ...idle, remainingBytes: 30 * MiB + 0.2 * 400 * MiB };
-// A member rewriting 64 MiB: past its first pass, 64 MiB left at 100 MiB/s sent and 40 MiB/s dirtied, hovering.
-const busy: PacedMember = { vmId: 'busy', phase: 'memory', pass: 3, remainingBytes: 64 * MiB, dirtyBytesPerSecond: 40 * MiB, bandwidthBytesPerSecond: 100 * MiB, drainBytesPerSecond: 0, passBytes: 0, firstPassDirtyBytesPerSecond: 40 * MiB, started: true, braked: false, released: false, landed: false, sinceReportS: 0 };
+// A member rewriting 64 MiB: past its first pass (its second pass began with 64 MiB), 64 MiB left at 100 MiB/s sent and
+// 40 MiB/s dirtied, hovering; its passes (64 MiB) do not fit what 300 ms at 100 MiB/s let it stop with (30 MiB): not ripe.
+const busy: PacedMember = { vmId: 'busy', phase: 'memory', pass: 3, remainingBytes: 64 * MiB, dirtyBytesPerSecond: 40 * MiB, bandwidthBytesPerSecond: 100 * MiB, peakBandwidthBytesPerSecond: 100 * MiB, lastRunS: 0, drainBytesPerSecond: 0, passBytes: 64 * MiB, previousPassBytes: 64 * MiB, secondPassBytes: 64 * MiB, started: true, braked: false, released: false, landed: false, sinceReportS: 0 };
+// The same throttled: its last two passes fit RIPE_FACTOR times what 300 ms at 100 MiB/s let it stop with (ripe).
+const ripeBusy: PacedMember = { ...busy, remainingBytes: 10 * MiB, passBytes: 20 * RIPE_FACTOR * MiB, previousPassBytes: 28 * RIPE_FACTOR * MiB };
 // The same still in its first pass (150 MiB left at 100 MiB/s).
-const busyFirst: PacedMember = { ...busy, pass: 1, remainingBytes: 150 * MiB, drainBytesPerSecond: 100 * MiB };
+const busyFirst: PacedMember = { ...busy, pass: 1, remainingBytes: 150 * MiB, drainBytesPerSecond: 100 * MiB, passBytes: 0, previousPassBytes: 0, secondPassBytes: 0 };
 // Both waiting braked at the start of their pre-copy, not measured at full speed yet (the busy one's dirty rate sampled).
 const idleWaiting: PacedMember = { ...idle, remainingBytes: 256 * MiB, bandwidthBytesPerSecond: 0, drainBytesPerSecond: 0, started: false, braked: true };
-const busyWaiting: PacedMember = { ...busy, pass: 1, dirtyBytesPerSecond: 100 * MiB, remainingBytes: 256 * MiB, bandwidthBytesPerSecond: 0, drainBytesPerSecond: 0, started: false, braked: true };
+const busyWaiting: PacedMember = { ...busyFirst, dirtyBytesPerSecond: 100 * MiB, remainingBytes: 256 * MiB, bandwidthBytesPerSecond: 0, drainBytesPerSecond: 0, started: false, braked: true };
+// A light member braked past its first pass: 1 MiB left, its guest dirtied 2 MiB during its pass before.
+const past: PacedMember = { ...idle, pass: 2, remainingBytes: MiB, passBytes: 2 * MiB, secondPassBytes: 2 * MiB, braked: true };
 
-describe('group pacing (a gated start; light ones slowed at the brink of their first pass; every member braked past it; timed last runs)', () => {
+describe('group pacing (a gated start; light ones slowed at the brink of their first pass and braked past it; busy ones hover until ripe; timed last runs)', () => {
   it('estimates a first pass from the drain rate (plus the passes over what its guest dirties), later passes from what the downtime limit leaves', () => {
     // (200 - 30) MiB above what 300 ms at 100 MiB/s can stop with, at 400 MiB/s.
     expect(secondsToConverge(idle, 300)).toBeCloseTo(170 / 400);
@@ -31,6 +39,19 @@ describe('group pacing (a gated start; light ones slowed at the brink of their f
     expect(secondsToConverge({ ...busy, phase: 'held' }, 300)).toBe(0);
     // In its first pass a member that dirties memory also needs the passes over what it dirties meanwhile (a second's worth at least).
     expect(secondsToConverge({ ...idle, dirtyBytesPerSecond: 40 * MiB }, 300)).toBeCloseTo(170 / 400 + (40 - 30) / 60);
+  });
+
+  it('judges a hovering member ripe when its last two passes fit RIPE_FACTOR times what the downtime limit lets it stop with at full speed', () => {
+    expect(ripe(busy, 300, 100 * MiB)).toBe(false);
+    expect(ripe(ripeBusy, 300, 100 * MiB)).toBe(true);
+    // One pass that fits is not enough (its passes vary: the next may not).
+    expect(ripe({ ...ripeBusy, previousPassBytes: 40 * RIPE_FACTOR * MiB }, 300, 100 * MiB)).toBe(false);
+    // At a lower full-speed bandwidth the same passes do not fit (the one QEMU reports while it hovers does not count);
+    // not measured yet: the group's bandwidth.
+    expect(ripe({ ...ripeBusy, peakBandwidthBytesPerSecond: 50 * MiB }, 300, 100 * MiB)).toBe(false);
+    expect(ripe({ ...ripeBusy, peakBandwidthBytesPerSecond: 100 * MiB }, 300, 100 * MiB)).toBe(true);
+    expect(ripe({ ...ripeBusy, peakBandwidthBytesPerSecond: 0 }, 300, 100 * MiB)).toBe(true);
+    expect(ripe({ ...busy, phase: 'held' }, 300, 100 * MiB)).toBe(true);
   });
 
   it('starts nobody until every member is in its pre-copy, then the longest first, and a light one when the slowest needs no more than it', () => {
@@ -57,50 +78,57 @@ describe('group pacing (a gated start; light ones slowed at the brink of their f
     expect(paceGroup([idleWaiting, busy], options).get('idle')?.started).toBe(true);
   });
 
-  it('keeps a light member past its first pass braked at a crawl, a busy one hovering, while others are on their way, and times the last runs, the longest first', () => {
-    // A light member on its way, far from its brink: the busy one (its guest dirtied 40 MiB/s in its first pass) hovers
-    // past its first pass (it keeps iterating, and auto-converge throttles it meanwhile).
+  it('keeps a light member past its first pass braked at a crawl and a busy one hovering until it is ripe, then sends all on their last run', () => {
+    // A light member on its way, far from its brink: the busy one (its guest dirtied 64 MiB during its first pass)
+    // hovers past its first pass (it keeps iterating, and auto-converge throttles it meanwhile).
     expect(paceGroup([idle, busy], options).get('busy')).toMatchObject({ settings: hover, braked: false, hovering: true });
-    // One that dirtied little in its first pass waits at a crawl (guest running: nothing is synced, nothing switches over).
-    expect(paceGroup([idle, { ...busy, firstPassDirtyBytesPerSecond: MiB }], options).get('busy')).toMatchObject({ settings: crawl, braked: true, hovering: false });
+    // One that dirtied little during its first pass waits at a crawl (guest running: nothing is synced, nothing switches
+    // over), whatever its sampled dirty rate said.
+    expect(paceGroup([idle, { ...busy, secondPassBytes: MiB }], options).get('busy')).toMatchObject({ settings: crawl, braked: true, hovering: false });
     // So does a light member past its first pass (at full bandwidth it would find nothing dirty soon and switch over).
     expect(paceGroup([{ ...idle, pass: 2, remainingBytes: 2 * MiB }, busyFirst], options).get('idle')).toMatchObject({ settings: crawl, braked: true });
     expect(paceGroup([{ ...idle, pass: 2, remainingBytes: 0 }, { ...idle, vmId: 'other' }], options).get('idle')).toMatchObject({ settings: crawl, braked: true });
-    // Everyone ready (past the first pass): the light one (braked) needs what is left (1 MiB) and what its guest dirtied
-    // since (taken as its pass's size, 2 MiB), within the group's limit at once: LAND_S; the busy one 0.57 s at the
-    // group's limit ((64 - 30) MiB at 60 MiB/s net): it lands first, the light one waits at a crawl.
-    const past = { ...idle, pass: 2, remainingBytes: MiB, passBytes: 2 * MiB, braked: true };
-    const first = paceGroup([past, busy], options);
-    expect(first.get('busy')).toMatchObject({ settings: full, braked: false, hovering: false });
-    expect(first.get('idle')).toMatchObject({ settings: crawl, braked: true });
-    // Whose turn has not come hovers on (busy) or waits at a crawl.
-    expect(paceGroup([{ ...past, passBytes: 200 * MiB }, busy], options).get('busy')).toMatchObject({ settings: hover, hovering: true });
-    // A busy one braked before (it dirtied little since) is treated as braked: what it dirtied meanwhile counts.
-    const waiting = { ...busy, braked: true };
-    // What the busy one dirtied while braked counts: with a 64 MiB pass before, it needs longer still.
-    expect(paceGroup([{ ...past, passBytes: 200 * MiB }, { ...waiting, passBytes: 64 * MiB }], options).get('idle')).toMatchObject({ settings: full, braked: false });
-    // On its way, the busy one still needs more than the light one plus the window: the light one waits on...
-    const going = { ...busy, released: true };
+    // Everyone ready (past the first pass), the busy one not ripe: nobody goes; it hovers, the light one waits at a crawl.
+    const unripe = paceGroup([past, busy], options);
+    expect(unripe.get('busy')).toMatchObject({ settings: hover, hovering: true });
+    expect(unripe.get('idle')).toMatchObject({ settings: crawl, braked: true });
+    // Ripe: the light one is released (the group's settings; its last run: what is left and what its guest dirtied while
+    // braked, within the group's limit at once), the busy one hovers on...
+    const go = paceGroup([past, ripeBusy], options);
+    expect(go.get('idle')).toMatchObject({ settings: full, braked: false });
+    expect(go.get('busy')).toMatchObject({ settings: hover, hovering: true });
+    // ... and lands (LAND_DOWNTIME_MS: it switches over at its next sync) LAND_AFTER_S after that release.
+    const released = { ...past, braked: false, released: true };
+    expect(paceGroup([{ ...released, lastRunS: LAND_AFTER_S / 2 }, ripeBusy], options).get('busy')).toMatchObject({ settings: hover, hovering: true });
+    expect(paceGroup([{ ...released, lastRunS: LAND_AFTER_S }, ripeBusy], options).get('busy')).toMatchObject({ settings: land, braked: false, hovering: false });
+    // Landed, it keeps that limit.
+    expect(paceGroup([{ ...released, lastRunS: 1 }, { ...ripeBusy, landed: true }], options).get('busy')).toMatchObject({ settings: land, braked: false });
+    // A light member still at its brink (crossing, not past its first pass yet) keeps the others waiting.
+    expect(paceGroup([{ ...brink, braked: true }, ripeBusy], options).get('busy')).toMatchObject({ settings: hover, hovering: true });
+    // A busy member slowed at its brink (its sampled dirty rate said light) found busy past it: it hovers, not released.
+    expect(paceGroup([{ ...busy, braked: true }, busyFirst], options).get('busy')).toMatchObject({ settings: hover, braked: false, hovering: true });
+    expect(paceGroup([{ ...ripeBusy, braked: true }, past], options).get('busy')).toMatchObject({ settings: hover, braked: false, hovering: true });
+    // One released before still needs more than the light one's last run plus the window: the light one waits on...
+    const going = { ...busy, vmId: 'slow', secondPassBytes: MiB, released: true };
     expect(paceGroup([past, going], options).get('idle')?.braked).toBe(true);
     // ... until it needs no more than that (its figures less the time since its report).
     expect(paceGroup([past, { ...going, sinceReportS: 0.3 }], options).get('idle')).toMatchObject({ settings: full, braked: false });
     expect(paceGroup([past, { ...going, remainingBytes: 40 * MiB }], options).get('idle')?.braked).toBe(false);
     // The busy one held: the light one goes.
     expect(paceGroup([past, { ...busy, phase: 'held' }], options).get('idle')).toMatchObject({ settings: full, braked: false });
-    // It does not converge by the estimate (it dirties faster than it sends: auto-converge must throttle it): it goes
-    // first, and the light one waits, guest running, until its estimate comes within the light one's or it is held
-    // (they used to go with it and wait held, guest stopped, 2-3 s).
-    const fast = paceGroup([past, { ...waiting, dirtyBytesPerSecond: 120 * MiB }], options);
-    expect(fast.get('busy')).toMatchObject({ settings: full, braked: false });
+    // A braked one whose last run has no end by the estimate (it dirties faster than it sends: auto-converge must throttle
+    // it) goes first, and the other waits, guest running, until its estimate comes within the other's or it is held.
+    const fast = paceGroup([past, { ...past, vmId: 'fast', passBytes: 64 * MiB, dirtyBytesPerSecond: 120 * MiB }], options);
+    expect(fast.get('fast')).toMatchObject({ settings: full, braked: false });
     expect(fast.get('idle')).toMatchObject({ settings: crawl, braked: true });
-    expect(paceGroup([past, { ...going, dirtyBytesPerSecond: 120 * MiB }], options).get('idle')).toMatchObject({ settings: crawl, braked: true });
-    // A light member still at its brink (slowed, not past its first pass yet) keeps the others waiting.
-    expect(paceGroup([{ ...brink, braked: true }, waiting], options).get('busy')).toMatchObject({ settings: crawl, braked: true });
-    // Two busy members alike: both go once both are past their first pass.
-    expect(paceGroup([waiting, { ...busyFirst, vmId: 'other' }], options).get('busy')?.braked).toBe(true);
-    expect(paceGroup([waiting, { ...waiting, vmId: 'other' }], options).get('busy')).toMatchObject({ settings: full, braked: false });
+    expect(paceGroup([past, { ...past, vmId: 'fast', braked: false, released: true, remainingBytes: 64 * MiB, dirtyBytesPerSecond: 120 * MiB }], options).get('idle')).toMatchObject({ settings: crawl, braked: true });
+    // Two busy members: both land once both are past their first pass and ripe.
+    expect(paceGroup([ripeBusy, { ...busyFirst, vmId: 'other' }], options).get('busy')).toMatchObject({ settings: hover, hovering: true });
+    expect(paceGroup([ripeBusy, { ...busy, vmId: 'other' }], options).get('busy')).toMatchObject({ settings: hover, hovering: true });
+    expect(paceGroup([ripeBusy, { ...ripeBusy, vmId: 'other' }], options).get('busy')).toMatchObject({ settings: land, braked: false });
     // Once on its last run, it is never braked again.
-    expect(paceGroup([idle, going], options).get('busy')).toMatchObject({ settings: full, braked: false });
+    expect(paceGroup([idle, { ...busy, landed: true }], options).get('busy')).toMatchObject({ settings: land, braked: false });
+    expect(paceGroup([idle, going], options).get('slow')).toMatchObject({ settings: full, braked: false });
     // A light member on its way in its first pass runs at full bandwidth with the 1 ms limit.
     expect(paceGroup([idle, busyFirst], options).get('idle')).toMatchObject({ settings: hover, hovering: true });
   });
@@ -108,11 +136,13 @@ describe('group pacing (a gated start; light ones slowed at the brink of their f
   it('slows a light member at the brink of the end of its first pass until it is past it, whoever else is on its way', () => {
     // Far from its brink: full bandwidth (with the 1 ms limit).
     expect(paceGroup([idle, busyFirst], options).get('idle')).toMatchObject({ settings: hover, braked: false });
-    // At the brink: slowed with a 1 ms downtime limit (it crosses the end of its first pass slowly and iterates on, guest
-    // running, until it is seen past it and braked to a crawl).
-    expect(paceGroup([brink, busyFirst], options).get('idle')).toMatchObject({ settings: slowed, braked: true, started: true });
-    expect(paceGroup([brink, busy], options).get('idle')).toMatchObject({ settings: slowed, braked: true });
-    expect(paceGroup([brink, { ...brink, vmId: 'other' }], options).get('idle')).toMatchObject({ settings: slowed, braked: true });
+    // At the brink: it crosses its tail at CROSS_BANDWIDTH with a 1 ms downtime limit (it crosses the end of its first pass
+    // slowly and iterates on, guest running, until it is seen past it and braked to a crawl).
+    expect(paceGroup([brink, busyFirst], options).get('idle')).toMatchObject({ settings: crossing, braked: true, started: true });
+    expect(paceGroup([brink, busy], options).get('idle')).toMatchObject({ settings: crossing, braked: true });
+    expect(paceGroup([brink, { ...brink, vmId: 'other' }], options).get('idle')).toMatchObject({ settings: crossing, braked: true });
+    // Its last SLOW_TAIL_BYTES at SLOW_BANDWIDTH (its threshold under a page: it switches over only if a sync finds nothing dirty).
+    expect(paceGroup([{ ...brink, braked: true, remainingBytes: SLOW_TAIL_BYTES }, busyFirst], options).get('idle')).toMatchObject({ settings: slowed, braked: true });
     // At the brink by its remaining memory alone (a mostly-zero tail drains faster than any rate seen before it).
     expect(paceGroup([{ ...idle, remainingBytes: BRINK_BYTES, drainBytesPerSecond: 10 * MiB }, busyFirst], options).get('idle')?.braked).toBe(true);
     // At the brink by its estimate less the time since its last report.
@@ -124,7 +154,6 @@ describe('group pacing (a gated start; light ones slowed at the brink of their f
   });
 
   it('sends members alike together, and a group of one runs at full speed', () => {
-    const past = { ...idle, pass: 2, remainingBytes: MiB, passBytes: MiB, braked: true };
     expect(paceGroup([past, { ...past, vmId: 'other' }], options).get('idle')).toMatchObject({ settings: full, braked: false });
     expect(paceGroup([idleWaiting], options).get('idle')).toMatchObject({ settings: full, started: true });
     expect(paceGroup([busyWaiting], options).get('busy')).toMatchObject({ settings: full, started: true, hovering: false });

@@ -1,7 +1,7 @@
 // How a group's pre-copies are paced so that every member reaches its
 // switch-over (QEMU's pre-switchover point, where its guest stops) at about
-// the same time, with its guest running until then ("brake past the first
-// pass, hover if busy, and a timed last run").
+// the same time, with its guest running until then ("brake light ones past
+// the first pass, hover busy ones until ripe, and a timed last run").
 //
 // What was measured (QEMU 7.2, TCG, 256 MiB members, group of 8 on 2 cores):
 // QEMU switches over when what is left after a dirty-bitmap sync fits its
@@ -17,8 +17,18 @@
 // as long as the group needs (with one memory channel: with multifd QEMU sends
 // a batch of pages per period, ~5 MB/s, which run-group.ts avoids by the
 // group's default of one channel). The end of the first pass is the moment
-// to cross slowly: a light member at its brink is slowed (SLOW_BANDWIDTH), so
-// that its next passes last long enough to be seen and braked. A first
+// to cross slowly: a light member at its brink is slowed (CROSS_BANDWIDTH,
+// then SLOW_BANDWIDTH), so that its next passes last long enough to be seen
+// and braked. Which member is busy is told by what its guest dirtied during
+// its first pass (its second pass), not by the dirty rate sampled before it:
+// QEMU samples 128 pages of a 256 MiB guest, and light members sampled as
+// busy hovered and switched over alone (held 6.5-11.3 s in 3 runs of 4). A busy
+// member hovering under load sends at 2-27 MiB/s (its guest and seven others
+// take the CPU), so at the group's limit it switched over only when a sync
+// happened to find little dirty (0.25-7 s after it was landed, an estimate
+// from its dirty rate 0.85 s off): it now hovers until its passes are small
+// (ripe), then lands with a limit that holds any of them, right after the
+// light ones' release, and arrives with them. A first
 // pass's time is not the bandwidth QEMU reports (zero pages cost a few bytes
 // each), so each member's *drain rate* (how fast its remaining memory falls,
 // seen while it runs at full speed) is what its time is estimated from.
@@ -44,35 +54,43 @@
 //             (measured: held 6.2 s at the barrier in a group of 8)
 //   start     then the member that needs the longest starts first; each other
 //             one starts when the slowest still on its way needs no more than
-//             its own estimate plus LEAD_S
+//             its own estimate plus LEAD_S (all started at once, the busy
+//             one's first pass, the group's critical path, ended 34-39 s after
+//             the gate against 22 s)
 //   first     a started member runs its first pass at full bandwidth with a
-//   pass      1 ms downtime limit ("hovering"); a light one within
-//             BRINK_S of its end (or at most BRINK_BYTES left: a mostly-zero
-//             tail drains faster than any rate measured before it) is slowed
-//             to SLOW_BANDWIDTH and crosses that end slowly
-//   brake     past its first pass a member not on its last run is braked to
-//             a crawl (BRAKE_FLOOR, 1 ms downtime limit): it waits, guest
-//             running, with what its guest dirties piling up unsent (light
-//             ones used to hover at full bandwidth and switched over alone);
-//             one whose guest dirtied HOVER_DIRTY_BYTES_PER_SECOND or more in
-//             its first pass hovers instead (full bandwidth, 1 ms limit: its
-//             dirty set never fits, and auto-converge throttles it while the
-//             group waits, which shortens its last run)
-//   last run  once every member is past its first pass (or held), each
-//             braked member is released (the group's settings: it completes
-//             at an iteration boundary) so that all arrive together: the one
-//             whose last run takes longest goes first (what it has left plus
-//             what its guest dirtied while braked, taken as the size of its
-//             pass before, at its passes at the group's limit, plus LAND_S),
-//             each other one when the longest still on its way needs no more
-//             than its own plus the group's window. One whose last run has no
-//             end by the estimate goes alone and the others wait, guest
-//             running, until its estimate comes within theirs or it is held
-//             (they used to go with it and wait held 2-3 s while its throttle
-//             caught up). Released, a member is never braked again. (Measured
-//             before: a release from the brink of the first pass, whose rest
-//             is data, was off by half its 1-3.5 s under load, and members
-//             waited held 1-3 s.)
+//   pass      1 ms downtime limit ("hovering"); a light one (sampled under
+//             HOVER_DIRTY_BYTES_PER_SECOND) within BRINK_S of its end (or at
+//             most BRINK_BYTES left: a mostly-zero tail drains faster than any
+//             rate measured before it) crosses that end slowed: its tail at
+//             CROSS_BANDWIDTH, its last SLOW_TAIL_BYTES at SLOW_BANDWIDTH (all
+//             at SLOW_BANDWIDTH took 4.4-12 s for tails of data)
+//   brake     past its first pass a member whose second pass is under
+//             HOVER_PASS_BYTES (light) is braked to a crawl (BRAKE_FLOOR, 1 ms
+//             downtime limit): it waits, guest running, with what its guest
+//             dirties piling up unsent (light ones used to hover at full
+//             bandwidth and switched over alone); one whose second pass is
+//             larger (busy: its guest dirtied that much during its first
+//             pass) hovers (full bandwidth, 1 ms limit: its dirty set never
+//             fits, and auto-converge throttles it while the group waits),
+//             also when it was slowed at its brink
+//   last run  once every member is past its first pass (or held), and every
+//             hovering one is ripe (its last two passes each fit RIPE_FACTOR
+//             times what the group's limit lets it stop with at its
+//             full-speed bandwidth; until then nobody goes), each braked
+//             member is released (the group's settings: it completes at an
+//             iteration boundary), the one whose last run takes longest first
+//             (what it has left plus what its guest dirtied while braked,
+//             taken as the size of its pass before, at its passes at the
+//             group's limit, plus LAND_S), each other one when the longest
+//             still on its way needs no more than its own plus the group's
+//             window. One whose last run has no end by the estimate goes
+//             alone and the others wait, guest running, until its estimate
+//             comes within theirs or it is held. LAND_AFTER_S after the last
+//             release each ripe hovering member lands (LAND_DOWNTIME_MS: it
+//             switches over at its next sync). Released or landed, a member
+//             is never braked again. (Measured before: a release from the
+//             brink of the first pass, whose rest is data, was off by half its
+//             1-3.5 s under load, and members waited held 1-3 s.)
 // Members still mirroring disks or not reporting yet keep the gate closed.
 // Pure: the runner (run-group.ts) measures drain rates and pass sizes and
 // applies the answers through setMigrationParameters.
@@ -87,6 +105,10 @@ export interface PacedMember {
   dirtyBytesPerSecond: number;
   /** The bandwidth QEMU reports for it at full speed (its last figure while it runs, else the best seen; 0: not measured yet). */
   bandwidthBytesPerSecond: number;
+  /** The best bandwidth QEMU reported for it at full speed (0: not measured yet). */
+  peakBandwidthBytesPerSecond: number;
+  /** Seconds since its last run began (released or landed; 0 before). */
+  lastRunS: number;
   /** The best rate its remaining memory fell at full speed (0: not measured yet). */
   drainBytesPerSecond: number;
   /** The group started it (it ran at full speed); until then it waits braked at the start of its pre-copy. */
@@ -97,10 +119,12 @@ export interface PacedMember {
   released: boolean;
   /** Landed once (given the group's downtime limit after hovering): it keeps the group's settings. */
   landed: boolean;
-  /** The dirty rate its source reported during its first pass (sampled before it started): a busy guest hovers past its first pass. */
-  firstPassDirtyBytesPerSecond: number;
   /** What its current pass began with (past its first pass: what its guest dirtied during the pass before; 0 in its first pass). */
   passBytes: number;
+  /** What the pass before its current one began with (0 until its third pass). */
+  previousPassBytes: number;
+  /** What its second pass began with: what its guest dirtied during its first pass (0 until then); a busy guest hovers past its first pass. */
+  secondPassBytes: number;
   /** Seconds since its figures were reported (its remaining memory fell meanwhile if it runs at full speed). */
   sinceReportS: number;
 }
@@ -133,6 +157,13 @@ export const LEAD_S = 0.15;
 /** A guest dirtying memory at least this fast (its sampled rate) is busy: it is not slowed at the brink of the end of its first pass, it runs through it (an idle guest dirties well under 1 MiB/s). */
 export const HOVER_DIRTY_BYTES_PER_SECOND = 4 * 2 ** 20;
 /**
+ * A member whose guest dirtied at least this much during its first pass (its second pass's size) hovers past it. Not the
+ * sampled rate: QEMU samples 128 pages of a 256 MiB guest, one dirtied page counts 2 MiB/s, and in groups of 8 light
+ * members sampled at 4 MiB/s or more hovered and switched over alone (held 6.5-11.3 s) while the busy one sampled under
+ * it; measured second passes: light members 1.1-1.8 MiB, the member rewriting 32 MiB 35 MiB.
+ */
+export const HOVER_PASS_BYTES = 4 * 2 ** 20;
+/**
  * A light member's bandwidth cap from the brink of the end of its first pass until it is past that end: slow enough
  * that its next passes (what its guest dirtied meanwhile) last long enough for the runner to see it past its first pass
  * and brake it to a crawl (its threshold, this rate times the 1 ms downtime limit, is under a page: QEMU switches over
@@ -141,6 +172,36 @@ export const HOVER_DIRTY_BYTES_PER_SECOND = 4 * 2 ** 20;
  * of eight found nothing dirty within 2-14 s and switched over alone.)
  */
 export const SLOW_BANDWIDTH = 4 * 2 ** 20;
+/**
+ * A light member's bandwidth cap from the brink of the end of its first pass until SLOW_TAIL_BYTES are left: its tail
+ * holds data (15-26 MiB), which at SLOW_BANDWIDTH took 4.4-12 s to cross, on the group's critical path for the last
+ * one. Its threshold (16 KiB at the 1 ms limit) is four pages: should a zero tail end its first pass at this rate, a
+ * sync must find under four pages dirty for it to switch over before the runner brakes it at its next report.
+ */
+export const CROSS_BANDWIDTH = 16 * 2 ** 20;
+/** The last of its first pass it crosses at SLOW_BANDWIDTH. */
+export const SLOW_TAIL_BYTES = 4 * 2 ** 20;
+/**
+ * A hovering member lands with this downtime limit (or the group's, if higher): at QEMU's next rate period (100 ms) its
+ * threshold (its bandwidth then, 2-27 MiB/s measured while it hovered under load, times this) holds any pass it had,
+ * so it switches over at its next sync, whatever its guest dirtied meanwhile (it is landed only when ripe: its passes
+ * fit its full-speed bandwidth times the group's limit). At the group's limit it switched over when a sync happened to
+ * find little dirty: 0.25-7 s after its landing, its passes 0.1-35 MiB.
+ */
+export const LAND_DOWNTIME_MS = 1000;
+/**
+ * A hovering member is ripe when its last two passes each fit this many times what the group's limit lets it stop with at
+ * its full-speed bandwidth: its stop sends one such pass at the speed of a stopped guest's last pages (21.5 MiB in 268
+ * ms, 0.7-3.6 MiB in 137-218 ms with the device state, 8 members switching at once), and at once (1x) it waited 12-16 s
+ * past its first pass for two such passes.
+ */
+export const RIPE_FACTOR = 2;
+/**
+ * How long after the last braked member's release a ripe hovering member lands: a braked one's last run waits for QEMU's
+ * next rate period (its crawl sleeps to its end), sends the rest of its pass and its pile at full speed, and switches over
+ * at the sync after the period that measured that speed; a landed one only at its next period's sync.
+ */
+export const LAND_AFTER_S = 0.15;
 /** What a braked member adds to its last run: QEMU measures its new bandwidth (the threshold it switches over at) over its next 100 ms period, and it sends what its guest dirtied while braked. */
 export const LAND_S = 0.15;
 /** The drain rate assumed before any member of the group ran at full speed (only the order of the starts depends on it then). */
@@ -169,9 +230,21 @@ export function busy(m: Pick<PacedMember, 'pass' | 'dirtyBytesPerSecond'>): bool
   return m.pass >= 2 || m.dirtyBytesPerSecond >= HOVER_DIRTY_BYTES_PER_SECOND;
 }
 
-/** Its guest dirtied memory at HOVER_DIRTY_BYTES_PER_SECOND or more in its first pass: past it, it hovers (full bandwidth, 1 ms downtime limit) instead of waiting at a crawl, so that auto-converge throttles it while the group waits. */
-export function hovers(m: Pick<PacedMember, 'firstPassDirtyBytesPerSecond'>): boolean {
-  return m.firstPassDirtyBytesPerSecond >= HOVER_DIRTY_BYTES_PER_SECOND;
+/** Its guest dirtied HOVER_PASS_BYTES or more during its first pass: past it, it hovers (full bandwidth, 1 ms downtime limit) instead of waiting at a crawl, so that auto-converge throttles it while the group waits. */
+export function hovers(m: Pick<PacedMember, 'secondPassBytes'>): boolean {
+  return m.secondPassBytes >= HOVER_PASS_BYTES;
+}
+
+/**
+ * A hovering member whose last two passes each fit what the group's downtime limit lets it stop with at its full-speed
+ * bandwidth (its best seen, else the group's): landed (LAND_DOWNTIME_MS), its stop sends one such pass. (Not at the
+ * bandwidth QEMU reports while it hovers: its syncs, one per pass, and the CPU the others' guests take keep that at
+ * 2-27 MiB/s under load, where the group's 150 ms fit under 1-4 MiB and it waited 60 s to be ripe.)
+ */
+export function ripe(m: Pick<PacedMember, 'phase' | 'passBytes' | 'previousPassBytes' | 'peakBandwidthBytesPerSecond'>, downtimeLimitMs: number, groupBandwidthBytesPerSecond: number): boolean {
+  if (m.phase !== 'memory') return true;
+  const rate = m.peakBandwidthBytesPerSecond > 0 ? m.peakBandwidthBytesPerSecond : groupBandwidthBytesPerSecond;
+  return Math.max(m.passBytes, m.previousPassBytes) <= (RIPE_FACTOR * rate * downtimeLimitMs) / 1000;
 }
 
 /** On its last run (released from the brink, or landed): it keeps the group's settings. */
@@ -202,6 +275,9 @@ export function paceGroup(members: PacedMember[], options: PaceOptions): Map<str
   const crawl: PaceSettings = { maxBandwidthBytesPerSecond: Math.min(options.maxBandwidthBytesPerSecond, BRAKE_FLOOR), downtimeLimitMs: Math.min(BRAKE_DOWNTIME_MS, options.downtimeLimitMs) };
   const hover: PaceSettings = { maxBandwidthBytesPerSecond: options.maxBandwidthBytesPerSecond, downtimeLimitMs: crawl.downtimeLimitMs };
   const slow: PaceSettings = { maxBandwidthBytesPerSecond: Math.min(options.maxBandwidthBytesPerSecond, SLOW_BANDWIDTH), downtimeLimitMs: crawl.downtimeLimitMs };
+  // Landed (a hovering member's last run): it switches over at its next sync.
+  const land: PaceSettings = { maxBandwidthBytesPerSecond: options.maxBandwidthBytesPerSecond, downtimeLimitMs: Math.max(options.downtimeLimitMs, LAND_DOWNTIME_MS) };
+  const cross: PaceSettings = { maxBandwidthBytesPerSecond: Math.min(options.maxBandwidthBytesPerSecond, CROSS_BANDWIDTH), downtimeLimitMs: crawl.downtimeLimitMs };
   const copying = members.filter((m) => m.phase === 'memory');
   // The group's best rates stand in for those of a member not measured at full speed yet.
   const drain = Math.max(0, ...members.map((m) => m.drainBytesPerSecond)) || Math.max(0, ...members.map((m) => m.bandwidthBytesPerSecond)) || NOMINAL_BYTES_PER_SECOND;
@@ -216,8 +292,10 @@ export function paceGroup(members: PacedMember[], options: PaceOptions): Map<str
   const eta = new Map(members.map((m) => [m.vmId, etaOfMember(m)]));
   const etaOf = (m: PacedMember) => eta.get(m.vmId) ?? 0;
   const decisions = new Map<string, PaceDecision>();
+  // A crawl in its first pass is the crossing of its end: across most of its tail, then slowly over its last SLOW_TAIL_BYTES.
+  const crawlOf = (m: PacedMember, started: boolean) => (started && m.phase === 'memory' && m.pass <= 1 ? (m.remainingBytes > SLOW_TAIL_BYTES ? cross : slow) : crawl);
   const decide = (m: PacedMember, how: 'crawl' | 'full' | 'hover', started: boolean) =>
-    decisions.set(m.vmId, { settings: how === 'crawl' ? (started && m.phase === 'memory' && m.pass <= 1 ? slow : crawl) : how === 'hover' ? hover : full, braked: how === 'crawl', started, hovering: how === 'hover', etaSeconds: etaOf(m) });
+    decisions.set(m.vmId, { settings: how === 'crawl' ? crawlOf(m, started) : how === 'hover' ? hover : m.landed || (how === 'full' && m.started && !m.braked && !m.released && m.pass >= 2 && members.length > 1) ? land : full, braked: how === 'crawl', started, hovering: how === 'hover', etaSeconds: etaOf(m) });
   if (members.length < 2) {
     for (const m of copying) decide(m, 'full', true);
     return decisions;
@@ -229,38 +307,42 @@ export function paceGroup(members: PacedMember[], options: PaceOptions): Map<str
     for (const m of copying) decide(m, m.braked || !m.started ? 'crawl' : running(m), m.started);
     return decisions;
   }
-  const windowS = options.windowMs / 1000;
   const waiting = copying.filter((m) => !m.started);
   const goingOn = copying.filter((m) => m.started && !m.braked);
   const nobodyStarted = goingOn.length === 0 && copying.every((m) => !m.started) && members.every((m) => m.phase === 'memory');
-  // start: the longest first; then each when the slowest on its way needs no more than it (plus the lead).
+  // start: the longest first; then each when the slowest on its way needs no more than it (plus the lead). (Started all
+  // at once, the busy member's first pass, the group's critical path, shared the CPU with seven others: it ended 34-39 s
+  // after the gate opened, against 22-30 s with the light ones started after it.)
   const finishOf = (ms: PacedMember[]) => Math.max(0, ...ms.map(etaOf));
   const longest = finishOf(waiting);
   const finish = finishOf(goingOn);
   // At the gate only the longest starts (the others follow once it is measured, when it needs no more than they do).
   const starting = waiting.filter((m) => (nobodyStarted ? etaOf(m) >= longest : goingOn.length === 0 || finish <= etaOf(m) + LEAD_S));
   for (const m of waiting) decide(m, starting.includes(m) ? running(m) : 'crawl', starting.includes(m));
-  // Ready: it waits for the group (held, braked at the brink, hovering past its first pass), is at its brink, or on its last run.
+  // Ready: it waits for the group (held, braked or hovering past its first pass), or is on its last run.
   const atBrink = (m: PacedMember) => etaOf(m) <= BRINK_S || m.remainingBytes <= BRINK_BYTES;
-  // (Not at its brink: the rest of a first pass is data, whose time under load was off by half; past it a member's last
-  // run is what its guest dirtied, sent at full bandwidth.)
-  const ready = (m: PacedMember, started: boolean) => m.phase === 'held' || m.phase === 'switching' || (started && (onLastRun(m) || m.pass >= 2));
-  const onItsWay = (m: PacedMember) => m.phase === 'memory' && !ready(m, decisions.get(m.vmId)?.started ?? m.started);
-  // brake: a light member at the brink of the end of its first pass while another one on its way needs more than the
-  // window longer (later a crawl does not hold it: QEMU finds nothing dirty in an idle guest and switches over).
+  const ready = (m: PacedMember) => m.phase === 'held' || m.phase === 'switching' || onLastRun(m) || m.pass >= 2;
+  // brake: a light member at the brink of the end of its first pass crosses it slowed, and past it waits at a crawl
+  // (later a crawl does not hold it: QEMU finds nothing dirty in an idle guest and switches over); one whose guest
+  // dirtied HOVER_PASS_BYTES or more during its first pass hovers past it (also when it was slowed at its brink: its
+  // sampled dirty rate said light).
   for (const m of goingOn) {
     decide(m, !onLastRun(m) && ((!busy(m) && atBrink(m)) || (m.pass >= 2 && !hovers(m))) ? 'crawl' : running(m), true);
   }
-  // Until every member is ready, braked members stay braked and the others hover.
   const braked = copying.filter((c) => c.started && c.braked);
-  if (members.some(onItsWay)) {
-    for (const m of braked) decide(m, 'crawl', true);
-    return decisions;
-  }
-  // Then the last run: each braked member is released and each hovering one landed (the group's settings) so that all
-  // arrive together, the one that needs the longest first. (A release of the braked ones on the slowest's estimate came
-  // too early under load; a hovering one landed when the light ones were held, or released at once with them, arrived
-  // 0.2-2 s after them.)
+  for (const m of braked) decide(m, m.pass >= 2 && hovers(m) ? 'hover' : 'crawl', true);
+  // Until every member is ready, braked members stay braked and the others hover.
+  if (members.some((m) => m.phase === 'memory' && !ready(m))) return decisions;
+  // Then the last run. Each braked member is released (the group's settings), the one whose last run takes longest
+  // first, so that they arrive together; a hovering member lands (LAND_DOWNTIME_MS) once it is ripe and LAND_AFTER_S
+  // after the last braked one's release, so that it arrives with them: until it is ripe (its guest throttled by
+  // auto-converge meanwhile) nobody goes. (Landed at the group's limit, it arrived 0.25-7 s later, when a sync happened to
+  // find little dirty, and the others, released on an estimate from its dirty rate, waited held up to 0.85 s or it did
+  // 0.2 s; a release of the braked ones on the slowest's estimate came too early under load.)
+  const waitingToGo = copying.filter((m) => m.started && !onLastRun(m));
+  const hoveringNow = (m: PacedMember) => decisions.get(m.vmId)?.hovering ?? false;
+  const hoverers = waitingToGo.filter(hoveringNow);
+  if (hoverers.some((m) => !ripe(m, options.downtimeLimitMs, bandwidth))) return decisions;
   const lastRunOf = (m: PacedMember) => {
     const rate = m.bandwidthBytesPerSecond > 0 ? m.bandwidthBytesPerSecond : bandwidth;
     // Past its first pass: its passes at the group's downtime limit; in it, the rest of its pass at the bytes QEMU sends
@@ -271,16 +353,21 @@ export function paceGroup(members: PacedMember[], options: PaceOptions): Map<str
     const own = m.pass >= 2 ? secondsToConverge({ ...m, remainingBytes: m.remainingBytes + (m.braked ? m.passBytes : 0), bandwidthBytesPerSecond: rate }, options.downtimeLimitMs) : m.remainingBytes / rate;
     return m.braked ? own + LAND_S : Math.max(0, own - m.sinceReportS);
   };
-  const goers = goingOn.filter(onLastRun);
-  const waitingToGo = copying.filter((m) => m.started && !onLastRun(m));
-  const arrival = Math.max(0, ...(goers.length > 0 ? goers : waitingToGo).map(lastRunOf));
-  for (const m of waitingToGo) {
+  const brakedToGo = waitingToGo.filter((m) => !hoveringNow(m));
+  const goers = copying.filter((m) => onLastRun(m) && !m.landed);
+  const arrival = Math.max(0, ...(goers.length > 0 ? goers : brakedToGo).map(lastRunOf));
+  const windowS = options.windowMs / 1000;
+  for (const m of brakedToGo) {
     // One whose last run has no end by the estimate (it dirties faster than it sends: auto-converge's throttle must
     // help) goes first, and the others wait, guest running, until its estimate comes within their own or it is held
     // (they used to go with it and wait held, guest stopped, 2-3 s, while its throttle caught up).
     const go = lastRunOf(m) + windowS >= arrival;
-    // Not its turn: it waits braked (at full bandwidth a light one would reach its end early), a busy one hovers.
-    decide(m, go ? 'full' : m.braked || !hovers(m) ? 'crawl' : 'hover', true);
+    // Not its turn: it waits braked (at full bandwidth a light one would reach its end early).
+    decide(m, go ? 'full' : 'crawl', true);
   }
+  // The ripe hovering ones land once every braked one has been released for LAND_AFTER_S.
+  const released = copying.filter((m) => m.released);
+  const landNow = brakedToGo.length === 0 && released.every((m) => m.lastRunS >= LAND_AFTER_S);
+  for (const m of hoverers) decide(m, landNow ? 'full' : 'hover', true);
   return decisions;
 }

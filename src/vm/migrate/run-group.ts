@@ -17,13 +17,16 @@
 //             slowest needs no more than they do; a started member runs its
 //             first pass at full bandwidth with a 1 ms downtime limit, a light
 //             one is slowed at the brink of its end, and past it a member
-//             waits braked at a crawl, guest running (one whose guest dirties
-//             memory fast hovers at full bandwidth); once all are past their
-//             first pass the braked ones are released (the group's settings),
-//             the longest last run first, so all reach their switch-over at
-//             about the same time. Members use one memory channel unless the
-//             request asks for more (group-request.ts: with multifd a crawl
-//             does not hold a member past its first pass)
+//             waits braked at a crawl, guest running (one whose guest dirtied
+//             much during its first pass hovers at full bandwidth); once all
+//             are past their first pass and the hovering ones' passes are
+//             small (ripe), the braked ones are released (the group's
+//             settings), the longest last run first, and the hovering ones
+//             land right after, so all reach their switch-over at about the
+//             same time. The result gives each member's pacing timeline and
+//             its last passes (where its time went). Members use one memory
+//             channel unless the request asks for more (group-request.ts:
+//             with multifd a crawl does not hold a member past its first pass)
 //   commit    when every member is held, all are continued at once; each
 //             arrives (completed, its destination paused), then all
 //             destinations are started together (group-switch.ts)
@@ -76,7 +79,7 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
       const agents = { source: ctx.fleet.agent(g.source.id), destination: ctx.fleet.agent(g.destination.id) };
       const plan = await planMigration(g.vm, g.source, g.destination, agents, { ...request, postcopy: 'never' });
       const journal: MigrateJournal = { vmId: g.vm.id, phase: 'path', previous: g.previous, sourceHostId: g.source.id, destinationHostId: g.destination.id, pathId: newOperationId(), prepareOperationId: newOperationId(), awaitOperationId: newOperationId(), migrateOperationId: newOperationId(), destinationSpec: plan.destinationSpec, destinationRuntime: null };
-      const pace = { applied: full, braked: false, released: false, started: group.length < 2, waitingSince: null, startDelayMs: 0, sending: Promise.resolve(), brakedSince: null, brakedMs: 0, lowest: null, hovering: false, landed: false, hoverSince: null, hoveredMs: 0, landedAt: null, releasedAt: null, reportedAt: 0, bandwidthPeak: 0, drainPeak: 0, sample: null, passBytes: 0, firstPassDirty: 0 };
+      const pace = { applied: full, braked: false, released: false, started: group.length < 2, waitingSince: null, startDelayMs: 0, sending: Promise.resolve(), brakedSince: null, brakedMs: 0, lowest: null, hovering: false, landed: false, hoverSince: null, hoveredMs: 0, landedAt: null, releasedAt: null, reportedAt: 0, bandwidthPeak: 0, drainPeak: 0, sample: null, passBytes: 0, previousPassBytes: 0, secondPass: null, marks: {}, passes: [] };
       members.push({ ...g, agents, plan, journal, controller: new AbortController(), state: 'planned', path: null, prepared: false, progress: null, pace, heldAt: null, continuedAt: null, at: { held: null, continued: null, arrived: null, startSent: null }, out: null, outcome: null, incoming: null, error: null });
     }
   } catch (err) {
@@ -206,13 +209,20 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
         const prevPass = m.progress?.pass;
         m.progress = { phase: d.phase ?? 'memory', pass: d.pass ?? 0, remainingBytes: d.remainingBytes ?? 0, dirtyBytesPerSecond: d.dirtyBytesPerSecond ?? 0, bandwidthBytesPerSecond: d.bandwidthBytesPerSecond ?? 0, expectedDowntimeMs: d.expectedDowntimeMs ?? null, diskDoneBytes: d.diskDoneBytes ?? 0, diskTotalBytes: d.diskTotalBytes ?? 0 };
         m.pace.reportedAt = performance.now();
-        // The size its current pass began with (past its first pass: what its guest dirtied during the pass before).
-        if (m.progress.phase === 'memory' && m.progress.pass <= 1) m.pace.firstPassDirty = Math.max(m.pace.firstPassDirty, m.progress.dirtyBytesPerSecond);
+        // The size its current pass began with (past its first pass: what its guest dirtied during the pass before), the
+        // one before, and its second pass's (what it dirtied during its first pass: a busy guest hovers past it).
+        if (m.progress.pass >= 2 && prevPass !== m.progress.pass && prevPass !== undefined && prevPass >= 2) m.pace.previousPassBytes = m.pace.passBytes;
         if (m.progress.pass >= 2) m.pace.passBytes = prevPass === m.progress.pass ? Math.max(m.pace.passBytes, m.progress.remainingBytes) : m.progress.remainingBytes;
+        if (m.progress.phase === 'memory' && m.progress.pass >= 2) {
+          m.pace.secondPass ??= { pass: m.progress.pass, bytes: 0 };
+          if (m.pace.secondPass.pass === m.progress.pass) m.pace.secondPass.bytes = m.pace.passBytes;
+        }
+        noteProgress(m, typeof e.data === 'object' && e.data !== null && 'throttlePercent' in e.data && typeof e.data.throttlePercent === 'number' ? e.data.throttlePercent : 0);
         observe(m, m.pace.reportedAt);
         if (d.phase === 'held' && m.state === 'copying') {
           m.state = 'held';
           m.heldAt = performance.now();
+          m.pace.marks.held = m.heldAt;
           m.at.held = Date.now();
           // A member that reached its switch-over while braked or hovering: braked (hovering) until then, held from then.
           endPacing(m, m.heldAt);
@@ -248,6 +258,23 @@ function observe(m: Member, now: number): void {
   m.pace.sample = { at: now, remaining: p.remainingBytes, pass: p.pass };
 }
 
+/** A report's marks for the result: its pre-copy's first report, the end of its first pass, and each new pass past it (what it began with, the most reported in it). */
+function noteProgress(m: Member, throttlePercent: number): void {
+  const p = m.progress;
+  if (!p || p.phase !== 'memory') return;
+  const now = m.pace.reportedAt;
+  m.pace.marks.precopy ??= now;
+  if (p.pass < 2) return;
+  m.pace.marks.firstPassEnd ??= now;
+  const last = m.pace.passes.at(-1);
+  if (last?.pass === p.pass) {
+    last.bytes = Math.max(last.bytes, p.remainingBytes);
+    last.bandwidth = p.bandwidthBytesPerSecond;
+    last.throttle = throttlePercent;
+    // At most the last 200 passes (a member hovering for minutes iterates thousands).
+  } else if (m.pace.passes.push({ pass: p.pass, at: now, bytes: p.remainingBytes, bandwidth: p.bandwidthBytesPerSecond, throttle: throttlePercent }) > 200) m.pace.passes.shift();
+}
+
 /** A member's pacing ends (it is held, or the transfer phase ended): its time braked or hovering is counted. */
 function endPacing(m: Member, now: number): void {
   if (m.pace.brakedSince !== null) m.pace.brakedMs += now - m.pace.brakedSince;
@@ -264,7 +291,14 @@ function crawlOf(t: MigrationTuning): MigrationTuning {
 /** Sends a member's new settings to its source, after those sent before (a brake and its release must not cross). */
 function apply(m: Member, settings: PaceSettings): void {
   m.pace.applied = settings;
-  m.pace.sending = m.pace.sending.then(() => m.agents.source.setMigrationParameters({ vmId: m.vm.id, ...settings }).then(() => undefined, () => undefined));
+  // Its last run's settings (no crawl, the group's limit or more): when its source confirmed them, for the timeline.
+  const lastRun = settings.downtimeLimitMs > BRAKE_DOWNTIME_MS && settings.maxBandwidthBytesPerSecond > BRAKE_FLOOR;
+  m.pace.sending = m.pace.sending.then(() =>
+    m.agents.source.setMigrationParameters({ vmId: m.vm.id, ...settings }).then(
+      () => void (lastRun && m.pace.marks.lastRunApplied === undefined && m.pace.marks.lastRun !== undefined && (m.pace.marks.lastRunApplied = performance.now())),
+      () => undefined,
+    ),
+  );
 }
 
 /** A member's bandwidth for its estimate: its last figure while it runs (the best seen is optimistic under load), else the best seen at full speed. */
@@ -280,7 +314,7 @@ function pace(members: Member[], options: Parameters<typeof paceGroup>[1]): void
   const decisions = paceGroup(
     live.map((m) => {
       const p = m.progress;
-      return { vmId: m.vm.id, phase: m.state === 'held' ? 'held' : (p?.phase ?? 'preparing'), pass: p?.pass ?? 0, remainingBytes: p?.remainingBytes ?? 0, dirtyBytesPerSecond: p?.dirtyBytesPerSecond ?? 0, bandwidthBytesPerSecond: bandwidthOf(m), drainBytesPerSecond: m.pace.drainPeak, passBytes: m.pace.passBytes, firstPassDirtyBytesPerSecond: m.pace.firstPassDirty, started: m.pace.started, braked: m.pace.braked, released: m.pace.released, landed: m.pace.landed, sinceReportS: p ? Math.max(0, now - m.pace.reportedAt) / 1000 : 0 };
+      return { vmId: m.vm.id, phase: m.state === 'held' ? 'held' : (p?.phase ?? 'preparing'), pass: p?.pass ?? 0, remainingBytes: p?.remainingBytes ?? 0, dirtyBytesPerSecond: p?.dirtyBytesPerSecond ?? 0, bandwidthBytesPerSecond: bandwidthOf(m), peakBandwidthBytesPerSecond: m.pace.bandwidthPeak, lastRunS: m.pace.marks.lastRun === undefined ? 0 : (now - m.pace.marks.lastRun) / 1000, drainBytesPerSecond: m.pace.drainPeak, passBytes: m.pace.passBytes, previousPassBytes: m.pace.previousPassBytes, secondPassBytes: m.pace.secondPass?.bytes ?? 0, started: m.pace.started, braked: m.pace.braked, released: m.pace.released, landed: m.pace.landed, sinceReportS: p ? Math.max(0, now - m.pace.reportedAt) / 1000 : 0 };
     }),
     options,
   );
@@ -292,12 +326,18 @@ function pace(members: Member[], options: Parameters<typeof paceGroup>[1]): void
       // Its start: from here it runs at full speed (its wait at the start is no brake).
       m.pace.started = true;
       m.pace.startDelayMs = m.pace.waitingSince === null ? 0 : now - m.pace.waitingSince;
+      m.pace.marks.start = now;
       m.pace.sample = null;
     } else if (m.pace.started) {
       if (d.braked && !m.pace.braked) m.pace.brakedSince = now;
+      if (d.braked) m.pace.marks[(m.progress?.pass ?? 0) >= 2 ? 'brake' : 'brink'] ??= now;
       if (!d.braked && m.pace.braked) {
-        m.pace.released = true;
-        m.pace.releasedAt = now;
+        // Released (its last run), or past the brink found busy: it hovers (no release: it lands later).
+        if (!d.hovering) {
+          m.pace.released = true;
+          m.pace.releasedAt = now;
+          m.pace.marks.lastRun ??= now;
+        }
         m.pace.brakedMs += now - (m.pace.brakedSince ?? now);
         m.pace.brakedSince = null;
         m.pace.sample = null;
@@ -313,6 +353,7 @@ function pace(members: Member[], options: Parameters<typeof paceGroup>[1]): void
       if (!d.braked) {
         m.pace.landed = true;
         m.pace.landedAt = now;
+        m.pace.marks.lastRun ??= now;
       }
     }
     m.pace.hovering = d.hovering;
@@ -350,6 +391,8 @@ function resultOf(request: GroupMigrateRequest, members: Member[], t0: number): 
         startDelayMs: Math.round(m.pace.startDelayMs),
         hoveredMs: Math.round(m.pace.hoveredMs),
         lastRunMs: m.heldAt === null ? null : m.pace.landedAt !== null ? Math.round(m.heldAt - m.pace.landedAt) : m.pace.releasedAt !== null ? Math.round(m.heldAt - m.pace.releasedAt) : null,
+        timeline: Object.fromEntries(Object.entries(m.pace.marks).map(([k, v]) => [k, Math.round(v - t0)])),
+        passes: m.pace.passes.map((p) => ({ pass: p.pass, atMs: Math.round(p.at - t0), bytes: p.bytes, bandwidthBytesPerSecond: p.bandwidth, throttlePercent: p.throttle })),
         breakdown: resumedAt !== null && m.at.held !== null && m.at.continued !== null && m.at.arrived !== null && m.at.startSent !== null ? { reachMs: stopAt === null ? null : m.at.held - stopAt, heldMs: m.at.continued - m.at.held, switchMs: m.at.arrived - m.at.continued, waitMs: m.at.startSent - m.at.arrived, startMs: resumedAt - m.at.startSent } : null,
         resumedAt: m.state === 'moved' ? (m.incoming?.resumedAt ?? null) : null,
         error: errorOf(m.error),
