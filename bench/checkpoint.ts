@@ -333,6 +333,7 @@ async function qemuSaveRestore(accel: string, memoryMiB: number, randomMiB: numb
     const pid = procs[0]?.pid as number;
     const cpu0 = processCpuWithChildren(pid);
     const threads0 = threadCpu(pid);
+    const sched0 = threadSched(pid);
     const t0 = performance.now();
     await src.qmp.stop();
     await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 64 * 1024 ** 3 });
@@ -342,9 +343,11 @@ async function qemuSaveRestore(accel: string, memoryMiB: number, randomMiB: numb
     await new Promise((r) => setTimeout(r, 100)); // QEMU reaps its cat
     // The whole QEMU (its migration thread, main loop) and the cat it writes the file through.
     const saveCpu = { total: Number((processCpuWithChildren(pid) - cpu0).toFixed(2)), ...cpuDelta(threadCpu(pid), threads0) };
+    // QEMU's threads (its migration thread writes the stream), run-queue wait included (its cat is not among them).
+    const saveSched = schedDelta(threadSched(pid), sched0);
     src.qmp.close();
     const fileBytes = statSync(file).size;
-    if (!restore) return { stunMs: saveMs, saveMs, fileBytes, runningMs: NaN, readAllMs: NaN, saveCpu };
+    if (!restore) return { stunMs: saveMs, saveMs, fileBytes, runningMs: NaN, readAllMs: NaN, saveCpu, saveSched };
     const t1 = performance.now();
     const dst = await qemu(1, true);
     await dst.qmp.execute('migrate-incoming', { uri: `exec:cat ${file}` });
@@ -357,7 +360,7 @@ async function qemuSaveRestore(accel: string, memoryMiB: number, randomMiB: numb
     const readAllMs = performance.now() - t1;
     agent2.close();
     dst.qmp.close();
-    return { stunMs: saveMs, saveMs, fileBytes, runningMs, readAllMs, saveCpu };
+    return { stunMs: saveMs, saveMs, fileBytes, runningMs, readAllMs, saveCpu, saveSched };
   } finally {
     for (const p of procs) p.kill('SIGKILL');
     await Promise.all(procs.map((p) => new Promise((r) => (p.exitCode !== null ? r(null) : p.once('exit', r)))));
@@ -437,7 +440,7 @@ async function saveOnly(daemon: RunningDaemon, home: string, dir: string, accel:
     const qs = await qemuSaveRestore(accel, memoryMiB, randomMiB, false);
     q.push(qs.saveMs);
     qCpu.push((qs.saveCpu.total * 1000) / (memoryMiB / 1024));
-    process.stderr.write(`${memoryMiB} MiB QEMU save ${r + 1} (load ${loadavg()[0]?.toFixed(1)}): ${q.at(-1)?.toFixed(0)} ms, file ${(qs.fileBytes / 2 ** 20).toFixed(0)} MiB; QEMU CPU (with its cat) ${JSON.stringify(qs.saveCpu)}\n`);
+    process.stderr.write(`${memoryMiB} MiB QEMU save ${r + 1} (load ${loadavg()[0]?.toFixed(1)}): ${q.at(-1)?.toFixed(0)} ms, file ${(qs.fileBytes / 2 ** 20).toFixed(0)} MiB; QEMU CPU (with its cat) ${JSON.stringify(qs.saveCpu)}; its threads (user/sys/run/run-queue wait ms, voluntary/involuntary switches) ${JSON.stringify(qs.saveSched)}\n`);
   }
   const label = `${memoryMiB} MiB (${randomMiB} MiB random)`;
   return [
