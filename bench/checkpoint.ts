@@ -15,8 +15,10 @@
 // the writer's own waits, the CPU of this process and of the guest's QEMUs
 // (the one before the switch-over included) beside the CPU of QEMU's save
 // (the whole QEMU and the `cat` it writes through), as CPU ms per GiB of
-// guest, and (--direct) the writer called directly on the same template
-// (reading guest RAM with pread, then through the mapping); `--only lazy
+// guest, this process's threads (CPU, run-queue wait, context switches),
+// (--perf FILE) `perf record -g` of this process over each save, and
+// (--direct) the writer called directly on the same template (reading guest
+// RAM with pread, through the mapping, then read and packed by the addon); `--only lazy
 // [--repeat N] [--read]` times lazy streams from the VM running, with the page
 // server's waits and the CPU of each side (the destination QEMU by thread).
 import { spawn } from 'node:child_process';
@@ -88,6 +90,38 @@ export function threadCpu(pid: number): Record<string, number> {
     out[`${name}/${tid}`] = (Number(fields[11]) + Number(fields[12])) / tick;
   }
   return out;
+}
+
+/**
+ * Per thread of process `pid` (keyed by name and id): CPU ms in user and system mode, ms run and ms
+ * waited runnable for a core (schedstat: the run-queue wait, what a loaded machine adds), and voluntary
+ * (blocked: waiting for I/O, a lock or another thread) and involuntary (preempted) context switches.
+ */
+export function threadSched(pid: number): Record<string, number[]> {
+  const out: Record<string, number[]> = {};
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const [runNs, waitNs] = readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ').map(Number);
+      const status = readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8');
+      const switches = (key: string) => Number(new RegExp(`^${key}:\\s+(\\d+)`, 'm').exec(status)?.[1] ?? 0);
+      out[`${stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'))}/${tid}`] = [(Number(f[11]) * 1000) / TICK, (Number(f[12]) * 1000) / TICK, (runNs ?? 0) / 1e6, (waitNs ?? 0) / 1e6, switches('voluntary_ctxt_switches'), switches('nonvoluntary_ctxt_switches')];
+    } catch {
+      // the thread ended
+    }
+  }
+  return out;
+}
+
+/** `threadSched` after minus before, for threads that ran at least 5 ms, as "user/sys/run/wait ms, vcs/nvcs". */
+export function schedDelta(after: Record<string, number[]>, before: Record<string, number[]>): Record<string, string> {
+  return Object.fromEntries(
+    Object.entries(after)
+      .map(([k, v]) => [k, v.map((x, i) => Math.round(x - (before[k]?.[i] ?? 0)))] as const)
+      .filter(([, v]) => (v[2] ?? 0) >= 5)
+      .map(([k, v]) => [k, `${v[0]}/${v[1]}/${v[2]}/${v[3]} ms, ${v[4]}/${v[5]}`]),
+  );
 }
 
 function cpuDelta(after: Record<string, number>, before: Record<string, number>): Record<string, number> {
@@ -218,12 +252,16 @@ function lastWriteTimings(home: string): Record<string, number | string> | undef
  * engine's stun and write times, the writer's own timings, and the CPU the benchmark process (daemon
  * and writer) and the VM's QEMU (by thread) spent meanwhile.
  */
-async function saveOnce(daemon: RunningDaemon, home: string, name: string, out: string): Promise<{ completeMs: number; queuedMs: number; result: CheckpointResult; writer?: Record<string, number | string>; benchCpuS: number; selfCpu: Record<string, number>; qemuCpu: Record<string, number> }> {
+async function saveOnce(daemon: RunningDaemon, home: string, name: string, out: string, perfFile?: string): Promise<{ completeMs: number; queuedMs: number; result: CheckpointResult; writer?: Record<string, number | string>; benchCpuS: number; selfCpu: Record<string, number>; sched: Record<string, string>; qemuCpu: Record<string, number> }> {
   const before = (await daemon.engine.resolve(name)).runtime?.pid;
   const qemuBefore = before ? threadCpu(before) : {};
   // The QEMU the VM ran in before the switch-over (it saves the device state in the stun, then ends).
   const oldQemu = before ? sampleThreadCpu(before) : undefined;
   const self0 = threadCpu(process.pid);
+  const sched0 = threadSched(process.pid);
+  // `--perf FILE`: the bench process's stacks over the save (perf record -g), for `perf report -i FILE`.
+  const perf = perfFile ? spawn('perf', ['record', '-q', '-g', '-F', '999', '-p', String(process.pid), '-o', perfFile], { stdio: 'ignore' }) : undefined;
+  if (perf) await new Promise((r) => setTimeout(r, 300));
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   const queued = await daemon.engine.checkpoint(name, { name: `${name}-ckpt`, out });
@@ -233,33 +271,39 @@ async function saveOnce(daemon: RunningDaemon, home: string, name: string, out: 
   const completeMs = performance.now() - t0;
   const cpu = process.cpuUsage(cpu0);
   const selfCpu = cpuDelta(threadCpu(process.pid), self0);
+  const sched = schedDelta(threadSched(process.pid), sched0);
+  if (perf) {
+    perf.kill('SIGINT');
+    await new Promise((r) => perf.once('exit', r));
+  }
   const after = (await daemon.engine.resolve(name)).runtime?.pid;
   // The switch-over replaces the QEMU: the old one's CPU is gone with it, the new one's counts from its start.
   const qemuCpu = after ? cpuDelta(threadCpu(after), after === before ? qemuBefore : {}) : {};
   const oldQemuCpu = oldQemu?.stop() ?? {};
   if (after !== before) qemuCpu['old QEMU (total)'] = oldQemuCpu.total ?? 0;
   await new Promise((r) => setTimeout(r, 200)); // the log line reaches the file
-  return { completeMs, queuedMs, result: saved.result as CheckpointResult, writer: lastWriteTimings(home), benchCpuS: (cpu.user + cpu.system) / 1e6, selfCpu, qemuCpu };
+  return { completeMs, queuedMs, result: saved.result as CheckpointResult, writer: lastWriteTimings(home), benchCpuS: (cpu.user + cpu.system) / 1e6, selfCpu, sched, qemuCpu };
 }
 
 /**
  * The writer alone, called directly in this process on the template file the VM's checkpoint was just
  * written from (the VM still maps it, running): the same file and load, without the agent protocol,
- * reading guest RAM by `readPath` (the mapping, or pread).
+ * reading guest RAM by `readPath` (read and packed by the addon, the mapping, or pread).
  */
-async function directWrite(daemon: RunningDaemon, name: string, out: string, readPath: MemoryReadPath): Promise<{ ms: number; timings: Record<string, number>; selfCpu: Record<string, number>; cpuS: number }> {
+async function directWrite(daemon: RunningDaemon, name: string, out: string, readPath: MemoryReadPath): Promise<{ ms: number; timings: Record<string, number>; selfCpu: Record<string, number>; sched: Record<string, string>; cpuS: number }> {
   const vm = await daemon.engine.resolve(name);
   const templateId = vm.runtime?.memory.templateId;
   if (!templateId || !daemon.agent) throw new Error(`${name} maps no template`);
   const memory = await openGuestMemory(daemon.agent.templatePath(templateId), guestMemoryBytes(vm.spec), readPath);
   const self0 = threadCpu(process.pid);
+  const sched0 = threadSched(process.pid);
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   try {
     const written = await writeCheckpoint(out, { memoryBytes: guestMemoryBytes(vm.spec), memory, metadata: {}, deviceState: Buffer.alloc(16), onProgress: () => undefined });
     const cpu = process.cpuUsage(cpu0);
     const timings = Object.fromEntries(Object.entries(written.timings).flatMap(([k, v]) => (typeof v === 'number' ? [[k, Math.round(v)]] : [])));
-    return { ms: performance.now() - t0, timings, selfCpu: cpuDelta(threadCpu(process.pid), self0), cpuS: (cpu.user + cpu.system) / 1e6 };
+    return { ms: performance.now() - t0, timings, selfCpu: cpuDelta(threadCpu(process.pid), self0), sched: schedDelta(threadSched(process.pid), sched0), cpuS: (cpu.user + cpu.system) / 1e6 };
   } finally {
     await memory.close();
     rmSync(out, { force: true });
@@ -289,6 +333,7 @@ async function qemuSaveRestore(accel: string, memoryMiB: number, randomMiB: numb
     const pid = procs[0]?.pid as number;
     const cpu0 = processCpuWithChildren(pid);
     const threads0 = threadCpu(pid);
+    const sched0 = threadSched(pid);
     const t0 = performance.now();
     await src.qmp.stop();
     await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 64 * 1024 ** 3 });
@@ -298,9 +343,11 @@ async function qemuSaveRestore(accel: string, memoryMiB: number, randomMiB: numb
     await new Promise((r) => setTimeout(r, 100)); // QEMU reaps its cat
     // The whole QEMU (its migration thread, main loop) and the cat it writes the file through.
     const saveCpu = { total: Number((processCpuWithChildren(pid) - cpu0).toFixed(2)), ...cpuDelta(threadCpu(pid), threads0) };
+    // QEMU's threads (its migration thread writes the stream), run-queue wait included (its cat is not among them).
+    const saveSched = schedDelta(threadSched(pid), sched0);
     src.qmp.close();
     const fileBytes = statSync(file).size;
-    if (!restore) return { stunMs: saveMs, saveMs, fileBytes, runningMs: NaN, readAllMs: NaN, saveCpu };
+    if (!restore) return { stunMs: saveMs, saveMs, fileBytes, runningMs: NaN, readAllMs: NaN, saveCpu, saveSched };
     const t1 = performance.now();
     const dst = await qemu(1, true);
     await dst.qmp.execute('migrate-incoming', { uri: `exec:cat ${file}` });
@@ -313,7 +360,7 @@ async function qemuSaveRestore(accel: string, memoryMiB: number, randomMiB: numb
     const readAllMs = performance.now() - t1;
     agent2.close();
     dst.qmp.close();
-    return { stunMs: saveMs, saveMs, fileBytes, runningMs, readAllMs, saveCpu };
+    return { stunMs: saveMs, saveMs, fileBytes, runningMs, readAllMs, saveCpu, saveSched };
   } finally {
     for (const p of procs) p.kill('SIGKILL');
     await Promise.all(procs.map((p) => new Promise((r) => (p.exitCode !== null ? r(null) : p.once('exit', r)))));
@@ -360,7 +407,7 @@ async function restoreOnce(daemon: RunningDaemon, checkpoint: string, mode: 'eag
 }
 
 /** `--only save`: checkpoints of one guest, each beside QEMU's save of the same guest, with where the time went. */
-async function saveOnly(daemon: RunningDaemon, home: string, dir: string, accel: string, memoryMiB: number, repeat: number, pauseGuest: boolean, direct: boolean): Promise<Comparison[]> {
+async function saveOnly(daemon: RunningDaemon, home: string, dir: string, accel: string, memoryMiB: number, repeat: number, pauseGuest: boolean, direct: boolean, perfFile?: string): Promise<Comparison[]> {
   const randomMiB = memoryMiB / 2;
   const name = `ck${memoryMiB}`;
   const boot = await daemon.engine.create({ name, memory: `${memoryMiB}M`, start: true });
@@ -371,12 +418,12 @@ async function saveOnly(daemon: RunningDaemon, home: string, dir: string, accel:
   const writes: number[] = [];
   const cpuPerGiB: number[] = [];
   for (let r = 0; r < repeat; r++) {
-    const s = await saveOnce(daemon, home, name, join(dir, `${name}-${r}.ckpt`));
-    process.stderr.write(`${memoryMiB} MiB save ${r + 1}/${repeat} (load ${loadavg()[0]?.toFixed(1)}): complete ${s.completeMs.toFixed(0)} ms, stun ${s.result.stunMs.toFixed(0)}, write ${s.result.writeMs.toFixed(0)}; phases ${JSON.stringify(Object.fromEntries(Object.entries(s.result.phasesMs ?? {}).map(([k, v]) => [k, Math.round(v)])))}; task queued to running ${s.queuedMs.toFixed(0)} ms; writer ${JSON.stringify(s.writer)}; bench process CPU ${s.benchCpuS.toFixed(2)} s ${JSON.stringify(s.selfCpu)}; QEMU CPU ${JSON.stringify(s.qemuCpu)}\n`);
+    const s = await saveOnce(daemon, home, name, join(dir, `${name}-${r}.ckpt`), perfFile && `${perfFile}.${memoryMiB}M.${r}`);
+    process.stderr.write(`${memoryMiB} MiB save ${r + 1}/${repeat} (load ${loadavg()[0]?.toFixed(1)}): complete ${s.completeMs.toFixed(0)} ms, stun ${s.result.stunMs.toFixed(0)}, write ${s.result.writeMs.toFixed(0)}; phases ${JSON.stringify(Object.fromEntries(Object.entries(s.result.phasesMs ?? {}).map(([k, v]) => [k, Math.round(v)])))}; task queued to running ${s.queuedMs.toFixed(0)} ms; writer ${JSON.stringify(s.writer)}; bench process CPU ${s.benchCpuS.toFixed(2)} s ${JSON.stringify(s.selfCpu)}; its threads (user/sys/run/run-queue wait ms, voluntary/involuntary switches) ${JSON.stringify(s.sched)}; QEMU CPU ${JSON.stringify(s.qemuCpu)}\n`);
     if (direct) {
-      for (const readPath of ['pread', 'mmap'] as const) {
+      for (const readPath of ['pread', 'mmap', 'packed'] as const) {
         const d = await directWrite(daemon, name, join(dir, `${name}-direct.ckpt`), readPath);
-        process.stderr.write(`${memoryMiB} MiB direct writer (${readPath}) on the same template (load ${loadavg()[0]?.toFixed(1)}): ${d.ms.toFixed(0)} ms; ${JSON.stringify(d.timings)}; CPU ${d.cpuS.toFixed(2)} s ${JSON.stringify(d.selfCpu)}\n`);
+        process.stderr.write(`${memoryMiB} MiB direct writer (${readPath}) on the same template (load ${loadavg()[0]?.toFixed(1)}): ${d.ms.toFixed(0)} ms; ${JSON.stringify(d.timings)}; CPU ${d.cpuS.toFixed(2)} s ${JSON.stringify(d.selfCpu)}; threads ${JSON.stringify(d.sched)}\n`);
       }
     }
     complete.push(s.completeMs);
@@ -393,7 +440,7 @@ async function saveOnly(daemon: RunningDaemon, home: string, dir: string, accel:
     const qs = await qemuSaveRestore(accel, memoryMiB, randomMiB, false);
     q.push(qs.saveMs);
     qCpu.push((qs.saveCpu.total * 1000) / (memoryMiB / 1024));
-    process.stderr.write(`${memoryMiB} MiB QEMU save ${r + 1} (load ${loadavg()[0]?.toFixed(1)}): ${q.at(-1)?.toFixed(0)} ms, file ${(qs.fileBytes / 2 ** 20).toFixed(0)} MiB; QEMU CPU (with its cat) ${JSON.stringify(qs.saveCpu)}\n`);
+    process.stderr.write(`${memoryMiB} MiB QEMU save ${r + 1} (load ${loadavg()[0]?.toFixed(1)}): ${q.at(-1)?.toFixed(0)} ms, file ${(qs.fileBytes / 2 ** 20).toFixed(0)} MiB; QEMU CPU (with its cat) ${JSON.stringify(qs.saveCpu)}; its threads (user/sys/run/run-queue wait ms, voluntary/involuntary switches) ${JSON.stringify(qs.saveSched)}\n`);
   }
   const label = `${memoryMiB} MiB (${randomMiB} MiB random)`;
   return [
@@ -430,7 +477,7 @@ export async function checkpointBenchmark(args: string[]): Promise<BenchResult> 
     }
     if (busy > 0) notes.push(`${busy} guests ran a busy loop beside the whole run`);
     if (only === 'save' || only === 'lazy') {
-      for (const memoryMiB of sizes) comparisons.push(...(only === 'save' ? await saveOnly(daemon, home, checkpointDir, host.accel, memoryMiB, repeat, pauseGuest, args.includes('--direct')) : await lazyOnly(daemon, home, checkpointDir, memoryMiB, repeat, args.includes('--read'))));
+      for (const memoryMiB of sizes) comparisons.push(...(only === 'save' ? await saveOnly(daemon, home, checkpointDir, host.accel, memoryMiB, repeat, pauseGuest, args.includes('--direct'), args.includes('--perf') ? option(args, '--perf', '') : undefined) : await lazyOnly(daemon, home, checkpointDir, memoryMiB, repeat, args.includes('--read'))));
       load.push(loadavg());
       return { name: 'checkpoint', startedAt, machine: { cpus: cpus().length, accel: host.accel, qemu: await qemuVersion(), node: process.version }, parameters: { sizes, busy, load, only, repeat, pauseGuest }, comparisons, notes: [only === 'save' ? 'save only: each checkpoint is deleted after it is written' : 'lazy stream only: from the VM running to the stream complete (the page server\'s own streamMs)', ...(pauseGuest ? ['the guest was paused before the saves'] : []), ...notes] };
     }

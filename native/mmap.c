@@ -1,17 +1,19 @@
-// Offshoot's one native addon (Node-API, C): maps a region of a file
-// read-only (mmap, MAP_SHARED, PROT_READ) and hands it to JavaScript as a
-// Buffer over the mapping, with no copy. The checkpoint writer reads a frozen
-// VM's guest RAM (its template file) through it instead of pread-ing every
-// byte into its own buffers (measured: the pread copy was a third of the
-// save's CPU), and finds a block's zero pages in one call (scanPages) instead
-// of a JavaScript loop of one compare per page. Built by `npm run setup`
-// (scripts/setup.sh) into dist/native/; loaded by src/memory/native-mmap.ts.
+// Offshoot's one native addon (Node-API, C), for the checkpoint writer: it
+// reads a frozen VM's guest RAM (its template file) block by block, finds a
+// block's zero pages, packs its other pages and checksums them (XXH64) in
+// libuv's thread pool (readPackBlock), so the event loop's thread, which
+// waits for a core after every piece of work on a loaded machine, only hands
+// blocks on; and it can map a region of a file read-only (mmap, MAP_SHARED,
+// PROT_READ) as a Buffer over the mapping, with no copy (the 'mmap' read
+// path). Built by `npm run setup` (scripts/setup.sh) into dist/native/;
+// loaded by src/memory/native-mmap.ts.
 //
 //   map(fd, offset, length) -> Buffer   the mapping; munmapped when the Buffer
 //                                       is collected, or earlier by unmap
-//   unmap(buffer) -> boolean            munmaps now and detaches the Buffer
-//                                       (its views then read as empty, never
-//                                       as freed memory); false if not mapped
+//   unmap(buffer) -> boolean            detaches the Buffer now (its views
+//                                       then read as empty, never as freed
+//                                       memory) and munmaps it just after, in
+//                                       the thread pool; false if not mapped
 //   advise(buffer, offset, length, advice) -> undefined   madvise on a part
 //   dataRange(fd, offset) -> [start, end] | null   the file's first run of
 //                                       data (not a hole) at or after offset,
@@ -26,6 +28,17 @@
 //                                       zero and not marked in `known` (null,
 //                                       or 32 bytes: pages known to be zero,
 //                                       never read); returns how many
+//   packBlock(buffer, known, into, bitmap) -> Promise<[count, xxh64]>
+//                                       scanPages, then the stored pages
+//                                       packed in page order into `into` (the
+//                                       buffer itself, or one not overlapping
+//                                       it) and their XXH64, in the thread pool
+//   readPackBlock(fd, offset, length, known, into, bitmap) -> Promise<[count, xxh64]>
+//                                       the same for `length` bytes of a file,
+//                                       its pages not marked in `known` read
+//                                       with pread into `into` (past the end
+//                                       of the file: zero), packed in place
+//   xxh64(buffer) -> bigint             XXH64, seed 0 (@node-rs/xxhash's)
 //
 // A mapping's bookkeeping (address, length, still mapped) lives in a list
 // under a mutex, so unmap only ever unmaps a mapping this addon made, once.
@@ -135,6 +148,45 @@ static napi_value map_region(napi_env env, napi_callback_info info) {
   return buffer;
 }
 
+// The munmap of an unmapped region, in libuv's thread pool: tearing down a window's page tables costs
+// ~55 ms per GiB of guest RAM (bench checkpoint --busy 2, perf), which the event loop's thread need not
+// wait for. The region is already detached and marked unmapped, so nothing reads it any more.
+typedef struct unmap_job {
+  napi_async_work work;
+  void *addr;
+  size_t length;
+} unmap_job;
+
+static void unmap_execute(napi_env env, void *data) {
+  (void)env;
+  unmap_job *job = data;
+  munmap(job->addr, job->length);
+}
+
+static void unmap_complete(napi_env env, napi_status status, void *data) {
+  (void)status;
+  unmap_job *job = data;
+  if (status != napi_ok) munmap(job->addr, job->length); // cancelled: not run in the pool
+  napi_delete_async_work(env, job->work);
+  free(job);
+}
+
+// munmaps in the pool when it can queue the work, else now.
+static void unmap_soon(napi_env env, void *addr, size_t length) {
+  unmap_job *job = calloc(1, sizeof *job);
+  napi_value name;
+  if (job) {
+    job->addr = addr;
+    job->length = length;
+    if (napi_create_string_utf8(env, "offshoot.unmap", NAPI_AUTO_LENGTH, &name) == napi_ok && napi_create_async_work(env, NULL, name, unmap_execute, unmap_complete, job, &job->work) == napi_ok) {
+      if (napi_queue_async_work(env, job->work) == napi_ok) return;
+      napi_delete_async_work(env, job->work);
+    }
+    free(job);
+  }
+  munmap(addr, length);
+}
+
 static napi_value unmap_region(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -152,13 +204,15 @@ static napi_value unmap_region(napi_env env, napi_callback_info info) {
   pthread_mutex_lock(&lock);
   mapping *m = length > 0 ? find(data, length) : NULL;
   if (m && m->addr == data && m->length == length) {
-    munmap(m->addr, m->length);
     m->mapped = 0;
     unmapped = 1;
   }
   pthread_mutex_unlock(&lock);
-  // Views of the buffer now read as empty instead of touching unmapped memory.
-  if (unmapped) napi_detach_arraybuffer(env, arraybuffer);
+  // Views of the buffer now read as empty instead of touching unmapped memory; the pages go just after.
+  if (unmapped) {
+    napi_detach_arraybuffer(env, arraybuffer);
+    unmap_soon(env, data, length);
+  }
   napi_value result;
   CHECK(napi_get_boolean(env, unmapped, &result));
   return result;
@@ -266,6 +320,252 @@ static napi_value scan_pages(napi_env env, napi_callback_info info) {
   return result;
 }
 
+// XXH64 (seed 0), the checksum of the checkpoint format (the same function as @node-rs/xxhash's xxh64),
+// so a block's stored pages are hashed in the thread that packs them.
+#define XXP1 11400714785074694791ULL
+#define XXP2 14029467366897019727ULL
+#define XXP3 1609587929392839161ULL
+#define XXP4 9650029242287828579ULL
+#define XXP5 2870177450012600261ULL
+
+static inline uint64_t xx_rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+static inline uint64_t xx_read64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static inline uint32_t xx_read32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline uint64_t xx_round(uint64_t acc, uint64_t input) { acc += input * XXP2; acc = xx_rotl(acc, 31); return acc * XXP1; }
+static inline uint64_t xx_merge(uint64_t acc, uint64_t val) { acc ^= xx_round(0, val); return acc * XXP1 + XXP4; }
+
+static uint64_t xxh64(const unsigned char *p, size_t len) {
+  const unsigned char *end = p + len;
+  uint64_t h;
+  if (len >= 32) {
+    uint64_t v1 = XXP1 + XXP2, v2 = XXP2, v3 = 0, v4 = -XXP1;
+    const unsigned char *limit = end - 32;
+    do {
+      v1 = xx_round(v1, xx_read64(p));
+      v2 = xx_round(v2, xx_read64(p + 8));
+      v3 = xx_round(v3, xx_read64(p + 16));
+      v4 = xx_round(v4, xx_read64(p + 24));
+      p += 32;
+    } while (p <= limit);
+    h = xx_rotl(v1, 1) + xx_rotl(v2, 7) + xx_rotl(v3, 12) + xx_rotl(v4, 18);
+    h = xx_merge(h, v1);
+    h = xx_merge(h, v2);
+    h = xx_merge(h, v3);
+    h = xx_merge(h, v4);
+  } else {
+    h = XXP5;
+  }
+  h += (uint64_t)len;
+  for (; p + 8 <= end; p += 8) h = xx_rotl(h ^ xx_round(0, xx_read64(p)), 27) * XXP1 + XXP4;
+  if (p + 4 <= end) {
+    h = xx_rotl(h ^ ((uint64_t)xx_read32(p) * XXP1), 23) * XXP2 + XXP3;
+    p += 4;
+  }
+  for (; p < end; p++) h = xx_rotl(h ^ (*p * XXP5), 11) * XXP1;
+  h ^= h >> 33;
+  h *= XXP2;
+  h ^= h >> 29;
+  h *= XXP3;
+  h ^= h >> 32;
+  return h;
+}
+
+static napi_value xxh64_js(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  void *data = NULL;
+  size_t length = 0;
+  if (argc < 1 || napi_get_typedarray_info(env, argv[0], NULL, &length, &data, NULL, NULL) != napi_ok) {
+    napi_throw_type_error(env, "INVALID_INPUT", "xxh64(buffer)");
+    return NULL;
+  }
+  napi_value result;
+  CHECK(napi_create_bigint_uint64(env, xxh64(data, length), &result));
+  return result;
+}
+
+// packBlock: one block's scan, packing and checksum in libuv's thread pool (a napi async work), so the
+// event loop's thread only hands blocks on: on a loaded machine that thread waits for a core after every
+// piece of work it does (bench checkpoint --busy 2: ~1.2 s of run-queue wait for ~0.64 s of work), and
+// work done here runs beside it instead.
+typedef struct pack_job {
+  napi_async_work work;
+  napi_deferred deferred;
+  napi_ref refs[4];
+  const unsigned char *src;
+  const unsigned char *known;
+  unsigned char *dst;
+  unsigned char *bitmap;
+  size_t pages;
+  uint32_t count;
+  uint64_t hash;
+  int fd;          // readPackBlock: the file read from (-1 for packBlock)
+  int64_t offset;  // and where in it
+  int err;         // an errno of the read, or 0
+} pack_job;
+
+static void pack_pages(pack_job *job) {
+  memset(job->bitmap, 0, SCAN_PAGES / 8);
+  uint32_t count = 0;
+  for (size_t p = 0; p < job->pages; p++) {
+    if (job->known && ((job->known[p >> 3] >> (p & 7)) & 1)) continue;
+    const unsigned char *page = job->src + p * SCAN_PAGE;
+    if (page_is_zero(page)) continue;
+    job->bitmap[p >> 3] |= (unsigned char)(1u << (p & 7));
+    // memmove: dst may be src itself (a block read into the writer's buffer is packed in place).
+    if (job->dst + (size_t)count * SCAN_PAGE != page) memmove(job->dst + (size_t)count * SCAN_PAGE, page, SCAN_PAGE);
+    count++;
+  }
+  job->count = count;
+  job->hash = xxh64(job->dst, (size_t)count * SCAN_PAGE);
+}
+
+static void pack_execute(napi_env env, void *data) {
+  (void)env;
+  pack_pages(data);
+}
+
+// readPackBlock's work: each run of pages not known to be zero read with pread into dst at its place in
+// the block (past the end of the file reads as zero), then packed in place.
+static void read_pack_execute(napi_env env, void *data) {
+  (void)env;
+  pack_job *job = data;
+  for (size_t p = 0; p < job->pages;) {
+    if (job->known && ((job->known[p >> 3] >> (p & 7)) & 1)) {
+      p++;
+      continue;
+    }
+    size_t q = p + 1;
+    while (q < job->pages && !(job->known && ((job->known[q >> 3] >> (q & 7)) & 1))) q++;
+    size_t done = 0, want = (q - p) * SCAN_PAGE;
+    while (done < want) {
+      ssize_t n = pread(job->fd, job->dst + p * SCAN_PAGE + done, want - done, (off_t)(job->offset + (int64_t)(p * SCAN_PAGE + done)));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        job->err = errno;
+        return;
+      }
+      if (n == 0) {
+        memset(job->dst + p * SCAN_PAGE + done, 0, want - done);
+        break;
+      }
+      done += (size_t)n;
+    }
+    p = q;
+  }
+  job->src = job->dst;
+  pack_pages(job);
+}
+
+static void pack_complete(napi_env env, napi_status status, void *data) {
+  pack_job *job = data;
+  napi_value count, hash, result;
+  for (int i = 0; i < 4; i++) if (job->refs[i]) napi_delete_reference(env, job->refs[i]);
+  if (job->err) {
+    throw_errno(env, "readPackBlock: pread", job->err); // made as a pending exception, taken back and rejected with
+    napi_value error;
+    if (napi_get_and_clear_last_exception(env, &error) == napi_ok) napi_reject_deferred(env, job->deferred, error);
+  } else if (status == napi_ok && napi_create_uint32(env, job->count, &count) == napi_ok && napi_create_bigint_uint64(env, job->hash, &hash) == napi_ok
+      && napi_create_array_with_length(env, 2, &result) == napi_ok && napi_set_element(env, result, 0, count) == napi_ok && napi_set_element(env, result, 1, hash) == napi_ok) {
+    napi_resolve_deferred(env, job->deferred, result);
+  } else {
+    napi_value message, error;
+    napi_create_string_utf8(env, "packBlock: the work was cancelled or its result could not be made", NAPI_AUTO_LENGTH, &message);
+    napi_create_error(env, NULL, message, &error);
+    napi_reject_deferred(env, job->deferred, error);
+  }
+  napi_delete_async_work(env, job->work);
+  free(job);
+}
+
+static napi_value queue_pack(napi_env env, pack_job *job, napi_value *argv, napi_async_execute_callback execute);
+
+static napi_value pack_block(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  void *src = NULL, *known = NULL, *dst = NULL, *bitmap = NULL;
+  size_t length = 0, known_length = 0, dst_length = 0, bitmap_length = 0;
+  napi_valuetype known_type = napi_undefined;
+  bool ok = argc >= 4 && napi_get_typedarray_info(env, argv[0], NULL, &length, &src, NULL, NULL) == napi_ok
+    && napi_typeof(env, argv[1], &known_type) == napi_ok
+    && (known_type == napi_null || napi_get_typedarray_info(env, argv[1], NULL, &known_length, &known, NULL, NULL) == napi_ok)
+    && napi_get_typedarray_info(env, argv[2], NULL, &dst_length, &dst, NULL, NULL) == napi_ok
+    && napi_get_typedarray_info(env, argv[3], NULL, &bitmap_length, &bitmap, NULL, NULL) == napi_ok;
+  if (!ok || length % SCAN_PAGE != 0 || length / SCAN_PAGE > SCAN_PAGES || dst_length < length || bitmap_length != SCAN_PAGES / 8 || (known && known_length != SCAN_PAGES / 8)) {
+    napi_throw_type_error(env, "INVALID_INPUT", "packBlock(buffer, known, into, bitmap): whole pages (at most 256), known null or 32 bytes, into at least as long as buffer, bitmap 32 bytes");
+    return NULL;
+  }
+  // dst either is src (same start: packed in place) or does not overlap it.
+  if ((unsigned char *)dst != (unsigned char *)src && (unsigned char *)dst < (unsigned char *)src + length && (unsigned char *)src < (unsigned char *)dst + length) {
+    napi_throw_range_error(env, "INVALID_INPUT", "packBlock: into overlaps buffer without starting where it starts");
+    return NULL;
+  }
+  pack_job *job = calloc(1, sizeof *job);
+  if (!job) return throw_errno(env, "packBlock", ENOMEM);
+  job->src = src;
+  job->known = known;
+  job->dst = dst;
+  job->bitmap = bitmap;
+  job->pages = length / SCAN_PAGE;
+  job->fd = -1;
+  return queue_pack(env, job, argv, pack_execute);
+}
+
+// Queues a pack job; argv[0..3] are the buffers it holds references to (argv[0] only if it is an object).
+static napi_value queue_pack(napi_env env, pack_job *job, napi_value *argv, napi_async_execute_callback execute) {
+  napi_value promise, name;
+  // The references keep the buffers alive (not collected) until the work is done. A mapping the caller
+  // unmaps meanwhile would still be read: the writer unmaps a window only after its blocks are packed.
+  for (int i = 0; i < 4; i++) {
+    if ((i == 0 && job->fd >= 0) || (i == 1 && !job->known)) continue;
+    if (napi_create_reference(env, argv[i], 1, &job->refs[i]) != napi_ok) goto fail;
+  }
+  if (napi_create_promise(env, &job->deferred, &promise) != napi_ok) goto fail;
+  if (napi_create_string_utf8(env, "offshoot.packBlock", NAPI_AUTO_LENGTH, &name) != napi_ok) goto fail;
+  if (napi_create_async_work(env, NULL, name, execute, pack_complete, job, &job->work) != napi_ok) goto fail;
+  if (napi_queue_async_work(env, job->work) != napi_ok) {
+    napi_delete_async_work(env, job->work);
+    goto fail;
+  }
+  return promise;
+fail:
+  for (int i = 0; i < 4; i++) if (job->refs[i]) napi_delete_reference(env, job->refs[i]);
+  free(job);
+  napi_throw_error(env, "NATIVE_ADDON", "packBlock: cannot queue the work");
+  return NULL;
+}
+
+static napi_value read_pack_block(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int64_t fd, offset, length;
+  void *known = NULL, *dst = NULL, *bitmap = NULL;
+  size_t known_length = 0, dst_length = 0, bitmap_length = 0;
+  napi_valuetype known_type = napi_undefined;
+  bool ok = argc >= 6 && get_int64(env, argv[0], &fd) && fd <= INT32_MAX && get_int64(env, argv[1], &offset) && get_int64(env, argv[2], &length)
+    && napi_typeof(env, argv[3], &known_type) == napi_ok
+    && (known_type == napi_null || napi_get_typedarray_info(env, argv[3], NULL, &known_length, &known, NULL, NULL) == napi_ok)
+    && napi_get_typedarray_info(env, argv[4], NULL, &dst_length, &dst, NULL, NULL) == napi_ok
+    && napi_get_typedarray_info(env, argv[5], NULL, &bitmap_length, &bitmap, NULL, NULL) == napi_ok;
+  if (!ok || length % SCAN_PAGE != 0 || length / SCAN_PAGE > SCAN_PAGES || (size_t)length > dst_length || bitmap_length != SCAN_PAGES / 8 || (known && known_length != SCAN_PAGES / 8)) {
+    napi_throw_type_error(env, "INVALID_INPUT", "readPackBlock(fd, offset, length, known, into, bitmap): length whole pages (at most 256), known null or 32 bytes, into at least length, bitmap 32 bytes");
+    return NULL;
+  }
+  pack_job *job = calloc(1, sizeof *job);
+  if (!job) return throw_errno(env, "readPackBlock", ENOMEM);
+  job->known = known;
+  job->dst = dst;
+  job->bitmap = bitmap;
+  job->pages = (size_t)length / SCAN_PAGE;
+  job->fd = (int)fd;
+  job->offset = offset;
+  // The same reference slots as packBlock's (known, into, bitmap): argv shifted so that they line up.
+  return queue_pack(env, job, argv + 2, read_pack_execute);
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_value advice, v;
   CHECK(napi_create_object(env, &advice));
@@ -281,6 +581,9 @@ static napi_value init(napi_env env, napi_value exports) {
     { "advise", NULL, advise_region, NULL, NULL, NULL, napi_enumerable, NULL },
     { "dataRange", NULL, data_range, NULL, NULL, NULL, napi_enumerable, NULL },
     { "scanPages", NULL, scan_pages, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "packBlock", NULL, pack_block, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "readPackBlock", NULL, read_pack_block, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "xxh64", NULL, xxh64_js, NULL, NULL, NULL, napi_enumerable, NULL },
     { "advice", NULL, NULL, NULL, NULL, advice, napi_enumerable, NULL },
   };
   CHECK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));

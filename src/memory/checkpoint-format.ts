@@ -3,15 +3,18 @@
 // compressed with LZ4 or, when they do not compress, stored raw, and
 // checksummed (xxh64); the metadata (VM spec, disk references), QEMU's device
 // state and an index from guest address to block follow in a table of
-// contents. Zero pages are found by one native scan per block (the addon,
-// native/mmap.c; a JavaScript loop without it). Blocks are written through a
-// staging buffer that is flushed with one write when full (fewer, larger
-// I/Os), while the next blocks are read ahead and compressed. (Writing them
-// with writev straight from the read-only mapping of guest RAM, without the
-// staging copy, was tried: faster in a process of its own on a copy of a
-// guest's RAM, but slower in the daemon on the live template, which the
-// running guest's QEMU maps too: bench checkpoint --direct, 1 GiB, load 1-2,
-// 1109 ms and 1.09 s CPU against 496 ms and 0.75 s; why is not known yet.)
+// contents. With the native addon (native/mmap.c) a block's zero-page scan,
+// the packing of its stored pages into a buffer of the writer and their
+// checksum run in libuv's thread pool (readPackBlock, reading guest RAM
+// itself, or packBlock), so that the event loop's thread only hands blocks
+// on: on a loaded machine that thread waits for a core after each piece of
+// work (bench checkpoint --busy 2, 1 GiB: ~1.2 s of run-queue wait for
+// ~0.64 s of work when it scanned, hashed and copied every block itself).
+// Without the addon, a JavaScript loop does it here. Blocks are written in
+// batches of up to 8 MiB, one writev each straight from the buffers they
+// were packed into (no staging copy), while the next blocks are read ahead
+// and compressed. (writev straight from a read-only mapping of guest RAM
+// was tried and was slower in the daemon; the buffers are the writer's own.)
 // The reader is strict: a wrong magic or version, a size past a limit,
 // a truncated file, an inconsistent index entry or a checksum mismatch is a
 // CheckpointFormatError naming the part, never garbage.
@@ -155,12 +158,56 @@ const SAMPLE_MIN_SAVING = 1 / 2;
  * here, so compressing on the main thread would hold the daemon's event loop and leave the second
  * core idle).
  */
-async function encodeBlock(pages: Buffer): Promise<{ encoding: BlockEncoding; stored: Buffer }> {
+async function encodeBlock(pages: Buffer, rawHash?: bigint): Promise<{ encoding: BlockEncoding; stored: Buffer; hash: bigint }> {
+  const raw = () => ({ encoding: 'raw' as const, stored: pages, hash: rawHash ?? hash(pages) });
   const sample = compressSync(pages.subarray(0, PAGE_BYTES));
-  if (sample.length > PAGE_BYTES * (1 - SAMPLE_MIN_SAVING)) return { encoding: 'raw', stored: pages };
+  if (sample.length > PAGE_BYTES * (1 - SAMPLE_MIN_SAVING)) return raw();
   const compressed = await compress(pages);
-  return compressed.length < pages.length ? { encoding: 'lz4', stored: compressed } : { encoding: 'raw', stored: pages };
+  return compressed.length < pages.length ? { encoding: 'lz4', stored: compressed, hash: hash(compressed) } : raw();
 }
+
+/** A block ready to be staged: its page bitmap, stored page count, and stored bytes with their checksum. */
+interface EncodedBlock {
+  bitmap: Buffer;
+  count: number;
+  encoding: BlockEncoding;
+  stored: Buffer;
+  hash: bigint;
+}
+
+/** The native addon's packBlock (scan, pack and checksum in the thread pool), or null. */
+let nativePack: ((bytes: Uint8Array, known: Uint8Array | null, into: Uint8Array, bitmap: Uint8Array) => Promise<[number, bigint]>) | null | undefined;
+
+/**
+ * Finds, packs and encodes one block (see packBlock and encodeBlock). With the native addon, the scan,
+ * the packing into `into` and the checksum of the packed pages run in libuv's thread pool, not on the
+ * event loop's thread; without it (or for a short last page), packBlock does them here.
+ */
+function packAndEncode({ bytes, zeroPages, packed }: MemoryBlock, into: Buffer, native = true): Promise<EncodedBlock> {
+  if (packed) {
+    const { bitmap, count, hash: packedHash } = packed;
+    if (count === 0) return Promise.resolve({ bitmap, count, encoding: 'lz4', stored: EMPTY, hash: 0n });
+    return encodeBlock(bytes.subarray(0, count * PAGE_BYTES), packedHash).then((e) => ({ bitmap, count, ...e }));
+  }
+  if (nativePack === undefined) {
+    const addon = mmapAddonOrNull();
+    nativePack = addon ? addon.packBlock.bind(addon) : null;
+  }
+  const length = Math.min(bytes.length, BLOCK_BYTES);
+  if (native && nativePack && length % PAGE_BYTES === 0) {
+    const bitmap = Buffer.alloc(PAGES_PER_BLOCK / 8);
+    const view = bytes.subarray(0, length);
+    return nativePack(view, zeroPages ?? null, into, bitmap).then(async ([count, packedHash]) => {
+      if (count === 0) return { bitmap, count, encoding: 'lz4', stored: EMPTY, hash: 0n };
+      return { bitmap, count, ...(await encodeBlock(into.subarray(0, count * PAGE_BYTES), packedHash)) };
+    });
+  }
+  const { bitmap, count, pages } = packBlock(bytes, zeroPages, into);
+  if (count === 0) return Promise.resolve({ bitmap, count, encoding: 'lz4', stored: EMPTY, hash: 0n });
+  return encodeBlock(pages).then((e) => ({ bitmap, count, ...e }));
+}
+
+const EMPTY = Buffer.alloc(0);
 
 export interface WriteProgress {
   blocksDone: number;
@@ -169,8 +216,10 @@ export interface WriteProgress {
 }
 
 /**
- * Where a write spent its time (ms): blocked on reads of guest RAM, on encodings (thread pool), on
- * file writes, in the final fsync + rename; the rest of totalMs is the main thread's own work.
+ * Where a write spent its time (ms): blocked on reads of guest RAM (with the 'packed' read path: the
+ * read, scan, packing and checksum in the thread pool), on the rest of a block's encoding (thread pool:
+ * packBlock, LZ4), on file writes, in the final fsync + rename; the rest of totalMs is the main thread's
+ * own work.
  */
 export interface WriteTimings {
   totalMs: number;
@@ -182,7 +231,7 @@ export interface WriteTimings {
   lz4Blocks: number;
   zeroBlocks: number;
   /** How guest RAM was read (set by the caller that chose it; see guest-memory.ts). */
-  readPath?: 'mmap' | 'pread';
+  readPath?: 'packed' | 'mmap' | 'pread';
 }
 
 /** The writer reports its progress at most this often (and once more at the end). */
@@ -234,13 +283,19 @@ const READ_AHEAD = 4;
 export interface MemoryBlock {
   bytes: Buffer;
   zeroPages?: Uint8Array;
+  /**
+   * Set when the source packed the block itself (readPackBlock): `bytes` are then its `count` stored
+   * pages, packed in page order in the writer's buffer, `bitmap` says which they are and `hash` is
+   * their XXH64.
+   */
+  packed?: { bitmap: Buffer; count: number; hash: bigint };
 }
 
 /** Guest RAM as the checkpoint writer reads it. */
 export interface GuestMemory {
   /** Block `i`, read into `into` (BLOCK_BYTES, the writer's) or a view of the source's own memory. */
   block(i: number, into: Buffer): Promise<MemoryBlock>;
-  /** The writer no longer reads blocks 0..i: their encodings have finished and their bytes are staged. */
+  /** The writer no longer reads blocks 0..i: their encodings have finished and their bytes are in its own buffers. */
   release?(i: number): void;
 }
 
@@ -260,10 +315,12 @@ export async function writeCheckpoint(
     readBlock?: (index: number, into: Buffer) => Promise<number>;
     metadata: CheckpointMetadata;
     deviceState: Buffer;
-    /** Bytes per write: the size of each of the two staging buffers (default 8 MiB). */
+    /** Bytes per write at most (one writev of a batch of blocks; default 8 MiB), and so stagingBytes / 1 MiB blocks per batch. */
     stagingBytes?: number;
     signal?: AbortSignal;
     onProgress?: (p: WriteProgress) => void;
+    /** false: blocks are scanned, packed and hashed on this thread even when the native addon is built (tests). */
+    nativePack?: boolean;
   },
 ): Promise<{ fileBytes: number; storedPages: number; blockCount: number; timings: WriteTimings }> {
   const blockCount = Math.ceil(input.memoryBytes / BLOCK_BYTES);
@@ -282,34 +339,38 @@ export async function writeCheckpoint(
   };
   const partial = `${path}.partial`;
   const file = await open(partial, 'w', 0o600);
-  // Two staging buffers: one is written while the other fills.
+  // Stored bytes are written in batches, each with one writev straight from the block buffers they were
+  // packed into (in the thread pool), at most one batch writing while the next gathers: no copy into a
+  // staging buffer on this thread. A batch holds at most stagingBytes and batchBlocks block buffers.
   const stagingBytes = Math.max(input.stagingBytes ?? 8 * 1024 * 1024, BLOCK_BYTES + 1024);
-  const stagings = [Buffer.allocUnsafeSlow(stagingBytes), Buffer.allocUnsafeSlow(stagingBytes)];
+  const batchBlocks = Math.max(1, Math.floor(stagingBytes / BLOCK_BYTES));
+  const free: Buffer[] = [];
+  let batch: { parts: Buffer[]; bufs: Buffer[]; bytes: number } = { parts: [], bufs: [], bytes: 0 };
   const writing: Array<Promise<unknown> | undefined> = [undefined, undefined];
   let current = 0;
-  let staged = 0;
   let written = HEADER_BYTES;
   const flush = async () => {
-    if (staged === 0) return;
-    const buf = stagings[current] as Buffer;
-    const length = staged;
-    const at = written;
-    writing[current] = (async () => {
-      for (let done = 0; done < length; ) done += (await file.write(buf, done, length - done, at + done)).bytesWritten;
-    })();
-    written += staged;
-    staged = 0;
+    if (batch.parts.length === 0) return;
+    const { parts, bufs, bytes } = batch;
+    writing[current] = writevFull(file, parts, written).then(() => {
+      free.push(...bufs); // written: the block buffers take new blocks
+    });
+    written += bytes;
+    batch = { parts: [], bufs: [], bytes: 0 };
     current ^= 1;
-    await waited('writeWaitMs', writing[current] ?? Promise.resolve()); // the other buffer's write must be done before it fills again
+    await waited('writeWaitMs', writing[current] ?? Promise.resolve()); // the batch before must be written before the next one starts
     writing[current] = undefined;
   };
   const reads: Array<Promise<MemoryBlock> | undefined> = new Array(READ_AHEAD);
-  const readBufs = Array.from({ length: READ_AHEAD }, () => Buffer.allocUnsafeSlow(BLOCK_BYTES));
+  const blockBufs: Buffer[] = new Array(READ_AHEAD);
   const startRead = (i: number) => {
-    if (i < blockCount) reads[i % READ_AHEAD] = memory.block(i, readBufs[i % READ_AHEAD] as Buffer);
+    if (i >= blockCount) return;
+    const buf = free.pop() ?? Buffer.allocUnsafeSlow(BLOCK_BYTES);
+    blockBufs[i % READ_AHEAD] = buf;
+    reads[i % READ_AHEAD] = memory.block(i, buf);
   };
   // Blocks read and packed, in order, waiting for their encoding (in the thread pool) to be staged.
-  const pending: Array<{ i: number; bitmap: Buffer; count: number; encoded: Promise<{ encoding: BlockEncoding; stored: Buffer }> | null }> = [];
+  const pending: Array<{ i: number; encoded: Promise<EncodedBlock> }> = [];
   try {
     const index: IndexEntry[] = [];
     let fileOffset = HEADER_BYTES;
@@ -323,30 +384,39 @@ export async function writeCheckpoint(
       reportedAt = now;
       input.onProgress?.({ blocksDone, blockCount, bytesWritten: fileOffset });
     };
-    /** Stages the oldest pending block; its read buffer then takes the block READ_AHEAD further on. */
+    /**
+     * Adds the oldest pending block to the batch (its raw pages stay in its block buffer until the batch is
+     * written; a buffer whose block is zero or compressed is free at once); the block READ_AHEAD further
+     * on is then read.
+     */
     const drain = async () => {
-      const { i, bitmap, count, encoded } = pending[0] as (typeof pending)[number];
-      if (!encoded) {
+      const { i, encoded } = pending[0] as (typeof pending)[number];
+      const buf = blockBufs[i % READ_AHEAD] as Buffer;
+      const { bitmap, count, encoding, stored, hash: storedHash } = await waited('encodeWaitMs', encoded);
+      if (count === 0) {
         index.push({ fileOffset, storedBytes: 0, pageCount: 0, encoding: 'lz4', bitmap, hash: 0n });
         timings.zeroBlocks++;
+        free.push(buf);
       } else {
-        const { encoding, stored } = await waited('encodeWaitMs', encoded);
         timings[encoding === 'raw' ? 'rawBlocks' : 'lz4Blocks']++;
-        const storedHash = hash(stored);
-        if (staged + stored.length > stagingBytes) await flush();
-        if (stored.length > stagingBytes) {
-          await file.write(stored, 0, stored.length, written);
-          written += stored.length;
-        } else {
-          stored.copy(stagings[current] as Buffer, staged);
-          staged += stored.length;
+        let part = stored;
+        if (encoding === 'raw' && stored.buffer !== buf.buffer) {
+          // Raw pages that are a view of the source's memory (a whole block packed on this thread):
+          // copied, so that the source may let them go (release) before the batch is written.
+          part = buf.subarray(0, stored.copy(buf));
         }
+        const holds = part.buffer === buf.buffer;
+        if (batch.bytes + part.length > stagingBytes || (holds && batch.bufs.length >= batchBlocks)) await flush();
+        batch.parts.push(part);
+        batch.bytes += part.length;
+        if (holds) batch.bufs.push(buf);
+        else free.push(buf);
         index.push({ fileOffset, storedBytes: stored.length, pageCount: count, encoding, bitmap, hash: storedHash });
         fileOffset += stored.length;
         storedPages += count;
         report(i + 1);
       }
-      if (!encoded) report(i + 1);
+      if (count === 0) report(i + 1);
       pending.shift();
       memory.release?.(i);
       startRead(i + READ_AHEAD);
@@ -355,13 +425,12 @@ export async function writeCheckpoint(
     for (let i = 0; i < blockCount; i++) {
       input.signal?.throwIfAborted();
       while (pending.length > 0 && (pending[0] as (typeof pending)[number]).i <= i - READ_AHEAD) await drain();
-      const into = readBufs[i % READ_AHEAD] as Buffer;
-      const { bytes, zeroPages } = await waited('readWaitMs', reads[i % READ_AHEAD] as Promise<MemoryBlock>);
+      const into = blockBufs[i % READ_AHEAD] as Buffer;
+      const block = await waited('readWaitMs', reads[i % READ_AHEAD] as Promise<MemoryBlock>);
       reads[i % READ_AHEAD] = undefined;
-      const { bitmap, count, pages } = packBlock(bytes, zeroPages, into);
-      const encoded = count === 0 ? null : encodeBlock(pages);
-      encoded?.catch(() => undefined); // surfaces when drained
-      pending.push({ i, bitmap, count, encoded });
+      const encoded = packAndEncode(block, into, input.nativePack ?? true);
+      encoded.catch(() => undefined); // surfaces when drained
+      pending.push({ i, encoded });
     }
     while (pending.length > 0) await drain();
     await flush();
@@ -413,6 +482,27 @@ export async function writeCheckpoint(
     await file.close().catch(() => undefined);
     await rm(partial, { force: true });
     throw err;
+  }
+}
+
+/** Writes `parts` back to back at `position`, all of them (writev writes at most IOV_MAX parts, or fewer bytes). */
+async function writevFull(file: FileHandle, parts: Buffer[], position: number): Promise<void> {
+  let rest = parts;
+  let at = position;
+  while (rest.length > 0) {
+    const { bytesWritten } = await file.writev(rest, at);
+    if (bytesWritten <= 0) throw new Error(`writev wrote nothing at ${at}`);
+    at += bytesWritten;
+    let skip = bytesWritten;
+    const next: Buffer[] = [];
+    for (const part of rest) {
+      if (skip >= part.length) skip -= part.length;
+      else {
+        next.push(skip > 0 ? part.subarray(skip) : part);
+        skip = 0;
+      }
+    }
+    rest = next;
   }
 }
 

@@ -1,9 +1,10 @@
 // The checkpoint writer's output: the file it writes (zero pages found by the
-// native scan, blocks staged and written while the next are compressed) is
+// native scan, blocks gathered and written while the next are compressed) is
 // byte for byte the file a plain serial encoder of format 1.1 writes from the
-// same RAM, whatever the write size and however RAM is handed over (read into
-// the writer's buffers, or views of the source's memory); a block's memory is
-// released only after its bytes are staged; the native page scan finds
+// same RAM, whatever the write size, however RAM is handed over (read into
+// the writer's buffers, or views of the source's memory) and whether blocks
+// are packed by the addon in the thread pool or here; a block's memory is
+// released only after its bytes are taken; the native page scan finds
 // exactly the pages the JavaScript compare finds.
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -142,20 +143,23 @@ describe('checkpoint writer: output', () => {
   });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-  it('writes byte for byte what a plain serial encoder writes, read into its buffers or from views, whatever the write size', async () => {
-    for (const stagingBytes of [undefined, BLOCK_BYTES, 3 * BLOCK_BYTES]) {
-      const viaRead = join(dir, `read-${stagingBytes}.ckpt`);
-      const w = await writeCheckpoint(viaRead, { memoryBytes: MEMORY, readBlock: async (i, into) => ram.copy(into, 0, i * BLOCK_BYTES, Math.min(MEMORY, (i + 1) * BLOCK_BYTES)), metadata, deviceState, ...(stagingBytes ? { stagingBytes } : {}) });
-      expect(readFileSync(viaRead).equals(reference), `read, ${stagingBytes}`).toBe(true);
-      expect(w.fileBytes).toBe(reference.length);
-      expect(w.timings).toMatchObject({ rawBlocks: 8, lz4Blocks: 3, zeroBlocks: 3 });
-      const viaViews = join(dir, `views-${stagingBytes}.ckpt`);
-      const memory = viewMemory(ram);
-      await writeCheckpoint(viaViews, { memoryBytes: MEMORY, memory, metadata, deviceState, ...(stagingBytes ? { stagingBytes } : {}) });
-      expect(readFileSync(viaViews).equals(reference), `views, ${stagingBytes}`).toBe(true);
-      expect(memory.releases).toBeGreaterThan(0);
+  it('writes byte for byte what a plain serial encoder writes, read into its buffers or from views, packed by the addon or here, whatever the write size', async () => {
+    for (const nativePack of [true, false]) {
+      for (const stagingBytes of [undefined, BLOCK_BYTES, 3 * BLOCK_BYTES]) {
+        const label = `${nativePack ? 'native' : 'js'}-${stagingBytes}`;
+        const viaRead = join(dir, `read-${label}.ckpt`);
+        const w = await writeCheckpoint(viaRead, { memoryBytes: MEMORY, readBlock: async (i, into) => ram.copy(into, 0, i * BLOCK_BYTES, Math.min(MEMORY, (i + 1) * BLOCK_BYTES)), metadata, deviceState, nativePack, ...(stagingBytes ? { stagingBytes } : {}) });
+        expect(readFileSync(viaRead).equals(reference), `read, ${label}`).toBe(true);
+        expect(w.fileBytes).toBe(reference.length);
+        expect(w.timings).toMatchObject({ rawBlocks: 8, lz4Blocks: 3, zeroBlocks: 3 });
+        const viaViews = join(dir, `views-${label}.ckpt`);
+        const memory = viewMemory(ram);
+        await writeCheckpoint(viaViews, { memoryBytes: MEMORY, memory, metadata, deviceState, nativePack, ...(stagingBytes ? { stagingBytes } : {}) });
+        expect(readFileSync(viaViews).equals(reference), `views, ${label}`).toBe(true);
+        expect(memory.releases).toBeGreaterThan(0);
+      }
     }
-    expect((await readCheckpointMemory(join(dir, 'views-undefined.ckpt'))).equals(ram)).toBe(true);
+    expect((await readCheckpointMemory(join(dir, 'views-native-undefined.ckpt'))).equals(ram)).toBe(true);
   });
 
   it('the native page scan finds exactly the non-zero pages the JavaScript compare finds, and never reads known zero pages', () => {

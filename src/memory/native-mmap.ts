@@ -1,8 +1,9 @@
 // Loads Offshoot's native addon (native/mmap.c, built by `npm run setup` into
 // dist/native/mmap.node): a read-only mmap of a file region as a Buffer, its
-// explicit unmap, madvise, where the file has data (SEEK_DATA/SEEK_HOLE), and
-// a block's zero-page scan. The checkpoint writer reads guest RAM through it
-// (guest-memory.ts) and finds zero pages with it (checkpoint-format.ts). A
+// explicit unmap, madvise, where the file has data (SEEK_DATA/SEEK_HOLE), a
+// block's zero-page scan, and a block's scan, packing and XXH64 in the thread
+// pool, from memory or read from a file. The checkpoint writer reads and
+// packs guest RAM with it (guest-memory.ts, checkpoint-format.ts). A
 // missing or unloadable addon is a NativeAddonMissingError telling the user
 // to run `npm run setup`; mmapAddonOrNull() is the form for callers that fall
 // back to plain reads (it warns once, as a process warning).
@@ -27,6 +28,20 @@ export interface MmapAddon {
    * most 256) that is not all zero and not marked in `known` (pages never read); returns how many.
    */
   scanPages(buffer: Uint8Array, known: Uint8Array | null, bitmap: Uint8Array): number;
+  /**
+   * scanPages, then the stored pages packed in page order into `into` and their XXH64, in libuv's thread
+   * pool: [count, xxh64 of the packed pages]. `into` is `buffer` (packed in place) or does not overlap
+   * it; neither may change or be unmapped until the promise settles.
+   */
+  packBlock(buffer: Uint8Array, known: Uint8Array | null, into: Uint8Array, bitmap: Uint8Array): Promise<[number, bigint]>;
+  /**
+   * packBlock of `length` bytes (whole pages, at most a block) of file `fd` from `offset`, read with
+   * pread into `into` in the thread pool: pages marked in `known` are not read (holes: zero), pages past
+   * the end of the file are zero. [count, xxh64 of the pages packed in place at the start of `into`].
+   */
+  readPackBlock(fd: number, offset: number, length: number, known: Uint8Array | null, into: Uint8Array, bitmap: Uint8Array): Promise<[number, bigint]>;
+  /** XXH64, seed 0 (what @node-rs/xxhash's xxh64 computes). */
+  xxh64(buffer: Uint8Array): bigint;
 }
 
 /** Where the build puts the addon, from this file (src/memory/) up to the checkout. */
@@ -39,7 +54,7 @@ export class NativeAddonMissingError extends OffshootError {
 }
 
 /** The functions this code calls: an addon without one of them is not usable. */
-const ADDON_FUNCTIONS = ['map', 'unmap', 'advise', 'dataRange', 'scanPages'] as const;
+const ADDON_FUNCTIONS = ['map', 'unmap', 'advise', 'dataRange', 'scanPages', 'packBlock', 'readPackBlock', 'xxh64'] as const;
 
 let loaded: { addon: MmapAddon } | { error: NativeAddonMissingError } | undefined;
 let warned = false;
