@@ -86,7 +86,7 @@ import type { PostcopyMode } from './convergence.ts';
 import { ConvergenceWatch } from './convergence.ts';
 import type { MigrationHost } from './host.ts';
 import { MigrationRefusedError, MigrationTimeoutError } from './host.ts';
-import { LiveMigrationError, abandonMirrors, completeMirrors, configureSource, diskDataBytes, eventPoller, eventTime, finalStats, migrationTimeline, mirrorNodes, outgoingPhases, queryMigrate, setMigrationSpeed, startMirrors } from './qmp-steps.ts';
+import { LiveMigrationError, abandonMirrors, completeMirrors, configureSource, diskDataBytes, eventPoller, eventTime, finalStats, migrationTimeline, mirrorNodes, outgoingPhases, queryMigrate, setMigrationLimits, setMigrationSpeed, startMirrors } from './qmp-steps.ts';
 import type { MigrateStats, TlsCredential } from './qmp-steps.ts';
 
 export interface OutgoingTuning {
@@ -486,15 +486,11 @@ export class OutgoingMigrations {
     const o = this.out.get(vmId);
     if (!o) throw new MigrationRefusedError(`VM ${vmId} is not being migrated from this host`, { vmId });
     const qmp = this.host.running(vmId).qmp;
-    if (change.maxBandwidthBytesPerSecond !== undefined) {
-      o.speed = change.maxBandwidthBytesPerSecond;
-      await setMigrationSpeed(qmp, o.speed, o.mirrors);
-    }
-    if (change.downtimeLimitMs !== undefined) {
-      o.downtimeLimitMs = change.downtimeLimitMs;
-      // Before `migrate` (disks still mirroring) configureSource applies it; QEMU reads it at each rate period.
-      if (o.phase !== 'disks') await qmp.execute('migrate-set-parameters', { 'downtime-limit': Math.round(o.downtimeLimitMs) });
-    }
+    if (change.maxBandwidthBytesPerSecond !== undefined) o.speed = change.maxBandwidthBytesPerSecond;
+    if (change.downtimeLimitMs !== undefined) o.downtimeLimitMs = change.downtimeLimitMs;
+    // One call for both. Before `migrate` (disks still mirroring) configureSource applies the downtime limit; QEMU reads it at each rate period.
+    const downtimeLimitMs = change.downtimeLimitMs !== undefined && o.phase !== 'disks' ? o.downtimeLimitMs : undefined;
+    await setMigrationLimits(qmp, { maxBandwidthBytesPerSecond: change.maxBandwidthBytesPerSecond, downtimeLimitMs }, o.mirrors);
     return { downtimeLimitMs: o.downtimeLimitMs, maxBandwidthBytesPerSecond: o.speed };
   }
 
