@@ -53,6 +53,8 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
+#define XXH_INLINE_ALL
+#include <xxhash.h>
 
 #ifndef MADV_POPULATE_READ
 #define MADV_POPULATE_READ 22
@@ -320,55 +322,10 @@ static napi_value scan_pages(napi_env env, napi_callback_info info) {
   return result;
 }
 
-// XXH64 (seed 0), the checksum of the checkpoint format (the same function as @node-rs/xxhash's xxh64),
-// so a block's stored pages are hashed in the thread that packs them.
-#define XXP1 11400714785074694791ULL
-#define XXP2 14029467366897019727ULL
-#define XXP3 1609587929392839161ULL
-#define XXP4 9650029242287828579ULL
-#define XXP5 2870177450012600261ULL
-
-static inline uint64_t xx_rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
-static inline uint64_t xx_read64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
-static inline uint32_t xx_read32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
-static inline uint64_t xx_round(uint64_t acc, uint64_t input) { acc += input * XXP2; acc = xx_rotl(acc, 31); return acc * XXP1; }
-static inline uint64_t xx_merge(uint64_t acc, uint64_t val) { acc ^= xx_round(0, val); return acc * XXP1 + XXP4; }
-
-static uint64_t xxh64(const unsigned char *p, size_t len) {
-  const unsigned char *end = p + len;
-  uint64_t h;
-  if (len >= 32) {
-    uint64_t v1 = XXP1 + XXP2, v2 = XXP2, v3 = 0, v4 = -XXP1;
-    const unsigned char *limit = end - 32;
-    do {
-      v1 = xx_round(v1, xx_read64(p));
-      v2 = xx_round(v2, xx_read64(p + 8));
-      v3 = xx_round(v3, xx_read64(p + 16));
-      v4 = xx_round(v4, xx_read64(p + 24));
-      p += 32;
-    } while (p <= limit);
-    h = xx_rotl(v1, 1) + xx_rotl(v2, 7) + xx_rotl(v3, 12) + xx_rotl(v4, 18);
-    h = xx_merge(h, v1);
-    h = xx_merge(h, v2);
-    h = xx_merge(h, v3);
-    h = xx_merge(h, v4);
-  } else {
-    h = XXP5;
-  }
-  h += (uint64_t)len;
-  for (; p + 8 <= end; p += 8) h = xx_rotl(h ^ xx_round(0, xx_read64(p)), 27) * XXP1 + XXP4;
-  if (p + 4 <= end) {
-    h = xx_rotl(h ^ ((uint64_t)xx_read32(p) * XXP1), 23) * XXP2 + XXP3;
-    p += 4;
-  }
-  for (; p < end; p++) h = xx_rotl(h ^ (*p * XXP5), 11) * XXP1;
-  h ^= h >> 33;
-  h *= XXP2;
-  h ^= h >> 29;
-  h *= XXP3;
-  h ^= h >> 32;
-  return h;
-}
+// XXH64 (seed 0), the checksum of the checkpoint format (the same function as @node-rs/xxhash's xxh64), from
+// Debian's libxxhash (xxhash.h, header-only with XXH_INLINE_ALL), so a block's stored pages are hashed in the
+// thread that packs them.
+static uint64_t xxh64(const unsigned char *p, size_t len) { return XXH64(p, len, 0); }
 
 static napi_value xxh64_js(napi_env env, napi_callback_info info) {
   size_t argc = 1;

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Builds Offshoot's native addon (native/mmap.c: read-only mmap of a file
-# region as a Buffer, used by the checkpoint writer to read guest RAM without
-# copying it) into dist/native/mmap.node with Debian's C compiler and the
-# Node-API headers of the installed Node (Debian's nodejs ships them in
-# /usr/include/node). Node-API is ABI-stable, so one build serves every Node
+# Builds Offshoot's native addon (native/mmap.c: the checkpoint writer's
+# block reader, which reads, scans, packs and hashes guest RAM in libuv's
+# thread pool, and a read-only mmap of a file region as a Buffer) into
+# dist/native/mmap.node with Debian's C compiler, the Node-API headers of the
+# installed Node (Debian's nodejs ships them in /usr/include/node) and
+# Debian's xxhash.h (libxxhash-dev, used header-only). Node-API is ABI-stable, so one build serves every Node
 # version. Cached: skipped when a hash of the source and this script matches
 # the last build's. A failed build is a warning, not an error: the writer then
 # falls back to reading guest RAM with pread (slower) and logs why.
@@ -26,6 +27,10 @@ include=""
 for dir in "$(dirname "$(readlink -f "$(command -v node)")")/../include/node" /usr/include/node; do
   if [ -f "$dir/node_api.h" ]; then include="$dir"; break; fi
 done
+if [ ! -f /usr/include/xxhash.h ]; then
+  echo "native addon: WARNING not built: no xxhash.h (Debian: apt-get install libxxhash-dev); checkpoints read guest RAM with pread (slower)" >&2
+  exit 0
+fi
 if [ -z "$include" ]; then
   echo "native addon: WARNING not built: no node_api.h (Debian: apt-get install nodejs); checkpoints read guest RAM with pread (slower)" >&2
   exit 0

@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(qemu-system-x86 qemu-utils busybox-static qemu-guest-agent e2fsprogs cpio gzip zstd xz-utils kmod python3 make gcc g++ acl)
+APT_PACKAGES=(qemu-system-x86 qemu-utils busybox-static qemu-guest-agent e2fsprogs cpio gzip zstd xz-utils kmod python3 make gcc g++ acl libxxhash-dev)
 if [ "${1:-}" = "--test" ]; then APT_PACKAGES+=(chromium); fi
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
