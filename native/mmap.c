@@ -438,19 +438,27 @@ static void pack_complete(napi_env env, napi_status status, void *data) {
 
 static napi_value queue_pack(napi_env env, pack_job *job, napi_value *argv, napi_async_execute_callback execute);
 
+// The buffers a pack job writes: `known` (null, or a 32-byte bitmap of pages never read), `into` and a
+// 32-byte `bitmap`, from argv[0..2]; false when one is not a typed array or a bitmap is not 32 bytes.
+static bool get_pack_targets(napi_env env, napi_value *argv, void **known, void **into, size_t *into_length, void **bitmap) {
+  size_t known_length = 0, bitmap_length = 0;
+  napi_valuetype known_type = napi_undefined;
+  return napi_typeof(env, argv[0], &known_type) == napi_ok
+    && (known_type == napi_null || napi_get_typedarray_info(env, argv[0], NULL, &known_length, known, NULL, NULL) == napi_ok)
+    && napi_get_typedarray_info(env, argv[1], NULL, into_length, into, NULL, NULL) == napi_ok
+    && napi_get_typedarray_info(env, argv[2], NULL, &bitmap_length, bitmap, NULL, NULL) == napi_ok
+    && bitmap_length == SCAN_PAGES / 8 && (!*known || known_length == SCAN_PAGES / 8);
+}
+
 static napi_value pack_block(napi_env env, napi_callback_info info) {
   size_t argc = 4;
   napi_value argv[4];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   void *src = NULL, *known = NULL, *dst = NULL, *bitmap = NULL;
-  size_t length = 0, known_length = 0, dst_length = 0, bitmap_length = 0;
-  napi_valuetype known_type = napi_undefined;
+  size_t length = 0, dst_length = 0;
   bool ok = argc >= 4 && napi_get_typedarray_info(env, argv[0], NULL, &length, &src, NULL, NULL) == napi_ok
-    && napi_typeof(env, argv[1], &known_type) == napi_ok
-    && (known_type == napi_null || napi_get_typedarray_info(env, argv[1], NULL, &known_length, &known, NULL, NULL) == napi_ok)
-    && napi_get_typedarray_info(env, argv[2], NULL, &dst_length, &dst, NULL, NULL) == napi_ok
-    && napi_get_typedarray_info(env, argv[3], NULL, &bitmap_length, &bitmap, NULL, NULL) == napi_ok;
-  if (!ok || length % SCAN_PAGE != 0 || length / SCAN_PAGE > SCAN_PAGES || dst_length < length || bitmap_length != SCAN_PAGES / 8 || (known && known_length != SCAN_PAGES / 8)) {
+    && get_pack_targets(env, argv + 1, &known, &dst, &dst_length, &bitmap);
+  if (!ok || length % SCAN_PAGE != 0 || length / SCAN_PAGE > SCAN_PAGES || dst_length < length) {
     napi_throw_type_error(env, "INVALID_INPUT", "packBlock(buffer, known, into, bitmap): whole pages (at most 256), known null or 32 bytes, into at least as long as buffer, bitmap 32 bytes");
     return NULL;
   }
@@ -500,14 +508,10 @@ static napi_value read_pack_block(napi_env env, napi_callback_info info) {
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   int64_t fd, offset, length;
   void *known = NULL, *dst = NULL, *bitmap = NULL;
-  size_t known_length = 0, dst_length = 0, bitmap_length = 0;
-  napi_valuetype known_type = napi_undefined;
+  size_t dst_length = 0;
   bool ok = argc >= 6 && get_int64(env, argv[0], &fd) && fd <= INT32_MAX && get_int64(env, argv[1], &offset) && get_int64(env, argv[2], &length)
-    && napi_typeof(env, argv[3], &known_type) == napi_ok
-    && (known_type == napi_null || napi_get_typedarray_info(env, argv[3], NULL, &known_length, &known, NULL, NULL) == napi_ok)
-    && napi_get_typedarray_info(env, argv[4], NULL, &dst_length, &dst, NULL, NULL) == napi_ok
-    && napi_get_typedarray_info(env, argv[5], NULL, &bitmap_length, &bitmap, NULL, NULL) == napi_ok;
-  if (!ok || length % SCAN_PAGE != 0 || length / SCAN_PAGE > SCAN_PAGES || (size_t)length > dst_length || bitmap_length != SCAN_PAGES / 8 || (known && known_length != SCAN_PAGES / 8)) {
+    && get_pack_targets(env, argv + 3, &known, &dst, &dst_length, &bitmap);
+  if (!ok || length % SCAN_PAGE != 0 || length / SCAN_PAGE > SCAN_PAGES || (size_t)length > dst_length) {
     napi_throw_type_error(env, "INVALID_INPUT", "readPackBlock(fd, offset, length, known, into, bitmap): length whole pages (at most 256), known null or 32 bytes, into at least length, bitmap 32 bytes");
     return NULL;
   }
