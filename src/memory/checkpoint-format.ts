@@ -183,12 +183,8 @@ let nativePack: ((bytes: Uint8Array, known: Uint8Array | null, into: Uint8Array,
  * the packing into `into` and the checksum of the packed pages run in libuv's thread pool, not on the
  * event loop's thread; without it (or for a short last page), packBlock does them here.
  */
-function packAndEncode({ bytes, zeroPages, packed }: MemoryBlock, into: Buffer, native = true): Promise<EncodedBlock> {
-  if (packed) {
-    const { bitmap, count, hash: packedHash } = packed;
-    if (count === 0) return Promise.resolve({ bitmap, count, encoding: 'lz4', stored: EMPTY, hash: 0n });
-    return encodeBlock(bytes.subarray(0, count * PAGE_BYTES), packedHash).then((e) => ({ bitmap, count, ...e }));
-  }
+async function packAndEncode({ bytes, zeroPages, packed }: MemoryBlock, into: Buffer, native = true): Promise<EncodedBlock> {
+  if (packed) return encodePacked(packed.bitmap, packed.count, bytes, packed.hash);
   if (nativePack === undefined) {
     const addon = mmapAddonOrNull();
     nativePack = addon ? addon.packBlock.bind(addon) : null;
@@ -196,15 +192,17 @@ function packAndEncode({ bytes, zeroPages, packed }: MemoryBlock, into: Buffer, 
   const length = Math.min(bytes.length, BLOCK_BYTES);
   if (native && nativePack && length % PAGE_BYTES === 0) {
     const bitmap = Buffer.alloc(PAGES_PER_BLOCK / 8);
-    const view = bytes.subarray(0, length);
-    return nativePack(view, zeroPages ?? null, into, bitmap).then(async ([count, packedHash]) => {
-      if (count === 0) return { bitmap, count, encoding: 'lz4', stored: EMPTY, hash: 0n };
-      return { bitmap, count, ...(await encodeBlock(into.subarray(0, count * PAGE_BYTES), packedHash)) };
-    });
+    const [count, packedHash] = await nativePack(bytes.subarray(0, length), zeroPages ?? null, into, bitmap);
+    return encodePacked(bitmap, count, into, packedHash);
   }
   const { bitmap, count, pages } = packBlock(bytes, zeroPages, into);
-  if (count === 0) return Promise.resolve({ bitmap, count, encoding: 'lz4', stored: EMPTY, hash: 0n });
-  return encodeBlock(pages).then((e) => ({ bitmap, count, ...e }));
+  return encodePacked(bitmap, count, pages);
+}
+
+/** A packed block's encoding: its `count` stored pages at the start of `pages` (none: a zero block, nothing stored). */
+async function encodePacked(bitmap: Buffer, count: number, pages: Buffer, packedHash?: bigint): Promise<EncodedBlock> {
+  if (count === 0) return { bitmap, count, encoding: 'lz4', stored: EMPTY, hash: 0n };
+  return { bitmap, count, ...(await encodeBlock(pages.subarray(0, count * PAGE_BYTES), packedHash)) };
 }
 
 const EMPTY = Buffer.alloc(0);
