@@ -27,6 +27,7 @@ export function guestShell(daemon: () => RunningDaemon): GuestShell {
   return {
     sh,
     md5s: (vm) => sh(vm, 'md5sum /mnt/ram/blob /data/blob | cut -d" " -f1 | tr "\\n" " "'),
-    counter: async (vm) => Number(await sh(vm, 'cat /tmp/counter')),
+    // The counter file is truncated then written at each tick: an empty read is read again.
+    counter: async (vm) => Number(await sh(vm, 'c=; k=0; while [ -z "$c" ] && [ $k -lt 50 ]; do k=$((k+1)); c=$(cat /tmp/counter); done; echo "$c"')),
   };
 }

@@ -36,10 +36,14 @@ export async function startWriter(client: OffshootClient, vm: string): Promise<v
   await eventually(async () => Number(await sh(client, vm, 'cat /tmp/counter 2>/dev/null || echo 0')) > 5, 30_000, 'the writer to run');
 }
 
+/** Reads the WRITER's counter; it is truncated then written at each tick, so an empty read is read again. */
+const READ_COUNTER = 'c=; k=0; while [ -z "$c" ] && [ $k -lt 50 ]; do k=$((k+1)); c=$(cat /tmp/counter); done; echo "$c"';
+
 /** The WRITER's counter goes on (by more than 3 within `ms`). */
 export async function counterGoesOn(client: OffshootClient, vm: string, ms: number): Promise<void> {
-  const c1 = Number(await sh(client, vm, 'cat /tmp/counter'));
-  await eventually(async () => Number(await sh(client, vm, 'cat /tmp/counter')) > c1 + 3, ms, 'the counter to go on');
+  const c1 = Number(await sh(client, vm, READ_COUNTER));
+  expect(c1).toBeGreaterThan(0);
+  await eventually(async () => Number(await sh(client, vm, READ_COUNTER)) > c1 + 3, ms, 'the counter to go on');
 }
 
 /** The WRITER's lines on the data disk have no gap (the guest's writes were all kept). */

@@ -45,9 +45,12 @@ const INSPECT = [
   'echo "host=$(hostname)"',
   'echo "mid=$(cat /etc/machine-id)"',
   'for d in /sys/class/net/*; do n=${d##*/}; [ "$n" = lo ] && continue; echo "mac=$(cat $d/address)"; break; done',
-  // Ticking within 15 s (a child just forked on a loaded 2-core TCG host translates its code anew: a CI run
-  // with 12 children claimed at once saw one child not tick within 5 s).
-  'a=$(cat /tmp/counter); s=stuck; k=0; while [ $k -lt 30 ]; do k=$((k+1)); sleep 0.5; [ "$(cat /tmp/counter)" -gt "$a" ] && { s=ticking; break; }; done; echo svc=$s',
+  // Ticking within 15 s. The counter is rewritten in place (truncated, then written), so a read can find it
+  // empty: in a child just forked on a loaded 2-core TCG host, where each guest syscall translates its code
+  // anew, the writer is often preempted between the two. A first read that came back empty used to make the
+  // child look stuck (`[ N -gt "" ]` is an error): empty reads are read again, and a stuck child says what it saw.
+  'a=; k=0; while [ -z "$a" ] && [ $k -lt 50 ]; do k=$((k+1)); a=$(cat /tmp/counter); done',
+  's="stuck first=$a seen="; k=0; while [ $k -lt 30 ]; do k=$((k+1)); sleep 0.5; b=$(cat /tmp/counter); s="$s$b,"; [ -n "$b" ] && [ "$b" != "$a" ] && { s=ticking; break; }; done; echo "svc=$s"',
 ].join('\n');
 
 describe('templates on two lab hosts: placement, pools per host, claims across hosts', () => {
