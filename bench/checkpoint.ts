@@ -10,7 +10,8 @@
 // stream is complete and the checkpoint no longer needed. `--busy N` first
 // boots N more guests that each keep a vCPU busy (a shell loop) for the whole
 // run: the figures under load, both sides equally loaded. Diagnostics:
-// `--only save [--repeat N] [--pause] [--direct]` times live saves only, with
+// `--only save [--repeat N] [--pause] [--direct]` times live saves only (N
+// pairs: each side saves a freshly booted guest, the pair's order alternating), with
 // the operation's phases (prepare, switch, record, write, finish, collect),
 // the writer's own waits, the CPU of this process and of the guest's QEMUs
 // (the one before the switch-over included) beside the CPU of QEMU's save
@@ -21,6 +22,9 @@
 // RAM with pread, through the mapping, then read and packed by the addon); `--only lazy
 // [--repeat N] [--read]` times lazy streams from the VM running, with the page
 // server's waits and the CPU of each side (the destination QEMU by thread).
+// Before each timed save, restore or stream, on both sides, free memory is
+// primed (bench/tools.ts primeFreePages: this VM's hypervisor takes free pages
+// back, and touching them again is slow); `--no-prime` leaves it out.
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
@@ -34,7 +38,7 @@ import type { MemoryReadPath } from '../src/memory/index.ts';
 import { guestMemoryBytes } from '../src/protocol/index.ts';
 import { connectQmpWhenReady, rawGuestArgs, waitForMigrationDone } from './qemu-baseline.ts';
 import type { CheckpointResult, VmRecord } from '../src/vm/index.ts';
-import { option } from './tools.ts';
+import { option, primeFreePages } from './tools.ts';
 import type { BenchResult, Comparison } from './report.ts';
 
 /** `--sizes 256M,1G,4G` (M or G), or the older `--memory 256,1024` (MiB). */
@@ -50,6 +54,9 @@ export function parseSizes(args: string[], fallback: number[]): number[] {
   const j = args.indexOf('--memory');
   return j >= 0 ? (args[j + 1] ?? '').split(',').map(Number) : fallback;
 }
+
+/** MiB of free memory primed before each timed save (both sides; `--no-prime`: none). See primeFreePages. */
+let primeMiB = (memoryMiB: number) => memoryMiB / 2 + 256;
 
 const fill = (mib: number) => `mkdir -p /mnt/ram && mount -t tmpfs -o size=${mib + 16}m tmpfs /mnt/ram && dd if=/dev/urandom of=/mnt/ram/blob bs=1M count=${mib} 2>/dev/null`;
 
@@ -220,12 +227,13 @@ async function lazyOnly(daemon: RunningDaemon, home: string, dir: string, memory
   const eager: number[] = [];
   for (let r = 0; r < repeat; r++) {
     for (const read of readToo ? [false, true] : [false]) {
+      primeFreePages(primeMiB(memoryMiB));
       const s = await lazyStreamOnce(daemon, home, `${name}-ckpt`, read);
       const gbs = (s.server.bytesWritten / 1e9) / (s.streamMs / 1000);
       process.stderr.write(`${memoryMiB} MiB lazy ${read ? 'reading' : 'idle'} ${r + 1}/${repeat} (load ${loadavg()[0]?.toFixed(1)}): stream ${s.streamMs.toFixed(0)} ms (${gbs.toFixed(2)} GB/s of stream), end seen ${s.endMs.toFixed(0)} ms${s.readMs ? `, data read ${s.readMs.toFixed(0)} ms` : ''}; page server ${JSON.stringify(s.server)}; bench process CPU user ${s.benchCpu.user.toFixed(2)} sys ${s.benchCpu.system.toFixed(2)} s ${JSON.stringify(s.selfCpu)}; QEMU CPU ${JSON.stringify(s.qemuCpu)}\n`);
       (read ? reading : idle).push(s.streamMs);
     }
-    const e = await restoreOnce(daemon, `${name}-ckpt`, 'eager');
+    const e = await restoreOnce(daemon, `${name}-ckpt`, 'eager', memoryMiB);
     eager.push(e.runningMs);
     process.stderr.write(`${memoryMiB} MiB eager ${r + 1}/${repeat}: running ${e.runningMs.toFixed(0)} ms\n`);
   }
@@ -334,6 +342,7 @@ async function qemuSaveRestore(accel: string, memoryMiB: number, randomMiB: numb
     const cpu0 = processCpuWithChildren(pid);
     const threads0 = threadCpu(pid);
     const sched0 = threadSched(pid);
+    primeFreePages(primeMiB(memoryMiB));
     const t0 = performance.now();
     await src.qmp.stop();
     await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 64 * 1024 ** 3 });
@@ -348,6 +357,7 @@ async function qemuSaveRestore(accel: string, memoryMiB: number, randomMiB: numb
     src.qmp.close();
     const fileBytes = statSync(file).size;
     if (!restore) return { stunMs: saveMs, saveMs, fileBytes, runningMs: NaN, readAllMs: NaN, saveCpu, saveSched };
+    primeFreePages(primeMiB(memoryMiB));
     const t1 = performance.now();
     const dst = await qemu(1, true);
     await dst.qmp.execute('migrate-incoming', { uri: `exec:cat ${file}` });
@@ -374,7 +384,8 @@ async function qemuSaveRestore(accel: string, memoryMiB: number, randomMiB: numb
  * figure), until the guest has read its random data (md5sum started at once), and for a lazy restore
  * until its background stream has completed (the restore task ends then).
  */
-async function restoreOnce(daemon: RunningDaemon, checkpoint: string, mode: 'eager' | 'lazy'): Promise<{ runningMs: number; readAllMs: number; streamMs?: number }> {
+async function restoreOnce(daemon: RunningDaemon, checkpoint: string, mode: 'eager' | 'lazy', memoryMiB: number): Promise<{ runningMs: number; readAllMs: number; streamMs?: number }> {
+  primeFreePages(primeMiB(memoryMiB));
   const t0 = performance.now();
   const wall0 = Date.now();
   const started = await daemon.engine.restore({ checkpoint, mode });
@@ -406,19 +417,27 @@ async function restoreOnce(daemon: RunningDaemon, checkpoint: string, mode: 'eag
   return { runningMs: result.runningMs ?? polledMs, readAllMs, ...(mode === 'lazy' ? { streamMs: endMs } : {}) };
 }
 
-/** `--only save`: checkpoints of one guest, each beside QEMU's save of the same guest, with where the time went. */
+/**
+ * `--only save`: `repeat` pairs of saves, Offshoot's live checkpoint of a freshly booted guest beside
+ * QEMU's save of its own freshly booted guest, the pair's order alternating (this machine's memory and
+ * CPU are shared and noisy: one pair measured in the same minute, medians over the pairs), with where
+ * Offshoot's time went.
+ */
 async function saveOnly(daemon: RunningDaemon, home: string, dir: string, accel: string, memoryMiB: number, repeat: number, pauseGuest: boolean, direct: boolean, perfFile?: string): Promise<Comparison[]> {
   const randomMiB = memoryMiB / 2;
-  const name = `ck${memoryMiB}`;
-  const boot = await daemon.engine.create({ name, memory: `${memoryMiB}M`, start: true });
-  await daemon.engine.tasks.wait(boot.task?.id as string);
-  await exec(daemon, name, fill(randomMiB));
-  if (pauseGuest) await daemon.engine.pause(name);
   const complete: number[] = [];
   const writes: number[] = [];
   const cpuPerGiB: number[] = [];
-  for (let r = 0; r < repeat; r++) {
-    const s = await saveOnce(daemon, home, name, join(dir, `${name}-${r}.ckpt`), perfFile && `${perfFile}.${memoryMiB}M.${r}`);
+  const q: number[] = [];
+  const qCpu: number[] = [];
+  const offshootSave = async (r: number) => {
+    const name = `ck${memoryMiB}-${r}`;
+    const boot = await daemon.engine.create({ name, memory: `${memoryMiB}M`, start: true });
+    await daemon.engine.tasks.wait(boot.task?.id as string);
+    await exec(daemon, name, fill(randomMiB));
+    if (pauseGuest) await daemon.engine.pause(name);
+    primeFreePages(primeMiB(memoryMiB));
+    const s = await saveOnce(daemon, home, name, join(dir, `${name}.ckpt`), perfFile && `${perfFile}.${memoryMiB}M.${r}`);
     process.stderr.write(`${memoryMiB} MiB save ${r + 1}/${repeat} (load ${loadavg()[0]?.toFixed(1)}): complete ${s.completeMs.toFixed(0)} ms, stun ${s.result.stunMs.toFixed(0)}, write ${s.result.writeMs.toFixed(0)}; phases ${JSON.stringify(Object.fromEntries(Object.entries(s.result.phasesMs ?? {}).map(([k, v]) => [k, Math.round(v)])))}; task queued to running ${s.queuedMs.toFixed(0)} ms; writer ${JSON.stringify(s.writer)}; bench process CPU ${s.benchCpuS.toFixed(2)} s ${JSON.stringify(s.selfCpu)}; its threads (user/sys/run/run-queue wait ms, voluntary/involuntary switches) ${JSON.stringify(s.sched)}; QEMU CPU ${JSON.stringify(s.qemuCpu)}\n`);
     if (direct) {
       for (const readPath of ['pread', 'mmap', 'packed'] as const) {
@@ -431,16 +450,17 @@ async function saveOnly(daemon: RunningDaemon, home: string, dir: string, accel:
     // Ours: the whole benchmark process (controller, agent, writer) and the guest QEMU's CPU over the save.
     cpuPerGiB.push(((s.benchCpuS + Object.values(s.qemuCpu).reduce((a, b) => a + b, 0)) * 1000) / (memoryMiB / 1024));
     await daemon.engine.deleteCheckpoint(`${name}-ckpt`);
-  }
-  await daemon.engine.kill(name);
-  await daemon.engine.delete(name);
-  const q: number[] = [];
-  const qCpu: number[] = [];
-  for (let r = 0; r < Math.min(repeat, 2); r++) {
+    await daemon.engine.kill(name);
+    await daemon.engine.delete(name);
+  };
+  const qemuSave = async (r: number) => {
     const qs = await qemuSaveRestore(accel, memoryMiB, randomMiB, false);
     q.push(qs.saveMs);
     qCpu.push((qs.saveCpu.total * 1000) / (memoryMiB / 1024));
-    process.stderr.write(`${memoryMiB} MiB QEMU save ${r + 1} (load ${loadavg()[0]?.toFixed(1)}): ${q.at(-1)?.toFixed(0)} ms, file ${(qs.fileBytes / 2 ** 20).toFixed(0)} MiB; QEMU CPU (with its cat) ${JSON.stringify(qs.saveCpu)}; its threads (user/sys/run/run-queue wait ms, voluntary/involuntary switches) ${JSON.stringify(qs.saveSched)}\n`);
+    process.stderr.write(`${memoryMiB} MiB QEMU save ${r + 1}/${repeat} (load ${loadavg()[0]?.toFixed(1)}): ${q.at(-1)?.toFixed(0)} ms, file ${(qs.fileBytes / 2 ** 20).toFixed(0)} MiB; QEMU CPU (with its cat) ${JSON.stringify(qs.saveCpu)}; its threads (user/sys/run/run-queue wait ms, voluntary/involuntary switches) ${JSON.stringify(qs.saveSched)}\n`);
+  };
+  for (let r = 0; r < repeat; r++) {
+    for (const side of r % 2 === 0 ? [offshootSave, qemuSave] : [qemuSave, offshootSave]) await side(r);
   }
   const label = `${memoryMiB} MiB (${randomMiB} MiB random)`;
   return [
@@ -461,6 +481,7 @@ export async function checkpointBenchmark(args: string[]): Promise<BenchResult> 
   const startedAt = new Date().toISOString();
   const comparisons: Comparison[] = [];
   const busy = Number(option(args, '--busy', '0'));
+  if (args.includes('--no-prime')) primeMiB = () => 0;
   // `--only save`: only live checkpoints (`--repeat N` of them per size, `--pause`: of a paused guest), each beside QEMU's save.
   const only = option(args, '--only', 'all');
   const repeat = Number(option(args, '--repeat', '1'));
@@ -479,7 +500,7 @@ export async function checkpointBenchmark(args: string[]): Promise<BenchResult> 
     if (only === 'save' || only === 'lazy') {
       for (const memoryMiB of sizes) comparisons.push(...(only === 'save' ? await saveOnly(daemon, home, checkpointDir, host.accel, memoryMiB, repeat, pauseGuest, args.includes('--direct'), args.includes('--perf') ? option(args, '--perf', '') : undefined) : await lazyOnly(daemon, home, checkpointDir, memoryMiB, repeat, args.includes('--read'))));
       load.push(loadavg());
-      return { name: 'checkpoint', startedAt, machine: { cpus: cpus().length, accel: host.accel, qemu: await qemuVersion(), node: process.version }, parameters: { sizes, busy, load, only, repeat, pauseGuest }, comparisons, notes: [only === 'save' ? 'save only: each checkpoint is deleted after it is written' : 'lazy stream only: from the VM running to the stream complete (the page server\'s own streamMs)', ...(pauseGuest ? ['the guest was paused before the saves'] : []), ...notes] };
+      return { name: 'checkpoint', startedAt, machine: { cpus: cpus().length, accel: host.accel, qemu: await qemuVersion(), node: process.version }, parameters: { sizes, busy, load, only, repeat, pauseGuest, primed: primeMiB(1024) > 0 }, comparisons, notes: [only === 'save' ? 'save only: each pair is a freshly booted guest saved by Offshoot and one saved by QEMU, the order alternating; each checkpoint is deleted after it is written' : 'lazy stream only: from the VM running to the stream complete (the page server\'s own streamMs)', ...(pauseGuest ? ['the guest was paused before the saves'] : []), ...notes] };
     }
     for (const memoryMiB of sizes) {
       const randomMiB = memoryMiB / 2;
@@ -487,6 +508,7 @@ export async function checkpointBenchmark(args: string[]): Promise<BenchResult> 
       const boot = await daemon.engine.create({ name, memory: `${memoryMiB}M`, start: true });
       await daemon.engine.tasks.wait(boot.task?.id as string);
       await exec(daemon, name, fill(randomMiB));
+      primeFreePages(primeMiB(memoryMiB));
       const t0 = performance.now();
       const saved = await daemon.engine.tasks.wait((await daemon.engine.checkpoint(name, { name: `${name}-ckpt`, out: join(checkpointDir, `${name}.ckpt`) })).task?.id as string);
       if (saved.state !== 'succeeded') throw new Error(`checkpoint failed: ${saved.message}`);
@@ -495,8 +517,8 @@ export async function checkpointBenchmark(args: string[]): Promise<BenchResult> 
       // The source is not needed any more: free its memory before the restores.
       await daemon.engine.kill(name);
       await daemon.engine.delete(name);
-      const eager = await restoreOnce(daemon, `${name}-ckpt`, 'eager');
-      const lazy = await restoreOnce(daemon, `${name}-ckpt`, 'lazy').catch((err: Error) => {
+      const eager = await restoreOnce(daemon, `${name}-ckpt`, 'eager', memoryMiB);
+      const lazy = await restoreOnce(daemon, `${name}-ckpt`, 'lazy', memoryMiB).catch((err: Error) => {
         notes.push(`${memoryMiB} MiB: lazy restore not measured: ${err.message}`);
         return undefined;
       });
@@ -527,10 +549,11 @@ export async function checkpointBenchmark(args: string[]): Promise<BenchResult> 
       name: 'checkpoint',
       startedAt,
       machine: { cpus: cpus().length, accel: host.accel, qemu: await qemuVersion(), node: process.version },
-      parameters: { sizes, busy, load },
+      parameters: { sizes, busy, load, primed: primeMiB(1024) > 0 },
       comparisons,
       notes: [
         'both files are written to tmpfs (/dev/shm); Offshoot fsyncs its file, QEMU does not',
+        ...(primeMiB(1024) > 0 ? ['before each timed save and restore, both sides, half the guest size + 256 MiB of free memory is primed (written to tmpfs and removed): this VM hands free pages back to its hypervisor, and a page given back costs a fault when touched again (--no-prime: not primed)'] : ['--no-prime: free memory not primed before the timed steps']),
         'one run per size; the source VM is deleted before the restores, the eager restore VM before the lazy one',
         'offshoot "restore until running" includes creating the VM and its disk delta (eager: and loading all memory; lazy: the postcopy handshake and device state); "until random data read" is until an md5sum of the tmpfs data in the guest has finished, started as soon as the VM runs and its identity is customized (the guest agent takes one client at a time); the lazy VM may still be streaming its memory then',
         ...notes,
