@@ -255,6 +255,12 @@ function lastWriteTimings(home: string): Record<string, number | string> | undef
   return { readPath: readPath ?? 'unknown', totalMs: round(totalMs), readWaitMs: round(readWaitMs), encodeWaitMs: round(encodeWaitMs), writeWaitMs: round(writeWaitMs), syncMs: round(syncMs), rawBlocks: round(rawBlocks), lz4Blocks: round(lz4Blocks), zeroBlocks: round(zeroBlocks) };
 }
 
+/** The agent's steps of the last fork prepared (debug log, OFFSHOOT_LOG_LEVEL=debug), or nothing. */
+function preparedSteps(home: string): string {
+  const line = lastLogLine(home, 'fork prepared');
+  return line ? ` (prepare: disks ${String(line.disksMs)}, template ${String(line.templateMs)}, QEMU launch ${String(line.launchMs)} ms)` : '';
+}
+
 /**
  * One live checkpoint of VM `name` into `out`, then deleted: time until the file is complete, the
  * engine's stun and write times, the writer's own timings, and the CPU the benchmark process (daemon
@@ -438,7 +444,7 @@ async function saveOnly(daemon: RunningDaemon, home: string, dir: string, accel:
     if (pauseGuest) await daemon.engine.pause(name);
     primeFreePages(primeMiB(memoryMiB));
     const s = await saveOnce(daemon, home, name, join(dir, `${name}.ckpt`), perfFile && `${perfFile}.${memoryMiB}M.${r}`);
-    process.stderr.write(`${memoryMiB} MiB save ${r + 1}/${repeat} (load ${loadavg()[0]?.toFixed(1)}): complete ${s.completeMs.toFixed(0)} ms, stun ${s.result.stunMs.toFixed(0)}, write ${s.result.writeMs.toFixed(0)}; phases ${JSON.stringify(Object.fromEntries(Object.entries(s.result.phasesMs ?? {}).map(([k, v]) => [k, Math.round(v)])))}; task queued to running ${s.queuedMs.toFixed(0)} ms; writer ${JSON.stringify(s.writer)}; bench process CPU ${s.benchCpuS.toFixed(2)} s ${JSON.stringify(s.selfCpu)}; its threads (user/sys/run/run-queue wait ms, voluntary/involuntary switches) ${JSON.stringify(s.sched)}; QEMU CPU ${JSON.stringify(s.qemuCpu)}\n`);
+    process.stderr.write(`${memoryMiB} MiB save ${r + 1}/${repeat} (load ${loadavg()[0]?.toFixed(1)}): complete ${s.completeMs.toFixed(0)} ms, stun ${s.result.stunMs.toFixed(0)}, write ${s.result.writeMs.toFixed(0)}; phases ${JSON.stringify(Object.fromEntries(Object.entries(s.result.phasesMs ?? {}).map(([k, v]) => [k, Math.round(v)])))}${preparedSteps(home)}; task queued to running ${s.queuedMs.toFixed(0)} ms; writer ${JSON.stringify(s.writer)}; bench process CPU ${s.benchCpuS.toFixed(2)} s ${JSON.stringify(s.selfCpu)}; its threads (user/sys/run/run-queue wait ms, voluntary/involuntary switches) ${JSON.stringify(s.sched)}; QEMU CPU ${JSON.stringify(s.qemuCpu)}\n`);
     if (direct) {
       for (const readPath of ['pread', 'mmap', 'packed'] as const) {
         const d = await directWrite(daemon, name, join(dir, `${name}-direct.ckpt`), readPath);

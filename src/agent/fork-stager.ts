@@ -70,11 +70,15 @@ export class ForkStager {
     if (vm.memory.mode !== 'owned') throw new OffshootError('FORK_NEEDS_OWNED_MEMORY', `VM ${source.vmId} maps a template; make its memory owned first (startOwnedTarget, migrateToOwnedTarget, switchToOwnedTarget)`, { vmId: source.vmId }, 409);
     const stage: StagedFork = { sourceId: source.vmId, templateId: '', disksRequest: undefined, disks: undefined, incoming: new Map(), switched: false, wasRunning: true, deviceState: join(this.host.layout.workDir, forkId, 'devstate'), cleanup: Promise.resolve() };
     this.forks.set(forkId, stage);
+    const t0 = performance.now();
+    const msSince = (t: number) => Math.round(performance.now() - t);
     try {
       await mkdir(join(this.host.layout.workDir, forkId), { recursive: true });
       stage.disksRequest = { sourceId: source.vmId, sourceDisks: source.spec.disks, childIds: request.children.map((c) => c.vmId), maxDepth: request.maxDepth, renameLog: join(this.host.layout.workDir, forkId, 'renames.json') };
       stage.disks = await forkDisks(this.host.layout, this.host.access, stage.disksRequest);
+      const disksMs = msSince(t0);
       stage.templateId = (await this.host.templates.link(vm.memory.file)).templateId;
+      const t1 = performance.now();
       const memory: VmMemory = { mode: 'derived', file: this.host.templates.path(stage.templateId), templateId: stage.templateId };
       const targets = [
         { vmId: source.vmId, name: source.name, spec: { ...source.spec, disks: stage.disks.source } },
@@ -94,6 +98,7 @@ export class ForkStager {
         }),
       );
       if (failures.length > 0) throw failures[0];
+      this.host.logger.debug({ forkId, vmId: source.vmId, disksMs, templateMs: msSince(t0) - disksMs - msSince(t1), launchMs: msSince(t1), children: request.children.length }, 'fork prepared');
       return { forkId, templateId: stage.templateId, disks: stage.disks, incoming: Object.fromEntries([...stage.incoming].map(([id, i]) => [id, i.runtime])) };
     } catch (err) {
       await this.abort(forkId);
