@@ -46,7 +46,7 @@ export async function forkDisks(layout: HostLayout, access: QemuAccess, request:
       const base = join(layout.basesDir, `${shortId()}-${disk.id}.${disk.format}`);
       // The source still runs and writes its delta: size it now and create the new deltas without
       // opening it (-u); QEMU re-reads it when the incoming VMs activate their disks. A qcow2's size is
-      // read from its header here (no qemu-img start: 20-50 ms of a checkpoint's or fork's prepare).
+      // read from its header here (no qemu-img start: 13 ms against 0.3 ms on a quiet machine, more on a busy one).
       const sizeBytes = disk.format === 'qcow2' ? (await readQcow2Header(disk.path)).virtualSize : (await imageInfo(disk.path)).virtualSize;
       if (request.renameLog) await logRename(request.renameLog, { from: disk.path, to: base });
       await rename(disk.path, base);
