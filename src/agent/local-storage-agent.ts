@@ -16,7 +16,7 @@ import type { QmpClient } from '../qemu/index.ts';
 import { QemuImgError, convertImage, createImage, imageInfo, rebaseImage, resizeImage } from '../qemu/index.ts';
 import { constants, realpathSync } from 'node:fs';
 import type { DiskMeta } from '../storage/index.ts';
-import { DatastoreLayout, QCOW2_MAGIC, cancelCopy, datastoreUsage, diskContentHash, initDatastore, inspectImage, isQcow2, qcow2NeverWritten, readQcow2Header, removeDiskMeta, scanDatastore, writeDiskMeta } from '../storage/index.ts';
+import { DatastoreLayout, QCOW2_MAGIC, cancelCopy, datastoreUsage, diskContentHash, diskVirtualSize, initDatastore, inspectImage, isQcow2, qcow2NeverWritten, removeDiskMeta, scanDatastore, writeDiskMeta } from '../storage/index.ts';
 import { runCopyWorker } from './copy-runner.ts';
 import type { CopyRunFile, CopyRunProgress, CopyRunResult } from './copy-runner.ts';
 import type { HostLayout } from './layout.ts';
@@ -200,7 +200,7 @@ export class LocalStorageAgent {
           continue;
         }
         // Read by Offshoot itself (no qemu-img start): the freeze is on the clone's O(1) path.
-        const virtualSize = disk.format === 'qcow2' ? (await readQcow2Header(disk.path)).virtualSize : (await imageInfo(disk.path)).virtualSize;
+        const virtualSize = await diskVirtualSize(disk.path, disk.format);
         // A stopped VM's delta with nothing written since it was made: its base is the frozen state already.
         const [below] = disk.backing;
         if (!running && below && disk.format === 'qcow2' && (await qcow2NeverWritten(disk.path))) {

@@ -6,6 +6,7 @@
 export { inspectImage, UnsafeImageError, UNSAFE_REASONS, DEFAULT_MAX_CHAIN_DEPTH } from './safe-image.ts';
 export type { SafeImage, UnsafeReason } from './safe-image.ts';
 export { readQcow2Header, isQcow2, qcow2NeverWritten, CorruptImageHeaderError, QCOW2_MAGIC } from './qcow2-header.ts';
+export { diskVirtualSize } from './virtual-size.ts';
 export type { Qcow2Header } from './qcow2-header.ts';
 export { DatastoreLayout, DatastorePathError, DATASTORE_MARKER, initDatastore, readMarker, datastoreUsage, scanDatastore } from './datastore.ts';
 export type { DatastoreUsage, ScannedDisk } from './datastore.ts';
