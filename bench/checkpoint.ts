@@ -55,8 +55,13 @@ export function parseSizes(args: string[], fallback: number[]): number[] {
   return j >= 0 ? (args[j + 1] ?? '').split(',').map(Number) : fallback;
 }
 
-/** MiB of free memory primed before each timed save (both sides; `--no-prime`: none). See primeFreePages. */
-let primeMiB = (memoryMiB: number) => memoryMiB / 2 + 256;
+/** Whether free memory is primed before each timed step (both sides; `--no-prime`: not). See primeFreePages. */
+let priming = true;
+
+/** Primes half the guest's size + 256 MiB of free memory (what a save, restore or stream of it writes, with room), unless --no-prime. */
+function prime(memoryMiB: number): void {
+  if (priming) primeFreePages(memoryMiB / 2 + 256);
+}
 
 const fill = (mib: number) => `mkdir -p /mnt/ram && mount -t tmpfs -o size=${mib + 16}m tmpfs /mnt/ram && dd if=/dev/urandom of=/mnt/ram/blob bs=1M count=${mib} 2>/dev/null`;
 
@@ -227,7 +232,7 @@ async function lazyOnly(daemon: RunningDaemon, home: string, dir: string, memory
   const eager: number[] = [];
   for (let r = 0; r < repeat; r++) {
     for (const read of readToo ? [false, true] : [false]) {
-      primeFreePages(primeMiB(memoryMiB));
+      prime(memoryMiB);
       const s = await lazyStreamOnce(daemon, home, `${name}-ckpt`, read);
       const gbs = (s.server.bytesWritten / 1e9) / (s.streamMs / 1000);
       process.stderr.write(`${memoryMiB} MiB lazy ${read ? 'reading' : 'idle'} ${r + 1}/${repeat} (load ${loadavg()[0]?.toFixed(1)}): stream ${s.streamMs.toFixed(0)} ms (${gbs.toFixed(2)} GB/s of stream), end seen ${s.endMs.toFixed(0)} ms${s.readMs ? `, data read ${s.readMs.toFixed(0)} ms` : ''}; page server ${JSON.stringify(s.server)}; bench process CPU user ${s.benchCpu.user.toFixed(2)} sys ${s.benchCpu.system.toFixed(2)} s ${JSON.stringify(s.selfCpu)}; QEMU CPU ${JSON.stringify(s.qemuCpu)}\n`);
@@ -348,7 +353,7 @@ async function qemuSaveRestore(accel: string, memoryMiB: number, randomMiB: numb
     const cpu0 = processCpuWithChildren(pid);
     const threads0 = threadCpu(pid);
     const sched0 = threadSched(pid);
-    primeFreePages(primeMiB(memoryMiB));
+    prime(memoryMiB);
     const t0 = performance.now();
     await src.qmp.stop();
     await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 64 * 1024 ** 3 });
@@ -363,7 +368,7 @@ async function qemuSaveRestore(accel: string, memoryMiB: number, randomMiB: numb
     src.qmp.close();
     const fileBytes = statSync(file).size;
     if (!restore) return { stunMs: saveMs, saveMs, fileBytes, runningMs: NaN, readAllMs: NaN, saveCpu, saveSched };
-    primeFreePages(primeMiB(memoryMiB));
+    prime(memoryMiB);
     const t1 = performance.now();
     const dst = await qemu(1, true);
     await dst.qmp.execute('migrate-incoming', { uri: `exec:cat ${file}` });
@@ -391,7 +396,7 @@ async function qemuSaveRestore(accel: string, memoryMiB: number, randomMiB: numb
  * until its background stream has completed (the restore task ends then).
  */
 async function restoreOnce(daemon: RunningDaemon, checkpoint: string, mode: 'eager' | 'lazy', memoryMiB: number): Promise<{ runningMs: number; readAllMs: number; streamMs?: number }> {
-  primeFreePages(primeMiB(memoryMiB));
+  prime(memoryMiB);
   const t0 = performance.now();
   const wall0 = Date.now();
   const started = await daemon.engine.restore({ checkpoint, mode });
@@ -442,7 +447,7 @@ async function saveOnly(daemon: RunningDaemon, home: string, dir: string, accel:
     await daemon.engine.tasks.wait(boot.task?.id as string);
     await exec(daemon, name, fill(randomMiB));
     if (pauseGuest) await daemon.engine.pause(name);
-    primeFreePages(primeMiB(memoryMiB));
+    prime(memoryMiB);
     const s = await saveOnce(daemon, home, name, join(dir, `${name}.ckpt`), perfFile && `${perfFile}.${memoryMiB}M.${r}`);
     process.stderr.write(`${memoryMiB} MiB save ${r + 1}/${repeat} (load ${loadavg()[0]?.toFixed(1)}): complete ${s.completeMs.toFixed(0)} ms, stun ${s.result.stunMs.toFixed(0)}, write ${s.result.writeMs.toFixed(0)}; phases ${JSON.stringify(Object.fromEntries(Object.entries(s.result.phasesMs ?? {}).map(([k, v]) => [k, Math.round(v)])))}${preparedSteps(home)}; task queued to running ${s.queuedMs.toFixed(0)} ms; writer ${JSON.stringify(s.writer)}; bench process CPU ${s.benchCpuS.toFixed(2)} s ${JSON.stringify(s.selfCpu)}; its threads (user/sys/run/run-queue wait ms, voluntary/involuntary switches) ${JSON.stringify(s.sched)}; QEMU CPU ${JSON.stringify(s.qemuCpu)}\n`);
     if (direct) {
@@ -487,7 +492,7 @@ export async function checkpointBenchmark(args: string[]): Promise<BenchResult> 
   const startedAt = new Date().toISOString();
   const comparisons: Comparison[] = [];
   const busy = Number(option(args, '--busy', '0'));
-  if (args.includes('--no-prime')) primeMiB = () => 0;
+  priming = !args.includes('--no-prime');
   // `--only save`: only live checkpoints (`--repeat N` of them per size, `--pause`: of a paused guest), each beside QEMU's save.
   const only = option(args, '--only', 'all');
   const repeat = Number(option(args, '--repeat', '1'));
@@ -506,7 +511,7 @@ export async function checkpointBenchmark(args: string[]): Promise<BenchResult> 
     if (only === 'save' || only === 'lazy') {
       for (const memoryMiB of sizes) comparisons.push(...(only === 'save' ? await saveOnly(daemon, home, checkpointDir, host.accel, memoryMiB, repeat, pauseGuest, args.includes('--direct'), args.includes('--perf') ? option(args, '--perf', '') : undefined) : await lazyOnly(daemon, home, checkpointDir, memoryMiB, repeat, args.includes('--read'))));
       load.push(loadavg());
-      return { name: 'checkpoint', startedAt, machine: { cpus: cpus().length, accel: host.accel, qemu: await qemuVersion(), node: process.version }, parameters: { sizes, busy, load, only, repeat, pauseGuest, primed: primeMiB(1024) > 0 }, comparisons, notes: [only === 'save' ? 'save only: each pair is a freshly booted guest saved by Offshoot and one saved by QEMU, the order alternating; each checkpoint is deleted after it is written' : 'lazy stream only: from the VM running to the stream complete (the page server\'s own streamMs)', ...(pauseGuest ? ['the guest was paused before the saves'] : []), ...notes] };
+      return { name: 'checkpoint', startedAt, machine: { cpus: cpus().length, accel: host.accel, qemu: await qemuVersion(), node: process.version }, parameters: { sizes, busy, load, only, repeat, pauseGuest, primed: priming }, comparisons, notes: [only === 'save' ? 'save only: each pair is a freshly booted guest saved by Offshoot and one saved by QEMU, the order alternating; each checkpoint is deleted after it is written' : 'lazy stream only: from the VM running to the stream complete (the page server\'s own streamMs)', ...(pauseGuest ? ['the guest was paused before the saves'] : []), ...notes] };
     }
     for (const memoryMiB of sizes) {
       const randomMiB = memoryMiB / 2;
@@ -514,7 +519,7 @@ export async function checkpointBenchmark(args: string[]): Promise<BenchResult> 
       const boot = await daemon.engine.create({ name, memory: `${memoryMiB}M`, start: true });
       await daemon.engine.tasks.wait(boot.task?.id as string);
       await exec(daemon, name, fill(randomMiB));
-      primeFreePages(primeMiB(memoryMiB));
+      prime(memoryMiB);
       const t0 = performance.now();
       const saved = await daemon.engine.tasks.wait((await daemon.engine.checkpoint(name, { name: `${name}-ckpt`, out: join(checkpointDir, `${name}.ckpt`) })).task?.id as string);
       if (saved.state !== 'succeeded') throw new Error(`checkpoint failed: ${saved.message}`);
@@ -555,11 +560,11 @@ export async function checkpointBenchmark(args: string[]): Promise<BenchResult> 
       name: 'checkpoint',
       startedAt,
       machine: { cpus: cpus().length, accel: host.accel, qemu: await qemuVersion(), node: process.version },
-      parameters: { sizes, busy, load, primed: primeMiB(1024) > 0 },
+      parameters: { sizes, busy, load, primed: priming },
       comparisons,
       notes: [
         'both files are written to tmpfs (/dev/shm); Offshoot fsyncs its file, QEMU does not',
-        ...(primeMiB(1024) > 0 ? ['before each timed save and restore, both sides, half the guest size + 256 MiB of free memory is primed (written to tmpfs and removed): this VM hands free pages back to its hypervisor, and a page given back costs a fault when touched again (--no-prime: not primed)'] : ['--no-prime: free memory not primed before the timed steps']),
+        ...(priming ? ['before each timed save and restore, both sides, half the guest size + 256 MiB of free memory is primed (written to tmpfs and removed): this VM hands free pages back to its hypervisor, and a page given back costs a fault when touched again (--no-prime: not primed)'] : ['--no-prime: free memory not primed before the timed steps']),
         'one run per size; the source VM is deleted before the restores, the eager restore VM before the lazy one',
         'offshoot "restore until running" includes creating the VM and its disk delta (eager: and loading all memory; lazy: the postcopy handshake and device state); "until random data read" is until an md5sum of the tmpfs data in the guest has finished, started as soon as the VM runs and its identity is customized (the guest agent takes one client at a time); the lazy VM may still be streaming its memory then',
         ...notes,

@@ -23,8 +23,8 @@ export function run(command: string, argv: string[]): Promise<void> {
 /**
  * Writes `mib` MiB into a new tmpfs file and removes it, so that the timed step that follows finds that
  * much free memory the kernel has just used. This machine is a VM whose free pages are handed back to
- * its hypervisor after ~2 s (virtio-balloon free page reporting, page_reporting_order=11): a page that
- * was given back costs a fault in the hypervisor the next time it is touched, and writing 2 GiB into
+ * its hypervisor soon after they are freed (virtio-balloon free page reporting): a page that was given
+ * back costs a fault in the hypervisor the next time it is touched, and writing 2 GiB into
  * /dev/shm took 1.2, 4.7, then 7.5 s for three files in a row, and 1.0 s again right after removing them.
  * Whichever side of a comparison runs after the other has freed its file would otherwise get the cheap
  * pages. A bare-metal host has no such cost, so both sides are primed the same way before they are timed.
