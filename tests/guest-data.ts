@@ -11,6 +11,9 @@ export const GUEST_DATA_SETUP = [
   '(i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done) >/dev/null 2>&1 &',
 ].join('\n');
 
+/** Prints /tmp/counter, which the guest scripts' counter loops (GUEST_DATA_SETUP, WRITER, fabric SETUP) truncate then write at each tick: an empty read is read again. */
+export const READ_COUNTER = 'c=; k=0; while [ -z "$c" ] && [ $k -lt 50 ]; do k=$((k+1)); c=$(cat /tmp/counter); done; echo "$c"';
+
 export interface GuestShell {
   sh(vm: string, script: string): Promise<string>;
   md5s(vm: string): Promise<string>;
@@ -27,7 +30,6 @@ export function guestShell(daemon: () => RunningDaemon): GuestShell {
   return {
     sh,
     md5s: (vm) => sh(vm, 'md5sum /mnt/ram/blob /data/blob | cut -d" " -f1 | tr "\\n" " "'),
-    // The counter file is truncated then written at each tick: an empty read is read again.
-    counter: async (vm) => Number(await sh(vm, 'c=; k=0; while [ -z "$c" ] && [ $k -lt 50 ]; do k=$((k+1)); c=$(cat /tmp/counter); done; echo "$c"')),
+    counter: async (vm) => Number(await sh(vm, READ_COUNTER)),
   };
 }

@@ -11,6 +11,7 @@ import { expect } from 'vitest';
 import type { DaemonOptions } from '../src/api/index.ts';
 import type { OffshootClient } from '../src/client/index.ts';
 import { processInNamespace } from '../src/lab/agent-process.ts';
+import { READ_COUNTER } from './guest-data.ts';
 import { eventually } from './harness.ts';
 import type { LabFleet } from './lab-fleet.ts';
 import { startLabFleet } from './lab-fleet.ts';
@@ -35,9 +36,6 @@ export async function startWriter(client: OffshootClient, vm: string): Promise<v
   await sh(client, vm, WRITER);
   await eventually(async () => Number(await sh(client, vm, 'cat /tmp/counter 2>/dev/null || echo 0')) > 5, 30_000, 'the writer to run');
 }
-
-/** Reads the WRITER's counter; it is truncated then written at each tick, so an empty read is read again. */
-const READ_COUNTER = 'c=; k=0; while [ -z "$c" ] && [ $k -lt 50 ]; do k=$((k+1)); c=$(cat /tmp/counter); done; echo "$c"';
 
 /** The WRITER's counter goes on (by more than 3 within `ms`). */
 export async function counterGoesOn(client: OffshootClient, vm: string, ms: number): Promise<void> {

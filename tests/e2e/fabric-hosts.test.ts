@@ -27,7 +27,7 @@ import type { TestHome } from '../harness.ts';
 import { homeProblems } from '../invariants.ts';
 import type { LabFleet } from '../lab-fleet.ts';
 import { startLabFleet } from '../lab-fleet.ts';
-import { guestShell } from '../guest-data.ts';
+import { READ_COUNTER, guestShell } from '../guest-data.ts';
 
 const prefix = `ofh${randomBytes(2).toString('hex').slice(0, 3)}`;
 const subnet = `10.215.${60 + ((randomBytes(1)[0] as number) % 40)}.0/24`;
@@ -49,7 +49,7 @@ const INSPECT = [
   // empty: in a child just forked on a loaded 2-core TCG host, where each guest syscall translates its code
   // anew, the writer is often preempted between the two. A first read that came back empty used to make the
   // child look stuck (`[ N -gt "" ]` is an error): empty reads are read again, and a stuck child says what it saw.
-  'a=; k=0; while [ -z "$a" ] && [ $k -lt 50 ]; do k=$((k+1)); a=$(cat /tmp/counter); done',
+  `a=$(${READ_COUNTER})`,
   's="stuck first=$a seen="; k=0; while [ $k -lt 30 ]; do k=$((k+1)); sleep 0.5; b=$(cat /tmp/counter); s="$s$b,"; [ -n "$b" ] && [ "$b" != "$a" ] && { s=ticking; break; }; done; echo "svc=$s"',
 ].join('\n');
 
