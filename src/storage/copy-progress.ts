@@ -6,7 +6,8 @@
 import { randomBytes } from 'node:crypto';
 import { open, readFile, rename, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { z } from 'zod';
+// A namespace import (not `{ z }`) lets the copy worker's bundle leave out the parts of zod it does not use.
+import * as z from 'zod';
 import { CopyProgressInvalidError, CopySourceChangedError } from './copy-errors.ts';
 
 export const PROGRESS_SUFFIX = '.copy.json';

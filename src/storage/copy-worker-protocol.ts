@@ -5,7 +5,8 @@
 // error). The daemon spawns one worker per copy job; a remote host runs the
 // same worker.
 import { join } from 'node:path';
-import { z } from 'zod';
+// A namespace import (not `{ z }`) lets the copy worker's bundle leave out the parts of zod it does not use.
+import * as z from 'zod';
 import { OffshootError } from '../common/index.ts';
 import { COPY_STATES } from './copy-engine.ts';
 

@@ -24,7 +24,8 @@ describe('copy jobs', () => {
   const settle = (id: string, states: string[]) => eventually(async () => states.includes((await job(id)).state), 120_000, `job ${id} to be ${states.join('/')}`);
   const workers = (): string[] => {
     try {
-      return execFileSync('pgrep', ['-f', `copy-worker.ts.*${t.home}/`]).toString().split('\n').filter(Boolean);
+      // The worker runs as src/storage/copy-worker.ts under tsx or as its bundle, copy-worker-<hash>.mjs.
+      return execFileSync('pgrep', ['-f', `copy-worker.* --target ${t.home}/`]).toString().split('\n').filter(Boolean);
     } catch {
       return []; // pgrep exits 1 when nothing matches
     }
@@ -56,6 +57,7 @@ describe('copy jobs', () => {
       doneAtKill = p.chunksDone;
       return p.chunksDone >= 8;
     }, 60_000, 'the copy to be under way');
+    expect(workers()).toHaveLength(1);
     process.kill(daemon.pid, 'SIGKILL');
     await waitForProcessExit(daemon.pid);
     // The orphaned worker notices that its parent is gone and stops after its chunk in flight.
