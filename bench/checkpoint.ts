@@ -252,10 +252,9 @@ async function lazyOnly(daemon: RunningDaemon, home: string, dir: string, memory
 
 /** The writer's own timings of the last checkpoint written (the host agent logs them). */
 function lastWriteTimings(home: string): Record<string, number | string> | undefined {
-  const lines = readFileSync(join(home, 'daemon.log'), 'utf8').split('\n').filter((l) => l.includes('"checkpoint written"'));
-  const last = lines.at(-1);
+  const last = lastLogLine(home, 'checkpoint written');
   if (!last) return undefined;
-  const { totalMs, readWaitMs, encodeWaitMs, writeWaitMs, syncMs, rawBlocks, lz4Blocks, zeroBlocks, readPath } = JSON.parse(last) as Record<string, number> & { readPath?: string };
+  const { totalMs, readWaitMs, encodeWaitMs, writeWaitMs, syncMs, rawBlocks, lz4Blocks, zeroBlocks, readPath } = last as Record<string, number> & { readPath?: string };
   const round = (v: number | undefined) => Number((v ?? 0).toFixed(0));
   return { readPath: readPath ?? 'unknown', totalMs: round(totalMs), readWaitMs: round(readWaitMs), encodeWaitMs: round(encodeWaitMs), writeWaitMs: round(writeWaitMs), syncMs: round(syncMs), rawBlocks: round(rawBlocks), lz4Blocks: round(lz4Blocks), zeroBlocks: round(zeroBlocks) };
 }

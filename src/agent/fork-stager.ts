@@ -77,7 +77,9 @@ export class ForkStager {
       stage.disksRequest = { sourceId: source.vmId, sourceDisks: source.spec.disks, childIds: request.children.map((c) => c.vmId), maxDepth: request.maxDepth, renameLog: join(this.host.layout.workDir, forkId, 'renames.json') };
       stage.disks = await forkDisks(this.host.layout, this.host.access, stage.disksRequest);
       const disksMs = msSince(t0);
+      const linking = performance.now();
       stage.templateId = (await this.host.templates.link(vm.memory.file)).templateId;
+      const templateMs = msSince(linking);
       const t1 = performance.now();
       const memory: VmMemory = { mode: 'derived', file: this.host.templates.path(stage.templateId), templateId: stage.templateId };
       const targets = [
@@ -98,7 +100,7 @@ export class ForkStager {
         }),
       );
       if (failures.length > 0) throw failures[0];
-      this.host.logger.debug({ forkId, vmId: source.vmId, disksMs, templateMs: msSince(t0) - disksMs - msSince(t1), launchMs: msSince(t1), children: request.children.length }, 'fork prepared');
+      this.host.logger.debug({ forkId, vmId: source.vmId, disksMs, templateMs, launchMs: msSince(t1), children: request.children.length }, 'fork prepared');
       return { forkId, templateId: stage.templateId, disks: stage.disks, incoming: Object.fromEntries([...stage.incoming].map(([id, i]) => [id, i.runtime])) };
     } catch (err) {
       await this.abort(forkId);
