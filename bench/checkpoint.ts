@@ -9,7 +9,10 @@
 // memory is still streaming in), and for the lazy restore the time until the
 // stream is complete and the checkpoint no longer needed. `--busy N` first
 // boots N more guests that each keep a vCPU busy (a shell loop) for the whole
-// run: the figures under load, both sides equally loaded. Diagnostics:
+// run: the figures under load, both sides equally loaded. Both sides write
+// their files to tmpfs, or under `--dir PATH` (a disk, where Offshoot's
+// closing fsync is real: QEMU's save is then also timed until its file is
+// fsynced, "durable"). Diagnostics:
 // `--only save [--repeat N] [--pause] [--direct]` times live saves only (N
 // pairs: each side saves a freshly booted guest, the pair's order alternating), with
 // the operation's phases (prepare, switch, record, write, finish, collect),
@@ -26,7 +29,7 @@
 // primed (bench/tools.ts primeFreePages: this VM's hypervisor takes free pages
 // back, and touching them again is slow); `--no-prime` leaves it out.
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { closeSync, fsyncSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { startDaemon } from '../src/api/index.ts';
@@ -54,6 +57,9 @@ export function parseSizes(args: string[], fallback: number[]): number[] {
   const j = args.indexOf('--memory');
   return j >= 0 ? (args[j + 1] ?? '').split(',').map(Number) : fallback;
 }
+
+/** Where both sides write their checkpoint files (`--dir`; default tmpfs). */
+let fileRoot = '/dev/shm';
 
 /** Whether free memory is primed before each timed step (both sides; `--no-prime`: not). See primeFreePages. */
 let priming = true;
@@ -332,7 +338,7 @@ async function directWrite(daemon: RunningDaemon, name: string, out: string, rea
 async function qemuSaveRestore(accel: string, memoryMiB: number, randomMiB: number, restore = true) {
   const guest = await loadDefaultGuest();
   const dir = mkdtempSync('/tmp/osh-ckb-');
-  const mem = mkdtempSync('/dev/shm/osh-ckb-');
+  const mem = mkdtempSync(join(fileRoot, 'osh-ckb-'));
   const procs: ReturnType<typeof spawn>[] = [];
   await createImage({ path: join(dir, 'd.qcow2'), format: 'qcow2', backing: { path: guest.dataDisk, format: 'qcow2' } });
   const qemu = async (i: number, incoming: boolean) => {
@@ -359,6 +365,11 @@ async function qemuSaveRestore(accel: string, memoryMiB: number, randomMiB: numb
     await src.qmp.execute('migrate', { uri: `exec:cat > ${file}` });
     await waitForMigrationDone(src.qmp);
     const saveMs = performance.now() - t0;
+    // What a durable file costs on top (Offshoot's writer fsyncs its file before it renames it into place).
+    const syncFd = openSync(file, 'r');
+    fsyncSync(syncFd);
+    closeSync(syncFd);
+    const syncedMs = performance.now() - t0;
     await new Promise((r) => setTimeout(r, 100)); // QEMU reaps its cat
     // The whole QEMU (its migration thread, main loop) and the cat it writes the file through.
     const saveCpu = { total: Number((processCpuWithChildren(pid) - cpu0).toFixed(2)), ...cpuDelta(threadCpu(pid), threads0) };
@@ -366,7 +377,7 @@ async function qemuSaveRestore(accel: string, memoryMiB: number, randomMiB: numb
     const saveSched = schedDelta(threadSched(pid), sched0);
     src.qmp.close();
     const fileBytes = statSync(file).size;
-    if (!restore) return { stunMs: saveMs, saveMs, fileBytes, runningMs: NaN, readAllMs: NaN, saveCpu, saveSched };
+    if (!restore) return { stunMs: saveMs, saveMs, syncedMs, fileBytes, runningMs: NaN, readAllMs: NaN, saveCpu, saveSched };
     prime(memoryMiB);
     const t1 = performance.now();
     const dst = await qemu(1, true);
@@ -380,7 +391,7 @@ async function qemuSaveRestore(accel: string, memoryMiB: number, randomMiB: numb
     const readAllMs = performance.now() - t1;
     agent2.close();
     dst.qmp.close();
-    return { stunMs: saveMs, saveMs, fileBytes, runningMs, readAllMs, saveCpu, saveSched };
+    return { stunMs: saveMs, saveMs, syncedMs, fileBytes, runningMs, readAllMs, saveCpu, saveSched };
   } finally {
     for (const p of procs) p.kill('SIGKILL');
     await Promise.all(procs.map((p) => new Promise((r) => (p.exitCode !== null ? r(null) : p.once('exit', r)))));
@@ -439,6 +450,7 @@ async function saveOnly(daemon: RunningDaemon, home: string, dir: string, accel:
   const writes: number[] = [];
   const cpuPerGiB: number[] = [];
   const q: number[] = [];
+  const qSynced: number[] = [];
   const qCpu: number[] = [];
   const offshootSave = async (r: number) => {
     const name = `ck${memoryMiB}-${r}`;
@@ -466,8 +478,9 @@ async function saveOnly(daemon: RunningDaemon, home: string, dir: string, accel:
   const qemuSave = async (r: number) => {
     const qs = await qemuSaveRestore(accel, memoryMiB, randomMiB, false);
     q.push(qs.saveMs);
+    qSynced.push(qs.syncedMs);
     qCpu.push((qs.saveCpu.total * 1000) / (memoryMiB / 1024));
-    process.stderr.write(`${memoryMiB} MiB QEMU save ${r + 1}/${repeat} (load ${loadavg()[0]?.toFixed(1)}): ${q.at(-1)?.toFixed(0)} ms, file ${(qs.fileBytes / 2 ** 20).toFixed(0)} MiB; QEMU CPU (with its cat) ${JSON.stringify(qs.saveCpu)}; its threads (user/sys/run/run-queue wait ms, voluntary/involuntary switches) ${JSON.stringify(qs.saveSched)}\n`);
+    process.stderr.write(`${memoryMiB} MiB QEMU save ${r + 1}/${repeat} (load ${loadavg()[0]?.toFixed(1)}): ${q.at(-1)?.toFixed(0)} ms (fsynced ${qs.syncedMs.toFixed(0)}), file ${(qs.fileBytes / 2 ** 20).toFixed(0)} MiB; QEMU CPU (with its cat) ${JSON.stringify(qs.saveCpu)}; its threads (user/sys/run/run-queue wait ms, voluntary/involuntary switches) ${JSON.stringify(qs.saveSched)}\n`);
   };
   for (let r = 0; r < repeat; r++) {
     for (const side of r % 2 === 0 ? [offshootSave, qemuSave] : [qemuSave, offshootSave]) await side(r);
@@ -475,6 +488,7 @@ async function saveOnly(daemon: RunningDaemon, home: string, dir: string, accel:
   const label = `${memoryMiB} MiB (${randomMiB} MiB random)`;
   return [
     { metric: `${label}: file complete`, offshoot: { label: 'offshoot live checkpoint', unit: 'ms', samples: complete }, baseline: { label: 'qemu migrate to file', unit: 'ms', samples: q } },
+    { metric: `${label}: file complete, durable`, offshoot: { label: 'offshoot live checkpoint', unit: 'ms', samples: complete }, baseline: { label: 'qemu migrate to file + fsync', unit: 'ms', samples: qSynced } },
     { metric: `${label}: write`, offshoot: { label: 'offshoot checkpoint write', unit: 'ms', samples: writes }, baseline: { label: 'qemu migrate to file', unit: 'ms', samples: q } },
     { metric: `${label}: CPU ms per GiB of guest`, offshoot: { label: 'offshoot (daemon + guest QEMU)', unit: 'ms', samples: cpuPerGiB }, baseline: { label: 'qemu migrate (QEMU + its cat)', unit: 'ms', samples: qCpu } },
   ];
@@ -485,8 +499,10 @@ export async function checkpointBenchmark(args: string[]): Promise<BenchResult> 
   const notes: string[] = [];
   const home = mkdtempSync('/tmp/osh-bench-home-');
   const memoryDir = mkdtempSync('/dev/shm/osh-bench-mem-');
-  // Checkpoint files go to tmpfs too (measuring Offshoot, not the disk): a folder the daemon is allowed to write.
-  const checkpointDir = mkdtempSync('/dev/shm/osh-bench-ckpt-');
+  // Checkpoint files (both sides') go to tmpfs too (measuring Offshoot, not the disk), or under `--dir
+  // PATH` (a disk, as an operator's checkpoints): a folder the daemon is allowed to write.
+  fileRoot = option(args, '--dir', '/dev/shm');
+  const checkpointDir = mkdtempSync(join(fileRoot, 'osh-bench-ckpt-'));
   const daemon = await startDaemon({ home, memoryDir, allowImages: [checkpointDir] });
   const startedAt = new Date().toISOString();
   const comparisons: Comparison[] = [];
@@ -510,7 +526,7 @@ export async function checkpointBenchmark(args: string[]): Promise<BenchResult> 
     if (only === 'save' || only === 'lazy') {
       for (const memoryMiB of sizes) comparisons.push(...(only === 'save' ? await saveOnly(daemon, home, checkpointDir, host.accel, memoryMiB, repeat, pauseGuest, args.includes('--direct'), args.includes('--perf') ? option(args, '--perf', '') : undefined) : await lazyOnly(daemon, home, checkpointDir, memoryMiB, repeat, args.includes('--read'))));
       load.push(loadavg());
-      return { name: 'checkpoint', startedAt, machine: { cpus: cpus().length, accel: host.accel, qemu: await qemuVersion(), node: process.version }, parameters: { sizes, busy, load, only, repeat, pauseGuest, primed: priming }, comparisons, notes: [only === 'save' ? 'save only: each pair is a freshly booted guest saved by Offshoot and one saved by QEMU, the order alternating; each checkpoint is deleted after it is written' : 'lazy stream only: from the VM running to the stream complete (the page server\'s own streamMs)', ...(pauseGuest ? ['the guest was paused before the saves'] : []), ...notes] };
+      return { name: 'checkpoint', startedAt, machine: { cpus: cpus().length, accel: host.accel, qemu: await qemuVersion(), node: process.version }, parameters: { sizes, busy, load, only, repeat, pauseGuest, primed: priming, fileRoot }, comparisons, notes: [only === 'save' ? `save only: each pair is a freshly booted guest saved by Offshoot and one saved by QEMU, the order alternating; each checkpoint is deleted after it is written; both files in ${fileRoot}; "durable": QEMU's file fsynced after its save (Offshoot's writer fsyncs its own)` : 'lazy stream only: from the VM running to the stream complete (the page server\'s own streamMs)', ...(pauseGuest ? ['the guest was paused before the saves'] : []), ...notes] };
     }
     for (const memoryMiB of sizes) {
       const randomMiB = memoryMiB / 2;
@@ -559,10 +575,10 @@ export async function checkpointBenchmark(args: string[]): Promise<BenchResult> 
       name: 'checkpoint',
       startedAt,
       machine: { cpus: cpus().length, accel: host.accel, qemu: await qemuVersion(), node: process.version },
-      parameters: { sizes, busy, load, primed: priming },
+      parameters: { sizes, busy, load, primed: priming, fileRoot },
       comparisons,
       notes: [
-        'both files are written to tmpfs (/dev/shm); Offshoot fsyncs its file, QEMU does not',
+        `both files are written to ${fileRoot === '/dev/shm' ? 'tmpfs (/dev/shm)' : fileRoot}; Offshoot fsyncs its file, QEMU does not`,
         ...(priming ? ['before each timed save and restore, both sides, half the guest size + 256 MiB of free memory is primed (written to tmpfs and removed): this VM hands free pages back to its hypervisor, and a page given back costs a fault when touched again (--no-prime: not primed)'] : ['--no-prime: free memory not primed before the timed steps']),
         'one run per size; the source VM is deleted before the restores, the eager restore VM before the lazy one',
         'offshoot "restore until running" includes creating the VM and its disk delta (eager: and loading all memory; lazy: the postcopy handshake and device state); "until random data read" is until an md5sum of the tmpfs data in the guest has finished, started as soon as the VM runs and its identity is customized (the guest agent takes one client at a time); the lazy VM may still be streaming its memory then',

@@ -7,3 +7,4 @@ export * from './home.ts';
 export * from './pids.ts';
 export * from './error-codes.ts';
 export * from './files.ts';
+export * from './direct-io.ts';

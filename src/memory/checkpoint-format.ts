@@ -10,11 +10,14 @@
 // on: on a loaded machine that thread waits for a core after each piece of
 // work (bench checkpoint --busy 2, 1 GiB: ~1.2 s of run-queue wait for
 // ~0.64 s of work when it scanned, hashed and copied every block itself).
-// Without the addon, a JavaScript loop does it here. Blocks are written in
-// batches of up to 8 MiB, one writev each straight from the buffers they
-// were packed into (no staging copy), while the next blocks are read ahead
-// and compressed. (writev straight from a read-only mapping of guest RAM
-// was tried and was slower in the daemon; the buffers are the writer's own.)
+// Without the addon, a JavaScript loop does it here. Stored blocks go to a
+// sink (checkpoint-sink.ts) while the next blocks are read ahead and
+// compressed: with O_DIRECT in 8 MiB aligned writes where the file system
+// allows it (a disk: no page cache to fill and little left for the fsync;
+// not tmpfs, whose page cache is the file), else in batches of up to 8 MiB, one writev each straight from the buffers
+// they were packed into (tmpfs). (writev straight from a read-only mapping of
+// guest RAM was tried and was slower in the daemon; the buffers are the
+// writer's own.) The file's bytes are the same either way.
 // The reader is strict: a wrong magic or version, a size past a limit,
 // a truncated file, an inconsistent index entry or a checksum mismatch is a
 // CheckpointFormatError naming the part, never garbage.
@@ -54,11 +57,13 @@
 // = pageCount x 4096; an LZ4 block of 1.1 is always smaller than its raw
 // pages (the writer stores raw otherwise). A 1.0 reader refuses 1.1 files
 // (its version check is exact), as it cannot read raw blocks.
+import { constants } from 'node:fs';
 import { open, rename, rm } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { xxh64 } from '@node-rs/xxhash';
 import { compress, compressSync, uncompress } from 'lz4-napi';
-import { OffshootError } from '../common/index.ts';
+import { OffshootError, onTmpfs, openDirect } from '../common/index.ts';
+import { batchSink, directSink } from './checkpoint-sink.ts';
 import { mmapAddonOrNull } from './native-mmap.ts';
 
 export const CHECKPOINT_MAGIC = 'OFFSHCK1';
@@ -228,6 +233,8 @@ export interface WriteTimings {
   rawBlocks: number;
   lz4Blocks: number;
   zeroBlocks: number;
+  /** Whether the stored bytes were written with O_DIRECT (checkpoint-sink.ts). */
+  direct?: boolean;
   /** How guest RAM was read (set by the caller that chose it; see guest-memory.ts). */
   readPath?: 'packed' | 'mmap' | 'pread';
 }
@@ -317,6 +324,8 @@ export async function writeCheckpoint(
     stagingBytes?: number;
     signal?: AbortSignal;
     onProgress?: (p: WriteProgress) => void;
+    /** Write with O_DIRECT where the file system allows it (see checkpoint-sink.ts). Default true. */
+    direct?: boolean;
     /** false: blocks are scanned, packed and hashed on this thread even when the native addon is built (tests). */
     nativePack?: boolean;
   },
@@ -337,28 +346,22 @@ export async function writeCheckpoint(
   };
   const partial = `${path}.partial`;
   const file = await open(partial, 'w', 0o600);
-  // Stored bytes are written in batches, each with one writev straight from the block buffers they were
-  // packed into (in the thread pool), at most one batch writing while the next gathers: no copy into a
-  // staging buffer on this thread. A batch holds at most stagingBytes and batchBlocks block buffers.
+  const wantDirect = (input.direct ?? true) && !(await onTmpfs(partial).catch(() => false));
+  const direct = await openDirect(partial, constants.O_WRONLY, wantDirect).catch(async (err: unknown) => {
+    await file.close();
+    await rm(partial, { force: true });
+    throw err;
+  });
+  timings.direct = direct !== undefined;
+  // Stored bytes go to a sink (checkpoint-sink.ts): O_DIRECT through page-aligned staging buffers where
+  // the file system allows it and is not tmpfs (whose page cache is the file), else batches of up to stagingBytes and batchBlocks block buffers, one
+  // writev each straight from the buffers they were packed into (in the thread pool). Either way at
+  // most one write is in flight while the next bytes gather.
   const stagingBytes = Math.max(input.stagingBytes ?? 8 * 1024 * 1024, BLOCK_BYTES + 1024);
   const batchBlocks = Math.max(1, Math.floor(stagingBytes / BLOCK_BYTES));
   const free: Buffer[] = [];
-  let batch: { parts: Buffer[]; bufs: Buffer[]; bytes: number } = { parts: [], bufs: [], bytes: 0 };
-  const writing: Array<Promise<unknown> | undefined> = [undefined, undefined];
-  let current = 0;
-  let written = HEADER_BYTES;
-  const flush = async () => {
-    if (batch.parts.length === 0) return;
-    const { parts, bufs, bytes } = batch;
-    writing[current] = writevFull(file, parts, written).then(() => {
-      free.push(...bufs); // written: the block buffers take new blocks
-    });
-    written += bytes;
-    batch = { parts: [], bufs: [], bytes: 0 };
-    current ^= 1;
-    await waited('writeWaitMs', writing[current] ?? Promise.resolve()); // the batch before must be written before the next one starts
-    writing[current] = undefined;
-  };
+  const sinkOptions = { file, start: HEADER_BYTES, stagingBytes, release: (buf: Buffer) => void free.push(buf), waited: <T>(p: Promise<T>) => waited('writeWaitMs', p) };
+  const sink = direct ? directSink(sinkOptions, direct) : batchSink(sinkOptions, batchBlocks);
   const reads: Array<Promise<MemoryBlock> | undefined> = new Array(READ_AHEAD);
   const blockBufs: Buffer[] = new Array(READ_AHEAD);
   const startRead = (i: number) => {
@@ -398,17 +401,12 @@ export async function writeCheckpoint(
       } else {
         timings[encoding === 'raw' ? 'rawBlocks' : 'lz4Blocks']++;
         let part = stored;
-        if (encoding === 'raw' && stored.buffer !== buf.buffer) {
+        if (!sink.copiesParts && encoding === 'raw' && stored.buffer !== buf.buffer) {
           // Raw pages that are a view of the source's memory (a whole block packed on this thread):
           // copied, so that the source may let them go (release) before the batch is written.
           part = buf.subarray(0, stored.copy(buf));
         }
-        const holds = part.buffer === buf.buffer;
-        if (batch.bytes + part.length > stagingBytes || (holds && batch.bufs.length >= batchBlocks)) await flush();
-        batch.parts.push(part);
-        batch.bytes += part.length;
-        if (holds) batch.bufs.push(buf);
-        else free.push(buf);
+        await sink.append(part, buf);
         index.push({ fileOffset, storedBytes: stored.length, pageCount: count, encoding, bitmap, hash: storedHash });
         fileOffset += stored.length;
         storedPages += count;
@@ -431,8 +429,8 @@ export async function writeCheckpoint(
       pending.push({ i, encoded });
     }
     while (pending.length > 0) await drain();
-    await flush();
-    await Promise.all(writing);
+    await sink.end();
+    if (sink.position !== fileOffset) throw new Error(`checkpoint writer: stored bytes end at ${sink.position}, the index at ${fileOffset}`);
 
     const meta = Buffer.from(JSON.stringify(input.metadata), 'utf8');
     const toc = Buffer.alloc(TOC_FIXED_BYTES + meta.length + input.deviceState.length + index.length * INDEX_ENTRY_BYTES + 8);
@@ -469,6 +467,7 @@ export async function writeCheckpoint(
     await file.write(header, 0, HEADER_BYTES, 0);
     const syncing = performance.now();
     await file.sync();
+    await direct?.close();
     await file.close();
     await rename(partial, path);
     timings.syncMs = performance.now() - syncing;
@@ -476,31 +475,11 @@ export async function writeCheckpoint(
     return { fileBytes: fileOffset + toc.length, storedPages, blockCount, timings };
   } catch (err) {
     // Never leave reads, encodings or writes running on the file, the buffers or the caller's handles.
-    await Promise.allSettled([...reads, ...writing, ...pending.map((p) => p.encoded)]);
+    await Promise.allSettled([...reads, sink.settle(), ...pending.map((p) => p.encoded)]);
+    await direct?.close().catch(() => undefined);
     await file.close().catch(() => undefined);
     await rm(partial, { force: true });
     throw err;
-  }
-}
-
-/** Writes `parts` back to back at `position`, all of them (writev writes at most IOV_MAX parts, or fewer bytes). */
-async function writevFull(file: FileHandle, parts: Buffer[], position: number): Promise<void> {
-  let rest = parts;
-  let at = position;
-  while (rest.length > 0) {
-    const { bytesWritten } = await file.writev(rest, at);
-    if (bytesWritten <= 0) throw new Error(`writev wrote nothing at ${at}`);
-    at += bytesWritten;
-    let skip = bytesWritten;
-    const next: Buffer[] = [];
-    for (const part of rest) {
-      if (skip >= part.length) skip -= part.length;
-      else {
-        next.push(skip > 0 ? part.subarray(skip) : part);
-        skip = 0;
-      }
-    }
-    rest = next;
   }
 }
 

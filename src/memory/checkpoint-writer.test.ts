@@ -4,11 +4,13 @@
 // same RAM, whatever the write size, however RAM is handed over (read into
 // the writer's buffers, or views of the source's memory) and whether blocks
 // are packed by the addon in the thread pool or here; a block's memory is
-// released only after its bytes are taken; the native page scan finds
-// exactly the pages the JavaScript compare finds.
+// released only after its bytes are taken; the stored bytes are the same
+// written with O_DIRECT through aligned staging buffers (/var/tmp is ext4
+// here) as in writev batches, and on tmpfs (whose page cache is the file)
+// the writer keeps to the batches; the native page scan finds exactly the pages
+// the JavaScript compare finds.
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { xxh64 } from '@node-rs/xxhash';
 import { compressSync } from 'lz4-napi';
@@ -137,29 +139,56 @@ describe('checkpoint writer: output', () => {
   const deviceState = Buffer.from('QEVM device state');
 
   beforeAll(() => {
-    dir = mkdtempSync(join(tmpdir(), 'offshoot-ckwriter-'));
+    dir = mkdtempSync('/var/tmp/offshoot-ckwriter-');
     ram = makeRam();
     reference = referenceFile(ram, metadata, deviceState);
   });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-  it('writes byte for byte what a plain serial encoder writes, read into its buffers or from views, packed by the addon or here, whatever the write size', async () => {
-    for (const nativePack of [true, false]) {
-      for (const stagingBytes of [undefined, BLOCK_BYTES, 3 * BLOCK_BYTES]) {
-        const label = `${nativePack ? 'native' : 'js'}-${stagingBytes}`;
-        const viaRead = join(dir, `read-${label}.ckpt`);
-        const w = await writeCheckpoint(viaRead, { memoryBytes: MEMORY, readBlock: async (i, into) => ram.copy(into, 0, i * BLOCK_BYTES, Math.min(MEMORY, (i + 1) * BLOCK_BYTES)), metadata, deviceState, nativePack, ...(stagingBytes ? { stagingBytes } : {}) });
-        expect(readFileSync(viaRead).equals(reference), `read, ${label}`).toBe(true);
-        expect(w.fileBytes).toBe(reference.length);
-        expect(w.timings).toMatchObject({ rawBlocks: 8, lz4Blocks: 3, zeroBlocks: 3 });
-        const viaViews = join(dir, `views-${label}.ckpt`);
-        const memory = viewMemory(ram);
-        await writeCheckpoint(viaViews, { memoryBytes: MEMORY, memory, metadata, deviceState, nativePack, ...(stagingBytes ? { stagingBytes } : {}) });
-        expect(readFileSync(viaViews).equals(reference), `views, ${label}`).toBe(true);
-        expect(memory.releases).toBeGreaterThan(0);
+  it('writes byte for byte what a plain serial encoder writes, read into its buffers or from views, packed by the addon or here, with O_DIRECT or in batches, whatever the write size', async () => {
+    for (const direct of [true, false]) {
+      for (const nativePack of [true, false]) {
+        for (const stagingBytes of [undefined, BLOCK_BYTES, 3 * BLOCK_BYTES]) {
+          const label = `${direct ? 'direct' : 'batches'}-${nativePack ? 'native' : 'js'}-${stagingBytes}`;
+          const viaRead = join(dir, `read-${label}.ckpt`);
+          const w = await writeCheckpoint(viaRead, { memoryBytes: MEMORY, readBlock: async (i, into) => ram.copy(into, 0, i * BLOCK_BYTES, Math.min(MEMORY, (i + 1) * BLOCK_BYTES)), metadata, deviceState, nativePack, direct, ...(stagingBytes ? { stagingBytes } : {}) });
+          expect(readFileSync(viaRead).equals(reference), `read, ${label}`).toBe(true);
+          expect(w.fileBytes).toBe(reference.length);
+          expect(w.timings).toMatchObject({ rawBlocks: 8, lz4Blocks: 3, zeroBlocks: 3, direct });
+          const viaViews = join(dir, `views-${label}.ckpt`);
+          const memory = viewMemory(ram);
+          await writeCheckpoint(viaViews, { memoryBytes: MEMORY, memory, metadata, deviceState, nativePack, direct, ...(stagingBytes ? { stagingBytes } : {}) });
+          expect(readFileSync(viaViews).equals(reference), `views, ${label}`).toBe(true);
+          expect(memory.releases).toBeGreaterThan(0);
+        }
       }
     }
-    expect((await readCheckpointMemory(join(dir, 'views-native-undefined.ckpt'))).equals(ram)).toBe(true);
+    expect((await readCheckpointMemory(join(dir, 'views-direct-native-undefined.ckpt'))).equals(ram)).toBe(true);
+  });
+
+  it('keeps to batches on tmpfs, whose page cache is the file, with the same bytes', async () => {
+    const shm = mkdtempSync('/dev/shm/offshoot-ckwriter-');
+    try {
+      const path = join(shm, 'tmpfs.ckpt');
+      const w = await writeCheckpoint(path, { memoryBytes: MEMORY, readBlock: async (i, into) => ram.copy(into, 0, i * BLOCK_BYTES, Math.min(MEMORY, (i + 1) * BLOCK_BYTES)), metadata, deviceState });
+      expect(w.timings.direct).toBe(false);
+      expect(readFileSync(path).equals(reference)).toBe(true);
+    } finally {
+      rmSync(shm, { recursive: true, force: true });
+    }
+  });
+
+  it('removes the partial file when a write fails part way, on either path', async () => {
+    for (const direct of [true, false]) {
+      const path = join(dir, `fails-${direct}.ckpt`);
+      const failing = { block: async (i: number, into: Buffer) => {
+        if (i === 9) throw new Error('read failed at block 9');
+        return { bytes: into.subarray(0, ram.copy(into, 0, i * BLOCK_BYTES, Math.min(MEMORY, (i + 1) * BLOCK_BYTES))) };
+      } };
+      await expect(writeCheckpoint(path, { memoryBytes: MEMORY, memory: failing, metadata, deviceState, direct, stagingBytes: BLOCK_BYTES })).rejects.toThrow(/block 9/);
+      expect(existsSync(path)).toBe(false);
+      expect(existsSync(`${path}.partial`)).toBe(false);
+    }
   });
 
   it('the native page scan finds exactly the non-zero pages the JavaScript compare finds, and never reads known zero pages', () => {

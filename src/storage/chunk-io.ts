@@ -15,19 +15,8 @@
 // O_DIRECT requires, and reused for the whole copy.
 import type { FileHandle } from 'node:fs/promises';
 import { xxh3 } from '@node-rs/xxhash';
+import { DIRECT_ALIGN, alignedBuffers } from '../common/index.ts';
 import type { Piece } from './extents.ts';
-
-/** O_DIRECT alignment of offsets, lengths and buffer addresses used here. */
-export const DIRECT_ALIGN = 4096;
-const WASM_PAGE = 65536;
-
-/** `count` page-aligned buffers of `size` bytes (rounded up to DIRECT_ALIGN), in one mapping. */
-export function alignedBuffers(count: number, size: number): Buffer[] {
-  const each = Math.ceil(size / DIRECT_ALIGN) * DIRECT_ALIGN;
-  const pages = Math.max(1, Math.ceil((count * each) / WASM_PAGE));
-  const memory = new WebAssembly.Memory({ initial: pages, maximum: pages });
-  return Array.from({ length: count }, (_, i) => Buffer.from(memory.buffer, i * each, size));
-}
 
 /** A pool of equal-sized, page-aligned I/O buffers shared by the chunks of one copy. */
 export class BufferPool {

@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { alignedBuffers } from './chunk-io.ts';
+import { alignedBuffers } from '../common/index.ts';
 import { copyFile, fileContentHash } from './copy-engine.ts';
 
 const MiB = 1024 * 1024;

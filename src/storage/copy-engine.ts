@@ -34,6 +34,7 @@ import { constants } from 'node:fs';
 import { open, stat, unlink } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { xxh3 } from '@node-rs/xxhash';
+import { openDirect } from '../common/index.ts';
 import { BufferPool, ShortReadError, hashHex, streamChunk } from './chunk-io.ts';
 import type { ChunkFile } from './chunk-io.ts';
 import { CopySourceChangedError, CopyTargetExistsError, CopyVerifyFailedError } from './copy-errors.ts';
@@ -215,16 +216,6 @@ export async function copyFile(options: CopyOptions): Promise<CopyResult> {
 }
 
 /** Opens `path` with O_DIRECT too, if asked and its file system allows it (tmpfs, for one, may not). */
-async function openDirect(path: string, flags: number, wanted: boolean): Promise<FileHandle | undefined> {
-  if (!wanted) return undefined;
-  try {
-    return await open(path, flags | constants.O_DIRECT);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'EINVAL') return undefined;
-    throw err;
-  }
-}
-
 async function runCopy(options: CopyOptions, from: CopySource, lock: CopyLock, initial: CopyProgressFile, mode: number, started: number): Promise<CopyResult> {
   const { source, target, signal } = options;
   let progress = initial;
