@@ -215,7 +215,6 @@ export async function copyFile(options: CopyOptions): Promise<CopyResult> {
   }
 }
 
-/** Opens `path` with O_DIRECT too, if asked and its file system allows it (tmpfs, for one, may not). */
 async function runCopy(options: CopyOptions, from: CopySource, lock: CopyLock, initial: CopyProgressFile, mode: number, started: number): Promise<CopyResult> {
   const { source, target, signal } = options;
   let progress = initial;
