@@ -14,10 +14,11 @@
 // sink (checkpoint-sink.ts) while the next blocks are read ahead and
 // compressed: with O_DIRECT in 8 MiB aligned writes where the file system
 // allows it (a disk: no page cache to fill and little left for the fsync;
-// not tmpfs, whose page cache is the file), else in batches of up to 8 MiB, one writev each straight from the buffers
-// they were packed into (tmpfs). (writev straight from a read-only mapping of
-// guest RAM was tried and was slower in the daemon; the buffers are the
-// writer's own.) The file's bytes are the same either way.
+// not tmpfs, whose page cache is the file), else in batches of up to 8 MiB,
+// one writev each straight from the buffers they were packed into. (writev
+// straight from a read-only mapping of guest RAM was tried and was slower in
+// the daemon; the buffers are the writer's own.) The file's bytes are the
+// same either way.
 // The reader is strict: a wrong magic or version, a size past a limit,
 // a truncated file, an inconsistent index entry or a checksum mismatch is a
 // CheckpointFormatError naming the part, never garbage.
@@ -354,9 +355,9 @@ export async function writeCheckpoint(
   });
   timings.direct = direct !== undefined;
   // Stored bytes go to a sink (checkpoint-sink.ts): O_DIRECT through page-aligned staging buffers where
-  // the file system allows it and is not tmpfs (whose page cache is the file), else batches of up to stagingBytes and batchBlocks block buffers, one
-  // writev each straight from the buffers they were packed into (in the thread pool). Either way at
-  // most one write is in flight while the next bytes gather.
+  // the file system allows it and is not tmpfs (whose page cache is the file), else batches of up to
+  // stagingBytes and batchBlocks block buffers, one writev each straight from the buffers they were
+  // packed into (in the thread pool). Either way the next bytes gather while the last ones are written.
   const stagingBytes = Math.max(input.stagingBytes ?? 8 * 1024 * 1024, BLOCK_BYTES + 1024);
   const batchBlocks = Math.max(1, Math.floor(stagingBytes / BLOCK_BYTES));
   const free: Buffer[] = [];
