@@ -3,6 +3,7 @@
 // produce yet: a migration task's timings, copy jobs, a failed task's code,
 // and VMs that name a host of their own. The engine here is its real event
 // bus with a list of VM records; nothing runs QEMU.
+import { Gauge } from 'prom-client';
 import { describe, expect, it } from 'vitest';
 import { EventBus } from '../vm/index.ts';
 import type { CopyJobRecord, TaskRecord, VmEngine, VmRecord } from '../vm/index.ts';
@@ -28,6 +29,15 @@ function setup(vms: VmRecord[] = []) {
 }
 
 describe('daemon metrics', () => {
+  it('spell a NaN value as the text format does (NaN), never as prom-client writes it (Nan)', async () => {
+    const { metrics } = setup();
+    new Gauge({ name: 'offshoot_test_nan', help: 'a value not known yet', registers: [metrics.registry] }).set(NaN);
+    const { body } = await metrics.render();
+    expect(body).toMatch(/^offshoot_test_nan NaN$/m);
+    expect(body).not.toMatch(/ Nan$/m);
+    metrics.close();
+  });
+
   it('fill the migration histograms from a vm.migrate task, counting it once', async () => {
     const { metrics, value, task } = setup();
     task({});

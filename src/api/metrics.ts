@@ -166,9 +166,13 @@ export class DaemonMetrics {
     this.unsubscribe = this.engine.events.subscribeLocal((event) => this.observe(event));
   }
 
-  /** The text exposition, and its content type. */
+  /**
+   * The text exposition, and its content type. prom-client writes a NaN value as "Nan"; the format
+   * spells it "NaN" (OpenMetrics parsers refuse the other), and the event-loop lag series are NaN until
+   * their first sample, just after the daemon starts.
+   */
   async render(): Promise<{ contentType: string; body: string }> {
-    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+    return { contentType: this.registry.contentType, body: (await this.registry.metrics()).replace(/ Nan$/gm, ' NaN') };
   }
 
   close(): void {
