@@ -63,7 +63,7 @@ import { open, rename, rm } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { xxh64 } from '@node-rs/xxhash';
 import { compress, compressSync, uncompress } from 'lz4-napi';
-import { OffshootError, onTmpfs, openDirect } from '../common/index.ts';
+import { OffshootError, onTmpfs, openDirect, writeAllAt } from '../common/index.ts';
 import { batchSink, directSink } from './checkpoint-sink.ts';
 import { mmapAddonOrNull } from './native-mmap.ts';
 
@@ -487,10 +487,6 @@ export async function writeCheckpoint(
 /** Blocks an eager restore reads and writes at once. */
 const RESTORE_LANES = 4;
 
-async function writeFull(file: FileHandle, data: Buffer, position: number): Promise<void> {
-  for (let done = 0; done < data.length; ) done += (await file.write(data, done, data.length - done, position + done)).bytesWritten;
-}
-
 /**
  * Calls `stored(first, count, packedAt)` for each run of consecutive stored pages of a block bitmap
  * (`packedAt`: index of the run's first page among the stored pages), and `zero(first, count)` for
@@ -699,7 +695,7 @@ export class CheckpointReader {
           forEachRun(entry.bitmap, (first, count, packedAt) => {
             const at = i * BLOCK_BYTES + first * PAGE_BYTES;
             const length = Math.min(count * PAGE_BYTES, this.memoryBytes - at);
-            writes.push(writeFull(out, pages.subarray(packedAt * PAGE_BYTES, packedAt * PAGE_BYTES + length), at));
+            writes.push(writeAllAt(out, pages.subarray(packedAt * PAGE_BYTES, packedAt * PAGE_BYTES + length), length, at));
           });
           await Promise.all(writes);
           onProgress?.(++done, this.index.length);

@@ -15,7 +15,7 @@
 // O_DIRECT requires, and reused for the whole copy.
 import type { FileHandle } from 'node:fs/promises';
 import { xxh3 } from '@node-rs/xxhash';
-import { DIRECT_ALIGN, alignedBuffers } from '../common/index.ts';
+import { DIRECT_ALIGN, alignedBuffers, writeAllAt } from '../common/index.ts';
 import type { Piece } from './extents.ts';
 
 /** A pool of equal-sized, page-aligned I/O buffers shared by the chunks of one copy. */
@@ -74,14 +74,6 @@ async function readFull(fd: FileHandle, buf: Buffer, length: number, offset: num
     done += bytesRead;
   }
   return buf;
-}
-
-async function writeFull(fd: FileHandle, buf: Buffer, length: number, offset: number): Promise<void> {
-  let done = 0;
-  while (done < length) {
-    const { bytesWritten } = await fd.write(buf, done, length - done, offset + done);
-    done += bytesWritten;
-  }
 }
 
 const ZEROS = Buffer.alloc(1 << 20);
@@ -176,7 +168,7 @@ export async function streamChunk(source: ChunkSource, pieces: readonly Piece[],
       if (target) {
         // Writes go out one at a time, in file order (kinder to the file
         // system's allocator than parallel writes to one file); reads run ahead.
-        tail = tail.then(() => writeFull(handleFor(target, p), buf, p.length, p.offset)).then(
+        tail = tail.then(() => writeAllAt(handleFor(target, p), buf, p.length, p.offset)).then(
           () => {
             pool.give(buf);
             written(p.length);
