@@ -100,6 +100,10 @@ export interface PaceTimeline {
   firstPassEnd?: number;
   /** Braked at a crawl past its first pass. */
   brake?: number;
+  /** Parked (busy, ripe, braked while another member was still in its first pass), first time. */
+  park?: number;
+  /** Hovering again after it was parked, last time. */
+  unpark?: number;
   /** Released or landed: its last run began. */
   lastRun?: number;
   /** Its source confirmed its last run's settings (the control path's delay under load). */
@@ -162,6 +166,9 @@ export interface Member extends GroupMember {
     previousPassBytes: number;
     /** Its second pass (the first seen past its first), and what it began with: what its guest dirtied during its first pass. */
     secondPass: { pass: number; bytes: number } | null;
+    /** Parked now (a ripe hovering member braked while another is still in its first pass), and its dirty-sync count when it last hovered again after that. */
+    parked: boolean;
+    hoverPass: number;
     /** When each pacing step came (performance.now()), and its passes past the first (for the result). */
     marks: { [K in keyof PaceTimeline]?: number };
     passes: Array<{ pass: number; at: number; bytes: number; bandwidth: number; throttle: number }>;

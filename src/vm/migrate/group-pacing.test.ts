@@ -13,12 +13,12 @@ const land = { maxBandwidthBytesPerSecond: options.maxBandwidthBytesPerSecond, d
 const crossing = { maxBandwidthBytesPerSecond: CROSS_BANDWIDTH, downtimeLimitMs: BRAKE_DOWNTIME_MS };
 const slowed = { maxBandwidthBytesPerSecond: SLOW_BANDWIDTH, downtimeLimitMs: BRAKE_DOWNTIME_MS };
 // An idle member in its first pass: 200 MiB left, mostly zero pages (its remaining falls at 400 MiB/s while QEMU reports 100 MiB/s sent).
-const idle: PacedMember = { vmId: 'idle', phase: 'memory', pass: 1, remainingBytes: 200 * MiB, dirtyBytesPerSecond: 0, bandwidthBytesPerSecond: 100 * MiB, peakBandwidthBytesPerSecond: 100 * MiB, lastRunS: 0, drainBytesPerSecond: 400 * MiB, passBytes: 0, previousPassBytes: 0, secondPassBytes: 0, started: true, braked: false, released: false, landed: false, sinceReportS: 0 };
+const idle: PacedMember = { vmId: 'idle', phase: 'memory', pass: 1, remainingBytes: 200 * MiB, dirtyBytesPerSecond: 0, bandwidthBytesPerSecond: 100 * MiB, peakBandwidthBytesPerSecond: 100 * MiB, lastRunS: 0, drainBytesPerSecond: 400 * MiB, passBytes: 0, previousPassBytes: 0, secondPassBytes: 0, started: true, braked: false, released: false, landed: false, sinceReportS: 0, parked: false, hoverPass: 0 };
 // The same at the brink: 0.2 s from its switch-over at full speed (above BRINK_BYTES: at the brink by its estimate).
 const brink: PacedMember = { ...idle, remainingBytes: 30 * MiB + 0.2 * 400 * MiB };
 // A member rewriting 64 MiB: past its first pass (its second pass began with 64 MiB), 64 MiB left at 100 MiB/s sent and
 // 40 MiB/s dirtied, hovering; its passes (64 MiB) do not fit what 300 ms at 100 MiB/s let it stop with (30 MiB): not ripe.
-const busy: PacedMember = { vmId: 'busy', phase: 'memory', pass: 3, remainingBytes: 64 * MiB, dirtyBytesPerSecond: 40 * MiB, bandwidthBytesPerSecond: 100 * MiB, peakBandwidthBytesPerSecond: 100 * MiB, lastRunS: 0, drainBytesPerSecond: 0, passBytes: 64 * MiB, previousPassBytes: 64 * MiB, secondPassBytes: 64 * MiB, started: true, braked: false, released: false, landed: false, sinceReportS: 0 };
+const busy: PacedMember = { vmId: 'busy', phase: 'memory', pass: 3, remainingBytes: 64 * MiB, dirtyBytesPerSecond: 40 * MiB, bandwidthBytesPerSecond: 100 * MiB, peakBandwidthBytesPerSecond: 100 * MiB, lastRunS: 0, drainBytesPerSecond: 0, passBytes: 64 * MiB, previousPassBytes: 64 * MiB, secondPassBytes: 64 * MiB, started: true, braked: false, released: false, landed: false, sinceReportS: 0, parked: false, hoverPass: 0 };
 // The same throttled: its last two passes fit RIPE_FACTOR times what 300 ms at 100 MiB/s let it stop with (ripe).
 const ripeBusy: PacedMember = { ...busy, remainingBytes: 10 * MiB, passBytes: 20 * RIPE_FACTOR * MiB, previousPassBytes: 28 * RIPE_FACTOR * MiB };
 // The same still in its first pass (150 MiB left at 100 MiB/s).
@@ -29,7 +29,7 @@ const busyWaiting: PacedMember = { ...busyFirst, dirtyBytesPerSecond: 100 * MiB,
 // A light member braked past its first pass: 1 MiB left, its guest dirtied 2 MiB during its pass before.
 const past: PacedMember = { ...idle, pass: 2, remainingBytes: MiB, passBytes: 2 * MiB, secondPassBytes: 2 * MiB, braked: true };
 
-describe('group pacing (a gated start; light ones slowed at the brink of their first pass and braked past it; busy ones hover until ripe; timed last runs)', () => {
+describe('group pacing (a gated start; light ones slowed at the brink of their first pass and braked past it; busy ones hover until ripe, parked while others are in their first pass; timed last runs)', () => {
   it('estimates a first pass from the drain rate (plus the passes over what its guest dirties), later passes from what the downtime limit leaves', () => {
     // (200 - 30) MiB above what 300 ms at 100 MiB/s can stop with, at 400 MiB/s.
     expect(secondsToConverge(idle, 300)).toBeCloseTo(170 / 400);
@@ -103,8 +103,9 @@ describe('group pacing (a gated start; light ones slowed at the brink of their f
     expect(paceGroup([{ ...released, lastRunS: LAND_AFTER_S }, ripeBusy], options).get('busy')).toMatchObject({ settings: land, braked: false, hovering: false });
     // Landed, it keeps that limit.
     expect(paceGroup([{ ...released, lastRunS: 1 }, { ...ripeBusy, landed: true }], options).get('busy')).toMatchObject({ settings: land, braked: false });
-    // A light member still at its brink (crossing, not past its first pass yet) keeps the others waiting.
-    expect(paceGroup([{ ...brink, braked: true }, ripeBusy], options).get('busy')).toMatchObject({ settings: hover, hovering: true });
+    // A light member still at its brink (crossing, not past its first pass yet) keeps the others waiting: the ripe busy
+    // one parked at a crawl (see the parking test).
+    expect(paceGroup([{ ...brink, braked: true }, ripeBusy], options).get('busy')).toMatchObject({ settings: crawl, braked: true, hovering: false, parked: true });
     // A busy member slowed at its brink (its sampled dirty rate said light) found busy past it: it hovers, not released.
     expect(paceGroup([{ ...busy, braked: true }, busyFirst], options).get('busy')).toMatchObject({ settings: hover, braked: false, hovering: true });
     expect(paceGroup([{ ...ripeBusy, braked: true }, past], options).get('busy')).toMatchObject({ settings: hover, braked: false, hovering: true });
@@ -123,7 +124,7 @@ describe('group pacing (a gated start; light ones slowed at the brink of their f
     expect(fast.get('idle')).toMatchObject({ settings: crawl, braked: true });
     expect(paceGroup([past, { ...past, vmId: 'fast', braked: false, released: true, remainingBytes: 64 * MiB, dirtyBytesPerSecond: 120 * MiB }], options).get('idle')).toMatchObject({ settings: crawl, braked: true });
     // Two busy members: both land once both are past their first pass and ripe.
-    expect(paceGroup([ripeBusy, { ...busyFirst, vmId: 'other' }], options).get('busy')).toMatchObject({ settings: hover, hovering: true });
+    expect(paceGroup([ripeBusy, { ...busyFirst, vmId: 'other' }], options).get('busy')).toMatchObject({ settings: crawl, parked: true });
     expect(paceGroup([ripeBusy, { ...busy, vmId: 'other' }], options).get('busy')).toMatchObject({ settings: hover, hovering: true });
     expect(paceGroup([ripeBusy, { ...ripeBusy, vmId: 'other' }], options).get('busy')).toMatchObject({ settings: land, braked: false });
     // Once on its last run, it is never braked again.
@@ -131,6 +132,35 @@ describe('group pacing (a gated start; light ones slowed at the brink of their f
     expect(paceGroup([idle, going], options).get('slow')).toMatchObject({ settings: full, braked: false });
     // A light member on its way in its first pass runs at full bandwidth with the 1 ms limit.
     expect(paceGroup([idle, busyFirst], options).get('idle')).toMatchObject({ settings: hover, hovering: true });
+  });
+
+  it('parks a ripe hovering member at a crawl while another is in its first pass, and wants it ripe anew once it hovers again', () => {
+    // Not ripe yet: it hovers (auto-converge throttles it) while the light one's first pass goes on.
+    expect(paceGroup([idle, busy], options).get('busy')).toMatchObject({ settings: hover, hovering: true, parked: false });
+    // Ripe while the light one is still in its first pass: parked (a crawl holds a busy guest: what is left never runs
+    // out, no sync comes, so it cannot switch over alone and wait held).
+    expect(paceGroup([idle, ripeBusy], options).get('busy')).toMatchObject({ settings: crawl, braked: true, hovering: false, parked: true });
+    // Parked, it stays parked while anyone is in a first pass, whatever its (stale) passes say; so it is when a member
+    // has not started yet.
+    const parked = { ...ripeBusy, braked: true, parked: true };
+    expect(paceGroup([idle, { ...parked, passBytes: 64 * MiB }], options).get('busy')).toMatchObject({ settings: crawl, parked: true });
+    expect(paceGroup([{ ...idleWaiting, remainingBytes: 100 * MiB }, parked], options).get('busy')).toMatchObject({ settings: crawl, parked: true });
+    // Everyone else past the first pass: it hovers again, and nobody is released in that same step.
+    const back = paceGroup([past, parked], options);
+    expect(back.get('busy')).toMatchObject({ settings: hover, braked: false, hovering: true, parked: false });
+    expect(back.get('idle')).toMatchObject({ settings: crawl, braked: true });
+    // Hovering again since pass 5: its passes before (small) do not count; at pass 6 the one before is what its guest
+    // dirtied while parked; from pass 7 on two small passes make it ripe again, and the light one is released.
+    const again = { ...ripeBusy, hoverPass: 5 };
+    for (const pass of [5, 6]) {
+      expect(ripe({ ...again, pass }, 300, 100 * MiB)).toBe(false);
+      expect(paceGroup([past, { ...again, pass }], options).get('idle')).toMatchObject({ settings: crawl, braked: true });
+    }
+    expect(ripe({ ...again, pass: 7 }, 300, 100 * MiB)).toBe(true);
+    expect(paceGroup([past, { ...again, pass: 7 }], options).get('idle')).toMatchObject({ settings: full, braked: false });
+    // A busy member that is not ripe is never parked; one on its last run neither.
+    expect(paceGroup([idle, { ...busy, braked: true }], options).get('busy')).toMatchObject({ settings: hover, parked: false });
+    expect(paceGroup([idle, { ...ripeBusy, landed: true }], options).get('busy')).toMatchObject({ settings: land, parked: false });
   });
 
   it('slows a light member at the brink of the end of its first pass until it is past it, whoever else is on its way', () => {

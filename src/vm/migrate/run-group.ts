@@ -18,7 +18,9 @@
 //             first pass at full bandwidth with a 1 ms downtime limit, a light
 //             one is slowed at the brink of its end, and past it a member
 //             waits braked at a crawl, guest running (one whose guest dirtied
-//             much during its first pass hovers at full bandwidth); once all
+//             much during its first pass hovers at full bandwidth, and once
+//             its passes are small waits parked at a crawl while another
+//             member is still in its first pass, then hovers again); once all
 //             are past their first pass and the hovering ones' passes are
 //             small (ripe), the braked ones are released (the group's
 //             settings), the longest last run first, and the hovering ones
@@ -79,7 +81,7 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
       const agents = { source: ctx.fleet.agent(g.source.id), destination: ctx.fleet.agent(g.destination.id) };
       const plan = await planMigration(g.vm, g.source, g.destination, agents, { ...request, postcopy: 'never' });
       const journal: MigrateJournal = { vmId: g.vm.id, phase: 'path', previous: g.previous, sourceHostId: g.source.id, destinationHostId: g.destination.id, pathId: newOperationId(), prepareOperationId: newOperationId(), awaitOperationId: newOperationId(), migrateOperationId: newOperationId(), destinationSpec: plan.destinationSpec, destinationRuntime: null };
-      const pace = { applied: full, braked: false, released: false, started: group.length < 2, waitingSince: null, startDelayMs: 0, sending: Promise.resolve(), brakedSince: null, brakedMs: 0, lowest: null, hovering: false, landed: false, hoverSince: null, hoveredMs: 0, landedAt: null, releasedAt: null, reportedAt: 0, bandwidthPeak: 0, drainPeak: 0, sample: null, passBytes: 0, previousPassBytes: 0, secondPass: null, marks: {}, passes: [] };
+      const pace = { applied: full, braked: false, released: false, started: group.length < 2, waitingSince: null, startDelayMs: 0, sending: Promise.resolve(), brakedSince: null, brakedMs: 0, lowest: null, hovering: false, landed: false, hoverSince: null, hoveredMs: 0, landedAt: null, releasedAt: null, reportedAt: 0, bandwidthPeak: 0, drainPeak: 0, sample: null, passBytes: 0, previousPassBytes: 0, secondPass: null, parked: false, hoverPass: 0, marks: {}, passes: [] };
       members.push({ ...g, agents, plan, journal, controller: new AbortController(), state: 'planned', path: null, prepared: false, progress: null, pace, heldAt: null, continuedAt: null, at: { held: null, continued: null, arrived: null, startSent: null }, out: null, outcome: null, incoming: null, error: null });
     }
   } catch (err) {
@@ -314,7 +316,7 @@ function pace(members: Member[], options: Parameters<typeof paceGroup>[1]): void
   const decisions = paceGroup(
     live.map((m) => {
       const p = m.progress;
-      return { vmId: m.vm.id, phase: m.state === 'held' ? 'held' : (p?.phase ?? 'preparing'), pass: p?.pass ?? 0, remainingBytes: p?.remainingBytes ?? 0, dirtyBytesPerSecond: p?.dirtyBytesPerSecond ?? 0, bandwidthBytesPerSecond: bandwidthOf(m), peakBandwidthBytesPerSecond: m.pace.bandwidthPeak, lastRunS: m.pace.marks.lastRun === undefined ? 0 : (now - m.pace.marks.lastRun) / 1000, drainBytesPerSecond: m.pace.drainPeak, passBytes: m.pace.passBytes, previousPassBytes: m.pace.previousPassBytes, secondPassBytes: m.pace.secondPass?.bytes ?? 0, started: m.pace.started, braked: m.pace.braked, released: m.pace.released, landed: m.pace.landed, sinceReportS: p ? Math.max(0, now - m.pace.reportedAt) / 1000 : 0 };
+      return { vmId: m.vm.id, phase: m.state === 'held' ? 'held' : (p?.phase ?? 'preparing'), pass: p?.pass ?? 0, remainingBytes: p?.remainingBytes ?? 0, dirtyBytesPerSecond: p?.dirtyBytesPerSecond ?? 0, bandwidthBytesPerSecond: bandwidthOf(m), peakBandwidthBytesPerSecond: m.pace.bandwidthPeak, lastRunS: m.pace.marks.lastRun === undefined ? 0 : (now - m.pace.marks.lastRun) / 1000, drainBytesPerSecond: m.pace.drainPeak, passBytes: m.pace.passBytes, previousPassBytes: m.pace.previousPassBytes, secondPassBytes: m.pace.secondPass?.bytes ?? 0, started: m.pace.started, braked: m.pace.braked, released: m.pace.released, landed: m.pace.landed, sinceReportS: p ? Math.max(0, now - m.pace.reportedAt) / 1000 : 0, parked: m.pace.parked, hoverPass: m.pace.hoverPass };
     }),
     options,
   );
@@ -330,7 +332,13 @@ function pace(members: Member[], options: Parameters<typeof paceGroup>[1]): void
       m.pace.sample = null;
     } else if (m.pace.started) {
       if (d.braked && !m.pace.braked) m.pace.brakedSince = now;
-      if (d.braked) m.pace.marks[(m.progress?.pass ?? 0) >= 2 ? 'brake' : 'brink'] ??= now;
+      if (d.parked) m.pace.marks.park ??= now;
+      else if (d.braked) m.pace.marks[(m.progress?.pass ?? 0) >= 2 ? 'brake' : 'brink'] ??= now;
+      // Hovering again after it was parked: ripe only two passes later (the first sends what its guest dirtied while parked).
+      if (m.pace.parked && !d.parked) {
+        m.pace.hoverPass = m.progress?.pass ?? 0;
+        m.pace.marks.unpark = now;
+      }
       if (!d.braked && m.pace.braked) {
         // Released (its last run), or past the brink found busy: it hovers (no release: it lands later).
         if (!d.hovering) {
@@ -345,6 +353,7 @@ function pace(members: Member[], options: Parameters<typeof paceGroup>[1]): void
       if (d.braked) m.pace.lowest = Math.min(m.pace.lowest ?? d.settings.maxBandwidthBytesPerSecond, d.settings.maxBandwidthBytesPerSecond);
     }
     m.pace.braked = d.braked;
+    m.pace.parked = d.parked;
     if (d.hovering && !m.pace.hovering) m.pace.hoverSince = now;
     if (!d.hovering && m.pace.hovering) {
       m.pace.hoveredMs += now - (m.pace.hoverSince ?? now);
