@@ -123,7 +123,7 @@ type Timings = ClaimResult['timings'];
 /** The median claim's time, step by step. */
 function breakdown(t: Timings): string {
   const f = (n: number | undefined) => (n === undefined ? '-' : n.toFixed(1));
-  return `claim ${f(t.claimMs)} = pick ${f(t.pickMs)} + hand-out call ${f(t.callMs)} + record running ${f(t.settleMs)}; on the host: resume ${f(t.resumeMs)}, guest step ${f(t.guestMs)} (${t.armed ? 'armed' : 'not armed'}; agent connection ${f(t.agentMs)}, identity ${f(t.identityMs)} (armed: the request sent), script's guest-exec ${f(t.execMs)}, until the exit was seen ${f(t.exitMs)}, ${t.polls ?? '-'} polls)`;
+  return `claim ${f(t.claimMs)} = pick ${f(t.pickMs)} + hand-out call ${f(t.callMs)} + record running ${f(t.settleMs)}; on the host: waiting for its turn ${f(t.queuedMs)}, resume ${f(t.resumeMs)}, guest step ${f(t.guestMs)} (${t.armed ? 'armed' : 'not armed'}; agent connection ${f(t.agentMs)}, identity ${f(t.identityMs)} (armed: the request sent), script's guest-exec ${f(t.execMs)}, until the exit was seen ${f(t.exitMs)}, ${t.polls ?? '-'} polls)`;
 }
 
 function summarize(samples: number[], timings: Timings[]): string {

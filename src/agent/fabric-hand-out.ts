@@ -8,7 +8,8 @@
 // A claim is on the critical path, and under TCG every process the guest
 // starts and every guest-agent command cost the guest's vCPU, which the
 // children handed out at once share (20 at once on 2 host CPUs: a fork and
-// exec of a shell is some 40 ms of CPU there, a guest-agent command 1 to 5).
+// exec of a shell is some 40 ms of CPU there, a guest-agent command 1 to 5;
+// fabric-templates.ts lets one hand-out per host CPU run at once).
 // So a pool child is *armed* when it is made (armHandOut, off the critical
 // path): qemu-ga opens the identity files and keeps their handles
 // (/proc/sys/kernel/hostname, /etc/hostname, /etc/hosts: mode "w", so they are

@@ -38,7 +38,7 @@ export const handOutResultSchema = z.object({
    * guest step (when it ran): getting the guest-agent connection, the identity (hostname, entropy, clock), and
    * for a script its guest-exec round trip, from there until the exit was seen, and the exit polls.
    */
-  timings: z.object({ resumeMs: z.number(), guestMs: z.number(), totalMs: z.number(), agentMs: z.number().optional(), armed: z.boolean().optional(), identityMs: z.number().optional(), execMs: z.number().optional(), exitMs: z.number().optional(), polls: z.number().int().optional() }),
+  timings: z.object({ queuedMs: z.number().optional(), resumeMs: z.number(), guestMs: z.number(), totalMs: z.number(), agentMs: z.number().optional(), armed: z.boolean().optional(), identityMs: z.number().optional(), execMs: z.number().optional(), exitMs: z.number().optional(), polls: z.number().int().optional() }),
 });
 
 const templateRef = z.object({ templateId: uuidSchema });

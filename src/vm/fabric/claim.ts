@@ -53,7 +53,7 @@ export interface ClaimResult {
    * host's hand-out (resume, guest step; in the guest step, when it ran: guest-agent connection, identity, and
    * for a script its guest-exec round trip, until its exit was seen, exit polls); recording the child running.
    */
-  timings: { claimMs: number; pickMs: number; callMs: number; resumeMs: number; guestMs: number; handOutMs: number; settleMs: number; agentMs?: number; armed?: boolean; identityMs?: number; execMs?: number; exitMs?: number; polls?: number };
+  timings: { claimMs: number; pickMs: number; callMs: number; queuedMs?: number; resumeMs: number; guestMs: number; handOutMs: number; settleMs: number; agentMs?: number; armed?: boolean; identityMs?: number; execMs?: number; exitMs?: number; polls?: number };
   /** Children that failed their hand-out and were removed before this one. */
   skipped: Array<{ vm: string; error: string }>;
 }
