@@ -1,5 +1,5 @@
 // `npm run bench -- migrate [--workloads idle,dirtying,storage] [--runs 2]
-//  [--memory 1024] [--dirty 64] [--disk-gib 4] [--data-gib 1]
+//  [--memory 1024] [--dirty 64] [--writer loop|stream] [--disk-gib 4] [--data-gib 1]
 //  [--downtime-limit 50] [--timeout 90]`:
 // live migration between two lab hosts (each `offshoot agent serve` in its
 // own network namespace), in one run beside the baseline a libvirt user gets
@@ -9,7 +9,9 @@
 // Three workloads, all by default (the whole run took 9 min on this
 // 2-core machine at load 8-11; `--workloads idle` runs the idle guest only):
 // - idle: an idle guest;
-// - dirtying: a guest rewriting a tmpfs file of `--dirty` MiB in a loop;
+// - dirtying: a guest rewriting a tmpfs file of `--dirty` MiB in a loop
+//   (`--writer stream`: by one process, fast enough that QEMU's default
+//   bandwidth cap does not converge);
 // - storage: a guest with a local `--disk-gib` data disk holding
 //   `--data-gib` of random data (on lab1's own datastore: Offshoot mirrors
 //   it, `--storage auto`), which keeps writing a little to it throughout
@@ -63,6 +65,7 @@ interface Options {
   runs: number;
   memory: number;
   dirty: number;
+  writer: Writer;
   downtimeLimitMs: number;
   timeoutS: number;
   diskGiB: number;
@@ -95,8 +98,17 @@ interface Sample {
   guestLossMs: number;
 }
 
-// Non-zero data (zero pages cost QEMU almost nothing to send): a random 1 MiB block written over the file again and again.
-const dirtyScript = (mib: number) => `mkdir -p /mnt/dirty && mount -t tmpfs -o size=${mib + 16}m tmpfs /mnt/dirty && dd if=/dev/urandom of=/mnt/dirty/seed bs=1M count=1 2>/dev/null && (while true; do i=0; while [ $i -lt ${mib} ]; do dd if=/mnt/dirty/seed of=/mnt/dirty/f bs=1M seek=$i count=1 conv=notrunc 2>/dev/null; i=$((i+1)); done; done) >/dev/null 2>&1 &`;
+// Non-zero data (zero pages cost QEMU almost nothing to send): a random 1 MiB block written over the file again and
+// again, one `dd` per MiB (`--writer loop`, the default: a few tens of MiB/s under TCG, which QEMU's default 128 MiB/s
+// outruns), or the whole file rewritten by one `dd` from a copy of it made of that block, pass after pass (`--writer
+// stream`: a memory copy in the guest's kernel, faster than the default cap can send).
+type Writer = 'loop' | 'stream';
+const dirtyScript = (mib: number, writer: Writer) => {
+  const seed = `mkdir -p /mnt/dirty && mount -t tmpfs -o size=${writer === 'stream' ? 2 * mib + 16 : mib + 16}m tmpfs /mnt/dirty && dd if=/dev/urandom of=/mnt/dirty/seed bs=1M count=1 2>/dev/null`;
+  if (writer === 'loop') return `${seed} && (while true; do i=0; while [ $i -lt ${mib} ]; do dd if=/mnt/dirty/seed of=/mnt/dirty/f bs=1M seek=$i count=1 conv=notrunc 2>/dev/null; i=$((i+1)); done; done) >/dev/null 2>&1 &`;
+  // The source file doubled from the seed until it holds `mib` MiB, then the rewrite loop.
+  return `${seed} && n=1 && while [ $n -lt ${mib} ]; do cat /mnt/dirty/seed /mnt/dirty/seed > /mnt/dirty/next && mv /mnt/dirty/next /mnt/dirty/seed && n=$((n*2)); done && (while true; do dd if=/mnt/dirty/seed of=/mnt/dirty/f bs=1M count=${mib} conv=notrunc 2>/dev/null; done) >/dev/null 2>&1 &`;
+};
 
 /** What the Offshoot runs need beyond the engine: the storage service and lab hosts (storage workload) and scratch space. */
 interface OffshootSetup {
@@ -142,7 +154,7 @@ async function offshootRuns(setup: OffshootSetup, workload: Workload, o: Options
   }
   const started = await engine.tasks.wait(startTask?.id as string);
   if (started.state !== 'succeeded') throw new Error(`${name} did not start: ${started.message}`);
-  if (workload === 'dirtying') await engine.exec(name, { path: '/bin/sh', args: ['-c', dirtyScript(o.dirty)] });
+  if (workload === 'dirtying') await engine.exec(name, { path: '/bin/sh', args: ['-c', dirtyScript(o.dirty, o.writer)] });
   const samples: Sample[] = [];
   const shell: GuestShell = async (script) => {
     const r = await engine.exec(name, { path: '/bin/sh', args: ['-c', script] });
@@ -244,7 +256,7 @@ async function baselineRuns(accel: string, hosts: Array<{ namespace: string; add
     procs.push(current);
     let qmp: QmpClient = await connectQmpWhenReady(join(dir, `qmp${n}.sock`));
     let qga = await QgaClient.waitForAgent(join(dir, `qga${n}.sock`), { timeoutMs: 180_000 });
-    if (workload === 'dirtying') await qga.exec('/bin/sh', ['-c', dirtyScript(o.dirty)]);
+    if (workload === 'dirtying') await qga.exec('/bin/sh', ['-c', dirtyScript(o.dirty, o.writer)]);
     const shellOf = (client: QgaClient): GuestShell => async (script) => (await client.exec('/bin/sh', ['-c', script])).stdout.toString();
     if (data) await startDiskWriter(shellOf(qga), data);
     const nodes = ['disk0', 'disk1'];
@@ -380,6 +392,7 @@ export async function migrateBenchmark(args: string[]): Promise<BenchResult> {
     runs: Number(option(args, '--runs', '2')),
     memory: Number(option(args, '--memory', '1024')),
     dirty: Number(option(args, '--dirty', '64')),
+    writer: option(args, '--writer', 'loop') === 'stream' ? 'stream' : 'loop',
     downtimeLimitMs: Number(option(args, '--downtime-limit', '50')),
     timeoutS: Number(option(args, '--timeout', '90')),
     diskGiB: Number(option(args, '--disk-gib', '4')),
@@ -413,7 +426,7 @@ export async function migrateBenchmark(args: string[]): Promise<BenchResult> {
       const baseRun = await baselineRuns(accel, hosts, workload, o, data);
       const [mine, base] = [mineRun.samples, baseRun.samples];
       const ok = (x: Sample[]) => x.filter((y) => y.completed);
-      const label = workload === 'idle' ? 'idle guest' : workload === 'dirtying' ? `guest rewriting ${o.dirty} MiB` : `local ${o.diskGiB} GiB disk holding ${o.dataGiB} GiB`;
+      const label = workload === 'idle' ? 'idle guest' : workload === 'dirtying' ? `guest rewriting ${o.dirty} MiB${o.writer === 'stream' ? ' (one writer)' : ''}` : `local ${o.diskGiB} GiB disk holding ${o.dataGiB} GiB`;
       const who = { mine: 'offshoot (path, TLS-PSK)', base: 'plain QMP, defaults' };
       comparisons.push({ metric: `${label}: downtime (QEMU)`, offshoot: ms(who.mine, ok(mine).map((x) => x.downtimeMs)), baseline: ms(who.base, ok(base).map((x) => x.downtimeMs)) });
       comparisons.push({ metric: `${label}: downtime seen in the guest (longest gap of its timer loop)`, offshoot: ms(who.mine, ok(mine).map((x) => x.guestGapMs)), baseline: ms(who.base, ok(base).map((x) => x.guestGapMs)) });
