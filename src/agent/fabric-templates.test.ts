@@ -1,5 +1,5 @@
 // HostTemplates.handOut takes turns: at most one hand-out per host CPU runs its resume and guest step at once, the
-// others wait in the order they were asked for, and each reports how long it waited. The children here are stand-ins
+// others wait, claims before warm-ups and each kind in the order asked, and each reports how long it waited. The children here are stand-ins
 // whose guest agent answers nothing (the hand-out then fails as it does for a real child whose agent is gone); the
 // hand-outs themselves run against real children in tests/e2e/fabric*.test.ts.
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -14,7 +14,7 @@ const dir = mkdtempSync(join(tmpdir(), 'offshoot-handout-turns-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 describe('hand-out turns', () => {
-  it('runs at most one hand-out per CPU at once, the rest in the order asked, each with the time it waited', async () => {
+  it('runs at most one hand-out per CPU at once, the rest in turn (claims before warm-ups), each with the time it waited', async () => {
     let now = 0;
     let most = 0;
     const began: string[] = [];
@@ -42,5 +42,14 @@ describe('hand-out turns', () => {
     expect(waits[0]).toBeLessThan(20);
     if (cpus < children.size) expect(waits.at(-1)).toBeGreaterThanOrEqual(25 * (Math.ceil(children.size / cpus) - 1));
     for (const r of results) expect(r.timings.totalMs).toBeGreaterThanOrEqual((r.timings.queuedMs ?? 0) + r.timings.guestMs - 1);
+
+    // Warm-ups (a refill's) asked first wait behind claims asked after them, once the turns are taken.
+    began.length = 0;
+    const ids = [...children.keys()];
+    const warmUps = ids.slice(0, 6).map((vmId) => templates.handOut(vmId, false, { hostname: vmId, timeoutMs: 1000, setClock: false, arm: true }));
+    const claims = ids.slice(6).map((vmId) => templates.handOut(vmId, true, { hostname: vmId, timeoutMs: 1000, setClock: false }));
+    await Promise.all([...warmUps, ...claims]);
+    const turns = Math.min(cpus, 6);
+    expect(began).toEqual([...ids.slice(0, turns), ...ids.slice(6), ...ids.slice(turns, 6)]);
   });
 });

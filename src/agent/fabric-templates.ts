@@ -22,7 +22,7 @@ import { randomUUID } from 'node:crypto';
 import { copyFile, mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { basename, join } from 'node:path';
-import pLimit from 'p-limit';
+import PQueue from 'p-queue';
 import { OffshootError, parseJsonOr, writeFileAtomic } from '../common/index.ts';
 import type { CheckpointMetadata, WriteProgress } from '../memory/index.ts';
 import { CheckpointReader } from '../memory/index.ts';
@@ -65,11 +65,12 @@ import type { VmRuntime, VmSpec } from './types.ts';
 
 /**
  * How many hand-outs (resume and guest step) run at once on this host: one per host CPU; the others wait for their
- * turn, in order. The guest step is CPU work in the child's QEMU (its vCPU serves the guest agent: ~10 ms for a warm
- * child alone, ~17 ms each in a wave, under TCG), so hand-outs started all at once share the CPUs and all end near
- * the end of the wave: 20 warm claims at once on 2 CPUs ended at p50 178 ms, p99 227 ms (sequential: 12 ms). In turn,
- * the k-th ends after about k / CPUs guest steps. A hand-out whose guest agent does not answer keeps its turn until its
- * timeout (a pool child answered its readiness check, so that is rare).
+ * turn, claims before a refill's warm-ups (`arm`), each kind in order. The guest step is CPU work in the child's QEMU
+ * (its vCPU serves the guest agent: ~10 ms for a warm child alone, ~17 ms each in a wave, under TCG), so hand-outs
+ * started all at once share the CPUs and all end near the end of the wave: 20 warm claims at once on 2 CPUs ended at
+ * p50 178 ms, p99 227 ms (sequential: 12 ms). In turn, the k-th ends after about k / CPUs guest steps. A hand-out
+ * whose guest agent does not answer keeps its turn until its timeout (a pool child answered its readiness check, so
+ * that is rare).
  */
 const HAND_OUTS_AT_ONCE = Math.max(1, availableParallelism());
 
@@ -129,8 +130,8 @@ export class HostTemplates {
    * child's folder (armedFile), where an agent that restarted finds it.
    */
   private readonly armed = new WeakMap<RunningVm, ArmedHandOut>();
-  /** The hand-outs' turns on this host (HAND_OUTS_AT_ONCE). */
-  private readonly handOutTurns = pLimit(HAND_OUTS_AT_ONCE);
+  /** The hand-outs' turns on this host (HAND_OUTS_AT_ONCE; claims first). */
+  private readonly handOutTurns = new PQueue({ concurrency: HAND_OUTS_AT_ONCE });
 
   constructor(private readonly host: FabricHost) {}
 
@@ -240,7 +241,7 @@ export class HostTemplates {
    */
   async handOut(vmId: string, resume: boolean, request: HandOutRequest): Promise<Omit<HandOutGuestResult, 'steps'> & { timings: HandOutTimings }> {
     const queued = performance.now();
-    return this.handOutTurns(() => this.handOutNow(vmId, resume, request, queued));
+    return this.handOutTurns.add(() => this.handOutNow(vmId, resume, request, queued), { priority: request.arm ? 0 : 1 });
   }
 
   /** A hand-out in its turn (HAND_OUTS_AT_ONCE); `queued` is when it was asked for. */
