@@ -35,15 +35,19 @@ export async function prepareDestination(destination: AgentClient, vm: VmRecord,
 
 export async function transferVm(source: AgentClient, vm: VmRecord, plan: MigrationPlan, journal: MigrateJournal, target: { migration: { host: string; port: number }; nbd: { host: string; port: number } | null }, tuning: MigrationTuning, ctx: TaskContext, signal: AbortSignal): Promise<MigrateOutResult> {
   let last = 0;
+  let lastStep = '';
   return runOperation(source, 'migrateOut', { operationId: journal.migrateOperationId, vmId: vm.id, pathId: journal.pathId, migration: target.migration, nbd: target.nbd, disks: plan.mirrors, tuning, hold: false }, {
     signal,
     onProgress: (e) => {
       const d = (e.data ?? {}) as Partial<MigrationProgress>;
       const progress: MigrationProgress = { phase: d.phase ?? 'memory', pass: d.pass ?? 0, remainingBytes: d.remainingBytes ?? 0, dirtyBytesPerSecond: d.dirtyBytesPerSecond ?? 0, bandwidthBytesPerSecond: d.bandwidthBytesPerSecond ?? 0, expectedDowntimeMs: d.expectedDowntimeMs ?? null, diskDoneBytes: d.diskDoneBytes ?? 0, diskTotalBytes: d.diskTotalBytes ?? 0 };
-      // At most a few updates a second into the inventory.
+      // At most a few updates a second into the inventory, but never one that begins a phase or a pass (a short memory
+      // phase's reports came within 250 ms of the disks' last, and the task showed no pass at all).
       const now = Date.now();
-      if (now - last < 250 && progress.phase !== 'switching') return;
+      const step = `${progress.phase}:${progress.pass}`;
+      if (now - last < 250 && step === lastStep && progress.phase !== 'switching') return;
       last = now;
+      lastStep = step;
       void ctx.progress(0.1 + 0.85 * e.progress, e.message, progress).catch(() => undefined);
     },
   });
