@@ -31,10 +31,6 @@ import { restoreDisks, writeCheckpointFile } from './checkpoint-files.ts';
 import { armHandOut, handOutInGuest, isArmedHandOut } from './fabric-hand-out.ts';
 import type { ArmedHandOut, HandOutGuestResult } from './fabric-hand-out.ts';
 
-/**
- * ms of a hand-out: waiting for its turn, resume, the guest step (and inside it: the guest-agent connection, the
- * identity; for a script its guest-exec, until its exit was seen; polls); totalMs counts the wait.
- */
 /** What a hand-out gives the child (see fabric-hand-out.ts); `arm`: a pool child's warm-up, armed again after it. */
 export interface HandOutRequest {
   hostname: string;
@@ -45,6 +41,10 @@ export interface HandOutRequest {
   arm?: boolean;
 }
 
+/**
+ * ms of a hand-out: waiting for its turn, resume, the guest step (and inside it: the guest-agent connection, the
+ * identity; for a script its guest-exec, until its exit was seen; polls); totalMs counts the wait.
+ */
 export interface HandOutTimings {
   queuedMs?: number;
   resumeMs: number;
