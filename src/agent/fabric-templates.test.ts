@@ -1,7 +1,7 @@
 // HostTemplates.handOut takes turns: at most one hand-out per host CPU runs its resume and guest step at once, the
-// others wait, claims before warm-ups and each kind in the order asked, and each reports how long it waited. The children here are stand-ins
-// whose guest agent answers nothing (the hand-out then fails as it does for a real child whose agent is gone); the
-// hand-outs themselves run against real children in tests/e2e/fabric*.test.ts.
+// others wait, claims before warm-ups and each kind in the order asked, and each reports how long it waited. The
+// children here are stand-ins whose guest agent answers nothing (the hand-out then fails as it does for a real child
+// whose agent is gone); the hand-outs themselves run against real children in tests/e2e/fabric*.test.ts.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';

@@ -29,17 +29,13 @@ import { CheckpointReader } from '../memory/index.ts';
 import { guestMemoryBytes } from '../protocol/index.ts';
 import { restoreDisks, writeCheckpointFile } from './checkpoint-files.ts';
 import { armHandOut, handOutInGuest, isArmedHandOut } from './fabric-hand-out.ts';
-import type { ArmedHandOut, HandOutGuestResult } from './fabric-hand-out.ts';
+import type { ArmedHandOut, HandOutGuestRequest, HandOutGuestResult } from './fabric-hand-out.ts';
 
-/** What a hand-out gives the child (see fabric-hand-out.ts); `arm`: a pool child's warm-up, armed again after it. */
-export interface HandOutRequest {
-  hostname: string;
-  script?: string;
-  env?: string[];
-  timeoutMs: number;
-  setClock: boolean;
-  arm?: boolean;
-}
+/**
+ * What a hand-out gives the child: the guest step's request (fabric-hand-out.ts) without the VM id; `arm`: a pool
+ * child's warm-up, armed again after it.
+ */
+export type HandOutRequest = Omit<HandOutGuestRequest, 'vmId'> & { arm?: boolean };
 
 /**
  * ms of a hand-out: waiting for its turn, resume, the guest step (and inside it: the guest-agent connection, the
