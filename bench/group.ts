@@ -24,9 +24,12 @@
 // stall of the migration's first dirty-bitmap sync, seconds earlier, is left
 // out).
 // Under load the loop's own steps are uneven too, so the baseline is measured
-// the same way. Benchmarks never assert.
+// the same way. `--keep-logs DIR` copies the lab agents' logs (each outgoing
+// migration's timeline of QMP steps and events) into DIR before the lab goes.
+// Benchmarks never assert.
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { cpus, loadavg } from 'node:os';
 import { startDaemon } from '../src/api/index.ts';
 import { silentLogger } from '../src/common/index.ts';
@@ -196,7 +199,19 @@ export async function groupBenchmark(args: string[]): Promise<BenchResult> {
   } finally {
     for (const vm of await engine.list()) await engine.kill(vm.id).catch(() => undefined);
     await daemon.close();
+    const keep = option(args, '--keep-logs', '');
+    if (keep) keepAgentLogs(labDir, keep);
     await labDown({ dir: labDir, prefix }).catch(() => undefined);
     for (const d of [home, memoryDir, labDir]) rmSync(d, { recursive: true, force: true });
+  }
+}
+
+/** Copies each lab host's agent log (labN.log) and its output (labN.out.log) into `dir`. */
+function keepAgentLogs(labDir: string, dir: string): void {
+  mkdirSync(dir, { recursive: true });
+  for (const host of ['lab1', 'lab2']) {
+    for (const [log, name] of [[join(labDir, 'hosts', host, 'agent.log'), `${host}.out.log`], [join(labDir, 'hosts', host, 'home', 'agent.log'), `${host}.log`]] as const) {
+      if (existsSync(log)) cpSync(log, join(dir, name));
+    }
   }
 }
