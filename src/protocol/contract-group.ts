@@ -4,7 +4,9 @@
 // hosts (tests/e2e/migration-contract.test.ts). One VM booted on the source:
 // a migration whose destination keeps the guest paused after completion
 // (holdAfter), with its parameters changed while it copies, is reverted (the
-// destination removed, the source runs on in the same QEMU); a second one is
+// destination removed, the source runs on in the same QEMU); one whose source
+// brakes itself at the end of its first pass (brakeAfterFirstPass) ignores a
+// change decided on that pass and goes on when released; a last one is
 // started at the destination (startIncoming) and the source lets it go.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MigrationTuning } from './calls-migration.ts';
@@ -22,25 +24,43 @@ export function runGroupContract(label: string, makeTarget: () => Promise<Migrat
     let spec: VmSpec;
     const opened: string[] = [];
 
-    /** A path, a destination that holds the guest after completion, and a migration run to completion (its parameters changed midway). */
-    async function migrateHeld(): Promise<{ pathId: string; awaitId: string; changed: { downtimeLimitMs: number; maxBandwidthBytesPerSecond: number } | null }> {
+    type Limits = { downtimeLimitMs: number; maxBandwidthBytesPerSecond: number };
+    const BRAKE: Limits = { maxBandwidthBytesPerSecond: 2 ** 10, downtimeLimitMs: 1 };
+    const RELEASE: Limits = { downtimeLimitMs: 250, maxBandwidthBytesPerSecond: 2 ** 29 };
+
+    /**
+     * A path, a destination that holds the guest after completion, and a migration run to completion: its parameters
+     * changed midway, or (selfBrake) braked by its source at the end of its first pass, then sent a change decided on
+     * that pass (stale) and a release.
+     */
+    async function migrateHeld(selfBrake = false): Promise<{ pathId: string; awaitId: string; changed: Limits | null; braked: { pass: number; stale: Limits; released: Limits } | null }> {
       const plan = await openContractPath(t, opened, { installDefaultGuest: true });
       const writable = spec.disks.filter((x) => !x.readOnly);
       const disks = writable.map((x) => ({ id: x.id, file: x.file, format: x.format, sizeBytes: 2 ** 30, backing: [] }));
       const prepared = await runOperation(t.destination, 'prepareIncoming', { vmId, name: 'gcontract', spec, disks, pathId: plan.operationId, postcopy: false, multifdChannels: 1, tls: true, resume: true, holdAfter: true });
       const awaitId = newOperationId();
       await t.destination.awaitIncoming({ operationId: awaitId, vmId });
-      let changing: Promise<{ downtimeLimitMs: number; maxBandwidthBytesPerSecond: number } | null> | null = null;
-      const result = await runOperation(t.source, 'migrateOut', { vmId, pathId: plan.operationId, migration: prepared.migration, nbd: prepared.nbd, disks: writable.map((x) => ({ node: x.id, sync: 'full' as const })), tuning: TUNING, hold: false }, {
+      let changing: Promise<Limits | null> | null = null;
+      let braking: Promise<{ pass: number; stale: Limits; released: Limits }> | null = null;
+      const result = await runOperation(t.source, 'migrateOut', { vmId, pathId: plan.operationId, migration: prepared.migration, nbd: prepared.nbd, disks: writable.map((x) => ({ node: x.id, sync: 'full' as const })), tuning: TUNING, hold: false, brakeAfterFirstPass: selfBrake ? BRAKE : null }, {
         onProgress: (e) => {
-          if (changing || (e.data as { phase?: string } | undefined)?.phase !== 'memory') return;
-          changing = t.source.setMigrationParameters({ vmId, downtimeLimitMs: 250, maxBandwidthBytesPerSecond: 2 ** 29 }).catch(() => null);
+          const d = e.data as { phase?: string; pass?: number; selfBraked?: boolean } | undefined;
+          if (selfBrake) {
+            // Braked at a crawl it would wait for ever: a change decided on its first pass, then its release.
+            const pass = d?.pass ?? 0;
+            if (braking || !d?.selfBraked) return;
+            braking = (async () => ({ pass, stale: await t.source.setMigrationParameters({ vmId, ...RELEASE, pass: 1 }), released: await t.source.setMigrationParameters({ vmId, ...RELEASE, pass }) }))();
+            braking.catch(() => undefined);
+            return;
+          }
+          if (changing || d?.phase !== 'memory') return;
+          changing = t.source.setMigrationParameters({ vmId, ...RELEASE }).catch(() => null);
         },
       });
       expect(result.status).toBe('completed');
       const incoming = await follow<'awaitIncoming'>(t.destination, awaitId);
       expect([incoming.running, incoming.resumedAt]).toEqual([false, null]);
-      return { pathId: plan.operationId, awaitId, changed: await (changing ?? Promise.resolve(null)) };
+      return { pathId: plan.operationId, awaitId, changed: await (changing ?? Promise.resolve(null)), braked: await (braking ?? Promise.resolve(null)) };
     }
 
     async function closePath(operationId: string): Promise<void> {
@@ -65,7 +85,7 @@ export function runGroupContract(label: string, makeTarget: () => Promise<Migrat
     it('a completed migration held at the destination is reverted: the destination goes, the guest runs on at the source', async () => {
       const { pathId, changed } = await migrateHeld();
       // The change reached the running migration (null only if it completed before the first memory progress).
-      if (changed) expect(changed).toEqual({ downtimeLimitMs: 250, maxBandwidthBytesPerSecond: 2 ** 29 });
+      if (changed) expect(changed).toEqual(RELEASE);
       expect((await t.destination.migrationState({ vmId })).incoming?.state).toBe('held');
       expect((await t.destination.vmStatus({ vmId })).status).toBeNull();
       expect((await t.source.migrationState({ vmId })).qemu).toMatchObject({ runState: 'postmigrate', migration: 'completed' });
@@ -77,6 +97,18 @@ export function runGroupContract(label: string, makeTarget: () => Promise<Migrat
       expect(await t.source.revertOutgoing({ vmId })).toEqual({ status: 'running' });
       await closePath(pathId);
       expect((await t.source.exec({ vmId, path: 'echo', args: ['still', 'here'] })).exitCode).toBe(0);
+    }, 180_000);
+
+    it('a source asked to brake itself after the first pass does so, ignores a change decided on that pass, and goes on when released', async () => {
+      const { pathId, braked } = await migrateHeld(true);
+      // It reported the brake past its first pass; the stale change found the brake's limits in force, the release its own.
+      expect(braked?.pass).toBeGreaterThanOrEqual(2);
+      expect(braked?.stale).toEqual(BRAKE);
+      expect(braked?.released).toEqual(RELEASE);
+      expect(await t.destination.abortIncoming({ vmId })).toEqual({ removed: true });
+      expect(await codeOf(t.source.revertOutgoing({ vmId }))).toBe('no error');
+      expect((await t.source.vmStatus({ vmId })).status).toBe('running');
+      await closePath(pathId);
     }, 180_000);
 
     it('a held destination started with startIncoming runs the guest; the source lets it go', async () => {

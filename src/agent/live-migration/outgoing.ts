@@ -73,7 +73,8 @@
 // was 0.77-1.77x over six runs at load 4-21, with either cipher (the agents'
 // QEMUs log GNUTLS_AES_128_GCM_SHA256 when run with GNUTLS_DEBUG_LEVEL=4).
 // While it runs, setParameters (setMigrationParameters) changes its bandwidth
-// cap and downtime limit (a group's pacer). After it completed, revert()
+// cap and downtime limit (a group's pacer); a group member also brakes itself
+// at the end of its first pass (brakeAfterFirstPass, see selfBrake). After it completed, revert()
 // (revertOutgoing) undoes it when the destination never ran the guest (a
 // group sent back before its start): QEMU's `cont` from `postmigrate`
 // re-activates the disks the completion inactivated, and the guest runs on.
@@ -108,6 +109,8 @@ export interface MigrateOutRequest {
   tuning: OutgoingTuning;
   /** Wait at pre-switchover (guest stopped, mirrors completed) until continueMigration. */
   hold: boolean;
+  /** A group member: these limits are applied here as soon as the first pass over memory ends (see selfBrake). */
+  brakeAfterFirstPass?: { maxBandwidthBytesPerSecond: number; downtimeLimitMs: number } | null;
 }
 
 export interface MigrateOutProgress {
@@ -122,6 +125,8 @@ export interface MigrateOutProgress {
   diskDoneBytes: number;
   diskTotalBytes: number;
   throttlePercent: number;
+  /** It braked itself at the end of its first pass (brakeAfterFirstPass): its limits are those since then. */
+  selfBraked?: boolean;
 }
 
 export interface MigrateOutResult {
@@ -161,7 +166,9 @@ interface Outgoing {
   downtimeLimitMs: number;
   diskDone: number;
   diskTotal: number;
-  mark?: (name: string) => void;
+  mark?: (name: string, at?: number) => void;
+  /** It braked itself at the end of its first pass (brakeAfterFirstPass): changes decided on its first pass are stale. */
+  selfBraked: boolean;
 }
 
 /** Migration states in which QEMU can still cancel and the guest runs on here. */
@@ -213,7 +220,7 @@ export class OutgoingMigrations {
     const end = this.host.paths.end(request.pathId, 'client');
     let release!: () => void;
     const released = new Promise<void>((resolve) => (release = resolve));
-    const o: Outgoing = { phase: 'disks', held: false, switching: false, mirrors: [], release, released, speed: tuning.maxBandwidthBytesPerSecond, downtimeLimitMs: tuning.downtimeLimitMs, diskDone: 0, diskTotal: 0 };
+    const o: Outgoing = { phase: 'disks', held: false, switching: false, mirrors: [], release, released, speed: tuning.maxBandwidthBytesPerSecond, downtimeLimitMs: tuning.downtimeLimitMs, diskDone: 0, diskTotal: 0, selfBraked: false };
     this.out.set(vmId, o);
     const wasRunning = (await qmp.queryStatus()).running;
     const t0 = performance.now();
@@ -227,8 +234,8 @@ export class OutgoingMigrations {
     const empty: MigrateOutProgress = { phase: 'disks', pass: 0, remainingBytes: 0, transferredBytes: 0, totalBytes: 0, dirtyBytesPerSecond: 0, bandwidthBytesPerSecond: 0, expectedDowntimeMs: null, diskDoneBytes: 0, diskTotalBytes: 0, throttlePercent: 0 };
     const watchdog = this.watchPath(vmId, qmp, end.remoteAddress, () => o.switching);
     // When each step happened (ms since the epoch; QEMU's events at their own timestamps), logged at the end: where a
-    // migration's time and the guest's stop went. At most 200 entries (a long pre-copy has many passes).
-    const timeline = migrationTimeline(200, 'start');
+    // migration's time and the guest's stop went. At most 400 entries (a long pre-copy has many passes).
+    const timeline = migrationTimeline(400, 'start');
     const mark = timeline.mark;
     o.mark = mark;
     try {
@@ -276,17 +283,34 @@ export class OutgoingMigrations {
       const memoryBase = request.disks.length > 0 ? 0.4 : 0.02;
       let stats: MigrateStats;
       const nextEvent = eventPoller(events);
+      // A group member brakes itself when its first pass ends (QEMU's second dirty sync), at the event or at the
+      // latest at the next query: the controller's brake, a report and a call away, came 0.3-1 s late under load, while a
+      // light guest's passes, small and back to back, let a sync find nothing dirty and it switched over alone (held
+      // 5.7-15.3 s, guest stopped, in groups of 8). During the first pass QEMU's monitor answers at once (no syncs).
+      const selfBrake = async (pass: number): Promise<void> => {
+        const brake = request.brakeAfterFirstPass;
+        if (!brake || o.selfBraked || pass < 2 || o.switching) return;
+        o.selfBraked = true;
+        o.speed = brake.maxBandwidthBytesPerSecond;
+        o.downtimeLimitMs = brake.downtimeLimitMs;
+        await setMigrationLimits(qmp, brake, o.mirrors);
+        mark(`self-brake:${o.speed}B/s,${o.downtimeLimitMs}ms`);
+      };
       // Every event already queued is read (one per turn could leave the STOP event unread at the end).
       const readEvents = async (waitMs: number): Promise<void> => {
         for (let next = await nextEvent(waitMs); next && next !== 'done'; next = await nextEvent(0)) {
           if (next.event === 'STOP') stoppedAt = eventTime(next);
           timeline.event(next);
+          if (next.event === 'MIGRATION_PASS') await selfBrake(Number((next.data as { pass?: unknown } | undefined)?.pass ?? 0));
         }
       };
       while (true) {
         // A group member (hold) reports every 50 ms: its pacer brakes it at the brink of a first pass whose zero-page tail drains in a fraction of 200 ms.
         await readEvents(request.hold ? 50 : 200);
+        const askedAt = Date.now();
         stats = await queryMigrate(qmp);
+        // A slow answer is in its timeline (under load QEMU's monitor waits for its big lock, which dirty syncs hold).
+        if (Date.now() - askedAt >= 200) mark(`slow-query:${Date.now() - askedAt}ms`, askedAt);
         if (stats.status === 'completed') {
           mark('completed-seen');
           await readEvents(0);
@@ -304,6 +328,7 @@ export class OutgoingMigrations {
           o.phase = 'postcopy';
           o.switching = true;
         }
+        if (stats.status === 'active') await selfBrake(stats.passes);
         const remaining = stats.remainingBytes;
         const fraction = memoryBase + (1 - memoryBase) * (stats.totalBytes ? Math.min(0.99, stats.transferredBytes / (stats.transferredBytes + remaining)) : 0);
         ctx.progress(fraction, o.phase === 'postcopy' ? `post-copy: ${Math.round(remaining / 2 ** 20)} MiB still at the source` : `memory pass ${stats.passes}: ${Math.round(remaining / 2 ** 20)} MiB to send, dirtied at ${Math.round((stats.dirtyPagesRate * stats.pageSize) / 2 ** 20)} MiB/s`, {
@@ -318,6 +343,7 @@ export class OutgoingMigrations {
           diskDoneBytes: o.diskDone,
           diskTotalBytes: o.diskTotal,
           throttlePercent: stats.throttlePercent,
+          selfBraked: o.selfBraked,
         });
         if (o.switching) continue;
         const decision = watch.observe(stats, performance.now() - memoryStart);
@@ -482,15 +508,25 @@ export class OutgoingMigrations {
   }
 
   /** setMigrationParameters: a running migration's downtime limit and bandwidth cap (applied at once if its memory phase runs, else when it starts). */
-  async setParameters(vmId: string, change: { downtimeLimitMs?: number; maxBandwidthBytesPerSecond?: number }): Promise<{ downtimeLimitMs: number; maxBandwidthBytesPerSecond: number }> {
+  async setParameters(vmId: string, change: { downtimeLimitMs?: number; maxBandwidthBytesPerSecond?: number; pass?: number }): Promise<{ downtimeLimitMs: number; maxBandwidthBytesPerSecond: number }> {
     const o = this.out.get(vmId);
     if (!o) throw new MigrationRefusedError(`VM ${vmId} is not being migrated from this host`, { vmId });
+    // Decided on its first pass, it arrives after this source braked itself at that pass's end: stale (a crossing's slow
+    // rate would undo the brake until the controller's next decision).
+    if (o.selfBraked && change.pass !== undefined && change.pass < 2) {
+      o.mark?.('limits-stale');
+      return { downtimeLimitMs: o.downtimeLimitMs, maxBandwidthBytesPerSecond: o.speed };
+    }
     const qmp = this.host.running(vmId).qmp;
     if (change.maxBandwidthBytesPerSecond !== undefined) o.speed = change.maxBandwidthBytesPerSecond;
     if (change.downtimeLimitMs !== undefined) o.downtimeLimitMs = change.downtimeLimitMs;
     // One call for both. Before `migrate` (disks still mirroring) configureSource applies the downtime limit; QEMU reads it at each rate period.
     const downtimeLimitMs = change.downtimeLimitMs !== undefined && o.phase !== 'disks' ? o.downtimeLimitMs : undefined;
+    const sentAt = Date.now();
     await setMigrationLimits(qmp, { maxBandwidthBytesPerSecond: change.maxBandwidthBytesPerSecond, downtimeLimitMs }, o.mirrors);
+    // In its timeline: when the change was asked for and how long QEMU took to take it (a group's pacing, step by step).
+    o.mark?.(`limits:${o.speed}B/s,${o.downtimeLimitMs}ms`, sentAt);
+    o.mark?.('limits-applied');
     return { downtimeLimitMs: o.downtimeLimitMs, maxBandwidthBytesPerSecond: o.speed };
   }
 

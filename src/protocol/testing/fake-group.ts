@@ -20,10 +20,12 @@ export function fakeGroupHandlers(host: FakeMigrationHost, state: FakeMigrationS
     return fn();
   };
   return {
-    setMigrationParameters: ({ vmId, downtimeLimitMs, maxBandwidthBytesPerSecond }) =>
+    setMigrationParameters: ({ vmId, downtimeLimitMs, maxBandwidthBytesPerSecond, pass }) =>
       wrap('setMigrationParameters', () => {
         const o = state.outgoing.get(vmId);
         if (!o) throw refused(`VM ${vmId} is not being migrated from this host`, vmId);
+        // Decided on its first pass after it braked itself at that pass's end: stale, ignored.
+        if (o.selfBraked && pass !== undefined && pass < 2) return { downtimeLimitMs: o.downtimeLimitMs, maxBandwidthBytesPerSecond: o.speed };
         if (downtimeLimitMs !== undefined) o.downtimeLimitMs = downtimeLimitMs;
         if (maxBandwidthBytesPerSecond !== undefined) o.speed = maxBandwidthBytesPerSecond;
         return { downtimeLimitMs: o.downtimeLimitMs, maxBandwidthBytesPerSecond: o.speed };

@@ -50,7 +50,7 @@ type MigrationHandlers = Pick<AgentHandlers, keyof typeof MIGRATION_CALLS>;
 /** One fake agent's migrations, shared with its group handlers (fake-group.ts). */
 export interface FakeMigrationState {
   incoming: Map<string, { wire: Wire; runtime: VmRuntime; disks: Locator[]; state: 'waiting' | 'held' | 'running' | 'failed' }>;
-  outgoing: Map<string, { phase: string; held: boolean; switching: boolean; release: () => void; released: Promise<void>; downtimeLimitMs: number; speed: number }>;
+  outgoing: Map<string, { phase: string; held: boolean; switching: boolean; release: () => void; released: Promise<void>; downtimeLimitMs: number; speed: number; selfBraked: boolean }>;
   /** VMs whose migration from here completed (their QEMU stays, stopped, until finishOutgoing), and whether the guest ran before. */
   completed: Map<string, { wasRunning: boolean }>;
 }
@@ -167,7 +167,7 @@ export function fakeMigrationHandlers(host: FakeMigrationHost, state: FakeMigrat
         if (!end || end.role !== 'client') throw new OffshootError('DATA_PATH_FAILED', `no client end of the data path of operation ${r.pathId} on this host`, { operationId: r.pathId }, 500);
         let release!: () => void;
         const released = new Promise<void>((resolve) => (release = resolve));
-        const o = { phase: r.disks.length ? 'disks' : 'memory', held: false, switching: false, release, released, downtimeLimitMs: r.tuning.downtimeLimitMs, speed: r.tuning.maxBandwidthBytesPerSecond };
+        const o = { phase: r.disks.length ? 'disks' : 'memory', held: false, switching: false, release, released, downtimeLimitMs: r.tuning.downtimeLimitMs, speed: r.tuning.maxBandwidthBytesPerSecond, selfBraked: false };
         outgoing.set(r.vmId, o);
         const cancelled = () => new OffshootError('TASK_CANCELLED', `the migration of VM ${r.vmId} was cancelled`, { vmId: r.vmId }, 409);
         const progress = { pass: 0, remainingBytes: 2 ** 28, transferredBytes: 0, totalBytes: 2 ** 28, dirtyBytesPerSecond: 0, bandwidthBytesPerSecond: 2 ** 30, expectedDowntimeMs: 10, diskDoneBytes: 0, diskTotalBytes: r.disks.length * 2 ** 20, throttlePercent: 0 };
@@ -176,9 +176,16 @@ export function fakeMigrationHandlers(host: FakeMigrationHost, state: FakeMigrat
           for (let i = 1; i <= steps; i++) {
             if (ctx.signal.aborted) throw cancelled();
             o.phase = r.disks.length && i <= 2 ? 'disks' : 'memory';
-            ctx.progress(i / (steps + 1), `${o.phase} step ${i}`, { ...progress, phase: o.phase, pass: o.phase === 'memory' ? i - 2 : 0, remainingBytes: 2 ** 28 / i, diskDoneBytes: Math.min(i, 2) * 2 ** 19 * r.disks.length });
+            const pass = o.phase === 'memory' ? i - 2 : 0;
+            // A group member brakes itself when its first pass ends (as a real source does).
+            const brake = r.brakeAfterFirstPass;
+            if (brake && pass >= 2 && !o.selfBraked) Object.assign(o, { selfBraked: true, speed: brake.maxBandwidthBytesPerSecond, downtimeLimitMs: brake.downtimeLimitMs });
+            ctx.progress(i / (steps + 1), `${o.phase} step ${i}`, { ...progress, phase: o.phase, pass, remainingBytes: 2 ** 28 / i, diskDoneBytes: Math.min(i, 2) * 2 ** 19 * r.disks.length, selfBraked: o.selfBraked });
             await sleep(host.migrateMs / steps);
           }
+          // Braked at a crawl it goes nowhere: it waits until released (or cancelled).
+          while (r.brakeAfterFirstPass && o.speed <= r.brakeAfterFirstPass.maxBandwidthBytesPerSecond && !ctx.signal.aborted) await sleep(5);
+          if (ctx.signal.aborted) throw cancelled();
           const wire = wires.get(r.pathId);
           if (!wire) throw new OffshootError('MIGRATION_FAILED', `live migration failed at memory: nothing listens on ${r.migration.host}:${r.migration.port}`, { vmId: r.vmId }, 500);
           const wasRunning = vm.status === 'running';

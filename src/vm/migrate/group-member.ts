@@ -100,6 +100,8 @@ export interface PaceTimeline {
   firstPassEnd?: number;
   /** Braked at a crawl past its first pass. */
   brake?: number;
+  /** Its source braked itself at the end of its first pass (reported then). */
+  selfBrake?: number;
   /** Parked (busy, ripe, braked while another member was still in its first pass), first time. */
   park?: number;
   /** Hovering again after it was parked, last time. */
@@ -169,6 +171,8 @@ export interface Member extends GroupMember {
     /** Parked now (a ripe hovering member braked while another is still in its first pass), and its dirty-sync count when it last hovered again after that. */
     parked: boolean;
     hoverPass: number;
+    /** Its source braked itself at the end of its first pass (migrateOut's brakeAfterFirstPass), seen in a report. */
+    selfBraked: boolean;
     /** When each pacing step came (performance.now()), and its passes past the first (for the result). */
     marks: { [K in keyof PaceTimeline]?: number };
     passes: Array<{ pass: number; at: number; bytes: number; bandwidth: number; throttle: number }>;

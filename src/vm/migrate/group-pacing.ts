@@ -66,9 +66,11 @@
 //             at SLOW_BANDWIDTH took 4.4-12 s for tails of data)
 //   brake     past its first pass a member whose second pass is under
 //             HOVER_PASS_BYTES (light) is braked to a crawl (BRAKE_FLOOR, 1 ms
-//             downtime limit): it waits, guest running, with what its guest
-//             dirties piling up unsent (light ones used to hover at full
-//             bandwidth and switched over alone); one whose second pass is
+//             downtime limit; its source has braked itself there already, and
+//             the runner counts it braked from that report): it waits, guest
+//             running, with what its guest dirties piling up unsent (light
+//             ones used to hover at full bandwidth and switched over alone);
+//             one whose second pass is
 //             larger (busy: its guest dirtied that much during its first
 //             pass) hovers (full bandwidth, 1 ms limit: its dirty set never
 //             fits, and auto-converge throttles it while the group waits),

@@ -17,7 +17,12 @@
 //             slowest needs no more than they do; a started member runs its
 //             first pass at full bandwidth with a 1 ms downtime limit, a light
 //             one is slowed at the brink of its end, and past it a member
-//             waits braked at a crawl, guest running (one whose guest dirtied
+//             waits braked at a crawl, guest running (its source brakes
+//             itself at QEMU's event for that pass, migrateOut's
+//             brakeAfterFirstPass, and says so in its reports: the pacer's
+//             brake, a report and a call away, came 0.3-1 s late under load
+//             while a light member's small passes ran back to back until
+//             one found nothing dirty; one whose guest dirtied
 //             much during its first pass hovers at full bandwidth, and once
 //             its passes are small waits parked at a crawl while another
 //             member is still in its first pass, then hovers again); once all
@@ -81,7 +86,7 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
       const agents = { source: ctx.fleet.agent(g.source.id), destination: ctx.fleet.agent(g.destination.id) };
       const plan = await planMigration(g.vm, g.source, g.destination, agents, { ...request, postcopy: 'never' });
       const journal: MigrateJournal = { vmId: g.vm.id, phase: 'path', previous: g.previous, sourceHostId: g.source.id, destinationHostId: g.destination.id, pathId: newOperationId(), prepareOperationId: newOperationId(), awaitOperationId: newOperationId(), migrateOperationId: newOperationId(), destinationSpec: plan.destinationSpec, destinationRuntime: null };
-      const pace = { applied: full, braked: false, released: false, started: group.length < 2, waitingSince: null, startDelayMs: 0, sending: Promise.resolve(), brakedSince: null, brakedMs: 0, lowest: null, hovering: false, landed: false, hoverSince: null, hoveredMs: 0, landedAt: null, releasedAt: null, reportedAt: 0, bandwidthPeak: 0, drainPeak: 0, sample: null, passBytes: 0, previousPassBytes: 0, secondPass: null, parked: false, hoverPass: 0, marks: {}, passes: [] };
+      const pace = { applied: full, braked: false, released: false, started: group.length < 2, waitingSince: null, startDelayMs: 0, sending: Promise.resolve(), brakedSince: null, brakedMs: 0, lowest: null, hovering: false, landed: false, hoverSince: null, hoveredMs: 0, landedAt: null, releasedAt: null, reportedAt: 0, bandwidthPeak: 0, drainPeak: 0, sample: null, passBytes: 0, previousPassBytes: 0, secondPass: null, parked: false, hoverPass: 0, selfBraked: false, marks: {}, passes: [] };
       members.push({ ...g, agents, plan, journal, controller: new AbortController(), state: 'planned', path: null, prepared: false, progress: null, pace, heldAt: null, continuedAt: null, at: { held: null, continued: null, arrived: null, startSent: null }, out: null, outcome: null, incoming: null, error: null });
     }
   } catch (err) {
@@ -204,7 +209,7 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
     }
     let held!: () => void;
     const isHeld = new Promise<void>((resolve) => (held = resolve));
-    m.out = runOperation(m.agents.source, 'migrateOut', { operationId: m.journal.migrateOperationId, vmId: m.vm.id, pathId: m.journal.pathId, migration: target.migration, nbd: target.nbd, disks: m.plan.mirrors, tuning: first, hold: true }, {
+    m.out = runOperation(m.agents.source, 'migrateOut', { operationId: m.journal.migrateOperationId, vmId: m.vm.id, pathId: m.journal.pathId, migration: target.migration, nbd: target.nbd, disks: m.plan.mirrors, tuning: first, hold: true, brakeAfterFirstPass: members.length >= 2 ? crawlSettings(t) : null }, {
       signal: m.controller.signal,
       onProgress: (e) => {
         const d = (e.data ?? {}) as Partial<MigrationProgress>;
@@ -220,6 +225,7 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
           if (m.pace.secondPass.pass === m.progress.pass) m.pace.secondPass.bytes = m.pace.passBytes;
         }
         noteProgress(m, typeof e.data === 'object' && e.data !== null && 'throttlePercent' in e.data && typeof e.data.throttlePercent === 'number' ? e.data.throttlePercent : 0);
+        if (typeof e.data === 'object' && e.data !== null && 'selfBraked' in e.data && e.data.selfBraked === true) selfBraked(m, t);
         observe(m, m.pace.reportedAt);
         if (d.phase === 'held' && m.state === 'copying') {
           m.state = 'held';
@@ -287,16 +293,45 @@ function endPacing(m: Member, now: number): void {
 
 /** The settings of a member waiting for its start or braked at the brink. */
 function crawlOf(t: MigrationTuning): MigrationTuning {
-  return { ...t, maxBandwidthBytesPerSecond: Math.min(t.maxBandwidthBytesPerSecond, BRAKE_FLOOR), downtimeLimitMs: Math.min(t.downtimeLimitMs, BRAKE_DOWNTIME_MS) };
+  return { ...t, ...crawlSettings(t) };
+}
+
+function crawlSettings(t: MigrationTuning): PaceSettings {
+  return { maxBandwidthBytesPerSecond: Math.min(t.maxBandwidthBytesPerSecond, BRAKE_FLOOR), downtimeLimitMs: Math.min(t.downtimeLimitMs, BRAKE_DOWNTIME_MS) };
+}
+
+/**
+ * Its source reported that it braked itself at the end of its first pass (migrateOut's brakeAfterFirstPass): from
+ * here it is braked at a crawl, as if the pacer had braked it (a busy one then hovers at the pacer's next decision).
+ */
+function selfBraked(m: Member, t: MigrationTuning): void {
+  if (m.pace.selfBraked) return;
+  const now = performance.now();
+  m.pace.selfBraked = true;
+  m.pace.marks.selfBrake = now;
+  m.pace.applied = crawlSettings(t);
+  m.pace.lowest = Math.min(m.pace.lowest ?? m.pace.applied.maxBandwidthBytesPerSecond, m.pace.applied.maxBandwidthBytesPerSecond);
+  if (!m.pace.braked) {
+    m.pace.braked = true;
+    m.pace.brakedSince = now;
+    m.pace.sample = null;
+  }
+  if (m.pace.hovering) {
+    m.pace.hoveredMs += now - (m.pace.hoverSince ?? now);
+    m.pace.hoverSince = null;
+    m.pace.hovering = false;
+  }
 }
 
 /** Sends a member's new settings to its source, after those sent before (a brake and its release must not cross). */
 function apply(m: Member, settings: PaceSettings): void {
   m.pace.applied = settings;
+  // The pass it was decided on: decided on its first pass, the source ignores it once it braked itself after it.
+  const pass = m.progress?.pass ?? 0;
   // Its last run's settings (no crawl, the group's limit or more): when its source confirmed them, for the timeline.
   const lastRun = settings.downtimeLimitMs > BRAKE_DOWNTIME_MS && settings.maxBandwidthBytesPerSecond > BRAKE_FLOOR;
   m.pace.sending = m.pace.sending.then(() =>
-    m.agents.source.setMigrationParameters({ vmId: m.vm.id, ...settings }).then(
+    m.agents.source.setMigrationParameters({ vmId: m.vm.id, ...settings, pass }).then(
       () => void (lastRun && m.pace.marks.lastRunApplied === undefined && m.pace.marks.lastRun !== undefined && (m.pace.marks.lastRunApplied = performance.now())),
       () => undefined,
     ),
