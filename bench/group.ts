@@ -84,7 +84,7 @@ async function stopTicks(engine: VmEngine, names: string[], resumedAt: Array<num
 
 /** A member's pacing steps (s since the group's start) and its last passes (pass@s:MiB): where its time went. */
 function timelineOf(m: GroupMigrateResult['members'][number]): string {
-  const steps = (['precopy', 'start', 'brink', 'firstPassEnd', 'brake', 'park', 'unpark', 'lastRun', 'lastRunApplied', 'held'] as const).flatMap((k) => (m.timeline[k] === undefined ? [] : [`${k} ${(m.timeline[k] / 1000).toFixed(2)}`]));
+  const steps = (['precopy', 'start', 'brink', 'firstPassEnd', 'selfBrake', 'brake', 'park', 'unpark', 'lastRun', 'lastRunApplied', 'held'] as const).flatMap((k) => (m.timeline[k] === undefined ? [] : [`${k} ${(m.timeline[k] / 1000).toFixed(2)}`]));
   const passes = m.passes.slice(-10).map((p) => `${p.pass}@${(p.atMs / 1000).toFixed(2)}:${(p.bytes / 2 ** 20).toFixed(1)}${p.bandwidthBytesPerSecond > 0 ? `/${Math.round(p.bandwidthBytesPerSecond / 2 ** 20)}` : ''}${p.throttlePercent > 0 ? `/t${p.throttlePercent}` : ''}`);
   return `at (s): ${steps.join(', ')}; passes (pass@s:MiB[/MiB/s sent][/throttle %], last ${passes.length} of ${m.passes.length}): ${passes.join(' ')}`;
 }

@@ -24,6 +24,8 @@ export interface AgentDaemonOptions {
   listen: string;
   memoryDir?: string;
   allowImages?: string[];
+  /** The nice value of its guests' vCPU threads (default OFFSHOOT_VCPU_NICE, else 5; 0: unchanged; qemu/vcpu-priority.ts). */
+  vcpuNice?: number;
   logger?: Logger;
   guardProcess?: boolean;
 }
@@ -47,7 +49,7 @@ export async function startAgentDaemon(options: AgentDaemonOptions): Promise<Run
   let server: ReturnType<typeof serve> | undefined;
   try {
     const token = await loadOrCreateToken(tokenFile);
-    stack = await startLocalHost({ home: options.home, memoryDir: options.memoryDir, allowImages: options.allowImages, logger });
+    stack = await startLocalHost({ home: options.home, memoryDir: options.memoryDir, allowImages: options.allowImages, vcpuNice: options.vcpuNice, logger });
     const app = agentHttpApp(stack.service.endpoint, { token, logger });
     server = await new Promise<ReturnType<typeof serve>>((resolve, reject) => {
       const s = serve({ fetch: app.fetch, hostname: host, port }, () => resolve(s));

@@ -49,6 +49,8 @@ export interface DaemonOptions {
   consoleDir?: string;
   /** Folders whose files VMs may use as they are, besides the home and the datastores (see agent/path-policy.ts). */
   allowImages?: string[];
+  /** The nice value of this machine's guests' vCPU threads (default OFFSHOOT_VCPU_NICE, else 5; 0: unchanged; qemu/vcpu-priority.ts). */
+  vcpuNice?: number;
   /** The daemon owns its process (`offshoot serve`): log unhandled rejections and uncaught exceptions instead of dying. */
   guardProcess?: boolean;
   /** Drive registered hosts only: no QEMU runs in this process (several controllers on one machine, a fleet's control plane). */
@@ -169,7 +171,7 @@ async function startLocked(options: DaemonOptions, paths: HomePaths, releaseLock
   let local: LocalHostStack | undefined;
   let fleet: Fleet | undefined;
   try {
-    if (!options.noLocalHost) local = await startLocalHost({ home: paths.home, memoryDir: options.memoryDir, allowImages: options.allowImages, logger });
+    if (!options.noLocalHost) local = await startLocalHost({ home: paths.home, memoryDir: options.memoryDir, allowImages: options.allowImages, vcpuNice: options.vcpuNice, logger });
     fleet = new Fleet({
       inventory: inventory.hosts,
       logger,

@@ -4,7 +4,8 @@
 // `offshoot agent serve` serves it over HTTP to a control plane elsewhere.
 import { mkdir } from 'node:fs/promises';
 import type { Logger } from '../common/index.ts';
-import { AgentService, LocalHostAgent, LocalStorageAgent } from '../agent/index.ts';
+import { OffshootError } from '../common/index.ts';
+import { AgentService, LocalHostAgent, LocalStorageAgent, MAX_VCPU_NICE } from '../agent/index.ts';
 
 export interface LocalHostStack {
   host: LocalHostAgent;
@@ -13,9 +14,20 @@ export interface LocalHostStack {
   close(): Promise<void>;
 }
 
-export async function startLocalHost(options: { home: string; memoryDir?: string; allowImages?: string[]; logger: Logger }): Promise<LocalHostStack> {
+/** The vCPU nice value asked for: the option, else OFFSHOOT_VCPU_NICE, else the host's default (undefined). */
+function vcpuNiceOf(option: number | undefined): number | undefined {
+  if (option !== undefined) return option;
+  const env = process.env.OFFSHOOT_VCPU_NICE;
+  if (env === undefined || env === '') return undefined;
+  const nice = Number(env);
+  if (!Number.isInteger(nice) || nice < 0 || nice > MAX_VCPU_NICE) throw new OffshootError('INVALID_INPUT', `OFFSHOOT_VCPU_NICE must be an integer from 0 to ${MAX_VCPU_NICE}, not ${JSON.stringify(env)}`, { vcpuNice: env }, 400);
+  return nice;
+}
+
+export async function startLocalHost(options: { home: string; memoryDir?: string; allowImages?: string[]; vcpuNice?: number; logger: Logger }): Promise<LocalHostStack> {
+  const vcpuNice = vcpuNiceOf(options.vcpuNice);
   await mkdir(options.home, { recursive: true, mode: 0o700 });
-  const host = new LocalHostAgent({ home: options.home, memoryDir: options.memoryDir ?? process.env.OFFSHOOT_MEMORY_DIR, allowImages: options.allowImages, logger: options.logger });
+  const host = new LocalHostAgent({ home: options.home, memoryDir: options.memoryDir ?? process.env.OFFSHOOT_MEMORY_DIR, allowImages: options.allowImages, logger: options.logger, ...(vcpuNice !== undefined ? { vcpuNice } : {}) });
   await host.prepareHost();
   const storage = new LocalStorageAgent(host.layout, host.policy, (vmId) => host.qmpOf(vmId), () => host.qemuAccess());
   const service = new AgentService({ host, storage, logger: options.logger });

@@ -6,6 +6,7 @@ import { existsSync, openSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { mkdir } from 'node:fs/promises';
 import type { Command } from 'commander';
+import { InvalidArgumentError } from 'commander';
 import { OffshootError, defaultHome, homePaths, isDaemonProcess, sleep } from '../common/index.ts';
 import type { DaemonFile } from '../common/index.ts';
 import { clientFromEnvironment } from '../client/index.ts';
@@ -27,12 +28,22 @@ interface ServeFlags {
   metricsListen?: string;
   allowImages: string[];
   noLocalHost: boolean;
+  vcpuNice?: number;
+}
+
+const VCPU_NICE_HELP = "the nice value of this machine's guests' vCPU threads, 0-19: they yield the CPUs to QEMU's own threads and the agent when both want them (default OFFSHOOT_VCPU_NICE, else 5; 0 leaves them alone)";
+
+/** --vcpu-nice's value: an integer from 0 to 19. */
+function parseVcpuNice(value: string): number {
+  const nice = Number(value);
+  if (!/^\d+$/.test(value) || nice > 19) throw new InvalidArgumentError('an integer from 0 to 19');
+  return nice;
 }
 
 async function serveForeground(flags: ServeFlags): Promise<void> {
   const { startDaemon } = await import('../api/index.ts');
   const home = defaultHome();
-  const daemon = await startDaemon({ home, listen: flags.listen, database: flags.database, metricsListen: flags.metricsListen, allowImages: flags.allowImages, noLocalHost: flags.noLocalHost, guardProcess: true });
+  const daemon = await startDaemon({ home, listen: flags.listen, database: flags.database, metricsListen: flags.metricsListen, allowImages: flags.allowImages, noLocalHost: flags.noLocalHost, ...(flags.vcpuNice !== undefined ? { vcpuNice: flags.vcpuNice } : {}), guardProcess: true });
   process.stdout.write(`offshoot daemon listening on ${daemon.url}${daemon.metricsUrl ? `, metrics on ${daemon.metricsUrl}/metrics` : ''} (home ${home}, log ${homePaths(home).log})\n`);
   let stopping = false;
   const stop = () => {
@@ -57,7 +68,7 @@ async function serveDetached(flags: ServeFlags): Promise<DaemonFile> {
   if (existing && isDaemonProcess(existing.pid)) return existing;
   // Private like every file of the home, whatever the umask of the shell that ran this.
   const out = openSync(`${paths.home}/serve.out`, 'a', 0o600);
-  const args = [...process.execArgv, process.argv[1] as string, 'serve', ...(listen ? ['--listen', listen] : []), ...(metricsListen ? ['--metrics-listen', metricsListen] : []), ...allowImages.flatMap((dir) => ['--allow-images', resolve(dir)]), ...(flags.noLocalHost ? ['--no-local-host'] : [])];
+  const args = [...process.execArgv, process.argv[1] as string, 'serve', ...(listen ? ['--listen', listen] : []), ...(metricsListen ? ['--metrics-listen', metricsListen] : []), ...allowImages.flatMap((dir) => ['--allow-images', resolve(dir)]), ...(flags.noLocalHost ? ['--no-local-host'] : []), ...(flags.vcpuNice !== undefined ? ['--vcpu-nice', String(flags.vcpuNice)] : [])];
   // The database URL goes by environment, not argv, so its password does not show in `ps`.
   const env = database ? { ...process.env, OFFSHOOT_DATABASE_URL: database } : process.env;
   const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', out, out], env });
@@ -90,12 +101,13 @@ export function registerDaemonCommands(program: Command, ctx: CommandContext): v
     .option('--metrics-listen <host:port>', 'also serve GET /metrics (Prometheus, same token) on this address')
     .option('--allow-images <dirs...>', 'folders whose disk images, kernels and checkpoint files VMs may use as they are (besides the home and the datastores; also OFFSHOOT_ALLOW_IMAGES, colon-separated)')
     .option('--no-local-host', 'drive registered hosts only: run no VM in this process (a control plane of a fleet)')
+    .option('--vcpu-nice <n>', VCPU_NICE_HELP, parseVcpuNice)
     .option('--detach', 'run in the background and return once it answers')
     .option('--json', 'print JSON')
-    .action((o: { listen: string; database?: string; metricsListen?: string; allowImages?: string[]; localHost: boolean; detach?: boolean; json?: boolean }) =>
+    .action((o: { listen: string; database?: string; metricsListen?: string; allowImages?: string[]; localHost: boolean; vcpuNice?: number; detach?: boolean; json?: boolean }) =>
       ctx.run(Boolean(o.json), async () => {
         const allowImages = [...(o.allowImages ?? []), ...(process.env.OFFSHOOT_ALLOW_IMAGES ?? '').split(':').filter((d) => d.length > 0)];
-        const flags: ServeFlags = { listen: o.listen, database: o.database, metricsListen: o.metricsListen, allowImages, noLocalHost: o.localHost === false };
+        const flags: ServeFlags = { listen: o.listen, database: o.database, metricsListen: o.metricsListen, allowImages, noLocalHost: o.localHost === false, ...(o.vcpuNice !== undefined ? { vcpuNice: o.vcpuNice } : {}) };
         if (!o.detach) return serveForeground(flags);
         const file = await serveDetached(flags);
         if (o.json) printJson(file);
@@ -111,12 +123,13 @@ export function registerDaemonCommands(program: Command, ctx: CommandContext): v
     .option('--home <dir>', 'the agent\'s home (default OFFSHOOT_HOME, else ~/.offshoot)')
     .option('--memory-dir <dir>', 'where guest RAM files go (default OFFSHOOT_MEMORY_DIR, else a folder in /dev/shm)')
     .option('--allow-images <dirs...>', 'folders whose disk images, kernels and checkpoint files VMs may use as they are (also OFFSHOOT_ALLOW_IMAGES, colon-separated)')
-    .action((o: { listen: string; home?: string; memoryDir?: string; allowImages?: string[] }) =>
+    .option('--vcpu-nice <n>', VCPU_NICE_HELP, parseVcpuNice)
+    .action((o: { listen: string; home?: string; memoryDir?: string; allowImages?: string[]; vcpuNice?: number }) =>
       ctx.run(false, async () => {
         const { startAgentDaemon } = await import('../api/index.ts');
         const home = o.home ? resolve(o.home) : defaultHome();
         const allowImages = [...(o.allowImages ?? []), ...(process.env.OFFSHOOT_ALLOW_IMAGES ?? '').split(':').filter((d) => d.length > 0)];
-        const running = await startAgentDaemon({ home, listen: o.listen, ...(o.memoryDir ? { memoryDir: o.memoryDir } : {}), allowImages, guardProcess: true });
+        const running = await startAgentDaemon({ home, listen: o.listen, ...(o.memoryDir ? { memoryDir: o.memoryDir } : {}), allowImages, ...(o.vcpuNice !== undefined ? { vcpuNice: o.vcpuNice } : {}), guardProcess: true });
         process.stdout.write(`offshoot agent listening on ${running.url} (home ${home}; its credential is in ${running.tokenFile})\n`);
         let stopping = false;
         const stop = () => {

@@ -1,0 +1,55 @@
+// A real QEMU (paused at -S, two vCPUs): setVcpuNice changes the nice value
+// of its vCPU threads only; its main thread (monitor, devices) keeps its own.
+import { spawn } from 'node:child_process';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { waitFor } from '../common/index.ts';
+import { QmpClient } from './qmp-client.ts';
+import { probeSocket } from './testing/test-utils.ts';
+import { setVcpuNice, vcpuThreadIds } from './vcpu-priority.ts';
+
+/** A thread's nice value, from /proc (field 19 of its stat, after the command name in parentheses). */
+async function niceOf(pid: number, tid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
+}
+
+describe('vCPU thread priority (real QEMU)', () => {
+  let dir: string;
+  let child: ReturnType<typeof spawn>;
+  let qmp: QmpClient;
+
+  beforeAll(async () => {
+    dir = await mkdtemp(path.join(tmpdir(), 'offshoot-vcpu-'));
+    const socketPath = path.join(dir, 'qmp.sock');
+    child = spawn('qemu-system-x86_64', ['-machine', 'pc', '-S', '-nodefaults', '-display', 'none', '-accel', 'tcg', '-smp', '2', '-m', '64', '-qmp', `unix:${socketPath},server=on,wait=off`], { stdio: 'ignore' });
+    await waitFor(async () => ((await stat(socketPath).then(() => true, () => false)) && (await probeSocket(socketPath)) ? true : undefined), 20_000, 'QEMU QMP socket', 20);
+    qmp = await QmpClient.connect(socketPath);
+  }, 30_000);
+
+  afterAll(async () => {
+    qmp?.close();
+    child?.kill('SIGKILL');
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('renices each vCPU thread and nothing else', async () => {
+    const pid = child.pid as number;
+    const tids = await vcpuThreadIds(qmp);
+    expect(tids).toHaveLength(2);
+    expect(tids).not.toContain(pid);
+    expect(await setVcpuNice(qmp, 7)).toEqual(tids);
+    for (const tid of tids) expect(await niceOf(pid, tid)).toBe(7);
+    expect(await niceOf(pid, pid)).toBe(0);
+    // Back to the default value of its other threads.
+    await setVcpuNice(qmp, 0);
+    for (const tid of tids) expect(await niceOf(pid, tid)).toBe(0);
+  });
+
+  it('refuses a value Linux does not have', async () => {
+    await expect(setVcpuNice(qmp, 20)).rejects.toThrow(RangeError);
+    await expect(setVcpuNice(qmp, -1)).rejects.toThrow(RangeError);
+  });
+});
