@@ -36,6 +36,11 @@ export interface MigrationContractTarget extends ContractTargetBase {
   /** The address each host's peer reaches it at (its management address, as the fleet knows it). */
   sourceAddress: string;
   destinationAddress: string;
+  /**
+   * A real guest: starts a loop in it that keeps rewriting a few MiB of its memory, and answers a function that stops
+   * it (a migration whose timing depends on what the guest dirties needs it; a fake's does not).
+   */
+  keepDirtying?: (agent: AgentClient, vmId: string) => Promise<() => Promise<void>>;
 }
 
 /** The tuning of the contracts' migrations. */

@@ -249,16 +249,19 @@ export class IncomingMigrations {
     if (!entry || entry.state !== 'held') throw new MigrationRefusedError(`no incoming migration of VM ${vmId} is held on this host${entry ? ` (it is ${entry.state})` : ''}`, { vmId, state: entry?.state ?? null });
     const { vm } = entry;
     const events = vm.qmp.events(['RESUME']);
+    const askedAt = Date.now();
     try {
       // cont activates the disks (late-block-activate) and runs the guest.
       await vm.qmp.cont();
+      const contAnsweredAt = Date.now();
       const resumed = await Promise.race([events.next(), vm.exited.then(() => 'exited' as const), sleep(10_000).then(() => 'timeout' as const)]);
       if (resumed === 'exited' || resumed === 'timeout' || resumed.done) throw new OffshootError('MIGRATION_FAILED', `the held guest of VM ${vmId} did not run here (${typeof resumed === 'string' ? resumed : 'no RESUME event'})`, { vmId, step: 'start' }, 500);
       entry.state = 'running';
       this.incoming.delete(vmId);
       this.host.track(vm);
       const resumedAt = eventTime(resumed.value);
-      this.host.logger.info({ vmId, pid: vm.process.pid, resumedAt }, 'held incoming guest started; the VM runs here');
+      // Where a group's start went (its destinations resume about together): the call, cont's answer, the guest's RESUME.
+      this.host.logger.info({ vmId, pid: vm.process.pid, resumedAt, askedAt: new Date(askedAt).toISOString(), contMs: contAnsweredAt - askedAt, resumeMs: Date.parse(resumedAt) - askedAt }, 'held incoming guest started; the VM runs here');
       return { runtime: entry.runtime, resumedAt, running: true };
     } catch (err) {
       if (err instanceof OffshootError) throw err;
