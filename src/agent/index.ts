@@ -7,7 +7,9 @@
 // (confinement.ts, qemu-access.ts). Nothing but the protocol leaves this layer: the
 // control plane (src/vm) never imports it.
 export { AgentService, AGENT_VERSION } from './agent-service.ts';
-export { LocalHostAgent, VmNotRunningError, GuestAgentUnavailableError, MAX_VCPU_NICE } from './local-agent.ts';
+export { LocalHostAgent, VmNotRunningError, GuestAgentUnavailableError } from './local-agent.ts';
+// The range of a host's vCPU nice value (--vcpu-nice, OFFSHOOT_VCPU_NICE), checked where the daemons read it.
+export { isVcpuNice, MAX_NICE as MAX_VCPU_NICE } from '../qemu/index.ts';
 export type { LocalHostAgentOptions } from './local-agent.ts';
 export { LocalStorageAgent, ImportRefusedError } from './local-storage-agent.ts';
 export { HostLayout } from './layout.ts';

@@ -13,7 +13,7 @@ import { OffshootError, isProcessAlive, keepAlive, silentLogger, withTimeout } f
 import type { Logger } from '../common/index.ts';
 import { loadDefaultGuest } from '../guest/index.ts';
 import type { QemuLaunchSpec, QmpClient } from '../qemu/index.ts';
-import { DEFAULT_QEMU_BINARY, DEFAULT_VCPU_NICE, MAX_NICE, adoptQemu, findOffshootQemus, killAndWait, probeAccelerator, qemuVersion, setVcpuNice, spawnQemu } from '../qemu/index.ts';
+import { DEFAULT_QEMU_BINARY, DEFAULT_VCPU_NICE, adoptQemu, findOffshootQemus, killAndWait, probeAccelerator, qemuVersion, setVcpuNice, spawnQemu } from '../qemu/index.ts';
 import { TemplateStore, processMemoryStats } from '../memory/index.ts';
 import type { CheckpointMetadata, WriteProgress } from '../memory/index.ts';
 import { customizeGuest } from './customize.ts';
@@ -52,9 +52,6 @@ export interface LocalHostAgentOptions {
   /** The nice value of its guests' vCPU threads (qemu/vcpu-priority.ts; default DEFAULT_VCPU_NICE, 0: unchanged). */
   vcpuNice?: number;
 }
-
-/** The highest nice value its guests' vCPU threads can be given. */
-export const MAX_VCPU_NICE = MAX_NICE;
 
 /** Extra guest RAM of a VM prepared on a TCG host: its RAM block is then no multiple of 256 KiB (see qemu/argv.ts). */
 export const TCG_MEMORY_EXTRA_KIB = 8;
@@ -224,7 +221,6 @@ export class LocalHostAgent {
     return runtime;
   }
 
-  /** Starts one QEMU for the VM (not yet tracked as the VM's QEMU); kills it and cleans up if it does not come up. */
   /** Its vCPU threads yield to QEMU's own threads and this agent when the CPUs are short (qemu/vcpu-priority.ts); a refusal is logged, the VM runs on. */
   private async deprioritizeVcpus(vm: RunningVm): Promise<void> {
     const nice = this.options.vcpuNice ?? DEFAULT_VCPU_NICE;
@@ -232,6 +228,7 @@ export class LocalHostAgent {
     await setVcpuNice(vm.qmp, nice).catch((err: unknown) => this.logger.warn({ vmId: vm.vmId, nice, err: (err as Error).message }, "cannot lower the priority of the guest's vCPU threads"));
   }
 
+  /** Starts one QEMU for the VM (not yet tracked as the VM's QEMU); kills it and cleans up if it does not come up. */
   private async launch(vmId: string, name: string, spec: VmSpec, options: { memory: VmMemory; incoming?: boolean; paused?: boolean; userfaultfd?: boolean; tcgTranslationMiB?: number }): Promise<{ vm: RunningVm; runtime: VmRuntime }> {
     const { accel } = await this.accelerator();
     const instance = randomBytes(4).toString('hex');

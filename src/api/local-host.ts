@@ -5,7 +5,7 @@
 import { mkdir } from 'node:fs/promises';
 import type { Logger } from '../common/index.ts';
 import { OffshootError } from '../common/index.ts';
-import { AgentService, LocalHostAgent, LocalStorageAgent, MAX_VCPU_NICE } from '../agent/index.ts';
+import { AgentService, LocalHostAgent, LocalStorageAgent, MAX_VCPU_NICE, isVcpuNice } from '../agent/index.ts';
 
 export interface LocalHostStack {
   host: LocalHostAgent;
@@ -20,7 +20,7 @@ function vcpuNiceOf(option: number | undefined): number | undefined {
   const env = process.env.OFFSHOOT_VCPU_NICE;
   if (env === undefined || env === '') return undefined;
   const nice = Number(env);
-  if (!Number.isInteger(nice) || nice < 0 || nice > MAX_VCPU_NICE) throw new OffshootError('INVALID_INPUT', `OFFSHOOT_VCPU_NICE must be an integer from 0 to ${MAX_VCPU_NICE}, not ${JSON.stringify(env)}`, { vcpuNice: env }, 400);
+  if (!isVcpuNice(nice)) throw new OffshootError('INVALID_INPUT', `OFFSHOOT_VCPU_NICE must be an integer from 0 to ${MAX_VCPU_NICE}, not ${JSON.stringify(env)}`, { vcpuNice: env }, 400);
   return nice;
 }
 

@@ -12,8 +12,8 @@ import { setVcpuNice, vcpuThreadIds } from './vcpu-priority.ts';
 
 /** A thread's nice value, from /proc (field 19 of its stat, after the command name in parentheses). */
 async function niceOf(pid: number, tid: number): Promise<number> {
-  const stat = await readFile(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
+  const line = await readFile(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+  return Number(line.slice(line.lastIndexOf(')') + 2).split(' ')[16]);
 }
 
 describe('vCPU thread priority (real QEMU)', () => {

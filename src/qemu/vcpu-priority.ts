@@ -20,6 +20,11 @@ export const DEFAULT_VCPU_NICE = 5;
 /** The highest nice value Linux knows. */
 export const MAX_NICE = 19;
 
+/** A nice value Linux knows and a host may give vCPU threads: an integer from 0 to MAX_NICE. */
+export function isVcpuNice(nice: number): boolean {
+  return Number.isInteger(nice) && nice >= 0 && nice <= MAX_NICE;
+}
+
 /** The thread ids of a QEMU's vCPUs. */
 export async function vcpuThreadIds(qmp: QmpClient): Promise<number[]> {
   const cpus = await qmp.execute<Array<{ 'thread-id'?: number }>>('query-cpus-fast');
@@ -31,7 +36,7 @@ export async function vcpuThreadIds(qmp: QmpClient): Promise<number[]> {
  * meanwhile is skipped; any other refusal of the kernel (no permission) is thrown.
  */
 export async function setVcpuNice(qmp: QmpClient, nice: number): Promise<number[]> {
-  if (!Number.isInteger(nice) || nice < 0 || nice > MAX_NICE) throw new RangeError(`a vCPU nice value is an integer from 0 to ${MAX_NICE}, not ${nice}`);
+  if (!isVcpuNice(nice)) throw new RangeError(`a vCPU nice value is an integer from 0 to ${MAX_NICE}, not ${nice}`);
   const changed: number[] = [];
   for (const tid of await vcpuThreadIds(qmp)) {
     try {
