@@ -168,7 +168,7 @@ export interface Member extends GroupMember {
     previousPassBytes: number;
     /** Its second pass (the first seen past its first), and what it began with: what its guest dirtied during its first pass. */
     secondPass: { pass: number; bytes: number } | null;
-    /** Parked now (a ripe hovering member braked while another is still in its first pass), and its dirty-sync count when it last hovered again after that. */
+    /** Parked now (a busy member braked past its first pass while another is still in its first pass), and its dirty-sync count when it last hovered again after that. */
     parked: boolean;
     hoverPass: number;
     /** Its source braked itself at the end of its first pass (migrateOut's brakeAfterFirstPass), seen in a report. */

@@ -75,17 +75,22 @@
 //             pass) hovers (full bandwidth, 1 ms limit: its dirty set never
 //             fits, and auto-converge throttles it while the group waits),
 //             also when it was slowed at its brink
-//   park      a hovering member that is ripe while another member is still in
-//             its first pass waits braked at a crawl (parked) until every
-//             other member is past its first pass, then hovers again and must
-//             be ripe anew (two passes after it hovers again: the first sends
-//             what its guest dirtied while parked). Hovering on, its passes
-//             stay small under auto-converge's throttle and a sync soon finds
-//             nothing dirty: it switched over alone and waited held, guest
-//             stopped, 1.1 s in a group of 4 and 9.9 s in a group of 8 (quiet
-//             start, load 3-9), while a light member's first pass went on.
-//             A crawl holds a busy guest: what is left never runs out (its
-//             guest dirties memory), so no sync comes.
+//   park      a busy member past its first pass while another member is
+//             still in its first pass waits braked at a crawl (parked: its
+//             source braked itself there at the end of its first pass) until
+//             every other member is past its first pass, then hovers and must
+//             be ripe (two passes after it hovers: the first sends what its
+//             guest dirtied while parked). Hovering, its passes shrink under
+//             auto-converge's throttle and a sync soon finds nothing dirty: it
+//             switched over alone and waited held, guest stopped, 1.1 s in a
+//             group of 4 and 9.9 s in a group of 8 (quiet start, load 3-9),
+//             while a light member's first pass went on. Parked only once
+//             ripe, it still did so before the pacer saw it ripe (its passes
+//             shrank from 35 to 0.6 MiB within 0.1 s, reported 0.3 s late:
+//             held 0.7 s, QEMU downtime 1.1 s, in one group of 8 of 8). A
+//             crawl holds a busy guest: what is left never runs out (its
+//             guest dirties memory), so no sync comes; its guest runs
+//             unthrottled meanwhile (no sync, no throttle step).
 //   last run  once every member is past its first pass (or held), and every
 //             hovering one is ripe (its last two passes each fit RIPE_FACTOR
 //             times what the group's limit lets it stop with at its
@@ -140,7 +145,7 @@ export interface PacedMember {
   secondPassBytes: number;
   /** Seconds since its figures were reported (its remaining memory fell meanwhile if it runs at full speed). */
   sinceReportS: number;
-  /** Parked now: a ripe hovering member waiting braked while another member is still in its first pass. */
+  /** Parked now: a busy member past its first pass waiting braked while another member is still in its first pass. */
   parked: boolean;
   /** Its dirty-sync count when it last hovered again after it was parked (0: never parked): ripe only two passes later. */
   hoverPass: number;
@@ -279,7 +284,7 @@ export interface PaceDecision {
   started: boolean;
   /** Hovers now: full bandwidth, 1 ms downtime limit. */
   hovering: boolean;
-  /** Parked now (braked, ripe, while another member is still in its first pass). */
+  /** Parked now (a busy member braked past its first pass while another member is still in its first pass). */
   parked: boolean;
   etaSeconds: number;
 }
@@ -347,10 +352,11 @@ export function paceGroup(members: PacedMember[], options: PaceOptions): Map<str
   // (later a crawl does not hold it: QEMU finds nothing dirty in an idle guest and switches over); one whose guest
   // dirtied HOVER_PASS_BYTES or more during its first pass hovers past it (also when it was slowed at its brink: its
   // sampled dirty rate said light).
-  // park: a ripe hovering member waits at a crawl while another member is still in its first pass (hovering on, a sync
-  // soon finds nothing dirty and it switches over alone); parked, it stays so until every other one is past it.
+  // park: a busy member past its first pass waits at a crawl while another member is still in its first pass (hovering,
+  // a sync soon finds nothing dirty and it switches over alone, sooner than the pacer can see it ripe); parked, it stays
+  // so until every other one is past it.
   const othersOnFirstPass = (m: PacedMember) => members.some((o) => o.vmId !== m.vmId && o.phase === 'memory' && !ready(o));
-  const parks = (m: PacedMember) => m.pass >= 2 && hovers(m) && !onLastRun(m) && othersOnFirstPass(m) && (m.parked || ripe(m, options.downtimeLimitMs, bandwidth));
+  const parks = (m: PacedMember) => m.pass >= 2 && hovers(m) && !onLastRun(m) && othersOnFirstPass(m);
   for (const m of goingOn) {
     decide(m, parks(m) ? 'park' : !onLastRun(m) && ((!busy(m) && atBrink(m)) || (m.pass >= 2 && !hovers(m))) ? 'crawl' : running(m), true);
   }

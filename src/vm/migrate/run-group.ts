@@ -23,9 +23,9 @@
 //             brake, a report and a call away, came 0.3-1 s late under load
 //             while a light member's small passes ran back to back until
 //             one found nothing dirty; one whose guest dirtied
-//             much during its first pass hovers at full bandwidth, and once
-//             its passes are small waits parked at a crawl while another
-//             member is still in its first pass, then hovers again); once all
+//             much during its first pass waits parked at a crawl while
+//             another member is still in its first pass, then hovers at full
+//             bandwidth until its passes are small); once all
 //             are past their first pass and the hovering ones' passes are
 //             small (ripe), the braked ones are released (the group's
 //             settings), the longest last run first, and the hovering ones
