@@ -75,6 +75,8 @@ export interface PskMigrationResult {
   downtimeMs: number;
   /** RAM bytes QEMU sent. */
   transferredBytes: number;
+  /** From the migrate command until the completion was seen (QEMU's total-time is sometimes still 0 right after it). */
+  wallMs: number;
 }
 
 interface QueryMigrate {
@@ -86,21 +88,24 @@ interface QueryMigrate {
 }
 
 /** Migrates `source` to `destination` over the path ends, TLS with their PSK credentials; resolves when it has completed or failed. */
-export async function migrateOverPath(request: { source: { qmp: QmpClient; end: DataPathEnd }; destination: { qmp: QmpClient; end: DataPathEnd }; port: number; maxBandwidthBytes?: number; timeoutMs?: number; /** Default true; false: plain TCP (a baseline for TLS's cost). */ tls?: boolean }): Promise<PskMigrationResult> {
+export async function migrateOverPath(request: { source: { qmp: QmpClient; end: DataPathEnd }; destination: { qmp: QmpClient; end: DataPathEnd }; port: number; maxBandwidthBytes?: number; timeoutMs?: number; /** Default true; false: plain TCP (a baseline for TLS's cost). */ tls?: boolean; /** Memory channels (multifd when above 1); default 1. */ multifdChannels?: number }): Promise<PskMigrationResult> {
   const { source, destination, port } = request;
   const tls = request.tls ?? true;
+  const channels = request.multifdChannels ?? 1;
   const uri = `tcp:${destination.end.localAddress}:${port}`;
-  const events = [{ capability: 'events', state: true }];
+  const events = [{ capability: 'events', state: true }, ...(channels > 1 ? [{ capability: 'multifd', state: true }] : [])];
+  const multifd = channels > 1 ? { 'multifd-channels': channels } : {};
 
   if (tls) await destination.qmp.execute('object-add', pskObjectProperties(destination.end.credential));
   await destination.qmp.execute('migrate-set-capabilities', { capabilities: events });
-  if (tls) await destination.qmp.execute('migrate-set-parameters', { 'tls-creds': destination.end.credential.id });
+  if (tls || channels > 1) await destination.qmp.execute('migrate-set-parameters', { ...(tls ? { 'tls-creds': destination.end.credential.id } : {}), ...multifd });
   await destination.qmp.execute('migrate-incoming', { uri });
 
   if (tls) await source.qmp.execute('object-add', pskObjectProperties(source.end.credential));
   await source.qmp.execute('migrate-set-capabilities', { capabilities: events });
-  await source.qmp.execute('migrate-set-parameters', { ...(tls ? { 'tls-creds': source.end.credential.id } : {}), 'max-bandwidth': request.maxBandwidthBytes ?? 4 * 2 ** 30 });
+  await source.qmp.execute('migrate-set-parameters', { ...(tls ? { 'tls-creds': source.end.credential.id } : {}), ...multifd, 'max-bandwidth': request.maxBandwidthBytes ?? 4 * 2 ** 30 });
   // The source connects to the server's per-operation address: its route is the path's link.
+  const t0 = performance.now();
   await source.qmp.execute('migrate', { uri: `tcp:${source.end.remoteAddress}:${port}` });
 
   const deadline = Date.now() + (request.timeoutMs ?? 60_000);
@@ -115,6 +120,7 @@ export async function migrateOverPath(request: { source: { qmp: QmpClient; end: 
         totalMs: final['total-time'] ?? 0,
         downtimeMs: final.downtime ?? 0,
         transferredBytes: final.ram?.transferred ?? 0,
+        wallMs: performance.now() - t0,
       };
     }
     if (Date.now() > deadline) {
