@@ -25,8 +25,15 @@ const vmRef = z.object({ vmId: vmIdSchema });
 
 export const GROUP_CALLS = {
   setMigrationParameters: call(
-    "source: changes a running migration's downtime limit and/or bandwidth cap (memory and disk mirrors), unless decided on its first pass after the source braked itself at its end; answers the values now in force",
-    z.object({ vmId: vmIdSchema, downtimeLimitMs: z.number().int().min(1).max(600_000).optional(), maxBandwidthBytesPerSecond: z.number().int().positive().optional(), pass: z.number().int().min(0).optional().describe('the pass (dirty-sync count) the caller saw when it decided: a change decided during the first pass is ignored once the source braked itself after it (migrateOut brakeAfterFirstPass)') }),
+    "source: changes a running migration's downtime limit and/or bandwidth cap (memory and disk mirrors), unless decided on its first pass after the source braked itself at its end, or on a pass before the one it parked itself at; answers the values now in force",
+    z.object({
+      vmId: vmIdSchema,
+      downtimeLimitMs: z.number().int().min(1).max(600_000).optional(),
+      maxBandwidthBytesPerSecond: z.number().int().positive().optional(),
+      pass: z.number().int().min(0).optional().describe('the pass (dirty-sync count) the caller saw when it decided: a change decided during the first pass is ignored once the source braked itself after it (migrateOut brakeAfterFirstPass), and one decided before the pass it parked itself at (parkBelowBytes) is ignored'),
+      parkBelowBytes: z.number().int().min(0).optional().describe("until the next change: a group member's source brakes itself to its brakeAfterFirstPass limits as soon as a pass past its first (and from parkFromPass on) begins with at most this many bytes (its reports then give selfParked, that pass)"),
+      parkFromPass: z.number().int().min(0).optional().describe('with parkBelowBytes: the first pass it may park at (the one after a pass that sends what its guest dirtied while it was braked)'),
+    }),
     z.object({ downtimeLimitMs: z.number(), maxBandwidthBytesPerSecond: z.number() }),
   ),
   startIncoming: call('destination: a migrated guest kept paused after its migration completed (prepareIncoming with holdAfter) runs here now; the QEMU becomes this host\'s VM', vmRef, incomingResultSchema),

@@ -6,7 +6,9 @@
 // (holdAfter), with its parameters changed while it copies, is reverted (the
 // destination removed, the source runs on in the same QEMU); one whose source
 // brakes itself at the end of its first pass (brakeAfterFirstPass) ignores a
-// change decided on that pass and goes on when released; a last one is
+// change decided on that pass, parks itself at its next pass once asked to
+// (parkBelowBytes), ignores a change decided before that pass and goes on
+// when released; a last one is
 // started at the destination (startIncoming) and the source lets it go.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MigrationTuning } from './calls-migration.ts';
@@ -27,6 +29,10 @@ export function runGroupContract(label: string, makeTarget: () => Promise<Migrat
     type Limits = { downtimeLimitMs: number; maxBandwidthBytesPerSecond: number };
     const BRAKE: Limits = { maxBandwidthBytesPerSecond: 2 ** 10, downtimeLimitMs: 1 };
     const RELEASE: Limits = { downtimeLimitMs: 250, maxBandwidthBytesPerSecond: 2 ** 29 };
+    // A busy member hovering: the 1 ms limit (it keeps iterating), parked by its source at a small pass. At 16 MiB/s the
+    // limit holds 4 pages, under what the guest's loop dirties between two syncs (at full bandwidth a 4 MiB pass took
+    // milliseconds and a sync could find nothing dirty: it completed before any park).
+    const HOVER: Limits = { downtimeLimitMs: 1, maxBandwidthBytesPerSecond: 16 * 2 ** 20 };
     // As a group member runs: a 1 ms downtime limit, so that it does not complete at the end of its first pass (with a
     // guest that keeps dirtying memory, and a cap that makes that limit hold less than what it dirties).
     const SELF_BRAKE_TUNING: MigrationTuning = { ...TUNING, downtimeLimitMs: 1, maxBandwidthBytesPerSecond: 2 ** 28 };
@@ -34,9 +40,10 @@ export function runGroupContract(label: string, makeTarget: () => Promise<Migrat
     /**
      * A path, a destination that holds the guest after completion, and a migration run to completion: its parameters
      * changed midway, or (selfBrake) braked by its source at the end of its first pass, then sent a change decided on
-     * that pass (stale) and a release.
+     * that pass (stale) and a hover that asks it to park itself at a pass of at most 1 GiB (its next one); parked, sent
+     * a change decided on the pass before (stale) and a release.
      */
-    async function migrateHeld(selfBrake = false): Promise<{ pathId: string; awaitId: string; changed: Limits | null; braked: { pass: number; stale: Limits; released: Limits } | null }> {
+    async function migrateHeld(selfBrake = false): Promise<{ pathId: string; awaitId: string; changed: Limits | null; braked: { pass: number; stale: Limits; hover: Limits } | null; parked: { pass: number; stale: Limits; released: Limits } | null }> {
       const plan = await openContractPath(t, opened, { installDefaultGuest: true });
       const writable = spec.disks.filter((x) => !x.readOnly);
       const disks = writable.map((x) => ({ id: x.id, file: x.file, format: x.format, sizeBytes: 2 ** 30, backing: [] }));
@@ -44,16 +51,24 @@ export function runGroupContract(label: string, makeTarget: () => Promise<Migrat
       const awaitId = newOperationId();
       await t.destination.awaitIncoming({ operationId: awaitId, vmId });
       let changing: Promise<Limits | null> | null = null;
-      let braking: Promise<{ pass: number; stale: Limits; released: Limits }> | null = null;
+      let braking: Promise<{ pass: number; stale: Limits; hover: Limits }> | null = null;
+      let parking: Promise<{ pass: number; stale: Limits; released: Limits }> | null = null;
       const result = await runOperation(t.source, 'migrateOut', { vmId, pathId: plan.operationId, migration: prepared.migration, nbd: prepared.nbd, disks: writable.map((x) => ({ node: x.id, sync: 'full' as const })), tuning: selfBrake ? SELF_BRAKE_TUNING : TUNING, hold: false, brakeAfterFirstPass: selfBrake ? BRAKE : null }, {
         onProgress: (e) => {
-          const d = e.data as { phase?: string; pass?: number; selfBraked?: boolean } | undefined;
+          const d = e.data as { phase?: string; pass?: number; selfBraked?: boolean; selfParked?: number | null } | undefined;
           if (selfBrake) {
-            // Braked at a crawl it would wait for ever: a change decided on its first pass, then its release.
+            // Braked at a crawl it would wait for ever: a change decided on its first pass, then a hover with the park armed.
             const pass = d?.pass ?? 0;
-            if (braking || !d?.selfBraked) return;
-            braking = (async () => ({ pass, stale: await t.source.setMigrationParameters({ vmId, ...RELEASE, pass: 1 }), released: await t.source.setMigrationParameters({ vmId, ...RELEASE, pass }) }))();
-            braking.catch(() => undefined);
+            if (!braking && d?.selfBraked) {
+              braking = (async () => ({ pass, stale: await t.source.setMigrationParameters({ vmId, ...RELEASE, pass: 1 }), hover: await t.source.setMigrationParameters({ vmId, ...HOVER, pass, parkBelowBytes: 2 ** 30, parkFromPass: pass + 1 }) }))();
+              braking.catch(() => undefined);
+            }
+            // Parked at a crawl by its source: a change decided on the pass before, then its release.
+            const parkedAt = d?.selfParked;
+            if (braking && !parking && typeof parkedAt === 'number') {
+              parking = (async () => ({ pass: parkedAt, stale: await t.source.setMigrationParameters({ vmId, ...RELEASE, pass: parkedAt - 1 }), released: await t.source.setMigrationParameters({ vmId, ...RELEASE, pass: parkedAt }) }))();
+              parking.catch(() => undefined);
+            }
             return;
           }
           if (changing || d?.phase !== 'memory') return;
@@ -63,7 +78,7 @@ export function runGroupContract(label: string, makeTarget: () => Promise<Migrat
       expect(result.status).toBe('completed');
       const incoming = await follow<'awaitIncoming'>(t.destination, awaitId);
       expect([incoming.running, incoming.resumedAt]).toEqual([false, null]);
-      return { pathId: plan.operationId, awaitId, changed: await (changing ?? Promise.resolve(null)), braked: await (braking ?? Promise.resolve(null)) };
+      return { pathId: plan.operationId, awaitId, changed: await (changing ?? Promise.resolve(null)), braked: await (braking ?? Promise.resolve(null)), parked: await (parking ?? Promise.resolve(null)) };
     }
 
     async function closePath(operationId: string): Promise<void> {
@@ -102,14 +117,19 @@ export function runGroupContract(label: string, makeTarget: () => Promise<Migrat
       expect((await t.source.exec({ vmId, path: 'echo', args: ['still', 'here'] })).exitCode).toBe(0);
     }, 180_000);
 
-    it('a source asked to brake itself after the first pass does so, ignores a change decided on that pass, and goes on when released', async () => {
+    it('a source asked to brake itself after the first pass does so, ignores a change decided on that pass, parks itself at a small pass when asked, ignores a change decided before it, and goes on when released', async () => {
       const stopDirtying = await t.keepDirtying?.(t.source, vmId);
       try {
-        const { pathId, braked } = await migrateHeld(true);
-        // It reported the brake past its first pass; the stale change found the brake's limits in force, the release its own.
+        const { pathId, braked, parked } = await migrateHeld(true);
+        // It reported the brake past its first pass; the stale change found the brake's limits in force, the hover its own.
         expect(braked?.pass).toBeGreaterThanOrEqual(2);
         expect(braked?.stale).toEqual(BRAKE);
-        expect(braked?.released).toEqual(RELEASE);
+        expect(braked?.hover).toEqual(HOVER);
+        // Hovering, it parked itself at its next pass (the brake's crawl again): a change decided before that pass found
+        // the crawl in force, the release its own.
+        expect(parked?.pass).toBeGreaterThan(braked?.pass ?? 0);
+        expect(parked?.stale).toEqual(BRAKE);
+        expect(parked?.released).toEqual(RELEASE);
         expect(await t.destination.abortIncoming({ vmId })).toEqual({ removed: true });
         expect(await codeOf(t.source.revertOutgoing({ vmId }))).toBe('no error');
         expect((await t.source.vmStatus({ vmId })).status).toBe('running');

@@ -75,7 +75,10 @@
 // While it runs, setParameters (setMigrationParameters) changes its bandwidth
 // cap and downtime limit (a group's pacer); a group member also brakes itself
 // at the end of its first pass (brakeAfterFirstPass, see selfBrake), and then
-// ignores a change the pacer decided on that pass. After it completed, revert()
+// ignores a change the pacer decided on that pass; hovering, it parks itself
+// at the same crawl at the start of a small pass when the pacer armed that
+// (parkBelowBytes, see selfPark), and then ignores a change decided on a pass
+// before it. After it completed, revert()
 // (revertOutgoing) undoes it when the destination never ran the guest (a
 // group sent back before its start): QEMU's `cont` from `postmigrate`
 // re-activates the disks the completion inactivated, and the guest runs on.
@@ -128,6 +131,8 @@ export interface MigrateOutProgress {
   throttlePercent: number;
   /** It braked itself at the end of its first pass (brakeAfterFirstPass): its limits are those since then. */
   selfBraked?: boolean;
+  /** The pass at which it parked itself (a pass began with at most setMigrationParameters' parkBelowBytes), null: not parked. */
+  selfParked?: number | null;
 }
 
 export interface MigrateOutResult {
@@ -170,6 +175,11 @@ interface Outgoing {
   mark?: (name: string, at?: number) => void;
   /** It braked itself at the end of its first pass (brakeAfterFirstPass): changes decided on its first pass are stale. */
   selfBraked: boolean;
+  /** Armed by the last change (parkBelowBytes, parkFromPass): it parks itself at the start of a pass this small, from that pass on. */
+  parkBelowBytes: number | null;
+  parkFromPass: number;
+  /** The pass at which it parked itself: changes decided on a pass before it are stale. */
+  selfParkedPass: number | null;
 }
 
 /** Migration states in which QEMU can still cancel and the guest runs on here. */
@@ -221,7 +231,7 @@ export class OutgoingMigrations {
     const end = this.host.paths.end(request.pathId, 'client');
     let release!: () => void;
     const released = new Promise<void>((resolve) => (release = resolve));
-    const o: Outgoing = { phase: 'disks', held: false, switching: false, mirrors: [], release, released, speed: tuning.maxBandwidthBytesPerSecond, downtimeLimitMs: tuning.downtimeLimitMs, diskDone: 0, diskTotal: 0, selfBraked: false };
+    const o: Outgoing = { phase: 'disks', held: false, switching: false, mirrors: [], release, released, speed: tuning.maxBandwidthBytesPerSecond, downtimeLimitMs: tuning.downtimeLimitMs, diskDone: 0, diskTotal: 0, selfBraked: false, parkBelowBytes: null, parkFromPass: 0, selfParkedPass: null };
     this.out.set(vmId, o);
     const wasRunning = (await qmp.queryStatus()).running;
     const t0 = performance.now();
@@ -299,6 +309,26 @@ export class OutgoingMigrations {
         await setMigrationLimits(qmp, brake, o.mirrors);
         mark(`self-brake:${o.speed}B/s,${o.downtimeLimitMs}ms`);
       };
+      // A busy group member hovering until its passes are small parks itself (the same crawl) at the start of a pass of
+      // at most parkBelowBytes (armed by the controller's last change): its passes shrank from 35 to 0.6 MiB within
+      // 0.1 s and a sync found nothing dirty, so it switched over alone before the controller, 0.3 s of reports away
+      // under load, saw it ripe. A pass's size is bounded by what is left at its first query plus what was sent since
+      // the query before (the tail of the pass before): an overestimate, never an underestimate.
+      let lastQuery: { pass: number; transferredBytes: number } | null = null;
+      const selfPark = async (s: MigrateStats): Promise<void> => {
+        const previous = lastQuery;
+        lastQuery = { pass: s.passes, transferredBytes: s.transferredBytes };
+        const brake = request.brakeAfterFirstPass;
+        if (!brake || o.parkBelowBytes === null || o.switching || s.status !== 'active' || s.passes < Math.max(2, o.parkFromPass) || !previous || s.passes <= previous.pass) return;
+        const passBytes = s.remainingBytes + Math.max(0, s.transferredBytes - previous.transferredBytes);
+        if (passBytes > o.parkBelowBytes) return;
+        o.parkBelowBytes = null;
+        o.selfParkedPass = s.passes;
+        o.speed = brake.maxBandwidthBytesPerSecond;
+        o.downtimeLimitMs = brake.downtimeLimitMs;
+        await setMigrationLimits(qmp, brake, o.mirrors);
+        mark(`self-park:pass${s.passes},${passBytes}B`);
+      };
       // Every event already queued is read (one per turn could leave the STOP event unread at the end).
       const readEvents = async (waitMs: number): Promise<void> => {
         for (let next = await nextEvent(waitMs); next && next !== 'done'; next = await nextEvent(0)) {
@@ -332,6 +362,7 @@ export class OutgoingMigrations {
           o.switching = true;
         }
         if (stats.status === 'active') await selfBrake(stats.passes);
+        await selfPark(stats);
         const remaining = stats.remainingBytes;
         const fraction = memoryBase + (1 - memoryBase) * (stats.totalBytes ? Math.min(0.99, stats.transferredBytes / (stats.transferredBytes + remaining)) : 0);
         ctx.progress(fraction, o.phase === 'postcopy' ? `post-copy: ${Math.round(remaining / 2 ** 20)} MiB still at the source` : `memory pass ${stats.passes}: ${Math.round(remaining / 2 ** 20)} MiB to send, dirtied at ${Math.round((stats.dirtyPagesRate * stats.pageSize) / 2 ** 20)} MiB/s`, {
@@ -347,6 +378,7 @@ export class OutgoingMigrations {
           diskTotalBytes: o.diskTotal,
           throttlePercent: stats.throttlePercent,
           selfBraked: o.selfBraked,
+          selfParked: o.selfParkedPass,
         });
         if (o.switching) continue;
         const decision = watch.observe(stats, performance.now() - memoryStart);
@@ -511,15 +543,18 @@ export class OutgoingMigrations {
   }
 
   /** setMigrationParameters: a running migration's downtime limit and bandwidth cap (applied at once if its memory phase runs, else when it starts). */
-  async setParameters(vmId: string, change: { downtimeLimitMs?: number; maxBandwidthBytesPerSecond?: number; pass?: number }): Promise<{ downtimeLimitMs: number; maxBandwidthBytesPerSecond: number }> {
+  async setParameters(vmId: string, change: { downtimeLimitMs?: number; maxBandwidthBytesPerSecond?: number; pass?: number; parkBelowBytes?: number; parkFromPass?: number }): Promise<{ downtimeLimitMs: number; maxBandwidthBytesPerSecond: number }> {
     const o = this.out.get(vmId);
     if (!o) throw new MigrationRefusedError(`VM ${vmId} is not being migrated from this host`, { vmId });
     // Decided on its first pass, it arrives after this source braked itself at that pass's end: stale (a crossing's slow
-    // rate would undo the brake until the controller's next decision).
-    if (o.selfBraked && change.pass !== undefined && change.pass < 2) {
+    // rate would undo the brake until the controller's next decision). So is one decided before the pass it parked at.
+    if (change.pass !== undefined && ((o.selfBraked && change.pass < 2) || (o.selfParkedPass !== null && change.pass < o.selfParkedPass))) {
       o.mark?.('limits-stale');
       return { downtimeLimitMs: o.downtimeLimitMs, maxBandwidthBytesPerSecond: o.speed };
     }
+    // Each change arms the park anew or disarms it.
+    o.parkBelowBytes = change.parkBelowBytes ?? null;
+    o.parkFromPass = change.parkFromPass ?? 0;
     const qmp = this.host.running(vmId).qmp;
     if (change.maxBandwidthBytesPerSecond !== undefined) o.speed = change.maxBandwidthBytesPerSecond;
     if (change.downtimeLimitMs !== undefined) o.downtimeLimitMs = change.downtimeLimitMs;

@@ -20,12 +20,14 @@ export function fakeGroupHandlers(host: FakeMigrationHost, state: FakeMigrationS
     return fn();
   };
   return {
-    setMigrationParameters: ({ vmId, downtimeLimitMs, maxBandwidthBytesPerSecond, pass }) =>
+    setMigrationParameters: ({ vmId, downtimeLimitMs, maxBandwidthBytesPerSecond, pass, parkBelowBytes, parkFromPass }) =>
       wrap('setMigrationParameters', () => {
         const o = state.outgoing.get(vmId);
         if (!o) throw refused(`VM ${vmId} is not being migrated from this host`, vmId);
-        // Decided on its first pass after it braked itself at that pass's end: stale, ignored.
-        if (o.selfBraked && pass !== undefined && pass < 2) return { downtimeLimitMs: o.downtimeLimitMs, maxBandwidthBytesPerSecond: o.speed };
+        // Decided on its first pass after it braked itself at that pass's end, or before the pass it parked at: stale, ignored.
+        if (pass !== undefined && ((o.selfBraked && pass < 2) || (o.selfParkedPass !== null && pass < o.selfParkedPass))) return { downtimeLimitMs: o.downtimeLimitMs, maxBandwidthBytesPerSecond: o.speed };
+        o.parkBelowBytes = parkBelowBytes ?? null;
+        o.parkFromPass = parkFromPass ?? 0;
         if (downtimeLimitMs !== undefined) o.downtimeLimitMs = downtimeLimitMs;
         if (maxBandwidthBytesPerSecond !== undefined) o.speed = maxBandwidthBytesPerSecond;
         return { downtimeLimitMs: o.downtimeLimitMs, maxBandwidthBytesPerSecond: o.speed };

@@ -50,7 +50,7 @@ type MigrationHandlers = Pick<AgentHandlers, keyof typeof MIGRATION_CALLS>;
 /** One fake agent's migrations, shared with its group handlers (fake-group.ts). */
 export interface FakeMigrationState {
   incoming: Map<string, { wire: Wire; runtime: VmRuntime; disks: Locator[]; state: 'waiting' | 'held' | 'running' | 'failed' }>;
-  outgoing: Map<string, { phase: string; held: boolean; switching: boolean; release: () => void; released: Promise<void>; downtimeLimitMs: number; speed: number; selfBraked: boolean }>;
+  outgoing: Map<string, { phase: string; held: boolean; switching: boolean; release: () => void; released: Promise<void>; downtimeLimitMs: number; speed: number; selfBraked: boolean; parkBelowBytes: number | null; parkFromPass: number; selfParkedPass: number | null }>;
   /** VMs whose migration from here completed (their QEMU stays, stopped, until finishOutgoing), and whether the guest ran before. */
   completed: Map<string, { wasRunning: boolean }>;
 }
@@ -167,7 +167,7 @@ export function fakeMigrationHandlers(host: FakeMigrationHost, state: FakeMigrat
         if (!end || end.role !== 'client') throw new OffshootError('DATA_PATH_FAILED', `no client end of the data path of operation ${r.pathId} on this host`, { operationId: r.pathId }, 500);
         let release!: () => void;
         const released = new Promise<void>((resolve) => (release = resolve));
-        const o = { phase: r.disks.length ? 'disks' : 'memory', held: false, switching: false, release, released, downtimeLimitMs: r.tuning.downtimeLimitMs, speed: r.tuning.maxBandwidthBytesPerSecond, selfBraked: false };
+        const o = { phase: r.disks.length ? 'disks' : 'memory', held: false, switching: false, release, released, downtimeLimitMs: r.tuning.downtimeLimitMs, speed: r.tuning.maxBandwidthBytesPerSecond, selfBraked: false, parkBelowBytes: null as number | null, parkFromPass: 0, selfParkedPass: null as number | null };
         outgoing.set(r.vmId, o);
         const cancelled = () => new OffshootError('TASK_CANCELLED', `the migration of VM ${r.vmId} was cancelled`, { vmId: r.vmId }, 409);
         const progress = { pass: 0, remainingBytes: 2 ** 28, transferredBytes: 0, totalBytes: 2 ** 28, dirtyBytesPerSecond: 0, bandwidthBytesPerSecond: 2 ** 30, expectedDowntimeMs: 10, diskDoneBytes: 0, diskTotalBytes: r.disks.length * 2 ** 20, throttlePercent: 0 };
@@ -183,8 +183,17 @@ export function fakeMigrationHandlers(host: FakeMigrationHost, state: FakeMigrat
             ctx.progress(i / (steps + 1), `${o.phase} step ${i}`, { ...progress, phase: o.phase, pass, remainingBytes: 2 ** 28 / i, diskDoneBytes: Math.min(i, 2) * 2 ** 19 * r.disks.length, selfBraked: o.selfBraked });
             await sleep(host.migrateMs / steps);
           }
-          // Braked at a crawl it goes nowhere: it waits until released (or cancelled).
-          while (r.brakeAfterFirstPass && o.speed <= r.brakeAfterFirstPass.maxBandwidthBytesPerSecond && !ctx.signal.aborted) await sleep(5);
+          // Braked at a crawl it goes nowhere: it waits until released (or cancelled). Released with parkBelowBytes armed, its
+          // passes (1 MiB each) run until one from parkFromPass on parks it again at a crawl if it is that small (as a real
+          // source does), and it waits anew.
+          const brake = r.brakeAfterFirstPass;
+          for (let pass = 2; brake && !ctx.signal.aborted; ) {
+            while (o.speed <= brake.maxBandwidthBytesPerSecond && !ctx.signal.aborted) await sleep(5);
+            if (o.parkBelowBytes === null || o.parkBelowBytes < 2 ** 20) break;
+            pass = Math.max(pass + 1, o.parkFromPass);
+            Object.assign(o, { parkBelowBytes: null, selfParkedPass: pass, speed: brake.maxBandwidthBytesPerSecond, downtimeLimitMs: brake.downtimeLimitMs });
+            ctx.progress(0.9, `memory pass ${pass}`, { ...progress, phase: 'memory', pass, remainingBytes: 2 ** 20, selfBraked: o.selfBraked, selfParked: pass });
+          }
           if (ctx.signal.aborted) throw cancelled();
           const wire = wires.get(r.pathId);
           if (!wire) throw new OffshootError('MIGRATION_FAILED', `live migration failed at memory: nothing listens on ${r.migration.host}:${r.migration.port}`, { vmId: r.vmId }, 500);

@@ -102,8 +102,10 @@ export interface PaceTimeline {
   brake?: number;
   /** Its source braked itself at the end of its first pass (reported then). */
   selfBrake?: number;
-  /** Parked (busy, ripe, braked while another member was still in its first pass), first time. */
+  /** Parked (busy, braked past its first pass while another member was still in its first pass), first time. */
   park?: number;
+  /** Its source parked itself at a small pass while it hovered (ripe; reported then). */
+  selfPark?: number;
   /** Hovering again after it was parked, last time. */
   unpark?: number;
   /** Released or landed: its last run began. */
@@ -173,6 +175,10 @@ export interface Member extends GroupMember {
     hoverPass: number;
     /** Its source braked itself at the end of its first pass (migrateOut's brakeAfterFirstPass), seen in a report. */
     selfBraked: boolean;
+    /** Its source parked itself at a small pass while it hovered (setMigrationParameters' parkBelowBytes), seen in a report: ripe, it waits at a crawl for its last run. */
+    selfParked: boolean;
+    /** The last settings sent armed its source's park (parkBelowBytes). */
+    parkArmed: boolean;
     /** When each pacing step came (performance.now()), and its passes past the first (for the result). */
     marks: { [K in keyof PaceTimeline]?: number };
     passes: Array<{ pass: number; at: number; bytes: number; bandwidth: number; throttle: number }>;

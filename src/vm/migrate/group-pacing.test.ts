@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { PacedMember } from './group-pacing.ts';
-import { BRAKE_DOWNTIME_MS, BRAKE_FLOOR, BRINK_BYTES, CROSS_BANDWIDTH, LAND_AFTER_S, LAND_DOWNTIME_MS, LEAD_S, RIPE_FACTOR, SLOW_BANDWIDTH, SLOW_TAIL_BYTES, paceGroup, ripe, secondsToConverge } from './group-pacing.ts';
+import { BRAKE_DOWNTIME_MS, BRAKE_FLOOR, BRINK_BYTES, CROSS_BANDWIDTH, LAND_AFTER_S, LAND_DOWNTIME_MS, LEAD_S, RIPE_FACTOR, SLOW_BANDWIDTH, SLOW_TAIL_BYTES, paceGroup, ripe, ripeBytes, secondsToConverge } from './group-pacing.ts';
 
 const MiB = 2 ** 20;
 const options = { maxBandwidthBytesPerSecond: 1024 * MiB, downtimeLimitMs: 300, windowMs: 150 };
@@ -13,12 +13,12 @@ const land = { maxBandwidthBytesPerSecond: options.maxBandwidthBytesPerSecond, d
 const crossing = { maxBandwidthBytesPerSecond: CROSS_BANDWIDTH, downtimeLimitMs: BRAKE_DOWNTIME_MS };
 const slowed = { maxBandwidthBytesPerSecond: SLOW_BANDWIDTH, downtimeLimitMs: BRAKE_DOWNTIME_MS };
 // An idle member in its first pass: 200 MiB left, mostly zero pages (its remaining falls at 400 MiB/s while QEMU reports 100 MiB/s sent).
-const idle: PacedMember = { vmId: 'idle', phase: 'memory', pass: 1, remainingBytes: 200 * MiB, dirtyBytesPerSecond: 0, bandwidthBytesPerSecond: 100 * MiB, peakBandwidthBytesPerSecond: 100 * MiB, lastRunS: 0, drainBytesPerSecond: 400 * MiB, passBytes: 0, previousPassBytes: 0, secondPassBytes: 0, started: true, braked: false, released: false, landed: false, sinceReportS: 0, parked: false, hoverPass: 0 };
+const idle: PacedMember = { vmId: 'idle', phase: 'memory', pass: 1, remainingBytes: 200 * MiB, dirtyBytesPerSecond: 0, bandwidthBytesPerSecond: 100 * MiB, peakBandwidthBytesPerSecond: 100 * MiB, lastRunS: 0, drainBytesPerSecond: 400 * MiB, passBytes: 0, previousPassBytes: 0, secondPassBytes: 0, started: true, braked: false, released: false, landed: false, sinceReportS: 0, parked: false, hoverPass: 0, selfParked: false };
 // The same at the brink: 0.2 s from its switch-over at full speed (above BRINK_BYTES: at the brink by its estimate).
 const brink: PacedMember = { ...idle, remainingBytes: 30 * MiB + 0.2 * 400 * MiB };
 // A member rewriting 64 MiB: past its first pass (its second pass began with 64 MiB), 64 MiB left at 100 MiB/s sent and
 // 40 MiB/s dirtied, hovering; its passes (64 MiB) do not fit what 300 ms at 100 MiB/s let it stop with (30 MiB): not ripe.
-const busy: PacedMember = { vmId: 'busy', phase: 'memory', pass: 3, remainingBytes: 64 * MiB, dirtyBytesPerSecond: 40 * MiB, bandwidthBytesPerSecond: 100 * MiB, peakBandwidthBytesPerSecond: 100 * MiB, lastRunS: 0, drainBytesPerSecond: 0, passBytes: 64 * MiB, previousPassBytes: 64 * MiB, secondPassBytes: 64 * MiB, started: true, braked: false, released: false, landed: false, sinceReportS: 0, parked: false, hoverPass: 0 };
+const busy: PacedMember = { vmId: 'busy', phase: 'memory', pass: 3, remainingBytes: 64 * MiB, dirtyBytesPerSecond: 40 * MiB, bandwidthBytesPerSecond: 100 * MiB, peakBandwidthBytesPerSecond: 100 * MiB, lastRunS: 0, drainBytesPerSecond: 0, passBytes: 64 * MiB, previousPassBytes: 64 * MiB, secondPassBytes: 64 * MiB, started: true, braked: false, released: false, landed: false, sinceReportS: 0, parked: false, hoverPass: 0, selfParked: false };
 // The same throttled: its last two passes fit RIPE_FACTOR times what 300 ms at 100 MiB/s let it stop with (ripe).
 const ripeBusy: PacedMember = { ...busy, remainingBytes: 10 * MiB, passBytes: 20 * RIPE_FACTOR * MiB, previousPassBytes: 28 * RIPE_FACTOR * MiB };
 // The same still in its first pass (150 MiB left at 100 MiB/s).
@@ -160,6 +160,28 @@ describe('group pacing (a gated start; light ones slowed at the brink of their f
     }
     expect(ripe({ ...again, pass: 7 }, 300, 100 * MiB)).toBe(true);
     expect(paceGroup([past, { ...again, pass: 7 }], options).get('idle')).toMatchObject({ settings: full, braked: false });
+    // Hovering past its first pass, its source is asked to park itself at a pass that would make it ripe (ripeBytes),
+    // from its next pass on; hovering again after it was parked, from two passes later (the first sends what its guest
+    // dirtied while parked).
+    expect(paceGroup([past, busy], options).get('busy')?.park).toEqual({ belowBytes: ripeBytes(busy, 300, 100 * MiB), fromPass: busy.pass + 1 });
+    expect(ripeBytes(busy, 300, 100 * MiB)).toBe(Math.floor(RIPE_FACTOR * 100 * MiB * 0.3));
+    expect(back.get('busy')?.park).toEqual({ belowBytes: ripeBytes(busy, 300, 100 * MiB), fromPass: parked.pass + 2 });
+    expect(paceGroup([past, { ...busy, hoverPass: 3 }], options).get('busy')?.park?.fromPass).toBe(5);
+    // Nobody else is asked to park: not a light member, not a parked or braked one, not one on its last run.
+    expect(paceGroup([idle, busyFirst], options).get('idle')?.park).toBeNull();
+    expect(paceGroup([idle, busy], options).get('busy')?.park).toBeNull();
+    expect(paceGroup([past, busy], options).get('idle')?.park).toBeNull();
+    expect(paceGroup([past, { ...ripeBusy, landed: true }], options).get('busy')?.park).toBeNull();
+    // Its source parked it (ripe): it waits at a crawl while anyone else is not ripe or in a first pass...
+    const selfParked = { ...ripeBusy, braked: true, selfParked: true, remainingBytes: 2 * MiB, passBytes: 4 * MiB, previousPassBytes: 30 * MiB };
+    expect(ripe(selfParked, 300, 100 * MiB)).toBe(true);
+    expect(paceGroup([idle, selfParked], options).get('busy')).toMatchObject({ settings: crawl, braked: true, hovering: false });
+    expect(paceGroup([past, selfParked, { ...busy, vmId: 'other' }], options).get('busy')).toMatchObject({ settings: crawl, braked: true, hovering: false });
+    // ... then runs its last run landed, with the braked ones' release (not LAND_AFTER_S after it), and keeps that limit.
+    const lastRun = paceGroup([past, selfParked], options);
+    expect(lastRun.get('busy')).toMatchObject({ settings: land, braked: false, hovering: false });
+    expect(lastRun.get('idle')).toMatchObject({ settings: full, braked: false });
+    expect(paceGroup([{ ...past, braked: false, released: true }, { ...selfParked, braked: false, released: true }], options).get('busy')).toMatchObject({ settings: land, braked: false });
     // One on its last run is never parked; nor one still in its first pass.
     expect(paceGroup([idle, { ...ripeBusy, landed: true }], options).get('busy')).toMatchObject({ settings: land, parked: false });
     expect(paceGroup([idle, busyFirst], options).get('busy')).toMatchObject({ parked: false });

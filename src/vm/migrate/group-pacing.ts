@@ -91,6 +91,15 @@
 //             crawl holds a busy guest: what is left never runs out (its
 //             guest dirties memory), so no sync comes; its guest runs
 //             unthrottled meanwhile (no sync, no throttle step).
+//   self-park a hovering member's source is asked to park itself at a crawl
+//             at the start of a pass of at most ripeBytes (from the pass after
+//             the one that sends what it dirtied while braked): its passes
+//             shrank from 35 to 0.6 MiB within 0.1 s and a sync found nothing
+//             dirty, so it switched over alone before the pacer, its reports
+//             0.3 s late under load, saw it ripe (held 0.23 s, QEMU downtime
+//             0.57 s, in one group of 8 of 4). Parked so, it is ripe; it waits
+//             at a crawl and its last run comes with the braked ones' release,
+//             landed (LAND_DOWNTIME_MS: a parked guest dirtied more).
 //   last run  once every member is past its first pass (or held), and every
 //             hovering one is ripe (its last two passes each fit RIPE_FACTOR
 //             times what the group's limit lets it stop with at its
@@ -149,6 +158,8 @@ export interface PacedMember {
   parked: boolean;
   /** Its dirty-sync count when it last hovered again after it was parked (0: never parked): ripe only two passes later. */
   hoverPass: number;
+  /** Its source parked itself at the start of a pass of at most parkBelowBytes while it hovered: ripe, it waits at a crawl for its last run (landed). */
+  selfParked: boolean;
 }
 
 export interface PaceSettings {
@@ -263,12 +274,18 @@ export function hovers(m: Pick<PacedMember, 'secondPassBytes'>): boolean {
  * bandwidth QEMU reports while it hovers: its syncs, one per pass, and the CPU the others' guests take keep that at
  * 2-27 MiB/s under load, where the group's 150 ms fit under 1-4 MiB and it waited 60 s to be ripe.)
  */
-export function ripe(m: Pick<PacedMember, 'phase' | 'pass' | 'passBytes' | 'previousPassBytes' | 'peakBandwidthBytesPerSecond' | 'parked' | 'hoverPass'>, downtimeLimitMs: number, groupBandwidthBytesPerSecond: number): boolean {
-  if (m.phase !== 'memory') return true;
+export function ripe(m: Pick<PacedMember, 'phase' | 'pass' | 'passBytes' | 'previousPassBytes' | 'peakBandwidthBytesPerSecond' | 'parked' | 'hoverPass' | 'selfParked'>, downtimeLimitMs: number, groupBandwidthBytesPerSecond: number): boolean {
+  // Its source saw a pass small enough and parked it: ripe.
+  if (m.phase !== 'memory' || m.selfParked) return true;
   // Parked, or hovering again since less than two passes: its passes do not say what its guest dirtied while parked.
   if (m.parked || m.pass < m.hoverPass + 2) return false;
+  return Math.max(m.passBytes, m.previousPassBytes) <= ripeBytes(m, downtimeLimitMs, groupBandwidthBytesPerSecond);
+}
+
+/** The largest pass a hovering member may have to be ripe: RIPE_FACTOR times what the group's limit lets it stop with at its full-speed bandwidth (its best seen, else the group's). */
+export function ripeBytes(m: Pick<PacedMember, 'peakBandwidthBytesPerSecond'>, downtimeLimitMs: number, groupBandwidthBytesPerSecond: number): number {
   const rate = m.peakBandwidthBytesPerSecond > 0 ? m.peakBandwidthBytesPerSecond : groupBandwidthBytesPerSecond;
-  return Math.max(m.passBytes, m.previousPassBytes) <= (RIPE_FACTOR * rate * downtimeLimitMs) / 1000;
+  return Math.floor((RIPE_FACTOR * rate * downtimeLimitMs) / 1000);
 }
 
 /** On its last run (released from the brink, or landed): it keeps the group's settings. */
@@ -286,6 +303,12 @@ export interface PaceDecision {
   hovering: boolean;
   /** Parked now (a busy member braked past its first pass while another member is still in its first pass). */
   parked: boolean;
+  /**
+   * A busy member hovering past its first pass: its source parks itself at the start of a pass of at most belowBytes
+   * (ripe: ripeBytes) from pass fromPass on (after the pass that sends what its guest dirtied while it was braked); null
+   * otherwise.
+   */
+  park: { belowBytes: number; fromPass: number } | null;
   etaSeconds: number;
 }
 
@@ -320,8 +343,17 @@ export function paceGroup(members: PacedMember[], options: PaceOptions): Map<str
   const decisions = new Map<string, PaceDecision>();
   // A crawl in its first pass is the crossing of its end: across most of its tail, then slowly over its last SLOW_TAIL_BYTES.
   const crawlOf = (m: PacedMember, started: boolean) => (started && m.phase === 'memory' && m.pass <= 1 ? (m.remainingBytes > SLOW_TAIL_BYTES ? cross : slow) : crawl);
+  // A member its source parked (ripe) runs its last run landed, as a hovering one does.
   const decide = (m: PacedMember, how: 'crawl' | 'full' | 'hover' | 'park', started: boolean) =>
-    decisions.set(m.vmId, { settings: how === 'crawl' || how === 'park' ? crawlOf(m, started) : how === 'hover' ? hover : m.landed || (how === 'full' && m.started && !m.braked && !m.released && m.pass >= 2 && members.length > 1) ? land : full, braked: how === 'crawl' || how === 'park', started, hovering: how === 'hover', parked: how === 'park', etaSeconds: etaOf(m) });
+    decisions.set(m.vmId, {
+      settings: how === 'crawl' || how === 'park' ? crawlOf(m, started) : how === 'hover' ? hover : m.landed || (how === 'full' && m.selfParked) || (how === 'full' && m.started && !m.braked && !m.released && m.pass >= 2 && members.length > 1) ? land : full,
+      braked: how === 'crawl' || how === 'park',
+      started,
+      hovering: how === 'hover',
+      parked: how === 'park',
+      park: how === 'hover' && m.pass >= 2 && hovers(m) && members.length > 1 ? { belowBytes: ripeBytes(m, options.downtimeLimitMs, bandwidth), fromPass: m.parked ? m.pass + 2 : Math.max(m.hoverPass + 2, m.pass + 1) } : null,
+      etaSeconds: etaOf(m),
+    });
   if (members.length < 2) {
     for (const m of copying) decide(m, 'full', true);
     return decisions;
@@ -361,7 +393,8 @@ export function paceGroup(members: PacedMember[], options: PaceOptions): Map<str
     decide(m, parks(m) ? 'park' : !onLastRun(m) && ((!busy(m) && atBrink(m)) || (m.pass >= 2 && !hovers(m))) ? 'crawl' : running(m), true);
   }
   const braked = copying.filter((c) => c.started && c.braked);
-  for (const m of braked) decide(m, parks(m) ? 'park' : m.pass >= 2 && hovers(m) ? 'hover' : 'crawl', true);
+  // (One its source parked, ripe, waits at a crawl for its last run.)
+  for (const m of braked) decide(m, parks(m) ? 'park' : m.pass >= 2 && hovers(m) && !m.selfParked ? 'hover' : 'crawl', true);
   // Until every member is ready, braked members stay braked and the others hover.
   if (members.some((m) => m.phase === 'memory' && !ready(m))) return decisions;
   // Then the last run. Each braked member is released (the group's settings), the one whose last run takes longest

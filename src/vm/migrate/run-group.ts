@@ -25,7 +25,8 @@
 //             one found nothing dirty; one whose guest dirtied
 //             much during its first pass waits parked at a crawl while
 //             another member is still in its first pass, then hovers at full
-//             bandwidth until its passes are small); once all
+//             bandwidth until its passes are small, when its source parks
+//             itself, setMigrationParameters' parkBelowBytes); once all
 //             are past their first pass and the hovering ones' passes are
 //             small (ripe), the braked ones are released (the group's
 //             settings), the longest last run first, and the hovering ones
@@ -53,7 +54,7 @@ import type { EngineContext } from '../engine-context.ts';
 import type { TaskContext } from '../tasks.ts';
 import { openDataPath } from './data-path.ts';
 import type { GroupJournal, GroupMember, GroupMigrateResult, Member } from './group-member.ts';
-import type { PaceSettings } from './group-pacing.ts';
+import type { PaceDecision, PaceSettings } from './group-pacing.ts';
 import { BRAKE_DOWNTIME_MS, BRAKE_FLOOR, paceGroup } from './group-pacing.ts';
 import type { GroupMigrateRequest } from './group-request.ts';
 import { groupTuningOf } from './group-request.ts';
@@ -86,7 +87,7 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
       const agents = { source: ctx.fleet.agent(g.source.id), destination: ctx.fleet.agent(g.destination.id) };
       const plan = await planMigration(g.vm, g.source, g.destination, agents, { ...request, postcopy: 'never' });
       const journal: MigrateJournal = { vmId: g.vm.id, phase: 'path', previous: g.previous, sourceHostId: g.source.id, destinationHostId: g.destination.id, pathId: newOperationId(), prepareOperationId: newOperationId(), awaitOperationId: newOperationId(), migrateOperationId: newOperationId(), destinationSpec: plan.destinationSpec, destinationRuntime: null };
-      const pace = { applied: full, braked: false, released: false, started: group.length < 2, waitingSince: null, startDelayMs: 0, sending: Promise.resolve(), brakedSince: null, brakedMs: 0, lowest: null, hovering: false, landed: false, hoverSince: null, hoveredMs: 0, landedAt: null, releasedAt: null, reportedAt: 0, bandwidthPeak: 0, drainPeak: 0, sample: null, passBytes: 0, previousPassBytes: 0, secondPass: null, parked: false, hoverPass: 0, selfBraked: false, marks: {}, passes: [] };
+      const pace = { applied: full, braked: false, released: false, started: group.length < 2, waitingSince: null, startDelayMs: 0, sending: Promise.resolve(), brakedSince: null, brakedMs: 0, lowest: null, hovering: false, landed: false, hoverSince: null, hoveredMs: 0, landedAt: null, releasedAt: null, reportedAt: 0, bandwidthPeak: 0, drainPeak: 0, sample: null, passBytes: 0, previousPassBytes: 0, secondPass: null, parked: false, hoverPass: 0, selfBraked: false, selfParked: false, parkArmed: false, marks: {}, passes: [] };
       members.push({ ...g, agents, plan, journal, controller: new AbortController(), state: 'planned', path: null, prepared: false, progress: null, pace, heldAt: null, continuedAt: null, at: { held: null, continued: null, arrived: null, startSent: null }, out: null, outcome: null, incoming: null, error: null });
     }
   } catch (err) {
@@ -225,7 +226,8 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
           if (m.pace.secondPass.pass === m.progress.pass) m.pace.secondPass.bytes = m.pace.passBytes;
         }
         noteProgress(m, typeof e.data === 'object' && e.data !== null && 'throttlePercent' in e.data && typeof e.data.throttlePercent === 'number' ? e.data.throttlePercent : 0);
-        if (typeof e.data === 'object' && e.data !== null && 'selfBraked' in e.data && e.data.selfBraked === true) selfBraked(m, t);
+        if (typeof e.data === 'object' && e.data !== null && 'selfBraked' in e.data && e.data.selfBraked === true) brakedBySource(m, t, 'selfBrake');
+        if (typeof e.data === 'object' && e.data !== null && 'selfParked' in e.data && typeof e.data.selfParked === 'number') brakedBySource(m, t, 'selfPark');
         observe(m, m.pace.reportedAt);
         if (d.phase === 'held' && m.state === 'copying') {
           m.state = 'held';
@@ -301,14 +303,18 @@ function crawlSettings(t: MigrationTuning): PaceSettings {
 }
 
 /**
- * Its source reported that it braked itself at the end of its first pass (migrateOut's brakeAfterFirstPass): from
- * here it is braked at a crawl, as if the pacer had braked it (a busy one then hovers at the pacer's next decision).
+ * Its source reported that it braked itself at the end of its first pass (migrateOut's brakeAfterFirstPass), or
+ * parked itself at a small pass while it hovered (setMigrationParameters' parkBelowBytes): from here it is braked at
+ * a crawl, as if the pacer had braked it (a busy one then hovers at the pacer's next decision; a parked one is ripe
+ * and waits for its last run).
  */
-function selfBraked(m: Member, t: MigrationTuning): void {
-  if (m.pace.selfBraked) return;
+function brakedBySource(m: Member, t: MigrationTuning, how: 'selfBrake' | 'selfPark'): void {
+  if (how === 'selfBrake' ? m.pace.selfBraked : m.pace.selfParked) return;
   const now = performance.now();
-  m.pace.selfBraked = true;
-  m.pace.marks.selfBrake = now;
+  if (how === 'selfBrake') m.pace.selfBraked = true;
+  else m.pace.selfParked = true;
+  m.pace.marks[how] = now;
+  m.pace.parkArmed = false;
   m.pace.applied = crawlSettings(t);
   m.pace.lowest = Math.min(m.pace.lowest ?? m.pace.applied.maxBandwidthBytesPerSecond, m.pace.applied.maxBandwidthBytesPerSecond);
   if (!m.pace.braked) {
@@ -323,15 +329,16 @@ function selfBraked(m: Member, t: MigrationTuning): void {
   }
 }
 
-/** Sends a member's new settings to its source, after those sent before (a brake and its release must not cross). */
-function apply(m: Member, settings: PaceSettings): void {
+/** Sends a member's new settings to its source, after those sent before (a brake and its release must not cross); `park` arms its source's park (else disarmed). */
+function apply(m: Member, settings: PaceSettings, park: PaceDecision['park'] = null): void {
   m.pace.applied = settings;
+  m.pace.parkArmed = park !== null;
   // The pass it was decided on: decided on its first pass, the source ignores it once it braked itself after it.
   const pass = m.progress?.pass ?? 0;
   // Its last run's settings (no crawl, the group's limit or more): when its source confirmed them, for the timeline.
   const lastRun = settings.downtimeLimitMs > BRAKE_DOWNTIME_MS && settings.maxBandwidthBytesPerSecond > BRAKE_FLOOR;
   m.pace.sending = m.pace.sending.then(() =>
-    m.agents.source.setMigrationParameters({ vmId: m.vm.id, ...settings, pass }).then(
+    m.agents.source.setMigrationParameters({ vmId: m.vm.id, ...settings, pass, ...(park ? { parkBelowBytes: park.belowBytes, parkFromPass: park.fromPass } : {}) }).then(
       () => void (lastRun && m.pace.marks.lastRunApplied === undefined && m.pace.marks.lastRun !== undefined && (m.pace.marks.lastRunApplied = performance.now())),
       () => undefined,
     ),
@@ -351,7 +358,7 @@ function pace(members: Member[], options: Parameters<typeof paceGroup>[1]): void
   const decisions = paceGroup(
     live.map((m) => {
       const p = m.progress;
-      return { vmId: m.vm.id, phase: m.state === 'held' ? 'held' : (p?.phase ?? 'preparing'), pass: p?.pass ?? 0, remainingBytes: p?.remainingBytes ?? 0, dirtyBytesPerSecond: p?.dirtyBytesPerSecond ?? 0, bandwidthBytesPerSecond: bandwidthOf(m), peakBandwidthBytesPerSecond: m.pace.bandwidthPeak, lastRunS: m.pace.marks.lastRun === undefined ? 0 : (now - m.pace.marks.lastRun) / 1000, drainBytesPerSecond: m.pace.drainPeak, passBytes: m.pace.passBytes, previousPassBytes: m.pace.previousPassBytes, secondPassBytes: m.pace.secondPass?.bytes ?? 0, started: m.pace.started, braked: m.pace.braked, released: m.pace.released, landed: m.pace.landed, sinceReportS: p ? Math.max(0, now - m.pace.reportedAt) / 1000 : 0, parked: m.pace.parked, hoverPass: m.pace.hoverPass };
+      return { vmId: m.vm.id, phase: m.state === 'held' ? 'held' : (p?.phase ?? 'preparing'), pass: p?.pass ?? 0, remainingBytes: p?.remainingBytes ?? 0, dirtyBytesPerSecond: p?.dirtyBytesPerSecond ?? 0, bandwidthBytesPerSecond: bandwidthOf(m), peakBandwidthBytesPerSecond: m.pace.bandwidthPeak, lastRunS: m.pace.marks.lastRun === undefined ? 0 : (now - m.pace.marks.lastRun) / 1000, drainBytesPerSecond: m.pace.drainPeak, passBytes: m.pace.passBytes, previousPassBytes: m.pace.previousPassBytes, secondPassBytes: m.pace.secondPass?.bytes ?? 0, started: m.pace.started, braked: m.pace.braked, released: m.pace.released, landed: m.pace.landed, sinceReportS: p ? Math.max(0, now - m.pace.reportedAt) / 1000 : 0, parked: m.pace.parked, hoverPass: m.pace.hoverPass, selfParked: m.pace.selfParked };
     }),
     options,
   );
@@ -402,8 +409,8 @@ function pace(members: Member[], options: Parameters<typeof paceGroup>[1]): void
     }
     m.pace.hovering = d.hovering;
     const bandwidthChanged = Math.abs(d.settings.maxBandwidthBytesPerSecond - was.maxBandwidthBytesPerSecond) > was.maxBandwidthBytesPerSecond * 0.1;
-    if (!bandwidthChanged && d.settings.downtimeLimitMs === was.downtimeLimitMs) continue;
-    apply(m, d.settings);
+    if (!bandwidthChanged && d.settings.downtimeLimitMs === was.downtimeLimitMs && (d.park !== null) === m.pace.parkArmed) continue;
+    apply(m, d.settings, d.park);
   }
 }
 
