@@ -154,16 +154,7 @@ export const MIGRATION_CALLS = {
   abortIncoming: call('destination: a migration that failed or was cancelled leaves nothing: its waiting QEMU, RAM file, target disks and exports go (refused once the guest runs here)', vmRef, z.object({ removed: z.boolean() })),
   migrateOut: operation(
     'source: mirrors the copied disks into the destination exports (write-blocking), migrates memory with pre-copy (post-copy when asked or not converging), completes the mirrors at pre-switchover (holds there when asked), and ends when the migration has; cancel stops it at any point before the switch-over and the VM runs on here',
-    { vmId: vmIdSchema, pathId: operationIdSchema, migration: endpointSchema, nbd: endpointSchema.nullable(), disks: z.array(z.object({ node: deviceIdSchema, sync: z.enum(['top', 'full']) })).max(16), tuning: migrationTuningSchema, hold: z.boolean(), brakeAfterFirstPass: z.object({ maxBandwidthBytesPerSecond: z.number().int().positive(), downtimeLimitMs: z.number().int().min(1).max(600_000) }).nullable().default(null).describe('a group member: its source applies these limits itself as soon as its first pass over memory ends (reported as selfBraked), without waiting for the controller'),
-      crossFirstPassEnd: z
-        .object({
-          unlessDirtyBytesPerSecond: z.number().int().min(0).describe('only a guest whose dirty rate, sampled before its pre-copy, is under this (a light one)'),
-          steps: z.array(z.object({ belowBytes: z.number().int().min(0), maxBandwidthBytesPerSecond: z.number().int().positive() })).min(1).max(4),
-        })
-        .nullable()
-        .default(null)
-        .describe("a group member: while its first pass has at most a step's belowBytes left, its source caps its bandwidth at that step's (the lowest that applies) itself, so that it crosses the end of that pass slowly (reported as selfCrossed)"),
-    },
+    { vmId: vmIdSchema, pathId: operationIdSchema, migration: endpointSchema, nbd: endpointSchema.nullable(), disks: z.array(z.object({ node: deviceIdSchema, sync: z.enum(['top', 'full']) })).max(16), tuning: migrationTuningSchema, hold: z.boolean(), brakeAfterFirstPass: z.object({ maxBandwidthBytesPerSecond: z.number().int().positive(), downtimeLimitMs: z.number().int().min(1).max(600_000) }).nullable().default(null).describe('a group member: its source applies these limits itself as soon as its first pass over memory ends (reported as selfBraked), without waiting for the controller') },
     migrateOutResultSchema,
   ),
   setMigrationSpeed: call("source: changes a running migration's bandwidth cap (memory and disk mirrors)", z.object({ vmId: vmIdSchema, maxBandwidthBytesPerSecond: z.number().int().positive() }), empty),

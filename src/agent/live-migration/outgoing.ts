@@ -75,9 +75,7 @@
 // While it runs, setParameters (setMigrationParameters) changes its bandwidth
 // cap and downtime limit (a group's pacer); a group member also brakes itself
 // at the end of its first pass (brakeAfterFirstPass, see selfBrake), and then
-// ignores a change the pacer decided on that pass; a light one caps its own
-// bandwidth near that pass's end (crossFirstPassEnd, see selfCross); hovering,
-// it parks itself
+// ignores a change the pacer decided on that pass; hovering, it parks itself
 // at the same crawl at the start of a small pass when the pacer armed that
 // (parkBelowBytes, see selfPark), and then ignores a change decided on a pass
 // before it. After it completed, revert()
@@ -117,8 +115,6 @@ export interface MigrateOutRequest {
   hold: boolean;
   /** A group member: these limits are applied here as soon as the first pass over memory ends (see selfBrake). */
   brakeAfterFirstPass?: { maxBandwidthBytesPerSecond: number; downtimeLimitMs: number } | null;
-  /** A light group member: its bandwidth is capped here at the end of its first pass (see selfCross). */
-  crossFirstPassEnd?: { unlessDirtyBytesPerSecond: number; steps: Array<{ belowBytes: number; maxBandwidthBytesPerSecond: number }> } | null;
 }
 
 export interface MigrateOutProgress {
@@ -137,8 +133,6 @@ export interface MigrateOutProgress {
   selfBraked?: boolean;
   /** The pass at which it parked itself (a pass began with at most setMigrationParameters' parkBelowBytes), null: not parked. */
   selfParked?: number | null;
-  /** It capped its bandwidth itself near the end of its first pass (crossFirstPassEnd): the cap in force then, null: not. */
-  selfCrossed?: number | null;
 }
 
 export interface MigrateOutResult {
@@ -186,8 +180,6 @@ interface Outgoing {
   parkFromPass: number;
   /** The pass at which it parked itself: changes decided on a pass before it are stale. */
   selfParkedPass: number | null;
-  /** The cap it gave itself near the end of its first pass (crossFirstPassEnd), null: none. */
-  selfCrossed: number | null;
 }
 
 /** Migration states in which QEMU can still cancel and the guest runs on here. */
@@ -239,7 +231,7 @@ export class OutgoingMigrations {
     const end = this.host.paths.end(request.pathId, 'client');
     let release!: () => void;
     const released = new Promise<void>((resolve) => (release = resolve));
-    const o: Outgoing = { phase: 'disks', held: false, switching: false, mirrors: [], release, released, speed: tuning.maxBandwidthBytesPerSecond, downtimeLimitMs: tuning.downtimeLimitMs, diskDone: 0, diskTotal: 0, selfBraked: false, parkBelowBytes: null, parkFromPass: 0, selfParkedPass: null, selfCrossed: null };
+    const o: Outgoing = { phase: 'disks', held: false, switching: false, mirrors: [], release, released, speed: tuning.maxBandwidthBytesPerSecond, downtimeLimitMs: tuning.downtimeLimitMs, diskDone: 0, diskTotal: 0, selfBraked: false, parkBelowBytes: null, parkFromPass: 0, selfParkedPass: null };
     this.out.set(vmId, o);
     const wasRunning = (await qmp.queryStatus()).running;
     const t0 = performance.now();
@@ -290,7 +282,7 @@ export class OutgoingMigrations {
       const postcopyAllowed = tuning.postcopy !== 'never';
       const multifd = postcopyAllowed ? 1 : tuning.multifdChannels;
       // A group member: its guest's dirty rate is sampled first, since QEMU measures none during the first pass (the group's pacer needs it to tell a busy member from an idle one).
-      const sampledDirty = request.hold || request.crossFirstPassEnd ? await sampleDirtyRate(qmp, this.logger, vmId) : null;
+      const sampledDirty = request.hold ? await sampleDirtyRate(qmp, this.logger, vmId) : null;
       // The held phase (guest stopped) is only needed to complete disk mirrors or to wait for a group's continue.
       const pauseBeforeSwitchover = request.disks.length > 0 || request.hold;
       await configureSource(qmp, { maxBandwidthBytesPerSecond: o.speed, downtimeLimitMs: o.downtimeLimitMs, postcopy: postcopyAllowed, autoConverge: tuning.autoConverge, multifdChannels: multifd, tls, pauseBeforeSwitchover });
@@ -337,21 +329,6 @@ export class OutgoingMigrations {
         await setMigrationLimits(qmp, brake, o.mirrors);
         mark(`self-park:pass${s.passes},${passBytes}B`);
       };
-      // A light group member caps its own bandwidth near the end of its first pass (crossFirstPassEnd), as the
-      // controller's pacer would at its brink: that brake, a report and a call away, came after the end under load
-      // (0.3-0.55 s late), its small passes ran at full bandwidth back to back, and within 58 ms of the pass's end a sync
-      // found nothing dirty: it switched over alone and waited held 5 s (one group of 8 of 4).
-      const selfCross = async (s: MigrateStats): Promise<void> => {
-        const cross = request.crossFirstPassEnd;
-        if (!cross || o.switching || s.status !== 'active' || s.passes !== 1 || sampledDirty === null || sampledDirty >= cross.unlessDirtyBytesPerSecond) return;
-        const caps = cross.steps.filter((step) => s.remainingBytes <= step.belowBytes).map((step) => step.maxBandwidthBytesPerSecond);
-        const cap = Math.min(...caps);
-        if (caps.length === 0 || cap >= o.speed) return;
-        o.speed = cap;
-        o.selfCrossed = cap;
-        await setMigrationLimits(qmp, { maxBandwidthBytesPerSecond: cap }, o.mirrors);
-        mark(`self-cross:${cap}B/s,${s.remainingBytes}B`);
-      };
       // Every event already queued is read (one per turn could leave the STOP event unread at the end).
       const readEvents = async (waitMs: number): Promise<void> => {
         for (let next = await nextEvent(waitMs); next && next !== 'done'; next = await nextEvent(0)) {
@@ -386,7 +363,6 @@ export class OutgoingMigrations {
         }
         if (stats.status === 'active') await selfBrake(stats.passes);
         await selfPark(stats);
-        await selfCross(stats);
         const remaining = stats.remainingBytes;
         const fraction = memoryBase + (1 - memoryBase) * (stats.totalBytes ? Math.min(0.99, stats.transferredBytes / (stats.transferredBytes + remaining)) : 0);
         ctx.progress(fraction, o.phase === 'postcopy' ? `post-copy: ${Math.round(remaining / 2 ** 20)} MiB still at the source` : `memory pass ${stats.passes}: ${Math.round(remaining / 2 ** 20)} MiB to send, dirtied at ${Math.round((stats.dirtyPagesRate * stats.pageSize) / 2 ** 20)} MiB/s`, {
@@ -403,7 +379,6 @@ export class OutgoingMigrations {
           throttlePercent: stats.throttlePercent,
           selfBraked: o.selfBraked,
           selfParked: o.selfParkedPass,
-          selfCrossed: o.selfCrossed,
         });
         if (o.switching) continue;
         const decision = watch.observe(stats, performance.now() - memoryStart);

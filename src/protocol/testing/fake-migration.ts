@@ -167,7 +167,7 @@ export function fakeMigrationHandlers(host: FakeMigrationHost, state: FakeMigrat
         if (!end || end.role !== 'client') throw new OffshootError('DATA_PATH_FAILED', `no client end of the data path of operation ${r.pathId} on this host`, { operationId: r.pathId }, 500);
         let release!: () => void;
         const released = new Promise<void>((resolve) => (release = resolve));
-        const o = { phase: r.disks.length ? 'disks' : 'memory', held: false, switching: false, release, released, downtimeLimitMs: r.tuning.downtimeLimitMs, speed: r.tuning.maxBandwidthBytesPerSecond, selfBraked: false, parkBelowBytes: null as number | null, parkFromPass: 0, selfParkedPass: null as number | null, selfCrossed: null as number | null };
+        const o = { phase: r.disks.length ? 'disks' : 'memory', held: false, switching: false, release, released, downtimeLimitMs: r.tuning.downtimeLimitMs, speed: r.tuning.maxBandwidthBytesPerSecond, selfBraked: false, parkBelowBytes: null as number | null, parkFromPass: 0, selfParkedPass: null as number | null };
         outgoing.set(r.vmId, o);
         const cancelled = () => new OffshootError('TASK_CANCELLED', `the migration of VM ${r.vmId} was cancelled`, { vmId: r.vmId }, 409);
         const progress = { pass: 0, remainingBytes: 2 ** 28, transferredBytes: 0, totalBytes: 2 ** 28, dirtyBytesPerSecond: 0, bandwidthBytesPerSecond: 2 ** 30, expectedDowntimeMs: 10, diskDoneBytes: 0, diskTotalBytes: r.disks.length * 2 ** 20, throttlePercent: 0 };
@@ -180,11 +180,7 @@ export function fakeMigrationHandlers(host: FakeMigrationHost, state: FakeMigrat
             // A group member brakes itself when its first pass ends (as a real source does).
             const brake = r.brakeAfterFirstPass;
             if (brake && pass >= 2 && !o.selfBraked) Object.assign(o, { selfBraked: true, speed: brake.maxBandwidthBytesPerSecond, downtimeLimitMs: brake.downtimeLimitMs });
-            // A light guest (this fake's dirties nothing) crosses the end of its first pass capped by its source (crossFirstPassEnd).
-            const cross = r.crossFirstPassEnd;
-            const cap = cross && pass === 1 && cross.unlessDirtyBytesPerSecond > 0 ? Math.min(...cross.steps.filter((s) => 2 ** 28 / i <= s.belowBytes).map((s) => s.maxBandwidthBytesPerSecond)) : Number.POSITIVE_INFINITY;
-            if (cap < o.speed) Object.assign(o, { speed: cap, selfCrossed: cap });
-            ctx.progress(i / (steps + 1), `${o.phase} step ${i}`, { ...progress, phase: o.phase, pass, remainingBytes: 2 ** 28 / i, diskDoneBytes: Math.min(i, 2) * 2 ** 19 * r.disks.length, selfBraked: o.selfBraked, selfCrossed: o.selfCrossed });
+            ctx.progress(i / (steps + 1), `${o.phase} step ${i}`, { ...progress, phase: o.phase, pass, remainingBytes: 2 ** 28 / i, diskDoneBytes: Math.min(i, 2) * 2 ** 19 * r.disks.length, selfBraked: o.selfBraked });
             await sleep(host.migrateMs / steps);
           }
           // Braked at a crawl it goes nowhere: it waits until released (or cancelled). Released with parkBelowBytes armed, its

@@ -179,8 +179,6 @@ export interface Member extends GroupMember {
     selfParked: boolean;
     /** The last settings sent armed its source's park (parkBelowBytes). */
     parkArmed: boolean;
-    /** The cap its source gave itself near the end of its first pass (crossFirstPassEnd), from its last report; null: none. */
-    selfCrossed: number | null;
     /** When each pacing step came (performance.now()), and its passes past the first (for the result). */
     marks: { [K in keyof PaceTimeline]?: number };
     passes: Array<{ pass: number; at: number; bytes: number; bandwidth: number; throttle: number }>;

@@ -63,11 +63,7 @@
 //             most BRINK_BYTES left: a mostly-zero tail drains faster than any
 //             rate measured before it) crosses that end slowed: its tail at
 //             CROSS_BANDWIDTH, its last SLOW_TAIL_BYTES at SLOW_BANDWIDTH (all
-//             at SLOW_BANDWIDTH took 4.4-12 s for tails of data); its source
-//             applies the same caps itself by the bytes left (migrateOut's
-//             crossFirstPassEnd: the pacer's, a report and a call away, came
-//             after the end under load, and a light member's small passes at
-//             full bandwidth found nothing dirty within 58 ms of it: held 5 s)
+//             at SLOW_BANDWIDTH took 4.4-12 s for tails of data)
 //   brake     past its first pass a member whose second pass is under
 //             HOVER_PASS_BYTES (light) is braked to a crawl (BRAKE_FLOOR, 1 ms
 //             downtime limit; its source has braked itself there already, and

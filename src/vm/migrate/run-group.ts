@@ -16,8 +16,7 @@
 //             50 ms besides) starts the longest first and the others when the
 //             slowest needs no more than they do; a started member runs its
 //             first pass at full bandwidth with a 1 ms downtime limit, a light
-//             one is slowed at the brink of its end (by its source too,
-//             migrateOut's crossFirstPassEnd), and past it a member
+//             one is slowed at the brink of its end, and past it a member
 //             waits braked at a crawl, guest running (its source brakes
 //             itself at QEMU's event for that pass, migrateOut's
 //             brakeAfterFirstPass, and says so in its reports: the pacer's
@@ -56,7 +55,7 @@ import type { TaskContext } from '../tasks.ts';
 import { openDataPath } from './data-path.ts';
 import type { GroupJournal, GroupMember, GroupMigrateResult, Member } from './group-member.ts';
 import type { PaceDecision, PaceSettings } from './group-pacing.ts';
-import { BRAKE_DOWNTIME_MS, BRAKE_FLOOR, BRINK_BYTES, CROSS_BANDWIDTH, HOVER_DIRTY_BYTES_PER_SECOND, SLOW_BANDWIDTH, SLOW_TAIL_BYTES, paceGroup } from './group-pacing.ts';
+import { BRAKE_DOWNTIME_MS, BRAKE_FLOOR, paceGroup } from './group-pacing.ts';
 import type { GroupMigrateRequest } from './group-request.ts';
 import { groupTuningOf } from './group-request.ts';
 import { checkArrived, continueAll, revert, startAll } from './group-switch.ts';
@@ -88,7 +87,7 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
       const agents = { source: ctx.fleet.agent(g.source.id), destination: ctx.fleet.agent(g.destination.id) };
       const plan = await planMigration(g.vm, g.source, g.destination, agents, { ...request, postcopy: 'never' });
       const journal: MigrateJournal = { vmId: g.vm.id, phase: 'path', previous: g.previous, sourceHostId: g.source.id, destinationHostId: g.destination.id, pathId: newOperationId(), prepareOperationId: newOperationId(), awaitOperationId: newOperationId(), migrateOperationId: newOperationId(), destinationSpec: plan.destinationSpec, destinationRuntime: null };
-      const pace = { applied: full, braked: false, released: false, started: group.length < 2, waitingSince: null, startDelayMs: 0, sending: Promise.resolve(), brakedSince: null, brakedMs: 0, lowest: null, hovering: false, landed: false, hoverSince: null, hoveredMs: 0, landedAt: null, releasedAt: null, reportedAt: 0, bandwidthPeak: 0, drainPeak: 0, sample: null, passBytes: 0, previousPassBytes: 0, secondPass: null, parked: false, hoverPass: 0, selfBraked: false, selfParked: false, parkArmed: false, selfCrossed: null, marks: {}, passes: [] };
+      const pace = { applied: full, braked: false, released: false, started: group.length < 2, waitingSince: null, startDelayMs: 0, sending: Promise.resolve(), brakedSince: null, brakedMs: 0, lowest: null, hovering: false, landed: false, hoverSince: null, hoveredMs: 0, landedAt: null, releasedAt: null, reportedAt: 0, bandwidthPeak: 0, drainPeak: 0, sample: null, passBytes: 0, previousPassBytes: 0, secondPass: null, parked: false, hoverPass: 0, selfBraked: false, selfParked: false, parkArmed: false, marks: {}, passes: [] };
       members.push({ ...g, agents, plan, journal, controller: new AbortController(), state: 'planned', path: null, prepared: false, progress: null, pace, heldAt: null, continuedAt: null, at: { held: null, continued: null, arrived: null, startSent: null }, out: null, outcome: null, incoming: null, error: null });
     }
   } catch (err) {
@@ -211,7 +210,7 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
     }
     let held!: () => void;
     const isHeld = new Promise<void>((resolve) => (held = resolve));
-    m.out = runOperation(m.agents.source, 'migrateOut', { operationId: m.journal.migrateOperationId, vmId: m.vm.id, pathId: m.journal.pathId, migration: target.migration, nbd: target.nbd, disks: m.plan.mirrors, tuning: first, hold: true, brakeAfterFirstPass: members.length >= 2 ? crawlSettings(t) : null, crossFirstPassEnd: members.length >= 2 ? crossSteps(t) : null }, {
+    m.out = runOperation(m.agents.source, 'migrateOut', { operationId: m.journal.migrateOperationId, vmId: m.vm.id, pathId: m.journal.pathId, migration: target.migration, nbd: target.nbd, disks: m.plan.mirrors, tuning: first, hold: true, brakeAfterFirstPass: members.length >= 2 ? crawlSettings(t) : null }, {
       signal: m.controller.signal,
       onProgress: (e) => {
         const d = (e.data ?? {}) as Partial<MigrationProgress>;
@@ -229,8 +228,6 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
         noteProgress(m, typeof e.data === 'object' && e.data !== null && 'throttlePercent' in e.data && typeof e.data.throttlePercent === 'number' ? e.data.throttlePercent : 0);
         if (typeof e.data === 'object' && e.data !== null && 'selfBraked' in e.data && e.data.selfBraked === true) brakedBySource(m, t, 'selfBrake');
         if (typeof e.data === 'object' && e.data !== null && 'selfParked' in e.data && typeof e.data.selfParked === 'number') brakedBySource(m, t, 'selfPark');
-        m.pace.selfCrossed = typeof e.data === 'object' && e.data !== null && 'selfCrossed' in e.data && typeof e.data.selfCrossed === 'number' ? e.data.selfCrossed : null;
-        if (m.pace.selfCrossed !== null) crossedBySource(m, m.pace.selfCrossed);
         observe(m, m.pace.reportedAt);
         if (d.phase === 'held' && m.state === 'copying') {
           m.state = 'held';
@@ -299,33 +296,6 @@ function endPacing(m: Member, now: number): void {
 /** The settings of a member waiting for its start or braked at the brink. */
 function crawlOf(t: MigrationTuning): MigrationTuning {
   return { ...t, ...crawlSettings(t) };
-}
-
-/** A light member's crossing of the end of its first pass, as its source applies it itself (migrateOut's crossFirstPassEnd): the pacer's brink, by bytes left. */
-function crossSteps(t: MigrationTuning): { unlessDirtyBytesPerSecond: number; steps: Array<{ belowBytes: number; maxBandwidthBytesPerSecond: number }> } {
-  return {
-    unlessDirtyBytesPerSecond: HOVER_DIRTY_BYTES_PER_SECOND,
-    steps: [
-      { belowBytes: BRINK_BYTES, maxBandwidthBytesPerSecond: Math.min(t.maxBandwidthBytesPerSecond, CROSS_BANDWIDTH) },
-      { belowBytes: SLOW_TAIL_BYTES, maxBandwidthBytesPerSecond: Math.min(t.maxBandwidthBytesPerSecond, SLOW_BANDWIDTH) },
-    ],
-  };
-}
-
-/**
- * Its source capped its bandwidth itself near the end of its first pass (crossFirstPassEnd): from here it is slowed at
- * its brink, as if the pacer had slowed it, with the cap its source reported.
- */
-function crossedBySource(m: Member, cap: number): void {
-  if ((m.progress?.pass ?? 0) > 1 || !m.pace.started) return;
-  const now = performance.now();
-  m.pace.marks.brink ??= now;
-  if (!m.pace.braked) {
-    m.pace.braked = true;
-    m.pace.brakedSince = now;
-    m.pace.sample = null;
-  }
-  if (m.pace.applied.maxBandwidthBytesPerSecond > cap) m.pace.applied = { ...m.pace.applied, maxBandwidthBytesPerSecond: cap };
 }
 
 function crawlSettings(t: MigrationTuning): PaceSettings {
@@ -440,8 +410,6 @@ function pace(members: Member[], options: Parameters<typeof paceGroup>[1]): void
     m.pace.hovering = d.hovering;
     const bandwidthChanged = Math.abs(d.settings.maxBandwidthBytesPerSecond - was.maxBandwidthBytesPerSecond) > was.maxBandwidthBytesPerSecond * 0.1;
     if (!bandwidthChanged && d.settings.downtimeLimitMs === was.downtimeLimitMs && (d.park !== null) === m.pace.parkArmed) continue;
-    // Its source slowed it more itself at the end of its first pass (crossFirstPassEnd): no faster crossing from here.
-    if (m.pace.selfCrossed !== null && d.braked && (m.progress?.pass ?? 0) <= 1 && d.settings.maxBandwidthBytesPerSecond > m.pace.selfCrossed && d.settings.downtimeLimitMs === was.downtimeLimitMs) continue;
     apply(m, d.settings, d.park);
   }
 }
