@@ -23,6 +23,16 @@ import { vmIdSchema } from './schemas.ts';
 
 const vmRef = z.object({ vmId: vmIdSchema });
 
+/**
+ * setMigrationParameters' rule for a change decided on `pass`: stale (ignored, the limits in force answered) when its
+ * source braked itself after its first pass and it was decided on that pass, or when it was decided before the pass
+ * its source parked itself at. Every implementation of the call applies this one rule.
+ */
+export function isStaleParameterChange(source: { selfBraked: boolean; selfParkedPass: number | null }, pass: number | undefined): boolean {
+  if (pass === undefined) return false;
+  return (source.selfBraked && pass < 2) || (source.selfParkedPass !== null && pass < source.selfParkedPass);
+}
+
 export const GROUP_CALLS = {
   setMigrationParameters: call(
     "source: changes a running migration's downtime limit and/or bandwidth cap (memory and disk mirrors), unless decided on its first pass after the source braked itself at its end, or on a pass before the one it parked itself at; answers the values now in force",

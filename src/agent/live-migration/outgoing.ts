@@ -87,6 +87,7 @@ import type { Logger } from '../../common/index.ts';
 import { QmpTimeoutError } from '../../qemu/index.ts';
 import type { QmpClient } from '../../qemu/index.ts';
 import { abortConnectionsTo, pskObjectProperties } from '../../net/index.ts';
+import { isStaleParameterChange } from '../../protocol/index.ts';
 import type { PostcopyMode } from './convergence.ts';
 import { ConvergenceWatch } from './convergence.ts';
 import type { MigrationHost } from './host.ts';
@@ -548,7 +549,7 @@ export class OutgoingMigrations {
     if (!o) throw new MigrationRefusedError(`VM ${vmId} is not being migrated from this host`, { vmId });
     // Decided on its first pass, it arrives after this source braked itself at that pass's end: stale (a crossing's slow
     // rate would undo the brake until the controller's next decision). So is one decided before the pass it parked at.
-    if (change.pass !== undefined && ((o.selfBraked && change.pass < 2) || (o.selfParkedPass !== null && change.pass < o.selfParkedPass))) {
+    if (isStaleParameterChange(o, change.pass)) {
       o.mark?.('limits-stale');
       return { downtimeLimitMs: o.downtimeLimitMs, maxBandwidthBytesPerSecond: o.speed };
     }

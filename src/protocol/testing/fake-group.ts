@@ -7,6 +7,7 @@
 import { OffshootError } from '../../common/index.ts';
 import type { CallName } from '../calls.ts';
 import type { GROUP_CALLS } from '../calls-group.ts';
+import { isStaleParameterChange } from '../calls-group.ts';
 import type { AgentHandlers } from '../endpoint.ts';
 import type { FakeMigrationHost, FakeMigrationState } from './fake-migration.ts';
 
@@ -25,7 +26,7 @@ export function fakeGroupHandlers(host: FakeMigrationHost, state: FakeMigrationS
         const o = state.outgoing.get(vmId);
         if (!o) throw refused(`VM ${vmId} is not being migrated from this host`, vmId);
         // Decided on its first pass after it braked itself at that pass's end, or before the pass it parked at: stale, ignored.
-        if (pass !== undefined && ((o.selfBraked && pass < 2) || (o.selfParkedPass !== null && pass < o.selfParkedPass))) return { downtimeLimitMs: o.downtimeLimitMs, maxBandwidthBytesPerSecond: o.speed };
+        if (isStaleParameterChange(o, pass)) return { downtimeLimitMs: o.downtimeLimitMs, maxBandwidthBytesPerSecond: o.speed };
         o.parkBelowBytes = parkBelowBytes ?? null;
         o.parkFromPass = parkFromPass ?? 0;
         if (downtimeLimitMs !== undefined) o.downtimeLimitMs = downtimeLimitMs;
