@@ -22,7 +22,6 @@ describe('hand-out turns', () => {
       qmp: { cont: async () => undefined },
       dropGuestAgent: () => undefined,
       guestAgent: async () => {
-        began.push(vmId);
         most = Math.max(most, ++now);
         await sleep(30);
         now -= 1;
@@ -30,7 +29,13 @@ describe('hand-out turns', () => {
       },
     });
     const children = new Map(Array.from({ length: 8 }, (_, i) => [`vm-${i}`, child(`vm-${i}`)]));
-    const host = { running: (vmId: string) => children.get(vmId), layout: { vmDir: (vmId: string) => join(dir, vmId) } } as unknown as FabricHost;
+    // A turn begins where it looks its child up (synchronously); what follows awaits files, so guest steps begun
+    // in the same instant may reach the guest agent in either order.
+    const running = (vmId: string) => {
+      began.push(vmId);
+      return children.get(vmId);
+    };
+    const host = { running, layout: { vmDir: (vmId: string) => join(dir, vmId) } } as unknown as FabricHost;
     const templates = new HostTemplates(host);
     const results = await Promise.all([...children.keys()].map((vmId) => templates.handOut(vmId, true, { hostname: vmId, timeoutMs: 1000, setClock: false })));
     const cpus = Math.max(1, availableParallelism());
