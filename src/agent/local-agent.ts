@@ -13,7 +13,7 @@ import { OffshootError, isProcessAlive, keepAlive, silentLogger, withTimeout } f
 import type { Logger } from '../common/index.ts';
 import { loadDefaultGuest } from '../guest/index.ts';
 import type { QemuLaunchSpec, QmpClient } from '../qemu/index.ts';
-import { DEFAULT_QEMU_BINARY, DEFAULT_VCPU_NICE, adoptQemu, findOffshootQemus, killAndWait, probeAccelerator, qemuVersion, setVcpuNice, spawnQemu } from '../qemu/index.ts';
+import { DEFAULT_QEMU_BINARY, DEFAULT_VCPU_NICE, adoptQemu, bootCacheFile, findOffshootQemus, killAndWait, probeAccelerator, qemuVersion, setVcpuNice, spawnQemu } from '../qemu/index.ts';
 import { TemplateStore, processMemoryStats } from '../memory/index.ts';
 import type { CheckpointMetadata, WriteProgress } from '../memory/index.ts';
 import { customizeGuest } from './customize.ts';
@@ -182,7 +182,7 @@ export class LocalHostAgent {
   accelerator(): Promise<{ accel: Accelerator; reason: string }> {
     this.accel ??= (async () => {
       const guest = await loadDefaultGuest();
-      const result = await probeAccelerator({ kernel: guest.kernel, initrd: guest.initrd, cmdline: guest.cmdline, binary: this.options.qemuBinary, cacheFile: this.layout.accelCacheFile });
+      const result = await probeAccelerator({ kernel: guest.kernel, initrd: guest.initrd, cmdline: guest.cmdline, binary: this.options.qemuBinary, cacheFile: this.layout.accelCacheFile, bootCacheFile: bootCacheFile() });
       this.logger.info({ accel: result.accel, reason: result.reason }, 'accelerator chosen');
       return result;
     })();

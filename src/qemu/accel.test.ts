@@ -1,8 +1,8 @@
 // Tests of the accelerator probe: the real KVM trial on this host (which must
 // fall back to TCG with a reason, within the limit), the OFFSHOOT_ACCEL
 // override, the device check, and, with fake QEMU binaries, the success,
-// failure and time-limit paths and the cache.
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+// failure and time-limit paths the home's cache and the boot's.
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -140,6 +140,30 @@ describe('probeAccelerator decisions', () => {
     // A changed kernel is a miss.
     utimesSync(kernel, new Date(), new Date(Date.now() + 5000));
     await probeAccelerator(options);
+    expect(fake.calls()).toHaveLength(2);
+  });
+
+  it('shares a trial with every home on this boot of the machine through the boot cache, and copies it to the home', async () => {
+    const fake = fakeQemu('qemu-boot', `echo "${PROBE_MARKER}" >> "$console"; exit 0`);
+    const bootCacheFile = join(dir, 'boot', 'accel.json');
+    const options = { kernel, cmdline: 'console=ttyS0', binary: fake.binary, bootCacheFile, kvmDevice: '/dev/null' };
+    const first = await probeAccelerator({ ...options, cacheFile: join(dir, 'home-a', 'accel.json') });
+    expect(first).toMatchObject({ accel: 'kvm', source: 'trial' });
+    expect(statSync(join(dir, 'boot')).mode & 0o777).toBe(0o700);
+    const bootId = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+    const saved = JSON.parse(readFileSync(bootCacheFile, 'utf8')) as { entries: Record<string, unknown> };
+    expect(Object.keys(saved.entries).map((k) => (JSON.parse(k) as { boot: string }).boot)).toEqual([bootId]);
+
+    // Another home: no trial, the boot's answer, now in that home too.
+    const homeB = join(dir, 'home-b', 'accel.json');
+    expect(await probeAccelerator({ ...options, cacheFile: homeB })).toEqual({ ...first, source: 'cache' });
+    expect(fake.calls()).toHaveLength(1);
+    expect(Object.keys((JSON.parse(readFileSync(homeB, 'utf8')) as { entries: Record<string, unknown> }).entries)).toHaveLength(1);
+
+    // An entry of another boot is not this boot's answer.
+    const entries = Object.fromEntries(Object.entries(saved.entries).map(([k, v]) => [JSON.stringify({ ...(JSON.parse(k) as object), boot: 'another-boot' }), v]));
+    writeFileSync(bootCacheFile, JSON.stringify({ version: 1, entries }));
+    await probeAccelerator({ ...options, cacheFile: join(dir, 'home-c', 'accel.json') });
     expect(fake.calls()).toHaveLength(2);
   });
 

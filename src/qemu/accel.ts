@@ -4,7 +4,10 @@
 // the kernel hangs. The trial passes ` offshoot.probe=1` on the kernel command
 // line; the embedded guest's init then prints OFFSHOOT-PROBE-OK on the serial
 // console and powers off. The result is cached in a JSON file keyed by the
-// QEMU binary, kernel, initrd, command line and /dev/kvm presence.
+// QEMU binary, kernel, initrd, command line and /dev/kvm presence: the home's
+// (across restarts), and one for this boot of the machine that every home on
+// it reads (its key adds the boot id; it sits in /run, gone at reboot), so a
+// new home or lab host does not wait out another trial (15 s where KVM hangs).
 import { spawn } from 'node:child_process';
 import { constants } from 'node:fs';
 import { access, mkdir, mkdtemp, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
@@ -39,8 +42,10 @@ export interface ProbeAcceleratorOptions {
   binary?: string;
   /** Time limit of the trial boot; default 15 s. */
   timeoutMs?: number;
-  /** JSON file remembering trial results. */
+  /** JSON file remembering trial results (the home's). */
   cacheFile?: string;
+  /** JSON file remembering trial results for this boot of the machine, shared by its homes (see bootCacheFile()). */
+  bootCacheFile?: string;
   /** For tests; default /dev/kvm. */
   kvmDevice?: string;
   /** Where the trial's temporary directory is made; default the OS temp dir. */
@@ -113,8 +118,16 @@ export async function probeAccelerator(options: ProbeAcceleratorOptions): Promis
   const run = (async () => {
     const cached = options.cacheFile === undefined ? undefined : (await readCache(options.cacheFile))[key];
     if (cached !== undefined) return { ...cached, source: 'cache' as const };
+    const bootKey = options.bootCacheFile === undefined ? undefined : await bootCacheKey(key);
+    const bootCached = options.bootCacheFile === undefined || bootKey === undefined ? undefined : (await readCache(options.bootCacheFile))[bootKey];
+    if (bootCached !== undefined) {
+      const choice = { ...bootCached, source: 'cache' as const };
+      if (options.cacheFile !== undefined) await writeCacheEntry(options.cacheFile, key, choice);
+      return choice;
+    }
     const choice = await trialBoot(options);
     if (options.cacheFile !== undefined) await writeCacheEntry(options.cacheFile, key, choice);
+    if (options.bootCacheFile !== undefined && bootKey !== undefined) await writeCacheEntry(options.bootCacheFile, bootKey, choice).catch(() => undefined);
     return choice;
   })().finally(() => inFlight.delete(key));
   inFlight.set(key, run);
@@ -181,6 +194,29 @@ async function cacheKey(options: ProbeAcceleratorOptions, device: string): Promi
   return JSON.stringify({ qemu, kernel, initrd, cmdline: options.cmdline ?? '', kvm: `${device}:present` });
 }
 
+/**
+ * The boot cache's key: the home cache's and this boot's id (a reboot may bring another kernel module or
+ * setting), undefined where the kernel gives no boot id (then the boot cache is not used).
+ */
+async function bootCacheKey(key: string): Promise<string | undefined> {
+  const bootId = await readFile('/proc/sys/kernel/random/boot_id', 'utf8').then(
+    (s) => s.trim(),
+    () => '',
+  );
+  return bootId === '' ? undefined : JSON.stringify({ boot: bootId, ...(JSON.parse(key) as Record<string, string>) });
+}
+
+/**
+ * Where this boot's trial results are shared by the homes on the machine: /run/offshoot/accel.json for root
+ * (a tmpfs, emptied at reboot), $XDG_RUNTIME_DIR/offshoot/accel.json for another user; none without either.
+ * Its folder is made private to the user (0700): a result read from it chooses the accelerator.
+ */
+export function bootCacheFile(): string | undefined {
+  if (process.getuid?.() === 0) return '/run/offshoot/accel.json';
+  const runtime = process.env.XDG_RUNTIME_DIR;
+  return runtime !== undefined && isAbsolute(runtime) ? join(runtime, 'offshoot', 'accel.json') : undefined;
+}
+
 async function readCache(file: string): Promise<CacheFile['entries']> {
   try {
     const parsed = JSON.parse(await readFile(file, 'utf8')) as Partial<CacheFile>;
@@ -194,7 +230,7 @@ async function writeCacheEntry(file: string, key: string, choice: AcceleratorCho
   const entries = await readCache(file);
   entries[key] = { accel: choice.accel, reason: choice.reason, probedAt: choice.probedAt };
   const content: CacheFile = { version: 1, entries };
-  await mkdir(dirname(file), { recursive: true });
+  await mkdir(dirname(file), { recursive: true, mode: 0o700 });
   const tmp = `${file}.${process.pid}.tmp`;
   await writeFile(tmp, `${JSON.stringify(content, null, 2)}\n`);
   await rename(tmp, file);

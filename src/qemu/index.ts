@@ -10,7 +10,7 @@ export { GUEST_AGENT_PORT, PROCESS_NAME_PREFIX } from './launch-spec.ts';
 export { buildQemuArgv, validateLaunchSpec, qemuOptValue, guestMemorySize, MIN_MEMORY_MIB, MAX_VCPUS, MAX_MEMORY_EXTRA_KIB } from './argv.ts';
 export { spawnQemu, launchQemu, adoptQemu, findOffshootQemus, killAndWait, readProcessVmId, vmIdFromArgv, QemuStartError, DEFAULT_QEMU_BINARY } from './process.ts';
 export type { QemuProcess, QemuExit, KillOutcome, SpawnQemuOptions, LaunchQemuOptions } from './process.ts';
-export { probeAccelerator, qemuVersion, QemuVersionError, PROBE_MARKER, PROBE_CMDLINE_FLAG, ACCEL_ENV } from './accel.ts';
+export { bootCacheFile, probeAccelerator, qemuVersion, QemuVersionError, PROBE_MARKER, PROBE_CMDLINE_FLAG, ACCEL_ENV } from './accel.ts';
 export type { AcceleratorChoice, ProbeAcceleratorOptions } from './accel.ts';
 export { createImage, imageInfo, checkImage, convertImage, rebaseImage, mapImage, resizeImage, QemuImgError, DEFAULT_QEMU_IMG_BINARY } from './qemu-img.ts';
 export type { ImageFormat, ImageInfo, ImageMapEntry, ImageCheck, CreateImageOptions, ConvertImageOptions, QemuImgCallOptions } from './qemu-img.ts';
