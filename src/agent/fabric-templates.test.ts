@@ -18,7 +18,7 @@ describe('hand-out turns', () => {
     let now = 0;
     let most = 0;
     const began: string[] = [];
-    const child = (vmId: string) => ({
+    const child = () => ({
       qmp: { cont: async () => undefined },
       dropGuestAgent: () => undefined,
       guestAgent: async () => {
@@ -28,7 +28,7 @@ describe('hand-out turns', () => {
         throw new Error('no guest agent here');
       },
     });
-    const children = new Map(Array.from({ length: 8 }, (_, i) => [`vm-${i}`, child(`vm-${i}`)]));
+    const children = new Map(Array.from({ length: 8 }, (_, i) => [`vm-${i}`, child()]));
     // A turn begins where it looks its child up (synchronously); what follows awaits files, so guest steps begun
     // in the same instant may reach the guest agent in either order.
     const running = (vmId: string) => {
