@@ -82,6 +82,7 @@
 // (revertOutgoing) undoes it when the destination never ran the guest (a
 // group sent back before its start): QEMU's `cont` from `postmigrate`
 // re-activates the disks the completion inactivated, and the guest runs on.
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { OffshootError, sleep } from '../../common/index.ts';
 import type { Logger } from '../../common/index.ts';
 import { QmpTimeoutError } from '../../qemu/index.ts';
@@ -250,6 +251,10 @@ export class OutgoingMigrations {
     const timeline = migrationTimeline(400, 'start');
     const mark = timeline.mark;
     o.mark = mark;
+    // How late this agent's event loop ran its callbacks meanwhile (logged at the end): a slow QMP answer in the
+    // timeline is QEMU's, or this process's waiting for a CPU.
+    const loopDelay = monitorEventLoopDelay({ resolution: 10 });
+    loopDelay.enable();
     try {
       if (tuning.tls) {
         await qmp.execute('object-add', pskObjectProperties(end.credential));
@@ -415,7 +420,8 @@ export class OutgoingMigrations {
         converged: !postcopy && stats.throttlePercent === 0,
         phasesMs: outgoingPhases(timeline.entries),
       };
-      this.logger.info({ vmId, ms: Math.round(performance.now() - t0), downtimeMs: result.downtimeMs, postcopy, timeline: timeline.entries }, 'outgoing migration completed');
+      const loopDelayMs = { p50: Math.round(loopDelay.percentile(50) / 1e6), p99: Math.round(loopDelay.percentile(99) / 1e6), max: Math.round(loopDelay.max / 1e6) };
+      this.logger.info({ vmId, ms: Math.round(performance.now() - t0), downtimeMs: result.downtimeMs, postcopy, loopDelayMs, timeline: timeline.entries }, 'outgoing migration completed');
       return result;
     } catch (err) {
       if (o.switching) {
@@ -426,6 +432,7 @@ export class OutgoingMigrations {
       await this.rollBack(vmId, qmp, o.mirrors, wasRunning, tls, end.remoteAddress);
       throw err;
     } finally {
+      loopDelay.disable();
       watchdog.stop();
       events.close();
       this.out.delete(vmId);
