@@ -187,11 +187,9 @@ describe('hand-out guest step', () => {
     expect(stuck.delays[0]).toBe(2);
   });
 
-  it('polls often at first, less for a long script, and less while more hand-outs run than there are CPUs', () => {
-    expect(pollDelayMs(0, 1, 2)).toBe(2);
-    expect(pollDelayMs(500, 1, 2)).toBe(10);
-    expect(pollDelayMs(5_000, 2, 2)).toBe(100);
-    expect(pollDelayMs(0, 20, 2)).toBe(20);
-    expect(pollDelayMs(5_000, 20, 2)).toBe(200);
+  it('polls often at first, less for a long script', () => {
+    expect(pollDelayMs(0)).toBe(2);
+    expect(pollDelayMs(500)).toBe(10);
+    expect(pollDelayMs(5_000)).toBe(100);
   });
 });

@@ -42,10 +42,9 @@
 // 200 ms, made for long commands): the step takes a few to a few tens of ms,
 // and a doubling backoff lets up to half of it go by unseen. Each poll is a
 // guest-agent round trip that the guest's vCPU also serves, so the polls are
-// a few ms apart rather than back to back, and further apart while several
-// hand-outs run at once in this process.
+// a few ms apart rather than back to back. (No more hand-outs run at once
+// than the host has CPUs: fabric-templates.ts takes turns.)
 import { randomBytes } from 'node:crypto';
-import { availableParallelism } from 'node:os';
 import { sleep } from '../common/index.ts';
 import type { QgaBatchCall, QgaBatchOutcome, QgaClient, QgaExecResult } from '../qemu/index.ts';
 import { QgaCommandError, QgaTimeoutError } from '../qemu/index.ts';
@@ -73,17 +72,9 @@ const WAITER_SCRIPT = [
   'exec /bin/sh -s <&3 3<&-',
 ].join('\n');
 
-const CPUS = Math.max(1, availableParallelism());
-/** Hand-outs running in this process now. */
-let running = 0;
-
-/**
- * ms between exit polls: short while a hand-out usually ends, longer for a long customisation script, and
- * stretched while more hand-outs run at once than the host has CPUs.
- */
-export function pollDelayMs(elapsedMs: number, concurrent: number, cpus = CPUS): number {
-  const base = elapsedMs < 200 ? 2 : elapsedMs < 2000 ? 10 : 100;
-  return Math.min(200, base * Math.max(1, Math.ceil(concurrent / cpus)));
+/** ms between exit polls: short while a hand-out usually ends, longer for a long customisation script. */
+export function pollDelayMs(elapsedMs: number): number {
+  return elapsedMs < 200 ? 2 : elapsedMs < 2000 ? 10 : 100;
 }
 
 export interface HandOutGuestRequest {
@@ -193,12 +184,7 @@ export async function armHandOut(qga: QgaClient, vmId: string, timeoutMs: number
 
 /** Hands the child out in its guest: through what was armed in it when it is armed, else the unarmed way. */
 export async function handOutInGuest(qga: QgaClient, request: HandOutGuestRequest, armed?: ArmedHandOut): Promise<HandOutGuestResult> {
-  running++;
-  try {
-    return armed ? await handOutArmed(qga, request, armed) : await handOutUnarmed(qga, request);
-  } finally {
-    running--;
-  }
+  return armed ? handOutArmed(qga, request, armed) : handOutUnarmed(qga, request);
 }
 
 /** The script as the waiter reads it (the VM's name, then the environment exported ahead of the script), or undefined when it cannot go that way. */
@@ -295,7 +281,7 @@ function setTime(): QgaBatchCall {
 /** Waits for the guest process on the hand-out's poll schedule; the hand-out's own error when it does not end in time. */
 async function waitFor(qga: QgaClient, pid: number, limitMs: number, leftMs: number): Promise<QgaExecResult> {
   try {
-    return await qga.waitExec(pid, { timeoutMs: leftMs, pollDelayMs: (elapsed) => pollDelayMs(elapsed, running) });
+    return await qga.waitExec(pid, { timeoutMs: leftMs, pollDelayMs });
   } catch (err) {
     if (err instanceof QgaTimeoutError) throw new Error(`the hand-out step did not end within ${limitMs} ms (guest pid ${pid})`);
     throw err;
