@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { QmpClient } from '../../qemu/index.ts';
-import { diskDataBytes, incomingPhases, outgoingPhases, phasesOf } from './qmp-steps.ts';
+import { diskDataBytes, incomingPhases, migrationTimeline, outgoingPhases, phasesOf } from './qmp-steps.ts';
 
 describe('migration phases', () => {
   it('measures each phase between the first entries found of its ends, 0 for a step not taken', () => {
@@ -21,6 +21,19 @@ describe('migration phases', () => {
   it("splits a destination's preparation", () => {
     const steps: Array<[string, number]> = [['prepare', 0], ['disks-created', 18], ['qemu-launched', 120], ['tls-added', 121], ['capabilities-set', 124], ['exported', 130], ['listening', 131]];
     expect(incomingPhases(steps)).toEqual({ disks: 18, qemuStart: 102, creds: 1, capabilities: 3, exports: 6, listen: 1 });
+  });
+});
+
+describe('migration timeline', () => {
+  it('keeps its first half and its latest entries, with how many were dropped between them', () => {
+    const t = migrationTimeline(10, 'start');
+    for (let i = 1; i <= 30; i++) t.mark(`pass${i}`, 1000 + i);
+    const names = t.entries.map(([n]) => n);
+    expect(names).toEqual(['start', 'pass1', 'pass2', 'pass3', 'pass4', 'dropped:22', 'pass27', 'pass28', 'pass29', 'pass30']);
+    expect(t.entries[5]?.[1]).toBe(1027);
+    const short = migrationTimeline(10, 'start');
+    short.mark('a', 1);
+    expect(short.entries.map(([n]) => n)).toEqual(['start', 'a']);
   });
 });
 

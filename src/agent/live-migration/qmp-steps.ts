@@ -30,17 +30,38 @@ export function eventTime(event: QmpEvent): string {
   return new Date(Math.floor(eventMs(event))).toISOString();
 }
 
-/** A migration's timeline for its log: named steps and QEMU's events, ms since the epoch, at most `cap` entries. */
-export function migrationTimeline(cap: number, first?: string): { entries: Array<[string, number]>; mark(name: string, at?: number): void; event(event: QmpEvent): void } {
-  const entries: Array<[string, number]> = first ? [[first, Date.now()]] : [];
+/**
+ * A migration's timeline for its log: named steps and QEMU's events, ms since the epoch, at most `cap` entries: the
+ * first half of them and the latest, with a `dropped:N` entry between them when more came (a long pre-copy has many
+ * passes; its end, the switch-over, is what its phases and its reader need).
+ */
+export function migrationTimeline(cap: number, first?: string): { readonly entries: Array<[string, number]>; mark(name: string, at?: number): void; event(event: QmpEvent): void } {
+  const head: Array<[string, number]> = first ? [[first, Date.now()]] : [];
+  const headCap = Math.ceil(cap / 2);
+  const tailCap = cap - headCap - 1;
+  let tail: Array<[string, number]> = [];
+  let dropped = 0;
   const mark = (name: string, at = Date.now()) => {
-    if (entries.length < cap) entries.push([name, Math.round(at)]);
+    const entry: [string, number] = [name, Math.round(at)];
+    if (head.length < headCap) return void head.push(entry);
+    tail.push(entry);
+    if (tail.length > Math.max(0, tailCap)) {
+      const over = tail.length - Math.max(0, tailCap);
+      dropped += over;
+      tail = tail.slice(over);
+    }
   };
   const event = (e: QmpEvent) => {
     const data = e.data as { status?: unknown; pass?: unknown } | undefined;
     mark(e.event === 'MIGRATION' ? `qemu:${String(data?.status)}` : e.event === 'MIGRATION_PASS' ? `qemu:pass${String(data?.pass)}` : `qemu:${e.event}`, eventMs(e));
   };
-  return { entries, mark, event };
+  return {
+    get entries(): Array<[string, number]> {
+      return dropped > 0 ? [...head, [`dropped:${dropped}`, tail[0]?.[1] ?? Date.now()], ...tail] : [...head, ...tail];
+    },
+    mark,
+    event,
+  };
 }
 
 /**
