@@ -424,6 +424,8 @@ export class OutgoingMigrations {
       this.logger.info({ vmId, ms: Math.round(performance.now() - t0), downtimeMs: result.downtimeMs, postcopy, loopDelayMs, timeline: timeline.entries }, 'outgoing migration completed');
       return result;
     } catch (err) {
+      // Its steps until it failed, as a completed one logs them (what it was told and when, and QEMU's passes).
+      this.logger.warn({ vmId, ms: Math.round(performance.now() - t0), err: (err as Error).message, timeline: timeline.entries }, 'outgoing migration failed');
       if (o.switching) {
         // Post-copy (or the last pages after migrate-continue) broke: the guest's memory is split between the hosts.
         this.logger.error({ vmId, err: (err as Error).message }, 'a migration failed after its switch-over');

@@ -182,6 +182,13 @@ describe('group pacing (a gated start; light ones slowed at the brink of their f
     expect(lastRun.get('busy')).toMatchObject({ settings: land, braked: false, hovering: false });
     expect(lastRun.get('idle')).toMatchObject({ settings: full, braked: false });
     expect(paceGroup([{ ...past, braked: false, released: true }, { ...selfParked, braked: false, released: true }], options).get('busy')).toMatchObject({ settings: land, braked: false });
+    // Landed, but its landing came to its source after it parked itself (decided on the pass before: ignored), so it
+    // waits at a crawl: it goes on with its last run, the others held or not.
+    const heldOne = { ...past, phase: 'held', braked: false, released: true };
+    expect(paceGroup([heldOne, { ...selfParked, landed: true }], options).get('busy')).toMatchObject({ settings: land, braked: false, hovering: false });
+    expect(paceGroup([{ ...past, released: true, braked: false }, { ...selfParked, landed: true }], options).get('busy')).toMatchObject({ settings: land, braked: false });
+    // Released and braked again by its source: it goes on at the group's settings.
+    expect(paceGroup([heldOne, { ...past, vmId: 'other', released: true }], options).get('other')).toMatchObject({ settings: full, braked: false });
     // One on its last run is never parked; nor one still in its first pass.
     expect(paceGroup([idle, { ...ripeBusy, landed: true }], options).get('busy')).toMatchObject({ settings: land, parked: false });
     expect(paceGroup([idle, busyFirst], options).get('busy')).toMatchObject({ parked: false });

@@ -393,8 +393,10 @@ export function paceGroup(members: PacedMember[], options: PaceOptions): Map<str
     decide(m, parks(m) ? 'park' : !onLastRun(m) && ((!busy(m) && atBrink(m)) || (m.pass >= 2 && !hovers(m))) ? 'crawl' : running(m), true);
   }
   const braked = copying.filter((c) => c.started && c.braked);
-  // (One its source parked, ripe, waits at a crawl for its last run.)
-  for (const m of braked) decide(m, parks(m) ? 'park' : m.pass >= 2 && hovers(m) && !m.selfParked ? 'hover' : 'crawl', true);
+  // (One its source parked, ripe, waits at a crawl for its last run. One on its last run goes on with it: braked, it
+  // was parked by its source after its landing was decided, which reached the source late, decided on the pass before
+  // it parked, and was ignored; it waited at a crawl for 5 min while the others waited held, guest stopped.)
+  for (const m of braked) decide(m, onLastRun(m) ? 'full' : parks(m) ? 'park' : m.pass >= 2 && hovers(m) && !m.selfParked ? 'hover' : 'crawl', true);
   // Until every member is ready, braked members stay braked and the others hover.
   if (members.some((m) => m.phase === 'memory' && !ready(m))) return decisions;
   // Then the last run. Each braked member is released (the group's settings), the one whose last run takes longest

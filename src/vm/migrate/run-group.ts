@@ -339,7 +339,13 @@ function apply(m: Member, settings: PaceSettings, park: PaceDecision['park'] = n
   const lastRun = settings.downtimeLimitMs > BRAKE_DOWNTIME_MS && settings.maxBandwidthBytesPerSecond > BRAKE_FLOOR;
   m.pace.sending = m.pace.sending.then(() =>
     m.agents.source.setMigrationParameters({ vmId: m.vm.id, ...settings, pass, ...(park ? { parkBelowBytes: park.belowBytes, parkFromPass: park.fromPass } : {}) }).then(
-      () => void (lastRun && m.pace.marks.lastRunApplied === undefined && m.pace.marks.lastRun !== undefined && (m.pace.marks.lastRunApplied = performance.now())),
+      (inForce) => {
+        // Ignored as stale (decided before its source braked or parked itself): the limits in force are what it runs
+        // with, so the pacer's next decision is sent again unless it asks for those (else it would count it sent).
+        const ignored = inForce.maxBandwidthBytesPerSecond !== settings.maxBandwidthBytesPerSecond || inForce.downtimeLimitMs !== settings.downtimeLimitMs;
+        if (ignored && m.pace.applied === settings) m.pace.applied = inForce;
+        else if (lastRun && m.pace.marks.lastRunApplied === undefined && m.pace.marks.lastRun !== undefined) m.pace.marks.lastRunApplied = performance.now();
+      },
       () => undefined,
     ),
   );
