@@ -16,7 +16,9 @@
 // (reach: stop until seen held; held: the barrier; switch: continued until
 // its destination held it; wait: for the others' arrival; start: the
 // destinations' `cont`), how long the pacer delayed members' starts, kept
-// them braked or hovering (guest running), and the total time. Downtime is
+// them braked or hovering (guest running), the pauses of members sent back
+// to their source to go again (held alone before their last run), and the
+// total time. Downtime is
 // also measured from inside each guest: a loop logs the guest's uptime about
 // every 10 ms (`sleep 0.01`, 10 ms clock steps) into tmpfs; a member's figure
 // is the longest gap of its log near its switch-over (ending at most 1 s
@@ -50,6 +52,8 @@ interface Move {
   held: number[];
   /** Group: each member's stop phase by phase (reach, held, switch, wait, start; see StopBreakdown). */
   parts: Array<Record<string, number | null>>;
+  /** Group: each pause of a member sent back to its source (it reached its switch-over alone and went again; ms). */
+  sentBack: number[];
   totalMs: number;
 }
 
@@ -101,8 +105,8 @@ async function groupMove(engine: VmEngine, names: string[], to: string): Promise
   const r = done.result as GroupMigrateResult;
   const guestGaps = await stopTicks(engine, names, names.map((n) => r.members.find((m) => m.vm === n)?.resumedAt ?? null).map((t) => (t ? Date.parse(t) : null)));
   const parts = (m: GroupMigrateResult['members'][number]) => (m.breakdown ? ` = reach ${m.breakdown.reachMs} + held ${m.breakdown.heldMs} + switch ${m.breakdown.switchMs} + wait ${m.breakdown.waitMs} + start ${m.breakdown.startMs}` : '');
-  process.stderr.write(`group of ${names.length} -> ${to}: spread ${r.spreadMs} ms, held spread ${r.heldSpreadMs} ms, total ${r.totalMs} ms, load ${loadavg()[0]?.toFixed(1)}\n${r.members.map((m, i) => `  ${m.vm}: downtime ${m.downtimeMs} ms (guest ${guestGaps[i]} ms), stopped ${m.stoppedMs} ms${parts(m)}; start delayed ${m.startDelayMs} ms, braked ${m.brakedMs} ms${m.pacedBytesPerSecond ? ` at ${Math.round(m.pacedBytesPerSecond / 2 ** 10)} KiB/s` : ''}, hovered ${m.hoveredMs} ms, last run ${m.lastRunMs} ms\n    ${timelineOf(m)}`).join('\n')}\n`);
-  return { spreadMs: r.spreadMs ?? NaN, guestGaps, downtimes: r.members.map((m) => m.downtimeMs ?? NaN), stops: r.members.map((m) => m.stoppedMs ?? NaN), held: r.members.map((m) => m.heldMs ?? NaN), parts: r.members.flatMap((m) => (m.breakdown ? [{ ...m.breakdown }] : [])), totalMs: performance.now() - t0 };
+  process.stderr.write(`group of ${names.length} -> ${to}: spread ${r.spreadMs} ms, held spread ${r.heldSpreadMs} ms, total ${r.totalMs} ms, load ${loadavg()[0]?.toFixed(1)}\n${r.members.map((m, i) => `  ${m.vm}: downtime ${m.downtimeMs} ms (guest ${guestGaps[i]} ms), stopped ${m.stoppedMs} ms${parts(m)}; start delayed ${m.startDelayMs} ms, braked ${m.brakedMs} ms${m.pacedBytesPerSecond ? ` at ${Math.round(m.pacedBytesPerSecond / 2 ** 10)} KiB/s` : ''}, hovered ${m.hoveredMs} ms, last run ${m.lastRunMs} ms${m.sentBackMs.length ? `; sent back ${m.sentBackMs.length}x, paused ${m.sentBackMs.join(', ')} ms` : ''}\n    ${timelineOf(m)}`).join('\n')}\n`);
+  return { spreadMs: r.spreadMs ?? NaN, guestGaps, downtimes: r.members.map((m) => m.downtimeMs ?? NaN), stops: r.members.map((m) => m.stoppedMs ?? NaN), held: r.members.map((m) => m.heldMs ?? NaN), parts: r.members.flatMap((m) => (m.breakdown ? [{ ...m.breakdown }] : [])), sentBack: r.members.flatMap((m) => m.sentBackMs), totalMs: performance.now() - t0 };
 }
 
 async function independentMoves(engine: VmEngine, names: string[], to: string): Promise<Move | null> {
@@ -120,7 +124,7 @@ async function independentMoves(engine: VmEngine, names: string[], to: string): 
   const spreadMs = Math.max(...times) - Math.min(...times);
   process.stderr.write(`independent ${names.length} -> ${to}: spread ${spreadMs} ms, downtimes ${results.map((r) => r.downtimeMs).join(', ')} ms (guest ${guestGaps.join(', ')} ms), load ${loadavg()[0]?.toFixed(1)}\n`);
   const downtimes = results.map((r) => r.downtimeMs ?? NaN);
-  return { spreadMs, guestGaps, downtimes, stops: downtimes, held: [], parts: [], totalMs: performance.now() - t0 };
+  return { spreadMs, guestGaps, downtimes, stops: downtimes, held: [], parts: [], sentBack: [], totalMs: performance.now() - t0 };
 }
 
 export async function groupBenchmark(args: string[]): Promise<BenchResult> {
@@ -190,7 +194,7 @@ export async function groupBenchmark(args: string[]): Promise<BenchResult> {
       const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
       const parts = group.flatMap((x) => x.parts);
       const breakdown = ['reachMs', 'heldMs', 'switchMs', 'waitMs', 'startMs'].map((k) => `${k.replace('Ms', '')} ${Math.round(median(parts.map((p) => p[k] ?? NaN).filter((v) => Number.isFinite(v))))}`).join(', ');
-      notes.push(`${size} VMs: a member's whole stop by phase, medians over ${parts.length} member(s) (ms): ${breakdown}; held per member: ${group.flatMap((x) => x.held).map((h) => Math.round(h)).join(', ')}; load average after: ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
+      notes.push(`${size} VMs: a member's whole stop by phase, medians over ${parts.length} member(s) (ms): ${breakdown}; held per member: ${group.flatMap((x) => x.held).map((h) => Math.round(h)).join(', ')}; members sent back (held alone before their last run, their guest ran on at the source and they went again): ${group.filter((x) => x.sentBack.length > 0).length} of ${group.length} group(s), pauses ${group.flatMap((x) => x.sentBack).join(', ') || 'none'} ms; load average after: ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
     }
     notes.push(`load average at the end: ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
     notes.push(`one member of each group rewrites ${o.dirty} MiB of tmpfs in a loop; guests of ${o.memory} MiB; ${o.order === 'baseline-first' ? 'the baseline moves them lab1 -> lab2 first, the group moves them back' : 'group moves lab1 -> lab2, the baseline moves them back'}`);

@@ -135,6 +135,8 @@ export interface MigrateOutProgress {
   selfBraked?: boolean;
   /** The pass at which it parked itself (a pass began with at most setMigrationParameters' parkBelowBytes), null: not parked. */
   selfParked?: number | null;
+  /** Held: when its guest stopped (QEMU's STOP event, ISO 8601; null: not seen), so a controller can tell how long it is stopped. */
+  stoppedAt?: string | null;
 }
 
 export interface MigrateOutResult {
@@ -360,7 +362,7 @@ export class OutgoingMigrations {
         if (stats.status === 'pre-switchover') {
           // Once continued, QEMU may still say pre-switchover until its migration thread moves on: continue once only
           // (a second migrate-continue fails "not in expected state: device" and broke a switch-over, seen in CI).
-          if (!o.switching) await this.switchOver(vmId, qmp, o, request.hold, ctx, empty);
+          if (!o.switching) await this.switchOver(vmId, qmp, o, request.hold, ctx, { ...empty, stoppedAt });
           continue;
         }
         if (stats.status.startsWith('postcopy')) {

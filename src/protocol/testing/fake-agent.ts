@@ -67,6 +67,8 @@ export class FakeAgent implements EpochKeeper, FakeHostFiles {
   readonly templates = new Set<string>();
   readonly forks = new Map<string, FakeFork>();
   readonly datastores = new Map<string, string>();
+  /** VMs whose next migrations from here outrun their brake, and how many more (FakeMigrationHost.outrunBrakes). */
+  readonly outrunBrakes = new Map<string, number>();
   /** Host templates of the elastic fabric (fake-fabric.ts). */
   readonly hostTemplates = new Map<string, FakeHostTemplate>();
   /** What files hold (see fake-mobility.ts): content tokens, sidecars, backing files. */
@@ -195,6 +197,7 @@ export class FakeAgent implements EpochKeeper, FakeHostFiles {
       files: this.files,
       managementAddress: this.options.managementAddress ?? `10.254.${parseInt(createHash('sha256').update(this.hostId).digest('hex').slice(0, 4), 16) % 250}.${1 + (parseInt(createHash('sha256').update(this.hostId).digest('hex').slice(4, 8), 16) % 250)}`,
       migrateMs: this.options.migrateMs ?? 0,
+      outrunBrakes: this.outrunBrakes,
       runtime: (vmId, memory) => this.runtime(vmId, memory),
       check: (call) => this.check(call),
     };

@@ -2,6 +2,8 @@
 // (group-switch.ts) track it, the group's journal, and the result it gives.
 // A member's lifecycle:
 //   planned -> copying -> held -> continued -> arrived -> moved
+// (held -> planned: it reached its switch-over alone and was sent back to
+// run at its source and go again, run-group.ts)
 // (arrived: its migration completed and its destination keeps the guest
 // paused until the group starts all), or `stayed` (rolled back: it runs on at
 // its source) or `failed` (it runs nowhere: a failure after it was started).
@@ -62,6 +64,8 @@ export interface GroupMemberResult {
   startDelayMs: number;
   /** How long it ran started at full bandwidth with a 1 ms downtime limit (guest running): its first pass, and past it for a busy one, until it was slowed, braked, or sent on its last run. */
   hoveredMs: number;
+  /** Each time it reached its switch-over alone and was sent back to run at its source and go again: its guest's pause, from its source's STOP until it ran on there (ms; wall clocks of its source and the controller; from when the controller saw it held if its source did not say when it stopped). */
+  sentBackMs: number[];
   /** From its release (or its landing straight from its first pass) until it was held at its switch-over; null when it was neither. */
   lastRunMs: number | null;
   /** Where its whole stop went (wall clocks; null when it did not reach them all). */
@@ -186,9 +190,11 @@ export interface Member extends GroupMember {
   heldAt: number | null;
   continuedAt: number | null;
   /** Wall clocks (ms since the epoch) of its switch-over, for the breakdown of its stop. */
-  at: { held: number | null; continued: number | null; arrived: number | null; startSent: number | null };
+  at: { held: number | null; continued: number | null; arrived: number | null; startSent: number | null; stopped: number | null };
   out: Promise<MigrateOutResult> | null;
   outcome: MigrateOutResult | null;
   incoming: IncomingResult | null;
   error: Error | null;
+  /** Each time it was sent back (held alone): its guest's pause then (GroupMemberResult.sentBackMs). */
+  sentBackMs: number[];
 }

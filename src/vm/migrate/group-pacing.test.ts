@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { PacedMember } from './group-pacing.ts';
-import { BRAKE_DOWNTIME_MS, BRAKE_FLOOR, BRINK_BYTES, CROSS_BANDWIDTH, LAND_AFTER_S, LAND_DOWNTIME_MS, LEAD_S, RIPE_FACTOR, SLOW_BANDWIDTH, SLOW_TAIL_BYTES, paceGroup, ripe, ripeBytes, secondsToConverge } from './group-pacing.ts';
+import { BRAKE_DOWNTIME_MS, BRAKE_FLOOR, BRINK_BYTES, CROSS_BANDWIDTH, LAND_AFTER_S, LAND_DOWNTIME_MS, LEAD_S, RIPE_FACTOR, SLOW_BANDWIDTH, SLOW_TAIL_BYTES, arrivedAlone, paceGroup, ripe, ripeBytes, secondsToConverge } from './group-pacing.ts';
 
 const MiB = 2 ** 20;
 const options = { maxBandwidthBytesPerSecond: 1024 * MiB, downtimeLimitMs: 300, windowMs: 150 };
@@ -30,6 +30,22 @@ const busyWaiting: PacedMember = { ...busyFirst, dirtyBytesPerSecond: 100 * MiB,
 const past: PacedMember = { ...idle, pass: 2, remainingBytes: MiB, passBytes: 2 * MiB, secondPassBytes: 2 * MiB, braked: true };
 
 describe('group pacing (a gated start; light ones slowed at the brink of their first pass and braked past it; busy ones hover until ripe, parked while others are in their first pass; timed last runs)', () => {
+  it('sends back a member held before its last run while another has not reached the end of its first pass', () => {
+    const heldAlone = { released: false, landed: false };
+    // Another still in its first pass, not started yet, or its disks still mirroring: it would wait held for all of that.
+    expect(arrivedAlone(heldAlone, [past, idle])).toBe(true);
+    expect(arrivedAlone(heldAlone, [idleWaiting])).toBe(true);
+    expect(arrivedAlone(heldAlone, [{ ...idleWaiting, phase: 'disks', started: true }])).toBe(true);
+    expect(arrivedAlone(heldAlone, [{ ...idleWaiting, phase: 'preparing' }])).toBe(true);
+    // Every other one past its first pass (braked, hovering) or held: the last runs come next, it stays held.
+    expect(arrivedAlone(heldAlone, [past, busy, { ...idle, phase: 'held' }])).toBe(false);
+    // On its last run (released or landed) it arrived as the pacer meant it to.
+    expect(arrivedAlone({ released: true, landed: false }, [idle])).toBe(false);
+    expect(arrivedAlone({ released: false, landed: true }, [idle])).toBe(false);
+    // Alone in its group.
+    expect(arrivedAlone(heldAlone, [])).toBe(false);
+  });
+
   it('estimates a first pass from the drain rate (plus the passes over what its guest dirties), later passes from what the downtime limit leaves', () => {
     // (200 - 30) MiB above what 300 ms at 100 MiB/s can stop with, at 400 MiB/s.
     expect(secondsToConverge(idle, 300)).toBeCloseTo(170 / 400);

@@ -35,6 +35,13 @@
 //             its last passes (where its time went). Members use one memory
 //             channel unless the request asks for more (group-request.ts:
 //             with multifd a crawl does not hold a member past its first pass)
+//   send back a member held before its last run while another has not yet
+//             reached the end of its first pass (group-pacing.ts's
+//             arrivedAlone: its last passes outran its source's brake) would
+//             wait stopped for seconds: its migration is rolled back (its
+//             guest runs on at its source), its destination and path go, and
+//             it goes again under new operation ids on a new path, paced
+//             anew (at most MAX_SEND_BACKS times; then it waits held)
 //   commit    when every member is held, all are continued at once; each
 //             arrives (completed, its destination paused), then all
 //             destinations are started together (group-switch.ts)
@@ -54,8 +61,8 @@ import type { EngineContext } from '../engine-context.ts';
 import type { TaskContext } from '../tasks.ts';
 import { openDataPath } from './data-path.ts';
 import type { GroupJournal, GroupMember, GroupMigrateResult, Member } from './group-member.ts';
-import type { PaceDecision, PaceSettings } from './group-pacing.ts';
-import { BRAKE_DOWNTIME_MS, BRAKE_FLOOR, paceGroup } from './group-pacing.ts';
+import type { PaceDecision, PacedMember, PaceSettings } from './group-pacing.ts';
+import { BRAKE_DOWNTIME_MS, BRAKE_FLOOR, arrivedAlone, paceGroup } from './group-pacing.ts';
 import type { GroupMigrateRequest } from './group-request.ts';
 import { groupTuningOf } from './group-request.ts';
 import { checkArrived, continueAll, revert, startAll } from './group-switch.ts';
@@ -69,6 +76,9 @@ export type { GroupJournal, GroupMember, GroupMemberResult, GroupMemberState, Gr
 
 /** How often the pacer looks at the members' progress besides each report (the agents report about every 200 ms). */
 const PACE_MS = 50;
+
+/** How many times a member that reached its switch-over alone is sent back to go again; after that it waits held. */
+const MAX_SEND_BACKS = 2;
 
 function errorOf(err: Error | null): { code: string; message: string } | null {
   if (!err) return null;
@@ -87,8 +97,7 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
       const agents = { source: ctx.fleet.agent(g.source.id), destination: ctx.fleet.agent(g.destination.id) };
       const plan = await planMigration(g.vm, g.source, g.destination, agents, { ...request, postcopy: 'never' });
       const journal: MigrateJournal = { vmId: g.vm.id, phase: 'path', previous: g.previous, sourceHostId: g.source.id, destinationHostId: g.destination.id, pathId: newOperationId(), prepareOperationId: newOperationId(), awaitOperationId: newOperationId(), migrateOperationId: newOperationId(), destinationSpec: plan.destinationSpec, destinationRuntime: null };
-      const pace = { applied: full, braked: false, released: false, started: group.length < 2, waitingSince: null, startDelayMs: 0, sending: Promise.resolve(), brakedSince: null, brakedMs: 0, lowest: null, hovering: false, landed: false, hoverSince: null, hoveredMs: 0, landedAt: null, releasedAt: null, reportedAt: 0, bandwidthPeak: 0, drainPeak: 0, sample: null, passBytes: 0, previousPassBytes: 0, secondPass: null, parked: false, hoverPass: 0, selfBraked: false, selfParked: false, parkArmed: false, marks: {}, passes: [] };
-      members.push({ ...g, agents, plan, journal, controller: new AbortController(), state: 'planned', path: null, prepared: false, progress: null, pace, heldAt: null, continuedAt: null, at: { held: null, continued: null, arrived: null, startSent: null }, out: null, outcome: null, incoming: null, error: null });
+      members.push({ ...g, agents, plan, journal, controller: new AbortController(), state: 'planned', path: null, prepared: false, progress: null, pace: newPace(full, group.length < 2), heldAt: null, continuedAt: null, at: { held: null, continued: null, arrived: null, startSent: null, stopped: null }, out: null, outcome: null, incoming: null, error: null, sentBackMs: [] });
     }
   } catch (err) {
     // Nothing moved yet: every member is as it was.
@@ -100,8 +109,11 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
   await save();
 
   let committed = false;
+  // Why the group stops (a member sent back meanwhile gets a new controller: stopped at once).
+  let stopping: { reason: unknown } | null = null;
   const stopAll = (reason: unknown) => {
     if (committed) return;
+    stopping ??= { reason };
     for (const m of members) m.controller.abort(reason);
   };
   const onCancel = () => stopAll(signal.reason);
@@ -115,15 +127,14 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
   // path: one after another, each avoiding the slots taken before.
   await task.progress(0.03, `opening ${members.length} isolated path(s)`);
   const taken: number[] = [];
+  const openPath = async (m: Member) => {
+    m.path = await openDataPath(m.agents, m.journal.pathId, { source: m.plan.sourceAddress, destination: m.plan.destinationAddress }, [...m.plan.slotsInUse, ...taken]);
+    taken.push(m.path.slot);
+    m.journal.phase = 'prepare';
+  };
   for (const m of members) {
     if (m.controller.signal.aborted) break;
-    try {
-      m.path = await openDataPath(m.agents, m.journal.pathId, { source: m.plan.sourceAddress, destination: m.plan.destinationAddress }, [...m.plan.slotsInUse, ...taken]);
-      taken.push(m.path.slot);
-      m.journal.phase = 'prepare';
-    } catch (err) {
-      fail(m, err);
-    }
+    await openPath(m).catch((err: unknown) => fail(m, err));
   }
   await save();
 
@@ -192,8 +203,50 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
   if (split.length > 0) throw new OffshootError('GROUP_MIGRATION_FAILED', `the group migration of ${names} split at its start: ${split.map((m) => m.vm.name).join(', ')} did not move (${split[0]?.error?.message ?? 'unknown'})`, { ...result }, 500);
   return result;
 
-  /** prepare and transfer of one member, until its source holds it at the switch-over. */
+  /** prepare and transfer of one member, until its source holds it at the switch-over; held alone before its last run, it is sent back and goes again (arrivedAlone). */
   async function toHold(m: Member, t: MigrationTuning): Promise<void> {
+    for (;;) {
+      await copyToHold(m, t);
+      if (m.state !== 'held' || m.sentBackMs.length >= MAX_SEND_BACKS) return;
+      const now = performance.now();
+      const others = members.filter((o) => o !== m && isPaced(o));
+      if (!arrivedAlone(m.pace, others.map((o) => pacedOf(o, now)))) return;
+      await sendBack(m, others);
+    }
+  }
+
+  /**
+   * A member held alone: its source's operation is cancelled (it rolls itself back: the mirrors go, the guest runs on
+   * there), then its destination and path go (rollBackMigration, under the journal's ids), and it goes again on a new
+   * path, paced anew, under new operation ids journaled before any of them exists. Not sent back (its source could not
+   * stop it), it fails.
+   */
+  async function sendBack(m: Member, others: Member[]): Promise<void> {
+    const seenHeld = m.heldAt ?? performance.now();
+    const stoppedAt = m.at.stopped;
+    const out = m.out;
+    const stopped = m.controller;
+    ctx.logger.info({ vmId: m.vm.id, vm: m.vm.name, others: others.map((o) => ({ vm: o.vm.name, state: o.state, phase: o.progress?.phase ?? null, pass: o.progress?.pass ?? null })) }, 'a group member reached its switch-over alone: it is sent back to run at its source and goes again');
+    // From here the pacer sees it preparing (the others wait for it), and a stop of the group reaches its new controller.
+    m.controller = new AbortController();
+    if (stopping) m.controller.abort(stopping.reason);
+    Object.assign(m, { state: 'planned', path: null, prepared: false, progress: null, pace: newPace(full, false), heldAt: null, out: null });
+    Object.assign(m.at, { held: null, stopped: null });
+    stopped.abort(new OffshootError('TASK_CANCELLED', `${m.vm.name} reached its switch-over alone: it is sent back to go again`, { vm: m.vm.name }, 409));
+    await out?.catch(() => undefined);
+    const pauseMs = Math.round(stoppedAt !== null && Number.isFinite(stoppedAt) ? Date.now() - stoppedAt : performance.now() - seenHeld);
+    const did = await rollBackMigration(m.agents, m.journal, ctx.logger);
+    if (did.some((step) => step.includes('not stopped'))) throw new OffshootError('MIGRATION_FAILED', `${m.vm.name} reached its switch-over alone and could not be sent back: ${did.join(', ')}`, { vm: m.vm.name, did }, 500);
+    m.sentBackMs.push(pauseMs);
+    Object.assign(m.journal, { phase: 'path', pathId: newOperationId(), prepareOperationId: newOperationId(), awaitOperationId: newOperationId(), migrateOperationId: newOperationId(), destinationRuntime: null } satisfies Partial<MigrateJournal>);
+    await save();
+    m.controller.signal.throwIfAborted();
+    await openPath(m);
+    await save();
+  }
+
+  /** One attempt of a member: prepare and transfer, until its source holds it at the switch-over. */
+  async function copyToHold(m: Member, t: MigrationTuning): Promise<void> {
     const target = await prepareDestination(m.agents.destination, m.vm, m.plan, m.journal, { postcopy: false, multifdChannels: t.multifdChannels, tls: t.tls, resume: m.previous === 'running', holdAfter: true });
     m.prepared = true;
     m.journal.destinationRuntime = target.runtime;
@@ -210,9 +263,12 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
     }
     let held!: () => void;
     const isHeld = new Promise<void>((resolve) => (held = resolve));
+    const attemptPace = m.pace;
     m.out = runOperation(m.agents.source, 'migrateOut', { operationId: m.journal.migrateOperationId, vmId: m.vm.id, pathId: m.journal.pathId, migration: target.migration, nbd: target.nbd, disks: m.plan.mirrors, tuning: first, hold: true, brakeAfterFirstPass: members.length >= 2 ? crawlSettings(t) : null }, {
       signal: m.controller.signal,
       onProgress: (e) => {
+        // The last reports of an attempt sent back (its rollback) are not the member's.
+        if (m.pace !== attemptPace) return;
         const d = (e.data ?? {}) as Partial<MigrationProgress>;
         const prevPass = m.progress?.pass;
         m.progress = { phase: d.phase ?? 'memory', pass: d.pass ?? 0, remainingBytes: d.remainingBytes ?? 0, dirtyBytesPerSecond: d.dirtyBytesPerSecond ?? 0, bandwidthBytesPerSecond: d.bandwidthBytesPerSecond ?? 0, expectedDowntimeMs: d.expectedDowntimeMs ?? null, diskDoneBytes: d.diskDoneBytes ?? 0, diskTotalBytes: d.diskTotalBytes ?? 0 };
@@ -234,6 +290,8 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
           m.heldAt = performance.now();
           m.pace.marks.held = m.heldAt;
           m.at.held = Date.now();
+          const stoppedAt = (d as { stoppedAt?: unknown }).stoppedAt;
+          m.at.stopped = typeof stoppedAt === 'string' ? Date.parse(stoppedAt) : null;
           // A member that reached its switch-over while braked or hovering: braked (hovering) until then, held from then.
           endPacing(m, m.heldAt);
           held();
@@ -251,6 +309,22 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
     m.out.catch(() => undefined);
     await Promise.race([isHeld, m.out.then(() => void (m.state = 'continued'))]);
   }
+}
+
+/** A member the pacer looks at: not yet continued, nor failed or rolled back. */
+function isPaced(m: Member): boolean {
+  return m.state === 'planned' || m.state === 'copying' || m.state === 'held';
+}
+
+/** What the pacer knows of a member (group-pacing.ts), at `now` (performance.now()). */
+function pacedOf(m: Member, now: number): PacedMember {
+  const p = m.progress;
+  return { vmId: m.vm.id, phase: m.state === 'held' ? 'held' : (p?.phase ?? 'preparing'), pass: p?.pass ?? 0, remainingBytes: p?.remainingBytes ?? 0, dirtyBytesPerSecond: p?.dirtyBytesPerSecond ?? 0, bandwidthBytesPerSecond: bandwidthOf(m), peakBandwidthBytesPerSecond: m.pace.bandwidthPeak, lastRunS: m.pace.marks.lastRun === undefined ? 0 : (now - m.pace.marks.lastRun) / 1000, drainBytesPerSecond: m.pace.drainPeak, passBytes: m.pace.passBytes, previousPassBytes: m.pace.previousPassBytes, secondPassBytes: m.pace.secondPass?.bytes ?? 0, started: m.pace.started, braked: m.pace.braked, released: m.pace.released, landed: m.pace.landed, sinceReportS: p ? Math.max(0, now - m.pace.reportedAt) / 1000 : 0, parked: m.pace.parked, hoverPass: m.pace.hoverPass, selfParked: m.pace.selfParked };
+}
+
+/** A member's pacing state before its first report: braked at the start of its pre-copy unless `started` (a group of one). */
+function newPace(full: PaceSettings, started: boolean): Member['pace'] {
+  return { applied: full, braked: false, released: false, started, waitingSince: null, startDelayMs: 0, sending: Promise.resolve(), brakedSince: null, brakedMs: 0, lowest: null, hovering: false, landed: false, hoverSince: null, hoveredMs: 0, landedAt: null, releasedAt: null, reportedAt: 0, bandwidthPeak: 0, drainPeak: 0, sample: null, passBytes: 0, previousPassBytes: 0, secondPass: null, parked: false, hoverPass: 0, selfBraked: false, selfParked: false, parkArmed: false, marks: {}, passes: [] };
 }
 
 /** A member's rates at full speed, from its progress: the best bandwidth QEMU reported and the best rate its remaining memory fell. */
@@ -359,13 +433,10 @@ function bandwidthOf(m: Member): number {
 
 /** The pacer, at each report and tick: each member in pre-copy is started, braked or released as group-pacing.ts decides. */
 function pace(members: Member[], options: Parameters<typeof paceGroup>[1]): void {
-  const live = members.filter((m) => m.state === 'planned' || m.state === 'copying' || m.state === 'held');
+  const live = members.filter(isPaced);
   const now = performance.now();
   const decisions = paceGroup(
-    live.map((m) => {
-      const p = m.progress;
-      return { vmId: m.vm.id, phase: m.state === 'held' ? 'held' : (p?.phase ?? 'preparing'), pass: p?.pass ?? 0, remainingBytes: p?.remainingBytes ?? 0, dirtyBytesPerSecond: p?.dirtyBytesPerSecond ?? 0, bandwidthBytesPerSecond: bandwidthOf(m), peakBandwidthBytesPerSecond: m.pace.bandwidthPeak, lastRunS: m.pace.marks.lastRun === undefined ? 0 : (now - m.pace.marks.lastRun) / 1000, drainBytesPerSecond: m.pace.drainPeak, passBytes: m.pace.passBytes, previousPassBytes: m.pace.previousPassBytes, secondPassBytes: m.pace.secondPass?.bytes ?? 0, started: m.pace.started, braked: m.pace.braked, released: m.pace.released, landed: m.pace.landed, sinceReportS: p ? Math.max(0, now - m.pace.reportedAt) / 1000 : 0, parked: m.pace.parked, hoverPass: m.pace.hoverPass, selfParked: m.pace.selfParked };
-    }),
+    live.map((m) => pacedOf(m, now)),
     options,
   );
   for (const m of live) {
@@ -447,6 +518,7 @@ function resultOf(request: GroupMigrateRequest, members: Member[], t0: number): 
         pacedBytesPerSecond: m.pace.lowest,
         startDelayMs: Math.round(m.pace.startDelayMs),
         hoveredMs: Math.round(m.pace.hoveredMs),
+        sentBackMs: m.sentBackMs,
         lastRunMs: m.heldAt === null ? null : m.pace.landedAt !== null ? Math.round(m.heldAt - m.pace.landedAt) : m.pace.releasedAt !== null ? Math.round(m.heldAt - m.pace.releasedAt) : null,
         timeline: Object.fromEntries(Object.entries(m.pace.marks).map(([k, v]) => [k, Math.round(v - t0)])),
         passes: m.pace.passes.map((p) => ({ pass: p.pass, atMs: Math.round(p.at - t0), bytes: p.bytes, bandwidthBytesPerSecond: p.bandwidth, throttlePercent: p.throttle })),
