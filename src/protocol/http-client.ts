@@ -3,8 +3,13 @@
 // down or does not answer in time is HOST_UNREACHABLE (never a hang), an
 // answer that is not the protocol is AGENT_PROTOCOL, and an error the agent
 // sent keeps its code, details and cause. Calls that change something carry a
-// fresh idempotency key, so the one retry after a dropped connection cannot do
-// the work twice.
+// fresh idempotency key, so the retries after a dropped connection cannot do
+// the work twice. A dropped connection is retried up to DROPPED_RETRIES times:
+// a pooled keep-alive connection can be closed by the agent just as a request
+// goes out on it (the agent closes one idle for 5 s, the client reuses one
+// idle for up to 4 s), and under load (event loops late by a second or more,
+// `bench group`) the next pooled one was often closed too: a group of 8 failed
+// on `getOperation: UND_ERR_SOCKET` after one retry.
 import { randomUUID } from 'node:crypto';
 import { OffshootError } from '../common/index.ts';
 import type { CallName } from './calls.ts';
@@ -26,6 +31,9 @@ export interface HttpAgentOptions {
   /** Time limit of a call that is not a long poll. */
   timeoutMs?: number;
 }
+
+/** How many times a call whose connection was dropped before an answer goes again (each time on another connection). */
+export const DROPPED_RETRIES = 3;
 
 export class HostUnreachableError extends OffshootError {
   constructor(host: string, url: string, reason: string) {
@@ -50,19 +58,19 @@ export function httpAgentClient(options: HttpAgentOptions): AgentClient {
     if (!def.readOnly) headers[IDEMPOTENCY_HEADER] = randomUUID();
     const limit = timeoutFor(name, (request ?? {}) as Record<string, unknown>, timeoutMs);
     let response: Response | undefined;
-    for (let attempt = 0; attempt < 2 && !response; attempt++) {
+    for (let attempt = 0; attempt <= DROPPED_RETRIES && !response; attempt++) {
       try {
         response = await fetch(`${base}/v1/${name}`, { method: 'POST', headers, body, signal: AbortSignal.timeout(limit) });
       } catch (err) {
         const e = err as Error & { cause?: { code?: string } };
         const code = e.cause?.code ?? e.name;
-        // One retry when an established connection was dropped; the idempotency key makes it safe.
-        if (attempt === 0 && (code === 'ECONNRESET' || code === 'UND_ERR_SOCKET')) continue;
+        // Again when an established connection was dropped; the idempotency key makes it safe.
+        if (attempt < DROPPED_RETRIES && (code === 'ECONNRESET' || code === 'UND_ERR_SOCKET')) continue;
         const reason = e.name === 'TimeoutError' ? `no answer to ${name} within ${limit} ms` : `${name}: ${code ?? ''} ${e.message}`.trim();
         throw new HostUnreachableError(options.hostName, base, reason);
       }
     }
-    if (!response) throw new HostUnreachableError(options.hostName, base, `${name}: the connection was dropped twice`);
+    if (!response) throw new HostUnreachableError(options.hostName, base, `${name}: the connection was dropped ${DROPPED_RETRIES + 1} times`);
     let json: unknown;
     try {
       json = await response.json();

@@ -21,7 +21,7 @@ export type { AgentHandlers, EpochKeeper, RequestMeta } from './endpoint.ts';
 export { clientFromSend, inProcessClient, follow, runOperation, newOperationId, waitForOperationEnd, OperationCancelledError } from './client.ts';
 export type { AgentClient, AgentMethods, FollowOptions } from './client.ts';
 export { agentHttpApp, EPOCH_HEADER, IDEMPOTENCY_HEADER, PROTOCOL_HEADER } from './http-server.ts';
-export { httpAgentClient, HostUnreachableError } from './http-client.ts';
+export { httpAgentClient, HostUnreachableError, DROPPED_RETRIES } from './http-client.ts';
 export type { HttpAgentOptions } from './http-client.ts';
 // The fake agent (no QEMU, no files) for fast tests of orchestration; it passes the same contract (contract.ts).
 export { FakeAgent } from './testing/fake-agent.ts';
