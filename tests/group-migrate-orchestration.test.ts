@@ -14,7 +14,7 @@ import { describe, expect, it } from 'vitest';
 import { OffshootError, silentLogger } from '../src/common/index.ts';
 import type { GroupMigrateResult } from '../src/vm/index.ts';
 import { VmEngine } from '../src/vm/index.ts';
-import { closedAfterEach, twoHostFleet } from './fake-fleet.ts';
+import { closedAfterEach, holdAt, twoHostFleet } from './fake-fleet.ts';
 
 async function setup(migrateMs = 0, faults?: (point: string) => Promise<void> | void) {
   const s = await twoHostFleet({ prefix: 'ogr-orch', subnet: '10.254.9', migrateMs, ...(faults ? { faults } : {}) });
@@ -103,6 +103,24 @@ describe('group migration orchestration against fake agents', () => {
       expect(s.remote.vms.get(vm.id)?.status).toBe('running');
     }
     for (const a of [s.fleet.agent(g1.hostId), s.fleet.agent(s.b.id)]) expect((await a.migrationProbe({ peer: null, files: [], installDefaultGuest: false })).slotsInUse).toEqual([]);
+  });
+
+  it('a cancel while a member is sent back leaves every member at its source, nothing left of either of its attempts', async () => {
+    const hold = holdAt('migrate-group.sent-back');
+    const s = await setup(600, hold.faults);
+    closers.push(s.close);
+    s.local.outrunBrakes.set((s.vms[0] as (typeof s.vms)[0]).id, 1);
+    const task = await s.engine.migrateGroup({ members });
+    await hold.atPhase;
+    const cancelling = s.engine.cancelTask(task.id);
+    await new Promise((r) => setTimeout(r, 100));
+    hold.release();
+    const cancelled = await cancelling;
+    expect(cancelled.state).toBe('failed');
+    expect(cancelled.error?.code).toBe('TASK_CANCELLED');
+    const done = await s.engine.tasks.wait(task.id);
+    expect(done.error?.code).toBe('TASK_CANCELLED');
+    await s.atSource();
   });
 
   it('refuses bad groups with stable codes and claims nothing', async () => {
@@ -237,6 +255,32 @@ describe('group migration orchestration against fake agents', () => {
     expect(after.map((vm) => vm.state)).toEqual(['running', 'running']);
     expect(after.filter((vm) => vm.hostId === s.b.id)).toHaveLength(1);
     for (const vm of after) expect((vm.hostId === s.b.id ? s.remote : s.local).vms.get(vm.id)?.status).toBe('running');
+  });
+
+  it('a controller that died while a member was sent back: recovery rolls every member back, nothing left of either attempt', async () => {
+    let die!: (err: Error) => void;
+    const dead = new Promise<void>((_, reject) => (die = reject));
+    dead.catch(() => undefined);
+    let reached!: () => void;
+    const atPoint = new Promise<void>((r) => (reached = r));
+    const s = await setup(300, (p) => {
+      if (p !== 'migrate-group.sent-back') return undefined;
+      reached();
+      return dead;
+    });
+    closers.push(async () => {
+      die(new Error('the old controller goes'));
+      await new Promise((r) => setTimeout(r, 50));
+      await s.close();
+    });
+    s.local.outrunBrakes.set((s.vms[0] as (typeof s.vms)[0]).id, 1);
+    const task = await s.engine.migrateGroup({ members });
+    await atPoint;
+    const next = new VmEngine({ inventory: s.inventory, fleet: s.fleet, logger: silentLogger, coordination: { controllerId: s.engine.controllerId } });
+    closers.unshift(() => next.close());
+    await next.recover();
+    expect((await next.tasks.get(task.id)).error?.code).toBe('TASK_INTERRUPTED');
+    await s.atSource();
   });
 
   for (const point of ['migrate-group.commit', 'migrate-group.start'] as const) {

@@ -236,10 +236,15 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
     await out?.catch(() => undefined);
     const pauseMs = Math.round(stoppedAt !== null && Number.isFinite(stoppedAt) ? Date.now() - stoppedAt : performance.now() - seenHeld);
     const did = await rollBackMigration(m.agents, m.journal, ctx.logger);
-    if (did.some((step) => step.includes('not stopped'))) throw new OffshootError('MIGRATION_FAILED', `${m.vm.name} reached its switch-over alone and could not be sent back: ${did.join(', ')}`, { vm: m.vm.name, did }, 500);
+    if (did.some((step) => step.includes('not stopped'))) {
+      // Its source could not stop it: the group's roll-back (undo) goes over it again under the same ids.
+      m.prepared = true;
+      throw new OffshootError('MIGRATION_FAILED', `${m.vm.name} reached its switch-over alone and could not be sent back: ${did.join(', ')}`, { vm: m.vm.name, did }, 500);
+    }
     m.sentBackMs.push(pauseMs);
     Object.assign(m.journal, { phase: 'path', pathId: newOperationId(), prepareOperationId: newOperationId(), awaitOperationId: newOperationId(), migrateOperationId: newOperationId(), destinationRuntime: null } satisfies Partial<MigrateJournal>);
     await save();
+    await ctx.faults?.('migrate-group.sent-back');
     m.controller.signal.throwIfAborted();
     await openPath(m);
     await save();
