@@ -53,7 +53,7 @@ interface Move {
   /** Group: each member's stop phase by phase (reach, held, switch, wait, start; see StopBreakdown). */
   parts: Array<Record<string, number | null>>;
   /** Group: each pause of a member sent back to its source (it reached its switch-over alone and went again; ms). */
-  sentBack: number[];
+  sentBack: Array<number | null>;
   totalMs: number;
 }
 
@@ -105,7 +105,7 @@ async function groupMove(engine: VmEngine, names: string[], to: string): Promise
   const r = done.result as GroupMigrateResult;
   const guestGaps = await stopTicks(engine, names, names.map((n) => r.members.find((m) => m.vm === n)?.resumedAt ?? null).map((t) => (t ? Date.parse(t) : null)));
   const parts = (m: GroupMigrateResult['members'][number]) => (m.breakdown ? ` = reach ${m.breakdown.reachMs} + held ${m.breakdown.heldMs} + switch ${m.breakdown.switchMs} + wait ${m.breakdown.waitMs} + start ${m.breakdown.startMs}` : '');
-  process.stderr.write(`group of ${names.length} -> ${to}: spread ${r.spreadMs} ms, held spread ${r.heldSpreadMs} ms, total ${r.totalMs} ms, load ${loadavg()[0]?.toFixed(1)}\n${r.members.map((m, i) => `  ${m.vm}: downtime ${m.downtimeMs} ms (guest ${guestGaps[i]} ms), stopped ${m.stoppedMs} ms${parts(m)}; start delayed ${m.startDelayMs} ms, braked ${m.brakedMs} ms${m.pacedBytesPerSecond ? ` at ${Math.round(m.pacedBytesPerSecond / 2 ** 10)} KiB/s` : ''}, hovered ${m.hoveredMs} ms, last run ${m.lastRunMs} ms${m.sentBackMs.length ? `; sent back ${m.sentBackMs.length}x, paused ${m.sentBackMs.join(', ')} ms` : ''}\n    ${timelineOf(m)}`).join('\n')}\n`);
+  process.stderr.write(`group of ${names.length} -> ${to}: spread ${r.spreadMs} ms, held spread ${r.heldSpreadMs} ms, total ${r.totalMs} ms, load ${loadavg()[0]?.toFixed(1)}\n${r.members.map((m, i) => `  ${m.vm}: downtime ${m.downtimeMs} ms (guest ${guestGaps[i]} ms), stopped ${m.stoppedMs} ms${parts(m)}; start delayed ${m.startDelayMs} ms, braked ${m.brakedMs} ms${m.pacedBytesPerSecond ? ` at ${Math.round(m.pacedBytesPerSecond / 2 ** 10)} KiB/s` : ''}, hovered ${m.hoveredMs} ms, last run ${m.lastRunMs} ms${m.sentBackMs.length ? `; sent back ${m.sentBackMs.length}x, paused ${m.sentBackMs.map((p) => p ?? '?').join(', ')} ms` : ''}\n    ${timelineOf(m)}`).join('\n')}\n`);
   return { spreadMs: r.spreadMs ?? NaN, guestGaps, downtimes: r.members.map((m) => m.downtimeMs ?? NaN), stops: r.members.map((m) => m.stoppedMs ?? NaN), held: r.members.map((m) => m.heldMs ?? NaN), parts: r.members.flatMap((m) => (m.breakdown ? [{ ...m.breakdown }] : [])), sentBack: r.members.flatMap((m) => m.sentBackMs), totalMs: performance.now() - t0 };
 }
 
@@ -194,7 +194,7 @@ export async function groupBenchmark(args: string[]): Promise<BenchResult> {
       const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
       const parts = group.flatMap((x) => x.parts);
       const breakdown = ['reachMs', 'heldMs', 'switchMs', 'waitMs', 'startMs'].map((k) => `${k.replace('Ms', '')} ${Math.round(median(parts.map((p) => p[k] ?? NaN).filter((v) => Number.isFinite(v))))}`).join(', ');
-      notes.push(`${size} VMs: a member's whole stop by phase, medians over ${parts.length} member(s) (ms): ${breakdown}; held per member: ${group.flatMap((x) => x.held).map((h) => Math.round(h)).join(', ')}; members sent back (held alone before their last run, their guest ran on at the source and they went again): ${group.filter((x) => x.sentBack.length > 0).length} of ${group.length} group(s), pauses ${group.flatMap((x) => x.sentBack).join(', ') || 'none'} ms; load average after: ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
+      notes.push(`${size} VMs: a member's whole stop by phase, medians over ${parts.length} member(s) (ms): ${breakdown}; held per member: ${group.flatMap((x) => x.held).map((h) => Math.round(h)).join(', ')}; members sent back (held alone before their last run, their guest ran on at the source and they went again): ${group.filter((x) => x.sentBack.length > 0).length} of ${group.length} group(s), pauses ${group.flatMap((x) => x.sentBack).map((p) => p ?? '?').join(', ') || 'none'} ms; load average after: ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
     }
     notes.push(`load average at the end: ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
     notes.push(`one member of each group rewrites ${o.dirty} MiB of tmpfs in a loop; guests of ${o.memory} MiB; ${o.order === 'baseline-first' ? 'the baseline moves them lab1 -> lab2 first, the group moves them back' : 'group moves lab1 -> lab2, the baseline moves them back'}`);

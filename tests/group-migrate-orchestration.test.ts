@@ -78,32 +78,37 @@ describe('group migration orchestration against fake agents', () => {
     for (const a of [s.fleet.agent(s.vms[0]?.hostId as string), s.fleet.agent(s.b.id)]) expect((await a.migrationProbe({ peer: null, files: [], installDefaultGuest: false })).slotsInUse).toEqual([]);
   });
 
-  it('a member held alone before its last run is sent back to run at its source and goes again; both move together', async () => {
-    const s = await setup(600);
-    closers.push(s.close);
-    const [g1, g2] = s.vms as [(typeof s.vms)[0], (typeof s.vms)[0]];
-    // g1's first migration outruns its brake: held at once, while g2 is still short of its first pass's end.
-    s.local.outrunBrakes.set(g1.id, 1);
-    const done = await s.engine.tasks.wait((await s.engine.migrateGroup({ members })).id);
-    expect(done.state, JSON.stringify(done.error)).toBe('succeeded');
-    const result = done.result as GroupMigrateResult;
-    expect(result.moved).toEqual(['g1', 'g2']);
-    const byName = new Map(result.members.map((m) => [m.vm, m]));
-    expect(byName.get('g1')?.sentBackMs).toHaveLength(1);
-    expect(byName.get('g2')?.sentBackMs).toEqual([]);
-    expect(s.local.outrunBrakes.get(g1.id)).toBe(0);
-    // Its second migration went on a new path and reached its switch-over with the other (released, not alone).
-    expect(s.local.calls.get('migrateOut')).toBe(3);
-    expect(s.remote.calls.get('prepareIncoming')).toBe(3);
-    expect(s.remote.calls.get('abortIncoming') ?? 0).toBeGreaterThanOrEqual(1);
-    for (const vm of [g1, g2]) {
-      const moved = await s.engine.resolve(vm.id);
-      expect([moved.hostId, moved.state]).toEqual([s.b.id, 'running']);
-      expect(s.local.vms.has(vm.id)).toBe(false);
-      expect(s.remote.vms.get(vm.id)?.status).toBe('running');
-    }
-    for (const a of [s.fleet.agent(g1.hostId), s.fleet.agent(s.b.id)]) expect((await a.migrationProbe({ peer: null, files: [], installDefaultGuest: false })).slotsInUse).toEqual([]);
-  });
+  for (const by of ['its source', 'the controller'] as const) {
+    it(`a member that reaches its switch-over while the other is in its first pass is sent back by ${by} and goes again; both move together`, async () => {
+      const s = await setup(600);
+      closers.push(s.close);
+      const [g1, g2] = s.vms as [(typeof s.vms)[0], (typeof s.vms)[0]];
+      // g1's first migration outruns its brake: at its switch-over at once, while g2 is still short of its first pass's
+      // end. Its source, not allowed to hold it, sends it back; or (holdRegardless) it waits held and the controller does.
+      s.local.outrunBrakes.set(g1.id, 1);
+      s.local.holdRegardless.on = by === 'the controller';
+      const done = await s.engine.tasks.wait((await s.engine.migrateGroup({ members })).id);
+      expect(done.state, JSON.stringify(done.error)).toBe('succeeded');
+      const result = done.result as GroupMigrateResult;
+      expect(result.moved).toEqual(['g1', 'g2']);
+      const byName = new Map(result.members.map((m) => [m.vm, m]));
+      expect(byName.get('g1')?.sentBackMs).toHaveLength(1);
+      expect(byName.get('g1')?.sentBackMs[0]).toBeGreaterThanOrEqual(0);
+      expect(byName.get('g2')?.sentBackMs).toEqual([]);
+      expect(s.local.outrunBrakes.get(g1.id)).toBe(0);
+      // Its second migration went on a new path and reached its switch-over with the other (released, not alone).
+      expect(s.local.calls.get('migrateOut')).toBe(3);
+      expect(s.remote.calls.get('prepareIncoming')).toBe(3);
+      expect(s.remote.calls.get('abortIncoming') ?? 0).toBeGreaterThanOrEqual(1);
+      for (const vm of [g1, g2]) {
+        const moved = await s.engine.resolve(vm.id);
+        expect([moved.hostId, moved.state]).toEqual([s.b.id, 'running']);
+        expect(s.local.vms.has(vm.id)).toBe(false);
+        expect(s.remote.vms.get(vm.id)?.status).toBe('running');
+      }
+      for (const a of [s.fleet.agent(g1.hostId), s.fleet.agent(s.b.id)]) expect((await a.migrationProbe({ peer: null, files: [], installDefaultGuest: false })).slotsInUse).toEqual([]);
+    });
+  }
 
   it('a cancel while a member is sent back leaves every member at its source, nothing left of either of its attempts', async () => {
     const hold = holdAt('migrate-group.sent-back');

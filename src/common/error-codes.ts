@@ -53,6 +53,8 @@ export const ERROR_CODES = {
   MIGRATION_REFUSED: 409,
   MIGRATION_TIMEOUT: 504,
   GROUP_MIGRATION_FAILED: 500,
+  /** A group member's source reached its switch-over while its group could not hold it yet: rolled back, it runs on there. */
+  MIGRATION_SENT_BACK: 409,
   MIGRATION_LIMIT_EXCEEDED: 409,
   DRAIN_REFUSED: 409,
   // Fork and checkpoints

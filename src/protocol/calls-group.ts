@@ -17,6 +17,7 @@
 // With these a group's destinations all start only once every member has
 // completed, and a member failing before that rolls every member back.
 import { z } from 'zod';
+import { OffshootError } from '../common/index.ts';
 import { call } from './call-def.ts';
 import { incomingResultSchema } from './calls-migration.ts';
 import { vmIdSchema } from './schemas.ts';
@@ -33,6 +34,17 @@ export function isStaleParameterChange(source: { selfBraked: boolean; selfParked
   return (source.selfBraked && pass < 2) || (source.selfParkedPass !== null && pass < source.selfParkedPass);
 }
 
+/**
+ * A group member's source reached its switch-over while not allowed to wait held there (migrateOut's holdAllowed
+ * false: the group is not near its switch-over): it rolled itself back at once, its guest runs on there. `stoppedAt`
+ * and `resumedAt` (ISO 8601, the source's clock) bound the guest's pause.
+ */
+export class MigrationSentBackError extends OffshootError {
+  constructor(vmId: string, details: { stoppedAt: string | null; resumedAt: string }) {
+    super('MIGRATION_SENT_BACK', `the migration of VM ${vmId} reached its switch-over while its group could not hold it: it was rolled back, the VM runs on at its source`, { vmId, ...details }, 409);
+  }
+}
+
 export const GROUP_CALLS = {
   setMigrationParameters: call(
     "source: changes a running migration's downtime limit and/or bandwidth cap (memory and disk mirrors), unless decided on its first pass after the source braked itself at its end, or on a pass before the one it parked itself at; answers the values now in force",
@@ -43,6 +55,7 @@ export const GROUP_CALLS = {
       pass: z.number().int().min(0).optional().describe('the pass (dirty-sync count) the caller saw when it decided: a change decided during the first pass is ignored once the source braked itself after it (migrateOut brakeAfterFirstPass), and one decided before the pass it parked itself at (parkBelowBytes) is ignored'),
       parkBelowBytes: z.number().int().min(0).optional().describe("until the next change: a group member's source brakes itself to its brakeAfterFirstPass limits as soon as a pass past its first (and from parkFromPass on) begins with at most this many bytes (its reports then give selfParked, that pass)"),
       parkFromPass: z.number().int().min(0).optional().describe('with parkBelowBytes: the first pass it may park at (the one after a pass that sends what its guest dirtied while it was braked)'),
+      holdAllowed: z.boolean().optional().describe("a group member (migrateOut's hold): whether it may wait held at its switch-over from now on (else it rolls itself back there, MIGRATION_SENT_BACK); applied even when the limits are stale"),
     }),
     z.object({ downtimeLimitMs: z.number(), maxBandwidthBytesPerSecond: z.number() }),
   ),

@@ -8,7 +8,8 @@
 // brakes itself at the end of its first pass (brakeAfterFirstPass) ignores a
 // change decided on that pass, parks itself at its next pass once asked to
 // (parkBelowBytes), ignores a change decided before that pass and goes on
-// when released; a last one is
+// when released; one not allowed to hold (holdAllowed false) rolls itself
+// back at its switch-over (MIGRATION_SENT_BACK); a last one is
 // started at the destination (startIncoming) and the source lets it go.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MigrationTuning } from './calls-migration.ts';
@@ -101,6 +102,27 @@ export function runGroupContract(label: string, makeTarget: () => Promise<Migrat
       expect(await t.source.revertOutgoing({ vmId })).toEqual({ status: 'running' });
       expect(await codeOf(t.destination.revertOutgoing({ vmId }))).toBe('VM_NOT_RUNNING');
     }, 60_000);
+
+    it('a source not allowed to hold (holdAllowed false) that reaches its switch-over rolls itself back at once: MIGRATION_SENT_BACK, the guest runs on there', async () => {
+      const plan = await openContractPath(t, opened, { installDefaultGuest: true });
+      const writable = spec.disks.filter((x) => !x.readOnly);
+      const disks = writable.map((x) => ({ id: x.id, file: x.file, format: x.format, sizeBytes: 2 ** 30, backing: [] }));
+      const prepared = await runOperation(t.destination, 'prepareIncoming', { vmId, name: 'gcontract', spec, disks, pathId: plan.operationId, postcopy: false, multifdChannels: 1, tls: true, resume: true, holdAfter: true });
+      await t.destination.awaitIncoming({ operationId: newOperationId(), vmId });
+      const sent = await runOperation(t.source, 'migrateOut', { vmId, pathId: plan.operationId, migration: prepared.migration, nbd: prepared.nbd, disks: writable.map((x) => ({ node: x.id, sync: 'full' as const })), tuning: TUNING, hold: true, brakeAfterFirstPass: null, holdAllowed: false }).then(
+        () => null,
+        (err: unknown) => err as { code?: string; details?: { stoppedAt?: unknown; resumedAt?: unknown } },
+      );
+      expect(sent?.code).toBe('MIGRATION_SENT_BACK');
+      expect(typeof sent?.details?.resumedAt).toBe('string');
+      expect((await t.source.vmStatus({ vmId })).status).toBe('running');
+      expect((await t.source.migrationState({ vmId })).outgoing).toBeNull();
+      // The destination never got the guest: it goes as any failed migration's does.
+      expect((await t.destination.abortIncoming({ vmId })).removed).toBe(true);
+      expect(await t.source.revertOutgoing({ vmId })).toEqual({ status: 'running' });
+      await closePath(plan.operationId);
+      expect((await t.source.exec({ vmId, path: 'echo', args: ['still', 'here'] })).exitCode).toBe(0);
+    }, 180_000);
 
     it('a completed migration held at the destination is reverted: the destination goes, the guest runs on at the source', async () => {
       const { pathId, changed } = await migrateHeld();

@@ -78,7 +78,12 @@
 // ignores a change the pacer decided on that pass; hovering, it parks itself
 // at the same crawl at the start of a small pass when the pacer armed that
 // (parkBelowBytes, see selfPark), and then ignores a change decided on a pass
-// before it. After it completed, revert()
+// before it. A group member not allowed to hold (holdAllowed false, until a
+// change allows it) that reaches pre-switchover does not complete its mirrors
+// nor wait: it rolls itself back at once (its guest runs on here) and fails
+// MIGRATION_SENT_BACK with when its guest stopped and ran again (the
+// controller's own send-back, a report and a call away, paused guests
+// 0.4-2.2 s). After it completed, revert()
 // (revertOutgoing) undoes it when the destination never ran the guest (a
 // group sent back before its start): QEMU's `cont` from `postmigrate`
 // re-activates the disks the completion inactivated, and the guest runs on.
@@ -88,7 +93,7 @@ import type { Logger } from '../../common/index.ts';
 import { QmpTimeoutError } from '../../qemu/index.ts';
 import type { QmpClient } from '../../qemu/index.ts';
 import { abortConnectionsTo, pskObjectProperties } from '../../net/index.ts';
-import { isStaleParameterChange } from '../../protocol/index.ts';
+import { MigrationSentBackError, isStaleParameterChange } from '../../protocol/index.ts';
 import type { PostcopyMode } from './convergence.ts';
 import { ConvergenceWatch } from './convergence.ts';
 import type { MigrationHost } from './host.ts';
@@ -117,6 +122,8 @@ export interface MigrateOutRequest {
   hold: boolean;
   /** A group member: these limits are applied here as soon as the first pass over memory ends (see selfBrake). */
   brakeAfterFirstPass?: { maxBandwidthBytesPerSecond: number; downtimeLimitMs: number } | null;
+  /** With hold: false makes it roll itself back at its switch-over (MigrationSentBackError) until setParameters allows the hold (default true). */
+  holdAllowed?: boolean;
 }
 
 export interface MigrateOutProgress {
@@ -184,6 +191,8 @@ interface Outgoing {
   parkFromPass: number;
   /** The pass at which it parked itself: changes decided on a pass before it are stale. */
   selfParkedPass: number | null;
+  /** It may wait held at its switch-over (hold); else it rolls itself back there (a group member the others are far from). */
+  holdAllowed: boolean;
 }
 
 /** Migration states in which QEMU can still cancel and the guest runs on here. */
@@ -235,7 +244,7 @@ export class OutgoingMigrations {
     const end = this.host.paths.end(request.pathId, 'client');
     let release!: () => void;
     const released = new Promise<void>((resolve) => (release = resolve));
-    const o: Outgoing = { phase: 'disks', held: false, switching: false, mirrors: [], release, released, speed: tuning.maxBandwidthBytesPerSecond, downtimeLimitMs: tuning.downtimeLimitMs, diskDone: 0, diskTotal: 0, selfBraked: false, parkBelowBytes: null, parkFromPass: 0, selfParkedPass: null };
+    const o: Outgoing = { phase: 'disks', held: false, switching: false, mirrors: [], release, released, speed: tuning.maxBandwidthBytesPerSecond, downtimeLimitMs: tuning.downtimeLimitMs, diskDone: 0, diskTotal: 0, selfBraked: false, parkBelowBytes: null, parkFromPass: 0, selfParkedPass: null, holdAllowed: request.holdAllowed ?? true };
     this.out.set(vmId, o);
     const wasRunning = (await qmp.queryStatus()).running;
     const t0 = performance.now();
@@ -434,6 +443,7 @@ export class OutgoingMigrations {
         throw new LiveMigrationError('switch-over', `the migration failed after the switch-over (${(err as Error).message}); the VM cannot run on at its source`, { vmId, afterSwitch: true });
       }
       await this.rollBack(vmId, qmp, o.mirrors, wasRunning, tls, end.remoteAddress);
+      if (err instanceof MigrationSentBackError) throw new MigrationSentBackError(vmId, { stoppedAt, resumedAt: new Date().toISOString() });
       throw err;
     } finally {
       loopDelay.disable();
@@ -480,6 +490,8 @@ export class OutgoingMigrations {
   /** At pre-switchover (the guest is stopped): the mirrors complete, then the migration goes on (after a hold if asked). */
   private async switchOver(vmId: string, qmp: QmpClient, o: Outgoing, hold: boolean, ctx: { signal: AbortSignal; progress(fraction: number, message: string, data: MigrateOutProgress): void }, empty: MigrateOutProgress): Promise<void> {
     o.mark?.('switch-over');
+    // Its group is far from its switch-over: no wait held, guest stopped; the run rolls it back at once (its catch).
+    if (hold && !o.holdAllowed) throw new MigrationSentBackError(vmId, { stoppedAt: empty.stoppedAt ?? null, resumedAt: '' });
     await completeMirrors(qmp, o.mirrors);
     o.mirrors = [];
     o.mark?.('mirrors-completed');
@@ -555,9 +567,14 @@ export class OutgoingMigrations {
   }
 
   /** setMigrationParameters: a running migration's downtime limit and bandwidth cap (applied at once if its memory phase runs, else when it starts). */
-  async setParameters(vmId: string, change: { downtimeLimitMs?: number; maxBandwidthBytesPerSecond?: number; pass?: number; parkBelowBytes?: number; parkFromPass?: number }): Promise<{ downtimeLimitMs: number; maxBandwidthBytesPerSecond: number }> {
+  async setParameters(vmId: string, change: { downtimeLimitMs?: number; maxBandwidthBytesPerSecond?: number; pass?: number; parkBelowBytes?: number; parkFromPass?: number; holdAllowed?: boolean }): Promise<{ downtimeLimitMs: number; maxBandwidthBytesPerSecond: number }> {
     const o = this.out.get(vmId);
     if (!o) throw new MigrationRefusedError(`VM ${vmId} is not being migrated from this host`, { vmId });
+    // The group's view of its hold is the latest whatever the pass it was decided on.
+    if (change.holdAllowed !== undefined && change.holdAllowed !== o.holdAllowed) {
+      o.holdAllowed = change.holdAllowed;
+      o.mark?.(`hold-allowed:${o.holdAllowed}`);
+    }
     // Decided on its first pass, it arrives after this source braked itself at that pass's end: stale (a crossing's slow
     // rate would undo the brake until the controller's next decision). So is one decided before the pass it parked at.
     if (isStaleParameterChange(o, change.pass)) {

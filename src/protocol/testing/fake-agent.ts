@@ -69,6 +69,8 @@ export class FakeAgent implements EpochKeeper, FakeHostFiles {
   readonly datastores = new Map<string, string>();
   /** VMs whose next migrations from here outrun their brake, and how many more (FakeMigrationHost.outrunBrakes). */
   readonly outrunBrakes = new Map<string, number>();
+  /** Its sources wait held at the switch-over even when not allowed to (FakeMigrationHost.holdRegardless). */
+  readonly holdRegardless = { on: false };
   /** Host templates of the elastic fabric (fake-fabric.ts). */
   readonly hostTemplates = new Map<string, FakeHostTemplate>();
   /** What files hold (see fake-mobility.ts): content tokens, sidecars, backing files. */
@@ -198,6 +200,7 @@ export class FakeAgent implements EpochKeeper, FakeHostFiles {
       managementAddress: this.options.managementAddress ?? `10.254.${parseInt(createHash('sha256').update(this.hostId).digest('hex').slice(0, 4), 16) % 250}.${1 + (parseInt(createHash('sha256').update(this.hostId).digest('hex').slice(4, 8), 16) % 250)}`,
       migrateMs: this.options.migrateMs ?? 0,
       outrunBrakes: this.outrunBrakes,
+      holdRegardless: this.holdRegardless,
       runtime: (vmId, memory) => this.runtime(vmId, memory),
       check: (call) => this.check(call),
     };

@@ -21,10 +21,12 @@ export function fakeGroupHandlers(host: FakeMigrationHost, state: FakeMigrationS
     return fn();
   };
   return {
-    setMigrationParameters: ({ vmId, downtimeLimitMs, maxBandwidthBytesPerSecond, pass, parkBelowBytes, parkFromPass }) =>
+    setMigrationParameters: ({ vmId, downtimeLimitMs, maxBandwidthBytesPerSecond, pass, parkBelowBytes, parkFromPass, holdAllowed }) =>
       wrap('setMigrationParameters', () => {
         const o = state.outgoing.get(vmId);
         if (!o) throw refused(`VM ${vmId} is not being migrated from this host`, vmId);
+        // The group's view of its hold is the latest whatever the pass it was decided on.
+        if (holdAllowed !== undefined) o.holdAllowed = holdAllowed;
         // Decided on its first pass after it braked itself at that pass's end, or before the pass it parked at: stale, ignored.
         if (isStaleParameterChange(o, pass)) return { downtimeLimitMs: o.downtimeLimitMs, maxBandwidthBytesPerSecond: o.speed };
         o.parkBelowBytes = parkBelowBytes ?? null;

@@ -9,6 +9,7 @@
 // (contract-migration.ts) as the real agents do.
 import { createHash } from 'node:crypto';
 import { OffshootError, sleep } from '../../common/index.ts';
+import { MigrationSentBackError } from '../calls-group.ts';
 import type { CallName } from '../calls.ts';
 import type { DataPathEndData, DataPathPlanData, MIGRATION_CALLS } from '../calls-migration.ts';
 import type { AgentHandlers } from '../endpoint.ts';
@@ -30,6 +31,8 @@ export interface FakeMigrationHost {
    * out before its source could brake it). A test sets it to see a group member held alone.
    */
   readonly outrunBrakes: Map<string, number>;
+  /** Its sources wait held at the switch-over even when not allowed to (as one whose allowance was on its way): a test sets it to see the controller send back a member held alone. */
+  readonly holdRegardless: { on: boolean };
   runtime(vmId: string, memory: VmRuntime['memory']): VmRuntime;
   check(call: CallName): void;
 }
@@ -56,7 +59,7 @@ type MigrationHandlers = Pick<AgentHandlers, keyof typeof MIGRATION_CALLS>;
 /** One fake agent's migrations, shared with its group handlers (fake-group.ts). */
 export interface FakeMigrationState {
   incoming: Map<string, { wire: Wire; runtime: VmRuntime; disks: Locator[]; state: 'waiting' | 'held' | 'running' | 'failed' }>;
-  outgoing: Map<string, { phase: string; held: boolean; switching: boolean; release: () => void; released: Promise<void>; downtimeLimitMs: number; speed: number; selfBraked: boolean; parkBelowBytes: number | null; parkFromPass: number; selfParkedPass: number | null }>;
+  outgoing: Map<string, { phase: string; held: boolean; switching: boolean; release: () => void; released: Promise<void>; downtimeLimitMs: number; speed: number; selfBraked: boolean; parkBelowBytes: number | null; parkFromPass: number; selfParkedPass: number | null; holdAllowed: boolean }>;
   /** VMs whose migration from here completed (their QEMU stays, stopped, until finishOutgoing), and whether the guest ran before. */
   completed: Map<string, { wasRunning: boolean }>;
 }
@@ -173,7 +176,7 @@ export function fakeMigrationHandlers(host: FakeMigrationHost, state: FakeMigrat
         if (!end || end.role !== 'client') throw new OffshootError('DATA_PATH_FAILED', `no client end of the data path of operation ${r.pathId} on this host`, { operationId: r.pathId }, 500);
         let release!: () => void;
         const released = new Promise<void>((resolve) => (release = resolve));
-        const o = { phase: r.disks.length ? 'disks' : 'memory', held: false, switching: false, release, released, downtimeLimitMs: r.tuning.downtimeLimitMs, speed: r.tuning.maxBandwidthBytesPerSecond, selfBraked: false, parkBelowBytes: null as number | null, parkFromPass: 0, selfParkedPass: null as number | null };
+        const o = { phase: r.disks.length ? 'disks' : 'memory', held: false, switching: false, release, released, downtimeLimitMs: r.tuning.downtimeLimitMs, speed: r.tuning.maxBandwidthBytesPerSecond, selfBraked: false, parkBelowBytes: null as number | null, parkFromPass: 0, selfParkedPass: null as number | null, holdAllowed: r.holdAllowed };
         outgoing.set(r.vmId, o);
         const cancelled = () => new OffshootError('TASK_CANCELLED', `the migration of VM ${r.vmId} was cancelled`, { vmId: r.vmId }, 409);
         const outrun = (host.outrunBrakes.get(r.vmId) ?? 0) > 0;
@@ -207,6 +210,12 @@ export function fakeMigrationHandlers(host: FakeMigrationHost, state: FakeMigrat
           if (!wire) throw new OffshootError('MIGRATION_FAILED', `live migration failed at memory: nothing listens on ${r.migration.host}:${r.migration.port}`, { vmId: r.vmId }, 500);
           const wasRunning = vm.status === 'running';
           vm.status = 'paused';
+          // Its group cannot hold it yet: it rolls itself back at once, its guest runs on here.
+          if (r.hold && !o.holdAllowed && !host.holdRegardless.on) {
+            const stoppedAt = new Date().toISOString();
+            if (wasRunning) vm.status = 'running';
+            throw new MigrationSentBackError(r.vmId, { stoppedAt, resumedAt: new Date().toISOString() });
+          }
           if (r.hold) {
             o.held = true;
             o.phase = 'held';

@@ -64,8 +64,13 @@ export interface GroupMemberResult {
   startDelayMs: number;
   /** How long it ran started at full bandwidth with a 1 ms downtime limit (guest running): its first pass, and past it for a busy one, until it was slowed, braked, or sent on its last run. */
   hoveredMs: number;
-  /** Each time it reached its switch-over alone and was sent back to run at its source and go again: its guest's pause, from its source's STOP until it ran on there (ms; wall clocks of its source and the controller; from when the controller saw it held if its source did not say when it stopped). */
-  sentBackMs: number[];
+  /**
+   * Each time it was sent back to run at its source and go again (it reached its switch-over while the group was far
+   * from it): its guest's pause, from its source's STOP until it ran on there (ms; by its source's clock when its source
+   * sent it back itself, else its source's STOP to the controller's clock, or from when the controller saw it held;
+   * null: not known).
+   */
+  sentBackMs: Array<number | null>;
   /** From its release (or its landing straight from its first pass) until it was held at its switch-over; null when it was neither. */
   lastRunMs: number | null;
   /** Where its whole stop went (wall clocks; null when it did not reach them all). */
@@ -183,6 +188,8 @@ export interface Member extends GroupMember {
     selfParked: boolean;
     /** The last settings sent armed its source's park (parkBelowBytes). */
     parkArmed: boolean;
+    /** Its source may wait held at its switch-over (else it sends itself back there): sent once true, never taken back (the controller still sends back one held alone). */
+    holdAllowed: boolean;
     /** When each pacing step came (performance.now()), and its passes past the first (for the result). */
     marks: { [K in keyof PaceTimeline]?: number };
     passes: Array<{ pass: number; at: number; bytes: number; bandwidth: number; throttle: number }>;
@@ -196,5 +203,5 @@ export interface Member extends GroupMember {
   incoming: IncomingResult | null;
   error: Error | null;
   /** Each time it was sent back (held alone): its guest's pause then (GroupMemberResult.sentBackMs). */
-  sentBackMs: number[];
+  sentBackMs: Array<number | null>;
 }

@@ -33,17 +33,23 @@ describe('group pacing (a gated start; light ones slowed at the brink of their f
   it('sends back a member held before its last run while another has not reached the end of its first pass', () => {
     const heldAlone = { released: false, landed: false };
     // Another still in its first pass, not started yet, or its disks still mirroring: it would wait held for all of that.
-    expect(arrivedAlone(heldAlone, [past, idle])).toBe(true);
-    expect(arrivedAlone(heldAlone, [idleWaiting])).toBe(true);
-    expect(arrivedAlone(heldAlone, [{ ...idleWaiting, phase: 'disks', started: true }])).toBe(true);
-    expect(arrivedAlone(heldAlone, [{ ...idleWaiting, phase: 'preparing' }])).toBe(true);
-    // Every other one past its first pass (braked, hovering) or held: the last runs come next, it stays held.
-    expect(arrivedAlone(heldAlone, [past, busy, { ...idle, phase: 'held' }])).toBe(false);
+    const limit = options.downtimeLimitMs;
+    expect(arrivedAlone(heldAlone, [past, idle], limit)).toBe(true);
+    expect(arrivedAlone(heldAlone, [idleWaiting], limit)).toBe(true);
+    expect(arrivedAlone(heldAlone, [{ ...idleWaiting, phase: 'disks', started: true }], limit)).toBe(true);
+    expect(arrivedAlone(heldAlone, [{ ...idleWaiting, phase: 'preparing' }], limit)).toBe(true);
+    // A busy one hovering, not ripe yet: its last run may be seconds away.
+    expect(arrivedAlone(heldAlone, [past, busy], limit)).toBe(true);
+    expect(arrivedAlone(heldAlone, [past, { ...ripeBusy, parked: true }], limit)).toBe(true);
+    // Every other one past its first pass (braked, or hovering ripe, or landed) or held: the last runs come next, it stays held.
+    expect(arrivedAlone(heldAlone, [past, ripeBusy, { ...idle, phase: 'held' }], limit)).toBe(false);
+    expect(arrivedAlone(heldAlone, [past, { ...busy, landed: true }], limit)).toBe(false);
+    expect(arrivedAlone(heldAlone, [past, { ...busy, selfParked: true }], limit)).toBe(false);
     // On its last run (released or landed) it arrived as the pacer meant it to.
-    expect(arrivedAlone({ released: true, landed: false }, [idle])).toBe(false);
-    expect(arrivedAlone({ released: false, landed: true }, [idle])).toBe(false);
+    expect(arrivedAlone({ released: true, landed: false }, [idle], limit)).toBe(false);
+    expect(arrivedAlone({ released: false, landed: true }, [idle], limit)).toBe(false);
     // Alone in its group.
-    expect(arrivedAlone(heldAlone, [])).toBe(false);
+    expect(arrivedAlone(heldAlone, [], limit)).toBe(false);
   });
 
   it('estimates a first pass from the drain rate (plus the passes over what its guest dirties), later passes from what the downtime limit leaves', () => {

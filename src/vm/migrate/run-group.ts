@@ -203,43 +203,64 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
   if (split.length > 0) throw new OffshootError('GROUP_MIGRATION_FAILED', `the group migration of ${names} split at its start: ${split.map((m) => m.vm.name).join(', ')} did not move (${split[0]?.error?.message ?? 'unknown'})`, { ...result }, 500);
   return result;
 
-  /** prepare and transfer of one member, until its source holds it at the switch-over; held alone before its last run, it is sent back and goes again (arrivedAlone). */
+  /**
+   * prepare and transfer of one member, until its source holds it at the switch-over. Sent back (arrivedAlone), it
+   * goes again: by its source, which reached its switch-over while not allowed to hold (MIGRATION_SENT_BACK, rolled
+   * back there at once), or by the controller, held alone all the same (the allowance was on its way, or true).
+   */
   async function toHold(m: Member, t: MigrationTuning): Promise<void> {
     for (;;) {
-      await copyToHold(m, t);
+      const byItsSource = await copyToHold(m, t).then(
+        () => null,
+        (err: unknown) => {
+          if (err instanceof OffshootError && err.code === 'MIGRATION_SENT_BACK') return err;
+          throw err;
+        },
+      );
+      if (byItsSource) {
+        const { stoppedAt, resumedAt } = byItsSource.details as { stoppedAt?: string | null; resumedAt?: string };
+        const pauseMs = stoppedAt && resumedAt ? Date.parse(resumedAt) - Date.parse(stoppedAt) : null;
+        restart(m, 'its source sent it back (its group could not hold it yet)');
+        await goAgain(m, pauseMs);
+        continue;
+      }
       if (m.state !== 'held' || m.sentBackMs.length >= MAX_SEND_BACKS) return;
       const now = performance.now();
       const others = members.filter((o) => o !== m && isPaced(o));
-      if (!arrivedAlone(m.pace, others.map((o) => pacedOf(o, now)))) return;
-      await sendBack(m, others);
+      if (!arrivedAlone(m.pace, others.map((o) => pacedOf(o, now)), full.downtimeLimitMs)) return;
+      // Held alone: its source's operation is cancelled (it rolls itself back: the mirrors go, the guest runs on there).
+      const seenHeld = m.heldAt ?? now;
+      const stoppedAt = m.at.stopped;
+      const out = m.out;
+      const stopped = restart(m, 'it reached its switch-over alone');
+      stopped.abort(new OffshootError('TASK_CANCELLED', `${m.vm.name} reached its switch-over alone: it is sent back to go again`, { vm: m.vm.name }, 409));
+      await out?.catch(() => undefined);
+      await goAgain(m, Math.round(stoppedAt !== null && Number.isFinite(stoppedAt) ? Date.now() - stoppedAt : performance.now() - seenHeld));
     }
   }
 
-  /**
-   * A member held alone: its source's operation is cancelled (it rolls itself back: the mirrors go, the guest runs on
-   * there), then its destination and path go (rollBackMigration, under the journal's ids), and it goes again on a new
-   * path, paced anew, under new operation ids journaled before any of them exists. Not sent back (its source could not
-   * stop it), it fails.
-   */
-  async function sendBack(m: Member, others: Member[]): Promise<void> {
-    const seenHeld = m.heldAt ?? performance.now();
-    const stoppedAt = m.at.stopped;
-    const out = m.out;
-    const stopped = m.controller;
-    ctx.logger.info({ vmId: m.vm.id, vm: m.vm.name, others: others.map((o) => ({ vm: o.vm.name, state: o.state, phase: o.progress?.phase ?? null, pass: o.progress?.pass ?? null })) }, 'a group member reached its switch-over alone: it is sent back to run at its source and goes again');
-    // From here the pacer sees it preparing (the others wait for it), and a stop of the group reaches its new controller.
+  /** A member sent back starts over: from here the pacer sees it preparing (the others wait for it), and a stop of the group reaches its new controller; answers the one of the attempt that ends. */
+  function restart(m: Member, why: string): AbortController {
+    const others = members.filter((o) => o !== m && isPaced(o));
+    ctx.logger.info({ vmId: m.vm.id, vm: m.vm.name, why, others: others.map((o) => ({ vm: o.vm.name, state: o.state, phase: o.progress?.phase ?? null, pass: o.progress?.pass ?? null })) }, 'a group member is sent back to run at its source and goes again');
+    const ending = m.controller;
     m.controller = new AbortController();
     if (stopping) m.controller.abort(stopping.reason);
     Object.assign(m, { state: 'planned', path: null, prepared: false, progress: null, pace: newPace(full, false), heldAt: null, out: null });
     Object.assign(m.at, { held: null, stopped: null });
-    stopped.abort(new OffshootError('TASK_CANCELLED', `${m.vm.name} reached its switch-over alone: it is sent back to go again`, { vm: m.vm.name }, 409));
-    await out?.catch(() => undefined);
-    const pauseMs = Math.round(stoppedAt !== null && Number.isFinite(stoppedAt) ? Date.now() - stoppedAt : performance.now() - seenHeld);
+    return ending;
+  }
+
+  /**
+   * After its source rolled its attempt back: its destination and path go (rollBackMigration, under the journal's ids,
+   * idempotent at the source), and it goes again on a new path under new operation ids journaled before any of them
+   * exists. Not stopped at its source, it fails (the group's undo goes over it again under the same ids).
+   */
+  async function goAgain(m: Member, pauseMs: number | null): Promise<void> {
     const did = await rollBackMigration(m.agents, m.journal, ctx.logger);
     if (did.some((step) => step.includes('not stopped'))) {
-      // Its source could not stop it: the group's roll-back (undo) goes over it again under the same ids.
       m.prepared = true;
-      throw new OffshootError('MIGRATION_FAILED', `${m.vm.name} reached its switch-over alone and could not be sent back: ${did.join(', ')}`, { vm: m.vm.name, did }, 500);
+      throw new OffshootError('MIGRATION_FAILED', `${m.vm.name} was sent back to its source and could not be stopped there: ${did.join(', ')}`, { vm: m.vm.name, did }, 500);
     }
     m.sentBackMs.push(pauseMs);
     Object.assign(m.journal, { phase: 'path', pathId: newOperationId(), prepareOperationId: newOperationId(), awaitOperationId: newOperationId(), migrateOperationId: newOperationId(), destinationRuntime: null } satisfies Partial<MigrateJournal>);
@@ -261,6 +282,9 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
     m.state = 'copying';
     // In a group every member starts its pre-copy braked: the pacer starts it (group-pacing.ts). Disk mirrors first run at full speed (braked once they are ready).
     const braked = !m.pace.started && m.plan.mirrors.length === 0;
+    // Held at its switch-over only when the others are near theirs (arrivedAlone), or after its last send-back (else its source sends itself back).
+    const others = members.filter((o) => o !== m && isPaced(o));
+    m.pace.holdAllowed = members.length < 2 || m.sentBackMs.length >= MAX_SEND_BACKS || !arrivedAlone(m.pace, others.map((o) => pacedOf(o, performance.now())), t.downtimeLimitMs);
     const first = braked ? crawlOf(t) : t;
     if (braked) {
       m.pace.applied = { maxBandwidthBytesPerSecond: first.maxBandwidthBytesPerSecond, downtimeLimitMs: first.downtimeLimitMs };
@@ -269,7 +293,7 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
     let held!: () => void;
     const isHeld = new Promise<void>((resolve) => (held = resolve));
     const attemptPace = m.pace;
-    m.out = runOperation(m.agents.source, 'migrateOut', { operationId: m.journal.migrateOperationId, vmId: m.vm.id, pathId: m.journal.pathId, migration: target.migration, nbd: target.nbd, disks: m.plan.mirrors, tuning: first, hold: true, brakeAfterFirstPass: members.length >= 2 ? crawlSettings(t) : null }, {
+    m.out = runOperation(m.agents.source, 'migrateOut', { operationId: m.journal.migrateOperationId, vmId: m.vm.id, pathId: m.journal.pathId, migration: target.migration, nbd: target.nbd, disks: m.plan.mirrors, tuning: first, hold: true, brakeAfterFirstPass: members.length >= 2 ? crawlSettings(t) : null, holdAllowed: m.pace.holdAllowed }, {
       signal: m.controller.signal,
       onProgress: (e) => {
         // The last reports of an attempt sent back (its rollback) are not the member's.
@@ -329,7 +353,7 @@ function pacedOf(m: Member, now: number): PacedMember {
 
 /** A member's pacing state before its first report: braked at the start of its pre-copy unless `started` (a group of one). */
 function newPace(full: PaceSettings, started: boolean): Member['pace'] {
-  return { applied: full, braked: false, released: false, started, waitingSince: null, startDelayMs: 0, sending: Promise.resolve(), brakedSince: null, brakedMs: 0, lowest: null, hovering: false, landed: false, hoverSince: null, hoveredMs: 0, landedAt: null, releasedAt: null, reportedAt: 0, bandwidthPeak: 0, drainPeak: 0, sample: null, passBytes: 0, previousPassBytes: 0, secondPass: null, parked: false, hoverPass: 0, selfBraked: false, selfParked: false, parkArmed: false, marks: {}, passes: [] };
+  return { applied: full, braked: false, released: false, started, waitingSince: null, startDelayMs: 0, sending: Promise.resolve(), brakedSince: null, brakedMs: 0, lowest: null, hovering: false, landed: false, hoverSince: null, hoveredMs: 0, landedAt: null, releasedAt: null, reportedAt: 0, bandwidthPeak: 0, drainPeak: 0, sample: null, passBytes: 0, previousPassBytes: 0, secondPass: null, parked: false, hoverPass: 0, selfBraked: false, selfParked: false, parkArmed: false, holdAllowed: false, marks: {}, passes: [] };
 }
 
 /** A member's rates at full speed, from its progress: the best bandwidth QEMU reported and the best rate its remaining memory fell. */
@@ -416,8 +440,12 @@ function apply(m: Member, settings: PaceSettings, park: PaceDecision['park'] = n
   const pass = m.progress?.pass ?? 0;
   // Its last run's settings (no crawl, the group's limit or more): when its source confirmed them, for the timeline.
   const lastRun = settings.downtimeLimitMs > BRAKE_DOWNTIME_MS && settings.maxBandwidthBytesPerSecond > BRAKE_FLOOR;
-  m.pace.sending = m.pace.sending.then(() =>
-    m.agents.source.setMigrationParameters({ vmId: m.vm.id, ...settings, pass, ...(park ? { parkBelowBytes: park.belowBytes, parkFromPass: park.fromPass } : {}) }).then(
+  const pace = m.pace;
+  const holdAllowed = pace.holdAllowed;
+  pace.sending = pace.sending.then(() => {
+    // Sent back meanwhile: its next attempt is paced anew (this change was for the one that ended).
+    if (m.pace !== pace) return undefined;
+    return m.agents.source.setMigrationParameters({ vmId: m.vm.id, ...settings, pass, holdAllowed, ...(park ? { parkBelowBytes: park.belowBytes, parkFromPass: park.fromPass } : {}) }).then(
       (inForce) => {
         // Ignored as stale (decided before its source braked or parked itself): the limits in force are what it runs
         // with, so the pacer's next decision is sent again unless it asks for those (else it would count it sent).
@@ -426,8 +454,8 @@ function apply(m: Member, settings: PaceSettings, park: PaceDecision['park'] = n
         else if (lastRun && m.pace.marks.lastRunApplied === undefined && m.pace.marks.lastRun !== undefined) m.pace.marks.lastRunApplied = performance.now();
       },
       () => undefined,
-    ),
-  );
+    );
+  });
 }
 
 /** A member's bandwidth for its estimate: its last figure while it runs (the best seen is optimistic under load), else the best seen at full speed. */
@@ -440,10 +468,8 @@ function bandwidthOf(m: Member): number {
 function pace(members: Member[], options: Parameters<typeof paceGroup>[1]): void {
   const live = members.filter(isPaced);
   const now = performance.now();
-  const decisions = paceGroup(
-    live.map((m) => pacedOf(m, now)),
-    options,
-  );
+  const rows = live.map((m) => pacedOf(m, now));
+  const decisions = paceGroup(rows, options);
   for (const m of live) {
     const d = decisions.get(m.vm.id);
     if (!d || m.state !== 'copying') continue;
@@ -490,8 +516,11 @@ function pace(members: Member[], options: Parameters<typeof paceGroup>[1]): void
       }
     }
     m.pace.hovering = d.hovering;
+    // Its hold is allowed once it is on its last run or the others are near theirs (arrivedAlone), with its settings.
+    const allowing = !m.pace.holdAllowed && (m.pace.released || m.pace.landed || !arrivedAlone(m.pace, rows.filter((r) => r.vmId !== m.vm.id), options.downtimeLimitMs));
+    if (allowing) m.pace.holdAllowed = true;
     const bandwidthChanged = Math.abs(d.settings.maxBandwidthBytesPerSecond - was.maxBandwidthBytesPerSecond) > was.maxBandwidthBytesPerSecond * 0.1;
-    if (!bandwidthChanged && d.settings.downtimeLimitMs === was.downtimeLimitMs && (d.park !== null) === m.pace.parkArmed) continue;
+    if (!bandwidthChanged && d.settings.downtimeLimitMs === was.downtimeLimitMs && (d.park !== null) === m.pace.parkArmed && !allowing) continue;
     apply(m, d.settings, d.park);
   }
 }
