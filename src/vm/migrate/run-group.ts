@@ -36,10 +36,14 @@
 //             channel unless the request asks for more (group-request.ts:
 //             with multifd a crawl does not hold a member past its first pass)
 //   send back a member held before its last run while another has not yet
-//             reached the end of its first pass (group-pacing.ts's
-//             arrivedAlone: its last passes outran its source's brake) would
-//             wait stopped for seconds: its migration is rolled back (its
-//             guest runs on at its source), its destination and path go, and
+//             reached the end of its first pass or hovers busy, not ripe
+//             (group-pacing.ts's arrivedAlone: its last passes outran its
+//             source's brake) would wait stopped for seconds: its source is
+//             told it may not hold (migrateOut's holdAllowed, until the pacer
+//             allows it with setMigrationParameters) and rolls itself back at
+//             pre-switchover (MIGRATION_SENT_BACK, its guest runs on there);
+//             one held alone all the same (the allowance came just before) is
+//             rolled back by the controller. Its destination and path go, and
 //             it goes again under new operation ids on a new path, paced
 //             anew (at most MAX_SEND_BACKS times; then it waits held)
 //   commit    when every member is held, all are continued at once; each
