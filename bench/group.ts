@@ -17,8 +17,8 @@
 // its destination held it; wait: for the others' arrival; start: the
 // destinations' `cont`), how long the pacer delayed members' starts, kept
 // them braked or hovering (guest running), the pauses of members sent back
-// to their source to go again (held alone before their last run), and the
-// total time. Downtime is
+// to their source to go again (at their switch-over while the group was far
+// from it), and the total time. Downtime is
 // also measured from inside each guest: a loop logs the guest's uptime about
 // every 10 ms (`sleep 0.01`, 10 ms clock steps) into tmpfs; a member's figure
 // is the longest gap of its log near its switch-over (ending at most 1 s
@@ -194,7 +194,7 @@ export async function groupBenchmark(args: string[]): Promise<BenchResult> {
       const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
       const parts = group.flatMap((x) => x.parts);
       const breakdown = ['reachMs', 'heldMs', 'switchMs', 'waitMs', 'startMs'].map((k) => `${k.replace('Ms', '')} ${Math.round(median(parts.map((p) => p[k] ?? NaN).filter((v) => Number.isFinite(v))))}`).join(', ');
-      notes.push(`${size} VMs: a member's whole stop by phase, medians over ${parts.length} member(s) (ms): ${breakdown}; held per member: ${group.flatMap((x) => x.held).map((h) => Math.round(h)).join(', ')}; members sent back (held alone before their last run, their guest ran on at the source and they went again): ${group.filter((x) => x.sentBack.length > 0).length} of ${group.length} group(s), pauses ${group.flatMap((x) => x.sentBack).map((p) => p ?? '?').join(', ') || 'none'} ms; load average after: ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
+      notes.push(`${size} VMs: a member's whole stop by phase, medians over ${parts.length} member(s) (ms): ${breakdown}; held per member: ${group.flatMap((x) => x.held).map((h) => Math.round(h)).join(', ')}; members sent back (at their switch-over while the group was far from it: their guest ran on at the source and they went again): ${group.filter((x) => x.sentBack.length > 0).length} of ${group.length} group(s), pauses ${group.flatMap((x) => x.sentBack).map((p) => p ?? '?').join(', ') || 'none'} ms; load average after: ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
     }
     notes.push(`load average at the end: ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
     notes.push(`one member of each group rewrites ${o.dirty} MiB of tmpfs in a loop; guests of ${o.memory} MiB; ${o.order === 'baseline-first' ? 'the baseline moves them lab1 -> lab2 first, the group moves them back' : 'group moves lab1 -> lab2, the baseline moves them back'}`);
