@@ -13,7 +13,7 @@ import { OffshootError, isProcessAlive, keepAlive, silentLogger, withTimeout } f
 import type { Logger } from '../common/index.ts';
 import { loadDefaultGuest } from '../guest/index.ts';
 import type { QemuLaunchSpec, QmpClient } from '../qemu/index.ts';
-import { DEFAULT_QEMU_BINARY, DEFAULT_VCPU_NICE, adoptQemu, bootCacheFile, findOffshootQemus, killAndWait, probeAccelerator, qemuVersion, setVcpuNice, spawnQemu } from '../qemu/index.ts';
+import { DEFAULT_QEMU_BINARY, DEFAULT_VCPU_NICE, adoptQemu, bootCacheFile, findOffshootQemus, killAndWait, probeAccelerator, qemuVersion, setAutogroupNice, setVcpuNice, spawnQemu } from '../qemu/index.ts';
 import { TemplateStore, processMemoryStats } from '../memory/index.ts';
 import type { CheckpointMetadata, WriteProgress } from '../memory/index.ts';
 import { customizeGuest } from './customize.ts';
@@ -221,11 +221,12 @@ export class LocalHostAgent {
     return runtime;
   }
 
-  /** Its vCPU threads yield to QEMU's own threads and this agent when the CPUs are short (qemu/vcpu-priority.ts); a refusal is logged, the VM runs on. */
+  /** Its vCPU threads yield to QEMU's own threads, and its QEMU's scheduler group to this agent, when the CPUs are short (qemu/vcpu-priority.ts); a refusal is logged, the VM runs on. */
   private async deprioritizeVcpus(vm: RunningVm): Promise<void> {
     const nice = this.options.vcpuNice ?? DEFAULT_VCPU_NICE;
     if (nice === 0) return;
     await setVcpuNice(vm.qmp, nice).catch((err: unknown) => this.logger.warn({ vmId: vm.vmId, nice, err: (err as Error).message }, "cannot lower the priority of the guest's vCPU threads"));
+    await setAutogroupNice(vm.process.pid, nice).catch((err: unknown) => this.logger.warn({ vmId: vm.vmId, nice, err: (err as Error).message }, "cannot lower the priority of the QEMU's scheduler group"));
   }
 
   /** Starts one QEMU for the VM (not yet tracked as the VM's QEMU); kills it and cleans up if it does not come up. */

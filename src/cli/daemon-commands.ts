@@ -31,7 +31,7 @@ interface ServeFlags {
   vcpuNice?: number;
 }
 
-const VCPU_NICE_HELP = "the nice value of this machine's guests' vCPU threads, 0-19: they yield the CPUs to QEMU's own threads and the agent when both want them (default OFFSHOOT_VCPU_NICE, else 5; 0 leaves them alone)";
+const VCPU_NICE_HELP = "the nice value of this machine's guests' vCPU threads (and of each QEMU's scheduler group where the kernel groups sessions), 0-19: they yield the CPUs to QEMU's own threads and the agent when both want them (default OFFSHOOT_VCPU_NICE, else 5; 0 leaves them alone)";
 
 /** --vcpu-nice's value: an integer from 0 to 19. */
 function parseVcpuNice(value: string): number {

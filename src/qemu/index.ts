@@ -14,4 +14,4 @@ export { bootCacheFile, probeAccelerator, qemuVersion, QemuVersionError, PROBE_M
 export type { AcceleratorChoice, ProbeAcceleratorOptions } from './accel.ts';
 export { createImage, imageInfo, checkImage, convertImage, rebaseImage, mapImage, resizeImage, QemuImgError, DEFAULT_QEMU_IMG_BINARY } from './qemu-img.ts';
 export type { ImageFormat, ImageInfo, ImageMapEntry, ImageCheck, CreateImageOptions, ConvertImageOptions, QemuImgCallOptions } from './qemu-img.ts';
-export { setVcpuNice, vcpuThreadIds, isVcpuNice, DEFAULT_VCPU_NICE, MAX_NICE } from './vcpu-priority.ts';
+export { setVcpuNice, setAutogroupNice, vcpuThreadIds, isVcpuNice, DEFAULT_VCPU_NICE, MAX_NICE } from './vcpu-priority.ts';

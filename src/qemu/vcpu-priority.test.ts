@@ -1,5 +1,7 @@
 // A real QEMU (paused at -S, two vCPUs): setVcpuNice changes the nice value
 // of its vCPU threads only; its main thread (monitor, devices) keeps its own.
+// setAutogroupNice changes the scheduler group of a QEMU in a session of its
+// own (as the agent starts them), never the caller's own.
 import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -8,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { waitFor } from '../common/index.ts';
 import { QmpClient } from './qmp-client.ts';
 import { probeSocket } from './testing/test-utils.ts';
-import { setVcpuNice, vcpuThreadIds } from './vcpu-priority.ts';
+import { setAutogroupNice, setVcpuNice, vcpuThreadIds } from './vcpu-priority.ts';
 
 /** A thread's nice value, from /proc (field 19 of its stat, after the command name in parentheses). */
 async function niceOf(pid: number, tid: number): Promise<number> {
@@ -46,6 +48,28 @@ describe('vCPU thread priority (real QEMU)', () => {
     // Back to the default value of its other threads.
     await setVcpuNice(qmp, 0);
     for (const tid of tids) expect(await niceOf(pid, tid)).toBe(0);
+  });
+
+  it("gives a QEMU in a session of its own that session's scheduler group, never the caller's", async () => {
+    const own = await readFile('/proc/self/autogroup', 'utf8').catch(() => null);
+    // A kernel without autogroups: nothing to change.
+    if (own === null) {
+      expect(await setAutogroupNice(child.pid as number, 7)).toBe(false);
+      return;
+    }
+    // This test's QEMU shares the test's session: left alone.
+    expect(await setAutogroupNice(child.pid as number, 7)).toBe(false);
+    expect(await readFile('/proc/self/autogroup', 'utf8')).toBe(own);
+    const detached = spawn('qemu-system-x86_64', ['-machine', 'none', '-nodefaults', '-display', 'none', '-S'], { stdio: 'ignore', detached: true });
+    try {
+      await waitFor(async () => ((await readFile(`/proc/${detached.pid}/autogroup`, 'utf8').catch(() => '')) !== own ? true : undefined), 10_000, 'a QEMU in its own session', 20);
+      expect(await setAutogroupNice(detached.pid as number, 7)).toBe(true);
+      expect(await readFile(`/proc/${detached.pid}/autogroup`, 'utf8')).toMatch(/ nice 7\n?$/);
+      expect(await readFile('/proc/self/autogroup', 'utf8')).toBe(own);
+    } finally {
+      detached.kill('SIGKILL');
+    }
+    await expect(setAutogroupNice(detached.pid as number, 20)).rejects.toThrow(RangeError);
   });
 
   it('refuses a value Linux does not have', async () => {
