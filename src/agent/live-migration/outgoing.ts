@@ -83,7 +83,7 @@
 // nor wait: it rolls itself back at once (its guest runs on here) and fails
 // MIGRATION_SENT_BACK with when its guest stopped and ran again (the
 // controller's own send-back, a report and a call away, paused guests
-// 0.4-2.2 s). After it completed, revert()
+// 0.24-2.2 s). After it completed, revert()
 // (revertOutgoing) undoes it when the destination never ran the guest (a
 // group sent back before its start): QEMU's `cont` from `postmigrate`
 // re-activates the disks the completion inactivated, and the guest runs on.

@@ -120,8 +120,9 @@
 //             1-3.5 s under load, and members waited held 1-3 s.)
 // Members still mirroring disks or not reporting yet keep the gate closed.
 // A member that reaches its switch-over alone all the same (its last passes
-// outran its source's brake) while another is short of its first pass's end
-// is sent back to go again (arrivedAlone; the runner rolls it back).
+// outran its source's brake) while another is short of its first pass's end,
+// or hovers busy and not ripe yet, is sent back to go again (arrivedAlone; its
+// source when not allowed to hold, else the runner, rolls it back).
 // Pure: the runner (run-group.ts) measures drain rates and pass sizes and
 // applies the answers through setMigrationParameters.
 

@@ -228,12 +228,9 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
         await goAgain(m, pauseMs);
         continue;
       }
-      if (m.state !== 'held' || m.sentBackMs.length >= MAX_SEND_BACKS) return;
-      const now = performance.now();
-      const others = members.filter((o) => o !== m && isPaced(o));
-      if (!arrivedAlone(m.pace, others.map((o) => pacedOf(o, now)), full.downtimeLimitMs)) return;
+      if (m.state !== 'held' || m.sentBackMs.length >= MAX_SEND_BACKS || !alone(m)) return;
       // Held alone: its source's operation is cancelled (it rolls itself back: the mirrors go, the guest runs on there).
-      const seenHeld = m.heldAt ?? now;
+      const seenHeld = m.heldAt ?? performance.now();
       const stoppedAt = m.at.stopped;
       const out = m.out;
       const stopped = restart(m, 'it reached its switch-over alone');
@@ -241,6 +238,12 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
       await out?.catch(() => undefined);
       await goAgain(m, Math.round(stoppedAt !== null && Number.isFinite(stoppedAt) ? Date.now() - stoppedAt : performance.now() - seenHeld));
     }
+  }
+
+  /** Whether `m`, held now, would wait for the others' first passes or a busy one's ripening (group-pacing.ts's arrivedAlone). */
+  function alone(m: Member): boolean {
+    const now = performance.now();
+    return arrivedAlone(m.pace, members.filter((o) => o !== m && isPaced(o)).map((o) => pacedOf(o, now)), full.downtimeLimitMs);
   }
 
   /** A member sent back starts over: from here the pacer sees it preparing (the others wait for it), and a stop of the group reaches its new controller; answers the one of the attempt that ends. */
@@ -287,8 +290,7 @@ export async function runGroupMigration(ctx: EngineContext, group: GroupMember[]
     // In a group every member starts its pre-copy braked: the pacer starts it (group-pacing.ts). Disk mirrors first run at full speed (braked once they are ready).
     const braked = !m.pace.started && m.plan.mirrors.length === 0;
     // Held at its switch-over only when the others are near theirs (arrivedAlone), or after its last send-back (else its source sends itself back).
-    const others = members.filter((o) => o !== m && isPaced(o));
-    m.pace.holdAllowed = members.length < 2 || m.sentBackMs.length >= MAX_SEND_BACKS || !arrivedAlone(m.pace, others.map((o) => pacedOf(o, performance.now())), t.downtimeLimitMs);
+    m.pace.holdAllowed = members.length < 2 || m.sentBackMs.length >= MAX_SEND_BACKS || !alone(m);
     const first = braked ? crawlOf(t) : t;
     if (braked) {
       m.pace.applied = { maxBandwidthBytesPerSecond: first.maxBandwidthBytesPerSecond, downtimeLimitMs: first.downtimeLimitMs };
